@@ -1,0 +1,47 @@
+//! The error type of herd-core: every failure a user can cause is a value with a one-line message
+//! that names the file, tensor or field at fault.
+
+use std::path::PathBuf;
+
+/// Result alias used across herd-core.
+pub type Result<T, E = HerdError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HerdError {
+    /// A file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A file was read but its contents are not what they must be (truncated, corrupt, bad JSON).
+    #[error("{path}: {msg}")]
+    BadFile { path: PathBuf, msg: String },
+    /// A config field is missing, of the wrong type or out of range.
+    #[error("config field `{field}`: {msg}")]
+    Config { field: String, msg: String },
+    /// A tensor is missing from the checkpoint or has the wrong shape or dtype.
+    #[error("tensor `{name}`: {msg}")]
+    Tensor { name: String, msg: String },
+    /// A tokenizer or chat-template problem.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The input (prompt, ids, request) is not acceptable, e.g. longer than the context.
+    #[error("{0}")]
+    Input(String),
+    /// A backend could not be created or failed while running.
+    #[error("backend {backend}: {msg}")]
+    Backend { backend: String, msg: String },
+}
+
+impl HerdError {
+    pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        HerdError::Config { field: field.into(), msg: msg.into() }
+    }
+    pub fn tensor(name: impl Into<String>, msg: impl Into<String>) -> Self {
+        HerdError::Tensor { name: name.into(), msg: msg.into() }
+    }
+    pub fn bad_file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        HerdError::BadFile { path: path.into(), msg: msg.into() }
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        HerdError::Io { path: path.into(), source }
+    }
+}
