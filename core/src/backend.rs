@@ -1,0 +1,155 @@
+//! The Backend trait: the small set of coarse ops the Llama 4 model is written against.
+//!
+//! Ops *enqueue* work on buffer handles; nothing is waited for until [`Backend::read`] (the host reads
+//! once per step: the logits). The CPU reference runs each op as it is called; the wgpu backend records
+//! them into one command encoder per step, the CUDA backend into one captured graph. Every op works on a
+//! batch of sequences with their own lengths and positions: a single prompt is a batch of one.
+//!
+//! Buffers hold f32 activations or u32 indices (ids, positions, expert choices); which one is fixed at
+//! creation and documented per op. Weights are uploaded once, in their checkpoint format
+//! ([`crate::quant::DType`]), and stay in that format: each backend multiplies by each format.
+//!
+//! Shapes are row-major and passed explicitly. An op never aliases an input with its output unless the op
+//! says it works in place.
+
+use crate::checkpoint::TensorRef;
+use crate::error::Result;
+
+/// Per-sequence metadata for [`Backend::attention`] and [`Backend::kv_store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct AttnSeq {
+    /// First row of this sequence's new tokens in `q`, `k_new`, `v_new`, `out`.
+    pub q_start: u32,
+    /// Number of new tokens of this sequence in this step.
+    pub q_len: u32,
+    /// Absolute position of the first new token (= tokens already in the cache).
+    pub pos0: u32,
+    /// First slot of this sequence's region in the layer's cache buffers.
+    pub slot_base: u32,
+    /// Region size in slots: position `p` lives in slot `slot_base + p % slot_cap`. For a chunked layer
+    /// the region must hold at least min(chunk, history) slots; for a full layer the whole history.
+    pub slot_cap: u32,
+}
+
+/// Shape and masking of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnParams {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Softmax scale applied to q·k (1/√head_dim in Llama 4).
+    pub scale: f32,
+    /// `Some(C)`: query i sees keys j ≤ i with ⌊j/C⌋ = ⌊i/C⌋ (fixed blocks from token 0). `None`: causal.
+    pub chunk: Option<usize>,
+    /// NoPE-layer temperature tuning: query at absolute position p is multiplied by
+    /// `1 + attn_scale · ln(1 + ⌊(p+1)/floor_scale⌋)` (computed in f32).
+    pub temperature: Option<Temperature>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Temperature {
+    pub floor_scale: f32,
+    pub attn_scale: f32,
+}
+
+impl Temperature {
+    /// The query scale at absolute position `p`, as transformers computes it.
+    pub fn scale_at(&self, p: u32) -> f32 {
+        let f = ((p as f32 + 1.0) / self.floor_scale).floor();
+        f.ln_1p() * self.attn_scale + 1.0
+    }
+}
+
+/// A device that runs Llama 4. All ops enqueue work; [`Backend::read`] waits for it.
+pub trait Backend: Send + Sync + 'static {
+    /// A device buffer of f32 or u32 elements.
+    type Buffer: Send + Sync;
+    /// A weight tensor in its checkpoint format.
+    type Weight: Send + Sync;
+
+    /// A short name for messages and benchmarks, e.g. `cpu (2 threads)`.
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------------------------------------
+    /// A zeroed f32 buffer of `len` elements.
+    fn alloc(&self, len: usize) -> Result<Self::Buffer>;
+    /// An f32 buffer holding `data`.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
+    /// A u32 buffer holding `data`.
+    fn upload_u32(&self, data: &[u32]) -> Result<Self::Buffer>;
+    /// Waits for all enqueued work and returns an f32 buffer's contents.
+    fn read(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
+    /// Copies `len` f32 elements from `src[src_off..]` to `dst[dst_off..]` (distinct buffers).
+    fn copy(&self, src: &Self::Buffer, src_off: usize, dst: &Self::Buffer, dst_off: usize, len: usize) -> Result<()>;
+    /// Uploads a checkpoint tensor, keeping its format.
+    fn load_weight(&self, t: &TensorRef) -> Result<Self::Weight>;
+
+    // ---- ops ----------------------------------------------------------------------------------------
+    /// `out[r, :] = table[ids[r], :]` for r < n; `table` is [V, dim], `ids` u32 [n], `out` [n, dim].
+    /// Ids ≥ V are an error of the caller (the model checks them on the host).
+    fn embed(&self, table: &Self::Weight, ids: &Self::Buffer, n: usize, dim: usize, out: &Self::Buffer) -> Result<()>;
+
+    /// RMS norm of each of `rows` rows of length `dim`: `y = x · rsqrt(mean(x²) + eps) (· w)`, computed in
+    /// f32. `weight` None gives Llama 4's weightless QK norm. `out` may be `x` (in place).
+    fn rms_norm(&self, x: &Self::Buffer, weight: Option<&Self::Weight>, rows: usize, dim: usize, eps: f32, out: &Self::Buffer) -> Result<()>;
+
+    /// `out[m, n] = Σ_k x[m, k] · w[n, k]`: `w` is an nn.Linear weight [n, k].
+    fn matmul(&self, x: &Self::Buffer, m: usize, w: &Self::Weight, out: &Self::Buffer) -> Result<()>;
+
+    /// Interleaved-pair RoPE, in place: x is [rows, heads, head_dim]; row r is rotated by angle
+    /// `positions[r] · inv_freq[j]` (f32) on the pair (2j, 2j+1). `positions` u32 [rows], `inv_freq` f32
+    /// [head_dim/2].
+    fn rope(&self, x: &Self::Buffer, rows: usize, heads: usize, head_dim: usize, positions: &Self::Buffer, inv_freq: &Self::Buffer) -> Result<()>;
+
+    /// Attention of the new tokens of every sequence in `seqs` over that sequence's cached keys/values
+    /// (positions < pos0, read from `k_cache`/`v_cache` [slots, n_kv_heads, head_dim]) and its new ones
+    /// (`k_new`/`v_new` [rows, n_kv_heads, head_dim]). `q` and `out` are [rows, n_heads, head_dim]. Query
+    /// head h reads kv head h / (n_heads / n_kv_heads). Softmax in f32. The cache is not modified.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Buffer,
+        k_new: &Self::Buffer,
+        v_new: &Self::Buffer,
+        k_cache: &Self::Buffer,
+        v_cache: &Self::Buffer,
+        seqs: &[AttnSeq],
+        p: &AttnParams,
+        out: &Self::Buffer,
+    ) -> Result<()>;
+
+    /// Writes the new keys/values of every sequence into its cache region: row `q_start + t` goes to slot
+    /// `slot_base + (pos0 + t) % slot_cap`. `kv_dim` = n_kv_heads · head_dim.
+    fn kv_store(&self, k_new: &Self::Buffer, v_new: &Self::Buffer, k_cache: &Self::Buffer, v_cache: &Self::Buffer, seqs: &[AttnSeq], kv_dim: usize) -> Result<()>;
+
+    /// `acc[i] += x[i]` for i < n (the residual add), in place on `acc`.
+    fn add(&self, acc: &Self::Buffer, x: &Self::Buffer, n: usize) -> Result<()>;
+
+    /// `gate[i] = silu(gate[i]) · up[i]` for i < n, in place on `gate`.
+    fn silu_mul(&self, gate: &Self::Buffer, up: &Self::Buffer, n: usize) -> Result<()>;
+
+    /// The Llama 4 router on logits [rows, n_experts]: per row, the top `k` experts by raw logit
+    /// (`idx` u32 [rows, k], highest first, lower index first on ties) and their scores
+    /// `sigmoid(logit)` (`score` f32 [rows, k]). No softmax, no renormalisation.
+    fn router_topk(&self, logits: &Self::Buffer, rows: usize, n_experts: usize, k: usize, idx: &Self::Buffer, score: &Self::Buffer) -> Result<()>;
+
+    /// Routed experts, accumulated: for each row r and each of its k choices (e = idx[r, c], s = score[r, c]),
+    /// `u = s · x[r]`, `out[r] += (silu(u·G_e) ⊙ (u·U_e)) · Dn_e`, where `gate_up` is the fused checkpoint
+    /// tensor [E, D, 2F] (G_e = columns 0..F, U_e = F..2F; x·W orientation) and `down` is [E, F, D].
+    #[allow(clippy::too_many_arguments)]
+    fn moe(
+        &self,
+        x: &Self::Buffer,
+        rows: usize,
+        idx: &Self::Buffer,
+        score: &Self::Buffer,
+        k: usize,
+        gate_up: &Self::Weight,
+        down: &Self::Weight,
+        out: &Self::Buffer,
+    ) -> Result<()>;
+
+    /// `out[i, :] = x[rows[i], :]` for i < n; `rows` u32 [n], rows of length `dim`.
+    fn gather_rows(&self, x: &Self::Buffer, rows: &Self::Buffer, n: usize, dim: usize, out: &Self::Buffer) -> Result<()>;
+}

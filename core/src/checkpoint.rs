@@ -1,0 +1,180 @@
+//! Safetensors checkpoints: a single `model.safetensors` or shards listed by `model.safetensors.index.json`,
+//! memory-mapped (never read whole), validated, with tensor names mapped so that both
+//! `Llama4ForConditionalGeneration` (`language_model.model.*`) and `Llama4ForCausalLM` (`model.*`) layouts
+//! answer to the same logical name (`model.layers.0.self_attn.q_proj.weight`, `lm_head.weight`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{HerdError, Result};
+use crate::quant::DType;
+
+/// The bytes of one safetensors file.
+pub enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Static(&'static [u8]),
+    Owned(Vec<u8>),
+}
+
+impl FileBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Static(s) => s,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One tensor of a checkpoint: where its bytes are, and what they are.
+#[derive(Clone)]
+pub struct TensorRef {
+    /// The name as stored in the file.
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    file: Arc<FileBytes>,
+    start: usize,
+    end: usize,
+}
+
+impl TensorRef {
+    /// The tensor's raw little-endian bytes (borrowed from the mapping).
+    pub fn bytes(&self) -> &[u8] {
+        &self.file.as_slice()[self.start..self.end]
+    }
+    /// The file the bytes live in, for backends that keep the mapping instead of copying.
+    pub fn file(&self) -> &Arc<FileBytes> {
+        &self.file
+    }
+    /// Byte range inside [`TensorRef::file`].
+    pub fn range(&self) -> (usize, usize) {
+        (self.start, self.end)
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// The tensor converted to f32 (allocates; meant for small tensors such as norms).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.numel()];
+        crate::quant::bytes_to_f32(self.dtype, self.bytes(), &mut out);
+        out
+    }
+}
+
+/// All tensors of a checkpoint by logical name.
+pub struct Checkpoint {
+    tensors: HashMap<String, TensorRef>,
+    /// Where the tensors came from, for messages.
+    pub source: String,
+}
+
+const INDEX: &str = "model.safetensors.index.json";
+const SINGLE: &str = "model.safetensors";
+
+/// Maps a stored tensor name to herd's logical name: the multimodal wrapper's `language_model.` prefix
+/// is dropped (as transformers does when loading a full checkpoint into `Llama4ForCausalLM`).
+fn logical_name(stored: &str) -> &str {
+    stored.strip_prefix("language_model.").unwrap_or(stored)
+}
+
+impl Checkpoint {
+    /// Opens the safetensors files of a model directory.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join(INDEX);
+        let files: Vec<PathBuf> = if index.exists() {
+            let bytes = std::fs::read(&index).map_err(|e| HerdError::io(&index, e))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| HerdError::bad_file(&index, format!("not valid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| HerdError::bad_file(&index, "no `weight_map` object"))?;
+            let mut shards: Vec<String> = Vec::new();
+            for (name, f) in map {
+                let f = f.as_str().ok_or_else(|| HerdError::bad_file(&index, format!("weight_map[{name:?}] is not a file name")))?;
+                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                    return Err(HerdError::bad_file(&index, format!("weight_map[{name:?}] names a file outside the model directory: {f:?}")));
+                }
+                if !shards.iter().any(|s| s == f) {
+                    shards.push(f.to_owned());
+                }
+            }
+            shards.sort();
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else if dir.join(SINGLE).exists() {
+            vec![dir.join(SINGLE)]
+        } else {
+            if !dir.is_dir() {
+                return Err(HerdError::bad_file(dir, "model directory does not exist"));
+            }
+            return Err(HerdError::bad_file(dir, format!("no {SINGLE} or {INDEX} in the model directory")));
+        };
+        let mut ck = Checkpoint { tensors: HashMap::new(), source: dir.display().to_string() };
+        for path in files {
+            let file = std::fs::File::open(&path).map_err(|e| HerdError::io(&path, e))?;
+            // SAFETY: the mapping is read-only; herd never writes model files while they are mapped. A file
+            // truncated by another process while mapped would fault, as with every mmap-based loader.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| HerdError::io(&path, e))?;
+            ck.add_file(&path.display().to_string(), FileBytes::Mapped(map))?;
+        }
+        Ok(ck)
+    }
+
+    /// A checkpoint from in-memory safetensors files (the built-in demo model, the browser).
+    pub fn from_bytes(files: Vec<(String, FileBytes)>) -> Result<Self> {
+        let mut ck = Checkpoint { tensors: HashMap::new(), source: "<memory>".into() };
+        for (name, bytes) in files {
+            ck.add_file(&name, bytes)?;
+        }
+        Ok(ck)
+    }
+
+    fn add_file(&mut self, path: &str, bytes: FileBytes) -> Result<()> {
+        let bytes = Arc::new(bytes);
+        let (n, meta) = safetensors::SafeTensors::read_metadata(bytes.as_slice())
+            .map_err(|e| HerdError::bad_file(path, format!("not a valid safetensors file ({e}); truncated or corrupt?")))?;
+        let base = 8 + n;
+        for (name, info) in meta.tensors() {
+            let dtype = DType::from_safetensors(info.dtype)
+                .ok_or_else(|| HerdError::tensor(&name, format!("in {path}: unsupported dtype {:?} (herd reads F32, BF16, F16)", info.dtype)))?;
+            let (s, e) = info.data_offsets;
+            let numel: usize = info.shape.iter().product();
+            if e - s != numel * dtype.size() {
+                return Err(HerdError::tensor(&name, format!("in {path}: {} bytes for shape {:?} of {}", e - s, info.shape, dtype.name())));
+            }
+            let logical = logical_name(&name).to_owned();
+            let t = TensorRef { name: name.clone(), dtype, shape: info.shape.clone(), file: bytes.clone(), start: base + s, end: base + e };
+            if self.tensors.insert(logical.clone(), t).is_some() {
+                return Err(HerdError::tensor(&name, format!("in {path}: appears twice (as `{logical}`)")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A tensor by logical name.
+    pub fn get(&self, name: &str) -> Result<&TensorRef> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| HerdError::tensor(name, format!("missing from the checkpoint in {}", self.source)))
+    }
+
+    /// A tensor by logical name, checking its shape.
+    pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<&TensorRef> {
+        let t = self.get(name)?;
+        if t.shape != shape {
+            return Err(HerdError::tensor(&t.name, format!("has shape {:?}, expected {:?} from config.json", t.shape, shape)));
+        }
+        Ok(t)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// All tensors (logical name → tensor).
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &TensorRef)> {
+        self.tensors.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}

@@ -1,0 +1,122 @@
+//! Attention on the CPU for a batch of sequences: causal or chunked (fixed blocks from token 0) masks,
+//! GQA, NoPE temperature tuning on the query, f32 softmax; and the KV-cache store.
+
+use rayon::prelude::*;
+
+use super::need;
+use crate::backend::{AttnParams, AttnSeq};
+use crate::error::{HerdError, Result};
+
+/// Checks one sequence's metadata against the buffer sizes.
+fn check_seq(s: &AttnSeq, rows: usize, slots: usize, chunk: Option<usize>) -> Result<()> {
+    let bad = |m: String| Err(HerdError::Backend { backend: "cpu".into(), msg: format!("attention: {m}") });
+    if (s.q_start + s.q_len) as usize > rows {
+        return bad(format!("sequence rows {}..{} exceed {rows}", s.q_start, s.q_start + s.q_len));
+    }
+    if (s.slot_base + s.slot_cap) as usize > slots || s.slot_cap == 0 {
+        return bad(format!("cache region {}+{} exceeds {slots} slots", s.slot_base, s.slot_cap));
+    }
+    // Every cached key a query can see must still be in the region.
+    let oldest_needed = match chunk {
+        Some(c) => (s.pos0 as usize / c) * c,
+        None => 0,
+    };
+    if (s.pos0 as usize).saturating_sub(oldest_needed) > s.slot_cap as usize {
+        return bad(format!("cache region of {} slots cannot hold the {} visible cached keys", s.slot_cap, s.pos0 as usize - oldest_needed));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k_new: &[f32],
+    v_new: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    seqs: &[AttnSeq],
+    p: &AttnParams,
+    out: &mut [f32],
+) -> Result<()> {
+    let (h, kvh, d) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    let qrow = h * d;
+    let kvrow = kvh * d;
+    let rows = seqs.iter().map(|s| (s.q_start + s.q_len) as usize).max().unwrap_or(0);
+    need("attention q", q.len(), rows * qrow)?;
+    need("attention k_new", k_new.len(), rows * kvrow)?;
+    need("attention v_new", v_new.len(), rows * kvrow)?;
+    need("attention out", out.len(), rows * qrow)?;
+    let slots = k_cache.len().min(v_cache.len()) / kvrow;
+    for s in seqs {
+        check_seq(s, rows, slots, p.chunk)?;
+    }
+    let group = h / kvh;
+    // One task per (row, head): the row's sequence is found by a scan (batches are small).
+    let mut row_seq = vec![usize::MAX; rows];
+    for (si, s) in seqs.iter().enumerate() {
+        for r in s.q_start..s.q_start + s.q_len {
+            row_seq[r as usize] = si;
+        }
+    }
+    out[..rows * qrow].par_chunks_mut(d).enumerate().for_each(|(task, o)| {
+        let (r, head) = (task / h, task % h);
+        let Some(s) = seqs.get(row_seq[r]) else { return };
+        let t = r as u32 - s.q_start;
+        let i = (s.pos0 + t) as usize; // absolute position of this query
+        let lo = match p.chunk {
+            Some(c) => (i / c) * c,
+            None => 0,
+        };
+        let kvh_i = head / group;
+        let mut qv: Vec<f32> = q[r * qrow + head * d..r * qrow + (head + 1) * d].to_vec();
+        if let Some(temp) = p.temperature {
+            let sc = temp.scale_at(i as u32);
+            qv.iter_mut().for_each(|x| *x *= sc);
+        }
+        let key = |j: usize| -> (&[f32], &[f32]) {
+            if j < s.pos0 as usize {
+                let slot = s.slot_base as usize + j % s.slot_cap as usize;
+                let off = slot * kvrow + kvh_i * d;
+                (&k_cache[off..off + d], &v_cache[off..off + d])
+            } else {
+                let row = s.q_start as usize + (j - s.pos0 as usize);
+                let off = row * kvrow + kvh_i * d;
+                (&k_new[off..off + d], &v_new[off..off + d])
+            }
+        };
+        let mut scores: Vec<f32> = (lo..=i)
+            .map(|j| {
+                let (k, _) = key(j);
+                qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * p.scale
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for sc in scores.iter_mut() {
+            *sc = (*sc - m).exp();
+            sum += *sc;
+        }
+        o.iter_mut().for_each(|x| *x = 0.0);
+        for (j, &w) in (lo..=i).zip(&scores) {
+            let (_, v) = key(j);
+            let w = w / sum;
+            for (a, b) in o.iter_mut().zip(v) {
+                *a += w * b;
+            }
+        }
+    });
+    Ok(())
+}
+
+pub fn kv_store(new: &[f32], cache: &mut [f32], seqs: &[AttnSeq], kv_dim: usize) -> Result<()> {
+    for s in seqs {
+        need("kv_store new", new.len(), (s.q_start + s.q_len) as usize * kv_dim)?;
+        need("kv_store cache", cache.len(), (s.slot_base + s.slot_cap) as usize * kv_dim)?;
+        for t in 0..s.q_len {
+            let slot = (s.slot_base + (s.pos0 + t) % s.slot_cap) as usize;
+            let row = (s.q_start + t) as usize;
+            cache[slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&new[row * kv_dim..(row + 1) * kv_dim]);
+        }
+    }
+    Ok(())
+}

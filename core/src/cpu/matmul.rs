@@ -1,0 +1,274 @@
+//! Matrix products on the CPU for every weight format: `linear` (x·Wᵀ, nn.Linear weights [n, k]) and
+//! `xw` (x·W, the fused expert tensors' input-major orientation). Few rows (decode) stream the weight once
+//! with dot products / row updates; many rows (prefill) convert a block of the weight to f32 once and hand
+//! it to `matrixmultiply`'s sgemm. Work is split over output columns with rayon; accumulation is f32.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+/// A weight's elements as stored.
+#[derive(Clone, Copy)]
+pub enum WView<'a> {
+    F32(&'a [f32]),
+    BF16(&'a [u16]),
+    F16(&'a [u16]),
+}
+
+#[inline]
+fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+impl WView<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            WView::F32(s) => s.len(),
+            WView::BF16(s) | WView::F16(s) => s.len(),
+        }
+    }
+    /// Converts `out.len()` contiguous elements starting at `start` to f32.
+    pub fn to_f32(&self, start: usize, out: &mut [f32]) {
+        let n = out.len();
+        match self {
+            WView::F32(s) => out.copy_from_slice(&s[start..start + n]),
+            WView::BF16(s) => {
+                for (o, &b) in out.iter_mut().zip(&s[start..start + n]) {
+                    *o = bf16_to_f32(b);
+                }
+            }
+            WView::F16(s) => {
+                let h: &[f16] = bytemuck::cast_slice(&s[start..start + n]);
+                h.convert_to_f32_slice(out);
+            }
+        }
+    }
+}
+
+/// Rows at or below this count take the streaming (GEMV-like) path.
+const SMALL_M: usize = 4;
+
+#[inline]
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, ar) = a.split_at(a.len() / 8 * 8);
+    let (bc, br) = b.split_at(ac.len());
+    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ar.iter().zip(br) {
+        s += x * y;
+    }
+    s
+}
+
+#[inline]
+fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, ar) = a.split_at(a.len() / 8 * 8);
+    let (bc, br) = b.split_at(ac.len());
+    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * bf16_to_f32(y[i]);
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, &y) in ar.iter().zip(br) {
+        s += x * bf16_to_f32(y);
+    }
+    s
+}
+
+/// Dot product of `x` with `w[off..off + x.len()]`.
+#[inline]
+fn dot(x: &[f32], w: &WView, off: usize, scratch: &mut Vec<f32>) -> f32 {
+    let k = x.len();
+    match w {
+        WView::F32(s) => dot_f32(x, &s[off..off + k]),
+        WView::BF16(s) => dot_bf16(x, &s[off..off + k]),
+        WView::F16(_) => {
+            scratch.resize(k, 0.0);
+            w.to_f32(off, scratch);
+            dot_f32(x, scratch)
+        }
+    }
+}
+
+/// A raw pointer that rayon tasks may share because each writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to let parallel tasks write disjoint column blocks of one output matrix.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ` (w row-major, an nn.Linear weight).
+pub fn linear(x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) {
+    debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= n * k);
+    if m <= SMALL_M {
+        // Stream each weight row once, dotting it with every input row.
+        const NB: usize = 32;
+        let mut tmp = vec![0f32; n * m]; // [n, m]
+        tmp.par_chunks_mut(NB * m).enumerate().for_each(|(b, chunk)| {
+            let mut scratch = Vec::new();
+            for (jj, o) in chunk.chunks_mut(m).enumerate() {
+                let j = b * NB + jj;
+                for (r, ov) in o.iter_mut().enumerate() {
+                    *ov = dot(&x[r * k..(r + 1) * k], w, j * k, &mut scratch);
+                }
+            }
+        });
+        for j in 0..n {
+            for r in 0..m {
+                out[r * n + j] = tmp[j * m + r];
+            }
+        }
+        return;
+    }
+    const NB: usize = 64;
+    let ptr = SendPtr(out.as_mut_ptr());
+    (0..n.div_ceil(NB)).into_par_iter().for_each(|b| {
+        let n0 = b * NB;
+        let nb = NB.min(n - n0);
+        let conv;
+        let wb: &[f32] = match w {
+            WView::F32(s) => &s[n0 * k..(n0 + nb) * k],
+            _ => {
+                let mut v = vec![0f32; nb * k];
+                w.to_f32(n0 * k, &mut v);
+                conv = v;
+                &conv
+            }
+        };
+        let p = ptr;
+        // SAFETY: x is m×k (row stride k), wb is nb×k read as its transpose (k×nb: row stride 1, column
+        // stride k), and the output block is columns n0..n0+nb of the m×n matrix `out` (row stride n), which
+        // no other task writes. All extents are within the slices checked above.
+        unsafe {
+            matrixmultiply::sgemm(m, k, nb, 1.0, x.as_ptr(), k as isize, 1, wb.as_ptr(), 1, k as isize, 0.0, p.0.add(n0), n as isize, 1);
+        }
+    });
+}
+
+/// `out[m, n] += x[m, k] · W` where `W[kk, j] = w[w_off + kk · ld + j]` (input-major; the fused expert
+/// tensors). `out` is m×n with row stride n.
+#[allow(clippy::too_many_arguments)]
+pub fn xw_acc(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize, ld: usize, out: &mut [f32]) {
+    debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= w_off + (k - 1) * ld + n);
+    const NB: usize = 128;
+    let ptr = SendPtr(out.as_mut_ptr());
+    (0..n.div_ceil(NB)).into_par_iter().for_each(|b| {
+        let n0 = b * NB;
+        let nb = NB.min(n - n0);
+        let p = ptr;
+        if m <= SMALL_M {
+            let mut acc = vec![0f32; m * nb];
+            let mut row = vec![0f32; nb];
+            for kk in 0..k {
+                w.to_f32(w_off + kk * ld + n0, &mut row);
+                for r in 0..m {
+                    let xv = x[r * k + kk];
+                    if xv != 0.0 {
+                        for (a, &wv) in acc[r * nb..(r + 1) * nb].iter_mut().zip(&row) {
+                            *a += xv * wv;
+                        }
+                    }
+                }
+            }
+            for r in 0..m {
+                // SAFETY: row r, columns n0..n0+nb of `out` belong to this task alone.
+                let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * n + n0), nb) };
+                for (ov, a) in o.iter_mut().zip(&acc[r * nb..(r + 1) * nb]) {
+                    *ov += a;
+                }
+            }
+        } else {
+            let mut wb = vec![0f32; k * nb]; // [k, nb]
+            for kk in 0..k {
+                w.to_f32(w_off + kk * ld + n0, &mut wb[kk * nb..(kk + 1) * nb]);
+            }
+            // SAFETY: x is m×k, wb is k×nb (row stride nb), the output block is columns n0..n0+nb of the
+            // m×n matrix `out`, written (accumulated, beta = 1) by this task alone.
+            unsafe {
+                matrixmultiply::sgemm(m, k, nb, 1.0, x.as_ptr(), k as isize, 1, wb.as_ptr(), nb as isize, 1, 1.0, p.0.add(n0), n as isize, 1);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f32], m: usize, k: usize, n: usize, w: &[f32]) -> Vec<f32> {
+        let mut o = vec![0f32; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                o[r * n + j] = (0..k).map(|kk| x[r * k + kk] as f64 * w[j * k + kk] as f64).sum::<f64>() as f32;
+            }
+        }
+        o
+    }
+
+    fn rnd(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn linear_matches_naive_for_all_formats_and_paths() {
+        for &(m, k, n) in &[(1, 7, 5), (3, 33, 70), (5, 19, 129), (17, 64, 65)] {
+            let x = rnd(m * k, 1);
+            let w = rnd(n * k, 2);
+            let want = naive(&x, m, k, n, &w);
+            let bf: Vec<u16> = w.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+            let wbf: Vec<f32> = bf.iter().map(|&b| bf16_to_f32(b)).collect();
+            let want_bf = naive(&x, m, k, n, &wbf);
+            let hf: Vec<u16> = w.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+            let whf: Vec<f32> = hf.iter().map(|&b| f16::from_bits(b).to_f32()).collect();
+            let want_hf = naive(&x, m, k, n, &whf);
+            for (view, want) in [(WView::F32(&w), &want), (WView::BF16(&bf), &want_bf), (WView::F16(&hf), &want_hf)] {
+                let mut out = vec![0f32; m * n];
+                linear(&x, m, k, n, &view, &mut out);
+                for (a, b) in out.iter().zip(want.iter()) {
+                    assert!((a - b).abs() < 1e-4, "{m}x{k}x{n}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn xw_acc_matches_naive_with_stride_and_offset() {
+        for &(m, k, n) in &[(1, 9, 5), (2, 16, 130), (9, 31, 200)] {
+            let ld = n + 7;
+            let off = 3;
+            let x = rnd(m * k, 3);
+            let w = rnd(off + k * ld, 4);
+            // transpose the strided block into [n, k] for the naive reference
+            let mut wt = vec![0f32; n * k];
+            for kk in 0..k {
+                for j in 0..n {
+                    wt[j * k + kk] = w[off + kk * ld + j];
+                }
+            }
+            let mut want = naive(&x, m, k, n, &wt);
+            for v in want.iter_mut() {
+                *v += 0.5;
+            }
+            let mut out = vec![0.5f32; m * n];
+            xw_acc(&x, m, k, n, &WView::F32(&w), off, ld, &mut out);
+            for (a, b) in out.iter().zip(want.iter()) {
+                assert!((a - b).abs() < 1e-4, "{m}x{k}x{n}: {a} vs {b}");
+            }
+        }
+    }
+}

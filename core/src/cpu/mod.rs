@@ -1,0 +1,242 @@
+//! The CPU reference backend: plain, obviously right, multi-threaded with rayon, f32 accumulation.
+//! One file per op family (named as the WGSL and CUDA files are); this file owns buffers and weights.
+//!
+//! Ops run when they are called, so "enqueue" and "execute" coincide and [`Backend::read`] has nothing to
+//! wait for. Weights stay in their checkpoint format, borrowed from the memory-mapped file when its
+//! alignment allows (no copy), and are converted to f32 a block at a time inside the matmuls.
+
+mod attention;
+mod elementwise;
+mod matmul;
+mod moe;
+mod rms_norm;
+mod rope;
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::backend::{AttnParams, AttnSeq, Backend};
+use crate::checkpoint::{FileBytes, TensorRef};
+use crate::error::{HerdError, Result};
+use crate::quant::DType;
+
+pub use matmul::WView;
+
+/// A CPU buffer: f32 activations or u32 indices.
+pub enum CpuBuffer {
+    F32(RwLock<Vec<f32>>),
+    U32(RwLock<Vec<u32>>),
+}
+
+fn err(msg: impl Into<String>) -> HerdError {
+    HerdError::Backend { backend: "cpu".into(), msg: msg.into() }
+}
+
+impl CpuBuffer {
+    pub(crate) fn f32(&self) -> Result<RwLockReadGuard<'_, Vec<f32>>> {
+        match self {
+            CpuBuffer::F32(v) => v.read().map_err(|_| err("poisoned buffer")),
+            CpuBuffer::U32(_) => Err(err("expected an f32 buffer, got u32")),
+        }
+    }
+    pub(crate) fn f32_mut(&self) -> Result<RwLockWriteGuard<'_, Vec<f32>>> {
+        match self {
+            CpuBuffer::F32(v) => v.write().map_err(|_| err("poisoned buffer")),
+            CpuBuffer::U32(_) => Err(err("expected an f32 buffer, got u32")),
+        }
+    }
+    pub(crate) fn u32(&self) -> Result<RwLockReadGuard<'_, Vec<u32>>> {
+        match self {
+            CpuBuffer::U32(v) => v.read().map_err(|_| err("poisoned buffer")),
+            CpuBuffer::F32(_) => Err(err("expected a u32 buffer, got f32")),
+        }
+    }
+    pub(crate) fn u32_mut(&self) -> Result<RwLockWriteGuard<'_, Vec<u32>>> {
+        match self {
+            CpuBuffer::U32(v) => v.write().map_err(|_| err("poisoned buffer")),
+            CpuBuffer::F32(_) => Err(err("expected a u32 buffer, got f32")),
+        }
+    }
+}
+
+/// Checks that a slice holds at least `need` elements (an op's shape arguments against its buffers).
+pub(crate) fn need(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(err(format!("{what}: buffer has {have} elements, op needs {need}")));
+    }
+    Ok(())
+}
+
+/// Weight bytes: borrowed from the checkpoint mapping, or an aligned private copy.
+enum WeightBytes {
+    Mapped { file: Arc<FileBytes>, start: usize, end: usize },
+    Owned(Vec<u32>, usize),
+}
+
+/// A weight on the CPU, in its checkpoint format.
+pub struct CpuWeight {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    bytes: WeightBytes,
+}
+
+impl CpuWeight {
+    fn raw(&self) -> &[u8] {
+        match &self.bytes {
+            WeightBytes::Mapped { file, start, end } => &file.as_slice()[*start..*end],
+            WeightBytes::Owned(v, len) => &bytemuck::cast_slice(v)[..*len],
+        }
+    }
+    /// The elements as stored: f32 values, or bf16/f16 bit patterns.
+    pub(crate) fn view(&self) -> WView<'_> {
+        let raw = self.raw();
+        match self.dtype {
+            DType::F32 => WView::F32(bytemuck::cast_slice(raw)),
+            DType::BF16 => WView::BF16(bytemuck::cast_slice(raw)),
+            DType::F16 => WView::F16(bytemuck::cast_slice(raw)),
+        }
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The CPU backend. Uses rayon's global pool.
+#[derive(Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buffer = CpuBuffer;
+    type Weight = CpuWeight;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn alloc(&self, len: usize) -> Result<CpuBuffer> {
+        Ok(CpuBuffer::F32(RwLock::new(vec![0.0; len])))
+    }
+    fn upload(&self, data: &[f32]) -> Result<CpuBuffer> {
+        Ok(CpuBuffer::F32(RwLock::new(data.to_vec())))
+    }
+    fn upload_u32(&self, data: &[u32]) -> Result<CpuBuffer> {
+        Ok(CpuBuffer::U32(RwLock::new(data.to_vec())))
+    }
+    fn read(&self, buf: &CpuBuffer) -> Result<Vec<f32>> {
+        Ok(buf.f32()?.clone())
+    }
+    fn copy(&self, src: &CpuBuffer, src_off: usize, dst: &CpuBuffer, dst_off: usize, len: usize) -> Result<()> {
+        if std::ptr::eq(src, dst) {
+            return Err(err("copy: source and destination are the same buffer"));
+        }
+        let s = src.f32()?;
+        let mut d = dst.f32_mut()?;
+        need("copy src", s.len(), src_off + len)?;
+        need("copy dst", d.len(), dst_off + len)?;
+        d[dst_off..dst_off + len].copy_from_slice(&s[src_off..src_off + len]);
+        Ok(())
+    }
+
+    fn load_weight(&self, t: &TensorRef) -> Result<CpuWeight> {
+        let (start, end) = t.range();
+        let align = t.dtype.size();
+        let ptr = t.bytes().as_ptr() as usize;
+        let bytes = if ptr % align == 0 {
+            WeightBytes::Mapped { file: t.file().clone(), start, end }
+        } else {
+            let b = t.bytes();
+            let mut v = vec![0u32; b.len().div_ceil(4)];
+            bytemuck::cast_slice_mut::<u32, u8>(&mut v)[..b.len()].copy_from_slice(b);
+            WeightBytes::Owned(v, b.len())
+        };
+        Ok(CpuWeight { dtype: t.dtype, shape: t.shape.clone(), bytes })
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &CpuBuffer, n: usize, dim: usize, out: &CpuBuffer) -> Result<()> {
+        elementwise::embed(table, &ids.u32()?, n, dim, &mut out.f32_mut()?)
+    }
+
+    fn rms_norm(&self, x: &CpuBuffer, weight: Option<&CpuWeight>, rows: usize, dim: usize, eps: f32, out: &CpuBuffer) -> Result<()> {
+        let w = weight.map(|w| w.view());
+        if std::ptr::eq(x, out) {
+            let mut o = out.f32_mut()?;
+            rms_norm::rms_norm_inplace(&mut o, w, rows, dim, eps)
+        } else {
+            rms_norm::rms_norm(&x.f32()?, w, rows, dim, eps, &mut out.f32_mut()?)
+        }
+    }
+
+    fn matmul(&self, x: &CpuBuffer, m: usize, w: &CpuWeight, out: &CpuBuffer) -> Result<()> {
+        let [n, k] = w.shape[..] else { return Err(err(format!("matmul: weight has shape {:?}, expected 2 dims", w.shape))) };
+        let x = x.f32()?;
+        let mut o = out.f32_mut()?;
+        need("matmul x", x.len(), m * k)?;
+        need("matmul out", o.len(), m * n)?;
+        matmul::linear(&x[..m * k], m, k, n, &w.view(), &mut o[..m * n]);
+        Ok(())
+    }
+
+    fn rope(&self, x: &CpuBuffer, rows: usize, heads: usize, head_dim: usize, positions: &CpuBuffer, inv_freq: &CpuBuffer) -> Result<()> {
+        rope::rope(&mut x.f32_mut()?, rows, heads, head_dim, &positions.u32()?, &inv_freq.f32()?)
+    }
+
+    fn attention(
+        &self,
+        q: &CpuBuffer,
+        k_new: &CpuBuffer,
+        v_new: &CpuBuffer,
+        k_cache: &CpuBuffer,
+        v_cache: &CpuBuffer,
+        seqs: &[AttnSeq],
+        p: &AttnParams,
+        out: &CpuBuffer,
+    ) -> Result<()> {
+        attention::attention(&q.f32()?, &k_new.f32()?, &v_new.f32()?, &k_cache.f32()?, &v_cache.f32()?, seqs, p, &mut out.f32_mut()?)
+    }
+
+    fn kv_store(&self, k_new: &CpuBuffer, v_new: &CpuBuffer, k_cache: &CpuBuffer, v_cache: &CpuBuffer, seqs: &[AttnSeq], kv_dim: usize) -> Result<()> {
+        attention::kv_store(&k_new.f32()?, &mut k_cache.f32_mut()?, seqs, kv_dim)?;
+        attention::kv_store(&v_new.f32()?, &mut v_cache.f32_mut()?, seqs, kv_dim)
+    }
+
+    fn add(&self, acc: &CpuBuffer, x: &CpuBuffer, n: usize) -> Result<()> {
+        if std::ptr::eq(acc, x) {
+            return Err(err("add: accumulator and addend are the same buffer"));
+        }
+        elementwise::add(&mut acc.f32_mut()?, &x.f32()?, n)
+    }
+
+    fn silu_mul(&self, gate: &CpuBuffer, up: &CpuBuffer, n: usize) -> Result<()> {
+        if std::ptr::eq(gate, up) {
+            return Err(err("silu_mul: gate and up are the same buffer"));
+        }
+        elementwise::silu_mul(&mut gate.f32_mut()?, &up.f32()?, n)
+    }
+
+    fn router_topk(&self, logits: &CpuBuffer, rows: usize, n_experts: usize, k: usize, idx: &CpuBuffer, score: &CpuBuffer) -> Result<()> {
+        moe::router_topk(&logits.f32()?, rows, n_experts, k, &mut idx.u32_mut()?, &mut score.f32_mut()?)
+    }
+
+    fn moe(
+        &self,
+        x: &CpuBuffer,
+        rows: usize,
+        idx: &CpuBuffer,
+        score: &CpuBuffer,
+        k: usize,
+        gate_up: &CpuWeight,
+        down: &CpuWeight,
+        out: &CpuBuffer,
+    ) -> Result<()> {
+        moe::moe(&x.f32()?, rows, &idx.u32()?, &score.f32()?, k, gate_up, down, &mut out.f32_mut()?)
+    }
+
+    fn gather_rows(&self, x: &CpuBuffer, rows: &CpuBuffer, n: usize, dim: usize, out: &CpuBuffer) -> Result<()> {
+        elementwise::gather_rows(&x.f32()?, &rows.u32()?, n, dim, &mut out.f32_mut()?)
+    }
+}

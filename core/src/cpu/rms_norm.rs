@@ -1,0 +1,55 @@
+//! RMS norm on the CPU: `y = x · rsqrt(mean(x²) + eps) · w` per row, f32 throughout; no weight gives
+//! Llama 4's weightless QK norm.
+
+use rayon::prelude::*;
+
+use super::{need, WView};
+use crate::error::Result;
+
+fn weight_f32(w: Option<WView>, dim: usize) -> Result<Option<Vec<f32>>> {
+    match w {
+        None => Ok(None),
+        Some(w) => {
+            need("rms_norm weight", w.len(), dim)?;
+            let mut v = vec![0f32; dim];
+            w.to_f32(0, &mut v);
+            Ok(Some(v))
+        }
+    }
+}
+
+#[inline]
+fn norm_row(x: &[f32], w: Option<&[f32]>, eps: f32, y: &mut [f32]) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ss + eps).sqrt();
+    match w {
+        Some(w) => {
+            for ((o, &v), &g) in y.iter_mut().zip(x).zip(w) {
+                *o = v * r * g;
+            }
+        }
+        None => {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = v * r;
+            }
+        }
+    }
+}
+
+pub fn rms_norm(x: &[f32], w: Option<WView>, rows: usize, dim: usize, eps: f32, out: &mut [f32]) -> Result<()> {
+    need("rms_norm x", x.len(), rows * dim)?;
+    need("rms_norm out", out.len(), rows * dim)?;
+    let w = weight_f32(w, dim)?;
+    out[..rows * dim].par_chunks_mut(dim).zip(x[..rows * dim].par_chunks(dim)).for_each(|(y, x)| norm_row(x, w.as_deref(), eps, y));
+    Ok(())
+}
+
+pub fn rms_norm_inplace(x: &mut [f32], w: Option<WView>, rows: usize, dim: usize, eps: f32) -> Result<()> {
+    need("rms_norm x", x.len(), rows * dim)?;
+    let w = weight_f32(w, dim)?;
+    x[..rows * dim].par_chunks_mut(dim).for_each(|row| {
+        let src = row.to_vec();
+        norm_row(&src, w.as_deref(), eps, row)
+    });
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Driving the model: scoring rows of ids (one prefill, or token by token through the KV cache), batched
+//! greedy continuation, and sampled generation with stop tokens and a streaming callback.
+
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+use crate::error::{HerdError, Result};
+use crate::kv::SeqId;
+use crate::model::{Llama4, Rows};
+use crate::sampling::{argmax, Sampler, SamplingParams};
+
+/// Logits `[T, V]` for every token of every row. All rows run as one batch (each its own sequence).
+/// `decode`: feed the tokens one step at a time through the KV cache instead of one prefill.
+pub fn score_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], decode: bool) -> Result<Vec<Vec<f32>>> {
+    let v = model.cfg.vocab_size;
+    let mut cache = model.new_cache()?;
+    let ids: Vec<SeqId> = rows.iter().map(|_| cache.add_sequence()).collect();
+    let mut out: Vec<Vec<f32>> = rows.iter().map(|r| Vec::with_capacity(r.len() * v)).collect();
+    if !decode {
+        let batch: Vec<(SeqId, &[u32])> = ids.iter().copied().zip(rows.iter().map(|r| r.as_slice())).collect();
+        let logits = model.forward(&mut cache, &batch, Rows::All)?;
+        let mut off = 0;
+        for (o, r) in out.iter_mut().zip(rows) {
+            o.extend_from_slice(&logits[off..off + r.len() * v]);
+            off += r.len() * v;
+        }
+        return Ok(out);
+    }
+    let steps = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    for step in 0..steps {
+        let live: Vec<usize> = (0..rows.len()).filter(|&i| step < rows[i].len()).collect();
+        let batch: Vec<(SeqId, &[u32])> = live.iter().map(|&i| (ids[i], &rows[i][step..step + 1])).collect();
+        let logits = model.forward(&mut cache, &batch, Rows::Last)?;
+        for (j, &i) in live.iter().enumerate() {
+            out[i].extend_from_slice(&logits[j * v..(j + 1) * v]);
+        }
+    }
+    Ok(out)
+}
+
+/// Greedy continuation of each row by `n` tokens (no stop tokens), all rows decoded as one batch.
+pub fn greedy_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], n: usize) -> Result<Vec<Vec<u32>>> {
+    let v = model.cfg.vocab_size;
+    let mut cache = model.new_cache()?;
+    let ids: Vec<SeqId> = rows.iter().map(|_| cache.add_sequence()).collect();
+    let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(n); rows.len()];
+    if n == 0 {
+        return Ok(out);
+    }
+    let batch: Vec<(SeqId, &[u32])> = ids.iter().copied().zip(rows.iter().map(|r| r.as_slice())).collect();
+    let mut logits = model.forward(&mut cache, &batch, Rows::Last)?;
+    loop {
+        for (i, o) in out.iter_mut().enumerate() {
+            o.push(argmax(&logits[i * v..(i + 1) * v]));
+        }
+        if out[0].len() == n {
+            return Ok(out);
+        }
+        let last: Vec<[u32; 1]> = out.iter().map(|o| [*o.last().unwrap_or(&0)]).collect();
+        let batch: Vec<(SeqId, &[u32])> = ids.iter().copied().zip(last.iter().map(|l| l.as_slice())).collect();
+        logits = model.forward(&mut cache, &batch, Rows::Last)?;
+    }
+}
+
+/// What a generation should do.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation stops after any of these ids (it is not passed to the callback).
+    pub stop_ids: Vec<u32>,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop id was produced.
+    Stop(u32),
+    /// `max_tokens` were produced.
+    Length,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+/// Timing of one generation.
+#[derive(Debug, Clone)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+    pub stop: StopReason,
+}
+
+impl GenerateStats {
+    pub fn prefill_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_time.as_secs_f64().max(1e-9)
+    }
+    /// Decode speed over the tokens after the first (the first comes out of the prefill).
+    pub fn decode_tps(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A conversation's running state: its cache sequence and the ids in it, so a multi-turn chat only feeds
+/// what each new turn adds.
+pub struct Session<B: Backend> {
+    cache: crate::kv::KvCache<B>,
+    seq: SeqId,
+    /// Exactly the ids held in the cache.
+    cached: Vec<u32>,
+}
+
+impl<B: Backend> Session<B> {
+    pub fn new(model: &Llama4<B>) -> Result<Self> {
+        let mut cache = model.new_cache()?;
+        let seq = cache.add_sequence();
+        Ok(Session { cache, seq, cached: Vec::new() })
+    }
+
+    /// The ids held in the cache.
+    pub fn cached(&self) -> &[u32] {
+        &self.cached
+    }
+
+    /// Starts over with an empty cache.
+    pub fn reset(&mut self, model: &Llama4<B>) -> Result<()> {
+        *self = Session::new(model)?;
+        Ok(())
+    }
+
+    /// Generates after the whole conversation `ids`: if the cache holds a prefix of `ids` only the rest is
+    /// fed, otherwise the session restarts. Calls `on_token` for each generated id that is not a stop id
+    /// (return false to stop). Returns the generated ids (with a final stop id, if any) and timings.
+    pub fn generate(
+        &mut self,
+        model: &Llama4<B>,
+        ids: &[u32],
+        params: &GenerateParams,
+        sampler: &mut Sampler,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, GenerateStats)> {
+        let v = model.cfg.vocab_size;
+        let ctx = model.cfg.max_position_embeddings;
+        if ids.len() > ctx {
+            return Err(HerdError::Input(format!("prompt of {} tokens is longer than the model's context of {ctx} tokens", ids.len())));
+        }
+        if !(ids.starts_with(&self.cached) && ids.len() > self.cached.len()) {
+            self.reset(model)?;
+        }
+        let prompt = &ids[self.cached.len()..];
+        if prompt.is_empty() {
+            return Err(HerdError::Input("empty prompt".into()));
+        }
+        let max_tokens = params.max_tokens.min(ctx - ids.len());
+        let mut seen = ids.to_vec();
+        let t0 = Instant::now();
+        let mut logits = model.forward(&mut self.cache, &[(self.seq, prompt)], Rows::Last)?;
+        self.cached.extend_from_slice(prompt);
+        let prefill_time = t0.elapsed();
+        let t1 = Instant::now();
+        let mut out = Vec::new();
+        let mut stop = StopReason::Length;
+        while out.len() < max_tokens {
+            let id = sampler.sample(&mut logits[..v], &seen);
+            out.push(id);
+            seen.push(id);
+            if params.stop_ids.contains(&id) {
+                stop = StopReason::Stop(id);
+                break;
+            }
+            if !on_token(id) {
+                stop = StopReason::Cancelled;
+                break;
+            }
+            if out.len() == max_tokens {
+                break;
+            }
+            logits = model.forward(&mut self.cache, &[(self.seq, &[id])], Rows::Last)?;
+            self.cached.push(id);
+        }
+        let stats = GenerateStats { prompt_tokens: prompt.len(), generated_tokens: out.len(), prefill_time, decode_time: t1.elapsed(), stop };
+        Ok((out, stats))
+    }
+}

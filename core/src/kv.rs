@@ -1,0 +1,188 @@
+//! The KV cache for a batch of sequences.
+//!
+//! Every layer has one key and one value buffer `[slots, n_kv_heads, head_dim]`; each sequence owns a
+//! region of slots in it, the same region in every layer of one kind. Position `p` of a sequence lives in
+//! slot `base + p % cap`. Full-attention (global, NoPE) layers keep the whole history: their regions grow
+//! (doubling) before they would wrap. Chunked (RoPE) layers only ever need the query's own chunk, so their
+//! regions grow up to `attention_chunk_size` slots and then act as ring buffers: a chunk starts at a
+//! multiple of C, so its tokens occupy slots 0..p mod C of the ring, never overwritten while visible.
+//!
+//! Growing relocates the regions of one layer kind into new buffers (one backend copy per region). The
+//! attention op takes any region layout, so a paged allocator can replace this one without touching it.
+
+use crate::backend::{AttnSeq, Backend};
+use crate::config::{AttnKind, TextConfig};
+use crate::error::{HerdError, Result};
+
+/// A sequence's handle in a [`KvCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeqId(pub u32);
+
+#[derive(Debug, Clone, Copy)]
+struct Region {
+    base: usize,
+    cap: usize,
+}
+
+struct SeqState {
+    id: SeqId,
+    len: usize,
+    /// Region in full-attention layers, then in chunked layers.
+    regions: [Region; 2],
+}
+
+struct Layer<B: Backend> {
+    kind: AttnKind,
+    k: B::Buffer,
+    v: B::Buffer,
+}
+
+/// Keys and values of every layer for every live sequence.
+pub struct KvCache<B: Backend> {
+    layers: Vec<Layer<B>>,
+    seqs: Vec<SeqState>,
+    /// Slots in the buffers of each layer kind (full, chunked).
+    slots: [usize; 2],
+    kv_dim: usize,
+    chunk: Option<usize>,
+    next_id: u32,
+}
+
+fn kind_index(k: AttnKind) -> usize {
+    match k {
+        AttnKind::Full => 0,
+        AttnKind::Chunked => 1,
+    }
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache shaped for `cfg`.
+    pub fn new(backend: &B, cfg: &TextConfig) -> Result<Self> {
+        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+        let layers = cfg
+            .layer_types
+            .iter()
+            .map(|&kind| Ok(Layer { kind, k: backend.alloc(kv_dim)?, v: backend.alloc(kv_dim)? }))
+            .collect::<Result<_>>()?;
+        Ok(KvCache { layers, seqs: Vec::new(), slots: [1, 1], kv_dim, chunk: cfg.attention_chunk_size, next_id: 0 })
+    }
+
+    /// Starts a new, empty sequence.
+    pub fn add_sequence(&mut self) -> SeqId {
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        // An empty region at the end; it gets room on its first step.
+        self.seqs.push(SeqState { id, len: 0, regions: [Region { base: self.slots[0], cap: 0 }, Region { base: self.slots[1], cap: 0 }] });
+        id
+    }
+
+    /// Forgets a sequence (its slots are reclaimed at the next relocation).
+    pub fn remove_sequence(&mut self, id: SeqId) {
+        self.seqs.retain(|s| s.id != id);
+    }
+
+    /// Tokens cached for a sequence.
+    pub fn seq_len(&self, id: SeqId) -> Result<usize> {
+        Ok(self.seq(id)?.len)
+    }
+
+    /// Bytes the cache buffers take (f32 elements).
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|l| 2 * self.slots[kind_index(l.kind)] * self.kv_dim * 4).sum()
+    }
+
+    fn seq(&self, id: SeqId) -> Result<&SeqState> {
+        self.seqs.iter().find(|s| s.id == id).ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))
+    }
+
+    /// Capacity a region of `kind` needs to hold a sequence of `len` tokens.
+    fn needed(&self, kind: usize, len: usize) -> usize {
+        match (kind, self.chunk) {
+            (1, Some(c)) => len.min(c),
+            _ => len,
+        }
+    }
+
+    /// Makes room for `new` more tokens of each listed sequence, relocating regions if needed.
+    pub fn reserve(&mut self, backend: &B, batch: &[(SeqId, usize)]) -> Result<()> {
+        for kind in 0..2 {
+            let mut grow = false;
+            let mut caps: Vec<usize> = self.seqs.iter().map(|s| s.regions[kind].cap).collect();
+            for &(id, new) in batch {
+                let i = self.seqs.iter().position(|s| s.id == id).ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))?;
+                let want = self.needed(kind, self.seqs[i].len + new);
+                if want > caps[i] {
+                    let doubled = self.needed(kind, (2 * caps[i]).max(16));
+                    caps[i] = want.max(doubled);
+                    grow = true;
+                }
+            }
+            if grow {
+                self.relocate(backend, kind, &caps)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lays out every sequence's region of one layer kind afresh with the given capacities.
+    fn relocate(&mut self, backend: &B, kind: usize, caps: &[usize]) -> Result<()> {
+        let mut base = 0;
+        let new_regions: Vec<Region> = caps
+            .iter()
+            .map(|&cap| {
+                let r = Region { base, cap };
+                base += cap;
+                r
+            })
+            .collect();
+        let slots = base.max(1);
+        let kv = self.kv_dim;
+        for layer in self.layers.iter_mut().filter(|l| kind_index(l.kind) == kind) {
+            let k = backend.alloc(slots * kv)?;
+            let v = backend.alloc(slots * kv)?;
+            for (s, r) in self.seqs.iter().zip(&new_regions) {
+                let old = s.regions[kind];
+                // Regions grow only before they wrap, and a wrapped ring is copied whole: slot order is kept.
+                let used = s.len.min(old.cap);
+                if used > 0 {
+                    backend.copy(&layer.k, old.base * kv, &k, r.base * kv, used * kv)?;
+                    backend.copy(&layer.v, old.base * kv, &v, r.base * kv, used * kv)?;
+                }
+            }
+            layer.k = k;
+            layer.v = v;
+        }
+        for (s, r) in self.seqs.iter_mut().zip(new_regions) {
+            s.regions[kind] = r;
+        }
+        self.slots[kind] = slots;
+        Ok(())
+    }
+
+    /// Attention metadata for a step: `batch` lists (sequence, first row, new tokens) in row order.
+    pub fn attn_seqs(&self, layer: usize, batch: &[(SeqId, usize, usize)]) -> Result<Vec<AttnSeq>> {
+        let kind = kind_index(self.layers[layer].kind);
+        batch
+            .iter()
+            .map(|&(id, row, n)| {
+                let s = self.seq(id)?;
+                let r = s.regions[kind];
+                Ok(AttnSeq { q_start: row as u32, q_len: n as u32, pos0: s.len as u32, slot_base: r.base as u32, slot_cap: r.cap.max(1) as u32 })
+            })
+            .collect()
+    }
+
+    /// Records that the step's new tokens are now cached.
+    pub fn advance(&mut self, batch: &[(SeqId, usize)]) -> Result<()> {
+        for &(id, n) in batch {
+            let s = self.seqs.iter_mut().find(|s| s.id == id).ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))?;
+            s.len += n;
+        }
+        Ok(())
+    }
+
+    /// A layer's key and value buffers.
+    pub fn layer(&self, i: usize) -> (&B::Buffer, &B::Buffer) {
+        (&self.layers[i].k, &self.layers[i].v)
+    }
+}

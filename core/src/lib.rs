@@ -1,0 +1,19 @@
+//! herd-core: everything in herd that does not depend on a device.
+//!
+//! * [`config`] turns a Hugging Face `config.json` (either dialect) into a validated [`config::ModelConfig`].
+//! * [`checkpoint`] memory-maps safetensors files (single or sharded) and maps tensor names.
+//! * [`backend`] is the small set of coarse ops every device implements; [`cpu`] is the reference.
+//! * [`model`] is Llama 4, written once against [`backend::Backend`]; [`kv`] is its cache.
+//! * [`generate`] drives prefill/decode with sampling and stop tokens.
+pub mod error;
+pub mod quant;
+pub mod config;
+pub mod checkpoint;
+pub mod backend;
+pub mod cpu;
+pub mod kv;
+pub mod model;
+pub mod sampling;
+pub mod generate;
+
+pub use error::{HerdError, Result};

@@ -1,0 +1,78 @@
+//! Llama 4 attention (iRoPE): RoPE + QK norm + chunked mask on RoPE layers, NoPE + temperature tuning +
+//! full causal mask on the others, GQA, and the KV-cache write.
+
+use super::Scratch;
+use crate::backend::{AttnParams, AttnSeq, Backend, Temperature};
+use crate::checkpoint::Checkpoint;
+use crate::config::{AttnKind, TextConfig};
+use crate::error::Result;
+
+pub(super) struct Attention<B: Backend> {
+    q: B::Weight,
+    k: B::Weight,
+    v: B::Weight,
+    o: B::Weight,
+    use_rope: bool,
+    qk_norm: bool,
+    params: AttnParams,
+}
+
+impl<B: Backend> Attention<B> {
+    pub fn load(be: &B, ck: &Checkpoint, cfg: &TextConfig, i: usize) -> Result<Self> {
+        let (d, h, kvh, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let p = format!("model.layers.{i}.self_attn.");
+        let w = |n: &str, shape: &[usize]| be.load_weight(ck.get_shaped(&format!("{p}{n}.weight"), shape)?);
+        let use_rope = cfg.use_rope[i];
+        Ok(Attention {
+            q: w("q_proj", &[h * hd, d])?,
+            k: w("k_proj", &[kvh * hd, d])?,
+            v: w("v_proj", &[kvh * hd, d])?,
+            o: w("o_proj", &[d, h * hd])?,
+            use_rope,
+            qk_norm: use_rope && cfg.use_qk_norm,
+            params: AttnParams {
+                n_heads: h,
+                n_kv_heads: kvh,
+                head_dim: hd,
+                scale: (hd as f32).powf(-0.5),
+                chunk: match cfg.layer_types[i] {
+                    AttnKind::Chunked => cfg.attention_chunk_size,
+                    AttnKind::Full => None,
+                },
+                temperature: (!use_rope && cfg.attn_temperature_tuning)
+                    .then_some(Temperature { floor_scale: cfg.floor_scale, attn_scale: cfg.attn_scale }),
+            },
+        })
+    }
+
+    /// Reads `s.a` (normed hidden [t, D]), writes the attention output projected to [t, D] into `s.o`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        be: &B,
+        cfg: &TextConfig,
+        s: &Scratch<B>,
+        t: usize,
+        positions: &B::Buffer,
+        inv_freq: &B::Buffer,
+        k_cache: &B::Buffer,
+        v_cache: &B::Buffer,
+        seqs: &[AttnSeq],
+    ) -> Result<()> {
+        let p = &self.params;
+        be.matmul(&s.a, t, &self.q, &s.q)?;
+        be.matmul(&s.a, t, &self.k, &s.k)?;
+        be.matmul(&s.a, t, &self.v, &s.v)?;
+        if self.use_rope {
+            be.rope(&s.q, t, p.n_heads, p.head_dim, positions, inv_freq)?;
+            be.rope(&s.k, t, p.n_kv_heads, p.head_dim, positions, inv_freq)?;
+        }
+        if self.qk_norm {
+            be.rms_norm(&s.q, None, t * p.n_heads, p.head_dim, cfg.rms_norm_eps, &s.q)?;
+            be.rms_norm(&s.k, None, t * p.n_kv_heads, p.head_dim, cfg.rms_norm_eps, &s.k)?;
+        }
+        be.attention(&s.q, &s.k, &s.v, k_cache, v_cache, seqs, p, &s.attn)?;
+        be.kv_store(&s.k, &s.v, k_cache, v_cache, seqs, p.n_kv_heads * p.head_dim)?;
+        be.matmul(&s.attn, t, &self.o, &s.o)
+    }
+}

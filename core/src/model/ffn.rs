@@ -1,0 +1,68 @@
+//! Llama 4 feed-forward blocks: the dense SwiGLU MLP (non-MoE layers) and the MoE block (top-k sigmoid
+//! router whose score scales the expert input, routed experts, always-on shared expert).
+
+use super::Scratch;
+use crate::backend::Backend;
+use crate::checkpoint::Checkpoint;
+use crate::config::TextConfig;
+use crate::error::Result;
+
+/// down(silu(gate(x)) ⊙ up(x)), nn.Linear weights.
+pub(super) struct Mlp<B: Backend> {
+    gate: B::Weight,
+    up: B::Weight,
+    down: B::Weight,
+    width: usize,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn load(be: &B, ck: &Checkpoint, prefix: &str, d: usize, width: usize) -> Result<Self> {
+        let w = |n: &str, shape: &[usize]| be.load_weight(ck.get_shaped(&format!("{prefix}{n}.weight"), shape)?);
+        Ok(Mlp { gate: w("gate_proj", &[width, d])?, up: w("up_proj", &[width, d])?, down: w("down_proj", &[d, width])?, width })
+    }
+
+    /// s.a → s.o
+    fn forward(&self, be: &B, s: &Scratch<B>, t: usize) -> Result<()> {
+        be.matmul(&s.a, t, &self.gate, &s.gate)?;
+        be.matmul(&s.a, t, &self.up, &s.up)?;
+        be.silu_mul(&s.gate, &s.up, t * self.width)?;
+        be.matmul(&s.gate, t, &self.down, &s.o)
+    }
+}
+
+pub(super) enum Ffn<B: Backend> {
+    Dense(Mlp<B>),
+    Moe { router: B::Weight, gate_up: B::Weight, down: B::Weight, shared: Mlp<B> },
+}
+
+impl<B: Backend> Ffn<B> {
+    pub fn load(be: &B, ck: &Checkpoint, cfg: &TextConfig, i: usize) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let p = format!("model.layers.{i}.feed_forward.");
+        if !cfg.moe_layers[i] {
+            return Ok(Ffn::Dense(Mlp::load(be, ck, &p, d, cfg.intermediate_size_mlp)?));
+        }
+        let (e, f) = (cfg.num_local_experts, cfg.intermediate_size);
+        Ok(Ffn::Moe {
+            router: be.load_weight(ck.get_shaped(&format!("{p}router.weight"), &[e, d])?)?,
+            // The fused expert tensors carry no `.weight` suffix and are input-major: [E, D, 2F], [E, F, D].
+            gate_up: be.load_weight(ck.get_shaped(&format!("{p}experts.gate_up_proj"), &[e, d, 2 * f])?)?,
+            down: be.load_weight(ck.get_shaped(&format!("{p}experts.down_proj"), &[e, f, d])?)?,
+            shared: Mlp::load(be, ck, &format!("{p}shared_expert."), d, f)?,
+        })
+    }
+
+    /// Reads `s.a` (normed hidden [t, D]), writes the block's output [t, D] into `s.o`.
+    pub fn forward(&self, be: &B, cfg: &TextConfig, s: &Scratch<B>, t: usize) -> Result<()> {
+        match self {
+            Ffn::Dense(m) => m.forward(be, s, t),
+            Ffn::Moe { router, gate_up, down, shared } => {
+                let (e, k) = (cfg.num_local_experts, cfg.num_experts_per_tok);
+                shared.forward(be, s, t)?;
+                be.matmul(&s.a, t, router, &s.router_logits)?;
+                be.router_topk(&s.router_logits, t, e, k, &s.idx, &s.score)?;
+                be.moe(&s.a, t, &s.idx, &s.score, k, gate_up, down, &s.o)
+            }
+        }
+    }
+}

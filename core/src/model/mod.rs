@@ -1,0 +1,186 @@
+//! Llama 4's text model, written once against [`Backend`]: loading (every tensor checked against the
+//! config), and the batched forward pass (embedding → layers → final norm → lm_head on the rows asked for).
+
+mod attention;
+mod ffn;
+
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::checkpoint::Checkpoint;
+use crate::config::TextConfig;
+use crate::error::{HerdError, Result};
+use crate::kv::{KvCache, SeqId};
+
+use attention::Attention;
+use ffn::Ffn;
+
+struct Layer<B: Backend> {
+    input_norm: B::Weight,
+    post_norm: B::Weight,
+    attn: Attention<B>,
+    ffn: Ffn<B>,
+}
+
+/// Which rows of a forward pass come back as logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// The last new token of each sequence (generation).
+    Last,
+    /// Every new token (scoring, reference checks).
+    All,
+}
+
+/// The Llama 4 text model on one backend.
+pub struct Llama4<B: Backend> {
+    pub cfg: TextConfig,
+    backend: Arc<B>,
+    embed: B::Weight,
+    norm: B::Weight,
+    /// None when the embeddings are tied.
+    lm_head: Option<B::Weight>,
+    layers: Vec<Layer<B>>,
+    inv_freq: B::Buffer,
+}
+
+/// Scratch buffers of one forward pass, sized for its rows.
+pub(crate) struct Scratch<B: Backend> {
+    pub a: B::Buffer,
+    pub o: B::Buffer,
+    pub q: B::Buffer,
+    pub k: B::Buffer,
+    pub v: B::Buffer,
+    pub attn: B::Buffer,
+    pub gate: B::Buffer,
+    pub up: B::Buffer,
+    pub router_logits: B::Buffer,
+    pub idx: B::Buffer,
+    pub score: B::Buffer,
+}
+
+impl<B: Backend> Llama4<B> {
+    /// Uploads every text tensor of `ck` to `backend`, checking names and shapes against `cfg`.
+    /// `progress(done, total)` is called after each layer.
+    pub fn load(backend: Arc<B>, ck: &Checkpoint, cfg: &TextConfig, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+        let (d, v) = (cfg.hidden_size, cfg.vocab_size);
+        let w = |name: &str, shape: &[usize]| backend.load_weight(ck.get_shaped(name, shape)?);
+        let embed = w("model.embed_tokens.weight", &[v, d])?;
+        let norm = w("model.norm.weight", &[d])?;
+        let lm_head = if ck.contains("lm_head.weight") || !cfg.tie_word_embeddings { Some(w("lm_head.weight", &[v, d])?) } else { None };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let total = cfg.num_hidden_layers;
+        for i in 0..total {
+            let p = format!("model.layers.{i}.");
+            layers.push(Layer {
+                input_norm: w(&format!("{p}input_layernorm.weight"), &[d])?,
+                post_norm: w(&format!("{p}post_attention_layernorm.weight"), &[d])?,
+                attn: Attention::load(&*backend, ck, cfg, i)?,
+                ffn: Ffn::load(&*backend, ck, cfg, i)?,
+            });
+            progress(i + 1, total);
+        }
+        let inv_freq = backend.upload(&cfg.rope_inv_freq())?;
+        Ok(Llama4 { cfg: cfg.clone(), backend, embed, norm, lm_head, layers, inv_freq })
+    }
+
+    /// Loads the text model of a model directory (config.json + safetensors).
+    pub fn from_dir(backend: Arc<B>, dir: &std::path::Path, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+        let cfg = crate::config::ModelConfig::from_file(&dir.join("config.json"))?;
+        let ck = Checkpoint::open_dir(dir)?;
+        Self::load(backend, &ck, &cfg.text, progress)
+    }
+
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    /// A fresh KV cache for this model.
+    pub fn new_cache(&self) -> Result<KvCache<B>> {
+        KvCache::new(&*self.backend, &self.cfg)
+    }
+
+    /// Runs the new tokens of each sequence through the model, appending them to the cache, and returns
+    /// logits `[rows, vocab]` for the rows asked for (row order = batch order, then token order).
+    pub fn forward(&self, cache: &mut KvCache<B>, batch: &[(SeqId, &[u32])], rows: Rows) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let be = &*self.backend;
+        let (d, h, kvh, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        if batch.is_empty() {
+            return Err(HerdError::Input("empty batch".into()));
+        }
+        // Host-side checks: every error a user can cause is reported before any work is enqueued.
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut plan = Vec::with_capacity(batch.len());
+        for (bi, &(id, toks)) in batch.iter().enumerate() {
+            if toks.is_empty() {
+                return Err(HerdError::Input("a sequence in the batch has no new tokens".into()));
+            }
+            if batch[..bi].iter().any(|(o, _)| *o == id) {
+                return Err(HerdError::Input(format!("sequence {} appears twice in one batch", id.0)));
+            }
+            if let Some(&bad) = toks.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                return Err(HerdError::Input(format!("token id {bad} is outside the vocabulary ({})", cfg.vocab_size)));
+            }
+            let pos0 = cache.seq_len(id)?;
+            if pos0 + toks.len() > cfg.max_position_embeddings {
+                return Err(HerdError::Input(format!(
+                    "{} tokens exceed the model's context of {} (max_position_embeddings)",
+                    pos0 + toks.len(),
+                    cfg.max_position_embeddings
+                )));
+            }
+            plan.push((id, ids.len(), toks.len()));
+            positions.extend((pos0..pos0 + toks.len()).map(|p| p as u32));
+            ids.extend_from_slice(toks);
+        }
+        let t = ids.len();
+        let grow: Vec<(SeqId, usize)> = plan.iter().map(|&(id, _, n)| (id, n)).collect();
+        cache.reserve(be, &grow)?;
+
+        let ffn_width = cfg.intermediate_size.max(if cfg.moe_layers.iter().any(|&m| !m) { cfg.intermediate_size_mlp } else { 0 });
+        let kk = cfg.num_experts_per_tok.max(1);
+        let s = Scratch::<B> {
+            a: be.alloc(t * d)?,
+            o: be.alloc(t * d)?,
+            q: be.alloc(t * h * hd)?,
+            k: be.alloc(t * kvh * hd)?,
+            v: be.alloc(t * kvh * hd)?,
+            attn: be.alloc(t * h * hd)?,
+            gate: be.alloc(t * ffn_width)?,
+            up: be.alloc(t * ffn_width)?,
+            router_logits: be.alloc(t * cfg.num_local_experts.max(1))?,
+            idx: be.upload_u32(&vec![0; t * kk])?,
+            score: be.alloc(t * kk)?,
+        };
+        let ids_buf = be.upload_u32(&ids)?;
+        let pos_buf = be.upload_u32(&positions)?;
+        let hidden = be.alloc(t * d)?;
+        be.embed(&self.embed, &ids_buf, t, d, &hidden)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            be.rms_norm(&hidden, Some(&layer.input_norm), t, d, cfg.rms_norm_eps, &s.a)?;
+            let seqs = cache.attn_seqs(i, &plan)?;
+            let (kc, vc) = cache.layer(i);
+            layer.attn.forward(be, cfg, &s, t, &pos_buf, &self.inv_freq, kc, vc, &seqs)?;
+            be.add(&hidden, &s.o, t * d)?;
+            be.rms_norm(&hidden, Some(&layer.post_norm), t, d, cfg.rms_norm_eps, &s.a)?;
+            layer.ffn.forward(be, cfg, &s, t)?;
+            be.add(&hidden, &s.o, t * d)?;
+        }
+        cache.advance(&grow)?;
+
+        let (out_rows, src) = match rows {
+            Rows::All => (t, hidden),
+            Rows::Last => {
+                let last: Vec<u32> = plan.iter().map(|&(_, r, n)| (r + n - 1) as u32).collect();
+                let sel = be.alloc(last.len() * d)?;
+                be.gather_rows(&hidden, &be.upload_u32(&last)?, last.len(), d, &sel)?;
+                (last.len(), sel)
+            }
+        };
+        be.rms_norm(&src, Some(&self.norm), out_rows, d, cfg.rms_norm_eps, &src)?;
+        let logits = be.alloc(out_rows * cfg.vocab_size)?;
+        be.matmul(&src, out_rows, self.lm_head.as_ref().unwrap_or(&self.embed), &logits)?;
+        be.read(&logits)
+    }
+}

@@ -1,0 +1,426 @@
+//! Token sampling: turns one row of logits into the next token id.
+//!
+//! [`SamplingParams`] holds the knobs (greedy by default) and [`Sampler`] owns the seeded RNG and a
+//! scratch buffer. The processing order follows Hugging Face's logits processors: repetition
+//! penalty, then temperature, top-k, top-p, min-p, then a draw from the softmax of what is left.
+//! NaN logits are treated as "never pick" and `+inf` as "very large"; nothing here panics.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{HerdError, Result};
+
+/// How to pick the next token. `Default` is greedy decoding with every filter off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature; `0` means greedy (argmax).
+    pub temperature: f32,
+    /// Keep only the `top_k` highest logits (ties at the threshold are kept); `0` = off.
+    pub top_k: usize,
+    /// Nucleus sampling: keep the smallest set of most likely tokens whose mass is ≥ `top_p`; `1` = off.
+    pub top_p: f32,
+    /// Drop tokens whose probability is below `min_p` × the top probability; `0` = off.
+    pub min_p: f32,
+    /// CTRL/HF repetition penalty over the ids already in the history; `1` = off.
+    pub repetition_penalty: f32,
+    /// RNG seed; `None` seeds from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Check that every field is in range; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, v: f32, range: &str| {
+            Err(HerdError::Input(format!("sampling: {field} = {v} is out of range ({range})")))
+        };
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature", self.temperature, "must be finite and >= 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", self.top_p, "must be in (0, 1]");
+        }
+        if !(self.min_p >= 0.0 && self.min_p <= 1.0) {
+            return bad("min_p", self.min_p, "must be in [0, 1]");
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad("repetition_penalty", self.repetition_penalty, "must be finite and > 0");
+        }
+        Ok(())
+    }
+
+    /// True when sampling reduces to an argmax (temperature 0 or top_k 1).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || self.temperature.is_nan() || self.top_k == 1
+    }
+}
+
+/// Picks tokens according to [`SamplingParams`] with its own RNG.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// Scratch: (token id, processed logit) of the tokens still in play.
+    cand: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    /// Build a sampler; fails with `HerdError::Input` when a parameter is out of range.
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        params.validate()?;
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::try_from_os_rng().unwrap_or_else(|_| StdRng::seed_from_u64(time_seed())),
+        };
+        Ok(Sampler { params, rng, cand: Vec::new() })
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Pick the next token from `logits` (one row, vocab-sized; modified in place) given the ids
+    /// generated or prompted so far (`history`, used by the repetition penalty).
+    /// An empty row returns 0; a row with no finite logit returns the lowest index of the maximum.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        if logits.is_empty() {
+            return 0;
+        }
+        for x in logits.iter_mut() {
+            if x.is_nan() {
+                *x = f32::NEG_INFINITY;
+            } else if *x == f32::INFINITY {
+                *x = f32::MAX;
+            }
+        }
+        let p = self.params;
+        apply_repetition_penalty(logits, history, p.repetition_penalty);
+        if p.is_greedy() {
+            return argmax(logits);
+        }
+        if p.temperature != 1.0 {
+            let inv = 1.0 / p.temperature;
+            for x in logits.iter_mut() {
+                *x *= inv;
+            }
+        }
+
+        let cand = &mut self.cand;
+        cand.clear();
+        cand.extend(
+            logits.iter().enumerate().filter(|(_, l)| **l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)),
+        );
+        if cand.is_empty() {
+            return argmax(logits);
+        }
+
+        // top-k: keep every logit >= the k-th largest (HF keeps ties at the threshold).
+        if p.top_k > 0 && p.top_k < cand.len() {
+            let (_, kth, _) = cand.select_nth_unstable_by(p.top_k - 1, desc);
+            let threshold = kth.1;
+            cand.retain(|c| c.1 >= threshold);
+        }
+
+        // top-p: smallest prefix (by descending logit) whose renormalised mass reaches top_p.
+        if p.top_p < 1.0 && cand.len() > 1 {
+            let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+            let total: f64 = cand.iter().map(|c| ((c.1 - max) as f64).exp()).sum();
+            let target = p.top_p as f64 * total;
+            let mut m = cand.len().min(64);
+            loop {
+                if m < cand.len() {
+                    cand.select_nth_unstable_by(m - 1, desc);
+                }
+                cand[..m].sort_unstable_by(desc);
+                let mut cum = 0.0f64;
+                let mut keep = None;
+                for (i, c) in cand[..m].iter().enumerate() {
+                    cum += ((c.1 - max) as f64).exp();
+                    if cum >= target {
+                        keep = Some(i + 1);
+                        break;
+                    }
+                }
+                match keep {
+                    Some(n) => {
+                        cand.truncate(n);
+                        break;
+                    }
+                    None if m == cand.len() => break,
+                    None => m = (m * 2).min(cand.len()),
+                }
+            }
+        }
+
+        // min-p: prob_i < min_p * prob_max  <=>  l_i < l_max + ln(min_p).
+        if p.min_p > 0.0 && cand.len() > 1 {
+            let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+            let threshold = max as f64 + (p.min_p as f64).ln();
+            cand.retain(|c| c.1 as f64 >= threshold || c.1 == max);
+        }
+
+        // Draw from the softmax of the survivors.
+        let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        let total: f64 = cand.iter().map(|c| ((c.1 - max) as f64).exp()).sum();
+        let mut u = self.rng.random::<f64>() * total;
+        for c in cand.iter() {
+            u -= ((c.1 - max) as f64).exp();
+            if u < 0.0 {
+                return c.0;
+            }
+        }
+        // Rounding left a sliver of mass: take the most likely survivor.
+        cand.iter().fold(cand[0], |best, c| if c.1 > best.1 { *c } else { best }).0
+    }
+}
+
+/// Descending by logit, then ascending by id (a total order, so selection is deterministic).
+fn desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Index of the largest logit, lowest index on ties; NaN never wins; 0 when nothing is > -inf.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    best as u32
+}
+
+/// HF/CTRL repetition penalty over the set of ids in `history`: positive logits are divided by
+/// `penalty`, negative ones multiplied. Ids outside the vocabulary are ignored.
+pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
+    if penalty == 1.0 || history.is_empty() || !(penalty > 0.0) {
+        return;
+    }
+    let mut ids: Vec<u32> = history.iter().copied().filter(|&id| (id as usize) < logits.len()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        let x = &mut logits[id as usize];
+        *x = if *x < 0.0 { *x * penalty } else { *x / penalty };
+    }
+}
+
+fn time_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x9E37_79B9_7F4A_7C15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(p: SamplingParams) -> Sampler {
+        Sampler::new(p).expect("valid params")
+    }
+
+    fn logits() -> Vec<f32> {
+        vec![0.5, 2.0, -1.0, 1.5, 3.0, 0.0, 2.9, -3.0]
+    }
+
+    #[test]
+    fn greedy_is_argmax_lowest_index_on_ties() {
+        let mut s = sampler(SamplingParams::default());
+        assert_eq!(s.sample(&mut logits(), &[]), 4);
+        assert_eq!(s.sample(&mut vec![1.0, 5.0, 5.0, 2.0], &[]), 1);
+        assert_eq!(s.sample(&mut vec![f32::NAN, 1.0, f32::NAN], &[]), 1);
+        assert_eq!(s.sample(&mut vec![f32::NAN, f32::NAN], &[]), 0);
+        assert_eq!(s.sample(&mut vec![], &[]), 0);
+    }
+
+    #[test]
+    fn nan_and_inf_logits_do_not_panic() {
+        for t in [0.0, 0.7, 1.0] {
+            let mut s = sampler(SamplingParams { temperature: t, top_k: 3, top_p: 0.9, min_p: 0.05, seed: Some(1), ..Default::default() });
+            let mut l = vec![f32::NAN, 1.0, f32::INFINITY, f32::NEG_INFINITY, 2.0];
+            assert_eq!(s.sample(&mut l, &[0, 1]), 2);
+            let mut l = vec![f32::NAN; 5];
+            assert!(s.sample(&mut l, &[]) < 5);
+            let mut l = vec![f32::NEG_INFINITY; 5];
+            assert!(s.sample(&mut l, &[]) < 5);
+        }
+    }
+
+    #[test]
+    fn top_k_one_and_tiny_top_p_are_argmax() {
+        for (i, t) in [0.1f32, 1.0, 5.0, 100.0].into_iter().enumerate() {
+            let mut s = sampler(SamplingParams { temperature: t, top_k: 1, seed: Some(i as u64), ..Default::default() });
+            let mut s2 = sampler(SamplingParams { temperature: t, top_p: 1e-6, seed: Some(i as u64), ..Default::default() });
+            for _ in 0..200 {
+                assert_eq!(s.sample(&mut logits(), &[]), 4);
+                assert_eq!(s2.sample(&mut logits(), &[]), 4);
+            }
+        }
+    }
+
+    fn softmax(l: &[f32]) -> Vec<f64> {
+        let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let e: Vec<f64> = l.iter().map(|&x| (x as f64 - m).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.iter().map(|x| x / s).collect()
+    }
+
+    fn frequencies(s: &mut Sampler, l: &[f32], n: usize) -> Vec<f64> {
+        let mut counts = vec![0usize; l.len()];
+        for _ in 0..n {
+            counts[s.sample(&mut l.to_vec(), &[]) as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / n as f64).collect()
+    }
+
+    #[test]
+    fn temperature_one_matches_softmax() {
+        let l = logits();
+        let want = softmax(&l);
+        let mut s = sampler(SamplingParams { temperature: 1.0, seed: Some(42), ..Default::default() });
+        let got = frequencies(&mut s, &l, 20000);
+        for (g, w) in got.iter().zip(&want) {
+            // ~4 standard deviations of a binomial proportion with n = 20000.
+            let tol = 4.0 * (w * (1.0 - w) / 20000.0).sqrt() + 1e-3;
+            assert!((g - w).abs() < tol, "got {got:?} want {want:?}");
+        }
+    }
+
+    #[test]
+    fn temperature_sharpens() {
+        let l = logits();
+        let scaled: Vec<f32> = l.iter().map(|x| x / 0.5).collect();
+        let want = softmax(&scaled);
+        let mut s = sampler(SamplingParams { temperature: 0.5, seed: Some(3), ..Default::default() });
+        let got = frequencies(&mut s, &l, 20000);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 4.0 * (w * (1.0 - w) / 20000.0).sqrt() + 1e-3, "got {got:?} want {want:?}");
+        }
+    }
+
+    #[test]
+    fn top_k_never_samples_dropped_tokens_and_renormalises() {
+        let l = logits();
+        let mut s = sampler(SamplingParams { temperature: 1.0, top_k: 3, seed: Some(7), ..Default::default() });
+        let got = frequencies(&mut s, &l, 20000);
+        // Top 3 are ids 4 (3.0), 6 (2.9), 1 (2.0).
+        let want = softmax(&[3.0, 2.9, 2.0]);
+        for (i, g) in got.iter().enumerate() {
+            match i {
+                4 => assert!((g - want[0]).abs() < 0.02),
+                6 => assert!((g - want[1]).abs() < 0.02),
+                1 => assert!((g - want[2]).abs() < 0.02),
+                _ => assert_eq!(*g, 0.0, "dropped token {i} sampled: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_smallest_set_reaching_p() {
+        // probs ≈ [0.5, 0.25, 0.125, 0.125] → top_p 0.7 keeps ids 0 and 1 only.
+        let l: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125].iter().map(|p| p.ln()).collect();
+        let mut s = sampler(SamplingParams { temperature: 1.0, top_p: 0.7, seed: Some(11), ..Default::default() });
+        let got = frequencies(&mut s, &l, 20000);
+        assert_eq!(got[2] + got[3], 0.0, "{got:?}");
+        assert!((got[0] - 2.0 / 3.0).abs() < 0.02, "{got:?}");
+        // top_p 0.8 also needs one of the 0.125 tokens.
+        let mut s = sampler(SamplingParams { temperature: 1.0, top_p: 0.8, seed: Some(12), ..Default::default() });
+        let got = frequencies(&mut s, &l, 5000);
+        assert!(got[2] + got[3] > 0.0 && (got[2] == 0.0 || got[3] == 0.0), "{got:?}");
+    }
+
+    #[test]
+    fn top_p_over_large_vocab_needs_more_than_first_chunk() {
+        // Flat distribution over 1000 tokens: top_p 0.5 must keep ~500 of them (exercises doubling).
+        let l = vec![0.0f32; 1000];
+        let mut s = sampler(SamplingParams { temperature: 1.0, top_p: 0.5, seed: Some(5), ..Default::default() });
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20000 {
+            seen.insert(s.sample(&mut l.clone(), &[]));
+        }
+        assert!(seen.len() > 450 && seen.len() <= 500, "{}", seen.len());
+        assert!(*seen.iter().last().unwrap() < 500, "ties must keep the lowest ids");
+    }
+
+    #[test]
+    fn min_p_never_samples_dropped_tokens() {
+        // probs ∝ [1, 0.5, 0.09, 0.2]; min_p 0.1 drops id 2 only.
+        let l: Vec<f32> = [1.0f32, 0.5, 0.09, 0.2].iter().map(|p| p.ln()).collect();
+        let mut s = sampler(SamplingParams { temperature: 1.0, min_p: 0.1, seed: Some(9), ..Default::default() });
+        let got = frequencies(&mut s, &l, 20000);
+        assert_eq!(got[2], 0.0, "{got:?}");
+        assert!(got[3] > 0.05, "{got:?}");
+    }
+
+    #[test]
+    fn repetition_penalty_flips_argmax() {
+        let mut s = sampler(SamplingParams { repetition_penalty: 2.0, ..Default::default() });
+        // 3.0/2 = 1.5 < 2.9 → id 6 wins; repeated ids count once.
+        assert_eq!(s.sample(&mut logits(), &[4, 4, 4]), 6);
+        // Negative logits are multiplied: -0.1*2 = -0.2 < -0.15.
+        assert_eq!(s.sample(&mut vec![-0.1, -0.15], &[0]), 1);
+        // Out-of-vocab history ids are ignored.
+        assert_eq!(s.sample(&mut logits(), &[999]), 4);
+        let mut l = vec![2.0, -2.0, 1.0];
+        apply_repetition_penalty(&mut l, &[0, 1, 0], 4.0);
+        assert_eq!(l, vec![0.5, -8.0, 1.0]);
+    }
+
+    #[test]
+    fn same_seed_same_sequence() {
+        let p = SamplingParams { temperature: 1.3, top_k: 5, top_p: 0.95, seed: Some(1234), ..Default::default() };
+        let run = |p: SamplingParams| {
+            let mut s = sampler(p);
+            (0..200).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
+        };
+        let a = run(p);
+        assert_eq!(a, run(p));
+        assert_ne!(a, run(SamplingParams { seed: Some(4321), ..p }));
+        assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() > 1);
+    }
+
+    #[test]
+    fn bad_params_are_rejected() {
+        for p in [
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { temperature: f32::NAN, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { top_p: 1.5, ..Default::default() },
+            SamplingParams { min_p: -0.1, ..Default::default() },
+            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+        ] {
+            let e = Sampler::new(p).err().expect("must fail").to_string();
+            assert!(e.starts_with("sampling: ") && !e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn large_vocab_is_fast_enough() {
+        let n = 202_048;
+        let mut base: Vec<f32> = (0..n).map(|i| ((i as u64 * 2654435761) % 1000) as f32 / 100.0).collect();
+        base[12345] = 20.0;
+        let mut s = sampler(SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.01, repetition_penalty: 1.1, seed: Some(0) });
+        let mut s2 = sampler(SamplingParams { temperature: 0.8, top_p: 0.9, seed: Some(0), ..Default::default() });
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            s.sample(&mut base.clone(), &[1, 2, 3]);
+            s2.sample(&mut base.clone(), &[]);
+        }
+        // Generous bound (debug builds, loaded CI): ~100 ms per pair.
+        assert!(t.elapsed().as_secs_f64() < 2.0, "{:?}", t.elapsed());
+    }
+}
