@@ -1,0 +1,90 @@
+//! Where a model's files come from: a model directory, or the small demo model built into the binary
+//! (so `herd run` works on a fresh machine with no download).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use herd_core::backend::Backend;
+use herd_core::chat::ChatTemplate;
+use herd_core::checkpoint::{Checkpoint, FileBytes};
+use herd_core::config::ModelConfig;
+use herd_core::model::Llama4;
+use herd_core::tokenizer::{GenerationConfig, Tokenizer};
+
+/// The built-in demo model: a tiny Llama 4 in the published layout, with a Llama 4-format tokenizer.
+mod demo {
+    pub const CONFIG: &[u8] = include_bytes!("../demo/config.json");
+    pub const WEIGHTS: &[u8] = include_bytes!("../demo/model.safetensors");
+    pub const TOKENIZER: &[u8] = include_bytes!("../demo/tokenizer.json");
+    pub const TOKENIZER_CONFIG: &str = include_str!("../demo/tokenizer_config.json");
+    pub const GENERATION_CONFIG: &str = include_str!("../demo/generation_config.json");
+}
+
+pub enum ModelFiles {
+    Dir(PathBuf),
+    Demo,
+}
+
+impl ModelFiles {
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        dir.map_or(ModelFiles::Demo, ModelFiles::Dir)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            ModelFiles::Dir(d) => d.display().to_string(),
+            ModelFiles::Demo => "the built-in demo model".into(),
+        }
+    }
+
+    pub fn config(&self) -> Result<ModelConfig> {
+        Ok(match self {
+            ModelFiles::Dir(d) => ModelConfig::from_file(&d.join("config.json"))?,
+            ModelFiles::Demo => ModelConfig::from_json_bytes(demo::CONFIG).context("demo config.json")?,
+        })
+    }
+
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        Ok(match self {
+            ModelFiles::Dir(d) => Checkpoint::open_dir(d)?,
+            ModelFiles::Demo => Checkpoint::from_bytes(vec![("demo/model.safetensors".into(), FileBytes::Static(demo::WEIGHTS))])?,
+        })
+    }
+
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        Ok(match self {
+            ModelFiles::Dir(d) => Tokenizer::from_dir(d)?,
+            ModelFiles::Demo => Tokenizer::from_bytes(demo::TOKENIZER)?,
+        })
+    }
+
+    pub fn chat_template(&self) -> Result<ChatTemplate> {
+        Ok(match self {
+            ModelFiles::Dir(d) => ChatTemplate::from_dir(d)?,
+            ModelFiles::Demo => ChatTemplate::from_config_str(demo::TOKENIZER_CONFIG)?,
+        })
+    }
+
+    pub fn generation_config(&self) -> Result<GenerationConfig> {
+        Ok(match self {
+            ModelFiles::Dir(d) => GenerationConfig::from_dir(d)?,
+            ModelFiles::Demo => GenerationConfig::from_json_str(demo::GENERATION_CONFIG)?,
+        })
+    }
+
+    /// Loads the text model onto `backend`, with a progress bar on a terminal.
+    pub fn load<B: Backend>(&self, backend: Arc<B>) -> Result<(ModelConfig, Llama4<B>)> {
+        let cfg = self.config()?;
+        let ck = self.checkpoint()?;
+        let bar = indicatif::ProgressBar::new(cfg.text.num_hidden_layers as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(self.describe());
+        let model = Llama4::load(backend, &ck, &cfg.text, &mut |done, _| bar.set_position(done as u64))?;
+        bar.finish_and_clear();
+        Ok((cfg, model))
+    }
+}

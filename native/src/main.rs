@@ -1,0 +1,201 @@
+//! `herd`: run Meta's Llama 4 models. Subcommands: run, chat, inspect, logits, greedy, bench.
+
+mod bench;
+mod files;
+mod ids_io;
+mod inspect;
+mod text;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use herd_core::cpu::CpuBackend;
+
+use files::ModelFiles;
+
+#[derive(Parser)]
+#[command(name = "herd", version, about = "Run Meta's Llama 4 models (Scout, Maverick, Llama Guard 4) from their published checkpoints")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt, streamed to stdout (speeds to stderr).
+    Run(RunArgs),
+    /// Interactive multi-turn chat in the terminal.
+    Chat(ChatArgs),
+    /// Describe a model: layers, heads, experts, parameters, bytes, KV cache per token.
+    Inspect(ModelArg),
+    /// Logits for each row of `input_ids` in a safetensors file.
+    Logits(LogitsArgs),
+    /// Greedy continuation of each row of `input_ids` in a safetensors file.
+    Greedy(GreedyArgs),
+    /// Measure prefill and decode speed and peak memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ModelArg {
+    /// Model directory (config.json, *.safetensors, tokenizer files). Default: the built-in demo model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BackendArg {
+    /// Compute backend.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+}
+
+/// Sampling flags; unset ones come from the model's generation_config.json.
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Maximum tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Softmax temperature; 0 means greedy.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep only the k most likely tokens (0: off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling: keep the smallest set with this total probability (1: off).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Drop tokens whose probability is below min_p times the top one (0: off).
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Penalise tokens already seen (1: off).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Random seed, for repeatable sampling.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
+    /// System message (with --chat).
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    backend: BackendArg,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// System message.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    backend: BackendArg,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    /// Model directory (config.json and safetensors; no tokenizer needed).
+    #[arg(long)]
+    model: PathBuf,
+    /// safetensors file with `input_ids` (int64 or int32 [B, T]).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output safetensors file; gets `logits` (float32 [B, T, V]).
+    #[arg(long)]
+    output: PathBuf,
+    /// Feed the tokens one at a time through the KV cache instead of one prefill.
+    #[arg(long)]
+    decode: bool,
+    #[command(flatten)]
+    backend: BackendArg,
+}
+
+#[derive(Args)]
+struct GreedyArgs {
+    /// Model directory (config.json and safetensors; no tokenizer needed).
+    #[arg(long)]
+    model: PathBuf,
+    /// safetensors file with `input_ids` (int64 or int32 [B, T]).
+    #[arg(long)]
+    input: PathBuf,
+    /// Tokens to generate per row (no stop tokens).
+    #[arg(long)]
+    max_tokens: usize,
+    /// Output safetensors file; gets `greedy_ids` (int64 [B, N]).
+    #[arg(long)]
+    output: PathBuf,
+    #[command(flatten)]
+    backend: BackendArg,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Prompt length (random token ids).
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens to decode after the prompt.
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    /// Timed repetitions (the best is reported), after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    backend: BackendArg,
+}
+
+/// Runs `f` with the backend named by `--backend`. Every subcommand is generic over the backend, so a new
+/// backend is one more arm here.
+macro_rules! with_backend {
+    ($name:expr, |$b:ident| $body:expr) => {{
+        match $name.as_str() {
+            "cpu" => {
+                let $b = Arc::new(CpuBackend::new());
+                $body
+            }
+            other => bail!("unknown backend {other:?} (available: cpu)"),
+        }
+    }};
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli.cmd) {
+        // One line: the cause chain joined by ": ".
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Run(a) => with_backend!(a.backend.backend, |b| text::run(b, &ModelFiles::new(a.model.model), &a.prompt, a.chat, a.system.as_deref(), &a.sampling)),
+        Cmd::Chat(a) => with_backend!(a.backend.backend, |b| text::chat(b, &ModelFiles::new(a.model.model), a.system.as_deref(), &a.sampling)),
+        Cmd::Inspect(a) => inspect::inspect(&ModelFiles::new(a.model)),
+        Cmd::Logits(a) => with_backend!(a.backend.backend, |b| ids_io::logits(b, &a.model, &a.input, &a.output, a.decode)),
+        Cmd::Greedy(a) => with_backend!(a.backend.backend, |b| ids_io::greedy(b, &a.model, &a.input, a.max_tokens, &a.output)),
+        Cmd::Bench(a) => with_backend!(a.backend.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a)),
+    }
+}
