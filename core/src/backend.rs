@@ -80,6 +80,8 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_u32(&self, data: &[u32]) -> Result<Self::Buffer>;
     /// Waits for all enqueued work and returns an f32 buffer's contents.
     fn read(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
+    /// Waits for all enqueued work and returns a u32 buffer's contents.
+    fn read_u32(&self, buf: &Self::Buffer) -> Result<Vec<u32>>;
     /// Copies `len` f32 elements from `src[src_off..]` to `dst[dst_off..]` (distinct buffers).
     fn copy(&self, src: &Self::Buffer, src_off: usize, dst: &Self::Buffer, dst_off: usize, len: usize) -> Result<()>;
     /// Uploads a checkpoint tensor, keeping its format.

@@ -1,5 +1,9 @@
 //! Shared helpers of herd's conformance checks: locating and reading the golden fixtures made by
-//! `tests/tools/make_fixtures.py` (transformers on the CPU), and comparing tensors.
+//! `tests/tools/make_fixtures.py` (transformers on the CPU), and comparing tensors; and the op table
+//! ([`table`]) with its plain reference implementations ([`reference`]).
+
+pub mod reference;
+pub mod table;
 
 use std::path::PathBuf;
 

@@ -185,14 +185,24 @@ pub fn xw_acc(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize, 
                 }
             }
         } else {
-            let mut wb = vec![0f32; k * nb]; // [k, nb]
-            for kk in 0..k {
-                w.to_f32(w_off + kk * ld + n0, &mut wb[kk * nb..(kk + 1) * nb]);
-            }
-            // SAFETY: x is m×k, wb is k×nb (row stride nb), the output block is columns n0..n0+nb of the
-            // m×n matrix `out`, written (accumulated, beta = 1) by this task alone.
+            // f32 weights are used in place (row stride ld); other formats are converted to a k×nb block.
+            let conv;
+            let (wp, rs) = match w {
+                WView::F32(s) => (s[w_off + n0..].as_ptr(), ld),
+                _ => {
+                    let mut wb = vec![0f32; k * nb];
+                    for kk in 0..k {
+                        w.to_f32(w_off + kk * ld + n0, &mut wb[kk * nb..(kk + 1) * nb]);
+                    }
+                    conv = wb;
+                    (conv.as_ptr(), nb)
+                }
+            };
+            // SAFETY: x is m×k; the weight block is k×nb with row stride `rs` inside its slice (checked by the
+            // debug assertion on w.len() above and by the callers' shape checks); the output block is columns
+            // n0..n0+nb of the m×n matrix `out`, written (accumulated, beta = 1) by this task alone.
             unsafe {
-                matrixmultiply::sgemm(m, k, nb, 1.0, x.as_ptr(), k as isize, 1, wb.as_ptr(), nb as isize, 1, 1.0, p.0.add(n0), n as isize, 1);
+                matrixmultiply::sgemm(m, k, nb, 1.0, x.as_ptr(), k as isize, 1, wp, rs as isize, 1, 1.0, p.0.add(n0), n as isize, 1);
             }
         }
     });

@@ -130,6 +130,9 @@ impl Backend for CpuBackend {
     fn read(&self, buf: &CpuBuffer) -> Result<Vec<f32>> {
         Ok(buf.f32()?.clone())
     }
+    fn read_u32(&self, buf: &CpuBuffer) -> Result<Vec<u32>> {
+        Ok(buf.u32()?.clone())
+    }
     fn copy(&self, src: &CpuBuffer, src_off: usize, dst: &CpuBuffer, dst_off: usize, len: usize) -> Result<()> {
         if std::ptr::eq(src, dst) {
             return Err(err("copy: source and destination are the same buffer"));

@@ -1,0 +1,438 @@
+//! The op table: every Backend op is a set of rows (shapes with odd sizes, weight formats, masks), each run
+//! on a backend and compared with the plain f64 reference in [`crate::reference`] as normalised mean squared
+//! error; NaN or Inf is always a failure. With `perf`, each row is also timed and reported as GB/s and
+//! GFLOP/s, so speed and correctness share their cases. A new backend runs the same rows.
+
+use std::time::Instant;
+
+use half::{bf16, f16};
+use herd_core::backend::{AttnParams, AttnSeq, Backend, Temperature};
+use herd_core::checkpoint::{Checkpoint, FileBytes};
+use herd_core::quant::DType;
+use herd_core::Result;
+
+use crate::reference as r;
+
+/// One row's outcome.
+pub struct RowResult {
+    pub op: &'static str,
+    pub case: String,
+    pub nmse: f64,
+    pub tol: f64,
+    /// Seconds per call (perf mode), bytes moved and flops per call.
+    pub secs: Option<f64>,
+    pub bytes: f64,
+    pub flops: f64,
+    pub error: Option<String>,
+}
+
+impl RowResult {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.nmse.is_finite() && self.nmse <= self.tol
+    }
+}
+
+/// Normalised mean squared error Σ(a−b)² / Σb²; NaN/Inf (or a length mismatch) gives +∞.
+pub fn nmse(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() || a.iter().chain(b).any(|x| !x.is_finite()) {
+        return f64::INFINITY;
+    }
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().max(1e-30);
+    num / den
+}
+
+/// Deterministic values in [-1, 1).
+struct Rng(u64);
+impl Rng {
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+    fn below(&mut self, n: u32) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as u32
+    }
+}
+
+/// A weight in `dtype` on the backend, and its values as the backend sees them (rounded to the format).
+fn weight<B: Backend>(be: &B, dtype: DType, shape: &[usize], vals: &[f32]) -> Result<(B::Weight, Vec<f32>)> {
+    let (bytes, seen): (Vec<u8>, Vec<f32>) = match dtype {
+        DType::F32 => (vals.iter().flat_map(|v| v.to_le_bytes()).collect(), vals.to_vec()),
+        DType::BF16 => {
+            let h: Vec<bf16> = vals.iter().map(|&v| bf16::from_f32(v)).collect();
+            (h.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
+        }
+        DType::F16 => {
+            let h: Vec<f16> = vals.iter().map(|&v| f16::from_f32(v)).collect();
+            (h.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
+        }
+    };
+    let st_dtype = match dtype {
+        DType::F32 => safetensors::Dtype::F32,
+        DType::BF16 => safetensors::Dtype::BF16,
+        DType::F16 => safetensors::Dtype::F16,
+    };
+    let view = safetensors::tensor::TensorView::new(st_dtype, shape.to_vec(), &bytes).expect("weight view");
+    let file = safetensors::serialize([("w", view)], None).expect("serialize");
+    let ck = Checkpoint::from_bytes(vec![("op-table".into(), FileBytes::Owned(file))])?;
+    Ok((be.load_weight(ck.get("w")?)?, seen))
+}
+
+/// Runs `f` once for the result; in perf mode again until ~0.2 s have passed, returning seconds per call.
+fn timed<B: Backend>(be: &B, perf: bool, sync: &B::Buffer, mut f: impl FnMut() -> Result<()>) -> Result<Option<f64>> {
+    f()?;
+    be.read(sync)?;
+    if !perf {
+        return Ok(None);
+    }
+    f()?; // warm
+    be.read(sync)?;
+    let t = Instant::now();
+    let mut n = 0;
+    while n < 3 || t.elapsed().as_secs_f64() < 0.2 {
+        f()?;
+        n += 1;
+    }
+    be.read(sync)?;
+    Ok(Some(t.elapsed().as_secs_f64() / n as f64))
+}
+
+struct Out {
+    got: Vec<f32>,
+    want: Vec<f32>,
+    secs: Option<f64>,
+    bytes: f64,
+    flops: f64,
+}
+
+const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+/// Runs every row of the table on `be`. `filter` keeps rows whose op name contains it.
+pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<RowResult> {
+    let mut rows = Vec::new();
+    let mut add = |op: &'static str, case: String, tol: f64, res: Result<Out>| {
+        if filter.is_some_and(|f| !op.contains(f)) {
+            return;
+        }
+        rows.push(match res {
+            Ok(o) => RowResult { op, case, nmse: nmse(&o.got, &o.want), tol, secs: o.secs, bytes: o.bytes, flops: o.flops, error: None },
+            Err(e) => RowResult { op, case, nmse: f64::INFINITY, tol, secs: None, bytes: 0.0, flops: 0.0, error: Some(e.to_string()) },
+        });
+    };
+    let mut rng = Rng(0x9E3779B97F4A7C15);
+    let want = |op: &str| filter.is_none_or(|f| op.contains(f));
+
+    // matmul: x [m, k] · w [n, k]ᵀ
+    if want("matmul") {
+        let shapes = [(1, 64, 33), (3, 129, 67), (5, 128, 256), (37, 96, 130), (1, 5120, 8192), (128, 1024, 1024)];
+        for &(m, k, n) in &shapes {
+            for dt in DTYPES {
+                let big = m * k * n > 1 << 24;
+                if big && dt == DType::F16 {
+                    continue;
+                }
+                let xv = rng.vec(m * k);
+                let wv = rng.vec(n * k);
+                let res = (|| {
+                    let (w, seen) = weight(be, dt, &[n, k], &wv)?;
+                    let x = be.upload(&xv)?;
+                    let o = be.alloc(m * n)?;
+                    let secs = timed(be, perf, &o, || be.matmul(&x, m, &w, &o))?;
+                    Ok(Out { got: be.read(&o)?, want: r::matmul(&xv, m, k, &seen, n), secs, bytes: (n * k * dt.size() + 4 * (m * k + m * n)) as f64, flops: (2 * m * k * n) as f64 })
+                })();
+                add("matmul", format!("m={m} k={k} n={n} {}", dt.name()), 1e-9, res);
+            }
+        }
+    }
+
+    if want("rms_norm") {
+        for &(rows_, dim, wdt, inplace) in &[(1, 64, Some(DType::F32), false), (7, 130, Some(DType::BF16), false), (33, 5120, Some(DType::BF16), false), (12, 16, None, true), (5, 128, None, false)] {
+            let xv = rng.vec(rows_ * dim);
+            let wv = rng.vec(dim);
+            let res = (|| {
+                let w = match wdt {
+                    Some(dt) => Some(weight(be, dt, &[dim], &wv)?),
+                    None => None,
+                };
+                let wref = w.as_ref().map(|w| &w.0);
+                let want = r::rms_norm(&xv, w.as_ref().map(|w| w.1.as_slice()), rows_, dim, 1e-5);
+                let (got, secs) = if inplace {
+                    let o = be.upload(&xv)?;
+                    be.rms_norm(&o, wref, rows_, dim, 1e-5, &o)?;
+                    let got = be.read(&o)?;
+                    // Timing repeats on a separate buffer (re-normalising in place changes nothing of cost).
+                    let t = be.upload(&xv)?;
+                    (got, timed(be, perf, &t, || be.rms_norm(&t, wref, rows_, dim, 1e-5, &t)).map(|s| s.filter(|_| perf))?)
+                } else {
+                    let x = be.upload(&xv)?;
+                    let o = be.alloc(rows_ * dim)?;
+                    let secs = timed(be, perf, &o, || be.rms_norm(&x, wref, rows_, dim, 1e-5, &o))?;
+                    (be.read(&o)?, secs)
+                };
+                Ok(Out { got, want, secs, bytes: (8 * rows_ * dim) as f64, flops: (4 * rows_ * dim) as f64 })
+            })();
+            add("rms_norm", format!("rows={rows_} dim={dim} weight={} {}", wdt.map_or("none", |d| d.name()), if inplace { "in place" } else { "" }), 1e-10, res);
+        }
+    }
+
+    if want("rope") {
+        for &(rows_, heads, d) in &[(5, 3, 16), (9, 8, 128), (1, 40, 128)] {
+            let xv = rng.vec(rows_ * heads * d);
+            let pos: Vec<u32> = (0..rows_).map(|_| rng.below(20000)).collect();
+            let inv: Vec<f32> = (0..d / 2).map(|j| 1.0 / 500000f32.powf(2.0 * j as f32 / d as f32)).collect();
+            let res = (|| {
+                let x = be.upload(&xv)?;
+                let p = be.upload_u32(&pos)?;
+                let f = be.upload(&inv)?;
+                be.rope(&x, rows_, heads, d, &p, &f)?;
+                let got = be.read(&x)?;
+                let secs = if perf {
+                    let y = be.upload(&xv)?;
+                    timed(be, true, &y, || be.rope(&y, rows_, heads, d, &p, &f))?
+                } else {
+                    None
+                };
+                Ok(Out { got, want: r::rope(&xv, rows_, heads, d, &pos, &inv), secs, bytes: (8 * rows_ * heads * d) as f64, flops: (6 * rows_ * heads * d) as f64 })
+            })();
+            // Angles up to 2·10⁴ rad: f32 sin/cos implementations differ by a few ulps of the angle.
+            add("rope", format!("rows={rows_} heads={heads} d={d}"), 1e-9, res);
+        }
+    }
+
+    if want("attention") || want("kv_store") {
+        // (heads, kv heads, d, chunk, temperature, [(cached, new, region cap)])
+        type Case = (usize, usize, usize, Option<usize>, bool, Vec<(usize, usize, usize)>);
+        let cases: Vec<Case> = vec![
+            (4, 2, 8, None, false, vec![(0, 13, 13)]),
+            (4, 2, 8, Some(4), false, vec![(5, 3, 8), (11, 1, 12)]),
+            (6, 2, 16, None, true, vec![(20, 2, 24), (0, 5, 5), (7, 1, 8)]),
+            (4, 1, 8, Some(8), false, vec![(23, 4, 8), (40, 1, 8)]),
+            (4, 4, 8, Some(5), true, vec![(3, 12, 5)]),
+            (40, 8, 128, Some(8192), false, vec![(511, 1, 512)]),
+            (40, 8, 128, None, true, vec![(0, 64, 64)]),
+        ];
+        for (h, kvh, d, chunk, temp, seqs_spec) in cases {
+            let kvrow = kvh * d;
+            let mut seqs = Vec::new();
+            let (mut row, mut base) = (0usize, 0usize);
+            let mut hist_k = Vec::new();
+            let mut hist_v = Vec::new();
+            for &(cached, new, cap) in &seqs_spec {
+                seqs.push(AttnSeq { q_start: row as u32, q_len: new as u32, pos0: cached as u32, slot_base: base as u32, slot_cap: cap as u32 });
+                hist_k.push(rng.vec((cached + new) * kvrow));
+                hist_v.push(rng.vec((cached + new) * kvrow));
+                row += new;
+                base += cap;
+            }
+            let (rows_, slots) = (row, base);
+            let qv = rng.vec(rows_ * h * d);
+            let (mut kn, mut vn) = (vec![0f32; rows_ * kvrow], vec![0f32; rows_ * kvrow]);
+            let (mut kc, mut vc) = (rng.vec(slots * kvrow), rng.vec(slots * kvrow)); // stale slots hold noise
+            for (s, (hk, hv)) in seqs.iter().zip(hist_k.iter().zip(&hist_v)) {
+                let (p0, n, b, cap) = (s.pos0 as usize, s.q_len as usize, s.slot_base as usize, s.slot_cap as usize);
+                for p in p0.saturating_sub(cap)..p0 {
+                    let sl = b + p % cap;
+                    kc[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&hk[p * kvrow..(p + 1) * kvrow]);
+                    vc[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&hv[p * kvrow..(p + 1) * kvrow]);
+                }
+                let q0 = s.q_start as usize;
+                kn[q0 * kvrow..(q0 + n) * kvrow].copy_from_slice(&hk[p0 * kvrow..(p0 + n) * kvrow]);
+                vn[q0 * kvrow..(q0 + n) * kvrow].copy_from_slice(&hv[p0 * kvrow..(p0 + n) * kvrow]);
+            }
+            let p = AttnParams {
+                n_heads: h,
+                n_kv_heads: kvh,
+                head_dim: d,
+                scale: (d as f32).powf(-0.5),
+                chunk,
+                temperature: temp.then_some(Temperature { floor_scale: 4.0, attn_scale: 0.1 }),
+            };
+            let desc = format!("h={h} kvh={kvh} d={d} chunk={chunk:?} temp={temp} seqs={seqs_spec:?}");
+            let res = (|| {
+                let (q, k, v, kcb, vcb) = (be.upload(&qv)?, be.upload(&kn)?, be.upload(&vn)?, be.upload(&kc)?, be.upload(&vc)?);
+                let o = be.alloc(rows_ * h * d)?;
+                let secs = timed(be, perf, &o, || be.attention(&q, &k, &v, &kcb, &vcb, &seqs, &p, &o))?;
+                let keys: usize = seqs.iter().map(|s| (s.pos0 + s.q_len) as usize).sum();
+                Ok(Out {
+                    got: be.read(&o)?,
+                    want: r::attention(&qv, &hist_k, &hist_v, &seqs, &p),
+                    secs,
+                    bytes: (4 * (2 * rows_ * h * d + 2 * keys * kvrow)) as f64,
+                    flops: (4 * keys * h * d) as f64,
+                })
+            })();
+            if want("attention") {
+                add("attention", desc.clone(), 1e-10, res);
+            }
+            // kv_store: the new rows land in their ring slots, the rest of the cache is untouched.
+            let mut expect_k = kc.clone();
+            for s in &seqs {
+                for t in 0..s.q_len as usize {
+                    let sl = s.slot_base as usize + (s.pos0 as usize + t) % s.slot_cap as usize;
+                    let rr = s.q_start as usize + t;
+                    expect_k[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&kn[rr * kvrow..(rr + 1) * kvrow]);
+                }
+            }
+            let res = (|| {
+                let (k, v, kcb, vcb) = (be.upload(&kn)?, be.upload(&vn)?, be.upload(&kc)?, be.upload(&vc)?);
+                let secs = timed(be, perf, &kcb, || be.kv_store(&k, &v, &kcb, &vcb, &seqs, kvrow))?;
+                Ok(Out { got: be.read(&kcb)?, want: expect_k, secs, bytes: (16 * rows_ * kvrow) as f64, flops: 0.0 })
+            })();
+            if want("kv_store") {
+                add("kv_store", desc, 0.0, res);
+            }
+        }
+    }
+
+    for n in [1usize, 1000, 4099, 1 << 20] {
+        let a = rng.vec(n);
+        let b = rng.vec(n);
+        if want("add") {
+            let res = (|| {
+                let (x, y) = (be.upload(&a)?, be.upload(&b)?);
+                be.add(&x, &y, n)?;
+                let got = be.read(&x)?;
+                let secs = timed(be, perf, &x, || be.add(&x, &y, n))?;
+                Ok(Out { got, want: a.iter().zip(&b).map(|(p, q)| p + q).collect(), secs, bytes: (12 * n) as f64, flops: n as f64 })
+            })();
+            add("add", format!("n={n}"), 1e-12, res);
+        }
+        if want("silu_mul") {
+            let res = (|| {
+                let (g, u) = (be.upload(&a)?, be.upload(&b)?);
+                be.silu_mul(&g, &u, n)?;
+                let got = be.read(&g)?;
+                let secs = if perf {
+                    let g2 = be.upload(&a)?;
+                    timed(be, true, &g2, || be.silu_mul(&g2, &u, n))?
+                } else {
+                    None
+                };
+                Ok(Out { got, want: r::silu_mul(&a, &b), secs, bytes: (12 * n) as f64, flops: (5 * n) as f64 })
+            })();
+            add("silu_mul", format!("n={n}"), 1e-10, res);
+        }
+    }
+
+    if want("router_topk") {
+        for &(rows_, e, k) in &[(7, 5, 1), (9, 16, 1), (6, 8, 2), (3, 128, 1), (64, 16, 1)] {
+            let l = rng.vec(rows_ * e);
+            let res = (|| {
+                let lb = be.upload(&l)?;
+                let idx = be.upload_u32(&vec![0; rows_ * k])?;
+                let sc = be.alloc(rows_ * k)?;
+                let secs = timed(be, perf, &sc, || be.router_topk(&lb, rows_, e, k, &idx, &sc))?;
+                let (wi, ws) = r::router_topk(&l, rows_, e, k);
+                // Indices must match exactly: compare them as numbers alongside the scores.
+                let mut got: Vec<f32> = be.read_u32(&idx)?.iter().map(|&i| i as f32).collect();
+                got.extend(be.read(&sc)?);
+                let mut want: Vec<f32> = wi.iter().map(|&i| i as f32).collect();
+                want.extend(ws);
+                Ok(Out { got, want, secs, bytes: (4 * rows_ * (e + 2 * k)) as f64, flops: (rows_ * e) as f64 })
+            })();
+            add("router_topk", format!("rows={rows_} experts={e} k={k}"), 1e-12, res);
+        }
+    }
+
+    if want("moe") {
+        for &(rows_, d, f, e, k, dt) in &[
+            (1, 24, 10, 4, 1, DType::F32),
+            (6, 24, 10, 4, 2, DType::BF16),
+            (9, 33, 17, 5, 1, DType::F32),
+            (9, 32, 16, 4, 2, DType::F16),
+            (1, 1024, 1024, 16, 1, DType::BF16),
+            (64, 512, 512, 16, 1, DType::F32),
+        ] {
+            let xv = rng.vec(rows_ * d);
+            let gu = rng.vec(e * d * 2 * f);
+            let dn = rng.vec(e * f * d);
+            let idxv: Vec<u32> = (0..rows_ * k).map(|i| ((i / k) as u32 * 7 + (i % k) as u32 * 3) % e as u32).collect();
+            let scv: Vec<f32> = rng.vec(rows_ * k).iter().map(|v| 0.5 + 0.5 * v).collect();
+            let base = rng.vec(rows_ * d);
+            let res = (|| {
+                let (guw, gus) = weight(be, dt, &[e, d, 2 * f], &gu)?;
+                let (dnw, dns) = weight(be, dt, &[e, f, d], &dn)?;
+                let x = be.upload(&xv)?;
+                let idx = be.upload_u32(&idxv)?;
+                let sc = be.upload(&scv)?;
+                let o = be.upload(&base)?;
+                be.moe(&x, rows_, &idx, &sc, k, &guw, &dnw, &o)?;
+                let got = be.read(&o)?;
+                let secs = if perf {
+                    let o2 = be.upload(&base)?;
+                    timed(be, true, &o2, || be.moe(&x, rows_, &idx, &sc, k, &guw, &dnw, &o2))?
+                } else {
+                    None
+                };
+                let mut want = base.clone();
+                r::moe(&xv, rows_, d, f, &idxv, &scv, k, &gus, &dns, &mut want);
+                let used = idxv.iter().collect::<std::collections::BTreeSet<_>>().len();
+                Ok(Out { got, want, secs, bytes: (used * 3 * d * f * dt.size()) as f64, flops: (rows_ * k * 6 * d * f) as f64 })
+            })();
+            add("moe", format!("rows={rows_} d={d} f={f} experts={e} k={k} {}", dt.name()), 1e-9, res);
+        }
+    }
+
+    if want("embed") || want("gather_rows") {
+        for dt in [DType::F32, DType::BF16] {
+            let (v, dim, n) = (50, 24, 7);
+            let tab = rng.vec(v * dim);
+            let ids: Vec<u32> = (0..n).map(|_| rng.below(v as u32)).collect();
+            let res = (|| {
+                let (w, seen) = weight(be, dt, &[v, dim], &tab)?;
+                let ib = be.upload_u32(&ids)?;
+                let o = be.alloc(n * dim)?;
+                let secs = timed(be, perf, &o, || be.embed(&w, &ib, n, dim, &o))?;
+                let want: Vec<f32> = ids.iter().flat_map(|&i| seen[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
+                Ok(Out { got: be.read(&o)?, want, secs, bytes: (n * dim * (4 + dt.size())) as f64, flops: 0.0 })
+            })();
+            if want("embed") {
+                add("embed", format!("vocab={v} dim={dim} n={n} {}", dt.name()), 0.0, res);
+            }
+        }
+        let (rows_, dim) = (11, 37);
+        let xv = rng.vec(rows_ * dim);
+        let sel = [10u32, 0, 4, 4];
+        let res = (|| {
+            let x = be.upload(&xv)?;
+            let sb = be.upload_u32(&sel)?;
+            let o = be.alloc(sel.len() * dim)?;
+            let secs = timed(be, perf, &o, || be.gather_rows(&x, &sb, sel.len(), dim, &o))?;
+            let want: Vec<f32> = sel.iter().flat_map(|&i| xv[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
+            Ok(Out { got: be.read(&o)?, want, secs, bytes: (8 * sel.len() * dim) as f64, flops: 0.0 })
+        })();
+        if want("gather_rows") {
+            add("gather_rows", format!("rows={rows_} dim={dim} picks={sel:?}"), 0.0, res);
+        }
+    }
+    rows
+}
+
+/// The table as text: one line per row, with GB/s and GFLOP/s when timed.
+pub fn format_table(backend: &str, rows: &[RowResult]) -> String {
+    let mut s = format!("backend: {backend}\n{:<12} {:<70} {:>10} {:>8}  {:>9} {:>9} {:>9}\n", "op", "case", "nmse", "result", "us/call", "GB/s", "GFLOP/s");
+    for r in rows {
+        let (us, gbs, gfs) = match r.secs {
+            Some(t) => (format!("{:.1}", t * 1e6), format!("{:.2}", r.bytes / t / 1e9), if r.flops > 0.0 { format!("{:.2}", r.flops / t / 1e9) } else { "-".into() }),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let verdict = match &r.error {
+            Some(e) => format!("ERROR: {e}"),
+            None if r.passed() => "ok".into(),
+            None => "FAIL".into(),
+        };
+        s += &format!("{:<12} {:<70} {:>10.2e} {:>8}  {:>9} {:>9} {:>9}\n", r.op, r.case, r.nmse, verdict, us, gbs, gfs);
+    }
+    let failed = rows.iter().filter(|r| !r.passed()).count();
+    s += &format!("{} passed, {} failed\n", rows.len() - failed, failed);
+    s
+}

@@ -1,0 +1,14 @@
+//! The op table on the CPU reference backend, against the plain f64 reference implementations.
+
+use herd_conformance::table::{format_table, run_table};
+use herd_core::cpu::CpuBackend;
+
+#[test]
+fn cpu_backend_passes_the_op_table() {
+    let rows = run_table(&CpuBackend::new(), false, None);
+    let table = format_table("cpu", &rows);
+    eprintln!("{table}");
+    assert!(rows.len() > 40, "the table lost rows: {}", rows.len());
+    let failed: Vec<_> = rows.iter().filter(|r| !r.passed()).map(|r| format!("{} {}", r.op, r.case)).collect();
+    assert!(failed.is_empty(), "failing rows: {failed:?}\n{table}");
+}
