@@ -147,7 +147,7 @@ impl Checkpoint {
             let logical = logical_name(&name).to_owned();
             let t = TensorRef { name: name.clone(), dtype, shape: info.shape.clone(), file: bytes.clone(), start: base + s, end: base + e };
             if self.tensors.insert(logical.clone(), t).is_some() {
-                return Err(HerdError::tensor(&name, format!("in {path}: appears twice (as `{logical}`)")));
+                return Err(HerdError::tensor(&name, format!("in {path}: appears twice (as `{}`)", logical.escape_debug())));
             }
         }
         Ok(())

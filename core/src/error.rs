@@ -36,7 +36,7 @@ impl HerdError {
         HerdError::Config { field: field.into(), msg: msg.into() }
     }
     pub fn tensor(name: impl Into<String>, msg: impl Into<String>) -> Self {
-        HerdError::Tensor { name: name.into(), msg: msg.into() }
+        HerdError::Tensor { name: name.into().escape_debug().to_string(), msg: msg.into() }
     }
     pub fn bad_file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         HerdError::BadFile { path: path.into(), msg: msg.into() }

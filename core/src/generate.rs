@@ -12,6 +12,9 @@ use crate::sampling::{argmax, Sampler, SamplingParams};
 /// Logits `[T, V]` for every token of every row. All rows run as one batch (each its own sequence).
 /// `decode`: feed the tokens one step at a time through the KV cache instead of one prefill.
 pub fn score_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], decode: bool) -> Result<Vec<Vec<f32>>> {
+    if let Some(i) = rows.iter().position(|r| r.is_empty()) {
+        return Err(HerdError::Input(format!("row {i} is empty: a sequence in the batch has no new tokens")));
+    }
     let v = model.cfg.vocab_size;
     let mut cache = model.new_cache()?;
     let ids: Vec<SeqId> = rows.iter().map(|_| cache.add_sequence()).collect();

@@ -4,7 +4,8 @@
 //! * [`checkpoint`] memory-maps safetensors files (single or sharded) and maps tensor names.
 //! * [`backend`] is the small set of coarse ops every device implements; [`cpu`] is the reference.
 //! * [`model`] is Llama 4, written once against [`backend::Backend`]; [`kv`] is its cache.
-//! * [`generate`] drives prefill/decode with sampling and stop tokens.
+//! * [`generate`] drives prefill/decode with [`sampling`] and stop tokens.
+//! * [`tokenizer`] and [`chat`] turn text and conversations into ids (tokenizer.json, the chat template).
 pub mod error;
 pub mod quant;
 pub mod config;
@@ -14,6 +15,8 @@ pub mod cpu;
 pub mod kv;
 pub mod model;
 pub mod sampling;
+pub mod tokenizer;
+pub mod chat;
 pub mod generate;
 
 pub use error::{HerdError, Result};

@@ -44,7 +44,9 @@ impl SamplingParams {
     /// Check that every field is in range; the error names the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, v: f32, range: &str| {
-            Err(HerdError::Input(format!("sampling: {field} = {v} is out of range ({range})")))
+            Err(HerdError::Input(format!(
+                "sampling: {field} = {v} is out of range ({range})"
+            )))
         };
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad("temperature", self.temperature, "must be finite and >= 0");
@@ -56,7 +58,11 @@ impl SamplingParams {
             return bad("min_p", self.min_p, "must be in [0, 1]");
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad("repetition_penalty", self.repetition_penalty, "must be finite and > 0");
+            return bad(
+                "repetition_penalty",
+                self.repetition_penalty,
+                "must be finite and > 0",
+            );
         }
         Ok(())
     }
@@ -73,6 +79,8 @@ pub struct Sampler {
     rng: StdRng,
     /// Scratch: (token id, processed logit) of the tokens still in play.
     cand: Vec<(u32, f32)>,
+    /// Scratch: unnormalised softmax weights of `cand`.
+    weights: Vec<f32>,
 }
 
 impl Sampler {
@@ -81,9 +89,16 @@ impl Sampler {
         params.validate()?;
         let rng = match params.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::try_from_os_rng().unwrap_or_else(|_| StdRng::seed_from_u64(time_seed())),
+            None => {
+                StdRng::try_from_os_rng().unwrap_or_else(|_| StdRng::seed_from_u64(time_seed()))
+            }
         };
-        Ok(Sampler { params, rng, cand: Vec::new() })
+        Ok(Sampler {
+            params,
+            rng,
+            cand: Vec::new(),
+            weights: Vec::new(),
+        })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -109,17 +124,25 @@ impl Sampler {
         if p.is_greedy() {
             return argmax(logits);
         }
-        if p.temperature != 1.0 {
-            let inv = 1.0 / p.temperature;
-            for x in logits.iter_mut() {
-                *x *= inv;
-            }
+        // Temperature, on logits shifted so the max is 0: a tiny temperature can then only push
+        // the others to -inf, never produce +inf or NaN.
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        if max == f32::NEG_INFINITY {
+            return argmax(logits);
+        }
+        let t = p.temperature;
+        for x in logits.iter_mut() {
+            *x = (*x - max) / t;
         }
 
         let cand = &mut self.cand;
         cand.clear();
         cand.extend(
-            logits.iter().enumerate().filter(|(_, l)| **l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)),
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| **l > f32::NEG_INFINITY)
+                .map(|(i, &l)| (i as u32, l)),
         );
         if cand.is_empty() {
             return argmax(logits);
@@ -132,57 +155,88 @@ impl Sampler {
             cand.retain(|c| c.1 >= threshold);
         }
 
-        // top-p: smallest prefix (by descending logit) whose renormalised mass reaches top_p.
+        // top-p: smallest set of most likely tokens whose renormalised mass reaches top_p.
         if p.top_p < 1.0 && cand.len() > 1 {
-            let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
-            let total: f64 = cand.iter().map(|c| ((c.1 - max) as f64).exp()).sum();
-            let target = p.top_p as f64 * total;
-            let mut m = cand.len().min(64);
-            loop {
-                if m < cand.len() {
-                    cand.select_nth_unstable_by(m - 1, desc);
-                }
-                cand[..m].sort_unstable_by(desc);
-                let mut cum = 0.0f64;
-                let mut keep = None;
-                for (i, c) in cand[..m].iter().enumerate() {
-                    cum += ((c.1 - max) as f64).exp();
-                    if cum >= target {
-                        keep = Some(i + 1);
-                        break;
-                    }
-                }
-                match keep {
-                    Some(n) => {
-                        cand.truncate(n);
-                        break;
-                    }
-                    None if m == cand.len() => break,
-                    None => m = (m * 2).min(cand.len()),
-                }
-            }
+            top_p_filter(cand, p.top_p);
         }
 
         // min-p: prob_i < min_p * prob_max  <=>  l_i < l_max + ln(min_p).
         if p.min_p > 0.0 && cand.len() > 1 {
-            let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+            let max = max_logit(cand);
             let threshold = max as f64 + (p.min_p as f64).ln();
             cand.retain(|c| c.1 as f64 >= threshold || c.1 == max);
         }
 
         // Draw from the softmax of the survivors.
-        let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
-        let total: f64 = cand.iter().map(|c| ((c.1 - max) as f64).exp()).sum();
+        let max = max_logit(cand);
+        let weights = &mut self.weights;
+        weights.clear();
+        weights.extend(cand.iter().map(|c| (c.1 - max).exp()));
+        let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
         let mut u = self.rng.random::<f64>() * total;
-        for c in cand.iter() {
-            u -= ((c.1 - max) as f64).exp();
+        for (c, &w) in cand.iter().zip(weights.iter()) {
+            u -= f64::from(w);
             if u < 0.0 {
                 return c.0;
             }
         }
         // Rounding left a sliver of mass: take the most likely survivor.
-        cand.iter().fold(cand[0], |best, c| if c.1 > best.1 { *c } else { best }).0
+        cand.iter()
+            .fold(cand[0], |best, c| if c.1 > best.1 { *c } else { best })
+            .0
     }
+}
+
+/// Keep the smallest prefix (in descending-logit order) of `cand` whose softmax mass is
+/// ≥ `top_p` of the total. Linear time: one pass bins the mass into logit buckets to find the
+/// bucket where the cumulative mass crosses `top_p`; only that bucket is sorted.
+fn top_p_filter(cand: &mut Vec<(u32, f32)>, top_p: f32) {
+    const NB: usize = 1024;
+    let max = max_logit(cand);
+    let min = cand.iter().fold(f32::INFINITY, |m, c| m.min(c.1));
+    let width = (max - min) / NB as f32;
+    // Bucket 0 holds the largest logits. NaN (from inf/inf) casts to 0: never out of range.
+    let bucket = |l: f32| {
+        if width > 0.0 {
+            (((max - l) / width) as usize).min(NB - 1)
+        } else {
+            0
+        }
+    };
+    let mut mass = vec![0.0f64; NB];
+    let mut total = 0.0f64;
+    for c in cand.iter() {
+        let w = f64::from((c.1 - max).exp());
+        mass[bucket(c.1)] += w;
+        total += w;
+    }
+    let target = f64::from(top_p) * total;
+    let (mut cum, mut cross) = (0.0f64, NB - 1);
+    for (b, &m) in mass.iter().enumerate() {
+        if cum + m >= target {
+            cross = b;
+            break;
+        }
+        cum += m;
+    }
+    let mut border: Vec<(u32, f32)> = cand
+        .iter()
+        .filter(|c| bucket(c.1) == cross)
+        .copied()
+        .collect();
+    cand.retain(|c| bucket(c.1) < cross);
+    border.sort_unstable_by(desc);
+    for c in border {
+        cum += f64::from((c.1 - max).exp());
+        cand.push(c);
+        if cum >= target {
+            break;
+        }
+    }
+}
+
+fn max_logit(cand: &[(u32, f32)]) -> f32 {
+    cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1))
 }
 
 /// Descending by logit, then ascending by id (a total order, so selection is deterministic).
@@ -206,10 +260,14 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// HF/CTRL repetition penalty over the set of ids in `history`: positive logits are divided by
 /// `penalty`, negative ones multiplied. Ids outside the vocabulary are ignored.
 pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
-    if penalty == 1.0 || history.is_empty() || !(penalty > 0.0) {
+    if penalty == 1.0 || history.is_empty() || penalty.is_nan() || penalty <= 0.0 {
         return;
     }
-    let mut ids: Vec<u32> = history.iter().copied().filter(|&id| (id as usize) < logits.len()).collect();
+    let mut ids: Vec<u32> = history
+        .iter()
+        .copied()
+        .filter(|&id| (id as usize) < logits.len())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     for id in ids {
@@ -218,11 +276,14 @@ pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f3
     }
 }
 
+/// Fallback seed when the OS RNG is unavailable. `SystemTime::now` panics on
+/// wasm32-unknown-unknown, so there the fallback is a fixed seed.
 fn time_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0x9E37_79B9_7F4A_7C15)
+    #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        return d.as_nanos() as u64;
+    }
+    0x9E37_79B9_7F4A_7C15
 }
 
 #[cfg(test)]
@@ -241,30 +302,61 @@ mod tests {
     fn greedy_is_argmax_lowest_index_on_ties() {
         let mut s = sampler(SamplingParams::default());
         assert_eq!(s.sample(&mut logits(), &[]), 4);
-        assert_eq!(s.sample(&mut vec![1.0, 5.0, 5.0, 2.0], &[]), 1);
-        assert_eq!(s.sample(&mut vec![f32::NAN, 1.0, f32::NAN], &[]), 1);
-        assert_eq!(s.sample(&mut vec![f32::NAN, f32::NAN], &[]), 0);
-        assert_eq!(s.sample(&mut vec![], &[]), 0);
+        assert_eq!(s.sample(&mut [1.0, 5.0, 5.0, 2.0], &[]), 1);
+        assert_eq!(s.sample(&mut [f32::NAN, 1.0, f32::NAN], &[]), 1);
+        assert_eq!(s.sample(&mut [f32::NAN, f32::NAN], &[]), 0);
+        assert_eq!(s.sample(&mut [], &[]), 0);
     }
 
     #[test]
     fn nan_and_inf_logits_do_not_panic() {
         for t in [0.0, 0.7, 1.0] {
-            let mut s = sampler(SamplingParams { temperature: t, top_k: 3, top_p: 0.9, min_p: 0.05, seed: Some(1), ..Default::default() });
+            let mut s = sampler(SamplingParams {
+                temperature: t,
+                top_k: 3,
+                top_p: 0.9,
+                min_p: 0.05,
+                seed: Some(1),
+                ..Default::default()
+            });
             let mut l = vec![f32::NAN, 1.0, f32::INFINITY, f32::NEG_INFINITY, 2.0];
             assert_eq!(s.sample(&mut l, &[0, 1]), 2);
             let mut l = vec![f32::NAN; 5];
             assert!(s.sample(&mut l, &[]) < 5);
             let mut l = vec![f32::NEG_INFINITY; 5];
             assert!(s.sample(&mut l, &[]) < 5);
+            let mut l = vec![f32::MAX, -f32::MAX, 0.0];
+            assert_eq!(s.sample(&mut l, &[]), 0);
+        }
+    }
+
+    #[test]
+    fn tiny_temperature_is_argmax_without_nan() {
+        let mut s = sampler(SamplingParams {
+            temperature: 1e-30,
+            seed: Some(2),
+            ..Default::default()
+        });
+        for _ in 0..100 {
+            assert_eq!(s.sample(&mut logits(), &[]), 4);
         }
     }
 
     #[test]
     fn top_k_one_and_tiny_top_p_are_argmax() {
         for (i, t) in [0.1f32, 1.0, 5.0, 100.0].into_iter().enumerate() {
-            let mut s = sampler(SamplingParams { temperature: t, top_k: 1, seed: Some(i as u64), ..Default::default() });
-            let mut s2 = sampler(SamplingParams { temperature: t, top_p: 1e-6, seed: Some(i as u64), ..Default::default() });
+            let mut s = sampler(SamplingParams {
+                temperature: t,
+                top_k: 1,
+                seed: Some(i as u64),
+                ..Default::default()
+            });
+            let mut s2 = sampler(SamplingParams {
+                temperature: t,
+                top_p: 1e-6,
+                seed: Some(i as u64),
+                ..Default::default()
+            });
             for _ in 0..200 {
                 assert_eq!(s.sample(&mut logits(), &[]), 4);
                 assert_eq!(s2.sample(&mut logits(), &[]), 4);
@@ -291,7 +383,11 @@ mod tests {
     fn temperature_one_matches_softmax() {
         let l = logits();
         let want = softmax(&l);
-        let mut s = sampler(SamplingParams { temperature: 1.0, seed: Some(42), ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            temperature: 1.0,
+            seed: Some(42),
+            ..Default::default()
+        });
         let got = frequencies(&mut s, &l, 20000);
         for (g, w) in got.iter().zip(&want) {
             // ~4 standard deviations of a binomial proportion with n = 20000.
@@ -305,17 +401,29 @@ mod tests {
         let l = logits();
         let scaled: Vec<f32> = l.iter().map(|x| x / 0.5).collect();
         let want = softmax(&scaled);
-        let mut s = sampler(SamplingParams { temperature: 0.5, seed: Some(3), ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            temperature: 0.5,
+            seed: Some(3),
+            ..Default::default()
+        });
         let got = frequencies(&mut s, &l, 20000);
         for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 4.0 * (w * (1.0 - w) / 20000.0).sqrt() + 1e-3, "got {got:?} want {want:?}");
+            assert!(
+                (g - w).abs() < 4.0 * (w * (1.0 - w) / 20000.0).sqrt() + 1e-3,
+                "got {got:?} want {want:?}"
+            );
         }
     }
 
     #[test]
     fn top_k_never_samples_dropped_tokens_and_renormalises() {
         let l = logits();
-        let mut s = sampler(SamplingParams { temperature: 1.0, top_k: 3, seed: Some(7), ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            temperature: 1.0,
+            top_k: 3,
+            seed: Some(7),
+            ..Default::default()
+        });
         let got = frequencies(&mut s, &l, 20000);
         // Top 3 are ids 4 (3.0), 6 (2.9), 1 (2.0).
         let want = softmax(&[3.0, 2.9, 2.0]);
@@ -332,35 +440,117 @@ mod tests {
     #[test]
     fn top_p_keeps_smallest_set_reaching_p() {
         // probs ≈ [0.5, 0.25, 0.125, 0.125] → top_p 0.7 keeps ids 0 and 1 only.
-        let l: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125].iter().map(|p| p.ln()).collect();
-        let mut s = sampler(SamplingParams { temperature: 1.0, top_p: 0.7, seed: Some(11), ..Default::default() });
+        let l: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125]
+            .iter()
+            .map(|p| p.ln())
+            .collect();
+        let mut s = sampler(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.7,
+            seed: Some(11),
+            ..Default::default()
+        });
         let got = frequencies(&mut s, &l, 20000);
         assert_eq!(got[2] + got[3], 0.0, "{got:?}");
         assert!((got[0] - 2.0 / 3.0).abs() < 0.02, "{got:?}");
         // top_p 0.8 also needs one of the 0.125 tokens.
-        let mut s = sampler(SamplingParams { temperature: 1.0, top_p: 0.8, seed: Some(12), ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.8,
+            seed: Some(12),
+            ..Default::default()
+        });
         let got = frequencies(&mut s, &l, 5000);
-        assert!(got[2] + got[3] > 0.0 && (got[2] == 0.0 || got[3] == 0.0), "{got:?}");
+        assert!(
+            got[2] + got[3] > 0.0 && (got[2] == 0.0 || got[3] == 0.0),
+            "{got:?}"
+        );
     }
 
     #[test]
-    fn top_p_over_large_vocab_needs_more_than_first_chunk() {
-        // Flat distribution over 1000 tokens: top_p 0.5 must keep ~500 of them (exercises doubling).
+    fn top_p_flat_distribution_keeps_half_lowest_ids_on_ties() {
+        // Flat distribution over 1000 tokens: top_p 0.5 keeps exactly 500 of them.
         let l = vec![0.0f32; 1000];
-        let mut s = sampler(SamplingParams { temperature: 1.0, top_p: 0.5, seed: Some(5), ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: Some(5),
+            ..Default::default()
+        });
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..20000 {
             seen.insert(s.sample(&mut l.clone(), &[]));
         }
         assert!(seen.len() > 450 && seen.len() <= 500, "{}", seen.len());
-        assert!(*seen.iter().last().unwrap() < 500, "ties must keep the lowest ids");
+        assert!(
+            *seen.iter().last().unwrap() < 500,
+            "ties must keep the lowest ids"
+        );
+    }
+
+    #[test]
+    fn top_p_filter_matches_full_sort_reference() {
+        let mut rng = StdRng::seed_from_u64(99);
+        for round in 0..40 {
+            let n = [2, 10, 1000, 5000][round % 4];
+            let spread = [0.1f32, 1.0, 5.0, 30.0][(round / 4) % 4];
+            let logits: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * spread).collect();
+            for top_p in [0.01f32, 0.3, 0.5, 0.9, 0.99] {
+                let mut cand: Vec<(u32, f32)> = logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (i as u32, l))
+                    .collect();
+                top_p_filter(&mut cand, top_p);
+                let mut got: Vec<u32> = cand.iter().map(|c| c.0).collect();
+                got.sort_unstable();
+                // Reference: full sort, cumulative sum.
+                let mut all: Vec<(u32, f32)> = logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (i as u32, l))
+                    .collect();
+                all.sort_unstable_by(desc);
+                let max = all[0].1;
+                let total: f64 = all.iter().map(|c| f64::from((c.1 - max).exp())).sum();
+                let mut cum = 0.0;
+                let mut want = Vec::new();
+                for c in &all {
+                    cum += f64::from((c.1 - max).exp());
+                    want.push(c.0);
+                    if cum >= f64::from(top_p) * total {
+                        break;
+                    }
+                }
+                want.sort_unstable();
+                // Summation order differs: allow a one-token difference at the boundary only.
+                let diff = got.len().abs_diff(want.len());
+                assert!(
+                    diff <= 1,
+                    "n={n} spread={spread} p={top_p}: {} vs {}",
+                    got.len(),
+                    want.len()
+                );
+                let short = if got.len() < want.len() { &got } else { &want };
+                let long = if got.len() < want.len() { &want } else { &got };
+                assert!(
+                    short.iter().all(|i| long.contains(i)),
+                    "n={n} spread={spread} p={top_p}"
+                );
+            }
+        }
     }
 
     #[test]
     fn min_p_never_samples_dropped_tokens() {
         // probs ∝ [1, 0.5, 0.09, 0.2]; min_p 0.1 drops id 2 only.
         let l: Vec<f32> = [1.0f32, 0.5, 0.09, 0.2].iter().map(|p| p.ln()).collect();
-        let mut s = sampler(SamplingParams { temperature: 1.0, min_p: 0.1, seed: Some(9), ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            temperature: 1.0,
+            min_p: 0.1,
+            seed: Some(9),
+            ..Default::default()
+        });
         let got = frequencies(&mut s, &l, 20000);
         assert_eq!(got[2], 0.0, "{got:?}");
         assert!(got[3] > 0.05, "{got:?}");
@@ -368,11 +558,14 @@ mod tests {
 
     #[test]
     fn repetition_penalty_flips_argmax() {
-        let mut s = sampler(SamplingParams { repetition_penalty: 2.0, ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        });
         // 3.0/2 = 1.5 < 2.9 → id 6 wins; repeated ids count once.
         assert_eq!(s.sample(&mut logits(), &[4, 4, 4]), 6);
         // Negative logits are multiplied: -0.1*2 = -0.2 < -0.15.
-        assert_eq!(s.sample(&mut vec![-0.1, -0.15], &[0]), 1);
+        assert_eq!(s.sample(&mut [-0.1, -0.15], &[0]), 1);
         // Out-of-vocab history ids are ignored.
         assert_eq!(s.sample(&mut logits(), &[999]), 4);
         let mut l = vec![2.0, -2.0, 1.0];
@@ -382,26 +575,58 @@ mod tests {
 
     #[test]
     fn same_seed_same_sequence() {
-        let p = SamplingParams { temperature: 1.3, top_k: 5, top_p: 0.95, seed: Some(1234), ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.3,
+            top_k: 5,
+            top_p: 0.95,
+            seed: Some(1234),
+            ..Default::default()
+        };
         let run = |p: SamplingParams| {
             let mut s = sampler(p);
-            (0..200).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| s.sample(&mut logits(), &[]))
+                .collect::<Vec<_>>()
         };
         let a = run(p);
         assert_eq!(a, run(p));
-        assert_ne!(a, run(SamplingParams { seed: Some(4321), ..p }));
+        assert_ne!(
+            a,
+            run(SamplingParams {
+                seed: Some(4321),
+                ..p
+            })
+        );
         assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() > 1);
     }
 
     #[test]
     fn bad_params_are_rejected() {
         for p in [
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { temperature: f32::NAN, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { top_p: 1.5, ..Default::default() },
-            SamplingParams { min_p: -0.1, ..Default::default() },
-            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 1.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: -0.1,
+                ..Default::default()
+            },
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
         ] {
             let e = Sampler::new(p).err().expect("must fail").to_string();
             assert!(e.starts_with("sampling: ") && !e.contains('\n'), "{e}");
@@ -411,10 +636,24 @@ mod tests {
     #[test]
     fn large_vocab_is_fast_enough() {
         let n = 202_048;
-        let mut base: Vec<f32> = (0..n).map(|i| ((i as u64 * 2654435761) % 1000) as f32 / 100.0).collect();
+        let mut base: Vec<f32> = (0..n)
+            .map(|i| ((i as u64 * 2654435761) % 1000) as f32 / 100.0)
+            .collect();
         base[12345] = 20.0;
-        let mut s = sampler(SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.01, repetition_penalty: 1.1, seed: Some(0) });
-        let mut s2 = sampler(SamplingParams { temperature: 0.8, top_p: 0.9, seed: Some(0), ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.01,
+            repetition_penalty: 1.1,
+            seed: Some(0),
+        });
+        let mut s2 = sampler(SamplingParams {
+            temperature: 0.8,
+            top_p: 0.9,
+            seed: Some(0),
+            ..Default::default()
+        });
         let t = std::time::Instant::now();
         for _ in 0..20 {
             s.sample(&mut base.clone(), &[1, 2, 3]);

@@ -85,6 +85,9 @@ impl<B: Backend> Llama4<B> {
 
     /// Loads the text model of a model directory (config.json + safetensors).
     pub fn from_dir(backend: Arc<B>, dir: &std::path::Path, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(HerdError::bad_file(dir, "model directory does not exist"));
+        }
         let cfg = crate::config::ModelConfig::from_file(&dir.join("config.json"))?;
         let ck = Checkpoint::open_dir(dir)?;
         Self::load(backend, &ck, &cfg.text, progress)
