@@ -34,10 +34,15 @@ fn read_ids(path: &Path) -> Result<Vec<Vec<u32>>> {
 fn write(path: &Path, name: &str, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>) -> Result<()> {
     let view = safetensors::tensor::TensorView::new(dtype, shape, &data).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let tensors: HashMap<String, _> = [(name.to_owned(), view)].into_iter().collect();
-    // Write next to the target and rename, so a failure never leaves a half-written output.
-    let tmp = path.with_extension("partial");
-    safetensors::serialize_to_file(&tensors, None, &tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
+    // safetensors writes a sibling temporary file and renames it: a failure never leaves a partial output.
+    safetensors::serialize_to_file(&tensors, None, path).map_err(|e| anyhow::anyhow!("{}: cannot write ({e})", path.display()))
+}
+
+/// Ids the model cannot embed are reported against the input file, before any compute.
+fn check_vocab(path: &Path, rows: &[Vec<u32>], vocab: usize) -> Result<()> {
+    if let Some(bad) = rows.iter().flatten().find(|&&id| id as usize >= vocab) {
+        bail!("{}: `input_ids` holds {bad}, outside the model's vocabulary of {vocab} ids", path.display());
+    }
     Ok(())
 }
 
@@ -48,6 +53,7 @@ fn load<B: Backend>(backend: Arc<B>, model: &Path) -> Result<Llama4<B>> {
 pub fn logits<B: Backend>(backend: Arc<B>, model: &Path, input: &Path, output: &Path, decode: bool) -> Result<()> {
     let rows = read_ids(input)?;
     let m = load(backend, model)?;
+    check_vocab(input, &rows, m.cfg.vocab_size)?;
     let t = rows[0].len();
     let logits = score_rows(&m, &rows, decode)?;
     let data: Vec<u8> = logits.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
@@ -60,6 +66,7 @@ pub fn greedy<B: Backend>(backend: Arc<B>, model: &Path, input: &Path, n: usize,
     }
     let rows = read_ids(input)?;
     let m = load(backend, model)?;
+    check_vocab(input, &rows, m.cfg.vocab_size)?;
     let out = greedy_rows(&m, &rows, n)?;
     let data: Vec<u8> = out.iter().flatten().flat_map(|&x| (x as i64).to_le_bytes()).collect();
     write(output, "greedy_ids", Dtype::I64, vec![rows.len(), n], data)

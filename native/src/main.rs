@@ -183,10 +183,26 @@ macro_rules! with_backend {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli.cmd) {
-        // One line: the cause chain joined by ": ".
-        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// One line: the cause chain joined by ": ", skipping a cause whose text its parent already includes
+/// (errors that print their source in their own message, e.g. `{path}: {source}`).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if msg.ends_with(&s) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s);
+    }
+    msg.replace('\n', " ")
 }
 
 fn dispatch(cmd: Cmd) -> Result<()> {
