@@ -9,8 +9,8 @@ pub type Result<T, E = HerdError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum HerdError {
     /// A file could not be opened or read.
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     /// A file was read but its contents are not what they must be (truncated, corrupt, bad JSON).
     #[error("{path}: {msg}")]
     BadFile { path: PathBuf, msg: String },
@@ -42,6 +42,6 @@ impl HerdError {
         HerdError::BadFile { path: path.into(), msg: msg.into() }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        HerdError::Io { path: path.into(), source }
+        HerdError::Io { path: path.into(), err: source }
     }
 }
