@@ -94,7 +94,15 @@ pub trait Backend: Send + Sync + 'static {
 
     /// RMS norm of each of `rows` rows of length `dim`: `y = x · rsqrt(mean(x²) + eps) (· w)`, computed in
     /// f32. `weight` None gives Llama 4's weightless QK norm. `out` may be `x` (in place).
-    fn rms_norm(&self, x: &Self::Buffer, weight: Option<&Self::Weight>, rows: usize, dim: usize, eps: f32, out: &Self::Buffer) -> Result<()>;
+    fn rms_norm(
+        &self,
+        x: &Self::Buffer,
+        weight: Option<&Self::Weight>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &Self::Buffer,
+    ) -> Result<()>;
 
     /// `out[m, n] = Σ_k x[m, k] · w[n, k]`: `w` is an nn.Linear weight [n, k].
     fn matmul(&self, x: &Self::Buffer, m: usize, w: &Self::Weight, out: &Self::Buffer) -> Result<()>;
@@ -102,7 +110,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Interleaved-pair RoPE, in place: x is [rows, heads, head_dim]; row r is rotated by angle
     /// `positions[r] · inv_freq[j]` (f32) on the pair (2j, 2j+1). `positions` u32 [rows], `inv_freq` f32
     /// [head_dim/2].
-    fn rope(&self, x: &Self::Buffer, rows: usize, heads: usize, head_dim: usize, positions: &Self::Buffer, inv_freq: &Self::Buffer) -> Result<()>;
+    fn rope(
+        &self,
+        x: &Self::Buffer,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        positions: &Self::Buffer,
+        inv_freq: &Self::Buffer,
+    ) -> Result<()>;
 
     /// Attention of the new tokens of every sequence in `seqs` over that sequence's cached keys/values
     /// (positions < pos0, read from `k_cache`/`v_cache` [slots, n_kv_heads, head_dim]) and its new ones
@@ -123,7 +139,15 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Writes the new keys/values of every sequence into its cache region: row `q_start + t` goes to slot
     /// `slot_base + (pos0 + t) % slot_cap`. `kv_dim` = n_kv_heads · head_dim.
-    fn kv_store(&self, k_new: &Self::Buffer, v_new: &Self::Buffer, k_cache: &Self::Buffer, v_cache: &Self::Buffer, seqs: &[AttnSeq], kv_dim: usize) -> Result<()>;
+    fn kv_store(
+        &self,
+        k_new: &Self::Buffer,
+        v_new: &Self::Buffer,
+        k_cache: &Self::Buffer,
+        v_cache: &Self::Buffer,
+        seqs: &[AttnSeq],
+        kv_dim: usize,
+    ) -> Result<()>;
 
     /// `acc[i] += x[i]` for i < n (the residual add), in place on `acc`.
     fn add(&self, acc: &Self::Buffer, x: &Self::Buffer, n: usize) -> Result<()>;
@@ -134,7 +158,15 @@ pub trait Backend: Send + Sync + 'static {
     /// The Llama 4 router on logits [rows, n_experts]: per row, the top `k` experts by raw logit
     /// (`idx` u32 [rows, k], highest first, lower index first on ties) and their scores
     /// `sigmoid(logit)` (`score` f32 [rows, k]). No softmax, no renormalisation.
-    fn router_topk(&self, logits: &Self::Buffer, rows: usize, n_experts: usize, k: usize, idx: &Self::Buffer, score: &Self::Buffer) -> Result<()>;
+    fn router_topk(
+        &self,
+        logits: &Self::Buffer,
+        rows: usize,
+        n_experts: usize,
+        k: usize,
+        idx: &Self::Buffer,
+        score: &Self::Buffer,
+    ) -> Result<()>;
 
     /// Routed experts, accumulated: for each row r and each of its k choices (e = idx[r, c], s = score[r, c]),
     /// `u = s · x[r]`, `out[r] += (silu(u·G_e) ⊙ (u·U_e)) · Dn_e`, where `gate_up` is the fused checkpoint
@@ -153,5 +185,12 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
 
     /// `out[i, :] = x[rows[i], :]` for i < n; `rows` u32 [n], rows of length `dim`.
-    fn gather_rows(&self, x: &Self::Buffer, rows: &Self::Buffer, n: usize, dim: usize, out: &Self::Buffer) -> Result<()>;
+    fn gather_rows(
+        &self,
+        x: &Self::Buffer,
+        rows: &Self::Buffer,
+        n: usize,
+        dim: usize,
+        out: &Self::Buffer,
+    ) -> Result<()>;
 }

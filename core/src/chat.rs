@@ -54,11 +54,7 @@ pub enum Part {
 
 impl Message {
     pub fn new(role: impl Into<String>, text: impl Into<String>) -> Self {
-        Message {
-            role: role.into(),
-            content: Content::Text(text.into()),
-            tool_calls: Vec::new(),
-        }
+        Message { role: role.into(), content: Content::Text(text.into()), tool_calls: Vec::new() }
     }
     pub fn system(text: impl Into<String>) -> Self {
         Self::new("system", text)
@@ -77,11 +73,7 @@ impl Message {
     pub fn user_with_images(images: usize, text: impl Into<String>) -> Self {
         let mut parts: Vec<Part> = (0..images).map(|_| Part::Image).collect();
         parts.push(Part::Text { text: text.into() });
-        Message {
-            role: "user".into(),
-            content: Content::Parts(parts),
-            tool_calls: Vec::new(),
-        }
+        Message { role: "user".into(), content: Content::Parts(parts), tool_calls: Vec::new() }
     }
     /// The text of the message (parts joined, images skipped).
     pub fn text(&self) -> String {
@@ -112,10 +104,7 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate")
-            .field("names", &self.names)
-            .field("specials", &self.specials)
-            .finish()
+        f.debug_struct("ChatTemplate").field("names", &self.names).field("specials", &self.specials).finish()
     }
 }
 
@@ -130,8 +119,7 @@ impl ChatTemplate {
         let jinja_path = dir.join("chat_template.jinja");
         match std::fs::read_to_string(&jinja_path) {
             Ok(src) => {
-                let specials =
-                    special_strings(&cfg).map_err(|m| HerdError::bad_file(&cfg_path, m))?;
+                let specials = special_strings(&cfg).map_err(|m| HerdError::bad_file(&cfg_path, m))?;
                 return Self::build(vec![("default".into(), src)], specials)
                     .map_err(|m| HerdError::bad_file(&jinja_path, m));
             }
@@ -145,8 +133,7 @@ impl ChatTemplate {
                 if let (Some(m), Some(t)) = (merged.as_object_mut(), v.get("chat_template")) {
                     m.insert("chat_template".into(), t.clone());
                 }
-                return Self::from_config_value(&merged)
-                    .map_err(|m| HerdError::bad_file(&json_path, m));
+                return Self::from_config_value(&merged).map_err(|m| HerdError::bad_file(&json_path, m));
             }
         }
         Self::from_config_value(&cfg).map_err(|m| HerdError::bad_file(&cfg_path, m))
@@ -162,8 +149,7 @@ impl ChatTemplate {
     /// Load from the text of a `tokenizer_config.json` (in-memory / wasm).
     pub fn from_config_str(json: &str) -> Result<Self> {
         let err = |m: String| HerdError::Tokenizer(format!("tokenizer_config.json: {m}"));
-        let cfg: Value =
-            serde_json::from_str(json).map_err(|e| err(format!("invalid JSON: {e}")))?;
+        let cfg: Value = serde_json::from_str(json).map_err(|e| err(format!("invalid JSON: {e}")))?;
         Self::from_config_value(&cfg).map_err(err)
     }
 
@@ -188,15 +174,9 @@ impl ChatTemplate {
             Some(Value::Array(list)) => {
                 let mut out = Vec::new();
                 for item in list {
-                    match (
-                        item.get("name").and_then(Value::as_str),
-                        item.get("template").and_then(Value::as_str),
-                    ) {
+                    match (item.get("name").and_then(Value::as_str), item.get("template").and_then(Value::as_str)) {
                         (Some(n), Some(t)) => out.push((n.to_string(), t.to_string())),
-                        _ => return Err(
-                            "`chat_template` list items must be {\"name\": str, \"template\": str}"
-                                .into(),
-                        ),
+                        _ => return Err("`chat_template` list items must be {\"name\": str, \"template\": str}".into()),
                     }
                 }
                 if out.is_empty() {
@@ -204,17 +184,12 @@ impl ChatTemplate {
                 }
                 out
             }
-            Some(_) => {
-                return Err("`chat_template` must be a string or a list of named templates".into())
-            }
+            Some(_) => return Err("`chat_template` must be a string or a list of named templates".into()),
         };
         Self::build(templates, specials)
     }
 
-    fn build(
-        templates: Vec<(String, String)>,
-        specials: Map<String, Value>,
-    ) -> std::result::Result<Self, String> {
+    fn build(templates: Vec<(String, String)>, specials: Map<String, Value>) -> std::result::Result<Self, String> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -228,11 +203,7 @@ impl ChatTemplate {
                 .map_err(|e| format!("chat template `{name}`: {}", one_line(e)))?;
             names.push(name);
         }
-        Ok(ChatTemplate {
-            env,
-            names,
-            specials,
-        })
+        Ok(ChatTemplate { env, names, specials })
     }
 
     /// The BOS string the template writes (`bos_token`), if the config names one.
@@ -280,32 +251,18 @@ impl ChatTemplate {
                 None => return Err(HerdError::Tokenizer("chat template: none loaded".into())),
             },
         };
-        let tmpl = self
-            .env
-            .get_template(name)
-            .map_err(|e| HerdError::Tokenizer(format!("chat template: {}", one_line(e))))?;
+        let tmpl =
+            self.env.get_template(name).map_err(|e| HerdError::Tokenizer(format!("chat template: {}", one_line(e))))?;
         let mut ctx: Map<String, Value> = self.specials.clone();
         for (k, v) in extra {
             ctx.insert(k.clone(), v.clone());
         }
-        let mut ctx: std::collections::BTreeMap<String, JValue> = ctx
-            .into_iter()
-            .map(|(k, v)| (k, JValue::from_serialize(&v)))
-            .collect();
+        let mut ctx: std::collections::BTreeMap<String, JValue> =
+            ctx.into_iter().map(|(k, v)| (k, JValue::from_serialize(&v))).collect();
         ctx.insert("messages".into(), JValue::from_serialize(messages));
-        ctx.insert(
-            "tools".into(),
-            tools
-                .map(JValue::from_serialize)
-                .unwrap_or(JValue::from(())),
-        );
-        ctx.insert(
-            "add_generation_prompt".into(),
-            JValue::from(add_generation_prompt),
-        );
-        tmpl.render(ctx).map_err(|e| {
-            HerdError::Tokenizer(format!("chat template: {}", one_line(render_msg(&e))))
-        })
+        ctx.insert("tools".into(), tools.map(JValue::from_serialize).unwrap_or(JValue::from(())));
+        ctx.insert("add_generation_prompt".into(), JValue::from(add_generation_prompt));
+        tmpl.render(ctx).map_err(|e| HerdError::Tokenizer(format!("chat template: {}", one_line(render_msg(&e)))))
     }
 }
 
@@ -326,11 +283,7 @@ fn special_strings(cfg: &Value) -> std::result::Result<Map<String, Value>, Strin
             Some(Value::String(s)) => s.clone(),
             Some(v) => match v.get("content").and_then(Value::as_str) {
                 Some(s) => s.to_string(),
-                None => {
-                    return Err(format!(
-                        "`{key}` must be a string or an object with a string `content`"
-                    ))
-                }
+                None => return Err(format!("`{key}` must be a string or an object with a string `content`")),
             },
         };
         out.insert(key.into(), Value::String(s));
@@ -351,11 +304,7 @@ mod tests {
     }
 
     fn ids(v: &Value) -> Vec<u32> {
-        v.as_array()
-            .expect("ids")
-            .iter()
-            .map(|x| x.as_u64().expect("id") as u32)
-            .collect()
+        v.as_array().expect("ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
     }
 
     fn tmp_dir(tag: &str) -> std::path::PathBuf {
@@ -380,10 +329,7 @@ mod tests {
             let msgs = chat["messages"].as_array().unwrap();
             let tools = chat["tools"].as_array().map(|v| v.as_slice());
             let agp = chat["add_generation_prompt"].as_bool().unwrap();
-            let kwargs = chat["template_kwargs"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default();
+            let kwargs = chat["template_kwargs"].as_object().cloned().unwrap_or_default();
             let want = chat["rendered"].as_str().unwrap();
             let got = t.render_with(msgs, tools, agp, &kwargs).unwrap();
             assert_eq!(got, want, "{name}");
@@ -392,17 +338,10 @@ mod tests {
             assert_eq!(got_ids[0], bos);
             assert_ne!(got_ids[1], bos, "{name}: double BOS");
             // Typed messages render the same; without date_string, strftime_now is used (not emitted).
-            let typed: Vec<Message> = msgs
-                .iter()
-                .map(|m| serde_json::from_value(m.clone()).unwrap())
-                .collect();
+            let typed: Vec<Message> = msgs.iter().map(|m| serde_json::from_value(m.clone()).unwrap()).collect();
             let mut kw = kwargs.clone();
             kw.remove("date_string");
-            assert_eq!(
-                t.render_with(&typed, tools, agp, &kw).unwrap(),
-                want,
-                "{name} (typed)"
-            );
+            assert_eq!(t.render_with(&typed, tools, agp, &kw).unwrap(), want, "{name} (typed)");
         }
     }
 
@@ -436,15 +375,10 @@ mod tests {
         let t = ChatTemplate::from_dir(FIXTURE).unwrap();
         let tools = [serde_json::json!({"type": "function", "function": {"name": "f"}})];
         // A system message only: no first user message to put the tools in.
-        let e = t
-            .render(&[Message::system("s")], Some(&tools), true)
-            .unwrap_err();
+        let e = t.render(&[Message::system("s")], Some(&tools), true).unwrap_err();
         assert!(matches!(e, HerdError::Tokenizer(_)));
         let e = e.to_string();
-        assert!(
-            e.contains("Cannot put tools in the first user message") && !e.contains('\n'),
-            "{e}"
-        );
+        assert!(e.contains("Cannot put tools in the first user message") && !e.contains('\n'), "{e}");
     }
 
     #[test]
@@ -483,33 +417,19 @@ mod tests {
         assert_eq!((t.bos(), t.eos()), (Some("<B>"), Some("<E>")));
         let m = [Message::user("hi")];
         assert_eq!(t.render(&m, None, true).unwrap(), "D<B>1<E>");
-        assert_eq!(
-            t.render(&m, Some(&[Value::Null, Value::Null]), true)
-                .unwrap(),
-            "T<B>2"
-        );
+        assert_eq!(t.render(&m, Some(&[Value::Null, Value::Null]), true).unwrap(), "T<B>2");
     }
 
     #[test]
     fn chat_template_jinja_file_overrides_config() {
         let d = tmp_dir("jinja");
-        std::fs::copy(
-            format!("{FIXTURE}/tokenizer_config.json"),
-            d.join("tokenizer_config.json"),
-        )
-        .unwrap();
+        std::fs::copy(format!("{FIXTURE}/tokenizer_config.json"), d.join("tokenizer_config.json")).unwrap();
         std::fs::write(d.join("chat_template.jinja"), "J{{ bos_token }}").unwrap();
         let t = ChatTemplate::from_dir(&d).unwrap();
-        assert_eq!(
-            t.render(&[Message::user("x")], None, false).unwrap(),
-            "J<|begin_of_text|>"
-        );
+        assert_eq!(t.render(&[Message::user("x")], None, false).unwrap(), "J<|begin_of_text|>");
         std::fs::write(d.join("chat_template.jinja"), "{% if %}").unwrap();
         let e = ChatTemplate::from_dir(&d).unwrap_err().to_string();
-        assert!(
-            e.contains("chat_template.jinja") && !e.contains('\n'),
-            "{e}"
-        );
+        assert!(e.contains("chat_template.jinja") && !e.contains('\n'), "{e}");
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -519,10 +439,7 @@ mod tests {
         let cfg_path = d.join("tokenizer_config.json");
         let check = |e: HerdError, what: &str| {
             let s = e.to_string();
-            assert!(
-                s.contains(&*cfg_path.to_string_lossy()) && s.contains(what) && !s.contains('\n'),
-                "{s}"
-            );
+            assert!(s.contains(&*cfg_path.to_string_lossy()) && s.contains(what) && !s.contains('\n'), "{s}");
         };
         // Missing file.
         let e = ChatTemplate::from_dir(&d).unwrap_err();
@@ -534,33 +451,16 @@ mod tests {
         assert!(matches!(e, HerdError::BadFile { .. }));
         check(e, "invalid JSON");
         // Template syntax error.
-        std::fs::write(
-            &cfg_path,
-            r#"{"chat_template": "{% for m in messages %}\n{{ m.role }"}"#,
-        )
-        .unwrap();
-        check(
-            ChatTemplate::from_file(&cfg_path).unwrap_err(),
-            "syntax error",
-        );
+        std::fs::write(&cfg_path, r#"{"chat_template": "{% for m in messages %}\n{{ m.role }"}"#).unwrap();
+        check(ChatTemplate::from_file(&cfg_path).unwrap_err(), "syntax error");
         // No template, bad token type.
         std::fs::write(&cfg_path, r#"{"bos_token": "<s>"}"#).unwrap();
-        check(
-            ChatTemplate::from_dir(&d).unwrap_err(),
-            "no `chat_template`",
-        );
+        check(ChatTemplate::from_dir(&d).unwrap_err(), "no `chat_template`");
         std::fs::write(&cfg_path, r#"{"bos_token": 5, "chat_template": "x"}"#).unwrap();
         check(ChatTemplate::from_dir(&d).unwrap_err(), "`bos_token`");
-        let e = ChatTemplate::from_config_str("nope")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("tokenizer: tokenizer_config.json: invalid JSON"),
-            "{e}"
-        );
-        let e = ChatTemplate::from_template("{{ x", None, None)
-            .unwrap_err()
-            .to_string();
+        let e = ChatTemplate::from_config_str("nope").unwrap_err().to_string();
+        assert!(e.starts_with("tokenizer: tokenizer_config.json: invalid JSON"), "{e}");
+        let e = ChatTemplate::from_template("{{ x", None, None).unwrap_err().to_string();
         assert!(e.contains("syntax error") && !e.contains('\n'), "{e}");
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -85,17 +85,22 @@ impl Checkpoint {
         let index = dir.join(INDEX);
         let files: Vec<PathBuf> = if index.exists() {
             let bytes = std::fs::read(&index).map_err(|e| HerdError::io(&index, e))?;
-            let v: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| HerdError::bad_file(&index, format!("not valid JSON: {e}")))?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| HerdError::bad_file(&index, format!("not valid JSON: {e}")))?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| HerdError::bad_file(&index, "no `weight_map` object"))?;
             let mut shards: Vec<String> = Vec::new();
             for (name, f) in map {
-                let f = f.as_str().ok_or_else(|| HerdError::bad_file(&index, format!("weight_map[{name:?}] is not a file name")))?;
+                let f = f
+                    .as_str()
+                    .ok_or_else(|| HerdError::bad_file(&index, format!("weight_map[{name:?}] is not a file name")))?;
                 if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                    return Err(HerdError::bad_file(&index, format!("weight_map[{name:?}] names a file outside the model directory: {f:?}")));
+                    return Err(HerdError::bad_file(
+                        &index,
+                        format!("weight_map[{name:?}] names a file outside the model directory: {f:?}"),
+                    ));
                 }
                 if !shards.iter().any(|s| s == f) {
                     shards.push(f.to_owned());
@@ -133,21 +138,39 @@ impl Checkpoint {
 
     fn add_file(&mut self, path: &str, bytes: FileBytes) -> Result<()> {
         let bytes = Arc::new(bytes);
-        let (n, meta) = safetensors::SafeTensors::read_metadata(bytes.as_slice())
-            .map_err(|e| HerdError::bad_file(path, format!("not a valid safetensors file ({e}); truncated or corrupt?")))?;
+        let (n, meta) = safetensors::SafeTensors::read_metadata(bytes.as_slice()).map_err(|e| {
+            HerdError::bad_file(path, format!("not a valid safetensors file ({e}); truncated or corrupt?"))
+        })?;
         let base = 8 + n;
         for (name, info) in meta.tensors() {
-            let dtype = DType::from_safetensors(info.dtype)
-                .ok_or_else(|| HerdError::tensor(&name, format!("in {path}: unsupported dtype {:?} (herd reads F32, BF16, F16)", info.dtype)))?;
+            let dtype = DType::from_safetensors(info.dtype).ok_or_else(|| {
+                HerdError::tensor(
+                    &name,
+                    format!("in {path}: unsupported dtype {:?} (herd reads F32, BF16, F16)", info.dtype),
+                )
+            })?;
             let (s, e) = info.data_offsets;
             let numel: usize = info.shape.iter().product();
             if e - s != numel * dtype.size() {
-                return Err(HerdError::tensor(&name, format!("in {path}: {} bytes for shape {:?} of {}", e - s, info.shape, dtype.name())));
+                return Err(HerdError::tensor(
+                    &name,
+                    format!("in {path}: {} bytes for shape {:?} of {}", e - s, info.shape, dtype.name()),
+                ));
             }
             let logical = logical_name(&name).to_owned();
-            let t = TensorRef { name: name.clone(), dtype, shape: info.shape.clone(), file: bytes.clone(), start: base + s, end: base + e };
+            let t = TensorRef {
+                name: name.clone(),
+                dtype,
+                shape: info.shape.clone(),
+                file: bytes.clone(),
+                start: base + s,
+                end: base + e,
+            };
             if self.tensors.insert(logical.clone(), t).is_some() {
-                return Err(HerdError::tensor(&name, format!("in {path}: appears twice (as `{}`)", logical.escape_debug())));
+                return Err(HerdError::tensor(
+                    &name,
+                    format!("in {path}: appears twice (as `{}`)", logical.escape_debug()),
+                ));
             }
         }
         Ok(())
@@ -164,7 +187,10 @@ impl Checkpoint {
     pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<&TensorRef> {
         let t = self.get(name)?;
         if t.shape != shape {
-            return Err(HerdError::tensor(&t.name, format!("has shape {:?}, expected {:?} from config.json", t.shape, shape)));
+            return Err(HerdError::tensor(
+                &t.name,
+                format!("has shape {:?}, expected {:?} from config.json", t.shape, shape),
+            ));
         }
         Ok(t)
     }

@@ -81,17 +81,15 @@ impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| HerdError::io(path, e))?;
         Self::from_json_bytes(&bytes).map_err(|e| match e {
-            HerdError::Config { field, msg } => {
-                HerdError::bad_file(path, format!("config field `{field}`: {msg}"))
-            }
+            HerdError::Config { field, msg } => HerdError::bad_file(path, format!("config field `{field}`: {msg}")),
             other => other,
         })
     }
 
     /// Parses and validates config.json contents.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
-        let root: Value = serde_json::from_slice(bytes)
-            .map_err(|e| HerdError::config("<root>", format!("not valid JSON: {e}")))?;
+        let root: Value =
+            serde_json::from_slice(bytes).map_err(|e| HerdError::config("<root>", format!("not valid JSON: {e}")))?;
         let root = root.as_object().ok_or_else(|| HerdError::config("<root>", "not a JSON object"))?;
         let architecture = root
             .get("architectures")
@@ -128,7 +126,8 @@ impl Fields<'_> {
     fn usize_req(&self, key: &str) -> Result<usize> {
         match self.get(key) {
             None => Err(HerdError::config(self.name(key), "missing")),
-            Some(v) => as_usize(v).ok_or_else(|| HerdError::config(self.name(key), format!("expected a non-negative integer, got {v}"))),
+            Some(v) => as_usize(v)
+                .ok_or_else(|| HerdError::config(self.name(key), format!("expected a non-negative integer, got {v}"))),
         }
     }
     fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
@@ -168,7 +167,11 @@ impl Fields<'_> {
             None => Ok(vec![]),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| as_usize(x).map(|x| x as u32).ok_or_else(|| HerdError::config(self.name(key), format!("expected token ids, got {x}"))))
+                .map(|x| {
+                    as_usize(x)
+                        .map(|x| x as u32)
+                        .ok_or_else(|| HerdError::config(self.name(key), format!("expected token ids, got {x}")))
+                })
                 .collect(),
             Some(x) => as_usize(x)
                 .map(|x| vec![x as u32])
@@ -192,7 +195,9 @@ fn parse_rope(f: &Fields) -> Result<(f32, RopeScaling)> {
         Some(v) => return Err(HerdError::config(f.name("rope_parameters"), format!("expected an object, got {v}"))),
         None => match f.get("rope_scaling") {
             Some(Value::Object(p)) => (Some(p), "rope_scaling"),
-            Some(v) => return Err(HerdError::config(f.name("rope_scaling"), format!("expected an object or null, got {v}"))),
+            Some(v) => {
+                return Err(HerdError::config(f.name("rope_scaling"), format!("expected an object or null, got {v}")))
+            }
             None => (None, "rope_scaling"),
         },
     };
@@ -209,12 +214,17 @@ fn parse_rope(f: &Fields) -> Result<(f32, RopeScaling)> {
     let ty = s
         .get("rope_type")
         .or_else(|| s.get("type"))
-        .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| HerdError::config(sub_name("rope_type"), "expected a string")))
+        .map(|v| {
+            v.as_str().map(str::to_owned).ok_or_else(|| HerdError::config(sub_name("rope_type"), "expected a string"))
+        })
         .transpose()?
         .unwrap_or_else(|| "default".to_owned());
     let num = |k: &str, default: Option<f32>| -> Result<f32> {
         match s.get(k) {
-            Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| HerdError::config(sub_name(k), format!("expected a number, got {v}"))),
+            Some(v) => v
+                .as_f64()
+                .map(|x| x as f32)
+                .ok_or_else(|| HerdError::config(sub_name(k), format!("expected a number, got {v}"))),
             None => default.ok_or_else(|| HerdError::config(sub_name(k), "missing (required by llama3 RoPE scaling)")),
         }
     };
@@ -226,24 +236,46 @@ fn parse_rope(f: &Fields) -> Result<(f32, RopeScaling)> {
             let low = num("low_freq_factor", None)?;
             let high = num("high_freq_factor", None)?;
             let orig = num("original_max_position_embeddings", Some(max_pos))?;
-            for (k, v) in [("factor", factor), ("low_freq_factor", low), ("high_freq_factor", high), ("original_max_position_embeddings", orig)] {
+            for (k, v) in [
+                ("factor", factor),
+                ("low_freq_factor", low),
+                ("high_freq_factor", high),
+                ("original_max_position_embeddings", orig),
+            ] {
                 if !(v > 0.0 && v.is_finite()) {
                     return Err(HerdError::config(sub_name(k), format!("must be positive, got {v}")));
                 }
             }
             if high < low {
-                return Err(HerdError::config(sub_name("high_freq_factor"), format!("must be >= low_freq_factor ({low}), got {high}")));
+                return Err(HerdError::config(
+                    sub_name("high_freq_factor"),
+                    format!("must be >= low_freq_factor ({low}), got {high}"),
+                ));
             }
-            Ok((theta, RopeScaling::Llama3 { factor, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: orig }))
+            Ok((
+                theta,
+                RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor: low,
+                    high_freq_factor: high,
+                    original_max_position_embeddings: orig,
+                },
+            ))
         }
-        other => Err(HerdError::config(sub_name("rope_type"), format!("unsupported RoPE type {other:?} (herd knows \"default\" and \"llama3\")"))),
+        other => Err(HerdError::config(
+            sub_name("rope_type"),
+            format!("unsupported RoPE type {other:?} (herd knows \"default\" and \"llama3\")"),
+        )),
     }
 }
 
 fn parse_text(f: &Fields) -> Result<TextConfig> {
     if let Some(mt) = f.get("model_type").and_then(|v| v.as_str()) {
         if !matches!(mt, "llama4_text" | "llama4") {
-            return Err(HerdError::config(f.name("model_type"), format!("expected \"llama4_text\", got {mt:?}: herd runs Llama 4 models")));
+            return Err(HerdError::config(
+                f.name("model_type"),
+                format!("expected \"llama4_text\", got {mt:?}: herd runs Llama 4 models"),
+            ));
         }
     }
     let vocab_size = f.usize_req("vocab_size")?;
@@ -254,13 +286,7 @@ fn parse_text(f: &Fields) -> Result<TextConfig> {
     // transformers: head_dim defaults to 128 when the key is absent, and to D/H when it is null.
     let head_dim = match f.obj.get("head_dim") {
         None => 128,
-        Some(Value::Null) => {
-            if num_attention_heads == 0 {
-                0
-            } else {
-                hidden_size / num_attention_heads
-            }
-        }
+        Some(Value::Null) => hidden_size.checked_div(num_attention_heads).unwrap_or(0),
         Some(_) => f.usize_req("head_dim")?,
     };
     let intermediate_size = f.usize_or("intermediate_size", 8192)?;
@@ -299,13 +325,19 @@ fn parse_text(f: &Fields) -> Result<TextConfig> {
     let moe_list: Vec<usize> = match f.get("moe_layers") {
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| as_usize(x).ok_or_else(|| HerdError::config(f.name("moe_layers"), format!("expected layer indices, got {x}"))))
+            .map(|x| {
+                as_usize(x)
+                    .ok_or_else(|| HerdError::config(f.name("moe_layers"), format!("expected layer indices, got {x}")))
+            })
             .collect::<Result<_>>()?,
         Some(v) => return Err(HerdError::config(f.name("moe_layers"), format!("expected a list, got {v}"))),
         None => {
             let step = f.usize_or("interleave_moe_layer_step", 1)?;
             if step == 0 {
-                return Err(HerdError::config(f.name("interleave_moe_layer_step"), "must be at least 1 when moe_layers is not given"));
+                return Err(HerdError::config(
+                    f.name("interleave_moe_layer_step"),
+                    "must be at least 1 when moe_layers is not given",
+                ));
             }
             (step - 1..num_hidden_layers).step_by(step).collect()
         }
@@ -313,7 +345,10 @@ fn parse_text(f: &Fields) -> Result<TextConfig> {
     let mut moe_layers = vec![false; num_hidden_layers];
     for &i in &moe_list {
         if i >= num_hidden_layers {
-            return Err(HerdError::config(f.name("moe_layers"), format!("layer {i} is out of range (num_hidden_layers {num_hidden_layers})")));
+            return Err(HerdError::config(
+                f.name("moe_layers"),
+                format!("layer {i} is out of range (num_hidden_layers {num_hidden_layers})"),
+            ));
         }
         moe_layers[i] = true;
     }
@@ -333,7 +368,10 @@ fn parse_text(f: &Fields) -> Result<TextConfig> {
     let use_rope: Vec<bool> = match f.get("no_rope_layers") {
         Some(Value::Array(a)) if !a.is_empty() => {
             if a.len() != num_hidden_layers {
-                return Err(HerdError::config(f.name("no_rope_layers"), format!("has {} entries for {num_hidden_layers} layers", a.len())));
+                return Err(HerdError::config(
+                    f.name("no_rope_layers"),
+                    format!("has {} entries for {num_hidden_layers} layers", a.len()),
+                ));
             }
             a.iter()
                 .map(|x| match as_usize(x) {
@@ -341,7 +379,9 @@ fn parse_text(f: &Fields) -> Result<TextConfig> {
                     Some(1) => Ok(true),
                     _ => match x.as_bool() {
                         Some(b) => Ok(b),
-                        None => Err(HerdError::config(f.name("no_rope_layers"), format!("entries must be 0 or 1, got {x}"))),
+                        None => {
+                            Err(HerdError::config(f.name("no_rope_layers"), format!("entries must be 0 or 1, got {x}")))
+                        }
                     },
                 })
                 .collect::<Result<_>>()?
@@ -363,13 +403,19 @@ fn parse_text(f: &Fields) -> Result<TextConfig> {
     let layer_types: Vec<AttnKind> = match f.get("layer_types") {
         Some(Value::Array(a)) => {
             if a.len() != num_hidden_layers {
-                return Err(HerdError::config(f.name("layer_types"), format!("has {} entries for {num_hidden_layers} layers", a.len())));
+                return Err(HerdError::config(
+                    f.name("layer_types"),
+                    format!("has {} entries for {num_hidden_layers} layers", a.len()),
+                ));
             }
             a.iter()
                 .map(|x| match x.as_str() {
                     Some("chunked_attention") => {
                         if attention_chunk_size.is_none() {
-                            Err(HerdError::config(f.name("layer_types"), "\"chunked_attention\" needs attention_chunk_size"))
+                            Err(HerdError::config(
+                                f.name("layer_types"),
+                                "\"chunked_attention\" needs attention_chunk_size",
+                            ))
                         } else {
                             Ok(AttnKind::Chunked)
                         }
@@ -411,7 +457,9 @@ fn parse_text(f: &Fields) -> Result<TextConfig> {
     let bos_token_id = f.ids("bos_token_id")?.first().copied();
     let pad_token_id = f.ids("pad_token_id")?.first().copied();
     let eos_token_ids = f.ids("eos_token_id")?;
-    for (k, ids) in [("bos_token_id", bos_token_id.into_iter().collect::<Vec<_>>()), ("eos_token_id", eos_token_ids.clone())] {
+    for (k, ids) in
+        [("bos_token_id", bos_token_id.into_iter().collect::<Vec<_>>()), ("eos_token_id", eos_token_ids.clone())]
+    {
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab_size) {
             return Err(HerdError::config(f.name(k), format!("id {bad} is outside the vocabulary ({vocab_size})")));
         }
@@ -476,7 +524,8 @@ impl TextConfig {
                             // Empty band (Scout's 1,1): transformers computes NaN here and discards it.
                             f
                         } else {
-                            let s = (original_max_position_embeddings / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let s = (original_max_position_embeddings / wl - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - s) * f / factor + s * f
                         }
                     })
@@ -501,7 +550,8 @@ mod tests {
 
     #[test]
     fn published_scout_dialect() {
-        let c = parse(r#"{"architectures":["Llama4ForConditionalGeneration"],"text_config":{
+        let c = parse(
+            r#"{"architectures":["Llama4ForConditionalGeneration"],"text_config":{
             "vocab_size":202048,"hidden_size":5120,"num_hidden_layers":48,"num_attention_heads":40,
             "num_key_value_heads":8,"head_dim":128,"intermediate_size":8192,"intermediate_size_mlp":16384,
             "num_local_experts":16,"num_experts_per_tok":1,"interleave_moe_layer_step":1,"no_rope_layers":[],
@@ -509,7 +559,8 @@ mod tests {
             "attn_scale":0.1,"rope_theta":500000.0,"rope_scaling":{"rope_type":"llama3","factor":16.0,
             "low_freq_factor":1.0,"high_freq_factor":1.0,"original_max_position_embeddings":8192},
             "torch_dtype":"bfloat16","bos_token_id":200000,"eos_token_id":[200001,200007,200008],"pad_token_id":200018,
-            "max_position_embeddings":10485760}}"#)
+            "max_position_embeddings":10485760}}"#,
+        )
         .unwrap();
         let t = &c.text;
         assert!(c.multimodal);
@@ -533,8 +584,10 @@ mod tests {
 
     #[test]
     fn maverick_alternates_dense_and_moe() {
-        let c = parse(r#"{"vocab_size":100,"hidden_size":8,"num_hidden_layers":6,"num_attention_heads":2,
-            "head_dim":4,"interleave_moe_layer_step":2,"rope_scaling":null,"use_qk_norm":false}"#)
+        let c = parse(
+            r#"{"vocab_size":100,"hidden_size":8,"num_hidden_layers":6,"num_attention_heads":2,
+            "head_dim":4,"interleave_moe_layer_step":2,"rope_scaling":null,"use_qk_norm":false}"#,
+        )
         .unwrap();
         assert_eq!(c.text.moe_layers, vec![false, true, false, true, false, true]);
         assert_eq!(c.text.rope_scaling, RopeScaling::Default);
@@ -544,8 +597,10 @@ mod tests {
 
     #[test]
     fn guard_has_no_chunking() {
-        let c = parse(r#"{"vocab_size":100,"hidden_size":8,"num_hidden_layers":4,"num_attention_heads":2,
-            "head_dim":4,"moe_layers":[],"attention_chunk_size":null,"interleave_moe_layer_step":0}"#)
+        let c = parse(
+            r#"{"vocab_size":100,"hidden_size":8,"num_hidden_layers":4,"num_attention_heads":2,
+            "head_dim":4,"moe_layers":[],"attention_chunk_size":null,"interleave_moe_layer_step":0}"#,
+        )
         .unwrap();
         assert!(c.text.layer_types.iter().all(|&k| k == AttnKind::Full));
         assert!(c.text.moe_layers.iter().all(|&m| !m));
@@ -554,11 +609,13 @@ mod tests {
 
     #[test]
     fn transformers5_dialect() {
-        let c = parse(r#"{"vocab_size":100,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,
+        let c = parse(
+            r#"{"vocab_size":100,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,
             "head_dim":4,"moe_layers":[1],"no_rope_layers":[1,0],"attention_chunk_size":4,
             "layer_types":["chunked_attention","full_attention"],"dtype":"float32",
             "rope_parameters":{"rope_type":"llama3","rope_theta":10000.0,"factor":8.0,"low_freq_factor":1.0,
-            "high_freq_factor":4.0,"original_max_position_embeddings":64}}"#)
+            "high_freq_factor":4.0,"original_max_position_embeddings":64}}"#,
+        )
         .unwrap();
         let t = c.text;
         assert_eq!(t.moe_layers, vec![false, true]);
@@ -571,15 +628,39 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             (r#"{"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2}"#, "vocab_size"),
-            (r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":3,"num_key_value_heads":2}"#, "num_key_value_heads"),
-            (r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"moe_layers":[5]}"#, "moe_layers"),
-            (r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"head_dim":3}"#, "head_dim"),
+            (
+                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":3,"num_key_value_heads":2}"#,
+                "num_key_value_heads",
+            ),
+            (
+                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"moe_layers":[5]}"#,
+                "moe_layers",
+            ),
+            (
+                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"head_dim":3}"#,
+                "head_dim",
+            ),
             (r#"{"vocab_size":10,"hidden_size":"big","num_hidden_layers":2,"num_attention_heads":2}"#, "hidden_size"),
-            (r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"rope_scaling":{"rope_type":"yarn"}}"#, "rope_type"),
-            (r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"attention_chunk_size":0}"#, "attention_chunk_size"),
-            (r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"num_experts_per_tok":9,"num_local_experts":4}"#, "num_experts_per_tok"),
-            (r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"no_rope_layers":[1]}"#, "no_rope_layers"),
-            (r#"{"text_config":{"model_type":"llama","vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2}}"#, "text_config.model_type"),
+            (
+                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"rope_scaling":{"rope_type":"yarn"}}"#,
+                "rope_type",
+            ),
+            (
+                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"attention_chunk_size":0}"#,
+                "attention_chunk_size",
+            ),
+            (
+                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"num_experts_per_tok":9,"num_local_experts":4}"#,
+                "num_experts_per_tok",
+            ),
+            (
+                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"no_rope_layers":[1]}"#,
+                "no_rope_layers",
+            ),
+            (
+                r#"{"text_config":{"model_type":"llama","vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2}}"#,
+                "text_config.model_type",
+            ),
             (r#"[1,2]"#, "<root>"),
             (r#"{"vocab_size":10,"#, "<root>"),
         ];

@@ -146,7 +146,10 @@ impl<B: Backend> Session<B> {
         let v = model.cfg.vocab_size;
         let ctx = model.cfg.max_position_embeddings;
         if ids.len() > ctx {
-            return Err(HerdError::Input(format!("prompt of {} tokens is longer than the model's context of {ctx} tokens", ids.len())));
+            return Err(HerdError::Input(format!(
+                "prompt of {} tokens is longer than the model's context of {ctx} tokens",
+                ids.len()
+            )));
         }
         if !(ids.starts_with(&self.cached) && ids.len() > self.cached.len()) {
             self.reset(model)?;
@@ -182,7 +185,13 @@ impl<B: Backend> Session<B> {
             logits = model.forward(&mut self.cache, &[(self.seq, &[id])], Rows::Last)?;
             self.cached.push(id);
         }
-        let stats = GenerateStats { prompt_tokens: prompt.len(), generated_tokens: out.len(), prefill_time, decode_time: t1.elapsed(), stop };
+        let stats = GenerateStats {
+            prompt_tokens: prompt.len(),
+            generated_tokens: out.len(),
+            prefill_time,
+            decode_time: t1.elapsed(),
+            stop,
+        };
         Ok((out, stats))
     }
 }

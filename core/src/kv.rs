@@ -72,7 +72,11 @@ impl<B: Backend> KvCache<B> {
         let id = SeqId(self.next_id);
         self.next_id += 1;
         // An empty region at the end; it gets room on its first step.
-        self.seqs.push(SeqState { id, len: 0, regions: [Region { base: self.slots[0], cap: 0 }, Region { base: self.slots[1], cap: 0 }] });
+        self.seqs.push(SeqState {
+            id,
+            len: 0,
+            regions: [Region { base: self.slots[0], cap: 0 }, Region { base: self.slots[1], cap: 0 }],
+        });
         id
     }
 
@@ -109,7 +113,11 @@ impl<B: Backend> KvCache<B> {
             let mut grow = false;
             let mut caps: Vec<usize> = self.seqs.iter().map(|s| s.regions[kind].cap).collect();
             for &(id, new) in batch {
-                let i = self.seqs.iter().position(|s| s.id == id).ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))?;
+                let i = self
+                    .seqs
+                    .iter()
+                    .position(|s| s.id == id)
+                    .ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))?;
                 let want = self.needed(kind, self.seqs[i].len + new);
                 if want > caps[i] {
                     let doubled = self.needed(kind, (2 * caps[i]).max(16));
@@ -167,7 +175,13 @@ impl<B: Backend> KvCache<B> {
             .map(|&(id, row, n)| {
                 let s = self.seq(id)?;
                 let r = s.regions[kind];
-                Ok(AttnSeq { q_start: row as u32, q_len: n as u32, pos0: s.len as u32, slot_base: r.base as u32, slot_cap: r.cap.max(1) as u32 })
+                Ok(AttnSeq {
+                    q_start: row as u32,
+                    q_len: n as u32,
+                    pos0: s.len as u32,
+                    slot_base: r.base as u32,
+                    slot_cap: r.cap.max(1) as u32,
+                })
             })
             .collect()
     }
@@ -175,7 +189,11 @@ impl<B: Backend> KvCache<B> {
     /// Records that the step's new tokens are now cached.
     pub fn advance(&mut self, batch: &[(SeqId, usize)]) -> Result<()> {
         for &(id, n) in batch {
-            let s = self.seqs.iter_mut().find(|s| s.id == id).ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))?;
+            let s = self
+                .seqs
+                .iter_mut()
+                .find(|s| s.id == id)
+                .ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))?;
             s.len += n;
         }
         Ok(())

@@ -6,17 +6,17 @@
 //! * [`model`] is Llama 4, written once against [`backend::Backend`]; [`kv`] is its cache.
 //! * [`generate`] drives prefill/decode with [`sampling`] and stop tokens.
 //! * [`tokenizer`] and [`chat`] turn text and conversations into ids (tokenizer.json, the chat template).
-pub mod error;
-pub mod quant;
-pub mod config;
-pub mod checkpoint;
 pub mod backend;
+pub mod chat;
+pub mod checkpoint;
+pub mod config;
 pub mod cpu;
+pub mod error;
+pub mod generate;
 pub mod kv;
 pub mod model;
+pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
-pub mod chat;
-pub mod generate;
 
 pub use error::{HerdError, Result};

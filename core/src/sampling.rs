@@ -29,14 +29,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            repetition_penalty: 1.0,
-            seed: None,
-        }
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: None }
     }
 }
 
@@ -44,9 +37,7 @@ impl SamplingParams {
     /// Check that every field is in range; the error names the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, v: f32, range: &str| {
-            Err(HerdError::Input(format!(
-                "sampling: {field} = {v} is out of range ({range})"
-            )))
+            Err(HerdError::Input(format!("sampling: {field} = {v} is out of range ({range})")))
         };
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad("temperature", self.temperature, "must be finite and >= 0");
@@ -58,11 +49,7 @@ impl SamplingParams {
             return bad("min_p", self.min_p, "must be in [0, 1]");
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad(
-                "repetition_penalty",
-                self.repetition_penalty,
-                "must be finite and > 0",
-            );
+            return bad("repetition_penalty", self.repetition_penalty, "must be finite and > 0");
         }
         Ok(())
     }
@@ -89,16 +76,9 @@ impl Sampler {
         params.validate()?;
         let rng = match params.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
-            None => {
-                StdRng::try_from_os_rng().unwrap_or_else(|_| StdRng::seed_from_u64(time_seed()))
-            }
+            None => StdRng::try_from_os_rng().unwrap_or_else(|_| StdRng::seed_from_u64(time_seed())),
         };
-        Ok(Sampler {
-            params,
-            rng,
-            cand: Vec::new(),
-            weights: Vec::new(),
-        })
+        Ok(Sampler { params, rng, cand: Vec::new(), weights: Vec::new() })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -137,13 +117,7 @@ impl Sampler {
 
         let cand = &mut self.cand;
         cand.clear();
-        cand.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| **l > f32::NEG_INFINITY)
-                .map(|(i, &l)| (i as u32, l)),
-        );
+        cand.extend(logits.iter().enumerate().filter(|(_, l)| **l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)));
         if cand.is_empty() {
             return argmax(logits);
         }
@@ -181,9 +155,7 @@ impl Sampler {
             }
         }
         // Rounding left a sliver of mass: take the most likely survivor.
-        cand.iter()
-            .fold(cand[0], |best, c| if c.1 > best.1 { *c } else { best })
-            .0
+        cand.iter().fold(cand[0], |best, c| if c.1 > best.1 { *c } else { best }).0
     }
 }
 
@@ -219,11 +191,7 @@ fn top_p_filter(cand: &mut Vec<(u32, f32)>, top_p: f32) {
         }
         cum += m;
     }
-    let mut border: Vec<(u32, f32)> = cand
-        .iter()
-        .filter(|c| bucket(c.1) == cross)
-        .copied()
-        .collect();
+    let mut border: Vec<(u32, f32)> = cand.iter().filter(|c| bucket(c.1) == cross).copied().collect();
     cand.retain(|c| bucket(c.1) < cross);
     border.sort_unstable_by(desc);
     for c in border {
@@ -263,11 +231,7 @@ pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f3
     if penalty == 1.0 || history.is_empty() || penalty.is_nan() || penalty <= 0.0 {
         return;
     }
-    let mut ids: Vec<u32> = history
-        .iter()
-        .copied()
-        .filter(|&id| (id as usize) < logits.len())
-        .collect();
+    let mut ids: Vec<u32> = history.iter().copied().filter(|&id| (id as usize) < logits.len()).collect();
     ids.sort_unstable();
     ids.dedup();
     for id in ids {
@@ -332,11 +296,7 @@ mod tests {
 
     #[test]
     fn tiny_temperature_is_argmax_without_nan() {
-        let mut s = sampler(SamplingParams {
-            temperature: 1e-30,
-            seed: Some(2),
-            ..Default::default()
-        });
+        let mut s = sampler(SamplingParams { temperature: 1e-30, seed: Some(2), ..Default::default() });
         for _ in 0..100 {
             assert_eq!(s.sample(&mut logits(), &[]), 4);
         }
@@ -345,18 +305,10 @@ mod tests {
     #[test]
     fn top_k_one_and_tiny_top_p_are_argmax() {
         for (i, t) in [0.1f32, 1.0, 5.0, 100.0].into_iter().enumerate() {
-            let mut s = sampler(SamplingParams {
-                temperature: t,
-                top_k: 1,
-                seed: Some(i as u64),
-                ..Default::default()
-            });
-            let mut s2 = sampler(SamplingParams {
-                temperature: t,
-                top_p: 1e-6,
-                seed: Some(i as u64),
-                ..Default::default()
-            });
+            let mut s =
+                sampler(SamplingParams { temperature: t, top_k: 1, seed: Some(i as u64), ..Default::default() });
+            let mut s2 =
+                sampler(SamplingParams { temperature: t, top_p: 1e-6, seed: Some(i as u64), ..Default::default() });
             for _ in 0..200 {
                 assert_eq!(s.sample(&mut logits(), &[]), 4);
                 assert_eq!(s2.sample(&mut logits(), &[]), 4);
@@ -383,11 +335,7 @@ mod tests {
     fn temperature_one_matches_softmax() {
         let l = logits();
         let want = softmax(&l);
-        let mut s = sampler(SamplingParams {
-            temperature: 1.0,
-            seed: Some(42),
-            ..Default::default()
-        });
+        let mut s = sampler(SamplingParams { temperature: 1.0, seed: Some(42), ..Default::default() });
         let got = frequencies(&mut s, &l, 20000);
         for (g, w) in got.iter().zip(&want) {
             // ~4 standard deviations of a binomial proportion with n = 20000.
@@ -401,29 +349,17 @@ mod tests {
         let l = logits();
         let scaled: Vec<f32> = l.iter().map(|x| x / 0.5).collect();
         let want = softmax(&scaled);
-        let mut s = sampler(SamplingParams {
-            temperature: 0.5,
-            seed: Some(3),
-            ..Default::default()
-        });
+        let mut s = sampler(SamplingParams { temperature: 0.5, seed: Some(3), ..Default::default() });
         let got = frequencies(&mut s, &l, 20000);
         for (g, w) in got.iter().zip(&want) {
-            assert!(
-                (g - w).abs() < 4.0 * (w * (1.0 - w) / 20000.0).sqrt() + 1e-3,
-                "got {got:?} want {want:?}"
-            );
+            assert!((g - w).abs() < 4.0 * (w * (1.0 - w) / 20000.0).sqrt() + 1e-3, "got {got:?} want {want:?}");
         }
     }
 
     #[test]
     fn top_k_never_samples_dropped_tokens_and_renormalises() {
         let l = logits();
-        let mut s = sampler(SamplingParams {
-            temperature: 1.0,
-            top_k: 3,
-            seed: Some(7),
-            ..Default::default()
-        });
+        let mut s = sampler(SamplingParams { temperature: 1.0, top_k: 3, seed: Some(7), ..Default::default() });
         let got = frequencies(&mut s, &l, 20000);
         // Top 3 are ids 4 (3.0), 6 (2.9), 1 (2.0).
         let want = softmax(&[3.0, 2.9, 2.0]);
@@ -440,52 +376,28 @@ mod tests {
     #[test]
     fn top_p_keeps_smallest_set_reaching_p() {
         // probs ≈ [0.5, 0.25, 0.125, 0.125] → top_p 0.7 keeps ids 0 and 1 only.
-        let l: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125]
-            .iter()
-            .map(|p| p.ln())
-            .collect();
-        let mut s = sampler(SamplingParams {
-            temperature: 1.0,
-            top_p: 0.7,
-            seed: Some(11),
-            ..Default::default()
-        });
+        let l: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125].iter().map(|p| p.ln()).collect();
+        let mut s = sampler(SamplingParams { temperature: 1.0, top_p: 0.7, seed: Some(11), ..Default::default() });
         let got = frequencies(&mut s, &l, 20000);
         assert_eq!(got[2] + got[3], 0.0, "{got:?}");
         assert!((got[0] - 2.0 / 3.0).abs() < 0.02, "{got:?}");
         // top_p 0.8 also needs one of the 0.125 tokens.
-        let mut s = sampler(SamplingParams {
-            temperature: 1.0,
-            top_p: 0.8,
-            seed: Some(12),
-            ..Default::default()
-        });
+        let mut s = sampler(SamplingParams { temperature: 1.0, top_p: 0.8, seed: Some(12), ..Default::default() });
         let got = frequencies(&mut s, &l, 5000);
-        assert!(
-            got[2] + got[3] > 0.0 && (got[2] == 0.0 || got[3] == 0.0),
-            "{got:?}"
-        );
+        assert!(got[2] + got[3] > 0.0 && (got[2] == 0.0 || got[3] == 0.0), "{got:?}");
     }
 
     #[test]
     fn top_p_flat_distribution_keeps_half_lowest_ids_on_ties() {
         // Flat distribution over 1000 tokens: top_p 0.5 keeps exactly 500 of them.
         let l = vec![0.0f32; 1000];
-        let mut s = sampler(SamplingParams {
-            temperature: 1.0,
-            top_p: 0.5,
-            seed: Some(5),
-            ..Default::default()
-        });
+        let mut s = sampler(SamplingParams { temperature: 1.0, top_p: 0.5, seed: Some(5), ..Default::default() });
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..20000 {
             seen.insert(s.sample(&mut l.clone(), &[]));
         }
         assert!(seen.len() > 450 && seen.len() <= 500, "{}", seen.len());
-        assert!(
-            *seen.iter().last().unwrap() < 500,
-            "ties must keep the lowest ids"
-        );
+        assert!(*seen.iter().last().unwrap() < 500, "ties must keep the lowest ids");
     }
 
     #[test]
@@ -496,20 +408,12 @@ mod tests {
             let spread = [0.1f32, 1.0, 5.0, 30.0][(round / 4) % 4];
             let logits: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * spread).collect();
             for top_p in [0.01f32, 0.3, 0.5, 0.9, 0.99] {
-                let mut cand: Vec<(u32, f32)> = logits
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &l)| (i as u32, l))
-                    .collect();
+                let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
                 top_p_filter(&mut cand, top_p);
                 let mut got: Vec<u32> = cand.iter().map(|c| c.0).collect();
                 got.sort_unstable();
                 // Reference: full sort, cumulative sum.
-                let mut all: Vec<(u32, f32)> = logits
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &l)| (i as u32, l))
-                    .collect();
+                let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
                 all.sort_unstable_by(desc);
                 let max = all[0].1;
                 let total: f64 = all.iter().map(|c| f64::from((c.1 - max).exp())).sum();
@@ -525,18 +429,10 @@ mod tests {
                 want.sort_unstable();
                 // Summation order differs: allow a one-token difference at the boundary only.
                 let diff = got.len().abs_diff(want.len());
-                assert!(
-                    diff <= 1,
-                    "n={n} spread={spread} p={top_p}: {} vs {}",
-                    got.len(),
-                    want.len()
-                );
+                assert!(diff <= 1, "n={n} spread={spread} p={top_p}: {} vs {}", got.len(), want.len());
                 let short = if got.len() < want.len() { &got } else { &want };
                 let long = if got.len() < want.len() { &want } else { &got };
-                assert!(
-                    short.iter().all(|i| long.contains(i)),
-                    "n={n} spread={spread} p={top_p}"
-                );
+                assert!(short.iter().all(|i| long.contains(i)), "n={n} spread={spread} p={top_p}");
             }
         }
     }
@@ -545,12 +441,7 @@ mod tests {
     fn min_p_never_samples_dropped_tokens() {
         // probs ∝ [1, 0.5, 0.09, 0.2]; min_p 0.1 drops id 2 only.
         let l: Vec<f32> = [1.0f32, 0.5, 0.09, 0.2].iter().map(|p| p.ln()).collect();
-        let mut s = sampler(SamplingParams {
-            temperature: 1.0,
-            min_p: 0.1,
-            seed: Some(9),
-            ..Default::default()
-        });
+        let mut s = sampler(SamplingParams { temperature: 1.0, min_p: 0.1, seed: Some(9), ..Default::default() });
         let got = frequencies(&mut s, &l, 20000);
         assert_eq!(got[2], 0.0, "{got:?}");
         assert!(got[3] > 0.05, "{got:?}");
@@ -558,10 +449,7 @@ mod tests {
 
     #[test]
     fn repetition_penalty_flips_argmax() {
-        let mut s = sampler(SamplingParams {
-            repetition_penalty: 2.0,
-            ..Default::default()
-        });
+        let mut s = sampler(SamplingParams { repetition_penalty: 2.0, ..Default::default() });
         // 3.0/2 = 1.5 < 2.9 → id 6 wins; repeated ids count once.
         assert_eq!(s.sample(&mut logits(), &[4, 4, 4]), 6);
         // Negative logits are multiplied: -0.1*2 = -0.2 < -0.15.
@@ -575,58 +463,26 @@ mod tests {
 
     #[test]
     fn same_seed_same_sequence() {
-        let p = SamplingParams {
-            temperature: 1.3,
-            top_k: 5,
-            top_p: 0.95,
-            seed: Some(1234),
-            ..Default::default()
-        };
+        let p = SamplingParams { temperature: 1.3, top_k: 5, top_p: 0.95, seed: Some(1234), ..Default::default() };
         let run = |p: SamplingParams| {
             let mut s = sampler(p);
-            (0..200)
-                .map(|_| s.sample(&mut logits(), &[]))
-                .collect::<Vec<_>>()
+            (0..200).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
         };
         let a = run(p);
         assert_eq!(a, run(p));
-        assert_ne!(
-            a,
-            run(SamplingParams {
-                seed: Some(4321),
-                ..p
-            })
-        );
+        assert_ne!(a, run(SamplingParams { seed: Some(4321), ..p }));
         assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() > 1);
     }
 
     #[test]
     fn bad_params_are_rejected() {
         for p in [
-            SamplingParams {
-                temperature: -1.0,
-                ..Default::default()
-            },
-            SamplingParams {
-                temperature: f32::NAN,
-                ..Default::default()
-            },
-            SamplingParams {
-                top_p: 0.0,
-                ..Default::default()
-            },
-            SamplingParams {
-                top_p: 1.5,
-                ..Default::default()
-            },
-            SamplingParams {
-                min_p: -0.1,
-                ..Default::default()
-            },
-            SamplingParams {
-                repetition_penalty: 0.0,
-                ..Default::default()
-            },
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { temperature: f32::NAN, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { top_p: 1.5, ..Default::default() },
+            SamplingParams { min_p: -0.1, ..Default::default() },
+            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
         ] {
             let e = Sampler::new(p).err().expect("must fail").to_string();
             assert!(e.starts_with("sampling: ") && !e.contains('\n'), "{e}");
@@ -636,9 +492,7 @@ mod tests {
     #[test]
     fn large_vocab_keeps_only_the_dominant_token() {
         let n = 202_048;
-        let mut base: Vec<f32> = (0..n)
-            .map(|i| ((i as u64 * 2654435761) % 1000) as f32 / 100.0)
-            .collect();
+        let mut base: Vec<f32> = (0..n).map(|i| ((i as u64 * 2654435761) % 1000) as f32 / 100.0).collect();
         base[12345] = 20.0;
         let mut s = sampler(SamplingParams {
             temperature: 0.8,
@@ -648,12 +502,7 @@ mod tests {
             repetition_penalty: 1.1,
             seed: Some(0),
         });
-        let mut s2 = sampler(SamplingParams {
-            temperature: 0.8,
-            top_p: 0.9,
-            seed: Some(0),
-            ..Default::default()
-        });
+        let mut s2 = sampler(SamplingParams { temperature: 0.8, top_p: 0.9, seed: Some(0), ..Default::default() });
         // Token 12345 holds all but ~e^-12 of the mass: top-p 0.9 keeps it alone, whatever the seed.
         for _ in 0..20 {
             assert_eq!(s.sample(&mut base.clone(), &[1, 2, 3]), 12345);

@@ -40,17 +40,12 @@ struct Inner {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer")
-            .field("vocab_size", &self.vocab_size())
-            .finish()
+        f.debug_struct("Tokenizer").field("vocab_size", &self.vocab_size()).finish()
     }
 }
 
 pub(crate) fn one_line(s: impl std::fmt::Display) -> String {
-    s.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    s.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn tok_err(what: &str, e: impl std::fmt::Display) -> HerdError {
@@ -81,12 +76,7 @@ impl Tokenizer {
         tok.with_truncation(None).map_err(one_line)?;
         tok.with_padding(None);
         tok.set_encode_special_tokens(false);
-        Ok(Tokenizer {
-            inner: Arc::new(Inner {
-                tok,
-                plain: OnceLock::new(),
-            }),
-        })
+        Ok(Tokenizer { inner: Arc::new(Inner { tok, plain: OnceLock::new() }) })
     }
 
     fn plain(&self) -> &tokenizers::Tokenizer {
@@ -100,21 +90,14 @@ impl Tokenizer {
     /// HF-compatible `encode(text, add_special_tokens)`: special-token strings in `text` become
     /// special tokens; `add_special` runs the post-processor (Llama 4: prepends BOS).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .tok
-            .encode_fast(text, add_special)
-            .map_err(|e| tok_err("encode", e))?;
+        let enc = self.inner.tok.encode_fast(text, add_special).map_err(|e| tok_err("encode", e))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Encode untrusted user text: special-token strings are tokenized as ordinary characters
     /// (HF `split_special_tokens=True`). `add_bos` runs the post-processor (prepends BOS).
     pub fn encode_plain(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .plain()
-            .encode_fast(text, add_bos)
-            .map_err(|e| tok_err("encode", e))?;
+        let enc = self.plain().encode_fast(text, add_bos).map_err(|e| tok_err("encode", e))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -125,10 +108,7 @@ impl Tokenizer {
 
     /// Ids back to text. Ids the tokenizer does not know are skipped (as in HF).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner
-            .tok
-            .decode(ids, skip_special)
-            .map_err(|e| tok_err("decode", e))
+        self.inner.tok.decode(ids, skip_special).map_err(|e| tok_err("decode", e))
     }
 
     /// The id of a token string (base or added), if any.
@@ -149,22 +129,12 @@ impl Tokenizer {
 
     /// True if `id` is a special (added, `special: true`) token such as `<|eot|>`.
     pub fn is_special(&self, id: u32) -> bool {
-        self.inner
-            .tok
-            .get_added_tokens_decoder()
-            .get(&id)
-            .is_some_and(|t| t.special)
+        self.inner.tok.get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
     }
 
     /// A streaming decoder for generated ids.
     pub fn stream_decoder(&self, skip_special: bool) -> StreamDecoder {
-        StreamDecoder {
-            tok: self.clone(),
-            skip_special,
-            ids: Vec::new(),
-            prefix: String::new(),
-            prefix_index: 0,
-        }
+        StreamDecoder { tok: self.clone(), skip_special, ids: Vec::new(), prefix: String::new(), prefix_index: 0 }
     }
 
     /// The wrapped `tokenizers` tokenizer (special strings parse).
@@ -264,42 +234,24 @@ impl GenerationConfig {
         }
         let field = |k: &str| v.get(k).filter(|x| !x.is_null());
         let id = |k: &str, x: &Value| {
-            x.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| format!("`{k}` must be a token id"))
+            x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("`{k}` must be a token id"))
         };
         let opt_id = |k: &str| field(k).map(|x| id(k, x)).transpose();
         let opt_f32 = |k: &str| {
-            field(k)
-                .map(|x| {
-                    x.as_f64()
-                        .map(|f| f as f32)
-                        .ok_or_else(|| format!("`{k}` must be a number"))
-                })
-                .transpose()
+            field(k).map(|x| x.as_f64().map(|f| f as f32).ok_or_else(|| format!("`{k}` must be a number"))).transpose()
         };
         let opt_usize = |k: &str| {
             field(k)
-                .map(|x| {
-                    x.as_u64()
-                        .map(|n| n as usize)
-                        .ok_or_else(|| format!("`{k}` must be a non-negative integer"))
-                })
+                .map(|x| x.as_u64().map(|n| n as usize).ok_or_else(|| format!("`{k}` must be a non-negative integer")))
                 .transpose()
         };
         let eos_token_ids = match field("eos_token_id") {
             None => Vec::new(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| id("eos_token_id", x))
-                .collect::<std::result::Result<_, _>>()?,
+            Some(Value::Array(a)) => a.iter().map(|x| id("eos_token_id", x)).collect::<std::result::Result<_, _>>()?,
             Some(x) => vec![id("eos_token_id", x)?],
         };
         let do_sample = field("do_sample")
-            .map(|x| {
-                x.as_bool()
-                    .ok_or_else(|| "`do_sample` must be a bool".to_string())
-            })
+            .map(|x| x.as_bool().ok_or_else(|| "`do_sample` must be a bool".to_string()))
             .transpose()?;
         Ok(GenerationConfig {
             eos_token_ids,
@@ -318,10 +270,7 @@ impl GenerationConfig {
     /// Sampling defaults the way transformers reads this file: `do_sample` false or absent means
     /// greedy; otherwise temperature (default 1), top_k (HF default 50), top_p, min_p apply.
     pub fn sampling_params(&self) -> SamplingParams {
-        let mut p = SamplingParams {
-            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
-            ..Default::default()
-        };
+        let mut p = SamplingParams { repetition_penalty: self.repetition_penalty.unwrap_or(1.0), ..Default::default() };
         if self.do_sample == Some(true) {
             p.temperature = self.temperature.unwrap_or(1.0);
             p.top_k = self.top_k.unwrap_or(50);
@@ -361,11 +310,7 @@ mod tests {
     }
 
     fn ids(v: &Value) -> Vec<u32> {
-        v.as_array()
-            .expect("id list")
-            .iter()
-            .map(|x| x.as_u64().expect("id") as u32)
-            .collect()
+        v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
     }
 
     #[test]
@@ -376,37 +321,18 @@ mod tests {
         assert!(list.len() >= 10);
         for case in list {
             let text = case["text"].as_str().expect("text");
-            assert_eq!(
-                t.encode(text, false).unwrap(),
-                ids(&case["ids_no_special"]),
-                "{text:?}"
-            );
-            assert_eq!(
-                t.encode(text, true).unwrap(),
-                ids(&case["ids_with_special"]),
-                "{text:?}"
-            );
-            let want_tokens: Vec<String> = case["tokens_no_special"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_str().unwrap().to_string())
-                .collect();
-            let got_tokens: Vec<String> = ids(&case["ids_no_special"])
-                .iter()
-                .map(|&i| t.id_to_token(i).unwrap())
-                .collect();
+            assert_eq!(t.encode(text, false).unwrap(), ids(&case["ids_no_special"]), "{text:?}");
+            assert_eq!(t.encode(text, true).unwrap(), ids(&case["ids_with_special"]), "{text:?}");
+            let want_tokens: Vec<String> =
+                case["tokens_no_special"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+            let got_tokens: Vec<String> =
+                ids(&case["ids_no_special"]).iter().map(|&i| t.id_to_token(i).unwrap()).collect();
             assert_eq!(got_tokens, want_tokens, "{text:?}");
             let decoded = case["decoded"].as_str().expect("decoded");
-            assert_eq!(
-                t.decode(&ids(&case["ids_no_special"]), false).unwrap(),
-                decoded
-            );
+            assert_eq!(t.decode(&ids(&case["ids_no_special"]), false).unwrap(), decoded);
             assert_eq!(
                 t.decode(&ids(&case["ids_with_special"]), true).unwrap(),
-                decoded
-                    .replace("<|eot|>", "")
-                    .replace("<|begin_of_text|>", "")
+                decoded.replace("<|eot|>", "").replace("<|begin_of_text|>", "")
             );
         }
     }
@@ -421,10 +347,7 @@ mod tests {
             assert_eq!(t.token_to_id(s), Some(id), "{s}");
             assert!(t.is_special(id), "{s}");
         }
-        assert_eq!(
-            t.token_to_id("<|begin_of_text|>"),
-            Some(c["bos_token_id"].as_u64().unwrap() as u32)
-        );
+        assert_eq!(t.token_to_id("<|begin_of_text|>"), Some(c["bos_token_id"].as_u64().unwrap() as u32));
         assert_eq!(t.token_to_id("no such token"), None);
         assert!(!t.is_special(64));
     }
@@ -438,19 +361,12 @@ mod tests {
         let plain = t.encode_plain(text, false).unwrap();
         assert!(plain.iter().all(|&i| !t.is_special(i)), "{plain:?}");
         assert_eq!(t.decode(&plain, false).unwrap(), text);
-        assert_eq!(
-            t.decode(&plain, true).unwrap(),
-            text,
-            "plain text survives skip_special"
-        );
+        assert_eq!(t.decode(&plain, true).unwrap(), text, "plain text survives skip_special");
         let bos = t.token_to_id("<|begin_of_text|>").unwrap();
         assert_eq!(t.encode_plain(text, true).unwrap()[0], bos);
         assert_eq!(t.encode_plain(text, true).unwrap()[1..], plain[..]);
         // Ordinary text is identical either way, and the parsing tokenizer is unaffected.
-        assert_eq!(
-            t.encode_plain("Hello, world!", false).unwrap(),
-            t.encode("Hello, world!", false).unwrap()
-        );
+        assert_eq!(t.encode_plain("Hello, world!", false).unwrap(), t.encode("Hello, world!", false).unwrap());
         assert_eq!(t.encode(text, false).unwrap(), parsed);
         assert_eq!(t.encode_rendered(text).unwrap(), parsed);
     }
@@ -479,10 +395,7 @@ mod tests {
             assert_eq!(out, case["decoded"].as_str().unwrap());
             let text = case["text"].as_str().unwrap();
             if text.contains('😀') {
-                assert!(
-                    held_back >= 3,
-                    "4-byte emoji split over byte tokens must be held back"
-                );
+                assert!(held_back >= 3, "4-byte emoji split over byte tokens must be held back");
             }
         }
         // skip_special on a chat rendering: stream == decode(skip).
@@ -509,42 +422,27 @@ mod tests {
         }
         let rest = d.finish().unwrap().unwrap();
         assert!(rest.contains('\u{FFFD}'));
-        assert_eq!(
-            d.push(64).unwrap().as_deref(),
-            Some("a"),
-            "reusable after finish"
-        );
+        assert_eq!(d.push(64).unwrap().as_deref(), Some("a"), "reusable after finish");
     }
 
     #[test]
     fn bad_tokenizer_files_give_one_line_errors_naming_the_file() {
         let dir = std::env::temp_dir().join(format!("herd-tok-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let e = Tokenizer::from_dir(dir.join("missing"))
-            .unwrap_err()
-            .to_string();
+        let e = Tokenizer::from_dir(dir.join("missing")).unwrap_err().to_string();
         assert!(e.contains("tokenizer.json") && !e.contains('\n'), "{e}");
-        assert!(matches!(
-            Tokenizer::from_dir(dir.join("missing")),
-            Err(HerdError::Io { .. })
-        ));
+        assert!(matches!(Tokenizer::from_dir(dir.join("missing")), Err(HerdError::Io { .. })));
         let bad = dir.join("tokenizer.json");
         std::fs::write(&bad, "{\"model\": [1, 2,\n").unwrap();
         let e = Tokenizer::from_file(&bad).unwrap_err();
         assert!(matches!(e, HerdError::BadFile { .. }), "{e}");
         let e = e.to_string();
-        assert!(
-            e.contains(&*bad.to_string_lossy()) && !e.contains('\n'),
-            "{e}"
-        );
+        assert!(e.contains(&*bad.to_string_lossy()) && !e.contains('\n'), "{e}");
         std::fs::write(&bad, "{\"version\": \"1.0\"}").unwrap();
         let e = Tokenizer::from_file(&bad).unwrap_err().to_string();
         assert!(e.contains("tokenizer.json") && !e.contains('\n'), "{e}");
         let e = Tokenizer::from_bytes(b"not json").unwrap_err().to_string();
-        assert!(
-            e.starts_with("tokenizer: tokenizer.json") && !e.contains('\n'),
-            "{e}"
-        );
+        assert!(e.starts_with("tokenizer: tokenizer.json") && !e.contains('\n'), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -561,10 +459,7 @@ mod tests {
     fn from_bytes_matches_from_file() {
         let bytes = std::fs::read(format!("{FIXTURE}/tokenizer.json")).unwrap();
         let t = Tokenizer::from_bytes(&bytes).unwrap();
-        assert_eq!(
-            t.encode("Hello, world!", true).unwrap(),
-            tok().encode("Hello, world!", true).unwrap()
-        );
+        assert_eq!(t.encode("Hello, world!", true).unwrap(), tok().encode("Hello, world!", true).unwrap());
     }
 
     #[test]
@@ -574,23 +469,16 @@ mod tests {
         assert_eq!(g.eos_token_ids, ids(&c["eos_token_ids_generation"]));
         assert_eq!(g.bos_token_id, Some(1955));
         assert_eq!(g.pad_token_id, Some(1973));
-        assert_eq!(
-            (g.temperature, g.top_p, g.top_k, g.do_sample),
-            (Some(0.6), Some(0.9), None, Some(true))
-        );
+        assert_eq!((g.temperature, g.top_p, g.top_k, g.do_sample), (Some(0.6), Some(0.9), None, Some(true)));
         let p = g.sampling_params();
         assert_eq!((p.temperature, p.top_p, p.top_k), (0.6, 0.9, 50));
         // Absent file → defaults (greedy); single int eos.
         let g = GenerationConfig::from_dir("/nonexistent-herd-dir").unwrap();
         assert_eq!(g, GenerationConfig::default());
         assert!(g.sampling_params().is_greedy());
-        let g =
-            GenerationConfig::from_json_str(r#"{"eos_token_id": 7, "temperature": 0.5}"#).unwrap();
+        let g = GenerationConfig::from_json_str(r#"{"eos_token_id": 7, "temperature": 0.5}"#).unwrap();
         assert_eq!(g.eos_token_ids, vec![7]);
-        assert!(
-            g.sampling_params().is_greedy(),
-            "do_sample absent means greedy"
-        );
+        assert!(g.sampling_params().is_greedy(), "do_sample absent means greedy");
     }
 
     #[test]
@@ -610,10 +498,7 @@ mod tests {
             let e = GenerationConfig::from_dir(&dir).unwrap_err();
             assert!(matches!(e, HerdError::BadFile { .. }));
             let e = e.to_string();
-            assert!(
-                e.contains(&*p.to_string_lossy()) && e.contains(what) && !e.contains('\n'),
-                "{e}"
-            );
+            assert!(e.contains(&*p.to_string_lossy()) && e.contains(what) && !e.contains('\n'), "{e}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -48,7 +48,9 @@ impl ModelFiles {
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         Ok(match self {
             ModelFiles::Dir(d) => Checkpoint::open_dir(d)?,
-            ModelFiles::Demo => Checkpoint::from_bytes(vec![("demo/model.safetensors".into(), FileBytes::Static(demo::WEIGHTS))])?,
+            ModelFiles::Demo => {
+                Checkpoint::from_bytes(vec![("demo/model.safetensors".into(), FileBytes::Static(demo::WEIGHTS))])?
+            }
         })
     }
 

@@ -14,15 +14,20 @@ use safetensors::{Dtype, SafeTensors};
 /// Reads `input_ids` (int64 or int32, [B, T]) as rows of ids.
 fn read_ids(path: &Path) -> Result<Vec<Vec<u32>>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
     let t = st.tensor("input_ids").map_err(|_| anyhow::anyhow!("{}: no tensor `input_ids`", path.display()))?;
-    let [b, n] = t.shape()[..] else { bail!("{}: `input_ids` has shape {:?}, expected [B, T]", path.display(), t.shape()) };
+    let [b, n] = t.shape()[..] else {
+        bail!("{}: `input_ids` has shape {:?}, expected [B, T]", path.display(), t.shape())
+    };
     if b == 0 || n == 0 {
         bail!("{}: `input_ids` is empty (shape {:?})", path.display(), t.shape());
     }
     let vals: Vec<i64> = match t.dtype() {
         Dtype::I64 => t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect(),
-        Dtype::I32 => t.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap_or_default()) as i64).collect(),
+        Dtype::I32 => {
+            t.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap_or_default()) as i64).collect()
+        }
         d => bail!("{}: `input_ids` has dtype {d:?}, expected int64 or int32", path.display()),
     };
     if let Some(bad) = vals.iter().find(|&&v| v < 0 || v > u32::MAX as i64) {
@@ -35,7 +40,8 @@ fn write(path: &Path, name: &str, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>
     let view = safetensors::tensor::TensorView::new(dtype, shape, &data).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let tensors: HashMap<String, _> = [(name.to_owned(), view)].into_iter().collect();
     // safetensors writes a sibling temporary file and renames it: a failure never leaves a partial output.
-    safetensors::serialize_to_file(&tensors, None, path).map_err(|e| anyhow::anyhow!("{}: cannot write ({e})", path.display()))
+    safetensors::serialize_to_file(&tensors, None, path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write ({e})", path.display()))
 }
 
 /// Ids the model cannot embed are reported against the input file, before any compute.

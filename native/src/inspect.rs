@@ -48,12 +48,20 @@ pub fn inspect(files: &ModelFiles) -> Result<()> {
             t.rope_theta
         ),
     };
-    println!("RoPE: {rope}; context {} tokens; chunk {}", t.max_position_embeddings, t.attention_chunk_size.map_or("none".into(), |c| c.to_string()));
+    println!(
+        "RoPE: {rope}; context {} tokens; chunk {}",
+        t.max_position_embeddings,
+        t.attention_chunk_size.map_or("none".into(), |c| c.to_string())
+    );
     println!();
-    println!("{:>5}  {:<34} {}", "layer", "attention", "feed-forward");
+    println!("{:>5}  {:<34} feed-forward", "layer", "attention");
     for i in 0..t.num_hidden_layers {
         let attn = match (t.use_rope[i], t.layer_types[i]) {
-            (true, AttnKind::Chunked) => format!("RoPE, chunked ({}){}", t.attention_chunk_size.unwrap_or(0), if t.use_qk_norm { ", QK norm" } else { "" }),
+            (true, AttnKind::Chunked) => format!(
+                "RoPE, chunked ({}){}",
+                t.attention_chunk_size.unwrap_or(0),
+                if t.use_qk_norm { ", QK norm" } else { "" }
+            ),
             (true, AttnKind::Full) => format!("RoPE, global{}", if t.use_qk_norm { ", QK norm" } else { "" }),
             (false, k) => format!(
                 "NoPE, {}{}",
@@ -62,7 +70,10 @@ pub fn inspect(files: &ModelFiles) -> Result<()> {
             ),
         };
         let ffn = if t.moe_layers[i] {
-            format!("MoE: {} experts × {} (top-{}) + shared expert", t.num_local_experts, t.intermediate_size, t.num_experts_per_tok)
+            format!(
+                "MoE: {} experts × {} (top-{}) + shared expert",
+                t.num_local_experts, t.intermediate_size, t.num_experts_per_tok
+            )
         } else {
             format!("dense MLP × {}", t.intermediate_size_mlp)
         };
@@ -86,7 +97,7 @@ pub fn inspect(files: &ModelFiles) -> Result<()> {
             experts += n;
         }
     }
-    let per_expert = if t.num_local_experts > 0 { experts / t.num_local_experts } else { 0 };
+    let per_expert = experts.checked_div(t.num_local_experts).unwrap_or(0);
     let active = text - experts + per_expert * t.num_experts_per_tok;
     println!("parameters: {} total, {} text, {} active per token (text)", count(total), count(text), count(active));
     for (d, (n, b)) in &by_dtype {

@@ -16,7 +16,11 @@ use herd_core::cpu::CpuBackend;
 use files::ModelFiles;
 
 #[derive(Parser)]
-#[command(name = "herd", version, about = "Run Meta's Llama 4 models (Scout, Maverick, Llama Guard 4) from their published checkpoints")]
+#[command(
+    name = "herd",
+    version,
+    about = "Run Meta's Llama 4 models (Scout, Maverick, Llama Guard 4) from their published checkpoints"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -207,11 +211,29 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Run(a) => with_backend!(a.backend.backend, |b| text::run(b, &ModelFiles::new(a.model.model), &a.prompt, a.chat, a.system.as_deref(), &a.sampling)),
-        Cmd::Chat(a) => with_backend!(a.backend.backend, |b| text::chat(b, &ModelFiles::new(a.model.model), a.system.as_deref(), &a.sampling)),
+        Cmd::Run(a) => with_backend!(a.backend.backend, |b| text::run(
+            b,
+            &ModelFiles::new(a.model.model),
+            &a.prompt,
+            a.chat,
+            a.system.as_deref(),
+            &a.sampling
+        )),
+        Cmd::Chat(a) => with_backend!(a.backend.backend, |b| text::chat(
+            b,
+            &ModelFiles::new(a.model.model),
+            a.system.as_deref(),
+            &a.sampling
+        )),
         Cmd::Inspect(a) => inspect::inspect(&ModelFiles::new(a.model)),
-        Cmd::Logits(a) => with_backend!(a.backend.backend, |b| ids_io::logits(b, &a.model, &a.input, &a.output, a.decode)),
-        Cmd::Greedy(a) => with_backend!(a.backend.backend, |b| ids_io::greedy(b, &a.model, &a.input, a.max_tokens, &a.output)),
-        Cmd::Bench(a) => with_backend!(a.backend.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a)),
+        Cmd::Logits(a) => {
+            with_backend!(a.backend.backend, |b| ids_io::logits(b, &a.model, &a.input, &a.output, a.decode))
+        }
+        Cmd::Greedy(a) => {
+            with_backend!(a.backend.backend, |b| ids_io::greedy(b, &a.model, &a.input, a.max_tokens, &a.output))
+        }
+        Cmd::Bench(a) => {
+            with_backend!(a.backend.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a))
+        }
     }
 }

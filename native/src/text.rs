@@ -66,7 +66,14 @@ fn streamer<'a>(tok: &'a Tokenizer, out: &'a mut String) -> impl FnMut(u32) -> b
     }
 }
 
-pub fn run<B: Backend>(backend: Arc<B>, files: &ModelFiles, prompt: &str, chat: bool, system: Option<&str>, a: &SamplingArgs) -> Result<()> {
+pub fn run<B: Backend>(
+    backend: Arc<B>,
+    files: &ModelFiles,
+    prompt: &str,
+    chat: bool,
+    system: Option<&str>,
+    a: &SamplingArgs,
+) -> Result<()> {
     let tok = files.tokenizer()?;
     let params = GenerateParams { max_tokens: a.max_tokens, sampling: sampling(files, a)?, stop_ids: vec![] };
     let ids = if chat {
@@ -82,7 +89,7 @@ pub fn run<B: Backend>(backend: Arc<B>, files: &ModelFiles, prompt: &str, chat: 
     };
     let (cfg, model) = files.load(backend)?;
     let params = GenerateParams { stop_ids: stop_ids(files, &cfg.text.eos_token_ids)?, ..params };
-    let mut sampler = Sampler::new(params.sampling.clone())?;
+    let mut sampler = Sampler::new(params.sampling)?;
     let mut session = Session::new(&model)?;
     let mut text = String::new();
     let (_, stats) = session.generate(&model, &ids, &params, &mut sampler, &mut streamer(&tok, &mut text))?;
@@ -96,8 +103,9 @@ pub fn chat<B: Backend>(backend: Arc<B>, files: &ModelFiles, system: Option<&str
     let tmpl = files.chat_template()?;
     let sampling = sampling(files, a)?;
     let (cfg, model) = files.load(backend)?;
-    let params = GenerateParams { max_tokens: a.max_tokens, sampling, stop_ids: stop_ids(files, &cfg.text.eos_token_ids)? };
-    let mut sampler = Sampler::new(params.sampling.clone())?;
+    let params =
+        GenerateParams { max_tokens: a.max_tokens, sampling, stop_ids: stop_ids(files, &cfg.text.eos_token_ids)? };
+    let mut sampler = Sampler::new(params.sampling)?;
     let mut session = Session::new(&model)?;
     let mut msgs: Vec<Message> = system.map(|s| vec![Message::system(s)]).unwrap_or_default();
     eprintln!("herd chat with {} — /reset starts over, /exit (or end of input) quits.", files.describe());

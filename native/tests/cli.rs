@@ -36,7 +36,11 @@ struct Scratch {
 impl Scratch {
     fn new(tag: &str) -> Scratch {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("herd-cli-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "herd-cli-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch { dir }
@@ -51,7 +55,8 @@ impl Scratch {
         let d = self.path(sub);
         std::fs::create_dir_all(&d).unwrap();
         for f in files {
-            std::fs::copy(fixture_dir(fixture).join(f), d.join(f)).unwrap_or_else(|e| panic!("copy {fixture}/{f}: {e}"));
+            std::fs::copy(fixture_dir(fixture).join(f), d.join(f))
+                .unwrap_or_else(|e| panic!("copy {fixture}/{f}: {e}"));
         }
         d
     }
@@ -61,7 +66,11 @@ impl Scratch {
         let names: Vec<String> = std::fs::read_dir(fixture_dir(fixture))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n == "config.json" || n == "model.safetensors.index.json" || (n.ends_with(".safetensors") && n.starts_with("model")))
+            .filter(|n| {
+                n == "config.json"
+                    || n == "model.safetensors.index.json"
+                    || (n.ends_with(".safetensors") && n.starts_with("model"))
+            })
             .collect();
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
         self.model_copy(fixture, sub, &refs)
@@ -92,7 +101,11 @@ where
     S: AsRef<OsStr>,
 {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().expect("spawn herd");
     if let Some(text) = stdin {
         let mut pipe = child.stdin.take().unwrap();
@@ -103,7 +116,12 @@ where
 }
 
 fn describe(out: &Output) -> String {
-    format!("status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Asserts success and that nothing panicked; returns (stdout, stderr).
@@ -194,11 +212,15 @@ fn run_greedy(model: &Path, rows: &[Vec<u32>], n: usize) -> Vec<Vec<u32>> {
     let (input, output) = (sc.path("ids.safetensors"), sc.path("out.safetensors"));
     write_ids(&input, rows, Dtype::I64);
     let ns = n.to_string();
-    ok(&format!("greedy {}", model.display()), herd(["greedy", "--model", s(model), "--input", s(&input), "--max-tokens", &ns, "--output", s(&output)]));
+    ok(
+        &format!("greedy {}", model.display()),
+        herd(["greedy", "--model", s(model), "--input", s(&input), "--max-tokens", &ns, "--output", s(&output)]),
+    );
     let (dt, shape, data) = read_tensor(&output, "greedy_ids");
     assert_eq!(dt, Dtype::I64, "greedy_ids dtype");
     assert_eq!(shape, vec![rows.len(), n], "greedy_ids shape");
-    let vals: Vec<u32> = data.chunks_exact(8).map(|c| u32::try_from(i64::from_le_bytes(c.try_into().unwrap())).unwrap()).collect();
+    let vals: Vec<u32> =
+        data.chunks_exact(8).map(|c| u32::try_from(i64::from_le_bytes(c.try_into().unwrap())).unwrap()).collect();
     vals.chunks(n).map(|c| c.to_vec()).collect()
 }
 
@@ -212,7 +234,11 @@ fn check_greedy(fixture: &str, model: &Path) {
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
     let path = dir.join("config.json");
     let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let obj = if v.get("text_config").is_some() { v["text_config"].as_object_mut().unwrap() } else { v.as_object_mut().unwrap() };
+    let obj = if v.get("text_config").is_some() {
+        v["text_config"].as_object_mut().unwrap()
+    } else {
+        v.as_object_mut().unwrap()
+    };
     f(obj);
     std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
 }
@@ -285,7 +311,8 @@ fn greedy_shorter_is_prefix() {
 fn logits_and_greedy_without_tokenizer_files() {
     let sc = Scratch::new("bare");
     let scout = sc.bare_model("scout", "scout");
-    let mut files: Vec<_> = std::fs::read_dir(&scout).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir(&scout).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     files.sort();
     assert_eq!(files, ["config.json", "model.safetensors"]);
     check_logits("scout", &scout, Dtype::I64, false, F32_TOL);
@@ -318,7 +345,8 @@ fn layer_rows(stdout: &str) -> Vec<(usize, String)> {
 #[test]
 fn inspect_maverick_layer_table() {
     let (out, _) = ok("inspect maverick", herd(["inspect", "--model", s(&fixture_dir("maverick"))]));
-    let cfg: Value = serde_json::from_slice(&std::fs::read(fixture_dir("maverick").join("config.json")).unwrap()).unwrap();
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(fixture_dir("maverick").join("config.json")).unwrap()).unwrap();
     let t = &cfg["text_config"];
     let n = t["num_hidden_layers"].as_u64().unwrap() as usize;
     assert_eq!(n, 8);
@@ -330,7 +358,10 @@ fn inspect_maverick_layer_table() {
     for (i, row) in &rows {
         // interleave_moe_layer_step 2: layers 1, 3, 5, 7 are MoE, the others dense.
         if i % 2 == 1 {
-            assert!(row.contains("MoE") && row.contains(&experts) && !row.contains("dense"), "layer {i} should be MoE with {experts}: {row}");
+            assert!(
+                row.contains("MoE") && row.contains(&experts) && !row.contains("dense"),
+                "layer {i} should be MoE with {experts}: {row}"
+            );
         } else {
             assert!(row.contains("dense") && !row.contains("MoE"), "layer {i} should be dense: {row}");
         }
@@ -338,7 +369,10 @@ fn inspect_maverick_layer_table() {
         if *i == 3 || *i == 7 {
             assert!(row.contains("NoPE") && row.contains("global"), "layer {i} should be NoPE, global: {row}");
         } else {
-            assert!(row.contains("RoPE") && !row.contains("NoPE") && row.contains("chunked"), "layer {i} should be RoPE, chunked: {row}");
+            assert!(
+                row.contains("RoPE") && !row.contains("NoPE") && row.contains("chunked"),
+                "layer {i} should be RoPE, chunked: {row}"
+            );
         }
     }
 }
@@ -348,7 +382,9 @@ fn inspect_demo_model() {
     let (out, _) = ok("inspect demo", herd(["inspect"]));
     assert!(out.contains("built-in demo model"), "{out}");
     // Compare against the demo config shipped in the source tree.
-    let cfg: Value = serde_json::from_slice(&std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/config.json")).unwrap()).unwrap();
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/config.json")).unwrap())
+            .unwrap();
     let t = cfg.get("text_config").unwrap_or(&cfg);
     let n = t["num_hidden_layers"].as_u64().unwrap() as usize;
     assert!(out.contains(&format!("hidden {}", t["hidden_size"])), "{out}");
@@ -368,7 +404,10 @@ fn inspect_demo_model() {
 
 /// Parses the `[prefill: P tokens, X tok/s | decode: D tokens, Y tok/s]` report: (P, D).
 fn speed_report(stderr: &str) -> (usize, usize) {
-    let line = stderr.lines().find(|l| l.contains("prefill") && l.contains("decode")).unwrap_or_else(|| panic!("no speed report on stderr:\n{stderr}"));
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("prefill") && l.contains("decode"))
+        .unwrap_or_else(|| panic!("no speed report on stderr:\n{stderr}"));
     assert_eq!(line.matches("tok/s").count(), 2, "{line}");
     let num_after = |key: &str| -> usize {
         let rest = &line[line.find(key).unwrap() + key.len()..];
@@ -391,7 +430,10 @@ fn run_demo_greedy() {
 
 #[test]
 fn run_demo_chat() {
-    let (_, err) = ok("run --chat", herd(["run", "--prompt", "hello", "--chat", "--system", "be brief", "--max-tokens", "5", "--temperature", "0"]));
+    let (_, err) = ok(
+        "run --chat",
+        herd(["run", "--prompt", "hello", "--chat", "--system", "be brief", "--max-tokens", "5", "--temperature", "0"]),
+    );
     let (p_chat, d) = speed_report(&err);
     assert!((1..=5).contains(&d), "{err}");
     let (_, err_plain) = ok("run plain", herd(["run", "--prompt", "hello", "--max-tokens", "5", "--temperature", "0"]));
@@ -401,7 +443,24 @@ fn run_demo_chat() {
 
 #[test]
 fn run_sampling_seeded() {
-    let args = |seed: &str| ["run", "--prompt", "hello", "--max-tokens", "16", "--temperature", "1", "--top-p", "1", "--top-k", "0", "--seed", seed].map(String::from);
+    let args = |seed: &str| {
+        [
+            "run",
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "16",
+            "--temperature",
+            "1",
+            "--top-p",
+            "1",
+            "--top-k",
+            "0",
+            "--seed",
+            seed,
+        ]
+        .map(String::from)
+    };
     let (a, _) = ok("seed 7", herd(args("7")));
     let (b, _) = ok("seed 7 again", herd(args("7")));
     assert_eq!(a, b, "same seed, different output");
@@ -428,7 +487,8 @@ fn byte_level_decoder() -> HashMap<char, u8> {
 /// Decodes ids with the fixture's tokenizer.json (byte-level BPE), skipping special tokens.
 fn decode(tokenizer_json: &Path, ids: &[u32]) -> String {
     let tok: Value = serde_json::from_slice(&std::fs::read(tokenizer_json).unwrap()).unwrap();
-    let mut by_id: HashMap<u64, &str> = tok["model"]["vocab"].as_object().unwrap().iter().map(|(k, v)| (v.as_u64().unwrap(), k.as_str())).collect();
+    let mut by_id: HashMap<u64, &str> =
+        tok["model"]["vocab"].as_object().unwrap().iter().map(|(k, v)| (v.as_u64().unwrap(), k.as_str())).collect();
     let mut special = Vec::new();
     for a in tok["added_tokens"].as_array().unwrap() {
         by_id.insert(a["id"].as_u64().unwrap(), a["content"].as_str().unwrap());
@@ -452,16 +512,36 @@ fn decode(tokenizer_json: &Path, ids: &[u32]) -> String {
 /// continuation of those ids (cut at the first stop token, special tokens not shown).
 #[test]
 fn run_temperature_0_is_greedy() {
-    let cases: Value = serde_json::from_slice(&std::fs::read(fixture_dir("tokenizer").join("cases.json")).unwrap()).unwrap();
-    let case = cases["cases"].as_array().unwrap().iter().find(|c| c["text"] == "Hello, world!").expect("tokenizer case `Hello, world!`");
-    let ids: Vec<u32> = case["ids_with_special"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let cases: Value =
+        serde_json::from_slice(&std::fs::read(fixture_dir("tokenizer").join("cases.json")).unwrap()).unwrap();
+    let case = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["text"] == "Hello, world!")
+        .expect("tokenizer case `Hello, world!`");
+    let ids: Vec<u32> =
+        case["ids_with_special"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
     assert_eq!(ids[0], FIRST_SPECIAL, "BOS first");
     let n = 8;
     let greedy = run_greedy(&fixture_dir("scout"), std::slice::from_ref(&ids), n).remove(0);
     let stop = greedy.iter().position(|id| EOS_IDS.contains(id)).unwrap_or(n);
     let want = decode(&fixture_dir("scout").join("tokenizer.json"), &greedy[..stop]);
 
-    let (out, err) = ok("run scout t=0", herd(["run", "--model", s(&fixture_dir("scout")), "--prompt", "Hello, world!", "--temperature", "0", "--max-tokens", "8"]));
+    let (out, err) = ok(
+        "run scout t=0",
+        herd([
+            "run",
+            "--model",
+            s(&fixture_dir("scout")),
+            "--prompt",
+            "Hello, world!",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "8",
+        ]),
+    );
     let (p, d) = speed_report(&err);
     assert_eq!(p, ids.len(), "prompt tokens: {err}");
     assert_eq!(d, (stop + 1).min(n), "generated tokens (greedy {greedy:?}): {err}");
@@ -480,8 +560,10 @@ fn chat_demo_reset_exit() {
     assert!(err.contains("conversation cleared"), "{err}");
     assert!(!err.contains("error"), "{err}");
     // After /reset the second turn starts from scratch: its prompt is as short as a first turn's.
-    let prompts: Vec<usize> = err.split("[prefill:").skip(1).map(|r| r.split_whitespace().next().unwrap().parse().unwrap()).collect();
-    let (_, err1) = ok("chat one turn", herd_stdin(["chat", "--max-tokens", "4", "--temperature", "0"], Some("hello again\n")));
+    let prompts: Vec<usize> =
+        err.split("[prefill:").skip(1).map(|r| r.split_whitespace().next().unwrap().parse().unwrap()).collect();
+    let (_, err1) =
+        ok("chat one turn", herd_stdin(["chat", "--max-tokens", "4", "--temperature", "0"], Some("hello again\n")));
     let fresh: usize = err1.split("[prefill:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     assert_eq!(prompts[1], fresh, "second turn after /reset should see only its own message\n{err}");
 }
@@ -501,8 +583,16 @@ fn both_fail(case: &str, model: &Path, wants: &[&str]) {
     let sc = Scratch::new("both-fail");
     let (input, output) = (sc.path("ids.safetensors"), sc.path("out.safetensors"));
     write_ids(&input, &Reference::load("scout").input_ids, Dtype::I64);
-    fails(&format!("logits: {case}"), herd(["logits", "--model", s(model), "--input", s(&input), "--output", s(&output)]), wants);
-    fails(&format!("greedy: {case}"), herd(["greedy", "--model", s(model), "--input", s(&input), "--max-tokens", "2", "--output", s(&output)]), wants);
+    fails(
+        &format!("logits: {case}"),
+        herd(["logits", "--model", s(model), "--input", s(&input), "--output", s(&output)]),
+        wants,
+    );
+    fails(
+        &format!("greedy: {case}"),
+        herd(["greedy", "--model", s(model), "--input", s(&input), "--max-tokens", "2", "--output", s(&output)]),
+        wants,
+    );
     assert!(!output.exists() && !sc.path("out.partial").exists(), "{case}: output written despite the error");
 }
 
@@ -512,7 +602,11 @@ fn bad_model_dir_missing() {
     let gone = sc.path("no-such-model");
     both_fail("missing model dir", &gone, &["no-such-model"]);
     fails("inspect missing dir", herd(["inspect", "--model", s(&gone)]), &["no-such-model"]);
-    fails("run missing dir", herd(["run", "--model", s(&gone), "--prompt", "hi", "--max-tokens", "2"]), &["no-such-model"]);
+    fails(
+        "run missing dir",
+        herd(["run", "--model", s(&gone), "--prompt", "hi", "--max-tokens", "2"]),
+        &["no-such-model"],
+    );
 }
 
 #[test]
@@ -562,8 +656,28 @@ fn bad_backend() {
     let (input, output) = (sc.path("ids.safetensors"), sc.path("out.safetensors"));
     write_ids(&input, &Reference::load("scout").input_ids, Dtype::I64);
     let scout = fixture_dir("scout");
-    fails("logits --backend cuda", herd(["logits", "--model", s(&scout), "--input", s(&input), "--output", s(&output), "--backend", "cuda"]), &["backend", "cuda"]);
-    fails("greedy --backend cuda", herd(["greedy", "--model", s(&scout), "--input", s(&input), "--max-tokens", "2", "--output", s(&output), "--backend", "cuda"]), &["backend", "cuda"]);
+    fails(
+        "logits --backend cuda",
+        herd(["logits", "--model", s(&scout), "--input", s(&input), "--output", s(&output), "--backend", "cuda"]),
+        &["backend", "cuda"],
+    );
+    fails(
+        "greedy --backend cuda",
+        herd([
+            "greedy",
+            "--model",
+            s(&scout),
+            "--input",
+            s(&input),
+            "--max-tokens",
+            "2",
+            "--output",
+            s(&output),
+            "--backend",
+            "cuda",
+        ]),
+        &["backend", "cuda"],
+    );
     fails("run --backend metal", herd(["run", "--prompt", "hi", "--backend", "metal"]), &["backend", "metal"]);
     fails("chat --backend metal", herd_stdin(["chat", "--backend", "metal"], Some("hi\n")), &["backend", "metal"]);
     fails("bench --backend metal", herd(["bench", "--backend", "metal"]), &["backend", "metal"]);
@@ -577,8 +691,16 @@ fn input_fails(case: &str, sc: &Scratch, input: &Path, wants: &[&str]) {
     let name = input.file_name().unwrap().to_str().unwrap();
     let mut all = vec![name];
     all.extend_from_slice(wants);
-    fails(&format!("logits: {case}"), herd(["logits", "--model", s(&scout), "--input", s(input), "--output", s(&output)]), &all);
-    fails(&format!("greedy: {case}"), herd(["greedy", "--model", s(&scout), "--input", s(input), "--max-tokens", "2", "--output", s(&output)]), &all);
+    fails(
+        &format!("logits: {case}"),
+        herd(["logits", "--model", s(&scout), "--input", s(input), "--output", s(&output)]),
+        &all,
+    );
+    fails(
+        &format!("greedy: {case}"),
+        herd(["greedy", "--model", s(&scout), "--input", s(input), "--max-tokens", "2", "--output", s(&output)]),
+        &all,
+    );
     assert!(!output.exists(), "{case}: output written");
 }
 
@@ -588,19 +710,43 @@ fn bad_input_files() {
     let rows = Reference::load("scout").input_ids;
 
     let p = sc.path("no-ids.safetensors");
-    write_tensor(&p, "tokens", Dtype::I64, vec![1, 2], &[1i64, 2].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    write_tensor(
+        &p,
+        "tokens",
+        Dtype::I64,
+        vec![1, 2],
+        &[1i64, 2].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+    );
     input_fails("no input_ids tensor", &sc, &p, &["input_ids"]);
 
     let p = sc.path("float-ids.safetensors");
-    write_tensor(&p, "input_ids", Dtype::F32, vec![1, 3], &[1f32, 2., 3.].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    write_tensor(
+        &p,
+        "input_ids",
+        Dtype::F32,
+        vec![1, 3],
+        &[1f32, 2., 3.].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+    );
     input_fails("float input_ids", &sc, &p, &["input_ids", "F32"]);
 
     let p = sc.path("ids-1d.safetensors");
-    write_tensor(&p, "input_ids", Dtype::I64, vec![3], &[1i64, 2, 3].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    write_tensor(
+        &p,
+        "input_ids",
+        Dtype::I64,
+        vec![3],
+        &[1i64, 2, 3].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+    );
     input_fails("1-D input_ids", &sc, &p, &["input_ids", "shape"]);
 
     let p = sc.path("negative.safetensors");
-    write_tensor(&p, "input_ids", Dtype::I64, vec![1, 2], &[5i64, -1].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    write_tensor(
+        &p,
+        "input_ids",
+        Dtype::I64,
+        vec![1, 2],
+        &[5i64, -1].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+    );
     input_fails("negative id", &sc, &p, &["input_ids", "-1"]);
 
     let p = sc.path("not-safetensors.safetensors");
@@ -632,28 +778,58 @@ fn bad_greedy_max_tokens_0() {
     let sc = Scratch::new("n0");
     let (input, output) = (sc.path("ids.safetensors"), sc.path("out.safetensors"));
     write_ids(&input, &Reference::load("scout").input_ids, Dtype::I64);
-    fails("greedy --max-tokens 0", herd(["greedy", "--model", s(&fixture_dir("scout")), "--input", s(&input), "--max-tokens", "0", "--output", s(&output)]), &["--max-tokens"]);
+    fails(
+        "greedy --max-tokens 0",
+        herd([
+            "greedy",
+            "--model",
+            s(&fixture_dir("scout")),
+            "--input",
+            s(&input),
+            "--max-tokens",
+            "0",
+            "--output",
+            s(&output),
+        ]),
+        &["--max-tokens"],
+    );
     assert!(!output.exists());
 }
 
 #[test]
 fn bad_prompt_longer_than_context() {
     let sc = Scratch::new("ctx");
-    let m = sc.model_copy("scout", "m", &["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]);
+    let m = sc.model_copy(
+        "scout",
+        "m",
+        &["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"],
+    );
     edit_config(&m, |c| {
         c.insert("max_position_embeddings".into(), Value::from(16));
     });
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(4);
-    fails("run: prompt longer than the context", herd(["run", "--model", s(&m), "--prompt", &long, "--max-tokens", "4", "--temperature", "0"]), &["16"]);
+    fails(
+        "run: prompt longer than the context",
+        herd(["run", "--model", s(&m), "--prompt", &long, "--max-tokens", "4", "--temperature", "0"]),
+        &["16"],
+    );
 
     // The same through logits: 20 reference tokens > 16 positions.
     let (input, output) = (sc.path("ids.safetensors"), sc.path("out.safetensors"));
     write_ids(&input, &Reference::load("scout").input_ids, Dtype::I64);
-    fails("logits: ids longer than the context", herd(["logits", "--model", s(&m), "--input", s(&input), "--output", s(&output)]), &["16"]);
+    fails(
+        "logits: ids longer than the context",
+        herd(["logits", "--model", s(&m), "--input", s(&input), "--output", s(&output)]),
+        &["16"],
+    );
     // 14 prompt tokens + 4 generated > 16.
     let short: Vec<Vec<u32>> = Reference::load("scout").input_ids.iter().map(|r| r[..14].to_vec()).collect();
     write_ids(&input, &short, Dtype::I64);
-    fails("greedy: ids + new tokens longer than the context", herd(["greedy", "--model", s(&m), "--input", s(&input), "--max-tokens", "4", "--output", s(&output)]), &["16"]);
+    fails(
+        "greedy: ids + new tokens longer than the context",
+        herd(["greedy", "--model", s(&m), "--input", s(&input), "--max-tokens", "4", "--output", s(&output)]),
+        &["16"],
+    );
     assert!(!output.exists());
 }
 
@@ -661,7 +837,11 @@ fn bad_prompt_longer_than_context() {
 fn bad_run_without_tokenizer() {
     let sc = Scratch::new("notok");
     let m = sc.bare_model("scout", "m");
-    fails("run without tokenizer.json", herd(["run", "--model", s(&m), "--prompt", "hi", "--max-tokens", "2"]), &["tokenizer.json"]);
+    fails(
+        "run without tokenizer.json",
+        herd(["run", "--model", s(&m), "--prompt", "hi", "--max-tokens", "2"]),
+        &["tokenizer.json"],
+    );
 }
 
 #[test]
@@ -672,8 +852,16 @@ fn output_in_missing_directory() {
     let missing = sc.path("no-such-dir");
     let output = missing.join("out.safetensors");
     let scout = fixture_dir("scout");
-    fails("logits into missing dir", herd(["logits", "--model", s(&scout), "--input", s(&input), "--output", s(&output)]), &["no-such-dir/out.safetensors"]);
-    fails("greedy into missing dir", herd(["greedy", "--model", s(&scout), "--input", s(&input), "--max-tokens", "2", "--output", s(&output)]), &["no-such-dir/out.safetensors"]);
+    fails(
+        "logits into missing dir",
+        herd(["logits", "--model", s(&scout), "--input", s(&input), "--output", s(&output)]),
+        &["no-such-dir/out.safetensors"],
+    );
+    fails(
+        "greedy into missing dir",
+        herd(["greedy", "--model", s(&scout), "--input", s(&input), "--max-tokens", "2", "--output", s(&output)]),
+        &["no-such-dir/out.safetensors"],
+    );
     assert!(!missing.exists(), "the missing directory was created");
     let left: Vec<_> = std::fs::read_dir(&sc.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, vec![OsStr::new("ids.safetensors").to_owned()], "files left behind");
@@ -688,8 +876,13 @@ fn output_is_a_directory() {
     let dir_out = sc.path("out.safetensors");
     std::fs::create_dir(&dir_out).unwrap();
     std::fs::write(dir_out.join("keep"), b"x").unwrap();
-    fails("logits onto a directory", herd(["logits", "--model", s(&fixture_dir("scout")), "--input", s(&input), "--output", s(&dir_out)]), &["out.safetensors"]);
-    let mut left: Vec<_> = std::fs::read_dir(&sc.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    fails(
+        "logits onto a directory",
+        herd(["logits", "--model", s(&fixture_dir("scout")), "--input", s(&input), "--output", s(&dir_out)]),
+        &["out.safetensors"],
+    );
+    let mut left: Vec<_> =
+        std::fs::read_dir(&sc.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     left.sort();
     assert_eq!(left, ["ids.safetensors", "out.safetensors"], "files left behind");
     assert!(dir_out.join("keep").exists());

@@ -26,6 +26,7 @@ pub fn rms_norm(x: &[f32], w: Option<&[f32]>, rows: usize, dim: usize, eps: f32)
     o
 }
 
+#[allow(clippy::needless_range_loop)]
 pub fn rope(x: &[f32], rows: usize, heads: usize, d: usize, pos: &[u32], inv_freq: &[f32]) -> Vec<f32> {
     let mut o = x.to_vec();
     for r in 0..rows {
@@ -53,7 +54,9 @@ pub fn attention(q: &[f32], hist_k: &[Vec<f32>], hist_v: &[Vec<f32>], seqs: &[At
             let r = s.q_start as usize + t;
             let i = s.pos0 as usize + t;
             let lo = p.chunk.map_or(0, |c| i / c * c);
-            let temp = p.temperature.map_or(1.0, |tt| 1.0 + tt.attn_scale as f64 * (1.0 + ((i as f64 + 1.0) / tt.floor_scale as f64).floor()).ln());
+            let temp = p.temperature.map_or(1.0, |tt| {
+                1.0 + tt.attn_scale as f64 * (1.0 + ((i as f64 + 1.0) / tt.floor_scale as f64).floor()).ln()
+            });
             for head in 0..h {
                 let g = head / (h / kvh);
                 let qv = &q[(r * h + head) * d..(r * h + head + 1) * d];
@@ -108,7 +111,18 @@ pub fn router_topk(l: &[f32], rows: usize, e: usize, k: usize) -> (Vec<u32>, Vec
 
 /// Routed experts accumulated onto `out`: gate_up [E, D, 2F], down [E, F, D], x·W orientation.
 #[allow(clippy::too_many_arguments)]
-pub fn moe(x: &[f32], rows: usize, d: usize, f: usize, idx: &[u32], score: &[f32], k: usize, gate_up: &[f32], down: &[f32], out: &mut [f32]) {
+pub fn moe(
+    x: &[f32],
+    rows: usize,
+    d: usize,
+    f: usize,
+    idx: &[u32],
+    score: &[f32],
+    k: usize,
+    gate_up: &[f32],
+    down: &[f32],
+    out: &mut [f32],
+) {
     for r in 0..rows {
         for c in 0..k {
             let e = idx[r * k + c] as usize;

@@ -124,8 +124,26 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
             return;
         }
         rows.push(match res {
-            Ok(o) => RowResult { op, case, nmse: nmse(&o.got, &o.want), tol, secs: o.secs, bytes: o.bytes, flops: o.flops, error: None },
-            Err(e) => RowResult { op, case, nmse: f64::INFINITY, tol, secs: None, bytes: 0.0, flops: 0.0, error: Some(e.to_string()) },
+            Ok(o) => RowResult {
+                op,
+                case,
+                nmse: nmse(&o.got, &o.want),
+                tol,
+                secs: o.secs,
+                bytes: o.bytes,
+                flops: o.flops,
+                error: None,
+            },
+            Err(e) => RowResult {
+                op,
+                case,
+                nmse: f64::INFINITY,
+                tol,
+                secs: None,
+                bytes: 0.0,
+                flops: 0.0,
+                error: Some(e.to_string()),
+            },
         });
     };
     let mut rng = Rng(0x9E3779B97F4A7C15);
@@ -147,7 +165,13 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
                     let x = be.upload(&xv)?;
                     let o = be.alloc(m * n)?;
                     let secs = timed(be, perf, &o, || be.matmul(&x, m, &w, &o))?;
-                    Ok(Out { got: be.read(&o)?, want: r::matmul(&xv, m, k, &seen, n), secs, bytes: (n * k * dt.size() + 4 * (m * k + m * n)) as f64, flops: (2 * m * k * n) as f64 })
+                    Ok(Out {
+                        got: be.read(&o)?,
+                        want: r::matmul(&xv, m, k, &seen, n),
+                        secs,
+                        bytes: (n * k * dt.size() + 4 * (m * k + m * n)) as f64,
+                        flops: (2 * m * k * n) as f64,
+                    })
                 })();
                 add("matmul", format!("m={m} k={k} n={n} {}", dt.name()), 1e-9, res);
             }
@@ -155,7 +179,13 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
     }
 
     if want("rms_norm") {
-        for &(rows_, dim, wdt, inplace) in &[(1, 64, Some(DType::F32), false), (7, 130, Some(DType::BF16), false), (33, 5120, Some(DType::BF16), false), (12, 16, None, true), (5, 128, None, false)] {
+        for &(rows_, dim, wdt, inplace) in &[
+            (1, 64, Some(DType::F32), false),
+            (7, 130, Some(DType::BF16), false),
+            (33, 5120, Some(DType::BF16), false),
+            (12, 16, None, true),
+            (5, 128, None, false),
+        ] {
             let xv = rng.vec(rows_ * dim);
             let wv = rng.vec(dim);
             let res = (|| {
@@ -171,7 +201,11 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
                     let got = be.read(&o)?;
                     // Timing repeats on a separate buffer (re-normalising in place changes nothing of cost).
                     let t = be.upload(&xv)?;
-                    (got, timed(be, perf, &t, || be.rms_norm(&t, wref, rows_, dim, 1e-5, &t)).map(|s| s.filter(|_| perf))?)
+                    (
+                        got,
+                        timed(be, perf, &t, || be.rms_norm(&t, wref, rows_, dim, 1e-5, &t))
+                            .map(|s| s.filter(|_| perf))?,
+                    )
                 } else {
                     let x = be.upload(&xv)?;
                     let o = be.alloc(rows_ * dim)?;
@@ -180,7 +214,16 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
                 };
                 Ok(Out { got, want, secs, bytes: (8 * rows_ * dim) as f64, flops: (4 * rows_ * dim) as f64 })
             })();
-            add("rms_norm", format!("rows={rows_} dim={dim} weight={} {}", wdt.map_or("none", |d| d.name()), if inplace { "in place" } else { "" }), 1e-10, res);
+            add(
+                "rms_norm",
+                format!(
+                    "rows={rows_} dim={dim} weight={} {}",
+                    wdt.map_or("none", |d| d.name()),
+                    if inplace { "in place" } else { "" }
+                ),
+                1e-10,
+                res,
+            );
         }
     }
 
@@ -201,7 +244,13 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
                 } else {
                     None
                 };
-                Ok(Out { got, want: r::rope(&xv, rows_, heads, d, &pos, &inv), secs, bytes: (8 * rows_ * heads * d) as f64, flops: (6 * rows_ * heads * d) as f64 })
+                Ok(Out {
+                    got,
+                    want: r::rope(&xv, rows_, heads, d, &pos, &inv),
+                    secs,
+                    bytes: (8 * rows_ * heads * d) as f64,
+                    flops: (6 * rows_ * heads * d) as f64,
+                })
             })();
             // Angles up to 2·10⁴ rad: f32 sin/cos implementations differ by a few ulps of the angle.
             add("rope", format!("rows={rows_} heads={heads} d={d}"), 1e-9, res);
@@ -227,7 +276,13 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
             let mut hist_k = Vec::new();
             let mut hist_v = Vec::new();
             for &(cached, new, cap) in &seqs_spec {
-                seqs.push(AttnSeq { q_start: row as u32, q_len: new as u32, pos0: cached as u32, slot_base: base as u32, slot_cap: cap as u32 });
+                seqs.push(AttnSeq {
+                    q_start: row as u32,
+                    q_len: new as u32,
+                    pos0: cached as u32,
+                    slot_base: base as u32,
+                    slot_cap: cap as u32,
+                });
                 hist_k.push(rng.vec((cached + new) * kvrow));
                 hist_v.push(rng.vec((cached + new) * kvrow));
                 row += new;
@@ -258,7 +313,8 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
             };
             let desc = format!("h={h} kvh={kvh} d={d} chunk={chunk:?} temp={temp} seqs={seqs_spec:?}");
             let res = (|| {
-                let (q, k, v, kcb, vcb) = (be.upload(&qv)?, be.upload(&kn)?, be.upload(&vn)?, be.upload(&kc)?, be.upload(&vc)?);
+                let (q, k, v, kcb, vcb) =
+                    (be.upload(&qv)?, be.upload(&kn)?, be.upload(&vn)?, be.upload(&kc)?, be.upload(&vc)?);
                 let o = be.alloc(rows_ * h * d)?;
                 let secs = timed(be, perf, &o, || be.attention(&q, &k, &v, &kcb, &vcb, &seqs, &p, &o))?;
                 let keys: usize = seqs.iter().map(|s| (s.pos0 + s.q_len) as usize).sum();
@@ -302,7 +358,13 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
                 be.add(&x, &y, n)?;
                 let got = be.read(&x)?;
                 let secs = timed(be, perf, &x, || be.add(&x, &y, n))?;
-                Ok(Out { got, want: a.iter().zip(&b).map(|(p, q)| p + q).collect(), secs, bytes: (12 * n) as f64, flops: n as f64 })
+                Ok(Out {
+                    got,
+                    want: a.iter().zip(&b).map(|(p, q)| p + q).collect(),
+                    secs,
+                    bytes: (12 * n) as f64,
+                    flops: n as f64,
+                })
             })();
             add("add", format!("n={n}"), 1e-12, res);
         }
@@ -376,7 +438,13 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
                 let mut want = base.clone();
                 r::moe(&xv, rows_, d, f, &idxv, &scv, k, &gus, &dns, &mut want);
                 let used = idxv.iter().collect::<std::collections::BTreeSet<_>>().len();
-                Ok(Out { got, want, secs, bytes: (used * 3 * d * f * dt.size()) as f64, flops: (rows_ * k * 6 * d * f) as f64 })
+                Ok(Out {
+                    got,
+                    want,
+                    secs,
+                    bytes: (used * 3 * d * f * dt.size()) as f64,
+                    flops: (rows_ * k * 6 * d * f) as f64,
+                })
             })();
             add("moe", format!("rows={rows_} d={d} f={f} experts={e} k={k} {}", dt.name()), 1e-9, res);
         }
@@ -392,7 +460,8 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
                 let ib = be.upload_u32(&ids)?;
                 let o = be.alloc(n * dim)?;
                 let secs = timed(be, perf, &o, || be.embed(&w, &ib, n, dim, &o))?;
-                let want: Vec<f32> = ids.iter().flat_map(|&i| seen[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
+                let want: Vec<f32> =
+                    ids.iter().flat_map(|&i| seen[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
                 Ok(Out { got: be.read(&o)?, want, secs, bytes: (n * dim * (4 + dt.size())) as f64, flops: 0.0 })
             })();
             if want("embed") {
@@ -407,7 +476,8 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
             let sb = be.upload_u32(&sel)?;
             let o = be.alloc(sel.len() * dim)?;
             let secs = timed(be, perf, &o, || be.gather_rows(&x, &sb, sel.len(), dim, &o))?;
-            let want: Vec<f32> = sel.iter().flat_map(|&i| xv[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
+            let want: Vec<f32> =
+                sel.iter().flat_map(|&i| xv[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
             Ok(Out { got: be.read(&o)?, want, secs, bytes: (8 * sel.len() * dim) as f64, flops: 0.0 })
         })();
         if want("gather_rows") {
@@ -419,10 +489,17 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
 
 /// The table as text: one line per row, with GB/s and GFLOP/s when timed.
 pub fn format_table(backend: &str, rows: &[RowResult]) -> String {
-    let mut s = format!("backend: {backend}\n{:<12} {:<70} {:>10} {:>8}  {:>9} {:>9} {:>9}\n", "op", "case", "nmse", "result", "us/call", "GB/s", "GFLOP/s");
+    let mut s = format!(
+        "backend: {backend}\n{:<12} {:<70} {:>10} {:>8}  {:>9} {:>9} {:>9}\n",
+        "op", "case", "nmse", "result", "us/call", "GB/s", "GFLOP/s"
+    );
     for r in rows {
         let (us, gbs, gfs) = match r.secs {
-            Some(t) => (format!("{:.1}", t * 1e6), format!("{:.2}", r.bytes / t / 1e9), if r.flops > 0.0 { format!("{:.2}", r.flops / t / 1e9) } else { "-".into() }),
+            Some(t) => (
+                format!("{:.1}", t * 1e6),
+                format!("{:.2}", r.bytes / t / 1e9),
+                if r.flops > 0.0 { format!("{:.2}", r.flops / t / 1e9) } else { "-".into() },
+            ),
             None => ("-".into(), "-".into(), "-".into()),
         };
         let verdict = match &r.error {
@@ -430,7 +507,8 @@ pub fn format_table(backend: &str, rows: &[RowResult]) -> String {
             None if r.passed() => "ok".into(),
             None => "FAIL".into(),
         };
-        s += &format!("{:<12} {:<70} {:>10.2e} {:>8}  {:>9} {:>9} {:>9}\n", r.op, r.case, r.nmse, verdict, us, gbs, gfs);
+        s +=
+            &format!("{:<12} {:<70} {:>10.2e} {:>8}  {:>9} {:>9} {:>9}\n", r.op, r.case, r.nmse, verdict, us, gbs, gfs);
     }
     let failed = rows.iter().filter(|r| !r.passed()).count();
     s += &format!("{} passed, {} failed\n", rows.len() - failed, failed);

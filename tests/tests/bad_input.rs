@@ -95,10 +95,8 @@ impl TempModel {
         let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> =
             st.tensors().into_iter().map(|(n, t)| (n, (t.dtype(), t.shape().to_vec(), t.data().to_vec()))).collect();
         f(&mut tensors);
-        let views: Vec<(String, TensorView)> = tensors
-            .iter()
-            .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-            .collect();
+        let views: Vec<(String, TensorView)> =
+            tensors.iter().map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
         safetensors::serialize_to_file(views, None, &self.file(file)).unwrap();
     }
 
@@ -204,7 +202,11 @@ fn config_truncated() {
         for cut in [1, full.len() / 3, full.len() / 2, full.len() - 3] {
             let t = TempModel::copy(fixture, "config-truncated");
             t.write("config.json", &full[..cut]);
-            assert_load_err(&format!("{fixture} config.json cut at {cut}/{}", full.len()), &t.dir, &["config.json", "not valid JSON"]);
+            assert_load_err(
+                &format!("{fixture} config.json cut at {cut}/{}", full.len()),
+                &t.dir,
+                &["config.json", "not valid JSON"],
+            );
         }
     }
 }
@@ -312,7 +314,11 @@ fn safetensors_trailing_garbage() {
     full.extend_from_slice(b"trailing bytes");
     let t = TempModel::copy("scout", "st-trailing");
     t.write("model.safetensors", &full);
-    assert_load_err("model.safetensors with trailing bytes", &t.dir, &["model.safetensors", "not a valid safetensors file"]);
+    assert_load_err(
+        "model.safetensors with trailing bytes",
+        &t.dir,
+        &["model.safetensors", "not a valid safetensors file"],
+    );
 }
 
 #[test]
@@ -378,7 +384,11 @@ fn safetensors_header_garbage() {
     for (what, bytes) in cases {
         let t = TempModel::copy("scout", "st-garbage");
         t.write("model.safetensors", &bytes);
-        assert_load_err(&format!("model.safetensors: {what}"), &t.dir, &["model.safetensors", "not a valid safetensors file"]);
+        assert_load_err(
+            &format!("model.safetensors: {what}"),
+            &t.dir,
+            &["model.safetensors", "not a valid safetensors file"],
+        );
     }
 }
 
@@ -419,7 +429,11 @@ fn index_corrupt() {
         ("no weight_map", br#"{"metadata": {}}"#.to_vec(), "weight_map"),
         ("weight_map a list", br#"{"weight_map": ["a", "b"]}"#.to_vec(), "weight_map"),
         ("file name not a string", br#"{"weight_map": {"lm_head.weight": 5}}"#.to_vec(), "lm_head.weight"),
-        ("path outside the dir", br#"{"weight_map": {"lm_head.weight": "../../etc/passwd"}}"#.to_vec(), "outside the model directory"),
+        (
+            "path outside the dir",
+            br#"{"weight_map": {"lm_head.weight": "../../etc/passwd"}}"#.to_vec(),
+            "outside the model directory",
+        ),
     ];
     for (what, bytes, want) in cases {
         let t = TempModel::copy("maverick", "index-corrupt");
@@ -492,7 +506,11 @@ fn tensor_unsupported_dtype() {
             *d = dtype;
             *data = vec![0u8; shape.iter().product::<usize>() * size];
         });
-        assert_load_err(&format!("{label} weight"), &t.dir, &[&format!("`{name}`"), "unsupported dtype", label, "model.safetensors"]);
+        assert_load_err(
+            &format!("{label} weight"),
+            &t.dir,
+            &[&format!("`{name}`"), "unsupported dtype", label, "model.safetensors"],
+        );
     }
 }
 
@@ -510,7 +528,12 @@ fn tensor_unsupported_dtype_big_weight() {
 
 #[test]
 fn required_tensor_missing() {
-    for name in ["model.norm.weight", "lm_head.weight", "model.layers.5.feed_forward.router.weight", "model.layers.7.self_attn.v_proj.weight"] {
+    for name in [
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.layers.5.feed_forward.router.weight",
+        "model.layers.7.self_attn.v_proj.weight",
+    ] {
         let t = TempModel::copy("scout", "tensor-missing");
         t.rewrite_safetensors("model.safetensors", |m| {
             m.remove(name).unwrap();
@@ -529,7 +552,11 @@ fn required_tensor_missing_from_shards() {
         m.remove(stored).unwrap();
     });
     // Reported by its logical name.
-    assert_load_err("dense down_proj dropped from its shard", &t.dir, &["`model.layers.2.feed_forward.down_proj.weight`", "missing"]);
+    assert_load_err(
+        "dense down_proj dropped from its shard",
+        &t.dir,
+        &["`model.layers.2.feed_forward.down_proj.weight`", "missing"],
+    );
 }
 
 #[test]
@@ -538,7 +565,11 @@ fn tensor_duplicated_across_shards() {
     let idx: Value = serde_json::from_slice(&t.read("model.safetensors.index.json")).unwrap();
     let stored = "language_model.model.norm.weight";
     let shard = idx["weight_map"][stored].as_str().unwrap().to_owned();
-    let other = if shard == "model-00001-of-00005.safetensors" { "model-00002-of-00005.safetensors" } else { "model-00001-of-00005.safetensors" };
+    let other = if shard == "model-00001-of-00005.safetensors" {
+        "model-00002-of-00005.safetensors"
+    } else {
+        "model-00001-of-00005.safetensors"
+    };
     // The same logical tensor, once with the multimodal prefix and once without.
     t.rewrite_safetensors(other, |m| {
         m.insert("model.norm.weight".into(), (Dtype::F32, vec![32], vec![0u8; 128]));
@@ -548,12 +579,18 @@ fn tensor_duplicated_across_shards() {
 
 #[test]
 fn hidden_size_disagrees_with_tensors() {
-    for (fixture, embed) in [("scout", "model.embed_tokens.weight"), ("maverick", "language_model.model.embed_tokens.weight")] {
+    for (fixture, embed) in
+        [("scout", "model.embed_tokens.weight"), ("maverick", "language_model.model.embed_tokens.weight")]
+    {
         let t = TempModel::copy(fixture, "hidden-size");
         t.edit_config(|c| {
             c.insert("hidden_size".into(), json!(48));
         });
-        assert_load_err(&format!("{fixture} hidden_size 48"), &t.dir, &[&format!("`{embed}`"), "[2048, 32]", "expected [2048, 48]"]);
+        assert_load_err(
+            &format!("{fixture} hidden_size 48"),
+            &t.dir,
+            &[&format!("`{embed}`"), "[2048, 32]", "expected [2048, 48]"],
+        );
     }
 }
 
@@ -563,7 +600,11 @@ fn vocab_size_disagrees_with_tensors() {
     t.edit_config(|c| {
         c.insert("vocab_size".into(), json!(4096));
     });
-    assert_load_err("guard vocab_size 4096", &t.dir, &["`language_model.model.embed_tokens.weight`", "[2048, 64]", "expected [4096, 64]"]);
+    assert_load_err(
+        "guard vocab_size 4096",
+        &t.dir,
+        &["`language_model.model.embed_tokens.weight`", "[2048, 64]", "expected [4096, 64]"],
+    );
 }
 
 #[test]
@@ -588,13 +629,25 @@ fn token_id_outside_vocabulary() {
     let m = load_ok(&fixture_dir("scout"));
     assert_eq!(m.cfg.vocab_size, 2048);
     for decode in [false, true] {
-        assert_err(&format!("id 2048 (decode={decode})"), score_rows(&m, &[vec![1, 2, 2048]], decode), &["2048", "vocabulary"]);
-        assert_err(&format!("id u32::MAX (decode={decode})"), score_rows(&m, &[vec![5], vec![u32::MAX, 3]], decode), &["4294967295", "vocabulary"]);
+        assert_err(
+            &format!("id 2048 (decode={decode})"),
+            score_rows(&m, &[vec![1, 2, 2048]], decode),
+            &["2048", "vocabulary"],
+        );
+        assert_err(
+            &format!("id u32::MAX (decode={decode})"),
+            score_rows(&m, &[vec![5], vec![u32::MAX, 3]], decode),
+            &["4294967295", "vocabulary"],
+        );
     }
     // Directly through forward, in a batch with a good sequence.
     let mut cache = m.new_cache().unwrap();
     let (a, b) = (cache.add_sequence(), cache.add_sequence());
-    assert_err("forward with id 9999", m.forward(&mut cache, &[(a, &[1, 2, 3]), (b, &[4, 9999])], Rows::All), &["9999", "vocabulary", "2048"]);
+    assert_err(
+        "forward with id 9999",
+        m.forward(&mut cache, &[(a, &[1, 2, 3]), (b, &[4, 9999])], Rows::All),
+        &["9999", "vocabulary", "2048"],
+    );
     // Nothing was cached by the failed step: the good sequence still starts at position 0.
     assert_eq!(cache.seq_len(a).unwrap(), 0);
 }
@@ -608,7 +661,11 @@ fn prompt_longer_than_context() {
     let m = load_ok(&t.dir);
     let row: Vec<u32> = (0..20).map(|i| 10 + i * 7).collect();
     for decode in [false, true] {
-        assert_err(&format!("20 tokens, context 16 (decode={decode})"), score_rows(&m, std::slice::from_ref(&row), decode), &["context", "16"]);
+        assert_err(
+            &format!("20 tokens, context 16 (decode={decode})"),
+            score_rows(&m, std::slice::from_ref(&row), decode),
+            &["context", "16"],
+        );
     }
     // Exactly the context is fine.
     score_rows(&m, &[row[..16].to_vec()], false).unwrap();
@@ -616,17 +673,29 @@ fn prompt_longer_than_context() {
     let mut cache = m.new_cache().unwrap();
     let s = cache.add_sequence();
     m.forward(&mut cache, &[(s, &row[..10])], Rows::Last).unwrap();
-    assert_err("10 cached + 7 new > 16", m.forward(&mut cache, &[(s, &row[10..17])], Rows::Last), &["17", "context", "16"]);
+    assert_err(
+        "10 cached + 7 new > 16",
+        m.forward(&mut cache, &[(s, &row[10..17])], Rows::Last),
+        &["17", "context", "16"],
+    );
 }
 
 #[test]
 fn empty_rows() {
     let m = load_ok(&fixture_dir("guard"));
     assert_err("empty row (prefill)", score_rows(&m, &[vec![]], false), &["no new tokens"]);
-    assert_err("empty row next to a good one (prefill)", score_rows(&m, &[vec![1, 2, 3], vec![]], false), &["no new tokens"]);
+    assert_err(
+        "empty row next to a good one (prefill)",
+        score_rows(&m, &[vec![1, 2, 3], vec![]], false),
+        &["no new tokens"],
+    );
     // Decoding token by token must refuse it too, not return an empty score.
     assert_err("empty row (decode)", score_rows(&m, &[vec![]], true), &["row 0", "no new tokens"]);
-    assert_err("empty row next to a good one (decode)", score_rows(&m, &[vec![1, 2, 3], vec![]], true), &["row 1", "no new tokens"]);
+    assert_err(
+        "empty row next to a good one (decode)",
+        score_rows(&m, &[vec![1, 2, 3], vec![]], true),
+        &["row 1", "no new tokens"],
+    );
     let mut cache = m.new_cache().unwrap();
     let s = cache.add_sequence();
     assert_err("forward with an empty piece", m.forward(&mut cache, &[(s, &[])], Rows::All), &["no new tokens"]);
@@ -640,7 +709,11 @@ fn unknown_sequence() {
     let mut cache = m.new_cache().unwrap();
     let s = cache.add_sequence();
     cache.remove_sequence(s);
-    assert_err("forward on a removed sequence", m.forward(&mut cache, &[(s, &[1, 2])], Rows::All), &["unknown sequence 0"]);
+    assert_err(
+        "forward on a removed sequence",
+        m.forward(&mut cache, &[(s, &[1, 2])], Rows::All),
+        &["unknown sequence 0"],
+    );
 }
 
 #[test]
@@ -652,4 +725,3 @@ fn duplicated_tensor_name_with_newline_stays_one_line() {
     });
     assert_load_err("duplicate tensor name with a newline", &t.dir, &["evil", "appears twice"]);
 }
-

@@ -16,7 +16,8 @@ const F32_TOL: f64 = 1e-4;
 const BF16_TOL: f64 = 3e-2;
 
 fn load(dir: &Path) -> Llama4<CpuBackend> {
-    Llama4::from_dir(Arc::new(CpuBackend::new()), dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    Llama4::from_dir(Arc::new(CpuBackend::new()), dir, &mut |_, _| {})
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
 fn check_logits(name: &str, tol: f64, decode: bool) {

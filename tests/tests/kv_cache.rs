@@ -24,7 +24,8 @@ fn load(name: &str) -> Llama4<CpuBackend> {
 }
 
 fn load_dir(dir: &Path) -> Llama4<CpuBackend> {
-    Llama4::from_dir(Arc::new(CpuBackend::new()), dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    Llama4::from_dir(Arc::new(CpuBackend::new()), dir, &mut |_, _| {})
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
 /// Deterministic token ids in 0..vocab (an LCG; no external randomness, so failures reproduce).
@@ -109,7 +110,11 @@ fn uneven_pieces(name: &str) {
                 let out = m.forward(&mut cache, &[(s, &row[at..at + n])], Rows::Last).unwrap();
                 at += n;
                 let e = rel_err(&out, &want[(at - 1) * v..at * v]);
-                assert!(e <= TOL, "{name} row {b} pieces {pieces:?} (Rows::Last): position {}: relative error {e:.3e}", at - 1);
+                assert!(
+                    e <= TOL,
+                    "{name} row {b} pieces {pieces:?} (Rows::Last): position {}: relative error {e:.3e}",
+                    at - 1
+                );
             }
         }
     }
@@ -182,7 +187,8 @@ fn join_and_leave(name: &str) {
                 ids[i] = Some(cache.add_sequence());
             }
         }
-        let mut live: Vec<usize> = (0..plans.len()).filter(|&i| ids[i].is_some() && next_piece[i] < plans[i].pieces.len()).collect();
+        let mut live: Vec<usize> =
+            (0..plans.len()).filter(|&i| ids[i].is_some() && next_piece[i] < plans[i].pieces.len()).collect();
         if live.is_empty() {
             if plans.iter().all(|p| p.start <= step) {
                 break;
@@ -229,8 +235,13 @@ fn join_and_leave(name: &str) {
     for (i, p) in plans.iter().enumerate() {
         assert_eq!(fed[i], p.tokens.len(), "{name}: sequence {i} not fully fed");
         let alone = prefill_alone(&m, &p.tokens);
-        let worst = check_positions(&format!("{name} sequence {i} (pieces {:?}) vs alone", p.pieces), &got[i], &alone, v);
-        eprintln!("{name} sequence {i} ({} tokens, from step {}): worst rel err vs alone {worst:.2e}", p.tokens.len(), p.start);
+        let worst =
+            check_positions(&format!("{name} sequence {i} (pieces {:?}) vs alone", p.pieces), &got[i], &alone, v);
+        eprintln!(
+            "{name} sequence {i} ({} tokens, from step {}): worst rel err vs alone {worst:.2e}",
+            p.tokens.len(),
+            p.start
+        );
         if let Some(want) = &p.reference {
             check_positions(&format!("{name} sequence {i} vs transformers"), &got[i], want, v);
         }
@@ -260,7 +271,8 @@ fn long_decode(name: &str, seqs: &[(usize, usize, usize)]) {
     let m = load(name);
     let v = m.cfg.vocab_size;
     let chunk = m.cfg.attention_chunk_size;
-    let rows: Vec<Vec<u32>> = seqs.iter().enumerate().map(|(i, &(_, len, _))| random_ids(100 + i as u64, len, v)).collect();
+    let rows: Vec<Vec<u32>> =
+        seqs.iter().enumerate().map(|(i, &(_, len, _))| random_ids(100 + i as u64, len, v)).collect();
     let mut cache = m.new_cache().unwrap();
     let mut ids: Vec<Option<SeqId>> = vec![None; seqs.len()];
     let mut fed = vec![0usize; seqs.len()];
@@ -280,7 +292,8 @@ fn long_decode(name: &str, seqs: &[(usize, usize, usize)]) {
         }
         // The first step of a sequence is its prefill, every later one a single token.
         let take: Vec<usize> = live.iter().map(|&i| if fed[i] == 0 { seqs[i].2.max(1) } else { 1 }).collect();
-        let batch: Vec<(SeqId, &[u32])> = live.iter().zip(&take).map(|(&i, &n)| (ids[i].unwrap(), &rows[i][fed[i]..fed[i] + n])).collect();
+        let batch: Vec<(SeqId, &[u32])> =
+            live.iter().zip(&take).map(|(&i, &n)| (ids[i].unwrap(), &rows[i][fed[i]..fed[i] + n])).collect();
         let out = m.forward(&mut cache, &batch, Rows::All).unwrap();
         let mut off = 0;
         for (&i, &n) in live.iter().zip(&take) {
@@ -291,7 +304,11 @@ fn long_decode(name: &str, seqs: &[(usize, usize, usize)]) {
     }
     for (i, row) in rows.iter().enumerate() {
         let alone = prefill_alone(&m, row);
-        let label = format!("{name} (chunk {chunk:?}) sequence {i} of {} tokens, decoded after a prefill of {}", row.len(), seqs[i].2.max(1));
+        let label = format!(
+            "{name} (chunk {chunk:?}) sequence {i} of {} tokens, decoded after a prefill of {}",
+            row.len(),
+            seqs[i].2.max(1)
+        );
         let worst = check_positions(&label, &got[i], &alone, v);
         eprintln!("{label}: worst rel err {worst:.2e}");
     }
@@ -345,7 +362,9 @@ fn chunked_layers_stop_growing() {
         let (full, chunked, slot) = layout(&m);
         assert!(full > 0 && chunked > 0, "{name}: needs both layer kinds");
         let (b40, b80) = (bytes_after_prefill(&m, 40, 1), bytes_after_prefill(&m, 80, 2));
-        eprintln!("{name}: {full} full + {chunked} chunked layers, {slot} B/slot: 40 tokens {b40} B, 80 tokens {b80} B");
+        eprintln!(
+            "{name}: {full} full + {chunked} chunked layers, {slot} B/slot: 40 tokens {b40} B, 80 tokens {b80} B"
+        );
         // The difference is exactly the full layers' share of 40 more tokens.
         assert_eq!(b80 - b40, full * 40 * slot, "{name}: 80-token cache minus 40-token cache");
         // And the totals: full layers hold every token, chunked layers one chunk.
@@ -370,11 +389,16 @@ fn chunked_layers_stop_growing_while_decoding() {
         let b = cache.bytes();
         if n >= c {
             // Whatever the full layers hold, the chunked layers hold exactly one chunk.
-            let rest = b.checked_sub(chunked * c * slot).unwrap_or_else(|| panic!("{n} tokens: {b} B is less than the chunked share"));
+            let rest = b
+                .checked_sub(chunked * c * slot)
+                .unwrap_or_else(|| panic!("{n} tokens: {b} B is less than the chunked share"));
             assert_eq!(rest % (full * slot), 0, "{n} tokens: {b} B is not chunked share + whole full-layer slots");
             let full_slots = rest / (full * slot);
             assert!(full_slots >= n, "{n} tokens: full layers hold {full_slots} slots, fewer than the history");
-            assert!(full_slots < 2 * n + 16, "{n} tokens: full layers hold {full_slots} slots, more than doubling needs");
+            assert!(
+                full_slots < 2 * n + 16,
+                "{n} tokens: full layers hold {full_slots} slots, more than doubling needs"
+            );
             assert!(full_slots >= last_full_slots, "{n} tokens: full layers shrank");
             last_full_slots = full_slots;
         }

@@ -26,15 +26,7 @@ pub(super) fn strftime_now(fmt: String) -> String {
 
 /// A small C/Python `strftime` over a UTC Unix time (the codes chat templates use).
 pub fn strftime(fmt: &str, unix_secs: i64) -> String {
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
+    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
     const MONTHS: [&str; 12] = [
         "January",
         "February",
@@ -103,11 +95,7 @@ pub fn strftime(fmt: &str, unix_secs: i64) -> String {
 // ---------------------------------------------------------------------------------------------
 // tojson: Python's json.dumps(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
 
-pub(super) fn tojson(
-    value: JValue,
-    indent: Option<JValue>,
-    kwargs: Kwargs,
-) -> std::result::Result<JValue, JError> {
+pub(super) fn tojson(value: JValue, indent: Option<JValue>, kwargs: Kwargs) -> std::result::Result<JValue, JError> {
     let indent = match indent {
         Some(v) => Some(v),
         None => kwargs.get::<Option<JValue>>("indent")?,
@@ -118,45 +106,23 @@ pub(super) fn tojson(
         Some(v) => match (v.as_str(), v.as_i64()) {
             (Some(s), _) => Some(s.to_string()),
             (None, Some(n)) => Some(" ".repeat(n.max(0) as usize)),
-            _ => {
-                return Err(JError::new(
-                    ErrorKind::InvalidOperation,
-                    "tojson: indent must be an int or a string",
-                ))
-            }
+            _ => return Err(JError::new(ErrorKind::InvalidOperation, "tojson: indent must be an int or a string")),
         },
     };
     let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
     let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
     let (item_sep, key_sep) = match kwargs.get::<Option<JValue>>("separators")? {
         Some(v) if !v.is_none() => {
-            let parts: Vec<String> = v
-                .try_iter()?
-                .map(|p| p.as_str().unwrap_or_default().to_string())
-                .collect();
+            let parts: Vec<String> = v.try_iter()?.map(|p| p.as_str().unwrap_or_default().to_string()).collect();
             match parts.as_slice() {
                 [a, b] => (a.clone(), b.clone()),
-                _ => {
-                    return Err(JError::new(
-                        ErrorKind::InvalidOperation,
-                        "tojson: separators must be a pair",
-                    ))
-                }
+                _ => return Err(JError::new(ErrorKind::InvalidOperation, "tojson: separators must be a pair")),
             }
         }
-        _ => (
-            if indent.is_some() { "," } else { ", " }.to_string(),
-            ": ".to_string(),
-        ),
+        _ => (if indent.is_some() { "," } else { ", " }.to_string(), ": ".to_string()),
     };
     kwargs.assert_all_used()?;
-    let opts = JsonOpts {
-        indent,
-        item_sep,
-        key_sep,
-        ensure_ascii,
-        sort_keys,
-    };
+    let opts = JsonOpts { indent, item_sep, key_sep, ensure_ascii, sort_keys };
     let mut out = String::new();
     write_json(&value, &opts, 0, &mut out)?;
     Ok(JValue::from(out))
@@ -170,12 +136,7 @@ struct JsonOpts {
     sort_keys: bool,
 }
 
-fn write_json(
-    v: &JValue,
-    o: &JsonOpts,
-    level: usize,
-    out: &mut String,
-) -> std::result::Result<(), JError> {
+fn write_json(v: &JValue, o: &JsonOpts, level: usize, out: &mut String) -> std::result::Result<(), JError> {
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -207,9 +168,7 @@ fn write_json(
         }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<JValue> = v.try_iter()?.collect();
-            write_container(out, '[', ']', items.len(), o, level, |i, out| {
-                write_json(&items[i], o, level + 1, out)
-            })?;
+            write_container(out, '[', ']', items.len(), o, level, |i, out| write_json(&items[i], o, level + 1, out))?;
         }
         kind => {
             return Err(JError::new(
@@ -304,16 +263,8 @@ fn py_float(x: f64) -> String {
             format!("{sign}0.{}{digits}", "0".repeat((-exp - 1) as usize))
         }
     } else {
-        let m = if digits.len() > 1 {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        } else {
-            digits
-        };
-        format!(
-            "{sign}{m}e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        )
+        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
+        format!("{sign}{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
     }
 }
 
@@ -347,10 +298,7 @@ mod tests {
     fn strftime_matches_python() {
         assert_eq!(strftime("%d %b %Y", 1_721_952_000), "26 Jul 2024");
         assert_eq!(
-            strftime(
-                "%a %A %b %B %d %e %H %I %M %S %p %y %Y %j %m %%",
-                951_782_400 + 3723
-            ),
+            strftime("%a %A %b %B %d %e %H %I %M %S %p %y %Y %j %m %%", 951_782_400 + 3723),
             "Tue Tuesday Feb February 29 29 01 01 02 03 AM 00 2000 060 02 %"
         );
     }

@@ -22,7 +22,11 @@ fn check_seq(s: &AttnSeq, rows: usize, slots: usize, chunk: Option<usize>) -> Re
         None => 0,
     };
     if (s.pos0 as usize).saturating_sub(oldest_needed) > s.slot_cap as usize {
-        return bad(format!("cache region of {} slots cannot hold the {} visible cached keys", s.slot_cap, s.pos0 as usize - oldest_needed));
+        return bad(format!(
+            "cache region of {} slots cannot hold the {} visible cached keys",
+            s.slot_cap,
+            s.pos0 as usize - oldest_needed
+        ));
     }
     Ok(())
 }

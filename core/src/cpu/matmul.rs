@@ -21,6 +21,9 @@ fn bf16_to_f32(b: u16) -> f32 {
 }
 
 impl WView<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     pub fn len(&self) -> usize {
         match self {
             WView::F32(s) => s.len(),
@@ -147,7 +150,22 @@ pub fn linear(x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32
         // stride k), and the output block is columns n0..n0+nb of the m×n matrix `out` (row stride n), which
         // no other task writes. All extents are within the slices checked above.
         unsafe {
-            matrixmultiply::sgemm(m, k, nb, 1.0, x.as_ptr(), k as isize, 1, wb.as_ptr(), 1, k as isize, 0.0, p.0.add(n0), n as isize, 1);
+            matrixmultiply::sgemm(
+                m,
+                k,
+                nb,
+                1.0,
+                x.as_ptr(),
+                k as isize,
+                1,
+                wb.as_ptr(),
+                1,
+                k as isize,
+                0.0,
+                p.0.add(n0),
+                n as isize,
+                1,
+            );
         }
     });
 }
@@ -202,7 +220,22 @@ pub fn xw_acc(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize, 
             // debug assertion on w.len() above and by the callers' shape checks); the output block is columns
             // n0..n0+nb of the m×n matrix `out`, written (accumulated, beta = 1) by this task alone.
             unsafe {
-                matrixmultiply::sgemm(m, k, nb, 1.0, x.as_ptr(), k as isize, 1, wp, rs as isize, 1, 1.0, p.0.add(n0), n as isize, 1);
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    nb,
+                    1.0,
+                    x.as_ptr(),
+                    k as isize,
+                    1,
+                    wp,
+                    rs as isize,
+                    1,
+                    1.0,
+                    p.0.add(n0),
+                    n as isize,
+                    1,
+                );
             }
         }
     });

@@ -149,7 +149,7 @@ impl Backend for CpuBackend {
         let (start, end) = t.range();
         let align = t.dtype.size();
         let ptr = t.bytes().as_ptr() as usize;
-        let bytes = if ptr % align == 0 {
+        let bytes = if ptr.is_multiple_of(align) {
             WeightBytes::Mapped { file: t.file().clone(), start, end }
         } else {
             let b = t.bytes();
@@ -164,7 +164,15 @@ impl Backend for CpuBackend {
         elementwise::embed(table, &ids.u32()?, n, dim, &mut out.f32_mut()?)
     }
 
-    fn rms_norm(&self, x: &CpuBuffer, weight: Option<&CpuWeight>, rows: usize, dim: usize, eps: f32, out: &CpuBuffer) -> Result<()> {
+    fn rms_norm(
+        &self,
+        x: &CpuBuffer,
+        weight: Option<&CpuWeight>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &CpuBuffer,
+    ) -> Result<()> {
         let w = weight.map(|w| w.view());
         if std::ptr::eq(x, out) {
             let mut o = out.f32_mut()?;
@@ -175,7 +183,9 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &CpuBuffer, m: usize, w: &CpuWeight, out: &CpuBuffer) -> Result<()> {
-        let [n, k] = w.shape[..] else { return Err(err(format!("matmul: weight has shape {:?}, expected 2 dims", w.shape))) };
+        let [n, k] = w.shape[..] else {
+            return Err(err(format!("matmul: weight has shape {:?}, expected 2 dims", w.shape)));
+        };
         let x = x.f32()?;
         let mut o = out.f32_mut()?;
         need("matmul x", x.len(), m * k)?;
@@ -184,7 +194,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope(&self, x: &CpuBuffer, rows: usize, heads: usize, head_dim: usize, positions: &CpuBuffer, inv_freq: &CpuBuffer) -> Result<()> {
+    fn rope(
+        &self,
+        x: &CpuBuffer,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        positions: &CpuBuffer,
+        inv_freq: &CpuBuffer,
+    ) -> Result<()> {
         rope::rope(&mut x.f32_mut()?, rows, heads, head_dim, &positions.u32()?, &inv_freq.f32()?)
     }
 
@@ -199,10 +217,27 @@ impl Backend for CpuBackend {
         p: &AttnParams,
         out: &CpuBuffer,
     ) -> Result<()> {
-        attention::attention(&q.f32()?, &k_new.f32()?, &v_new.f32()?, &k_cache.f32()?, &v_cache.f32()?, seqs, p, &mut out.f32_mut()?)
+        attention::attention(
+            &q.f32()?,
+            &k_new.f32()?,
+            &v_new.f32()?,
+            &k_cache.f32()?,
+            &v_cache.f32()?,
+            seqs,
+            p,
+            &mut out.f32_mut()?,
+        )
     }
 
-    fn kv_store(&self, k_new: &CpuBuffer, v_new: &CpuBuffer, k_cache: &CpuBuffer, v_cache: &CpuBuffer, seqs: &[AttnSeq], kv_dim: usize) -> Result<()> {
+    fn kv_store(
+        &self,
+        k_new: &CpuBuffer,
+        v_new: &CpuBuffer,
+        k_cache: &CpuBuffer,
+        v_cache: &CpuBuffer,
+        seqs: &[AttnSeq],
+        kv_dim: usize,
+    ) -> Result<()> {
         attention::kv_store(&k_new.f32()?, &mut k_cache.f32_mut()?, seqs, kv_dim)?;
         attention::kv_store(&v_new.f32()?, &mut v_cache.f32_mut()?, seqs, kv_dim)
     }
@@ -221,7 +256,15 @@ impl Backend for CpuBackend {
         elementwise::silu_mul(&mut gate.f32_mut()?, &up.f32()?, n)
     }
 
-    fn router_topk(&self, logits: &CpuBuffer, rows: usize, n_experts: usize, k: usize, idx: &CpuBuffer, score: &CpuBuffer) -> Result<()> {
+    fn router_topk(
+        &self,
+        logits: &CpuBuffer,
+        rows: usize,
+        n_experts: usize,
+        k: usize,
+        idx: &CpuBuffer,
+        score: &CpuBuffer,
+    ) -> Result<()> {
         moe::router_topk(&logits.f32()?, rows, n_experts, k, &mut idx.u32_mut()?, &mut score.f32_mut()?)
     }
 

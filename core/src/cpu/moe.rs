@@ -27,7 +27,16 @@ pub fn router_topk(logits: &[f32], rows: usize, e: usize, k: usize, idx: &mut [u
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn moe(x: &[f32], rows: usize, idx: &[u32], score: &[f32], k: usize, gate_up: &CpuWeight, down: &CpuWeight, out: &mut [f32]) -> Result<()> {
+pub fn moe(
+    x: &[f32],
+    rows: usize,
+    idx: &[u32],
+    score: &[f32],
+    k: usize,
+    gate_up: &CpuWeight,
+    down: &CpuWeight,
+    out: &mut [f32],
+) -> Result<()> {
     let bad = |m: String| HerdError::Backend { backend: "cpu".into(), msg: format!("moe: {m}") };
     let [e, d, f2] = gate_up.shape[..] else { return Err(bad(format!("gate_up has shape {:?}", gate_up.shape))) };
     let f = f2 / 2;

@@ -40,7 +40,10 @@ pub fn rms_norm(x: &[f32], w: Option<WView>, rows: usize, dim: usize, eps: f32, 
     need("rms_norm x", x.len(), rows * dim)?;
     need("rms_norm out", out.len(), rows * dim)?;
     let w = weight_f32(w, dim)?;
-    out[..rows * dim].par_chunks_mut(dim).zip(x[..rows * dim].par_chunks(dim)).for_each(|(y, x)| norm_row(x, w.as_deref(), eps, y));
+    out[..rows * dim]
+        .par_chunks_mut(dim)
+        .zip(x[..rows * dim].par_chunks(dim))
+        .for_each(|(y, x)| norm_row(x, w.as_deref(), eps, y));
     Ok(())
 }
 

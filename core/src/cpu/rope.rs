@@ -6,17 +6,27 @@ use rayon::prelude::*;
 use super::need;
 use crate::error::Result;
 
-pub fn rope(x: &mut [f32], rows: usize, heads: usize, head_dim: usize, positions: &[u32], inv_freq: &[f32]) -> Result<()> {
+pub fn rope(
+    x: &mut [f32],
+    rows: usize,
+    heads: usize,
+    head_dim: usize,
+    positions: &[u32],
+    inv_freq: &[f32],
+) -> Result<()> {
     let row = heads * head_dim;
     need("rope x", x.len(), rows * row)?;
     need("rope positions", positions.len(), rows)?;
     need("rope inv_freq", inv_freq.len(), head_dim / 2)?;
     x[..rows * row].par_chunks_mut(row).zip(&positions[..rows]).for_each(|(xr, &p)| {
         let p = p as f32;
-        let cs: Vec<(f32, f32)> = inv_freq[..head_dim / 2].iter().map(|&f| {
-            let a = p * f;
-            (a.cos(), a.sin())
-        }).collect();
+        let cs: Vec<(f32, f32)> = inv_freq[..head_dim / 2]
+            .iter()
+            .map(|&f| {
+                let a = p * f;
+                (a.cos(), a.sin())
+            })
+            .collect();
         for h in xr.chunks_mut(head_dim) {
             for (pair, &(c, s)) in h.chunks_exact_mut(2).zip(&cs) {
                 let (a, b) = (pair[0], pair[1]);

@@ -18,7 +18,12 @@ pub(super) struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     fn load(be: &B, ck: &Checkpoint, prefix: &str, d: usize, width: usize) -> Result<Self> {
         let w = |n: &str, shape: &[usize]| be.load_weight(ck.get_shaped(&format!("{prefix}{n}.weight"), shape)?);
-        Ok(Mlp { gate: w("gate_proj", &[width, d])?, up: w("up_proj", &[width, d])?, down: w("down_proj", &[d, width])?, width })
+        Ok(Mlp {
+            gate: w("gate_proj", &[width, d])?,
+            up: w("up_proj", &[width, d])?,
+            down: w("down_proj", &[d, width])?,
+            width,
+        })
     }
 
     /// s.a → s.o

@@ -61,12 +61,21 @@ pub(crate) struct Scratch<B: Backend> {
 impl<B: Backend> Llama4<B> {
     /// Uploads every text tensor of `ck` to `backend`, checking names and shapes against `cfg`.
     /// `progress(done, total)` is called after each layer.
-    pub fn load(backend: Arc<B>, ck: &Checkpoint, cfg: &TextConfig, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+    pub fn load(
+        backend: Arc<B>,
+        ck: &Checkpoint,
+        cfg: &TextConfig,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let (d, v) = (cfg.hidden_size, cfg.vocab_size);
         let w = |name: &str, shape: &[usize]| backend.load_weight(ck.get_shaped(name, shape)?);
         let embed = w("model.embed_tokens.weight", &[v, d])?;
         let norm = w("model.norm.weight", &[d])?;
-        let lm_head = if ck.contains("lm_head.weight") || !cfg.tie_word_embeddings { Some(w("lm_head.weight", &[v, d])?) } else { None };
+        let lm_head = if ck.contains("lm_head.weight") || !cfg.tie_word_embeddings {
+            Some(w("lm_head.weight", &[v, d])?)
+        } else {
+            None
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let total = cfg.num_hidden_layers;
         for i in 0..total {
@@ -141,7 +150,8 @@ impl<B: Backend> Llama4<B> {
         let grow: Vec<(SeqId, usize)> = plan.iter().map(|&(id, _, n)| (id, n)).collect();
         cache.reserve(be, &grow)?;
 
-        let ffn_width = cfg.intermediate_size.max(if cfg.moe_layers.iter().any(|&m| !m) { cfg.intermediate_size_mlp } else { 0 });
+        let ffn_width =
+            cfg.intermediate_size.max(if cfg.moe_layers.iter().any(|&m| !m) { cfg.intermediate_size_mlp } else { 0 });
         let kk = cfg.num_experts_per_tok.max(1);
         let s = Scratch::<B> {
             a: be.alloc(t * d)?,
