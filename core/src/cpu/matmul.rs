@@ -48,8 +48,11 @@ impl WView<'_> {
     }
 }
 
-/// Rows at or below this count take the streaming (GEMV-like) path.
+/// Rows at or below this count take the streaming (GEMV-like) path in `linear`.
 const SMALL_M: usize = 4;
+/// The same for `xw_acc`: an expert sees few rows even in a prefill (T·k/E), and streaming each weight
+/// row once beats packing the block for the sgemm kernel up to about this many.
+const SMALL_M_XW: usize = 16;
 
 #[inline]
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -181,15 +184,23 @@ pub fn xw_acc(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize, 
         let n0 = b * NB;
         let nb = NB.min(n - n0);
         let p = ptr;
-        if m <= SMALL_M {
+        if m <= SMALL_M_XW {
             let mut acc = vec![0f32; m * nb];
-            let mut row = vec![0f32; nb];
+            let mut conv = vec![0f32; nb];
             for kk in 0..k {
-                w.to_f32(w_off + kk * ld + n0, &mut row);
+                let start = w_off + kk * ld + n0;
+                // f32 rows are read in place; other formats are converted one row at a time.
+                let row: &[f32] = match w {
+                    WView::F32(s) => &s[start..start + nb],
+                    _ => {
+                        w.to_f32(start, &mut conv);
+                        &conv
+                    }
+                };
                 for r in 0..m {
                     let xv = x[r * k + kk];
                     if xv != 0.0 {
-                        for (a, &wv) in acc[r * nb..(r + 1) * nb].iter_mut().zip(&row) {
+                        for (a, &wv) in acc[r * nb..(r + 1) * nb].iter_mut().zip(row) {
                             *a += xv * wv;
                         }
                     }
@@ -291,7 +302,7 @@ mod tests {
 
     #[test]
     fn xw_acc_matches_naive_with_stride_and_offset() {
-        for &(m, k, n) in &[(1, 9, 5), (2, 16, 130), (9, 31, 200)] {
+        for &(m, k, n) in &[(1, 9, 5), (2, 16, 130), (9, 31, 200), (20, 31, 200)] {
             let ld = n + 7;
             let off = 3;
             let x = rnd(m * k, 3);
