@@ -318,12 +318,18 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
                 let o = be.alloc(rows_ * h * d)?;
                 let secs = timed(be, perf, &o, || be.attention(&q, &k, &v, &kcb, &vcb, &seqs, &p, &o))?;
                 let keys: usize = seqs.iter().map(|s| (s.pos0 + s.q_len) as usize).sum();
+                // Keys each query sees (causal, and inside its chunk): the work is 4·d flops per (query head, key).
+                let visible: usize = seqs
+                    .iter()
+                    .flat_map(|s| (0..s.q_len as usize).map(move |t| s.pos0 as usize + t))
+                    .map(|i| i - chunk.map_or(0, |c| i / c * c) + 1)
+                    .sum();
                 Ok(Out {
                     got: be.read(&o)?,
                     want: r::attention(&qv, &hist_k, &hist_v, &seqs, &p),
                     secs,
                     bytes: (4 * (2 * rows_ * h * d + 2 * keys * kvrow)) as f64,
-                    flops: (4 * keys * h * d) as f64,
+                    flops: (4 * visible * h * d) as f64,
                 })
             })();
             if want("attention") {
