@@ -66,6 +66,8 @@ impl TensorRef {
 /// All tensors of a checkpoint by logical name.
 pub struct Checkpoint {
     tensors: HashMap<String, TensorRef>,
+    /// Tensors in a format herd cannot compute with: logical name → (stored name, message).
+    unsupported: HashMap<String, (String, String)>,
     /// Where the tensors came from, for messages.
     pub source: String,
 }
@@ -116,7 +118,7 @@ impl Checkpoint {
             }
             return Err(HerdError::bad_file(dir, format!("no {SINGLE} or {INDEX} in the model directory")));
         };
-        let mut ck = Checkpoint { tensors: HashMap::new(), source: dir.display().to_string() };
+        let mut ck = Checkpoint { tensors: HashMap::new(), unsupported: HashMap::new(), source: dir.display().to_string() };
         for path in files {
             let file = std::fs::File::open(&path).map_err(|e| HerdError::io(&path, e))?;
             // SAFETY: the mapping is read-only; herd never writes model files while they are mapped. A file
@@ -129,7 +131,7 @@ impl Checkpoint {
 
     /// A checkpoint from in-memory safetensors files (the built-in demo model, the browser).
     pub fn from_bytes(files: Vec<(String, FileBytes)>) -> Result<Self> {
-        let mut ck = Checkpoint { tensors: HashMap::new(), source: "<memory>".into() };
+        let mut ck = Checkpoint { tensors: HashMap::new(), unsupported: HashMap::new(), source: "<memory>".into() };
         for (name, bytes) in files {
             ck.add_file(&name, bytes)?;
         }
@@ -143,12 +145,14 @@ impl Checkpoint {
         })?;
         let base = 8 + n;
         for (name, info) in meta.tensors() {
-            let dtype = DType::from_safetensors(info.dtype).ok_or_else(|| {
-                HerdError::tensor(
-                    &name,
-                    format!("in {path}: unsupported dtype {:?} (herd reads F32, BF16, F16)", info.dtype),
-                )
-            })?;
+            let logical = logical_name(&name).to_owned();
+            let Some(dtype) = DType::from_safetensors(info.dtype) else {
+                // Reported when (and only if) the model asks for it: a checkpoint may carry tensors herd
+                // does not use in a format it cannot compute with.
+                let msg = format!("in {path}: unsupported dtype {:?} (herd reads F32, BF16, F16)", info.dtype);
+                self.unsupported.insert(logical, (name.clone(), msg));
+                continue;
+            };
             let (s, e) = info.data_offsets;
             let numel: usize = info.shape.iter().product();
             if e - s != numel * dtype.size() {
@@ -157,7 +161,6 @@ impl Checkpoint {
                     format!("in {path}: {} bytes for shape {:?} of {}", e - s, info.shape, dtype.name()),
                 ));
             }
-            let logical = logical_name(&name).to_owned();
             let t = TensorRef {
                 name: name.clone(),
                 dtype,
@@ -178,6 +181,9 @@ impl Checkpoint {
 
     /// A tensor by logical name.
     pub fn get(&self, name: &str) -> Result<&TensorRef> {
+        if let Some((stored, msg)) = self.unsupported.get(name) {
+            return Err(HerdError::tensor(stored, msg.clone()));
+        }
         self.tensors
             .get(name)
             .ok_or_else(|| HerdError::tensor(name, format!("missing from the checkpoint in {}", self.source)))
@@ -196,7 +202,7 @@ impl Checkpoint {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.unsupported.contains_key(name)
     }
 
     /// All tensors (logical name → tensor).
