@@ -449,3 +449,43 @@ fn fixtures_are_what_these_tests_assume() {
         assert!(load(name).cfg.max_position_embeddings >= 150, "{name}");
     }
 }
+
+/// A chat session feeds only what a new turn adds: generating after a conversation whose prefix is already
+/// cached gives the same ids as a fresh session fed the whole conversation, and the cache holds exactly
+/// the conversation's ids.
+#[test]
+fn session_reuses_the_cached_prefix_across_turns() {
+    use herd_core::generate::{GenerateParams, Session};
+    use herd_core::sampling::{Sampler, SamplingParams};
+    let r = herd_conformance::Reference::load("scout");
+    let m = herd_core::model::Llama4::from_dir(
+        std::sync::Arc::new(herd_core::cpu::CpuBackend::new()),
+        &herd_conformance::fixture_dir("scout"),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let params = GenerateParams { max_tokens: 6, sampling: SamplingParams::default(), stop_ids: vec![] };
+    let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
+    let turn1: Vec<u32> = r.input_ids[0].clone();
+    let mut s = Session::new(&m).unwrap();
+    let (out1, st1) = s.generate(&m, &turn1, &params, &mut sampler, &mut |_| true).unwrap();
+    assert_eq!(st1.prompt_tokens, turn1.len());
+    // transformers' greedy continuation of the same prompt.
+    assert_eq!(out1, r.greedy_ids[0][..6].to_vec());
+    // Turn 2: the conversation so far, plus new user tokens.
+    let mut turn2 = turn1.clone();
+    turn2.extend(&out1);
+    turn2.extend(&r.input_ids[1][..5]);
+    let (out2, st2) = s.generate(&m, &turn2, &params, &mut sampler, &mut |_| true).unwrap();
+    // Only the last generated id (never fed) and the new tokens were fed.
+    assert_eq!(st2.prompt_tokens, 1 + 5);
+    let mut fresh = Session::new(&m).unwrap();
+    let (want2, st_fresh) = fresh.generate(&m, &turn2, &params, &mut sampler, &mut |_| true).unwrap();
+    assert_eq!(st_fresh.prompt_tokens, turn2.len());
+    assert_eq!(out2, want2);
+    // A conversation that does not extend the cached one starts over.
+    let other: Vec<u32> = r.input_ids[1].clone();
+    let (_, st3) = s.generate(&m, &other, &params, &mut sampler, &mut |_| true).unwrap();
+    assert_eq!(st3.prompt_tokens, other.len());
+    assert_eq!(&s.cached()[..other.len()], &other[..]);
+}
