@@ -118,7 +118,8 @@ impl Checkpoint {
             }
             return Err(HerdError::bad_file(dir, format!("no {SINGLE} or {INDEX} in the model directory")));
         };
-        let mut ck = Checkpoint { tensors: HashMap::new(), unsupported: HashMap::new(), source: dir.display().to_string() };
+        let mut ck =
+            Checkpoint { tensors: HashMap::new(), unsupported: HashMap::new(), source: dir.display().to_string() };
         for path in files {
             let file = std::fs::File::open(&path).map_err(|e| HerdError::io(&path, e))?;
             // SAFETY: the mapping is read-only; herd never writes model files while they are mapped. A file

@@ -31,7 +31,7 @@ enum Cmd {
     /// Generate text from a prompt, streamed to stdout (speeds to stderr).
     Run(RunArgs),
     /// Interactive multi-turn chat in the terminal.
-    Chat(ChatArgs),
+    Chat(TextArgs),
     /// Describe a model: layers, heads, experts, parameters, bytes, KV cache per token.
     Inspect(ModelArg),
     /// Logits for each row of `input_ids` in a safetensors file.
@@ -82,17 +82,12 @@ pub struct SamplingArgs {
     seed: Option<u64>,
 }
 
+/// What `run` and `chat` share.
 #[derive(Args)]
-struct RunArgs {
+struct TextArgs {
     #[command(flatten)]
     model: ModelArg,
-    /// The prompt.
-    #[arg(long)]
-    prompt: String,
-    /// Wrap the prompt in the model's chat template as a user message.
-    #[arg(long)]
-    chat: bool,
-    /// System message (with --chat).
+    /// System message (for `run`, implies --chat).
     #[arg(long)]
     system: Option<String>,
     #[command(flatten)]
@@ -102,16 +97,15 @@ struct RunArgs {
 }
 
 #[derive(Args)]
-struct ChatArgs {
-    #[command(flatten)]
-    model: ModelArg,
-    /// System message.
+struct RunArgs {
+    /// The prompt.
     #[arg(long)]
-    system: Option<String>,
+    prompt: String,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
     #[command(flatten)]
-    sampling: SamplingArgs,
-    #[command(flatten)]
-    backend: BackendArg,
+    text: TextArgs,
 }
 
 #[derive(Args)]
@@ -211,20 +205,25 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Run(a) => with_backend!(a.backend.backend, |b| text::run(
-            b,
-            &ModelFiles::new(a.model.model),
-            &a.prompt,
-            a.chat,
-            a.system.as_deref(),
-            &a.sampling
-        )),
-        Cmd::Chat(a) => with_backend!(a.backend.backend, |b| text::chat(
-            b,
-            &ModelFiles::new(a.model.model),
-            a.system.as_deref(),
-            &a.sampling
-        )),
+        Cmd::Run(a) => {
+            let t = a.text;
+            with_backend!(t.backend.backend, |b| text::run(
+                b,
+                &ModelFiles::new(t.model.model),
+                &a.prompt,
+                a.chat,
+                t.system.as_deref(),
+                &t.sampling
+            ))
+        }
+        Cmd::Chat(t) => {
+            with_backend!(t.backend.backend, |b| text::chat(
+                b,
+                &ModelFiles::new(t.model.model),
+                t.system.as_deref(),
+                &t.sampling
+            ))
+        }
         Cmd::Inspect(a) => inspect::inspect(&ModelFiles::new(a.model)),
         Cmd::Logits(a) => {
             with_backend!(a.backend.backend, |b| ids_io::logits(b, &a.model, &a.input, &a.output, a.decode))

@@ -76,7 +76,7 @@ pub fn run<B: Backend>(
 ) -> Result<()> {
     let tok = files.tokenizer()?;
     let params = GenerateParams { max_tokens: a.max_tokens, sampling: sampling(files, a)?, stop_ids: vec![] };
-    let ids = if chat {
+    let ids = if chat || system.is_some() {
         let tmpl = files.chat_template()?;
         let mut msgs = Vec::new();
         if let Some(s) = system {
