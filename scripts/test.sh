@@ -9,8 +9,23 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# The CPU reference backend and the golden tests need nothing beyond cargo: the fixtures made by
-# transformers are committed under tests/fixtures (regenerate with tests/tools/make_fixtures.py).
+# The wgpu backend's tests run on a real Vulkan device: Mesa's lavapipe (a CPU implementation) when the
+# machine has no GPU. Install it when missing; with it present a missing adapter fails the tests.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing mesa-vulkan-drivers (lavapipe) for the wgpu tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+    fi
+fi
+if ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
+    export HERD_REQUIRE_WGPU=1
+else
+    echo "warning: no Vulkan driver could be installed: the wgpu tests will report NOT RUN" >&2
+fi
+
+# The fixtures made by transformers are committed under tests/fixtures (regenerate them with
+# tests/tools/make_fixtures.py), so the tests need no Python.
 cargo build --workspace --all-targets --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -138,7 +138,8 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
 
     /// Writes the new keys/values of every sequence into its cache region: row `q_start + t` goes to slot
-    /// `slot_base + (pos0 + t) % slot_cap`. `kv_dim` = n_kv_heads · head_dim.
+    /// `slot_base + (pos0 + t) % slot_cap` (a step longer than its ring region leaves that region holding its
+    /// last `slot_cap` tokens). `kv_dim` = n_kv_heads · head_dim.
     fn kv_store(
         &self,
         k_new: &Self::Buffer,

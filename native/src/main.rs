@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use herd_core::cpu::CpuBackend;
+use herd_wgpu::WgpuBackend;
 
 use files::ModelFiles;
 
@@ -51,7 +52,7 @@ struct ModelArg {
 
 #[derive(Args)]
 struct BackendArg {
-    /// Compute backend.
+    /// Compute backend: cpu, wgpu, or auto (a hardware GPU through wgpu if there is one, else cpu).
     #[arg(long, default_value = "cpu")]
     backend: String,
 }
@@ -164,16 +165,48 @@ pub struct BenchArgs {
     backend: BackendArg,
 }
 
+/// The backend a run uses.
+enum Chosen {
+    Cpu,
+    Wgpu(Box<WgpuBackend>),
+}
+
+/// `cpu`, `wgpu`, or `auto`: a hardware GPU through wgpu when there is one, else the CPU (said on stderr).
+fn choose_backend(name: &str) -> Result<Chosen> {
+    match name {
+        "cpu" => Ok(Chosen::Cpu),
+        "wgpu" => Ok(Chosen::Wgpu(Box::new(WgpuBackend::new()?))),
+        "auto" => Ok(match WgpuBackend::new() {
+            Ok(w) if w.is_hardware() => {
+                eprintln!("backend: wgpu on {}", w.adapter());
+                Chosen::Wgpu(Box::new(w))
+            }
+            Ok(w) => {
+                eprintln!("backend: cpu (the only wgpu adapter, {}, is not a hardware GPU)", w.adapter());
+                Chosen::Cpu
+            }
+            Err(e) => {
+                eprintln!("backend: cpu ({e})");
+                Chosen::Cpu
+            }
+        }),
+        other => bail!("unknown backend {other:?} (available: cpu, wgpu, auto)"),
+    }
+}
+
 /// Runs `f` with the backend named by `--backend`. Every subcommand is generic over the backend, so a new
 /// backend is one more arm here.
 macro_rules! with_backend {
     ($name:expr, |$b:ident| $body:expr) => {{
-        match $name.as_str() {
-            "cpu" => {
+        match choose_backend($name.as_str())? {
+            Chosen::Cpu => {
                 let $b = Arc::new(CpuBackend::new());
                 $body
             }
-            other => bail!("unknown backend {other:?} (available: cpu)"),
+            Chosen::Wgpu(w) => {
+                let $b = Arc::new(*w);
+                $body
+            }
         }
     }};
 }

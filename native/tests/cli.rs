@@ -183,15 +183,20 @@ fn read_tensor(path: &Path, name: &str) -> (Dtype, Vec<usize>, Vec<u8>) {
 
 /// `herd logits` on `fixture`'s reference input_ids (written as `dtype`) vs the reference logits.
 fn check_logits(fixture: &str, model: &Path, dtype: Dtype, decode: bool, tol: f64) {
+    check_logits_on("cpu", fixture, model, dtype, decode, tol)
+}
+
+fn check_logits_on(backend: &str, fixture: &str, model: &Path, dtype: Dtype, decode: bool, tol: f64) {
     let r = Reference::load(fixture);
     let sc = Scratch::new(&format!("logits-{fixture}"));
     let (input, output) = (sc.path("ids.safetensors"), sc.path("out.safetensors"));
     write_ids(&input, &r.input_ids, dtype);
-    let mut args = vec!["logits", "--model", s(model), "--input", s(&input), "--output", s(&output)];
+    let mut args =
+        vec!["logits", "--model", s(model), "--input", s(&input), "--output", s(&output), "--backend", backend];
     if decode {
         args.push("--decode");
     }
-    let case = format!("{fixture} logits ({dtype:?} ids, decode={decode})");
+    let case = format!("{fixture} logits on {backend} ({dtype:?} ids, decode={decode})");
     ok(&case, herd(&args));
     let (dt, shape, data) = read_tensor(&output, "logits");
     let (b, t) = (r.input_ids.len(), r.input_ids[0].len());
@@ -886,4 +891,20 @@ fn output_is_a_directory() {
     left.sort();
     assert_eq!(left, ["ids.safetensors", "out.safetensors"], "files left behind");
     assert!(dir_out.join("keep").exists());
+}
+
+/// `herd logits --backend wgpu` (Vulkan over lavapipe in CI) against the transformers references. With no
+/// adapter the test says so; with HERD_REQUIRE_WGPU=1 (set by scripts/test.sh) that is a failure.
+#[test]
+fn logits_on_wgpu() {
+    if let Err(e) = herd_wgpu::WgpuBackend::new() {
+        assert!(std::env::var("HERD_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required but not available: {e}");
+        eprintln!("wgpu: NOT RUN ({e})");
+        return;
+    }
+    for fixture in ["scout", "maverick", "guard"] {
+        check_logits_on("wgpu", fixture, &fixture_dir(fixture), Dtype::I64, false, F32_TOL);
+        check_logits_on("wgpu", fixture, &fixture_dir(fixture), Dtype::I64, true, F32_TOL);
+    }
+    check_logits_on("wgpu", "scout_bf16", &fixture_dir("scout_bf16"), Dtype::I64, false, BF16_TOL);
 }

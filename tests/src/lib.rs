@@ -56,3 +56,45 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     let diff = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max);
     diff / scale
 }
+
+/// Golden checks of one backend against the transformers references: f32 fixtures to [`F32_TOL`] with
+/// identical greedy ids, the bf16 fixture to [`BF16_TOL`] (transformers rounds every activation to bf16,
+/// herd keeps f32 activations).
+pub mod golden {
+    use std::sync::Arc;
+
+    use herd_core::backend::Backend;
+    use herd_core::generate::{greedy_rows, score_rows};
+    use herd_core::model::Llama4;
+
+    use super::{fixture_dir, rel_err, Reference};
+
+    pub const F32_TOL: f64 = 1e-4;
+    /// bf16 activations in transformers vs f32 activations here: a few bf16 ulps of drift over the layers.
+    pub const BF16_TOL: f64 = 3e-2;
+
+    pub fn load<B: Backend>(be: &Arc<B>, dir: &std::path::Path) -> Llama4<B> {
+        Llama4::from_dir(be.clone(), dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    }
+
+    /// Logits of every reference row, prefill or token-by-token decode, within `tol`.
+    pub fn check_logits<B: Backend>(be: &Arc<B>, name: &str, tol: f64, decode: bool) {
+        let r = Reference::load(name);
+        let m = load(be, &fixture_dir(name));
+        let got = score_rows(&m, &r.input_ids, decode).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (b, (g, want)) in got.iter().zip(&r.logits).enumerate() {
+            let e = rel_err(g, want);
+            eprintln!("{name} row {b} decode={decode}: rel err {e:.2e}");
+            assert!(e <= tol, "{name} row {b} (decode={decode}): relative error {e:.3e} > {tol:.0e}");
+        }
+    }
+
+    /// The batched greedy continuation equals transformers'.
+    pub fn check_greedy<B: Backend>(be: &Arc<B>, name: &str) {
+        let r = Reference::load(name);
+        let m = load(be, &fixture_dir(name));
+        let n = r.greedy_ids[0].len();
+        let got = greedy_rows(&m, &r.input_ids, n).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got, r.greedy_ids, "{name}: greedy continuation differs from transformers");
+    }
+}

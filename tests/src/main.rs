@@ -1,18 +1,37 @@
-//! `conformance`: the op table on every backend present. `--perf` also times each row (GB/s, GFLOP/s);
-//! `--op NAME` keeps rows whose op contains NAME. Exits non-zero if any row fails.
+//! `conformance`: the op table on every backend present (cpu, wgpu). `--perf` also times each row (GB/s,
+//! GFLOP/s); `--op NAME` keeps rows whose op contains NAME; `--backend NAME` runs one backend. A backend
+//! that is not present is reported as not run. Exits non-zero if any row fails.
 
-use herd_conformance::table::{format_table, run_table};
+use herd_conformance::table::{format_table, run_table, RowResult};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
+use herd_wgpu::WgpuBackend;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str);
     let perf = args.iter().any(|a| a == "--perf");
-    let filter = args.iter().position(|a| a == "--op").and_then(|i| args.get(i + 1)).map(String::as_str);
-    let be = CpuBackend::new();
-    let rows = run_table(&be, perf, filter);
-    print!("{}", format_table(&be.name(), &rows));
-    if rows.iter().any(|r| !r.passed()) {
+    let filter = arg("--op");
+    let only = arg("--backend");
+    let want = |name: &str| only.is_none_or(|o| o == name);
+    let mut all: Vec<RowResult> = Vec::new();
+    let mut run = |name: String, rows: Vec<RowResult>| {
+        println!("{}", format_table(&name, &rows));
+        all.extend(rows);
+    };
+    if want("cpu") {
+        let be = CpuBackend::new();
+        run(be.name(), run_table(&be, perf, filter));
+    }
+    if want("wgpu") {
+        match WgpuBackend::new() {
+            Ok(be) => run(be.name(), run_table(&be, perf, filter)),
+            Err(e) => println!("backend wgpu: NOT RUN ({e})\n"),
+        }
+    }
+    let failed = all.iter().filter(|r| !r.passed()).count();
+    println!("conformance: {} passed, {} failed", all.len() - failed, failed);
+    if failed > 0 {
         std::process::exit(1);
     }
 }

@@ -3,40 +3,21 @@
 //! relative error (max |Δ| / max |ref|) with identical greedy ids; the bf16 fixture, where transformers
 //! rounds every activation to bf16 and herd keeps f32 activations, to BF16_TOL.
 
-use std::path::Path;
 use std::sync::Arc;
 
+use herd_conformance::golden::{self, BF16_TOL, F32_TOL};
 use herd_conformance::{fixture_dir, rel_err, Reference};
 use herd_core::cpu::CpuBackend;
-use herd_core::generate::{greedy_rows, score_rows};
-use herd_core::model::Llama4;
+use herd_core::generate::score_rows;
 
-const F32_TOL: f64 = 1e-4;
-/// bf16 activations in transformers vs f32 activations here: a few bf16 ulps of drift over the layers.
-const BF16_TOL: f64 = 3e-2;
-
-fn load(dir: &Path) -> Llama4<CpuBackend> {
-    Llama4::from_dir(Arc::new(CpuBackend::new()), dir, &mut |_, _| {})
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+fn cpu() -> Arc<CpuBackend> {
+    Arc::new(CpuBackend::new())
 }
-
 fn check_logits(name: &str, tol: f64, decode: bool) {
-    let r = Reference::load(name);
-    let m = load(&fixture_dir(name));
-    let got = score_rows(&m, &r.input_ids, decode).unwrap();
-    for (b, (g, want)) in got.iter().zip(&r.logits).enumerate() {
-        let e = rel_err(g, want);
-        eprintln!("{name} row {b} decode={decode}: rel err {e:.2e}");
-        assert!(e <= tol, "{name} row {b} (decode={decode}): relative error {e:.3e} > {tol:.0e}");
-    }
+    golden::check_logits(&cpu(), name, tol, decode)
 }
-
 fn check_greedy(name: &str) {
-    let r = Reference::load(name);
-    let m = load(&fixture_dir(name));
-    let n = r.greedy_ids[0].len();
-    let got = greedy_rows(&m, &r.input_ids, n).unwrap();
-    assert_eq!(got, r.greedy_ids, "{name}: greedy continuation differs from transformers");
+    golden::check_greedy(&cpu(), name)
 }
 
 #[test]
@@ -88,7 +69,7 @@ fn published_config_dialect_gives_same_logits() {
     std::fs::copy(src.join("config.published.json"), dir.join("config.json")).unwrap();
     std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
     let r = Reference::load("scout");
-    let m = load(&dir);
+    let m = golden::load(&cpu(), &dir);
     let got = score_rows(&m, &r.input_ids, false).unwrap();
     std::fs::remove_dir_all(&dir).ok();
     for (g, want) in got.iter().zip(&r.logits) {

@@ -1,0 +1,49 @@
+// RMS norm, one workgroup per row: y = x · rsqrt(mean(x²) + eps) (· w), f32 throughout.
+// params: rows, dim, eps (f32 bits), has_weight. Bindings: x, out, w (weight words; a dummy without weight).
+
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> w: array<u32>;
+
+var<workgroup> part: array<f32, 256>;
+
+fn weight(i: u32) -> f32 {
+    if (pu(3u) == 0u) { return 1.0; }
+    return wval(w[widx(i)], i);
+}
+
+// Sum of the 256 partial values in `part`, in every invocation.
+fn reduce_sum(li: u32) -> f32 {
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        workgroupBarrier();
+        if (li < s) { part[li] = part[li] + part[li + s]; }
+    }
+    workgroupBarrier();
+    let total = part[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(256)
+fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = group_index(wid, nwg);
+    let dim = pu(1u);
+    let base = row * dim;
+    var ss = 0.0;
+    for (var i = li; i < dim; i += 256u) { let v = x[base + i]; ss += v * v; }
+    part[li] = ss;
+    let r = 1.0 / sqrt(reduce_sum(li) / f32(dim) + pf(2u));
+    for (var i = li; i < dim; i += 256u) { out[base + i] = x[base + i] * r * weight(i); }
+}
+
+@compute @workgroup_size(256)
+fn rms_norm_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = group_index(wid, nwg);
+    let dim = pu(1u);
+    let base = row * dim;
+    var ss = 0.0;
+    for (var i = li; i < dim; i += 256u) { let v = out[base + i]; ss += v * v; }
+    part[li] = ss;
+    let r = 1.0 / sqrt(reduce_sum(li) / f32(dim) + pf(2u));
+    for (var i = li; i < dim; i += 256u) { out[base + i] = out[base + i] * r * weight(i); }
+}

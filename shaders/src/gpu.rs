@@ -1,0 +1,348 @@
+//! The wgpu device behind [`crate::WgpuBackend`]: adapter and device set-up, buffers, the pipeline cache,
+//! and the one command encoder every op records into until the host reads a result.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use herd_core::error::{HerdError, Result};
+use herd_core::quant::DType;
+use wgpu::util::DeviceExt;
+
+/// Which .wgsl file a pipeline comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shader {
+    Elementwise,
+    RmsNorm,
+    Rope,
+    Matmul,
+    Attention,
+    Moe,
+}
+
+impl Shader {
+    fn source(self) -> &'static str {
+        match self {
+            Shader::Elementwise => include_str!("../elementwise.wgsl"),
+            Shader::RmsNorm => include_str!("../rms_norm.wgsl"),
+            Shader::Rope => include_str!("../rope.wgsl"),
+            Shader::Matmul => include_str!("../matmul.wgsl"),
+            Shader::Attention => include_str!("../attention.wgsl"),
+            Shader::Moe => include_str!("../moe.wgsl"),
+        }
+    }
+}
+
+/// Prepended to every shader: the parameter block, weight unpacking for the pipeline's weight format
+/// (`WDT`: 0 f32, 1 bf16, 2 f16; weights are bound as u32 words), and the linear workgroup index.
+const PRELUDE: &str = r#"
+@group(0) @binding(0) var<uniform> params: array<vec4<u32>, 4>;
+fn pu(i: u32) -> u32 { return params[i / 4u][i % 4u]; }
+fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+// Index of the u32 word holding weight element i.
+fn widx(i: u32) -> u32 { if (WDT == 0u) { return i; } return i >> 1u; }
+// Weight element i from its word.
+fn wval(word: u32, i: u32) -> f32 {
+    if (WDT == 0u) { return bitcast<f32>(word); }
+    if (WDT == 1u) { return bitcast<f32>(((word >> ((i & 1u) * 16u)) & 0xffffu) << 16u); }
+    return unpack2x16float(word)[i & 1u];
+}
+// Workgroups are laid out as a 2-D grid (x at most 65535): their linear index.
+fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.y * nwg.x + wid.x; }
+const NEG_BIG: f32 = -3.0e38;
+"#;
+
+/// An f32 or u32 buffer on the device.
+pub struct GpuBuffer {
+    pub(crate) buf: wgpu::Buffer,
+    pub(crate) len: usize,
+    pub(crate) is_u32: bool,
+}
+
+/// One part of a weight: outer rows `first..first + count` (rows of a matrix, experts of an expert tensor).
+pub struct WeightPart {
+    pub(crate) buf: wgpu::Buffer,
+    pub first: usize,
+    pub count: usize,
+}
+
+/// A weight on the device, in its checkpoint format, as u32 words. A tensor larger than one storage binding
+/// is split along its first dimension into parts that each fit.
+pub struct GpuWeight {
+    pub(crate) parts: Vec<WeightPart>,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl GpuWeight {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub(crate) fn wdt(&self) -> u32 {
+        match self.dtype {
+            DType::F32 => 0,
+            DType::BF16 => 1,
+            DType::F16 => 2,
+        }
+    }
+}
+
+/// A pipeline: shader file, entry point, weight format.
+type PipelineKey = (Shader, &'static str, u32);
+
+/// Maximum workgroups in one grid dimension.
+const MAX_GROUPS: u32 = 65535;
+
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    error: Arc<Mutex<Option<String>>>,
+    /// A 4-byte buffer bound where an op has no tensor to give (e.g. a weightless RMS norm).
+    pub(crate) dummy: wgpu::Buffer,
+}
+
+pub(crate) fn err(msg: impl Into<String>) -> HerdError {
+    HerdError::Backend { backend: "wgpu".into(), msg: msg.into() }
+}
+
+impl Gpu {
+    /// Opens the best adapter wgpu finds (a discrete GPU first), with every limit it offers.
+    pub fn new() -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        }))
+        .map_err(|e| err(format!("no GPU adapter found ({e})")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("herd"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| err(format!("{}: cannot open the device ({e})", info.name)))?;
+        let error = Arc::new(Mutex::new(None));
+        let sink = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut g) = sink.lock() {
+                g.get_or_insert_with(|| e.to_string().replace('\n', " "));
+            }
+        }));
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            encoder: Mutex::new(None),
+            error,
+            dummy,
+        })
+    }
+
+    /// Fails with the first device error since the last check (validation errors, out of memory).
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.error.lock().map_err(|_| err("poisoned error slot"))?.take() {
+            Some(e) => Err(err(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn storage_usage() -> wgpu::BufferUsages {
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+    }
+
+    fn check_size(&self, bytes: u64, what: &str) -> Result<()> {
+        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        if bytes > max {
+            return Err(err(format!(
+                "{what}: {bytes} bytes exceed this device's largest storage binding ({max} bytes); splitting a tensor across bindings is not implemented yet"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn alloc(&self, len: usize, is_u32: bool) -> Result<GpuBuffer> {
+        let bytes = (len.max(1) * 4) as u64;
+        self.check_size(bytes, "buffer")?;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: Self::storage_usage(),
+            mapped_at_creation: false,
+        });
+        Ok(GpuBuffer { buf, len, is_u32 })
+    }
+
+    pub fn upload_bytes(&self, bytes: &[u8], len: usize, is_u32: bool) -> Result<GpuBuffer> {
+        self.check_size(bytes.len().max(4) as u64, "buffer")?;
+        let mut padded;
+        let contents = if bytes.len().is_multiple_of(4) && !bytes.is_empty() {
+            bytes
+        } else {
+            padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+            &padded
+        };
+        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents,
+            usage: Self::storage_usage(),
+        });
+        Ok(GpuBuffer { buf, len, is_u32 })
+    }
+
+    /// Largest storage binding this device allows, in bytes.
+    pub(crate) fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+
+    pub fn upload_weight(&self, name: &str, bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<GpuWeight> {
+        let outer = shape.first().copied().unwrap_or(1).max(1);
+        let inner = shape.iter().skip(1).product::<usize>().max(1);
+        let row_bytes = (inner * dtype.size()) as u64;
+        let max = self.max_binding();
+        if row_bytes > max {
+            return Err(err(format!(
+                "{name}: one row of {row_bytes} bytes exceeds this device's largest storage binding ({max} bytes)"
+            )));
+        }
+        let mut per = (max / row_bytes) as usize;
+        // Packed 16-bit weights: a part must hold an even number of elements so no word is split.
+        if dtype.size() == 2 && inner % 2 == 1 && per % 2 == 1 {
+            per -= 1;
+        }
+        let per = per.max(1);
+        let mut parts = Vec::new();
+        let mut first = 0;
+        while first < outer {
+            let count = per.min(outer - first);
+            let lo = first * inner * dtype.size();
+            let hi = ((first + count) * inner * dtype.size()).min(bytes.len());
+            let b = self.upload_bytes(&bytes[lo..hi], 0, true)?;
+            parts.push(WeightPart { buf: b.buf, first, count });
+            first += count;
+        }
+        Ok(GpuWeight { parts, dtype, shape: shape.to_vec() })
+    }
+
+    fn pipeline(&self, shader: Shader, entry: &'static str, wdt: u32) -> Result<Arc<wgpu::ComputePipeline>> {
+        let mut cache = self.pipelines.lock().map_err(|_| err("poisoned pipeline cache"))?;
+        if let Some(p) = cache.get(&(shader, entry, wdt)) {
+            return Ok(p.clone());
+        }
+        let src = format!("const WDT: u32 = {wdt}u;\n{PRELUDE}\n{}", shader.source());
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(entry),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        }));
+        self.check()?;
+        cache.insert((shader, entry, wdt), p.clone());
+        Ok(p)
+    }
+
+    /// Records one dispatch of `groups` workgroups: `params` (at most 16 words) at binding 0, then
+    /// `(binding, buffer)` pairs.
+    pub(crate) fn dispatch(
+        &self,
+        shader: Shader,
+        entry: &'static str,
+        wdt: u32,
+        bindings: &[(u32, &wgpu::Buffer)],
+        params: &[u32],
+        groups: u32,
+    ) -> Result<()> {
+        if groups == 0 {
+            return Ok(());
+        }
+        let pipeline = self.pipeline(shader, entry, wdt)?;
+        let mut words = [0u32; 16];
+        words[..params.len()].copy_from_slice(params);
+        let ubuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&words),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
+        entries.extend(
+            bindings.iter().map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() }),
+        );
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let (x, y) = if groups <= MAX_GROUPS { (groups, 1) } else { (MAX_GROUPS, groups.div_ceil(MAX_GROUPS)) };
+        self.record(|enc| {
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        })
+    }
+
+    /// Runs `f` on the step's command encoder (created on first use).
+    pub(crate) fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
+        let mut g = self.encoder.lock().map_err(|_| err("poisoned encoder"))?;
+        let enc = g.get_or_insert_with(|| {
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
+        });
+        f(enc);
+        Ok(())
+    }
+
+    /// Submits everything recorded, copies `buf` back and waits for it: the one host wait of a step.
+    pub fn read_words(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {
+        let bytes = (buf.len * 4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if bytes > 0 {
+            self.record(|enc| enc.copy_buffer_to_buffer(&buf.buf, 0, &staging, 0, bytes))?;
+        }
+        let enc = self.encoder.lock().map_err(|_| err("poisoned encoder"))?.take();
+        if let Some(enc) = enc {
+            self.queue.submit([enc.finish()]);
+        }
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| err(format!("device lost while waiting ({e})")))?;
+        rx.recv().map_err(|_| err("readback never completed"))?.map_err(|e| err(format!("readback failed ({e})")))?;
+        self.check()?;
+        let data = slice.get_mapped_range().map_err(|e| err(format!("readback mapping failed ({e})")))?;
+        let words: Vec<u32> = bytemuck::cast_slice(&data[..bytes as usize]).to_vec();
+        drop(data);
+        staging.unmap();
+        Ok(words)
+    }
+}

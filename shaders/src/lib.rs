@@ -1,0 +1,362 @@
+//! herd-wgpu: the Backend on wgpu, every op a WGSL compute shader (one .wgsl file per op family, named as
+//! the CPU op it mirrors). Ops record dispatches into one command encoder; [`Backend::read`] submits it and
+//! waits, so a decode step is one submission and one readback.
+
+mod gpu;
+
+use herd_core::backend::{AttnParams, AttnSeq, Backend};
+use herd_core::checkpoint::TensorRef;
+use herd_core::error::Result;
+
+use gpu::{err, Gpu, Shader};
+pub use gpu::{GpuBuffer, GpuWeight};
+
+/// The wgpu backend.
+pub struct WgpuBackend {
+    gpu: Gpu,
+}
+
+fn need(what: &str, b: &GpuBuffer, n: usize) -> Result<()> {
+    if b.len < n {
+        return Err(err(format!("{what}: buffer has {} elements, op needs {n}", b.len)));
+    }
+    Ok(())
+}
+
+fn groups(n: usize, per: usize) -> u32 {
+    n.div_ceil(per) as u32
+}
+
+impl WgpuBackend {
+    /// Opens the best GPU adapter wgpu finds.
+    pub fn new() -> Result<Self> {
+        Ok(WgpuBackend { gpu: Gpu::new()? })
+    }
+
+    /// The adapter's name, type and API, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Cpu, Vulkan)`.
+    pub fn adapter(&self) -> String {
+        let i = &self.gpu.info;
+        format!("{} ({:?}, {:?})", i.name, i.device_type, i.backend)
+    }
+
+    /// True for a discrete or integrated GPU (not a CPU emulation such as lavapipe).
+    pub fn is_hardware(&self) -> bool {
+        matches!(self.gpu.info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu)
+    }
+
+    /// Row → sequence index for the attention metadata.
+    fn seq_buffers(&self, seqs: &[AttnSeq]) -> Result<(GpuBuffer, GpuBuffer, usize)> {
+        let rows = seqs.iter().map(|s| (s.q_start + s.q_len) as usize).max().unwrap_or(0);
+        let mut row_seq = vec![u32::MAX; rows.max(1)];
+        let mut words = Vec::with_capacity(seqs.len() * 5);
+        for (i, s) in seqs.iter().enumerate() {
+            for r in s.q_start..s.q_start + s.q_len {
+                row_seq[r as usize] = i as u32;
+            }
+            words.extend([s.q_start, s.q_len, s.pos0, s.slot_base, s.slot_cap.max(1)]);
+        }
+        Ok((self.upload_u32(&words)?, self.upload_u32(&row_seq)?, rows))
+    }
+}
+
+impl Backend for WgpuBackend {
+    type Buffer = GpuBuffer;
+    type Weight = GpuWeight;
+
+    fn name(&self) -> String {
+        format!("wgpu: {}", self.adapter())
+    }
+
+    fn alloc(&self, len: usize) -> Result<GpuBuffer> {
+        self.gpu.alloc(len, false)
+    }
+    fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
+        self.gpu.upload_bytes(bytemuck::cast_slice(data), data.len(), false)
+    }
+    fn upload_u32(&self, data: &[u32]) -> Result<GpuBuffer> {
+        self.gpu.upload_bytes(bytemuck::cast_slice(data), data.len(), true)
+    }
+    fn read(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
+        if buf.is_u32 {
+            return Err(err("read: expected an f32 buffer, got u32"));
+        }
+        Ok(self.gpu.read_words(buf)?.into_iter().map(f32::from_bits).collect())
+    }
+    fn read_u32(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {
+        if !buf.is_u32 {
+            return Err(err("read_u32: expected a u32 buffer, got f32"));
+        }
+        self.gpu.read_words(buf)
+    }
+    fn copy(&self, src: &GpuBuffer, src_off: usize, dst: &GpuBuffer, dst_off: usize, len: usize) -> Result<()> {
+        need("copy src", src, src_off + len)?;
+        need("copy dst", dst, dst_off + len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.gpu.record(|enc| {
+            enc.copy_buffer_to_buffer(&src.buf, (src_off * 4) as u64, &dst.buf, (dst_off * 4) as u64, (len * 4) as u64)
+        })
+    }
+    fn load_weight(&self, t: &TensorRef) -> Result<GpuWeight> {
+        self.gpu.upload_weight(&t.name, t.bytes(), t.dtype, &t.shape)
+    }
+
+    fn embed(&self, table: &GpuWeight, ids: &GpuBuffer, n: usize, dim: usize, out: &GpuBuffer) -> Result<()> {
+        need("embed ids", ids, n)?;
+        need("embed out", out, n * dim)?;
+        for part in &table.parts {
+            let b = [(1, &out.buf), (3, &ids.buf), (4, &part.buf)];
+            let p = [n as u32, dim as u32, part.first as u32, part.count as u32];
+            self.gpu.dispatch(Shader::Elementwise, "embed", table.wdt(), &b, &p, groups(n * dim, 256))?;
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &GpuBuffer,
+        weight: Option<&GpuWeight>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &GpuBuffer,
+    ) -> Result<()> {
+        need("rms_norm x", x, rows * dim)?;
+        need("rms_norm out", out, rows * dim)?;
+        let (wbuf, wdt) = match weight {
+            Some(w) if w.parts.len() == 1 => (&w.parts[0].buf, w.wdt()),
+            Some(_) => return Err(err("rms_norm: weight split across bindings")),
+            None => (&self.gpu.dummy, 0),
+        };
+        let p = [rows as u32, dim as u32, eps.to_bits(), u32::from(weight.is_some())];
+        if std::ptr::eq(x, out) {
+            self.gpu.dispatch(Shader::RmsNorm, "rms_norm_inplace", wdt, &[(2, &out.buf), (3, wbuf)], &p, rows as u32)
+        } else {
+            self.gpu.dispatch(
+                Shader::RmsNorm,
+                "rms_norm",
+                wdt,
+                &[(1, &x.buf), (2, &out.buf), (3, wbuf)],
+                &p,
+                rows as u32,
+            )
+        }
+    }
+
+    fn matmul(&self, x: &GpuBuffer, m: usize, w: &GpuWeight, out: &GpuBuffer) -> Result<()> {
+        let [n, k] = w.shape[..] else {
+            return Err(err(format!("matmul: weight has shape {:?}, expected 2 dims", w.shape)));
+        };
+        need("matmul x", x, m * k)?;
+        need("matmul out", out, m * n)?;
+        let mblocks = m.div_ceil(8);
+        for part in &w.parts {
+            let b = [(1, &x.buf), (2, &part.buf), (3, &out.buf)];
+            let p = [m as u32, k as u32, n as u32, part.first as u32, part.count as u32];
+            self.gpu.dispatch(Shader::Matmul, "matmul", w.wdt(), &b, &p, (part.count * mblocks) as u32)?;
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &GpuBuffer,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        positions: &GpuBuffer,
+        inv_freq: &GpuBuffer,
+    ) -> Result<()> {
+        need("rope x", x, rows * heads * head_dim)?;
+        need("rope positions", positions, rows)?;
+        need("rope inv_freq", inv_freq, head_dim / 2)?;
+        let b = [(1, &x.buf), (2, &positions.buf), (3, &inv_freq.buf)];
+        let n = rows * heads * head_dim / 2;
+        self.gpu.dispatch(Shader::Rope, "rope", 0, &b, &[rows as u32, heads as u32, head_dim as u32], groups(n, 256))
+    }
+
+    fn attention(
+        &self,
+        q: &GpuBuffer,
+        k_new: &GpuBuffer,
+        v_new: &GpuBuffer,
+        k_cache: &GpuBuffer,
+        v_cache: &GpuBuffer,
+        seqs: &[AttnSeq],
+        p: &AttnParams,
+        out: &GpuBuffer,
+    ) -> Result<()> {
+        let (h, kvh, d) = (p.n_heads, p.n_kv_heads, p.head_dim);
+        if d > 256 || h % kvh != 0 {
+            return Err(err(format!("attention: head_dim {d} (at most 256) / heads {h} over {kvh} kv heads")));
+        }
+        let (seq_buf, row_seq, rows) = self.seq_buffers(seqs)?;
+        need("attention q", q, rows * h * d)?;
+        need("attention k_new", k_new, rows * kvh * d)?;
+        need("attention v_new", v_new, rows * kvh * d)?;
+        need("attention out", out, rows * h * d)?;
+        let slots = k_cache.len.min(v_cache.len) / (kvh * d);
+        for s in seqs {
+            if (s.slot_base + s.slot_cap) as usize > slots {
+                return Err(err(format!(
+                    "attention: cache region {}+{} exceeds {slots} slots",
+                    s.slot_base, s.slot_cap
+                )));
+            }
+        }
+        let t = p.temperature;
+        let params = [
+            h as u32,
+            kvh as u32,
+            d as u32,
+            p.scale.to_bits(),
+            p.chunk.unwrap_or(0) as u32,
+            u32::from(t.is_some()),
+            t.map_or(0.0, |t| t.floor_scale).to_bits(),
+            t.map_or(0.0, |t| t.attn_scale).to_bits(),
+            rows as u32,
+        ];
+        let b = [
+            (1, &q.buf),
+            (2, &k_new.buf),
+            (3, &v_new.buf),
+            (4, &k_cache.buf),
+            (5, &v_cache.buf),
+            (6, &seq_buf.buf),
+            (7, &row_seq.buf),
+            (8, &out.buf),
+        ];
+        self.gpu.dispatch(Shader::Attention, "attention", 0, &b, &params, (rows * h) as u32)
+    }
+
+    fn kv_store(
+        &self,
+        k_new: &GpuBuffer,
+        v_new: &GpuBuffer,
+        k_cache: &GpuBuffer,
+        v_cache: &GpuBuffer,
+        seqs: &[AttnSeq],
+        kv_dim: usize,
+    ) -> Result<()> {
+        let (seq_buf, row_seq, rows) = self.seq_buffers(seqs)?;
+        need("kv_store k_new", k_new, rows * kv_dim)?;
+        need("kv_store v_new", v_new, rows * kv_dim)?;
+        for s in seqs {
+            need("kv_store cache", k_cache, (s.slot_base + s.slot_cap) as usize * kv_dim)?;
+            need("kv_store cache", v_cache, (s.slot_base + s.slot_cap) as usize * kv_dim)?;
+        }
+        let p = [rows as u32, kv_dim as u32];
+        for (new, cache) in [(k_new, k_cache), (v_new, v_cache)] {
+            let b = [(2, &new.buf), (4, &cache.buf), (6, &seq_buf.buf), (7, &row_seq.buf)];
+            self.gpu.dispatch(Shader::Attention, "kv_store", 0, &b, &p, groups(rows * kv_dim, 256))?;
+        }
+        Ok(())
+    }
+
+    fn add(&self, acc: &GpuBuffer, x: &GpuBuffer, n: usize) -> Result<()> {
+        if std::ptr::eq(acc, x) {
+            return Err(err("add: accumulator and addend are the same buffer"));
+        }
+        need("add acc", acc, n)?;
+        need("add x", x, n)?;
+        self.gpu.dispatch(Shader::Elementwise, "add", 0, &[(1, &acc.buf), (2, &x.buf)], &[n as u32], groups(n, 256))
+    }
+
+    fn silu_mul(&self, gate: &GpuBuffer, up: &GpuBuffer, n: usize) -> Result<()> {
+        if std::ptr::eq(gate, up) {
+            return Err(err("silu_mul: gate and up are the same buffer"));
+        }
+        need("silu_mul gate", gate, n)?;
+        need("silu_mul up", up, n)?;
+        self.gpu.dispatch(
+            Shader::Elementwise,
+            "silu_mul",
+            0,
+            &[(1, &gate.buf), (2, &up.buf)],
+            &[n as u32],
+            groups(n, 256),
+        )
+    }
+
+    fn router_topk(
+        &self,
+        logits: &GpuBuffer,
+        rows: usize,
+        n_experts: usize,
+        k: usize,
+        idx: &GpuBuffer,
+        score: &GpuBuffer,
+    ) -> Result<()> {
+        if k == 0 || k > n_experts {
+            return Err(err(format!("router: top-{k} of {n_experts} experts")));
+        }
+        need("router logits", logits, rows * n_experts)?;
+        need("router idx", idx, rows * k)?;
+        need("router score", score, rows * k)?;
+        let b = [(1, &logits.buf), (5, &score.buf), (6, &idx.buf)];
+        self.gpu.dispatch(
+            Shader::Moe,
+            "router_topk",
+            0,
+            &b,
+            &[rows as u32, n_experts as u32, k as u32],
+            groups(rows, 64),
+        )
+    }
+
+    fn moe(
+        &self,
+        x: &GpuBuffer,
+        rows: usize,
+        idx: &GpuBuffer,
+        score: &GpuBuffer,
+        k: usize,
+        gate_up: &GpuWeight,
+        down: &GpuWeight,
+        out: &GpuBuffer,
+    ) -> Result<()> {
+        let [e, d, f2] = gate_up.shape[..] else {
+            return Err(err(format!("moe: gate_up has shape {:?}", gate_up.shape)));
+        };
+        let f = f2 / 2;
+        if down.shape != [e, f, d] || down.dtype != gate_up.dtype {
+            return Err(err(format!(
+                "moe: down has shape {:?} ({:?}), expected {:?}",
+                down.shape,
+                down.dtype,
+                [e, f, d]
+            )));
+        }
+        need("moe x", x, rows * d)?;
+        need("moe idx", idx, rows * k)?;
+        need("moe score", score, rows * k)?;
+        need("moe out", out, rows * d)?;
+        let h = self.gpu.alloc(rows * k * f, false)?;
+        for part in &gate_up.parts {
+            let p = [rows as u32, k as u32, d as u32, f as u32, part.first as u32, part.count as u32];
+            let b = [(1, &x.buf), (2, &idx.buf), (3, &score.buf), (4, &part.buf), (5, &h.buf)];
+            self.gpu.dispatch(Shader::Moe, "moe_up", gate_up.wdt(), &b, &p, groups(rows * k * f, 64))?;
+        }
+        for part in &down.parts {
+            let p = [rows as u32, k as u32, d as u32, f as u32, part.first as u32, part.count as u32];
+            let b = [(1, &h.buf), (2, &idx.buf), (4, &part.buf), (5, &out.buf)];
+            self.gpu.dispatch(Shader::Moe, "moe_down", down.wdt(), &b, &p, groups(rows * d, 64))?;
+        }
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &GpuBuffer, rows: &GpuBuffer, n: usize, dim: usize, out: &GpuBuffer) -> Result<()> {
+        need("gather_rows rows", rows, n)?;
+        need("gather_rows out", out, n * dim)?;
+        let b = [(1, &out.buf), (2, &x.buf), (3, &rows.buf)];
+        self.gpu.dispatch(
+            Shader::Elementwise,
+            "gather_rows",
+            0,
+            &b,
+            &[n as u32, dim as u32, (x.len / dim.max(1)) as u32],
+            groups(n * dim, 256),
+        )
+    }
+}

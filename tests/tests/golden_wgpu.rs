@@ -1,0 +1,34 @@
+//! Golden tests on the wgpu backend (Vulkan over Mesa lavapipe in CI): the same transformers references
+//! and tolerances as the CPU. With no adapter the tests say so; with HERD_REQUIRE_WGPU=1 (set by
+//! scripts/test.sh) a missing adapter is a failure.
+
+use std::sync::{Arc, OnceLock};
+
+use herd_conformance::golden::{check_greedy, check_logits, BF16_TOL, F32_TOL};
+use herd_wgpu::WgpuBackend;
+
+/// One device for the whole file (opening one per test is slow on lavapipe).
+fn gpu() -> Option<Arc<WgpuBackend>> {
+    static GPU: OnceLock<Option<Arc<WgpuBackend>>> = OnceLock::new();
+    GPU.get_or_init(|| match WgpuBackend::new() {
+        Ok(b) => Some(Arc::new(b)),
+        Err(e) => {
+            assert!(std::env::var("HERD_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required but not available: {e}");
+            eprintln!("wgpu: NOT RUN ({e})");
+            None
+        }
+    })
+    .clone()
+}
+
+#[test]
+fn golden_fixtures_on_wgpu() {
+    let Some(be) = gpu() else { return };
+    for name in ["scout", "maverick", "guard"] {
+        check_logits(&be, name, F32_TOL, false);
+        check_logits(&be, name, F32_TOL, true);
+        check_greedy(&be, name);
+    }
+    check_logits(&be, "scout_bf16", BF16_TOL, false);
+    check_logits(&be, "scout_bf16", BF16_TOL, true);
+}

@@ -1,0 +1,26 @@
+//! The op table on the wgpu backend (Vulkan over Mesa lavapipe in CI), against the plain f64 references.
+//! With no adapter the test says so; with HERD_REQUIRE_WGPU=1 (set by scripts/test.sh, which installs
+//! lavapipe) a missing adapter is a failure.
+
+use herd_conformance::table::{format_table, run_table};
+use herd_core::backend::Backend;
+use herd_wgpu::WgpuBackend;
+
+#[test]
+fn wgpu_backend_passes_the_op_table() {
+    let be = match WgpuBackend::new() {
+        Ok(b) => b,
+        Err(e) => {
+            assert!(std::env::var("HERD_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required but not available: {e}");
+            eprintln!("wgpu: NOT RUN ({e})");
+            return;
+        }
+    };
+    let rows = run_table(&be, false, None);
+    let table = format_table(&be.name(), &rows);
+    eprintln!("{table}");
+    assert!(rows.len() > 40, "the table lost rows: {}", rows.len());
+    let failed: Vec<_> =
+        rows.iter().filter(|r| !r.passed()).map(|r| format!("{} {} ({:?})", r.op, r.case, r.error)).collect();
+    assert!(failed.is_empty(), "failing rows: {failed:?}\n{table}");
+}
