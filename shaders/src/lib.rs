@@ -151,10 +151,18 @@ impl Backend for WgpuBackend {
         need("matmul x", x, m * k)?;
         need("matmul out", out, m * n)?;
         let mblocks = m.div_ceil(8);
+        // Rows whose byte length is a multiple of 16 are read 16 bytes at a time.
+        let vec = (k * w.dtype.size()) % 16 == 0;
         for part in &w.parts {
-            let b = [(1, &x.buf), (2, &part.buf), (3, &out.buf)];
             let p = [m as u32, k as u32, n as u32, part.first as u32, part.count as u32];
-            self.gpu.dispatch(Shader::Matmul, "matmul", w.wdt(), &b, &p, (part.count * mblocks) as u32)?;
+            let groups = (part.count * mblocks) as u32;
+            if vec {
+                let b = [(1, &x.buf), (4, &part.buf), (3, &out.buf)];
+                self.gpu.dispatch(Shader::Matmul, "matmul_vec", w.wdt(), &b, &p, groups)?;
+            } else {
+                let b = [(1, &x.buf), (2, &part.buf), (3, &out.buf)];
+                self.gpu.dispatch(Shader::Matmul, "matmul", w.wdt(), &b, &p, groups)?;
+            }
         }
         Ok(())
     }

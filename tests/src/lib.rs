@@ -9,9 +9,13 @@ use std::path::PathBuf;
 
 use safetensors::{Dtype, SafeTensors};
 
-/// The fixture directory of one tiny reference model.
+/// The fixture directory of one tiny reference model: `tests/fixtures/NAME`, or under `$HERD_FIXTURES` when
+/// set (a test binary run on another machine, e.g. the GPU check).
 pub fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    let root = std::env::var_os("HERD_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"));
+    root.join(name)
 }
 
 /// A reference produced by transformers: `input_ids` [B,T], `logits` [B,T,V], `greedy_ids` [B,N].
