@@ -139,6 +139,32 @@ impl Checkpoint {
         Ok(ck)
     }
 
+    /// A checkpoint from tensors already in memory (name, dtype, shape, little-endian bytes), each kept in its
+    /// own [`FileBytes::Owned`] buffer: no safetensors serialisation, no copy. Used for synthetic models.
+    pub fn from_tensors(source: &str, tensors: Vec<(String, DType, Vec<usize>, Vec<u8>)>) -> Result<Self> {
+        let mut ck = Checkpoint { tensors: HashMap::new(), unsupported: HashMap::new(), source: source.into() };
+        for (name, dtype, shape, bytes) in tensors {
+            let numel: usize = shape.iter().product();
+            if bytes.len() != numel * dtype.size() {
+                return Err(HerdError::tensor(
+                    &name,
+                    format!("in {source}: {} bytes for shape {shape:?} of {}", bytes.len(), dtype.name()),
+                ));
+            }
+            let logical = logical_name(&name).to_owned();
+            let end = bytes.len();
+            let t =
+                TensorRef { name: name.clone(), dtype, shape, file: Arc::new(FileBytes::Owned(bytes)), start: 0, end };
+            if ck.tensors.insert(logical.clone(), t).is_some() {
+                return Err(HerdError::tensor(
+                    &name,
+                    format!("in {source}: appears twice (as `{}`)", logical.escape_debug()),
+                ));
+            }
+        }
+        Ok(ck)
+    }
+
     fn add_file(&mut self, path: &str, bytes: FileBytes) -> Result<()> {
         let bytes = Arc::new(bytes);
         let (n, meta) = safetensors::SafeTensors::read_metadata(bytes.as_slice()).map_err(|e| {
@@ -209,5 +235,34 @@ impl Checkpoint {
     /// All tensors (logical name → tensor).
     pub fn tensors(&self) -> impl Iterator<Item = (&str, &TensorRef)> {
         self.tensors.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_tensors_keeps_bytes_and_checks_sizes() {
+        let bytes: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let ck = Checkpoint::from_tensors(
+            "<test>",
+            vec![
+                ("language_model.model.norm.weight".into(), DType::F32, vec![2, 3], bytes),
+                ("lm_head.weight".into(), DType::BF16, vec![2], vec![0x80, 0x3f, 0x00, 0x40]),
+            ],
+        )
+        .unwrap();
+        let t = ck.get_shaped("model.norm.weight", &[2, 3]).unwrap();
+        assert_eq!(t.to_f32(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(t.name, "language_model.model.norm.weight");
+        assert_eq!(ck.get("lm_head.weight").unwrap().to_f32(), vec![1.0, 2.0]);
+        assert_eq!(ck.source, "<test>");
+
+        let err = Checkpoint::from_tensors("<test>", vec![("w".into(), DType::BF16, vec![3], vec![0; 4])])
+            .err()
+            .expect("wrong size accepted")
+            .to_string();
+        assert!(err.contains("4 bytes for shape [3]"), "{err}");
     }
 }

@@ -5,11 +5,12 @@ use std::time::Instant;
 
 use anyhow::Result;
 use herd_core::backend::Backend;
-use herd_core::model::Rows;
+use herd_core::model::{Llama4, Rows};
 use herd_core::sampling::argmax;
 use rand::{Rng, SeedableRng};
 
 use crate::files::ModelFiles;
+use crate::synthetic;
 use crate::BenchArgs;
 
 /// Peak resident memory of this process (Linux), in bytes.
@@ -22,9 +23,29 @@ fn peak_rss() -> Option<u64> {
 
 pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> Result<()> {
     let name = backend.name();
-    let t_load = Instant::now();
-    let (cfg, model) = files.load(backend)?;
+    // Synthetic: (name, layers, parameter bytes loaded). Generation time is said on stderr, not in load_s.
+    let mut synth: Option<(String, usize, usize)> = None;
+    let t_load;
+    let (cfg, model, describe) = match &a.synthetic {
+        Some(sname) => {
+            let layers = a.layers.unwrap_or(synthetic::DEFAULT_LAYERS);
+            let (cfg, ck) = synthetic::synthetic(sname, layers)?;
+            let bytes: usize = ck.tensors().map(|(_, t)| t.bytes().len()).sum();
+            t_load = Instant::now();
+            let model = Llama4::load(backend, &ck, &cfg.text, &mut |_, _| {})?;
+            drop(ck); // backends that copy the weights free the host bytes here; the CPU backend shares them
+            synth = Some((sname.clone(), layers, bytes));
+            let of = if sname == "tiny" { String::new() } else { format!(" of {}", synthetic::FULL_LAYERS) };
+            (cfg, model, format!("synthetic {sname} ({layers}{of} layers, random bf16 weights)"))
+        }
+        None => {
+            t_load = Instant::now();
+            let (cfg, model) = files.load(backend)?;
+            (cfg, model, files.describe())
+        }
+    };
     let load_s = t_load.elapsed().as_secs_f64();
+    let layers = cfg.text.num_hidden_layers;
     let v = cfg.text.vocab_size;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let prompt: Vec<u32> = (0..a.prompt_tokens.max(1)).map(|_| rng.random_range(0..v as u32)).collect();
@@ -50,20 +71,42 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
     let prefill_tps = prompt.len() as f64 / best_prefill;
     let decode_tps = a.gen_tokens as f64 / best_decode.max(1e-12);
     let peak = peak_rss().unwrap_or(0);
+    // What scales with depth: decode time per token per layer. It also carries the embedding and lm_head,
+    // spread over the layers, so ×48 overestimates a full model (by a lot at 1 layer; less with more layers).
+    let ms_per_layer_token = (a.gen_tokens > 0).then(|| best_decode * 1e3 / a.gen_tokens as f64 / layers.max(1) as f64);
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "model": files.describe(), "backend": name, "prompt_tokens": prompt.len(), "gen_tokens": a.gen_tokens,
-                "load_s": load_s, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps, "peak_rss_bytes": peak,
-            })
-        );
+        let mut j = serde_json::json!({
+            "model": describe, "backend": name, "prompt_tokens": prompt.len(), "gen_tokens": a.gen_tokens,
+            "load_s": load_s, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps, "peak_rss_bytes": peak,
+            "layers": layers, "ms_per_layer_token": ms_per_layer_token,
+            "synthetic": synth.as_ref().map(|s| s.0.clone()),
+        });
+        if let Some((_, _, bytes)) = &synth {
+            j["param_bytes"] = serde_json::json!(bytes);
+        }
+        println!("{j}");
     } else {
-        println!("model: {}", files.describe());
+        println!("model: {describe}");
         println!("backend: {name}");
+        if let Some((_, _, bytes)) = &synth {
+            println!("parameters loaded: {:.2} GB = {bytes} bytes ({layers} layer(s))", *bytes as f64 / 1e9);
+        }
         println!("load: {load_s:.2} s");
         println!("prefill: {} tokens in {:.1} ms = {prefill_tps:.1} tok/s", prompt.len(), best_prefill * 1e3);
         println!("decode: {} tokens in {:.1} ms = {decode_tps:.1} tok/s", a.gen_tokens, best_decode * 1e3);
+        if let Some(ms) = ms_per_layer_token {
+            println!("decode per layer: {ms:.2} ms per layer per token (decode time / tokens / {layers} layer(s))");
+            if synth.as_ref().is_some_and(|s| s.0 != "tiny") {
+                let full = synthetic::FULL_LAYERS;
+                println!(
+                    "full model estimate: {:.1} ms per token = {:.2} tok/s decode at {full} layers (per-layer cost × {full}; \
+                     an upper bound: the per-layer cost also carries the lm_head, once per token, spread over \
+                     {layers} layer(s); more --layers shrink that share)",
+                    ms * full as f64,
+                    1e3 / (ms * full as f64)
+                );
+            }
+        }
         println!("peak memory (RSS): {:.1} MiB", peak as f64 / (1024.0 * 1024.0));
     }
     Ok(())

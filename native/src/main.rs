@@ -4,6 +4,7 @@ mod bench;
 mod files;
 mod ids_io;
 mod inspect;
+mod synthetic;
 mod text;
 
 use std::path::PathBuf;
@@ -161,6 +162,13 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Benchmark a model built in memory with the real shapes of scout, maverick or guard (or tiny, for
+    /// tests) and random weights, instead of --model. No download, no file written.
+    #[arg(long, value_name = "NAME")]
+    synthetic: Option<String>,
+    /// With --synthetic: how many layers to build (the published models have 48).
+    #[arg(long, requires = "synthetic")]
+    layers: Option<usize>,
     #[command(flatten)]
     backend: BackendArg,
 }
@@ -265,6 +273,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             with_backend!(a.backend.backend, |b| ids_io::greedy(b, &a.model, &a.input, a.max_tokens, &a.output))
         }
         Cmd::Bench(a) => {
+            if a.synthetic.is_some() && a.model.model.is_some() {
+                bail!("--synthetic and --model exclude each other: --synthetic builds its own model");
+            }
             with_backend!(a.backend.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a))
         }
     }

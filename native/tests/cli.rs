@@ -908,3 +908,25 @@ fn logits_on_wgpu() {
     }
     check_logits_on("wgpu", "scout_bf16", &fixture_dir("scout_bf16"), Dtype::I64, false, BF16_TOL);
 }
+
+/// `herd bench --synthetic tiny --json`: a model built in memory (Scout's structure at toy size, random
+/// weights) runs on the CPU and the report carries the synthetic fields.
+#[test]
+fn bench_synthetic_tiny_json() {
+    let (stdout, _) = ok(
+        "bench --synthetic tiny",
+        herd(["bench", "--synthetic", "tiny", "--json", "--prompt-tokens", "8", "--gen-tokens", "4", "--repeat", "1"]),
+    );
+    let j: Value = serde_json::from_str(stdout.trim()).expect("bench --json prints one JSON object");
+    assert_eq!(j["synthetic"], "tiny", "{j}");
+    assert_eq!(j["layers"], 2, "{j}");
+    for key in ["ms_per_layer_token", "param_bytes", "prefill_tok_s", "decode_tok_s", "gen_tokens"] {
+        let v = j[key].as_f64().unwrap_or_else(|| panic!("{key} missing or not a number in {j}"));
+        assert!(v > 0.0, "{key} = {v} in {j}");
+    }
+    fails(
+        "bench --synthetic with --model",
+        herd(["bench", "--synthetic", "tiny", "--model", "somewhere"]),
+        &["--synthetic and --model"],
+    );
+}

@@ -152,7 +152,7 @@ impl Backend for WgpuBackend {
         need("matmul out", out, m * n)?;
         let mblocks = m.div_ceil(8);
         // Rows whose byte length is a multiple of 16 are read 16 bytes at a time.
-        let vec = (k * w.dtype.size()) % 16 == 0;
+        let vec = (k * w.dtype.size()).is_multiple_of(16);
         for part in &w.parts {
             let p = [m as u32, k as u32, n as u32, part.first as u32, part.count as u32];
             let groups = (part.count * mblocks) as u32;
