@@ -31,9 +31,9 @@ HERD_FIXTURES="$PWD/tests/fixtures" HERD_REQUIRE_WGPU=1 timeout 120 $B/golden_wg
 grep -E "test result|panicked" "$OUT/golden_wgpu.txt" | head -3
 
 echo "== op table --perf on wgpu"
-timeout 240 $B/conformance --backend wgpu --perf > "$OUT/perf_wgpu.txt" 2>&1; echo "exit $?"
+timeout 150 $B/conformance --backend wgpu --perf > "$OUT/perf_wgpu.txt" 2>&1; echo "exit $?"
 grep -E "k=5120 n=8192|k=1024 n=1024|d=128 chunk|d=1024 f=1024|d=512 f=512|dim=5120|n=1048576" "$OUT/perf_wgpu.txt"
 
 echo "== herd bench, synthetic Scout shapes, wgpu"
-timeout 240 $B/herd bench --backend wgpu --synthetic scout --layers 2 --prompt-tokens 128 --gen-tokens 16 --repeat 2 > "$OUT/bench_wgpu.txt" 2>&1; echo "exit $?"
+timeout 200 $B/herd bench --backend wgpu --synthetic scout --layers 4 --prompt-tokens 128 --gen-tokens 16 --repeat 2 > "$OUT/bench_wgpu.txt" 2>&1; echo "exit $?"
 tail -12 "$OUT/bench_wgpu.txt"
