@@ -97,7 +97,7 @@ pub struct Gpu {
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
     error: Arc<Mutex<Option<String>>>,
     /// A 4-byte buffer bound where an op has no tensor to give (e.g. a weightless RMS norm).
@@ -239,7 +239,12 @@ impl Gpu {
         Ok(GpuWeight { parts, dtype, shape: shape.to_vec() })
     }
 
-    fn pipeline(&self, shader: Shader, entry: &'static str, wdt: u32) -> Result<Arc<wgpu::ComputePipeline>> {
+    fn pipeline(
+        &self,
+        shader: Shader,
+        entry: &'static str,
+        wdt: u32,
+    ) -> Result<Arc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>> {
         let mut cache = self.pipelines.lock().map_err(|_| err("poisoned pipeline cache"))?;
         if let Some(p) = cache.get(&(shader, entry, wdt)) {
             return Ok(p.clone());
@@ -249,14 +254,16 @@ impl Gpu {
             label: Some(entry),
             source: wgpu::ShaderSource::Wgsl(src.into()),
         });
-        let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let pipe = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout: None,
             module: &module,
             entry_point: Some(entry),
             compilation_options: Default::default(),
             cache: None,
-        }));
+        });
+        let layout = pipe.get_bind_group_layout(0);
+        let p = Arc::new((pipe, layout));
         self.check()?;
         cache.insert((shader, entry, wdt), p.clone());
         Ok(p)
@@ -290,14 +297,14 @@ impl Gpu {
         );
         let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
-            layout: &pipeline.get_bind_group_layout(0),
+            layout: &pipeline.1,
             entries: &entries,
         });
         let (x, y) = if groups <= MAX_GROUPS { (groups, 1) } else { (MAX_GROUPS, groups.div_ceil(MAX_GROUPS)) };
         self.record(|enc| {
             let mut pass =
                 enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
-            pass.set_pipeline(&pipeline);
+            pass.set_pipeline(&pipeline.0);
             pass.set_bind_group(0, &bg, &[]);
             pass.dispatch_workgroups(x, y, 1);
         })
