@@ -86,6 +86,13 @@ impl GpuWeight {
     }
 }
 
+/// The step being recorded: its command encoder and the compute pass consecutive dispatches share (ended
+/// before a copy and before submission).
+struct Recorder {
+    enc: wgpu::CommandEncoder,
+    pass: Option<wgpu::ComputePass<'static>>,
+}
+
 /// A pipeline: shader file, entry point, weight format.
 type PipelineKey = (Shader, &'static str, u32);
 
@@ -98,7 +105,7 @@ pub struct Gpu {
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
     pipelines: Mutex<HashMap<PipelineKey, Arc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
-    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    encoder: Mutex<Option<Recorder>>,
     error: Arc<Mutex<Option<String>>>,
     /// A 4-byte buffer bound where an op has no tensor to give (e.g. a weightless RMS norm).
     pub(crate) dummy: wgpu::Buffer,
@@ -301,22 +308,30 @@ impl Gpu {
             entries: &entries,
         });
         let (x, y) = if groups <= MAX_GROUPS { (groups, 1) } else { (MAX_GROUPS, groups.div_ceil(MAX_GROUPS)) };
-        self.record(|enc| {
-            let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
-            pass.set_pipeline(&pipeline.0);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-        })
+        let mut g = self.encoder.lock().map_err(|_| err("poisoned encoder"))?;
+        let rec = g.get_or_insert_with(|| self.new_recorder());
+        let pass = rec.pass.get_or_insert_with(|| {
+            rec.enc
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes: None })
+                .forget_lifetime()
+        });
+        pass.set_pipeline(&pipeline.0);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        Ok(())
     }
 
-    /// Runs `f` on the step's command encoder (created on first use).
+    fn new_recorder(&self) -> Recorder {
+        let enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        Recorder { enc, pass: None }
+    }
+
+    /// Runs `f` on the step's command encoder (created on first use), outside the shared compute pass.
     pub(crate) fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
         let mut g = self.encoder.lock().map_err(|_| err("poisoned encoder"))?;
-        let enc = g.get_or_insert_with(|| {
-            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
-        });
-        f(enc);
+        let rec = g.get_or_insert_with(|| self.new_recorder());
+        rec.pass = None; // ends the compute pass
+        f(&mut rec.enc);
         Ok(())
     }
 
@@ -333,8 +348,9 @@ impl Gpu {
             self.record(|enc| enc.copy_buffer_to_buffer(&buf.buf, 0, &staging, 0, bytes))?;
         }
         let enc = self.encoder.lock().map_err(|_| err("poisoned encoder"))?.take();
-        if let Some(enc) = enc {
-            self.queue.submit([enc.finish()]);
+        if let Some(mut rec) = enc {
+            rec.pass = None;
+            self.queue.submit([rec.enc.finish()]);
         }
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
