@@ -11,6 +11,20 @@
 
 var<workgroup> part: array<array<f32, 64>, 8>;
 
+// The block a workgroup computes: local column lc (global col) of the bound part, rows m0..m0+rows
+// (rows = 0: past the last row).
+struct Tile { k: u32, n: u32, lc: u32, col: u32, m0: u32, rows: u32 }
+
+fn tile(g: u32) -> Tile {
+    let m = pu(0u);
+    let ncols = pu(4u);
+    let lc = g % ncols;
+    let m0 = (g / ncols) * 8u;
+    var rows = 0u;
+    if (m0 < m) { rows = min(8u, m - m0); }
+    return Tile(pu(1u), pu(2u), lc, pu(3u) + lc, m0, rows);
+}
+
 // Sums each row's 64 partial values and writes the block's outputs.
 fn finish(li: u32, acc: array<f32, 8>, rows: u32, m0: u32, n: u32, col: u32) {
     for (var r = 0u; r < 8u; r++) { part[r][li] = acc[r]; }
@@ -26,16 +40,12 @@ fn finish(li: u32, acc: array<f32, 8>, rows: u32, m0: u32, n: u32, col: u32) {
 
 @compute @workgroup_size(64)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let g = group_index(wid, nwg);
-    let m = pu(0u);
-    let k = pu(1u);
-    let n = pu(2u);
-    let ncols = pu(4u);
-    let lc = g % ncols;
-    let col = pu(3u) + lc;
-    let m0 = (g / ncols) * 8u;
-    if (m0 >= m) { return; }
-    let rows = min(8u, m - m0);
+    let t = tile(group_index(wid, nwg));
+    if (t.rows == 0u) { return; }
+    let k = t.k;
+    let lc = t.lc;
+    let m0 = t.m0;
+    let rows = t.rows;
     var acc: array<f32, 8>;
     for (var r = 0u; r < 8u; r++) { acc[r] = 0.0; }
     let wbase = lc * k;
@@ -44,23 +54,19 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         let wv = wval(w[widx(e)], e);
         for (var r = 0u; r < rows; r++) { acc[r] += x[(m0 + r) * k + kk] * wv; }
     }
-    finish(li, acc, rows, m0, n, col);
+    finish(li, acc, rows, m0, t.n, t.col);
 }
 
 // matmul with the weight read 16 bytes at a time (4 f32 or 8 packed 16-bit values): for rows whose byte
 // length is a multiple of 16. Bindings: x (1), w4 (4), out (3).
 @compute @workgroup_size(64)
 fn matmul_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let g = group_index(wid, nwg);
-    let m = pu(0u);
-    let k = pu(1u);
-    let n = pu(2u);
-    let ncols = pu(4u);
-    let lc = g % ncols;
-    let col = pu(3u) + lc;
-    let m0 = (g / ncols) * 8u;
-    if (m0 >= m) { return; }
-    let rows = min(8u, m - m0);
+    let t = tile(group_index(wid, nwg));
+    if (t.rows == 0u) { return; }
+    let k = t.k;
+    let lc = t.lc;
+    let m0 = t.m0;
+    let rows = t.rows;
     var acc: array<f32, 8>;
     for (var r = 0u; r < 8u; r++) { acc[r] = 0.0; }
     var per = 8u;
@@ -90,5 +96,5 @@ fn matmul_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             acc[r] += sacc;
         }
     }
-    finish(li, acc, rows, m0, n, col);
+    finish(li, acc, rows, m0, t.n, t.col);
 }
