@@ -1,9 +1,13 @@
-// RMS norm, one workgroup per row: y = x · rsqrt(mean(x²) + eps) (· w), f32 throughout.
-// params: rows, dim, eps (f32 bits), has_weight. Bindings: x, out, w (weight words; a dummy without weight).
+// RMS norm, one workgroup per row: y = x · rsqrt(mean(x²) + eps) (· w), f32 throughout; and the residual
+// add fused with it (acc += x, then out = norm(acc) · w).
+// params: rows, dim, eps (f32 bits), has_weight. Bindings: x, out, w (weight words; a dummy without weight),
+// acc (add_rms_norm only).
 
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read> w: array<u32>;
+
+@group(0) @binding(4) var<storage, read_write> acc: array<f32>;
 
 var<workgroup> part: array<f32, 256>;
 
@@ -46,4 +50,21 @@ fn rms_norm_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     part[li] = ss;
     let r = 1.0 / sqrt(reduce_sum(li) / f32(dim) + pf(2u));
     for (var i = li; i < dim; i += 256u) { out[base + i] = out[base + i] * r * weight(i); }
+}
+
+// acc[row] += x[row]; out[row] = rms_norm(acc[row]) · w. Each invocation re-reads only the elements it wrote.
+@compute @workgroup_size(256)
+fn add_rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = group_index(wid, nwg);
+    let dim = pu(1u);
+    let base = row * dim;
+    var ss = 0.0;
+    for (var i = li; i < dim; i += 256u) {
+        let v = acc[base + i] + x[base + i];
+        acc[base + i] = v;
+        ss += v * v;
+    }
+    part[li] = ss;
+    let r = 1.0 / sqrt(reduce_sum(li) / f32(dim) + pf(2u));
+    for (var i = li; i < dim; i += 256u) { out[base + i] = acc[base + i] * r * weight(i); }
 }

@@ -14,6 +14,7 @@
 
 use crate::checkpoint::TensorRef;
 use crate::error::Result;
+use crate::sampling::SamplingParams;
 
 /// Per-sequence metadata for [`Backend::attention`] and [`Backend::kv_store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,21 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         x: &Self::Buffer,
         weight: Option<&Self::Weight>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &Self::Buffer,
+    ) -> Result<()>;
+
+    /// The residual add fused with the RMS norm that follows it: `acc[r] += x[r]`, then
+    /// `out[r] = acc[r] · rsqrt(mean(acc[r]²) + eps) · w` for each of `rows` rows of length `dim` (f32).
+    /// `acc`, `x` and `out` are distinct buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm(
+        &self,
+        acc: &Self::Buffer,
+        x: &Self::Buffer,
+        weight: &Self::Weight,
         rows: usize,
         dim: usize,
         eps: f32,
@@ -192,6 +208,21 @@ pub trait Backend: Send + Sync + 'static {
         rows: &Self::Buffer,
         n: usize,
         dim: usize,
+        out: &Self::Buffer,
+    ) -> Result<()>;
+
+    /// The next token of each of `rows` rows of `logits` [rows, vocab], into `out` (u32 [rows]), exactly as
+    /// [`crate::sampling::pick`] defines it, with the uniform draw `draws[r]` ∈ [0, 1) and the ids already in
+    /// that sequence `history[r]` (read only when the repetition penalty is on). `logits` is overwritten.
+    #[allow(clippy::too_many_arguments)]
+    fn sample(
+        &self,
+        logits: &Self::Buffer,
+        rows: usize,
+        vocab: usize,
+        params: &SamplingParams,
+        draws: &[f32],
+        history: &[&[u32]],
         out: &Self::Buffer,
     ) -> Result<()>;
 }

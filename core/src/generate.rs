@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::error::{HerdError, Result};
 use crate::kv::SeqId;
 use crate::model::{Llama4, Rows};
-use crate::sampling::{argmax, Sampler, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams};
 
 /// Logits `[T, V]` for every token of every row. All rows run as one batch (each its own sequence).
 /// `decode`: feed the tokens one step at a time through the KV cache instead of one prefill.
@@ -43,25 +43,26 @@ pub fn score_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], decode: bool
 
 /// Greedy continuation of each row by `n` tokens (no stop tokens), all rows decoded as one batch.
 pub fn greedy_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], n: usize) -> Result<Vec<Vec<u32>>> {
-    let v = model.cfg.vocab_size;
     let mut cache = model.new_cache()?;
     let ids: Vec<SeqId> = rows.iter().map(|_| cache.add_sequence()).collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(n); rows.len()];
     if n == 0 {
         return Ok(out);
     }
-    let batch: Vec<(SeqId, &[u32])> = ids.iter().copied().zip(rows.iter().map(|r| r.as_slice())).collect();
-    let mut logits = model.forward(&mut cache, &batch, Rows::Last)?;
+    // Greedy picks on the device: one id per row comes back each step.
+    let greedy = SamplingParams::default();
+    let draws = vec![0.0; rows.len()];
+    let history: Vec<&[u32]> = vec![&[]; rows.len()];
+    let mut batch: Vec<(SeqId, &[u32])> = ids.iter().copied().zip(rows.iter().map(|r| r.as_slice())).collect();
     loop {
-        for (i, o) in out.iter_mut().enumerate() {
-            o.push(argmax(&logits[i * v..(i + 1) * v]));
+        let next = model.forward_sample(&mut cache, &batch, &greedy, &draws, &history)?;
+        for (o, id) in out.iter_mut().zip(next) {
+            o.push(id);
         }
         if out[0].len() == n {
             return Ok(out);
         }
-        let last: Vec<[u32; 1]> = out.iter().map(|o| [*o.last().unwrap_or(&0)]).collect();
-        let batch: Vec<(SeqId, &[u32])> = ids.iter().copied().zip(last.iter().map(|l| l.as_slice())).collect();
-        logits = model.forward(&mut cache, &batch, Rows::Last)?;
+        batch = ids.iter().copied().zip(out.iter().map(|o| &o[o.len() - 1..])).collect();
     }
 }
 
@@ -143,7 +144,6 @@ impl<B: Backend> Session<B> {
         sampler: &mut Sampler,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, GenerateStats)> {
-        let v = model.cfg.vocab_size;
         let ctx = model.cfg.max_position_embeddings;
         if ids.len() > ctx {
             return Err(HerdError::Input(format!(
@@ -159,18 +159,41 @@ impl<B: Backend> Session<B> {
             return Err(HerdError::Input("empty prompt".into()));
         }
         let max_tokens = params.max_tokens.min(ctx - ids.len());
-        let mut seen = ids.to_vec();
+        // The repetition penalty reads the whole conversation; without it no history goes to the device.
+        let penalty = sampler.params().repetition_penalty != 1.0;
+        let mut seen = if penalty { ids.to_vec() } else { Vec::new() };
         let t0 = Instant::now();
-        let mut logits = model.forward(&mut self.cache, &[(self.seq, prompt)], Rows::Last)?;
-        self.cached.extend_from_slice(prompt);
-        let prefill_time = t0.elapsed();
-        let t1 = Instant::now();
+        let mut prefill_time = None;
+        let mut fed: Vec<u32> = prompt.to_vec();
         let mut out = Vec::new();
         let mut stop = StopReason::Length;
+        if max_tokens == 0 {
+            // Nothing to generate: the prompt still goes into the cache.
+            model.forward(&mut self.cache, &[(self.seq, prompt)], Rows::Last)?;
+            self.cached.extend_from_slice(prompt);
+        }
+        let mut t1 = Instant::now();
         while out.len() < max_tokens {
-            let id = sampler.sample(&mut logits[..v], &seen);
+            let u = sampler.draw();
+            let next =
+                match model.forward_sample(&mut self.cache, &[(self.seq, &fed)], sampler.params(), &[u], &[&seen]) {
+                    Ok(next) => next,
+                    Err(e) => {
+                        // The cache may hold what failed: start the next turn afresh.
+                        self.reset(model)?;
+                        return Err(e);
+                    }
+                };
+            self.cached.extend_from_slice(&fed);
+            if prefill_time.is_none() {
+                prefill_time = Some(t0.elapsed());
+                t1 = Instant::now();
+            }
+            let id = next[0];
             out.push(id);
-            seen.push(id);
+            if penalty {
+                seen.push(id);
+            }
             if params.stop_ids.contains(&id) {
                 stop = StopReason::Stop(id);
                 break;
@@ -179,16 +202,12 @@ impl<B: Backend> Session<B> {
                 stop = StopReason::Cancelled;
                 break;
             }
-            if out.len() == max_tokens {
-                break;
-            }
-            logits = model.forward(&mut self.cache, &[(self.seq, &[id])], Rows::Last)?;
-            self.cached.push(id);
+            fed = vec![id];
         }
         let stats = GenerateStats {
             prompt_tokens: prompt.len(),
             generated_tokens: out.len(),
-            prefill_time,
+            prefill_time: prefill_time.unwrap_or_else(|| t0.elapsed()),
             decode_time: t1.elapsed(),
             stop,
         };

@@ -1,9 +1,11 @@
 //! Token sampling: turns one row of logits into the next token id.
 //!
-//! [`SamplingParams`] holds the knobs (greedy by default) and [`Sampler`] owns the seeded RNG and a
-//! scratch buffer. The processing order follows Hugging Face's logits processors: repetition
-//! penalty, then temperature, top-k, top-p, min-p, then a draw from the softmax of what is left.
-//! NaN logits are treated as "never pick" and `+inf` as "very large"; nothing here panics.
+//! [`SamplingParams`] holds the knobs (greedy by default) and [`Sampler`] owns the seeded RNG that makes
+//! one uniform draw per token. [`pick`] defines what a draw picks; every backend's `sample` op follows it
+//! on the device (the CPU backend calls it), so generation reads back token ids, not logits. The
+//! processing order follows Hugging Face's logits processors: repetition penalty, then temperature, top-k,
+//! top-p, min-p, then a draw from the softmax of what is left. NaN logits are treated as "never pick" and
+//! `+inf` as "very large"; nothing here panics.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -64,10 +66,6 @@ impl SamplingParams {
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
-    /// Scratch: (token id, processed logit) of the tokens still in play.
-    cand: Vec<(u32, f32)>,
-    /// Scratch: unnormalised softmax weights of `cand`.
-    weights: Vec<f32>,
 }
 
 impl Sampler {
@@ -78,7 +76,7 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::try_from_os_rng().unwrap_or_else(|_| StdRng::seed_from_u64(time_seed())),
         };
-        Ok(Sampler { params, rng, cand: Vec::new(), weights: Vec::new() })
+        Ok(Sampler { params, rng })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -89,74 +87,108 @@ impl Sampler {
     /// generated or prompted so far (`history`, used by the repetition penalty).
     /// An empty row returns 0; a row with no finite logit returns the lowest index of the maximum.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        if logits.is_empty() {
-            return 0;
-        }
-        for x in logits.iter_mut() {
-            if x.is_nan() {
-                *x = f32::NEG_INFINITY;
-            } else if *x == f32::INFINITY {
-                *x = f32::MAX;
-            }
-        }
-        let p = self.params;
-        apply_repetition_penalty(logits, history, p.repetition_penalty);
-        if p.is_greedy() {
-            return argmax(logits);
-        }
-        // Temperature, on logits shifted so the max is 0: a tiny temperature can then only push
-        // the others to -inf, never produce +inf or NaN.
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        if max == f32::NEG_INFINITY {
-            return argmax(logits);
-        }
-        let t = p.temperature;
-        for x in logits.iter_mut() {
-            *x = (*x - max) / t;
-        }
-
-        let cand = &mut self.cand;
-        cand.clear();
-        cand.extend(logits.iter().enumerate().filter(|(_, l)| **l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)));
-        if cand.is_empty() {
-            return argmax(logits);
-        }
-
-        // top-k: keep every logit >= the k-th largest (HF keeps ties at the threshold).
-        if p.top_k > 0 && p.top_k < cand.len() {
-            let (_, kth, _) = cand.select_nth_unstable_by(p.top_k - 1, desc);
-            let threshold = kth.1;
-            cand.retain(|c| c.1 >= threshold);
-        }
-
-        // top-p: smallest set of most likely tokens whose renormalised mass reaches top_p.
-        if p.top_p < 1.0 && cand.len() > 1 {
-            top_p_filter(cand, p.top_p);
-        }
-
-        // min-p: prob_i < min_p * prob_max  <=>  l_i < l_max + ln(min_p).
-        if p.min_p > 0.0 && cand.len() > 1 {
-            let max = max_logit(cand);
-            let threshold = max as f64 + (p.min_p as f64).ln();
-            cand.retain(|c| c.1 as f64 >= threshold || c.1 == max);
-        }
-
-        // Draw from the softmax of the survivors.
-        let max = max_logit(cand);
-        let weights = &mut self.weights;
-        weights.clear();
-        weights.extend(cand.iter().map(|c| (c.1 - max).exp()));
-        let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
-        let mut u = self.rng.random::<f64>() * total;
-        for (c, &w) in cand.iter().zip(weights.iter()) {
-            u -= f64::from(w);
-            if u < 0.0 {
-                return c.0;
-            }
-        }
-        // Rounding left a sliver of mass: take the most likely survivor.
-        cand.iter().fold(cand[0], |best, c| if c.1 > best.1 { *c } else { best }).0
+        let u = self.draw();
+        pick(logits, history, &self.params, u)
     }
+
+    /// The next uniform draw in [0, 1) for [`pick`] (or a backend's `sample` op).
+    pub fn draw(&mut self) -> f32 {
+        self.rng.random::<f32>()
+    }
+}
+
+/// The token that `params` and the uniform draw `u` ∈ [0, 1) pick from one row of `logits` (modified in
+/// place): the definition every backend's `sample` op follows.
+///
+/// 1. NaN logits become -inf, +inf becomes `f32::MAX`; the repetition penalty applies once per distinct id
+///    of `history` inside the vocabulary.
+/// 2. Greedy parameters: the argmax (lowest index on ties; 0 when no logit is above -inf).
+/// 3. Otherwise `l'ᵢ = (lᵢ − max) / T` in f32, so the largest is 0; tokens at -inf are out.
+/// 4. top-k keeps `l' ≥` the k-th largest (ties at the threshold kept); top-p keeps the smallest prefix of
+///    the survivors in (l' descending, id ascending) order whose mass Σ exp(l') reaches `top_p` of theirs;
+///    min-p keeps `l' ≥ ln(min_p)` rounded to f32.
+/// 5. The draw: the first survivor in id order whose cumulative weight exp(l') exceeds `u` × the total.
+///    If rounding leaves none, the argmax.
+pub fn pick(logits: &mut [f32], history: &[u32], p: &SamplingParams, u: f32) -> u32 {
+    if logits.is_empty() {
+        return 0;
+    }
+    for x in logits.iter_mut() {
+        if x.is_nan() {
+            *x = f32::NEG_INFINITY;
+        } else if *x == f32::INFINITY {
+            *x = f32::MAX;
+        }
+    }
+    apply_repetition_penalty(logits, history, p.repetition_penalty);
+    let best = argmax(logits);
+    if p.is_greedy() {
+        return best;
+    }
+    // Temperature, on logits shifted so the max is 0: a tiny temperature can then only push
+    // the others to -inf, never produce +inf or NaN.
+    let max = logits[best as usize];
+    if max == f32::NEG_INFINITY {
+        return best;
+    }
+    let t = p.temperature;
+    for x in logits.iter_mut() {
+        *x = (*x - max) / t;
+    }
+
+    let mut cand: Vec<(u32, f32)> =
+        logits.iter().enumerate().filter(|(_, l)| **l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)).collect();
+
+    // top-k: keep every logit >= the k-th largest (HF keeps ties at the threshold).
+    if p.top_k > 0 && p.top_k < cand.len() {
+        let (_, kth, _) = cand.select_nth_unstable_by(p.top_k - 1, desc);
+        let threshold = kth.1;
+        cand.retain(|c| c.1 >= threshold);
+    }
+
+    // top-p: smallest set of most likely tokens whose renormalised mass reaches top_p.
+    if p.top_p < 1.0 && cand.len() > 1 {
+        top_p_filter(&mut cand, p.top_p);
+    }
+
+    // min-p: prob_i < min_p * prob_max  <=>  l_i < ln(min_p) (the largest l' is 0 and always survives).
+    if p.min_p > 0.0 && cand.len() > 1 {
+        let threshold = min_p_threshold(p.min_p);
+        cand.retain(|c| c.1 >= threshold);
+    }
+
+    // Draw from the softmax of the survivors, in id order.
+    cand.sort_unstable_by_key(|c| c.0);
+    let total: f64 = cand.iter().map(|c| f64::from(c.1.exp())).sum();
+    let mut rest = f64::from(u) * total;
+    for c in &cand {
+        rest -= f64::from(c.1.exp());
+        if rest < 0.0 {
+            return c.0;
+        }
+    }
+    // Rounding left a sliver of mass: take the most likely survivor.
+    best
+}
+
+/// Checks the host-side arguments of a backend's `sample` op: one draw in [0, 1) and one history per row.
+pub fn check_sample_args(rows: usize, draws: &[f32], history: &[&[u32]]) -> Result<()> {
+    if draws.len() != rows || history.len() != rows {
+        return Err(HerdError::Input(format!(
+            "sample: {rows} rows need {rows} draws and histories, got {} and {}",
+            draws.len(),
+            history.len()
+        )));
+    }
+    if let Some(u) = draws.iter().find(|u| !(0.0..1.0).contains(*u)) {
+        return Err(HerdError::Input(format!("sample: draw {u} is outside [0, 1)")));
+    }
+    Ok(())
+}
+
+/// The min-p cut on shifted logits: ln(min_p), rounded to f32 (every backend compares against this value).
+pub fn min_p_threshold(min_p: f32) -> f32 {
+    (min_p as f64).ln() as f32
 }
 
 /// Keep the smallest prefix (in descending-logit order) of `cand` whose softmax mass is

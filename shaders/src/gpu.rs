@@ -17,6 +17,7 @@ pub enum Shader {
     Matmul,
     Attention,
     Moe,
+    Sample,
 }
 
 impl Shader {
@@ -28,6 +29,7 @@ impl Shader {
             Shader::Matmul => include_str!("../matmul.wgsl"),
             Shader::Attention => include_str!("../attention.wgsl"),
             Shader::Moe => include_str!("../moe.wgsl"),
+            Shader::Sample => include_str!("../sample.wgsl"),
         }
     }
 }

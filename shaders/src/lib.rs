@@ -7,6 +7,7 @@ mod gpu;
 use herd_core::backend::{AttnParams, AttnSeq, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::error::Result;
+use herd_core::sampling::{check_sample_args, min_p_threshold, SamplingParams};
 
 use gpu::{err, Gpu, Shader};
 pub use gpu::{GpuBuffer, GpuWeight};
@@ -142,6 +143,30 @@ impl Backend for WgpuBackend {
                 rows as u32,
             )
         }
+    }
+
+    fn add_rms_norm(
+        &self,
+        acc: &GpuBuffer,
+        x: &GpuBuffer,
+        weight: &GpuWeight,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &GpuBuffer,
+    ) -> Result<()> {
+        if std::ptr::eq(acc, x) || std::ptr::eq(acc, out) || std::ptr::eq(x, out) {
+            return Err(err("add_rms_norm: acc, x and out must be distinct buffers"));
+        }
+        need("add_rms_norm acc", acc, rows * dim)?;
+        need("add_rms_norm x", x, rows * dim)?;
+        need("add_rms_norm out", out, rows * dim)?;
+        let [part] = &weight.parts[..] else {
+            return Err(err("add_rms_norm: weight split across bindings"));
+        };
+        let p = [rows as u32, dim as u32, eps.to_bits(), 1];
+        let b = [(1, &x.buf), (2, &out.buf), (3, &part.buf), (4, &acc.buf)];
+        self.gpu.dispatch(Shader::RmsNorm, "add_rms_norm", weight.wdt(), &b, &p, rows as u32)
     }
 
     fn matmul(&self, x: &GpuBuffer, m: usize, w: &GpuWeight, out: &GpuBuffer) -> Result<()> {
@@ -366,5 +391,49 @@ impl Backend for WgpuBackend {
             &[n as u32, dim as u32, (x.len / dim.max(1)) as u32],
             groups(n * dim, 256),
         )
+    }
+
+    fn sample(
+        &self,
+        logits: &GpuBuffer,
+        rows: usize,
+        vocab: usize,
+        params: &SamplingParams,
+        draws: &[f32],
+        history: &[&[u32]],
+        out: &GpuBuffer,
+    ) -> Result<()> {
+        check_sample_args(rows, draws, history)?;
+        need("sample logits", logits, rows * vocab)?;
+        need("sample out", out, rows)?;
+        if vocab == 0 || !out.is_u32 || logits.is_u32 {
+            return Err(err("sample: needs f32 logits of a non-empty vocabulary and a u32 output"));
+        }
+        // rows + 1 offsets, then each row's distinct ids (the penalty applies once per id).
+        let penalty = params.repetition_penalty != 1.0;
+        let mut hist = vec![0u32; rows + 1];
+        if penalty {
+            for (r, h) in history.iter().enumerate() {
+                let mut ids = h.to_vec();
+                ids.sort_unstable();
+                ids.dedup();
+                hist.extend(ids);
+                hist[r + 1] = (hist.len() - rows - 1) as u32;
+            }
+        }
+        let flags = u32::from(params.is_greedy()) | (u32::from(params.min_p > 0.0) << 1) | (u32::from(penalty) << 2);
+        let p = [
+            rows as u32,
+            vocab as u32,
+            params.temperature.to_bits(),
+            params.top_k.min(u32::MAX as usize) as u32,
+            params.top_p.to_bits(),
+            min_p_threshold(params.min_p.max(f32::MIN_POSITIVE)).to_bits(),
+            params.repetition_penalty.to_bits(),
+            flags,
+        ];
+        let (hb, db) = (self.upload_u32(&hist)?, self.upload(draws)?);
+        let b = [(1, &logits.buf), (2, &hb.buf), (3, &db.buf), (4, &out.buf)];
+        self.gpu.dispatch(Shader::Sample, "sample", 0, &b, &p, rows as u32)
     }
 }

@@ -144,3 +144,69 @@ pub fn moe(
         }
     }
 }
+
+/// Token sampling written from its definition (herd_core::sampling::pick) with a full sort and f64 masses.
+/// Returns the id and the margin: the smallest distance, relative to the mass involved, between a
+/// cumulative mass and the top-p target or the draw's goal. A row whose margin is below the f32 rounding
+/// of a backend's sums could legitimately pick differently, so the table only uses rows with a clear margin.
+pub fn sample(row: &[f32], history: &[u32], p: &herd_core::sampling::SamplingParams, u: f32) -> (u32, f64) {
+    let mut l: Vec<f32> = row.iter().map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x.min(f32::MAX) }).collect();
+    if p.repetition_penalty != 1.0 {
+        let mut ids: Vec<u32> = history.iter().copied().filter(|&i| (i as usize) < l.len()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for i in ids {
+            let x = l[i as usize];
+            l[i as usize] = if x < 0.0 { x * p.repetition_penalty } else { x / p.repetition_penalty };
+        }
+    }
+    // Argmax, lowest index on ties.
+    let best = (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b });
+    if p.is_greedy() || l[best] == f32::NEG_INFINITY {
+        return (best as u32, f64::INFINITY);
+    }
+    let mx = l[best];
+    let lp: Vec<f32> = l.iter().map(|&x| (x - mx) / p.temperature).collect();
+    let mut order: Vec<usize> = (0..l.len()).filter(|&i| lp[i] > f32::NEG_INFINITY).collect();
+    order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]).then(a.cmp(&b)));
+    let mut keep = vec![false; l.len()];
+    let mut set: Vec<usize> = order.clone();
+    if p.top_k > 0 && p.top_k < set.len() {
+        let th = lp[set[p.top_k - 1]];
+        set.retain(|&i| lp[i] >= th);
+    }
+    let mut margin = f64::INFINITY;
+    if p.top_p < 1.0 && set.len() > 1 {
+        let total: f64 = set.iter().map(|&i| (lp[i] as f64).exp()).sum();
+        let target = p.top_p as f64 * total;
+        let mut cum = 0.0;
+        let mut cut = set.len();
+        for (j, &i) in set.iter().enumerate() {
+            cum += (lp[i] as f64).exp();
+            margin = margin.min((cum - target).abs() / total);
+            if cum >= target && cut == set.len() {
+                cut = j + 1;
+            }
+        }
+        set.truncate(cut);
+    }
+    if p.min_p > 0.0 && set.len() > 1 {
+        let th = (p.min_p as f64).ln() as f32;
+        set.retain(|&i| lp[i] >= th);
+    }
+    for &i in &set {
+        keep[i] = true;
+    }
+    let total: f64 = (0..l.len()).filter(|&i| keep[i]).map(|i| (lp[i] as f64).exp()).sum();
+    let goal = u as f64 * total;
+    let mut cum = 0.0;
+    let mut pick = None;
+    for i in (0..l.len()).filter(|&i| keep[i]) {
+        cum += (lp[i] as f64).exp();
+        margin = margin.min((cum - goal).abs() / total);
+        if cum > goal && pick.is_none() {
+            pick = Some(i);
+        }
+    }
+    (pick.unwrap_or(best) as u32, margin)
+}

@@ -11,6 +11,7 @@ mod matmul;
 mod moe;
 mod rms_norm;
 mod rope;
+mod sample;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -18,6 +19,7 @@ use crate::backend::{AttnParams, AttnSeq, Backend};
 use crate::checkpoint::{FileBytes, TensorRef};
 use crate::error::{HerdError, Result};
 use crate::quant::DType;
+use crate::sampling::SamplingParams;
 
 pub use matmul::WView;
 
@@ -182,6 +184,22 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn add_rms_norm(
+        &self,
+        acc: &CpuBuffer,
+        x: &CpuBuffer,
+        weight: &CpuWeight,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &CpuBuffer,
+    ) -> Result<()> {
+        if std::ptr::eq(acc, x) || std::ptr::eq(acc, out) || std::ptr::eq(x, out) {
+            return Err(err("add_rms_norm: acc, x and out must be distinct buffers"));
+        }
+        rms_norm::add_rms_norm(&mut acc.f32_mut()?, &x.f32()?, weight.view(), rows, dim, eps, &mut out.f32_mut()?)
+    }
+
     fn matmul(&self, x: &CpuBuffer, m: usize, w: &CpuWeight, out: &CpuBuffer) -> Result<()> {
         let [n, k] = w.shape[..] else {
             return Err(err(format!("matmul: weight has shape {:?}, expected 2 dims", w.shape)));
@@ -284,5 +302,18 @@ impl Backend for CpuBackend {
 
     fn gather_rows(&self, x: &CpuBuffer, rows: &CpuBuffer, n: usize, dim: usize, out: &CpuBuffer) -> Result<()> {
         elementwise::gather_rows(&x.f32()?, &rows.u32()?, n, dim, &mut out.f32_mut()?)
+    }
+
+    fn sample(
+        &self,
+        logits: &CpuBuffer,
+        rows: usize,
+        vocab: usize,
+        params: &SamplingParams,
+        draws: &[f32],
+        history: &[&[u32]],
+        out: &CpuBuffer,
+    ) -> Result<()> {
+        sample::sample(&mut logits.f32_mut()?, rows, vocab, params, draws, history, &mut out.u32_mut()?)
     }
 }

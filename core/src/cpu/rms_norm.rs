@@ -1,5 +1,5 @@
 //! RMS norm on the CPU: `y = x · rsqrt(mean(x²) + eps) · w` per row, f32 throughout; no weight gives
-//! Llama 4's weightless QK norm.
+//! Llama 4's weightless QK norm; and the residual add fused with the norm that follows it.
 
 use rayon::prelude::*;
 
@@ -54,5 +54,32 @@ pub fn rms_norm_inplace(x: &mut [f32], w: Option<WView>, rows: usize, dim: usize
         let src = row.to_vec();
         norm_row(&src, w.as_deref(), eps, row)
     });
+    Ok(())
+}
+
+/// `acc[r] += x[r]`, then `out[r] = rms_norm(acc[r]) · w`, one pass over each row.
+pub fn add_rms_norm(
+    acc: &mut [f32],
+    x: &[f32],
+    w: WView,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    need("add_rms_norm acc", acc.len(), rows * dim)?;
+    need("add_rms_norm x", x.len(), rows * dim)?;
+    need("add_rms_norm out", out.len(), rows * dim)?;
+    let w = weight_f32(Some(w), dim)?;
+    acc[..rows * dim]
+        .par_chunks_mut(dim)
+        .zip(x[..rows * dim].par_chunks(dim))
+        .zip(out[..rows * dim].par_chunks_mut(dim))
+        .for_each(|((a, x), y)| {
+            for (a, &x) in a.iter_mut().zip(x) {
+                *a += x;
+            }
+            norm_row(a, w.as_deref(), eps, y)
+        });
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Llama 4's text model, written once against [`Backend`]: loading (every tensor checked against the
-//! config), and the batched forward pass (embedding → layers → final norm → lm_head on the rows asked for).
+//! config), and the batched forward pass (embedding → layers → final norm → lm_head on the rows asked for),
+//! returning logits or the tokens sampled from them on the device.
 
 mod attention;
 mod ffn;
@@ -11,6 +12,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::TextConfig;
 use crate::error::{HerdError, Result};
 use crate::kv::{KvCache, SeqId};
+use crate::sampling::{check_sample_args, SamplingParams};
 
 use attention::Attention;
 use ffn::Ffn;
@@ -114,6 +116,31 @@ impl<B: Backend> Llama4<B> {
     /// Runs the new tokens of each sequence through the model, appending them to the cache, and returns
     /// logits `[rows, vocab]` for the rows asked for (row order = batch order, then token order).
     pub fn forward(&self, cache: &mut KvCache<B>, batch: &[(SeqId, &[u32])], rows: Rows) -> Result<Vec<f32>> {
+        let (logits, _) = self.enqueue(cache, batch, rows)?;
+        self.backend.read(&logits)
+    }
+
+    /// Runs the new tokens of each sequence through the model like [`Llama4::forward`] and picks each
+    /// sequence's next token on the device ([`Backend::sample`], with one draw and one history per
+    /// sequence): the host reads back one id per sequence.
+    pub fn forward_sample(
+        &self,
+        cache: &mut KvCache<B>,
+        batch: &[(SeqId, &[u32])],
+        params: &SamplingParams,
+        draws: &[f32],
+        history: &[&[u32]],
+    ) -> Result<Vec<u32>> {
+        check_sample_args(batch.len(), draws, history)?;
+        let (logits, rows) = self.enqueue(cache, batch, Rows::Last)?;
+        let be = &*self.backend;
+        let ids = be.upload_u32(&vec![0; rows])?;
+        be.sample(&logits, rows, self.cfg.vocab_size, params, draws, history, &ids)?;
+        be.read_u32(&ids)
+    }
+
+    /// Enqueues a forward pass; returns the logits buffer and its number of rows.
+    fn enqueue(&self, cache: &mut KvCache<B>, batch: &[(SeqId, &[u32])], rows: Rows) -> Result<(B::Buffer, usize)> {
         let cfg = &self.cfg;
         let be = &*self.backend;
         let (d, h, kvh, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
@@ -170,15 +197,22 @@ impl<B: Backend> Llama4<B> {
         let pos_buf = be.upload_u32(&positions)?;
         let hidden = be.alloc(t * d)?;
         be.embed(&self.embed, &ids_buf, t, d, &hidden)?;
+        // Each residual add is fused with the norm that follows it; the last one has no norm after it here
+        // (the final norm runs on the rows that come back).
+        let eps = cfg.rms_norm_eps;
+        if let Some(first) = self.layers.first() {
+            be.rms_norm(&hidden, Some(&first.input_norm), t, d, eps, &s.a)?;
+        }
         for (i, layer) in self.layers.iter().enumerate() {
-            be.rms_norm(&hidden, Some(&layer.input_norm), t, d, cfg.rms_norm_eps, &s.a)?;
             let seqs = cache.attn_seqs(i, &plan)?;
             let (kc, vc) = cache.layer(i);
             layer.attn.forward(be, cfg, &s, t, &pos_buf, &self.inv_freq, kc, vc, &seqs)?;
-            be.add(&hidden, &s.o, t * d)?;
-            be.rms_norm(&hidden, Some(&layer.post_norm), t, d, cfg.rms_norm_eps, &s.a)?;
+            be.add_rms_norm(&hidden, &s.o, &layer.post_norm, t, d, eps, &s.a)?;
             layer.ffn.forward(be, cfg, &s, t)?;
-            be.add(&hidden, &s.o, t * d)?;
+            match self.layers.get(i + 1) {
+                Some(next) => be.add_rms_norm(&hidden, &s.o, &next.input_norm, t, d, eps, &s.a)?,
+                None => be.add(&hidden, &s.o, t * d)?,
+            }
         }
         cache.advance(&grow)?;
 
@@ -194,6 +228,6 @@ impl<B: Backend> Llama4<B> {
         be.rms_norm(&src, Some(&self.norm), out_rows, d, cfg.rms_norm_eps, &src)?;
         let logits = be.alloc(out_rows * cfg.vocab_size)?;
         be.matmul(&src, out_rows, self.lm_head.as_ref().unwrap_or(&self.embed), &logits)?;
-        be.read(&logits)
+        Ok((logits, out_rows))
     }
 }

@@ -1,0 +1,31 @@
+//! Token sampling on the CPU: each row through [`crate::sampling::pick`], the definition the device kernels
+//! follow.
+
+use rayon::prelude::*;
+
+use super::{err, need};
+use crate::error::Result;
+use crate::sampling::{check_sample_args, pick, SamplingParams};
+
+pub fn sample(
+    logits: &mut [f32],
+    rows: usize,
+    vocab: usize,
+    params: &SamplingParams,
+    draws: &[f32],
+    history: &[&[u32]],
+    out: &mut [u32],
+) -> Result<()> {
+    check_sample_args(rows, draws, history)?;
+    need("sample logits", logits.len(), rows * vocab)?;
+    need("sample out", out.len(), rows)?;
+    if vocab == 0 {
+        return Err(err("sample: empty vocabulary"));
+    }
+    logits[..rows * vocab]
+        .par_chunks_mut(vocab)
+        .zip(out[..rows].par_iter_mut())
+        .enumerate()
+        .for_each(|(r, (row, o))| *o = pick(row, history[r], params, draws[r]));
+    Ok(())
+}
