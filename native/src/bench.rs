@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use herd_core::backend::Backend;
-use herd_core::model::{Llama4, Rows};
-use herd_core::sampling::argmax;
+use herd_core::model::Llama4;
+use herd_core::sampling::SamplingParams;
 use rand::{Rng, SeedableRng};
 
 use crate::files::ModelFiles;
@@ -53,14 +53,14 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
     for rep in 0..=a.repeat.max(1) {
         let mut cache = model.new_cache()?;
         let seq = cache.add_sequence();
+        // Greedy picks on the device, as generation does: one id comes back per step.
+        let greedy = SamplingParams::default();
         let t0 = Instant::now();
-        let logits = model.forward(&mut cache, &[(seq, &prompt)], Rows::Last)?;
+        let mut next = model.forward_sample(&mut cache, &[(seq, &prompt)], &greedy, &[0.0], &[&[]])?[0];
         let prefill = t0.elapsed().as_secs_f64();
-        let mut next = argmax(&logits);
         let t1 = Instant::now();
         for _ in 0..a.gen_tokens {
-            let l = model.forward(&mut cache, &[(seq, &[next])], Rows::Last)?;
-            next = argmax(&l);
+            next = model.forward_sample(&mut cache, &[(seq, &[next])], &greedy, &[0.0], &[&[]])?[0];
         }
         let decode = t1.elapsed().as_secs_f64();
         if rep > 0 {
