@@ -24,6 +24,11 @@ fn need(what: &str, b: &GpuBuffer, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Keys per workgroup of the split decode attention kernel (SPLIT in attention.wgsl).
+const ATTN_SPLIT: usize = 256;
+/// Sequences with at most this many new tokens take the decode kernel; longer ones the tiled prefill kernel.
+const ATTN_DECODE_MAX_Q: usize = 8;
+
 fn groups(n: usize, per: usize) -> u32 {
     n.div_ceil(per) as u32
 }
@@ -239,6 +244,15 @@ impl Backend for WgpuBackend {
             }
         }
         let t = p.temperature;
+        let group = h / kvh;
+        // Keys the busiest query sees: how many splits the decode kernel needs.
+        let visible = seqs
+            .iter()
+            .flat_map(|s| (0..s.q_len).map(move |t| s.pos0 + t))
+            .map(|i| i - p.chunk.map_or(0, |c| i / c as u32 * c as u32) + 1)
+            .max()
+            .unwrap_or(1) as usize;
+        let splits = visible.div_ceil(ATTN_SPLIT);
         let params = [
             h as u32,
             kvh as u32,
@@ -249,6 +263,8 @@ impl Backend for WgpuBackend {
             t.map_or(0.0, |t| t.floor_scale).to_bits(),
             t.map_or(0.0, |t| t.attn_scale).to_bits(),
             rows as u32,
+            splits as u32,
+            group as u32,
         ];
         let b = [
             (1, &q.buf),
@@ -260,7 +276,33 @@ impl Backend for WgpuBackend {
             (7, &row_seq.buf),
             (8, &out.buf),
         ];
-        self.gpu.dispatch(Shader::Attention, "attention", 0, &b, &params, (rows * h) as u32)
+        let max_q = seqs.iter().map(|s| s.q_len).max().unwrap_or(0);
+        if max_q as usize > ATTN_DECODE_MAX_Q && d <= 128 {
+            // Prefill: blocks of up to 16 rows of one sequence.
+            let blocks: Vec<u32> = seqs
+                .iter()
+                .enumerate()
+                .flat_map(|(si, s)| (s.q_start..s.q_start + s.q_len).step_by(16).flat_map(move |r| [si as u32, r]))
+                .collect();
+            let bb = self.upload_u32(&blocks)?;
+            let mut bt: Vec<_> = b.iter().copied().filter(|(i, _)| *i != 7).collect();
+            bt.push((10, &bb.buf));
+            let groups = (blocks.len() / 2 * h) as u32;
+            return self.gpu.dispatch(Shader::Attention, "attention_tiled", 0, &bt, &params[..9], groups);
+        }
+        if group <= 8 {
+            // Decode: (row, kv head, split) workgroups, merged when there is more than one split.
+            let part = self.gpu.alloc(if splits > 1 { rows * h * splits * (d + 2) } else { 1 }, false)?;
+            let mut bs = b.to_vec();
+            bs.push((9, &part.buf));
+            self.gpu.dispatch(Shader::Attention, "attention_split", 0, &bs, &params, (rows * kvh * splits) as u32)?;
+            if splits > 1 {
+                let bc = [(7, &row_seq.buf), (8, &out.buf), (9, &part.buf)];
+                self.gpu.dispatch(Shader::Attention, "attention_combine", 0, &bc, &params, (rows * h) as u32)?;
+            }
+            return Ok(());
+        }
+        self.gpu.dispatch(Shader::Attention, "attention", 0, &b, &params[..9], (rows * h) as u32)
     }
 
     fn kv_store(

@@ -292,6 +292,14 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
             (4, 4, 8, Some(5), true, vec![(3, 12, 5)]),
             (40, 8, 128, Some(8192), false, vec![(511, 1, 512)]),
             (40, 8, 128, None, true, vec![(0, 64, 64)]),
+            // More query heads per kv head than the grouped decode kernel takes.
+            (18, 1, 8, None, false, vec![(30, 2, 32)]),
+            // head_dim above the tiled kernel's 128, many new rows.
+            (4, 2, 160, Some(16), true, vec![(10, 20, 32)]),
+            // Long decode: several splits, and a shorter sequence whose later splits are empty.
+            (8, 2, 64, None, true, vec![(1500, 1, 1501), (300, 3, 303)]),
+            // Prefill tiles that cross a chunk boundary after a cached prefix, beside a decode row.
+            (4, 2, 32, Some(16), false, vec![(10, 40, 16), (5, 1, 16)]),
         ];
         for (h, kvh, d, chunk, temp, seqs_spec) in cases {
             let kvrow = kvh * d;
