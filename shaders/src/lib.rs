@@ -185,7 +185,7 @@ impl Backend for WgpuBackend {
         let vec = (k * w.dtype.size()).is_multiple_of(16);
         for part in &w.parts {
             let p = [m as u32, k as u32, n as u32, part.first as u32, part.count as u32];
-            let groups = (part.count * mblocks) as u32;
+            let groups = (part.count.div_ceil(8) * mblocks) as u32;
             if vec {
                 let b = [(1, &x.buf), (4, &part.buf), (3, &out.buf)];
                 self.gpu.dispatch(Shader::Matmul, "matmul_vec", w.wdt(), &b, &p, groups)?;
