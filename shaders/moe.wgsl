@@ -85,3 +85,188 @@ fn moe_down(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     outb[t] = outb[t] + y;
 }
+
+// ---- grouped experts ------------------------------------------------------------------------------------
+// For expert matrices whose rows are a multiple of 16 bytes. moe_route sorts the (row, choice) pairs by
+// expert and cuts each expert's list into tiles of up to 8; moe_gemv multiplies a tile's inputs by a slice
+// of the expert's matrix, so each weight is read once per tile (once per step when decoding), with the
+// input dimension split into `splits` chunks across workgroups; moe_act sums the gate/up partials and
+// applies SwiGLU; moe_sum adds the down partials into the output.
+//
+// route (u32): [0] tile count, [1 .. 1 + 3·tmax) tiles (expert, first list entry, entries), then the
+// list of (row·k + choice) ids by expert. params of moe_route: rows, k, E, tmax.
+
+@group(0) @binding(7) var<storage, read_write> route: array<u32>;
+@group(0) @binding(8) var<storage, read> route_r: array<u32>;
+@group(0) @binding(9) var<storage, read> w4: array<vec4<u32>>;
+
+var<workgroup> ecount: array<atomic<u32>, 256>;
+var<workgroup> ecursor: array<atomic<u32>, 256>;
+
+@compute @workgroup_size(256)
+fn moe_route(@builtin(local_invocation_index) li: u32) {
+    let n = pu(0u) * pu(1u);
+    let ne = pu(2u);
+    let tmax = pu(3u);
+    let list0 = 1u + 3u * tmax;
+    atomicStore(&ecount[li], 0u);
+    workgroupBarrier();
+    for (var rc = li; rc < n; rc += 256u) {
+        let e = idx[rc];
+        if (e < ne) { atomicAdd(&ecount[e], 1u); }
+    }
+    workgroupBarrier();
+    if (li == 0u) {
+        var off = 0u;
+        var t = 0u;
+        for (var e = 0u; e < ne; e++) {
+            let c = atomicLoad(&ecount[e]);
+            atomicStore(&ecursor[e], off);
+            for (var s = 0u; s < c; s += 8u) {
+                route[1u + 3u * t] = e;
+                route[2u + 3u * t] = off + s;
+                route[3u + 3u * t] = min(8u, c - s);
+                t += 1u;
+            }
+            off += c;
+        }
+        route[0] = t;
+    }
+    workgroupBarrier();
+    for (var rc = li; rc < n; rc += 256u) {
+        let e = idx[rc];
+        if (e < ne) { route[list0 + atomicAdd(&ecursor[e], 1u)] = rc; }
+    }
+}
+
+// moe_gemv: partial[s, rc, c] = Σ_{kk in chunk s} in_rc[kk] · W_e[kk, c] for each (row, choice) rc of a
+// tile, where in_rc = score · x[row] (mode 0, the gate/up pass) or h[rc] (mode 1, the down pass). One
+// workgroup of 64 per (16-byte column piece block, chunk, tile); each invocation owns one 16-byte piece
+// of columns. params: rows, k, E, K (input dim), N (columns), chunk, splits, first, count, mode, tmax.
+
+var<workgroup> xs: array<array<f32, 128>, 8>;
+
+fn wpiece(v: u32) -> array<f32, 8> {
+    let q = w4[v];
+    var wv: array<f32, 8>;
+    if (WDT == 0u) {
+        wv[0] = bitcast<f32>(q.x); wv[1] = bitcast<f32>(q.y); wv[2] = bitcast<f32>(q.z); wv[3] = bitcast<f32>(q.w);
+    } else if (WDT == 1u) {
+        wv[0] = bitcast<f32>(q.x << 16u); wv[1] = bitcast<f32>(q.x & 0xffff0000u);
+        wv[2] = bitcast<f32>(q.y << 16u); wv[3] = bitcast<f32>(q.y & 0xffff0000u);
+        wv[4] = bitcast<f32>(q.z << 16u); wv[5] = bitcast<f32>(q.z & 0xffff0000u);
+        wv[6] = bitcast<f32>(q.w << 16u); wv[7] = bitcast<f32>(q.w & 0xffff0000u);
+    } else {
+        let a = unpack2x16float(q.x); let b = unpack2x16float(q.y);
+        let c = unpack2x16float(q.z); let d = unpack2x16float(q.w);
+        wv[0] = a.x; wv[1] = a.y; wv[2] = b.x; wv[3] = b.y; wv[4] = c.x; wv[5] = c.y; wv[6] = d.x; wv[7] = d.y;
+    }
+    return wv;
+}
+
+@compute @workgroup_size(64)
+fn moe_gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = group_index(wid, nwg);
+    let k = pu(1u);
+    let kd = pu(3u);
+    let nc = pu(4u);
+    let chunk = pu(5u);
+    let splits = pu(6u);
+    let mode = pu(9u);
+    var per = 8u;
+    if (WDT == 0u) { per = 4u; }
+    let npieces = nc / per;
+    let pblocks = (npieces + 63u) / 64u;
+    let pb = g % pblocks;
+    let s = (g / pblocks) % splits;
+    let t = g / (pblocks * splits);
+    if (t >= route_r[0]) { return; }
+    let ex = route_r[1u + 3u * t];
+    if (ex < pu(7u) || ex - pu(7u) >= pu(8u)) { return; }
+    let el = ex - pu(7u);
+    let first = route_r[2u + 3u * t];
+    let n = route_r[3u + 3u * t];
+    let list0 = 1u + 3u * pu(10u);
+    let k0 = s * chunk;
+    let k1 = min(kd, k0 + chunk);
+    let piece = pb * 64u + li;
+    var acc: array<array<f32, 8>, 8>;
+    for (var j = 0u; j < 8u; j++) { for (var e = 0u; e < 8u; e++) { acc[j][e] = 0.0; } }
+    // Loops over the tile's 8 entries have constant bounds (guarded by j < n) so that acc stays in registers.
+    for (var kb = k0; kb < k1; kb += 128u) {
+        let kn = min(128u, k1 - kb);
+        workgroupBarrier();
+        for (var e = li; e < 8u * 128u; e += 64u) {
+            let j = e / 128u;
+            let kk = e % 128u;
+            var v = 0.0;
+            if (j < n && kk < kn) {
+                let rc = route_r[list0 + first + j];
+                if (mode == 0u) { v = score[rc] * xin[(rc / k) * kd + kb + kk]; } else { v = xin[rc * kd + kb + kk]; }
+            }
+            xs[j][kk] = v;
+        }
+        workgroupBarrier();
+        if (piece < npieces) {
+            let vbase = (el * kd + kb) * npieces + piece;
+            for (var kk = 0u; kk < kn; kk++) {
+                let wv = wpiece(vbase + kk * npieces);
+                for (var j = 0u; j < 8u; j++) {
+                    if (j < n) {
+                        let xv = xs[j][kk];
+                        for (var e = 0u; e < 8u; e++) { acc[j][e] += xv * wv[e]; }
+                    }
+                }
+            }
+        }
+    }
+    if (piece < npieces) {
+        for (var j = 0u; j < 8u; j++) {
+            if (j < n) {
+                let rc = route_r[list0 + first + j];
+                let ob = (s * pu(0u) * k + rc) * nc + piece * per;
+                for (var e = 0u; e < per; e++) { outb[ob + e] = acc[j][e]; }
+            }
+        }
+    }
+}
+
+// h[rc, f] = silu(Σ_s P[s, rc, f]) · Σ_s P[s, rc, F + f]. Bindings: xin = P, outb = h. params: rows, k, F, splits.
+@compute @workgroup_size(256)
+fn moe_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = group_index(wid, nwg) * 256u + li;
+    let nrc = pu(0u) * pu(1u);
+    let f = pu(2u);
+    if (t >= nrc * f) { return; }
+    let rc = t / f;
+    let ff = t % f;
+    var gs = 0.0;
+    var us = 0.0;
+    for (var s = 0u; s < pu(3u); s++) {
+        let b = (s * nrc + rc) * 2u * f + ff;
+        gs += xin[b];
+        us += xin[b + f];
+    }
+    outb[t] = gs / (1.0 + exp(-gs)) * us;
+}
+
+// out[r, o] += Σ_c Σ_s Q[s, r·k + c, o] over the choices whose expert is valid. Bindings: xin = Q, outb = out.
+// params: rows, k, D, splits, E.
+@compute @workgroup_size(256)
+fn moe_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = group_index(wid, nwg) * 256u + li;
+    let k = pu(1u);
+    let d = pu(2u);
+    let nrc = pu(0u) * k;
+    if (t >= pu(0u) * d) { return; }
+    let r = t / d;
+    let o = t % d;
+    var y = 0.0;
+    for (var c = 0u; c < k; c++) {
+        let rc = r * k + c;
+        if (idx[rc] < pu(4u)) {
+            for (var s = 0u; s < pu(3u); s++) { y += xin[(s * nrc + rc) * d + o]; }
+        }
+    }
+    outb[t] = outb[t] + y;
+}

@@ -50,6 +50,64 @@ impl WgpuBackend {
         matches!(self.gpu.info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu)
     }
 
+    /// The grouped-expert MoE (see moe.wgsl): route the (row, choice) pairs into per-expert tiles, the
+    /// gate/up pass split along D, SwiGLU, the down pass split along F, and the sum into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_grouped(
+        &self,
+        x: &GpuBuffer,
+        rows: usize,
+        idx: &GpuBuffer,
+        score: &GpuBuffer,
+        k: usize,
+        gate_up: &GpuWeight,
+        down: &GpuWeight,
+        out: &GpuBuffer,
+        [e, d, f]: [usize; 3],
+    ) -> Result<()> {
+        let nrc = rows * k;
+        // Tiles of up to 8 entries per expert: at most one partly filled tile per expert that is used.
+        let tmax = nrc.div_ceil(8) + e.min(nrc);
+        let route = self.gpu.alloc(1 + 3 * tmax + nrc, true)?;
+        let p = [rows as u32, k as u32, e as u32, tmax as u32];
+        self.gpu.dispatch(Shader::Moe, "moe_route", 0, &[(2, &idx.buf), (7, &route.buf)], &p, 1)?;
+        // Split the input dimension across workgroups while the partial sums stay small (32 MiB).
+        let splits = |kd: usize, nc: usize| kd.div_ceil(128).min((32 << 20) / (4 * nrc * nc)).max(1);
+        let per = if gate_up.dtype == herd_core::quant::DType::F32 { 4 } else { 8 };
+        let gemv = |w: &GpuWeight, input: &GpuBuffer, kd: usize, nc: usize, mode: u32| -> Result<(GpuBuffer, usize)> {
+            let s = splits(kd, nc);
+            let chunk = kd.div_ceil(s);
+            let partial = self.gpu.alloc(s * nrc * nc, false)?;
+            let pblocks = (nc / per).div_ceil(64);
+            for part in &w.parts {
+                let p = [
+                    rows as u32,
+                    k as u32,
+                    e as u32,
+                    kd as u32,
+                    nc as u32,
+                    chunk as u32,
+                    s as u32,
+                    part.first as u32,
+                    part.count as u32,
+                    mode,
+                    tmax as u32,
+                ];
+                let b = [(1, &input.buf), (3, &score.buf), (5, &partial.buf), (8, &route.buf), (9, &part.buf)];
+                self.gpu.dispatch(Shader::Moe, "moe_gemv", w.wdt(), &b, &p, (pblocks * s * tmax) as u32)?;
+            }
+            Ok((partial, s))
+        };
+        let (pu, su) = gemv(gate_up, x, d, 2 * f, 0)?;
+        let h = self.gpu.alloc(nrc * f, false)?;
+        let p = [rows as u32, k as u32, f as u32, su as u32];
+        self.gpu.dispatch(Shader::Moe, "moe_act", 0, &[(1, &pu.buf), (5, &h.buf)], &p, groups(nrc * f, 256))?;
+        let (pd, sd) = gemv(down, &h, f, d, 1)?;
+        let p = [rows as u32, k as u32, d as u32, sd as u32, e as u32];
+        let b = [(1, &pd.buf), (2, &idx.buf), (5, &out.buf)];
+        self.gpu.dispatch(Shader::Moe, "moe_sum", 0, &b, &p, groups(rows * d, 256))
+    }
+
     /// Row → sequence index for the attention metadata.
     fn seq_buffers(&self, seqs: &[AttnSeq]) -> Result<(GpuBuffer, GpuBuffer, usize)> {
         let rows = seqs.iter().map(|s| (s.q_start + s.q_len) as usize).max().unwrap_or(0);
@@ -407,6 +465,10 @@ impl Backend for WgpuBackend {
         need("moe idx", idx, rows * k)?;
         need("moe score", score, rows * k)?;
         need("moe out", out, rows * d)?;
+        let per = if gate_up.dtype == herd_core::quant::DType::F32 { 4 } else { 8 };
+        if (2 * f).is_multiple_of(per) && d.is_multiple_of(per) && e <= 256 {
+            return self.moe_grouped(x, rows, idx, score, k, gate_up, down, out, [e, d, f]);
+        }
         let h = self.gpu.alloc(rows * k * f, false)?;
         for part in &gate_up.parts {
             let p = [rows as u32, k as u32, d as u32, f as u32, part.first as u32, part.count as u32];

@@ -451,6 +451,10 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
             (9, 32, 16, 4, 2, DType::F16),
             (1, 1024, 1024, 16, 1, DType::BF16),
             (64, 512, 512, 16, 1, DType::F32),
+            // Several tiles of 8 per expert.
+            (40, 64, 32, 4, 2, DType::BF16),
+            // An expert tensor over 128 MiB: split across bindings by whole experts.
+            (2, 1024, 2080, 16, 2, DType::BF16),
         ] {
             let xv = rng.vec(rows_ * d);
             let gu = rng.vec(e * d * 2 * f);
