@@ -2,7 +2,7 @@
 //! GFLOP/s); `--op NAME` keeps rows whose op contains NAME; `--backend NAME` runs one backend. A backend
 //! that is not present is reported as not run. Exits non-zero if any row fails.
 
-use herd_conformance::table::{format_table, run_table, RowResult};
+use herd_conformance::table::{dispatch_cost, format_table, run_table, RowResult};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
 use herd_wgpu::WgpuBackend;
@@ -22,10 +22,18 @@ fn main() {
     if want("cpu") {
         let be = CpuBackend::new();
         run(be.name(), run_table(&be, perf, filter));
+        if perf {
+            print_dispatch_cost(&be);
+        }
     }
     if want("wgpu") {
         match WgpuBackend::new() {
-            Ok(be) => run(be.name(), run_table(&be, perf, filter)),
+            Ok(be) => {
+                run(be.name(), run_table(&be, perf, filter));
+                if perf {
+                    print_dispatch_cost(&be);
+                }
+            }
             Err(e) => println!("backend wgpu: NOT RUN ({e})\n"),
         }
     }
@@ -33,5 +41,17 @@ fn main() {
     println!("conformance: {} passed, {} failed", all.len() - failed, failed);
     if failed > 0 {
         std::process::exit(1);
+    }
+}
+
+fn print_dispatch_cost<B: Backend>(be: &B) {
+    match dispatch_cost(be, 2000) {
+        Ok((rec, total)) => {
+            println!(
+                "{}: fixed cost per op: {rec:.2} us recording, {total:.2} us in total (2000 one-element adds)\n",
+                be.name()
+            )
+        }
+        Err(e) => println!("{}: fixed cost per op: ERROR {e}\n", be.name()),
     }
 }

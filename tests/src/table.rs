@@ -627,6 +627,25 @@ fn sample_rows<B: Backend>(
     }
 }
 
+/// The fixed cost of one op: `n` dependent one-element adds recorded as one step, then read. Returns
+/// microseconds per op spent recording and in total (recording, submission, execution and the wait), from
+/// the second of two identical steps, so whatever a backend keeps between steps is warm.
+pub fn dispatch_cost<B: Backend>(be: &B, n: usize) -> Result<(f64, f64)> {
+    let (a, b) = (be.upload(&[0.0])?, be.upload(&[1.0])?);
+    let mut best = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..n {
+            be.add(&a, &b, 1)?;
+        }
+        let rec = t.elapsed().as_secs_f64();
+        be.read(&a)?;
+        let total = t.elapsed().as_secs_f64();
+        best = (best.0.min(rec), best.1.min(total));
+    }
+    Ok((best.0 * 1e6 / n as f64, best.1 * 1e6 / n as f64))
+}
+
 /// The table as text: one line per row, with GB/s and GFLOP/s when timed.
 pub fn format_table(backend: &str, rows: &[RowResult]) -> String {
     let mut s = format!(
