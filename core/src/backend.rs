@@ -79,6 +79,9 @@ pub trait Backend: Send + Sync + 'static {
     fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
     /// A u32 buffer holding `data`.
     fn upload_u32(&self, data: &[u32]) -> Result<Self::Buffer>;
+    /// Overwrites the first `data.len()` elements of a u32 buffer, in order with the enqueued work: ops
+    /// enqueued before see the old contents, ops enqueued after the new ones.
+    fn write_u32(&self, buf: &Self::Buffer, data: &[u32]) -> Result<()>;
     /// Waits for all enqueued work and returns an f32 buffer's contents.
     fn read(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
     /// Waits for all enqueued work and returns a u32 buffer's contents.

@@ -1,5 +1,7 @@
 //! The wgpu device behind [`crate::WgpuBackend`]: adapter and device set-up, buffers, the pipeline cache,
-//! and the one command encoder every op records into until the host reads a result.
+//! and the one command encoder every op records into until the host reads a result. Per-dispatch costs
+//! are kept off the hot path: parameters go into a uniform arena written once per step, bind groups are
+//! reused from the step before, and small per-step tables live in pooled buffers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -88,11 +90,46 @@ impl GpuWeight {
     }
 }
 
-/// The step being recorded: its command encoder and the compute pass consecutive dispatches share (ended
-/// before a copy and before submission).
+/// The step being recorded: its command encoder, the compute pass consecutive dispatches share (ended
+/// before a copy and before submission), the parameter words of its dispatches (one 256-byte slot each,
+/// written into the uniform arena once, at submission), and the metadata slots it has filled.
 struct Recorder {
     enc: wgpu::CommandEncoder,
     pass: Option<wgpu::ComputePass<'static>>,
+    params: Vec<u32>,
+    meta_used: usize,
+    meta_by_content: HashMap<Vec<u32>, usize>,
+}
+
+/// Parameter slots per arena chunk, and the bytes of one slot (the largest uniform offset alignment).
+const SLOTS_PER_CHUNK: usize = 256;
+const SLOT_BYTES: usize = 256;
+const SLOT_WORDS: usize = SLOT_BYTES / 4;
+
+/// A bind group is reused while its pipeline, arena slot and buffers are the same: a decode step records
+/// the same dispatches on the same buffers as the step before, so it finds them all.
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    pipeline: usize,
+    slot: usize,
+    buffers: Vec<(u32, wgpu::Buffer)>,
+}
+
+/// Bind groups of this step and the one before: an entry not used for a whole step is dropped (with the
+/// buffers it holds).
+#[derive(Default)]
+struct BindCache {
+    current: HashMap<BindKey, wgpu::BindGroup>,
+    previous: HashMap<BindKey, wgpu::BindGroup>,
+}
+
+/// Buffers kept across steps: the uniform arena's chunks, small metadata uploads (filled once per step
+/// each, with queue writes that land before the step's commands), and scratch buffers by role.
+#[derive(Default)]
+struct Pools {
+    arena: Vec<wgpu::Buffer>,
+    meta: Vec<(wgpu::Buffer, usize)>,
+    scratch: HashMap<&'static str, GpuBuffer>,
 }
 
 /// A pipeline: shader file, entry point, weight format.
@@ -108,6 +145,8 @@ pub struct Gpu {
     pub(crate) limits: wgpu::Limits,
     pipelines: Mutex<HashMap<PipelineKey, Arc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
     encoder: Mutex<Option<Recorder>>,
+    binds: Mutex<BindCache>,
+    pools: Mutex<Pools>,
     error: Arc<Mutex<Option<String>>>,
     /// A 4-byte buffer bound where an op has no tensor to give (e.g. a weightless RMS norm).
     pub(crate) dummy: wgpu::Buffer,
@@ -157,6 +196,8 @@ impl Gpu {
             limits,
             pipelines: Mutex::new(HashMap::new()),
             encoder: Mutex::new(None),
+            binds: Mutex::new(BindCache::default()),
+            pools: Mutex::new(Pools::default()),
             error,
             dummy,
         })
@@ -293,25 +334,18 @@ impl Gpu {
             return Ok(());
         }
         let pipeline = self.pipeline(shader, entry, wdt)?;
-        let mut words = [0u32; 16];
-        words[..params.len()].copy_from_slice(params);
-        let ubuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: bytemuck::cast_slice(&words),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
-        entries.extend(
-            bindings.iter().map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() }),
-        );
-        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.1,
-            entries: &entries,
-        });
-        let (x, y) = if groups <= MAX_GROUPS { (groups, 1) } else { (MAX_GROUPS, groups.div_ceil(MAX_GROUPS)) };
         let mut g = self.encoder.lock().map_err(|_| err("poisoned encoder"))?;
         let rec = g.get_or_insert_with(|| self.new_recorder());
+        let slot = rec.params.len() / SLOT_WORDS;
+        rec.params.extend_from_slice(params);
+        rec.params.resize((slot + 1) * SLOT_WORDS, 0);
+        let key = BindKey {
+            pipeline: Arc::as_ptr(&pipeline) as usize,
+            slot,
+            buffers: bindings.iter().map(|(b, buf)| (*b, (*buf).clone())).collect(),
+        };
+        let bg = self.bind_group(&pipeline.1, key)?;
+        let (x, y) = if groups <= MAX_GROUPS { (groups, 1) } else { (MAX_GROUPS, groups.div_ceil(MAX_GROUPS)) };
         let pass = rec.pass.get_or_insert_with(|| {
             rec.enc
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes: None })
@@ -323,9 +357,98 @@ impl Gpu {
         Ok(())
     }
 
+    /// The bind group for `key`, from this step's or the last step's cache, or made now.
+    fn bind_group(&self, layout: &wgpu::BindGroupLayout, key: BindKey) -> Result<wgpu::BindGroup> {
+        let mut cache = self.binds.lock().map_err(|_| err("poisoned bind group cache"))?;
+        if let Some(bg) = cache.current.get(&key) {
+            return Ok(bg.clone());
+        }
+        if let Some(bg) = cache.previous.remove(&key) {
+            cache.current.insert(key, bg.clone());
+            return Ok(bg);
+        }
+        let chunk = key.slot / SLOTS_PER_CHUNK;
+        let arena = {
+            let mut pools = self.pools.lock().map_err(|_| err("poisoned buffer pools"))?;
+            while pools.arena.len() <= chunk {
+                pools.arena.push(self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("params"),
+                    size: (SLOTS_PER_CHUNK * SLOT_BYTES) as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }));
+            }
+            pools.arena[chunk].clone()
+        };
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &arena,
+                offset: ((key.slot % SLOTS_PER_CHUNK) * SLOT_BYTES) as u64,
+                size: std::num::NonZeroU64::new(64),
+            }),
+        }];
+        entries.extend(
+            key.buffers.iter().map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() }),
+        );
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries });
+        cache.current.insert(key, bg.clone());
+        Ok(bg)
+    }
+
+    /// A device buffer holding `words` for this step's dispatches to read (sequence tables, block lists,
+    /// draws): one of a pool of buffers kept across steps, each filled at most once per step (identical
+    /// contents share one), by a queue write that lands before the step's commands run.
+    pub(crate) fn meta(&self, words: &[u32]) -> Result<wgpu::Buffer> {
+        let words = if words.is_empty() { &[0u32][..] } else { words };
+        let mut g = self.encoder.lock().map_err(|_| err("poisoned encoder"))?;
+        let rec = g.get_or_insert_with(|| self.new_recorder());
+        let mut pools = self.pools.lock().map_err(|_| err("poisoned buffer pools"))?;
+        if let Some(&i) = rec.meta_by_content.get(words) {
+            return Ok(pools.meta[i].0.clone());
+        }
+        let i = rec.meta_used;
+        rec.meta_used += 1;
+        if pools.meta.len() <= i || pools.meta[i].1 < words.len() {
+            let cap = words.len().next_power_of_two().max(64);
+            self.check_size((cap * 4) as u64, "metadata")?;
+            let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("meta"),
+                size: (cap * 4) as u64,
+                usage: Self::storage_usage(),
+                mapped_at_creation: false,
+            });
+            if pools.meta.len() <= i {
+                pools.meta.push((buf, cap));
+            } else {
+                pools.meta[i] = (buf, cap);
+            }
+        }
+        let buf = pools.meta[i].0.clone();
+        self.queue.write_buffer(&buf, 0, bytemuck::cast_slice(words));
+        rec.meta_by_content.insert(words.to_vec(), i);
+        Ok(buf)
+    }
+
+    /// A scratch buffer of at least `len` elements for one role inside an op (e.g. the MoE partial sums),
+    /// kept across steps and grown when too small. Its contents are undefined; ops that share a role run
+    /// one after the other, so each sees only what it wrote.
+    pub(crate) fn scratch(&self, role: &'static str, len: usize, is_u32: bool) -> Result<wgpu::Buffer> {
+        let mut pools = self.pools.lock().map_err(|_| err("poisoned buffer pools"))?;
+        if let Some(b) = pools.scratch.get(role) {
+            if b.len >= len && b.is_u32 == is_u32 {
+                return Ok(b.buf.clone());
+            }
+        }
+        let b = self.alloc(len.max(1).next_power_of_two().min(self.max_binding() as usize / 4).max(len), is_u32)?;
+        let buf = b.buf.clone();
+        pools.scratch.insert(role, b);
+        Ok(buf)
+    }
+
     fn new_recorder(&self) -> Recorder {
         let enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
-        Recorder { enc, pass: None }
+        Recorder { enc, pass: None, params: Vec::new(), meta_used: 0, meta_by_content: HashMap::new() }
     }
 
     /// Runs `f` on the step's command encoder (created on first use), outside the shared compute pass.
@@ -352,7 +475,17 @@ impl Gpu {
         let enc = self.encoder.lock().map_err(|_| err("poisoned encoder"))?.take();
         if let Some(mut rec) = enc {
             rec.pass = None;
+            {
+                // The step's parameters, one queue write per arena chunk, ahead of its commands.
+                let pools = self.pools.lock().map_err(|_| err("poisoned buffer pools"))?;
+                for (chunk, words) in rec.params.chunks(SLOTS_PER_CHUNK * SLOT_WORDS).enumerate() {
+                    self.queue.write_buffer(&pools.arena[chunk], 0, bytemuck::cast_slice(words));
+                }
+            }
             self.queue.submit([rec.enc.finish()]);
+            let mut cache = self.binds.lock().map_err(|_| err("poisoned bind group cache"))?;
+            let current = std::mem::take(&mut cache.current);
+            cache.previous = current;
         }
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();

@@ -68,16 +68,22 @@ impl WgpuBackend {
         let nrc = rows * k;
         // Tiles of up to 8 entries per expert: at most one partly filled tile per expert that is used.
         let tmax = nrc.div_ceil(8) + e.min(nrc);
-        let route = self.gpu.alloc(1 + 3 * tmax + nrc, true)?;
+        let route = self.gpu.scratch("moe route", 1 + 3 * tmax + nrc, true)?;
         let p = [rows as u32, k as u32, e as u32, tmax as u32];
-        self.gpu.dispatch(Shader::Moe, "moe_route", 0, &[(2, &idx.buf), (7, &route.buf)], &p, 1)?;
+        self.gpu.dispatch(Shader::Moe, "moe_route", 0, &[(2, &idx.buf), (7, &route)], &p, 1)?;
         // Split the input dimension across workgroups while the partial sums stay small (32 MiB).
         let splits = |kd: usize, nc: usize| kd.div_ceil(128).min((32 << 20) / (4 * nrc * nc)).max(1);
         let per = if gate_up.dtype == herd_core::quant::DType::F32 { 4 } else { 8 };
-        let gemv = |w: &GpuWeight, input: &GpuBuffer, kd: usize, nc: usize, mode: u32| -> Result<(GpuBuffer, usize)> {
+        let gemv = |w: &GpuWeight,
+                    input: &wgpu::Buffer,
+                    kd: usize,
+                    nc: usize,
+                    mode: u32,
+                    role: &'static str|
+         -> Result<(wgpu::Buffer, usize)> {
             let s = splits(kd, nc);
             let chunk = kd.div_ceil(s);
-            let partial = self.gpu.alloc(s * nrc * nc, false)?;
+            let partial = self.gpu.scratch(role, s * nrc * nc, false)?;
             let pblocks = (nc / per).div_ceil(64);
             for part in &w.parts {
                 let p = [
@@ -93,23 +99,23 @@ impl WgpuBackend {
                     mode,
                     tmax as u32,
                 ];
-                let b = [(1, &input.buf), (3, &score.buf), (5, &partial.buf), (8, &route.buf), (9, &part.buf)];
+                let b = [(1, input), (3, &score.buf), (5, &partial), (8, &route), (9, &part.buf)];
                 self.gpu.dispatch(Shader::Moe, "moe_gemv", w.wdt(), &b, &p, (pblocks * s * tmax) as u32)?;
             }
             Ok((partial, s))
         };
-        let (pu, su) = gemv(gate_up, x, d, 2 * f, 0)?;
-        let h = self.gpu.alloc(nrc * f, false)?;
+        let (pu, su) = gemv(gate_up, &x.buf, d, 2 * f, 0, "moe gate/up partials")?;
+        let h = self.gpu.scratch("moe activations", nrc * f, false)?;
         let p = [rows as u32, k as u32, f as u32, su as u32];
-        self.gpu.dispatch(Shader::Moe, "moe_act", 0, &[(1, &pu.buf), (5, &h.buf)], &p, groups(nrc * f, 256))?;
-        let (pd, sd) = gemv(down, &h, f, d, 1)?;
+        self.gpu.dispatch(Shader::Moe, "moe_act", 0, &[(1, &pu), (5, &h)], &p, groups(nrc * f, 256))?;
+        let (pd, sd) = gemv(down, &h, f, d, 1, "moe down partials")?;
         let p = [rows as u32, k as u32, d as u32, sd as u32, e as u32];
-        let b = [(1, &pd.buf), (2, &idx.buf), (5, &out.buf)];
+        let b = [(1, &pd), (2, &idx.buf), (5, &out.buf)];
         self.gpu.dispatch(Shader::Moe, "moe_sum", 0, &b, &p, groups(rows * d, 256))
     }
 
     /// Row → sequence index for the attention metadata.
-    fn seq_buffers(&self, seqs: &[AttnSeq]) -> Result<(GpuBuffer, GpuBuffer, usize)> {
+    fn seq_buffers(&self, seqs: &[AttnSeq]) -> Result<(wgpu::Buffer, wgpu::Buffer, usize)> {
         let rows = seqs.iter().map(|s| (s.q_start + s.q_len) as usize).max().unwrap_or(0);
         let mut row_seq = vec![u32::MAX; rows.max(1)];
         let mut words = Vec::with_capacity(seqs.len() * 5);
@@ -119,7 +125,7 @@ impl WgpuBackend {
             }
             words.extend([s.q_start, s.q_len, s.pos0, s.slot_base, s.slot_cap.max(1)]);
         }
-        Ok((self.upload_u32(&words)?, self.upload_u32(&row_seq)?, rows))
+        Ok((self.gpu.meta(&words)?, self.gpu.meta(&row_seq)?, rows))
     }
 }
 
@@ -139,6 +145,18 @@ impl Backend for WgpuBackend {
     }
     fn upload_u32(&self, data: &[u32]) -> Result<GpuBuffer> {
         self.gpu.upload_bytes(bytemuck::cast_slice(data), data.len(), true)
+    }
+    fn write_u32(&self, buf: &GpuBuffer, data: &[u32]) -> Result<()> {
+        if !buf.is_u32 {
+            return Err(err("write_u32: expected a u32 buffer, got f32"));
+        }
+        need("write_u32", buf, data.len())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        // The words land in a pooled buffer before the step runs; the copy keeps them in order with it.
+        let src = self.gpu.meta(data)?;
+        self.gpu.record(|enc| enc.copy_buffer_to_buffer(&src, 0, &buf.buf, 0, (data.len() * 4) as u64))
     }
     fn read(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
         if buf.is_u32 {
@@ -330,8 +348,8 @@ impl Backend for WgpuBackend {
             (3, &v_new.buf),
             (4, &k_cache.buf),
             (5, &v_cache.buf),
-            (6, &seq_buf.buf),
-            (7, &row_seq.buf),
+            (6, &seq_buf),
+            (7, &row_seq),
             (8, &out.buf),
         ];
         let max_q = seqs.iter().map(|s| s.q_len).max().unwrap_or(0);
@@ -342,20 +360,24 @@ impl Backend for WgpuBackend {
                 .enumerate()
                 .flat_map(|(si, s)| (s.q_start..s.q_start + s.q_len).step_by(16).flat_map(move |r| [si as u32, r]))
                 .collect();
-            let bb = self.upload_u32(&blocks)?;
+            let bb = self.gpu.meta(&blocks)?;
             let mut bt: Vec<_> = b.iter().copied().filter(|(i, _)| *i != 7).collect();
-            bt.push((10, &bb.buf));
+            bt.push((10, &bb));
             let groups = (blocks.len() / 2 * h) as u32;
             return self.gpu.dispatch(Shader::Attention, "attention_tiled", 0, &bt, &params[..9], groups);
         }
         if group <= 8 {
             // Decode: (row, kv head, split) workgroups, merged when there is more than one split.
-            let part = self.gpu.alloc(if splits > 1 { rows * h * splits * (d + 2) } else { 1 }, false)?;
+            let part = self.gpu.scratch(
+                "attention partials",
+                if splits > 1 { rows * h * splits * (d + 2) } else { 1 },
+                false,
+            )?;
             let mut bs = b.to_vec();
-            bs.push((9, &part.buf));
+            bs.push((9, &part));
             self.gpu.dispatch(Shader::Attention, "attention_split", 0, &bs, &params, (rows * kvh * splits) as u32)?;
             if splits > 1 {
-                let bc = [(7, &row_seq.buf), (8, &out.buf), (9, &part.buf)];
+                let bc = [(7, &row_seq), (8, &out.buf), (9, &part)];
                 self.gpu.dispatch(Shader::Attention, "attention_combine", 0, &bc, &params, (rows * h) as u32)?;
             }
             return Ok(());
@@ -381,7 +403,7 @@ impl Backend for WgpuBackend {
         }
         let p = [rows as u32, kv_dim as u32];
         for (new, cache) in [(k_new, k_cache), (v_new, v_cache)] {
-            let b = [(2, &new.buf), (4, &cache.buf), (6, &seq_buf.buf), (7, &row_seq.buf)];
+            let b = [(2, &new.buf), (4, &cache.buf), (6, &seq_buf), (7, &row_seq)];
             self.gpu.dispatch(Shader::Attention, "kv_store", 0, &b, &p, groups(rows * kv_dim, 256))?;
         }
         Ok(())
@@ -469,15 +491,15 @@ impl Backend for WgpuBackend {
         if (2 * f).is_multiple_of(per) && d.is_multiple_of(per) && e <= 256 {
             return self.moe_grouped(x, rows, idx, score, k, gate_up, down, out, [e, d, f]);
         }
-        let h = self.gpu.alloc(rows * k * f, false)?;
+        let h = self.gpu.scratch("moe activations", rows * k * f, false)?;
         for part in &gate_up.parts {
             let p = [rows as u32, k as u32, d as u32, f as u32, part.first as u32, part.count as u32];
-            let b = [(1, &x.buf), (2, &idx.buf), (3, &score.buf), (4, &part.buf), (5, &h.buf)];
+            let b = [(1, &x.buf), (2, &idx.buf), (3, &score.buf), (4, &part.buf), (5, &h)];
             self.gpu.dispatch(Shader::Moe, "moe_up", gate_up.wdt(), &b, &p, groups(rows * k * f, 64))?;
         }
         for part in &down.parts {
             let p = [rows as u32, k as u32, d as u32, f as u32, part.first as u32, part.count as u32];
-            let b = [(1, &h.buf), (2, &idx.buf), (4, &part.buf), (5, &out.buf)];
+            let b = [(1, &h), (2, &idx.buf), (4, &part.buf), (5, &out.buf)];
             self.gpu.dispatch(Shader::Moe, "moe_down", down.wdt(), &b, &p, groups(rows * d, 64))?;
         }
         Ok(())
@@ -536,8 +558,9 @@ impl Backend for WgpuBackend {
             params.repetition_penalty.to_bits(),
             flags,
         ];
-        let (hb, db) = (self.upload_u32(&hist)?, self.upload(draws)?);
-        let b = [(1, &logits.buf), (2, &hb.buf), (3, &db.buf), (4, &out.buf)];
+        let draw_bits: Vec<u32> = draws.iter().map(|u| u.to_bits()).collect();
+        let (hb, db) = (self.gpu.meta(&hist)?, self.gpu.meta(&draw_bits)?);
+        let b = [(1, &logits.buf), (2, &hb), (3, &db), (4, &out.buf)];
         self.gpu.dispatch(Shader::Sample, "sample", 0, &b, &p, rows as u32)
     }
 }

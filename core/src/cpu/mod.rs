@@ -129,6 +129,12 @@ impl Backend for CpuBackend {
     fn upload_u32(&self, data: &[u32]) -> Result<CpuBuffer> {
         Ok(CpuBuffer::U32(RwLock::new(data.to_vec())))
     }
+    fn write_u32(&self, buf: &CpuBuffer, data: &[u32]) -> Result<()> {
+        let mut b = buf.u32_mut()?;
+        need("write_u32", b.len(), data.len())?;
+        b[..data.len()].copy_from_slice(data);
+        Ok(())
+    }
     fn read(&self, buf: &CpuBuffer) -> Result<Vec<f32>> {
         Ok(buf.f32()?.clone())
     }

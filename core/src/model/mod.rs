@@ -5,7 +5,7 @@
 mod attention;
 mod ffn;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
@@ -43,10 +43,16 @@ pub struct Llama4<B: Backend> {
     lm_head: Option<B::Weight>,
     layers: Vec<Layer<B>>,
     inv_freq: B::Buffer,
+    /// The buffers kept between steps (see [`Scratch`]); a step that finds them busy makes its own.
+    step: Mutex<Option<Scratch<B>>>,
 }
 
-/// Scratch buffers of one forward pass, sized for its rows.
+/// The buffers of one forward pass, for up to `rows` new tokens in up to `seqs` sequences. The model keeps
+/// one set between steps (decode steps then record the same work on the same buffers, which lets a
+/// backend reuse what it built for them) and makes a one-off set for a step that does not fit.
 pub(crate) struct Scratch<B: Backend> {
+    rows: usize,
+    seqs: usize,
     pub a: B::Buffer,
     pub o: B::Buffer,
     pub q: B::Buffer,
@@ -58,6 +64,49 @@ pub(crate) struct Scratch<B: Backend> {
     pub router_logits: B::Buffer,
     pub idx: B::Buffer,
     pub score: B::Buffer,
+    hidden: B::Buffer,
+    ids: B::Buffer,
+    positions: B::Buffer,
+    /// Per sequence: the row of its last new token, the normed hidden state there, logits, sampled id.
+    last: B::Buffer,
+    sel: B::Buffer,
+    logits: B::Buffer,
+    picked: B::Buffer,
+}
+
+/// Steps of at most this many new tokens keep their buffers for the next step.
+const KEEP_ROWS: usize = 256;
+
+impl<B: Backend> Scratch<B> {
+    fn new(be: &B, cfg: &TextConfig, rows: usize, seqs: usize) -> Result<Self> {
+        let (t, n) = (rows, seqs);
+        let (d, h, kvh, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let ffn_width =
+            cfg.intermediate_size.max(if cfg.moe_layers.iter().any(|&m| !m) { cfg.intermediate_size_mlp } else { 0 });
+        let kk = cfg.num_experts_per_tok.max(1);
+        Ok(Scratch {
+            rows,
+            seqs,
+            a: be.alloc(t * d)?,
+            o: be.alloc(t * d)?,
+            q: be.alloc(t * h * hd)?,
+            k: be.alloc(t * kvh * hd)?,
+            v: be.alloc(t * kvh * hd)?,
+            attn: be.alloc(t * h * hd)?,
+            gate: be.alloc(t * ffn_width)?,
+            up: be.alloc(t * ffn_width)?,
+            router_logits: be.alloc(t * cfg.num_local_experts.max(1))?,
+            idx: be.upload_u32(&vec![0; t * kk])?,
+            score: be.alloc(t * kk)?,
+            hidden: be.alloc(t * d)?,
+            ids: be.upload_u32(&vec![0; t])?,
+            positions: be.upload_u32(&vec![0; t])?,
+            last: be.upload_u32(&vec![0; n])?,
+            sel: be.alloc(n * d)?,
+            logits: be.alloc(n * cfg.vocab_size)?,
+            picked: be.upload_u32(&vec![0; n])?,
+        })
+    }
 }
 
 impl<B: Backend> Llama4<B> {
@@ -91,7 +140,7 @@ impl<B: Backend> Llama4<B> {
             progress(i + 1, total);
         }
         let inv_freq = backend.upload(&cfg.rope_inv_freq())?;
-        Ok(Llama4 { cfg: cfg.clone(), backend, embed, norm, lm_head, layers, inv_freq })
+        Ok(Llama4 { cfg: cfg.clone(), backend, embed, norm, lm_head, layers, inv_freq, step: Mutex::new(None) })
     }
 
     /// Loads the text model of a model directory (config.json + safetensors).
@@ -116,8 +165,12 @@ impl<B: Backend> Llama4<B> {
     /// Runs the new tokens of each sequence through the model, appending them to the cache, and returns
     /// logits `[rows, vocab]` for the rows asked for (row order = batch order, then token order).
     pub fn forward(&self, cache: &mut KvCache<B>, batch: &[(SeqId, &[u32])], rows: Rows) -> Result<Vec<f32>> {
-        let (logits, _) = self.enqueue(cache, batch, rows)?;
-        self.backend.read(&logits)
+        let v = self.cfg.vocab_size;
+        self.run(cache, batch, rows, |_, logits, n| {
+            let mut out = self.backend.read(logits)?;
+            out.truncate(n * v);
+            Ok(out)
+        })
     }
 
     /// Runs the new tokens of each sequence through the model like [`Llama4::forward`] and picks each
@@ -132,18 +185,26 @@ impl<B: Backend> Llama4<B> {
         history: &[&[u32]],
     ) -> Result<Vec<u32>> {
         check_sample_args(batch.len(), draws, history)?;
-        let (logits, rows) = self.enqueue(cache, batch, Rows::Last)?;
         let be = &*self.backend;
-        let ids = be.upload_u32(&vec![0; rows])?;
-        be.sample(&logits, rows, self.cfg.vocab_size, params, draws, history, &ids)?;
-        be.read_u32(&ids)
+        self.run(cache, batch, Rows::Last, |s, logits, n| {
+            be.sample(logits, n, self.cfg.vocab_size, params, draws, history, &s.picked)?;
+            let mut ids = be.read_u32(&s.picked)?;
+            ids.truncate(n);
+            Ok(ids)
+        })
     }
 
-    /// Enqueues a forward pass; returns the logits buffer and its number of rows.
-    fn enqueue(&self, cache: &mut KvCache<B>, batch: &[(SeqId, &[u32])], rows: Rows) -> Result<(B::Buffer, usize)> {
+    /// Enqueues a forward pass and hands `finish` the step's buffers, the logits and their number of rows.
+    fn run<R>(
+        &self,
+        cache: &mut KvCache<B>,
+        batch: &[(SeqId, &[u32])],
+        rows: Rows,
+        finish: impl FnOnce(&Scratch<B>, &B::Buffer, usize) -> Result<R>,
+    ) -> Result<R> {
         let cfg = &self.cfg;
         let be = &*self.backend;
-        let (d, h, kvh, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let d = cfg.hidden_size;
         if batch.is_empty() {
             return Err(HerdError::Input("empty batch".into()));
         }
@@ -177,57 +238,65 @@ impl<B: Backend> Llama4<B> {
         let grow: Vec<(SeqId, usize)> = plan.iter().map(|&(id, _, n)| (id, n)).collect();
         cache.reserve(be, &grow)?;
 
-        let ffn_width =
-            cfg.intermediate_size.max(if cfg.moe_layers.iter().any(|&m| !m) { cfg.intermediate_size_mlp } else { 0 });
-        let kk = cfg.num_experts_per_tok.max(1);
-        let s = Scratch::<B> {
-            a: be.alloc(t * d)?,
-            o: be.alloc(t * d)?,
-            q: be.alloc(t * h * hd)?,
-            k: be.alloc(t * kvh * hd)?,
-            v: be.alloc(t * kvh * hd)?,
-            attn: be.alloc(t * h * hd)?,
-            gate: be.alloc(t * ffn_width)?,
-            up: be.alloc(t * ffn_width)?,
-            router_logits: be.alloc(t * cfg.num_local_experts.max(1))?,
-            idx: be.upload_u32(&vec![0; t * kk])?,
-            score: be.alloc(t * kk)?,
+        let nseq = plan.len();
+        let mut kept = self.step.try_lock().ok();
+        let one_off;
+        let s: &Scratch<B> = match kept.as_deref_mut() {
+            Some(slot) if t <= KEEP_ROWS => {
+                let fits = slot.as_ref().is_some_and(|s| s.rows >= t && s.seqs >= nseq);
+                if !fits {
+                    let (r, q) = slot.as_ref().map_or((0, 0), |s| (s.rows, s.seqs));
+                    *slot = None;
+                    *slot = Some(Scratch::new(be, cfg, t.next_power_of_two().max(r), nseq.next_power_of_two().max(q))?);
+                }
+                match slot {
+                    Some(s) => s,
+                    None => return Err(HerdError::Input("step buffers missing".into())),
+                }
+            }
+            _ => {
+                one_off = Scratch::new(be, cfg, t, nseq)?;
+                &one_off
+            }
         };
-        let ids_buf = be.upload_u32(&ids)?;
-        let pos_buf = be.upload_u32(&positions)?;
-        let hidden = be.alloc(t * d)?;
-        be.embed(&self.embed, &ids_buf, t, d, &hidden)?;
+        let last: Vec<u32> = plan.iter().map(|&(_, r, n)| (r + n - 1) as u32).collect();
+        be.write_u32(&s.ids, &ids)?;
+        be.write_u32(&s.positions, &positions)?;
+        be.write_u32(&s.last, &last)?;
+        let (hidden, ids_buf, pos_buf) = (&s.hidden, &s.ids, &s.positions);
+        be.embed(&self.embed, ids_buf, t, d, hidden)?;
         // Each residual add is fused with the norm that follows it; the last one has no norm after it here
         // (the final norm runs on the rows that come back).
         let eps = cfg.rms_norm_eps;
         if let Some(first) = self.layers.first() {
-            be.rms_norm(&hidden, Some(&first.input_norm), t, d, eps, &s.a)?;
+            be.rms_norm(hidden, Some(&first.input_norm), t, d, eps, &s.a)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let seqs = cache.attn_seqs(i, &plan)?;
             let (kc, vc) = cache.layer(i);
-            layer.attn.forward(be, cfg, &s, t, &pos_buf, &self.inv_freq, kc, vc, &seqs)?;
-            be.add_rms_norm(&hidden, &s.o, &layer.post_norm, t, d, eps, &s.a)?;
-            layer.ffn.forward(be, cfg, &s, t)?;
+            layer.attn.forward(be, cfg, s, t, pos_buf, &self.inv_freq, kc, vc, &seqs)?;
+            be.add_rms_norm(hidden, &s.o, &layer.post_norm, t, d, eps, &s.a)?;
+            layer.ffn.forward(be, cfg, s, t)?;
             match self.layers.get(i + 1) {
-                Some(next) => be.add_rms_norm(&hidden, &s.o, &next.input_norm, t, d, eps, &s.a)?,
-                None => be.add(&hidden, &s.o, t * d)?,
+                Some(next) => be.add_rms_norm(hidden, &s.o, &next.input_norm, t, d, eps, &s.a)?,
+                None => be.add(hidden, &s.o, t * d)?,
             }
         }
         cache.advance(&grow)?;
 
-        let (out_rows, src) = match rows {
-            Rows::All => (t, hidden),
+        let all_logits;
+        let (out_rows, src, logits) = match rows {
+            Rows::All => {
+                all_logits = be.alloc(t * cfg.vocab_size)?;
+                (t, hidden, &all_logits)
+            }
             Rows::Last => {
-                let last: Vec<u32> = plan.iter().map(|&(_, r, n)| (r + n - 1) as u32).collect();
-                let sel = be.alloc(last.len() * d)?;
-                be.gather_rows(&hidden, &be.upload_u32(&last)?, last.len(), d, &sel)?;
-                (last.len(), sel)
+                be.gather_rows(hidden, &s.last, nseq, d, &s.sel)?;
+                (nseq, &s.sel, &s.logits)
             }
         };
-        be.rms_norm(&src, Some(&self.norm), out_rows, d, cfg.rms_norm_eps, &src)?;
-        let logits = be.alloc(out_rows * cfg.vocab_size)?;
-        be.matmul(&src, out_rows, self.lm_head.as_ref().unwrap_or(&self.embed), &logits)?;
-        Ok((logits, out_rows))
+        be.rms_norm(src, Some(&self.norm), out_rows, d, cfg.rms_norm_eps, src)?;
+        be.matmul(src, out_rows, self.lm_head.as_ref().unwrap_or(&self.embed), logits)?;
+        finish(s, logits, out_rows)
     }
 }
