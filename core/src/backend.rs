@@ -73,6 +73,10 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> String;
 
     // ---- memory -------------------------------------------------------------------------------------
+    /// The most elements one buffer may hold here (the model cuts larger steps into pieces).
+    fn max_buffer_len(&self) -> usize {
+        usize::MAX / 4
+    }
     /// A zeroed f32 buffer of `len` elements.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
     /// An f32 buffer holding `data`.

@@ -157,8 +157,9 @@ pub(crate) fn err(msg: impl Into<String>) -> HerdError {
 }
 
 impl Gpu {
-    /// Opens the best adapter wgpu finds (a discrete GPU first), with every limit it offers.
-    pub fn new() -> Result<Self> {
+    /// Opens the best adapter wgpu finds (a discrete GPU first), with every limit it offers, except that a
+    /// storage binding holds at most `max_binding` bytes when given (to run as a browser's limits would).
+    pub fn new(max_binding: Option<u64>) -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
@@ -168,7 +169,10 @@ impl Gpu {
         }))
         .map_err(|e| err(format!("no GPU adapter found ({e})")))?;
         let info = adapter.get_info();
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if let Some(m) = max_binding {
+            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(m.max(256));
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("herd"),
             required_features: wgpu::Features::empty(),
@@ -358,6 +362,7 @@ impl Gpu {
     }
 
     /// The bind group for `key`, from this step's or the last step's cache, or made now.
+    #[allow(clippy::mutable_key_type)] // as in read_words
     fn bind_group(&self, layout: &wgpu::BindGroupLayout, key: BindKey) -> Result<wgpu::BindGroup> {
         let mut cache = self.binds.lock().map_err(|_| err("poisoned bind group cache"))?;
         if let Some(bg) = cache.current.get(&key) {
@@ -461,6 +466,7 @@ impl Gpu {
     }
 
     /// Submits everything recorded, copies `buf` back and waits for it: the one host wait of a step.
+    #[allow(clippy::mutable_key_type)] // BindKey holds wgpu::Buffers, which hash and compare by their fixed id
     pub fn read_words(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {
         let bytes = (buf.len * 4) as u64;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {

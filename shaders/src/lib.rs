@@ -36,7 +36,13 @@ fn groups(n: usize, per: usize) -> u32 {
 impl WgpuBackend {
     /// Opens the best GPU adapter wgpu finds.
     pub fn new() -> Result<Self> {
-        Ok(WgpuBackend { gpu: Gpu::new()? })
+        Ok(WgpuBackend { gpu: Gpu::new(None)? })
+    }
+
+    /// Like [`WgpuBackend::new`], with storage bindings limited to `bytes` (at least 256): tensors and
+    /// steps are then split as they would be under a smaller device's or a browser's limits.
+    pub fn with_binding_limit(bytes: u64) -> Result<Self> {
+        Ok(WgpuBackend { gpu: Gpu::new(Some(bytes))? })
     }
 
     /// The adapter's name, type and API, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Cpu, Vulkan)`.
@@ -72,7 +78,8 @@ impl WgpuBackend {
         let p = [rows as u32, k as u32, e as u32, tmax as u32];
         self.gpu.dispatch(Shader::Moe, "moe_route", 0, &[(2, &idx.buf), (7, &route)], &p, 1)?;
         // Split the input dimension across workgroups while the partial sums stay small (32 MiB).
-        let splits = |kd: usize, nc: usize| kd.div_ceil(128).min((32 << 20) / (4 * nrc * nc)).max(1);
+        let budget = (32 << 20).min(self.gpu.max_binding() as usize);
+        let splits = |kd: usize, nc: usize| kd.div_ceil(128).min(budget / (4 * nrc * nc)).max(1);
         let per = if gate_up.dtype == herd_core::quant::DType::F32 { 4 } else { 8 };
         let gemv = |w: &GpuWeight,
                     input: &wgpu::Buffer,
@@ -137,6 +144,9 @@ impl Backend for WgpuBackend {
         format!("wgpu: {}", self.adapter())
     }
 
+    fn max_buffer_len(&self) -> usize {
+        (self.gpu.max_binding() / 4) as usize
+    }
     fn alloc(&self, len: usize) -> Result<GpuBuffer> {
         self.gpu.alloc(len, false)
     }

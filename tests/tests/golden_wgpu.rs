@@ -32,3 +32,19 @@ fn golden_fixtures_on_wgpu() {
     check_logits(&be, "scout_bf16", BF16_TOL, false);
     check_logits(&be, "scout_bf16", BF16_TOL, true);
 }
+
+/// Under a 16 KiB storage binding every weight above it is split across bindings (embedding, lm_head, the
+/// expert tensors by whole experts) and prompts run as steps of a few tokens each: the results must not
+/// change.
+#[test]
+fn golden_fixtures_on_wgpu_with_tiny_bindings() {
+    if gpu().is_none() {
+        return;
+    }
+    let be = Arc::new(WgpuBackend::with_binding_limit(16 << 10).expect("the adapter opened once already"));
+    for name in ["scout", "maverick"] {
+        check_logits(&be, name, F32_TOL, false);
+        check_logits(&be, name, F32_TOL, true);
+        check_greedy(&be, name);
+    }
+}

@@ -4,6 +4,7 @@
 
 mod attention;
 mod ffn;
+mod steps;
 
 use std::sync::{Arc, Mutex};
 
@@ -163,14 +164,31 @@ impl<B: Backend> Llama4<B> {
     }
 
     /// Runs the new tokens of each sequence through the model, appending them to the cache, and returns
-    /// logits `[rows, vocab]` for the rows asked for (row order = batch order, then token order).
+    /// logits `[rows, vocab]` for the rows asked for (row order = batch order, then token order). A batch
+    /// larger than the backend's buffers allow runs as several steps (see [`steps`]), with the same result.
     pub fn forward(&self, cache: &mut KvCache<B>, batch: &[(SeqId, &[u32])], rows: Rows) -> Result<Vec<f32>> {
         let v = self.cfg.vocab_size;
-        self.run(cache, batch, rows, |_, logits, n| {
-            let mut out = self.backend.read(logits)?;
-            out.truncate(n * v);
-            Ok(out)
-        })
+        let pieces = self.steps(cache, batch, rows)?;
+        // Per batch entry, the logits rows it has so far.
+        let mut per_seq: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
+        for piece in &pieces {
+            let step: Vec<(SeqId, &[u32])> = piece.iter().map(|&(bi, toks)| (batch[bi].0, toks)).collect();
+            let out = self.run(cache, &step, rows, |_, logits, n| {
+                let mut out = self.backend.read(logits)?;
+                out.truncate(n * v);
+                Ok(out)
+            })?;
+            let mut off = 0;
+            for &(bi, toks) in piece {
+                let n = if rows == Rows::All { toks.len() } else { 1 };
+                if rows == Rows::Last {
+                    per_seq[bi].clear(); // a later piece of this sequence has its last token
+                }
+                per_seq[bi].extend_from_slice(&out[off * v..(off + n) * v]);
+                off += n;
+            }
+        }
+        Ok(per_seq.concat())
     }
 
     /// Runs the new tokens of each sequence through the model like [`Llama4::forward`] and picks each
@@ -186,12 +204,24 @@ impl<B: Backend> Llama4<B> {
     ) -> Result<Vec<u32>> {
         check_sample_args(batch.len(), draws, history)?;
         let be = &*self.backend;
-        self.run(cache, batch, Rows::Last, |s, logits, n| {
-            be.sample(logits, n, self.cfg.vocab_size, params, draws, history, &s.picked)?;
-            let mut ids = be.read_u32(&s.picked)?;
-            ids.truncate(n);
-            Ok(ids)
-        })
+        let pieces = self.steps(cache, batch, Rows::Last)?;
+        let mut picked = vec![0u32; batch.len()];
+        for piece in &pieces {
+            let step: Vec<(SeqId, &[u32])> = piece.iter().map(|&(bi, toks)| (batch[bi].0, toks)).collect();
+            let u: Vec<f32> = piece.iter().map(|&(bi, _)| draws[bi]).collect();
+            let hist: Vec<&[u32]> = piece.iter().map(|&(bi, _)| history[bi]).collect();
+            let ids = self.run(cache, &step, Rows::Last, |s, logits, n| {
+                be.sample(logits, n, self.cfg.vocab_size, params, &u, &hist, &s.picked)?;
+                let mut ids = be.read_u32(&s.picked)?;
+                ids.truncate(n);
+                Ok(ids)
+            })?;
+            // A sequence's pick is the one from the piece holding its last token (the last piece it is in).
+            for (&(bi, _), id) in piece.iter().zip(ids) {
+                picked[bi] = id;
+            }
+        }
+        Ok(picked)
     }
 
     /// Enqueues a forward pass and hands `finish` the step's buffers, the logits and their number of rows.
@@ -247,7 +277,11 @@ impl<B: Backend> Llama4<B> {
                 if !fits {
                     let (r, q) = slot.as_ref().map_or((0, 0), |s| (s.rows, s.seqs));
                     *slot = None;
-                    *slot = Some(Scratch::new(be, cfg, t.next_power_of_two().max(r), nseq.next_power_of_two().max(q))?);
+                    // Room to grow into, within what one buffer may hold.
+                    let (lr, ls) = self.step_limits(Rows::Last);
+                    let rows_cap = t.next_power_of_two().max(r).min(lr).max(t);
+                    let seqs_cap = nseq.next_power_of_two().max(q).min(ls).max(nseq);
+                    *slot = Some(Scratch::new(be, cfg, rows_cap, seqs_cap)?);
                 }
                 match slot {
                     Some(s) => s,

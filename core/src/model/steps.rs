@@ -1,0 +1,81 @@
+//! Cutting a batch into steps that fit the backend's largest buffer: a long prompt (or a large batch) runs as
+//! consecutive pieces of each sequence's tokens through the KV cache, which gives the same result as one
+//! step. On a browser's WebGPU (128 MiB per binding by default) this is what lets a long prompt through.
+
+use super::{Llama4, Rows};
+use crate::backend::Backend;
+use crate::error::{HerdError, Result};
+use crate::kv::{KvCache, SeqId};
+
+/// Batch entries (index into the batch, tokens) of one step.
+pub(super) type Piece<'a> = Vec<(usize, &'a [u32])>;
+
+impl<B: Backend> Llama4<B> {
+    /// The most new tokens and the most sequences one step may hold on this backend: the widest per-token
+    /// buffer of a step (activations, the MoE's per-choice partial sums, logits when every row comes back)
+    /// and the per-sequence ones (logits, the last hidden rows) must fit its largest buffer.
+    pub(crate) fn step_limits(&self, rows: Rows) -> (usize, usize) {
+        let c = &self.cfg;
+        let ffn = c.intermediate_size.max(if c.moe_layers.iter().any(|&m| !m) { c.intermediate_size_mlp } else { 0 });
+        let moe = if c.moe_layers.iter().any(|&m| m) { c.num_experts_per_tok * 2 * c.intermediate_size } else { 0 };
+        let logits = if rows == Rows::All { c.vocab_size } else { 0 };
+        let per_row = [c.hidden_size, c.num_attention_heads * c.head_dim, ffn, c.num_local_experts, moe, logits]
+            .into_iter()
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let per_seq = c.vocab_size.max(c.hidden_size).max(1);
+        let max = self.backend.max_buffer_len();
+        ((max / per_row).max(1), (max / per_seq).max(1))
+    }
+
+    /// Checks the whole batch (so that no step runs for a batch that is refused), then cuts it into steps.
+    pub(super) fn steps<'a>(
+        &self,
+        cache: &KvCache<B>,
+        batch: &[(SeqId, &'a [u32])],
+        rows: Rows,
+    ) -> Result<Vec<Piece<'a>>> {
+        let cfg = &self.cfg;
+        if batch.is_empty() {
+            return Err(HerdError::Input("empty batch".into()));
+        }
+        for (bi, &(id, toks)) in batch.iter().enumerate() {
+            if toks.is_empty() {
+                return Err(HerdError::Input("a sequence in the batch has no new tokens".into()));
+            }
+            if batch[..bi].iter().any(|(o, _)| *o == id) {
+                return Err(HerdError::Input(format!("sequence {} appears twice in one batch", id.0)));
+            }
+            if let Some(&bad) = toks.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                return Err(HerdError::Input(format!("token id {bad} is outside the vocabulary ({})", cfg.vocab_size)));
+            }
+            let total = cache.seq_len(id)? + toks.len();
+            if total > cfg.max_position_embeddings {
+                return Err(HerdError::Input(format!(
+                    "{total} tokens exceed the model's context of {} (max_position_embeddings)",
+                    cfg.max_position_embeddings
+                )));
+            }
+        }
+        let (max_rows, max_seqs) = self.step_limits(rows);
+        let mut pieces: Vec<Piece<'a>> = vec![Vec::new()];
+        let mut rows_in = 0;
+        for (bi, &(_, toks)) in batch.iter().enumerate() {
+            let mut rest = toks;
+            while !rest.is_empty() {
+                let cur = pieces.len() - 1;
+                if rows_in == max_rows || pieces[cur].len() == max_seqs {
+                    pieces.push(Vec::new());
+                    rows_in = 0;
+                    continue;
+                }
+                let n = rest.len().min(max_rows - rows_in);
+                pieces[cur].push((bi, &rest[..n]));
+                rows_in += n;
+                rest = &rest[n..];
+            }
+        }
+        Ok(pieces)
+    }
+}
