@@ -27,6 +27,11 @@ fi
 # The fixtures made by transformers are committed under tests/fixtures (regenerate them with
 # tests/tools/make_fixtures.py), so the tests need no Python.
 cargo build --workspace --all-targets --locked
+# The core and the wgpu backend also build for the browser (wasm32): check that they still do.
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
+    rustup target add wasm32-unknown-unknown
+fi
+cargo check --locked --target wasm32-unknown-unknown -p herd-core -p herd-wgpu
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -12,6 +12,7 @@ use crate::quant::DType;
 
 /// The bytes of one safetensors file.
 pub enum FileBytes {
+    #[cfg(not(target_arch = "wasm32"))]
     Mapped(memmap2::Mmap),
     Static(&'static [u8]),
     Owned(Vec<u8>),
@@ -20,6 +21,7 @@ pub enum FileBytes {
 impl FileBytes {
     pub fn as_slice(&self) -> &[u8] {
         match self {
+            #[cfg(not(target_arch = "wasm32"))]
             FileBytes::Mapped(m) => m,
             FileBytes::Static(s) => s,
             FileBytes::Owned(v) => v,
@@ -122,10 +124,18 @@ impl Checkpoint {
             Checkpoint { tensors: HashMap::new(), unsupported: HashMap::new(), source: dir.display().to_string() };
         for path in files {
             let file = std::fs::File::open(&path).map_err(|e| HerdError::io(&path, e))?;
+            #[cfg(not(target_arch = "wasm32"))]
             // SAFETY: the mapping is read-only; herd never writes model files while they are mapped. A file
             // truncated by another process while mapped would fault, as with every mmap-based loader.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| HerdError::io(&path, e))?;
-            ck.add_file(&path.display().to_string(), FileBytes::Mapped(map))?;
+            let bytes = FileBytes::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| HerdError::io(&path, e))?);
+            #[cfg(target_arch = "wasm32")]
+            let bytes = {
+                use std::io::Read;
+                let mut v = Vec::new();
+                (&file).read_to_end(&mut v).map_err(|e| HerdError::io(&path, e))?;
+                FileBytes::Owned(v)
+            };
+            ck.add_file(&path.display().to_string(), bytes)?;
         }
         Ok(ck)
     }

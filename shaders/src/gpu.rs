@@ -159,27 +159,37 @@ pub(crate) fn err(msg: impl Into<String>) -> HerdError {
 impl Gpu {
     /// Opens the best adapter wgpu finds (a discrete GPU first), with every limit it offers, except that a
     /// storage binding holds at most `max_binding` bytes when given (to run as a browser's limits would).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(max_binding: Option<u64>) -> Result<Self> {
+        pollster::block_on(Self::open(max_binding))
+    }
+
+    /// [`Gpu::new`] without blocking (the only way in a browser).
+    pub async fn open(max_binding: Option<u64>) -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            force_fallback_adapter: false,
-            compatible_surface: None,
-            apply_limit_buckets: false,
-        }))
-        .map_err(|e| err(format!("no GPU adapter found ({e})")))?;
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| err(format!("no GPU adapter found ({e})")))?;
         let info = adapter.get_info();
         let mut limits = adapter.limits();
         if let Some(m) = max_binding {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(m.max(256));
         }
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("herd"),
-            required_features: wgpu::Features::empty(),
-            required_limits: limits.clone(),
-            ..Default::default()
-        }))
-        .map_err(|e| err(format!("{}: cannot open the device ({e})", info.name)))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("herd"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(format!("{}: cannot open the device ({e})", info.name)))?;
         let error = Arc::new(Mutex::new(None));
         let sink = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -468,6 +478,19 @@ impl Gpu {
     /// Submits everything recorded, copies `buf` back and waits for it: the one host wait of a step.
     #[allow(clippy::mutable_key_type)] // BindKey holds wgpu::Buffers, which hash and compare by their fixed id
     pub fn read_words(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = buf;
+            Err(err("a browser cannot block on the GPU: read with read_words_async"))
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        pollster::block_on(self.read_words_async(buf))
+    }
+
+    /// [`Gpu::read_words`] without blocking: the mapping is awaited (in a browser, the page's event loop
+    /// completes it; natively the device is polled first, so the future is ready when first polled).
+    #[allow(clippy::mutable_key_type)] // as in read_words
+    pub async fn read_words_async(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {
         let bytes = (buf.len * 4) as u64;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -494,14 +517,15 @@ impl Gpu {
             cache.previous = current;
         }
         let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
+        #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| err(format!("device lost while waiting ({e})")))?;
-        rx.recv().map_err(|_| err("readback never completed"))?.map_err(|e| err(format!("readback failed ({e})")))?;
+        rx.await.map_err(|_| err("readback never completed"))?.map_err(|e| err(format!("readback failed ({e})")))?;
         self.check()?;
         let data = slice.get_mapped_range().map_err(|e| err(format!("readback mapping failed ({e})")))?;
         let words: Vec<u32> = bytemuck::cast_slice(&data[..bytes as usize]).to_vec();

@@ -35,14 +35,39 @@ fn groups(n: usize, per: usize) -> u32 {
 
 impl WgpuBackend {
     /// Opens the best GPU adapter wgpu finds.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
         Ok(WgpuBackend { gpu: Gpu::new(None)? })
     }
 
     /// Like [`WgpuBackend::new`], with storage bindings limited to `bytes` (at least 256): tensors and
     /// steps are then split as they would be under a smaller device's or a browser's limits.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_binding_limit(bytes: u64) -> Result<Self> {
         Ok(WgpuBackend { gpu: Gpu::new(Some(bytes))? })
+    }
+
+    /// Opens the device without blocking (in a browser, the only way): `max_binding` as in
+    /// [`WgpuBackend::with_binding_limit`].
+    pub async fn open(max_binding: Option<u64>) -> Result<Self> {
+        Ok(WgpuBackend { gpu: Gpu::open(max_binding).await? })
+    }
+
+    /// [`Backend::read`] without blocking. In a browser `read` cannot wait for the GPU and fails; this
+    /// awaits the readback instead.
+    pub async fn read_async(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
+        if buf.is_u32 {
+            return Err(err("read: expected an f32 buffer, got u32"));
+        }
+        Ok(self.gpu.read_words_async(buf).await?.into_iter().map(f32::from_bits).collect())
+    }
+
+    /// [`Backend::read_u32`] without blocking.
+    pub async fn read_u32_async(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {
+        if !buf.is_u32 {
+            return Err(err("read_u32: expected a u32 buffer, got f32"));
+        }
+        self.gpu.read_words_async(buf).await
     }
 
     /// The adapter's name, type and API, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Cpu, Vulkan)`.
