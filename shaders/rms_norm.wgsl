@@ -9,23 +9,9 @@
 
 @group(0) @binding(4) var<storage, read_write> acc: array<f32>;
 
-var<workgroup> part: array<f32, 256>;
-
 fn weight(i: u32) -> f32 {
     if (pu(3u) == 0u) { return 1.0; }
     return wval(w[widx(i)], i);
-}
-
-// Sum of the 256 partial values in `part`, in every invocation.
-fn reduce_sum(li: u32) -> f32 {
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        workgroupBarrier();
-        if (li < s) { part[li] = part[li] + part[li + s]; }
-    }
-    workgroupBarrier();
-    let total = part[0];
-    workgroupBarrier();
-    return total;
 }
 
 @compute @workgroup_size(256)
@@ -35,8 +21,7 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let base = row * dim;
     var ss = 0.0;
     for (var i = li; i < dim; i += 256u) { let v = x[base + i]; ss += v * v; }
-    part[li] = ss;
-    let r = 1.0 / sqrt(reduce_sum(li) / f32(dim) + pf(2u));
+    let r = 1.0 / sqrt(wg_sum256(li, ss) / f32(dim) + pf(2u));
     for (var i = li; i < dim; i += 256u) { out[base + i] = x[base + i] * r * weight(i); }
 }
 
@@ -47,8 +32,7 @@ fn rms_norm_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let base = row * dim;
     var ss = 0.0;
     for (var i = li; i < dim; i += 256u) { let v = out[base + i]; ss += v * v; }
-    part[li] = ss;
-    let r = 1.0 / sqrt(reduce_sum(li) / f32(dim) + pf(2u));
+    let r = 1.0 / sqrt(wg_sum256(li, ss) / f32(dim) + pf(2u));
     for (var i = li; i < dim; i += 256u) { out[base + i] = out[base + i] * r * weight(i); }
 }
 
@@ -64,7 +48,6 @@ fn add_rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         acc[base + i] = v;
         ss += v * v;
     }
-    part[li] = ss;
-    let r = 1.0 / sqrt(reduce_sum(li) / f32(dim) + pf(2u));
+    let r = 1.0 / sqrt(wg_sum256(li, ss) / f32(dim) + pf(2u));
     for (var i = li; i < dim; i += 256u) { out[base + i] = acc[base + i] * r * weight(i); }
 }

@@ -52,18 +52,6 @@ fn kept(k: u32, i: u32) -> bool {
     return k >= k_lo && (k > p_key || (k == p_key && i <= p_tie));
 }
 
-fn sum_f(li: u32, v: f32) -> f32 {
-    red_f[li] = v;
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        workgroupBarrier();
-        if (li < s) { red_f[li] = red_f[li] + red_f[li + s]; }
-    }
-    workgroupBarrier();
-    let r = red_f[0];
-    workgroupBarrier();
-    return r;
-}
-
 // Mass Σ exp(l') of the elements whose key is ≥ lo, in every invocation.
 fn mass_ge(li: u32, lo: u32) -> f32 {
     var s = 0.0;
@@ -71,7 +59,7 @@ fn mass_ge(li: u32, lo: u32) -> f32 {
         let l = logits[base + i];
         if (key(l) >= lo) { s += exp(l); }
     }
-    return sum_f(li, s);
+    return wg_sum256(li, s);
 }
 
 // This invocation's contiguous slice of the row, for the passes where id order matters.
@@ -120,20 +108,10 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         let x = logits[base + i];
         if (x > bv) { bv = x; bi = i; }
     }
-    red_f[li] = bv;
-    red_u[li] = bi;
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        workgroupBarrier();
-        if (li < s) {
-            let v2 = red_f[li + s];
-            let i2 = red_u[li + s];
-            if (v2 > red_f[li] || (v2 == red_f[li] && i2 < red_u[li])) { red_f[li] = v2; red_u[li] = i2; }
-        }
-    }
-    workgroupBarrier();
+    let am = wg_argmax256(li, bv, bi);
     if (li == 0u) {
-        wg_f = red_f[0];
-        wg_u = select(red_u[0], 0u, red_u[0] == 0xffffffffu);
+        wg_f = am.v;
+        wg_u = select(am.i, 0u, am.i == 0xffffffffu);
     }
     let mx = workgroupUniformLoad(&wg_f);
     let best = workgroupUniformLoad(&wg_u);

@@ -10,6 +10,22 @@ use herd_core::error::{HerdError, Result};
 use herd_core::quant::DType;
 use wgpu::util::DeviceExt;
 
+/// How to open the device.
+#[derive(Debug, Clone, Copy)]
+pub struct WgpuOptions {
+    /// Limit each storage binding to this many bytes (at least 256), to run as a device or browser with
+    /// smaller limits would: tensors and steps are then split more finely.
+    pub max_binding: Option<u64>,
+    /// Use subgroup operations for reductions when the device has them (the default).
+    pub subgroups: bool,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions { max_binding: None, subgroups: true }
+    }
+}
+
 /// Which .wgsl file a pipeline comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Shader {
@@ -142,6 +158,8 @@ pub struct Gpu {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
+    /// Reductions use subgroup operations (the device has them and the options allow them).
+    pub(crate) subgroups: bool,
     pub(crate) limits: wgpu::Limits,
     pipelines: Mutex<HashMap<PipelineKey, Arc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
     encoder: Mutex<Option<Recorder>>,
@@ -157,15 +175,14 @@ pub(crate) fn err(msg: impl Into<String>) -> HerdError {
 }
 
 impl Gpu {
-    /// Opens the best adapter wgpu finds (a discrete GPU first), with every limit it offers, except that a
-    /// storage binding holds at most `max_binding` bytes when given (to run as a browser's limits would).
+    /// Opens the best adapter wgpu finds (a discrete GPU first), with every limit it offers, as `opts` allow.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn new(max_binding: Option<u64>) -> Result<Self> {
-        pollster::block_on(Self::open(max_binding))
+    pub fn new(opts: &WgpuOptions) -> Result<Self> {
+        pollster::block_on(Self::open(opts))
     }
 
     /// [`Gpu::new`] without blocking (the only way in a browser).
-    pub async fn open(max_binding: Option<u64>) -> Result<Self> {
+    pub async fn open(opts: &WgpuOptions) -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
@@ -178,13 +195,15 @@ impl Gpu {
             .map_err(|e| err(format!("no GPU adapter found ({e})")))?;
         let info = adapter.get_info();
         let mut limits = adapter.limits();
-        if let Some(m) = max_binding {
+        if let Some(m) = opts.max_binding {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(m.max(256));
         }
+        let subgroups = opts.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP);
+        let features = if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("herd"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 ..Default::default()
             })
@@ -207,6 +226,7 @@ impl Gpu {
             device,
             queue,
             info,
+            subgroups,
             limits,
             pipelines: Mutex::new(HashMap::new()),
             encoder: Mutex::new(None),
@@ -313,7 +333,15 @@ impl Gpu {
         if let Some(p) = cache.get(&(shader, entry, wdt)) {
             return Ok(p.clone());
         }
-        let src = format!("const WDT: u32 = {wdt}u;\n{PRELUDE}\n{}", shader.source());
+        // Browsers want the WGSL directive for subgroup operations; Naga (native) takes them from the
+        // device feature and rejects the directive.
+        let directive = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
+        let (enable, reduce) = if self.subgroups {
+            (directive, include_str!("../reduce_subgroups.wgsl"))
+        } else {
+            ("", include_str!("../reduce.wgsl"))
+        };
+        let src = format!("{enable}const WDT: u32 = {wdt}u;\n{PRELUDE}\n{reduce}\n{}", shader.source());
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(entry),
             source: wgpu::ShaderSource::Wgsl(src.into()),

@@ -10,7 +10,7 @@ use herd_core::error::Result;
 use herd_core::sampling::{check_sample_args, min_p_threshold, SamplingParams};
 
 use gpu::{err, Gpu, Shader};
-pub use gpu::{GpuBuffer, GpuWeight};
+pub use gpu::{GpuBuffer, GpuWeight, WgpuOptions};
 
 /// The wgpu backend.
 pub struct WgpuBackend {
@@ -37,20 +37,23 @@ impl WgpuBackend {
     /// Opens the best GPU adapter wgpu finds.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
-        Ok(WgpuBackend { gpu: Gpu::new(None)? })
+        Self::with_options(&WgpuOptions::default())
     }
 
-    /// Like [`WgpuBackend::new`], with storage bindings limited to `bytes` (at least 256): tensors and
-    /// steps are then split as they would be under a smaller device's or a browser's limits.
+    /// Opens the best GPU adapter as `opts` say (binding limit, subgroups).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn with_binding_limit(bytes: u64) -> Result<Self> {
-        Ok(WgpuBackend { gpu: Gpu::new(Some(bytes))? })
+    pub fn with_options(opts: &WgpuOptions) -> Result<Self> {
+        Ok(WgpuBackend { gpu: Gpu::new(opts)? })
     }
 
-    /// Opens the device without blocking (in a browser, the only way): `max_binding` as in
-    /// [`WgpuBackend::with_binding_limit`].
-    pub async fn open(max_binding: Option<u64>) -> Result<Self> {
-        Ok(WgpuBackend { gpu: Gpu::open(max_binding).await? })
+    /// Opens the device without blocking (in a browser, the only way).
+    pub async fn open(opts: &WgpuOptions) -> Result<Self> {
+        Ok(WgpuBackend { gpu: Gpu::open(opts).await? })
+    }
+
+    /// Whether reductions run on subgroup operations on this device.
+    pub fn uses_subgroups(&self) -> bool {
+        self.gpu.subgroups
     }
 
     /// [`Backend::read`] without blocking. In a browser `read` cannot wait for the GPU and fails; this
@@ -166,7 +169,7 @@ impl Backend for WgpuBackend {
     type Weight = GpuWeight;
 
     fn name(&self) -> String {
-        format!("wgpu: {}", self.adapter())
+        format!("wgpu: {}{}", self.adapter(), if self.gpu.subgroups { ", subgroups" } else { "" })
     }
 
     fn max_buffer_len(&self) -> usize {

@@ -1,11 +1,12 @@
 //! `conformance`: the op table on every backend present (cpu, wgpu). `--perf` also times each row (GB/s,
 //! GFLOP/s); `--op NAME` keeps rows whose op contains NAME; `--backend NAME` runs one backend. A backend
-//! that is not present is reported as not run. Exits non-zero if any row fails.
+//! that is not present is reported as not run; `--no-subgroups` runs wgpu on its fallback reductions. Exits
+//! non-zero if any row fails.
 
 use herd_conformance::table::{dispatch_cost, format_table, run_table, RowResult};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
-use herd_wgpu::WgpuBackend;
+use herd_wgpu::{WgpuBackend, WgpuOptions};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,7 +28,8 @@ fn main() {
         }
     }
     if want("wgpu") {
-        match WgpuBackend::new() {
+        let opts = WgpuOptions { subgroups: !args.iter().any(|a| a == "--no-subgroups"), ..Default::default() };
+        match WgpuBackend::with_options(&opts) {
             Ok(be) => {
                 run(be.name(), run_table(&be, perf, filter));
                 if perf {

@@ -87,7 +87,9 @@ fn weight<B: Backend>(be: &B, dtype: DType, shape: &[usize], vals: &[f32]) -> Re
     Ok((be.load_weight(ck.get("w")?)?, seen))
 }
 
-/// Runs `f` once for the result; in perf mode again until ~0.2 s have passed, returning seconds per call.
+/// Runs `f` once for the result; in perf mode again, in batches that each end with a read (so the time
+/// counts execution, however far recording runs ahead of the device), until ~0.2 s have passed; returns
+/// seconds per call.
 fn timed<B: Backend>(be: &B, perf: bool, sync: &B::Buffer, mut f: impl FnMut() -> Result<()>) -> Result<Option<f64>> {
     f()?;
     be.read(sync)?;
@@ -97,12 +99,15 @@ fn timed<B: Backend>(be: &B, perf: bool, sync: &B::Buffer, mut f: impl FnMut() -
     f()?; // warm
     be.read(sync)?;
     let t = Instant::now();
-    let mut n = 0;
+    let (mut n, mut batch) = (0, 1);
     while n < 3 || t.elapsed().as_secs_f64() < 0.2 {
-        f()?;
-        n += 1;
+        for _ in 0..batch {
+            f()?;
+        }
+        be.read(sync)?;
+        n += batch;
+        batch = (batch * 2).min(64);
     }
-    be.read(sync)?;
     Ok(Some(t.elapsed().as_secs_f64() / n as f64))
 }
 

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use herd_conformance::golden::{check_greedy, check_logits, BF16_TOL, F32_TOL};
-use herd_wgpu::WgpuBackend;
+use herd_wgpu::{WgpuBackend, WgpuOptions};
 
 /// One device for the whole file (opening one per test is slow on lavapipe).
 fn gpu() -> Option<Arc<WgpuBackend>> {
@@ -41,7 +41,8 @@ fn golden_fixtures_on_wgpu_with_tiny_bindings() {
     if gpu().is_none() {
         return;
     }
-    let be = Arc::new(WgpuBackend::with_binding_limit(16 << 10).expect("the adapter opened once already"));
+    let opts = WgpuOptions { max_binding: Some(16 << 10), ..Default::default() };
+    let be = Arc::new(WgpuBackend::with_options(&opts).expect("the adapter opened once already"));
     for name in ["scout", "maverick"] {
         check_logits(&be, name, F32_TOL, false);
         check_logits(&be, name, F32_TOL, true);

@@ -1,14 +1,26 @@
-//! The op table on the wgpu backend (Vulkan over Mesa lavapipe in CI), against the plain f64 references.
+//! The op table on the wgpu backend (Vulkan over Mesa lavapipe in CI), against the plain f64 references,
+//! with the device's subgroup operations and without them.
 //! With no adapter the test says so; with HERD_REQUIRE_WGPU=1 (set by scripts/test.sh, which installs
 //! lavapipe) a missing adapter is a failure.
 
 use herd_conformance::table::{format_table, run_table};
 use herd_core::backend::Backend;
-use herd_wgpu::WgpuBackend;
+use herd_wgpu::{WgpuBackend, WgpuOptions};
 
 #[test]
 fn wgpu_backend_passes_the_op_table() {
-    let be = match WgpuBackend::new() {
+    op_table(&WgpuOptions::default());
+}
+
+/// The shaders' fallback reductions (for devices without subgroups, as many browsers are), on the same
+/// device.
+#[test]
+fn wgpu_backend_without_subgroups_passes_the_op_table() {
+    op_table(&WgpuOptions { subgroups: false, ..Default::default() });
+}
+
+fn op_table(opts: &WgpuOptions) {
+    let be = match WgpuBackend::with_options(opts) {
         Ok(b) => b,
         Err(e) => {
             assert!(std::env::var("HERD_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required but not available: {e}");
