@@ -16,13 +16,15 @@ pub struct WgpuOptions {
     /// Limit each storage binding to this many bytes (at least 256), to run as a device or browser with
     /// smaller limits would: tensors and steps are then split more finely.
     pub max_binding: Option<u64>,
-    /// Use subgroup operations for reductions when the device has them (the default).
-    pub subgroups: bool,
+    /// Reductions on subgroup operations: `Some(true)` whenever the device has them, `Some(false)` never,
+    /// `None` (the default) on hardware GPUs that have them. CPU implementations (lavapipe) emulate them:
+    /// there the op table's reductions measured slower with them than with shared memory.
+    pub subgroups: Option<bool>,
 }
 
 impl Default for WgpuOptions {
     fn default() -> Self {
-        WgpuOptions { max_binding: None, subgroups: true }
+        WgpuOptions { max_binding: None, subgroups: None }
     }
 }
 
@@ -198,7 +200,8 @@ impl Gpu {
         if let Some(m) = opts.max_binding {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(m.max(256));
         }
-        let subgroups = opts.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP);
+        let hardware = matches!(info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu);
+        let subgroups = opts.subgroups.unwrap_or(hardware) && adapter.features().contains(wgpu::Features::SUBGROUP);
         let features = if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {

@@ -1,6 +1,7 @@
 //! `conformance`: the op table on every backend present (cpu, wgpu). `--perf` also times each row (GB/s,
 //! GFLOP/s); `--op NAME` keeps rows whose op contains NAME; `--backend NAME` runs one backend. A backend
-//! that is not present is reported as not run; `--no-subgroups` runs wgpu on its fallback reductions. Exits
+//! that is not present is reported as not run; `--subgroups` / `--no-subgroups` force wgpu's reductions onto
+//! subgroup operations or off them (by default: on for hardware GPUs that have them). Exits
 //! non-zero if any row fails.
 
 use herd_conformance::table::{dispatch_cost, format_table, run_table, RowResult};
@@ -28,7 +29,14 @@ fn main() {
         }
     }
     if want("wgpu") {
-        let opts = WgpuOptions { subgroups: !args.iter().any(|a| a == "--no-subgroups"), ..Default::default() };
+        let subgroups = if args.iter().any(|a| a == "--no-subgroups") {
+            Some(false)
+        } else if args.iter().any(|a| a == "--subgroups") {
+            Some(true)
+        } else {
+            None
+        };
+        let opts = WgpuOptions { subgroups, ..Default::default() };
         match WgpuBackend::with_options(&opts) {
             Ok(be) => {
                 run(be.name(), run_table(&be, perf, filter));

@@ -9,14 +9,14 @@ use herd_wgpu::{WgpuBackend, WgpuOptions};
 
 #[test]
 fn wgpu_backend_passes_the_op_table() {
-    op_table(&WgpuOptions::default());
+    op_table(&WgpuOptions { subgroups: Some(true), ..Default::default() });
 }
 
 /// The shaders' fallback reductions (for devices without subgroups, as many browsers are), on the same
 /// device.
 #[test]
 fn wgpu_backend_without_subgroups_passes_the_op_table() {
-    op_table(&WgpuOptions { subgroups: false, ..Default::default() });
+    op_table(&WgpuOptions { subgroups: Some(false), ..Default::default() });
 }
 
 fn op_table(opts: &WgpuOptions) {
