@@ -11,7 +11,7 @@ use herd_core::quant::DType;
 use wgpu::util::DeviceExt;
 
 /// How to open the device.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct WgpuOptions {
     /// Limit each storage binding to this many bytes (at least 256), to run as a device or browser with
     /// smaller limits would: tensors and steps are then split more finely.
@@ -20,12 +20,6 @@ pub struct WgpuOptions {
     /// `None` (the default) on hardware GPUs that have them. CPU implementations (lavapipe) emulate them:
     /// there the op table's reductions measured slower with them than with shared memory.
     pub subgroups: Option<bool>,
-}
-
-impl Default for WgpuOptions {
-    fn default() -> Self {
-        WgpuOptions { max_binding: None, subgroups: None }
-    }
 }
 
 /// Which .wgsl file a pipeline comes from.
