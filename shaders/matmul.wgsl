@@ -118,3 +118,72 @@ fn matmul_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     finish(li, acc, t);
 }
+
+// ---- prefill: tiled GEMM ------------------------------------------------------------------------------
+// matmul_tiled: for more rows than a GEMV block serves well. One workgroup of 256 per 32 rows × 64 output
+// columns; the inputs and weights come through shared memory 16 k-steps at a time, so each weight is read
+// once per 32 rows (not once per 8) and each input once per 64 columns; each invocation accumulates 2 × 4
+// outputs. Any weight format (unpacked as it is loaded). params: as matmul.
+
+const TM: u32 = 32u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+
+var<workgroup> tx: array<array<f32, 32>, 16>; // [k][row]
+var<workgroup> tw: array<array<f32, 64>, 16>; // [k][column]
+
+@compute @workgroup_size(256)
+fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = group_index(wid, nwg);
+    let m = pu(0u);
+    let k = pu(1u);
+    let n = pu(2u);
+    let ncols = pu(4u);
+    let nct = (ncols + TN - 1u) / TN;
+    let c0 = (g % nct) * TN;
+    let r0 = (g / nct) * TM;
+    if (r0 >= m) { return; }
+    let tm = li / 16u; // rows r0 + 2·tm, +1
+    let tn = li % 16u; // columns c0 + 4·tn .. +3
+    var acc: array<f32, 8>;
+    for (var i = 0u; i < 8u; i++) { acc[i] = 0.0; }
+    for (var k0 = 0u; k0 < k; k0 += TK) {
+        // Inputs: 32 rows × 16 k, two per invocation; weights: 64 columns × 16 k, four per invocation.
+        for (var e = li; e < TM * TK; e += 256u) {
+            let r = e / TK;
+            let kk = e % TK;
+            var v = 0.0;
+            if (r0 + r < m && k0 + kk < k) { v = x[(r0 + r) * k + k0 + kk]; }
+            tx[kk][r] = v;
+        }
+        for (var e = li; e < TN * TK; e += 256u) {
+            let c = e / TK;
+            let kk = e % TK;
+            var v = 0.0;
+            if (c0 + c < ncols && k0 + kk < k) {
+                let i = (c0 + c) * k + k0 + kk;
+                v = wval(w[widx(i)], i);
+            }
+            tw[kk][c] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let a0 = tx[kk][2u * tm];
+            let a1 = tx[kk][2u * tm + 1u];
+            for (var j = 0u; j < 4u; j++) {
+                let b = tw[kk][4u * tn + j];
+                acc[j] += a0 * b;
+                acc[4u + j] += a1 * b;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let c = c0 + 4u * tn + j;
+        if (c < ncols) {
+            let col = pu(3u) + c;
+            if (r0 + 2u * tm < m) { out[(r0 + 2u * tm) * n + col] = acc[j]; }
+            if (r0 + 2u * tm + 1u < m) { out[(r0 + 2u * tm + 1u) * n + col] = acc[4u + j]; }
+        }
+    }
+}

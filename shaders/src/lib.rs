@@ -294,6 +294,16 @@ impl Backend for WgpuBackend {
         };
         need("matmul x", x, m * k)?;
         need("matmul out", out, m * n)?;
+        if m > 8 {
+            // Prefill: the tiled GEMM (32 rows × 64 columns per workgroup).
+            for part in &w.parts {
+                let p = [m as u32, k as u32, n as u32, part.first as u32, part.count as u32];
+                let groups = (part.count.div_ceil(64) * m.div_ceil(32)) as u32;
+                let b = [(1, &x.buf), (2, &part.buf), (3, &out.buf)];
+                self.gpu.dispatch(Shader::Matmul, "matmul_tiled", w.wdt(), &b, &p, groups)?;
+            }
+            return Ok(());
+        }
         let mblocks = m.div_ceil(8);
         // Rows whose byte length is a multiple of 16 are read 16 bytes at a time.
         let vec = (k * w.dtype.size()).is_multiple_of(16);
