@@ -1,6 +1,8 @@
 //! herd-wgpu: the Backend on wgpu, every op a WGSL compute shader (one .wgsl file per op family, named as
 //! the CPU op it mirrors). Ops record dispatches into one command encoder; [`Backend::read`] submits it and
-//! waits, so a decode step is one submission and one readback.
+//! waits, so a decode step is one submission and one readback (of the sampled ids: `sample` runs on the
+//! device). Natively reads block; in a browser (wasm32) they cannot, and [`WgpuBackend::read_async`]
+//! awaits instead. This file picks a kernel per op and shape; `gpu` owns the device, pipelines and pools.
 
 mod gpu;
 
