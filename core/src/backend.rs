@@ -146,7 +146,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Attention of the new tokens of every sequence in `seqs` over that sequence's cached keys/values
     /// (positions < pos0, read from `k_cache`/`v_cache` [slots, n_kv_heads, head_dim]) and its new ones
     /// (`k_new`/`v_new` [rows, n_kv_heads, head_dim]). `q` and `out` are [rows, n_heads, head_dim]. Query
-    /// head h reads kv head h / (n_heads / n_kv_heads). Softmax in f32. The cache is not modified.
+    /// head h reads kv head h / (n_heads / n_kv_heads). Softmax in f32. The cache is not modified, and rows of
+    /// `out` outside the given sequences are left as they are (the model calls this once per cache arena).
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,

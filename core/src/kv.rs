@@ -7,8 +7,11 @@
 //! regions grow up to `attention_chunk_size` slots and then act as ring buffers: a chunk starts at a
 //! multiple of C, so its tokens occupy slots 0..p mod C of the ring, never overwritten while visible.
 //!
-//! Growing relocates the regions of one layer kind into new buffers (one backend copy per region). The
-//! attention op takes any region layout, so a paged allocator can replace this one without touching it.
+//! Growing relocates the regions of one layer kind into new buffers (one backend copy per region). A layer
+//! kind's regions are packed into as few buffers ("arenas") as the backend's largest buffer allows, so a
+//! batch whose cache outgrows one binding (a browser's 128 MiB) spreads over several; the model runs
+//! attention once per arena, for the sequences in it. The attention op takes any region layout, so a paged
+//! allocator can replace this one without touching it.
 
 use crate::backend::{AttnSeq, Backend};
 use crate::config::{AttnKind, TextConfig};
@@ -20,6 +23,8 @@ pub struct SeqId(pub u32);
 
 #[derive(Debug, Clone, Copy)]
 struct Region {
+    /// Which buffer of the layer holds the region, and where in it.
+    arena: usize,
     base: usize,
     cap: usize,
 }
@@ -33,16 +38,21 @@ struct SeqState {
 
 struct Layer<B: Backend> {
     kind: AttnKind,
-    k: B::Buffer,
-    v: B::Buffer,
+    /// Key and value buffers, one pair per arena.
+    arenas: Vec<(B::Buffer, B::Buffer)>,
 }
+
+/// One attention call's worth of a layer: an arena's buffers and its sequences' metadata.
+pub type KvGroup<'a, B> = (&'a <B as Backend>::Buffer, &'a <B as Backend>::Buffer, Vec<AttnSeq>);
 
 /// Keys and values of every layer for every live sequence.
 pub struct KvCache<B: Backend> {
     layers: Vec<Layer<B>>,
     seqs: Vec<SeqState>,
-    /// Slots in the buffers of each layer kind (full, chunked).
-    slots: [usize; 2],
+    /// Slots in each arena of each layer kind (full, chunked).
+    slots: [Vec<usize>; 2],
+    /// The most slots one arena may hold (the backend's largest buffer).
+    max_slots: usize,
     kv_dim: usize,
     chunk: Option<usize>,
     next_id: u32,
@@ -62,9 +72,18 @@ impl<B: Backend> KvCache<B> {
         let layers = cfg
             .layer_types
             .iter()
-            .map(|&kind| Ok(Layer { kind, k: backend.alloc(kv_dim)?, v: backend.alloc(kv_dim)? }))
+            .map(|&kind| Ok(Layer { kind, arenas: vec![(backend.alloc(kv_dim)?, backend.alloc(kv_dim)?)] }))
             .collect::<Result<_>>()?;
-        Ok(KvCache { layers, seqs: Vec::new(), slots: [1, 1], kv_dim, chunk: cfg.attention_chunk_size, next_id: 0 })
+        let max_slots = (backend.max_buffer_len() / kv_dim.max(1)).max(1);
+        Ok(KvCache {
+            layers,
+            seqs: Vec::new(),
+            slots: [vec![1], vec![1]],
+            max_slots,
+            kv_dim,
+            chunk: cfg.attention_chunk_size,
+            next_id: 0,
+        })
     }
 
     /// Starts a new, empty sequence.
@@ -75,7 +94,7 @@ impl<B: Backend> KvCache<B> {
         self.seqs.push(SeqState {
             id,
             len: 0,
-            regions: [Region { base: self.slots[0], cap: 0 }, Region { base: self.slots[1], cap: 0 }],
+            regions: [Region { arena: 0, base: 0, cap: 0 }, Region { arena: 0, base: 0, cap: 0 }],
         });
         id
     }
@@ -92,7 +111,7 @@ impl<B: Backend> KvCache<B> {
 
     /// Bytes the cache buffers take (f32 elements).
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| 2 * self.slots[kind_index(l.kind)] * self.kv_dim * 4).sum()
+        self.layers.iter().map(|l| 2 * self.slots[kind_index(l.kind)].iter().sum::<usize>() * self.kv_dim * 4).sum()
     }
 
     fn seq(&self, id: SeqId) -> Result<&SeqState> {
@@ -132,58 +151,80 @@ impl<B: Backend> KvCache<B> {
         Ok(())
     }
 
-    /// Lays out every sequence's region of one layer kind afresh with the given capacities.
+    /// Lays out every sequence's region of one layer kind afresh with the given capacities, packed in order
+    /// into arenas of at most `max_slots` slots.
     fn relocate(&mut self, backend: &B, kind: usize, caps: &[usize]) -> Result<()> {
-        let mut base = 0;
-        let new_regions: Vec<Region> = caps
-            .iter()
-            .map(|&cap| {
-                let r = Region { base, cap };
-                base += cap;
-                r
-            })
-            .collect();
-        let slots = base.max(1);
         let kv = self.kv_dim;
+        let mut arenas = vec![0usize];
+        let mut new_regions = Vec::with_capacity(caps.len());
+        for &cap in caps {
+            if cap > self.max_slots {
+                return Err(HerdError::Input(format!(
+                    "a sequence needs {cap} cache slots ({} bytes per layer), more than this device's largest buffer holds ({} slots)",
+                    cap * kv * 4,
+                    self.max_slots
+                )));
+            }
+            let mut last = arenas.len() - 1;
+            if arenas[last] + cap > self.max_slots {
+                arenas.push(0);
+                last += 1;
+            }
+            new_regions.push(Region { arena: last, base: arenas[last], cap });
+            arenas[last] += cap;
+        }
         for layer in self.layers.iter_mut().filter(|l| kind_index(l.kind) == kind) {
-            let k = backend.alloc(slots * kv)?;
-            let v = backend.alloc(slots * kv)?;
+            let mut bufs = Vec::with_capacity(arenas.len());
+            for &slots in &arenas {
+                bufs.push((backend.alloc(slots.max(1) * kv)?, backend.alloc(slots.max(1) * kv)?));
+            }
             for (s, r) in self.seqs.iter().zip(&new_regions) {
                 let old = s.regions[kind];
                 // Regions grow only before they wrap, and a wrapped ring is copied whole: slot order is kept.
                 let used = s.len.min(old.cap);
                 if used > 0 {
-                    backend.copy(&layer.k, old.base * kv, &k, r.base * kv, used * kv)?;
-                    backend.copy(&layer.v, old.base * kv, &v, r.base * kv, used * kv)?;
+                    let (ok, ov) = &layer.arenas[old.arena];
+                    let (nk, nv) = &bufs[r.arena];
+                    backend.copy(ok, old.base * kv, nk, r.base * kv, used * kv)?;
+                    backend.copy(ov, old.base * kv, nv, r.base * kv, used * kv)?;
                 }
             }
-            layer.k = k;
-            layer.v = v;
+            layer.arenas = bufs;
         }
         for (s, r) in self.seqs.iter_mut().zip(new_regions) {
             s.regions[kind] = r;
         }
-        self.slots[kind] = slots;
+        self.slots[kind] = arenas.into_iter().map(|a| a.max(1)).collect();
         Ok(())
     }
 
-    /// Attention metadata for a step: `batch` lists (sequence, first row, new tokens) in row order.
-    pub fn attn_seqs(&self, layer: usize, batch: &[(SeqId, usize, usize)]) -> Result<Vec<AttnSeq>> {
-        let kind = kind_index(self.layers[layer].kind);
-        batch
-            .iter()
-            .map(|&(id, row, n)| {
-                let s = self.seq(id)?;
-                let r = s.regions[kind];
-                Ok(AttnSeq {
-                    q_start: row as u32,
-                    q_len: n as u32,
-                    pos0: s.len as u32,
-                    slot_base: r.base as u32,
-                    slot_cap: r.cap.max(1) as u32,
-                })
-            })
-            .collect()
+    /// Attention calls for one layer in a step: per arena that holds sequences of `batch`, its buffers and
+    /// their metadata. `batch` lists (sequence, first row, new tokens) in row order.
+    pub fn groups(&self, layer: usize, batch: &[(SeqId, usize, usize)]) -> Result<Vec<KvGroup<'_, B>>> {
+        let l = &self.layers[layer];
+        let kind = kind_index(l.kind);
+        let mut groups: Vec<KvGroup<'_, B>> = Vec::new();
+        let mut which: Vec<usize> = Vec::new();
+        for &(id, row, n) in batch {
+            let s = self.seq(id)?;
+            let r = s.regions[kind];
+            let meta = AttnSeq {
+                q_start: row as u32,
+                q_len: n as u32,
+                pos0: s.len as u32,
+                slot_base: r.base as u32,
+                slot_cap: r.cap.max(1) as u32,
+            };
+            let (k, v) = l.arenas.get(r.arena).ok_or_else(|| HerdError::Input("cache region lost".into()))?;
+            match which.iter().position(|&a| a == r.arena) {
+                Some(g) => groups[g].2.push(meta),
+                None => {
+                    which.push(r.arena);
+                    groups.push((k, v, vec![meta]));
+                }
+            }
+        }
+        Ok(groups)
     }
 
     /// Records that the step's new tokens are now cached.
@@ -199,8 +240,8 @@ impl<B: Backend> KvCache<B> {
         Ok(())
     }
 
-    /// A layer's key and value buffers.
-    pub fn layer(&self, i: usize) -> (&B::Buffer, &B::Buffer) {
-        (&self.layers[i].k, &self.layers[i].v)
+    /// How many buffers each layer of a kind spreads over (full-attention layers, chunked layers).
+    pub fn arenas(&self) -> (usize, usize) {
+        (self.slots[0].len(), self.slots[1].len())
     }
 }

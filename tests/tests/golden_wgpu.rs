@@ -4,7 +4,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use herd_conformance::golden::{check_greedy, check_logits, BF16_TOL, F32_TOL};
+use herd_conformance::golden::{check_greedy, check_logits, load, BF16_TOL, F32_TOL};
+use herd_conformance::{fixture_dir, Reference};
+use herd_core::model::Rows;
 use herd_wgpu::{WgpuBackend, WgpuOptions};
 
 /// One device for the whole file (opening one per test is slow on lavapipe).
@@ -33,19 +35,31 @@ fn golden_fixtures_on_wgpu() {
     check_logits(&be, "scout_bf16", BF16_TOL, true);
 }
 
-/// Under a 16 KiB storage binding every weight above it is split across bindings (embedding, lm_head, the
-/// expert tensors by whole experts) and prompts run as steps of a few tokens each: the results must not
-/// change.
+/// Under 8 KiB storage bindings (one sequence's logits fill one) every weight above that is split across
+/// bindings (embedding, lm_head, the expert tensors by whole experts), prompts run as steps of a few
+/// tokens, and the KV cache of the full-attention layers spreads over several buffers: the results must
+/// not change.
 #[test]
 fn golden_fixtures_on_wgpu_with_tiny_bindings() {
     if gpu().is_none() {
         return;
     }
-    let opts = WgpuOptions { max_binding: Some(16 << 10), ..Default::default() };
+    let opts = WgpuOptions { max_binding: Some(8 << 10), ..Default::default() };
     let be = Arc::new(WgpuBackend::with_options(&opts).expect("the adapter opened once already"));
     for name in ["scout", "maverick"] {
         check_logits(&be, name, F32_TOL, false);
         check_logits(&be, name, F32_TOL, true);
         check_greedy(&be, name);
     }
+    // The fixture's two sequences (20 prompt tokens each) do need two cache buffers here.
+    let r = Reference::load("scout");
+    let m = load(&be, &fixture_dir("scout"));
+    let mut cache = m.new_cache().unwrap();
+    let ids: Vec<_> = r.input_ids.iter().map(|_| cache.add_sequence()).collect();
+    let batch: Vec<_> = ids.iter().copied().zip(r.input_ids.iter().map(|x| x.as_slice())).collect();
+    m.forward(&mut cache, &batch, Rows::Last).unwrap();
+    let last: Vec<[u32; 1]> = r.greedy_ids.iter().map(|g| [g[0]]).collect();
+    let batch: Vec<_> = ids.iter().copied().zip(last.iter().map(|x| x.as_slice())).collect();
+    m.forward(&mut cache, &batch, Rows::Last).unwrap();
+    assert!(cache.arenas().0 > 1, "the full-attention cache stayed in {} buffer(s)", cache.arenas().0);
 }

@@ -2,10 +2,11 @@
 //! full causal mask on the others, GQA, and the KV-cache write.
 
 use super::Scratch;
-use crate::backend::{AttnParams, AttnSeq, Backend, Temperature};
+use crate::backend::{AttnParams, Backend, Temperature};
 use crate::checkpoint::Checkpoint;
 use crate::config::{AttnKind, TextConfig};
 use crate::error::Result;
+use crate::kv::KvGroup;
 
 pub(super) struct Attention<B: Backend> {
     q: B::Weight,
@@ -55,9 +56,7 @@ impl<B: Backend> Attention<B> {
         t: usize,
         positions: &B::Buffer,
         inv_freq: &B::Buffer,
-        k_cache: &B::Buffer,
-        v_cache: &B::Buffer,
-        seqs: &[AttnSeq],
+        cache: &[KvGroup<'_, B>],
     ) -> Result<()> {
         let p = &self.params;
         be.matmul(&s.a, t, &self.q, &s.q)?;
@@ -71,8 +70,11 @@ impl<B: Backend> Attention<B> {
             be.rms_norm(&s.q, None, t * p.n_heads, p.head_dim, cfg.rms_norm_eps, &s.q)?;
             be.rms_norm(&s.k, None, t * p.n_kv_heads, p.head_dim, cfg.rms_norm_eps, &s.k)?;
         }
-        be.attention(&s.q, &s.k, &s.v, k_cache, v_cache, seqs, p, &s.attn)?;
-        be.kv_store(&s.k, &s.v, k_cache, v_cache, seqs, p.n_kv_heads * p.head_dim)?;
+        // One call per cache arena, each for the sequences whose keys live there.
+        for (k_cache, v_cache, seqs) in cache {
+            be.attention(&s.q, &s.k, &s.v, k_cache, v_cache, seqs, p, &s.attn)?;
+            be.kv_store(&s.k, &s.v, k_cache, v_cache, seqs, p.n_kv_heads * p.head_dim)?;
+        }
         be.matmul(&s.attn, t, &self.o, &s.o)
     }
 }

@@ -306,9 +306,8 @@ impl<B: Backend> Llama4<B> {
             be.rms_norm(hidden, Some(&first.input_norm), t, d, eps, &s.a)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            let seqs = cache.attn_seqs(i, &plan)?;
-            let (kc, vc) = cache.layer(i);
-            layer.attn.forward(be, cfg, s, t, pos_buf, &self.inv_freq, kc, vc, &seqs)?;
+            let groups = cache.groups(i, &plan)?;
+            layer.attn.forward(be, cfg, s, t, pos_buf, &self.inv_freq, &groups)?;
             be.add_rms_norm(hidden, &s.o, &layer.post_norm, t, d, eps, &s.a)?;
             layer.ffn.forward(be, cfg, s, t)?;
             match self.layers.get(i + 1) {
