@@ -38,6 +38,32 @@ fn vval(j: u32, c: u32) -> f32 {
     return v_new[(q_start + j - pos0) * kv_row + kv_off + c];
 }
 
+// A query row's sequence, read by one invocation and shared with the workgroup: (valid, q_start, pos0,
+// slot_base, slot_cap, first visible key, absolute position, -). Also sets the private cache addressing.
+fn row_meta(li: u32, row: u32) -> array<u32, 8> {
+    if (li == 0u) {
+        var m = array<u32, 8>(0u, 0u, 0u, 0u, 1u, 0u, 0u, 0u);
+        if (row < pu(8u)) {
+            let si = row_seq[row];
+            if (si != 0xffffffffu) {
+                let qs0 = seqs[si * 5u];
+                let p0 = seqs[si * 5u + 2u];
+                let i = p0 + row - qs0;
+                var lo = 0u;
+                if (pu(4u) > 0u) { lo = (i / pu(4u)) * pu(4u); }
+                m = array<u32, 8>(1u, qs0, p0, seqs[si * 5u + 3u], seqs[si * 5u + 4u], lo, i, 0u);
+            }
+        }
+        wmeta = m;
+    }
+    let mt = workgroupUniformLoad(&wmeta);
+    q_start = mt[1];
+    pos0 = mt[2];
+    slot_base = mt[3];
+    slot_cap = mt[4];
+    return mt;
+}
+
 fn reduce_max(li: u32, v: f32) -> f32 {
     red[li] = v;
     for (var s = 32u; s > 0u; s = s >> 1u) {
@@ -69,28 +95,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let d = pu(2u);
     let row = g / heads;
     let head = g % heads;
-    if (li == 0u) {
-        var valid = 0u;
-        var m = array<u32, 8>(0u, 0u, 0u, 0u, 1u, 0u, 0u, 0u);
-        if (row < pu(8u)) {
-            let si = row_seq[row];
-            if (si != 0xffffffffu) {
-                let qs0 = seqs[si * 5u];
-                let p0 = seqs[si * 5u + 2u];
-                let i = p0 + row - qs0;
-                var lo = 0u;
-                if (pu(4u) > 0u) { lo = (i / pu(4u)) * pu(4u); }
-                m = array<u32, 8>(1u, qs0, p0, seqs[si * 5u + 3u], seqs[si * 5u + 4u], lo, i, 0u);
-            }
-        }
-        wmeta = m;
-    }
-    let mt = workgroupUniformLoad(&wmeta);
+    let mt = row_meta(li, row);
     if (mt[0] == 0u) { return; }
-    q_start = mt[1];
-    pos0 = mt[2];
-    slot_base = mt[3];
-    slot_cap = mt[4];
     let lo = mt[5];
     let i = mt[6];
     kv_row = kvh * d;
@@ -190,27 +196,8 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let split = g % splits;
     let kh = (g / splits) % kvh;
     let row = g / (splits * kvh);
-    if (li == 0u) {
-        var m = array<u32, 8>(0u, 0u, 0u, 0u, 1u, 0u, 0u, 0u);
-        if (row < pu(8u)) {
-            let si = row_seq[row];
-            if (si != 0xffffffffu) {
-                let qs0 = seqs[si * 5u];
-                let p0 = seqs[si * 5u + 2u];
-                let i = p0 + row - qs0;
-                var lo = 0u;
-                if (pu(4u) > 0u) { lo = (i / pu(4u)) * pu(4u); }
-                m = array<u32, 8>(1u, qs0, p0, seqs[si * 5u + 3u], seqs[si * 5u + 4u], lo, i, 0u);
-            }
-        }
-        wmeta = m;
-    }
-    let mt = workgroupUniformLoad(&wmeta);
+    let mt = row_meta(li, row);
     if (mt[0] == 0u) { return; }
-    q_start = mt[1];
-    pos0 = mt[2];
-    slot_base = mt[3];
-    slot_cap = mt[4];
     let i = mt[6];
     kv_row = kvh * d;
     kv_off = kh * d;

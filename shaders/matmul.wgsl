@@ -62,23 +62,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 }
 
 // The 16-byte piece v of the bound weight as 4 (f32) or 8 (16-bit formats) values.
-fn piece(v: u32) -> array<f32, 8> {
-    let q = w4[v];
-    var wv: array<f32, 8>;
-    if (WDT == 0u) {
-        wv[0] = bitcast<f32>(q.x); wv[1] = bitcast<f32>(q.y); wv[2] = bitcast<f32>(q.z); wv[3] = bitcast<f32>(q.w);
-    } else if (WDT == 1u) {
-        wv[0] = bitcast<f32>(q.x << 16u); wv[1] = bitcast<f32>(q.x & 0xffff0000u);
-        wv[2] = bitcast<f32>(q.y << 16u); wv[3] = bitcast<f32>(q.y & 0xffff0000u);
-        wv[4] = bitcast<f32>(q.z << 16u); wv[5] = bitcast<f32>(q.z & 0xffff0000u);
-        wv[6] = bitcast<f32>(q.w << 16u); wv[7] = bitcast<f32>(q.w & 0xffff0000u);
-    } else {
-        let a = unpack2x16float(q.x); let b = unpack2x16float(q.y);
-        let c = unpack2x16float(q.z); let d = unpack2x16float(q.w);
-        wv[0] = a.x; wv[1] = a.y; wv[2] = b.x; wv[3] = b.y; wv[4] = c.x; wv[5] = c.y; wv[6] = d.x; wv[7] = d.y;
-    }
-    return wv;
-}
+fn piece(v: u32) -> array<f32, 8> { return unpack16(w4[v]); }
 
 // matmul with the weight read 16 bytes at a time (4 f32 or 8 packed 16-bit values), two pieces in flight
 // per invocation: for rows whose byte length is a multiple of 16. Bindings: x (1), w4 (4), out (3).

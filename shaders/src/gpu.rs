@@ -62,6 +62,23 @@ fn wval(word: u32, i: u32) -> f32 {
     if (WDT == 1u) { return bitcast<f32>(((word >> ((i & 1u) * 16u)) & 0xffffu) << 16u); }
     return unpack2x16float(word)[i & 1u];
 }
+// 16 bytes of weight words as 4 (f32) or 8 (16-bit formats) values.
+fn unpack16(q: vec4<u32>) -> array<f32, 8> {
+    var wv: array<f32, 8>;
+    if (WDT == 0u) {
+        wv[0] = bitcast<f32>(q.x); wv[1] = bitcast<f32>(q.y); wv[2] = bitcast<f32>(q.z); wv[3] = bitcast<f32>(q.w);
+    } else if (WDT == 1u) {
+        wv[0] = bitcast<f32>(q.x << 16u); wv[1] = bitcast<f32>(q.x & 0xffff0000u);
+        wv[2] = bitcast<f32>(q.y << 16u); wv[3] = bitcast<f32>(q.y & 0xffff0000u);
+        wv[4] = bitcast<f32>(q.z << 16u); wv[5] = bitcast<f32>(q.z & 0xffff0000u);
+        wv[6] = bitcast<f32>(q.w << 16u); wv[7] = bitcast<f32>(q.w & 0xffff0000u);
+    } else {
+        let a = unpack2x16float(q.x); let b = unpack2x16float(q.y);
+        let c = unpack2x16float(q.z); let d = unpack2x16float(q.w);
+        wv[0] = a.x; wv[1] = a.y; wv[2] = b.x; wv[3] = b.y; wv[4] = c.x; wv[5] = c.y; wv[6] = d.x; wv[7] = d.y;
+    }
+    return wv;
+}
 // Workgroups are laid out as a 2-D grid (x at most 65535): their linear index.
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.y * nwg.x + wid.x; }
 const NEG_BIG: f32 = -3.0e38;

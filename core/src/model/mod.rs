@@ -224,7 +224,8 @@ impl<B: Backend> Llama4<B> {
         Ok(picked)
     }
 
-    /// Enqueues a forward pass and hands `finish` the step's buffers, the logits and their number of rows.
+    /// Enqueues one step (a piece from [`Llama4::steps`]) and hands `finish` the step's buffers, the logits
+    /// and their number of rows.
     fn run<R>(
         &self,
         cache: &mut KvCache<B>,
@@ -235,31 +236,13 @@ impl<B: Backend> Llama4<B> {
         let cfg = &self.cfg;
         let be = &*self.backend;
         let d = cfg.hidden_size;
-        if batch.is_empty() {
-            return Err(HerdError::Input("empty batch".into()));
-        }
-        // Host-side checks: every error a user can cause is reported before any work is enqueued.
+        // The batch was checked whole by `steps` (every error a user can cause is reported before any work
+        // is enqueued); this is one of its pieces.
         let mut ids = Vec::new();
         let mut positions = Vec::new();
         let mut plan = Vec::with_capacity(batch.len());
-        for (bi, &(id, toks)) in batch.iter().enumerate() {
-            if toks.is_empty() {
-                return Err(HerdError::Input("a sequence in the batch has no new tokens".into()));
-            }
-            if batch[..bi].iter().any(|(o, _)| *o == id) {
-                return Err(HerdError::Input(format!("sequence {} appears twice in one batch", id.0)));
-            }
-            if let Some(&bad) = toks.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-                return Err(HerdError::Input(format!("token id {bad} is outside the vocabulary ({})", cfg.vocab_size)));
-            }
+        for &(id, toks) in batch {
             let pos0 = cache.seq_len(id)?;
-            if pos0 + toks.len() > cfg.max_position_embeddings {
-                return Err(HerdError::Input(format!(
-                    "{} tokens exceed the model's context of {} (max_position_embeddings)",
-                    pos0 + toks.len(),
-                    cfg.max_position_embeddings
-                )));
-            }
             plan.push((id, ids.len(), toks.len()));
             positions.extend((pos0..pos0 + toks.len()).map(|p| p as u32));
             ids.extend_from_slice(toks);
