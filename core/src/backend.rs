@@ -132,7 +132,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Interleaved-pair RoPE, in place: x is [rows, heads, head_dim]; row r is rotated by angle
     /// `positions[r] · inv_freq[j]` (f32) on the pair (2j, 2j+1). `positions` u32 [rows], `inv_freq` f32
-    /// [head_dim/2].
+    /// [head_dim/2]. With `norm_eps`, each rotated head vector is then RMS-normalised without a weight
+    /// (Llama 4's QK norm, which follows RoPE), in the same pass.
+    #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
         x: &Self::Buffer,
@@ -141,6 +143,7 @@ pub trait Backend: Send + Sync + 'static {
         head_dim: usize,
         positions: &Self::Buffer,
         inv_freq: &Self::Buffer,
+        norm_eps: Option<f32>,
     ) -> Result<()>;
 
     /// Attention of the new tokens of every sequence in `seqs` over that sequence's cached keys/values

@@ -331,13 +331,23 @@ impl Backend for WgpuBackend {
         head_dim: usize,
         positions: &GpuBuffer,
         inv_freq: &GpuBuffer,
+        norm_eps: Option<f32>,
     ) -> Result<()> {
         need("rope x", x, rows * heads * head_dim)?;
         need("rope positions", positions, rows)?;
         need("rope inv_freq", inv_freq, head_dim / 2)?;
         let b = [(1, &x.buf), (2, &positions.buf), (3, &inv_freq.buf)];
-        let n = rows * heads * head_dim / 2;
-        self.gpu.dispatch(Shader::Rope, "rope", 0, &b, &[rows as u32, heads as u32, head_dim as u32], groups(n, 256))
+        match norm_eps {
+            // One workgroup per head vector: rotate, then normalise it.
+            Some(eps) => {
+                let p = [rows as u32, heads as u32, head_dim as u32, eps.to_bits()];
+                self.gpu.dispatch(Shader::Rope, "rope_norm", 0, &b, &p, (rows * heads) as u32)
+            }
+            None => {
+                let p = [rows as u32, heads as u32, head_dim as u32];
+                self.gpu.dispatch(Shader::Rope, "rope", 0, &b, &p, groups(rows * heads * head_dim / 2, 256))
+            }
+        }
     }
 
     fn attention(

@@ -269,7 +269,9 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
     }
 
     if want("rope") {
-        for &(rows_, heads, d) in &[(5, 3, 16), (9, 8, 128), (1, 40, 128)] {
+        for &(rows_, heads, d, norm) in
+            &[(5, 3, 16, None), (9, 8, 128, None), (1, 40, 128, None), (7, 5, 16, Some(1e-5)), (3, 40, 128, Some(1e-6))]
+        {
             let xv = rng.vec(rows_ * heads * d);
             let pos: Vec<u32> = (0..rows_).map(|_| rng.below(20000)).collect();
             let inv: Vec<f32> = (0..d / 2).map(|j| 1.0 / 500000f32.powf(2.0 * j as f32 / d as f32)).collect();
@@ -277,24 +279,30 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
                 let x = be.upload(&xv)?;
                 let p = be.upload_u32(&pos)?;
                 let f = be.upload(&inv)?;
-                be.rope(&x, rows_, heads, d, &p, &f)?;
+                be.rope(&x, rows_, heads, d, &p, &f, norm)?;
                 let got = be.read(&x)?;
                 let secs = if perf {
                     let y = be.upload(&xv)?;
-                    timed(be, true, &y, || be.rope(&y, rows_, heads, d, &p, &f))?
+                    timed(be, true, &y, || be.rope(&y, rows_, heads, d, &p, &f, norm))?
                 } else {
                     None
                 };
+                let rotated = r::rope(&xv, rows_, heads, d, &pos, &inv);
+                let want = match norm {
+                    Some(eps) => r::rms_norm(&rotated, None, rows_ * heads, d, eps),
+                    None => rotated,
+                };
                 Ok(Out {
                     got,
-                    want: r::rope(&xv, rows_, heads, d, &pos, &inv),
+                    want,
                     secs,
                     bytes: (8 * rows_ * heads * d) as f64,
                     flops: (6 * rows_ * heads * d) as f64,
                 })
             })();
             // Angles up to 2·10⁴ rad: f32 sin/cos implementations differ by a few ulps of the angle.
-            add("rope", format!("rows={rows_} heads={heads} d={d}"), 1e-9, res);
+            let what = if norm.is_some() { " + qk norm" } else { "" };
+            add("rope", format!("rows={rows_} heads={heads} d={d}{what}"), 1e-9, res);
         }
     }
 

@@ -226,8 +226,15 @@ impl Backend for CpuBackend {
         head_dim: usize,
         positions: &CpuBuffer,
         inv_freq: &CpuBuffer,
+        norm_eps: Option<f32>,
     ) -> Result<()> {
-        rope::rope(&mut x.f32_mut()?, rows, heads, head_dim, &positions.u32()?, &inv_freq.f32()?)
+        let mut x = x.f32_mut()?;
+        rope::rope(&mut x, rows, heads, head_dim, &positions.u32()?, &inv_freq.f32()?)?;
+        match norm_eps {
+            // The reference composes the two ops; the device backends fuse them.
+            Some(eps) => rms_norm::rms_norm_inplace(&mut x, None, rows * heads, head_dim, eps),
+            None => Ok(()),
+        }
     }
 
     fn attention(

@@ -63,12 +63,10 @@ impl<B: Backend> Attention<B> {
         be.matmul(&s.a, t, &self.k, &s.k)?;
         be.matmul(&s.a, t, &self.v, &s.v)?;
         if self.use_rope {
-            be.rope(&s.q, t, p.n_heads, p.head_dim, positions, inv_freq)?;
-            be.rope(&s.k, t, p.n_kv_heads, p.head_dim, positions, inv_freq)?;
-        }
-        if self.qk_norm {
-            be.rms_norm(&s.q, None, t * p.n_heads, p.head_dim, cfg.rms_norm_eps, &s.q)?;
-            be.rms_norm(&s.k, None, t * p.n_kv_heads, p.head_dim, cfg.rms_norm_eps, &s.k)?;
+            // RoPE, then (on the layers that have it) the weightless QK norm, in one op.
+            let norm = self.qk_norm.then_some(cfg.rms_norm_eps);
+            be.rope(&s.q, t, p.n_heads, p.head_dim, positions, inv_freq, norm)?;
+            be.rope(&s.k, t, p.n_kv_heads, p.head_dim, positions, inv_freq, norm)?;
         }
         // One call per cache arena, each for the sequences whose keys live there.
         for (k_cache, v_cache, seqs) in cache {
