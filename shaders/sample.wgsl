@@ -6,7 +6,9 @@
 // 0; +inf becomes the largest f32) and the repetition penalty; argmax (the answer when greedy); the
 // temperature shift l' = (l - max) / T; top-k as a radix select of the k-th largest order key (four 8-bit
 // passes with a 256-bin histogram); top-p as a bisection on the order key for the smallest
-// (l' descending, id ascending) prefix whose mass reaches top_p, ties at the cut counted off in id order;
+// (l' descending, id ascending) prefix whose mass reaches top_p, ties at the cut counted off in id order
+// (the bisection runs over the candidates only: a token of weight below (1 - top_p) · total / vocab can
+// never be in that prefix, since all such tokens together weigh less than what top-p leaves out);
 // min-p as a key threshold; then the draw: the first survivor in id order whose cumulative weight exceeds
 // u · total, found from per-invocation sums over contiguous slices of the row.
 //
@@ -17,6 +19,8 @@
 @group(0) @binding(2) var<storage, read> hist: array<u32>;
 @group(0) @binding(3) var<storage, read> draws: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
+// Scratch, vocab values per row: the shifted logits of the top-p candidates.
+@group(0) @binding(5) var<storage, read_write> cand: array<f32>;
 
 const WG: u32 = 256u;
 const F32_MAX: f32 = 3.4028234663852886e38;
@@ -57,6 +61,16 @@ fn mass_ge(li: u32, lo: u32) -> f32 {
     var s = 0.0;
     for (var i = li; i < vocab; i += WG) {
         let l = logits[base + i];
+        if (key(l) >= lo) { s += exp(l); }
+    }
+    return wg_sum256(li, s);
+}
+
+// Mass of the first n candidates whose key is ≥ lo.
+fn cand_mass_ge(li: u32, lo: u32, n: u32) -> f32 {
+    var s = 0.0;
+    for (var j = li; j < n; j += WG) {
+        let l = cand[base + j];
         if (key(l) >= lo) { s += exp(l); }
     }
     return wg_sum256(li, s);
@@ -168,19 +182,50 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     // 5. top-p over the top-k survivors: the largest key K whose mass Σ_{key ≥ K} reaches top_p of theirs.
     let topp = pf(4u);
     if (topp < 1.0) {
-        let goal_p = topp * mass_ge(li, k_lo);
+        let total = mass_ge(li, k_lo);
+        let goal_p = topp * total;
+        // Candidates (in id order, so that sums round the same way every time): top-k survivors of
+        // weight at least (1 - top_p) · total / vocab, with a margin for rounding in exp and log.
+        let bound = log((1.0 - topp) * total / f32(vocab)) - 1e-3;
+        var mine = 0u;
+        for (var i = slice_lo(li); i < slice_hi(li); i++) {
+            let l = logits[base + i];
+            if (key(l) >= k_lo && l >= bound) { mine += 1u; }
+        }
+        red_u[li] = mine;
+        workgroupBarrier();
+        if (li == 0u) {
+            var c = 0u;
+            for (var tt = 0u; tt < WG; tt++) {
+                let n = red_u[tt];
+                red_u[tt] = c;
+                c += n;
+            }
+            wg_u = c;
+        }
+        let ncand = workgroupUniformLoad(&wg_u);
+        var o = red_u[li];
+        for (var i = slice_lo(li); i < slice_hi(li); i++) {
+            let l = logits[base + i];
+            if (key(l) >= k_lo && l >= bound) {
+                cand[base + o] = l;
+                o += 1u;
+            }
+        }
+        storageBarrier();
+        workgroupBarrier();
         var lo = k_lo;
         var hi = KEY_ZERO;
         for (var it = 0u; it < 32u; it++) {
             let mid = lo + (hi - lo + 1u) / 2u;
-            let m = mass_ge(li, mid);
+            let m = cand_mass_ge(li, mid, ncand);
             if (lo < hi) {
                 if (m >= goal_p) { lo = mid; } else { hi = mid - 1u; }
             }
         }
         p_key = lo;
         // Elements at the cut all weigh exp(l'): the lowest ids among them fill what the mass above lacks.
-        let above = mass_ge(li, lo + 1u); // 0 when lo is the top key (no l' is above 0)
+        let above = cand_mass_ge(li, lo + 1u, ncand); // 0 when lo is the top key (no l' is above 0)
         let w = exp(unkey(lo));
         let need = max(1.0, ceil((goal_p - above) / w));
         var cnt = 0u;

@@ -620,7 +620,8 @@ impl Backend for WgpuBackend {
         ];
         let draw_bits: Vec<u32> = draws.iter().map(|u| u.to_bits()).collect();
         let (hb, db) = (self.gpu.meta(&hist)?, self.gpu.meta(&draw_bits)?);
-        let b = [(1, &logits.buf), (2, &hb), (3, &db), (4, &out.buf)];
+        let cand = self.gpu.scratch("sample candidates", rows * vocab, false)?;
+        let b = [(1, &logits.buf), (2, &hb), (3, &db), (4, &out.buf), (5, &cand)];
         self.gpu.dispatch(Shader::Sample, "sample", 0, &b, &p, rows as u32)
     }
 }
