@@ -144,9 +144,9 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-// Writes new keys (or values) into their cache slots: row q_start + t → slot_base + (pos0 + t) % slot_cap;
+// Writes new keys and values into their cache slots: row q_start + t → slot_base + (pos0 + t) % slot_cap;
 // when a step has more tokens than the region holds, only the last slot_cap of them are written.
-// Bound with k_new → k_cache, then v_new → v_cache (bindings 2 and 4). params: rows, kv_dim.
+// params: rows, kv_dim.
 @compute @workgroup_size(256)
 fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let x = group_index(wid, nwg) * 256u + li;
@@ -164,6 +164,7 @@ fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (row - qs0 + cap < seqs[si * 5u + 1u]) { return; }
     let slot = seqs[si * 5u + 3u] + (p0 + row - qs0) % cap;
     k_cache[slot * kvd + e] = k_new[row * kvd + e];
+    v_cache[slot * kvd + e] = v_new[row * kvd + e];
 }
 
 // ---- decode: split-KV, query heads of one kv head together ---------------------------------------------

@@ -462,11 +462,8 @@ impl Backend for WgpuBackend {
             need("kv_store cache", v_cache, (s.slot_base + s.slot_cap) as usize * kv_dim)?;
         }
         let p = [rows as u32, kv_dim as u32];
-        for (new, cache) in [(k_new, k_cache), (v_new, v_cache)] {
-            let b = [(2, &new.buf), (4, &cache.buf), (6, &seq_buf), (7, &row_seq)];
-            self.gpu.dispatch(Shader::Attention, "kv_store", 0, &b, &p, groups(rows * kv_dim, 256))?;
-        }
-        Ok(())
+        let b = [(2, &k_new.buf), (3, &v_new.buf), (4, &k_cache.buf), (5, &v_cache.buf), (6, &seq_buf), (7, &row_seq)];
+        self.gpu.dispatch(Shader::Attention, "kv_store", 0, &b, &p, groups(rows * kv_dim, 256))
     }
 
     fn add(&self, acc: &GpuBuffer, x: &GpuBuffer, n: usize) -> Result<()> {

@@ -392,19 +392,24 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
             if want("attention") {
                 add("attention", desc.clone(), 1e-10, res);
             }
-            // kv_store: the new rows land in their ring slots, the rest of the cache is untouched.
-            let mut expect_k = kc.clone();
+            // kv_store: the new rows land in their ring slots, the rest of the cache is untouched; keys and
+            // values both (compared as one vector, keys first).
+            let (mut expect_k, mut expect_v) = (kc.clone(), vc.clone());
             for s in &seqs {
                 for t in 0..s.q_len as usize {
                     let sl = s.slot_base as usize + (s.pos0 as usize + t) % s.slot_cap as usize;
                     let rr = s.q_start as usize + t;
                     expect_k[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&kn[rr * kvrow..(rr + 1) * kvrow]);
+                    expect_v[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&vn[rr * kvrow..(rr + 1) * kvrow]);
                 }
             }
+            expect_k.extend(expect_v);
             let res = (|| {
                 let (k, v, kcb, vcb) = (be.upload(&kn)?, be.upload(&vn)?, be.upload(&kc)?, be.upload(&vc)?);
                 let secs = timed(be, perf, &kcb, || be.kv_store(&k, &v, &kcb, &vcb, &seqs, kvrow))?;
-                Ok(Out { got: be.read(&kcb)?, want: expect_k, secs, bytes: (16 * rows_ * kvrow) as f64, flops: 0.0 })
+                let mut got = be.read(&kcb)?;
+                got.extend(be.read(&vcb)?);
+                Ok(Out { got, want: expect_k, secs, bytes: (16 * rows_ * kvrow) as f64, flops: 0.0 })
             })();
             if want("kv_store") {
                 add("kv_store", desc, 0.0, res);
