@@ -126,6 +126,22 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
+    /// Fails, before anything changes, if `new` more tokens of sequence `id` would need a cache region
+    /// larger than one buffer of this backend holds.
+    pub fn check_fits(&self, id: SeqId, new: usize) -> Result<()> {
+        let len = self.seq(id)?.len + new;
+        let kinds: Vec<usize> = self.layers.iter().map(|l| kind_index(l.kind)).collect();
+        let cap = kinds.iter().map(|&k| self.needed(k, len)).max().unwrap_or(0);
+        if cap > self.max_slots {
+            return Err(HerdError::Input(format!(
+                "{len} tokens need {cap} cache slots ({} bytes per layer), more than this device's largest buffer holds ({} slots)",
+                cap * self.kv_dim * 4,
+                self.max_slots
+            )));
+        }
+        Ok(())
+    }
+
     /// Makes room for `new` more tokens of each listed sequence, relocating regions if needed.
     pub fn reserve(&mut self, backend: &B, batch: &[(SeqId, usize)]) -> Result<()> {
         for kind in 0..2 {
@@ -139,7 +155,8 @@ impl<B: Backend> KvCache<B> {
                     .ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))?;
                 let want = self.needed(kind, self.seqs[i].len + new);
                 if want > caps[i] {
-                    let doubled = self.needed(kind, (2 * caps[i]).max(16));
+                    // Room to grow into, but never more than one buffer holds.
+                    let doubled = self.needed(kind, (2 * caps[i]).max(16)).min(self.max_slots);
                     caps[i] = want.max(doubled);
                     grow = true;
                 }

@@ -50,6 +50,7 @@ impl<B: Backend> Llama4<B> {
             if let Some(&bad) = toks.iter().find(|&&t| t as usize >= cfg.vocab_size) {
                 return Err(HerdError::Input(format!("token id {bad} is outside the vocabulary ({})", cfg.vocab_size)));
             }
+            cache.check_fits(id, toks.len())?;
             let total = cache.seq_len(id)? + toks.len();
             if total > cfg.max_position_embeddings {
                 return Err(HerdError::Input(format!(
