@@ -66,8 +66,7 @@ fn golden_fixtures_on_wgpu_with_tiny_bindings() {
     let mut cache = m.new_cache().unwrap();
     let seq = cache.add_sequence();
     let long: Vec<u32> = (0..70).map(|i| (i * 37 % 2048) as u32).collect();
-    let e =
-        m.forward(&mut cache, &[(seq, &long)], Rows::Last).err().expect("70 tokens cannot fit 64 slots").to_string();
+    let e = m.forward(&mut cache, &[(seq, &long)], Rows::Last).expect_err("70 tokens cannot fit 64 slots").to_string();
     assert!(e.contains("largest buffer") && !e.contains('\n'), "{e}");
     assert_eq!(cache.seq_len(seq).unwrap(), 0, "refused before any step ran");
 }
