@@ -267,7 +267,7 @@ impl Gpu {
         let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
         if bytes > max {
             return Err(err(format!(
-                "{what}: {bytes} bytes exceed this device's largest storage binding ({max} bytes); splitting a tensor across bindings is not implemented yet"
+                "{what}: {bytes} bytes exceed this device's largest storage binding ({max} bytes)"
             )));
         }
         Ok(())
