@@ -14,7 +14,9 @@
 
 use crate::checkpoint::TensorRef;
 use crate::error::Result;
+use crate::quant::DType;
 use crate::sampling::SamplingParams;
+use crate::synthetic::Fill;
 
 /// Per-sequence metadata for [`Backend::attention`] and [`Backend::kv_store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,10 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> String;
 
     // ---- memory -------------------------------------------------------------------------------------
+    /// Counters worth showing in a benchmark (e.g. how many steps ran as CUDA graphs), if the backend keeps any.
+    fn stats(&self) -> Option<String> {
+        None
+    }
     /// The most elements one buffer may hold here (the model cuts larger steps into pieces).
     fn max_buffer_len(&self) -> usize {
         usize::MAX / 4
@@ -94,6 +100,11 @@ pub trait Backend: Send + Sync + 'static {
     fn copy(&self, src: &Self::Buffer, src_off: usize, dst: &Self::Buffer, dst_off: usize, len: usize) -> Result<()>;
     /// Uploads a checkpoint tensor, keeping its format.
     fn load_weight(&self, t: &TensorRef) -> Result<Self::Weight>;
+    /// A synthetic weight ([`crate::synthetic`]): the same values on every backend. The default makes the
+    /// bytes on the host and uploads them; a device backend may make them in place (no host copy).
+    fn synthetic_weight(&self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<Self::Weight> {
+        self.load_weight(&crate::synthetic::tensor(name, shape, dtype, fill))
+    }
 
     // ---- ops ----------------------------------------------------------------------------------------
     /// `out[r, :] = table[ids[r], :]` for r < n; `table` is [V, dim], `ids` u32 [n], `out` [n, dim].

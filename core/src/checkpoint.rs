@@ -54,6 +54,11 @@ impl TensorRef {
     pub fn range(&self) -> (usize, usize) {
         (self.start, self.end)
     }
+    /// A tensor that owns its bytes (not read from a file).
+    pub fn owned(name: &str, dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> TensorRef {
+        let end = bytes.len();
+        TensorRef { name: name.into(), dtype, shape, file: Arc::new(FileBytes::Owned(bytes)), start: 0, end }
+    }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

@@ -5,6 +5,7 @@
 //! * [`backend`] is the small set of coarse ops every device implements; [`cpu`] is the reference.
 //! * [`model`] is Llama 4, written once against [`backend::Backend`]; [`kv`] is its cache.
 //! * [`generate`] drives prefill/decode with [`sampling`] and stop tokens.
+//! * [`synthetic`] makes seeded random weights of any shape, for full-scale benchmarks without a checkpoint.
 //! * [`tokenizer`] and [`chat`] turn text and conversations into ids (tokenizer.json, the chat template).
 pub mod backend;
 pub mod chat;
@@ -17,6 +18,7 @@ pub mod kv;
 pub mod model;
 pub mod quant;
 pub mod sampling;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use error::{HerdError, Result};

@@ -1,9 +1,8 @@
 //! Llama 4 attention (iRoPE): RoPE + QK norm + chunked mask on RoPE layers, NoPE + temperature tuning +
 //! full causal mask on the others, GQA, and the KV-cache write.
 
-use super::Scratch;
+use super::{Scratch, WeightSource};
 use crate::backend::{AttnParams, Backend, Temperature};
-use crate::checkpoint::Checkpoint;
 use crate::config::{AttnKind, TextConfig};
 use crate::error::Result;
 use crate::kv::KvGroup;
@@ -19,10 +18,10 @@ pub(super) struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    pub fn load(be: &B, ck: &Checkpoint, cfg: &TextConfig, i: usize) -> Result<Self> {
+    pub fn load(be: &B, ck: &dyn WeightSource<B>, cfg: &TextConfig, i: usize) -> Result<Self> {
         let (d, h, kvh, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let p = format!("model.layers.{i}.self_attn.");
-        let w = |n: &str, shape: &[usize]| be.load_weight(ck.get_shaped(&format!("{p}{n}.weight"), shape)?);
+        let w = |n: &str, shape: &[usize]| ck.weight(be, &format!("{p}{n}.weight"), shape);
         let use_rope = cfg.use_rope[i];
         Ok(Attention {
             q: w("q_proj", &[h * hd, d])?,

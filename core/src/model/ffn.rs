@@ -1,9 +1,8 @@
 //! Llama 4 feed-forward blocks: the dense SwiGLU MLP (non-MoE layers) and the MoE block (top-k sigmoid
 //! router whose score scales the expert input, routed experts, always-on shared expert).
 
-use super::Scratch;
+use super::{Scratch, WeightSource};
 use crate::backend::Backend;
-use crate::checkpoint::Checkpoint;
 use crate::config::TextConfig;
 use crate::error::Result;
 
@@ -16,8 +15,8 @@ pub(super) struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    fn load(be: &B, ck: &Checkpoint, prefix: &str, d: usize, width: usize) -> Result<Self> {
-        let w = |n: &str, shape: &[usize]| be.load_weight(ck.get_shaped(&format!("{prefix}{n}.weight"), shape)?);
+    fn load(be: &B, ck: &dyn WeightSource<B>, prefix: &str, d: usize, width: usize) -> Result<Self> {
+        let w = |n: &str, shape: &[usize]| ck.weight(be, &format!("{prefix}{n}.weight"), shape);
         Ok(Mlp {
             gate: w("gate_proj", &[width, d])?,
             up: w("up_proj", &[width, d])?,
@@ -41,7 +40,7 @@ pub(super) enum Ffn<B: Backend> {
 }
 
 impl<B: Backend> Ffn<B> {
-    pub fn load(be: &B, ck: &Checkpoint, cfg: &TextConfig, i: usize) -> Result<Self> {
+    pub fn load(be: &B, ck: &dyn WeightSource<B>, cfg: &TextConfig, i: usize) -> Result<Self> {
         let d = cfg.hidden_size;
         let p = format!("model.layers.{i}.feed_forward.");
         if !cfg.moe_layers[i] {
@@ -49,10 +48,10 @@ impl<B: Backend> Ffn<B> {
         }
         let (e, f) = (cfg.num_local_experts, cfg.intermediate_size);
         Ok(Ffn::Moe {
-            router: be.load_weight(ck.get_shaped(&format!("{p}router.weight"), &[e, d])?)?,
+            router: ck.weight(be, &format!("{p}router.weight"), &[e, d])?,
             // The fused expert tensors carry no `.weight` suffix and are input-major: [E, D, 2F], [E, F, D].
-            gate_up: be.load_weight(ck.get_shaped(&format!("{p}experts.gate_up_proj"), &[e, d, 2 * f])?)?,
-            down: be.load_weight(ck.get_shaped(&format!("{p}experts.down_proj"), &[e, f, d])?)?,
+            gate_up: ck.weight(be, &format!("{p}experts.gate_up_proj"), &[e, d, 2 * f])?,
+            down: ck.weight(be, &format!("{p}experts.down_proj"), &[e, f, d])?,
             shared: Mlp::load(be, ck, &format!("{p}shared_expert."), d, f)?,
         })
     }

@@ -25,6 +25,24 @@ struct Layer<B: Backend> {
     ffn: Ffn<B>,
 }
 
+/// Where a model's weights come from: a checkpoint (memory-mapped safetensors) or a generator
+/// ([`crate::synthetic::SyntheticWeights`]). Names are logical (`model.layers.0.…`).
+pub trait WeightSource<B: Backend> {
+    /// Whether the source has tensor `name` (only asked of optional tensors, such as `lm_head.weight`).
+    fn contains(&self, name: &str) -> bool;
+    /// Tensor `name` on `be`, checked to have `shape`.
+    fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight>;
+}
+
+impl<B: Backend> WeightSource<B> for Checkpoint {
+    fn contains(&self, name: &str) -> bool {
+        Checkpoint::contains(self, name)
+    }
+    fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight> {
+        be.load_weight(self.get_shaped(name, shape)?)
+    }
+}
+
 /// Which rows of a forward pass come back as logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rows {
@@ -111,16 +129,16 @@ impl<B: Backend> Scratch<B> {
 }
 
 impl<B: Backend> Llama4<B> {
-    /// Uploads every text tensor of `ck` to `backend`, checking names and shapes against `cfg`.
-    /// `progress(done, total)` is called after each layer.
+    /// Uploads every text tensor of `ck` (a [`Checkpoint`] or another [`WeightSource`]) to `backend`,
+    /// checking names and shapes against `cfg`. `progress(done, total)` is called after each layer.
     pub fn load(
         backend: Arc<B>,
-        ck: &Checkpoint,
+        ck: &dyn WeightSource<B>,
         cfg: &TextConfig,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let (d, v) = (cfg.hidden_size, cfg.vocab_size);
-        let w = |name: &str, shape: &[usize]| backend.load_weight(ck.get_shaped(name, shape)?);
+        let w = |name: &str, shape: &[usize]| ck.weight(&*backend, name, shape);
         let embed = w("model.embed_tokens.weight", &[v, d])?;
         let norm = w("model.norm.weight", &[d])?;
         let lm_head = if ck.contains("lm_head.weight") || !cfg.tie_word_embeddings {
