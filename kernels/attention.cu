@@ -1,0 +1,246 @@
+// Attention of new tokens over a sequence's cached and new keys (GQA, causal or chunked mask, NoPE
+// temperature tuning fused into the query load), and the KV-cache write.
+//
+// Key position j of a sequence lives in the cache (slot slot_base + j % slot_cap) when j < pos0, else in
+// the new rows (row q_start + j - pos0). Query at absolute position p sees lo(p) <= j <= p, where
+// lo(p) = floor(p / chunk) * chunk on chunked layers and 0 otherwise.
+//
+// * attn_decode + attn_combine (flash-decoding): a block per (kv head, query row, split) serves every
+//   query head of that kv head over one slice of the keys, four warps taking keys in turn (lanes across the
+//   head dimension) with an online softmax; the combine pass merges the splits. The grid is fixed by the
+//   host from the region sizes, so decode steps replay as the same CUDA graph as the context grows.
+// * attn_prefill: a block per (query head, tile of 32 query rows of one sequence); four threads per query
+//   split the head dimension, keys and values are staged through shared memory BK at a time.
+//
+// Row entries (decode), 8 u32 each: row, p, pos0, q_start, slot_base, slot_cap.
+// Tile entries (prefill), 8 u32 each: row0, nq, p0, pos0, q_start, slot_base, slot_cap.
+
+#define MAXG 16
+
+__device__ __forceinline__ float query_scale(float scale, u32 temp_on, float floor_scale, float attn_scale, u32 p) {
+    if (!temp_on) return scale;
+    float f = floorf(((float)p + 1.0f) / floor_scale);
+    return scale * (log1pf(f) * attn_scale + 1.0f);
+}
+
+__device__ __forceinline__ const float* kv_at(const float* cache, const float* fresh, u32 j, u32 pos0, u32 q_start,
+                                              u32 slot_base, u32 slot_cap, u32 n_kv, u32 kvh, u32 hd) {
+    if (j < pos0) return cache + ((u64)(slot_base + j % slot_cap) * n_kv + kvh) * hd;
+    return fresh + ((u64)(q_start + (j - pos0)) * n_kv + kvh) * hd;
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_decode(const float* q, const float* kn, const float* vn, const float* kc, const float* vc, const u32* rows,
+                u32 n_heads, u32 n_kv, u32 hd, float scale, u32 chunk, u32 temp_on, float floor_scale,
+                float attn_scale, u32 nsplit, float* part) {
+    extern __shared__ float sm[];
+    const u32 kvh = blockIdx.x, ri = blockIdx.y, sp = blockIdx.z;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32* e = rows + ri * 8;
+    const u32 row = e[0], p = e[1], pos0 = e[2], qs = e[3], sb = e[4], sc = e[5];
+    const u32 G = n_heads / n_kv;
+    float* q_s = sm;                 // [G][hd]
+    float* acc_s = sm + G * hd;      // [4][G][hd]
+    float* m_s = acc_s + 4 * G * hd; // [4][G]
+    float* l_s = m_s + 4 * G;        // [4][G]
+    const float qsc = query_scale(scale, temp_on, floor_scale, attn_scale, p);
+    for (u32 i = threadIdx.x; i < G * hd; i += blockDim.x)
+        q_s[i] = q[((u64)row * n_heads + kvh * G + i / hd) * hd + i % hd] * qsc;
+    for (u32 i = threadIdx.x; i < 4 * G * hd; i += blockDim.x) acc_s[i] = 0.0f;
+    const u32 lo = chunk ? (p / chunk) * chunk : 0;
+    const u32 nkeys = p - lo + 1;
+    const u32 per = (nkeys + nsplit - 1) / nsplit;
+    const u32 j0 = lo + min(nkeys, sp * per), j1 = lo + min(nkeys, (sp + 1) * per);
+    __syncthreads();
+
+    float mr[MAXG], lr[MAXG];
+#pragma unroll
+    for (u32 g = 0; g < MAXG; g++) {
+        mr[g] = NEG_BIG;
+        lr[g] = 0.0f;
+    }
+    float* acc = acc_s + warp * G * hd;
+    for (u32 j = j0 + warp; j < j1; j += 4) {
+        const float* kp = kv_at(kc, kn, j, pos0, qs, sb, sc, n_kv, kvh, hd);
+        const float* vp = kv_at(vc, vn, j, pos0, qs, sb, sc, n_kv, kvh, hd);
+        float kr[8], vr[8];
+#pragma unroll
+        for (u32 t = 0; t < 8; t++) {
+            u32 d = lane + 32 * t;
+            kr[t] = d < hd ? kp[d] : 0.0f;
+            vr[t] = d < hd ? vp[d] : 0.0f;
+        }
+#pragma unroll
+        for (u32 g = 0; g < MAXG; g++) {
+            if (g < G) {
+                float s = 0.0f;
+#pragma unroll
+                for (u32 t = 0; t < 8; t++) {
+                    u32 d = lane + 32 * t;
+                    if (d < hd) s += q_s[g * hd + d] * kr[t];
+                }
+                s = warp_sum(s);
+                float mn = fmaxf(mr[g], s);
+                float corr = expf(mr[g] - mn), pe = expf(s - mn);
+                lr[g] = lr[g] * corr + pe;
+                mr[g] = mn;
+#pragma unroll
+                for (u32 t = 0; t < 8; t++) {
+                    u32 d = lane + 32 * t;
+                    if (d < hd) acc[g * hd + d] = acc[g * hd + d] * corr + pe * vr[t];
+                }
+            }
+        }
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (u32 g = 0; g < MAXG; g++) {
+            if (g < G) {
+                m_s[warp * G + g] = mr[g];
+                l_s[warp * G + g] = lr[g];
+            }
+        }
+    }
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < G * hd; i += blockDim.x) {
+        const u32 g = i / hd, d = i % hd;
+        float M = NEG_BIG;
+        for (u32 w = 0; w < 4; w++)
+            if (l_s[w * G + g] > 0.0f) M = fmaxf(M, m_s[w * G + g]);
+        float A = 0.0f, L = 0.0f;
+        for (u32 w = 0; w < 4; w++) {
+            float lw = l_s[w * G + g];
+            if (lw > 0.0f) {
+                float f = expf(m_s[w * G + g] - M);
+                A += acc_s[(w * G + g) * hd + d] * f;
+                L += lw * f;
+            }
+        }
+        float* o = part + ((((u64)ri * n_kv + kvh) * nsplit + sp) * G + g) * (hd + 2);
+        o[d] = A;
+        if (d == 0) {
+            o[hd] = M;
+            o[hd + 1] = L;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_combine(const float* part, const u32* rows, float* out, u32 n_heads, u32 n_kv, u32 hd, u32 nsplit) {
+    const u32 ri = blockIdx.x, h = blockIdx.y;
+    const u32 G = n_heads / n_kv, kvh = h / G, g = h % G;
+    const u32 row = rows[ri * 8];
+    const float* base = part + (((u64)ri * n_kv + kvh) * nsplit * G + g) * (hd + 2);
+    const u64 stride = (u64)G * (hd + 2);
+    float M = NEG_BIG;
+    for (u32 s = 0; s < nsplit; s++)
+        if (base[s * stride + hd + 1] > 0.0f) M = fmaxf(M, base[s * stride + hd]);
+    for (u32 d = threadIdx.x; d < hd; d += blockDim.x) {
+        float num = 0.0f, den = 0.0f;
+        for (u32 s = 0; s < nsplit; s++) {
+            const float* b = base + s * stride;
+            float L = b[hd + 1];
+            if (L > 0.0f) {
+                float f = expf(b[hd] - M);
+                num += b[d] * f;
+                den += L * f;
+            }
+        }
+        out[((u64)row * n_heads + h) * hd + d] = num / den;
+    }
+}
+
+template <int DPT, int BK>
+__device__ void attn_prefill_impl(const float* q, const float* kn, const float* vn, const float* kc, const float* vc,
+                                  const u32* tiles, u32 n_heads, u32 n_kv, u32 hd, float scale, u32 chunk,
+                                  u32 temp_on, float floor_scale, float attn_scale, float* out) {
+    extern __shared__ float smp[];
+    float* ks = smp;           // [BK][hd]
+    float* vs = smp + BK * hd; // [BK][hd]
+    const u32 h = blockIdx.x, kvh = h / (n_heads / n_kv);
+    const u32* e = tiles + blockIdx.y * 8;
+    const u32 row0 = e[0], nq = e[1], p0 = e[2], pos0 = e[3], qs = e[4], sb = e[5], sc = e[6];
+    const u32 qi = threadIdx.x >> 2, sub = threadIdx.x & 3;
+    const bool active = qi < nq;
+    const u32 p = p0 + (active ? qi : 0);
+    const float qsc = query_scale(scale, temp_on, floor_scale, attn_scale, p);
+    float qv[DPT], acc[DPT];
+#pragma unroll
+    for (int i = 0; i < DPT; i++) {
+        u32 d = sub + 4 * i;
+        qv[i] = (active && d < hd) ? q[((u64)(row0 + qi) * n_heads + h) * hd + d] * qsc : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = NEG_BIG, l = 0.0f;
+    const u32 lo_q = chunk ? (p / chunk) * chunk : 0;
+    const u32 p_last = p0 + nq - 1;
+    const u32 j_first = chunk ? (p0 / chunk) * chunk : 0;
+    for (u32 jt = j_first; jt <= p_last; jt += BK) {
+        __syncthreads();
+        for (u32 idx = threadIdx.x; idx < BK * hd; idx += blockDim.x) {
+            u32 jj = idx / hd, d = idx % hd, j = jt + jj;
+            float a = 0.0f, b = 0.0f;
+            if (j <= p_last) {
+                a = kv_at(kc, kn, j, pos0, qs, sb, sc, n_kv, kvh, hd)[d];
+                b = kv_at(vc, vn, j, pos0, qs, sb, sc, n_kv, kvh, hd)[d];
+            }
+            ks[idx] = a;
+            vs[idx] = b;
+        }
+        __syncthreads();
+        for (u32 jj = 0; jj < BK; jj++) {
+            const u32 j = jt + jj;
+            float s = 0.0f;
+#pragma unroll
+            for (int i = 0; i < DPT; i++) {
+                u32 d = sub + 4 * i;
+                if (d < hd) s += qv[i] * ks[jj * hd + d];
+            }
+            s += __shfl_xor_sync(0xffffffffu, s, 1);
+            s += __shfl_xor_sync(0xffffffffu, s, 2);
+            if (active && j <= p && j >= lo_q) {
+                float mn = fmaxf(m, s);
+                float corr = expf(m - mn), pe = expf(s - mn);
+                l = l * corr + pe;
+                m = mn;
+#pragma unroll
+                for (int i = 0; i < DPT; i++) {
+                    u32 d = sub + 4 * i;
+                    if (d < hd) acc[i] = acc[i] * corr + pe * vs[jj * hd + d];
+                }
+            }
+        }
+    }
+    if (active) {
+#pragma unroll
+        for (int i = 0; i < DPT; i++) {
+            u32 d = sub + 4 * i;
+            if (d < hd) out[((u64)(row0 + qi) * n_heads + h) * hd + d] = acc[i] / l;
+        }
+    }
+}
+
+#define PREFILL(DPT, BK)                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128) attn_prefill_##DPT(                                         \
+        const float* q, const float* kn, const float* vn, const float* kc, const float* vc, const u32* tiles,      \
+        u32 n_heads, u32 n_kv, u32 hd, float scale, u32 chunk, u32 temp_on, float floor_scale, float attn_scale,    \
+        float* out) {                                                                                               \
+        attn_prefill_impl<DPT, BK>(q, kn, vn, kc, vc, tiles, n_heads, n_kv, hd, scale, chunk, temp_on, floor_scale, \
+                                   attn_scale, out);                                                                \
+    }
+PREFILL(4, 32)
+PREFILL(8, 32)
+PREFILL(16, 32)
+PREFILL(32, 32)
+PREFILL(64, 16)
+
+// pairs: (source row, destination slot) per stored token.
+extern "C" __global__ void kv_store(const float* kn, const float* vn, float* kc, float* vc, const u32* pairs,
+                                    u32 npairs, u32 kv_dim) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)npairs * kv_dim) return;
+    u32 pr = (u32)(i / kv_dim), c = (u32)(i % kv_dim);
+    u64 src = (u64)pairs[2 * pr] * kv_dim + c, dst = (u64)pairs[2 * pr + 1] * kv_dim + c;
+    kc[dst] = kn[src];
+    vc[dst] = vn[src];
+}

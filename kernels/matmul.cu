@@ -1,0 +1,85 @@
+// out[m, n] = Σ_k x[m, k] · w[n, k] (nn.Linear weights) for decode-sized m: one warp per output column,
+// M rows at a time, the weight row streamed once with 16-byte loads, four in flight per lane. Prefill GEMMs
+// go to cuBLAS (lib.rs); `split_bf16` prepares its input there (x = hi + lo, both bf16, so the tensor-core
+// product of two bf16 GEMMs matches an f32 one to ~2^-17 relative).
+
+template <int DT, int M, bool VEC>
+__device__ void gemv(const float* __restrict__ x, const void* __restrict__ w, float* __restrict__ out, u32 m, u32 n,
+                     u32 k) {
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32 col = blockIdx.x * (blockDim.x >> 5) + warp;
+    const u32 r0 = blockIdx.y * M;
+    if (col >= n) return;
+    float acc[M];
+#pragma unroll
+    for (int r = 0; r < M; r++) acc[r] = 0.0f;
+    const u64 wrow = (u64)col * k;
+    if (VEC) {
+        u32 kk = lane * 8;
+        for (; kk + 3 * 256 < k; kk += 4 * 256) {
+            float wv[4][8];
+#pragma unroll
+            for (int u = 0; u < 4; u++) ld8<DT>(w, wrow + kk + u * 256, wv[u]);
+#pragma unroll
+            for (int r = 0; r < M; r++) {
+                if (r0 + r < m) {
+                    const float* xr = x + (u64)(r0 + r) * k + kk;
+#pragma unroll
+                    for (int u = 0; u < 4; u++) {
+                        float4 a = *(const float4*)(xr + u * 256), b = *(const float4*)(xr + u * 256 + 4);
+                        acc[r] += a.x * wv[u][0] + a.y * wv[u][1] + a.z * wv[u][2] + a.w * wv[u][3] + b.x * wv[u][4] +
+                                  b.y * wv[u][5] + b.z * wv[u][6] + b.w * wv[u][7];
+                    }
+                }
+            }
+        }
+        for (; kk < k; kk += 256) {
+            float wv[8];
+            ld8<DT>(w, wrow + kk, wv);
+#pragma unroll
+            for (int r = 0; r < M; r++) {
+                if (r0 + r < m) {
+                    const float* xr = x + (u64)(r0 + r) * k + kk;
+                    float4 a = *(const float4*)xr, b = *(const float4*)(xr + 4);
+                    acc[r] += a.x * wv[0] + a.y * wv[1] + a.z * wv[2] + a.w * wv[3] + b.x * wv[4] + b.y * wv[5] +
+                              b.z * wv[6] + b.w * wv[7];
+                }
+            }
+        }
+    } else {
+        for (u32 kk = lane; kk < k; kk += 32) {
+            float wv = ldw<DT>(w, wrow + kk);
+#pragma unroll
+            for (int r = 0; r < M; r++)
+                if (r0 + r < m) acc[r] += x[(u64)(r0 + r) * k + kk] * wv;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < M; r++) {
+        float s = warp_sum(acc[r]);
+        if (lane == 0 && r0 + r < m) out[(u64)(r0 + r) * n + col] = s;
+    }
+}
+
+#define GEMV(DTN, DT, M)                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        matmul_gemv_##DTN##_##M(const float* x, const void* w, float* out, u32 m, u32 n, u32 k) {                  \
+        gemv<DT, M, true>(x, w, out, m, n, k);                                                                     \
+    }                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        matmul_gemv_##DTN##_##M##_scalar(const float* x, const void* w, float* out, u32 m, u32 n, u32 k) {         \
+        gemv<DT, M, false>(x, w, out, m, n, k);                                                                    \
+    }
+#define GEMV_ALL(DTN, DT) GEMV(DTN, DT, 1) GEMV(DTN, DT, 2) GEMV(DTN, DT, 4) GEMV(DTN, DT, 8)
+GEMV_ALL(f32, 0)
+GEMV_ALL(bf16, 1)
+GEMV_ALL(f16, 2)
+
+extern "C" __global__ void split_bf16(const float* x, u16* hi, u16* lo, u32 n) {
+    u32 i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = x[i];
+    u16 h = f2bf(v);
+    hi[i] = h;
+    lo[i] = f2bf(v - bf2f(h));
+}

@@ -1,0 +1,226 @@
+// The Llama 4 router (top-k by raw logit, sigmoid scores) and the routed experts, with the expert index
+// read on the device (no host round trip per layer).
+//
+// Entries are the (row, choice) pairs, ent = r·k + c, expert idx[ent], score s = score[ent]. Weights are
+// input-major: gate_up [E, D, 2F] and down [E, F, D], so each output column is a contiguous run per input
+// element and 16-byte loads cover 8 columns.
+//
+// * Few entries (decode): moe_gemv per entry, the input dimension split across blocks, partial sums per
+//   split; moe_act sums the splits of the gate/up pass and applies silu(s·g)·(s·u); moe_sum adds the down
+//   pass (its splits, then the k choices in order) into out.
+// * Many entries (prefill): moe_route groups the entries by expert into tiles of up to 32 (on the device),
+//   and moe_tile multiplies each tile by its expert's weights (shared-memory tiles, 32 × 64 outputs per
+//   block); moe_act and moe_sum then run with one split.
+
+__device__ __forceinline__ bool beats(float a, u32 ai, float b, u32 bi) {
+    bool an = isnan(a), bn = isnan(b);
+    if (an != bn) return bn; // NaN sorts last
+    if (an) return ai < bi;
+    return a > b || (a == b && ai < bi);
+}
+
+#define MAXK 16
+extern "C" __global__ void router_topk(const float* logits, u32 rows, u32 e, u32 k, u32* idx, float* score) {
+    u32 r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    const float* l = logits + (u64)r * e;
+    u32 chosen[MAXK];
+    for (u32 c = 0; c < k && c < MAXK; c++) {
+        u32 bi = 0xffffffffu;
+        float bv = 0.0f;
+        for (u32 x = 0; x < e; x++) {
+            bool taken = false;
+            for (u32 t = 0; t < c; t++) taken |= chosen[t] == x;
+            if (taken) continue;
+            float v = l[x];
+            if (bi == 0xffffffffu || beats(v, x, bv, bi)) {
+                bi = x;
+                bv = v;
+            }
+        }
+        chosen[c] = bi;
+        idx[(u64)r * k + c] = bi;
+        score[(u64)r * k + c] = 1.0f / (1.0f + expf(-bv));
+    }
+}
+
+// part[(ent·splits + sp)·n + col] = Σ_{i in split sp} in[in_row, i] · w[e, i, col], in_row = ent / in_div.
+template <int DT, bool VEC>
+__device__ void moe_gemv_impl(const float* __restrict__ in, u32 in_div, const u32* __restrict__ idx,
+                              const void* __restrict__ w, float* __restrict__ part, u32 kin, u32 n, u32 chunk,
+                              u32 splits) {
+    const u32 ent = blockIdx.z, sp = blockIdx.y;
+    const u32 per = VEC ? 8 : 1;
+    const u32 col = (blockIdx.x * blockDim.x + threadIdx.x) * per;
+    if (col >= n) return;
+    const u32 e = idx[ent];
+    const float* x = in + (u64)(ent / in_div) * kin;
+    const u32 i0 = sp * chunk, i1 = min(kin, i0 + chunk);
+    const u64 wbase = (u64)e * kin * n + col;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (VEC) {
+        u32 i = i0;
+        for (; i + 3 < i1; i += 4) {
+            float wv[4][8];
+#pragma unroll
+            for (int u = 0; u < 4; u++) ld8<DT>(w, wbase + (u64)(i + u) * n, wv[u]);
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                float xv = x[i + u];
+#pragma unroll
+                for (int j = 0; j < 8; j++) acc[j] += xv * wv[u][j];
+            }
+        }
+        for (; i < i1; i++) {
+            float wv[8];
+            ld8<DT>(w, wbase + (u64)i * n, wv);
+            float xv = x[i];
+#pragma unroll
+            for (int j = 0; j < 8; j++) acc[j] += xv * wv[j];
+        }
+        float* o = part + ((u64)ent * splits + sp) * n + col;
+#pragma unroll
+        for (int j = 0; j < 8; j++) o[j] = acc[j];
+    } else {
+        for (u32 i = i0; i < i1; i++) acc[0] += x[i] * ldw<DT>(w, wbase + (u64)i * n);
+        part[((u64)ent * splits + sp) * n + col] = acc[0];
+    }
+}
+#define MOE_GEMV(DTN, DT)                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256) moe_gemv_##DTN(const float* in, u32 in_div, const u32* idx,  \
+                                                                      const void* w, float* part, u32 kin, u32 n,   \
+                                                                      u32 chunk, u32 splits) {                      \
+        moe_gemv_impl<DT, true>(in, in_div, idx, w, part, kin, n, chunk, splits);                                   \
+    }                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256) moe_gemv_##DTN##_scalar(                                    \
+        const float* in, u32 in_div, const u32* idx, const void* w, float* part, u32 kin, u32 n, u32 chunk,         \
+        u32 splits) {                                                                                               \
+        moe_gemv_impl<DT, false>(in, in_div, idx, w, part, kin, n, chunk, splits);                                  \
+    }
+MOE_GEMV(f32, 0)
+MOE_GEMV(bf16, 1)
+MOE_GEMV(f16, 2)
+
+// h[ent, j] = silu(s·g)·(s·u), g and u the split sums of gu[ent] (columns j and F + j).
+extern "C" __global__ void moe_act(const float* gu, const float* score, float* h, u32 nent, u32 f, u32 splits) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)nent * f) return;
+    u32 ent = (u32)(i / f), j = (u32)(i % f);
+    float g = 0.0f, u = 0.0f;
+    for (u32 sp = 0; sp < splits; sp++) {
+        const float* p = gu + ((u64)ent * splits + sp) * 2 * f;
+        g += p[j];
+        u += p[f + j];
+    }
+    float s = score[ent];
+    g *= s;
+    u *= s;
+    h[i] = g / (1.0f + expf(-g)) * u;
+}
+
+// out[r, c] += Σ_choice Σ_split y[(r·k + choice)·splits + split, c].
+extern "C" __global__ void moe_sum(const float* y, float* out, u32 rows, u32 k, u32 d, u32 splits) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows * d) return;
+    u32 r = (u32)(i / d), c = (u32)(i % d);
+    float acc = out[i];
+    for (u32 ch = 0; ch < k; ch++) {
+        float s = 0.0f;
+        for (u32 sp = 0; sp < splits; sp++) s += y[(((u64)r * k + ch) * splits + sp) * d + c];
+        acc += s;
+    }
+    out[i] = acc;
+}
+
+// route: [0] number of tiles, then tmax tiles (expert, first, count) into the entry list, then the entries
+// grouped by expert (nent). One block; `counts` is dynamic shared memory of 2·E u32.
+#define TM 32
+extern "C" __global__ void __launch_bounds__(1024) moe_route(const u32* idx, u32 nent, u32 e, u32 tmax, u32* route) {
+    extern __shared__ u32 cnt[]; // [E] counts, then [E] cursors
+    u32* cur = cnt + e;
+    for (u32 x = threadIdx.x; x < e; x += blockDim.x) cnt[x] = 0;
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < nent; i += blockDim.x) {
+        u32 x = idx[i];
+        if (x < e) atomicAdd(&cnt[x], 1u);
+    }
+    __syncthreads();
+    u32* tiles = route + 1;
+    u32* ents = route + 1 + 3 * tmax;
+    if (threadIdx.x == 0) {
+        u32 off = 0, nt = 0;
+        for (u32 x = 0; x < e; x++) {
+            u32 c = cnt[x];
+            cur[x] = off;
+            for (u32 s = 0; s < c && nt < tmax; s += TM) {
+                tiles[3 * nt] = x;
+                tiles[3 * nt + 1] = off + s;
+                tiles[3 * nt + 2] = min((u32)TM, c - s);
+                nt++;
+            }
+            off += c;
+        }
+        route[0] = nt;
+    }
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < nent; i += blockDim.x) {
+        u32 x = idx[i];
+        if (x < e) ents[atomicAdd(&cur[x], 1u)] = i;
+    }
+}
+
+// y[ent, col] = Σ_i in[ent / in_div, i] · w[e, i, col] for the entries of tile blockIdx.y; 256 threads,
+// 32 entries × 64 columns per block, 2 × 4 outputs per thread, K in steps of 32 through shared memory.
+template <int DT>
+__device__ void moe_tile_impl(const float* __restrict__ in, u32 in_div, const u32* __restrict__ route, u32 tmax,
+                              const void* __restrict__ w, float* __restrict__ y, u32 kin, u32 n) {
+    __shared__ float xs[TM][33];
+    __shared__ float ws[32][64];
+    __shared__ u32 rows_s[TM];
+    const u32 t = blockIdx.y;
+    if (t >= route[0]) return;
+    const u32 e = route[1 + 3 * t], first = route[2 + 3 * t], cnt = route[3 + 3 * t];
+    const u32* ents = route + 1 + 3 * tmax + first;
+    const u32 n0 = blockIdx.x * 64;
+    const u32 tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+    if (tid < TM) rows_s[tid] = tid < cnt ? ents[tid] : 0xffffffffu;
+    float acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    const u64 wb = (u64)e * kin * n;
+    __syncthreads();
+    for (u32 k0 = 0; k0 < kin; k0 += 32) {
+        for (u32 q = tid; q < TM * 32; q += 256) {
+            u32 r = q >> 5, kk = q & 31;
+            u32 ent = rows_s[r];
+            xs[r][kk] = (ent != 0xffffffffu && k0 + kk < kin) ? in[(u64)(ent / in_div) * kin + k0 + kk] : 0.0f;
+        }
+        for (u32 q = tid; q < 32 * 64; q += 256) {
+            u32 kk = q >> 6, c = q & 63;
+            ws[kk][c] = (k0 + kk < kin && n0 + c < n) ? ldw<DT>(w, wb + (u64)(k0 + kk) * n + n0 + c) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (u32 kk = 0; kk < 32; kk++) {
+            float a0 = xs[2 * ty][kk], a1 = xs[2 * ty + 1][kk];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                float b = ws[kk][tx + 16 * j];
+                acc[0][j] += a0 * b;
+                acc[1][j] += a1 * b;
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        u32 ent = rows_s[2 * ty + i];
+        if (ent == 0xffffffffu) continue;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u32 c = n0 + tx + 16 * j;
+            if (c < n) y[(u64)ent * n + c] = acc[i][j];
+        }
+    }
+}
+extern "C" __global__ void __launch_bounds__(256) moe_tile_f32(const float* in, u32 in_div, const u32* route, u32 tmax, const void* w, float* y, u32 kin, u32 n) { moe_tile_impl<0>(in, in_div, route, tmax, w, y, kin, n); }
+extern "C" __global__ void __launch_bounds__(256) moe_tile_bf16(const float* in, u32 in_div, const u32* route, u32 tmax, const void* w, float* y, u32 kin, u32 n) { moe_tile_impl<1>(in, in_div, route, tmax, w, y, kin, n); }
+extern "C" __global__ void __launch_bounds__(256) moe_tile_f16(const float* in, u32 in_div, const u32* route, u32 tmax, const void* w, float* y, u32 kin, u32 n) { moe_tile_impl<2>(in, in_div, route, tmax, w, y, kin, n); }

@@ -1,0 +1,25 @@
+// Interleaved-pair RoPE in place, one warp per (row, head) vector; with `norm` the rotated vector is then
+// RMS-normalised without a weight (Llama 4's QK norm) in the same pass.
+
+extern "C" __global__ void rope(float* x, const u32* pos, const float* inv_freq, u32 rows, u32 heads, u32 hd,
+                                u32 norm, float eps) {
+    const u32 gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (gw >= rows * heads) return; // whole warps leave together
+    float* v = x + (u64)gw * hd;
+    const float p = (float)pos[gw / heads];
+    float ss = 0.0f;
+    for (u32 j = lane; j < hd / 2; j += 32) {
+        float a = v[2 * j], b = v[2 * j + 1];
+        float s, c;
+        sincosf(p * inv_freq[j], &s, &c);
+        float na = a * c - b * s, nb = a * s + b * c;
+        v[2 * j] = na;
+        v[2 * j + 1] = nb;
+        ss += na * na + nb * nb;
+    }
+    if (norm) {
+        ss = warp_sum(ss);
+        float r = 1.0f / sqrtf(ss / (float)hd + eps);
+        for (u32 j = lane; j < hd; j += 32) v[j] *= r;
+    }
+}

@@ -1,0 +1,657 @@
+//! The CUDA device: context and stream, kernels (NVRTC at first use, for the device's own architecture),
+//! memory, and the command list. Ops record commands; a read submits the step's list at once, as a CUDA
+//! graph when the same list was submitted before (decode steps record the same kernels on the same buffers,
+//! with everything that changes per step — positions, sequence tables, draws — in the step's metadata,
+//! which is copied to the device before the list runs). So a decode step is one graph launch.
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::cublas::{result as blas, sys as bsys};
+use cudarc::driver::{result as drv, sys, CudaContext};
+use cudarc::nvrtc::{result as nvrtc, sys as nsys};
+use herd_core::error::{HerdError, Result};
+
+pub(crate) fn err(msg: impl Into<String>) -> HerdError {
+    HerdError::Backend { backend: "cuda".into(), msg: msg.into() }
+}
+
+fn cu<T, E: std::fmt::Debug>(what: &str, r: std::result::Result<T, E>) -> Result<T> {
+    r.map_err(|e| err(format!("{what}: {e:?}")))
+}
+
+/// The shared prelude and one source per op family, named as the CPU ops and the WGSL shaders.
+const COMMON: &str = include_str!("../common.cuh");
+pub const FAMILIES: [(&str, &str); 7] = [
+    ("elementwise", include_str!("../elementwise.cu")),
+    ("rms_norm", include_str!("../rms_norm.cu")),
+    ("rope", include_str!("../rope.cu")),
+    ("matmul", include_str!("../matmul.cu")),
+    ("attention", include_str!("../attention.cu")),
+    ("moe", include_str!("../moe.cu")),
+    ("sample", include_str!("../sample.cu")),
+];
+
+/// Whether the NVRTC library can be loaded (it is found through LD_LIBRARY_PATH).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only probes for the shared library; nothing is called.
+    unsafe { nsys::is_culib_present() }
+}
+
+/// Compiles op family `name` with NVRTC to a CUBIN for compute capability `arch` (e.g. (9, 0)).
+pub fn compile(name: &str, arch: (i32, i32)) -> Result<Vec<u8>> {
+    if !nvrtc_present() {
+        return Err(err(
+            "the NVRTC library (libnvrtc.so) was not found: add the CUDA toolkit's lib64 to LD_LIBRARY_PATH",
+        ));
+    }
+    let src = FAMILIES.iter().find(|f| f.0 == name).ok_or_else(|| err(format!("no kernel family {name}")))?.1;
+    let full =
+        CString::new(format!("{COMMON}\n#line 1 \"{name}.cu\"\n{src}")).map_err(|_| err("NUL in kernel source"))?;
+    let fname = CString::new(format!("{name}.cu")).map_err(|_| err("bad name"))?;
+    let prog = cu("nvrtcCreateProgram", nvrtc::create_program(&full, Some(&fname)))?;
+    let opts = [format!("--gpu-architecture=sm_{}{}", arch.0, arch.1), "--std=c++17".into(), "-lineinfo".into()];
+    // SAFETY: `prog` is a live program; it is destroyed once, below, whatever the outcome.
+    unsafe {
+        let compiled = nvrtc::compile_program(prog, &opts);
+        let out = match compiled {
+            Ok(()) => {
+                let mut size = 0usize;
+                let r = nsys::nvrtcGetCUBINSize(prog, &mut size);
+                let mut bin = vec![0u8; size];
+                let r2 = if r == nsys::nvrtcResult::NVRTC_SUCCESS {
+                    nsys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut _)
+                } else {
+                    r
+                };
+                if r2 == nsys::nvrtcResult::NVRTC_SUCCESS {
+                    Ok(bin)
+                } else {
+                    Err(err(format!("{name}.cu: no CUBIN for sm_{}{} ({r2:?})", arch.0, arch.1)))
+                }
+            }
+            Err(e) => {
+                let log = nvrtc::get_program_log(prog).unwrap_or_default();
+                let log: Vec<u8> = log.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                Err(err(format!(
+                    "{name}.cu failed to compile for sm_{}{} ({e:?}):\n{}",
+                    arch.0,
+                    arch.1,
+                    String::from_utf8_lossy(&log)
+                )))
+            }
+        };
+        let _ = nvrtc::destroy_program(prog);
+        out
+    }
+}
+
+/// A kernel handle (a CUfunction, kept as an address so commands can be compared and hashed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Func(usize);
+
+/// A kernel argument: a value (pointer or scalar bits), or a byte offset into the step's metadata, resolved
+/// to a device address when the list is submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arg {
+    V(u64),
+    Meta(usize),
+}
+
+pub(crate) fn ptr(p: u64) -> Arg {
+    Arg::V(p)
+}
+pub(crate) fn u(v: usize) -> Arg {
+    Arg::V(v as u32 as u64)
+}
+pub(crate) fn f(v: f32) -> Arg {
+    Arg::V(v.to_bits() as u64)
+}
+
+/// Row-major `c[m, n] (+)= b[m, k] · a[n, k]ᵀ` on cuBLAS, a and b both of `bf16` or both f32.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Gemm {
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub bf16: bool,
+    pub accumulate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Cmd {
+    Launch {
+        f: Func,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: Vec<Arg>,
+    },
+    Copy {
+        dst: u64,
+        src: u64,
+        bytes: usize,
+    },
+    /// Copies `bytes` of the step's metadata from offset `off` to `dst`.
+    MetaCopy {
+        dst: u64,
+        off: usize,
+        bytes: usize,
+    },
+    Gemm(Gemm),
+}
+
+struct Pinned {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Pinned {
+    fn new(len: usize) -> Result<Pinned> {
+        // SAFETY: page-locked host allocation; freed in Drop.
+        let p = cu("cuMemAllocHost", unsafe { drv::malloc_host(len.max(1), 0) })?;
+        Ok(Pinned { ptr: p as *mut u8, len })
+    }
+    fn slice(&mut self, n: usize) -> &mut [u8] {
+        // SAFETY: `ptr` holds `len` bytes and n <= len (checked by the callers' capacity logic).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, n.min(self.len)) }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: allocated by malloc_host and freed once.
+        unsafe {
+            let _ = drv::free_host(self.ptr as *mut c_void);
+        }
+    }
+}
+
+struct Graph {
+    key: Vec<Cmd>,
+    meta_dev: u64,
+    exec: sys::CUgraphExec,
+    used: u64,
+}
+
+/// Graph use so far: steps submitted, steps replayed from a graph, graphs captured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphStats {
+    pub steps: u64,
+    pub replayed: u64,
+    pub captured: u64,
+}
+
+/// Up to this many captured graphs are kept (the least recently used goes first).
+const MAX_GRAPHS: usize = 8;
+/// Lists shorter than this run directly (a graph saves launch overhead only on long lists).
+const MIN_GRAPH_CMDS: usize = 16;
+/// Host-to-device staging: two buffers of this size, so copying into one overlaps the transfer of the other.
+const STAGE: usize = 16 << 20;
+
+struct State {
+    cmds: Vec<Cmd>,
+    meta: Vec<u32>,
+    meta_dev: u64,
+    meta_cap: usize,
+    meta_host: Option<Pinned>,
+    meta_event: sys::CUevent,
+    stage: Vec<Pinned>,
+    stage_events: [sys::CUevent; 2],
+    graphs: Vec<Graph>,
+    last: Vec<Cmd>,
+    scratch: HashMap<&'static str, (u64, usize)>,
+    stats: GraphStats,
+    tick: u64,
+    graphs_on: bool,
+}
+
+pub(crate) struct Dev {
+    stream: sys::CUstream,
+    pub name: String,
+    pub arch: (i32, i32),
+    pub sms: u32,
+    pub total_mem: usize,
+    modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
+    funcs: Mutex<HashMap<String, Func>>,
+    blas: Option<bsys::cublasHandle_t>,
+    st: Mutex<State>,
+    free_later: Mutex<Vec<u64>>,
+    /// Last, so that it is released after everything above (fields drop in order).
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: the raw handles (stream, modules, cuBLAS handle, events, pinned memory) belong to one context
+// that every entry point binds to its thread first; mutable state is behind mutexes, and the CUDA driver
+// is thread safe for these calls.
+unsafe impl Send for Dev {}
+unsafe impl Sync for Dev {}
+
+impl Dev {
+    pub fn open(ordinal: usize) -> Result<Arc<Dev>> {
+        // SAFETY: probing for the shared library only.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(err("no CUDA driver on this machine (libcuda.so was not found)"));
+        }
+        cu("cuInit", drv::init())?;
+        let n = cu("cuDeviceGetCount", drv::device::get_count())?;
+        if n <= 0 {
+            return Err(err("the CUDA driver sees no device"));
+        }
+        if ordinal >= n as usize {
+            return Err(err(format!("CUDA device {ordinal} requested, {n} present")));
+        }
+        let ctx = cu("cuCtxCreate", CudaContext::new(ordinal))?;
+        ctx.bind_to_thread().map_err(|e| err(format!("bind context: {e:?}")))?;
+        let name = cu("device name", ctx.name())?;
+        let arch = cu("compute capability", ctx.compute_capability())?;
+        let sms = cu("SM count", ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT))?;
+        let total_mem = cu("total memory", ctx.total_mem())?;
+        let stream = cu("cuStreamCreate", drv::stream::create(drv::stream::StreamKind::NonBlocking))?;
+        let ev = || cu("cuEventCreate", drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING));
+        // SAFETY: probing for the shared library only.
+        let blas = if unsafe { bsys::is_culib_present() } {
+            let h = cu("cublasCreate", blas::create_handle())?;
+            // SAFETY: a live handle and our live stream.
+            cu("cublasSetStream", unsafe { blas::set_stream(h, stream as bsys::cudaStream_t) })?;
+            Some(h)
+        } else {
+            None
+        };
+        let st = State {
+            cmds: Vec::new(),
+            meta: Vec::new(),
+            meta_dev: 0,
+            meta_cap: 0,
+            meta_host: None,
+            meta_event: ev()?,
+            stage: Vec::new(),
+            stage_events: [ev()?, ev()?],
+            graphs: Vec::new(),
+            last: Vec::new(),
+            scratch: HashMap::new(),
+            stats: GraphStats::default(),
+            tick: 0,
+            graphs_on: std::env::var("HERD_CUDA_GRAPHS").as_deref() != Ok("0"),
+        };
+        Ok(Arc::new(Dev {
+            stream,
+            name,
+            arch,
+            sms: sms as u32,
+            total_mem,
+            modules: Mutex::new(HashMap::new()),
+            funcs: Mutex::new(HashMap::new()),
+            blas,
+            st: Mutex::new(st),
+            free_later: Mutex::new(Vec::new()),
+            ctx,
+        }))
+    }
+
+    pub fn has_blas(&self) -> bool {
+        self.blas.is_some()
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| err(format!("bind context: {e:?}")))
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>> {
+        self.bind()?;
+        self.st.lock().map_err(|_| err("device state poisoned by an earlier panic"))
+    }
+
+    /// Kernel `name` of family `family`, compiling the family on first use.
+    pub fn func(&self, family: &'static str, name: &str) -> Result<Func> {
+        let mut funcs = self.funcs.lock().map_err(|_| err("kernel table poisoned"))?;
+        if let Some(&f) = funcs.get(name) {
+            return Ok(f);
+        }
+        self.bind()?;
+        let mut mods = self.modules.lock().map_err(|_| err("module table poisoned"))?;
+        let module = match mods.get(family) {
+            Some(&m) => m,
+            None => {
+                let bin = compile(family, self.arch)?;
+                // SAFETY: `bin` is a CUBIN for this device, alive during the call.
+                let m =
+                    cu(&format!("load {family}.cu"), unsafe { drv::module::load_data(bin.as_ptr() as *const c_void) })?;
+                mods.insert(family, m);
+                m
+            }
+        };
+        let cname = CString::new(name).map_err(|_| err("bad kernel name"))?;
+        // SAFETY: a loaded module and a NUL-terminated name.
+        let f = cu(&format!("kernel {name} in {family}.cu"), unsafe { drv::module::get_function(module, cname) })?;
+        let f = Func(f as usize);
+        funcs.insert(name.to_owned(), f);
+        Ok(f)
+    }
+
+    /// Lets kernel `f` use `bytes` of dynamic shared memory (above the 48 KiB default).
+    pub fn allow_smem(&self, f: Func, bytes: usize) -> Result<()> {
+        if bytes > 48 << 10 {
+            self.bind()?;
+            // SAFETY: a live function handle.
+            cu("cuFuncSetAttribute", unsafe {
+                drv::function::set_function_attribute(
+                    f.0 as sys::CUfunction,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    // ---- memory ---------------------------------------------------------------------------------------
+
+    /// A zeroed device allocation of `bytes` (at least 4).
+    pub fn alloc(&self, bytes: usize) -> Result<u64> {
+        let st = self.lock()?;
+        let n = bytes.max(4);
+        // SAFETY: plain allocation; zeroed on our stream before any later work.
+        let p = unsafe { drv::malloc_sync(n) }
+            .map_err(|e| err(format!("out of device memory allocating {n} bytes ({e:?})")))?;
+        cu("cuMemsetD8Async", unsafe { drv::memset_d8_async(p, 0, n, self.stream) })?;
+        drop(st);
+        Ok(p)
+    }
+
+    /// Frees `p` once the work enqueued so far is done (at the next read).
+    pub fn free_later(&self, p: u64) {
+        if let Ok(mut v) = self.free_later.lock() {
+            v.push(p);
+        }
+    }
+
+    /// Copies host bytes to `dst` through the pinned staging buffers, in stream order.
+    pub fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+        let mut st = self.lock()?;
+        while st.stage.len() < 2 {
+            st.stage.push(Pinned::new(STAGE)?);
+        }
+        for (i, chunk) in src.chunks(STAGE).enumerate() {
+            let b = i % 2;
+            // SAFETY: waiting on our own event, then reusing the staging buffer it guarded.
+            cu("cuEventSynchronize", unsafe { drv::event::synchronize(st.stage_events[b]) })?;
+            let stage = st.stage[b].slice(chunk.len());
+            stage.copy_from_slice(chunk);
+            let off = (i * STAGE) as u64;
+            // SAFETY: pinned source of chunk.len() bytes, destination allocated by the caller for src.len().
+            unsafe {
+                cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(dst + off, &*stage, self.stream))?;
+                cu("cuEventRecord", drv::event::record(st.stage_events[b], self.stream))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the step so far, waits for it, and copies `bytes` from `src` to the host.
+    pub fn read(&self, src: u64, bytes: usize) -> Result<Vec<u8>> {
+        let mut st = self.lock()?;
+        self.flush(&mut st)?;
+        // SAFETY: our stream; after it drains nothing on the device touches `src`.
+        cu("cuStreamSynchronize", unsafe { drv::stream::synchronize(self.stream) })?;
+        let mut out = vec![0u8; bytes];
+        if bytes > 0 {
+            // SAFETY: `src` holds at least `bytes` (checked by the op), and the stream has drained.
+            cu("cuMemcpyDtoH", unsafe { drv::memcpy_dtoh_sync(&mut out, src) })?;
+        }
+        let dead: Vec<u64> = self.free_later.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        for p in dead {
+            // SAFETY: every command that used `p` has completed (the stream drained above).
+            unsafe {
+                let _ = drv::free_sync(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits for everything enqueued (the step is submitted first).
+    pub fn sync(&self) -> Result<()> {
+        self.read(0, 0).map(|_| ())
+    }
+
+    // ---- recording ------------------------------------------------------------------------------------
+
+    pub fn record(&self, cmd: Cmd) -> Result<()> {
+        self.lock()?.cmds.push(cmd);
+        Ok(())
+    }
+
+    /// Appends `data` to the step's metadata (16-byte aligned) and returns its byte offset.
+    pub fn meta(&self, data: &[u32]) -> Result<Arg> {
+        let mut st = self.lock()?;
+        while st.meta.len() % 4 != 0 {
+            st.meta.push(0);
+        }
+        let off = st.meta.len() * 4;
+        st.meta.extend_from_slice(data);
+        if data.is_empty() {
+            st.meta.push(0); // a valid address even for an empty table
+        }
+        Ok(Arg::Meta(off))
+    }
+
+    /// A device buffer of at least `bytes` kept under `role` between steps (grown when too small).
+    pub fn scratch(&self, role: &'static str, bytes: usize) -> Result<u64> {
+        let mut st = self.lock()?;
+        if let Some(&(p, n)) = st.scratch.get(role) {
+            if n >= bytes {
+                return Ok(p);
+            }
+            self.free_later(p);
+        }
+        let n = bytes.max(256).next_power_of_two();
+        // SAFETY: plain allocation.
+        let p = unsafe { drv::malloc_sync(n) }
+            .map_err(|e| err(format!("out of device memory allocating {n} bytes of {role} ({e:?})")))?;
+        st.scratch.insert(role, (p, n));
+        Ok(p)
+    }
+
+    pub fn stats(&self) -> GraphStats {
+        self.st.lock().map(|s| s.stats).unwrap_or_default()
+    }
+
+    /// Submits the recorded step: its metadata, then its commands (replayed from a graph when this exact
+    /// list ran before).
+    fn flush(&self, st: &mut State) -> Result<()> {
+        if st.cmds.is_empty() {
+            st.meta.clear();
+            return Ok(());
+        }
+        let bytes = st.meta.len() * 4;
+        if bytes > st.meta_cap {
+            let cap = bytes.next_power_of_two().max(64 << 10);
+            // SAFETY: plain allocation; the old one is freed after the work using it.
+            let p = unsafe { drv::malloc_sync(cap) }.map_err(|e| err(format!("metadata arena ({e:?})")))?;
+            if st.meta_dev != 0 {
+                self.free_later(st.meta_dev);
+            }
+            // Graphs captured against the old arena address are stale.
+            for g in st.graphs.drain(..) {
+                // SAFETY: no launch of this graph is pending beyond what the stream orders.
+                unsafe {
+                    let _ = drv::graph::exec_destroy(g.exec);
+                }
+            }
+            st.meta_dev = p;
+            st.meta_cap = cap;
+            st.meta_host = Some(Pinned::new(cap)?);
+        }
+        let meta_dev = st.meta_dev;
+        if bytes > 0 {
+            // SAFETY: the previous copy out of the pinned buffer is waited for before it is overwritten.
+            cu("cuEventSynchronize", unsafe { drv::event::synchronize(st.meta_event) })?;
+            let host = st.meta_host.as_mut().ok_or_else(|| err("metadata buffer missing"))?.slice(bytes);
+            host.copy_from_slice(bytemuck::cast_slice(&st.meta));
+            // SAFETY: pinned source of `bytes`, device arena of meta_cap >= bytes.
+            unsafe {
+                cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(meta_dev, &*host, self.stream))?;
+                cu("cuEventRecord", drv::event::record(st.meta_event, self.stream))?;
+            }
+        }
+        st.meta.clear();
+        let cmds = std::mem::take(&mut st.cmds);
+        st.stats.steps += 1;
+        st.tick += 1;
+        let tick = st.tick;
+        if let Some(g) = st.graphs.iter_mut().find(|g| g.meta_dev == meta_dev && g.key == cmds) {
+            g.used = tick;
+            st.stats.replayed += 1;
+            // SAFETY: an instantiated graph whose buffers are alive (the same list was just recorded).
+            cu("cuGraphLaunch", unsafe { drv::graph::launch(g.exec, self.stream) })?;
+            st.last = cmds;
+            return Ok(());
+        }
+        let capturable = st.graphs_on
+            && cmds.len() >= MIN_GRAPH_CMDS
+            && !cmds.iter().any(|c| matches!(c, Cmd::Gemm(_)))
+            && st.last == cmds;
+        if capturable {
+            let exec = self.capture(&cmds, meta_dev)?;
+            // SAFETY: a freshly instantiated graph.
+            cu("cuGraphLaunch", unsafe { drv::graph::launch(exec, self.stream) })?;
+            if st.graphs.len() >= MAX_GRAPHS {
+                if let Some(i) = st.graphs.iter().enumerate().min_by_key(|(_, g)| g.used).map(|(i, _)| i) {
+                    let g = st.graphs.swap_remove(i);
+                    // SAFETY: destroying an executable graph is deferred by the driver past pending launches.
+                    unsafe {
+                        let _ = drv::graph::exec_destroy(g.exec);
+                    }
+                }
+            }
+            st.graphs.push(Graph { key: cmds.clone(), meta_dev, exec, used: tick });
+            st.stats.captured += 1;
+        } else {
+            for c in &cmds {
+                self.issue(c, meta_dev)?;
+            }
+        }
+        st.last = cmds;
+        Ok(())
+    }
+
+    fn capture(&self, cmds: &[Cmd], meta_dev: u64) -> Result<sys::CUgraphExec> {
+        // SAFETY: capture on our stream, ended on every path.
+        unsafe {
+            cu(
+                "cuStreamBeginCapture",
+                drv::stream::begin_capture(self.stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+            )?;
+            let issued: Result<()> = cmds.iter().try_for_each(|c| self.issue(c, meta_dev));
+            let graph = drv::stream::end_capture(self.stream);
+            issued?;
+            let graph = cu("cuStreamEndCapture", graph)?;
+            let exec = drv::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0));
+            let _ = drv::graph::destroy(graph);
+            cu("cuGraphInstantiate", exec)
+        }
+    }
+
+    fn issue(&self, c: &Cmd, meta_dev: u64) -> Result<()> {
+        let resolve = |a: &Arg| match *a {
+            Arg::V(v) => v,
+            Arg::Meta(off) => meta_dev + off as u64,
+        };
+        match c {
+            Cmd::Launch { f, grid, block, smem, args } => {
+                let mut vals: Vec<u64> = args.iter().map(resolve).collect();
+                let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+                // SAFETY: each argument slot is 8 bytes and holds the kernel parameter in its low bytes (little
+                // endian), the count and types match the kernel's signature (lib.rs builds them per kernel).
+                cu("cuLaunchKernel", unsafe {
+                    drv::launch_kernel(f.0 as sys::CUfunction, *grid, (*block, 1, 1), *smem, self.stream, &mut ptrs)
+                })
+            }
+            Cmd::Copy { dst, src, bytes } => {
+                // SAFETY: both ranges lie in live allocations (checked by the op).
+                cu("cuMemcpyDtoDAsync", unsafe { drv::memcpy_dtod_async(*dst, *src, *bytes, self.stream) })
+            }
+            Cmd::MetaCopy { dst, off, bytes } => {
+                // SAFETY: as above; the metadata was copied to the arena ahead of the list.
+                cu("cuMemcpyDtoDAsync", unsafe {
+                    drv::memcpy_dtod_async(*dst, meta_dev + *off as u64, *bytes, self.stream)
+                })
+            }
+            Cmd::Gemm(g) => self.gemm(g),
+        }
+    }
+
+    fn gemm(&self, g: &Gemm) -> Result<()> {
+        let h = self.blas.ok_or_else(|| err("cuBLAS is not available"))?;
+        let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+        let ty = if g.bf16 { bsys::cudaDataType::CUDA_R_16BF } else { bsys::cudaDataType::CUDA_R_32F };
+        // SAFETY: a (n×k), b (m×k) and c (m×n) row-major in live allocations; in cuBLAS's column-major terms
+        // cᵀ (n×m) = aᵀ(op T of the k×n column-major view) · bᵀ.
+        cu("cublasGemmEx", unsafe {
+            blas::gemm_ex(
+                h,
+                bsys::cublasOperation_t::CUBLAS_OP_T,
+                bsys::cublasOperation_t::CUBLAS_OP_N,
+                g.n as i32,
+                g.m as i32,
+                g.k as i32,
+                &alpha as *const f32 as *const c_void,
+                g.a as *const c_void,
+                ty,
+                g.k as i32,
+                g.b as *const c_void,
+                ty,
+                g.k as i32,
+                &beta as *const f32 as *const c_void,
+                g.c as *mut c_void,
+                bsys::cudaDataType::CUDA_R_32F,
+                g.n as i32,
+                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        })
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.bind();
+        // SAFETY: tearing down our own handles after the stream drains.
+        unsafe {
+            let _ = drv::stream::synchronize(self.stream);
+            if let Ok(mut st) = self.st.lock() {
+                for g in st.graphs.drain(..) {
+                    let _ = drv::graph::exec_destroy(g.exec);
+                }
+                for (_, (p, _)) in st.scratch.drain() {
+                    let _ = drv::free_sync(p);
+                }
+                if st.meta_dev != 0 {
+                    let _ = drv::free_sync(st.meta_dev);
+                }
+                let _ = drv::event::destroy(st.meta_event);
+                for e in st.stage_events {
+                    let _ = drv::event::destroy(e);
+                }
+            }
+            if let Ok(mut v) = self.free_later.lock() {
+                for p in v.drain(..) {
+                    let _ = drv::free_sync(p);
+                }
+            }
+            if let Some(h) = self.blas {
+                let _ = blas::destroy_handle(h);
+            }
+            if let Ok(mods) = self.modules.lock() {
+                for (_, &m) in mods.iter() {
+                    let _ = drv::module::unload(m);
+                }
+            }
+            let _ = drv::stream::destroy(self.stream);
+        }
+    }
+}

@@ -1,0 +1,756 @@
+//! herd-cuda: the Backend on CUDA through cudarc, tuned for Hopper. One .cu file per op family (named as
+//! the CPU op and the WGSL shader it mirrors), compiled by NVRTC at first use for the device's own
+//! architecture and kept for the process. cudarc loads the driver, NVRTC and cuBLAS at run time, so this
+//! crate builds everywhere and [`CudaBackend::new`] says clearly when there is no driver.
+//!
+//! Ops record commands; [`Backend::read`] submits the step and waits. A decode step records the same list
+//! every token, so from the second token on it is replayed as one CUDA graph (see `device`). This file picks
+//! a kernel per op and shape: decode GEMV (16-byte loads, four in flight per lane) for up to 8 rows and
+//! cuBLAS above; flash-decoding attention for short query runs and a tiled kernel for prefill; MoE as
+//! per-entry GEMVs for decode and expert-grouped tiles for batches, routed on the device.
+
+mod device;
+
+use std::sync::Arc;
+
+use herd_core::backend::{AttnParams, AttnSeq, Backend};
+use herd_core::checkpoint::TensorRef;
+use herd_core::error::Result;
+use herd_core::quant::DType;
+use herd_core::sampling::{check_sample_args, min_p_threshold, SamplingParams};
+use herd_core::synthetic::Fill;
+
+pub use device::{compile, nvrtc_present, GraphStats, FAMILIES};
+use device::{err, f, ptr, u, Arg, Cmd, Dev, Gemm};
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    dev: Arc<Dev>,
+}
+
+/// A device buffer of f32 or u32 elements.
+pub struct CudaBuffer {
+    ptr: u64,
+    pub len: usize,
+    pub is_u32: bool,
+    dev: Arc<Dev>,
+}
+
+impl Drop for CudaBuffer {
+    fn drop(&mut self) {
+        self.dev.free_later(self.ptr);
+    }
+}
+
+/// A weight tensor on the device, in its checkpoint format.
+pub struct CudaWeight {
+    ptr: u64,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    dev: Arc<Dev>,
+}
+
+impl Drop for CudaWeight {
+    fn drop(&mut self) {
+        self.dev.free_later(self.ptr);
+    }
+}
+
+fn need(what: &str, b: &CudaBuffer, n: usize) -> Result<()> {
+    if b.len < n {
+        return Err(err(format!("{what}: buffer has {} elements, op needs {n}", b.len)));
+    }
+    Ok(())
+}
+
+fn words(b: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+fn dts(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+    }
+}
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per).max(1) as u32
+}
+
+/// Sequences with at most this many new tokens take the flash-decoding kernel; longer ones the tiled one.
+const DECODE_MAX_Q: usize = 8;
+/// Query heads per kv head the decode kernel serves (MAXG in attention.cu).
+const MAX_GROUP: usize = 16;
+/// The largest head dimension the attention kernels take.
+const MAX_HEAD_DIM: usize = 256;
+/// MoE steps with at most this many (row, choice) entries run as per-entry GEMVs.
+const MOE_GEMV_MAX: usize = 16;
+/// Top-k of the router (MAXK in moe.cu).
+const MAX_TOPK: usize = 16;
+
+impl CudaBackend {
+    /// Opens CUDA device 0.
+    pub fn new() -> Result<Self> {
+        Self::on_device(0)
+    }
+
+    /// Opens CUDA device `ordinal`.
+    pub fn on_device(ordinal: usize) -> Result<Self> {
+        Ok(CudaBackend { dev: Dev::open(ordinal)? })
+    }
+
+    /// The device's name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub fn device_name(&self) -> &str {
+        &self.dev.name
+    }
+
+    /// Device memory in bytes.
+    pub fn total_memory(&self) -> usize {
+        self.dev.total_mem
+    }
+
+    /// Compute capability, e.g. (9, 0).
+    pub fn arch(&self) -> (i32, i32) {
+        self.dev.arch
+    }
+
+    /// How many steps ran, how many of them were replayed CUDA graphs, how many graphs were captured.
+    pub fn graph_stats(&self) -> GraphStats {
+        self.dev.stats()
+    }
+
+    fn launch(
+        &self,
+        family: &'static str,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: usize,
+        args: Vec<Arg>,
+    ) -> Result<()> {
+        let fh = self.dev.func(family, name)?;
+        self.dev.allow_smem(fh, smem)?;
+        self.dev.record(Cmd::Launch { f: fh, grid, block, smem: smem as u32, args })
+    }
+
+    fn buffer(&self, len: usize, is_u32: bool) -> Result<CudaBuffer> {
+        let ptr = self.dev.alloc(len * 4)?;
+        Ok(CudaBuffer { ptr, len, is_u32, dev: self.dev.clone() })
+    }
+
+    fn weight_shape(w: &CudaWeight, dims: usize, what: &str) -> Result<()> {
+        if w.shape.len() != dims {
+            return Err(err(format!("{what}: weight of shape {:?}, expected {dims} dimensions", w.shape)));
+        }
+        Ok(())
+    }
+
+    /// One of the per-entry MoE GEMV passes: returns the partial-sum buffer and its number of splits.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_gemv(
+        &self,
+        input: u64,
+        in_div: usize,
+        idx: &CudaBuffer,
+        w: &CudaWeight,
+        nent: usize,
+        kin: usize,
+        n: usize,
+        role: &'static str,
+    ) -> Result<(u64, usize)> {
+        let vec = n.is_multiple_of(8);
+        let per = if vec { 8 } else { 1 };
+        let gx = (n / per).div_ceil(256).max(1);
+        // Split the input dimension until the grid holds about two blocks per SM, keeping splits >= 64 long.
+        let want = (2 * self.dev.sms as usize).div_ceil(gx * nent).max(1);
+        let splits = want.min(kin.div_ceil(64)).max(1);
+        let chunk = kin.div_ceil(splits);
+        let splits = kin.div_ceil(chunk).max(1);
+        let part = self.dev.scratch(role, nent * splits * n * 4)?;
+        let name = format!("moe_gemv_{}{}", dts(w.dtype), if vec { "" } else { "_scalar" });
+        let args = vec![ptr(input), u(in_div), ptr(idx.ptr), ptr(w.ptr), ptr(part), u(kin), u(n), u(chunk), u(splits)];
+        self.launch("moe", &name, (gx as u32, splits as u32, nent as u32), 256, 0, args)?;
+        Ok((part, splits))
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buffer = CudaBuffer;
+    type Weight = CudaWeight;
+
+    fn name(&self) -> String {
+        format!("cuda ({}, sm_{}{})", self.dev.name, self.dev.arch.0, self.dev.arch.1)
+    }
+
+    fn stats(&self) -> Option<String> {
+        let g = self.dev.stats();
+        Some(format!(
+            "{} steps submitted, {} replayed as CUDA graphs, {} graphs captured",
+            g.steps, g.replayed, g.captured
+        ))
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaBuffer> {
+        self.buffer(len, false)
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaBuffer> {
+        let b = self.buffer(data.len(), false)?;
+        self.dev.upload(b.ptr, bytemuck::cast_slice(data))?;
+        Ok(b)
+    }
+
+    fn upload_u32(&self, data: &[u32]) -> Result<CudaBuffer> {
+        let b = self.buffer(data.len(), true)?;
+        self.dev.upload(b.ptr, bytemuck::cast_slice(data))?;
+        Ok(b)
+    }
+
+    fn write_u32(&self, buf: &CudaBuffer, data: &[u32]) -> Result<()> {
+        if !buf.is_u32 {
+            return Err(err("write_u32: expected a u32 buffer, got f32"));
+        }
+        need("write_u32", buf, data.len())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let Arg::Meta(off) = self.dev.meta(data)? else { return Err(err("metadata offset expected")) };
+        self.dev.record(Cmd::MetaCopy { dst: buf.ptr, off, bytes: data.len() * 4 })
+    }
+
+    fn read(&self, buf: &CudaBuffer) -> Result<Vec<f32>> {
+        if buf.is_u32 {
+            return Err(err("read: expected an f32 buffer, got u32"));
+        }
+        Ok(words(&self.dev.read(buf.ptr, buf.len * 4)?).map(f32::from_bits).collect())
+    }
+
+    fn read_u32(&self, buf: &CudaBuffer) -> Result<Vec<u32>> {
+        if !buf.is_u32 {
+            return Err(err("read_u32: expected a u32 buffer, got f32"));
+        }
+        Ok(words(&self.dev.read(buf.ptr, buf.len * 4)?).collect())
+    }
+
+    fn copy(&self, src: &CudaBuffer, src_off: usize, dst: &CudaBuffer, dst_off: usize, len: usize) -> Result<()> {
+        need("copy source", src, src_off + len)?;
+        need("copy destination", dst, dst_off + len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.dev.record(Cmd::Copy {
+            dst: dst.ptr + 4 * dst_off as u64,
+            src: src.ptr + 4 * src_off as u64,
+            bytes: 4 * len,
+        })
+    }
+
+    fn load_weight(&self, t: &TensorRef) -> Result<CudaWeight> {
+        let bytes = t.bytes();
+        let p = self.dev.alloc(bytes.len())?;
+        let w = CudaWeight { ptr: p, dtype: t.dtype, shape: t.shape.clone(), dev: self.dev.clone() };
+        self.dev.upload(p, bytes)?;
+        Ok(w)
+    }
+
+    fn synthetic_weight(&self, _name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<CudaWeight> {
+        let n: usize = shape.iter().product();
+        let p = self.dev.alloc(n * dtype.size())?;
+        let w = CudaWeight { ptr: p, dtype, shape: shape.to_vec(), dev: self.dev.clone() };
+        let (seed, scale, ones) = match fill {
+            Fill::Ones => (0, 0.0, 1),
+            Fill::Uniform { seed, scale } => (seed, scale, 0),
+        };
+        let grid = blocks(n, 256).min(self.dev.sms * 64);
+        let args = vec![ptr(p), Arg::V(n as u64), Arg::V(seed), f(scale), u(ones)];
+        self.launch("elementwise", &format!("synth_{}", dts(dtype)), (grid, 1, 1), 256, 0, args)?;
+        // Made now, so that loading is timed as loading and not as the first step.
+        self.dev.sync()?;
+        Ok(w)
+    }
+
+    fn embed(&self, table: &CudaWeight, ids: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
+        Self::weight_shape(table, 2, "embed")?;
+        if table.shape[1] != dim || !ids.is_u32 {
+            return Err(err(format!("embed: table {:?} for dim {dim}, ids must be u32", table.shape)));
+        }
+        need("embed ids", ids, n)?;
+        need("embed out", out, n * dim)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let args = vec![ptr(table.ptr), ptr(ids.ptr), ptr(out.ptr), u(n), u(dim)];
+        self.launch("elementwise", &format!("embed_{}", dts(table.dtype)), (blocks(n * dim, 256), 1, 1), 256, 0, args)
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CudaBuffer,
+        weight: Option<&CudaWeight>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &CudaBuffer,
+    ) -> Result<()> {
+        need("rms_norm x", x, rows * dim)?;
+        need("rms_norm out", out, rows * dim)?;
+        if let Some(w) = weight {
+            if w.shape.iter().product::<usize>() != dim {
+                return Err(err(format!("rms_norm: weight {:?} for dim {dim}", w.shape)));
+            }
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let threads = (dim / 4).next_power_of_two().clamp(32, 1024) as u32;
+        let (name, wp) = match weight {
+            Some(w) => (format!("rms_norm_{}", dts(w.dtype)), w.ptr),
+            None => ("rms_norm_none".to_owned(), 0),
+        };
+        let args = vec![ptr(x.ptr), ptr(wp), ptr(out.ptr), u(dim), f(eps)];
+        self.launch("rms_norm", &name, (rows as u32, 1, 1), threads, 0, args)
+    }
+
+    fn add_rms_norm(
+        &self,
+        acc: &CudaBuffer,
+        x: &CudaBuffer,
+        weight: &CudaWeight,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &CudaBuffer,
+    ) -> Result<()> {
+        need("add_rms_norm acc", acc, rows * dim)?;
+        need("add_rms_norm x", x, rows * dim)?;
+        need("add_rms_norm out", out, rows * dim)?;
+        if weight.shape.iter().product::<usize>() != dim {
+            return Err(err(format!("add_rms_norm: weight {:?} for dim {dim}", weight.shape)));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let threads = (dim / 4).next_power_of_two().clamp(32, 1024) as u32;
+        let args = vec![ptr(acc.ptr), ptr(x.ptr), ptr(weight.ptr), ptr(out.ptr), u(dim), f(eps)];
+        self.launch("rms_norm", &format!("add_rms_norm_{}", dts(weight.dtype)), (rows as u32, 1, 1), threads, 0, args)
+    }
+
+    fn matmul(&self, x: &CudaBuffer, m: usize, w: &CudaWeight, out: &CudaBuffer) -> Result<()> {
+        Self::weight_shape(w, 2, "matmul")?;
+        let (n, k) = (w.shape[0], w.shape[1]);
+        need("matmul x", x, m * k)?;
+        need("matmul out", out, m * n)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let blas = self.dev.has_blas() && m > DECODE_MAX_Q && k > 0;
+        match w.dtype {
+            DType::BF16 if blas => {
+                // x = hi + lo in bf16, then two tensor-core GEMMs accumulating in f32.
+                let hi = self.dev.scratch("matmul hi", m * k * 2)?;
+                let lo = self.dev.scratch("matmul lo", m * k * 2)?;
+                let args = vec![ptr(x.ptr), ptr(hi), ptr(lo), u(m * k)];
+                self.launch("matmul", "split_bf16", (blocks(m * k, 256), 1, 1), 256, 0, args)?;
+                let g = Gemm { a: w.ptr, b: hi, c: out.ptr, m, n, k, bf16: true, accumulate: false };
+                self.dev.record(Cmd::Gemm(g))?;
+                self.dev.record(Cmd::Gemm(Gemm { b: lo, accumulate: true, ..g }))
+            }
+            DType::F32 if blas => self.dev.record(Cmd::Gemm(Gemm {
+                a: w.ptr,
+                b: x.ptr,
+                c: out.ptr,
+                m,
+                n,
+                k,
+                bf16: false,
+                accumulate: false,
+            })),
+            _ => {
+                let rows = if m <= DECODE_MAX_Q { m.next_power_of_two() } else { 8 };
+                let vec = k % 8 == 0;
+                let name = format!("matmul_gemv_{}_{rows}{}", dts(w.dtype), if vec { "" } else { "_scalar" });
+                let grid = (blocks(n, 8), blocks(m, rows), 1);
+                self.launch("matmul", &name, grid, 256, 0, vec![ptr(x.ptr), ptr(w.ptr), ptr(out.ptr), u(m), u(n), u(k)])
+            }
+        }
+    }
+
+    fn rope(
+        &self,
+        x: &CudaBuffer,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        positions: &CudaBuffer,
+        inv_freq: &CudaBuffer,
+        norm_eps: Option<f32>,
+    ) -> Result<()> {
+        need("rope x", x, rows * heads * head_dim)?;
+        need("rope positions", positions, rows)?;
+        need("rope inv_freq", inv_freq, head_dim / 2)?;
+        if !positions.is_u32 {
+            return Err(err("rope: positions must be u32"));
+        }
+        if rows * heads == 0 {
+            return Ok(());
+        }
+        let args = vec![
+            ptr(x.ptr),
+            ptr(positions.ptr),
+            ptr(inv_freq.ptr),
+            u(rows),
+            u(heads),
+            u(head_dim),
+            u(usize::from(norm_eps.is_some())),
+            f(norm_eps.unwrap_or(0.0)),
+        ];
+        self.launch("rope", "rope", (blocks(rows * heads, 8), 1, 1), 256, 0, args)
+    }
+
+    fn attention(
+        &self,
+        q: &CudaBuffer,
+        k_new: &CudaBuffer,
+        v_new: &CudaBuffer,
+        k_cache: &CudaBuffer,
+        v_cache: &CudaBuffer,
+        seqs: &[AttnSeq],
+        p: &AttnParams,
+        out: &CudaBuffer,
+    ) -> Result<()> {
+        let (h, kvh, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+        if kvh == 0 || h % kvh != 0 || hd == 0 || hd > MAX_HEAD_DIM {
+            return Err(err(format!("attention: {h} heads over {kvh} kv heads of dim {hd} (at most {MAX_HEAD_DIM})")));
+        }
+        let g = h / kvh;
+        let kv_dim = kvh * hd;
+        let mut rows_meta = Vec::new();
+        let mut tiles = Vec::new();
+        let mut bound = 1usize;
+        for s in seqs {
+            let (q0, ql) = (s.q_start as usize, s.q_len as usize);
+            need("attention q", q, (q0 + ql) * h * hd)?;
+            need("attention out", out, (q0 + ql) * h * hd)?;
+            need("attention k_new", k_new, (q0 + ql) * kv_dim)?;
+            need("attention v_new", v_new, (q0 + ql) * kv_dim)?;
+            if s.pos0 > 0 {
+                let end = (s.slot_base as usize + s.slot_cap as usize) * kv_dim;
+                need("attention k_cache", k_cache, end)?;
+                need("attention v_cache", v_cache, end)?;
+            }
+            if ql == 0 {
+                continue;
+            }
+            let fields = [s.pos0, s.q_start, s.slot_base, s.slot_cap.max(1)];
+            if ql <= DECODE_MAX_Q && g <= MAX_GROUP {
+                for t in 0..ql as u32 {
+                    rows_meta.extend_from_slice(&[s.q_start + t, s.pos0 + t]);
+                    rows_meta.extend_from_slice(&fields);
+                    rows_meta.extend_from_slice(&[0, 0]);
+                }
+                let visible = s.slot_cap as usize + ql;
+                bound = bound.max(p.chunk.map_or(visible, |c| c.min(visible)));
+            } else {
+                for t0 in (0..ql).step_by(32) {
+                    let nq = (ql - t0).min(32) as u32;
+                    tiles.extend_from_slice(&[s.q_start + t0 as u32, nq, s.pos0 + t0 as u32]);
+                    tiles.extend_from_slice(&fields);
+                    tiles.push(0);
+                }
+            }
+        }
+        let (temp_on, fs, asc) = match p.temperature {
+            Some(t) => (1, t.floor_scale, t.attn_scale),
+            None => (0, 1.0, 0.0),
+        };
+        let chunk = p.chunk.unwrap_or(0);
+        let common = |meta: Arg| {
+            vec![
+                ptr(q.ptr),
+                ptr(k_new.ptr),
+                ptr(v_new.ptr),
+                ptr(k_cache.ptr),
+                ptr(v_cache.ptr),
+                meta,
+                u(h),
+                u(kvh),
+                u(hd),
+                f(p.scale),
+                u(chunk),
+                u(temp_on),
+                f(fs),
+                f(asc),
+            ]
+        };
+        if !rows_meta.is_empty() {
+            let nrows = rows_meta.len() / 8;
+            // Splits of at least 64 keys, up to about two blocks per SM. The bound comes from the region
+            // sizes, not the current length, so the grid stays the same from token to token.
+            let target = (2 * self.dev.sms as usize).div_ceil(kvh * nrows).max(1);
+            let nsplit = bound.div_ceil(64).min(target).clamp(1, 64);
+            let part = self.dev.scratch("attention splits", nrows * kvh * nsplit * g * (hd + 2) * 4)?;
+            let meta = self.dev.meta(&rows_meta)?;
+            let mut args = common(meta);
+            args.extend([u(nsplit), ptr(part)]);
+            let smem = (5 * g * hd + 8 * g) * 4;
+            self.launch("attention", "attn_decode", (kvh as u32, nrows as u32, nsplit as u32), 128, smem, args)?;
+            let args = vec![ptr(part), meta, ptr(out.ptr), u(h), u(kvh), u(hd), u(nsplit)];
+            self.launch("attention", "attn_combine", (nrows as u32, h as u32, 1), 128, 0, args)?;
+        }
+        if !tiles.is_empty() {
+            let ntiles = tiles.len() / 8;
+            let dpt = [4usize, 8, 16, 32, 64].into_iter().find(|&d| 4 * d >= hd).unwrap_or(64);
+            let bk = if dpt == 64 { 16 } else { 32 };
+            let meta = self.dev.meta(&tiles)?;
+            let mut args = common(meta);
+            args.push(ptr(out.ptr));
+            let smem = 2 * bk * hd * 4;
+            self.launch("attention", &format!("attn_prefill_{dpt}"), (h as u32, ntiles as u32, 1), 128, smem, args)?;
+        }
+        Ok(())
+    }
+
+    fn kv_store(
+        &self,
+        k_new: &CudaBuffer,
+        v_new: &CudaBuffer,
+        k_cache: &CudaBuffer,
+        v_cache: &CudaBuffer,
+        seqs: &[AttnSeq],
+        kv_dim: usize,
+    ) -> Result<()> {
+        let mut pairs = Vec::new();
+        for s in seqs {
+            let (ql, cap) = (s.q_len as usize, s.slot_cap.max(1) as usize);
+            need("kv_store k_new", k_new, (s.q_start as usize + ql) * kv_dim)?;
+            need("kv_store v_new", v_new, (s.q_start as usize + ql) * kv_dim)?;
+            need("kv_store k_cache", k_cache, (s.slot_base as usize + cap) * kv_dim)?;
+            need("kv_store v_cache", v_cache, (s.slot_base as usize + cap) * kv_dim)?;
+            // A step longer than the ring keeps its last `cap` tokens.
+            for t in ql.saturating_sub(cap)..ql {
+                let slot = s.slot_base as usize + (s.pos0 as usize + t) % cap;
+                pairs.extend_from_slice(&[s.q_start + t as u32, slot as u32]);
+            }
+        }
+        if pairs.is_empty() || kv_dim == 0 {
+            return Ok(());
+        }
+        let np = pairs.len() / 2;
+        let meta = self.dev.meta(&pairs)?;
+        let args = vec![ptr(k_new.ptr), ptr(v_new.ptr), ptr(k_cache.ptr), ptr(v_cache.ptr), meta, u(np), u(kv_dim)];
+        self.launch("attention", "kv_store", (blocks(np * kv_dim, 256), 1, 1), 256, 0, args)
+    }
+
+    fn add(&self, acc: &CudaBuffer, x: &CudaBuffer, n: usize) -> Result<()> {
+        need("add acc", acc, n)?;
+        need("add x", x, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.launch("elementwise", "add", (blocks(n, 256), 1, 1), 256, 0, vec![ptr(acc.ptr), ptr(x.ptr), u(n)])
+    }
+
+    fn silu_mul(&self, gate: &CudaBuffer, up: &CudaBuffer, n: usize) -> Result<()> {
+        need("silu_mul gate", gate, n)?;
+        need("silu_mul up", up, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.launch("elementwise", "silu_mul", (blocks(n, 256), 1, 1), 256, 0, vec![ptr(gate.ptr), ptr(up.ptr), u(n)])
+    }
+
+    fn router_topk(
+        &self,
+        logits: &CudaBuffer,
+        rows: usize,
+        n_experts: usize,
+        k: usize,
+        idx: &CudaBuffer,
+        score: &CudaBuffer,
+    ) -> Result<()> {
+        if k == 0 || k > n_experts || k > MAX_TOPK {
+            return Err(err(format!("router: top-{k} of {n_experts} experts (at most top-{MAX_TOPK})")));
+        }
+        need("router logits", logits, rows * n_experts)?;
+        need("router idx", idx, rows * k)?;
+        need("router score", score, rows * k)?;
+        if !idx.is_u32 {
+            return Err(err("router: idx must be u32"));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let args = vec![ptr(logits.ptr), u(rows), u(n_experts), u(k), ptr(idx.ptr), ptr(score.ptr)];
+        self.launch("moe", "router_topk", (blocks(rows, 128), 1, 1), 128, 0, args)
+    }
+
+    fn moe(
+        &self,
+        x: &CudaBuffer,
+        rows: usize,
+        idx: &CudaBuffer,
+        score: &CudaBuffer,
+        k: usize,
+        gate_up: &CudaWeight,
+        down: &CudaWeight,
+        out: &CudaBuffer,
+    ) -> Result<()> {
+        Self::weight_shape(gate_up, 3, "moe gate_up")?;
+        Self::weight_shape(down, 3, "moe down")?;
+        let (e, d, f2) = (gate_up.shape[0], gate_up.shape[1], gate_up.shape[2]);
+        let fw = f2 / 2;
+        if f2 % 2 != 0 || down.shape != [e, fw, d] {
+            return Err(err(format!("moe: gate_up {:?} and down {:?} do not match", gate_up.shape, down.shape)));
+        }
+        need("moe x", x, rows * d)?;
+        need("moe idx", idx, rows * k)?;
+        need("moe score", score, rows * k)?;
+        need("moe out", out, rows * d)?;
+        let nent = rows * k;
+        if nent == 0 || d == 0 || fw == 0 {
+            return Ok(());
+        }
+        let h = self.dev.scratch("moe h", nent * fw * 4)?;
+        if nent <= MOE_GEMV_MAX {
+            let (gu, s1) = self.moe_gemv(x.ptr, k, idx, gate_up, nent, d, f2, "moe up")?;
+            let args = vec![ptr(gu), ptr(score.ptr), ptr(h), u(nent), u(fw), u(s1)];
+            self.launch("moe", "moe_act", (blocks(nent * fw, 256), 1, 1), 256, 0, args)?;
+            let (y, s2) = self.moe_gemv(h, 1, idx, down, nent, fw, d, "moe down")?;
+            let args = vec![ptr(y), ptr(out.ptr), u(rows), u(k), u(d), u(s2)];
+            return self.launch("moe", "moe_sum", (blocks(rows * d, 256), 1, 1), 256, 0, args);
+        }
+        // Entries grouped by expert on the device into tiles of up to 32: at most one partial tile per expert.
+        let tmax = nent.div_ceil(32) + e.min(nent);
+        let route = self.dev.scratch("moe route", (1 + 3 * tmax + nent) * 4)?;
+        let args = vec![ptr(idx.ptr), u(nent), u(e), u(tmax), ptr(route)];
+        self.launch("moe", "moe_route", (1, 1, 1), 1024, 2 * e * 4, args)?;
+        let gu = self.dev.scratch("moe up", nent * f2 * 4)?;
+        let tile = format!("moe_tile_{}", dts(gate_up.dtype));
+        let args = vec![ptr(x.ptr), u(k), ptr(route), u(tmax), ptr(gate_up.ptr), ptr(gu), u(d), u(f2)];
+        self.launch("moe", &tile, (blocks(f2, 64), tmax as u32, 1), 256, 0, args)?;
+        let args = vec![ptr(gu), ptr(score.ptr), ptr(h), u(nent), u(fw), u(1)];
+        self.launch("moe", "moe_act", (blocks(nent * fw, 256), 1, 1), 256, 0, args)?;
+        let y = self.dev.scratch("moe down", nent * d * 4)?;
+        let tile = format!("moe_tile_{}", dts(down.dtype));
+        let args = vec![ptr(h), u(1), ptr(route), u(tmax), ptr(down.ptr), ptr(y), u(fw), u(d)];
+        self.launch("moe", &tile, (blocks(d, 64), tmax as u32, 1), 256, 0, args)?;
+        let args = vec![ptr(y), ptr(out.ptr), u(rows), u(k), u(d), u(1)];
+        self.launch("moe", "moe_sum", (blocks(rows * d, 256), 1, 1), 256, 0, args)
+    }
+
+    fn gather_rows(&self, x: &CudaBuffer, rows: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
+        if !rows.is_u32 {
+            return Err(err("gather_rows: rows must be u32"));
+        }
+        need("gather_rows rows", rows, n)?;
+        need("gather_rows out", out, n * dim)?;
+        if n * dim == 0 {
+            return Ok(());
+        }
+        let args = vec![ptr(x.ptr), ptr(rows.ptr), ptr(out.ptr), u(n), u(dim)];
+        self.launch("elementwise", "gather_rows", (blocks(n * dim, 256), 1, 1), 256, 0, args)
+    }
+
+    fn sample(
+        &self,
+        logits: &CudaBuffer,
+        rows: usize,
+        vocab: usize,
+        params: &SamplingParams,
+        draws: &[f32],
+        history: &[&[u32]],
+        out: &CudaBuffer,
+    ) -> Result<()> {
+        check_sample_args(rows, draws, history)?;
+        need("sample logits", logits, rows * vocab)?;
+        need("sample out", out, rows)?;
+        if vocab == 0 || !out.is_u32 || logits.is_u32 {
+            return Err(err("sample: needs f32 logits of a non-empty vocabulary and a u32 output"));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        // rows + 1 offsets, then each row's distinct ids (the penalty applies once per id).
+        let penalty = params.repetition_penalty != 1.0;
+        let mut hist = vec![0u32; rows + 1];
+        if penalty {
+            for (r, h) in history.iter().enumerate() {
+                let mut ids = h.to_vec();
+                ids.sort_unstable();
+                ids.dedup();
+                hist.extend(ids);
+                hist[r + 1] = (hist.len() - rows - 1) as u32;
+            }
+        }
+        let flags = u32::from(params.is_greedy()) | (u32::from(params.min_p > 0.0) << 1) | (u32::from(penalty) << 2);
+        let draw_bits: Vec<u32> = draws.iter().map(|u| u.to_bits()).collect();
+        // Draws first: the history, whose length changes every token, goes last in the step's metadata.
+        let dm = self.dev.meta(&draw_bits)?;
+        let hm = self.dev.meta(&hist)?;
+        let cand = self.dev.scratch("sample candidates", rows * vocab * 4)?;
+        let args = vec![
+            ptr(logits.ptr),
+            hm,
+            dm,
+            ptr(out.ptr),
+            ptr(cand),
+            u(rows),
+            u(vocab),
+            f(params.temperature),
+            u(params.top_k.min(u32::MAX as usize)),
+            f(params.top_p),
+            f(min_p_threshold(params.min_p.max(f32::MIN_POSITIVE))),
+            f(params.repetition_penalty),
+            Arg::V(flags as u64),
+        ];
+        self.launch("sample", "sample", (rows as u32, 1, 1), 1024, 0, args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel family compiles with NVRTC for Hopper (and Ampere/Ada). Needs only libnvrtc, not a GPU:
+    /// scripts/test.sh fetches it; without it the test says NOT RUN, and HERD_REQUIRE_NVRTC=1 makes that a
+    /// failure.
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        if !nvrtc_present() {
+            assert!(std::env::var("HERD_REQUIRE_NVRTC").as_deref() != Ok("1"), "NVRTC required but not found");
+            eprintln!("nvrtc: NOT RUN (libnvrtc.so not found on LD_LIBRARY_PATH)");
+            return;
+        }
+        for arch in [(9, 0), (8, 0), (8, 9)] {
+            for (name, _) in FAMILIES {
+                let bin = compile(name, arch).unwrap_or_else(|e| panic!("{e}"));
+                // An ELF CUBIN.
+                assert!(bin.len() > 1000 && bin[..4] == [0x7f, b'E', b'L', b'F'], "{name} for {arch:?}");
+            }
+        }
+    }
+
+    /// A kernel with an error is reported with NVRTC's log, not as a panic or an empty binary.
+    #[test]
+    fn compile_errors_are_reported() {
+        if !nvrtc_present() {
+            eprintln!("nvrtc: NOT RUN (libnvrtc.so not found on LD_LIBRARY_PATH)");
+            return;
+        }
+        let e = compile("no_such_family", (9, 0)).unwrap_err().to_string();
+        assert!(e.contains("no kernel family"), "{e}");
+    }
+
+    #[test]
+    fn no_driver_is_a_clear_error() {
+        // SAFETY: probing only.
+        if unsafe { cudarc::driver::sys::is_culib_present() } {
+            eprintln!("a CUDA driver is present: the no-driver message is not checked here");
+            return;
+        }
+        let e = CudaBackend::new().err().expect("no driver, no backend").to_string();
+        assert!(e.contains("no CUDA driver"), "{e}");
+    }
+}
