@@ -1,16 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check: run on the GPU machine (../shared/GPU.md), from the repository root, with binaries built
-# on a development machine and carried in .gpu/ (ignored by git):
+# on a development machine by scripts/gpu-prepare.sh and carried in .gpu/ (ignored by git).
 #
-#   cargo build --release -p herd -p herd-conformance
-#   cargo test --release -p herd-conformance --test golden_wgpu --no-run   # prints the test binary's path
-#   mkdir -p .gpu/bin && cp target/release/herd target/release/conformance .gpu/bin/
-#   cp <golden_wgpu test binary> .gpu/bin/golden_wgpu
-#   (.gpu/debs: the Vulkan loader packages, see GPU.md step 2)
-#
-# It checks the wgpu backend (op table, golden fixtures) on the GPU, then measures the op table's --perf
-# mode and `herd bench` at full scale (synthetic weights of Scout's real shapes). Output goes to stdout and,
-# when $OUT is set, to files there.
+# It checks the CUDA and wgpu backends on the GPU (op table, golden fixtures; HERD_REQUIRE_CUDA=1 so that a
+# missing device fails instead of skipping), then measures the op table's --perf mode and `herd bench` at
+# full scale (synthetic weights of Scout's real shapes, made on the device), and prints a short table last.
+# Output goes to stdout and, when $OUT is set, to files there.
 set -u
 OUT="${OUT:-/tmp/herd-gpu}"
 mkdir -p "$OUT"
@@ -22,16 +17,59 @@ B=.gpu/bin
 chmod +x $B/* 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
 
-echo "== op table on wgpu (correctness), with and without subgroup reductions"
-for mode in --subgroups --no-subgroups; do
-    timeout 120 $B/conformance --backend wgpu $mode > "$OUT/ops_wgpu$mode.txt" 2>&1; echo "$mode exit $?"
-    head -1 "$OUT/ops_wgpu$mode.txt"; grep -E "FAIL|ERROR" "$OUT/ops_wgpu$mode.txt" | head -5; tail -1 "$OUT/ops_wgpu$mode.txt"
+export HERD_REQUIRE_CUDA=1
+summary=()
+row() { summary+=("$(printf '%-44s %s' "$1" "$2")"); }
+# One call on the GPU machine may run 600 s: sections that would start after BUDGET seconds are skipped
+# (and say so), CUDA first.
+BUDGET="${BUDGET:-480}"
+time_left() { if [ "$SECONDS" -ge "$BUDGET" ]; then echo "== skipped ($1): ${SECONDS}s used"; row "$1" "SKIPPED (time)"; return 1; fi; }
+
+echo "== op table on cuda (correctness)"
+timeout 120 $B/conformance --backend cuda > "$OUT/ops_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
+head -1 "$OUT/ops_cuda.txt"; grep -E "FAIL|ERROR|NOT RUN" "$OUT/ops_cuda.txt" | head -20; tail -3 "$OUT/ops_cuda.txt"
+row "op table, cuda" "$(tail -1 "$OUT/ops_cuda.txt") (exit $rc)"
+
+time_left "golden fixtures, cuda" && {
+echo "== golden fixtures on cuda"
+HERD_FIXTURES="$PWD/tests/fixtures" timeout 120 $B/golden_cuda > "$OUT/golden_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
+grep -E "test result|panicked|cuda graphs|rel err" "$OUT/golden_cuda.txt" | head -12
+row "golden fixtures, cuda" "$(grep -E 'test result' "$OUT/golden_cuda.txt" | head -1) (exit $rc)"
+}
+
+echo "== herd bench, synthetic Scout shapes (12 of 48 layers, bf16), cuda"
+for pt in 2048 128; do
+    time_left "cuda bench $pt" || continue
+    timeout 120 $B/herd bench --backend cuda --synthetic scout --layers 12 --prompt-tokens $pt --gen-tokens 64 --repeat 2 \
+        > "$OUT/bench_cuda_$pt.txt" 2>&1; echo "prompt $pt exit $?"
+    grep -E "prefill|decode|backend|parameters|error" "$OUT/bench_cuda_$pt.txt"
+    row "cuda prefill, $pt-token prompt" "$(grep -E '^prefill' "$OUT/bench_cuda_$pt.txt")"
+    row "cuda decode after $pt tokens" "$(grep -E '^decode:' "$OUT/bench_cuda_$pt.txt")"
+    row "cuda decode, 48-layer estimate" "$(grep -oE '[0-9.]+ tok/s decode at 48 layers' "$OUT/bench_cuda_$pt.txt")"
 done
 
-echo "== golden fixtures on wgpu"
-HERD_FIXTURES="$PWD/tests/fixtures" HERD_REQUIRE_WGPU=1 timeout 120 $B/golden_wgpu > "$OUT/golden_wgpu.txt" 2>&1; echo "exit $?"
-grep -E "test result|panicked" "$OUT/golden_wgpu.txt" | head -3
+time_left "cuda perf table" && {
+echo "== op table --perf on cuda"
+timeout 120 $B/conformance --backend cuda --perf > "$OUT/perf_cuda.txt" 2>&1; echo "exit $?"
+grep -E "k=5120 n=8192|k=1024 n=1024|d=128 chunk|1500, 1|d=1024 f=|d=512 f=512|dim=5120|n=1048576|vocab=202048|fixed cost|graphs" "$OUT/perf_cuda.txt"
+}
 
+echo "== op table on wgpu (correctness), with and without subgroup reductions"
+for mode in --subgroups --no-subgroups; do
+    time_left "wgpu table $mode" || continue
+    timeout 120 $B/conformance --backend wgpu $mode > "$OUT/ops_wgpu$mode.txt" 2>&1; echo "$mode exit $?"
+    head -1 "$OUT/ops_wgpu$mode.txt"; grep -E "FAIL|ERROR" "$OUT/ops_wgpu$mode.txt" | head -5; tail -1 "$OUT/ops_wgpu$mode.txt"
+    row "op table, wgpu $mode" "$(tail -1 "$OUT/ops_wgpu$mode.txt")"
+done
+
+time_left "golden fixtures, wgpu" && {
+echo "== golden fixtures on wgpu"
+HERD_FIXTURES="$PWD/tests/fixtures" HERD_REQUIRE_WGPU=1 timeout 120 $B/golden_wgpu > "$OUT/golden_wgpu.txt" 2>&1; rc=$?; echo "exit $rc"
+grep -E "test result|panicked" "$OUT/golden_wgpu.txt" | head -3
+row "golden fixtures, wgpu" "$(grep -E 'test result' "$OUT/golden_wgpu.txt" | head -1) (exit $rc)"
+}
+
+time_left "wgpu perf table" && {
 echo "== op table --perf on wgpu"
 timeout 150 $B/conformance --backend wgpu --perf > "$OUT/perf_wgpu.txt" 2>&1; echo "exit $?"
 grep -E "k=5120 n=8192|k=1024 n=1024|d=128 chunk|1500, 1|d=1024 f=|d=512 f=512|dim=5120|n=1048576|vocab=202048|fixed cost" "$OUT/perf_wgpu.txt"
@@ -39,7 +77,15 @@ echo "== reductions without subgroups (compare with the rows above)"
 timeout 60 $B/conformance --backend wgpu --perf --no-subgroups --op rms_norm > "$OUT/perf_wgpu_nosg.txt" 2>&1
 timeout 60 $B/conformance --backend wgpu --perf --no-subgroups --op sample >> "$OUT/perf_wgpu_nosg.txt" 2>&1
 grep -E "dim=5120|vocab=202048" "$OUT/perf_wgpu_nosg.txt"
+}
 
+time_left "wgpu bench" && {
 echo "== herd bench, synthetic Scout shapes, wgpu"
-timeout 200 $B/herd bench --backend wgpu --synthetic scout --layers 4 --prompt-tokens 128 --gen-tokens 16 --repeat 2 > "$OUT/bench_wgpu.txt" 2>&1; echo "exit $?"
+timeout 120 $B/herd bench --backend wgpu --synthetic scout --layers 4 --prompt-tokens 128 --gen-tokens 16 --repeat 2 > "$OUT/bench_wgpu.txt" 2>&1; echo "exit $?"
 tail -12 "$OUT/bench_wgpu.txt"
+row "wgpu decode (4 layers)" "$(grep -E '^decode:' "$OUT/bench_wgpu.txt")"
+}
+
+echo
+echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(date -u +%F))"
+printf '%s\n' "${summary[@]}"

@@ -24,6 +24,34 @@ else
     echo "warning: no Vulkan driver could be installed: the wgpu tests will report NOT RUN" >&2
 fi
 
+# The CUDA kernels are compiled by NVRTC when first used. There is no GPU here, but NVRTC runs anywhere: the
+# tests compile every kernel family for Hopper with NVIDIA's NVRTC wheel from PyPI (fetched once into
+# target/nvrtc). With it present, a kernel that fails to compile fails the tests.
+NVRTC_VERSION=12.9.86
+NVRTC_LIB="$PWD/target/nvrtc/nvidia/cuda_nvrtc/lib"
+if [ ! -e "$NVRTC_LIB/libnvrtc.so.12" ] && command -v python3 >/dev/null 2>&1; then
+    echo "fetching NVRTC $NVRTC_VERSION (nvidia-cuda-nvrtc-cu12 from PyPI) to compile-check the CUDA kernels"
+    mkdir -p target/nvrtc
+    wheel_dir=$(mktemp -d)
+    if python3 -m pip --version >/dev/null 2>&1; then
+        python3 -m pip download --quiet --no-deps --dest "$wheel_dir" "nvidia-cuda-nvrtc-cu12==$NVRTC_VERSION" || true
+    elif command -v curl >/dev/null 2>&1; then
+        url=$(curl -fsSL "https://pypi.org/pypi/nvidia-cuda-nvrtc-cu12/$NVRTC_VERSION/json" |
+            python3 -c 'import sys, json; print(next(u["url"] for u in json.load(sys.stdin)["urls"] if "x86_64" in u["filename"]))' || true)
+        [ -n "$url" ] && curl -fsSL -o "$wheel_dir/nvrtc.whl" "$url" || true
+    fi
+    for w in "$wheel_dir"/*.whl; do
+        [ -e "$w" ] && python3 -m zipfile -e "$w" target/nvrtc
+    done
+    rm -rf "$wheel_dir"
+fi
+if [ -e "$NVRTC_LIB/libnvrtc.so.12" ]; then
+    export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export HERD_REQUIRE_NVRTC=1
+else
+    echo "warning: NVRTC could not be fetched: the CUDA kernel compile check will report NOT RUN" >&2
+fi
+
 # The fixtures made by transformers are committed under tests/fixtures (regenerate them with
 # tests/tools/make_fixtures.py), so the tests need no Python.
 cargo build --workspace --all-targets --locked

@@ -23,20 +23,19 @@ fn peak_rss() -> Option<u64> {
 
 pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> Result<()> {
     let name = backend.name();
-    // Synthetic: (name, layers, parameter bytes loaded). Generation time is said on stderr, not in load_s.
+    // Synthetic: (name, layers, parameter bytes made). Load time includes making the weights.
     let mut synth: Option<(String, usize, usize)> = None;
     let t_load;
     let (cfg, model, describe) = match &a.synthetic {
         Some(sname) => {
             let layers = a.layers.unwrap_or(synthetic::DEFAULT_LAYERS);
-            let (cfg, ck) = synthetic::synthetic(sname, layers)?;
-            let bytes: usize = ck.tensors().map(|(_, t)| t.bytes().len()).sum();
+            let dtype = synthetic::quant_dtype(a.quant.as_deref())?;
+            let (cfg, weights) = synthetic::synthetic(sname, layers, dtype)?;
             t_load = Instant::now();
-            let model = Llama4::load(backend, &ck, &cfg.text, &mut |_, _| {})?;
-            drop(ck); // backends that copy the weights free the host bytes here; the CPU backend shares them
-            synth = Some((sname.clone(), layers, bytes));
+            let model = Llama4::load(backend, &weights, &cfg.text, &mut |_, _| {})?;
+            synth = Some((sname.clone(), layers, weights.bytes_made()));
             let of = if sname == "tiny" { String::new() } else { format!(" of {}", synthetic::FULL_LAYERS) };
-            (cfg, model, format!("synthetic {sname} ({layers}{of} layers, random bf16 weights)"))
+            (cfg, model, format!("synthetic {sname} ({layers}{of} layers, random {} weights)", dtype.name()))
         }
         None => {
             t_load = Instant::now();
@@ -79,7 +78,7 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
             "model": describe, "backend": name, "prompt_tokens": prompt.len(), "gen_tokens": a.gen_tokens,
             "load_s": load_s, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps, "peak_rss_bytes": peak,
             "layers": layers, "ms_per_layer_token": ms_per_layer_token,
-            "synthetic": synth.as_ref().map(|s| s.0.clone()),
+            "synthetic": synth.as_ref().map(|s| s.0.clone()), "backend_stats": model.backend().stats(),
         });
         if let Some((_, _, bytes)) = &synth {
             j["param_bytes"] = serde_json::json!(bytes);
@@ -108,6 +107,9 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
             }
         }
         println!("peak memory (RSS): {:.1} MiB", peak as f64 / (1024.0 * 1024.0));
+        if let Some(st) = model.backend().stats() {
+            println!("backend: {st}");
+        }
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use herd_core::cpu::CpuBackend;
+use herd_cuda::CudaBackend;
 use herd_wgpu::WgpuBackend;
 
 use files::ModelFiles;
@@ -53,7 +54,8 @@ struct ModelArg {
 
 #[derive(Args)]
 struct BackendArg {
-    /// Compute backend: cpu, wgpu, or auto (a hardware GPU through wgpu if there is one, else cpu).
+    /// Compute backend: cpu, wgpu, cuda, or auto (CUDA if there is an NVIDIA GPU, else a hardware GPU through
+    /// wgpu, else cpu).
     #[arg(long, default_value = "cpu")]
     backend: String,
 }
@@ -163,12 +165,15 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Benchmark a model built in memory with the real shapes of scout, maverick or guard (or tiny, for
-    /// tests) and random weights, instead of --model. No download, no file written.
+    /// tests) and random weights, made on the device that runs them, instead of --model. No download, no file written.
     #[arg(long, value_name = "NAME")]
     synthetic: Option<String>,
     /// With --synthetic: how many layers to build (the published models have 48).
     #[arg(long, requires = "synthetic")]
     layers: Option<usize>,
+    /// With --synthetic: the weight format, bf16 (default), f16 or f32.
+    #[arg(long, requires = "synthetic", value_name = "FORMAT")]
+    quant: Option<String>,
     #[command(flatten)]
     backend: BackendArg,
 }
@@ -177,28 +182,41 @@ pub struct BenchArgs {
 enum Chosen {
     Cpu,
     Wgpu(Box<WgpuBackend>),
+    Cuda(Box<CudaBackend>),
 }
 
-/// `cpu`, `wgpu`, or `auto`: a hardware GPU through wgpu when there is one, else the CPU (said on stderr).
+/// `cpu`, `wgpu`, `cuda`, or `auto`: an NVIDIA GPU through CUDA when there is one, else a hardware GPU through
+/// wgpu, else the CPU (said on stderr).
 fn choose_backend(name: &str) -> Result<Chosen> {
     match name {
         "cpu" => Ok(Chosen::Cpu),
         "wgpu" => Ok(Chosen::Wgpu(Box::new(WgpuBackend::new()?))),
-        "auto" => Ok(match WgpuBackend::new() {
-            Ok(w) if w.is_hardware() => {
-                eprintln!("backend: wgpu on {}", w.adapter());
-                Chosen::Wgpu(Box::new(w))
+        "cuda" => Ok(Chosen::Cuda(Box::new(CudaBackend::new()?))),
+        "auto" => Ok(match CudaBackend::new() {
+            Ok(c) => {
+                eprintln!("backend: cuda on {}", c.device_name());
+                Chosen::Cuda(Box::new(c))
             }
-            Ok(w) => {
-                eprintln!("backend: cpu (the only wgpu adapter, {}, is not a hardware GPU)", w.adapter());
-                Chosen::Cpu
-            }
-            Err(e) => {
-                eprintln!("backend: cpu ({e})");
-                Chosen::Cpu
-            }
+            Err(_) => auto_wgpu_or_cpu(),
         }),
-        other => bail!("unknown backend {other:?} (available: cpu, wgpu, auto)"),
+        other => bail!("unknown backend {other:?} (available: cpu, wgpu, cuda, auto)"),
+    }
+}
+
+fn auto_wgpu_or_cpu() -> Chosen {
+    match WgpuBackend::new() {
+        Ok(w) if w.is_hardware() => {
+            eprintln!("backend: wgpu on {}", w.adapter());
+            Chosen::Wgpu(Box::new(w))
+        }
+        Ok(w) => {
+            eprintln!("backend: cpu (the only wgpu adapter, {}, is not a hardware GPU)", w.adapter());
+            Chosen::Cpu
+        }
+        Err(e) => {
+            eprintln!("backend: cpu ({e})");
+            Chosen::Cpu
+        }
     }
 }
 
@@ -213,6 +231,10 @@ macro_rules! with_backend {
             }
             Chosen::Wgpu(w) => {
                 let $b = Arc::new(*w);
+                $body
+            }
+            Chosen::Cuda(c) => {
+                let $b = Arc::new(*c);
                 $body
             }
         }

@@ -369,6 +369,12 @@ fn bench_synthetic_tiny_json() {
         assert!(v > 0.0, "{key} = {v} in {j}");
     }
     fails(
+        "bench --synthetic --quant q4",
+        herd(["bench", "--synthetic", "tiny", "--quant", "q4"]),
+        &["--quant q4", "quantized formats"],
+    );
+    fails("bench --synthetic --quant junk", herd(["bench", "--synthetic", "tiny", "--quant", "junk"]), &["junk"]);
+    fails(
         "bench --synthetic with --model",
         herd(["bench", "--synthetic", "tiny", "--model", "somewhere"]),
         &["--synthetic and --model"],

@@ -1,12 +1,14 @@
-//! `conformance`: the op table on every backend present (cpu, wgpu). `--perf` also times each row (GB/s,
+//! `conformance`: the op table on every backend present (cpu, wgpu, cuda). `--perf` also times each row (GB/s,
 //! GFLOP/s); `--op NAME` keeps rows whose op contains NAME; `--backend NAME` runs one backend. A backend
 //! that is not present is reported as not run; `--subgroups` / `--no-subgroups` force wgpu's reductions onto
-//! subgroup operations or off them (by default: on for hardware GPUs that have them). Exits
-//! non-zero if any row fails.
+//! subgroup operations or off them (by default: on for hardware GPUs that have them). With
+//! HERD_REQUIRE_CUDA=1 a missing CUDA device counts as a failure (a GPU run cannot pass by skipping).
+//! Exits non-zero if any row fails.
 
 use herd_conformance::table::{dispatch_cost, format_table, run_table, RowResult};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
+use herd_cuda::CudaBackend;
 use herd_wgpu::{WgpuBackend, WgpuOptions};
 
 fn main() {
@@ -47,8 +49,27 @@ fn main() {
             Err(e) => println!("backend wgpu: NOT RUN ({e})\n"),
         }
     }
-    let failed = all.iter().filter(|r| !r.passed()).count();
-    println!("conformance: {} passed, {} failed", all.len() - failed, failed);
+    let mut missing = 0;
+    if want("cuda") {
+        match CudaBackend::new() {
+            Ok(be) => {
+                run(be.name(), run_table(&be, perf, filter));
+                if perf {
+                    print_dispatch_cost(&be);
+                }
+                let g = be.graph_stats();
+                println!("cuda graphs: {} steps, {} replayed, {} captured\n", g.steps, g.replayed, g.captured);
+            }
+            Err(e) => {
+                println!("backend cuda: NOT RUN ({e})\n");
+                if std::env::var("HERD_REQUIRE_CUDA").as_deref() == Ok("1") {
+                    missing += 1;
+                }
+            }
+        }
+    }
+    let failed = all.iter().filter(|r| !r.passed()).count() + missing;
+    println!("conformance: {} passed, {} failed", all.len() + missing - failed, failed);
     if failed > 0 {
         std::process::exit(1);
     }

@@ -1,0 +1,26 @@
+//! The op table on the CUDA backend, against the plain f64 references. It needs an NVIDIA GPU and driver:
+//! without one the test says NOT RUN, and with HERD_REQUIRE_CUDA=1 (set by scripts/gpu-check.sh) that is a
+//! failure. CI has no GPU; the GPU script runs this table through the `conformance` binary.
+
+use herd_conformance::table::{format_table, run_table};
+use herd_core::backend::Backend;
+use herd_cuda::CudaBackend;
+
+#[test]
+fn cuda_backend_passes_the_op_table() {
+    let be = match CudaBackend::new() {
+        Ok(b) => b,
+        Err(e) => {
+            assert!(std::env::var("HERD_REQUIRE_CUDA").as_deref() != Ok("1"), "CUDA required but not available: {e}");
+            eprintln!("cuda: NOT RUN ({e})");
+            return;
+        }
+    };
+    let rows = run_table(&be, false, None);
+    let table = format_table(&be.name(), &rows);
+    eprintln!("{table}");
+    assert!(rows.len() > 40, "the table lost rows: {}", rows.len());
+    let failed: Vec<_> =
+        rows.iter().filter(|r| !r.passed()).map(|r| format!("{} {} ({:?})", r.op, r.case, r.error)).collect();
+    assert!(failed.is_empty(), "failing rows: {failed:?}\n{table}");
+}
