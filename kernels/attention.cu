@@ -33,7 +33,7 @@ extern "C" __global__ void __launch_bounds__(128)
     attn_decode(const float* q, const float* kn, const float* vn, const float* kc, const float* vc, const u32* rows,
                 u32 n_heads, u32 n_kv, u32 hd, float scale, u32 chunk, u32 temp_on, float floor_scale,
                 float attn_scale, u32 nsplit, float* part) {
-    extern __shared__ float sm[];
+    DYN_SHARED(float, sm);
     const u32 kvh = blockIdx.x, ri = blockIdx.y, sp = blockIdx.z;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const u32* e = rows + ri * 8;
@@ -154,7 +154,7 @@ template <int DPT, int BK>
 __device__ void attn_prefill_impl(const float* q, const float* kn, const float* vn, const float* kc, const float* vc,
                                   const u32* tiles, u32 n_heads, u32 n_kv, u32 hd, float scale, u32 chunk,
                                   u32 temp_on, float floor_scale, float attn_scale, float* out) {
-    extern __shared__ float smp[];
+    DYN_SHARED(float, smp);
     float* ks = smp;           // [BK][hd]
     float* vs = smp + BK * hd; // [BK][hd]
     const u32 h = blockIdx.x, kvh = h / (n_heads / n_kv);

@@ -10,11 +10,34 @@ typedef unsigned long long u64;
 
 // Weight formats (DType in herd-core): 0 f32, 1 bf16, 2 f16.
 __device__ __forceinline__ float bf2f(u32 h) { return __uint_as_float(h << 16); }
+#ifdef HERD_EMU
+// The CPU emulator (emu.h): the compiler's IEEE half type converts exactly as the PTX instructions do.
+__device__ __forceinline__ float h2f(u16 h) {
+    _Float16 x;
+    memcpy(&x, &h, 2);
+    return (float)x;
+}
+__device__ __forceinline__ u16 f2h(float f) {
+    _Float16 x = (_Float16)f;
+    u16 h;
+    memcpy(&h, &x, 2);
+    return h;
+}
+#define DYN_SHARED(T, name) T* name = (T*)emu::dyn_smem()
+#else
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+// Dynamic shared memory (sized at launch).
+#define DYN_SHARED(T, name) extern __shared__ T name[]
+#endif
 // Round to nearest, ties to even (NaN stays NaN).
 __device__ __forceinline__ u16 f2bf(float f) {
     u32 b = __float_as_uint(f);
@@ -22,12 +45,6 @@ __device__ __forceinline__ u16 f2bf(float f) {
     b += 0x7fffu + ((b >> 16) & 1u);
     return (u16)(b >> 16);
 }
-__device__ __forceinline__ u16 f2h(float f) {
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
-
 template <int DT> __device__ __forceinline__ float ldw(const void* w, u64 i) {
     if (DT == 0) return __ldg((const float*)w + i);
     u16 h = __ldg((const unsigned short*)w + i);

@@ -136,7 +136,7 @@ extern "C" __global__ void moe_sum(const float* y, float* out, u32 rows, u32 k, 
 // grouped by expert (nent). One block; `counts` is dynamic shared memory of 2·E u32.
 #define TM 32
 extern "C" __global__ void __launch_bounds__(1024) moe_route(const u32* idx, u32 nent, u32 e, u32 tmax, u32* route) {
-    extern __shared__ u32 cnt[]; // [E] counts, then [E] cursors
+    DYN_SHARED(u32, cnt); // [E] counts, then [E] cursors
     u32* cur = cnt + e;
     for (u32 x = threadIdx.x; x < e; x += blockDim.x) cnt[x] = 0;
     __syncthreads();

@@ -24,6 +24,17 @@ else
     echo "warning: no Vulkan driver could be installed: the wgpu tests will report NOT RUN" >&2
 fi
 
+# The CUDA backend's tests run its kernels on its CPU emulator (kernels/emu.h), built with a C++ compiler.
+if ! command -v "${CXX:-c++}" >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing g++ for the CUDA emulator"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+fi
+if command -v "${CXX:-c++}" >/dev/null 2>&1; then
+    export HERD_REQUIRE_CUDA_EMU=1
+else
+    echo "warning: no C++ compiler: the CUDA emulator tests will report NOT RUN" >&2
+fi
+
 # The CUDA kernels are compiled by NVRTC when first used. There is no GPU here, but NVRTC runs anywhere: the
 # tests compile every kernel family for Hopper with NVIDIA's NVRTC wheel from PyPI (fetched once into
 # target/nvrtc). With it present, a kernel that fails to compile fails the tests.

@@ -22,7 +22,7 @@ fn cu<T, E: std::fmt::Debug>(what: &str, r: std::result::Result<T, E>) -> Result
 }
 
 /// The shared prelude and one source per op family, named as the CPU ops and the WGSL shaders.
-const COMMON: &str = include_str!("../common.cuh");
+pub(crate) const COMMON: &str = include_str!("../common.cuh");
 pub const FAMILIES: [(&str, &str); 7] = [
     ("elementwise", include_str!("../elementwise.cu")),
     ("rms_norm", include_str!("../rms_norm.cu")),
@@ -89,7 +89,7 @@ pub fn compile(name: &str, arch: (i32, i32)) -> Result<Vec<u8>> {
 
 /// A kernel handle (a CUfunction, kept as an address so commands can be compared and hashed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Func(usize);
+pub(crate) struct Func(pub usize);
 
 /// A kernel argument: a value (pointer or scalar bits), or a byte offset into the step's metadata, resolved
 /// to a device address when the list is submitted.
@@ -171,10 +171,16 @@ impl Drop for Pinned {
     }
 }
 
+enum GraphExec {
+    Cuda(sys::CUgraphExec),
+    /// The emulator replays the list itself.
+    Emu,
+}
+
 struct Graph {
     key: Vec<Cmd>,
     meta_dev: u64,
-    exec: sys::CUgraphExec,
+    exec: GraphExec,
     used: u64,
 }
 
@@ -198,10 +204,6 @@ struct State {
     meta: Vec<u32>,
     meta_dev: u64,
     meta_cap: usize,
-    meta_host: Option<Pinned>,
-    meta_event: sys::CUevent,
-    stage: Vec<Pinned>,
-    stage_events: [sys::CUevent; 2],
     graphs: Vec<Graph>,
     last: Vec<Cmd>,
     scratch: HashMap<&'static str, (u64, usize)>,
@@ -210,19 +212,40 @@ struct State {
     graphs_on: bool,
 }
 
-pub(crate) struct Dev {
+/// Pinned host staging: two upload buffers, each guarded by an event, and the step's metadata, guarded by
+/// another.
+struct Staging {
+    bufs: Vec<Pinned>,
+    events: [sys::CUevent; 2],
+    meta: Option<Pinned>,
+    meta_event: sys::CUevent,
+}
+
+/// The CUDA driver side: stream, modules, cuBLAS, pinned staging.
+struct Cuda {
     stream: sys::CUstream,
+    modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
+    blas: Option<bsys::cublasHandle_t>,
+    stage: Mutex<Staging>,
+    /// Last, so that it is released after everything above (fields drop in order).
+    ctx: Arc<CudaContext>,
+}
+
+/// Where commands run: a CUDA device, or the CPU emulator of the same kernels.
+enum Engine {
+    Cuda(Cuda),
+    Emu(crate::emu::Emu),
+}
+
+pub(crate) struct Dev {
+    engine: Engine,
     pub name: String,
     pub arch: (i32, i32),
     pub sms: u32,
     pub total_mem: usize,
-    modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
     funcs: Mutex<HashMap<String, Func>>,
-    blas: Option<bsys::cublasHandle_t>,
     st: Mutex<State>,
     free_later: Mutex<Vec<u64>>,
-    /// Last, so that it is released after everything above (fields drop in order).
-    ctx: Arc<CudaContext>,
 }
 
 // SAFETY: the raw handles (stream, modules, cuBLAS handle, events, pinned memory) belong to one context
@@ -230,6 +253,21 @@ pub(crate) struct Dev {
 // is thread safe for these calls.
 unsafe impl Send for Dev {}
 unsafe impl Sync for Dev {}
+
+fn new_state() -> State {
+    State {
+        cmds: Vec::new(),
+        meta: Vec::new(),
+        meta_dev: 0,
+        meta_cap: 0,
+        graphs: Vec::new(),
+        last: Vec::new(),
+        scratch: HashMap::new(),
+        stats: GraphStats::default(),
+        tick: 0,
+        graphs_on: std::env::var("HERD_CUDA_GRAPHS").as_deref() != Ok("0"),
+    }
+}
 
 impl Dev {
     pub fn open(ordinal: usize) -> Result<Arc<Dev>> {
@@ -262,43 +300,51 @@ impl Dev {
         } else {
             None
         };
-        let st = State {
-            cmds: Vec::new(),
-            meta: Vec::new(),
-            meta_dev: 0,
-            meta_cap: 0,
-            meta_host: None,
-            meta_event: ev()?,
-            stage: Vec::new(),
-            stage_events: [ev()?, ev()?],
-            graphs: Vec::new(),
-            last: Vec::new(),
-            scratch: HashMap::new(),
-            stats: GraphStats::default(),
-            tick: 0,
-            graphs_on: std::env::var("HERD_CUDA_GRAPHS").as_deref() != Ok("0"),
+        let cuda = Cuda {
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            blas,
+            stage: Mutex::new(Staging { bufs: Vec::new(), events: [ev()?, ev()?], meta: None, meta_event: ev()? }),
+            ctx,
         };
         Ok(Arc::new(Dev {
-            stream,
+            engine: Engine::Cuda(cuda),
             name,
             arch,
             sms: sms as u32,
             total_mem,
-            modules: Mutex::new(HashMap::new()),
             funcs: Mutex::new(HashMap::new()),
-            blas,
-            st: Mutex::new(st),
+            st: Mutex::new(new_state()),
             free_later: Mutex::new(Vec::new()),
-            ctx,
+        }))
+    }
+
+    /// The CPU emulator, shaped like an H100 (132 SMs, sm_90) so that kernels are chosen as there.
+    pub fn emulated() -> Result<Arc<Dev>> {
+        Ok(Arc::new(Dev {
+            engine: Engine::Emu(crate::emu::Emu::new()?),
+            name: "emulated on the CPU".into(),
+            arch: (9, 0),
+            sms: 132,
+            total_mem: 0,
+            funcs: Mutex::new(HashMap::new()),
+            st: Mutex::new(new_state()),
+            free_later: Mutex::new(Vec::new()),
         }))
     }
 
     pub fn has_blas(&self) -> bool {
-        self.blas.is_some()
+        match &self.engine {
+            Engine::Cuda(c) => c.blas.is_some(),
+            Engine::Emu(_) => true,
+        }
     }
 
     fn bind(&self) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|e| err(format!("bind context: {e:?}")))
+        match &self.engine {
+            Engine::Cuda(c) => c.ctx.bind_to_thread().map_err(|e| err(format!("bind context: {e:?}"))),
+            Engine::Emu(_) => Ok(()),
+        }
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>> {
@@ -312,54 +358,72 @@ impl Dev {
         if let Some(&f) = funcs.get(name) {
             return Ok(f);
         }
-        self.bind()?;
-        let mut mods = self.modules.lock().map_err(|_| err("module table poisoned"))?;
-        let module = match mods.get(family) {
-            Some(&m) => m,
-            None => {
-                let bin = compile(family, self.arch)?;
-                // SAFETY: `bin` is a CUBIN for this device, alive during the call.
-                let m =
-                    cu(&format!("load {family}.cu"), unsafe { drv::module::load_data(bin.as_ptr() as *const c_void) })?;
-                mods.insert(family, m);
-                m
+        let f = match &self.engine {
+            Engine::Emu(e) => e.func(family, name)?,
+            Engine::Cuda(c) => {
+                self.bind()?;
+                let mut mods = c.modules.lock().map_err(|_| err("module table poisoned"))?;
+                let module = match mods.get(family) {
+                    Some(&m) => m,
+                    None => {
+                        let bin = compile(family, self.arch)?;
+                        // SAFETY: `bin` is a CUBIN for this device, alive during the call.
+                        let m = cu(&format!("load {family}.cu"), unsafe {
+                            drv::module::load_data(bin.as_ptr() as *const c_void)
+                        })?;
+                        mods.insert(family, m);
+                        m
+                    }
+                };
+                let cname = CString::new(name).map_err(|_| err("bad kernel name"))?;
+                // SAFETY: a loaded module and a NUL-terminated name.
+                let f =
+                    cu(&format!("kernel {name} in {family}.cu"), unsafe { drv::module::get_function(module, cname) })?;
+                Func(f as usize)
             }
         };
-        let cname = CString::new(name).map_err(|_| err("bad kernel name"))?;
-        // SAFETY: a loaded module and a NUL-terminated name.
-        let f = cu(&format!("kernel {name} in {family}.cu"), unsafe { drv::module::get_function(module, cname) })?;
-        let f = Func(f as usize);
         funcs.insert(name.to_owned(), f);
         Ok(f)
     }
 
     /// Lets kernel `f` use `bytes` of dynamic shared memory (above the 48 KiB default).
     pub fn allow_smem(&self, f: Func, bytes: usize) -> Result<()> {
-        if bytes > 48 << 10 {
-            self.bind()?;
-            // SAFETY: a live function handle.
-            cu("cuFuncSetAttribute", unsafe {
-                drv::function::set_function_attribute(
-                    f.0 as sys::CUfunction,
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    bytes as i32,
-                )
-            })?;
+        if let Engine::Cuda(_) = &self.engine {
+            if bytes > 48 << 10 {
+                self.bind()?;
+                // SAFETY: a live function handle.
+                cu("cuFuncSetAttribute", unsafe {
+                    drv::function::set_function_attribute(
+                        f.0 as sys::CUfunction,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes as i32,
+                    )
+                })?;
+            }
         }
         Ok(())
     }
 
     // ---- memory ---------------------------------------------------------------------------------------
 
+    fn malloc(&self, n: usize, what: &str) -> Result<u64> {
+        match &self.engine {
+            Engine::Emu(e) => e.malloc(n),
+            // SAFETY: plain allocation.
+            Engine::Cuda(_) => unsafe { drv::malloc_sync(n) }
+                .map_err(|e| err(format!("out of device memory allocating {n} bytes of {what} ({e:?})"))),
+        }
+    }
+
     /// A zeroed device allocation of `bytes` (at least 4).
     pub fn alloc(&self, bytes: usize) -> Result<u64> {
-        let st = self.lock()?;
+        let _st = self.lock()?;
         let n = bytes.max(4);
-        // SAFETY: plain allocation; zeroed on our stream before any later work.
-        let p = unsafe { drv::malloc_sync(n) }
-            .map_err(|e| err(format!("out of device memory allocating {n} bytes ({e:?})")))?;
-        cu("cuMemsetD8Async", unsafe { drv::memset_d8_async(p, 0, n, self.stream) })?;
-        drop(st);
+        let p = self.malloc(n, "a buffer")?;
+        if let Engine::Cuda(c) = &self.engine {
+            // SAFETY: zeroing the fresh allocation on our stream, before any later work.
+            cu("cuMemsetD8Async", unsafe { drv::memset_d8_async(p, 0, n, c.stream) })?;
+        }
         Ok(p)
     }
 
@@ -370,47 +434,73 @@ impl Dev {
         }
     }
 
-    /// Copies host bytes to `dst` through the pinned staging buffers, in stream order.
+    /// Copies host bytes to `dst` in stream order (through pinned staging buffers on a GPU).
     pub fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
-        let mut st = self.lock()?;
-        while st.stage.len() < 2 {
-            st.stage.push(Pinned::new(STAGE)?);
-        }
-        for (i, chunk) in src.chunks(STAGE).enumerate() {
-            let b = i % 2;
-            // SAFETY: waiting on our own event, then reusing the staging buffer it guarded.
-            cu("cuEventSynchronize", unsafe { drv::event::synchronize(st.stage_events[b]) })?;
-            let stage = st.stage[b].slice(chunk.len());
-            stage.copy_from_slice(chunk);
-            let off = (i * STAGE) as u64;
-            // SAFETY: pinned source of chunk.len() bytes, destination allocated by the caller for src.len().
-            unsafe {
-                cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(dst + off, &*stage, self.stream))?;
-                cu("cuEventRecord", drv::event::record(st.stage_events[b], self.stream))?;
+        let _st = self.lock()?;
+        match &self.engine {
+            Engine::Emu(e) => {
+                // SAFETY: `dst` holds src.len() bytes (allocated by the caller for it).
+                unsafe { e.copy(dst, src.as_ptr() as u64, src.len()) };
+                Ok(())
+            }
+            Engine::Cuda(c) => {
+                let mut stage = c.stage.lock().map_err(|_| err("staging poisoned"))?;
+                let Staging { bufs, events, .. } = &mut *stage;
+                while bufs.len() < 2 {
+                    bufs.push(Pinned::new(STAGE)?);
+                }
+                for (i, chunk) in src.chunks(STAGE).enumerate() {
+                    let b = i % 2;
+                    // SAFETY: waiting on our own event, then reusing the staging buffer it guarded.
+                    cu("cuEventSynchronize", unsafe { drv::event::synchronize(events[b]) })?;
+                    let host = bufs[b].slice(chunk.len());
+                    host.copy_from_slice(chunk);
+                    let off = (i * STAGE) as u64;
+                    // SAFETY: pinned source of chunk.len() bytes; the destination holds src.len() bytes.
+                    unsafe {
+                        cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(dst + off, &*host, c.stream))?;
+                        cu("cuEventRecord", drv::event::record(events[b], c.stream))?;
+                    }
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Runs the step so far, waits for it, and copies `bytes` from `src` to the host.
     pub fn read(&self, src: u64, bytes: usize) -> Result<Vec<u8>> {
         let mut st = self.lock()?;
         self.flush(&mut st)?;
-        // SAFETY: our stream; after it drains nothing on the device touches `src`.
-        cu("cuStreamSynchronize", unsafe { drv::stream::synchronize(self.stream) })?;
         let mut out = vec![0u8; bytes];
-        if bytes > 0 {
-            // SAFETY: `src` holds at least `bytes` (checked by the op), and the stream has drained.
-            cu("cuMemcpyDtoH", unsafe { drv::memcpy_dtoh_sync(&mut out, src) })?;
+        match &self.engine {
+            Engine::Emu(e) => {
+                // SAFETY: `src` holds at least `bytes` (checked by the op).
+                unsafe { e.copy(out.as_mut_ptr() as u64, src, bytes) }
+            }
+            Engine::Cuda(c) => {
+                // SAFETY: our stream; after it drains nothing on the device touches `src`.
+                cu("cuStreamSynchronize", unsafe { drv::stream::synchronize(c.stream) })?;
+                if bytes > 0 {
+                    // SAFETY: `src` holds at least `bytes` (checked by the op), and the stream has drained.
+                    cu("cuMemcpyDtoH", unsafe { drv::memcpy_dtoh_sync(&mut out, src) })?;
+                }
+            }
         }
         let dead: Vec<u64> = self.free_later.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
         for p in dead {
-            // SAFETY: every command that used `p` has completed (the stream drained above).
-            unsafe {
-                let _ = drv::free_sync(p);
-            }
+            self.free_now(p);
         }
         Ok(out)
+    }
+
+    fn free_now(&self, p: u64) {
+        match &self.engine {
+            Engine::Emu(e) => e.free(p),
+            // SAFETY: every command that used `p` has completed (the callers drain the stream first).
+            Engine::Cuda(_) => unsafe {
+                let _ = drv::free_sync(p);
+            },
+        }
     }
 
     /// Waits for everything enqueued (the step is submitted first).
@@ -449,15 +539,66 @@ impl Dev {
             self.free_later(p);
         }
         let n = bytes.max(256).next_power_of_two();
-        // SAFETY: plain allocation.
-        let p = unsafe { drv::malloc_sync(n) }
-            .map_err(|e| err(format!("out of device memory allocating {n} bytes of {role} ({e:?})")))?;
+        let p = self.malloc(n, role)?;
         st.scratch.insert(role, (p, n));
         Ok(p)
     }
 
     pub fn stats(&self) -> GraphStats {
         self.st.lock().map(|s| s.stats).unwrap_or_default()
+    }
+
+    fn destroy(&self, g: Graph) {
+        if let GraphExec::Cuda(exec) = g.exec {
+            // SAFETY: the driver defers destruction past launches still pending.
+            unsafe {
+                let _ = drv::graph::exec_destroy(exec);
+            }
+        }
+    }
+
+    /// Copies the step's metadata to the device arena, in stream order.
+    fn upload_meta(&self, st: &mut State) -> Result<()> {
+        let bytes = st.meta.len() * 4;
+        if bytes > st.meta_cap {
+            let cap = bytes.next_power_of_two().max(64 << 10);
+            let p = self.malloc(cap, "the metadata arena")?;
+            if st.meta_dev != 0 {
+                self.free_later(st.meta_dev);
+            }
+            // Graphs captured against the old arena address are stale.
+            for g in std::mem::take(&mut st.graphs) {
+                self.destroy(g);
+            }
+            st.meta_dev = p;
+            st.meta_cap = cap;
+            if let Engine::Cuda(c) = &self.engine {
+                c.stage.lock().map_err(|_| err("staging poisoned"))?.meta = Some(Pinned::new(cap)?);
+            }
+        }
+        if bytes == 0 {
+            return Ok(());
+        }
+        match &self.engine {
+            Engine::Emu(e) => {
+                // SAFETY: the arena holds meta_cap >= bytes.
+                unsafe { e.copy(st.meta_dev, st.meta.as_ptr() as u64, bytes) };
+            }
+            Engine::Cuda(c) => {
+                let mut stage = c.stage.lock().map_err(|_| err("staging poisoned"))?;
+                let Staging { meta: host, meta_event: event, .. } = &mut *stage;
+                // SAFETY: the previous copy out of the pinned buffer is waited for before it is overwritten.
+                cu("cuEventSynchronize", unsafe { drv::event::synchronize(*event) })?;
+                let host = host.as_mut().ok_or_else(|| err("metadata buffer missing"))?.slice(bytes);
+                host.copy_from_slice(bytemuck::cast_slice(&st.meta));
+                // SAFETY: pinned source of `bytes`, device arena of meta_cap >= bytes.
+                unsafe {
+                    cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(st.meta_dev, &*host, c.stream))?;
+                    cu("cuEventRecord", drv::event::record(*event, c.stream))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Submits the recorded step: its metadata, then its commands (replayed from a graph when this exact
@@ -467,38 +608,9 @@ impl Dev {
             st.meta.clear();
             return Ok(());
         }
-        let bytes = st.meta.len() * 4;
-        if bytes > st.meta_cap {
-            let cap = bytes.next_power_of_two().max(64 << 10);
-            // SAFETY: plain allocation; the old one is freed after the work using it.
-            let p = unsafe { drv::malloc_sync(cap) }.map_err(|e| err(format!("metadata arena ({e:?})")))?;
-            if st.meta_dev != 0 {
-                self.free_later(st.meta_dev);
-            }
-            // Graphs captured against the old arena address are stale.
-            for g in st.graphs.drain(..) {
-                // SAFETY: no launch of this graph is pending beyond what the stream orders.
-                unsafe {
-                    let _ = drv::graph::exec_destroy(g.exec);
-                }
-            }
-            st.meta_dev = p;
-            st.meta_cap = cap;
-            st.meta_host = Some(Pinned::new(cap)?);
-        }
-        let meta_dev = st.meta_dev;
-        if bytes > 0 {
-            // SAFETY: the previous copy out of the pinned buffer is waited for before it is overwritten.
-            cu("cuEventSynchronize", unsafe { drv::event::synchronize(st.meta_event) })?;
-            let host = st.meta_host.as_mut().ok_or_else(|| err("metadata buffer missing"))?.slice(bytes);
-            host.copy_from_slice(bytemuck::cast_slice(&st.meta));
-            // SAFETY: pinned source of `bytes`, device arena of meta_cap >= bytes.
-            unsafe {
-                cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(meta_dev, &*host, self.stream))?;
-                cu("cuEventRecord", drv::event::record(st.meta_event, self.stream))?;
-            }
-        }
+        self.upload_meta(st)?;
         st.meta.clear();
+        let meta_dev = st.meta_dev;
         let cmds = std::mem::take(&mut st.cmds);
         st.stats.steps += 1;
         st.tick += 1;
@@ -506,8 +618,11 @@ impl Dev {
         if let Some(g) = st.graphs.iter_mut().find(|g| g.meta_dev == meta_dev && g.key == cmds) {
             g.used = tick;
             st.stats.replayed += 1;
-            // SAFETY: an instantiated graph whose buffers are alive (the same list was just recorded).
-            cu("cuGraphLaunch", unsafe { drv::graph::launch(g.exec, self.stream) })?;
+            match g.exec {
+                // SAFETY: an instantiated graph whose buffers are alive (the same list was just recorded).
+                GraphExec::Cuda(exec) => cu("cuGraphLaunch", unsafe { drv::graph::launch(exec, self.stream()?) })?,
+                GraphExec::Emu => self.issue_all(&cmds, meta_dev)?,
+            }
             st.last = cmds;
             return Ok(());
         }
@@ -516,38 +631,54 @@ impl Dev {
             && !cmds.iter().any(|c| matches!(c, Cmd::Gemm(_)))
             && st.last == cmds;
         if capturable {
-            let exec = self.capture(&cmds, meta_dev)?;
-            // SAFETY: a freshly instantiated graph.
-            cu("cuGraphLaunch", unsafe { drv::graph::launch(exec, self.stream) })?;
+            let exec = match &self.engine {
+                Engine::Cuda(_) => {
+                    let exec = self.capture(&cmds, meta_dev)?;
+                    // SAFETY: a freshly instantiated graph.
+                    cu("cuGraphLaunch", unsafe { drv::graph::launch(exec, self.stream()?) })?;
+                    GraphExec::Cuda(exec)
+                }
+                Engine::Emu(_) => {
+                    self.issue_all(&cmds, meta_dev)?;
+                    GraphExec::Emu
+                }
+            };
             if st.graphs.len() >= MAX_GRAPHS {
                 if let Some(i) = st.graphs.iter().enumerate().min_by_key(|(_, g)| g.used).map(|(i, _)| i) {
                     let g = st.graphs.swap_remove(i);
-                    // SAFETY: destroying an executable graph is deferred by the driver past pending launches.
-                    unsafe {
-                        let _ = drv::graph::exec_destroy(g.exec);
-                    }
+                    self.destroy(g);
                 }
             }
             st.graphs.push(Graph { key: cmds.clone(), meta_dev, exec, used: tick });
             st.stats.captured += 1;
         } else {
-            for c in &cmds {
-                self.issue(c, meta_dev)?;
-            }
+            self.issue_all(&cmds, meta_dev)?;
         }
         st.last = cmds;
         Ok(())
     }
 
+    fn stream(&self) -> Result<sys::CUstream> {
+        match &self.engine {
+            Engine::Cuda(c) => Ok(c.stream),
+            Engine::Emu(_) => Err(err("the emulator has no stream")),
+        }
+    }
+
+    fn issue_all(&self, cmds: &[Cmd], meta_dev: u64) -> Result<()> {
+        cmds.iter().try_for_each(|c| self.issue(c, meta_dev))
+    }
+
     fn capture(&self, cmds: &[Cmd], meta_dev: u64) -> Result<sys::CUgraphExec> {
+        let stream = self.stream()?;
         // SAFETY: capture on our stream, ended on every path.
         unsafe {
             cu(
                 "cuStreamBeginCapture",
-                drv::stream::begin_capture(self.stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+                drv::stream::begin_capture(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
             )?;
-            let issued: Result<()> = cmds.iter().try_for_each(|c| self.issue(c, meta_dev));
-            let graph = drv::stream::end_capture(self.stream);
+            let issued = self.issue_all(cmds, meta_dev);
+            let graph = drv::stream::end_capture(stream);
             issued?;
             let graph = cu("cuStreamEndCapture", graph)?;
             let exec = drv::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0));
@@ -561,97 +692,124 @@ impl Dev {
             Arg::V(v) => v,
             Arg::Meta(off) => meta_dev + off as u64,
         };
-        match c {
-            Cmd::Launch { f, grid, block, smem, args } => {
+        match (&self.engine, c) {
+            (Engine::Emu(e), Cmd::Launch { f, grid, block, smem, args }) => {
+                let mut vals: Vec<u64> = args.iter().map(resolve).collect();
+                e.launch(*f, *grid, *block, *smem, &mut vals)
+            }
+            (Engine::Emu(e), Cmd::Copy { dst, src, bytes }) => {
+                // SAFETY: both ranges lie in live allocations (checked by the op).
+                unsafe { e.copy(*dst, *src, *bytes) };
+                Ok(())
+            }
+            (Engine::Emu(e), Cmd::MetaCopy { dst, off, bytes }) => {
+                // SAFETY: as above; the metadata was copied to the arena ahead of the list.
+                unsafe { e.copy(*dst, meta_dev + *off as u64, *bytes) };
+                Ok(())
+            }
+            (Engine::Emu(e), Cmd::Gemm(g)) => {
+                // SAFETY: the op checked the tensor sizes.
+                unsafe { e.gemm(g) };
+                Ok(())
+            }
+            (Engine::Cuda(cd), Cmd::Launch { f, grid, block, smem, args }) => {
                 let mut vals: Vec<u64> = args.iter().map(resolve).collect();
                 let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
                 // SAFETY: each argument slot is 8 bytes and holds the kernel parameter in its low bytes (little
-                // endian), the count and types match the kernel's signature (lib.rs builds them per kernel).
+                // endian); the count and types match the kernel's signature (lib.rs builds them per kernel).
                 cu("cuLaunchKernel", unsafe {
-                    drv::launch_kernel(f.0 as sys::CUfunction, *grid, (*block, 1, 1), *smem, self.stream, &mut ptrs)
+                    drv::launch_kernel(f.0 as sys::CUfunction, *grid, (*block, 1, 1), *smem, cd.stream, &mut ptrs)
                 })
             }
-            Cmd::Copy { dst, src, bytes } => {
+            (Engine::Cuda(cd), Cmd::Copy { dst, src, bytes }) => {
                 // SAFETY: both ranges lie in live allocations (checked by the op).
-                cu("cuMemcpyDtoDAsync", unsafe { drv::memcpy_dtod_async(*dst, *src, *bytes, self.stream) })
+                cu("cuMemcpyDtoDAsync", unsafe { drv::memcpy_dtod_async(*dst, *src, *bytes, cd.stream) })
             }
-            Cmd::MetaCopy { dst, off, bytes } => {
+            (Engine::Cuda(cd), Cmd::MetaCopy { dst, off, bytes }) => {
                 // SAFETY: as above; the metadata was copied to the arena ahead of the list.
                 cu("cuMemcpyDtoDAsync", unsafe {
-                    drv::memcpy_dtod_async(*dst, meta_dev + *off as u64, *bytes, self.stream)
+                    drv::memcpy_dtod_async(*dst, meta_dev + *off as u64, *bytes, cd.stream)
                 })
             }
-            Cmd::Gemm(g) => self.gemm(g),
+            (Engine::Cuda(cd), Cmd::Gemm(g)) => cuda_gemm(cd, g),
         }
     }
+}
 
-    fn gemm(&self, g: &Gemm) -> Result<()> {
-        let h = self.blas.ok_or_else(|| err("cuBLAS is not available"))?;
-        let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
-        let ty = if g.bf16 { bsys::cudaDataType::CUDA_R_16BF } else { bsys::cudaDataType::CUDA_R_32F };
-        // SAFETY: a (n×k), b (m×k) and c (m×n) row-major in live allocations; in cuBLAS's column-major terms
-        // cᵀ (n×m) = aᵀ(op T of the k×n column-major view) · bᵀ.
-        cu("cublasGemmEx", unsafe {
-            blas::gemm_ex(
-                h,
-                bsys::cublasOperation_t::CUBLAS_OP_T,
-                bsys::cublasOperation_t::CUBLAS_OP_N,
-                g.n as i32,
-                g.m as i32,
-                g.k as i32,
-                &alpha as *const f32 as *const c_void,
-                g.a as *const c_void,
-                ty,
-                g.k as i32,
-                g.b as *const c_void,
-                ty,
-                g.k as i32,
-                &beta as *const f32 as *const c_void,
-                g.c as *mut c_void,
-                bsys::cudaDataType::CUDA_R_32F,
-                g.n as i32,
-                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        })
-    }
+fn cuda_gemm(c: &Cuda, g: &Gemm) -> Result<()> {
+    let h = c.blas.ok_or_else(|| err("cuBLAS is not available"))?;
+    let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+    let ty = if g.bf16 { bsys::cudaDataType::CUDA_R_16BF } else { bsys::cudaDataType::CUDA_R_32F };
+    // SAFETY: a (n×k), b (m×k) and c (m×n) row-major in live allocations; in cuBLAS's column-major terms
+    // cᵀ (n×m) = op_T(a viewed as k×n) · (b viewed as k×m).
+    cu("cublasGemmEx", unsafe {
+        blas::gemm_ex(
+            h,
+            bsys::cublasOperation_t::CUBLAS_OP_T,
+            bsys::cublasOperation_t::CUBLAS_OP_N,
+            g.n as i32,
+            g.m as i32,
+            g.k as i32,
+            &alpha as *const f32 as *const c_void,
+            g.a as *const c_void,
+            ty,
+            g.k as i32,
+            g.b as *const c_void,
+            ty,
+            g.k as i32,
+            &beta as *const f32 as *const c_void,
+            g.c as *mut c_void,
+            bsys::cudaDataType::CUDA_R_32F,
+            g.n as i32,
+            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    })
 }
 
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.bind();
-        // SAFETY: tearing down our own handles after the stream drains.
-        unsafe {
-            let _ = drv::stream::synchronize(self.stream);
-            if let Ok(mut st) = self.st.lock() {
-                for g in st.graphs.drain(..) {
-                    let _ = drv::graph::exec_destroy(g.exec);
-                }
-                for (_, (p, _)) in st.scratch.drain() {
-                    let _ = drv::free_sync(p);
-                }
-                if st.meta_dev != 0 {
-                    let _ = drv::free_sync(st.meta_dev);
-                }
-                let _ = drv::event::destroy(st.meta_event);
-                for e in st.stage_events {
-                    let _ = drv::event::destroy(e);
-                }
+        if let Engine::Cuda(c) = &self.engine {
+            // SAFETY: our own stream.
+            unsafe {
+                let _ = drv::stream::synchronize(c.stream);
             }
-            if let Ok(mut v) = self.free_later.lock() {
-                for p in v.drain(..) {
-                    let _ = drv::free_sync(p);
+        }
+        let mut dead: Vec<u64> = self.free_later.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        if let Ok(mut st) = self.st.lock() {
+            for g in std::mem::take(&mut st.graphs) {
+                self.destroy(g);
+            }
+            dead.extend(st.scratch.drain().map(|(_, (p, _))| p));
+            if st.meta_dev != 0 {
+                dead.push(st.meta_dev);
+            }
+        }
+        for p in dead {
+            self.free_now(p);
+        }
+        if let Engine::Cuda(c) = &self.engine {
+            // SAFETY: tearing down our own handles after the stream drained.
+            unsafe {
+                if let Ok(mut stage) = c.stage.lock() {
+                    stage.bufs.clear();
+                    stage.meta = None;
+                    for e in stage.events {
+                        let _ = drv::event::destroy(e);
+                    }
+                    let _ = drv::event::destroy(stage.meta_event);
                 }
-            }
-            if let Some(h) = self.blas {
-                let _ = blas::destroy_handle(h);
-            }
-            if let Ok(mods) = self.modules.lock() {
-                for (_, &m) in mods.iter() {
-                    let _ = drv::module::unload(m);
+                if let Some(h) = c.blas {
+                    let _ = blas::destroy_handle(h);
                 }
+                if let Ok(mods) = c.modules.lock() {
+                    for (_, &m) in mods.iter() {
+                        let _ = drv::module::unload(m);
+                    }
+                }
+                let _ = drv::stream::destroy(c.stream);
             }
-            let _ = drv::stream::destroy(self.stream);
         }
     }
 }

@@ -10,6 +10,7 @@
 //! per-entry GEMVs for decode and expert-grouped tiles for batches, routed on the device.
 
 mod device;
+mod emu;
 
 use std::sync::Arc;
 
@@ -94,6 +95,18 @@ impl CudaBackend {
     /// Opens CUDA device 0.
     pub fn new() -> Result<Self> {
         Self::on_device(0)
+    }
+
+    /// The CUDA backend on the CPU emulator of its kernels (see `emu`): the same host code, command lists,
+    /// graphs and .cu kernels, run as C++ on the CPU. For tests on machines without a GPU; needs a C++
+    /// compiler.
+    pub fn emulated() -> Result<Self> {
+        Ok(CudaBackend { dev: Dev::emulated()? })
+    }
+
+    /// Whether [`CudaBackend::emulated`] can work here (a C++ compiler is installed).
+    pub fn emulator_available() -> bool {
+        emu::available()
     }
 
     /// Opens CUDA device `ordinal`.

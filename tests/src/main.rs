@@ -1,4 +1,5 @@
-//! `conformance`: the op table on every backend present (cpu, wgpu, cuda). `--perf` also times each row (GB/s,
+//! `conformance`: the op table on every backend present (cpu, wgpu, cuda); `--backend cuda-emu` runs it on the
+//! CUDA backend's CPU emulator. `--perf` also times each row (GB/s,
 //! GFLOP/s); `--op NAME` keeps rows whose op contains NAME; `--backend NAME` runs one backend. A backend
 //! that is not present is reported as not run; `--subgroups` / `--no-subgroups` force wgpu's reductions onto
 //! subgroup operations or off them (by default: on for hardware GPUs that have them). With
@@ -65,6 +66,16 @@ fn main() {
                 if std::env::var("HERD_REQUIRE_CUDA").as_deref() == Ok("1") {
                     missing += 1;
                 }
+            }
+        }
+    }
+    // The CUDA backend with its kernels run by the CPU emulator: only when asked for by name (it is slow).
+    if only == Some("cuda-emu") {
+        match CudaBackend::emulated() {
+            Ok(be) => run(be.name(), run_table(&be, false, filter)),
+            Err(e) => {
+                println!("backend cuda-emu: NOT RUN ({e})\n");
+                missing += 1;
             }
         }
     }

@@ -1,6 +1,8 @@
 //! The op table on the CUDA backend, against the plain f64 references. It needs an NVIDIA GPU and driver:
 //! without one the test says NOT RUN, and with HERD_REQUIRE_CUDA=1 (set by scripts/gpu-check.sh) that is a
-//! failure. CI has no GPU; the GPU script runs this table through the `conformance` binary.
+//! failure. CI has no GPU; the GPU script runs this table through the `conformance` binary. CI runs the
+//! table on the CUDA backend's CPU emulator instead: the same host code and .cu kernels, compiled as C++
+//! (HERD_REQUIRE_CUDA_EMU=1 makes a missing C++ compiler a failure).
 
 use herd_conformance::table::{format_table, run_table};
 use herd_core::backend::Backend;
@@ -16,7 +18,24 @@ fn cuda_backend_passes_the_op_table() {
             return;
         }
     };
-    let rows = run_table(&be, false, None);
+    table(&be);
+}
+
+#[test]
+fn cuda_emulator_passes_the_op_table() {
+    let be = match CudaBackend::emulated() {
+        Ok(b) => b,
+        Err(e) => {
+            assert!(std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"), "CUDA emulator required: {e}");
+            eprintln!("cuda emulator: NOT RUN ({e})");
+            return;
+        }
+    };
+    table(&be);
+}
+
+fn table(be: &CudaBackend) {
+    let rows = run_table(be, false, None);
     let table = format_table(&be.name(), &rows);
     eprintln!("{table}");
     assert!(rows.len() > 40, "the table lost rows: {}", rows.len());
