@@ -497,6 +497,26 @@ fn parse_text(f: &Fields) -> Result<TextConfig> {
 }
 
 impl TextConfig {
+    /// Weight parameters one decode token reads: every layer's attention, norms, router, shared expert (or
+    /// dense MLP) and `num_experts_per_tok` routed experts, the final norm and the lm_head (and one
+    /// embedding row). Times the bytes per parameter, this is the memory traffic that bounds decode speed.
+    pub fn decode_params(&self) -> usize {
+        let (d, h, kvh, hd) = (self.hidden_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim);
+        let attn = 2 * d * h * hd + 2 * d * kvh * hd + 2 * d;
+        let per_layer: usize = (0..self.num_hidden_layers)
+            .map(|i| {
+                let ffn = if self.moe_layers.get(i).copied().unwrap_or(false) {
+                    let f = self.intermediate_size;
+                    self.num_local_experts * d + 3 * d * f * (1 + self.num_experts_per_tok)
+                } else {
+                    3 * d * self.intermediate_size_mlp
+                };
+                attn + ffn
+            })
+            .sum();
+        per_layer + d + self.vocab_size * d + d
+    }
+
     /// RoPE inverse frequencies θ_j (f32, length head_dim/2), with the layer's scaling applied, as
     /// transformers computes them.
     pub fn rope_inv_freq(&self) -> Vec<f32> {

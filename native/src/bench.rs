@@ -70,6 +70,10 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
     let prefill_tps = prompt.len() as f64 / best_prefill;
     let decode_tps = a.gen_tokens as f64 / best_decode.max(1e-12);
     let peak = peak_rss().unwrap_or(0);
+    // The decode roofline: weight bytes each token reads (synthetic: the format made; a checkpoint: bf16).
+    let elem = synth.as_ref().map_or(2, |_| a.quant.as_deref().map_or(2, |q| if q == "f32" { 4 } else { 2 }));
+    let decode_bytes = cfg.text.decode_params() * elem;
+    let decode_gbs = decode_bytes as f64 * decode_tps / 1e9;
     // What scales with depth: decode time per token per layer. It also carries the embedding and lm_head,
     // spread over the layers, so ×48 overestimates a full model (by a lot at 1 layer; less with more layers).
     let ms_per_layer_token = (a.gen_tokens > 0).then(|| best_decode * 1e3 / a.gen_tokens as f64 / layers.max(1) as f64);
@@ -78,6 +82,7 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
             "model": describe, "backend": name, "prompt_tokens": prompt.len(), "gen_tokens": a.gen_tokens,
             "load_s": load_s, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps, "peak_rss_bytes": peak,
             "layers": layers, "ms_per_layer_token": ms_per_layer_token,
+            "decode_weight_bytes_per_token": decode_bytes, "decode_weight_gb_s": decode_gbs,
             "synthetic": synth.as_ref().map(|s| s.0.clone()), "backend_stats": model.backend().stats(),
         });
         if let Some((_, _, bytes)) = &synth {
@@ -93,6 +98,10 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
         println!("load: {load_s:.2} s");
         println!("prefill: {} tokens in {:.1} ms = {prefill_tps:.1} tok/s", prompt.len(), best_prefill * 1e3);
         println!("decode: {} tokens in {:.1} ms = {decode_tps:.1} tok/s", a.gen_tokens, best_decode * 1e3);
+        println!(
+            "decode weight traffic: {:.2} GB per token (active parameters x {elem} bytes) = {decode_gbs:.1} GB/s at that speed",
+            decode_bytes as f64 / 1e9
+        );
         if let Some(ms) = ms_per_layer_token {
             println!("decode per layer: {ms:.2} ms per layer per token (decode time / tokens / {layers} layer(s))");
             if synth.as_ref().is_some_and(|s| s.0 != "tiny") {

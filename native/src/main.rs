@@ -54,8 +54,8 @@ struct ModelArg {
 
 #[derive(Args)]
 struct BackendArg {
-    /// Compute backend: cpu, wgpu, cuda, or auto (CUDA if there is an NVIDIA GPU, else a hardware GPU through
-    /// wgpu, else cpu).
+    /// Compute backend: cpu, wgpu, cuda, cuda-emu (the CUDA kernels on a CPU emulator, for testing), or auto
+    /// (CUDA if there is an NVIDIA GPU, else a hardware GPU through wgpu, else cpu).
     #[arg(long, default_value = "cpu")]
     backend: String,
 }
@@ -192,6 +192,8 @@ fn choose_backend(name: &str) -> Result<Chosen> {
         "cpu" => Ok(Chosen::Cpu),
         "wgpu" => Ok(Chosen::Wgpu(Box::new(WgpuBackend::new()?))),
         "cuda" => Ok(Chosen::Cuda(Box::new(CudaBackend::new()?))),
+        // The CUDA backend with its kernels run by its CPU emulator: slow, for checking kernels without a GPU.
+        "cuda-emu" => Ok(Chosen::Cuda(Box::new(CudaBackend::emulated()?))),
         "auto" => Ok(match CudaBackend::new() {
             Ok(c) => {
                 eprintln!("backend: cuda on {}", c.device_name());
@@ -199,7 +201,7 @@ fn choose_backend(name: &str) -> Result<Chosen> {
             }
             Err(_) => auto_wgpu_or_cpu(),
         }),
-        other => bail!("unknown backend {other:?} (available: cpu, wgpu, cuda, auto)"),
+        other => bail!("unknown backend {other:?} (available: cpu, wgpu, cuda, cuda-emu, auto)"),
     }
 }
 

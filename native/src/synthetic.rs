@@ -106,6 +106,9 @@ mod tests {
         assert_eq!((s.hidden_size, s.num_local_experts, s.num_hidden_layers), (5120, 16, 4));
         assert!(s.moe_layers.iter().all(|&m| m) && s.use_qk_norm);
         assert_eq!(s.use_rope, vec![true, true, true, false]);
+        // Scout is "17B active": ~16.1B weight parameters per decode token, the embedding table aside.
+        let active = parse("scout", 48).text.decode_params() as f64;
+        assert!((active - 16.14e9).abs() < 0.05e9, "{active}");
         let m = parse("maverick", 4).text;
         assert_eq!(m.moe_layers, vec![false, true, false, true]);
         assert_eq!(m.num_local_experts, 128);
