@@ -1,5 +1,6 @@
 // out[m, n] = Σ_k x[m, k] · w[n, k] (nn.Linear weights) for decode-sized m: one warp per output column,
-// M rows at a time, the weight row streamed once with 16-byte loads, four in flight per lane. Prefill GEMMs
+// M rows at a time, the weight row streamed once with 16-byte loads, four in flight per lane; and the SwiGLU
+// pair (gate and up) fused the same way. Prefill GEMMs
 // go to cuBLAS (lib.rs); `split_bf16` prepares its input there (x = hi + lo, both bf16, so the tensor-core
 // product of two bf16 GEMMs matches an f32 one to ~2^-17 relative).
 
@@ -74,6 +75,94 @@ __device__ void gemv(const float* __restrict__ x, const void* __restrict__ w, fl
 GEMV_ALL(f32, 0)
 GEMV_ALL(bf16, 1)
 GEMV_ALL(f16, 2)
+
+// The SwiGLU pair fused: out[m, j] = silu(x·g_j) · (x·u_j), both weight rows streamed by the same warp.
+template <int DT, int M, bool VEC>
+__device__ void swiglu(const float* __restrict__ x, const void* __restrict__ wg, const void* __restrict__ wu,
+                       float* __restrict__ out, u32 m, u32 n, u32 k) {
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32 col = blockIdx.x * (blockDim.x >> 5) + warp;
+    const u32 r0 = blockIdx.y * M;
+    if (col >= n) return;
+    float ag[M], au[M];
+#pragma unroll
+    for (int r = 0; r < M; r++) ag[r] = au[r] = 0.0f;
+    const u64 wrow = (u64)col * k;
+    if (VEC) {
+        u32 kk = lane * 8;
+        for (; kk + 256 < k; kk += 2 * 256) {
+            float g[2][8], u[2][8];
+#pragma unroll
+            for (int t = 0; t < 2; t++) {
+                ld8<DT>(wg, wrow + kk + t * 256, g[t]);
+                ld8<DT>(wu, wrow + kk + t * 256, u[t]);
+            }
+#pragma unroll
+            for (int r = 0; r < M; r++) {
+                if (r0 + r < m) {
+                    const float* xr = x + (u64)(r0 + r) * k + kk;
+#pragma unroll
+                    for (int t = 0; t < 2; t++) {
+                        float4 a = *(const float4*)(xr + t * 256), b = *(const float4*)(xr + t * 256 + 4);
+                        float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+                        for (int j = 0; j < 8; j++) {
+                            ag[r] += xv[j] * g[t][j];
+                            au[r] += xv[j] * u[t][j];
+                        }
+                    }
+                }
+            }
+        }
+        for (; kk < k; kk += 256) {
+            float g[8], u[8];
+            ld8<DT>(wg, wrow + kk, g);
+            ld8<DT>(wu, wrow + kk, u);
+#pragma unroll
+            for (int r = 0; r < M; r++) {
+                if (r0 + r < m) {
+                    const float* xr = x + (u64)(r0 + r) * k + kk;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+                        ag[r] += xr[j] * g[j];
+                        au[r] += xr[j] * u[j];
+                    }
+                }
+            }
+        }
+    } else {
+        for (u32 kk = lane; kk < k; kk += 32) {
+            float g = ldw<DT>(wg, wrow + kk), u = ldw<DT>(wu, wrow + kk);
+#pragma unroll
+            for (int r = 0; r < M; r++) {
+                if (r0 + r < m) {
+                    float xv = x[(u64)(r0 + r) * k + kk];
+                    ag[r] += xv * g;
+                    au[r] += xv * u;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < M; r++) {
+        float g = warp_sum(ag[r]), u = warp_sum(au[r]);
+        if (lane == 0 && r0 + r < m) out[(u64)(r0 + r) * n + col] = g / (1.0f + expf(-g)) * u;
+    }
+}
+
+#define SWIGLU(DTN, DT, M)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256) matmul_swiglu_##DTN##_##M(                                  \
+        const float* x, const void* wg, const void* wu, float* out, u32 m, u32 n, u32 k) {                          \
+        swiglu<DT, M, true>(x, wg, wu, out, m, n, k);                                                              \
+    }                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256) matmul_swiglu_##DTN##_##M##_scalar(                         \
+        const float* x, const void* wg, const void* wu, float* out, u32 m, u32 n, u32 k) {                          \
+        swiglu<DT, M, false>(x, wg, wu, out, m, n, k);                                                             \
+    }
+#define SWIGLU_ALL(DTN, DT) SWIGLU(DTN, DT, 1) SWIGLU(DTN, DT, 2) SWIGLU(DTN, DT, 4) SWIGLU(DTN, DT, 8)
+SWIGLU_ALL(f32, 0)
+SWIGLU_ALL(bf16, 1)
+SWIGLU_ALL(f16, 2)
 
 extern "C" __global__ void split_bf16(const float* x, u16* hi, u16* lo, u32 n) {
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;

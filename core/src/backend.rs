@@ -194,6 +194,25 @@ pub trait Backend: Send + Sync + 'static {
     /// `gate[i] = silu(gate[i]) · up[i]` for i < n, in place on `gate`.
     fn silu_mul(&self, gate: &Self::Buffer, up: &Self::Buffer, n: usize) -> Result<()>;
 
+    /// The first half of a SwiGLU MLP: `out[m, F] = silu(x · gate_wᵀ) ⊙ (x · up_wᵀ)` for nn.Linear weights
+    /// [F, K] (`width` = F). `scratch` holds m·F elements the op may overwrite. The default is two matmuls
+    /// and [`Backend::silu_mul`]; a backend may fuse them (one pass over both weights, no intermediate).
+    #[allow(clippy::too_many_arguments)]
+    fn swiglu(
+        &self,
+        x: &Self::Buffer,
+        m: usize,
+        gate_w: &Self::Weight,
+        up_w: &Self::Weight,
+        width: usize,
+        out: &Self::Buffer,
+        scratch: &Self::Buffer,
+    ) -> Result<()> {
+        self.matmul(x, m, gate_w, out)?;
+        self.matmul(x, m, up_w, scratch)?;
+        self.silu_mul(out, scratch, m * width)
+    }
+
     /// The Llama 4 router on logits [rows, n_experts]: per row, the top `k` experts by raw logit
     /// (`idx` u32 [rows, k], highest first, lower index first on ties) and their scores
     /// `sigmoid(logit)` (`score` f32 [rows, k]). No softmax, no renormalisation.

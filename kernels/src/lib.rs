@@ -390,6 +390,39 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn swiglu(
+        &self,
+        x: &CudaBuffer,
+        m: usize,
+        gate_w: &CudaWeight,
+        up_w: &CudaWeight,
+        width: usize,
+        out: &CudaBuffer,
+        scratch: &CudaBuffer,
+    ) -> Result<()> {
+        Self::weight_shape(gate_w, 2, "swiglu gate")?;
+        let (n, k) = (gate_w.shape[0], gate_w.shape[1]);
+        if up_w.shape != gate_w.shape || n != width {
+            return Err(err(format!("swiglu: gate {:?}, up {:?}, width {width}", gate_w.shape, up_w.shape)));
+        }
+        if m > DECODE_MAX_Q || gate_w.dtype != up_w.dtype {
+            // Prefill: two GEMMs and the activation.
+            self.matmul(x, m, gate_w, out)?;
+            self.matmul(x, m, up_w, scratch)?;
+            return self.silu_mul(out, scratch, m * width);
+        }
+        need("swiglu x", x, m * k)?;
+        need("swiglu out", out, m * n)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let rows = m.next_power_of_two();
+        let vec = k % 8 == 0;
+        let name = format!("matmul_swiglu_{}_{rows}{}", dts(gate_w.dtype), if vec { "" } else { "_scalar" });
+        let args = vec![ptr(x.ptr), ptr(gate_w.ptr), ptr(up_w.ptr), ptr(out.ptr), u(m), u(n), u(k)];
+        self.launch("matmul", &name, (blocks(n, 8), 1, 1), 256, 0, args)
+    }
+
     fn rope(
         &self,
         x: &CudaBuffer,

@@ -195,6 +195,35 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
         }
     }
 
+    // swiglu: silu(x · gateᵀ) ⊙ (x · upᵀ)
+    if want("swiglu") {
+        for &(m, k, f) in &[(1, 64, 48), (3, 130, 40), (8, 256, 96), (5, 40, 17), (12, 128, 64), (1, 5120, 8192)] {
+            for dt in DTYPES {
+                if m * k * f > 1 << 24 && dt != DType::BF16 {
+                    continue;
+                }
+                let xv = rng.vec(m * k);
+                let (gv, uv) = (rng.vec(f * k), rng.vec(f * k));
+                let res = (|| {
+                    let (g, gs) = weight(be, dt, &[f, k], &gv)?;
+                    let (u, us) = weight(be, dt, &[f, k], &uv)?;
+                    let x = be.upload(&xv)?;
+                    let (o, sc) = (be.alloc(m * f)?, be.alloc(m * f)?);
+                    let secs = timed(be, perf, &o, || be.swiglu(&x, m, &g, &u, f, &o, &sc))?;
+                    let want = r::silu_mul(&r::matmul(&xv, m, k, &gs, f), &r::matmul(&xv, m, k, &us, f));
+                    Ok(Out {
+                        got: be.read(&o)?,
+                        want,
+                        secs,
+                        bytes: (2 * f * k * dt.size() + 4 * (m * k + m * f)) as f64,
+                        flops: (4 * m * k * f) as f64,
+                    })
+                })();
+                add("swiglu", format!("m={m} k={k} f={f} {}", dt.name()), 1e-9, res);
+            }
+        }
+    }
+
     if want("rms_norm") {
         for &(rows_, dim, wdt, inplace) in &[
             (1, 64, Some(DType::F32), false),

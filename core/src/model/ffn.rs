@@ -27,9 +27,7 @@ impl<B: Backend> Mlp<B> {
 
     /// s.a → s.o
     fn forward(&self, be: &B, s: &Scratch<B>, t: usize) -> Result<()> {
-        be.matmul(&s.a, t, &self.gate, &s.gate)?;
-        be.matmul(&s.a, t, &self.up, &s.up)?;
-        be.silu_mul(&s.gate, &s.up, t * self.width)?;
+        be.swiglu(&s.a, t, &self.gate, &self.up, self.width, &s.gate, &s.up)?;
         be.matmul(&s.gate, t, &self.down, &s.o)
     }
 }
