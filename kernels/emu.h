@@ -222,6 +222,40 @@ template <class T> inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
     return r;
 }
 
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, lane by lane as the PTX ISA lays the fragments out:
+// groupID g = lane / 4, t = lane % 4; A regs {row g, k 2t..}, {row g+8, k 2t..}, {row g, k 2t+8..},
+// {row g+8, k 2t+8..}; B regs {k 2t, 2t+1; n g}, {k 2t+8, 2t+9; n g}; C {row g, n 2t, 2t+1}, {row g+8, ...}.
+namespace emu {
+inline unsigned mma_a[32][32][4];
+inline unsigned mma_b[32][32][2];
+inline float bf16_bits(unsigned h) {
+    unsigned u = h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+} // namespace emu
+inline void herd_emu_mma_bf16(float* c, const unsigned* a, const unsigned* b) {
+    const unsigned w = emu::cur >> 5, l = emu::cur & 31;
+    memcpy(emu::mma_a[w][l], a, 16);
+    memcpy(emu::mma_b[w][l], b, 8);
+    emu::yield(emu::AT_WARP);
+    const unsigned g = l >> 2, t = l & 3;
+    float out[4];
+    for (unsigned i = 0; i < 4; i++) {
+        const unsigned row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+        float s = 0.0f;
+        for (unsigned kk = 0; kk < 16; kk++) {
+            unsigned av = emu::mma_a[w][(row % 8) * 4 + (kk % 8) / 2][(row >= 8 ? 1 : 0) + (kk >= 8 ? 2 : 0)];
+            unsigned bv = emu::mma_b[w][col * 4 + (kk % 8) / 2][kk >= 8 ? 1 : 0];
+            s += emu::bf16_bits((kk & 1) ? av >> 16 : av & 0xffff) * emu::bf16_bits((kk & 1) ? bv >> 16 : bv & 0xffff);
+        }
+        out[i] = s;
+    }
+    emu::yield(emu::AT_WARP);
+    for (int i = 0; i < 4; i++) c[i] += out[i];
+}
+
 // One OS thread runs the block and threads switch only at barriers: updates are atomic by construction.
 inline unsigned atomicAdd(unsigned* p, unsigned v) {
     unsigned old = *p;

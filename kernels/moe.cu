@@ -9,8 +9,9 @@
 //   split; moe_act sums the splits of the gate/up pass and applies silu(s·g)·(s·u); moe_sum adds the down
 //   pass (its splits, then the k choices in order) into out.
 // * Many entries (prefill): moe_route groups the entries by expert into tiles of up to 32 (on the device),
-//   and moe_tile multiplies each tile by its expert's weights (shared-memory tiles, 32 × 64 outputs per
-//   block); moe_act and moe_sum then run with one split.
+//   and each tile is multiplied by its expert's weights, 32 × 64 outputs per block: on tensor cores for bf16
+//   weights (moe_mma_bf16: x split into bf16 hi + lo, two mma.sync each, f32 accumulation, so the result
+//   keeps f32 accuracy), on CUDA cores otherwise (moe_tile); moe_act and moe_sum then run with one split.
 
 __device__ __forceinline__ bool beats(float a, u32 ai, float b, u32 bi) {
     bool an = isnan(a), bn = isnan(b);
@@ -224,3 +225,101 @@ __device__ void moe_tile_impl(const float* __restrict__ in, u32 in_div, const u3
 extern "C" __global__ void __launch_bounds__(256) moe_tile_f32(const float* in, u32 in_div, const u32* route, u32 tmax, const void* w, float* y, u32 kin, u32 n) { moe_tile_impl<0>(in, in_div, route, tmax, w, y, kin, n); }
 extern "C" __global__ void __launch_bounds__(256) moe_tile_bf16(const float* in, u32 in_div, const u32* route, u32 tmax, const void* w, float* y, u32 kin, u32 n) { moe_tile_impl<1>(in, in_div, route, tmax, w, y, kin, n); }
 extern "C" __global__ void __launch_bounds__(256) moe_tile_f16(const float* in, u32 in_div, const u32* route, u32 tmax, const void* w, float* y, u32 kin, u32 n) { moe_tile_impl<2>(in, in_div, route, tmax, w, y, kin, n); }
+
+// D += A·B for one m16n8k16 bf16 tile (fragments as the PTX ISA lays them out; see emu.h).
+__device__ __forceinline__ void mma_bf16(float* c, const u32* a, const u32* b) {
+#ifdef HERD_EMU
+    herd_emu_mma_bf16(c, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// y[ent, col] = Σ_i in[ent / in_div, i] · w[e, i, col] for the entries of tile blockIdx.y, w in bf16, on tensor
+// cores. 128 threads: warp w owns columns 16w..16w+16 of the block's 64, as 2 × 2 m16n8 tiles over the 32 rows.
+#define MMA_K 32
+extern "C" __global__ void __launch_bounds__(128) moe_mma_bf16(const float* __restrict__ in, u32 in_div,
+                                                                const u32* __restrict__ route, u32 tmax,
+                                                                const void* __restrict__ w, float* __restrict__ y,
+                                                                u32 kin, u32 n) {
+    __shared__ u16 xh[TM][MMA_K + 2];
+    __shared__ u16 xl[TM][MMA_K + 2];
+    __shared__ u16 ws[MMA_K][64 + 2];
+    __shared__ u32 rows_s[TM];
+    const u32 t = blockIdx.y;
+    if (t >= route[0]) return;
+    const u32 e = route[1 + 3 * t], first = route[2 + 3 * t], cnt = route[3 + 3 * t];
+    const u32* ents = route + 1 + 3 * tmax + first;
+    const u32 n0 = blockIdx.x * 64;
+    const u32 tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    if (tid < TM) rows_s[tid] = tid < cnt ? ents[tid] : 0xffffffffu;
+    float acc[2][2][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int b = 0; b < 2; b++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[a][b][i] = 0.0f;
+    const unsigned short* wv = (const unsigned short*)w;
+    const u64 wb = (u64)e * kin * n;
+    __syncthreads();
+    for (u32 k0 = 0; k0 < kin; k0 += MMA_K) {
+        for (u32 q = tid; q < TM * MMA_K; q += 128) {
+            u32 r = q / MMA_K, kk = q % MMA_K;
+            u32 ent = rows_s[r];
+            float v = (ent != 0xffffffffu && k0 + kk < kin) ? in[(u64)(ent / in_div) * kin + k0 + kk] : 0.0f;
+            u16 h = f2bf(v);
+            xh[r][kk] = h;
+            xl[r][kk] = f2bf(v - bf2f(h));
+        }
+        for (u32 q = tid; q < MMA_K * 64; q += 128) {
+            u32 kk = q >> 6, c = q & 63;
+            ws[kk][c] = (k0 + kk < kin && n0 + c < n) ? __ldg(wv + wb + (u64)(k0 + kk) * n + n0 + c) : (u16)0;
+        }
+        __syncthreads();
+#pragma unroll
+        for (u32 ks = 0; ks < MMA_K; ks += 16) {
+            u32 ah[2][4], al[2][4], bf[2][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                const u32 r = mt * 16 + g, c = ks + 2 * tq;
+                ah[mt][0] = *(const u32*)&xh[r][c];
+                ah[mt][1] = *(const u32*)&xh[r + 8][c];
+                ah[mt][2] = *(const u32*)&xh[r][c + 8];
+                ah[mt][3] = *(const u32*)&xh[r + 8][c + 8];
+                al[mt][0] = *(const u32*)&xl[r][c];
+                al[mt][1] = *(const u32*)&xl[r + 8][c];
+                al[mt][2] = *(const u32*)&xl[r][c + 8];
+                al[mt][3] = *(const u32*)&xl[r + 8][c + 8];
+            }
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                const u32 col = warp * 16 + nt * 8 + g, k = ks + 2 * tq;
+                bf[nt][0] = (u32)ws[k][col] | ((u32)ws[k + 1][col] << 16);
+                bf[nt][1] = (u32)ws[k + 8][col] | ((u32)ws[k + 9][col] << 16);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++) {
+                    mma_bf16(acc[mt][nt], ah[mt], bf[nt]);
+                    mma_bf16(acc[mt][nt], al[mt], bf[nt]);
+                }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const u32 r = mt * 16 + g + (i >= 2 ? 8 : 0);
+                const u32 c = n0 + warp * 16 + nt * 8 + 2 * tq + (i & 1);
+                const u32 ent = rows_s[r];
+                if (ent != 0xffffffffu && c < n) y[(u64)ent * n + c] = acc[mt][nt][i];
+            }
+}

@@ -160,6 +160,15 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// One expert-grouped tile pass: tensor cores for bf16 weights (on sm_80 and newer), CUDA cores otherwise.
+    fn moe_tiles(&self, dtype: DType, grid: (u32, u32, u32), args: Vec<Arg>) -> Result<()> {
+        if dtype == DType::BF16 && self.dev.arch.0 >= 8 {
+            self.launch("moe", "moe_mma_bf16", grid, 128, 0, args)
+        } else {
+            self.launch("moe", &format!("moe_tile_{}", dts(dtype)), grid, 256, 0, args)
+        }
+    }
+
     /// One of the per-entry MoE GEMV passes: returns the partial-sum buffer and its number of splits.
     #[allow(clippy::too_many_arguments)]
     fn moe_gemv(
@@ -673,15 +682,13 @@ impl Backend for CudaBackend {
         let args = vec![ptr(idx.ptr), u(nent), u(e), u(tmax), ptr(route)];
         self.launch("moe", "moe_route", (1, 1, 1), 1024, 2 * e * 4, args)?;
         let gu = self.dev.scratch("moe up", nent * f2 * 4)?;
-        let tile = format!("moe_tile_{}", dts(gate_up.dtype));
         let args = vec![ptr(x.ptr), u(k), ptr(route), u(tmax), ptr(gate_up.ptr), ptr(gu), u(d), u(f2)];
-        self.launch("moe", &tile, (blocks(f2, 64), tmax as u32, 1), 256, 0, args)?;
+        self.moe_tiles(gate_up.dtype, (blocks(f2, 64), tmax as u32, 1), args)?;
         let args = vec![ptr(gu), ptr(score.ptr), ptr(h), u(nent), u(fw), u(1)];
         self.launch("moe", "moe_act", (blocks(nent * fw, 256), 1, 1), 256, 0, args)?;
         let y = self.dev.scratch("moe down", nent * d * 4)?;
-        let tile = format!("moe_tile_{}", dts(down.dtype));
         let args = vec![ptr(h), u(1), ptr(route), u(tmax), ptr(down.ptr), ptr(y), u(fw), u(d)];
-        self.launch("moe", &tile, (blocks(d, 64), tmax as u32, 1), 256, 0, args)?;
+        self.moe_tiles(down.dtype, (blocks(d, 64), tmax as u32, 1), args)?;
         let args = vec![ptr(y), ptr(out.ptr), u(rows), u(k), u(d), u(1)];
         self.launch("moe", "moe_sum", (blocks(rows * d, 256), 1, 1), 256, 0, args)
     }

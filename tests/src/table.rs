@@ -512,6 +512,10 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
             (64, 512, 512, 16, 1, DType::F32),
             // Several tiles of 8 per expert.
             (40, 64, 32, 4, 2, DType::BF16),
+            // Batches with dimensions that are not multiples of the tile sizes (CUDA's tensor-core and
+            // CUDA-core expert tiles: partial column tiles, partial K steps, many tiles per expert).
+            (50, 72, 40, 8, 2, DType::BF16),
+            (37, 40, 24, 3, 1, DType::F16),
             // An expert tensor over 128 MiB: split across bindings by whole experts.
             (2, 1024, 2080, 16, 2, DType::BF16),
         ] {
