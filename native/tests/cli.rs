@@ -380,3 +380,17 @@ fn bench_synthetic_tiny_json() {
         &["--synthetic and --model"],
     );
 }
+
+/// `herd logits --backend cuda-emu`: the CUDA backend's host code and kernels (on its CPU emulator) through
+/// the CLI, against the transformers references. With no C++ compiler the test says so; with
+/// HERD_REQUIRE_CUDA_EMU=1 (set by scripts/test.sh) that is a failure.
+#[test]
+fn logits_on_the_cuda_emulator() {
+    if !herd_cuda::CudaBackend::emulator_available() {
+        assert!(std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"), "the CUDA emulator needs a C++ compiler");
+        eprintln!("cuda-emu: NOT RUN (no C++ compiler)");
+        return;
+    }
+    check_logits_on("cuda-emu", "scout", &fixture_dir("scout"), Dtype::I64, true, F32_TOL);
+    check_logits_on("cuda-emu", "scout_bf16", &fixture_dir("scout_bf16"), Dtype::I64, false, BF16_TOL);
+}
