@@ -246,6 +246,22 @@ pub(crate) struct Dev {
     funcs: Mutex<HashMap<String, Func>>,
     st: Mutex<State>,
     free_later: Mutex<Vec<u64>>,
+    mem: Mutex<Pool>,
+}
+
+/// Freed allocations kept for reuse by size (a step's one-off buffers recur with the same sizes; cudaMalloc
+/// and cudaFree cost far more than a lookup), up to `cap` bytes; the size of every live allocation.
+struct Pool {
+    free: HashMap<usize, Vec<u64>>,
+    held: usize,
+    cap: usize,
+    size: HashMap<u64, usize>,
+}
+
+impl Pool {
+    fn new(cap: usize) -> Pool {
+        Pool { free: HashMap::new(), held: 0, cap, size: HashMap::new() }
+    }
 }
 
 // SAFETY: the raw handles (stream, modules, cuBLAS handle, events, pinned memory) belong to one context
@@ -316,6 +332,7 @@ impl Dev {
             funcs: Mutex::new(HashMap::new()),
             st: Mutex::new(new_state()),
             free_later: Mutex::new(Vec::new()),
+            mem: Mutex::new(Pool::new((total_mem / 16).min(4 << 30))),
         }))
     }
 
@@ -330,6 +347,7 @@ impl Dev {
             funcs: Mutex::new(HashMap::new()),
             st: Mutex::new(new_state()),
             free_later: Mutex::new(Vec::new()),
+            mem: Mutex::new(Pool::new(256 << 20)),
         }))
     }
 
@@ -406,13 +424,58 @@ impl Dev {
 
     // ---- memory ---------------------------------------------------------------------------------------
 
+    /// `n` bytes, from the pool when an allocation of that size was freed, else from the device (emptying
+    /// the pool and trying again when the device is full).
     fn malloc(&self, n: usize, what: &str) -> Result<u64> {
-        match &self.engine {
-            Engine::Emu(e) => e.malloc(n),
-            // SAFETY: plain allocation.
-            Engine::Cuda(_) => unsafe { drv::malloc_sync(n) }
-                .map_err(|e| err(format!("out of device memory allocating {n} bytes of {what} ({e:?})"))),
+        let mut mem = self.mem.lock().map_err(|_| err("allocator poisoned"))?;
+        if let Some(p) = mem.free.get_mut(&n).and_then(|v| v.pop()) {
+            mem.held -= n;
+            return Ok(p);
         }
+        let p = match self.raw_malloc(n) {
+            Ok(p) => p,
+            Err(_) if mem.held > 0 => {
+                self.drain(&mut mem);
+                self.raw_malloc(n)
+                    .map_err(|e| err(format!("out of device memory allocating {n} bytes of {what} ({e})")))?
+            }
+            Err(e) => return Err(err(format!("out of device memory allocating {n} bytes of {what} ({e})"))),
+        };
+        mem.size.insert(p, n);
+        Ok(p)
+    }
+
+    fn raw_malloc(&self, n: usize) -> std::result::Result<u64, String> {
+        match &self.engine {
+            Engine::Emu(e) => e.malloc(n).map_err(|e| e.to_string()),
+            // SAFETY: plain allocation.
+            Engine::Cuda(_) => unsafe { drv::malloc_sync(n) }.map_err(|e| format!("{e:?}")),
+        }
+    }
+
+    fn raw_free(&self, p: u64) {
+        match &self.engine {
+            Engine::Emu(e) => e.free(p),
+            // SAFETY: callers free only allocations no pending command uses.
+            Engine::Cuda(_) => unsafe {
+                let _ = drv::free_sync(p);
+            },
+        }
+    }
+
+    fn drain(&self, mem: &mut Pool) {
+        for (_, v) in mem.free.drain() {
+            for p in v {
+                mem.size.remove(&p);
+                self.raw_free(p);
+            }
+        }
+        mem.held = 0;
+    }
+
+    /// `bytes` (at least 4) of device memory whose contents the caller overwrites before any use.
+    pub fn alloc_raw(&self, bytes: usize) -> Result<u64> {
+        self.malloc(bytes.max(4), "a buffer")
     }
 
     /// A zeroed device allocation of `bytes` (at least 4).
@@ -420,9 +483,12 @@ impl Dev {
         let _st = self.lock()?;
         let n = bytes.max(4);
         let p = self.malloc(n, "a buffer")?;
-        if let Engine::Cuda(c) = &self.engine {
-            // SAFETY: zeroing the fresh allocation on our stream, before any later work.
-            cu("cuMemsetD8Async", unsafe { drv::memset_d8_async(p, 0, n, c.stream) })?;
+        match &self.engine {
+            // SAFETY: zeroing the allocation (fresh or from the pool) on our stream, before any later work.
+            Engine::Cuda(c) => cu("cuMemsetD8Async", unsafe { drv::memset_d8_async(p, 0, n, c.stream) })?,
+            // SAFETY: `p` holds `n` bytes, and no recorded command uses it (pooled memory comes back only
+            // after the commands that used it ran).
+            Engine::Emu(_) => unsafe { std::ptr::write_bytes(p as *mut u8, 0, n) },
         }
         Ok(p)
     }
@@ -493,13 +559,16 @@ impl Dev {
         Ok(out)
     }
 
+    /// Returns `p` to the pool (or to the device when the pool is full); no command may use it any more.
     fn free_now(&self, p: u64) {
-        match &self.engine {
-            Engine::Emu(e) => e.free(p),
-            // SAFETY: every command that used `p` has completed (the callers drain the stream first).
-            Engine::Cuda(_) => unsafe {
-                let _ = drv::free_sync(p);
-            },
+        let Ok(mut mem) = self.mem.lock() else { return };
+        let Some(&n) = mem.size.get(&p) else { return };
+        if mem.held + n <= mem.cap {
+            mem.free.entry(n).or_default().push(p);
+            mem.held += n;
+        } else {
+            mem.size.remove(&p);
+            self.raw_free(p);
         }
     }
 
@@ -788,6 +857,9 @@ impl Drop for Dev {
         }
         for p in dead {
             self.free_now(p);
+        }
+        if let Ok(mut mem) = self.mem.lock() {
+            self.drain(&mut mem);
         }
         if let Engine::Cuda(c) = &self.engine {
             // SAFETY: tearing down our own handles after the stream drained.

@@ -153,6 +153,14 @@ impl CudaBackend {
         Ok(CudaBuffer { ptr, len, is_u32, dev: self.dev.clone() })
     }
 
+    /// A buffer that `data` fills at once (no zeroing first).
+    fn filled(&self, data: &[u32], is_u32: bool) -> Result<CudaBuffer> {
+        let ptr = self.dev.alloc_raw(data.len() * 4)?;
+        let b = CudaBuffer { ptr, len: data.len(), is_u32, dev: self.dev.clone() };
+        self.dev.upload(b.ptr, bytemuck::cast_slice(data))?;
+        Ok(b)
+    }
+
     fn weight_shape(w: &CudaWeight, dims: usize, what: &str) -> Result<()> {
         if w.shape.len() != dims {
             return Err(err(format!("{what}: weight of shape {:?}, expected {dims} dimensions", w.shape)));
@@ -219,15 +227,11 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, data: &[f32]) -> Result<CudaBuffer> {
-        let b = self.buffer(data.len(), false)?;
-        self.dev.upload(b.ptr, bytemuck::cast_slice(data))?;
-        Ok(b)
+        self.filled(bytemuck::cast_slice(data), false)
     }
 
     fn upload_u32(&self, data: &[u32]) -> Result<CudaBuffer> {
-        let b = self.buffer(data.len(), true)?;
-        self.dev.upload(b.ptr, bytemuck::cast_slice(data))?;
-        Ok(b)
+        self.filled(data, true)
     }
 
     fn write_u32(&self, buf: &CudaBuffer, data: &[u32]) -> Result<()> {
@@ -271,7 +275,7 @@ impl Backend for CudaBackend {
 
     fn load_weight(&self, t: &TensorRef) -> Result<CudaWeight> {
         let bytes = t.bytes();
-        let p = self.dev.alloc(bytes.len())?;
+        let p = self.dev.alloc_raw(bytes.len())?;
         let w = CudaWeight { ptr: p, dtype: t.dtype, shape: t.shape.clone(), dev: self.dev.clone() };
         self.dev.upload(p, bytes)?;
         Ok(w)
@@ -279,7 +283,7 @@ impl Backend for CudaBackend {
 
     fn synthetic_weight(&self, _name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<CudaWeight> {
         let n: usize = shape.iter().product();
-        let p = self.dev.alloc(n * dtype.size())?;
+        let p = self.dev.alloc_raw(n * dtype.size())?;
         let w = CudaWeight { ptr: p, dtype, shape: shape.to_vec(), dev: self.dev.clone() };
         let (seed, scale, ones) = match fill {
             Fill::Ones => (0, 0.0, 1),
