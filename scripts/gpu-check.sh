@@ -48,6 +48,13 @@ for pt in 2048 128; do
     row "cuda decode, 48-layer estimate" "$(grep -oE '[0-9.]+ tok/s decode at 48 layers' "$OUT/bench_cuda_$pt.txt")"
 done
 
+time_left "cuda bench, bf16 activations" && {
+    HERD_CUDA_BF16_ACTIVATIONS=1 timeout 120 $B/herd bench --backend cuda --synthetic scout --layers 12 --prompt-tokens 2048 \
+        --gen-tokens 16 --repeat 2 > "$OUT/bench_cuda_bf16act.txt" 2>&1; echo "exit $?"
+    grep -E "prefill|backend" "$OUT/bench_cuda_bf16act.txt"
+    row "cuda prefill 2048, bf16 activations" "$(grep -E '^prefill' "$OUT/bench_cuda_bf16act.txt")"
+}
+
 time_left "cuda perf table" && {
 echo "== op table --perf on cuda"
 timeout 120 $B/conformance --backend cuda --perf > "$OUT/perf_cuda.txt" 2>&1; echo "exit $?"

@@ -27,6 +27,14 @@ use device::{err, f, ptr, u, Arg, Cmd, Dev, Gemm};
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     dev: Arc<Dev>,
+    /// HERD_CUDA_BF16_ACTIVATIONS=1: prefill GEMMs round activations to bf16 (one tensor-core pass instead
+    /// of two; what most engines do) instead of keeping f32 accuracy with x = hi + lo. Off by default; the
+    /// op table's tolerances assume it off.
+    bf16_activations: bool,
+}
+
+fn bf16_activations() -> bool {
+    std::env::var("HERD_CUDA_BF16_ACTIVATIONS").as_deref() == Ok("1")
 }
 
 /// A device buffer of f32 or u32 elements.
@@ -101,7 +109,7 @@ impl CudaBackend {
     /// graphs and .cu kernels, run as C++ on the CPU. For tests on machines without a GPU; needs a C++
     /// compiler.
     pub fn emulated() -> Result<Self> {
-        Ok(CudaBackend { dev: Dev::emulated()? })
+        Ok(CudaBackend { dev: Dev::emulated()?, bf16_activations: bf16_activations() })
     }
 
     /// Whether [`CudaBackend::emulated`] can work here (a C++ compiler is installed).
@@ -111,7 +119,7 @@ impl CudaBackend {
 
     /// Opens CUDA device `ordinal`.
     pub fn on_device(ordinal: usize) -> Result<Self> {
-        Ok(CudaBackend { dev: Dev::open(ordinal)? })
+        Ok(CudaBackend { dev: Dev::open(ordinal)?, bf16_activations: bf16_activations() })
     }
 
     /// The device's name, e.g. `NVIDIA H100 80GB HBM3`.
@@ -169,8 +177,9 @@ impl CudaBackend {
     }
 
     /// One expert-grouped tile pass: tensor cores for bf16 weights (on sm_80 and newer), CUDA cores otherwise.
-    fn moe_tiles(&self, dtype: DType, grid: (u32, u32, u32), args: Vec<Arg>) -> Result<()> {
+    fn moe_tiles(&self, dtype: DType, grid: (u32, u32, u32), mut args: Vec<Arg>) -> Result<()> {
         if dtype == DType::BF16 && self.dev.arch.0 >= 8 {
+            args.push(u(usize::from(!self.bf16_activations)));
             self.launch("moe", "moe_mma_bf16", grid, 128, 0, args)
         } else {
             self.launch("moe", &format!("moe_tile_{}", dts(dtype)), grid, 256, 0, args)
@@ -211,7 +220,8 @@ impl Backend for CudaBackend {
     type Weight = CudaWeight;
 
     fn name(&self) -> String {
-        format!("cuda ({}, sm_{}{})", self.dev.name, self.dev.arch.0, self.dev.arch.1)
+        let act = if self.bf16_activations { ", bf16 activations" } else { "" };
+        format!("cuda ({}, sm_{}{}{act})", self.dev.name, self.dev.arch.0, self.dev.arch.1)
     }
 
     fn stats(&self) -> Option<String> {
@@ -381,6 +391,9 @@ impl Backend for CudaBackend {
                 self.launch("matmul", "split_bf16", (blocks(m * k, 256), 1, 1), 256, 0, args)?;
                 let g = Gemm { a: w.ptr, b: hi, c: out.ptr, m, n, k, bf16: true, accumulate: false };
                 self.dev.record(Cmd::Gemm(g))?;
+                if self.bf16_activations {
+                    return Ok(());
+                }
                 self.dev.record(Cmd::Gemm(Gemm { b: lo, accumulate: true, ..g }))
             }
             DType::F32 if blas => self.dev.record(Cmd::Gemm(Gemm {
