@@ -103,7 +103,7 @@ pub trait Backend: Send + Sync + 'static {
     /// A synthetic weight ([`crate::synthetic`]): the same values on every backend. The default makes the
     /// bytes on the host and uploads them; a device backend may make them in place (no host copy).
     fn synthetic_weight(&self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<Self::Weight> {
-        self.load_weight(&crate::synthetic::tensor(name, shape, dtype, fill))
+        self.load_weight(&crate::synthetic::tensor(name, shape, dtype, fill)?)
     }
 
     // ---- ops ----------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ impl TensorRef {
     /// The tensor converted to f32 (allocates; meant for small tensors such as norms).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.numel()];
-        crate::quant::bytes_to_f32(self.dtype, self.bytes(), &mut out);
+        crate::quant::bytes_to_f32(self.dtype, &self.shape, self.bytes(), &mut out);
         out
     }
 }

@@ -517,6 +517,24 @@ impl TextConfig {
         per_layer + d + self.vocab_size * d + d
     }
 
+    /// Every weight parameter of the text model (all experts, the embedding and the lm_head).
+    pub fn total_params(&self) -> usize {
+        let (d, h, kvh, hd) = (self.hidden_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim);
+        let attn = 2 * d * h * hd + 2 * d * kvh * hd + 2 * d;
+        let layers: usize = (0..self.num_hidden_layers)
+            .map(|i| {
+                attn + if self.moe_layers.get(i).copied().unwrap_or(false) {
+                    let f = self.intermediate_size;
+                    self.num_local_experts * d + 3 * d * f * (1 + self.num_local_experts)
+                } else {
+                    3 * d * self.intermediate_size_mlp
+                }
+            })
+            .sum();
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        layers + d + heads * self.vocab_size * d
+    }
+
     /// RoPE inverse frequencies θ_j (f32, length head_dim/2), with the layer's scaling applied, as
     /// transformers computes them.
     pub fn rope_inv_freq(&self) -> Vec<f32> {

@@ -1,5 +1,26 @@
-//! Weight formats: the element types a checkpoint tensor may have and their conversion to f32.
+//! Weight formats: the element types a weight may have, their packing, and their conversion to f32.
 //! Every backend multiplies by each format; the packing lives here so it is shared.
+//!
+//! # Float formats
+//! `F32`, `BF16`, `F16`: little-endian elements in row-major order, as safetensors stores them.
+//!
+//! # Quantized formats (group-wise, symmetric)
+//! `Q8(g)` and `Q4(g)` hold a tensor of some logical shape `S` (the shape of the float tensor it stands for)
+//! as integers `q` and scales: element value = `q · scale`, with `q ∈ [-128, 127]` (Q8) or `[-8, 7]` (Q4), one
+//! scale per `g.group` consecutive elements along the tensor's *reduction* axis ([`GroupAxis`]): the last axis
+//! for nn.Linear weights `[N, K]` (x·Wᵀ), the second-last for the input-major expert tensors `[E, K, N]`
+//! (x·W). One contiguous buffer, laid out for GPU decode:
+//!
+//! 1. **Values**, in `S`'s row-major element order. Q8: one two's-complement byte per element. Q4: two
+//!    elements per byte, element `2j` in the low nibble and `2j + 1` in the high one, each stored as
+//!    `q + 8` (0..15; the offset convention of compressed-tensors' `pack-quantized`), so 8 consecutive
+//!    elements of the contiguous axis are one little-endian u32. The last axis must be even for Q4.
+//! 2. Zero padding to a multiple of 16 bytes.
+//! 3. **Scales**, f16 or bf16 ([`ScaleType`]), row-major in the shape `S` with the grouped axis divided by
+//!    the group size (which must divide it).
+//!
+//! A backend multiplies by these without dequantizing the whole tensor: a GEMV reads 16 bytes of values
+//! (16 or 32 elements) and one scale per group.
 
 use half::{bf16, f16};
 
@@ -9,15 +30,49 @@ pub enum DType {
     F32,
     BF16,
     F16,
+    /// 8-bit integers, group-wise scales (see the module docs).
+    Q8(Grouping),
+    /// 4-bit integers, group-wise scales (see the module docs).
+    Q4(Grouping),
+}
+
+/// How a quantized tensor's scales are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScaleType {
+    F16,
+    BF16,
+}
+
+/// The axis whose consecutive elements share a scale: the one a matmul reduces over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupAxis {
+    /// nn.Linear weights [N, K] (and the embedding [V, D]).
+    Last,
+    /// Input-major expert tensors [E, K, N].
+    SecondLast,
+}
+
+/// The grouping of a quantized format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Grouping {
+    pub group: u32,
+    pub scale: ScaleType,
+    pub axis: GroupAxis,
 }
 
 impl DType {
-    /// Bytes per element.
+    /// Bytes per element of a float format; 0 for the quantized formats, whose size is
+    /// [`DType::bytes`] of a shape.
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
             DType::BF16 | DType::F16 => 2,
+            DType::Q8(_) | DType::Q4(_) => 0,
         }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        matches!(self, DType::Q8(_) | DType::Q4(_))
     }
 
     pub fn name(self) -> &'static str {
@@ -25,7 +80,26 @@ impl DType {
             DType::F32 => "f32",
             DType::BF16 => "bf16",
             DType::F16 => "f16",
+            DType::Q8(_) => "q8",
+            DType::Q4(_) => "q4",
         }
+    }
+
+    /// The grouping of a quantized format.
+    pub fn grouping(self) -> Option<Grouping> {
+        match self {
+            DType::Q8(g) | DType::Q4(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The bytes a tensor of `shape` takes in this format, or why the shape does not fit it.
+    pub fn bytes(self, shape: &[usize]) -> std::result::Result<usize, String> {
+        let numel: usize = shape.iter().product();
+        let Some(g) = self.grouping() else { return Ok(numel * self.size()) };
+        let layout = QuantLayout::new(self, shape)?;
+        let _ = g;
+        Ok(layout.scale_offset + 2 * layout.scales)
     }
 
     /// The safetensors dtype, if herd can compute with it.
@@ -39,10 +113,9 @@ impl DType {
     }
 }
 
-/// Converts little-endian raw bytes of `dtype` into f32 values, appending to `out`.
-/// `bytes.len()` must be a multiple of the element size.
-pub fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
-    debug_assert_eq!(bytes.len(), out.len() * dtype.size());
+/// Converts a whole tensor of `shape` in `dtype` (little-endian bytes, as laid out in the module docs) into
+/// f32 values in `out` (of the tensor's element count).
+pub fn bytes_to_f32(dtype: DType, shape: &[usize], bytes: &[u8], out: &mut [f32]) {
     match dtype {
         DType::F32 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -59,10 +132,321 @@ pub fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
                 *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
             }
         }
+        DType::Q8(_) | DType::Q4(_) => match QuantLayout::new(dtype, shape) {
+            Ok(l) if bytes.len() >= l.scale_offset + 2 * l.scales => l.to_f32(bytes, 0, out),
+            _ => out.fill(f32::NAN),
+        },
     }
 }
 
 /// Rounds an f32 to the nearest bf16 (ties to even) and back, as torch does on a bf16 cast.
 pub fn round_bf16(x: f32) -> f32 {
     bf16::from_f32(x).to_f32()
+}
+
+/// Where the parts of a quantized tensor lie, and how its elements map to scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantLayout {
+    pub bits: u32,
+    pub group: usize,
+    pub scale: ScaleType,
+    pub axis: GroupAxis,
+    pub numel: usize,
+    /// Length of the last axis.
+    pub last: usize,
+    /// Length of the second-last axis (1 for a vector).
+    pub second: usize,
+    /// Byte offset of the scales (the values come first).
+    pub scale_offset: usize,
+    /// Number of scales.
+    pub scales: usize,
+}
+
+impl QuantLayout {
+    pub fn new(dtype: DType, shape: &[usize]) -> std::result::Result<QuantLayout, String> {
+        let (bits, g) = match dtype {
+            DType::Q8(g) => (8, g),
+            DType::Q4(g) => (4, g),
+            other => return Err(format!("{} is not a quantized format", other.name())),
+        };
+        let group = g.group as usize;
+        let numel: usize = shape.iter().product();
+        let last = *shape.last().ok_or("a quantized tensor needs at least one dimension")?;
+        let second = if shape.len() >= 2 { shape[shape.len() - 2] } else { 1 };
+        if group == 0 {
+            return Err("group size 0".into());
+        }
+        if bits == 4 && last % 2 != 0 {
+            return Err(format!("q4 needs an even last dimension, shape {shape:?}"));
+        }
+        let grouped = match g.axis {
+            GroupAxis::Last => last,
+            GroupAxis::SecondLast if shape.len() >= 2 => second,
+            GroupAxis::SecondLast => return Err(format!("shape {shape:?} has no second-last axis to group")),
+        };
+        if grouped % group != 0 {
+            return Err(format!("group size {group} does not divide the grouped axis of shape {shape:?}"));
+        }
+        let value_bytes = numel * bits as usize / 8;
+        Ok(QuantLayout {
+            bits,
+            group,
+            scale: g.scale,
+            axis: g.axis,
+            numel,
+            last,
+            second,
+            scale_offset: value_bytes.div_ceil(16) * 16,
+            scales: numel / group,
+        })
+    }
+
+    /// The scale index of flat element `i`.
+    #[inline]
+    pub fn scale_index(&self, i: usize) -> usize {
+        match self.axis {
+            GroupAxis::Last => i / self.group,
+            GroupAxis::SecondLast => {
+                let (outer, rem) = (i / (self.second * self.last), i % (self.second * self.last));
+                let (r, l) = (rem / self.last, rem % self.last);
+                (outer * (self.second / self.group) + r / self.group) * self.last + l
+            }
+        }
+    }
+
+    #[inline]
+    fn scale_at(&self, bytes: &[u8], si: usize) -> f32 {
+        let o = self.scale_offset + 2 * si;
+        let b = u16::from_le_bytes([bytes[o], bytes[o + 1]]);
+        match self.scale {
+            ScaleType::F16 => f16::from_bits(b).to_f32(),
+            ScaleType::BF16 => f32::from_bits((b as u32) << 16),
+        }
+    }
+
+    /// The integer of flat element `i`.
+    #[inline]
+    pub fn q_at(&self, bytes: &[u8], i: usize) -> i32 {
+        if self.bits == 8 {
+            bytes[i] as i8 as i32
+        } else {
+            let b = bytes[i / 2];
+            (if i.is_multiple_of(2) { b & 15 } else { b >> 4 }) as i32 - 8
+        }
+    }
+
+    /// Converts `out.len()` consecutive elements from flat index `start` to f32 (q · scale, in f32).
+    pub fn to_f32(&self, bytes: &[u8], start: usize, out: &mut [f32]) {
+        let mut si = usize::MAX;
+        let mut sc = 0.0;
+        for (j, o) in out.iter_mut().enumerate() {
+            let i = start + j;
+            let s = self.scale_index(i);
+            if s != si {
+                si = s;
+                sc = self.scale_at(bytes, s);
+            }
+            *o = self.q_at(bytes, i) as f32 * sc;
+        }
+    }
+}
+
+/// Quantizes `values` (a tensor of `shape`, row-major) into `dtype` (symmetric, per group: the scale is
+/// max|x| / 127 for Q8 and max|x| / 7 for Q4, rounded to the scale type, and q = round(x / scale), clamped).
+pub fn quantize(values: &[f32], shape: &[usize], dtype: DType) -> std::result::Result<Vec<u8>, String> {
+    let l = QuantLayout::new(dtype, shape)?;
+    if values.len() != l.numel {
+        return Err(format!("{} values for shape {shape:?}", values.len()));
+    }
+    let qmax = if l.bits == 8 { 127.0 } else { 7.0 };
+    let (qlo, qhi) = if l.bits == 8 { (-128, 127) } else { (-8, 7) };
+    // Scales: the largest magnitude of each group.
+    let mut absmax = vec![0f32; l.scales];
+    for (i, &x) in values.iter().enumerate() {
+        let s = l.scale_index(i);
+        absmax[s] = absmax[s].max(x.abs());
+    }
+    let mut out = vec![0u8; l.scale_offset + 2 * l.scales];
+    let mut scales = vec![0f32; l.scales];
+    for (s, &m) in absmax.iter().enumerate() {
+        let raw = m / qmax;
+        let (bits, rounded) = match l.scale {
+            ScaleType::F16 => {
+                let h = f16::from_f32(raw);
+                (h.to_bits(), h.to_f32())
+            }
+            ScaleType::BF16 => {
+                let h = bf16::from_f32(raw);
+                (h.to_bits(), h.to_f32())
+            }
+        };
+        scales[s] = rounded;
+        let o = l.scale_offset + 2 * s;
+        out[o..o + 2].copy_from_slice(&bits.to_le_bytes());
+    }
+    for (i, &x) in values.iter().enumerate() {
+        let sc = scales[l.scale_index(i)];
+        let q = if sc > 0.0 && sc.is_finite() { ((x / sc).round() as i32).clamp(qlo, qhi) } else { 0 };
+        if l.bits == 8 {
+            out[i] = q as i8 as u8;
+        } else {
+            let nib = (q + 8) as u8;
+            out[i / 2] |= if i % 2 == 0 { nib } else { nib << 4 };
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q4(group: u32, axis: GroupAxis) -> DType {
+        DType::Q4(Grouping { group, scale: ScaleType::F16, axis })
+    }
+
+    #[test]
+    fn q4_packing_is_the_documented_one() {
+        // One group of 8 along the last axis: max |x| = 7 gives scale 1, so q = x.
+        let x = [0.0, 1.0, -1.0, 7.0, -7.0, 2.0, -8.0 / 8.0 * 3.0, 5.0];
+        let b = quantize(&x, &[8], q4(8, GroupAxis::Last)).unwrap();
+        // Nibbles q + 8, element 2j low: (0+8) | (1+8)<<4, (-1+8) | (7+8)<<4, ...
+        assert_eq!(&b[..4], &[0x98, 0xf7, 0xa1, 0xd5]);
+        assert_eq!(&b[4..16], &[0u8; 12]);
+        assert_eq!(u16::from_le_bytes([b[16], b[17]]), f16::from_f32(1.0).to_bits());
+        assert_eq!(b.len(), 18);
+        assert_eq!(q4(8, GroupAxis::Last).bytes(&[8]).unwrap(), 18);
+        let l = QuantLayout::new(q4(8, GroupAxis::Last), &[8]).unwrap();
+        let mut back = [0f32; 8];
+        l.to_f32(&b, 0, &mut back);
+        assert_eq!(back, [0.0, 1.0, -1.0, 7.0, -7.0, 2.0, -3.0, 5.0]);
+    }
+
+    #[test]
+    fn round_trip_error_is_within_half_a_step() {
+        let mut r = 1u64;
+        let mut rnd = || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            (r % 2001) as f32 / 1000.0 - 1.0
+        };
+        for (shape, axis) in [(vec![6, 64], GroupAxis::Last), (vec![3, 64, 10], GroupAxis::SecondLast)] {
+            let x: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| rnd()).collect();
+            for (dt, steps) in [
+                (DType::Q8(Grouping { group: 32, scale: ScaleType::BF16, axis }), 127.0),
+                (q4(32, axis), 7.0),
+                (DType::Q4(Grouping { group: 16, scale: ScaleType::BF16, axis }), 7.0),
+            ] {
+                let b = quantize(&x, &shape, dt).unwrap();
+                assert_eq!(b.len(), dt.bytes(&shape).unwrap());
+                let l = QuantLayout::new(dt, &shape).unwrap();
+                let mut back = vec![0f32; x.len()];
+                l.to_f32(&b, 0, &mut back);
+                // Per group: |x - q·s| <= s/2 (plus the scale's own rounding, under 1%).
+                let mut absmax = vec![0f32; l.scales];
+                for (i, v) in x.iter().enumerate() {
+                    absmax[l.scale_index(i)] = absmax[l.scale_index(i)].max(v.abs());
+                }
+                for (i, (a, b)) in x.iter().zip(&back).enumerate() {
+                    let step = absmax[l.scale_index(i)] / steps;
+                    assert!((a - b).abs() <= 0.51 * step * 1.01 + 1e-7, "{dt:?} {i}: {a} vs {b}");
+                }
+                // A range in the middle converts like the whole.
+                let mut part = vec![0f32; 37];
+                l.to_f32(&b, 11, &mut part);
+                assert_eq!(part, back[11..48]);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        assert!(QuantLayout::new(q4(32, GroupAxis::Last), &[4, 48]).is_err()); // 32 does not divide 48
+        assert!(QuantLayout::new(q4(2, GroupAxis::Last), &[3, 5]).is_err()); // odd last axis
+        assert!(QuantLayout::new(q4(2, GroupAxis::SecondLast), &[8]).is_err()); // no second-last axis
+        assert!(QuantLayout::new(DType::BF16, &[8]).is_err());
+        // Second-last grouping: scales are [E, K/G, N].
+        let l = QuantLayout::new(q4(4, GroupAxis::SecondLast), &[2, 8, 6]).unwrap();
+        assert_eq!(l.scales, 2 * 2 * 6);
+        assert_eq!(l.scale_index(0), 0);
+        assert_eq!(l.scale_index(5), 5);
+        assert_eq!(l.scale_index(4 * 6 + 1), 6 + 1); // row 4 starts the second group
+        assert_eq!(l.scale_index(8 * 6), 12); // second expert
+    }
+}
+
+/// Which format each tensor of a model gets when it is quantized (`herd quantize`, and `herd bench
+/// --synthetic --quant`): every matrix in `bits`-bit integers with groups of `group` along its reduction
+/// axis (nn.Linear weights and the embedding: the last axis; the fused expert tensors: the second-last),
+/// except 1-D tensors (norms), the router, and any tensor whose name contains one of `keep`. A matrix whose
+/// grouped axis `group` does not divide also keeps its format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantPlan {
+    pub bits: u32,
+    pub group: u32,
+    pub scale: ScaleType,
+    pub keep: Vec<String>,
+}
+
+impl QuantPlan {
+    /// `q4`, `q8`, or with a group size: `q4g32`, `q8g128` (default group 128, bf16 scales).
+    pub fn parse(format: &str) -> std::result::Result<QuantPlan, String> {
+        let bad = || format!("unknown weight format {format:?} (q4, q8, optionally with a group size: q4g32, q8g128)");
+        let rest = format.strip_prefix('q').ok_or_else(bad)?;
+        let (bits, group) = match rest.split_once('g') {
+            Some((b, g)) => (b, g.parse::<u32>().map_err(|_| bad())?),
+            None => (rest, 128),
+        };
+        let bits = match bits {
+            "4" => 4,
+            "8" => 8,
+            _ => return Err(bad()),
+        };
+        if group == 0 || group % 8 != 0 || group > 4096 {
+            return Err(format!("group size {group}: it must be a multiple of 8 up to 4096 (32 and 128 are usual)"));
+        }
+        Ok(QuantPlan { bits, group, scale: ScaleType::BF16, keep: Vec::new() })
+    }
+
+    /// The format tensor `name` of `shape` gets, or None to keep its own.
+    pub fn format_of(&self, name: &str, shape: &[usize]) -> Option<DType> {
+        if shape.len() < 2 || name.contains("router") || self.keep.iter().any(|k| name.contains(k.as_str())) {
+            return None;
+        }
+        let axis = if shape.len() == 3 && name.contains("experts.") { GroupAxis::SecondLast } else { GroupAxis::Last };
+        let g = Grouping { group: self.group, scale: self.scale, axis };
+        let dt = if self.bits == 8 { DType::Q8(g) } else { DType::Q4(g) };
+        QuantLayout::new(dt, shape).ok().map(|_| dt)
+    }
+
+    /// A short name, e.g. `q4g128`.
+    pub fn name(&self) -> String {
+        format!("q{}g{}", self.bits, self.group)
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    #[test]
+    fn plans_parse_and_choose_per_tensor() {
+        let p = QuantPlan::parse("q4").unwrap();
+        assert_eq!((p.bits, p.group), (4, 128));
+        assert_eq!(QuantPlan::parse("q8g32").unwrap().group, 32);
+        for bad in ["q3", "q4g0", "q4g12", "int4", "q4gx", ""] {
+            assert!(QuantPlan::parse(bad).is_err(), "{bad}");
+        }
+        let p = QuantPlan { keep: vec!["self_attn".into()], ..QuantPlan::parse("q4g32").unwrap() };
+        assert_eq!(p.format_of("model.norm.weight", &[64]), None);
+        assert_eq!(p.format_of("model.layers.0.feed_forward.router.weight", &[4, 64]), None);
+        assert_eq!(p.format_of("model.layers.0.self_attn.q_proj.weight", &[64, 64]), None);
+        let up = p.format_of("model.layers.0.feed_forward.experts.gate_up_proj", &[4, 64, 256]).unwrap();
+        assert_eq!(up.grouping().unwrap().axis, GroupAxis::SecondLast);
+        let lm = p.format_of("lm_head.weight", &[512, 64]).unwrap();
+        assert_eq!(lm.grouping().unwrap().axis, GroupAxis::Last);
+        // 32 does not divide 48: kept.
+        assert_eq!(p.format_of("lm_head.weight", &[512, 48]), None);
+    }
 }

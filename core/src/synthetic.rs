@@ -14,7 +14,7 @@ use crate::backend::Backend;
 use crate::checkpoint::TensorRef;
 use crate::error::{HerdError, Result};
 use crate::model::WeightSource;
-use crate::quant::DType;
+use crate::quant::{DType, QuantPlan};
 
 /// What a synthetic tensor holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,14 +73,24 @@ fn write(bytes: &mut [u8], dtype: DType, first: usize, value: &dyn Fn(usize) -> 
             DType::F32 => b.copy_from_slice(&x.to_le_bytes()),
             DType::BF16 => b.copy_from_slice(&bf16::from_f32(x).to_bits().to_le_bytes()),
             DType::F16 => b.copy_from_slice(&f16::from_f32(x).to_bits().to_le_bytes()),
+            // `tensor` quantizes float values instead (see there).
+            DType::Q8(_) | DType::Q4(_) => {}
         }
     }
 }
 
-/// A synthetic tensor as a [`TensorRef`] owning its bytes (the default of `Backend::synthetic_weight`).
-pub fn tensor(name: &str, shape: &[usize], dtype: DType, fill: Fill) -> TensorRef {
+/// A synthetic tensor as a [`TensorRef`] owning its bytes (the default of `Backend::synthetic_weight`). A
+/// quantized format quantizes the f32 values of the same fill.
+pub fn tensor(name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<TensorRef> {
     let numel = shape.iter().product();
-    TensorRef::owned(name, dtype, shape.to_vec(), bytes(numel, dtype, fill))
+    let b = if dtype.is_quantized() {
+        let v = bytes(numel, DType::F32, fill);
+        let f: Vec<f32> = v.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        crate::quant::quantize(&f, shape, dtype).map_err(|e| HerdError::tensor(name, e))?
+    } else {
+        bytes(numel, dtype, fill)
+    };
+    Ok(TensorRef::owned(name, dtype, shape.to_vec(), b))
 }
 
 /// FNV-1a of a tensor name: each tensor's seed.
@@ -91,7 +101,10 @@ fn name_seed(name: &str) -> u64 {
 /// A model's weights made up on the spot: norms are 1, everything else uniform in ±scale, each tensor
 /// seeded by its name. Backends make them where they live ([`Backend::synthetic_weight`]).
 pub struct SyntheticWeights {
+    /// The float format of every tensor the plan does not quantize.
     pub dtype: DType,
+    /// Quantized formats per tensor (see [`QuantPlan::format_of`]).
+    pub plan: Option<QuantPlan>,
     pub scale: f32,
     pub seed: u64,
     bytes: AtomicUsize,
@@ -99,7 +112,16 @@ pub struct SyntheticWeights {
 
 impl SyntheticWeights {
     pub fn new(dtype: DType, scale: f32, seed: u64) -> Self {
-        SyntheticWeights { dtype, scale, seed, bytes: AtomicUsize::new(0) }
+        SyntheticWeights { dtype, plan: None, scale, seed, bytes: AtomicUsize::new(0) }
+    }
+    /// Quantizes the matrices as `plan` says (on the host, from the same f32 values, then uploaded).
+    pub fn quantized(mut self, plan: QuantPlan) -> Self {
+        self.plan = Some(plan);
+        self
+    }
+    /// The format of tensor `name`.
+    pub fn format_of(&self, name: &str, shape: &[usize]) -> DType {
+        self.plan.as_ref().and_then(|p| p.format_of(name, shape)).unwrap_or(self.dtype)
     }
     /// Bytes of every tensor made so far.
     pub fn bytes_made(&self) -> usize {
@@ -124,9 +146,10 @@ impl<B: Backend> WeightSource<B> for SyntheticWeights {
         if shape.contains(&0) {
             return Err(HerdError::tensor(name, format!("synthetic tensor of empty shape {shape:?}")));
         }
-        let n: usize = shape.iter().product();
-        self.bytes.fetch_add(n * self.dtype.size(), Ordering::Relaxed);
-        be.synthetic_weight(name, shape, self.dtype, self.fill_of(name))
+        let dtype = self.format_of(name, shape);
+        let n = dtype.bytes(shape).map_err(|e| HerdError::tensor(name, e))?;
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        be.synthetic_weight(name, shape, dtype, self.fill_of(name))
     }
 }
 

@@ -81,7 +81,20 @@ fn dts(d: DType) -> &'static str {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
         DType::F16 => "f16",
+        // Refused by load_weight: no quantized kernels on CUDA yet.
+        DType::Q8(_) | DType::Q4(_) => "unsupported",
     }
+}
+
+fn no_quant(name: &str, d: DType) -> Result<()> {
+    if d.is_quantized() {
+        return Err(err(format!(
+            "{}: {} weights are not supported on cuda yet (the CPU backend runs them)",
+            name.escape_debug(),
+            d.name()
+        )));
+    }
+    Ok(())
 }
 
 fn blocks(n: usize, per: usize) -> u32 {
@@ -284,6 +297,7 @@ impl Backend for CudaBackend {
     }
 
     fn load_weight(&self, t: &TensorRef) -> Result<CudaWeight> {
+        no_quant(&t.name, t.dtype)?;
         let bytes = t.bytes();
         let p = self.dev.alloc_raw(bytes.len())?;
         let w = CudaWeight { ptr: p, dtype: t.dtype, shape: t.shape.clone(), dev: self.dev.clone() };
@@ -291,7 +305,8 @@ impl Backend for CudaBackend {
         Ok(w)
     }
 
-    fn synthetic_weight(&self, _name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<CudaWeight> {
+    fn synthetic_weight(&self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<CudaWeight> {
+        no_quant(name, dtype)?;
         let n: usize = shape.iter().product();
         let p = self.dev.alloc_raw(n * dtype.size())?;
         let w = CudaWeight { ptr: p, dtype, shape: shape.to_vec(), dev: self.dev.clone() };

@@ -29,13 +29,14 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
     let (cfg, model, describe) = match &a.synthetic {
         Some(sname) => {
             let layers = a.layers.unwrap_or(synthetic::DEFAULT_LAYERS);
-            let dtype = synthetic::quant_dtype(a.quant.as_deref())?;
-            let (cfg, weights) = synthetic::synthetic(sname, layers, dtype)?;
+            let (dtype, plan) = synthetic::quant_format(a.quant.as_deref())?;
+            let fmt = plan.as_ref().map_or(dtype.name().to_owned(), |p| p.name());
+            let (cfg, weights) = synthetic::synthetic(sname, layers, dtype, plan)?;
             t_load = Instant::now();
             let model = Llama4::load(backend, &weights, &cfg.text, &mut |_, _| {})?;
             synth = Some((sname.clone(), layers, weights.bytes_made()));
             let of = if sname == "tiny" { String::new() } else { format!(" of {}", synthetic::FULL_LAYERS) };
-            (cfg, model, format!("synthetic {sname} ({layers}{of} layers, random {} weights)", dtype.name()))
+            (cfg, model, format!("synthetic {sname} ({layers}{of} layers, random {fmt} weights)"))
         }
         None => {
             t_load = Instant::now();
@@ -70,9 +71,12 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
     let prefill_tps = prompt.len() as f64 / best_prefill;
     let decode_tps = a.gen_tokens as f64 / best_decode.max(1e-12);
     let peak = peak_rss().unwrap_or(0);
-    // The decode roofline: weight bytes each token reads (synthetic: the format made; a checkpoint: bf16).
-    let elem = synth.as_ref().map_or(2, |_| a.quant.as_deref().map_or(2, |q| if q == "f32" { 4 } else { 2 }));
-    let decode_bytes = cfg.text.decode_params() * elem;
+    // The decode roofline: weight bytes each token reads (synthetic: the formats made; a checkpoint: bf16).
+    let per_param = match (&synth, a.quant.as_deref()) {
+        (Some((_, _, bytes)), _) => *bytes as f64 / cfg.text.total_params().max(1) as f64,
+        _ => 2.0,
+    };
+    let decode_bytes = (cfg.text.decode_params() as f64 * per_param) as usize;
     let decode_gbs = decode_bytes as f64 * decode_tps / 1e9;
     // What scales with depth: decode time per token per layer. It also carries the embedding and lm_head,
     // spread over the layers, so ×48 overestimates a full model (by a lot at 1 layer; less with more layers).
@@ -99,7 +103,7 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
         println!("prefill: {} tokens in {:.1} ms = {prefill_tps:.1} tok/s", prompt.len(), best_prefill * 1e3);
         println!("decode: {} tokens in {:.1} ms = {decode_tps:.1} tok/s", a.gen_tokens, best_decode * 1e3);
         println!(
-            "decode weight traffic: {:.2} GB per token (active parameters x {elem} bytes) = {decode_gbs:.1} GB/s at that speed",
+            "decode weight traffic: {:.2} GB per token (active parameters x {per_param:.3} bytes) = {decode_gbs:.1} GB/s at that speed",
             decode_bytes as f64 / 1e9
         );
         if let Some(ms) = ms_per_layer_token {

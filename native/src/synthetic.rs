@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use herd_core::config::ModelConfig;
-use herd_core::quant::DType;
+use herd_core::quant::{DType, QuantPlan};
 use herd_core::synthetic::SyntheticWeights;
 
 /// Names `--synthetic` accepts.
@@ -73,25 +73,38 @@ pub fn config_json(name: &str, layers: usize) -> Result<String> {
 /// A synthetic model: its config (parsed from the config.json text, like a real one) and the weight source
 /// that makes every tensor herd's loader asks for, in `dtype`, on the backend that loads it (on a GPU
 /// backend the weights are made on the device; nothing the size of the model exists on the host).
-pub fn synthetic(name: &str, layers: usize, dtype: DType) -> Result<(ModelConfig, SyntheticWeights)> {
+pub fn synthetic(
+    name: &str,
+    layers: usize,
+    dtype: DType,
+    plan: Option<QuantPlan>,
+) -> Result<(ModelConfig, SyntheticWeights)> {
     if layers == 0 {
         bail!("--layers must be at least 1");
     }
     let json = config_json(name, layers)?;
     let cfg = ModelConfig::from_json_bytes(json.as_bytes()).context("synthetic config.json")?;
-    Ok((cfg, SyntheticWeights::new(dtype, SCALE, SEED)))
+    let w = SyntheticWeights::new(dtype, SCALE, SEED);
+    Ok((
+        cfg,
+        match plan {
+            Some(p) => w.quantized(p),
+            None => w,
+        },
+    ))
 }
 
-/// The weight format `--quant` names.
-pub fn quant_dtype(name: Option<&str>) -> Result<DType> {
+/// The weight formats `--quant` names: a float format for every tensor, or a quantization plan (`q4`, `q8`,
+/// `q4g32`, ...) for the matrices, the rest in bf16.
+pub fn quant_format(name: Option<&str>) -> Result<(DType, Option<QuantPlan>)> {
     match name.unwrap_or("bf16") {
-        "bf16" => Ok(DType::BF16),
-        "f16" => Ok(DType::F16),
-        "f32" => Ok(DType::F32),
-        q @ ("q4" | "q8" | "int4" | "int8") => {
-            bail!("--quant {q}: the quantized formats are not in herd yet (available: bf16, f16, f32)")
+        "bf16" => Ok((DType::BF16, None)),
+        "f16" => Ok((DType::F16, None)),
+        "f32" => Ok((DType::F32, None)),
+        q if q.starts_with('q') => {
+            Ok((DType::BF16, Some(QuantPlan::parse(q).map_err(|e| anyhow::anyhow!("--quant {q}: {e}"))?)))
         }
-        other => bail!("--quant {other:?}: unknown weight format (available: bf16, f16, f32)"),
+        other => bail!("--quant {other:?}: unknown weight format (bf16, f16, f32, q4, q8, q4g32, ...)"),
     }
 }
 
@@ -123,7 +136,7 @@ mod tests {
         use herd_core::cpu::CpuBackend;
         use herd_core::model::Llama4;
         use std::sync::Arc;
-        let (cfg, w) = synthetic("tiny", 2, DType::BF16).unwrap();
+        let (cfg, w) = synthetic("tiny", 2, DType::BF16, None).unwrap();
         assert_eq!(cfg.text.hidden_size, 64);
         let be = Arc::new(CpuBackend::new());
         let model = Llama4::load(be.clone(), &w, &cfg.text, &mut |_, _| {}).unwrap();
@@ -132,14 +145,15 @@ mod tests {
         let mut cache = model.new_cache().unwrap();
         let s = cache.add_sequence();
         let a = model.forward(&mut cache, &[(s, &[1, 2, 3])], herd_core::model::Rows::Last).unwrap();
-        let (_, w2) = synthetic("tiny", 2, DType::BF16).unwrap();
+        let (_, w2) = synthetic("tiny", 2, DType::BF16, None).unwrap();
         let model2 = Llama4::load(be, &w2, &cfg.text, &mut |_, _| {}).unwrap();
         let mut cache2 = model2.new_cache().unwrap();
         let s2 = cache2.add_sequence();
         let b = model2.forward(&mut cache2, &[(s2, &[1, 2, 3])], herd_core::model::Rows::Last).unwrap();
         assert_eq!(a, b, "the same seed gives the same model");
         assert!(a.iter().all(|x| x.is_finite()) && a.iter().any(|&x| x != a[0]));
-        assert!(quant_dtype(Some("q4")).is_err() && quant_dtype(Some("zz")).is_err());
-        assert_eq!(quant_dtype(None).unwrap(), DType::BF16);
+        assert!(quant_format(Some("q5")).is_err() && quant_format(Some("zz")).is_err());
+        assert_eq!(quant_format(None).unwrap(), (DType::BF16, None));
+        assert_eq!(quant_format(Some("q4g32")).unwrap().1.unwrap().group, 32);
     }
 }

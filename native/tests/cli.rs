@@ -368,10 +368,31 @@ fn bench_synthetic_tiny_json() {
         let v = j[key].as_f64().unwrap_or_else(|| panic!("{key} missing or not a number in {j}"));
         assert!(v > 0.0, "{key} = {v} in {j}");
     }
+    // Quantized matrices (int4, groups of 32) take about a quarter of the bf16 bytes.
+    let (q4, _) = ok(
+        "bench --synthetic --quant q4g32",
+        herd([
+            "bench",
+            "--synthetic",
+            "tiny",
+            "--quant",
+            "q4g32",
+            "--json",
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "2",
+            "--repeat",
+            "1",
+        ]),
+    );
+    let q: Value = serde_json::from_str(q4.trim()).expect("one JSON object");
+    let (qb, bb) = (q["param_bytes"].as_f64().unwrap(), j["param_bytes"].as_f64().unwrap());
+    assert!(qb < 0.35 * bb && qb > 0.25 * bb, "q4g32 {qb} bytes vs bf16 {bb}");
     fails(
-        "bench --synthetic --quant q4",
-        herd(["bench", "--synthetic", "tiny", "--quant", "q4"]),
-        &["--quant q4", "quantized formats"],
+        "bench --synthetic --quant q5",
+        herd(["bench", "--synthetic", "tiny", "--quant", "q5"]),
+        &["q5", "unknown weight format"],
     );
     fails("bench --synthetic --quant junk", herd(["bench", "--synthetic", "tiny", "--quant", "junk"]), &["junk"]);
     fails(

@@ -115,6 +115,8 @@ impl GpuWeight {
             DType::F32 => 0,
             DType::BF16 => 1,
             DType::F16 => 2,
+            // Refused by load_weight: no quantized kernels on wgpu yet.
+            DType::Q8(_) | DType::Q4(_) => u32::MAX,
         }
     }
 }

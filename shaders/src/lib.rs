@@ -221,6 +221,13 @@ impl Backend for WgpuBackend {
         })
     }
     fn load_weight(&self, t: &TensorRef) -> Result<GpuWeight> {
+        if t.dtype.is_quantized() {
+            return Err(err(format!(
+                "{}: {} weights are not supported on wgpu yet (the CPU backend runs them)",
+                t.name.escape_debug(),
+                t.dtype.name()
+            )));
+        }
         self.gpu.upload_weight(&t.name, t.bytes(), t.dtype, &t.shape)
     }
 

@@ -6,6 +6,7 @@
 //! HERD_REQUIRE_CUDA=1 a missing CUDA device counts as a failure (a GPU run cannot pass by skipping).
 //! Exits non-zero if any row fails.
 
+use herd_conformance::quant_table::run_quant_table;
 use herd_conformance::table::{dispatch_cost, format_table, run_table, RowResult};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
@@ -27,6 +28,8 @@ fn main() {
     if want("cpu") {
         let be = CpuBackend::new();
         run(be.name(), run_table(&be, perf, filter));
+        // The quantized formats: on the CPU reference only, until the GPU backends have their kernels.
+        run(format!("{} (quantized formats)", be.name()), run_quant_table(&be, perf, filter));
         if perf {
             print_dispatch_cost(&be);
         }

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use half::{bf16, f16};
 use herd_core::backend::{AttnParams, AttnSeq, Backend, Temperature};
-use herd_core::checkpoint::{Checkpoint, FileBytes};
-use herd_core::quant::DType;
+use herd_core::checkpoint::{Checkpoint, FileBytes, TensorRef};
+use herd_core::quant::{quantize, DType};
 use herd_core::Result;
 
 use crate::reference as r;
@@ -43,9 +43,9 @@ pub fn nmse(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Deterministic values in [-1, 1).
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 impl Rng {
-    fn vec(&mut self, n: usize) -> Vec<f32> {
+    pub(crate) fn vec(&mut self, n: usize) -> Vec<f32> {
         (0..n)
             .map(|_| {
                 self.0 ^= self.0 << 13;
@@ -55,7 +55,7 @@ impl Rng {
             })
             .collect()
     }
-    fn below(&mut self, n: u32) -> u32 {
+    pub(crate) fn below(&mut self, n: u32) -> u32 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -63,10 +63,16 @@ impl Rng {
     }
 }
 
-/// A weight in `dtype` on the backend, and its values as the backend sees them (rounded to the format).
-fn weight<B: Backend>(be: &B, dtype: DType, shape: &[usize], vals: &[f32]) -> Result<(B::Weight, Vec<f32>)> {
+/// A weight in `dtype` on the backend, and its values as the backend sees them (rounded to the format, or
+/// quantized and dequantized). Float formats go through a safetensors file, as a checkpoint's would.
+pub(crate) fn weight<B: Backend>(be: &B, dtype: DType, shape: &[usize], vals: &[f32]) -> Result<(B::Weight, Vec<f32>)> {
+    if dtype.is_quantized() {
+        let bytes = quantize(vals, shape, dtype).map_err(herd_core::HerdError::Input)?;
+        let mut seen = vec![0f32; vals.len()];
+        herd_core::quant::bytes_to_f32(dtype, shape, &bytes, &mut seen);
+        return Ok((be.load_weight(&TensorRef::owned("w", dtype, shape.to_vec(), bytes))?, seen));
+    }
     let (bytes, seen): (Vec<u8>, Vec<f32>) = match dtype {
-        DType::F32 => (vals.iter().flat_map(|v| v.to_le_bytes()).collect(), vals.to_vec()),
         DType::BF16 => {
             let h: Vec<bf16> = vals.iter().map(|&v| bf16::from_f32(v)).collect();
             (h.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
@@ -75,11 +81,12 @@ fn weight<B: Backend>(be: &B, dtype: DType, shape: &[usize], vals: &[f32]) -> Re
             let h: Vec<f16> = vals.iter().map(|&v| f16::from_f32(v)).collect();
             (h.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
         }
+        _ => (vals.iter().flat_map(|v| v.to_le_bytes()).collect(), vals.to_vec()),
     };
     let st_dtype = match dtype {
-        DType::F32 => safetensors::Dtype::F32,
         DType::BF16 => safetensors::Dtype::BF16,
         DType::F16 => safetensors::Dtype::F16,
+        _ => safetensors::Dtype::F32,
     };
     let view = safetensors::tensor::TensorView::new(st_dtype, shape.to_vec(), &bytes).expect("weight view");
     let file = safetensors::serialize([("w", view)], None).expect("serialize");
@@ -90,7 +97,12 @@ fn weight<B: Backend>(be: &B, dtype: DType, shape: &[usize], vals: &[f32]) -> Re
 /// Runs `f` once for the result; in perf mode again, in batches that each end with a read (so the time
 /// counts execution, however far recording runs ahead of the device), until ~0.2 s have passed; returns
 /// seconds per call.
-fn timed<B: Backend>(be: &B, perf: bool, sync: &B::Buffer, mut f: impl FnMut() -> Result<()>) -> Result<Option<f64>> {
+pub(crate) fn timed<B: Backend>(
+    be: &B,
+    perf: bool,
+    sync: &B::Buffer,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Option<f64>> {
     f()?;
     be.read(sync)?;
     if !perf {
@@ -111,12 +123,12 @@ fn timed<B: Backend>(be: &B, perf: bool, sync: &B::Buffer, mut f: impl FnMut() -
     Ok(Some(t.elapsed().as_secs_f64() / n as f64))
 }
 
-struct Out {
-    got: Vec<f32>,
-    want: Vec<f32>,
-    secs: Option<f64>,
-    bytes: f64,
-    flops: f64,
+pub(crate) struct Out {
+    pub got: Vec<f32>,
+    pub want: Vec<f32>,
+    pub secs: Option<f64>,
+    pub bytes: f64,
+    pub flops: f64,
 }
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];

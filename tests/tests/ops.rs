@@ -12,3 +12,16 @@ fn cpu_backend_passes_the_op_table() {
     let failed: Vec<_> = rows.iter().filter(|r| !r.passed()).map(|r| format!("{} {}", r.op, r.case)).collect();
     assert!(failed.is_empty(), "failing rows: {failed:?}\n{table}");
 }
+
+/// The quantized formats (int8/int4, group-wise) on the CPU reference. wgpu and CUDA refuse them with a
+/// clear error for now (their kernels come with the quantization work) and will run the same rows.
+#[test]
+fn cpu_backend_passes_the_quantized_rows() {
+    let rows = herd_conformance::quant_table::run_quant_table(&CpuBackend::new(), false, None);
+    let table = format_table("cpu", &rows);
+    eprintln!("{table}");
+    assert!(rows.len() >= 15, "the quantized table lost rows: {}", rows.len());
+    let failed: Vec<_> =
+        rows.iter().filter(|r| !r.passed()).map(|r| format!("{} {} ({:?})", r.op, r.case, r.error)).collect();
+    assert!(failed.is_empty(), "failing rows: {failed:?}\n{table}");
+}

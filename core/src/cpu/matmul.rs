@@ -13,6 +13,8 @@ pub enum WView<'a> {
     F32(&'a [f32]),
     BF16(&'a [u16]),
     F16(&'a [u16]),
+    /// A quantized tensor's bytes and layout (converted a row or block at a time, never whole).
+    Quant(&'a [u8], crate::quant::QuantLayout),
 }
 
 #[inline]
@@ -28,6 +30,7 @@ impl WView<'_> {
         match self {
             WView::F32(s) => s.len(),
             WView::BF16(s) | WView::F16(s) => s.len(),
+            WView::Quant(_, l) => l.numel,
         }
     }
     /// Converts `out.len()` contiguous elements starting at `start` to f32.
@@ -44,6 +47,7 @@ impl WView<'_> {
                 let h: &[f16] = bytemuck::cast_slice(&s[start..start + n]);
                 h.convert_to_f32_slice(out);
             }
+            WView::Quant(b, l) => l.to_f32(b, start, out),
         }
     }
 }
@@ -93,7 +97,7 @@ fn dot(x: &[f32], w: &WView, off: usize, scratch: &mut Vec<f32>) -> f32 {
     match w {
         WView::F32(s) => dot_f32(x, &s[off..off + k]),
         WView::BF16(s) => dot_bf16(x, &s[off..off + k]),
-        WView::F16(_) => {
+        WView::F16(_) | WView::Quant(..) => {
             scratch.resize(k, 0.0);
             w.to_f32(off, scratch);
             dot_f32(x, scratch)

@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::backend::{AttnParams, AttnSeq, Backend};
 use crate::checkpoint::{FileBytes, TensorRef};
 use crate::error::{HerdError, Result};
-use crate::quant::DType;
+use crate::quant::{DType, QuantLayout};
 use crate::sampling::SamplingParams;
 
 pub use matmul::WView;
@@ -95,6 +95,11 @@ impl CpuWeight {
             DType::F32 => WView::F32(bytemuck::cast_slice(raw)),
             DType::BF16 => WView::BF16(bytemuck::cast_slice(raw)),
             DType::F16 => WView::F16(bytemuck::cast_slice(raw)),
+            // The layout was checked when the weight was loaded.
+            DType::Q8(_) | DType::Q4(_) => match QuantLayout::new(self.dtype, &self.shape) {
+                Ok(l) => WView::Quant(raw, l),
+                Err(_) => WView::F32(&[]),
+            },
         }
     }
     pub fn numel(&self) -> usize {
@@ -155,7 +160,14 @@ impl Backend for CpuBackend {
 
     fn load_weight(&self, t: &TensorRef) -> Result<CpuWeight> {
         let (start, end) = t.range();
-        let align = t.dtype.size();
+        let want = t.dtype.bytes(&t.shape).map_err(|e| HerdError::tensor(&t.name, e))?;
+        if end - start != want {
+            return Err(HerdError::tensor(
+                &t.name,
+                format!("{} bytes for shape {:?} in {}, expected {want}", end - start, t.shape, t.dtype.name()),
+            ));
+        }
+        let align = t.dtype.size().max(1);
         let ptr = t.bytes().as_ptr() as usize;
         let bytes = if ptr.is_multiple_of(align) {
             WeightBytes::Mapped { file: t.file().clone(), start, end }
