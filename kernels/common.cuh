@@ -79,6 +79,29 @@ template <int DT> __device__ __forceinline__ void ld8(const void* w, u64 i, floa
     }
 }
 
+// Quantized weights (herd_core::quant): integer values, then scales (st: 0 f16, 1 bf16). Element i's integer:
+template <int BITS> __device__ __forceinline__ int ld_q(const unsigned char* v, u64 i) {
+    if (BITS == 8) return (int)(signed char)__ldg(v + i);
+    unsigned char b = __ldg(v + (i >> 1));
+    return (int)((i & 1) ? (b >> 4) : (b & 15)) - 8;
+}
+__device__ __forceinline__ float ld_scale(const unsigned short* s, u64 i, u32 st) {
+    unsigned short h = __ldg(s + i);
+    return st ? bf2f(h) : h2f(h);
+}
+// The eight integers of one u32 of q4 values (element 2j in the low nibble of byte j) or two u32 of q8.
+__device__ __forceinline__ void unpack_q4(u32 w, float* q) {
+#pragma unroll
+    for (int j = 0; j < 8; j++) q[j] = (float)((int)((w >> (4 * j)) & 15u) - 8);
+}
+__device__ __forceinline__ void unpack_q8(u32 a, u32 b, float* q) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        q[j] = (float)(signed char)(a >> (8 * j));
+        q[4 + j] = (float)(signed char)(b >> (8 * j));
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -11,6 +11,17 @@ extern "C" __global__ void embed_f32(const void* t, const u32* ids, float* out, 
 extern "C" __global__ void embed_bf16(const void* t, const u32* ids, float* out, u32 n, u32 dim) { embed_impl<1>(t, ids, out, n, dim); }
 extern "C" __global__ void embed_f16(const void* t, const u32* ids, float* out, u32 n, u32 dim) { embed_impl<2>(t, ids, out, n, dim); }
 
+template <int BITS>
+__device__ void embed_q_impl(const unsigned char* t, const unsigned short* sc, u32 st, u32 group, const u32* ids,
+                             float* out, u32 n, u32 dim) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)n * dim) return;
+    u64 e = (u64)ids[i / dim] * dim + i % dim;
+    out[i] = (float)ld_q<BITS>(t, e) * ld_scale(sc, e / group, st);
+}
+extern "C" __global__ void embed_q4(const unsigned char* t, const unsigned short* sc, u32 st, u32 group, const u32* ids, float* out, u32 n, u32 dim) { embed_q_impl<4>(t, sc, st, group, ids, out, n, dim); }
+extern "C" __global__ void embed_q8(const unsigned char* t, const unsigned short* sc, u32 st, u32 group, const u32* ids, float* out, u32 n, u32 dim) { embed_q_impl<8>(t, sc, st, group, ids, out, n, dim); }
+
 extern "C" __global__ void add(float* acc, const float* x, u32 n) {
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) acc[i] += x[i];
@@ -53,3 +64,55 @@ extern "C" __global__ void synth_f16(u16* out, u64 n, u64 seed, float scale, u32
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = f2h(synth_value(seed, scale, ones, i));
 }
+
+// A synthetic quantized tensor (herd_core::synthetic::tensor of a quantized format): one thread per pair of
+// adjacent scales along the contiguous axis (so that q4 bytes are never shared), each generating its groups'
+// f32 values, their max |x|, the rounded scale and the integers, exactly as herd_core::quant::quantize does.
+// Shape: outer × second × last; axis 0: groups along `last` (runs of `group`), 1: along `second`.
+template <int BITS>
+__device__ void synth_q_impl(unsigned char* v, unsigned short* sc, u32 st, u32 group, u32 axis, u64 outer, u32 second,
+                             u32 last, u64 seed, float scale, u64 nscales) {
+    u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    const float qmax = BITS == 8 ? 127.0f : 7.0f;
+    const int qlo = BITS == 8 ? -128 : -8, qhi = BITS == 8 ? 127 : 7;
+    for (u64 pair = t; 2 * pair < nscales; pair += (u64)gridDim.x * blockDim.x) {
+        for (u32 h = 0; h < 2; h++) {
+            const u64 s = 2 * pair + h;
+            if (s >= nscales) break;
+            // The flat index of the j-th element of scale s.
+            u64 first, stride;
+            if (axis == 0) {
+                first = s * group;
+                stride = 1;
+            } else {
+                const u64 per_outer = (u64)(second / group) * last;
+                const u64 o = s / per_outer, rem = s % per_outer, rg = rem / last, l = rem % last;
+                first = (o * second + rg * group) * last + l;
+                stride = last;
+            }
+            float m = 0.0f;
+            for (u32 j = 0; j < group; j++) m = fmaxf(m, fabsf(synth_value(seed, scale, 0, first + j * stride)));
+            const float raw = m / qmax;
+            const unsigned short bits = st ? f2bf(raw) : f2h(raw);
+            const float sv = st ? bf2f(bits) : h2f(bits);
+            sc[s] = bits;
+            for (u32 j = 0; j < group; j++) {
+                const u64 i = first + j * stride;
+                const float x = synth_value(seed, scale, 0, i);
+                int q = (sv > 0.0f && sv <= F32_MAX) ? (int)roundf(x / sv) : 0;
+                q = q < qlo ? qlo : (q > qhi ? qhi : q);
+                if (BITS == 8) {
+                    v[i] = (unsigned char)(signed char)q;
+                } else {
+                    // The two nibbles of a byte belong to scales 2·pair and 2·pair + 1 (axis 1), or to this
+                    // thread's own run (axis 0): either way only this thread writes the byte.
+                    unsigned char* b = v + (i >> 1);
+                    const unsigned char nib = (unsigned char)(q + 8);
+                    *b = (i & 1) ? (unsigned char)((*b & 0x0f) | (nib << 4)) : (unsigned char)((*b & 0xf0) | nib);
+                }
+            }
+        }
+    }
+}
+extern "C" __global__ void synth_q4(unsigned char* v, unsigned short* sc, u32 st, u32 group, u32 axis, u64 outer, u32 second, u32 last, u64 seed, float scale, u64 nscales) { synth_q_impl<4>(v, sc, st, group, axis, outer, second, last, seed, scale, nscales); }
+extern "C" __global__ void synth_q8(unsigned char* v, unsigned short* sc, u32 st, u32 group, u32 axis, u64 outer, u32 second, u32 last, u64 seed, float scale, u64 nscales) { synth_q_impl<8>(v, sc, st, group, axis, outer, second, last, seed, scale, nscales); }

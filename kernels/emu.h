@@ -33,6 +33,9 @@ struct float4 {
 struct uint4 {
     unsigned x, y, z, w;
 };
+struct uint2 {
+    unsigned x, y;
+};
 
 #if defined(__x86_64__)
 // Saves the callee-saved registers on the current stack, stores the stack pointer in *from, switches to `to`.

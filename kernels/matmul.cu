@@ -164,6 +164,71 @@ SWIGLU_ALL(f32, 0)
 SWIGLU_ALL(bf16, 1)
 SWIGLU_ALL(f16, 2)
 
+// The GEMV on quantized weights (groups along K): a lane reads 16 bytes (32 q4 or 16 q8 values) at a time,
+// one scale per 8 values (group sizes are multiples of 8). Σ x·q per 8 values, times the scale.
+template <int BITS, int M, bool VEC>
+__device__ void gemv_q(const float* __restrict__ x, const unsigned char* __restrict__ w, const unsigned short* sc,
+                       u32 st, u32 group, float* __restrict__ out, u32 m, u32 n, u32 k) {
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32 col = blockIdx.x * (blockDim.x >> 5) + warp;
+    const u32 r0 = blockIdx.y * M;
+    if (col >= n) return;
+    float acc[M];
+#pragma unroll
+    for (int r = 0; r < M; r++) acc[r] = 0.0f;
+    const u64 base = (u64)col * k;
+    if (VEC) {
+        const u32 per = BITS == 4 ? 32 : 16;
+        for (u32 kk = lane * per; kk < k; kk += 32 * per) {
+            uint4 v = __ldg((const uint4*)(w + (base + kk) * BITS / 8));
+            const u32 wd[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (u32 c = 0; c < per / 8; c++) {
+                float q[8];
+                if (BITS == 4) unpack_q4(wd[c], q);
+                else unpack_q8(wd[2 * c], wd[2 * c + 1], q);
+                const float s = ld_scale(sc, (base + kk + 8 * c) / group, st);
+#pragma unroll
+                for (int r = 0; r < M; r++) {
+                    if (r0 + r < m) {
+                        const float* xr = x + (u64)(r0 + r) * k + kk + 8 * c;
+                        float4 a = *(const float4*)xr, b = *(const float4*)(xr + 4);
+                        float d = a.x * q[0] + a.y * q[1] + a.z * q[2] + a.w * q[3] + b.x * q[4] + b.y * q[5] +
+                                  b.z * q[6] + b.w * q[7];
+                        acc[r] += d * s;
+                    }
+                }
+            }
+        }
+    } else {
+        for (u32 kk = lane; kk < k; kk += 32) {
+            float wv = (float)ld_q<BITS>(w, base + kk) * ld_scale(sc, (base + kk) / group, st);
+#pragma unroll
+            for (int r = 0; r < M; r++)
+                if (r0 + r < m) acc[r] += x[(u64)(r0 + r) * k + kk] * wv;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < M; r++) {
+        float s = warp_sum(acc[r]);
+        if (lane == 0 && r0 + r < m) out[(u64)(r0 + r) * n + col] = s;
+    }
+}
+
+#define GEMVQ(B, M)                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256) matmul_gemv_q##B##_##M(                                     \
+        const float* x, const unsigned char* w, const unsigned short* sc, u32 st, u32 group, float* out, u32 m,     \
+        u32 n, u32 k) {                                                                                             \
+        gemv_q<B, M, true>(x, w, sc, st, group, out, m, n, k);                                                     \
+    }                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256) matmul_gemv_q##B##_##M##_scalar(                            \
+        const float* x, const unsigned char* w, const unsigned short* sc, u32 st, u32 group, float* out, u32 m,     \
+        u32 n, u32 k) {                                                                                             \
+        gemv_q<B, M, false>(x, w, sc, st, group, out, m, n, k);                                                    \
+    }
+GEMVQ(4, 1) GEMVQ(4, 2) GEMVQ(4, 4) GEMVQ(4, 8)
+GEMVQ(8, 1) GEMVQ(8, 2) GEMVQ(8, 4) GEMVQ(8, 8)
+
 extern "C" __global__ void split_bf16(const float* x, u16* hi, u16* lo, u32 n) {
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;

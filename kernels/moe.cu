@@ -102,6 +102,63 @@ MOE_GEMV(f32, 0)
 MOE_GEMV(bf16, 1)
 MOE_GEMV(f16, 2)
 
+// moe_gemv on quantized weights (groups along the input axis, scales [E, K/G, N]): 8 columns per thread
+// as one u32 of q4 or two of q8; the 8 scales are reloaded when the input row enters a new group.
+template <int BITS, bool VEC>
+__device__ void moe_gemv_q_impl(const float* __restrict__ in, u32 in_div, const u32* __restrict__ idx,
+                                const unsigned char* __restrict__ w, const unsigned short* __restrict__ sc, u32 st,
+                                u32 group, float* __restrict__ part, u32 kin, u32 n, u32 chunk, u32 splits) {
+    const u32 ent = blockIdx.z, sp = blockIdx.y;
+    const u32 per = VEC ? 8 : 1;
+    const u32 col = (blockIdx.x * blockDim.x + threadIdx.x) * per;
+    if (col >= n) return;
+    const u32 e = idx[ent];
+    const float* x = in + (u64)(ent / in_div) * kin;
+    const u32 i0 = sp * chunk, i1 = min(kin, i0 + chunk);
+    const u64 wb = (u64)e * kin * n + col;
+    const u64 sb = (u64)e * (kin / group) * n + col;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    u32 gcur = 0xffffffffu;
+    for (u32 i = i0; i < i1; i++) {
+        const u32 g = i / group;
+        if (g != gcur) {
+            gcur = g;
+            for (u32 j = 0; j < per; j++) s[j] = ld_scale(sc, sb + (u64)g * n + j, st);
+        }
+        const float xv = x[i];
+        if (VEC) {
+            float q[8];
+            const u64 e0 = wb + (u64)i * n;
+            if (BITS == 4) {
+                unpack_q4(__ldg((const u32*)(w + e0 / 2)), q);
+            } else {
+                uint2 v = __ldg((const uint2*)(w + e0));
+                unpack_q8(v.x, v.y, q);
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j++) acc[j] += xv * (q[j] * s[j]);
+        } else {
+            acc[0] += xv * ((float)ld_q<BITS>(w, wb + (u64)i * n) * s[0]);
+        }
+    }
+    float* o = part + ((u64)ent * splits + sp) * n + col;
+    for (u32 j = 0; j < per; j++) o[j] = acc[j];
+}
+#define MOE_GEMV_Q(B)                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256) moe_gemv_q##B(                                              \
+        const float* in, u32 in_div, const u32* idx, const unsigned char* w, const unsigned short* sc, u32 st,      \
+        u32 group, float* part, u32 kin, u32 n, u32 chunk, u32 splits) {                                            \
+        moe_gemv_q_impl<B, true>(in, in_div, idx, w, sc, st, group, part, kin, n, chunk, splits);                  \
+    }                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256) moe_gemv_q##B##_scalar(                                     \
+        const float* in, u32 in_div, const u32* idx, const unsigned char* w, const unsigned short* sc, u32 st,      \
+        u32 group, float* part, u32 kin, u32 n, u32 chunk, u32 splits) {                                            \
+        moe_gemv_q_impl<B, false>(in, in_div, idx, w, sc, st, group, part, kin, n, chunk, splits);                 \
+    }
+MOE_GEMV_Q(4)
+MOE_GEMV_Q(8)
+
 // h[ent, j] = silu(s·g)·(s·u), g and u the split sums of gu[ent] (columns j and F + j).
 extern "C" __global__ void moe_act(const float* gu, const float* score, float* h, u32 nent, u32 f, u32 splits) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -172,9 +229,11 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route(const u32* idx, u32
 
 // y[ent, col] = Σ_i in[ent / in_div, i] · w[e, i, col] for the entries of tile blockIdx.y; 256 threads,
 // 32 entries × 64 columns per block, 2 × 4 outputs per thread, K in steps of 32 through shared memory.
+// DT 0-2: the float formats; 4 and 8: q4 and q8 (scales `sc` of type `st`, groups of `group` along K).
 template <int DT>
 __device__ void moe_tile_impl(const float* __restrict__ in, u32 in_div, const u32* __restrict__ route, u32 tmax,
-                              const void* __restrict__ w, float* __restrict__ y, u32 kin, u32 n) {
+                              const void* __restrict__ w, float* __restrict__ y, u32 kin, u32 n,
+                              const unsigned short* __restrict__ sc, u32 st, u32 group) {
     __shared__ float xs[TM][33];
     __shared__ float ws[32][64];
     __shared__ u32 rows_s[TM];
@@ -196,7 +255,17 @@ __device__ void moe_tile_impl(const float* __restrict__ in, u32 in_div, const u3
         }
         for (u32 q = tid; q < 32 * 64; q += 256) {
             u32 kk = q >> 6, c = q & 63;
-            ws[kk][c] = (k0 + kk < kin && n0 + c < n) ? ldw<DT>(w, wb + (u64)(k0 + kk) * n + n0 + c) : 0.0f;
+            float wv = 0.0f;
+            if (k0 + kk < kin && n0 + c < n) {
+                const u64 i = wb + (u64)(k0 + kk) * n + n0 + c;
+                if (DT >= 4) {
+                    const u64 si = ((u64)e * (kin / group) + (k0 + kk) / group) * n + n0 + c;
+                    wv = (float)ld_q<(DT == 4 ? 4 : 8)>((const unsigned char*)w, i) * ld_scale(sc, si, st);
+                } else {
+                    wv = ldw<(DT < 3 ? DT : 0)>(w, i);
+                }
+            }
+            ws[kk][c] = wv;
         }
         __syncthreads();
 #pragma unroll 8
@@ -222,9 +291,17 @@ __device__ void moe_tile_impl(const float* __restrict__ in, u32 in_div, const u3
         }
     }
 }
-extern "C" __global__ void __launch_bounds__(256) moe_tile_f32(const float* in, u32 in_div, const u32* route, u32 tmax, const void* w, float* y, u32 kin, u32 n) { moe_tile_impl<0>(in, in_div, route, tmax, w, y, kin, n); }
-extern "C" __global__ void __launch_bounds__(256) moe_tile_bf16(const float* in, u32 in_div, const u32* route, u32 tmax, const void* w, float* y, u32 kin, u32 n) { moe_tile_impl<1>(in, in_div, route, tmax, w, y, kin, n); }
-extern "C" __global__ void __launch_bounds__(256) moe_tile_f16(const float* in, u32 in_div, const u32* route, u32 tmax, const void* w, float* y, u32 kin, u32 n) { moe_tile_impl<2>(in, in_div, route, tmax, w, y, kin, n); }
+#define MOE_TILE(NAME, DT)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        moe_tile_##NAME(const float* in, u32 in_div, const u32* route, u32 tmax, const void* w, float* y, u32 kin,  \
+                        u32 n, const unsigned short* sc, u32 st, u32 group) {                                       \
+        moe_tile_impl<DT>(in, in_div, route, tmax, w, y, kin, n, sc, st, group);                                    \
+    }
+MOE_TILE(f32, 0)
+MOE_TILE(bf16, 1)
+MOE_TILE(f16, 2)
+MOE_TILE(q4, 4)
+MOE_TILE(q8, 8)
 
 // D += A·B for one m16n8k16 bf16 tile (fragments as the PTX ISA lays them out; see emu.h).
 __device__ __forceinline__ void mma_bf16(float* c, const u32* a, const u32* b) {

@@ -48,6 +48,14 @@ for pt in 2048 128; do
     row "cuda decode, 48-layer estimate" "$(grep -oE '[0-9.]+ tok/s decode at 48 layers' "$OUT/bench_cuda_$pt.txt")"
 done
 
+time_left "cuda bench, int4 Scout (48 layers)" && {
+    timeout 150 $B/herd bench --backend cuda --synthetic scout --layers 48 --quant q4 --prompt-tokens 128 --gen-tokens 64 \
+        --repeat 2 > "$OUT/bench_cuda_q4.txt" 2>&1; echo "exit $?"
+    grep -E "prefill|decode|backend|parameters|error" "$OUT/bench_cuda_q4.txt"
+    row "cuda int4 Scout 48 layers, decode" "$(grep -E '^decode:' "$OUT/bench_cuda_q4.txt")"
+    row "cuda int4 Scout 48 layers, weight GB/s" "$(grep -oE '= [0-9.]+ GB/s' "$OUT/bench_cuda_q4.txt")"
+}
+
 time_left "cuda bench, bf16 activations" && {
     HERD_CUDA_BF16_ACTIVATIONS=1 timeout 120 $B/herd bench --backend cuda --synthetic scout --layers 12 --prompt-tokens 2048 \
         --gen-tokens 16 --repeat 2 > "$OUT/bench_cuda_bf16act.txt" 2>&1; echo "exit $?"

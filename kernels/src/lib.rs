@@ -17,7 +17,7 @@ use std::sync::Arc;
 use herd_core::backend::{AttnParams, AttnSeq, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::error::Result;
-use herd_core::quant::DType;
+use herd_core::quant::{DType, GroupAxis, QuantLayout, ScaleType};
 use herd_core::sampling::{check_sample_args, min_p_threshold, SamplingParams};
 use herd_core::synthetic::Fill;
 
@@ -51,12 +51,42 @@ impl Drop for CudaBuffer {
     }
 }
 
-/// A weight tensor on the device, in its checkpoint format.
+/// A weight tensor on the device, in its checkpoint format. Quantized formats keep their values and scales
+/// in one allocation, laid out as `herd_core::quant` says.
 pub struct CudaWeight {
     ptr: u64,
     pub dtype: DType,
     pub shape: Vec<usize>,
+    /// Quantized formats: the scales' address, their type (0 f16, 1 bf16), the group size.
+    scales: u64,
+    st: u32,
+    group: u32,
     dev: Arc<Dev>,
+}
+
+impl CudaWeight {
+    fn new(dev: &Arc<Dev>, ptr: u64, dtype: DType, shape: &[usize]) -> Result<CudaWeight> {
+        let (scales, st, group) = match dtype.grouping() {
+            Some(g) => {
+                let l = QuantLayout::new(dtype, shape).map_err(err)?;
+                (ptr + l.scale_offset as u64, u32::from(g.scale == ScaleType::BF16), g.group)
+            }
+            None => (0, 0, 1),
+        };
+        Ok(CudaWeight { ptr, dtype, shape: shape.to_vec(), scales, st, group, dev: dev.clone() })
+    }
+    /// Bits of a quantized format.
+    fn bits(&self) -> Option<u32> {
+        match self.dtype {
+            DType::Q4(_) => Some(4),
+            DType::Q8(_) => Some(8),
+            _ => None,
+        }
+    }
+    /// The arguments that follow a quantized weight's values: scales, scale type, group.
+    fn qargs(&self) -> [Arg; 3] {
+        [ptr(self.scales), u(self.st as usize), u(self.group as usize)]
+    }
 }
 
 impl Drop for CudaWeight {
@@ -81,18 +111,14 @@ fn dts(d: DType) -> &'static str {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
         DType::F16 => "f16",
-        // Refused by load_weight: no quantized kernels on CUDA yet.
-        DType::Q8(_) | DType::Q4(_) => "unsupported",
+        DType::Q8(_) => "q8",
+        DType::Q4(_) => "q4",
     }
 }
 
-fn no_quant(name: &str, d: DType) -> Result<()> {
-    if d.is_quantized() {
-        return Err(err(format!(
-            "{}: {} weights are not supported on cuda yet (the CPU backend runs them)",
-            name.escape_debug(),
-            d.name()
-        )));
+fn float_weight(what: &str, w: &CudaWeight) -> Result<()> {
+    if w.dtype.is_quantized() {
+        return Err(err(format!("{what}: needs a float weight, got {}", w.dtype.name())));
     }
     Ok(())
 }
@@ -190,12 +216,13 @@ impl CudaBackend {
     }
 
     /// One expert-grouped tile pass: tensor cores for bf16 weights (on sm_80 and newer), CUDA cores otherwise.
-    fn moe_tiles(&self, dtype: DType, grid: (u32, u32, u32), mut args: Vec<Arg>) -> Result<()> {
-        if dtype == DType::BF16 && self.dev.arch.0 >= 8 {
+    fn moe_tiles(&self, w: &CudaWeight, grid: (u32, u32, u32), mut args: Vec<Arg>) -> Result<()> {
+        if w.dtype == DType::BF16 && self.dev.arch.0 >= 8 {
             args.push(u(usize::from(!self.bf16_activations)));
             self.launch("moe", "moe_mma_bf16", grid, 128, 0, args)
         } else {
-            self.launch("moe", &format!("moe_tile_{}", dts(dtype)), grid, 256, 0, args)
+            args.extend(w.qargs());
+            self.launch("moe", &format!("moe_tile_{}", dts(w.dtype)), grid, 256, 0, args)
         }
     }
 
@@ -222,7 +249,11 @@ impl CudaBackend {
         let splits = kin.div_ceil(chunk).max(1);
         let part = self.dev.scratch(role, nent * splits * n * 4)?;
         let name = format!("moe_gemv_{}{}", dts(w.dtype), if vec { "" } else { "_scalar" });
-        let args = vec![ptr(input), u(in_div), ptr(idx.ptr), ptr(w.ptr), ptr(part), u(kin), u(n), u(chunk), u(splits)];
+        let mut args = vec![ptr(input), u(in_div), ptr(idx.ptr), ptr(w.ptr)];
+        if w.bits().is_some() {
+            args.extend(w.qargs());
+        }
+        args.extend([ptr(part), u(kin), u(n), u(chunk), u(splits)]);
         self.launch("moe", &name, (gx as u32, splits as u32, nent as u32), 256, 0, args)?;
         Ok((part, splits))
     }
@@ -297,23 +328,57 @@ impl Backend for CudaBackend {
     }
 
     fn load_weight(&self, t: &TensorRef) -> Result<CudaWeight> {
-        no_quant(&t.name, t.dtype)?;
         let bytes = t.bytes();
+        let want = t.dtype.bytes(&t.shape).map_err(|e| err(format!("{}: {e}", t.name.escape_debug())))?;
+        if bytes.len() != want {
+            return Err(err(format!(
+                "{}: {} bytes, {} of {:?} needs {want}",
+                t.name.escape_debug(),
+                bytes.len(),
+                t.dtype.name(),
+                t.shape
+            )));
+        }
         let p = self.dev.alloc_raw(bytes.len())?;
-        let w = CudaWeight { ptr: p, dtype: t.dtype, shape: t.shape.clone(), dev: self.dev.clone() };
+        let w = CudaWeight::new(&self.dev, p, t.dtype, &t.shape)?;
         self.dev.upload(p, bytes)?;
         Ok(w)
     }
 
     fn synthetic_weight(&self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<CudaWeight> {
-        no_quant(name, dtype)?;
         let n: usize = shape.iter().product();
-        let p = self.dev.alloc_raw(n * dtype.size())?;
-        let w = CudaWeight { ptr: p, dtype, shape: shape.to_vec(), dev: self.dev.clone() };
+        let bytes = dtype.bytes(shape).map_err(|e| err(format!("{}: {e}", name.escape_debug())))?;
+        let p = self.dev.alloc_raw(bytes)?;
+        let w = CudaWeight::new(&self.dev, p, dtype, shape)?;
         let (seed, scale, ones) = match fill {
             Fill::Ones => (0, 0.0, 1),
             Fill::Uniform { seed, scale } => (seed, scale, 0),
         };
+        if let (Some(g), Some(bits)) = (dtype.grouping(), w.bits()) {
+            if ones == 1 {
+                return Err(err(format!("{}: a quantized tensor of ones", name.escape_debug())));
+            }
+            let l = QuantLayout::new(dtype, shape).map_err(err)?;
+            let axis = usize::from(g.axis == GroupAxis::SecondLast);
+            let outer = n / (l.second * l.last);
+            let grid = blocks(l.scales.div_ceil(2), 256).min(self.dev.sms * 64);
+            let args = vec![
+                ptr(p),
+                ptr(w.scales),
+                u(w.st as usize),
+                u(g.group as usize),
+                u(axis),
+                Arg::V(outer as u64),
+                u(l.second),
+                u(l.last),
+                Arg::V(seed),
+                f(scale),
+                Arg::V(l.scales as u64),
+            ];
+            self.launch("elementwise", &format!("synth_q{bits}"), (grid, 1, 1), 256, 0, args)?;
+            self.dev.sync()?;
+            return Ok(w);
+        }
         let grid = blocks(n, 256).min(self.dev.sms * 64);
         let args = vec![ptr(p), Arg::V(n as u64), Arg::V(seed), f(scale), u(ones)];
         self.launch("elementwise", &format!("synth_{}", dts(dtype)), (grid, 1, 1), 256, 0, args)?;
@@ -332,6 +397,19 @@ impl Backend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
+        if table.bits().is_some() {
+            let mut args = vec![ptr(table.ptr)];
+            args.extend(table.qargs());
+            args.extend([ptr(ids.ptr), ptr(out.ptr), u(n), u(dim)]);
+            return self.launch(
+                "elementwise",
+                &format!("embed_{}", dts(table.dtype)),
+                (blocks(n * dim, 256), 1, 1),
+                256,
+                0,
+                args,
+            );
+        }
         let args = vec![ptr(table.ptr), ptr(ids.ptr), ptr(out.ptr), u(n), u(dim)];
         self.launch("elementwise", &format!("embed_{}", dts(table.dtype)), (blocks(n * dim, 256), 1, 1), 256, 0, args)
     }
@@ -348,6 +426,7 @@ impl Backend for CudaBackend {
         need("rms_norm x", x, rows * dim)?;
         need("rms_norm out", out, rows * dim)?;
         if let Some(w) = weight {
+            float_weight("rms_norm", w)?;
             if w.shape.iter().product::<usize>() != dim {
                 return Err(err(format!("rms_norm: weight {:?} for dim {dim}", w.shape)));
             }
@@ -377,6 +456,7 @@ impl Backend for CudaBackend {
         need("add_rms_norm acc", acc, rows * dim)?;
         need("add_rms_norm x", x, rows * dim)?;
         need("add_rms_norm out", out, rows * dim)?;
+        float_weight("add_rms_norm", weight)?;
         if weight.shape.iter().product::<usize>() != dim {
             return Err(err(format!("add_rms_norm: weight {:?} for dim {dim}", weight.shape)));
         }
@@ -397,6 +477,16 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let blas = self.dev.has_blas() && m > DECODE_MAX_Q && k > 0;
+        if let Some(bits) = w.bits() {
+            // Decode GEMV on the packed values; a batch runs it 8 rows at a time.
+            let rows = if m <= DECODE_MAX_Q { m.next_power_of_two() } else { 8 };
+            let vec = k.is_multiple_of(if bits == 4 { 32 } else { 16 }) && w.group.is_multiple_of(8);
+            let name = format!("matmul_gemv_q{bits}_{rows}{}", if vec { "" } else { "_scalar" });
+            let mut args = vec![ptr(x.ptr), ptr(w.ptr)];
+            args.extend(w.qargs());
+            args.extend([ptr(out.ptr), u(m), u(n), u(k)]);
+            return self.launch("matmul", &name, (blocks(n, 8), blocks(m, rows), 1), 256, 0, args);
+        }
         match w.dtype {
             DType::BF16 if blas => {
                 // x = hi + lo in bf16, then two tensor-core GEMMs accumulating in f32.
@@ -446,7 +536,7 @@ impl Backend for CudaBackend {
         if up_w.shape != gate_w.shape || n != width {
             return Err(err(format!("swiglu: gate {:?}, up {:?}, width {width}", gate_w.shape, up_w.shape)));
         }
-        if m > DECODE_MAX_Q || gate_w.dtype != up_w.dtype {
+        if m > DECODE_MAX_Q || gate_w.dtype != up_w.dtype || gate_w.dtype.is_quantized() {
             // Prefill: two GEMMs and the activation.
             self.matmul(x, m, gate_w, out)?;
             self.matmul(x, m, up_w, scratch)?;
@@ -688,6 +778,11 @@ impl Backend for CudaBackend {
         Self::weight_shape(down, 3, "moe down")?;
         let (e, d, f2) = (gate_up.shape[0], gate_up.shape[1], gate_up.shape[2]);
         let fw = f2 / 2;
+        for w in [gate_up, down] {
+            if w.dtype.grouping().is_some_and(|g| g.axis != GroupAxis::SecondLast) {
+                return Err(err("moe: quantized expert tensors must be grouped along their input axis"));
+            }
+        }
         if f2 % 2 != 0 || down.shape != [e, fw, d] {
             return Err(err(format!("moe: gate_up {:?} and down {:?} do not match", gate_up.shape, down.shape)));
         }
@@ -715,12 +810,12 @@ impl Backend for CudaBackend {
         self.launch("moe", "moe_route", (1, 1, 1), 1024, 2 * e * 4, args)?;
         let gu = self.dev.scratch("moe up", nent * f2 * 4)?;
         let args = vec![ptr(x.ptr), u(k), ptr(route), u(tmax), ptr(gate_up.ptr), ptr(gu), u(d), u(f2)];
-        self.moe_tiles(gate_up.dtype, (blocks(f2, 64), tmax as u32, 1), args)?;
+        self.moe_tiles(gate_up, (blocks(f2, 64), tmax as u32, 1), args)?;
         let args = vec![ptr(gu), ptr(score.ptr), ptr(h), u(nent), u(fw), u(1)];
         self.launch("moe", "moe_act", (blocks(nent * fw, 256), 1, 1), 256, 0, args)?;
         let y = self.dev.scratch("moe down", nent * d * 4)?;
         let args = vec![ptr(h), u(1), ptr(route), u(tmax), ptr(down.ptr), ptr(y), u(fw), u(d)];
-        self.moe_tiles(down.dtype, (blocks(d, 64), tmax as u32, 1), args)?;
+        self.moe_tiles(down, (blocks(d, 64), tmax as u32, 1), args)?;
         let args = vec![ptr(y), ptr(out.ptr), u(rows), u(k), u(d), u(1)];
         self.launch("moe", "moe_sum", (blocks(rows * d, 256), 1, 1), 256, 0, args)
     }

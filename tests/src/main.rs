@@ -58,6 +58,7 @@ fn main() {
         match CudaBackend::new() {
             Ok(be) => {
                 run(be.name(), run_table(&be, perf, filter));
+                run(format!("{} (quantized formats)", be.name()), run_quant_table(&be, perf, filter));
                 if perf {
                     print_dispatch_cost(&be);
                 }
@@ -75,7 +76,10 @@ fn main() {
     // The CUDA backend with its kernels run by the CPU emulator: only when asked for by name (it is slow).
     if only == Some("cuda-emu") {
         match CudaBackend::emulated() {
-            Ok(be) => run(be.name(), run_table(&be, false, filter)),
+            Ok(be) => {
+                run(be.name(), run_table(&be, false, filter));
+                run(format!("{} (quantized formats)", be.name()), run_quant_table(&be, false, filter));
+            }
             Err(e) => {
                 println!("backend cuda-emu: NOT RUN ({e})\n");
                 missing += 1;

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use herd_conformance::golden::{check_greedy, check_logits, BF16_TOL, F32_TOL};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
-use herd_core::quant::DType;
+use herd_core::quant::{DType, GroupAxis, Grouping, ScaleType};
 use herd_core::synthetic::Fill;
 use herd_cuda::CudaBackend;
 
@@ -104,4 +104,55 @@ fn synthetic_matches(be: &CudaBackend) {
             assert_eq!(got, want, "{dtype:?} {fill:?}");
         }
     }
+    // Quantized on the device exactly as the host quantizes (values and scales): rows of a table grouped
+    // along its last axis, and expert tensors grouped along their input axis (through the MoE op).
+    let g = |group, axis| Grouping { group, scale: ScaleType::BF16, axis };
+    for dtype in
+        [DType::Q4(g(32, GroupAxis::Last)), DType::Q8(Grouping { scale: ScaleType::F16, ..g(8, GroupAxis::Last) })]
+    {
+        let fill = Fill::Uniform { seed: 5, scale: 0.3 };
+        let want = {
+            let w = cpu.synthetic_weight("t", &[v, 64], dtype, fill).unwrap();
+            let (i, o) = (cpu.upload_u32(&ids).unwrap(), cpu.alloc(v * 64).unwrap());
+            cpu.embed(&w, &i, v, 64, &o).unwrap();
+            cpu.read(&o).unwrap()
+        };
+        let got = {
+            let w = be.synthetic_weight("t", &[v, 64], dtype, fill).unwrap();
+            let (i, o) = (be.upload_u32(&ids).unwrap(), be.alloc(v * 64).unwrap());
+            be.embed(&w, &i, v, 64, &o).unwrap();
+            be.read(&o).unwrap()
+        };
+        assert_eq!(got, want, "{dtype:?}");
+    }
+    let (e, dm, f) = (4usize, 64usize, 32usize);
+    let q = DType::Q4(g(16, GroupAxis::SecondLast));
+    let fill = |seed| Fill::Uniform { seed, scale: 0.2 };
+    let x: Vec<f32> = (0..3 * dm).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let want = {
+        let gu = cpu.synthetic_weight("gu", &[e, dm, 2 * f], q, fill(1)).unwrap();
+        let dn = cpu.synthetic_weight("dn", &[e, f, dm], q, fill(2)).unwrap();
+        let (xb, ib, sb, o) = (
+            cpu.upload(&x).unwrap(),
+            cpu.upload_u32(&[0, 3, 1]).unwrap(),
+            cpu.upload(&[1.0, 0.5, 0.8]).unwrap(),
+            cpu.alloc(3 * dm).unwrap(),
+        );
+        cpu.moe(&xb, 3, &ib, &sb, 1, &gu, &dn, &o).unwrap();
+        cpu.read(&o).unwrap()
+    };
+    let got = {
+        let gu = be.synthetic_weight("gu", &[e, dm, 2 * f], q, fill(1)).unwrap();
+        let dn = be.synthetic_weight("dn", &[e, f, dm], q, fill(2)).unwrap();
+        let (xb, ib, sb, o) = (
+            be.upload(&x).unwrap(),
+            be.upload_u32(&[0, 3, 1]).unwrap(),
+            be.upload(&[1.0, 0.5, 0.8]).unwrap(),
+            be.alloc(3 * dm).unwrap(),
+        );
+        be.moe(&xb, 3, &ib, &sb, 1, &gu, &dn, &o).unwrap();
+        be.read(&o).unwrap()
+    };
+    let err = herd_conformance::table::nmse(&got, &want);
+    assert!(err < 1e-10, "quantized experts made on the device differ: nmse {err:.2e}");
 }

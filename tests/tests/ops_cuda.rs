@@ -4,6 +4,7 @@
 //! table on the CUDA backend's CPU emulator instead: the same host code and .cu kernels, compiled as C++
 //! (HERD_REQUIRE_CUDA_EMU=1 makes a missing C++ compiler a failure).
 
+use herd_conformance::quant_table::run_quant_table;
 use herd_conformance::table::{format_table, run_table};
 use herd_core::backend::Backend;
 use herd_cuda::CudaBackend;
@@ -35,7 +36,8 @@ fn cuda_emulator_passes_the_op_table() {
 }
 
 fn table(be: &CudaBackend) {
-    let rows = run_table(be, false, None);
+    let mut rows = run_table(be, false, None);
+    rows.extend(run_quant_table(be, false, None));
     let table = format_table(&be.name(), &rows);
     eprintln!("{table}");
     assert!(rows.len() > 40, "the table lost rows: {}", rows.len());

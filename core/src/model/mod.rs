@@ -13,6 +13,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::TextConfig;
 use crate::error::{HerdError, Result};
 use crate::kv::{KvCache, SeqId};
+use crate::quant::QuantPlan;
 use crate::sampling::{check_sample_args, SamplingParams};
 
 use attention::Attention;
@@ -40,6 +41,30 @@ impl<B: Backend> WeightSource<B> for Checkpoint {
     }
     fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight> {
         be.load_weight(self.get_shaped(name, shape)?)
+    }
+}
+
+/// A checkpoint whose matrices are quantized as they load (`plan` picks each tensor's format; the rest load
+/// as stored): what `herd quantize` writes, without the file, and how the quality of a format is measured.
+pub struct QuantizeOnLoad<'a> {
+    pub ck: &'a Checkpoint,
+    pub plan: QuantPlan,
+}
+
+impl<B: Backend> WeightSource<B> for QuantizeOnLoad<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.ck.contains(name)
+    }
+    fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight> {
+        let t = self.ck.get_shaped(name, shape)?;
+        match self.plan.format_of(name, shape) {
+            Some(dt) if !t.dtype.is_quantized() => {
+                let bytes =
+                    crate::quant::quantize(&t.to_f32(), shape, dt).map_err(|e| HerdError::tensor(&t.name, e))?;
+                be.load_weight(&crate::checkpoint::TensorRef::owned(&t.name, dt, shape.to_vec(), bytes))
+            }
+            _ => be.load_weight(t),
+        }
     }
 }
 
