@@ -34,6 +34,9 @@ fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
+// Scales of a quantized table (any buffer for the float formats).
+@group(0) @binding(12) var<storage, read> wsc: array<u32>;
+
 // a[r, c] = w[idx[r], c] (the embedding table in its weight format) for ids in the bound part of the table,
 // rows first..first+count. params: n, dim, first, count
 @compute @workgroup_size(256)
@@ -44,7 +47,9 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         let id = idx[i / dim];
         if (id >= pu(2u) && id - pu(2u) < pu(3u)) {
             let e = (id - pu(2u)) * dim + i % dim;
-            a[i] = wval(w[widx(e)], e);
+            var v = wval(w[widx(e)], e);
+            if (WK >= 3u) { let si = e / QG; v = v * sval(wsc[si >> 1u], si); }
+            a[i] = v;
         }
     }
 }

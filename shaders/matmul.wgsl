@@ -9,6 +9,16 @@
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 @group(0) @binding(4) var<storage, read> w4: array<vec4<u32>>;
+// Scales of a quantized weight (any buffer for the float formats).
+@group(0) @binding(12) var<storage, read> wsc: array<u32>;
+
+// Weight element e of the bound part, groups along k (nn.Linear weights).
+fn wlin(e: u32) -> f32 {
+    let v = wval(w[widx(e)], e);
+    if (WK < 3u) { return v; }
+    let si = e / QG;
+    return v * sval(wsc[si >> 1u], si);
+}
 
 const COLS: u32 = 8u;
 const LANES: u32 = 32u;
@@ -54,7 +64,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         let wbase = t.lc * k;
         for (var kk = t.lane; kk < k; kk += LANES) {
             let e = wbase + kk;
-            let wv = wval(w[widx(e)], e);
+            let wv = wlin(e);
             for (var r = 0u; r < t.rows; r++) { acc[r] += x[(t.m0 + r) * k + kk] * wv; }
         }
     }
@@ -74,7 +84,7 @@ fn matmul_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     var acc: array<f32, 8>;
     for (var r = 0u; r < 8u; r++) { acc[r] = 0.0; }
     var per = 8u;
-    if (WDT == 0u) { per = 4u; }
+    if (WK == 0u) { per = 4u; }
     if (t.valid) {
         let kv = k / per;
         let vbase = t.lc * kv;
@@ -146,7 +156,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             var v = 0.0;
             if (c0 + c < ncols && k0 + kk < k) {
                 let i = (c0 + c) * k + k0 + kk;
-                v = wval(w[widx(i)], i);
+                v = wlin(i);
             }
             tw[kk][c] = v;
         }

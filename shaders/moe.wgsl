@@ -12,7 +12,16 @@
 @group(0) @binding(5) var<storage, read_write> outb: array<f32>;
 @group(0) @binding(6) var<storage, read_write> idxw: array<u32>;
 
-fn wv(e: u32) -> f32 { return wval(w[widx(e)], e); }
+// Scales of quantized expert tensors (any buffer for the float formats).
+@group(0) @binding(12) var<storage, read> wsc: array<u32>;
+
+// Element e of the bound part of an input-major [experts, kin, n] weight.
+fn wv(e: u32, kin: u32, n: u32) -> f32 {
+    let v = wval(w[widx(e)], e);
+    if (WK < 3u) { return v; }
+    let si = qsec(e, kin, n);
+    return v * sval(wsc[si >> 1u], si);
+}
 
 // Per row of logits [rows, E]: the k largest (lower index first on ties), scores sigmoid(logit).
 // params: rows, E, k. Writes idxw [rows, k] and outb [rows, k].
@@ -57,8 +66,8 @@ fn moe_up(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     for (var dd = 0u; dd < d; dd++) {
         let xv = s * xin[r * d + dd];
         let e1 = base + dd * 2u * f;
-        g += xv * wv(e1);
-        u += xv * wv(e1 + f);
+        g += xv * wv(e1, d, 2u * f);
+        u += xv * wv(e1 + f, d, 2u * f);
     }
     outb[t] = g / (1.0 + exp(-g)) * u;
 }
@@ -80,7 +89,7 @@ fn moe_down(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             let ex = gex - pu(4u);
             let hb = (r * k + c) * f;
             let wb = ex * f * d + o;
-            for (var ff = 0u; ff < f; ff++) { y += xin[hb + ff] * wv(wb + ff * d); }
+            for (var ff = 0u; ff < f; ff++) { y += xin[hb + ff] * wv(wb + ff * d, f, d); }
         }
     }
     outb[t] = outb[t] + y;
@@ -158,7 +167,7 @@ fn moe_gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let splits = pu(6u);
     let mode = pu(9u);
     var per = 8u;
-    if (WDT == 0u) { per = 4u; }
+    if (WK == 0u) { per = 4u; }
     let npieces = nc / per;
     let pblocks = (npieces + 63u) / 64u;
     let pb = g % pblocks;

@@ -54,13 +54,38 @@ const PRELUDE: &str = r#"
 @group(0) @binding(0) var<uniform> params: array<vec4<u32>, 4>;
 fn pu(i: u32) -> u32 { return params[i / 4u][i % 4u]; }
 fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+// WDT's low 3 bits: the weight kind (0 f32, 1 bf16, 2 f16, 3 q8, 4 q4); for q8/q4 (herd_core::quant), bit 3 is
+// the scale type (0 f16, 1 bf16) and bits 8.. the group size. Quantized weights are read element by element
+// (value from `wval`, times the scale of its group: `sval` on the scales' word).
+const WK: u32 = WDT & 7u;
+const QST: u32 = (WDT >> 3u) & 1u;
+const QG: u32 = max(WDT >> 8u, 1u);
 // Index of the u32 word holding weight element i.
-fn widx(i: u32) -> u32 { if (WDT == 0u) { return i; } return i >> 1u; }
-// Weight element i from its word.
+fn widx(i: u32) -> u32 {
+    if (WK == 0u) { return i; }
+    if (WK == 3u) { return i >> 2u; }
+    if (WK == 4u) { return i >> 3u; }
+    return i >> 1u;
+}
+// Weight element i from its word (the integer, for the quantized kinds).
 fn wval(word: u32, i: u32) -> f32 {
-    if (WDT == 0u) { return bitcast<f32>(word); }
-    if (WDT == 1u) { return bitcast<f32>(((word >> ((i & 1u) * 16u)) & 0xffffu) << 16u); }
+    if (WK == 0u) { return bitcast<f32>(word); }
+    if (WK == 1u) { return bitcast<f32>(((word >> ((i & 1u) * 16u)) & 0xffffu) << 16u); }
+    if (WK == 3u) { return f32(extractBits(bitcast<i32>(word), (i & 3u) * 8u, 8u)); }
+    if (WK == 4u) { return f32(i32((word >> ((i & 7u) * 4u)) & 15u) - 8); }
     return unpack2x16float(word)[i & 1u];
+}
+// Scale si from the scales' word.
+fn sval(word: u32, si: u32) -> f32 {
+    let h = (word >> ((si & 1u) * 16u)) & 0xffffu;
+    if (QST == 1u) { return bitcast<f32>(h << 16u); }
+    return unpack2x16float(h).x;
+}
+// The scale index of element e of an input-major [.., kin, n] tensor (groups along kin).
+fn qsec(e: u32, kin: u32, n: u32) -> u32 {
+    let o = e / (kin * n);
+    let rem = e % (kin * n);
+    return (o * (kin / QG) + (rem / n) / QG) * n + rem % n;
 }
 // 16 bytes of weight words as 4 (f32) or 8 (16-bit formats) values.
 fn unpack16(q: vec4<u32>) -> array<f32, 8> {
@@ -92,10 +117,19 @@ pub struct GpuBuffer {
 }
 
 /// One part of a weight: outer rows `first..first + count` (rows of a matrix, experts of an expert tensor).
+/// A quantized weight's part holds its values in `buf` and its scales in `scales`.
 pub struct WeightPart {
     pub(crate) buf: wgpu::Buffer,
+    pub(crate) scales: Option<wgpu::Buffer>,
     pub first: usize,
     pub count: usize,
+}
+
+impl WeightPart {
+    /// The buffer bound as the scales (binding 12): a float weight's kernels take their own buffer there.
+    pub(crate) fn scale_buf(&self) -> &wgpu::Buffer {
+        self.scales.as_ref().unwrap_or(&self.buf)
+    }
 }
 
 /// A weight on the device, in its checkpoint format, as u32 words. A tensor larger than one storage binding
@@ -115,8 +149,10 @@ impl GpuWeight {
             DType::F32 => 0,
             DType::BF16 => 1,
             DType::F16 => 2,
-            // Refused by load_weight: no quantized kernels on wgpu yet.
-            DType::Q8(_) | DType::Q4(_) => u32::MAX,
+            DType::Q8(g) | DType::Q4(g) => {
+                let kind = if matches!(self.dtype, DType::Q8(_)) { 3 } else { 4 };
+                kind | (u32::from(g.scale == herd_core::quant::ScaleType::BF16) << 3) | (g.group << 8)
+            }
         }
     }
 }
@@ -313,6 +349,9 @@ impl Gpu {
     pub fn upload_weight(&self, name: &str, bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<GpuWeight> {
         let outer = shape.first().copied().unwrap_or(1).max(1);
         let inner = shape.iter().skip(1).product::<usize>().max(1);
+        if dtype.is_quantized() {
+            return self.upload_quantized(name, bytes, dtype, shape, outer, inner);
+        }
         let row_bytes = (inner * dtype.size()) as u64;
         let max = self.max_binding();
         if row_bytes > max {
@@ -333,7 +372,41 @@ impl Gpu {
             let lo = first * inner * dtype.size();
             let hi = ((first + count) * inner * dtype.size()).min(bytes.len());
             let b = self.upload_bytes(&bytes[lo..hi], 0, true)?;
-            parts.push(WeightPart { buf: b.buf, first, count });
+            parts.push(WeightPart { buf: b.buf, scales: None, first, count });
+            first += count;
+        }
+        Ok(GpuWeight { parts, dtype, shape: shape.to_vec() })
+    }
+
+    /// A quantized weight in parts of whole outer rows, each with its values and its scales (every outer
+    /// row holds the same number of both: the groups never cross one).
+    fn upload_quantized(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        dtype: DType,
+        shape: &[usize],
+        outer: usize,
+        inner: usize,
+    ) -> Result<GpuWeight> {
+        let l = herd_core::quant::QuantLayout::new(dtype, shape).map_err(|e| err(format!("{name}: {e}")))?;
+        let row_vals = inner * l.bits as usize / 8;
+        let row_scales = 2 * inner / l.group;
+        if !row_vals.is_multiple_of(4) || shape.len() < 2 {
+            return Err(err(format!("{name}: {} rows of {inner} elements do not fill whole u32 words", dtype.name())));
+        }
+        let max = self.max_binding() as usize;
+        let per = (max / row_vals.max(row_scales).max(1)).max(1);
+        let mut parts = Vec::new();
+        let mut first = 0;
+        while first < outer {
+            let count = per.min(outer - first);
+            let v = &bytes[first * row_vals..(first + count) * row_vals];
+            let s0 = l.scale_offset + first * row_scales;
+            let sc = &bytes[s0..s0 + count * row_scales];
+            let vb = self.upload_bytes(v, 0, true)?;
+            let sb = self.upload_bytes(sc, 0, true)?;
+            parts.push(WeightPart { buf: vb.buf, scales: Some(sb.buf), first, count });
             first += count;
         }
         Ok(GpuWeight { parts, dtype, shape: shape.to_vec() })

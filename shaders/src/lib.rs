@@ -221,12 +221,9 @@ impl Backend for WgpuBackend {
         })
     }
     fn load_weight(&self, t: &TensorRef) -> Result<GpuWeight> {
-        if t.dtype.is_quantized() {
-            return Err(err(format!(
-                "{}: {} weights are not supported on wgpu yet (the CPU backend runs them)",
-                t.name.escape_debug(),
-                t.dtype.name()
-            )));
+        let want = t.dtype.bytes(&t.shape).map_err(|e| err(format!("{}: {e}", t.name.escape_debug())))?;
+        if t.bytes().len() != want {
+            return Err(err(format!("{}: {} bytes, expected {want}", t.name.escape_debug(), t.bytes().len())));
         }
         self.gpu.upload_weight(&t.name, t.bytes(), t.dtype, &t.shape)
     }
@@ -235,7 +232,7 @@ impl Backend for WgpuBackend {
         need("embed ids", ids, n)?;
         need("embed out", out, n * dim)?;
         for part in &table.parts {
-            let b = [(1, &out.buf), (3, &ids.buf), (4, &part.buf)];
+            let b = [(1, &out.buf), (3, &ids.buf), (4, &part.buf), (12, part.scale_buf())];
             let p = [n as u32, dim as u32, part.first as u32, part.count as u32];
             self.gpu.dispatch(Shader::Elementwise, "embed", table.wdt(), &b, &p, groups(n * dim, 256))?;
         }
@@ -253,6 +250,9 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         need("rms_norm x", x, rows * dim)?;
         need("rms_norm out", out, rows * dim)?;
+        if weight.is_some_and(|w| w.dtype.is_quantized()) {
+            return Err(err("rms_norm: needs a float weight"));
+        }
         let (wbuf, wdt) = match weight {
             Some(w) if w.parts.len() == 1 => (&w.parts[0].buf, w.wdt()),
             Some(_) => return Err(err("rms_norm: weight split across bindings")),
@@ -286,6 +286,9 @@ impl Backend for WgpuBackend {
         if std::ptr::eq(acc, x) || std::ptr::eq(acc, out) || std::ptr::eq(x, out) {
             return Err(err("add_rms_norm: acc, x and out must be distinct buffers"));
         }
+        if weight.dtype.is_quantized() {
+            return Err(err("add_rms_norm: needs a float weight"));
+        }
         need("add_rms_norm acc", acc, rows * dim)?;
         need("add_rms_norm x", x, rows * dim)?;
         need("add_rms_norm out", out, rows * dim)?;
@@ -308,14 +311,15 @@ impl Backend for WgpuBackend {
             for part in &w.parts {
                 let p = [m as u32, k as u32, n as u32, part.first as u32, part.count as u32];
                 let groups = (part.count.div_ceil(64) * m.div_ceil(32)) as u32;
-                let b = [(1, &x.buf), (2, &part.buf), (3, &out.buf)];
+                let b = [(1, &x.buf), (2, &part.buf), (3, &out.buf), (12, part.scale_buf())];
                 self.gpu.dispatch(Shader::Matmul, "matmul_tiled", w.wdt(), &b, &p, groups)?;
             }
             return Ok(());
         }
         let mblocks = m.div_ceil(8);
-        // Rows whose byte length is a multiple of 16 are read 16 bytes at a time.
-        let vec = (k * w.dtype.size()).is_multiple_of(16);
+        // Rows whose byte length is a multiple of 16 are read 16 bytes at a time (float formats; quantized
+        // weights are read element by element, with their scales).
+        let vec = !w.dtype.is_quantized() && (k * w.dtype.size()).is_multiple_of(16);
         for part in &w.parts {
             let p = [m as u32, k as u32, n as u32, part.first as u32, part.count as u32];
             let groups = (part.count.div_ceil(8) * mblocks) as u32;
@@ -323,7 +327,7 @@ impl Backend for WgpuBackend {
                 let b = [(1, &x.buf), (4, &part.buf), (3, &out.buf)];
                 self.gpu.dispatch(Shader::Matmul, "matmul_vec", w.wdt(), &b, &p, groups)?;
             } else {
-                let b = [(1, &x.buf), (2, &part.buf), (3, &out.buf)];
+                let b = [(1, &x.buf), (2, &part.buf), (3, &out.buf), (12, part.scale_buf())];
                 self.gpu.dispatch(Shader::Matmul, "matmul", w.wdt(), &b, &p, groups)?;
             }
         }
@@ -551,19 +555,25 @@ impl Backend for WgpuBackend {
         need("moe idx", idx, rows * k)?;
         need("moe score", score, rows * k)?;
         need("moe out", out, rows * d)?;
+        for w in [gate_up, down] {
+            if w.dtype.grouping().is_some_and(|g| g.axis != herd_core::quant::GroupAxis::SecondLast) {
+                return Err(err("moe: quantized expert tensors must be grouped along their input axis"));
+            }
+        }
         let per = if gate_up.dtype == herd_core::quant::DType::F32 { 4 } else { 8 };
-        if (2 * f).is_multiple_of(per) && d.is_multiple_of(per) && e <= 256 {
+        let grouped = !gate_up.dtype.is_quantized();
+        if grouped && (2 * f).is_multiple_of(per) && d.is_multiple_of(per) && e <= 256 {
             return self.moe_grouped(x, rows, idx, score, k, gate_up, down, out, [e, d, f]);
         }
         let h = self.gpu.scratch("moe activations", rows * k * f, false)?;
         for part in &gate_up.parts {
             let p = [rows as u32, k as u32, d as u32, f as u32, part.first as u32, part.count as u32];
-            let b = [(1, &x.buf), (2, &idx.buf), (3, &score.buf), (4, &part.buf), (5, &h)];
+            let b = [(1, &x.buf), (2, &idx.buf), (3, &score.buf), (4, &part.buf), (5, &h), (12, part.scale_buf())];
             self.gpu.dispatch(Shader::Moe, "moe_up", gate_up.wdt(), &b, &p, groups(rows * k * f, 64))?;
         }
         for part in &down.parts {
             let p = [rows as u32, k as u32, d as u32, f as u32, part.first as u32, part.count as u32];
-            let b = [(1, &h), (2, &idx.buf), (4, &part.buf), (5, &out.buf)];
+            let b = [(1, &h), (2, &idx.buf), (4, &part.buf), (5, &out.buf), (12, part.scale_buf())];
             self.gpu.dispatch(Shader::Moe, "moe_down", down.wdt(), &b, &p, groups(rows * d, 64))?;
         }
         Ok(())

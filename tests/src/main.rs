@@ -28,7 +28,6 @@ fn main() {
     if want("cpu") {
         let be = CpuBackend::new();
         run(be.name(), run_table(&be, perf, filter));
-        // The quantized formats: on the CPU reference only, until the GPU backends have their kernels.
         run(format!("{} (quantized formats)", be.name()), run_quant_table(&be, perf, filter));
         if perf {
             print_dispatch_cost(&be);
@@ -46,6 +45,7 @@ fn main() {
         match WgpuBackend::with_options(&opts) {
             Ok(be) => {
                 run(be.name(), run_table(&be, perf, filter));
+                run(format!("{} (quantized formats)", be.name()), run_quant_table(&be, perf, filter));
                 if perf {
                     print_dispatch_cost(&be);
                 }

@@ -1,8 +1,8 @@
 //! The op table's rows for the quantized formats of `herd_core::quant` (int8 and int4, group-wise,
 //! symmetric, f16 or bf16 scales): matmul (nn.Linear weights, groups along K), embed, and the MoE (the
 //! input-major expert tensors, groups along the second-last axis), against the f64 references run on the
-//! dequantized values. The CPU reference runs them; wgpu and CUDA refuse quantized weights with a clear error
-//! until their kernels land, and then run these rows too.
+//! dequantized values. Every backend runs them: the dequantization in each backend's kernels is its own,
+//! so these rows check it against herd_core::quant's (on the CPU they share it, and check the plumbing).
 
 use herd_core::backend::Backend;
 use herd_core::quant::{DType, GroupAxis, Grouping, ScaleType};

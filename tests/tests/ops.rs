@@ -13,8 +13,8 @@ fn cpu_backend_passes_the_op_table() {
     assert!(failed.is_empty(), "failing rows: {failed:?}\n{table}");
 }
 
-/// The quantized formats (int8/int4, group-wise) on the CPU reference. wgpu and CUDA refuse them with a
-/// clear error for now (their kernels come with the quantization work) and will run the same rows.
+/// The quantized formats (int8/int4, group-wise) on the CPU reference (ops_wgpu.rs and ops_cuda.rs run the
+/// same rows on their backends).
 #[test]
 fn cpu_backend_passes_the_quantized_rows() {
     let rows = herd_conformance::quant_table::run_quant_table(&CpuBackend::new(), false, None);

@@ -3,6 +3,7 @@
 //! With no adapter the test says so; with HERD_REQUIRE_WGPU=1 (set by scripts/test.sh, which installs
 //! lavapipe) a missing adapter is a failure.
 
+use herd_conformance::quant_table::run_quant_table;
 use herd_conformance::table::{format_table, run_table};
 use herd_core::backend::Backend;
 use herd_wgpu::{WgpuBackend, WgpuOptions};
@@ -28,7 +29,8 @@ fn op_table(opts: &WgpuOptions) {
             return;
         }
     };
-    let rows = run_table(&be, false, None);
+    let mut rows = run_table(&be, false, None);
+    rows.extend(run_quant_table(&be, false, None));
     let table = format_table(&be.name(), &rows);
     eprintln!("{table}");
     assert!(rows.len() > 40, "the table lost rows: {}", rows.len());
