@@ -70,11 +70,31 @@ impl TensorRef {
     }
 }
 
+/// A tensor in a dtype herd does not compute with (e.g. int32 packed values), as stored.
+#[derive(Clone)]
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    file: Arc<FileBytes>,
+    start: usize,
+    end: usize,
+}
+
+impl RawTensor {
+    pub fn bytes(&self) -> &[u8] {
+        &self.file.as_slice()[self.start..self.end]
+    }
+}
+
 /// All tensors of a checkpoint by logical name.
 pub struct Checkpoint {
     tensors: HashMap<String, TensorRef>,
     /// Tensors in a format herd cannot compute with: logical name → (stored name, message).
     unsupported: HashMap<String, (String, String)>,
+    /// Tensors of other dtypes (integers: the packed values of other tools' quantized formats), for readers
+    /// that know them ([`Checkpoint::raw`]).
+    raw: HashMap<String, RawTensor>,
     /// Where the tensors came from, for messages.
     pub source: String,
 }
@@ -125,8 +145,12 @@ impl Checkpoint {
             }
             return Err(HerdError::bad_file(dir, format!("no {SINGLE} or {INDEX} in the model directory")));
         };
-        let mut ck =
-            Checkpoint { tensors: HashMap::new(), unsupported: HashMap::new(), source: dir.display().to_string() };
+        let mut ck = Checkpoint {
+            tensors: HashMap::new(),
+            unsupported: HashMap::new(),
+            raw: HashMap::new(),
+            source: dir.display().to_string(),
+        };
         for path in files {
             let file = std::fs::File::open(&path).map_err(|e| HerdError::io(&path, e))?;
             #[cfg(not(target_arch = "wasm32"))]
@@ -147,7 +171,12 @@ impl Checkpoint {
 
     /// A checkpoint from in-memory safetensors files (the built-in demo model, the browser).
     pub fn from_bytes(files: Vec<(String, FileBytes)>) -> Result<Self> {
-        let mut ck = Checkpoint { tensors: HashMap::new(), unsupported: HashMap::new(), source: "<memory>".into() };
+        let mut ck = Checkpoint {
+            tensors: HashMap::new(),
+            unsupported: HashMap::new(),
+            raw: HashMap::new(),
+            source: "<memory>".into(),
+        };
         for (name, bytes) in files {
             ck.add_file(&name, bytes)?;
         }
@@ -157,7 +186,12 @@ impl Checkpoint {
     /// A checkpoint from tensors already in memory (name, dtype, shape, little-endian bytes), each kept in its
     /// own [`FileBytes::Owned`] buffer: no safetensors serialisation, no copy. Used for synthetic models.
     pub fn from_tensors(source: &str, tensors: Vec<(String, DType, Vec<usize>, Vec<u8>)>) -> Result<Self> {
-        let mut ck = Checkpoint { tensors: HashMap::new(), unsupported: HashMap::new(), source: source.into() };
+        let mut ck = Checkpoint {
+            tensors: HashMap::new(),
+            unsupported: HashMap::new(),
+            raw: HashMap::new(),
+            source: source.into(),
+        };
         for (name, dtype, shape, bytes) in tensors {
             let numel: usize = shape.iter().product();
             if bytes.len() != numel * dtype.size() {
@@ -186,12 +220,47 @@ impl Checkpoint {
             HerdError::bad_file(path, format!("not a valid safetensors file ({e}); truncated or corrupt?"))
         })?;
         let base = 8 + n;
+        let notes = meta.metadata().clone().unwrap_or_default();
         for (name, info) in meta.tensors() {
             let logical = logical_name(&name).to_owned();
+            // A quantized tensor (herd_core::quant): U8 bytes whose format and logical shape the file's
+            // metadata gives.
+            if let Some(desc) = notes.get(&crate::quant::metadata_key(&name)) {
+                let (dtype, shape) = crate::quant::parse_metadata(desc)
+                    .map_err(|e| HerdError::tensor(&name, format!("in {path}: {e}")))?;
+                let (s, e) = info.data_offsets;
+                let want = dtype.bytes(&shape).map_err(|e| HerdError::tensor(&name, e))?;
+                if info.dtype != safetensors::Dtype::U8 || e - s != want {
+                    return Err(HerdError::tensor(
+                        &name,
+                        format!(
+                            "in {path}: {} bytes of {:?} for {desc}, expected {want} bytes of U8",
+                            e - s,
+                            info.dtype
+                        ),
+                    ));
+                }
+                let t =
+                    TensorRef { name: name.clone(), dtype, shape, file: bytes.clone(), start: base + s, end: base + e };
+                if self.tensors.insert(logical.clone(), t).is_some() {
+                    return Err(HerdError::tensor(&name, format!("in {path}: appears twice")));
+                }
+                continue;
+            }
             let Some(dtype) = DType::from_safetensors(info.dtype) else {
                 // Reported when (and only if) the model asks for it: a checkpoint may carry tensors herd
                 // does not use in a format it cannot compute with.
                 let msg = format!("in {path}: unsupported dtype {:?} (herd reads F32, BF16, F16)", info.dtype);
+                let (s, e) = info.data_offsets;
+                let raw = RawTensor {
+                    name: name.clone(),
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    file: bytes.clone(),
+                    start: base + s,
+                    end: base + e,
+                };
+                self.raw.insert(logical.clone(), raw);
                 self.unsupported.insert(logical, (name.clone(), msg));
                 continue;
             };
@@ -229,6 +298,11 @@ impl Checkpoint {
         self.tensors
             .get(name)
             .ok_or_else(|| HerdError::tensor(name, format!("missing from the checkpoint in {}", self.source)))
+    }
+
+    /// A tensor of a dtype herd does not compute with, by logical name.
+    pub fn raw(&self, name: &str) -> Option<&RawTensor> {
+        self.raw.get(name)
     }
 
     /// A tensor by logical name, checking its shape.

@@ -2,6 +2,7 @@
 //!
 //! * [`config`] turns a Hugging Face `config.json` (either dialect) into a validated [`config::ModelConfig`].
 //! * [`checkpoint`] memory-maps safetensors files (single or sharded) and maps tensor names.
+//! * [`compressed`] reads compressed-tensors' pack-quantized checkpoints into herd's int4/int8 formats.
 //! * [`backend`] is the small set of coarse ops every device implements; [`cpu`] is the reference.
 //! * [`model`] is Llama 4, written once against [`backend::Backend`]; [`kv`] is its cache.
 //! * [`generate`] drives prefill/decode with [`sampling`] and stop tokens.
@@ -10,6 +11,7 @@
 pub mod backend;
 pub mod chat;
 pub mod checkpoint;
+pub mod compressed;
 pub mod config;
 pub mod cpu;
 pub mod error;

@@ -85,7 +85,23 @@ impl ModelFiles {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_message(self.describe());
-        let model = Llama4::load(backend, &ck, &cfg.text, &mut |done, _| bar.set_position(done as u64))?;
+        let mut progress = |done: usize, _: usize| bar.set_position(done as u64);
+        // compressed-tensors' pack-quantized checkpoints are read into herd's int4/int8 formats.
+        let ct = match self {
+            ModelFiles::Dir(d) => {
+                let path = d.join("config.json");
+                let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)
+                    .with_context(|| format!("{}: not valid JSON", path.display()))?;
+                herd_core::compressed::is_pack_quantized(&raw)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            ModelFiles::Demo => false,
+        };
+        let model = if ct {
+            Llama4::load(backend, &herd_core::compressed::CompressedTensors { ck: &ck }, &cfg.text, &mut progress)?
+        } else {
+            Llama4::load(backend, &ck, &cfg.text, &mut progress)?
+        };
         bar.finish_and_clear();
         Ok((cfg, model))
     }

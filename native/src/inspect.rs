@@ -88,7 +88,7 @@ pub fn inspect(files: &ModelFiles) -> Result<()> {
         let n = tr.numel();
         let e = by_dtype.entry(tr.dtype.name()).or_default();
         e.0 += n;
-        e.1 += n * tr.dtype.size();
+        e.1 += tr.bytes().len();
         total += n;
         if name.starts_with("model.") || name == "lm_head.weight" {
             text += n;
@@ -103,7 +103,8 @@ pub fn inspect(files: &ModelFiles) -> Result<()> {
     for (d, (n, b)) in &by_dtype {
         println!("  {d}: {} parameters, {}", count(*n), human(*b as f64));
     }
-    let dtype_bytes = by_dtype.iter().max_by_key(|(_, (n, _))| *n).map_or(2, |(_, (n, b))| b / n.max(&1));
+    // herd keeps keys and values in f32 on every backend.
+    let dtype_bytes = 4;
     let per_layer = 2 * t.num_key_value_heads * t.head_dim * dtype_bytes;
     let full = t.layer_types.iter().filter(|&&k| k == AttnKind::Full).count();
     let chunked = t.num_hidden_layers - full;

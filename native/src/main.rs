@@ -4,6 +4,7 @@ mod bench;
 mod files;
 mod ids_io;
 mod inspect;
+mod quantize;
 mod synthetic;
 mod text;
 
@@ -43,6 +44,28 @@ enum Cmd {
     Greedy(GreedyArgs),
     /// Measure prefill and decode speed and peak memory.
     Bench(BenchArgs),
+    /// Write a quantized copy of a model directory (int4 or int8, group-wise), loadable like any other.
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// The model directory to read.
+    #[arg(long)]
+    model: PathBuf,
+    /// The directory to write (must not exist, or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// q4 or q8 (a group size may be given as q4g32).
+    #[arg(long, value_name = "q4|q8")]
+    format: String,
+    /// Elements per scale along each matrix's input axis (default 128; 32 is finer).
+    #[arg(long)]
+    group: Option<u32>,
+    /// Parts to keep unquantized, comma-separated: attention, embed, shared, lm_head, experts, or any part of
+    /// a tensor name. Norms and routers are never quantized.
+    #[arg(long, value_delimiter = ',', value_name = "PARTS")]
+    keep_bf16: Vec<String>,
 }
 
 #[derive(Args)]
@@ -296,6 +319,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Greedy(a) => {
             with_backend!(a.backend.backend, |b| ids_io::greedy(b, &a.model, &a.input, a.max_tokens, &a.output))
         }
+        Cmd::Quantize(a) => quantize::quantize_dir(&a.model, &a.out, &a.format, a.group, &a.keep_bf16),
         Cmd::Bench(a) => {
             if a.synthetic.is_some() && a.model.model.is_some() {
                 bail!("--synthetic and --model exclude each other: --synthetic builds its own model");

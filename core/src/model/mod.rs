@@ -192,8 +192,15 @@ impl<B: Backend> Llama4<B> {
         if !dir.is_dir() {
             return Err(HerdError::bad_file(dir, "model directory does not exist"));
         }
-        let cfg = crate::config::ModelConfig::from_file(&dir.join("config.json"))?;
+        let path = dir.join("config.json");
+        let cfg = crate::config::ModelConfig::from_file(&path)?;
         let ck = Checkpoint::open_dir(dir)?;
+        // compressed-tensors' pack-quantized checkpoints are read into herd's int4/int8 formats.
+        let raw: serde_json::Value =
+            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null);
+        if crate::compressed::is_pack_quantized(&raw).map_err(|e| HerdError::bad_file(&path, e))? {
+            return Self::load(backend, &crate::compressed::CompressedTensors { ck: &ck }, &cfg.text, progress);
+        }
         Self::load(backend, &ck, &cfg.text, progress)
     }
 
