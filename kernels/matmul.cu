@@ -229,6 +229,57 @@ __device__ void gemv_q(const float* __restrict__ x, const unsigned char* __restr
 GEMVQ(4, 1) GEMVQ(4, 2) GEMVQ(4, 4) GEMVQ(4, 8)
 GEMVQ(8, 1) GEMVQ(8, 2) GEMVQ(8, 4) GEMVQ(8, 8)
 
+// Prefill on quantized weights: a CUDA-core tiled GEMM (32 rows × 64 columns per block of 256, K through
+// shared memory 32 at a time), each weight dequantized once per 32 rows as it is staged.
+template <int BITS>
+__device__ void tiled_q(const float* __restrict__ x, const unsigned char* __restrict__ w, const unsigned short* sc,
+                        u32 st, u32 group, float* __restrict__ out, u32 m, u32 n, u32 k) {
+    __shared__ float xs[32][33];
+    __shared__ float ws[32][65];
+    const u32 n0 = blockIdx.x * 64, m0 = blockIdx.y * 32;
+    const u32 tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+    float acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    for (u32 k0 = 0; k0 < k; k0 += 32) {
+        for (u32 q = tid; q < 32 * 32; q += 256) {
+            u32 r = q >> 5, kk = q & 31;
+            xs[r][kk] = (m0 + r < m && k0 + kk < k) ? x[(u64)(m0 + r) * k + k0 + kk] : 0.0f;
+        }
+        for (u32 q = tid; q < 64 * 32; q += 256) {
+            u32 c = q >> 5, kk = q & 31;
+            float v = 0.0f;
+            if (n0 + c < n && k0 + kk < k) {
+                const u64 e = (u64)(n0 + c) * k + k0 + kk;
+                v = (float)ld_q<BITS>(w, e) * ld_scale(sc, e / group, st);
+            }
+            ws[kk][c] = v;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (u32 kk = 0; kk < 32; kk++) {
+            const float a0 = xs[2 * ty][kk], a1 = xs[2 * ty + 1][kk];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float b = ws[kk][tx + 16 * j];
+                acc[0][j] += a0 * b;
+                acc[1][j] += a1 * b;
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const u32 r = m0 + 2 * ty + i;
+        if (r >= m) continue;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const u32 c = n0 + tx + 16 * j;
+            if (c < n) out[(u64)r * n + c] = acc[i][j];
+        }
+    }
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_tiled_q4(const float* x, const unsigned char* w, const unsigned short* sc, u32 st, u32 group, float* out, u32 m, u32 n, u32 k) { tiled_q<4>(x, w, sc, st, group, out, m, n, k); }
+extern "C" __global__ void __launch_bounds__(256) matmul_tiled_q8(const float* x, const unsigned char* w, const unsigned short* sc, u32 st, u32 group, float* out, u32 m, u32 n, u32 k) { tiled_q<8>(x, w, sc, st, group, out, m, n, k); }
+
 extern "C" __global__ void split_bf16(const float* x, u16* hi, u16* lo, u32 n) {
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;

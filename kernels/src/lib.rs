@@ -478,8 +478,22 @@ impl Backend for CudaBackend {
         }
         let blas = self.dev.has_blas() && m > DECODE_MAX_Q && k > 0;
         if let Some(bits) = w.bits() {
-            // Decode GEMV on the packed values; a batch runs it 8 rows at a time.
-            let rows = if m <= DECODE_MAX_Q { m.next_power_of_two() } else { 8 };
+            if m > DECODE_MAX_Q {
+                // Prefill: the tiled GEMM, each weight dequantized once per 32 rows.
+                let mut args = vec![ptr(x.ptr), ptr(w.ptr)];
+                args.extend(w.qargs());
+                args.extend([ptr(out.ptr), u(m), u(n), u(k)]);
+                return self.launch(
+                    "matmul",
+                    &format!("matmul_tiled_q{bits}"),
+                    (blocks(n, 64), blocks(m, 32), 1),
+                    256,
+                    0,
+                    args,
+                );
+            }
+            // Decode: the GEMV on the packed values.
+            let rows = m.next_power_of_two();
             let vec = k.is_multiple_of(if bits == 4 { 32 } else { 16 }) && w.group.is_multiple_of(8);
             let name = format!("matmul_gemv_q{bits}_{rows}{}", if vec { "" } else { "_scalar" });
             let mut args = vec![ptr(x.ptr), ptr(w.ptr)];

@@ -69,7 +69,7 @@ pub fn run_quant_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> 
     ];
 
     // matmul: x [m, k] · w [n, k]ᵀ, decode and prefill sizes, an odd n.
-    for &(m, k, n) in &[(1, 128, 33), (3, 256, 67), (9, 128, 40), (1, 5120, 8192)] {
+    for &(m, k, n) in &[(1, 128, 33), (3, 256, 67), (9, 128, 40), (37, 256, 70), (1, 5120, 8192)] {
         for dt in linear {
             if m * k * n > 1 << 24 && !matches!(dt, DType::Q4(g) if g.group == 128) {
                 continue;
