@@ -113,6 +113,51 @@ fn matmul_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     finish(li, acc, t);
 }
 
+// matmul for quantized weights (WK 3: q8, 4: q4) whose rows are whole 16-byte pieces: a piece holds 16 or 32
+// integers, one scale per 8 of them (group sizes are multiples of 8). Bindings: x (1), w4 (4), out (3), wsc (12).
+@compute @workgroup_size(256)
+fn matmul_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = tile(group_index(wid, nwg), li);
+    if (t.rows == 0u) { return; }
+    let k = t.k;
+    var acc: array<f32, 8>;
+    for (var r = 0u; r < 8u; r++) { acc[r] = 0.0; }
+    var per = 32u;
+    if (WK == 3u) { per = 16u; }
+    if (t.valid) {
+        let kv = k / per;
+        let vbase = t.lc * kv;
+        for (var v = t.lane; v < kv; v += LANES) {
+            let q = w4[vbase + v];
+            var words = array<u32, 4>(q.x, q.y, q.z, q.w);
+            let e0 = (vbase + v) * per;
+            for (var c = 0u; c < per / 8u; c++) {
+                let si = (e0 + c * 8u) / QG;
+                let s = sval(wsc[si >> 1u], si);
+                var qv: array<f32, 8>;
+                if (WK == 4u) {
+                    let wd = words[c];
+                    for (var j = 0u; j < 8u; j++) { qv[j] = f32(i32((wd >> (4u * j)) & 15u) - 8); }
+                } else {
+                    let a = bitcast<i32>(words[2u * c]);
+                    let b = bitcast<i32>(words[2u * c + 1u]);
+                    for (var j = 0u; j < 4u; j++) {
+                        qv[j] = f32(extractBits(a, 8u * j, 8u));
+                        qv[4u + j] = f32(extractBits(b, 8u * j, 8u));
+                    }
+                }
+                for (var r = 0u; r < t.rows; r++) {
+                    let xa = (t.m0 + r) * k + v * per + c * 8u;
+                    var d = 0.0;
+                    for (var j = 0u; j < 8u; j++) { d += x[xa + j] * qv[j]; }
+                    acc[r] += d * s;
+                }
+            }
+        }
+    }
+    finish(li, acc, t);
+}
+
 // ---- prefill: tiled GEMM ------------------------------------------------------------------------------
 // matmul_tiled: for more rows than a GEMV block serves well. One workgroup of 256 per 32 rows × 64 output
 // columns; the inputs and weights come through shared memory 16 k-steps at a time, so each weight is read

@@ -320,10 +320,19 @@ impl Backend for WgpuBackend {
         // Rows whose byte length is a multiple of 16 are read 16 bytes at a time (float formats; quantized
         // weights are read element by element, with their scales).
         let vec = !w.dtype.is_quantized() && (k * w.dtype.size()).is_multiple_of(16);
+        // Quantized rows of whole 16-byte pieces (and groups of whole 8s): 16 bytes at a time too.
+        let qvec = match w.dtype {
+            herd_core::quant::DType::Q4(g) => k.is_multiple_of(32) && g.group.is_multiple_of(8),
+            herd_core::quant::DType::Q8(g) => k.is_multiple_of(16) && g.group.is_multiple_of(8),
+            _ => false,
+        };
         for part in &w.parts {
             let p = [m as u32, k as u32, n as u32, part.first as u32, part.count as u32];
             let groups = (part.count.div_ceil(8) * mblocks) as u32;
-            if vec {
+            if qvec {
+                let b = [(1, &x.buf), (4, &part.buf), (3, &out.buf), (12, part.scale_buf())];
+                self.gpu.dispatch(Shader::Matmul, "matmul_q", w.wdt(), &b, &p, groups)?;
+            } else if vec {
                 let b = [(1, &x.buf), (4, &part.buf), (3, &out.buf)];
                 self.gpu.dispatch(Shader::Matmul, "matmul_vec", w.wdt(), &b, &p, groups)?;
             } else {
