@@ -237,16 +237,30 @@ impl QuantLayout {
 
     /// Converts `out.len()` consecutive elements from flat index `start` to f32 (q · scale, in f32).
     pub fn to_f32(&self, bytes: &[u8], start: usize, out: &mut [f32]) {
-        let mut si = usize::MAX;
-        let mut sc = 0.0;
-        for (j, o) in out.iter_mut().enumerate() {
+        // In runs that share a scale (Last: a group; SecondLast: one element, its column's scale), with the
+        // scale index computed once per run of the last axis.
+        let mut j = 0;
+        while j < out.len() {
             let i = start + j;
-            let s = self.scale_index(i);
-            if s != si {
-                si = s;
-                sc = self.scale_at(bytes, s);
+            match self.axis {
+                GroupAxis::Last => {
+                    let run = (self.group - i % self.group).min(out.len() - j);
+                    let sc = self.scale_at(bytes, i / self.group);
+                    for t in 0..run {
+                        out[j + t] = self.q_at(bytes, i + t) as f32 * sc;
+                    }
+                    j += run;
+                }
+                GroupAxis::SecondLast => {
+                    // Along the last axis, consecutive elements take consecutive scales.
+                    let run = (self.last - i % self.last).min(out.len() - j);
+                    let s0 = self.scale_index(i);
+                    for t in 0..run {
+                        out[j + t] = self.q_at(bytes, i + t) as f32 * self.scale_at(bytes, s0 + t);
+                    }
+                    j += run;
+                }
             }
-            *o = self.q_at(bytes, i) as f32 * sc;
         }
     }
 }
