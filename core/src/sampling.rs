@@ -187,6 +187,28 @@ pub fn check_sample_args(rows: usize, draws: &[f32], history: &[&[u32]]) -> Resu
 }
 
 /// The min-p cut on shifted logits: ln(min_p), rounded to f32 (every backend compares against this value).
+/// The histories of a device sampler, as one u32 table: `rows + 1` offsets, then each row's distinct ids
+/// (the repetition penalty applies once per id); only offsets (all 0) when `penalty` is off.
+pub fn history_table(history: &[&[u32]], penalty: bool) -> Vec<u32> {
+    let rows = history.len();
+    let mut hist = vec![0u32; rows + 1];
+    if penalty {
+        for (r, h) in history.iter().enumerate() {
+            let mut ids = h.to_vec();
+            ids.sort_unstable();
+            ids.dedup();
+            hist.extend(ids);
+            hist[r + 1] = (hist.len() - rows - 1) as u32;
+        }
+    }
+    hist
+}
+
+/// The flags word of a device sampler: 1 greedy, 2 min-p, 4 repetition penalty.
+pub fn sample_flags(p: &SamplingParams) -> u32 {
+    u32::from(p.is_greedy()) | (u32::from(p.min_p > 0.0) << 1) | (u32::from(p.repetition_penalty != 1.0) << 2)
+}
+
 pub fn min_p_threshold(min_p: f32) -> f32 {
     (min_p as f64).ln() as f32
 }

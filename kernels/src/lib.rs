@@ -18,7 +18,7 @@ use herd_core::backend::{AttnParams, AttnSeq, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::error::Result;
 use herd_core::quant::{DType, GroupAxis, QuantLayout, ScaleType};
-use herd_core::sampling::{check_sample_args, min_p_threshold, SamplingParams};
+use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sample_flags, SamplingParams};
 use herd_core::synthetic::Fill;
 
 pub use device::{compile, nvrtc_present, GraphStats, FAMILIES};
@@ -866,19 +866,8 @@ impl Backend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        // rows + 1 offsets, then each row's distinct ids (the penalty applies once per id).
-        let penalty = params.repetition_penalty != 1.0;
-        let mut hist = vec![0u32; rows + 1];
-        if penalty {
-            for (r, h) in history.iter().enumerate() {
-                let mut ids = h.to_vec();
-                ids.sort_unstable();
-                ids.dedup();
-                hist.extend(ids);
-                hist[r + 1] = (hist.len() - rows - 1) as u32;
-            }
-        }
-        let flags = u32::from(params.is_greedy()) | (u32::from(params.min_p > 0.0) << 1) | (u32::from(penalty) << 2);
+        let hist = history_table(history, params.repetition_penalty != 1.0);
+        let flags = sample_flags(params);
         let draw_bits: Vec<u32> = draws.iter().map(|u| u.to_bits()).collect();
         // Draws first: the history, whose length changes every token, goes last in the step's metadata.
         let dm = self.dev.meta(&draw_bits)?;

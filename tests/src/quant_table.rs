@@ -9,7 +9,7 @@ use herd_core::quant::{DType, GroupAxis, Grouping, ScaleType};
 use herd_core::Result;
 
 use crate::reference as r;
-use crate::table::{nmse, timed, weight, Out, Rng, RowResult};
+use crate::table::{push_row, timed, weight, Out, Rng, RowResult};
 
 fn q(bits: u32, group: u32, scale: ScaleType, axis: GroupAxis) -> DType {
     let g = Grouping { group, scale, axis };
@@ -32,33 +32,8 @@ fn label(dt: DType) -> String {
 /// Runs the quantized rows on `be`. `filter` keeps rows whose op name contains it.
 pub fn run_quant_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<RowResult> {
     let mut rows = Vec::new();
-    let mut add = |op: &'static str, case: String, tol: f64, res: Result<Out>| {
-        if filter.is_some_and(|f| !op.contains(f)) {
-            return;
-        }
-        rows.push(match res {
-            Ok(o) => RowResult {
-                op,
-                case,
-                nmse: nmse(&o.got, &o.want),
-                tol,
-                secs: o.secs,
-                bytes: o.bytes,
-                flops: o.flops,
-                error: None,
-            },
-            Err(e) => RowResult {
-                op,
-                case,
-                nmse: f64::INFINITY,
-                tol,
-                secs: None,
-                bytes: 0.0,
-                flops: 0.0,
-                error: Some(e.to_string()),
-            },
-        });
-    };
+    let mut add =
+        |op: &'static str, case: String, tol: f64, res: Result<Out>| push_row(&mut rows, filter, op, case, tol, res);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (f16s, bf16s) = (ScaleType::F16, ScaleType::BF16);
     let linear = [

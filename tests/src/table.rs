@@ -133,36 +133,47 @@ pub(crate) struct Out {
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
+/// Adds a row's outcome to `rows` unless `filter` leaves its op out.
+pub(crate) fn push_row(
+    rows: &mut Vec<RowResult>,
+    filter: Option<&str>,
+    op: &'static str,
+    case: String,
+    tol: f64,
+    res: Result<Out>,
+) {
+    if filter.is_some_and(|f| !op.contains(f)) {
+        return;
+    }
+    rows.push(match res {
+        Ok(o) => RowResult {
+            op,
+            case,
+            nmse: nmse(&o.got, &o.want),
+            tol,
+            secs: o.secs,
+            bytes: o.bytes,
+            flops: o.flops,
+            error: None,
+        },
+        Err(e) => RowResult {
+            op,
+            case,
+            nmse: f64::INFINITY,
+            tol,
+            secs: None,
+            bytes: 0.0,
+            flops: 0.0,
+            error: Some(e.to_string()),
+        },
+    });
+}
+
 /// Runs every row of the table on `be`. `filter` keeps rows whose op name contains it.
 pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<RowResult> {
     let mut rows = Vec::new();
-    let mut add = |op: &'static str, case: String, tol: f64, res: Result<Out>| {
-        if filter.is_some_and(|f| !op.contains(f)) {
-            return;
-        }
-        rows.push(match res {
-            Ok(o) => RowResult {
-                op,
-                case,
-                nmse: nmse(&o.got, &o.want),
-                tol,
-                secs: o.secs,
-                bytes: o.bytes,
-                flops: o.flops,
-                error: None,
-            },
-            Err(e) => RowResult {
-                op,
-                case,
-                nmse: f64::INFINITY,
-                tol,
-                secs: None,
-                bytes: 0.0,
-                flops: 0.0,
-                error: Some(e.to_string()),
-            },
-        });
-    };
+    let mut add =
+        |op: &'static str, case: String, tol: f64, res: Result<Out>| push_row(&mut rows, filter, op, case, tol, res);
     let mut rng = Rng(0x9E3779B97F4A7C15);
     let want = |op: &str| filter.is_none_or(|f| op.contains(f));
 
