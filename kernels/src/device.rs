@@ -9,82 +9,17 @@ use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::cublas::{result as blas, sys as bsys};
+
+use crate::nvrtc::compile;
 use cudarc::driver::{result as drv, sys, CudaContext};
-use cudarc::nvrtc::{result as nvrtc, sys as nsys};
 use herd_core::error::{HerdError, Result};
 
 pub(crate) fn err(msg: impl Into<String>) -> HerdError {
     HerdError::Backend { backend: "cuda".into(), msg: msg.into() }
 }
 
-fn cu<T, E: std::fmt::Debug>(what: &str, r: std::result::Result<T, E>) -> Result<T> {
+pub(crate) fn cu<T, E: std::fmt::Debug>(what: &str, r: std::result::Result<T, E>) -> Result<T> {
     r.map_err(|e| err(format!("{what}: {e:?}")))
-}
-
-/// The shared prelude and one source per op family, named as the CPU ops and the WGSL shaders.
-pub(crate) const COMMON: &str = include_str!("../common.cuh");
-pub const FAMILIES: [(&str, &str); 7] = [
-    ("elementwise", include_str!("../elementwise.cu")),
-    ("rms_norm", include_str!("../rms_norm.cu")),
-    ("rope", include_str!("../rope.cu")),
-    ("matmul", include_str!("../matmul.cu")),
-    ("attention", include_str!("../attention.cu")),
-    ("moe", include_str!("../moe.cu")),
-    ("sample", include_str!("../sample.cu")),
-];
-
-/// Whether the NVRTC library can be loaded (it is found through LD_LIBRARY_PATH).
-pub fn nvrtc_present() -> bool {
-    // SAFETY: only probes for the shared library; nothing is called.
-    unsafe { nsys::is_culib_present() }
-}
-
-/// Compiles op family `name` with NVRTC to a CUBIN for compute capability `arch` (e.g. (9, 0)).
-pub fn compile(name: &str, arch: (i32, i32)) -> Result<Vec<u8>> {
-    if !nvrtc_present() {
-        return Err(err(
-            "the NVRTC library (libnvrtc.so) was not found: add the CUDA toolkit's lib64 to LD_LIBRARY_PATH",
-        ));
-    }
-    let src = FAMILIES.iter().find(|f| f.0 == name).ok_or_else(|| err(format!("no kernel family {name}")))?.1;
-    let full =
-        CString::new(format!("{COMMON}\n#line 1 \"{name}.cu\"\n{src}")).map_err(|_| err("NUL in kernel source"))?;
-    let fname = CString::new(format!("{name}.cu")).map_err(|_| err("bad name"))?;
-    let prog = cu("nvrtcCreateProgram", nvrtc::create_program(&full, Some(&fname)))?;
-    let opts = [format!("--gpu-architecture=sm_{}{}", arch.0, arch.1), "--std=c++17".into(), "-lineinfo".into()];
-    // SAFETY: `prog` is a live program; it is destroyed once, below, whatever the outcome.
-    unsafe {
-        let compiled = nvrtc::compile_program(prog, &opts);
-        let out = match compiled {
-            Ok(()) => {
-                let mut size = 0usize;
-                let r = nsys::nvrtcGetCUBINSize(prog, &mut size);
-                let mut bin = vec![0u8; size];
-                let r2 = if r == nsys::nvrtcResult::NVRTC_SUCCESS {
-                    nsys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut _)
-                } else {
-                    r
-                };
-                if r2 == nsys::nvrtcResult::NVRTC_SUCCESS {
-                    Ok(bin)
-                } else {
-                    Err(err(format!("{name}.cu: no CUBIN for sm_{}{} ({r2:?})", arch.0, arch.1)))
-                }
-            }
-            Err(e) => {
-                let log = nvrtc::get_program_log(prog).unwrap_or_default();
-                let log: Vec<u8> = log.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
-                Err(err(format!(
-                    "{name}.cu failed to compile for sm_{}{} ({e:?}):\n{}",
-                    arch.0,
-                    arch.1,
-                    String::from_utf8_lossy(&log)
-                )))
-            }
-        };
-        let _ = nvrtc::destroy_program(prog);
-        out
-    }
 }
 
 /// A kernel handle (a CUfunction, kept as an address so commands can be compared and hashed).
@@ -800,40 +735,9 @@ impl Dev {
                     drv::memcpy_dtod_async(*dst, meta_dev + *off as u64, *bytes, cd.stream)
                 })
             }
-            (Engine::Cuda(cd), Cmd::Gemm(g)) => cuda_gemm(cd, g),
+            (Engine::Cuda(cd), Cmd::Gemm(g)) => crate::blas::gemm(cd.blas, g),
         }
     }
-}
-
-fn cuda_gemm(c: &Cuda, g: &Gemm) -> Result<()> {
-    let h = c.blas.ok_or_else(|| err("cuBLAS is not available"))?;
-    let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
-    let ty = if g.bf16 { bsys::cudaDataType::CUDA_R_16BF } else { bsys::cudaDataType::CUDA_R_32F };
-    // SAFETY: a (n×k), b (m×k) and c (m×n) row-major in live allocations; in cuBLAS's column-major terms
-    // cᵀ (n×m) = op_T(a viewed as k×n) · (b viewed as k×m).
-    cu("cublasGemmEx", unsafe {
-        blas::gemm_ex(
-            h,
-            bsys::cublasOperation_t::CUBLAS_OP_T,
-            bsys::cublasOperation_t::CUBLAS_OP_N,
-            g.n as i32,
-            g.m as i32,
-            g.k as i32,
-            &alpha as *const f32 as *const c_void,
-            g.a as *const c_void,
-            ty,
-            g.k as i32,
-            g.b as *const c_void,
-            ty,
-            g.k as i32,
-            &beta as *const f32 as *const c_void,
-            g.c as *mut c_void,
-            bsys::cudaDataType::CUDA_R_32F,
-            g.n as i32,
-            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    })
 }
 
 impl Drop for Dev {

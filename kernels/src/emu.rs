@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use herd_core::error::Result;
 
-use crate::device::{err, Func, Gemm, COMMON, FAMILIES};
+use crate::device::{err, Func, Gemm};
+use crate::nvrtc::{COMMON, FAMILIES};
 
 const EMU_H: &str = include_str!("../emu.h");
 /// Marks where the kernel family starts in the preprocessed source (kernels are looked for after it).

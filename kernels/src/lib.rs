@@ -9,8 +9,12 @@
 //! cuBLAS above; flash-decoding attention for short query runs and a tiled kernel for prefill; MoE as
 //! per-entry GEMVs for decode and expert-grouped tiles for batches, routed on the device.
 
+mod attention;
+mod blas;
 mod device;
 mod emu;
+mod moe;
+mod nvrtc;
 
 use std::sync::Arc;
 
@@ -21,8 +25,9 @@ use herd_core::quant::{DType, GroupAxis, QuantLayout, ScaleType};
 use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sample_flags, SamplingParams};
 use herd_core::synthetic::Fill;
 
-pub use device::{compile, nvrtc_present, GraphStats, FAMILIES};
+pub use device::GraphStats;
 use device::{err, f, ptr, u, Arg, Cmd, Dev, Gemm};
+pub use nvrtc::{compile, nvrtc_present, FAMILIES};
 
 /// The CUDA backend on one device.
 pub struct CudaBackend {
@@ -213,49 +218,6 @@ impl CudaBackend {
             return Err(err(format!("{what}: weight of shape {:?}, expected {dims} dimensions", w.shape)));
         }
         Ok(())
-    }
-
-    /// One expert-grouped tile pass: tensor cores for bf16 weights (on sm_80 and newer), CUDA cores otherwise.
-    fn moe_tiles(&self, w: &CudaWeight, grid: (u32, u32, u32), mut args: Vec<Arg>) -> Result<()> {
-        if w.dtype == DType::BF16 && self.dev.arch.0 >= 8 {
-            args.push(u(usize::from(!self.bf16_activations)));
-            self.launch("moe", "moe_mma_bf16", grid, 128, 0, args)
-        } else {
-            args.extend(w.qargs());
-            self.launch("moe", &format!("moe_tile_{}", dts(w.dtype)), grid, 256, 0, args)
-        }
-    }
-
-    /// One of the per-entry MoE GEMV passes: returns the partial-sum buffer and its number of splits.
-    #[allow(clippy::too_many_arguments)]
-    fn moe_gemv(
-        &self,
-        input: u64,
-        in_div: usize,
-        idx: &CudaBuffer,
-        w: &CudaWeight,
-        nent: usize,
-        kin: usize,
-        n: usize,
-        role: &'static str,
-    ) -> Result<(u64, usize)> {
-        let vec = n.is_multiple_of(8);
-        let per = if vec { 8 } else { 1 };
-        let gx = (n / per).div_ceil(256).max(1);
-        // Split the input dimension until the grid holds about two blocks per SM, keeping splits >= 64 long.
-        let want = (2 * self.dev.sms as usize).div_ceil(gx * nent).max(1);
-        let splits = want.min(kin.div_ceil(64)).max(1);
-        let chunk = kin.div_ceil(splits);
-        let splits = kin.div_ceil(chunk).max(1);
-        let part = self.dev.scratch(role, nent * splits * n * 4)?;
-        let name = format!("moe_gemv_{}{}", dts(w.dtype), if vec { "" } else { "_scalar" });
-        let mut args = vec![ptr(input), u(in_div), ptr(idx.ptr), ptr(w.ptr)];
-        if w.bits().is_some() {
-            args.extend(w.qargs());
-        }
-        args.extend([ptr(part), u(kin), u(n), u(chunk), u(splits)]);
-        self.launch("moe", &name, (gx as u32, splits as u32, nent as u32), 256, 0, args)?;
-        Ok((part, splits))
     }
 }
 
@@ -611,96 +573,7 @@ impl Backend for CudaBackend {
         p: &AttnParams,
         out: &CudaBuffer,
     ) -> Result<()> {
-        let (h, kvh, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
-        if kvh == 0 || h % kvh != 0 || hd == 0 || hd > MAX_HEAD_DIM {
-            return Err(err(format!("attention: {h} heads over {kvh} kv heads of dim {hd} (at most {MAX_HEAD_DIM})")));
-        }
-        let g = h / kvh;
-        let kv_dim = kvh * hd;
-        let mut rows_meta = Vec::new();
-        let mut tiles = Vec::new();
-        let mut bound = 1usize;
-        for s in seqs {
-            let (q0, ql) = (s.q_start as usize, s.q_len as usize);
-            need("attention q", q, (q0 + ql) * h * hd)?;
-            need("attention out", out, (q0 + ql) * h * hd)?;
-            need("attention k_new", k_new, (q0 + ql) * kv_dim)?;
-            need("attention v_new", v_new, (q0 + ql) * kv_dim)?;
-            if s.pos0 > 0 {
-                let end = (s.slot_base as usize + s.slot_cap as usize) * kv_dim;
-                need("attention k_cache", k_cache, end)?;
-                need("attention v_cache", v_cache, end)?;
-            }
-            if ql == 0 {
-                continue;
-            }
-            let fields = [s.pos0, s.q_start, s.slot_base, s.slot_cap.max(1)];
-            if ql <= DECODE_MAX_Q && g <= MAX_GROUP {
-                for t in 0..ql as u32 {
-                    rows_meta.extend_from_slice(&[s.q_start + t, s.pos0 + t]);
-                    rows_meta.extend_from_slice(&fields);
-                    rows_meta.extend_from_slice(&[0, 0]);
-                }
-                let visible = s.slot_cap as usize + ql;
-                bound = bound.max(p.chunk.map_or(visible, |c| c.min(visible)));
-            } else {
-                for t0 in (0..ql).step_by(32) {
-                    let nq = (ql - t0).min(32) as u32;
-                    tiles.extend_from_slice(&[s.q_start + t0 as u32, nq, s.pos0 + t0 as u32]);
-                    tiles.extend_from_slice(&fields);
-                    tiles.push(0);
-                }
-            }
-        }
-        let (temp_on, fs, asc) = match p.temperature {
-            Some(t) => (1, t.floor_scale, t.attn_scale),
-            None => (0, 1.0, 0.0),
-        };
-        let chunk = p.chunk.unwrap_or(0);
-        let common = |meta: Arg| {
-            vec![
-                ptr(q.ptr),
-                ptr(k_new.ptr),
-                ptr(v_new.ptr),
-                ptr(k_cache.ptr),
-                ptr(v_cache.ptr),
-                meta,
-                u(h),
-                u(kvh),
-                u(hd),
-                f(p.scale),
-                u(chunk),
-                u(temp_on),
-                f(fs),
-                f(asc),
-            ]
-        };
-        if !rows_meta.is_empty() {
-            let nrows = rows_meta.len() / 8;
-            // Splits of at least 64 keys, up to about two blocks per SM. The bound comes from the region
-            // sizes, not the current length, so the grid stays the same from token to token.
-            let target = (2 * self.dev.sms as usize).div_ceil(kvh * nrows).max(1);
-            let nsplit = bound.div_ceil(64).min(target).clamp(1, 64);
-            let part = self.dev.scratch("attention splits", nrows * kvh * nsplit * g * (hd + 2) * 4)?;
-            let meta = self.dev.meta(&rows_meta)?;
-            let mut args = common(meta);
-            args.extend([u(nsplit), ptr(part)]);
-            let smem = (5 * g * hd + 8 * g) * 4;
-            self.launch("attention", "attn_decode", (kvh as u32, nrows as u32, nsplit as u32), 128, smem, args)?;
-            let args = vec![ptr(part), meta, ptr(out.ptr), u(h), u(kvh), u(hd), u(nsplit)];
-            self.launch("attention", "attn_combine", (nrows as u32, h as u32, 1), 128, 0, args)?;
-        }
-        if !tiles.is_empty() {
-            let ntiles = tiles.len() / 8;
-            let dpt = [4usize, 8, 16, 32, 64].into_iter().find(|&d| 4 * d >= hd).unwrap_or(64);
-            let bk = if dpt == 64 { 16 } else { 32 };
-            let meta = self.dev.meta(&tiles)?;
-            let mut args = common(meta);
-            args.push(ptr(out.ptr));
-            let smem = 2 * bk * hd * 4;
-            self.launch("attention", &format!("attn_prefill_{dpt}"), (h as u32, ntiles as u32, 1), 128, smem, args)?;
-        }
-        Ok(())
+        self.attention_impl(q, k_new, v_new, k_cache, v_cache, seqs, p, out)
     }
 
     fn kv_store(
@@ -712,26 +585,7 @@ impl Backend for CudaBackend {
         seqs: &[AttnSeq],
         kv_dim: usize,
     ) -> Result<()> {
-        let mut pairs = Vec::new();
-        for s in seqs {
-            let (ql, cap) = (s.q_len as usize, s.slot_cap.max(1) as usize);
-            need("kv_store k_new", k_new, (s.q_start as usize + ql) * kv_dim)?;
-            need("kv_store v_new", v_new, (s.q_start as usize + ql) * kv_dim)?;
-            need("kv_store k_cache", k_cache, (s.slot_base as usize + cap) * kv_dim)?;
-            need("kv_store v_cache", v_cache, (s.slot_base as usize + cap) * kv_dim)?;
-            // A step longer than the ring keeps its last `cap` tokens.
-            for t in ql.saturating_sub(cap)..ql {
-                let slot = s.slot_base as usize + (s.pos0 as usize + t) % cap;
-                pairs.extend_from_slice(&[s.q_start + t as u32, slot as u32]);
-            }
-        }
-        if pairs.is_empty() || kv_dim == 0 {
-            return Ok(());
-        }
-        let np = pairs.len() / 2;
-        let meta = self.dev.meta(&pairs)?;
-        let args = vec![ptr(k_new.ptr), ptr(v_new.ptr), ptr(k_cache.ptr), ptr(v_cache.ptr), meta, u(np), u(kv_dim)];
-        self.launch("attention", "kv_store", (blocks(np * kv_dim, 256), 1, 1), 256, 0, args)
+        self.kv_store_impl(k_new, v_new, k_cache, v_cache, seqs, kv_dim)
     }
 
     fn add(&self, acc: &CudaBuffer, x: &CudaBuffer, n: usize) -> Result<()> {
@@ -788,52 +642,8 @@ impl Backend for CudaBackend {
         down: &CudaWeight,
         out: &CudaBuffer,
     ) -> Result<()> {
-        Self::weight_shape(gate_up, 3, "moe gate_up")?;
-        Self::weight_shape(down, 3, "moe down")?;
-        let (e, d, f2) = (gate_up.shape[0], gate_up.shape[1], gate_up.shape[2]);
-        let fw = f2 / 2;
-        for w in [gate_up, down] {
-            if w.dtype.grouping().is_some_and(|g| g.axis != GroupAxis::SecondLast) {
-                return Err(err("moe: quantized expert tensors must be grouped along their input axis"));
-            }
-        }
-        if f2 % 2 != 0 || down.shape != [e, fw, d] {
-            return Err(err(format!("moe: gate_up {:?} and down {:?} do not match", gate_up.shape, down.shape)));
-        }
-        need("moe x", x, rows * d)?;
-        need("moe idx", idx, rows * k)?;
-        need("moe score", score, rows * k)?;
-        need("moe out", out, rows * d)?;
-        let nent = rows * k;
-        if nent == 0 || d == 0 || fw == 0 {
-            return Ok(());
-        }
-        let h = self.dev.scratch("moe h", nent * fw * 4)?;
-        if nent <= MOE_GEMV_MAX {
-            let (gu, s1) = self.moe_gemv(x.ptr, k, idx, gate_up, nent, d, f2, "moe up")?;
-            let args = vec![ptr(gu), ptr(score.ptr), ptr(h), u(nent), u(fw), u(s1)];
-            self.launch("moe", "moe_act", (blocks(nent * fw, 256), 1, 1), 256, 0, args)?;
-            let (y, s2) = self.moe_gemv(h, 1, idx, down, nent, fw, d, "moe down")?;
-            let args = vec![ptr(y), ptr(out.ptr), u(rows), u(k), u(d), u(s2)];
-            return self.launch("moe", "moe_sum", (blocks(rows * d, 256), 1, 1), 256, 0, args);
-        }
-        // Entries grouped by expert on the device into tiles of up to 32: at most one partial tile per expert.
-        let tmax = nent.div_ceil(32) + e.min(nent);
-        let route = self.dev.scratch("moe route", (1 + 3 * tmax + nent) * 4)?;
-        let args = vec![ptr(idx.ptr), u(nent), u(e), u(tmax), ptr(route)];
-        self.launch("moe", "moe_route", (1, 1, 1), 1024, 2 * e * 4, args)?;
-        let gu = self.dev.scratch("moe up", nent * f2 * 4)?;
-        let args = vec![ptr(x.ptr), u(k), ptr(route), u(tmax), ptr(gate_up.ptr), ptr(gu), u(d), u(f2)];
-        self.moe_tiles(gate_up, (blocks(f2, 64), tmax as u32, 1), args)?;
-        let args = vec![ptr(gu), ptr(score.ptr), ptr(h), u(nent), u(fw), u(1)];
-        self.launch("moe", "moe_act", (blocks(nent * fw, 256), 1, 1), 256, 0, args)?;
-        let y = self.dev.scratch("moe down", nent * d * 4)?;
-        let args = vec![ptr(h), u(1), ptr(route), u(tmax), ptr(down.ptr), ptr(y), u(fw), u(d)];
-        self.moe_tiles(down, (blocks(d, 64), tmax as u32, 1), args)?;
-        let args = vec![ptr(y), ptr(out.ptr), u(rows), u(k), u(d), u(1)];
-        self.launch("moe", "moe_sum", (blocks(rows * d, 256), 1, 1), 256, 0, args)
+        self.moe_impl(x, rows, idx, score, k, gate_up, down, out)
     }
-
     fn gather_rows(&self, x: &CudaBuffer, rows: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
         if !rows.is_u32 {
             return Err(err("gather_rows: rows must be u32"));

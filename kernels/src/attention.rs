@@ -1,0 +1,146 @@
+//! The attention ops on CUDA: flash-decoding for short query runs (the split count fixed by the region
+//! sizes, so decode steps repeat and replay as graphs), the tiled prefill kernel, and the KV-cache write.
+//! The tables of rows, tiles and slots go into the step's metadata (see attention.cu for their layout).
+
+use herd_core::backend::{AttnParams, AttnSeq};
+use herd_core::error::Result;
+
+use crate::device::{err, f, ptr, u, Arg};
+use crate::{blocks, need, CudaBackend, CudaBuffer, DECODE_MAX_Q, MAX_GROUP, MAX_HEAD_DIM};
+
+impl CudaBackend {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attention_impl(
+        &self,
+        q: &CudaBuffer,
+        k_new: &CudaBuffer,
+        v_new: &CudaBuffer,
+        k_cache: &CudaBuffer,
+        v_cache: &CudaBuffer,
+        seqs: &[AttnSeq],
+        p: &AttnParams,
+        out: &CudaBuffer,
+    ) -> Result<()> {
+        let (h, kvh, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+        if kvh == 0 || h % kvh != 0 || hd == 0 || hd > MAX_HEAD_DIM {
+            return Err(err(format!("attention: {h} heads over {kvh} kv heads of dim {hd} (at most {MAX_HEAD_DIM})")));
+        }
+        let g = h / kvh;
+        let kv_dim = kvh * hd;
+        let mut rows_meta = Vec::new();
+        let mut tiles = Vec::new();
+        let mut bound = 1usize;
+        for s in seqs {
+            let (q0, ql) = (s.q_start as usize, s.q_len as usize);
+            need("attention q", q, (q0 + ql) * h * hd)?;
+            need("attention out", out, (q0 + ql) * h * hd)?;
+            need("attention k_new", k_new, (q0 + ql) * kv_dim)?;
+            need("attention v_new", v_new, (q0 + ql) * kv_dim)?;
+            if s.pos0 > 0 {
+                let end = (s.slot_base as usize + s.slot_cap as usize) * kv_dim;
+                need("attention k_cache", k_cache, end)?;
+                need("attention v_cache", v_cache, end)?;
+            }
+            if ql == 0 {
+                continue;
+            }
+            let fields = [s.pos0, s.q_start, s.slot_base, s.slot_cap.max(1)];
+            if ql <= DECODE_MAX_Q && g <= MAX_GROUP {
+                for t in 0..ql as u32 {
+                    rows_meta.extend_from_slice(&[s.q_start + t, s.pos0 + t]);
+                    rows_meta.extend_from_slice(&fields);
+                    rows_meta.extend_from_slice(&[0, 0]);
+                }
+                let visible = s.slot_cap as usize + ql;
+                bound = bound.max(p.chunk.map_or(visible, |c| c.min(visible)));
+            } else {
+                for t0 in (0..ql).step_by(32) {
+                    let nq = (ql - t0).min(32) as u32;
+                    tiles.extend_from_slice(&[s.q_start + t0 as u32, nq, s.pos0 + t0 as u32]);
+                    tiles.extend_from_slice(&fields);
+                    tiles.push(0);
+                }
+            }
+        }
+        let (temp_on, fs, asc) = match p.temperature {
+            Some(t) => (1, t.floor_scale, t.attn_scale),
+            None => (0, 1.0, 0.0),
+        };
+        let chunk = p.chunk.unwrap_or(0);
+        let common = |meta: Arg| {
+            vec![
+                ptr(q.ptr),
+                ptr(k_new.ptr),
+                ptr(v_new.ptr),
+                ptr(k_cache.ptr),
+                ptr(v_cache.ptr),
+                meta,
+                u(h),
+                u(kvh),
+                u(hd),
+                f(p.scale),
+                u(chunk),
+                u(temp_on),
+                f(fs),
+                f(asc),
+            ]
+        };
+        if !rows_meta.is_empty() {
+            let nrows = rows_meta.len() / 8;
+            // Splits of at least 64 keys, up to about two blocks per SM. The bound comes from the region
+            // sizes, not the current length, so the grid stays the same from token to token.
+            let target = (2 * self.dev.sms as usize).div_ceil(kvh * nrows).max(1);
+            let nsplit = bound.div_ceil(64).min(target).clamp(1, 64);
+            let part = self.dev.scratch("attention splits", nrows * kvh * nsplit * g * (hd + 2) * 4)?;
+            let meta = self.dev.meta(&rows_meta)?;
+            let mut args = common(meta);
+            args.extend([u(nsplit), ptr(part)]);
+            let smem = (5 * g * hd + 8 * g) * 4;
+            self.launch("attention", "attn_decode", (kvh as u32, nrows as u32, nsplit as u32), 128, smem, args)?;
+            let args = vec![ptr(part), meta, ptr(out.ptr), u(h), u(kvh), u(hd), u(nsplit)];
+            self.launch("attention", "attn_combine", (nrows as u32, h as u32, 1), 128, 0, args)?;
+        }
+        if !tiles.is_empty() {
+            let ntiles = tiles.len() / 8;
+            let dpt = [4usize, 8, 16, 32, 64].into_iter().find(|&d| 4 * d >= hd).unwrap_or(64);
+            let bk = if dpt == 64 { 16 } else { 32 };
+            let meta = self.dev.meta(&tiles)?;
+            let mut args = common(meta);
+            args.push(ptr(out.ptr));
+            let smem = 2 * bk * hd * 4;
+            self.launch("attention", &format!("attn_prefill_{dpt}"), (h as u32, ntiles as u32, 1), 128, smem, args)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn kv_store_impl(
+        &self,
+        k_new: &CudaBuffer,
+        v_new: &CudaBuffer,
+        k_cache: &CudaBuffer,
+        v_cache: &CudaBuffer,
+        seqs: &[AttnSeq],
+        kv_dim: usize,
+    ) -> Result<()> {
+        let mut pairs = Vec::new();
+        for s in seqs {
+            let (ql, cap) = (s.q_len as usize, s.slot_cap.max(1) as usize);
+            need("kv_store k_new", k_new, (s.q_start as usize + ql) * kv_dim)?;
+            need("kv_store v_new", v_new, (s.q_start as usize + ql) * kv_dim)?;
+            need("kv_store k_cache", k_cache, (s.slot_base as usize + cap) * kv_dim)?;
+            need("kv_store v_cache", v_cache, (s.slot_base as usize + cap) * kv_dim)?;
+            // A step longer than the ring keeps its last `cap` tokens.
+            for t in ql.saturating_sub(cap)..ql {
+                let slot = s.slot_base as usize + (s.pos0 as usize + t) % cap;
+                pairs.extend_from_slice(&[s.q_start + t as u32, slot as u32]);
+            }
+        }
+        if pairs.is_empty() || kv_dim == 0 {
+            return Ok(());
+        }
+        let np = pairs.len() / 2;
+        let meta = self.dev.meta(&pairs)?;
+        let args = vec![ptr(k_new.ptr), ptr(v_new.ptr), ptr(k_cache.ptr), ptr(v_cache.ptr), meta, u(np), u(kv_dim)];
+        self.launch("attention", "kv_store", (blocks(np * kv_dim, 256), 1, 1), 256, 0, args)
+    }
+}
