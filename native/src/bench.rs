@@ -71,11 +71,19 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
     let prefill_tps = prompt.len() as f64 / best_prefill;
     let decode_tps = a.gen_tokens as f64 / best_decode.max(1e-12);
     let peak = peak_rss().unwrap_or(0);
-    // The decode roofline: weight bytes each token reads (synthetic: the formats made; a checkpoint: bf16).
-    let per_param = match (&synth, a.quant.as_deref()) {
-        (Some((_, _, bytes)), _) => *bytes as f64 / cfg.text.total_params().max(1) as f64,
-        _ => 2.0,
+    // The decode roofline: weight bytes each token reads, at the model's average bytes per parameter (the
+    // formats made, or the checkpoint's tensors).
+    let bytes = match &synth {
+        Some((_, _, bytes)) => *bytes,
+        // The text model's tensors (a multimodal checkpoint also holds the vision tower's).
+        None => files
+            .checkpoint()?
+            .tensors()
+            .filter(|(name, _)| name.starts_with("model.") || *name == "lm_head.weight")
+            .map(|(_, t)| t.bytes().len())
+            .sum(),
     };
+    let per_param = bytes as f64 / cfg.text.total_params().max(1) as f64;
     let decode_bytes = (cfg.text.decode_params() as f64 * per_param) as usize;
     let decode_gbs = decode_bytes as f64 * decode_tps / 1e9;
     // What scales with depth: decode time per token per layer. It also carries the embedding and lm_head,
