@@ -21,6 +21,7 @@ impl CudaBackend {
         p: &AttnParams,
         out: &CudaBuffer,
     ) -> Result<()> {
+        let _op = self.dev.op();
         let (h, kvh, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
         if kvh == 0 || h % kvh != 0 || hd == 0 || hd > MAX_HEAD_DIM {
             return Err(err(format!("attention: {h} heads over {kvh} kv heads of dim {hd} (at most {MAX_HEAD_DIM})")));
@@ -122,6 +123,7 @@ impl CudaBackend {
         seqs: &[AttnSeq],
         kv_dim: usize,
     ) -> Result<()> {
+        let _op = self.dev.op();
         let mut pairs = Vec::new();
         for s in seqs {
             let (ql, cap) = (s.q_len as usize, s.slot_cap.max(1) as usize);

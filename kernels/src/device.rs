@@ -172,7 +172,45 @@ enum Engine {
     Emu(crate::emu::Emu),
 }
 
+/// Makes each op's recording (its metadata, scratch buffers and commands) one unbroken run, and keeps a read's
+/// submission out of the middle of another thread's op. Reentrant: an op may call other ops, or read.
+#[derive(Default)]
+struct OpLock {
+    owner: Mutex<(Option<std::thread::ThreadId>, usize)>,
+    free: std::sync::Condvar,
+}
+
+pub(crate) struct OpGuard<'a>(&'a OpLock);
+
+impl OpLock {
+    fn enter(&self) -> OpGuard<'_> {
+        let me = std::thread::current().id();
+        let mut g = self.owner.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(o) = g.0 {
+            if o == me {
+                break;
+            }
+            g = self.free.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        g.0 = Some(me);
+        g.1 += 1;
+        OpGuard(self)
+    }
+}
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        let mut g = self.0.owner.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 -= 1;
+        if g.1 == 0 {
+            g.0 = None;
+            self.0.free.notify_all();
+        }
+    }
+}
+
 pub(crate) struct Dev {
+    ops: OpLock,
     engine: Engine,
     pub name: String,
     pub arch: (i32, i32),
@@ -259,6 +297,7 @@ impl Dev {
             ctx,
         };
         Ok(Arc::new(Dev {
+            ops: OpLock::default(),
             engine: Engine::Cuda(cuda),
             name,
             arch,
@@ -274,6 +313,7 @@ impl Dev {
     /// The CPU emulator, shaped like an H100 (132 SMs, sm_90) so that kernels are chosen as there.
     pub fn emulated() -> Result<Arc<Dev>> {
         Ok(Arc::new(Dev {
+            ops: OpLock::default(),
             engine: Engine::Emu(crate::emu::Emu::new()?),
             name: "emulated on the CPU".into(),
             arch: (9, 0),
@@ -284,6 +324,11 @@ impl Dev {
             free_later: Mutex::new(Vec::new()),
             mem: Mutex::new(Pool::new(256 << 20)),
         }))
+    }
+
+    /// Held for the whole of an op (see [`OpLock`]).
+    pub fn op(&self) -> OpGuard<'_> {
+        self.ops.enter()
     }
 
     pub fn has_blas(&self) -> bool {
@@ -470,6 +515,7 @@ impl Dev {
 
     /// Runs the step so far, waits for it, and copies `bytes` from `src` to the host.
     pub fn read(&self, src: u64, bytes: usize) -> Result<Vec<u8>> {
+        let _op = self.op();
         let mut st = self.lock()?;
         self.flush(&mut st)?;
         let mut out = vec![0u8; bytes];

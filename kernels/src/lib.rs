@@ -251,6 +251,7 @@ impl Backend for CudaBackend {
     }
 
     fn write_u32(&self, buf: &CudaBuffer, data: &[u32]) -> Result<()> {
+        let _op = self.dev.op();
         if !buf.is_u32 {
             return Err(err("write_u32: expected a u32 buffer, got f32"));
         }
@@ -277,6 +278,7 @@ impl Backend for CudaBackend {
     }
 
     fn copy(&self, src: &CudaBuffer, src_off: usize, dst: &CudaBuffer, dst_off: usize, len: usize) -> Result<()> {
+        let _op = self.dev.op();
         need("copy source", src, src_off + len)?;
         need("copy destination", dst, dst_off + len)?;
         if len == 0 {
@@ -308,6 +310,7 @@ impl Backend for CudaBackend {
     }
 
     fn synthetic_weight(&self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<CudaWeight> {
+        let _op = self.dev.op();
         let n: usize = shape.iter().product();
         let bytes = dtype.bytes(shape).map_err(|e| err(format!("{}: {e}", name.escape_debug())))?;
         let p = self.dev.alloc_raw(bytes)?;
@@ -350,6 +353,7 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, table: &CudaWeight, ids: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
+        let _op = self.dev.op();
         Self::weight_shape(table, 2, "embed")?;
         if table.shape[1] != dim || !ids.is_u32 {
             return Err(err(format!("embed: table {:?} for dim {dim}, ids must be u32", table.shape)));
@@ -385,6 +389,7 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &CudaBuffer,
     ) -> Result<()> {
+        let _op = self.dev.op();
         need("rms_norm x", x, rows * dim)?;
         need("rms_norm out", out, rows * dim)?;
         if let Some(w) = weight {
@@ -415,6 +420,7 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &CudaBuffer,
     ) -> Result<()> {
+        let _op = self.dev.op();
         need("add_rms_norm acc", acc, rows * dim)?;
         need("add_rms_norm x", x, rows * dim)?;
         need("add_rms_norm out", out, rows * dim)?;
@@ -431,6 +437,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, x: &CudaBuffer, m: usize, w: &CudaWeight, out: &CudaBuffer) -> Result<()> {
+        let _op = self.dev.op();
         Self::weight_shape(w, 2, "matmul")?;
         let (n, k) = (w.shape[0], w.shape[1]);
         need("matmul x", x, m * k)?;
@@ -507,6 +514,7 @@ impl Backend for CudaBackend {
         out: &CudaBuffer,
         scratch: &CudaBuffer,
     ) -> Result<()> {
+        let _op = self.dev.op();
         Self::weight_shape(gate_w, 2, "swiglu gate")?;
         let (n, k) = (gate_w.shape[0], gate_w.shape[1]);
         if up_w.shape != gate_w.shape || n != width {
@@ -540,6 +548,7 @@ impl Backend for CudaBackend {
         inv_freq: &CudaBuffer,
         norm_eps: Option<f32>,
     ) -> Result<()> {
+        let _op = self.dev.op();
         need("rope x", x, rows * heads * head_dim)?;
         need("rope positions", positions, rows)?;
         need("rope inv_freq", inv_freq, head_dim / 2)?;
@@ -589,6 +598,7 @@ impl Backend for CudaBackend {
     }
 
     fn add(&self, acc: &CudaBuffer, x: &CudaBuffer, n: usize) -> Result<()> {
+        let _op = self.dev.op();
         need("add acc", acc, n)?;
         need("add x", x, n)?;
         if n == 0 {
@@ -598,6 +608,7 @@ impl Backend for CudaBackend {
     }
 
     fn silu_mul(&self, gate: &CudaBuffer, up: &CudaBuffer, n: usize) -> Result<()> {
+        let _op = self.dev.op();
         need("silu_mul gate", gate, n)?;
         need("silu_mul up", up, n)?;
         if n == 0 {
@@ -615,6 +626,7 @@ impl Backend for CudaBackend {
         idx: &CudaBuffer,
         score: &CudaBuffer,
     ) -> Result<()> {
+        let _op = self.dev.op();
         if k == 0 || k > n_experts || k > MAX_TOPK {
             return Err(err(format!("router: top-{k} of {n_experts} experts (at most top-{MAX_TOPK})")));
         }
@@ -645,6 +657,7 @@ impl Backend for CudaBackend {
         self.moe_impl(x, rows, idx, score, k, gate_up, down, out)
     }
     fn gather_rows(&self, x: &CudaBuffer, rows: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
+        let _op = self.dev.op();
         if !rows.is_u32 {
             return Err(err("gather_rows: rows must be u32"));
         }
@@ -667,6 +680,7 @@ impl Backend for CudaBackend {
         history: &[&[u32]],
         out: &CudaBuffer,
     ) -> Result<()> {
+        let _op = self.dev.op();
         check_sample_args(rows, draws, history)?;
         need("sample logits", logits, rows * vocab)?;
         need("sample out", out, rows)?;

@@ -64,6 +64,7 @@ impl CudaBackend {
         down: &CudaWeight,
         out: &CudaBuffer,
     ) -> Result<()> {
+        let _op = self.dev.op();
         Self::weight_shape(gate_up, 3, "moe gate_up")?;
         Self::weight_shape(down, 3, "moe down")?;
         let (e, d, f2) = (gate_up.shape[0], gate_up.shape[1], gate_up.shape[2]);

@@ -156,3 +156,21 @@ fn synthetic_matches(be: &CudaBackend) {
     let err = herd_conformance::table::nmse(&got, &want);
     assert!(err < 1e-10, "quantized experts made on the device differ: nmse {err:.2e}");
 }
+
+/// Two threads stepping two models on one device at once: each op's commands, metadata and scratch stay one
+/// unbroken run, and a read in one thread never submits half of the other's op. (Before ops were made
+/// atomic, this interleaving broke decode logits, though only when the timing hit the window; so this test
+/// can miss a regression, not pass a broken one.)
+#[test]
+fn concurrent_models_on_one_device_stay_correct() {
+    let Some(be) = emulator() else { return };
+    std::thread::scope(|s| {
+        for name in ["scout", "guard"] {
+            let be = be.clone();
+            s.spawn(move || {
+                check_logits(&be, name, F32_TOL, true);
+                check_greedy(&be, name);
+            });
+        }
+    });
+}
