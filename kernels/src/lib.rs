@@ -15,6 +15,7 @@ mod device;
 mod emu;
 mod moe;
 mod nvrtc;
+mod oplock;
 
 use std::sync::Arc;
 
