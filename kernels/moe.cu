@@ -49,12 +49,13 @@ extern "C" __global__ void router_topk(const float* logits, u32 rows, u32 e, u32
 template <int DT, bool VEC>
 __device__ void moe_gemv_impl(const float* __restrict__ in, u32 in_div, const u32* __restrict__ idx,
                               const void* __restrict__ w, float* __restrict__ part, u32 kin, u32 n, u32 chunk,
-                              u32 splits) {
+                              u32 splits, u32 ne) {
     const u32 ent = blockIdx.z, sp = blockIdx.y;
     const u32 per = VEC ? 8 : 1;
     const u32 col = (blockIdx.x * blockDim.x + threadIdx.x) * per;
     if (col >= n) return;
     const u32 e = idx[ent];
+    if (e >= ne) return; // skipped (the expert cache's other rounds)
     const float* x = in + (u64)(ent / in_div) * kin;
     const u32 i0 = sp * chunk, i1 = min(kin, i0 + chunk);
     const u64 wbase = (u64)e * kin * n + col;
@@ -90,13 +91,13 @@ __device__ void moe_gemv_impl(const float* __restrict__ in, u32 in_div, const u3
 #define MOE_GEMV(DTN, DT)                                                                                           \
     extern "C" __global__ void __launch_bounds__(256) moe_gemv_##DTN(const float* in, u32 in_div, const u32* idx,  \
                                                                       const void* w, float* part, u32 kin, u32 n,   \
-                                                                      u32 chunk, u32 splits) {                      \
-        moe_gemv_impl<DT, true>(in, in_div, idx, w, part, kin, n, chunk, splits);                                   \
+                                                                      u32 chunk, u32 splits, u32 ne) {              \
+        moe_gemv_impl<DT, true>(in, in_div, idx, w, part, kin, n, chunk, splits, ne);                                   \
     }                                                                                                               \
     extern "C" __global__ void __launch_bounds__(256) moe_gemv_##DTN##_scalar(                                    \
         const float* in, u32 in_div, const u32* idx, const void* w, float* part, u32 kin, u32 n, u32 chunk,         \
-        u32 splits) {                                                                                               \
-        moe_gemv_impl<DT, false>(in, in_div, idx, w, part, kin, n, chunk, splits);                                  \
+        u32 splits, u32 ne) {                                                                                       \
+        moe_gemv_impl<DT, false>(in, in_div, idx, w, part, kin, n, chunk, splits, ne);                                  \
     }
 MOE_GEMV(f32, 0)
 MOE_GEMV(bf16, 1)
@@ -107,12 +108,14 @@ MOE_GEMV(f16, 2)
 template <int BITS, bool VEC>
 __device__ void moe_gemv_q_impl(const float* __restrict__ in, u32 in_div, const u32* __restrict__ idx,
                                 const unsigned char* __restrict__ w, const unsigned short* __restrict__ sc, u32 st,
-                                u32 group, float* __restrict__ part, u32 kin, u32 n, u32 chunk, u32 splits) {
+                                u32 group, float* __restrict__ part, u32 kin, u32 n, u32 chunk, u32 splits,
+                                u32 ne) {
     const u32 ent = blockIdx.z, sp = blockIdx.y;
     const u32 per = VEC ? 8 : 1;
     const u32 col = (blockIdx.x * blockDim.x + threadIdx.x) * per;
     if (col >= n) return;
     const u32 e = idx[ent];
+    if (e >= ne) return; // skipped (the expert cache's other rounds)
     const float* x = in + (u64)(ent / in_div) * kin;
     const u32 i0 = sp * chunk, i1 = min(kin, i0 + chunk);
     const u64 wb = (u64)e * kin * n + col;
@@ -148,13 +151,13 @@ __device__ void moe_gemv_q_impl(const float* __restrict__ in, u32 in_div, const 
 #define MOE_GEMV_Q(B)                                                                                               \
     extern "C" __global__ void __launch_bounds__(256) moe_gemv_q##B(                                              \
         const float* in, u32 in_div, const u32* idx, const unsigned char* w, const unsigned short* sc, u32 st,      \
-        u32 group, float* part, u32 kin, u32 n, u32 chunk, u32 splits) {                                            \
-        moe_gemv_q_impl<B, true>(in, in_div, idx, w, sc, st, group, part, kin, n, chunk, splits);                  \
+        u32 group, float* part, u32 kin, u32 n, u32 chunk, u32 splits, u32 ne) {                                    \
+        moe_gemv_q_impl<B, true>(in, in_div, idx, w, sc, st, group, part, kin, n, chunk, splits, ne);                  \
     }                                                                                                               \
     extern "C" __global__ void __launch_bounds__(256) moe_gemv_q##B##_scalar(                                     \
         const float* in, u32 in_div, const u32* idx, const unsigned char* w, const unsigned short* sc, u32 st,      \
-        u32 group, float* part, u32 kin, u32 n, u32 chunk, u32 splits) {                                            \
-        moe_gemv_q_impl<B, false>(in, in_div, idx, w, sc, st, group, part, kin, n, chunk, splits);                 \
+        u32 group, float* part, u32 kin, u32 n, u32 chunk, u32 splits, u32 ne) {                                    \
+        moe_gemv_q_impl<B, false>(in, in_div, idx, w, sc, st, group, part, kin, n, chunk, splits, ne);                 \
     }
 MOE_GEMV_Q(4)
 MOE_GEMV_Q(8)
@@ -176,13 +179,15 @@ extern "C" __global__ void moe_act(const float* gu, const float* score, float* h
     h[i] = g / (1.0f + expf(-g)) * u;
 }
 
-// out[r, c] += Σ_choice Σ_split y[(r·k + choice)·splits + split, c].
-extern "C" __global__ void moe_sum(const float* y, float* out, u32 rows, u32 k, u32 d, u32 splits) {
+// out[r, c] += Σ_choice Σ_split y[(r·k + choice)·splits + split, c], over the choices of an expert < ne.
+extern "C" __global__ void moe_sum(const float* y, float* out, u32 rows, u32 k, u32 d, u32 splits, const u32* idx,
+                                   u32 ne) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (u64)rows * d) return;
     u32 r = (u32)(i / d), c = (u32)(i % d);
     float acc = out[i];
     for (u32 ch = 0; ch < k; ch++) {
+        if (idx[(u64)r * k + ch] >= ne) continue;
         float s = 0.0f;
         for (u32 sp = 0; sp < splits; sp++) s += y[(((u64)r * k + ch) * splits + sp) * d + c];
         acc += s;

@@ -13,7 +13,7 @@
 //! says it works in place.
 
 use crate::checkpoint::TensorRef;
-use crate::error::Result;
+use crate::error::{HerdError, Result};
 use crate::quant::DType;
 use crate::sampling::SamplingParams;
 use crate::synthetic::Fill;
@@ -105,6 +105,17 @@ pub trait Backend: Send + Sync + 'static {
     fn synthetic_weight(&self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<Self::Weight> {
         self.load_weight(&crate::synthetic::tensor(name, shape, dtype, fill)?)
     }
+
+    /// A zeroed weight of `shape` in `dtype`, filled later one outer row at a time with
+    /// [`Backend::write_weight_row`]: the expert cache's slots. The default uploads zeros from the host.
+    fn alloc_weight(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Self::Weight> {
+        let n = dtype.bytes(shape).map_err(|e| HerdError::tensor(name, e))?;
+        self.load_weight(&TensorRef::owned(name, dtype, shape.to_vec(), vec![0; n]))
+    }
+    /// Overwrites outer row `row` of `w` (a weight from [`Backend::alloc_weight`], shape [R, ...]) with
+    /// `t`, a tensor of `w`'s format and shape [1, ...] ([`row_copy`] says which bytes go where), in order
+    /// with the enqueued work: ops enqueued before read the old row, ops enqueued after the new one.
+    fn write_weight_row(&self, w: &Self::Weight, row: usize, t: &TensorRef) -> Result<()>;
 
     // ---- ops ----------------------------------------------------------------------------------------
     /// `out[r, :] = table[ids[r], :]` for r < n; `table` is [V, dim], `ids` u32 [n], `out` [n, dim].
@@ -228,7 +239,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Routed experts, accumulated: for each row r and each of its k choices (e = idx[r, c], s = score[r, c]),
     /// `u = s · x[r]`, `out[r] += (silu(u·G_e) ⊙ (u·U_e)) · Dn_e`, where `gate_up` is the fused checkpoint
-    /// tensor [E, D, 2F] (G_e = columns 0..F, U_e = F..2F; x·W orientation) and `down` is [E, F, D].
+    /// tensor [E, D, 2F] (G_e = columns 0..F, U_e = F..2F; x·W orientation) and `down` is [E, F, D]. A row's
+    /// choices are added in choice order, so which expert sits at which index does not change the result.
+    /// A choice with e ≥ E adds nothing (the expert cache runs a step's experts in rounds that way).
     #[allow(clippy::too_many_arguments)]
     fn moe(
         &self,
@@ -266,4 +279,31 @@ pub trait Backend: Send + Sync + 'static {
         history: &[&[u32]],
         out: &Self::Buffer,
     ) -> Result<()>;
+}
+
+/// The byte ranges [`Backend::write_weight_row`] copies: (ranges in `w`, ranges in `t`), values then
+/// scales, after checking that `t` is one row of a weight of `dtype` and `shape`.
+#[allow(clippy::type_complexity)]
+pub fn row_copy(
+    dtype: DType,
+    shape: &[usize],
+    row: usize,
+    t: &TensorRef,
+) -> Result<(Vec<std::ops::Range<usize>>, Vec<std::ops::Range<usize>>)> {
+    let mut one = shape.to_vec();
+    if let Some(first) = one.first_mut() {
+        *first = 1;
+    }
+    if t.dtype != dtype || t.shape != one {
+        return Err(HerdError::tensor(
+            &t.name,
+            format!("{} {:?} cannot fill a row of a {} weight {shape:?}", t.dtype.name(), t.shape, dtype.name()),
+        ));
+    }
+    let dst = crate::quant::row_ranges(dtype, shape, row).map_err(|e| HerdError::tensor(&t.name, e))?;
+    let src = crate::quant::row_ranges(dtype, &one, 0).map_err(|e| HerdError::tensor(&t.name, e))?;
+    if t.bytes().len() < src.values.end.max(src.scales.end) {
+        return Err(HerdError::tensor(&t.name, format!("{} bytes, too few for its shape", t.bytes().len())));
+    }
+    Ok((vec![dst.values, dst.scales], vec![src.values, src.scales]))
 }

@@ -12,8 +12,13 @@ use crate::quant::DType;
 
 /// The bytes of one safetensors file.
 pub enum FileBytes {
+    /// A memory-mapped file, with the open file itself for [`FileBytes::read_range`].
     #[cfg(not(target_arch = "wasm32"))]
-    Mapped(memmap2::Mmap),
+    Mapped {
+        map: memmap2::Mmap,
+        file: std::fs::File,
+        path: PathBuf,
+    },
     Static(&'static [u8]),
     Owned(Vec<u8>),
 }
@@ -22,11 +27,56 @@ impl FileBytes {
     pub fn as_slice(&self) -> &[u8] {
         match self {
             #[cfg(not(target_arch = "wasm32"))]
-            FileBytes::Mapped(m) => m,
+            FileBytes::Mapped { map, .. } => map,
             FileBytes::Static(s) => s,
             FileBytes::Owned(v) => v,
         }
     }
+
+    /// A copy of bytes `start..end`. A mapped file is read with positioned reads rather than through the
+    /// mapping, so a file that was truncated or replaced after it was opened (a download cut short, a
+    /// rewrite) is an error here instead of a fault: what streamed experts are read with.
+    pub fn read_range(&self, start: usize, end: usize) -> std::result::Result<Vec<u8>, String> {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            FileBytes::Mapped { file, path, .. } => {
+                let mut out = vec![0u8; end - start];
+                let mut done = 0;
+                while done < out.len() {
+                    match read_at(file, &mut out[done..], (start + done) as u64) {
+                        Ok(0) => {
+                            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                            return Err(format!(
+                                "{}: bytes {start}..{end} are past the end of the file ({len} bytes now): it was \
+                                 truncated after it was opened",
+                                path.display()
+                            ));
+                        }
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("{}: {e}", path.display())),
+                    }
+                }
+                Ok(out)
+            }
+            _ => {
+                let s = self.as_slice();
+                s.get(start..end)
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| format!("bytes {start}..{end} are past the end of the data ({} bytes)", s.len()))
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn read_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(f, buf, off)
+}
+
+#[cfg(windows)]
+fn read_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(f, buf, off)
 }
 
 /// One tensor of a checkpoint: where its bytes are, and what they are.
@@ -87,7 +137,8 @@ impl RawTensor {
     }
 }
 
-/// All tensors of a checkpoint by logical name.
+/// All tensors of a checkpoint by logical name (a clone shares the files).
+#[derive(Clone)]
 pub struct Checkpoint {
     tensors: HashMap<String, TensorRef>,
     /// Tensors in a format herd cannot compute with: logical name → (stored name, message).
@@ -156,7 +207,11 @@ impl Checkpoint {
             #[cfg(not(target_arch = "wasm32"))]
             // SAFETY: the mapping is read-only; herd never writes model files while they are mapped. A file
             // truncated by another process while mapped would fault, as with every mmap-based loader.
-            let bytes = FileBytes::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| HerdError::io(&path, e))?);
+            let bytes = FileBytes::Mapped {
+                map: unsafe { memmap2::Mmap::map(&file) }.map_err(|e| HerdError::io(&path, e))?,
+                file,
+                path: path.clone(),
+            };
             #[cfg(target_arch = "wasm32")]
             let bytes = {
                 use std::io::Read;

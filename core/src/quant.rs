@@ -113,6 +113,66 @@ impl DType {
     }
 }
 
+/// Where outer row `row` (index `row` along the first axis: one expert of an expert tensor) of a tensor of
+/// `shape` in `dtype` lies: its values, and for the quantized formats its scales (empty for the float
+/// formats). Both are contiguous, since groups never cross an outer row of a tensor of 3 or more axes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowRanges {
+    pub values: std::ops::Range<usize>,
+    pub scales: std::ops::Range<usize>,
+}
+
+pub fn row_ranges(dtype: DType, shape: &[usize], row: usize) -> std::result::Result<RowRanges, String> {
+    if shape.len() < 3 || row >= shape[0] {
+        return Err(format!("row {row} of a tensor of shape {shape:?}: needs 3 or more axes and a row inside"));
+    }
+    let inner: usize = shape[1..].iter().product();
+    let Some(g) = dtype.grouping() else {
+        let n = inner * dtype.size();
+        return Ok(RowRanges { values: row * n..(row + 1) * n, scales: 0..0 });
+    };
+    let l = QuantLayout::new(dtype, shape)?;
+    let nv = inner * l.bits as usize / 8;
+    let ns = 2 * inner / g.group as usize;
+    let s0 = l.scale_offset + row * ns;
+    Ok(RowRanges { values: row * nv..(row + 1) * nv, scales: s0..s0 + ns })
+}
+
+/// The bytes of a one-row tensor (shape `[1, ...]`) from a row's values and scales (see [`row_ranges`]).
+pub fn row_tensor(dtype: DType, values: &[u8], scales: &[u8]) -> Vec<u8> {
+    if !dtype.is_quantized() {
+        return values.to_vec();
+    }
+    let mut out = Vec::with_capacity(values.len().div_ceil(16) * 16 + scales.len());
+    out.extend_from_slice(values);
+    out.resize(values.len().div_ceil(16) * 16, 0);
+    out.extend_from_slice(scales);
+    out
+}
+
+/// Why a tensor's bytes cannot be weights, if they cannot: a non-finite float value or scale (what a
+/// corrupted or partly written file usually shows). The quantized values themselves are all valid.
+pub fn check_finite(dtype: DType, shape: &[usize], bytes: &[u8]) -> std::result::Result<(), String> {
+    let (words, kind): (&[u8], DType) = match dtype.grouping() {
+        Some(g) => {
+            let l = QuantLayout::new(dtype, shape)?;
+            let st = if g.scale == ScaleType::BF16 { DType::BF16 } else { DType::F16 };
+            (bytes.get(l.scale_offset..).unwrap_or(&[]), st)
+        }
+        None => (bytes, dtype),
+    };
+    let bad = match kind {
+        DType::F32 => words.chunks_exact(4).position(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()),
+        DType::BF16 => words.chunks_exact(2).position(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7f80) == 0x7f80),
+        _ => words.chunks_exact(2).position(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7c00) == 0x7c00),
+    };
+    match bad {
+        Some(i) if dtype.is_quantized() => Err(format!("scale {i} is not a finite number")),
+        Some(i) => Err(format!("element {i} is not a finite number")),
+        None => Ok(()),
+    }
+}
+
 /// Converts a whole tensor of `shape` in `dtype` (little-endian bytes, as laid out in the module docs) into
 /// f32 values in `out` (of the tensor's element count).
 pub fn bytes_to_f32(dtype: DType, shape: &[usize], bytes: &[u8], out: &mut [f32]) {

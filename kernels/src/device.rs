@@ -477,6 +477,13 @@ impl Dev {
         }
     }
 
+    /// [`Dev::upload`] after the work recorded so far, which is submitted first (not waited for).
+    pub fn upload_in_order(&self, dst: u64, src: &[u8]) -> Result<()> {
+        let _op = self.op();
+        self.flush(&mut *self.lock()?)?;
+        self.upload(dst, src)
+    }
+
     /// Runs the step so far, waits for it, and copies `bytes` from `src` to the host.
     pub fn read(&self, src: u64, bytes: usize) -> Result<Vec<u8>> {
         let _op = self.op();

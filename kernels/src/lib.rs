@@ -310,6 +310,23 @@ impl Backend for CudaBackend {
         Ok(w)
     }
 
+    fn alloc_weight(&self, name: &str, shape: &[usize], dtype: DType) -> Result<CudaWeight> {
+        let _op = self.dev.op();
+        let bytes = dtype.bytes(shape).map_err(|e| err(format!("{}: {e}", name.escape_debug())))?;
+        let p = self.dev.alloc(bytes)?;
+        CudaWeight::new(&self.dev, p, dtype, shape)
+    }
+
+    fn write_weight_row(&self, w: &CudaWeight, row: usize, t: &TensorRef) -> Result<()> {
+        let (dst, src) = herd_core::backend::row_copy(w.dtype, &w.shape, row, t)?;
+        for (d, s) in dst.into_iter().zip(src) {
+            if !d.is_empty() {
+                self.dev.upload_in_order(w.ptr + d.start as u64, &t.bytes()[s])?;
+            }
+        }
+        Ok(())
+    }
+
     fn synthetic_weight(&self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<CudaWeight> {
         let _op = self.dev.op();
         let n: usize = shape.iter().product();

@@ -47,7 +47,7 @@ impl CudaBackend {
         if w.bits().is_some() {
             args.extend(w.qargs());
         }
-        args.extend([ptr(part), u(kin), u(n), u(chunk), u(splits)]);
+        args.extend([ptr(part), u(kin), u(n), u(chunk), u(splits), u(w.shape[0])]);
         self.launch("moe", &name, (gx as u32, splits as u32, nent as u32), 256, 0, args)?;
         Ok((part, splits))
     }
@@ -91,7 +91,7 @@ impl CudaBackend {
             let args = vec![ptr(gu), ptr(score.ptr), ptr(h), u(nent), u(fw), u(s1)];
             self.launch("moe", "moe_act", (blocks(nent * fw, 256), 1, 1), 256, 0, args)?;
             let (y, s2) = self.moe_gemv(h, 1, idx, down, nent, fw, d, "moe down")?;
-            let args = vec![ptr(y), ptr(out.ptr), u(rows), u(k), u(d), u(s2)];
+            let args = vec![ptr(y), ptr(out.ptr), u(rows), u(k), u(d), u(s2), ptr(idx.ptr), u(e)];
             return self.launch("moe", "moe_sum", (blocks(rows * d, 256), 1, 1), 256, 0, args);
         }
         // Entries grouped by expert on the device into tiles of up to 32: at most one partial tile per expert.
@@ -107,7 +107,7 @@ impl CudaBackend {
         let y = self.dev.scratch("moe down", nent * d * 4)?;
         let args = vec![ptr(h), u(1), ptr(route), u(tmax), ptr(down.ptr), ptr(y), u(fw), u(d)];
         self.moe_tiles(down, (blocks(d, 64), tmax as u32, 1), args)?;
-        let args = vec![ptr(y), ptr(out.ptr), u(rows), u(k), u(d), u(1)];
+        let args = vec![ptr(y), ptr(out.ptr), u(rows), u(k), u(d), u(1), ptr(idx.ptr), u(e)];
         self.launch("moe", "moe_sum", (blocks(rows * d, 256), 1, 1), 256, 0, args)
     }
 }

@@ -347,6 +347,33 @@ impl Gpu {
     }
 
     pub fn upload_weight(&self, name: &str, bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<GpuWeight> {
+        self.make_weight(name, Some(bytes), dtype, shape)
+    }
+
+    /// A zeroed weight in the parts [`Gpu::upload_weight`] would use (the expert cache's slots).
+    pub fn zeroed_weight(&self, name: &str, dtype: DType, shape: &[usize]) -> Result<GpuWeight> {
+        self.make_weight(name, None, dtype, shape)
+    }
+
+    /// Bytes `lo..hi` of a weight's contents as one buffer (zeroed when there are no contents).
+    fn part_buf(&self, bytes: Option<&[u8]>, lo: usize, hi: usize) -> Result<wgpu::Buffer> {
+        match bytes {
+            Some(b) => Ok(self.upload_bytes(&b[lo..hi.min(b.len())], 0, true)?.buf),
+            None => {
+                let n = ((hi - lo).div_ceil(4).max(1) * 4) as u64;
+                self.check_size(n, "buffer")?;
+                // wgpu zeroes new buffers.
+                Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: n,
+                    usage: Self::storage_usage(),
+                    mapped_at_creation: false,
+                }))
+            }
+        }
+    }
+
+    fn make_weight(&self, name: &str, bytes: Option<&[u8]>, dtype: DType, shape: &[usize]) -> Result<GpuWeight> {
         let outer = shape.first().copied().unwrap_or(1).max(1);
         let inner = shape.iter().skip(1).product::<usize>().max(1);
         if dtype.is_quantized() {
@@ -370,9 +397,8 @@ impl Gpu {
         while first < outer {
             let count = per.min(outer - first);
             let lo = first * inner * dtype.size();
-            let hi = ((first + count) * inner * dtype.size()).min(bytes.len());
-            let b = self.upload_bytes(&bytes[lo..hi], 0, true)?;
-            parts.push(WeightPart { buf: b.buf, scales: None, first, count });
+            let hi = (first + count) * inner * dtype.size();
+            parts.push(WeightPart { buf: self.part_buf(bytes, lo, hi)?, scales: None, first, count });
             first += count;
         }
         Ok(GpuWeight { parts, dtype, shape: shape.to_vec() })
@@ -383,7 +409,7 @@ impl Gpu {
     fn upload_quantized(
         &self,
         name: &str,
-        bytes: &[u8],
+        bytes: Option<&[u8]>,
         dtype: DType,
         shape: &[usize],
         outer: usize,
@@ -401,12 +427,10 @@ impl Gpu {
         let mut first = 0;
         while first < outer {
             let count = per.min(outer - first);
-            let v = &bytes[first * row_vals..(first + count) * row_vals];
+            let vb = self.part_buf(bytes, first * row_vals, (first + count) * row_vals)?;
             let s0 = l.scale_offset + first * row_scales;
-            let sc = &bytes[s0..s0 + count * row_scales];
-            let vb = self.upload_bytes(v, 0, true)?;
-            let sb = self.upload_bytes(sc, 0, true)?;
-            parts.push(WeightPart { buf: vb.buf, scales: Some(sb.buf), first, count });
+            let sb = self.part_buf(bytes, s0, s0 + count * row_scales)?;
+            parts.push(WeightPart { buf: vb, scales: Some(sb), first, count });
             first += count;
         }
         Ok(GpuWeight { parts, dtype, shape: shape.to_vec() })

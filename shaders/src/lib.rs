@@ -228,6 +228,43 @@ impl Backend for WgpuBackend {
         self.gpu.upload_weight(&t.name, t.bytes(), t.dtype, &t.shape)
     }
 
+    fn alloc_weight(&self, name: &str, shape: &[usize], dtype: herd_core::quant::DType) -> Result<GpuWeight> {
+        dtype.bytes(shape).map_err(|e| err(format!("{}: {e}", name.escape_debug())))?;
+        self.gpu.zeroed_weight(name, dtype, shape)
+    }
+
+    fn write_weight_row(&self, w: &GpuWeight, row: usize, t: &TensorRef) -> Result<()> {
+        let (dst, src) = herd_core::backend::row_copy(w.dtype, &w.shape, row, t)?;
+        let part = w
+            .parts
+            .iter()
+            .find(|p| row >= p.first && row < p.first + p.count)
+            .ok_or_else(|| err(format!("write_weight_row: row {row} of {:?}", w.shape)))?;
+        // Offsets inside the part: the row's place in the tensor less the part's first row's.
+        let base = herd_core::quant::row_ranges(w.dtype, &w.shape, part.first).map_err(err)?;
+        let first = [base.values, base.scales];
+        for (j, (d, s)) in dst.into_iter().zip(src).enumerate() {
+            if d.is_empty() {
+                continue;
+            }
+            let buf = if j == 0 { &part.buf } else { part.scale_buf() };
+            let off = (d.start - first[j].start) as u64;
+            let bytes = &t.bytes()[s];
+            if !off.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
+                return Err(err(format!(
+                    "write_weight_row: {} bytes at byte {off} of {:?} are not whole 4-byte words",
+                    bytes.len(),
+                    w.shape
+                )));
+            }
+            // Staged in a buffer of its own and copied in the step's command stream, so it lands in order
+            // with the work recorded before and after it.
+            let stage = self.gpu.upload_bytes(bytes, 0, true)?;
+            self.gpu.record(|enc| enc.copy_buffer_to_buffer(&stage.buf, 0, buf, off, bytes.len() as u64))?;
+        }
+        Ok(())
+    }
+
     fn embed(&self, table: &GpuWeight, ids: &GpuBuffer, n: usize, dim: usize, out: &GpuBuffer) -> Result<()> {
         need("embed ids", ids, n)?;
         need("embed out", out, n * dim)?;

@@ -9,7 +9,8 @@ pub fn embed(table: &CpuWeight, ids: &[u32], n: usize, dim: usize, out: &mut [f3
     need("embed ids", ids.len(), n)?;
     need("embed out", out.len(), n * dim)?;
     let vocab = table.numel() / dim.max(1);
-    let view = table.view();
+    let held = table.read()?;
+    let view = held.view();
     for (r, &id) in ids[..n].iter().enumerate() {
         if id as usize >= vocab {
             return Err(HerdError::Input(format!("token id {id} is outside the vocabulary ({vocab})")));

@@ -68,10 +68,12 @@ pub(crate) fn need(what: &str, have: usize, need: usize) -> Result<()> {
     Ok(())
 }
 
-/// Weight bytes: borrowed from the checkpoint mapping, or an aligned private copy.
+/// Weight bytes: borrowed from the checkpoint mapping, an aligned private copy, or (the expert cache's
+/// slots) a private copy that is written row by row while the model runs.
 enum WeightBytes {
     Mapped { file: Arc<FileBytes>, start: usize, end: usize },
     Owned(Vec<u32>, usize),
+    Writable(RwLock<Vec<u32>>, usize),
 }
 
 /// A weight on the CPU, in its checkpoint format.
@@ -81,26 +83,44 @@ pub struct CpuWeight {
     bytes: WeightBytes,
 }
 
-impl CpuWeight {
+/// A weight's bytes, held for reading (a writable weight stays locked against writes meanwhile).
+pub(crate) struct WeightRead<'a> {
+    w: &'a CpuWeight,
+    guard: Option<RwLockReadGuard<'a, Vec<u32>>>,
+}
+
+impl WeightRead<'_> {
     fn raw(&self) -> &[u8] {
-        match &self.bytes {
-            WeightBytes::Mapped { file, start, end } => &file.as_slice()[*start..*end],
-            WeightBytes::Owned(v, len) => &bytemuck::cast_slice(v)[..*len],
+        match (&self.w.bytes, &self.guard) {
+            (WeightBytes::Mapped { file, start, end }, _) => &file.as_slice()[*start..*end],
+            (WeightBytes::Owned(v, len), _) => &bytemuck::cast_slice(v)[..*len],
+            (WeightBytes::Writable(_, len), Some(g)) => &bytemuck::cast_slice(g)[..*len],
+            (WeightBytes::Writable(..), None) => &[],
         }
     }
     /// The elements as stored: f32 values, or bf16/f16 bit patterns.
     pub(crate) fn view(&self) -> WView<'_> {
         let raw = self.raw();
-        match self.dtype {
+        match self.w.dtype {
             DType::F32 => WView::F32(bytemuck::cast_slice(raw)),
             DType::BF16 => WView::BF16(bytemuck::cast_slice(raw)),
             DType::F16 => WView::F16(bytemuck::cast_slice(raw)),
             // The layout was checked when the weight was loaded.
-            DType::Q8(_) | DType::Q4(_) => match QuantLayout::new(self.dtype, &self.shape) {
+            DType::Q8(_) | DType::Q4(_) => match QuantLayout::new(self.w.dtype, &self.w.shape) {
                 Ok(l) => WView::Quant(raw, l),
                 Err(_) => WView::F32(&[]),
             },
         }
+    }
+}
+
+impl CpuWeight {
+    pub(crate) fn read(&self) -> Result<WeightRead<'_>> {
+        let guard = match &self.bytes {
+            WeightBytes::Writable(v, _) => Some(v.read().map_err(|_| err("poisoned weight"))?),
+            _ => None,
+        };
+        Ok(WeightRead { w: self, guard })
     }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
@@ -180,6 +200,28 @@ impl Backend for CpuBackend {
         Ok(CpuWeight { dtype: t.dtype, shape: t.shape.clone(), bytes })
     }
 
+    fn alloc_weight(&self, name: &str, shape: &[usize], dtype: DType) -> Result<CpuWeight> {
+        let n = dtype.bytes(shape).map_err(|e| HerdError::tensor(name, e))?;
+        Ok(CpuWeight {
+            dtype,
+            shape: shape.to_vec(),
+            bytes: WeightBytes::Writable(RwLock::new(vec![0u32; n.div_ceil(4)]), n),
+        })
+    }
+
+    fn write_weight_row(&self, w: &CpuWeight, row: usize, t: &TensorRef) -> Result<()> {
+        let WeightBytes::Writable(v, _) = &w.bytes else {
+            return Err(err("write_weight_row: the weight was not made by alloc_weight"));
+        };
+        let (dst, src) = crate::backend::row_copy(w.dtype, &w.shape, row, t)?;
+        let mut g = v.write().map_err(|_| err("poisoned weight"))?;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut g[..]);
+        for (d, s) in dst.into_iter().zip(src) {
+            bytes[d.start..d.end].copy_from_slice(&t.bytes()[s]);
+        }
+        Ok(())
+    }
+
     fn embed(&self, table: &CpuWeight, ids: &CpuBuffer, n: usize, dim: usize, out: &CpuBuffer) -> Result<()> {
         elementwise::embed(table, &ids.u32()?, n, dim, &mut out.f32_mut()?)
     }
@@ -193,7 +235,8 @@ impl Backend for CpuBackend {
         eps: f32,
         out: &CpuBuffer,
     ) -> Result<()> {
-        let w = weight.map(|w| w.view());
+        let held = weight.map(|w| w.read()).transpose()?;
+        let w = held.as_ref().map(|h| h.view());
         if std::ptr::eq(x, out) {
             let mut o = out.f32_mut()?;
             rms_norm::rms_norm_inplace(&mut o, w, rows, dim, eps)
@@ -215,7 +258,15 @@ impl Backend for CpuBackend {
         if std::ptr::eq(acc, x) || std::ptr::eq(acc, out) || std::ptr::eq(x, out) {
             return Err(err("add_rms_norm: acc, x and out must be distinct buffers"));
         }
-        rms_norm::add_rms_norm(&mut acc.f32_mut()?, &x.f32()?, weight.view(), rows, dim, eps, &mut out.f32_mut()?)
+        rms_norm::add_rms_norm(
+            &mut acc.f32_mut()?,
+            &x.f32()?,
+            weight.read()?.view(),
+            rows,
+            dim,
+            eps,
+            &mut out.f32_mut()?,
+        )
     }
 
     fn matmul(&self, x: &CpuBuffer, m: usize, w: &CpuWeight, out: &CpuBuffer) -> Result<()> {
@@ -226,7 +277,7 @@ impl Backend for CpuBackend {
         let mut o = out.f32_mut()?;
         need("matmul x", x.len(), m * k)?;
         need("matmul out", o.len(), m * n)?;
-        matmul::linear(&x[..m * k], m, k, n, &w.view(), &mut o[..m * n]);
+        matmul::linear(&x[..m * k], m, k, n, &w.read()?.view(), &mut o[..m * n]);
         Ok(())
     }
 

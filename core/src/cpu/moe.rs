@@ -47,19 +47,17 @@ pub fn moe(
     need("moe idx", idx.len(), rows * k)?;
     need("moe score", score.len(), rows * k)?;
     need("moe out", out.len(), rows * d)?;
-    // Group (row, score) by expert.
-    let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
-    for r in 0..rows {
-        for c in 0..k {
-            let ex = idx[r * k + c] as usize;
-            if ex >= e {
-                return Err(bad(format!("expert index {ex} out of range ({e})")));
-            }
-            by_expert[ex].push((r, score[r * k + c]));
+    // Group the entries (row · k + choice) by expert.
+    let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
+    for (ent, &ex) in idx[..rows * k].iter().enumerate() {
+        if let Some(list) = by_expert.get_mut(ex as usize) {
+            list.push(ent);
         }
     }
-    let gu = gate_up.view();
-    let dn = down.view();
+    let (gu_held, dn_held) = (gate_up.read()?, down.read()?);
+    let (gu, dn) = (gu_held.view(), dn_held.view());
+    // Each entry's output, added to its row in choice order at the end.
+    let mut ys = vec![0f32; rows * k * d];
     for (ex, sel) in by_expert.iter().enumerate() {
         if sel.is_empty() {
             continue;
@@ -67,7 +65,8 @@ pub fn moe(
         let n = sel.len();
         // u = score · x for the selected rows.
         let mut u = vec![0f32; n * d];
-        for (i, &(r, s)) in sel.iter().enumerate() {
+        for (i, &ent) in sel.iter().enumerate() {
+            let (r, s) = (ent / k, score[ent]);
             for (a, &b) in u[i * d..(i + 1) * d].iter_mut().zip(&x[r * d..(r + 1) * d]) {
                 *a = s * b;
             }
@@ -82,8 +81,14 @@ pub fn moe(
         }
         let mut y = vec![0f32; n * d];
         xw_acc(&gate, n, f, d, &dn, ex * f * d, d, &mut y);
-        for (i, &(r, _)) in sel.iter().enumerate() {
-            for (o, &v) in out[r * d..(r + 1) * d].iter_mut().zip(&y[i * d..(i + 1) * d]) {
+        for (i, &ent) in sel.iter().enumerate() {
+            ys[ent * d..(ent + 1) * d].copy_from_slice(&y[i * d..(i + 1) * d]);
+        }
+    }
+    for (ent, &ex) in idx[..rows * k].iter().enumerate() {
+        if (ex as usize) < e {
+            let r = ent / k;
+            for (o, &v) in out[r * d..(r + 1) * d].iter_mut().zip(&ys[ent * d..(ent + 1) * d]) {
                 *o += v;
             }
         }
