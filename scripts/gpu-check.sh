@@ -56,6 +56,23 @@ time_left "cuda bench, int4 Scout (48 layers)" && {
     row "cuda int4 Scout 48 layers, weight GB/s" "$(grep -oE '= [0-9.]+ GB/s' "$OUT/bench_cuda_q4.txt")"
 }
 
+time_left "expert streaming, cuda" && {
+echo "== expert streaming on cuda: identical logits on the fixtures, then int4 Scout (12 layers) at several budgets"
+HERD_FIXTURES="$PWD/tests/fixtures" timeout 120 $B/expert_cache --exact streaming_is_exact_on_cuda --nocapture \
+    > "$OUT/expert_cache_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
+grep -E "test result|panicked|differ" "$OUT/expert_cache_cuda.txt" | head -5
+row "expert streaming exact, cuda" "$(grep -E 'test result' "$OUT/expert_cache_cuda.txt" | head -1) (exit $rc)"
+# 16 experts x 12 layers of ~65 MB: 13GiB holds them all, 1GiB one per layer; off = resident (the 5% check).
+timeout 240 $B/herd bench --backend cuda --synthetic scout --layers 12 --quant q4 --prompt-tokens 128 --gen-tokens 64 \
+    --repeat 2 --expert-cache off,13GiB,4GiB,1GiB > "$OUT/bench_cuda_stream.txt" 2>&1; echo "exit $?"
+grep -E "^decode:|^prefill|expert cache:|lookups|fetched|last repetition|error" "$OUT/bench_cuda_stream.txt"
+i=0; for b in off 13GiB 4GiB 1GiB; do
+    i=$((i + 1))
+    row "cuda int4 Scout 12 layers, cache $b" "$(grep -E '^decode:' "$OUT/bench_cuda_stream.txt" | sed -n ${i}p)"
+done
+row "cuda streaming, decode H2D" "$(grep -E 'last repetition' "$OUT/bench_cuda_stream.txt" | tail -1)"
+}
+
 time_left "cuda bench, bf16 activations" && {
     HERD_CUDA_BF16_ACTIVATIONS=1 timeout 120 $B/herd bench --backend cuda --synthetic scout --layers 12 --prompt-tokens 2048 \
         --gen-tokens 16 --repeat 2 > "$OUT/bench_cuda_bf16act.txt" 2>&1; echo "exit $?"

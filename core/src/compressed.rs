@@ -223,41 +223,92 @@ impl<B: Backend> WeightSource<B> for CompressedTensors<'_> {
             }
         }
         // The fused expert tensors, from per-expert Linears.
-        let fused =
-            [("experts.gate_up_proj", &["gate_proj", "up_proj"][..]), ("experts.down_proj", &["down_proj"][..])];
-        for (suffix, mats) in fused {
-            let Some(prefix) = name.strip_suffix(suffix) else { continue };
-            if self.ck.contains(name) || shape.len() != 3 {
-                break;
-            }
-            let mut parts = Vec::with_capacity(shape[0]);
-            for e in 0..shape[0] {
-                let mut ms = Vec::new();
-                for m in mats {
-                    let stem = format!("{prefix}experts.{e}.{m}");
-                    let l = Linear::find(self.ck, &stem)?.ok_or_else(|| {
-                        HerdError::tensor(&stem, format!("missing from the checkpoint in {}", self.ck.source))
-                    })?;
-                    if l.inp != shape[1] {
-                        return Err(HerdError::tensor(
-                            &l.packed.name,
-                            format!("{} inputs, expected {}", l.inp, shape[1]),
-                        ));
-                    }
-                    ms.push(l);
-                }
-                parts.push(ms);
-            }
-            let first = &parts[0][0];
-            let rows: usize = parts[0].iter().map(|l| l.out).sum();
-            if rows != shape[2] || parts.iter().flatten().any(|l| l.bits != first.bits || l.group != first.group) {
-                return Err(HerdError::tensor(name, "experts of different shapes or formats"));
-            }
-            let g = Grouping { group: first.group as u32, scale: first.scale_type(), axis: GroupAxis::SecondLast };
-            let dt = dtype(first.bits, g);
-            let bytes = experts_bytes(&parts, dt, shape)?;
+        if let Some((dt, bytes)) = fused_experts(self.ck, name, shape, 0..shape.first().copied().unwrap_or(0))? {
             return be.load_weight(&TensorRef::owned(name, dt, shape.to_vec(), bytes));
         }
         be.load_weight(self.ck.get_shaped(name, shape)?)
     }
+
+    fn experts(&self) -> Option<std::sync::Arc<dyn crate::model::experts::ExpertSource>> {
+        Some(std::sync::Arc::new(CompressedExperts(self.ck.clone())))
+    }
+}
+
+/// A compressed-tensors checkpoint's experts, one at a time (for `--expert-cache`).
+struct CompressedExperts(Checkpoint);
+
+impl crate::model::experts::ExpertSource for CompressedExperts {
+    fn format(&self, name: &str, shape: &[usize]) -> Result<DType> {
+        match fused_experts(&self.0, name, shape, 0..0)? {
+            Some((dt, _)) => Ok(dt),
+            None => crate::model::experts::ExpertSource::format(&self.0, name, shape),
+        }
+    }
+    fn fetch(&self, name: &str, shape: &[usize], e: usize) -> Result<TensorRef> {
+        let mut one = shape.to_vec();
+        one[0] = 1;
+        match fused_experts(&self.0, name, shape, e..e + 1)? {
+            Some((dt, bytes)) => {
+                crate::quant::check_finite(dt, &one, &bytes)
+                    .map_err(|m| HerdError::tensor(name, format!("expert {e}: {m}: the file is corrupt")))?;
+                Ok(TensorRef::owned(name, dt, one, bytes))
+            }
+            None => crate::model::experts::ExpertSource::fetch(&self.0, name, shape, e),
+        }
+    }
+}
+
+/// The fused expert tensor `name` of `shape` [E, in, n] made from the per-expert Linears of the experts in
+/// `range` (its format, and the bytes of those experts as a [range.len(), in, n] tensor); None when `name`
+/// is not a fused expert tensor this checkpoint stores as Linears. The format comes from expert 0, and every
+/// expert asked for must match it.
+fn fused_experts(
+    ck: &Checkpoint,
+    name: &str,
+    shape: &[usize],
+    range: std::ops::Range<usize>,
+) -> Result<Option<(DType, Vec<u8>)>> {
+    let fused = [("experts.gate_up_proj", &["gate_proj", "up_proj"][..]), ("experts.down_proj", &["down_proj"][..])];
+    for (suffix, mats) in fused {
+        let Some(prefix) = name.strip_suffix(suffix) else { continue };
+        if ck.contains(name) || shape.len() != 3 || range.end > shape[0] {
+            break;
+        }
+        let expert = |e: usize| -> Result<Vec<Linear<'_>>> {
+            let mut ms = Vec::new();
+            for m in mats {
+                let stem = format!("{prefix}experts.{e}.{m}");
+                let l = Linear::find(ck, &stem)?
+                    .ok_or_else(|| HerdError::tensor(&stem, format!("missing from the checkpoint in {}", ck.source)))?;
+                if l.inp != shape[1] {
+                    return Err(HerdError::tensor(&l.packed.name, format!("{} inputs, expected {}", l.inp, shape[1])));
+                }
+                ms.push(l);
+            }
+            Ok(ms)
+        };
+        let first_parts = expert(0)?;
+        let first = &first_parts[0];
+        let rows: usize = first_parts.iter().map(|l| l.out).sum();
+        if rows != shape[2] {
+            return Err(HerdError::tensor(name, format!("experts of {rows} outputs, expected {}", shape[2])));
+        }
+        let g = Grouping { group: first.group as u32, scale: first.scale_type(), axis: GroupAxis::SecondLast };
+        let dt = dtype(first.bits, g);
+        let mut parts = Vec::with_capacity(range.len());
+        for e in range.clone() {
+            let ms = if e == 0 { expert(0)? } else { expert(e)? };
+            let r: usize = ms.iter().map(|l| l.out).sum();
+            if r != rows || ms.iter().any(|l| l.bits != first.bits || l.group != first.group) {
+                return Err(HerdError::tensor(name, "experts of different shapes or formats"));
+            }
+            parts.push(ms);
+        }
+        if parts.is_empty() {
+            return Ok(Some((dt, Vec::new())));
+        }
+        let sub = [parts.len(), shape[1], shape[2]];
+        return Ok(Some((dt, experts_bytes(&parts, dt, &sub)?)));
+    }
+    Ok(None)
 }

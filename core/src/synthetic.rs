@@ -6,7 +6,9 @@
 //! Element `i` takes 16 bits of `splitmix64(seed, ⌊i/4⌋)` (bits `16·(i mod 4)..`), maps them to
 //! `(r / 32768 − 1) · scale` in f32 and rounds that to the tensor's format (nearest, ties to even).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use half::{bf16, f16};
 
@@ -43,10 +45,15 @@ pub fn uniform_at(seed: u64, scale: f32, i: u64) -> f32 {
 
 /// The little-endian bytes of a synthetic tensor of `numel` elements in `dtype`.
 pub fn bytes(numel: usize, dtype: DType, fill: Fill) -> Vec<u8> {
+    bytes_at(0, numel, dtype, fill)
+}
+
+/// Elements `first..first + numel` of a synthetic tensor, as [`bytes`] makes them.
+pub fn bytes_at(first: usize, numel: usize, dtype: DType, fill: Fill) -> Vec<u8> {
     let mut out = vec![0u8; numel * dtype.size()];
     let value = |i: usize| match fill {
         Fill::Ones => 1.0,
-        Fill::Uniform { seed, scale } => uniform_at(seed, scale, i as u64),
+        Fill::Uniform { seed, scale } => uniform_at(seed, scale, (first + i) as u64),
     };
     fill_chunks(&mut out, dtype, &value);
     out
@@ -82,13 +89,19 @@ fn write(bytes: &mut [u8], dtype: DType, first: usize, value: &dyn Fn(usize) -> 
 /// A synthetic tensor as a [`TensorRef`] owning its bytes (the default of `Backend::synthetic_weight`). A
 /// quantized format quantizes the f32 values of the same fill.
 pub fn tensor(name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<TensorRef> {
+    tensor_at(name, 0, shape, dtype, fill)
+}
+
+/// The synthetic tensor of `shape` whose elements start at element `first` of the fill (one expert of an
+/// expert tensor: `first` = e · the elements of one expert).
+pub fn tensor_at(name: &str, first: usize, shape: &[usize], dtype: DType, fill: Fill) -> Result<TensorRef> {
     let numel = shape.iter().product();
     let b = if dtype.is_quantized() {
-        let v = bytes(numel, DType::F32, fill);
+        let v = bytes_at(first, numel, DType::F32, fill);
         let f: Vec<f32> = v.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         crate::quant::quantize(&f, shape, dtype).map_err(|e| HerdError::tensor(name, e))?
     } else {
-        bytes(numel, dtype, fill)
+        bytes_at(first, numel, dtype, fill)
     };
     Ok(TensorRef::owned(name, dtype, shape.to_vec(), b))
 }
@@ -108,11 +121,13 @@ pub struct SyntheticWeights {
     pub scale: f32,
     pub seed: u64,
     bytes: AtomicUsize,
+    /// Experts made for an expert cache, shared by every model loaded from these weights.
+    made: Arc<Mutex<HashMap<(String, usize), TensorRef>>>,
 }
 
 impl SyntheticWeights {
     pub fn new(dtype: DType, scale: f32, seed: u64) -> Self {
-        SyntheticWeights { dtype, plan: None, scale, seed, bytes: AtomicUsize::new(0) }
+        SyntheticWeights { dtype, plan: None, scale, seed, bytes: AtomicUsize::new(0), made: Arc::default() }
     }
     /// Quantizes the matrices as `plan` says (on the host, from the same f32 values, then uploaded).
     pub fn quantized(mut self, plan: QuantPlan) -> Self {
@@ -150,6 +165,39 @@ impl<B: Backend> WeightSource<B> for SyntheticWeights {
         let n = dtype.bytes(shape).map_err(|e| HerdError::tensor(name, e))?;
         self.bytes.fetch_add(n, Ordering::Relaxed);
         be.synthetic_weight(name, shape, dtype, self.fill_of(name))
+    }
+    fn experts(&self) -> Option<Arc<dyn crate::model::experts::ExpertSource>> {
+        let w =
+            SyntheticWeights { bytes: AtomicUsize::new(0), plan: self.plan.clone(), made: self.made.clone(), ..*self };
+        Some(Arc::new(SyntheticExperts { w }))
+    }
+}
+
+/// Synthetic experts for the expert cache: each made on the host the first time it is fetched (the same
+/// values as the resident tensor's rows) and kept in host memory (for every model loaded from the same
+/// weights), as a checkpoint's file would sit in the page cache, so a benchmark measures the transfers
+/// rather than the generator.
+struct SyntheticExperts {
+    w: SyntheticWeights,
+}
+
+impl crate::model::experts::ExpertSource for SyntheticExperts {
+    fn format(&self, name: &str, shape: &[usize]) -> Result<DType> {
+        Ok(self.w.format_of(name, shape))
+    }
+    fn fetch(&self, name: &str, shape: &[usize], e: usize) -> Result<TensorRef> {
+        let key = (name.to_owned(), e);
+        if let Some(t) = self.w.made.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(t);
+        }
+        let inner: usize = shape[1..].iter().product();
+        let mut one = shape.to_vec();
+        one[0] = 1;
+        let t = tensor_at(name, e * inner, &one, self.w.format_of(name, shape), self.w.fill_of(name))?;
+        if let Ok(mut m) = self.w.made.lock() {
+            m.insert(key, t.clone());
+        }
+        Ok(t)
     }
 }
 

@@ -5,8 +5,11 @@ use std::time::Instant;
 
 use anyhow::Result;
 use herd_core::backend::Backend;
+use herd_core::config::ModelConfig;
+use herd_core::model::experts::{ExpertCacheOptions, ExpertStats};
 use herd_core::model::Llama4;
 use herd_core::sampling::SamplingParams;
+use herd_core::synthetic::SyntheticWeights;
 use rand::{Rng, SeedableRng};
 
 use crate::files::ModelFiles;
@@ -21,26 +24,62 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> Result<()> {
-    let name = backend.name();
-    // Synthetic: (name, layers, parameter bytes made). Load time includes making the weights.
-    let mut synth: Option<(String, usize, usize)> = None;
-    let t_load;
-    let (cfg, model, describe) = match &a.synthetic {
+/// One run per expert cache in `caches` (None: every expert resident; one such run when there are none).
+pub fn bench<B: Backend>(
+    backend: Arc<B>,
+    files: &ModelFiles,
+    a: &BenchArgs,
+    caches: &[Option<ExpertCacheOptions>],
+) -> Result<()> {
+    // Synthetic weights are described once, so the experts an expert cache makes are made once.
+    let synth = match &a.synthetic {
         Some(sname) => {
             let layers = a.layers.unwrap_or(synthetic::DEFAULT_LAYERS);
             let (dtype, plan) = synthetic::quant_format(a.quant.as_deref())?;
             let fmt = plan.as_ref().map_or(dtype.name().to_owned(), |p| p.name());
             let (cfg, weights) = synthetic::synthetic(sname, layers, dtype, plan)?;
+            Some((sname.as_str(), layers, fmt, cfg, weights))
+        }
+        None => None,
+    };
+    let runs: &[Option<ExpertCacheOptions>] = if caches.is_empty() { &[None] } else { caches };
+    for (i, c) in runs.iter().enumerate() {
+        if i > 0 && !a.json {
+            println!();
+        }
+        bench_one(backend.clone(), files, a, synth.as_ref(), c.as_ref())?;
+    }
+    Ok(())
+}
+
+/// A synthetic model: its name, layers, format, config and weights.
+type Synth<'a> = (&'a str, usize, String, ModelConfig, SyntheticWeights);
+
+fn bench_one<B: Backend>(
+    backend: Arc<B>,
+    files: &ModelFiles,
+    a: &BenchArgs,
+    synthetic: Option<&Synth<'_>>,
+    experts: Option<&ExpertCacheOptions>,
+) -> Result<()> {
+    let name = backend.name();
+    // Synthetic: (name, layers, parameter bytes made). Load time includes making the weights.
+    let mut synth: Option<(String, usize, usize)> = None;
+    let t_load;
+    let (cfg, model, describe) = match synthetic {
+        Some((sname, layers, fmt, cfg, weights)) => {
+            let (sname, layers) = (sname.to_string(), *layers);
+            let made = weights.bytes_made();
             t_load = Instant::now();
-            let model = Llama4::load(backend, &weights, &cfg.text, &mut |_, _| {})?;
-            synth = Some((sname.clone(), layers, weights.bytes_made()));
+            let model = Llama4::load_with(backend, weights, &cfg.text, experts, &mut |_, _| {})?;
+            let cfg = cfg.clone();
+            synth = Some((sname.clone(), layers, weights.bytes_made() - made));
             let of = if sname == "tiny" { String::new() } else { format!(" of {}", synthetic::FULL_LAYERS) };
             (cfg, model, format!("synthetic {sname} ({layers}{of} layers, random {fmt} weights)"))
         }
         None => {
             t_load = Instant::now();
-            let (cfg, model) = files.load(backend)?;
+            let (cfg, model) = files.load(backend, experts)?;
             (cfg, model, files.describe())
         }
     };
@@ -50,6 +89,8 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let prompt: Vec<u32> = (0..a.prompt_tokens.max(1)).map(|_| rng.random_range(0..v as u32)).collect();
     let (mut best_prefill, mut best_decode) = (f64::INFINITY, f64::INFINITY);
+    // The expert cache during the last repetition's decode.
+    let mut decode_stats = None;
     for rep in 0..=a.repeat.max(1) {
         let mut cache = model.new_cache()?;
         let seq = cache.add_sequence();
@@ -58,11 +99,15 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
         let t0 = Instant::now();
         let mut next = model.forward_sample(&mut cache, &[(seq, &prompt)], &greedy, &[0.0], &[&[]])?[0];
         let prefill = t0.elapsed().as_secs_f64();
+        let before = model.expert_stats();
         let t1 = Instant::now();
         for _ in 0..a.gen_tokens {
             next = model.forward_sample(&mut cache, &[(seq, &[next])], &greedy, &[0.0], &[&[]])?[0];
         }
         let decode = t1.elapsed().as_secs_f64();
+        if let (Some(b), Some(e)) = (before, model.expert_stats()) {
+            decode_stats = Some(DecodeCache::between(&b, &e));
+        }
         if rep > 0 {
             best_prefill = best_prefill.min(prefill);
             best_decode = best_decode.min(decode);
@@ -74,7 +119,8 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
     // The decode roofline: weight bytes each token reads, at the model's average bytes per parameter (the
     // formats made, or the checkpoint's tensors).
     let bytes = match &synth {
-        Some((_, _, bytes)) => *bytes,
+        // Streamed experts are not among the bytes loaded: add them back.
+        Some((_, _, bytes)) => *bytes + model.expert_stats().map_or(0, |s| s.experts * s.expert_bytes as usize),
         // The text model's tensors (a multimodal checkpoint also holds the vision tower's).
         None => files
             .checkpoint()?
@@ -97,6 +143,21 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
             "decode_weight_bytes_per_token": decode_bytes, "decode_weight_gb_s": decode_gbs,
             "synthetic": synth.as_ref().map(|s| s.0.clone()), "backend_stats": model.backend().stats(),
         });
+        if let Some(st) = model.expert_stats() {
+            j["expert_cache"] = serde_json::json!({
+                "budget_bytes": st.budget, "slot_bytes": st.capacity, "slots": st.slots, "experts": st.experts,
+                "policy": st.policy, "lookups": st.lookups, "hits": st.hits, "hit_rate": st.hit_rate(),
+                "lru_hit_rate": st.lru_hit_rate(), "bytes_moved": st.bytes_moved, "upload_gb_s": st.upload_gbps(),
+                "wait_s": st.wait_secs, "read_s": st.read_secs, "prefetched": st.prefetched,
+                "prefetch_used": st.prefetch_used, "peak_resident_bytes": st.peak_resident,
+            });
+        }
+        if let Some(d) = &decode_stats {
+            j["decode_expert_cache"] = serde_json::json!({
+                "hit_rate": d.hit_rate, "bytes_per_token": d.bytes as f64 / a.gen_tokens.max(1) as f64,
+                "upload_gb_s": d.upload_gbps, "wait_s_per_token": d.wait_s / a.gen_tokens.max(1) as f64,
+            });
+        }
         if let Some((_, _, bytes)) = &synth {
             j["param_bytes"] = serde_json::json!(bytes);
         }
@@ -131,6 +192,46 @@ pub fn bench<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchArgs) -> 
         if let Some(st) = model.backend().stats() {
             println!("backend: {st}");
         }
+        if let Some(st) = model.expert_stats() {
+            println!("{st}");
+        }
+        match &decode_stats {
+            Some(d) if d.lookups == 0 => {
+                println!("decode (last repetition): every expert resident (no lookups, no transfers)")
+            }
+            Some(d) => println!(
+                "decode (last repetition): expert hit rate {:.1}%, {:.2} MiB moved per token, host to device {:.2} GB/s, {:.2} ms waited per token",
+                100.0 * d.hit_rate,
+                d.bytes as f64 / a.gen_tokens.max(1) as f64 / (1 << 20) as f64,
+                d.upload_gbps,
+                d.wait_s * 1e3 / a.gen_tokens.max(1) as f64
+            ),
+            None => {}
+        }
     }
     Ok(())
+}
+
+/// The expert cache over one decode run: the difference of two snapshots.
+struct DecodeCache {
+    lookups: u64,
+    hit_rate: f64,
+    bytes: u64,
+    upload_gbps: f64,
+    wait_s: f64,
+}
+
+impl DecodeCache {
+    fn between(b: &ExpertStats, e: &ExpertStats) -> Self {
+        let lookups = e.lookups - b.lookups;
+        let bytes = e.bytes_moved - b.bytes_moved;
+        let up = e.upload_secs - b.upload_secs;
+        DecodeCache {
+            lookups,
+            hit_rate: (e.hits - b.hits) as f64 / lookups.max(1) as f64,
+            bytes,
+            upload_gbps: if up > 0.0 { bytes as f64 / up / 1e9 } else { 0.0 },
+            wait_s: e.wait_secs - b.wait_secs,
+        }
+    }
 }

@@ -9,6 +9,7 @@ use herd_core::backend::Backend;
 use herd_core::chat::ChatTemplate;
 use herd_core::checkpoint::{Checkpoint, FileBytes};
 use herd_core::config::ModelConfig;
+use herd_core::model::experts::ExpertCacheOptions;
 use herd_core::model::Llama4;
 use herd_core::tokenizer::{GenerationConfig, Tokenizer};
 
@@ -76,7 +77,12 @@ impl ModelFiles {
     }
 
     /// Loads the text model onto `backend`, with a progress bar on a terminal.
-    pub fn load<B: Backend>(&self, backend: Arc<B>) -> Result<(ModelConfig, Llama4<B>)> {
+    /// With `experts`, the routed experts stream through an expert cache.
+    pub fn load<B: Backend>(
+        &self,
+        backend: Arc<B>,
+        experts: Option<&ExpertCacheOptions>,
+    ) -> Result<(ModelConfig, Llama4<B>)> {
         let cfg = self.config()?;
         let ck = self.checkpoint()?;
         let bar = indicatif::ProgressBar::new(cfg.text.num_hidden_layers as u64);
@@ -98,9 +104,10 @@ impl ModelFiles {
             ModelFiles::Demo => false,
         };
         let model = if ct {
-            Llama4::load(backend, &herd_core::compressed::CompressedTensors { ck: &ck }, &cfg.text, &mut progress)?
+            let src = herd_core::compressed::CompressedTensors { ck: &ck };
+            Llama4::load_with(backend, &src, &cfg.text, experts, &mut progress)?
         } else {
-            Llama4::load(backend, &ck, &cfg.text, &mut progress)?
+            Llama4::load_with(backend, &ck, &cfg.text, experts, &mut progress)?
         };
         bar.finish_and_clear();
         Ok((cfg, model))

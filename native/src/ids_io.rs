@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use herd_core::backend::Backend;
 use herd_core::generate::{greedy_rows, score_rows};
+use herd_core::model::experts::ExpertCacheOptions;
 use herd_core::model::Llama4;
 use safetensors::{Dtype, SafeTensors};
 
@@ -52,13 +53,20 @@ fn check_vocab(path: &Path, rows: &[Vec<u32>], vocab: usize) -> Result<()> {
     Ok(())
 }
 
-fn load<B: Backend>(backend: Arc<B>, model: &Path) -> Result<Llama4<B>> {
-    Ok(Llama4::from_dir(backend, model, &mut |_, _| {})?)
+fn load<B: Backend>(backend: Arc<B>, model: &Path, experts: Option<&ExpertCacheOptions>) -> Result<Llama4<B>> {
+    Ok(Llama4::from_dir_with(backend, model, experts, &mut |_, _| {})?)
 }
 
-pub fn logits<B: Backend>(backend: Arc<B>, model: &Path, input: &Path, output: &Path, decode: bool) -> Result<()> {
+pub fn logits<B: Backend>(
+    backend: Arc<B>,
+    model: &Path,
+    input: &Path,
+    output: &Path,
+    decode: bool,
+    experts: Option<&ExpertCacheOptions>,
+) -> Result<()> {
     let rows = read_ids(input)?;
-    let m = load(backend, model)?;
+    let m = load(backend, model, experts)?;
     check_vocab(input, &rows, m.cfg.vocab_size)?;
     let t = rows[0].len();
     let logits = score_rows(&m, &rows, decode)?;
@@ -66,12 +74,19 @@ pub fn logits<B: Backend>(backend: Arc<B>, model: &Path, input: &Path, output: &
     write(output, "logits", Dtype::F32, vec![rows.len(), t, m.cfg.vocab_size], data)
 }
 
-pub fn greedy<B: Backend>(backend: Arc<B>, model: &Path, input: &Path, n: usize, output: &Path) -> Result<()> {
+pub fn greedy<B: Backend>(
+    backend: Arc<B>,
+    model: &Path,
+    input: &Path,
+    n: usize,
+    output: &Path,
+    experts: Option<&ExpertCacheOptions>,
+) -> Result<()> {
     if n == 0 {
         bail!("--max-tokens must be at least 1");
     }
     let rows = read_ids(input)?;
-    let m = load(backend, model)?;
+    let m = load(backend, model, experts)?;
     check_vocab(input, &rows, m.cfg.vocab_size)?;
     let out = greedy_rows(&m, &rows, n)?;
     let data: Vec<u8> = out.iter().flatten().flat_map(|&x| (x as i64).to_le_bytes()).collect();

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use herd_core::cpu::CpuBackend;
+use herd_core::model::experts::{parse_size, ExpertCacheOptions, Policy};
 use herd_cuda::CudaBackend;
 use herd_wgpu::WgpuBackend;
 
@@ -81,6 +82,43 @@ struct BackendArg {
     /// (CUDA if there is an NVIDIA GPU, else a hardware GPU through wgpu, else cpu).
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Stream the routed experts through a device cache of this many bytes instead of loading them all
+    /// (e.g. 96KiB, 512MiB, 24GiB): for models larger than the device's memory. `herd bench` takes a
+    /// comma-separated list and measures each (`off`: every expert resident).
+    #[arg(long, value_name = "SIZE")]
+    expert_cache: Option<String>,
+    /// Eviction policy of --expert-cache: lrfu (recency and frequency of use) or lru.
+    #[arg(long, default_value = "lrfu", requires = "expert_cache", value_name = "lrfu|lru")]
+    expert_policy: String,
+    /// With --expert-cache: fetch each expert only when a layer needs it (no prefetch of the next layer's).
+    #[arg(long, requires = "expert_cache")]
+    no_prefetch: bool,
+}
+
+impl BackendArg {
+    /// The expert cache options, one per size given (`off`: None); none without --expert-cache.
+    fn expert_caches(&self) -> Result<Vec<Option<ExpertCacheOptions>>> {
+        let Some(list) = &self.expert_cache else { return Ok(Vec::new()) };
+        let policy = Policy::parse(&self.expert_policy).map_err(|e| anyhow::anyhow!("--expert-policy: {e}"))?;
+        list.split(',')
+            .map(|s| {
+                if s.trim() == "off" {
+                    return Ok(None);
+                }
+                let budget = parse_size(s).map_err(|e| anyhow::anyhow!("--expert-cache: {e}"))?;
+                Ok(Some(ExpertCacheOptions { budget, policy, prefetch: !self.no_prefetch }))
+            })
+            .collect()
+    }
+
+    /// The one expert cache of a command that loads one model.
+    fn expert_cache(&self) -> Result<Option<ExpertCacheOptions>> {
+        let mut v = self.expert_caches()?;
+        if v.len() > 1 {
+            bail!("--expert-cache takes one size here (a list is for `herd bench`)");
+        }
+        Ok(v.pop().flatten())
+    }
 }
 
 /// Sampling flags; unset ones come from the model's generation_config.json.
@@ -131,6 +169,9 @@ struct RunArgs {
     /// Wrap the prompt in the model's chat template as a user message.
     #[arg(long)]
     chat: bool,
+    /// Print the expert cache's statistics (hits, misses, bytes moved, time waited) after generating.
+    #[arg(long)]
+    stats: bool,
     #[command(flatten)]
     text: TextArgs,
 }
@@ -295,36 +336,58 @@ fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Run(a) => {
             let t = a.text;
+            let experts = t.backend.expert_cache()?;
             with_backend!(t.backend.backend, |b| text::run(
                 b,
                 &ModelFiles::new(t.model.model),
                 &a.prompt,
                 a.chat,
                 t.system.as_deref(),
-                &t.sampling
+                &t.sampling,
+                experts.as_ref(),
+                a.stats
             ))
         }
         Cmd::Chat(t) => {
+            let experts = t.backend.expert_cache()?;
             with_backend!(t.backend.backend, |b| text::chat(
                 b,
                 &ModelFiles::new(t.model.model),
                 t.system.as_deref(),
-                &t.sampling
+                &t.sampling,
+                experts.as_ref()
             ))
         }
         Cmd::Inspect(a) => inspect::inspect(&ModelFiles::new(a.model)),
         Cmd::Logits(a) => {
-            with_backend!(a.backend.backend, |b| ids_io::logits(b, &a.model, &a.input, &a.output, a.decode))
+            let ex = a.backend.expert_cache()?;
+            with_backend!(a.backend.backend, |b| ids_io::logits(
+                b,
+                &a.model,
+                &a.input,
+                &a.output,
+                a.decode,
+                ex.as_ref()
+            ))
         }
         Cmd::Greedy(a) => {
-            with_backend!(a.backend.backend, |b| ids_io::greedy(b, &a.model, &a.input, a.max_tokens, &a.output))
+            let ex = a.backend.expert_cache()?;
+            with_backend!(a.backend.backend, |b| ids_io::greedy(
+                b,
+                &a.model,
+                &a.input,
+                a.max_tokens,
+                &a.output,
+                ex.as_ref()
+            ))
         }
         Cmd::Quantize(a) => quantize::quantize_dir(&a.model, &a.out, &a.format, a.group, &a.keep_bf16),
         Cmd::Bench(a) => {
             if a.synthetic.is_some() && a.model.model.is_some() {
                 bail!("--synthetic and --model exclude each other: --synthetic builds its own model");
             }
-            with_backend!(a.backend.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a))
+            let caches = a.backend.expert_caches()?;
+            with_backend!(a.backend.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a, &caches))
         }
     }
 }

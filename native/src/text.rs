@@ -1,5 +1,6 @@
 //! `herd run` and `herd chat`: text in, streamed text out.
 
+use herd_core::model::experts::ExpertCacheOptions;
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
@@ -66,6 +67,7 @@ fn streamer<'a>(tok: &'a Tokenizer, out: &'a mut String) -> impl FnMut(u32) -> b
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run<B: Backend>(
     backend: Arc<B>,
     files: &ModelFiles,
@@ -73,6 +75,8 @@ pub fn run<B: Backend>(
     chat: bool,
     system: Option<&str>,
     a: &SamplingArgs,
+    experts: Option<&ExpertCacheOptions>,
+    show_stats: bool,
 ) -> Result<()> {
     let tok = files.tokenizer()?;
     let params = GenerateParams { max_tokens: a.max_tokens, sampling: sampling(files, a)?, stop_ids: vec![] };
@@ -87,7 +91,7 @@ pub fn run<B: Backend>(
     } else {
         tok.encode_plain(prompt, true)?
     };
-    let (cfg, model) = files.load(backend)?;
+    let (cfg, model) = files.load(backend, experts)?;
     let params = GenerateParams { stop_ids: stop_ids(files, &cfg.text.eos_token_ids)?, ..params };
     let mut sampler = Sampler::new(params.sampling)?;
     let mut session = Session::new(&model)?;
@@ -95,14 +99,26 @@ pub fn run<B: Backend>(
     let (_, stats) = session.generate(&model, &ids, &params, &mut sampler, &mut streamer(&tok, &mut text))?;
     println!();
     report(&stats);
+    if show_stats {
+        match model.expert_stats() {
+            Some(s) => eprintln!("{s}"),
+            None => eprintln!("expert cache: off (every expert resident; --expert-cache SIZE streams them)"),
+        }
+    }
     Ok(())
 }
 
-pub fn chat<B: Backend>(backend: Arc<B>, files: &ModelFiles, system: Option<&str>, a: &SamplingArgs) -> Result<()> {
+pub fn chat<B: Backend>(
+    backend: Arc<B>,
+    files: &ModelFiles,
+    system: Option<&str>,
+    a: &SamplingArgs,
+    experts: Option<&ExpertCacheOptions>,
+) -> Result<()> {
     let tok = files.tokenizer()?;
     let tmpl = files.chat_template()?;
     let sampling = sampling(files, a)?;
-    let (cfg, model) = files.load(backend)?;
+    let (cfg, model) = files.load(backend, experts)?;
     let params =
         GenerateParams { max_tokens: a.max_tokens, sampling, stop_ids: stop_ids(files, &cfg.text.eos_token_ids)? };
     let mut sampler = Sampler::new(params.sampling)?;

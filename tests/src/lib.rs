@@ -4,6 +4,7 @@
 
 pub mod quant_table;
 pub mod reference;
+pub mod streaming;
 pub mod table;
 
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! Llama 4 feed-forward blocks: the dense SwiGLU MLP (non-MoE layers) and the MoE block (top-k sigmoid
 //! router whose score scales the expert input, routed experts, always-on shared expert).
 
+use super::experts::{ExpertCache, StreamScratch};
 use super::{Scratch, WeightSource};
 use crate::backend::Backend;
 use crate::config::TextConfig;
@@ -34,36 +35,86 @@ impl<B: Backend> Mlp<B> {
 
 pub(super) enum Ffn<B: Backend> {
     Dense(Mlp<B>),
-    Moe { router: B::Weight, gate_up: B::Weight, down: B::Weight, shared: Mlp<B> },
+    /// `experts` None: the routed experts stream through the model's expert cache.
+    Moe {
+        router: B::Weight,
+        experts: Option<(B::Weight, B::Weight)>,
+        shared: Mlp<B>,
+    },
 }
 
 impl<B: Backend> Ffn<B> {
-    pub fn load(be: &B, ck: &dyn WeightSource<B>, cfg: &TextConfig, i: usize) -> Result<Self> {
+    /// With `streamed`, the routed experts are left to the expert cache (which checked them).
+    pub fn load(be: &B, ck: &dyn WeightSource<B>, cfg: &TextConfig, i: usize, streamed: bool) -> Result<Self> {
         let d = cfg.hidden_size;
         let p = format!("model.layers.{i}.feed_forward.");
         if !cfg.moe_layers[i] {
             return Ok(Ffn::Dense(Mlp::load(be, ck, &p, d, cfg.intermediate_size_mlp)?));
         }
         let (e, f) = (cfg.num_local_experts, cfg.intermediate_size);
+        let experts = if streamed {
+            None
+        } else {
+            // The fused expert tensors carry no `.weight` suffix and are input-major: [E, D, 2F], [E, F, D].
+            Some((
+                ck.weight(be, &format!("{p}experts.gate_up_proj"), &[e, d, 2 * f])?,
+                ck.weight(be, &format!("{p}experts.down_proj"), &[e, f, d])?,
+            ))
+        };
         Ok(Ffn::Moe {
             router: ck.weight(be, &format!("{p}router.weight"), &[e, d])?,
-            // The fused expert tensors carry no `.weight` suffix and are input-major: [E, D, 2F], [E, F, D].
-            gate_up: ck.weight(be, &format!("{p}experts.gate_up_proj"), &[e, d, 2 * f])?,
-            down: ck.weight(be, &format!("{p}experts.down_proj"), &[e, f, d])?,
+            experts,
             shared: Mlp::load(be, ck, &format!("{p}shared_expert."), d, f)?,
         })
     }
 
-    /// Reads `s.a` (normed hidden [t, D]), writes the block's output [t, D] into `s.o`.
-    pub fn forward(&self, be: &B, cfg: &TextConfig, s: &Scratch<B>, t: usize) -> Result<()> {
+    /// The router of a MoE block.
+    pub fn router(&self) -> Option<&B::Weight> {
+        match self {
+            Ffn::Moe { router, .. } => Some(router),
+            Ffn::Dense(_) => None,
+        }
+    }
+
+    /// Reads `s.a` (normed hidden [t, D]), writes the block's output [t, D] into `s.o`. A streamed block
+    /// runs its experts through `cache` (as layer `layer`; `next` is the next MoE layer and its router).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        be: &B,
+        cfg: &TextConfig,
+        s: &Scratch<B>,
+        t: usize,
+        cache: Option<&ExpertCache<B>>,
+        layer: usize,
+        next: Option<(usize, &B::Weight)>,
+    ) -> Result<()> {
         match self {
             Ffn::Dense(m) => m.forward(be, s, t),
-            Ffn::Moe { router, gate_up, down, shared } => {
+            Ffn::Moe { router, experts, shared } => {
                 let (e, k) = (cfg.num_local_experts, cfg.num_experts_per_tok);
                 shared.forward(be, s, t)?;
                 be.matmul(&s.a, t, router, &s.router_logits)?;
                 be.router_topk(&s.router_logits, t, e, k, &s.idx, &s.score)?;
-                be.moe(&s.a, t, &s.idx, &s.score, k, gate_up, down, &s.o)
+                match (experts, cache) {
+                    (Some((gate_up, down)), _) => be.moe(&s.a, t, &s.idx, &s.score, k, gate_up, down, &s.o),
+                    (None, Some(c)) => {
+                        let ss = StreamScratch {
+                            a: &s.a,
+                            o: &s.o,
+                            idx: &s.idx,
+                            score: &s.score,
+                            slot_idx: &s.slot_idx,
+                            pred_logits: &s.pred_logits,
+                            pred_idx: &s.pred_idx,
+                            pred_score: &s.pred_score,
+                        };
+                        c.moe(be, &ss, t, layer, next)
+                    }
+                    (None, None) => Err(crate::error::HerdError::Input(format!(
+                        "layer {layer}: routed experts neither loaded nor streamed"
+                    ))),
+                }
             }
         }
     }

@@ -3,6 +3,7 @@
 //! returning logits or the tokens sampled from them on the device.
 
 mod attention;
+pub mod experts;
 mod ffn;
 mod steps;
 
@@ -17,6 +18,7 @@ use crate::quant::QuantPlan;
 use crate::sampling::{check_sample_args, SamplingParams};
 
 use attention::Attention;
+use experts::{ExpertCache, ExpertCacheOptions, ExpertSource, ExpertStats};
 use ffn::Ffn;
 
 struct Layer<B: Backend> {
@@ -33,6 +35,11 @@ pub trait WeightSource<B: Backend> {
     fn contains(&self, name: &str) -> bool;
     /// Tensor `name` on `be`, checked to have `shape`.
     fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight>;
+    /// Where the routed experts can be fetched from one at a time while the model runs (for
+    /// `--expert-cache`), if this source can do that.
+    fn experts(&self) -> Option<Arc<dyn ExpertSource>> {
+        None
+    }
 }
 
 impl<B: Backend> WeightSource<B> for Checkpoint {
@@ -41,6 +48,9 @@ impl<B: Backend> WeightSource<B> for Checkpoint {
     }
     fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight> {
         be.load_weight(self.get_shaped(name, shape)?)
+    }
+    fn experts(&self) -> Option<Arc<dyn ExpertSource>> {
+        Some(Arc::new(self.clone()))
     }
 }
 
@@ -66,6 +76,37 @@ impl<B: Backend> WeightSource<B> for QuantizeOnLoad<'_> {
             _ => be.load_weight(t),
         }
     }
+    fn experts(&self) -> Option<Arc<dyn ExpertSource>> {
+        Some(Arc::new(QuantizingExperts { ck: self.ck.clone(), plan: self.plan.clone() }))
+    }
+}
+
+/// [`QuantizeOnLoad`]'s experts: each quantized as it is fetched.
+struct QuantizingExperts {
+    ck: Checkpoint,
+    plan: QuantPlan,
+}
+
+impl ExpertSource for QuantizingExperts {
+    fn format(&self, name: &str, shape: &[usize]) -> Result<crate::quant::DType> {
+        let t = self.ck.get_shaped(name, shape)?;
+        Ok(match self.plan.format_of(name, shape) {
+            Some(dt) if !t.dtype.is_quantized() => dt,
+            _ => t.dtype,
+        })
+    }
+    fn fetch(&self, name: &str, shape: &[usize], e: usize) -> Result<crate::checkpoint::TensorRef> {
+        let t = self.ck.get_shaped(name, shape)?;
+        let row = experts::fetch_row(t, e)?;
+        match self.plan.format_of(name, shape) {
+            Some(dt) if !t.dtype.is_quantized() => {
+                let bytes =
+                    crate::quant::quantize(&row.to_f32(), &row.shape, dt).map_err(|m| HerdError::tensor(name, m))?;
+                Ok(crate::checkpoint::TensorRef::owned(name, dt, row.shape.clone(), bytes))
+            }
+            _ => Ok(row),
+        }
+    }
 }
 
 /// Which rows of a forward pass come back as logits.
@@ -89,6 +130,8 @@ pub struct Llama4<B: Backend> {
     inv_freq: B::Buffer,
     /// The buffers kept between steps (see [`Scratch`]); a step that finds them busy makes its own.
     step: Mutex<Option<Scratch<B>>>,
+    /// With `--expert-cache`: the routed experts, streamed.
+    experts: Option<ExpertCache<B>>,
 }
 
 /// The buffers of one forward pass, for up to `rows` new tokens in up to `seqs` sequences. The model keeps
@@ -108,6 +151,11 @@ pub(crate) struct Scratch<B: Backend> {
     pub router_logits: B::Buffer,
     pub idx: B::Buffer,
     pub score: B::Buffer,
+    /// The expert cache's picks as slot numbers, and its prediction of the next layer's picks.
+    pub slot_idx: B::Buffer,
+    pub pred_logits: B::Buffer,
+    pub pred_idx: B::Buffer,
+    pub pred_score: B::Buffer,
     hidden: B::Buffer,
     ids: B::Buffer,
     positions: B::Buffer,
@@ -142,6 +190,10 @@ impl<B: Backend> Scratch<B> {
             router_logits: be.alloc(t * cfg.num_local_experts.max(1))?,
             idx: be.upload_u32(&vec![0; t * kk])?,
             score: be.alloc(t * kk)?,
+            slot_idx: be.upload_u32(&vec![0; t * kk])?,
+            pred_logits: be.alloc(t * cfg.num_local_experts.max(1))?,
+            pred_idx: be.upload_u32(&vec![0; t * kk])?,
+            pred_score: be.alloc(t * kk)?,
             hidden: be.alloc(t * d)?,
             ids: be.upload_u32(&vec![0; t])?,
             positions: be.upload_u32(&vec![0; t])?,
@@ -162,6 +214,27 @@ impl<B: Backend> Llama4<B> {
         cfg: &TextConfig,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        Self::load_with(backend, ck, cfg, None, progress)
+    }
+
+    /// [`Llama4::load`], with the routed experts streamed through an expert cache when `experts` is given
+    /// (they are then not loaded; see [`experts`]).
+    pub fn load_with(
+        backend: Arc<B>,
+        ck: &dyn WeightSource<B>,
+        cfg: &TextConfig,
+        experts: Option<&ExpertCacheOptions>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let cache = match experts {
+            Some(opts) if cfg.moe_layers.iter().any(|&m| m) => {
+                let src = ck.experts().ok_or_else(|| {
+                    HerdError::Input("--expert-cache: this weight source cannot stream experts".into())
+                })?;
+                Some(ExpertCache::new(&*backend, src, cfg, opts.clone())?)
+            }
+            _ => None,
+        };
         let (d, v) = (cfg.hidden_size, cfg.vocab_size);
         let w = |name: &str, shape: &[usize]| ck.weight(&*backend, name, shape);
         let embed = w("model.embed_tokens.weight", &[v, d])?;
@@ -179,16 +252,41 @@ impl<B: Backend> Llama4<B> {
                 input_norm: w(&format!("{p}input_layernorm.weight"), &[d])?,
                 post_norm: w(&format!("{p}post_attention_layernorm.weight"), &[d])?,
                 attn: Attention::load(&*backend, ck, cfg, i)?,
-                ffn: Ffn::load(&*backend, ck, cfg, i)?,
+                ffn: Ffn::load(&*backend, ck, cfg, i, cache.is_some())?,
             });
             progress(i + 1, total);
         }
         let inv_freq = backend.upload(&cfg.rope_inv_freq())?;
-        Ok(Llama4 { cfg: cfg.clone(), backend, embed, norm, lm_head, layers, inv_freq, step: Mutex::new(None) })
+        Ok(Llama4 {
+            cfg: cfg.clone(),
+            backend,
+            embed,
+            norm,
+            lm_head,
+            layers,
+            inv_freq,
+            step: Mutex::new(None),
+            experts: cache,
+        })
+    }
+
+    /// What the expert cache did so far, when the experts stream.
+    pub fn expert_stats(&self) -> Option<ExpertStats> {
+        self.experts.as_ref().map(ExpertCache::stats)
     }
 
     /// Loads the text model of a model directory (config.json + safetensors).
     pub fn from_dir(backend: Arc<B>, dir: &std::path::Path, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+        Self::from_dir_with(backend, dir, None, progress)
+    }
+
+    /// [`Llama4::from_dir`] with the options of [`Llama4::load_with`].
+    pub fn from_dir_with(
+        backend: Arc<B>,
+        dir: &std::path::Path,
+        experts: Option<&ExpertCacheOptions>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         if !dir.is_dir() {
             return Err(HerdError::bad_file(dir, "model directory does not exist"));
         }
@@ -199,9 +297,15 @@ impl<B: Backend> Llama4<B> {
         let raw: serde_json::Value =
             std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null);
         if crate::compressed::is_pack_quantized(&raw).map_err(|e| HerdError::bad_file(&path, e))? {
-            return Self::load(backend, &crate::compressed::CompressedTensors { ck: &ck }, &cfg.text, progress);
+            return Self::load_with(
+                backend,
+                &crate::compressed::CompressedTensors { ck: &ck },
+                &cfg.text,
+                experts,
+                progress,
+            );
         }
-        Self::load(backend, &ck, &cfg.text, progress)
+        Self::load_with(backend, &ck, &cfg.text, experts, progress)
     }
 
     pub fn backend(&self) -> &Arc<B> {
@@ -342,7 +446,8 @@ impl<B: Backend> Llama4<B> {
             let groups = cache.groups(i, &plan)?;
             layer.attn.forward(be, cfg, s, t, pos_buf, &self.inv_freq, &groups)?;
             be.add_rms_norm(hidden, &s.o, &layer.post_norm, t, d, eps, &s.a)?;
-            layer.ffn.forward(be, cfg, s, t)?;
+            let next = (i + 1..self.layers.len()).find_map(|j| self.layers[j].ffn.router().map(|r| (j, r)));
+            layer.ffn.forward(be, cfg, s, t, self.experts.as_ref(), i, next)?;
             match self.layers.get(i + 1) {
                 Some(next) => be.add_rms_norm(hidden, &s.o, &next.input_norm, t, d, eps, &s.a)?,
                 None => be.add(hidden, &s.o, t * d)?,

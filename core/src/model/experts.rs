@@ -1,0 +1,799 @@
+//! Routed experts streamed on demand: the expert cache behind `--expert-cache SIZE`.
+//!
+//! With a cache, a model loads everything but its routed experts (embeddings, attention, norms, routers,
+//! shared experts and lm_head stay resident). Each MoE layer gets a few device *slots*, weights of the
+//! experts' own format and shape with a leading slot axis ([S, D, 2F] and [S, F, D]); the byte budget is
+//! split evenly across the MoE layers (every slot is allocated at load, so the device memory the cache
+//! takes is known then and never grows). When a layer's router has picked its experts, the host reads the
+//! picks (one small read per MoE layer), fetches the experts that are not in a slot from the
+//! [`ExpertSource`] (the checkpoint, read with positioned reads and checked; a synthetic generator), writes
+//! them into slots chosen by the eviction policy, and runs the layer's experts on the slots with the picks
+//! renumbered to slot numbers. A step that needs more experts than the layer has slots runs in rounds of
+//! whole rows, the other rows' picks set to a slot number past the end, which [`Backend::moe`] skips: every
+//! row gets exactly the sum the resident model gives it, so the logits are identical at any budget.
+//!
+//! A layer whose slots hold all of its experts keeps expert `e` in slot `e`; once all have been fetched it
+//! runs exactly like the resident model (no read, no renumbering).
+//!
+//! Eviction: [`Policy::Lrfu`] (the default) ranks experts by a recency-weighted use count (LRFU: each use
+//! adds 1, and the count halves every [`LRFU_HALF_LIFE`] calls of the layer), which keeps an expert that is
+//! used often but not on every token; [`Policy::Lru`] is plain least-recently-used. Every cache also
+//! replays its accesses through a shadow LRU of the same size, so the statistics show both hit rates for the
+//! same run.
+//!
+//! Prefetch: when the next layer streams too, its router is applied to the current layer's input (the
+//! hidden state changes little from one layer to the next) and its likely experts are fetched on a
+//! background thread while this layer's experts and the next layer's attention run; the next layer takes
+//! them from there (waiting for one still in flight) instead of reading them itself. Host memory for
+//! prefetched experts is bounded by the next layer's slots.
+
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::checkpoint::{Checkpoint, TensorRef};
+use crate::config::TextConfig;
+use crate::error::{HerdError, Result};
+use crate::quant::DType;
+
+/// Where streamed experts come from. Names are the logical expert tensor names
+/// (`model.layers.3.feed_forward.experts.gate_up_proj`), shapes their whole shape [E, ...].
+pub trait ExpertSource: Send + Sync {
+    /// The format expert tensor `name` has (checked to exist with `shape`).
+    fn format(&self, name: &str, shape: &[usize]) -> Result<DType>;
+    /// Expert `e` of tensor `name`: a tensor of shape [1, ...] in that format, read now. A truncated or
+    /// corrupt expert is an error.
+    fn fetch(&self, name: &str, shape: &[usize], e: usize) -> Result<TensorRef>;
+}
+
+/// Fetches expert `e` of a stored tensor: its rows read from the file (positioned reads, so a file cut short
+/// after it was opened is an error, not a fault) and checked for non-finite values and scales.
+pub(crate) fn fetch_row(t: &TensorRef, e: usize) -> Result<TensorRef> {
+    let ctx = |m: String| HerdError::tensor(&t.name, format!("expert {e}: {m}"));
+    let rr = crate::quant::row_ranges(t.dtype, &t.shape, e).map_err(ctx)?;
+    let (base, _) = t.range();
+    let values = t.file().read_range(base + rr.values.start, base + rr.values.end).map_err(ctx)?;
+    let scales = if rr.scales.is_empty() {
+        Vec::new()
+    } else {
+        t.file().read_range(base + rr.scales.start, base + rr.scales.end).map_err(ctx)?
+    };
+    let mut one = t.shape.clone();
+    one[0] = 1;
+    let bytes = crate::quant::row_tensor(t.dtype, &values, &scales);
+    crate::quant::check_finite(t.dtype, &one, &bytes).map_err(|m| ctx(format!("{m}: the file is corrupt")))?;
+    Ok(TensorRef::owned(&t.name, t.dtype, one, bytes))
+}
+
+impl ExpertSource for Checkpoint {
+    fn format(&self, name: &str, shape: &[usize]) -> Result<DType> {
+        Ok(self.get_shaped(name, shape)?.dtype)
+    }
+    fn fetch(&self, name: &str, shape: &[usize], e: usize) -> Result<TensorRef> {
+        fetch_row(self.get_shaped(name, shape)?, e)
+    }
+}
+
+/// The eviction policy of an expert cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Least recently used.
+    Lru,
+    /// Least recently/frequently used: a use count that halves every [`LRFU_HALF_LIFE`] calls.
+    Lrfu,
+}
+
+/// Calls of a layer after which an LRFU use count has halved.
+pub const LRFU_HALF_LIFE: f64 = 32.0;
+
+impl Policy {
+    pub fn parse(s: &str) -> std::result::Result<Policy, String> {
+        match s {
+            "lru" => Ok(Policy::Lru),
+            "lrfu" => Ok(Policy::Lrfu),
+            _ => Err(format!("unknown eviction policy {s:?} (lru or lrfu)")),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Lru => "lru",
+            Policy::Lrfu => "lrfu",
+        }
+    }
+}
+
+/// How a model streams its routed experts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpertCacheOptions {
+    /// Device bytes for all routed experts together.
+    pub budget: u64,
+    pub policy: Policy,
+    /// Fetch the next layer's likely experts ahead, on a background thread.
+    pub prefetch: bool,
+}
+
+impl ExpertCacheOptions {
+    pub fn new(budget: u64) -> Self {
+        ExpertCacheOptions { budget, policy: Policy::Lrfu, prefetch: true }
+    }
+}
+
+/// A byte count such as `96KiB`, `512MiB`, `24GiB`, `1.5GB` or `1000000` (binary and decimal units).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!("{s:?} is not a size (e.g. 96KiB, 512MiB, 24GiB)"));
+    }
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 96KiB, 512MiB, 24GiB)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{s:?} is not a size"));
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+/// What an expert cache did, for `herd run --stats` and `herd bench`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExpertStats {
+    pub policy: String,
+    /// The byte budget, and the device bytes the slots take (≤ budget).
+    pub budget: u64,
+    pub capacity: u64,
+    /// Slots across all MoE layers, and the experts there are.
+    pub slots: usize,
+    pub experts: usize,
+    /// Device bytes of one expert (gate/up and down).
+    pub expert_bytes: u64,
+    /// The most expert bytes resident at once (≤ capacity).
+    pub peak_resident: u64,
+    /// Expert lookups (each distinct expert a layer call needed), hits among them, and the hits a plain LRU
+    /// cache of the same size would have had on the same lookups.
+    pub lookups: u64,
+    pub hits: u64,
+    pub lru_hits: u64,
+    /// Experts written into slots, and their bytes (host to device).
+    pub fetched: u64,
+    pub bytes_moved: u64,
+    /// Experts fetched ahead by the prefetcher, and those a layer then used.
+    pub prefetched: u64,
+    pub prefetch_used: u64,
+    /// Seconds the forward pass spent reading experts from the source itself, waiting for the prefetcher,
+    /// and writing experts to the device (the host side of the copy; a backend may finish it later).
+    pub read_secs: f64,
+    pub wait_secs: f64,
+    pub upload_secs: f64,
+    /// Rounds run because a step needed more experts than a layer had slots.
+    pub extra_rounds: u64,
+}
+
+impl ExpertStats {
+    pub fn hit_rate(&self) -> f64 {
+        self.hits as f64 / self.lookups.max(1) as f64
+    }
+    pub fn lru_hit_rate(&self) -> f64 {
+        self.lru_hits as f64 / self.lookups.max(1) as f64
+    }
+    /// Host-to-device GB/s over the time spent writing experts.
+    pub fn upload_gbps(&self) -> f64 {
+        if self.upload_secs > 0.0 {
+            self.bytes_moved as f64 / self.upload_secs / 1e9
+        } else {
+            0.0
+        }
+    }
+}
+
+impl std::fmt::Display for ExpertStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        writeln!(
+            f,
+            "expert cache: budget {:.1} MiB, {} of {} experts in slots ({:.1} MiB, {:.2} MiB each, peak {:.1} MiB resident), {} eviction",
+            mib(self.budget),
+            self.slots,
+            self.experts,
+            mib(self.capacity),
+            mib(self.expert_bytes),
+            mib(self.peak_resident),
+            self.policy
+        )?;
+        writeln!(
+            f,
+            "  lookups {}  hits {} ({:.1}%; plain LRU on the same lookups: {:.1}%)  misses {}  extra rounds {}",
+            self.lookups,
+            self.hits,
+            100.0 * self.hit_rate(),
+            100.0 * self.lru_hit_rate(),
+            self.lookups - self.hits,
+            self.extra_rounds
+        )?;
+        write!(
+            f,
+            "  fetched {} ({:.1} MiB)  prefetched {} (used {})  read {:.3} s  waited {:.3} s  upload {:.3} s ({:.2} GB/s)",
+            self.fetched,
+            mib(self.bytes_moved),
+            self.prefetched,
+            self.prefetch_used,
+            self.read_secs,
+            self.wait_secs,
+            self.upload_secs,
+            self.upload_gbps()
+        )
+    }
+}
+
+/// One MoE layer's slots on the device.
+struct LayerSlots<B: Backend> {
+    names: [String; 2],
+    shapes: [Vec<usize>; 2],
+    gate_up: B::Weight,
+    down: B::Weight,
+    slots: Slots,
+}
+
+/// Which expert is in which slot of a layer, and what the eviction policy knows.
+struct Slots {
+    /// Expert → slot, slot → expert.
+    slot_of: Vec<Option<usize>>,
+    holder: Vec<Option<usize>>,
+    /// LRFU counts and the call of each expert's last use (per expert, resident or not).
+    crf: Vec<f64>,
+    last: Vec<u64>,
+    clock: u64,
+    /// The shadow LRU: experts, least recent first.
+    shadow: Vec<usize>,
+}
+
+impl Slots {
+    fn new(experts: usize, slots: usize) -> Slots {
+        Slots {
+            slot_of: vec![None; experts],
+            holder: vec![None; slots],
+            crf: vec![0.0; experts],
+            last: vec![0; experts],
+            clock: 0,
+            shadow: Vec::with_capacity(slots),
+        }
+    }
+    fn identity(&self) -> bool {
+        self.holder.len() == self.slot_of.len()
+    }
+    fn complete(&self) -> bool {
+        self.identity() && self.slot_of.iter().all(Option::is_some)
+    }
+    fn priority(&self, policy: Policy, e: usize) -> f64 {
+        match policy {
+            Policy::Lru => self.last[e] as f64,
+            Policy::Lrfu => {
+                let age = (self.clock - self.last[e]) as f64;
+                self.crf[e] * (-age / LRFU_HALF_LIFE).exp2()
+            }
+        }
+    }
+    fn touch(&mut self, e: usize) {
+        let age = (self.clock - self.last[e]) as f64;
+        self.crf[e] = 1.0 + self.crf[e] * (-age / LRFU_HALF_LIFE).exp2();
+        self.last[e] = self.clock;
+    }
+    /// The shadow LRU's answer for a lookup of `e` (and its update).
+    fn shadow_hit(&mut self, e: usize) -> bool {
+        let cap = self.holder.len();
+        if let Some(p) = self.shadow.iter().position(|&x| x == e) {
+            self.shadow.remove(p);
+            self.shadow.push(e);
+            return true;
+        }
+        if self.shadow.len() == cap {
+            self.shadow.remove(0);
+        }
+        self.shadow.push(e);
+        false
+    }
+    /// The slot for `e`, which is not resident, among the slots not holding one of `keep`.
+    fn victim(&self, policy: Policy, e: usize, keep: &[usize]) -> Option<usize> {
+        if self.identity() {
+            return Some(e);
+        }
+        if let Some(s) = self.holder.iter().position(Option::is_none) {
+            return Some(s);
+        }
+        let mut best: Option<(f64, usize)> = None;
+        for (s, h) in self.holder.iter().enumerate() {
+            let Some(x) = *h else { continue };
+            if keep.contains(&x) {
+                continue;
+            }
+            let p = self.priority(policy, x);
+            if best.is_none_or(|(bp, _)| p < bp) {
+                best = Some((p, s));
+            }
+        }
+        best.map(|(_, s)| s)
+    }
+}
+
+type Fetched = Result<[TensorRef; 2]>;
+/// A prefetch request: (layer, expert, tensor names, tensor shapes).
+type Request = (usize, usize, [String; 2], [Vec<usize>; 2]);
+/// (layer, expert) → None while in flight, then the result; with the condition variable waiters use.
+type Done = Arc<(Mutex<HashMap<(usize, usize), Option<Fetched>>>, Condvar)>;
+
+/// The background fetcher: requests by (layer, expert), results kept until taken.
+struct Prefetcher {
+    tx: Mutex<mpsc::Sender<Request>>,
+    done: Done,
+}
+
+impl Prefetcher {
+    fn start(source: Arc<dyn ExpertSource>) -> Option<Prefetcher> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let done: Done = Arc::default();
+        let d = done.clone();
+        // Where threads are not available (wasm32), experts are fetched when needed only.
+        std::thread::Builder::new()
+            .name("herd-expert-prefetch".into())
+            .spawn(move || {
+                while let Ok((layer, e, names, shapes)) = rx.recv() {
+                    let r =
+                        (|| Ok([source.fetch(&names[0], &shapes[0], e)?, source.fetch(&names[1], &shapes[1], e)?]))();
+                    let (m, cv) = &*d;
+                    if let Ok(mut g) = m.lock() {
+                        g.insert((layer, e), Some(r));
+                    }
+                    cv.notify_all();
+                }
+            })
+            .ok()?;
+        Some(Prefetcher { tx: Mutex::new(tx), done })
+    }
+
+    fn request(&self, layer: usize, e: usize, names: &[String; 2], shapes: &[Vec<usize>; 2]) -> bool {
+        let (m, _) = &*self.done;
+        let Ok(mut g) = m.lock() else { return false };
+        if g.contains_key(&(layer, e)) {
+            return false;
+        }
+        let sent = self.tx.lock().is_ok_and(|tx| tx.send((layer, e, names.clone(), shapes.clone())).is_ok());
+        if sent {
+            g.insert((layer, e), None);
+        }
+        sent
+    }
+
+    /// The prefetched expert, waiting for it if it is in flight; None if it was never requested.
+    fn take(&self, layer: usize, e: usize) -> Option<Fetched> {
+        let (m, cv) = &*self.done;
+        let mut g = m.lock().ok()?;
+        loop {
+            match g.get(&(layer, e)) {
+                None => return None,
+                Some(Some(_)) => return g.remove(&(layer, e)).flatten(),
+                Some(None) => g = cv.wait(g).ok()?,
+            }
+        }
+    }
+
+    /// Drops what was fetched for `layer` and not used (in-flight ones are dropped on a later call).
+    fn discard(&self, layer: usize) {
+        let (m, _) = &*self.done;
+        if let Ok(mut g) = m.lock() {
+            g.retain(|&(l, _), v| l != layer || v.is_none());
+        }
+    }
+}
+
+struct State<B: Backend> {
+    layers: Vec<Option<LayerSlots<B>>>,
+    stats: ExpertStats,
+    resident: u64,
+}
+
+/// The expert cache of one model (see the module docs).
+pub(crate) struct ExpertCache<B: Backend> {
+    source: Arc<dyn ExpertSource>,
+    opts: ExpertCacheOptions,
+    experts: usize,
+    k: usize,
+    per_expert: [u64; 2],
+    state: Mutex<State<B>>,
+    prefetcher: Option<Prefetcher>,
+}
+
+/// The buffers a streamed MoE layer needs besides the step's own.
+pub(crate) struct StreamScratch<'a, B: Backend> {
+    pub a: &'a B::Buffer,
+    pub o: &'a B::Buffer,
+    pub idx: &'a B::Buffer,
+    pub score: &'a B::Buffer,
+    pub slot_idx: &'a B::Buffer,
+    pub pred_logits: &'a B::Buffer,
+    pub pred_idx: &'a B::Buffer,
+    pub pred_score: &'a B::Buffer,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| HerdError::Input("expert cache poisoned by an earlier panic".into()))
+}
+
+impl<B: Backend> ExpertCache<B> {
+    /// Slots for every MoE layer of `cfg` within `opts.budget`, allocated now on `be`.
+    pub fn new(be: &B, source: Arc<dyn ExpertSource>, cfg: &TextConfig, opts: ExpertCacheOptions) -> Result<Self> {
+        let (e, d, f, k) = (cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size, cfg.num_experts_per_tok);
+        let moe: Vec<usize> = (0..cfg.num_hidden_layers).filter(|&i| cfg.moe_layers[i]).collect();
+        let shapes = [vec![e, d, 2 * f], vec![e, f, d]];
+        let names = |i: usize| {
+            let p = format!("model.layers.{i}.feed_forward.experts.");
+            [format!("{p}gate_up_proj"), format!("{p}down_proj")]
+        };
+        let mut formats = Vec::with_capacity(moe.len());
+        for &i in &moe {
+            let n = names(i);
+            formats.push([source.format(&n[0], &shapes[0])?, source.format(&n[1], &shapes[1])?]);
+        }
+        // Device bytes of `s` slots of a layer.
+        let cost = |fm: &[DType; 2], s: usize| -> Result<u64> {
+            let mut b = 0;
+            for (dt, sh) in fm.iter().zip(&shapes) {
+                let mut sh = sh.clone();
+                sh[0] = s;
+                b += dt.bytes(&sh).map_err(|m| HerdError::Input(format!("expert slots: {m}")))? as u64;
+            }
+            Ok(b)
+        };
+        let mut per_expert = [0u64; 2];
+        if let Some(fm) = formats.first() {
+            for (j, (dt, sh)) in fm.iter().zip(&shapes).enumerate() {
+                let mut one = sh.clone();
+                one[0] = 1;
+                per_expert[j] = dt.bytes(&one).map_err(HerdError::Input)? as u64;
+            }
+        }
+        let one: u64 = per_expert.iter().sum();
+        let nl = moe.len();
+        let total = opts.budget.checked_div(one).map_or(0, |n| n.min((nl * e) as u64) as usize);
+        let need = nl * k;
+        if nl > 0 && total < need {
+            return Err(HerdError::Input(format!(
+                "--expert-cache {} B holds {total} experts of {one} B; the model needs at least {need} ({k} per MoE layer × {nl} layers, {} B)",
+                opts.budget,
+                need as u64 * one
+            )));
+        }
+        // Even split, the remainder to the first layers; then trimmed until the allocations fit.
+        let mut slots: Vec<usize> =
+            (0..nl).map(|j| (total / nl.max(1) + usize::from(j < total % nl.max(1))).min(e)).collect();
+        loop {
+            let mut sum = 0;
+            for (fm, &s) in formats.iter().zip(&slots) {
+                sum += cost(fm, s)?;
+            }
+            if sum <= opts.budget {
+                break;
+            }
+            let Some(j) = (0..nl).filter(|&j| slots[j] > k).max_by_key(|&j| slots[j]) else {
+                return Err(HerdError::Input(format!(
+                    "--expert-cache {} B cannot hold {k} experts per MoE layer",
+                    opts.budget
+                )));
+            };
+            slots[j] -= 1;
+        }
+        let mut layers: Vec<Option<LayerSlots<B>>> = (0..cfg.num_hidden_layers).map(|_| None).collect();
+        let mut capacity = 0;
+        for ((&i, fm), &s) in moe.iter().zip(&formats).zip(&slots) {
+            let n = names(i);
+            let mut sh = shapes.clone();
+            sh[0][0] = s;
+            sh[1][0] = s;
+            capacity += cost(fm, s)?;
+            layers[i] = Some(LayerSlots {
+                gate_up: be.alloc_weight(&format!("{} (slots)", n[0]), &sh[0], fm[0])?,
+                down: be.alloc_weight(&format!("{} (slots)", n[1]), &sh[1], fm[1])?,
+                names: n,
+                shapes: shapes.clone(),
+                slots: Slots::new(e, s),
+            });
+        }
+        let stats = ExpertStats {
+            policy: opts.policy.name().into(),
+            budget: opts.budget,
+            capacity,
+            slots: slots.iter().sum(),
+            experts: nl * e,
+            expert_bytes: one,
+            ..Default::default()
+        };
+        let prefetcher = if opts.prefetch { Prefetcher::start(source.clone()) } else { None };
+        Ok(ExpertCache {
+            source,
+            opts,
+            experts: e,
+            k,
+            per_expert,
+            state: Mutex::new(State { layers, stats, resident: 0 }),
+            prefetcher,
+        })
+    }
+
+    pub fn stats(&self) -> ExpertStats {
+        self.state.lock().map(|s| s.stats.clone()).unwrap_or_default()
+    }
+
+    /// Whether the layer runs like the resident model now (every expert in its own slot).
+    fn complete(&self, layer: usize) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|s| s.layers.get(layer).and_then(Option::as_ref).is_some_and(|l| l.slots.complete()))
+    }
+
+    /// Layer `layer`'s routed experts for `t` rows whose picks are in `s.idx`/`s.score`, accumulated into
+    /// `s.o`; `next` is the next MoE layer and its router, for the prefetch.
+    pub fn moe(
+        &self,
+        be: &B,
+        s: &StreamScratch<'_, B>,
+        t: usize,
+        layer: usize,
+        next: Option<(usize, &B::Weight)>,
+    ) -> Result<()> {
+        let (e, k) = (self.experts, self.k);
+        if self.complete(layer) {
+            let st = lock(&self.state)?;
+            let l = st.layers[layer].as_ref().ok_or_else(|| HerdError::Input("expert cache layer missing".into()))?;
+            return be.moe(s.a, t, s.idx, s.score, k, &l.gate_up, &l.down, s.o);
+        }
+        let predict = match (&self.prefetcher, next) {
+            (Some(_), Some((nl, router))) if !self.complete(nl) => {
+                be.matmul(s.a, t, router, s.pred_logits)?;
+                be.router_topk(s.pred_logits, t, e, k, s.pred_idx, s.pred_score)?;
+                Some(nl)
+            }
+            _ => None,
+        };
+        let mut picks = be.read_u32(s.idx)?;
+        picks.truncate(t * k);
+        if let (Some(nl), Some(pf)) = (predict, &self.prefetcher) {
+            let mut pred = be.read_u32(s.pred_idx)?;
+            pred.truncate(t * k);
+            self.prefetch(pf, nl, &pred)?;
+        }
+        let mut st = lock(&self.state)?;
+        let State { layers, stats, resident } = &mut *st;
+        let l = layers
+            .get_mut(layer)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| HerdError::Input(format!("layer {layer} has no expert slots")))?;
+        if let Some(&bad) = picks.iter().find(|&&x| x as usize >= e) {
+            return Err(HerdError::Input(format!("layer {layer}: the router picked expert {bad} of {e}")));
+        }
+        l.slots.clock += 1;
+        let cap = l.slots.holder.len();
+        // Rounds: a set of at most `cap` experts (taken greedily in row order) and every row whose picks
+        // all lie in it. With top-1 routing each expert's rows are then all in one round, in order, as the
+        // resident model groups them, so even the CPU's per-expert matrix products see the same rows.
+        let rows_of: Vec<Vec<usize>> = (0..t)
+            .map(|r| {
+                let mut v: Vec<usize> = picks[r * k..(r + 1) * k].iter().map(|&x| x as usize).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            })
+            .collect();
+        let mut done = vec![false; t];
+        let mut rounds: Vec<(Vec<bool>, Vec<usize>)> = Vec::new();
+        while let Some(first) = (0..t).find(|&r| !done[r]) {
+            let mut set: Vec<usize> = Vec::new();
+            for r in first..t {
+                if done[r] {
+                    continue;
+                }
+                let add: Vec<usize> = rows_of[r].iter().copied().filter(|x| !set.contains(x)).collect();
+                if set.len() + add.len() <= cap {
+                    set.extend(add);
+                }
+            }
+            let mut member = vec![false; t];
+            for r in first..t {
+                if !done[r] && rows_of[r].iter().all(|x| set.contains(x)) {
+                    member[r] = true;
+                    done[r] = true;
+                }
+            }
+            rounds.push((member, set));
+        }
+        stats.extra_rounds += rounds.len().saturating_sub(1) as u64;
+        let identity = l.slots.identity();
+        for (member, need) in &rounds {
+            for &x in need {
+                stats.lookups += 1;
+                stats.lru_hits += u64::from(l.slots.shadow_hit(x));
+                if l.slots.slot_of[x].is_some() {
+                    stats.hits += 1;
+                } else {
+                    let slot = l.slots.victim(self.opts.policy, x, need).ok_or_else(|| {
+                        HerdError::Input(format!("layer {layer}: no slot free for expert {x} ({cap} slots)"))
+                    })?;
+                    if let Some(old) = l.slots.holder[slot].take() {
+                        l.slots.slot_of[old] = None;
+                        *resident -= self.per_expert.iter().sum::<u64>();
+                    }
+                    let [gu, dn] = self.fetch(layer, x, &l.names, &l.shapes, stats)?;
+                    let t0 = Instant::now();
+                    be.write_weight_row(&l.gate_up, slot, &gu)?;
+                    be.write_weight_row(&l.down, slot, &dn)?;
+                    stats.upload_secs += t0.elapsed().as_secs_f64();
+                    stats.fetched += 1;
+                    stats.bytes_moved += (gu.bytes().len() + dn.bytes().len()) as u64;
+                    l.slots.holder[slot] = Some(x);
+                    l.slots.slot_of[x] = Some(slot);
+                    *resident += self.per_expert.iter().sum::<u64>();
+                    stats.peak_resident = stats.peak_resident.max(*resident);
+                }
+                l.slots.touch(x);
+            }
+            let idx = if identity && rounds.len() == 1 {
+                s.idx
+            } else {
+                // Picks as slot numbers; rows outside this round get `cap`, which the op skips.
+                let remap: Vec<u32> = picks
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &x)| {
+                        let r = j / k;
+                        match l.slots.slot_of[x as usize] {
+                            Some(sl) if member[r] => sl as u32,
+                            _ => cap as u32,
+                        }
+                    })
+                    .collect();
+                be.write_u32(s.slot_idx, &remap)?;
+                s.slot_idx
+            };
+            be.moe(s.a, t, idx, s.score, k, &l.gate_up, &l.down, s.o)?;
+        }
+        if let Some(pf) = &self.prefetcher {
+            pf.discard(layer);
+        }
+        Ok(())
+    }
+
+    /// Expert `x` of a layer: from the prefetcher if it fetched it, else read now.
+    fn fetch(
+        &self,
+        layer: usize,
+        x: usize,
+        names: &[String; 2],
+        shapes: &[Vec<usize>; 2],
+        stats: &mut ExpertStats,
+    ) -> Result<[TensorRef; 2]> {
+        let t0 = Instant::now();
+        if let Some(r) = self.prefetcher.as_ref().and_then(|p| p.take(layer, x)) {
+            stats.wait_secs += t0.elapsed().as_secs_f64();
+            stats.prefetch_used += 1;
+            return r;
+        }
+        let r = [self.source.fetch(&names[0], &shapes[0], x)?, self.source.fetch(&names[1], &shapes[1], x)?];
+        let dt = t0.elapsed().as_secs_f64();
+        stats.read_secs += dt;
+        stats.wait_secs += dt;
+        Ok(r)
+    }
+
+    /// Requests the predicted experts of layer `nl` that are not resident, most picked first, at most as
+    /// many as the layer has slots.
+    fn prefetch(&self, pf: &Prefetcher, nl: usize, pred: &[u32]) -> Result<()> {
+        let mut count: HashMap<usize, usize> = HashMap::new();
+        for &x in pred {
+            if (x as usize) < self.experts {
+                *count.entry(x as usize).or_default() += 1;
+            }
+        }
+        let mut order: Vec<(usize, usize)> = count.into_iter().collect();
+        order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut st = lock(&self.state)?;
+        let State { layers, stats, .. } = &mut *st;
+        let Some(l) = layers.get(nl).and_then(Option::as_ref) else { return Ok(()) };
+        for &(x, _) in order.iter().take(l.slots.holder.len()) {
+            if l.slots.slot_of[x].is_none() && pf.request(nl, x, &l.names, &l.shapes) {
+                stats.prefetched += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hit rates (policy, the shadow LRU) of one layer's slots on a trace of single-expert lookups, run
+    /// through the same bookkeeping the cache uses.
+    fn replay(policy: Policy, experts: usize, slots: usize, trace: &[usize]) -> (f64, f64) {
+        let mut s = Slots::new(experts, slots);
+        let (mut hits, mut lru) = (0, 0);
+        for &x in trace {
+            s.clock += 1;
+            lru += usize::from(s.shadow_hit(x));
+            if s.slot_of[x].is_some() {
+                hits += 1;
+            } else {
+                let v = s.victim(policy, x, &[x]).unwrap();
+                if let Some(old) = s.holder[v].take() {
+                    s.slot_of[old] = None;
+                }
+                s.holder[v] = Some(x);
+                s.slot_of[x] = Some(v);
+            }
+            s.touch(x);
+        }
+        (hits as f64 / trace.len() as f64, lru as f64 / trace.len() as f64)
+    }
+
+    /// Lookups drawn independently with Zipf(`skew`) popularity over a random order of the experts.
+    fn zipf_trace(experts: usize, skew: f64, n: usize, seed: u64) -> Vec<usize> {
+        let w: Vec<f64> = (1..=experts).map(|r| 1.0 / (r as f64).powf(skew)).collect();
+        let total: f64 = w.iter().sum();
+        let mut perm: Vec<usize> = (0..experts).collect();
+        for i in (1..experts).rev() {
+            perm.swap(i, (crate::synthetic::splitmix64(seed, i as u64) % (i as u64 + 1)) as usize);
+        }
+        (0..n)
+            .map(|i| {
+                let u = (crate::synthetic::splitmix64(seed ^ 0xabc, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
+                let mut acc = 0.0;
+                let r = w.iter().position(|&p| {
+                    acc += p / total;
+                    u < acc
+                });
+                perm[r.unwrap_or(experts - 1)]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lrfu_beats_lru_when_some_experts_are_popular() {
+        // Scout's 16 experts with a quarter of them in slots. Skewed popularity (as routers of trained MoE
+        // models show): LRFU keeps the popular experts, LRU lets one-off picks push them out. Uniform
+        // popularity (random weights): no policy can do better than slots/experts, and both get about that.
+        for (skew, min_gain) in [(0.8, 0.03), (1.2, 0.03)] {
+            let t = zipf_trace(16, skew, 20_000, 5);
+            let (lrfu, lru) = replay(Policy::Lrfu, 16, 4, &t);
+            let (lru_real, lru_shadow) = replay(Policy::Lru, 16, 4, &t);
+            eprintln!("zipf {skew}: lrfu {lrfu:.3}, lru {lru:.3}");
+            assert!((lru_real - lru_shadow).abs() < 1e-12, "the LRU policy and the shadow LRU disagree");
+            assert!((lru - lru_shadow).abs() < 1e-12);
+            assert!(lrfu > lru + min_gain, "zipf {skew}: lrfu {lrfu:.3} vs lru {lru:.3}");
+        }
+        let t = zipf_trace(16, 0.0, 20_000, 6);
+        let (lrfu, lru) = replay(Policy::Lrfu, 16, 4, &t);
+        eprintln!("uniform: lrfu {lrfu:.3}, lru {lru:.3}");
+        assert!((lrfu - 0.25).abs() < 0.02 && (lru - 0.25).abs() < 0.02, "uniform: lrfu {lrfu:.3}, lru {lru:.3}");
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("96KiB"), Ok(96 << 10));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("24GiB"), Ok(24 << 30));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size(" 2 g "), Ok(2 << 30));
+        for bad in ["", "lots", "12XB", "-1KiB", "1.2.3MiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Expert streaming (`--expert-cache`) on the CPU reference, wgpu (lavapipe in CI) and the CUDA backend's
+//! CPU emulator: identical logits to the resident model at every budget, the budget never exceeded, damaged
+//! expert files reported at fetch time (see `herd_conformance::streaming`). With no wgpu adapter or no C++
+//! compiler for the emulator those parts say NOT RUN; HERD_REQUIRE_WGPU=1 / HERD_REQUIRE_CUDA_EMU=1
+//! (scripts/test.sh) make that a failure.
+
+use std::sync::Arc;
+
+use herd_conformance::streaming::{check_damaged, check_identical, check_synthetic};
+use herd_core::cpu::CpuBackend;
+
+const CASES: [(&str, Option<&str>); 4] =
+    [("scout", None), ("maverick", None), ("scout_bf16", None), ("scout", Some("q4g16"))];
+
+#[test]
+fn streaming_is_exact_on_cpu() {
+    let be = Arc::new(CpuBackend::new());
+    for (name, quant) in CASES {
+        check_identical(&be, name, quant);
+    }
+    check_identical(&be, "maverick", Some("q8g16"));
+    check_synthetic(&be, "scout", None);
+    check_synthetic(&be, "maverick", Some("q4g16"));
+}
+
+#[test]
+fn damaged_experts_are_errors_on_cpu() {
+    let be = Arc::new(CpuBackend::new());
+    check_damaged(&be, "scout", "cpu");
+    check_damaged(&be, "scout_bf16", "cpu");
+}
+
+#[test]
+fn streaming_is_exact_on_wgpu() {
+    let be = match herd_wgpu::WgpuBackend::new() {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            assert!(std::env::var("HERD_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required but not available: {e}");
+            eprintln!("wgpu: NOT RUN ({e})");
+            return;
+        }
+    };
+    for (name, quant) in CASES {
+        check_identical(&be, name, quant);
+    }
+    check_synthetic(&be, "scout", Some("q4g16"));
+    check_damaged(&be, "scout", "wgpu");
+}
+
+#[test]
+fn streaming_is_exact_on_cuda_emulator() {
+    let be = match herd_cuda::CudaBackend::emulated() {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            assert!(
+                std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"),
+                "the CUDA emulator is required but not available: {e}"
+            );
+            eprintln!("cuda-emu: NOT RUN ({e})");
+            return;
+        }
+    };
+    for (name, quant) in [("scout", None), ("maverick", None), ("scout", Some("q4g16"))] {
+        check_identical(&be, name, quant);
+    }
+    check_damaged(&be, "scout", "cuda-emu");
+}
+
+/// On a GPU (scripts/gpu-check.sh sets HERD_REQUIRE_CUDA=1); NOT RUN elsewhere.
+#[test]
+fn streaming_is_exact_on_cuda() {
+    let be = match herd_cuda::CudaBackend::new() {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            assert!(std::env::var("HERD_REQUIRE_CUDA").as_deref() != Ok("1"), "CUDA required but not available: {e}");
+            eprintln!("cuda: NOT RUN ({e})");
+            return;
+        }
+    };
+    for (name, quant) in CASES {
+        check_identical(&be, name, quant);
+    }
+    check_synthetic(&be, "scout", Some("q4g16"));
+    check_damaged(&be, "scout", "cuda");
+}
