@@ -2,8 +2,8 @@
 //! formats without re-quantizing. The test writes one from a fixture model in that layout — per-expert
 //! Linears, int32-packed integers offset by 2^(bits-1), scales, weight_shape — and checks that herd computes
 //! exactly what it computes when it quantizes the same matrices itself (the same integers and scales).
-//! (The layout is written here from compressed-tensors' documentation and code; a checkpoint made by the
-//! library itself would be the stronger fixture.)
+//! And `scout_ct`, a checkpoint made by the compressed-tensors library itself (tests/tools/make_ct_fixture.py),
+//! must compute exactly its integers times its scales.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -139,4 +139,39 @@ fn unsupported_compressed_tensors_variants_are_refused() {
         let e = is_pack_quantized(&cfg(q)).unwrap_err();
         assert!(e.contains(want), "{e}");
     }
+}
+
+/// A checkpoint made by the compressed-tensors library itself (tests/tools/make_ct_fixture.py: int8
+/// attention and shared expert, int4 per-expert Linears, groups of 16, bf16 scales): herd's logits on it equal
+/// its logits on the library's integers times scales in f32 (`scout_ct_dequant`), prefill and decode, and
+/// streaming its experts one at a time changes nothing.
+#[test]
+fn checkpoints_made_by_compressed_tensors_compute_their_dequantized_weights() {
+    use herd_conformance::rel_err;
+    use herd_core::model::experts::ExpertCacheOptions;
+    let be = Arc::new(CpuBackend::new());
+    let rows = Reference::load("scout_bf16").input_ids;
+    let load = |name: &str, ex: Option<&ExpertCacheOptions>| {
+        Llama4::from_dir_with(be.clone(), &fixture_dir(name), ex, &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let ct = load("scout_ct", None);
+    let deq = load("scout_ct_dequant", None);
+    // The ct model really is quantized: its weights are a fraction of the f32 copy's.
+    let size = |n: &str| std::fs::metadata(fixture_dir(n).join("model.safetensors")).unwrap().len();
+    assert!(size("scout_ct") * 2 < size("scout_ct_dequant"));
+    for decode in [false, true] {
+        let a = score_rows(&ct, &rows, decode).unwrap();
+        let b = score_rows(&deq, &rows, decode).unwrap();
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let e = rel_err(x, y);
+            eprintln!("scout_ct row {i} decode={decode}: rel err {e:.2e} against the dequantized weights");
+            assert!(e <= 1e-5, "row {i} (decode={decode}): relative error {e:.3e}");
+        }
+    }
+    let want = score_rows(&ct, &rows, false).unwrap();
+    let streamed = load("scout_ct", Some(&ExpertCacheOptions::new(8 << 10)));
+    assert!(score_rows(&streamed, &rows, false).unwrap() == want, "streamed compressed-tensors experts differ");
+    let st = streamed.expert_stats().unwrap();
+    assert!(st.capacity <= 8 << 10 && st.fetched > st.slots as u64, "{st}");
 }
