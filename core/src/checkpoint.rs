@@ -360,6 +360,11 @@ impl Checkpoint {
         self.raw.get(name)
     }
 
+    /// Every tensor of a dtype herd does not compute with, by logical name.
+    pub fn raw_tensors(&self) -> impl Iterator<Item = (&str, &RawTensor)> {
+        self.raw.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// A tensor by logical name, checking its shape.
     pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<&TensorRef> {
         let t = self.get(name)?;

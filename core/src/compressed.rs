@@ -201,6 +201,30 @@ fn experts_bytes(parts: &[Vec<Linear>], dt: DType, shape: &[usize]) -> Result<Ve
     Ok(out)
 }
 
+/// A quantized Linear of a compressed-tensors checkpoint, for `herd inspect`.
+pub struct QuantizedLinear {
+    /// The Linear's name (`model.layers.0.self_attn.q_proj`).
+    pub stem: String,
+    pub bits: u32,
+    /// Its elements ([out, in]), and the bytes of its packed values and scales.
+    pub numel: usize,
+    pub bytes: usize,
+}
+
+/// The quantized Linears of a compressed-tensors checkpoint (none in other checkpoints).
+pub fn quantized_linears(ck: &Checkpoint) -> Result<Vec<QuantizedLinear>> {
+    let mut out = Vec::new();
+    for (name, _) in ck.raw_tensors() {
+        let Some(stem) = name.strip_suffix(".weight_packed") else { continue };
+        if let Some(l) = Linear::find(ck, stem)? {
+            let bytes = l.packed.bytes().len() + l.scale.bytes().len();
+            out.push(QuantizedLinear { stem: stem.to_owned(), bits: l.bits, numel: l.out * l.inp, bytes });
+        }
+    }
+    out.sort_by(|a, b| a.stem.cmp(&b.stem));
+    Ok(out)
+}
+
 impl<B: Backend> WeightSource<B> for CompressedTensors<'_> {
     fn contains(&self, name: &str) -> bool {
         self.ck.contains(name)

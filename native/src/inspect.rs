@@ -84,11 +84,31 @@ pub fn inspect(files: &ModelFiles) -> Result<()> {
     // Parameters and bytes by dtype, over every tensor in the checkpoint.
     let mut by_dtype: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let (mut total, mut text, mut experts) = (0usize, 0usize, 0usize);
+    // compressed-tensors' quantized Linears: their packed values and scales count as one int4/int8 weight.
+    let linears = herd_core::compressed::quantized_linears(&ck)?;
+    let packed: std::collections::HashSet<String> =
+        linears.iter().map(|l| format!("{}.weight_scale", l.stem)).collect();
+    let mut all: Vec<(String, &str, usize, usize)> = linears
+        .iter()
+        .map(|l| {
+            (
+                format!("{}.weight", l.stem),
+                if l.bits == 4 { "int4 (compressed-tensors)" } else { "int8 (compressed-tensors)" },
+                l.numel,
+                l.bytes,
+            )
+        })
+        .collect();
     for (name, tr) in ck.tensors() {
-        let n = tr.numel();
-        let e = by_dtype.entry(tr.dtype.name()).or_default();
+        if !packed.contains(name) {
+            all.push((name.to_owned(), tr.dtype.name(), tr.numel(), tr.bytes().len()));
+        }
+    }
+    for (name, dtype, n, bytes) in &all {
+        let (name, n) = (name.as_str(), *n);
+        let e = by_dtype.entry(dtype).or_default();
         e.0 += n;
-        e.1 += tr.bytes().len();
+        e.1 += bytes;
         total += n;
         if name.starts_with("model.") || name == "lm_head.weight" {
             text += n;

@@ -142,3 +142,14 @@ fn bad_quantize_requests_fail_clearly() {
         &["expected"],
     );
 }
+
+/// `herd inspect` on a compressed-tensors checkpoint counts its packed Linears as int4/int8 weights: the
+/// same parameter count as the dequantized f32 copy of it.
+#[test]
+fn inspect_counts_compressed_tensors_linears() {
+    let (ct, _) = ok("inspect scout_ct", herd(["inspect", "--model", s(&fixture_dir("scout_ct"))]));
+    let (deq, _) = ok("inspect scout_ct_dequant", herd(["inspect", "--model", s(&fixture_dir("scout_ct_dequant"))]));
+    let params = |out: &str| out.lines().find(|l| l.starts_with("parameters:")).unwrap_or("").to_owned();
+    assert_eq!(params(&ct), params(&deq), "parameter counts differ:\n{ct}\n{deq}");
+    assert!(ct.contains("int4 (compressed-tensors)") && ct.contains("int8 (compressed-tensors)"), "{ct}");
+}
