@@ -4,7 +4,8 @@
 //! * [`checkpoint`] memory-maps safetensors files (single or sharded) and maps tensor names.
 //! * [`compressed`] reads compressed-tensors' pack-quantized checkpoints into herd's int4/int8 formats.
 //! * [`backend`] is the small set of coarse ops every device implements; [`cpu`] is the reference.
-//! * [`model`] is Llama 4, written once against [`backend::Backend`]; [`kv`] is its cache.
+//! * [`model`] is Llama 4, written once against [`backend::Backend`]; [`kv`] is its cache; [`experts`]
+//!   streams its routed experts through a device cache of a set size.
 //! * [`generate`] drives prefill/decode with [`sampling`] and stop tokens.
 //! * [`synthetic`] makes seeded random weights of any shape, for full-scale benchmarks without a checkpoint.
 //! * [`tokenizer`] and [`chat`] turn text and conversations into ids (tokenizer.json, the chat template).
@@ -15,6 +16,7 @@ pub mod compressed;
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod experts;
 pub mod generate;
 pub mod kv;
 pub mod model;

@@ -166,7 +166,7 @@ impl<B: Backend> WeightSource<B> for SyntheticWeights {
         self.bytes.fetch_add(n, Ordering::Relaxed);
         be.synthetic_weight(name, shape, dtype, self.fill_of(name))
     }
-    fn experts(&self) -> Option<Arc<dyn crate::model::experts::ExpertSource>> {
+    fn experts(&self) -> Option<Arc<dyn crate::experts::ExpertSource>> {
         let w =
             SyntheticWeights { bytes: AtomicUsize::new(0), plan: self.plan.clone(), made: self.made.clone(), ..*self };
         Some(Arc::new(SyntheticExperts { w }))
@@ -181,7 +181,7 @@ struct SyntheticExperts {
     w: SyntheticWeights,
 }
 
-impl crate::model::experts::ExpertSource for SyntheticExperts {
+impl crate::experts::ExpertSource for SyntheticExperts {
     fn format(&self, name: &str, shape: &[usize]) -> Result<DType> {
         Ok(self.w.format_of(name, shape))
     }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use herd_core::backend::Backend;
 use herd_core::config::ModelConfig;
-use herd_core::model::experts::{ExpertCacheOptions, ExpertStats};
+use herd_core::experts::{ExpertCacheOptions, ExpertStats};
 use herd_core::model::Llama4;
 use herd_core::sampling::SamplingParams;
 use herd_core::synthetic::SyntheticWeights;

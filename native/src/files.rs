@@ -9,7 +9,7 @@ use herd_core::backend::Backend;
 use herd_core::chat::ChatTemplate;
 use herd_core::checkpoint::{Checkpoint, FileBytes};
 use herd_core::config::ModelConfig;
-use herd_core::model::experts::ExpertCacheOptions;
+use herd_core::experts::ExpertCacheOptions;
 use herd_core::model::Llama4;
 use herd_core::tokenizer::{GenerationConfig, Tokenizer};
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use herd_core::backend::Backend;
+use herd_core::experts::ExpertCacheOptions;
 use herd_core::generate::{greedy_rows, score_rows};
-use herd_core::model::experts::ExpertCacheOptions;
 use herd_core::model::Llama4;
 use safetensors::{Dtype, SafeTensors};
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use herd_core::cpu::CpuBackend;
-use herd_core::model::experts::{parse_size, ExpertCacheOptions, Policy};
+use herd_core::experts::{parse_size, ExpertCacheOptions, Policy};
 use herd_cuda::CudaBackend;
 use herd_wgpu::WgpuBackend;
 

@@ -1,6 +1,6 @@
 //! `herd run` and `herd chat`: text in, streamed text out.
 
-use herd_core::model::experts::ExpertCacheOptions;
+use herd_core::experts::ExpertCacheOptions;
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use herd_core::backend::Backend;
 use herd_core::checkpoint::Checkpoint;
 use herd_core::config::ModelConfig;
+use herd_core::experts::{ExpertCacheOptions, ExpertStats, Policy};
 use herd_core::generate::score_rows;
-use herd_core::model::experts::{ExpertCacheOptions, ExpertStats, Policy};
 use herd_core::model::{Llama4, QuantizeOnLoad};
 use herd_core::quant::QuantPlan;
 

@@ -148,7 +148,7 @@ fn unsupported_compressed_tensors_variants_are_refused() {
 #[test]
 fn checkpoints_made_by_compressed_tensors_compute_their_dequantized_weights() {
     use herd_conformance::rel_err;
-    use herd_core::model::experts::ExpertCacheOptions;
+    use herd_core::experts::ExpertCacheOptions;
     let be = Arc::new(CpuBackend::new());
     let rows = Reference::load("scout_bf16").input_ids;
     let load = |name: &str, ex: Option<&ExpertCacheOptions>| {

@@ -3,7 +3,6 @@
 //! returning logits or the tokens sampled from them on the device.
 
 mod attention;
-pub mod experts;
 mod ffn;
 mod steps;
 
@@ -17,8 +16,8 @@ use crate::kv::{KvCache, SeqId};
 use crate::quant::QuantPlan;
 use crate::sampling::{check_sample_args, SamplingParams};
 
+use crate::experts::{self, ExpertCache, ExpertCacheOptions, ExpertSource, ExpertStats};
 use attention::Attention;
-use experts::{ExpertCache, ExpertCacheOptions, ExpertSource, ExpertStats};
 use ffn::Ffn;
 
 struct Layer<B: Backend> {
@@ -218,7 +217,7 @@ impl<B: Backend> Llama4<B> {
     }
 
     /// [`Llama4::load`], with the routed experts streamed through an expert cache when `experts` is given
-    /// (they are then not loaded; see [`experts`]).
+    /// (they are then not loaded; see [`crate::experts`]).
     pub fn load_with(
         backend: Arc<B>,
         ck: &dyn WeightSource<B>,

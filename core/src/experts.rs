@@ -5,7 +5,8 @@
 //! experts' own format and shape with a leading slot axis ([S, D, 2F] and [S, F, D]); the byte budget is
 //! split evenly across the MoE layers (every slot is allocated at load, so the device memory the cache
 //! takes is known then and never grows). When a layer's router has picked its experts, the host reads the
-//! picks (one small read per MoE layer), fetches the experts that are not in a slot from the
+//! picks (the one wait per MoE layer; with prefetch a second read, of the next layer's predicted picks,
+//! follows it with nothing new to wait for), fetches the experts that are not in a slot from the
 //! [`ExpertSource`] (the checkpoint, read with positioned reads and checked; a synthetic generator), writes
 //! them into slots chosen by the eviction policy, and runs the layer's experts on the slots with the picks
 //! renumbered to slot numbers. A step that needs more experts than the layer has slots runs in rounds of
