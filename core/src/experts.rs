@@ -30,13 +30,31 @@
 
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Condvar, Mutex};
-use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::checkpoint::{Checkpoint, TensorRef};
 use crate::config::TextConfig;
 use crate::error::{HerdError, Result};
 use crate::quant::DType;
+
+/// Time spent, for the statistics: zero where the platform has no clock (wasm32-unknown-unknown, whose
+/// `Instant::now` panics).
+struct Stopwatch(#[cfg(not(target_arch = "wasm32"))] std::time::Instant);
+
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch(
+            #[cfg(not(target_arch = "wasm32"))]
+            std::time::Instant::now(),
+        )
+    }
+    fn secs(&self) -> f64 {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.0.elapsed().as_secs_f64();
+        #[cfg(target_arch = "wasm32")]
+        return 0.0;
+    }
+}
 
 /// Where streamed experts come from. Names are the logical expert tensor names
 /// (`model.layers.3.feed_forward.experts.gate_up_proj`), shapes their whole shape [E, ...].
@@ -633,10 +651,10 @@ impl<B: Backend> ExpertCache<B> {
                         *resident -= self.per_expert.iter().sum::<u64>();
                     }
                     let [gu, dn] = self.fetch(layer, x, &l.names, &l.shapes, stats)?;
-                    let t0 = Instant::now();
+                    let t0 = Stopwatch::start();
                     be.write_weight_row(&l.gate_up, slot, &gu)?;
                     be.write_weight_row(&l.down, slot, &dn)?;
-                    stats.upload_secs += t0.elapsed().as_secs_f64();
+                    stats.upload_secs += t0.secs();
                     stats.fetched += 1;
                     stats.bytes_moved += (gu.bytes().len() + dn.bytes().len()) as u64;
                     l.slots.holder[slot] = Some(x);
@@ -681,14 +699,14 @@ impl<B: Backend> ExpertCache<B> {
         shapes: &[Vec<usize>; 2],
         stats: &mut ExpertStats,
     ) -> Result<[TensorRef; 2]> {
-        let t0 = Instant::now();
+        let t0 = Stopwatch::start();
         if let Some(r) = self.prefetcher.as_ref().and_then(|p| p.take(layer, x)) {
-            stats.wait_secs += t0.elapsed().as_secs_f64();
+            stats.wait_secs += t0.secs();
             stats.prefetch_used += 1;
             return r;
         }
         let r = [self.source.fetch(&names[0], &shapes[0], x)?, self.source.fetch(&names[1], &shapes[1], x)?];
-        let dt = t0.elapsed().as_secs_f64();
+        let dt = t0.secs();
         stats.read_secs += dt;
         stats.wait_secs += dt;
         Ok(r)
