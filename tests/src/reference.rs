@@ -109,7 +109,8 @@ pub fn router_topk(l: &[f32], rows: usize, e: usize, k: usize) -> (Vec<u32>, Vec
     (idx, sc)
 }
 
-/// Routed experts accumulated onto `out`: gate_up [E, D, 2F], down [E, F, D], x·W orientation.
+/// Routed experts accumulated onto `out`: gate_up [E, D, 2F], down [E, F, D], x·W orientation; a pick of an
+/// expert ≥ E adds nothing.
 #[allow(clippy::too_many_arguments)]
 pub fn moe(
     x: &[f32],
@@ -123,9 +124,13 @@ pub fn moe(
     down: &[f32],
     out: &mut [f32],
 ) {
+    let experts = gate_up.len() / (d * 2 * f).max(1);
     for r in 0..rows {
         for c in 0..k {
             let e = idx[r * k + c] as usize;
+            if e >= experts {
+                continue; // a skipped pick
+            }
             let s = score[r * k + c] as f64;
             let u: Vec<f64> = x[r * d..(r + 1) * d].iter().map(|&v| v as f64 * s).collect();
             let gu = &gate_up[e * d * 2 * f..(e + 1) * d * 2 * f];
