@@ -54,7 +54,7 @@ impl WView<'_> {
 
 /// Rows at or below this count take the streaming (GEMV-like) path; above it the packed sgemm kernel wins
 /// (measured on the expert and dense matmuls of a hidden-1024 model, 2-core EPYC).
-const SMALL_M: usize = 4;
+pub(crate) const SMALL_M: usize = 4;
 
 #[inline]
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -176,10 +176,21 @@ pub fn linear(x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32
 }
 
 /// `out[m, n] += x[m, k] · W` where `W[kk, j] = w[w_off + kk · ld + j]` (input-major; the fused expert
-/// tensors). `out` is m×n with row stride n. One GEMM path for every m, so a row's result does not depend on
-/// how many rows share its expert (the expert cache may run an expert's rows in several rounds).
+/// tensors). `out` is m×n with row stride n. `small` picks the row-by-row path (for a few rows) over the
+/// GEMM: the caller decides it for a whole op, so a row's result does not depend on how many other rows
+/// share its expert (the expert cache may run an expert's rows in several rounds of the same op).
 #[allow(clippy::too_many_arguments)]
-pub fn xw_acc(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize, ld: usize, out: &mut [f32]) {
+pub fn xw_acc(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    w: &WView,
+    w_off: usize,
+    ld: usize,
+    out: &mut [f32],
+    small: bool,
+) {
     debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= w_off + (k - 1) * ld + n);
     const NB: usize = 128;
     let ptr = SendPtr(out.as_mut_ptr());
@@ -187,39 +198,70 @@ pub fn xw_acc(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize, 
         let n0 = b * NB;
         let nb = NB.min(n - n0);
         let p = ptr;
-        // f32 weights are used in place (row stride ld); other formats are converted to a k×nb block.
-        let conv;
-        let (wp, rs) = match w {
-            WView::F32(s) => (s[w_off + n0..].as_ptr(), ld),
-            _ => {
-                let mut wb = vec![0f32; k * nb];
-                for kk in 0..k {
-                    w.to_f32(w_off + kk * ld + n0, &mut wb[kk * nb..(kk + 1) * nb]);
+        if small {
+            let mut acc = vec![0f32; m * nb];
+            let mut conv = vec![0f32; nb];
+            for kk in 0..k {
+                let start = w_off + kk * ld + n0;
+                // f32 rows are read in place; other formats are converted one row at a time.
+                let row: &[f32] = match w {
+                    WView::F32(s) => &s[start..start + nb],
+                    _ => {
+                        w.to_f32(start, &mut conv);
+                        &conv
+                    }
+                };
+                for r in 0..m {
+                    let xv = x[r * k + kk];
+                    if xv != 0.0 {
+                        for (a, &wv) in acc[r * nb..(r + 1) * nb].iter_mut().zip(row) {
+                            *a += xv * wv;
+                        }
+                    }
                 }
-                conv = wb;
-                (conv.as_ptr(), nb)
             }
-        };
-        // SAFETY: x is m×k; the weight block is k×nb with row stride `rs` inside its slice (checked by the
-        // debug assertion on w.len() above and by the callers' shape checks); the output block is columns
-        // n0..n0+nb of the m×n matrix `out`, written (accumulated, beta = 1) by this task alone.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                nb,
-                1.0,
-                x.as_ptr(),
-                k as isize,
-                1,
-                wp,
-                rs as isize,
-                1,
-                1.0,
-                p.0.add(n0),
-                n as isize,
-                1,
-            );
+            for r in 0..m {
+                // SAFETY: row r, columns n0..n0+nb of `out` belong to this task alone.
+                let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * n + n0), nb) };
+                for (ov, a) in o.iter_mut().zip(&acc[r * nb..(r + 1) * nb]) {
+                    *ov += a;
+                }
+            }
+        } else {
+            // f32 weights are used in place (row stride ld); other formats are converted to a k×nb block.
+            let conv;
+            let (wp, rs) = match w {
+                WView::F32(s) => (s[w_off + n0..].as_ptr(), ld),
+                _ => {
+                    let mut wb = vec![0f32; k * nb];
+                    for kk in 0..k {
+                        w.to_f32(w_off + kk * ld + n0, &mut wb[kk * nb..(kk + 1) * nb]);
+                    }
+                    conv = wb;
+                    (conv.as_ptr(), nb)
+                }
+            };
+            // SAFETY: x is m×k; the weight block is k×nb with row stride `rs` inside its slice (checked by the
+            // debug assertion on w.len() above and by the callers' shape checks); the output block is columns
+            // n0..n0+nb of the m×n matrix `out`, written (accumulated, beta = 1) by this task alone.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    nb,
+                    1.0,
+                    x.as_ptr(),
+                    k as isize,
+                    1,
+                    wp,
+                    rs as isize,
+                    1,
+                    1.0,
+                    p.0.add(n0),
+                    n as isize,
+                    1,
+                );
+            }
         }
     });
 }
@@ -290,10 +332,12 @@ mod tests {
             for v in want.iter_mut() {
                 *v += 0.5;
             }
-            let mut out = vec![0.5f32; m * n];
-            xw_acc(&x, m, k, n, &WView::F32(&w), off, ld, &mut out);
-            for (a, b) in out.iter().zip(want.iter()) {
-                assert!((a - b).abs() < 1e-4, "{m}x{k}x{n}: {a} vs {b}");
+            for small in [false, true] {
+                let mut out = vec![0.5f32; m * n];
+                xw_acc(&x, m, k, n, &WView::F32(&w), off, ld, &mut out, small);
+                for (a, b) in out.iter().zip(want.iter()) {
+                    assert!((a - b).abs() < 1e-4, "{m}x{k}x{n} small={small}: {a} vs {b}");
+                }
             }
         }
     }

@@ -58,6 +58,9 @@ pub fn moe(
     let (gu, dn) = (gu_held.view(), dn_held.view());
     // Each entry's output, added to its row in choice order at the end.
     let mut ys = vec![0f32; rows * k * d];
+    // One path for every expert of the op (chosen by its entries, skipped ones included): an expert's
+    // result for a row then does not depend on how its rows are split across calls.
+    let small = rows * k <= super::matmul::SMALL_M;
     for (ex, sel) in by_expert.iter().enumerate() {
         if sel.is_empty() {
             continue;
@@ -74,13 +77,13 @@ pub fn moe(
         let base = ex * d * f2;
         let mut gate = vec![0f32; n * f];
         let mut up = vec![0f32; n * f];
-        xw_acc(&u, n, d, f, &gu, base, f2, &mut gate);
-        xw_acc(&u, n, d, f, &gu, base + f, f2, &mut up);
+        xw_acc(&u, n, d, f, &gu, base, f2, &mut gate, small);
+        xw_acc(&u, n, d, f, &gu, base + f, f2, &mut up, small);
         for (g, &uv) in gate.iter_mut().zip(&up) {
             *g = super::elementwise::silu(*g) * uv;
         }
         let mut y = vec![0f32; n * d];
-        xw_acc(&gate, n, f, d, &dn, ex * f * d, d, &mut y);
+        xw_acc(&gate, n, f, d, &dn, ex * f * d, d, &mut y, small);
         for (i, &ent) in sel.iter().enumerate() {
             ys[ent * d..(ent + 1) * d].copy_from_slice(&y[i * d..(i + 1) * d]);
         }
