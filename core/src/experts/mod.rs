@@ -28,14 +28,26 @@
 //! them from there (waiting for one still in flight) instead of reading them itself. Host memory for
 //! prefetched experts is bounded by the next layer's slots.
 
+mod prefetch;
+mod slots;
+mod source;
+mod stats;
+
 use std::collections::HashMap;
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 use crate::backend::Backend;
-use crate::checkpoint::{Checkpoint, TensorRef};
+use crate::checkpoint::TensorRef;
 use crate::config::TextConfig;
 use crate::error::{HerdError, Result};
 use crate::quant::DType;
+
+use prefetch::Prefetcher;
+use slots::Slots;
+pub use slots::{Policy, LRFU_HALF_LIFE};
+pub(crate) use source::fetch_row;
+pub use source::ExpertSource;
+pub use stats::ExpertStats;
 
 /// Time spent, for the statistics: zero where the platform has no clock (wasm32-unknown-unknown, whose
 /// `Instant::now` panics).
@@ -56,73 +68,6 @@ impl Stopwatch {
     }
 }
 
-/// Where streamed experts come from. Names are the logical expert tensor names
-/// (`model.layers.3.feed_forward.experts.gate_up_proj`), shapes their whole shape [E, ...].
-pub trait ExpertSource: Send + Sync {
-    /// The format expert tensor `name` has (checked to exist with `shape`).
-    fn format(&self, name: &str, shape: &[usize]) -> Result<DType>;
-    /// Expert `e` of tensor `name`: a tensor of shape [1, ...] in that format, read now. A truncated or
-    /// corrupt expert is an error.
-    fn fetch(&self, name: &str, shape: &[usize], e: usize) -> Result<TensorRef>;
-}
-
-/// Fetches expert `e` of a stored tensor: its rows read from the file (positioned reads, so a file cut short
-/// after it was opened is an error, not a fault) and checked for non-finite values and scales.
-pub(crate) fn fetch_row(t: &TensorRef, e: usize) -> Result<TensorRef> {
-    let ctx = |m: String| HerdError::tensor(&t.name, format!("expert {e}: {m}"));
-    let rr = crate::quant::row_ranges(t.dtype, &t.shape, e).map_err(ctx)?;
-    let (base, _) = t.range();
-    let values = t.file().read_range(base + rr.values.start, base + rr.values.end).map_err(ctx)?;
-    let scales = if rr.scales.is_empty() {
-        Vec::new()
-    } else {
-        t.file().read_range(base + rr.scales.start, base + rr.scales.end).map_err(ctx)?
-    };
-    let mut one = t.shape.clone();
-    one[0] = 1;
-    let bytes = crate::quant::row_tensor(t.dtype, &values, &scales);
-    crate::quant::check_finite(t.dtype, &one, &bytes).map_err(|m| ctx(format!("{m}: the file is corrupt")))?;
-    Ok(TensorRef::owned(&t.name, t.dtype, one, bytes))
-}
-
-impl ExpertSource for Checkpoint {
-    fn format(&self, name: &str, shape: &[usize]) -> Result<DType> {
-        Ok(self.get_shaped(name, shape)?.dtype)
-    }
-    fn fetch(&self, name: &str, shape: &[usize], e: usize) -> Result<TensorRef> {
-        fetch_row(self.get_shaped(name, shape)?, e)
-    }
-}
-
-/// The eviction policy of an expert cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// Least recently used.
-    Lru,
-    /// Least recently/frequently used: a use count that halves every [`LRFU_HALF_LIFE`] calls.
-    Lrfu,
-}
-
-/// Calls of a layer after which an LRFU use count has halved.
-pub const LRFU_HALF_LIFE: f64 = 32.0;
-
-impl Policy {
-    pub fn parse(s: &str) -> std::result::Result<Policy, String> {
-        match s {
-            "lru" => Ok(Policy::Lru),
-            "lrfu" => Ok(Policy::Lrfu),
-            _ => Err(format!("unknown eviction policy {s:?} (lru or lrfu)")),
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Policy::Lru => "lru",
-            Policy::Lrfu => "lrfu",
-        }
-    }
-}
-
-/// How a model streams its routed experts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpertCacheOptions {
     /// Device bytes for all routed experts together.
@@ -165,254 +110,12 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     Ok((v * mult as f64) as u64)
 }
 
-/// What an expert cache did, for `herd run --stats` and `herd bench`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ExpertStats {
-    pub policy: String,
-    /// The byte budget, and the device bytes the slots take (≤ budget).
-    pub budget: u64,
-    pub capacity: u64,
-    /// Slots across all MoE layers, and the experts there are.
-    pub slots: usize,
-    pub experts: usize,
-    /// Device bytes of one expert (gate/up and down).
-    pub expert_bytes: u64,
-    /// The most expert bytes resident at once (≤ capacity).
-    pub peak_resident: u64,
-    /// Expert lookups (each distinct expert a layer call needed), hits among them, and the hits a plain LRU
-    /// cache of the same size would have had on the same lookups.
-    pub lookups: u64,
-    pub hits: u64,
-    pub lru_hits: u64,
-    /// Experts written into slots, and their bytes (host to device).
-    pub fetched: u64,
-    pub bytes_moved: u64,
-    /// Experts fetched ahead by the prefetcher, and those a layer then used.
-    pub prefetched: u64,
-    pub prefetch_used: u64,
-    /// Seconds the forward pass spent reading experts from the source itself, waiting for the prefetcher,
-    /// and writing experts to the device (the host side of the copy; a backend may finish it later).
-    pub read_secs: f64,
-    pub wait_secs: f64,
-    pub upload_secs: f64,
-    /// Rounds run because a step needed more experts than a layer had slots.
-    pub extra_rounds: u64,
-}
-
-impl ExpertStats {
-    pub fn hit_rate(&self) -> f64 {
-        self.hits as f64 / self.lookups.max(1) as f64
-    }
-    pub fn lru_hit_rate(&self) -> f64 {
-        self.lru_hits as f64 / self.lookups.max(1) as f64
-    }
-    /// Host-to-device GB/s over the time spent writing experts.
-    pub fn upload_gbps(&self) -> f64 {
-        if self.upload_secs > 0.0 {
-            self.bytes_moved as f64 / self.upload_secs / 1e9
-        } else {
-            0.0
-        }
-    }
-}
-
-impl std::fmt::Display for ExpertStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        writeln!(
-            f,
-            "expert cache: budget {:.1} MiB, {} of {} experts in slots ({:.1} MiB, {:.2} MiB each, peak {:.1} MiB resident), {} eviction",
-            mib(self.budget),
-            self.slots,
-            self.experts,
-            mib(self.capacity),
-            mib(self.expert_bytes),
-            mib(self.peak_resident),
-            self.policy
-        )?;
-        writeln!(
-            f,
-            "  lookups {}  hits {} ({:.1}%; plain LRU on the same lookups: {:.1}%)  misses {}  extra rounds {}",
-            self.lookups,
-            self.hits,
-            100.0 * self.hit_rate(),
-            100.0 * self.lru_hit_rate(),
-            self.lookups - self.hits,
-            self.extra_rounds
-        )?;
-        write!(
-            f,
-            "  fetched {} ({:.1} MiB)  prefetched {} (used {})  read {:.3} s  waited {:.3} s  upload {:.3} s ({:.2} GB/s)",
-            self.fetched,
-            mib(self.bytes_moved),
-            self.prefetched,
-            self.prefetch_used,
-            self.read_secs,
-            self.wait_secs,
-            self.upload_secs,
-            self.upload_gbps()
-        )
-    }
-}
-
-/// One MoE layer's slots on the device.
 struct LayerSlots<B: Backend> {
     names: [String; 2],
     shapes: [Vec<usize>; 2],
     gate_up: B::Weight,
     down: B::Weight,
     slots: Slots,
-}
-
-/// Which expert is in which slot of a layer, and what the eviction policy knows.
-struct Slots {
-    /// Expert → slot, slot → expert.
-    slot_of: Vec<Option<usize>>,
-    holder: Vec<Option<usize>>,
-    /// LRFU counts and the call of each expert's last use (per expert, resident or not).
-    crf: Vec<f64>,
-    last: Vec<u64>,
-    clock: u64,
-    /// The shadow LRU: experts, least recent first.
-    shadow: Vec<usize>,
-}
-
-impl Slots {
-    fn new(experts: usize, slots: usize) -> Slots {
-        Slots {
-            slot_of: vec![None; experts],
-            holder: vec![None; slots],
-            crf: vec![0.0; experts],
-            last: vec![0; experts],
-            clock: 0,
-            shadow: Vec::with_capacity(slots),
-        }
-    }
-    fn identity(&self) -> bool {
-        self.holder.len() == self.slot_of.len()
-    }
-    fn complete(&self) -> bool {
-        self.identity() && self.slot_of.iter().all(Option::is_some)
-    }
-    fn priority(&self, policy: Policy, e: usize) -> f64 {
-        match policy {
-            Policy::Lru => self.last[e] as f64,
-            Policy::Lrfu => {
-                let age = (self.clock - self.last[e]) as f64;
-                self.crf[e] * (-age / LRFU_HALF_LIFE).exp2()
-            }
-        }
-    }
-    fn touch(&mut self, e: usize) {
-        let age = (self.clock - self.last[e]) as f64;
-        self.crf[e] = 1.0 + self.crf[e] * (-age / LRFU_HALF_LIFE).exp2();
-        self.last[e] = self.clock;
-    }
-    /// The shadow LRU's answer for a lookup of `e` (and its update).
-    fn shadow_hit(&mut self, e: usize) -> bool {
-        let cap = self.holder.len();
-        if let Some(p) = self.shadow.iter().position(|&x| x == e) {
-            self.shadow.remove(p);
-            self.shadow.push(e);
-            return true;
-        }
-        if self.shadow.len() == cap {
-            self.shadow.remove(0);
-        }
-        self.shadow.push(e);
-        false
-    }
-    /// The slot for `e`, which is not resident, among the slots not holding one of `keep`.
-    fn victim(&self, policy: Policy, e: usize, keep: &[usize]) -> Option<usize> {
-        if self.identity() {
-            return Some(e);
-        }
-        if let Some(s) = self.holder.iter().position(Option::is_none) {
-            return Some(s);
-        }
-        let mut best: Option<(f64, usize)> = None;
-        for (s, h) in self.holder.iter().enumerate() {
-            let Some(x) = *h else { continue };
-            if keep.contains(&x) {
-                continue;
-            }
-            let p = self.priority(policy, x);
-            if best.is_none_or(|(bp, _)| p < bp) {
-                best = Some((p, s));
-            }
-        }
-        best.map(|(_, s)| s)
-    }
-}
-
-type Fetched = Result<[TensorRef; 2]>;
-/// A prefetch request: (layer, expert, tensor names, tensor shapes).
-type Request = (usize, usize, [String; 2], [Vec<usize>; 2]);
-/// (layer, expert) → None while in flight, then the result; with the condition variable waiters use.
-type Done = Arc<(Mutex<HashMap<(usize, usize), Option<Fetched>>>, Condvar)>;
-
-/// The background fetcher: requests by (layer, expert), results kept until taken.
-struct Prefetcher {
-    tx: Mutex<mpsc::Sender<Request>>,
-    done: Done,
-}
-
-impl Prefetcher {
-    fn start(source: Arc<dyn ExpertSource>) -> Option<Prefetcher> {
-        let (tx, rx) = mpsc::channel::<Request>();
-        let done: Done = Arc::default();
-        let d = done.clone();
-        // Where threads are not available (wasm32), experts are fetched when needed only.
-        std::thread::Builder::new()
-            .name("herd-expert-prefetch".into())
-            .spawn(move || {
-                while let Ok((layer, e, names, shapes)) = rx.recv() {
-                    let r =
-                        (|| Ok([source.fetch(&names[0], &shapes[0], e)?, source.fetch(&names[1], &shapes[1], e)?]))();
-                    let (m, cv) = &*d;
-                    if let Ok(mut g) = m.lock() {
-                        g.insert((layer, e), Some(r));
-                    }
-                    cv.notify_all();
-                }
-            })
-            .ok()?;
-        Some(Prefetcher { tx: Mutex::new(tx), done })
-    }
-
-    fn request(&self, layer: usize, e: usize, names: &[String; 2], shapes: &[Vec<usize>; 2]) -> bool {
-        let (m, _) = &*self.done;
-        let Ok(mut g) = m.lock() else { return false };
-        if g.contains_key(&(layer, e)) {
-            return false;
-        }
-        let sent = self.tx.lock().is_ok_and(|tx| tx.send((layer, e, names.clone(), shapes.clone())).is_ok());
-        if sent {
-            g.insert((layer, e), None);
-        }
-        sent
-    }
-
-    /// The prefetched expert, waiting for it if it is in flight; None if it was never requested.
-    fn take(&self, layer: usize, e: usize) -> Option<Fetched> {
-        let (m, cv) = &*self.done;
-        let mut g = m.lock().ok()?;
-        loop {
-            match g.get(&(layer, e)) {
-                None => return None,
-                Some(Some(_)) => return g.remove(&(layer, e)).flatten(),
-                Some(None) => g = cv.wait(g).ok()?,
-            }
-        }
-    }
-
-    /// Drops what was fetched for `layer` and not used (in-flight ones are dropped on a later call).
-    fn discard(&self, layer: usize) {
-        let (m, _) = &*self.done;
-        if let Ok(mut g) = m.lock() {
-            g.retain(|&(l, _), v| l != layer || v.is_none());
-        }
-    }
 }
 
 struct State<B: Backend> {
@@ -738,70 +441,6 @@ impl<B: Backend> ExpertCache<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Hit rates (policy, the shadow LRU) of one layer's slots on a trace of single-expert lookups, run
-    /// through the same bookkeeping the cache uses.
-    fn replay(policy: Policy, experts: usize, slots: usize, trace: &[usize]) -> (f64, f64) {
-        let mut s = Slots::new(experts, slots);
-        let (mut hits, mut lru) = (0, 0);
-        for &x in trace {
-            s.clock += 1;
-            lru += usize::from(s.shadow_hit(x));
-            if s.slot_of[x].is_some() {
-                hits += 1;
-            } else {
-                let v = s.victim(policy, x, &[x]).unwrap();
-                if let Some(old) = s.holder[v].take() {
-                    s.slot_of[old] = None;
-                }
-                s.holder[v] = Some(x);
-                s.slot_of[x] = Some(v);
-            }
-            s.touch(x);
-        }
-        (hits as f64 / trace.len() as f64, lru as f64 / trace.len() as f64)
-    }
-
-    /// Lookups drawn independently with Zipf(`skew`) popularity over a random order of the experts.
-    fn zipf_trace(experts: usize, skew: f64, n: usize, seed: u64) -> Vec<usize> {
-        let w: Vec<f64> = (1..=experts).map(|r| 1.0 / (r as f64).powf(skew)).collect();
-        let total: f64 = w.iter().sum();
-        let mut perm: Vec<usize> = (0..experts).collect();
-        for i in (1..experts).rev() {
-            perm.swap(i, (crate::synthetic::splitmix64(seed, i as u64) % (i as u64 + 1)) as usize);
-        }
-        (0..n)
-            .map(|i| {
-                let u = (crate::synthetic::splitmix64(seed ^ 0xabc, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
-                let mut acc = 0.0;
-                let r = w.iter().position(|&p| {
-                    acc += p / total;
-                    u < acc
-                });
-                perm[r.unwrap_or(experts - 1)]
-            })
-            .collect()
-    }
-
-    #[test]
-    fn lrfu_beats_lru_when_some_experts_are_popular() {
-        // Scout's 16 experts with a quarter of them in slots. Skewed popularity (as routers of trained MoE
-        // models show): LRFU keeps the popular experts, LRU lets one-off picks push them out. Uniform
-        // popularity (random weights): no policy can do better than slots/experts, and both get about that.
-        for (skew, min_gain) in [(0.8, 0.03), (1.2, 0.03)] {
-            let t = zipf_trace(16, skew, 20_000, 5);
-            let (lrfu, lru) = replay(Policy::Lrfu, 16, 4, &t);
-            let (lru_real, lru_shadow) = replay(Policy::Lru, 16, 4, &t);
-            eprintln!("zipf {skew}: lrfu {lrfu:.3}, lru {lru:.3}");
-            assert!((lru_real - lru_shadow).abs() < 1e-12, "the LRU policy and the shadow LRU disagree");
-            assert!((lru - lru_shadow).abs() < 1e-12);
-            assert!(lrfu > lru + min_gain, "zipf {skew}: lrfu {lrfu:.3} vs lru {lru:.3}");
-        }
-        let t = zipf_trace(16, 0.0, 20_000, 6);
-        let (lrfu, lru) = replay(Policy::Lrfu, 16, 4, &t);
-        eprintln!("uniform: lrfu {lrfu:.3}, lru {lru:.3}");
-        assert!((lrfu - 0.25).abs() < 0.02 && (lru - 0.25).abs() < 0.02, "uniform: lrfu {lrfu:.3}, lru {lru:.3}");
-    }
 
     #[test]
     fn sizes_parse_in_binary_and_decimal_units() {
