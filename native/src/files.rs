@@ -110,6 +110,14 @@ impl ModelFiles {
             Llama4::load_with(backend, &ck, &cfg.text, experts, &mut progress)?
         };
         bar.finish_and_clear();
+        note_unused_cache(&model, experts, &self.describe());
         Ok((cfg, model))
+    }
+}
+
+/// Says on stderr when --expert-cache was given for a model without routed experts (a dense model).
+pub fn note_unused_cache<B: Backend>(model: &Llama4<B>, experts: Option<&ExpertCacheOptions>, what: &str) {
+    if experts.is_some() && model.expert_stats().is_none() {
+        eprintln!("note: {what} has no routed experts: --expert-cache changes nothing");
     }
 }

@@ -54,7 +54,9 @@ fn check_vocab(path: &Path, rows: &[Vec<u32>], vocab: usize) -> Result<()> {
 }
 
 fn load<B: Backend>(backend: Arc<B>, model: &Path, experts: Option<&ExpertCacheOptions>) -> Result<Llama4<B>> {
-    Ok(Llama4::from_dir_with(backend, model, experts, &mut |_, _| {})?)
+    let m = Llama4::from_dir_with(backend, model, experts, &mut |_, _| {})?;
+    crate::files::note_unused_cache(&m, experts, &model.display().to_string());
+    Ok(m)
 }
 
 pub fn logits<B: Backend>(

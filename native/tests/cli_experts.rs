@@ -126,3 +126,15 @@ fn bad_cache_flags_are_one_line_errors() {
     fails("policy", run(&["--expert-cache", "1MiB", "--expert-policy", "mru"]), &["--expert-policy", "mru"]);
     assert!(!output.exists(), "a failed run wrote its output");
 }
+
+#[test]
+fn a_cache_on_a_dense_model_says_it_changes_nothing() {
+    let r = Reference::load("guard");
+    let sc = Scratch::new("experts-dense");
+    let (input, output) = (sc.path("ids.safetensors"), sc.path("out.safetensors"));
+    write_ids(&input, &r.input_ids, Dtype::I64);
+    let dir = fixture_dir("guard");
+    let args = ["logits", "--model", s(&dir), "--input", s(&input), "--output", s(&output), "--expert-cache", "1MiB"];
+    let (_, err) = ok("dense model with a cache", herd(args));
+    assert!(err.contains("no routed experts"), "{err}");
+}

@@ -20,6 +20,22 @@ pub fn fixture_dir(name: &str) -> PathBuf {
     root.join(name)
 }
 
+/// The backend `made` gave, or None after saying `NAME: NOT RUN (why)` when it could not be made; with
+/// `require` (e.g. HERD_REQUIRE_WGPU) set to 1 a missing backend fails the test instead.
+pub fn backend_or_not_run<B>(name: &str, require: &str, made: herd_core::Result<B>) -> Option<std::sync::Arc<B>> {
+    match made {
+        Ok(b) => Some(std::sync::Arc::new(b)),
+        Err(e) => {
+            assert!(
+                std::env::var(require).as_deref() != Ok("1"),
+                "{name} required ({require}=1) but not available: {e}"
+            );
+            eprintln!("{name}: NOT RUN ({e})");
+            None
+        }
+    }
+}
+
 /// A reference produced by transformers: `input_ids` [B,T], `logits` [B,T,V], `greedy_ids` [B,N].
 pub struct Reference {
     pub input_ids: Vec<Vec<u32>>,

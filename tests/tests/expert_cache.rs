@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use herd_conformance::backend_or_not_run;
 use herd_conformance::streaming::{check_damaged, check_identical, check_synthetic};
 use herd_core::cpu::CpuBackend;
 
@@ -32,14 +33,7 @@ fn damaged_experts_are_errors_on_cpu() {
 
 #[test]
 fn streaming_is_exact_on_wgpu() {
-    let be = match herd_wgpu::WgpuBackend::new() {
-        Ok(b) => Arc::new(b),
-        Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required but not available: {e}");
-            eprintln!("wgpu: NOT RUN ({e})");
-            return;
-        }
-    };
+    let Some(be) = backend_or_not_run("wgpu", "HERD_REQUIRE_WGPU", herd_wgpu::WgpuBackend::new()) else { return };
     for (name, quant) in CASES {
         check_identical(&be, name, quant);
     }
@@ -49,17 +43,8 @@ fn streaming_is_exact_on_wgpu() {
 
 #[test]
 fn streaming_is_exact_on_cuda_emulator() {
-    let be = match herd_cuda::CudaBackend::emulated() {
-        Ok(b) => Arc::new(b),
-        Err(e) => {
-            assert!(
-                std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"),
-                "the CUDA emulator is required but not available: {e}"
-            );
-            eprintln!("cuda-emu: NOT RUN ({e})");
-            return;
-        }
-    };
+    let made = herd_cuda::CudaBackend::emulated();
+    let Some(be) = backend_or_not_run("cuda-emu", "HERD_REQUIRE_CUDA_EMU", made) else { return };
     for (name, quant) in [("scout", None), ("maverick", None), ("scout", Some("q4g16"))] {
         check_identical(&be, name, quant);
     }
@@ -69,14 +54,7 @@ fn streaming_is_exact_on_cuda_emulator() {
 /// On a GPU (scripts/gpu-check.sh sets HERD_REQUIRE_CUDA=1); NOT RUN elsewhere.
 #[test]
 fn streaming_is_exact_on_cuda() {
-    let be = match herd_cuda::CudaBackend::new() {
-        Ok(b) => Arc::new(b),
-        Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_CUDA").as_deref() != Ok("1"), "CUDA required but not available: {e}");
-            eprintln!("cuda: NOT RUN ({e})");
-            return;
-        }
-    };
+    let Some(be) = backend_or_not_run("cuda", "HERD_REQUIRE_CUDA", herd_cuda::CudaBackend::new()) else { return };
     for (name, quant) in CASES {
         check_identical(&be, name, quant);
     }
