@@ -332,17 +332,48 @@ pub fn quantize(values: &[f32], shape: &[usize], dtype: DType) -> std::result::R
     if values.len() != l.numel {
         return Err(format!("{} values for shape {shape:?}", values.len()));
     }
+    // Bands of elements that own their scales: `group` rows for groups along the second-last axis, one
+    // row along the last. Each band's values, and its scales, are contiguous, so bands quantize apart.
+    let band = match l.axis {
+        GroupAxis::SecondLast => l.group * l.last,
+        GroupAxis::Last => l.last,
+    };
+    let (vb, sb) = (band * l.bits as usize / 8, 2 * band / l.group);
+    let mut out = vec![0u8; l.scale_offset + 2 * l.scales];
+    let (vals, rest) = out.split_at_mut(l.scale_offset);
+    let vals = &mut vals[..l.numel * l.bits as usize / 8];
+    let scales = &mut rest[..2 * l.scales];
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        values
+            .par_chunks(band)
+            .zip(vals.par_chunks_mut(vb).zip(scales.par_chunks_mut(sb)))
+            .for_each(|(x, (v, s))| quantize_band(x, v, s, &l));
+    }
+    #[cfg(target_arch = "wasm32")]
+    for (x, (v, s)) in values.chunks(band).zip(vals.chunks_mut(vb).zip(scales.chunks_mut(sb))) {
+        quantize_band(x, v, s, &l);
+    }
+    Ok(out)
+}
+
+/// One band of [`quantize`]: its values `x`, into its value bytes `v` and scale bytes `s`.
+fn quantize_band(x: &[f32], v: &mut [u8], s: &mut [u8], l: &QuantLayout) {
     let qmax = if l.bits == 8 { 127.0 } else { 7.0 };
     let (qlo, qhi) = if l.bits == 8 { (-128, 127) } else { (-8, 7) };
+    let scale_of = |i: usize| match l.axis {
+        GroupAxis::SecondLast => i % l.last,
+        GroupAxis::Last => i / l.group,
+    };
     // Scales: the largest magnitude of each group.
-    let mut absmax = vec![0f32; l.scales];
-    for (i, &x) in values.iter().enumerate() {
-        let s = l.scale_index(i);
-        absmax[s] = absmax[s].max(x.abs());
+    let mut absmax = vec![0f32; s.len() / 2];
+    for (i, &xv) in x.iter().enumerate() {
+        let j = scale_of(i);
+        absmax[j] = absmax[j].max(xv.abs());
     }
-    let mut out = vec![0u8; l.scale_offset + 2 * l.scales];
-    let mut scales = vec![0f32; l.scales];
-    for (s, &m) in absmax.iter().enumerate() {
+    let mut scales = vec![0f32; absmax.len()];
+    for (j, &m) in absmax.iter().enumerate() {
         let raw = m / qmax;
         let (bits, rounded) = match l.scale {
             ScaleType::F16 => {
@@ -354,21 +385,19 @@ pub fn quantize(values: &[f32], shape: &[usize], dtype: DType) -> std::result::R
                 (h.to_bits(), h.to_f32())
             }
         };
-        scales[s] = rounded;
-        let o = l.scale_offset + 2 * s;
-        out[o..o + 2].copy_from_slice(&bits.to_le_bytes());
+        scales[j] = rounded;
+        s[2 * j..2 * j + 2].copy_from_slice(&bits.to_le_bytes());
     }
-    for (i, &x) in values.iter().enumerate() {
-        let sc = scales[l.scale_index(i)];
-        let q = if sc > 0.0 && sc.is_finite() { ((x / sc).round() as i32).clamp(qlo, qhi) } else { 0 };
+    for (i, &xv) in x.iter().enumerate() {
+        let sc = scales[scale_of(i)];
+        let q = if sc > 0.0 && sc.is_finite() { ((xv / sc).round() as i32).clamp(qlo, qhi) } else { 0 };
         if l.bits == 8 {
-            out[i] = q as i8 as u8;
+            v[i] = q as i8 as u8;
         } else {
             let nib = (q + 8) as u8;
-            out[i / 2] |= if i % 2 == 0 { nib } else { nib << 4 };
+            v[i / 2] |= if i % 2 == 0 { nib } else { nib << 4 };
         }
     }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -106,6 +106,15 @@ pub fn tensor_at(name: &str, first: usize, shape: &[usize], dtype: DType, fill: 
     Ok(TensorRef::owned(name, dtype, shape.to_vec(), b))
 }
 
+/// The name a tensor's seed comes from: a routed expert tensor's without its layer
+/// (`feed_forward.experts.gate_up_proj`), every other tensor's own.
+fn shared_name(name: &str) -> &str {
+    match name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) {
+        Some((_, rest)) if rest.starts_with("feed_forward.experts.") => rest,
+        _ => name,
+    }
+}
+
 /// FNV-1a of a tensor name: each tensor's seed.
 fn name_seed(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
@@ -142,12 +151,14 @@ impl SyntheticWeights {
     pub fn bytes_made(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
     }
-    /// The fill of tensor `name`.
+    /// The fill of tensor `name`. The routed experts are the same in every layer (seeded without the
+    /// layer number): their values do not matter to speed, and a streamed benchmark's host then makes
+    /// each expert once, not once per layer.
     pub fn fill_of(&self, name: &str) -> Fill {
         if name.ends_with("norm.weight") {
             Fill::Ones
         } else {
-            Fill::Uniform { seed: self.seed ^ name_seed(name), scale: self.scale }
+            Fill::Uniform { seed: self.seed ^ name_seed(shared_name(name)), scale: self.scale }
         }
     }
 }
@@ -174,8 +185,8 @@ impl<B: Backend> WeightSource<B> for SyntheticWeights {
 }
 
 /// Synthetic experts for the expert cache: each made on the host the first time it is fetched (the same
-/// values as the resident tensor's rows) and kept in host memory (for every model loaded from the same
-/// weights), as a checkpoint's file would sit in the page cache, so a benchmark measures the transfers
+/// values as the resident tensor's rows, and the same in every layer) and kept in host memory (for every
+/// model loaded from the same weights), as a checkpoint's file would sit in the page cache, so a benchmark measures the transfers
 /// rather than the generator.
 struct SyntheticExperts {
     w: SyntheticWeights,
@@ -186,7 +197,7 @@ impl crate::experts::ExpertSource for SyntheticExperts {
         Ok(self.w.format_of(name, shape))
     }
     fn fetch(&self, name: &str, shape: &[usize], e: usize) -> Result<TensorRef> {
-        let key = (name.to_owned(), e);
+        let key = (shared_name(name).to_owned(), e);
         if let Some(t) = self.w.made.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(t);
         }
