@@ -65,12 +65,17 @@ row "expert streaming exact, cuda" "$(grep -E 'test result' "$OUT/expert_cache_c
 # 16 experts x 12 layers of ~65 MB: 13GiB holds them all, 1GiB one per layer; off = resident (the 5% check).
 timeout 240 $B/herd bench --backend cuda --synthetic scout --layers 12 --quant q4 --prompt-tokens 128 --gen-tokens 64 \
     --repeat 2 --expert-cache off,13GiB,4GiB,1GiB > "$OUT/bench_cuda_stream.txt" 2>&1; echo "exit $?"
-grep -E "^decode:|^prefill|expert cache:|lookups|fetched|last repetition|error" "$OUT/bench_cuda_stream.txt"
+grep -E "^decode:|^prefill|expert cache:|lookups|fetched|last repetition|peak:|error" "$OUT/bench_cuda_stream.txt"
 i=0; for b in off 13GiB 4GiB 1GiB; do
     i=$((i + 1))
     row "cuda int4 Scout 12 layers, cache $b" "$(grep -E '^decode:' "$OUT/bench_cuda_stream.txt" | sed -n ${i}p)"
 done
 row "cuda streaming, decode H2D" "$(grep -E 'last repetition' "$OUT/bench_cuda_stream.txt" | tail -1)"
+row "cuda host-to-device peak" "$(grep -E "^host to device peak" "$OUT/bench_cuda_stream.txt" | head -1)"
+# The staging fill on one thread against the default (several): what the parallel fill buys.
+HERD_COPY_THREADS=1 timeout 120 $B/herd bench --backend cuda --synthetic scout --layers 12 --quant q4 --prompt-tokens 16 \
+    --gen-tokens 32 --repeat 1 --expert-cache 1GiB > "$OUT/bench_cuda_stream_1thread.txt" 2>&1; echo "exit $?"
+row "cuda streaming 1GiB, one copy thread" "$(grep -E 'last repetition' "$OUT/bench_cuda_stream_1thread.txt" | tail -1)"
 }
 
 time_left "cuda bench, bf16 activations" && {

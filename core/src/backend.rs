@@ -117,6 +117,13 @@ pub trait Backend: Send + Sync + 'static {
     /// with the enqueued work: ops enqueued before read the old row, ops enqueued after the new one.
     fn write_weight_row(&self, w: &Self::Weight, row: usize, t: &TensorRef) -> Result<()>;
 
+    /// The link's best host-to-device rate in GB/s (pinned memory, one large copy), which
+    /// [`Backend::write_weight_row`]'s rate is judged against; None where there is no separate device memory
+    /// or no way to measure it. Measures when called (about a second on a GPU).
+    fn host_to_device_peak_gbps(&self) -> Result<Option<f64>> {
+        Ok(None)
+    }
+
     // ---- ops ----------------------------------------------------------------------------------------
     /// `out[r, :] = table[ids[r], :]` for r < n; `table` is [V, dim], `ids` u32 [n], `out` [n, dim].
     /// Ids ≥ V are an error of the caller (the model checks them on the host).

@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::cublas::{result as blas, sys as bsys};
 
+mod transfer;
+use transfer::Staging;
+
 use crate::nvrtc::compile;
 use crate::oplock::{OpGuard, OpLock};
 use cudarc::driver::{result as drv, sys, CudaContext};
@@ -81,32 +84,6 @@ pub(crate) enum Cmd {
     Gemm(Gemm),
 }
 
-struct Pinned {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Pinned {
-    fn new(len: usize) -> Result<Pinned> {
-        // SAFETY: page-locked host allocation; freed in Drop.
-        let p = cu("cuMemAllocHost", unsafe { drv::malloc_host(len.max(1), 0) })?;
-        Ok(Pinned { ptr: p as *mut u8, len })
-    }
-    fn slice(&mut self, n: usize) -> &mut [u8] {
-        // SAFETY: `ptr` holds `len` bytes and n <= len (checked by the callers' capacity logic).
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, n.min(self.len)) }
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        // SAFETY: allocated by malloc_host and freed once.
-        unsafe {
-            let _ = drv::free_host(self.ptr as *mut c_void);
-        }
-    }
-}
-
 enum GraphExec {
     Cuda(sys::CUgraphExec),
     /// The emulator replays the list itself.
@@ -132,9 +109,6 @@ pub struct GraphStats {
 const MAX_GRAPHS: usize = 8;
 /// Lists shorter than this run directly (a graph saves launch overhead only on long lists).
 const MIN_GRAPH_CMDS: usize = 16;
-/// Host-to-device staging: two buffers of this size, so copying into one overlaps the transfer of the other.
-const STAGE: usize = 16 << 20;
-
 struct State {
     cmds: Vec<Cmd>,
     meta: Vec<u32>,
@@ -146,15 +120,6 @@ struct State {
     stats: GraphStats,
     tick: u64,
     graphs_on: bool,
-}
-
-/// Pinned host staging: two upload buffers, each guarded by an event, and the step's metadata, guarded by
-/// another.
-struct Staging {
-    bufs: Vec<Pinned>,
-    events: [sys::CUevent; 2],
-    meta: Option<Pinned>,
-    meta_event: sys::CUevent,
 }
 
 /// The CUDA driver side: stream, modules, cuBLAS, pinned staging.
@@ -444,46 +409,6 @@ impl Dev {
         }
     }
 
-    /// Copies host bytes to `dst` in stream order (through pinned staging buffers on a GPU).
-    pub fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
-        let _st = self.lock()?;
-        match &self.engine {
-            Engine::Emu(e) => {
-                // SAFETY: `dst` holds src.len() bytes (allocated by the caller for it).
-                unsafe { e.copy(dst, src.as_ptr() as u64, src.len()) };
-                Ok(())
-            }
-            Engine::Cuda(c) => {
-                let mut stage = c.stage.lock().map_err(|_| err("staging poisoned"))?;
-                let Staging { bufs, events, .. } = &mut *stage;
-                while bufs.len() < 2 {
-                    bufs.push(Pinned::new(STAGE)?);
-                }
-                for (i, chunk) in src.chunks(STAGE).enumerate() {
-                    let b = i % 2;
-                    // SAFETY: waiting on our own event, then reusing the staging buffer it guarded.
-                    cu("cuEventSynchronize", unsafe { drv::event::synchronize(events[b]) })?;
-                    let host = bufs[b].slice(chunk.len());
-                    host.copy_from_slice(chunk);
-                    let off = (i * STAGE) as u64;
-                    // SAFETY: pinned source of chunk.len() bytes; the destination holds src.len() bytes.
-                    unsafe {
-                        cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(dst + off, &*host, c.stream))?;
-                        cu("cuEventRecord", drv::event::record(events[b], c.stream))?;
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// [`Dev::upload`] after the work recorded so far, which is submitted first (not waited for).
-    pub fn upload_in_order(&self, dst: u64, src: &[u8]) -> Result<()> {
-        let _op = self.op();
-        self.flush(&mut *self.lock()?)?;
-        self.upload(dst, src)
-    }
-
     /// Runs the step so far, waits for it, and copies `bytes` from `src` to the host.
     pub fn read(&self, src: u64, bytes: usize) -> Result<Vec<u8>> {
         let _op = self.op();
@@ -576,50 +501,6 @@ impl Dev {
                 let _ = drv::graph::exec_destroy(exec);
             }
         }
-    }
-
-    /// Copies the step's metadata to the device arena, in stream order.
-    fn upload_meta(&self, st: &mut State) -> Result<()> {
-        let bytes = st.meta.len() * 4;
-        if bytes > st.meta_cap {
-            let cap = bytes.next_power_of_two().max(64 << 10);
-            let p = self.malloc(cap, "the metadata arena")?;
-            if st.meta_dev != 0 {
-                self.free_later(st.meta_dev);
-            }
-            // Graphs captured against the old arena address are stale.
-            for g in std::mem::take(&mut st.graphs) {
-                self.destroy(g);
-            }
-            st.meta_dev = p;
-            st.meta_cap = cap;
-            if let Engine::Cuda(c) = &self.engine {
-                c.stage.lock().map_err(|_| err("staging poisoned"))?.meta = Some(Pinned::new(cap)?);
-            }
-        }
-        if bytes == 0 {
-            return Ok(());
-        }
-        match &self.engine {
-            Engine::Emu(e) => {
-                // SAFETY: the arena holds meta_cap >= bytes.
-                unsafe { e.copy(st.meta_dev, st.meta.as_ptr() as u64, bytes) };
-            }
-            Engine::Cuda(c) => {
-                let mut stage = c.stage.lock().map_err(|_| err("staging poisoned"))?;
-                let Staging { meta: host, meta_event: event, .. } = &mut *stage;
-                // SAFETY: the previous copy out of the pinned buffer is waited for before it is overwritten.
-                cu("cuEventSynchronize", unsafe { drv::event::synchronize(*event) })?;
-                let host = host.as_mut().ok_or_else(|| err("metadata buffer missing"))?.slice(bytes);
-                host.copy_from_slice(bytemuck::cast_slice(&st.meta));
-                // SAFETY: pinned source of `bytes`, device arena of meta_cap >= bytes.
-                unsafe {
-                    cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(st.meta_dev, &*host, c.stream))?;
-                    cu("cuEventRecord", drv::event::record(*event, c.stream))?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Submits the recorded step: its metadata, then its commands (replayed from a graph when this exact

@@ -327,6 +327,10 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn host_to_device_peak_gbps(&self) -> Result<Option<f64>> {
+        self.dev.h2d_peak_gbps(256 << 20)
+    }
+
     fn synthetic_weight(&self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<CudaWeight> {
         let _op = self.dev.op();
         let n: usize = shape.iter().product();

@@ -43,11 +43,13 @@ pub fn bench<B: Backend>(
         None => None,
     };
     let runs: &[Option<ExpertCacheOptions>] = if caches.is_empty() { &[None] } else { caches };
+    // What streamed uploads are judged against, measured in this run.
+    let peak_h2d = if runs.iter().any(Option::is_some) { backend.host_to_device_peak_gbps()? } else { None };
     for (i, c) in runs.iter().enumerate() {
         if i > 0 && !a.json {
             println!();
         }
-        bench_one(backend.clone(), files, a, synth.as_ref(), c.as_ref())?;
+        bench_one(backend.clone(), files, a, synth.as_ref(), c.as_ref(), peak_h2d)?;
     }
     Ok(())
 }
@@ -61,6 +63,7 @@ fn bench_one<B: Backend>(
     a: &BenchArgs,
     synthetic: Option<&Synth<'_>>,
     experts: Option<&ExpertCacheOptions>,
+    peak_h2d: Option<f64>,
 ) -> Result<()> {
     let name = backend.name();
     // Synthetic: (name, layers, parameter bytes made). Load time includes making the weights.
@@ -156,6 +159,7 @@ fn bench_one<B: Backend>(
             j["decode_expert_cache"] = serde_json::json!({
                 "hit_rate": d.hit_rate, "bytes_per_token": d.bytes as f64 / a.gen_tokens.max(1) as f64,
                 "upload_gb_s": d.upload_gbps, "wait_s_per_token": d.wait_s / a.gen_tokens.max(1) as f64,
+                "host_to_device_peak_gb_s": peak_h2d,
             });
         }
         if let Some((_, _, bytes)) = &synth {
@@ -195,15 +199,22 @@ fn bench_one<B: Backend>(
         if let Some(st) = model.expert_stats() {
             println!("{st}");
         }
+        if let Some(p) = peak_h2d.filter(|_| experts.is_some()) {
+            println!("host to device peak: {p:.2} GB/s (one 256 MiB copy from pinned memory, best of 3)");
+        }
         match &decode_stats {
             Some(d) if d.lookups == 0 => {
                 println!("decode (last repetition): every expert resident (no lookups, no transfers)")
             }
             Some(d) => println!(
-                "decode (last repetition): expert hit rate {:.1}%, {:.2} MiB moved per token, host to device {:.2} GB/s, {:.2} ms waited per token",
+                "decode (last repetition): expert hit rate {:.1}%, {:.2} MiB moved per token, host to device {:.2} GB/s{}, {:.2} ms waited per token",
                 100.0 * d.hit_rate,
                 d.bytes as f64 / a.gen_tokens.max(1) as f64 / (1 << 20) as f64,
                 d.upload_gbps,
+                match peak_h2d {
+                    Some(p) if d.bytes > 0 => format!(" = {:.0}% of the link's {p:.2} GB/s peak", 100.0 * d.upload_gbps / p),
+                    _ => String::new(),
+                },
                 d.wait_s * 1e3 / a.gen_tokens.max(1) as f64
             ),
             None => {}
