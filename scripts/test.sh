@@ -63,14 +63,41 @@ else
     echo "warning: NVRTC could not be fetched: the CUDA kernel compile check will report NOT RUN" >&2
 fi
 
+# The browser demo is tested in a real browser: headless Chromium (WebGPU on its SwiftShader adapter) driven
+# by npm's playwright-core, on the page built by scripts/build-web.sh (which installs wasm-bindgen-cli when
+# missing). Each is installed when missing; with all of them present a failing page fails the tests.
+apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing $* for the browser tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    fi
+}
+[ -x "${HERD_CHROMIUM:-/usr/bin/chromium}" ] || apt_install chromium || true
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm || true
+browser=yes
+if [ ! -x "${HERD_CHROMIUM:-/usr/bin/chromium}" ] || ! command -v npm >/dev/null 2>&1; then
+    browser=no
+elif [ ! -d web/tests/node_modules/playwright-core ] &&
+    ! (cd web/tests && npm ci --no-audit --no-fund --loglevel=error); then
+    browser=no
+elif ! bash scripts/build-web.sh; then
+    echo "error: the browser demo does not build" >&2
+    exit 1
+fi
+if [ "$browser" = yes ]; then
+    export HERD_REQUIRE_BROWSER=1
+else
+    echo "warning: no Chromium, npm or playwright-core could be had: the browser tests will report NOT RUN" >&2
+fi
+
 # The fixtures made by transformers are committed under tests/fixtures (regenerate them with
 # tests/tools/make_fixtures.py), so the tests need no Python.
 cargo build --workspace --all-targets --locked
-# The core and the wgpu backend also build for the browser (wasm32): check that they still do.
+# The core, the wgpu backend and the page's crate also build for the browser (wasm32): check that they do.
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
     rustup target add wasm32-unknown-unknown
 fi
-cargo check --locked --target wasm32-unknown-unknown -p herd-core -p herd-wgpu
+cargo check --locked --target wasm32-unknown-unknown -p herd-core -p herd-wgpu -p herd-web
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -29,6 +29,11 @@ var<workgroup> part: array<array<f32, 256>, 8>;
 // part and its lane; rows m0..m0+rows (rows = 0: nothing to do; valid = false: a column past the part).
 struct Tile { k: u32, n: u32, lc: u32, col: u32, lane: u32, m0: u32, rows: u32, valid: bool }
 
+// The first row of workgroup g's block (no rows when it is m or more).
+fn tile_m0(g: u32) -> u32 {
+    return (g / ((pu(4u) + COLS - 1u) / COLS)) * 8u;
+}
+
 fn tile(g: u32, li: u32) -> Tile {
     let m = pu(0u);
     let ncols = pu(4u);
@@ -55,8 +60,10 @@ fn finish(li: u32, acc: array<f32, 8>, t: Tile) {
 
 @compute @workgroup_size(256)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let t = tile(group_index(wid, nwg), li);
-    if (t.rows == 0u) { return; }
+    let g = group_index(wid, nwg);
+    // From the workgroup's index alone, so the barriers in `finish` stay in uniform control flow.
+    if (tile_m0(g) >= pu(0u)) { return; }
+    let t = tile(g, li);
     let k = t.k;
     var acc: array<f32, 8>;
     for (var r = 0u; r < 8u; r++) { acc[r] = 0.0; }
@@ -78,8 +85,10 @@ fn piece(v: u32) -> array<f32, 8> { return unpack16(w4[v]); }
 // per invocation: for rows whose byte length is a multiple of 16. Bindings: x (1), w4 (4), out (3).
 @compute @workgroup_size(256)
 fn matmul_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let t = tile(group_index(wid, nwg), li);
-    if (t.rows == 0u) { return; }
+    let g = group_index(wid, nwg);
+    // From the workgroup's index alone, so the barriers in `finish` stay in uniform control flow.
+    if (tile_m0(g) >= pu(0u)) { return; }
+    let t = tile(g, li);
     let k = t.k;
     var acc: array<f32, 8>;
     for (var r = 0u; r < 8u; r++) { acc[r] = 0.0; }
@@ -117,8 +126,10 @@ fn matmul_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 // integers, one scale per 8 of them (group sizes are multiples of 8). Bindings: x (1), w4 (4), out (3), wsc (12).
 @compute @workgroup_size(256)
 fn matmul_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let t = tile(group_index(wid, nwg), li);
-    if (t.rows == 0u) { return; }
+    let g = group_index(wid, nwg);
+    // From the workgroup's index alone, so the barriers in `finish` stay in uniform control flow.
+    if (tile_m0(g) >= pu(0u)) { return; }
+    let t = tile(g, li);
     let k = t.k;
     var acc: array<f32, 8>;
     for (var r = 0u; r < 8u; r++) { acc[r] = 0.0; }

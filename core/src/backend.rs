@@ -96,6 +96,15 @@ pub trait Backend: Send + Sync + 'static {
     fn read(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
     /// Waits for all enqueued work and returns a u32 buffer's contents.
     fn read_u32(&self, buf: &Self::Buffer) -> Result<Vec<u32>>;
+    /// [`Backend::read`] without blocking: where waiting is impossible (a browser's WebGPU) the readback is
+    /// awaited. The default reads at once, so the future is ready when first polled.
+    fn read_async(&self, buf: &Self::Buffer) -> impl std::future::Future<Output = Result<Vec<f32>>> {
+        std::future::ready(self.read(buf))
+    }
+    /// [`Backend::read_u32`] without blocking (see [`Backend::read_async`]).
+    fn read_u32_async(&self, buf: &Self::Buffer) -> impl std::future::Future<Output = Result<Vec<u32>>> {
+        std::future::ready(self.read_u32(buf))
+    }
     /// Copies `len` f32 elements from `src[src_off..]` to `dst[dst_off..]` (distinct buffers).
     fn copy(&self, src: &Self::Buffer, src_off: usize, dst: &Self::Buffer, dst_off: usize, len: usize) -> Result<()>;
     /// Uploads a checkpoint tensor, keeping its format.

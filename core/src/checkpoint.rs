@@ -248,8 +248,7 @@ impl Checkpoint {
             source: source.into(),
         };
         for (name, dtype, shape, bytes) in tensors {
-            let numel: usize = shape.iter().product();
-            if bytes.len() != numel * dtype.size() {
+            if Ok(bytes.len()) != dtype.bytes(&shape) {
                 return Err(HerdError::tensor(
                     &name,
                     format!("in {source}: {} bytes for shape {shape:?} of {}", bytes.len(), dtype.name()),
@@ -274,70 +273,35 @@ impl Checkpoint {
         let (n, meta) = safetensors::SafeTensors::read_metadata(bytes.as_slice()).map_err(|e| {
             HerdError::bad_file(path, format!("not a valid safetensors file ({e}); truncated or corrupt?"))
         })?;
-        let base = 8 + n;
-        let notes = meta.metadata().clone().unwrap_or_default();
-        for (name, info) in meta.tensors() {
-            let logical = logical_name(&name).to_owned();
-            // A quantized tensor (herd_core::quant): U8 bytes whose format and logical shape the file's
-            // metadata gives.
-            if let Some(desc) = notes.get(&crate::quant::metadata_key(&name)) {
-                let (dtype, shape) = crate::quant::parse_metadata(desc)
-                    .map_err(|e| HerdError::tensor(&name, format!("in {path}: {e}")))?;
-                let (s, e) = info.data_offsets;
-                let want = dtype.bytes(&shape).map_err(|e| HerdError::tensor(&name, e))?;
-                if info.dtype != safetensors::Dtype::U8 || e - s != want {
-                    return Err(HerdError::tensor(
-                        &name,
-                        format!(
-                            "in {path}: {} bytes of {:?} for {desc}, expected {want} bytes of U8",
-                            e - s,
-                            info.dtype
-                        ),
-                    ));
-                }
-                let t =
-                    TensorRef { name: name.clone(), dtype, shape, file: bytes.clone(), start: base + s, end: base + e };
-                if self.tensors.insert(logical.clone(), t).is_some() {
-                    return Err(HerdError::tensor(&name, format!("in {path}: appears twice")));
-                }
-                continue;
-            }
-            let Some(dtype) = DType::from_safetensors(info.dtype) else {
+        for h in header_tensors(path, 8 + n, &meta)? {
+            let logical = logical_name(&h.name).to_owned();
+            let Some(dtype) = h.dtype else {
                 // Reported when (and only if) the model asks for it: a checkpoint may carry tensors herd
                 // does not use in a format it cannot compute with.
-                let msg = format!("in {path}: unsupported dtype {:?} (herd reads F32, BF16, F16)", info.dtype);
-                let (s, e) = info.data_offsets;
+                let msg = format!("in {path}: unsupported dtype {:?} (herd reads F32, BF16, F16)", h.stored);
                 let raw = RawTensor {
-                    name: name.clone(),
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
+                    name: h.name.clone(),
+                    dtype: h.stored,
+                    shape: h.shape,
                     file: bytes.clone(),
-                    start: base + s,
-                    end: base + e,
+                    start: h.start,
+                    end: h.end,
                 };
                 self.raw.insert(logical.clone(), raw);
-                self.unsupported.insert(logical, (name.clone(), msg));
+                self.unsupported.insert(logical, (h.name, msg));
                 continue;
             };
-            let (s, e) = info.data_offsets;
-            let numel: usize = info.shape.iter().product();
-            if e - s != numel * dtype.size() {
-                return Err(HerdError::tensor(
-                    &name,
-                    format!("in {path}: {} bytes for shape {:?} of {}", e - s, info.shape, dtype.name()),
-                ));
-            }
             let t = TensorRef {
-                name: name.clone(),
+                name: h.name.clone(),
                 dtype,
-                shape: info.shape.clone(),
+                shape: h.shape,
                 file: bytes.clone(),
-                start: base + s,
-                end: base + e,
+                start: h.start,
+                end: h.end,
             };
             if self.tensors.insert(logical.clone(), t).is_some() {
                 return Err(HerdError::tensor(
-                    &name,
+                    &h.name,
                     format!("in {path}: appears twice (as `{}`)", logical.escape_debug()),
                 ));
             }
@@ -387,6 +351,101 @@ impl Checkpoint {
     }
 }
 
+/// One tensor of a safetensors file as the file's header describes it, before its bytes are read: what a
+/// browser learns from one range request for the header, before it fetches only the tensors it needs.
+#[derive(Debug, Clone)]
+pub struct HeaderTensor {
+    /// The stored name (`language_model.model.…` or `model.…`).
+    pub name: String,
+    /// herd's format for it; None for a dtype herd does not compute with (`stored` says which).
+    pub dtype: Option<DType>,
+    pub stored: safetensors::Dtype,
+    /// The logical shape (a quantized tensor's, from the file's metadata).
+    pub shape: Vec<usize>,
+    /// Byte offsets in the file (the header included).
+    pub start: usize,
+    pub end: usize,
+}
+
+impl HeaderTensor {
+    /// herd's logical name (see [`Checkpoint`]).
+    pub fn logical(&self) -> &str {
+        logical_name(&self.name)
+    }
+}
+
+/// The length of a safetensors header, 8 + n, from the file's first 8 bytes (where its data starts).
+pub fn header_len(path: &str, first: &[u8]) -> Result<usize> {
+    let n: [u8; 8] = first
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| HerdError::bad_file(path, "shorter than a safetensors header"))?;
+    let n = u64::from_le_bytes(n);
+    // safetensors' own limit.
+    if n > 100_000_000 {
+        return Err(HerdError::bad_file(path, format!("a header of {n} bytes: not a safetensors file?")));
+    }
+    Ok(8 + n as usize)
+}
+
+/// The tensors a safetensors header describes, from the file's first [`header_len`] bytes, checked against
+/// the file's length.
+pub fn parse_header(path: &str, head: &[u8], file_len: usize) -> Result<Vec<HeaderTensor>> {
+    let base = header_len(path, head)?;
+    let json = head.get(8..base).ok_or_else(|| HerdError::bad_file(path, "the header is cut short"))?;
+    let meta: safetensors::tensor::Metadata = serde_json::from_slice(json)
+        .map_err(|e| HerdError::bad_file(path, format!("not a valid safetensors header ({e})")))?;
+    let tensors = header_tensors(path, base, &meta)?;
+    if let Some(t) = tensors.iter().find(|t| t.end > file_len) {
+        return Err(HerdError::tensor(
+            &t.name,
+            format!("in {path}: bytes {}..{} are past the end of the file ({file_len} bytes)", t.start, t.end),
+        ));
+    }
+    Ok(tensors)
+}
+
+/// Each tensor of a parsed header, its format read from the file's metadata (herd's quantized tensors) or
+/// its dtype, its size checked against its shape.
+fn header_tensors(path: &str, base: usize, meta: &safetensors::tensor::Metadata) -> Result<Vec<HeaderTensor>> {
+    let notes = meta.metadata().clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for (name, info) in meta.tensors() {
+        let (s, e) = info.data_offsets;
+        if e < s {
+            return Err(HerdError::tensor(&name, format!("in {path}: data offsets {s}..{e} run backwards")));
+        }
+        // A quantized tensor (herd_core::quant): U8 bytes whose format and logical shape the file's
+        // metadata gives.
+        let (dtype, shape) = if let Some(desc) = notes.get(&crate::quant::metadata_key(&name)) {
+            let (dtype, shape) =
+                crate::quant::parse_metadata(desc).map_err(|e| HerdError::tensor(&name, format!("in {path}: {e}")))?;
+            let want = dtype.bytes(&shape).map_err(|e| HerdError::tensor(&name, e))?;
+            if info.dtype != safetensors::Dtype::U8 || e - s != want {
+                return Err(HerdError::tensor(
+                    &name,
+                    format!("in {path}: {} bytes of {:?} for {desc}, expected {want} bytes of U8", e - s, info.dtype),
+                ));
+            }
+            (Some(dtype), shape)
+        } else {
+            let dtype = DType::from_safetensors(info.dtype);
+            if let Some(dt) = dtype {
+                let numel: usize = info.shape.iter().product();
+                if e - s != numel * dt.size() {
+                    return Err(HerdError::tensor(
+                        &name,
+                        format!("in {path}: {} bytes for shape {:?} of {}", e - s, info.shape, dt.name()),
+                    ));
+                }
+            }
+            (dtype, info.shape.clone())
+        };
+        out.push(HeaderTensor { name, dtype, stored: info.dtype, shape, start: base + s, end: base + e });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,5 +472,32 @@ mod tests {
             .expect("wrong size accepted")
             .to_string();
         assert!(err.contains("4 bytes for shape [3]"), "{err}");
+    }
+
+    /// A header read alone (as a browser reads it) describes the same tensors, at the same bytes, as the
+    /// whole file opened as a checkpoint; a header cut short, garbled or pointing past the file is an error.
+    #[test]
+    fn a_header_alone_describes_the_file_as_the_checkpoint_does() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        for dir in ["scout", "scout_bf16"] {
+            let path = fixtures.join(dir).join("model.safetensors");
+            let file = std::fs::read(&path).unwrap();
+            let ck = Checkpoint::from_bytes(vec![("f".into(), FileBytes::Owned(file.clone()))]).unwrap();
+            let n = header_len("f", &file[..8]).unwrap();
+            let tensors = parse_header("f", &file[..n], file.len()).unwrap();
+            assert_eq!(tensors.len(), ck.tensors().count(), "{dir}");
+            for h in &tensors {
+                let t = ck.get(h.logical()).unwrap();
+                assert_eq!((Some(t.dtype), &t.shape), (h.dtype, &h.shape), "{dir}: {}", h.name);
+                assert!(t.bytes() == &file[h.start..h.end], "{dir}: {} bytes differ", h.name);
+            }
+            assert!(parse_header("f", &file[..n - 1], file.len()).is_err(), "{dir}: short header");
+            assert!(header_len("f", &file[..7]).is_err());
+            let short = parse_header("f", &file[..n], file.len() - 1).expect_err("past the end").to_string();
+            assert!(short.contains("past the end"), "{short}");
+            let mut bad = file[..n].to_vec();
+            bad[9] = b'#';
+            assert!(parse_header("f", &bad, file.len()).is_err(), "{dir}: garbled header");
+        }
     }
 }

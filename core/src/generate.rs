@@ -1,7 +1,10 @@
 //! Driving the model: scoring rows of ids (one prefill, or token by token through the KV cache), batched
 //! greedy continuation, and sampled generation with stop tokens and a streaming callback.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// `std::time::Instant::now` panics in a browser (wasm32-unknown-unknown); web-time's is std's elsewhere.
+use web_time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{HerdError, Result};
@@ -43,6 +46,11 @@ pub fn score_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], decode: bool
 
 /// Greedy continuation of each row by `n` tokens (no stop tokens), all rows decoded as one batch.
 pub fn greedy_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], n: usize) -> Result<Vec<Vec<u32>>> {
+    pollster::block_on(greedy_rows_async(model, rows, n))
+}
+
+/// [`greedy_rows`] without blocking (see [`Llama4::forward_async`]).
+pub async fn greedy_rows_async<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], n: usize) -> Result<Vec<Vec<u32>>> {
     let mut cache = model.new_cache()?;
     let ids: Vec<SeqId> = rows.iter().map(|_| cache.add_sequence()).collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(n); rows.len()];
@@ -55,7 +63,7 @@ pub fn greedy_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], n: usize) -
     let history: Vec<&[u32]> = vec![&[]; rows.len()];
     let mut batch: Vec<(SeqId, &[u32])> = ids.iter().copied().zip(rows.iter().map(|r| r.as_slice())).collect();
     loop {
-        let next = model.forward_sample(&mut cache, &batch, &greedy, &draws, &history)?;
+        let next = model.forward_sample_async(&mut cache, &batch, &greedy, &draws, &history).await?;
         for (o, id) in out.iter_mut().zip(next) {
             o.push(id);
         }
@@ -144,6 +152,18 @@ impl<B: Backend> Session<B> {
         sampler: &mut Sampler,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, GenerateStats)> {
+        pollster::block_on(self.generate_async(model, ids, params, sampler, on_token))
+    }
+
+    /// [`Session::generate`] without blocking (see [`Llama4::forward_async`]).
+    pub async fn generate_async(
+        &mut self,
+        model: &Llama4<B>,
+        ids: &[u32],
+        params: &GenerateParams,
+        sampler: &mut Sampler,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, GenerateStats)> {
         let ctx = model.cfg.max_position_embeddings;
         if ids.len() > ctx {
             return Err(HerdError::Input(format!(
@@ -169,21 +189,23 @@ impl<B: Backend> Session<B> {
         let mut stop = StopReason::Length;
         if max_tokens == 0 {
             // Nothing to generate: the prompt still goes into the cache.
-            model.forward(&mut self.cache, &[(self.seq, prompt)], Rows::Last)?;
+            model.forward_async(&mut self.cache, &[(self.seq, prompt)], Rows::Last).await?;
             self.cached.extend_from_slice(prompt);
         }
         let mut t1 = Instant::now();
         while out.len() < max_tokens {
             let u = sampler.draw();
-            let next =
-                match model.forward_sample(&mut self.cache, &[(self.seq, &fed)], sampler.params(), &[u], &[&seen]) {
-                    Ok(next) => next,
-                    Err(e) => {
-                        // The cache may hold what failed: start the next turn afresh.
-                        self.reset(model)?;
-                        return Err(e);
-                    }
-                };
+            let next = match model
+                .forward_sample_async(&mut self.cache, &[(self.seq, &fed)], sampler.params(), &[u], &[&seen])
+                .await
+            {
+                Ok(next) => next,
+                Err(e) => {
+                    // The cache may hold what failed: start the next turn afresh.
+                    self.reset(model)?;
+                    return Err(e);
+                }
+            };
             self.cached.extend_from_slice(&fed);
             if prefill_time.is_none() {
                 prefill_time = Some(t0.elapsed());

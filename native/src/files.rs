@@ -32,6 +32,33 @@ impl ModelFiles {
         dir.map_or(ModelFiles::Demo, ModelFiles::Dir)
     }
 
+    /// The model as a directory on disk: the demo model is written out once (under the temp dir).
+    pub fn to_dir(&self) -> Result<PathBuf> {
+        match self {
+            ModelFiles::Dir(d) => Ok(d.clone()),
+            ModelFiles::Demo => {
+                let dir = std::env::temp_dir().join(format!("herd-demo-model-{}", env!("CARGO_PKG_VERSION")));
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                for (name, bytes) in [
+                    ("config.json", demo::CONFIG),
+                    ("model.safetensors", demo::WEIGHTS),
+                    ("tokenizer.json", demo::TOKENIZER),
+                    ("tokenizer_config.json", demo::TOKENIZER_CONFIG.as_bytes()),
+                    ("generation_config.json", demo::GENERATION_CONFIG.as_bytes()),
+                ] {
+                    let path = dir.join(name);
+                    if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+                        // Written beside and renamed, so a concurrent reader never sees half a file.
+                        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+                        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+                        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+                    }
+                }
+                Ok(dir)
+            }
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             ModelFiles::Dir(d) => d.display().to_string(),

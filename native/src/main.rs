@@ -1,10 +1,12 @@
-//! `herd`: run Meta's Llama 4 models. Subcommands: run, chat, inspect, logits, greedy, bench.
+//! `herd`: run Meta's Llama 4 models. Subcommands: run, chat, inspect, logits, greedy, bench, quantize,
+//! serve-web, web-manifest.
 
 mod bench;
 mod files;
 mod ids_io;
 mod inspect;
 mod quantize;
+mod serve_web;
 mod synthetic;
 mod text;
 
@@ -47,6 +49,31 @@ enum Cmd {
     Bench(BenchArgs),
     /// Write a quantized copy of a model directory (int4 or int8, group-wise), loadable like any other.
     Quantize(QuantizeArgs),
+    /// Serve the browser demo (web/www, built by scripts/build-web.sh) and a model, with range requests.
+    ServeWeb(ServeWebArgs),
+    /// Write herd-manifest.json into a model directory: the checksums the browser demo verifies ranges by.
+    WebManifest(WebManifestArgs),
+}
+
+#[derive(Args)]
+struct ServeWebArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// The page's directory (default: web/www in this source tree).
+    #[arg(long)]
+    www: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (the URL printed says which).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+}
+
+#[derive(Args)]
+struct WebManifestArgs {
+    /// The model directory to write it into.
+    #[arg(long)]
+    model: PathBuf,
 }
 
 #[derive(Args)]
@@ -106,7 +133,7 @@ impl BackendArg {
                     return Ok(None);
                 }
                 let budget = parse_size(s).map_err(|e| anyhow::anyhow!("--expert-cache: {e}"))?;
-                Ok(Some(ExpertCacheOptions { budget, policy, prefetch: !self.no_prefetch }))
+                Ok(Some(ExpertCacheOptions { budget, policy, prefetch: !self.no_prefetch, trace_picks: false }))
             })
             .collect()
     }
@@ -382,6 +409,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             ))
         }
         Cmd::Quantize(a) => quantize::quantize_dir(&a.model, &a.out, &a.format, a.group, &a.keep_bf16),
+        Cmd::ServeWeb(a) => serve_web::serve(&ModelFiles::new(a.model.model), a.www, &a.host, a.port),
+        Cmd::WebManifest(a) => serve_web::write_manifest(&a.model),
         Cmd::Bench(a) => {
             if a.synthetic.is_some() && a.model.model.is_some() {
                 bail!("--synthetic and --model exclude each other: --synthetic builds its own model");

@@ -48,6 +48,47 @@ impl Shader {
     }
 }
 
+/// The WGSL of `shader` for weight format `wdt`, with subgroup reductions or shared-memory ones. Browsers
+/// (`browser`) want the WGSL directive for subgroup operations; Naga (native) takes them from the device
+/// feature and rejects the directive.
+fn compose(shader: Shader, wdt: u32, subgroups: bool, browser: bool) -> String {
+    let (enable, reduce) = if subgroups {
+        (if browser { "enable subgroups;\n" } else { "" }, include_str!("../reduce_subgroups.wgsl"))
+    } else {
+        ("", include_str!("../reduce.wgsl"))
+    };
+    format!("{enable}const WDT: u32 = {wdt}u;\n{PRELUDE}\n{reduce}\n{}", shader.source())
+}
+
+/// Every shader module the backend builds, as (label, WGSL) for a browser: each .wgsl file with each weight
+/// format (f32, bf16, f16, and q8/q4 with f16 or bf16 scales) and with shared-memory reductions (and
+/// subgroup ones when `subgroups`). For checking them with a browser's own WGSL compiler, which is stricter
+/// than Naga (it enforces WGSL's uniformity rules, for one).
+pub fn shader_sources(subgroups: bool) -> Vec<(String, String)> {
+    let shaders = [
+        Shader::Elementwise,
+        Shader::RmsNorm,
+        Shader::Rope,
+        Shader::Matmul,
+        Shader::Attention,
+        Shader::Moe,
+        Shader::Sample,
+    ];
+    let wdts = [0, 1, 2, 3 | (32 << 8), 3 | (1 << 3) | (128 << 8), 4 | (32 << 8), 4 | (1 << 3) | (128 << 8)];
+    let mut out = Vec::new();
+    for sh in shaders {
+        for &wdt in &wdts {
+            for sg in [false, true].into_iter().filter(|&g| !g || subgroups) {
+                out.push((
+                    format!("{sh:?} WDT={wdt:#x}{}", if sg { " subgroups" } else { "" }),
+                    compose(sh, wdt, sg, true),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Prepended to every shader: the parameter block, weight unpacking for the pipeline's weight format
 /// (`WDT`: 0 f32, 1 bf16, 2 f16; weights are bound as u32 words), and the linear workgroup index.
 const PRELUDE: &str = r#"
@@ -446,15 +487,7 @@ impl Gpu {
         if let Some(p) = cache.get(&(shader, entry, wdt)) {
             return Ok(p.clone());
         }
-        // Browsers want the WGSL directive for subgroup operations; Naga (native) takes them from the
-        // device feature and rejects the directive.
-        let directive = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
-        let (enable, reduce) = if self.subgroups {
-            (directive, include_str!("../reduce_subgroups.wgsl"))
-        } else {
-            ("", include_str!("../reduce.wgsl"))
-        };
-        let src = format!("{enable}const WDT: u32 = {wdt}u;\n{PRELUDE}\n{reduce}\n{}", shader.source());
+        let src = compose(shader, wdt, self.subgroups, cfg!(target_arch = "wasm32"));
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(entry),
             source: wgpu::ShaderSource::Wgsl(src.into()),

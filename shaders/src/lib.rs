@@ -1,8 +1,8 @@
 //! herd-wgpu: the Backend on wgpu, every op a WGSL compute shader (one .wgsl file per op family, named as
 //! the CPU op it mirrors). Ops record dispatches into one command encoder; [`Backend::read`] submits it and
 //! waits, so a decode step is one submission and one readback (of the sampled ids: `sample` runs on the
-//! device). Natively reads block; in a browser (wasm32) they cannot, and [`WgpuBackend::read_async`]
-//! awaits instead. This file picks a kernel per op and shape; `gpu` owns the device, pipelines and pools.
+//! device). Natively reads block; in a browser (wasm32) they cannot, and [`Backend::read_async`] awaits
+//! instead. This file picks a kernel per op and shape; `gpu` owns the device, pipelines and pools.
 
 mod gpu;
 
@@ -12,7 +12,7 @@ use herd_core::error::Result;
 use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sample_flags, SamplingParams};
 
 use gpu::{err, Gpu, Shader};
-pub use gpu::{GpuBuffer, GpuWeight, WgpuOptions};
+pub use gpu::{shader_sources, GpuBuffer, GpuWeight, WgpuOptions};
 
 /// The wgpu backend.
 pub struct WgpuBackend {
@@ -58,27 +58,28 @@ impl WgpuBackend {
         self.gpu.subgroups
     }
 
-    /// [`Backend::read`] without blocking. In a browser `read` cannot wait for the GPU and fails; this
-    /// awaits the readback instead.
-    pub async fn read_async(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
-        if buf.is_u32 {
-            return Err(err("read: expected an f32 buffer, got u32"));
-        }
-        Ok(self.gpu.read_words_async(buf).await?.into_iter().map(f32::from_bits).collect())
-    }
-
-    /// [`Backend::read_u32`] without blocking.
-    pub async fn read_u32_async(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {
-        if !buf.is_u32 {
-            return Err(err("read_u32: expected a u32 buffer, got f32"));
-        }
-        self.gpu.read_words_async(buf).await
-    }
-
     /// The adapter's name, type and API, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Cpu, Vulkan)`.
     pub fn adapter(&self) -> String {
         let i = &self.gpu.info;
-        format!("{} ({:?}, {:?})", i.name, i.device_type, i.backend)
+        // Browsers often leave the name empty (it would help fingerprinting); the driver may say more.
+        let name =
+            [&i.name, &i.driver, &i.driver_info].into_iter().find(|s| !s.is_empty()).map_or("unnamed adapter", |s| s);
+        format!("{name} ({:?}, {:?})", i.device_type, i.backend)
+    }
+
+    /// The limits herd runs within on this device, e.g. `storage binding 128 MiB, buffer 2048 MiB, workgroup
+    /// storage 32 KiB, 256 invocations, subgroups off, shader-f16 no`.
+    pub fn limits(&self) -> String {
+        let l = &self.gpu.limits;
+        format!(
+            "storage binding {} MiB, buffer {} MiB, workgroup storage {} KiB, {} invocations per workgroup, subgroups {}, shader-f16 {}",
+            l.max_storage_buffer_binding_size >> 20,
+            l.max_buffer_size >> 20,
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_compute_invocations_per_workgroup,
+            if self.gpu.subgroups { "on" } else { "off" },
+            if self.gpu.device.features().contains(wgpu::Features::SHADER_F16) { "yes" } else { "no (not needed)" },
+        )
     }
 
     /// True for a discrete or integrated GPU (not a CPU emulation such as lavapipe).
@@ -209,6 +210,19 @@ impl Backend for WgpuBackend {
             return Err(err("read_u32: expected a u32 buffer, got f32"));
         }
         self.gpu.read_words(buf)
+    }
+    /// In a browser `read` cannot wait for the GPU and fails; this awaits the readback instead.
+    async fn read_async(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
+        if buf.is_u32 {
+            return Err(err("read: expected an f32 buffer, got u32"));
+        }
+        Ok(self.gpu.read_words_async(buf).await?.into_iter().map(f32::from_bits).collect())
+    }
+    async fn read_u32_async(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {
+        if !buf.is_u32 {
+            return Err(err("read_u32: expected a u32 buffer, got f32"));
+        }
+        self.gpu.read_words_async(buf).await
     }
     fn copy(&self, src: &GpuBuffer, src_off: usize, dst: &GpuBuffer, dst_off: usize, len: usize) -> Result<()> {
         need("copy src", src, src_off + len)?;

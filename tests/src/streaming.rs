@@ -62,14 +62,15 @@ pub fn check_identical<B: Backend>(be: &Arc<B>, name: &str, quant: Option<&str>)
     let all = s.experts as u64 * s.expert_bytes;
     let min = moe_layers * cfg.num_experts_per_tok as u64 * s.expert_bytes;
     let mut last = ExpertStats::default();
-    for (budget, policy, prefetch) in [
-        (all, Policy::Lrfu, true),
-        (all + s.expert_bytes - 1, Policy::Lru, false),
-        (min, Policy::Lrfu, true),
-        (min, Policy::Lru, false),
-        (min + moe_layers / 2 * s.expert_bytes, Policy::Lrfu, true),
+    for (budget, policy, prefetch, trace_picks) in [
+        (all, Policy::Lrfu, true, false),
+        (all, Policy::Lru, false, true),
+        (all + s.expert_bytes - 1, Policy::Lru, false, false),
+        (min, Policy::Lrfu, true, false),
+        (min, Policy::Lru, false, true),
+        (min + moe_layers / 2 * s.expert_bytes, Policy::Lrfu, true, false),
     ] {
-        let opts = ExpertCacheOptions { budget, policy, prefetch };
+        let opts = ExpertCacheOptions { budget, policy, prefetch, trace_picks };
         let m = load(be, name, quant, Some(&opts));
         let got = logits(&m, &rows);
         let st = m.expert_stats().unwrap();
@@ -78,6 +79,17 @@ pub fn check_identical<B: Backend>(be: &Arc<B>, name: &str, quant: Option<&str>)
         assert!(got.0 == want.0, "{what}: prefill logits differ from the resident model's");
         assert!(got.1 == want.1, "{what}: decode logits differ from the resident model's");
         check_budget(&st, budget);
+        if trace_picks {
+            // Every streamed layer kept its router's picks of the last step (a decode row per live sequence).
+            let picks = m.expert_picks();
+            assert_eq!(picks.len() as u64, moe_layers, "{what}: picks of {} layers", picks.len());
+            let k = cfg.num_experts_per_tok;
+            for (layer, p) in &picks {
+                let n = p.len();
+                assert!(n > 0 && n % k == 0 && n <= rows.len() * k, "{what}: layer {layer} kept {n} picks");
+                assert!(p.iter().all(|&x| (x as usize) < cfg.num_local_experts), "{what}: layer {layer}: {p:?}");
+            }
+        }
         assert!(st.fetched > 0 && st.lookups > 0, "{what}: no expert was fetched");
         if budget >= all {
             assert_eq!(st.slots, st.experts, "{what}");

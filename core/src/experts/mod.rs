@@ -46,25 +46,18 @@ use prefetch::Prefetcher;
 use slots::Slots;
 pub use slots::{Policy, LRFU_HALF_LIFE};
 pub(crate) use source::fetch_row;
-pub use source::ExpertSource;
+pub use source::{ExpertFuture, ExpertSource};
 pub use stats::ExpertStats;
 
-/// Time spent, for the statistics: zero where the platform has no clock (wasm32-unknown-unknown, whose
-/// `Instant::now` panics).
-struct Stopwatch(#[cfg(not(target_arch = "wasm32"))] std::time::Instant);
+/// Time spent, for the statistics (web-time's clock works in a browser too, where std's panics).
+struct Stopwatch(web_time::Instant);
 
 impl Stopwatch {
     fn start() -> Stopwatch {
-        Stopwatch(
-            #[cfg(not(target_arch = "wasm32"))]
-            std::time::Instant::now(),
-        )
+        Stopwatch(web_time::Instant::now())
     }
     fn secs(&self) -> f64 {
-        #[cfg(not(target_arch = "wasm32"))]
-        return self.0.elapsed().as_secs_f64();
-        #[cfg(target_arch = "wasm32")]
-        return 0.0;
+        self.0.elapsed().as_secs_f64()
     }
 }
 
@@ -75,11 +68,14 @@ pub struct ExpertCacheOptions {
     pub policy: Policy,
     /// Fetch the next layer's likely experts ahead, on a background thread.
     pub prefetch: bool,
+    /// Read every layer's picks on every step, even once a layer holds all its experts (which then runs
+    /// without reading them): for a live picture of the routing.
+    pub trace_picks: bool,
 }
 
 impl ExpertCacheOptions {
     pub fn new(budget: u64) -> Self {
-        ExpertCacheOptions { budget, policy: Policy::Lrfu, prefetch: true }
+        ExpertCacheOptions { budget, policy: Policy::Lrfu, prefetch: true, trace_picks: false }
     }
 }
 
@@ -122,6 +118,8 @@ struct State<B: Backend> {
     layers: Vec<Option<LayerSlots<B>>>,
     stats: ExpertStats,
     resident: u64,
+    /// Per layer, the experts its router picked in the last step that read them ([rows × k]).
+    picks: Vec<Vec<u32>>,
 }
 
 /// The expert cache of one model (see the module docs).
@@ -145,6 +143,28 @@ pub(crate) struct StreamScratch<'a, B: Backend> {
     pub pred_logits: &'a B::Buffer,
     pub pred_idx: &'a B::Buffer,
     pub pred_score: &'a B::Buffer,
+}
+
+/// What one fetch cost, for the statistics.
+struct FetchTiming {
+    read: f64,
+    wait: f64,
+    prefetched: bool,
+}
+
+impl FetchTiming {
+    fn add_to(&self, stats: &mut ExpertStats) {
+        stats.read_secs += self.read;
+        stats.wait_secs += self.wait;
+        stats.prefetch_used += u64::from(self.prefetched);
+    }
+}
+
+fn layer_mut<B: Backend>(layers: &mut [Option<LayerSlots<B>>], layer: usize) -> Result<&mut LayerSlots<B>> {
+    layers
+        .get_mut(layer)
+        .and_then(Option::as_mut)
+        .ok_or_else(|| HerdError::Input(format!("layer {layer} has no expert slots")))
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
@@ -246,13 +266,21 @@ impl<B: Backend> ExpertCache<B> {
             experts: e,
             k,
             per_expert,
-            state: Mutex::new(State { layers, stats, resident: 0 }),
+            state: Mutex::new(State { layers, stats, resident: 0, picks: vec![Vec::new(); cfg.num_hidden_layers] }),
             prefetcher,
         })
     }
 
     pub fn stats(&self) -> ExpertStats {
         self.state.lock().map(|s| s.stats.clone()).unwrap_or_default()
+    }
+
+    /// The experts each streamed layer's router picked in the last step that read them: (layer, [rows × k]),
+    /// rows in step order. A layer whose slots hold all its experts stops reading its picks once they are
+    /// all fetched, and keeps the picks it read last.
+    pub fn picks(&self) -> Vec<(usize, Vec<u32>)> {
+        let Ok(st) = self.state.lock() else { return Vec::new() };
+        st.picks.iter().enumerate().filter(|(i, _)| st.layers[*i].is_some()).map(|(i, p)| (i, p.clone())).collect()
     }
 
     /// Whether the layer runs like the resident model now (every expert in its own slot).
@@ -263,8 +291,9 @@ impl<B: Backend> ExpertCache<B> {
     }
 
     /// Layer `layer`'s routed experts for `t` rows whose picks are in `s.idx`/`s.score`, accumulated into
-    /// `s.o`; `next` is the next MoE layer and its router, for the prefetch.
-    pub fn moe(
+    /// `s.o`; `next` is the next MoE layer and its router, for the prefetch. The state's lock is not held
+    /// while an expert is fetched (a browser's fetch yields to the page, which may ask for the statistics).
+    pub async fn moe(
         &self,
         be: &B,
         s: &StreamScratch<'_, B>,
@@ -273,7 +302,7 @@ impl<B: Backend> ExpertCache<B> {
         next: Option<(usize, &B::Weight)>,
     ) -> Result<()> {
         let (e, k) = (self.experts, self.k);
-        if self.complete(layer) {
+        if !self.opts.trace_picks && self.complete(layer) {
             let st = lock(&self.state)?;
             let l = st.layers[layer].as_ref().ok_or_else(|| HerdError::Input("expert cache layer missing".into()))?;
             return be.moe(s.a, t, s.idx, s.score, k, &l.gate_up, &l.down, s.o);
@@ -286,24 +315,27 @@ impl<B: Backend> ExpertCache<B> {
             }
             _ => None,
         };
-        let mut picks = be.read_u32(s.idx)?;
+        let mut picks = be.read_u32_async(s.idx).await?;
         picks.truncate(t * k);
         if let (Some(nl), Some(pf)) = (predict, &self.prefetcher) {
-            let mut pred = be.read_u32(s.pred_idx)?;
+            let mut pred = be.read_u32_async(s.pred_idx).await?;
             pred.truncate(t * k);
             self.prefetch(pf, nl, &pred)?;
         }
-        let mut st = lock(&self.state)?;
-        let State { layers, stats, resident } = &mut *st;
-        let l = layers
-            .get_mut(layer)
-            .and_then(Option::as_mut)
-            .ok_or_else(|| HerdError::Input(format!("layer {layer} has no expert slots")))?;
         if let Some(&bad) = picks.iter().find(|&&x| x as usize >= e) {
             return Err(HerdError::Input(format!("layer {layer}: the router picked expert {bad} of {e}")));
         }
-        l.slots.clock += 1;
-        let cap = l.slots.holder.len();
+        let (cap, names, shapes) = {
+            let mut st = lock(&self.state)?;
+            if let Some(p) = st.picks.get_mut(layer) {
+                p.clone_from(&picks);
+            }
+            let l = st.layers.get_mut(layer).and_then(Option::as_mut);
+            let l = l.ok_or_else(|| HerdError::Input(format!("layer {layer} has no expert slots")))?;
+            l.slots.clock += 1;
+            (l.slots.holder.len(), l.names.clone(), l.shapes.clone())
+        };
+        let identity = cap == e;
         // Rounds: a set of at most `cap` experts (taken greedily in row order) and every row whose picks
         // all lie in it. With top-1 routing each expert's rows are then all in one round, in order, as the
         // resident model groups them, so even the CPU's per-expert matrix products see the same rows.
@@ -337,36 +369,66 @@ impl<B: Backend> ExpertCache<B> {
             }
             rounds.push((member, set));
         }
-        stats.extra_rounds += rounds.len().saturating_sub(1) as u64;
-        let identity = l.slots.identity();
-        for (member, need) in &rounds {
-            for &x in need {
-                stats.lookups += 1;
-                stats.lru_hits += u64::from(l.slots.shadow_hit(x));
-                if l.slots.slot_of[x].is_some() {
-                    stats.hits += 1;
-                } else {
-                    let slot = l.slots.victim(self.opts.policy, x, need).ok_or_else(|| {
-                        HerdError::Input(format!("layer {layer}: no slot free for expert {x} ({cap} slots)"))
-                    })?;
-                    if let Some(old) = l.slots.holder[slot].take() {
-                        l.slots.slot_of[old] = None;
-                        *resident -= self.per_expert.iter().sum::<u64>();
+        let one: u64 = self.per_expert.iter().sum();
+        for (n, (member, need)) in rounds.iter().enumerate() {
+            // Slots for this round's missing experts are chosen (and claimed) first; then each is fetched
+            // with the lock released and written into its slot.
+            let misses: Vec<(usize, usize)> = {
+                let mut st = lock(&self.state)?;
+                let State { layers, stats, resident, .. } = &mut *st;
+                let l = layer_mut(layers, layer)?;
+                stats.extra_rounds += u64::from(n > 0);
+                let mut misses = Vec::new();
+                for &x in need {
+                    stats.lookups += 1;
+                    stats.lru_hits += u64::from(l.slots.shadow_hit(x));
+                    if l.slots.slot_of[x].is_some() {
+                        stats.hits += 1;
+                    } else {
+                        let slot = l.slots.victim(self.opts.policy, x, need).ok_or_else(|| {
+                            HerdError::Input(format!("layer {layer}: no slot free for expert {x} ({cap} slots)"))
+                        })?;
+                        if let Some(old) = l.slots.holder[slot].take() {
+                            l.slots.slot_of[old] = None;
+                            *resident -= one;
+                        }
+                        l.slots.holder[slot] = Some(x);
+                        l.slots.slot_of[x] = Some(slot);
+                        *resident += one;
+                        stats.peak_resident = stats.peak_resident.max(*resident);
+                        misses.push((x, slot));
                     }
-                    let [gu, dn] = self.fetch(layer, x, &l.names, &l.shapes, stats)?;
+                    l.slots.touch(x);
+                }
+                misses
+            };
+            for (j, &(x, slot)) in misses.iter().enumerate() {
+                let fetched = self.fetch(layer, x, &names, &shapes).await;
+                let mut st = lock(&self.state)?;
+                let State { layers, stats, resident, .. } = &mut *st;
+                let l = layer_mut(layers, layer)?;
+                let written = fetched.and_then(|(rows, timing)| {
+                    timing.add_to(stats);
                     let t0 = Stopwatch::start();
-                    be.write_weight_row(&l.gate_up, slot, &gu)?;
-                    be.write_weight_row(&l.down, slot, &dn)?;
+                    be.write_weight_row(&l.gate_up, slot, &rows[0])?;
+                    be.write_weight_row(&l.down, slot, &rows[1])?;
                     stats.upload_secs += t0.secs();
                     stats.fetched += 1;
-                    stats.bytes_moved += (gu.bytes().len() + dn.bytes().len()) as u64;
-                    l.slots.holder[slot] = Some(x);
-                    l.slots.slot_of[x] = Some(slot);
-                    *resident += self.per_expert.iter().sum::<u64>();
-                    stats.peak_resident = stats.peak_resident.max(*resident);
+                    stats.bytes_moved += (rows[0].bytes().len() + rows[1].bytes().len()) as u64;
+                    Ok(())
+                });
+                if let Err(err) = written {
+                    // The claimed slots that were not written hold nothing usable.
+                    for &(x, slot) in &misses[j..] {
+                        l.slots.holder[slot] = None;
+                        l.slots.slot_of[x] = None;
+                        *resident -= one;
+                    }
+                    return Err(err);
                 }
-                l.slots.touch(x);
             }
+            let st = lock(&self.state)?;
+            let l = st.layers[layer].as_ref().ok_or_else(|| HerdError::Input("expert cache layer missing".into()))?;
             let idx = if identity && rounds.len() == 1 {
                 s.idx
             } else {
@@ -393,26 +455,24 @@ impl<B: Backend> ExpertCache<B> {
         Ok(())
     }
 
-    /// Expert `x` of a layer: from the prefetcher if it fetched it, else read now.
-    fn fetch(
+    /// Expert `x` of a layer: from the prefetcher if it fetched it, else fetched now.
+    async fn fetch(
         &self,
         layer: usize,
         x: usize,
         names: &[String; 2],
         shapes: &[Vec<usize>; 2],
-        stats: &mut ExpertStats,
-    ) -> Result<[TensorRef; 2]> {
+    ) -> Result<([TensorRef; 2], FetchTiming)> {
         let t0 = Stopwatch::start();
         if let Some(r) = self.prefetcher.as_ref().and_then(|p| p.take(layer, x)) {
-            stats.wait_secs += t0.secs();
-            stats.prefetch_used += 1;
-            return r;
+            return Ok((r?, FetchTiming { read: 0.0, wait: t0.secs(), prefetched: true }));
         }
-        let r = [self.source.fetch(&names[0], &shapes[0], x)?, self.source.fetch(&names[1], &shapes[1], x)?];
+        let r = [
+            self.source.fetch_async(&names[0], &shapes[0], x).await?,
+            self.source.fetch_async(&names[1], &shapes[1], x).await?,
+        ];
         let dt = t0.secs();
-        stats.read_secs += dt;
-        stats.wait_secs += dt;
-        Ok(r)
+        Ok((r, FetchTiming { read: dt, wait: dt, prefetched: false }))
     }
 
     /// Requests the predicted experts of layer `nl` that are not resident, most picked first, at most as

@@ -13,7 +13,15 @@ pub trait ExpertSource: Send + Sync {
     /// Expert `e` of tensor `name`: a tensor of shape [1, ...] in that format, read now. A truncated or
     /// corrupt expert is an error.
     fn fetch(&self, name: &str, shape: &[usize], e: usize) -> Result<TensorRef>;
+    /// [`ExpertSource::fetch`] for a source that must not block (HTTP range requests in a browser). The
+    /// default fetches at once, so the future is ready when first polled.
+    fn fetch_async<'a>(&'a self, name: &'a str, shape: &'a [usize], e: usize) -> ExpertFuture<'a> {
+        Box::pin(std::future::ready(self.fetch(name, shape, e)))
+    }
 }
+
+/// What [`ExpertSource::fetch_async`] returns.
+pub type ExpertFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<TensorRef>> + 'a>>;
 
 /// Fetches expert `e` of a stored tensor: its rows read from the file (positioned reads, so a file cut short
 /// after it was opened is an error, not a fault) and checked for non-finite values and scales.

@@ -79,7 +79,7 @@ impl<B: Backend> Ffn<B> {
     /// Reads `s.a` (normed hidden [t, D]), writes the block's output [t, D] into `s.o`. A streamed block
     /// runs its experts through `cache` (as layer `layer`; `next` is the next MoE layer and its router).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(
+    pub async fn forward(
         &self,
         be: &B,
         cfg: &TextConfig,
@@ -109,7 +109,7 @@ impl<B: Backend> Ffn<B> {
                             pred_idx: &s.pred_idx,
                             pred_score: &s.pred_score,
                         };
-                        c.moe(be, &ss, t, layer, next)
+                        c.moe(be, &ss, t, layer, next).await
                     }
                     (None, None) => Err(crate::error::HerdError::Input(format!(
                         "layer {layer}: routed experts neither loaded nor streamed"

@@ -274,6 +274,12 @@ impl<B: Backend> Llama4<B> {
         self.experts.as_ref().map(ExpertCache::stats)
     }
 
+    /// When the experts stream: per streamed layer, the experts its router picked in the last step that read
+    /// them ([`ExpertCacheOptions::trace_picks`] reads them every step).
+    pub fn expert_picks(&self) -> Vec<(usize, Vec<u32>)> {
+        self.experts.as_ref().map(ExpertCache::picks).unwrap_or_default()
+    }
+
     /// Loads the text model of a model directory (config.json + safetensors).
     pub fn from_dir(backend: Arc<B>, dir: &std::path::Path, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
         Self::from_dir_with(backend, dir, None, progress)
@@ -320,17 +326,24 @@ impl<B: Backend> Llama4<B> {
     /// logits `[rows, vocab]` for the rows asked for (row order = batch order, then token order). A batch
     /// larger than the backend's buffers allow runs as several steps (see [`steps`]), with the same result.
     pub fn forward(&self, cache: &mut KvCache<B>, batch: &[(SeqId, &[u32])], rows: Rows) -> Result<Vec<f32>> {
+        pollster::block_on(self.forward_async(cache, batch, rows))
+    }
+
+    /// [`Llama4::forward`] without blocking: every wait for the device (and for streamed experts) is
+    /// awaited, as a browser requires. Natively each await is ready at once.
+    pub async fn forward_async(
+        &self,
+        cache: &mut KvCache<B>,
+        batch: &[(SeqId, &[u32])],
+        rows: Rows,
+    ) -> Result<Vec<f32>> {
         let v = self.cfg.vocab_size;
         let pieces = self.steps(cache, batch, rows)?;
         // Per batch entry, the logits rows it has so far.
         let mut per_seq: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
         for piece in &pieces {
             let step: Vec<(SeqId, &[u32])> = piece.iter().map(|&(bi, toks)| (batch[bi].0, toks)).collect();
-            let out = self.run(cache, &step, rows, |_, logits, n| {
-                let mut out = self.backend.read(logits)?;
-                out.truncate(n * v);
-                Ok(out)
-            })?;
+            let out = self.run(cache, &step, rows, Finish::Logits).await?.logits()?;
             let mut off = 0;
             for &(bi, toks) in piece {
                 let n = if rows == Rows::All { toks.len() } else { 1 };
@@ -355,20 +368,26 @@ impl<B: Backend> Llama4<B> {
         draws: &[f32],
         history: &[&[u32]],
     ) -> Result<Vec<u32>> {
+        pollster::block_on(self.forward_sample_async(cache, batch, params, draws, history))
+    }
+
+    /// [`Llama4::forward_sample`] without blocking (see [`Llama4::forward_async`]).
+    pub async fn forward_sample_async(
+        &self,
+        cache: &mut KvCache<B>,
+        batch: &[(SeqId, &[u32])],
+        params: &SamplingParams,
+        draws: &[f32],
+        history: &[&[u32]],
+    ) -> Result<Vec<u32>> {
         check_sample_args(batch.len(), draws, history)?;
-        let be = &*self.backend;
         let pieces = self.steps(cache, batch, Rows::Last)?;
         let mut picked = vec![0u32; batch.len()];
         for piece in &pieces {
             let step: Vec<(SeqId, &[u32])> = piece.iter().map(|&(bi, toks)| (batch[bi].0, toks)).collect();
             let u: Vec<f32> = piece.iter().map(|&(bi, _)| draws[bi]).collect();
             let hist: Vec<&[u32]> = piece.iter().map(|&(bi, _)| history[bi]).collect();
-            let ids = self.run(cache, &step, Rows::Last, |s, logits, n| {
-                be.sample(logits, n, self.cfg.vocab_size, params, &u, &hist, &s.picked)?;
-                let mut ids = be.read_u32(&s.picked)?;
-                ids.truncate(n);
-                Ok(ids)
-            })?;
+            let ids = self.run(cache, &step, Rows::Last, Finish::Sample(params, &u, &hist)).await?.ids()?;
             // A sequence's pick is the one from the piece holding its last token (the last piece it is in).
             for (&(bi, _), id) in piece.iter().zip(ids) {
                 picked[bi] = id;
@@ -377,15 +396,17 @@ impl<B: Backend> Llama4<B> {
         Ok(picked)
     }
 
-    /// Enqueues one step (a piece from [`Llama4::steps`]) and hands `finish` the step's buffers, the logits
-    /// and their number of rows.
-    fn run<R>(
+    /// Runs one step (a piece from [`Llama4::steps`]) and returns what `finish` asks for.
+    // The step buffers' lock is only ever taken with `try_lock` (a step that finds it taken makes its own
+    // buffers), so holding it across the step's awaits cannot block anything.
+    #[allow(clippy::await_holding_lock)]
+    async fn run(
         &self,
         cache: &mut KvCache<B>,
         batch: &[(SeqId, &[u32])],
         rows: Rows,
-        finish: impl FnOnce(&Scratch<B>, &B::Buffer, usize) -> Result<R>,
-    ) -> Result<R> {
+        finish: Finish<'_>,
+    ) -> Result<StepOut> {
         let cfg = &self.cfg;
         let be = &*self.backend;
         let d = cfg.hidden_size;
@@ -446,7 +467,7 @@ impl<B: Backend> Llama4<B> {
             layer.attn.forward(be, cfg, s, t, pos_buf, &self.inv_freq, &groups)?;
             be.add_rms_norm(hidden, &s.o, &layer.post_norm, t, d, eps, &s.a)?;
             let next = (i + 1..self.layers.len()).find_map(|j| self.layers[j].ffn.router().map(|r| (j, r)));
-            layer.ffn.forward(be, cfg, s, t, self.experts.as_ref(), i, next)?;
+            layer.ffn.forward(be, cfg, s, t, self.experts.as_ref(), i, next).await?;
             match self.layers.get(i + 1) {
                 Some(next) => be.add_rms_norm(hidden, &s.o, &next.input_norm, t, d, eps, &s.a)?,
                 None => be.add(hidden, &s.o, t * d)?,
@@ -467,6 +488,45 @@ impl<B: Backend> Llama4<B> {
         };
         be.rms_norm(src, Some(&self.norm), out_rows, d, cfg.rms_norm_eps, src)?;
         be.matmul(src, out_rows, self.lm_head.as_ref().unwrap_or(&self.embed), logits)?;
-        finish(s, logits, out_rows)
+        match finish {
+            Finish::Logits => {
+                let mut out = be.read_async(logits).await?;
+                out.truncate(out_rows * cfg.vocab_size);
+                Ok(StepOut::Logits(out))
+            }
+            Finish::Sample(params, draws, history) => {
+                be.sample(logits, out_rows, cfg.vocab_size, params, draws, history, &s.picked)?;
+                let mut ids = be.read_u32_async(&s.picked).await?;
+                ids.truncate(out_rows);
+                Ok(StepOut::Ids(ids))
+            }
+        }
+    }
+}
+
+/// What a step ends with: its logits read back, or a token picked per sequence on the device (with each
+/// sequence's draw and history).
+enum Finish<'a> {
+    Logits,
+    Sample(&'a SamplingParams, &'a [f32], &'a [&'a [u32]]),
+}
+
+enum StepOut {
+    Logits(Vec<f32>),
+    Ids(Vec<u32>),
+}
+
+impl StepOut {
+    fn logits(self) -> Result<Vec<f32>> {
+        match self {
+            StepOut::Logits(v) => Ok(v),
+            StepOut::Ids(_) => Err(HerdError::Input("a step asked for logits returned ids".into())),
+        }
+    }
+    fn ids(self) -> Result<Vec<u32>> {
+        match self {
+            StepOut::Ids(v) => Ok(v),
+            StepOut::Logits(_) => Err(HerdError::Input("a step asked for ids returned logits".into())),
+        }
     }
 }

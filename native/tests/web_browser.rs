@@ -1,0 +1,257 @@
+//! The browser demo in a real browser: headless Chromium (WebGPU on its SwiftShader adapter, without
+//! shader-f16) loads the page from `herd serve-web`, which serves a fixture model with range requests. The
+//! page's automation hook continues the fixture's prompt greedily; its ids must equal `herd greedy`'s (and
+//! transformers' greedy ids), with the experts streamed at a budget that holds them all and at the
+//! smallest budget (experts fetched again and again); a model whose expert bytes no longer match its
+//! manifest must be an error on the page, never a generation.
+//!
+//! Needs Chromium, node with playwright-core (web/tests/node_modules) and the built page (web/www/pkg):
+//! scripts/test.sh installs and builds them and sets HERD_REQUIRE_BROWSER=1, which makes a missing one a
+//! failure. Without it a missing one prints NOT RUN.
+
+mod common;
+
+use common::*;
+use std::io::BufRead;
+use std::sync::Mutex;
+
+/// One browser at a time: each runs WebGPU on the CPU.
+static BROWSER: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Why the browser test cannot run here, if it cannot.
+fn missing() -> Option<String> {
+    let chromium = std::env::var("HERD_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Some(format!("no Chromium at {chromium}"));
+    }
+    if Command::new("node").arg("--version").output().map_or(true, |o| !o.status.success()) {
+        return Some("no node".into());
+    }
+    if !root().join("web/tests/node_modules/playwright-core").exists() {
+        return Some("no playwright-core in web/tests/node_modules (npm install there)".into());
+    }
+    if !root().join("web/www/pkg/herd_web_bg.wasm").exists() {
+        return Some("the page is not built (scripts/build-web.sh)".into());
+    }
+    None
+}
+
+/// Whether the test may run; false (with NOT RUN printed) when it cannot and is not required to.
+fn can_run(test: &str) -> bool {
+    match missing() {
+        None => true,
+        Some(why) if std::env::var("HERD_REQUIRE_BROWSER").as_deref() == Ok("1") => {
+            panic!("{test}: {why}, and HERD_REQUIRE_BROWSER=1")
+        }
+        Some(why) => {
+            eprintln!("NOT RUN: {test}: {why}");
+            false
+        }
+    }
+}
+
+/// `herd serve-web` on a free port, stopped on drop.
+struct Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Server {
+    fn start(model: &Path) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve-web", "--model", s(model), "--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start herd serve-web");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("serve-web printed {line:?}"))
+            .to_owned();
+        Server { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The page at `url` in headless Chromium, until its title is `done` or `error: ...`.
+fn page(url: &str) -> Value {
+    browser(&[url, "400"])
+}
+
+/// browser.mjs with `args`: its JSON line.
+fn browser(args: &[&str]) -> Value {
+    let out = Command::new("node").arg(root().join("web/tests/browser.mjs")).args(args).output().expect("run node");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!("browser.mjs printed {text:?} ({e}); stderr {}", String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// Every WGSL module herd-wgpu builds (each file, weight format and reduction) passes the browser's own
+/// WGSL compiler, which is stricter than Naga's validation that the native tests go through (uniformity
+/// of barriers, for one).
+#[test]
+fn every_shader_module_compiles_in_the_browser() {
+    if !can_run("every_shader_module_compiles_in_the_browser") {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let sc = Scratch::new("web-wgsl");
+    // SwiftShader has no subgroups, so only the shared-memory reductions can be checked here.
+    let sources = herd_wgpu::shader_sources(false);
+    let file = sc.path("shaders.json");
+    std::fs::write(&file, serde_json::to_vec(&sources).unwrap()).unwrap();
+    let server = Server::start(&model(&sc));
+    let v = browser(&["--shaders", s(&file), &server.url, "300"]);
+    assert_eq!(v["title"], "done", "{v}");
+    let errors = v["errors"].as_array().unwrap();
+    let shown: Vec<String> = errors.iter().take(40).map(|e| format!("{}: {}", e[0], e[1])).collect();
+    assert!(errors.is_empty(), "{} of {} modules fail:\n{}", errors.len(), sources.len(), shown.join("\n"));
+}
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v["ids"].as_str().unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
+}
+
+/// The fixture `scout` copied to a scratch directory (the server serves it as is).
+fn model(sc: &Scratch) -> PathBuf {
+    sc.model_copy(
+        "scout",
+        "model",
+        &["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"],
+    )
+}
+
+/// The query of the automation hook for the fixture's first prompt row.
+fn query(r: &Reference, extra: &str) -> (Vec<u32>, usize, String) {
+    let ids = r.input_ids[0].clone();
+    let n = r.greedy_ids[0].len();
+    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    (ids, n, format!("?model=model/&prompt_ids={}&max_tokens={n}&greedy=1{extra}", list.join(",")))
+}
+
+fn expect_done(case: &str, v: &Value) {
+    assert_eq!(v["title"], "done", "{case}: the page ended with {:?}; console: {}", v["title"], v["console"]);
+}
+
+#[test]
+fn the_page_continues_a_prompt_as_herd_greedy_does() {
+    if !can_run("the_page_continues_a_prompt_as_herd_greedy_does") {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let sc = Scratch::new("web-greedy");
+    let dir = model(&sc);
+    let r = Reference::load("scout");
+    let (ids, n, q) = query(&r, "");
+    let native = run_greedy(&dir, &[ids], n).remove(0);
+    assert_eq!(native, r.greedy_ids[0], "herd greedy differs from transformers");
+    let server = Server::start(&dir);
+    let v = page(&format!("{}{q}", server.url));
+    expect_done("default budget", &v);
+    assert_eq!(ids_of(&v), native, "the page's greedy ids differ from `herd greedy`'s");
+    let stats: Value = serde_json::from_str(v["stats"].as_str().unwrap()).unwrap();
+    assert_eq!(stats["verified"], true, "every range should be checked against the manifest: {stats}");
+    let e = &stats["experts"];
+    assert!(e["fetched"].as_u64().unwrap() > 0, "no expert was fetched: {stats}");
+    assert!(
+        e["fetched"].as_u64().unwrap() <= e["experts"].as_u64().unwrap(),
+        "with room for every expert, each is fetched at most once: {stats}"
+    );
+    eprintln!("adapter: {}; {}", stats["adapter"], stats["limits"]);
+}
+
+#[test]
+fn the_page_refetches_experts_at_the_smallest_budget_with_the_same_ids() {
+    if !can_run("the_page_refetches_experts_at_the_smallest_budget_with_the_same_ids") {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let sc = Scratch::new("web-small");
+    let dir = model(&sc);
+    let r = Reference::load("scout");
+    // One expert per MoE layer (top-1): the smallest cache there is.
+    let file = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&file).unwrap();
+    let cfg: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let t = cfg.get("text_config").unwrap_or(&cfg);
+    let (e, k) = (t["num_local_experts"].as_u64().unwrap(), t["num_experts_per_tok"].as_u64().unwrap());
+    let mut bytes = 0u64;
+    let mut layers = 0u64;
+    for (name, view) in st.tensors() {
+        if name.ends_with("feed_forward.experts.gate_up_proj") || name.ends_with("feed_forward.experts.down_proj") {
+            bytes += view.data().len() as u64;
+            layers += u64::from(name.ends_with("gate_up_proj"));
+        }
+    }
+    let min = bytes / e * k;
+    let (ids, n, q) = query(&r, &format!("&expert_cache={min}"));
+    let native = run_greedy(&dir, &[ids], n).remove(0);
+    let server = Server::start(&dir);
+    let v = page(&format!("{}{q}", server.url));
+    expect_done("smallest budget", &v);
+    assert_eq!(ids_of(&v), native, "at {min} B the page's ids differ from `herd greedy`'s");
+    let stats: Value = serde_json::from_str(v["stats"].as_str().unwrap()).unwrap();
+    let ex = &stats["experts"];
+    assert_eq!(ex["slots"].as_u64(), Some(layers * k), "{stats}");
+    assert!(
+        ex["fetched"].as_u64().unwrap() > ex["experts"].as_u64().unwrap(),
+        "one slot per layer should fetch experts again during generation: {stats}"
+    );
+    assert!(
+        stats["fetch"]["cache_hits"].as_u64().unwrap() > 0,
+        "refetched experts should come from the browser's cache: {stats}"
+    );
+}
+
+#[test]
+fn the_page_reports_a_corrupt_range_and_generates_nothing() {
+    if !can_run("the_page_reports_a_corrupt_range_and_generates_nothing") {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let sc = Scratch::new("web-corrupt");
+    let dir = model(&sc);
+    let r = Reference::load("scout");
+    // The manifest is made from the good file; then one byte of every expert of one layer changes on disk.
+    ok("web-manifest", herd(["web-manifest", "--model", s(&dir)]));
+    let path = dir.join("model.safetensors");
+    let mut file = std::fs::read(&path).unwrap();
+    let (n, _) = SafeTensors::read_metadata(&file).unwrap();
+    let st = SafeTensors::deserialize(&file).unwrap();
+    let (name, view) = st
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name.ends_with("feed_forward.experts.gate_up_proj"))
+        .min_by_key(|(name, _)| name.clone())
+        .unwrap();
+    let start = view.data().as_ptr() as usize - file.as_ptr() as usize;
+    let (e, row) = (view.shape()[0], view.data().len() / view.shape()[0]);
+    assert!(start >= 8 + n);
+    drop(st);
+    for x in 0..e {
+        file[start + x * row + 5] ^= 0x40;
+    }
+    std::fs::write(&path, &file).unwrap();
+    let (_, _, q) = query(&r, "");
+    let server = Server::start(&dir);
+    let v = page(&format!("{}{q}", server.url));
+    let title = v["title"].as_str().unwrap();
+    assert!(title.starts_with("error:"), "a corrupt {name} gave {title:?}; console: {}", v["console"]);
+    assert!(title.contains("checksum mismatch") && title.contains(&name), "{title}");
+    assert!(ids_of(&v).is_empty(), "ids were written despite the error: {v}");
+}

@@ -1,0 +1,345 @@
+//! The JavaScript API (wasm-bindgen): `loadModel(url, options)` resolves to a `Herd`, which chats with a
+//! streaming token callback, continues token ids greedily (the automation hook), cancels, and reports its
+//! statistics. Every method returns at once; work that waits (readback, fetches) runs as a promise.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use herd_core::chat::{ChatTemplate, Message};
+use herd_core::config::ModelConfig;
+use herd_core::experts::{ExpertCacheOptions, Policy};
+use herd_core::generate::{greedy_rows_async, GenerateParams, Session, StopReason};
+use herd_core::model::Llama4;
+use herd_core::sampling::Sampler;
+use herd_core::tokenizer::{GenerationConfig, Tokenizer};
+use herd_wgpu::{WgpuBackend, WgpuOptions};
+use js_sys::{Function, Promise, Reflect};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::fetch;
+use crate::remote::{Remote, WebWeights};
+
+#[wasm_bindgen(start)]
+fn start() {
+    std::panic::set_hook(Box::new(|info| web_sys::console::error_1(&format!("herd-web panicked: {info}").into())));
+}
+
+fn get(o: &JsValue, key: &str) -> Option<JsValue> {
+    if !o.is_object() {
+        return None;
+    }
+    Reflect::get(o, &key.into()).ok().filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+fn get_f64(o: &JsValue, key: &str) -> Option<f64> {
+    get(o, key).and_then(|v| v.as_f64())
+}
+
+/// An expert cache budget: bytes as a number, or a size such as "64MiB".
+fn budget(o: &JsValue) -> Result<Option<u64>, JsError> {
+    match get(o, "expertCache") {
+        None => Ok(None),
+        Some(v) => match (v.as_f64(), v.as_string()) {
+            (Some(n), _) if n >= 0.0 => Ok(Some(n as u64)),
+            (_, Some(s)) if s.trim().is_empty() => Ok(None),
+            (_, Some(s)) => herd_core::experts::parse_size(&s).map(Some).map_err(|e| JsError::new(&e)),
+            _ => Err(JsError::new("expertCache: a byte count or a size such as \"64MiB\"")),
+        },
+    }
+}
+
+struct Inner {
+    model: Llama4<WgpuBackend>,
+    cfg: ModelConfig,
+    tok: Tokenizer,
+    chat: ChatTemplate,
+    gen: GenerationConfig,
+    session: RefCell<Option<Session<WgpuBackend>>>,
+    conversation: RefCell<Vec<Message>>,
+    busy: Cell<bool>,
+    cancel: Cell<bool>,
+    adapter: String,
+    limits: String,
+    verified: bool,
+    last: RefCell<serde_json::Value>,
+}
+
+/// A loaded model on the page's GPU.
+#[wasm_bindgen]
+pub struct Herd {
+    inner: Rc<Inner>,
+}
+
+/// Loads the model directory at `url` (config.json, tokenizer files, safetensors and their index, and the
+/// checksum manifest herd-manifest.json). `options`: `{expertCache: bytes | "64MiB", routing: bool,
+/// onProgress: (phase, done, total) => void}`. Routed experts are fetched only when a router picks them,
+/// into an expert cache of `expertCache` bytes (default: room for all of them). `routing: false` skips
+/// reading every layer's picks once all its experts are on the GPU (faster; no routing picture).
+#[wasm_bindgen(js_name = loadModel)]
+pub async fn load_model(url: String, options: JsValue) -> Result<Herd, JsError> {
+    let on_progress = get(&options, "onProgress").and_then(|f| f.dyn_into::<Function>().ok());
+    let mut progress = |phase: &str, done: f64, total: f64| {
+        if let Some(f) = &on_progress {
+            let _ = f.call3(&JsValue::NULL, &phase.into(), &done.into(), &total.into());
+        }
+    };
+    let budget = budget(&options)?;
+    // navigator.gpu (read by name: web-sys keeps WebGPU behind an unstable flag).
+    let gpu = web_sys::window().and_then(|w| get(&w.navigator().into(), "gpu"));
+    if gpu.is_none() {
+        return Err(JsError::new("WebGPU is not available in this browser (navigator.gpu is missing)"));
+    }
+    progress("gpu", 0.0, 1.0);
+    let backend = Arc::new(WgpuBackend::open(&WgpuOptions::default()).await.map_err(|e| JsError::new(&e.to_string()))?);
+    let (adapter, limits) = (backend.adapter(), backend.limits());
+    let e = |e: herd_core::HerdError| JsError::new(&e.to_string());
+    let remote = Remote::open(&url, &mut progress).await.map_err(e)?;
+    let cfg = ModelConfig::from_json_bytes(&remote.config).map_err(e)?;
+    let tok = Tokenizer::from_bytes(&remote.tokenizer).map_err(e)?;
+    let chat = ChatTemplate::from_config_str(&remote.tokenizer_config).map_err(e)?;
+    let gen = match &remote.generation_config {
+        Some(s) => GenerationConfig::from_json_str(s).map_err(e)?,
+        None => GenerationConfig::default(),
+    };
+    let streamed = cfg.text.moe_layers.iter().any(|&m| m);
+    let ck = remote.resident(streamed, &mut progress).await.map_err(e)?;
+    let weights = WebWeights { ck, experts: Arc::new(remote.experts()) };
+    let opts = ExpertCacheOptions {
+        budget: budget.unwrap_or(u64::MAX / 4),
+        policy: Policy::Lrfu,
+        // No threads in a page: experts are fetched when a layer needs them.
+        prefetch: false,
+        // The routing picture needs every layer's picks each step: one readback per MoE layer.
+        trace_picks: get(&options, "routing").is_none_or(|v| v.as_bool() != Some(false)),
+    };
+    let layers = cfg.text.num_hidden_layers as f64;
+    let model = Llama4::load_with(backend, &weights, &cfg.text, streamed.then_some(&opts), &mut |done, _| {
+        progress("upload", done as f64, layers)
+    })
+    .map_err(e)?;
+    progress("ready", 1.0, 1.0);
+    Ok(Herd {
+        inner: Rc::new(Inner {
+            model,
+            cfg,
+            tok,
+            chat,
+            gen,
+            session: RefCell::new(None),
+            conversation: RefCell::new(Vec::new()),
+            busy: Cell::new(false),
+            cancel: Cell::new(false),
+            adapter,
+            limits,
+            verified: remote.manifest.is_some(),
+            last: RefCell::new(serde_json::Value::Null),
+        }),
+    })
+}
+
+/// Clears the busy flag however the work ends.
+struct Busy(Rc<Inner>);
+
+impl Busy {
+    fn take(inner: &Rc<Inner>) -> Result<Busy, JsValue> {
+        if inner.busy.replace(true) {
+            return Err(JsError::new("the model is already generating").into());
+        }
+        inner.cancel.set(false);
+        Ok(Busy(inner.clone()))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+    }
+}
+
+fn js(e: herd_core::HerdError) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+impl Inner {
+    /// Per streamed layer, the experts picked for each row of the last step, flattened [layer][row][k].
+    fn picks(&self) -> (Vec<u32>, usize) {
+        let p = self.model.expert_picks();
+        let k = self.cfg.text.num_experts_per_tok.max(1);
+        let rows = p.iter().map(|(_, v)| v.len() / k).min().unwrap_or(0);
+        (p.iter().flat_map(|(_, v)| v[..rows * k].iter().copied()).collect(), rows)
+    }
+}
+
+#[wasm_bindgen]
+impl Herd {
+    /// Sends `text` as the next user turn of the conversation and streams the answer: `options` is
+    /// `{maxTokens, temperature, topP, topK, seed, onToken: (text, id, picks, rows) => bool | void}`, where
+    /// `picks` holds, per MoE layer, the experts chosen for each of the step's `rows` tokens (top-k each);
+    /// return `false` from onToken to stop. Resolves to the generation's statistics.
+    pub fn chat(&self, text: String, options: JsValue) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let _busy = Busy::take(&inner)?;
+            let mut sampling = inner.gen.sampling_params();
+            if let Some(t) = get_f64(&options, "temperature") {
+                sampling.temperature = t as f32;
+            }
+            if let Some(v) = get_f64(&options, "topP") {
+                sampling.top_p = v as f32;
+            }
+            if let Some(v) = get_f64(&options, "topK") {
+                sampling.top_k = v as usize;
+            }
+            sampling.seed = get_f64(&options, "seed").map(|s| s as u64);
+            let max_tokens = get_f64(&options, "maxTokens").map_or(256, |n| n as usize);
+            let stop_ids = if inner.gen.eos_token_ids.is_empty() {
+                inner.cfg.text.eos_token_ids.clone()
+            } else {
+                inner.gen.eos_token_ids.clone()
+            };
+            let params = GenerateParams { max_tokens, sampling, stop_ids };
+            let mut sampler = Sampler::new(params.sampling).map_err(js)?;
+            let mut msgs = inner.conversation.borrow().clone();
+            msgs.push(Message::user(&text));
+            let ids = inner.tok.encode_rendered(&inner.chat.render(&msgs, None, true).map_err(js)?).map_err(js)?;
+            let on_token = get(&options, "onToken").and_then(|f| f.dyn_into::<Function>().ok());
+            let mut dec = inner.tok.stream_decoder(true);
+            let mut answer = String::new();
+            let session = inner.session.borrow_mut().take();
+            let mut s = match session {
+                Some(s) => s,
+                None => Session::new(&inner.model).map_err(js)?,
+            };
+            let mut cb = |id: u32| -> bool {
+                let piece = dec.push(id).ok().flatten().unwrap_or_default();
+                answer.push_str(&piece);
+                if let Some(f) = &on_token {
+                    let (picks, rows) = inner.picks();
+                    let args = js_sys::Array::of4(
+                        &piece.into(),
+                        &id.into(),
+                        &js_sys::Uint32Array::from(&picks[..]).into(),
+                        &(rows as u32).into(),
+                    );
+                    if f.apply(&JsValue::NULL, &args).ok().is_some_and(|r| r == JsValue::FALSE) {
+                        return false;
+                    }
+                }
+                !inner.cancel.get()
+            };
+            let result = s.generate_async(&inner.model, &ids, &params, &mut sampler, &mut cb).await;
+            *inner.session.borrow_mut() = Some(s);
+            let (_, st) = result.map_err(js)?;
+            msgs.push(Message::assistant(&answer));
+            *inner.conversation.borrow_mut() = msgs;
+            let stop = match st.stop {
+                StopReason::Stop(_) => "stop",
+                StopReason::Length => "length",
+                StopReason::Cancelled => "cancelled",
+            };
+            let j = serde_json::json!({
+                "prompt_tokens": st.prompt_tokens, "generated_tokens": st.generated_tokens,
+                "prefill_tok_s": st.prefill_tps(), "decode_tok_s": st.decode_tps(), "stop": stop, "text": answer,
+            });
+            *inner.last.borrow_mut() = j.clone();
+            Ok(j.to_string().into())
+        })
+    }
+
+    /// Continues `ids` greedily by `max_tokens` tokens, with no chat template and no stop ids (as
+    /// `herd greedy` does), and resolves to the new ids.
+    #[wasm_bindgen(js_name = greedyIds)]
+    pub fn greedy_ids(&self, ids: Vec<u32>, max_tokens: usize) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let _busy = Busy::take(&inner)?;
+            let v = inner.cfg.text.vocab_size;
+            if ids.is_empty() {
+                return Err(JsError::new("prompt_ids is empty").into());
+            }
+            if let Some(bad) = ids.iter().find(|&&i| i as usize >= v) {
+                return Err(JsError::new(&format!("prompt id {bad} is past the vocabulary ({v} ids)")).into());
+            }
+            let t0 = web_time::Instant::now();
+            let out = greedy_rows_async(&inner.model, &[ids], max_tokens).await.map_err(js)?;
+            let secs = t0.elapsed().as_secs_f64();
+            *inner.last.borrow_mut() = serde_json::json!({ "generated_tokens": max_tokens, "seconds": secs });
+            Ok(js_sys::Uint32Array::from(&out[0][..]).into())
+        })
+    }
+
+    /// Asks a running generation to stop after its current token.
+    pub fn cancel(&self) {
+        self.inner.cancel.set(true);
+    }
+
+    /// Forgets the conversation.
+    pub fn reset(&self) {
+        self.inner.conversation.borrow_mut().clear();
+        if !self.inner.busy.get() {
+            *self.inner.session.borrow_mut() = None;
+        }
+    }
+
+    /// The statistics as JSON: the last generation, the expert cache, the page's fetches, the device.
+    pub fn stats(&self) -> String {
+        let i = &self.inner;
+        let f = fetch::stats();
+        let mut j = serde_json::json!({
+            "last": *i.last.borrow(), "adapter": i.adapter, "limits": i.limits, "verified": i.verified,
+            "fetch": {"requests": f.requests, "bytes": f.bytes, "cache_hits": f.cache_hits,
+                      "cache_bytes": f.cache_bytes, "retries": f.retries},
+        });
+        if let Some(s) = i.model.expert_stats() {
+            j["experts"] = serde_json::json!({
+                "budget": s.budget, "slot_bytes": s.capacity, "slots": s.slots, "experts": s.experts,
+                "expert_bytes": s.expert_bytes, "lookups": s.lookups, "hits": s.hits, "hit_rate": s.hit_rate(),
+                "lru_hit_rate": s.lru_hit_rate(), "fetched": s.fetched, "bytes_moved": s.bytes_moved,
+                "wait_s": s.wait_secs, "upload_s": s.upload_secs, "extra_rounds": s.extra_rounds, "policy": s.policy,
+            });
+        }
+        j.to_string()
+    }
+
+    /// The GPU adapter, e.g. `SwiftShader Device (Subzero) (Cpu, BrowserWebGpu)`.
+    #[wasm_bindgen(getter)]
+    pub fn adapter(&self) -> String {
+        self.inner.adapter.clone()
+    }
+
+    /// The device limits herd runs within.
+    #[wasm_bindgen(getter)]
+    pub fn limits(&self) -> String {
+        self.inner.limits.clone()
+    }
+
+    /// The MoE layers' indices (the rows of a routing picture), experts per layer, and picks per token.
+    #[wasm_bindgen(getter, js_name = moeLayers)]
+    pub fn moe_layers(&self) -> Vec<u32> {
+        (0..self.inner.cfg.text.num_hidden_layers)
+            .filter(|&i| self.inner.cfg.text.moe_layers[i])
+            .map(|i| i as u32)
+            .collect()
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn experts(&self) -> u32 {
+        self.inner.cfg.text.num_local_experts as u32
+    }
+
+    #[wasm_bindgen(getter, js_name = expertsPerToken)]
+    pub fn experts_per_token(&self) -> u32 {
+        self.inner.cfg.text.num_experts_per_tok as u32
+    }
+
+    /// Token ids of `text` (plain, with BOS), for pages that build their own prompts.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, JsError> {
+        self.inner.tok.encode_plain(text, true).map_err(|e| JsError::new(&e.to_string()))
+    }
+
+    pub fn decode(&self, ids: Vec<u32>) -> Result<String, JsError> {
+        self.inner.tok.decode(&ids, true).map_err(|e| JsError::new(&e.to_string()))
+    }
+}

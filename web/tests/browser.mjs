@@ -1,0 +1,81 @@
+// Loads one page in headless Chromium (WebGPU on its SwiftShader adapter) and waits until the page sets
+// its title to "done" or "error: ...". Prints one JSON line: {title, ids, stats, console}.
+// With --shaders FILE (a JSON list of [label, wgsl]), compiles each module on the page's WebGPU device
+// instead and prints {title, errors: [[label, message]...]}.
+// Usage: node browser.mjs [--shaders FILE] URL [timeout_seconds]
+import { chromium } from "playwright-core";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const argv = process.argv.slice(2);
+let shaders = null;
+if (argv[0] === "--shaders") {
+  shaders = JSON.parse(readFileSync(argv[1], "utf8"));
+  argv.splice(0, 2);
+}
+const [url, timeoutArg] = argv;
+if (!url) {
+  console.error("usage: node browser.mjs URL [timeout_seconds]");
+  process.exit(2);
+}
+const timeout = 1000 * Number(timeoutArg || 300);
+const profile = mkdtempSync(join(tmpdir(), "herd-chromium-"));
+const args = [
+  "--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  `--user-data-dir=${profile}`, "--remote-debugging-pipe",
+];
+const messages = [];
+let browser;
+try {
+  browser = await chromium.launch({
+    executablePath: process.env.HERD_CHROMIUM || "/usr/bin/chromium",
+    ignoreDefaultArgs: true,
+    args,
+    timeout: 60000,
+  });
+  const page = browser.contexts()[0] ? await browser.contexts()[0].newPage() : await browser.newPage();
+  page.on("console", (m) => messages.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => messages.push(`pageerror: ${e.message}`));
+  await page.goto(url, { timeout: 60000 });
+  if (shaders) {
+    const errors = await page.evaluate(async (list) => {
+      const adapter = await navigator.gpu.requestAdapter();
+      if (!adapter) return [["adapter", "no WebGPU adapter"]];
+      const device = await adapter.requestDevice({ requiredLimits: {
+        maxStorageBuffersPerShaderStage: adapter.limits.maxStorageBuffersPerShaderStage,
+        maxComputeWorkgroupStorageSize: adapter.limits.maxComputeWorkgroupStorageSize,
+        maxComputeInvocationsPerWorkgroup: adapter.limits.maxComputeInvocationsPerWorkgroup,
+        maxComputeWorkgroupSizeX: adapter.limits.maxComputeWorkgroupSizeX,
+      } });
+      const out = [];
+      for (const [label, code] of list) {
+        const m = device.createShaderModule({ label, code });
+        const info = await m.getCompilationInfo();
+        for (const msg of info.messages) {
+          if (msg.type === "error") out.push([label, `${msg.lineNum}:${msg.linePos} ${msg.message}`]);
+        }
+      }
+      return out;
+    }, shaders);
+    console.log(JSON.stringify({ title: "done", errors, console: messages.slice(-20) }));
+    process.exitCode = 0;
+  } else {
+    await page.waitForFunction(() => document.title === "done" || document.title.startsWith("error:"), null, {
+      timeout,
+      polling: 200,
+    });
+    const out = await page.evaluate(() => ({
+      title: document.title,
+      ids: document.getElementById("ids").textContent,
+      stats: document.getElementById("stats").textContent,
+    }));
+    console.log(JSON.stringify({ ...out, console: messages.slice(-20) }));
+  }
+} catch (e) {
+  console.log(JSON.stringify({ title: `harness: ${e.message.split("\n")[0]}`, ids: "", stats: "", console: messages.slice(-20) }));
+} finally {
+  if (browser) await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
