@@ -78,6 +78,33 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     finish(li, acc, t);
 }
 
+// matmul without shared memory or barriers, for CPU adapters (Chrome's SwiftShader), which run a
+// workgroup's invocations as fibers and pay dearly for each barrier: one invocation per output column of the
+// bound part, for a block of up to 8 rows, reading the whole weight row itself. Any weight format.
+// Bindings and params: as matmul.
+@compute @workgroup_size(64)
+fn matmul_col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = group_index(wid, nwg);
+    let m = pu(0u);
+    let k = pu(1u);
+    let ncols = pu(4u);
+    let cblocks = (ncols + 63u) / 64u;
+    let lc = (g % cblocks) * 64u + li;
+    let m0 = (g / cblocks) * 8u;
+    if (lc >= ncols || m0 >= m) { return; }
+    let rows = min(8u, m - m0);
+    var acc: array<f32, 8>;
+    for (var r = 0u; r < 8u; r++) { acc[r] = 0.0; }
+    let wbase = lc * k;
+    for (var kk = 0u; kk < k; kk++) {
+        let wv = wlin(wbase + kk);
+        for (var r = 0u; r < rows; r++) { acc[r] += x[(m0 + r) * k + kk] * wv; }
+    }
+    let n = pu(2u);
+    let col = pu(3u) + lc;
+    for (var r = 0u; r < rows; r++) { out[(m0 + r) * n + col] = acc[r]; }
+}
+
 // The 16-byte piece v of the bound weight as 4 (f32) or 8 (16-bit formats) values.
 fn piece(v: u32) -> array<f32, 8> { return unpack16(w4[v]); }
 

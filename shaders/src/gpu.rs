@@ -20,6 +20,20 @@ pub struct WgpuOptions {
     /// `None` (the default) on hardware GPUs that have them. CPU implementations (lavapipe) emulate them:
     /// there the op table's reductions measured slower with them than with shared memory.
     pub subgroups: Option<bool>,
+    /// Kernels without shared-memory reductions where a CPU runs the shaders (barriers cost a CPU adapter far
+    /// more than a GPU): `Some(true)` always, `Some(false)` never, `None` (the default) on a CPU adapter in a
+    /// browser (Chrome's SwiftShader). Natively lavapipe keeps the GPU kernels, which the tests cover there.
+    /// Natively `HERD_WGPU_CPU_KERNELS=1` (or `0`) decides when this is None.
+    pub cpu_kernels: Option<bool>,
+}
+
+/// `HERD_WGPU_CPU_KERNELS` (native only: a page has no environment).
+fn env_flag() -> Option<bool> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Ok(v) = std::env::var("HERD_WGPU_CPU_KERNELS") {
+        return Some(v != "0");
+    }
+    None
 }
 
 /// Which .wgsl file a pipeline comes from.
@@ -252,6 +266,8 @@ pub struct Gpu {
     pub(crate) info: wgpu::AdapterInfo,
     /// Reductions use subgroup operations (the device has them and the options allow them).
     pub(crate) subgroups: bool,
+    /// Decode matmuls run without barriers (see [`WgpuOptions::cpu_kernels`]).
+    pub(crate) cpu_kernels: bool,
     pub(crate) limits: wgpu::Limits,
     pipelines: Mutex<HashMap<PipelineKey, Arc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
     encoder: Mutex<Option<Recorder>>,
@@ -293,6 +309,10 @@ impl Gpu {
         let hardware = matches!(info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu);
         let subgroups = opts.subgroups.unwrap_or(hardware) && adapter.features().contains(wgpu::Features::SUBGROUP);
         let features = if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() };
+        let cpu_kernels = opts
+            .cpu_kernels
+            .or_else(env_flag)
+            .unwrap_or(cfg!(target_arch = "wasm32") && info.device_type == wgpu::DeviceType::Cpu);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("herd"),
@@ -320,6 +340,7 @@ impl Gpu {
             queue,
             info,
             subgroups,
+            cpu_kernels,
             limits,
             pipelines: Mutex::new(HashMap::new()),
             encoder: Mutex::new(None),

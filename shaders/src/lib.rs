@@ -172,7 +172,8 @@ impl Backend for WgpuBackend {
     type Weight = GpuWeight;
 
     fn name(&self) -> String {
-        format!("wgpu: {}{}", self.adapter(), if self.gpu.subgroups { ", subgroups" } else { "" })
+        let sg = if self.gpu.subgroups { ", subgroups" } else { "" };
+        format!("wgpu: {}{sg}{}", self.adapter(), if self.gpu.cpu_kernels { ", CPU kernels" } else { "" })
     }
 
     fn max_buffer_len(&self) -> usize {
@@ -357,7 +358,7 @@ impl Backend for WgpuBackend {
         };
         need("matmul x", x, m * k)?;
         need("matmul out", out, m * n)?;
-        if m > 8 {
+        if m > 8 && !self.gpu.cpu_kernels {
             // Prefill: the tiled GEMM (32 rows × 64 columns per workgroup).
             for part in &w.parts {
                 let p = [m as u32, k as u32, n as u32, part.first as u32, part.count as u32];
@@ -379,6 +380,12 @@ impl Backend for WgpuBackend {
         };
         for part in &w.parts {
             let p = [m as u32, k as u32, n as u32, part.first as u32, part.count as u32];
+            if self.gpu.cpu_kernels {
+                let groups = (part.count.div_ceil(64) * mblocks) as u32;
+                let b = [(1, &x.buf), (2, &part.buf), (3, &out.buf), (12, part.scale_buf())];
+                self.gpu.dispatch(Shader::Matmul, "matmul_col", w.wdt(), &b, &p, groups)?;
+                continue;
+            }
             let groups = (part.count.div_ceil(8) * mblocks) as u32;
             if qvec {
                 let b = [(1, &x.buf), (4, &part.buf), (3, &out.buf), (12, part.scale_buf())];

@@ -41,7 +41,9 @@ fn main() {
         } else {
             None
         };
-        let opts = WgpuOptions { subgroups, ..Default::default() };
+        // --cpu-kernels: the kernels a CPU adapter in a browser takes (no barriers), on this device.
+        let cpu_kernels = args.iter().any(|a| a == "--cpu-kernels").then_some(true);
+        let opts = WgpuOptions { subgroups, cpu_kernels, ..Default::default() };
         match WgpuBackend::with_options(&opts) {
             Ok(be) => {
                 run(be.name(), run_table(&be, perf, filter));

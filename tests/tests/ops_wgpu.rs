@@ -20,6 +20,12 @@ fn wgpu_backend_without_subgroups_passes_the_op_table() {
     op_table(&WgpuOptions { subgroups: Some(false), ..Default::default() });
 }
 
+/// The kernels a CPU adapter in a browser (SwiftShader) takes, without barriers, on the same device.
+#[test]
+fn wgpu_backend_with_cpu_kernels_passes_the_op_table() {
+    op_table(&WgpuOptions { subgroups: Some(false), cpu_kernels: Some(true), ..Default::default() });
+}
+
 fn op_table(opts: &WgpuOptions) {
     let be = match WgpuBackend::with_options(opts) {
         Ok(b) => b,
