@@ -218,6 +218,21 @@ fn the_page_refetches_experts_at_the_smallest_budget_with_the_same_ids() {
     );
 }
 
+/// A browser without WebGPU gets a notice on the page saying so, and the automation hook an error.
+#[test]
+fn without_webgpu_the_page_says_so() {
+    if !can_run("without_webgpu_the_page_says_so") {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let sc = Scratch::new("web-nogpu");
+    let (_, _, q) = query(&Reference::load("scout"), "");
+    let server = Server::start(&model(&sc));
+    let v = browser(&["--no-webgpu", &format!("{}{q}", server.url), "120"]);
+    assert_eq!(v["title"], "error: WebGPU is not available in this browser", "{v}");
+    assert!(v["notice"].as_str().unwrap().contains("WebGPU is not available"), "no notice on the page: {v}");
+}
+
 #[test]
 fn the_page_reports_a_corrupt_range_and_generates_nothing() {
     if !can_run("the_page_reports_a_corrupt_range_and_generates_nothing") {

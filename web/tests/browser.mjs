@@ -2,7 +2,7 @@
 // its title to "done" or "error: ...". Prints one JSON line: {title, ids, stats, console}.
 // With --shaders FILE (a JSON list of [label, wgsl]), compiles each module on the page's WebGPU device
 // instead and prints {title, errors: [[label, message]...]}.
-// Usage: node browser.mjs [--shaders FILE] URL [timeout_seconds]
+// Usage: node browser.mjs [--no-webgpu | --shaders FILE] URL [timeout_seconds]
 import { chromium } from "playwright-core";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -10,6 +10,9 @@ import { join } from "node:path";
 
 const argv = process.argv.slice(2);
 let shaders = null;
+// --no-webgpu: a browser without WebGPU, to see the page say so.
+const noWebgpu = argv[0] === "--no-webgpu";
+if (noWebgpu) argv.splice(0, 1);
 if (argv[0] === "--shaders") {
   shaders = JSON.parse(readFileSync(argv[1], "utf8"));
   argv.splice(0, 2);
@@ -22,7 +25,8 @@ if (!url) {
 const timeout = 1000 * Number(timeoutArg || 300);
 const profile = mkdtempSync(join(tmpdir(), "herd-chromium-"));
 const args = [
-  "--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--disable-quic", "--no-first-run",
+  "--headless=new", "--no-sandbox", ...(noWebgpu ? ["--disable-gpu", "--disable-webgpu"] : ["--enable-unsafe-webgpu"]),
+  "--disable-quic", "--no-first-run",
   "--disable-background-networking", "--disable-component-update", "--disable-sync",
   `--user-data-dir=${profile}`, "--remote-debugging-pipe",
 ];
@@ -70,6 +74,7 @@ try {
       title: document.title,
       ids: document.getElementById("ids").textContent,
       stats: document.getElementById("stats").textContent,
+      notice: document.getElementById("nogpu").hidden ? "" : document.getElementById("nogpu").textContent,
     }));
     console.log(JSON.stringify({ ...out, console: messages.slice(-20) }));
   }

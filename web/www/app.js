@@ -142,9 +142,11 @@ async function automation() {
 }
 
 async function main() {
-  if (!navigator.gpu) {
+  // navigator.gpu can be there with no adapter behind it (WebGPU switched off, or blocklisted).
+  const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
+  if (!adapter) {
     const msg = "WebGPU is not available in this browser, and herd needs it. Use a browser with WebGPU " +
-      "(Chrome or Edge 113+, Safari 18+, Firefox 141+ on Windows), and make sure hardware acceleration is on.";
+      "(Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows), and make sure hardware acceleration is on.";
     $("nogpu").textContent = msg;
     $("nogpu").hidden = false;
     $("load").disabled = true;
