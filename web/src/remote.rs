@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use herd_core::backend::Backend;
 use herd_core::checkpoint::{header_len, parse_header, Checkpoint, HeaderTensor, TensorRef};
 use herd_core::experts::{ExpertFuture, ExpertSource};
@@ -14,6 +15,9 @@ use herd_core::{HerdError, Result};
 
 use crate::fetch;
 use crate::manifest::{is_routed_expert, Manifest, MANIFEST};
+
+/// Range requests in flight at once while the resident tensors load.
+const IN_FLIGHT: usize = 6;
 
 /// `progress(phase, done, total)`.
 pub type Progress<'a> = &'a mut dyn FnMut(&str, f64, f64);
@@ -114,27 +118,38 @@ impl Remote {
         let total: usize = wanted.iter().map(|(_, t)| t.end - t.start).sum();
         let mut done = 0;
         let mut tensors = Vec::with_capacity(wanted.len());
-        for (f, t) in wanted {
-            let dtype = t.dtype.ok_or_else(|| {
-                HerdError::tensor(
-                    &t.name,
-                    format!("{:?} is not a format herd-web reads (F32, BF16, F16, herd's int4/int8)", t.stored),
-                )
-            })?;
+        // A few requests in flight at once (what a browser runs in parallel per host over HTTP/1.1), so a
+        // model of many small tensors does not wait one round trip per tensor.
+        for batch in wanted.chunks(IN_FLIGHT) {
             progress("weights", done as f64, total as f64);
-            let verify = |parts: &[&[u8]]| -> std::result::Result<(), String> {
-                match &self.manifest {
-                    Some(m) => m.check_tensor(&t.name, parts[0]),
-                    None => herd_core::quant::check_finite(dtype, &t.shape, parts[0]),
-                }
-            };
-            let what = format!("tensor {}", t.name);
-            let mut got = fetch::ranges(&f.url, &[(t.start, t.end)], &what, &verify).await.map_err(input)?;
-            done += t.end - t.start;
-            tensors.push((t.name.clone(), dtype, t.shape.clone(), got.remove(0)));
+            let got = join_all(batch.iter().map(|&(f, t)| self.fetch_tensor(f, t))).await;
+            for ((_, t), r) in batch.iter().zip(got) {
+                let (dtype, bytes) = r?;
+                done += t.end - t.start;
+                tensors.push((t.name.clone(), dtype, t.shape.clone(), bytes));
+            }
         }
         progress("weights", total as f64, total as f64);
         Checkpoint::from_tensors(&self.base, tensors)
+    }
+
+    /// One resident tensor, verified.
+    async fn fetch_tensor(&self, f: &RemoteFile, t: &HeaderTensor) -> Result<(DType, Vec<u8>)> {
+        let dtype = t.dtype.ok_or_else(|| {
+            HerdError::tensor(
+                &t.name,
+                format!("{:?} is not a format herd-web reads (F32, BF16, F16, herd's int4/int8)", t.stored),
+            )
+        })?;
+        let verify = |parts: &[&[u8]]| -> std::result::Result<(), String> {
+            match &self.manifest {
+                Some(m) => m.check_tensor(&t.name, parts[0]),
+                None => herd_core::quant::check_finite(dtype, &t.shape, parts[0]),
+            }
+        };
+        let what = format!("tensor {}", t.name);
+        let mut got = fetch::ranges(&f.url, &[(t.start, t.end)], &what, &verify).await.map_err(input)?;
+        Ok((dtype, got.remove(0)))
     }
 
     /// The routed experts, fetched one at a time by range when the model asks.
