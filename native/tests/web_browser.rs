@@ -166,6 +166,21 @@ fn the_page_continues_a_prompt_as_herd_greedy_does() {
     assert_eq!(ids_of(&v), native, "the page's greedy ids differ from `herd greedy`'s");
     let stats: Value = serde_json::from_str(v["stats"].as_str().unwrap()).unwrap();
     assert_eq!(stats["verified"], true, "every range should be checked against the manifest: {stats}");
+    // The weights load a part at a time (the embeddings and lm_head, then each layer): the page held the
+    // largest part at most, never all of them.
+    let file = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let mut parts: HashMap<String, u64> = HashMap::new();
+    for (name, view) in SafeTensors::deserialize(&file).unwrap().tensors() {
+        if !name.contains("feed_forward.experts.") {
+            let layer = name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).unwrap_or("rest");
+            *parts.entry(layer.to_owned()).or_default() += view.data().len() as u64;
+        }
+    }
+    let (largest, all) = (*parts.values().max().unwrap(), parts.values().sum::<u64>());
+    let load = &stats["load"];
+    assert_eq!(load["resident_bytes"].as_u64(), Some(all), "{stats}");
+    let held = load["peak_held_bytes"].as_u64().unwrap();
+    assert!(held > 0 && held <= largest && largest < all, "held {held} B at once; largest part {largest} of {all}");
     let e = &stats["experts"];
     assert!(e["fetched"].as_u64().unwrap() > 0, "no expert was fetched: {stats}");
     assert!(

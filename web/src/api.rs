@@ -64,6 +64,8 @@ struct Inner {
     limits: String,
     verified: bool,
     last: RefCell<serde_json::Value>,
+    /// Bytes loaded, and the most the page held at once while loading.
+    load: serde_json::Value,
 }
 
 /// A loaded model on the page's GPU.
@@ -104,8 +106,6 @@ pub async fn load_model(url: String, options: JsValue) -> Result<Herd, JsError> 
         None => GenerationConfig::default(),
     };
     let streamed = cfg.text.moe_layers.iter().any(|&m| m);
-    let ck = remote.resident(streamed, &mut progress).await.map_err(e)?;
-    let weights = WebWeights { ck, experts: Arc::new(remote.experts()) };
     let opts = ExpertCacheOptions {
         budget: budget.unwrap_or(u64::MAX / 4),
         policy: Policy::Lrfu,
@@ -114,11 +114,12 @@ pub async fn load_model(url: String, options: JsValue) -> Result<Herd, JsError> 
         // The routing picture needs every layer's picks each step: one readback per MoE layer.
         trace_picks: get(&options, "routing").is_none_or(|v| v.as_bool() != Some(false)),
     };
-    let layers = cfg.text.num_hidden_layers as f64;
-    let model = Llama4::load_with(backend, &weights, &cfg.text, streamed.then_some(&opts), &mut |done, _| {
-        progress("upload", done as f64, layers)
-    })
-    .map_err(e)?;
+    let weights = WebWeights::new(&remote, streamed, &mut progress);
+    let model = Llama4::load_with_async(backend, &weights, &cfg.text, streamed.then_some(&opts), &mut |_, _| {})
+        .await
+        .map_err(e)?;
+    let load = serde_json::json!({ "resident_bytes": weights.total, "peak_held_bytes": *weights.peak.borrow() });
+    drop(weights);
     progress("ready", 1.0, 1.0);
     Ok(Herd {
         inner: Rc::new(Inner {
@@ -135,6 +136,7 @@ pub async fn load_model(url: String, options: JsValue) -> Result<Herd, JsError> 
             limits,
             verified: remote.manifest.is_some(),
             last: RefCell::new(serde_json::Value::Null),
+            load,
         }),
     })
 }
@@ -288,7 +290,7 @@ impl Herd {
         let i = &self.inner;
         let f = fetch::stats();
         let mut j = serde_json::json!({
-            "last": *i.last.borrow(), "adapter": i.adapter, "limits": i.limits, "verified": i.verified,
+            "last": *i.last.borrow(), "adapter": i.adapter, "limits": i.limits, "verified": i.verified, "load": i.load,
             "fetch": {"requests": f.requests, "bytes": f.bytes, "cache_hits": f.cache_hits,
                       "cache_bytes": f.cache_bytes, "retries": f.retries},
         });

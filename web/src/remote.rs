@@ -2,14 +2,15 @@
 //! tensors the model keeps resident, and the routed experts as an [`ExpertSource`] that fetches one expert's
 //! bytes when a router picks it. Every range is verified against the checksum manifest before use.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::join_all;
 use herd_core::backend::Backend;
-use herd_core::checkpoint::{header_len, parse_header, Checkpoint, HeaderTensor, TensorRef};
+use herd_core::checkpoint::{header_len, parse_header, HeaderTensor, TensorRef};
 use herd_core::experts::{ExpertFuture, ExpertSource};
-use herd_core::model::WeightSource;
+use herd_core::model::{StageFuture, WeightSource};
 use herd_core::quant::DType;
 use herd_core::{HerdError, Result};
 
@@ -41,6 +42,11 @@ pub struct Remote {
     pub generation_config: Option<String>,
     pub files: Vec<RemoteFile>,
     pub manifest: Option<Arc<Manifest>>,
+}
+
+/// The layer a logical tensor name belongs to.
+fn layer_of(logical: &str) -> Option<usize> {
+    logical.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
 }
 
 /// Whether the text model reads this tensor (the vision tower's are never fetched).
@@ -106,31 +112,29 @@ impl Remote {
         Ok(Remote { base, config, tokenizer, tokenizer_config, generation_config, files, manifest })
     }
 
-    /// Fetches every tensor of the text model but the routed experts when `streamed` (those stay behind
-    /// [`Remote::experts`]), verified, as a checkpoint in memory. `progress("weights", bytes, total)`.
-    pub async fn resident(&self, streamed: bool, progress: Progress<'_>) -> Result<Checkpoint> {
-        let wanted: Vec<(&RemoteFile, &HeaderTensor)> = self
-            .files
+    /// The text model's tensors of one part (see [`WeightSource::stage`]): `None` those outside the layers,
+    /// `Some(i)` layer i's; without the routed experts when they stream.
+    fn part(&self, part: Option<usize>, streamed: bool) -> Vec<(&RemoteFile, &HeaderTensor)> {
+        let prefix = part.map(|i| format!("model.layers.{i}."));
+        self.files
             .iter()
             .flat_map(|f| f.tensors.iter().map(move |t| (f, t)))
-            .filter(|(_, t)| text_tensor(t.logical()) && !(streamed && is_routed_expert(t.logical())))
-            .collect();
-        let total: usize = wanted.iter().map(|(_, t)| t.end - t.start).sum();
-        let mut done = 0;
-        let mut tensors = Vec::with_capacity(wanted.len());
-        // A few requests in flight at once (what a browser runs in parallel per host over HTTP/1.1), so a
-        // model of many small tensors does not wait one round trip per tensor.
-        for batch in wanted.chunks(IN_FLIGHT) {
-            progress("weights", done as f64, total as f64);
-            let got = join_all(batch.iter().map(|&(f, t)| self.fetch_tensor(f, t))).await;
-            for ((_, t), r) in batch.iter().zip(got) {
-                let (dtype, bytes) = r?;
-                done += t.end - t.start;
-                tensors.push((t.name.clone(), dtype, t.shape.clone(), bytes));
-            }
-        }
-        progress("weights", total as f64, total as f64);
-        Checkpoint::from_tensors(&self.base, tensors)
+            .filter(|(_, t)| {
+                let l = t.logical();
+                let ours = match &prefix {
+                    Some(p) => l.starts_with(p.as_str()),
+                    None => !l.starts_with("model.layers."),
+                };
+                ours && text_tensor(l) && !(streamed && is_routed_expert(l))
+            })
+            .collect()
+    }
+
+    /// Bytes of the text model's tensors that load (all but streamed experts).
+    pub fn resident_bytes(&self, streamed: bool) -> usize {
+        let layers = self.files.iter().flat_map(|f| &f.tensors).filter_map(|t| layer_of(t.logical())).max();
+        let parts = std::iter::once(None).chain((0..layers.map_or(0, |n| n + 1)).map(Some));
+        parts.map(|p| self.part(p, streamed).iter().map(|(_, t)| t.end - t.start).sum::<usize>()).sum()
     }
 
     /// One resident tensor, verified.
@@ -220,20 +224,83 @@ impl ExpertSource for HttpExperts {
     }
 }
 
-/// The resident tensors, and the experts behind HTTP.
-pub struct WebWeights {
-    pub ck: Checkpoint,
+/// The model's weights over HTTP: each part is fetched when the model stages it (a few ranges in flight,
+/// verified), uploaded when asked for, and its bytes dropped then, so the page holds one layer's tensors at
+/// a time. Routed experts stream from [`HttpExperts`] when `streamed`.
+pub struct WebWeights<'a> {
+    pub remote: &'a Remote,
+    pub streamed: bool,
     pub experts: Arc<HttpExperts>,
+    /// Fetched and not yet uploaded: logical name → tensor.
+    staged: RefCell<HashMap<String, TensorRef>>,
+    /// Bytes fetched so far, and `progress("weights", done, total)`.
+    done: RefCell<usize>,
+    pub total: usize,
+    /// The most bytes staged at once.
+    pub peak: RefCell<usize>,
+    progress: RefCell<Progress<'a>>,
 }
 
-impl<B: Backend> WeightSource<B> for WebWeights {
+impl<'a> WebWeights<'a> {
+    pub fn new(remote: &'a Remote, streamed: bool, progress: Progress<'a>) -> Self {
+        WebWeights {
+            remote,
+            streamed,
+            experts: Arc::new(remote.experts()),
+            staged: RefCell::new(HashMap::new()),
+            done: RefCell::new(0),
+            total: remote.resident_bytes(streamed),
+            peak: RefCell::new(0),
+            progress: RefCell::new(progress),
+        }
+    }
+
+    async fn fetch_part(&self, part: Option<usize>) -> Result<()> {
+        let wanted = self.remote.part(part, self.streamed);
+        for batch in wanted.chunks(IN_FLIGHT) {
+            let got = join_all(batch.iter().map(|&(f, t)| self.remote.fetch_tensor(f, t))).await;
+            for ((_, t), r) in batch.iter().zip(got) {
+                let (dtype, bytes) = r?;
+                *self.done.borrow_mut() += bytes.len();
+                let tensor = TensorRef::owned(&t.name, dtype, t.shape.clone(), bytes);
+                self.staged.borrow_mut().insert(t.logical().to_owned(), tensor);
+            }
+            let held: usize = self.staged.borrow().values().map(|t| t.bytes().len()).sum();
+            let mut peak = self.peak.borrow_mut();
+            *peak = (*peak).max(held);
+            (self.progress.borrow_mut())("weights", *self.done.borrow() as f64, self.total as f64);
+        }
+        Ok(())
+    }
+}
+
+impl WebWeights<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.remote.files.iter().any(|f| f.tensors.iter().any(|t| t.logical() == name))
+    }
+}
+
+impl<B: Backend> WeightSource<B> for WebWeights<'_> {
     fn contains(&self, name: &str) -> bool {
-        self.ck.contains(name)
+        self.has(name)
     }
     fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight> {
-        be.load_weight(self.ck.get_shaped(name, shape)?)
+        let t = self.staged.borrow_mut().remove(name).ok_or_else(|| {
+            if self.has(name) {
+                HerdError::tensor(name, "asked for before its part was fetched")
+            } else {
+                HerdError::tensor(name, format!("not in the checkpoint at {}", self.remote.base))
+            }
+        })?;
+        if t.shape != shape {
+            return Err(HerdError::tensor(&t.name, format!("shape {:?}, the config needs {shape:?}", t.shape)));
+        }
+        be.load_weight(&t)
     }
     fn experts(&self) -> Option<Arc<dyn ExpertSource>> {
         Some(self.experts.clone())
+    }
+    fn stage(&self, part: Option<usize>) -> StageFuture<'_> {
+        Box::pin(self.fetch_part(part))
     }
 }

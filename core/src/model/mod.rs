@@ -39,7 +39,17 @@ pub trait WeightSource<B: Backend> {
     fn experts(&self) -> Option<Arc<dyn ExpertSource>> {
         None
     }
+    /// Readies the tensors of one part of the model before [`WeightSource::weight`] asks for them: `None`
+    /// the embeddings, final norm and lm_head, `Some(i)` layer `i` (parts come in that order). A source
+    /// that must fetch without blocking (a browser's) fetches them here, so that it holds one part at a time
+    /// and `weight` stays synchronous. The default has nothing to do.
+    fn stage(&self, _part: Option<usize>) -> StageFuture<'_> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
+
+/// What [`WeightSource::stage`] returns.
+pub type StageFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
 
 impl<B: Backend> WeightSource<B> for Checkpoint {
     fn contains(&self, name: &str) -> bool {
@@ -225,6 +235,18 @@ impl<B: Backend> Llama4<B> {
         experts: Option<&ExpertCacheOptions>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        pollster::block_on(Self::load_with_async(backend, ck, cfg, experts, progress))
+    }
+
+    /// [`Llama4::load_with`] without blocking: each part of the model is [staged](WeightSource::stage)
+    /// (awaited) before it is uploaded, as a browser's source needs.
+    pub async fn load_with_async(
+        backend: Arc<B>,
+        ck: &dyn WeightSource<B>,
+        cfg: &TextConfig,
+        experts: Option<&ExpertCacheOptions>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let cache = match experts {
             Some(opts) if cfg.moe_layers.iter().any(|&m| m) => {
                 let src = ck.experts().ok_or_else(|| {
@@ -236,6 +258,7 @@ impl<B: Backend> Llama4<B> {
         };
         let (d, v) = (cfg.hidden_size, cfg.vocab_size);
         let w = |name: &str, shape: &[usize]| ck.weight(&*backend, name, shape);
+        ck.stage(None).await?;
         let embed = w("model.embed_tokens.weight", &[v, d])?;
         let norm = w("model.norm.weight", &[d])?;
         let lm_head = if ck.contains("lm_head.weight") || !cfg.tie_word_embeddings {
@@ -247,6 +270,7 @@ impl<B: Backend> Llama4<B> {
         let total = cfg.num_hidden_layers;
         for i in 0..total {
             let p = format!("model.layers.{i}.");
+            ck.stage(Some(i)).await?;
             layers.push(Layer {
                 input_norm: w(&format!("{p}input_layernorm.weight"), &[d])?,
                 post_norm: w(&format!("{p}post_attention_layernorm.weight"), &[d])?,
