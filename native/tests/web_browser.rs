@@ -285,3 +285,24 @@ fn the_page_reports_a_corrupt_range_and_generates_nothing() {
     assert!(title.contains("checksum mismatch") && title.contains(&name), "{title}");
     assert!(ids_of(&v).is_empty(), "ids were written despite the error: {v}");
 }
+
+/// `herd serve-web` refuses, in one line, a page directory that is not one (or not built) and a model
+/// directory that is not one; `herd web-manifest` a directory with no checkpoint. No browser needed.
+#[test]
+fn serve_web_refuses_what_it_cannot_serve() {
+    let sc = Scratch::new("web-bad");
+    let empty = sc.path("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let www = sc.path("www");
+    std::fs::create_dir_all(www.join("pkg")).unwrap();
+    std::fs::write(www.join("index.html"), "<!doctype html>").unwrap();
+    fails("serve-web, no page", herd(["serve-web", "--www", s(&empty), "--port", "0"]), &["no index.html"]);
+    fails("serve-web, page not built", herd(["serve-web", "--www", s(&www), "--port", "0"]), &["build-web.sh"]);
+    std::fs::write(www.join("pkg/herd_web_bg.wasm"), b"\0asm").unwrap();
+    fails(
+        "serve-web, not a model",
+        herd(["serve-web", "--www", s(&www), "--model", s(&empty), "--port", "0"]),
+        &["no config.json"],
+    );
+    fails("web-manifest, no checkpoint", herd(["web-manifest", "--model", s(&empty)]), &["model.safetensors"]);
+}
