@@ -106,16 +106,14 @@ fn browser(args: &[&str]) -> Value {
 /// of barriers, for one).
 #[test]
 fn every_shader_module_compiles_in_the_browser() {
-    if !can_run("every_shader_module_compiles_in_the_browser") {
+    let Some(Setup { _one, sc, dir, .. }) = setup("every_shader_module_compiles_in_the_browser", "web-wgsl") else {
         return;
-    }
-    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let sc = Scratch::new("web-wgsl");
+    };
     // SwiftShader has no subgroups, so only the shared-memory reductions can be checked here.
     let sources = herd_wgpu::shader_sources(false);
     let file = sc.path("shaders.json");
     std::fs::write(&file, serde_json::to_vec(&sources).unwrap()).unwrap();
-    let server = Server::start(&model(&sc));
+    let server = Server::start(&dir);
     let v = browser(&["--shaders", s(&file), &server.url, "300"]);
     assert_eq!(v["title"], "done", "{v}");
     let errors = v["errors"].as_array().unwrap();
@@ -144,19 +142,35 @@ fn query(r: &Reference, extra: &str) -> (Vec<u32>, usize, String) {
     (ids, n, format!("?model=model/&prompt_ids={}&max_tokens={n}&greedy=1{extra}", list.join(",")))
 }
 
+/// What a browser test starts from: the browser to itself, a scratch directory with the fixture model, and
+/// the fixture's reference. None (NOT RUN printed) where it cannot run and is not required to.
+struct Setup {
+    _one: std::sync::MutexGuard<'static, ()>,
+    sc: Scratch,
+    dir: PathBuf,
+    r: Reference,
+}
+
+fn setup(test: &str, tag: &str) -> Option<Setup> {
+    if !can_run(test) {
+        return None;
+    }
+    let one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let sc = Scratch::new(tag);
+    let dir = model(&sc);
+    Some(Setup { _one: one, sc, dir, r: Reference::load("scout") })
+}
+
 fn expect_done(case: &str, v: &Value) {
     assert_eq!(v["title"], "done", "{case}: the page ended with {:?}; console: {}", v["title"], v["console"]);
 }
 
 #[test]
 fn the_page_continues_a_prompt_as_herd_greedy_does() {
-    if !can_run("the_page_continues_a_prompt_as_herd_greedy_does") {
+    let Some(Setup { _one, sc: _sc, dir, r }) = setup("the_page_continues_a_prompt_as_herd_greedy_does", "web-greedy")
+    else {
         return;
-    }
-    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let sc = Scratch::new("web-greedy");
-    let dir = model(&sc);
-    let r = Reference::load("scout");
+    };
     let (ids, n, q) = query(&r, "");
     let native = run_greedy(&dir, &[ids], n).remove(0);
     assert_eq!(native, r.greedy_ids[0], "herd greedy differs from transformers");
@@ -192,13 +206,11 @@ fn the_page_continues_a_prompt_as_herd_greedy_does() {
 
 #[test]
 fn the_page_refetches_experts_at_the_smallest_budget_with_the_same_ids() {
-    if !can_run("the_page_refetches_experts_at_the_smallest_budget_with_the_same_ids") {
+    let Some(Setup { _one, sc: _sc, dir, r }) =
+        setup("the_page_refetches_experts_at_the_smallest_budget_with_the_same_ids", "web-small")
+    else {
         return;
-    }
-    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let sc = Scratch::new("web-small");
-    let dir = model(&sc);
-    let r = Reference::load("scout");
+    };
     // One expert per MoE layer (top-1): the smallest cache there is.
     let file = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&file).unwrap();
@@ -236,13 +248,11 @@ fn the_page_refetches_experts_at_the_smallest_budget_with_the_same_ids() {
 /// A browser without WebGPU gets a notice on the page saying so, and the automation hook an error.
 #[test]
 fn without_webgpu_the_page_says_so() {
-    if !can_run("without_webgpu_the_page_says_so") {
+    let Some(Setup { _one, sc: _sc, dir, r }) = setup("without_webgpu_the_page_says_so", "web-nogpu") else {
         return;
-    }
-    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let sc = Scratch::new("web-nogpu");
-    let (_, _, q) = query(&Reference::load("scout"), "");
-    let server = Server::start(&model(&sc));
+    };
+    let (_, _, q) = query(&r, "");
+    let server = Server::start(&dir);
     let v = browser(&["--no-webgpu", &format!("{}{q}", server.url), "120"]);
     assert_eq!(v["title"], "error: WebGPU is not available in this browser", "{v}");
     assert!(v["notice"].as_str().unwrap().contains("WebGPU is not available"), "no notice on the page: {v}");
@@ -250,13 +260,11 @@ fn without_webgpu_the_page_says_so() {
 
 #[test]
 fn the_page_reports_a_corrupt_range_and_generates_nothing() {
-    if !can_run("the_page_reports_a_corrupt_range_and_generates_nothing") {
+    let Some(Setup { _one, sc: _sc, dir, r }) =
+        setup("the_page_reports_a_corrupt_range_and_generates_nothing", "web-corrupt")
+    else {
         return;
-    }
-    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let sc = Scratch::new("web-corrupt");
-    let dir = model(&sc);
-    let r = Reference::load("scout");
+    };
     // The manifest is made from the good file; then one byte of every expert of one layer changes on disk.
     ok("web-manifest", herd(["web-manifest", "--model", s(&dir)]));
     let path = dir.join("model.safetensors");
