@@ -245,6 +245,29 @@ fn the_page_refetches_experts_at_the_smallest_budget_with_the_same_ids() {
     );
 }
 
+/// The page as a person uses it: Load the model, type a message, Send, and Stop once the answer starts. The
+/// answer streams in through the chat template and the token callback, Stop cancels the generation, and the
+/// routing picture gets painted.
+#[test]
+fn the_chat_streams_an_answer_and_stop_cancels_it() {
+    let Some(Setup { _one, sc: _sc, dir, .. }) = setup("the_chat_streams_an_answer_and_stop_cancels_it", "web-chat")
+    else {
+        return;
+    };
+    let server = Server::start(&dir);
+    let url = format!("{}?model=model/", server.url);
+    let v = browser(&["--chat", "Tell me about the sea.", &url, "300"]);
+    assert_eq!(v["error"], "", "{v}");
+    assert!(!v["answer"].as_str().unwrap().is_empty(), "no answer streamed in: {v}");
+    let stats: Value = serde_json::from_str(v["stats"].as_str().unwrap()).unwrap();
+    let last = &stats["last"];
+    assert_eq!(last["stop"], "cancelled", "Stop did not cancel the generation: {stats}");
+    assert!(last["generated_tokens"].as_u64().unwrap() < 200, "{stats}");
+    assert!(last["prompt_tokens"].as_u64().unwrap() > 5, "the chat template should wrap the message: {stats}");
+    assert!(v["heatmap"].as_u64().unwrap() > 0, "the routing picture is blank: {v}");
+    assert!(v["speed"].as_str().unwrap().contains("tok/s"), "{v}");
+}
+
 /// A browser without WebGPU gets a notice on the page saying so, and the automation hook an error.
 #[test]
 fn without_webgpu_the_page_says_so() {
