@@ -17,8 +17,8 @@ pub struct WgpuOptions {
     /// smaller limits would: tensors and steps are then split more finely.
     pub max_binding: Option<u64>,
     /// Reductions on subgroup operations: `Some(true)` whenever the device has them, `Some(false)` never,
-    /// `None` (the default) on hardware GPUs that have them. CPU implementations (lavapipe) emulate them:
-    /// there the op table's reductions measured slower with them than with shared memory.
+    /// `None` (the default) on hardware GPUs that have them, natively. CPU implementations (lavapipe) emulate
+    /// them: there the op table's reductions measured slower with them than with shared memory.
     pub subgroups: Option<bool>,
     /// Kernels without shared-memory reductions where a CPU runs the shaders (barriers cost a CPU adapter far
     /// more than a GPU): `Some(true)` always, `Some(false)` never, `None` (the default) on a CPU adapter in a
@@ -307,7 +307,10 @@ impl Gpu {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(m.max(256));
         }
         let hardware = matches!(info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu);
-        let subgroups = opts.subgroups.unwrap_or(hardware) && adapter.features().contains(wgpu::Features::SUBGROUP);
+        // In a browser only when asked for: no browser that could check the subgroup kernels against its own
+        // WGSL compiler has run them yet (the headless test browser has no subgroups).
+        let default = hardware && !cfg!(target_arch = "wasm32");
+        let subgroups = opts.subgroups.unwrap_or(default) && adapter.features().contains(wgpu::Features::SUBGROUP);
         let features = if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() };
         let cpu_kernels = opts
             .cpu_kernels
