@@ -17,7 +17,12 @@ if [ -z "$version" ]; then
 fi
 if ! command -v wasm-bindgen >/dev/null 2>&1 || [ "$(wasm-bindgen --version | awk '{print $2}')" != "$version" ]; then
     echo "installing wasm-bindgen-cli $version (about two minutes, once)"
-    cargo install wasm-bindgen-cli --version "$version" --debug
+    # --force: cargo may still list a wasm-bindgen-cli whose binary is gone or of another version.
+    cargo install wasm-bindgen-cli --version "$version" --debug --force
+    if ! command -v wasm-bindgen >/dev/null 2>&1; then
+        echo "error: wasm-bindgen was installed but is not on PATH (add cargo's bin directory, ~/.cargo/bin)" >&2
+        exit 1
+    fi
 fi
 # No debug info: wasm-bindgen drops it anyway, and it costs a fifth of the build time.
 CARGO_PROFILE_RELEASE_DEBUG=false cargo build --locked --release --target wasm32-unknown-unknown -p herd-web
