@@ -69,10 +69,11 @@ fn run_stats_and_bench_report_the_cache() {
     let base = ["run", "--prompt", "hello there", "--max-tokens", "6", "--temperature", "0"];
     let (plain, _) = ok("run demo", herd(base));
     let mut args = base.to_vec();
-    args.extend(["--expert-cache", "144KiB", "--stats"]);
+    // 1 MiB holds one 192 KiB expert slot per MoE layer (4 layers), of 8 experts each.
+    args.extend(["--expert-cache", "1MiB", "--stats"]);
     let (streamed, err) = ok("run demo streamed", herd(&args));
     assert_eq!(streamed, plain, "streaming the experts changed the generated text");
-    for want in ["expert cache: budget 0.1 MiB", "lookups", "hits", "plain LRU", "fetched", "GB/s"] {
+    for want in ["expert cache: budget 1.0 MiB", "lookups", "hits", "plain LRU", "fetched", "GB/s"] {
         assert!(err.contains(want), "run --stats lacks {want:?}:\n{err}");
     }
     let (out, _) = ok(

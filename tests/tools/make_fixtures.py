@@ -5,7 +5,7 @@ How to run (from the repository root, CPU only, about 30-60 s on 2 cores):
 
     pip install -r tests/tools/requirements.txt
     python3 tests/tools/make_fixtures.py            # everything
-    python3 tests/tools/make_fixtures.py tokenizer  # only some parts: tokenizer scout maverick scout_bf16 guard demo
+    python3 tests/tools/make_fixtures.py tokenizer  # only some parts: tokenizer scout maverick scout_bf16 guard
 
 Everything is seeded and deterministic: with the pinned versions a rerun rewrites byte-identical
 files (checked).  Reference numbers come from transformers==5.24.0 (tests/tools/requirements.txt),
@@ -58,10 +58,8 @@ tests/fixtures/<name>/      tiny random Llama 4 checkpoints, exactly as transfor
   guard       dense Llama-Guard-4-like model (moe_layers [], num_local_experts 0,
               attention_chunk_size null -> every layer global, QK norm on), hidden 64 = 4 x 16,
               Llama4ForConditionalGeneration with a tiny vision tower.
-native/demo/                small random bf16 Llama4ForConditionalGeneration text model (no vision
-                            weights; hidden 128, 4 layers dense/MoE alternating, 4 experts, C=32, Scout's
-                            llama3 RoPE values 16/1/1/8192, theta 500000) + tokenizer files: the default
-                            model of `herd run`.
+The built-in demo model (native/demo) is trained, not random: tests/tools/train_demo.py makes it and
+its reference (tests/fixtures/demo), with the tokenizer and checkpoint helpers of this file.
 """
 
 import codecs
@@ -128,8 +126,9 @@ SPECIALS = llama4_special_tokens()
 BASE_VOCAB = TOTAL_VOCAB - len(SPECIALS)
 
 
-def special_id(tok):
-    return BASE_VOCAB + SPECIALS.index(tok)
+def special_id(tok, base=BASE_VOCAB):
+    """The id of a special token in a vocabulary of `base` BPE tokens followed by the 93 specials."""
+    return base + SPECIALS.index(tok)
 
 
 BOS_ID = special_id("<|begin_of_text|>")
@@ -262,20 +261,26 @@ def load_corpus():
 
 
 def train_tokenizer():
+    return train_bpe(load_corpus().split("\n"), TOTAL_VOCAB)
+
+
+def train_bpe(lines, total_vocab):
+    """A byte-level BPE in the exact Llama 4 tokenizer.json layout, trained on `lines`: total_vocab - 93 BPE
+    tokens, then the 93 Llama 4 special tokens in Meta's order."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    text = load_corpus()
-    lines = text.split("\n")
+    base_vocab = total_vocab - len(SPECIALS)
+    bos_id = special_id("<|begin_of_text|>", base_vocab)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(O200K_REGEX), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
     ])
-    trainer = trainers.BpeTrainer(vocab_size=BASE_VOCAB, min_frequency=2, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=base_vocab, min_frequency=2, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     # keep the line breaks: train on lines with their "\n" (whitespace pre-tokens need them)
     tok.train_from_iterator([l + "\n" for l in lines], trainer=trainer)
-    assert tok.get_vocab_size() == BASE_VOCAB, (tok.get_vocab_size(), BASE_VOCAB)
+    assert tok.get_vocab_size() == base_vocab, (tok.get_vocab_size(), base_vocab)
 
     # Rebuild from JSON with the Llama 4 options (ignore_merges) and pipeline pieces.
     j = json.loads(tok.to_str())
@@ -287,21 +292,21 @@ def train_tokenizer():
     tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False, lstrip=False, rstrip=False,
                                        single_word=False) for s in SPECIALS])
-    assert tok.get_vocab_size() == TOTAL_VOCAB
-    assert tok.token_to_id("<|begin_of_text|>") == BASE_VOCAB and tok.token_to_id("<|patch|>") == TOTAL_VOCAB - 1
+    assert tok.get_vocab_size() == total_vocab
+    assert tok.token_to_id("<|begin_of_text|>") == base_vocab and tok.token_to_id("<|patch|>") == total_vocab - 1
     bos = "<|begin_of_text|>"
     tok.post_processor = processors.Sequence([
         processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True),
         processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
-                                      special_tokens=[(bos, BOS_ID)]),
+                                      special_tokens=[(bos, bos_id)]),
     ])
     return tok
 
 
-def tokenizer_config():
+def tokenizer_config(base=BASE_VOCAB):
     added = {}
     for s in SPECIALS:
-        added[str(special_id(s))] = {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
+        added[str(special_id(s, base))] = {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
                                      "single_word": False, "special": True}
     return {
         "add_bos_token": True,
@@ -321,9 +326,10 @@ def tokenizer_config():
     }
 
 
-def generation_config_dict():
-    return {"bos_token_id": BOS_ID, "do_sample": True, "eos_token_id": list(EOS_IDS), "pad_token_id": PAD_ID,
-            "temperature": 0.6, "top_p": 0.9}
+def generation_config_dict(base=BASE_VOCAB):
+    eos = [special_id(t, base) for t in ("<|end_of_text|>", "<|eom|>", "<|eot|>")]
+    return {"bos_token_id": special_id("<|begin_of_text|>", base), "do_sample": True, "eos_token_id": eos,
+            "pad_token_id": special_id("<|finetune_right_pad|>", base), "temperature": 0.6, "top_p": 0.9}
 
 
 TOKENIZER_CASES = [
@@ -935,44 +941,10 @@ def make_guard():
         variants={"qk_norm": no_qk_norm})
 
 
-def make_demo():
-    import torch
-    from transformers import Llama4Config, Llama4ForConditionalGeneration
-    patch_transformers()
-    tc = text_config_dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                          head_dim=32, num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2,
-                          intermediate_size=96, intermediate_size_mlp=192, use_qk_norm=True,
-                          attention_chunk_size=32, initializer_range=0.05, max_position_embeddings=262144,
-                          rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0,
-                                           "low_freq_factor": 1.0, "high_freq_factor": 1.0,
-                                           "original_max_position_embeddings": 8192})
-    cfg = Llama4Config(text_config=tc, vision_config=dict(TINY_VISION), boi_token_index=special_id("<|image_start|>"),
-                       eoi_token_index=special_id("<|image_end|>"), image_token_index=special_id("<|patch|>"),
-                       tie_word_embeddings=False)
-    model = new_model(Llama4ForConditionalGeneration, cfg, seed=4).to(torch.bfloat16)
-    clean_dir(DEMO_DIR)
-    save_checkpoint(model, DEMO_DIR, "bfloat16", text_only=True)
-    shutil.copyfile(os.path.join(TOK_DIR, "generation_config.json"), os.path.join(DEMO_DIR, "generation_config.json"))
-    from safetensors import safe_open
-    with safe_open(os.path.join(DEMO_DIR, "model.safetensors"), "pt") as f:
-        keys = list(f.keys())
-    assert keys and all(k.startswith("language_model.") for k in keys)
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        m = load(Llama4ForConditionalGeneration, DEMO_DIR, torch.bfloat16)
-    ids = random_prompt(1, 12, 4)
-    _, greedy, agree, full, _ = run_reference(m, ids, 8)
-    # (compare weights, not logits: model.to(bf16) also rounded the in-memory RoPE inv_freq buffer)
-    mine, theirs = model.state_dict(), m.state_dict()
-    assert all(torch.equal(v, theirs[k]) for k, v in mine.items() if k.startswith("language_model.")), "demo reload"
-    size = sum(os.path.getsize(os.path.join(DEMO_DIR, f)) for f in os.listdir(DEMO_DIR))
-    print(f"demo: {len(keys)} tensors (no vision), logits std {float(full.std()):.3f}, greedy {greedy.tolist()}, "
-          f"dir {size / 1e6:.2f} MB")
-
-
 # --------------------------------------------------------------------------------------------
 
 def main(argv):
-    parts = argv or ["tokenizer", "scout", "maverick", "scout_bf16", "guard", "demo"]
+    parts = argv or ["tokenizer", "scout", "maverick", "scout_bf16", "guard"]
     if "tokenizer" in parts or not os.path.exists(os.path.join(TOK_DIR, "tokenizer.json")):
         make_tokenizer()
     import torch
@@ -981,8 +953,7 @@ def main(argv):
     hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     torch.use_deterministic_algorithms(True)
-    makers = {"scout": make_scout, "maverick": make_maverick, "scout_bf16": make_scout_bf16, "guard": make_guard,
-              "demo": make_demo}
+    makers = {"scout": make_scout, "maverick": make_maverick, "scout_bf16": make_scout_bf16, "guard": make_guard}
     for p in parts:
         if p in makers:
             makers[p]()
