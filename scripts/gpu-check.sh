@@ -32,7 +32,7 @@ row "op table, cuda" "$(tail -1 "$OUT/ops_cuda.txt") (exit $rc)"
 
 time_left "golden fixtures, cuda" && {
 echo "== golden fixtures on cuda"
-HERD_FIXTURES="$PWD/tests/fixtures" timeout 120 $B/golden_cuda --exact golden_fixtures_on_cuda synthetic_weights_match_the_host_generator --nocapture > "$OUT/golden_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
+HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" timeout 120 $B/golden_cuda --exact golden_fixtures_on_cuda synthetic_weights_match_the_host_generator --nocapture > "$OUT/golden_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
 grep -E "test result|panicked|cuda graphs|rel err" "$OUT/golden_cuda.txt" | head -12
 row "golden fixtures, cuda" "$(grep -E 'test result' "$OUT/golden_cuda.txt" | head -1) (exit $rc)"
 }
@@ -101,7 +101,7 @@ done
 
 time_left "golden fixtures, wgpu" && {
 echo "== golden fixtures on wgpu"
-HERD_FIXTURES="$PWD/tests/fixtures" HERD_REQUIRE_WGPU=1 timeout 120 $B/golden_wgpu > "$OUT/golden_wgpu.txt" 2>&1; rc=$?; echo "exit $rc"
+HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" HERD_REQUIRE_WGPU=1 timeout 120 $B/golden_wgpu > "$OUT/golden_wgpu.txt" 2>&1; rc=$?; echo "exit $rc"
 grep -E "test result|panicked" "$OUT/golden_wgpu.txt" | head -3
 row "golden fixtures, wgpu" "$(grep -E 'test result' "$OUT/golden_wgpu.txt" | head -1) (exit $rc)"
 }

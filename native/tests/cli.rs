@@ -191,6 +191,48 @@ fn run_demo_greedy() {
     assert_eq!(out, out2);
 }
 
+/// The built-in model (no --model: the copy inside the binary) prints transformers' greedy continuation of
+/// the reference prompt, as text: tests/fixtures/demo/reference.json, made by tests/tools/train_demo.py.
+#[test]
+fn run_demo_prints_the_transformers_greedy_text() {
+    check_demo_run("cpu");
+}
+
+/// The same on wgpu (lavapipe in CI), when an adapter is present.
+#[test]
+fn run_demo_on_wgpu_prints_the_transformers_greedy_text() {
+    if let Err(e) = herd_wgpu::WgpuBackend::new() {
+        assert!(std::env::var("HERD_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required but not available: {e}");
+        eprintln!("wgpu: NOT RUN ({e})");
+        return;
+    }
+    check_demo_run("wgpu");
+}
+
+fn check_demo_run(backend: &str) {
+    let r: Value = serde_json::from_slice(&std::fs::read(fixture_dir("demo").join("reference.json")).unwrap()).unwrap();
+    let run = &r["run"];
+    let (prompt, max, want) = (run["prompt"].as_str().unwrap(), run["max_tokens"].as_u64().unwrap(), &run["text"]);
+    let prompt_ids = run["prompt_ids"].as_array().unwrap().len();
+    let greedy = run["greedy_ids"].as_array().unwrap().len();
+    let (out, err) = ok(
+        "run demo greedy",
+        herd(["run", "--prompt", prompt, "--max-tokens", &max.to_string(), "--temperature", "0", "--backend", backend]),
+    );
+    let (p, d) = speed_report(&err);
+    assert_eq!(p, prompt_ids, "prompt tokens: {err}");
+    assert!(d <= greedy, "{err}");
+    assert_eq!(out.strip_suffix('\n').unwrap_or(&out), want.as_str().unwrap(), "{backend}: {err}");
+}
+
+#[test]
+fn logits_and_greedy_demo_model() {
+    let demo = herd_conformance::demo_dir();
+    check_logits("demo", &demo, Dtype::I64, false, F32_TOL);
+    check_logits("demo", &demo, Dtype::I64, true, F32_TOL);
+    check_greedy("demo", &demo);
+}
+
 #[test]
 fn run_demo_chat() {
     let (_, err) = ok(
@@ -351,6 +393,7 @@ fn logits_on_wgpu() {
         check_logits_on("wgpu", fixture, &fixture_dir(fixture), Dtype::I64, true, F32_TOL);
     }
     check_logits_on("wgpu", "scout_bf16", &fixture_dir("scout_bf16"), Dtype::I64, false, BF16_TOL);
+    check_logits_on("wgpu", "demo", &herd_conformance::demo_dir(), Dtype::I64, true, F32_TOL);
 }
 
 /// `herd bench --synthetic tiny --json`: a model built in memory (Scout's structure at toy size, random
@@ -414,4 +457,5 @@ fn logits_on_the_cuda_emulator() {
     }
     check_logits_on("cuda-emu", "scout", &fixture_dir("scout"), Dtype::I64, true, F32_TOL);
     check_logits_on("cuda-emu", "scout_bf16", &fixture_dir("scout_bf16"), Dtype::I64, false, BF16_TOL);
+    check_logits_on("cuda-emu", "demo", &herd_conformance::demo_dir(), Dtype::I64, false, F32_TOL);
 }

@@ -62,8 +62,17 @@ struct Server {
 
 impl Server {
     fn start(model: &Path) -> Server {
+        Server::spawn(&["serve-web", "--model", s(model), "--port", "0"])
+    }
+
+    /// `herd serve-web` with no --model: the built-in demo model.
+    fn start_default() -> Server {
+        Server::spawn(&["serve-web", "--port", "0"])
+    }
+
+    fn spawn(args: &[&str]) -> Server {
         let mut child = Command::new(BIN)
-            .args(["serve-web", "--model", s(model), "--port", "0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -202,6 +211,23 @@ fn the_page_continues_a_prompt_as_herd_greedy_does() {
         "with room for every expert, each is fetched at most once: {stats}"
     );
     eprintln!("adapter: {}; {}", stats["adapter"], stats["limits"]);
+}
+
+/// The page's default model (what `herd serve-web` serves without --model: the built-in demo model) continues
+/// the demo reference's first prompt exactly as transformers does.
+#[test]
+fn the_page_runs_the_built_in_model_as_transformers_does() {
+    let Some(Setup { _one, .. }) = setup("the_page_runs_the_built_in_model_as_transformers_does", "web-demo") else {
+        return;
+    };
+    let r = Reference::load("demo");
+    let (_, _, q) = query(&r, "");
+    let server = Server::start_default();
+    let v = page(&format!("{}{q}", server.url));
+    expect_done("built-in model", &v);
+    assert_eq!(ids_of(&v), r.greedy_ids[0], "the page's greedy ids on the built-in model differ from transformers'");
+    let stats: Value = serde_json::from_str(v["stats"].as_str().unwrap()).unwrap();
+    assert_eq!(stats["verified"], true, "every range should be checked against the manifest: {stats}");
 }
 
 #[test]

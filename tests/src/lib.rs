@@ -21,6 +21,23 @@ pub fn fixture_dir(name: &str) -> PathBuf {
     root.join(name)
 }
 
+/// The built-in demo model's files (`native/demo`, made by `tests/tools/train_demo.py`), or `$HERD_DEMO_DIR`
+/// when set. Its transformers reference is the fixture `demo` (`tests/fixtures/demo`, reference files only).
+pub fn demo_dir() -> PathBuf {
+    std::env::var_os("HERD_DEMO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../native/demo"))
+}
+
+/// The model directory of a fixture: the fixture's own directory, or [`demo_dir`] for `demo`.
+pub fn model_dir(name: &str) -> PathBuf {
+    if name == "demo" {
+        demo_dir()
+    } else {
+        fixture_dir(name)
+    }
+}
+
 /// The backend `made` gave, or None after saying `NAME: NOT RUN (why)` when it could not be made; with
 /// `require` (e.g. HERD_REQUIRE_WGPU) set to 1 a missing backend fails the test instead.
 pub fn backend_or_not_run<B>(name: &str, require: &str, made: herd_core::Result<B>) -> Option<std::sync::Arc<B>> {
@@ -90,7 +107,7 @@ pub mod golden {
     use herd_core::generate::{greedy_rows, score_rows};
     use herd_core::model::Llama4;
 
-    use super::{fixture_dir, rel_err, Reference};
+    use super::{model_dir, rel_err, Reference};
 
     pub const F32_TOL: f64 = 1e-4;
     /// bf16 activations in transformers vs f32 activations here: a few bf16 ulps of drift over the layers.
@@ -103,7 +120,7 @@ pub mod golden {
     /// Logits of every reference row, prefill or token-by-token decode, within `tol`.
     pub fn check_logits<B: Backend>(be: &Arc<B>, name: &str, tol: f64, decode: bool) {
         let r = Reference::load(name);
-        let m = load(be, &fixture_dir(name));
+        let m = load(be, &model_dir(name));
         let got = score_rows(&m, &r.input_ids, decode).unwrap_or_else(|e| panic!("{name}: {e}"));
         for (b, (g, want)) in got.iter().zip(&r.logits).enumerate() {
             let e = rel_err(g, want);
@@ -115,7 +132,7 @@ pub mod golden {
     /// The batched greedy continuation equals transformers'.
     pub fn check_greedy<B: Backend>(be: &Arc<B>, name: &str) {
         let r = Reference::load(name);
-        let m = load(be, &fixture_dir(name));
+        let m = load(be, &model_dir(name));
         let n = r.greedy_ids[0].len();
         let got = greedy_rows(&m, &r.input_ids, n).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got, r.greedy_ids, "{name}: greedy continuation differs from transformers");

@@ -1,7 +1,9 @@
 //! Golden tests: herd's CPU reference backend against Hugging Face transformers on tiny random Llama 4
 //! models (tests/fixtures, made by tests/tools/make_fixtures.py). f32 fixtures must match to 1e-4
 //! relative error (max |Δ| / max |ref|) with identical greedy ids; the bf16 fixture, where transformers
-//! rounds every activation to bf16 and herd keeps f32 activations, to BF16_TOL.
+//! rounds every activation to bf16 and herd keeps f32 activations, to BF16_TOL. The built-in demo model
+//! (native/demo, trained by tests/tools/train_demo.py) is checked the same way: its bf16 weights, with the
+//! reference computed in f32.
 
 use std::sync::Arc;
 
@@ -52,6 +54,13 @@ fn guard_prefill_and_decode_logits() {
 #[test]
 fn guard_greedy() {
     check_greedy("guard");
+}
+/// The built-in demo model (trained, bf16 weights; the reference computes in f32 from those weights).
+#[test]
+fn demo_model_logits_and_greedy() {
+    check_logits("demo", F32_TOL, false);
+    check_logits("demo", F32_TOL, true);
+    check_greedy("demo");
 }
 #[test]
 fn bf16_checkpoint_logits() {

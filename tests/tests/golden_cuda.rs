@@ -55,7 +55,7 @@ fn golden_fixtures_on_the_cuda_emulator() {
 }
 
 fn golden(be: &Arc<CudaBackend>) {
-    for name in ["scout", "maverick", "guard"] {
+    for name in ["scout", "maverick", "guard", "demo"] {
         check_logits(be, name, F32_TOL, false);
         check_logits(be, name, F32_TOL, true);
         check_greedy(be, name);

@@ -26,7 +26,7 @@ fn gpu() -> Option<Arc<WgpuBackend>> {
 #[test]
 fn golden_fixtures_on_wgpu() {
     let Some(be) = gpu() else { return };
-    for name in ["scout", "maverick", "guard"] {
+    for name in ["scout", "maverick", "guard", "demo"] {
         check_logits(&be, name, F32_TOL, false);
         check_logits(&be, name, F32_TOL, true);
         check_greedy(&be, name);
