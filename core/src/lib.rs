@@ -24,5 +24,6 @@ pub mod quant;
 pub mod sampling;
 pub mod synthetic;
 pub mod tokenizer;
+pub mod vision;
 
 pub use error::{HerdError, Result};

@@ -6,6 +6,7 @@ How to run (from the repository root, CPU only, about 30-60 s on 2 cores):
     pip install -r tests/tools/requirements.txt
     python3 tests/tools/make_fixtures.py            # everything
     python3 tests/tools/make_fixtures.py tokenizer  # only some parts: tokenizer scout maverick scout_bf16 guard
+                                                    # vision_layout
 
 Everything is seeded and deterministic: with the pinned versions a rerun rewrites byte-identical
 files (checked).  Reference numbers come from transformers==5.24.0 (tests/tools/requirements.txt),
@@ -942,9 +943,85 @@ def make_guard():
 
 
 # --------------------------------------------------------------------------------------------
+# Vision: where an image goes (tile canvas, resized size, prompt tokens)
+# --------------------------------------------------------------------------------------------
+
+VISION_DIR = os.path.join(ROOT, "tests", "fixtures", "vision")
+
+
+def layout_sizes():
+    """Image sizes (height, width) for the layout sweep: the spec's examples, tile edges, extreme aspect
+    ratios, and seeded random sizes."""
+    import random
+    sizes = [(1000, 700), (480, 640), (200, 300), (768, 1024), (2000, 3000), (1, 1), (336, 336), (335, 336),
+             (337, 336), (336, 337), (672, 672), (673, 672), (1, 5000), (5000, 1), (10, 4000), (4000, 10),
+             (336, 5376), (5376, 336), (1344, 1344), (1345, 1344), (100, 3000), (3000, 100), (504, 1512),
+             (1512, 504), (999, 1001), (4032, 3024), (3024, 4032), (1080, 1920), (1920, 1080), (64, 64)]
+    rng = random.Random(12)
+    sizes += [(rng.randint(1, 4000), rng.randint(1, 4000)) for _ in range(120)]
+    sizes += [(rng.randint(1, 400), rng.randint(1, 400)) for _ in range(40)]
+    return sizes
+
+
+def make_vision_layout():
+    """tests/fixtures/vision/layout.json: for each size and processor setting, what Llama4ImageProcessor
+    does (its own _preprocess, with resize recorded instead of run), and for a few real images the ids
+    Llama4Processor expands `<|image|>` into."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoTokenizer
+    from transformers.models.llama4.image_processing_llama4 import Llama4ImageProcessor
+    from transformers.models.llama4.processing_llama4 import Llama4Processor
+
+    settings = [{"max_patches": 16, "resize_to_max_canvas": False}, {"max_patches": 16, "resize_to_max_canvas": True},
+                {"max_patches": 4, "resize_to_max_canvas": False}, {"max_patches": 9, "resize_to_max_canvas": False}]
+    cases = []
+    for st in settings:
+        proc = Llama4ImageProcessor(max_patches=st["max_patches"], resize_to_max_canvas=st["resize_to_max_canvas"])
+        calls = []
+
+        def fake_resize(images, size, resample=None, _calls=calls, **kw):
+            _calls.append((int(size.height), int(size.width)))
+            return torch.zeros(images.shape[:-2] + (size.height, size.width), dtype=images.dtype)
+
+        proc.resize = fake_resize
+        for h, w in layout_sizes():
+            calls.clear()
+            out = proc(torch.zeros((3, h, w), dtype=torch.uint8), return_tensors="pt")
+            ratio = out["aspect_ratios"][0].tolist()
+            tiles = out["pixel_values"].shape[0]
+            cases.append({"height": h, "width": w, **st, "resized": list(calls[0]),
+                          "canvas": [ratio[0] * 336, ratio[1] * 336], "grid": ratio, "tiles": tiles})
+    hf = AutoTokenizer.from_pretrained(TOK_DIR)
+    full = Llama4Processor(image_processor=Llama4ImageProcessor(), tokenizer=hf)
+    prompts = []
+    g = np.random.RandomState(3)
+    for h, w in [(200, 300), (336, 700), (480, 640), (700, 336), (1000, 700), (500, 1200)]:
+        img = Image.fromarray((g.rand(h, w, 3) * 255).astype("uint8"))
+        out = full(text="<|image|>", images=[img], return_tensors="pt")
+        grid = full.image_processor(img, return_tensors="pt")["aspect_ratios"][0].tolist()
+        prompts.append({"height": h, "width": w, "grid": grid,
+                        "tiles": int(out["pixel_values"].shape[0]), "ids": out["input_ids"][0].tolist()})
+    os.makedirs(VISION_DIR, exist_ok=True)
+    write_json(os.path.join(VISION_DIR, "layout.json"), {
+        "about": "Llama4ImageProcessor (transformers %s, torchvision %s) on images of each size: resized = the "
+                 "size its resize was asked for first (the image inside the canvas), canvas = grid x 336, "
+                 "tiles = pixel_values rows (global tile included). prompts: Llama4Processor(text='<|image|>', "
+                 "images=[a random RGB image]) input_ids with tests/fixtures/tokenizer (BOS first, then the image)."
+                 % (__import__("transformers").__version__, __import__("torchvision").__version__),
+        "special_tokens": {t: special_id(t) for t in ("<|image_start|>", "<|image_end|>", "<|image|>", "<|patch|>",
+                                                      "<|tile_x_separator|>", "<|tile_y_separator|>")},
+        "cases": cases,
+        "prompts": prompts,
+    }, indent=None)
+    print(f"vision layout: {len(cases)} cases, {len(prompts)} prompts")
+
+
+# --------------------------------------------------------------------------------------------
 
 def main(argv):
-    parts = argv or ["tokenizer", "scout", "maverick", "scout_bf16", "guard"]
+    parts = argv or ["tokenizer", "scout", "maverick", "scout_bf16", "guard", "vision_layout"]
     if "tokenizer" in parts or not os.path.exists(os.path.join(TOK_DIR, "tokenizer.json")):
         make_tokenizer()
     import torch
@@ -953,7 +1030,8 @@ def main(argv):
     hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     torch.use_deterministic_algorithms(True)
-    makers = {"scout": make_scout, "maverick": make_maverick, "scout_bf16": make_scout_bf16, "guard": make_guard}
+    makers = {"scout": make_scout, "maverick": make_maverick, "scout_bf16": make_scout_bf16, "guard": make_guard,
+              "vision_layout": make_vision_layout}
     for p in parts:
         if p in makers:
             makers[p]()

@@ -1,0 +1,4 @@
+//! The vision path of Llama 4 (llama4-spec.md §4). So far: where an image goes (its tile canvas, its
+//! resized size, and the tokens that stand for it in the prompt).
+
+pub mod layout;
