@@ -284,7 +284,7 @@ mod tests {
     /// transformers' Llama4ImageProcessor on 234 image sizes (tile edges, extreme and simple aspect ratios,
     /// random sizes) under six settings (16 tiles, 16 with resize_to_max_canvas, 9, 4, 1, 2 with
     /// resize_to_max_canvas): the same canvas, resized size, grid and tile count
-    /// (tests/fixtures/vision/layout.json, made by make_fixtures.py).
+    /// (tests/fixtures/vision/layout.json, made by make_vision_fixtures.py).
     #[test]
     fn plans_match_the_reference_processor() {
         let f = fixture();
