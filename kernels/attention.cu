@@ -13,7 +13,8 @@
 //   split the head dimension, keys and values are staged through shared memory BK at a time.
 //
 // Row entries (decode), 8 u32 each: row, p, pos0, q_start, slot_base, slot_cap.
-// Tile entries (prefill), 8 u32 each: row0, nq, p0, pos0, q_start, slot_base, slot_cap.
+// Tile entries (prefill), 8 u32 each: row0, nq, p0, pos0, q_start, slot_base, slot_cap, end (0 causal; else
+// bidirectional, every query sees keys < end).
 
 #define MAXG 16
 
@@ -159,10 +160,12 @@ __device__ void attn_prefill_impl(const float* q, const float* kn, const float* 
     float* vs = smp + BK * hd; // [BK][hd]
     const u32 h = blockIdx.x, kvh = h / (n_heads / n_kv);
     const u32* e = tiles + blockIdx.y * 8;
-    const u32 row0 = e[0], nq = e[1], p0 = e[2], pos0 = e[3], qs = e[4], sb = e[5], sc = e[6];
+    const u32 row0 = e[0], nq = e[1], p0 = e[2], pos0 = e[3], qs = e[4], sb = e[5], sc = e[6], end = e[7];
     const u32 qi = threadIdx.x >> 2, sub = threadIdx.x & 3;
     const bool active = qi < nq;
     const u32 p = p0 + (active ? qi : 0);
+    // The last key this query sees: itself (causal) or, bidirectional (end > 0), the sequence's last one.
+    const u32 p_see = end ? end - 1 : p;
     const float qsc = query_scale(scale, temp_on, floor_scale, attn_scale, p);
     float qv[DPT], acc[DPT];
 #pragma unroll
@@ -173,7 +176,7 @@ __device__ void attn_prefill_impl(const float* q, const float* kn, const float* 
     }
     float m = NEG_BIG, l = 0.0f;
     const u32 lo_q = chunk ? (p / chunk) * chunk : 0;
-    const u32 p_last = p0 + nq - 1;
+    const u32 p_last = end ? end - 1 : p0 + nq - 1;
     const u32 j_first = chunk ? (p0 / chunk) * chunk : 0;
     for (u32 jt = j_first; jt <= p_last; jt += BK) {
         __syncthreads();
@@ -198,7 +201,7 @@ __device__ void attn_prefill_impl(const float* q, const float* kn, const float* 
             }
             s += __shfl_xor_sync(0xffffffffu, s, 1);
             s += __shfl_xor_sync(0xffffffffu, s, 2);
-            if (active && j <= p && j >= lo_q) {
+            if (active && j <= p_see && j >= lo_q) {
                 float mn = fmaxf(m, s);
                 float corr = expf(m - mn), pe = expf(s - mn);
                 l = l * corr + pe;

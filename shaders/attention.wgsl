@@ -5,7 +5,9 @@
 // invocation) with an online softmax in f32; cached keys (positions < pos0) come from the sequence's ring
 // region, new ones from k_new/v_new. Masks: causal, plus ⌊j/C⌋ = ⌊i/C⌋ when chunk C > 0. NoPE temperature
 // tuning scales the query by 1 + attn_scale · ln(1 + ⌊(i+1)/floor_scale⌋).
-// params: heads, kv heads, head_dim (≤ 256), scale, chunk, temperature?, floor_scale, attn_scale, rows.
+// params: heads, kv heads, head_dim (≤ 256), scale, chunk, temperature?, floor_scale, attn_scale, rows,
+// (9, 10: attention_split's), bidirectional (11: every query sees its sequence's keys up to its last new row;
+// attention and attention_tiled only).
 // seqs: 5 words per sequence (q_start, q_len, pos0, slot_base, slot_cap); row_seq: row → sequence.
 
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -39,7 +41,7 @@ fn vval(j: u32, c: u32) -> f32 {
 }
 
 // A query row's sequence, read by one invocation and shared with the workgroup: (valid, q_start, pos0,
-// slot_base, slot_cap, first visible key, absolute position, -). Also sets the private cache addressing.
+// slot_base, slot_cap, first visible key, absolute position, last visible key). Also sets the private cache addressing.
 fn row_meta(li: u32, row: u32) -> array<u32, 8> {
     if (li == 0u) {
         var m = array<u32, 8>(0u, 0u, 0u, 0u, 1u, 0u, 0u, 0u);
@@ -51,7 +53,10 @@ fn row_meta(li: u32, row: u32) -> array<u32, 8> {
                 let i = p0 + row - qs0;
                 var lo = 0u;
                 if (pu(4u) > 0u) { lo = (i / pu(4u)) * pu(4u); }
-                m = array<u32, 8>(1u, qs0, p0, seqs[si * 5u + 3u], seqs[si * 5u + 4u], lo, i, 0u);
+                // The last key it sees: itself, or (bidirectional) the sequence's last new row.
+                var last = i;
+                if (pu(11u) != 0u) { last = p0 + seqs[si * 5u + 1u] - 1u; }
+                m = array<u32, 8>(1u, qs0, p0, seqs[si * 5u + 3u], seqs[si * 5u + 4u], lo, i, last);
             }
         }
         wmeta = m;
@@ -99,6 +104,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     if (mt[0] == 0u) { return; }
     let lo = mt[5];
     let i = mt[6];
+    let last = mt[7];
     kv_row = kvh * d;
     kv_off = (head / (heads / kvh)) * d;
     var tsc = 1.0;
@@ -110,10 +116,10 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     var m_run = NEG_BIG;
     var l_run = 0.0;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    for (var start = lo; start <= i; start += 64u) {
+    for (var start = lo; start <= last; start += 64u) {
         let j = start + li;
         var s = NEG_BIG;
-        if (j <= i) {
+        if (j <= last) {
             var dot = 0.0;
             for (var c = 0u; c < d; c++) { dot += qs[c] * kval(j, c); }
             s = dot * scale;
@@ -121,12 +127,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let mb = reduce_max(li, s);
         let new_m = max(m_run, mb);
         var p = 0.0;
-        if (j <= i) { p = exp(s - new_m); }
+        if (j <= last) { p = exp(s - new_m); }
         ps[li] = p;
         let lb = reduce_sum(li, p);
         let corr = exp(m_run - new_m);
         l_run = l_run * corr + lb;
-        let cnt = min(64u, i + 1u - start);
+        let cnt = min(64u, last + 1u - start);
         for (var t = 0u; t < 4u; t++) {
             let c = li + t * 64u;
             if (c < d) {
@@ -355,7 +361,9 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let nr = min(BR, qs0 + qn - r0);
     // Absolute positions of the block's first and last query, and the first key any of them sees.
     let i_first = p0 + r0 - qs0;
-    let i_last = i_first + nr - 1u;
+    var i_last = i_first + nr - 1u;
+    let bidir = pu(11u) != 0u;
+    if (bidir) { i_last = p0 + qn - 1u; } // every query sees the whole sequence
     var k_lo = 0u;
     if (chunk > 0u) { k_lo = (i_first / chunk) * chunk; }
     let scale = pf(3u);
@@ -375,7 +383,8 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let l8 = li % 8u;
     var acc: array<f32, 16>;
     for (var t = 0u; t < 16u; t++) { acc[t] = 0.0; }
-    let i_r = i_first + r;
+    var i_r = i_first + r;
+    if (bidir) { i_r = i_last; }
     var lo_r = 0u;
     if (chunk > 0u) { lo_r = (i_r / chunk) * chunk; }
     workgroupBarrier();

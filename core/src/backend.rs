@@ -45,9 +45,27 @@ pub struct AttnParams {
     pub scale: f32,
     /// `Some(C)`: query i sees keys j ≤ i with ⌊j/C⌋ = ⌊i/C⌋ (fixed blocks from token 0). `None`: causal.
     pub chunk: Option<usize>,
+    /// Every query sees every key of its sequence, cached and new, up to the sequence's last new row: no
+    /// causal mask (`chunk` is then ignored). The vision encoder's attention over the patches of a tile.
+    pub bidirectional: bool,
     /// NoPE-layer temperature tuning: query at absolute position p is multiplied by
     /// `1 + attn_scale · ln(1 + ⌊(p+1)/floor_scale⌋)` (computed in f32).
     pub temperature: Option<Temperature>,
+}
+
+/// An element-wise activation of [`Backend::bias_act`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// None: the bias add alone.
+    Identity,
+    /// The exact GELU of nn.GELU(): `x · (1 + erf(x / √2)) / 2`.
+    Gelu,
+}
+
+/// The exact GELU, `x · (1 + erf(x / √2)) / 2`, in f32: the CPU reference's, with libm's erff. CUDA uses
+/// its erff; WGSL has no erf, and the shaders use a rational approximation of erfc (error below 2e-7).
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -164,6 +182,25 @@ pub trait Backend: Send + Sync + 'static {
         eps: f32,
         out: &Self::Buffer,
     ) -> Result<()>;
+
+    /// Layer norm of each of `rows` rows of length `dim` (nn.LayerNorm): `y = (x − mean) · rsqrt(var + eps) · w
+    /// + b` with the biased variance, computed in f32. `out` may be `x` (in place).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm(
+        &self,
+        x: &Self::Buffer,
+        weight: &Self::Weight,
+        bias: &Self::Weight,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &Self::Buffer,
+    ) -> Result<()>;
+
+    /// In place on `x` [rows, dim]: `x[r, c] += bias[c]` when a bias is given, then the activation `act`
+    /// on every element. A bias of `rows · dim` elements with `rows = 1` is an elementwise add; one of
+    /// `dim` elements is broadcast over the rows (nn.Linear's bias).
+    fn bias_act(&self, x: &Self::Buffer, bias: Option<&Self::Weight>, rows: usize, dim: usize, act: Act) -> Result<()>;
 
     /// `out[m, n] = Σ_k x[m, k] · w[n, k]`: `w` is an nn.Linear weight [n, k].
     fn matmul(&self, x: &Self::Buffer, m: usize, w: &Self::Weight, out: &Self::Buffer) -> Result<()>;

@@ -46,7 +46,7 @@ impl CudaBackend {
                 continue;
             }
             let fields = [s.pos0, s.q_start, s.slot_base, s.slot_cap.max(1)];
-            if ql <= DECODE_MAX_Q && g <= MAX_GROUP {
+            if ql <= DECODE_MAX_Q && g <= MAX_GROUP && !p.bidirectional {
                 for t in 0..ql as u32 {
                     rows_meta.extend_from_slice(&[s.q_start + t, s.pos0 + t]);
                     rows_meta.extend_from_slice(&fields);
@@ -59,7 +59,8 @@ impl CudaBackend {
                     let nq = (ql - t0).min(32) as u32;
                     tiles.extend_from_slice(&[s.q_start + t0 as u32, nq, s.pos0 + t0 as u32]);
                     tiles.extend_from_slice(&fields);
-                    tiles.push(0);
+                    // Bidirectional: one past the last key every query sees (0: causal).
+                    tiles.push(if p.bidirectional { s.pos0 + ql as u32 } else { 0 });
                 }
             }
         }
@@ -67,7 +68,7 @@ impl CudaBackend {
             Some(t) => (1, t.floor_scale, t.attn_scale),
             None => (0, 1.0, 0.0),
         };
-        let chunk = p.chunk.unwrap_or(0);
+        let chunk = if p.bidirectional { 0 } else { p.chunk.unwrap_or(0) };
         let common = |meta: Arg| {
             vec![
                 ptr(q.ptr),

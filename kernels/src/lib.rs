@@ -19,7 +19,7 @@ mod oplock;
 
 use std::sync::Arc;
 
-use herd_core::backend::{AttnParams, AttnSeq, Backend};
+use herd_core::backend::{Act, AttnParams, AttnSeq, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::error::Result;
 use herd_core::quant::{DType, GroupAxis, QuantLayout, ScaleType};
@@ -456,6 +456,60 @@ impl Backend for CudaBackend {
         let threads = (dim / 4).next_power_of_two().clamp(32, 1024) as u32;
         let args = vec![ptr(acc.ptr), ptr(x.ptr), ptr(weight.ptr), ptr(out.ptr), u(dim), f(eps)];
         self.launch("rms_norm", &format!("add_rms_norm_{}", dts(weight.dtype)), (rows as u32, 1, 1), threads, 0, args)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &CudaBuffer,
+        weight: &CudaWeight,
+        bias: &CudaWeight,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &CudaBuffer,
+    ) -> Result<()> {
+        let _op = self.dev.op();
+        need("layer_norm x", x, rows * dim)?;
+        need("layer_norm out", out, rows * dim)?;
+        float_weight("layer_norm", weight)?;
+        if weight.dtype != bias.dtype {
+            return Err(err(format!(
+                "layer_norm: weight ({}) and bias ({}) must be one format",
+                weight.dtype.name(),
+                bias.dtype.name()
+            )));
+        }
+        if weight.shape.iter().product::<usize>() != dim || bias.shape.iter().product::<usize>() != dim {
+            return Err(err(format!("layer_norm: weight {:?} / bias {:?} for dim {dim}", weight.shape, bias.shape)));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let threads = (dim / 4).next_power_of_two().clamp(32, 1024) as u32;
+        let args = vec![ptr(x.ptr), ptr(weight.ptr), ptr(bias.ptr), ptr(out.ptr), u(dim), f(eps)];
+        self.launch("layer_norm", &format!("layer_norm_{}", dts(weight.dtype)), (rows as u32, 1, 1), threads, 0, args)
+    }
+
+    fn bias_act(&self, x: &CudaBuffer, bias: Option<&CudaWeight>, rows: usize, dim: usize, act: Act) -> Result<()> {
+        let _op = self.dev.op();
+        let n = rows * dim;
+        need("bias_act x", x, n)?;
+        if let Some(b) = bias {
+            float_weight("bias_act", b)?;
+            if b.shape.iter().product::<usize>() != dim {
+                return Err(err(format!("bias_act: bias {:?} for rows of {dim}", b.shape)));
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (name, bp) = match bias {
+            Some(b) => (format!("bias_act_{}", dts(b.dtype)), b.ptr),
+            None => ("bias_act_f32".to_owned(), 0),
+        };
+        let args =
+            vec![ptr(x.ptr), ptr(bp), u(n), u(dim), u(usize::from(bias.is_some())), u(usize::from(act == Act::Gelu))];
+        self.launch("layer_norm", &name, (blocks(n, 256), 1, 1), 256, 0, args)
     }
 
     fn matmul(&self, x: &CudaBuffer, m: usize, w: &CudaWeight, out: &CudaBuffer) -> Result<()> {

@@ -10,9 +10,10 @@ use crate::device::{cu, err};
 
 /// The shared prelude and one source per op family, named as the CPU ops and the WGSL shaders.
 pub(crate) const COMMON: &str = include_str!("../common.cuh");
-pub const FAMILIES: [(&str, &str); 7] = [
+pub const FAMILIES: [(&str, &str); 8] = [
     ("elementwise", include_str!("../elementwise.cu")),
     ("rms_norm", include_str!("../rms_norm.cu")),
+    ("layer_norm", include_str!("../layer_norm.cu")),
     ("rope", include_str!("../rope.cu")),
     ("matmul", include_str!("../matmul.cu")),
     ("attention", include_str!("../attention.cu")),

@@ -41,6 +41,7 @@ fn env_flag() -> Option<bool> {
 pub enum Shader {
     Elementwise,
     RmsNorm,
+    LayerNorm,
     Rope,
     Matmul,
     Attention,
@@ -53,6 +54,7 @@ impl Shader {
         match self {
             Shader::Elementwise => include_str!("../elementwise.wgsl"),
             Shader::RmsNorm => include_str!("../rms_norm.wgsl"),
+            Shader::LayerNorm => include_str!("../layer_norm.wgsl"),
             Shader::Rope => include_str!("../rope.wgsl"),
             Shader::Matmul => include_str!("../matmul.wgsl"),
             Shader::Attention => include_str!("../attention.wgsl"),
@@ -82,6 +84,7 @@ pub fn shader_sources(subgroups: bool) -> Vec<(String, String)> {
     let shaders = [
         Shader::Elementwise,
         Shader::RmsNorm,
+        Shader::LayerNorm,
         Shader::Rope,
         Shader::Matmul,
         Shader::Attention,

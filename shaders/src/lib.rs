@@ -6,7 +6,7 @@
 
 mod gpu;
 
-use herd_core::backend::{AttnParams, AttnSeq, Backend};
+use herd_core::backend::{Act, AttnParams, AttnSeq, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::error::Result;
 use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sample_flags, SamplingParams};
@@ -352,6 +352,59 @@ impl Backend for WgpuBackend {
         self.gpu.dispatch(Shader::RmsNorm, "add_rms_norm", weight.wdt(), &b, &p, rows as u32)
     }
 
+    fn layer_norm(
+        &self,
+        x: &GpuBuffer,
+        weight: &GpuWeight,
+        bias: &GpuWeight,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &GpuBuffer,
+    ) -> Result<()> {
+        need("layer_norm x", x, rows * dim)?;
+        need("layer_norm out", out, rows * dim)?;
+        if weight.dtype.is_quantized() || weight.dtype != bias.dtype {
+            return Err(err(format!(
+                "layer_norm: weight ({}) and bias ({}) must be one float format",
+                weight.dtype.name(),
+                bias.dtype.name()
+            )));
+        }
+        let ([wp], [bp]) = (&weight.parts[..], &bias.parts[..]) else {
+            return Err(err("layer_norm: weight split across bindings"));
+        };
+        if weight.shape.iter().product::<usize>() != dim || bias.shape.iter().product::<usize>() != dim {
+            return Err(err(format!("layer_norm: weight {:?} / bias {:?} for dim {dim}", weight.shape, bias.shape)));
+        }
+        let p = [rows as u32, dim as u32, eps.to_bits()];
+        if std::ptr::eq(x, out) {
+            let b = [(2, &out.buf), (3, &wp.buf), (4, &bp.buf)];
+            self.gpu.dispatch(Shader::LayerNorm, "layer_norm_inplace", weight.wdt(), &b, &p, rows as u32)
+        } else {
+            let b = [(1, &x.buf), (2, &out.buf), (3, &wp.buf), (4, &bp.buf)];
+            self.gpu.dispatch(Shader::LayerNorm, "layer_norm", weight.wdt(), &b, &p, rows as u32)
+        }
+    }
+
+    fn bias_act(&self, x: &GpuBuffer, bias: Option<&GpuWeight>, rows: usize, dim: usize, act: Act) -> Result<()> {
+        let n = rows * dim;
+        need("bias_act x", x, n)?;
+        let (bbuf, wdt) = match bias {
+            Some(b) if b.dtype.is_quantized() => return Err(err("bias_act: needs a float bias")),
+            Some(b) if b.shape.iter().product::<usize>() != dim => {
+                return Err(err(format!("bias_act: bias {:?} for rows of {dim}", b.shape)))
+            }
+            Some(b) => match &b.parts[..] {
+                [part] => (&part.buf, b.wdt()),
+                _ => return Err(err("bias_act: bias split across bindings")),
+            },
+            None => (&self.gpu.dummy, 0),
+        };
+        let p = [n as u32, dim as u32, u32::from(bias.is_some()), u32::from(act == Act::Gelu)];
+        self.gpu.dispatch(Shader::LayerNorm, "bias_act", wdt, &[(2, &x.buf), (4, bbuf)], &p, groups(n, 256))
+    }
+
     fn matmul(&self, x: &GpuBuffer, m: usize, w: &GpuWeight, out: &GpuBuffer) -> Result<()> {
         let [n, k] = w.shape[..] else {
             return Err(err(format!("matmul: weight has shape {:?}, expected 2 dims", w.shape)));
@@ -460,25 +513,33 @@ impl Backend for WgpuBackend {
         let t = p.temperature;
         let group = h / kvh;
         // Keys the busiest query sees: how many splits the decode kernel needs.
-        let visible = seqs
-            .iter()
-            .flat_map(|s| (0..s.q_len).map(move |t| s.pos0 + t))
-            .map(|i| i - p.chunk.map_or(0, |c| i / c as u32 * c as u32) + 1)
-            .max()
-            .unwrap_or(1) as usize;
+        let chunk = if p.bidirectional { None } else { p.chunk };
+        let visible =
+            seqs.iter()
+                .flat_map(|s| (0..s.q_len).map(move |t| (s, s.pos0 + t)))
+                .map(|(s, i)| {
+                    if p.bidirectional {
+                        s.pos0 + s.q_len
+                    } else {
+                        i - chunk.map_or(0, |c| i / c as u32 * c as u32) + 1
+                    }
+                })
+                .max()
+                .unwrap_or(1) as usize;
         let splits = visible.div_ceil(ATTN_SPLIT);
         let params = [
             h as u32,
             kvh as u32,
             d as u32,
             p.scale.to_bits(),
-            p.chunk.unwrap_or(0) as u32,
+            chunk.unwrap_or(0) as u32,
             u32::from(t.is_some()),
             t.map_or(0.0, |t| t.floor_scale).to_bits(),
             t.map_or(0.0, |t| t.attn_scale).to_bits(),
             rows as u32,
             splits as u32,
             group as u32,
+            u32::from(p.bidirectional),
         ];
         let b = [
             (1, &q.buf),
@@ -491,7 +552,8 @@ impl Backend for WgpuBackend {
             (8, &out.buf),
         ];
         let max_q = seqs.iter().map(|s| s.q_len).max().unwrap_or(0);
-        if max_q as usize > ATTN_DECODE_MAX_Q && d <= 128 {
+        // The decode kernels are causal only: a bidirectional call takes the tiled kernel or the fallback.
+        if (max_q as usize > ATTN_DECODE_MAX_Q || p.bidirectional) && d <= 128 {
             // Prefill: blocks of up to 16 rows of one sequence.
             let blocks: Vec<u32> = seqs
                 .iter()
@@ -502,9 +564,9 @@ impl Backend for WgpuBackend {
             let mut bt: Vec<_> = b.iter().copied().filter(|(i, _)| *i != 7).collect();
             bt.push((10, &bb));
             let groups = (blocks.len() / 2 * h) as u32;
-            return self.gpu.dispatch(Shader::Attention, "attention_tiled", 0, &bt, &params[..9], groups);
+            return self.gpu.dispatch(Shader::Attention, "attention_tiled", 0, &bt, &params, groups);
         }
-        if group <= 8 {
+        if group <= 8 && !p.bidirectional {
             // Decode: (row, kv head, split) workgroups, merged when there is more than one split.
             let part = self.gpu.scratch(
                 "attention partials",
@@ -520,7 +582,7 @@ impl Backend for WgpuBackend {
             }
             return Ok(());
         }
-        self.gpu.dispatch(Shader::Attention, "attention", 0, &b, &params[..9], (rows * h) as u32)
+        self.gpu.dispatch(Shader::Attention, "attention", 0, &b, &params, (rows * h) as u32)
     }
 
     fn kv_store(

@@ -6,6 +6,7 @@ pub mod quant_table;
 pub mod reference;
 pub mod streaming;
 pub mod table;
+pub mod table_vision;
 pub mod weights;
 
 use std::path::PathBuf;

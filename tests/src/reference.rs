@@ -53,14 +53,18 @@ pub fn attention(q: &[f32], hist_k: &[Vec<f32>], hist_v: &[Vec<f32>], seqs: &[At
         for t in 0..s.q_len as usize {
             let r = s.q_start as usize + t;
             let i = s.pos0 as usize + t;
-            let lo = p.chunk.map_or(0, |c| i / c * c);
+            let (lo, last) = if p.bidirectional {
+                (0, s.pos0 as usize + s.q_len as usize - 1)
+            } else {
+                (p.chunk.map_or(0, |c| i / c * c), i)
+            };
             let temp = p.temperature.map_or(1.0, |tt| {
                 1.0 + tt.attn_scale as f64 * (1.0 + ((i as f64 + 1.0) / tt.floor_scale as f64).floor()).ln()
             });
             for head in 0..h {
                 let g = head / (h / kvh);
                 let qv = &q[(r * h + head) * d..(r * h + head + 1) * d];
-                let scores: Vec<f64> = (lo..=i)
+                let scores: Vec<f64> = (lo..=last)
                     .map(|j| {
                         let kv = &hist_k[si][(j * kvh + g) * d..(j * kvh + g + 1) * d];
                         qv.iter().zip(kv).map(|(a, b)| *a as f64 * temp * *b as f64).sum::<f64>() * p.scale as f64
@@ -70,7 +74,8 @@ pub fn attention(q: &[f32], hist_k: &[Vec<f32>], hist_v: &[Vec<f32>], seqs: &[At
                 let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for c in 0..d {
-                    let v: f64 = (lo..=i).zip(&e).map(|(j, w)| w / z * hist_v[si][(j * kvh + g) * d + c] as f64).sum();
+                    let v: f64 =
+                        (lo..=last).zip(&e).map(|(j, w)| w / z * hist_v[si][(j * kvh + g) * d + c] as f64).sum();
                     o[(r * h + head) * d + c] = v as f32;
                 }
             }
@@ -214,4 +219,24 @@ pub fn sample(row: &[f32], history: &[u32], p: &herd_core::sampling::SamplingPar
         }
     }
     (pick.unwrap_or(best) as u32, margin)
+}
+
+/// nn.LayerNorm per row (biased variance), then `· w + b`.
+pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], rows: usize, dim: usize, eps: f32) -> Vec<f32> {
+    let mut o = vec![0f32; rows * dim];
+    for r in 0..rows {
+        let row = &x[r * dim..(r + 1) * dim];
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / dim as f64;
+        let s = 1.0 / (var + eps as f64).sqrt();
+        for i in 0..dim {
+            o[r * dim + i] = ((row[i] as f64 - mean) * s * w[i] as f64 + b[i] as f64) as f32;
+        }
+    }
+    o
+}
+
+/// The exact (erf) GELU of nn.GELU().
+pub fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
 }

@@ -306,9 +306,9 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
     }
 
     if want("attention") || want("kv_store") {
-        // (heads, kv heads, d, chunk, temperature, [(cached, new, region cap)])
+        // (heads, kv heads, d, chunk, temperature, [(cached, new, region cap)]); then bidirectional ones.
         type Case = (usize, usize, usize, Option<usize>, bool, Vec<(usize, usize, usize)>);
-        let cases: Vec<Case> = vec![
+        let causal: Vec<Case> = vec![
             (4, 2, 8, None, false, vec![(0, 13, 13)]),
             (4, 2, 8, Some(4), false, vec![(5, 3, 8), (11, 1, 12)]),
             (6, 2, 16, None, true, vec![(20, 2, 24), (0, 5, 5), (7, 1, 8)]),
@@ -325,7 +325,17 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
             // Prefill tiles that cross a chunk boundary after a cached prefix, beside a decode row.
             (4, 2, 32, Some(16), false, vec![(10, 40, 16), (5, 1, 16)]),
         ];
-        for (h, kvh, d, chunk, temp, seqs_spec) in cases {
+        // Bidirectional (the vision encoder: tiles of patches, no cache): a batch of tiles, a short one
+        // (decode-sized, which must not take the causal decode kernels), one over a cached prefix, and one
+        // tile of the real tower (577 tokens, 88-dim heads, 4 of its 16 heads).
+        let bidir: Vec<Case> = vec![
+            (4, 4, 16, None, false, vec![(0, 37, 1), (0, 37, 1), (0, 37, 1)]),
+            (2, 2, 8, None, false, vec![(0, 2, 1), (0, 1, 1)]),
+            (4, 2, 16, None, false, vec![(5, 20, 8)]),
+            (4, 4, 88, None, false, vec![(0, 577, 1)]),
+        ];
+        let cases = causal.into_iter().map(|c| (c, false)).chain(bidir.into_iter().map(|c| (c, true)));
+        for ((h, kvh, d, chunk, temp, seqs_spec), bidirectional) in cases {
             let kvrow = kvh * d;
             let mut seqs = Vec::new();
             let (mut row, mut base) = (0usize, 0usize);
@@ -365,9 +375,11 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
                 head_dim: d,
                 scale: (d as f32).powf(-0.5),
                 chunk,
+                bidirectional,
                 temperature: temp.then_some(Temperature { floor_scale: 4.0, attn_scale: 0.1 }),
             };
-            let desc = format!("h={h} kvh={kvh} d={d} chunk={chunk:?} temp={temp} seqs={seqs_spec:?}");
+            let mask = if bidirectional { "bidirectional".to_string() } else { format!("chunk={chunk:?}") };
+            let desc = format!("h={h} kvh={kvh} d={d} {mask} temp={temp} seqs={seqs_spec:?}");
             let res = (|| {
                 let (q, k, v, kcb, vcb) =
                     (be.upload(&qv)?, be.upload(&kn)?, be.upload(&vn)?, be.upload(&kc)?, be.upload(&vc)?);
@@ -377,8 +389,11 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
                 // Keys each query sees (causal, and inside its chunk): the work is 4·d flops per (query head, key).
                 let visible: usize = seqs
                     .iter()
-                    .flat_map(|s| (0..s.q_len as usize).map(move |t| s.pos0 as usize + t))
-                    .map(|i| i - chunk.map_or(0, |c| i / c * c) + 1)
+                    .flat_map(|s| (0..s.q_len as usize).map(move |t| (s, s.pos0 as usize + t)))
+                    .map(|(s, i)| match bidirectional {
+                        true => (s.pos0 + s.q_len) as usize,
+                        false => i - chunk.map_or(0, |c| i / c * c) + 1,
+                    })
                     .sum();
                 Ok(Out {
                     got: be.read(&o)?,
@@ -579,6 +594,7 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
             add("gather_rows", format!("rows={rows_} dim={dim} picks={sel:?}"), 0.0, res);
         }
     }
+    crate::table_vision::rows(be, perf, filter, &mut rows, &mut rng);
     rows
 }
 

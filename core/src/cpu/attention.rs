@@ -1,4 +1,4 @@
-//! Attention on the CPU for a batch of sequences: causal or chunked (fixed blocks from token 0) masks,
+//! Attention on the CPU for a batch of sequences: causal, chunked (fixed blocks from token 0) or no masks,
 //! GQA, NoPE temperature tuning on the query, f32 softmax; and the KV-cache store.
 
 use rayon::prelude::*;
@@ -52,7 +52,7 @@ pub fn attention(
     need("attention out", out.len(), rows * qrow)?;
     let slots = k_cache.len().min(v_cache.len()) / kvrow;
     for s in seqs {
-        check_seq(s, rows, slots, p.chunk)?;
+        check_seq(s, rows, slots, if p.bidirectional { None } else { p.chunk })?;
     }
     let group = h / kvh;
     // One task per (row, head): the row's sequence is found by a scan (batches are small).
@@ -67,9 +67,11 @@ pub fn attention(
         let Some(s) = seqs.get(row_seq[r]) else { return };
         let t = r as u32 - s.q_start;
         let i = (s.pos0 + t) as usize; // absolute position of this query
+                                       // The last key it sees, and the first.
+        let last = if p.bidirectional { (s.pos0 + s.q_len - 1) as usize } else { i };
         let lo = match p.chunk {
-            Some(c) => (i / c) * c,
-            None => 0,
+            Some(c) if !p.bidirectional => (i / c) * c,
+            _ => 0,
         };
         let kvh_i = head / group;
         let mut qv: Vec<f32> = q[r * qrow + head * d..r * qrow + (head + 1) * d].to_vec();
@@ -88,7 +90,7 @@ pub fn attention(
                 (&k_new[off..off + d], &v_new[off..off + d])
             }
         };
-        let mut scores: Vec<f32> = (lo..=i)
+        let mut scores: Vec<f32> = (lo..=last)
             .map(|j| {
                 let (k, _) = key(j);
                 qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * p.scale
@@ -101,7 +103,7 @@ pub fn attention(
             sum += *sc;
         }
         o.iter_mut().for_each(|x| *x = 0.0);
-        for (j, &w) in (lo..=i).zip(&scores) {
+        for (j, &w) in (lo..=last).zip(&scores) {
             let (_, v) = key(j);
             let w = w / sum;
             for (a, b) in o.iter_mut().zip(v) {

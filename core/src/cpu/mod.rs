@@ -7,6 +7,7 @@
 
 mod attention;
 mod elementwise;
+mod layer_norm;
 mod matmul;
 mod moe;
 mod rms_norm;
@@ -15,7 +16,7 @@ mod sample;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::backend::{AttnParams, AttnSeq, Backend};
+use crate::backend::{Act, AttnParams, AttnSeq, Backend};
 use crate::checkpoint::{FileBytes, TensorRef};
 use crate::error::{HerdError, Result};
 use crate::quant::{DType, QuantLayout};
@@ -267,6 +268,29 @@ impl Backend for CpuBackend {
             eps,
             &mut out.f32_mut()?,
         )
+    }
+
+    fn layer_norm(
+        &self,
+        x: &CpuBuffer,
+        weight: &CpuWeight,
+        bias: &CpuWeight,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &CpuBuffer,
+    ) -> Result<()> {
+        let (w, b) = (weight.read()?, bias.read()?);
+        if std::ptr::eq(x, out) {
+            layer_norm::layer_norm_inplace(&mut out.f32_mut()?, w.view(), b.view(), rows, dim, eps)
+        } else {
+            layer_norm::layer_norm(&x.f32()?, &mut out.f32_mut()?, w.view(), b.view(), rows, dim, eps)
+        }
+    }
+
+    fn bias_act(&self, x: &CpuBuffer, bias: Option<&CpuWeight>, rows: usize, dim: usize, act: Act) -> Result<()> {
+        let held = bias.map(|w| w.read()).transpose()?;
+        layer_norm::bias_act(&mut x.f32_mut()?, held.as_ref().map(|h| h.view()), rows, dim, act)
     }
 
     fn matmul(&self, x: &CpuBuffer, m: usize, w: &CpuWeight, out: &CpuBuffer) -> Result<()> {

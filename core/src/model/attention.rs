@@ -39,6 +39,7 @@ impl<B: Backend> Attention<B> {
                     AttnKind::Chunked => cfg.attention_chunk_size,
                     AttnKind::Full => None,
                 },
+                bidirectional: false,
                 temperature: (!use_rope && cfg.attn_temperature_tuning)
                     .then_some(Temperature { floor_scale: cfg.floor_scale, attn_scale: cfg.attn_scale }),
             },
