@@ -514,7 +514,13 @@ impl QuantPlan {
 
     /// The format tensor `name` of `shape` gets, or None to keep its own.
     pub fn format_of(&self, name: &str, shape: &[usize]) -> Option<DType> {
-        if shape.len() < 2 || name.contains("router") || self.keep.iter().any(|k| name.contains(k.as_str())) {
+        // The router stays exact; the vision tower's positional embedding is a table added to activations,
+        // not a matrix multiplied by them.
+        if shape.len() < 2
+            || name.contains("router")
+            || name.contains("positional_embedding")
+            || self.keep.iter().any(|k| name.contains(k.as_str()))
+        {
             return None;
         }
         let axis = if shape.len() == 3 && name.contains("experts.") { GroupAxis::SecondLast } else { GroupAxis::Last };

@@ -7,6 +7,7 @@ pub mod reference;
 pub mod streaming;
 pub mod table;
 pub mod table_vision;
+pub mod vision;
 pub mod weights;
 
 use std::path::PathBuf;

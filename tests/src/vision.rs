@@ -1,0 +1,91 @@
+//! Golden checks of the vision path on one backend against the `scout_vision` fixture (made by
+//! tests/tools/make_vision_model.py): the tower's output rows, then the model's logits and greedy ids for a
+//! prompt holding two images, all from the image files through herd's own preprocessing.
+
+use std::sync::Arc;
+
+use herd_core::backend::Backend;
+use herd_core::vision::encoder::VisionTower;
+use herd_core::vision::layout::TileOptions;
+use herd_core::vision::preprocess::{decode, preprocess};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::{fixture_dir, rel_err};
+
+pub const NAME: &str = "scout_vision";
+/// The f32 tolerance of the text fixtures.
+pub const TOL: f64 = 1e-4;
+
+/// The fixture's reference: the prompt, the image rows, the last logits rows and the greedy ids.
+pub struct VisionReference {
+    pub input_ids: Vec<u32>,
+    pub features: Vec<f32>,
+    pub logits_tail: Vec<f32>,
+    pub tail: usize,
+    pub greedy_ids: Vec<u32>,
+    pub images: Vec<String>,
+}
+
+fn f32s(st: &SafeTensors, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(t.dtype(), Dtype::F32, "{name}");
+    (t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(), t.shape().to_vec())
+}
+
+fn ids(st: &SafeTensors, name: &str) -> Vec<u32> {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(t.dtype(), Dtype::I64, "{name}");
+    t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+}
+
+impl VisionReference {
+    pub fn load() -> Self {
+        let dir = fixture_dir(NAME);
+        let bytes = std::fs::read(dir.join("reference.safetensors")).expect("scout_vision/reference.safetensors");
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+        let images = json["prompt"]["images"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+        let (logits_tail, shape) = f32s(&st, "logits_tail");
+        VisionReference {
+            input_ids: ids(&st, "input_ids"),
+            features: f32s(&st, "image_features").0,
+            logits_tail,
+            tail: shape[0],
+            greedy_ids: ids(&st, "greedy_ids"),
+            images,
+        }
+    }
+}
+
+/// The pixel values and tile count of each of the fixture's image files, by herd's preprocessing.
+pub fn pixels(images: &[String]) -> Vec<(Vec<f32>, usize)> {
+    images
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(fixture_dir("vision").join(f)).unwrap();
+            let img = decode(&bytes).unwrap().remove(0);
+            let p = preprocess(&img, &TileOptions::default()).unwrap();
+            let tiles = p.tiles();
+            (p.pixel_values, tiles)
+        })
+        .collect()
+}
+
+pub fn tower<B: Backend>(be: &Arc<B>) -> VisionTower<B> {
+    VisionTower::from_dir(&**be, &fixture_dir(NAME)).unwrap_or_else(|e| panic!("{NAME}: {e}"))
+}
+
+/// The tower's rows for both images (encoded one image at a time) equal the reference's.
+pub fn check_features<B: Backend>(be: &Arc<B>) {
+    let r = VisionReference::load();
+    let t = tower(be);
+    let mut got = Vec::new();
+    for (px, tiles) in pixels(&r.images) {
+        let rows = t.encode(&**be, &px, tiles).unwrap();
+        got.extend(be.read(&rows).unwrap().into_iter().take(tiles * t.tokens_per_tile() * t.text_hidden));
+    }
+    let e = rel_err(&got, &r.features);
+    eprintln!("{NAME} image features on {}: rel err {e:.2e}", be.name());
+    assert!(e <= TOL, "{NAME}: image features differ from transformers': relative error {e:.3e} > {TOL:.0e}");
+}
