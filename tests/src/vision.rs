@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use herd_core::backend::Backend;
+use herd_core::model::{ImageRows, Rows};
+use herd_core::sampling::SamplingParams;
 use herd_core::vision::encoder::VisionTower;
 use herd_core::vision::layout::TileOptions;
 use herd_core::vision::preprocess::{decode, preprocess};
@@ -76,16 +78,67 @@ pub fn tower<B: Backend>(be: &Arc<B>) -> VisionTower<B> {
     VisionTower::from_dir(&**be, &fixture_dir(NAME)).unwrap_or_else(|e| panic!("{NAME}: {e}"))
 }
 
-/// The tower's rows for both images (encoded one image at a time) equal the reference's.
-pub fn check_features<B: Backend>(be: &Arc<B>) {
+/// Every check of the vision path on `be`, each image encoded once: the tower's rows for both images
+/// (encoded one image at a time) equal the reference's; the model's logits with those rows in place of the
+/// `<|patch|>` embeddings, as one prefill and as a prefill then one token at a time (the second image's
+/// last rows fed with their tokens); and greedy decoding after the prompt.
+pub fn check_all<B: Backend>(be: &Arc<B>) {
     let r = VisionReference::load();
+    let dir = fixture_dir(NAME);
+    let m = crate::golden::load(be, &dir);
     let t = tower(be);
+    let token = t.cfg.image_token_id.expect("the fixture names its <|patch|> id");
+    let encoded: Vec<(B::Buffer, usize)> = pixels(&r.images)
+        .into_iter()
+        .map(|(px, tiles)| (t.encode(&**be, &px, tiles).unwrap(), tiles * t.tokens_per_tile()))
+        .collect();
     let mut got = Vec::new();
-    for (px, tiles) in pixels(&r.images) {
-        let rows = t.encode(&**be, &px, tiles).unwrap();
-        got.extend(be.read(&rows).unwrap().into_iter().take(tiles * t.tokens_per_tile() * t.text_hidden));
+    for (buf, n) in &encoded {
+        got.extend(be.read(buf).unwrap().into_iter().take(n * t.text_hidden));
     }
     let e = rel_err(&got, &r.features);
     eprintln!("{NAME} image features on {}: rel err {e:.2e}", be.name());
     assert!(e <= TOL, "{NAME}: image features differ from transformers': relative error {e:.3e} > {TOL:.0e}");
+
+    let all = ImageRows { token, parts: encoded.iter().map(|(b, n)| (b, 0, *n)).collect() };
+    let ids = &r.input_ids;
+    let (v, n) = (m.cfg.vocab_size, ids.len());
+    let patches = |toks: &[u32]| toks.iter().filter(|&&x| x == token).count();
+    for decode in [false, true] {
+        let mut cache = m.new_cache().unwrap();
+        let seq = cache.add_sequence();
+        let got = if decode {
+            let split = n - r.tail;
+            let first = all.take(patches(&ids[..split]));
+            m.forward_with_images(&mut cache, &[(seq, &ids[..split])], &[Some(&first)], Rows::Last).unwrap();
+            let mut used = patches(&ids[..split]);
+            let mut got = Vec::new();
+            for i in split..n {
+                let one = all.skip(used).take(patches(&ids[i..i + 1]));
+                let step = &[(seq, &ids[i..i + 1])];
+                got.extend(m.forward_with_images(&mut cache, step, &[Some(&one)], Rows::Last).unwrap());
+                used += patches(&ids[i..i + 1]);
+            }
+            got
+        } else {
+            let rows = m.forward_with_images(&mut cache, &[(seq, ids)], &[Some(&all)], Rows::All).unwrap();
+            rows[(n - r.tail) * v..].to_vec()
+        };
+        let e = rel_err(&got, &r.logits_tail);
+        eprintln!("{NAME} logits on {} (decode={decode}): rel err {e:.2e}", be.name());
+        assert!(e <= TOL, "{NAME} (decode={decode}): logits differ from transformers': rel error {e:.3e} > {TOL:.0e}");
+    }
+
+    let mut cache = m.new_cache().unwrap();
+    let seq = cache.add_sequence();
+    let greedy = SamplingParams::default();
+    let mut fed = ids.clone();
+    let mut out = Vec::new();
+    for step in 0..r.greedy_ids.len() {
+        let imgs = if step == 0 { vec![Some(&all)] } else { vec![] };
+        let next = m.forward_sample_with_images(&mut cache, &[(seq, &fed)], &imgs, &greedy, &[0.0], &[&[]]).unwrap();
+        out.push(next[0]);
+        fed = vec![next[0]];
+    }
+    assert_eq!(out, r.greedy_ids, "{NAME}: greedy continuation with images differs from transformers");
 }

@@ -174,3 +174,12 @@ fn concurrent_models_on_one_device_stay_correct() {
         }
     });
 }
+
+/// The vision path (tests/fixtures/scout_vision): the tower's rows, then logits and greedy ids with two
+/// images in the prompt, on a GPU and on the emulator.
+#[test]
+fn images_in_prompts_match_transformers_on_cuda() {
+    for be in [gpu(), emulator()].into_iter().flatten() {
+        herd_conformance::vision::check_all(&be);
+    }
+}

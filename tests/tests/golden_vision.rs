@@ -1,4 +1,5 @@
-//! The vision path against transformers (tests/fixtures/scout_vision) on the CPU reference backend.
+//! The vision path against transformers (tests/fixtures/scout_vision) on the CPU reference backend: the
+//! tower's rows, logits with two images in the prompt (prefill and decode) and greedy ids.
 
 use std::sync::Arc;
 
@@ -6,6 +7,6 @@ use herd_conformance::vision;
 use herd_core::cpu::CpuBackend;
 
 #[test]
-fn image_features_match_transformers_on_cpu() {
-    vision::check_features(&Arc::new(CpuBackend::new()));
+fn images_in_prompts_match_transformers_on_cpu() {
+    vision::check_all(&Arc::new(CpuBackend::new()));
 }

@@ -70,3 +70,23 @@ fn golden_fixtures_on_wgpu_with_tiny_bindings() {
     assert!(e.contains("largest buffer") && !e.contains('\n'), "{e}");
     assert_eq!(cache.seq_len(seq).unwrap(), 0, "refused before any step ran");
 }
+
+/// The vision path (tests/fixtures/scout_vision): the tower's rows, then logits and greedy ids with two
+/// images in the prompt.
+#[test]
+fn images_in_prompts_match_transformers_on_wgpu() {
+    let Some(be) = gpu() else { return };
+    herd_conformance::vision::check_all(&be);
+}
+
+/// Under 1.5 MiB bindings the tower runs the 5-tile image as five passes of one tile each (and the
+/// prompt as several steps): the results must not change.
+#[test]
+fn images_in_prompts_match_transformers_on_wgpu_in_passes() {
+    if gpu().is_none() {
+        return;
+    }
+    let opts = WgpuOptions { max_binding: Some(3 << 19), ..Default::default() };
+    let be = Arc::new(WgpuBackend::with_options(&opts).expect("the adapter opened once already"));
+    herd_conformance::vision::check_all(&be);
+}

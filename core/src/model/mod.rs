@@ -127,6 +127,52 @@ pub enum Rows {
     All,
 }
 
+/// The rows that replace one sequence's `<|patch|>` embeddings (early fusion, llama4-spec.md §4.5): the i-th
+/// `token` among the sequence's new tokens in a forward pass takes the i-th row of `parts` taken in order
+/// (each `(buffer, first, n)`: rows `first..first + n` of a device buffer of rows of the model's width, as
+/// [`crate::vision::encoder::VisionTower`] makes them). The count must match exactly.
+pub struct ImageRows<'a, B: Backend> {
+    pub token: u32,
+    pub parts: Vec<(&'a B::Buffer, usize, usize)>,
+}
+
+impl<B: Backend> ImageRows<'_, B> {
+    /// How many rows there are.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.2).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The rows after the first `n` (for tokens fed after a prefix that used those).
+    pub fn skip(&self, mut n: usize) -> Self {
+        let mut parts = Vec::new();
+        for &(buf, first, len) in &self.parts {
+            let k = n.min(len);
+            n -= k;
+            if k < len {
+                parts.push((buf, first + k, len - k));
+            }
+        }
+        ImageRows { token: self.token, parts }
+    }
+    /// The first `n` rows.
+    pub fn take(&self, mut n: usize) -> Self {
+        let mut parts = Vec::new();
+        for &(buf, first, len) in &self.parts {
+            let k = n.min(len);
+            n -= k;
+            if k > 0 {
+                parts.push((buf, first, k));
+            }
+        }
+        ImageRows { token: self.token, parts }
+    }
+}
+
+/// One step entry's image rows: the sequence's rows, and how many of them earlier steps used.
+type StepImages<'a, 'b, B> = Option<(&'a ImageRows<'b, B>, usize)>;
+
 /// The Llama 4 text model on one backend.
 pub struct Llama4<B: Backend> {
     pub cfg: TextConfig,
@@ -361,13 +407,39 @@ impl<B: Backend> Llama4<B> {
         batch: &[(SeqId, &[u32])],
         rows: Rows,
     ) -> Result<Vec<f32>> {
+        self.forward_with_images_async(cache, batch, &[], rows).await
+    }
+
+    /// [`Llama4::forward`] with image rows in place of `<|patch|>` embeddings: `images` is empty or has one
+    /// entry per batch entry (None for a sequence without images).
+    pub fn forward_with_images(
+        &self,
+        cache: &mut KvCache<B>,
+        batch: &[(SeqId, &[u32])],
+        images: &[Option<&ImageRows<'_, B>>],
+        rows: Rows,
+    ) -> Result<Vec<f32>> {
+        pollster::block_on(self.forward_with_images_async(cache, batch, images, rows))
+    }
+
+    /// [`Llama4::forward_with_images`] without blocking.
+    pub async fn forward_with_images_async(
+        &self,
+        cache: &mut KvCache<B>,
+        batch: &[(SeqId, &[u32])],
+        images: &[Option<&ImageRows<'_, B>>],
+        rows: Rows,
+    ) -> Result<Vec<f32>> {
         let v = self.cfg.vocab_size;
+        check_images(batch, images)?;
         let pieces = self.steps(cache, batch, rows)?;
+        let mut used = vec![0usize; batch.len()];
         // Per batch entry, the logits rows it has so far.
         let mut per_seq: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
         for piece in &pieces {
             let step: Vec<(SeqId, &[u32])> = piece.iter().map(|&(bi, toks)| (batch[bi].0, toks)).collect();
-            let out = self.run(cache, &step, rows, Finish::Logits).await?.logits()?;
+            let imgs = step_images(piece, images, &mut used);
+            let out = self.run(cache, &step, &imgs, rows, Finish::Logits).await?.logits()?;
             let mut off = 0;
             for &(bi, toks) in piece {
                 let n = if rows == Rows::All { toks.len() } else { 1 };
@@ -404,14 +476,43 @@ impl<B: Backend> Llama4<B> {
         draws: &[f32],
         history: &[&[u32]],
     ) -> Result<Vec<u32>> {
+        self.forward_sample_with_images_async(cache, batch, &[], params, draws, history).await
+    }
+
+    /// [`Llama4::forward_sample`] with image rows (see [`Llama4::forward_with_images`]).
+    pub fn forward_sample_with_images(
+        &self,
+        cache: &mut KvCache<B>,
+        batch: &[(SeqId, &[u32])],
+        images: &[Option<&ImageRows<'_, B>>],
+        params: &SamplingParams,
+        draws: &[f32],
+        history: &[&[u32]],
+    ) -> Result<Vec<u32>> {
+        pollster::block_on(self.forward_sample_with_images_async(cache, batch, images, params, draws, history))
+    }
+
+    /// [`Llama4::forward_sample_with_images`] without blocking.
+    pub async fn forward_sample_with_images_async(
+        &self,
+        cache: &mut KvCache<B>,
+        batch: &[(SeqId, &[u32])],
+        images: &[Option<&ImageRows<'_, B>>],
+        params: &SamplingParams,
+        draws: &[f32],
+        history: &[&[u32]],
+    ) -> Result<Vec<u32>> {
         check_sample_args(batch.len(), draws, history)?;
+        check_images(batch, images)?;
         let pieces = self.steps(cache, batch, Rows::Last)?;
+        let mut used = vec![0usize; batch.len()];
         let mut picked = vec![0u32; batch.len()];
         for piece in &pieces {
             let step: Vec<(SeqId, &[u32])> = piece.iter().map(|&(bi, toks)| (batch[bi].0, toks)).collect();
             let u: Vec<f32> = piece.iter().map(|&(bi, _)| draws[bi]).collect();
             let hist: Vec<&[u32]> = piece.iter().map(|&(bi, _)| history[bi]).collect();
-            let ids = self.run(cache, &step, Rows::Last, Finish::Sample(params, &u, &hist)).await?.ids()?;
+            let imgs = step_images(piece, images, &mut used);
+            let ids = self.run(cache, &step, &imgs, Rows::Last, Finish::Sample(params, &u, &hist)).await?.ids()?;
             // A sequence's pick is the one from the piece holding its last token (the last piece it is in).
             for (&(bi, _), id) in piece.iter().zip(ids) {
                 picked[bi] = id;
@@ -428,6 +529,7 @@ impl<B: Backend> Llama4<B> {
         &self,
         cache: &mut KvCache<B>,
         batch: &[(SeqId, &[u32])],
+        images: &[StepImages<'_, '_, B>],
         rows: Rows,
         finish: Finish<'_>,
     ) -> Result<StepOut> {
@@ -480,6 +582,11 @@ impl<B: Backend> Llama4<B> {
         be.write_u32(&s.last, &last)?;
         let (hidden, ids_buf, pos_buf) = (&s.hidden, &s.ids, &s.positions);
         be.embed(&self.embed, ids_buf, t, d, hidden)?;
+        for (&(_, r0, _), (&(_, toks), img)) in plan.iter().zip(batch.iter().zip(images)) {
+            if let Some((img, used)) = img {
+                fuse_images(be, hidden, d, r0, toks, img, *used)?;
+            }
+        }
         // Each residual add is fused with the norm that follows it; the last one has no norm after it here
         // (the final norm runs on the rows that come back).
         let eps = cfg.rms_norm_eps;
@@ -526,6 +633,86 @@ impl<B: Backend> Llama4<B> {
             }
         }
     }
+}
+
+/// Checks image rows against the batch before any work: one entry per sequence, and exactly as many rows
+/// as the sequence has `<|patch|>` tokens.
+fn check_images<B: Backend>(batch: &[(SeqId, &[u32])], images: &[Option<&ImageRows<'_, B>>]) -> Result<()> {
+    if images.is_empty() {
+        return Ok(());
+    }
+    if images.len() != batch.len() {
+        return Err(HerdError::Input(format!("{} image entries for a batch of {}", images.len(), batch.len())));
+    }
+    for (&(_, toks), img) in batch.iter().zip(images) {
+        if let Some(img) = img {
+            let n = toks.iter().filter(|&&t| t == img.token).count();
+            if n != img.len() {
+                return Err(HerdError::Input(format!(
+                    "the prompt has {n} image patch tokens but its images give {} rows",
+                    img.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each piece entry's image rows and how many of them the sequence's earlier pieces used (`used` counts on).
+fn step_images<'a, 'b, B: Backend>(
+    piece: &steps::Piece<'_>,
+    images: &[Option<&'a ImageRows<'b, B>>],
+    used: &mut [usize],
+) -> Vec<StepImages<'a, 'b, B>> {
+    piece
+        .iter()
+        .map(|&(bi, toks)| {
+            let img = images.get(bi).copied().flatten()?;
+            let at = used[bi];
+            used[bi] += toks.iter().filter(|&&t| t == img.token).count();
+            Some((img, at))
+        })
+        .collect()
+}
+
+/// Copies image rows over the embeddings of the `<|patch|>` tokens among `toks` (rows `r0..` of `hidden`),
+/// starting from row `used` of the images, one copy per run of patch tokens within one part.
+fn fuse_images<B: Backend>(
+    be: &B,
+    hidden: &B::Buffer,
+    d: usize,
+    r0: usize,
+    toks: &[u32],
+    img: &ImageRows<'_, B>,
+    used: usize,
+) -> Result<()> {
+    let mut next = used; // the image row the next patch token takes
+    let mut i = 0;
+    while i < toks.len() {
+        if toks[i] != img.token {
+            i += 1;
+            continue;
+        }
+        let run = toks[i..].iter().take_while(|&&t| t == img.token).count();
+        let mut done = 0;
+        while done < run {
+            // The part holding image row `next`.
+            let (mut part, mut start) = (0, 0);
+            while part < img.parts.len() && start + img.parts[part].2 <= next {
+                start += img.parts[part].2;
+                part += 1;
+            }
+            let Some(&(buf, first, n)) = img.parts.get(part) else {
+                return Err(HerdError::Input("more image patch tokens than image rows".into()));
+            };
+            let take = (run - done).min(start + n - next);
+            be.copy(buf, (first + next - start) * d, hidden, (r0 + i + done) * d, take * d)?;
+            next += take;
+            done += take;
+        }
+        i += run;
+    }
+    Ok(())
 }
 
 /// What a step ends with: its logits read back, or a token picked per sequence on the device (with each

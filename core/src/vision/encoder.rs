@@ -286,7 +286,7 @@ fn linear<B: Backend>(be: &B, x: &B::Buffer, rows: usize, l: &Linear<B>, out: &B
 
 /// The adapter's input width: the tower's width times the four patches the pixel shuffle joins.
 fn shuffled_width(cfg: &VisionConfig) -> Result<usize> {
-    if cfg.pixel_shuffle_ratio != 0.5 || cfg.patches_per_side() % 2 != 0 {
+    if cfg.pixel_shuffle_ratio != 0.5 || !cfg.patches_per_side().is_multiple_of(2) {
         return Err(HerdError::config(
             "vision_config.pixel_shuffle_ratio",
             format!(
