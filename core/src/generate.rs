@@ -9,12 +9,26 @@ use web_time::Instant;
 use crate::backend::Backend;
 use crate::error::{HerdError, Result};
 use crate::kv::SeqId;
-use crate::model::{Llama4, Rows};
+use crate::model::{ImageRows, Llama4, Rows};
 use crate::sampling::{Sampler, SamplingParams};
 
 /// Logits `[T, V]` for every token of every row. All rows run as one batch (each its own sequence).
 /// `decode`: feed the tokens one step at a time through the KV cache instead of one prefill.
 pub fn score_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], decode: bool) -> Result<Vec<Vec<f32>>> {
+    score_rows_with_images(model, rows, &[], decode)
+}
+
+/// [`score_rows`] with image rows in place of `<|patch|>` embeddings: `images` is empty or one entry per row.
+pub fn score_rows_with_images<B: Backend>(
+    model: &Llama4<B>,
+    rows: &[Vec<u32>],
+    images: &[Option<ImageRows<'_, B>>],
+    decode: bool,
+) -> Result<Vec<Vec<f32>>> {
+    if !images.is_empty() && images.len() != rows.len() {
+        return Err(HerdError::Input(format!("{} image entries for {} rows", images.len(), rows.len())));
+    }
+    let img = |i: usize| images.get(i).and_then(Option::as_ref);
     if let Some(i) = rows.iter().position(|r| r.is_empty()) {
         return Err(HerdError::Input(format!("row {i} is empty: a sequence in the batch has no new tokens")));
     }
@@ -24,7 +38,8 @@ pub fn score_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], decode: bool
     let mut out: Vec<Vec<f32>> = rows.iter().map(|r| Vec::with_capacity(r.len() * v)).collect();
     if !decode {
         let batch: Vec<(SeqId, &[u32])> = ids.iter().copied().zip(rows.iter().map(|r| r.as_slice())).collect();
-        let logits = model.forward(&mut cache, &batch, Rows::All)?;
+        let imgs: Vec<_> = (0..if images.is_empty() { 0 } else { rows.len() }).map(img).collect();
+        let logits = model.forward_with_images(&mut cache, &batch, &imgs, Rows::All)?;
         let mut off = 0;
         for (o, r) in out.iter_mut().zip(rows) {
             o.extend_from_slice(&logits[off..off + r.len() * v]);
@@ -33,10 +48,23 @@ pub fn score_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], decode: bool
         return Ok(out);
     }
     let steps = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    // Image rows each row has used so far.
+    let mut used = vec![0usize; rows.len()];
     for step in 0..steps {
         let live: Vec<usize> = (0..rows.len()).filter(|&i| step < rows[i].len()).collect();
         let batch: Vec<(SeqId, &[u32])> = live.iter().map(|&i| (ids[i], &rows[i][step..step + 1])).collect();
-        let logits = model.forward(&mut cache, &batch, Rows::Last)?;
+        let parts: Vec<Option<ImageRows<'_, B>>> = live
+            .iter()
+            .map(|&i| {
+                let im = img(i)?;
+                let n = usize::from(rows[i][step] == im.token);
+                let part = im.skip(used[i]).take(n);
+                used[i] += n;
+                Some(part)
+            })
+            .collect();
+        let imgs: Vec<_> = if images.is_empty() { Vec::new() } else { parts.iter().map(Option::as_ref).collect() };
+        let logits = model.forward_with_images(&mut cache, &batch, &imgs, Rows::Last)?;
         for (j, &i) in live.iter().enumerate() {
             out[i].extend_from_slice(&logits[j * v..(j + 1) * v]);
         }
@@ -49,8 +77,28 @@ pub fn greedy_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], n: usize) -
     pollster::block_on(greedy_rows_async(model, rows, n))
 }
 
+/// [`greedy_rows`] with image rows in place of the prompts' `<|patch|>` embeddings (one entry per row).
+pub fn greedy_rows_with_images<B: Backend>(
+    model: &Llama4<B>,
+    rows: &[Vec<u32>],
+    images: &[Option<ImageRows<'_, B>>],
+    n: usize,
+) -> Result<Vec<Vec<u32>>> {
+    pollster::block_on(greedy_rows_images_async(model, rows, images, n))
+}
+
 /// [`greedy_rows`] without blocking (see [`Llama4::forward_async`]).
 pub async fn greedy_rows_async<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], n: usize) -> Result<Vec<Vec<u32>>> {
+    greedy_rows_images_async(model, rows, &[], n).await
+}
+
+async fn greedy_rows_images_async<B: Backend>(
+    model: &Llama4<B>,
+    rows: &[Vec<u32>],
+    images: &[Option<ImageRows<'_, B>>],
+    n: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let mut imgs: Vec<_> = images.iter().map(Option::as_ref).collect();
     let mut cache = model.new_cache()?;
     let ids: Vec<SeqId> = rows.iter().map(|_| cache.add_sequence()).collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(n); rows.len()];
@@ -63,7 +111,8 @@ pub async fn greedy_rows_async<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>],
     let history: Vec<&[u32]> = vec![&[]; rows.len()];
     let mut batch: Vec<(SeqId, &[u32])> = ids.iter().copied().zip(rows.iter().map(|r| r.as_slice())).collect();
     loop {
-        let next = model.forward_sample_async(&mut cache, &batch, &greedy, &draws, &history).await?;
+        let next = model.forward_sample_with_images_async(&mut cache, &batch, &imgs, &greedy, &draws, &history).await?;
+        imgs.clear(); // the images go in with the prompts
         for (o, id) in out.iter_mut().zip(next) {
             o.push(id);
         }
@@ -121,13 +170,25 @@ pub struct Session<B: Backend> {
     seq: SeqId,
     /// Exactly the ids held in the cache.
     cached: Vec<u32>,
+    /// The images whose rows the cache holds (their keys), and how many image rows it holds.
+    image_keys: Vec<u64>,
+    image_rows: usize,
+}
+
+/// One image of a conversation for [`Session::generate_with_images`]: its rows from the vision tower
+/// (`rows`: `n` rows from the start of the buffer) and a key telling it from other images (e.g.
+/// [`crate::vision::input::pixel_key`]), by which a later turn knows the cache holds the same image.
+pub struct SessionImage<'a, B: Backend> {
+    pub key: u64,
+    pub rows: &'a B::Buffer,
+    pub n: usize,
 }
 
 impl<B: Backend> Session<B> {
     pub fn new(model: &Llama4<B>) -> Result<Self> {
         let mut cache = model.new_cache()?;
         let seq = cache.add_sequence();
-        Ok(Session { cache, seq, cached: Vec::new() })
+        Ok(Session { cache, seq, cached: Vec::new(), image_keys: Vec::new(), image_rows: 0 })
     }
 
     /// The ids held in the cache.
@@ -164,6 +225,38 @@ impl<B: Backend> Session<B> {
         sampler: &mut Sampler,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, GenerateStats)> {
+        self.generate_with_images_async(model, ids, 0, &[], params, sampler, on_token).await
+    }
+
+    /// [`Session::generate`] for a conversation holding images: `images` are all of its images in order,
+    /// whose rows replace its `<|patch|>` (`patch`) tokens' embeddings. The cache is reused while it holds a
+    /// prefix of `ids` whose images are the first of `images` (by key).
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_with_images(
+        &mut self,
+        model: &Llama4<B>,
+        ids: &[u32],
+        patch: u32,
+        images: &[SessionImage<'_, B>],
+        params: &GenerateParams,
+        sampler: &mut Sampler,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, GenerateStats)> {
+        pollster::block_on(self.generate_with_images_async(model, ids, patch, images, params, sampler, on_token))
+    }
+
+    /// [`Session::generate_with_images`] without blocking.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn generate_with_images_async(
+        &mut self,
+        model: &Llama4<B>,
+        ids: &[u32],
+        patch: u32,
+        images: &[SessionImage<'_, B>],
+        params: &GenerateParams,
+        sampler: &mut Sampler,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, GenerateStats)> {
         let ctx = model.cfg.max_position_embeddings;
         if ids.len() > ctx {
             return Err(HerdError::Input(format!(
@@ -171,9 +264,21 @@ impl<B: Backend> Session<B> {
                 ids.len()
             )));
         }
-        if !(ids.starts_with(&self.cached) && ids.len() > self.cached.len()) {
+        let patches = |t: &[u32]| if images.is_empty() { 0 } else { t.iter().filter(|&&x| x == patch).count() };
+        let total: usize = images.iter().map(|i| i.n).sum();
+        if patches(ids) != total {
+            return Err(HerdError::Input(format!(
+                "the prompt has {} image patch tokens but its images give {total} rows",
+                patches(ids)
+            )));
+        }
+        let same_images =
+            self.image_keys.len() <= images.len() && self.image_keys.iter().zip(images).all(|(k, i)| *k == i.key);
+        if !(ids.starts_with(&self.cached) && ids.len() > self.cached.len() && same_images) {
             self.reset(model)?;
         }
+        let all = ImageRows { token: patch, parts: images.iter().map(|i| (i.rows, 0, i.n)).collect() };
+        let rows = all.skip(self.image_rows);
         let prompt = &ids[self.cached.len()..];
         if prompt.is_empty() {
             return Err(HerdError::Input("empty prompt".into()));
@@ -187,16 +292,27 @@ impl<B: Backend> Session<B> {
         let mut fed: Vec<u32> = prompt.to_vec();
         let mut out = Vec::new();
         let mut stop = StopReason::Length;
+        // The rows go in with the prompt; generated tokens take their own embeddings.
+        let mut imgs = if images.is_empty() { vec![] } else { vec![Some(&rows)] };
         if max_tokens == 0 {
             // Nothing to generate: the prompt still goes into the cache.
-            model.forward_async(&mut self.cache, &[(self.seq, prompt)], Rows::Last).await?;
+            model.forward_with_images_async(&mut self.cache, &[(self.seq, prompt)], &imgs, Rows::Last).await?;
             self.cached.extend_from_slice(prompt);
+            self.image_keys = images.iter().map(|i| i.key).collect();
+            self.image_rows = total;
         }
         let mut t1 = Instant::now();
         while out.len() < max_tokens {
             let u = sampler.draw();
             let next = match model
-                .forward_sample_async(&mut self.cache, &[(self.seq, &fed)], sampler.params(), &[u], &[&seen])
+                .forward_sample_with_images_async(
+                    &mut self.cache,
+                    &[(self.seq, &fed)],
+                    &imgs,
+                    sampler.params(),
+                    &[u],
+                    &[&seen],
+                )
                 .await
             {
                 Ok(next) => next,
@@ -207,6 +323,11 @@ impl<B: Backend> Session<B> {
                 }
             };
             self.cached.extend_from_slice(&fed);
+            if self.cached.len() == ids.len() {
+                imgs.clear();
+                self.image_keys = images.iter().map(|i| i.key).collect();
+                self.image_rows = total;
+            }
             if prefill_time.is_none() {
                 prefill_time = Some(t0.elapsed());
                 t1 = Instant::now();

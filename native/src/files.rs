@@ -96,6 +96,20 @@ impl ModelFiles {
         })
     }
 
+    /// preprocessor_config.json (the image processor's settings), when the model has one.
+    pub fn preprocessor_config(&self) -> Result<Option<String>> {
+        match self {
+            ModelFiles::Dir(d) => {
+                let path = d.join("preprocessor_config.json");
+                if !path.exists() {
+                    return Ok(None);
+                }
+                Ok(Some(std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?))
+            }
+            ModelFiles::Demo => Ok(None),
+        }
+    }
+
     pub fn generation_config(&self) -> Result<GenerationConfig> {
         Ok(match self {
             ModelFiles::Dir(d) => GenerationConfig::from_dir(d)?,

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use herd_core::backend::Backend;
+use herd_core::config::ModelConfig;
 use herd_core::experts::ExpertCacheOptions;
-use herd_core::generate::{greedy_rows, score_rows};
-use herd_core::model::Llama4;
+use herd_core::generate::{greedy_rows, score_rows, score_rows_with_images};
+use herd_core::model::{ImageRows, Llama4};
+use herd_core::vision::encoder::VisionTower;
 use safetensors::{Dtype, SafeTensors};
 
 /// Reads `input_ids` (int64 or int32, [B, T]) as rows of ids.
@@ -59,6 +61,46 @@ fn load<B: Backend>(backend: Arc<B>, model: &Path, experts: Option<&ExpertCacheO
     Ok(m)
 }
 
+/// The optional `pixel_values` (float32 [tiles, channels, size, size], the tiles of every row's images in
+/// order) of an input file, checked against the model's vision tower and the rows' `<|patch|>` tokens.
+fn read_pixels(path: &Path, model: &Path, rows: &[Vec<u32>]) -> Result<Option<(Vec<f32>, usize, u32)>> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
+    let Ok(t) = st.tensor("pixel_values") else { return Ok(None) };
+    let cfg = ModelConfig::from_file(&model.join("config.json"))?;
+    let Some(v) = cfg.vision.as_ref() else {
+        bail!("{}: has `pixel_values`, but the model has no vision tower (no vision_config)", path.display())
+    };
+    let want = [v.num_channels, v.image_size, v.image_size];
+    match t.shape() {
+        [n, rest @ ..] if *n > 0 && rest == want => {}
+        s => bail!(
+            "{}: `pixel_values` has shape {s:?}, expected [tiles, {}, {}, {}]",
+            path.display(),
+            want[0],
+            want[1],
+            want[2]
+        ),
+    }
+    if t.dtype() != Dtype::F32 {
+        bail!("{}: `pixel_values` has dtype {:?}, expected float32", path.display(), t.dtype());
+    }
+    let tiles = t.shape()[0];
+    let patch = v.image_token_id.context("config.json names no image_token_index for the <|patch|> tokens")?;
+    let patches: usize = rows.iter().flatten().filter(|&&i| i == patch).count();
+    if patches != tiles * v.tokens_per_tile() {
+        bail!(
+            "{}: `input_ids` has {patches} image patch tokens (id {patch}) but `pixel_values` has {tiles} tiles of {} \
+             tokens each",
+            path.display(),
+            v.tokens_per_tile()
+        );
+    }
+    let px: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+    Ok(Some((px, tiles, patch)))
+}
+
 pub fn logits<B: Backend>(
     backend: Arc<B>,
     model: &Path,
@@ -68,10 +110,28 @@ pub fn logits<B: Backend>(
     experts: Option<&ExpertCacheOptions>,
 ) -> Result<()> {
     let rows = read_ids(input)?;
-    let m = load(backend, model, experts)?;
+    let pixels = read_pixels(input, model, &rows)?;
+    let m = load(backend.clone(), model, experts)?;
     check_vocab(input, &rows, m.cfg.vocab_size)?;
     let t = rows[0].len();
-    let logits = score_rows(&m, &rows, decode)?;
+    let logits = match pixels {
+        None => score_rows(&m, &rows, decode)?,
+        Some((px, tiles, patch)) => {
+            let tower = VisionTower::from_dir(&*backend, model).context("loading the vision tower")?;
+            let buf = tower.encode(&*backend, &px, tiles)?;
+            // Each row takes the next rows of the encoded tiles, one per <|patch|> token.
+            let mut first = 0;
+            let images: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    let n = r.iter().filter(|&&i| i == patch).count();
+                    first += n;
+                    Some(ImageRows { token: patch, parts: vec![(&buf, first - n, n)] })
+                })
+                .collect();
+            score_rows_with_images(&m, &rows, &images, decode)?
+        }
+    };
     let data: Vec<u8> = logits.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
     write(output, "logits", Dtype::F32, vec![rows.len(), t, m.cfg.vocab_size], data)
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod files;
 mod ids_io;
+mod images;
 mod inspect;
 mod quantize;
 mod serve_web;
@@ -184,6 +185,10 @@ struct TextArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// An animated GIF or a folder of frames given as an image is a video: at most this many frames,
+    /// sampled evenly, each given to the model as an image.
+    #[arg(long, default_value_t = 8)]
+    max_frames: usize,
     #[command(flatten)]
     backend: BackendArg,
 }
@@ -193,6 +198,11 @@ struct RunArgs {
     /// The prompt.
     #[arg(long)]
     prompt: String,
+    /// An image for the prompt (PNG, JPEG, WebP or GIF; an animated GIF or a folder of frames is a video).
+    /// Repeat for several. With --chat they come before the text of the user message; without, they come
+    /// first after the start of the text, or where the prompt has `<|image|>` placeholders, one per image.
+    #[arg(long, value_name = "PATH")]
+    image: Vec<PathBuf>,
     /// Wrap the prompt in the model's chat template as a user message.
     #[arg(long)]
     chat: bool,
@@ -208,7 +218,9 @@ struct LogitsArgs {
     /// Model directory (config.json and safetensors; no tokenizer needed).
     #[arg(long)]
     model: PathBuf,
-    /// safetensors file with `input_ids` (int64 or int32 [B, T]).
+    /// safetensors file with `input_ids` (int64 or int32 [B, T]) and, for a model with a vision tower,
+    /// optionally `pixel_values` (float32 [tiles, 3, H, W], as the reference processor makes them): the
+    /// tiles' rows replace the `<|patch|>` tokens' embeddings, in order across the rows.
     #[arg(long)]
     input: PathBuf,
     /// Output safetensors file; gets `logits` (float32 [B, T, V]).
@@ -364,16 +376,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Run(a) => {
             let t = a.text;
             let experts = t.backend.expert_cache()?;
-            with_backend!(t.backend.backend, |b| text::run(
-                b,
-                &ModelFiles::new(t.model.model),
-                &a.prompt,
-                a.chat,
-                t.system.as_deref(),
-                &t.sampling,
-                experts.as_ref(),
-                a.stats
-            ))
+            let files = ModelFiles::new(t.model.model);
+            let mut images = Vec::new();
+            for p in &a.image {
+                images.extend(images::read_images(p, t.max_frames)?);
+            }
+            let prompt = text::Prompt { text: &a.prompt, chat: a.chat, system: t.system.as_deref(), images };
+            with_backend!(t.backend.backend, |b| text::run(b, &files, prompt, &t.sampling, experts.as_ref(), a.stats))
         }
         Cmd::Chat(t) => {
             let experts = t.backend.expert_cache()?;
@@ -382,6 +391,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 &ModelFiles::new(t.model.model),
                 t.system.as_deref(),
                 &t.sampling,
+                t.max_frames,
                 experts.as_ref()
             ))
         }

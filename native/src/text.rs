@@ -12,7 +12,11 @@ use herd_core::sampling::{Sampler, SamplingParams};
 use herd_core::tokenizer::Tokenizer;
 
 use crate::files::ModelFiles;
+use crate::images::{Encoded, Planner, Vision};
 use crate::SamplingArgs;
+use herd_core::vision::input::PlannedImage;
+use herd_core::vision::preprocess::RgbImage;
+use std::time::Instant;
 
 /// Sampling settings: the model's generation_config.json, overridden by flags.
 fn sampling(files: &ModelFiles, a: &SamplingArgs) -> Result<SamplingParams> {
@@ -67,36 +71,98 @@ fn streamer<'a>(tok: &'a Tokenizer, out: &'a mut String) -> impl FnMut(u32) -> b
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What `herd run` generates after: the text, whether it goes through the chat template, and its images.
+pub struct Prompt<'a> {
+    pub text: &'a str,
+    pub chat: bool,
+    pub system: Option<&'a str>,
+    pub images: Vec<RgbImage>,
+}
+
+/// The prompt's ids with one `<|image|>` placeholder per image: in the chat template's user message
+/// (images first), else where the text has `<|image|>` (then there must be one per image), else right
+/// after the start of the text.
+fn prompt_ids(files: &ModelFiles, tok: &Tokenizer, p: &Prompt) -> Result<Vec<u32>> {
+    let n = p.images.len();
+    if p.chat || p.system.is_some() {
+        let tmpl = files.chat_template()?;
+        let mut msgs = Vec::new();
+        if let Some(s) = p.system {
+            msgs.push(Message::system(s));
+        }
+        msgs.push(if n > 0 { Message::user_with_images(n, p.text) } else { Message::user(p.text) });
+        return Ok(tok.encode_rendered(&tmpl.render(&msgs, None, true)?)?);
+    }
+    if n == 0 {
+        return Ok(tok.encode_plain(p.text, true)?);
+    }
+    let image = tok.token_to_id("<|image|>").context("the tokenizer has no <|image|> token: it takes no images")?;
+    let mut ids = tok.encode_plain("", true)?; // the start of the text (BOS)
+    let pieces: Vec<&str> = p.text.split("<|image|>").collect();
+    if pieces.len() == 1 {
+        ids.extend(std::iter::repeat_n(image, n));
+        ids.extend(tok.encode_plain(p.text, false)?);
+    } else {
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 {
+                ids.push(image);
+            }
+            ids.extend(tok.encode_plain(piece, false)?);
+        }
+    }
+    Ok(ids)
+}
+
 pub fn run<B: Backend>(
     backend: Arc<B>,
     files: &ModelFiles,
-    prompt: &str,
-    chat: bool,
-    system: Option<&str>,
+    prompt: Prompt,
     a: &SamplingArgs,
     experts: Option<&ExpertCacheOptions>,
     show_stats: bool,
 ) -> Result<()> {
     let tok = files.tokenizer()?;
     let params = GenerateParams { max_tokens: a.max_tokens, sampling: sampling(files, a)?, stop_ids: vec![] };
-    let ids = if chat || system.is_some() {
-        let tmpl = files.chat_template()?;
-        let mut msgs = Vec::new();
-        if let Some(s) = system {
-            msgs.push(Message::system(s));
+    let ids = prompt_ids(files, &tok, &prompt)?;
+    // Images are planned, and the prompt's length checked, before anything loads.
+    let planned = match prompt.images.is_empty() {
+        true => None,
+        false => {
+            let planner = Planner::new(files, &tok)?;
+            let (ids, planned) = planner.plan(&ids, prompt.images, &[])?;
+            Some((planner, ids, planned))
         }
-        msgs.push(Message::user(prompt));
-        tok.encode_rendered(&tmpl.render(&msgs, None, true)?)?
-    } else {
-        tok.encode_plain(prompt, true)?
     };
-    let (cfg, model) = files.load(backend, experts)?;
+    let (cfg, model) = files.load(backend.clone(), experts)?;
     let params = GenerateParams { stop_ids: stop_ids(files, &cfg.text.eos_token_ids)?, ..params };
     let mut sampler = Sampler::new(params.sampling)?;
     let mut session = Session::new(&model)?;
     let mut text = String::new();
-    let (_, stats) = session.generate(&model, &ids, &params, &mut sampler, &mut streamer(&tok, &mut text))?;
+    let mut on_token = streamer(&tok, &mut text);
+    let (_, stats) = match planned {
+        None => session.generate(&model, &ids, &params, &mut sampler, &mut on_token)?,
+        Some((planner, ids, planned)) => {
+            let vision = Vision::load(files, &backend, &planner)?;
+            let t0 = Instant::now();
+            let encoded = vision.encode(&backend, &planned)?;
+            let tiles: usize = encoded.iter().map(|e| e.n / vision.tower.tokens_per_tile()).sum();
+            eprintln!(
+                "[images: {} images, {tiles} tiles encoded in {:.2} s]",
+                encoded.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            let imgs: Vec<_> = encoded.iter().map(Encoded::session).collect();
+            session.generate_with_images(
+                &model,
+                &ids,
+                planner.tokens.patch,
+                &imgs,
+                &params,
+                &mut sampler,
+                &mut on_token,
+            )?
+        }
+    };
     println!();
     report(&stats);
     if show_stats {
@@ -108,23 +174,40 @@ pub fn run<B: Backend>(
     Ok(())
 }
 
+/// The images of a chat: those already in the conversation (planned and encoded), and those attached to
+/// the next message.
+struct ChatImages<B: Backend> {
+    planner: Option<Planner>,
+    vision: Option<Vision<B>>,
+    planned: Vec<PlannedImage>,
+    encoded: Vec<Encoded<B>>,
+    pending: Vec<RgbImage>,
+}
+
 pub fn chat<B: Backend>(
     backend: Arc<B>,
     files: &ModelFiles,
     system: Option<&str>,
     a: &SamplingArgs,
+    max_frames: usize,
     experts: Option<&ExpertCacheOptions>,
 ) -> Result<()> {
     let tok = files.tokenizer()?;
     let tmpl = files.chat_template()?;
     let sampling = sampling(files, a)?;
-    let (cfg, model) = files.load(backend, experts)?;
+    let (cfg, model) = files.load(backend.clone(), experts)?;
     let params =
         GenerateParams { max_tokens: a.max_tokens, sampling, stop_ids: stop_ids(files, &cfg.text.eos_token_ids)? };
     let mut sampler = Sampler::new(params.sampling)?;
     let mut session = Session::new(&model)?;
     let mut msgs: Vec<Message> = system.map(|s| vec![Message::system(s)]).unwrap_or_default();
-    eprintln!("herd chat with {} — /reset starts over, /exit (or end of input) quits.", files.describe());
+    let mut im: ChatImages<B> =
+        ChatImages { planner: None, vision: None, planned: Vec::new(), encoded: Vec::new(), pending: Vec::new() };
+    eprintln!(
+        "herd chat with {} — /image PATH attaches an image to your next message, /reset starts over, /exit (or end \
+         of input) quits.",
+        files.describe()
+    );
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
@@ -139,15 +222,39 @@ pub fn chat<B: Backend>(
             "/reset" => {
                 msgs.truncate(usize::from(system.is_some()));
                 session.reset(&model)?;
+                (im.planned, im.encoded, im.pending) = (Vec::new(), Vec::new(), Vec::new());
                 eprintln!("(conversation cleared)");
+                continue;
+            }
+            l if l.starts_with("/image") => {
+                let path = l["/image".len()..].trim();
+                let got = match (path.is_empty(), im.planner.is_none()) {
+                    (true, _) => Err(anyhow::anyhow!("/image needs a path: /image PATH")),
+                    (false, true) => Planner::new(files, &tok).map(|p| im.planner = Some(p)),
+                    (false, false) => Ok(()),
+                }
+                .and_then(|_| crate::images::read_images(std::path::Path::new(path), max_frames));
+                match got {
+                    Ok(frames) => {
+                        im.pending.extend(frames);
+                        eprintln!("({} images attached to your next message)", im.pending.len());
+                    }
+                    Err(e) => eprintln!("error: {}", crate::one_line(&e)),
+                }
                 continue;
             }
             _ => {}
         }
-        msgs.push(Message::user(line));
-        let ids = tok.encode_rendered(&tmpl.render(&msgs, None, true)?)?;
+        let new_images = std::mem::take(&mut im.pending);
+        let n_new = new_images.len();
+        msgs.push(if n_new > 0 { Message::user_with_images(n_new, line) } else { Message::user(line) });
+        let before = im.planned.len();
         let mut reply = String::new();
-        let result = session.generate(&model, &ids, &params, &mut sampler, &mut streamer(&tok, &mut reply));
+        let result = chat_turn(&backend, files, &tok, &tmpl, &msgs, new_images, &mut im).and_then(|(ids, patch)| {
+            let imgs: Vec<_> = im.encoded.iter().map(Encoded::session).collect();
+            let mut on_token = streamer(&tok, &mut reply);
+            Ok(session.generate_with_images(&model, &ids, patch, &imgs, &params, &mut sampler, &mut on_token)?)
+        });
         match result {
             Ok((_, stats)) => {
                 println!();
@@ -157,9 +264,36 @@ pub fn chat<B: Backend>(
             Err(e) => {
                 // A turn that cannot run (e.g. the conversation outgrew the context) is reported, not fatal.
                 msgs.pop();
-                eprintln!("error: {e}");
+                im.planned.truncate(before);
+                im.encoded.truncate(before);
+                eprintln!("error: {}", crate::one_line(&e));
             }
         }
     }
     Ok(())
+}
+
+/// One chat turn's ids (the conversation rendered, its images expanded, its length checked) and its new
+/// images planned and encoded; the `<|patch|>` id (0 when the conversation has no images).
+fn chat_turn<B: Backend>(
+    backend: &Arc<B>,
+    files: &ModelFiles,
+    tok: &Tokenizer,
+    tmpl: &herd_core::chat::ChatTemplate,
+    msgs: &[Message],
+    new_images: Vec<RgbImage>,
+    im: &mut ChatImages<B>,
+) -> Result<(Vec<u32>, u32)> {
+    let ids = tok.encode_rendered(&tmpl.render(msgs, None, true)?)?;
+    let Some(planner) = &im.planner else { return Ok((ids, 0)) };
+    let (ids, planned) = planner.plan(&ids, new_images, &im.planned)?;
+    im.planned.extend(planned);
+    if im.vision.is_none() {
+        im.vision = Some(Vision::load(files, backend, planner)?);
+    }
+    let Some(vision) = &im.vision else { return Ok((ids, 0)) };
+    let start = im.encoded.len();
+    let encoded = vision.encode(backend, &im.planned[start..])?;
+    im.encoded.extend(encoded);
+    Ok((ids, planner.tokens.patch))
 }

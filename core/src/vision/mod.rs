@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod encoder;
+pub mod input;
 pub mod layout;
 pub mod preprocess;

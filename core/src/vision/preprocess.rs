@@ -57,6 +57,10 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<RgbImage>> {
         }
         return frames.into_iter().map(|f| rgb_over_white(DynamicImage::ImageRgba8(f.into_buffer()))).collect();
     }
+    // The size from the header first: an over-large image is refused before any pixel is decoded.
+    if let Ok((w, h)) = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(bad)?.into_dimensions() {
+        check_size(w, h)?;
+    }
     let mut reader = reader;
     reader.limits(limits);
     let img = reader.decode().map_err(bad)?;
