@@ -20,6 +20,7 @@ pub mod experts;
 pub mod generate;
 pub mod kv;
 pub mod model;
+pub mod oplock;
 pub mod quant;
 pub mod sampling;
 pub mod synthetic;

@@ -14,9 +14,9 @@ mod transfer;
 use transfer::Staging;
 
 use crate::nvrtc::compile;
-use crate::oplock::{OpGuard, OpLock};
 use cudarc::driver::{result as drv, sys, CudaContext};
 use herd_core::error::{HerdError, Result};
+use herd_core::oplock::{OpGuard, OpLock};
 
 pub(crate) fn err(msg: impl Into<String>) -> HerdError {
     HerdError::Backend { backend: "cuda".into(), msg: msg.into() }

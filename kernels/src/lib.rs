@@ -15,7 +15,6 @@ mod device;
 mod emu;
 mod moe;
 mod nvrtc;
-mod oplock;
 
 use std::sync::Arc;
 

@@ -276,6 +276,8 @@ pub struct Gpu {
     encoder: Mutex<Option<Recorder>>,
     binds: Mutex<BindCache>,
     pools: Mutex<Pools>,
+    /// One thread's op at a time: an op's dispatches and the scratch buffers they share stay together.
+    ops: herd_core::oplock::OpLock,
     error: Arc<Mutex<Option<String>>>,
     /// A 4-byte buffer bound where an op has no tensor to give (e.g. a weightless RMS norm).
     pub(crate) dummy: wgpu::Buffer,
@@ -352,6 +354,7 @@ impl Gpu {
             encoder: Mutex::new(None),
             binds: Mutex::new(BindCache::default()),
             pools: Mutex::new(Pools::default()),
+            ops: herd_core::oplock::OpLock::default(),
             error,
             dummy,
         })
@@ -649,6 +652,13 @@ impl Gpu {
     /// A scratch buffer of at least `len` elements for one role inside an op (e.g. the MoE partial sums),
     /// kept across steps and grown when too small. Its contents are undefined; ops that share a role run
     /// one after the other, so each sees only what it wrote.
+    /// Held for the whole of an op that records several dispatches around a scratch buffer (attention's
+    /// splits, the MoE's routes and partial sums, sampling's candidates), so that another thread's op
+    /// cannot record between them.
+    pub(crate) fn op(&self) -> herd_core::oplock::OpGuard<'_> {
+        self.ops.enter()
+    }
+
     pub(crate) fn scratch(&self, role: &'static str, len: usize, is_u32: bool) -> Result<wgpu::Buffer> {
         let mut pools = self.pools.lock().map_err(|_| err("poisoned buffer pools"))?;
         if let Some(b) = pools.scratch.get(role) {

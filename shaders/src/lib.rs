@@ -180,15 +180,19 @@ impl Backend for WgpuBackend {
         (self.gpu.max_binding() / 4) as usize
     }
     fn alloc(&self, len: usize) -> Result<GpuBuffer> {
+        let _op = self.gpu.op();
         self.gpu.alloc(len, false)
     }
     fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
+        let _op = self.gpu.op();
         self.gpu.upload_bytes(bytemuck::cast_slice(data), data.len(), false)
     }
     fn upload_u32(&self, data: &[u32]) -> Result<GpuBuffer> {
+        let _op = self.gpu.op();
         self.gpu.upload_bytes(bytemuck::cast_slice(data), data.len(), true)
     }
     fn write_u32(&self, buf: &GpuBuffer, data: &[u32]) -> Result<()> {
+        let _op = self.gpu.op();
         if !buf.is_u32 {
             return Err(err("write_u32: expected a u32 buffer, got f32"));
         }
@@ -201,12 +205,14 @@ impl Backend for WgpuBackend {
         self.gpu.record(|enc| enc.copy_buffer_to_buffer(&src, 0, &buf.buf, 0, (data.len() * 4) as u64))
     }
     fn read(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
+        let _op = self.gpu.op();
         if buf.is_u32 {
             return Err(err("read: expected an f32 buffer, got u32"));
         }
         Ok(self.gpu.read_words(buf)?.into_iter().map(f32::from_bits).collect())
     }
     fn read_u32(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {
+        let _op = self.gpu.op();
         if !buf.is_u32 {
             return Err(err("read_u32: expected a u32 buffer, got f32"));
         }
@@ -214,18 +220,21 @@ impl Backend for WgpuBackend {
     }
     /// In a browser `read` cannot wait for the GPU and fails; this awaits the readback instead.
     async fn read_async(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
+        let _op = self.gpu.op();
         if buf.is_u32 {
             return Err(err("read: expected an f32 buffer, got u32"));
         }
         Ok(self.gpu.read_words_async(buf).await?.into_iter().map(f32::from_bits).collect())
     }
     async fn read_u32_async(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {
+        let _op = self.gpu.op();
         if !buf.is_u32 {
             return Err(err("read_u32: expected a u32 buffer, got f32"));
         }
         self.gpu.read_words_async(buf).await
     }
     fn copy(&self, src: &GpuBuffer, src_off: usize, dst: &GpuBuffer, dst_off: usize, len: usize) -> Result<()> {
+        let _op = self.gpu.op();
         need("copy src", src, src_off + len)?;
         need("copy dst", dst, dst_off + len)?;
         if len == 0 {
@@ -236,6 +245,7 @@ impl Backend for WgpuBackend {
         })
     }
     fn load_weight(&self, t: &TensorRef) -> Result<GpuWeight> {
+        let _op = self.gpu.op();
         let want = t.dtype.bytes(&t.shape).map_err(|e| err(format!("{}: {e}", t.name.escape_debug())))?;
         if t.bytes().len() != want {
             return Err(err(format!("{}: {} bytes, expected {want}", t.name.escape_debug(), t.bytes().len())));
@@ -244,11 +254,13 @@ impl Backend for WgpuBackend {
     }
 
     fn alloc_weight(&self, name: &str, shape: &[usize], dtype: herd_core::quant::DType) -> Result<GpuWeight> {
+        let _op = self.gpu.op();
         dtype.bytes(shape).map_err(|e| err(format!("{}: {e}", name.escape_debug())))?;
         self.gpu.zeroed_weight(name, dtype, shape)
     }
 
     fn write_weight_row(&self, w: &GpuWeight, row: usize, t: &TensorRef) -> Result<()> {
+        let _op = self.gpu.op();
         let (dst, src) = herd_core::backend::row_copy(w.dtype, &w.shape, row, t)?;
         let part = w
             .parts
@@ -281,6 +293,7 @@ impl Backend for WgpuBackend {
     }
 
     fn embed(&self, table: &GpuWeight, ids: &GpuBuffer, n: usize, dim: usize, out: &GpuBuffer) -> Result<()> {
+        let _op = self.gpu.op();
         need("embed ids", ids, n)?;
         need("embed out", out, n * dim)?;
         for part in &table.parts {
@@ -300,6 +313,7 @@ impl Backend for WgpuBackend {
         eps: f32,
         out: &GpuBuffer,
     ) -> Result<()> {
+        let _op = self.gpu.op();
         need("rms_norm x", x, rows * dim)?;
         need("rms_norm out", out, rows * dim)?;
         if weight.is_some_and(|w| w.dtype.is_quantized()) {
@@ -335,6 +349,7 @@ impl Backend for WgpuBackend {
         eps: f32,
         out: &GpuBuffer,
     ) -> Result<()> {
+        let _op = self.gpu.op();
         if std::ptr::eq(acc, x) || std::ptr::eq(acc, out) || std::ptr::eq(x, out) {
             return Err(err("add_rms_norm: acc, x and out must be distinct buffers"));
         }
@@ -362,6 +377,7 @@ impl Backend for WgpuBackend {
         eps: f32,
         out: &GpuBuffer,
     ) -> Result<()> {
+        let _op = self.gpu.op();
         need("layer_norm x", x, rows * dim)?;
         need("layer_norm out", out, rows * dim)?;
         if weight.dtype.is_quantized() || weight.dtype != bias.dtype {
@@ -388,6 +404,7 @@ impl Backend for WgpuBackend {
     }
 
     fn bias_act(&self, x: &GpuBuffer, bias: Option<&GpuWeight>, rows: usize, dim: usize, act: Act) -> Result<()> {
+        let _op = self.gpu.op();
         let n = rows * dim;
         need("bias_act x", x, n)?;
         let (bbuf, wdt) = match bias {
@@ -406,6 +423,7 @@ impl Backend for WgpuBackend {
     }
 
     fn matmul(&self, x: &GpuBuffer, m: usize, w: &GpuWeight, out: &GpuBuffer) -> Result<()> {
+        let _op = self.gpu.op();
         let [n, k] = w.shape[..] else {
             return Err(err(format!("matmul: weight has shape {:?}, expected 2 dims", w.shape)));
         };
@@ -464,6 +482,7 @@ impl Backend for WgpuBackend {
         inv_freq: &GpuBuffer,
         norm_eps: Option<f32>,
     ) -> Result<()> {
+        let _op = self.gpu.op();
         need("rope x", x, rows * heads * head_dim)?;
         need("rope positions", positions, rows)?;
         need("rope inv_freq", inv_freq, head_dim / 2)?;
@@ -492,6 +511,7 @@ impl Backend for WgpuBackend {
         p: &AttnParams,
         out: &GpuBuffer,
     ) -> Result<()> {
+        let _op = self.gpu.op();
         let (h, kvh, d) = (p.n_heads, p.n_kv_heads, p.head_dim);
         if d > 256 || h % kvh != 0 {
             return Err(err(format!("attention: head_dim {d} (at most 256) / heads {h} over {kvh} kv heads")));
@@ -594,6 +614,7 @@ impl Backend for WgpuBackend {
         seqs: &[AttnSeq],
         kv_dim: usize,
     ) -> Result<()> {
+        let _op = self.gpu.op();
         let (seq_buf, row_seq, rows) = self.seq_buffers(seqs)?;
         need("kv_store k_new", k_new, rows * kv_dim)?;
         need("kv_store v_new", v_new, rows * kv_dim)?;
@@ -607,6 +628,7 @@ impl Backend for WgpuBackend {
     }
 
     fn add(&self, acc: &GpuBuffer, x: &GpuBuffer, n: usize) -> Result<()> {
+        let _op = self.gpu.op();
         if std::ptr::eq(acc, x) {
             return Err(err("add: accumulator and addend are the same buffer"));
         }
@@ -616,6 +638,7 @@ impl Backend for WgpuBackend {
     }
 
     fn silu_mul(&self, gate: &GpuBuffer, up: &GpuBuffer, n: usize) -> Result<()> {
+        let _op = self.gpu.op();
         if std::ptr::eq(gate, up) {
             return Err(err("silu_mul: gate and up are the same buffer"));
         }
@@ -640,6 +663,7 @@ impl Backend for WgpuBackend {
         idx: &GpuBuffer,
         score: &GpuBuffer,
     ) -> Result<()> {
+        let _op = self.gpu.op();
         if k == 0 || k > n_experts {
             return Err(err(format!("router: top-{k} of {n_experts} experts")));
         }
@@ -668,6 +692,7 @@ impl Backend for WgpuBackend {
         down: &GpuWeight,
         out: &GpuBuffer,
     ) -> Result<()> {
+        let _op = self.gpu.op();
         let [e, d, f2] = gate_up.shape[..] else {
             return Err(err(format!("moe: gate_up has shape {:?}", gate_up.shape)));
         };
@@ -709,6 +734,7 @@ impl Backend for WgpuBackend {
     }
 
     fn gather_rows(&self, x: &GpuBuffer, rows: &GpuBuffer, n: usize, dim: usize, out: &GpuBuffer) -> Result<()> {
+        let _op = self.gpu.op();
         need("gather_rows rows", rows, n)?;
         need("gather_rows out", out, n * dim)?;
         let b = [(1, &out.buf), (2, &x.buf), (3, &rows.buf)];
@@ -732,6 +758,7 @@ impl Backend for WgpuBackend {
         history: &[&[u32]],
         out: &GpuBuffer,
     ) -> Result<()> {
+        let _op = self.gpu.op();
         check_sample_args(rows, draws, history)?;
         need("sample logits", logits, rows * vocab)?;
         need("sample out", out, rows)?;

@@ -90,3 +90,20 @@ fn images_in_prompts_match_transformers_on_wgpu_in_passes() {
     let be = Arc::new(WgpuBackend::with_options(&opts).expect("the adapter opened once already"));
     herd_conformance::vision::check_all(&be);
 }
+
+/// Two threads running models on one device at once: each op records as one unbroken run (an op's
+/// metadata and scratch buffers are not shared with another thread's op), so both get transformers'
+/// logits.
+#[test]
+fn two_threads_share_one_device() {
+    let Some(be) = gpu() else { return };
+    std::thread::scope(|s| {
+        for name in ["scout", "maverick"] {
+            let be = be.clone();
+            s.spawn(move || {
+                check_logits(&be, name, F32_TOL, true);
+                check_logits(&be, name, F32_TOL, false);
+            });
+        }
+    });
+}
