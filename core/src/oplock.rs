@@ -1,19 +1,20 @@
-//! The op lock of a CUDA device (see [`OpLock`]).
+//! The op lock of a device backend (see [`OpLock`]): the CUDA and wgpu backends record one thread's op at
+//! a time.
 
 use std::sync::Mutex;
 
-/// Makes each op's recording (its metadata, scratch buffers and commands) one unbroken run, and keeps a read's
-/// submission out of the middle of another thread's op. Reentrant: an op may call other ops, or read.
+/// Makes each op's recording (its metadata, scratch buffers and commands) one unbroken run when several
+/// threads use one device, and keeps a read's submission out of the middle of another thread's op. Reentrant: an op may call other ops, or read.
 #[derive(Default)]
-pub(crate) struct OpLock {
+pub struct OpLock {
     owner: Mutex<(Option<std::thread::ThreadId>, usize)>,
     free: std::sync::Condvar,
 }
 
-pub(crate) struct OpGuard<'a>(&'a OpLock);
+pub struct OpGuard<'a>(&'a OpLock);
 
 impl OpLock {
-    pub(crate) fn enter(&self) -> OpGuard<'_> {
+    pub fn enter(&self) -> OpGuard<'_> {
         let me = std::thread::current().id();
         let mut g = self.owner.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(o) = g.0 {

@@ -2,6 +2,7 @@
 //! serve-web, web-manifest.
 
 mod bench;
+mod bench_vision;
 mod files;
 mod ids_io;
 mod images;
@@ -277,6 +278,10 @@ pub struct BenchArgs {
     /// With --synthetic: the weight format, bf16 (default), f16 or f32.
     #[arg(long, requires = "synthetic", value_name = "FORMAT")]
     quant: Option<String>,
+    /// Measure the vision tower instead of the text model: the time to encode an image of each of these
+    /// tile counts (comma-separated, e.g. 1,16), random pixels.
+    #[arg(long, value_delimiter = ',', value_name = "TILES")]
+    images: Vec<usize>,
     #[command(flatten)]
     backend: BackendArg,
 }
@@ -424,6 +429,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench(a) => {
             if a.synthetic.is_some() && a.model.model.is_some() {
                 bail!("--synthetic and --model exclude each other: --synthetic builds its own model");
+            }
+            if !a.images.is_empty() {
+                return with_backend!(a.backend.backend, |b| bench_vision::bench_images(
+                    b,
+                    &ModelFiles::new(a.model.model.clone()),
+                    &a
+                ));
             }
             let caches = a.backend.expert_caches()?;
             with_backend!(a.backend.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a, &caches))

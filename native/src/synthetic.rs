@@ -62,11 +62,23 @@ fn text_config(name: &str, layers: usize) -> Result<String> {
     Ok(format!("{{{common},{specific},\"num_hidden_layers\":{layers}}}"))
 }
 
-/// config.json text of the synthetic model (the multimodal wrapper, text part only).
+/// The published vision_config (the same in all three models, spec §1.3), and a tiny one of the same
+/// geometry (336-px tiles of 14-px patches) for tests.
+const VISION: &str = r#"{"hidden_act":"gelu","hidden_size":1408,"image_size":336,"intermediate_size":5632,
+    "model_type":"llama4_vision_model","multi_modal_projector_bias":false,"norm_eps":1e-05,"num_attention_heads":16,
+    "num_channels":3,"num_hidden_layers":34,"patch_size":14,"pixel_shuffle_ratio":0.5,"projector_input_dim":4096,
+    "projector_output_dim":4096,"rope_theta":10000,"vision_output_dim":4096}"#;
+const TINY_VISION: &str = r#"{"hidden_act":"gelu","hidden_size":64,"image_size":336,"intermediate_size":256,
+    "norm_eps":1e-05,"num_attention_heads":4,"num_channels":3,"num_hidden_layers":2,"patch_size":14,
+    "pixel_shuffle_ratio":0.5,"projector_input_dim":64,"projector_output_dim":64,"rope_theta":10000,
+    "vision_output_dim":64}"#;
+
+/// config.json text of the synthetic model (the multimodal wrapper, with its vision tower).
 pub fn config_json(name: &str, layers: usize) -> Result<String> {
     let text = text_config(name, layers)?;
+    let vision = if name == "tiny" { TINY_VISION } else { VISION };
     Ok(format!(
-        r#"{{"architectures":["Llama4ForConditionalGeneration"],"model_type":"llama4","tie_word_embeddings":false,"text_config":{text}}}"#
+        r#"{{"architectures":["Llama4ForConditionalGeneration"],"model_type":"llama4","tie_word_embeddings":false,"text_config":{text},"vision_config":{vision}}}"#
     ))
 }
 
