@@ -2,8 +2,8 @@
 # The GPU check: run on the GPU machine (../shared/GPU.md), from the repository root, with binaries built
 # on a development machine by scripts/gpu-prepare.sh and carried in .gpu/ (ignored by git).
 #
-# It checks the CUDA and wgpu backends on the GPU (op table, golden fixtures; HERD_REQUIRE_CUDA=1 so that a
-# missing device fails instead of skipping), then measures the op table's --perf mode and `herd bench` at
+# It checks the CUDA and wgpu backends on the GPU (op table, golden fixtures, images in prompts;
+# HERD_REQUIRE_CUDA=1 so that a missing device fails instead of skipping), then measures the op table's --perf mode and `herd bench` at
 # full scale (synthetic weights of Scout's real shapes, made on the device), and prints a short table last.
 # Output goes to stdout and, when $OUT is set, to files there.
 set -u
@@ -35,6 +35,18 @@ echo "== golden fixtures on cuda"
 HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" timeout 120 $B/golden_cuda --exact golden_fixtures_on_cuda synthetic_weights_match_the_host_generator --nocapture > "$OUT/golden_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
 grep -E "test result|panicked|cuda graphs|rel err" "$OUT/golden_cuda.txt" | head -12
 row "golden fixtures, cuda" "$(grep -E 'test result' "$OUT/golden_cuda.txt" | head -1) (exit $rc)"
+}
+
+time_left "images in prompts, cuda" && {
+echo "== images in prompts on cuda (tests/fixtures/scout_vision), then the vision tower's encode time at Scout's shape"
+HERD_FIXTURES="$PWD/tests/fixtures" timeout 90 $B/golden_cuda --exact images_in_prompts_match_transformers_on_cuda \
+    --nocapture > "$OUT/vision_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
+grep -E "test result|panicked|rel err" "$OUT/vision_cuda.txt" | head -8
+row "images in prompts, cuda" "$(grep -E 'test result' "$OUT/vision_cuda.txt" | head -1) (exit $rc)"
+timeout 90 $B/herd bench --backend cuda --synthetic scout --images 1,16 --repeat 3 > "$OUT/bench_cuda_vision.txt" 2>&1
+echo "exit $?"; cat "$OUT/bench_cuda_vision.txt" | head -6
+row "cuda vision tower, 1 tile" "$(grep -E '^encode  1 tiles' "$OUT/bench_cuda_vision.txt")"
+row "cuda vision tower, 16 tiles" "$(grep -E '^encode 16 tiles' "$OUT/bench_cuda_vision.txt")"
 }
 
 echo "== herd bench, synthetic Scout shapes (12 of 48 layers, bf16), cuda"
