@@ -44,13 +44,11 @@ if [ ! -e "$NVRTC_LIB/libnvrtc.so.12" ] && command -v python3 >/dev/null 2>&1; t
     echo "fetching NVRTC $NVRTC_VERSION (nvidia-cuda-nvrtc-cu12 from PyPI) to compile-check the CUDA kernels"
     mkdir -p target/nvrtc
     wheel_dir=$(mktemp -d)
-    if python3 -m pip --version >/dev/null 2>&1; then
-        python3 -m pip download --quiet --no-deps --dest "$wheel_dir" "nvidia-cuda-nvrtc-cu12==$NVRTC_VERSION" || true
-    elif command -v curl >/dev/null 2>&1; then
-        url=$(curl -fsSL "https://pypi.org/pypi/nvidia-cuda-nvrtc-cu12/$NVRTC_VERSION/json" |
-            python3 -c 'import sys, json; print(next(u["url"] for u in json.load(sys.stdin)["urls"] if "x86_64" in u["filename"]))' || true)
-        [ -n "$url" ] && curl -fsSL -o "$wheel_dir/nvrtc.whl" "$url" || true
+    # pip fetches the wheel by name from the package index it is set up with.
+    if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null || true
     fi
+    python3 -m pip download --quiet --no-deps --dest "$wheel_dir" "nvidia-cuda-nvrtc-cu12==$NVRTC_VERSION" || true
     for w in "$wheel_dir"/*.whl; do
         [ -e "$w" ] && python3 -m zipfile -e "$w" target/nvrtc
     done

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{HerdError, Result};
+use crate::limits::{read_input_string, InputKind};
 use crate::tokenizer::{one_line, read_json};
 
 mod jinja;
@@ -115,10 +116,11 @@ impl ChatTemplate {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg = read_json(&cfg_path, true)?.unwrap_or_default();
+        let cfg = read_json(&cfg_path, true, InputKind::TokenizerConfig)?.unwrap_or_default();
         let jinja_path = dir.join("chat_template.jinja");
-        match std::fs::read_to_string(&jinja_path) {
+        match std::fs::metadata(&jinja_path).map(|_| read_input_string(&jinja_path, InputKind::TokenizerConfig)) {
             Ok(src) => {
+                let src = src?;
                 let specials = special_strings(&cfg).map_err(|m| HerdError::bad_file(&cfg_path, m))?;
                 return Self::build(vec![("default".into(), src)], specials)
                     .map_err(|m| HerdError::bad_file(&jinja_path, m));
@@ -128,7 +130,7 @@ impl ChatTemplate {
         }
         if cfg.get("chat_template").is_none_or(Value::is_null) {
             let json_path = dir.join("chat_template.json");
-            if let Some(v) = read_json(&json_path, false)? {
+            if let Some(v) = read_json(&json_path, false, InputKind::TokenizerConfig)? {
                 let mut merged = cfg.clone();
                 if let (Some(m), Some(t)) = (merged.as_object_mut(), v.get("chat_template")) {
                     m.insert("chat_template".into(), t.clone());
@@ -142,7 +144,7 @@ impl ChatTemplate {
     /// Load from a `tokenizer_config.json` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let cfg = read_json(path, true)?.unwrap_or_default();
+        let cfg = read_json(path, true, InputKind::TokenizerConfig)?.unwrap_or_default();
         Self::from_config_value(&cfg).map_err(|m| HerdError::bad_file(path, m))
     }
 
@@ -193,6 +195,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
@@ -262,7 +265,62 @@ impl ChatTemplate {
         ctx.insert("messages".into(), JValue::from_serialize(messages));
         ctx.insert("tools".into(), tools.map(JValue::from_serialize).unwrap_or(JValue::from(())));
         ctx.insert("add_generation_prompt".into(), JValue::from(add_generation_prompt));
-        tmpl.render(ctx).map_err(|e| HerdError::Tokenizer(format!("chat template: {}", one_line(render_msg(&e)))))
+        let what = format!("chat template `{name}`");
+        // What the prompt may grow to: the conversation's own bytes several times over, plus room for the
+        // template's text. Past it, a template is refused rather than rendered on into memory.
+        let input_bytes = serde_json::to_vec(&ctx).map(|v| v.len()).unwrap_or(0);
+        let max_output = RENDER_OUTPUT_BASE.saturating_add(input_bytes.saturating_mul(RENDER_OUTPUT_PER_INPUT_BYTE));
+        let mut out = LimitedWriter { buf: Vec::new(), max: max_output, over: false };
+        let result =
+            crate::limits::with_memory_budget(&what, max_output.saturating_mul(RENDER_MEMORY_PER_OUTPUT_BYTE), || {
+                tmpl.render_captured_to(ctx, &mut out).map(|_| ())
+            });
+        match result {
+            Ok(()) => {
+                String::from_utf8(out.buf).map_err(|_| HerdError::Tokenizer(format!("{what}: wrote invalid UTF-8")))
+            }
+            Err(_) if out.over => Err(HerdError::Tokenizer(format!(
+                "{what}: its output passed {} (a template that writes without end?); refused",
+                crate::limits::fmt_bytes(max_output as u64)
+            ))),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(HerdError::Tokenizer(format!(
+                "{what}: ran past its limit of {RENDER_FUEL} instructions (a loop that does not end?); refused"
+            ))),
+            Err(e) => Err(HerdError::Tokenizer(format!("{what}: {}", one_line(render_msg(&e))))),
+        }
+    }
+}
+
+/// The most template instructions one render may run: a conversation of ten thousand messages through
+/// Llama 4's template takes a few million. A template that runs past it (nested loops, unbounded
+/// recursion) is refused with an error instead of running on.
+pub const RENDER_FUEL: u64 = 50_000_000;
+/// The output of one render may be this many bytes plus [`RENDER_OUTPUT_PER_INPUT_BYTE`] times the size
+/// of the conversation (as JSON).
+pub const RENDER_OUTPUT_BASE: usize = 16 << 20;
+pub const RENDER_OUTPUT_PER_INPUT_BYTE: usize = 4;
+/// The memory one render may take, as a multiple of its output limit (enforced where the binary installs
+/// [`crate::limits::BudgetedAlloc`]).
+pub const RENDER_MEMORY_PER_OUTPUT_BYTE: usize = 8;
+
+/// Collects a render's output, failing the render once it passes `max` bytes.
+struct LimitedWriter {
+    buf: Vec<u8>,
+    max: usize,
+    over: bool,
+}
+
+impl std::io::Write for LimitedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.max {
+            self.over = true;
+            return Err(std::io::Error::other("the chat template's output limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -343,6 +401,28 @@ mod tests {
             kw.remove("date_string");
             assert_eq!(t.render_with(&typed, tools, agp, &kw).unwrap(), want, "{name} (typed)");
         }
+    }
+
+    /// The render limits leave room for real conversations: ten thousand messages (with a tool schema, so
+    /// the tool-calling branches run) through Llama 4's template stay within the fuel and output limits,
+    /// while a template that loops without end is stopped by the fuel.
+    #[test]
+    fn render_limits_fit_long_conversations() {
+        let t = ChatTemplate::from_dir(FIXTURE).unwrap();
+        let msgs: Vec<Message> = (0..10_000)
+            .map(|i| if i % 2 == 0 { Message::user(format!("question {i}")) } else { Message::assistant("an answer") })
+            .collect();
+        let tool: Value = serde_json::json!({"type": "function", "function": {"name": "f", "parameters": {}}});
+        let out = t.render(&msgs, Some(&[tool]), true).unwrap();
+        assert!(out.contains("question 9998"), "the whole conversation is rendered");
+        let endless = ChatTemplate::from_template(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            None,
+            None,
+        )
+        .unwrap();
+        let e = endless.render(&msgs[..1], None, true).unwrap_err().to_string();
+        assert!(e.contains("limit of 50000000 instructions"), "{e}");
     }
 
     #[test]

@@ -153,6 +153,26 @@ pub struct Checkpoint {
 const INDEX: &str = "model.safetensors.index.json";
 const SINGLE: &str = "model.safetensors";
 
+/// The shard file names a `model.safetensors.index.json` lists (its `weight_map` values), sorted and
+/// deduplicated, each checked to name a file inside the model directory; the error is one line, without
+/// the index's path. Pure, so the fuzz targets run it as [`Checkpoint::open_dir`] does.
+pub fn parse_index(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or("no `weight_map` object")?;
+    let mut shards: Vec<String> = Vec::new();
+    for (name, f) in map {
+        let f = f.as_str().ok_or_else(|| format!("weight_map[{name:?}] is not a file name"))?;
+        if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+            return Err(format!("weight_map[{name:?}] names a file outside the model directory: {f:?}"));
+        }
+        if !shards.iter().any(|s| s == f) {
+            shards.push(f.to_owned());
+        }
+    }
+    shards.sort();
+    Ok(shards)
+}
+
 /// Maps a stored tensor name to herd's logical name: the multimodal wrapper's `language_model.` prefix
 /// is dropped (as transformers does when loading a full checkpoint into `Llama4ForCausalLM`).
 fn logical_name(stored: &str) -> &str {
@@ -164,29 +184,8 @@ impl Checkpoint {
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let index = dir.join(INDEX);
         let files: Vec<PathBuf> = if index.exists() {
-            let bytes = std::fs::read(&index).map_err(|e| HerdError::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| HerdError::bad_file(&index, format!("not valid JSON: {e}")))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| HerdError::bad_file(&index, "no `weight_map` object"))?;
-            let mut shards: Vec<String> = Vec::new();
-            for (name, f) in map {
-                let f = f
-                    .as_str()
-                    .ok_or_else(|| HerdError::bad_file(&index, format!("weight_map[{name:?}] is not a file name")))?;
-                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                    return Err(HerdError::bad_file(
-                        &index,
-                        format!("weight_map[{name:?}] names a file outside the model directory: {f:?}"),
-                    ));
-                }
-                if !shards.iter().any(|s| s == f) {
-                    shards.push(f.to_owned());
-                }
-            }
-            shards.sort();
+            let bytes = crate::limits::read_input(&index, crate::limits::InputKind::Index)?;
+            let shards = parse_index(&bytes).map_err(|m| HerdError::bad_file(&index, m))?;
             shards.into_iter().map(|s| dir.join(s)).collect()
         } else if dir.join(SINGLE).exists() {
             vec![dir.join(SINGLE)]
@@ -203,6 +202,11 @@ impl Checkpoint {
             source: dir.display().to_string(),
         };
         for path in files {
+            // A shard must be a regular file: a FIFO would block the open, a device map garbage.
+            let meta = std::fs::metadata(&path).map_err(|e| HerdError::io(&path, e))?;
+            if !meta.is_file() {
+                return Err(HerdError::bad_file(&path, "is not a regular file (a directory, device or FIFO)"));
+            }
             let file = std::fs::File::open(&path).map_err(|e| HerdError::io(&path, e))?;
             #[cfg(not(target_arch = "wasm32"))]
             // SAFETY: the mapping is read-only; herd never writes model files while they are mapped. A file
@@ -431,8 +435,11 @@ fn header_tensors(path: &str, base: usize, meta: &safetensors::tensor::Metadata)
         } else {
             let dtype = DType::from_safetensors(info.dtype);
             if let Some(dt) = dtype {
-                let numel: usize = info.shape.iter().product();
-                if e - s != numel * dt.size() {
+                let size =
+                    crate::quant::checked_numel(&info.shape).ok().and_then(|n| n.checked_mul(dt.size())).ok_or_else(
+                        || HerdError::tensor(&name, format!("in {path}: shape {:?} is too large", info.shape)),
+                    )?;
+                if e - s != size {
                     return Err(HerdError::tensor(
                         &name,
                         format!("in {path}: {} bytes for shape {:?} of {}", e - s, info.shape, dt.name()),
@@ -441,7 +448,10 @@ fn header_tensors(path: &str, base: usize, meta: &safetensors::tensor::Metadata)
             }
             (dtype, info.shape.clone())
         };
-        out.push(HeaderTensor { name, dtype, stored: info.dtype, shape, start: base + s, end: base + e });
+        let (Some(start), Some(end)) = (base.checked_add(s), base.checked_add(e)) else {
+            return Err(HerdError::tensor(&name, format!("in {path}: data offsets {s}..{e} are past any file")));
+        };
+        out.push(HeaderTensor { name, dtype, stored: info.dtype, shape, start, end });
     }
     Ok(out)
 }

@@ -83,7 +83,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| HerdError::io(path, e))?;
+        let bytes = crate::limits::read_input(path, crate::limits::InputKind::Config)?;
         Self::from_json_bytes(&bytes).map_err(|e| match e {
             HerdError::Config { field, msg } => HerdError::bad_file(path, format!("config field `{field}`: {msg}")),
             other => other,
@@ -189,6 +189,17 @@ impl Fields<'_> {
                 .ok_or_else(|| HerdError::config(self.name(key), format!("expected a token id, got {x}"))),
         }
     }
+}
+
+/// A bound from [`crate::limits::config`]: sizes beyond it are refused before anything is derived from them.
+pub(crate) fn check_max(f: &Fields, key: &str, v: usize, max: usize) -> Result<()> {
+    if v > max {
+        return Err(HerdError::config(
+            f.name(key),
+            format!("{v} is beyond herd's limit of {max} (published Llama 4 models are far below it)"),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn as_usize(v: &Value) -> Option<usize> {
@@ -319,6 +330,22 @@ fn parse_text(f: &Fields) -> Result<TextConfig> {
             return Err(HerdError::config(f.name(k), "must be at least 1"));
         }
     }
+    use crate::limits::config as lim;
+    for (k, v, max) in [
+        ("vocab_size", vocab_size, lim::MAX_VOCAB),
+        ("hidden_size", hidden_size, lim::MAX_HIDDEN),
+        ("num_hidden_layers", num_hidden_layers, lim::MAX_LAYERS),
+        ("num_attention_heads", num_attention_heads, lim::MAX_HEADS),
+        ("num_key_value_heads", num_key_value_heads, lim::MAX_HEADS),
+        ("head_dim", head_dim, lim::MAX_HEAD_DIM),
+        ("intermediate_size", intermediate_size, lim::MAX_INTERMEDIATE),
+        ("intermediate_size_mlp", intermediate_size_mlp, lim::MAX_INTERMEDIATE),
+        ("num_local_experts", num_local_experts, lim::MAX_EXPERTS),
+        ("num_experts_per_tok", num_experts_per_tok, lim::MAX_EXPERTS),
+        ("max_position_embeddings", max_position_embeddings, lim::MAX_POSITIONS),
+    ] {
+        check_max(f, k, v, max)?;
+    }
     if num_attention_heads % num_key_value_heads != 0 {
         return Err(HerdError::config(
             f.name("num_key_value_heads"),
@@ -327,9 +354,6 @@ fn parse_text(f: &Fields) -> Result<TextConfig> {
     }
     if head_dim % 2 != 0 {
         return Err(HerdError::config(f.name("head_dim"), format!("must be even for RoPE, got {head_dim}")));
-    }
-    if vocab_size > u32::MAX as usize {
-        return Err(HerdError::config(f.name("vocab_size"), "too large"));
     }
 
     // MoE layers: explicit list wins; else every `step`-th layer starting at step-1.
@@ -408,6 +432,9 @@ fn parse_text(f: &Fields) -> Result<TextConfig> {
     };
 
     let attention_chunk_size = f.usize_opt("attention_chunk_size")?;
+    if let Some(c) = attention_chunk_size {
+        check_max(f, "attention_chunk_size", c, lim::MAX_POSITIONS)?;
+    }
     if attention_chunk_size == Some(0) {
         return Err(HerdError::config(f.name("attention_chunk_size"), "must be at least 1 (or null)"));
     }

@@ -12,6 +12,19 @@ use crate::kv::SeqId;
 use crate::model::{ImageRows, Llama4, Rows};
 use crate::sampling::{Sampler, SamplingParams};
 
+/// Every row, with `gen` tokens more, fits the model's context: checked before anything is allocated.
+fn check_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], gen: usize) -> Result<()> {
+    let ctx = model.cfg.max_position_embeddings;
+    if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len().checked_add(gen).is_none_or(|n| n > ctx)) {
+        return Err(HerdError::Input(format!(
+            "row {i}: {} ids{} do not fit the model's context of {ctx} positions",
+            r.len(),
+            if gen > 0 { format!(" and {gen} new tokens") } else { String::new() }
+        )));
+    }
+    Ok(())
+}
+
 /// Logits `[T, V]` for every token of every row. All rows run as one batch (each its own sequence).
 /// `decode`: feed the tokens one step at a time through the KV cache instead of one prefill.
 pub fn score_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], decode: bool) -> Result<Vec<Vec<f32>>> {
@@ -33,6 +46,9 @@ pub fn score_rows_with_images<B: Backend>(
         return Err(HerdError::Input(format!("row {i} is empty: a sequence in the batch has no new tokens")));
     }
     let v = model.cfg.vocab_size;
+    check_rows(model, rows, 0)?;
+    let positions: usize = rows.iter().map(Vec::len).sum();
+    crate::limits::check_host_alloc("the logits", positions as u128 * v as u128 * 4)?;
     let mut cache = model.new_cache()?;
     let ids: Vec<SeqId> = rows.iter().map(|_| cache.add_sequence()).collect();
     let mut out: Vec<Vec<f32>> = rows.iter().map(|r| Vec::with_capacity(r.len() * v)).collect();
@@ -99,6 +115,7 @@ async fn greedy_rows_images_async<B: Backend>(
     n: usize,
 ) -> Result<Vec<Vec<u32>>> {
     let mut imgs: Vec<_> = images.iter().map(Option::as_ref).collect();
+    check_rows(model, rows, n)?;
     let mut cache = model.new_cache()?;
     let ids: Vec<SeqId> = rows.iter().map(|_| cache.add_sequence()).collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(n); rows.len()];

@@ -8,6 +8,8 @@
 //!   streams its routed experts through a device cache of a set size.
 //! * [`generate`] drives prefill/decode with [`sampling`] and stop tokens.
 //! * [`synthetic`] makes seeded random weights of any shape, for full-scale benchmarks without a checkpoint.
+//! * [`limits`] bounds every size that comes from outside and reads every input file; [`ids`] parses the
+//!   token-id files of `herd logits`/`herd greedy`.
 //! * [`tokenizer`] and [`chat`] turn text and conversations into ids (tokenizer.json, the chat template).
 pub mod backend;
 pub mod chat;
@@ -18,7 +20,9 @@ pub mod cpu;
 pub mod error;
 pub mod experts;
 pub mod generate;
+pub mod ids;
 pub mod kv;
+pub mod limits;
 pub mod model;
 pub mod oplock;
 pub mod quant;

@@ -95,8 +95,10 @@ impl DType {
 
     /// The bytes a tensor of `shape` takes in this format, or why the shape does not fit it.
     pub fn bytes(self, shape: &[usize]) -> std::result::Result<usize, String> {
-        let numel: usize = shape.iter().product();
-        let Some(g) = self.grouping() else { return Ok(numel * self.size()) };
+        let numel = checked_numel(shape)?;
+        let Some(g) = self.grouping() else {
+            return numel.checked_mul(self.size()).ok_or_else(|| format!("shape {shape:?} is too large"));
+        };
         let layout = QuantLayout::new(self, shape)?;
         let _ = g;
         Ok(layout.scale_offset + 2 * layout.scales)
@@ -222,6 +224,11 @@ pub struct QuantLayout {
     pub scales: usize,
 }
 
+/// The element count of `shape`, or an error when it overflows (shapes come from file headers).
+pub fn checked_numel(shape: &[usize]) -> std::result::Result<usize, String> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| format!("shape {shape:?} is too large"))
+}
+
 impl QuantLayout {
     pub fn new(dtype: DType, shape: &[usize]) -> std::result::Result<QuantLayout, String> {
         let (bits, g) = match dtype {
@@ -230,7 +237,9 @@ impl QuantLayout {
             other => return Err(format!("{} is not a quantized format", other.name())),
         };
         let group = g.group as usize;
-        let numel: usize = shape.iter().product();
+        let numel = checked_numel(shape)?;
+        // Two bytes of scale per group and the values' bytes must fit too.
+        numel.checked_mul(2).ok_or_else(|| format!("shape {shape:?} is too large"))?;
         let last = *shape.last().ok_or("a quantized tensor needs at least one dimension")?;
         let second = if shape.len() >= 2 { shape[shape.len() - 2] } else { 1 };
         if group == 0 {

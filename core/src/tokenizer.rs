@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{HerdError, Result};
+use crate::limits::{read_input, InputKind};
 use crate::sampling::SamplingParams;
 use serde_json::Value;
 
@@ -61,7 +62,7 @@ impl Tokenizer {
     /// Load a `tokenizer.json` file. Errors name the file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| HerdError::io(path, e))?;
+        let bytes = read_input(path, InputKind::Tokenizer)?;
         Self::parse(&bytes).map_err(|msg| HerdError::bad_file(path, msg))
     }
 
@@ -215,7 +216,7 @@ impl GenerationConfig {
     /// Read a generation config file; absent → `Default`; bad JSON or field → `BadFile` naming it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        match read_json(path, false)? {
+        match read_json(path, false, InputKind::SmallJson)? {
             None => Ok(Self::default()),
             Some(v) => Self::from_value(&v).map_err(|m| HerdError::bad_file(path, m)),
         }
@@ -283,14 +284,12 @@ impl GenerationConfig {
 
 /// Read a small JSON file: `Ok(None)` if it does not exist and is not `required`; `Io`/`BadFile`
 /// errors name the file.
-pub(crate) fn read_json(path: &Path, required: bool) -> Result<Option<Value>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| HerdError::bad_file(path, format!("invalid JSON: {e}"))),
-        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(HerdError::io(path, e)),
+pub(crate) fn read_json(path: &Path, required: bool, kind: InputKind) -> Result<Option<Value>> {
+    if !required && matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+        return Ok(None);
     }
+    let bytes = read_input(path, kind)?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| HerdError::bad_file(path, format!("invalid JSON: {e}")))
 }
 
 #[cfg(test)]

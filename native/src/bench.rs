@@ -42,6 +42,19 @@ pub fn bench<B: Backend>(
         }
         None => None,
     };
+    // The prompt and the tokens decoded after it must fit the context: checked before anything loads.
+    let ctx = match &synth {
+        Some((.., cfg, _)) => cfg.text.max_position_embeddings,
+        None => files.config()?.text.max_position_embeddings,
+    };
+    let need = a.prompt_tokens.max(1).checked_add(a.gen_tokens);
+    if need.is_none_or(|n| n > ctx) {
+        anyhow::bail!(
+            "--prompt-tokens {} plus --gen-tokens {} is more than the model's context of {ctx} positions",
+            a.prompt_tokens,
+            a.gen_tokens
+        );
+    }
     let runs: &[Option<ExpertCacheOptions>] = if caches.is_empty() { &[None] } else { caches };
     // What streamed uploads are judged against, measured in this run.
     let peak_h2d = if runs.iter().any(Option::is_some) { backend.host_to_device_peak_gbps()? } else { None };

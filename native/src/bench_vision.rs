@@ -44,6 +44,16 @@ pub fn bench_images<B: Backend>(backend: Arc<B>, files: &ModelFiles, a: &BenchAr
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut results = Vec::new();
     for &tiles in &a.images {
+        // The pixels and the tower's activations per tile (its tokens, several hidden-wide rows each) must fit.
+        let per_tile = tile_len.saturating_add(
+            c.patches_per_side()
+                .pow(2)
+                .saturating_add(1)
+                .saturating_mul(c.intermediate_size.max(c.hidden_size))
+                .saturating_mul(4),
+        );
+        let bytes = herd_core::limits::mul("--images", tiles, per_tile.saturating_mul(4))?;
+        herd_core::limits::check_host_alloc(&format!("--images {tiles}"), bytes as u128)?;
         let px: Vec<f32> = (0..tiles * tile_len).map(|_| rng.random_range(-1.0..1.0)).collect();
         let mut best = f64::INFINITY;
         for rep in 0..=a.repeat.max(1) {

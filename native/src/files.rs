@@ -47,7 +47,11 @@ impl ModelFiles {
                     ("generation_config.json", demo::GENERATION_CONFIG.as_bytes()),
                 ] {
                     let path = dir.join(name);
-                    if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+                    // Only a regular file of the right length is read back (never a FIFO or link put there).
+                    let same = std::fs::symlink_metadata(&path)
+                        .is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64)
+                        && std::fs::read(&path).ok().as_deref() == Some(bytes);
+                    if !same {
                         // Written beside and renamed, so a concurrent reader never sees half a file.
                         let tmp = dir.join(format!(".{name}.{}", std::process::id()));
                         std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
@@ -104,7 +108,7 @@ impl ModelFiles {
                 if !path.exists() {
                     return Ok(None);
                 }
-                Ok(Some(std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?))
+                Ok(Some(herd_core::limits::read_input_string(&path, herd_core::limits::InputKind::SmallJson)?))
             }
             ModelFiles::Demo => Ok(None),
         }
@@ -137,8 +141,11 @@ impl ModelFiles {
         let ct = match self {
             ModelFiles::Dir(d) => {
                 let path = d.join("config.json");
-                let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)
-                    .with_context(|| format!("{}: not valid JSON", path.display()))?;
+                let raw: serde_json::Value = serde_json::from_slice(&herd_core::limits::read_input(
+                    &path,
+                    herd_core::limits::InputKind::Config,
+                )?)
+                .with_context(|| format!("{}: not valid JSON", path.display()))?;
                 herd_core::compressed::is_pack_quantized(&raw)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
             }
@@ -161,4 +168,54 @@ pub fn note_unused_cache<B: Backend>(model: &Llama4<B>, experts: Option<&ExpertC
     if experts.is_some() && model.expert_stats().is_none() {
         eprintln!("note: {what} has no routed experts: --expert-cache changes nothing");
     }
+}
+
+/// Refuses an output path [`write_output`] would refuse (a link, or something other than a regular file),
+/// so a command can say so before it computes anything.
+pub fn check_output(path: &std::path::Path) -> Result<()> {
+    use anyhow::bail;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            bail!("{}: is a symbolic link; herd does not write through links (give the target's path)", path.display())
+        }
+        Ok(m) if !m.is_file() => bail!(
+            "{}: exists and is not a regular file (a directory, device or FIFO); refused rather than replaced",
+            path.display()
+        ),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("{}", path.display()))),
+    }
+}
+
+/// Writes an output file the safe way: never through a symbolic link, never over anything but a regular
+/// file (so `--output /dev/null` or a FIFO is refused instead of replaced by a file), through a temporary
+/// file in the same directory renamed into place once complete (a failure leaves the old file, or none),
+/// created with the mode the umask gives (0666 before it), as any file a user's tool makes.
+pub fn write_output(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
+    use std::io::Write;
+    check_output(path)?;
+    let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{}.herd-tmp.{}.{n}", name.to_string_lossy(), std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o666);
+    let mut file = opts.open(&tmp).with_context(|| format!("{}: cannot create a file beside it", path.display()))?;
+    let done = write(&mut file).and_then(|_| file.flush()).and_then(|_| file.sync_all());
+    drop(file);
+    if let Err(e) = done.and_then(|_| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("{}: cannot write", path.display())));
+    }
+    Ok(())
 }

@@ -10,41 +10,42 @@ use herd_core::backend::Backend;
 use herd_core::config::ModelConfig;
 use herd_core::experts::ExpertCacheOptions;
 use herd_core::generate::{greedy_rows, score_rows, score_rows_with_images};
+use herd_core::limits::{self, read_input, InputKind};
 use herd_core::model::{ImageRows, Llama4};
 use herd_core::vision::encoder::VisionTower;
 use safetensors::{Dtype, SafeTensors};
 
 /// Reads `input_ids` (int64 or int32, [B, T]) as rows of ids.
 fn read_ids(path: &Path) -> Result<Vec<Vec<u32>>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
-    let t = st.tensor("input_ids").map_err(|_| anyhow::anyhow!("{}: no tensor `input_ids`", path.display()))?;
-    let [b, n] = t.shape()[..] else {
-        bail!("{}: `input_ids` has shape {:?}, expected [B, T]", path.display(), t.shape())
-    };
-    if b == 0 || n == 0 {
-        bail!("{}: `input_ids` is empty (shape {:?})", path.display(), t.shape());
+    let bytes = read_input(path, InputKind::Ids)?;
+    herd_core::ids::parse_input_ids(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Before the model loads: the rows fit the context (with `gen` more tokens each), and the output fits in this
+/// machine's memory (`logits`: the vocabulary's f32 scores per position, held twice while written; else ids).
+fn check_sizes(path: &Path, model: &Path, rows: &[Vec<u32>], gen: usize, logits: bool) -> Result<()> {
+    let cfg = ModelConfig::from_file(&model.join("config.json"))?;
+    let ctx = cfg.text.max_position_embeddings;
+    let t = rows[0].len();
+    if t.checked_add(gen).is_none_or(|n| n > ctx) {
+        bail!(
+            "{}: rows of {t} ids{} do not fit the model's context of {ctx} positions (max_position_embeddings)",
+            path.display(),
+            if gen > 0 { format!(" plus {gen} new tokens") } else { String::new() }
+        );
     }
-    let vals: Vec<i64> = match t.dtype() {
-        Dtype::I64 => t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect(),
-        Dtype::I32 => {
-            t.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap_or_default()) as i64).collect()
-        }
-        d => bail!("{}: `input_ids` has dtype {d:?}, expected int64 or int32", path.display()),
-    };
-    if let Some(bad) = vals.iter().find(|&&v| v < 0 || v > u32::MAX as i64) {
-        bail!("{}: `input_ids` holds {bad}, not a token id", path.display());
-    }
-    Ok((0..b).map(|i| vals[i * n..(i + 1) * n].iter().map(|&v| v as u32).collect()).collect())
+    let positions = limits::mul("input_ids", rows.len(), t.saturating_add(gen))?;
+    let per = if logits { cfg.text.vocab_size.saturating_mul(8) } else { 16 };
+    limits::check_host_alloc(&format!("{}: the output", path.display()), positions as u128 * per as u128)?;
+    Ok(())
 }
 
 fn write(path: &Path, name: &str, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>) -> Result<()> {
     let view = safetensors::tensor::TensorView::new(dtype, shape, &data).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let tensors: HashMap<String, _> = [(name.to_owned(), view)].into_iter().collect();
-    // safetensors writes a sibling temporary file and renames it: a failure never leaves a partial output.
-    safetensors::serialize_to_file(&tensors, None, path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot write ({e})", path.display()))
+    let bytes = safetensors::serialize(&tensors, None).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    drop(data);
+    crate::files::write_output(path, |f| std::io::Write::write_all(f, &bytes))
 }
 
 /// Ids the model cannot embed are reported against the input file, before any compute.
@@ -64,7 +65,7 @@ fn load<B: Backend>(backend: Arc<B>, model: &Path, experts: Option<&ExpertCacheO
 /// The optional `pixel_values` (float32 [tiles, channels, size, size], the tiles of every row's images in
 /// order) of an input file, checked against the model's vision tower and the rows' `<|patch|>` tokens.
 fn read_pixels(path: &Path, model: &Path, rows: &[Vec<u32>]) -> Result<Option<(Vec<f32>, usize, u32)>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    let bytes = read_input(path, InputKind::Ids)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
     let Ok(t) = st.tensor("pixel_values") else { return Ok(None) };
@@ -109,7 +110,9 @@ pub fn logits<B: Backend>(
     decode: bool,
     experts: Option<&ExpertCacheOptions>,
 ) -> Result<()> {
+    crate::files::check_output(output)?;
     let rows = read_ids(input)?;
+    check_sizes(input, model, &rows, 0, true)?;
     let pixels = read_pixels(input, model, &rows)?;
     let m = load(backend.clone(), model, experts)?;
     check_vocab(input, &rows, m.cfg.vocab_size)?;
@@ -147,7 +150,9 @@ pub fn greedy<B: Backend>(
     if n == 0 {
         bail!("--max-tokens must be at least 1");
     }
+    crate::files::check_output(output)?;
     let rows = read_ids(input)?;
+    check_sizes(input, model, &rows, n, false)?;
     let m = load(backend, model, experts)?;
     check_vocab(input, &rows, m.cfg.vocab_size)?;
     let out = greedy_rows(&m, &rows, n)?;

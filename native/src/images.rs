@@ -42,7 +42,7 @@ pub fn read_images(path: &Path, max_frames: usize) -> Result<Vec<RgbImage>> {
         bail!("--max-frames must be at least 1");
     }
     let one = |p: &Path| -> Result<Vec<RgbImage>> {
-        let bytes = std::fs::read(p).with_context(|| format!("{}", p.display()))?;
+        let bytes = herd_core::limits::read_input(p, herd_core::limits::InputKind::Image)?;
         decode(&bytes).with_context(|| format!("{}", p.display()))
     };
     if path.is_dir() {
@@ -94,6 +94,16 @@ impl Planner {
 
     /// Plans `images` and expands the `<|image|>` placeholders of `ids` (those of `earlier` images first),
     /// refusing a prompt longer than the context before any pixel work.
+    /// How many tokens the prompt `ids` (one `<|image|>` per image) becomes once its images (those already
+    /// planned, then `new`) are expanded: no pixel work, so a chat can measure a conversation before a turn.
+    pub fn expanded_len(&self, ids: &[u32], earlier: &[PlannedImage], new: &[RgbImage]) -> Result<usize> {
+        let mut plans: Vec<_> = earlier.iter().map(|p| p.plan).collect();
+        for im in new {
+            plans.push(herd_core::vision::layout::plan(im.height, im.width, &self.opts)?);
+        }
+        Ok(expand_placeholders(ids, &plans, self.per_tile, &self.tokens)?.len())
+    }
+
     pub fn plan(
         &self,
         ids: &[u32],

@@ -24,6 +24,11 @@ use herd_wgpu::WgpuBackend;
 
 use files::ModelFiles;
 
+/// The system allocator, with the memory budget that a chat template's render runs under
+/// (`herd_core::limits::with_memory_budget`).
+#[global_allocator]
+static ALLOC: herd_core::limits::BudgetedAlloc = herd_core::limits::BudgetedAlloc;
+
 #[derive(Parser)]
 #[command(
     name = "herd",

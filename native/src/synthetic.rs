@@ -91,8 +91,9 @@ pub fn synthetic(
     dtype: DType,
     plan: Option<QuantPlan>,
 ) -> Result<(ModelConfig, SyntheticWeights)> {
-    if layers == 0 {
-        bail!("--layers must be at least 1");
+    let max = herd_core::limits::config::MAX_LAYERS;
+    if layers == 0 || layers > max {
+        bail!("--layers must be in 1..={max}, got {layers}");
     }
     let json = config_json(name, layers)?;
     let cfg = ModelConfig::from_json_bytes(json.as_bytes()).context("synthetic config.json")?;

@@ -208,13 +208,24 @@ pub fn chat<B: Backend>(
          of input) quits.",
         files.describe()
     );
+    let ctx = cfg.text.max_position_embeddings;
+    // No message longer than the context could hold even at the longest token is read into memory.
+    let max_line = ctx.saturating_mul(longest_token(&tok)).saturating_add(2);
+    let keep = usize::from(system.is_some());
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line).context("reading stdin")? == 0 {
-            break;
-        }
+        let line = match read_line_bounded(&mut stdin.lock(), max_line).context("reading stdin")? {
+            None => break,
+            Some(Err(n)) => {
+                eprintln!(
+                    "error: that message is {n} bytes or more, more than the model's context of {ctx} tokens can \
+                     hold; not sent"
+                );
+                continue;
+            }
+            Some(Ok(l)) => l,
+        };
         let line = line.trim_end_matches(['\n', '\r']);
         match line.trim() {
             "" => continue,
@@ -248,6 +259,18 @@ pub fn chat<B: Backend>(
         let new_images = std::mem::take(&mut im.pending);
         let n_new = new_images.len();
         msgs.push(if n_new > 0 { Message::user_with_images(n_new, line) } else { Message::user(line) });
+        match drop_oldest_turns(&tok, &tmpl, &mut msgs, keep, ctx, &new_images, &mut im) {
+            Ok(0) => {}
+            Ok(n) => eprintln!(
+                "(the conversation no longer fit the model's context of {ctx} tokens: the oldest {n} messages were \
+                 dropped)"
+            ),
+            Err(e) => {
+                msgs.pop();
+                eprintln!("error: {}", crate::one_line(&e));
+                continue;
+            }
+        }
         let before = im.planned.len();
         let mut reply = String::new();
         let result = chat_turn(&backend, files, &tok, &tmpl, &msgs, new_images, &mut im).and_then(|(ids, patch)| {
@@ -271,6 +294,95 @@ pub fn chat<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// How far past the limit an over-long line is read (and dropped) looking for its end, before the input is
+/// taken for one without lines at all.
+const MAX_DISCARD: usize = 1 << 30;
+
+/// Reads one line of at most `max` bytes: `None` at the end of input, `Err(n)` for a longer line (read through
+/// to its end and dropped, `n` the bytes seen), so an endless line (`herd chat < /dev/zero`) never fills memory.
+fn read_line_bounded(r: &mut impl BufRead, max: usize) -> std::io::Result<Option<Result<String, usize>>> {
+    let mut line = Vec::new();
+    let mut seen = 0usize;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        let n = chunk.len();
+        seen = seen.saturating_add(n);
+        if seen > max.saturating_add(MAX_DISCARD) {
+            return Err(std::io::Error::other(format!("a line of more than {seen} bytes: stopping")));
+        }
+        if seen <= max {
+            line.extend_from_slice(chunk);
+        } else {
+            line = Vec::new();
+        }
+        r.consume(n);
+        if done {
+            break;
+        }
+    }
+    if seen == 0 {
+        return Ok(None);
+    }
+    if seen > max {
+        return Ok(Some(Err(seen)));
+    }
+    Ok(Some(Ok(String::from_utf8_lossy(&line).into_owned())))
+}
+
+/// The most bytes one token of `tok`'s vocabulary stands for (byte-level tokens: one character a byte).
+fn longest_token(tok: &Tokenizer) -> usize {
+    tok.inner().get_vocab(true).keys().map(|k| k.chars().count()).max().unwrap_or(1).max(1)
+}
+
+/// Drops the oldest messages after the first `keep` (the system message) until the conversation, with its
+/// images, leaves the model room for at least one token of answer; returns how many went. The newest
+/// message is never dropped: if it alone does not fit, that is the error.
+fn drop_oldest_turns<B: Backend>(
+    tok: &Tokenizer,
+    tmpl: &herd_core::chat::ChatTemplate,
+    msgs: &mut Vec<Message>,
+    keep: usize,
+    ctx: usize,
+    new_images: &[RgbImage],
+    im: &mut ChatImages<B>,
+) -> Result<usize> {
+    let mut dropped = 0;
+    loop {
+        let ids = tok.encode_rendered(&tmpl.render(msgs, None, true)?)?;
+        let len = match &im.planner {
+            Some(p) => p.expanded_len(&ids, &im.planned, new_images)?,
+            None => ids.len(),
+        };
+        if len < ctx {
+            return Ok(dropped);
+        }
+        if msgs.len() <= keep + 1 {
+            anyhow::bail!(
+                "the message is {len} tokens{}, more than the model's context of {ctx} tokens leaves room for",
+                if dropped > 0 { " on its own" } else { "" }
+            );
+        }
+        let gone = msgs.remove(keep);
+        let images = match &gone.content {
+            herd_core::chat::Content::Parts(parts) => {
+                parts.iter().filter(|p| matches!(p, herd_core::chat::Part::Image)).count()
+            }
+            herd_core::chat::Content::Text(_) => 0,
+        };
+        let images = images.min(im.planned.len());
+        im.planned.drain(..images);
+        im.encoded.drain(..images.min(im.encoded.len()));
+        dropped += 1;
+    }
 }
 
 /// One chat turn's ids (the conversation rendered, its images expanded, its length checked) and its new

@@ -147,6 +147,8 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<CpuBuffer> {
+        // A buffer larger than the machine (a KV cache for a context it cannot hold) is an error, not an abort.
+        crate::limits::check_host_alloc("a CPU buffer", len as u128 * 4)?;
         Ok(CpuBuffer::F32(RwLock::new(vec![0.0; len])))
     }
     fn upload(&self, data: &[f32]) -> Result<CpuBuffer> {
@@ -203,6 +205,7 @@ impl Backend for CpuBackend {
 
     fn alloc_weight(&self, name: &str, shape: &[usize], dtype: DType) -> Result<CpuWeight> {
         let n = dtype.bytes(shape).map_err(|e| HerdError::tensor(name, e))?;
+        crate::limits::check_host_alloc(&format!("tensor `{name}`"), n as u128)?;
         Ok(CpuWeight {
             dtype,
             shape: shape.to_vec(),

@@ -103,7 +103,11 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     if !v.is_finite() || v < 0.0 {
         return Err(format!("{s:?} is not a size"));
     }
-    Ok((v * mult as f64) as u64)
+    let bytes = v * mult as f64;
+    if bytes >= u64::MAX as f64 {
+        return Err(format!("{s:?} is more bytes than any machine has"));
+    }
+    Ok(bytes as u64)
 }
 
 struct LayerSlots<B: Backend> {

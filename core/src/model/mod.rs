@@ -370,7 +370,8 @@ impl<B: Backend> Llama4<B> {
         let ck = Checkpoint::open_dir(dir)?;
         // compressed-tensors' pack-quantized checkpoints are read into herd's int4/int8 formats.
         let raw: serde_json::Value =
-            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null);
+            serde_json::from_slice(&crate::limits::read_input(&path, crate::limits::InputKind::Config)?)
+                .unwrap_or(serde_json::Value::Null);
         if crate::compressed::is_pack_quantized(&raw).map_err(|e| HerdError::bad_file(&path, e))? {
             return Self::load_with(
                 backend,

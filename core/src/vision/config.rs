@@ -99,6 +99,20 @@ pub(crate) fn parse(f: &Fields, root: &Map<String, Value>, text: &TextConfig) ->
             return Err(HerdError::config(f.name(k), "must be positive"));
         }
     }
+    use crate::limits::config as lim;
+    for (k, v, max) in [
+        ("hidden_size", c.hidden_size, lim::MAX_HIDDEN),
+        ("num_hidden_layers", c.num_hidden_layers, lim::MAX_LAYERS),
+        ("num_attention_heads", c.num_attention_heads, lim::MAX_HEADS),
+        ("intermediate_size", c.intermediate_size, lim::MAX_INTERMEDIATE),
+        ("image_size", c.image_size, lim::MAX_IMAGE_SIZE),
+        ("patch_size", c.patch_size, lim::MAX_IMAGE_SIZE),
+        ("projector_input_dim", c.projector_input_dim, lim::MAX_HIDDEN),
+        ("projector_output_dim", c.projector_output_dim, lim::MAX_HIDDEN),
+        ("vision_output_dim", c.vision_output_dim, lim::MAX_INTERMEDIATE),
+    ] {
+        crate::config::check_max(f, k, v, max)?;
+    }
     if c.num_channels != 3 {
         return Err(HerdError::config(f.name("num_channels"), format!("expected 3 (RGB), got {}", c.num_channels)));
     }

@@ -51,11 +51,25 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<RgbImage>> {
         dec.set_limits(limits).map_err(bad)?;
         let (w, h) = dec.dimensions();
         check_size(w, h)?;
-        let frames = dec.into_frames().collect_frames().map_err(bad)?;
-        if frames.is_empty() {
+        // Frames are decoded one at a time and kept as RGB; all of them together stay within the decoder's
+        // budget (a small GIF can hold thousands of full-canvas frames).
+        let (mut out, mut total) = (Vec::new(), 0u64);
+        for frame in dec.into_frames() {
+            let rgba = frame.map_err(bad)?.into_buffer();
+            total = total.saturating_add(rgba.as_raw().len() as u64);
+            if total > MAX_DECODE_BYTES {
+                return Err(bad(format!(
+                    "the GIF's frames decode to more than {} MiB (after {} frames)",
+                    MAX_DECODE_BYTES >> 20,
+                    out.len()
+                )));
+            }
+            out.push(rgb_over_white(DynamicImage::ImageRgba8(rgba))?);
+        }
+        if out.is_empty() {
             return Err(bad("the GIF has no frames"));
         }
-        return frames.into_iter().map(|f| rgb_over_white(DynamicImage::ImageRgba8(f.into_buffer()))).collect();
+        return Ok(out);
     }
     // The size from the header first: an over-large image is refused before any pixel is decoded.
     if let Ok((w, h)) = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(bad)?.into_dimensions() {
