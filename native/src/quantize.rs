@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use herd_core::checkpoint::{Checkpoint, TensorRef};
 use herd_core::config::ModelConfig;
+use herd_core::limits::{read_input, InputKind};
 use herd_core::quant::{metadata_key, metadata_value, quantize, DType, QuantPlan};
 use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::tensor::View;
@@ -31,6 +32,9 @@ const COPIED: &[&str] = &[
     "preprocessor_config.json",
     "processor_config.json",
 ];
+
+/// The part names `--keep-bf16` knows (a model may lack one: a dense model has no experts).
+const KEEP_PARTS: &[&str] = &["attention", "attn", "embed", "embeddings", "shared", "lm_head", "experts"];
 
 /// Aliases for `--keep-bf16`: a part of the model by its usual name, or any substring of tensor names.
 fn keep_pattern(k: &str) -> &str {
@@ -87,9 +91,39 @@ pub fn quantize_dir(model: &Path, out: &Path, format: &str, group: Option<u32>, 
     let ck = Checkpoint::open_dir(model)?;
     let mut plan = QuantPlan::parse(format).map_err(|e| anyhow::anyhow!("--format {format}: {e}"))?;
     if let Some(g) = group {
+        // A group size in --format (q4g32) and another in --group: which one was meant is not known.
+        if format.contains('g') && g != plan.group {
+            bail!("--format {format} and --group {g} conflict: give the group size once");
+        }
         plan = QuantPlan::parse(&format!("q{}g{g}", plan.bits)).map_err(|e| anyhow::anyhow!("--group {g}: {e}"))?;
     }
+    // A tensor herd cannot read (an integer dtype: another tool's packed values, an I64 table) cannot be
+    // converted or described, and dropping it would leave a model that does not load: refused, by name.
+    let mut unreadable: Vec<(&str, &herd_core::checkpoint::RawTensor)> = ck.raw_tensors().collect();
+    unreadable.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    if let Some((_, t)) = unreadable.first() {
+        let more = match unreadable.len() - 1 {
+            0 => String::new(),
+            n => format!(" (and {n} more)"),
+        };
+        bail!(
+            "tensor `{}`{more}: dtype {:?}, which herd quantize cannot convert (it reads F32, BF16, F16); nothing written",
+            t.name.escape_debug(),
+            t.dtype
+        );
+    }
     plan.keep = keep.iter().map(|k| keep_pattern(k.trim()).to_owned()).filter(|k| !k.is_empty()).collect();
+    // A part that names no tensor is a typo (which would otherwise quantize everything): refused, unless it
+    // is one of the known part names, which a model may lack.
+    for k in keep.iter().map(|k| k.trim()).filter(|k| !k.is_empty() && !KEEP_PARTS.contains(k)) {
+        let pat = keep_pattern(k);
+        if !ck.tensors().any(|(logical, _)| logical.contains(pat)) {
+            bail!(
+                "--keep-bf16 {k}: names no tensor of the model (give {}, or part of a tensor name)",
+                KEEP_PARTS.join(", ")
+            );
+        }
+    }
     if out.exists() {
         let same = std::fs::canonicalize(out).ok() == std::fs::canonicalize(model).ok();
         if same {
@@ -184,6 +218,23 @@ fn write_all(
     };
     let mut weight_map = serde_json::Map::new();
     let mut total = 0usize;
+    // The mode a new file gets here (0666 less the umask), for the shards: the safetensors writer makes a
+    // private temporary file and renames it.
+    #[cfg(unix)]
+    let mode = {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let probe = dir.join(".mode-probe");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(&probe)
+            .with_context(|| format!("creating a file in {}", dir.display()))?;
+        let mode = f.metadata()?.permissions().mode() & 0o777;
+        drop(f);
+        std::fs::remove_file(&probe)?;
+        mode
+    };
     for (shard, file) in shards.iter().zip(&names) {
         let mut meta = HashMap::new();
         for o in shard {
@@ -201,11 +252,11 @@ fn write_all(
         let views = shard.iter().map(|o| (o.src.name.clone(), *o));
         safetensors::serialize_to_file(views, Some(meta), &path)
             .with_context(|| format!("writing {}", path.display()))?;
-        // The writer's temporary file is private; a model file is for everyone to read.
+        // The writer's temporary file is private; a model file gets the mode any new file gets.
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
         }
     }
     if shards.len() > 1 {
@@ -213,7 +264,7 @@ fn write_all(
         std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_vec_pretty(&index)?)?;
     }
     // config.json as it was, with the quantization described.
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(src_cfg)?)
+    let mut cfg: serde_json::Value = serde_json::from_slice(&read_input(src_cfg, InputKind::Config)?)
         .with_context(|| format!("{}: not valid JSON", src_cfg.display()))?;
     if let Some(obj) = cfg.as_object_mut() {
         obj.insert(
@@ -231,10 +282,18 @@ fn write_all(
         );
     }
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    // Read as inputs are (regular files of bounded size) and written anew: created with 0666 less the umask,
+    // where a copy would take the source's mode.
     for f in COPIED {
         let p = model.join(f);
         if p.exists() {
-            std::fs::copy(&p, dir.join(f)).with_context(|| format!("copying {}", p.display()))?;
+            let kind = match *f {
+                "tokenizer.json" => InputKind::Tokenizer,
+                "tokenizer_config.json" | "chat_template.jinja" | "chat_template.json" => InputKind::TokenizerConfig,
+                _ => InputKind::SmallJson,
+            };
+            let bytes = read_input(&p, kind)?;
+            std::fs::write(dir.join(f), bytes).with_context(|| format!("writing {}", dir.join(f).display()))?;
         }
     }
     Ok(())

@@ -128,24 +128,16 @@ pub fn tensor_entry(
 }
 
 /// The manifest of the checkpoint in `dir` (`model.safetensors`, or the shards its index lists), read
-/// tensor by tensor.
+/// tensor by tensor. The index is read and checked as loading reads it ([`herd_core::checkpoint::parse_index`]:
+/// a shard named outside the directory is refused), and each shard is opened only if it is a regular file.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn build(dir: &std::path::Path) -> Result<serde_json::Value, String> {
     use std::io::{Read, Seek, SeekFrom};
     let index = dir.join("model.safetensors.index.json");
     let files: Vec<String> = if index.exists() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&index).map_err(|e| format!("{}: {e}", index.display()))?)
-                .map_err(|e| format!("{}: {e}", index.display()))?;
-        let mut f: Vec<String> = v["weight_map"]
-            .as_object()
-            .ok_or(format!("{}: no weight_map", index.display()))?
-            .values()
-            .filter_map(|x| x.as_str().map(str::to_owned))
-            .collect();
-        f.sort();
-        f.dedup();
-        f
+        let bytes =
+            herd_core::limits::read_input(&index, herd_core::limits::InputKind::Index).map_err(|e| e.to_string())?;
+        herd_core::checkpoint::parse_index(&bytes).map_err(|e| format!("{}: {e}", index.display()))?
     } else {
         vec!["model.safetensors".into()]
     };
@@ -153,7 +145,7 @@ pub fn build(dir: &std::path::Path) -> Result<serde_json::Value, String> {
     let mut tensors_json = serde_json::Map::new();
     for name in files {
         let path = dir.join(&name);
-        let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut file = open_regular(&path)?;
         let len = file.metadata().map_err(|e| format!("{}: {e}", path.display()))?.len() as usize;
         let mut read = |a: usize, b: usize| -> Result<Vec<u8>, String> {
             let mut buf = vec![0u8; b - a];
@@ -173,6 +165,31 @@ pub fn build(dir: &std::path::Path) -> Result<serde_json::Value, String> {
     Ok(serde_json::json!({
         "format": "herd-manifest", "version": 1, "checksum": "crc32", "files": files_json, "tensors": tensors_json,
     }))
+}
+
+/// Opens a checkpoint file for reading if it is a regular file (links followed), never a FIFO, device or
+/// directory: checked before the open, which does not block (a FIFO swapped in cannot hang it), and again on
+/// the open file.
+#[cfg(not(target_arch = "wasm32"))]
+fn open_regular(path: &std::path::Path) -> Result<std::fs::File, String> {
+    let refuse = || format!("{}: is not a regular file (a directory, device or FIFO)", path.display());
+    if !std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.is_file() {
+        return Err(refuse());
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NONBLOCK: the same value on every Linux architecture; the BSDs and macOS use 4. A regular file
+        // reads as it would without it.
+        opts.custom_flags(if cfg!(any(target_os = "linux", target_os = "android")) { 0o4000 } else { 4 });
+    }
+    let file = opts.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !file.metadata().map_err(|e| format!("{}: {e}", path.display()))?.is_file() {
+        return Err(refuse());
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
