@@ -196,6 +196,10 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_fuel(Some(RENDER_FUEL));
+        // A value that contains itself would be formatted until the stack overflows: these refuse it first.
+        env.set_formatter(jinja::formatter);
+        env.add_filter("string", jinja::string);
+        env.add_filter("join", jinja::join);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);

@@ -159,18 +159,15 @@ const SINGLE: &str = "model.safetensors";
 pub fn parse_index(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
     let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or("no `weight_map` object")?;
-    let mut shards: Vec<String> = Vec::new();
+    let mut shards = std::collections::BTreeSet::new();
     for (name, f) in map {
         let f = f.as_str().ok_or_else(|| format!("weight_map[{name:?}] is not a file name"))?;
         if f.contains('/') || f.contains('\\') || f.starts_with('.') {
             return Err(format!("weight_map[{name:?}] names a file outside the model directory: {f:?}"));
         }
-        if !shards.iter().any(|s| s == f) {
-            shards.push(f.to_owned());
-        }
+        shards.insert(f);
     }
-    shards.sort();
-    Ok(shards)
+    Ok(shards.into_iter().map(str::to_owned).collect())
 }
 
 /// Maps a stored tensor name to herd's logical name: the multimodal wrapper's `language_model.` prefix

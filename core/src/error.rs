@@ -6,29 +6,40 @@ use std::path::PathBuf;
 /// Result alias used across herd-core.
 pub type Result<T, E = HerdError> = std::result::Result<T, E>;
 
+/// Every message is one line: a newline or carriage return that reaches one from outside (a tensor name, a
+/// path, a parser's message quoting its input) is written escaped.
 #[derive(Debug, thiserror::Error)]
 pub enum HerdError {
     /// A file could not be opened or read.
-    #[error("{path}: {err}")]
+    #[error("{}: {}", line(&.path.display().to_string()), line(&.err.to_string()))]
     Io { path: PathBuf, err: std::io::Error },
     /// A file was read but its contents are not what they must be (truncated, corrupt, bad JSON).
-    #[error("{path}: {msg}")]
+    #[error("{}: {}", line(&.path.display().to_string()), line(.msg))]
     BadFile { path: PathBuf, msg: String },
     /// A config field is missing, of the wrong type or out of range.
-    #[error("config field `{field}`: {msg}")]
+    #[error("config field `{}`: {}", line(.field), line(.msg))]
     Config { field: String, msg: String },
     /// A tensor is missing from the checkpoint or has the wrong shape or dtype.
-    #[error("tensor `{name}`: {msg}")]
+    #[error("tensor `{name}`: {}", line(.msg))]
     Tensor { name: String, msg: String },
     /// A tokenizer or chat-template problem.
-    #[error("tokenizer: {0}")]
+    #[error("tokenizer: {}", line(.0))]
     Tokenizer(String),
     /// The input (prompt, ids, request) is not acceptable, e.g. longer than the context.
-    #[error("{0}")]
+    #[error("{}", line(.0))]
     Input(String),
     /// A backend could not be created or failed while running.
-    #[error("backend {backend}: {msg}")]
+    #[error("backend {backend}: {}", line(.msg))]
     Backend { backend: String, msg: String },
+}
+
+/// `s` on one line: `\n` and `\r` escaped.
+pub fn line(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['\n', '\r']) {
+        s.replace('\n', "\\n").replace('\r', "\\r").into()
+    } else {
+        s.into()
+    }
 }
 
 impl HerdError {

@@ -5,7 +5,8 @@ use safetensors::{Dtype, SafeTensors};
 
 /// The rows of `input_ids` in a safetensors file's bytes; the error is one line, without the file's name.
 pub fn parse_input_ids(bytes: &[u8]) -> Result<Vec<Vec<u32>>, String> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file ({e})"))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a valid safetensors file ({})", crate::error::line(&e.to_string())))?;
     let t = st.tensor("input_ids").map_err(|_| "no tensor `input_ids`".to_string())?;
     let [b, n] = t.shape()[..] else { return Err(format!("`input_ids` has shape {:?}, expected [B, T]", t.shape())) };
     if b == 0 || n == 0 {

@@ -72,8 +72,9 @@ impl Tokenizer {
     }
 
     fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let mut tok = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| format!("not a valid tokenizer.json: {}", one_line(e)))?;
+        let mut tok = guarded(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .and_then(|r| r.map_err(one_line))
+            .map_err(|e| format!("not a valid tokenizer.json: {e}"))?;
         tok.with_truncation(None).map_err(one_line)?;
         tok.with_padding(None);
         tok.set_encode_special_tokens(false);
@@ -91,14 +92,18 @@ impl Tokenizer {
     /// HF-compatible `encode(text, add_special_tokens)`: special-token strings in `text` become
     /// special tokens; `add_special` runs the post-processor (Llama 4: prepends BOS).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.tok.encode_fast(text, add_special).map_err(|e| tok_err("encode", e))?;
+        let enc = guarded(|| self.inner.tok.encode_fast(text, add_special))
+            .map_err(|e| HerdError::Tokenizer(format!("encode: {e}")))?
+            .map_err(|e| tok_err("encode", e))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Encode untrusted user text: special-token strings are tokenized as ordinary characters
     /// (HF `split_special_tokens=True`). `add_bos` runs the post-processor (prepends BOS).
     pub fn encode_plain(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.plain().encode_fast(text, add_bos).map_err(|e| tok_err("encode", e))?;
+        let enc = guarded(|| self.plain().encode_fast(text, add_bos))
+            .map_err(|e| HerdError::Tokenizer(format!("encode: {e}")))?
+            .map_err(|e| tok_err("encode", e))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -109,7 +114,9 @@ impl Tokenizer {
 
     /// Ids back to text. Ids the tokenizer does not know are skipped (as in HF).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.tok.decode(ids, skip_special).map_err(|e| tok_err("decode", e))
+        guarded(|| self.inner.tok.decode(ids, skip_special))
+            .map_err(|e| HerdError::Tokenizer(format!("decode: {e}")))?
+            .map_err(|e| tok_err("decode", e))
     }
 
     /// The id of a token string (base or added), if any.
@@ -162,14 +169,17 @@ impl StreamDecoder {
     /// Add one id; returns the text it completes, or `None` while a character is incomplete (or
     /// the token decodes to nothing, e.g. a skipped special token).
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
-        tokenizers::step_decode_stream(
-            &self.tok.inner.tok,
-            vec![id],
-            self.skip_special,
-            &mut self.ids,
-            &mut self.prefix,
-            &mut self.prefix_index,
-        )
+        guarded(|| {
+            tokenizers::step_decode_stream(
+                &self.tok.inner.tok,
+                vec![id],
+                self.skip_special,
+                &mut self.ids,
+                &mut self.prefix,
+                &mut self.prefix_index,
+            )
+        })
+        .map_err(|e| HerdError::Tokenizer(format!("stream decode: {e}")))?
         .map_err(|e| tok_err("stream decode", e))
     }
 
@@ -280,6 +290,32 @@ impl GenerationConfig {
         }
         p
     }
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a call into the tokenizers library, whose deserializers and post-processors `expect` on some
+/// malformed files (a decoder without a body, a template naming a special token it does not define): a
+/// panic there becomes an error naming its message, and is not printed by the panic hook.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    r.map_err(|p| {
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+        format!("the tokenizers library failed on it ({})", crate::error::line(msg.as_deref().unwrap_or("a panic")))
+    })
 }
 
 /// Read a small JSON file: `Ok(None)` if it does not exist and is not `required`; `Io`/`BadFile`

@@ -104,7 +104,9 @@ pub(super) fn tojson(value: JValue, indent: Option<JValue>, kwargs: Kwargs) -> s
         None => None,
         Some(v) if v.is_none() || v.is_undefined() => None,
         Some(v) => match (v.as_str(), v.as_i64()) {
+            (Some(s), _) if s.len() > MAX_INDENT => return Err(indent_too_wide()),
             (Some(s), _) => Some(s.to_string()),
+            (None, Some(n)) if n > MAX_INDENT as i64 => return Err(indent_too_wide()),
             (None, Some(n)) => Some(" ".repeat(n.max(0) as usize)),
             _ => return Err(JError::new(ErrorKind::InvalidOperation, "tojson: indent must be an int or a string")),
         },
@@ -137,6 +139,9 @@ struct JsonOpts {
 }
 
 fn write_json(v: &JValue, o: &JsonOpts, level: usize, out: &mut String) -> std::result::Result<(), JError> {
+    if level > MAX_DEPTH {
+        return Err(too_deep());
+    }
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -266,6 +271,75 @@ fn py_float(x: f64) -> String {
         let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
         format!("{sign}{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
     }
+}
+
+/// The widest `tojson` indent: every nested line repeats it, so a huge one is a way to ask for unbounded memory.
+const MAX_INDENT: usize = 64;
+
+fn indent_too_wide() -> JError {
+    JError::new(ErrorKind::InvalidOperation, format!("tojson: indent wider than {MAX_INDENT}"))
+}
+
+/// How deeply nested a value a template may print or serialise: far beyond any message or tool schema, and
+/// short of the stack. A namespace stored inside itself (`{% set ns.n = ns %}`) is infinitely deep, and
+/// minijinja would format it until the stack overflows.
+pub(super) const MAX_DEPTH: usize = 128;
+
+fn too_deep() -> JError {
+    JError::new(
+        ErrorKind::InvalidOperation,
+        format!("a value nested more than {MAX_DEPTH} deep (does it contain itself?)"),
+    )
+}
+
+/// The chat templates' formatter for `{{ value }}`: minijinja's, after [`check_depth`].
+pub(super) fn formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &minijinja::State<'_, '_>,
+    value: &JValue,
+) -> std::result::Result<(), JError> {
+    check_depth(value)?;
+    minijinja::escape_formatter(out, state, value)
+}
+
+/// The `string` filter, after [`check_depth`].
+pub(super) fn string(state: &minijinja::State<'_, '_>, value: &JValue) -> std::result::Result<JValue, JError> {
+    check_depth(value)?;
+    minijinja::filters::string(state, value)
+}
+
+/// The `join` filter, after [`check_depth`].
+pub(super) fn join(
+    state: &minijinja::State<'_, '_>,
+    value: &JValue,
+    joiner: Option<minijinja::value::StringInput<'_>>,
+) -> std::result::Result<JValue, JError> {
+    check_depth(value)?;
+    minijinja::filters::join(state, value, joiner)
+}
+
+/// Refuses a map or list nested past [`MAX_DEPTH`] (at most 100,000 items are looked at; a larger value is
+/// left to the output and memory limits).
+fn check_depth(value: &JValue) -> std::result::Result<(), JError> {
+    fn check(v: &JValue, depth: usize, budget: &mut usize) -> std::result::Result<(), JError> {
+        if !matches!(v.kind(), ValueKind::Map | ValueKind::Seq) {
+            return Ok(());
+        }
+        if depth > MAX_DEPTH {
+            return Err(too_deep());
+        }
+        let Ok(items) = v.try_iter() else { return Ok(()) };
+        for k in items {
+            if *budget == 0 {
+                return Ok(());
+            }
+            *budget -= 1;
+            let item = if v.kind() == ValueKind::Map { v.get_item(&k).unwrap_or_default() } else { k };
+            check(&item, depth + 1, budget)?;
+        }
+        Ok(())
+    }
+    check(value, 0, &mut 100_000)
 }
 
 #[cfg(test)]
