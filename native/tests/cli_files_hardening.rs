@@ -168,14 +168,20 @@ impl Drop for Server {
     }
 }
 
+/// A stand-in for the built page (serve-web only checks that it is there): `www/` with `index.html`.
+fn fake_page(sc: &Scratch, index: &str) -> PathBuf {
+    let www = sc.path("www");
+    std::fs::create_dir_all(www.join("pkg")).unwrap();
+    std::fs::write(www.join("index.html"), index).unwrap();
+    std::fs::write(www.join("pkg/herd_web_bg.wasm"), b"\0asm").unwrap();
+    www
+}
+
 #[cfg(unix)]
 #[test]
 fn serve_web_serves_only_the_model_files_and_the_page() {
     let sc = Scratch::new("serve-web");
-    let www = sc.path("www");
-    std::fs::create_dir_all(www.join("pkg")).unwrap();
-    std::fs::write(www.join("index.html"), "<!doctype html>page").unwrap();
-    std::fs::write(www.join("pkg/herd_web_bg.wasm"), b"\0asm").unwrap();
+    let www = fake_page(&sc, "<!doctype html>page");
     std::fs::write(www.join(".env"), "SECRET=www").unwrap();
     let outside = sc.path("outside");
     std::fs::create_dir_all(&outside).unwrap();
@@ -341,10 +347,7 @@ fn quantize_refuses_conflicting_or_unknown_flags() {
 #[test]
 fn serve_web_serves_a_model_in_the_download_cache() {
     let sc = Scratch::new("serve-web-hf");
-    let www = sc.path("www");
-    std::fs::create_dir_all(www.join("pkg")).unwrap();
-    std::fs::write(www.join("index.html"), "<!doctype html>").unwrap();
-    std::fs::write(www.join("pkg/herd_web_bg.wasm"), b"\0asm").unwrap();
+    let www = fake_page(&sc, "<!doctype html>");
     let repo = sc.path("hub/models--meta--tiny");
     let (blobs, snap) = (repo.join("blobs"), repo.join("snapshots/0123abcd"));
     std::fs::create_dir_all(&blobs).unwrap();
