@@ -8,8 +8,6 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cudarc::cublas::{result as blas, sys as bsys};
-
 mod transfer;
 use transfer::Staging;
 
@@ -126,7 +124,7 @@ struct State {
 struct Cuda {
     stream: sys::CUstream,
     modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
-    blas: Option<bsys::cublasHandle_t>,
+    blas: Option<crate::blas::Handle>,
     stage: Mutex<Staging>,
     /// Last, so that it is released after everything above (fields drop in order).
     ctx: Arc<CudaContext>,
@@ -209,15 +207,8 @@ impl Dev {
         let total_mem = cu("total memory", ctx.total_mem())?;
         let stream = cu("cuStreamCreate", drv::stream::create(drv::stream::StreamKind::NonBlocking))?;
         let ev = || cu("cuEventCreate", drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING));
-        // SAFETY: probing for the shared library only.
-        let blas = if unsafe { bsys::is_culib_present() } {
-            let h = cu("cublasCreate", blas::create_handle())?;
-            // SAFETY: a live handle and our live stream.
-            cu("cublasSetStream", unsafe { blas::set_stream(h, stream as bsys::cudaStream_t) })?;
-            Some(h)
-        } else {
-            None
-        };
+        // None (said once on stderr) when cuBLAS cannot be loaded: prefill then runs on the GEMV kernels.
+        let blas = crate::blas::open(stream)?;
         let cuda = Cuda {
             stream,
             modules: Mutex::new(HashMap::new()),
@@ -675,7 +666,7 @@ impl Drop for Dev {
                     let _ = drv::event::destroy(stage.meta_event);
                 }
                 if let Some(h) = c.blas {
-                    let _ = blas::destroy_handle(h);
+                    crate::blas::destroy(h);
                 }
                 if let Ok(mods) = c.modules.lock() {
                     for (_, &m) in mods.iter() {

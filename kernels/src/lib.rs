@@ -1,7 +1,9 @@
 //! herd-cuda: the Backend on CUDA through cudarc, tuned for Hopper. One .cu file per op family (named as
 //! the CPU op and the WGSL shader it mirrors), compiled by NVRTC at first use for the device's own
-//! architecture and kept for the process. cudarc loads the driver, NVRTC and cuBLAS at run time, so this
-//! crate builds everywhere and [`CudaBackend::new`] says clearly when there is no driver.
+//! architecture and kept for the process. cudarc loads the driver at run time, and `libs` finds and loads
+//! NVRTC and cuBLAS (CUDA 12 or 13, on the loader's path or in the usual toolkit folders; see
+//! [`cuda_libraries`]), so this crate builds everywhere and [`CudaBackend::new`] says clearly when there is
+//! no driver.
 //!
 //! Ops record commands; [`Backend::read`] submits the step and waits. A decode step records the same list
 //! every token, so from the second token on it is replayed as one CUDA graph (see `device`). This file picks
@@ -14,6 +16,7 @@ mod blas;
 mod device;
 mod emu;
 mod layer_norm;
+mod libs;
 mod moe;
 mod nvrtc;
 
@@ -28,6 +31,7 @@ use herd_core::synthetic::Fill;
 
 pub use device::GraphStats;
 use device::{err, f, ptr, u, Arg, Cmd, Dev, Gemm};
+pub use libs::cuda_libraries;
 pub use nvrtc::{compile, nvrtc_present, FAMILIES};
 
 /// The CUDA backend on one device.
@@ -766,9 +770,10 @@ mod tests {
     fn kernels_compile_with_nvrtc() {
         if !nvrtc_present() {
             assert!(std::env::var("HERD_REQUIRE_NVRTC").as_deref() != Ok("1"), "NVRTC required but not found");
-            eprintln!("nvrtc: NOT RUN (libnvrtc.so not found on LD_LIBRARY_PATH)");
+            eprintln!("nvrtc: NOT RUN ({})", compile("elementwise", (9, 0)).unwrap_err());
             return;
         }
+        eprintln!("nvrtc: {}", cuda_libraries());
         for arch in [(9, 0), (8, 0), (8, 9)] {
             for (name, _) in FAMILIES {
                 let bin = compile(name, arch).unwrap_or_else(|e| panic!("{e}"));
@@ -782,7 +787,7 @@ mod tests {
     #[test]
     fn compile_errors_are_reported() {
         if !nvrtc_present() {
-            eprintln!("nvrtc: NOT RUN (libnvrtc.so not found on LD_LIBRARY_PATH)");
+            eprintln!("nvrtc: NOT RUN (NVRTC not found)");
             return;
         }
         let e = compile("no_such_family", (9, 0)).unwrap_err().to_string();

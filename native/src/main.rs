@@ -309,7 +309,7 @@ fn choose_backend(name: &str) -> Result<Chosen> {
         "cuda-emu" => Ok(Chosen::Cuda(Box::new(CudaBackend::emulated()?))),
         "auto" => Ok(match CudaBackend::new() {
             Ok(c) => {
-                eprintln!("backend: cuda on {}", c.device_name());
+                eprintln!("backend: cuda on {} ({})", c.device_name(), herd_cuda::cuda_libraries());
                 Chosen::Cuda(Box::new(c))
             }
             Err(_) => auto_wgpu_or_cpu(),

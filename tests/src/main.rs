@@ -65,7 +65,8 @@ fn main() {
                     print_dispatch_cost(&be);
                 }
                 let g = be.graph_stats();
-                println!("cuda graphs: {} steps, {} replayed, {} captured\n", g.steps, g.replayed, g.captured);
+                println!("cuda graphs: {} steps, {} replayed, {} captured", g.steps, g.replayed, g.captured);
+                println!("cuda libraries: {}\n", herd_cuda::cuda_libraries());
             }
             Err(e) => {
                 println!("backend cuda: NOT RUN ({e})\n");
