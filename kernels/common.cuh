@@ -35,6 +35,9 @@ __device__ __forceinline__ u16 f2h(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#ifndef __align__
+#define __align__(n) __attribute__((aligned(n)))
+#endif
 // Dynamic shared memory (sized at launch).
 #define DYN_SHARED(T, name) extern __shared__ T name[]
 #endif

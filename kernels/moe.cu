@@ -328,8 +328,10 @@ extern "C" __global__ void __launch_bounds__(128) moe_mma_bf16(const float* __re
                                                                 const u32* __restrict__ route, u32 tmax,
                                                                 const void* __restrict__ w, float* __restrict__ y,
                                                                 u32 kin, u32 n, u32 exact) {
-    __shared__ u16 xh[TM][MMA_K + 2];
-    __shared__ u16 xl[TM][MMA_K + 2];
+    // xh and xl are read as u32 pairs below (rows of an even number of u16, even columns), so they must be
+    // at least 4-byte aligned, which a u16 array is not by itself.
+    __shared__ __align__(16) u16 xh[TM][MMA_K + 2];
+    __shared__ __align__(16) u16 xl[TM][MMA_K + 2];
     __shared__ u16 ws[MMA_K][64 + 2];
     __shared__ u32 rows_s[TM];
     const u32 t = blockIdx.y;

@@ -18,8 +18,13 @@ extern "C" __global__ void rope(float* x, const u32* pos, const float* inv_freq,
         ss += na * na + nb * nb;
     }
     if (norm) {
+        // Each lane scales the pairs it wrote itself: a shuffle orders no memory, so another lane's stores
+        // need not be visible here.
         ss = warp_sum(ss);
         float r = 1.0f / sqrtf(ss / (float)hd + eps);
-        for (u32 j = lane; j < hd; j += 32) v[j] *= r;
+        for (u32 j = lane; j < hd / 2; j += 32) {
+            v[2 * j] *= r;
+            v[2 * j + 1] *= r;
+        }
     }
 }

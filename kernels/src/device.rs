@@ -3,6 +3,11 @@
 //! graph when the same list was submitted before (decode steps record the same kernels on the same buffers,
 //! with everything that changes per step — positions, sequence tables, draws — in the step's metadata,
 //! which is copied to the device before the list runs). So a decode step is one graph launch.
+//!
+//! Every driver call runs with the device's context bound to the calling thread (`bind`, done by `lock`
+//! and by each entry point that calls the driver without it): a thread's first call may be an allocation.
+//! `HERD_CUDA_SYNC=1` is the debugging mode: graphs off, and a wait after every command, so that a fault is
+//! reported with the command that caused it.
 
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -11,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 mod transfer;
 use transfer::Staging;
 
+use crate::emu::Op;
 use crate::nvrtc::compile;
 use cudarc::driver::{result as drv, sys, CudaContext};
 use herd_core::error::{HerdError, Result};
@@ -84,8 +90,8 @@ pub(crate) enum Cmd {
 
 enum GraphExec {
     Cuda(sys::CUgraphExec),
-    /// The emulator replays the list itself.
-    Emu,
+    /// The emulator's graph: the captured commands, with their captured arguments.
+    Emu(Vec<Op>),
 }
 
 struct Graph {
@@ -125,7 +131,6 @@ struct Cuda {
     stream: sys::CUstream,
     modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
     blas: Option<crate::blas::Handle>,
-    stage: Mutex<Staging>,
     /// Last, so that it is released after everything above (fields drop in order).
     ctx: Arc<CudaContext>,
 }
@@ -133,7 +138,7 @@ struct Cuda {
 /// Where commands run: a CUDA device, or the CPU emulator of the same kernels.
 enum Engine {
     Cuda(Cuda),
-    Emu(crate::emu::Emu),
+    Emu(Box<crate::emu::Emu>),
 }
 
 pub(crate) struct Dev {
@@ -147,6 +152,22 @@ pub(crate) struct Dev {
     st: Mutex<State>,
     free_later: Mutex<Vec<u64>>,
     mem: Mutex<Pool>,
+    stage: Mutex<Staging>,
+    /// The dynamic shared memory each function may use (its attribute, only ever raised: a launch recorded
+    /// earlier in the step may need more than a later one).
+    smem_allowed: Mutex<HashMap<Func, usize>>,
+    /// HERD_CUDA_SYNC=1: a wait after every command, graphs off.
+    sync_each: bool,
+}
+
+/// Why an allocation failed.
+enum Alloc {
+    OutOfMemory(String),
+    Failed(String),
+}
+
+fn sync_each() -> bool {
+    std::env::var("HERD_CUDA_SYNC").as_deref() == Ok("1")
 }
 
 /// Freed allocations kept for reuse by size (a step's one-off buffers recur with the same sizes; cudaMalloc
@@ -206,16 +227,12 @@ impl Dev {
         let sms = cu("SM count", ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT))?;
         let total_mem = cu("total memory", ctx.total_mem())?;
         let stream = cu("cuStreamCreate", drv::stream::create(drv::stream::StreamKind::NonBlocking))?;
-        let ev = || cu("cuEventCreate", drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING));
+        let ev =
+            || cu("cuEventCreate", drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)).map(|e| e as u64);
         // None (said once on stderr) when cuBLAS cannot be loaded: prefill then runs on the GEMV kernels.
         let blas = crate::blas::open(stream)?;
-        let cuda = Cuda {
-            stream,
-            modules: Mutex::new(HashMap::new()),
-            blas,
-            stage: Mutex::new(Staging { bufs: Vec::new(), events: [ev()?, ev()?], meta: None, meta_event: ev()? }),
-            ctx,
-        };
+        let cuda = Cuda { stream, modules: Mutex::new(HashMap::new()), blas, ctx };
+        let stage = Staging { bufs: Vec::new(), events: [ev()?, ev()?], meta: None, meta_event: ev()? };
         Ok(Arc::new(Dev {
             ops: OpLock::default(),
             engine: Engine::Cuda(cuda),
@@ -227,14 +244,31 @@ impl Dev {
             st: Mutex::new(new_state()),
             free_later: Mutex::new(Vec::new()),
             mem: Mutex::new(Pool::new((total_mem / 16).min(4 << 30))),
+            stage: Mutex::new(stage),
+            smem_allowed: Mutex::new(HashMap::new()),
+            sync_each: sync_each(),
         }))
     }
 
-    /// The CPU emulator, shaped like an H100 (132 SMs, sm_90) so that kernels are chosen as there.
-    pub fn emulated() -> Result<Arc<Dev>> {
+    /// The CPU emulator, shaped like an H100 (132 SMs, sm_90) so that kernels are chosen as there; `race`:
+    /// with the race check (see emu.h).
+    pub fn emulated(race: bool) -> Result<Arc<Dev>> {
+        Self::emulated_opts(race, sync_each())
+    }
+
+    /// [`Dev::emulated`], with HERD_CUDA_SYNC's mode on or off.
+    pub fn emulated_opts(race: bool, sync_each: bool) -> Result<Arc<Dev>> {
+        let e = crate::emu::Emu::new(race)?;
+        e.bind();
+        let stage = Staging {
+            bufs: Vec::new(),
+            events: [e.event_create()?, e.event_create()?],
+            meta: None,
+            meta_event: e.event_create()?,
+        };
         Ok(Arc::new(Dev {
             ops: OpLock::default(),
-            engine: Engine::Emu(crate::emu::Emu::new()?),
+            engine: Engine::Emu(Box::new(e)),
             name: "emulated on the CPU".into(),
             arch: (9, 0),
             sms: 132,
@@ -243,6 +277,9 @@ impl Dev {
             st: Mutex::new(new_state()),
             free_later: Mutex::new(Vec::new()),
             mem: Mutex::new(Pool::new(256 << 20)),
+            stage: Mutex::new(stage),
+            smem_allowed: Mutex::new(HashMap::new()),
+            sync_each,
         }))
     }
 
@@ -261,7 +298,10 @@ impl Dev {
     fn bind(&self) -> Result<()> {
         match &self.engine {
             Engine::Cuda(c) => c.ctx.bind_to_thread().map_err(|e| err(format!("bind context: {e:?}"))),
-            Engine::Emu(_) => Ok(()),
+            Engine::Emu(e) => {
+                e.bind();
+                Ok(())
+            }
         }
     }
 
@@ -276,10 +316,10 @@ impl Dev {
         if let Some(&f) = funcs.get(name) {
             return Ok(f);
         }
+        self.bind()?;
         let f = match &self.engine {
             Engine::Emu(e) => e.func(family, name)?,
             Engine::Cuda(c) => {
-                self.bind()?;
                 let mut mods = c.modules.lock().map_err(|_| err("module table poisoned"))?;
                 let module = match mods.get(family) {
                     Some(&m) => m,
@@ -304,58 +344,97 @@ impl Dev {
         Ok(f)
     }
 
-    /// Lets kernel `f` use `bytes` of dynamic shared memory (above the 48 KiB default).
+    /// Lets kernel `f` use `bytes` of dynamic shared memory (above the 48 KiB default). The attribute is
+    /// only ever raised: launches recorded earlier, and not yet issued, may need more.
     pub fn allow_smem(&self, f: Func, bytes: usize) -> Result<()> {
-        if let Engine::Cuda(_) = &self.engine {
-            if bytes > 48 << 10 {
-                self.bind()?;
-                // SAFETY: a live function handle.
-                cu("cuFuncSetAttribute", unsafe {
-                    drv::function::set_function_attribute(
-                        f.0 as sys::CUfunction,
-                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        bytes as i32,
-                    )
-                })?;
-            }
+        if bytes <= 48 << 10 {
+            return Ok(());
         }
+        let mut allowed = self.smem_allowed.lock().map_err(|_| err("attribute table poisoned"))?;
+        if allowed.get(&f).is_some_and(|&a| a >= bytes) {
+            return Ok(());
+        }
+        self.bind()?;
+        match &self.engine {
+            // SAFETY: a live function handle.
+            Engine::Cuda(_) => cu("cuFuncSetAttribute", unsafe {
+                drv::function::set_function_attribute(
+                    f.0 as sys::CUfunction,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+            })?,
+            Engine::Emu(e) => e.set_max_dyn_smem(f, bytes as u32)?,
+        }
+        allowed.insert(f, bytes);
         Ok(())
+    }
+
+    /// The dynamic shared memory function `f` may use now.
+    #[cfg(test)]
+    pub fn smem_limit(&self, f: Func) -> usize {
+        self.smem_allowed.lock().ok().and_then(|m| m.get(&f).copied()).unwrap_or(48 << 10)
     }
 
     // ---- memory ---------------------------------------------------------------------------------------
 
     /// `n` bytes, from the pool when an allocation of that size was freed, else from the device (emptying
-    /// the pool and trying again when the device is full).
+    /// the pool and trying again when the device is out of memory).
     fn malloc(&self, n: usize, what: &str) -> Result<u64> {
+        self.bind()?;
         let mut mem = self.mem.lock().map_err(|_| err("allocator poisoned"))?;
         if let Some(p) = mem.free.get_mut(&n).and_then(|v| v.pop()) {
             mem.held -= n;
             return Ok(p);
         }
+        let oom = |e: String| err(format!("out of device memory allocating {n} bytes of {what} ({e})"));
         let p = match self.raw_malloc(n) {
             Ok(p) => p,
-            Err(_) if mem.held > 0 => {
+            Err(Alloc::OutOfMemory(_)) if mem.held > 0 => {
                 self.drain(&mut mem);
-                self.raw_malloc(n)
-                    .map_err(|e| err(format!("out of device memory allocating {n} bytes of {what} ({e})")))?
+                self.raw_malloc(n).map_err(|e| match e {
+                    Alloc::OutOfMemory(e) => oom(e),
+                    Alloc::Failed(e) => err(format!("allocating {n} bytes of {what}: {e}")),
+                })?
             }
-            Err(e) => return Err(err(format!("out of device memory allocating {n} bytes of {what} ({e})"))),
+            Err(Alloc::OutOfMemory(e)) => return Err(oom(e)),
+            Err(Alloc::Failed(e)) => return Err(err(format!("allocating {n} bytes of {what}: {e}"))),
         };
         mem.size.insert(p, n);
         Ok(p)
     }
 
-    fn raw_malloc(&self, n: usize) -> std::result::Result<u64, String> {
+    /// cuMemAlloc; the caller has bound the context.
+    fn raw_malloc(&self, n: usize) -> std::result::Result<u64, Alloc> {
         match &self.engine {
-            Engine::Emu(e) => e.malloc(n).map_err(|e| e.to_string()),
+            Engine::Emu(e) => e.malloc(n).map_err(|e| {
+                let e = e.to_string();
+                let e = e.strip_prefix("backend cuda: ").unwrap_or(&e).to_owned();
+                if e.contains("CUDA_ERROR_OUT_OF_MEMORY") {
+                    Alloc::OutOfMemory(e)
+                } else {
+                    Alloc::Failed(e)
+                }
+            }),
             // SAFETY: plain allocation.
-            Engine::Cuda(_) => unsafe { drv::malloc_sync(n) }.map_err(|e| format!("{e:?}")),
+            Engine::Cuda(_) => unsafe { drv::malloc_sync(n) }.map_err(|e| {
+                if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+                    Alloc::OutOfMemory(format!("{e:?}"))
+                } else {
+                    Alloc::Failed(format!("cuMemAlloc: {e:?}"))
+                }
+            }),
         }
     }
 
+    /// cuMemFree; the caller has bound the context.
     fn raw_free(&self, p: u64) {
         match &self.engine {
-            Engine::Emu(e) => e.free(p),
+            Engine::Emu(e) => {
+                if let Err(e) = e.free(p) {
+                    eprintln!("herd: cuda: {e}");
+                }
+            }
             // SAFETY: callers free only allocations no pending command uses.
             Engine::Cuda(_) => unsafe {
                 let _ = drv::free_sync(p);
@@ -375,7 +454,13 @@ impl Dev {
 
     /// `bytes` (at least 4) of device memory whose contents the caller overwrites before any use.
     pub fn alloc_raw(&self, bytes: usize) -> Result<u64> {
-        self.malloc(bytes.max(4), "a buffer")
+        let n = bytes.max(4);
+        let p = self.malloc(n, "a buffer")?;
+        if let Engine::Emu(e) = &self.engine {
+            // What a GPU would hold is unknown: NaN, so that a read before the caller's write shows.
+            e.poison(p, n)?;
+        }
+        Ok(p)
     }
 
     /// A zeroed device allocation of `bytes` (at least 4).
@@ -386,9 +471,7 @@ impl Dev {
         match &self.engine {
             // SAFETY: zeroing the allocation (fresh or from the pool) on our stream, before any later work.
             Engine::Cuda(c) => cu("cuMemsetD8Async", unsafe { drv::memset_d8_async(p, 0, n, c.stream) })?,
-            // SAFETY: `p` holds `n` bytes, and no recorded command uses it (pooled memory comes back only
-            // after the commands that used it ran).
-            Engine::Emu(_) => unsafe { std::ptr::write_bytes(p as *mut u8, 0, n) },
+            Engine::Emu(e) => e.memset_async(p, 0, n)?,
         }
         Ok(p)
     }
@@ -408,8 +491,8 @@ impl Dev {
         let mut out = vec![0u8; bytes];
         match &self.engine {
             Engine::Emu(e) => {
-                // SAFETY: `src` holds at least `bytes` (checked by the op).
-                unsafe { e.copy(out.as_mut_ptr() as u64, src, bytes) }
+                e.synchronize()?;
+                e.dtoh(&mut out, src)?;
             }
             Engine::Cuda(c) => {
                 // SAFETY: our stream; after it drains nothing on the device touches `src`.
@@ -429,6 +512,9 @@ impl Dev {
 
     /// Returns `p` to the pool (or to the device when the pool is full); no command may use it any more.
     fn free_now(&self, p: u64) {
+        if self.bind().is_err() {
+            return;
+        }
         let Ok(mut mem) = self.mem.lock() else { return };
         let Some(&n) = mem.size.get(&p) else { return };
         if mem.held + n <= mem.cap {
@@ -514,12 +600,16 @@ impl Dev {
             match g.exec {
                 // SAFETY: an instantiated graph whose buffers are alive (the same list was just recorded).
                 GraphExec::Cuda(exec) => cu("cuGraphLaunch", unsafe { drv::graph::launch(exec, self.stream()?) })?,
-                GraphExec::Emu => self.issue_all(&cmds, meta_dev)?,
+                GraphExec::Emu(ref ops) => match &self.engine {
+                    Engine::Emu(e) => e.graph_launch(ops)?,
+                    Engine::Cuda(_) => return Err(err("an emulator graph on a GPU")),
+                },
             }
             st.last = cmds;
             return Ok(());
         }
         let capturable = st.graphs_on
+            && !self.sync_each
             && cmds.len() >= MIN_GRAPH_CMDS
             && !cmds.iter().any(|c| matches!(c, Cmd::Gemm(_)))
             && st.last == cmds;
@@ -531,9 +621,14 @@ impl Dev {
                     cu("cuGraphLaunch", unsafe { drv::graph::launch(exec, self.stream()?) })?;
                     GraphExec::Cuda(exec)
                 }
-                Engine::Emu(_) => {
-                    self.issue_all(&cmds, meta_dev)?;
-                    GraphExec::Emu
+                Engine::Emu(e) => {
+                    e.begin_capture()?;
+                    let issued = self.issue_all(&cmds, meta_dev);
+                    let ops = e.end_capture();
+                    issued?;
+                    let ops = ops?;
+                    e.graph_launch(&ops)?;
+                    GraphExec::Emu(ops)
                 }
             };
             if st.graphs.len() >= MAX_GRAPHS {
@@ -559,7 +654,45 @@ impl Dev {
     }
 
     fn issue_all(&self, cmds: &[Cmd], meta_dev: u64) -> Result<()> {
-        cmds.iter().try_for_each(|c| self.issue(c, meta_dev))
+        if !self.sync_each {
+            return cmds.iter().try_for_each(|c| self.issue(c, meta_dev));
+        }
+        for (i, c) in cmds.iter().enumerate() {
+            self.issue(c, meta_dev)
+                .and_then(|()| self.stream_sync())
+                .map_err(|e| err(format!("command {i} of {} ({}): {e}", cmds.len(), self.describe(c))))?;
+        }
+        Ok(())
+    }
+
+    /// A command in words, for HERD_CUDA_SYNC=1's errors.
+    fn describe(&self, c: &Cmd) -> String {
+        match c {
+            Cmd::Launch { f, grid, block, smem, .. } => {
+                let name = match &self.engine {
+                    Engine::Emu(e) => e.name(*f),
+                    Engine::Cuda(_) => self
+                        .funcs
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.iter().find(|(_, v)| **v == *f).map(|(k, _)| k.clone()))
+                        .unwrap_or_default(),
+                };
+                format!("kernel {name}, grid {grid:?}, block {block}, {smem} bytes of shared memory")
+            }
+            Cmd::Copy { bytes, .. } => format!("device copy of {bytes} bytes"),
+            Cmd::MetaCopy { bytes, .. } => format!("metadata copy of {bytes} bytes"),
+            Cmd::Gemm(g) => format!("cuBLAS GEMM {}x{}x{}", g.m, g.n, g.k),
+        }
+    }
+
+    /// Waits for the stream.
+    fn stream_sync(&self) -> Result<()> {
+        match &self.engine {
+            Engine::Emu(e) => e.synchronize(),
+            // SAFETY: our own stream.
+            Engine::Cuda(c) => cu("cuStreamSynchronize", unsafe { drv::stream::synchronize(c.stream) }),
+        }
     }
 
     fn capture(&self, cmds: &[Cmd], meta_dev: u64) -> Result<sys::CUgraphExec> {
@@ -587,24 +720,12 @@ impl Dev {
         };
         match (&self.engine, c) {
             (Engine::Emu(e), Cmd::Launch { f, grid, block, smem, args }) => {
-                let mut vals: Vec<u64> = args.iter().map(resolve).collect();
-                e.launch(*f, *grid, *block, *smem, &mut vals)
+                let vals: Vec<u64> = args.iter().map(resolve).collect();
+                e.launch(*f, *grid, *block, *smem, &vals)
             }
-            (Engine::Emu(e), Cmd::Copy { dst, src, bytes }) => {
-                // SAFETY: both ranges lie in live allocations (checked by the op).
-                unsafe { e.copy(*dst, *src, *bytes) };
-                Ok(())
-            }
-            (Engine::Emu(e), Cmd::MetaCopy { dst, off, bytes }) => {
-                // SAFETY: as above; the metadata was copied to the arena ahead of the list.
-                unsafe { e.copy(*dst, meta_dev + *off as u64, *bytes) };
-                Ok(())
-            }
-            (Engine::Emu(e), Cmd::Gemm(g)) => {
-                // SAFETY: the op checked the tensor sizes.
-                unsafe { e.gemm(g) };
-                Ok(())
-            }
+            (Engine::Emu(e), Cmd::Copy { dst, src, bytes }) => e.dtod_async(*dst, *src, *bytes),
+            (Engine::Emu(e), Cmd::MetaCopy { dst, off, bytes }) => e.dtod_async(*dst, meta_dev + *off as u64, *bytes),
+            (Engine::Emu(e), Cmd::Gemm(g)) => e.gemm_async(g),
             (Engine::Cuda(cd), Cmd::Launch { f, grid, block, smem, args }) => {
                 let mut vals: Vec<u64> = args.iter().map(resolve).collect();
                 let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
@@ -632,11 +753,8 @@ impl Dev {
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.bind();
-        if let Engine::Cuda(c) = &self.engine {
-            // SAFETY: our own stream.
-            unsafe {
-                let _ = drv::stream::synchronize(c.stream);
-            }
+        if let Err(e) = self.stream_sync() {
+            eprintln!("herd: cuda: {e}");
         }
         let mut dead: Vec<u64> = self.free_later.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
         if let Ok(mut st) = self.st.lock() {
@@ -654,17 +772,17 @@ impl Drop for Dev {
         if let Ok(mut mem) = self.mem.lock() {
             self.drain(&mut mem);
         }
+        if let Ok(mut stage) = self.stage.lock() {
+            stage.bufs.clear();
+            stage.meta = None;
+            let events = stage.events;
+            for e in events.into_iter().chain([stage.meta_event]) {
+                self.event_destroy(e);
+            }
+        }
         if let Engine::Cuda(c) = &self.engine {
             // SAFETY: tearing down our own handles after the stream drained.
             unsafe {
-                if let Ok(mut stage) = c.stage.lock() {
-                    stage.bufs.clear();
-                    stage.meta = None;
-                    for e in stage.events {
-                        let _ = drv::event::destroy(e);
-                    }
-                    let _ = drv::event::destroy(stage.meta_event);
-                }
                 if let Some(h) = c.blas {
                     crate::blas::destroy(h);
                 }

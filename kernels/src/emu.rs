@@ -1,17 +1,39 @@
 //! The CUDA emulator's host side: each kernel family's .cu source, with emu.h in front, compiled by the
 //! system C++ compiler into a shared library (cached under the temp directory by a hash of the sources),
-//! and launched by name. Device memory is host memory; cuBLAS is a plain f32-accumulating GEMM. It exists
-//! so that the CUDA backend — its host code, its command lists and graphs, and its kernels — runs the op
-//! table and the golden fixtures on machines without a GPU (`CudaBackend::emulated`). It is a test
-//! device, not a fast one.
+//! and launched by name; and a model of the driver around it, strict where a GPU is strict. It exists so that
+//! the CUDA backend — its host code, its command lists and graphs, and its kernels — runs the op table and
+//! the golden fixtures on machines without a GPU (`CudaBackend::emulated`). It is a test device, not a fast
+//! one.
+//!
+//! What it models, so that host code that would fail on a GPU fails here too:
+//! - **Contexts.** Every driver call needs a context bound to the calling thread (one emulated context, as
+//!   the primary context of device 0), else it fails with CUDA_ERROR_INVALID_CONTEXT.
+//! - **One stream, run lazily.** Launches, copies and memsets queue up and run only when the host waits: a
+//!   stream or event synchronisation. So a copy from pinned host memory reads that memory when it runs, not
+//!   when it was queued: overwriting or freeing a staging buffer before its copy ran shows (a freed one is an
+//!   error). A copy from pageable memory is taken at once, as the driver stages it. A device-to-host copy
+//!   does not wait for the stream (it is a non-blocking stream).
+//! - **Graph capture.** While the stream captures, its work goes into the graph; waiting on it, or on an
+//!   event recorded in it, or allocating from the capturing thread, fails and invalidates the capture, as on
+//!   the driver. Replaying a graph replays the captured commands with their captured arguments.
+//! - **Memory.** Fresh device allocations are filled with NaN bytes (u32 0xffffffff); copies must lie inside
+//!   live allocations.
+//! - **Launches.** The grid within the driver's limits, the block within the kernel's `__launch_bounds__`,
+//!   dynamic shared memory over 48 KiB only up to what the function's attribute allows (and never over the
+//!   227 KiB of a Hopper SM): each checked when the launch is queued, as cuLaunchKernel does.
+//! - **Warps**, with the race check (`HERD_CUDA_EMU_RACECHECK=1`, or [`Emu::new`]'s `race`): see emu.h.
+//!
+//! cuBLAS is a plain f32-accumulating GEMM.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::collections::HashMap;
-use std::ffi::{c_char, c_void, CString};
+use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 
 use herd_core::error::Result;
 
@@ -23,16 +45,23 @@ const EMU_H: &str = include_str!("../emu.h");
 const MARK: &str = "namespace herd_emu_kernels_begin {}";
 
 type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, u64, *mut *mut c_void) -> i32;
+type MessageFn = unsafe extern "C" fn() -> *const c_char;
 
-pub(crate) struct Emu {
-    dir: PathBuf,
-    libs: Mutex<HashMap<&'static str, Arc<libloading::Library>>>,
-    funcs: Mutex<Vec<(Arc<libloading::Library>, CString)>>,
-    allocs: Mutex<HashMap<u64, Layout>>,
-}
+/// Dynamic shared memory a function may use without raising its attribute.
+pub(crate) const SMEM_DEFAULT: u32 = 48 << 10;
+/// The most shared memory one block may have on Hopper (sm_90): 227 KiB.
+pub(crate) const SMEM_MAX: u32 = 227 << 10;
 
 /// One launch at a time in the process: the scheduler's state is global in each library.
 static RUN: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    /// Whether the emulated context is current on this thread.
+    static BOUND: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Pinned host allocations (address → layout), for all emulated devices of the process.
+static PINNED: Mutex<BTreeMap<u64, Layout>> = Mutex::new(BTreeMap::new());
 
 /// The C++ compiler: $CXX, else c++.
 fn cxx() -> String {
@@ -44,8 +73,24 @@ pub fn available() -> bool {
     Command::new(cxx()).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
-/// The kernels defined in preprocessed source: (name, parameter types).
-fn kernels(pre: &str) -> Vec<(String, Vec<String>)> {
+/// Whether `HERD_CUDA_EMU_RACECHECK=1` asks for the race check.
+pub fn racecheck_from_env() -> bool {
+    std::env::var("HERD_CUDA_EMU_RACECHECK").as_deref() == Ok("1")
+}
+
+/// A kernel defined in preprocessed source: its name, parameter types and `__launch_bounds__` (0: none).
+#[derive(Debug, PartialEq)]
+struct KernelDecl {
+    name: String,
+    params: Vec<String>,
+    bound: u32,
+}
+
+const LAUNCH_BOUNDS: &str = "HERD_EMU_LAUNCH_BOUNDS";
+const SHARED: &str = "HERD_EMU_SHARED";
+
+/// The kernels defined in preprocessed source.
+fn kernels(pre: &str) -> Vec<KernelDecl> {
     let mut out = Vec::new();
     let body = pre.find(MARK).map_or(pre, |i| &pre[i..]);
     let mut rest = body;
@@ -53,7 +98,14 @@ fn kernels(pre: &str) -> Vec<(String, Vec<String>)> {
         rest = &rest[i + 10..];
         let t = rest.trim_start();
         let Some(t) = t.strip_prefix("void") else { continue };
-        let t = t.trim_start();
+        let mut t = t.trim_start();
+        let mut bound = 0;
+        if let Some(b) = t.strip_prefix(LAUNCH_BOUNDS) {
+            let b = b.trim_start().strip_prefix('(').unwrap_or(b);
+            let Some(close) = b.find(')') else { continue };
+            bound = b[..close].trim().parse().unwrap_or(0);
+            t = b[close + 1..].trim_start();
+        }
         let name: String = t.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
         let t = t[name.len()..].trim_start();
         let (Some(t), false) = (t.strip_prefix('('), name.is_empty()) else { continue };
@@ -67,9 +119,69 @@ fn kernels(pre: &str) -> Vec<(String, Vec<String>)> {
                 p[..p.len() - n.len()].trim().to_owned()
             })
             .collect();
-        out.push((name, params));
+        out.push(KernelDecl { name, params, bound });
     }
     out
+}
+
+/// Removes the `__launch_bounds__` markers and turns each static `__shared__` declaration into a static
+/// and a call that registers it (to be filled with NaN bytes before every block; a call, not a static
+/// object, so that no initialisation guard is shared between the threads): `HERD_EMU_SHARED float a[4], b;`
+/// → `static float a[4], b; emu::shared_at((void*)&a, sizeof a), emu::shared_at((void*)&b, sizeof b);`.
+fn rewrite(pre: &str) -> Result<String> {
+    let mut out = String::with_capacity(pre.len() + 4096);
+    let mut rest = pre;
+    loop {
+        let lb = rest.find(LAUNCH_BOUNDS);
+        let sh = rest.find(SHARED);
+        let i = match (lb, sh) {
+            (None, None) => break,
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+        };
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(r) = rest.strip_prefix(LAUNCH_BOUNDS) {
+            let close = r.find(')').ok_or_else(|| err("emulator: unterminated __launch_bounds__"))?;
+            rest = &r[close + 1..];
+            continue;
+        }
+        let r = &rest[SHARED.len()..];
+        let end = r.find(';').ok_or_else(|| err("emulator: unterminated __shared__ declaration"))?;
+        let decl = r[..end].trim();
+        // The declarators, split at commas outside brackets and parentheses.
+        let (mut depth, mut start, mut names) = (0i32, 0, Vec::new());
+        for (j, c) in decl.char_indices().chain([(decl.len(), ',')]) {
+            match c {
+                '[' | '(' => depth += 1,
+                ']' | ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    let d = &decl[start..j];
+                    let d = d.split('[').next().unwrap_or(d).trim_end();
+                    let name: String = d
+                        .chars()
+                        .rev()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    if name.is_empty() {
+                        return Err(err(format!("emulator: cannot read the __shared__ declaration `{decl}`")));
+                    }
+                    names.push(name);
+                    start = j + 1;
+                }
+                _ => {}
+            }
+        }
+        out.push_str(&format!("static {decl}; "));
+        let regs: Vec<String> = names.iter().map(|nm| format!("emu::shared_at((void*)&{nm}, sizeof {nm})")).collect();
+        out.push_str(&regs.join(", "));
+        rest = &r[end..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
@@ -82,158 +194,620 @@ fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
     Ok(o.stdout)
 }
 
-/// Builds (or finds in the cache) the emulator library of one family.
-fn build(dir: &Path, family: &str, src: &str) -> Result<PathBuf> {
-    let lib = dir.join(format!("{family}.so"));
-    if lib.exists() {
-        return Ok(lib);
-    }
+/// Builds (or finds in the cache) the emulator library of one family; returns it and its kernels.
+fn build(dir: &Path, family: &str, src: &str, race: bool) -> Result<(PathBuf, Vec<KernelDecl>)> {
     std::fs::create_dir_all(dir).map_err(|e| err(format!("emulator cache {}: {e}", dir.display())))?;
-    let unique = format!("{}.{}", std::process::id(), family);
+    let unique = format!("{}.{}.{:?}", std::process::id(), family, std::thread::current().id());
+    let unique: String = unique.chars().filter(|c| c.is_alphanumeric() || *c == '.').collect();
     let front = format!("{EMU_H}\n{COMMON}\n{MARK}\n#line 1 \"{family}.cu\"\n{src}\n");
     let pre_path = dir.join(format!("{unique}.pre.cpp"));
     std::fs::write(&pre_path, &front).map_err(|e| err(format!("emulator: {e}")))?;
-    let pre = run(Command::new(cxx()).args(["-std=c++20", "-E", "-P"]).arg(&pre_path), "preprocessing")?;
+    let mut cmd = Command::new(cxx());
+    cmd.args(["-std=c++20", "-E", "-P"]);
+    if race {
+        cmd.arg("-DHERD_EMU_RACECHECK");
+    }
+    let pre = run(cmd.arg(&pre_path), "preprocessing");
     let _ = std::fs::remove_file(&pre_path);
-    let ks = kernels(&String::from_utf8_lossy(&pre));
+    let pre = String::from_utf8_lossy(&pre?).into_owned();
+    let ks = kernels(&pre);
     if ks.is_empty() {
         return Err(err(format!("emulator: no kernels found in {family}.cu")));
     }
-    let mut full = front;
-    for (name, params) in &ks {
-        let args: Vec<String> = params.iter().enumerate().map(|(i, t)| format!("*({t}*)a[{i}]")).collect();
-        full.push_str(&format!("static void emu_k_{name}(void** a) {{ {name}({}); }}\n", args.join(", ")));
+    let lib = dir.join(format!("{family}.so"));
+    if lib.exists() {
+        return Ok((lib, ks));
+    }
+    let mut full = rewrite(&pre)?;
+    for k in &ks {
+        let args: Vec<String> = k.params.iter().enumerate().map(|(i, t)| format!("*({t}*)a[{i}]")).collect();
+        full.push_str(&format!("static void emu_k_{}(void** a) {{ {}({}); }}\n", k.name, k.name, args.join(", ")));
     }
     full.push_str(
-        "extern \"C\" __attribute__((visibility(\"default\"))) int herd_emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, \
+        "extern \"C\" __attribute__((visibility(\"default\"))) const char* herd_emu_message() { return emu::message; }\n\
+         extern \"C\" __attribute__((visibility(\"default\"))) int herd_emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, \
          unsigned long long smem, void** args) {\n",
     );
-    for (name, _) in &ks {
+    for k in &ks {
         full.push_str(&format!(
-            "    if (!strcmp(name, \"{name}\")) return emu::run_grid(emu_k_{name}, args, dim3{{gx, gy, gz}}, dim3{{bx, 1, 1}}, smem);\n"
+            "    if (!strcmp(name, \"{0}\")) return emu::run_grid(emu_k_{0}, args, dim3{{gx, gy, gz}}, dim3{{bx, 1, 1}}, smem);\n",
+            k.name
         ));
     }
     full.push_str("    return 3;\n}\n");
     let cpp = dir.join(format!("{unique}.cpp"));
     std::fs::write(&cpp, full).map_err(|e| err(format!("emulator: {e}")))?;
     let tmp = dir.join(format!("{unique}.so"));
-    run(
-        Command::new(cxx())
-            .args(["-std=c++20", "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-w", "-o"])
-            .arg(&tmp)
-            .arg(&cpp),
-        &format!("compiling {family}.cu as C++"),
-    )?;
+    let what = format!("compiling {family}.cu as C++");
+    let built = if race {
+        // Instrumented by the thread sanitizer, linked without its runtime: emu.h defines the hooks.
+        let obj = dir.join(format!("{unique}.o"));
+        let r = run(
+            Command::new(cxx())
+                .args(["-std=c++20", "-O1", "-fPIC", "-fsanitize=thread", "-fvisibility=hidden", "-w", "-c", "-o"])
+                .arg(&obj)
+                .arg(&cpp),
+            &what,
+        )
+        .and_then(|_| {
+            run(
+                Command::new(cxx()).args(["-shared", "-Wl,-z,defs", "-o"]).arg(&tmp).arg(&obj),
+                &format!("linking {family}"),
+            )
+        });
+        let _ = std::fs::remove_file(&obj);
+        r
+    } else {
+        run(
+            Command::new(cxx())
+                .args(["-std=c++20", "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-w", "-Wl,-z,defs", "-o"])
+                .arg(&tmp)
+                .arg(&cpp),
+            &what,
+        )
+    };
     let _ = std::fs::remove_file(&cpp);
+    built?;
     // Another process may have built it meanwhile: the rename is atomic either way.
     std::fs::rename(&tmp, &lib).map_err(|e| err(format!("emulator: {e}")))?;
-    Ok(lib)
+    Ok((lib, ks))
+}
+
+/// A kernel of a loaded library.
+#[derive(Clone)]
+struct Kernel {
+    lib: Arc<libloading::Library>,
+    name: CString,
+    /// `__launch_bounds__` (0: none, so the device's 1024).
+    bound: u32,
+    /// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES.
+    max_dyn_smem: u32,
+}
+
+/// A command of the emulated stream.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Op {
+    Launch {
+        f: Func,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: Vec<u64>,
+    },
+    /// Device or pinned host memory to device or pinned host memory.
+    Copy {
+        dst: u64,
+        src: u64,
+        bytes: usize,
+    },
+    /// From pageable host memory, taken when the copy was queued.
+    Upload {
+        dst: u64,
+        data: Arc<Vec<u8>>,
+    },
+    Memset {
+        dst: u64,
+        bytes: usize,
+        value: u8,
+    },
+    Gemm(Gemm),
+}
+
+struct Capture {
+    thread: ThreadId,
+    ops: Vec<Op>,
+    /// Why the capture is invalid (it fails at its end).
+    invalid: Option<String>,
+}
+
+#[derive(Default)]
+struct Stream {
+    queue: VecDeque<Op>,
+    /// Commands queued and run so far.
+    issued: u64,
+    done: u64,
+    capture: Option<Capture>,
+}
+
+/// An event: the stream position it was recorded at, and whether that was inside a capture.
+#[derive(Clone, Copy, Default)]
+struct EventState {
+    at: u64,
+    captured: bool,
+}
+
+/// A family's loaded library and its kernels.
+type Family = (Arc<libloading::Library>, Arc<Vec<KernelDecl>>);
+
+pub(crate) struct Emu {
+    dir: PathBuf,
+    race: bool,
+    libs: Mutex<HashMap<&'static str, Family>>,
+    funcs: Mutex<Vec<Kernel>>,
+    allocs: Mutex<BTreeMap<u64, Layout>>,
+    stream: Mutex<Stream>,
+    events: Mutex<Vec<Option<EventState>>>,
+}
+
+fn poisoned() -> herd_core::error::HerdError {
+    err("emulator poisoned by an earlier panic")
+}
+
+/// Whether `[p, p + n)` lies inside one allocation of `map` (address → layout).
+fn inside(map: &BTreeMap<u64, Layout>, p: u64, n: usize) -> bool {
+    map.range(..=p).next_back().is_some_and(|(&a, l)| p >= a && p + n as u64 <= a + l.size() as u64)
 }
 
 impl Emu {
-    pub fn new() -> Result<Emu> {
+    pub fn new(race: bool) -> Result<Emu> {
         if !available() {
             return Err(err(format!("emulator: no C++ compiler ({}) found", cxx())));
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (EMU_H, COMMON, FAMILIES).hash(&mut h);
+        (EMU_H, COMMON, FAMILIES, race).hash(&mut h);
         cxx().hash(&mut h);
         let dir = std::env::temp_dir().join(format!("herd-cuda-emu-{:016x}", h.finish()));
         Ok(Emu {
             dir,
+            race,
             libs: Mutex::new(HashMap::new()),
             funcs: Mutex::new(Vec::new()),
-            allocs: Mutex::new(HashMap::new()),
+            allocs: Mutex::new(BTreeMap::new()),
+            stream: Mutex::new(Stream::default()),
+            events: Mutex::new(Vec::new()),
         })
     }
 
+    /// Makes the emulated context current on this thread (cuCtxSetCurrent).
+    pub fn bind(&self) {
+        BOUND.with(|b| b.set(true));
+    }
+
+    /// Fails as the driver does when no context is current on the calling thread.
+    fn ctx(call: &str) -> Result<()> {
+        if BOUND.with(Cell::get) {
+            Ok(())
+        } else {
+            Err(err(format!("{call}: CUDA_ERROR_INVALID_CONTEXT (no context is current on this thread)")))
+        }
+    }
+
     pub fn func(&self, family: &'static str, name: &str) -> Result<Func> {
-        let mut libs = self.libs.lock().map_err(|_| err("emulator poisoned"))?;
-        let lib = match libs.get(family) {
+        Self::ctx("cuModuleGetFunction")?;
+        let mut libs = self.libs.lock().map_err(|_| poisoned())?;
+        let (lib, decls) = match libs.get(family) {
             Some(l) => l.clone(),
             None => {
                 let src = FAMILIES.iter().find(|f| f.0 == family).ok_or_else(|| err(format!("no family {family}")))?.1;
-                let path = build(&self.dir, family, src)?;
+                let (path, decls) = build(&self.dir, family, src, self.race)?;
                 // SAFETY: a library built above from our own sources; its initialisers do nothing.
                 let l = Arc::new(
                     unsafe { libloading::Library::new(&path) }
                         .map_err(|e| err(format!("emulator: loading {}: {e}", path.display())))?,
                 );
-                libs.insert(family, l.clone());
-                l
+                let v = (l, Arc::new(decls));
+                libs.insert(family, v.clone());
+                v
             }
         };
-        let mut funcs = self.funcs.lock().map_err(|_| err("emulator poisoned"))?;
-        funcs.push((lib, CString::new(name).map_err(|_| err("bad kernel name"))?));
+        let decl = decls
+            .iter()
+            .find(|k| k.name == name)
+            .ok_or_else(|| err(format!("kernel {name} in {family}.cu: CUDA_ERROR_NOT_FOUND")))?;
+        let mut funcs = self.funcs.lock().map_err(|_| poisoned())?;
+        funcs.push(Kernel {
+            lib,
+            name: CString::new(name).map_err(|_| err("bad kernel name"))?,
+            bound: decl.bound,
+            max_dyn_smem: SMEM_DEFAULT,
+        });
         Ok(Func(funcs.len() - 1))
     }
 
-    pub fn launch(&self, f: Func, grid: (u32, u32, u32), block: u32, smem: u32, args: &mut [u64]) -> Result<()> {
-        let (lib, name) = {
-            let funcs = self.funcs.lock().map_err(|_| err("emulator poisoned"))?;
-            funcs.get(f.0).cloned().ok_or_else(|| err("unknown kernel"))?
-        };
-        let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
-        let _one = RUN.lock().map_err(|_| err("emulator poisoned"))?;
-        // SAFETY: the symbol has the signature written by `build`; the argument slots outlive the call.
-        let rc = unsafe {
-            let launch: libloading::Symbol<LaunchFn> =
-                lib.get(b"herd_emu_launch\0").map_err(|e| err(format!("emulator: {e}")))?;
-            launch(name.as_ptr(), grid.0, grid.1, grid.2, block, smem as u64, ptrs.as_mut_ptr())
-        };
-        match rc {
-            0 => Ok(()),
-            1 => Err(err(format!("emulator: {name:?}: block of {block} threads"))),
-            2 => Err(err(format!("emulator: {name:?}: a barrier that the live threads never all reach"))),
-            _ => Err(err(format!("emulator: no kernel {name:?}"))),
+    /// cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).
+    pub fn set_max_dyn_smem(&self, f: Func, bytes: u32) -> Result<()> {
+        Self::ctx("cuFuncSetAttribute")?;
+        if bytes > SMEM_MAX {
+            return Err(err(format!(
+                "cuFuncSetAttribute: CUDA_ERROR_INVALID_VALUE ({bytes} bytes of dynamic shared memory, the device has {SMEM_MAX})"
+            )));
+        }
+        let mut funcs = self.funcs.lock().map_err(|_| poisoned())?;
+        funcs.get_mut(f.0).ok_or_else(|| err("unknown kernel"))?.max_dyn_smem = bytes;
+        Ok(())
+    }
+
+    /// The kernel's name, for messages.
+    pub fn name(&self, f: Func) -> String {
+        self.funcs
+            .lock()
+            .ok()
+            .and_then(|v| v.get(f.0).map(|k| k.name.to_string_lossy().into_owned()))
+            .unwrap_or_default()
+    }
+
+    /// cuLaunchKernel: checks the launch as the driver does, then queues it.
+    pub fn launch(&self, f: Func, grid: (u32, u32, u32), block: u32, smem: u32, args: &[u64]) -> Result<()> {
+        Self::ctx("cuLaunchKernel")?;
+        let k = self.funcs.lock().map_err(|_| poisoned())?.get(f.0).cloned().ok_or_else(|| err("unknown kernel"))?;
+        let name = k.name.to_string_lossy();
+        let bad = |why: String| err(format!("cuLaunchKernel {name}: {why}"));
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 || grid.0 > i32::MAX as u32 || grid.1 > 65535 || grid.2 > 65535 {
+            return Err(bad(format!("CUDA_ERROR_INVALID_VALUE (grid {grid:?}; at most (2^31-1, 65535, 65535))")));
+        }
+        let bound = if k.bound == 0 { 1024 } else { k.bound };
+        if block == 0 || block > bound {
+            return Err(bad(format!(
+                "CUDA_ERROR_INVALID_VALUE (block of {block} threads; the kernel's launch bounds allow {bound})"
+            )));
+        }
+        if smem > k.max_dyn_smem {
+            return Err(bad(format!(
+                "CUDA_ERROR_INVALID_VALUE ({smem} bytes of dynamic shared memory; the function allows {}, \
+                 raise CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES first)",
+                k.max_dyn_smem
+            )));
+        }
+        self.enqueue(Op::Launch { f, grid, block, smem, args: args.to_vec() })
+    }
+
+    /// Queues `op` on the stream (or adds it to the graph being captured).
+    fn enqueue(&self, op: Op) -> Result<()> {
+        let mut s = self.stream.lock().map_err(|_| poisoned())?;
+        if let Some(c) = &mut s.capture {
+            if let Op::Upload { .. } = op {
+                c.invalid.get_or_insert_with(|| "a copy from pageable host memory".into());
+                return Err(err(
+                    "cuMemcpyHtoDAsync: CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (a copy from pageable host memory while \
+                     the stream captures a graph)",
+                ));
+            }
+            c.ops.push(op);
+            return Ok(());
+        }
+        s.queue.push_back(op);
+        s.issued += 1;
+        Ok(())
+    }
+
+    /// Runs queued commands until `upto` of them have run.
+    fn run_until(&self, s: &mut Stream, upto: u64) -> Result<()> {
+        while s.done < upto {
+            let Some(op) = s.queue.pop_front() else { break };
+            s.done += 1;
+            self.execute(&op)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for a sync call's stream: fails while it captures (and invalidates the capture).
+    fn sync_to(&self, call: &str, upto: Option<u64>) -> Result<()> {
+        Self::ctx(call)?;
+        let mut s = self.stream.lock().map_err(|_| poisoned())?;
+        if let Some(c) = &mut s.capture {
+            c.invalid.get_or_insert_with(|| format!("{call} during the capture"));
+            return Err(err(format!(
+                "{call}: CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (waiting on a stream that is capturing a graph)"
+            )));
+        }
+        let upto = upto.unwrap_or(s.issued);
+        self.run_until(&mut s, upto)
+    }
+
+    /// cuStreamSynchronize: runs everything queued; the first failure is returned.
+    pub fn synchronize(&self) -> Result<()> {
+        self.sync_to("cuStreamSynchronize", None)
+    }
+
+    pub fn event_create(&self) -> Result<u64> {
+        Self::ctx("cuEventCreate")?;
+        let mut ev = self.events.lock().map_err(|_| poisoned())?;
+        ev.push(Some(EventState::default()));
+        Ok(ev.len() as u64 - 1)
+    }
+
+    pub fn event_destroy(&self, e: u64) {
+        if let Ok(mut ev) = self.events.lock() {
+            if let Some(slot) = ev.get_mut(e as usize) {
+                *slot = None;
+            }
         }
     }
 
+    pub fn event_record(&self, e: u64) -> Result<()> {
+        Self::ctx("cuEventRecord")?;
+        let s = self.stream.lock().map_err(|_| poisoned())?;
+        let mut ev = self.events.lock().map_err(|_| poisoned())?;
+        let slot = ev
+            .get_mut(e as usize)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| err("cuEventRecord: CUDA_ERROR_INVALID_HANDLE"))?;
+        *slot = EventState { at: s.issued, captured: s.capture.is_some() };
+        Ok(())
+    }
+
+    pub fn event_synchronize(&self, e: u64) -> Result<()> {
+        Self::ctx("cuEventSynchronize")?;
+        let st = self.events.lock().map_err(|_| poisoned())?.get(e as usize).copied().flatten();
+        let st = st.ok_or_else(|| err("cuEventSynchronize: CUDA_ERROR_INVALID_HANDLE"))?;
+        if st.captured {
+            return Err(err(
+                "cuEventSynchronize: CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (the event was recorded in a graph capture)",
+            ));
+        }
+        let mut s = self.stream.lock().map_err(|_| poisoned())?;
+        self.run_until(&mut s, st.at)
+    }
+
+    /// cuStreamBeginCapture (thread-local mode) on the stream.
+    pub fn begin_capture(&self) -> Result<()> {
+        Self::ctx("cuStreamBeginCapture")?;
+        let mut s = self.stream.lock().map_err(|_| poisoned())?;
+        if s.capture.is_some() {
+            return Err(err("cuStreamBeginCapture: CUDA_ERROR_ILLEGAL_STATE (the stream is already capturing)"));
+        }
+        s.capture = Some(Capture { thread: std::thread::current().id(), ops: Vec::new(), invalid: None });
+        Ok(())
+    }
+
+    /// cuStreamEndCapture + instantiation: the captured commands.
+    pub fn end_capture(&self) -> Result<Vec<Op>> {
+        Self::ctx("cuStreamEndCapture")?;
+        let mut s = self.stream.lock().map_err(|_| poisoned())?;
+        let c = s.capture.take().ok_or_else(|| err("cuStreamEndCapture: CUDA_ERROR_ILLEGAL_STATE (not capturing)"))?;
+        if let Some(why) = c.invalid {
+            return Err(err(format!("cuStreamEndCapture: CUDA_ERROR_STREAM_CAPTURE_INVALIDATED ({why})")));
+        }
+        Ok(c.ops)
+    }
+
+    /// cuGraphLaunch.
+    pub fn graph_launch(&self, ops: &[Op]) -> Result<()> {
+        Self::ctx("cuGraphLaunch")?;
+        ops.iter().try_for_each(|op| self.enqueue(op.clone()))
+    }
+
+    /// Fails, and invalidates the capture, when the calling thread is capturing (cuMemAlloc and friends are
+    /// not allowed then).
+    fn not_capturing(&self, call: &str) -> Result<()> {
+        let mut s = self.stream.lock().map_err(|_| poisoned())?;
+        if let Some(c) = &mut s.capture {
+            if c.thread == std::thread::current().id() {
+                c.invalid.get_or_insert_with(|| format!("{call} during the capture"));
+                return Err(err(format!(
+                    "{call}: CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (called while capturing a graph)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// cuMemAlloc: fresh memory filled with NaN bytes.
     pub fn malloc(&self, bytes: usize) -> Result<u64> {
+        Self::ctx("cuMemAlloc")?;
+        self.not_capturing("cuMemAlloc")?;
         let layout = Layout::from_size_align(bytes.max(4), 256).map_err(|_| err("allocation too large"))?;
         // SAFETY: non-zero size; freed with the same layout.
-        let p = unsafe { alloc_zeroed(layout) };
+        let p = unsafe { alloc(layout) };
         if p.is_null() {
-            return Err(err(format!("emulator: out of memory allocating {bytes} bytes")));
+            return Err(err(format!("cuMemAlloc: CUDA_ERROR_OUT_OF_MEMORY ({bytes} bytes)")));
         }
-        self.allocs.lock().map_err(|_| err("emulator poisoned"))?.insert(p as u64, layout);
+        // SAFETY: `p` holds layout.size() bytes.
+        unsafe { std::ptr::write_bytes(p, 0xff, layout.size()) };
+        self.allocs.lock().map_err(|_| poisoned())?.insert(p as u64, layout);
         Ok(p as u64)
     }
 
-    pub fn free(&self, p: u64) {
-        if let Some(layout) = self.allocs.lock().ok().and_then(|mut a| a.remove(&p)) {
+    /// Fills `[p, p + bytes)`, which no queued command uses, with NaN bytes at once.
+    pub fn poison(&self, p: u64, bytes: usize) -> Result<()> {
+        if !inside(&*self.allocs.lock().map_err(|_| poisoned())?, p, bytes) {
+            return Err(err("emulator: poisoning memory outside any allocation"));
+        }
+        // SAFETY: inside a live allocation (checked above).
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0xff, bytes) };
+        Ok(())
+    }
+
+    pub fn free(&self, p: u64) -> Result<()> {
+        Self::ctx("cuMemFree")?;
+        self.not_capturing("cuMemFree")?;
+        if let Some(layout) = self.allocs.lock().map_err(|_| poisoned())?.remove(&p) {
             // SAFETY: allocated by `malloc` with this layout, removed from the table so freed once.
             unsafe { dealloc(p as *mut u8, layout) }
+            Ok(())
+        } else {
+            Err(err("cuMemFree: CUDA_ERROR_INVALID_VALUE (not an allocation)"))
         }
     }
 
-    /// SAFETY: `dst` and `src` must address `bytes` valid bytes of emulated device (host) memory.
-    pub unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) {
-        std::ptr::copy(src as *const u8, dst as *mut u8, bytes);
+    /// cuMemAllocHost: page-locked host memory (zeroed).
+    pub fn malloc_host(&self, bytes: usize) -> Result<*mut u8> {
+        Self::ctx("cuMemAllocHost")?;
+        let layout = Layout::from_size_align(bytes.max(1), 4096).map_err(|_| err("allocation too large"))?;
+        // SAFETY: non-zero size; freed with the same layout.
+        let p = unsafe { alloc_zeroed(layout) };
+        if p.is_null() {
+            return Err(err(format!("cuMemAllocHost: CUDA_ERROR_OUT_OF_MEMORY ({bytes} bytes)")));
+        }
+        PINNED.lock().map_err(|_| poisoned())?.insert(p as u64, layout);
+        Ok(p)
     }
 
-    /// cuBLAS's GEMM: row-major c[m, n] (+)= b[m, k] · a[n, k]ᵀ with f32 accumulation.
-    ///
-    /// SAFETY: the pointers must address tensors of the sizes `g` says.
-    pub unsafe fn gemm(&self, g: &Gemm) {
-        let (m, n, k) = (g.m, g.n, g.k);
-        let load = |p: u64, i: usize| -> f32 {
-            if g.bf16 {
-                f32::from_bits((*(p as *const u16).add(i) as u32) << 16)
-            } else {
-                *(p as *const f32).add(i)
+    /// cuMemFreeHost. Copies still queued from this memory fail when they run.
+    pub fn free_host(p: *mut u8) -> Result<()> {
+        Self::ctx("cuMemFreeHost")?;
+        let layout = PINNED.lock().map_err(|_| poisoned())?.remove(&(p as u64));
+        let layout = layout.ok_or_else(|| err("cuMemFreeHost: CUDA_ERROR_INVALID_VALUE (not pinned memory)"))?;
+        // SAFETY: allocated by `malloc_host` with this layout, removed from the table so freed once.
+        unsafe { dealloc(p, layout) };
+        Ok(())
+    }
+
+    /// cuMemcpyHtoDAsync: from pinned memory the copy reads `src` when it runs; from pageable memory the
+    /// bytes are taken now.
+    pub fn htod_async(&self, dst: u64, src: &[u8]) -> Result<()> {
+        Self::ctx("cuMemcpyHtoDAsync")?;
+        let p = src.as_ptr() as u64;
+        if inside(&*PINNED.lock().map_err(|_| poisoned())?, p, src.len()) {
+            self.enqueue(Op::Copy { dst, src: p, bytes: src.len() })
+        } else {
+            self.enqueue(Op::Upload { dst, data: Arc::new(src.to_vec()) })
+        }
+    }
+
+    /// cuMemcpyDtoDAsync.
+    pub fn dtod_async(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        Self::ctx("cuMemcpyDtoDAsync")?;
+        self.enqueue(Op::Copy { dst, src, bytes })
+    }
+
+    /// cuMemsetD8Async.
+    pub fn memset_async(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
+        Self::ctx("cuMemsetD8Async")?;
+        self.enqueue(Op::Memset { dst, bytes, value })
+    }
+
+    /// cublasGemmEx on the stream.
+    pub fn gemm_async(&self, g: &Gemm) -> Result<()> {
+        Self::ctx("cublasGemmEx")?;
+        self.enqueue(Op::Gemm(*g))
+    }
+
+    /// cuMemcpyDtoH: synchronous, and (the stream being non-blocking) not ordered after the stream's work.
+    pub fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        Self::ctx("cuMemcpyDtoH")?;
+        self.check_range("cuMemcpyDtoH source", src, dst.len())?;
+        // SAFETY: `src` holds dst.len() bytes of a live allocation (checked above).
+        unsafe { std::ptr::copy(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Device or pinned memory that `[p, p + n)` must lie in.
+    fn check_range(&self, what: &str, p: u64, n: usize) -> Result<()> {
+        if n == 0 || inside(&*self.allocs.lock().map_err(|_| poisoned())?, p, n) {
+            return Ok(());
+        }
+        if inside(&*PINNED.lock().map_err(|_| poisoned())?, p, n) {
+            return Ok(());
+        }
+        Err(err(format!(
+            "{what}: CUDA_ERROR_ILLEGAL_ADDRESS ({n} bytes at {p:#x} are not in a live device allocation or pinned host \
+             memory; freed before the command ran?)"
+        )))
+    }
+
+    fn execute(&self, op: &Op) -> Result<()> {
+        match op {
+            Op::Launch { f, grid, block, smem, args } => self.run_kernel(*f, *grid, *block, *smem, args),
+            Op::Copy { dst, src, bytes } => {
+                self.check_range("copy source", *src, *bytes)?;
+                self.check_range("copy destination", *dst, *bytes)?;
+                // SAFETY: both ranges lie in live allocations (checked above).
+                unsafe { std::ptr::copy(*src as *const u8, *dst as *mut u8, *bytes) };
+                Ok(())
             }
+            Op::Upload { dst, data } => {
+                self.check_range("copy destination", *dst, data.len())?;
+                // SAFETY: as above.
+                unsafe { std::ptr::copy(data.as_ptr(), *dst as *mut u8, data.len()) };
+                Ok(())
+            }
+            Op::Memset { dst, bytes, value } => {
+                self.check_range("memset", *dst, *bytes)?;
+                // SAFETY: as above.
+                unsafe { std::ptr::write_bytes(*dst as *mut u8, *value, *bytes) };
+                Ok(())
+            }
+            Op::Gemm(g) => {
+                let e = if g.bf16 { 2 } else { 4 };
+                self.check_range("gemm a", g.a, g.n * g.k * e)?;
+                self.check_range("gemm b", g.b, g.m * g.k * e)?;
+                self.check_range("gemm c", g.c, g.m * g.n * 4)?;
+                // SAFETY: the ranges were checked above.
+                unsafe { gemm(g) };
+                Ok(())
+            }
+        }
+    }
+
+    fn run_kernel(&self, f: Func, grid: (u32, u32, u32), block: u32, smem: u32, args: &[u64]) -> Result<()> {
+        let k = self.funcs.lock().map_err(|_| poisoned())?.get(f.0).cloned().ok_or_else(|| err("unknown kernel"))?;
+        let mut vals = args.to_vec();
+        let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+        let _one = RUN.lock().map_err(|_| poisoned())?;
+        // SAFETY: the symbols have the signatures written by `build`; the argument slots outlive the call.
+        let (rc, msg) = unsafe {
+            let launch: libloading::Symbol<LaunchFn> =
+                k.lib.get(b"herd_emu_launch\0").map_err(|e| err(format!("emulator: {e}")))?;
+            let message: libloading::Symbol<MessageFn> =
+                k.lib.get(b"herd_emu_message\0").map_err(|e| err(format!("emulator: {e}")))?;
+            let rc = launch(k.name.as_ptr(), grid.0, grid.1, grid.2, block, smem as u64, ptrs.as_mut_ptr());
+            (rc, CStr::from_ptr(message()).to_string_lossy().into_owned())
         };
-        let c = g.c as *mut f32;
-        for r in 0..m {
-            for j in 0..n {
-                let mut s = 0.0f32;
-                for kk in 0..k {
-                    s += load(g.a, j * k + kk) * load(g.b, r * k + kk);
-                }
-                let o = c.add(r * n + j);
-                *o = if g.accumulate { *o + s } else { s };
+        let name = k.name.to_string_lossy();
+        match rc {
+            0 => Ok(()),
+            1 => Err(err(format!("emulator: {name}: block of {block} threads"))),
+            2 => Err(err(format!("emulator: {name}: a barrier that the live threads never all reach"))),
+            5 => Err(err(format!("emulator: {name} (grid {grid:?}, block {block}): {msg}"))),
+            _ => Err(err(format!("emulator: no kernel {name}"))),
+        }
+    }
+}
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        if let Ok(allocs) = self.allocs.get_mut() {
+            for (&p, &layout) in allocs.iter() {
+                // SAFETY: allocated by `malloc` with this layout; the table owns what is left.
+                unsafe { dealloc(p as *mut u8, layout) }
             }
+            allocs.clear();
+        }
+    }
+}
+
+/// cuBLAS's GEMM: row-major c[m, n] (+)= b[m, k] · a[n, k]ᵀ with f32 accumulation.
+///
+/// SAFETY: the pointers must address tensors of the sizes `g` says.
+unsafe fn gemm(g: &Gemm) {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let load = |p: u64, i: usize| -> f32 {
+        if g.bf16 {
+            f32::from_bits((*(p as *const u16).add(i) as u32) << 16)
+        } else {
+            *(p as *const f32).add(i)
+        }
+    };
+    let c = g.c as *mut f32;
+    for r in 0..m {
+        for j in 0..n {
+            let mut s = 0.0f32;
+            for kk in 0..k {
+                s += load(g.a, j * k + kk) * load(g.b, r * k + kk);
+            }
+            let o = c.add(r * n + j);
+            *o = if g.accumulate { *o + s } else { s };
         }
     }
 }
@@ -249,8 +823,30 @@ mod tests {
         );
         let k = super::kernels(&pre);
         assert_eq!(k.len(), 2);
-        assert_eq!(k[0].0, "add");
-        assert_eq!(k[0].1, ["float*", "const float* __restrict", "unsigned"]);
-        assert_eq!(k[1].1, ["float*", "unsigned long long", "float"]);
+        assert_eq!(k[0].name, "add");
+        assert_eq!(k[0].params, ["float*", "const float* __restrict", "unsigned"]);
+        assert_eq!(k[1].params, ["float*", "unsigned long long", "float"]);
+        assert_eq!(k[1].bound, 0);
+    }
+
+    #[test]
+    fn launch_bounds_and_shared_declarations_are_rewritten() {
+        let pre = format!(
+            "{}\nextern \"C\" void HERD_EMU_LAUNCH_BOUNDS(256) k(float* x) {{ HERD_EMU_SHARED float a[4][33], \
+             b; HERD_EMU_SHARED __attribute__((aligned(16))) unsigned short h[2][(3 + 1)]; }}",
+            super::MARK
+        );
+        let k = super::kernels(&pre);
+        assert_eq!(k.len(), 1);
+        assert_eq!((k[0].name.as_str(), k[0].bound), ("k", 256));
+        let out = super::rewrite(&pre).unwrap();
+        assert!(!out.contains("HERD_EMU"), "{out}");
+        assert!(
+            out.contains(
+                "static float a[4][33], b; emu::shared_at((void*)&a, sizeof a), emu::shared_at((void*)&b, sizeof b);"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("unsigned short h[2][(3 + 1)]; emu::shared_at((void*)&h, sizeof h);"), "{out}");
     }
 }

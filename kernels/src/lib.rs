@@ -15,6 +15,8 @@ mod attention;
 mod blas;
 mod device;
 mod emu;
+#[cfg(test)]
+mod emu_tests;
 mod layer_norm;
 mod libs;
 mod moe;
@@ -158,7 +160,14 @@ impl CudaBackend {
     /// graphs and .cu kernels, run as C++ on the CPU. For tests on machines without a GPU; needs a C++
     /// compiler.
     pub fn emulated() -> Result<Self> {
-        Ok(CudaBackend { dev: Dev::emulated()?, bf16_activations: bf16_activations() })
+        Self::emulated_with(crate::emu::racecheck_from_env())
+    }
+
+    /// [`CudaBackend::emulated`], with the race check of its kernels on or off (see emu.h): each kernel's loads
+    /// and stores are checked for unordered accesses to the same bytes by different threads. Several times
+    /// slower. `emulated` turns it on when `HERD_CUDA_EMU_RACECHECK=1`.
+    pub fn emulated_with(racecheck: bool) -> Result<Self> {
+        Ok(CudaBackend { dev: Dev::emulated(racecheck)?, bf16_activations: bf16_activations() })
     }
 
     /// Whether [`CudaBackend::emulated`] can work here (a C++ compiler is installed).

@@ -35,6 +35,23 @@ fn cuda_emulator_passes_the_op_table() {
     table(&be);
 }
 
+/// The same table with the emulator's race check (emu.h): every load and store of every kernel is checked
+/// for two threads touching the same bytes without a barrier between them, where a GPU would make the
+/// result depend on scheduling (lanes of a warp relying on lock-step execution, or on a shuffle to publish
+/// their stores).
+#[test]
+fn cuda_emulator_passes_the_op_table_under_the_race_check() {
+    let be = match CudaBackend::emulated_with(true) {
+        Ok(b) => b,
+        Err(e) => {
+            assert!(std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"), "CUDA emulator required: {e}");
+            eprintln!("cuda emulator: NOT RUN ({e})");
+            return;
+        }
+    };
+    table(&be);
+}
+
 fn table(be: &CudaBackend) {
     let mut rows = run_table(be, false, None);
     rows.extend(run_quant_table(be, false, None));

@@ -8,17 +8,14 @@
 
 use super::*;
 
+/// Page-locked host memory (cuMemAllocHost), on a GPU or the emulator.
 pub(super) struct Pinned {
     ptr: *mut u8,
     len: usize,
+    emu: bool,
 }
 
 impl Pinned {
-    pub(super) fn new(len: usize) -> Result<Pinned> {
-        // SAFETY: page-locked host allocation; freed in Drop.
-        let p = cu("cuMemAllocHost", unsafe { drv::malloc_host(len.max(1), 0) })?;
-        Ok(Pinned { ptr: p as *mut u8, len })
-    }
     fn slice(&mut self, n: usize) -> &mut [u8] {
         // SAFETY: `ptr` holds `len` bytes and n <= len (checked by the callers' capacity logic).
         unsafe { std::slice::from_raw_parts_mut(self.ptr, n.min(self.len)) }
@@ -27,6 +24,12 @@ impl Pinned {
 
 impl Drop for Pinned {
     fn drop(&mut self) {
+        if self.emu {
+            if let Err(e) = crate::emu::Emu::free_host(self.ptr) {
+                eprintln!("herd: cuda: {e}");
+            }
+            return;
+        }
         // SAFETY: allocated by malloc_host and freed once.
         unsafe {
             let _ = drv::free_host(self.ptr as *mut c_void);
@@ -38,46 +41,84 @@ impl Drop for Pinned {
 const STAGE: usize = 16 << 20;
 
 /// Pinned host staging: two upload buffers, each guarded by an event, and the step's metadata, guarded by
-/// another.
+/// another. Events are the driver's handles (CUevent on a GPU, an index on the emulator).
 pub(super) struct Staging {
     pub(super) bufs: Vec<Pinned>,
-    pub(super) events: [sys::CUevent; 2],
+    pub(super) events: [u64; 2],
     pub(super) meta: Option<Pinned>,
-    pub(super) meta_event: sys::CUevent,
+    pub(super) meta_event: u64,
 }
 
 impl Dev {
-    /// Copies host bytes to `dst` in stream order (through pinned staging buffers on a GPU).
-    pub fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
-        let _st = self.lock()?;
+    /// `len` bytes of pinned host memory; the caller has bound the context.
+    fn pinned(&self, len: usize) -> Result<Pinned> {
         match &self.engine {
-            Engine::Emu(e) => {
-                // SAFETY: `dst` holds src.len() bytes (allocated by the caller for it).
-                unsafe { e.copy(dst, src.as_ptr() as u64, src.len()) };
-                Ok(())
-            }
-            Engine::Cuda(c) => {
-                let mut stage = c.stage.lock().map_err(|_| err("staging poisoned"))?;
-                let Staging { bufs, events, .. } = &mut *stage;
-                while bufs.len() < 2 {
-                    bufs.push(Pinned::new(STAGE)?);
-                }
-                for (i, chunk) in src.chunks(STAGE).enumerate() {
-                    let b = i % 2;
-                    // SAFETY: waiting on our own event, then reusing the staging buffer it guarded.
-                    cu("cuEventSynchronize", unsafe { drv::event::synchronize(events[b]) })?;
-                    let host = bufs[b].slice(chunk.len());
-                    par_copy(host, chunk);
-                    let off = (i * STAGE) as u64;
-                    // SAFETY: pinned source of chunk.len() bytes; the destination holds src.len() bytes.
-                    unsafe {
-                        cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(dst + off, &*host, c.stream))?;
-                        cu("cuEventRecord", drv::event::record(events[b], c.stream))?;
-                    }
-                }
-                Ok(())
+            Engine::Emu(e) => Ok(Pinned { ptr: e.malloc_host(len)?, len, emu: true }),
+            Engine::Cuda(_) => {
+                // SAFETY: page-locked host allocation; freed in Drop.
+                let p = cu("cuMemAllocHost", unsafe { drv::malloc_host(len.max(1), 0) })?;
+                Ok(Pinned { ptr: p as *mut u8, len, emu: false })
             }
         }
+    }
+
+    /// Records `e` on the stream.
+    fn event_record(&self, e: u64) -> Result<()> {
+        match &self.engine {
+            Engine::Emu(em) => em.event_record(e),
+            // SAFETY: our own event and stream.
+            Engine::Cuda(c) => cu("cuEventRecord", unsafe { drv::event::record(e as sys::CUevent, c.stream) }),
+        }
+    }
+
+    /// Waits until the work before `e`'s last record has run.
+    fn event_sync(&self, e: u64) -> Result<()> {
+        match &self.engine {
+            Engine::Emu(em) => em.event_synchronize(e),
+            // SAFETY: our own event.
+            Engine::Cuda(_) => cu("cuEventSynchronize", unsafe { drv::event::synchronize(e as sys::CUevent) }),
+        }
+    }
+
+    pub(super) fn event_destroy(&self, e: u64) {
+        match &self.engine {
+            Engine::Emu(em) => em.event_destroy(e),
+            // SAFETY: our own event, destroyed once (the driver defers it past pending work).
+            Engine::Cuda(_) => unsafe {
+                let _ = drv::event::destroy(e as sys::CUevent);
+            },
+        }
+    }
+
+    /// Queues a copy of `src` (pinned memory, which must stay untouched until the copy has run) to `dst`.
+    fn htod_async(&self, dst: u64, src: &[u8]) -> Result<()> {
+        match &self.engine {
+            Engine::Emu(e) => e.htod_async(dst, src),
+            // SAFETY: the destination holds src.len() bytes (the callers' allocation); the source is pinned
+            // and outlives the copy (guarded by an event).
+            Engine::Cuda(c) => cu("cuMemcpyHtoDAsync", unsafe { drv::memcpy_htod_async(dst, src, c.stream) }),
+        }
+    }
+
+    /// Copies host bytes to `dst` in stream order, through the pinned staging buffers.
+    pub fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+        let _st = self.lock()?;
+        let mut stage = self.stage.lock().map_err(|_| err("staging poisoned"))?;
+        while stage.bufs.len() < 2 {
+            let b = self.pinned(STAGE)?;
+            stage.bufs.push(b);
+        }
+        let events = stage.events;
+        for (i, chunk) in src.chunks(STAGE).enumerate() {
+            let b = i % 2;
+            // The copy out of this buffer two chunks ago must have run before it is refilled.
+            self.event_sync(events[b])?;
+            let host = stage.bufs[b].slice(chunk.len());
+            par_copy(host, chunk);
+            self.htod_async(dst + (i * STAGE) as u64, host)?;
+            self.event_record(events[b])?;
+        }
+        Ok(())
     }
 
     /// [`Dev::upload`] after the work recorded so far, which is submitted first (not waited for).
@@ -90,6 +131,8 @@ impl Dev {
     /// Copies the step's metadata to the device arena, in stream order.
     pub(super) fn upload_meta(&self, st: &mut State) -> Result<()> {
         let bytes = st.meta.len() * 4;
+        let mut stage = self.stage.lock().map_err(|_| err("staging poisoned"))?;
+        let event = stage.meta_event;
         if bytes > st.meta_cap {
             let cap = bytes.next_power_of_two().max(64 << 10);
             let p = self.malloc(cap, "the metadata arena")?;
@@ -102,60 +145,53 @@ impl Dev {
             }
             st.meta_dev = p;
             st.meta_cap = cap;
-            if let Engine::Cuda(c) = &self.engine {
-                c.stage.lock().map_err(|_| err("staging poisoned"))?.meta = Some(Pinned::new(cap)?);
-            }
+            // The last copy out of the old pinned buffer may still be queued: wait for it before freeing it.
+            self.event_sync(event)?;
+            stage.meta = Some(self.pinned(cap)?);
         }
         if bytes == 0 {
             return Ok(());
         }
-        match &self.engine {
-            Engine::Emu(e) => {
-                // SAFETY: the arena holds meta_cap >= bytes.
-                unsafe { e.copy(st.meta_dev, st.meta.as_ptr() as u64, bytes) };
-            }
-            Engine::Cuda(c) => {
-                let mut stage = c.stage.lock().map_err(|_| err("staging poisoned"))?;
-                let Staging { meta: host, meta_event: event, .. } = &mut *stage;
-                // SAFETY: the previous copy out of the pinned buffer is waited for before it is overwritten.
-                cu("cuEventSynchronize", unsafe { drv::event::synchronize(*event) })?;
-                let host = host.as_mut().ok_or_else(|| err("metadata buffer missing"))?.slice(bytes);
-                host.copy_from_slice(bytemuck::cast_slice(&st.meta));
-                // SAFETY: pinned source of `bytes`, device arena of meta_cap >= bytes.
-                unsafe {
-                    cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(st.meta_dev, &*host, c.stream))?;
-                    cu("cuEventRecord", drv::event::record(*event, c.stream))?;
-                }
-            }
-        }
-        Ok(())
+        // The previous copy out of the pinned buffer is waited for before it is overwritten.
+        self.event_sync(event)?;
+        let host = stage.meta.as_mut().ok_or_else(|| err("metadata buffer missing"))?.slice(bytes);
+        host.copy_from_slice(bytemuck::cast_slice(&st.meta));
+        self.htod_async(st.meta_dev, host)?;
+        self.event_record(event)
     }
 
     /// Host-to-device bandwidth from pinned memory, the link's best case (what `bandwidthTest` reports):
-    /// the best of three timed copies of `bytes`. None on the emulator.
+    /// the best of three timed copies of `bytes`, on a stream of its own (so nothing else queued or
+    /// captured on the device's stream is waited for or disturbed). None on the emulator.
     pub fn h2d_peak_gbps(&self, bytes: usize) -> Result<Option<f64>> {
-        let Engine::Cuda(c) = &self.engine else { return Ok(None) };
+        let Engine::Cuda(_) = &self.engine else { return Ok(None) };
         let _op = self.op();
         self.flush(&mut *self.lock()?)?;
         self.bind()?;
-        let mut host = Pinned::new(bytes)?;
+        let mut host = self.pinned(bytes)?;
         let src = host.slice(bytes);
         src.fill(1);
         let dst = self.alloc_raw(bytes)?;
+        let stream = cu("cuStreamCreate", drv::stream::create(drv::stream::StreamKind::NonBlocking))?;
         let mut best = f64::INFINITY;
         let run = (|| -> Result<()> {
             for _ in 0..3 {
-                // SAFETY: our stream; the pinned source and the device allocation both hold `bytes`.
+                // SAFETY: our private stream; the pinned source and the device allocation both hold `bytes`.
                 unsafe {
-                    cu("cuStreamSynchronize", drv::stream::synchronize(c.stream))?;
                     let t0 = std::time::Instant::now();
-                    cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(dst, &*src, c.stream))?;
-                    cu("cuStreamSynchronize", drv::stream::synchronize(c.stream))?;
+                    cu("cuMemcpyHtoDAsync", drv::memcpy_htod_async(dst, &*src, stream))?;
+                    cu("cuStreamSynchronize", drv::stream::synchronize(stream))?;
                     best = best.min(t0.elapsed().as_secs_f64());
                 }
             }
             Ok(())
         })();
+        // SAFETY: the stream is idle (synchronised above, or never used past a failure that returned early
+        // from a synchronous call); destroying it waits for nothing else.
+        unsafe {
+            let _ = drv::stream::synchronize(stream);
+            let _ = drv::stream::destroy(stream);
+        }
         self.free_later(dst);
         run?;
         Ok(Some(bytes as f64 / best / 1e9))
