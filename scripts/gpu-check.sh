@@ -3,9 +3,13 @@
 # on a development machine by scripts/gpu-prepare.sh and carried in .gpu/ (ignored by git).
 #
 # It checks the CUDA and wgpu backends on the GPU (op table, golden fixtures, images in prompts;
-# HERD_REQUIRE_CUDA=1 so that a missing device fails instead of skipping), then measures the op table's --perf mode and `herd bench` at
-# full scale (synthetic weights of Scout's real shapes, made on the device), and prints a short table last.
-# Output goes to stdout and, when $OUT is set, to files there.
+# HERD_REQUIRE_CUDA=1 so that a missing device fails instead of skipping). When the op table fails on CUDA it
+# runs again with HERD_CUDA_SYNC=1 (graphs off, a wait after every command), so that a fault names the
+# command that caused it. Then, once and within SANITIZER_BUDGET seconds, the op table and the golden
+# fixtures run under compute-sanitizer's memcheck, synccheck and racecheck. Then it measures the op table's
+# --perf mode and `herd bench` at full scale (synthetic weights of Scout's real shapes, made on the device),
+# and prints a short table last, with a verdict per sanitizer tool. Output goes to stdout and, when $OUT is
+# set, to files there (the sanitizers' full logs as sanitizer_<tool>_<target>.txt).
 set -u
 OUT="${OUT:-/tmp/herd-gpu}"
 mkdir -p "$OUT"
@@ -29,6 +33,16 @@ echo "== op table on cuda (correctness)"
 timeout 120 $B/conformance --backend cuda > "$OUT/ops_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
 head -1 "$OUT/ops_cuda.txt"; grep -E "FAIL|ERROR|NOT RUN" "$OUT/ops_cuda.txt" | head -20; tail -3 "$OUT/ops_cuda.txt"
 row "op table, cuda" "$(tail -1 "$OUT/ops_cuda.txt") (exit $rc)"
+row "cuda libraries" "$(grep -m1 '^cuda libraries:' "$OUT/ops_cuda.txt" | cut -d' ' -f3-)"
+# A failure on the device (a fault, a wrong result) is hard to place when a step runs as one graph and
+# errors surface at the next wait: the table again with HERD_CUDA_SYNC=1 (graphs off, a wait after every
+# command), whose errors name the command (kernel, grid, block) that faulted.
+if [ "$rc" -ne 0 ] || grep -qE "FAIL|ERROR" "$OUT/ops_cuda.txt"; then
+    echo "== op table on cuda again with HERD_CUDA_SYNC=1, to name the command that fails"
+    HERD_CUDA_SYNC=1 timeout 180 $B/conformance --backend cuda > "$OUT/ops_cuda_sync.txt" 2>&1; rc=$?; echo "exit $rc"
+    grep -E "FAIL|ERROR|command [0-9]+ of|panicked" "$OUT/ops_cuda_sync.txt" | head -20
+    row "op table, cuda, HERD_CUDA_SYNC=1" "$(tail -1 "$OUT/ops_cuda_sync.txt") (exit $rc)"
+fi
 
 time_left "golden fixtures, cuda" && {
 echo "== golden fixtures on cuda"
@@ -48,6 +62,62 @@ echo "exit $?"; cat "$OUT/bench_cuda_vision.txt" | head -6
 row "cuda vision tower, 1 tile" "$(grep -E '^encode  1 tiles' "$OUT/bench_cuda_vision.txt")"
 row "cuda vision tower, 16 tiles" "$(grep -E '^encode 16 tiles' "$OUT/bench_cuda_vision.txt")"
 }
+
+# compute-sanitizer, once: the op table and the golden fixtures under memcheck (out-of-bounds and misaligned
+# accesses, API errors), synccheck (__syncthreads in divergent code) and racecheck (shared-memory races),
+# each tool's run under `timeout`. Here, after the correctness sections and before the benchmarks, because
+# its findings matter more than a speed number but it is slow (memcheck 10-100x, racecheck more): the
+# section gets at most SANITIZER_BUDGET seconds and never more than half of what BUDGET has left, shared
+# among its runs by weight (an op table run 2, a golden run 1; time a run leaves unused goes to the runs
+# after it), so the benchmarks still run. memcheck first: it finds the most.
+# SANITIZER_BUDGET=0 skips it. HERD_CUDA_GRAPHS=0 under the sanitizer: every kernel is then its own
+# cuLaunchKernel, so a report's host backtrace shows that launch (from a graph it would show only
+# cuGraphLaunch), and graphs add nothing the tools check (the same kernels run either way) but capture work.
+SANITIZER_BUDGET="${SANITIZER_BUDGET:-180}"
+SANITIZER="$(command -v compute-sanitizer || true)"
+[ -z "$SANITIZER" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SANITIZER=/usr/local/cuda/bin/compute-sanitizer
+if [ -z "$SANITIZER" ]; then
+    echo "== compute-sanitizer: not found (PATH, /usr/local/cuda/bin)"
+    row "compute-sanitizer" "NOT RUN (not found)"
+elif [ "$SANITIZER_BUDGET" -le 0 ]; then
+    row "compute-sanitizer" "SKIPPED (SANITIZER_BUDGET=0)"
+elif time_left "compute-sanitizer"; then
+    echo "== compute-sanitizer ($("$SANITIZER" --version 2>/dev/null | grep -m1 -oE '[0-9]{4}\.[0-9.]+')): op table and golden fixtures"
+    cap=$(( (BUDGET - SECONDS) / 2 )); [ "$cap" -gt "$SANITIZER_BUDGET" ] && cap=$SANITIZER_BUDGET
+    san_end=$((SECONDS + cap)); weight_left=9
+    for tool in memcheck synccheck racecheck; do
+        for target in ops golden; do
+            log="$OUT/sanitizer_${tool}_$target.txt"
+            w=1; [ "$target" = ops ] && w=2
+            left=$((san_end - SECONDS)); t=$((left * w / weight_left)); weight_left=$((weight_left - w))
+            if [ "$left" -lt 15 ]; then
+                row "sanitizer $tool, $target" "SKIPPED (the section's ${cap}s were used)"; continue
+            fi
+            [ "$t" -lt 15 ] && t=15
+            if [ "$target" = ops ]; then
+                cmd=("$B/conformance" --backend cuda)
+            else
+                cmd=("$B/golden_cuda" --exact golden_fixtures_on_cuda synthetic_weights_match_the_host_generator)
+            fi
+            HERD_CUDA_GRAPHS=0 HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" timeout -k 10 "$t" \
+                "$SANITIZER" --tool "$tool" --error-exitcode 9 --print-limit 20 "${cmd[@]}" > "$log" 2>&1; rc=$?
+            summary_line=$(grep -m1 -E "(ERROR|RACECHECK) SUMMARY" "$log" | sed 's/^========= //')
+            reports=$(grep -E '^========= [A-Za-z]' "$log" | grep -cvE 'COMPUTE-SANITIZER|SUMMARY|Target application|No (errors|hazards)')
+            result=$(grep -m1 -E '^conformance:|^test result' "$log")
+            case $rc in
+                0) verdict="clean (${summary_line:-no summary}; ${result:-no result line})" ;;
+                9) verdict="ERRORS FOUND (${summary_line:-reports: $reports})" ;;
+                124 | 137) verdict="TIMED OUT after ${t}s (reports before it stopped: $reports)" ;;
+                *) verdict="target failed, exit $rc (${summary_line:-reports: $reports}; ${result:-no result line})" ;;
+            esac
+            echo "-- $tool, $target: $verdict"
+            if [ "$rc" -ne 0 ] && [ "$reports" -gt 0 ]; then
+                grep -E '^=========' "$log" | grep -vE 'COMPUTE-SANITIZER' | head -16
+            fi
+            row "sanitizer $tool, $target" "$verdict"
+        done
+    done
+fi
 
 echo "== herd bench, synthetic Scout shapes (12 of 48 layers, bf16), cuda"
 for pt in 2048 128; do
