@@ -46,11 +46,11 @@ pub fn is_pack_quantized(config: &serde_json::Value) -> std::result::Result<bool
             let kind = w.get("type").and_then(|t| t.as_str()).unwrap_or("int");
             if !(bits == 4 || bits == 8) || !symmetric || kind != "int" {
                 return Err(format!(
-                    "compressed-tensors group {name}: {bits}-bit {kind} weights, symmetric={symmetric}: herd reads symmetric int4 and int8"
+                    "compressed-tensors group {name:?}: {bits}-bit {kind:?} weights, symmetric={symmetric}: herd reads symmetric int4 and int8"
                 ));
             }
             if g.get("input_activations").is_some_and(|a| !a.is_null()) {
-                return Err(format!("compressed-tensors group {name}: quantized activations are not supported"));
+                return Err(format!("compressed-tensors group {name:?}: quantized activations are not supported"));
             }
         }
     }
