@@ -31,6 +31,10 @@ pub enum HerdError {
     /// A backend could not be created or failed while running.
     #[error("backend {backend}: {}", line(.msg))]
     Backend { backend: String, msg: String },
+
+    /// Too much work queued already (a server answers 429/503): try again later.
+    #[error("busy: {}", line(.0))]
+    Busy(String),
 }
 
 /// `s` on one line: `\n` and `\r` escaped.

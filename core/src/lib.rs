@@ -6,7 +6,8 @@
 //! * [`backend`] is the small set of coarse ops every device implements; [`cpu`] is the reference.
 //! * [`model`] is Llama 4, written once against [`backend::Backend`]; [`kv`] is its cache; [`experts`]
 //!   streams its routed experts through a device cache of a set size.
-//! * [`generate`] drives prefill/decode with [`sampling`] and stop tokens.
+//! * [`generate`] drives prefill/decode with [`sampling`] and stop tokens; [`schedule`] runs many
+//!   generations at once (continuous batching with chunked prefill).
 //! * [`synthetic`] makes seeded random weights of any shape, for full-scale benchmarks without a checkpoint.
 //! * [`limits`] bounds every size that comes from outside and reads every input file; [`ids`] parses the
 //!   token-id files of `herd logits`/`herd greedy`.
@@ -27,6 +28,7 @@ pub mod model;
 pub mod oplock;
 pub mod quant;
 pub mod sampling;
+pub mod schedule;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod vision;

@@ -1,0 +1,375 @@
+//! Continuous batching: one [`Scheduler`] owns a model's KV cache and runs every live generation together.
+//! Each [`Scheduler::step`] is one forward pass holding the next token of every sequence that is decoding
+//! and, in the room left under `max_batch_tokens`, pieces of the prompts still being read (chunked prefill),
+//! oldest first, so that a long prompt delays the others' next token by at most one piece. Requests join
+//! between steps (up to `max_seqs` at once; the rest wait in a queue of at most `max_queue`) and leave as
+//! soon as they end: a stop id, their token budget, or their sink saying stop (a client gone); their cache
+//! slots are then free for the others.
+//!
+//! Each sequence samples with its own parameters and its own random stream ([`pick`], the definition every
+//! backend's sample op follows, with one draw per generated token as in [`crate::generate::Session`]), so a
+//! seeded request gives the same tokens whatever else runs beside it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use web_time::Instant;
+
+use crate::backend::Backend;
+use crate::error::{HerdError, Result};
+use crate::generate::{GenerateParams, StopReason};
+use crate::kv::{KvCache, SeqId};
+use crate::model::{Llama4, Rows};
+use crate::sampling::{pick, Sampler};
+
+/// Limits of a [`Scheduler`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Sequences in the running batch at once.
+    pub max_seqs: usize,
+    /// Tokens one step feeds the model at most (decode tokens first, then prompt pieces); at least
+    /// `max_seqs`, so that every running sequence decodes every step.
+    pub max_batch_tokens: usize,
+    /// Requests waiting for a place in the batch; a submission past it is refused ([`HerdError::Busy`]).
+    pub max_queue: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { max_seqs: 16, max_batch_tokens: 512, max_queue: 256 }
+    }
+}
+
+/// One generation to run: the prompt's ids and what to do after them.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub params: GenerateParams,
+}
+
+/// A request's handle, to cancel it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// How a request ended, with its counts and timings.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// `Err` when the model failed during one of its steps (the message); the request is over either way.
+    pub reason: std::result::Result<StopReason, String>,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// From submission to the first generated token (None when none was).
+    pub time_to_first_token: Option<Duration>,
+    /// Steps the request waited in the queue before it joined the batch.
+    pub queued_steps: u64,
+}
+
+/// What a request's sink receives: each generated id that is not a stop id, then exactly one `Done`.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Token(u32),
+    Done(Finish),
+}
+
+/// Receives a request's events, from inside [`Scheduler::step`]. Returning false after a `Token` cancels
+/// the request (it ends with [`StopReason::Cancelled`] before the next step).
+pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
+
+struct Seq {
+    id: RequestId,
+    /// The cache sequence, once it has joined the batch.
+    cache: Option<SeqId>,
+    prompt: Vec<u32>,
+    /// Prompt tokens fed to the model so far.
+    fed: usize,
+    out: Vec<u32>,
+    params: GenerateParams,
+    max_tokens: usize,
+    sampler: Sampler,
+    /// Prompt and generated ids, for the repetition penalty (empty without it).
+    history: Vec<u32>,
+    sink: Sink,
+    submitted: Instant,
+    first_token: Option<Duration>,
+    submitted_step: u64,
+    joined_step: u64,
+    stop: Option<std::result::Result<StopReason, String>>,
+}
+
+/// Counters of a scheduler's work so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    pub steps: u64,
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub finished: u64,
+    pub cancelled: u64,
+    pub failed: u64,
+}
+
+/// The continuous-batching scheduler of one model (see the module docs).
+pub struct Scheduler<B: Backend> {
+    model: Arc<Llama4<B>>,
+    cache: KvCache<B>,
+    cfg: SchedulerConfig,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    next_id: u64,
+    stats: SchedulerStats,
+}
+
+impl<B: Backend> Scheduler<B> {
+    pub fn new(model: Arc<Llama4<B>>, cfg: SchedulerConfig) -> Result<Self> {
+        if cfg.max_seqs == 0 || cfg.max_batch_tokens < cfg.max_seqs {
+            return Err(HerdError::Input(format!(
+                "scheduler: max_seqs {} must be at least 1 and max_batch_tokens {} at least max_seqs",
+                cfg.max_seqs, cfg.max_batch_tokens
+            )));
+        }
+        let cache = model.new_cache()?;
+        Ok(Scheduler {
+            model,
+            cache,
+            cfg,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_id: 0,
+            stats: SchedulerStats::default(),
+        })
+    }
+
+    pub fn model(&self) -> &Arc<Llama4<B>> {
+        &self.model
+    }
+
+    pub fn config(&self) -> SchedulerConfig {
+        self.cfg
+    }
+
+    /// Queues a request. Refused at once (nothing queued) when its prompt is empty or does not fit the
+    /// model's context, its parameters are out of range, or the queue is full.
+    pub fn submit(&mut self, req: Request, sink: Sink) -> Result<RequestId> {
+        let ctx = self.model.cfg.max_position_embeddings;
+        if req.prompt.is_empty() {
+            return Err(HerdError::Input("empty prompt".into()));
+        }
+        if req.prompt.len() > ctx {
+            return Err(HerdError::Input(format!(
+                "prompt of {} tokens is longer than the model's context of {ctx} tokens",
+                req.prompt.len()
+            )));
+        }
+        let vocab = self.model.cfg.vocab_size;
+        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(HerdError::Input(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        if self.waiting.len() >= self.cfg.max_queue {
+            return Err(HerdError::Busy(format!("{} requests are already waiting", self.waiting.len())));
+        }
+        let sampler = Sampler::new(req.params.sampling)?;
+        let max_tokens = req.params.max_tokens.min(ctx - req.prompt.len());
+        let history = if req.params.sampling.repetition_penalty != 1.0 { req.prompt.clone() } else { Vec::new() };
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        self.waiting.push_back(Seq {
+            id,
+            cache: None,
+            prompt: req.prompt,
+            fed: 0,
+            out: Vec::new(),
+            params: req.params,
+            max_tokens,
+            sampler,
+            history,
+            sink,
+            submitted: Instant::now(),
+            first_token: None,
+            submitted_step: self.stats.steps,
+            joined_step: 0,
+            stop: None,
+        });
+        Ok(id)
+    }
+
+    /// Ends a request (waiting or running) before the next step; its sink gets `Done` with
+    /// [`StopReason::Cancelled`]. False if there is no such request (it has already ended).
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            if let Some(s) = self.waiting.remove(i) {
+                self.finish(s, Ok(StopReason::Cancelled));
+            }
+            return true;
+        }
+        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            let s = self.running.remove(i);
+            self.finish(s, Ok(StopReason::Cancelled));
+            return true;
+        }
+        false
+    }
+
+    /// Requests running, and waiting.
+    pub fn load(&self) -> (usize, usize) {
+        (self.running.len(), self.waiting.len())
+    }
+
+    /// No request is running or waiting.
+    pub fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    pub fn stats(&self) -> SchedulerStats {
+        self.stats
+    }
+
+    /// Bytes the KV cache holds (it grows with the longest sequences and stays allocated).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
+    /// Tokens held in the KV cache for the running sequences.
+    pub fn cached_tokens(&self) -> usize {
+        self.running.iter().filter_map(|s| s.cache.and_then(|c| self.cache.seq_len(c).ok())).sum()
+    }
+
+    fn finish(&mut self, mut s: Seq, reason: std::result::Result<StopReason, String>) {
+        if let Some(c) = s.cache.take() {
+            self.cache.remove_sequence(c);
+        }
+        match &reason {
+            Ok(StopReason::Cancelled) => self.stats.cancelled += 1,
+            Ok(_) => self.stats.finished += 1,
+            Err(_) => self.stats.failed += 1,
+        }
+        let done = Finish {
+            reason,
+            prompt_tokens: s.prompt.len(),
+            generated_tokens: s.out.len(),
+            time_to_first_token: s.first_token,
+            queued_steps: s.joined_step.saturating_sub(s.submitted_step),
+        };
+        (s.sink)(Event::Done(done));
+    }
+
+    /// Runs one step (see the module docs). Does nothing when idle. An error of the model fails the
+    /// requests of that step (their sinks get `Done` with the message) and is returned; the scheduler
+    /// stays usable for the others and for new requests.
+    pub fn step(&mut self) -> Result<()> {
+        pollster::block_on(self.step_async())
+    }
+
+    /// [`Scheduler::step`] without blocking (see [`Llama4::forward_async`]).
+    pub async fn step_async(&mut self) -> Result<()> {
+        // Requests that asked for no tokens end without running.
+        while self.running.len() < self.cfg.max_seqs {
+            let Some(mut s) = self.waiting.pop_front() else { break };
+            if s.max_tokens == 0 {
+                self.finish(s, Ok(StopReason::Length));
+                continue;
+            }
+            s.cache = Some(self.cache.add_sequence());
+            s.joined_step = self.stats.steps;
+            self.running.push(s);
+        }
+        if self.running.is_empty() {
+            return Ok(());
+        }
+        self.stats.steps += 1;
+        // Decoding sequences first: one token each; then prompt pieces in joining order.
+        let mut budget = self.cfg.max_batch_tokens;
+        let mut pieces: Vec<(usize, usize, usize)> = Vec::new(); // (running index, start, len) of prompt feeds
+        let mut decoding = Vec::new();
+        for (i, s) in self.running.iter().enumerate() {
+            if s.fed == s.prompt.len() {
+                decoding.push(i);
+                budget -= 1;
+            }
+        }
+        for (i, s) in self.running.iter().enumerate() {
+            if s.fed < s.prompt.len() && budget > 0 {
+                let n = (s.prompt.len() - s.fed).min(budget);
+                pieces.push((i, s.fed, n));
+                budget -= n;
+            }
+        }
+        let mut order: Vec<usize> = decoding.clone();
+        order.extend(pieces.iter().map(|p| p.0));
+        let feeds: Vec<Vec<u32>> = order
+            .iter()
+            .map(|&i| {
+                let s = &self.running[i];
+                match pieces.iter().find(|p| p.0 == i) {
+                    Some(&(_, start, n)) => s.prompt[start..start + n].to_vec(),
+                    None => vec![*s.out.last().expect("a decoding sequence has generated a token")],
+                }
+            })
+            .collect();
+        let batch: Vec<(SeqId, &[u32])> = order
+            .iter()
+            .zip(&feeds)
+            .map(|(&i, f)| (self.running[i].cache.expect("a running sequence has a cache sequence"), f.as_slice()))
+            .collect();
+        let logits = match self.model.forward_async(&mut self.cache, &batch, Rows::Last).await {
+            Ok(l) => l,
+            Err(e) => {
+                // What the step left in the cache is unknown: every sequence of it ends.
+                let msg = e.to_string();
+                let mut failed: Vec<usize> = order.clone();
+                failed.sort_unstable_by(|a, b| b.cmp(a));
+                for i in failed {
+                    let s = self.running.remove(i);
+                    self.finish(s, Err(msg.clone()));
+                }
+                return Err(e);
+            }
+        };
+        let v = self.model.cfg.vocab_size;
+        for (j, &i) in order.iter().enumerate() {
+            let s = &mut self.running[i];
+            if let Some(&(_, _, n)) = pieces.iter().find(|p| p.0 == i) {
+                s.fed += n;
+                self.stats.prompt_tokens += n as u64;
+                if s.fed < s.prompt.len() {
+                    continue; // more of the prompt to read: no token yet
+                }
+            }
+            let mut row = logits[j * v..(j + 1) * v].to_vec();
+            let u = s.sampler.draw();
+            let id = pick(&mut row, &s.history, s.sampler.params(), u);
+            s.out.push(id);
+            self.stats.generated_tokens += 1;
+            if s.first_token.is_none() {
+                s.first_token = Some(s.submitted.elapsed());
+            }
+            if !s.history.is_empty() {
+                s.history.push(id);
+            }
+            if s.params.stop_ids.contains(&id) {
+                s.stop = Some(Ok(StopReason::Stop(id)));
+            } else if !(s.sink)(Event::Token(id)) {
+                s.stop = Some(Ok(StopReason::Cancelled));
+            } else if s.out.len() >= s.max_tokens {
+                s.stop = Some(Ok(StopReason::Length));
+            }
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            if let Some(reason) = self.running[i].stop.take() {
+                let s = self.running.remove(i);
+                self.finish(s, reason);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps until every request has ended.
+    pub fn run_to_idle(&mut self) -> Result<()> {
+        while !self.is_idle() {
+            self.step()?;
+        }
+        Ok(())
+    }
+}

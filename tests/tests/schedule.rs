@@ -1,0 +1,205 @@
+//! Continuous batching changes nothing: requests run together by the scheduler (joining mid-way, prompts
+//! cut into pieces by a small batch budget) give each the tokens it gets alone, greedy and seeded; a
+//! greedy request alone gives what the independent batched greedy path (`greedy_rows`: the whole prompt in
+//! one prefill, the argmax on the device) gives. On the CPU and on wgpu, with the built-in demo model
+//! (trained, so its greedy continuations are not degenerate) and a transformers fixture (chunked attention
+//! across piece boundaries, MoE).
+
+use std::sync::{Arc, Mutex};
+
+use herd_conformance::{backend_or_not_run, golden, model_dir};
+use herd_core::backend::Backend;
+use herd_core::cpu::CpuBackend;
+use herd_core::generate::{greedy_rows, GenerateParams, StopReason};
+use herd_core::model::Llama4;
+use herd_core::sampling::SamplingParams;
+use herd_core::schedule::{Event, Finish, Request, Scheduler, SchedulerConfig};
+use herd_core::HerdError;
+
+/// What one request received: its tokens and how it ended.
+type Got = Arc<Mutex<(Vec<u32>, Option<Finish>)>>;
+
+fn sink(got: &Got) -> herd_core::schedule::Sink {
+    let got = got.clone();
+    Box::new(move |e| {
+        let mut g = got.lock().unwrap();
+        match e {
+            Event::Token(t) => g.0.push(t),
+            Event::Done(f) => {
+                assert!(g.1.is_none(), "two Done events");
+                g.1 = Some(f);
+            }
+        }
+        true
+    })
+}
+
+fn prompt(len: usize, seed: u32, vocab: usize) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) >> 7) % vocab as u32)
+        .collect()
+}
+
+fn requests(vocab: usize, n: usize, seeded: bool) -> Vec<Request> {
+    (0..n)
+        .map(|i| {
+            let sampling = if seeded {
+                SamplingParams {
+                    temperature: 0.9,
+                    top_p: 0.95,
+                    top_k: 40,
+                    seed: Some(1000 + i as u64),
+                    ..Default::default()
+                }
+            } else {
+                SamplingParams::default()
+            };
+            Request {
+                prompt: prompt([3, 17, 40, 9, 64, 1, 25, 33][i % 8] + i, i as u32, vocab),
+                params: GenerateParams { max_tokens: 4 + (i * 5) % 13, sampling, stop_ids: Vec::new() },
+            }
+        })
+        .collect()
+}
+
+/// Runs `reqs` through one scheduler; request i is submitted before step `join[i]`.
+fn run<B: Backend>(model: &Arc<Llama4<B>>, reqs: &[Request], join: &[u64], cfg: SchedulerConfig) -> Vec<Vec<u32>> {
+    let mut s = Scheduler::new(model.clone(), cfg).unwrap();
+    let got: Vec<Got> = reqs.iter().map(|_| Got::default()).collect();
+    let mut step = 0u64;
+    loop {
+        for (i, r) in reqs.iter().enumerate() {
+            if join[i] == step {
+                s.submit(r.clone(), sink(&got[i])).unwrap();
+            }
+        }
+        if s.is_idle() && join.iter().all(|&j| j <= step) {
+            break;
+        }
+        s.step().unwrap();
+        step += 1;
+    }
+    assert_eq!(s.cached_tokens(), 0, "the cache holds tokens of finished requests");
+    got.iter()
+        .zip(reqs)
+        .map(|(g, r)| {
+            let g = g.lock().unwrap();
+            let f = g.1.as_ref().expect("every request ends with Done");
+            assert_eq!(f.reason, Ok(StopReason::Length));
+            assert_eq!((f.prompt_tokens, f.generated_tokens), (r.prompt.len(), g.0.len()));
+            g.0.clone()
+        })
+        .collect()
+}
+
+fn alone<B: Backend>(model: &Arc<Llama4<B>>, reqs: &[Request]) -> Vec<Vec<u32>> {
+    reqs.iter().map(|r| run(model, std::slice::from_ref(r), &[0], SchedulerConfig::default()).remove(0)).collect()
+}
+
+fn check_batching<B: Backend>(model: &Arc<Llama4<B>>, what: &str, counts: &[usize]) {
+    let vocab = model.cfg.vocab_size;
+    for seeded in [false, true] {
+        let all = requests(vocab, *counts.iter().max().unwrap(), seeded);
+        let solo = alone(model, &all);
+        if !seeded {
+            for (r, got) in all.iter().zip(&solo) {
+                let want = greedy_rows(model, std::slice::from_ref(&r.prompt), r.params.max_tokens).unwrap();
+                assert_eq!(got, &want[0], "{what}: the scheduler's greedy tokens differ from greedy_rows'");
+            }
+        }
+        for &n in counts {
+            let reqs = &all[..n];
+            // Half join at once, the rest one every other step; a batch budget small enough to cut prompts.
+            let join: Vec<u64> =
+                (0..n).map(|i| if i < n.div_ceil(2) { 0 } else { 2 * (i - n.div_ceil(2)) as u64 + 1 }).collect();
+            for cfg in [
+                SchedulerConfig { max_seqs: 16, max_batch_tokens: 512, max_queue: 64 },
+                SchedulerConfig { max_seqs: 4, max_batch_tokens: 7, max_queue: 64 },
+            ] {
+                let together = run(model, reqs, &join, cfg);
+                for (i, (t, s)) in together.iter().zip(&solo).enumerate() {
+                    assert_eq!(
+                        t, s,
+                        "{what}: request {i} of {n} (seeded={seeded}, {cfg:?}) differs from its run alone"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn batching_changes_nothing_on_cpu() {
+    let be = Arc::new(CpuBackend::new());
+    for name in ["demo", "scout"] {
+        let model = Arc::new(golden::load(&be, &model_dir(name)));
+        check_batching(&model, &format!("cpu, {name}"), &[1, 4, 16]);
+    }
+}
+
+#[test]
+fn batching_changes_nothing_on_wgpu() {
+    let Some(be) = backend_or_not_run("wgpu", "HERD_REQUIRE_WGPU", herd_wgpu::WgpuBackend::new()) else { return };
+    let model = Arc::new(golden::load(&be, &model_dir("demo")));
+    check_batching(&model, "wgpu, demo", &[1, 4]);
+}
+
+/// A sink that says stop ends its request within the step, frees its cache, and leaves the others as they
+/// were; a cancelled waiting request never runs; refusals happen at submission.
+#[test]
+fn cancellation_and_refusals() {
+    let be = Arc::new(CpuBackend::new());
+    let model = Arc::new(golden::load(&be, &model_dir("demo")));
+    let vocab = model.cfg.vocab_size;
+    let reqs = requests(vocab, 3, false);
+    let solo = alone(&model, &reqs);
+    let mut s =
+        Scheduler::new(model.clone(), SchedulerConfig { max_seqs: 2, max_batch_tokens: 64, max_queue: 2 }).unwrap();
+    let got: Vec<Got> = (0..3).map(|_| Got::default()).collect();
+    // Request 0 stops itself after two tokens.
+    let g0 = got[0].clone();
+    s.submit(
+        reqs[0].clone(),
+        Box::new(move |e| {
+            let mut g = g0.lock().unwrap();
+            match e {
+                Event::Token(t) => g.0.push(t),
+                Event::Done(f) => g.1 = Some(f),
+            }
+            g.0.len() < 2
+        }),
+    )
+    .unwrap();
+    s.submit(reqs[1].clone(), sink(&got[1])).unwrap();
+    s.step().unwrap(); // both join (max_seqs 2)
+    let id2 = s.submit(reqs[2].clone(), sink(&got[2])).unwrap();
+    let extra = s.submit(reqs[2].clone(), sink(&Got::default())).unwrap();
+    let busy = s.submit(reqs[2].clone(), sink(&Got::default())).unwrap_err();
+    assert!(matches!(busy, HerdError::Busy(_)), "{busy}");
+    assert!(s.cancel(id2) && s.cancel(extra));
+    assert!(!s.cancel(id2), "cancelled twice");
+    s.run_to_idle().unwrap();
+    let g0 = got[0].lock().unwrap();
+    assert_eq!(g0.1.as_ref().unwrap().reason, Ok(StopReason::Cancelled));
+    assert_eq!(g0.0, solo[0][..2]);
+    assert_eq!(got[1].lock().unwrap().0, solo[1], "a cancellation beside it changed a request");
+    let g2 = got[2].lock().unwrap();
+    assert!(g2.0.is_empty() && g2.1.as_ref().unwrap().reason == Ok(StopReason::Cancelled));
+    assert_eq!(s.cached_tokens(), 0);
+    let st = s.stats();
+    assert_eq!((st.finished, st.cancelled), (1, 3));
+    // Refused at submission, nothing queued.
+    let bad = |prompt: Vec<u32>| Request { prompt, params: reqs[0].params.clone() };
+    assert!(s.submit(bad(vec![]), sink(&Got::default())).is_err());
+    assert!(s.submit(bad(vec![vocab as u32]), sink(&Got::default())).is_err());
+    assert!(s.submit(bad(vec![1; model.cfg.max_position_embeddings + 1]), sink(&Got::default())).is_err());
+    let hot = Request {
+        prompt: vec![1],
+        params: GenerateParams {
+            sampling: SamplingParams { temperature: -1.0, top_p: 2.0, ..Default::default() },
+            ..reqs[0].params.clone()
+        },
+    };
+    assert!(s.submit(hot, sink(&Got::default())).is_err());
+    assert!(s.is_idle());
+}
