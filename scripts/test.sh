@@ -61,6 +61,26 @@ else
     echo "warning: NVRTC could not be fetched: the CUDA kernel compile check will report NOT RUN" >&2
 fi
 
+# `herd serve` is driven by the official openai Python client (native/tests/serve.rs), pinned, installed by
+# pip from the package index it is set up with into a virtual environment under target/.
+OPENAI_VERSION=3.57.0
+OPENAI_VENV="$PWD/target/openai-venv"
+if ! "$OPENAI_VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+    echo "installing the openai client $OPENAI_VERSION for the server tests"
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c "import ensurepip" 2>/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null || true
+        fi
+    fi
+    rm -rf "$OPENAI_VENV"
+    (python3 -m venv "$OPENAI_VENV" && "$OPENAI_VENV/bin/pip" install --quiet "openai==$OPENAI_VERSION") || true
+fi
+if "$OPENAI_VENV/bin/python" -c "import openai" 2>/dev/null; then
+    export HERD_OPENAI_PYTHON="$OPENAI_VENV/bin/python" HERD_REQUIRE_OPENAI=1
+else
+    echo "warning: the openai client could not be installed: its server test will report NOT RUN" >&2
+fi
+
 # The browser demo is tested in a real browser: headless Chromium (WebGPU on its SwiftShader adapter) driven
 # by npm's playwright-core, on the page built by scripts/build-web.sh (which installs wasm-bindgen-cli when
 # missing). Each is installed when missing; with all of them present a failing page fails the tests.

@@ -46,6 +46,32 @@ impl Default for SchedulerConfig {
 pub struct Request {
     pub prompt: Vec<u32>,
     pub params: GenerateParams,
+    /// OpenAI's penalties on generated ids (the prompt's are not counted): each logit of an id generated
+    /// `c` times so far is lowered by `presence · [c > 0] + frequency · c` before sampling. 0: off.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// Report each generated id's log-probability and this many of the most likely alternatives (under the
+    /// model's distribution, before any sampling transform). None: no log-probabilities.
+    pub logprobs: Option<usize>,
+}
+
+impl Request {
+    /// A request with no penalties and no log-probabilities.
+    pub fn new(prompt: Vec<u32>, params: GenerateParams) -> Self {
+        Request { prompt, params, presence_penalty: 0.0, frequency_penalty: 0.0, logprobs: None }
+    }
+}
+
+/// The most log-probabilities a request may ask for per token.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A generated id, with its log-probability and the top alternatives when asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub id: u32,
+    pub logprob: Option<f32>,
+    /// (id, log-probability), most likely first.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// A request's handle, to cancel it.
@@ -68,7 +94,7 @@ pub struct Finish {
 /// What a request's sink receives: each generated id that is not a stop id, then exactly one `Done`.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Token(u32),
+    Token(Token),
     Done(Finish),
 }
 
@@ -89,6 +115,11 @@ struct Seq {
     sampler: Sampler,
     /// Prompt and generated ids, for the repetition penalty (empty without it).
     history: Vec<u32>,
+    presence: f32,
+    frequency: f32,
+    /// How often each generated id came (with the penalties only).
+    counts: std::collections::HashMap<u32, u32>,
+    logprobs: Option<usize>,
     sink: Sink,
     submitted: Instant,
     first_token: Option<Duration>,
@@ -164,6 +195,14 @@ impl<B: Backend> Scheduler<B> {
         if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(HerdError::Input(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
+        for (name, v) in [("presence_penalty", req.presence_penalty), ("frequency_penalty", req.frequency_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(HerdError::Input(format!("{name} = {v} is out of range ([-2, 2])")));
+            }
+        }
+        if req.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(HerdError::Input(format!("at most {MAX_TOP_LOGPROBS} top log-probabilities per token")));
+        }
         if self.waiting.len() >= self.cfg.max_queue {
             return Err(HerdError::Busy(format!("{} requests are already waiting", self.waiting.len())));
         }
@@ -182,6 +221,10 @@ impl<B: Backend> Scheduler<B> {
             max_tokens,
             sampler,
             history,
+            presence: req.presence_penalty,
+            frequency: req.frequency_penalty,
+            counts: std::collections::HashMap::new(),
+            logprobs: req.logprobs,
             sink,
             submitted: Instant::now(),
             first_token: None,
@@ -335,9 +378,24 @@ impl<B: Backend> Scheduler<B> {
                 }
             }
             let mut row = logits[j * v..(j + 1) * v].to_vec();
+            let lp = s.logprobs.map(|_| log_softmax(&row));
+            if s.presence != 0.0 || s.frequency != 0.0 {
+                for (&t, &c) in &s.counts {
+                    if let Some(l) = row.get_mut(t as usize) {
+                        *l -= s.presence + s.frequency * c as f32;
+                    }
+                }
+            }
             let u = s.sampler.draw();
             let id = pick(&mut row, &s.history, s.sampler.params(), u);
             s.out.push(id);
+            if s.presence != 0.0 || s.frequency != 0.0 {
+                *s.counts.entry(id).or_insert(0) += 1;
+            }
+            let token = match (&lp, s.logprobs) {
+                (Some(lp), Some(n)) => Token { id, logprob: lp.get(id as usize).copied(), top: top_n(lp, n) },
+                _ => Token { id, logprob: None, top: Vec::new() },
+            };
             self.stats.generated_tokens += 1;
             if s.first_token.is_none() {
                 s.first_token = Some(s.submitted.elapsed());
@@ -347,7 +405,7 @@ impl<B: Backend> Scheduler<B> {
             }
             if s.params.stop_ids.contains(&id) {
                 s.stop = Some(Ok(StopReason::Stop(id)));
-            } else if !(s.sink)(Event::Token(id)) {
+            } else if !(s.sink)(Event::Token(token)) {
                 s.stop = Some(Ok(StopReason::Cancelled));
             } else if s.out.len() >= s.max_tokens {
                 s.stop = Some(Ok(StopReason::Length));
@@ -371,5 +429,45 @@ impl<B: Backend> Scheduler<B> {
             self.step()?;
         }
         Ok(())
+    }
+}
+
+/// log(softmax(row)), in f64 for the sum.
+fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().filter(|x| !x.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return vec![f32::NEG_INFINITY; row.len()];
+    }
+    let sum: f64 = row.iter().filter(|x| !x.is_nan()).map(|&x| ((x - max) as f64).exp()).sum();
+    let log_sum = sum.ln() as f32;
+    row.iter().map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x - max - log_sum }).collect()
+}
+
+/// The `n` most likely ids of a row of log-probabilities, most likely first (lower id first on ties).
+fn top_n(lp: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    for (i, &l) in lp.iter().enumerate() {
+        if best.len() == n && best.last().is_none_or(|b| l <= b.1) {
+            continue;
+        }
+        let at = best.partition_point(|b| b.1 >= l);
+        best.insert(at, (i as u32, l));
+        best.truncate(n);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_softmax_and_top_n() {
+        let lp = super::log_softmax(&[1.0, 3.0, 2.0, f32::NAN, 3.0]);
+        let total: f64 = lp.iter().map(|&l| (l as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6, "{total}");
+        assert_eq!(lp[3], f32::NEG_INFINITY);
+        let top = super::top_n(&lp, 3);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 4, 2]);
+        assert!(super::top_n(&lp, 0).is_empty());
+        assert_eq!(super::top_n(&lp, 9).len(), 5);
     }
 }

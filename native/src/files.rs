@@ -63,6 +63,24 @@ impl ModelFiles {
         }
     }
 
+    /// The name a server gives the model: its directory's name (a Hugging Face cache snapshot is named by
+    /// its repository), or `herd-demo`.
+    pub fn model_id(&self) -> String {
+        match self {
+            ModelFiles::Demo => "herd-demo".into(),
+            ModelFiles::Dir(d) => {
+                let d = d.canonicalize().unwrap_or_else(|_| d.clone());
+                let parts: Vec<String> = d.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+                let n = parts.len();
+                // .../models--org--name/snapshots/<revision>
+                if n >= 3 && parts[n - 2] == "snapshots" && parts[n - 3].starts_with("models--") {
+                    return parts[n - 3].trim_start_matches("models--").replacen("--", "/", 1);
+                }
+                parts.last().cloned().unwrap_or_else(|| "model".into())
+            }
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             ModelFiles::Dir(d) => d.display().to_string(),

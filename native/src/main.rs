@@ -1,5 +1,5 @@
-//! `herd`: run Meta's Llama 4 models. Subcommands: run, chat, inspect, logits, greedy, bench, quantize,
-//! serve-web, web-manifest.
+//! `herd`: run Meta's Llama 4 models. Subcommands: run, chat, serve, inspect, logits, greedy, bench,
+//! quantize, serve-web, web-manifest.
 
 mod bench;
 mod bench_vision;
@@ -8,6 +8,7 @@ mod ids_io;
 mod images;
 mod inspect;
 mod quantize;
+mod serve;
 mod serve_web;
 mod synthetic;
 mod text;
@@ -56,10 +57,42 @@ enum Cmd {
     Bench(BenchArgs),
     /// Write a quantized copy of a model directory (int4 or int8, group-wise), loadable like any other.
     Quantize(QuantizeArgs),
+    /// Serve a model over HTTP with the OpenAI API (chat and text completions, streaming), many requests at
+    /// once (continuous batching).
+    Serve(ServeArgs),
     /// Serve the browser demo (web/www, built by scripts/build-web.sh) and a model, with range requests.
     ServeWeb(ServeWebArgs),
     /// Write herd-manifest.json into a model directory: the checksums the browser demo verifies ranges by.
     WebManifest(WebManifestArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    backend: BackendArg,
+    /// The address to listen on (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (the URL printed says which).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Requests generating at once (the rest wait).
+    #[arg(long, default_value_t = 16)]
+    max_seqs: usize,
+    /// Tokens one step feeds the model at most: every running request's next token, then pieces of prompts.
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// Requests waiting for a place; past it, requests are refused with 429 and Retry-After.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Require `Authorization: Bearer KEY` on /v1 routes and /metrics (also from $HERD_API_KEY).
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// The largest request body, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    body_limit: usize,
 }
 
 #[derive(Args)]
@@ -429,6 +462,23 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             ))
         }
         Cmd::Quantize(a) => quantize::quantize_dir(&a.model, &a.out, &a.format, a.group, &a.keep_bf16),
+        Cmd::Serve(a) => {
+            let experts = a.backend.expert_cache()?;
+            let api_key = a.api_key.or_else(|| std::env::var("HERD_API_KEY").ok()).filter(|k| !k.is_empty());
+            let opts = serve::Options {
+                host: a.host,
+                port: a.port,
+                sched: herd_core::schedule::SchedulerConfig {
+                    max_seqs: a.max_seqs,
+                    max_batch_tokens: a.max_batch_tokens,
+                    max_queue: a.max_queue,
+                },
+                api_key,
+                body_limit: a.body_limit,
+            };
+            let files = ModelFiles::new(a.model.model);
+            with_backend!(a.backend.backend, |b| serve::serve(b, &files, opts, experts.as_ref()))
+        }
         Cmd::ServeWeb(a) => serve_web::serve(&ModelFiles::new(a.model.model), a.www, &a.host, a.port),
         Cmd::WebManifest(a) => serve_web::write_manifest(&a.model),
         Cmd::Bench(a) => {

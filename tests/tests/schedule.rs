@@ -24,7 +24,7 @@ fn sink(got: &Got) -> herd_core::schedule::Sink {
     Box::new(move |e| {
         let mut g = got.lock().unwrap();
         match e {
-            Event::Token(t) => g.0.push(t),
+            Event::Token(t) => g.0.push(t.id),
             Event::Done(f) => {
                 assert!(g.1.is_none(), "two Done events");
                 g.1 = Some(f);
@@ -54,10 +54,10 @@ fn requests(vocab: usize, n: usize, seeded: bool) -> Vec<Request> {
             } else {
                 SamplingParams::default()
             };
-            Request {
-                prompt: prompt([3, 17, 40, 9, 64, 1, 25, 33][i % 8] + i, i as u32, vocab),
-                params: GenerateParams { max_tokens: 4 + (i * 5) % 13, sampling, stop_ids: Vec::new() },
-            }
+            Request::new(
+                prompt([3, 17, 40, 9, 64, 1, 25, 33][i % 8] + i, i as u32, vocab),
+                GenerateParams { max_tokens: 4 + (i * 5) % 13, sampling, stop_ids: Vec::new() },
+            )
         })
         .collect()
 }
@@ -163,7 +163,7 @@ fn cancellation_and_refusals() {
         Box::new(move |e| {
             let mut g = g0.lock().unwrap();
             match e {
-                Event::Token(t) => g.0.push(t),
+                Event::Token(t) => g.0.push(t.id),
                 Event::Done(f) => g.1 = Some(f),
             }
             g.0.len() < 2
@@ -189,17 +189,19 @@ fn cancellation_and_refusals() {
     let st = s.stats();
     assert_eq!((st.finished, st.cancelled), (1, 3));
     // Refused at submission, nothing queued.
-    let bad = |prompt: Vec<u32>| Request { prompt, params: reqs[0].params.clone() };
+    let bad = |prompt: Vec<u32>| Request::new(prompt, reqs[0].params.clone());
     assert!(s.submit(bad(vec![]), sink(&Got::default())).is_err());
     assert!(s.submit(bad(vec![vocab as u32]), sink(&Got::default())).is_err());
     assert!(s.submit(bad(vec![1; model.cfg.max_position_embeddings + 1]), sink(&Got::default())).is_err());
-    let hot = Request {
-        prompt: vec![1],
-        params: GenerateParams {
+    let hot = Request::new(
+        vec![1],
+        GenerateParams {
             sampling: SamplingParams { temperature: -1.0, top_p: 2.0, ..Default::default() },
             ..reqs[0].params.clone()
         },
-    };
+    );
     assert!(s.submit(hot, sink(&Got::default())).is_err());
+    let penalty = Request { presence_penalty: 3.0, ..Request::new(vec![1], reqs[0].params.clone()) };
+    assert!(s.submit(penalty, sink(&Got::default())).is_err());
     assert!(s.is_idle());
 }

@@ -1,0 +1,93 @@
+"""Drives `herd serve` with the official openai client (native/tests/serve.rs runs this).
+
+Usage: openai_client.py BASE_URL API_KEY EXPECTED_GREEDY_TEXT
+EXPECTED_GREEDY_TEXT is `herd run --chat --temperature 0 --max-tokens 20` on the same prompt.
+"""
+
+import sys
+
+import openai
+
+base, key, expected = sys.argv[1], sys.argv[2], sys.argv[3]
+client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+prompt = [{"role": "user", "content": "Hello! Tell me a story."}]
+
+models = client.models.list()
+model = models.data[0].id
+assert model == "herd-demo", model
+
+r = client.chat.completions.create(model=model, messages=prompt, max_tokens=20, temperature=0)
+assert r.choices[0].message.content == expected, (r.choices[0].message.content, expected)
+assert r.choices[0].finish_reason in ("length", "stop"), r.choices[0].finish_reason
+assert r.usage.completion_tokens <= 20 and r.usage.prompt_tokens > 0, r.usage
+print("chat:", repr(r.choices[0].message.content))
+
+parts = []
+usage = None
+for chunk in client.chat.completions.create(
+    model=model, messages=prompt, max_tokens=20, temperature=0, stream=True, stream_options={"include_usage": True}
+):
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for c in chunk.choices:
+        if c.delta.content:
+            parts.append(c.delta.content)
+assert "".join(parts) == expected, ("".join(parts), expected)
+assert usage is not None and usage.completion_tokens == r.usage.completion_tokens, usage
+print("stream: same text,", usage.completion_tokens, "tokens")
+
+r = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+    max_tokens=5,
+    temperature=0.8,
+    top_p=0.9,
+    seed=7,
+    logprobs=True,
+    top_logprobs=2,
+    presence_penalty=0.5,
+    frequency_penalty=0.5,
+    extra_body={"top_k": 20, "min_p": 0.01, "repetition_penalty": 1.1},
+)
+lp = r.choices[0].logprobs.content
+assert len(lp) == r.usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in lp), lp
+again = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+    max_tokens=5,
+    temperature=0.8,
+    top_p=0.9,
+    seed=7,
+    presence_penalty=0.5,
+    frequency_penalty=0.5,
+    extra_body={"top_k": 20, "min_p": 0.01, "repetition_penalty": 1.1},
+)
+assert again.choices[0].message.content == r.choices[0].message.content, "a seeded request changed"
+print("sampled, seeded, logprobs:", repr(r.choices[0].message.content))
+
+c = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8, temperature=0)
+assert c.choices[0].text and c.usage.completion_tokens == 8, c
+print("completion:", repr(c.choices[0].text))
+
+bad = openai.OpenAI(base_url=base, api_key="wrong", max_retries=0)
+try:
+    bad.models.list()
+    raise SystemExit("a wrong key was accepted")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401
+print("wrong key: 401")
+
+try:
+    client.chat.completions.create(model=model, messages=[], max_tokens=4)
+    raise SystemExit("empty messages were accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400 and "messages" in str(e), e
+print("empty messages: 400")
+
+try:
+    client.chat.completions.create(model="no-such-model", messages=prompt, max_tokens=4)
+    raise SystemExit("an unknown model was accepted")
+except openai.NotFoundError as e:
+    assert e.status_code == 404
+print("unknown model: 404")
+print("ok")
