@@ -61,6 +61,7 @@ struct Metrics {
     requests: Counter,
     prompt_tokens: Counter,
     generated_tokens: Counter,
+    finished: Counter,
     cancelled: Counter,
     failed: Counter,
     kv_tokens: Gauge,
@@ -80,6 +81,7 @@ impl Metrics {
             requests: Counter::default(),
             prompt_tokens: Counter::default(),
             generated_tokens: Counter::default(),
+            finished: Counter::default(),
             cancelled: Counter::default(),
             failed: Counter::default(),
             kv_tokens: Gauge::default(),
@@ -93,6 +95,11 @@ impl Metrics {
         registry.register("requests_running", "Requests in the running batch", m.running.clone());
         registry.register("requests_waiting", "Requests waiting for a place in the batch", m.waiting.clone());
         registry.register("requests", "Requests accepted", m.requests.clone());
+        registry.register(
+            "requests_finished",
+            "Requests ended by a stop token, a stop string or their budget",
+            m.finished.clone(),
+        );
         registry.register("requests_cancelled", "Requests cancelled (client gone, or shutdown)", m.cancelled.clone());
         registry.register("requests_failed", "Requests ended by an error of the model", m.failed.clone());
         registry.register("prompt_tokens", "Prompt tokens read", m.prompt_tokens.clone());
@@ -446,6 +453,8 @@ fn messages(m: &Map<String, Value>) -> std::result::Result<Vec<Message>, ApiErro
 /// what runs).
 fn engine<B: Backend>(mut s: Scheduler<B>, jobs: mpsc::Receiver<Job>, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) {
     let mut live: HashMap<RequestId, tmpsc::UnboundedSender<Event>> = HashMap::new();
+    // The scheduler's counters when the metrics were last brought up to date.
+    let mut seen = s.stats();
     loop {
         let first = if s.is_idle() {
             match jobs.recv_timeout(Duration::from_millis(200)) {
@@ -503,15 +512,17 @@ fn engine<B: Backend>(mut s: Scheduler<B>, jobs: mpsc::Receiver<Job>, metrics: A
                 true
             }
         });
-        let before = s.stats();
         if let Err(e) = s.step() {
             eprintln!("herd serve: a step failed: {}", e.to_string().replace('\n', " "));
         }
-        let after = s.stats();
-        metrics.prompt_tokens.inc_by(after.prompt_tokens - before.prompt_tokens);
-        metrics.generated_tokens.inc_by(after.generated_tokens - before.generated_tokens);
-        metrics.cancelled.inc_by(after.cancelled - before.cancelled);
-        metrics.failed.inc_by(after.failed - before.failed);
+        // Also counts what ended outside the step (cancelled before it).
+        let now = s.stats();
+        metrics.prompt_tokens.inc_by(now.prompt_tokens - seen.prompt_tokens);
+        metrics.generated_tokens.inc_by(now.generated_tokens - seen.generated_tokens);
+        metrics.finished.inc_by(now.finished - seen.finished);
+        metrics.cancelled.inc_by(now.cancelled - seen.cancelled);
+        metrics.failed.inc_by(now.failed - seen.failed);
+        seen = now;
         let (running, waiting) = s.load();
         metrics.running.set(running as i64);
         metrics.waiting.set(waiting as i64);
