@@ -4,6 +4,7 @@
 //! table on the CUDA backend's CPU emulator instead: the same host code and .cu kernels, compiled as C++
 //! (HERD_REQUIRE_CUDA_EMU=1 makes a missing C++ compiler a failure).
 
+use herd_conformance::backend_or_not_run;
 use herd_conformance::quant_table::run_quant_table;
 use herd_conformance::table::{format_table, run_table};
 use herd_core::backend::Backend;
@@ -11,28 +12,16 @@ use herd_cuda::CudaBackend;
 
 #[test]
 fn cuda_backend_passes_the_op_table() {
-    let be = match CudaBackend::new() {
-        Ok(b) => b,
-        Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_CUDA").as_deref() != Ok("1"), "CUDA required but not available: {e}");
-            eprintln!("cuda: NOT RUN ({e})");
-            return;
-        }
-    };
-    table(&be);
+    if let Some(be) = backend_or_not_run("cuda", "HERD_REQUIRE_CUDA", CudaBackend::new()) {
+        table(&be);
+    }
 }
 
 #[test]
 fn cuda_emulator_passes_the_op_table() {
-    let be = match CudaBackend::emulated() {
-        Ok(b) => b,
-        Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"), "CUDA emulator required: {e}");
-            eprintln!("cuda emulator: NOT RUN ({e})");
-            return;
-        }
-    };
-    table(&be);
+    if let Some(be) = backend_or_not_run("cuda emulator", "HERD_REQUIRE_CUDA_EMU", CudaBackend::emulated()) {
+        table(&be);
+    }
 }
 
 /// The same table with the emulator's race check (emu.h): every load and store of every kernel is checked
@@ -41,15 +30,9 @@ fn cuda_emulator_passes_the_op_table() {
 /// their stores).
 #[test]
 fn cuda_emulator_passes_the_op_table_under_the_race_check() {
-    let be = match CudaBackend::emulated_with(true) {
-        Ok(b) => b,
-        Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"), "CUDA emulator required: {e}");
-            eprintln!("cuda emulator: NOT RUN ({e})");
-            return;
-        }
-    };
-    table(&be);
+    if let Some(be) = backend_or_not_run("cuda emulator", "HERD_REQUIRE_CUDA_EMU", CudaBackend::emulated_with(true)) {
+        table(&be);
+    }
 }
 
 fn table(be: &CudaBackend) {
