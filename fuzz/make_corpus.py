@@ -7,6 +7,7 @@ Seeds are kept small (afl-fuzz runs fastest on inputs of a few KB): safetensors 
 subsets of the fixtures' tensors, or header slices; the tokenizer and chat-template seeds are the small
 fixture tokenizer and its template, plus minimal hand-made ones."""
 
+import base64
 import json
 import os
 import shutil
@@ -214,6 +215,23 @@ def main():
         ("input_ids", "I64", [1, 2], struct.pack("<2q", 7, 8)),
         ("pixel_values", "F32", [1, 2], struct.pack("<2f", 0.5, -0.5)),
     ], {"format": "pt"}))
+
+    # request: bodies of herd serve's chat and completion endpoints, with the fields they take.
+    tiny_png = base64.b64encode(png(2, 2, 2, [b"\xff\x00\x00\x00\xff\x00", b"\x00\x00\xff\xff\xff\xff"])).decode()
+    put("request", "chat-minimal.json", json.dumps({"messages": [{"role": "user", "content": "Hello"}]}))
+    put("request", "chat-full.json", json.dumps({
+        "model": "fixture", "messages": [{"role": "developer", "content": "Be brief."},
+                                         {"role": "user", "content": "Count to three"},
+                                         {"role": "assistant", "content": "1 2"},
+                                         {"role": "user", "content": [{"type": "text", "text": "go on"}]}],
+        "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "seed": 7,
+        "repetition_penalty": 1.1, "presence_penalty": 0.5, "frequency_penalty": -0.5, "stop": ["\n", "3"],
+        "logprobs": True, "top_logprobs": 2, "stream": True, "stream_options": {"include_usage": True}, "n": 1}))
+    put("request", "chat-image.json", json.dumps({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + tiny_png, "detail": "auto"}},
+        {"type": "text", "text": "What is this?"}]}], "max_completion_tokens": 4}))
+    put("request", "completion-text.json", json.dumps({"prompt": "Once upon", "max_tokens": 5, "stop": "\n", "logprobs": 3, "echo": False}))
+    put("request", "completion-ids.json", json.dumps({"prompt": [[1, 2, 3, 4]], "max_tokens": 2, "stream": False}))
 
     total = 0
     for d, _, fs in os.walk(OUT):

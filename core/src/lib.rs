@@ -25,6 +25,7 @@ pub mod ids;
 pub mod kv;
 pub mod limits;
 pub mod model;
+pub mod openai;
 pub mod oplock;
 pub mod quant;
 pub mod sampling;

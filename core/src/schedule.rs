@@ -20,7 +20,7 @@ use crate::backend::Backend;
 use crate::error::{HerdError, Result};
 use crate::generate::{GenerateParams, StopReason};
 use crate::kv::{KvCache, SeqId};
-use crate::model::{Llama4, Rows};
+use crate::model::{ImageRows, Llama4, Rows};
 use crate::sampling::{pick, Sampler};
 
 /// Limits of a [`Scheduler`].
@@ -98,12 +98,27 @@ pub enum Event {
     Done(Finish),
 }
 
+/// A request's images, encoded by the vision tower: the rows that replace its prompt's `patch` tokens, in
+/// order (each buffer's first `n` rows; see [`ImageRows`]). The prompt must hold exactly as many `patch`
+/// tokens as there are rows.
+pub struct Images<B: Backend> {
+    pub patch: u32,
+    pub rows: Vec<(B::Buffer, usize)>,
+}
+
+impl<B: Backend> Images<B> {
+    fn len(&self) -> usize {
+        self.rows.iter().map(|r| r.1).sum()
+    }
+}
+
 /// Receives a request's events, from inside [`Scheduler::step`]. Returning false after a `Token` cancels
 /// the request (it ends with [`StopReason::Cancelled`] before the next step).
 pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
 
-struct Seq {
+struct Seq<B: Backend> {
     id: RequestId,
+    images: Option<Images<B>>,
     /// The cache sequence, once it has joined the batch.
     cache: Option<SeqId>,
     prompt: Vec<u32>,
@@ -144,8 +159,8 @@ pub struct Scheduler<B: Backend> {
     model: Arc<Llama4<B>>,
     cache: KvCache<B>,
     cfg: SchedulerConfig,
-    waiting: VecDeque<Seq>,
-    running: Vec<Seq>,
+    waiting: VecDeque<Seq<B>>,
+    running: Vec<Seq<B>>,
     next_id: u64,
     stats: SchedulerStats,
 }
@@ -181,6 +196,21 @@ impl<B: Backend> Scheduler<B> {
     /// Queues a request. Refused at once (nothing queued) when its prompt is empty or does not fit the
     /// model's context, its parameters are out of range, or the queue is full.
     pub fn submit(&mut self, req: Request, sink: Sink) -> Result<RequestId> {
+        self.submit_with_images(req, None, sink)
+    }
+
+    /// [`Scheduler::submit`] for a prompt holding images: `images` gives the rows of its `patch` tokens
+    /// (refused unless their count matches).
+    pub fn submit_with_images(&mut self, req: Request, images: Option<Images<B>>, sink: Sink) -> Result<RequestId> {
+        if let Some(im) = &images {
+            let n = req.prompt.iter().filter(|&&t| t == im.patch).count();
+            if n != im.len() {
+                return Err(HerdError::Input(format!(
+                    "the prompt has {n} image patch tokens but its images give {} rows",
+                    im.len()
+                )));
+            }
+        }
         let ctx = self.model.cfg.max_position_embeddings;
         if req.prompt.is_empty() {
             return Err(HerdError::Input("empty prompt".into()));
@@ -213,6 +243,7 @@ impl<B: Backend> Scheduler<B> {
         self.next_id += 1;
         self.waiting.push_back(Seq {
             id,
+            images,
             cache: None,
             prompt: req.prompt,
             fed: 0,
@@ -276,7 +307,7 @@ impl<B: Backend> Scheduler<B> {
         self.running.iter().filter_map(|s| s.cache.and_then(|c| self.cache.seq_len(c).ok())).sum()
     }
 
-    fn finish(&mut self, mut s: Seq, reason: std::result::Result<StopReason, String>) {
+    fn finish(&mut self, mut s: Seq<B>, reason: std::result::Result<StopReason, String>) {
         if let Some(c) = s.cache.take() {
             self.cache.remove_sequence(c);
         }
@@ -353,7 +384,29 @@ impl<B: Backend> Scheduler<B> {
             .zip(&feeds)
             .map(|(&i, f)| (self.running[i].cache.expect("a running sequence has a cache sequence"), f.as_slice()))
             .collect();
-        let logits = match self.model.forward_async(&mut self.cache, &batch, Rows::Last).await {
+        // Image rows for the prompt pieces that hold `patch` tokens: those after the ones earlier pieces took.
+        let mut any_images = false;
+        let image_rows: Vec<Option<ImageRows<'_, B>>> = order
+            .iter()
+            .zip(&feeds)
+            .map(|(&i, f)| {
+                let s = &self.running[i];
+                let im = s.images.as_ref()?;
+                let &(_, start, _) = pieces.iter().find(|p| p.0 == i)?;
+                let here = f.iter().filter(|&&t| t == im.patch).count();
+                if here == 0 {
+                    return None;
+                }
+                any_images = true;
+                let used = s.prompt[..start].iter().filter(|&&t| t == im.patch).count();
+                let all = ImageRows { token: im.patch, parts: im.rows.iter().map(|(b, n)| (b, 0, *n)).collect() };
+                Some(all.skip(used).take(here))
+            })
+            .collect();
+        let image_refs: Vec<Option<&ImageRows<'_, B>>> =
+            if any_images { image_rows.iter().map(Option::as_ref).collect() } else { Vec::new() };
+        let logits = match self.model.forward_with_images_async(&mut self.cache, &batch, &image_refs, Rows::Last).await
+        {
             Ok(l) => l,
             Err(e) => {
                 // What the step left in the cache is unknown: every sequence of it ends.

@@ -11,12 +11,13 @@
 
 use std::fmt::Display;
 
-use herd_core::chat::{ChatTemplate, Message};
+use herd_core::chat::{ChatTemplate, Content, Message, Part};
 use herd_core::checkpoint::{header_len, parse_header, parse_index, Checkpoint, FileBytes};
 use herd_core::compressed::{is_pack_quantized, quantized_linears, CompressedTensors};
 use herd_core::config::ModelConfig;
 use herd_core::cpu::CpuBackend;
 use herd_core::model::WeightSource;
+use herd_core::openai::{self, ApiError, Served, MAX_IMAGES, MAX_STOP};
 use herd_core::tokenizer::Tokenizer;
 use herd_core::vision::preprocess::{self, MAX_SIDE};
 
@@ -33,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("image", image),
     ("chat_template", chat_template),
     ("tokenizer", tokenizer),
+    ("request", request),
 ];
 
 /// The target called `name`.
@@ -337,5 +339,92 @@ pub fn ids(data: &[u8]) {
             assert!(rows.iter().all(|r| r.len() == rows[0].len()));
         }
         Err(e) => one_line("parse_input_ids", e),
+    }
+}
+
+/// The fixture model's tokenizer and chat template, and what a server of it checks requests against (a
+/// short context, so that over-long prompts are reached).
+struct Fixture {
+    tok: Tokenizer,
+    tmpl: ChatTemplate,
+    served: Served,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+    F.get_or_init(|| {
+        let tok = Tokenizer::from_bytes(include_bytes!("../../tests/fixtures/tokenizer/tokenizer.json"))
+            .expect("the fixture tokenizer loads");
+        let tmpl = ChatTemplate::from_config_str(include_str!("../../tests/fixtures/tokenizer/tokenizer_config.json"))
+            .expect("the fixture chat template loads");
+        let served = Served {
+            model_id: "fixture".into(),
+            context: 96,
+            vocab_size: tok.vocab_size(),
+            defaults: Default::default(),
+            stop_ids: vec![1],
+        };
+        Fixture { tok, tmpl, served }
+    })
+}
+
+/// A refusal of a request: a client error (400, or 404 for another model) with a one-line message.
+#[track_caller]
+fn refused(what: &str, e: ApiError) {
+    one_line(what, &e);
+    assert!(e.status == 400 || (e.status == 404 && e.code == Some("model_not_found")), "{what}: {e}");
+    assert!(!e.body().to_string().contains("\\n"), "{what}: the body holds a newline");
+}
+
+/// A body of `POST /v1/chat/completions` and of `POST /v1/completions` for `herd serve`:
+/// [`openai::parse_body`], then [`openai::conversation`], [`openai::chat_ids`] (the fixture's template and
+/// tokenizer) and [`openai::generation`]; and [`openai::completion_ids`] and `generation`. What is accepted
+/// is within the model: a non-empty prompt of known ids within the context, a budget within the context,
+/// valid sampling, at most [`MAX_STOP`] non-empty stop strings, at most 20 log-probabilities, penalties in
+/// [-2, 2], one decoded image per image part.
+pub fn request(data: &[u8]) {
+    let f = fixture();
+    let m = match openai::parse_body(data) {
+        Ok(m) => m,
+        Err(e) => return refused("parse_body", e),
+    };
+    let check = |g: &openai::Gen| {
+        let r = &g.req;
+        assert!(!r.prompt.is_empty() && r.prompt.len() <= f.served.context);
+        assert!(r.prompt.iter().all(|&t| (t as usize) < f.served.vocab_size));
+        assert!(r.params.max_tokens <= f.served.context);
+        r.params.sampling.validate().expect("accepted sampling parameters are valid");
+        assert!(g.stop.len() <= MAX_STOP && g.stop.iter().all(|s| !s.is_empty()));
+        assert!(r.logprobs.is_none_or(|n| n <= herd_core::schedule::MAX_TOP_LOGPROBS));
+        assert!((-2.0..=2.0).contains(&r.presence_penalty) && (-2.0..=2.0).contains(&r.frequency_penalty));
+    };
+    match openai::conversation(&m) {
+        Ok(c) => {
+            let parts = c
+                .messages
+                .iter()
+                .map(|m| match &m.content {
+                    Content::Parts(p) => p.iter().filter(|p| matches!(p, Part::Image)).count(),
+                    Content::Text(_) => 0,
+                })
+                .sum::<usize>();
+            assert_eq!(parts, c.images.len());
+            assert!(c.images.len() <= MAX_IMAGES && c.images.iter().all(|b| !b.is_empty()));
+            match openai::chat_ids(&c.messages, Some(&f.tmpl), &f.tok) {
+                Ok(ids) => match openai::generation(&f.served, &m, ids, true) {
+                    Ok(g) => check(&g),
+                    Err(e) => refused("generation (chat)", e),
+                },
+                Err(e) => refused("chat_ids", e),
+            }
+        }
+        Err(e) => refused("conversation", e),
+    }
+    match openai::completion_ids(&m, &f.tok) {
+        Ok(ids) => match openai::generation(&f.served, &m, ids, false) {
+            Ok(g) => check(&g),
+            Err(e) => refused("generation (completion)", e),
+        },
+        Err(e) => refused("completion_ids", e),
     }
 }

@@ -326,6 +326,11 @@ fn tokenizer() {
 }
 
 #[test]
+fn request() {
+    run("request", 300_000);
+}
+
+#[test]
 fn every_target_has_a_test() {
     let src = include_str!("bounded.rs");
     for (name, _) in herd_fuzz::TARGETS {
@@ -377,6 +382,37 @@ fn seeds_are_accepted() {
     for (p, d) in seeds("image") {
         herd_core::vision::preprocess::decode(&d).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }
+    let tok =
+        herd_core::tokenizer::Tokenizer::from_bytes(include_bytes!("../../tests/fixtures/tokenizer/tokenizer.json"))
+            .unwrap();
+    let fixture_served = herd_core::openai::Served {
+        model_id: "fixture".into(),
+        context: 96,
+        vocab_size: tok.vocab_size(),
+        defaults: Default::default(),
+        stop_ids: vec![1],
+    };
+    let mut chats = 0;
+    for (p, d) in seeds("request") {
+        use herd_core::openai;
+        let m = openai::parse_body(&d).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        // Each seed is a valid chat or completion request for the fixture.
+        let ids = match openai::conversation(&m) {
+            Ok(c) => {
+                chats += 1;
+                let t = herd_core::chat::ChatTemplate::from_config_str(include_str!(
+                    "../../tests/fixtures/tokenizer/tokenizer_config.json"
+                ))
+                .unwrap();
+                openai::chat_ids(&c.messages, Some(&t), &tok)
+            }
+            Err(_) => openai::completion_ids(&m, &tok),
+        };
+        let ids = ids.unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        openai::generation(&fixture_served, &m, ids, m.contains_key("messages"))
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+    assert!(chats >= 3, "the request seeds hold chat requests");
     for (p, d) in seeds("ids") {
         herd_core::ids::parse_input_ids(&d).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }

@@ -120,6 +120,72 @@ fn events(body: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(body).lines().filter_map(|l| l.strip_prefix("data: ").map(str::to_owned)).collect()
 }
 
+fn fixture(rel: &str) -> String {
+    format!("{}/../tests/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A chat request of one user message: the images (as base64 `data:` URLs), then the text.
+fn image_chat(images: &[&[u8]], text: &str, max_tokens: usize) -> Value {
+    use base64::Engine;
+    let mut parts: Vec<Value> = images
+        .iter()
+        .map(|b| {
+            let url = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(b));
+            json!({"type": "image_url", "image_url": {"url": url}})
+        })
+        .collect();
+    parts.push(json!({"type": "text", "text": text}));
+    json!({"messages": [{"role": "user", "content": parts}], "max_tokens": max_tokens, "temperature": 0})
+}
+
+/// Images in chat requests go through the vision tower: the answer equals `herd run --chat --image`'s
+/// (itself checked against transformers in cli_vision.rs), alone and batched with other requests while
+/// the prompts are read in small pieces (so an image's patch tokens are split across steps); a corrupt
+/// image is a 400 naming it.
+#[test]
+fn images_in_chat_requests_equal_herd_run() {
+    let model = fixture("scout_vision");
+    let srv = Server::start(&["--model", &model, "--max-batch-tokens", "48"]);
+    let (a, b) = (fixture("vision/photo_200x300.png"), fixture("vision/alpha_480x640.png"));
+    let (pa, pb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let run = |imgs: &[&str], text: &str| {
+        let mut args = vec!["run", "--model", &model, "--chat", "--temperature", "0", "--max-tokens", "8"];
+        for i in imgs {
+            args.extend(["--image", i]);
+        }
+        args.extend(["--prompt", text]);
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.strip_suffix('\n').unwrap_or(&text).to_owned()
+    };
+    let want_one = run(&[&a], "What is in the picture?");
+    let want_two = run(&[&b, &a], "Compare them.");
+    let want_text = run(&[], "Tell me about pictures.");
+    let asks: Vec<Value> = vec![
+        image_chat(&[&pa], "What is in the picture?", 8),
+        image_chat(&[&pb, &pa], "Compare them.", 8),
+        image_chat(&[], "Tell me about pictures.", 8),
+    ];
+    let alone: Vec<String> = asks.iter().map(|q| text_of(&srv.post("/v1/chat/completions", q).1)).collect();
+    assert_eq!(alone, [want_one.clone(), want_two.clone(), want_text.clone()]);
+    let together: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = asks
+            .iter()
+            .chain(asks.iter())
+            .map(|q| {
+                let srv = &srv;
+                s.spawn(move || text_of(&srv.post("/v1/chat/completions", q).1))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, [alone.clone(), alone].concat());
+    let (st, v) = srv.post("/v1/chat/completions", &image_chat(&[&pa[..pa.len() / 2]], "Cut short?", 2));
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("image 1: "), "{v}");
+}
+
 #[test]
 fn answers_equal_herd_run_alone_and_together() {
     let srv = Server::start(&[]);
@@ -228,6 +294,11 @@ fn bad_requests_get_openai_errors() {
     err(st, &b, 404, "unknown model");
     let (st, _, b) = srv.raw("GET", "/v2/nothing", &[], b"");
     err(st, &b, 404, "unknown route");
+    // The demo model has no vision tower weights: an image is refused, saying so.
+    let png = std::fs::read(fixture("vision/photo_200x300.png")).unwrap();
+    let (st, v) = srv.post("/v1/chat/completions", &image_chat(&[&png], "What is this?", 2));
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("no vision tower"), "{v}");
     // Still serving.
     assert_eq!(srv.post("/v1/chat/completions", &chat("hi", 2)).0, 200);
 }

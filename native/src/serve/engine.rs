@@ -1,0 +1,218 @@
+//! The engine thread of `herd serve`: it owns the model through a [`Scheduler`], takes jobs from the HTTP
+//! handlers, encodes their images with the vision tower, steps the scheduler while there is work, cancels
+//! the requests whose client is gone, and keeps the metrics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use herd_core::backend::Backend;
+use herd_core::openai::ApiError;
+use herd_core::schedule::{Event, Images, Request, RequestId, Scheduler};
+use herd_core::vision::input::PlannedImage;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+use crate::images::Vision;
+
+/// The server's metrics (Prometheus text at `/metrics`).
+pub struct Metrics {
+    registry: Registry,
+    running: Gauge,
+    waiting: Gauge,
+    requests: Counter,
+    prompt_tokens: Counter,
+    generated_tokens: Counter,
+    finished: Counter,
+    cancelled: Counter,
+    failed: Counter,
+    kv_tokens: Gauge,
+    kv_bytes: Gauge,
+    expert_hits: Gauge,
+    expert_misses: Gauge,
+    ttft: Histogram,
+    itl: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("herd");
+        let m = Metrics {
+            running: Gauge::default(),
+            waiting: Gauge::default(),
+            requests: Counter::default(),
+            prompt_tokens: Counter::default(),
+            generated_tokens: Counter::default(),
+            finished: Counter::default(),
+            cancelled: Counter::default(),
+            failed: Counter::default(),
+            kv_tokens: Gauge::default(),
+            kv_bytes: Gauge::default(),
+            expert_hits: Gauge::default(),
+            expert_misses: Gauge::default(),
+            ttft: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            itl: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        registry.register("requests_running", "Requests in the running batch", m.running.clone());
+        registry.register("requests_waiting", "Requests waiting for a place in the batch", m.waiting.clone());
+        registry.register("requests", "Requests accepted", m.requests.clone());
+        registry.register(
+            "requests_finished",
+            "Requests ended by a stop token, a stop string or their budget",
+            m.finished.clone(),
+        );
+        registry.register("requests_cancelled", "Requests cancelled (client gone, or shutdown)", m.cancelled.clone());
+        registry.register("requests_failed", "Requests ended by an error of the model", m.failed.clone());
+        registry.register("prompt_tokens", "Prompt tokens read", m.prompt_tokens.clone());
+        registry.register("generation_tokens", "Tokens generated", m.generated_tokens.clone());
+        registry.register("kv_cache_tokens", "Tokens held in the KV cache by running requests", m.kv_tokens.clone());
+        registry.register("kv_cache_bytes", "Bytes the KV cache buffers take", m.kv_bytes.clone());
+        registry.register("expert_cache_hits", "Routed experts found in the expert cache", m.expert_hits.clone());
+        registry.register(
+            "expert_cache_misses",
+            "Routed expert lookups the expert cache missed",
+            m.expert_misses.clone(),
+        );
+        registry.register("time_to_first_token_seconds", "From submission to the first token", m.ttft.clone());
+        registry.register("inter_token_latency_seconds", "Between two tokens of one request", m.itl.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = encode(&mut s, &self.registry);
+        s
+    }
+}
+
+/// A request for the engine thread: what to run (with its images, planned and not yet encoded), where its
+/// events go, and where the answer to the submission itself goes (refused at once, or queued).
+pub struct Job {
+    pub req: Request,
+    pub images: Vec<PlannedImage>,
+    pub events: tmpsc::UnboundedSender<Event>,
+    pub accepted: oneshot::Sender<Result<(), ApiError>>,
+}
+
+/// The model's vision tower and the id of the tokens its rows replace.
+pub struct Eyes<B: Backend> {
+    pub vision: Vision<B>,
+    pub backend: Arc<B>,
+    pub patch: u32,
+}
+
+/// Encodes a job's images (none: no images).
+fn encode_images<B: Backend>(eyes: Option<&Eyes<B>>, images: &[PlannedImage]) -> Result<Option<Images<B>>, ApiError> {
+    if images.is_empty() {
+        return Ok(None);
+    }
+    let Some(e) = eyes else {
+        return Err(ApiError::bad("this model has no vision tower", Some("messages")));
+    };
+    let encoded = e
+        .vision
+        .encode(&e.backend, images)
+        .map_err(|err| ApiError::new(500, "server_error", "vision_failed", format!("encoding the images: {err:#}")))?;
+    Ok(Some(Images { patch: e.patch, rows: encoded.into_iter().map(|x| (x.rows, x.n)).collect() }))
+}
+
+/// The engine thread: takes jobs, steps the scheduler while there is work, cancels requests whose client
+/// is gone, and keeps the gauges up to date. Ends when every sender is gone or at shutdown (cancelling
+/// what runs).
+pub fn engine<B: Backend>(
+    mut s: Scheduler<B>,
+    eyes: Option<Eyes<B>>,
+    jobs: mpsc::Receiver<Job>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut live: HashMap<RequestId, tmpsc::UnboundedSender<Event>> = HashMap::new();
+    // The scheduler's counters when the metrics were last brought up to date.
+    let mut seen = s.stats();
+    loop {
+        let first = if s.is_idle() {
+            match jobs.recv_timeout(Duration::from_millis(200)) {
+                Ok(j) => Some(j),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            None
+        };
+        for job in first.into_iter().chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
+            let events = job.events.clone();
+            let m = metrics.clone();
+            let mut last = None::<std::time::Instant>;
+            let sink: herd_core::schedule::Sink = Box::new(move |e| {
+                match &e {
+                    Event::Token(_) => {
+                        let now = std::time::Instant::now();
+                        if let Some(t) = last {
+                            m.itl.observe(now.duration_since(t).as_secs_f64());
+                        }
+                        last = Some(now);
+                    }
+                    Event::Done(f) => {
+                        if let Some(t) = f.time_to_first_token {
+                            m.ttft.observe(t.as_secs_f64());
+                        }
+                    }
+                }
+                events.send(e).is_ok()
+            });
+            let submitted = encode_images(eyes.as_ref(), &job.images)
+                .and_then(|images| s.submit_with_images(job.req, images, sink).map_err(ApiError::from));
+            match submitted {
+                Ok(id) => {
+                    metrics.requests.inc();
+                    live.insert(id, job.events);
+                    let _ = job.accepted.send(Ok(()));
+                }
+                Err(e) => {
+                    let _ = job.accepted.send(Err(e));
+                }
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            for id in live.keys().copied().collect::<Vec<_>>() {
+                s.cancel(id);
+            }
+            break;
+        }
+        // Clients gone: their requests end before the step.
+        live.retain(|&id, tx| {
+            if tx.is_closed() {
+                s.cancel(id);
+                false
+            } else {
+                true
+            }
+        });
+        if let Err(e) = s.step() {
+            eprintln!("herd serve: a step failed: {}", e.to_string().replace('\n', " "));
+        }
+        // Also counts what ended outside the step (cancelled before it).
+        let now = s.stats();
+        metrics.prompt_tokens.inc_by(now.prompt_tokens - seen.prompt_tokens);
+        metrics.generated_tokens.inc_by(now.generated_tokens - seen.generated_tokens);
+        metrics.finished.inc_by(now.finished - seen.finished);
+        metrics.cancelled.inc_by(now.cancelled - seen.cancelled);
+        metrics.failed.inc_by(now.failed - seen.failed);
+        seen = now;
+        let (running, waiting) = s.load();
+        metrics.running.set(running as i64);
+        metrics.waiting.set(waiting as i64);
+        metrics.kv_tokens.set(s.cached_tokens() as i64);
+        metrics.kv_bytes.set(s.cache_bytes() as i64);
+        if let Some(x) = s.model().expert_stats() {
+            metrics.expert_hits.set(x.hits as i64);
+            metrics.expert_misses.set(x.lookups.saturating_sub(x.hits) as i64);
+        }
+    }
+}

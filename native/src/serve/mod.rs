@@ -1,0 +1,358 @@
+//! `herd serve`: an OpenAI-compatible HTTP server on axum + tokio.
+//!
+//! One engine thread owns the model through a [`Scheduler`] (continuous batching: every running request
+//! advances each step, prompts are read in pieces); the HTTP handlers only turn requests into token ids,
+//! submit them, and turn the token events they get back into OpenAI's JSON or Server-Sent Events. A client
+//! that goes away (its response stream dropped) has its request cancelled before the next step, and its
+//! cache freed.
+//!
+//! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`, `GET /health`,
+//! `GET /metrics` (Prometheus text). Errors are OpenAI's shape, `{"error": {"message", "type", "param",
+//! "code"}}`, with the status that fits. With an API key every `/v1` route and `/metrics` needs
+//! `Authorization: Bearer KEY` (compared in constant time); `/health` stays open. Nothing in a request names
+//! a file on the server.
+
+mod engine;
+mod respond;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use herd_core::backend::Backend;
+use herd_core::chat::ChatTemplate;
+use herd_core::experts::ExpertCacheOptions;
+use herd_core::openai::{self, ApiError, Served};
+use herd_core::schedule::{Scheduler, SchedulerConfig};
+use herd_core::tokenizer::Tokenizer;
+use herd_core::vision::input::PlannedImage;
+use herd_core::vision::preprocess::decode;
+use serde_json::{json, Map, Value};
+
+use crate::files::ModelFiles;
+use crate::images::{Planner, Vision};
+use engine::{engine, Eyes, Job, Metrics};
+use respond::{generate, Kind};
+
+/// What `herd serve` was asked for.
+pub struct Options {
+    pub host: String,
+    pub port: u16,
+    pub sched: SchedulerConfig,
+    pub api_key: Option<String>,
+    pub body_limit: usize,
+}
+
+/// What the handlers share.
+struct Shared {
+    tok: Tokenizer,
+    tmpl: Option<ChatTemplate>,
+    served: Served,
+    /// None when the model has no vision tower (requests with images are refused).
+    planner: Option<Planner>,
+    /// One image decode at a time.
+    decoding: tokio::sync::Semaphore,
+    created: u64,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    metrics: Arc<Metrics>,
+    api_key: Option<String>,
+    ready: AtomicBool,
+    shutting_down: Arc<AtomicBool>,
+    next_id: AtomicU64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    let mut r = Response::new(Body::from(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// An [`ApiError`] as the response: its status, OpenAI's JSON body, and `Retry-After` when busy.
+trait Reply {
+    fn reply(self) -> Response;
+}
+
+impl Reply for ApiError {
+    fn reply(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = json_response(status, &self.body());
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// `Authorization: Bearer KEY`, compared in constant time.
+fn authorize(sh: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &sh.api_key else { return Ok(()) };
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let ok = given.is_some_and(|g| {
+        let (a, b) = (g.as_bytes(), key.as_bytes());
+        let mut diff = a.len() ^ b.len();
+        for i in 0..a.len().max(b.len()) {
+            diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+        }
+        diff == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            401,
+            "authentication_error",
+            "invalid_api_key",
+            "missing or wrong API key (Authorization: Bearer KEY)",
+        ))
+    }
+}
+/// The body as a JSON object, or the error for it.
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(413, "invalid_request_error", "body_too_large", "request body too large")
+        } else {
+            ApiError::bad(format!("could not read the body: {r}"), None)
+        }
+    })?;
+    openai::parse_body(&body)
+}
+
+async fn chat_completions(
+    State(sh): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = async {
+        authorize(&sh, &headers)?;
+        let m = json_body(body)?;
+        let conv = openai::conversation(&m)?;
+        let ids = openai::chat_ids(&conv.messages, sh.tmpl.as_ref(), &sh.tok)?;
+        let (ids, images) =
+            if conv.images.is_empty() { (ids, Vec::new()) } else { images(&sh, ids, conv.images).await? };
+        Ok::<_, ApiError>((openai::generation(&sh.served, &m, ids, true)?, images))
+    };
+    match run.await {
+        Ok((g, images)) => generate(sh, Kind::Chat, g, images).await,
+        Err(e) => e.reply(),
+    }
+}
+
+/// Decodes a request's images (one at a time across the server: a decode may take a second and up to
+/// [`herd_core::vision::preprocess::MAX_DECODE_BYTES`]), plans them and expands the prompt's `<|image|>`
+/// placeholders into their tokens. The first frame of an animated image is the image.
+async fn images(
+    sh: &Arc<Shared>,
+    ids: Vec<u32>,
+    bytes: Vec<Vec<u8>>,
+) -> Result<(Vec<u32>, Vec<PlannedImage>), ApiError> {
+    let bad = |m: String| ApiError::bad(m, Some("messages"));
+    if sh.planner.is_none() {
+        return Err(bad(format!(
+            "{} has no vision tower: image parts need a multimodal Llama 4 checkpoint",
+            sh.served.model_id
+        )));
+    }
+    let _permit = sh
+        .decoding
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(503, "server_error", "shutting_down", "the server is shutting down"))?;
+    let sh2 = sh.clone();
+    tokio::task::spawn_blocking(move || {
+        let planner = sh2.planner.as_ref().expect("checked above");
+        let mut decoded = Vec::with_capacity(bytes.len());
+        for (i, b) in bytes.iter().enumerate() {
+            let mut frames = decode(b).map_err(|e| bad(format!("image {}: {e}", i + 1)))?;
+            decoded.push(frames.swap_remove(0));
+        }
+        planner.plan(&ids, decoded, &[]).map_err(|e| bad(format!("{e:#}")))
+    })
+    .await
+    .map_err(|e| ApiError::new(500, "server_error", "internal_error", format!("decoding the images: {e}")))?
+}
+
+async fn completions(
+    State(sh): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = async {
+        authorize(&sh, &headers)?;
+        let m = json_body(body)?;
+        let ids = openai::completion_ids(&m, &sh.tok)?;
+        openai::generation(&sh.served, &m, ids, false)
+    };
+    match run.await {
+        Ok(g) => generate(sh, Kind::Completion, g, Vec::new()).await,
+        Err(e) => e.reply(),
+    }
+}
+
+async fn models(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&sh, &headers) {
+        return e.reply();
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": [{"id": sh.served.model_id, "object": "model", "created": sh.created, "owned_by": "herd"}]}),
+    )
+}
+
+async fn health(State(sh): State<Arc<Shared>>) -> Response {
+    if sh.ready.load(Ordering::Relaxed) && !sh.shutting_down.load(Ordering::Relaxed) {
+        json_response(StatusCode::OK, &json!({"status": "ok"}))
+    } else {
+        ApiError::new(503, "server_error", "not_ready", "the model is not ready").reply()
+    }
+}
+
+async fn metrics_text(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&sh, &headers) {
+        return e.reply();
+    }
+    let mut r = Response::new(Body::from(sh.metrics.text()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+async fn not_found() -> Response {
+    ApiError::new(404, "invalid_request_error", "not_found", "no such route").reply()
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Loads the model onto `backend` and serves it until SIGINT/SIGTERM.
+pub fn serve<B: Backend + 'static>(
+    backend: Arc<B>,
+    files: &ModelFiles,
+    opts: Options,
+    experts: Option<&ExpertCacheOptions>,
+) -> Result<()> {
+    let tok = files.tokenizer()?;
+    let tmpl = files.chat_template().ok();
+    let gen = files.generation_config()?;
+    let defaults = gen.sampling_params();
+    let addr: SocketAddr = format!("{}:{}", opts.host, opts.port)
+        .parse()
+        .with_context(|| format!("--host {} --port {}", opts.host, opts.port))?;
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    // Images, when the model has a vision tower.
+    let planner = if files.config()?.vision.is_some() {
+        match Planner::new(files, &tok) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("herd serve: requests with images will be refused: {}", format!("{e:#}").replace('\n', " "));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let eyes = match &planner {
+        Some(p) => {
+            Some(Eyes { vision: Vision::load(files, &backend, p)?, backend: backend.clone(), patch: p.tokens.patch })
+        }
+        None => None,
+    };
+    let (cfg, model) = files.load(backend, experts)?;
+    let stop_ids =
+        if gen.eos_token_ids.is_empty() { cfg.text.eos_token_ids.clone() } else { gen.eos_token_ids.clone() };
+    let model = Arc::new(model);
+    let sched = Scheduler::new(model, opts.sched)?;
+    let metrics = Arc::new(Metrics::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+    let shared = Arc::new(Shared {
+        tok,
+        tmpl,
+        served: Served {
+            model_id: files.model_id(),
+            context: cfg.text.max_position_embeddings,
+            vocab_size: cfg.text.vocab_size,
+            defaults,
+            stop_ids,
+        },
+        planner,
+        decoding: tokio::sync::Semaphore::new(1),
+        created: now_secs(),
+        jobs: Mutex::new(jobs_tx),
+        metrics: metrics.clone(),
+        api_key: opts.api_key.clone(),
+        ready: AtomicBool::new(false),
+        shutting_down: stop.clone(),
+        next_id: AtomicU64::new(0),
+    });
+    let engine_stop = stop.clone();
+    let engine_thread = std::thread::Builder::new()
+        .name("herd-engine".into())
+        .spawn(move || engine(sched, eyes, jobs_rx, metrics, engine_stop))
+        .context("starting the engine thread")?;
+    shared.ready.store(true, Ordering::Relaxed);
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(opts.body_limit))
+        .with_state(shared.clone());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        println!("herd serve: {} at http://{local}/v1 (OpenAI API; Ctrl-C stops)", shared.served.model_id);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let sd = shared.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                eprintln!("herd serve: shutting down");
+                sd.shutting_down.store(true, Ordering::Relaxed);
+            })
+            .await
+    });
+    stop.store(true, Ordering::Relaxed);
+    drop(rt);
+    let _ = engine_thread.join();
+    result.context("serving")?;
+    Ok(())
+}
