@@ -99,6 +99,67 @@ impl<B: Backend> KvCache<B> {
         id
     }
 
+    /// How many of the first `len` tokens of `src` [`KvCache::fork`] can copy (see there).
+    pub fn reusable(&self, src: SeqId, len: usize) -> Result<usize> {
+        let from = self.seq(src)?;
+        let len = len.min(from.len);
+        if let Some(c) = self.chunk.filter(|_| self.layers.iter().any(|l| l.kind == AttnKind::Chunked)) {
+            // Position p of `src` is still in its ring iff no later position took its slot: p + cap >= len(src).
+            let start = len / c * c;
+            if len > start && start + from.regions[1].cap.max(1) < from.len {
+                return Ok(start);
+            }
+        }
+        Ok(len)
+    }
+
+    /// A new sequence holding a copy of the first `len` tokens of `src` (prefix reuse), or fewer: chunked
+    /// layers keep only the current chunk's tokens, so when `src` has moved on far enough to overwrite some
+    /// of the chunk that position `len` falls in, the copy stops at that chunk's start. Returns the new
+    /// sequence and how many tokens it holds. `src` is not changed.
+    pub fn fork(&mut self, backend: &B, src: SeqId, len: usize) -> Result<(SeqId, usize)> {
+        let len = self.reusable(src, len)?;
+        let id = self.add_sequence();
+        if len == 0 {
+            return Ok((id, 0));
+        }
+        if let Err(e) = self.reserve(backend, &[(id, len)]) {
+            self.remove_sequence(id);
+            return Err(e);
+        }
+        let (from, to) = (self.seq(src)?.regions, self.seq(id)?.regions);
+        let kv = self.kv_dim;
+        for layer in &self.layers {
+            let k = kind_index(layer.kind);
+            let first = match (k, self.chunk) {
+                (1, Some(c)) => len / c * c,
+                _ => 0,
+            };
+            let (a, b) = (from[k], to[k]);
+            let ((sk, sv), (dk, dv)) = (&layer.arenas[a.arena], &layer.arenas[b.arena]);
+            // Positions first..len, in runs that wrap neither ring.
+            let mut p = first;
+            while p < len {
+                let (so, dof) = (p % a.cap.max(1), p % b.cap.max(1));
+                let run = (len - p).min(a.cap.max(1) - so).min(b.cap.max(1) - dof);
+                let (from_at, to_at, n) = ((a.base + so) * kv, (b.base + dof) * kv, run * kv);
+                for (src, dst) in [(sk, dk), (sv, dv)] {
+                    if a.arena == b.arena {
+                        // Within one buffer: through a scratch buffer (a backend copy takes two).
+                        let tmp = backend.alloc(n)?;
+                        backend.copy(src, from_at, &tmp, 0, n)?;
+                        backend.copy(&tmp, 0, dst, to_at, n)?;
+                    } else {
+                        backend.copy(src, from_at, dst, to_at, n)?;
+                    }
+                }
+                p += run;
+            }
+        }
+        self.advance(&[(id, len)])?;
+        Ok((id, len))
+    }
+
     /// Forgets a sequence (its slots are reclaimed at the next relocation).
     pub fn remove_sequence(&mut self, id: SeqId) {
         self.seqs.retain(|s| s.id != id);

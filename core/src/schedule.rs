@@ -33,11 +33,14 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Requests waiting for a place in the batch; a submission past it is refused ([`HerdError::Busy`]).
     pub max_queue: usize,
+    /// Tokens of ended requests kept in the KV cache for prefix reuse (least recently used first out);
+    /// 0 keeps none. Running requests are reused from whatever this says.
+    pub prefix_cache_tokens: usize,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { max_seqs: 16, max_batch_tokens: 512, max_queue: 256 }
+        SchedulerConfig { max_seqs: 16, max_batch_tokens: 512, max_queue: 256, prefix_cache_tokens: 8192 }
     }
 }
 
@@ -85,6 +88,8 @@ pub struct Finish {
     pub reason: std::result::Result<StopReason, String>,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
+    /// Prompt tokens whose keys and values were reused from the cache rather than computed.
+    pub cached_tokens: usize,
     /// From submission to the first generated token (None when none was).
     pub time_to_first_token: Option<Duration>,
     /// Steps the request waited in the queue before it joined the batch.
@@ -104,6 +109,9 @@ pub enum Event {
 pub struct Images<B: Backend> {
     pub patch: u32,
     pub rows: Vec<(B::Buffer, usize)>,
+    /// One key per image telling its pixels from other images' (e.g. [`crate::vision::input::pixel_key`]):
+    /// a prefix is reused across requests only where the images are the same.
+    pub keys: Vec<u64>,
 }
 
 impl<B: Backend> Images<B> {
@@ -119,6 +127,11 @@ pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
 struct Seq<B: Backend> {
     id: RequestId,
     images: Option<Images<B>>,
+    /// What each prompt position holds, for prefix matching: the token id, or for an image patch token a
+    /// tagged hash of its image's key and its row.
+    keys: Vec<u64>,
+    /// Prompt tokens reused from the cache.
+    cached: usize,
     /// The cache sequence, once it has joined the batch.
     cache: Option<SeqId>,
     prompt: Vec<u32>,
@@ -147,7 +160,10 @@ struct Seq<B: Backend> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SchedulerStats {
     pub steps: u64,
+    /// Prompt tokens computed by the model.
     pub prompt_tokens: u64,
+    /// Prompt tokens reused from the cache (prefix reuse).
+    pub cached_prompt_tokens: u64,
     pub generated_tokens: u64,
     pub finished: u64,
     pub cancelled: u64,
@@ -161,6 +177,8 @@ pub struct Scheduler<B: Backend> {
     cfg: SchedulerConfig,
     waiting: VecDeque<Seq<B>>,
     running: Vec<Seq<B>>,
+    /// Ended requests' cache sequences kept for prefix reuse, least recently used first, with what they hold.
+    kept: VecDeque<(SeqId, Vec<u64>)>,
     next_id: u64,
     stats: SchedulerStats,
 }
@@ -180,6 +198,7 @@ impl<B: Backend> Scheduler<B> {
             cfg,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            kept: VecDeque::new(),
             next_id: 0,
             stats: SchedulerStats::default(),
         })
@@ -204,13 +223,16 @@ impl<B: Backend> Scheduler<B> {
     pub fn submit_with_images(&mut self, req: Request, images: Option<Images<B>>, sink: Sink) -> Result<RequestId> {
         if let Some(im) = &images {
             let n = req.prompt.iter().filter(|&&t| t == im.patch).count();
-            if n != im.len() {
+            if n != im.len() || im.keys.len() != im.rows.len() {
                 return Err(HerdError::Input(format!(
-                    "the prompt has {n} image patch tokens but its images give {} rows",
-                    im.len()
+                    "the prompt has {n} image patch tokens but its images give {} rows ({} keys for {} images)",
+                    im.len(),
+                    im.keys.len(),
+                    im.rows.len()
                 )));
             }
         }
+        let keys = content_keys(&req.prompt, images.as_ref());
         let ctx = self.model.cfg.max_position_embeddings;
         if req.prompt.is_empty() {
             return Err(HerdError::Input("empty prompt".into()));
@@ -244,6 +266,8 @@ impl<B: Backend> Scheduler<B> {
         self.waiting.push_back(Seq {
             id,
             images,
+            keys,
+            cached: 0,
             cache: None,
             prompt: req.prompt,
             fed: 0,
@@ -307,9 +331,78 @@ impl<B: Backend> Scheduler<B> {
         self.running.iter().filter_map(|s| s.cache.and_then(|c| self.cache.seq_len(c).ok())).sum()
     }
 
+    /// Tokens of ended requests kept in the KV cache for prefix reuse.
+    pub fn kept_tokens(&self) -> usize {
+        self.kept.iter().map(|k| k.1.len()).sum()
+    }
+
+    /// A cache sequence for a request joining the batch, holding as much of its prompt as some running or
+    /// kept sequence already has (at least one prompt token is left to feed, for the first logits).
+    fn join_cache(&mut self, keys: &[u64]) -> Result<(SeqId, usize)> {
+        let want = keys.len().saturating_sub(1);
+        let mut best: Option<(SeqId, usize, Option<usize>)> = None; // (source, tokens shared, kept index)
+        let cache = &self.cache;
+        let mut consider = |id: SeqId, held: &mut dyn Iterator<Item = u64>, kept: Option<usize>| {
+            let shared = held.zip(&keys[..want]).take_while(|(a, b)| a == *b).count();
+            let n = cache.reusable(id, shared).unwrap_or(0);
+            if n > 0 && best.is_none_or(|b| n > b.1) {
+                best = Some((id, n, kept));
+            }
+        };
+        for s in &self.running {
+            if let Some(c) = s.cache {
+                consider(c, &mut cache_content(s), None);
+            }
+        }
+        for (i, (c, held)) in self.kept.iter().enumerate() {
+            consider(*c, &mut held.iter().copied(), Some(i));
+        }
+        let Some((src, n, kept)) = best else {
+            return Ok((self.cache.add_sequence(), 0));
+        };
+        if let Some(i) = kept {
+            // Most recently used now.
+            if let Some(k) = self.kept.remove(i) {
+                self.kept.push_back(k);
+            }
+        }
+        let be = self.model.backend().clone();
+        self.cache.fork(&be, src, n)
+    }
+
+    /// Keeps an ended request's cache sequence for reuse (or frees it), then evicts the least recently used
+    /// ones past the budget.
+    fn keep_or_free(&mut self, c: SeqId, held: Vec<u64>) {
+        let len = self.cache.seq_len(c).unwrap_or(0);
+        if self.cfg.prefix_cache_tokens == 0 || len == 0 {
+            self.cache.remove_sequence(c);
+            return;
+        }
+        let mut held = held;
+        held.truncate(len);
+        self.kept.push_back((c, held));
+        while self.kept_tokens() > self.cfg.prefix_cache_tokens {
+            let Some((old, _)) = self.kept.pop_front() else { break };
+            self.cache.remove_sequence(old);
+        }
+    }
+
+    /// Drops every kept sequence (prefix reuse starts afresh).
+    pub fn clear_prefix_cache(&mut self) {
+        for (c, _) in std::mem::take(&mut self.kept) {
+            self.cache.remove_sequence(c);
+        }
+    }
+
     fn finish(&mut self, mut s: Seq<B>, reason: std::result::Result<StopReason, String>) {
         if let Some(c) = s.cache.take() {
-            self.cache.remove_sequence(c);
+            if reason.is_ok() {
+                let held: Vec<u64> = cache_content(&s).collect();
+                self.keep_or_free(c, held);
+            } else {
+                // What a failed step left in the cache is unknown.
+                self.cache.remove_sequence(c);
+            }
         }
         match &reason {
             Ok(StopReason::Cancelled) => self.stats.cancelled += 1,
@@ -320,6 +413,7 @@ impl<B: Backend> Scheduler<B> {
             reason,
             prompt_tokens: s.prompt.len(),
             generated_tokens: s.out.len(),
+            cached_tokens: s.cached,
             time_to_first_token: s.first_token,
             queued_steps: s.joined_step.saturating_sub(s.submitted_step),
         };
@@ -342,7 +436,18 @@ impl<B: Backend> Scheduler<B> {
                 self.finish(s, Ok(StopReason::Length));
                 continue;
             }
-            s.cache = Some(self.cache.add_sequence());
+            match self.join_cache(&s.keys) {
+                Ok((c, n)) => {
+                    s.cache = Some(c);
+                    s.fed = n;
+                    s.cached = n;
+                    self.stats.cached_prompt_tokens += n as u64;
+                }
+                Err(e) => {
+                    self.finish(s, Err(e.to_string()));
+                    continue;
+                }
+            }
             s.joined_step = self.stats.steps;
             self.running.push(s);
         }
@@ -483,6 +588,36 @@ impl<B: Backend> Scheduler<B> {
         }
         Ok(())
     }
+}
+
+/// Tags the keys of image patch positions (token ids are below 2^32).
+const IMAGE_KEY: u64 = 1 << 63;
+
+/// What each prompt position holds (see `Seq::keys`).
+fn content_keys<B: Backend>(prompt: &[u32], images: Option<&Images<B>>) -> Vec<u64> {
+    let Some(im) = images else { return prompt.iter().map(|&t| t as u64).collect() };
+    // The image and row of each patch token, in order.
+    let mut rows = im.rows.iter().zip(&im.keys).flat_map(|((_, n), &k)| (0..*n as u64).map(move |r| (k, r)));
+    prompt
+        .iter()
+        .map(|&t| {
+            if t != im.patch {
+                return t as u64;
+            }
+            let (k, r) = rows.next().unwrap_or((0, 0));
+            let mut h = k ^ r.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            h ^= h >> 31;
+            IMAGE_KEY | (h.wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 1)
+        })
+        .collect()
+}
+
+/// What a sequence's cache holds, position by position: the prompt read so far, then (once decoding) each
+/// generated token but the last, which has not been fed yet.
+fn cache_content<B: Backend>(s: &Seq<B>) -> impl Iterator<Item = u64> + '_ {
+    let fed = s.keys[..s.fed.min(s.keys.len())].iter().copied();
+    let gen = if s.fed == s.prompt.len() { &s.out[..s.out.len().saturating_sub(1)] } else { &[][..] };
+    fed.chain(gen.iter().map(|&t| t as u64))
 }
 
 /// log(softmax(row)), in f64 for the sum.

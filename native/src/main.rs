@@ -91,6 +91,10 @@ struct ServeArgs {
     /// Requests waiting for a place; past it, requests are refused with 429 and Retry-After.
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
+    /// Tokens of ended requests kept in the KV cache so that later prompts starting the same way (a chat's
+    /// earlier turns, a shared system prompt) reuse them; least recently used first out. 0: none.
+    #[arg(long, default_value_t = 8192)]
+    prefix_cache_tokens: usize,
     /// Require `Authorization: Bearer KEY` on /v1 routes and /metrics (also from $HERD_API_KEY).
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
@@ -504,6 +508,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     max_seqs: a.max_seqs,
                     max_batch_tokens: a.max_batch_tokens,
                     max_queue: a.max_queue,
+                    prefix_cache_tokens: a.prefix_cache_tokens,
                 },
                 api_key,
                 body_limit: a.body_limit,

@@ -220,6 +220,26 @@ fn answers_equal_herd_run_alone_and_together() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(together, solo);
+    // Prefix reuse: the same short request again reuses its whole prompt but the last token, and a chat's
+    // next turn its earlier turns; the answers are those of a server that reuses nothing.
+    let (_, again) = srv.post("/v1/chat/completions", &chat(prompts[4], n[4]));
+    assert_eq!(text_of(&again), solo[4]);
+    let u = &again["usage"];
+    assert_eq!(u["prompt_tokens_details"]["cached_tokens"], u["prompt_tokens"].as_u64().unwrap() - 1, "{u}");
+    let mut turn = chat(prompts[0], 12);
+    turn["messages"] = json!([
+        {"role": "user", "content": prompts[0]},
+        {"role": "assistant", "content": solo[0]},
+        {"role": "user", "content": "And then?"},
+    ]);
+    let (_, next) = srv.post("/v1/chat/completions", &turn);
+    let cached = next["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(cached >= 26, "the next turn reused {cached} tokens: {}", next["usage"]);
+    assert!(srv.metric("herd_prefix_cache_hit_tokens_total") >= cached as f64);
+    let fresh = Server::start(&["--prefix-cache-tokens", "0"]);
+    let (_, want) = fresh.post("/v1/chat/completions", &turn);
+    assert_eq!(want["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(text_of(&next), text_of(&want));
     // Streamed: the deltas add up to the same text, then a finish chunk, usage, [DONE].
     let mut body = chat(prompts[3], 30);
     body["stream"] = json!(true);
@@ -422,7 +442,8 @@ fn sigterm_ends_streams_and_exits() {
 }
 
 /// The official `openai` Python client against the server: chat (plain and streamed), completions,
-/// models, logprobs, a wrong key, a malformed request. Needs the package: the test command installs it in
+/// models, logprobs, a wrong key, a malformed request, and an image part (a second server, of the
+/// `scout_vision` fixture). Needs the package: the test command installs it in
 /// a virtual environment and sets HERD_OPENAI_PYTHON (and HERD_REQUIRE_OPENAI=1, so that its absence
 /// fails instead of saying NOT RUN).
 #[test]
@@ -440,6 +461,16 @@ fn the_official_openai_client_works() {
         .args(["run", "--chat", "--temperature", "0", "--max-tokens", "20", "--prompt", "Hello! Tell me a story."])
         .output()
         .unwrap();
+    let model = fixture("scout_vision");
+    let image = fixture("vision/photo_200x300.png");
+    let vision = Server::start(&["--model", &model]);
+    let seen = Command::new(BIN)
+        .args(["run", "--model", &model, "--chat", "--temperature", "0", "--max-tokens", "8", "--image", &image])
+        .args(["--prompt", "What is in the picture?"])
+        .output()
+        .unwrap();
+    assert!(seen.status.success(), "{}", String::from_utf8_lossy(&seen.stderr));
+    let seen = String::from_utf8_lossy(&seen.stdout);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tools/openai_client.py");
     let out = Command::new(py)
         .arg(script)
@@ -447,6 +478,9 @@ fn the_official_openai_client_works() {
             format!("http://{}/v1", srv.addr),
             "sesame".into(),
             String::from_utf8_lossy(&run.stdout).trim_end().to_owned(),
+            format!("http://{}/v1", vision.addr),
+            image.clone(),
+            seen.strip_suffix('\n').unwrap_or(&seen).to_owned(),
         ])
         .output()
         .unwrap();

@@ -113,8 +113,8 @@ fn check_batching<B: Backend>(model: &Arc<Llama4<B>>, what: &str, counts: &[usiz
             let join: Vec<u64> =
                 (0..n).map(|i| if i < n.div_ceil(2) { 0 } else { 2 * (i - n.div_ceil(2)) as u64 + 1 }).collect();
             for cfg in [
-                SchedulerConfig { max_seqs: 16, max_batch_tokens: 512, max_queue: 64 },
-                SchedulerConfig { max_seqs: 4, max_batch_tokens: 7, max_queue: 64 },
+                SchedulerConfig { max_seqs: 16, max_batch_tokens: 512, max_queue: 64, prefix_cache_tokens: 0 },
+                SchedulerConfig { max_seqs: 4, max_batch_tokens: 7, max_queue: 64, prefix_cache_tokens: 0 },
             ] {
                 let together = run(model, reqs, &join, cfg);
                 for (i, (t, s)) in together.iter().zip(&solo).enumerate() {
@@ -153,8 +153,11 @@ fn cancellation_and_refusals() {
     let vocab = model.cfg.vocab_size;
     let reqs = requests(vocab, 3, false);
     let solo = alone(&model, &reqs);
-    let mut s =
-        Scheduler::new(model.clone(), SchedulerConfig { max_seqs: 2, max_batch_tokens: 64, max_queue: 2 }).unwrap();
+    let mut s = Scheduler::new(
+        model.clone(),
+        SchedulerConfig { max_seqs: 2, max_batch_tokens: 64, max_queue: 2, prefix_cache_tokens: 0 },
+    )
+    .unwrap();
     let got: Vec<Got> = (0..3).map(|_| Got::default()).collect();
     // Request 0 stops itself after two tokens.
     let g0 = got[0].clone();
@@ -204,4 +207,87 @@ fn cancellation_and_refusals() {
     let penalty = Request { presence_penalty: 3.0, ..Request::new(vec![1], reqs[0].params.clone()) };
     assert!(s.submit(penalty, sink(&Got::default())).is_err());
     assert!(s.is_idle());
+}
+
+/// Runs requests one after another through one scheduler (so each can reuse what the earlier ones left);
+/// each one's tokens and the prompt tokens it reused.
+fn one_by_one<B: Backend>(s: &mut Scheduler<B>, reqs: &[Request]) -> Vec<(Vec<u32>, usize)> {
+    reqs.iter()
+        .map(|r| {
+            let g = Got::default();
+            s.submit(r.clone(), sink(&g)).unwrap();
+            s.run_to_idle().unwrap();
+            let g = g.lock().unwrap();
+            let f = g.1.as_ref().unwrap();
+            assert_eq!(f.reason, Ok(StopReason::Length));
+            (g.0.clone(), f.cached_tokens)
+        })
+        .collect()
+}
+
+/// Prefix reuse changes nothing: requests whose prompts begin like earlier or running ones (a chat's next
+/// turn holding the previous answer, the same prompt twice, shared prefixes ending inside and at the
+/// boundaries of the scout fixture's 8-token attention chunks, a source that has moved on past the chunk
+/// the prefix ends in) give exactly the tokens they get alone with no reuse, one after another and all
+/// together with prompts cut into pieces; the reused counts are what the cache can give; the kept tokens
+/// stay within the budget, least recently used out first.
+#[test]
+fn prefix_reuse_changes_nothing() {
+    check_prefix_reuse(&Arc::new(CpuBackend::new()), &["demo", "scout"]);
+}
+
+#[test]
+fn prefix_reuse_changes_nothing_on_wgpu() {
+    let Some(be) = backend_or_not_run("wgpu", "HERD_REQUIRE_WGPU", herd_wgpu::WgpuBackend::new()) else { return };
+    check_prefix_reuse(&be, &["demo"]);
+}
+
+fn check_prefix_reuse<B: Backend>(be: &Arc<B>, names: &[&str]) {
+    for &name in names {
+        let model = Arc::new(golden::load(be, &model_dir(name)));
+        let vocab = model.cfg.vocab_size;
+        let chunked = model.cfg.attention_chunk_size.is_some() && name == "scout";
+        let params = |n: usize| GenerateParams { max_tokens: n, sampling: SamplingParams::default(), stop_ids: vec![] };
+        let cat = |a: &[u32], b: &[u32]| [a, b].concat();
+        let base = prompt(21, 5, vocab);
+        let first = Request::new(base.clone(), params(6));
+        let first_out = alone(&model, std::slice::from_ref(&first)).remove(0);
+        let reqs = vec![
+            first.clone(),
+            Request::new(cat(&base[..13], &prompt(5, 9, vocab)), params(5)), // shares 13: inside a chunk
+            Request::new(cat(&cat(&base, &first_out), &prompt(4, 11, vocab)), params(7)), // the next turn
+            Request::new(base.clone(), params(3)),                           // the same prompt again
+            Request::new(cat(&base[..16], &prompt(6, 13, vocab)), params(4)), // shares 16: a chunk boundary
+            Request::new(prompt(9, 77, vocab), params(4)),
+        ];
+        let solo = alone(&model, &reqs);
+        let cfg =
+            |budget| SchedulerConfig { max_seqs: 6, max_batch_tokens: 7, max_queue: 64, prefix_cache_tokens: budget };
+        let mut s = Scheduler::new(model.clone(), cfg(10_000)).unwrap();
+        let got = one_by_one(&mut s, &reqs);
+        for (i, ((t, _), want)) in got.iter().zip(&solo).enumerate() {
+            assert_eq!(t, want, "{name}: request {i}, one after another with prefix reuse, differs from its run alone");
+        }
+        let cached: Vec<usize> = got.iter().map(|g| g.1).collect();
+        // The first ended holding 21 + 5 tokens. Chunked layers keep only the current chunk (8 tokens in the
+        // scout fixture's): a prefix of 13 ends in chunk 8..16, which the first request's later tokens
+        // (16..26) overwrote, so only 8 are reused; of the same prompt again (20 to reuse), chunk 16..24 lost
+        // 16 and 17 to 24 and 25, so 16.
+        let want = if chunked { [0, 8, 26, 16, 16, 0] } else { [0, 13, 26, 20, 16, 0] };
+        assert_eq!(cached, want, "{name}: prompt tokens reused");
+        assert_eq!(s.stats().cached_prompt_tokens, want.iter().sum::<usize>() as u64);
+        assert_eq!(s.cached_tokens(), 0);
+        // All at once, joining every other step: reuse from running requests too.
+        let join: Vec<u64> = (0..reqs.len() as u64).map(|i| 2 * i).collect();
+        let together = run(&model, &reqs, &join, cfg(10_000));
+        assert_eq!(together, solo, "{name}: requests run together with prefix reuse differ from their runs alone");
+        // A budget of 30 tokens keeps the last one or two ended requests only.
+        let mut s = Scheduler::new(model.clone(), cfg(30)).unwrap();
+        let got = one_by_one(&mut s, &[reqs[0].clone(), reqs[5].clone(), reqs[3].clone()]);
+        assert!(s.kept_tokens() <= 30, "{} tokens kept", s.kept_tokens());
+        assert_eq!((got[0].0.clone(), got[2].0.clone()), (solo[0].clone(), solo[3].clone()));
+        assert_eq!(got[2].1, 0, "{name}: the first request's tokens were evicted (26 + 12 > 30)");
+        s.clear_prefix_cache();
+        assert_eq!(s.kept_tokens(), 0);
+    }
 }

@@ -1,14 +1,17 @@
 """Drives `herd serve` with the official openai client (native/tests/serve.rs runs this).
 
-Usage: openai_client.py BASE_URL API_KEY EXPECTED_GREEDY_TEXT
-EXPECTED_GREEDY_TEXT is `herd run --chat --temperature 0 --max-tokens 20` on the same prompt.
+Usage: openai_client.py BASE_URL API_KEY EXPECTED_GREEDY_TEXT VISION_URL IMAGE EXPECTED_IMAGE_TEXT
+EXPECTED_GREEDY_TEXT is `herd run --chat --temperature 0 --max-tokens 20` on the same prompt; VISION_URL is a
+server of a model with a vision tower (no key), and EXPECTED_IMAGE_TEXT `herd run --chat --temperature 0
+--max-tokens 8 --image IMAGE --prompt "What is in the picture?"` on that model.
 """
 
+import base64
 import sys
 
 import openai
 
-base, key, expected = sys.argv[1], sys.argv[2], sys.argv[3]
+base, key, expected, vision_url, image, expected_image = sys.argv[1:7]
 client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
 prompt = [{"role": "user", "content": "Hello! Tell me a story."}]
 
@@ -90,4 +93,19 @@ try:
 except openai.NotFoundError as e:
     assert e.status_code == 404
 print("unknown model: 404")
+
+vision = openai.OpenAI(base_url=vision_url, api_key="none", max_retries=0)
+with open(image, "rb") as f:
+    url = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+r = vision.chat.completions.create(
+    model=vision.models.list().data[0].id,
+    messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}},
+        {"type": "text", "text": "What is in the picture?"},
+    ]}],
+    max_tokens=8,
+    temperature=0,
+)
+assert r.choices[0].message.content == expected_image, (r.choices[0].message.content, expected_image)
+print("image part:", repr(r.choices[0].message.content))
 print("ok")

@@ -27,6 +27,8 @@ pub struct Metrics {
     waiting: Gauge,
     requests: Counter,
     prompt_tokens: Counter,
+    cached_prompt_tokens: Counter,
+    prefix_cache_tokens: Gauge,
     generated_tokens: Counter,
     finished: Counter,
     cancelled: Counter,
@@ -47,6 +49,8 @@ impl Metrics {
             waiting: Gauge::default(),
             requests: Counter::default(),
             prompt_tokens: Counter::default(),
+            cached_prompt_tokens: Counter::default(),
+            prefix_cache_tokens: Gauge::default(),
             generated_tokens: Counter::default(),
             finished: Counter::default(),
             cancelled: Counter::default(),
@@ -69,7 +73,17 @@ impl Metrics {
         );
         registry.register("requests_cancelled", "Requests cancelled (client gone, or shutdown)", m.cancelled.clone());
         registry.register("requests_failed", "Requests ended by an error of the model", m.failed.clone());
-        registry.register("prompt_tokens", "Prompt tokens read", m.prompt_tokens.clone());
+        registry.register("prompt_tokens", "Prompt tokens computed by the model", m.prompt_tokens.clone());
+        registry.register(
+            "prefix_cache_hit_tokens",
+            "Prompt tokens reused from the KV cache instead of computed",
+            m.cached_prompt_tokens.clone(),
+        );
+        registry.register(
+            "prefix_cache_tokens",
+            "Tokens of ended requests kept in the KV cache for reuse",
+            m.prefix_cache_tokens.clone(),
+        );
         registry.register("generation_tokens", "Tokens generated", m.generated_tokens.clone());
         registry.register("kv_cache_tokens", "Tokens held in the KV cache by running requests", m.kv_tokens.clone());
         registry.register("kv_cache_bytes", "Bytes the KV cache buffers take", m.kv_bytes.clone());
@@ -98,6 +112,8 @@ pub struct Job {
     pub images: Vec<PlannedImage>,
     pub events: tmpsc::UnboundedSender<Event>,
     pub accepted: oneshot::Sender<Result<(), ApiError>>,
+    /// Set when the answer needs no more tokens (a stop string): the request ends like a cancelled one.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// The model's vision tower and the id of the tokens its rows replace.
@@ -119,7 +135,8 @@ fn encode_images<B: Backend>(eyes: Option<&Eyes<B>>, images: &[PlannedImage]) ->
         .vision
         .encode(&e.backend, images)
         .map_err(|err| ApiError::new(500, "server_error", "vision_failed", format!("encoding the images: {err:#}")))?;
-    Ok(Some(Images { patch: e.patch, rows: encoded.into_iter().map(|x| (x.rows, x.n)).collect() }))
+    let keys = encoded.iter().map(|x| x.key).collect();
+    Ok(Some(Images { patch: e.patch, rows: encoded.into_iter().map(|x| (x.rows, x.n)).collect(), keys }))
 }
 
 /// The engine thread: takes jobs, steps the scheduler while there is work, cancels requests whose client
@@ -132,7 +149,7 @@ pub fn engine<B: Backend>(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut live: HashMap<RequestId, tmpsc::UnboundedSender<Event>> = HashMap::new();
+    let mut live: HashMap<RequestId, (tmpsc::UnboundedSender<Event>, Arc<AtomicBool>)> = HashMap::new();
     // The scheduler's counters when the metrics were last brought up to date.
     let mut seen = s.stats();
     loop {
@@ -147,6 +164,7 @@ pub fn engine<B: Backend>(
         };
         for job in first.into_iter().chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
             let events = job.events.clone();
+            let halt = job.stop.clone();
             let m = metrics.clone();
             let mut last = None::<std::time::Instant>;
             let sink: herd_core::schedule::Sink = Box::new(move |e| {
@@ -164,14 +182,14 @@ pub fn engine<B: Backend>(
                         }
                     }
                 }
-                events.send(e).is_ok()
+                events.send(e).is_ok() && !halt.load(Ordering::Relaxed)
             });
             let submitted = encode_images(eyes.as_ref(), &job.images)
                 .and_then(|images| s.submit_with_images(job.req, images, sink).map_err(ApiError::from));
             match submitted {
                 Ok(id) => {
                     metrics.requests.inc();
-                    live.insert(id, job.events);
+                    live.insert(id, (job.events, job.stop));
                     let _ = job.accepted.send(Ok(()));
                 }
                 Err(e) => {
@@ -187,7 +205,7 @@ pub fn engine<B: Backend>(
         }
         // Clients gone: their requests end before the step.
         live.retain(|&id, tx| {
-            if tx.is_closed() {
+            if tx.0.is_closed() || tx.1.load(Ordering::Relaxed) {
                 s.cancel(id);
                 false
             } else {
@@ -200,6 +218,7 @@ pub fn engine<B: Backend>(
         // Also counts what ended outside the step (cancelled before it).
         let now = s.stats();
         metrics.prompt_tokens.inc_by(now.prompt_tokens - seen.prompt_tokens);
+        metrics.cached_prompt_tokens.inc_by(now.cached_prompt_tokens - seen.cached_prompt_tokens);
         metrics.generated_tokens.inc_by(now.generated_tokens - seen.generated_tokens);
         metrics.finished.inc_by(now.finished - seen.finished);
         metrics.cancelled.inc_by(now.cancelled - seen.cancelled);
@@ -209,6 +228,7 @@ pub fn engine<B: Backend>(
         metrics.running.set(running as i64);
         metrics.waiting.set(waiting as i64);
         metrics.kv_tokens.set(s.cached_tokens() as i64);
+        metrics.prefix_cache_tokens.set(s.kept_tokens() as i64);
         metrics.kv_bytes.set(s.cache_bytes() as i64);
         if let Some(x) = s.model().expert_stats() {
             metrics.expert_hits.set(x.hits as i64);

@@ -1,7 +1,7 @@
 //! Answers of `herd serve`: a checked request goes to the engine, and its token events come back as
 //! OpenAI's JSON (one body) or as Server-Sent Events; text is decoded incrementally and cut at stop strings.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -23,21 +23,22 @@ async fn submit(
     sh: &Shared,
     req: Request,
     images: Vec<PlannedImage>,
-) -> std::result::Result<tmpsc::UnboundedReceiver<Event>, ApiError> {
+) -> std::result::Result<(tmpsc::UnboundedReceiver<Event>, Arc<AtomicBool>), ApiError> {
     if sh.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::new(503, "server_error", "shutting_down", "the server is shutting down"));
     }
     let (tx, rx) = tmpsc::unbounded_channel();
     let (atx, arx) = oneshot::channel();
+    let stop = Arc::new(AtomicBool::new(false));
     let sent = sh
         .jobs
         .lock()
         .map_err(|_| ApiError::new(500, "server_error", "internal_error", "engine poisoned"))?
-        .send(Job { req, images, events: tx, accepted: atx });
+        .send(Job { req, images, events: tx, accepted: atx, stop: stop.clone() });
     let gone = || ApiError::new(503, "server_error", "engine_stopped", "the model's engine has stopped");
     sent.map_err(|_| gone())?;
     match arx.await {
-        Ok(Ok(())) => Ok(rx),
+        Ok(Ok(())) => Ok((rx, stop)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(gone()),
     }
@@ -108,7 +109,7 @@ fn usage(f: &Finish, generated: usize) -> Value {
         "prompt_tokens": f.prompt_tokens,
         "completion_tokens": generated,
         "total_tokens": f.prompt_tokens + generated,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": f.cached_tokens},
     })
 }
 
@@ -153,9 +154,9 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
     };
     let created = now_secs();
     let Gen { req, stop, stream, include_usage, logprobs } = g;
-    let prompt_len = req.prompt.len();
-    let mut rx = match submit(&sh, req, images).await {
-        Ok(rx) => rx,
+    // A stop string ends the request through `halt`; its events then run on to `Done` (with the counts).
+    let (mut rx, halt) = match submit(&sh, req, images).await {
+        Ok(r) => r,
         Err(e) => return e.reply(),
     };
     let mut detok = Detok::new(&sh.tok, stop);
@@ -165,6 +166,7 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
         let mut generated = 0;
         let finish = loop {
             match rx.recv().await {
+                Some(Event::Token(_)) if detok.stopped => {}
                 Some(Event::Token(t)) => {
                     generated += 1;
                     text.push_str(&detok.push(t.id));
@@ -172,8 +174,7 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
                         entries.push(logprob_entry(&sh.tok, &t));
                     }
                     if detok.stopped {
-                        drop(rx);
-                        break None;
+                        halt.store(true, Ordering::Relaxed);
                     }
                 }
                 Some(Event::Done(f)) => break Some(f),
@@ -191,11 +192,9 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
                 }
                 (finish_reason(f, detok.stopped), usage(f, generated))
             }
-            // Stopped by a stop string (the request is cancelled by dropping its events).
-            None => (
-                "stop",
-                json!({"prompt_tokens": prompt_len, "completion_tokens": generated, "total_tokens": prompt_len + generated, "prompt_tokens_details": {"cached_tokens": 0}}),
-            ),
+            None => {
+                return ApiError::new(503, "server_error", "engine_stopped", "the model's engine has stopped").reply()
+            }
         };
         let lp = if logprobs { Some(entries) } else { None };
         let body = match kind {
@@ -240,6 +239,7 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
         let mut done = None;
         while let Some(e) = rx.recv().await {
             match e {
+                Event::Token(_) if detok.stopped => {}
                 Event::Token(t) => {
                     generated += 1;
                     let text = detok.push(t.id);
@@ -250,7 +250,7 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
                         return; // the client is gone: dropping `rx` cancels the request
                     }
                     if detok.stopped {
-                        break;
+                        halt.store(true, Ordering::Relaxed);
                     }
                 }
                 Event::Done(f) => {
@@ -265,6 +265,11 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
             let _ = out_tx.send(Ok(send(&chunk(json!({"content": tail}), None, None)))).await;
         }
         match &done {
+            None => {
+                let _ = out_tx
+                    .send(Ok(send(&json!({"error": {"message": "the model's engine has stopped", "type": "server_error", "param": null, "code": null}}))))
+                    .await;
+            }
             Some(f)
                 if f.reason.is_err()
                     || (f.reason == Ok(StopReason::Cancelled) && sh3.shutting_down.load(Ordering::Relaxed)) =>
@@ -279,17 +284,12 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
                     )))
                     .await;
             }
-            _ => {
-                let reason = done.as_ref().map_or("stop", |f| finish_reason(f, detok.stopped));
+            Some(f) => {
+                let reason = finish_reason(f, detok.stopped);
                 let delta = if kind == Kind::Chat { json!({}) } else { json!({"content": ""}) };
                 let _ = out_tx.send(Ok(send(&chunk(delta, None, Some(reason))))).await;
                 if include_usage {
-                    let u = match &done {
-                        Some(f) => usage(f, generated),
-                        None => {
-                            json!({"prompt_tokens": prompt_len, "completion_tokens": generated, "total_tokens": prompt_len + generated, "prompt_tokens_details": {"cached_tokens": 0}})
-                        }
-                    };
+                    let u = usage(f, generated);
                     let obj = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
                     let _ = out_tx
                         .send(Ok(send(&json!({"id": format!("usage-{n}"), "object": obj, "created": created, "model": sh3.served.model_id, "choices": [], "usage": u}))))
