@@ -373,7 +373,9 @@ fn fixture() -> &'static Fixture {
 fn refused(what: &str, e: ApiError) {
     one_line(what, &e);
     assert!(e.status == 400 || (e.status == 404 && e.code == Some("model_not_found")), "{what}: {e}");
-    assert!(!e.body().to_string().contains("\\n"), "{what}: the body holds a newline");
+    let body = e.body();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty() && !message.contains(['\n', '\r']), "{what}: the body's message {message:?}");
 }
 
 /// A body of `POST /v1/chat/completions` and of `POST /v1/completions` for `herd serve`:
