@@ -39,32 +39,21 @@ assert "".join(parts) == expected, ("".join(parts), expected)
 assert usage is not None and usage.completion_tokens == r.usage.completion_tokens, usage
 print("stream: same text,", usage.completion_tokens, "tokens")
 
-r = client.chat.completions.create(
+sampled = dict(
     model=model,
     messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
     max_tokens=5,
     temperature=0.8,
     top_p=0.9,
     seed=7,
-    logprobs=True,
-    top_logprobs=2,
     presence_penalty=0.5,
     frequency_penalty=0.5,
     extra_body={"top_k": 20, "min_p": 0.01, "repetition_penalty": 1.1},
 )
+r = client.chat.completions.create(**sampled, logprobs=True, top_logprobs=2)
 lp = r.choices[0].logprobs.content
 assert len(lp) == r.usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in lp), lp
-again = client.chat.completions.create(
-    model=model,
-    messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
-    max_tokens=5,
-    temperature=0.8,
-    top_p=0.9,
-    seed=7,
-    presence_penalty=0.5,
-    frequency_penalty=0.5,
-    extra_body={"top_k": 20, "min_p": 0.01, "repetition_penalty": 1.1},
-)
+again = client.chat.completions.create(**sampled)
 assert again.choices[0].message.content == r.choices[0].message.content, "a seeded request changed"
 print("sampled, seeded, logprobs:", repr(r.choices[0].message.content))
 

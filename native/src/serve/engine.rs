@@ -43,59 +43,60 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("herd");
-        let m = Metrics {
-            running: Gauge::default(),
-            waiting: Gauge::default(),
-            requests: Counter::default(),
-            prompt_tokens: Counter::default(),
-            cached_prompt_tokens: Counter::default(),
-            prefix_cache_tokens: Gauge::default(),
-            generated_tokens: Counter::default(),
-            finished: Counter::default(),
-            cancelled: Counter::default(),
-            failed: Counter::default(),
-            kv_tokens: Gauge::default(),
-            kv_bytes: Gauge::default(),
-            expert_hits: Gauge::default(),
-            expert_misses: Gauge::default(),
-            ttft: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
-            itl: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            registry: Registry::default(),
-        };
-        registry.register("requests_running", "Requests in the running batch", m.running.clone());
-        registry.register("requests_waiting", "Requests waiting for a place in the batch", m.waiting.clone());
-        registry.register("requests", "Requests accepted", m.requests.clone());
-        registry.register(
-            "requests_finished",
-            "Requests ended by a stop token, a stop string or their budget",
-            m.finished.clone(),
+        let mut r = Registry::with_prefix("herd");
+        fn add<M: prometheus_client::registry::Metric + Clone>(r: &mut Registry, name: &str, help: &str, m: M) -> M {
+            r.register(name, help, m.clone());
+            m
+        }
+        let (g, c) = (Gauge::default, Counter::default);
+        let running = add(&mut r, "requests_running", "Requests in the running batch", g());
+        let waiting = add(&mut r, "requests_waiting", "Requests waiting for a place in the batch", g());
+        let requests = add(&mut r, "requests", "Requests accepted", c());
+        let finished =
+            add(&mut r, "requests_finished", "Requests ended by a stop token, a stop string or their budget", c());
+        let cancelled = add(&mut r, "requests_cancelled", "Requests cancelled (client gone, or shutdown)", c());
+        let failed = add(&mut r, "requests_failed", "Requests ended by an error of the model", c());
+        let prompt_tokens = add(&mut r, "prompt_tokens", "Prompt tokens computed by the model", c());
+        let cached_prompt_tokens =
+            add(&mut r, "prefix_cache_hit_tokens", "Prompt tokens reused from the KV cache instead of computed", c());
+        let prefix_cache_tokens =
+            add(&mut r, "prefix_cache_tokens", "Tokens of ended requests kept in the KV cache for reuse", g());
+        let generated_tokens = add(&mut r, "generation_tokens", "Tokens generated", c());
+        let kv_tokens = add(&mut r, "kv_cache_tokens", "Tokens held in the KV cache by running requests", g());
+        let kv_bytes = add(&mut r, "kv_cache_bytes", "Bytes the KV cache buffers take", g());
+        let expert_hits = add(&mut r, "expert_cache_hits", "Routed experts found in the expert cache", g());
+        let expert_misses = add(&mut r, "expert_cache_misses", "Routed expert lookups the expert cache missed", g());
+        let ttft = add(
+            &mut r,
+            "time_to_first_token_seconds",
+            "From submission to the first token",
+            Histogram::new(exponential_buckets(0.001, 2.0, 18)),
         );
-        registry.register("requests_cancelled", "Requests cancelled (client gone, or shutdown)", m.cancelled.clone());
-        registry.register("requests_failed", "Requests ended by an error of the model", m.failed.clone());
-        registry.register("prompt_tokens", "Prompt tokens computed by the model", m.prompt_tokens.clone());
-        registry.register(
-            "prefix_cache_hit_tokens",
-            "Prompt tokens reused from the KV cache instead of computed",
-            m.cached_prompt_tokens.clone(),
+        let itl = add(
+            &mut r,
+            "inter_token_latency_seconds",
+            "Between two tokens of one request",
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         );
-        registry.register(
-            "prefix_cache_tokens",
-            "Tokens of ended requests kept in the KV cache for reuse",
-            m.prefix_cache_tokens.clone(),
-        );
-        registry.register("generation_tokens", "Tokens generated", m.generated_tokens.clone());
-        registry.register("kv_cache_tokens", "Tokens held in the KV cache by running requests", m.kv_tokens.clone());
-        registry.register("kv_cache_bytes", "Bytes the KV cache buffers take", m.kv_bytes.clone());
-        registry.register("expert_cache_hits", "Routed experts found in the expert cache", m.expert_hits.clone());
-        registry.register(
-            "expert_cache_misses",
-            "Routed expert lookups the expert cache missed",
-            m.expert_misses.clone(),
-        );
-        registry.register("time_to_first_token_seconds", "From submission to the first token", m.ttft.clone());
-        registry.register("inter_token_latency_seconds", "Between two tokens of one request", m.itl.clone());
-        Metrics { registry, ..m }
+        Metrics {
+            registry: r,
+            running,
+            waiting,
+            requests,
+            prompt_tokens,
+            cached_prompt_tokens,
+            prefix_cache_tokens,
+            generated_tokens,
+            finished,
+            cancelled,
+            failed,
+            kv_tokens,
+            kv_bytes,
+            expert_hits,
+            expert_misses,
+            ttft,
+            itl,
+        }
     }
 
     pub fn text(&self) -> String {
