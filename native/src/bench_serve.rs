@@ -18,6 +18,8 @@ pub struct Options {
     pub requests: usize,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
+    /// The first this many prompt tokens are the same in every request (a shared system prompt).
+    pub shared_prefix: usize,
     pub model: Option<String>,
     pub api_key: Option<String>,
     pub json: bool,
@@ -140,6 +142,9 @@ pub fn bench_serve(o: &Options) -> Result<()> {
     if o.concurrency == 0 || o.requests == 0 || o.gen_tokens == 0 || o.prompt_tokens == 0 {
         bail!("--concurrency, --requests, --prompt-tokens and --gen-tokens must be at least 1");
     }
+    if o.shared_prefix >= o.prompt_tokens {
+        bail!("--shared-prefix {} must be less than --prompt-tokens {}", o.shared_prefix, o.prompt_tokens);
+    }
     let (host, prefix) = split_url(&o.url)?;
     let model = match &o.model {
         Some(m) => m.clone(),
@@ -148,13 +153,16 @@ pub fn bench_serve(o: &Options) -> Result<()> {
             v["data"][0]["id"].as_str().context("the server lists no model (pass --model)")?.to_owned()
         }
     };
-    // Random-token prompts, different for every request (no prefix shared), and `ignore_eos`-free: the
-    // completions endpoint with token ids and a stop list that cannot match keeps every request at G tokens
-    // unless the model ends it.
+    // Random-token prompts, different for every request after the first `shared_prefix` tokens, which all
+    // share; the completions endpoint with token ids keeps every request at G tokens unless the model ends it.
     let bodies: Vec<String> = (0..o.requests)
         .map(|i| {
             let ids: Vec<u32> = (0..o.prompt_tokens)
-                .map(|j| (((i * 7919 + j * 104729) as u64 * 2654435761) % 3000 + 100) as u32)
+                .map(|j| {
+                    let r = if j < o.shared_prefix { usize::MAX / 2 } else { i };
+                    (((r.wrapping_mul(7919).wrapping_add(j * 104729)) as u64).wrapping_mul(2654435761) % 3000 + 100)
+                        as u32
+                })
                 .collect();
             json!({"model": model, "prompt": ids, "max_tokens": o.gen_tokens, "temperature": 0.8, "seed": i,
                    "stream": true, "stream_options": {"include_usage": true}})
@@ -188,14 +196,14 @@ pub fn bench_serve(o: &Options) -> Result<()> {
     if o.json {
         println!(
             "{}",
-            json!({"concurrency": o.concurrency, "requests": o.requests, "prompt_tokens": o.prompt_tokens, "gen_tokens": o.gen_tokens,
+            json!({"concurrency": o.concurrency, "requests": o.requests, "prompt_tokens": o.prompt_tokens, "gen_tokens": o.gen_tokens, "shared_prefix": o.shared_prefix,
                    "seconds": wall, "requests_per_s": ok.len() as f64 / wall, "tokens_per_s": tokens as f64 / wall,
                    "ttft_ms_p50": t50, "ttft_ms_p99": t99, "itl_ms_p50": i50, "itl_ms_p99": i99, "errors": errors.len()})
         );
     } else {
         println!(
-            "{} requests ({} at a time), {} prompt + {} generated tokens each, against {model} at {}",
-            o.requests, o.concurrency, o.prompt_tokens, o.gen_tokens, o.url
+            "{} requests ({} at a time), {} prompt ({} shared) + {} generated tokens each, against {model} at {}",
+            o.requests, o.concurrency, o.prompt_tokens, o.shared_prefix, o.gen_tokens, o.url
         );
         println!(
             "throughput: {:.2} requests/s, {:.1} generated tokens/s ({tokens} tokens in {wall:.2} s)",

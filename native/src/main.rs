@@ -120,6 +120,9 @@ struct BenchServeArgs {
     /// Tokens to generate per request.
     #[arg(long, default_value_t = 64)]
     gen_tokens: usize,
+    /// The first N prompt tokens are the same in every request (a shared system prompt; prefix reuse).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    shared_prefix: usize,
     /// The model name to send (default: the first the server lists).
     #[arg(long)]
     model: Option<String>,
@@ -522,6 +525,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             requests: a.requests,
             prompt_tokens: a.prompt_tokens,
             gen_tokens: a.gen_tokens,
+            shared_prefix: a.shared_prefix,
             model: a.model,
             api_key: a.api_key.or_else(|| std::env::var("HERD_API_KEY").ok()).filter(|k| !k.is_empty()),
             json: a.json,
