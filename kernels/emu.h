@@ -1,6 +1,6 @@
 // herd's CUDA emulator: the .cu kernels compiled as C++ and run on the CPU, so the CUDA backend (its host
 // code and its kernels) is tested where there is no GPU. Prepended to common.cuh and one kernel family;
-// src/emu.rs preprocesses the result, rewrites what C++ cannot express (static `__shared__` declarations,
+// src/emu/build.rs preprocesses the result, rewrites what C++ cannot express (static `__shared__` declarations,
 // `__launch_bounds__`) and compiles it with the system C++ compiler into a shared library.
 //
 // A block runs on one OS thread, each CUDA thread a coroutine with its own stack (a small register switch on
@@ -29,9 +29,9 @@
 #define __device__
 #define __forceinline__ inline
 #define __restrict__ __restrict
-// Read by src/emu.rs from the preprocessed source (a launch's block size is checked against it), then removed.
+// Read by src/emu/build.rs from the preprocessed source (a launch's block size is checked against it), then removed.
 #define __launch_bounds__(x) HERD_EMU_LAUNCH_BOUNDS(x)
-// Rewritten by src/emu.rs into a static and a call of emu::shared_at.
+// Rewritten by src/emu/build.rs into a static and a call of emu::shared_at.
 #define __shared__ HERD_EMU_SHARED
 #define __align__(n) __attribute__((aligned(n)))
 // The emulator's own code is never checked for races (only the kernels' accesses are).
@@ -106,12 +106,12 @@ inline void (*body)(void**) = nullptr;
 inline void** body_args = nullptr;
 constexpr size_t STACK = 128 << 10;
 constexpr unsigned MAX_THREADS = 1024;
-// Why the last launch failed, for src/emu.rs.
+// Why the last launch failed, for src/emu/mod.rs.
 inline char message[1024];
 
 HERD_EMU_OWN inline void* dyn_smem() { return smem; }
 
-// Static `__shared__` arrays: src/emu.rs follows each declaration with a call of `shared_at`, which records
+// Static `__shared__` arrays: src/emu/build.rs follows each declaration with a call of `shared_at`, which records
 // the array's bytes the first time; they are filled with NaN bytes then and before every later block.
 struct Range {
     unsigned char* p;
