@@ -34,7 +34,7 @@ pub struct SchedulerConfig {
     /// Requests waiting for a place in the batch; a submission past it is refused ([`HerdError::Busy`]).
     pub max_queue: usize,
     /// Tokens of ended requests kept in the KV cache for prefix reuse (least recently used first out);
-    /// 0 keeps none. Running requests are reused from whatever this says.
+    /// prompts also reuse what running requests hold. 0 turns prefix reuse off.
     pub prefix_cache_tokens: usize,
 }
 
@@ -339,6 +339,9 @@ impl<B: Backend> Scheduler<B> {
     /// A cache sequence for a request joining the batch, holding as much of its prompt as some running or
     /// kept sequence already has (at least one prompt token is left to feed, for the first logits).
     fn join_cache(&mut self, keys: &[u64]) -> Result<(SeqId, usize)> {
+        if self.cfg.prefix_cache_tokens == 0 {
+            return Ok((self.cache.add_sequence(), 0));
+        }
         let want = keys.len().saturating_sub(1);
         let mut best: Option<(SeqId, usize, Option<usize>)> = None; // (source, tokens shared, kept index)
         let cache = &self.cache;

@@ -92,7 +92,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
     /// Tokens of ended requests kept in the KV cache so that later prompts starting the same way (a chat's
-    /// earlier turns, a shared system prompt) reuse them; least recently used first out. 0: none.
+    /// earlier turns, a shared system prompt) reuse them; least recently used first out. Prompts also reuse
+    /// what running requests hold. 0 turns prefix reuse off.
     #[arg(long, default_value_t = 8192)]
     prefix_cache_tokens: usize,
     /// Require `Authorization: Bearer KEY` on /v1 routes and /metrics (also from $HERD_API_KEY).

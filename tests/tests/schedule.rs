@@ -289,5 +289,10 @@ fn check_prefix_reuse<B: Backend>(be: &Arc<B>, names: &[&str]) {
         assert_eq!(got[2].1, 0, "{name}: the first request's tokens were evicted (26 + 12 > 30)");
         s.clear_prefix_cache();
         assert_eq!(s.kept_tokens(), 0);
+        // A budget of 0 turns reuse off, from kept and running requests alike.
+        let mut s = Scheduler::new(model.clone(), cfg(0)).unwrap();
+        let got = one_by_one(&mut s, &reqs[..4]);
+        assert!(got.iter().all(|g| g.1 == 0) && s.stats().cached_prompt_tokens == 0);
+        assert_eq!(got.into_iter().map(|g| g.0).collect::<Vec<_>>(), solo[..4]);
     }
 }
