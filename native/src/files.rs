@@ -22,6 +22,7 @@ mod demo {
     pub const GENERATION_CONFIG: &str = include_str!("../demo/generation_config.json");
 }
 
+#[derive(Clone)]
 pub enum ModelFiles {
     Dir(PathBuf),
     Demo,

@@ -39,7 +39,14 @@ impl Server {
             .and_then(|r| r.split('/').next())
             .unwrap_or_else(|| panic!("no URL in {line:?}"))
             .to_owned();
-        Server { child, addr }
+        let srv = Server { child, addr };
+        // The model loads while the server answers: /health says when it is ready.
+        let t0 = Instant::now();
+        while srv.raw("GET", "/health", &[], b"").0 != 200 {
+            assert!(t0.elapsed() < Duration::from_secs(120), "herd serve never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        srv
     }
 
     /// One request; (status, headers lowercased, body).
@@ -597,4 +604,25 @@ fn a_thousand_faults_leave_the_server_idle() {
         eprintln!("herd serve: {a} kB resident after warming up, {b} kB after {cancels} cancelled streams and {others} other faults");
         assert!(b < a + 300 * 1024, "resident memory grew from {a} kB to {b} kB");
     }
+}
+
+/// A model whose weights do not load: the server has already printed its URL (it answers while the model
+/// loads, /health 503), then exits with the loading error.
+#[test]
+fn a_model_that_fails_to_load_ends_the_server_with_its_error() {
+    let dir = std::env::temp_dir().join(format!("herd-serve-badmodel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(fixture(&format!("scout/{f}")), dir.join(f)).unwrap();
+    }
+    let weights = std::fs::read(fixture("scout/model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
+    let out =
+        Command::new(BIN).args(["serve", "--port", "0", "--model"]).arg(&dir).stdin(Stdio::null()).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("http://"), "{stdout}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: loading the model: ") && last.contains("model.safetensors"), "{stderr}");
 }

@@ -37,6 +37,7 @@ use herd_core::tokenizer::Tokenizer;
 use herd_core::vision::input::PlannedImage;
 use herd_core::vision::preprocess::decode;
 use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
 
 use crate::files::ModelFiles;
 use crate::images::{Planner, Vision};
@@ -65,7 +66,8 @@ struct Shared {
     jobs: Mutex<mpsc::Sender<Job>>,
     metrics: Arc<Metrics>,
     api_key: Option<String>,
-    ready: AtomicBool,
+    /// Set once the model is loaded.
+    ready: Arc<AtomicBool>,
     shutting_down: Arc<AtomicBool>,
     next_id: AtomicU64,
 }
@@ -267,7 +269,7 @@ pub fn serve<B: Backend + 'static>(
     let tok = files.tokenizer()?;
     let tmpl = files.chat_template().ok();
     let gen = files.generation_config()?;
-    let defaults = gen.sampling_params();
+    let cfg = files.config()?;
     let addr: SocketAddr = format!("{}:{}", opts.host, opts.port)
         .parse()
         .with_context(|| format!("--host {} --port {}", opts.host, opts.port))?;
@@ -275,7 +277,7 @@ pub fn serve<B: Backend + 'static>(
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     // Images, when the model has a vision tower.
-    let planner = if files.config()?.vision.is_some() {
+    let planner = if cfg.vision.is_some() {
         match Planner::new(files, &tok) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -286,19 +288,12 @@ pub fn serve<B: Backend + 'static>(
     } else {
         None
     };
-    let eyes = match &planner {
-        Some(p) => {
-            Some(Eyes { vision: Vision::load(files, &backend, p)?, backend: backend.clone(), patch: p.tokens.patch })
-        }
-        None => None,
-    };
-    let (cfg, model) = files.load(backend, experts)?;
+    let patch = planner.as_ref().map(|p| p.tokens.patch);
     let stop_ids =
         if gen.eos_token_ids.is_empty() { cfg.text.eos_token_ids.clone() } else { gen.eos_token_ids.clone() };
-    let model = Arc::new(model);
-    let sched = Scheduler::new(model, opts.sched)?;
     let metrics = Arc::new(Metrics::new());
     let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
     let shared = Arc::new(Shared {
         tok,
@@ -307,7 +302,7 @@ pub fn serve<B: Backend + 'static>(
             model_id: files.model_id(),
             context: cfg.text.max_position_embeddings,
             vocab_size: cfg.text.vocab_size,
-            defaults,
+            defaults: gen.sampling_params(),
             stop_ids,
         },
         planner,
@@ -316,16 +311,42 @@ pub fn serve<B: Backend + 'static>(
         jobs: Mutex::new(jobs_tx),
         metrics: metrics.clone(),
         api_key: opts.api_key.clone(),
-        ready: AtomicBool::new(false),
+        ready: ready.clone(),
         shutting_down: stop.clone(),
         next_id: AtomicU64::new(0),
     });
-    let engine_stop = stop.clone();
+    // The model loads on the engine thread while the server answers: /health is 503 and requests are
+    // refused with 503 until it is ready. A failed load ends the server with its error.
+    let (failed_tx, failed_rx) = oneshot::channel::<String>();
+    let (engine_stop, files, experts) = (stop.clone(), files.clone(), experts.cloned());
+    let sched = opts.sched;
     let engine_thread = std::thread::Builder::new()
         .name("herd-engine".into())
-        .spawn(move || engine(sched, eyes, jobs_rx, metrics, engine_stop))
+        .spawn(move || {
+            let load = || -> Result<_> {
+                let eyes = match patch {
+                    Some(patch) => {
+                        let planner = Planner::new(&files, &files.tokenizer()?)?;
+                        let vision = Vision::load(&files, &backend, &planner)?;
+                        Some(Eyes { vision, backend: backend.clone(), patch })
+                    }
+                    None => None,
+                };
+                let (_, model) = files.load(backend, experts.as_ref())?;
+                Ok((Scheduler::new(Arc::new(model), sched)?, eyes))
+            };
+            match load() {
+                Ok((s, eyes)) => {
+                    ready.store(true, Ordering::Relaxed);
+                    eprintln!("herd serve: the model is loaded");
+                    engine(s, eyes, jobs_rx, metrics, engine_stop)
+                }
+                Err(e) => {
+                    let _ = failed_tx.send(format!("{e:#}").replace('\n', " "));
+                }
+            }
+        })
         .context("starting the engine thread")?;
-    shared.ready.store(true, Ordering::Relaxed);
     let app = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -342,17 +363,25 @@ pub fn serve<B: Backend + 'static>(
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let sd = shared.clone();
+        let failed = Arc::new(Mutex::new(None::<String>));
+        let failed2 = failed.clone();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                eprintln!("herd serve: shutting down");
+                tokio::select! {
+                    _ = shutdown_signal() => eprintln!("herd serve: shutting down"),
+                    Ok(e) = failed_rx => *failed2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
+                }
                 sd.shutting_down.store(true, Ordering::Relaxed);
             })
-            .await
+            .await?;
+        let failed = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Ok::<_, std::io::Error>(failed)
     });
     stop.store(true, Ordering::Relaxed);
     drop(rt);
     let _ = engine_thread.join();
-    result.context("serving")?;
+    if let Some(e) = result.context("serving")? {
+        anyhow::bail!("loading the model: {e}");
+    }
     Ok(())
 }

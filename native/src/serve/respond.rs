@@ -27,6 +27,9 @@ async fn submit(
     if sh.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::new(503, "server_error", "shutting_down", "the server is shutting down"));
     }
+    if !sh.ready.load(Ordering::Relaxed) {
+        return Err(ApiError::new(503, "server_error", "loading", "the model is still loading"));
+    }
     let (tx, rx) = tmpsc::unbounded_channel();
     let (atx, arx) = oneshot::channel();
     let stop = Arc::new(AtomicBool::new(false));
