@@ -188,6 +188,17 @@ fn images_in_chat_requests_equal_herd_run() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(together, [alone.clone(), alone].concat());
+    // Prefix reuse keys images by their pixels: the same image again reuses its rows (all but what the
+    // fixture's 8-token attention chunks lost to the answer), an image not seen before none of its rows.
+    let (_, again) = srv.post("/v1/chat/completions", &asks[0]);
+    assert_eq!(text_of(&again), want_one);
+    let (p, cached) =
+        (again["usage"]["prompt_tokens"].as_u64().unwrap(), &again["usage"]["prompt_tokens_details"]["cached_tokens"]);
+    assert!(cached.as_u64().unwrap() + 8 >= p, "the same image again reused {cached} of {p} tokens");
+    let gray = std::fs::read(fixture("vision/gray_90x130.png")).unwrap();
+    let (_, other) = srv.post("/v1/chat/completions", &image_chat(&[&gray], "What is in the picture?", 8));
+    let cached = other["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(cached < 16, "another image reused {cached} tokens: {}", other["usage"]);
     let (st, v) = srv.post("/v1/chat/completions", &image_chat(&[&pa[..pa.len() / 2]], "Cut short?", 2));
     assert_eq!(st, 400, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().starts_with("image 1: "), "{v}");
