@@ -6,9 +6,15 @@
 //! soon as they end: a stop id, their token budget, or their sink saying stop (a client gone); their cache
 //! slots are then free for the others.
 //!
-//! Each sequence samples with its own parameters and its own random stream ([`pick`], the definition every
-//! backend's sample op follows, with one draw per generated token as in [`crate::generate::Session`]), so a
-//! seeded request gives the same tokens whatever else runs beside it.
+//! Each sequence samples with its own parameters and its own random stream (one draw per generated token),
+//! so a seeded request gives the same tokens whatever else runs beside it. Where the sequence sampling is
+//! done is fixed by the request alone: on the device ([`Pick::Sample`]: one id comes back) unless it asks for
+//! log-probabilities or OpenAI's presence/frequency penalties, which need its logits on the host ([`pick`]
+//! there, the definition the device's sample op follows).
+//!
+//! This is the one way into the model for generation: `herd run`, `herd chat`, `herd greedy`, the browser
+//! and `herd serve` all submit requests here. It is async (the browser cannot block); native callers block
+//! on [`Scheduler::step`] at their edge.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,7 +26,7 @@ use crate::backend::Backend;
 use crate::error::{HerdError, Result};
 use crate::generate::{GenerateParams, StopReason};
 use crate::kv::{KvCache, SeqId};
-use crate::model::{ImageRows, Llama4, Rows};
+use crate::model::{ImageRows, Llama4, Pick, Picked};
 use crate::sampling::{pick, Sampler};
 
 /// Limits of a [`Scheduler`].
@@ -92,8 +98,22 @@ pub struct Finish {
     pub cached_tokens: usize,
     /// From submission to the first generated token (None when none was).
     pub time_to_first_token: Option<Duration>,
+    /// From the first generated token to the end (zero when none was generated).
+    pub decode_time: Duration,
     /// Steps the request waited in the queue before it joined the batch.
     pub queued_steps: u64,
+}
+
+impl Finish {
+    /// Prompt tokens per second computed up to the first token (the reused ones not counted).
+    pub fn prefill_tps(&self) -> f64 {
+        let t = self.time_to_first_token.unwrap_or_default().as_secs_f64();
+        (self.prompt_tokens - self.cached_tokens) as f64 / t.max(1e-9)
+    }
+    /// Tokens per second after the first (the first comes out of the prefill).
+    pub fn decode_tps(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
 }
 
 /// What a request's sink receives: each generated id that is not a stop id, then exactly one `Done`.
@@ -108,7 +128,7 @@ pub enum Event {
 /// tokens as there are rows.
 pub struct Images<B: Backend> {
     pub patch: u32,
-    pub rows: Vec<(B::Buffer, usize)>,
+    pub rows: Vec<(Arc<B::Buffer>, usize)>,
     /// One key per image telling its pixels from other images' (e.g. [`crate::vision::input::pixel_key`]):
     /// a prefix is reused across requests only where the images are the same.
     pub keys: Vec<u64>,
@@ -122,7 +142,40 @@ impl<B: Backend> Images<B> {
 
 /// Receives a request's events, from inside [`Scheduler::step`]. Returning false after a `Token` cancels
 /// the request (it ends with [`StopReason::Cancelled`] before the next step).
-pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
+pub type Sink = Box<dyn FnMut(Event) -> bool>;
+
+/// A sink that queues its request's events for the caller to take after each step ([`Queue::pop`]), for
+/// callers that step the scheduler themselves and act on tokens between steps (the CLI prints them, the
+/// browser hands them to JavaScript); they cancel with [`Scheduler::cancel`].
+pub fn queue() -> (Sink, Queue) {
+    let q = Queue(std::rc::Rc::new(std::cell::RefCell::new(VecDeque::new())));
+    let inner = q.0.clone();
+    (
+        Box::new(move |e| {
+            inner.borrow_mut().push_back(e);
+            true
+        }),
+        q,
+    )
+}
+
+/// The events a [`queue`] sink has received and not yet been taken.
+pub struct Queue(std::rc::Rc<std::cell::RefCell<VecDeque<Event>>>);
+
+impl Queue {
+    /// The oldest event not yet taken.
+    pub fn pop(&self) -> Option<Event> {
+        self.0.borrow_mut().pop_front()
+    }
+}
+
+impl<B: Backend> Seq<B> {
+    /// Whether its tokens are picked on the host from its logits (log-probabilities and OpenAI's penalties
+    /// need them), rather than on the device.
+    fn host_logits(&self) -> bool {
+        self.logprobs.is_some() || self.presence != 0.0 || self.frequency != 0.0
+    }
+}
 
 struct Seq<B: Backend> {
     id: RequestId,
@@ -364,6 +417,12 @@ impl<B: Backend> Scheduler<B> {
             return Ok((self.cache.add_sequence(), 0));
         };
         if let Some(i) = kept {
+            if n == self.cache.seq_len(src)? {
+                // The new prompt begins with all that an ended request's sequence holds (a chat's next turn):
+                // the sequence is taken over, nothing copied, and kept again, longer, when this one ends.
+                self.kept.remove(i);
+                return Ok((src, n));
+            }
             // Most recently used now.
             if let Some(k) = self.kept.remove(i) {
                 self.kept.push_back(k);
@@ -418,6 +477,7 @@ impl<B: Backend> Scheduler<B> {
             generated_tokens: s.out.len(),
             cached_tokens: s.cached,
             time_to_first_token: s.first_token,
+            decode_time: s.first_token.map(|t| s.submitted.elapsed().saturating_sub(t)).unwrap_or_default(),
             queued_steps: s.joined_step.saturating_sub(s.submitted_step),
         };
         (s.sink)(Event::Done(done));
@@ -426,12 +486,7 @@ impl<B: Backend> Scheduler<B> {
     /// Runs one step (see the module docs). Does nothing when idle. An error of the model fails the
     /// requests of that step (their sinks get `Done` with the message) and is returned; the scheduler
     /// stays usable for the others and for new requests.
-    pub fn step(&mut self) -> Result<()> {
-        pollster::block_on(self.step_async())
-    }
-
-    /// [`Scheduler::step`] without blocking (see [`Llama4::forward_async`]).
-    pub async fn step_async(&mut self) -> Result<()> {
+    pub async fn step(&mut self) -> Result<()> {
         // Requests that asked for no tokens end without running.
         while self.running.len() < self.cfg.max_seqs {
             let Some(mut s) = self.waiting.pop_front() else { break };
@@ -477,6 +532,20 @@ impl<B: Backend> Scheduler<B> {
         }
         let mut order: Vec<usize> = decoding.clone();
         order.extend(pieces.iter().map(|p| p.0));
+        // What each sequence of the step gives back: nothing while its prompt is still being read, else its
+        // next token (one draw of its own random stream).
+        let producing: Vec<bool> = order
+            .iter()
+            .map(|&i| {
+                pieces.iter().find(|p| p.0 == i).is_none_or(|&(_, start, n)| start + n == self.running[i].prompt.len())
+            })
+            .collect();
+        let mut draws = vec![0f32; order.len()];
+        for ((&i, &p), d) in order.iter().zip(&producing).zip(&mut draws) {
+            if p {
+                *d = self.running[i].sampler.draw();
+            }
+        }
         let feeds: Vec<Vec<u32>> = order
             .iter()
             .map(|&i| {
@@ -507,15 +576,31 @@ impl<B: Backend> Scheduler<B> {
                 }
                 any_images = true;
                 let used = s.prompt[..start].iter().filter(|&&t| t == im.patch).count();
-                let all = ImageRows { token: im.patch, parts: im.rows.iter().map(|(b, n)| (b, 0, *n)).collect() };
+                let all = ImageRows { token: im.patch, parts: im.rows.iter().map(|(b, n)| (&**b, 0, *n)).collect() };
                 Some(all.skip(used).take(here))
             })
             .collect();
         let image_refs: Vec<Option<&ImageRows<'_, B>>> =
             if any_images { image_rows.iter().map(Option::as_ref).collect() } else { Vec::new() };
-        let logits = match self.model.forward_with_images_async(&mut self.cache, &batch, &image_refs, Rows::Last).await
-        {
-            Ok(l) => l,
+        // Its next token is sampled on the device unless the request needs its logits on the host.
+        let picks: Vec<Pick<'_>> = order
+            .iter()
+            .zip(producing.iter().zip(&draws))
+            .map(|(&i, (&producing, &draw))| {
+                let s = &self.running[i];
+                if !producing {
+                    Pick::Nothing
+                } else if s.host_logits() {
+                    Pick::Logits
+                } else {
+                    Pick::Sample { params: s.sampler.params(), draw, history: &s.history }
+                }
+            })
+            .collect();
+        let result = self.model.forward_pick(&mut self.cache, &batch, &image_refs, &picks).await;
+        drop(picks);
+        let picked = match result {
+            Ok(p) => p,
             Err(e) => {
                 // What the step left in the cache is unknown: every sequence of it ends.
                 let msg = e.to_string();
@@ -528,8 +613,7 @@ impl<B: Backend> Scheduler<B> {
                 return Err(e);
             }
         };
-        let v = self.model.cfg.vocab_size;
-        for (j, &i) in order.iter().enumerate() {
+        for ((&i, got), &u) in order.iter().zip(picked).zip(&draws) {
             let s = &mut self.running[i];
             if let Some(&(_, _, n)) = pieces.iter().find(|p| p.0 == i) {
                 s.fed += n;
@@ -538,17 +622,25 @@ impl<B: Backend> Scheduler<B> {
                     continue; // more of the prompt to read: no token yet
                 }
             }
-            let mut row = logits[j * v..(j + 1) * v].to_vec();
-            let lp = s.logprobs.map(|_| log_softmax(&row));
-            if s.presence != 0.0 || s.frequency != 0.0 {
-                for (&t, &c) in &s.counts {
-                    if let Some(l) = row.get_mut(t as usize) {
-                        *l -= s.presence + s.frequency * c as f32;
+            let (id, lp) = match got {
+                Picked::Id(id) => (id, None),
+                Picked::Logits(mut row) => {
+                    let lp = s.logprobs.map(|_| log_softmax(&row));
+                    if s.presence != 0.0 || s.frequency != 0.0 {
+                        for (&t, &c) in &s.counts {
+                            if let Some(l) = row.get_mut(t as usize) {
+                                *l -= s.presence + s.frequency * c as f32;
+                            }
+                        }
                     }
+                    (pick(&mut row, &s.history, s.sampler.params(), u), lp)
                 }
-            }
-            let u = s.sampler.draw();
-            let id = pick(&mut row, &s.history, s.sampler.params(), u);
+                Picked::Nothing => {
+                    let e = HerdError::Input("the model gave no token for a sequence that asked for one".into());
+                    s.stop = Some(Err(e.to_string()));
+                    continue;
+                }
+            };
             s.out.push(id);
             if s.presence != 0.0 || s.frequency != 0.0 {
                 *s.counts.entry(id).or_insert(0) += 1;
@@ -585,9 +677,9 @@ impl<B: Backend> Scheduler<B> {
     }
 
     /// Steps until every request has ended.
-    pub fn run_to_idle(&mut self) -> Result<()> {
+    pub async fn run_to_idle(&mut self) -> Result<()> {
         while !self.is_idle() {
-            self.step()?;
+            self.step().await?;
         }
         Ok(())
     }

@@ -7,8 +7,10 @@ use anyhow::Result;
 use herd_core::backend::Backend;
 use herd_core::config::ModelConfig;
 use herd_core::experts::{ExpertCacheOptions, ExpertStats};
+use herd_core::generate::GenerateParams;
 use herd_core::model::Llama4;
 use herd_core::sampling::SamplingParams;
+use herd_core::schedule::{queue, Event, Request};
 use herd_core::synthetic::SyntheticWeights;
 use rand::{Rng, SeedableRng};
 
@@ -107,20 +109,36 @@ fn bench_one<B: Backend>(
     let (mut best_prefill, mut best_decode) = (f64::INFINITY, f64::INFINITY);
     // The expert cache during the last repetition's decode.
     let mut decode_stats = None;
+    let model = Arc::new(model);
     for rep in 0..=a.repeat.max(1) {
-        let mut cache = model.new_cache()?;
-        let seq = cache.add_sequence();
-        // Greedy picks on the device, as generation does: one id comes back per step.
-        let greedy = SamplingParams::default();
+        // Through the scheduler, as every generation runs: greedy, picked on the device (one id comes back
+        // per step), the prompt read in one step.
+        let mut s = crate::text::one_at_a_time(model.clone(), false)?;
+        let params =
+            GenerateParams { max_tokens: a.gen_tokens + 1, sampling: SamplingParams::default(), stop_ids: vec![] };
+        let (sink, events) = queue();
+        s.submit(Request::new(prompt.clone(), params), sink)?;
         let t0 = Instant::now();
-        let mut next = model.forward_sample(&mut cache, &[(seq, &prompt)], &greedy, &[0.0], &[&[]])?[0];
+        pollster::block_on(s.step())?;
         let prefill = t0.elapsed().as_secs_f64();
         let before = model.expert_stats();
         let t1 = Instant::now();
-        for _ in 0..a.gen_tokens {
-            next = model.forward_sample(&mut cache, &[(seq, &[next])], &greedy, &[0.0], &[&[]])?[0];
+        while !s.is_idle() {
+            pollster::block_on(s.step())?;
         }
         let decode = t1.elapsed().as_secs_f64();
+        let mut made = 0;
+        while let Some(e) = events.pop() {
+            match e {
+                Event::Token(_) => made += 1,
+                Event::Done(f) => {
+                    f.reason.map_err(|m| anyhow::anyhow!("{m}"))?;
+                }
+            }
+        }
+        if made != a.gen_tokens + 1 {
+            anyhow::bail!("the benchmark's generation made {made} tokens, not {}", a.gen_tokens + 1);
+        }
         if let (Some(b), Some(e)) = (before, model.expert_stats()) {
             decode_stats = Some(DecodeCache::between(&b, &e));
         }

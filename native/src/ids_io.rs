@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use herd_core::backend::Backend;
 use herd_core::config::ModelConfig;
 use herd_core::experts::ExpertCacheOptions;
-use herd_core::generate::{greedy_rows, score_rows, score_rows_with_images};
+use herd_core::generate::{greedy_rows, score_rows};
 use herd_core::limits::{self, read_input, InputKind};
 use herd_core::model::{ImageRows, Llama4};
 use herd_core::vision::encoder::VisionTower;
@@ -118,7 +118,7 @@ pub fn logits<B: Backend>(
     check_vocab(input, &rows, m.cfg.vocab_size)?;
     let t = rows[0].len();
     let logits = match pixels {
-        None => score_rows(&m, &rows, decode)?,
+        None => pollster::block_on(score_rows(&m, &rows, &[], decode))?,
         Some((px, tiles, patch)) => {
             let tower = VisionTower::from_dir(&*backend, model).context("loading the vision tower")?;
             let buf = tower.encode(&*backend, &px, tiles)?;
@@ -132,7 +132,7 @@ pub fn logits<B: Backend>(
                     Some(ImageRows { token: patch, parts: vec![(&buf, first - n, n)] })
                 })
                 .collect();
-            score_rows_with_images(&m, &rows, &images, decode)?
+            pollster::block_on(score_rows(&m, &rows, &images, decode))?
         }
     };
     let data: Vec<u8> = logits.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
@@ -155,7 +155,7 @@ pub fn greedy<B: Backend>(
     check_sizes(input, model, &rows, n, false)?;
     let m = load(backend, model, experts)?;
     check_vocab(input, &rows, m.cfg.vocab_size)?;
-    let out = greedy_rows(&m, &rows, n)?;
+    let out = pollster::block_on(greedy_rows(&Arc::new(m), &rows, n))?;
     let data: Vec<u8> = out.iter().flatten().flat_map(|&x| (x as i64).to_le_bytes()).collect();
     write(output, "greedy_ids", Dtype::I64, vec![rows.len(), n], data)
 }

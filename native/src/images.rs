@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use herd_core::backend::Backend;
-use herd_core::generate::SessionImage;
 use herd_core::tokenizer::Tokenizer;
 use herd_core::vision::encoder::VisionTower;
 use herd_core::vision::input::{
@@ -150,7 +149,7 @@ impl<B: Backend> Vision<B> {
             .map(|im| {
                 let px = im.pixels(&self.opts)?;
                 let rows = self.tower.encode(be, &px.pixel_values, px.tiles())?;
-                Ok(Encoded { key: pixel_key(&px), rows, n: px.tiles() * self.tower.tokens_per_tile() })
+                Ok(Encoded { key: pixel_key(&px), rows: rows.into(), n: px.tiles() * self.tower.tokens_per_tile() })
             })
             .collect()
     }
@@ -159,12 +158,6 @@ impl<B: Backend> Vision<B> {
 /// One encoded image of a conversation.
 pub struct Encoded<B: Backend> {
     pub key: u64,
-    pub rows: B::Buffer,
+    pub rows: std::sync::Arc<B::Buffer>,
     pub n: usize,
-}
-
-impl<B: Backend> Encoded<B> {
-    pub fn session(&self) -> SessionImage<'_, B> {
-        SessionImage { key: self.key, rows: &self.rows, n: self.n }
-    }
 }

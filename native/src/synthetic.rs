@@ -157,12 +157,14 @@ mod tests {
         assert!(w.bytes_made() > 2 * 4 * 64 * 256 * 2);
         let mut cache = model.new_cache().unwrap();
         let s = cache.add_sequence();
-        let a = model.forward(&mut cache, &[(s, &[1, 2, 3])], herd_core::model::Rows::Last).unwrap();
+        let a = pollster::block_on(model.forward(&mut cache, &[(s, &[1, 2, 3])], &[], herd_core::model::Rows::Last))
+            .unwrap();
         let (_, w2) = synthetic("tiny", 2, DType::BF16, None).unwrap();
         let model2 = Llama4::load(be, &w2, &cfg.text, &mut |_, _| {}).unwrap();
         let mut cache2 = model2.new_cache().unwrap();
         let s2 = cache2.add_sequence();
-        let b = model2.forward(&mut cache2, &[(s2, &[1, 2, 3])], herd_core::model::Rows::Last).unwrap();
+        let b = pollster::block_on(model2.forward(&mut cache2, &[(s2, &[1, 2, 3])], &[], herd_core::model::Rows::Last))
+            .unwrap();
         assert_eq!(a, b, "the same seed gives the same model");
         assert!(a.iter().all(|x| x.is_finite()) && a.iter().any(|&x| x != a[0]));
         assert!(quant_format(Some("q5")).is_err() && quant_format(Some("zz")).is_err());

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use herd_core::backend::Backend;
 use herd_core::chat::Message;
-use herd_core::generate::{GenerateParams, GenerateStats, Session};
-use herd_core::sampling::{Sampler, SamplingParams};
+use herd_core::generate::GenerateParams;
+use herd_core::model::Llama4;
+use herd_core::sampling::SamplingParams;
+use herd_core::schedule::{queue, Event, Finish, Images, Request, Scheduler, SchedulerConfig};
 use herd_core::tokenizer::Tokenizer;
 
 use crate::files::ModelFiles;
@@ -47,14 +49,61 @@ fn stop_ids(files: &ModelFiles, cfg_eos: &[u32]) -> Result<Vec<u32>> {
     Ok(if g.eos_token_ids.is_empty() { cfg_eos.to_vec() } else { g.eos_token_ids })
 }
 
-fn report(stats: &GenerateStats) {
+fn report(f: &Finish) {
+    let reused =
+        if f.cached_tokens > 0 { format!(" ({} reused from the cache)", f.cached_tokens) } else { String::new() };
     eprintln!(
-        "\n[prefill: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s]",
-        stats.prompt_tokens,
-        stats.prefill_tps(),
-        stats.generated_tokens,
-        stats.decode_tps()
+        "\n[prefill: {} tokens{reused}, {:.1} tok/s | decode: {} tokens, {:.1} tok/s]",
+        f.prompt_tokens,
+        f.prefill_tps(),
+        f.generated_tokens,
+        f.decode_tps()
     );
+}
+
+/// The scheduler of `herd run` and `herd chat`: one request at a time, its prompt read in one step (the
+/// model splits what its buffers cannot hold), and for a chat the conversation so far kept in the cache
+/// (`keep` tokens) so that each turn only feeds what it adds.
+pub fn one_at_a_time<B: Backend>(model: Arc<Llama4<B>>, keep: bool) -> Result<Scheduler<B>> {
+    let ctx = model.cfg.max_position_embeddings;
+    let cfg = SchedulerConfig {
+        max_seqs: 1,
+        max_batch_tokens: ctx,
+        max_queue: 1,
+        prefix_cache_tokens: if keep { ctx } else { 0 },
+    };
+    Ok(Scheduler::new(model, cfg)?)
+}
+
+/// Runs one request through the scheduler to its end, handing each generated id that is not a stop id to
+/// `on_token` between steps (return false to stop there). Returns how it ended; a failed step is an error.
+pub fn generate<B: Backend>(
+    s: &mut Scheduler<B>,
+    req: Request,
+    images: Option<Images<B>>,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<Finish> {
+    let (sink, events) = queue();
+    let id = s.submit_with_images(req, images, sink)?;
+    loop {
+        let stepped = pollster::block_on(s.step());
+        while let Some(e) = events.pop() {
+            match e {
+                Event::Token(t) => {
+                    if !on_token(t.id) {
+                        s.cancel(id);
+                    }
+                }
+                Event::Done(f) => {
+                    return match &f.reason {
+                        Err(m) => Err(anyhow::anyhow!("{m}")),
+                        Ok(_) => Ok(f),
+                    };
+                }
+            }
+        }
+        stepped?;
+    }
 }
 
 /// Streams decoded text of each generated id to stdout.
@@ -135,12 +184,11 @@ pub fn run<B: Backend>(
     };
     let (cfg, model) = files.load(backend.clone(), experts)?;
     let params = GenerateParams { stop_ids: stop_ids(files, &cfg.text.eos_token_ids)?, ..params };
-    let mut sampler = Sampler::new(params.sampling)?;
-    let mut session = Session::new(&model)?;
+    let mut sched = one_at_a_time(Arc::new(model), false)?;
     let mut text = String::new();
     let mut on_token = streamer(&tok, &mut text);
-    let (_, stats) = match planned {
-        None => session.generate(&model, &ids, &params, &mut sampler, &mut on_token)?,
+    let stats = match planned {
+        None => generate(&mut sched, Request::new(ids, params), None, &mut on_token)?,
         Some((planner, ids, planned)) => {
             let vision = Vision::load(files, &backend, &planner)?;
             let t0 = Instant::now();
@@ -151,27 +199,28 @@ pub fn run<B: Backend>(
                 encoded.len(),
                 t0.elapsed().as_secs_f64()
             );
-            let imgs: Vec<_> = encoded.iter().map(Encoded::session).collect();
-            session.generate_with_images(
-                &model,
-                &ids,
-                planner.tokens.patch,
-                &imgs,
-                &params,
-                &mut sampler,
-                &mut on_token,
-            )?
+            let images = images_of(planner.tokens.patch, &encoded);
+            generate(&mut sched, Request::new(ids, params), Some(images), &mut on_token)?
         }
     };
     println!();
     report(&stats);
     if show_stats {
-        match model.expert_stats() {
+        match sched.model().expert_stats() {
             Some(s) => eprintln!("{s}"),
             None => eprintln!("expert cache: off (every expert resident; --expert-cache SIZE streams them)"),
         }
     }
     Ok(())
+}
+
+/// A request's images from their encodings.
+fn images_of<B: Backend>(patch: u32, encoded: &[Encoded<B>]) -> Images<B> {
+    Images {
+        patch,
+        rows: encoded.iter().map(|e| (e.rows.clone(), e.n)).collect(),
+        keys: encoded.iter().map(|e| e.key).collect(),
+    }
 }
 
 /// The images of a chat: those already in the conversation (planned and encoded), and those attached to
@@ -198,8 +247,9 @@ pub fn chat<B: Backend>(
     let (cfg, model) = files.load(backend.clone(), experts)?;
     let params =
         GenerateParams { max_tokens: a.max_tokens, sampling, stop_ids: stop_ids(files, &cfg.text.eos_token_ids)? };
-    let mut sampler = Sampler::new(params.sampling)?;
-    let mut session = Session::new(&model)?;
+    let mut sched = one_at_a_time(Arc::new(model), true)?;
+    // Each turn draws from its own stream: with --seed, the seed plus the turn's number.
+    let mut turn = 0u64;
     let mut msgs: Vec<Message> = system.map(|s| vec![Message::system(s)]).unwrap_or_default();
     let mut im: ChatImages<B> =
         ChatImages { planner: None, vision: None, planned: Vec::new(), encoded: Vec::new(), pending: Vec::new() };
@@ -232,7 +282,7 @@ pub fn chat<B: Backend>(
             "/exit" | "/quit" => break,
             "/reset" => {
                 msgs.truncate(usize::from(system.is_some()));
-                session.reset(&model)?;
+                sched.clear_prefix_cache();
                 (im.planned, im.encoded, im.pending) = (Vec::new(), Vec::new(), Vec::new());
                 eprintln!("(conversation cleared)");
                 continue;
@@ -274,12 +324,15 @@ pub fn chat<B: Backend>(
         let before = im.planned.len();
         let mut reply = String::new();
         let result = chat_turn(&backend, files, &tok, &tmpl, &msgs, new_images, &mut im).and_then(|(ids, patch)| {
-            let imgs: Vec<_> = im.encoded.iter().map(Encoded::session).collect();
+            let images = (!im.encoded.is_empty()).then(|| images_of(patch, &im.encoded));
             let mut on_token = streamer(&tok, &mut reply);
-            Ok(session.generate_with_images(&model, &ids, patch, &imgs, &params, &mut sampler, &mut on_token)?)
+            let mut params = params.clone();
+            params.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(turn));
+            turn += 1;
+            generate(&mut sched, Request::new(ids, params), images, &mut on_token)
         });
         match result {
-            Ok((_, stats)) => {
+            Ok(stats) => {
                 println!();
                 report(&stats);
                 msgs.push(Message::assistant(reply));

@@ -46,7 +46,7 @@ fn quantized_directory_loads_and_matches_quantizing_on_load() {
     let src = QuantizeOnLoad { ck: &ck, plan: QuantPlan::parse("q4g16").unwrap() };
     let m = Llama4::load(Arc::new(CpuBackend::new()), &src, &mcfg.text, &mut |_, _| {}).unwrap();
     let r = Reference::load("scout");
-    let want: Vec<f32> = score_rows(&m, &r.input_ids, false).unwrap().concat();
+    let want: Vec<f32> = pollster::block_on(score_rows(&m, &r.input_ids, &[], false)).unwrap().concat();
     assert_eq!(cli_logits(&out, &sc), want, "the written model differs from quantizing on load");
 
     // Written tensors: matrices quantized, norms and routers as stored.

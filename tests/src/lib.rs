@@ -123,7 +123,8 @@ pub mod golden {
     pub fn check_logits<B: Backend>(be: &Arc<B>, name: &str, tol: f64, decode: bool) {
         let r = Reference::load(name);
         let m = load(be, &model_dir(name));
-        let got = score_rows(&m, &r.input_ids, decode).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got =
+            pollster::block_on(score_rows(&m, &r.input_ids, &[], decode)).unwrap_or_else(|e| panic!("{name}: {e}"));
         for (b, (g, want)) in got.iter().zip(&r.logits).enumerate() {
             let e = rel_err(g, want);
             eprintln!("{name} row {b} decode={decode}: rel err {e:.2e}");
@@ -131,12 +132,13 @@ pub mod golden {
         }
     }
 
-    /// The batched greedy continuation equals transformers'.
+    /// The batched greedy continuation (every row a request of one scheduler, picked on the device) equals
+    /// transformers'.
     pub fn check_greedy<B: Backend>(be: &Arc<B>, name: &str) {
         let r = Reference::load(name);
-        let m = load(be, &model_dir(name));
+        let m = Arc::new(load(be, &model_dir(name)));
         let n = r.greedy_ids[0].len();
-        let got = greedy_rows(&m, &r.input_ids, n).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = pollster::block_on(greedy_rows(&m, &r.input_ids, n)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got, r.greedy_ids, "{name}: greedy continuation differs from transformers");
     }
 }

@@ -32,7 +32,10 @@ fn load<B: Backend>(be: &Arc<B>, name: &str, quant: Option<&str>, opts: Option<&
 
 /// (prefill logits, token-by-token logits) of the fixture's reference rows.
 fn logits<B: Backend>(m: &Llama4<B>, rows: &[Vec<u32>]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    (score_rows(m, rows, false).unwrap(), score_rows(m, rows, true).unwrap())
+    (
+        pollster::block_on(score_rows(m, rows, &[], false)).unwrap(),
+        pollster::block_on(score_rows(m, rows, &[], true)).unwrap(),
+    )
 }
 
 fn check_budget(s: &ExpertStats, budget: u64) {
@@ -158,7 +161,7 @@ fn expect_fetch_error<B: Backend>(be: &Arc<B>, dir: &Path, damage: impl FnOnce()
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     damage();
     let rows = vec![vec![1u32, 2, 3, 4, 5, 6, 7, 8]];
-    match score_rows(&m, &rows, false) {
+    match pollster::block_on(score_rows(&m, &rows, &[], false)) {
         Ok(_) => panic!("{}: a damaged expert file ran ({want} expected)", dir.display()),
         Err(e) => {
             let msg = e.to_string();

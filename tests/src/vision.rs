@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use herd_core::backend::Backend;
-use herd_core::model::{ImageRows, Rows};
+use herd_core::model::{ImageRows, Pick, Picked, Rows};
 use herd_core::sampling::SamplingParams;
 use herd_core::vision::encoder::VisionTower;
 use herd_core::vision::layout::TileOptions;
@@ -110,18 +110,18 @@ pub fn check_all<B: Backend>(be: &Arc<B>) {
         let got = if decode {
             let split = n - r.tail;
             let first = all.take(patches(&ids[..split]));
-            m.forward_with_images(&mut cache, &[(seq, &ids[..split])], &[Some(&first)], Rows::Last).unwrap();
+            pollster::block_on(m.forward(&mut cache, &[(seq, &ids[..split])], &[Some(&first)], Rows::Last)).unwrap();
             let mut used = patches(&ids[..split]);
             let mut got = Vec::new();
             for i in split..n {
                 let one = all.skip(used).take(patches(&ids[i..i + 1]));
                 let step = &[(seq, &ids[i..i + 1])];
-                got.extend(m.forward_with_images(&mut cache, step, &[Some(&one)], Rows::Last).unwrap());
+                got.extend(pollster::block_on(m.forward(&mut cache, step, &[Some(&one)], Rows::Last)).unwrap());
                 used += patches(&ids[i..i + 1]);
             }
             got
         } else {
-            let rows = m.forward_with_images(&mut cache, &[(seq, ids)], &[Some(&all)], Rows::All).unwrap();
+            let rows = pollster::block_on(m.forward(&mut cache, &[(seq, ids)], &[Some(&all)], Rows::All)).unwrap();
             rows[(n - r.tail) * v..].to_vec()
         };
         let e = rel_err(&got, &r.logits_tail);
@@ -136,9 +136,11 @@ pub fn check_all<B: Backend>(be: &Arc<B>) {
     let mut out = Vec::new();
     for step in 0..r.greedy_ids.len() {
         let imgs = if step == 0 { vec![Some(&all)] } else { vec![] };
-        let next = m.forward_sample_with_images(&mut cache, &[(seq, &fed)], &imgs, &greedy, &[0.0], &[&[]]).unwrap();
-        out.push(next[0]);
-        fed = vec![next[0]];
+        let pick = [Pick::Sample { params: &greedy, draw: 0.0, history: &[] }];
+        let next = pollster::block_on(m.forward_pick(&mut cache, &[(seq, &fed)], &imgs, &pick)).unwrap();
+        let Picked::Id(id) = next[0] else { panic!("{NAME}: no id picked: {:?}", next[0]) };
+        out.push(id);
+        fed = vec![id];
     }
     assert_eq!(out, r.greedy_ids, "{NAME}: greedy continuation with images differs from transformers");
 }

@@ -634,12 +634,12 @@ fn token_id_outside_vocabulary() {
     for decode in [false, true] {
         assert_err(
             &format!("id 2048 (decode={decode})"),
-            score_rows(&m, &[vec![1, 2, 2048]], decode),
+            pollster::block_on(score_rows(&m, &[vec![1, 2, 2048]], &[], decode)),
             &["2048", "vocabulary"],
         );
         assert_err(
             &format!("id u32::MAX (decode={decode})"),
-            score_rows(&m, &[vec![5], vec![u32::MAX, 3]], decode),
+            pollster::block_on(score_rows(&m, &[vec![5], vec![u32::MAX, 3]], &[], decode)),
             &["4294967295", "vocabulary"],
         );
     }
@@ -648,7 +648,7 @@ fn token_id_outside_vocabulary() {
     let (a, b) = (cache.add_sequence(), cache.add_sequence());
     assert_err(
         "forward with id 9999",
-        m.forward(&mut cache, &[(a, &[1, 2, 3]), (b, &[4, 9999])], Rows::All),
+        pollster::block_on(m.forward(&mut cache, &[(a, &[1, 2, 3]), (b, &[4, 9999])], &[], Rows::All)),
         &["9999", "vocabulary", "2048"],
     );
     // Nothing was cached by the failed step: the good sequence still starts at position 0.
@@ -666,19 +666,19 @@ fn prompt_longer_than_context() {
     for decode in [false, true] {
         assert_err(
             &format!("20 tokens, context 16 (decode={decode})"),
-            score_rows(&m, std::slice::from_ref(&row), decode),
+            pollster::block_on(score_rows(&m, std::slice::from_ref(&row), &[], decode)),
             &["context", "16"],
         );
     }
     // Exactly the context is fine.
-    score_rows(&m, &[row[..16].to_vec()], false).unwrap();
+    pollster::block_on(score_rows(&m, &[row[..16].to_vec()], &[], false)).unwrap();
     // A cached sequence grown past the context by a later step.
     let mut cache = m.new_cache().unwrap();
     let s = cache.add_sequence();
-    m.forward(&mut cache, &[(s, &row[..10])], Rows::Last).unwrap();
+    pollster::block_on(m.forward(&mut cache, &[(s, &row[..10])], &[], Rows::Last)).unwrap();
     assert_err(
         "10 cached + 7 new > 16",
-        m.forward(&mut cache, &[(s, &row[10..17])], Rows::Last),
+        pollster::block_on(m.forward(&mut cache, &[(s, &row[10..17])], &[], Rows::Last)),
         &["17", "context", "16"],
     );
 }
@@ -686,24 +686,40 @@ fn prompt_longer_than_context() {
 #[test]
 fn empty_rows() {
     let m = load_ok(&fixture_dir("guard"));
-    assert_err("empty row (prefill)", score_rows(&m, &[vec![]], false), &["no new tokens"]);
+    assert_err("empty row (prefill)", pollster::block_on(score_rows(&m, &[vec![]], &[], false)), &["no new tokens"]);
     assert_err(
         "empty row next to a good one (prefill)",
-        score_rows(&m, &[vec![1, 2, 3], vec![]], false),
+        pollster::block_on(score_rows(&m, &[vec![1, 2, 3], vec![]], &[], false)),
         &["no new tokens"],
     );
     // Decoding token by token must refuse it too, not return an empty score.
-    assert_err("empty row (decode)", score_rows(&m, &[vec![]], true), &["row 0", "no new tokens"]);
+    assert_err(
+        "empty row (decode)",
+        pollster::block_on(score_rows(&m, &[vec![]], &[], true)),
+        &["row 0", "no new tokens"],
+    );
     assert_err(
         "empty row next to a good one (decode)",
-        score_rows(&m, &[vec![1, 2, 3], vec![]], true),
+        pollster::block_on(score_rows(&m, &[vec![1, 2, 3], vec![]], &[], true)),
         &["row 1", "no new tokens"],
     );
     let mut cache = m.new_cache().unwrap();
     let s = cache.add_sequence();
-    assert_err("forward with an empty piece", m.forward(&mut cache, &[(s, &[])], Rows::All), &["no new tokens"]);
-    assert_err("forward with an empty batch", m.forward(&mut cache, &[], Rows::All), &["empty batch"]);
-    assert_err("forward with a sequence twice", m.forward(&mut cache, &[(s, &[1]), (s, &[2])], Rows::All), &["twice"]);
+    assert_err(
+        "forward with an empty piece",
+        pollster::block_on(m.forward(&mut cache, &[(s, &[])], &[], Rows::All)),
+        &["no new tokens"],
+    );
+    assert_err(
+        "forward with an empty batch",
+        pollster::block_on(m.forward(&mut cache, &[], &[], Rows::All)),
+        &["empty batch"],
+    );
+    assert_err(
+        "forward with a sequence twice",
+        pollster::block_on(m.forward(&mut cache, &[(s, &[1]), (s, &[2])], &[], Rows::All)),
+        &["twice"],
+    );
 }
 
 #[test]
@@ -714,7 +730,7 @@ fn unknown_sequence() {
     cache.remove_sequence(s);
     assert_err(
         "forward on a removed sequence",
-        m.forward(&mut cache, &[(s, &[1, 2])], Rows::All),
+        pollster::block_on(m.forward(&mut cache, &[(s, &[1, 2])], &[], Rows::All)),
         &["unknown sequence 0"],
     );
 }

@@ -104,14 +104,14 @@ fn pack_quantized_checkpoints_load_without_requantizing() {
         write_ct(&ck, &src_dir.join("config.json"), &dir, bits);
         let be = Arc::new(CpuBackend::new());
         let m = Llama4::from_dir(be.clone(), &dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
-        let got = score_rows(&m, &r.input_ids, false).unwrap();
+        let got = pollster::block_on(score_rows(&m, &r.input_ids, &[], false)).unwrap();
         // herd quantizing the same matrices itself (the embedding, lm_head and routers stay f32).
         let plan = QuantPlan {
             keep: vec!["embed_tokens".into(), "lm_head".into()],
             ..QuantPlan::parse(&format!("q{bits}g{GROUP}")).unwrap()
         };
         let want_m = Llama4::load(be, &QuantizeOnLoad { ck: &ck, plan }, &cfg.text, &mut |_, _| {}).unwrap();
-        let want = score_rows(&want_m, &r.input_ids, false).unwrap();
+        let want = pollster::block_on(score_rows(&want_m, &r.input_ids, &[], false)).unwrap();
         assert_eq!(got, want, "int{bits}: the compressed-tensors checkpoint computes differently");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -161,17 +161,20 @@ fn checkpoints_made_by_compressed_tensors_compute_their_dequantized_weights() {
     let size = |n: &str| std::fs::metadata(fixture_dir(n).join("model.safetensors")).unwrap().len();
     assert!(size("scout_ct") * 2 < size("scout_ct_dequant"));
     for decode in [false, true] {
-        let a = score_rows(&ct, &rows, decode).unwrap();
-        let b = score_rows(&deq, &rows, decode).unwrap();
+        let a = pollster::block_on(score_rows(&ct, &rows, &[], decode)).unwrap();
+        let b = pollster::block_on(score_rows(&deq, &rows, &[], decode)).unwrap();
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             let e = rel_err(x, y);
             eprintln!("scout_ct row {i} decode={decode}: rel err {e:.2e} against the dequantized weights");
             assert!(e <= 1e-5, "row {i} (decode={decode}): relative error {e:.3e}");
         }
     }
-    let want = score_rows(&ct, &rows, false).unwrap();
+    let want = pollster::block_on(score_rows(&ct, &rows, &[], false)).unwrap();
     let streamed = load("scout_ct", Some(&ExpertCacheOptions::new(8 << 10)));
-    assert!(score_rows(&streamed, &rows, false).unwrap() == want, "streamed compressed-tensors experts differ");
+    assert!(
+        pollster::block_on(score_rows(&streamed, &rows, &[], false)).unwrap() == want,
+        "streamed compressed-tensors experts differ"
+    );
     let st = streamed.expert_stats().unwrap();
     assert!(st.capacity <= 8 << 10 && st.fetched > st.slots as u64, "{st}");
 }

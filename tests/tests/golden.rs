@@ -79,7 +79,7 @@ fn published_config_dialect_gives_same_logits() {
     std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
     let r = Reference::load("scout");
     let m = golden::load(&cpu(), &dir);
-    let got = score_rows(&m, &r.input_ids, false).unwrap();
+    let got = pollster::block_on(score_rows(&m, &r.input_ids, &[], false)).unwrap();
     std::fs::remove_dir_all(&dir).ok();
     for (g, want) in got.iter().zip(&r.logits) {
         let e = rel_err(g, want);

@@ -57,16 +57,18 @@ fn golden_fixtures_on_wgpu_with_tiny_bindings() {
     let mut cache = m.new_cache().unwrap();
     let ids: Vec<_> = r.input_ids.iter().map(|_| cache.add_sequence()).collect();
     let batch: Vec<_> = ids.iter().copied().zip(r.input_ids.iter().map(|x| x.as_slice())).collect();
-    m.forward(&mut cache, &batch, Rows::Last).unwrap();
+    pollster::block_on(m.forward(&mut cache, &batch, &[], Rows::Last)).unwrap();
     let last: Vec<[u32; 1]> = r.greedy_ids.iter().map(|g| [g[0]]).collect();
     let batch: Vec<_> = ids.iter().copied().zip(last.iter().map(|x| x.as_slice())).collect();
-    m.forward(&mut cache, &batch, Rows::Last).unwrap();
+    pollster::block_on(m.forward(&mut cache, &batch, &[], Rows::Last)).unwrap();
     assert!(cache.arenas().0 > 1, "the full-attention cache stayed in {} buffer(s)", cache.arenas().0);
     // One sequence whose keys cannot fit one buffer is refused with a clear error, not a device error.
     let mut cache = m.new_cache().unwrap();
     let seq = cache.add_sequence();
     let long: Vec<u32> = (0..70).map(|i| (i * 37 % 2048) as u32).collect();
-    let e = m.forward(&mut cache, &[(seq, &long)], Rows::Last).expect_err("70 tokens cannot fit 64 slots").to_string();
+    let e = pollster::block_on(m.forward(&mut cache, &[(seq, &long)], &[], Rows::Last))
+        .expect_err("70 tokens cannot fit 64 slots")
+        .to_string();
     assert!(e.contains("largest buffer") && !e.contains('\n'), "{e}");
     assert_eq!(cache.seq_len(seq).unwrap(), 0, "refused before any step ran");
 }

@@ -58,7 +58,7 @@ fn pieces_from(pattern: &[usize], len: usize) -> Vec<usize> {
 fn prefill_alone(m: &Llama4<CpuBackend>, toks: &[u32]) -> Vec<f32> {
     let mut cache = m.new_cache().unwrap();
     let s = cache.add_sequence();
-    m.forward(&mut cache, &[(s, toks)], Rows::All).unwrap()
+    pollster::block_on(m.forward(&mut cache, &[(s, toks)], &[], Rows::All)).unwrap()
 }
 
 /// Asserts every position of `got` matches `want` (both [T·V]) to `TOL`; returns the worst error.
@@ -93,7 +93,7 @@ fn uneven_pieces(name: &str) {
             let mut got = Vec::with_capacity(row.len() * v);
             let mut at = 0;
             for &n in &pieces {
-                let out = m.forward(&mut cache, &[(s, &row[at..at + n])], Rows::All).unwrap();
+                let out = pollster::block_on(m.forward(&mut cache, &[(s, &row[at..at + n])], &[], Rows::All)).unwrap();
                 assert_eq!(out.len(), n * v);
                 got.extend_from_slice(&out);
                 at += n;
@@ -107,7 +107,7 @@ fn uneven_pieces(name: &str) {
             let s = cache.add_sequence();
             let mut at = 0;
             for &n in &pieces {
-                let out = m.forward(&mut cache, &[(s, &row[at..at + n])], Rows::Last).unwrap();
+                let out = pollster::block_on(m.forward(&mut cache, &[(s, &row[at..at + n])], &[], Rows::Last)).unwrap();
                 at += n;
                 let e = rel_err(&out, &want[(at - 1) * v..at * v]);
                 assert!(
@@ -207,7 +207,7 @@ fn join_and_leave(name: &str) {
                 (ids[i].unwrap(), &plans[i].tokens[fed[i]..fed[i] + n])
             })
             .collect();
-        let out = m.forward(&mut cache, &batch, Rows::All).unwrap();
+        let out = pollster::block_on(m.forward(&mut cache, &batch, &[], Rows::All)).unwrap();
         let mut off = 0;
         for &i in &live {
             let n = plans[i].pieces[next_piece[i]];
@@ -294,7 +294,7 @@ fn long_decode(name: &str, seqs: &[(usize, usize, usize)]) {
         let take: Vec<usize> = live.iter().map(|&i| if fed[i] == 0 { seqs[i].2.max(1) } else { 1 }).collect();
         let batch: Vec<(SeqId, &[u32])> =
             live.iter().zip(&take).map(|(&i, &n)| (ids[i].unwrap(), &rows[i][fed[i]..fed[i] + n])).collect();
-        let out = m.forward(&mut cache, &batch, Rows::All).unwrap();
+        let out = pollster::block_on(m.forward(&mut cache, &batch, &[], Rows::All)).unwrap();
         let mut off = 0;
         for (&i, &n) in live.iter().zip(&take) {
             got[i].extend_from_slice(&out[off..off + n * v]);
@@ -350,7 +350,7 @@ fn layout(m: &Llama4<CpuBackend>) -> (usize, usize, usize) {
 fn bytes_after_prefill(m: &Llama4<CpuBackend>, n: usize, seed: u64) -> usize {
     let mut cache = m.new_cache().unwrap();
     let s = cache.add_sequence();
-    m.forward(&mut cache, &[(s, &random_ids(seed, n, m.cfg.vocab_size))], Rows::Last).unwrap();
+    pollster::block_on(m.forward(&mut cache, &[(s, &random_ids(seed, n, m.cfg.vocab_size))], &[], Rows::Last)).unwrap();
     cache.bytes()
 }
 
@@ -384,7 +384,7 @@ fn chunked_layers_stop_growing_while_decoding() {
     let mut last_full_slots = 0;
     let mut at = [0usize; 2];
     for (t, id) in ids.iter().enumerate() {
-        m.forward(&mut cache, &[(s, &[*id])], Rows::Last).unwrap();
+        pollster::block_on(m.forward(&mut cache, &[(s, &[*id])], &[], Rows::Last)).unwrap();
         let n = t + 1;
         let b = cache.bytes();
         if n >= c {
@@ -432,7 +432,7 @@ fn two_sequences_each_hold_one_chunk() {
     let mut cache = m.new_cache().unwrap();
     let (a, b) = (cache.add_sequence(), cache.add_sequence());
     let (ta, tb) = (random_ids(5, 50, m.cfg.vocab_size), random_ids(6, 30, m.cfg.vocab_size));
-    m.forward(&mut cache, &[(a, &ta), (b, &tb)], Rows::Last).unwrap();
+    pollster::block_on(m.forward(&mut cache, &[(a, &ta), (b, &tb)], &[], Rows::Last)).unwrap();
     assert_eq!(cache.bytes(), (full * (50 + 30) + chunked * 2 * c) * slot);
 }
 
@@ -450,42 +450,63 @@ fn fixtures_are_what_these_tests_assume() {
     }
 }
 
-/// A chat session feeds only what a new turn adds: generating after a conversation whose prefix is already
-/// cached gives the same ids as a fresh session fed the whole conversation, and the cache holds exactly
-/// the conversation's ids.
+/// A chat through the scheduler feeds only what a new turn adds: its next turn takes over the sequence the
+/// last one left (no copy), generates the same ids as a fresh scheduler fed the whole conversation, and a
+/// conversation that does not extend the cached one reuses only what it shares.
 #[test]
-fn session_reuses_the_cached_prefix_across_turns() {
-    use herd_core::generate::{GenerateParams, Session};
-    use herd_core::sampling::{Sampler, SamplingParams};
+fn a_chat_reuses_the_cached_prefix_across_turns() {
+    use herd_core::generate::GenerateParams;
+    use herd_core::sampling::SamplingParams;
+    use herd_core::schedule::{queue, Event, Finish, Request, Scheduler, SchedulerConfig};
     let r = herd_conformance::Reference::load("scout");
-    let m = herd_core::model::Llama4::from_dir(
-        std::sync::Arc::new(herd_core::cpu::CpuBackend::new()),
-        &herd_conformance::fixture_dir("scout"),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    let params = GenerateParams { max_tokens: 6, sampling: SamplingParams::default(), stop_ids: vec![] };
-    let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
+    let m = std::sync::Arc::new(
+        herd_core::model::Llama4::from_dir(
+            std::sync::Arc::new(herd_core::cpu::CpuBackend::new()),
+            &herd_conformance::fixture_dir("scout"),
+            &mut |_, _| {},
+        )
+        .unwrap(),
+    );
+    let ctx = m.cfg.max_position_embeddings;
+    let chat = || {
+        let cfg = SchedulerConfig { max_seqs: 1, max_batch_tokens: ctx, max_queue: 1, prefix_cache_tokens: ctx };
+        Scheduler::new(m.clone(), cfg).unwrap()
+    };
+    let turn = |s: &mut Scheduler<_>, ids: &[u32]| -> (Vec<u32>, Finish) {
+        let params = GenerateParams { max_tokens: 6, sampling: SamplingParams::default(), stop_ids: vec![] };
+        let (sink, events) = queue();
+        s.submit(Request::new(ids.to_vec(), params), sink).unwrap();
+        pollster::block_on(s.run_to_idle()).unwrap();
+        let mut out = Vec::new();
+        loop {
+            match events.pop().expect("a Done event") {
+                Event::Token(t) => out.push(t.id),
+                Event::Done(f) => return (out, f),
+            }
+        }
+    };
+    let mut s = chat();
     let turn1: Vec<u32> = r.input_ids[0].clone();
-    let mut s = Session::new(&m).unwrap();
-    let (out1, st1) = s.generate(&m, &turn1, &params, &mut sampler, &mut |_| true).unwrap();
-    assert_eq!(st1.prompt_tokens, turn1.len());
+    let (out1, st1) = turn(&mut s, &turn1);
+    assert_eq!((st1.prompt_tokens, st1.cached_tokens), (turn1.len(), 0));
     // transformers' greedy continuation of the same prompt.
     assert_eq!(out1, r.greedy_ids[0][..6].to_vec());
+    assert_eq!(s.kept_tokens(), turn1.len() + 5, "the conversation (all but the last id, never fed) is kept");
     // Turn 2: the conversation so far, plus new user tokens.
     let mut turn2 = turn1.clone();
     turn2.extend(&out1);
     turn2.extend(&r.input_ids[1][..5]);
-    let (out2, st2) = s.generate(&m, &turn2, &params, &mut sampler, &mut |_| true).unwrap();
+    let (out2, st2) = turn(&mut s, &turn2);
     // Only the last generated id (never fed) and the new tokens were fed.
-    assert_eq!(st2.prompt_tokens, 1 + 5);
-    let mut fresh = Session::new(&m).unwrap();
-    let (want2, st_fresh) = fresh.generate(&m, &turn2, &params, &mut sampler, &mut |_| true).unwrap();
-    assert_eq!(st_fresh.prompt_tokens, turn2.len());
+    assert_eq!(st2.prompt_tokens - st2.cached_tokens, 1 + 5);
+    assert_eq!(s.kept_tokens(), turn2.len() + 5, "the turn continued the kept sequence in place");
+    let (want2, st_fresh) = turn(&mut chat(), &turn2);
+    assert_eq!(st_fresh.cached_tokens, 0);
     assert_eq!(out2, want2);
-    // A conversation that does not extend the cached one starts over.
+    // A conversation that does not extend the cached one reuses what it shares, and nothing else changes.
     let other: Vec<u32> = r.input_ids[1].clone();
-    let (_, st3) = s.generate(&m, &other, &params, &mut sampler, &mut |_| true).unwrap();
-    assert_eq!(st3.prompt_tokens, other.len());
-    assert_eq!(&s.cached()[..other.len()], &other[..]);
+    let shared = other.iter().zip(&turn2).take_while(|(a, b)| a == b).count();
+    let (out3, st3) = turn(&mut s, &other);
+    assert!(st3.cached_tokens <= shared, "{} reused of {shared} shared", st3.cached_tokens);
+    assert_eq!(out3, turn(&mut chat(), &other).0);
 }

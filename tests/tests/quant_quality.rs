@@ -33,7 +33,7 @@ fn measure(name: &str, plan: &QuantPlan) -> (f64, f64, f64) {
     let src = QuantizeOnLoad { ck: &ck, plan: plan.clone() };
     let m = Llama4::load(Arc::new(CpuBackend::new()), &src, &cfg.text, &mut |_, _| {}).unwrap();
     let r = Reference::load(name);
-    let got = score_rows(&m, &r.input_ids, false).unwrap();
+    let got = pollster::block_on(score_rows(&m, &r.input_ids, &[], false)).unwrap();
     let v = r.vocab;
     let (mut worst, mut kl, mut agree, mut n) = (0f64, 0f64, 0usize, 0usize);
     for (g, want) in got.iter().zip(&r.logits) {

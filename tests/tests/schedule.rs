@@ -1,18 +1,19 @@
 //! Continuous batching changes nothing: requests run together by the scheduler (joining mid-way, prompts
 //! cut into pieces by a small batch budget) give each the tokens it gets alone, greedy and seeded; a
-//! greedy request alone gives what the independent batched greedy path (`greedy_rows`: the whole prompt in
-//! one prefill, the argmax on the device) gives. On the CPU and on wgpu, with the built-in demo model
-//! (trained, so its greedy continuations are not degenerate) and a transformers fixture (chunked attention
-//! across piece boundaries, MoE).
+//! greedy request alone gives what a plain loop over the model gives (the whole prompt in one forward pass,
+//! the argmax of its logits on the host, then one token at a time); a seeded request picks the same tokens
+//! on the device as on the host (where log-probabilities send it). On the CPU and on wgpu, with the built-in
+//! demo model (trained, so its greedy continuations are not degenerate) and a transformers fixture (chunked
+//! attention across piece boundaries, MoE).
 
 use std::sync::{Arc, Mutex};
 
 use herd_conformance::{backend_or_not_run, golden, model_dir};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
-use herd_core::generate::{greedy_rows, GenerateParams, StopReason};
-use herd_core::model::Llama4;
-use herd_core::sampling::SamplingParams;
+use herd_core::generate::{GenerateParams, StopReason};
+use herd_core::model::{Llama4, Rows};
+use herd_core::sampling::{argmax, SamplingParams};
 use herd_core::schedule::{Event, Finish, Request, Scheduler, SchedulerConfig};
 use herd_core::HerdError;
 
@@ -76,7 +77,7 @@ fn run<B: Backend>(model: &Arc<Llama4<B>>, reqs: &[Request], join: &[u64], cfg: 
         if s.is_idle() && join.iter().all(|&j| j <= step) {
             break;
         }
-        s.step().unwrap();
+        pollster::block_on(s.step()).unwrap();
         step += 1;
     }
     assert_eq!(s.cached_tokens(), 0, "the cache holds tokens of finished requests");
@@ -92,6 +93,22 @@ fn run<B: Backend>(model: &Arc<Llama4<B>>, reqs: &[Request], join: &[u64], cfg: 
         .collect()
 }
 
+/// Greedy tokens by a plain loop over the model, independent of the scheduler and of the device's sampler:
+/// the prompt in one forward pass, then one token at a time, each the argmax of its logits on the host.
+fn reference_greedy<B: Backend>(model: &Llama4<B>, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = model.new_cache().unwrap();
+    let seq = cache.add_sequence();
+    let mut out = Vec::new();
+    let mut feed = prompt.to_vec();
+    while out.len() < n {
+        let logits = pollster::block_on(model.forward(&mut cache, &[(seq, &feed)], &[], Rows::Last)).unwrap();
+        let id = argmax(&logits);
+        out.push(id);
+        feed = vec![id];
+    }
+    out
+}
+
 fn alone<B: Backend>(model: &Arc<Llama4<B>>, reqs: &[Request]) -> Vec<Vec<u32>> {
     reqs.iter().map(|r| run(model, std::slice::from_ref(r), &[0], SchedulerConfig::default()).remove(0)).collect()
 }
@@ -103,8 +120,15 @@ fn check_batching<B: Backend>(model: &Arc<Llama4<B>>, what: &str, counts: &[usiz
         let solo = alone(model, &all);
         if !seeded {
             for (r, got) in all.iter().zip(&solo) {
-                let want = greedy_rows(model, std::slice::from_ref(&r.prompt), r.params.max_tokens).unwrap();
-                assert_eq!(got, &want[0], "{what}: the scheduler's greedy tokens differ from greedy_rows'");
+                let want = reference_greedy(model, &r.prompt, r.params.max_tokens);
+                assert_eq!(got, &want, "{what}: the scheduler's greedy tokens differ from a plain loop's");
+            }
+        } else {
+            // Log-probabilities send a request's sampling to the host (`pick` on its logits); without them it
+            // is sampled on the device. The same seed picks the same tokens either way.
+            let host: Vec<Request> = all.iter().map(|r| Request { logprobs: Some(0), ..r.clone() }).collect();
+            for (i, (h, d)) in alone(model, &host).iter().zip(&solo).enumerate() {
+                assert_eq!(h, d, "{what}: seeded request {i}: host sampling differs from the device's");
             }
         }
         for &n in counts {
@@ -174,14 +198,14 @@ fn cancellation_and_refusals() {
     )
     .unwrap();
     s.submit(reqs[1].clone(), sink(&got[1])).unwrap();
-    s.step().unwrap(); // both join (max_seqs 2)
+    pollster::block_on(s.step()).unwrap(); // both join (max_seqs 2)
     let id2 = s.submit(reqs[2].clone(), sink(&got[2])).unwrap();
     let extra = s.submit(reqs[2].clone(), sink(&Got::default())).unwrap();
     let busy = s.submit(reqs[2].clone(), sink(&Got::default())).unwrap_err();
     assert!(matches!(busy, HerdError::Busy(_)), "{busy}");
     assert!(s.cancel(id2) && s.cancel(extra));
     assert!(!s.cancel(id2), "cancelled twice");
-    s.run_to_idle().unwrap();
+    pollster::block_on(s.run_to_idle()).unwrap();
     let g0 = got[0].lock().unwrap();
     assert_eq!(g0.1.as_ref().unwrap().reason, Ok(StopReason::Cancelled));
     assert_eq!(g0.0, solo[0][..2]);
@@ -216,7 +240,7 @@ fn one_by_one<B: Backend>(s: &mut Scheduler<B>, reqs: &[Request]) -> Vec<(Vec<u3
         .map(|r| {
             let g = Got::default();
             s.submit(r.clone(), sink(&g)).unwrap();
-            s.run_to_idle().unwrap();
+            pollster::block_on(s.run_to_idle()).unwrap();
             let g = g.lock().unwrap();
             let f = g.1.as_ref().unwrap();
             assert_eq!(f.reason, Ok(StopReason::Length));
@@ -270,10 +294,12 @@ fn check_prefix_reuse<B: Backend>(be: &Arc<B>, names: &[&str]) {
         }
         let cached: Vec<usize> = got.iter().map(|g| g.1).collect();
         // The first ended holding 21 + 5 tokens. Chunked layers keep only the current chunk (8 tokens in the
-        // scout fixture's): a prefix of 13 ends in chunk 8..16, which the first request's later tokens
-        // (16..26) overwrote, so only 8 are reused; of the same prompt again (20 to reuse), chunk 16..24 lost
-        // 16 and 17 to 24 and 25, so 16.
-        let want = if chunked { [0, 8, 26, 16, 16, 0] } else { [0, 13, 26, 20, 16, 0] };
+        // scout fixture's, 32 in the demo's): a prefix of 13 ends in chunk 8..16, which the first request's
+        // later tokens (16..26) overwrote, so only 8 are reused (scout). The next turn (request 2) begins with
+        // all the first holds, so it takes that sequence over and leaves it 37 long; the same prompt again
+        // (request 3, 20 to reuse) then finds positions 0..5 of the demo's first chunk overwritten by 32..37
+        // and reuses request 1's 13 instead (in scout's chunk 16..24 only 16 and 17 were lost: 16 reused).
+        let want = if chunked { [0, 8, 26, 16, 16, 0] } else { [0, 13, 26, 13, 16, 0] };
         assert_eq!(cached, want, "{name}: prompt tokens reused");
         assert_eq!(s.stats().cached_prompt_tokens, want.iter().sum::<usize>() as u64);
         assert_eq!(s.cached_tokens(), 0);

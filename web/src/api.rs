@@ -9,9 +9,9 @@ use std::sync::Arc;
 use herd_core::chat::{ChatTemplate, Message};
 use herd_core::config::ModelConfig;
 use herd_core::experts::{ExpertCacheOptions, Policy};
-use herd_core::generate::{greedy_rows_async, GenerateParams, Session, StopReason};
+use herd_core::generate::{greedy_rows, GenerateParams, StopReason};
 use herd_core::model::Llama4;
-use herd_core::sampling::Sampler;
+use herd_core::schedule::{queue, Event, Request, Scheduler, SchedulerConfig};
 use herd_core::tokenizer::{GenerationConfig, Tokenizer};
 use herd_wgpu::{WgpuBackend, WgpuOptions};
 use js_sys::{Function, Promise, Reflect};
@@ -51,12 +51,14 @@ fn budget(o: &JsValue) -> Result<Option<u64>, JsError> {
 }
 
 struct Inner {
-    model: Llama4<WgpuBackend>,
+    model: Arc<Llama4<WgpuBackend>>,
     cfg: ModelConfig,
     tok: Tokenizer,
     chat: ChatTemplate,
     gen: GenerationConfig,
-    session: RefCell<Option<Session<WgpuBackend>>>,
+    /// One request at a time, the conversation kept in its cache between turns (taken out while a turn
+    /// runs).
+    sched: RefCell<Option<Scheduler<WgpuBackend>>>,
     conversation: RefCell<Vec<Message>>,
     busy: Cell<bool>,
     cancel: Cell<bool>,
@@ -120,6 +122,13 @@ pub async fn load_model(url: String, options: JsValue) -> Result<Herd, JsError> 
         .map_err(e)?;
     let load = serde_json::json!({ "resident_bytes": weights.total, "peak_held_bytes": *weights.peak.borrow() });
     drop(weights);
+    let model = Arc::new(model);
+    let ctx = cfg.text.max_position_embeddings;
+    let sched = Scheduler::new(
+        model.clone(),
+        SchedulerConfig { max_seqs: 1, max_batch_tokens: ctx, max_queue: 1, prefix_cache_tokens: ctx },
+    )
+    .map_err(e)?;
     progress("ready", 1.0, 1.0);
     Ok(Herd {
         inner: Rc::new(Inner {
@@ -128,7 +137,7 @@ pub async fn load_model(url: String, options: JsValue) -> Result<Herd, JsError> 
             tok,
             chat,
             gen,
-            session: RefCell::new(None),
+            sched: RefCell::new(Some(sched)),
             conversation: RefCell::new(Vec::new()),
             busy: Cell::new(false),
             cancel: Cell::new(false),
@@ -202,47 +211,70 @@ impl Herd {
                 inner.gen.eos_token_ids.clone()
             };
             let params = GenerateParams { max_tokens, sampling, stop_ids };
-            let mut sampler = Sampler::new(params.sampling).map_err(js)?;
             let mut msgs = inner.conversation.borrow().clone();
             msgs.push(Message::user(&text));
             let ids = inner.tok.encode_rendered(&inner.chat.render(&msgs, None, true).map_err(js)?).map_err(js)?;
             let on_token = get(&options, "onToken").and_then(|f| f.dyn_into::<Function>().ok());
             let mut dec = inner.tok.stream_decoder(true);
             let mut answer = String::new();
-            let session = inner.session.borrow_mut().take();
-            let mut s = match session {
-                Some(s) => s,
-                None => Session::new(&inner.model).map_err(js)?,
+            // The scheduler is out of its cell while the turn runs (no borrow held across an await); `Busy`
+            // keeps every other turn out meanwhile.
+            let Some(mut sched) = inner.sched.borrow_mut().take() else {
+                return Err(JsError::new("the model is already generating").into());
             };
-            let mut cb = |id: u32| -> bool {
-                let piece = dec.push(id).ok().flatten().unwrap_or_default();
-                answer.push_str(&piece);
-                if let Some(f) = &on_token {
-                    let (picks, rows) = inner.picks();
-                    let args = js_sys::Array::of4(
-                        &piece.into(),
-                        &id.into(),
-                        &js_sys::Uint32Array::from(&picks[..]).into(),
-                        &(rows as u32).into(),
-                    );
-                    if f.apply(&JsValue::NULL, &args).ok().is_some_and(|r| r == JsValue::FALSE) {
-                        return false;
+            let result = async {
+                let (sink, events) = queue();
+                let id = sched.submit(Request::new(ids, params), sink)?;
+                loop {
+                    let stepped = sched.step().await;
+                    let mut done = None;
+                    while let Some(e) = events.pop() {
+                        match e {
+                            Event::Token(t) => {
+                                let piece = dec.push(t.id).ok().flatten().unwrap_or_default();
+                                answer.push_str(&piece);
+                                let mut go_on = !inner.cancel.get();
+                                if let Some(f) = &on_token {
+                                    let (picks, rows) = inner.picks();
+                                    let args = js_sys::Array::of4(
+                                        &piece.into(),
+                                        &t.id.into(),
+                                        &js_sys::Uint32Array::from(&picks[..]).into(),
+                                        &(rows as u32).into(),
+                                    );
+                                    if f.apply(&JsValue::NULL, &args).ok().is_some_and(|r| r == JsValue::FALSE) {
+                                        go_on = false;
+                                    }
+                                }
+                                if !go_on {
+                                    sched.cancel(id);
+                                }
+                            }
+                            Event::Done(f) => done = Some(f),
+                        }
                     }
+                    if let Some(f) = done {
+                        return match &f.reason {
+                            Err(m) => Err(herd_core::HerdError::Input(m.clone())),
+                            Ok(_) => Ok(f),
+                        };
+                    }
+                    stepped?;
                 }
-                !inner.cancel.get()
-            };
-            let result = s.generate_async(&inner.model, &ids, &params, &mut sampler, &mut cb).await;
-            *inner.session.borrow_mut() = Some(s);
-            let (_, st) = result.map_err(js)?;
+            }
+            .await;
+            *inner.sched.borrow_mut() = Some(sched);
+            let st = result.map_err(js)?;
             msgs.push(Message::assistant(&answer));
             *inner.conversation.borrow_mut() = msgs;
-            let stop = match st.stop {
-                StopReason::Stop(_) => "stop",
-                StopReason::Length => "length",
-                StopReason::Cancelled => "cancelled",
+            let stop = match st.reason {
+                Ok(StopReason::Stop(_)) => "stop",
+                Ok(StopReason::Length) => "length",
+                _ => "cancelled",
             };
             let j = serde_json::json!({
-                "prompt_tokens": st.prompt_tokens, "generated_tokens": st.generated_tokens,
+                "prompt_tokens": st.prompt_tokens, "cached_tokens": st.cached_tokens,
+                "generated_tokens": st.generated_tokens,
                 "prefill_tok_s": st.prefill_tps(), "decode_tok_s": st.decode_tps(), "stop": stop, "text": answer,
             });
             *inner.last.borrow_mut() = j.clone();
@@ -265,7 +297,7 @@ impl Herd {
                 return Err(JsError::new(&format!("prompt id {bad} is past the vocabulary ({v} ids)")).into());
             }
             let t0 = web_time::Instant::now();
-            let out = greedy_rows_async(&inner.model, &[ids], max_tokens).await.map_err(js)?;
+            let out = greedy_rows(&inner.model, &[ids], max_tokens).await.map_err(js)?;
             let secs = t0.elapsed().as_secs_f64();
             *inner.last.borrow_mut() = serde_json::json!({ "generated_tokens": max_tokens, "seconds": secs });
             Ok(js_sys::Uint32Array::from(&out[0][..]).into())
@@ -280,8 +312,10 @@ impl Herd {
     /// Forgets the conversation.
     pub fn reset(&self) {
         self.inner.conversation.borrow_mut().clear();
-        if !self.inner.busy.get() {
-            *self.inner.session.borrow_mut() = None;
+        // While a turn runs the scheduler is out of its cell; what it keeps is exact either way (a prefix is
+        // reused only where the tokens are the same).
+        if let Some(s) = self.inner.sched.borrow_mut().as_mut() {
+            s.clear_prefix_cache();
         }
     }
 

@@ -394,37 +394,12 @@ impl<B: Backend> Llama4<B> {
     }
 
     /// Runs the new tokens of each sequence through the model, appending them to the cache, and returns
-    /// logits `[rows, vocab]` for the rows asked for (row order = batch order, then token order). A batch
-    /// larger than the backend's buffers allow runs as several steps (see [`steps`]), with the same result.
-    pub fn forward(&self, cache: &mut KvCache<B>, batch: &[(SeqId, &[u32])], rows: Rows) -> Result<Vec<f32>> {
-        pollster::block_on(self.forward_async(cache, batch, rows))
-    }
-
-    /// [`Llama4::forward`] without blocking: every wait for the device (and for streamed experts) is
-    /// awaited, as a browser requires. Natively each await is ready at once.
-    pub async fn forward_async(
-        &self,
-        cache: &mut KvCache<B>,
-        batch: &[(SeqId, &[u32])],
-        rows: Rows,
-    ) -> Result<Vec<f32>> {
-        self.forward_with_images_async(cache, batch, &[], rows).await
-    }
-
-    /// [`Llama4::forward`] with image rows in place of `<|patch|>` embeddings: `images` is empty or has one
-    /// entry per batch entry (None for a sequence without images).
-    pub fn forward_with_images(
-        &self,
-        cache: &mut KvCache<B>,
-        batch: &[(SeqId, &[u32])],
-        images: &[Option<&ImageRows<'_, B>>],
-        rows: Rows,
-    ) -> Result<Vec<f32>> {
-        pollster::block_on(self.forward_with_images_async(cache, batch, images, rows))
-    }
-
-    /// [`Llama4::forward_with_images`] without blocking.
-    pub async fn forward_with_images_async(
+    /// logits `[rows, vocab]` for the rows asked for (row order = batch order, then token order). `images` is
+    /// empty or has one entry per batch entry: the rows that replace that sequence's `<|patch|>` embeddings
+    /// (None for a sequence without images). A batch larger than the backend's buffers allow runs as several
+    /// steps (see [`steps`]), with the same result. Every wait for the device (and for streamed experts) is
+    /// awaited, as a browser requires; natively each await is ready at once (block on it at the edge).
+    pub async fn forward(
         &self,
         cache: &mut KvCache<B>,
         batch: &[(SeqId, &[u32])],
@@ -454,72 +429,51 @@ impl<B: Backend> Llama4<B> {
         Ok(per_seq.concat())
     }
 
-    /// Runs the new tokens of each sequence through the model like [`Llama4::forward`] and picks each
-    /// sequence's next token on the device ([`Backend::sample`], with one draw and one history per
-    /// sequence): the host reads back one id per sequence.
-    pub fn forward_sample(
-        &self,
-        cache: &mut KvCache<B>,
-        batch: &[(SeqId, &[u32])],
-        params: &SamplingParams,
-        draws: &[f32],
-        history: &[&[u32]],
-    ) -> Result<Vec<u32>> {
-        pollster::block_on(self.forward_sample_async(cache, batch, params, draws, history))
-    }
-
-    /// [`Llama4::forward_sample`] without blocking (see [`Llama4::forward_async`]).
-    pub async fn forward_sample_async(
-        &self,
-        cache: &mut KvCache<B>,
-        batch: &[(SeqId, &[u32])],
-        params: &SamplingParams,
-        draws: &[f32],
-        history: &[&[u32]],
-    ) -> Result<Vec<u32>> {
-        self.forward_sample_with_images_async(cache, batch, &[], params, draws, history).await
-    }
-
-    /// [`Llama4::forward_sample`] with image rows (see [`Llama4::forward_with_images`]).
-    pub fn forward_sample_with_images(
+    /// Runs the new tokens of each sequence through the model like [`Llama4::forward`], and gives back for
+    /// each sequence what its entry of `picks` asks for after its last token: nothing, its logits, or its
+    /// next token picked on the device ([`Backend::sample`], with its own parameters, draw and history), so
+    /// that the host reads back one id rather than a row of logits. Sequences whose parameters are the same
+    /// (their seeds aside) are sampled together.
+    pub async fn forward_pick(
         &self,
         cache: &mut KvCache<B>,
         batch: &[(SeqId, &[u32])],
         images: &[Option<&ImageRows<'_, B>>],
-        params: &SamplingParams,
-        draws: &[f32],
-        history: &[&[u32]],
-    ) -> Result<Vec<u32>> {
-        pollster::block_on(self.forward_sample_with_images_async(cache, batch, images, params, draws, history))
-    }
-
-    /// [`Llama4::forward_sample_with_images`] without blocking.
-    pub async fn forward_sample_with_images_async(
-        &self,
-        cache: &mut KvCache<B>,
-        batch: &[(SeqId, &[u32])],
-        images: &[Option<&ImageRows<'_, B>>],
-        params: &SamplingParams,
-        draws: &[f32],
-        history: &[&[u32]],
-    ) -> Result<Vec<u32>> {
-        check_sample_args(batch.len(), draws, history)?;
+        picks: &[Pick<'_>],
+    ) -> Result<Vec<Picked>> {
+        if picks.len() != batch.len() {
+            return Err(HerdError::Input(format!("{} picks for a batch of {}", picks.len(), batch.len())));
+        }
+        for p in picks {
+            if let Pick::Sample { params, draw, history } = p {
+                check_sample_args(1, &[*draw], &[history])?;
+                params.validate()?;
+            }
+        }
         check_images(batch, images)?;
         let pieces = self.steps(cache, batch, Rows::Last)?;
         let mut used = vec![0usize; batch.len()];
-        let mut picked = vec![0u32; batch.len()];
-        for piece in &pieces {
-            let step: Vec<(SeqId, &[u32])> = piece.iter().map(|&(bi, toks)| (batch[bi].0, toks)).collect();
-            let u: Vec<f32> = piece.iter().map(|&(bi, _)| draws[bi]).collect();
-            let hist: Vec<&[u32]> = piece.iter().map(|&(bi, _)| history[bi]).collect();
-            let imgs = step_images(piece, images, &mut used);
-            let ids = self.run(cache, &step, &imgs, Rows::Last, Finish::Sample(params, &u, &hist)).await?.ids()?;
-            // A sequence's pick is the one from the piece holding its last token (the last piece it is in).
-            for (&(bi, _), id) in piece.iter().zip(ids) {
-                picked[bi] = id;
+        let mut out: Vec<Picked> = vec![Picked::Nothing; batch.len()];
+        // The piece holding each sequence's last token (the last piece it is in): only that one picks for it.
+        let mut last = vec![0usize; batch.len()];
+        for (pi, piece) in pieces.iter().enumerate() {
+            for &(bi, _) in piece {
+                last[bi] = pi;
             }
         }
-        Ok(picked)
+        for (pi, piece) in pieces.iter().enumerate() {
+            let step: Vec<(SeqId, &[u32])> = piece.iter().map(|&(bi, toks)| (batch[bi].0, toks)).collect();
+            let here: Vec<Pick<'_>> =
+                piece.iter().map(|&(bi, _)| if last[bi] == pi { picks[bi] } else { Pick::Nothing }).collect();
+            let imgs = step_images(piece, images, &mut used);
+            let got = self.run(cache, &step, &imgs, Rows::Last, Finish::Pick(&here)).await?.picked()?;
+            for (&(bi, _), g) in piece.iter().zip(got) {
+                if !matches!(g, Picked::Nothing) {
+                    out[bi] = g;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Runs one step (a piece from [`Llama4::steps`]) and returns what `finish` asks for.
@@ -626,13 +580,61 @@ impl<B: Backend> Llama4<B> {
                 out.truncate(out_rows * cfg.vocab_size);
                 Ok(StepOut::Logits(out))
             }
-            Finish::Sample(params, draws, history) => {
-                be.sample(logits, out_rows, cfg.vocab_size, params, draws, history, &s.picked)?;
-                let mut ids = be.read_u32_async(&s.picked).await?;
-                ids.truncate(out_rows);
-                Ok(StepOut::Ids(ids))
+            Finish::Pick(picks) => Ok(StepOut::Picked(self.pick(logits, out_rows, picks, &s.picked).await?)),
+        }
+    }
+
+    /// What `picks` asks of each of `rows` rows of `logits`: the rows wanted as logits are read back first,
+    /// then each group of rows to sample with the same parameters is sampled on the device (in place when
+    /// the group is every row, else gathered into a buffer of its own) and its ids read back.
+    async fn pick(&self, logits: &B::Buffer, rows: usize, picks: &[Pick<'_>], ids: &B::Buffer) -> Result<Vec<Picked>> {
+        let be = &*self.backend;
+        let v = self.cfg.vocab_size;
+        let mut out = vec![Picked::Nothing; rows];
+        if picks.iter().any(|p| matches!(p, Pick::Logits)) {
+            let host = be.read_async(logits).await?;
+            for (r, p) in picks.iter().enumerate() {
+                if matches!(p, Pick::Logits) {
+                    out[r] = Picked::Logits(host[r * v..(r + 1) * v].to_vec());
+                }
             }
         }
+        // Rows to sample, grouped by their parameters (the seed only shapes the draws, made on the host).
+        let mut groups: Vec<(SamplingParams, Vec<usize>)> = Vec::new();
+        for (r, p) in picks.iter().enumerate() {
+            if let Pick::Sample { params, .. } = p {
+                let key = SamplingParams { seed: None, ..**params };
+                match groups.iter_mut().find(|g| g.0 == key) {
+                    Some(g) => g.1.push(r),
+                    None => groups.push((key, vec![r])),
+                }
+            }
+        }
+        for (params, members) in &groups {
+            let n = members.len();
+            let (draws, history): (Vec<f32>, Vec<&[u32]>) = members
+                .iter()
+                .map(|&r| match picks[r] {
+                    Pick::Sample { draw, history, .. } => (draw, history),
+                    _ => (0.0, &[][..]),
+                })
+                .unzip();
+            let got = if n == rows {
+                be.sample(logits, rows, v, params, &draws, &history, ids)?;
+                be.read_u32_async(ids).await?
+            } else {
+                let which = be.upload_u32(&members.iter().map(|&r| r as u32).collect::<Vec<_>>())?;
+                let sel = be.alloc(n * v)?;
+                let picked = be.upload_u32(&vec![0; n])?;
+                be.gather_rows(logits, &which, n, v, &sel)?;
+                be.sample(&sel, n, v, params, &draws, &history, &picked)?;
+                be.read_u32_async(&picked).await?
+            };
+            for (&r, &id) in members.iter().zip(&got) {
+                out[r] = Picked::Id(id);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -716,29 +718,50 @@ fn fuse_images<B: Backend>(
     Ok(())
 }
 
-/// What a step ends with: its logits read back, or a token picked per sequence on the device (with each
-/// sequence's draw and history).
+/// What [`Llama4::forward_pick`] gives back for one sequence of the batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Pick<'a> {
+    /// Nothing (a prompt that is still being read).
+    Nothing,
+    /// The logits of its last token, read back (for what the host does with them: log-probabilities,
+    /// penalties the device does not apply).
+    Logits,
+    /// Its next token, picked on the device exactly as [`crate::sampling::pick`] defines it with `params`,
+    /// the uniform draw `draw` ∈ [0, 1) and the ids already in the sequence (`history`, read only when the
+    /// repetition penalty is on).
+    Sample { params: &'a SamplingParams, draw: f32, history: &'a [u32] },
+}
+
+/// One sequence's answer from [`Llama4::forward_pick`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Picked {
+    Nothing,
+    Logits(Vec<f32>),
+    Id(u32),
+}
+
+/// What a step ends with: its logits read back, or for each sequence what its [`Pick`] asks.
 enum Finish<'a> {
     Logits,
-    Sample(&'a SamplingParams, &'a [f32], &'a [&'a [u32]]),
+    Pick(&'a [Pick<'a>]),
 }
 
 enum StepOut {
     Logits(Vec<f32>),
-    Ids(Vec<u32>),
+    Picked(Vec<Picked>),
 }
 
 impl StepOut {
     fn logits(self) -> Result<Vec<f32>> {
         match self {
             StepOut::Logits(v) => Ok(v),
-            StepOut::Ids(_) => Err(HerdError::Input("a step asked for logits returned ids".into())),
+            StepOut::Picked(_) => Err(HerdError::Input("a step asked for logits returned picks".into())),
         }
     }
-    fn ids(self) -> Result<Vec<u32>> {
+    fn picked(self) -> Result<Vec<Picked>> {
         match self {
-            StepOut::Ids(v) => Ok(v),
-            StepOut::Logits(_) => Err(HerdError::Input("a step asked for ids returned logits".into())),
+            StepOut::Picked(v) => Ok(v),
+            StepOut::Logits(_) => Err(HerdError::Input("a step asked for picks returned logits".into())),
         }
     }
 }

@@ -213,7 +213,7 @@ pub fn engine<B: Backend>(
                 true
             }
         });
-        if let Err(e) = s.step() {
+        if let Err(e) = pollster::block_on(s.step()) {
             eprintln!("herd serve: a step failed: {}", e.to_string().replace('\n', " "));
         }
         // Also counts what ended outside the step (cancelled before it).
