@@ -249,7 +249,7 @@ pub struct SamplingArgs {
     /// Penalise tokens already seen (1: off).
     #[arg(long)]
     repetition_penalty: Option<f32>,
-    /// Random seed, for repeatable sampling.
+    /// Random seed, for repeatable sampling (in `chat`, turn N samples with the seed plus N).
     #[arg(long)]
     seed: Option<u64>,
 }
