@@ -4,7 +4,13 @@
 
 mod attention;
 mod ffn;
+mod images;
+mod pick;
 mod steps;
+
+pub use images::ImageRows;
+use images::{check_images, fuse_images, step_images, StepImages};
+pub use pick::{Pick, Picked};
 
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +20,7 @@ use crate::config::TextConfig;
 use crate::error::{HerdError, Result};
 use crate::kv::{KvCache, SeqId};
 use crate::quant::QuantPlan;
-use crate::sampling::{check_sample_args, SamplingParams};
+use crate::sampling::check_sample_args;
 
 use crate::experts::{self, ExpertCache, ExpertCacheOptions, ExpertSource, ExpertStats};
 use attention::Attention;
@@ -126,52 +132,6 @@ pub enum Rows {
     /// Every new token (scoring, reference checks).
     All,
 }
-
-/// The rows that replace one sequence's `<|patch|>` embeddings (early fusion, llama4-spec.md §4.5): the i-th
-/// `token` among the sequence's new tokens in a forward pass takes the i-th row of `parts` taken in order
-/// (each `(buffer, first, n)`: rows `first..first + n` of a device buffer of rows of the model's width, as
-/// [`crate::vision::encoder::VisionTower`] makes them). The count must match exactly.
-pub struct ImageRows<'a, B: Backend> {
-    pub token: u32,
-    pub parts: Vec<(&'a B::Buffer, usize, usize)>,
-}
-
-impl<B: Backend> ImageRows<'_, B> {
-    /// How many rows there are.
-    pub fn len(&self) -> usize {
-        self.parts.iter().map(|p| p.2).sum()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// The rows after the first `n` (for tokens fed after a prefix that used those).
-    pub fn skip(&self, mut n: usize) -> Self {
-        let mut parts = Vec::new();
-        for &(buf, first, len) in &self.parts {
-            let k = n.min(len);
-            n -= k;
-            if k < len {
-                parts.push((buf, first + k, len - k));
-            }
-        }
-        ImageRows { token: self.token, parts }
-    }
-    /// The first `n` rows.
-    pub fn take(&self, mut n: usize) -> Self {
-        let mut parts = Vec::new();
-        for &(buf, first, len) in &self.parts {
-            let k = n.min(len);
-            n -= k;
-            if k > 0 {
-                parts.push((buf, first, k));
-            }
-        }
-        ImageRows { token: self.token, parts }
-    }
-}
-
-/// One step entry's image rows: the sequence's rows, and how many of them earlier steps used.
-type StepImages<'a, 'b, B> = Option<(&'a ImageRows<'b, B>, usize)>;
 
 /// The Llama 4 text model on one backend.
 pub struct Llama4<B: Backend> {
@@ -397,7 +357,7 @@ impl<B: Backend> Llama4<B> {
     /// logits `[rows, vocab]` for the rows asked for (row order = batch order, then token order). `images` is
     /// empty or has one entry per batch entry: the rows that replace that sequence's `<|patch|>` embeddings
     /// (None for a sequence without images). A batch larger than the backend's buffers allow runs as several
-    /// steps (see [`steps`]), with the same result. Every wait for the device (and for streamed experts) is
+    /// steps (see `Llama4::steps`), with the same result. Every wait for the device (and for streamed experts) is
     /// awaited, as a browser requires; natively each await is ready at once (block on it at the edge).
     pub async fn forward(
         &self,
@@ -583,161 +543,6 @@ impl<B: Backend> Llama4<B> {
             Finish::Pick(picks) => Ok(StepOut::Picked(self.pick(logits, out_rows, picks, &s.picked).await?)),
         }
     }
-
-    /// What `picks` asks of each of `rows` rows of `logits`: the rows wanted as logits are read back first,
-    /// then each group of rows to sample with the same parameters is sampled on the device (in place when
-    /// the group is every row, else gathered into a buffer of its own) and its ids read back.
-    async fn pick(&self, logits: &B::Buffer, rows: usize, picks: &[Pick<'_>], ids: &B::Buffer) -> Result<Vec<Picked>> {
-        let be = &*self.backend;
-        let v = self.cfg.vocab_size;
-        let mut out = vec![Picked::Nothing; rows];
-        if picks.iter().any(|p| matches!(p, Pick::Logits)) {
-            let host = be.read_async(logits).await?;
-            for (r, p) in picks.iter().enumerate() {
-                if matches!(p, Pick::Logits) {
-                    out[r] = Picked::Logits(host[r * v..(r + 1) * v].to_vec());
-                }
-            }
-        }
-        // Rows to sample, grouped by their parameters (the seed only shapes the draws, made on the host).
-        let mut groups: Vec<(SamplingParams, Vec<usize>)> = Vec::new();
-        for (r, p) in picks.iter().enumerate() {
-            if let Pick::Sample { params, .. } = p {
-                let key = SamplingParams { seed: None, ..**params };
-                match groups.iter_mut().find(|g| g.0 == key) {
-                    Some(g) => g.1.push(r),
-                    None => groups.push((key, vec![r])),
-                }
-            }
-        }
-        for (params, members) in &groups {
-            let n = members.len();
-            let (draws, history): (Vec<f32>, Vec<&[u32]>) = members
-                .iter()
-                .map(|&r| match picks[r] {
-                    Pick::Sample { draw, history, .. } => (draw, history),
-                    _ => (0.0, &[][..]),
-                })
-                .unzip();
-            let got = if n == rows {
-                be.sample(logits, rows, v, params, &draws, &history, ids)?;
-                be.read_u32_async(ids).await?
-            } else {
-                let which = be.upload_u32(&members.iter().map(|&r| r as u32).collect::<Vec<_>>())?;
-                let sel = be.alloc(n * v)?;
-                let picked = be.upload_u32(&vec![0; n])?;
-                be.gather_rows(logits, &which, n, v, &sel)?;
-                be.sample(&sel, n, v, params, &draws, &history, &picked)?;
-                be.read_u32_async(&picked).await?
-            };
-            for (&r, &id) in members.iter().zip(&got) {
-                out[r] = Picked::Id(id);
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Checks image rows against the batch before any work: one entry per sequence, and exactly as many rows
-/// as the sequence has `<|patch|>` tokens.
-fn check_images<B: Backend>(batch: &[(SeqId, &[u32])], images: &[Option<&ImageRows<'_, B>>]) -> Result<()> {
-    if images.is_empty() {
-        return Ok(());
-    }
-    if images.len() != batch.len() {
-        return Err(HerdError::Input(format!("{} image entries for a batch of {}", images.len(), batch.len())));
-    }
-    for (&(_, toks), img) in batch.iter().zip(images) {
-        if let Some(img) = img {
-            let n = toks.iter().filter(|&&t| t == img.token).count();
-            if n != img.len() {
-                return Err(HerdError::Input(format!(
-                    "the prompt has {n} image patch tokens but its images give {} rows",
-                    img.len()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Each piece entry's image rows and how many of them the sequence's earlier pieces used (`used` counts on).
-fn step_images<'a, 'b, B: Backend>(
-    piece: &steps::Piece<'_>,
-    images: &[Option<&'a ImageRows<'b, B>>],
-    used: &mut [usize],
-) -> Vec<StepImages<'a, 'b, B>> {
-    piece
-        .iter()
-        .map(|&(bi, toks)| {
-            let img = images.get(bi).copied().flatten()?;
-            let at = used[bi];
-            used[bi] += toks.iter().filter(|&&t| t == img.token).count();
-            Some((img, at))
-        })
-        .collect()
-}
-
-/// Copies image rows over the embeddings of the `<|patch|>` tokens among `toks` (rows `r0..` of `hidden`),
-/// starting from row `used` of the images, one copy per run of patch tokens within one part.
-fn fuse_images<B: Backend>(
-    be: &B,
-    hidden: &B::Buffer,
-    d: usize,
-    r0: usize,
-    toks: &[u32],
-    img: &ImageRows<'_, B>,
-    used: usize,
-) -> Result<()> {
-    let mut next = used; // the image row the next patch token takes
-    let mut i = 0;
-    while i < toks.len() {
-        if toks[i] != img.token {
-            i += 1;
-            continue;
-        }
-        let run = toks[i..].iter().take_while(|&&t| t == img.token).count();
-        let mut done = 0;
-        while done < run {
-            // The part holding image row `next`.
-            let (mut part, mut start) = (0, 0);
-            while part < img.parts.len() && start + img.parts[part].2 <= next {
-                start += img.parts[part].2;
-                part += 1;
-            }
-            let Some(&(buf, first, n)) = img.parts.get(part) else {
-                return Err(HerdError::Input("more image patch tokens than image rows".into()));
-            };
-            let take = (run - done).min(start + n - next);
-            be.copy(buf, (first + next - start) * d, hidden, (r0 + i + done) * d, take * d)?;
-            next += take;
-            done += take;
-        }
-        i += run;
-    }
-    Ok(())
-}
-
-/// What [`Llama4::forward_pick`] gives back for one sequence of the batch.
-#[derive(Debug, Clone, Copy)]
-pub enum Pick<'a> {
-    /// Nothing (a prompt that is still being read).
-    Nothing,
-    /// The logits of its last token, read back (for what the host does with them: log-probabilities,
-    /// penalties the device does not apply).
-    Logits,
-    /// Its next token, picked on the device exactly as [`crate::sampling::pick`] defines it with `params`,
-    /// the uniform draw `draw` ∈ [0, 1) and the ids already in the sequence (`history`, read only when the
-    /// repetition penalty is on).
-    Sample { params: &'a SamplingParams, draw: f32, history: &'a [u32] },
-}
-
-/// One sequence's answer from [`Llama4::forward_pick`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Picked {
-    Nothing,
-    Logits(Vec<f32>),
-    Id(u32),
 }
 
 /// What a step ends with: its logits read back, or for each sequence what its [`Pick`] asks.

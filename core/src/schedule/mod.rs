@@ -29,6 +29,13 @@ use crate::kv::{KvCache, SeqId};
 use crate::model::{ImageRows, Llama4, Pick, Picked};
 use crate::sampling::{pick, Sampler};
 
+mod logprobs;
+mod request;
+
+use logprobs::{log_softmax, top_n};
+
+pub use request::{queue, Event, Finish, Images, Queue, Request, RequestId, Sink, Token, MAX_TOP_LOGPROBS};
+
 /// Limits of a [`Scheduler`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -47,125 +54,6 @@ pub struct SchedulerConfig {
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig { max_seqs: 16, max_batch_tokens: 512, max_queue: 256, prefix_cache_tokens: 8192 }
-    }
-}
-
-/// One generation to run: the prompt's ids and what to do after them.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub prompt: Vec<u32>,
-    pub params: GenerateParams,
-    /// OpenAI's penalties on generated ids (the prompt's are not counted): each logit of an id generated
-    /// `c` times so far is lowered by `presence · [c > 0] + frequency · c` before sampling. 0: off.
-    pub presence_penalty: f32,
-    pub frequency_penalty: f32,
-    /// Report each generated id's log-probability and this many of the most likely alternatives (under the
-    /// model's distribution, before any sampling transform). None: no log-probabilities.
-    pub logprobs: Option<usize>,
-}
-
-impl Request {
-    /// A request with no penalties and no log-probabilities.
-    pub fn new(prompt: Vec<u32>, params: GenerateParams) -> Self {
-        Request { prompt, params, presence_penalty: 0.0, frequency_penalty: 0.0, logprobs: None }
-    }
-}
-
-/// The most log-probabilities a request may ask for per token.
-pub const MAX_TOP_LOGPROBS: usize = 20;
-
-/// A generated id, with its log-probability and the top alternatives when asked for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Token {
-    pub id: u32,
-    pub logprob: Option<f32>,
-    /// (id, log-probability), most likely first.
-    pub top: Vec<(u32, f32)>,
-}
-
-/// A request's handle, to cancel it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestId(pub u64);
-
-/// How a request ended, with its counts and timings.
-#[derive(Debug, Clone)]
-pub struct Finish {
-    /// `Err` when the model failed during one of its steps (the message); the request is over either way.
-    pub reason: std::result::Result<StopReason, String>,
-    pub prompt_tokens: usize,
-    pub generated_tokens: usize,
-    /// Prompt tokens whose keys and values were reused from the cache rather than computed.
-    pub cached_tokens: usize,
-    /// From submission to the first generated token (None when none was).
-    pub time_to_first_token: Option<Duration>,
-    /// From the first generated token to the end (zero when none was generated).
-    pub decode_time: Duration,
-    /// Steps the request waited in the queue before it joined the batch.
-    pub queued_steps: u64,
-}
-
-impl Finish {
-    /// Prompt tokens per second computed up to the first token (the reused ones not counted).
-    pub fn prefill_tps(&self) -> f64 {
-        let t = self.time_to_first_token.unwrap_or_default().as_secs_f64();
-        (self.prompt_tokens - self.cached_tokens) as f64 / t.max(1e-9)
-    }
-    /// Tokens per second after the first (the first comes out of the prefill).
-    pub fn decode_tps(&self) -> f64 {
-        self.generated_tokens.saturating_sub(1) as f64 / self.decode_time.as_secs_f64().max(1e-9)
-    }
-}
-
-/// What a request's sink receives: each generated id that is not a stop id, then exactly one `Done`.
-#[derive(Debug, Clone)]
-pub enum Event {
-    Token(Token),
-    Done(Finish),
-}
-
-/// A request's images, encoded by the vision tower: the rows that replace its prompt's `patch` tokens, in
-/// order (each buffer's first `n` rows; see [`ImageRows`]). The prompt must hold exactly as many `patch`
-/// tokens as there are rows.
-pub struct Images<B: Backend> {
-    pub patch: u32,
-    pub rows: Vec<(Arc<B::Buffer>, usize)>,
-    /// One key per image telling its pixels from other images' (e.g. [`crate::vision::input::pixel_key`]):
-    /// a prefix is reused across requests only where the images are the same.
-    pub keys: Vec<u64>,
-}
-
-impl<B: Backend> Images<B> {
-    fn len(&self) -> usize {
-        self.rows.iter().map(|r| r.1).sum()
-    }
-}
-
-/// Receives a request's events, from inside [`Scheduler::step`]. Returning false after a `Token` cancels
-/// the request (it ends with [`StopReason::Cancelled`] before the next step).
-pub type Sink = Box<dyn FnMut(Event) -> bool>;
-
-/// A sink that queues its request's events for the caller to take after each step ([`Queue::pop`]), for
-/// callers that step the scheduler themselves and act on tokens between steps (the CLI prints them, the
-/// browser hands them to JavaScript); they cancel with [`Scheduler::cancel`].
-pub fn queue() -> (Sink, Queue) {
-    let q = Queue(std::rc::Rc::new(std::cell::RefCell::new(VecDeque::new())));
-    let inner = q.0.clone();
-    (
-        Box::new(move |e| {
-            inner.borrow_mut().push_back(e);
-            true
-        }),
-        q,
-    )
-}
-
-/// The events a [`queue`] sink has received and not yet been taken.
-pub struct Queue(std::rc::Rc<std::cell::RefCell<VecDeque<Event>>>);
-
-impl Queue {
-    /// The oldest event not yet taken.
-    pub fn pop(&self) -> Option<Event> {
-        self.0.borrow_mut().pop_front()
     }
 }
 
@@ -713,44 +601,4 @@ fn cache_content<B: Backend>(s: &Seq<B>) -> impl Iterator<Item = u64> + '_ {
     let fed = s.keys[..s.fed.min(s.keys.len())].iter().copied();
     let gen = if s.fed == s.prompt.len() { &s.out[..s.out.len().saturating_sub(1)] } else { &[][..] };
     fed.chain(gen.iter().map(|&t| t as u64))
-}
-
-/// log(softmax(row)), in f64 for the sum.
-fn log_softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().filter(|x| !x.is_nan()).fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return vec![f32::NEG_INFINITY; row.len()];
-    }
-    let sum: f64 = row.iter().filter(|x| !x.is_nan()).map(|&x| ((x - max) as f64).exp()).sum();
-    let log_sum = sum.ln() as f32;
-    row.iter().map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x - max - log_sum }).collect()
-}
-
-/// The `n` most likely ids of a row of log-probabilities, most likely first (lower id first on ties).
-fn top_n(lp: &[f32], n: usize) -> Vec<(u32, f32)> {
-    let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
-    for (i, &l) in lp.iter().enumerate() {
-        if best.len() == n && best.last().is_none_or(|b| l <= b.1) {
-            continue;
-        }
-        let at = best.partition_point(|b| b.1 >= l);
-        best.insert(at, (i as u32, l));
-        best.truncate(n);
-    }
-    best
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn log_softmax_and_top_n() {
-        let lp = super::log_softmax(&[1.0, 3.0, 2.0, f32::NAN, 3.0]);
-        let total: f64 = lp.iter().map(|&l| (l as f64).exp()).sum();
-        assert!((total - 1.0).abs() < 1e-6, "{total}");
-        assert_eq!(lp[3], f32::NEG_INFINITY);
-        let top = super::top_n(&lp, 3);
-        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 4, 2]);
-        assert!(super::top_n(&lp, 0).is_empty());
-        assert_eq!(super::top_n(&lp, 9).len(), 5);
-    }
 }
