@@ -108,6 +108,10 @@ else
     echo "warning: no Chromium, npm or playwright-core could be had: the browser tests will report NOT RUN" >&2
 fi
 
+# The build below needs several GiB under target/; say up front how much the disk has, so that a run that
+# dies for want of space is read as that.
+df -h . | awk 'NR == 2 { print "herd: " $4 " free on the disk that holds target/" }'
+
 # The fixtures made by transformers are committed under tests/fixtures (regenerate them with
 # tests/tools/make_fixtures.py), so the tests need no Python.
 cargo build --workspace --all-targets --locked
@@ -126,4 +130,5 @@ cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "herd: %d passed, %d failed\n", p, f }' "$log"
+du -sh target 2>/dev/null | awk '{ print "herd: target/ holds " $1 }'
 exit "$status"
