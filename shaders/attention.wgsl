@@ -5,10 +5,17 @@
 // invocation) with an online softmax in f32; cached keys (positions < pos0) come from the sequence's ring
 // region, new ones from k_new/v_new. Masks: causal, plus ⌊j/C⌋ = ⌊i/C⌋ when chunk C > 0. NoPE temperature
 // tuning scales the query by 1 + attn_scale · ln(1 + ⌊(i+1)/floor_scale⌋).
-// params: heads, kv heads, head_dim (≤ 256), scale, chunk, temperature?, floor_scale, attn_scale, rows,
-// (9, 10: attention_split's), bidirectional (11: every query sees its sequence's keys up to its last new row;
-// attention and attention_tiled only).
 // seqs: 5 words per sequence (q_start, q_len, pos0, slot_base, slot_cap); row_seq: row → sequence.
+
+// head_dim ≤ 256; temperature: whether NoPE temperature tuning is on; splits and group (query heads per kv
+// head): attention_split's; bidirectional: every query sees its sequence's keys up to its last new row
+// (attention and attention_tiled only).
+struct AttentionParams {
+    heads: u32, kv_heads: u32, head_dim: u32, scale: f32, chunk: u32, temperature: u32, floor_scale: f32,
+    attn_scale: f32, rows: u32, splits: u32, group: u32, bidirectional: u32,
+}
+// kv_dim: kv heads · head_dim.
+struct KvStoreParams { rows: u32, kv_dim: u32 }
 
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k_new: array<f32>;
@@ -45,17 +52,17 @@ fn vval(j: u32, c: u32) -> f32 {
 fn row_meta(li: u32, row: u32) -> array<u32, 8> {
     if (li == 0u) {
         var m = array<u32, 8>(0u, 0u, 0u, 0u, 1u, 0u, 0u, 0u);
-        if (row < pu(8u)) {
+        if (row < load_AttentionParams().rows) {
             let si = row_seq[row];
             if (si != 0xffffffffu) {
                 let qs0 = seqs[si * 5u];
                 let p0 = seqs[si * 5u + 2u];
                 let i = p0 + row - qs0;
                 var lo = 0u;
-                if (pu(4u) > 0u) { lo = (i / pu(4u)) * pu(4u); }
+                if (load_AttentionParams().chunk > 0u) { lo = (i / load_AttentionParams().chunk) * load_AttentionParams().chunk; }
                 // The last key it sees: itself, or (bidirectional) the sequence's last new row.
                 var last = i;
-                if (pu(11u) != 0u) { last = p0 + seqs[si * 5u + 1u] - 1u; }
+                if (load_AttentionParams().bidirectional != 0u) { last = p0 + seqs[si * 5u + 1u] - 1u; }
                 m = array<u32, 8>(1u, qs0, p0, seqs[si * 5u + 3u], seqs[si * 5u + 4u], lo, i, last);
             }
         }
@@ -94,10 +101,11 @@ fn reduce_sum(li: u32, v: f32) -> f32 {
 
 @compute @workgroup_size(64)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let ap = load_AttentionParams();
     let g = group_index(wid, nwg);
-    let heads = pu(0u);
-    let kvh = pu(1u);
-    let d = pu(2u);
+    let heads = ap.heads;
+    let kvh = ap.kv_heads;
+    let d = ap.head_dim;
     let row = g / heads;
     let head = g % heads;
     let mt = row_meta(li, row);
@@ -108,11 +116,11 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     kv_row = kvh * d;
     kv_off = (head / (heads / kvh)) * d;
     var tsc = 1.0;
-    if (pu(5u) != 0u) { tsc = 1.0 + pf(7u) * log(1.0 + floor((f32(i) + 1.0) / pf(6u))); }
+    if (ap.temperature != 0u) { tsc = 1.0 + ap.attn_scale * log(1.0 + floor((f32(i) + 1.0) / ap.floor_scale)); }
     let qbase = (row * heads + head) * d;
     for (var c = li; c < d; c += 64u) { qs[c] = q[qbase + c] * tsc; }
     workgroupBarrier();
-    let scale = pf(3u);
+    let scale = ap.scale;
     var m_run = NEG_BIG;
     var l_run = 0.0;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
@@ -152,12 +160,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 
 // Writes new keys and values into their cache slots: row q_start + t → slot_base + (pos0 + t) % slot_cap;
 // when a step has more tokens than the region holds, only the last slot_cap of them are written.
-// params: rows, kv_dim.
 @compute @workgroup_size(256)
 fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let kp = load_KvStoreParams();
     let x = group_index(wid, nwg) * 256u + li;
-    let kvd = pu(1u);
-    if (x >= pu(0u) * kvd) { return; }
+    let kvd = kp.kv_dim;
+    if (x >= kp.rows * kvd) { return; }
     let row = x / kvd;
     let e = x % kvd;
     let si = row_seq[row];
@@ -178,7 +186,7 @@ fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // heads that share the kv head are handled together, so each key and value is read once for all of them.
 // Scores of the split sit in shared memory; each of G groups of 8 invocations takes one head's max and sum.
 // With one split the output is written directly; otherwise (max, sum, unnormalised output) go to `part`
-// and attention_combine merges the splits. params: as attention, then (9) splits, (10) G.
+// and attention_combine merges the splits.
 // part: [rows, heads, splits, head_dim + 2].
 
 const SPLIT: u32 = 256u;
@@ -194,12 +202,13 @@ var<workgroup> gl: array<f32, 8>;
 
 @compute @workgroup_size(64)
 fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let ap = load_AttentionParams();
     let g = group_index(wid, nwg);
-    let heads = pu(0u);
-    let kvh = pu(1u);
-    let d = pu(2u);
-    let splits = pu(9u);
-    let gq = pu(10u);
+    let heads = ap.heads;
+    let kvh = ap.kv_heads;
+    let d = ap.head_dim;
+    let splits = ap.splits;
+    let gq = ap.group;
     let split = g % splits;
     let kh = (g / splits) % kvh;
     let row = g / (splits * kvh);
@@ -213,13 +222,13 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     var n = 0u;
     if (j0 <= i) { n = min(SPLIT, i + 1u - j0); }
     var tsc = 1.0;
-    if (pu(5u) != 0u) { tsc = 1.0 + pf(7u) * log(1.0 + floor((f32(i) + 1.0) / pf(6u))); }
+    if (ap.temperature != 0u) { tsc = 1.0 + ap.attn_scale * log(1.0 + floor((f32(i) + 1.0) / ap.floor_scale)); }
     for (var e = li; e < gq * d; e += 64u) {
         let hh = kh * gq + e / d;
         sq[e] = q[(row * heads + hh) * d + e % d] * tsc;
     }
     workgroupBarrier();
-    let scale = pf(3u);
+    let scale = ap.scale;
     for (var jj = li; jj < n; jj += 64u) {
         var dot = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         for (var c = 0u; c < d; c++) {
@@ -291,15 +300,16 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
 }
 
-// Merges the splits of attention_split: one workgroup of 64 per (row, head). params: as attention_split.
+// Merges the splits of attention_split: one workgroup of 64 per (row, head).
 @compute @workgroup_size(64)
 fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let ap = load_AttentionParams();
     let g = group_index(wid, nwg);
-    let heads = pu(0u);
-    let d = pu(2u);
-    let splits = pu(9u);
+    let heads = ap.heads;
+    let d = ap.head_dim;
+    let splits = ap.splits;
     let row = g / heads;
-    if (row >= pu(8u) || row_seq[row] == 0xffffffffu) { return; }
+    if (row >= ap.rows || row_seq[row] == 0xffffffffu) { return; }
     let base = g * splits * (d + 2u);
     var m = NEG_BIG;
     for (var s = 0u; s < splits; s++) {
@@ -324,7 +334,7 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 // ---- prefill: tiles of queries and keys ---------------------------------------------------------------
 // attention_tiled: one workgroup of 128 per (block of up to BR query rows of one sequence, head). Keys and
 // values come through shared memory a tile of BC at a time and serve every query of the block; online
-// softmax per row. For head_dim ≤ 128. blocks: (sequence, first row) per block. params: as attention.
+// softmax per row. For head_dim ≤ 128. blocks: (sequence, first row) per block.
 
 const BR: u32 = 16u;
 const BC: u32 = 32u;
@@ -340,11 +350,12 @@ var<workgroup> trow_c: array<f32, 16>;
 
 @compute @workgroup_size(128)
 fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let ap = load_AttentionParams();
     let g = group_index(wid, nwg);
-    let heads = pu(0u);
-    let kvh = pu(1u);
-    let d = pu(2u);
-    let chunk = pu(4u);
+    let heads = ap.heads;
+    let kvh = ap.kv_heads;
+    let d = ap.head_dim;
+    let chunk = ap.chunk;
     let head = g % heads;
     let blk = g / heads;
     let si = blocks[blk * 2u];
@@ -362,18 +373,18 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     // Absolute positions of the block's first and last query, and the first key any of them sees.
     let i_first = p0 + r0 - qs0;
     var i_last = i_first + nr - 1u;
-    let bidir = pu(11u) != 0u;
+    let bidir = ap.bidirectional != 0u;
     if (bidir) { i_last = p0 + qn - 1u; } // every query sees the whole sequence
     var k_lo = 0u;
     if (chunk > 0u) { k_lo = (i_first / chunk) * chunk; }
-    let scale = pf(3u);
+    let scale = ap.scale;
     for (var e = li; e < BR * d; e += 128u) {
         let r = e / d;
         var v = 0.0;
         if (r < nr) {
             let i = i_first + r;
             var tsc = 1.0;
-            if (pu(5u) != 0u) { tsc = 1.0 + pf(7u) * log(1.0 + floor((f32(i) + 1.0) / pf(6u))); }
+            if (ap.temperature != 0u) { tsc = 1.0 + ap.attn_scale * log(1.0 + floor((f32(i) + 1.0) / ap.floor_scale)); }
             v = q[((r0 + r) * heads + head) * d + e % d] * tsc * scale;
         }
         tq[e] = v;

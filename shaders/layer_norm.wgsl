@@ -1,8 +1,11 @@
 // The vision tower's row ops. layer_norm: nn.LayerNorm, one workgroup per row, two passes in f32 (the mean,
-// then the mean square deviation from it): y = (x − mean) · rsqrt(var + eps) · w + b. params: rows, dim,
-// eps (f32 bits). Bindings: x, out, w, b (w and b in one weight format).
+// then the mean square deviation from it): y = (x − mean) · rsqrt(var + eps) · w + b. Bindings: x, out, w,
+// b (w and b in one weight format).
 // bias_act: in place, x[r, c] += b[c] (when has_bias), then the activation (0 none, 1 exact GELU).
-// params: n (elements), dim, has_bias, act.
+
+struct LayerNormParams { rows: u32, dim: u32, eps: f32 }
+// n: elements.
+struct BiasActParams { n: u32, dim: u32, has_bias: u32, act: u32 }
 
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
@@ -14,29 +17,31 @@ fn lnorm_b(i: u32) -> f32 { return wval(b[widx(i)], i); }
 
 @compute @workgroup_size(256)
 fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_LayerNormParams();
     let row = group_index(wid, nwg);
-    let dim = pu(1u);
+    let dim = p.dim;
     let base = row * dim;
     var s = 0.0;
     for (var i = li; i < dim; i += 256u) { s += x[base + i]; }
     let mean = wg_sum256(li, s) / f32(dim);
     var ss = 0.0;
     for (var i = li; i < dim; i += 256u) { let d = x[base + i] - mean; ss += d * d; }
-    let r = 1.0 / sqrt(wg_sum256(li, ss) / f32(dim) + pf(2u));
+    let r = 1.0 / sqrt(wg_sum256(li, ss) / f32(dim) + p.eps);
     for (var i = li; i < dim; i += 256u) { out[base + i] = (x[base + i] - mean) * r * lnorm_w(i) + lnorm_b(i); }
 }
 
 @compute @workgroup_size(256)
 fn layer_norm_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_LayerNormParams();
     let row = group_index(wid, nwg);
-    let dim = pu(1u);
+    let dim = p.dim;
     let base = row * dim;
     var s = 0.0;
     for (var i = li; i < dim; i += 256u) { s += out[base + i]; }
     let mean = wg_sum256(li, s) / f32(dim);
     var ss = 0.0;
     for (var i = li; i < dim; i += 256u) { let d = out[base + i] - mean; ss += d * d; }
-    let r = 1.0 / sqrt(wg_sum256(li, ss) / f32(dim) + pf(2u));
+    let r = 1.0 / sqrt(wg_sum256(li, ss) / f32(dim) + p.eps);
     for (var i = li; i < dim; i += 256u) { out[base + i] = (out[base + i] - mean) * r * lnorm_w(i) + lnorm_b(i); }
 }
 
@@ -57,10 +62,11 @@ fn gelu(v: f32) -> f32 {
 
 @compute @workgroup_size(256)
 fn bias_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_BiasActParams();
     let i = group_index(wid, nwg) * 256u + li;
-    if (i >= pu(0u)) { return; }
+    if (i >= p.n) { return; }
     var v = out[i];
-    if (pu(2u) != 0u) { v += lnorm_b(i % pu(1u)); }
-    if (pu(3u) == 1u) { v = gelu(v); }
+    if (p.has_bias != 0u) { v += lnorm_b(i % p.dim); }
+    if (p.act == 1u) { v = gelu(v); }
     out[i] = v;
 }

@@ -2,7 +2,9 @@
 // columns, block of 8 rows): 32 invocations share one weight row, each reading every 32nd piece of it, so
 // the weight row is read once per 8 rows; their partial sums are reduced in shared memory, for the rows the
 // block has only. The weight may be split into parts (row ranges) that each fit one binding: a dispatch
-// covers columns col0..col0+ncols from the bound part. params: m, k, n, col0, ncols.
+// covers columns col0..col0+ncols from the bound part.
+
+struct MatmulParams { m: u32, k: u32, n: u32, col0: u32, ncols: u32 }
 
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
@@ -31,18 +33,18 @@ struct Tile { k: u32, n: u32, lc: u32, col: u32, lane: u32, m0: u32, rows: u32, 
 
 // The first row of workgroup g's block (no rows when it is m or more).
 fn tile_m0(g: u32) -> u32 {
-    return (g / ((pu(4u) + COLS - 1u) / COLS)) * 8u;
+    return (g / ((load_MatmulParams().ncols + COLS - 1u) / COLS)) * 8u;
 }
 
 fn tile(g: u32, li: u32) -> Tile {
-    let m = pu(0u);
-    let ncols = pu(4u);
+    let m = load_MatmulParams().m;
+    let ncols = load_MatmulParams().ncols;
     let ngroups = (ncols + COLS - 1u) / COLS;
     let lc = (g % ngroups) * COLS + li / LANES;
     let m0 = (g / ngroups) * 8u;
     var rows = 0u;
     if (m0 < m) { rows = min(8u, m - m0); }
-    return Tile(pu(1u), pu(2u), lc, pu(3u) + lc, li % LANES, m0, rows, lc < ncols);
+    return Tile(load_MatmulParams().k, load_MatmulParams().n, lc, load_MatmulParams().col0 + lc, li % LANES, m0, rows, lc < ncols);
 }
 
 // Sums each column's 32 partial values per row and writes the block's outputs.
@@ -60,9 +62,10 @@ fn finish(li: u32, acc: array<f32, 8>, t: Tile) {
 
 @compute @workgroup_size(256)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_MatmulParams();
     let g = group_index(wid, nwg);
     // From the workgroup's index alone, so the barriers in `finish` stay in uniform control flow.
-    if (tile_m0(g) >= pu(0u)) { return; }
+    if (tile_m0(g) >= p.m) { return; }
     let t = tile(g, li);
     let k = t.k;
     var acc: array<f32, 8>;
@@ -81,13 +84,14 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // matmul without shared memory or barriers, for CPU adapters (Chrome's SwiftShader), which run a
 // workgroup's invocations as fibers and pay dearly for each barrier: one invocation per output column of the
 // bound part, for a block of up to 8 rows, reading the whole weight row itself. Any weight format.
-// Bindings and params: as matmul.
+// Bindings: as matmul.
 @compute @workgroup_size(64)
 fn matmul_col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_MatmulParams();
     let g = group_index(wid, nwg);
-    let m = pu(0u);
-    let k = pu(1u);
-    let ncols = pu(4u);
+    let m = p.m;
+    let k = p.k;
+    let ncols = p.ncols;
     let cblocks = (ncols + 63u) / 64u;
     let lc = (g % cblocks) * 64u + li;
     let m0 = (g / cblocks) * 8u;
@@ -100,8 +104,8 @@ fn matmul_col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         let wv = wlin(wbase + kk);
         for (var r = 0u; r < rows; r++) { acc[r] += x[(m0 + r) * k + kk] * wv; }
     }
-    let n = pu(2u);
-    let col = pu(3u) + lc;
+    let n = p.n;
+    let col = p.col0 + lc;
     for (var r = 0u; r < rows; r++) { out[(m0 + r) * n + col] = acc[r]; }
 }
 
@@ -112,9 +116,10 @@ fn piece(v: u32) -> array<f32, 8> { return unpack16(w4[v]); }
 // per invocation: for rows whose byte length is a multiple of 16. Bindings: x (1), w4 (4), out (3).
 @compute @workgroup_size(256)
 fn matmul_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_MatmulParams();
     let g = group_index(wid, nwg);
     // From the workgroup's index alone, so the barriers in `finish` stay in uniform control flow.
-    if (tile_m0(g) >= pu(0u)) { return; }
+    if (tile_m0(g) >= p.m) { return; }
     let t = tile(g, li);
     let k = t.k;
     var acc: array<f32, 8>;
@@ -153,9 +158,10 @@ fn matmul_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 // integers, one scale per 8 of them (group sizes are multiples of 8). Bindings: x (1), w4 (4), out (3), wsc (12).
 @compute @workgroup_size(256)
 fn matmul_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_MatmulParams();
     let g = group_index(wid, nwg);
     // From the workgroup's index alone, so the barriers in `finish` stay in uniform control flow.
-    if (tile_m0(g) >= pu(0u)) { return; }
+    if (tile_m0(g) >= p.m) { return; }
     let t = tile(g, li);
     let k = t.k;
     var acc: array<f32, 8>;
@@ -200,7 +206,7 @@ fn matmul_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // matmul_tiled: for more rows than a GEMV block serves well. One workgroup of 256 per 32 rows × 64 output
 // columns; the inputs and weights come through shared memory 16 k-steps at a time, so each weight is read
 // once per 32 rows (not once per 8) and each input once per 64 columns; each invocation accumulates 2 × 4
-// outputs. Any weight format (unpacked as it is loaded). params: as matmul.
+// outputs. Any weight format (unpacked as it is loaded). Parameters: as matmul.
 
 const TM: u32 = 32u;
 const TN: u32 = 64u;
@@ -211,11 +217,12 @@ var<workgroup> tw: array<array<f32, 64>, 16>; // [k][column]
 
 @compute @workgroup_size(256)
 fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_MatmulParams();
     let g = group_index(wid, nwg);
-    let m = pu(0u);
-    let k = pu(1u);
-    let n = pu(2u);
-    let ncols = pu(4u);
+    let m = p.m;
+    let k = p.k;
+    let n = p.n;
+    let ncols = p.ncols;
     let nct = (ncols + TN - 1u) / TN;
     let c0 = (g % nct) * TN;
     let r0 = (g / nct) * TM;
@@ -258,7 +265,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     for (var j = 0u; j < 4u; j++) {
         let c = c0 + 4u * tn + j;
         if (c < ncols) {
-            let col = pu(3u) + c;
+            let col = p.col0 + c;
             if (r0 + 2u * tm < m) { out[(r0 + 2u * tm) * n + col] = acc[j]; }
             if (r0 + 2u * tm + 1u < m) { out[(r0 + 2u * tm + 1u) * n + col] = acc[4u + j]; }
         }

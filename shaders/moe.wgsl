@@ -24,13 +24,15 @@ fn wv(e: u32, kin: u32, n: u32) -> f32 {
 }
 
 // Per row of logits [rows, E]: the k largest (lower index first on ties), scores sigmoid(logit).
-// params: rows, E, k. Writes idxw [rows, k] and outb [rows, k].
+// Writes idxw [rows, k] and outb [rows, k].
+struct RouterParams { rows: u32, experts: u32, k: u32 }
 @compute @workgroup_size(64)
 fn router_topk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let prm = load_RouterParams();
     let r = group_index(wid, nwg) * 64u + li;
-    let ne = pu(1u);
-    let k = pu(2u);
-    if (r >= pu(0u)) { return; }
+    let ne = prm.experts;
+    let k = prm.k;
+    if (r >= prm.rows) { return; }
     for (var c = 0u; c < k; c++) {
         var best = 0xffffffffu;
         var bv = 0.0;
@@ -45,20 +47,23 @@ fn router_topk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
-// h[(r·k + c), f] = silu(u·G_e[:, f]) · (u·U_e[:, f]) with u = score · x[r]. params: rows, k, D, F, first, count.
+// h[(r·k + c), f] = silu(u·G_e[:, f]) · (u·U_e[:, f]) with u = score · x[r].
+// Parameters of moe_up and moe_down: d = D, f = F; the bound part holds experts first..first+count.
+struct MoeParams { rows: u32, k: u32, d: u32, f: u32, first: u32, count: u32 }
 @compute @workgroup_size(64)
 fn moe_up(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_MoeParams();
     let t = group_index(wid, nwg) * 64u + li;
-    let k = pu(1u);
-    let d = pu(2u);
-    let f = pu(3u);
-    if (t >= pu(0u) * k * f) { return; }
+    let k = p.k;
+    let d = p.d;
+    let f = p.f;
+    if (t >= p.rows * k * f) { return; }
     let rc = t / f;
     let ff = t % f;
     let r = rc / k;
     let gex = idx[rc];
-    if (gex < pu(4u) || gex - pu(4u) >= pu(5u)) { return; }
-    let ex = gex - pu(4u);
+    if (gex < p.first || gex - p.first >= p.count) { return; }
+    let ex = gex - p.first;
     let s = score[rc];
     let base = ex * d * 2u * f + ff;
     var g = 0.0;
@@ -72,21 +77,22 @@ fn moe_up(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     outb[t] = g / (1.0 + exp(-g)) * u;
 }
 
-// out[r, o] += Σ_c Σ_f h[(r·k + c), f] · Dn_e[f, o] over the choices in the bound part. params: as moe_up.
+// out[r, o] += Σ_c Σ_f h[(r·k + c), f] · Dn_e[f, o] over the choices in the bound part.
 @compute @workgroup_size(64)
 fn moe_down(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_MoeParams();
     let t = group_index(wid, nwg) * 64u + li;
-    let k = pu(1u);
-    let d = pu(2u);
-    let f = pu(3u);
-    if (t >= pu(0u) * d) { return; }
+    let k = p.k;
+    let d = p.d;
+    let f = p.f;
+    if (t >= p.rows * d) { return; }
     let r = t / d;
     let o = t % d;
     var y = 0.0;
     for (var c = 0u; c < k; c++) {
         let gex = idx[r * k + c];
-        if (gex >= pu(4u) && gex - pu(4u) < pu(5u)) {
-            let ex = gex - pu(4u);
+        if (gex >= p.first && gex - p.first < p.count) {
+            let ex = gex - p.first;
             let hb = (r * k + c) * f;
             let wb = ex * f * d + o;
             for (var ff = 0u; ff < f; ff++) { y += xin[hb + ff] * wv(wb + ff * d, f, d); }
@@ -103,7 +109,8 @@ fn moe_down(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // applies SwiGLU; moe_sum adds the down partials into the output.
 //
 // route (u32): [0] tile count, [1 .. 1 + 3·tmax) tiles (expert, first list entry, entries), then the
-// list of (row·k + choice) ids by expert. params of moe_route: rows, k, E, tmax.
+// list of (row·k + choice) ids by expert.
+struct MoeRouteParams { rows: u32, k: u32, experts: u32, tmax: u32 }
 
 @group(0) @binding(7) var<storage, read_write> route: array<u32>;
 @group(0) @binding(8) var<storage, read> route_r: array<u32>;
@@ -114,9 +121,10 @@ var<workgroup> ecursor: array<atomic<u32>, 256>;
 
 @compute @workgroup_size(256)
 fn moe_route(@builtin(local_invocation_index) li: u32) {
-    let n = pu(0u) * pu(1u);
-    let ne = pu(2u);
-    let tmax = pu(3u);
+    let p = load_MoeRouteParams();
+    let n = p.rows * p.k;
+    let ne = p.experts;
+    let tmax = p.tmax;
     let list0 = 1u + 3u * tmax;
     atomicStore(&ecount[li], 0u);
     workgroupBarrier();
@@ -151,7 +159,12 @@ fn moe_route(@builtin(local_invocation_index) li: u32) {
 // moe_gemv: partial[s, rc, c] = Σ_{kk in chunk s} in_rc[kk] · W_e[kk, c] for each (row, choice) rc of a
 // tile, where in_rc = score · x[row] (mode 0, the gate/up pass) or h[rc] (mode 1, the down pass). One
 // workgroup of 64 per (16-byte column piece block, chunk, tile); each invocation owns one 16-byte piece
-// of columns. params: rows, k, E, K (input dim), N (columns), chunk, splits, first, count, mode, tmax.
+// of columns.
+// kd: the input dimension (K); nc: columns (N); the bound part holds experts first..first+count.
+struct MoeGemvParams {
+    rows: u32, k: u32, experts: u32, kd: u32, nc: u32, chunk: u32, splits: u32, first: u32, count: u32, mode: u32,
+    tmax: u32,
+}
 
 var<workgroup> xs: array<array<f32, 128>, 8>;
 
@@ -159,13 +172,14 @@ fn wpiece(v: u32) -> array<f32, 8> { return unpack16(w4[v]); }
 
 @compute @workgroup_size(64)
 fn moe_gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_MoeGemvParams();
     let g = group_index(wid, nwg);
-    let k = pu(1u);
-    let kd = pu(3u);
-    let nc = pu(4u);
-    let chunk = pu(5u);
-    let splits = pu(6u);
-    let mode = pu(9u);
+    let k = p.k;
+    let kd = p.kd;
+    let nc = p.nc;
+    let chunk = p.chunk;
+    let splits = p.splits;
+    let mode = p.mode;
     var per = 8u;
     if (WK == 0u) { per = 4u; }
     let npieces = nc / per;
@@ -175,11 +189,11 @@ fn moe_gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let t = g / (pblocks * splits);
     if (t >= route_r[0]) { return; }
     let ex = route_r[1u + 3u * t];
-    if (ex < pu(7u) || ex - pu(7u) >= pu(8u)) { return; }
-    let el = ex - pu(7u);
+    if (ex < p.first || ex - p.first >= p.count) { return; }
+    let el = ex - p.first;
     let first = route_r[2u + 3u * t];
     let n = route_r[3u + 3u * t];
-    let list0 = 1u + 3u * pu(10u);
+    let list0 = 1u + 3u * p.tmax;
     let k0 = s * chunk;
     let k1 = min(kd, k0 + chunk);
     let piece = pb * 64u + li;
@@ -217,25 +231,27 @@ fn moe_gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         for (var j = 0u; j < 8u; j++) {
             if (j < n) {
                 let rc = route_r[list0 + first + j];
-                let ob = (s * pu(0u) * k + rc) * nc + piece * per;
+                let ob = (s * p.rows * k + rc) * nc + piece * per;
                 for (var e = 0u; e < per; e++) { outb[ob + e] = acc[j][e]; }
             }
         }
     }
 }
 
-// h[rc, f] = silu(Σ_s P[s, rc, f]) · Σ_s P[s, rc, F + f]. Bindings: xin = P, outb = h. params: rows, k, F, splits.
+// h[rc, f] = silu(Σ_s P[s, rc, f]) · Σ_s P[s, rc, F + f]. Bindings: xin = P, outb = h.
+struct MoeActParams { rows: u32, k: u32, f: u32, splits: u32 }
 @compute @workgroup_size(256)
 fn moe_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_MoeActParams();
     let t = group_index(wid, nwg) * 256u + li;
-    let nrc = pu(0u) * pu(1u);
-    let f = pu(2u);
+    let nrc = p.rows * p.k;
+    let f = p.f;
     if (t >= nrc * f) { return; }
     let rc = t / f;
     let ff = t % f;
     var gs = 0.0;
     var us = 0.0;
-    for (var s = 0u; s < pu(3u); s++) {
+    for (var s = 0u; s < p.splits; s++) {
         let b = (s * nrc + rc) * 2u * f + ff;
         gs += xin[b];
         us += xin[b + f];
@@ -244,21 +260,22 @@ fn moe_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 }
 
 // out[r, o] += Σ_c Σ_s Q[s, r·k + c, o] over the choices whose expert is valid. Bindings: xin = Q, outb = out.
-// params: rows, k, D, splits, E.
+struct MoeSumParams { rows: u32, k: u32, d: u32, splits: u32, experts: u32 }
 @compute @workgroup_size(256)
 fn moe_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_MoeSumParams();
     let t = group_index(wid, nwg) * 256u + li;
-    let k = pu(1u);
-    let d = pu(2u);
-    let nrc = pu(0u) * k;
-    if (t >= pu(0u) * d) { return; }
+    let k = p.k;
+    let d = p.d;
+    let nrc = p.rows * k;
+    if (t >= p.rows * d) { return; }
     let r = t / d;
     let o = t % d;
     var y = 0.0;
     for (var c = 0u; c < k; c++) {
         let rc = r * k + c;
-        if (idx[rc] < pu(4u)) {
-            for (var s = 0u; s < pu(3u); s++) { y += xin[(s * nrc + rc) * d + o]; }
+        if (idx[rc] < p.experts) {
+            for (var s = 0u; s < p.splits; s++) { y += xin[(s * nrc + rc) * d + o]; }
         }
     }
     outb[t] = outb[t] + y;

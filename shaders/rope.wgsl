@@ -1,7 +1,10 @@
 // Interleaved-pair RoPE, in place: pair (2j, 2j+1) of each head of row r turns by positions[r] · inv_freq[j].
 // The angle is formed in f32 as transformers does, then reduced to [-π, π] with a two-part 2π so that
-// GPU sin/cos (accurate only near zero) see a small argument. params: rows, heads, head_dim (rope_norm:
-// then eps). rope_norm also applies Llama 4's weightless QK norm to each rotated head vector.
+// GPU sin/cos (accurate only near zero) see a small argument. rope_norm also applies Llama 4's weightless QK
+// norm to each rotated head vector.
+
+// eps: rope_norm's (rope ignores it).
+struct RopeParams { rows: u32, heads: u32, head_dim: u32, eps: f32 }
 
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> positions: array<u32>;
@@ -23,10 +26,11 @@ fn rotate(r: u32, j: u32, x0: f32, x1: f32) -> vec2<f32> {
 
 @compute @workgroup_size(256)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_RopeParams();
     let i = group_index(wid, nwg) * 256u + li;
-    let half_d = pu(2u) / 2u;
-    let per_row = pu(1u) * half_d;
-    if (i >= pu(0u) * per_row) { return; }
+    let half_d = p.head_dim / 2u;
+    let per_row = p.heads * half_d;
+    if (i >= p.rows * per_row) { return; }
     let e = 2u * i; // pair index i covers elements 2i, 2i+1 (heads are contiguous)
     let y = rotate(i / per_row, i % half_d, x[e], x[e + 1u]);
     x[e] = y.x;
@@ -38,10 +42,11 @@ var<workgroup> ss_part: array<f32, 64>;
 // One workgroup of 64 per (row, head): rotate the head's pairs, then scale it by rsqrt(mean(x²) + eps).
 @compute @workgroup_size(64)
 fn rope_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_RopeParams();
     let g = group_index(wid, nwg);
-    let d = pu(2u);
-    if (g >= pu(0u) * pu(1u)) { return; }
-    let r = g / pu(1u);
+    let d = p.head_dim;
+    if (g >= p.rows * p.heads) { return; }
+    let r = g / p.heads;
     let base = g * d;
     var ss = 0.0;
     for (var j = li; j < d / 2u; j += 64u) {
@@ -56,7 +61,7 @@ fn rope_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         if (li < s) { ss_part[li] = ss_part[li] + ss_part[li + s]; }
     }
     workgroupBarrier();
-    let scale = 1.0 / sqrt(ss_part[0] / f32(d) + pf(3u));
+    let scale = 1.0 / sqrt(ss_part[0] / f32(d) + p.eps);
     // Each invocation rescales the pairs it rotated.
     for (var j = li; j < d / 2u; j += 64u) {
         x[base + 2u * j] = x[base + 2u * j] * scale;

@@ -12,8 +12,13 @@
 // min-p as a key threshold; then the draw: the first survivor in id order whose cumulative weight exceeds
 // u · total, found from per-invocation sums over contiguous slices of the row.
 //
-// params: rows, vocab, temperature, top_k (0 off), top_p (1 off), ln(min_p) as f32, penalty, flags
-// (1 greedy, 2 min-p, 4 penalty). hist: rows + 1 offsets, then each row's distinct history ids.
+// hist: rows + 1 offsets, then each row's distinct history ids.
+
+// top_k: 0 off; top_p: 1 off; min_p_key: the min-p threshold as a shifted logit, ln(min_p); flags: 1 greedy,
+// 2 min-p, 4 penalty.
+struct SampleParams {
+    rows: u32, vocab: u32, temperature: f32, top_k: u32, top_p: f32, min_p_key: f32, penalty: f32, flags: u32,
+}
 
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> hist: array<u32>;
@@ -82,12 +87,13 @@ fn slice_hi(li: u32) -> u32 { return min(vocab, (li + 1u) * ((vocab + WG - 1u) /
 
 @compute @workgroup_size(256)
 fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let sp = load_SampleParams();
     let row = group_index(wid, nwg);
-    let rows = pu(0u);
+    let rows = sp.rows;
     if (row >= rows) { return; }
-    vocab = pu(1u);
+    vocab = sp.vocab;
     base = row * vocab;
-    let flags = pu(7u);
+    let flags = sp.flags;
 
     // 1. Sanitise, then the penalty over the row's distinct history ids.
     for (var i = li; i < vocab; i += WG) {
@@ -101,7 +107,7 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     storageBarrier();
     workgroupBarrier();
     if ((flags & 4u) != 0u) {
-        let pen = pf(6u);
+        let pen = sp.penalty;
         for (var j = hist[row] + li; j < hist[row + 1u]; j += WG) {
             let id = hist[rows + 1u + j];
             if (id < vocab) {
@@ -135,7 +141,7 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 
     // 3. Temperature on logits shifted so the largest is 0.
-    let t = pf(2u);
+    let t = sp.temperature;
     for (var i = li; i < vocab; i += WG) {
         logits[base + i] = max((logits[base + i] - mx) / t, NEG_BIG);
     }
@@ -146,8 +152,8 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     k_lo = 0u;
     p_key = 0u;
     p_tie = 0xffffffffu;
-    let topk = pu(3u);
-    if (topk > 0u && topk < pu(1u)) {
+    let topk = sp.top_k;
+    if (topk > 0u && topk < sp.vocab) {
         var prefix = 0u;
         var mask = 0u;
         var remaining = topk;
@@ -180,7 +186,7 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 
     // 5. top-p over the top-k survivors: the largest key K whose mass Σ_{key ≥ K} reaches top_p of theirs.
-    let topp = pf(4u);
+    let topp = sp.top_p;
     if (topp < 1.0) {
         let total = mass_ge(li, k_lo);
         let goal_p = topp * total;
@@ -262,7 +268,7 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 
     // 6. min-p: a key threshold (the largest l', 0, is above any ln(min_p)).
-    if ((flags & 2u) != 0u) { k_lo = max(k_lo, key(pf(5u))); }
+    if ((flags & 2u) != 0u) { k_lo = max(k_lo, key(sp.min_p_key)); }
 
     // 7. The draw, in id order.
     var part = 0.0;

@@ -10,6 +10,10 @@ use herd_core::error::{HerdError, Result};
 use herd_core::quant::DType;
 use wgpu::util::DeviceExt;
 
+pub use crate::buffer::{GpuBuffer, GpuWeight, WeightPart};
+use crate::kernel::{Kernel, MAX_PARAM_BYTES};
+use crate::shader::{compose, Shader};
+
 /// How to open the device.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WgpuOptions {
@@ -23,196 +27,7 @@ pub struct WgpuOptions {
     /// Kernels without shared-memory reductions where a CPU runs the shaders (barriers cost a CPU adapter far
     /// more than a GPU): `Some(true)` always, `Some(false)` never, `None` (the default) on a CPU adapter in a
     /// browser (Chrome's SwiftShader). Natively lavapipe keeps the GPU kernels, which the tests cover there.
-    /// Natively `HERD_WGPU_CPU_KERNELS=1` (or `0`) decides when this is None.
     pub cpu_kernels: Option<bool>,
-}
-
-/// `HERD_WGPU_CPU_KERNELS` (native only: a page has no environment).
-fn env_flag() -> Option<bool> {
-    #[cfg(not(target_arch = "wasm32"))]
-    if let Ok(v) = std::env::var("HERD_WGPU_CPU_KERNELS") {
-        return Some(v != "0");
-    }
-    None
-}
-
-/// Which .wgsl file a pipeline comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Shader {
-    Elementwise,
-    RmsNorm,
-    LayerNorm,
-    Rope,
-    Matmul,
-    Attention,
-    Moe,
-    Sample,
-}
-
-impl Shader {
-    fn source(self) -> &'static str {
-        match self {
-            Shader::Elementwise => include_str!("../elementwise.wgsl"),
-            Shader::RmsNorm => include_str!("../rms_norm.wgsl"),
-            Shader::LayerNorm => include_str!("../layer_norm.wgsl"),
-            Shader::Rope => include_str!("../rope.wgsl"),
-            Shader::Matmul => include_str!("../matmul.wgsl"),
-            Shader::Attention => include_str!("../attention.wgsl"),
-            Shader::Moe => include_str!("../moe.wgsl"),
-            Shader::Sample => include_str!("../sample.wgsl"),
-        }
-    }
-}
-
-/// The WGSL of `shader` for weight format `wdt`, with subgroup reductions or shared-memory ones. Browsers
-/// (`browser`) want the WGSL directive for subgroup operations; Naga (native) takes them from the device
-/// feature and rejects the directive.
-fn compose(shader: Shader, wdt: u32, subgroups: bool, browser: bool) -> String {
-    let (enable, reduce) = if subgroups {
-        (if browser { "enable subgroups;\n" } else { "" }, include_str!("../reduce_subgroups.wgsl"))
-    } else {
-        ("", include_str!("../reduce.wgsl"))
-    };
-    format!("{enable}const WDT: u32 = {wdt}u;\n{PRELUDE}\n{reduce}\n{}", shader.source())
-}
-
-/// Every shader module the backend builds, as (label, WGSL) for a browser: each .wgsl file with each weight
-/// format (f32, bf16, f16, and q8/q4 with f16 or bf16 scales) and with shared-memory reductions (and
-/// subgroup ones when `subgroups`). For checking them with a browser's own WGSL compiler, which is stricter
-/// than Naga (it enforces WGSL's uniformity rules, for one).
-pub fn shader_sources(subgroups: bool) -> Vec<(String, String)> {
-    let shaders = [
-        Shader::Elementwise,
-        Shader::RmsNorm,
-        Shader::LayerNorm,
-        Shader::Rope,
-        Shader::Matmul,
-        Shader::Attention,
-        Shader::Moe,
-        Shader::Sample,
-    ];
-    let wdts = [0, 1, 2, 3 | (32 << 8), 3 | (1 << 3) | (128 << 8), 4 | (32 << 8), 4 | (1 << 3) | (128 << 8)];
-    let mut out = Vec::new();
-    for sh in shaders {
-        for &wdt in &wdts {
-            for sg in [false, true].into_iter().filter(|&g| !g || subgroups) {
-                out.push((
-                    format!("{sh:?} WDT={wdt:#x}{}", if sg { " subgroups" } else { "" }),
-                    compose(sh, wdt, sg, true),
-                ));
-            }
-        }
-    }
-    out
-}
-
-/// Prepended to every shader: the parameter block, weight unpacking for the pipeline's weight format
-/// (`WDT`: 0 f32, 1 bf16, 2 f16; weights are bound as u32 words), and the linear workgroup index.
-const PRELUDE: &str = r#"
-@group(0) @binding(0) var<uniform> params: array<vec4<u32>, 4>;
-fn pu(i: u32) -> u32 { return params[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
-// WDT's low 3 bits: the weight kind (0 f32, 1 bf16, 2 f16, 3 q8, 4 q4); for q8/q4 (herd_core::quant), bit 3 is
-// the scale type (0 f16, 1 bf16) and bits 8.. the group size. Quantized weights are read element by element
-// (value from `wval`, times the scale of its group: `sval` on the scales' word).
-const WK: u32 = WDT & 7u;
-const QST: u32 = (WDT >> 3u) & 1u;
-const QG: u32 = max(WDT >> 8u, 1u);
-// Index of the u32 word holding weight element i.
-fn widx(i: u32) -> u32 {
-    if (WK == 0u) { return i; }
-    if (WK == 3u) { return i >> 2u; }
-    if (WK == 4u) { return i >> 3u; }
-    return i >> 1u;
-}
-// Weight element i from its word (the integer, for the quantized kinds).
-fn wval(word: u32, i: u32) -> f32 {
-    if (WK == 0u) { return bitcast<f32>(word); }
-    if (WK == 1u) { return bitcast<f32>(((word >> ((i & 1u) * 16u)) & 0xffffu) << 16u); }
-    if (WK == 3u) { return f32(extractBits(bitcast<i32>(word), (i & 3u) * 8u, 8u)); }
-    if (WK == 4u) { return f32(i32((word >> ((i & 7u) * 4u)) & 15u) - 8); }
-    return unpack2x16float(word)[i & 1u];
-}
-// Scale si from the scales' word.
-fn sval(word: u32, si: u32) -> f32 {
-    let h = (word >> ((si & 1u) * 16u)) & 0xffffu;
-    if (QST == 1u) { return bitcast<f32>(h << 16u); }
-    return unpack2x16float(h).x;
-}
-// The scale index of element e of an input-major [.., kin, n] tensor (groups along kin).
-fn qsec(e: u32, kin: u32, n: u32) -> u32 {
-    let o = e / (kin * n);
-    let rem = e % (kin * n);
-    return (o * (kin / QG) + (rem / n) / QG) * n + rem % n;
-}
-// 16 bytes of weight words as 4 (f32) or 8 (16-bit formats) values.
-fn unpack16(q: vec4<u32>) -> array<f32, 8> {
-    var wv: array<f32, 8>;
-    if (WDT == 0u) {
-        wv[0] = bitcast<f32>(q.x); wv[1] = bitcast<f32>(q.y); wv[2] = bitcast<f32>(q.z); wv[3] = bitcast<f32>(q.w);
-    } else if (WDT == 1u) {
-        wv[0] = bitcast<f32>(q.x << 16u); wv[1] = bitcast<f32>(q.x & 0xffff0000u);
-        wv[2] = bitcast<f32>(q.y << 16u); wv[3] = bitcast<f32>(q.y & 0xffff0000u);
-        wv[4] = bitcast<f32>(q.z << 16u); wv[5] = bitcast<f32>(q.z & 0xffff0000u);
-        wv[6] = bitcast<f32>(q.w << 16u); wv[7] = bitcast<f32>(q.w & 0xffff0000u);
-    } else {
-        let a = unpack2x16float(q.x); let b = unpack2x16float(q.y);
-        let c = unpack2x16float(q.z); let d = unpack2x16float(q.w);
-        wv[0] = a.x; wv[1] = a.y; wv[2] = b.x; wv[3] = b.y; wv[4] = c.x; wv[5] = c.y; wv[6] = d.x; wv[7] = d.y;
-    }
-    return wv;
-}
-// Workgroups are laid out as a 2-D grid (x at most 65535): their linear index.
-fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.y * nwg.x + wid.x; }
-const NEG_BIG: f32 = -3.0e38;
-"#;
-
-/// An f32 or u32 buffer on the device.
-pub struct GpuBuffer {
-    pub(crate) buf: wgpu::Buffer,
-    pub(crate) len: usize,
-    pub(crate) is_u32: bool,
-}
-
-/// One part of a weight: outer rows `first..first + count` (rows of a matrix, experts of an expert tensor).
-/// A quantized weight's part holds its values in `buf` and its scales in `scales`.
-pub struct WeightPart {
-    pub(crate) buf: wgpu::Buffer,
-    pub(crate) scales: Option<wgpu::Buffer>,
-    pub first: usize,
-    pub count: usize,
-}
-
-impl WeightPart {
-    /// The buffer bound as the scales (binding 12): a float weight's kernels take their own buffer there.
-    pub(crate) fn scale_buf(&self) -> &wgpu::Buffer {
-        self.scales.as_ref().unwrap_or(&self.buf)
-    }
-}
-
-/// A weight on the device, in its checkpoint format, as u32 words. A tensor larger than one storage binding
-/// is split along its first dimension into parts that each fit.
-pub struct GpuWeight {
-    pub(crate) parts: Vec<WeightPart>,
-    pub dtype: DType,
-    pub shape: Vec<usize>,
-}
-
-impl GpuWeight {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-    pub(crate) fn wdt(&self) -> u32 {
-        match self.dtype {
-            DType::F32 => 0,
-            DType::BF16 => 1,
-            DType::F16 => 2,
-            DType::Q8(g) | DType::Q4(g) => {
-                let kind = if matches!(self.dtype, DType::Q8(_)) { 3 } else { 4 };
-                kind | (u32::from(g.scale == herd_core::quant::ScaleType::BF16) << 3) | (g.group << 8)
-            }
-        }
-    }
 }
 
 /// The step being recorded: its command encoder, the compute pass consecutive dispatches share (ended
@@ -317,10 +132,8 @@ impl Gpu {
         let default = hardware && !cfg!(target_arch = "wasm32");
         let subgroups = opts.subgroups.unwrap_or(default) && adapter.features().contains(wgpu::Features::SUBGROUP);
         let features = if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() };
-        let cpu_kernels = opts
-            .cpu_kernels
-            .or_else(env_flag)
-            .unwrap_or(cfg!(target_arch = "wasm32") && info.device_type == wgpu::DeviceType::Cpu);
+        let cpu_kernels =
+            opts.cpu_kernels.unwrap_or(cfg!(target_arch = "wasm32") && info.device_type == wgpu::DeviceType::Cpu);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("herd"),
@@ -539,19 +352,22 @@ impl Gpu {
 
     /// Records one dispatch of `groups` workgroups: `params` (at most 16 words) at binding 0, then
     /// `(binding, buffer)` pairs.
-    pub(crate) fn dispatch(
+    pub(crate) fn dispatch<K: Kernel>(
         &self,
-        shader: Shader,
-        entry: &'static str,
+        kernel: K,
         wdt: u32,
         bindings: &[(u32, &wgpu::Buffer)],
-        params: &[u32],
+        params: &K::Params,
         groups: u32,
     ) -> Result<()> {
         if groups == 0 {
             return Ok(());
         }
-        let pipeline = self.pipeline(shader, entry, wdt)?;
+        let params: &[u32] = bytemuck::cast_slice(std::slice::from_ref(params));
+        if params.len() * 4 > MAX_PARAM_BYTES {
+            return Err(err(format!("{kernel:?}: parameters of {} bytes exceed the uniform block", params.len() * 4)));
+        }
+        let pipeline = self.pipeline(kernel.shader(), kernel.entry(), wdt)?;
         let mut g = self.encoder.lock().map_err(|_| err("poisoned encoder"))?;
         let rec = g.get_or_insert_with(|| self.new_recorder());
         let slot = rec.params.len() / SLOT_WORDS;

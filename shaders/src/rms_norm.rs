@@ -1,0 +1,76 @@
+//! RMS norm and the residual add fused with it (rms_norm.wgsl).
+
+use herd_core::error::Result;
+
+use crate::gpu::{err, Gpu};
+use crate::kernel::{kernels, need, params};
+use crate::{GpuBuffer, GpuWeight};
+
+params! {
+    pub struct RmsNormParams { pub rows: u32, pub dim: u32, pub eps: f32, pub has_weight: u32 }
+}
+
+kernels! {
+    pub enum RmsNorm: RmsNorm, RmsNormParams {
+        Separate => "rms_norm",
+        InPlace => "rms_norm_inplace",
+        AddNorm => "add_rms_norm",
+    }
+}
+
+pub(crate) fn rms_norm(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    weight: Option<&GpuWeight>,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+    out: &GpuBuffer,
+) -> Result<()> {
+    let _op = gpu.op();
+    need("rms_norm x", x, rows * dim)?;
+    need("rms_norm out", out, rows * dim)?;
+    if weight.is_some_and(|w| w.dtype.is_quantized()) {
+        return Err(err("rms_norm: needs a float weight"));
+    }
+    let (wbuf, wdt) = match weight {
+        Some(w) if w.parts.len() == 1 => (&w.parts[0].buf, w.wdt()),
+        Some(_) => return Err(err("rms_norm: weight split across bindings")),
+        None => (&gpu.dummy, 0),
+    };
+    let p = RmsNormParams { rows: rows as u32, dim: dim as u32, eps, has_weight: u32::from(weight.is_some()) };
+    if std::ptr::eq(x, out) {
+        gpu.dispatch(RmsNorm::InPlace, wdt, &[(2, &out.buf), (3, wbuf)], &p, rows as u32)
+    } else {
+        gpu.dispatch(RmsNorm::Separate, wdt, &[(1, &x.buf), (2, &out.buf), (3, wbuf)], &p, rows as u32)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_rms_norm(
+    gpu: &Gpu,
+    acc: &GpuBuffer,
+    x: &GpuBuffer,
+    weight: &GpuWeight,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+    out: &GpuBuffer,
+) -> Result<()> {
+    let _op = gpu.op();
+    if std::ptr::eq(acc, x) || std::ptr::eq(acc, out) || std::ptr::eq(x, out) {
+        return Err(err("add_rms_norm: acc, x and out must be distinct buffers"));
+    }
+    if weight.dtype.is_quantized() {
+        return Err(err("add_rms_norm: needs a float weight"));
+    }
+    need("add_rms_norm acc", acc, rows * dim)?;
+    need("add_rms_norm x", x, rows * dim)?;
+    need("add_rms_norm out", out, rows * dim)?;
+    let [part] = &weight.parts[..] else {
+        return Err(err("add_rms_norm: weight split across bindings"));
+    };
+    let p = RmsNormParams { rows: rows as u32, dim: dim as u32, eps, has_weight: 1 };
+    let b = [(1, &x.buf), (2, &out.buf), (3, &part.buf), (4, &acc.buf)];
+    gpu.dispatch(RmsNorm::AddNorm, weight.wdt(), &b, &p, rows as u32)
+}

@@ -1,0 +1,41 @@
+//! Interleaved-pair RoPE, alone or with Llama 4's weightless QK norm (rope.wgsl).
+
+use herd_core::error::Result;
+
+use crate::gpu::Gpu;
+use crate::kernel::{groups, kernels, need, params};
+use crate::GpuBuffer;
+
+params! {
+    /// `eps`: the QK norm's (rope_norm only).
+    pub struct RopeParams { pub rows: u32, pub heads: u32, pub head_dim: u32, pub eps: f32 }
+}
+
+kernels! {
+    pub enum Rope: Rope, RopeParams { Rotate => "rope", RotateNorm => "rope_norm" }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    rows: usize,
+    heads: usize,
+    head_dim: usize,
+    positions: &GpuBuffer,
+    inv_freq: &GpuBuffer,
+    norm_eps: Option<f32>,
+) -> Result<()> {
+    let _op = gpu.op();
+    need("rope x", x, rows * heads * head_dim)?;
+    need("rope positions", positions, rows)?;
+    need("rope inv_freq", inv_freq, head_dim / 2)?;
+    let b = [(1, &x.buf), (2, &positions.buf), (3, &inv_freq.buf)];
+    let p =
+        RopeParams { rows: rows as u32, heads: heads as u32, head_dim: head_dim as u32, eps: norm_eps.unwrap_or(0.0) };
+    match norm_eps {
+        // One workgroup per head vector: rotate, then normalise it.
+        Some(_) => gpu.dispatch(Rope::RotateNorm, 0, &b, &p, (rows * heads) as u32),
+        None => gpu.dispatch(Rope::Rotate, 0, &b, &p, groups(rows * heads * head_dim / 2, 256)),
+    }
+}

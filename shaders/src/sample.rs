@@ -1,0 +1,63 @@
+//! Token sampling on the device (sample.wgsl), exactly as herd_core::sampling::pick defines it.
+
+use herd_core::error::Result;
+use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sample_flags, SamplingParams};
+
+use crate::gpu::{err, Gpu};
+use crate::kernel::{kernels, need, params};
+use crate::GpuBuffer;
+
+params! {
+    /// `top_k`: 0 off; `top_p`: 1 off; `min_p_key`: the min-p threshold as a shifted logit; `flags`: 1 greedy,
+    /// 2 min-p, 4 the repetition penalty.
+    pub struct SampleParams {
+        pub rows: u32,
+        pub vocab: u32,
+        pub temperature: f32,
+        pub top_k: u32,
+        pub top_p: f32,
+        pub min_p_key: f32,
+        pub penalty: f32,
+        pub flags: u32,
+    }
+}
+
+kernels! {
+    pub enum Sample: Sample, SampleParams { Rows => "sample" }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sample(
+    gpu: &Gpu,
+    logits: &GpuBuffer,
+    rows: usize,
+    vocab: usize,
+    params: &SamplingParams,
+    draws: &[f32],
+    history: &[&[u32]],
+    out: &GpuBuffer,
+) -> Result<()> {
+    let _op = gpu.op();
+    check_sample_args(rows, draws, history)?;
+    need("sample logits", logits, rows * vocab)?;
+    need("sample out", out, rows)?;
+    if vocab == 0 || !out.is_u32 || logits.is_u32 {
+        return Err(err("sample: needs f32 logits of a non-empty vocabulary and a u32 output"));
+    }
+    let hist = history_table(history, params.repetition_penalty != 1.0);
+    let p = SampleParams {
+        rows: rows as u32,
+        vocab: vocab as u32,
+        temperature: params.temperature,
+        top_k: params.top_k.min(u32::MAX as usize) as u32,
+        top_p: params.top_p,
+        min_p_key: min_p_threshold(params.min_p.max(f32::MIN_POSITIVE)),
+        penalty: params.repetition_penalty,
+        flags: sample_flags(params),
+    };
+    let draw_bits: Vec<u32> = draws.iter().map(|u| u.to_bits()).collect();
+    let (hb, db) = (gpu.meta(&hist)?, gpu.meta(&draw_bits)?);
+    let cand = gpu.scratch("sample candidates", rows * vocab, false)?;
+    let b = [(1, &logits.buf), (2, &hb), (3, &db), (4, &out.buf), (5, &cand)];
+    gpu.dispatch(Sample::Rows, 0, &b, &p, rows as u32)
+}
