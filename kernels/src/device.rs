@@ -6,7 +6,7 @@
 //!
 //! Every driver call runs with the device's context bound to the calling thread (`bind`, done by `lock`
 //! and by each entry point that calls the driver without it): a thread's first call may be an allocation.
-//! `HERD_CUDA_SYNC=1` is the debugging mode: graphs off, and a wait after every command, so that a fault is
+//! [`crate::CudaOptions::sync_each`] (`herd --cuda-sync`, `HERD_CUDA_SYNC=1`) is the debugging mode: graphs off, and a wait after every command, so that a fault is
 //! reported with the command that caused it.
 
 use std::collections::HashMap;
@@ -18,6 +18,7 @@ use transfer::Staging;
 
 use crate::emu::Op;
 use crate::nvrtc::compile;
+use crate::CudaOptions;
 use cudarc::driver::{result as drv, sys, CudaContext};
 use herd_core::error::{HerdError, Result};
 use herd_core::oplock::{OpGuard, OpLock};
@@ -156,8 +157,10 @@ pub(crate) struct Dev {
     /// The dynamic shared memory each function may use (its attribute, only ever raised: a launch recorded
     /// earlier in the step may need more than a later one).
     smem_allowed: Mutex<HashMap<Func, usize>>,
-    /// HERD_CUDA_SYNC=1: a wait after every command, graphs off.
+    /// A wait after every command, graphs off ([`crate::CudaOptions::sync_each`]).
     sync_each: bool,
+    /// Threads that fill staging buffers.
+    pub(crate) copy_threads: usize,
 }
 
 /// Why an allocation failed.
@@ -166,8 +169,11 @@ enum Alloc {
     Failed(String),
 }
 
-fn sync_each() -> bool {
-    std::env::var("HERD_CUDA_SYNC").as_deref() == Ok("1")
+/// [`crate::CudaOptions::copy_threads`], or half the cores (at most 8).
+fn copy_threads(opts: &CudaOptions) -> usize {
+    opts.copy_threads
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(2).min(8))
 }
 
 /// Freed allocations kept for reuse by size (a step's one-off buffers recur with the same sizes; cudaMalloc
@@ -191,7 +197,7 @@ impl Pool {
 unsafe impl Send for Dev {}
 unsafe impl Sync for Dev {}
 
-fn new_state() -> State {
+fn new_state(graphs: bool) -> State {
     State {
         cmds: Vec::new(),
         meta: Vec::new(),
@@ -202,12 +208,12 @@ fn new_state() -> State {
         scratch: HashMap::new(),
         stats: GraphStats::default(),
         tick: 0,
-        graphs_on: std::env::var("HERD_CUDA_GRAPHS").as_deref() != Ok("0"),
+        graphs_on: graphs,
     }
 }
 
 impl Dev {
-    pub fn open(ordinal: usize) -> Result<Arc<Dev>> {
+    pub fn open(ordinal: usize, opts: &CudaOptions) -> Result<Arc<Dev>> {
         // SAFETY: probing for the shared library only.
         if !unsafe { sys::is_culib_present() } {
             return Err(err("no CUDA driver on this machine (libcuda.so was not found)"));
@@ -241,24 +247,20 @@ impl Dev {
             sms: sms as u32,
             total_mem,
             funcs: Mutex::new(HashMap::new()),
-            st: Mutex::new(new_state()),
+            st: Mutex::new(new_state(opts.graphs)),
             free_later: Mutex::new(Vec::new()),
             mem: Mutex::new(Pool::new((total_mem / 16).min(4 << 30))),
             stage: Mutex::new(stage),
             smem_allowed: Mutex::new(HashMap::new()),
-            sync_each: sync_each(),
+            sync_each: opts.sync_each,
+            copy_threads: copy_threads(opts),
         }))
     }
 
-    /// The CPU emulator, shaped like an H100 (132 SMs, sm_90) so that kernels are chosen as there; `race`:
-    /// with the race check (see emu.h).
-    pub fn emulated(race: bool) -> Result<Arc<Dev>> {
-        Self::emulated_opts(race, sync_each())
-    }
-
-    /// [`Dev::emulated`], with HERD_CUDA_SYNC's mode on or off.
-    pub fn emulated_opts(race: bool, sync_each: bool) -> Result<Arc<Dev>> {
-        let e = crate::emu::Emu::new(race)?;
+    /// The CPU emulator, shaped like an H100 (132 SMs, sm_90) so that kernels are chosen as there, with the
+    /// race check (see emu.h) when `opts` ask for it.
+    pub fn emulated(opts: &CudaOptions) -> Result<Arc<Dev>> {
+        let e = crate::emu::Emu::new(opts.racecheck)?;
         e.bind();
         let stage = Staging {
             bufs: Vec::new(),
@@ -274,12 +276,13 @@ impl Dev {
             sms: 132,
             total_mem: 0,
             funcs: Mutex::new(HashMap::new()),
-            st: Mutex::new(new_state()),
+            st: Mutex::new(new_state(opts.graphs)),
             free_later: Mutex::new(Vec::new()),
             mem: Mutex::new(Pool::new(256 << 20)),
             stage: Mutex::new(stage),
             smem_allowed: Mutex::new(HashMap::new()),
-            sync_each,
+            sync_each: opts.sync_each,
+            copy_threads: copy_threads(opts),
         }))
     }
 

@@ -8,9 +8,10 @@ use herd_core::cpu::CpuBackend;
 use crate::device::{Arg, Cmd, Dev};
 use crate::emu::Emu;
 use crate::CudaBackend;
+use crate::CudaOptions;
 
 fn emulator() -> Option<CudaBackend> {
-    match CudaBackend::emulated_with(false) {
+    match CudaBackend::emulated() {
         Ok(b) => Some(b),
         Err(e) => {
             assert!(std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"), "CUDA emulator required: {e}");
@@ -102,7 +103,7 @@ fn a_smaller_launch_does_not_lower_the_shared_memory_limit_of_a_pending_one() {
 /// the old buffer may only be freed after that copy ran.
 #[test]
 fn growing_the_metadata_arena_waits_for_the_copy_out_of_the_old_buffer() {
-    let Ok(dev) = Dev::emulated(false) else { return };
+    let Ok(dev) = Dev::emulated(&CudaOptions::default()) else { return };
     let small: Vec<u32> = (1..=4).collect();
     let big: Vec<u32> = (0..40_000).map(|i| i * 3 + 1).collect(); // 160,000 bytes: past the first 64 KiB
     let a = dev.alloc(16).unwrap();
@@ -180,7 +181,7 @@ fn the_stream_runs_when_waited_for() {
 /// the grid's limits, and dynamic shared memory over 48 KiB without the function's attribute.
 #[test]
 fn launches_are_checked_as_the_driver_does() {
-    let Ok(dev) = Dev::emulated(false) else { return };
+    let Ok(dev) = Dev::emulated(&CudaOptions::default()) else { return };
     let f = dev.func("attention", "attn_decode").unwrap();
     let Ok(e) = Emu::new(false) else { return };
     e.bind();
@@ -199,11 +200,11 @@ fn launches_are_checked_as_the_driver_does() {
     assert_eq!(dev.smem_limit(f), 100 << 10);
 }
 
-/// HERD_CUDA_SYNC=1 waits after every command, so a command that faults is named in the error (without
+/// The sync mode (`CudaOptions::sync_each`) waits after every command, so a command that faults is named in the error (without
 /// it the fault surfaces at the next read, with no hint of which command it was).
 #[test]
 fn the_sync_mode_names_the_command_that_faulted() {
-    let Ok(dev) = Dev::emulated_opts(false, true) else { return };
+    let Ok(dev) = Dev::emulated(&CudaOptions { sync_each: true, ..CudaOptions::default() }) else { return };
     let a = dev.alloc(16).unwrap();
     dev.record(Cmd::Copy { dst: a, src: a + 4, bytes: 4 }).unwrap();
     dev.record(Cmd::Copy { dst: a, src: 0x1000, bytes: 4 }).unwrap();

@@ -36,17 +36,38 @@ use device::{err, f, ptr, u, Arg, Cmd, Dev, Gemm};
 pub use libs::cuda_libraries;
 pub use nvrtc::{compile, nvrtc_present, FAMILIES};
 
+/// How the CUDA backend runs. The library reads no environment: front ends fill this from their flags
+/// (`herd --help` lists them with the environment variables that set them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Prefill GEMMs round activations to bf16 (one tensor-core pass instead of two; what most engines do)
+    /// instead of keeping f32 accuracy with x = hi + lo. Off by default; the op table's tolerances assume it
+    /// off.
+    pub bf16_activations: bool,
+    /// Replay a step that repeats the previous one's command list as a CUDA graph (on by default).
+    pub graphs: bool,
+    /// Wait after every command (graphs off), so that a command that faults is named in the error. For
+    /// debugging: much slower.
+    pub sync_each: bool,
+    /// Threads that fill the pinned staging buffers of uploads; None: half the cores, at most 8 (memory
+    /// bandwidth, not cores, is the limit past that).
+    pub copy_threads: Option<usize>,
+    /// On the emulator only: check each kernel's loads and stores for unordered accesses to the same bytes
+    /// by different threads (see emu.h). Several times slower.
+    pub racecheck: bool,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions { bf16_activations: false, graphs: true, sync_each: false, copy_threads: None, racecheck: false }
+    }
+}
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     dev: Arc<Dev>,
-    /// HERD_CUDA_BF16_ACTIVATIONS=1: prefill GEMMs round activations to bf16 (one tensor-core pass instead
-    /// of two; what most engines do) instead of keeping f32 accuracy with x = hi + lo. Off by default; the
-    /// op table's tolerances assume it off.
+    /// See [`CudaOptions::bf16_activations`].
     bf16_activations: bool,
-}
-
-fn bf16_activations() -> bool {
-    std::env::var("HERD_CUDA_BF16_ACTIVATIONS").as_deref() == Ok("1")
 }
 
 /// A device buffer of f32 or u32 elements.
@@ -151,33 +172,31 @@ const MOE_GEMV_MAX: usize = 16;
 const MAX_TOPK: usize = 16;
 
 impl CudaBackend {
-    /// Opens CUDA device 0.
+    /// Opens CUDA device 0 with the default options.
     pub fn new() -> Result<Self> {
-        Self::on_device(0)
+        Self::with_options(0, &CudaOptions::default())
     }
 
-    /// The CUDA backend on the CPU emulator of its kernels (see `emu`): the same host code, command lists,
-    /// graphs and .cu kernels, run as C++ on the CPU. For tests on machines without a GPU; needs a C++
-    /// compiler.
+    /// Opens CUDA device `ordinal`.
+    pub fn with_options(ordinal: usize, opts: &CudaOptions) -> Result<Self> {
+        Ok(CudaBackend { dev: Dev::open(ordinal, opts)?, bf16_activations: opts.bf16_activations })
+    }
+
+    /// The CUDA backend on the CPU emulator of its kernels (see `emu`), with the default options: the same
+    /// host code, command lists, graphs and .cu kernels, run as C++ on the CPU. For tests on machines without
+    /// a GPU; needs a C++ compiler.
     pub fn emulated() -> Result<Self> {
-        Self::emulated_with(crate::emu::racecheck_from_env())
+        Self::emulated_with(&CudaOptions::default())
     }
 
-    /// [`CudaBackend::emulated`], with the race check of its kernels on or off (see emu.h): each kernel's loads
-    /// and stores are checked for unordered accesses to the same bytes by different threads. Several times
-    /// slower. `emulated` turns it on when `HERD_CUDA_EMU_RACECHECK=1`.
-    pub fn emulated_with(racecheck: bool) -> Result<Self> {
-        Ok(CudaBackend { dev: Dev::emulated(racecheck)?, bf16_activations: bf16_activations() })
+    /// [`CudaBackend::emulated`] with `opts` (among them the emulator's race check).
+    pub fn emulated_with(opts: &CudaOptions) -> Result<Self> {
+        Ok(CudaBackend { dev: Dev::emulated(opts)?, bf16_activations: opts.bf16_activations })
     }
 
     /// Whether [`CudaBackend::emulated`] can work here (a C++ compiler is installed).
     pub fn emulator_available() -> bool {
         emu::available()
-    }
-
-    /// Opens CUDA device `ordinal`.
-    pub fn on_device(ordinal: usize) -> Result<Self> {
-        Ok(CudaBackend { dev: Dev::open(ordinal)?, bf16_activations: bf16_activations() })
     }
 
     /// The device's name, e.g. `NVIDIA H100 80GB HBM3`.

@@ -18,11 +18,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use herd_core::cpu::CpuBackend;
 use herd_core::experts::{parse_size, ExpertCacheOptions, Policy};
-use herd_cuda::CudaBackend;
-use herd_wgpu::WgpuBackend;
+use herd_cuda::{CudaBackend, CudaOptions};
+use herd_wgpu::{WgpuBackend, WgpuOptions};
 
 use files::ModelFiles;
 
@@ -183,30 +184,93 @@ struct ModelArg {
     model: Option<PathBuf>,
 }
 
+/// The compute backends `--backend` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    Cpu,
+    Wgpu,
+    Cuda,
+    /// The CUDA kernels on a CPU emulator, for testing.
+    CudaEmu,
+    /// CUDA if there is an NVIDIA GPU, else a hardware GPU through wgpu, else cpu.
+    Auto,
+}
+
+/// Eviction policies of the expert cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PolicyArg {
+    /// Recency and frequency of use.
+    Lrfu,
+    /// Least recently used.
+    Lru,
+}
+
 #[derive(Args)]
 struct BackendArg {
-    /// Compute backend: cpu, wgpu, cuda, cuda-emu (the CUDA kernels on a CPU emulator, for testing), or auto
-    /// (CUDA if there is an NVIDIA GPU, else a hardware GPU through wgpu, else cpu).
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
     /// Stream the routed experts through a device cache of this many bytes instead of loading them all
     /// (e.g. 96KiB, 512MiB, 24GiB): for models larger than the device's memory. `herd bench` takes a
     /// comma-separated list and measures each (`off`: every expert resident).
     #[arg(long, value_name = "SIZE")]
     expert_cache: Option<String>,
-    /// Eviction policy of --expert-cache: lrfu (recency and frequency of use) or lru.
-    #[arg(long, default_value = "lrfu", requires = "expert_cache", value_name = "lrfu|lru")]
-    expert_policy: String,
+    /// Eviction policy of --expert-cache.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Lrfu, requires = "expert_cache")]
+    expert_policy: PolicyArg,
     /// With --expert-cache: fetch each expert only when a layer needs it (no prefetch of the next layer's).
     #[arg(long, requires = "expert_cache")]
     no_prefetch: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// How the GPU backends run: tuning and debugging switches, each also set by its environment variable.
+#[derive(Args)]
+struct DeviceArgs {
+    /// CUDA: replay a step that repeats the previous one as a CUDA graph.
+    #[arg(long, env = "HERD_CUDA_GRAPHS", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new(), value_name = "BOOL", hide_env_values = true)]
+    cuda_graphs: bool,
+    /// CUDA: wait after every command (graphs off), so that a command that faults is named. Slow; debugging.
+    #[arg(long, env = "HERD_CUDA_SYNC", value_parser = BoolishValueParser::new(), hide_env_values = true)]
+    cuda_sync: bool,
+    /// CUDA: prefill GEMMs round activations to bf16 (one tensor-core pass) instead of keeping f32 accuracy.
+    #[arg(long, env = "HERD_CUDA_BF16_ACTIVATIONS", value_parser = BoolishValueParser::new(), hide_env_values = true)]
+    cuda_bf16_activations: bool,
+    /// CUDA: threads that fill the pinned staging buffers of uploads (default: half the cores, at most 8).
+    #[arg(long, env = "HERD_COPY_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..), hide_env_values = true)]
+    copy_threads: Option<u16>,
+    /// cuda-emu: check every kernel for data races between threads. Several times slower.
+    #[arg(long, env = "HERD_CUDA_EMU_RACECHECK", value_parser = BoolishValueParser::new(), hide_env_values = true)]
+    emu_racecheck: bool,
+    /// wgpu: decode matmuls without barriers, as on CPU adapters (default: only a browser's CPU adapter).
+    #[arg(long, env = "HERD_WGPU_CPU_KERNELS", action = ArgAction::Set, value_parser = BoolishValueParser::new(), value_name = "BOOL", hide_env_values = true)]
+    wgpu_cpu_kernels: Option<bool>,
+}
+
+impl DeviceArgs {
+    fn cuda(&self) -> CudaOptions {
+        CudaOptions {
+            bf16_activations: self.cuda_bf16_activations,
+            graphs: self.cuda_graphs,
+            sync_each: self.cuda_sync,
+            copy_threads: self.copy_threads.map(usize::from),
+            racecheck: self.emu_racecheck,
+        }
+    }
+    fn wgpu(&self) -> WgpuOptions {
+        WgpuOptions { cpu_kernels: self.wgpu_cpu_kernels, ..WgpuOptions::default() }
+    }
 }
 
 impl BackendArg {
     /// The expert cache options, one per size given (`off`: None); none without --expert-cache.
     fn expert_caches(&self) -> Result<Vec<Option<ExpertCacheOptions>>> {
         let Some(list) = &self.expert_cache else { return Ok(Vec::new()) };
-        let policy = Policy::parse(&self.expert_policy).map_err(|e| anyhow::anyhow!("--expert-policy: {e}"))?;
+        let policy = match self.expert_policy {
+            PolicyArg::Lrfu => Policy::Lrfu,
+            PolicyArg::Lru => Policy::Lru,
+        };
         list.split(',')
             .map(|s| {
                 if s.trim() == "off" {
@@ -371,28 +435,28 @@ enum Chosen {
     Cuda(Box<CudaBackend>),
 }
 
-/// `cpu`, `wgpu`, `cuda`, or `auto`: an NVIDIA GPU through CUDA when there is one, else a hardware GPU through
-/// wgpu, else the CPU (said on stderr).
-fn choose_backend(name: &str) -> Result<Chosen> {
-    match name {
-        "cpu" => Ok(Chosen::Cpu),
-        "wgpu" => Ok(Chosen::Wgpu(Box::new(WgpuBackend::new()?))),
-        "cuda" => Ok(Chosen::Cuda(Box::new(CudaBackend::new()?))),
+/// The backend `--backend` names; `auto`: an NVIDIA GPU through CUDA when there is one, else a hardware GPU
+/// through wgpu, else the CPU (said on stderr).
+fn choose_backend(a: &BackendArg) -> Result<Chosen> {
+    let (cuda, wgpu) = (a.device.cuda(), a.device.wgpu());
+    Ok(match a.backend {
+        BackendKind::Cpu => Chosen::Cpu,
+        BackendKind::Wgpu => Chosen::Wgpu(Box::new(WgpuBackend::with_options(&wgpu)?)),
+        BackendKind::Cuda => Chosen::Cuda(Box::new(CudaBackend::with_options(0, &cuda)?)),
         // The CUDA backend with its kernels run by its CPU emulator: slow, for checking kernels without a GPU.
-        "cuda-emu" => Ok(Chosen::Cuda(Box::new(CudaBackend::emulated()?))),
-        "auto" => Ok(match CudaBackend::new() {
+        BackendKind::CudaEmu => Chosen::Cuda(Box::new(CudaBackend::emulated_with(&cuda)?)),
+        BackendKind::Auto => match CudaBackend::with_options(0, &cuda) {
             Ok(c) => {
                 eprintln!("backend: cuda on {} ({})", c.device_name(), herd_cuda::cuda_libraries());
                 Chosen::Cuda(Box::new(c))
             }
-            Err(_) => auto_wgpu_or_cpu(),
-        }),
-        other => bail!("unknown backend {other:?} (available: cpu, wgpu, cuda, cuda-emu, auto)"),
-    }
+            Err(_) => auto_wgpu_or_cpu(&wgpu),
+        },
+    })
 }
 
-fn auto_wgpu_or_cpu() -> Chosen {
-    match WgpuBackend::new() {
+fn auto_wgpu_or_cpu(opts: &WgpuOptions) -> Chosen {
+    match WgpuBackend::with_options(opts) {
         Ok(w) if w.is_hardware() => {
             eprintln!("backend: wgpu on {}", w.adapter());
             Chosen::Wgpu(Box::new(w))
@@ -412,7 +476,7 @@ fn auto_wgpu_or_cpu() -> Chosen {
 /// backend is one more arm here.
 macro_rules! with_backend {
     ($name:expr, |$b:ident| $body:expr) => {{
-        match choose_backend($name.as_str())? {
+        match choose_backend(&$name)? {
             Chosen::Cpu => {
                 let $b = Arc::new(CpuBackend::new());
                 $body
@@ -430,11 +494,32 @@ macro_rules! with_backend {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     if let Err(e) = dispatch(cli.cmd) {
         eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// Help and version print as clap prints them; a usage error becomes one line (clap's message with its
+/// hints folded in) and exit code 1, as every other error.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:"))
+        .collect();
+    let line = parts.join(" ");
+    eprintln!("error: {}", line.strip_prefix("error: ").unwrap_or(&line));
+    std::process::exit(1);
 }
 
 /// One line: the cause chain joined by ": ", skipping a cause whose text its parent already includes
@@ -465,11 +550,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 images.extend(images::read_images(p, t.max_frames)?);
             }
             let prompt = text::Prompt { text: &a.prompt, chat: a.chat, system: t.system.as_deref(), images };
-            with_backend!(t.backend.backend, |b| text::run(b, &files, prompt, &t.sampling, experts.as_ref(), a.stats))
+            with_backend!(t.backend, |b| text::run(b, &files, prompt, &t.sampling, experts.as_ref(), a.stats))
         }
         Cmd::Chat(t) => {
             let experts = t.backend.expert_cache()?;
-            with_backend!(t.backend.backend, |b| text::chat(
+            with_backend!(t.backend, |b| text::chat(
                 b,
                 &ModelFiles::new(t.model.model),
                 t.system.as_deref(),
@@ -481,25 +566,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Inspect(a) => inspect::inspect(&ModelFiles::new(a.model)),
         Cmd::Logits(a) => {
             let ex = a.backend.expert_cache()?;
-            with_backend!(a.backend.backend, |b| ids_io::logits(
-                b,
-                &a.model,
-                &a.input,
-                &a.output,
-                a.decode,
-                ex.as_ref()
-            ))
+            with_backend!(a.backend, |b| ids_io::logits(b, &a.model, &a.input, &a.output, a.decode, ex.as_ref()))
         }
         Cmd::Greedy(a) => {
             let ex = a.backend.expert_cache()?;
-            with_backend!(a.backend.backend, |b| ids_io::greedy(
-                b,
-                &a.model,
-                &a.input,
-                a.max_tokens,
-                &a.output,
-                ex.as_ref()
-            ))
+            with_backend!(a.backend, |b| ids_io::greedy(b, &a.model, &a.input, a.max_tokens, &a.output, ex.as_ref()))
         }
         Cmd::Quantize(a) => quantize::quantize_dir(&a.model, &a.out, &a.format, a.group, &a.keep_bf16),
         Cmd::Serve(a) => {
@@ -518,7 +589,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 body_limit: a.body_limit,
             };
             let files = ModelFiles::new(a.model.model);
-            with_backend!(a.backend.backend, |b| serve::serve(b, &files, opts, experts.as_ref()))
+            with_backend!(a.backend, |b| serve::serve(b, &files, opts, experts.as_ref()))
         }
         Cmd::BenchServe(a) => bench_serve::bench_serve(&bench_serve::Options {
             url: a.url,
@@ -538,14 +609,14 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 bail!("--synthetic and --model exclude each other: --synthetic builds its own model");
             }
             if !a.images.is_empty() {
-                return with_backend!(a.backend.backend, |b| bench_vision::bench_images(
+                return with_backend!(a.backend, |b| bench_vision::bench_images(
                     b,
                     &ModelFiles::new(a.model.model.clone()),
                     &a
                 ));
             }
             let caches = a.backend.expert_caches()?;
-            with_backend!(a.backend.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a, &caches))
+            with_backend!(a.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a, &caches))
         }
     }
 }

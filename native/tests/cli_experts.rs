@@ -124,7 +124,11 @@ fn bad_cache_flags_are_one_line_errors() {
     fails("not a number", run(&["--expert-cache", "lots"]), &["--expert-cache", "not a size"]);
     fails("too small", run(&["--expert-cache", "40KiB"]), &["--expert-cache", "needs at least 8"]);
     fails("a list", run(&["--expert-cache", "1MiB,2MiB"]), &["one size"]);
-    fails("policy", run(&["--expert-cache", "1MiB", "--expert-policy", "mru"]), &["--expert-policy", "mru"]);
+    fails(
+        "policy",
+        run(&["--expert-cache", "1MiB", "--expert-policy", "mru"]),
+        &["--expert-policy", "mru", "lrfu, lru"],
+    );
     assert!(!output.exists(), "a failed run wrote its output");
 }
 

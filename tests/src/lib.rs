@@ -14,6 +14,20 @@ use std::path::PathBuf;
 
 use safetensors::{Dtype, SafeTensors};
 
+/// The CUDA backend's options for the test binaries and the `conformance` tool, from the environment variables
+/// `herd` also takes (its --help lists them): HERD_CUDA_GRAPHS=0, HERD_CUDA_SYNC=1, HERD_CUDA_BF16_ACTIVATIONS=1,
+/// HERD_COPY_THREADS=N, HERD_CUDA_EMU_RACECHECK=1. The GPU check runs the same binaries in these modes.
+pub fn cuda_options_from_env() -> herd_cuda::CudaOptions {
+    let on = |k: &str| std::env::var(k).is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false" | "off" | "no"));
+    herd_cuda::CudaOptions {
+        bf16_activations: on("HERD_CUDA_BF16_ACTIVATIONS"),
+        graphs: std::env::var("HERD_CUDA_GRAPHS").map_or(true, |_| on("HERD_CUDA_GRAPHS")),
+        sync_each: on("HERD_CUDA_SYNC"),
+        copy_threads: std::env::var("HERD_COPY_THREADS").ok().and_then(|v| v.parse().ok()),
+        racecheck: on("HERD_CUDA_EMU_RACECHECK"),
+    }
+}
+
 /// The fixture directory of one tiny reference model: `tests/fixtures/NAME`, or under `$HERD_FIXTURES` when
 /// set (a test binary run on another machine, e.g. the GPU check).
 pub fn fixture_dir(name: &str) -> PathBuf {

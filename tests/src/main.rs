@@ -57,7 +57,7 @@ fn main() {
     }
     let mut missing = 0;
     if want("cuda") {
-        match CudaBackend::new() {
+        match CudaBackend::with_options(0, &herd_conformance::cuda_options_from_env()) {
             Ok(be) => {
                 run(be.name(), run_table(&be, perf, filter));
                 run(format!("{} (quantized formats)", be.name()), run_quant_table(&be, perf, filter));
@@ -78,7 +78,7 @@ fn main() {
     }
     // The CUDA backend with its kernels run by the CPU emulator: only when asked for by name (it is slow).
     if only == Some("cuda-emu") {
-        match CudaBackend::emulated() {
+        match CudaBackend::emulated_with(&herd_conformance::cuda_options_from_env()) {
             Ok(be) => {
                 run(be.name(), run_table(&be, false, filter));
                 run(format!("{} (quantized formats)", be.name()), run_quant_table(&be, false, filter));

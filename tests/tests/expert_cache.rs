@@ -43,7 +43,7 @@ fn streaming_is_exact_on_wgpu() {
 
 #[test]
 fn streaming_is_exact_on_cuda_emulator() {
-    let made = herd_cuda::CudaBackend::emulated();
+    let made = herd_cuda::CudaBackend::emulated_with(&herd_conformance::cuda_options_from_env());
     let Some(be) = backend_or_not_run("cuda-emu", "HERD_REQUIRE_CUDA_EMU", made) else { return };
     for (name, quant) in [("scout", None), ("maverick", None), ("scout", Some("q4g16"))] {
         check_identical(&be, name, quant);
@@ -54,7 +54,13 @@ fn streaming_is_exact_on_cuda_emulator() {
 /// On a GPU (scripts/gpu-check.sh sets HERD_REQUIRE_CUDA=1); NOT RUN elsewhere.
 #[test]
 fn streaming_is_exact_on_cuda() {
-    let Some(be) = backend_or_not_run("cuda", "HERD_REQUIRE_CUDA", herd_cuda::CudaBackend::new()) else { return };
+    let Some(be) = backend_or_not_run(
+        "cuda",
+        "HERD_REQUIRE_CUDA",
+        herd_cuda::CudaBackend::with_options(0, &herd_conformance::cuda_options_from_env()),
+    ) else {
+        return;
+    };
     for (name, quant) in CASES {
         check_identical(&be, name, quant);
     }

@@ -18,7 +18,7 @@ use herd_cuda::CudaBackend;
 
 fn gpu() -> Option<Arc<CudaBackend>> {
     static GPU: OnceLock<Option<Arc<CudaBackend>>> = OnceLock::new();
-    GPU.get_or_init(|| match CudaBackend::new() {
+    GPU.get_or_init(|| match CudaBackend::with_options(0, &herd_conformance::cuda_options_from_env()) {
         Ok(b) => Some(Arc::new(b)),
         Err(e) => {
             assert!(std::env::var("HERD_REQUIRE_CUDA").as_deref() != Ok("1"), "CUDA required but not available: {e}");
@@ -31,7 +31,7 @@ fn gpu() -> Option<Arc<CudaBackend>> {
 
 fn emulator() -> Option<Arc<CudaBackend>> {
     static EMU: OnceLock<Option<Arc<CudaBackend>>> = OnceLock::new();
-    EMU.get_or_init(|| match CudaBackend::emulated() {
+    EMU.get_or_init(|| match CudaBackend::emulated_with(&herd_conformance::cuda_options_from_env()) {
         Ok(b) => Some(Arc::new(b)),
         Err(e) => {
             assert!(std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"), "CUDA emulator required: {e}");

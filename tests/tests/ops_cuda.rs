@@ -12,14 +12,22 @@ use herd_cuda::CudaBackend;
 
 #[test]
 fn cuda_backend_passes_the_op_table() {
-    if let Some(be) = backend_or_not_run("cuda", "HERD_REQUIRE_CUDA", CudaBackend::new()) {
+    if let Some(be) = backend_or_not_run(
+        "cuda",
+        "HERD_REQUIRE_CUDA",
+        CudaBackend::with_options(0, &herd_conformance::cuda_options_from_env()),
+    ) {
         table(&be);
     }
 }
 
 #[test]
 fn cuda_emulator_passes_the_op_table() {
-    if let Some(be) = backend_or_not_run("cuda emulator", "HERD_REQUIRE_CUDA_EMU", CudaBackend::emulated()) {
+    if let Some(be) = backend_or_not_run(
+        "cuda emulator",
+        "HERD_REQUIRE_CUDA_EMU",
+        CudaBackend::emulated_with(&herd_conformance::cuda_options_from_env()),
+    ) {
         table(&be);
     }
 }
@@ -30,7 +38,14 @@ fn cuda_emulator_passes_the_op_table() {
 /// their stores).
 #[test]
 fn cuda_emulator_passes_the_op_table_under_the_race_check() {
-    if let Some(be) = backend_or_not_run("cuda emulator", "HERD_REQUIRE_CUDA_EMU", CudaBackend::emulated_with(true)) {
+    if let Some(be) = backend_or_not_run(
+        "cuda emulator",
+        "HERD_REQUIRE_CUDA_EMU",
+        CudaBackend::emulated_with(&herd_cuda::CudaOptions {
+            racecheck: true,
+            ..herd_conformance::cuda_options_from_env()
+        }),
+    ) {
         table(&be);
     }
 }

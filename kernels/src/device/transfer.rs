@@ -114,7 +114,7 @@ impl Dev {
             // The copy out of this buffer two chunks ago must have run before it is refilled.
             self.event_sync(events[b])?;
             let host = stage.bufs[b].slice(chunk.len());
-            par_copy(host, chunk);
+            par_copy(host, chunk, self.copy_threads);
             self.htod_async(dst + (i * STAGE) as u64, host)?;
             self.event_record(events[b])?;
         }
@@ -203,10 +203,10 @@ const PAR_MIN: usize = 4 << 20;
 /// Each thread copies at least this much.
 const PAR_PIECE: usize = 1 << 20;
 
-/// `dst.copy_from_slice(src)`, split over up to [`copy_threads`] threads for large copies.
-pub(crate) fn par_copy(dst: &mut [u8], src: &[u8]) {
+/// `dst.copy_from_slice(src)`, split over up to `threads` threads for large copies.
+pub(crate) fn par_copy(dst: &mut [u8], src: &[u8], threads: usize) {
     let n = src.len();
-    let threads = copy_threads().min(n / PAR_PIECE).max(1);
+    let threads = threads.min(n / PAR_PIECE).max(1);
     if n < PAR_MIN || threads == 1 {
         dst.copy_from_slice(src);
         return;
@@ -219,19 +219,6 @@ pub(crate) fn par_copy(dst: &mut [u8], src: &[u8]) {
     });
 }
 
-/// Threads for filling staging buffers: `HERD_COPY_THREADS`, else half the cores (at most 8; memory
-/// bandwidth, not cores, is the limit past that).
-fn copy_threads() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("HERD_COPY_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(2).min(8))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::par_copy;
@@ -241,7 +228,7 @@ mod tests {
         for n in [0, 1, 4095, (4 << 20) - 1, 4 << 20, (9 << 20) + 7] {
             let src: Vec<u8> = (0..n).map(|i| (i * 31 + i / 251) as u8).collect();
             let mut dst = vec![0xAAu8; n];
-            par_copy(&mut dst, &src);
+            par_copy(&mut dst, &src, 4);
             assert!(dst == src, "{n} bytes");
         }
     }

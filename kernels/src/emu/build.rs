@@ -24,11 +24,6 @@ pub fn available() -> bool {
     Command::new(cxx()).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
-/// Whether `HERD_CUDA_EMU_RACECHECK=1` asks for the race check.
-pub fn racecheck_from_env() -> bool {
-    std::env::var("HERD_CUDA_EMU_RACECHECK").as_deref() == Ok("1")
-}
-
 /// A kernel defined in preprocessed source: its name, parameter types and `__launch_bounds__` (0: none).
 #[derive(Debug, PartialEq)]
 pub(super) struct KernelDecl {

@@ -21,7 +21,7 @@
 //! - **Launches.** The grid within the driver's limits, the block within the kernel's `__launch_bounds__`,
 //!   dynamic shared memory over 48 KiB only up to what the function's attribute allows (and never over the
 //!   227 KiB of a Hopper SM): each checked when the launch is queued, as cuLaunchKernel does.
-//! - **Warps**, with the race check (`HERD_CUDA_EMU_RACECHECK=1`, or [`Emu::new`]'s `race`): see emu.h.
+//! - **Warps**, with the race check ([`crate::CudaOptions::racecheck`], or [`Emu::new`]'s `race`): see emu.h.
 //!
 //! cuBLAS is a plain f32-accumulating GEMM.
 
@@ -38,7 +38,7 @@ use herd_core::error::Result;
 
 use crate::device::{err, Func, Gemm};
 use crate::nvrtc::{COMMON, FAMILIES};
-pub use build::{available, racecheck_from_env};
+pub use build::available;
 use build::{build, cxx, KernelDecl, EMU_H};
 
 mod build;
