@@ -6,33 +6,40 @@
 //! no driver.
 //!
 //! Ops record commands; [`Backend::read`] submits the step and waits. A decode step records the same list
-//! every token, so from the second token on it is replayed as one CUDA graph (see `device`). This file picks
-//! a kernel per op and shape: decode GEMV (16-byte loads, four in flight per lane) for up to 8 rows and
-//! cuBLAS above; flash-decoding attention for short query runs and a tiled kernel for prefill; MoE as
-//! per-entry GEMVs for decode and expert-grouped tiles for batches, routed on the device.
+//! every token, so from the second token on it is replayed as one CUDA graph (see `device`). Each op family
+//! has a module named as the CPU backend's, the .cu file and the WGSL shader, which picks a kernel per op
+//! and shape: decode GEMV (16-byte loads, four in flight per lane) for up to 8 rows and cuBLAS above
+//! (`matmul`); flash-decoding attention for short query runs and a tiled kernel for prefill (`attention`);
+//! MoE as per-entry GEMVs for decode and expert-grouped tiles for batches, routed on the device (`moe`).
+//! This file holds buffers and weights and wires the families into the Backend trait.
 
 mod attention;
 mod blas;
 mod device;
+mod elementwise;
 mod emu;
 #[cfg(test)]
 mod emu_tests;
 mod layer_norm;
 mod libs;
+mod matmul;
 mod moe;
 mod nvrtc;
+mod rms_norm;
+mod rope;
+mod sample;
 
 use std::sync::Arc;
 
 use herd_core::backend::{Act, AttnParams, AttnSeq, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::error::Result;
-use herd_core::quant::{DType, GroupAxis, QuantLayout, ScaleType};
-use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sample_flags, SamplingParams};
+use herd_core::quant::{DType, QuantLayout, ScaleType};
+use herd_core::sampling::SamplingParams;
 use herd_core::synthetic::Fill;
 
 pub use device::GraphStats;
-use device::{err, f, ptr, u, Arg, Cmd, Dev, Gemm};
+use device::{err, ptr, u, Arg, Cmd, Dev};
 pub use libs::cuda_libraries;
 pub use nvrtc::{compile, nvrtc_present, FAMILIES};
 
@@ -364,74 +371,11 @@ impl Backend for CudaBackend {
     }
 
     fn synthetic_weight(&self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<CudaWeight> {
-        let _op = self.dev.op();
-        let n: usize = shape.iter().product();
-        let bytes = dtype.bytes(shape).map_err(|e| err(format!("{}: {e}", name.escape_debug())))?;
-        let p = self.dev.alloc_raw(bytes)?;
-        let w = CudaWeight::new(&self.dev, p, dtype, shape)?;
-        let (seed, scale, ones) = match fill {
-            Fill::Ones => (0, 0.0, 1),
-            Fill::Uniform { seed, scale } => (seed, scale, 0),
-        };
-        if let (Some(g), Some(bits)) = (dtype.grouping(), w.bits()) {
-            if ones == 1 {
-                return Err(err(format!("{}: a quantized tensor of ones", name.escape_debug())));
-            }
-            let l = QuantLayout::new(dtype, shape).map_err(err)?;
-            let axis = usize::from(g.axis == GroupAxis::SecondLast);
-            let outer = n / (l.second * l.last);
-            let grid = blocks(l.scales.div_ceil(2), 256).min(self.dev.sms * 64);
-            let args = vec![
-                ptr(p),
-                ptr(w.scales),
-                u(w.st as usize),
-                u(g.group as usize),
-                u(axis),
-                Arg::V(outer as u64),
-                u(l.second),
-                u(l.last),
-                Arg::V(seed),
-                f(scale),
-                Arg::V(l.scales as u64),
-            ];
-            self.launch("elementwise", &format!("synth_q{bits}"), (grid, 1, 1), 256, 0, args)?;
-            self.dev.sync()?;
-            return Ok(w);
-        }
-        let grid = blocks(n, 256).min(self.dev.sms * 64);
-        let args = vec![ptr(p), Arg::V(n as u64), Arg::V(seed), f(scale), u(ones)];
-        self.launch("elementwise", &format!("synth_{}", dts(dtype)), (grid, 1, 1), 256, 0, args)?;
-        // Made now, so that loading is timed as loading and not as the first step.
-        self.dev.sync()?;
-        Ok(w)
+        self.synthetic_weight_impl(name, shape, dtype, fill)
     }
 
     fn embed(&self, table: &CudaWeight, ids: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
-        let _op = self.dev.op();
-        Self::weight_shape(table, 2, "embed")?;
-        if table.shape[1] != dim || !ids.is_u32 {
-            return Err(err(format!("embed: table {:?} for dim {dim}, ids must be u32", table.shape)));
-        }
-        need("embed ids", ids, n)?;
-        need("embed out", out, n * dim)?;
-        if n == 0 {
-            return Ok(());
-        }
-        if table.bits().is_some() {
-            let mut args = vec![ptr(table.ptr)];
-            args.extend(table.qargs());
-            args.extend([ptr(ids.ptr), ptr(out.ptr), u(n), u(dim)]);
-            return self.launch(
-                "elementwise",
-                &format!("embed_{}", dts(table.dtype)),
-                (blocks(n * dim, 256), 1, 1),
-                256,
-                0,
-                args,
-            );
-        }
-        let args = vec![ptr(table.ptr), ptr(ids.ptr), ptr(out.ptr), u(n), u(dim)];
-        self.launch("elementwise", &format!("embed_{}", dts(table.dtype)), (blocks(n * dim, 256), 1, 1), 256, 0, args)
+        self.embed_impl(table, ids, n, dim, out)
     }
 
     fn rms_norm(
@@ -443,25 +387,7 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &CudaBuffer,
     ) -> Result<()> {
-        let _op = self.dev.op();
-        need("rms_norm x", x, rows * dim)?;
-        need("rms_norm out", out, rows * dim)?;
-        if let Some(w) = weight {
-            float_weight("rms_norm", w)?;
-            if w.shape.iter().product::<usize>() != dim {
-                return Err(err(format!("rms_norm: weight {:?} for dim {dim}", w.shape)));
-            }
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let threads = (dim / 4).next_power_of_two().clamp(32, 1024) as u32;
-        let (name, wp) = match weight {
-            Some(w) => (format!("rms_norm_{}", dts(w.dtype)), w.ptr),
-            None => ("rms_norm_none".to_owned(), 0),
-        };
-        let args = vec![ptr(x.ptr), ptr(wp), ptr(out.ptr), u(dim), f(eps)];
-        self.launch("rms_norm", &name, (rows as u32, 1, 1), threads, 0, args)
+        self.rms_norm_impl(x, weight, rows, dim, eps, out)
     }
 
     fn add_rms_norm(
@@ -474,20 +400,7 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &CudaBuffer,
     ) -> Result<()> {
-        let _op = self.dev.op();
-        need("add_rms_norm acc", acc, rows * dim)?;
-        need("add_rms_norm x", x, rows * dim)?;
-        need("add_rms_norm out", out, rows * dim)?;
-        float_weight("add_rms_norm", weight)?;
-        if weight.shape.iter().product::<usize>() != dim {
-            return Err(err(format!("add_rms_norm: weight {:?} for dim {dim}", weight.shape)));
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let threads = (dim / 4).next_power_of_two().clamp(32, 1024) as u32;
-        let args = vec![ptr(acc.ptr), ptr(x.ptr), ptr(weight.ptr), ptr(out.ptr), u(dim), f(eps)];
-        self.launch("rms_norm", &format!("add_rms_norm_{}", dts(weight.dtype)), (rows as u32, 1, 1), threads, 0, args)
+        self.add_rms_norm_impl(acc, x, weight, rows, dim, eps, out)
     }
 
     fn layer_norm(
@@ -508,71 +421,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, x: &CudaBuffer, m: usize, w: &CudaWeight, out: &CudaBuffer) -> Result<()> {
-        let _op = self.dev.op();
-        Self::weight_shape(w, 2, "matmul")?;
-        let (n, k) = (w.shape[0], w.shape[1]);
-        need("matmul x", x, m * k)?;
-        need("matmul out", out, m * n)?;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let blas = self.dev.has_blas() && m > DECODE_MAX_Q && k > 0;
-        if let Some(bits) = w.bits() {
-            if m > DECODE_MAX_Q {
-                // Prefill: the tiled GEMM, each weight dequantized once per 32 rows.
-                let mut args = vec![ptr(x.ptr), ptr(w.ptr)];
-                args.extend(w.qargs());
-                args.extend([ptr(out.ptr), u(m), u(n), u(k)]);
-                return self.launch(
-                    "matmul",
-                    &format!("matmul_tiled_q{bits}"),
-                    (blocks(n, 64), blocks(m, 32), 1),
-                    256,
-                    0,
-                    args,
-                );
-            }
-            // Decode: the GEMV on the packed values.
-            let rows = m.next_power_of_two();
-            let vec = k.is_multiple_of(if bits == 4 { 32 } else { 16 }) && w.group.is_multiple_of(8);
-            let name = format!("matmul_gemv_q{bits}_{rows}{}", if vec { "" } else { "_scalar" });
-            let mut args = vec![ptr(x.ptr), ptr(w.ptr)];
-            args.extend(w.qargs());
-            args.extend([ptr(out.ptr), u(m), u(n), u(k)]);
-            return self.launch("matmul", &name, (blocks(n, 8), blocks(m, rows), 1), 256, 0, args);
-        }
-        match w.dtype {
-            DType::BF16 if blas => {
-                // x = hi + lo in bf16, then two tensor-core GEMMs accumulating in f32.
-                let hi = self.dev.scratch("matmul hi", m * k * 2)?;
-                let lo = self.dev.scratch("matmul lo", m * k * 2)?;
-                let args = vec![ptr(x.ptr), ptr(hi), ptr(lo), u(m * k)];
-                self.launch("matmul", "split_bf16", (blocks(m * k, 256), 1, 1), 256, 0, args)?;
-                let g = Gemm { a: w.ptr, b: hi, c: out.ptr, m, n, k, bf16: true, accumulate: false };
-                self.dev.record(Cmd::Gemm(g))?;
-                if self.bf16_activations {
-                    return Ok(());
-                }
-                self.dev.record(Cmd::Gemm(Gemm { b: lo, accumulate: true, ..g }))
-            }
-            DType::F32 if blas => self.dev.record(Cmd::Gemm(Gemm {
-                a: w.ptr,
-                b: x.ptr,
-                c: out.ptr,
-                m,
-                n,
-                k,
-                bf16: false,
-                accumulate: false,
-            })),
-            _ => {
-                let rows = if m <= DECODE_MAX_Q { m.next_power_of_two() } else { 8 };
-                let vec = k % 8 == 0;
-                let name = format!("matmul_gemv_{}_{rows}{}", dts(w.dtype), if vec { "" } else { "_scalar" });
-                let grid = (blocks(n, 8), blocks(m, rows), 1);
-                self.launch("matmul", &name, grid, 256, 0, vec![ptr(x.ptr), ptr(w.ptr), ptr(out.ptr), u(m), u(n), u(k)])
-            }
-        }
+        self.matmul_impl(x, m, w, out)
     }
 
     fn swiglu(
@@ -585,28 +434,7 @@ impl Backend for CudaBackend {
         out: &CudaBuffer,
         scratch: &CudaBuffer,
     ) -> Result<()> {
-        let _op = self.dev.op();
-        Self::weight_shape(gate_w, 2, "swiglu gate")?;
-        let (n, k) = (gate_w.shape[0], gate_w.shape[1]);
-        if up_w.shape != gate_w.shape || n != width {
-            return Err(err(format!("swiglu: gate {:?}, up {:?}, width {width}", gate_w.shape, up_w.shape)));
-        }
-        if m > DECODE_MAX_Q || gate_w.dtype != up_w.dtype || gate_w.dtype.is_quantized() {
-            // Prefill: two GEMMs and the activation.
-            self.matmul(x, m, gate_w, out)?;
-            self.matmul(x, m, up_w, scratch)?;
-            return self.silu_mul(out, scratch, m * width);
-        }
-        need("swiglu x", x, m * k)?;
-        need("swiglu out", out, m * n)?;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let rows = m.next_power_of_two();
-        let vec = k % 8 == 0;
-        let name = format!("matmul_swiglu_{}_{rows}{}", dts(gate_w.dtype), if vec { "" } else { "_scalar" });
-        let args = vec![ptr(x.ptr), ptr(gate_w.ptr), ptr(up_w.ptr), ptr(out.ptr), u(m), u(n), u(k)];
-        self.launch("matmul", &name, (blocks(n, 8), 1, 1), 256, 0, args)
+        self.swiglu_impl(x, m, gate_w, up_w, width, out, scratch)
     }
 
     fn rope(
@@ -619,27 +447,7 @@ impl Backend for CudaBackend {
         inv_freq: &CudaBuffer,
         norm_eps: Option<f32>,
     ) -> Result<()> {
-        let _op = self.dev.op();
-        need("rope x", x, rows * heads * head_dim)?;
-        need("rope positions", positions, rows)?;
-        need("rope inv_freq", inv_freq, head_dim / 2)?;
-        if !positions.is_u32 {
-            return Err(err("rope: positions must be u32"));
-        }
-        if rows * heads == 0 {
-            return Ok(());
-        }
-        let args = vec![
-            ptr(x.ptr),
-            ptr(positions.ptr),
-            ptr(inv_freq.ptr),
-            u(rows),
-            u(heads),
-            u(head_dim),
-            u(usize::from(norm_eps.is_some())),
-            f(norm_eps.unwrap_or(0.0)),
-        ];
-        self.launch("rope", "rope", (blocks(rows * heads, 8), 1, 1), 256, 0, args)
+        self.rope_impl(x, rows, heads, head_dim, positions, inv_freq, norm_eps)
     }
 
     fn attention(
@@ -669,23 +477,11 @@ impl Backend for CudaBackend {
     }
 
     fn add(&self, acc: &CudaBuffer, x: &CudaBuffer, n: usize) -> Result<()> {
-        let _op = self.dev.op();
-        need("add acc", acc, n)?;
-        need("add x", x, n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        self.launch("elementwise", "add", (blocks(n, 256), 1, 1), 256, 0, vec![ptr(acc.ptr), ptr(x.ptr), u(n)])
+        self.add_impl(acc, x, n)
     }
 
     fn silu_mul(&self, gate: &CudaBuffer, up: &CudaBuffer, n: usize) -> Result<()> {
-        let _op = self.dev.op();
-        need("silu_mul gate", gate, n)?;
-        need("silu_mul up", up, n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        self.launch("elementwise", "silu_mul", (blocks(n, 256), 1, 1), 256, 0, vec![ptr(gate.ptr), ptr(up.ptr), u(n)])
+        self.silu_mul_impl(gate, up, n)
     }
 
     fn router_topk(
@@ -697,21 +493,7 @@ impl Backend for CudaBackend {
         idx: &CudaBuffer,
         score: &CudaBuffer,
     ) -> Result<()> {
-        let _op = self.dev.op();
-        if k == 0 || k > n_experts || k > MAX_TOPK {
-            return Err(err(format!("router: top-{k} of {n_experts} experts (at most top-{MAX_TOPK})")));
-        }
-        need("router logits", logits, rows * n_experts)?;
-        need("router idx", idx, rows * k)?;
-        need("router score", score, rows * k)?;
-        if !idx.is_u32 {
-            return Err(err("router: idx must be u32"));
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let args = vec![ptr(logits.ptr), u(rows), u(n_experts), u(k), ptr(idx.ptr), ptr(score.ptr)];
-        self.launch("moe", "router_topk", (blocks(rows, 128), 1, 1), 128, 0, args)
+        self.router_topk_impl(logits, rows, n_experts, k, idx, score)
     }
 
     fn moe(
@@ -728,17 +510,7 @@ impl Backend for CudaBackend {
         self.moe_impl(x, rows, idx, score, k, gate_up, down, out)
     }
     fn gather_rows(&self, x: &CudaBuffer, rows: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
-        let _op = self.dev.op();
-        if !rows.is_u32 {
-            return Err(err("gather_rows: rows must be u32"));
-        }
-        need("gather_rows rows", rows, n)?;
-        need("gather_rows out", out, n * dim)?;
-        if n * dim == 0 {
-            return Ok(());
-        }
-        let args = vec![ptr(x.ptr), ptr(rows.ptr), ptr(out.ptr), u(n), u(dim)];
-        self.launch("elementwise", "gather_rows", (blocks(n * dim, 256), 1, 1), 256, 0, args)
+        self.gather_rows_impl(x, rows, n, dim, out)
     }
 
     fn sample(
@@ -751,39 +523,7 @@ impl Backend for CudaBackend {
         history: &[&[u32]],
         out: &CudaBuffer,
     ) -> Result<()> {
-        let _op = self.dev.op();
-        check_sample_args(rows, draws, history)?;
-        need("sample logits", logits, rows * vocab)?;
-        need("sample out", out, rows)?;
-        if vocab == 0 || !out.is_u32 || logits.is_u32 {
-            return Err(err("sample: needs f32 logits of a non-empty vocabulary and a u32 output"));
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let hist = history_table(history, params.repetition_penalty != 1.0);
-        let flags = sample_flags(params);
-        let draw_bits: Vec<u32> = draws.iter().map(|u| u.to_bits()).collect();
-        // Draws first: the history, whose length changes every token, goes last in the step's metadata.
-        let dm = self.dev.meta(&draw_bits)?;
-        let hm = self.dev.meta(&hist)?;
-        let cand = self.dev.scratch("sample candidates", rows * vocab * 4)?;
-        let args = vec![
-            ptr(logits.ptr),
-            hm,
-            dm,
-            ptr(out.ptr),
-            ptr(cand),
-            u(rows),
-            u(vocab),
-            f(params.temperature),
-            u(params.top_k.min(u32::MAX as usize)),
-            f(params.top_p),
-            f(min_p_threshold(params.min_p.max(f32::MIN_POSITIVE))),
-            f(params.repetition_penalty),
-            Arg::V(flags as u64),
-        ];
-        self.launch("sample", "sample", (rows as u32, 1, 1), 1024, 0, args)
+        self.sample_impl(logits, rows, vocab, params, draws, history, out)
     }
 }
 

@@ -6,7 +6,7 @@ use herd_core::error::Result;
 use herd_core::quant::{DType, GroupAxis};
 
 use crate::device::{err, ptr, u, Arg};
-use crate::{blocks, dts, need, CudaBackend, CudaBuffer, CudaWeight, MOE_GEMV_MAX};
+use crate::{blocks, dts, need, CudaBackend, CudaBuffer, CudaWeight, MAX_TOPK, MOE_GEMV_MAX};
 
 impl CudaBackend {
     /// One expert-grouped tile pass: tensor cores for bf16 weights (on sm_80 and newer), CUDA cores otherwise.
@@ -109,5 +109,31 @@ impl CudaBackend {
         self.moe_tiles(down, (blocks(d, 64), tmax as u32, 1), args)?;
         let args = vec![ptr(y), ptr(out.ptr), u(rows), u(k), u(d), u(1), ptr(idx.ptr), u(e)];
         self.launch("moe", "moe_sum", (blocks(rows * d, 256), 1, 1), 256, 0, args)
+    }
+
+    pub(crate) fn router_topk_impl(
+        &self,
+        logits: &CudaBuffer,
+        rows: usize,
+        n_experts: usize,
+        k: usize,
+        idx: &CudaBuffer,
+        score: &CudaBuffer,
+    ) -> Result<()> {
+        let _op = self.dev.op();
+        if k == 0 || k > n_experts || k > MAX_TOPK {
+            return Err(err(format!("router: top-{k} of {n_experts} experts (at most top-{MAX_TOPK})")));
+        }
+        need("router logits", logits, rows * n_experts)?;
+        need("router idx", idx, rows * k)?;
+        need("router score", score, rows * k)?;
+        if !idx.is_u32 {
+            return Err(err("router: idx must be u32"));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let args = vec![ptr(logits.ptr), u(rows), u(n_experts), u(k), ptr(idx.ptr), ptr(score.ptr)];
+        self.launch("moe", "router_topk", (blocks(rows, 128), 1, 1), 128, 0, args)
     }
 }
