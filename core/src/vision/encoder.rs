@@ -16,7 +16,7 @@ use crate::backend::{Act, AttnParams, AttnSeq, Backend};
 use crate::error::{HerdError, Result};
 use crate::model::WeightSource;
 
-use super::config::VisionConfig;
+use crate::config::VisionConfig;
 
 struct Norm<B: Backend> {
     w: B::Weight,

@@ -4,9 +4,9 @@
 
 use std::hash::Hasher;
 
-use super::config::VisionConfig;
 use super::layout::{image_prompt, plan, ImageTokens, TileOptions, TilePlan};
 use super::preprocess::{preprocess, Pixels, RgbImage};
+use crate::config::VisionConfig;
 use crate::error::{HerdError, Result};
 use crate::tokenizer::Tokenizer;
 

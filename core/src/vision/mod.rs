@@ -2,7 +2,6 @@
 //! and the tokens that stand for it in the prompt), its preprocessing into tiles, the tower's config, and
 //! the tower itself, whose output replaces the `<|patch|>` embeddings of the prompt.
 
-pub mod config;
 pub mod encoder;
 pub mod input;
 pub mod layout;

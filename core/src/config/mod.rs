@@ -6,9 +6,14 @@
 
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::{HerdError, Result};
+
+mod fields;
+mod vision;
+
+pub(crate) use fields::{as_usize, check_max, Fields};
 
 /// How a RoPE layer scales its frequencies.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +71,7 @@ pub struct TextConfig {
     pub dtype: Option<String>,
 }
 
-pub use crate::vision::config::VisionConfig;
+pub use vision::VisionConfig;
 
 /// A whole model config.
 #[derive(Debug, Clone)]
@@ -109,105 +114,13 @@ impl ModelConfig {
         let text = parse_text(&Fields { obj: text_obj, root, prefix })?;
         let vision = match root.get("vision_config") {
             Some(Value::Object(v)) => {
-                Some(crate::vision::config::parse(&Fields { obj: v, root, prefix: "vision_config." }, root, &text)?)
+                Some(vision::parse(&Fields { obj: v, root, prefix: "vision_config." }, root, &text)?)
             }
             Some(Value::Null) | None => None,
             Some(_) => return Err(HerdError::config("vision_config", "must be an object")),
         };
         Ok(ModelConfig { architecture, multimodal, text, vision })
     }
-}
-
-/// A view of one JSON object with the field-path prefix used in error messages. Token ids and dtype may
-/// sit on the top-level object instead of the text config, so `root` is consulted for those.
-pub(crate) struct Fields<'a> {
-    pub(crate) obj: &'a Map<String, Value>,
-    pub(crate) root: &'a Map<String, Value>,
-    pub(crate) prefix: &'a str,
-}
-
-impl Fields<'_> {
-    pub(crate) fn name(&self, key: &str) -> String {
-        format!("{}{}", self.prefix, key)
-    }
-    /// The value, treating JSON null as absent.
-    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
-        self.obj.get(key).filter(|v| !v.is_null())
-    }
-    pub(crate) fn usize_req(&self, key: &str) -> Result<usize> {
-        match self.get(key) {
-            None => Err(HerdError::config(self.name(key), "missing")),
-            Some(v) => as_usize(v)
-                .ok_or_else(|| HerdError::config(self.name(key), format!("expected a non-negative integer, got {v}"))),
-        }
-    }
-    pub(crate) fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(_) => self.usize_req(key),
-        }
-    }
-    pub(crate) fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(_) => self.usize_req(key).map(Some),
-        }
-    }
-    pub(crate) fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .map(|x| x as f32)
-                .ok_or_else(|| HerdError::config(self.name(key), format!("expected a number, got {v}"))),
-        }
-    }
-    /// Booleans; integers count by truthiness (old configs store `attn_temperature_tuning: 4`).
-    pub(crate) fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(Value::Number(n)) => Ok(n.as_f64() != Some(0.0)),
-            Some(v) => Err(HerdError::config(self.name(key), format!("expected a boolean, got {v}"))),
-        }
-    }
-    /// A token id or list of ids, looked up in the text config and then at the top level.
-    pub(crate) fn ids(&self, key: &str) -> Result<Vec<u32>> {
-        let v = self.get(key).or_else(|| self.root.get(key).filter(|v| !v.is_null()));
-        match v {
-            None => Ok(vec![]),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| {
-                    as_usize(x)
-                        .map(|x| x as u32)
-                        .ok_or_else(|| HerdError::config(self.name(key), format!("expected token ids, got {x}")))
-                })
-                .collect(),
-            Some(x) => as_usize(x)
-                .map(|x| vec![x as u32])
-                .ok_or_else(|| HerdError::config(self.name(key), format!("expected a token id, got {x}"))),
-        }
-    }
-}
-
-/// A bound from [`crate::limits::config`]: sizes beyond it are refused before anything is derived from them.
-pub(crate) fn check_max(f: &Fields, key: &str, v: usize, max: usize) -> Result<()> {
-    if v > max {
-        return Err(HerdError::config(
-            f.name(key),
-            format!("{v} is beyond herd's limit of {max} (published Llama 4 models are far below it)"),
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn as_usize(v: &Value) -> Option<usize> {
-    if let Some(u) = v.as_u64() {
-        return usize::try_from(u).ok();
-    }
-    // 8192.0 is an integer too.
-    v.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1e18).map(|f| f as usize)
 }
 
 fn parse_rope(f: &Fields) -> Result<(f32, RopeScaling)> {
@@ -617,133 +530,4 @@ impl TextConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(s: &str) -> Result<ModelConfig> {
-        ModelConfig::from_json_bytes(s.as_bytes())
-    }
-
-    #[test]
-    fn published_scout_dialect() {
-        let c = parse(
-            r#"{"architectures":["Llama4ForConditionalGeneration"],"text_config":{
-            "vocab_size":202048,"hidden_size":5120,"num_hidden_layers":48,"num_attention_heads":40,
-            "num_key_value_heads":8,"head_dim":128,"intermediate_size":8192,"intermediate_size_mlp":16384,
-            "num_local_experts":16,"num_experts_per_tok":1,"interleave_moe_layer_step":1,"no_rope_layers":[],
-            "attention_chunk_size":8192,"use_qk_norm":true,"attn_temperature_tuning":4,"floor_scale":8192,
-            "attn_scale":0.1,"rope_theta":500000.0,"rope_scaling":{"rope_type":"llama3","factor":16.0,
-            "low_freq_factor":1.0,"high_freq_factor":1.0,"original_max_position_embeddings":8192},
-            "torch_dtype":"bfloat16","bos_token_id":200000,"eos_token_id":[200001,200007,200008],"pad_token_id":200018,
-            "max_position_embeddings":10485760}}"#,
-        )
-        .unwrap();
-        let t = &c.text;
-        assert!(c.multimodal);
-        assert!(t.moe_layers.iter().all(|&m| m));
-        let nope: Vec<usize> = (0..48).filter(|&i| !t.use_rope[i]).collect();
-        assert_eq!(nope, (0..12).map(|k| 4 * k + 3).collect::<Vec<_>>());
-        for i in 0..48 {
-            assert_eq!(t.layer_types[i] == AttnKind::Chunked, t.use_rope[i]);
-        }
-        assert!(t.attn_temperature_tuning);
-        assert_eq!(t.eos_token_ids, vec![200001, 200007, 200008]);
-        assert_eq!(t.dtype.as_deref(), Some("bfloat16"));
-        // Spec check values for Scout's llama3 scaling.
-        let f = t.rope_inv_freq();
-        assert_eq!(f[0], 1.0);
-        assert!((f[1] - 0.8146172).abs() < 1e-6);
-        assert!((f[34] - 9.3847385e-4).abs() < 1e-9);
-        assert!((f[35] - 4.778106e-5).abs() / 4.778106e-5 < 1e-5);
-        assert!((f[63] - 1.534463e-7).abs() / 1.534463e-7 < 1e-5);
-    }
-
-    #[test]
-    fn maverick_alternates_dense_and_moe() {
-        let c = parse(
-            r#"{"vocab_size":100,"hidden_size":8,"num_hidden_layers":6,"num_attention_heads":2,
-            "head_dim":4,"interleave_moe_layer_step":2,"rope_scaling":null,"use_qk_norm":false}"#,
-        )
-        .unwrap();
-        assert_eq!(c.text.moe_layers, vec![false, true, false, true, false, true]);
-        assert_eq!(c.text.rope_scaling, RopeScaling::Default);
-        assert_eq!(c.text.num_key_value_heads, 2);
-        assert!(!c.multimodal);
-    }
-
-    #[test]
-    fn guard_has_no_chunking() {
-        let c = parse(
-            r#"{"vocab_size":100,"hidden_size":8,"num_hidden_layers":4,"num_attention_heads":2,
-            "head_dim":4,"moe_layers":[],"attention_chunk_size":null,"interleave_moe_layer_step":0}"#,
-        )
-        .unwrap();
-        assert!(c.text.layer_types.iter().all(|&k| k == AttnKind::Full));
-        assert!(c.text.moe_layers.iter().all(|&m| !m));
-        assert_eq!(c.text.use_rope, vec![true, true, true, false]);
-    }
-
-    #[test]
-    fn transformers5_dialect() {
-        let c = parse(
-            r#"{"vocab_size":100,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,
-            "head_dim":4,"moe_layers":[1],"no_rope_layers":[1,0],"attention_chunk_size":4,
-            "layer_types":["chunked_attention","full_attention"],"dtype":"float32",
-            "rope_parameters":{"rope_type":"llama3","rope_theta":10000.0,"factor":8.0,"low_freq_factor":1.0,
-            "high_freq_factor":4.0,"original_max_position_embeddings":64}}"#,
-        )
-        .unwrap();
-        let t = c.text;
-        assert_eq!(t.moe_layers, vec![false, true]);
-        assert_eq!(t.layer_types, vec![AttnKind::Chunked, AttnKind::Full]);
-        assert_eq!(t.rope_theta, 10000.0);
-        assert!(matches!(t.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let cases = [
-            (r#"{"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2}"#, "vocab_size"),
-            (
-                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":3,"num_key_value_heads":2}"#,
-                "num_key_value_heads",
-            ),
-            (
-                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"moe_layers":[5]}"#,
-                "moe_layers",
-            ),
-            (
-                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"head_dim":3}"#,
-                "head_dim",
-            ),
-            (r#"{"vocab_size":10,"hidden_size":"big","num_hidden_layers":2,"num_attention_heads":2}"#, "hidden_size"),
-            (
-                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"rope_scaling":{"rope_type":"yarn"}}"#,
-                "rope_type",
-            ),
-            (
-                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"attention_chunk_size":0}"#,
-                "attention_chunk_size",
-            ),
-            (
-                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"num_experts_per_tok":9,"num_local_experts":4}"#,
-                "num_experts_per_tok",
-            ),
-            (
-                r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"no_rope_layers":[1]}"#,
-                "no_rope_layers",
-            ),
-            (
-                r#"{"text_config":{"model_type":"llama","vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2}}"#,
-                "text_config.model_type",
-            ),
-            (r#"[1,2]"#, "<root>"),
-            (r#"{"vocab_size":10,"#, "<root>"),
-        ];
-        for (json, field) in cases {
-            let e = parse(json).unwrap_err().to_string();
-            assert!(e.contains(field), "{json} → {e}");
-            assert!(!e.contains('\n'));
-        }
-    }
-}
+mod tests;

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::{as_usize, Fields, TextConfig};
+use super::{as_usize, Fields, TextConfig};
 use crate::error::{HerdError, Result};
 
 /// `vision_config` (llama4-spec.md §1.3) and the image token ids at the top level. Absent fields take
@@ -43,8 +43,12 @@ impl VisionConfig {
 
     /// `<|patch|>` tokens per tile after the pixel shuffle (144 for Llama 4).
     pub fn tokens_per_tile(&self) -> usize {
-        super::layout::patches_per_tile(self.image_size as u32, self.patch_size as u32, self.pixel_shuffle_ratio as f64)
-            .expect("validated when parsed")
+        crate::vision::layout::patches_per_tile(
+            self.image_size as u32,
+            self.patch_size as u32,
+            self.pixel_shuffle_ratio as f64,
+        )
+        .expect("validated when parsed")
     }
 }
 
@@ -111,7 +115,7 @@ pub(crate) fn parse(f: &Fields, root: &Map<String, Value>, text: &TextConfig) ->
         ("projector_output_dim", c.projector_output_dim, lim::MAX_HIDDEN),
         ("vision_output_dim", c.vision_output_dim, lim::MAX_INTERMEDIATE),
     ] {
-        crate::config::check_max(f, k, v, max)?;
+        super::check_max(f, k, v, max)?;
     }
     if c.num_channels != 3 {
         return Err(HerdError::config(f.name("num_channels"), format!("expected 3 (RGB), got {}", c.num_channels)));
@@ -134,14 +138,13 @@ pub(crate) fn parse(f: &Fields, root: &Map<String, Value>, text: &TextConfig) ->
             format!("head size {} is not a multiple of 4 (the 2-D RoPE splits its pairs in two)", c.head_dim()),
         ));
     }
-    super::layout::patches_per_tile(c.image_size as u32, c.patch_size as u32, c.pixel_shuffle_ratio as f64).map_err(
-        |e| match e {
+    crate::vision::layout::patches_per_tile(c.image_size as u32, c.patch_size as u32, c.pixel_shuffle_ratio as f64)
+        .map_err(|e| match e {
             HerdError::Config { field, msg } => {
                 HerdError::config(format!("vision_config.{}", field.trim_start_matches("vision_config.")), msg)
             }
             other => other,
-        },
-    )?;
+        })?;
     if !(c.norm_eps > 0.0 && c.norm_eps.is_finite()) {
         return Err(HerdError::config(f.name("norm_eps"), format!("must be positive, got {}", c.norm_eps)));
     }
