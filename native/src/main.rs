@@ -1,6 +1,7 @@
 //! `herd`: run Meta's Llama 4 models. Subcommands: run, chat, serve, inspect, logits, greedy, bench,
 //! bench-serve, quantize, serve-web, web-manifest.
 
+mod backend_arg;
 mod bench;
 mod bench_serve;
 mod bench_vision;
@@ -18,12 +19,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use herd_core::cpu::CpuBackend;
-use herd_core::experts::{parse_size, ExpertCacheOptions, Policy};
-use herd_cuda::{CudaBackend, CudaOptions};
-use herd_wgpu::{WgpuBackend, WgpuOptions};
+
+use backend_arg::{choose_backend, BackendArg, Chosen};
 
 use files::ModelFiles;
 
@@ -184,114 +183,6 @@ struct ModelArg {
     model: Option<PathBuf>,
 }
 
-/// The compute backends `--backend` names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum BackendKind {
-    Cpu,
-    Wgpu,
-    Cuda,
-    /// The CUDA kernels on a CPU emulator, for testing.
-    CudaEmu,
-    /// CUDA if there is an NVIDIA GPU, else a hardware GPU through wgpu, else cpu.
-    Auto,
-}
-
-/// Eviction policies of the expert cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum PolicyArg {
-    /// Recency and frequency of use.
-    Lrfu,
-    /// Least recently used.
-    Lru,
-}
-
-#[derive(Args)]
-struct BackendArg {
-    /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
-    backend: BackendKind,
-    /// Stream the routed experts through a device cache of this many bytes instead of loading them all
-    /// (e.g. 96KiB, 512MiB, 24GiB): for models larger than the device's memory. `herd bench` takes a
-    /// comma-separated list and measures each (`off`: every expert resident).
-    #[arg(long, value_name = "SIZE")]
-    expert_cache: Option<String>,
-    /// Eviction policy of --expert-cache.
-    #[arg(long, value_enum, default_value_t = PolicyArg::Lrfu, requires = "expert_cache")]
-    expert_policy: PolicyArg,
-    /// With --expert-cache: fetch each expert only when a layer needs it (no prefetch of the next layer's).
-    #[arg(long, requires = "expert_cache")]
-    no_prefetch: bool,
-    #[command(flatten)]
-    device: DeviceArgs,
-}
-
-/// How the GPU backends run: tuning and debugging switches, each also set by its environment variable.
-#[derive(Args)]
-struct DeviceArgs {
-    /// CUDA: replay a step that repeats the previous one as a CUDA graph.
-    #[arg(long, env = "HERD_CUDA_GRAPHS", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new(), value_name = "BOOL", hide_env_values = true)]
-    cuda_graphs: bool,
-    /// CUDA: wait after every command (graphs off), so that a command that faults is named. Slow; debugging.
-    #[arg(long, env = "HERD_CUDA_SYNC", value_parser = BoolishValueParser::new(), hide_env_values = true)]
-    cuda_sync: bool,
-    /// CUDA: prefill GEMMs round activations to bf16 (one tensor-core pass) instead of keeping f32 accuracy.
-    #[arg(long, env = "HERD_CUDA_BF16_ACTIVATIONS", value_parser = BoolishValueParser::new(), hide_env_values = true)]
-    cuda_bf16_activations: bool,
-    /// CUDA: threads that fill the pinned staging buffers of uploads (default: half the cores, at most 8).
-    #[arg(long, env = "HERD_COPY_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..), hide_env_values = true)]
-    copy_threads: Option<u16>,
-    /// cuda-emu: check every kernel for data races between threads. Several times slower.
-    #[arg(long, env = "HERD_CUDA_EMU_RACECHECK", value_parser = BoolishValueParser::new(), hide_env_values = true)]
-    emu_racecheck: bool,
-    /// wgpu: decode matmuls without barriers, as on CPU adapters (default: only a browser's CPU adapter).
-    #[arg(long, env = "HERD_WGPU_CPU_KERNELS", action = ArgAction::Set, value_parser = BoolishValueParser::new(), value_name = "BOOL", hide_env_values = true)]
-    wgpu_cpu_kernels: Option<bool>,
-}
-
-impl DeviceArgs {
-    fn cuda(&self) -> CudaOptions {
-        CudaOptions {
-            bf16_activations: self.cuda_bf16_activations,
-            graphs: self.cuda_graphs,
-            sync_each: self.cuda_sync,
-            copy_threads: self.copy_threads.map(usize::from),
-            racecheck: self.emu_racecheck,
-        }
-    }
-    fn wgpu(&self) -> WgpuOptions {
-        WgpuOptions { cpu_kernels: self.wgpu_cpu_kernels, ..WgpuOptions::default() }
-    }
-}
-
-impl BackendArg {
-    /// The expert cache options, one per size given (`off`: None); none without --expert-cache.
-    fn expert_caches(&self) -> Result<Vec<Option<ExpertCacheOptions>>> {
-        let Some(list) = &self.expert_cache else { return Ok(Vec::new()) };
-        let policy = match self.expert_policy {
-            PolicyArg::Lrfu => Policy::Lrfu,
-            PolicyArg::Lru => Policy::Lru,
-        };
-        list.split(',')
-            .map(|s| {
-                if s.trim() == "off" {
-                    return Ok(None);
-                }
-                let budget = parse_size(s).map_err(|e| anyhow::anyhow!("--expert-cache: {e}"))?;
-                Ok(Some(ExpertCacheOptions { budget, policy, prefetch: !self.no_prefetch, trace_picks: false }))
-            })
-            .collect()
-    }
-
-    /// The one expert cache of a command that loads one model.
-    fn expert_cache(&self) -> Result<Option<ExpertCacheOptions>> {
-        let mut v = self.expert_caches()?;
-        if v.len() > 1 {
-            bail!("--expert-cache takes one size here (a list is for `herd bench`)");
-        }
-        Ok(v.pop().flatten())
-    }
-}
-
 /// Sampling flags; unset ones come from the model's generation_config.json.
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
@@ -426,50 +317,6 @@ pub struct BenchArgs {
     images: Vec<usize>,
     #[command(flatten)]
     backend: BackendArg,
-}
-
-/// The backend a run uses.
-enum Chosen {
-    Cpu,
-    Wgpu(Box<WgpuBackend>),
-    Cuda(Box<CudaBackend>),
-}
-
-/// The backend `--backend` names; `auto`: an NVIDIA GPU through CUDA when there is one, else a hardware GPU
-/// through wgpu, else the CPU (said on stderr).
-fn choose_backend(a: &BackendArg) -> Result<Chosen> {
-    let (cuda, wgpu) = (a.device.cuda(), a.device.wgpu());
-    Ok(match a.backend {
-        BackendKind::Cpu => Chosen::Cpu,
-        BackendKind::Wgpu => Chosen::Wgpu(Box::new(WgpuBackend::with_options(&wgpu)?)),
-        BackendKind::Cuda => Chosen::Cuda(Box::new(CudaBackend::with_options(0, &cuda)?)),
-        // The CUDA backend with its kernels run by its CPU emulator: slow, for checking kernels without a GPU.
-        BackendKind::CudaEmu => Chosen::Cuda(Box::new(CudaBackend::emulated_with(&cuda)?)),
-        BackendKind::Auto => match CudaBackend::with_options(0, &cuda) {
-            Ok(c) => {
-                eprintln!("backend: cuda on {} ({})", c.device_name(), herd_cuda::cuda_libraries());
-                Chosen::Cuda(Box::new(c))
-            }
-            Err(_) => auto_wgpu_or_cpu(&wgpu),
-        },
-    })
-}
-
-fn auto_wgpu_or_cpu(opts: &WgpuOptions) -> Chosen {
-    match WgpuBackend::with_options(opts) {
-        Ok(w) if w.is_hardware() => {
-            eprintln!("backend: wgpu on {}", w.adapter());
-            Chosen::Wgpu(Box::new(w))
-        }
-        Ok(w) => {
-            eprintln!("backend: cpu (the only wgpu adapter, {}, is not a hardware GPU)", w.adapter());
-            Chosen::Cpu
-        }
-        Err(e) => {
-            eprintln!("backend: cpu ({e})");
-            Chosen::Cpu
-        }
-    }
 }
 
 /// Runs `f` with the backend named by `--backend`. Every subcommand is generic over the backend, so a new
