@@ -30,10 +30,44 @@ __device__ __forceinline__ const float* kv_at(const float* cache, const float* f
     return fresh + ((u64)(q_start + (j - pos0)) * n_kv + kvh) * hd;
 }
 
+struct AttnDecodeParams {
+    const float* q;
+    const float* kn;
+    const float* vn;
+    const float* kc;
+    const float* vc;
+    const u32* rows;
+    float* part;
+    u32 n_heads;
+    u32 n_kv;
+    u32 hd;
+    float scale;
+    u32 chunk;
+    u32 temp_on;
+    float floor_scale;
+    float attn_scale;
+    u32 nsplit;
+    u32 pad;
+};
+
 extern "C" __global__ void __launch_bounds__(128)
-    attn_decode(const float* q, const float* kn, const float* vn, const float* kc, const float* vc, const u32* rows,
-                u32 n_heads, u32 n_kv, u32 hd, float scale, u32 chunk, u32 temp_on, float floor_scale,
-                float attn_scale, u32 nsplit, float* part) {
+    attn_decode(const AttnDecodeParams prm) {
+    const float* q = prm.q;
+    const float* kn = prm.kn;
+    const float* vn = prm.vn;
+    const float* kc = prm.kc;
+    const float* vc = prm.vc;
+    const u32* rows = prm.rows;
+    u32 n_heads = prm.n_heads;
+    u32 n_kv = prm.n_kv;
+    u32 hd = prm.hd;
+    float scale = prm.scale;
+    u32 chunk = prm.chunk;
+    u32 temp_on = prm.temp_on;
+    float floor_scale = prm.floor_scale;
+    float attn_scale = prm.attn_scale;
+    u32 nsplit = prm.nsplit;
+    float* part = prm.part;
     DYN_SHARED(float, sm);
     const u32 kvh = blockIdx.x, ri = blockIdx.y, sp = blockIdx.z;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -126,8 +160,25 @@ extern "C" __global__ void __launch_bounds__(128)
     }
 }
 
+struct AttnCombineParams {
+    const float* part;
+    const u32* rows;
+    float* out;
+    u32 n_heads;
+    u32 n_kv;
+    u32 hd;
+    u32 nsplit;
+};
+
 extern "C" __global__ void __launch_bounds__(128)
-    attn_combine(const float* part, const u32* rows, float* out, u32 n_heads, u32 n_kv, u32 hd, u32 nsplit) {
+    attn_combine(const AttnCombineParams prm) {
+    const float* part = prm.part;
+    const u32* rows = prm.rows;
+    float* out = prm.out;
+    u32 n_heads = prm.n_heads;
+    u32 n_kv = prm.n_kv;
+    u32 hd = prm.hd;
+    u32 nsplit = prm.nsplit;
     const u32 ri = blockIdx.x, h = blockIdx.y;
     const u32 G = n_heads / n_kv, kvh = h / G, g = h % G;
     const u32 row = rows[ri * 8];
@@ -223,13 +274,28 @@ __device__ void attn_prefill_impl(const float* q, const float* kn, const float* 
     }
 }
 
+struct AttnPrefillParams {
+    const float* q;
+    const float* kn;
+    const float* vn;
+    const float* kc;
+    const float* vc;
+    const u32* tiles;
+    float* out;
+    u32 n_heads;
+    u32 n_kv;
+    u32 hd;
+    float scale;
+    u32 chunk;
+    u32 temp_on;
+    float floor_scale;
+    float attn_scale;
+};
+
 #define PREFILL(DPT, BK)                                                                                            \
-    extern "C" __global__ void __launch_bounds__(128) attn_prefill_##DPT(                                         \
-        const float* q, const float* kn, const float* vn, const float* kc, const float* vc, const u32* tiles,      \
-        u32 n_heads, u32 n_kv, u32 hd, float scale, u32 chunk, u32 temp_on, float floor_scale, float attn_scale,    \
-        float* out) {                                                                                               \
-        attn_prefill_impl<DPT, BK>(q, kn, vn, kc, vc, tiles, n_heads, n_kv, hd, scale, chunk, temp_on, floor_scale, \
-                                   attn_scale, out);                                                                \
+    extern "C" __global__ void __launch_bounds__(128) attn_prefill_##DPT(const AttnPrefillParams prm) {             \
+        attn_prefill_impl<DPT, BK>(prm.q, prm.kn, prm.vn, prm.kc, prm.vc, prm.tiles, prm.n_heads, prm.n_kv, prm.hd, prm.scale, prm.chunk, prm.temp_on, prm.floor_scale, \
+                                   prm.attn_scale, prm.out);                                                        \
     }
 PREFILL(4, 32)
 PREFILL(8, 32)
@@ -237,9 +303,25 @@ PREFILL(16, 32)
 PREFILL(32, 32)
 PREFILL(64, 16)
 
+struct KvStoreParams {
+    const float* kn;
+    const float* vn;
+    float* kc;
+    float* vc;
+    const u32* pairs;
+    u32 npairs;
+    u32 kv_dim;
+};
+
 // pairs: (source row, destination slot) per stored token.
-extern "C" __global__ void kv_store(const float* kn, const float* vn, float* kc, float* vc, const u32* pairs,
-                                    u32 npairs, u32 kv_dim) {
+extern "C" __global__ void kv_store(const KvStoreParams prm) {
+    const float* kn = prm.kn;
+    const float* vn = prm.vn;
+    float* kc = prm.kc;
+    float* vc = prm.vc;
+    const u32* pairs = prm.pairs;
+    u32 npairs = prm.npairs;
+    u32 kv_dim = prm.kv_dim;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (u64)npairs * kv_dim) return;
     u32 pr = (u32)(i / kv_dim), c = (u32)(i % kv_dim);

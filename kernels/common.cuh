@@ -1,5 +1,10 @@
 // Shared by every kernel family (prepended to each .cu before NVRTC compiles it): integer types, weight
 // loads for each format (f32, bf16, f16) as f32, and warp/block reductions. No CUDA headers are needed.
+//
+// Every kernel takes one argument, its parameter struct (`const XParams prm`), declared in its .cu file and
+// read by name; the host fills the Rust twin declared with `params!` in kernels/src/ (docs/backends.md).
+// Fields: pointers, then 64-bit, then 32-bit values, padded with `u32 pad` to a multiple of 8 bytes, so the
+// struct has no hidden padding. kernels/src/layout_tests.rs checks every pair.
 
 typedef unsigned int u32;
 typedef unsigned short u16;

@@ -7,9 +7,17 @@ template <int DT> __device__ void embed_impl(const void* table, const u32* ids, 
     u32 r = (u32)(i / dim), c = (u32)(i % dim);
     out[i] = ldw<DT>(table, (u64)ids[r] * dim + c);
 }
-extern "C" __global__ void embed_f32(const void* t, const u32* ids, float* out, u32 n, u32 dim) { embed_impl<0>(t, ids, out, n, dim); }
-extern "C" __global__ void embed_bf16(const void* t, const u32* ids, float* out, u32 n, u32 dim) { embed_impl<1>(t, ids, out, n, dim); }
-extern "C" __global__ void embed_f16(const void* t, const u32* ids, float* out, u32 n, u32 dim) { embed_impl<2>(t, ids, out, n, dim); }
+struct EmbedParams {
+    const void* t;
+    const u32* ids;
+    float* out;
+    u32 n;
+    u32 dim;
+};
+
+extern "C" __global__ void embed_f32(const EmbedParams prm) { embed_impl<0>(prm.t, prm.ids, prm.out, prm.n, prm.dim); }
+extern "C" __global__ void embed_bf16(const EmbedParams prm) { embed_impl<1>(prm.t, prm.ids, prm.out, prm.n, prm.dim); }
+extern "C" __global__ void embed_f16(const EmbedParams prm) { embed_impl<2>(prm.t, prm.ids, prm.out, prm.n, prm.dim); }
 
 template <int BITS>
 __device__ void embed_q_impl(const unsigned char* t, const unsigned short* sc, u32 st, u32 group, const u32* ids,
@@ -19,15 +27,46 @@ __device__ void embed_q_impl(const unsigned char* t, const unsigned short* sc, u
     u64 e = (u64)ids[i / dim] * dim + i % dim;
     out[i] = (float)ld_q<BITS>(t, e) * ld_scale(sc, e / group, st);
 }
-extern "C" __global__ void embed_q4(const unsigned char* t, const unsigned short* sc, u32 st, u32 group, const u32* ids, float* out, u32 n, u32 dim) { embed_q_impl<4>(t, sc, st, group, ids, out, n, dim); }
-extern "C" __global__ void embed_q8(const unsigned char* t, const unsigned short* sc, u32 st, u32 group, const u32* ids, float* out, u32 n, u32 dim) { embed_q_impl<8>(t, sc, st, group, ids, out, n, dim); }
+struct EmbedQParams {
+    const unsigned char* t;
+    const unsigned short* sc;
+    const u32* ids;
+    float* out;
+    u32 st;
+    u32 group;
+    u32 n;
+    u32 dim;
+};
 
-extern "C" __global__ void add(float* acc, const float* x, u32 n) {
+extern "C" __global__ void embed_q4(const EmbedQParams prm) { embed_q_impl<4>(prm.t, prm.sc, prm.st, prm.group, prm.ids, prm.out, prm.n, prm.dim); }
+extern "C" __global__ void embed_q8(const EmbedQParams prm) { embed_q_impl<8>(prm.t, prm.sc, prm.st, prm.group, prm.ids, prm.out, prm.n, prm.dim); }
+
+struct AddParams {
+    float* acc;
+    const float* x;
+    u32 n;
+    u32 pad;
+};
+
+extern "C" __global__ void add(const AddParams prm) {
+    float* acc = prm.acc;
+    const float* x = prm.x;
+    u32 n = prm.n;
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) acc[i] += x[i];
 }
 
-extern "C" __global__ void silu_mul(float* gate, const float* up, u32 n) {
+struct SiluMulParams {
+    float* gate;
+    const float* up;
+    u32 n;
+    u32 pad;
+};
+
+extern "C" __global__ void silu_mul(const SiluMulParams prm) {
+    float* gate = prm.gate;
+    const float* up = prm.up;
+    u32 n = prm.n;
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float g = gate[i];
@@ -35,7 +74,20 @@ extern "C" __global__ void silu_mul(float* gate, const float* up, u32 n) {
     }
 }
 
-extern "C" __global__ void gather_rows(const float* x, const u32* rows, float* out, u32 n, u32 dim) {
+struct GatherRowsParams {
+    const float* x;
+    const u32* rows;
+    float* out;
+    u32 n;
+    u32 dim;
+};
+
+extern "C" __global__ void gather_rows(const GatherRowsParams prm) {
+    const float* x = prm.x;
+    const u32* rows = prm.rows;
+    float* out = prm.out;
+    u32 n = prm.n;
+    u32 dim = prm.dim;
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n * dim) out[i] = x[(u64)rows[i / dim] * dim + i % dim];
 }
@@ -52,15 +104,38 @@ __device__ __forceinline__ float synth_value(u64 seed, float scale, u32 ones, u6
     u32 r = (u32)((splitmix64(seed, i / 4) >> (16 * (i % 4))) & 0xffffu);
     return (__fmul_rn((float)r, 1.0f / 32768.0f) - 1.0f) * scale;
 }
-extern "C" __global__ void synth_f32(float* out, u64 n, u64 seed, float scale, u32 ones) {
+struct SynthParams {
+    void* out;
+    u64 n;
+    u64 seed;
+    float scale;
+    u32 ones;
+};
+
+extern "C" __global__ void synth_f32(const SynthParams prm) {
+    float* out = static_cast<float*>(prm.out);
+    u64 n = prm.n;
+    u64 seed = prm.seed;
+    float scale = prm.scale;
+    u32 ones = prm.ones;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = synth_value(seed, scale, ones, i);
 }
-extern "C" __global__ void synth_bf16(u16* out, u64 n, u64 seed, float scale, u32 ones) {
+extern "C" __global__ void synth_bf16(const SynthParams prm) {
+    u16* out = static_cast<u16*>(prm.out);
+    u64 n = prm.n;
+    u64 seed = prm.seed;
+    float scale = prm.scale;
+    u32 ones = prm.ones;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = f2bf(synth_value(seed, scale, ones, i));
 }
-extern "C" __global__ void synth_f16(u16* out, u64 n, u64 seed, float scale, u32 ones) {
+extern "C" __global__ void synth_f16(const SynthParams prm) {
+    u16* out = static_cast<u16*>(prm.out);
+    u64 n = prm.n;
+    u64 seed = prm.seed;
+    float scale = prm.scale;
+    u32 ones = prm.ones;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = f2h(synth_value(seed, scale, ones, i));
 }
@@ -114,5 +189,19 @@ __device__ void synth_q_impl(unsigned char* v, unsigned short* sc, u32 st, u32 g
         }
     }
 }
-extern "C" __global__ void synth_q4(unsigned char* v, unsigned short* sc, u32 st, u32 group, u32 axis, u64 outer, u32 second, u32 last, u64 seed, float scale, u64 nscales) { synth_q_impl<4>(v, sc, st, group, axis, outer, second, last, seed, scale, nscales); }
-extern "C" __global__ void synth_q8(unsigned char* v, unsigned short* sc, u32 st, u32 group, u32 axis, u64 outer, u32 second, u32 last, u64 seed, float scale, u64 nscales) { synth_q_impl<8>(v, sc, st, group, axis, outer, second, last, seed, scale, nscales); }
+struct SynthQParams {
+    unsigned char* v;
+    unsigned short* sc;
+    u64 outer;
+    u64 seed;
+    u64 nscales;
+    u32 st;
+    u32 group;
+    u32 axis;
+    u32 second;
+    u32 last;
+    float scale;
+};
+
+extern "C" __global__ void synth_q4(const SynthQParams prm) { synth_q_impl<4>(prm.v, prm.sc, prm.st, prm.group, prm.axis, prm.outer, prm.second, prm.last, prm.seed, prm.scale, prm.nscales); }
+extern "C" __global__ void synth_q8(const SynthQParams prm) { synth_q_impl<8>(prm.v, prm.sc, prm.st, prm.group, prm.axis, prm.outer, prm.second, prm.last, prm.seed, prm.scale, prm.nscales); }

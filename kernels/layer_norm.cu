@@ -19,9 +19,18 @@ __device__ void layer_norm_impl(const float* x, const void* w, const void* b, fl
     const float r = 1.0f / sqrtf(block_sum(ss, sh) / (float)dim + eps);
     for (u32 i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = (xr[i] - mean) * r * ldw<DT>(w, i) + ldw<DT>(b, i);
 }
-extern "C" __global__ void layer_norm_f32(const float* x, const void* w, const void* b, float* out, u32 dim, float eps) { layer_norm_impl<0>(x, w, b, out, dim, eps); }
-extern "C" __global__ void layer_norm_bf16(const float* x, const void* w, const void* b, float* out, u32 dim, float eps) { layer_norm_impl<1>(x, w, b, out, dim, eps); }
-extern "C" __global__ void layer_norm_f16(const float* x, const void* w, const void* b, float* out, u32 dim, float eps) { layer_norm_impl<2>(x, w, b, out, dim, eps); }
+struct LayerNormParams {
+    const float* x;
+    const void* w;
+    const void* b;
+    float* out;
+    u32 dim;
+    float eps;
+};
+
+extern "C" __global__ void layer_norm_f32(const LayerNormParams prm) { layer_norm_impl<0>(prm.x, prm.w, prm.b, prm.out, prm.dim, prm.eps); }
+extern "C" __global__ void layer_norm_bf16(const LayerNormParams prm) { layer_norm_impl<1>(prm.x, prm.w, prm.b, prm.out, prm.dim, prm.eps); }
+extern "C" __global__ void layer_norm_f16(const LayerNormParams prm) { layer_norm_impl<2>(prm.x, prm.w, prm.b, prm.out, prm.dim, prm.eps); }
 
 __device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
 
@@ -33,6 +42,15 @@ template <int DT> __device__ void bias_act_impl(float* x, const void* b, u32 n, 
     if (act == 1) v = gelu_erf(v);
     x[i] = v;
 }
-extern "C" __global__ void bias_act_f32(float* x, const void* b, u32 n, u32 dim, u32 has_bias, u32 act) { bias_act_impl<0>(x, b, n, dim, has_bias, act); }
-extern "C" __global__ void bias_act_bf16(float* x, const void* b, u32 n, u32 dim, u32 has_bias, u32 act) { bias_act_impl<1>(x, b, n, dim, has_bias, act); }
-extern "C" __global__ void bias_act_f16(float* x, const void* b, u32 n, u32 dim, u32 has_bias, u32 act) { bias_act_impl<2>(x, b, n, dim, has_bias, act); }
+struct BiasActParams {
+    float* x;
+    const void* b;
+    u32 n;
+    u32 dim;
+    u32 has_bias;
+    u32 act;
+};
+
+extern "C" __global__ void bias_act_f32(const BiasActParams prm) { bias_act_impl<0>(prm.x, prm.b, prm.n, prm.dim, prm.has_bias, prm.act); }
+extern "C" __global__ void bias_act_bf16(const BiasActParams prm) { bias_act_impl<1>(prm.x, prm.b, prm.n, prm.dim, prm.has_bias, prm.act); }
+extern "C" __global__ void bias_act_f16(const BiasActParams prm) { bias_act_impl<2>(prm.x, prm.b, prm.n, prm.dim, prm.has_bias, prm.act); }

@@ -62,14 +62,24 @@ __device__ void gemv(const float* __restrict__ x, const void* __restrict__ w, fl
     }
 }
 
+struct MatmulParams {
+    const float* x;
+    const void* w;
+    float* out;
+    u32 m;
+    u32 n;
+    u32 k;
+    u32 pad;
+};
+
 #define GEMV(DTN, DT, M)                                                                                            \
-    extern "C" __global__ void __launch_bounds__(256)                                                             \
-        matmul_gemv_##DTN##_##M(const float* x, const void* w, float* out, u32 m, u32 n, u32 k) {                  \
-        gemv<DT, M, true>(x, w, out, m, n, k);                                                                     \
+    extern "C" __global__ void __launch_bounds__(256)                                                               \
+        matmul_gemv_##DTN##_##M(const MatmulParams prm) {                                                           \
+        gemv<DT, M, true>(prm.x, prm.w, prm.out, prm.m, prm.n, prm.k);                                              \
     }                                                                                                               \
-    extern "C" __global__ void __launch_bounds__(256)                                                             \
-        matmul_gemv_##DTN##_##M##_scalar(const float* x, const void* w, float* out, u32 m, u32 n, u32 k) {         \
-        gemv<DT, M, false>(x, w, out, m, n, k);                                                                    \
+    extern "C" __global__ void __launch_bounds__(256)                                                               \
+        matmul_gemv_##DTN##_##M##_scalar(const MatmulParams prm) {                                                  \
+        gemv<DT, M, false>(prm.x, prm.w, prm.out, prm.m, prm.n, prm.k);                                             \
     }
 #define GEMV_ALL(DTN, DT) GEMV(DTN, DT, 1) GEMV(DTN, DT, 2) GEMV(DTN, DT, 4) GEMV(DTN, DT, 8)
 GEMV_ALL(f32, 0)
@@ -150,14 +160,23 @@ __device__ void swiglu(const float* __restrict__ x, const void* __restrict__ wg,
     }
 }
 
+struct SwigluParams {
+    const float* x;
+    const void* wg;
+    const void* wu;
+    float* out;
+    u32 m;
+    u32 n;
+    u32 k;
+    u32 pad;
+};
+
 #define SWIGLU(DTN, DT, M)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256) matmul_swiglu_##DTN##_##M(                                  \
-        const float* x, const void* wg, const void* wu, float* out, u32 m, u32 n, u32 k) {                          \
-        swiglu<DT, M, true>(x, wg, wu, out, m, n, k);                                                              \
+    extern "C" __global__ void __launch_bounds__(256) matmul_swiglu_##DTN##_##M(const SwigluParams prm) {           \
+        swiglu<DT, M, true>(prm.x, prm.wg, prm.wu, prm.out, prm.m, prm.n, prm.k);                                   \
     }                                                                                                               \
-    extern "C" __global__ void __launch_bounds__(256) matmul_swiglu_##DTN##_##M##_scalar(                         \
-        const float* x, const void* wg, const void* wu, float* out, u32 m, u32 n, u32 k) {                          \
-        swiglu<DT, M, false>(x, wg, wu, out, m, n, k);                                                             \
+    extern "C" __global__ void __launch_bounds__(256) matmul_swiglu_##DTN##_##M##_scalar(const SwigluParams prm) {  \
+        swiglu<DT, M, false>(prm.x, prm.wg, prm.wu, prm.out, prm.m, prm.n, prm.k);                                  \
     }
 #define SWIGLU_ALL(DTN, DT) SWIGLU(DTN, DT, 1) SWIGLU(DTN, DT, 2) SWIGLU(DTN, DT, 4) SWIGLU(DTN, DT, 8)
 SWIGLU_ALL(f32, 0)
@@ -215,16 +234,25 @@ __device__ void gemv_q(const float* __restrict__ x, const unsigned char* __restr
     }
 }
 
+struct MatmulQParams {
+    const float* x;
+    const unsigned char* w;
+    const unsigned short* sc;
+    float* out;
+    u32 st;
+    u32 group;
+    u32 m;
+    u32 n;
+    u32 k;
+    u32 pad;
+};
+
 #define GEMVQ(B, M)                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256) matmul_gemv_q##B##_##M(                                     \
-        const float* x, const unsigned char* w, const unsigned short* sc, u32 st, u32 group, float* out, u32 m,     \
-        u32 n, u32 k) {                                                                                             \
-        gemv_q<B, M, true>(x, w, sc, st, group, out, m, n, k);                                                     \
+    extern "C" __global__ void __launch_bounds__(256) matmul_gemv_q##B##_##M(const MatmulQParams prm) {             \
+        gemv_q<B, M, true>(prm.x, prm.w, prm.sc, prm.st, prm.group, prm.out, prm.m, prm.n, prm.k);                  \
     }                                                                                                               \
-    extern "C" __global__ void __launch_bounds__(256) matmul_gemv_q##B##_##M##_scalar(                            \
-        const float* x, const unsigned char* w, const unsigned short* sc, u32 st, u32 group, float* out, u32 m,     \
-        u32 n, u32 k) {                                                                                             \
-        gemv_q<B, M, false>(x, w, sc, st, group, out, m, n, k);                                                    \
+    extern "C" __global__ void __launch_bounds__(256) matmul_gemv_q##B##_##M##_scalar(const MatmulQParams prm) {    \
+        gemv_q<B, M, false>(prm.x, prm.w, prm.sc, prm.st, prm.group, prm.out, prm.m, prm.n, prm.k);                 \
     }
 GEMVQ(4, 1) GEMVQ(4, 2) GEMVQ(4, 4) GEMVQ(4, 8)
 GEMVQ(8, 1) GEMVQ(8, 2) GEMVQ(8, 4) GEMVQ(8, 8)
@@ -277,10 +305,22 @@ __device__ void tiled_q(const float* __restrict__ x, const unsigned char* __rest
         }
     }
 }
-extern "C" __global__ void __launch_bounds__(256) matmul_tiled_q4(const float* x, const unsigned char* w, const unsigned short* sc, u32 st, u32 group, float* out, u32 m, u32 n, u32 k) { tiled_q<4>(x, w, sc, st, group, out, m, n, k); }
-extern "C" __global__ void __launch_bounds__(256) matmul_tiled_q8(const float* x, const unsigned char* w, const unsigned short* sc, u32 st, u32 group, float* out, u32 m, u32 n, u32 k) { tiled_q<8>(x, w, sc, st, group, out, m, n, k); }
+extern "C" __global__ void __launch_bounds__(256) matmul_tiled_q4(const MatmulQParams prm) { tiled_q<4>(prm.x, prm.w, prm.sc, prm.st, prm.group, prm.out, prm.m, prm.n, prm.k); }
+extern "C" __global__ void __launch_bounds__(256) matmul_tiled_q8(const MatmulQParams prm) { tiled_q<8>(prm.x, prm.w, prm.sc, prm.st, prm.group, prm.out, prm.m, prm.n, prm.k); }
 
-extern "C" __global__ void split_bf16(const float* x, u16* hi, u16* lo, u32 n) {
+struct SplitBf16Params {
+    const float* x;
+    u16* hi;
+    u16* lo;
+    u32 n;
+    u32 pad;
+};
+
+extern "C" __global__ void split_bf16(const SplitBf16Params prm) {
+    const float* x = prm.x;
+    u16* hi = prm.hi;
+    u16* lo = prm.lo;
+    u32 n = prm.n;
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float v = x[i];

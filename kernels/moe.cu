@@ -21,7 +21,23 @@ __device__ __forceinline__ bool beats(float a, u32 ai, float b, u32 bi) {
 }
 
 #define MAXK 16
-extern "C" __global__ void router_topk(const float* logits, u32 rows, u32 e, u32 k, u32* idx, float* score) {
+struct RouterTopkParams {
+    const float* logits;
+    u32* idx;
+    float* score;
+    u32 rows;
+    u32 e;
+    u32 k;
+    u32 pad;
+};
+
+extern "C" __global__ void router_topk(const RouterTopkParams prm) {
+    const float* logits = prm.logits;
+    u32 rows = prm.rows;
+    u32 e = prm.e;
+    u32 k = prm.k;
+    u32* idx = prm.idx;
+    float* score = prm.score;
     u32 r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
     const float* l = logits + (u64)r * e;
@@ -88,16 +104,25 @@ __device__ void moe_gemv_impl(const float* __restrict__ in, u32 in_div, const u3
         part[((u64)ent * splits + sp) * n + col] = acc[0];
     }
 }
+struct MoeGemvParams {
+    const float* input;
+    const u32* idx;
+    const void* w;
+    float* part;
+    u32 in_div;
+    u32 kin;
+    u32 n;
+    u32 chunk;
+    u32 splits;
+    u32 ne;
+};
+
 #define MOE_GEMV(DTN, DT)                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256) moe_gemv_##DTN(const float* in, u32 in_div, const u32* idx,  \
-                                                                      const void* w, float* part, u32 kin, u32 n,   \
-                                                                      u32 chunk, u32 splits, u32 ne) {              \
-        moe_gemv_impl<DT, true>(in, in_div, idx, w, part, kin, n, chunk, splits, ne);                                   \
+    extern "C" __global__ void __launch_bounds__(256) moe_gemv_##DTN(const MoeGemvParams prm) {                     \
+        moe_gemv_impl<DT, true>(prm.input, prm.in_div, prm.idx, prm.w, prm.part, prm.kin, prm.n, prm.chunk, prm.splits, prm.ne); \
     }                                                                                                               \
-    extern "C" __global__ void __launch_bounds__(256) moe_gemv_##DTN##_scalar(                                    \
-        const float* in, u32 in_div, const u32* idx, const void* w, float* part, u32 kin, u32 n, u32 chunk,         \
-        u32 splits, u32 ne) {                                                                                       \
-        moe_gemv_impl<DT, false>(in, in_div, idx, w, part, kin, n, chunk, splits, ne);                                  \
+    extern "C" __global__ void __launch_bounds__(256) moe_gemv_##DTN##_scalar(const MoeGemvParams prm) {            \
+        moe_gemv_impl<DT, false>(prm.input, prm.in_div, prm.idx, prm.w, prm.part, prm.kin, prm.n, prm.chunk, prm.splits, prm.ne); \
     }
 MOE_GEMV(f32, 0)
 MOE_GEMV(bf16, 1)
@@ -148,22 +173,50 @@ __device__ void moe_gemv_q_impl(const float* __restrict__ in, u32 in_div, const 
     float* o = part + ((u64)ent * splits + sp) * n + col;
     for (u32 j = 0; j < per; j++) o[j] = acc[j];
 }
+struct MoeGemvQParams {
+    const float* input;
+    const u32* idx;
+    const unsigned char* w;
+    const unsigned short* sc;
+    float* part;
+    u32 in_div;
+    u32 st;
+    u32 group;
+    u32 kin;
+    u32 n;
+    u32 chunk;
+    u32 splits;
+    u32 ne;
+};
+
 #define MOE_GEMV_Q(B)                                                                                               \
-    extern "C" __global__ void __launch_bounds__(256) moe_gemv_q##B(                                              \
-        const float* in, u32 in_div, const u32* idx, const unsigned char* w, const unsigned short* sc, u32 st,      \
-        u32 group, float* part, u32 kin, u32 n, u32 chunk, u32 splits, u32 ne) {                                    \
-        moe_gemv_q_impl<B, true>(in, in_div, idx, w, sc, st, group, part, kin, n, chunk, splits, ne);                  \
+    extern "C" __global__ void __launch_bounds__(256) moe_gemv_q##B(const MoeGemvQParams prm) {                     \
+        moe_gemv_q_impl<B, true>(prm.input, prm.in_div, prm.idx, prm.w, prm.sc, prm.st, prm.group, prm.part, prm.kin, prm.n, prm.chunk, prm.splits, prm.ne); \
     }                                                                                                               \
-    extern "C" __global__ void __launch_bounds__(256) moe_gemv_q##B##_scalar(                                     \
-        const float* in, u32 in_div, const u32* idx, const unsigned char* w, const unsigned short* sc, u32 st,      \
-        u32 group, float* part, u32 kin, u32 n, u32 chunk, u32 splits, u32 ne) {                                    \
-        moe_gemv_q_impl<B, false>(in, in_div, idx, w, sc, st, group, part, kin, n, chunk, splits, ne);                 \
+    extern "C" __global__ void __launch_bounds__(256) moe_gemv_q##B##_scalar(const MoeGemvQParams prm) {            \
+        moe_gemv_q_impl<B, false>(prm.input, prm.in_div, prm.idx, prm.w, prm.sc, prm.st, prm.group, prm.part, prm.kin, prm.n, prm.chunk, prm.splits, prm.ne); \
     }
 MOE_GEMV_Q(4)
 MOE_GEMV_Q(8)
 
+struct MoeActParams {
+    const float* gu;
+    const float* score;
+    float* h;
+    u32 nent;
+    u32 f;
+    u32 splits;
+    u32 pad;
+};
+
 // h[ent, j] = silu(s·g)·(s·u), g and u the split sums of gu[ent] (columns j and F + j).
-extern "C" __global__ void moe_act(const float* gu, const float* score, float* h, u32 nent, u32 f, u32 splits) {
+extern "C" __global__ void moe_act(const MoeActParams prm) {
+    const float* gu = prm.gu;
+    const float* score = prm.score;
+    float* h = prm.h;
+    u32 nent = prm.nent;
+    u32 f = prm.f;
+    u32 splits = prm.splits;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (u64)nent * f) return;
     u32 ent = (u32)(i / f), j = (u32)(i % f);
@@ -179,9 +232,28 @@ extern "C" __global__ void moe_act(const float* gu, const float* score, float* h
     h[i] = g / (1.0f + expf(-g)) * u;
 }
 
+struct MoeSumParams {
+    const float* y;
+    float* out;
+    const u32* idx;
+    u32 rows;
+    u32 k;
+    u32 d;
+    u32 splits;
+    u32 ne;
+    u32 pad;
+};
+
 // out[r, c] += Σ_choice Σ_split y[(r·k + choice)·splits + split, c], over the choices of an expert < ne.
-extern "C" __global__ void moe_sum(const float* y, float* out, u32 rows, u32 k, u32 d, u32 splits, const u32* idx,
-                                   u32 ne) {
+extern "C" __global__ void moe_sum(const MoeSumParams prm) {
+    const float* y = prm.y;
+    float* out = prm.out;
+    u32 rows = prm.rows;
+    u32 k = prm.k;
+    u32 d = prm.d;
+    u32 splits = prm.splits;
+    const u32* idx = prm.idx;
+    u32 ne = prm.ne;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (u64)rows * d) return;
     u32 r = (u32)(i / d), c = (u32)(i % d);
@@ -198,7 +270,21 @@ extern "C" __global__ void moe_sum(const float* y, float* out, u32 rows, u32 k, 
 // route: [0] number of tiles, then tmax tiles (expert, first, count) into the entry list, then the entries
 // grouped by expert (nent). One block; `counts` is dynamic shared memory of 2·E u32.
 #define TM 32
-extern "C" __global__ void __launch_bounds__(1024) moe_route(const u32* idx, u32 nent, u32 e, u32 tmax, u32* route) {
+struct MoeRouteParams {
+    const u32* idx;
+    u32* route;
+    u32 nent;
+    u32 e;
+    u32 tmax;
+    u32 pad;
+};
+
+extern "C" __global__ void __launch_bounds__(1024) moe_route(const MoeRouteParams prm) {
+    const u32* idx = prm.idx;
+    u32 nent = prm.nent;
+    u32 e = prm.e;
+    u32 tmax = prm.tmax;
+    u32* route = prm.route;
     DYN_SHARED(u32, cnt); // [E] counts, then [E] cursors
     u32* cur = cnt + e;
     for (u32 x = threadIdx.x; x < e; x += blockDim.x) cnt[x] = 0;
@@ -296,11 +382,24 @@ __device__ void moe_tile_impl(const float* __restrict__ in, u32 in_div, const u3
         }
     }
 }
+struct MoeTileParams {
+    const float* input;
+    const u32* route;
+    const void* w;
+    float* y;
+    const unsigned short* sc;
+    u32 in_div;
+    u32 tmax;
+    u32 kin;
+    u32 n;
+    u32 st;
+    u32 group;
+};
+
 #define MOE_TILE(NAME, DT)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256)                                                             \
-        moe_tile_##NAME(const float* in, u32 in_div, const u32* route, u32 tmax, const void* w, float* y, u32 kin,  \
-                        u32 n, const unsigned short* sc, u32 st, u32 group) {                                       \
-        moe_tile_impl<DT>(in, in_div, route, tmax, w, y, kin, n, sc, st, group);                                    \
+    extern "C" __global__ void __launch_bounds__(256)                                                               \
+        moe_tile_##NAME(const MoeTileParams prm) {                                                                  \
+        moe_tile_impl<DT>(prm.input, prm.in_div, prm.route, prm.tmax, prm.w, prm.y, prm.kin, prm.n, prm.sc, prm.st, prm.group); \
     }
 MOE_TILE(f32, 0)
 MOE_TILE(bf16, 1)
@@ -324,10 +423,29 @@ __device__ __forceinline__ void mma_bf16(float* c, const u32* a, const u32* b) {
 // cores. 128 threads: warp w owns columns 16w..16w+16 of the block's 64, as 2 × 2 m16n8 tiles over the 32 rows.
 // `exact` 0 drops the lo half of x (bf16 activations: half the tensor work, bf16 accuracy).
 #define MMA_K 32
-extern "C" __global__ void __launch_bounds__(128) moe_mma_bf16(const float* __restrict__ in, u32 in_div,
-                                                                const u32* __restrict__ route, u32 tmax,
-                                                                const void* __restrict__ w, float* __restrict__ y,
-                                                                u32 kin, u32 n, u32 exact) {
+struct MoeMmaParams {
+    const float* input;
+    const u32* route;
+    const void* w;
+    float* y;
+    u32 in_div;
+    u32 tmax;
+    u32 kin;
+    u32 n;
+    u32 exact;
+    u32 pad;
+};
+
+extern "C" __global__ void __launch_bounds__(128) moe_mma_bf16(const MoeMmaParams prm) {
+    const float* __restrict__ in = prm.input;
+    u32 in_div = prm.in_div;
+    const u32* __restrict__ route = prm.route;
+    u32 tmax = prm.tmax;
+    const void* __restrict__ w = prm.w;
+    float* __restrict__ y = prm.y;
+    u32 kin = prm.kin;
+    u32 n = prm.n;
+    u32 exact = prm.exact;
     // xh and xl are read as u32 pairs below (rows of an even number of u16, even columns), so they must be
     // at least 4-byte aligned, which a u16 array is not by itself.
     __shared__ __align__(16) u16 xh[TM][MMA_K + 2];

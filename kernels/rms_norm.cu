@@ -12,10 +12,18 @@ __device__ void rms_norm_impl(const float* x, const void* w, float* out, u32 dim
     float r = 1.0f / sqrtf(s / (float)dim + eps);
     for (u32 i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = W ? xr[i] * r * ldw<DT>(w, i) : xr[i] * r;
 }
-extern "C" __global__ void rms_norm_none(const float* x, const void* w, float* out, u32 dim, float eps) { rms_norm_impl<0, false>(x, w, out, dim, eps); }
-extern "C" __global__ void rms_norm_f32(const float* x, const void* w, float* out, u32 dim, float eps) { rms_norm_impl<0, true>(x, w, out, dim, eps); }
-extern "C" __global__ void rms_norm_bf16(const float* x, const void* w, float* out, u32 dim, float eps) { rms_norm_impl<1, true>(x, w, out, dim, eps); }
-extern "C" __global__ void rms_norm_f16(const float* x, const void* w, float* out, u32 dim, float eps) { rms_norm_impl<2, true>(x, w, out, dim, eps); }
+struct RmsNormParams {
+    const float* x;
+    const void* w;
+    float* out;
+    u32 dim;
+    float eps;
+};
+
+extern "C" __global__ void rms_norm_none(const RmsNormParams prm) { rms_norm_impl<0, false>(prm.x, prm.w, prm.out, prm.dim, prm.eps); }
+extern "C" __global__ void rms_norm_f32(const RmsNormParams prm) { rms_norm_impl<0, true>(prm.x, prm.w, prm.out, prm.dim, prm.eps); }
+extern "C" __global__ void rms_norm_bf16(const RmsNormParams prm) { rms_norm_impl<1, true>(prm.x, prm.w, prm.out, prm.dim, prm.eps); }
+extern "C" __global__ void rms_norm_f16(const RmsNormParams prm) { rms_norm_impl<2, true>(prm.x, prm.w, prm.out, prm.dim, prm.eps); }
 
 template <int DT>
 __device__ void add_rms_norm_impl(float* acc, const float* x, const void* w, float* out, u32 dim, float eps) {
@@ -34,6 +42,15 @@ __device__ void add_rms_norm_impl(float* acc, const float* x, const void* w, flo
     // Each thread reads back only what it wrote.
     for (u32 i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = ar[i] * r * ldw<DT>(w, i);
 }
-extern "C" __global__ void add_rms_norm_f32(float* acc, const float* x, const void* w, float* out, u32 dim, float eps) { add_rms_norm_impl<0>(acc, x, w, out, dim, eps); }
-extern "C" __global__ void add_rms_norm_bf16(float* acc, const float* x, const void* w, float* out, u32 dim, float eps) { add_rms_norm_impl<1>(acc, x, w, out, dim, eps); }
-extern "C" __global__ void add_rms_norm_f16(float* acc, const float* x, const void* w, float* out, u32 dim, float eps) { add_rms_norm_impl<2>(acc, x, w, out, dim, eps); }
+struct AddRmsNormParams {
+    float* acc;
+    const float* x;
+    const void* w;
+    float* out;
+    u32 dim;
+    float eps;
+};
+
+extern "C" __global__ void add_rms_norm_f32(const AddRmsNormParams prm) { add_rms_norm_impl<0>(prm.acc, prm.x, prm.w, prm.out, prm.dim, prm.eps); }
+extern "C" __global__ void add_rms_norm_bf16(const AddRmsNormParams prm) { add_rms_norm_impl<1>(prm.acc, prm.x, prm.w, prm.out, prm.dim, prm.eps); }
+extern "C" __global__ void add_rms_norm_f16(const AddRmsNormParams prm) { add_rms_norm_impl<2>(prm.acc, prm.x, prm.w, prm.out, prm.dim, prm.eps); }

@@ -1,8 +1,27 @@
 // Interleaved-pair RoPE in place, one warp per (row, head) vector; with `norm` the rotated vector is then
 // RMS-normalised without a weight (Llama 4's QK norm) in the same pass.
 
-extern "C" __global__ void rope(float* x, const u32* pos, const float* inv_freq, u32 rows, u32 heads, u32 hd,
-                                u32 norm, float eps) {
+struct RopeParams {
+    float* x;
+    const u32* pos;
+    const float* inv_freq;
+    u32 rows;
+    u32 heads;
+    u32 hd;
+    u32 norm;
+    float eps;
+    u32 pad;
+};
+
+extern "C" __global__ void rope(const RopeParams prm) {
+    float* x = prm.x;
+    const u32* pos = prm.pos;
+    const float* inv_freq = prm.inv_freq;
+    u32 rows = prm.rows;
+    u32 heads = prm.heads;
+    u32 hd = prm.hd;
+    u32 norm = prm.norm;
+    float eps = prm.eps;
     const u32 gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (gw >= rows * heads) return; // whole warps leave together
     float* v = x + (u64)gw * hd;

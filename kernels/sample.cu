@@ -54,9 +54,37 @@ __device__ u32 prefix_u(u32* red, u32* total) {
     return *total;
 }
 
+struct SampleParams {
+    float* logits;
+    const u32* hist;
+    const float* draws;
+    u32* out;
+    float* cand;
+    u32 rows;
+    u32 vocab;
+    float temp;
+    u32 topk;
+    float topp;
+    float ln_minp;
+    float pen;
+    u32 flags;
+};
+
 extern "C" __global__ void __launch_bounds__(1024)
-    sample(float* logits, const u32* hist, const float* draws, u32* out, float* cand, u32 rows, u32 vocab, float temp,
-           u32 topk, float topp, float ln_minp, float pen, u32 flags) {
+    sample(const SampleParams prm) {
+    float* logits = prm.logits;
+    const u32* hist = prm.hist;
+    const float* draws = prm.draws;
+    u32* out = prm.out;
+    float* cand = prm.cand;
+    u32 rows = prm.rows;
+    u32 vocab = prm.vocab;
+    float temp = prm.temp;
+    u32 topk = prm.topk;
+    float topp = prm.topp;
+    float ln_minp = prm.ln_minp;
+    float pen = prm.pen;
+    u32 flags = prm.flags;
     __shared__ float sh[33];
     __shared__ float red_f[WG];
     __shared__ u32 red_u[WG];

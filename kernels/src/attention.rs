@@ -5,8 +5,39 @@
 use herd_core::backend::{AttnParams, AttnSeq};
 use herd_core::error::Result;
 
-use crate::device::{err, f, ptr, u, Arg};
+use crate::device::err;
+use crate::kernel::{kernel, params, DevPtr};
 use crate::{blocks, need, CudaBackend, CudaBuffer, DECODE_MAX_Q, MAX_GROUP, MAX_HEAD_DIM};
+
+params! {
+    pub struct AttnDecodeParams {
+        pub q: DevPtr, pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub rows: DevPtr,
+        pub part: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32, pub scale: f32, pub chunk: u32,
+        pub temp_on: u32, pub floor_scale: f32, pub attn_scale: f32, pub nsplit: u32, pub pad: u32,
+    }
+    pub struct AttnCombineParams {
+        pub part: DevPtr, pub rows: DevPtr, pub out: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32,
+        pub nsplit: u32,
+    }
+    pub struct AttnPrefillParams {
+        pub q: DevPtr, pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub tiles: DevPtr,
+        pub out: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32, pub scale: f32, pub chunk: u32,
+        pub temp_on: u32, pub floor_scale: f32, pub attn_scale: f32,
+    }
+    pub struct KvStoreParams {
+        pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub pairs: DevPtr, pub npairs: u32,
+        pub kv_dim: u32,
+    }
+}
+
+/// The prefill kernel's head-dimension slices per thread (its instantiations).
+const PREFILL_DPT: [u32; 5] = [4, 8, 16, 32, 64];
+
+kernel!(AttnDecode: "attention", AttnDecodeParams => "attn_decode");
+kernel!(AttnCombine: "attention", AttnCombineParams => "attn_combine");
+kernel!(AttnPrefill { dpt: u32 }: "attention", AttnPrefillParams => |k| format!("attn_prefill_{}", k.dpt),
+    all PREFILL_DPT.map(|dpt| AttnPrefill { dpt }).to_vec());
+kernel!(KvStore: "attention", KvStoreParams => "kv_store");
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
@@ -69,24 +100,6 @@ impl CudaBackend {
             None => (0, 1.0, 0.0),
         };
         let chunk = if p.bidirectional { 0 } else { p.chunk.unwrap_or(0) };
-        let common = |meta: Arg| {
-            vec![
-                ptr(q.ptr),
-                ptr(k_new.ptr),
-                ptr(v_new.ptr),
-                ptr(k_cache.ptr),
-                ptr(v_cache.ptr),
-                meta,
-                u(h),
-                u(kvh),
-                u(hd),
-                f(p.scale),
-                u(chunk),
-                u(temp_on),
-                f(fs),
-                f(asc),
-            ]
-        };
         if !rows_meta.is_empty() {
             let nrows = rows_meta.len() / 8;
             // Splits of at least 64 keys, up to about two blocks per SM. The bound comes from the region
@@ -94,23 +107,62 @@ impl CudaBackend {
             let target = (2 * self.dev.sms as usize).div_ceil(kvh * nrows).max(1);
             let nsplit = bound.div_ceil(64).min(target).clamp(1, 64);
             let part = self.dev.scratch("attention splits", nrows * kvh * nsplit * g * (hd + 2) * 4)?;
-            let meta = self.dev.meta(&rows_meta)?;
-            let mut args = common(meta);
-            args.extend([u(nsplit), ptr(part)]);
+            let rows = self.dev.meta(&rows_meta)?;
+            let dp = AttnDecodeParams {
+                q: q.at(),
+                kn: k_new.at(),
+                vn: v_new.at(),
+                kc: k_cache.at(),
+                vc: v_cache.at(),
+                rows,
+                part: DevPtr::new(part),
+                n_heads: h as u32,
+                n_kv: kvh as u32,
+                hd: hd as u32,
+                scale: p.scale,
+                chunk: chunk as u32,
+                temp_on,
+                floor_scale: fs,
+                attn_scale: asc,
+                nsplit: nsplit as u32,
+                pad: 0,
+            };
             let smem = (5 * g * hd + 8 * g) * 4;
-            self.launch("attention", "attn_decode", (kvh as u32, nrows as u32, nsplit as u32), 128, smem, args)?;
-            let args = vec![ptr(part), meta, ptr(out.ptr), u(h), u(kvh), u(hd), u(nsplit)];
-            self.launch("attention", "attn_combine", (nrows as u32, h as u32, 1), 128, 0, args)?;
+            self.launch(AttnDecode, (kvh as u32, nrows as u32, nsplit as u32), 128, smem, &dp)?;
+            let cp = AttnCombineParams {
+                part: DevPtr::new(part),
+                rows,
+                out: out.at(),
+                n_heads: h as u32,
+                n_kv: kvh as u32,
+                hd: hd as u32,
+                nsplit: nsplit as u32,
+            };
+            self.launch(AttnCombine, (nrows as u32, h as u32, 1), 128, 0, &cp)?;
         }
         if !tiles.is_empty() {
             let ntiles = tiles.len() / 8;
-            let dpt = [4usize, 8, 16, 32, 64].into_iter().find(|&d| 4 * d >= hd).unwrap_or(64);
+            let dpt = PREFILL_DPT.into_iter().find(|&d| 4 * d as usize >= hd).unwrap_or(64);
             let bk = if dpt == 64 { 16 } else { 32 };
-            let meta = self.dev.meta(&tiles)?;
-            let mut args = common(meta);
-            args.push(ptr(out.ptr));
+            let pp = AttnPrefillParams {
+                q: q.at(),
+                kn: k_new.at(),
+                vn: v_new.at(),
+                kc: k_cache.at(),
+                vc: v_cache.at(),
+                tiles: self.dev.meta(&tiles)?,
+                out: out.at(),
+                n_heads: h as u32,
+                n_kv: kvh as u32,
+                hd: hd as u32,
+                scale: p.scale,
+                chunk: chunk as u32,
+                temp_on,
+                floor_scale: fs,
+                attn_scale: asc,
+            };
             let smem = 2 * bk * hd * 4;
-            self.launch("attention", &format!("attn_prefill_{dpt}"), (h as u32, ntiles as u32, 1), 128, smem, args)?;
+            self.launch(AttnPrefill { dpt }, (h as u32, ntiles as u32, 1), 128, smem, &pp)?;
         }
         Ok(())
     }
@@ -142,8 +194,15 @@ impl CudaBackend {
             return Ok(());
         }
         let np = pairs.len() / 2;
-        let meta = self.dev.meta(&pairs)?;
-        let args = vec![ptr(k_new.ptr), ptr(v_new.ptr), ptr(k_cache.ptr), ptr(v_cache.ptr), meta, u(np), u(kv_dim)];
-        self.launch("attention", "kv_store", (blocks(np * kv_dim, 256), 1, 1), 256, 0, args)
+        let p = KvStoreParams {
+            kn: k_new.at(),
+            vn: v_new.at(),
+            kc: k_cache.at(),
+            vc: v_cache.at(),
+            pairs: self.dev.meta(&pairs)?,
+            npairs: np as u32,
+            kv_dim: kv_dim as u32,
+        };
+        self.launch(KvStore, (blocks(np * kv_dim, 256), 1, 1), 256, 0, &p)
     }
 }

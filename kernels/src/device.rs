@@ -17,6 +17,7 @@ mod transfer;
 use transfer::Staging;
 
 use crate::emu::Op;
+use crate::kernel::{DevPtr, FieldInfo, FieldKind};
 use crate::nvrtc::compile;
 use crate::CudaOptions;
 use cudarc::driver::{result as drv, sys, CudaContext};
@@ -34,24 +35,6 @@ pub(crate) fn cu<T, E: std::fmt::Debug>(what: &str, r: std::result::Result<T, E>
 /// A kernel handle (a CUfunction, kept as an address so commands can be compared and hashed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Func(pub usize);
-
-/// A kernel argument: a value (pointer or scalar bits), or a byte offset into the step's metadata, resolved
-/// to a device address when the list is submitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Arg {
-    V(u64),
-    Meta(usize),
-}
-
-pub(crate) fn ptr(p: u64) -> Arg {
-    Arg::V(p)
-}
-pub(crate) fn u(v: usize) -> Arg {
-    Arg::V(v as u32 as u64)
-}
-pub(crate) fn f(v: f32) -> Arg {
-    Arg::V(v.to_bits() as u64)
-}
 
 /// Row-major `c[m, n] (+)= b[m, k] · a[n, k]ᵀ` on cuBLAS, a and b both of `bf16` or both f32.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,7 +56,10 @@ pub(crate) enum Cmd {
         grid: (u32, u32, u32),
         block: u32,
         smem: u32,
-        args: Vec<Arg>,
+        /// The kernel's one argument, its parameter struct, as 8-byte words; the fields say which words are
+        /// [`DevPtr`]s (resolved when the list is submitted).
+        params: Vec<u64>,
+        fields: &'static [FieldInfo],
     },
     Copy {
         dst: u64,
@@ -542,7 +528,7 @@ impl Dev {
     }
 
     /// Appends `data` to the step's metadata (16-byte aligned) and returns its byte offset.
-    pub fn meta(&self, data: &[u32]) -> Result<Arg> {
+    pub fn meta(&self, data: &[u32]) -> Result<DevPtr> {
         let mut st = self.lock()?;
         while st.meta.len() % 4 != 0 {
             st.meta.push(0);
@@ -552,7 +538,7 @@ impl Dev {
         if data.is_empty() {
             st.meta.push(0); // a valid address even for an empty table
         }
-        Ok(Arg::Meta(off))
+        Ok(DevPtr::meta(off))
     }
 
     /// A device buffer of at least `bytes` kept under `role` between steps (grown when too small).
@@ -717,25 +703,29 @@ impl Dev {
     }
 
     fn issue(&self, c: &Cmd, meta_dev: u64) -> Result<()> {
-        let resolve = |a: &Arg| match *a {
-            Arg::V(v) => v,
-            Arg::Meta(off) => meta_dev + off as u64,
+        // The parameter struct with its metadata pointers made addresses.
+        let resolve = |params: &[u64], fields: &[FieldInfo]| {
+            let mut words = params.to_vec();
+            for fl in fields.iter().filter(|fl| fl.kind == FieldKind::Ptr) {
+                words[fl.offset / 8] = DevPtr::resolve(words[fl.offset / 8], meta_dev);
+            }
+            words
         };
         match (&self.engine, c) {
-            (Engine::Emu(e), Cmd::Launch { f, grid, block, smem, args }) => {
-                let vals: Vec<u64> = args.iter().map(resolve).collect();
-                e.launch(*f, *grid, *block, *smem, &vals)
+            (Engine::Emu(e), Cmd::Launch { f, grid, block, smem, params, fields }) => {
+                // The emulator's trampoline reads the struct from where its first argument slot points.
+                e.launch(*f, *grid, *block, *smem, &resolve(params, fields))
             }
             (Engine::Emu(e), Cmd::Copy { dst, src, bytes }) => e.dtod_async(*dst, *src, *bytes),
             (Engine::Emu(e), Cmd::MetaCopy { dst, off, bytes }) => e.dtod_async(*dst, meta_dev + *off as u64, *bytes),
             (Engine::Emu(e), Cmd::Gemm(g)) => e.gemm_async(g),
-            (Engine::Cuda(cd), Cmd::Launch { f, grid, block, smem, args }) => {
-                let mut vals: Vec<u64> = args.iter().map(resolve).collect();
-                let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
-                // SAFETY: each argument slot is 8 bytes and holds the kernel parameter in its low bytes (little
-                // endian); the count and types match the kernel's signature (lib.rs builds them per kernel).
+            (Engine::Cuda(cd), Cmd::Launch { f, grid, block, smem, params, fields }) => {
+                let mut words = resolve(params, fields);
+                let mut args = [words.as_mut_ptr() as *mut c_void];
+                // SAFETY: every kernel takes one argument, its parameter struct, whose bytes `words` holds
+                // (8-byte aligned, the struct's size; the layout test checks the Rust and .cu twins agree).
                 cu("cuLaunchKernel", unsafe {
-                    drv::launch_kernel(f.0 as sys::CUfunction, *grid, (*block, 1, 1), *smem, cd.stream, &mut ptrs)
+                    drv::launch_kernel(f.0 as sys::CUfunction, *grid, (*block, 1, 1), *smem, cd.stream, &mut args)
                 })
             }
             (Engine::Cuda(cd), Cmd::Copy { dst, src, bytes }) => {

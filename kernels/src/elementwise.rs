@@ -5,8 +5,37 @@ use herd_core::error::Result;
 use herd_core::quant::{DType, GroupAxis, QuantLayout};
 use herd_core::synthetic::Fill;
 
-use crate::device::{err, f, ptr, u, Arg};
-use crate::{blocks, dts, need, CudaBackend, CudaBuffer, CudaWeight};
+use crate::device::err;
+use crate::kernel::{dts, kernel, params, DevPtr, FLOATS};
+use crate::{blocks, need, CudaBackend, CudaBuffer, CudaWeight};
+
+params! {
+    pub struct EmbedParams { pub t: DevPtr, pub ids: DevPtr, pub out: DevPtr, pub n: u32, pub dim: u32 }
+    pub struct EmbedQParams {
+        pub t: DevPtr, pub sc: DevPtr, pub ids: DevPtr, pub out: DevPtr, pub st: u32, pub group: u32, pub n: u32,
+        pub dim: u32,
+    }
+    pub struct AddParams { pub acc: DevPtr, pub x: DevPtr, pub n: u32, pub pad: u32 }
+    pub struct SiluMulParams { pub gate: DevPtr, pub up: DevPtr, pub n: u32, pub pad: u32 }
+    pub struct GatherRowsParams { pub x: DevPtr, pub rows: DevPtr, pub out: DevPtr, pub n: u32, pub dim: u32 }
+    pub struct SynthParams { pub out: DevPtr, pub n: u64, pub seed: u64, pub scale: f32, pub ones: u32 }
+    pub struct SynthQParams {
+        pub v: DevPtr, pub sc: DevPtr, pub outer: u64, pub seed: u64, pub nscales: u64, pub st: u32, pub group: u32,
+        pub axis: u32, pub second: u32, pub last: u32, pub scale: f32,
+    }
+}
+
+kernel!(Embed { dt: DType }: "elementwise", EmbedParams => |k| format!("embed_{}", dts(k.dt)),
+    all FLOATS.map(|dt| Embed { dt }).to_vec());
+kernel!(EmbedQ { bits: u32 }: "elementwise", EmbedQParams => |k| format!("embed_q{}", k.bits),
+    all vec![EmbedQ { bits: 4 }, EmbedQ { bits: 8 }]);
+kernel!(Add: "elementwise", AddParams => "add");
+kernel!(SiluMul: "elementwise", SiluMulParams => "silu_mul");
+kernel!(GatherRows: "elementwise", GatherRowsParams => "gather_rows");
+kernel!(Synth { dt: DType }: "elementwise", SynthParams => |k| format!("synth_{}", dts(k.dt)),
+    all FLOATS.map(|dt| Synth { dt }).to_vec());
+kernel!(SynthQ { bits: u32 }: "elementwise", SynthQParams => |k| format!("synth_q{}", k.bits),
+    all vec![SynthQ { bits: 4 }, SynthQ { bits: 8 }]);
 
 impl CudaBackend {
     pub(crate) fn embed_impl(
@@ -27,21 +56,22 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        if table.bits().is_some() {
-            let mut args = vec![ptr(table.ptr)];
-            args.extend(table.qargs());
-            args.extend([ptr(ids.ptr), ptr(out.ptr), u(n), u(dim)]);
-            return self.launch(
-                "elementwise",
-                &format!("embed_{}", dts(table.dtype)),
-                (blocks(n * dim, 256), 1, 1),
-                256,
-                0,
-                args,
-            );
+        let grid = (blocks(n * dim, 256), 1, 1);
+        if let Some(bits) = table.bits() {
+            let p = EmbedQParams {
+                t: table.at(),
+                sc: DevPtr::new(table.scales),
+                ids: ids.at(),
+                out: out.at(),
+                st: table.st,
+                group: table.group,
+                n: n as u32,
+                dim: dim as u32,
+            };
+            return self.launch(EmbedQ { bits }, grid, 256, 0, &p);
         }
-        let args = vec![ptr(table.ptr), ptr(ids.ptr), ptr(out.ptr), u(n), u(dim)];
-        self.launch("elementwise", &format!("embed_{}", dts(table.dtype)), (blocks(n * dim, 256), 1, 1), 256, 0, args)
+        let p = EmbedParams { t: table.at(), ids: ids.at(), out: out.at(), n: n as u32, dim: dim as u32 };
+        self.launch(Embed { dt: table.dtype }, grid, 256, 0, &p)
     }
 
     pub(crate) fn add_impl(&self, acc: &CudaBuffer, x: &CudaBuffer, n: usize) -> Result<()> {
@@ -51,7 +81,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        self.launch("elementwise", "add", (blocks(n, 256), 1, 1), 256, 0, vec![ptr(acc.ptr), ptr(x.ptr), u(n)])
+        self.launch(Add, (blocks(n, 256), 1, 1), 256, 0, &AddParams { acc: acc.at(), x: x.at(), n: n as u32, pad: 0 })
     }
 
     pub(crate) fn silu_mul_impl(&self, gate: &CudaBuffer, up: &CudaBuffer, n: usize) -> Result<()> {
@@ -61,7 +91,8 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        self.launch("elementwise", "silu_mul", (blocks(n, 256), 1, 1), 256, 0, vec![ptr(gate.ptr), ptr(up.ptr), u(n)])
+        let p = SiluMulParams { gate: gate.at(), up: up.at(), n: n as u32, pad: 0 };
+        self.launch(SiluMul, (blocks(n, 256), 1, 1), 256, 0, &p)
     }
 
     pub(crate) fn gather_rows_impl(
@@ -81,8 +112,8 @@ impl CudaBackend {
         if n * dim == 0 {
             return Ok(());
         }
-        let args = vec![ptr(x.ptr), ptr(rows.ptr), ptr(out.ptr), u(n), u(dim)];
-        self.launch("elementwise", "gather_rows", (blocks(n * dim, 256), 1, 1), 256, 0, args)
+        let p = GatherRowsParams { x: x.at(), rows: rows.at(), out: out.at(), n: n as u32, dim: dim as u32 };
+        self.launch(GatherRows, (blocks(n * dim, 256), 1, 1), 256, 0, &p)
     }
 
     /// A synthetic weight made on the device by the synth kernels (the same values as the host generator).
@@ -107,29 +138,29 @@ impl CudaBackend {
                 return Err(err(format!("{}: a quantized tensor of ones", name.escape_debug())));
             }
             let l = QuantLayout::new(dtype, shape).map_err(err)?;
-            let axis = usize::from(g.axis == GroupAxis::SecondLast);
+            let axis = u32::from(g.axis == GroupAxis::SecondLast);
             let outer = n / (l.second * l.last);
             let grid = blocks(l.scales.div_ceil(2), 256).min(self.dev.sms * 64);
-            let args = vec![
-                ptr(p),
-                ptr(w.scales),
-                u(w.st as usize),
-                u(g.group as usize),
-                u(axis),
-                Arg::V(outer as u64),
-                u(l.second),
-                u(l.last),
-                Arg::V(seed),
-                f(scale),
-                Arg::V(l.scales as u64),
-            ];
-            self.launch("elementwise", &format!("synth_q{bits}"), (grid, 1, 1), 256, 0, args)?;
+            let sp = SynthQParams {
+                v: w.at(),
+                sc: DevPtr::new(w.scales),
+                outer: outer as u64,
+                seed,
+                nscales: l.scales as u64,
+                st: w.st,
+                group: g.group,
+                axis,
+                second: l.second as u32,
+                last: l.last as u32,
+                scale,
+            };
+            self.launch(SynthQ { bits }, (grid, 1, 1), 256, 0, &sp)?;
             self.dev.sync()?;
             return Ok(w);
         }
         let grid = blocks(n, 256).min(self.dev.sms * 64);
-        let args = vec![ptr(p), Arg::V(n as u64), Arg::V(seed), f(scale), u(ones)];
-        self.launch("elementwise", &format!("synth_{}", dts(dtype)), (grid, 1, 1), 256, 0, args)?;
+        let sp = SynthParams { out: w.at(), n: n as u64, seed, scale, ones };
+        self.launch(Synth { dt: dtype }, (grid, 1, 1), 256, 0, &sp)?;
         // Made now, so that loading is timed as loading and not as the first step.
         self.dev.sync()?;
         Ok(w)

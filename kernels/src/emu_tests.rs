@@ -5,7 +5,7 @@
 use herd_core::backend::{AttnParams, AttnSeq, Backend};
 use herd_core::cpu::CpuBackend;
 
-use crate::device::{Arg, Cmd, Dev};
+use crate::device::{Cmd, Dev};
 use crate::emu::Emu;
 use crate::CudaBackend;
 use crate::CudaOptions;
@@ -109,11 +109,11 @@ fn growing_the_metadata_arena_waits_for_the_copy_out_of_the_old_buffer() {
     let a = dev.alloc(16).unwrap();
     let b = dev.alloc(big.len() * 4).unwrap();
     let w = dev.alloc(16).unwrap();
-    let Arg::Meta(off) = dev.meta(&small).unwrap() else { panic!("metadata offset expected") };
+    let Some(off) = dev.meta(&small).unwrap().meta_offset() else { panic!("metadata offset expected") };
     dev.record(Cmd::MetaCopy { dst: a, off, bytes: 16 }).unwrap();
     // Submits the small step (its metadata copy is queued, not run), then queues an upload.
     dev.upload_in_order(w, &[7u8; 16]).unwrap();
-    let Arg::Meta(off) = dev.meta(&big).unwrap() else { panic!("metadata offset expected") };
+    let Some(off) = dev.meta(&big).unwrap().meta_offset() else { panic!("metadata offset expected") };
     dev.record(Cmd::MetaCopy { dst: b, off, bytes: big.len() * 4 }).unwrap();
     let got_b = dev.read(b, big.len() * 4).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(bytemuck::cast_slice::<u8, u32>(&got_b), &big[..]);

@@ -3,8 +3,20 @@
 use herd_core::backend::Act;
 use herd_core::error::Result;
 
-use crate::device::{err, f, ptr, u};
-use crate::{blocks, dts, float_weight, need, CudaBackend, CudaBuffer, CudaWeight};
+use crate::device::err;
+use crate::kernel::{dts, kernel, params, DevPtr, FLOATS};
+use crate::{blocks, float_weight, need, CudaBackend, CudaBuffer, CudaWeight};
+use herd_core::quant::DType;
+
+params! {
+    pub struct LayerNormParams { pub x: DevPtr, pub w: DevPtr, pub b: DevPtr, pub out: DevPtr, pub dim: u32, pub eps: f32 }
+    pub struct BiasActParams { pub x: DevPtr, pub b: DevPtr, pub n: u32, pub dim: u32, pub has_bias: u32, pub act: u32 }
+}
+
+kernel!(LayerNorm { dt: DType }: "layer_norm", LayerNormParams => |k| format!("layer_norm_{}", dts(k.dt)),
+    all FLOATS.map(|dt| LayerNorm { dt }).to_vec());
+kernel!(BiasAct { dt: DType }: "layer_norm", BiasActParams => |k| format!("bias_act_{}", dts(k.dt)),
+    all FLOATS.map(|dt| BiasAct { dt }).to_vec());
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
@@ -36,8 +48,8 @@ impl CudaBackend {
             return Ok(());
         }
         let threads = (dim / 4).next_power_of_two().clamp(32, 1024) as u32;
-        let args = vec![ptr(x.ptr), ptr(weight.ptr), ptr(bias.ptr), ptr(out.ptr), u(dim), f(eps)];
-        self.launch("layer_norm", &format!("layer_norm_{}", dts(weight.dtype)), (rows as u32, 1, 1), threads, 0, args)
+        let p = LayerNormParams { x: x.at(), w: weight.at(), b: bias.at(), out: out.at(), dim: dim as u32, eps };
+        self.launch(LayerNorm { dt: weight.dtype }, (rows as u32, 1, 1), threads, 0, &p)
     }
 
     pub(crate) fn bias_act_impl(
@@ -60,12 +72,15 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let (name, bp) = match bias {
-            Some(b) => (format!("bias_act_{}", dts(b.dtype)), b.ptr),
-            None => ("bias_act_f32".to_owned(), 0),
+        let (dt, b) = bias.map_or((DType::F32, DevPtr::NULL), |b| (b.dtype, b.at()));
+        let p = BiasActParams {
+            x: x.at(),
+            b,
+            n: n as u32,
+            dim: dim as u32,
+            has_bias: u32::from(bias.is_some()),
+            act: u32::from(act == Act::Gelu),
         };
-        let args =
-            vec![ptr(x.ptr), ptr(bp), u(n), u(dim), u(usize::from(bias.is_some())), u(usize::from(act == Act::Gelu))];
-        self.launch("layer_norm", &name, (blocks(n, 256), 1, 1), 256, 0, args)
+        self.launch(BiasAct { dt }, (blocks(n, 256), 1, 1), 256, 0, &p)
     }
 }

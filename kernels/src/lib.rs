@@ -20,7 +20,10 @@ mod elementwise;
 mod emu;
 #[cfg(test)]
 mod emu_tests;
+mod kernel;
 mod layer_norm;
+#[cfg(test)]
+mod layout_tests;
 mod libs;
 mod matmul;
 mod moe;
@@ -39,7 +42,8 @@ use herd_core::sampling::SamplingParams;
 use herd_core::synthetic::Fill;
 
 pub use device::GraphStats;
-use device::{err, ptr, u, Arg, Cmd, Dev};
+use device::{err, Cmd, Dev};
+use kernel::{DevPtr, Kernel, Params};
 pub use libs::cuda_libraries;
 pub use nvrtc::{compile, nvrtc_present, FAMILIES};
 
@@ -85,6 +89,13 @@ pub struct CudaBuffer {
     dev: Arc<Dev>,
 }
 
+impl CudaBuffer {
+    /// The buffer's address.
+    fn at(&self) -> DevPtr {
+        DevPtr::new(self.ptr)
+    }
+}
+
 impl Drop for CudaBuffer {
     fn drop(&mut self) {
         self.dev.free_later(self.ptr);
@@ -123,9 +134,9 @@ impl CudaWeight {
             _ => None,
         }
     }
-    /// The arguments that follow a quantized weight's values: scales, scale type, group.
-    fn qargs(&self) -> [Arg; 3] {
-        [ptr(self.scales), u(self.st as usize), u(self.group as usize)]
+    /// The weight's address.
+    fn at(&self) -> DevPtr {
+        DevPtr::new(self.ptr)
     }
 }
 
@@ -144,16 +155,6 @@ fn need(what: &str, b: &CudaBuffer, n: usize) -> Result<()> {
 
 fn words(b: &[u8]) -> impl Iterator<Item = u32> + '_ {
     b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-}
-
-fn dts(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        DType::Q8(_) => "q8",
-        DType::Q4(_) => "q4",
-    }
 }
 
 fn float_weight(what: &str, w: &CudaWeight) -> Result<()> {
@@ -226,18 +227,13 @@ impl CudaBackend {
         self.dev.stats()
     }
 
-    fn launch(
-        &self,
-        family: &'static str,
-        name: &str,
-        grid: (u32, u32, u32),
-        block: u32,
-        smem: usize,
-        args: Vec<Arg>,
-    ) -> Result<()> {
-        let fh = self.dev.func(family, name)?;
+    /// Records kernel `k` with its parameters.
+    fn launch<K: Kernel>(&self, k: K, grid: (u32, u32, u32), block: u32, smem: usize, p: &K::Params) -> Result<()> {
+        let fh = self.dev.func(K::FAMILY, &k.entry())?;
         self.dev.allow_smem(fh, smem)?;
-        self.dev.record(Cmd::Launch { f: fh, grid, block, smem: smem as u32, args })
+        let launch =
+            Cmd::Launch { f: fh, grid, block, smem: smem as u32, params: p.words(), fields: K::Params::FIELDS };
+        self.dev.record(launch)
     }
 
     fn buffer(&self, len: usize, is_u32: bool) -> Result<CudaBuffer> {
@@ -299,7 +295,7 @@ impl Backend for CudaBackend {
         if data.is_empty() {
             return Ok(());
         }
-        let Arg::Meta(off) = self.dev.meta(data)? else { return Err(err("metadata offset expected")) };
+        let Some(off) = self.dev.meta(data)?.meta_offset() else { return Err(err("metadata offset expected")) };
         self.dev.record(Cmd::MetaCopy { dst: buf.ptr, off, bytes: data.len() * 4 })
     }
 

@@ -2,8 +2,22 @@
 
 use herd_core::error::Result;
 
-use crate::device::{err, f, ptr, u};
-use crate::{dts, float_weight, need, CudaBackend, CudaBuffer, CudaWeight};
+use herd_core::quant::DType;
+
+use crate::device::err;
+use crate::kernel::{dts, kernel, params, DevPtr, FLOATS};
+use crate::{float_weight, need, CudaBackend, CudaBuffer, CudaWeight};
+
+params! {
+    pub struct RmsNormParams { pub x: DevPtr, pub w: DevPtr, pub out: DevPtr, pub dim: u32, pub eps: f32 }
+    pub struct AddRmsNormParams { pub acc: DevPtr, pub x: DevPtr, pub w: DevPtr, pub out: DevPtr, pub dim: u32, pub eps: f32 }
+}
+
+kernel!(RmsNorm { dt: Option<DType> }: "rms_norm", RmsNormParams =>
+    |k| format!("rms_norm_{}", k.dt.map_or("none", dts)),
+    all [None].into_iter().chain(FLOATS.map(Some)).map(|dt| RmsNorm { dt }).collect());
+kernel!(AddRmsNorm { dt: DType }: "rms_norm", AddRmsNormParams => |k| format!("add_rms_norm_{}", dts(k.dt)),
+    all FLOATS.map(|dt| AddRmsNorm { dt }).to_vec());
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
@@ -29,12 +43,14 @@ impl CudaBackend {
             return Ok(());
         }
         let threads = (dim / 4).next_power_of_two().clamp(32, 1024) as u32;
-        let (name, wp) = match weight {
-            Some(w) => (format!("rms_norm_{}", dts(w.dtype)), w.ptr),
-            None => ("rms_norm_none".to_owned(), 0),
+        let p = RmsNormParams {
+            x: x.at(),
+            w: weight.map_or(DevPtr::NULL, |w| w.at()),
+            out: out.at(),
+            dim: dim as u32,
+            eps,
         };
-        let args = vec![ptr(x.ptr), ptr(wp), ptr(out.ptr), u(dim), f(eps)];
-        self.launch("rms_norm", &name, (rows as u32, 1, 1), threads, 0, args)
+        self.launch(RmsNorm { dt: weight.map(|w| w.dtype) }, (rows as u32, 1, 1), threads, 0, &p)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -60,7 +76,7 @@ impl CudaBackend {
             return Ok(());
         }
         let threads = (dim / 4).next_power_of_two().clamp(32, 1024) as u32;
-        let args = vec![ptr(acc.ptr), ptr(x.ptr), ptr(weight.ptr), ptr(out.ptr), u(dim), f(eps)];
-        self.launch("rms_norm", &format!("add_rms_norm_{}", dts(weight.dtype)), (rows as u32, 1, 1), threads, 0, args)
+        let p = AddRmsNormParams { acc: acc.at(), x: x.at(), w: weight.at(), out: out.at(), dim: dim as u32, eps };
+        self.launch(AddRmsNorm { dt: weight.dtype }, (rows as u32, 1, 1), threads, 0, &p)
     }
 }

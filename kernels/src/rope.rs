@@ -2,8 +2,18 @@
 
 use herd_core::error::Result;
 
-use crate::device::{err, f, ptr, u};
+use crate::device::err;
+use crate::kernel::{kernel, params, DevPtr};
 use crate::{blocks, need, CudaBackend, CudaBuffer};
+
+params! {
+    pub struct RopeParams {
+        pub x: DevPtr, pub pos: DevPtr, pub inv_freq: DevPtr, pub rows: u32, pub heads: u32, pub hd: u32, pub norm: u32,
+        pub eps: f32, pub pad: u32,
+    }
+}
+
+kernel!(Rope: "rope", RopeParams => "rope");
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
@@ -27,16 +37,17 @@ impl CudaBackend {
         if rows * heads == 0 {
             return Ok(());
         }
-        let args = vec![
-            ptr(x.ptr),
-            ptr(positions.ptr),
-            ptr(inv_freq.ptr),
-            u(rows),
-            u(heads),
-            u(head_dim),
-            u(usize::from(norm_eps.is_some())),
-            f(norm_eps.unwrap_or(0.0)),
-        ];
-        self.launch("rope", "rope", (blocks(rows * heads, 8), 1, 1), 256, 0, args)
+        let p = RopeParams {
+            x: x.at(),
+            pos: positions.at(),
+            inv_freq: inv_freq.at(),
+            rows: rows as u32,
+            heads: heads as u32,
+            hd: head_dim as u32,
+            norm: u32::from(norm_eps.is_some()),
+            eps: norm_eps.unwrap_or(0.0),
+            pad: 0,
+        };
+        self.launch(Rope, (blocks(rows * heads, 8), 1, 1), 256, 0, &p)
     }
 }

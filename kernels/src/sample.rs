@@ -3,8 +3,18 @@
 use herd_core::error::Result;
 use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sample_flags, SamplingParams};
 
-use crate::device::{err, f, ptr, u, Arg};
+use crate::device::err;
+use crate::kernel::{kernel, params, DevPtr};
 use crate::{need, CudaBackend, CudaBuffer};
+
+params! {
+    pub struct SampleParams {
+        pub logits: DevPtr, pub hist: DevPtr, pub draws: DevPtr, pub out: DevPtr, pub cand: DevPtr, pub rows: u32,
+        pub vocab: u32, pub temp: f32, pub topk: u32, pub topp: f32, pub ln_minp: f32, pub pen: f32, pub flags: u32,
+    }
+}
+
+kernel!(Sample: "sample", SampleParams => "sample");
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
@@ -35,21 +45,21 @@ impl CudaBackend {
         let dm = self.dev.meta(&draw_bits)?;
         let hm = self.dev.meta(&hist)?;
         let cand = self.dev.scratch("sample candidates", rows * vocab * 4)?;
-        let args = vec![
-            ptr(logits.ptr),
-            hm,
-            dm,
-            ptr(out.ptr),
-            ptr(cand),
-            u(rows),
-            u(vocab),
-            f(params.temperature),
-            u(params.top_k.min(u32::MAX as usize)),
-            f(params.top_p),
-            f(min_p_threshold(params.min_p.max(f32::MIN_POSITIVE))),
-            f(params.repetition_penalty),
-            Arg::V(flags as u64),
-        ];
-        self.launch("sample", "sample", (rows as u32, 1, 1), 1024, 0, args)
+        let p = SampleParams {
+            logits: logits.at(),
+            hist: hm,
+            draws: dm,
+            out: out.at(),
+            cand: DevPtr::new(cand),
+            rows: rows as u32,
+            vocab: vocab as u32,
+            temp: params.temperature,
+            topk: params.top_k.min(u32::MAX as usize) as u32,
+            topp: params.top_p,
+            ln_minp: min_p_threshold(params.min_p.max(f32::MIN_POSITIVE)),
+            pen: params.repetition_penalty,
+            flags,
+        };
+        self.launch(Sample, (rows as u32, 1, 1), 1024, 0, &p)
     }
 }

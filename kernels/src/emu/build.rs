@@ -26,10 +26,10 @@ pub fn available() -> bool {
 
 /// A kernel defined in preprocessed source: its name, parameter types and `__launch_bounds__` (0: none).
 #[derive(Debug, PartialEq)]
-pub(super) struct KernelDecl {
-    pub(super) name: String,
-    pub(super) params: Vec<String>,
-    pub(super) bound: u32,
+pub(crate) struct KernelDecl {
+    pub(crate) name: String,
+    pub(crate) params: Vec<String>,
+    pub(crate) bound: u32,
 }
 
 const LAUNCH_BOUNDS: &str = "HERD_EMU_LAUNCH_BOUNDS";
@@ -140,13 +140,17 @@ fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
     Ok(o.stdout)
 }
 
-/// Builds (or finds in the cache) the emulator library of one family; returns it and its kernels.
-pub(super) fn build(dir: &Path, family: &str, src: &str, race: bool) -> Result<(PathBuf, Vec<KernelDecl>)> {
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("emulator cache {}: {e}", dir.display())))?;
+/// A name for this process's and thread's temporary files of one family.
+fn unique(family: &str) -> String {
     let unique = format!("{}.{}.{:?}", std::process::id(), family, std::thread::current().id());
-    let unique: String = unique.chars().filter(|c| c.is_alphanumeric() || *c == '.').collect();
+    unique.chars().filter(|c| c.is_alphanumeric() || *c == '.').collect()
+}
+
+/// One family's .cu source with emu.h and common.cuh in front, preprocessed (in `dir`), and its kernels.
+pub(crate) fn preprocess(dir: &Path, family: &str, src: &str, race: bool) -> Result<(String, Vec<KernelDecl>)> {
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("emulator cache {}: {e}", dir.display())))?;
     let front = format!("{EMU_H}\n{COMMON}\n{MARK}\n#line 1 \"{family}.cu\"\n{src}\n");
-    let pre_path = dir.join(format!("{unique}.pre.cpp"));
+    let pre_path = dir.join(format!("{}.pre.cpp", unique(family)));
     std::fs::write(&pre_path, &front).map_err(|e| err(format!("emulator: {e}")))?;
     let mut cmd = Command::new(cxx());
     cmd.args(["-std=c++20", "-E", "-P"]);
@@ -160,6 +164,28 @@ pub(super) fn build(dir: &Path, family: &str, src: &str, race: bool) -> Result<(
     if ks.is_empty() {
         return Err(err(format!("emulator: no kernels found in {family}.cu")));
     }
+    Ok((pre, ks))
+}
+
+/// Checks that preprocessed source `pre` with `extra` appended compiles (no code is generated): the
+/// layout test's static assertions.
+#[cfg(test)]
+pub(crate) fn check_compiles(dir: &Path, family: &str, pre: &str, extra: &str) -> Result<()> {
+    let full = rewrite(pre)? + extra;
+    let cpp = dir.join(format!("{}.check.cpp", unique(family)));
+    std::fs::write(&cpp, full).map_err(|e| err(format!("emulator: {e}")))?;
+    let r = run(
+        Command::new(cxx()).args(["-std=c++20", "-fsyntax-only", "-w"]).arg(&cpp),
+        &format!("checking {family}.cu"),
+    );
+    let _ = std::fs::remove_file(&cpp);
+    r.map(|_| ())
+}
+
+/// Builds (or finds in the cache) the emulator library of one family; returns it and its kernels.
+pub(super) fn build(dir: &Path, family: &str, src: &str, race: bool) -> Result<(PathBuf, Vec<KernelDecl>)> {
+    let (pre, ks) = preprocess(dir, family, src, race)?;
+    let unique = unique(family);
     let lib = dir.join(format!("{family}.so"));
     if lib.exists() {
         return Ok((lib, ks));

@@ -41,7 +41,7 @@ use crate::nvrtc::{COMMON, FAMILIES};
 pub use build::available;
 use build::{build, cxx, KernelDecl, EMU_H};
 
-mod build;
+pub(crate) mod build;
 
 type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, u64, *mut *mut c_void) -> i32;
 type MessageFn = unsafe extern "C" fn() -> *const c_char;
