@@ -15,8 +15,8 @@
 use crate::checkpoint::TensorRef;
 use crate::error::{HerdError, Result};
 use crate::quant::DType;
+use crate::quant::Fill;
 use crate::sampling::SamplingParams;
-use crate::synthetic::Fill;
 
 /// Per-sequence metadata for [`Backend::attention`] and [`Backend::kv_store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,10 +127,11 @@ pub trait Backend: Send + Sync + 'static {
     fn copy(&self, src: &Self::Buffer, src_off: usize, dst: &Self::Buffer, dst_off: usize, len: usize) -> Result<()>;
     /// Uploads a checkpoint tensor, keeping its format.
     fn load_weight(&self, t: &TensorRef) -> Result<Self::Weight>;
-    /// A synthetic weight ([`crate::synthetic`]): the same values on every backend. The default makes the
+    /// A synthetic weight ([`crate::quant::fill`]): the same values on every backend. The default makes the
     /// bytes on the host and uploads them; a device backend may make them in place (no host copy).
     fn synthetic_weight(&self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<Self::Weight> {
-        self.load_weight(&crate::synthetic::tensor(name, shape, dtype, fill)?)
+        let bytes = crate::quant::fill::tensor_bytes(0, shape, dtype, fill).map_err(|e| HerdError::tensor(name, e))?;
+        self.load_weight(&TensorRef::owned(name, dtype, shape.to_vec(), bytes))
     }
 
     /// A zeroed weight of `shape` in `dtype`, filled later one outer row at a time with

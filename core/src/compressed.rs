@@ -17,8 +17,8 @@
 use crate::backend::Backend;
 use crate::checkpoint::{Checkpoint, RawTensor, TensorRef};
 use crate::error::{HerdError, Result};
-use crate::model::WeightSource;
 use crate::quant::{DType, GroupAxis, Grouping, QuantLayout, ScaleType};
+use crate::source::WeightSource;
 
 /// A compressed-tensors checkpoint as a [`WeightSource`].
 pub struct CompressedTensors<'a> {
@@ -253,7 +253,7 @@ impl<B: Backend> WeightSource<B> for CompressedTensors<'_> {
         be.load_weight(self.ck.get_shaped(name, shape)?)
     }
 
-    fn experts(&self) -> Option<std::sync::Arc<dyn crate::experts::ExpertSource>> {
+    fn experts(&self) -> Option<std::sync::Arc<dyn crate::source::ExpertSource>> {
         Some(std::sync::Arc::new(CompressedExperts(self.ck.clone())))
     }
 }
@@ -261,11 +261,11 @@ impl<B: Backend> WeightSource<B> for CompressedTensors<'_> {
 /// A compressed-tensors checkpoint's experts, one at a time (for `--expert-cache`).
 struct CompressedExperts(Checkpoint);
 
-impl crate::experts::ExpertSource for CompressedExperts {
+impl crate::source::ExpertSource for CompressedExperts {
     fn format(&self, name: &str, shape: &[usize]) -> Result<DType> {
         match fused_experts(&self.0, name, shape, 0..0)? {
             Some((dt, _)) => Ok(dt),
-            None => crate::experts::ExpertSource::format(&self.0, name, shape),
+            None => crate::source::ExpertSource::format(&self.0, name, shape),
         }
     }
     fn fetch(&self, name: &str, shape: &[usize], e: usize) -> Result<TensorRef> {
@@ -277,7 +277,7 @@ impl crate::experts::ExpertSource for CompressedExperts {
                     .map_err(|m| HerdError::tensor(name, format!("expert {e}: {m}: the file is corrupt")))?;
                 Ok(TensorRef::owned(name, dt, one, bytes))
             }
-            None => crate::experts::ExpertSource::fetch(&self.0, name, shape, e),
+            None => crate::source::ExpertSource::fetch(&self.0, name, shape, e),
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::error::{HerdError, Result};
 use crate::kv::SeqId;
 use crate::model::{ImageRows, Llama4, Rows};
 use crate::sampling::SamplingParams;
-use crate::schedule::{queue, Event, Request, Scheduler, SchedulerConfig};
+use crate::schedule::{queue, Event, GenerateParams, Request, Scheduler, SchedulerConfig};
 
 /// Every row, with `gen` tokens more, fits the model's context: checked before anything is allocated.
 fn check_rows<B: Backend>(model: &Llama4<B>, rows: &[Vec<u32>], gen: usize) -> Result<()> {
@@ -123,24 +123,4 @@ pub async fn greedy_rows<B: Backend>(model: &Arc<Llama4<B>>, rows: &[Vec<u32>], 
         }
     }
     Ok(out)
-}
-
-/// What a generation should do.
-#[derive(Debug, Clone)]
-pub struct GenerateParams {
-    pub max_tokens: usize,
-    pub sampling: SamplingParams,
-    /// Generation stops after any of these ids (it is not passed to the callback).
-    pub stop_ids: Vec<u32>,
-}
-
-/// Why a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// A stop id was produced.
-    Stop(u32),
-    /// `max_tokens` were produced.
-    Length,
-    /// The callback asked to stop.
-    Cancelled,
 }

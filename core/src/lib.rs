@@ -30,6 +30,7 @@ pub mod oplock;
 pub mod quant;
 pub mod sampling;
 pub mod schedule;
+pub mod source;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod vision;

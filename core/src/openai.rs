@@ -12,8 +12,8 @@ use serde_json::{json, Map, Value};
 
 use crate::chat::{ChatTemplate, Content, Message, Part};
 use crate::error::HerdError;
-use crate::generate::GenerateParams;
 use crate::sampling::SamplingParams;
+use crate::schedule::GenerateParams;
 use crate::schedule::{Request, MAX_TOP_LOGPROBS};
 use crate::tokenizer::Tokenizer;
 

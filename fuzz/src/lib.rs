@@ -16,8 +16,8 @@ use herd_core::checkpoint::{header_len, parse_header, parse_index, Checkpoint, F
 use herd_core::compressed::{is_pack_quantized, quantized_linears, CompressedTensors};
 use herd_core::config::ModelConfig;
 use herd_core::cpu::CpuBackend;
-use herd_core::model::WeightSource;
 use herd_core::openai::{self, ApiError, Served, MAX_IMAGES, MAX_STOP};
+use herd_core::source::WeightSource;
 use herd_core::tokenizer::Tokenizer;
 use herd_core::vision::preprocess::{self, MAX_SIDE};
 

@@ -2,8 +2,8 @@
 //! silu·up and the row gather.
 
 use herd_core::error::Result;
+use herd_core::quant::Fill;
 use herd_core::quant::{DType, GroupAxis, QuantLayout};
-use herd_core::synthetic::Fill;
 
 use crate::device::err;
 use crate::kernel::{dts, kernel, params, DevPtr, FLOATS};

@@ -37,9 +37,9 @@ use std::sync::Arc;
 use herd_core::backend::{Act, AttnParams, AttnSeq, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::error::Result;
+use herd_core::quant::Fill;
 use herd_core::quant::{DType, QuantLayout, ScaleType};
 use herd_core::sampling::SamplingParams;
-use herd_core::synthetic::Fill;
 
 pub use device::GraphStats;
 use device::{err, Cmd, Dev};

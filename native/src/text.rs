@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use herd_core::backend::Backend;
 use herd_core::chat::Message;
-use herd_core::generate::GenerateParams;
 use herd_core::model::Llama4;
 use herd_core::sampling::SamplingParams;
+use herd_core::schedule::GenerateParams;
 use herd_core::schedule::{queue, Event, Finish, Images, Request, Scheduler, SchedulerConfig};
 use herd_core::tokenizer::Tokenizer;
 

@@ -11,8 +11,9 @@ use herd_core::checkpoint::Checkpoint;
 use herd_core::config::ModelConfig;
 use herd_core::cpu::CpuBackend;
 use herd_core::generate::score_rows;
-use herd_core::model::{Llama4, QuantizeOnLoad};
+use herd_core::model::Llama4;
 use herd_core::quant::{DType, QuantPlan};
+use herd_core::source::QuantizeOnLoad;
 
 /// Logits of the fixture's reference ids through `herd logits` on `model`.
 fn cli_logits(model: &Path, sc: &Scratch) -> Vec<f32> {

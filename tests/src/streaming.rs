@@ -11,8 +11,9 @@ use herd_core::checkpoint::Checkpoint;
 use herd_core::config::ModelConfig;
 use herd_core::experts::{ExpertCacheOptions, ExpertStats, Policy};
 use herd_core::generate::score_rows;
-use herd_core::model::{Llama4, QuantizeOnLoad};
+use herd_core::model::Llama4;
 use herd_core::quant::QuantPlan;
+use herd_core::source::QuantizeOnLoad;
 
 use crate::{fixture_dir, Reference};
 

@@ -13,8 +13,9 @@ use herd_core::checkpoint::Checkpoint;
 use herd_core::config::ModelConfig;
 use herd_core::cpu::CpuBackend;
 use herd_core::generate::score_rows;
-use herd_core::model::{Llama4, QuantizeOnLoad};
+use herd_core::model::Llama4;
 use herd_core::quant::{quantize, DType, GroupAxis, Grouping, QuantLayout, QuantPlan, ScaleType};
+use herd_core::source::QuantizeOnLoad;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 

@@ -12,8 +12,8 @@ use std::sync::{Arc, OnceLock};
 use herd_conformance::golden::{check_greedy, check_logits, BF16_TOL, F32_TOL};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
+use herd_core::quant::Fill;
 use herd_core::quant::{DType, GroupAxis, Grouping, ScaleType};
-use herd_core::synthetic::Fill;
 use herd_cuda::CudaBackend;
 
 fn gpu() -> Option<Arc<CudaBackend>> {

@@ -455,8 +455,8 @@ fn fixtures_are_what_these_tests_assume() {
 /// conversation that does not extend the cached one reuses only what it shares.
 #[test]
 fn a_chat_reuses_the_cached_prefix_across_turns() {
-    use herd_core::generate::GenerateParams;
     use herd_core::sampling::SamplingParams;
+    use herd_core::schedule::GenerateParams;
     use herd_core::schedule::{queue, Event, Finish, Request, Scheduler, SchedulerConfig};
     let r = herd_conformance::Reference::load("scout");
     let m = std::sync::Arc::new(

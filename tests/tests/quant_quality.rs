@@ -12,8 +12,9 @@ use herd_core::checkpoint::Checkpoint;
 use herd_core::config::ModelConfig;
 use herd_core::cpu::CpuBackend;
 use herd_core::generate::score_rows;
-use herd_core::model::{Llama4, QuantizeOnLoad};
+use herd_core::model::Llama4;
 use herd_core::quant::QuantPlan;
+use herd_core::source::QuantizeOnLoad;
 
 fn log_softmax(l: &[f32]) -> Vec<f64> {
     let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use herd_conformance::{backend_or_not_run, golden, model_dir};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
-use herd_core::generate::{GenerateParams, StopReason};
 use herd_core::model::{Llama4, Rows};
 use herd_core::sampling::{argmax, SamplingParams};
 use herd_core::schedule::{Event, Finish, Request, Scheduler, SchedulerConfig};
+use herd_core::schedule::{GenerateParams, StopReason};
 use herd_core::HerdError;
 
 /// What one request received: its tokens and how it ended.

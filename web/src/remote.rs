@@ -9,9 +9,9 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use herd_core::backend::Backend;
 use herd_core::checkpoint::{header_len, parse_header, HeaderTensor, TensorRef};
-use herd_core::experts::{ExpertFuture, ExpertSource};
-use herd_core::model::{StageFuture, WeightSource};
 use herd_core::quant::DType;
+use herd_core::source::{ExpertFuture, ExpertSource};
+use herd_core::source::{StageFuture, WeightSource};
 use herd_core::{HerdError, Result};
 
 use crate::fetch;

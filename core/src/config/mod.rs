@@ -71,7 +71,7 @@ pub struct TextConfig {
     pub dtype: Option<String>,
 }
 
-pub use vision::VisionConfig;
+pub use vision::{patches_per_tile, VisionConfig};
 
 /// A whole model config.
 #[derive(Debug, Clone)]

@@ -43,12 +43,8 @@ impl VisionConfig {
 
     /// `<|patch|>` tokens per tile after the pixel shuffle (144 for Llama 4).
     pub fn tokens_per_tile(&self) -> usize {
-        crate::vision::layout::patches_per_tile(
-            self.image_size as u32,
-            self.patch_size as u32,
-            self.pixel_shuffle_ratio as f64,
-        )
-        .expect("validated when parsed")
+        patches_per_tile(self.image_size as u32, self.patch_size as u32, self.pixel_shuffle_ratio as f64)
+            .expect("validated when parsed")
     }
 }
 
@@ -138,13 +134,12 @@ pub(crate) fn parse(f: &Fields, root: &Map<String, Value>, text: &TextConfig) ->
             format!("head size {} is not a multiple of 4 (the 2-D RoPE splits its pairs in two)", c.head_dim()),
         ));
     }
-    crate::vision::layout::patches_per_tile(c.image_size as u32, c.patch_size as u32, c.pixel_shuffle_ratio as f64)
-        .map_err(|e| match e {
-            HerdError::Config { field, msg } => {
-                HerdError::config(format!("vision_config.{}", field.trim_start_matches("vision_config.")), msg)
-            }
-            other => other,
-        })?;
+    patches_per_tile(c.image_size as u32, c.patch_size as u32, c.pixel_shuffle_ratio as f64).map_err(|e| match e {
+        HerdError::Config { field, msg } => {
+            HerdError::config(format!("vision_config.{}", field.trim_start_matches("vision_config.")), msg)
+        }
+        other => other,
+    })?;
     if !(c.norm_eps > 0.0 && c.norm_eps.is_finite()) {
         return Err(HerdError::config(f.name("norm_eps"), format!("must be positive, got {}", c.norm_eps)));
     }
@@ -152,6 +147,26 @@ pub(crate) fn parse(f: &Fields, root: &Map<String, Value>, text: &TextConfig) ->
         return Err(HerdError::config(f.name("rope_theta"), format!("must be positive, got {}", c.rope_theta)));
     }
     Ok(c)
+}
+
+/// `<|patch|>` tokens per tile: the encoder's patches per tile after the pixel shuffle,
+/// (image_size / patch_size)² · pixel_shuffle_ratio² (144 for Llama 4: 24² / 4).
+pub fn patches_per_tile(image_size: u32, patch_size: u32, pixel_shuffle_ratio: f64) -> Result<usize> {
+    if patch_size == 0 || !image_size.is_multiple_of(patch_size) {
+        return Err(HerdError::Config {
+            field: "vision_config.patch_size".into(),
+            msg: format!("image_size {image_size} is not a multiple of patch_size {patch_size}"),
+        });
+    }
+    let side = (image_size / patch_size) as f64;
+    let n = side * side * pixel_shuffle_ratio * pixel_shuffle_ratio;
+    if !(n >= 1.0 && n.fract() == 0.0) {
+        return Err(HerdError::Config {
+            field: "vision_config.pixel_shuffle_ratio".into(),
+            msg: format!("{pixel_shuffle_ratio} does not divide the {side}x{side} patch grid"),
+        });
+    }
+    Ok(n as usize)
 }
 
 #[cfg(test)]

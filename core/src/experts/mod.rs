@@ -30,7 +30,6 @@
 
 mod prefetch;
 mod slots;
-mod source;
 mod stats;
 
 use std::collections::HashMap;
@@ -41,12 +40,11 @@ use crate::checkpoint::TensorRef;
 use crate::config::TextConfig;
 use crate::error::{HerdError, Result};
 use crate::quant::DType;
+use crate::source::ExpertSource;
 
 use prefetch::Prefetcher;
 use slots::Slots;
 pub use slots::{Policy, LRFU_HALF_LIFE};
-pub(crate) use source::fetch_row;
-pub use source::{ExpertFuture, ExpertSource};
 pub use stats::ExpertStats;
 
 /// Time spent, for the statistics (web-time's clock works in a browser too, where std's panics).

@@ -141,11 +141,11 @@ mod tests {
         let total: f64 = w.iter().sum();
         let mut perm: Vec<usize> = (0..experts).collect();
         for i in (1..experts).rev() {
-            perm.swap(i, (crate::synthetic::splitmix64(seed, i as u64) % (i as u64 + 1)) as usize);
+            perm.swap(i, (crate::quant::fill::splitmix64(seed, i as u64) % (i as u64 + 1)) as usize);
         }
         (0..n)
             .map(|i| {
-                let u = (crate::synthetic::splitmix64(seed ^ 0xabc, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
+                let u = (crate::quant::fill::splitmix64(seed ^ 0xabc, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
                 let mut acc = 0.0;
                 let r = w.iter().position(|&p| {
                     acc += p / total;

@@ -1,11 +1,12 @@
 //! Llama 4 attention (iRoPE): RoPE + QK norm + chunked mask on RoPE layers, NoPE + temperature tuning +
 //! full causal mask on the others, GQA, and the KV-cache write.
 
-use super::{Scratch, WeightSource};
+use super::Scratch;
 use crate::backend::{AttnParams, Backend, Temperature};
 use crate::config::{AttnKind, TextConfig};
 use crate::error::Result;
 use crate::kv::KvGroup;
+use crate::source::WeightSource;
 
 pub(super) struct Attention<B: Backend> {
     q: B::Weight,

@@ -1,11 +1,12 @@
 //! Llama 4 feed-forward blocks: the dense SwiGLU MLP (non-MoE layers) and the MoE block (top-k sigmoid
 //! router whose score scales the expert input, routed experts, always-on shared expert).
 
-use super::{Scratch, WeightSource};
+use super::Scratch;
 use crate::backend::Backend;
 use crate::config::TextConfig;
 use crate::error::Result;
 use crate::experts::{ExpertCache, StreamScratch};
+use crate::source::WeightSource;
 
 /// down(silu(gate(x)) ⊙ up(x)), nn.Linear weights.
 pub(super) struct Mlp<B: Backend> {

@@ -19,10 +19,10 @@ use crate::checkpoint::Checkpoint;
 use crate::config::TextConfig;
 use crate::error::{HerdError, Result};
 use crate::kv::{KvCache, SeqId};
-use crate::quant::QuantPlan;
 use crate::sampling::check_sample_args;
 
-use crate::experts::{self, ExpertCache, ExpertCacheOptions, ExpertSource, ExpertStats};
+use crate::experts::{ExpertCache, ExpertCacheOptions, ExpertStats};
+use crate::source::WeightSource;
 use attention::Attention;
 use ffn::Ffn;
 
@@ -31,97 +31,6 @@ struct Layer<B: Backend> {
     post_norm: B::Weight,
     attn: Attention<B>,
     ffn: Ffn<B>,
-}
-
-/// Where a model's weights come from: a checkpoint (memory-mapped safetensors) or a generator
-/// ([`crate::synthetic::SyntheticWeights`]). Names are logical (`model.layers.0.…`).
-pub trait WeightSource<B: Backend> {
-    /// Whether the source has tensor `name` (only asked of optional tensors, such as `lm_head.weight`).
-    fn contains(&self, name: &str) -> bool;
-    /// Tensor `name` on `be`, checked to have `shape`.
-    fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight>;
-    /// Where the routed experts can be fetched from one at a time while the model runs (for
-    /// `--expert-cache`), if this source can do that.
-    fn experts(&self) -> Option<Arc<dyn ExpertSource>> {
-        None
-    }
-    /// Readies the tensors of one part of the model before [`WeightSource::weight`] asks for them: `None`
-    /// the embeddings, final norm and lm_head, `Some(i)` layer `i` (parts come in that order). A source
-    /// that must fetch without blocking (a browser's) fetches them here, so that it holds one part at a time
-    /// and `weight` stays synchronous. The default has nothing to do.
-    fn stage(&self, _part: Option<usize>) -> StageFuture<'_> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-}
-
-/// What [`WeightSource::stage`] returns.
-pub type StageFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
-
-impl<B: Backend> WeightSource<B> for Checkpoint {
-    fn contains(&self, name: &str) -> bool {
-        Checkpoint::contains(self, name)
-    }
-    fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight> {
-        be.load_weight(self.get_shaped(name, shape)?)
-    }
-    fn experts(&self) -> Option<Arc<dyn ExpertSource>> {
-        Some(Arc::new(self.clone()))
-    }
-}
-
-/// A checkpoint whose matrices are quantized as they load (`plan` picks each tensor's format; the rest load
-/// as stored): what `herd quantize` writes, without the file, and how the quality of a format is measured.
-pub struct QuantizeOnLoad<'a> {
-    pub ck: &'a Checkpoint,
-    pub plan: QuantPlan,
-}
-
-impl<B: Backend> WeightSource<B> for QuantizeOnLoad<'_> {
-    fn contains(&self, name: &str) -> bool {
-        self.ck.contains(name)
-    }
-    fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight> {
-        let t = self.ck.get_shaped(name, shape)?;
-        match self.plan.format_of(name, shape) {
-            Some(dt) if !t.dtype.is_quantized() => {
-                let bytes =
-                    crate::quant::quantize(&t.to_f32(), shape, dt).map_err(|e| HerdError::tensor(&t.name, e))?;
-                be.load_weight(&crate::checkpoint::TensorRef::owned(&t.name, dt, shape.to_vec(), bytes))
-            }
-            _ => be.load_weight(t),
-        }
-    }
-    fn experts(&self) -> Option<Arc<dyn ExpertSource>> {
-        Some(Arc::new(QuantizingExperts { ck: self.ck.clone(), plan: self.plan.clone() }))
-    }
-}
-
-/// [`QuantizeOnLoad`]'s experts: each quantized as it is fetched.
-struct QuantizingExperts {
-    ck: Checkpoint,
-    plan: QuantPlan,
-}
-
-impl ExpertSource for QuantizingExperts {
-    fn format(&self, name: &str, shape: &[usize]) -> Result<crate::quant::DType> {
-        let t = self.ck.get_shaped(name, shape)?;
-        Ok(match self.plan.format_of(name, shape) {
-            Some(dt) if !t.dtype.is_quantized() => dt,
-            _ => t.dtype,
-        })
-    }
-    fn fetch(&self, name: &str, shape: &[usize], e: usize) -> Result<crate::checkpoint::TensorRef> {
-        let t = self.ck.get_shaped(name, shape)?;
-        let row = experts::fetch_row(t, e)?;
-        match self.plan.format_of(name, shape) {
-            Some(dt) if !t.dtype.is_quantized() => {
-                let bytes =
-                    crate::quant::quantize(&row.to_f32(), &row.shape, dt).map_err(|m| HerdError::tensor(name, m))?;
-                Ok(crate::checkpoint::TensorRef::owned(name, dt, row.shape.clone(), bytes))
-            }
-            _ => Ok(row),
-        }
-    }
 }
 
 /// Which rows of a forward pass come back as logits.

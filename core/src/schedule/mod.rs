@@ -24,7 +24,6 @@ use web_time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{HerdError, Result};
-use crate::generate::{GenerateParams, StopReason};
 use crate::kv::{KvCache, SeqId};
 use crate::model::{ImageRows, Llama4, Pick, Picked};
 use crate::sampling::{pick, Sampler};
@@ -34,7 +33,9 @@ mod request;
 
 use logprobs::{log_softmax, top_n};
 
-pub use request::{queue, Event, Finish, Images, Queue, Request, RequestId, Sink, Token, MAX_TOP_LOGPROBS};
+pub use request::{
+    queue, Event, Finish, GenerateParams, Images, Queue, Request, RequestId, Sink, StopReason, Token, MAX_TOP_LOGPROBS,
+};
 
 /// Limits of a [`Scheduler`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
-use crate::generate::{GenerateParams, StopReason};
+use crate::sampling::SamplingParams;
 
 /// One generation to run: the prompt's ids and what to do after them.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ impl<B: Backend> Images<B> {
 }
 
 /// Receives a request's events, from inside [`Scheduler::step`](super::Scheduler::step). Returning false after a `Token` cancels
-/// the request (it ends with [`StopReason::Cancelled`](crate::generate::StopReason::Cancelled) before the next step).
+/// the request (it ends with [`StopReason::Cancelled`](StopReason::Cancelled) before the next step).
 pub type Sink = Box<dyn FnMut(Event) -> bool>;
 
 /// A sink that queues its request's events for the caller to take after each step ([`Queue::pop`]), for
@@ -125,4 +125,24 @@ impl Queue {
     pub fn pop(&self) -> Option<Event> {
         self.0.borrow_mut().pop_front()
     }
+}
+
+/// What a generation should do.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation stops after any of these ids (it is not passed to the callback).
+    pub stop_ids: Vec<u32>,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop id was produced.
+    Stop(u32),
+    /// `max_tokens` were produced.
+    Length,
+    /// The callback asked to stop.
+    Cancelled,
 }

@@ -14,7 +14,7 @@
 
 use crate::backend::{Act, AttnParams, AttnSeq, Backend};
 use crate::error::{HerdError, Result};
-use crate::model::WeightSource;
+use crate::source::WeightSource;
 
 use crate::config::VisionConfig;
 

@@ -5,6 +5,7 @@
 //! for an image is the reference's, ties included; `tests/fixtures/vision/layout.json` (made by transformers)
 //! checks it for many sizes.
 
+pub use crate::config::patches_per_tile;
 use crate::error::{HerdError, Result};
 
 /// How images are cut into tiles: the processor's `size` (a square tile), `max_patches` (the most tiles per
@@ -192,26 +193,6 @@ impl Scale {
             Scale::F32(s) => (size as f32 * s).floor() as u32,
         }
     }
-}
-
-/// `<|patch|>` tokens per tile: the encoder's patches per tile after the pixel shuffle,
-/// (image_size / patch_size)² · pixel_shuffle_ratio² (144 for Llama 4: 24² / 4).
-pub fn patches_per_tile(image_size: u32, patch_size: u32, pixel_shuffle_ratio: f64) -> Result<usize> {
-    if patch_size == 0 || !image_size.is_multiple_of(patch_size) {
-        return Err(HerdError::Config {
-            field: "vision_config.patch_size".into(),
-            msg: format!("image_size {image_size} is not a multiple of patch_size {patch_size}"),
-        });
-    }
-    let side = (image_size / patch_size) as f64;
-    let n = side * side * pixel_shuffle_ratio * pixel_shuffle_ratio;
-    if !(n >= 1.0 && n.fract() == 0.0) {
-        return Err(HerdError::Config {
-            field: "vision_config.pixel_shuffle_ratio".into(),
-            msg: format!("{pixel_shuffle_ratio} does not divide the {side}x{side} patch grid"),
-        });
-    }
-    Ok(n as usize)
 }
 
 /// The ids of the special tokens an image expands into.

@@ -22,6 +22,14 @@
 //! A backend multiplies by these without dequantizing the whole tensor: a GEMV reads 16 bytes of values
 //! (16 or 32 elements) and one scale per group.
 
+pub mod fill;
+mod metadata;
+mod plan;
+
+pub use fill::Fill;
+pub use metadata::{metadata_key, metadata_value, parse_metadata};
+pub use plan::QuantPlan;
+
 use half::{bf16, f16};
 
 /// The storage format of a weight tensor.
@@ -485,170 +493,5 @@ mod tests {
         assert_eq!(l.scale_index(5), 5);
         assert_eq!(l.scale_index(4 * 6 + 1), 6 + 1); // row 4 starts the second group
         assert_eq!(l.scale_index(8 * 6), 12); // second expert
-    }
-}
-
-/// Which format each tensor of a model gets when it is quantized (`herd quantize`, and `herd bench
-/// --synthetic --quant`): every matrix in `bits`-bit integers with groups of `group` along its reduction
-/// axis (nn.Linear weights and the embedding: the last axis; the fused expert tensors: the second-last),
-/// except 1-D tensors (norms), the router, and any tensor whose name contains one of `keep`. A matrix whose
-/// grouped axis `group` does not divide also keeps its format.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuantPlan {
-    pub bits: u32,
-    pub group: u32,
-    pub scale: ScaleType,
-    pub keep: Vec<String>,
-}
-
-impl QuantPlan {
-    /// `q4`, `q8`, or with a group size: `q4g32`, `q8g128` (default group 128, bf16 scales).
-    pub fn parse(format: &str) -> std::result::Result<QuantPlan, String> {
-        let bad = || format!("unknown weight format {format:?} (q4, q8, optionally with a group size: q4g32, q8g128)");
-        let rest = format.strip_prefix('q').ok_or_else(bad)?;
-        let (bits, group) = match rest.split_once('g') {
-            Some((b, g)) => (b, g.parse::<u32>().map_err(|_| bad())?),
-            None => (rest, 128),
-        };
-        let bits = match bits {
-            "4" => 4,
-            "8" => 8,
-            _ => return Err(bad()),
-        };
-        if group == 0 || group % 8 != 0 || group > 4096 {
-            return Err(format!("group size {group}: it must be a multiple of 8 up to 4096 (32 and 128 are usual)"));
-        }
-        Ok(QuantPlan { bits, group, scale: ScaleType::BF16, keep: Vec::new() })
-    }
-
-    /// The format tensor `name` of `shape` gets, or None to keep its own.
-    pub fn format_of(&self, name: &str, shape: &[usize]) -> Option<DType> {
-        // The router stays exact; the vision tower's positional embedding is a table added to activations,
-        // not a matrix multiplied by them.
-        if shape.len() < 2
-            || name.contains("router")
-            || name.contains("positional_embedding")
-            || self.keep.iter().any(|k| name.contains(k.as_str()))
-        {
-            return None;
-        }
-        let axis = if shape.len() == 3 && name.contains("experts.") { GroupAxis::SecondLast } else { GroupAxis::Last };
-        let g = Grouping { group: self.group, scale: self.scale, axis };
-        let dt = if self.bits == 8 { DType::Q8(g) } else { DType::Q4(g) };
-        QuantLayout::new(dt, shape).ok().map(|_| dt)
-    }
-
-    /// A short name, e.g. `q4g128`.
-    pub fn name(&self) -> String {
-        format!("q{}g{}", self.bits, self.group)
-    }
-}
-
-#[cfg(test)]
-mod plan_tests {
-    use super::*;
-
-    #[test]
-    fn plans_parse_and_choose_per_tensor() {
-        let p = QuantPlan::parse("q4").unwrap();
-        assert_eq!((p.bits, p.group), (4, 128));
-        assert_eq!(QuantPlan::parse("q8g32").unwrap().group, 32);
-        for bad in ["q3", "q4g0", "q4g12", "int4", "q4gx", ""] {
-            assert!(QuantPlan::parse(bad).is_err(), "{bad}");
-        }
-        let p = QuantPlan { keep: vec!["self_attn".into()], ..QuantPlan::parse("q4g32").unwrap() };
-        assert_eq!(p.format_of("model.norm.weight", &[64]), None);
-        assert_eq!(p.format_of("model.layers.0.feed_forward.router.weight", &[4, 64]), None);
-        assert_eq!(p.format_of("model.layers.0.self_attn.q_proj.weight", &[64, 64]), None);
-        let up = p.format_of("model.layers.0.feed_forward.experts.gate_up_proj", &[4, 64, 256]).unwrap();
-        assert_eq!(up.grouping().unwrap().axis, GroupAxis::SecondLast);
-        let lm = p.format_of("lm_head.weight", &[512, 64]).unwrap();
-        assert_eq!(lm.grouping().unwrap().axis, GroupAxis::Last);
-        // 32 does not divide 48: kept.
-        assert_eq!(p.format_of("lm_head.weight", &[512, 48]), None);
-    }
-}
-
-/// The safetensors metadata key that marks tensor `name` as quantized (its bytes, stored as U8 [len], are in
-/// the layout of this module) and the value that describes it: `q4;group=32;scale=bf16;axis=last;shape=4096,5120`.
-pub fn metadata_key(name: &str) -> String {
-    format!("herd.quant.{name}")
-}
-
-pub fn metadata_value(dtype: DType, shape: &[usize]) -> Option<String> {
-    let g = dtype.grouping()?;
-    let scale = match g.scale {
-        ScaleType::F16 => "f16",
-        ScaleType::BF16 => "bf16",
-    };
-    let axis = match g.axis {
-        GroupAxis::Last => "last",
-        GroupAxis::SecondLast => "second-last",
-    };
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    Some(format!("{};group={};scale={scale};axis={axis};shape={}", dtype.name(), g.group, dims.join(",")))
-}
-
-/// Parses [`metadata_value`]'s text back into the format and the logical shape.
-pub fn parse_metadata(v: &str) -> std::result::Result<(DType, Vec<usize>), String> {
-    let mut parts = v.split(';');
-    let kind = parts.next().unwrap_or("");
-    let (mut group, mut scale, mut axis, mut shape) = (None, None, None, None);
-    for p in parts {
-        let (k, val) = p.split_once('=').ok_or_else(|| format!("bad field {p:?}"))?;
-        match k {
-            "group" => group = val.parse::<u32>().ok(),
-            "scale" => {
-                scale = match val {
-                    "f16" => Some(ScaleType::F16),
-                    "bf16" => Some(ScaleType::BF16),
-                    _ => None,
-                }
-            }
-            "axis" => {
-                axis = match val {
-                    "last" => Some(GroupAxis::Last),
-                    "second-last" => Some(GroupAxis::SecondLast),
-                    _ => None,
-                }
-            }
-            "shape" => shape = val.split(',').map(|d| d.parse::<usize>().ok()).collect::<Option<Vec<_>>>(),
-            _ => return Err(format!("unknown field {k:?}")),
-        }
-    }
-    let g = match (group, scale, axis) {
-        (Some(group), Some(scale), Some(axis)) if group > 0 => Grouping { group, scale, axis },
-        _ => return Err(format!("incomplete quantization description {v:?}")),
-    };
-    let shape = shape.ok_or_else(|| format!("no shape in {v:?}"))?;
-    let dt = match kind {
-        "q4" => DType::Q4(g),
-        "q8" => DType::Q8(g),
-        _ => return Err(format!("unknown quantized format {kind:?}")),
-    };
-    QuantLayout::new(dt, &shape)?;
-    Ok((dt, shape))
-}
-
-#[cfg(test)]
-mod metadata_tests {
-    use super::*;
-
-    #[test]
-    fn descriptions_round_trip_and_bad_ones_fail() {
-        let dt = DType::Q4(Grouping { group: 32, scale: ScaleType::BF16, axis: GroupAxis::SecondLast });
-        let v = metadata_value(dt, &[4, 64, 256]).unwrap();
-        assert_eq!(v, "q4;group=32;scale=bf16;axis=second-last;shape=4,64,256");
-        assert_eq!(parse_metadata(&v).unwrap(), (dt, vec![4, 64, 256]));
-        for bad in [
-            "q5;group=32;scale=bf16;axis=last;shape=4,64",
-            "q4;group=32;scale=bf16;axis=last;shape=4,48",
-            "q4;group=32;scale=bf16",
-            "q4;group=x;scale=bf16;axis=last;shape=4,64",
-            "q4;color=red",
-        ] {
-            assert!(parse_metadata(bad).is_err(), "{bad}");
-        }
-        assert_eq!(metadata_value(DType::BF16, &[2]), None);
     }
 }
