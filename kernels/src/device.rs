@@ -13,11 +13,14 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+mod commands;
+mod memory;
 mod transfer;
+use memory::Pool;
 use transfer::Staging;
 
 use crate::emu::Op;
-use crate::kernel::{DevPtr, FieldInfo, FieldKind};
+use crate::kernel::{DevPtr, FieldInfo};
 use crate::nvrtc::compile;
 use crate::CudaOptions;
 use cudarc::driver::{result as drv, sys, CudaContext};
@@ -149,32 +152,11 @@ pub(crate) struct Dev {
     pub(crate) copy_threads: usize,
 }
 
-/// Why an allocation failed.
-enum Alloc {
-    OutOfMemory(String),
-    Failed(String),
-}
-
 /// [`crate::CudaOptions::copy_threads`], or half the cores (at most 8).
 fn copy_threads(opts: &CudaOptions) -> usize {
     opts.copy_threads
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(2).min(8))
-}
-
-/// Freed allocations kept for reuse by size (a step's one-off buffers recur with the same sizes; cudaMalloc
-/// and cudaFree cost far more than a lookup), up to `cap` bytes; the size of every live allocation.
-struct Pool {
-    free: HashMap<usize, Vec<u64>>,
-    held: usize,
-    cap: usize,
-    size: HashMap<u64, usize>,
-}
-
-impl Pool {
-    fn new(cap: usize) -> Pool {
-        Pool { free: HashMap::new(), held: 0, cap, size: HashMap::new() }
-    }
 }
 
 // SAFETY: the raw handles (stream, modules, cuBLAS handle, events, pinned memory) belong to one context
@@ -367,111 +349,6 @@ impl Dev {
 
     // ---- memory ---------------------------------------------------------------------------------------
 
-    /// `n` bytes, from the pool when an allocation of that size was freed, else from the device (emptying
-    /// the pool and trying again when the device is out of memory).
-    fn malloc(&self, n: usize, what: &str) -> Result<u64> {
-        self.bind()?;
-        let mut mem = self.mem.lock().map_err(|_| err("allocator poisoned"))?;
-        if let Some(p) = mem.free.get_mut(&n).and_then(|v| v.pop()) {
-            mem.held -= n;
-            return Ok(p);
-        }
-        let oom = |e: String| err(format!("out of device memory allocating {n} bytes of {what} ({e})"));
-        let p = match self.raw_malloc(n) {
-            Ok(p) => p,
-            Err(Alloc::OutOfMemory(_)) if mem.held > 0 => {
-                self.drain(&mut mem);
-                self.raw_malloc(n).map_err(|e| match e {
-                    Alloc::OutOfMemory(e) => oom(e),
-                    Alloc::Failed(e) => err(format!("allocating {n} bytes of {what}: {e}")),
-                })?
-            }
-            Err(Alloc::OutOfMemory(e)) => return Err(oom(e)),
-            Err(Alloc::Failed(e)) => return Err(err(format!("allocating {n} bytes of {what}: {e}"))),
-        };
-        mem.size.insert(p, n);
-        Ok(p)
-    }
-
-    /// cuMemAlloc; the caller has bound the context.
-    fn raw_malloc(&self, n: usize) -> std::result::Result<u64, Alloc> {
-        match &self.engine {
-            Engine::Emu(e) => e.malloc(n).map_err(|e| {
-                let e = e.to_string();
-                let e = e.strip_prefix("backend cuda: ").unwrap_or(&e).to_owned();
-                if e.contains("CUDA_ERROR_OUT_OF_MEMORY") {
-                    Alloc::OutOfMemory(e)
-                } else {
-                    Alloc::Failed(e)
-                }
-            }),
-            // SAFETY: plain allocation.
-            Engine::Cuda(_) => unsafe { drv::malloc_sync(n) }.map_err(|e| {
-                if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
-                    Alloc::OutOfMemory(format!("{e:?}"))
-                } else {
-                    Alloc::Failed(format!("cuMemAlloc: {e:?}"))
-                }
-            }),
-        }
-    }
-
-    /// cuMemFree; the caller has bound the context.
-    fn raw_free(&self, p: u64) {
-        match &self.engine {
-            Engine::Emu(e) => {
-                if let Err(e) = e.free(p) {
-                    eprintln!("herd: cuda: {e}");
-                }
-            }
-            // SAFETY: callers free only allocations no pending command uses.
-            Engine::Cuda(_) => unsafe {
-                let _ = drv::free_sync(p);
-            },
-        }
-    }
-
-    fn drain(&self, mem: &mut Pool) {
-        for (_, v) in mem.free.drain() {
-            for p in v {
-                mem.size.remove(&p);
-                self.raw_free(p);
-            }
-        }
-        mem.held = 0;
-    }
-
-    /// `bytes` (at least 4) of device memory whose contents the caller overwrites before any use.
-    pub fn alloc_raw(&self, bytes: usize) -> Result<u64> {
-        let n = bytes.max(4);
-        let p = self.malloc(n, "a buffer")?;
-        if let Engine::Emu(e) = &self.engine {
-            // What a GPU would hold is unknown: NaN, so that a read before the caller's write shows.
-            e.poison(p, n)?;
-        }
-        Ok(p)
-    }
-
-    /// A zeroed device allocation of `bytes` (at least 4).
-    pub fn alloc(&self, bytes: usize) -> Result<u64> {
-        let _st = self.lock()?;
-        let n = bytes.max(4);
-        let p = self.malloc(n, "a buffer")?;
-        match &self.engine {
-            // SAFETY: zeroing the allocation (fresh or from the pool) on our stream, before any later work.
-            Engine::Cuda(c) => cu("cuMemsetD8Async", unsafe { drv::memset_d8_async(p, 0, n, c.stream) })?,
-            Engine::Emu(e) => e.memset_async(p, 0, n)?,
-        }
-        Ok(p)
-    }
-
-    /// Frees `p` once the work enqueued so far is done (at the next read).
-    pub fn free_later(&self, p: u64) {
-        if let Ok(mut v) = self.free_later.lock() {
-            v.push(p);
-        }
-    }
-
     /// Runs the step so far, waits for it, and copies `bytes` from `src` to the host.
     pub fn read(&self, src: u64, bytes: usize) -> Result<Vec<u8>> {
         let _op = self.op();
@@ -497,22 +374,6 @@ impl Dev {
             self.free_now(p);
         }
         Ok(out)
-    }
-
-    /// Returns `p` to the pool (or to the device when the pool is full); no command may use it any more.
-    fn free_now(&self, p: u64) {
-        if self.bind().is_err() {
-            return;
-        }
-        let Ok(mut mem) = self.mem.lock() else { return };
-        let Some(&n) = mem.size.get(&p) else { return };
-        if mem.held + n <= mem.cap {
-            mem.free.entry(n).or_default().push(p);
-            mem.held += n;
-        } else {
-            mem.size.remove(&p);
-            self.raw_free(p);
-        }
     }
 
     /// Waits for everything enqueued (the step is submitted first).
@@ -558,188 +419,6 @@ impl Dev {
 
     pub fn stats(&self) -> GraphStats {
         self.st.lock().map(|s| s.stats).unwrap_or_default()
-    }
-
-    fn destroy(&self, g: Graph) {
-        if let GraphExec::Cuda(exec) = g.exec {
-            // SAFETY: the driver defers destruction past launches still pending.
-            unsafe {
-                let _ = drv::graph::exec_destroy(exec);
-            }
-        }
-    }
-
-    /// Submits the recorded step: its metadata, then its commands (replayed from a graph when this exact
-    /// list ran before).
-    fn flush(&self, st: &mut State) -> Result<()> {
-        if st.cmds.is_empty() {
-            st.meta.clear();
-            return Ok(());
-        }
-        self.upload_meta(st)?;
-        st.meta.clear();
-        let meta_dev = st.meta_dev;
-        let cmds = std::mem::take(&mut st.cmds);
-        st.stats.steps += 1;
-        st.tick += 1;
-        let tick = st.tick;
-        if let Some(g) = st.graphs.iter_mut().find(|g| g.meta_dev == meta_dev && g.key == cmds) {
-            g.used = tick;
-            st.stats.replayed += 1;
-            match g.exec {
-                // SAFETY: an instantiated graph whose buffers are alive (the same list was just recorded).
-                GraphExec::Cuda(exec) => cu("cuGraphLaunch", unsafe { drv::graph::launch(exec, self.stream()?) })?,
-                GraphExec::Emu(ref ops) => match &self.engine {
-                    Engine::Emu(e) => e.graph_launch(ops)?,
-                    Engine::Cuda(_) => return Err(err("an emulator graph on a GPU")),
-                },
-            }
-            st.last = cmds;
-            return Ok(());
-        }
-        let capturable = st.graphs_on
-            && !self.sync_each
-            && cmds.len() >= MIN_GRAPH_CMDS
-            && !cmds.iter().any(|c| matches!(c, Cmd::Gemm(_)))
-            && st.last == cmds;
-        if capturable {
-            let exec = match &self.engine {
-                Engine::Cuda(_) => {
-                    let exec = self.capture(&cmds, meta_dev)?;
-                    // SAFETY: a freshly instantiated graph.
-                    cu("cuGraphLaunch", unsafe { drv::graph::launch(exec, self.stream()?) })?;
-                    GraphExec::Cuda(exec)
-                }
-                Engine::Emu(e) => {
-                    e.begin_capture()?;
-                    let issued = self.issue_all(&cmds, meta_dev);
-                    let ops = e.end_capture();
-                    issued?;
-                    let ops = ops?;
-                    e.graph_launch(&ops)?;
-                    GraphExec::Emu(ops)
-                }
-            };
-            if st.graphs.len() >= MAX_GRAPHS {
-                if let Some(i) = st.graphs.iter().enumerate().min_by_key(|(_, g)| g.used).map(|(i, _)| i) {
-                    let g = st.graphs.swap_remove(i);
-                    self.destroy(g);
-                }
-            }
-            st.graphs.push(Graph { key: cmds.clone(), meta_dev, exec, used: tick });
-            st.stats.captured += 1;
-        } else {
-            self.issue_all(&cmds, meta_dev)?;
-        }
-        st.last = cmds;
-        Ok(())
-    }
-
-    fn stream(&self) -> Result<sys::CUstream> {
-        match &self.engine {
-            Engine::Cuda(c) => Ok(c.stream),
-            Engine::Emu(_) => Err(err("the emulator has no stream")),
-        }
-    }
-
-    fn issue_all(&self, cmds: &[Cmd], meta_dev: u64) -> Result<()> {
-        if !self.sync_each {
-            return cmds.iter().try_for_each(|c| self.issue(c, meta_dev));
-        }
-        for (i, c) in cmds.iter().enumerate() {
-            self.issue(c, meta_dev)
-                .and_then(|()| self.stream_sync())
-                .map_err(|e| err(format!("command {i} of {} ({}): {e}", cmds.len(), self.describe(c))))?;
-        }
-        Ok(())
-    }
-
-    /// A command in words, for HERD_CUDA_SYNC=1's errors.
-    fn describe(&self, c: &Cmd) -> String {
-        match c {
-            Cmd::Launch { f, grid, block, smem, .. } => {
-                let name = match &self.engine {
-                    Engine::Emu(e) => e.name(*f),
-                    Engine::Cuda(_) => self
-                        .funcs
-                        .lock()
-                        .ok()
-                        .and_then(|m| m.iter().find(|(_, v)| **v == *f).map(|(k, _)| k.clone()))
-                        .unwrap_or_default(),
-                };
-                format!("kernel {name}, grid {grid:?}, block {block}, {smem} bytes of shared memory")
-            }
-            Cmd::Copy { bytes, .. } => format!("device copy of {bytes} bytes"),
-            Cmd::MetaCopy { bytes, .. } => format!("metadata copy of {bytes} bytes"),
-            Cmd::Gemm(g) => format!("cuBLAS GEMM {}x{}x{}", g.m, g.n, g.k),
-        }
-    }
-
-    /// Waits for the stream.
-    fn stream_sync(&self) -> Result<()> {
-        match &self.engine {
-            Engine::Emu(e) => e.synchronize(),
-            // SAFETY: our own stream.
-            Engine::Cuda(c) => cu("cuStreamSynchronize", unsafe { drv::stream::synchronize(c.stream) }),
-        }
-    }
-
-    fn capture(&self, cmds: &[Cmd], meta_dev: u64) -> Result<sys::CUgraphExec> {
-        let stream = self.stream()?;
-        // SAFETY: capture on our stream, ended on every path.
-        unsafe {
-            cu(
-                "cuStreamBeginCapture",
-                drv::stream::begin_capture(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
-            )?;
-            let issued = self.issue_all(cmds, meta_dev);
-            let graph = drv::stream::end_capture(stream);
-            issued?;
-            let graph = cu("cuStreamEndCapture", graph)?;
-            let exec = drv::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0));
-            let _ = drv::graph::destroy(graph);
-            cu("cuGraphInstantiate", exec)
-        }
-    }
-
-    fn issue(&self, c: &Cmd, meta_dev: u64) -> Result<()> {
-        // The parameter struct with its metadata pointers made addresses.
-        let resolve = |params: &[u64], fields: &[FieldInfo]| {
-            let mut words = params.to_vec();
-            for fl in fields.iter().filter(|fl| fl.kind == FieldKind::Ptr) {
-                words[fl.offset / 8] = DevPtr::resolve(words[fl.offset / 8], meta_dev);
-            }
-            words
-        };
-        match (&self.engine, c) {
-            (Engine::Emu(e), Cmd::Launch { f, grid, block, smem, params, fields }) => {
-                // The emulator's trampoline reads the struct from where its first argument slot points.
-                e.launch(*f, *grid, *block, *smem, &resolve(params, fields))
-            }
-            (Engine::Emu(e), Cmd::Copy { dst, src, bytes }) => e.dtod_async(*dst, *src, *bytes),
-            (Engine::Emu(e), Cmd::MetaCopy { dst, off, bytes }) => e.dtod_async(*dst, meta_dev + *off as u64, *bytes),
-            (Engine::Emu(e), Cmd::Gemm(g)) => e.gemm_async(g),
-            (Engine::Cuda(cd), Cmd::Launch { f, grid, block, smem, params, fields }) => {
-                let mut words = resolve(params, fields);
-                let mut args = [words.as_mut_ptr() as *mut c_void];
-                // SAFETY: every kernel takes one argument, its parameter struct, whose bytes `words` holds
-                // (8-byte aligned, the struct's size; the layout test checks the Rust and .cu twins agree).
-                cu("cuLaunchKernel", unsafe {
-                    drv::launch_kernel(f.0 as sys::CUfunction, *grid, (*block, 1, 1), *smem, cd.stream, &mut args)
-                })
-            }
-            (Engine::Cuda(cd), Cmd::Copy { dst, src, bytes }) => {
-                // SAFETY: both ranges lie in live allocations (checked by the op).
-                cu("cuMemcpyDtoDAsync", unsafe { drv::memcpy_dtod_async(*dst, *src, *bytes, cd.stream) })
-            }
-            (Engine::Cuda(cd), Cmd::MetaCopy { dst, off, bytes }) => {
-                // SAFETY: as above; the metadata was copied to the arena ahead of the list.
-                cu("cuMemcpyDtoDAsync", unsafe {
-                    drv::memcpy_dtod_async(*dst, meta_dev + *off as u64, *bytes, cd.stream)
-                })
-            }
-            (Engine::Cuda(cd), Cmd::Gemm(g)) => crate::blas::gemm(cd.blas, g),
-        }
     }
 }
 

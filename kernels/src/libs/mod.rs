@@ -12,9 +12,13 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use libloading::Library;
+
+mod cublas;
+mod nvrtc;
+pub(crate) use cublas::{cublas, cublas_status, CublasHandle};
+pub(crate) use nvrtc::{nvrtc, nvrtc_result, NvrtcProgram};
 
 /// The CUDA major versions whose sonames are looked for, newest first.
 const MAJORS: [u32; 2] = [13, 12];
@@ -311,223 +315,6 @@ fn load<T>(what: &str, stem: &str, open: impl FnMut(&Candidate) -> Result<T, Str
     load_first(&candidates(stem, &places), open).map_err(|tried| not_found(what, stem, &places, &tried))
 }
 
-/// An NVRTC program (nvrtcProgram).
-pub(crate) type NvrtcProgram = *mut c_void;
-
-/// The NVRTC functions herd calls; each returns an nvrtcResult (0 is NVRTC_SUCCESS).
-pub(crate) struct Nvrtc {
-    pub create_program: unsafe extern "C" fn(
-        *mut NvrtcProgram,
-        *const c_char,
-        *const c_char,
-        c_int,
-        *const *const c_char,
-        *const *const c_char,
-    ) -> c_int,
-    pub compile_program: unsafe extern "C" fn(NvrtcProgram, c_int, *const *const c_char) -> c_int,
-    pub get_cubin_size: unsafe extern "C" fn(NvrtcProgram, *mut usize) -> c_int,
-    pub get_cubin: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> c_int,
-    pub get_program_log_size: unsafe extern "C" fn(NvrtcProgram, *mut usize) -> c_int,
-    pub get_program_log: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> c_int,
-    pub destroy_program: unsafe extern "C" fn(*mut NvrtcProgram) -> c_int,
-    /// nvrtcVersion: (major, minor).
-    pub version: (i32, i32),
-    /// The file loaded.
-    pub path: String,
-    /// Kept loaded for the process.
-    _libs: Vec<Library>,
-}
-
-/// The name of an nvrtcResult.
-pub(crate) fn nvrtc_result(code: c_int) -> String {
-    const NAMES: [&str; 19] = [
-        "NVRTC_SUCCESS",
-        "NVRTC_ERROR_OUT_OF_MEMORY",
-        "NVRTC_ERROR_PROGRAM_CREATION_FAILURE",
-        "NVRTC_ERROR_INVALID_INPUT",
-        "NVRTC_ERROR_INVALID_PROGRAM",
-        "NVRTC_ERROR_INVALID_OPTION",
-        "NVRTC_ERROR_COMPILATION",
-        "NVRTC_ERROR_BUILTIN_OPERATION_FAILURE",
-        "NVRTC_ERROR_NO_NAME_EXPRESSIONS_AFTER_COMPILATION",
-        "NVRTC_ERROR_NO_LOWERED_NAMES_BEFORE_COMPILATION",
-        "NVRTC_ERROR_NAME_EXPRESSION_NOT_VALID",
-        "NVRTC_ERROR_INTERNAL_ERROR",
-        "NVRTC_ERROR_TIME_FILE_WRITE_FAILED",
-        "NVRTC_ERROR_NO_PCH_CREATE_ATTEMPTED",
-        "NVRTC_ERROR_PCH_CREATE_HEAP_EXHAUSTED",
-        "NVRTC_ERROR_PCH_CREATE",
-        "NVRTC_ERROR_CANCELLED",
-        "NVRTC_ERROR_TIME_TRACE_FILE_WRITE_FAILED",
-        "NVRTC_ERROR_BUSY",
-    ];
-    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).map_or_else(|| format!("nvrtcResult {code}"), |s| (*s).into())
-}
-
-fn open_nvrtc(c: &Candidate) -> Result<Nvrtc, String> {
-    let lib = open(c)?;
-    // SAFETY: each type is that of the function's declaration in nvrtc.h.
-    let mut n = unsafe {
-        Nvrtc {
-            create_program: sym(&lib, "nvrtcCreateProgram")?,
-            compile_program: sym(&lib, "nvrtcCompileProgram")?,
-            get_cubin_size: sym(&lib, "nvrtcGetCUBINSize")?,
-            get_cubin: sym(&lib, "nvrtcGetCUBIN")?,
-            get_program_log_size: sym(&lib, "nvrtcGetProgramLogSize")?,
-            get_program_log: sym(&lib, "nvrtcGetProgramLog")?,
-            destroy_program: sym(&lib, "nvrtcDestroyProgram")?,
-            version: (0, 0),
-            path: String::new(),
-            _libs: Vec::new(),
-        }
-    };
-    // SAFETY: as above; two valid out-parameters.
-    let (mut major, mut minor) = (0, 0);
-    let r = unsafe {
-        let version: unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int = sym(&lib, "nvrtcVersion")?;
-        version(&mut major, &mut minor)
-    };
-    if r != 0 {
-        return Err(format!("nvrtcVersion: {}", nvrtc_result(r)));
-    }
-    n.version = (major, minor);
-    n.path = loaded_from(n.create_program as *const c_void).unwrap_or_else(|| c.to_string());
-    // NVRTC opens its builtins library (libnvrtc-builtins.so.<major>.<minor>) when it compiles, by name; a
-    // copy loaded here from the same folder is the one it finds, even off the loader's search path.
-    if let Some(dir) = Path::new(&n.path).parent() {
-        let builtins = Candidate::File(dir.join(format!("libnvrtc-builtins.so.{major}.{minor}")));
-        if let Ok(b) = open_global(&builtins) {
-            n._libs.push(b);
-        }
-    }
-    n._libs.push(lib);
-    Ok(n)
-}
-
-static NVRTC: OnceLock<Result<Nvrtc, NotFound>> = OnceLock::new();
-
-/// NVRTC, loaded at the first call.
-pub(crate) fn nvrtc() -> Result<&'static Nvrtc, &'static NotFound> {
-    NVRTC.get_or_init(|| load("NVRTC (libnvrtc)", "libnvrtc", open_nvrtc)).as_ref()
-}
-
-/// A cuBLAS handle (cublasHandle_t).
-pub(crate) type CublasHandle = *mut c_void;
-
-/// The cuBLAS functions herd calls; each returns a cublasStatus_t (0 is CUBLAS_STATUS_SUCCESS). The enum
-/// arguments (cublasOperation_t, cudaDataType, cublasComputeType_t, cublasGemmAlgo_t) are C enums, passed
-/// as ints.
-pub(crate) struct Cublas {
-    pub create: unsafe extern "C" fn(*mut CublasHandle) -> c_int,
-    pub set_stream: unsafe extern "C" fn(CublasHandle, *mut c_void) -> c_int,
-    #[allow(clippy::type_complexity)]
-    pub gemm_ex: unsafe extern "C" fn(
-        CublasHandle,
-        c_int,
-        c_int,
-        c_int,
-        c_int,
-        c_int,
-        *const c_void,
-        *const c_void,
-        c_int,
-        c_int,
-        *const c_void,
-        c_int,
-        c_int,
-        *const c_void,
-        *mut c_void,
-        c_int,
-        c_int,
-        c_int,
-        c_int,
-    ) -> c_int,
-    pub destroy: unsafe extern "C" fn(CublasHandle) -> c_int,
-    /// cublasGetProperty: (major, minor, patch).
-    pub version: Option<(i32, i32, i32)>,
-    /// The file loaded.
-    pub path: String,
-    /// cuBLASLt and cuBLAS, kept loaded for the process.
-    _libs: Vec<Library>,
-}
-
-/// The name of a cublasStatus_t.
-pub(crate) fn cublas_status(code: c_int) -> String {
-    match code {
-        0 => "CUBLAS_STATUS_SUCCESS".into(),
-        1 => "CUBLAS_STATUS_NOT_INITIALIZED".into(),
-        3 => "CUBLAS_STATUS_ALLOC_FAILED".into(),
-        7 => "CUBLAS_STATUS_INVALID_VALUE".into(),
-        8 => "CUBLAS_STATUS_ARCH_MISMATCH".into(),
-        11 => "CUBLAS_STATUS_MAPPING_ERROR".into(),
-        13 => "CUBLAS_STATUS_EXECUTION_FAILED".into(),
-        14 => "CUBLAS_STATUS_INTERNAL_ERROR".into(),
-        15 => "CUBLAS_STATUS_NOT_SUPPORTED".into(),
-        16 => "CUBLAS_STATUS_LICENSE_ERROR".into(),
-        c => format!("cublasStatus_t {c}"),
-    }
-}
-
-/// The cuBLASLt beside (or named like) cuBLAS candidate `c`: `libcublasLt` with the same suffix.
-fn lt_for(c: &Candidate) -> Candidate {
-    let lt = |name: &str| name.replacen("libcublas", "libcublasLt", 1);
-    match c {
-        Candidate::File(p) => {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            Candidate::File(p.with_file_name(lt(&name)))
-        }
-        Candidate::Name(n) => Candidate::Name(lt(n)),
-    }
-}
-
-fn open_cublas(c: &Candidate) -> Result<Cublas, String> {
-    // cuBLAS needs cuBLASLt: the one beside it, loaded first so that cuBLAS's dependency resolves to it.
-    let mut libs = Vec::new();
-    match lt_for(c) {
-        Candidate::File(p) if !p.is_file() => {}
-        lt => match open_global(&lt) {
-            Ok(l) => libs.push(l),
-            Err(e) if matches!(lt, Candidate::File(_)) => return Err(format!("{lt}: {e}")),
-            // By name: when it is missing, cuBLAS's own error names it.
-            Err(_) => {}
-        },
-    }
-    let lib = open(c)?;
-    // SAFETY: each type is that of the function's declaration in cublas_api.h.
-    let mut b = unsafe {
-        Cublas {
-            create: sym(&lib, "cublasCreate_v2")?,
-            set_stream: sym(&lib, "cublasSetStream_v2")?,
-            gemm_ex: sym(&lib, "cublasGemmEx")?,
-            destroy: sym(&lib, "cublasDestroy_v2")?,
-            version: None,
-            path: String::new(),
-            _libs: Vec::new(),
-        }
-    };
-    // SAFETY: as above; a valid out-parameter. libraryPropertyType: MAJOR_VERSION 0, MINOR_VERSION 1,
-    // PATCH_LEVEL 2.
-    unsafe {
-        if let Ok(get) = sym::<unsafe extern "C" fn(c_int, *mut c_int) -> c_int>(&lib, "cublasGetProperty") {
-            let mut v = [0; 3];
-            if (0..3).all(|i| get(i, &mut v[i as usize]) == 0) {
-                b.version = Some((v[0], v[1], v[2]));
-            }
-        }
-    }
-    b.path = loaded_from(b.create as *const c_void).unwrap_or_else(|| c.to_string());
-    libs.push(lib);
-    b._libs = libs;
-    Ok(b)
-}
-
-static CUBLAS: OnceLock<Result<Cublas, NotFound>> = OnceLock::new();
-
-/// cuBLAS (with cuBLASLt), loaded at the first call.
-pub(crate) fn cublas() -> Result<&'static Cublas, &'static NotFound> {
-    CUBLAS.get_or_init(|| load("cuBLAS (libcublas)", "libcublas", open_cublas)).as_ref()
-}
-
 /// Which NVRTC and cuBLAS files the CUDA backend uses (loading them if not yet loaded), with their
 /// versions, in one line; or that one was not found.
 pub fn cuda_libraries() -> String {
@@ -547,6 +334,8 @@ pub fn cuda_libraries() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::cublas::{lt_for, open_cublas};
+    use super::nvrtc::open_nvrtc;
     use super::*;
 
     /// A fresh folder under the temp directory, removed when dropped.
