@@ -6,6 +6,8 @@ pub mod quant_table;
 pub mod reference;
 pub mod streaming;
 pub mod table;
+mod table_report;
+mod table_sample;
 pub mod table_vision;
 pub mod vision;
 pub mod weights;
