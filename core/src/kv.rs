@@ -42,8 +42,12 @@ struct Layer<B: Backend> {
     arenas: Vec<(B::Buffer, B::Buffer)>,
 }
 
-/// One attention call's worth of a layer: an arena's buffers and its sequences' metadata.
-pub type KvGroup<'a, B> = (&'a <B as Backend>::Buffer, &'a <B as Backend>::Buffer, Vec<AttnSeq>);
+/// One attention call's worth of a layer: an arena's key and value buffers and its sequences' metadata.
+pub struct KvGroup<'a, B: Backend> {
+    pub k: &'a B::Buffer,
+    pub v: &'a B::Buffer,
+    pub seqs: Vec<AttnSeq>,
+}
 
 /// Keys and values of every layer for every live sequence.
 pub struct KvCache<B: Backend> {
@@ -295,10 +299,10 @@ impl<B: Backend> KvCache<B> {
             };
             let (k, v) = l.arenas.get(r.arena).ok_or_else(|| HerdError::Input("cache region lost".into()))?;
             match which.iter().position(|&a| a == r.arena) {
-                Some(g) => groups[g].2.push(meta),
+                Some(g) => groups[g].seqs.push(meta),
                 None => {
                     which.push(r.arena);
-                    groups.push((k, v, vec![meta]));
+                    groups.push(KvGroup { k, v, seqs: vec![meta] });
                 }
             }
         }

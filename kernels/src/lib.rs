@@ -34,6 +34,7 @@ mod sample;
 
 use std::sync::Arc;
 
+use herd_core::backend::check::{self, BufDesc};
 use herd_core::backend::{Act, AttnParams, AttnSeq, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::error::Result;
@@ -266,6 +267,13 @@ impl Backend for CudaBackend {
         format!("cuda ({}, sm_{}{}{act})", self.dev.name, self.dev.arch.0, self.dev.arch.1)
     }
 
+    fn buffer_desc(&self, b: &CudaBuffer) -> BufDesc {
+        BufDesc { len: b.len, is_u32: b.is_u32 }
+    }
+    fn weight_desc<'a>(&self, w: &'a CudaWeight) -> (DType, &'a [usize]) {
+        (w.dtype, &w.shape)
+    }
+
     fn stats(&self) -> Option<String> {
         let g = self.dev.stats();
         Some(format!(
@@ -287,11 +295,8 @@ impl Backend for CudaBackend {
     }
 
     fn write_u32(&self, buf: &CudaBuffer, data: &[u32]) -> Result<()> {
+        check::write_u32(self, buf, data).map_err(err)?;
         let _op = self.dev.op();
-        if !buf.is_u32 {
-            return Err(err("write_u32: expected a u32 buffer, got f32"));
-        }
-        need("write_u32", buf, data.len())?;
         if data.is_empty() {
             return Ok(());
         }
@@ -314,9 +319,8 @@ impl Backend for CudaBackend {
     }
 
     fn copy(&self, src: &CudaBuffer, src_off: usize, dst: &CudaBuffer, dst_off: usize, len: usize) -> Result<()> {
+        check::copy(self, src, src_off, dst, dst_off, len).map_err(err)?;
         let _op = self.dev.op();
-        need("copy source", src, src_off + len)?;
-        need("copy destination", dst, dst_off + len)?;
         if len == 0 {
             return Ok(());
         }
@@ -371,6 +375,7 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, table: &CudaWeight, ids: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
+        check::embed(self, table, ids, n, dim, out).map_err(err)?;
         self.embed_impl(table, ids, n, dim, out)
     }
 
@@ -383,6 +388,7 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &CudaBuffer,
     ) -> Result<()> {
+        check::rms_norm(self, x, weight, rows, dim, out).map_err(err)?;
         self.rms_norm_impl(x, weight, rows, dim, eps, out)
     }
 
@@ -396,6 +402,7 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &CudaBuffer,
     ) -> Result<()> {
+        check::add_rms_norm(self, acc, x, weight, rows, dim, out).map_err(err)?;
         self.add_rms_norm_impl(acc, x, weight, rows, dim, eps, out)
     }
 
@@ -417,6 +424,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, x: &CudaBuffer, m: usize, w: &CudaWeight, out: &CudaBuffer) -> Result<()> {
+        check::matmul(self, x, m, w, out).map_err(err)?;
         self.matmul_impl(x, m, w, out)
     }
 
@@ -443,6 +451,7 @@ impl Backend for CudaBackend {
         inv_freq: &CudaBuffer,
         norm_eps: Option<f32>,
     ) -> Result<()> {
+        check::rope(self, x, rows, heads, head_dim, positions, inv_freq).map_err(err)?;
         self.rope_impl(x, rows, heads, head_dim, positions, inv_freq, norm_eps)
     }
 
@@ -473,10 +482,12 @@ impl Backend for CudaBackend {
     }
 
     fn add(&self, acc: &CudaBuffer, x: &CudaBuffer, n: usize) -> Result<()> {
+        check::add(self, acc, x, n).map_err(err)?;
         self.add_impl(acc, x, n)
     }
 
     fn silu_mul(&self, gate: &CudaBuffer, up: &CudaBuffer, n: usize) -> Result<()> {
+        check::silu_mul(self, gate, up, n).map_err(err)?;
         self.silu_mul_impl(gate, up, n)
     }
 
@@ -489,6 +500,7 @@ impl Backend for CudaBackend {
         idx: &CudaBuffer,
         score: &CudaBuffer,
     ) -> Result<()> {
+        check::router_topk(self, logits, rows, n_experts, k, idx, score).map_err(err)?;
         self.router_topk_impl(logits, rows, n_experts, k, idx, score)
     }
 
@@ -506,6 +518,7 @@ impl Backend for CudaBackend {
         self.moe_impl(x, rows, idx, score, k, gate_up, down, out)
     }
     fn gather_rows(&self, x: &CudaBuffer, rows: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
+        check::gather_rows(self, x, rows, n, dim, out).map_err(err)?;
         self.gather_rows_impl(x, rows, n, dim, out)
     }
 

@@ -40,10 +40,7 @@ kernel!(SplitBf16: "matmul", SplitBf16Params => "split_bf16");
 impl CudaBackend {
     pub(crate) fn matmul_impl(&self, x: &CudaBuffer, m: usize, w: &CudaWeight, out: &CudaBuffer) -> Result<()> {
         let _op = self.dev.op();
-        Self::weight_shape(w, 2, "matmul")?;
         let (n, k) = (w.shape[0], w.shape[1]);
-        need("matmul x", x, m * k)?;
-        need("matmul out", out, m * n)?;
         if m == 0 || n == 0 {
             return Ok(());
         }

@@ -244,14 +244,8 @@ impl CudaBackend {
         score: &CudaBuffer,
     ) -> Result<()> {
         let _op = self.dev.op();
-        if k == 0 || k > n_experts || k > MAX_TOPK {
-            return Err(err(format!("router: top-{k} of {n_experts} experts (at most top-{MAX_TOPK})")));
-        }
-        need("router logits", logits, rows * n_experts)?;
-        need("router idx", idx, rows * k)?;
-        need("router score", score, rows * k)?;
-        if !idx.is_u32 {
-            return Err(err("router: idx must be u32"));
+        if k > MAX_TOPK {
+            return Err(err(format!("router: top-{k} (at most top-{MAX_TOPK} here)")));
         }
         if rows == 0 {
             return Ok(());

@@ -11,7 +11,7 @@ use herd_core::config::ModelConfig;
 use herd_core::experts::ExpertCacheOptions;
 use herd_core::generate::{greedy_rows, score_rows};
 use herd_core::limits::{self, read_input, InputKind};
-use herd_core::model::{ImageRows, Llama4};
+use herd_core::model::{ImagePart, ImageRows, Llama4};
 use herd_core::vision::encoder::VisionTower;
 use safetensors::{Dtype, SafeTensors};
 
@@ -129,7 +129,7 @@ pub fn logits<B: Backend>(
                 .map(|r| {
                     let n = r.iter().filter(|&&i| i == patch).count();
                     first += n;
-                    Some(ImageRows { token: patch, parts: vec![(&buf, first - n, n)] })
+                    Some(ImageRows { token: patch, parts: vec![ImagePart { buf: &buf, first: first - n, len: n }] })
                 })
                 .collect();
             pollster::block_on(score_rows(&m, &rows, &images, decode))?

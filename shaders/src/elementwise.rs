@@ -2,8 +2,8 @@
 
 use herd_core::error::Result;
 
-use crate::gpu::{err, Gpu};
-use crate::kernel::{groups, kernels, need, params};
+use crate::gpu::Gpu;
+use crate::kernel::{groups, kernels, params};
 use crate::{GpuBuffer, GpuWeight};
 
 params! {
@@ -31,8 +31,6 @@ pub(crate) fn embed(
     out: &GpuBuffer,
 ) -> Result<()> {
     let _op = gpu.op();
-    need("embed ids", ids, n)?;
-    need("embed out", out, n * dim)?;
     for part in &table.parts {
         let b = [(1, &out.buf), (3, &ids.buf), (4, &part.buf), (12, part.scale_buf())];
         let p = EmbedParams { n: n as u32, dim: dim as u32, first: part.first as u32, count: part.count as u32 };
@@ -41,18 +39,9 @@ pub(crate) fn embed(
     Ok(())
 }
 
-/// `add` (acc += x) or `silu_mul` (gate = silu(gate) · up): in place on `a`, which must not be `b`.
+/// `add` (acc += x) or `silu_mul` (gate = silu(gate) · up): in place on `a` (checked distinct from `b`).
 pub(crate) fn eltwise(gpu: &Gpu, k: Eltwise, a: &GpuBuffer, b: &GpuBuffer, n: usize) -> Result<()> {
     let _op = gpu.op();
-    let (op, an, bn) = match k {
-        Eltwise::Add => ("add", "acc", "x"),
-        Eltwise::SiluMul => ("silu_mul", "gate", "up"),
-    };
-    if std::ptr::eq(a, b) {
-        return Err(err(format!("{op}: {an} and {bn} are the same buffer")));
-    }
-    need(&format!("{op} {an}"), a, n)?;
-    need(&format!("{op} {bn}"), b, n)?;
     gpu.dispatch(k, 0, &[(1, &a.buf), (2, &b.buf)], &EltwiseParams { n: n as u32 }, groups(n, 256))
 }
 
@@ -65,8 +54,6 @@ pub(crate) fn gather_rows(
     out: &GpuBuffer,
 ) -> Result<()> {
     let _op = gpu.op();
-    need("gather_rows rows", rows, n)?;
-    need("gather_rows out", out, n * dim)?;
     let b = [(1, &out.buf), (2, &x.buf), (3, &rows.buf)];
     let p = GatherParams { n: n as u32, dim: dim as u32, src_rows: (x.len / dim.max(1)) as u32 };
     gpu.dispatch(Gather::Rows, 0, &b, &p, groups(n * dim, 256))

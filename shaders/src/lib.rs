@@ -21,6 +21,7 @@ mod rope;
 mod sample;
 mod shader;
 
+use herd_core::backend::check::{self, BufDesc};
 use herd_core::backend::{Act, AttnParams, AttnSeq, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::error::Result;
@@ -28,7 +29,7 @@ use herd_core::sampling::SamplingParams;
 
 use gpu::{err, Gpu};
 pub use gpu::{GpuBuffer, GpuWeight, WgpuOptions};
-use kernel::need;
+
 pub use shader::shader_sources;
 
 /// The wgpu backend.
@@ -98,6 +99,13 @@ impl Backend for WgpuBackend {
         format!("wgpu: {}{sg}{}", self.adapter(), if self.gpu.cpu_kernels { ", CPU kernels" } else { "" })
     }
 
+    fn buffer_desc(&self, b: &GpuBuffer) -> BufDesc {
+        BufDesc { len: b.len, is_u32: b.is_u32 }
+    }
+    fn weight_desc<'a>(&self, w: &'a GpuWeight) -> (herd_core::quant::DType, &'a [usize]) {
+        (w.dtype, &w.shape)
+    }
+
     fn max_buffer_len(&self) -> usize {
         (self.gpu.max_binding() / 4) as usize
     }
@@ -114,11 +122,8 @@ impl Backend for WgpuBackend {
         self.gpu.upload_bytes(bytemuck::cast_slice(data), data.len(), true)
     }
     fn write_u32(&self, buf: &GpuBuffer, data: &[u32]) -> Result<()> {
+        check::write_u32(self, buf, data).map_err(err)?;
         let _op = self.gpu.op();
-        if !buf.is_u32 {
-            return Err(err("write_u32: expected a u32 buffer, got f32"));
-        }
-        need("write_u32", buf, data.len())?;
         if data.is_empty() {
             return Ok(());
         }
@@ -156,9 +161,8 @@ impl Backend for WgpuBackend {
         self.gpu.read_words_async(buf).await
     }
     fn copy(&self, src: &GpuBuffer, src_off: usize, dst: &GpuBuffer, dst_off: usize, len: usize) -> Result<()> {
+        check::copy(self, src, src_off, dst, dst_off, len).map_err(err)?;
         let _op = self.gpu.op();
-        need("copy src", src, src_off + len)?;
-        need("copy dst", dst, dst_off + len)?;
         if len == 0 {
             return Ok(());
         }
@@ -215,6 +219,7 @@ impl Backend for WgpuBackend {
     }
 
     fn embed(&self, table: &GpuWeight, ids: &GpuBuffer, n: usize, dim: usize, out: &GpuBuffer) -> Result<()> {
+        check::embed(self, table, ids, n, dim, out).map_err(err)?;
         elementwise::embed(&self.gpu, table, ids, n, dim, out)
     }
     fn rms_norm(
@@ -226,6 +231,7 @@ impl Backend for WgpuBackend {
         eps: f32,
         out: &GpuBuffer,
     ) -> Result<()> {
+        check::rms_norm(self, x, weight, rows, dim, out).map_err(err)?;
         rms_norm::rms_norm(&self.gpu, x, weight, rows, dim, eps, out)
     }
     fn add_rms_norm(
@@ -238,6 +244,7 @@ impl Backend for WgpuBackend {
         eps: f32,
         out: &GpuBuffer,
     ) -> Result<()> {
+        check::add_rms_norm(self, acc, x, weight, rows, dim, out).map_err(err)?;
         rms_norm::add_rms_norm(&self.gpu, acc, x, weight, rows, dim, eps, out)
     }
     fn layer_norm(
@@ -256,6 +263,7 @@ impl Backend for WgpuBackend {
         layer_norm::bias_act(&self.gpu, x, bias, rows, dim, act)
     }
     fn matmul(&self, x: &GpuBuffer, m: usize, w: &GpuWeight, out: &GpuBuffer) -> Result<()> {
+        let _ = check::matmul(self, x, m, w, out).map_err(err)?;
         matmul::matmul(&self.gpu, x, m, w, out)
     }
     fn rope(
@@ -268,6 +276,7 @@ impl Backend for WgpuBackend {
         inv_freq: &GpuBuffer,
         norm_eps: Option<f32>,
     ) -> Result<()> {
+        check::rope(self, x, rows, heads, head_dim, positions, inv_freq).map_err(err)?;
         rope::rope(&self.gpu, x, rows, heads, head_dim, positions, inv_freq, norm_eps)
     }
     fn attention(
@@ -295,9 +304,11 @@ impl Backend for WgpuBackend {
         attention::kv_store(&self.gpu, k_new, v_new, k_cache, v_cache, seqs, kv_dim)
     }
     fn add(&self, acc: &GpuBuffer, x: &GpuBuffer, n: usize) -> Result<()> {
+        check::add(self, acc, x, n).map_err(err)?;
         elementwise::eltwise(&self.gpu, elementwise::Eltwise::Add, acc, x, n)
     }
     fn silu_mul(&self, gate: &GpuBuffer, up: &GpuBuffer, n: usize) -> Result<()> {
+        check::silu_mul(self, gate, up, n).map_err(err)?;
         elementwise::eltwise(&self.gpu, elementwise::Eltwise::SiluMul, gate, up, n)
     }
     fn router_topk(
@@ -309,6 +320,7 @@ impl Backend for WgpuBackend {
         idx: &GpuBuffer,
         score: &GpuBuffer,
     ) -> Result<()> {
+        check::router_topk(self, logits, rows, n_experts, k, idx, score).map_err(err)?;
         moe::router_topk(&self.gpu, logits, rows, n_experts, k, idx, score)
     }
     fn moe(
@@ -325,6 +337,7 @@ impl Backend for WgpuBackend {
         moe::moe(&self.gpu, x, rows, idx, score, k, gate_up, down, out)
     }
     fn gather_rows(&self, x: &GpuBuffer, rows: &GpuBuffer, n: usize, dim: usize, out: &GpuBuffer) -> Result<()> {
+        check::gather_rows(self, x, rows, n, dim, out).map_err(err)?;
         elementwise::gather_rows(&self.gpu, x, rows, n, dim, out)
     }
     fn sample(

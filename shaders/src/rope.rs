@@ -3,7 +3,7 @@
 use herd_core::error::Result;
 
 use crate::gpu::Gpu;
-use crate::kernel::{groups, kernels, need, params};
+use crate::kernel::{groups, kernels, params};
 use crate::GpuBuffer;
 
 params! {
@@ -27,9 +27,6 @@ pub(crate) fn rope(
     norm_eps: Option<f32>,
 ) -> Result<()> {
     let _op = gpu.op();
-    need("rope x", x, rows * heads * head_dim)?;
-    need("rope positions", positions, rows)?;
-    need("rope inv_freq", inv_freq, head_dim / 2)?;
     let b = [(1, &x.buf), (2, &positions.buf), (3, &inv_freq.buf)];
     let p =
         RopeParams { rows: rows as u32, heads: heads as u32, head_dim: head_dim as u32, eps: norm_eps.unwrap_or(0.0) };

@@ -2,6 +2,7 @@
 //! `tests/tools/make_fixtures.py` (transformers on the CPU), and comparing tensors; and the op table
 //! ([`table`]) with its plain reference implementations ([`reference`]).
 
+pub mod bad_calls;
 pub mod quant_table;
 pub mod reference;
 pub mod streaming;

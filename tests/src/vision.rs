@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use herd_core::backend::Backend;
-use herd_core::model::{ImageRows, Pick, Picked, Rows};
+use herd_core::model::{ImagePart, ImageRows, Pick, Picked, Rows};
 use herd_core::sampling::SamplingParams;
 use herd_core::vision::encoder::VisionTower;
 use herd_core::vision::layout::TileOptions;
@@ -100,7 +100,8 @@ pub fn check_all<B: Backend>(be: &Arc<B>) {
     eprintln!("{NAME} image features on {}: rel err {e:.2e}", be.name());
     assert!(e <= TOL, "{NAME}: image features differ from transformers': relative error {e:.3e} > {TOL:.0e}");
 
-    let all = ImageRows { token, parts: encoded.iter().map(|(b, n)| (b, 0, *n)).collect() };
+    let all =
+        ImageRows { token, parts: encoded.iter().map(|(b, n)| ImagePart { buf: b, first: 0, len: *n }).collect() };
     let ids = &r.input_ids;
     let (v, n) = (m.cfg.vocab_size, ids.len());
     let patches = |toks: &[u32]| toks.iter().filter(|&&x| x == token).count();

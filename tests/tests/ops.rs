@@ -25,3 +25,11 @@ fn cpu_backend_passes_the_quantized_rows() {
         rows.iter().filter(|r| !r.passed()).map(|r| format!("{} {} ({:?})", r.op, r.case, r.error)).collect();
     assert!(failed.is_empty(), "failing rows: {failed:?}\n{table}");
 }
+
+/// The bad calls every backend refuses with its op's check message (ops_wgpu.rs and ops_cuda.rs run the same
+/// rows).
+#[test]
+fn cpu_backend_refuses_the_bad_calls() {
+    let wrong = herd_conformance::bad_calls::bad_calls(&CpuBackend::new());
+    assert!(wrong.is_empty(), "bad calls not refused as they must be:\n{}", wrong.join("\n"));
+}

@@ -59,4 +59,6 @@ fn table(be: &CudaBackend) {
     let failed: Vec<_> =
         rows.iter().filter(|r| !r.passed()).map(|r| format!("{} {} ({:?})", r.op, r.case, r.error)).collect();
     assert!(failed.is_empty(), "failing rows: {failed:?}\n{table}");
+    let wrong = herd_conformance::bad_calls::bad_calls(be);
+    assert!(wrong.is_empty(), "bad calls not refused as they must be:\n{}", wrong.join("\n"));
 }

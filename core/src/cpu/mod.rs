@@ -16,6 +16,7 @@ mod sample;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::backend::check::{self, BufDesc};
 use crate::backend::{Act, AttnParams, AttnSeq, Backend};
 use crate::checkpoint::{FileBytes, TensorRef};
 use crate::error::{HerdError, Result};
@@ -146,6 +147,16 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
+    fn buffer_desc(&self, b: &CpuBuffer) -> BufDesc {
+        match b {
+            CpuBuffer::F32(v) => BufDesc { len: v.read().map_or(0, |v| v.len()), is_u32: false },
+            CpuBuffer::U32(v) => BufDesc { len: v.read().map_or(0, |v| v.len()), is_u32: true },
+        }
+    }
+    fn weight_desc<'a>(&self, w: &'a CpuWeight) -> (DType, &'a [usize]) {
+        (w.dtype, &w.shape)
+    }
+
     fn alloc(&self, len: usize) -> Result<CpuBuffer> {
         // A buffer larger than the machine (a KV cache for a context it cannot hold) is an error, not an abort.
         crate::limits::check_host_alloc("a CPU buffer", len as u128 * 4)?;
@@ -158,6 +169,7 @@ impl Backend for CpuBackend {
         Ok(CpuBuffer::U32(RwLock::new(data.to_vec())))
     }
     fn write_u32(&self, buf: &CpuBuffer, data: &[u32]) -> Result<()> {
+        check::write_u32(self, buf, data).map_err(err)?;
         let mut b = buf.u32_mut()?;
         need("write_u32", b.len(), data.len())?;
         b[..data.len()].copy_from_slice(data);
@@ -170,9 +182,7 @@ impl Backend for CpuBackend {
         Ok(buf.u32()?.clone())
     }
     fn copy(&self, src: &CpuBuffer, src_off: usize, dst: &CpuBuffer, dst_off: usize, len: usize) -> Result<()> {
-        if std::ptr::eq(src, dst) {
-            return Err(err("copy: source and destination are the same buffer"));
-        }
+        check::copy(self, src, src_off, dst, dst_off, len).map_err(err)?;
         let s = src.f32()?;
         let mut d = dst.f32_mut()?;
         need("copy src", s.len(), src_off + len)?;
@@ -227,6 +237,7 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&self, table: &CpuWeight, ids: &CpuBuffer, n: usize, dim: usize, out: &CpuBuffer) -> Result<()> {
+        check::embed(self, table, ids, n, dim, out).map_err(err)?;
         elementwise::embed(table, &ids.u32()?, n, dim, &mut out.f32_mut()?)
     }
 
@@ -239,6 +250,7 @@ impl Backend for CpuBackend {
         eps: f32,
         out: &CpuBuffer,
     ) -> Result<()> {
+        check::rms_norm(self, x, weight, rows, dim, out).map_err(err)?;
         let held = weight.map(|w| w.read()).transpose()?;
         let w = held.as_ref().map(|h| h.view());
         if std::ptr::eq(x, out) {
@@ -259,9 +271,7 @@ impl Backend for CpuBackend {
         eps: f32,
         out: &CpuBuffer,
     ) -> Result<()> {
-        if std::ptr::eq(acc, x) || std::ptr::eq(acc, out) || std::ptr::eq(x, out) {
-            return Err(err("add_rms_norm: acc, x and out must be distinct buffers"));
-        }
+        check::add_rms_norm(self, acc, x, weight, rows, dim, out).map_err(err)?;
         rms_norm::add_rms_norm(
             &mut acc.f32_mut()?,
             &x.f32()?,
@@ -297,9 +307,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &CpuBuffer, m: usize, w: &CpuWeight, out: &CpuBuffer) -> Result<()> {
-        let [n, k] = w.shape[..] else {
-            return Err(err(format!("matmul: weight has shape {:?}, expected 2 dims", w.shape)));
-        };
+        let (n, k) = check::matmul(self, x, m, w, out).map_err(err)?;
         let x = x.f32()?;
         let mut o = out.f32_mut()?;
         need("matmul x", x.len(), m * k)?;
@@ -318,6 +326,7 @@ impl Backend for CpuBackend {
         inv_freq: &CpuBuffer,
         norm_eps: Option<f32>,
     ) -> Result<()> {
+        check::rope(self, x, rows, heads, head_dim, positions, inv_freq).map_err(err)?;
         let mut x = x.f32_mut()?;
         rope::rope(&mut x, rows, heads, head_dim, &positions.u32()?, &inv_freq.f32()?)?;
         match norm_eps {
@@ -364,16 +373,12 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, acc: &CpuBuffer, x: &CpuBuffer, n: usize) -> Result<()> {
-        if std::ptr::eq(acc, x) {
-            return Err(err("add: accumulator and addend are the same buffer"));
-        }
+        check::add(self, acc, x, n).map_err(err)?;
         elementwise::add(&mut acc.f32_mut()?, &x.f32()?, n)
     }
 
     fn silu_mul(&self, gate: &CpuBuffer, up: &CpuBuffer, n: usize) -> Result<()> {
-        if std::ptr::eq(gate, up) {
-            return Err(err("silu_mul: gate and up are the same buffer"));
-        }
+        check::silu_mul(self, gate, up, n).map_err(err)?;
         elementwise::silu_mul(&mut gate.f32_mut()?, &up.f32()?, n)
     }
 
@@ -386,6 +391,7 @@ impl Backend for CpuBackend {
         idx: &CpuBuffer,
         score: &CpuBuffer,
     ) -> Result<()> {
+        check::router_topk(self, logits, rows, n_experts, k, idx, score).map_err(err)?;
         moe::router_topk(&logits.f32()?, rows, n_experts, k, &mut idx.u32_mut()?, &mut score.f32_mut()?)
     }
 
@@ -404,6 +410,7 @@ impl Backend for CpuBackend {
     }
 
     fn gather_rows(&self, x: &CpuBuffer, rows: &CpuBuffer, n: usize, dim: usize, out: &CpuBuffer) -> Result<()> {
+        check::gather_rows(self, x, rows, n, dim, out).map_err(err)?;
         elementwise::gather_rows(&x.f32()?, &rows.u32()?, n, dim, &mut out.f32_mut()?)
     }
 

@@ -70,9 +70,9 @@ impl<B: Backend> Attention<B> {
             be.rope(&s.k, t, p.n_kv_heads, p.head_dim, positions, inv_freq, norm)?;
         }
         // One call per cache arena, each for the sequences whose keys live there.
-        for (k_cache, v_cache, seqs) in cache {
-            be.attention(&s.q, &s.k, &s.v, k_cache, v_cache, seqs, p, &s.attn)?;
-            be.kv_store(&s.k, &s.v, k_cache, v_cache, seqs, p.n_kv_heads * p.head_dim)?;
+        for g in cache {
+            be.attention(&s.q, &s.k, &s.v, g.k, g.v, &g.seqs, p, &s.attn)?;
+            be.kv_store(&s.k, &s.v, g.k, g.v, &g.seqs, p.n_kv_heads * p.head_dim)?;
         }
         be.matmul(&s.attn, t, &self.o, &s.o)
     }

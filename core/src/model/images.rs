@@ -8,18 +8,32 @@ use crate::kv::SeqId;
 use super::steps;
 
 /// The rows that replace one sequence's `<|patch|>` embeddings (early fusion, llama4-spec.md §4.5): the i-th
-/// `token` among the sequence's new tokens in a forward pass takes the i-th row of `parts` taken in order
-/// (each `(buffer, first, n)`: rows `first..first + n` of a device buffer of rows of the model's width, as
-/// [`crate::vision::encoder::VisionTower`] makes them). The count must match exactly.
+/// `token` among the sequence's new tokens in a forward pass takes the i-th row of `parts` taken in order.
+/// The count must match exactly.
 pub struct ImageRows<'a, B: Backend> {
     pub token: u32,
-    pub parts: Vec<(&'a B::Buffer, usize, usize)>,
+    pub parts: Vec<ImagePart<'a, B>>,
 }
+
+/// Rows `first..first + len` of a device buffer of rows of the model's width (as
+/// [`crate::vision::encoder::VisionTower`] makes them).
+pub struct ImagePart<'a, B: Backend> {
+    pub buf: &'a B::Buffer,
+    pub first: usize,
+    pub len: usize,
+}
+
+impl<B: Backend> Clone for ImagePart<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for ImagePart<'_, B> {}
 
 impl<B: Backend> ImageRows<'_, B> {
     /// How many rows there are.
     pub fn len(&self) -> usize {
-        self.parts.iter().map(|p| p.2).sum()
+        self.parts.iter().map(|p| p.len).sum()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -27,11 +41,11 @@ impl<B: Backend> ImageRows<'_, B> {
     /// The rows after the first `n` (for tokens fed after a prefix that used those).
     pub fn skip(&self, mut n: usize) -> Self {
         let mut parts = Vec::new();
-        for &(buf, first, len) in &self.parts {
-            let k = n.min(len);
+        for p in &self.parts {
+            let k = n.min(p.len);
             n -= k;
-            if k < len {
-                parts.push((buf, first + k, len - k));
+            if k < p.len {
+                parts.push(ImagePart { buf: p.buf, first: p.first + k, len: p.len - k });
             }
         }
         ImageRows { token: self.token, parts }
@@ -39,11 +53,11 @@ impl<B: Backend> ImageRows<'_, B> {
     /// The first `n` rows.
     pub fn take(&self, mut n: usize) -> Self {
         let mut parts = Vec::new();
-        for &(buf, first, len) in &self.parts {
-            let k = n.min(len);
+        for p in &self.parts {
+            let k = n.min(p.len);
             n -= k;
             if k > 0 {
-                parts.push((buf, first, k));
+                parts.push(ImagePart { buf: p.buf, first: p.first, len: k });
             }
         }
         ImageRows { token: self.token, parts }
@@ -116,11 +130,11 @@ pub(super) fn fuse_images<B: Backend>(
         while done < run {
             // The part holding image row `next`.
             let (mut part, mut start) = (0, 0);
-            while part < img.parts.len() && start + img.parts[part].2 <= next {
-                start += img.parts[part].2;
+            while part < img.parts.len() && start + img.parts[part].len <= next {
+                start += img.parts[part].len;
                 part += 1;
             }
-            let Some(&(buf, first, n)) = img.parts.get(part) else {
+            let Some(&ImagePart { buf, first, len: n }) = img.parts.get(part) else {
                 return Err(HerdError::Input("more image patch tokens than image rows".into()));
             };
             let take = (run - done).min(start + n - next);

@@ -8,8 +8,8 @@ mod images;
 mod pick;
 mod steps;
 
-pub use images::ImageRows;
 use images::{check_images, fuse_images, step_images, StepImages};
+pub use images::{ImagePart, ImageRows};
 pub use pick::{Pick, Picked};
 
 use std::sync::{Arc, Mutex};

@@ -25,7 +25,7 @@ use web_time::Instant;
 use crate::backend::Backend;
 use crate::error::{HerdError, Result};
 use crate::kv::{KvCache, SeqId};
-use crate::model::{ImageRows, Llama4, Pick, Picked};
+use crate::model::{ImagePart, ImageRows, Llama4, Pick, Picked};
 use crate::sampling::{pick, Sampler};
 
 mod logprobs;
@@ -400,7 +400,10 @@ impl<B: Backend> Scheduler<B> {
                 }
                 any_images = true;
                 let used = s.prompt[..start].iter().filter(|&&t| t == im.patch).count();
-                let all = ImageRows { token: im.patch, parts: im.rows.iter().map(|(b, n)| (&**b, 0, *n)).collect() };
+                let all = ImageRows {
+                    token: im.patch,
+                    parts: im.rows.iter().map(|(b, n)| ImagePart { buf: &**b, first: 0, len: *n }).collect(),
+                };
                 Some(all.skip(used).take(here))
             })
             .collect();

@@ -12,6 +12,8 @@
 //! Shapes are row-major and passed explicitly. An op never aliases an input with its output unless the op
 //! says it works in place.
 
+pub mod check;
+
 use crate::checkpoint::TensorRef;
 use crate::error::{HerdError, Result};
 use crate::quant::DType;
@@ -91,6 +93,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A short name for messages and benchmarks, e.g. `cpu (2 threads)`.
     fn name(&self) -> String;
+
+    /// What the op checks ([`check`]) see of a buffer: its length in elements and whether it holds u32.
+    fn buffer_desc(&self, b: &Self::Buffer) -> check::BufDesc;
+    /// A weight's format and shape.
+    fn weight_desc<'a>(&self, w: &'a Self::Weight) -> (DType, &'a [usize]);
 
     // ---- memory -------------------------------------------------------------------------------------
     /// Counters worth showing in a benchmark (e.g. how many steps ran as CUDA graphs), if the backend keeps any.

@@ -1,0 +1,240 @@
+//! The checks every backend makes before an op runs, written once: buffer kinds (f32 or u32), lengths
+//! against the op's shape arguments, weight shapes and formats, and which buffers must be distinct. Each
+//! backend calls the op's check first (`check::add(self, acc, x, n).map_err(err)?`) and adds only its own
+//! limits (a kernel's largest head size, say); the op table's bad-call rows (`tests/src/bad_calls.rs`)
+//! prove that every backend refuses the same calls with the same message. Sizes are multiplied with
+//! overflow checks, so a call whose sizes wrap is refused, never run.
+
+use super::Backend;
+
+/// A check's verdict: the reason a call is refused, one line, naming the op and the argument.
+pub type Verdict = std::result::Result<(), String>;
+
+/// What the checks see of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufDesc {
+    /// Elements (f32 or u32).
+    pub len: usize,
+    pub is_u32: bool,
+}
+
+/// A buffer argument: its name in the op's signature, and the buffer.
+struct Arg<'a, B: Backend> {
+    name: &'static str,
+    buf: &'a B::Buffer,
+    desc: BufDesc,
+}
+
+fn arg<'a, B: Backend>(be: &B, name: &'static str, buf: &'a B::Buffer) -> Arg<'a, B> {
+    Arg { name, buf, desc: be.buffer_desc(buf) }
+}
+
+/// `a · b · ...`, or a refusal when it overflows.
+fn product(op: &str, what: &str, dims: &[usize]) -> std::result::Result<usize, String> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("{op}: the size of {what} ({dims:?}) overflows"))
+}
+
+/// An f32 buffer of at least `need` elements.
+fn f32s<B: Backend>(op: &str, a: &Arg<B>, need: usize) -> Verdict {
+    if a.desc.is_u32 {
+        return Err(format!("{op}: {} must be an f32 buffer, got u32", a.name));
+    }
+    enough(op, a, need)
+}
+
+/// A u32 buffer of at least `need` elements.
+fn u32s<B: Backend>(op: &str, a: &Arg<B>, need: usize) -> Verdict {
+    if !a.desc.is_u32 {
+        return Err(format!("{op}: {} must be a u32 buffer, got f32", a.name));
+    }
+    enough(op, a, need)
+}
+
+fn enough<B: Backend>(op: &str, a: &Arg<B>, need: usize) -> Verdict {
+    if a.desc.len < need {
+        return Err(format!("{op}: {} has {} elements, the op needs {need}", a.name, a.desc.len));
+    }
+    Ok(())
+}
+
+/// No two of `args` are the same buffer.
+fn distinct<B: Backend>(op: &str, args: &[&Arg<B>]) -> Verdict {
+    for (i, a) in args.iter().enumerate() {
+        if let Some(b) = args[i + 1..].iter().find(|b| std::ptr::eq(a.buf, b.buf)) {
+            return Err(format!("{op}: {} and {} must be distinct buffers", a.name, b.name));
+        }
+    }
+    Ok(())
+}
+
+/// A float weight (f32, bf16, f16) of `numel` elements.
+fn float_vector<B: Backend>(be: &B, op: &str, name: &str, w: &B::Weight, numel: usize) -> Verdict {
+    let (dtype, shape) = be.weight_desc(w);
+    if dtype.is_quantized() {
+        return Err(format!("{op}: {name} must be a float weight, got {}", dtype.name()));
+    }
+    if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(numel) {
+        return Err(format!("{op}: {name} has shape {shape:?}, the op needs {numel} elements"));
+    }
+    Ok(())
+}
+
+/// A 2-D weight's shape.
+fn matrix<B: Backend>(be: &B, op: &str, name: &str, w: &B::Weight) -> std::result::Result<(usize, usize), String> {
+    match be.weight_desc(w).1 {
+        &[r, c] => Ok((r, c)),
+        s => Err(format!("{op}: {name} has shape {s:?}, expected 2 dimensions")),
+    }
+}
+
+/// [`Backend::copy`].
+pub fn copy<B: Backend>(
+    be: &B,
+    src: &B::Buffer,
+    src_off: usize,
+    dst: &B::Buffer,
+    dst_off: usize,
+    len: usize,
+) -> Verdict {
+    let (s, d) = (arg(be, "src", src), arg(be, "dst", dst));
+    let end = |off: usize| off.checked_add(len).ok_or_else(|| format!("copy: offset {off} + {len} overflows"));
+    f32s("copy", &s, end(src_off)?)?;
+    f32s("copy", &d, end(dst_off)?)?;
+    distinct("copy", &[&s, &d])
+}
+
+/// [`Backend::write_u32`].
+pub fn write_u32<B: Backend>(be: &B, buf: &B::Buffer, data: &[u32]) -> Verdict {
+    u32s("write_u32", &arg(be, "buf", buf), data.len())
+}
+
+/// [`Backend::embed`].
+pub fn embed<B: Backend>(be: &B, table: &B::Weight, ids: &B::Buffer, n: usize, dim: usize, out: &B::Buffer) -> Verdict {
+    let (_, cols) = matrix(be, "embed", "table", table)?;
+    if cols != dim {
+        return Err(format!("embed: table has rows of {cols}, the op needs {dim}"));
+    }
+    u32s("embed", &arg(be, "ids", ids), n)?;
+    f32s("embed", &arg(be, "out", out), product("embed", "out", &[n, dim])?)
+}
+
+/// [`Backend::add`].
+pub fn add<B: Backend>(be: &B, acc: &B::Buffer, x: &B::Buffer, n: usize) -> Verdict {
+    let (a, b) = (arg(be, "acc", acc), arg(be, "x", x));
+    f32s("add", &a, n)?;
+    f32s("add", &b, n)?;
+    distinct("add", &[&a, &b])
+}
+
+/// [`Backend::silu_mul`].
+pub fn silu_mul<B: Backend>(be: &B, gate: &B::Buffer, up: &B::Buffer, n: usize) -> Verdict {
+    let (g, u) = (arg(be, "gate", gate), arg(be, "up", up));
+    f32s("silu_mul", &g, n)?;
+    f32s("silu_mul", &u, n)?;
+    distinct("silu_mul", &[&g, &u])
+}
+
+/// [`Backend::gather_rows`].
+pub fn gather_rows<B: Backend>(
+    be: &B,
+    x: &B::Buffer,
+    rows: &B::Buffer,
+    n: usize,
+    dim: usize,
+    out: &B::Buffer,
+) -> Verdict {
+    let (xa, oa) = (arg(be, "x", x), arg(be, "out", out));
+    f32s("gather_rows", &xa, 0)?;
+    u32s("gather_rows", &arg(be, "rows", rows), n)?;
+    f32s("gather_rows", &oa, product("gather_rows", "out", &[n, dim])?)?;
+    distinct("gather_rows", &[&xa, &oa])
+}
+
+/// [`Backend::rms_norm`] (`out` may be `x`).
+pub fn rms_norm<B: Backend>(
+    be: &B,
+    x: &B::Buffer,
+    weight: Option<&B::Weight>,
+    rows: usize,
+    dim: usize,
+    out: &B::Buffer,
+) -> Verdict {
+    let n = product("rms_norm", "x", &[rows, dim])?;
+    f32s("rms_norm", &arg(be, "x", x), n)?;
+    f32s("rms_norm", &arg(be, "out", out), n)?;
+    weight.map_or(Ok(()), |w| float_vector(be, "rms_norm", "weight", w, dim))
+}
+
+/// [`Backend::add_rms_norm`].
+pub fn add_rms_norm<B: Backend>(
+    be: &B,
+    acc: &B::Buffer,
+    x: &B::Buffer,
+    weight: &B::Weight,
+    rows: usize,
+    dim: usize,
+    out: &B::Buffer,
+) -> Verdict {
+    let n = product("add_rms_norm", "x", &[rows, dim])?;
+    let (a, b, o) = (arg(be, "acc", acc), arg(be, "x", x), arg(be, "out", out));
+    for v in [&a, &b, &o] {
+        f32s("add_rms_norm", v, n)?;
+    }
+    distinct("add_rms_norm", &[&a, &b, &o])?;
+    float_vector(be, "add_rms_norm", "weight", weight, dim)
+}
+
+/// [`Backend::matmul`]: returns the weight's (n, k).
+pub fn matmul<B: Backend>(
+    be: &B,
+    x: &B::Buffer,
+    m: usize,
+    w: &B::Weight,
+    out: &B::Buffer,
+) -> std::result::Result<(usize, usize), String> {
+    let (n, k) = matrix(be, "matmul", "w", w)?;
+    let (xa, oa) = (arg(be, "x", x), arg(be, "out", out));
+    f32s("matmul", &xa, product("matmul", "x", &[m, k])?)?;
+    f32s("matmul", &oa, product("matmul", "out", &[m, n])?)?;
+    distinct("matmul", &[&xa, &oa])?;
+    Ok((n, k))
+}
+
+/// [`Backend::rope`].
+pub fn rope<B: Backend>(
+    be: &B,
+    x: &B::Buffer,
+    rows: usize,
+    heads: usize,
+    head_dim: usize,
+    positions: &B::Buffer,
+    inv_freq: &B::Buffer,
+) -> Verdict {
+    if !head_dim.is_multiple_of(2) {
+        return Err(format!("rope: head_dim {head_dim} must be even (the rotation works on pairs)"));
+    }
+    f32s("rope", &arg(be, "x", x), product("rope", "x", &[rows, heads, head_dim])?)?;
+    u32s("rope", &arg(be, "positions", positions), rows)?;
+    f32s("rope", &arg(be, "inv_freq", inv_freq), head_dim / 2)
+}
+
+/// [`Backend::router_topk`].
+pub fn router_topk<B: Backend>(
+    be: &B,
+    logits: &B::Buffer,
+    rows: usize,
+    n_experts: usize,
+    k: usize,
+    idx: &B::Buffer,
+    score: &B::Buffer,
+) -> Verdict {
+    if k == 0 || k > n_experts {
+        return Err(format!("router_topk: top-{k} of {n_experts} experts"));
+    }
+    f32s("router_topk", &arg(be, "logits", logits), product("router_topk", "logits", &[rows, n_experts])?)?;
+    let kn = product("router_topk", "idx", &[rows, k])?;
+    u32s("router_topk", &arg(be, "idx", idx), kn)?;
+    f32s("router_topk", &arg(be, "score", score), kn)
+}

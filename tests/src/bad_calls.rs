@@ -1,0 +1,184 @@
+//! The op table's bad-call rows: calls every backend must refuse, each with the one-line message of the
+//! op's check in `herd_core::backend::check` (the backends run those checks, so the messages are the same
+//! everywhere). A backend that runs such a call, or refuses it for another reason, fails the row.
+
+use herd_core::backend::Backend;
+use herd_core::checkpoint::TensorRef;
+use herd_core::quant::DType;
+use herd_core::Result;
+
+/// An f32 weight of `shape` (values 0.5).
+fn weight<B: Backend>(be: &B, shape: &[usize]) -> Result<B::Weight> {
+    let n: usize = shape.iter().product();
+    let bytes = (0..n).flat_map(|_| 0.5f32.to_le_bytes()).collect();
+    be.load_weight(&TensorRef::owned("w", DType::F32, shape.to_vec(), bytes))
+}
+
+/// One bad call: what it is, the message the refusal must contain, and the call.
+type Case<B> = (&'static str, &'static str, Box<dyn Fn(&B) -> Result<()>>);
+
+fn cases<B: Backend>() -> Vec<Case<B>> {
+    let f = |be: &B, n: usize| be.upload(&vec![1.0; n]);
+    let u = |be: &B, n: usize| be.upload_u32(&vec![0; n]);
+    vec![
+        (
+            "add in place on itself",
+            "add: acc and x must be distinct buffers",
+            Box::new(move |be: &B| {
+                let a = f(be, 4)?;
+                be.add(&a, &a, 4)
+            }),
+        ),
+        (
+            "add of a short x",
+            "add: x has 3 elements, the op needs 4",
+            Box::new(move |be: &B| be.add(&f(be, 4)?, &f(be, 3)?, 4)),
+        ),
+        (
+            "add into a u32 buffer",
+            "add: acc must be an f32 buffer, got u32",
+            Box::new(move |be: &B| be.add(&u(be, 4)?, &f(be, 4)?, 4)),
+        ),
+        (
+            "silu_mul on itself",
+            "silu_mul: gate and up must be distinct buffers",
+            Box::new(move |be: &B| {
+                let a = f(be, 4)?;
+                be.silu_mul(&a, &a, 4)
+            }),
+        ),
+        (
+            "copy onto itself",
+            "copy: src and dst must be distinct buffers",
+            Box::new(move |be: &B| {
+                let a = f(be, 8)?;
+                be.copy(&a, 0, &a, 4, 4)
+            }),
+        ),
+        (
+            "copy past the end",
+            "copy: dst has 4 elements, the op needs 6",
+            Box::new(move |be: &B| be.copy(&f(be, 8)?, 0, &f(be, 4)?, 2, 4)),
+        ),
+        (
+            "copy at an offset that wraps",
+            "copy: offset 18446744073709551615 + 2 overflows",
+            Box::new(move |be: &B| be.copy(&f(be, 8)?, usize::MAX, &f(be, 4)?, 0, 2)),
+        ),
+        (
+            "write_u32 into f32",
+            "write_u32: buf must be a u32 buffer, got f32",
+            Box::new(move |be: &B| be.write_u32(&f(be, 4)?, &[1, 2])),
+        ),
+        (
+            "write_u32 past the end",
+            "write_u32: buf has 2 elements, the op needs 3",
+            Box::new(move |be: &B| be.write_u32(&u(be, 2)?, &[1, 2, 3])),
+        ),
+        (
+            "embed with f32 ids",
+            "embed: ids must be a u32 buffer, got f32",
+            Box::new(move |be: &B| be.embed(&weight(be, &[8, 4])?, &f(be, 2)?, 2, 4, &f(be, 8)?)),
+        ),
+        (
+            "embed with another row size",
+            "embed: table has rows of 4, the op needs 5",
+            Box::new(move |be: &B| be.embed(&weight(be, &[8, 4])?, &u(be, 2)?, 2, 5, &f(be, 10)?)),
+        ),
+        (
+            "rms_norm with a short weight",
+            "rms_norm: weight has shape [3], the op needs 4 elements",
+            Box::new(move |be: &B| {
+                let x = f(be, 8)?;
+                be.rms_norm(&x, Some(&weight(be, &[3])?), 2, 4, 1e-5, &x)
+            }),
+        ),
+        (
+            "add_rms_norm into acc",
+            "add_rms_norm: acc and out must be distinct buffers",
+            Box::new(move |be: &B| {
+                let acc = f(be, 8)?;
+                be.add_rms_norm(&acc, &f(be, 8)?, &weight(be, &[4])?, 2, 4, 1e-5, &acc)
+            }),
+        ),
+        (
+            "matmul by a 3-D weight",
+            "matmul: w has shape [2, 2, 2], expected 2 dimensions",
+            Box::new(move |be: &B| be.matmul(&f(be, 8)?, 2, &weight(be, &[2, 2, 2])?, &f(be, 8)?)),
+        ),
+        (
+            "matmul of a short x",
+            "matmul: x has 7 elements, the op needs 8",
+            Box::new(move |be: &B| be.matmul(&f(be, 7)?, 2, &weight(be, &[3, 4])?, &f(be, 6)?)),
+        ),
+        (
+            "matmul in place",
+            "matmul: x and out must be distinct buffers",
+            Box::new(move |be: &B| {
+                let x = f(be, 16)?;
+                be.matmul(&x, 2, &weight(be, &[4, 4])?, &x)
+            }),
+        ),
+        (
+            "matmul of rows that wrap",
+            "matmul: the size of x ([18446744073709551615, 4]) overflows",
+            Box::new(move |be: &B| be.matmul(&f(be, 8)?, usize::MAX, &weight(be, &[4, 4])?, &f(be, 8)?)),
+        ),
+        (
+            "rope of an odd head",
+            "rope: head_dim 3 must be even (the rotation works on pairs)",
+            Box::new(move |be: &B| be.rope(&f(be, 6)?, 2, 1, 3, &u(be, 2)?, &f(be, 1)?, None)),
+        ),
+        (
+            "rope with f32 positions",
+            "rope: positions must be a u32 buffer, got f32",
+            Box::new(move |be: &B| be.rope(&f(be, 8)?, 2, 1, 4, &f(be, 2)?, &f(be, 2)?, None)),
+        ),
+        (
+            "router top-5 of 4",
+            "router_topk: top-5 of 4 experts",
+            Box::new(move |be: &B| be.router_topk(&f(be, 8)?, 2, 4, 5, &u(be, 10)?, &f(be, 10)?)),
+        ),
+        (
+            "router with f32 idx",
+            "router_topk: idx must be a u32 buffer, got f32",
+            Box::new(move |be: &B| be.router_topk(&f(be, 8)?, 2, 4, 1, &f(be, 2)?, &f(be, 2)?)),
+        ),
+        (
+            "gather_rows in place",
+            "gather_rows: x and out must be distinct buffers",
+            Box::new(move |be: &B| {
+                let x = f(be, 8)?;
+                be.gather_rows(&x, &u(be, 2)?, 2, 4, &x)
+            }),
+        ),
+        (
+            "gather_rows of short rows",
+            "gather_rows: rows has 1 elements, the op needs 2",
+            Box::new(move |be: &B| be.gather_rows(&f(be, 8)?, &u(be, 1)?, 2, 4, &f(be, 8)?)),
+        ),
+    ]
+}
+
+/// Runs every bad call on `be`; returns the rows it got wrong (empty: every call refused as it must be).
+pub fn bad_calls<B: Backend>(be: &B) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (what, want, call) in cases::<B>() {
+        match call(be) {
+            Ok(()) => wrong.push(format!("{what}: ran; it must be refused with `{want}`")),
+            Err(e) if !e.to_string().contains(want) => wrong.push(format!("{what}: refused with `{e}`, not `{want}`")),
+            Err(_) => {}
+        }
+    }
+    // The step the refused calls did not record still runs: the backend is usable afterwards.
+    let check = (|| {
+        let (a, b) = (be.upload(&[1.0, 2.0])?, be.upload(&[3.0, 4.0])?);
+        be.add(&a, &b, 2)?;
+        be.read(&a)
+    })();
+    match check {
+        Ok(v) if v == [4.0, 6.0] => {}
+        other => wrong.push(format!("after the refusals, an add gave {other:?}, not [4.0, 6.0]")),
+    }
+    wrong
+}
