@@ -7,7 +7,7 @@ use herd_core::error::Result;
 
 use crate::device::err;
 use crate::kernel::{kernel, params, DevPtr};
-use crate::{blocks, need, CudaBackend, CudaBuffer, DECODE_MAX_Q, MAX_GROUP, MAX_HEAD_DIM};
+use crate::{blocks, CudaBackend, CudaBuffer, DECODE_MAX_Q, MAX_GROUP, MAX_HEAD_DIM};
 
 params! {
     pub struct AttnDecodeParams {
@@ -58,21 +58,11 @@ impl CudaBackend {
             return Err(err(format!("attention: {h} heads over {kvh} kv heads of dim {hd} (at most {MAX_HEAD_DIM})")));
         }
         let g = h / kvh;
-        let kv_dim = kvh * hd;
         let mut rows_meta = Vec::new();
         let mut tiles = Vec::new();
         let mut bound = 1usize;
         for s in seqs {
-            let (q0, ql) = (s.q_start as usize, s.q_len as usize);
-            need("attention q", q, (q0 + ql) * h * hd)?;
-            need("attention out", out, (q0 + ql) * h * hd)?;
-            need("attention k_new", k_new, (q0 + ql) * kv_dim)?;
-            need("attention v_new", v_new, (q0 + ql) * kv_dim)?;
-            if s.pos0 > 0 {
-                let end = (s.slot_base as usize + s.slot_cap as usize) * kv_dim;
-                need("attention k_cache", k_cache, end)?;
-                need("attention v_cache", v_cache, end)?;
-            }
+            let ql = s.q_len as usize;
             if ql == 0 {
                 continue;
             }
@@ -180,10 +170,6 @@ impl CudaBackend {
         let mut pairs = Vec::new();
         for s in seqs {
             let (ql, cap) = (s.q_len as usize, s.slot_cap.max(1) as usize);
-            need("kv_store k_new", k_new, (s.q_start as usize + ql) * kv_dim)?;
-            need("kv_store v_new", v_new, (s.q_start as usize + ql) * kv_dim)?;
-            need("kv_store k_cache", k_cache, (s.slot_base as usize + cap) * kv_dim)?;
-            need("kv_store v_cache", v_cache, (s.slot_base as usize + cap) * kv_dim)?;
             // A step longer than the ring keeps its last `cap` tokens.
             for t in ql.saturating_sub(cap)..ql {
                 let slot = s.slot_base as usize + (s.pos0 as usize + t) % cap;

@@ -147,13 +147,6 @@ impl Drop for CudaWeight {
     }
 }
 
-fn need(what: &str, b: &CudaBuffer, n: usize) -> Result<()> {
-    if b.len < n {
-        return Err(err(format!("{what}: buffer has {} elements, op needs {n}", b.len)));
-    }
-    Ok(())
-}
-
 fn words(b: &[u8]) -> impl Iterator<Item = u32> + '_ {
     b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
@@ -416,10 +409,12 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &CudaBuffer,
     ) -> Result<()> {
+        check::layer_norm(self, x, weight, bias, rows, dim, out).map_err(err)?;
         self.layer_norm_impl(x, weight, bias, rows, dim, eps, out)
     }
 
     fn bias_act(&self, x: &CudaBuffer, bias: Option<&CudaWeight>, rows: usize, dim: usize, act: Act) -> Result<()> {
+        check::bias_act(self, x, bias, rows, dim).map_err(err)?;
         self.bias_act_impl(x, bias, rows, dim, act)
     }
 
@@ -438,6 +433,7 @@ impl Backend for CudaBackend {
         out: &CudaBuffer,
         scratch: &CudaBuffer,
     ) -> Result<()> {
+        let _ = check::swiglu(self, x, m, gate_w, up_w, width, out, scratch).map_err(err)?;
         self.swiglu_impl(x, m, gate_w, up_w, width, out, scratch)
     }
 
@@ -466,6 +462,7 @@ impl Backend for CudaBackend {
         p: &AttnParams,
         out: &CudaBuffer,
     ) -> Result<()> {
+        check::attention(self, q, k_new, v_new, k_cache, v_cache, seqs, p, out).map_err(err)?;
         self.attention_impl(q, k_new, v_new, k_cache, v_cache, seqs, p, out)
     }
 
@@ -478,6 +475,7 @@ impl Backend for CudaBackend {
         seqs: &[AttnSeq],
         kv_dim: usize,
     ) -> Result<()> {
+        check::kv_store(self, k_new, v_new, k_cache, v_cache, seqs, kv_dim).map_err(err)?;
         self.kv_store_impl(k_new, v_new, k_cache, v_cache, seqs, kv_dim)
     }
 
@@ -515,6 +513,7 @@ impl Backend for CudaBackend {
         down: &CudaWeight,
         out: &CudaBuffer,
     ) -> Result<()> {
+        let _ = check::moe(self, x, rows, idx, score, k, gate_up, down, out).map_err(err)?;
         self.moe_impl(x, rows, idx, score, k, gate_up, down, out)
     }
     fn gather_rows(&self, x: &CudaBuffer, rows: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
@@ -532,6 +531,7 @@ impl Backend for CudaBackend {
         history: &[&[u32]],
         out: &CudaBuffer,
     ) -> Result<()> {
+        check::sample(self, logits, rows, vocab, out).map_err(err)?;
         self.sample_impl(logits, rows, vocab, params, draws, history, out)
     }
 }

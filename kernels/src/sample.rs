@@ -5,7 +5,7 @@ use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sam
 
 use crate::device::err;
 use crate::kernel::{kernel, params, DevPtr};
-use crate::{need, CudaBackend, CudaBuffer};
+use crate::{CudaBackend, CudaBuffer};
 
 params! {
     pub struct SampleParams {
@@ -30,8 +30,6 @@ impl CudaBackend {
     ) -> Result<()> {
         let _op = self.dev.op();
         check_sample_args(rows, draws, history)?;
-        need("sample logits", logits, rows * vocab)?;
-        need("sample out", out, rows)?;
         if vocab == 0 || !out.is_u32 || logits.is_u32 {
             return Err(err("sample: needs f32 logits of a non-empty vocabulary and a u32 output"));
         }

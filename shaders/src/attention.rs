@@ -4,7 +4,7 @@ use herd_core::backend::{AttnParams, AttnSeq};
 use herd_core::error::Result;
 
 use crate::gpu::{err, Gpu};
-use crate::kernel::{groups, kernels, need, params};
+use crate::kernel::{groups, kernels, params};
 use crate::GpuBuffer;
 
 params! {
@@ -81,10 +81,6 @@ pub(crate) fn attention(
         return Err(err(format!("attention: head_dim {d} (at most 256) / heads {h} over {kvh} kv heads")));
     }
     let (seq_buf, row_seq, rows) = seq_buffers(gpu, seqs)?;
-    need("attention q", q, rows * h * d)?;
-    need("attention k_new", k_new, rows * kvh * d)?;
-    need("attention v_new", v_new, rows * kvh * d)?;
-    need("attention out", out, rows * h * d)?;
     let slots = k_cache.len.min(v_cache.len) / (kvh * d);
     for s in seqs {
         if (s.slot_base + s.slot_cap) as usize > slots {
@@ -176,12 +172,6 @@ pub(crate) fn kv_store(
 ) -> Result<()> {
     let _op = gpu.op();
     let (seq_buf, row_seq, rows) = seq_buffers(gpu, seqs)?;
-    need("kv_store k_new", k_new, rows * kv_dim)?;
-    need("kv_store v_new", v_new, rows * kv_dim)?;
-    for s in seqs {
-        need("kv_store cache", k_cache, (s.slot_base + s.slot_cap) as usize * kv_dim)?;
-        need("kv_store cache", v_cache, (s.slot_base + s.slot_cap) as usize * kv_dim)?;
-    }
     let p = KvStoreParams { rows: rows as u32, kv_dim: kv_dim as u32 };
     let b = [(2, &k_new.buf), (3, &v_new.buf), (4, &k_cache.buf), (5, &v_cache.buf), (6, &seq_buf), (7, &row_seq)];
     gpu.dispatch(KvStore::Rows, 0, &b, &p, groups(rows * kv_dim, 256))

@@ -105,14 +105,6 @@ pub(crate) fn loaders(source: &str) -> String {
     out
 }
 
-/// Refuses a buffer shorter than an op needs.
-pub(crate) fn need(what: &str, b: &crate::GpuBuffer, n: usize) -> herd_core::error::Result<()> {
-    if b.len < n {
-        return Err(crate::gpu::err(format!("{what}: buffer has {} elements, op needs {n}", b.len)));
-    }
-    Ok(())
-}
-
 /// Workgroups for `n` items, `per` per workgroup.
 pub(crate) fn groups(n: usize, per: usize) -> u32 {
     n.div_ceil(per) as u32

@@ -257,9 +257,11 @@ impl Backend for WgpuBackend {
         eps: f32,
         out: &GpuBuffer,
     ) -> Result<()> {
+        check::layer_norm(self, x, weight, bias, rows, dim, out).map_err(err)?;
         layer_norm::layer_norm(&self.gpu, x, weight, bias, rows, dim, eps, out)
     }
     fn bias_act(&self, x: &GpuBuffer, bias: Option<&GpuWeight>, rows: usize, dim: usize, act: Act) -> Result<()> {
+        check::bias_act(self, x, bias, rows, dim).map_err(err)?;
         layer_norm::bias_act(&self.gpu, x, bias, rows, dim, act)
     }
     fn matmul(&self, x: &GpuBuffer, m: usize, w: &GpuWeight, out: &GpuBuffer) -> Result<()> {
@@ -290,6 +292,7 @@ impl Backend for WgpuBackend {
         p: &AttnParams,
         out: &GpuBuffer,
     ) -> Result<()> {
+        check::attention(self, q, k_new, v_new, k_cache, v_cache, seqs, p, out).map_err(err)?;
         attention::attention(&self.gpu, q, k_new, v_new, k_cache, v_cache, seqs, p, out)
     }
     fn kv_store(
@@ -301,6 +304,7 @@ impl Backend for WgpuBackend {
         seqs: &[AttnSeq],
         kv_dim: usize,
     ) -> Result<()> {
+        check::kv_store(self, k_new, v_new, k_cache, v_cache, seqs, kv_dim).map_err(err)?;
         attention::kv_store(&self.gpu, k_new, v_new, k_cache, v_cache, seqs, kv_dim)
     }
     fn add(&self, acc: &GpuBuffer, x: &GpuBuffer, n: usize) -> Result<()> {
@@ -334,6 +338,7 @@ impl Backend for WgpuBackend {
         down: &GpuWeight,
         out: &GpuBuffer,
     ) -> Result<()> {
+        let _ = check::moe(self, x, rows, idx, score, k, gate_up, down, out).map_err(err)?;
         moe::moe(&self.gpu, x, rows, idx, score, k, gate_up, down, out)
     }
     fn gather_rows(&self, x: &GpuBuffer, rows: &GpuBuffer, n: usize, dim: usize, out: &GpuBuffer) -> Result<()> {
@@ -350,6 +355,7 @@ impl Backend for WgpuBackend {
         history: &[&[u32]],
         out: &GpuBuffer,
     ) -> Result<()> {
+        check::sample(self, logits, rows, vocab, out).map_err(err)?;
         sample::sample(&self.gpu, logits, rows, vocab, params, draws, history, out)
     }
 }

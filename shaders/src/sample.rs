@@ -4,7 +4,7 @@ use herd_core::error::Result;
 use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sample_flags, SamplingParams};
 
 use crate::gpu::{err, Gpu};
-use crate::kernel::{kernels, need, params};
+use crate::kernel::{kernels, params};
 use crate::GpuBuffer;
 
 params! {
@@ -39,8 +39,6 @@ pub(crate) fn sample(
 ) -> Result<()> {
     let _op = gpu.op();
     check_sample_args(rows, draws, history)?;
-    need("sample logits", logits, rows * vocab)?;
-    need("sample out", out, rows)?;
     if vocab == 0 || !out.is_u32 || logits.is_u32 {
         return Err(err("sample: needs f32 logits of a non-empty vocabulary and a u32 output"));
     }

@@ -2,9 +2,10 @@
 //! op's check in `herd_core::backend::check` (the backends run those checks, so the messages are the same
 //! everywhere). A backend that runs such a call, or refuses it for another reason, fails the row.
 
-use herd_core::backend::Backend;
+use herd_core::backend::{AttnParams, AttnSeq, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::quant::DType;
+use herd_core::sampling::SamplingParams;
 use herd_core::Result;
 
 /// An f32 weight of `shape` (values 0.5).
@@ -12,6 +13,28 @@ fn weight<B: Backend>(be: &B, shape: &[usize]) -> Result<B::Weight> {
     let n: usize = shape.iter().product();
     let bytes = (0..n).flat_map(|_| 0.5f32.to_le_bytes()).collect();
     be.load_weight(&TensorRef::owned("w", DType::F32, shape.to_vec(), bytes))
+}
+
+/// A bf16 weight of `shape` (values 0.5).
+fn weight_bf16<B: Backend>(be: &B, shape: &[usize]) -> Result<B::Weight> {
+    let n: usize = shape.iter().product();
+    let bytes = (0..n).flat_map(|_| 0x3f00u16.to_le_bytes()).collect();
+    be.load_weight(&TensorRef::owned("w", DType::BF16, shape.to_vec(), bytes))
+}
+
+/// Attention of 2 new rows of one sequence with 2 cached positions in slots 0..4.
+fn attn(n_heads: usize, n_kv_heads: usize) -> (Vec<AttnSeq>, AttnParams) {
+    let seqs = vec![AttnSeq { q_start: 0, q_len: 2, pos0: 2, slot_base: 0, slot_cap: 4 }];
+    let p = AttnParams {
+        n_heads,
+        n_kv_heads,
+        head_dim: 4,
+        scale: 0.5,
+        chunk: None,
+        bidirectional: false,
+        temperature: None,
+    };
+    (seqs, p)
 }
 
 /// One bad call: what it is, the message the refusal must contain, and the call.
@@ -156,6 +179,110 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             "gather_rows of short rows",
             "gather_rows: rows has 1 elements, the op needs 2",
             Box::new(move |be: &B| be.gather_rows(&f(be, 8)?, &u(be, 1)?, 2, 4, &f(be, 8)?)),
+        ),
+        (
+            "layer_norm of mixed formats",
+            "layer_norm: weight (f32) and bias (bf16) must be one format",
+            Box::new(move |be: &B| {
+                let x = f(be, 8)?;
+                be.layer_norm(&x, &weight(be, &[4])?, &weight_bf16(be, &[4])?, 2, 4, 1e-5, &x)
+            }),
+        ),
+        (
+            "bias_act with a short bias",
+            "bias_act: bias has shape [3], the op needs 4 elements",
+            Box::new(move |be: &B| {
+                be.bias_act(&f(be, 8)?, Some(&weight(be, &[3])?), 2, 4, herd_core::backend::Act::Gelu)
+            }),
+        ),
+        (
+            "swiglu of unlike weights",
+            "swiglu: gate_w [4, 8] and up_w [4, 6] must both be [width = 4, k]",
+            Box::new(move |be: &B| {
+                let (g, up) = (weight(be, &[4, 8])?, weight(be, &[4, 6])?);
+                be.swiglu(&f(be, 16)?, 2, &g, &up, 4, &f(be, 8)?, &f(be, 8)?)
+            }),
+        ),
+        (
+            "swiglu into its scratch",
+            "swiglu: out and scratch must be distinct buffers",
+            Box::new(move |be: &B| {
+                let (g, up) = (weight(be, &[4, 8])?, weight(be, &[4, 8])?);
+                let o = f(be, 8)?;
+                be.swiglu(&f(be, 16)?, 2, &g, &up, 4, &o, &o)
+            }),
+        ),
+        (
+            "moe of unlike expert tensors",
+            "moe: gate_up [2, 4, 6] and down [2, 3, 5] do not match",
+            Box::new(move |be: &B| {
+                let (gu, dn) = (weight(be, &[2, 4, 6])?, weight(be, &[2, 3, 5])?);
+                be.moe(&f(be, 8)?, 2, &u(be, 2)?, &f(be, 2)?, 1, &gu, &dn, &f(be, 8)?)
+            }),
+        ),
+        (
+            "moe with f32 idx",
+            "moe: idx must be a u32 buffer, got f32",
+            Box::new(move |be: &B| {
+                let (gu, dn) = (weight(be, &[2, 4, 6])?, weight(be, &[2, 3, 4])?);
+                be.moe(&f(be, 8)?, 2, &f(be, 2)?, &f(be, 2)?, 1, &gu, &dn, &f(be, 8)?)
+            }),
+        ),
+        (
+            "sample of an empty vocabulary",
+            "sample: the vocabulary is empty",
+            Box::new(move |be: &B| {
+                be.sample(&f(be, 4)?, 2, 0, &SamplingParams::default(), &[0.5, 0.5], &[&[], &[]], &u(be, 2)?)
+            }),
+        ),
+        (
+            "sample into f32",
+            "sample: out must be a u32 buffer, got f32",
+            Box::new(move |be: &B| {
+                be.sample(&f(be, 8)?, 2, 4, &SamplingParams::default(), &[0.5, 0.5], &[&[], &[]], &f(be, 2)?)
+            }),
+        ),
+        (
+            "attention of 3 heads over 2",
+            "attention: 3 heads over 2 kv heads of dim 4",
+            Box::new(move |be: &B| {
+                let (seqs, p) = attn(3, 2);
+                be.attention(&f(be, 24)?, &f(be, 16)?, &f(be, 16)?, &f(be, 32)?, &f(be, 32)?, &seqs, &p, &f(be, 24)?)
+            }),
+        ),
+        (
+            "attention in place",
+            "attention: out and q must be distinct buffers",
+            Box::new(move |be: &B| {
+                let (seqs, p) = attn(2, 1);
+                let q = f(be, 16)?;
+                be.attention(&q, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &f(be, 16)?, &seqs, &p, &q)
+            }),
+        ),
+        (
+            "attention over a short cache",
+            "attention: k_cache has 8 elements, the op needs 16",
+            Box::new(move |be: &B| {
+                let (seqs, p) = attn(2, 1);
+                be.attention(&f(be, 16)?, &f(be, 8)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &seqs, &p, &f(be, 16)?)
+            }),
+        ),
+        (
+            "kv_store into a short cache",
+            "kv_store: k_cache has 8 elements, the op needs 16",
+            Box::new(move |be: &B| {
+                let (seqs, _) = attn(2, 1);
+                be.kv_store(&f(be, 8)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &seqs, 4)
+            }),
+        ),
+        (
+            "kv_store with one cache for both",
+            "kv_store: k_cache and v_cache must be distinct buffers",
+            Box::new(move |be: &B| {
+                let (seqs, _) = attn(2, 1);
+                let c = f(be, 16)?;
+                be.kv_store(&f(be, 8)?, &f(be, 8)?, &c, &c, &seqs, 4)
+            }),
         ),
     ]
 }

@@ -19,13 +19,13 @@ pub struct BufDesc {
 }
 
 /// A buffer argument: its name in the op's signature, and the buffer.
-struct Arg<'a, B: Backend> {
+struct Arg<'a, B: Backend + ?Sized> {
     name: &'static str,
     buf: &'a B::Buffer,
     desc: BufDesc,
 }
 
-fn arg<'a, B: Backend>(be: &B, name: &'static str, buf: &'a B::Buffer) -> Arg<'a, B> {
+fn arg<'a, B: Backend + ?Sized>(be: &B, name: &'static str, buf: &'a B::Buffer) -> Arg<'a, B> {
     Arg { name, buf, desc: be.buffer_desc(buf) }
 }
 
@@ -37,7 +37,7 @@ fn product(op: &str, what: &str, dims: &[usize]) -> std::result::Result<usize, S
 }
 
 /// An f32 buffer of at least `need` elements.
-fn f32s<B: Backend>(op: &str, a: &Arg<B>, need: usize) -> Verdict {
+fn f32s<B: Backend + ?Sized>(op: &str, a: &Arg<B>, need: usize) -> Verdict {
     if a.desc.is_u32 {
         return Err(format!("{op}: {} must be an f32 buffer, got u32", a.name));
     }
@@ -45,14 +45,14 @@ fn f32s<B: Backend>(op: &str, a: &Arg<B>, need: usize) -> Verdict {
 }
 
 /// A u32 buffer of at least `need` elements.
-fn u32s<B: Backend>(op: &str, a: &Arg<B>, need: usize) -> Verdict {
+fn u32s<B: Backend + ?Sized>(op: &str, a: &Arg<B>, need: usize) -> Verdict {
     if !a.desc.is_u32 {
         return Err(format!("{op}: {} must be a u32 buffer, got f32", a.name));
     }
     enough(op, a, need)
 }
 
-fn enough<B: Backend>(op: &str, a: &Arg<B>, need: usize) -> Verdict {
+fn enough<B: Backend + ?Sized>(op: &str, a: &Arg<B>, need: usize) -> Verdict {
     if a.desc.len < need {
         return Err(format!("{op}: {} has {} elements, the op needs {need}", a.name, a.desc.len));
     }
@@ -60,7 +60,7 @@ fn enough<B: Backend>(op: &str, a: &Arg<B>, need: usize) -> Verdict {
 }
 
 /// No two of `args` are the same buffer.
-fn distinct<B: Backend>(op: &str, args: &[&Arg<B>]) -> Verdict {
+fn distinct<B: Backend + ?Sized>(op: &str, args: &[&Arg<B>]) -> Verdict {
     for (i, a) in args.iter().enumerate() {
         if let Some(b) = args[i + 1..].iter().find(|b| std::ptr::eq(a.buf, b.buf)) {
             return Err(format!("{op}: {} and {} must be distinct buffers", a.name, b.name));
@@ -70,7 +70,7 @@ fn distinct<B: Backend>(op: &str, args: &[&Arg<B>]) -> Verdict {
 }
 
 /// A float weight (f32, bf16, f16) of `numel` elements.
-fn float_vector<B: Backend>(be: &B, op: &str, name: &str, w: &B::Weight, numel: usize) -> Verdict {
+fn float_vector<B: Backend + ?Sized>(be: &B, op: &str, name: &str, w: &B::Weight, numel: usize) -> Verdict {
     let (dtype, shape) = be.weight_desc(w);
     if dtype.is_quantized() {
         return Err(format!("{op}: {name} must be a float weight, got {}", dtype.name()));
@@ -82,7 +82,12 @@ fn float_vector<B: Backend>(be: &B, op: &str, name: &str, w: &B::Weight, numel: 
 }
 
 /// A 2-D weight's shape.
-fn matrix<B: Backend>(be: &B, op: &str, name: &str, w: &B::Weight) -> std::result::Result<(usize, usize), String> {
+fn matrix<B: Backend + ?Sized>(
+    be: &B,
+    op: &str,
+    name: &str,
+    w: &B::Weight,
+) -> std::result::Result<(usize, usize), String> {
     match be.weight_desc(w).1 {
         &[r, c] => Ok((r, c)),
         s => Err(format!("{op}: {name} has shape {s:?}, expected 2 dimensions")),
@@ -90,7 +95,7 @@ fn matrix<B: Backend>(be: &B, op: &str, name: &str, w: &B::Weight) -> std::resul
 }
 
 /// [`Backend::copy`].
-pub fn copy<B: Backend>(
+pub fn copy<B: Backend + ?Sized>(
     be: &B,
     src: &B::Buffer,
     src_off: usize,
@@ -106,12 +111,19 @@ pub fn copy<B: Backend>(
 }
 
 /// [`Backend::write_u32`].
-pub fn write_u32<B: Backend>(be: &B, buf: &B::Buffer, data: &[u32]) -> Verdict {
+pub fn write_u32<B: Backend + ?Sized>(be: &B, buf: &B::Buffer, data: &[u32]) -> Verdict {
     u32s("write_u32", &arg(be, "buf", buf), data.len())
 }
 
 /// [`Backend::embed`].
-pub fn embed<B: Backend>(be: &B, table: &B::Weight, ids: &B::Buffer, n: usize, dim: usize, out: &B::Buffer) -> Verdict {
+pub fn embed<B: Backend + ?Sized>(
+    be: &B,
+    table: &B::Weight,
+    ids: &B::Buffer,
+    n: usize,
+    dim: usize,
+    out: &B::Buffer,
+) -> Verdict {
     let (_, cols) = matrix(be, "embed", "table", table)?;
     if cols != dim {
         return Err(format!("embed: table has rows of {cols}, the op needs {dim}"));
@@ -121,7 +133,7 @@ pub fn embed<B: Backend>(be: &B, table: &B::Weight, ids: &B::Buffer, n: usize, d
 }
 
 /// [`Backend::add`].
-pub fn add<B: Backend>(be: &B, acc: &B::Buffer, x: &B::Buffer, n: usize) -> Verdict {
+pub fn add<B: Backend + ?Sized>(be: &B, acc: &B::Buffer, x: &B::Buffer, n: usize) -> Verdict {
     let (a, b) = (arg(be, "acc", acc), arg(be, "x", x));
     f32s("add", &a, n)?;
     f32s("add", &b, n)?;
@@ -129,7 +141,7 @@ pub fn add<B: Backend>(be: &B, acc: &B::Buffer, x: &B::Buffer, n: usize) -> Verd
 }
 
 /// [`Backend::silu_mul`].
-pub fn silu_mul<B: Backend>(be: &B, gate: &B::Buffer, up: &B::Buffer, n: usize) -> Verdict {
+pub fn silu_mul<B: Backend + ?Sized>(be: &B, gate: &B::Buffer, up: &B::Buffer, n: usize) -> Verdict {
     let (g, u) = (arg(be, "gate", gate), arg(be, "up", up));
     f32s("silu_mul", &g, n)?;
     f32s("silu_mul", &u, n)?;
@@ -137,7 +149,7 @@ pub fn silu_mul<B: Backend>(be: &B, gate: &B::Buffer, up: &B::Buffer, n: usize) 
 }
 
 /// [`Backend::gather_rows`].
-pub fn gather_rows<B: Backend>(
+pub fn gather_rows<B: Backend + ?Sized>(
     be: &B,
     x: &B::Buffer,
     rows: &B::Buffer,
@@ -153,7 +165,7 @@ pub fn gather_rows<B: Backend>(
 }
 
 /// [`Backend::rms_norm`] (`out` may be `x`).
-pub fn rms_norm<B: Backend>(
+pub fn rms_norm<B: Backend + ?Sized>(
     be: &B,
     x: &B::Buffer,
     weight: Option<&B::Weight>,
@@ -168,7 +180,7 @@ pub fn rms_norm<B: Backend>(
 }
 
 /// [`Backend::add_rms_norm`].
-pub fn add_rms_norm<B: Backend>(
+pub fn add_rms_norm<B: Backend + ?Sized>(
     be: &B,
     acc: &B::Buffer,
     x: &B::Buffer,
@@ -187,7 +199,7 @@ pub fn add_rms_norm<B: Backend>(
 }
 
 /// [`Backend::matmul`]: returns the weight's (n, k).
-pub fn matmul<B: Backend>(
+pub fn matmul<B: Backend + ?Sized>(
     be: &B,
     x: &B::Buffer,
     m: usize,
@@ -203,7 +215,7 @@ pub fn matmul<B: Backend>(
 }
 
 /// [`Backend::rope`].
-pub fn rope<B: Backend>(
+pub fn rope<B: Backend + ?Sized>(
     be: &B,
     x: &B::Buffer,
     rows: usize,
@@ -221,7 +233,7 @@ pub fn rope<B: Backend>(
 }
 
 /// [`Backend::router_topk`].
-pub fn router_topk<B: Backend>(
+pub fn router_topk<B: Backend + ?Sized>(
     be: &B,
     logits: &B::Buffer,
     rows: usize,
@@ -237,4 +249,180 @@ pub fn router_topk<B: Backend>(
     let kn = product("router_topk", "idx", &[rows, k])?;
     u32s("router_topk", &arg(be, "idx", idx), kn)?;
     f32s("router_topk", &arg(be, "score", score), kn)
+}
+
+/// [`Backend::layer_norm`] (`out` may be `x`).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm<B: Backend + ?Sized>(
+    be: &B,
+    x: &B::Buffer,
+    weight: &B::Weight,
+    bias: &B::Weight,
+    rows: usize,
+    dim: usize,
+    out: &B::Buffer,
+) -> Verdict {
+    let n = product("layer_norm", "x", &[rows, dim])?;
+    f32s("layer_norm", &arg(be, "x", x), n)?;
+    f32s("layer_norm", &arg(be, "out", out), n)?;
+    float_vector(be, "layer_norm", "weight", weight, dim)?;
+    float_vector(be, "layer_norm", "bias", bias, dim)?;
+    let (wd, bd) = (be.weight_desc(weight).0, be.weight_desc(bias).0);
+    if wd != bd {
+        return Err(format!("layer_norm: weight ({}) and bias ({}) must be one format", wd.name(), bd.name()));
+    }
+    Ok(())
+}
+
+/// [`Backend::bias_act`].
+pub fn bias_act<B: Backend + ?Sized>(
+    be: &B,
+    x: &B::Buffer,
+    bias: Option<&B::Weight>,
+    rows: usize,
+    dim: usize,
+) -> Verdict {
+    f32s("bias_act", &arg(be, "x", x), product("bias_act", "x", &[rows, dim])?)?;
+    bias.map_or(Ok(()), |b| float_vector(be, "bias_act", "bias", b, dim))
+}
+
+/// [`Backend::swiglu`]: returns the weights' input width k.
+#[allow(clippy::too_many_arguments)]
+pub fn swiglu<B: Backend + ?Sized>(
+    be: &B,
+    x: &B::Buffer,
+    m: usize,
+    gate_w: &B::Weight,
+    up_w: &B::Weight,
+    width: usize,
+    out: &B::Buffer,
+    scratch: &B::Buffer,
+) -> std::result::Result<usize, String> {
+    let (f, k) = matrix(be, "swiglu", "gate_w", gate_w)?;
+    let up = be.weight_desc(up_w).1;
+    if up != [f, k] || f != width {
+        return Err(format!("swiglu: gate_w [{f}, {k}] and up_w {up:?} must both be [width = {width}, k]"));
+    }
+    let (xa, oa, sa) = (arg(be, "x", x), arg(be, "out", out), arg(be, "scratch", scratch));
+    f32s("swiglu", &xa, product("swiglu", "x", &[m, k])?)?;
+    let mf = product("swiglu", "out", &[m, f])?;
+    f32s("swiglu", &oa, mf)?;
+    f32s("swiglu", &sa, mf)?;
+    distinct("swiglu", &[&xa, &oa, &sa])?;
+    Ok(k)
+}
+
+/// [`Backend::moe`]: returns (experts, model width, expert width).
+#[allow(clippy::too_many_arguments)]
+pub fn moe<B: Backend + ?Sized>(
+    be: &B,
+    x: &B::Buffer,
+    rows: usize,
+    idx: &B::Buffer,
+    score: &B::Buffer,
+    k: usize,
+    gate_up: &B::Weight,
+    down: &B::Weight,
+    out: &B::Buffer,
+) -> std::result::Result<(usize, usize, usize), String> {
+    let (gu, dn) = (be.weight_desc(gate_up).1, be.weight_desc(down).1);
+    let &[e, d, f2] = gu else {
+        return Err(format!("moe: gate_up has shape {gu:?}, expected [experts, d, 2·f]"));
+    };
+    if f2 % 2 != 0 || dn != [e, f2 / 2, d] {
+        return Err(format!("moe: gate_up {gu:?} and down {dn:?} do not match ([e, d, 2f] and [e, f, d])"));
+    }
+    let (xa, oa) = (arg(be, "x", x), arg(be, "out", out));
+    let rd = product("moe", "x", &[rows, d])?;
+    f32s("moe", &xa, rd)?;
+    f32s("moe", &oa, rd)?;
+    let rk = product("moe", "idx", &[rows, k])?;
+    u32s("moe", &arg(be, "idx", idx), rk)?;
+    f32s("moe", &arg(be, "score", score), rk)?;
+    distinct("moe", &[&xa, &oa])?;
+    Ok((e, d, f2 / 2))
+}
+
+/// [`Backend::sample`] (the draws and histories are checked by `sampling::check_sample_args`).
+pub fn sample<B: Backend + ?Sized>(be: &B, logits: &B::Buffer, rows: usize, vocab: usize, out: &B::Buffer) -> Verdict {
+    if vocab == 0 {
+        return Err("sample: the vocabulary is empty".into());
+    }
+    f32s("sample", &arg(be, "logits", logits), product("sample", "logits", &[rows, vocab])?)?;
+    u32s("sample", &arg(be, "out", out), rows)
+}
+
+/// The rows a step's sequences cover: one past the last new row.
+fn seq_rows(op: &str, seqs: &[super::AttnSeq]) -> std::result::Result<usize, String> {
+    seqs.iter().try_fold(0usize, |m, s| {
+        s.q_start.checked_add(s.q_len).map(|e| m.max(e as usize)).ok_or_else(|| format!("{op}: rows overflow"))
+    })
+}
+
+/// One past a sequence's last cache slot.
+fn region_end(op: &str, s: &super::AttnSeq) -> std::result::Result<usize, String> {
+    (s.slot_base as usize)
+        .checked_add(s.slot_cap.max(1) as usize)
+        .ok_or_else(|| format!("{op}: cache region {}+{} overflows", s.slot_base, s.slot_cap))
+}
+
+/// [`Backend::attention`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention<B: Backend + ?Sized>(
+    be: &B,
+    q: &B::Buffer,
+    k_new: &B::Buffer,
+    v_new: &B::Buffer,
+    k_cache: &B::Buffer,
+    v_cache: &B::Buffer,
+    seqs: &[super::AttnSeq],
+    p: &super::AttnParams,
+    out: &B::Buffer,
+) -> Verdict {
+    let (h, kvh, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    if kvh == 0 || hd == 0 || h % kvh != 0 {
+        return Err(format!("attention: {h} heads over {kvh} kv heads of dim {hd}"));
+    }
+    let rows = seq_rows("attention", seqs)?;
+    let (qa, oa) = (arg(be, "q", q), arg(be, "out", out));
+    let (kn, vn) = (arg(be, "k_new", k_new), arg(be, "v_new", v_new));
+    let (kc, vc) = (arg(be, "k_cache", k_cache), arg(be, "v_cache", v_cache));
+    let qn = product("attention", "q", &[rows, h, hd])?;
+    f32s("attention", &qa, qn)?;
+    f32s("attention", &oa, qn)?;
+    let kvn = product("attention", "k_new", &[rows, kvh, hd])?;
+    f32s("attention", &kn, kvn)?;
+    f32s("attention", &vn, kvn)?;
+    for s in seqs.iter().filter(|s| s.pos0 > 0) {
+        let need = product("attention", "k_cache", &[region_end("attention", s)?, kvh, hd])?;
+        f32s("attention", &kc, need)?;
+        f32s("attention", &vc, need)?;
+    }
+    distinct("attention", &[&oa, &qa, &kn, &vn, &kc])?;
+    distinct("attention", &[&oa, &vc])
+}
+
+/// [`Backend::kv_store`].
+pub fn kv_store<B: Backend + ?Sized>(
+    be: &B,
+    k_new: &B::Buffer,
+    v_new: &B::Buffer,
+    k_cache: &B::Buffer,
+    v_cache: &B::Buffer,
+    seqs: &[super::AttnSeq],
+    kv_dim: usize,
+) -> Verdict {
+    let rows = seq_rows("kv_store", seqs)?;
+    let (kn, vn) = (arg(be, "k_new", k_new), arg(be, "v_new", v_new));
+    let (kc, vc) = (arg(be, "k_cache", k_cache), arg(be, "v_cache", v_cache));
+    let n = product("kv_store", "k_new", &[rows, kv_dim])?;
+    f32s("kv_store", &kn, n)?;
+    f32s("kv_store", &vn, n)?;
+    for s in seqs {
+        let need = product("kv_store", "k_cache", &[region_end("kv_store", s)?, kv_dim])?;
+        f32s("kv_store", &kc, need)?;
+        f32s("kv_store", &vc, need)?;
+    }
+    distinct("kv_store", &[&kc, &vc, &kn])?;
+    distinct("kv_store", &[&kc, &vc, &vn])
 }

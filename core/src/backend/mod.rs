@@ -280,6 +280,8 @@ pub trait Backend: Send + Sync + 'static {
         out: &Self::Buffer,
         scratch: &Self::Buffer,
     ) -> Result<()> {
+        check::swiglu(self, x, m, gate_w, up_w, width, out, scratch)
+            .map_err(|msg| HerdError::Backend { backend: self.name(), msg })?;
         self.matmul(x, m, gate_w, out)?;
         self.matmul(x, m, up_w, scratch)?;
         self.silu_mul(out, scratch, m * width)

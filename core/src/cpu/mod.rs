@@ -293,6 +293,7 @@ impl Backend for CpuBackend {
         eps: f32,
         out: &CpuBuffer,
     ) -> Result<()> {
+        check::layer_norm(self, x, weight, bias, rows, dim, out).map_err(err)?;
         let (w, b) = (weight.read()?, bias.read()?);
         if std::ptr::eq(x, out) {
             layer_norm::layer_norm_inplace(&mut out.f32_mut()?, w.view(), b.view(), rows, dim, eps)
@@ -302,6 +303,7 @@ impl Backend for CpuBackend {
     }
 
     fn bias_act(&self, x: &CpuBuffer, bias: Option<&CpuWeight>, rows: usize, dim: usize, act: Act) -> Result<()> {
+        check::bias_act(self, x, bias, rows, dim).map_err(err)?;
         let held = bias.map(|w| w.read()).transpose()?;
         layer_norm::bias_act(&mut x.f32_mut()?, held.as_ref().map(|h| h.view()), rows, dim, act)
     }
@@ -347,6 +349,7 @@ impl Backend for CpuBackend {
         p: &AttnParams,
         out: &CpuBuffer,
     ) -> Result<()> {
+        check::attention(self, q, k_new, v_new, k_cache, v_cache, seqs, p, out).map_err(err)?;
         attention::attention(
             &q.f32()?,
             &k_new.f32()?,
@@ -368,6 +371,7 @@ impl Backend for CpuBackend {
         seqs: &[AttnSeq],
         kv_dim: usize,
     ) -> Result<()> {
+        check::kv_store(self, k_new, v_new, k_cache, v_cache, seqs, kv_dim).map_err(err)?;
         attention::kv_store(&k_new.f32()?, &mut k_cache.f32_mut()?, seqs, kv_dim)?;
         attention::kv_store(&v_new.f32()?, &mut v_cache.f32_mut()?, seqs, kv_dim)
     }
@@ -406,6 +410,7 @@ impl Backend for CpuBackend {
         down: &CpuWeight,
         out: &CpuBuffer,
     ) -> Result<()> {
+        let _ = check::moe(self, x, rows, idx, score, k, gate_up, down, out).map_err(err)?;
         moe::moe(&x.f32()?, rows, &idx.u32()?, &score.f32()?, k, gate_up, down, &mut out.f32_mut()?)
     }
 
@@ -424,6 +429,7 @@ impl Backend for CpuBackend {
         history: &[&[u32]],
         out: &CpuBuffer,
     ) -> Result<()> {
+        check::sample(self, logits, rows, vocab, out).map_err(err)?;
         sample::sample(&mut logits.f32_mut()?, rows, vocab, params, draws, history, &mut out.u32_mut()?)
     }
 }
