@@ -52,39 +52,23 @@ struct AttnDecodeParams {
 
 extern "C" __global__ void __launch_bounds__(128)
     attn_decode(const AttnDecodeParams prm) {
-    const float* q = prm.q;
-    const float* kn = prm.kn;
-    const float* vn = prm.vn;
-    const float* kc = prm.kc;
-    const float* vc = prm.vc;
-    const u32* rows = prm.rows;
-    u32 n_heads = prm.n_heads;
-    u32 n_kv = prm.n_kv;
-    u32 hd = prm.hd;
-    float scale = prm.scale;
-    u32 chunk = prm.chunk;
-    u32 temp_on = prm.temp_on;
-    float floor_scale = prm.floor_scale;
-    float attn_scale = prm.attn_scale;
-    u32 nsplit = prm.nsplit;
-    float* part = prm.part;
     DYN_SHARED(float, sm);
     const u32 kvh = blockIdx.x, ri = blockIdx.y, sp = blockIdx.z;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const u32* e = rows + ri * 8;
+    const u32* e = prm.rows + ri * 8;
     const u32 row = e[0], p = e[1], pos0 = e[2], qs = e[3], sb = e[4], sc = e[5];
-    const u32 G = n_heads / n_kv;
-    float* q_s = sm;                 // [G][hd]
-    float* acc_s = sm + G * hd;      // [4][G][hd]
-    float* m_s = acc_s + 4 * G * hd; // [4][G]
+    const u32 G = prm.n_heads / prm.n_kv;
+    float* q_s = sm;                 // [G][prm.hd]
+    float* acc_s = sm + G * prm.hd;      // [4][G][prm.hd]
+    float* m_s = acc_s + 4 * G * prm.hd; // [4][G]
     float* l_s = m_s + 4 * G;        // [4][G]
-    const float qsc = query_scale(scale, temp_on, floor_scale, attn_scale, p);
-    for (u32 i = threadIdx.x; i < G * hd; i += blockDim.x)
-        q_s[i] = q[((u64)row * n_heads + kvh * G + i / hd) * hd + i % hd] * qsc;
-    for (u32 i = threadIdx.x; i < 4 * G * hd; i += blockDim.x) acc_s[i] = 0.0f;
-    const u32 lo = chunk ? (p / chunk) * chunk : 0;
+    const float qsc = query_scale(prm.scale, prm.temp_on, prm.floor_scale, prm.attn_scale, p);
+    for (u32 i = threadIdx.x; i < G * prm.hd; i += blockDim.x)
+        q_s[i] = prm.q[((u64)row * prm.n_heads + kvh * G + i / prm.hd) * prm.hd + i % prm.hd] * qsc;
+    for (u32 i = threadIdx.x; i < 4 * G * prm.hd; i += blockDim.x) acc_s[i] = 0.0f;
+    const u32 lo = prm.chunk ? (p / prm.chunk) * prm.chunk : 0;
     const u32 nkeys = p - lo + 1;
-    const u32 per = (nkeys + nsplit - 1) / nsplit;
+    const u32 per = (nkeys + prm.nsplit - 1) / prm.nsplit;
     const u32 j0 = lo + min(nkeys, sp * per), j1 = lo + min(nkeys, (sp + 1) * per);
     __syncthreads();
 
@@ -94,16 +78,16 @@ extern "C" __global__ void __launch_bounds__(128)
         mr[g] = NEG_BIG;
         lr[g] = 0.0f;
     }
-    float* acc = acc_s + warp * G * hd;
+    float* acc = acc_s + warp * G * prm.hd;
     for (u32 j = j0 + warp; j < j1; j += 4) {
-        const float* kp = kv_at(kc, kn, j, pos0, qs, sb, sc, n_kv, kvh, hd);
-        const float* vp = kv_at(vc, vn, j, pos0, qs, sb, sc, n_kv, kvh, hd);
+        const float* kp = kv_at(prm.kc, prm.kn, j, pos0, qs, sb, sc, prm.n_kv, kvh, prm.hd);
+        const float* vp = kv_at(prm.vc, prm.vn, j, pos0, qs, sb, sc, prm.n_kv, kvh, prm.hd);
         float kr[8], vr[8];
 #pragma unroll
         for (u32 t = 0; t < 8; t++) {
             u32 d = lane + 32 * t;
-            kr[t] = d < hd ? kp[d] : 0.0f;
-            vr[t] = d < hd ? vp[d] : 0.0f;
+            kr[t] = d < prm.hd ? kp[d] : 0.0f;
+            vr[t] = d < prm.hd ? vp[d] : 0.0f;
         }
 #pragma unroll
         for (u32 g = 0; g < MAXG; g++) {
@@ -112,7 +96,7 @@ extern "C" __global__ void __launch_bounds__(128)
 #pragma unroll
                 for (u32 t = 0; t < 8; t++) {
                     u32 d = lane + 32 * t;
-                    if (d < hd) s += q_s[g * hd + d] * kr[t];
+                    if (d < prm.hd) s += q_s[g * prm.hd + d] * kr[t];
                 }
                 s = warp_sum(s);
                 float mn = fmaxf(mr[g], s);
@@ -122,7 +106,7 @@ extern "C" __global__ void __launch_bounds__(128)
 #pragma unroll
                 for (u32 t = 0; t < 8; t++) {
                     u32 d = lane + 32 * t;
-                    if (d < hd) acc[g * hd + d] = acc[g * hd + d] * corr + pe * vr[t];
+                    if (d < prm.hd) acc[g * prm.hd + d] = acc[g * prm.hd + d] * corr + pe * vr[t];
                 }
             }
         }
@@ -137,8 +121,8 @@ extern "C" __global__ void __launch_bounds__(128)
         }
     }
     __syncthreads();
-    for (u32 i = threadIdx.x; i < G * hd; i += blockDim.x) {
-        const u32 g = i / hd, d = i % hd;
+    for (u32 i = threadIdx.x; i < G * prm.hd; i += blockDim.x) {
+        const u32 g = i / prm.hd, d = i % prm.hd;
         float M = NEG_BIG;
         for (u32 w = 0; w < 4; w++)
             if (l_s[w * G + g] > 0.0f) M = fmaxf(M, m_s[w * G + g]);
@@ -147,15 +131,15 @@ extern "C" __global__ void __launch_bounds__(128)
             float lw = l_s[w * G + g];
             if (lw > 0.0f) {
                 float f = expf(m_s[w * G + g] - M);
-                A += acc_s[(w * G + g) * hd + d] * f;
+                A += acc_s[(w * G + g) * prm.hd + d] * f;
                 L += lw * f;
             }
         }
-        float* o = part + ((((u64)ri * n_kv + kvh) * nsplit + sp) * G + g) * (hd + 2);
+        float* o = prm.part + ((((u64)ri * prm.n_kv + kvh) * prm.nsplit + sp) * G + g) * (prm.hd + 2);
         o[d] = A;
         if (d == 0) {
-            o[hd] = M;
-            o[hd + 1] = L;
+            o[prm.hd] = M;
+            o[prm.hd + 1] = L;
         }
     }
 }
@@ -172,33 +156,26 @@ struct AttnCombineParams {
 
 extern "C" __global__ void __launch_bounds__(128)
     attn_combine(const AttnCombineParams prm) {
-    const float* part = prm.part;
-    const u32* rows = prm.rows;
-    float* out = prm.out;
-    u32 n_heads = prm.n_heads;
-    u32 n_kv = prm.n_kv;
-    u32 hd = prm.hd;
-    u32 nsplit = prm.nsplit;
     const u32 ri = blockIdx.x, h = blockIdx.y;
-    const u32 G = n_heads / n_kv, kvh = h / G, g = h % G;
-    const u32 row = rows[ri * 8];
-    const float* base = part + (((u64)ri * n_kv + kvh) * nsplit * G + g) * (hd + 2);
-    const u64 stride = (u64)G * (hd + 2);
+    const u32 G = prm.n_heads / prm.n_kv, kvh = h / G, g = h % G;
+    const u32 row = prm.rows[ri * 8];
+    const float* base = prm.part + (((u64)ri * prm.n_kv + kvh) * prm.nsplit * G + g) * (prm.hd + 2);
+    const u64 stride = (u64)G * (prm.hd + 2);
     float M = NEG_BIG;
-    for (u32 s = 0; s < nsplit; s++)
-        if (base[s * stride + hd + 1] > 0.0f) M = fmaxf(M, base[s * stride + hd]);
-    for (u32 d = threadIdx.x; d < hd; d += blockDim.x) {
+    for (u32 s = 0; s < prm.nsplit; s++)
+        if (base[s * stride + prm.hd + 1] > 0.0f) M = fmaxf(M, base[s * stride + prm.hd]);
+    for (u32 d = threadIdx.x; d < prm.hd; d += blockDim.x) {
         float num = 0.0f, den = 0.0f;
-        for (u32 s = 0; s < nsplit; s++) {
+        for (u32 s = 0; s < prm.nsplit; s++) {
             const float* b = base + s * stride;
-            float L = b[hd + 1];
+            float L = b[prm.hd + 1];
             if (L > 0.0f) {
-                float f = expf(b[hd] - M);
+                float f = expf(b[prm.hd] - M);
                 num += b[d] * f;
                 den += L * f;
             }
         }
-        out[((u64)row * n_heads + h) * hd + d] = num / den;
+        prm.out[((u64)row * prm.n_heads + h) * prm.hd + d] = num / den;
     }
 }
 
@@ -315,17 +292,10 @@ struct KvStoreParams {
 
 // pairs: (source row, destination slot) per stored token.
 extern "C" __global__ void kv_store(const KvStoreParams prm) {
-    const float* kn = prm.kn;
-    const float* vn = prm.vn;
-    float* kc = prm.kc;
-    float* vc = prm.vc;
-    const u32* pairs = prm.pairs;
-    u32 npairs = prm.npairs;
-    u32 kv_dim = prm.kv_dim;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (u64)npairs * kv_dim) return;
-    u32 pr = (u32)(i / kv_dim), c = (u32)(i % kv_dim);
-    u64 src = (u64)pairs[2 * pr] * kv_dim + c, dst = (u64)pairs[2 * pr + 1] * kv_dim + c;
-    kc[dst] = kn[src];
-    vc[dst] = vn[src];
+    if (i >= (u64)prm.npairs * prm.kv_dim) return;
+    u32 pr = (u32)(i / prm.kv_dim), c = (u32)(i % prm.kv_dim);
+    u64 src = (u64)prm.pairs[2 * pr] * prm.kv_dim + c, dst = (u64)prm.pairs[2 * pr + 1] * prm.kv_dim + c;
+    prm.kc[dst] = prm.kn[src];
+    prm.vc[dst] = prm.vn[src];
 }

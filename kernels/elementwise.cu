@@ -49,11 +49,8 @@ struct AddParams {
 };
 
 extern "C" __global__ void add(const AddParams prm) {
-    float* acc = prm.acc;
-    const float* x = prm.x;
-    u32 n = prm.n;
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) acc[i] += x[i];
+    if (i < prm.n) prm.acc[i] += prm.x[i];
 }
 
 struct SiluMulParams {
@@ -64,13 +61,10 @@ struct SiluMulParams {
 };
 
 extern "C" __global__ void silu_mul(const SiluMulParams prm) {
-    float* gate = prm.gate;
-    const float* up = prm.up;
-    u32 n = prm.n;
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    if (i < prm.n) {
+        float g = prm.gate[i];
+        prm.gate[i] = g / (1.0f + expf(-g)) * prm.up[i];
     }
 }
 
@@ -83,13 +77,8 @@ struct GatherRowsParams {
 };
 
 extern "C" __global__ void gather_rows(const GatherRowsParams prm) {
-    const float* x = prm.x;
-    const u32* rows = prm.rows;
-    float* out = prm.out;
-    u32 n = prm.n;
-    u32 dim = prm.dim;
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n * dim) out[i] = x[(u64)rows[i / dim] * dim + i % dim];
+    if (i < prm.n * prm.dim) prm.out[i] = prm.x[(u64)prm.rows[i / prm.dim] * prm.dim + i % prm.dim];
 }
 
 // herd_core::synthetic::splitmix64 and uniform_at.
@@ -114,30 +103,18 @@ struct SynthParams {
 
 extern "C" __global__ void synth_f32(const SynthParams prm) {
     float* out = static_cast<float*>(prm.out);
-    u64 n = prm.n;
-    u64 seed = prm.seed;
-    float scale = prm.scale;
-    u32 ones = prm.ones;
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        out[i] = synth_value(seed, scale, ones, i);
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < prm.n; i += (u64)gridDim.x * blockDim.x)
+        out[i] = synth_value(prm.seed, prm.scale, prm.ones, i);
 }
 extern "C" __global__ void synth_bf16(const SynthParams prm) {
     u16* out = static_cast<u16*>(prm.out);
-    u64 n = prm.n;
-    u64 seed = prm.seed;
-    float scale = prm.scale;
-    u32 ones = prm.ones;
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        out[i] = f2bf(synth_value(seed, scale, ones, i));
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < prm.n; i += (u64)gridDim.x * blockDim.x)
+        out[i] = f2bf(synth_value(prm.seed, prm.scale, prm.ones, i));
 }
 extern "C" __global__ void synth_f16(const SynthParams prm) {
     u16* out = static_cast<u16*>(prm.out);
-    u64 n = prm.n;
-    u64 seed = prm.seed;
-    float scale = prm.scale;
-    u32 ones = prm.ones;
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        out[i] = f2h(synth_value(seed, scale, ones, i));
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < prm.n; i += (u64)gridDim.x * blockDim.x)
+        out[i] = f2h(synth_value(prm.seed, prm.scale, prm.ones, i));
 }
 
 // A synthetic quantized tensor (herd_core::synthetic::tensor of a quantized format): one thread per pair of

@@ -317,14 +317,10 @@ struct SplitBf16Params {
 };
 
 extern "C" __global__ void split_bf16(const SplitBf16Params prm) {
-    const float* x = prm.x;
-    u16* hi = prm.hi;
-    u16* lo = prm.lo;
-    u32 n = prm.n;
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float v = x[i];
+    if (i >= prm.n) return;
+    float v = prm.x[i];
     u16 h = f2bf(v);
-    hi[i] = h;
-    lo[i] = f2bf(v - bf2f(h));
+    prm.hi[i] = h;
+    prm.lo[i] = f2bf(v - bf2f(h));
 }

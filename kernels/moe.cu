@@ -32,20 +32,14 @@ struct RouterTopkParams {
 };
 
 extern "C" __global__ void router_topk(const RouterTopkParams prm) {
-    const float* logits = prm.logits;
-    u32 rows = prm.rows;
-    u32 e = prm.e;
-    u32 k = prm.k;
-    u32* idx = prm.idx;
-    float* score = prm.score;
     u32 r = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= rows) return;
-    const float* l = logits + (u64)r * e;
+    if (r >= prm.rows) return;
+    const float* l = prm.logits + (u64)r * prm.e;
     u32 chosen[MAXK];
-    for (u32 c = 0; c < k && c < MAXK; c++) {
+    for (u32 c = 0; c < prm.k && c < MAXK; c++) {
         u32 bi = 0xffffffffu;
         float bv = 0.0f;
-        for (u32 x = 0; x < e; x++) {
+        for (u32 x = 0; x < prm.e; x++) {
             bool taken = false;
             for (u32 t = 0; t < c; t++) taken |= chosen[t] == x;
             if (taken) continue;
@@ -56,8 +50,8 @@ extern "C" __global__ void router_topk(const RouterTopkParams prm) {
             }
         }
         chosen[c] = bi;
-        idx[(u64)r * k + c] = bi;
-        score[(u64)r * k + c] = 1.0f / (1.0f + expf(-bv));
+        prm.idx[(u64)r * prm.k + c] = bi;
+        prm.score[(u64)r * prm.k + c] = 1.0f / (1.0f + expf(-bv));
     }
 }
 
@@ -211,25 +205,19 @@ struct MoeActParams {
 
 // h[ent, j] = silu(s·g)·(s·u), g and u the split sums of gu[ent] (columns j and F + j).
 extern "C" __global__ void moe_act(const MoeActParams prm) {
-    const float* gu = prm.gu;
-    const float* score = prm.score;
-    float* h = prm.h;
-    u32 nent = prm.nent;
-    u32 f = prm.f;
-    u32 splits = prm.splits;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (u64)nent * f) return;
-    u32 ent = (u32)(i / f), j = (u32)(i % f);
+    if (i >= (u64)prm.nent * prm.f) return;
+    u32 ent = (u32)(i / prm.f), j = (u32)(i % prm.f);
     float g = 0.0f, u = 0.0f;
-    for (u32 sp = 0; sp < splits; sp++) {
-        const float* p = gu + ((u64)ent * splits + sp) * 2 * f;
+    for (u32 sp = 0; sp < prm.splits; sp++) {
+        const float* p = prm.gu + ((u64)ent * prm.splits + sp) * 2 * prm.f;
         g += p[j];
-        u += p[f + j];
+        u += p[prm.f + j];
     }
-    float s = score[ent];
+    float s = prm.score[ent];
     g *= s;
     u *= s;
-    h[i] = g / (1.0f + expf(-g)) * u;
+    prm.h[i] = g / (1.0f + expf(-g)) * u;
 }
 
 struct MoeSumParams {
@@ -246,25 +234,17 @@ struct MoeSumParams {
 
 // out[r, c] += Σ_choice Σ_split y[(r·k + choice)·splits + split, c], over the choices of an expert < ne.
 extern "C" __global__ void moe_sum(const MoeSumParams prm) {
-    const float* y = prm.y;
-    float* out = prm.out;
-    u32 rows = prm.rows;
-    u32 k = prm.k;
-    u32 d = prm.d;
-    u32 splits = prm.splits;
-    const u32* idx = prm.idx;
-    u32 ne = prm.ne;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (u64)rows * d) return;
-    u32 r = (u32)(i / d), c = (u32)(i % d);
-    float acc = out[i];
-    for (u32 ch = 0; ch < k; ch++) {
-        if (idx[(u64)r * k + ch] >= ne) continue;
+    if (i >= (u64)prm.rows * prm.d) return;
+    u32 r = (u32)(i / prm.d), c = (u32)(i % prm.d);
+    float acc = prm.out[i];
+    for (u32 ch = 0; ch < prm.k; ch++) {
+        if (prm.idx[(u64)r * prm.k + ch] >= prm.ne) continue;
         float s = 0.0f;
-        for (u32 sp = 0; sp < splits; sp++) s += y[(((u64)r * k + ch) * splits + sp) * d + c];
+        for (u32 sp = 0; sp < prm.splits; sp++) s += prm.y[(((u64)r * prm.k + ch) * prm.splits + sp) * prm.d + c];
         acc += s;
     }
-    out[i] = acc;
+    prm.out[i] = acc;
 }
 
 // route: [0] number of tiles, then tmax tiles (expert, first, count) into the entry list, then the entries
@@ -280,28 +260,23 @@ struct MoeRouteParams {
 };
 
 extern "C" __global__ void __launch_bounds__(1024) moe_route(const MoeRouteParams prm) {
-    const u32* idx = prm.idx;
-    u32 nent = prm.nent;
-    u32 e = prm.e;
-    u32 tmax = prm.tmax;
-    u32* route = prm.route;
     DYN_SHARED(u32, cnt); // [E] counts, then [E] cursors
-    u32* cur = cnt + e;
-    for (u32 x = threadIdx.x; x < e; x += blockDim.x) cnt[x] = 0;
+    u32* cur = cnt + prm.e;
+    for (u32 x = threadIdx.x; x < prm.e; x += blockDim.x) cnt[x] = 0;
     __syncthreads();
-    for (u32 i = threadIdx.x; i < nent; i += blockDim.x) {
-        u32 x = idx[i];
-        if (x < e) atomicAdd(&cnt[x], 1u);
+    for (u32 i = threadIdx.x; i < prm.nent; i += blockDim.x) {
+        u32 x = prm.idx[i];
+        if (x < prm.e) atomicAdd(&cnt[x], 1u);
     }
     __syncthreads();
-    u32* tiles = route + 1;
-    u32* ents = route + 1 + 3 * tmax;
+    u32* tiles = prm.route + 1;
+    u32* ents = prm.route + 1 + 3 * prm.tmax;
     if (threadIdx.x == 0) {
         u32 off = 0, nt = 0;
-        for (u32 x = 0; x < e; x++) {
+        for (u32 x = 0; x < prm.e; x++) {
             u32 c = cnt[x];
             cur[x] = off;
-            for (u32 s = 0; s < c && nt < tmax; s += TM) {
+            for (u32 s = 0; s < c && nt < prm.tmax; s += TM) {
                 tiles[3 * nt] = x;
                 tiles[3 * nt + 1] = off + s;
                 tiles[3 * nt + 2] = min((u32)TM, c - s);
@@ -309,12 +284,12 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route(const MoeRouteParam
             }
             off += c;
         }
-        route[0] = nt;
+        prm.route[0] = nt;
     }
     __syncthreads();
-    for (u32 i = threadIdx.x; i < nent; i += blockDim.x) {
-        u32 x = idx[i];
-        if (x < e) ents[atomicAdd(&cur[x], 1u)] = i;
+    for (u32 i = threadIdx.x; i < prm.nent; i += blockDim.x) {
+        u32 x = prm.idx[i];
+        if (x < prm.e) ents[atomicAdd(&cur[x], 1u)] = i;
     }
 }
 

@@ -72,19 +72,6 @@ struct SampleParams {
 
 extern "C" __global__ void __launch_bounds__(1024)
     sample(const SampleParams prm) {
-    float* logits = prm.logits;
-    const u32* hist = prm.hist;
-    const float* draws = prm.draws;
-    u32* out = prm.out;
-    float* cand = prm.cand;
-    u32 rows = prm.rows;
-    u32 vocab = prm.vocab;
-    float temp = prm.temp;
-    u32 topk = prm.topk;
-    float topp = prm.topp;
-    float ln_minp = prm.ln_minp;
-    float pen = prm.pen;
-    u32 flags = prm.flags;
     __shared__ float sh[33];
     __shared__ float red_f[WG];
     __shared__ u32 red_u[WG];
@@ -92,22 +79,22 @@ extern "C" __global__ void __launch_bounds__(1024)
     __shared__ u32 s_u, s_u2;
     __shared__ float s_f;
     const u32 row = blockIdx.x, li = threadIdx.x;
-    if (row >= rows) return;
-    float* lg = logits + (u64)row * vocab;
-    float* cd = cand + (u64)row * vocab;
+    if (row >= prm.rows) return;
+    float* lg = prm.logits + (u64)row * prm.vocab;
+    float* cd = prm.cand + (u64)row * prm.vocab;
 
     // 1. Sanitise, then the penalty over the row's distinct history ids.
-    for (u32 i = li; i < vocab; i += WG) {
+    for (u32 i = li; i < prm.vocab; i += WG) {
         u32 b = __float_as_uint(lg[i]);
         if ((b & 0x7fffffffu) >= 0x7f800000u) lg[i] = (b == 0x7f800000u) ? F32_MAX : NEG_BIG;
     }
     __syncthreads();
-    if (flags & 4u) {
-        for (u32 j = hist[row] + li; j < hist[row + 1]; j += WG) {
-            u32 id = hist[rows + 1 + j];
-            if (id < vocab) {
+    if (prm.flags & 4u) {
+        for (u32 j = prm.hist[row] + li; j < prm.hist[row + 1]; j += WG) {
+            u32 id = prm.hist[prm.rows + 1 + j];
+            if (id < prm.vocab) {
                 float x = lg[id];
-                float y = x < 0.0f ? x * pen : x / pen;
+                float y = x < 0.0f ? x * prm.pen : x / prm.pen;
                 lg[id] = fmaxf(y, NEG_BIG);
             }
         }
@@ -117,7 +104,7 @@ extern "C" __global__ void __launch_bounds__(1024)
     // 2. Argmax, lowest index on ties.
     float bv = -F32_MAX;
     u32 bi = 0xffffffffu;
-    for (u32 i = li; i < vocab; i += WG) {
+    for (u32 i = li; i < prm.vocab; i += WG) {
         float x = lg[i];
         if (x > bv) {
             bv = x;
@@ -152,25 +139,25 @@ extern "C" __global__ void __launch_bounds__(1024)
     __syncthreads();
     const float mx = s_f;
     const u32 best = s_u;
-    if ((flags & 1u) || mx <= NEG_BIG) {
-        if (li == 0) out[row] = best;
+    if ((prm.flags & 1u) || mx <= NEG_BIG) {
+        if (li == 0) prm.out[row] = best;
         return;
     }
     __syncthreads();
 
-    // 3. Temperature on logits shifted so the largest is 0.
-    for (u32 i = li; i < vocab; i += WG) lg[i] = fmaxf((lg[i] - mx) / temp, NEG_BIG);
+    // 3. Temperature on prm.logits shifted so the largest is 0.
+    for (u32 i = li; i < prm.vocab; i += WG) lg[i] = fmaxf((lg[i] - mx) / prm.temp, NEG_BIG);
     __syncthreads();
 
     // 4. top-k: the k-th largest key, 8 bits at a time from the top.
     Cut cut = {0u, 0u, 0xffffffffu};
-    if (topk > 0 && topk < vocab) {
-        u32 prefix = 0, mask = 0, remaining = topk;
+    if (prm.topk > 0 && prm.topk < prm.vocab) {
+        u32 prefix = 0, mask = 0, remaining = prm.topk;
         for (u32 rnd = 0; rnd < 4; rnd++) {
             const u32 shift = 24 - 8 * rnd;
             if (li < 256) bins[li] = 0;
             __syncthreads();
-            for (u32 i = li; i < vocab; i += WG) {
+            for (u32 i = li; i < prm.vocab; i += WG) {
                 u32 k = okey(lg[i]);
                 if ((k & mask) == prefix) atomicAdd(&bins[(k >> shift) & 255u], 1u);
             }
@@ -196,20 +183,20 @@ extern "C" __global__ void __launch_bounds__(1024)
     }
 
     // 5. top-p over the top-k survivors.
-    if (topp < 1.0f) {
-        const float total = mass_ge(lg, vocab, cut.k_lo, sh);
-        const float goal_p = topp * total;
-        // Candidates, in id order: survivors of weight at least (1 - top_p) · total / vocab (with a margin).
-        const float bound = logf((1.0f - topp) * total / (float)vocab) - 1e-3f;
+    if (prm.topp < 1.0f) {
+        const float total = mass_ge(lg, prm.vocab, cut.k_lo, sh);
+        const float goal_p = prm.topp * total;
+        // Candidates, in id order: survivors of weight at least (1 - top_p) · total / prm.vocab (with a margin).
+        const float bound = logf((1.0f - prm.topp) * total / (float)prm.vocab) - 1e-3f;
         u32 mine = 0;
-        for (u32 i = slice_lo(li, vocab); i < slice_hi(li, vocab); i++) {
+        for (u32 i = slice_lo(li, prm.vocab); i < slice_hi(li, prm.vocab); i++) {
             float l = lg[i];
             if (okey(l) >= cut.k_lo && l >= bound) mine++;
         }
         red_u[li] = mine;
         const u32 ncand = prefix_u(red_u, &s_u);
         u32 o = red_u[li];
-        for (u32 i = slice_lo(li, vocab); i < slice_hi(li, vocab); i++) {
+        for (u32 i = slice_lo(li, prm.vocab); i < slice_hi(li, prm.vocab); i++) {
             float l = lg[i];
             if (okey(l) >= cut.k_lo && l >= bound) cd[o++] = l;
         }
@@ -229,7 +216,7 @@ extern "C" __global__ void __launch_bounds__(1024)
         const float w = expf(unkey(lo));
         const float need = fmaxf(1.0f, ceilf((goal_p - above) / w));
         u32 cnt = 0;
-        for (u32 i = slice_lo(li, vocab); i < slice_hi(li, vocab); i++)
+        for (u32 i = slice_lo(li, prm.vocab); i < slice_hi(li, prm.vocab); i++)
             if (okey(lg[i]) == lo) cnt++;
         red_u[li] = cnt;
         __syncthreads();
@@ -248,11 +235,11 @@ extern "C" __global__ void __launch_bounds__(1024)
         __syncthreads();
         const u32 owner = s_u, before = s_u2;
         __syncthreads();
-        if (li == 0) s_u = vocab;
+        if (li == 0) s_u = prm.vocab;
         __syncthreads();
         if (li == owner) {
             u32 c = before;
-            for (u32 i = slice_lo(li, vocab); i < slice_hi(li, vocab); i++) {
+            for (u32 i = slice_lo(li, prm.vocab); i < slice_hi(li, prm.vocab); i++) {
                 if (okey(lg[i]) == lo) {
                     c++;
                     if ((float)c >= need) {
@@ -267,11 +254,11 @@ extern "C" __global__ void __launch_bounds__(1024)
     }
 
     // 6. min-p: a key threshold (the largest l', 0, is above any ln(min_p)).
-    if (flags & 2u) cut.k_lo = max(cut.k_lo, okey(ln_minp));
+    if (prm.flags & 2u) cut.k_lo = max(cut.k_lo, okey(prm.ln_minp));
 
     // 7. The draw, in id order.
     float part = 0.0f;
-    for (u32 i = slice_lo(li, vocab); i < slice_hi(li, vocab); i++) {
+    for (u32 i = slice_lo(li, prm.vocab); i < slice_hi(li, prm.vocab); i++) {
         float l = lg[i];
         if (kept(cut, okey(l), i)) part += expf(l);
     }
@@ -280,7 +267,7 @@ extern "C" __global__ void __launch_bounds__(1024)
     if (li == 0) {
         float total = 0.0f;
         for (u32 t = 0; t < WG; t++) total += red_f[t];
-        const float goal = draws[row] * total;
+        const float goal = prm.draws[row] * total;
         float c = 0.0f, rest = 0.0f;
         u32 owner = WG;
         for (u32 t = 0; t < WG; t++) {
@@ -298,13 +285,13 @@ extern "C" __global__ void __launch_bounds__(1024)
     const float rest = s_f;
     if (owner == WG) {
         // Rounding left a sliver of mass: the most likely survivor.
-        if (li == 0) out[row] = best;
+        if (li == 0) prm.out[row] = best;
         return;
     }
     if (li == owner) {
         float c = 0.0f;
         u32 last = best;
-        for (u32 i = slice_lo(li, vocab); i < slice_hi(li, vocab); i++) {
+        for (u32 i = slice_lo(li, prm.vocab); i < slice_hi(li, prm.vocab); i++) {
             float l = lg[i];
             if (kept(cut, okey(l), i)) {
                 c += expf(l);
@@ -312,6 +299,6 @@ extern "C" __global__ void __launch_bounds__(1024)
                 if (c > rest) break;
             }
         }
-        out[row] = last;
+        prm.out[row] = last;
     }
 }
