@@ -151,13 +151,6 @@ fn words(b: &[u8]) -> impl Iterator<Item = u32> + '_ {
     b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
-fn float_weight(what: &str, w: &CudaWeight) -> Result<()> {
-    if w.dtype.is_quantized() {
-        return Err(err(format!("{what}: needs a float weight, got {}", w.dtype.name())));
-    }
-    Ok(())
-}
-
 fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per).max(1) as u32
 }
@@ -241,13 +234,6 @@ impl CudaBackend {
         let b = CudaBuffer { ptr, len: data.len(), is_u32, dev: self.dev.clone() };
         self.dev.upload(b.ptr, bytemuck::cast_slice(data))?;
         Ok(b)
-    }
-
-    fn weight_shape(w: &CudaWeight, dims: usize, what: &str) -> Result<()> {
-        if w.shape.len() != dims {
-            return Err(err(format!("{what}: weight of shape {:?}, expected {dims} dimensions", w.shape)));
-        }
-        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@
 
 use herd_core::backend::{AttnParams, AttnSeq, Backend};
 use herd_core::checkpoint::TensorRef;
-use herd_core::quant::DType;
+use herd_core::quant::{DType, GroupAxis, Grouping, ScaleType};
 use herd_core::sampling::SamplingParams;
 use herd_core::Result;
 
@@ -218,6 +218,19 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             Box::new(move |be: &B| {
                 let (gu, dn) = (weight(be, &[2, 4, 6])?, weight(be, &[2, 3, 5])?);
                 be.moe(&f(be, 8)?, 2, &u(be, 2)?, &f(be, 2)?, 1, &gu, &dn, &f(be, 8)?)
+            }),
+        ),
+        (
+            "moe of expert tensors grouped along their output axis",
+            "moe: quantized expert tensors must be grouped along their input axis",
+            Box::new(move |be: &B| {
+                let g = Grouping { group: 32, scale: ScaleType::F16, axis: GroupAxis::Last };
+                let q = |shape: &[usize]| {
+                    let n = shape.iter().product();
+                    crate::weights::weight(be, DType::Q8(g), shape, &vec![0.5; n]).map(|w| w.0)
+                };
+                let (gu, dn) = (q(&[2, 32, 64])?, q(&[2, 32, 32])?);
+                be.moe(&f(be, 64)?, 2, &u(be, 2)?, &f(be, 2)?, 1, &gu, &dn, &f(be, 64)?)
             }),
         ),
         (

@@ -6,6 +6,7 @@
 //! overflow checks, so a call whose sizes wrap is refused, never run.
 
 use super::Backend;
+use crate::quant::GroupAxis;
 
 /// A check's verdict: the reason a call is refused, one line, naming the op and the argument.
 pub type Verdict = std::result::Result<(), String>;
@@ -331,6 +332,13 @@ pub fn moe<B: Backend + ?Sized>(
     };
     if f2 % 2 != 0 || dn != [e, f2 / 2, d] {
         return Err(format!("moe: gate_up {gu:?} and down {dn:?} do not match ([e, d, 2f] and [e, f, d])"));
+    }
+    // Quantized expert tensors are grouped along their input axis (d for gate_up, f for down), as
+    // QuantPlan writes them: the kernels dequantize one group of a column at a time.
+    for w in [gate_up, down] {
+        if be.weight_desc(w).0.grouping().is_some_and(|g| g.axis != GroupAxis::SecondLast) {
+            return Err("moe: quantized expert tensors must be grouped along their input axis".into());
+        }
     }
     let (xa, oa) = (arg(be, "x", x), arg(be, "out", out));
     let rd = product("moe", "x", &[rows, d])?;
