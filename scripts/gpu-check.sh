@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: run on the GPU machine (../shared/GPU.md), from the repository root, with binaries built
+# The GPU check (docs/checks.md §11): run on the GPU machine, from the repository root, with binaries built
 # on a development machine by scripts/gpu-prepare.sh and carried in .gpu/ (ignored by git).
 #
 # It checks the CUDA and wgpu backends on the GPU (op table, golden fixtures, images in prompts;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares the GPU check on a development machine (no GPU needed): builds the release binaries and the GPU
 # test binaries into .gpu/bin and downloads the Vulkan loader packages into .gpu/debs (the GPU machine has
-# none; see ../shared/GPU.md). Then, on the GPU machine: `bash scripts/gpu-check.sh` (carry .gpu along).
+# none; docs/checks.md §11). Then, on the GPU machine: `bash scripts/gpu-check.sh` (carry .gpu along).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .gpu/bin .gpu/debs

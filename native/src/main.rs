@@ -308,7 +308,7 @@ pub struct BenchArgs {
     /// With --synthetic: how many layers to build (the published models have 48).
     #[arg(long, requires = "synthetic")]
     layers: Option<usize>,
-    /// With --synthetic: the weight format, bf16 (default), f16 or f32.
+    /// With --synthetic: the weight format: bf16 (default), f16, f32, or quantized q4, q8, q4g32, q8g128...
     #[arg(long, requires = "synthetic", value_name = "FORMAT")]
     quant: Option<String>,
     /// Measure the vision tower instead of the text model: the time to encode an image of each of these

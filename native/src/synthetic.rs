@@ -22,7 +22,7 @@ const SEED: u64 = 0x5eed_4e7d;
 
 /// The text_config of `name` in the published (transformers 4.5x) dialect, with `layers` layers.
 fn text_config(name: &str, layers: usize) -> Result<String> {
-    // Shared by all published models (spec §1.4).
+    // Shared by all published models (docs/llama4.md §1.4).
     let common = r#""num_attention_heads":40,"num_key_value_heads":8,"head_dim":128,"hidden_size":5120,
         "vocab_size":202048,"intermediate_size":8192,"num_experts_per_tok":1,"no_rope_layers":[],
         "rope_theta":500000.0,"rms_norm_eps":1e-05,"attn_temperature_tuning":4,"floor_scale":8192,
@@ -62,7 +62,7 @@ fn text_config(name: &str, layers: usize) -> Result<String> {
     Ok(format!("{{{common},{specific},\"num_hidden_layers\":{layers}}}"))
 }
 
-/// The published vision_config (the same in all three models, spec §1.3), and a tiny one of the same
+/// The published vision_config (the same in all three models, docs/llama4.md §1.3), and a tiny one of the same
 /// geometry (336-px tiles of 14-px patches) for tests.
 const VISION: &str = r#"{"hidden_act":"gelu","hidden_size":1408,"image_size":336,"intermediate_size":5632,
     "model_type":"llama4_vision_model","multi_modal_projector_bias":false,"norm_eps":1e-05,"num_attention_heads":16,

@@ -10,7 +10,7 @@ How to run (from the repository root, CPU only, about 30-60 s on 2 cores):
 Everything is seeded and deterministic: with the pinned versions a rerun rewrites byte-identical
 files (checked).  Reference numbers come from transformers==5.24.0 (tests/tools/requirements.txt),
 eager attention, models loaded back with from_pretrained from the written directory; the spec the
-fixtures follow is shared/llama4-spec.md.  Vocabulary: 1955 base BPE tokens + 93 specials = 2048
+fixtures follow is docs/llama4.md.  Vocabulary: 1955 base BPE tokens + 93 specials = 2048
 (bos <|begin_of_text|> 1955, <|end_of_text|> 1956, <|eom|> 1962, <|eot|> 1963, pad
 <|finetune_right_pad|> 1973, <|patch|> 2047).  For each model the script prints the logits std,
 the number of distinct greedy ids, the smallest top-1/top-2 margin on the greedy path (the prompt

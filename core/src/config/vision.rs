@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use super::{as_usize, Fields, TextConfig};
 use crate::error::{HerdError, Result};
 
-/// `vision_config` (llama4-spec.md §1.3) and the image token ids at the top level. Absent fields take
+/// `vision_config` (docs/llama4.md §1.3) and the image token ids at the top level. Absent fields take
 /// transformers' `Llama4VisionConfig` defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VisionConfig {
@@ -180,7 +180,7 @@ mod tests {
         ModelConfig::from_json_bytes(s.as_bytes())
     }
 
-    /// Scout's published top level and vision_config (llama4-spec.md §1.3), with a minimal text config.
+    /// Scout's published top level and vision_config (docs/llama4.md §1.3), with a minimal text config.
     const SCOUT_VISION: &str = r#"{"architectures":["Llama4ForConditionalGeneration"],"boi_token_index":200080,
         "eoi_token_index":200081,"image_token_index":200092,"text_config":{"vocab_size":202048,"hidden_size":64,
         "num_hidden_layers":1,"num_attention_heads":4,"head_dim":16},"vision_config":{"attention_dropout":0.0,

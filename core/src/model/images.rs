@@ -1,4 +1,4 @@
-//! Image rows in the forward pass (early fusion, llama4-spec.md §4.5): which rows replace which
+//! Image rows in the forward pass (early fusion, docs/llama4.md §4.5): which rows replace which
 //! `<|patch|>` embeddings, checked against the batch, split across the steps of a pass, and copied in.
 
 use crate::backend::Backend;
@@ -7,7 +7,7 @@ use crate::kv::SeqId;
 
 use super::steps;
 
-/// The rows that replace one sequence's `<|patch|>` embeddings (early fusion, llama4-spec.md §4.5): the i-th
+/// The rows that replace one sequence's `<|patch|>` embeddings (early fusion, docs/llama4.md §4.5): the i-th
 /// `token` among the sequence's new tokens in a forward pass takes the i-th row of `parts` taken in order.
 /// The count must match exactly.
 pub struct ImageRows<'a, B: Backend> {

@@ -1,4 +1,4 @@
-//! The Llama 4 vision tower (llama4-spec.md §4.3–4.5), written once against [`Backend`]: tiles of pixels
+//! The Llama 4 vision tower (docs/llama4.md §4.3–4.5), written once against [`Backend`]: tiles of pixels
 //! in, one row of text-model embedding per `<|patch|>` token out.
 //!
 //! Per tile: the 14×14 patches (unfolded on the host, as `nn.Unfold` orders them) times the patch

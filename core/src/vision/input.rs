@@ -65,7 +65,7 @@ impl PlannedImage {
         Ok(PlannedImage { image, plan })
     }
 
-    /// The tiles, resized, padded and normalised (llama4-spec.md §4.1).
+    /// The tiles, resized, padded and normalised (docs/llama4.md §4.1).
     pub fn pixels(&self, opts: &TileOptions) -> Result<Pixels> {
         preprocess(&self.image, opts)
     }

@@ -1,5 +1,5 @@
 //! Where an image goes: the tile canvas the reference processor picks for it, the size it is resized to
-//! inside that canvas, and the tokens that stand for it in the prompt (llama4-spec.md §4.1 steps 1-4, §4.2).
+//! inside that canvas, and the tokens that stand for it in the prompt (docs/llama4.md §4.1 steps 1-4, §4.2).
 //!
 //! Everything here is integer and f32 arithmetic done exactly as `Llama4ImageProcessor` does it, so the plan
 //! for an image is the reference's, ties included; `tests/fixtures/vision/layout.json` (made by transformers)
@@ -234,7 +234,7 @@ pub fn image_prompt(plan: &TilePlan, per_tile: usize, t: &ImageTokens) -> Vec<u3
 mod tests {
     use super::*;
 
-    /// The worked examples of llama4-spec.md §4.1: (H, W) → canvas, resized size, grid, tiles, patches.
+    /// The worked examples of docs/llama4.md §4.1: (H, W) → canvas, resized size, grid, tiles, patches.
     #[test]
     fn the_spec_examples() {
         let o = TileOptions::default();

@@ -1,4 +1,4 @@
-//! Image preprocessing exactly as `Llama4ImageProcessor` does it (llama4-spec.md §4.1): decode, RGB over
+//! Image preprocessing exactly as `Llama4ImageProcessor` does it (docs/llama4.md §4.1): decode, RGB over
 //! white, resize into the tile canvas with torch's antialiased bilinear for 8-bit images, pad, normalise
 //! in bf16, split into tiles, and add the global tile.
 //!
@@ -251,7 +251,7 @@ impl Pixels {
     }
 }
 
-/// Preprocesses one image (llama4-spec.md §4.1).
+/// Preprocesses one image (docs/llama4.md §4.1).
 pub fn preprocess(img: &RgbImage, opts: &TileOptions) -> Result<Pixels> {
     check_size(img.width, img.height)?;
     if img.data.len() != img.width as usize * img.height as usize * 3 {
