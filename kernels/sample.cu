@@ -302,3 +302,21 @@ extern "C" __global__ void __launch_bounds__(1024)
         prm.out[row] = last;
     }
 }
+
+// mask_logits: constrained decoding. Token t of row r keeps its logit when bit t % 32 of mask word
+// r * words + t / 32 is set, and gets -inf otherwise (weight 0 in sample). One thread per logit.
+struct MaskLogitsParams {
+    float* logits;
+    const u32* mask;
+    u32 n;
+    u32 vocab;
+    u32 words;
+    u32 pad;
+};
+
+extern "C" __global__ void mask_logits(const MaskLogitsParams prm) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= prm.n) return;
+    const u32 r = (u32)(i / prm.vocab), t = (u32)(i % prm.vocab);
+    if (((prm.mask[(u64)r * prm.words + t / 32] >> (t % 32)) & 1u) == 0u) prm.logits[i] = __uint_as_float(0xff800000u);
+}

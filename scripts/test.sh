@@ -124,11 +124,19 @@ if [ "$browser" = no ]; then
     cargo check --locked --target wasm32-unknown-unknown -p herd-core -p herd-wgpu -p herd-web
 fi
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# Each test that cannot run here appends a line to this file (herd_core::not_run); they are counted below.
+export HERD_NOT_RUN_LOG
+HERD_NOT_RUN_LOG=$(mktemp)
+trap 'rm -f "$log" "$HERD_NOT_RUN_LOG"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
-# One closing line for the whole run, summed over every test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "herd: %d passed, %d failed\n", p, f }' "$log"
+# One closing line for the whole run, summed over every test binary, with what could not run and why.
+if [ -s "$HERD_NOT_RUN_LOG" ]; then
+    echo "herd: not run here:"
+    sort "$HERD_NOT_RUN_LOG" | uniq -c | sed 's/^/  /'
+fi
+awk -v skipped="$(wc -l < "$HERD_NOT_RUN_LOG")" \
+    '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "herd: %d passed, %d failed, %d NOT RUN\n", p, f, skipped }' "$log"
 du -sh target 2>/dev/null | awk '{ print "herd: target/ holds " $1 }'
 exit "$status"

@@ -313,3 +313,21 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         out[row] = last;
     }
 }
+
+// mask_logits: constrained decoding. Token t of row r keeps its logit when bit t % 32 of mask word
+// r * words + t / 32 is set, and gets -inf otherwise (weight 0 in sample). One invocation per logit.
+struct MaskParams { n: u32, vocab: u32, words: u32 }
+
+@group(0) @binding(6) var<storage, read> mask: array<u32>;
+
+@compute @workgroup_size(256)
+fn mask_logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let p = load_MaskParams();
+    let i = group_index(wid, nwg) * 256u + li;
+    if (i >= p.n) { return; }
+    let r = i / p.vocab;
+    let t = i % p.vocab;
+    if (((mask[r * p.words + t / 32u] >> (t % 32u)) & 1u) == 0u) {
+        logits[i] = bitcast<f32>(0xff800000u);
+    }
+}

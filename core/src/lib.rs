@@ -6,8 +6,8 @@
 //! * [`backend`] is the small set of coarse ops every device implements; [`cpu`] is the reference.
 //! * [`model`] is Llama 4, written once against [`backend::Backend`]; [`kv`] is its cache; [`experts`]
 //!   streams its routed experts through a device cache of a set size.
-//! * [`generate`] drives prefill/decode with [`sampling`] and stop tokens; [`schedule`] runs many
-//!   generations at once (continuous batching with chunked prefill).
+//! * [`schedule`] runs every generation (continuous batching with chunked prefill, prefix reuse, [`sampling`]
+//!   and stop tokens); [`generate`] scores or greedily continues batches of rows through it (the tests' way in).
 //! * [`synthetic`] makes seeded random weights of any shape, for full-scale benchmarks without a checkpoint.
 //! * [`limits`] bounds every size that comes from outside and reads every input file; [`ids`] parses the
 //!   token-id files of `herd logits`/`herd greedy`.
@@ -25,6 +25,7 @@ pub mod ids;
 pub mod kv;
 pub mod limits;
 pub mod model;
+mod not_run;
 pub mod openai;
 pub mod oplock;
 pub mod quant;
@@ -36,3 +37,4 @@ pub mod tokenizer;
 pub mod vision;
 
 pub use error::{HerdError, Result};
+pub use not_run::not_run;

@@ -14,8 +14,7 @@ fn emulator() -> Option<CudaBackend> {
     match CudaBackend::emulated() {
         Ok(b) => Some(b),
         Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"), "CUDA emulator required: {e}");
-            eprintln!("cuda emulator: NOT RUN ({e})");
+            herd_core::not_run("cuda emulator", Some("HERD_REQUIRE_CUDA_EMU"), &e);
             None
         }
     }

@@ -520,6 +520,11 @@ impl Backend for CudaBackend {
         check::sample(self, logits, rows, vocab, out).map_err(err)?;
         self.sample_impl(logits, rows, vocab, params, draws, history, out)
     }
+
+    fn mask_logits(&self, logits: &CudaBuffer, rows: usize, vocab: usize, mask: &CudaBuffer) -> Result<()> {
+        check::mask_logits(self, logits, rows, vocab, mask).map_err(err)?;
+        self.mask_logits_impl(logits, rows, vocab, mask)
+    }
 }
 
 #[cfg(test)]
@@ -532,8 +537,7 @@ mod tests {
     #[test]
     fn kernels_compile_with_nvrtc() {
         if !nvrtc_present() {
-            assert!(std::env::var("HERD_REQUIRE_NVRTC").as_deref() != Ok("1"), "NVRTC required but not found");
-            eprintln!("nvrtc: NOT RUN ({})", compile("elementwise", (9, 0)).unwrap_err());
+            herd_core::not_run("nvrtc", Some("HERD_REQUIRE_NVRTC"), &compile("elementwise", (9, 0)).unwrap_err());
             return;
         }
         eprintln!("nvrtc: {}", cuda_libraries());
@@ -550,7 +554,7 @@ mod tests {
     #[test]
     fn compile_errors_are_reported() {
         if !nvrtc_present() {
-            eprintln!("nvrtc: NOT RUN (NVRTC not found)");
+            herd_core::not_run("nvrtc", None, &"NVRTC not found");
             return;
         }
         let e = compile("no_such_family", (9, 0)).unwrap_err().to_string();

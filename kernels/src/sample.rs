@@ -12,9 +12,12 @@ params! {
         pub logits: DevPtr, pub hist: DevPtr, pub draws: DevPtr, pub out: DevPtr, pub cand: DevPtr, pub rows: u32,
         pub vocab: u32, pub temp: f32, pub topk: u32, pub topp: f32, pub ln_minp: f32, pub pen: f32, pub flags: u32,
     }
+    /// `n`: logits (rows · vocab); `words`: u32 words of mask per row.
+    pub struct MaskLogitsParams { pub logits: DevPtr, pub mask: DevPtr, pub n: u32, pub vocab: u32, pub words: u32, pub pad: u32 }
 }
 
 kernel!(Sample: "sample", SampleParams => "sample");
+kernel!(MaskLogits: "sample", MaskLogitsParams => "mask_logits");
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
@@ -59,5 +62,29 @@ impl CudaBackend {
             flags,
         };
         self.launch(Sample, (rows as u32, 1, 1), 1024, 0, &p)
+    }
+
+    /// Backend::mask_logits (shapes checked in core).
+    pub(crate) fn mask_logits_impl(
+        &self,
+        logits: &CudaBuffer,
+        rows: usize,
+        vocab: usize,
+        mask: &CudaBuffer,
+    ) -> Result<()> {
+        let _op = self.dev.op();
+        let n = rows * vocab;
+        if n == 0 {
+            return Ok(());
+        }
+        let p = MaskLogitsParams {
+            logits: logits.at(),
+            mask: mask.at(),
+            n: n as u32,
+            vocab: vocab as u32,
+            words: vocab.div_ceil(32) as u32,
+            pad: 0,
+        };
+        self.launch(MaskLogits, (crate::blocks(n, 256), 1, 1), 256, 0, &p)
     }
 }

@@ -213,8 +213,7 @@ fn wgpu_available() -> bool {
     match herd_wgpu::WgpuBackend::new() {
         Ok(_) => true,
         Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required but not available: {e}");
-            eprintln!("wgpu: NOT RUN ({e})");
+            herd_core::not_run("wgpu", Some("HERD_REQUIRE_WGPU"), &e);
             false
         }
     }
@@ -460,8 +459,7 @@ fn bench_synthetic_tiny_json() {
 #[test]
 fn logits_on_the_cuda_emulator() {
     if !herd_cuda::CudaBackend::emulator_available() {
-        assert!(std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"), "the CUDA emulator needs a C++ compiler");
-        eprintln!("cuda-emu: NOT RUN (no C++ compiler)");
+        herd_core::not_run("cuda-emu", Some("HERD_REQUIRE_CUDA_EMU"), &"no C++ compiler");
         return;
     }
     check_logits_on("cuda-emu", "scout", &fixture_dir("scout"), Dtype::I64, true, F32_TOL);

@@ -50,8 +50,7 @@ fn run_with_images_on_wgpu_prints_the_transformers_greedy_text() {
     match herd_wgpu::WgpuBackend::new() {
         Ok(_) => check_run("wgpu"),
         Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required but not available: {e}");
-            eprintln!("wgpu: NOT RUN ({e})");
+            herd_core::not_run("wgpu", Some("HERD_REQUIRE_WGPU"), &e);
         }
     }
 }

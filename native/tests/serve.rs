@@ -467,11 +467,8 @@ fn sigterm_ends_streams_and_exits() {
 #[test]
 fn the_official_openai_client_works() {
     let Some(py) = std::env::var_os("HERD_OPENAI_PYTHON") else {
-        assert!(
-            std::env::var("HERD_REQUIRE_OPENAI").as_deref() != Ok("1"),
-            "HERD_REQUIRE_OPENAI=1 but HERD_OPENAI_PYTHON is not set"
-        );
-        eprintln!("openai client: NOT RUN (HERD_OPENAI_PYTHON, a python with the openai package, is not set)");
+        let why = "HERD_OPENAI_PYTHON, a python with the openai package, is not set";
+        herd_core::not_run("openai client", Some("HERD_REQUIRE_OPENAI"), &why);
         return;
     };
     let srv = Server::start_env(&[], &[("HERD_API_KEY", "sesame")]);

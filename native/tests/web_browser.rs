@@ -44,11 +44,8 @@ fn missing() -> Option<String> {
 fn can_run(test: &str) -> bool {
     match missing() {
         None => true,
-        Some(why) if std::env::var("HERD_REQUIRE_BROWSER").as_deref() == Ok("1") => {
-            panic!("{test}: {why}, and HERD_REQUIRE_BROWSER=1")
-        }
         Some(why) => {
-            eprintln!("NOT RUN: {test}: {why}");
+            herd_core::not_run(test, Some("HERD_REQUIRE_BROWSER"), &why);
             false
         }
     }

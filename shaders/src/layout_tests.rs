@@ -127,6 +127,7 @@ fn every_kernel_reads_the_parameters_the_host_writes() {
     covered.extend(check::<moe::MoeAct>(&mut errors));
     covered.extend(check::<moe::MoeSum>(&mut errors));
     covered.extend(check::<sample::Sample>(&mut errors));
+    covered.extend(check::<sample::MaskLogits>(&mut errors));
     for shader in Shader::ALL {
         for ep in module(shader).entry_points {
             if !covered.iter().any(|&(s, e)| s == shader && e == ep.name) {

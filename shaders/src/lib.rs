@@ -358,4 +358,9 @@ impl Backend for WgpuBackend {
         check::sample(self, logits, rows, vocab, out).map_err(err)?;
         sample::sample(&self.gpu, logits, rows, vocab, params, draws, history, out)
     }
+
+    fn mask_logits(&self, logits: &GpuBuffer, rows: usize, vocab: usize, mask: &GpuBuffer) -> Result<()> {
+        check::mask_logits(self, logits, rows, vocab, mask).map_err(err)?;
+        sample::mask_logits(&self.gpu, logits, rows, vocab, mask)
+    }
 }

@@ -4,7 +4,7 @@ use herd_core::error::Result;
 use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sample_flags, SamplingParams};
 
 use crate::gpu::{err, Gpu};
-use crate::kernel::{kernels, params};
+use crate::kernel::{groups, kernels, params};
 use crate::GpuBuffer;
 
 params! {
@@ -20,10 +20,16 @@ params! {
         pub penalty: f32,
         pub flags: u32,
     }
+
+    /// `n`: logits (rows · vocab); `words`: u32 words of mask per row.
+    pub struct MaskParams { pub n: u32, pub vocab: u32, pub words: u32 }
 }
 
 kernels! {
     pub enum Sample: Sample, SampleParams { Rows => "sample" }
+}
+kernels! {
+    pub enum MaskLogits: Sample, MaskParams { Rows => "mask_logits" }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -58,4 +64,12 @@ pub(crate) fn sample(
     let cand = gpu.scratch("sample candidates", rows * vocab, false)?;
     let b = [(1, &logits.buf), (2, &hb), (3, &db), (4, &out.buf), (5, &cand)];
     gpu.dispatch(Sample::Rows, 0, &b, &p, rows as u32)
+}
+
+/// Backend::mask_logits (shapes checked in core).
+pub(crate) fn mask_logits(gpu: &Gpu, logits: &GpuBuffer, rows: usize, vocab: usize, mask: &GpuBuffer) -> Result<()> {
+    let _op = gpu.op();
+    let n = rows * vocab;
+    let p = MaskParams { n: n as u32, vocab: vocab as u32, words: vocab.div_ceil(32) as u32 };
+    gpu.dispatch(MaskLogits::Rows, 0, &[(1, &logits.buf), (6, &mask.buf)], &p, groups(n, 256))
 }

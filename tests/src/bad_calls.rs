@@ -297,6 +297,17 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
                 be.kv_store(&f(be, 8)?, &f(be, 8)?, &c, &c, &seqs, 4)
             }),
         ),
+        (
+            "mask_logits with a mask one word short",
+            "mask_logits: mask has 3 elements, the op needs 4",
+            // Two rows of 33 tokens: two words each.
+            Box::new(move |be: &B| be.mask_logits(&f(be, 66)?, 2, 33, &u(be, 3)?)),
+        ),
+        (
+            "mask_logits with an f32 mask",
+            "mask_logits: mask must be a u32 buffer, got f32",
+            Box::new(move |be: &B| be.mask_logits(&f(be, 64)?, 2, 32, &f(be, 2)?)),
+        ),
     ]
 }
 

@@ -3,13 +3,14 @@
 //! ([`table`]) with its plain reference implementations ([`reference`]).
 
 pub mod bad_calls;
-pub mod quant_table;
 pub mod reference;
 pub mod streaming;
 pub mod table;
+mod table_attention;
+mod table_ops;
 mod table_report;
 mod table_sample;
-pub mod table_vision;
+mod table_vision;
 pub mod vision;
 pub mod weights;
 
@@ -63,11 +64,7 @@ pub fn backend_or_not_run<B>(name: &str, require: &str, made: herd_core::Result<
     match made {
         Ok(b) => Some(std::sync::Arc::new(b)),
         Err(e) => {
-            assert!(
-                std::env::var(require).as_deref() != Ok("1"),
-                "{name} required ({require}=1) but not available: {e}"
-            );
-            eprintln!("{name}: NOT RUN ({e})");
+            herd_core::not_run(name, Some(require), &e);
             None
         }
     }

@@ -6,7 +6,6 @@
 //! HERD_REQUIRE_CUDA=1 a missing CUDA device counts as a failure (a GPU run cannot pass by skipping).
 //! Exits non-zero if any row fails.
 
-use herd_conformance::quant_table::run_quant_table;
 use herd_conformance::table::{dispatch_cost, format_table, run_table, RowResult};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
@@ -28,7 +27,6 @@ fn main() {
     if want("cpu") {
         let be = CpuBackend::new();
         run(be.name(), run_table(&be, perf, filter));
-        run(format!("{} (quantized formats)", be.name()), run_quant_table(&be, perf, filter));
         if perf {
             print_dispatch_cost(&be);
         }
@@ -47,7 +45,6 @@ fn main() {
         match WgpuBackend::with_options(&opts) {
             Ok(be) => {
                 run(be.name(), run_table(&be, perf, filter));
-                run(format!("{} (quantized formats)", be.name()), run_quant_table(&be, perf, filter));
                 if perf {
                     print_dispatch_cost(&be);
                 }
@@ -60,7 +57,6 @@ fn main() {
         match CudaBackend::with_options(0, &herd_conformance::cuda_options_from_env()) {
             Ok(be) => {
                 run(be.name(), run_table(&be, perf, filter));
-                run(format!("{} (quantized formats)", be.name()), run_quant_table(&be, perf, filter));
                 if perf {
                     print_dispatch_cost(&be);
                 }
@@ -81,7 +77,6 @@ fn main() {
         match CudaBackend::emulated_with(&herd_conformance::cuda_options_from_env()) {
             Ok(be) => {
                 run(be.name(), run_table(&be, false, filter));
-                run(format!("{} (quantized formats)", be.name()), run_quant_table(&be, false, filter));
             }
             Err(e) => {
                 println!("backend cuda-emu: NOT RUN ({e})\n");

@@ -1,498 +1,517 @@
-//! The op table: every Backend op is a set of rows (shapes with odd sizes, weight formats, masks), each run
-//! on a backend and compared with the plain f64 reference in [`crate::reference`] as normalised mean squared
-//! error; NaN or Inf is always a failure. With `perf`, each row is also timed and reported as GB/s and
-//! GFLOP/s, so speed and correctness share their cases. A new backend runs the same rows.
+//! The op table: a list of cases, each one Backend op on one set of shapes in one weight format (the dtype
+//! axis: f32, bf16, f16 and the quantized int8/int4 formats), as ggml's test-backend-ops lists its cases.
+//! A case is data ([`Spec`]): what it is called, its tolerance, the bytes it moves and the flops it does; its
+//! inputs are drawn from a generator seeded by its name (so a filtered run draws the same inputs), it is run on
+//! a backend and compared with the plain f64 reference in [`crate::reference`] as normalised mean squared
+//! error; NaN or Inf is always a failure. With `perf`, each case is also timed and reported as GB/s and
+//! GFLOP/s, so speed and correctness share their cases. A new backend runs the same cases; a new op adds a
+//! [`Spec`] variant, its rows in [`cases`], and its run in table_ops.rs (docs/backends.md, "Adding an op").
 
-use herd_core::backend::{AttnParams, AttnSeq, Backend, Temperature};
-use herd_core::quant::DType;
-use herd_core::Result;
+use herd_core::backend::{Act, Backend};
+use herd_core::quant::{DType, GroupAxis, Grouping, ScaleType};
+use herd_core::sampling::SamplingParams;
 
-use crate::reference as r;
+pub use crate::table_attention::AttnCase;
 pub use crate::table_report::{dispatch_cost, format_table, nmse, RowResult};
 pub(crate) use crate::table_report::{push_row, timed, Out};
-use crate::table_sample::sample_rows;
+pub use crate::table_sample::SampleCase;
 pub(crate) use crate::weights::{weight, written_weight, Rng};
 
-const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+/// One row of the table.
+#[derive(Clone, Debug)]
+pub enum Spec {
+    /// x [m, k] · w [n, k]ᵀ.
+    Matmul {
+        m: usize,
+        k: usize,
+        n: usize,
+        dt: DType,
+    },
+    /// silu(x · gateᵀ) ⊙ (x · upᵀ), x [m, k], gate and up [f, k].
+    Swiglu {
+        m: usize,
+        k: usize,
+        f: usize,
+        dt: DType,
+    },
+    RmsNorm {
+        rows: usize,
+        dim: usize,
+        weight: Option<DType>,
+        in_place: bool,
+    },
+    AddRmsNorm {
+        rows: usize,
+        dim: usize,
+        dt: DType,
+    },
+    Rope {
+        rows: usize,
+        heads: usize,
+        d: usize,
+        norm: Option<f32>,
+    },
+    Attention(AttnCase),
+    KvStore(AttnCase),
+    Add {
+        n: usize,
+    },
+    SiluMul {
+        n: usize,
+    },
+    RouterTopk {
+        rows: usize,
+        experts: usize,
+        k: usize,
+    },
+    /// `written`: the expert cache's case: weights written row by row, and picks of an expert past the end.
+    Moe {
+        rows: usize,
+        d: usize,
+        f: usize,
+        experts: usize,
+        k: usize,
+        dt: DType,
+        written: bool,
+    },
+    Sample(SampleCase),
+    /// Constrained decoding's mask: `allowed` in a thousand tokens keep their logit; with `then_sample`, the
+    /// masked rows are sampled (the op's purpose: picks only among the allowed tokens).
+    MaskLogits {
+        rows: usize,
+        vocab: usize,
+        allowed: u32,
+        then_sample: bool,
+    },
+    Embed {
+        vocab: usize,
+        dim: usize,
+        n: usize,
+        dt: DType,
+    },
+    GatherRows {
+        rows: usize,
+        dim: usize,
+        picks: Vec<u32>,
+    },
+    /// Rows with a mean of `mean` test the variance's cancellation.
+    LayerNorm {
+        rows: usize,
+        dim: usize,
+        dt: DType,
+        in_place: bool,
+        mean: f32,
+    },
+    BiasAct {
+        rows: usize,
+        dim: usize,
+        bias: Option<DType>,
+        act: Act,
+    },
+    Copy {
+        src_len: usize,
+        src_off: usize,
+        dst_len: usize,
+        dst_off: usize,
+        len: usize,
+    },
+    WriteU32 {
+        n: usize,
+    },
+}
 
-/// Runs every row of the table on `be`. `filter` keeps rows whose op name contains it.
-pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<RowResult> {
-    let mut rows = Vec::new();
-    let mut add =
-        |op: &'static str, case: String, tol: f64, res: Result<Out>| push_row(&mut rows, filter, op, case, tol, res);
-    let mut rng = Rng(0x9E3779B97F4A7C15);
-    let want = |op: &str| filter.is_none_or(|f| op.contains(f));
-
-    // matmul: x [m, k] · w [n, k]ᵀ
-    if want("matmul") {
-        let shapes = [
-            (1, 64, 33),
-            (3, 129, 67),
-            (5, 128, 256),
-            (8, 40, 72),
-            (9, 17, 65),
-            (37, 96, 130),
-            (1, 5120, 8192),
-            (128, 1024, 1024),
-            (12, 2048, 16400),
-        ];
-        for &(m, k, n) in &shapes {
-            for dt in DTYPES {
-                // Large cases: f16 adds nothing over bf16; the largest (a prefill whose f32 weight is split
-                // across bindings) runs in f32 only.
-                let big = m * k * n > 1 << 24;
-                if (big && dt == DType::F16) || (m * k * n > 1 << 28 && dt != DType::F32) {
-                    continue;
-                }
-                let xv = rng.vec(m * k);
-                let wv = rng.vec(n * k);
-                let res = (|| {
-                    let (w, seen) = weight(be, dt, &[n, k], &wv)?;
-                    let x = be.upload(&xv)?;
-                    let o = be.alloc(m * n)?;
-                    let secs = timed(be, perf, &o, || be.matmul(&x, m, &w, &o))?;
-                    Ok(Out {
-                        got: be.read(&o)?,
-                        want: r::matmul(&xv, m, k, &seen, n),
-                        secs,
-                        bytes: (n * k * dt.size() + 4 * (m * k + m * n)) as f64,
-                        flops: (2 * m * k * n) as f64,
-                    })
-                })();
-                add("matmul", format!("m={m} k={k} n={n} {}", dt.name()), 1e-9, res);
-            }
-        }
-    }
-
-    // swiglu: silu(x · gateᵀ) ⊙ (x · upᵀ)
-    if want("swiglu") {
-        for &(m, k, f) in &[(1, 64, 48), (3, 130, 40), (8, 256, 96), (5, 40, 17), (12, 128, 64), (1, 5120, 8192)] {
-            for dt in DTYPES {
-                if m * k * f > 1 << 24 && dt != DType::BF16 {
-                    continue;
-                }
-                let xv = rng.vec(m * k);
-                let (gv, uv) = (rng.vec(f * k), rng.vec(f * k));
-                let res = (|| {
-                    let (g, gs) = weight(be, dt, &[f, k], &gv)?;
-                    let (u, us) = weight(be, dt, &[f, k], &uv)?;
-                    let x = be.upload(&xv)?;
-                    let (o, sc) = (be.alloc(m * f)?, be.alloc(m * f)?);
-                    let secs = timed(be, perf, &o, || be.swiglu(&x, m, &g, &u, f, &o, &sc))?;
-                    let want = r::silu_mul(&r::matmul(&xv, m, k, &gs, f), &r::matmul(&xv, m, k, &us, f));
-                    Ok(Out {
-                        got: be.read(&o)?,
-                        want,
-                        secs,
-                        bytes: (2 * f * k * dt.size() + 4 * (m * k + m * f)) as f64,
-                        flops: (4 * m * k * f) as f64,
-                    })
-                })();
-                add("swiglu", format!("m={m} k={k} f={f} {}", dt.name()), 1e-9, res);
-            }
-        }
-    }
-
-    if want("rms_norm") {
-        for &(rows_, dim, wdt, inplace) in &[
-            (1, 64, Some(DType::F32), false),
-            (7, 130, Some(DType::BF16), false),
-            (33, 5120, Some(DType::BF16), false),
-            (12, 16, None, true),
-            (5, 128, None, false),
-        ] {
-            let xv = rng.vec(rows_ * dim);
-            let wv = rng.vec(dim);
-            let res = (|| {
-                let w = match wdt {
-                    Some(dt) => Some(weight(be, dt, &[dim], &wv)?),
-                    None => None,
-                };
-                let wref = w.as_ref().map(|w| &w.0);
-                let want = r::rms_norm(&xv, w.as_ref().map(|w| w.1.as_slice()), rows_, dim, 1e-5);
-                let (got, secs) = if inplace {
-                    let o = be.upload(&xv)?;
-                    be.rms_norm(&o, wref, rows_, dim, 1e-5, &o)?;
-                    let got = be.read(&o)?;
-                    // Timing repeats on a separate buffer (re-normalising in place changes nothing of cost).
-                    let t = be.upload(&xv)?;
-                    (
-                        got,
-                        timed(be, perf, &t, || be.rms_norm(&t, wref, rows_, dim, 1e-5, &t))
-                            .map(|s| s.filter(|_| perf))?,
-                    )
-                } else {
-                    let x = be.upload(&xv)?;
-                    let o = be.alloc(rows_ * dim)?;
-                    let secs = timed(be, perf, &o, || be.rms_norm(&x, wref, rows_, dim, 1e-5, &o))?;
-                    (be.read(&o)?, secs)
-                };
-                Ok(Out { got, want, secs, bytes: (8 * rows_ * dim) as f64, flops: (4 * rows_ * dim) as f64 })
-            })();
-            add(
-                "rms_norm",
-                format!(
-                    "rows={rows_} dim={dim} weight={} {}",
-                    wdt.map_or("none", |d| d.name()),
-                    if inplace { "in place" } else { "" }
-                ),
-                1e-10,
-                res,
-            );
-        }
-    }
-
-    if want("add_rms_norm") {
-        for &(rows_, dim, wdt) in
-            &[(1, 64, DType::F32), (7, 130, DType::BF16), (33, 5120, DType::BF16), (3, 257, DType::F16)]
-        {
-            let av = rng.vec(rows_ * dim);
-            let xv = rng.vec(rows_ * dim);
-            let wv = rng.vec(dim);
-            let res = (|| {
-                let (w, seen) = weight(be, wdt, &[dim], &wv)?;
-                let sum: Vec<f32> = av.iter().zip(&xv).map(|(a, x)| a + x).collect();
-                // Both outputs are checked: the normed rows, then the accumulator holding the sum.
-                let mut want = r::rms_norm(&sum, Some(&seen), rows_, dim, 1e-5);
-                want.extend(&sum);
-                let (acc, x, o) = (be.upload(&av)?, be.upload(&xv)?, be.alloc(rows_ * dim)?);
-                be.add_rms_norm(&acc, &x, &w, rows_, dim, 1e-5, &o)?;
-                let mut got = be.read(&o)?;
-                got.extend(be.read(&acc)?);
-                let secs = timed(be, perf, &o, || be.add_rms_norm(&acc, &x, &w, rows_, dim, 1e-5, &o))?;
-                Ok(Out { got, want, secs, bytes: (16 * rows_ * dim) as f64, flops: (5 * rows_ * dim) as f64 })
-            })();
-            add("add_rms_norm", format!("rows={rows_} dim={dim} {}", wdt.name()), 1e-10, res);
-        }
-    }
-
-    if want("rope") {
-        for &(rows_, heads, d, norm) in
-            &[(5, 3, 16, None), (9, 8, 128, None), (1, 40, 128, None), (7, 5, 16, Some(1e-5)), (3, 40, 128, Some(1e-6))]
-        {
-            let xv = rng.vec(rows_ * heads * d);
-            let pos: Vec<u32> = (0..rows_).map(|_| rng.below(20000)).collect();
-            let inv: Vec<f32> = (0..d / 2).map(|j| 1.0 / 500000f32.powf(2.0 * j as f32 / d as f32)).collect();
-            let res = (|| {
-                let x = be.upload(&xv)?;
-                let p = be.upload_u32(&pos)?;
-                let f = be.upload(&inv)?;
-                be.rope(&x, rows_, heads, d, &p, &f, norm)?;
-                let got = be.read(&x)?;
-                let secs = if perf {
-                    let y = be.upload(&xv)?;
-                    timed(be, true, &y, || be.rope(&y, rows_, heads, d, &p, &f, norm))?
-                } else {
-                    None
-                };
-                let rotated = r::rope(&xv, rows_, heads, d, &pos, &inv);
-                let want = match norm {
-                    Some(eps) => r::rms_norm(&rotated, None, rows_ * heads, d, eps),
-                    None => rotated,
-                };
-                Ok(Out {
-                    got,
-                    want,
-                    secs,
-                    bytes: (8 * rows_ * heads * d) as f64,
-                    flops: (6 * rows_ * heads * d) as f64,
-                })
-            })();
-            // Angles up to 2·10⁴ rad: f32 sin/cos implementations differ by a few ulps of the angle.
-            let what = if norm.is_some() { " + qk norm" } else { "" };
-            add("rope", format!("rows={rows_} heads={heads} d={d}{what}"), 1e-9, res);
-        }
-    }
-
-    if want("attention") || want("kv_store") {
-        // (heads, kv heads, d, chunk, temperature, [(cached, new, region cap)]); then bidirectional ones.
-        type Case = (usize, usize, usize, Option<usize>, bool, Vec<(usize, usize, usize)>);
-        let causal: Vec<Case> = vec![
-            (4, 2, 8, None, false, vec![(0, 13, 13)]),
-            (4, 2, 8, Some(4), false, vec![(5, 3, 8), (11, 1, 12)]),
-            (6, 2, 16, None, true, vec![(20, 2, 24), (0, 5, 5), (7, 1, 8)]),
-            (4, 1, 8, Some(8), false, vec![(23, 4, 8), (40, 1, 8)]),
-            (4, 4, 8, Some(5), true, vec![(3, 12, 5)]),
-            (40, 8, 128, Some(8192), false, vec![(511, 1, 512)]),
-            (40, 8, 128, None, true, vec![(0, 64, 64)]),
-            // More query heads per kv head than the grouped decode kernel takes.
-            (18, 1, 8, None, false, vec![(30, 2, 32)]),
-            // head_dim above the tiled kernel's 128, many new rows.
-            (4, 2, 160, Some(16), true, vec![(10, 20, 32)]),
-            // Long decode: several splits, and a shorter sequence whose later splits are empty.
-            (8, 2, 64, None, true, vec![(1500, 1, 1501), (300, 3, 303)]),
-            // Prefill tiles that cross a chunk boundary after a cached prefix, beside a decode row.
-            (4, 2, 32, Some(16), false, vec![(10, 40, 16), (5, 1, 16)]),
-        ];
-        // Bidirectional (the vision encoder: tiles of patches, no cache): a batch of tiles, a short one
-        // (decode-sized, which must not take the causal decode kernels), one over a cached prefix, and one
-        // tile of the real tower (577 tokens, 88-dim heads, 4 of its 16 heads).
-        let bidir: Vec<Case> = vec![
-            (4, 4, 16, None, false, vec![(0, 37, 1), (0, 37, 1), (0, 37, 1)]),
-            (2, 2, 8, None, false, vec![(0, 2, 1), (0, 1, 1)]),
-            (4, 2, 16, None, false, vec![(5, 20, 8)]),
-            (4, 4, 88, None, false, vec![(0, 577, 1)]),
-        ];
-        let cases = causal.into_iter().map(|c| (c, false)).chain(bidir.into_iter().map(|c| (c, true)));
-        for ((h, kvh, d, chunk, temp, seqs_spec), bidirectional) in cases {
-            let kvrow = kvh * d;
-            let mut seqs = Vec::new();
-            let (mut row, mut base) = (0usize, 0usize);
-            let mut hist_k = Vec::new();
-            let mut hist_v = Vec::new();
-            for &(cached, new, cap) in &seqs_spec {
-                seqs.push(AttnSeq {
-                    q_start: row as u32,
-                    q_len: new as u32,
-                    pos0: cached as u32,
-                    slot_base: base as u32,
-                    slot_cap: cap as u32,
-                });
-                hist_k.push(rng.vec((cached + new) * kvrow));
-                hist_v.push(rng.vec((cached + new) * kvrow));
-                row += new;
-                base += cap;
-            }
-            let (rows_, slots) = (row, base);
-            let qv = rng.vec(rows_ * h * d);
-            let (mut kn, mut vn) = (vec![0f32; rows_ * kvrow], vec![0f32; rows_ * kvrow]);
-            let (mut kc, mut vc) = (rng.vec(slots * kvrow), rng.vec(slots * kvrow)); // stale slots hold noise
-            for (s, (hk, hv)) in seqs.iter().zip(hist_k.iter().zip(&hist_v)) {
-                let (p0, n, b, cap) = (s.pos0 as usize, s.q_len as usize, s.slot_base as usize, s.slot_cap as usize);
-                for p in p0.saturating_sub(cap)..p0 {
-                    let sl = b + p % cap;
-                    kc[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&hk[p * kvrow..(p + 1) * kvrow]);
-                    vc[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&hv[p * kvrow..(p + 1) * kvrow]);
-                }
-                let q0 = s.q_start as usize;
-                kn[q0 * kvrow..(q0 + n) * kvrow].copy_from_slice(&hk[p0 * kvrow..(p0 + n) * kvrow]);
-                vn[q0 * kvrow..(q0 + n) * kvrow].copy_from_slice(&hv[p0 * kvrow..(p0 + n) * kvrow]);
-            }
-            let p = AttnParams {
-                n_heads: h,
-                n_kv_heads: kvh,
-                head_dim: d,
-                scale: (d as f32).powf(-0.5),
-                chunk,
-                bidirectional,
-                temperature: temp.then_some(Temperature { floor_scale: 4.0, attn_scale: 0.1 }),
+/// A weight format's name in a row: `bf16`, or `q4g32-f16` (bits, group, scale type).
+pub fn format_name(dt: DType) -> String {
+    match dt.grouping() {
+        None => dt.name().to_string(),
+        Some(g) => {
+            let s = match g.scale {
+                ScaleType::F16 => "f16",
+                ScaleType::BF16 => "bf16",
             };
-            let mask = if bidirectional { "bidirectional".to_string() } else { format!("chunk={chunk:?}") };
-            let desc = format!("h={h} kvh={kvh} d={d} {mask} temp={temp} seqs={seqs_spec:?}");
-            let res = (|| {
-                let (q, k, v, kcb, vcb) =
-                    (be.upload(&qv)?, be.upload(&kn)?, be.upload(&vn)?, be.upload(&kc)?, be.upload(&vc)?);
-                let o = be.alloc(rows_ * h * d)?;
-                let secs = timed(be, perf, &o, || be.attention(&q, &k, &v, &kcb, &vcb, &seqs, &p, &o))?;
-                let keys: usize = seqs.iter().map(|s| (s.pos0 + s.q_len) as usize).sum();
-                // Keys each query sees (causal, and inside its chunk): the work is 4·d flops per (query head, key).
-                let visible: usize = seqs
-                    .iter()
-                    .flat_map(|s| (0..s.q_len as usize).map(move |t| (s, s.pos0 as usize + t)))
-                    .map(|(s, i)| match bidirectional {
-                        true => (s.pos0 + s.q_len) as usize,
-                        false => i - chunk.map_or(0, |c| i / c * c) + 1,
-                    })
-                    .sum();
-                Ok(Out {
-                    got: be.read(&o)?,
-                    want: r::attention(&qv, &hist_k, &hist_v, &seqs, &p),
-                    secs,
-                    bytes: (4 * (2 * rows_ * h * d + 2 * keys * kvrow)) as f64,
-                    flops: (4 * visible * h * d) as f64,
-                })
-            })();
-            if want("attention") {
-                add("attention", desc.clone(), 1e-10, res);
+            format!("{}g{}-{s}", dt.name(), g.group)
+        }
+    }
+}
+
+impl Spec {
+    /// The op's name (the Backend method).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Spec::Matmul { .. } => "matmul",
+            Spec::Swiglu { .. } => "swiglu",
+            Spec::RmsNorm { .. } => "rms_norm",
+            Spec::AddRmsNorm { .. } => "add_rms_norm",
+            Spec::Rope { .. } => "rope",
+            Spec::Attention(_) => "attention",
+            Spec::KvStore(_) => "kv_store",
+            Spec::Add { .. } => "add",
+            Spec::SiluMul { .. } => "silu_mul",
+            Spec::RouterTopk { .. } => "router_topk",
+            Spec::Moe { .. } => "moe",
+            Spec::Sample(_) => "sample",
+            Spec::MaskLogits { .. } => "mask_logits",
+            Spec::Embed { .. } => "embed",
+            Spec::GatherRows { .. } => "gather_rows",
+            Spec::LayerNorm { .. } => "layer_norm",
+            Spec::BiasAct { .. } => "bias_act",
+            Spec::Copy { .. } => "copy",
+            Spec::WriteU32 { .. } => "write_u32",
+        }
+    }
+
+    /// The row's description: its shapes and formats.
+    pub fn describe(&self) -> String {
+        match self {
+            Spec::Matmul { m, k, n, dt } => format!("m={m} k={k} n={n} {}", format_name(*dt)),
+            Spec::Swiglu { m, k, f, dt } => format!("m={m} k={k} f={f} {}", format_name(*dt)),
+            Spec::RmsNorm { rows, dim, weight, in_place } => format!(
+                "rows={rows} dim={dim} weight={} {}",
+                weight.map_or("none".into(), format_name),
+                if *in_place { "in place" } else { "" }
+            ),
+            Spec::AddRmsNorm { rows, dim, dt } => format!("rows={rows} dim={dim} {}", format_name(*dt)),
+            Spec::Rope { rows, heads, d, norm } => {
+                format!("rows={rows} heads={heads} d={d}{}", if norm.is_some() { " + qk norm" } else { "" })
             }
-            // kv_store: the new rows land in their ring slots, the rest of the cache is untouched; keys and
-            // values both (compared as one vector, keys first).
-            let (mut expect_k, mut expect_v) = (kc.clone(), vc.clone());
-            for s in &seqs {
-                for t in 0..s.q_len as usize {
-                    let sl = s.slot_base as usize + (s.pos0 as usize + t) % s.slot_cap as usize;
-                    let rr = s.q_start as usize + t;
-                    expect_k[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&kn[rr * kvrow..(rr + 1) * kvrow]);
-                    expect_v[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&vn[rr * kvrow..(rr + 1) * kvrow]);
-                }
+            Spec::Attention(a) | Spec::KvStore(a) => a.describe(),
+            Spec::Add { n } | Spec::SiluMul { n } => format!("n={n}"),
+            Spec::RouterTopk { rows, experts, k } => format!("rows={rows} experts={experts} k={k}"),
+            Spec::Moe { rows, d, f, experts, k, dt, written } => format!(
+                "rows={rows} d={d} f={f} experts={experts} k={k} {}{}",
+                format_name(*dt),
+                if *written { " skipped-picks written-rows" } else { "" }
+            ),
+            Spec::Sample(s) => s.describe(),
+            Spec::MaskLogits { rows, vocab, allowed, then_sample } => format!(
+                "rows={rows} vocab={vocab} allowed={allowed}/1000{}",
+                if *then_sample { " then sample" } else { "" }
+            ),
+            Spec::Embed { vocab, dim, n, dt } => format!("vocab={vocab} dim={dim} n={n} {}", format_name(*dt)),
+            Spec::GatherRows { rows, dim, picks } => format!("rows={rows} dim={dim} picks={picks:?}"),
+            Spec::LayerNorm { rows, dim, dt, in_place, mean } => format!(
+                "rows={rows} dim={dim} mean={mean} {}{}",
+                format_name(*dt),
+                if *in_place { " in place" } else { "" }
+            ),
+            Spec::BiasAct { rows, dim, bias, act } => {
+                format!("rows={rows} dim={dim} bias={} {act:?}", bias.map_or("none".into(), format_name))
             }
-            expect_k.extend(expect_v);
-            let res = (|| {
-                let (k, v, kcb, vcb) = (be.upload(&kn)?, be.upload(&vn)?, be.upload(&kc)?, be.upload(&vc)?);
-                let secs = timed(be, perf, &kcb, || be.kv_store(&k, &v, &kcb, &vcb, &seqs, kvrow))?;
-                let mut got = be.read(&kcb)?;
-                got.extend(be.read(&vcb)?);
-                Ok(Out { got, want: expect_k, secs, bytes: (16 * rows_ * kvrow) as f64, flops: 0.0 })
-            })();
-            if want("kv_store") {
-                add("kv_store", desc, 0.0, res);
+            Spec::Copy { src_len, src_off, dst_len, dst_off, len } => {
+                format!("src={src_len}@{src_off} dst={dst_len}@{dst_off} len={len}")
+            }
+            Spec::WriteU32 { n } => format!("n={n}"),
+        }
+    }
+
+    /// The largest normalised mean squared error the row accepts.
+    pub fn tol(&self) -> f64 {
+        match self {
+            Spec::Matmul { .. } | Spec::Swiglu { .. } | Spec::Rope { .. } | Spec::Moe { .. } => 1e-9,
+            Spec::RmsNorm { .. }
+            | Spec::AddRmsNorm { .. }
+            | Spec::Attention(_)
+            | Spec::SiluMul { .. }
+            | Spec::LayerNorm { .. }
+            | Spec::BiasAct { .. } => 1e-10,
+            Spec::Add { .. } | Spec::RouterTopk { .. } => 1e-12,
+            // Exact: data movement, integer picks.
+            Spec::KvStore(_)
+            | Spec::Sample(_)
+            | Spec::MaskLogits { .. }
+            | Spec::Embed { .. }
+            | Spec::GatherRows { .. }
+            | Spec::Copy { .. }
+            | Spec::WriteU32 { .. } => 0.0,
+        }
+    }
+
+    /// Bytes one call moves at the least (weights in their format, f32 activations), for GB/s.
+    pub fn bytes(&self) -> f64 {
+        let quant = |dt: DType, shape: &[usize]| dt.bytes(shape).unwrap_or(0);
+        (match self {
+            Spec::Matmul { m, k, n, dt } => quant(*dt, &[*n, *k]) + 4 * (m * k + m * n),
+            Spec::Swiglu { m, k, f, dt } => 2 * quant(*dt, &[*f, *k]) + 4 * (m * k + m * f),
+            Spec::RmsNorm { rows, dim, .. } => 8 * rows * dim,
+            Spec::AddRmsNorm { rows, dim, .. } => 16 * rows * dim,
+            Spec::Rope { rows, heads, d, .. } => 8 * rows * heads * d,
+            Spec::Attention(a) => a.bytes(),
+            Spec::KvStore(a) => 16 * a.rows() * a.kv_heads * a.d,
+            Spec::Add { n } | Spec::SiluMul { n } => 12 * n,
+            Spec::RouterTopk { rows, experts, k } => 4 * rows * (experts + 2 * k),
+            // The experts some row picked, each read once.
+            Spec::Moe { rows, d, f, experts, k, dt, written } => {
+                crate::table_ops::moe_used(*rows, *k, *experts, *written) * quant(*dt, &[3, *d, *f])
+            }
+            Spec::Sample(s) => 4 * s.rows * s.vocab,
+            Spec::MaskLogits { rows, vocab, .. } => 8 * rows * vocab + 4 * rows * vocab.div_ceil(32),
+            Spec::Embed { vocab, dim, n, dt } => n * dim * 4 + quant(*dt, &[*vocab, *dim]) / vocab * n,
+            Spec::GatherRows { dim, picks, .. } => 8 * picks.len() * dim,
+            Spec::LayerNorm { rows, dim, .. } | Spec::BiasAct { rows, dim, .. } => 8 * rows * dim,
+            Spec::Copy { len, .. } => 8 * len,
+            Spec::WriteU32 { n } => 4 * n,
+        }) as f64
+    }
+
+    /// Floating-point operations one call does, for GFLOP/s (0 for data movement).
+    pub fn flops(&self) -> f64 {
+        (match self {
+            Spec::Matmul { m, k, n, .. } => 2 * m * k * n,
+            Spec::Swiglu { m, k, f, .. } => 4 * m * k * f,
+            Spec::RmsNorm { rows, dim, .. } => 4 * rows * dim,
+            Spec::AddRmsNorm { rows, dim, .. } => 5 * rows * dim,
+            Spec::Rope { rows, heads, d, .. } => 6 * rows * heads * d,
+            Spec::Attention(a) => a.flops(),
+            Spec::Add { n } => *n,
+            Spec::SiluMul { n } => 5 * n,
+            Spec::RouterTopk { rows, experts, .. } => rows * experts,
+            Spec::Moe { rows, d, f, k, .. } => rows * k * 6 * d * f,
+            Spec::LayerNorm { rows, dim, .. } => 7 * rows * dim,
+            Spec::BiasAct { rows, dim, .. } => 20 * rows * dim,
+            Spec::KvStore(_)
+            | Spec::Sample(_)
+            | Spec::MaskLogits { .. }
+            | Spec::Embed { .. }
+            | Spec::GatherRows { .. }
+            | Spec::Copy { .. }
+            | Spec::WriteU32 { .. } => 0,
+        }) as f64
+    }
+}
+
+const FLOATS: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+/// An int8 (`bits` 8) or int4 format with groups of `group` along `axis`.
+fn q(bits: u32, group: u32, scale: ScaleType, axis: GroupAxis) -> DType {
+    let g = Grouping { group, scale, axis };
+    if bits == 8 {
+        DType::Q8(g)
+    } else {
+        DType::Q4(g)
+    }
+}
+
+/// Every row of the table, in the order it runs.
+pub fn cases() -> Vec<Spec> {
+    let mut c = Vec::new();
+    let (f16s, bf16s) = (ScaleType::F16, ScaleType::BF16);
+    let (f32_, bf16, f16) = (DType::F32, DType::BF16, DType::F16);
+
+    // matmul, float formats. Large cases: f16 adds nothing over bf16; the largest (a prefill whose f32 weight
+    // is split across bindings) runs in f32 only.
+    for (m, k, n) in [
+        (1, 64, 33),
+        (3, 129, 67),
+        (5, 128, 256),
+        (8, 40, 72),
+        (9, 17, 65),
+        (37, 96, 130),
+        (1, 5120, 8192),
+        (128, 1024, 1024),
+        (12, 2048, 16400),
+    ] {
+        let big = m * k * n > 1 << 24;
+        for dt in FLOATS.into_iter().filter(|&dt| !(big && dt == f16) && (m * k * n <= 1 << 28 || dt == f32_)) {
+            c.push(Spec::Matmul { m, k, n, dt });
+        }
+    }
+    // matmul, quantized formats (nn.Linear weights, groups along K): decode and prefill sizes, an odd n; the
+    // largest in the format Scout is served in only.
+    let linear = [
+        q(8, 32, f16s, GroupAxis::Last),
+        q(4, 32, f16s, GroupAxis::Last),
+        q(4, 128, bf16s, GroupAxis::Last),
+        q(8, 128, bf16s, GroupAxis::Last),
+    ];
+    for (m, k, n) in [(1, 128, 33), (3, 256, 67), (9, 128, 40), (37, 256, 70), (1, 5120, 8192)] {
+        for dt in linear {
+            if m * k * n <= 1 << 24 || matches!(dt, DType::Q4(g) if g.group == 128) {
+                c.push(Spec::Matmul { m, k, n, dt });
             }
         }
+    }
+
+    for (m, k, f) in [(1, 64, 48), (3, 130, 40), (8, 256, 96), (5, 40, 17), (12, 128, 64), (1, 5120, 8192)] {
+        for dt in FLOATS.into_iter().filter(|&dt| m * k * f <= 1 << 24 || dt == bf16) {
+            c.push(Spec::Swiglu { m, k, f, dt });
+        }
+    }
+
+    for (rows, dim, weight, in_place) in [
+        (1, 64, Some(f32_), false),
+        (7, 130, Some(bf16), false),
+        (33, 5120, Some(bf16), false),
+        (12, 16, None, true),
+        (5, 128, None, false),
+    ] {
+        c.push(Spec::RmsNorm { rows, dim, weight, in_place });
+    }
+    for (rows, dim, dt) in [(1, 64, f32_), (7, 130, bf16), (33, 5120, bf16), (3, 257, f16)] {
+        c.push(Spec::AddRmsNorm { rows, dim, dt });
+    }
+    for (rows, heads, d, norm) in
+        [(5, 3, 16, None), (9, 8, 128, None), (1, 40, 128, None), (7, 5, 16, Some(1e-5)), (3, 40, 128, Some(1e-6))]
+    {
+        c.push(Spec::Rope { rows, heads, d, norm });
+    }
+
+    for a in crate::table_attention::attention_cases() {
+        c.push(Spec::Attention(a.clone()));
+        c.push(Spec::KvStore(a));
     }
 
     for n in [1usize, 1000, 4099, 1 << 20] {
-        let a = rng.vec(n);
-        let b = rng.vec(n);
-        if want("add") {
-            let res = (|| {
-                let (x, y) = (be.upload(&a)?, be.upload(&b)?);
-                be.add(&x, &y, n)?;
-                let got = be.read(&x)?;
-                let secs = timed(be, perf, &x, || be.add(&x, &y, n))?;
-                Ok(Out {
-                    got,
-                    want: a.iter().zip(&b).map(|(p, q)| p + q).collect(),
-                    secs,
-                    bytes: (12 * n) as f64,
-                    flops: n as f64,
-                })
-            })();
-            add("add", format!("n={n}"), 1e-12, res);
-        }
-        if want("silu_mul") {
-            let res = (|| {
-                let (g, u) = (be.upload(&a)?, be.upload(&b)?);
-                be.silu_mul(&g, &u, n)?;
-                let got = be.read(&g)?;
-                let secs = if perf {
-                    let g2 = be.upload(&a)?;
-                    timed(be, true, &g2, || be.silu_mul(&g2, &u, n))?
-                } else {
-                    None
-                };
-                Ok(Out { got, want: r::silu_mul(&a, &b), secs, bytes: (12 * n) as f64, flops: (5 * n) as f64 })
-            })();
-            add("silu_mul", format!("n={n}"), 1e-10, res);
-        }
+        c.push(Spec::Add { n });
+        c.push(Spec::SiluMul { n });
+    }
+    for (rows, experts, k) in [(7, 5, 1), (9, 16, 1), (6, 8, 2), (3, 128, 1), (64, 16, 1)] {
+        c.push(Spec::RouterTopk { rows, experts, k });
     }
 
-    if want("router_topk") {
-        for &(rows_, e, k) in &[(7, 5, 1), (9, 16, 1), (6, 8, 2), (3, 128, 1), (64, 16, 1)] {
-            let l = rng.vec(rows_ * e);
-            let res = (|| {
-                let lb = be.upload(&l)?;
-                let idx = be.upload_u32(&vec![0; rows_ * k])?;
-                let sc = be.alloc(rows_ * k)?;
-                let secs = timed(be, perf, &sc, || be.router_topk(&lb, rows_, e, k, &idx, &sc))?;
-                let (wi, ws) = r::router_topk(&l, rows_, e, k);
-                // Indices must match exactly: compare them as numbers alongside the scores.
-                let mut got: Vec<f32> = be.read_u32(&idx)?.iter().map(|&i| i as f32).collect();
-                got.extend(be.read(&sc)?);
-                let mut want: Vec<f32> = wi.iter().map(|&i| i as f32).collect();
-                want.extend(ws);
-                Ok(Out { got, want, secs, bytes: (4 * rows_ * (e + 2 * k)) as f64, flops: (rows_ * e) as f64 })
-            })();
-            add("router_topk", format!("rows={rows_} experts={e} k={k}"), 1e-12, res);
-        }
+    // moe, float formats: decode, the per-entry path, several tiles of 8 per expert, batches whose dimensions
+    // are not multiples of the tile sizes (CUDA's tensor-core and CUDA-core expert tiles: partial column tiles,
+    // partial K steps, many tiles per expert), an expert tensor over 128 MiB (split across bindings by whole
+    // experts); then the expert cache's case.
+    for (rows, d, f, experts, k, dt, written) in [
+        (1, 24, 10, 4, 1, f32_, false),
+        (6, 24, 10, 4, 2, bf16, false),
+        (9, 33, 17, 5, 1, f32_, false),
+        (9, 32, 16, 4, 2, f16, false),
+        (1, 1024, 1024, 16, 1, bf16, false),
+        (64, 512, 512, 16, 1, f32_, false),
+        (40, 64, 32, 4, 2, bf16, false),
+        (50, 72, 40, 8, 2, bf16, false),
+        (37, 40, 24, 3, 1, f16, false),
+        (2, 1024, 2080, 16, 2, bf16, false),
+        (1, 24, 10, 4, 1, f32_, true),
+        (9, 32, 16, 4, 2, f16, true),
+        (40, 64, 32, 4, 2, bf16, true),
+        (50, 72, 40, 8, 2, bf16, true),
+        (2, 1024, 2080, 16, 2, bf16, true),
+    ] {
+        c.push(Spec::Moe { rows, d, f, experts, k, dt, written });
+    }
+    // moe, quantized formats: the input-major expert tensors, groups along the second-last axis (d and f).
+    for (rows, d, f, experts, k, bits, group, written) in [
+        (1, 64, 32, 4, 1, 4, 32, false),
+        (9, 64, 32, 4, 2, 8, 32, false),
+        (20, 128, 64, 4, 1, 4, 64, false),
+        (2, 256, 128, 8, 2, 4, 128, false),
+        (9, 64, 32, 4, 2, 4, 32, true),
+        (20, 128, 64, 4, 1, 8, 64, true),
+    ] {
+        let dt = q(bits, group, f16s, GroupAxis::SecondLast);
+        c.push(Spec::Moe { rows, d, f, experts, k, dt, written });
     }
 
-    if want("moe") {
-        for &(rows_, d, f, e, k, dt, skip) in &[
-            (1, 24, 10, 4, 1, DType::F32, false),
-            (6, 24, 10, 4, 2, DType::BF16, false),
-            (9, 33, 17, 5, 1, DType::F32, false),
-            (9, 32, 16, 4, 2, DType::F16, false),
-            (1, 1024, 1024, 16, 1, DType::BF16, false),
-            (64, 512, 512, 16, 1, DType::F32, false),
-            // Several tiles of 8 per expert.
-            (40, 64, 32, 4, 2, DType::BF16, false),
-            // Batches with dimensions that are not multiples of the tile sizes (CUDA's tensor-core and
-            // CUDA-core expert tiles: partial column tiles, partial K steps, many tiles per expert).
-            (50, 72, 40, 8, 2, DType::BF16, false),
-            (37, 40, 24, 3, 1, DType::F16, false),
-            // An expert tensor over 128 MiB: split across bindings by whole experts.
-            (2, 1024, 2080, 16, 2, DType::BF16, false),
-            // The expert cache's case: weights written row by row (alloc_weight, write_weight_row), and
-            // picks of an expert >= E, which add nothing: decode, the per-entry path, the grouped/tiled paths.
-            (1, 24, 10, 4, 1, DType::F32, true),
-            (9, 32, 16, 4, 2, DType::F16, true),
-            (40, 64, 32, 4, 2, DType::BF16, true),
-            (50, 72, 40, 8, 2, DType::BF16, true),
-            (2, 1024, 2080, 16, 2, DType::BF16, true),
-        ] {
-            let xv = rng.vec(rows_ * d);
-            let gu = rng.vec(e * d * 2 * f);
-            let dn = rng.vec(e * f * d);
-            let mut idxv: Vec<u32> =
-                (0..rows_ * k).map(|i| ((i / k) as u32 * 7 + (i % k) as u32 * 3) % e as u32).collect();
-            if skip {
-                // Every third pick (the first one too) names an expert past the end.
-                for (i, v) in idxv.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
-                    *v = (e + i % 2) as u32;
-                }
-            }
-            let scv: Vec<f32> = rng.vec(rows_ * k).iter().map(|v| 0.5 + 0.5 * v).collect();
-            let base = rng.vec(rows_ * d);
-            let res = (|| {
-                let make = if skip { written_weight::<B> } else { weight::<B> };
-                let (guw, gus) = make(be, dt, &[e, d, 2 * f], &gu)?;
-                let (dnw, dns) = make(be, dt, &[e, f, d], &dn)?;
-                let x = be.upload(&xv)?;
-                let idx = be.upload_u32(&idxv)?;
-                let sc = be.upload(&scv)?;
-                let o = be.upload(&base)?;
-                be.moe(&x, rows_, &idx, &sc, k, &guw, &dnw, &o)?;
-                let got = be.read(&o)?;
-                let secs = if perf {
-                    let o2 = be.upload(&base)?;
-                    timed(be, true, &o2, || be.moe(&x, rows_, &idx, &sc, k, &guw, &dnw, &o2))?
-                } else {
-                    None
-                };
-                let mut want = base.clone();
-                r::moe(&xv, rows_, d, f, &idxv, &scv, k, &gus, &dns, &mut want);
-                let used = idxv.iter().filter(|&&x| (x as usize) < e).collect::<std::collections::BTreeSet<_>>().len();
-                Ok(Out {
-                    got,
-                    want,
-                    secs,
-                    bytes: (used * 3 * d * f * dt.size()) as f64,
-                    flops: (rows_ * k * 6 * d * f) as f64,
-                })
-            })();
-            let sk = if skip { " skipped-picks written-rows" } else { "" };
-            add("moe", format!("rows={rows_} d={d} f={f} experts={e} k={k} {}{sk}", dt.name()), 1e-9, res);
-        }
+    c.extend(crate::table_sample::sample_cases().into_iter().map(Spec::Sample));
+    // mask_logits: a vocabulary shorter than one word, rows that allow nothing, a sparse mask over Scout's vocabulary; then masks followed by
+    // sample, whose picks must be allowed tokens exactly as the reference picks them.
+    for (rows, vocab, allowed, then_sample) in [
+        (1, 5, 500, false),
+        (2, 100, 0, false),
+        (3, 1000, 100, false),
+        (2, 202048, 10, false),
+        (4, 1000, 100, true),
+        (2, 202048, 2, true),
+    ] {
+        c.push(Spec::MaskLogits { rows, vocab, allowed, then_sample });
     }
 
-    if want("sample") {
-        sample_rows(be, perf, &mut rng, &mut add);
+    // embed: float tables and quantized ones (a tied lm_head's embedding).
+    for (vocab, dim, dt) in [
+        (50, 24, f32_),
+        (50, 24, bf16),
+        (50, 64, q(4, 32, f16s, GroupAxis::Last)),
+        (50, 64, q(8, 64, bf16s, GroupAxis::Last)),
+    ] {
+        c.push(Spec::Embed { vocab, dim, n: 7, dt });
+    }
+    c.push(Spec::GatherRows { rows: 11, dim: 37, picks: vec![10, 0, 4, 4] });
+
+    // The vision tower's row ops: 1408 is the real tower's width, 577 rows one tile; layer_norm rows with a
+    // large mean test the variance's cancellation. bias_act: a bias broadcast over rows, GELU alone (the
+    // adapter), the fused bias + GELU of fc1, a bias as long as the whole buffer (the positional embedding
+    // over tiles), and the real tower's fc1 for one tile.
+    for (rows, dim, dt, in_place, mean) in [
+        (1, 64, f32_, false, 0.0),
+        (7, 130, bf16, false, 3.0),
+        (12, 16, f32_, true, 0.0),
+        (5, 257, f16, false, -20.0),
+        (577, 1408, bf16, false, 0.5),
+    ] {
+        c.push(Spec::LayerNorm { rows, dim, dt, in_place, mean });
+    }
+    for (rows, dim, bias, act) in [
+        (3, 40, Some(f32_), Act::Identity),
+        (9, 130, None, Act::Gelu),
+        (5, 257, Some(bf16), Act::Gelu),
+        (2, 577 * 16, Some(f32_), Act::Identity),
+        (577, 5632, Some(bf16), Act::Gelu),
+    ] {
+        c.push(Spec::BiasAct { rows, dim, bias, act });
     }
 
-    if want("embed") || want("gather_rows") {
-        for dt in [DType::F32, DType::BF16] {
-            let (v, dim, n) = (50, 24, 7);
-            let tab = rng.vec(v * dim);
-            let ids: Vec<u32> = (0..n).map(|_| rng.below(v as u32)).collect();
-            let res = (|| {
-                let (w, seen) = weight(be, dt, &[v, dim], &tab)?;
-                let ib = be.upload_u32(&ids)?;
-                let o = be.alloc(n * dim)?;
-                let secs = timed(be, perf, &o, || be.embed(&w, &ib, n, dim, &o))?;
-                let want: Vec<f32> =
-                    ids.iter().flat_map(|&i| seen[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
-                Ok(Out { got: be.read(&o)?, want, secs, bytes: (n * dim * (4 + dt.size())) as f64, flops: 0.0 })
-            })();
-            if want("embed") {
-                add("embed", format!("vocab={v} dim={dim} n={n} {}", dt.name()), 0.0, res);
-            }
-        }
-        let (rows_, dim) = (11, 37);
-        let xv = rng.vec(rows_ * dim);
-        let sel = [10u32, 0, 4, 4];
-        let res = (|| {
-            let x = be.upload(&xv)?;
-            let sb = be.upload_u32(&sel)?;
-            let o = be.alloc(sel.len() * dim)?;
-            let secs = timed(be, perf, &o, || be.gather_rows(&x, &sb, sel.len(), dim, &o))?;
-            let want: Vec<f32> =
-                sel.iter().flat_map(|&i| xv[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
-            Ok(Out { got: be.read(&o)?, want, secs, bytes: (8 * sel.len() * dim) as f64, flops: 0.0 })
-        })();
-        if want("gather_rows") {
-            add("gather_rows", format!("rows={rows_} dim={dim} picks={sel:?}"), 0.0, res);
-        }
+    // Buffer ops: copies between offsets (one element, a range ending at both buffers' ends, a large one) and
+    // writes of ids.
+    for (src_len, src_off, dst_len, dst_off, len) in
+        [(5, 4, 3, 0, 1), (100, 7, 80, 13, 67), (1 << 20, 0, (1 << 20) + 5, 5, 1 << 20)]
+    {
+        c.push(Spec::Copy { src_len, src_off, dst_len, dst_off, len });
     }
-    crate::table_vision::rows(be, perf, filter, &mut rows, &mut rng);
-    rows
+    for n in [1, 4099] {
+        c.push(Spec::WriteU32 { n });
+    }
+    c
+}
+
+/// The cases' seed: a hash of the row's name, so each row draws the same inputs however the table is filtered.
+fn seed(op: &str, case: &str) -> u64 {
+    let h = op
+        .bytes()
+        .chain([0])
+        .chain(case.bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    h | 1
+}
+
+/// Runs one case on `be`.
+pub fn run_case<B: Backend>(be: &B, spec: &Spec, perf: bool) -> RowResult {
+    let case = spec.describe();
+    let mut rng = Rng(seed(spec.op(), &case));
+    let res = crate::table_ops::run(be, spec, &mut rng, perf);
+    let mut rows = Vec::new();
+    push_row(
+        &mut rows,
+        None,
+        spec.op(),
+        case,
+        spec.tol(),
+        res.map(|o| Out { bytes: spec.bytes(), flops: spec.flops(), ..o }),
+    );
+    rows.pop().expect("one row")
+}
+
+/// Runs every row of the table on `be`. `filter` keeps rows whose op name contains it.
+pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<RowResult> {
+    cases().iter().filter(|s| filter.is_none_or(|f| s.op().contains(f))).map(|s| run_case(be, s, perf)).collect()
+}
+
+/// The rows of `SamplingParams` a sample case takes: temperature, top_k, top_p, min_p, repetition penalty.
+pub(crate) fn sampling(t: f32, top_k: usize, top_p: f32, min_p: f32, pen: f32) -> SamplingParams {
+    SamplingParams { temperature: t, top_k, top_p, min_p, repetition_penalty: pen, seed: None }
+}
+
+/// One backend's op-table test: every row passes and every bad call ([`crate::bad_calls`]) is refused with its
+/// check's message.
+pub fn assert_backend_passes<B: Backend>(be: &B) {
+    let rows = run_table(be, false, None);
+    let table = format_table(&be.name(), &rows);
+    eprintln!("{table}");
+    assert!(rows.len() > 150, "the table lost rows: {}", rows.len());
+    let failed: Vec<_> =
+        rows.iter().filter(|r| !r.passed()).map(|r| format!("{} {} ({:?})", r.op, r.case, r.error)).collect();
+    assert!(failed.is_empty(), "failing rows: {failed:?}\n{table}");
+    let wrong = crate::bad_calls::bad_calls(be);
+    assert!(wrong.is_empty(), "bad calls not refused as they must be:\n{}", wrong.join("\n"));
 }

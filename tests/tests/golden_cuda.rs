@@ -21,8 +21,7 @@ fn gpu() -> Option<Arc<CudaBackend>> {
     GPU.get_or_init(|| match CudaBackend::with_options(0, &herd_conformance::cuda_options_from_env()) {
         Ok(b) => Some(Arc::new(b)),
         Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_CUDA").as_deref() != Ok("1"), "CUDA required but not available: {e}");
-            eprintln!("cuda: NOT RUN ({e})");
+            herd_core::not_run("cuda", Some("HERD_REQUIRE_CUDA"), &e);
             None
         }
     })
@@ -34,8 +33,7 @@ fn emulator() -> Option<Arc<CudaBackend>> {
     EMU.get_or_init(|| match CudaBackend::emulated_with(&herd_conformance::cuda_options_from_env()) {
         Ok(b) => Some(Arc::new(b)),
         Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_CUDA_EMU").as_deref() != Ok("1"), "CUDA emulator required: {e}");
-            eprintln!("cuda emulator: NOT RUN ({e})");
+            herd_core::not_run("cuda emulator", Some("HERD_REQUIRE_CUDA_EMU"), &e);
             None
         }
     })

@@ -15,8 +15,7 @@ fn gpu() -> Option<Arc<WgpuBackend>> {
     GPU.get_or_init(|| match WgpuBackend::new() {
         Ok(b) => Some(Arc::new(b)),
         Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required but not available: {e}");
-            eprintln!("wgpu: NOT RUN ({e})");
+            herd_core::not_run("wgpu", Some("HERD_REQUIRE_WGPU"), &e);
             None
         }
     })

@@ -5,9 +5,7 @@
 //! (HERD_REQUIRE_CUDA_EMU=1 makes a missing C++ compiler a failure).
 
 use herd_conformance::backend_or_not_run;
-use herd_conformance::quant_table::run_quant_table;
-use herd_conformance::table::{format_table, run_table};
-use herd_core::backend::Backend;
+use herd_conformance::table::assert_backend_passes;
 use herd_cuda::CudaBackend;
 
 #[test]
@@ -51,14 +49,5 @@ fn cuda_emulator_passes_the_op_table_under_the_race_check() {
 }
 
 fn table(be: &CudaBackend) {
-    let mut rows = run_table(be, false, None);
-    rows.extend(run_quant_table(be, false, None));
-    let table = format_table(&be.name(), &rows);
-    eprintln!("{table}");
-    assert!(rows.len() > 40, "the table lost rows: {}", rows.len());
-    let failed: Vec<_> =
-        rows.iter().filter(|r| !r.passed()).map(|r| format!("{} {} ({:?})", r.op, r.case, r.error)).collect();
-    assert!(failed.is_empty(), "failing rows: {failed:?}\n{table}");
-    let wrong = herd_conformance::bad_calls::bad_calls(be);
-    assert!(wrong.is_empty(), "bad calls not refused as they must be:\n{}", wrong.join("\n"));
+    assert_backend_passes(be);
 }

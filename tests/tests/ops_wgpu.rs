@@ -3,9 +3,7 @@
 //! With no adapter the test says so; with HERD_REQUIRE_WGPU=1 (set by scripts/test.sh, which installs
 //! lavapipe) a missing adapter is a failure.
 
-use herd_conformance::quant_table::run_quant_table;
-use herd_conformance::table::{format_table, run_table};
-use herd_core::backend::Backend;
+use herd_conformance::table::assert_backend_passes;
 use herd_wgpu::{WgpuBackend, WgpuOptions};
 
 #[test]
@@ -30,19 +28,9 @@ fn op_table(opts: &WgpuOptions) {
     let be = match WgpuBackend::with_options(opts) {
         Ok(b) => b,
         Err(e) => {
-            assert!(std::env::var("HERD_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required but not available: {e}");
-            eprintln!("wgpu: NOT RUN ({e})");
+            herd_core::not_run("wgpu", Some("HERD_REQUIRE_WGPU"), &e);
             return;
         }
     };
-    let mut rows = run_table(&be, false, None);
-    rows.extend(run_quant_table(&be, false, None));
-    let table = format_table(&be.name(), &rows);
-    eprintln!("{table}");
-    assert!(rows.len() > 40, "the table lost rows: {}", rows.len());
-    let failed: Vec<_> =
-        rows.iter().filter(|r| !r.passed()).map(|r| format!("{} {} ({:?})", r.op, r.case, r.error)).collect();
-    assert!(failed.is_empty(), "failing rows: {failed:?}\n{table}");
-    let wrong = herd_conformance::bad_calls::bad_calls(&be);
-    assert!(wrong.is_empty(), "bad calls not refused as they must be:\n{}", wrong.join("\n"));
+    assert_backend_passes(&be);
 }

@@ -360,6 +360,18 @@ pub fn sample<B: Backend + ?Sized>(be: &B, logits: &B::Buffer, rows: usize, voca
     u32s("sample", &arg(be, "out", out), rows)
 }
 
+/// [`Backend::mask_logits`].
+pub fn mask_logits<B: Backend + ?Sized>(
+    be: &B,
+    logits: &B::Buffer,
+    rows: usize,
+    vocab: usize,
+    mask: &B::Buffer,
+) -> Verdict {
+    f32s("mask_logits", &arg(be, "logits", logits), product("mask_logits", "logits", &[rows, vocab])?)?;
+    u32s("mask_logits", &arg(be, "mask", mask), product("mask_logits", "mask", &[rows, vocab.div_ceil(32)])?)
+}
+
 /// The rows a step's sequences cover: one past the last new row.
 fn seq_rows(op: &str, seqs: &[super::AttnSeq]) -> std::result::Result<usize, String> {
     seqs.iter().try_fold(0usize, |m, s| {

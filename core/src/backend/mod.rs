@@ -342,6 +342,14 @@ pub trait Backend: Send + Sync + 'static {
         history: &[&[u32]],
         out: &Self::Buffer,
     ) -> Result<()>;
+
+    /// Constrained decoding: the logits of the tokens a row may not take become -inf, which
+    /// [`Backend::sample`] gives no weight (temperature, top-k, top-p and min-p then apply among the allowed
+    /// tokens). `mask` is u32 [rows, vocab.div_ceil(32)]: token t of row r is allowed when bit t % 32 of word
+    /// r · words + t / 32 is set, the layout of llguidance's token sets; bits past the vocabulary are ignored.
+    /// The host writes the mask while the step's forward runs, so a constrained step reads back no more than
+    /// an unconstrained one. A row whose mask allows nothing is left all -inf.
+    fn mask_logits(&self, logits: &Self::Buffer, rows: usize, vocab: usize, mask: &Self::Buffer) -> Result<()>;
 }
 
 /// The byte ranges [`Backend::write_weight_row`] copies: (ranges in `w`, ranges in `t`), values then

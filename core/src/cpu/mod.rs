@@ -432,4 +432,10 @@ impl Backend for CpuBackend {
         check::sample(self, logits, rows, vocab, out).map_err(err)?;
         sample::sample(&mut logits.f32_mut()?, rows, vocab, params, draws, history, &mut out.u32_mut()?)
     }
+
+    fn mask_logits(&self, logits: &CpuBuffer, rows: usize, vocab: usize, mask: &CpuBuffer) -> Result<()> {
+        check::mask_logits(self, logits, rows, vocab, mask).map_err(err)?;
+        sample::mask_logits(&mut logits.f32_mut()?, rows, vocab, &mask.u32()?);
+        Ok(())
+    }
 }

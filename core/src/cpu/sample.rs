@@ -29,3 +29,18 @@ pub fn sample(
         .for_each(|(r, (row, o))| *o = pick(row, history[r], params, draws[r]));
     Ok(())
 }
+
+/// [`crate::backend::Backend::mask_logits`]: a token whose bit in its row's mask is clear gets -inf.
+pub fn mask_logits(logits: &mut [f32], rows: usize, vocab: usize, mask: &[u32]) {
+    let words = vocab.div_ceil(32);
+    if words == 0 {
+        return;
+    }
+    for (row, m) in logits[..rows * vocab].chunks_mut(vocab).zip(mask.chunks(words)) {
+        for (t, l) in row.iter_mut().enumerate() {
+            if m[t / 32] >> (t % 32) & 1 == 0 {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
