@@ -2,12 +2,12 @@
 //! sizes, so decode steps repeat and replay as graphs), the tiled prefill kernel, and the KV-cache write.
 //! The tables of rows, tiles and slots go into the step's metadata (see attention.cu for their layout).
 
-use herd_core::backend::{AttnParams, AttnSeq};
+use herd_core::backend::ops;
 use herd_core::error::Result;
 
 use crate::device::err;
 use crate::kernel::{kernel, params, DevPtr};
-use crate::{blocks, CudaBackend, CudaBuffer, DECODE_MAX_Q, MAX_GROUP, MAX_HEAD_DIM};
+use crate::{blocks, CudaBackend, DECODE_MAX_Q, MAX_GROUP, MAX_HEAD_DIM};
 
 params! {
     pub struct AttnDecodeParams {
@@ -40,18 +40,8 @@ kernel!(AttnPrefill { dpt: u32 }: "attention", AttnPrefillParams => |k| format!(
 kernel!(KvStore: "attention", KvStoreParams => "kv_store");
 
 impl CudaBackend {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn attention_impl(
-        &self,
-        q: &CudaBuffer,
-        k_new: &CudaBuffer,
-        v_new: &CudaBuffer,
-        k_cache: &CudaBuffer,
-        v_cache: &CudaBuffer,
-        seqs: &[AttnSeq],
-        p: &AttnParams,
-        out: &CudaBuffer,
-    ) -> Result<()> {
+    pub(crate) fn attention_impl(&self, call: &ops::Attention<'_, CudaBackend>) -> Result<()> {
+        let &ops::Attention { q, k_new, v_new, k_cache, v_cache, seqs, p, out } = call;
         let _op = self.dev.op();
         let (h, kvh, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
         if kvh == 0 || h % kvh != 0 || hd == 0 || hd > MAX_HEAD_DIM {
@@ -157,15 +147,8 @@ impl CudaBackend {
         Ok(())
     }
 
-    pub(crate) fn kv_store_impl(
-        &self,
-        k_new: &CudaBuffer,
-        v_new: &CudaBuffer,
-        k_cache: &CudaBuffer,
-        v_cache: &CudaBuffer,
-        seqs: &[AttnSeq],
-        kv_dim: usize,
-    ) -> Result<()> {
+    pub(crate) fn kv_store_impl(&self, call: &ops::KvStore<'_, CudaBackend>) -> Result<()> {
+        let &ops::KvStore { k_new, v_new, k_cache, v_cache, seqs, kv_dim } = call;
         let _op = self.dev.op();
         let mut pairs = Vec::new();
         for s in seqs {

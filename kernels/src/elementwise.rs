@@ -1,13 +1,14 @@
 //! Element-wise and row ops on CUDA (elementwise.cu): the embedding lookup, the residual add, SwiGLU's
 //! silu·up and the row gather.
 
+use herd_core::backend::ops;
 use herd_core::error::Result;
 use herd_core::quant::Fill;
 use herd_core::quant::{DType, GroupAxis, QuantLayout};
 
 use crate::device::err;
 use crate::kernel::{dts, kernel, params, DevPtr, FLOATS};
-use crate::{blocks, CudaBackend, CudaBuffer, CudaWeight};
+use crate::{blocks, CudaBackend, CudaWeight};
 
 params! {
     pub struct EmbedParams { pub t: DevPtr, pub ids: DevPtr, pub out: DevPtr, pub n: u32, pub dim: u32 }
@@ -38,14 +39,8 @@ kernel!(SynthQ { bits: u32 }: "elementwise", SynthQParams => |k| format!("synth_
     all vec![SynthQ { bits: 4 }, SynthQ { bits: 8 }]);
 
 impl CudaBackend {
-    pub(crate) fn embed_impl(
-        &self,
-        table: &CudaWeight,
-        ids: &CudaBuffer,
-        n: usize,
-        dim: usize,
-        out: &CudaBuffer,
-    ) -> Result<()> {
+    pub(crate) fn embed_impl(&self, call: &ops::Embed<'_, CudaBackend>) -> Result<()> {
+        let &ops::Embed { table, ids, n, dim, out } = call;
         let _op = self.dev.op();
         if n == 0 {
             return Ok(());
@@ -68,7 +63,8 @@ impl CudaBackend {
         self.launch(Embed { dt: table.dtype }, grid, 256, 0, &p)
     }
 
-    pub(crate) fn add_impl(&self, acc: &CudaBuffer, x: &CudaBuffer, n: usize) -> Result<()> {
+    pub(crate) fn add_impl(&self, call: &ops::Add<'_, CudaBackend>) -> Result<()> {
+        let &ops::Add { acc, x, n } = call;
         let _op = self.dev.op();
         if n == 0 {
             return Ok(());
@@ -76,7 +72,8 @@ impl CudaBackend {
         self.launch(Add, (blocks(n, 256), 1, 1), 256, 0, &AddParams { acc: acc.at(), x: x.at(), n: n as u32, pad: 0 })
     }
 
-    pub(crate) fn silu_mul_impl(&self, gate: &CudaBuffer, up: &CudaBuffer, n: usize) -> Result<()> {
+    pub(crate) fn silu_mul_impl(&self, call: &ops::SiluMul<'_, CudaBackend>) -> Result<()> {
+        let &ops::SiluMul { gate, up, n } = call;
         let _op = self.dev.op();
         if n == 0 {
             return Ok(());
@@ -85,14 +82,8 @@ impl CudaBackend {
         self.launch(SiluMul, (blocks(n, 256), 1, 1), 256, 0, &p)
     }
 
-    pub(crate) fn gather_rows_impl(
-        &self,
-        x: &CudaBuffer,
-        rows: &CudaBuffer,
-        n: usize,
-        dim: usize,
-        out: &CudaBuffer,
-    ) -> Result<()> {
+    pub(crate) fn gather_rows_impl(&self, call: &ops::GatherRows<'_, CudaBackend>) -> Result<()> {
+        let &ops::GatherRows { x, rows, n, dim, out } = call;
         let _op = self.dev.op();
         if n * dim == 0 {
             return Ok(());

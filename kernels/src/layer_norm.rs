@@ -1,10 +1,11 @@
 //! The vision tower's row ops on CUDA: layer norm and the bias add fused with GELU (layer_norm.cu).
 
+use herd_core::backend::ops;
 use herd_core::backend::Act;
 use herd_core::error::Result;
 
 use crate::kernel::{dts, kernel, params, DevPtr, FLOATS};
-use crate::{blocks, CudaBackend, CudaBuffer, CudaWeight};
+use crate::{blocks, CudaBackend};
 use herd_core::quant::DType;
 
 params! {
@@ -18,17 +19,8 @@ kernel!(BiasAct { dt: DType }: "layer_norm", BiasActParams => |k| format!("bias_
     all FLOATS.map(|dt| BiasAct { dt }).to_vec());
 
 impl CudaBackend {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn layer_norm_impl(
-        &self,
-        x: &CudaBuffer,
-        weight: &CudaWeight,
-        bias: &CudaWeight,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &CudaBuffer,
-    ) -> Result<()> {
+    pub(crate) fn layer_norm_impl(&self, call: &ops::LayerNorm<'_, CudaBackend>) -> Result<()> {
+        let &ops::LayerNorm { x, weight, bias, rows, dim, eps, out } = call;
         let _op = self.dev.op();
         if rows == 0 {
             return Ok(());
@@ -38,14 +30,8 @@ impl CudaBackend {
         self.launch(LayerNorm { dt: weight.dtype }, (rows as u32, 1, 1), threads, 0, &p)
     }
 
-    pub(crate) fn bias_act_impl(
-        &self,
-        x: &CudaBuffer,
-        bias: Option<&CudaWeight>,
-        rows: usize,
-        dim: usize,
-        act: Act,
-    ) -> Result<()> {
+    pub(crate) fn bias_act_impl(&self, call: &ops::BiasAct<'_, CudaBackend>) -> Result<()> {
+        let &ops::BiasAct { x, bias, rows, dim, act } = call;
         let _op = self.dev.op();
         let n = rows * dim;
         if n == 0 {

@@ -35,12 +35,11 @@ mod sample;
 use std::sync::Arc;
 
 use herd_core::backend::check::{self, BufDesc};
-use herd_core::backend::{Act, AttnParams, AttnSeq, Backend};
+use herd_core::backend::{ops, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::error::Result;
 use herd_core::quant::Fill;
 use herd_core::quant::{DType, QuantLayout, ScaleType};
-use herd_core::sampling::SamplingParams;
 
 pub use device::GraphStats;
 use device::{err, Cmd, Dev};
@@ -238,6 +237,8 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
+    const KIND: &'static str = "cuda";
+
     type Buffer = CudaBuffer;
     type Weight = CudaWeight;
 
@@ -353,177 +354,71 @@ impl Backend for CudaBackend {
         self.synthetic_weight_impl(name, shape, dtype, fill)
     }
 
-    fn embed(&self, table: &CudaWeight, ids: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
-        check::embed(self, table, ids, n, dim, out).map_err(err)?;
-        self.embed_impl(table, ids, n, dim, out)
+    fn run_embed(&self, call: &ops::Embed<'_, Self>) -> Result<()> {
+        self.embed_impl(call)
     }
 
-    fn rms_norm(
-        &self,
-        x: &CudaBuffer,
-        weight: Option<&CudaWeight>,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &CudaBuffer,
-    ) -> Result<()> {
-        check::rms_norm(self, x, weight, rows, dim, out).map_err(err)?;
-        self.rms_norm_impl(x, weight, rows, dim, eps, out)
+    fn run_rms_norm(&self, call: &ops::RmsNorm<'_, Self>) -> Result<()> {
+        self.rms_norm_impl(call)
     }
 
-    fn add_rms_norm(
-        &self,
-        acc: &CudaBuffer,
-        x: &CudaBuffer,
-        weight: &CudaWeight,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &CudaBuffer,
-    ) -> Result<()> {
-        check::add_rms_norm(self, acc, x, weight, rows, dim, out).map_err(err)?;
-        self.add_rms_norm_impl(acc, x, weight, rows, dim, eps, out)
+    fn run_add_rms_norm(&self, call: &ops::AddRmsNorm<'_, Self>) -> Result<()> {
+        self.add_rms_norm_impl(call)
     }
 
-    fn layer_norm(
-        &self,
-        x: &CudaBuffer,
-        weight: &CudaWeight,
-        bias: &CudaWeight,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &CudaBuffer,
-    ) -> Result<()> {
-        check::layer_norm(self, x, weight, bias, rows, dim, out).map_err(err)?;
-        self.layer_norm_impl(x, weight, bias, rows, dim, eps, out)
+    fn run_layer_norm(&self, call: &ops::LayerNorm<'_, Self>) -> Result<()> {
+        self.layer_norm_impl(call)
     }
 
-    fn bias_act(&self, x: &CudaBuffer, bias: Option<&CudaWeight>, rows: usize, dim: usize, act: Act) -> Result<()> {
-        check::bias_act(self, x, bias, rows, dim).map_err(err)?;
-        self.bias_act_impl(x, bias, rows, dim, act)
+    fn run_bias_act(&self, call: &ops::BiasAct<'_, Self>) -> Result<()> {
+        self.bias_act_impl(call)
     }
 
-    fn matmul(&self, x: &CudaBuffer, m: usize, w: &CudaWeight, out: &CudaBuffer) -> Result<()> {
-        check::matmul(self, x, m, w, out).map_err(err)?;
-        self.matmul_impl(x, m, w, out)
+    fn run_matmul(&self, call: &ops::Matmul<'_, Self>) -> Result<()> {
+        self.matmul_impl(call)
     }
 
-    fn swiglu(
-        &self,
-        x: &CudaBuffer,
-        m: usize,
-        gate_w: &CudaWeight,
-        up_w: &CudaWeight,
-        width: usize,
-        out: &CudaBuffer,
-        scratch: &CudaBuffer,
-    ) -> Result<()> {
-        let _ = check::swiglu(self, x, m, gate_w, up_w, width, out, scratch).map_err(err)?;
-        self.swiglu_impl(x, m, gate_w, up_w, width, out, scratch)
+    fn run_swiglu(&self, call: &ops::Swiglu<'_, Self>) -> Result<()> {
+        self.swiglu_impl(call)
     }
 
-    fn rope(
-        &self,
-        x: &CudaBuffer,
-        rows: usize,
-        heads: usize,
-        head_dim: usize,
-        positions: &CudaBuffer,
-        inv_freq: &CudaBuffer,
-        norm_eps: Option<f32>,
-    ) -> Result<()> {
-        check::rope(self, x, rows, heads, head_dim, positions, inv_freq).map_err(err)?;
-        self.rope_impl(x, rows, heads, head_dim, positions, inv_freq, norm_eps)
+    fn run_rope(&self, call: &ops::Rope<'_, Self>) -> Result<()> {
+        self.rope_impl(call)
     }
 
-    fn attention(
-        &self,
-        q: &CudaBuffer,
-        k_new: &CudaBuffer,
-        v_new: &CudaBuffer,
-        k_cache: &CudaBuffer,
-        v_cache: &CudaBuffer,
-        seqs: &[AttnSeq],
-        p: &AttnParams,
-        out: &CudaBuffer,
-    ) -> Result<()> {
-        check::attention(self, q, k_new, v_new, k_cache, v_cache, seqs, p, out).map_err(err)?;
-        self.attention_impl(q, k_new, v_new, k_cache, v_cache, seqs, p, out)
+    fn run_attention(&self, call: &ops::Attention<'_, Self>) -> Result<()> {
+        self.attention_impl(call)
     }
 
-    fn kv_store(
-        &self,
-        k_new: &CudaBuffer,
-        v_new: &CudaBuffer,
-        k_cache: &CudaBuffer,
-        v_cache: &CudaBuffer,
-        seqs: &[AttnSeq],
-        kv_dim: usize,
-    ) -> Result<()> {
-        check::kv_store(self, k_new, v_new, k_cache, v_cache, seqs, kv_dim).map_err(err)?;
-        self.kv_store_impl(k_new, v_new, k_cache, v_cache, seqs, kv_dim)
+    fn run_kv_store(&self, call: &ops::KvStore<'_, Self>) -> Result<()> {
+        self.kv_store_impl(call)
     }
 
-    fn add(&self, acc: &CudaBuffer, x: &CudaBuffer, n: usize) -> Result<()> {
-        check::add(self, acc, x, n).map_err(err)?;
-        self.add_impl(acc, x, n)
+    fn run_add(&self, call: &ops::Add<'_, Self>) -> Result<()> {
+        self.add_impl(call)
     }
 
-    fn silu_mul(&self, gate: &CudaBuffer, up: &CudaBuffer, n: usize) -> Result<()> {
-        check::silu_mul(self, gate, up, n).map_err(err)?;
-        self.silu_mul_impl(gate, up, n)
+    fn run_silu_mul(&self, call: &ops::SiluMul<'_, Self>) -> Result<()> {
+        self.silu_mul_impl(call)
     }
 
-    fn router_topk(
-        &self,
-        logits: &CudaBuffer,
-        rows: usize,
-        n_experts: usize,
-        k: usize,
-        idx: &CudaBuffer,
-        score: &CudaBuffer,
-    ) -> Result<()> {
-        check::router_topk(self, logits, rows, n_experts, k, idx, score).map_err(err)?;
-        self.router_topk_impl(logits, rows, n_experts, k, idx, score)
+    fn run_router_topk(&self, call: &ops::RouterTopk<'_, Self>) -> Result<()> {
+        self.router_topk_impl(call)
     }
 
-    fn moe(
-        &self,
-        x: &CudaBuffer,
-        rows: usize,
-        idx: &CudaBuffer,
-        score: &CudaBuffer,
-        k: usize,
-        gate_up: &CudaWeight,
-        down: &CudaWeight,
-        out: &CudaBuffer,
-    ) -> Result<()> {
-        let _ = check::moe(self, x, rows, idx, score, k, gate_up, down, out).map_err(err)?;
-        self.moe_impl(x, rows, idx, score, k, gate_up, down, out)
+    fn run_moe(&self, call: &ops::Moe<'_, Self>) -> Result<()> {
+        self.moe_impl(call)
     }
-    fn gather_rows(&self, x: &CudaBuffer, rows: &CudaBuffer, n: usize, dim: usize, out: &CudaBuffer) -> Result<()> {
-        check::gather_rows(self, x, rows, n, dim, out).map_err(err)?;
-        self.gather_rows_impl(x, rows, n, dim, out)
+    fn run_gather_rows(&self, call: &ops::GatherRows<'_, Self>) -> Result<()> {
+        self.gather_rows_impl(call)
     }
 
-    fn sample(
-        &self,
-        logits: &CudaBuffer,
-        rows: usize,
-        vocab: usize,
-        params: &SamplingParams,
-        draws: &[f32],
-        history: &[&[u32]],
-        out: &CudaBuffer,
-    ) -> Result<()> {
-        check::sample(self, logits, rows, vocab, out).map_err(err)?;
-        self.sample_impl(logits, rows, vocab, params, draws, history, out)
+    fn run_sample(&self, call: &ops::Sample<'_, Self>) -> Result<()> {
+        self.sample_impl(call)
     }
 
-    fn mask_logits(&self, logits: &CudaBuffer, rows: usize, vocab: usize, mask: &CudaBuffer) -> Result<()> {
-        check::mask_logits(self, logits, rows, vocab, mask).map_err(err)?;
-        self.mask_logits_impl(logits, rows, vocab, mask)
+    fn run_mask_logits(&self, call: &ops::MaskLogits<'_, Self>) -> Result<()> {
+        self.mask_logits_impl(call)
     }
 }
 

@@ -1,13 +1,14 @@
 //! `x · wᵀ` on CUDA (matmul.cu, and cuBLAS through blas.rs for prefill): the decode GEMV for up to 8 rows,
 //! GEMMs above, and SwiGLU's two matmuls fused into one pass for decode.
 
+use herd_core::backend::ops;
 use herd_core::backend::Backend;
 use herd_core::error::Result;
 use herd_core::quant::DType;
 
 use crate::device::{Cmd, Gemm};
 use crate::kernel::{dts, kernel, params, scalar, DevPtr, FLOATS};
-use crate::{blocks, CudaBackend, CudaBuffer, CudaWeight, DECODE_MAX_Q};
+use crate::{blocks, CudaBackend, DECODE_MAX_Q};
 
 params! {
     pub struct MatmulParams { pub x: DevPtr, pub w: DevPtr, pub out: DevPtr, pub m: u32, pub n: u32, pub k: u32, pub pad: u32 }
@@ -38,7 +39,8 @@ kernel!(TiledQ { bits: u32 }: "matmul", MatmulQParams => |k| format!("matmul_til
 kernel!(SplitBf16: "matmul", SplitBf16Params => "split_bf16");
 
 impl CudaBackend {
-    pub(crate) fn matmul_impl(&self, x: &CudaBuffer, m: usize, w: &CudaWeight, out: &CudaBuffer) -> Result<()> {
+    pub(crate) fn matmul_impl(&self, call: &ops::Matmul<'_, CudaBackend>) -> Result<()> {
+        let &ops::Matmul { x, m, w, out } = call;
         let _op = self.dev.op();
         let (n, k) = (w.shape[0], w.shape[1]);
         if m == 0 || n == 0 {
@@ -103,17 +105,8 @@ impl CudaBackend {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn swiglu_impl(
-        &self,
-        x: &CudaBuffer,
-        m: usize,
-        gate_w: &CudaWeight,
-        up_w: &CudaWeight,
-        width: usize,
-        out: &CudaBuffer,
-        scratch: &CudaBuffer,
-    ) -> Result<()> {
+    pub(crate) fn swiglu_impl(&self, call: &ops::Swiglu<'_, CudaBackend>) -> Result<()> {
+        let &ops::Swiglu { x, m, gate_w, up_w, width, out, scratch } = call;
         let _op = self.dev.op();
         let (n, k) = (gate_w.shape[0], gate_w.shape[1]);
         if m > DECODE_MAX_Q || gate_w.dtype != up_w.dtype || gate_w.dtype.is_quantized() {

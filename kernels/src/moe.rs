@@ -2,6 +2,7 @@
 //! entries grouped by expert on the device into tiles, multiplied on tensor cores (bf16) or CUDA cores (the
 //! other formats, quantized ones included); then SwiGLU and the sum into the output.
 
+use herd_core::backend::ops;
 use herd_core::error::Result;
 use herd_core::quant::DType;
 
@@ -131,18 +132,8 @@ impl CudaBackend {
         Ok((part, splits))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn moe_impl(
-        &self,
-        x: &CudaBuffer,
-        rows: usize,
-        idx: &CudaBuffer,
-        score: &CudaBuffer,
-        k: usize,
-        gate_up: &CudaWeight,
-        down: &CudaWeight,
-        out: &CudaBuffer,
-    ) -> Result<()> {
+    pub(crate) fn moe_impl(&self, call: &ops::Moe<'_, CudaBackend>) -> Result<()> {
+        let &ops::Moe { x, rows, idx, score, k, gate_up, down, out } = call;
         let _op = self.dev.op();
         let (e, d, f2) = (gate_up.shape[0], gate_up.shape[1], gate_up.shape[2]);
         let fw = f2 / 2;
@@ -220,15 +211,8 @@ impl CudaBackend {
         self.launch(MoeSum, (blocks(rows * d, 256), 1, 1), 256, 0, &p)
     }
 
-    pub(crate) fn router_topk_impl(
-        &self,
-        logits: &CudaBuffer,
-        rows: usize,
-        n_experts: usize,
-        k: usize,
-        idx: &CudaBuffer,
-        score: &CudaBuffer,
-    ) -> Result<()> {
+    pub(crate) fn router_topk_impl(&self, call: &ops::RouterTopk<'_, CudaBackend>) -> Result<()> {
+        let &ops::RouterTopk { logits, rows, n_experts, k, idx, score } = call;
         let _op = self.dev.op();
         if k > MAX_TOPK {
             return Err(err(format!("router: top-{k} (at most top-{MAX_TOPK} here)")));

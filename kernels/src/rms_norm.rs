@@ -1,11 +1,12 @@
 //! RMS norm and the residual add fused with it on CUDA (rms_norm.cu).
 
+use herd_core::backend::ops;
 use herd_core::error::Result;
 
 use herd_core::quant::DType;
 
 use crate::kernel::{dts, kernel, params, DevPtr, FLOATS};
-use crate::{CudaBackend, CudaBuffer, CudaWeight};
+use crate::CudaBackend;
 
 params! {
     pub struct RmsNormParams { pub x: DevPtr, pub w: DevPtr, pub out: DevPtr, pub dim: u32, pub eps: f32 }
@@ -19,16 +20,8 @@ kernel!(AddRmsNorm { dt: DType }: "rms_norm", AddRmsNormParams => |k| format!("a
     all FLOATS.map(|dt| AddRmsNorm { dt }).to_vec());
 
 impl CudaBackend {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn rms_norm_impl(
-        &self,
-        x: &CudaBuffer,
-        weight: Option<&CudaWeight>,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &CudaBuffer,
-    ) -> Result<()> {
+    pub(crate) fn rms_norm_impl(&self, call: &ops::RmsNorm<'_, CudaBackend>) -> Result<()> {
+        let &ops::RmsNorm { x, weight, rows, dim, eps, out } = call;
         let _op = self.dev.op();
         if rows == 0 {
             return Ok(());
@@ -44,17 +37,8 @@ impl CudaBackend {
         self.launch(RmsNorm { dt: weight.map(|w| w.dtype) }, (rows as u32, 1, 1), threads, 0, &p)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn add_rms_norm_impl(
-        &self,
-        acc: &CudaBuffer,
-        x: &CudaBuffer,
-        weight: &CudaWeight,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &CudaBuffer,
-    ) -> Result<()> {
+    pub(crate) fn add_rms_norm_impl(&self, call: &ops::AddRmsNorm<'_, CudaBackend>) -> Result<()> {
+        let &ops::AddRmsNorm { acc, x, weight, rows, dim, eps, out } = call;
         let _op = self.dev.op();
         if rows == 0 {
             return Ok(());

@@ -1,9 +1,10 @@
 //! Interleaved-pair RoPE on CUDA, alone or with Llama 4's weightless QK norm (rope.cu).
 
+use herd_core::backend::ops;
 use herd_core::error::Result;
 
 use crate::kernel::{kernel, params, DevPtr};
-use crate::{blocks, CudaBackend, CudaBuffer};
+use crate::{blocks, CudaBackend};
 
 params! {
     pub struct RopeParams {
@@ -15,17 +16,8 @@ params! {
 kernel!(Rope: "rope", RopeParams => "rope");
 
 impl CudaBackend {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn rope_impl(
-        &self,
-        x: &CudaBuffer,
-        rows: usize,
-        heads: usize,
-        head_dim: usize,
-        positions: &CudaBuffer,
-        inv_freq: &CudaBuffer,
-        norm_eps: Option<f32>,
-    ) -> Result<()> {
+    pub(crate) fn rope_impl(&self, call: &ops::Rope<'_, CudaBackend>) -> Result<()> {
+        let &ops::Rope { x, rows, heads, head_dim, positions, inv_freq, norm_eps } = call;
         let _op = self.dev.op();
         if rows * heads == 0 {
             return Ok(());

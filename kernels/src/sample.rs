@@ -1,11 +1,11 @@
 //! Token sampling on the device (sample.cu), exactly as herd_core::sampling::pick defines it.
 
+use herd_core::backend::ops;
 use herd_core::error::Result;
-use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sample_flags, SamplingParams};
+use herd_core::sampling::{history_table, min_p_threshold, sample_flags};
 
-use crate::device::err;
 use crate::kernel::{kernel, params, DevPtr};
-use crate::{CudaBackend, CudaBuffer};
+use crate::CudaBackend;
 
 params! {
     pub struct SampleParams {
@@ -20,22 +20,9 @@ kernel!(Sample: "sample", SampleParams => "sample");
 kernel!(MaskLogits: "sample", MaskLogitsParams => "mask_logits");
 
 impl CudaBackend {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn sample_impl(
-        &self,
-        logits: &CudaBuffer,
-        rows: usize,
-        vocab: usize,
-        params: &SamplingParams,
-        draws: &[f32],
-        history: &[&[u32]],
-        out: &CudaBuffer,
-    ) -> Result<()> {
+    pub(crate) fn sample_impl(&self, call: &ops::Sample<'_, CudaBackend>) -> Result<()> {
+        let &ops::Sample { logits, rows, vocab, params, draws, history, out } = call;
         let _op = self.dev.op();
-        check_sample_args(rows, draws, history)?;
-        if vocab == 0 || !out.is_u32 || logits.is_u32 {
-            return Err(err("sample: needs f32 logits of a non-empty vocabulary and a u32 output"));
-        }
         if rows == 0 {
             return Ok(());
         }
@@ -65,13 +52,8 @@ impl CudaBackend {
     }
 
     /// Backend::mask_logits (shapes checked in core).
-    pub(crate) fn mask_logits_impl(
-        &self,
-        logits: &CudaBuffer,
-        rows: usize,
-        vocab: usize,
-        mask: &CudaBuffer,
-    ) -> Result<()> {
+    pub(crate) fn mask_logits_impl(&self, call: &ops::MaskLogits<'_, CudaBackend>) -> Result<()> {
+        let &ops::MaskLogits { logits, rows, vocab, mask } = call;
         let _op = self.dev.op();
         let n = rows * vocab;
         if n == 0 {

@@ -1,11 +1,11 @@
 //! Attention over the KV cache, and the cache store (attention.wgsl).
 
-use herd_core::backend::{AttnParams, AttnSeq};
+use herd_core::backend::{ops, AttnSeq};
 use herd_core::error::Result;
 
 use crate::gpu::{err, Gpu};
 use crate::kernel::{groups, kernels, params};
-use crate::GpuBuffer;
+use crate::WgpuBackend;
 
 params! {
     /// `temperature`: whether NoPE temperature tuning is on (then `floor_scale`, `attn_scale`); `splits` and
@@ -63,18 +63,8 @@ fn seq_buffers(gpu: &Gpu, seqs: &[AttnSeq]) -> Result<(wgpu::Buffer, wgpu::Buffe
     Ok((gpu.meta(&words)?, gpu.meta(&row_seq)?, rows))
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention(
-    gpu: &Gpu,
-    q: &GpuBuffer,
-    k_new: &GpuBuffer,
-    v_new: &GpuBuffer,
-    k_cache: &GpuBuffer,
-    v_cache: &GpuBuffer,
-    seqs: &[AttnSeq],
-    p: &AttnParams,
-    out: &GpuBuffer,
-) -> Result<()> {
+pub(crate) fn attention(gpu: &Gpu, call: &ops::Attention<'_, WgpuBackend>) -> Result<()> {
+    let &ops::Attention { q, k_new, v_new, k_cache, v_cache, seqs, p, out } = call;
     let _op = gpu.op();
     let (h, kvh, d) = (p.n_heads, p.n_kv_heads, p.head_dim);
     if d > 256 || h % kvh != 0 {
@@ -161,15 +151,8 @@ pub(crate) fn attention(
     gpu.dispatch(Attention::Rows, 0, &b, &params, (rows * h) as u32)
 }
 
-pub(crate) fn kv_store(
-    gpu: &Gpu,
-    k_new: &GpuBuffer,
-    v_new: &GpuBuffer,
-    k_cache: &GpuBuffer,
-    v_cache: &GpuBuffer,
-    seqs: &[AttnSeq],
-    kv_dim: usize,
-) -> Result<()> {
+pub(crate) fn kv_store(gpu: &Gpu, call: &ops::KvStore<'_, WgpuBackend>) -> Result<()> {
+    let &ops::KvStore { k_new, v_new, k_cache, v_cache, seqs, kv_dim } = call;
     let _op = gpu.op();
     let (seq_buf, row_seq, rows) = seq_buffers(gpu, seqs)?;
     let p = KvStoreParams { rows: rows as u32, kv_dim: kv_dim as u32 };

@@ -1,10 +1,11 @@
 //! Element-wise and row ops (elementwise.wgsl): the residual add, SwiGLU's silu·up, row gather, embedding.
 
+use herd_core::backend::ops;
 use herd_core::error::Result;
 
 use crate::gpu::Gpu;
 use crate::kernel::{groups, kernels, params};
-use crate::{GpuBuffer, GpuWeight};
+use crate::{GpuBuffer, WgpuBackend};
 
 params! {
     pub struct EltwiseParams { pub n: u32 }
@@ -22,14 +23,8 @@ kernels! {
     pub enum Embed: Elementwise, EmbedParams { Table => "embed" }
 }
 
-pub(crate) fn embed(
-    gpu: &Gpu,
-    table: &GpuWeight,
-    ids: &GpuBuffer,
-    n: usize,
-    dim: usize,
-    out: &GpuBuffer,
-) -> Result<()> {
+pub(crate) fn embed(gpu: &Gpu, call: &ops::Embed<'_, WgpuBackend>) -> Result<()> {
+    let &ops::Embed { table, ids, n, dim, out } = call;
     let _op = gpu.op();
     for part in &table.parts {
         let b = [(1, &out.buf), (3, &ids.buf), (4, &part.buf), (12, part.scale_buf())];
@@ -45,14 +40,8 @@ pub(crate) fn eltwise(gpu: &Gpu, k: Eltwise, a: &GpuBuffer, b: &GpuBuffer, n: us
     gpu.dispatch(k, 0, &[(1, &a.buf), (2, &b.buf)], &EltwiseParams { n: n as u32 }, groups(n, 256))
 }
 
-pub(crate) fn gather_rows(
-    gpu: &Gpu,
-    x: &GpuBuffer,
-    rows: &GpuBuffer,
-    n: usize,
-    dim: usize,
-    out: &GpuBuffer,
-) -> Result<()> {
+pub(crate) fn gather_rows(gpu: &Gpu, call: &ops::GatherRows<'_, WgpuBackend>) -> Result<()> {
+    let &ops::GatherRows { x, rows, n, dim, out } = call;
     let _op = gpu.op();
     let b = [(1, &out.buf), (2, &x.buf), (3, &rows.buf)];
     let p = GatherParams { n: n as u32, dim: dim as u32, src_rows: (x.len / dim.max(1)) as u32 };

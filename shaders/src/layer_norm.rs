@@ -1,11 +1,12 @@
 //! The vision tower's row ops (layer_norm.wgsl): nn.LayerNorm, and a bias add with an activation.
 
+use herd_core::backend::ops;
 use herd_core::backend::Act;
 use herd_core::error::Result;
 
 use crate::gpu::{err, Gpu};
 use crate::kernel::{groups, kernels, params};
-use crate::{GpuBuffer, GpuWeight};
+use crate::WgpuBackend;
 
 params! {
     pub struct LayerNormParams { pub rows: u32, pub dim: u32, pub eps: f32 }
@@ -20,17 +21,8 @@ kernels! {
     pub enum BiasAct: LayerNorm, BiasActParams { Rows => "bias_act" }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn layer_norm(
-    gpu: &Gpu,
-    x: &GpuBuffer,
-    weight: &GpuWeight,
-    bias: &GpuWeight,
-    rows: usize,
-    dim: usize,
-    eps: f32,
-    out: &GpuBuffer,
-) -> Result<()> {
+pub(crate) fn layer_norm(gpu: &Gpu, call: &ops::LayerNorm<'_, WgpuBackend>) -> Result<()> {
+    let &ops::LayerNorm { x, weight, bias, rows, dim, eps, out } = call;
     let _op = gpu.op();
     let ([wp], [bp]) = (&weight.parts[..], &bias.parts[..]) else {
         return Err(err("layer_norm: weight split across bindings"));
@@ -45,14 +37,8 @@ pub(crate) fn layer_norm(
     }
 }
 
-pub(crate) fn bias_act(
-    gpu: &Gpu,
-    x: &GpuBuffer,
-    bias: Option<&GpuWeight>,
-    rows: usize,
-    dim: usize,
-    act: Act,
-) -> Result<()> {
+pub(crate) fn bias_act(gpu: &Gpu, call: &ops::BiasAct<'_, WgpuBackend>) -> Result<()> {
+    let &ops::BiasAct { x, bias, rows, dim, act } = call;
     let _op = gpu.op();
     let n = rows * dim;
     let (bbuf, wdt) = match bias {

@@ -22,10 +22,9 @@ mod sample;
 mod shader;
 
 use herd_core::backend::check::{self, BufDesc};
-use herd_core::backend::{Act, AttnParams, AttnSeq, Backend};
+use herd_core::backend::{ops, Backend};
 use herd_core::checkpoint::TensorRef;
 use herd_core::error::Result;
-use herd_core::sampling::SamplingParams;
 
 use gpu::{err, Gpu};
 pub use gpu::{GpuBuffer, GpuWeight, WgpuOptions};
@@ -91,6 +90,8 @@ impl WgpuBackend {
 }
 
 impl Backend for WgpuBackend {
+    const KIND: &'static str = "wgpu";
+
     type Buffer = GpuBuffer;
     type Weight = GpuWeight;
 
@@ -218,149 +219,55 @@ impl Backend for WgpuBackend {
         Ok(())
     }
 
-    fn embed(&self, table: &GpuWeight, ids: &GpuBuffer, n: usize, dim: usize, out: &GpuBuffer) -> Result<()> {
-        check::embed(self, table, ids, n, dim, out).map_err(err)?;
-        elementwise::embed(&self.gpu, table, ids, n, dim, out)
+    fn run_embed(&self, call: &ops::Embed<'_, Self>) -> Result<()> {
+        elementwise::embed(&self.gpu, call)
     }
-    fn rms_norm(
-        &self,
-        x: &GpuBuffer,
-        weight: Option<&GpuWeight>,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &GpuBuffer,
-    ) -> Result<()> {
-        check::rms_norm(self, x, weight, rows, dim, out).map_err(err)?;
-        rms_norm::rms_norm(&self.gpu, x, weight, rows, dim, eps, out)
+    fn run_rms_norm(&self, call: &ops::RmsNorm<'_, Self>) -> Result<()> {
+        rms_norm::rms_norm(&self.gpu, call)
     }
-    fn add_rms_norm(
-        &self,
-        acc: &GpuBuffer,
-        x: &GpuBuffer,
-        weight: &GpuWeight,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &GpuBuffer,
-    ) -> Result<()> {
-        check::add_rms_norm(self, acc, x, weight, rows, dim, out).map_err(err)?;
-        rms_norm::add_rms_norm(&self.gpu, acc, x, weight, rows, dim, eps, out)
+    fn run_add_rms_norm(&self, call: &ops::AddRmsNorm<'_, Self>) -> Result<()> {
+        rms_norm::add_rms_norm(&self.gpu, call)
     }
-    fn layer_norm(
-        &self,
-        x: &GpuBuffer,
-        weight: &GpuWeight,
-        bias: &GpuWeight,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &GpuBuffer,
-    ) -> Result<()> {
-        check::layer_norm(self, x, weight, bias, rows, dim, out).map_err(err)?;
-        layer_norm::layer_norm(&self.gpu, x, weight, bias, rows, dim, eps, out)
+    fn run_layer_norm(&self, call: &ops::LayerNorm<'_, Self>) -> Result<()> {
+        layer_norm::layer_norm(&self.gpu, call)
     }
-    fn bias_act(&self, x: &GpuBuffer, bias: Option<&GpuWeight>, rows: usize, dim: usize, act: Act) -> Result<()> {
-        check::bias_act(self, x, bias, rows, dim).map_err(err)?;
-        layer_norm::bias_act(&self.gpu, x, bias, rows, dim, act)
+    fn run_bias_act(&self, call: &ops::BiasAct<'_, Self>) -> Result<()> {
+        layer_norm::bias_act(&self.gpu, call)
     }
-    fn matmul(&self, x: &GpuBuffer, m: usize, w: &GpuWeight, out: &GpuBuffer) -> Result<()> {
-        let _ = check::matmul(self, x, m, w, out).map_err(err)?;
-        matmul::matmul(&self.gpu, x, m, w, out)
+    fn run_matmul(&self, call: &ops::Matmul<'_, Self>) -> Result<()> {
+        matmul::matmul(&self.gpu, call)
     }
-    fn rope(
-        &self,
-        x: &GpuBuffer,
-        rows: usize,
-        heads: usize,
-        head_dim: usize,
-        positions: &GpuBuffer,
-        inv_freq: &GpuBuffer,
-        norm_eps: Option<f32>,
-    ) -> Result<()> {
-        check::rope(self, x, rows, heads, head_dim, positions, inv_freq).map_err(err)?;
-        rope::rope(&self.gpu, x, rows, heads, head_dim, positions, inv_freq, norm_eps)
+    fn run_rope(&self, call: &ops::Rope<'_, Self>) -> Result<()> {
+        rope::rope(&self.gpu, call)
     }
-    fn attention(
-        &self,
-        q: &GpuBuffer,
-        k_new: &GpuBuffer,
-        v_new: &GpuBuffer,
-        k_cache: &GpuBuffer,
-        v_cache: &GpuBuffer,
-        seqs: &[AttnSeq],
-        p: &AttnParams,
-        out: &GpuBuffer,
-    ) -> Result<()> {
-        check::attention(self, q, k_new, v_new, k_cache, v_cache, seqs, p, out).map_err(err)?;
-        attention::attention(&self.gpu, q, k_new, v_new, k_cache, v_cache, seqs, p, out)
+    fn run_attention(&self, call: &ops::Attention<'_, Self>) -> Result<()> {
+        attention::attention(&self.gpu, call)
     }
-    fn kv_store(
-        &self,
-        k_new: &GpuBuffer,
-        v_new: &GpuBuffer,
-        k_cache: &GpuBuffer,
-        v_cache: &GpuBuffer,
-        seqs: &[AttnSeq],
-        kv_dim: usize,
-    ) -> Result<()> {
-        check::kv_store(self, k_new, v_new, k_cache, v_cache, seqs, kv_dim).map_err(err)?;
-        attention::kv_store(&self.gpu, k_new, v_new, k_cache, v_cache, seqs, kv_dim)
+    fn run_kv_store(&self, call: &ops::KvStore<'_, Self>) -> Result<()> {
+        attention::kv_store(&self.gpu, call)
     }
-    fn add(&self, acc: &GpuBuffer, x: &GpuBuffer, n: usize) -> Result<()> {
-        check::add(self, acc, x, n).map_err(err)?;
+    fn run_add(&self, call: &ops::Add<'_, Self>) -> Result<()> {
+        let &ops::Add { acc, x, n } = call;
         elementwise::eltwise(&self.gpu, elementwise::Eltwise::Add, acc, x, n)
     }
-    fn silu_mul(&self, gate: &GpuBuffer, up: &GpuBuffer, n: usize) -> Result<()> {
-        check::silu_mul(self, gate, up, n).map_err(err)?;
+    fn run_silu_mul(&self, call: &ops::SiluMul<'_, Self>) -> Result<()> {
+        let &ops::SiluMul { gate, up, n } = call;
         elementwise::eltwise(&self.gpu, elementwise::Eltwise::SiluMul, gate, up, n)
     }
-    fn router_topk(
-        &self,
-        logits: &GpuBuffer,
-        rows: usize,
-        n_experts: usize,
-        k: usize,
-        idx: &GpuBuffer,
-        score: &GpuBuffer,
-    ) -> Result<()> {
-        check::router_topk(self, logits, rows, n_experts, k, idx, score).map_err(err)?;
-        moe::router_topk(&self.gpu, logits, rows, n_experts, k, idx, score)
+    fn run_router_topk(&self, call: &ops::RouterTopk<'_, Self>) -> Result<()> {
+        moe::router_topk(&self.gpu, call)
     }
-    fn moe(
-        &self,
-        x: &GpuBuffer,
-        rows: usize,
-        idx: &GpuBuffer,
-        score: &GpuBuffer,
-        k: usize,
-        gate_up: &GpuWeight,
-        down: &GpuWeight,
-        out: &GpuBuffer,
-    ) -> Result<()> {
-        let _ = check::moe(self, x, rows, idx, score, k, gate_up, down, out).map_err(err)?;
-        moe::moe(&self.gpu, x, rows, idx, score, k, gate_up, down, out)
+    fn run_moe(&self, call: &ops::Moe<'_, Self>) -> Result<()> {
+        moe::moe(&self.gpu, call)
     }
-    fn gather_rows(&self, x: &GpuBuffer, rows: &GpuBuffer, n: usize, dim: usize, out: &GpuBuffer) -> Result<()> {
-        check::gather_rows(self, x, rows, n, dim, out).map_err(err)?;
-        elementwise::gather_rows(&self.gpu, x, rows, n, dim, out)
+    fn run_gather_rows(&self, call: &ops::GatherRows<'_, Self>) -> Result<()> {
+        elementwise::gather_rows(&self.gpu, call)
     }
-    fn sample(
-        &self,
-        logits: &GpuBuffer,
-        rows: usize,
-        vocab: usize,
-        params: &SamplingParams,
-        draws: &[f32],
-        history: &[&[u32]],
-        out: &GpuBuffer,
-    ) -> Result<()> {
-        check::sample(self, logits, rows, vocab, out).map_err(err)?;
-        sample::sample(&self.gpu, logits, rows, vocab, params, draws, history, out)
+    fn run_sample(&self, call: &ops::Sample<'_, Self>) -> Result<()> {
+        sample::sample(&self.gpu, call)
     }
 
-    fn mask_logits(&self, logits: &GpuBuffer, rows: usize, vocab: usize, mask: &GpuBuffer) -> Result<()> {
-        check::mask_logits(self, logits, rows, vocab, mask).map_err(err)?;
-        sample::mask_logits(&self.gpu, logits, rows, vocab, mask)
+    fn run_mask_logits(&self, call: &ops::MaskLogits<'_, Self>) -> Result<()> {
+        sample::mask_logits(&self.gpu, call)
     }
 }

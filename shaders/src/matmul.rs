@@ -1,12 +1,13 @@
 //! `x · wᵀ` for nn.Linear weights in every format (matmul.wgsl): the tiled GEMM for prefill, the
 //! weight-streaming kernels for decode.
 
+use herd_core::backend::ops;
 use herd_core::error::Result;
 use herd_core::quant::DType;
 
 use crate::gpu::{err, Gpu};
 use crate::kernel::{kernels, params};
-use crate::{GpuBuffer, GpuWeight};
+use crate::WgpuBackend;
 
 params! {
     /// A dispatch covers output columns `col0..col0 + ncols`, the bound part of the weight.
@@ -28,7 +29,8 @@ kernels! {
     }
 }
 
-pub(crate) fn matmul(gpu: &Gpu, x: &GpuBuffer, m: usize, w: &GpuWeight, out: &GpuBuffer) -> Result<()> {
+pub(crate) fn matmul(gpu: &Gpu, call: &ops::Matmul<'_, WgpuBackend>) -> Result<()> {
+    let &ops::Matmul { x, m, w, out } = call;
     let _op = gpu.op();
     let [n, k] = w.shape[..] else {
         return Err(err(format!("matmul: weight has shape {:?}, expected 2 dims", w.shape)));

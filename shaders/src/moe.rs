@@ -2,12 +2,13 @@
 //! rows picked: grouped by expert (moe_route, moe_gemv, moe_act, moe_sum) for float experts, per choice
 //! (moe_up, moe_down) otherwise.
 
+use herd_core::backend::ops;
 use herd_core::error::Result;
 use herd_core::quant::DType;
 
 use crate::gpu::{err, Gpu};
 use crate::kernel::{groups, kernels, params};
-use crate::{GpuBuffer, GpuWeight};
+use crate::{GpuBuffer, GpuWeight, WgpuBackend};
 
 params! {
     pub struct RouterParams { pub rows: u32, pub experts: u32, pub k: u32 }
@@ -54,33 +55,16 @@ kernels! {
     pub enum MoeSum: Moe, MoeSumParams { Sum => "moe_sum" }
 }
 
-pub(crate) fn router_topk(
-    gpu: &Gpu,
-    logits: &GpuBuffer,
-    rows: usize,
-    n_experts: usize,
-    k: usize,
-    idx: &GpuBuffer,
-    score: &GpuBuffer,
-) -> Result<()> {
+pub(crate) fn router_topk(gpu: &Gpu, call: &ops::RouterTopk<'_, WgpuBackend>) -> Result<()> {
+    let &ops::RouterTopk { logits, rows, n_experts, k, idx, score } = call;
     let _op = gpu.op();
     let b = [(1, &logits.buf), (5, &score.buf), (6, &idx.buf)];
     let p = RouterParams { rows: rows as u32, experts: n_experts as u32, k: k as u32 };
     gpu.dispatch(Router::TopK, 0, &b, &p, groups(rows, 64))
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn moe(
-    gpu: &Gpu,
-    x: &GpuBuffer,
-    rows: usize,
-    idx: &GpuBuffer,
-    score: &GpuBuffer,
-    k: usize,
-    gate_up: &GpuWeight,
-    down: &GpuWeight,
-    out: &GpuBuffer,
-) -> Result<()> {
+pub(crate) fn moe(gpu: &Gpu, call: &ops::Moe<'_, WgpuBackend>) -> Result<()> {
+    let &ops::Moe { x, rows, idx, score, k, gate_up, down, out } = call;
     let _op = gpu.op();
     // Shapes and grouping are checked in core (check::moe); one format for both tensors is this backend's own
     // limit (the shaders take one weight format).

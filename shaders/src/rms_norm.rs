@@ -1,10 +1,11 @@
 //! RMS norm and the residual add fused with it (rms_norm.wgsl).
 
+use herd_core::backend::ops;
 use herd_core::error::Result;
 
 use crate::gpu::{err, Gpu};
 use crate::kernel::{kernels, params};
-use crate::{GpuBuffer, GpuWeight};
+use crate::WgpuBackend;
 
 params! {
     pub struct RmsNormParams { pub rows: u32, pub dim: u32, pub eps: f32, pub has_weight: u32 }
@@ -18,15 +19,8 @@ kernels! {
     }
 }
 
-pub(crate) fn rms_norm(
-    gpu: &Gpu,
-    x: &GpuBuffer,
-    weight: Option<&GpuWeight>,
-    rows: usize,
-    dim: usize,
-    eps: f32,
-    out: &GpuBuffer,
-) -> Result<()> {
+pub(crate) fn rms_norm(gpu: &Gpu, call: &ops::RmsNorm<'_, WgpuBackend>) -> Result<()> {
+    let &ops::RmsNorm { x, weight, rows, dim, eps, out } = call;
     let _op = gpu.op();
     let (wbuf, wdt) = match weight {
         Some(w) if w.parts.len() == 1 => (&w.parts[0].buf, w.wdt()),
@@ -41,17 +35,8 @@ pub(crate) fn rms_norm(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn add_rms_norm(
-    gpu: &Gpu,
-    acc: &GpuBuffer,
-    x: &GpuBuffer,
-    weight: &GpuWeight,
-    rows: usize,
-    dim: usize,
-    eps: f32,
-    out: &GpuBuffer,
-) -> Result<()> {
+pub(crate) fn add_rms_norm(gpu: &Gpu, call: &ops::AddRmsNorm<'_, WgpuBackend>) -> Result<()> {
+    let &ops::AddRmsNorm { acc, x, weight, rows, dim, eps, out } = call;
     let _op = gpu.op();
     let [part] = &weight.parts[..] else {
         return Err(err("add_rms_norm: weight split across bindings"));

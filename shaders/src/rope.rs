@@ -1,10 +1,11 @@
 //! Interleaved-pair RoPE, alone or with Llama 4's weightless QK norm (rope.wgsl).
 
+use herd_core::backend::ops;
 use herd_core::error::Result;
 
 use crate::gpu::Gpu;
 use crate::kernel::{groups, kernels, params};
-use crate::GpuBuffer;
+use crate::WgpuBackend;
 
 params! {
     /// `eps`: the QK norm's (rope_norm only).
@@ -15,17 +16,8 @@ kernels! {
     pub enum Rope: Rope, RopeParams { Rotate => "rope", RotateNorm => "rope_norm" }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn rope(
-    gpu: &Gpu,
-    x: &GpuBuffer,
-    rows: usize,
-    heads: usize,
-    head_dim: usize,
-    positions: &GpuBuffer,
-    inv_freq: &GpuBuffer,
-    norm_eps: Option<f32>,
-) -> Result<()> {
+pub(crate) fn rope(gpu: &Gpu, call: &ops::Rope<'_, WgpuBackend>) -> Result<()> {
+    let &ops::Rope { x, rows, heads, head_dim, positions, inv_freq, norm_eps } = call;
     let _op = gpu.op();
     let b = [(1, &x.buf), (2, &positions.buf), (3, &inv_freq.buf)];
     let p =

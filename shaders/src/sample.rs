@@ -1,11 +1,12 @@
 //! Token sampling on the device (sample.wgsl), exactly as herd_core::sampling::pick defines it.
 
+use herd_core::backend::ops;
 use herd_core::error::Result;
-use herd_core::sampling::{check_sample_args, history_table, min_p_threshold, sample_flags, SamplingParams};
+use herd_core::sampling::{history_table, min_p_threshold, sample_flags};
 
-use crate::gpu::{err, Gpu};
+use crate::gpu::Gpu;
 use crate::kernel::{groups, kernels, params};
-use crate::GpuBuffer;
+use crate::WgpuBackend;
 
 params! {
     /// `top_k`: 0 off; `top_p`: 1 off; `min_p_key`: the min-p threshold as a shifted logit; `flags`: 1 greedy,
@@ -32,22 +33,9 @@ kernels! {
     pub enum MaskLogits: Sample, MaskParams { Rows => "mask_logits" }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sample(
-    gpu: &Gpu,
-    logits: &GpuBuffer,
-    rows: usize,
-    vocab: usize,
-    params: &SamplingParams,
-    draws: &[f32],
-    history: &[&[u32]],
-    out: &GpuBuffer,
-) -> Result<()> {
+pub(crate) fn sample(gpu: &Gpu, call: &ops::Sample<'_, WgpuBackend>) -> Result<()> {
+    let &ops::Sample { logits, rows, vocab, params, draws, history, out } = call;
     let _op = gpu.op();
-    check_sample_args(rows, draws, history)?;
-    if vocab == 0 || !out.is_u32 || logits.is_u32 {
-        return Err(err("sample: needs f32 logits of a non-empty vocabulary and a u32 output"));
-    }
     let hist = history_table(history, params.repetition_penalty != 1.0);
     let p = SampleParams {
         rows: rows as u32,
@@ -67,7 +55,8 @@ pub(crate) fn sample(
 }
 
 /// Backend::mask_logits (shapes checked in core).
-pub(crate) fn mask_logits(gpu: &Gpu, logits: &GpuBuffer, rows: usize, vocab: usize, mask: &GpuBuffer) -> Result<()> {
+pub(crate) fn mask_logits(gpu: &Gpu, call: &ops::MaskLogits<'_, WgpuBackend>) -> Result<()> {
+    let &ops::MaskLogits { logits, rows, vocab, mask } = call;
     let _op = gpu.op();
     let n = rows * vocab;
     let p = MaskParams { n: n as u32, vocab: vocab as u32, words: vocab.div_ceil(32) as u32 };

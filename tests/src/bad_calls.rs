@@ -298,6 +298,13 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             }),
         ),
         (
+            "sample with a draw of 1.5",
+            "sample: draw 1.5 is outside [0, 1)",
+            Box::new(move |be: &B| {
+                be.sample(&f(be, 8)?, 2, 4, &SamplingParams::default(), &[0.5, 1.5], &[&[], &[]], &u(be, 2)?)
+            }),
+        ),
+        (
             "mask_logits with a mask one word short",
             "mask_logits: mask has 3 elements, the op needs 4",
             // Two rows of 33 tokens: two words each.

@@ -80,21 +80,17 @@ pub(crate) fn run<B: Backend>(be: &B, spec: &Spec, rng: &mut Rng, perf: bool) ->
         }
         Spec::Attention(ref a) => crate::table_attention::attention(be, a, rng, perf),
         Spec::KvStore(ref a) => crate::table_attention::kv_store(be, a, rng, perf),
-        Spec::Add { n } => {
+        Spec::Add { n } | Spec::SiluMul { n } => {
+            // In place on the first buffer: acc += x, or gate = silu(gate) · up.
+            let add = matches!(spec, Spec::Add { .. });
             let (a, b) = (rng.vec(n), rng.vec(n));
             let (x, y) = (be.upload(&a)?, be.upload(&b)?);
-            be.add(&x, &y, n)?;
+            let op = || if add { be.add(&x, &y, n) } else { be.silu_mul(&x, &y, n) };
+            op()?;
             let got = be.read(&x)?;
-            let secs = perf_only(be, perf, &x, || be.add(&x, &y, n))?;
-            Ok(out(got, a.iter().zip(&b).map(|(p, q)| p + q).collect(), secs))
-        }
-        Spec::SiluMul { n } => {
-            let (a, b) = (rng.vec(n), rng.vec(n));
-            let (g, u) = (be.upload(&a)?, be.upload(&b)?);
-            be.silu_mul(&g, &u, n)?;
-            let got = be.read(&g)?;
-            let secs = perf_only(be, perf, &g, || be.silu_mul(&g, &u, n))?;
-            Ok(out(got, r::silu_mul(&a, &b), secs))
+            let secs = perf_only(be, perf, &x, op)?;
+            let want = if add { a.iter().zip(&b).map(|(p, q)| p + q).collect() } else { r::silu_mul(&a, &b) };
+            Ok(out(got, want, secs))
         }
         Spec::RouterTopk { rows, experts: e, k } => {
             let l = rng.vec(rows * e);

@@ -10,6 +10,7 @@
 use std::sync::{Arc, OnceLock};
 
 use herd_conformance::golden::{check_greedy, check_logits, BF16_TOL, F32_TOL};
+use herd_conformance::{backend_or_not_run, cuda_options_from_env};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
 use herd_core::quant::Fill;
@@ -18,26 +19,14 @@ use herd_cuda::CudaBackend;
 
 fn gpu() -> Option<Arc<CudaBackend>> {
     static GPU: OnceLock<Option<Arc<CudaBackend>>> = OnceLock::new();
-    GPU.get_or_init(|| match CudaBackend::with_options(0, &herd_conformance::cuda_options_from_env()) {
-        Ok(b) => Some(Arc::new(b)),
-        Err(e) => {
-            herd_core::not_run("cuda", Some("HERD_REQUIRE_CUDA"), &e);
-            None
-        }
-    })
-    .clone()
+    let made = || CudaBackend::with_options(0, &cuda_options_from_env());
+    GPU.get_or_init(|| backend_or_not_run("cuda", "HERD_REQUIRE_CUDA", made())).clone()
 }
 
 fn emulator() -> Option<Arc<CudaBackend>> {
     static EMU: OnceLock<Option<Arc<CudaBackend>>> = OnceLock::new();
-    EMU.get_or_init(|| match CudaBackend::emulated_with(&herd_conformance::cuda_options_from_env()) {
-        Ok(b) => Some(Arc::new(b)),
-        Err(e) => {
-            herd_core::not_run("cuda emulator", Some("HERD_REQUIRE_CUDA_EMU"), &e);
-            None
-        }
-    })
-    .clone()
+    let made = || CudaBackend::emulated_with(&cuda_options_from_env());
+    EMU.get_or_init(|| backend_or_not_run("cuda emulator", "HERD_REQUIRE_CUDA_EMU", made())).clone()
 }
 
 #[test]
@@ -127,30 +116,21 @@ fn synthetic_matches(be: &CudaBackend) {
     let q = DType::Q4(g(16, GroupAxis::SecondLast));
     let fill = |seed| Fill::Uniform { seed, scale: 0.2 };
     let x: Vec<f32> = (0..3 * dm).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
-    let want = {
-        let gu = cpu.synthetic_weight("gu", &[e, dm, 2 * f], q, fill(1)).unwrap();
-        let dn = cpu.synthetic_weight("dn", &[e, f, dm], q, fill(2)).unwrap();
-        let (xb, ib, sb, o) = (
-            cpu.upload(&x).unwrap(),
-            cpu.upload_u32(&[0, 3, 1]).unwrap(),
-            cpu.upload(&[1.0, 0.5, 0.8]).unwrap(),
-            cpu.alloc(3 * dm).unwrap(),
-        );
-        cpu.moe(&xb, 3, &ib, &sb, 1, &gu, &dn, &o).unwrap();
-        cpu.read(&o).unwrap()
-    };
-    let got = {
+    // Three rows through experts made on `be` from the generator (expert 3 of row 2 too).
+    fn run<B: Backend>(be: &B, q: DType, fill: impl Fn(u64) -> Fill, x: &[f32], [e, dm, f]: [usize; 3]) -> Vec<f32> {
         let gu = be.synthetic_weight("gu", &[e, dm, 2 * f], q, fill(1)).unwrap();
         let dn = be.synthetic_weight("dn", &[e, f, dm], q, fill(2)).unwrap();
         let (xb, ib, sb, o) = (
-            be.upload(&x).unwrap(),
+            be.upload(x).unwrap(),
             be.upload_u32(&[0, 3, 1]).unwrap(),
             be.upload(&[1.0, 0.5, 0.8]).unwrap(),
             be.alloc(3 * dm).unwrap(),
         );
         be.moe(&xb, 3, &ib, &sb, 1, &gu, &dn, &o).unwrap();
         be.read(&o).unwrap()
-    };
+    }
+    let want = run(&cpu, q, fill, &x, [e, dm, f]);
+    let got = run(be, q, fill, &x, [e, dm, f]);
     let err = herd_conformance::table::nmse(&got, &want);
     assert!(err < 1e-10, "quantized experts made on the device differ: nmse {err:.2e}");
 }

@@ -12,14 +12,13 @@ use herd_wgpu::{WgpuBackend, WgpuOptions};
 /// One device for the whole file (opening one per test is slow on lavapipe).
 fn gpu() -> Option<Arc<WgpuBackend>> {
     static GPU: OnceLock<Option<Arc<WgpuBackend>>> = OnceLock::new();
-    GPU.get_or_init(|| match WgpuBackend::new() {
-        Ok(b) => Some(Arc::new(b)),
-        Err(e) => {
-            herd_core::not_run("wgpu", Some("HERD_REQUIRE_WGPU"), &e);
-            None
-        }
-    })
-    .clone()
+    GPU.get_or_init(|| herd_conformance::backend_or_not_run("wgpu", "HERD_REQUIRE_WGPU", WgpuBackend::new())).clone()
+}
+
+/// A second device with `opts` (after the first opened: a missing adapter is reported once, by [`gpu`]).
+fn gpu_with(opts: &WgpuOptions) -> Option<Arc<WgpuBackend>> {
+    gpu()?;
+    Some(Arc::new(WgpuBackend::with_options(opts).expect("the adapter opened once already")))
 }
 
 #[test]
@@ -40,11 +39,7 @@ fn golden_fixtures_on_wgpu() {
 /// not change.
 #[test]
 fn golden_fixtures_on_wgpu_with_tiny_bindings() {
-    if gpu().is_none() {
-        return;
-    }
-    let opts = WgpuOptions { max_binding: Some(8 << 10), ..Default::default() };
-    let be = Arc::new(WgpuBackend::with_options(&opts).expect("the adapter opened once already"));
+    let Some(be) = gpu_with(&WgpuOptions { max_binding: Some(8 << 10), ..Default::default() }) else { return };
     for name in ["scout", "maverick"] {
         check_logits(&be, name, F32_TOL, false);
         check_logits(&be, name, F32_TOL, true);
@@ -84,11 +79,7 @@ fn images_in_prompts_match_transformers_on_wgpu() {
 /// prompt as several steps): the results must not change.
 #[test]
 fn images_in_prompts_match_transformers_on_wgpu_in_passes() {
-    if gpu().is_none() {
-        return;
-    }
-    let opts = WgpuOptions { max_binding: Some(3 << 19), ..Default::default() };
-    let be = Arc::new(WgpuBackend::with_options(&opts).expect("the adapter opened once already"));
+    let Some(be) = gpu_with(&WgpuOptions { max_binding: Some(3 << 19), ..Default::default() }) else { return };
     herd_conformance::vision::check_all(&be);
 }
 

@@ -22,6 +22,8 @@ fn every_backend_op_has_rows_in_the_table() {
         .lines()
         .filter_map(|l| l.trim_start().strip_prefix("fn "))
         .map(|l| l.split(|c: char| c == '(' || c == '<').next().unwrap_or(""))
+        // An op's checked arguments go to its run_ method: the op itself is what the table calls.
+        .filter(|m| !m.starts_with("run_"))
         .collect();
     assert!(methods.len() > 20, "the trait's methods were not found: {methods:?}");
     // Not ops: the backend's name, buffers and weights (exercised by every row), and the synthetic weights

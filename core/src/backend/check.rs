@@ -1,11 +1,12 @@
 //! The checks every backend makes before an op runs, written once: buffer kinds (f32 or u32), lengths
-//! against the op's shape arguments, weight shapes and formats, and which buffers must be distinct. Each
-//! backend calls the op's check first (`check::add(self, acc, x, n).map_err(err)?`) and adds only its own
-//! limits (a kernel's largest head size, say); the op table's bad-call rows (`tests/src/bad_calls.rs`)
+//! against the op's shape arguments, weight shapes and formats, and which buffers must be distinct. Each op's
+//! method in [`Backend`] runs its check on the op's descriptor ([`super::ops`]) before the backend's `run_`
+//! method sees it; a backend adds only its own limits (a kernel's largest head size, say) in `run_`. The
+//! op table's bad-call rows (`tests/src/bad_calls.rs`)
 //! prove that every backend refuses the same calls with the same message. Sizes are multiplied with
 //! overflow checks, so a call whose sizes wrap is refused, never run.
 
-use super::Backend;
+use super::{ops, Backend};
 use crate::quant::GroupAxis;
 
 /// A check's verdict: the reason a call is refused, one line, naming the op and the argument.
@@ -117,14 +118,8 @@ pub fn write_u32<B: Backend + ?Sized>(be: &B, buf: &B::Buffer, data: &[u32]) -> 
 }
 
 /// [`Backend::embed`].
-pub fn embed<B: Backend + ?Sized>(
-    be: &B,
-    table: &B::Weight,
-    ids: &B::Buffer,
-    n: usize,
-    dim: usize,
-    out: &B::Buffer,
-) -> Verdict {
+pub fn embed<B: Backend + ?Sized>(be: &B, call: &ops::Embed<'_, B>) -> Verdict {
+    let &ops::Embed { table, ids, n, dim, out } = call;
     let (_, cols) = matrix(be, "embed", "table", table)?;
     if cols != dim {
         return Err(format!("embed: table has rows of {cols}, the op needs {dim}"));
@@ -134,30 +129,25 @@ pub fn embed<B: Backend + ?Sized>(
 }
 
 /// [`Backend::add`].
-pub fn add<B: Backend + ?Sized>(be: &B, acc: &B::Buffer, x: &B::Buffer, n: usize) -> Verdict {
-    let (a, b) = (arg(be, "acc", acc), arg(be, "x", x));
-    f32s("add", &a, n)?;
-    f32s("add", &b, n)?;
-    distinct("add", &[&a, &b])
+pub fn add<B: Backend + ?Sized>(be: &B, call: &ops::Add<'_, B>) -> Verdict {
+    two_vectors("add", arg(be, "acc", call.acc), arg(be, "x", call.x), call.n)
 }
 
 /// [`Backend::silu_mul`].
-pub fn silu_mul<B: Backend + ?Sized>(be: &B, gate: &B::Buffer, up: &B::Buffer, n: usize) -> Verdict {
-    let (g, u) = (arg(be, "gate", gate), arg(be, "up", up));
-    f32s("silu_mul", &g, n)?;
-    f32s("silu_mul", &u, n)?;
-    distinct("silu_mul", &[&g, &u])
+pub fn silu_mul<B: Backend + ?Sized>(be: &B, call: &ops::SiluMul<'_, B>) -> Verdict {
+    two_vectors("silu_mul", arg(be, "gate", call.gate), arg(be, "up", call.up), call.n)
+}
+
+/// An elementwise op in place on `a` with `b`: two distinct f32 buffers of at least `n` elements.
+fn two_vectors<B: Backend + ?Sized>(op: &str, a: Arg<B>, b: Arg<B>, n: usize) -> Verdict {
+    f32s(op, &a, n)?;
+    f32s(op, &b, n)?;
+    distinct(op, &[&a, &b])
 }
 
 /// [`Backend::gather_rows`].
-pub fn gather_rows<B: Backend + ?Sized>(
-    be: &B,
-    x: &B::Buffer,
-    rows: &B::Buffer,
-    n: usize,
-    dim: usize,
-    out: &B::Buffer,
-) -> Verdict {
+pub fn gather_rows<B: Backend + ?Sized>(be: &B, call: &ops::GatherRows<'_, B>) -> Verdict {
+    let &ops::GatherRows { x, rows, n, dim, out } = call;
     let (xa, oa) = (arg(be, "x", x), arg(be, "out", out));
     f32s("gather_rows", &xa, 0)?;
     u32s("gather_rows", &arg(be, "rows", rows), n)?;
@@ -166,14 +156,8 @@ pub fn gather_rows<B: Backend + ?Sized>(
 }
 
 /// [`Backend::rms_norm`] (`out` may be `x`).
-pub fn rms_norm<B: Backend + ?Sized>(
-    be: &B,
-    x: &B::Buffer,
-    weight: Option<&B::Weight>,
-    rows: usize,
-    dim: usize,
-    out: &B::Buffer,
-) -> Verdict {
+pub fn rms_norm<B: Backend + ?Sized>(be: &B, call: &ops::RmsNorm<'_, B>) -> Verdict {
+    let &ops::RmsNorm { x, weight, rows, dim, out, .. } = call;
     let n = product("rms_norm", "x", &[rows, dim])?;
     f32s("rms_norm", &arg(be, "x", x), n)?;
     f32s("rms_norm", &arg(be, "out", out), n)?;
@@ -181,15 +165,8 @@ pub fn rms_norm<B: Backend + ?Sized>(
 }
 
 /// [`Backend::add_rms_norm`].
-pub fn add_rms_norm<B: Backend + ?Sized>(
-    be: &B,
-    acc: &B::Buffer,
-    x: &B::Buffer,
-    weight: &B::Weight,
-    rows: usize,
-    dim: usize,
-    out: &B::Buffer,
-) -> Verdict {
+pub fn add_rms_norm<B: Backend + ?Sized>(be: &B, call: &ops::AddRmsNorm<'_, B>) -> Verdict {
+    let &ops::AddRmsNorm { acc, x, weight, rows, dim, out, .. } = call;
     let n = product("add_rms_norm", "x", &[rows, dim])?;
     let (a, b, o) = (arg(be, "acc", acc), arg(be, "x", x), arg(be, "out", out));
     for v in [&a, &b, &o] {
@@ -200,13 +177,8 @@ pub fn add_rms_norm<B: Backend + ?Sized>(
 }
 
 /// [`Backend::matmul`]: returns the weight's (n, k).
-pub fn matmul<B: Backend + ?Sized>(
-    be: &B,
-    x: &B::Buffer,
-    m: usize,
-    w: &B::Weight,
-    out: &B::Buffer,
-) -> std::result::Result<(usize, usize), String> {
+pub fn matmul<B: Backend + ?Sized>(be: &B, call: &ops::Matmul<'_, B>) -> std::result::Result<(usize, usize), String> {
+    let &ops::Matmul { x, m, w, out } = call;
     let (n, k) = matrix(be, "matmul", "w", w)?;
     let (xa, oa) = (arg(be, "x", x), arg(be, "out", out));
     f32s("matmul", &xa, product("matmul", "x", &[m, k])?)?;
@@ -216,15 +188,8 @@ pub fn matmul<B: Backend + ?Sized>(
 }
 
 /// [`Backend::rope`].
-pub fn rope<B: Backend + ?Sized>(
-    be: &B,
-    x: &B::Buffer,
-    rows: usize,
-    heads: usize,
-    head_dim: usize,
-    positions: &B::Buffer,
-    inv_freq: &B::Buffer,
-) -> Verdict {
+pub fn rope<B: Backend + ?Sized>(be: &B, call: &ops::Rope<'_, B>) -> Verdict {
+    let &ops::Rope { x, rows, heads, head_dim, positions, inv_freq, .. } = call;
     if !head_dim.is_multiple_of(2) {
         return Err(format!("rope: head_dim {head_dim} must be even (the rotation works on pairs)"));
     }
@@ -234,15 +199,8 @@ pub fn rope<B: Backend + ?Sized>(
 }
 
 /// [`Backend::router_topk`].
-pub fn router_topk<B: Backend + ?Sized>(
-    be: &B,
-    logits: &B::Buffer,
-    rows: usize,
-    n_experts: usize,
-    k: usize,
-    idx: &B::Buffer,
-    score: &B::Buffer,
-) -> Verdict {
+pub fn router_topk<B: Backend + ?Sized>(be: &B, call: &ops::RouterTopk<'_, B>) -> Verdict {
+    let &ops::RouterTopk { logits, rows, n_experts, k, idx, score } = call;
     if k == 0 || k > n_experts {
         return Err(format!("router_topk: top-{k} of {n_experts} experts"));
     }
@@ -253,16 +211,8 @@ pub fn router_topk<B: Backend + ?Sized>(
 }
 
 /// [`Backend::layer_norm`] (`out` may be `x`).
-#[allow(clippy::too_many_arguments)]
-pub fn layer_norm<B: Backend + ?Sized>(
-    be: &B,
-    x: &B::Buffer,
-    weight: &B::Weight,
-    bias: &B::Weight,
-    rows: usize,
-    dim: usize,
-    out: &B::Buffer,
-) -> Verdict {
+pub fn layer_norm<B: Backend + ?Sized>(be: &B, call: &ops::LayerNorm<'_, B>) -> Verdict {
+    let &ops::LayerNorm { x, weight, bias, rows, dim, out, .. } = call;
     let n = product("layer_norm", "x", &[rows, dim])?;
     f32s("layer_norm", &arg(be, "x", x), n)?;
     f32s("layer_norm", &arg(be, "out", out), n)?;
@@ -276,29 +226,15 @@ pub fn layer_norm<B: Backend + ?Sized>(
 }
 
 /// [`Backend::bias_act`].
-pub fn bias_act<B: Backend + ?Sized>(
-    be: &B,
-    x: &B::Buffer,
-    bias: Option<&B::Weight>,
-    rows: usize,
-    dim: usize,
-) -> Verdict {
+pub fn bias_act<B: Backend + ?Sized>(be: &B, call: &ops::BiasAct<'_, B>) -> Verdict {
+    let &ops::BiasAct { x, bias, rows, dim, .. } = call;
     f32s("bias_act", &arg(be, "x", x), product("bias_act", "x", &[rows, dim])?)?;
     bias.map_or(Ok(()), |b| float_vector(be, "bias_act", "bias", b, dim))
 }
 
 /// [`Backend::swiglu`]: returns the weights' input width k.
-#[allow(clippy::too_many_arguments)]
-pub fn swiglu<B: Backend + ?Sized>(
-    be: &B,
-    x: &B::Buffer,
-    m: usize,
-    gate_w: &B::Weight,
-    up_w: &B::Weight,
-    width: usize,
-    out: &B::Buffer,
-    scratch: &B::Buffer,
-) -> std::result::Result<usize, String> {
+pub fn swiglu<B: Backend + ?Sized>(be: &B, call: &ops::Swiglu<'_, B>) -> std::result::Result<usize, String> {
+    let &ops::Swiglu { x, m, gate_w, up_w, width, out, scratch } = call;
     let (f, k) = matrix(be, "swiglu", "gate_w", gate_w)?;
     let up = be.weight_desc(up_w).1;
     if up != [f, k] || f != width {
@@ -314,18 +250,8 @@ pub fn swiglu<B: Backend + ?Sized>(
 }
 
 /// [`Backend::moe`]: returns (experts, model width, expert width).
-#[allow(clippy::too_many_arguments)]
-pub fn moe<B: Backend + ?Sized>(
-    be: &B,
-    x: &B::Buffer,
-    rows: usize,
-    idx: &B::Buffer,
-    score: &B::Buffer,
-    k: usize,
-    gate_up: &B::Weight,
-    down: &B::Weight,
-    out: &B::Buffer,
-) -> std::result::Result<(usize, usize, usize), String> {
+pub fn moe<B: Backend + ?Sized>(be: &B, call: &ops::Moe<'_, B>) -> std::result::Result<(usize, usize, usize), String> {
+    let &ops::Moe { x, rows, idx, score, k, gate_up, down, out } = call;
     let (gu, dn) = (be.weight_desc(gate_up).1, be.weight_desc(down).1);
     let &[e, d, f2] = gu else {
         return Err(format!("moe: gate_up has shape {gu:?}, expected [experts, d, 2·f]"));
@@ -351,23 +277,23 @@ pub fn moe<B: Backend + ?Sized>(
     Ok((e, d, f2 / 2))
 }
 
-/// [`Backend::sample`] (the draws and histories are checked by `sampling::check_sample_args`).
-pub fn sample<B: Backend + ?Sized>(be: &B, logits: &B::Buffer, rows: usize, vocab: usize, out: &B::Buffer) -> Verdict {
+/// [`Backend::sample`]: with one draw in [0, 1) and one history per row (`sampling::check_sample_args`).
+pub fn sample<B: Backend + ?Sized>(be: &B, call: &ops::Sample<'_, B>) -> Verdict {
+    let &ops::Sample { logits, rows, vocab, draws, history, out, .. } = call;
     if vocab == 0 {
         return Err("sample: the vocabulary is empty".into());
     }
+    crate::sampling::check_sample_args(rows, draws, history).map_err(|e| match e {
+        crate::HerdError::Input(m) => m,
+        e => e.to_string(),
+    })?;
     f32s("sample", &arg(be, "logits", logits), product("sample", "logits", &[rows, vocab])?)?;
     u32s("sample", &arg(be, "out", out), rows)
 }
 
 /// [`Backend::mask_logits`].
-pub fn mask_logits<B: Backend + ?Sized>(
-    be: &B,
-    logits: &B::Buffer,
-    rows: usize,
-    vocab: usize,
-    mask: &B::Buffer,
-) -> Verdict {
+pub fn mask_logits<B: Backend + ?Sized>(be: &B, call: &ops::MaskLogits<'_, B>) -> Verdict {
+    let &ops::MaskLogits { logits, rows, vocab, mask } = call;
     f32s("mask_logits", &arg(be, "logits", logits), product("mask_logits", "logits", &[rows, vocab])?)?;
     u32s("mask_logits", &arg(be, "mask", mask), product("mask_logits", "mask", &[rows, vocab.div_ceil(32)])?)
 }
@@ -387,18 +313,8 @@ fn region_end(op: &str, s: &super::AttnSeq) -> std::result::Result<usize, String
 }
 
 /// [`Backend::attention`].
-#[allow(clippy::too_many_arguments)]
-pub fn attention<B: Backend + ?Sized>(
-    be: &B,
-    q: &B::Buffer,
-    k_new: &B::Buffer,
-    v_new: &B::Buffer,
-    k_cache: &B::Buffer,
-    v_cache: &B::Buffer,
-    seqs: &[super::AttnSeq],
-    p: &super::AttnParams,
-    out: &B::Buffer,
-) -> Verdict {
+pub fn attention<B: Backend + ?Sized>(be: &B, call: &ops::Attention<'_, B>) -> Verdict {
+    let &ops::Attention { q, k_new, v_new, k_cache, v_cache, seqs, p, out } = call;
     let (h, kvh, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     if kvh == 0 || hd == 0 || h % kvh != 0 {
         return Err(format!("attention: {h} heads over {kvh} kv heads of dim {hd}"));
@@ -423,15 +339,8 @@ pub fn attention<B: Backend + ?Sized>(
 }
 
 /// [`Backend::kv_store`].
-pub fn kv_store<B: Backend + ?Sized>(
-    be: &B,
-    k_new: &B::Buffer,
-    v_new: &B::Buffer,
-    k_cache: &B::Buffer,
-    v_cache: &B::Buffer,
-    seqs: &[super::AttnSeq],
-    kv_dim: usize,
-) -> Verdict {
+pub fn kv_store<B: Backend + ?Sized>(be: &B, call: &ops::KvStore<'_, B>) -> Verdict {
+    let &ops::KvStore { k_new, v_new, k_cache, v_cache, seqs, kv_dim } = call;
     let rows = seq_rows("kv_store", seqs)?;
     let (kn, vn) = (arg(be, "k_new", k_new), arg(be, "v_new", v_new));
     let (kc, vc) = (arg(be, "k_cache", k_cache), arg(be, "v_cache", v_cache));

@@ -13,6 +13,7 @@
 //! says it works in place.
 
 pub mod check;
+pub mod ops;
 
 use crate::checkpoint::TensorRef;
 use crate::error::{HerdError, Result};
@@ -91,6 +92,9 @@ pub trait Backend: Send + Sync + 'static {
     /// A weight tensor in its checkpoint format.
     type Weight: Send + Sync;
 
+    /// The backend's kind in error messages: `cpu`, `wgpu`, `cuda`.
+    const KIND: &'static str;
+
     /// A short name for messages and benchmarks, e.g. `cpu (2 threads)`.
     fn name(&self) -> String;
 
@@ -162,7 +166,13 @@ pub trait Backend: Send + Sync + 'static {
     // ---- ops ----------------------------------------------------------------------------------------
     /// `out[r, :] = table[ids[r], :]` for r < n; `table` is [V, dim], `ids` u32 [n], `out` [n, dim].
     /// Ids ≥ V are an error of the caller (the model checks them on the host).
-    fn embed(&self, table: &Self::Weight, ids: &Self::Buffer, n: usize, dim: usize, out: &Self::Buffer) -> Result<()>;
+    fn embed(&self, table: &Self::Weight, ids: &Self::Buffer, n: usize, dim: usize, out: &Self::Buffer) -> Result<()> {
+        let call = ops::Embed { table, ids, n, dim, out };
+        check::embed(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_embed(&call)
+    }
+    /// [`Backend::embed`] once its arguments are checked ([`check::embed`]).
+    fn run_embed(&self, call: &ops::Embed<'_, Self>) -> Result<()>;
 
     /// RMS norm of each of `rows` rows of length `dim`: `y = x · rsqrt(mean(x²) + eps) (· w)`, computed in
     /// f32. `weight` None gives Llama 4's weightless QK norm. `out` may be `x` (in place).
@@ -174,7 +184,13 @@ pub trait Backend: Send + Sync + 'static {
         dim: usize,
         eps: f32,
         out: &Self::Buffer,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let call = ops::RmsNorm { x, weight, rows, dim, eps, out };
+        check::rms_norm(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_rms_norm(&call)
+    }
+    /// [`Backend::rms_norm`] once its arguments are checked ([`check::rms_norm`]).
+    fn run_rms_norm(&self, call: &ops::RmsNorm<'_, Self>) -> Result<()>;
 
     /// The residual add fused with the RMS norm that follows it: `acc[r] += x[r]`, then
     /// `out[r] = acc[r] · rsqrt(mean(acc[r]²) + eps) · w` for each of `rows` rows of length `dim` (f32).
@@ -189,7 +205,13 @@ pub trait Backend: Send + Sync + 'static {
         dim: usize,
         eps: f32,
         out: &Self::Buffer,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let call = ops::AddRmsNorm { acc, x, weight, rows, dim, eps, out };
+        check::add_rms_norm(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_add_rms_norm(&call)
+    }
+    /// [`Backend::add_rms_norm`] once its arguments are checked ([`check::add_rms_norm`]).
+    fn run_add_rms_norm(&self, call: &ops::AddRmsNorm<'_, Self>) -> Result<()>;
 
     /// Layer norm of each of `rows` rows of length `dim` (nn.LayerNorm): `y = (x − mean) · rsqrt(var + eps) · w
     /// + b` with the biased variance, computed in f32. `out` may be `x` (in place).
@@ -203,15 +225,33 @@ pub trait Backend: Send + Sync + 'static {
         dim: usize,
         eps: f32,
         out: &Self::Buffer,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let call = ops::LayerNorm { x, weight, bias, rows, dim, eps, out };
+        check::layer_norm(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_layer_norm(&call)
+    }
+    /// [`Backend::layer_norm`] once its arguments are checked ([`check::layer_norm`]).
+    fn run_layer_norm(&self, call: &ops::LayerNorm<'_, Self>) -> Result<()>;
 
     /// In place on `x` [rows, dim]: `x[r, c] += bias[c]` when a bias is given, then the activation `act`
     /// on every element. A bias of `rows · dim` elements with `rows = 1` is an elementwise add; one of
     /// `dim` elements is broadcast over the rows (nn.Linear's bias).
-    fn bias_act(&self, x: &Self::Buffer, bias: Option<&Self::Weight>, rows: usize, dim: usize, act: Act) -> Result<()>;
+    fn bias_act(&self, x: &Self::Buffer, bias: Option<&Self::Weight>, rows: usize, dim: usize, act: Act) -> Result<()> {
+        let call = ops::BiasAct { x, bias, rows, dim, act };
+        check::bias_act(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_bias_act(&call)
+    }
+    /// [`Backend::bias_act`] once its arguments are checked ([`check::bias_act`]).
+    fn run_bias_act(&self, call: &ops::BiasAct<'_, Self>) -> Result<()>;
 
     /// `out[m, n] = Σ_k x[m, k] · w[n, k]`: `w` is an nn.Linear weight [n, k].
-    fn matmul(&self, x: &Self::Buffer, m: usize, w: &Self::Weight, out: &Self::Buffer) -> Result<()>;
+    fn matmul(&self, x: &Self::Buffer, m: usize, w: &Self::Weight, out: &Self::Buffer) -> Result<()> {
+        let call = ops::Matmul { x, m, w, out };
+        check::matmul(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_matmul(&call)
+    }
+    /// [`Backend::matmul`] once its arguments are checked ([`check::matmul`]).
+    fn run_matmul(&self, call: &ops::Matmul<'_, Self>) -> Result<()>;
 
     /// Interleaved-pair RoPE, in place: x is [rows, heads, head_dim]; row r is rotated by angle
     /// `positions[r] · inv_freq[j]` (f32) on the pair (2j, 2j+1). `positions` u32 [rows], `inv_freq` f32
@@ -227,7 +267,13 @@ pub trait Backend: Send + Sync + 'static {
         positions: &Self::Buffer,
         inv_freq: &Self::Buffer,
         norm_eps: Option<f32>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let call = ops::Rope { x, rows, heads, head_dim, positions, inv_freq, norm_eps };
+        check::rope(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_rope(&call)
+    }
+    /// [`Backend::rope`] once its arguments are checked ([`check::rope`]).
+    fn run_rope(&self, call: &ops::Rope<'_, Self>) -> Result<()>;
 
     /// Attention of the new tokens of every sequence in `seqs` over that sequence's cached keys/values
     /// (positions < pos0, read from `k_cache`/`v_cache` [slots, n_kv_heads, head_dim]) and its new ones
@@ -245,7 +291,13 @@ pub trait Backend: Send + Sync + 'static {
         seqs: &[AttnSeq],
         p: &AttnParams,
         out: &Self::Buffer,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let call = ops::Attention { q, k_new, v_new, k_cache, v_cache, seqs, p, out };
+        check::attention(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_attention(&call)
+    }
+    /// [`Backend::attention`] once its arguments are checked ([`check::attention`]).
+    fn run_attention(&self, call: &ops::Attention<'_, Self>) -> Result<()>;
 
     /// Writes the new keys/values of every sequence into its cache region: row `q_start + t` goes to slot
     /// `slot_base + (pos0 + t) % slot_cap` (a step longer than its ring region leaves that region holding its
@@ -258,13 +310,31 @@ pub trait Backend: Send + Sync + 'static {
         v_cache: &Self::Buffer,
         seqs: &[AttnSeq],
         kv_dim: usize,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let call = ops::KvStore { k_new, v_new, k_cache, v_cache, seqs, kv_dim };
+        check::kv_store(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_kv_store(&call)
+    }
+    /// [`Backend::kv_store`] once its arguments are checked ([`check::kv_store`]).
+    fn run_kv_store(&self, call: &ops::KvStore<'_, Self>) -> Result<()>;
 
     /// `acc[i] += x[i]` for i < n (the residual add), in place on `acc`.
-    fn add(&self, acc: &Self::Buffer, x: &Self::Buffer, n: usize) -> Result<()>;
+    fn add(&self, acc: &Self::Buffer, x: &Self::Buffer, n: usize) -> Result<()> {
+        let call = ops::Add { acc, x, n };
+        check::add(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_add(&call)
+    }
+    /// [`Backend::add`] once its arguments are checked ([`check::add`]).
+    fn run_add(&self, call: &ops::Add<'_, Self>) -> Result<()>;
 
     /// `gate[i] = silu(gate[i]) · up[i]` for i < n, in place on `gate`.
-    fn silu_mul(&self, gate: &Self::Buffer, up: &Self::Buffer, n: usize) -> Result<()>;
+    fn silu_mul(&self, gate: &Self::Buffer, up: &Self::Buffer, n: usize) -> Result<()> {
+        let call = ops::SiluMul { gate, up, n };
+        check::silu_mul(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_silu_mul(&call)
+    }
+    /// [`Backend::silu_mul`] once its arguments are checked ([`check::silu_mul`]).
+    fn run_silu_mul(&self, call: &ops::SiluMul<'_, Self>) -> Result<()>;
 
     /// The first half of a SwiGLU MLP: `out[m, F] = silu(x · gate_wᵀ) ⊙ (x · up_wᵀ)` for nn.Linear weights
     /// [F, K] (`width` = F). `scratch` holds m·F elements the op may overwrite. The default is two matmuls
@@ -280,8 +350,14 @@ pub trait Backend: Send + Sync + 'static {
         out: &Self::Buffer,
         scratch: &Self::Buffer,
     ) -> Result<()> {
-        check::swiglu(self, x, m, gate_w, up_w, width, out, scratch)
-            .map_err(|msg| HerdError::Backend { backend: self.name(), msg })?;
+        let call = ops::Swiglu { x, m, gate_w, up_w, width, out, scratch };
+        check::swiglu(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_swiglu(&call)
+    }
+
+    /// [`Backend::swiglu`] once its arguments are checked.
+    fn run_swiglu(&self, call: &ops::Swiglu<'_, Self>) -> Result<()> {
+        let &ops::Swiglu { x, m, gate_w, up_w, width, out, scratch } = call;
         self.matmul(x, m, gate_w, out)?;
         self.matmul(x, m, up_w, scratch)?;
         self.silu_mul(out, scratch, m * width)
@@ -298,7 +374,13 @@ pub trait Backend: Send + Sync + 'static {
         k: usize,
         idx: &Self::Buffer,
         score: &Self::Buffer,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let call = ops::RouterTopk { logits, rows, n_experts, k, idx, score };
+        check::router_topk(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_router_topk(&call)
+    }
+    /// [`Backend::router_topk`] once its arguments are checked ([`check::router_topk`]).
+    fn run_router_topk(&self, call: &ops::RouterTopk<'_, Self>) -> Result<()>;
 
     /// Routed experts, accumulated: for each row r and each of its k choices (e = idx[r, c], s = score[r, c]),
     /// `u = s · x[r]`, `out[r] += (silu(u·G_e) ⊙ (u·U_e)) · Dn_e`, where `gate_up` is the fused checkpoint
@@ -316,7 +398,13 @@ pub trait Backend: Send + Sync + 'static {
         gate_up: &Self::Weight,
         down: &Self::Weight,
         out: &Self::Buffer,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let call = ops::Moe { x, rows, idx, score, k, gate_up, down, out };
+        check::moe(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_moe(&call)
+    }
+    /// [`Backend::moe`] once its arguments are checked ([`check::moe`]).
+    fn run_moe(&self, call: &ops::Moe<'_, Self>) -> Result<()>;
 
     /// `out[i, :] = x[rows[i], :]` for i < n; `rows` u32 [n], rows of length `dim`.
     fn gather_rows(
@@ -326,7 +414,13 @@ pub trait Backend: Send + Sync + 'static {
         n: usize,
         dim: usize,
         out: &Self::Buffer,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let call = ops::GatherRows { x, rows, n, dim, out };
+        check::gather_rows(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_gather_rows(&call)
+    }
+    /// [`Backend::gather_rows`] once its arguments are checked ([`check::gather_rows`]).
+    fn run_gather_rows(&self, call: &ops::GatherRows<'_, Self>) -> Result<()>;
 
     /// The next token of each of `rows` rows of `logits` [rows, vocab], into `out` (u32 [rows]), exactly as
     /// [`crate::sampling::pick`] defines it, with the uniform draw `draws[r]` ∈ [0, 1) and the ids already in
@@ -341,7 +435,13 @@ pub trait Backend: Send + Sync + 'static {
         draws: &[f32],
         history: &[&[u32]],
         out: &Self::Buffer,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let call = ops::Sample { logits, rows, vocab, params, draws, history, out };
+        check::sample(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_sample(&call)
+    }
+    /// [`Backend::sample`] once its arguments are checked ([`check::sample`]).
+    fn run_sample(&self, call: &ops::Sample<'_, Self>) -> Result<()>;
 
     /// Constrained decoding: the logits of the tokens a row may not take become -inf, which
     /// [`Backend::sample`] gives no weight (temperature, top-k, top-p and min-p then apply among the allowed
@@ -349,7 +449,18 @@ pub trait Backend: Send + Sync + 'static {
     /// r · words + t / 32 is set, the layout of llguidance's token sets; bits past the vocabulary are ignored.
     /// The host writes the mask while the step's forward runs, so a constrained step reads back no more than
     /// an unconstrained one. A row whose mask allows nothing is left all -inf.
-    fn mask_logits(&self, logits: &Self::Buffer, rows: usize, vocab: usize, mask: &Self::Buffer) -> Result<()>;
+    fn mask_logits(&self, logits: &Self::Buffer, rows: usize, vocab: usize, mask: &Self::Buffer) -> Result<()> {
+        let call = ops::MaskLogits { logits, rows, vocab, mask };
+        check::mask_logits(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_mask_logits(&call)
+    }
+    /// [`Backend::mask_logits`] once its arguments are checked ([`check::mask_logits`]).
+    fn run_mask_logits(&self, call: &ops::MaskLogits<'_, Self>) -> Result<()>;
+}
+
+/// A call an op's check refused, as the backend's error.
+fn refused<B: Backend + ?Sized>(msg: String) -> HerdError {
+    HerdError::Backend { backend: B::KIND.into(), msg }
 }
 
 /// The byte ranges [`Backend::write_weight_row`] copies: (ranges in `w`, ranges in `t`), values then

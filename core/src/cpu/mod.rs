@@ -17,11 +17,10 @@ mod sample;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::backend::check::{self, BufDesc};
-use crate::backend::{Act, AttnParams, AttnSeq, Backend};
+use crate::backend::{ops, Backend};
 use crate::checkpoint::{FileBytes, TensorRef};
 use crate::error::{HerdError, Result};
 use crate::quant::{DType, QuantLayout};
-use crate::sampling::SamplingParams;
 
 pub use matmul::WView;
 
@@ -35,30 +34,41 @@ fn err(msg: impl Into<String>) -> HerdError {
     HerdError::Backend { backend: "cpu".into(), msg: msg.into() }
 }
 
+/// A buffer's lock, or the error for a poisoned one or one of the other kind (the op checks make the
+/// latter an internal error).
+fn locked<T>(lock: Option<std::sync::LockResult<T>>, want: &str) -> Result<T> {
+    match lock {
+        Some(l) => l.map_err(|_| err("poisoned buffer")),
+        None => Err(err(format!("expected {want} buffer"))),
+    }
+}
+
 impl CpuBuffer {
-    pub(crate) fn f32(&self) -> Result<RwLockReadGuard<'_, Vec<f32>>> {
-        match self {
-            CpuBuffer::F32(v) => v.read().map_err(|_| err("poisoned buffer")),
-            CpuBuffer::U32(_) => Err(err("expected an f32 buffer, got u32")),
+    fn f32s(&self) -> Option<&RwLock<Vec<f32>>> {
+        if let CpuBuffer::F32(v) = self {
+            Some(v)
+        } else {
+            None
         }
+    }
+    fn u32s(&self) -> Option<&RwLock<Vec<u32>>> {
+        if let CpuBuffer::U32(v) = self {
+            Some(v)
+        } else {
+            None
+        }
+    }
+    pub(crate) fn f32(&self) -> Result<RwLockReadGuard<'_, Vec<f32>>> {
+        locked(self.f32s().map(|v| v.read()), "an f32")
     }
     pub(crate) fn f32_mut(&self) -> Result<RwLockWriteGuard<'_, Vec<f32>>> {
-        match self {
-            CpuBuffer::F32(v) => v.write().map_err(|_| err("poisoned buffer")),
-            CpuBuffer::U32(_) => Err(err("expected an f32 buffer, got u32")),
-        }
+        locked(self.f32s().map(|v| v.write()), "an f32")
     }
     pub(crate) fn u32(&self) -> Result<RwLockReadGuard<'_, Vec<u32>>> {
-        match self {
-            CpuBuffer::U32(v) => v.read().map_err(|_| err("poisoned buffer")),
-            CpuBuffer::F32(_) => Err(err("expected a u32 buffer, got f32")),
-        }
+        locked(self.u32s().map(|v| v.read()), "a u32")
     }
     pub(crate) fn u32_mut(&self) -> Result<RwLockWriteGuard<'_, Vec<u32>>> {
-        match self {
-            CpuBuffer::U32(v) => v.write().map_err(|_| err("poisoned buffer")),
-            CpuBuffer::F32(_) => Err(err("expected a u32 buffer, got f32")),
-        }
+        locked(self.u32s().map(|v| v.write()), "a u32")
     }
 }
 
@@ -140,6 +150,8 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
+    const KIND: &'static str = "cpu";
+
     type Buffer = CpuBuffer;
     type Weight = CpuWeight;
 
@@ -236,21 +248,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn embed(&self, table: &CpuWeight, ids: &CpuBuffer, n: usize, dim: usize, out: &CpuBuffer) -> Result<()> {
-        check::embed(self, table, ids, n, dim, out).map_err(err)?;
+    fn run_embed(&self, call: &ops::Embed<'_, Self>) -> Result<()> {
+        let &ops::Embed { table, ids, n, dim, out } = call;
         elementwise::embed(table, &ids.u32()?, n, dim, &mut out.f32_mut()?)
     }
 
-    fn rms_norm(
-        &self,
-        x: &CpuBuffer,
-        weight: Option<&CpuWeight>,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &CpuBuffer,
-    ) -> Result<()> {
-        check::rms_norm(self, x, weight, rows, dim, out).map_err(err)?;
+    fn run_rms_norm(&self, call: &ops::RmsNorm<'_, Self>) -> Result<()> {
+        let &ops::RmsNorm { x, weight, rows, dim, eps, out } = call;
         let held = weight.map(|w| w.read()).transpose()?;
         let w = held.as_ref().map(|h| h.view());
         if std::ptr::eq(x, out) {
@@ -261,17 +265,8 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn add_rms_norm(
-        &self,
-        acc: &CpuBuffer,
-        x: &CpuBuffer,
-        weight: &CpuWeight,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &CpuBuffer,
-    ) -> Result<()> {
-        check::add_rms_norm(self, acc, x, weight, rows, dim, out).map_err(err)?;
+    fn run_add_rms_norm(&self, call: &ops::AddRmsNorm<'_, Self>) -> Result<()> {
+        let &ops::AddRmsNorm { acc, x, weight, rows, dim, eps, out } = call;
         rms_norm::add_rms_norm(
             &mut acc.f32_mut()?,
             &x.f32()?,
@@ -283,17 +278,8 @@ impl Backend for CpuBackend {
         )
     }
 
-    fn layer_norm(
-        &self,
-        x: &CpuBuffer,
-        weight: &CpuWeight,
-        bias: &CpuWeight,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &CpuBuffer,
-    ) -> Result<()> {
-        check::layer_norm(self, x, weight, bias, rows, dim, out).map_err(err)?;
+    fn run_layer_norm(&self, call: &ops::LayerNorm<'_, Self>) -> Result<()> {
+        let &ops::LayerNorm { x, weight, bias, rows, dim, eps, out } = call;
         let (w, b) = (weight.read()?, bias.read()?);
         if std::ptr::eq(x, out) {
             layer_norm::layer_norm_inplace(&mut out.f32_mut()?, w.view(), b.view(), rows, dim, eps)
@@ -302,14 +288,15 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn bias_act(&self, x: &CpuBuffer, bias: Option<&CpuWeight>, rows: usize, dim: usize, act: Act) -> Result<()> {
-        check::bias_act(self, x, bias, rows, dim).map_err(err)?;
+    fn run_bias_act(&self, call: &ops::BiasAct<'_, Self>) -> Result<()> {
+        let &ops::BiasAct { x, bias, rows, dim, act } = call;
         let held = bias.map(|w| w.read()).transpose()?;
         layer_norm::bias_act(&mut x.f32_mut()?, held.as_ref().map(|h| h.view()), rows, dim, act)
     }
 
-    fn matmul(&self, x: &CpuBuffer, m: usize, w: &CpuWeight, out: &CpuBuffer) -> Result<()> {
-        let (n, k) = check::matmul(self, x, m, w, out).map_err(err)?;
+    fn run_matmul(&self, call: &ops::Matmul<'_, Self>) -> Result<()> {
+        let &ops::Matmul { x, m, w, out } = call;
+        let (n, k) = (w.shape[0], w.shape[1]);
         let x = x.f32()?;
         let mut o = out.f32_mut()?;
         need("matmul x", x.len(), m * k)?;
@@ -318,17 +305,8 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope(
-        &self,
-        x: &CpuBuffer,
-        rows: usize,
-        heads: usize,
-        head_dim: usize,
-        positions: &CpuBuffer,
-        inv_freq: &CpuBuffer,
-        norm_eps: Option<f32>,
-    ) -> Result<()> {
-        check::rope(self, x, rows, heads, head_dim, positions, inv_freq).map_err(err)?;
+    fn run_rope(&self, call: &ops::Rope<'_, Self>) -> Result<()> {
+        let &ops::Rope { x, rows, heads, head_dim, positions, inv_freq, norm_eps } = call;
         let mut x = x.f32_mut()?;
         rope::rope(&mut x, rows, heads, head_dim, &positions.u32()?, &inv_freq.f32()?)?;
         match norm_eps {
@@ -338,18 +316,8 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn attention(
-        &self,
-        q: &CpuBuffer,
-        k_new: &CpuBuffer,
-        v_new: &CpuBuffer,
-        k_cache: &CpuBuffer,
-        v_cache: &CpuBuffer,
-        seqs: &[AttnSeq],
-        p: &AttnParams,
-        out: &CpuBuffer,
-    ) -> Result<()> {
-        check::attention(self, q, k_new, v_new, k_cache, v_cache, seqs, p, out).map_err(err)?;
+    fn run_attention(&self, call: &ops::Attention<'_, Self>) -> Result<()> {
+        let &ops::Attention { q, k_new, v_new, k_cache, v_cache, seqs, p, out } = call;
         attention::attention(
             &q.f32()?,
             &k_new.f32()?,
@@ -362,79 +330,44 @@ impl Backend for CpuBackend {
         )
     }
 
-    fn kv_store(
-        &self,
-        k_new: &CpuBuffer,
-        v_new: &CpuBuffer,
-        k_cache: &CpuBuffer,
-        v_cache: &CpuBuffer,
-        seqs: &[AttnSeq],
-        kv_dim: usize,
-    ) -> Result<()> {
-        check::kv_store(self, k_new, v_new, k_cache, v_cache, seqs, kv_dim).map_err(err)?;
+    fn run_kv_store(&self, call: &ops::KvStore<'_, Self>) -> Result<()> {
+        let &ops::KvStore { k_new, v_new, k_cache, v_cache, seqs, kv_dim } = call;
         attention::kv_store(&k_new.f32()?, &mut k_cache.f32_mut()?, seqs, kv_dim)?;
         attention::kv_store(&v_new.f32()?, &mut v_cache.f32_mut()?, seqs, kv_dim)
     }
 
-    fn add(&self, acc: &CpuBuffer, x: &CpuBuffer, n: usize) -> Result<()> {
-        check::add(self, acc, x, n).map_err(err)?;
+    fn run_add(&self, call: &ops::Add<'_, Self>) -> Result<()> {
+        let &ops::Add { acc, x, n } = call;
         elementwise::add(&mut acc.f32_mut()?, &x.f32()?, n)
     }
 
-    fn silu_mul(&self, gate: &CpuBuffer, up: &CpuBuffer, n: usize) -> Result<()> {
-        check::silu_mul(self, gate, up, n).map_err(err)?;
+    fn run_silu_mul(&self, call: &ops::SiluMul<'_, Self>) -> Result<()> {
+        let &ops::SiluMul { gate, up, n } = call;
         elementwise::silu_mul(&mut gate.f32_mut()?, &up.f32()?, n)
     }
 
-    fn router_topk(
-        &self,
-        logits: &CpuBuffer,
-        rows: usize,
-        n_experts: usize,
-        k: usize,
-        idx: &CpuBuffer,
-        score: &CpuBuffer,
-    ) -> Result<()> {
-        check::router_topk(self, logits, rows, n_experts, k, idx, score).map_err(err)?;
+    fn run_router_topk(&self, call: &ops::RouterTopk<'_, Self>) -> Result<()> {
+        let &ops::RouterTopk { logits, rows, n_experts, k, idx, score } = call;
         moe::router_topk(&logits.f32()?, rows, n_experts, k, &mut idx.u32_mut()?, &mut score.f32_mut()?)
     }
 
-    fn moe(
-        &self,
-        x: &CpuBuffer,
-        rows: usize,
-        idx: &CpuBuffer,
-        score: &CpuBuffer,
-        k: usize,
-        gate_up: &CpuWeight,
-        down: &CpuWeight,
-        out: &CpuBuffer,
-    ) -> Result<()> {
-        let _ = check::moe(self, x, rows, idx, score, k, gate_up, down, out).map_err(err)?;
+    fn run_moe(&self, call: &ops::Moe<'_, Self>) -> Result<()> {
+        let &ops::Moe { x, rows, idx, score, k, gate_up, down, out } = call;
         moe::moe(&x.f32()?, rows, &idx.u32()?, &score.f32()?, k, gate_up, down, &mut out.f32_mut()?)
     }
 
-    fn gather_rows(&self, x: &CpuBuffer, rows: &CpuBuffer, n: usize, dim: usize, out: &CpuBuffer) -> Result<()> {
-        check::gather_rows(self, x, rows, n, dim, out).map_err(err)?;
+    fn run_gather_rows(&self, call: &ops::GatherRows<'_, Self>) -> Result<()> {
+        let &ops::GatherRows { x, rows, n, dim, out } = call;
         elementwise::gather_rows(&x.f32()?, &rows.u32()?, n, dim, &mut out.f32_mut()?)
     }
 
-    fn sample(
-        &self,
-        logits: &CpuBuffer,
-        rows: usize,
-        vocab: usize,
-        params: &SamplingParams,
-        draws: &[f32],
-        history: &[&[u32]],
-        out: &CpuBuffer,
-    ) -> Result<()> {
-        check::sample(self, logits, rows, vocab, out).map_err(err)?;
+    fn run_sample(&self, call: &ops::Sample<'_, Self>) -> Result<()> {
+        let &ops::Sample { logits, rows, vocab, params, draws, history, out } = call;
         sample::sample(&mut logits.f32_mut()?, rows, vocab, params, draws, history, &mut out.u32_mut()?)
     }
 
-    fn mask_logits(&self, logits: &CpuBuffer, rows: usize, vocab: usize, mask: &CpuBuffer) -> Result<()> {
-        check::mask_logits(self, logits, rows, vocab, mask).map_err(err)?;
+    fn run_mask_logits(&self, call: &ops::MaskLogits<'_, Self>) -> Result<()> {
+        let &ops::MaskLogits { logits, rows, vocab, mask } = call;
         sample::mask_logits(&mut logits.f32_mut()?, rows, vocab, &mask.u32()?);
         Ok(())
     }

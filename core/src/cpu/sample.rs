@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::{err, need};
 use crate::error::Result;
-use crate::sampling::{check_sample_args, pick, SamplingParams};
+use crate::sampling::{pick, SamplingParams};
 
 pub fn sample(
     logits: &mut [f32],
@@ -16,7 +16,6 @@ pub fn sample(
     history: &[&[u32]],
     out: &mut [u32],
 ) -> Result<()> {
-    check_sample_args(rows, draws, history)?;
     need("sample logits", logits.len(), rows * vocab)?;
     need("sample out", out.len(), rows)?;
     if vocab == 0 {
