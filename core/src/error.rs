@@ -35,6 +35,11 @@ pub enum HerdError {
     /// Too much work queued already (a server answers 429/503): try again later.
     #[error("busy: {}", line(.0))]
     Busy(String),
+
+    /// Something herd itself guarantees did not hold (a bug, not a problem with the input): kept apart from
+    /// [`HerdError::Input`] so that a user is not told to fix what they did not do, and a server answers 500.
+    #[error("internal error (a bug in herd; please report it): {}", line(.0))]
+    Internal(String),
 }
 
 /// `s` on one line: `\n` and `\r` escaped.
@@ -55,6 +60,9 @@ impl HerdError {
     }
     pub fn bad_file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         HerdError::BadFile { path: path.into(), msg: msg.into() }
+    }
+    pub fn internal(msg: impl Into<String>) -> Self {
+        HerdError::Internal(msg.into())
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         HerdError::Io { path: path.into(), err: source }

@@ -297,7 +297,7 @@ impl<B: Backend> KvCache<B> {
                 slot_base: r.base as u32,
                 slot_cap: r.cap.max(1) as u32,
             };
-            let (k, v) = l.arenas.get(r.arena).ok_or_else(|| HerdError::Input("cache region lost".into()))?;
+            let (k, v) = l.arenas.get(r.arena).ok_or_else(|| HerdError::internal("cache region lost"))?;
             match which.iter().position(|&a| a == r.arena) {
                 Some(g) => groups[g].seqs.push(meta),
                 None => {

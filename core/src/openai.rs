@@ -509,5 +509,9 @@ mod tests {
         assert_eq!(parse_body(b"[1]").unwrap_err().message, "the body must be a JSON object");
         let busy: ApiError = HerdError::Busy("9 waiting".into()).into();
         assert_eq!((busy.status, busy.code), (429, Some("queue_full")));
+        // A broken invariant is the server's fault, not the client's: 500, not 400.
+        let bug: ApiError = HerdError::internal("step buffers missing").into();
+        assert_eq!((bug.status, bug.code), (500, Some("internal_error")));
+        assert!(bug.message.contains("a bug in herd"), "{}", bug.message);
     }
 }

@@ -39,7 +39,8 @@ fn err(msg: impl Into<String>) -> HerdError {
 fn locked<T>(lock: Option<std::sync::LockResult<T>>, want: &str) -> Result<T> {
     match lock {
         Some(l) => l.map_err(|_| err("poisoned buffer")),
-        None => Err(err(format!("expected {want} buffer"))),
+        // The op checks give every op buffers of the kinds it takes.
+        None => Err(HerdError::internal(format!("cpu: expected {want} buffer"))),
     }
 }
 

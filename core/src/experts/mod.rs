@@ -166,11 +166,11 @@ fn layer_mut<B: Backend>(layers: &mut [Option<LayerSlots<B>>], layer: usize) -> 
     layers
         .get_mut(layer)
         .and_then(Option::as_mut)
-        .ok_or_else(|| HerdError::Input(format!("layer {layer} has no expert slots")))
+        .ok_or_else(|| HerdError::internal(format!("layer {layer} has no expert slots")))
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
-    m.lock().map_err(|_| HerdError::Input("expert cache poisoned by an earlier panic".into()))
+    m.lock().map_err(|_| HerdError::internal("expert cache poisoned by an earlier panic"))
 }
 
 impl<B: Backend> ExpertCache<B> {
@@ -306,7 +306,7 @@ impl<B: Backend> ExpertCache<B> {
         let (e, k) = (self.experts, self.k);
         if !self.opts.trace_picks && self.complete(layer) {
             let st = lock(&self.state)?;
-            let l = st.layers[layer].as_ref().ok_or_else(|| HerdError::Input("expert cache layer missing".into()))?;
+            let l = st.layers[layer].as_ref().ok_or_else(|| HerdError::internal("expert cache layer missing"))?;
             return be.moe(s.a, t, s.idx, s.score, k, &l.gate_up, &l.down, s.o);
         }
         let predict = match (&self.prefetcher, next) {
@@ -333,7 +333,7 @@ impl<B: Backend> ExpertCache<B> {
                 p.clone_from(&picks);
             }
             let l = st.layers.get_mut(layer).and_then(Option::as_mut);
-            let l = l.ok_or_else(|| HerdError::Input(format!("layer {layer} has no expert slots")))?;
+            let l = l.ok_or_else(|| HerdError::internal(format!("layer {layer} has no expert slots")))?;
             l.slots.clock += 1;
             (l.slots.holder.len(), l.names.clone(), l.shapes.clone())
         };
@@ -388,7 +388,7 @@ impl<B: Backend> ExpertCache<B> {
                         stats.hits += 1;
                     } else {
                         let slot = l.slots.victim(self.opts.policy, x, need).ok_or_else(|| {
-                            HerdError::Input(format!("layer {layer}: no slot free for expert {x} ({cap} slots)"))
+                            HerdError::internal(format!("layer {layer}: no slot free for expert {x} ({cap} slots)"))
                         })?;
                         if let Some(old) = l.slots.holder[slot].take() {
                             l.slots.slot_of[old] = None;
@@ -430,7 +430,7 @@ impl<B: Backend> ExpertCache<B> {
                 }
             }
             let st = lock(&self.state)?;
-            let l = st.layers[layer].as_ref().ok_or_else(|| HerdError::Input("expert cache layer missing".into()))?;
+            let l = st.layers[layer].as_ref().ok_or_else(|| HerdError::internal("expert cache layer missing"))?;
             let idx = if identity && rounds.len() == 1 {
                 s.idx
             } else {

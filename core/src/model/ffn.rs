@@ -112,7 +112,7 @@ impl<B: Backend> Ffn<B> {
                         };
                         c.moe(be, &ss, t, layer, next).await
                     }
-                    (None, None) => Err(crate::error::HerdError::Input(format!(
+                    (None, None) => Err(crate::error::HerdError::internal(format!(
                         "layer {layer}: routed experts neither loaded nor streamed"
                     ))),
                 }

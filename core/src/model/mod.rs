@@ -311,7 +311,7 @@ impl<B: Backend> Llama4<B> {
         picks: &[Pick<'_>],
     ) -> Result<Vec<Picked>> {
         if picks.len() != batch.len() {
-            return Err(HerdError::Input(format!("{} picks for a batch of {}", picks.len(), batch.len())));
+            return Err(HerdError::internal(format!("{} picks for a batch of {}", picks.len(), batch.len())));
         }
         for p in picks {
             if let Pick::Sample { params, draw, history } = p {
@@ -392,7 +392,7 @@ impl<B: Backend> Llama4<B> {
                 }
                 match slot {
                     Some(s) => s,
-                    None => return Err(HerdError::Input("step buffers missing".into())),
+                    None => return Err(HerdError::internal("step buffers missing")),
                 }
             }
             _ => {
@@ -469,13 +469,13 @@ impl StepOut {
     fn logits(self) -> Result<Vec<f32>> {
         match self {
             StepOut::Logits(v) => Ok(v),
-            StepOut::Picked(_) => Err(HerdError::Input("a step asked for logits returned picks".into())),
+            StepOut::Picked(_) => Err(HerdError::internal("a step asked for logits returned picks")),
         }
     }
     fn picked(self) -> Result<Vec<Picked>> {
         match self {
             StepOut::Picked(v) => Ok(v),
-            StepOut::Logits(_) => Err(HerdError::Input("a step asked for picks returned logits".into())),
+            StepOut::Logits(_) => Err(HerdError::internal("a step asked for picks returned logits")),
         }
     }
 }

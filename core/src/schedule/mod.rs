@@ -463,7 +463,7 @@ impl<B: Backend> Scheduler<B> {
                     (pick(&mut row, &s.history, s.sampler.params(), u), lp)
                 }
                 Picked::Nothing => {
-                    let e = HerdError::Input("the model gave no token for a sequence that asked for one".into());
+                    let e = HerdError::internal("the model gave no token for a sequence that asked for one");
                     s.stop = Some(Err(e.to_string()));
                     continue;
                 }
