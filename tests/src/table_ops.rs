@@ -158,7 +158,9 @@ pub(crate) fn run<B: Backend>(be: &B, spec: &Spec, rng: &mut Rng, perf: bool) ->
             let b = be.upload_u32(&vec![7; n])?;
             be.write_u32(&b, &ids)?;
             let got = be.read_u32(&b)?.iter().map(|&i| i as f32).collect();
-            let secs = perf_only(be, perf, &b, || be.write_u32(&b, &ids))?;
+            // Timed reads wait on an f32 buffer (a read waits for all enqueued work).
+            let sync = be.alloc(1)?;
+            let secs = perf_only(be, perf, &sync, || be.write_u32(&b, &ids))?;
             Ok(out(got, ids.iter().map(|&i| i as f32).collect(), secs))
         }
     }
