@@ -316,7 +316,9 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 
 // mask_logits: constrained decoding. Token t of row r keeps its logit when bit t % 32 of mask word
 // r * words + t / 32 is set, and gets -inf otherwise (weight 0 in sample). One invocation per logit.
-struct MaskParams { n: u32, vocab: u32, words: u32 }
+// neg_inf: the bits of -inf, passed in because WGSL cannot write -inf as a constant (browsers' compilers
+// reject a constant expression whose value is not finite).
+struct MaskParams { n: u32, vocab: u32, words: u32, neg_inf: u32 }
 
 @group(0) @binding(6) var<storage, read> mask: array<u32>;
 
@@ -328,6 +330,6 @@ fn mask_logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let r = i / p.vocab;
     let t = i % p.vocab;
     if (((mask[r * p.words + t / 32u] >> (t % 32u)) & 1u) == 0u) {
-        logits[i] = bitcast<f32>(0xff800000u);
+        logits[i] = bitcast<f32>(p.neg_inf);
     }
 }

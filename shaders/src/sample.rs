@@ -22,8 +22,9 @@ params! {
         pub flags: u32,
     }
 
-    /// `n`: logits (rows · vocab); `words`: u32 words of mask per row.
-    pub struct MaskParams { pub n: u32, pub vocab: u32, pub words: u32 }
+    /// `n`: logits (rows · vocab); `words`: u32 words of mask per row; `neg_inf`: the bits of -inf (a WGSL
+    /// constant cannot be infinite).
+    pub struct MaskParams { pub n: u32, pub vocab: u32, pub words: u32, pub neg_inf: u32 }
 }
 
 kernels! {
@@ -59,6 +60,11 @@ pub(crate) fn mask_logits(gpu: &Gpu, call: &ops::MaskLogits<'_, WgpuBackend>) ->
     let &ops::MaskLogits { logits, rows, vocab, mask } = call;
     let _op = gpu.op();
     let n = rows * vocab;
-    let p = MaskParams { n: n as u32, vocab: vocab as u32, words: vocab.div_ceil(32) as u32 };
+    let p = MaskParams {
+        n: n as u32,
+        vocab: vocab as u32,
+        words: vocab.div_ceil(32) as u32,
+        neg_inf: f32::NEG_INFINITY.to_bits(),
+    };
     gpu.dispatch(MaskLogits::Rows, 0, &[(1, &logits.buf), (6, &mask.buf)], &p, groups(n, 256))
 }
