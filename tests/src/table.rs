@@ -491,7 +491,7 @@ pub fn run_table<B: Backend>(be: &B, perf: bool, filter: Option<&str>) -> Vec<Ro
     cases().iter().filter(|s| filter.is_none_or(|f| s.op().contains(f))).map(|s| run_case(be, s, perf)).collect()
 }
 
-/// The rows of `SamplingParams` a sample case takes: temperature, top_k, top_p, min_p, repetition penalty.
+/// Sampling parameters from (temperature, top_k, top_p, min_p, repetition penalty), unseeded.
 pub(crate) fn sampling(t: f32, top_k: usize, top_p: f32, min_p: f32, pen: f32) -> SamplingParams {
     SamplingParams { temperature: t, top_k, top_p, min_p, repetition_penalty: pen, seed: None }
 }
