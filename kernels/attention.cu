@@ -1,8 +1,9 @@
 // Attention of new tokens over a sequence's cached and new keys (GQA, causal or chunked mask, NoPE
 // temperature tuning fused into the query load), and the KV-cache write.
 //
-// Key position j of a sequence lives in the cache (slot slot_base + j % slot_cap) when j < pos0, else in
-// the new rows (row q_start + j - pos0). Query at absolute position p sees lo(p) <= j <= p, where
+// Key position j of a sequence lives in the cache when j < pos0, else in the new rows (row q_start + j - pos0):
+// in cache slot pages[page_base + r / page_size] * page_size + r % page_size, r = j % slot_cap, where the page
+// table follows the row or tile entries in the same metadata and page_base counts from its start. Query at absolute position p sees lo(p) <= j <= p, where
 // lo(p) = floor(p / chunk) * chunk on chunked layers and 0 otherwise.
 //
 // * attn_decode + attn_combine (flash-decoding): a block per (kv head, query row, split) serves every
@@ -12,8 +13,8 @@
 // * attn_prefill: a block per (query head, tile of 32 query rows of one sequence); four threads per query
 //   split the head dimension, keys and values are staged through shared memory BK at a time.
 //
-// Row entries (decode), 8 u32 each: row, p, pos0, q_start, slot_base, slot_cap.
-// Tile entries (prefill), 8 u32 each: row0, nq, p0, pos0, q_start, slot_base, slot_cap, end (0 causal; else
+// Row entries (decode), 8 u32 each: row, p, pos0, q_start, page_base, slot_cap.
+// Tile entries (prefill), 8 u32 each: row0, nq, p0, pos0, q_start, page_base, slot_cap, end (0 causal; else
 // bidirectional, every query sees keys < end).
 
 #define MAXG 16
@@ -25,8 +26,13 @@ __device__ __forceinline__ float query_scale(float scale, u32 temp_on, float flo
 }
 
 __device__ __forceinline__ const float* kv_at(const float* cache, const float* fresh, u32 j, u32 pos0, u32 q_start,
-                                              u32 slot_base, u32 slot_cap, u32 n_kv, u32 kvh, u32 hd) {
-    if (j < pos0) return cache + ((u64)(slot_base + j % slot_cap) * n_kv + kvh) * hd;
+                                              const u32* pages, u32 page_size, u32 page_base, u32 slot_cap, u32 n_kv,
+                                              u32 kvh, u32 hd) {
+    if (j < pos0) {
+        const u32 r = j % slot_cap;
+        const u32 slot = pages[page_base + r / page_size] * page_size + r % page_size;
+        return cache + ((u64)slot * n_kv + kvh) * hd;
+    }
     return fresh + ((u64)(q_start + (j - pos0)) * n_kv + kvh) * hd;
 }
 
@@ -47,7 +53,7 @@ struct AttnDecodeParams {
     float floor_scale;
     float attn_scale;
     u32 nsplit;
-    u32 pad;
+    u32 page_size;
 };
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -80,8 +86,8 @@ extern "C" __global__ void __launch_bounds__(128)
     }
     float* acc = acc_s + warp * G * prm.hd;
     for (u32 j = j0 + warp; j < j1; j += 4) {
-        const float* kp = kv_at(prm.kc, prm.kn, j, pos0, qs, sb, sc, prm.n_kv, kvh, prm.hd);
-        const float* vp = kv_at(prm.vc, prm.vn, j, pos0, qs, sb, sc, prm.n_kv, kvh, prm.hd);
+        const float* kp = kv_at(prm.kc, prm.kn, j, pos0, qs, prm.rows, prm.page_size, sb, sc, prm.n_kv, kvh, prm.hd);
+        const float* vp = kv_at(prm.vc, prm.vn, j, pos0, qs, prm.rows, prm.page_size, sb, sc, prm.n_kv, kvh, prm.hd);
         float kr[8], vr[8];
 #pragma unroll
         for (u32 t = 0; t < 8; t++) {
@@ -182,7 +188,7 @@ extern "C" __global__ void __launch_bounds__(128)
 template <int DPT, int BK>
 __device__ void attn_prefill_impl(const float* q, const float* kn, const float* vn, const float* kc, const float* vc,
                                   const u32* tiles, u32 n_heads, u32 n_kv, u32 hd, float scale, u32 chunk,
-                                  u32 temp_on, float floor_scale, float attn_scale, float* out) {
+                                  u32 temp_on, float floor_scale, float attn_scale, float* out, u32 page_size) {
     DYN_SHARED(float, smp);
     float* ks = smp;           // [BK][hd]
     float* vs = smp + BK * hd; // [BK][hd]
@@ -212,8 +218,8 @@ __device__ void attn_prefill_impl(const float* q, const float* kn, const float* 
             u32 jj = idx / hd, d = idx % hd, j = jt + jj;
             float a = 0.0f, b = 0.0f;
             if (j <= p_last) {
-                a = kv_at(kc, kn, j, pos0, qs, sb, sc, n_kv, kvh, hd)[d];
-                b = kv_at(vc, vn, j, pos0, qs, sb, sc, n_kv, kvh, hd)[d];
+                a = kv_at(kc, kn, j, pos0, qs, tiles, page_size, sb, sc, n_kv, kvh, hd)[d];
+                b = kv_at(vc, vn, j, pos0, qs, tiles, page_size, sb, sc, n_kv, kvh, hd)[d];
             }
             ks[idx] = a;
             vs[idx] = b;
@@ -267,12 +273,14 @@ struct AttnPrefillParams {
     u32 temp_on;
     float floor_scale;
     float attn_scale;
+    u32 page_size;
+    u32 pad;
 };
 
 #define PREFILL(DPT, BK)                                                                                            \
     extern "C" __global__ void __launch_bounds__(128) attn_prefill_##DPT(const AttnPrefillParams prm) {             \
         attn_prefill_impl<DPT, BK>(prm.q, prm.kn, prm.vn, prm.kc, prm.vc, prm.tiles, prm.n_heads, prm.n_kv, prm.hd, prm.scale, prm.chunk, prm.temp_on, prm.floor_scale, \
-                                   prm.attn_scale, prm.out);                                                        \
+                                   prm.attn_scale, prm.out, prm.page_size);                                                    \
     }
 PREFILL(4, 32)
 PREFILL(8, 32)

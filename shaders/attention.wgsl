@@ -2,20 +2,22 @@
 // attention_split (decode: few queries per sequence, keys split across workgroups), attention_tiled
 // (prefill: query and key tiles in shared memory), and attention (any shape; the fallback).
 // attention: one workgroup of 64 per (query row, head). Keys are visited in blocks of 64 (one per
-// invocation) with an online softmax in f32; cached keys (positions < pos0) come from the sequence's ring
-// region, new ones from k_new/v_new. Masks: causal, plus ⌊j/C⌋ = ⌊i/C⌋ when chunk C > 0. NoPE temperature
+// invocation) with an online softmax in f32; cached keys (positions < pos0) come from the sequence's cache
+// pages, new ones from k_new/v_new. Masks: causal, plus ⌊j/C⌋ = ⌊i/C⌋ when chunk C > 0. NoPE temperature
 // tuning scales the query by 1 + attn_scale · ln(1 + ⌊(i+1)/floor_scale⌋).
-// seqs: 5 words per sequence (q_start, q_len, pos0, slot_base, slot_cap); row_seq: row → sequence.
+// seqs: 5 words per sequence (q_start, q_len, pos0, page_base, slot_cap), then the page tables: position j of a
+// sequence lives in cache slot seqs[page_base + r / page_size] · page_size + r % page_size, r = j % slot_cap
+// (page_base counts from the start of seqs); row_seq: row → sequence.
 
 // head_dim ≤ 256; temperature: whether NoPE temperature tuning is on; splits and group (query heads per kv
 // head): attention_split's; bidirectional: every query sees its sequence's keys up to its last new row
 // (attention and attention_tiled only).
 struct AttentionParams {
     heads: u32, kv_heads: u32, head_dim: u32, scale: f32, chunk: u32, temperature: u32, floor_scale: f32,
-    attn_scale: f32, rows: u32, splits: u32, group: u32, bidirectional: u32,
+    attn_scale: f32, rows: u32, splits: u32, group: u32, bidirectional: u32, page_size: u32,
 }
-// kv_dim: kv heads · head_dim.
-struct KvStoreParams { rows: u32, kv_dim: u32 }
+// kv_dim: kv heads · head_dim; page_size: slots per cache page.
+struct KvStoreParams { rows: u32, kv_dim: u32, page_size: u32 }
 
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k_new: array<f32>;
@@ -33,22 +35,28 @@ var<workgroup> red: array<f32, 64>;
 
 var<private> q_start: u32;
 var<private> pos0: u32;
-var<private> slot_base: u32;
+var<private> page_base: u32;
 var<private> slot_cap: u32;
+var<private> page_size: u32;
 var<private> kv_off: u32; // kv head · head_dim
 var<private> kv_row: u32; // kv heads · head_dim
 
+// The cache slot of cached position j.
+fn slot_of(j: u32) -> u32 {
+    let r = j % slot_cap;
+    return seqs[page_base + r / page_size] * page_size + r % page_size;
+}
 fn kval(j: u32, c: u32) -> f32 {
-    if (j < pos0) { return k_cache[(slot_base + j % slot_cap) * kv_row + kv_off + c]; }
+    if (j < pos0) { return k_cache[slot_of(j) * kv_row + kv_off + c]; }
     return k_new[(q_start + j - pos0) * kv_row + kv_off + c];
 }
 fn vval(j: u32, c: u32) -> f32 {
-    if (j < pos0) { return v_cache[(slot_base + j % slot_cap) * kv_row + kv_off + c]; }
+    if (j < pos0) { return v_cache[slot_of(j) * kv_row + kv_off + c]; }
     return v_new[(q_start + j - pos0) * kv_row + kv_off + c];
 }
 
 // A query row's sequence, read by one invocation and shared with the workgroup: (valid, q_start, pos0,
-// slot_base, slot_cap, first visible key, absolute position, last visible key). Also sets the private cache addressing.
+// page_base, slot_cap, first visible key, absolute position, last visible key). Also sets the private cache addressing.
 fn row_meta(li: u32, row: u32) -> array<u32, 8> {
     if (li == 0u) {
         var m = array<u32, 8>(0u, 0u, 0u, 0u, 1u, 0u, 0u, 0u);
@@ -71,8 +79,9 @@ fn row_meta(li: u32, row: u32) -> array<u32, 8> {
     let mt = workgroupUniformLoad(&wmeta);
     q_start = mt[1];
     pos0 = mt[2];
-    slot_base = mt[3];
+    page_base = mt[3];
     slot_cap = mt[4];
+    page_size = load_AttentionParams().page_size;
     return mt;
 }
 
@@ -158,8 +167,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-// Writes new keys and values into their cache slots: row q_start + t → slot_base + (pos0 + t) % slot_cap;
-// when a step has more tokens than the region holds, only the last slot_cap of them are written.
+// Writes new keys and values into their cache slots: row q_start + t → the slot of position pos0 + t; when a
+// step has more tokens than a ring of slot_cap slots holds, only the last slot_cap of them are written.
 @compute @workgroup_size(256)
 fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let kp = load_KvStoreParams();
@@ -173,10 +182,13 @@ fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let qs0 = seqs[si * 5u];
     let p0 = seqs[si * 5u + 2u];
     let cap = seqs[si * 5u + 4u];
-    // A step longer than a ring region keeps only its last `cap` tokens (earlier ones would be overwritten;
+    // A step longer than a ring keeps only its last `cap` tokens (earlier ones would be overwritten;
     // writing them all would race on the same slots).
     if (row - qs0 + cap < seqs[si * 5u + 1u]) { return; }
-    let slot = seqs[si * 5u + 3u] + (p0 + row - qs0) % cap;
+    page_base = seqs[si * 5u + 3u];
+    slot_cap = cap;
+    page_size = kp.page_size;
+    let slot = slot_of(p0 + row - qs0);
     k_cache[slot * kvd + e] = k_new[row * kvd + e];
     v_cache[slot * kvd + e] = v_new[row * kvd + e];
 }
@@ -365,8 +377,9 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let p0 = seqs[si * 5u + 2u];
     q_start = qs0;
     pos0 = p0;
-    slot_base = seqs[si * 5u + 3u];
+    page_base = seqs[si * 5u + 3u];
     slot_cap = seqs[si * 5u + 4u];
+    page_size = ap.page_size;
     kv_row = kvh * d;
     kv_off = (head / (heads / kvh)) * d;
     let nr = min(BR, qs0 + qn - r0);

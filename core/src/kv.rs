@@ -1,19 +1,24 @@
-//! The KV cache for a batch of sequences.
+//! The KV cache for a batch of sequences: paged.
 //!
-//! Every layer has one key and one value buffer `[slots, n_kv_heads, head_dim]`; each sequence owns a
-//! region of slots in it, the same region in every layer of one kind. Position `p` of a sequence lives in
-//! slot `base + p % cap`. Full-attention (global, NoPE) layers keep the whole history: their regions grow
-//! (doubling) before they would wrap. Chunked (RoPE) layers only ever need the query's own chunk, so their
-//! regions grow up to `attention_chunk_size` slots and then act as ring buffers: a chunk starts at a
-//! multiple of C, so its tokens occupy slots 0..p mod C of the ring, never overwritten while visible.
+//! Every layer keeps its keys and values in pages of `page` slots (a slot is one position's
+//! `[n_kv_heads, head_dim]`), taken from a pool per layer kind; each sequence has a page table per layer
+//! kind, the same in every layer of that kind. Full-attention (global, NoPE) layers keep the whole history:
+//! their table grows a page at a time, and growing never moves what is cached. Chunked (RoPE) layers only ever
+//! need the query's own chunk, so their table is a ring of ⌈C / page⌉ pages: position `p` lives in ring slot
+//! `p mod (ring pages · page)`, and since a chunk starts at a multiple of C, the chunk's tokens are never
+//! overwritten while visible. Ring pages are taken when first written, so a short sequence holds only what it
+//! uses.
 //!
-//! Growing relocates the regions of one layer kind into new buffers (one backend copy per region). A layer
-//! kind's regions are packed into as few buffers ("arenas") as the backend's largest buffer allows, so a
-//! batch whose cache outgrows one binding (a browser's 128 MiB) spreads over several; the model runs
-//! attention once per arena, for the sequences in it. The attention op takes any region layout, so a paged
-//! allocator can replace this one without touching it.
+//! Pages are shared between sequences: [`KvCache::fork`] gives a new sequence the pages of another's prefix,
+//! counting references, and the first write into a shared page copies it (copy-on-write), so a shared
+//! system prompt or chat history is held once.
+//!
+//! A pool is one pair of buffers per layer when it fits the backend's largest buffer, else several
+//! ("arenas", as a browser's 128 MiB bindings require); a sequence's pages of one kind all live in one arena,
+//! and the model runs attention once per arena, for the sequences in it. An arena's buffers grow by doubling
+//! (one copy of the arena, amortised); [`KvCache::reserve_pages`] sizes them up front.
 
-use crate::backend::{AttnSeq, Backend};
+use crate::backend::{AttnSeq, Backend, KvPages};
 use crate::config::{AttnKind, TextConfig};
 use crate::error::{HerdError, Result};
 
@@ -21,152 +26,227 @@ use crate::error::{HerdError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SeqId(pub u32);
 
-#[derive(Debug, Clone, Copy)]
-struct Region {
-    /// Which buffer of the layer holds the region, and where in it.
-    arena: usize,
-    base: usize,
-    cap: usize,
+/// Layer kinds, as indices into per-kind arrays.
+const FULL: usize = 0;
+const CHUNKED: usize = 1;
+
+fn kind_index(k: AttnKind) -> usize {
+    match k {
+        AttnKind::Full => FULL,
+        AttnKind::Chunked => CHUNKED,
+    }
+}
+
+/// The page bookkeeping of one arena of one layer kind (its buffers are in every layer of that kind).
+#[derive(Default)]
+struct Arena {
+    /// References to each page the buffers hold (0: free).
+    refs: Vec<u32>,
+    /// Free pages, taken from the end.
+    free: Vec<u32>,
+}
+
+/// A sequence's pages in the layers of one kind.
+#[derive(Default, Clone)]
+struct Table {
+    /// The arena its pages live in (none before its first page).
+    arena: Option<usize>,
+    /// Page of each page-sized run of its slots; `None` until written (ring pages are taken on first use).
+    pages: Vec<Option<u32>>,
 }
 
 struct SeqState {
     id: SeqId,
     len: usize,
-    /// Region in full-attention layers, then in chunked layers.
-    regions: [Region; 2],
+    tables: [Table; 2],
 }
 
 struct Layer<B: Backend> {
     kind: AttnKind,
-    /// Key and value buffers, one pair per arena.
+    /// Key and value buffers, one pair per arena of this layer's kind.
     arenas: Vec<(B::Buffer, B::Buffer)>,
 }
 
-/// One attention call's worth of a layer: an arena's key and value buffers and its sequences' metadata.
+/// One attention call's worth of a layer: an arena's key and value buffers, the page table of the sequences
+/// in it, and their metadata.
 pub struct KvGroup<'a, B: Backend> {
     pub k: &'a B::Buffer,
     pub v: &'a B::Buffer,
+    pub table: Vec<u32>,
+    pub page: usize,
     pub seqs: Vec<AttnSeq>,
+}
+
+impl<B: Backend> KvGroup<'_, B> {
+    /// The group's pages, as the attention ops take them.
+    pub fn pages(&self) -> KvPages<'_> {
+        KvPages { table: &self.table, size: self.page }
+    }
 }
 
 /// Keys and values of every layer for every live sequence.
 pub struct KvCache<B: Backend> {
     layers: Vec<Layer<B>>,
     seqs: Vec<SeqState>,
-    /// Slots in each arena of each layer kind (full, chunked).
-    slots: [Vec<usize>; 2],
-    /// The most slots one arena may hold (the backend's largest buffer).
-    max_slots: usize,
+    /// Arenas of each layer kind.
+    arenas: [Vec<Arena>; 2],
+    /// Whether any layer is of each kind.
+    has_kind: [bool; 2],
+    /// Slots per page.
+    page: usize,
+    /// The most pages one arena may hold (the backend's largest buffer).
+    max_pages: usize,
     kv_dim: usize,
     chunk: Option<usize>,
     next_id: u32,
 }
 
-fn kind_index(k: AttnKind) -> usize {
-    match k {
-        AttnKind::Full => 0,
-        AttnKind::Chunked => 1,
-    }
-}
-
 impl<B: Backend> KvCache<B> {
-    /// An empty cache shaped for `cfg`.
+    /// An empty cache shaped for `cfg`, with the backend's page size.
     pub fn new(backend: &B, cfg: &TextConfig) -> Result<Self> {
+        Self::with_page_size(backend, cfg, backend.kv_page_size())
+    }
+
+    /// An empty cache shaped for `cfg`, with pages of `page` slots.
+    pub fn with_page_size(backend: &B, cfg: &TextConfig, page: usize) -> Result<Self> {
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
-        let layers = cfg
-            .layer_types
-            .iter()
-            .map(|&kind| Ok(Layer { kind, arenas: vec![(backend.alloc(kv_dim)?, backend.alloc(kv_dim)?)] }))
-            .collect::<Result<_>>()?;
-        let max_slots = (backend.max_buffer_len() / kv_dim.max(1)).max(1);
+        if page == 0 {
+            return Err(HerdError::Input("a KV-cache page must hold at least one slot".into()));
+        }
+        let page_elems = page
+            .checked_mul(kv_dim.max(1))
+            .ok_or_else(|| HerdError::Input(format!("KV-cache pages of {page} slots overflow")))?;
+        let max_pages = backend.max_buffer_len() / page_elems;
+        if max_pages == 0 {
+            return Err(HerdError::Input(format!(
+                "a KV-cache page of {page} slots ({} bytes) is larger than this device's largest buffer",
+                page_elems * 4
+            )));
+        }
+        let layers = cfg.layer_types.iter().map(|&kind| Layer { kind, arenas: Vec::new() }).collect();
+        let has_kind = [FULL, CHUNKED].map(|k| cfg.layer_types.iter().any(|&l| kind_index(l) == k));
         Ok(KvCache {
             layers,
             seqs: Vec::new(),
-            slots: [vec![1], vec![1]],
-            max_slots,
+            arenas: [Vec::new(), Vec::new()],
+            has_kind,
+            page,
+            max_pages,
             kv_dim,
             chunk: cfg.attention_chunk_size,
             next_id: 0,
         })
     }
 
+    /// Slots per page.
+    pub fn page_size(&self) -> usize {
+        self.page
+    }
+
+    /// Pages in a chunked layer's ring (None: this kind keeps the whole history).
+    fn ring(&self, kind: usize) -> Option<usize> {
+        match (kind, self.chunk) {
+            (CHUNKED, Some(c)) => Some(c.div_ceil(self.page).max(1)),
+            _ => None,
+        }
+    }
+
     /// Starts a new, empty sequence.
     pub fn add_sequence(&mut self) -> SeqId {
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        // An empty region at the end; it gets room on its first step.
-        self.seqs.push(SeqState {
-            id,
-            len: 0,
-            regions: [Region { arena: 0, base: 0, cap: 0 }, Region { arena: 0, base: 0, cap: 0 }],
-        });
+        let mut tables: [Table; 2] = Default::default();
+        if let Some(r) = self.ring(CHUNKED) {
+            tables[CHUNKED].pages = vec![None; r];
+        }
+        self.seqs.push(SeqState { id, len: 0, tables });
         id
     }
 
-    /// How many of the first `len` tokens of `src` [`KvCache::fork`] can copy (see there).
+    fn index(&self, id: SeqId) -> Result<usize> {
+        self.seqs.iter().position(|s| s.id == id).ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))
+    }
+
+    fn seq(&self, id: SeqId) -> Result<&SeqState> {
+        Ok(&self.seqs[self.index(id)?])
+    }
+
+    /// How many of the first `len` tokens of `src` [`KvCache::fork`] can share (see there).
     pub fn reusable(&self, src: SeqId, len: usize) -> Result<usize> {
         let from = self.seq(src)?;
         let len = len.min(from.len);
-        if let Some(c) = self.chunk.filter(|_| self.layers.iter().any(|l| l.kind == AttnKind::Chunked)) {
+        if let (Some(c), Some(r), true) = (self.chunk, self.ring(CHUNKED), self.has_kind[CHUNKED]) {
             // Position p of `src` is still in its ring iff no later position took its slot: p + cap >= len(src).
             let start = len / c * c;
-            if len > start && start + from.regions[1].cap.max(1) < from.len {
+            if len > start && start + r * self.page < from.len {
                 return Ok(start);
             }
         }
         Ok(len)
     }
 
-    /// A new sequence holding a copy of the first `len` tokens of `src` (prefix reuse), or fewer: chunked
-    /// layers keep only the current chunk's tokens, so when `src` has moved on far enough to overwrite some
-    /// of the chunk that position `len` falls in, the copy stops at that chunk's start. Returns the new
-    /// sequence and how many tokens it holds. `src` is not changed.
-    pub fn fork(&mut self, backend: &B, src: SeqId, len: usize) -> Result<(SeqId, usize)> {
+    /// A new sequence holding the first `len` tokens of `src` (prefix reuse), or fewer: chunked layers keep
+    /// only the current chunk's tokens, so when `src` has moved on far enough to overwrite some of the chunk
+    /// that position `len` falls in, the new sequence stops at that chunk's start. Nothing is copied: the
+    /// new sequence shares `src`'s pages, and whichever of the two first writes into a shared page copies it.
+    /// Returns the new sequence and how many tokens it holds. What `src` holds is not changed.
+    pub fn fork(&mut self, _backend: &B, src: SeqId, len: usize) -> Result<(SeqId, usize)> {
         let len = self.reusable(src, len)?;
         let id = self.add_sequence();
         if len == 0 {
             return Ok((id, 0));
         }
-        if let Err(e) = self.reserve(backend, &[(id, len)]) {
-            self.remove_sequence(id);
-            return Err(e);
-        }
-        let (from, to) = (self.seq(src)?.regions, self.seq(id)?.regions);
-        let kv = self.kv_dim;
-        for layer in &self.layers {
-            let k = kind_index(layer.kind);
-            let first = match (k, self.chunk) {
-                (1, Some(c)) => len / c * c,
-                _ => 0,
-            };
-            let (a, b) = (from[k], to[k]);
-            let ((sk, sv), (dk, dv)) = (&layer.arenas[a.arena], &layer.arenas[b.arena]);
-            // Positions first..len, in runs that wrap neither ring.
-            let mut p = first;
-            while p < len {
-                let (so, dof) = (p % a.cap.max(1), p % b.cap.max(1));
-                let run = (len - p).min(a.cap.max(1) - so).min(b.cap.max(1) - dof);
-                let (from_at, to_at, n) = ((a.base + so) * kv, (b.base + dof) * kv, run * kv);
-                for (src, dst) in [(sk, dk), (sv, dv)] {
-                    if a.arena == b.arena {
-                        // Within one buffer: through a scratch buffer (a backend copy takes two).
-                        let tmp = backend.alloc(n)?;
-                        backend.copy(src, from_at, &tmp, 0, n)?;
-                        backend.copy(&tmp, 0, dst, to_at, n)?;
-                    } else {
-                        backend.copy(src, from_at, dst, to_at, n)?;
+        let from = self.index(src)?;
+        let mut tables: [Table; 2] = Default::default();
+        for (kind, t) in tables.iter_mut().enumerate() {
+            let have = &self.seqs[from].tables[kind];
+            t.arena = have.arena;
+            t.pages = match self.ring(kind) {
+                None => have.pages[..len.div_ceil(self.page).min(have.pages.len())].to_vec(),
+                Some(r) => {
+                    // The ring pages of the positions the new sequence can still see: its last chunk's.
+                    let first = self.chunk.map_or(0, |c| len / c * c);
+                    let mut pages = vec![None; r];
+                    for p in first..len {
+                        let i = p % (r * self.page) / self.page;
+                        pages[i] = have.pages[i];
                     }
+                    pages
                 }
-                p += run;
+            };
+            if let Some(a) = t.arena {
+                for &p in t.pages.iter().flatten() {
+                    self.arenas[kind][a].refs[p as usize] += 1;
+                }
             }
         }
-        self.advance(&[(id, len)])?;
+        let new = self.index(id)?;
+        self.seqs[new].tables = tables;
+        self.seqs[new].len = len;
         Ok((id, len))
     }
 
-    /// Forgets a sequence (its slots are reclaimed at the next relocation).
+    /// Forgets a sequence; its pages go back to the pool once no other sequence shares them.
     pub fn remove_sequence(&mut self, id: SeqId) {
-        self.seqs.retain(|s| s.id != id);
+        let Ok(i) = self.index(id) else { return };
+        let s = self.seqs.remove(i);
+        for (kind, t) in s.tables.iter().enumerate() {
+            if let Some(a) = t.arena {
+                for &p in t.pages.iter().flatten() {
+                    self.release(kind, a, p);
+                }
+            }
+        }
+    }
+
+    /// Drops one reference to a page, freeing it at the last.
+    fn release(&mut self, kind: usize, arena: usize, page: u32) {
+        let ar = &mut self.arenas[kind][arena];
+        let r = &mut ar.refs[page as usize];
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            ar.free.push(page);
+        }
     }
 
     /// Tokens cached for a sequence.
@@ -174,114 +254,255 @@ impl<B: Backend> KvCache<B> {
         Ok(self.seq(id)?.len)
     }
 
-    /// Bytes the cache buffers take (f32 elements).
+    /// Bytes of the pages the live sequences hold (a page shared by several sequences counts once): keys
+    /// and values, f32, over every layer.
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| 2 * self.slots[kind_index(l.kind)].iter().sum::<usize>() * self.kv_dim * 4).sum()
+        self.layers
+            .iter()
+            .map(|l| {
+                let k = kind_index(l.kind);
+                let pages: usize = self.arenas[k].iter().map(|a| a.refs.iter().filter(|&&r| r > 0).count()).sum();
+                2 * pages * self.page * self.kv_dim * 4
+            })
+            .sum()
     }
 
-    fn seq(&self, id: SeqId) -> Result<&SeqState> {
-        self.seqs.iter().find(|s| s.id == id).ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))
+    /// Bytes the cache buffers take (held pages, free pages and room grown into ahead of need).
+    pub fn reserved_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                let pages: usize = self.arenas[kind_index(l.kind)].iter().map(|a| a.refs.len()).sum();
+                2 * pages * self.page * self.kv_dim * 4
+            })
+            .sum()
     }
 
-    /// Capacity a region of `kind` needs to hold a sequence of `len` tokens.
-    fn needed(&self, kind: usize, len: usize) -> usize {
-        match (kind, self.chunk) {
-            (1, Some(c)) => len.min(c),
-            _ => len,
-        }
+    /// Pages a sequence of `len` tokens holds in the layers of `kind`.
+    fn pages_for(&self, kind: usize, len: usize) -> usize {
+        let n = len.div_ceil(self.page);
+        self.ring(kind).map_or(n, |r| n.min(r))
     }
 
-    /// Fails, before anything changes, if `new` more tokens of sequence `id` would need a cache region
-    /// larger than one buffer of this backend holds.
+    /// Fails, before anything changes, if `new` more tokens of sequence `id` would need more pages than one
+    /// buffer of this backend holds.
     pub fn check_fits(&self, id: SeqId, new: usize) -> Result<()> {
         let len = self.seq(id)?.len + new;
-        let kinds: Vec<usize> = self.layers.iter().map(|l| kind_index(l.kind)).collect();
-        let cap = kinds.iter().map(|&k| self.needed(k, len)).max().unwrap_or(0);
-        if cap > self.max_slots {
-            return Err(HerdError::Input(format!(
-                "{len} tokens need {cap} cache slots ({} bytes per layer), more than this device's largest buffer holds ({} slots)",
-                cap * self.kv_dim * 4,
-                self.max_slots
-            )));
-        }
-        Ok(())
-    }
-
-    /// Makes room for `new` more tokens of each listed sequence, relocating regions if needed.
-    pub fn reserve(&mut self, backend: &B, batch: &[(SeqId, usize)]) -> Result<()> {
-        for kind in 0..2 {
-            let mut grow = false;
-            let mut caps: Vec<usize> = self.seqs.iter().map(|s| s.regions[kind].cap).collect();
-            for &(id, new) in batch {
-                let i = self
-                    .seqs
-                    .iter()
-                    .position(|s| s.id == id)
-                    .ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))?;
-                let want = self.needed(kind, self.seqs[i].len + new);
-                if want > caps[i] {
-                    // Room to grow into, but never more than one buffer holds.
-                    let doubled = self.needed(kind, (2 * caps[i]).max(16)).min(self.max_slots);
-                    caps[i] = want.max(doubled);
-                    grow = true;
-                }
-            }
-            if grow {
-                self.relocate(backend, kind, &caps)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Lays out every sequence's region of one layer kind afresh with the given capacities, packed in order
-    /// into arenas of at most `max_slots` slots.
-    fn relocate(&mut self, backend: &B, kind: usize, caps: &[usize]) -> Result<()> {
-        let kv = self.kv_dim;
-        let mut arenas = vec![0usize];
-        let mut new_regions = Vec::with_capacity(caps.len());
-        for &cap in caps {
-            if cap > self.max_slots {
+        for kind in (0..2).filter(|&k| self.has_kind[k]) {
+            let n = self.pages_for(kind, len);
+            if n > self.max_pages {
                 return Err(HerdError::Input(format!(
-                    "a sequence needs {cap} cache slots ({} bytes per layer), more than this device's largest buffer holds ({} slots)",
-                    cap * kv * 4,
-                    self.max_slots
+                    "{len} tokens need {} cache slots ({} bytes per layer), more than this device's largest buffer holds ({} slots)",
+                    n * self.page,
+                    n * self.page * self.kv_dim * 4,
+                    self.max_pages * self.page
                 )));
             }
-            let mut last = arenas.len() - 1;
-            if arenas[last] + cap > self.max_slots {
-                arenas.push(0);
-                last += 1;
-            }
-            new_regions.push(Region { arena: last, base: arenas[last], cap });
-            arenas[last] += cap;
         }
-        for layer in self.layers.iter_mut().filter(|l| kind_index(l.kind) == kind) {
-            let mut bufs = Vec::with_capacity(arenas.len());
-            for &slots in &arenas {
-                bufs.push((backend.alloc(slots.max(1) * kv)?, backend.alloc(slots.max(1) * kv)?));
-            }
-            for (s, r) in self.seqs.iter().zip(&new_regions) {
-                let old = s.regions[kind];
-                // Regions grow only before they wrap, and a wrapped ring is copied whole: slot order is kept.
-                let used = s.len.min(old.cap);
-                if used > 0 {
-                    let (ok, ov) = &layer.arenas[old.arena];
-                    let (nk, nv) = &bufs[r.arena];
-                    backend.copy(ok, old.base * kv, nk, r.base * kv, used * kv)?;
-                    backend.copy(ov, old.base * kv, nv, r.base * kv, used * kv)?;
-                }
-            }
-            layer.arenas = bufs;
-        }
-        for (s, r) in self.seqs.iter_mut().zip(new_regions) {
-            s.regions[kind] = r;
-        }
-        self.slots[kind] = arenas.into_iter().map(|a| a.max(1)).collect();
         Ok(())
     }
 
-    /// Attention calls for one layer in a step: per arena that holds sequences of `batch`, its buffers and
-    /// their metadata. `batch` lists (sequence, first row, new tokens) in row order.
+    /// Grows the pools so that `pages` more pages of each layer kind can be taken without growing again (the
+    /// server sizes its cache up front with this).
+    pub fn reserve_pages(&mut self, backend: &B, pages: usize) -> Result<()> {
+        let has = self.has_kind;
+        for kind in (0..2).filter(|&k| has[k]) {
+            let mut left = pages;
+            let mut a = 0;
+            while left > 0 {
+                if a == self.arenas[kind].len() {
+                    self.new_arena(backend, kind)?;
+                }
+                let ar = &self.arenas[kind][a];
+                let room = ar.free.len() + (self.max_pages - ar.refs.len());
+                let take = left.min(room);
+                let want = ar.refs.len() + take.saturating_sub(ar.free.len());
+                if want > ar.refs.len() {
+                    self.grow(backend, kind, a, want)?;
+                }
+                left -= take;
+                a += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes pages for `new` more tokens of each listed sequence, copying any shared page they will write.
+    pub fn reserve(&mut self, backend: &B, batch: &[(SeqId, usize)]) -> Result<()> {
+        for &(id, _) in batch {
+            self.index(id)?;
+        }
+        let has = self.has_kind;
+        for &(id, new) in batch {
+            for kind in (0..2).filter(|&k| has[k]) {
+                let s = self.index(id)?;
+                let len = self.seqs[s].len;
+                let touched: Vec<usize> = match self.ring(kind) {
+                    None => (len / self.page..(len + new).div_ceil(self.page)).collect(),
+                    Some(r) => {
+                        // A step longer than the ring writes only its last ring's worth.
+                        let slots = r * self.page;
+                        let from = len.max((len + new).saturating_sub(slots));
+                        let mut idx: Vec<usize> = (from..len + new).map(|p| p % slots / self.page).collect();
+                        idx.dedup();
+                        idx.sort_unstable();
+                        idx.dedup();
+                        idx
+                    }
+                };
+                for i in touched {
+                    self.writable(backend, kind, s, i)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes entry `i` of sequence `s`'s table of `kind` a page it alone holds: takes a page if it has none,
+    /// copies a shared one.
+    fn writable(&mut self, backend: &B, kind: usize, s: usize, i: usize) -> Result<()> {
+        let private = |me: &Self| match (me.seqs[s].tables[kind].pages[i], me.seqs[s].tables[kind].arena) {
+            (Some(p), Some(a)) => me.arenas[kind][a].refs[p as usize] == 1,
+            _ => false,
+        };
+        let t = &mut self.seqs[s].tables[kind];
+        if t.pages.len() <= i {
+            t.pages.resize(i + 1, None);
+        }
+        if private(self) {
+            return Ok(());
+        }
+        match self.seqs[s].tables[kind].arena {
+            // The sequence's arena is full at its largest: it moves (which leaves all its pages its own).
+            Some(a) if !self.has_room(kind, a, 1) => {
+                self.migrate(backend, kind, s)?;
+                if private(self) {
+                    return Ok(());
+                }
+            }
+            Some(_) => {}
+            None => {
+                let a = self.arena_with_room(backend, kind, 1)?;
+                self.seqs[s].tables[kind].arena = Some(a);
+            }
+        }
+        let a = self.seqs[s].tables[kind].arena.ok_or_else(|| HerdError::internal("a sequence without an arena"))?;
+        let page = self.take_page(backend, kind, a)?;
+        if let Some(from) = self.seqs[s].tables[kind].pages[i] {
+            // Copy-on-write: the page's keys and values in every layer of this kind.
+            let n = self.page * self.kv_dim;
+            let (src, dst) = (from as usize * n, page as usize * n);
+            for layer in self.layers.iter().filter(|l| kind_index(l.kind) == kind) {
+                let (k, v) = &layer.arenas[a];
+                for x in [k, v] {
+                    // Within one buffer: through a scratch buffer (a backend copy takes two).
+                    let tmp = backend.alloc(n)?;
+                    backend.copy(x, src, &tmp, 0, n)?;
+                    backend.copy(&tmp, 0, x, dst, n)?;
+                }
+            }
+            self.release(kind, a, from);
+        }
+        self.seqs[s].tables[kind].pages[i] = Some(page);
+        Ok(())
+    }
+
+    /// A free page of arena `a` of `kind` (which has room), with one reference, growing the arena if needed.
+    fn take_page(&mut self, backend: &B, kind: usize, a: usize) -> Result<u32> {
+        if self.arenas[kind][a].free.is_empty() {
+            let have = self.arenas[kind][a].refs.len();
+            self.grow(backend, kind, a, (2 * have).max(have + 1).max(4).min(self.max_pages))?;
+        }
+        let ar = &mut self.arenas[kind][a];
+        let page = ar.free.pop().ok_or_else(|| HerdError::internal("no free KV-cache page after growing"))?;
+        ar.refs[page as usize] = 1;
+        Ok(page)
+    }
+
+    /// Whether arena `a` of `kind` can give `n` more pages (free, or by growing).
+    fn has_room(&self, kind: usize, a: usize, n: usize) -> bool {
+        let ar = &self.arenas[kind][a];
+        ar.free.len() + (self.max_pages - ar.refs.len()) >= n
+    }
+
+    /// An arena of `kind` that can give `n` more pages: the first with room, else a new one.
+    fn arena_with_room(&mut self, backend: &B, kind: usize, n: usize) -> Result<usize> {
+        if n > self.max_pages {
+            return Err(HerdError::Input(format!(
+                "a sequence needs {} cache slots per layer, more than this device's largest buffer holds ({} slots)",
+                n * self.page,
+                self.max_pages * self.page
+            )));
+        }
+        match (0..self.arenas[kind].len()).find(|&a| self.has_room(kind, a, n)) {
+            Some(a) => Ok(a),
+            None => self.new_arena(backend, kind),
+        }
+    }
+
+    /// Adds an empty arena of `kind` (small buffers, grown on use).
+    fn new_arena(&mut self, backend: &B, kind: usize) -> Result<usize> {
+        let n = self.page * self.kv_dim;
+        for layer in self.layers.iter_mut().filter(|l| kind_index(l.kind) == kind) {
+            layer.arenas.push((backend.alloc(n)?, backend.alloc(n)?));
+        }
+        // The buffers hold one page's room but no page yet: `grow` sizes them.
+        self.arenas[kind].push(Arena::default());
+        Ok(self.arenas[kind].len() - 1)
+    }
+
+    /// Grows arena `a` of `kind` to `pages` pages (new buffers, the old contents copied).
+    fn grow(&mut self, backend: &B, kind: usize, a: usize, pages: usize) -> Result<()> {
+        let pages = pages.min(self.max_pages);
+        let have = self.arenas[kind][a].refs.len();
+        if pages <= have {
+            return Ok(());
+        }
+        let n = self.page * self.kv_dim;
+        let len = pages
+            .checked_mul(n)
+            .ok_or_else(|| HerdError::Input(format!("a KV cache of {pages} pages overflows")))?;
+        for layer in self.layers.iter_mut().filter(|l| kind_index(l.kind) == kind) {
+            let (k, v) = (backend.alloc(len)?, backend.alloc(len)?);
+            if have > 0 {
+                let (ok, ov) = &layer.arenas[a];
+                backend.copy(ok, 0, &k, 0, have * n)?;
+                backend.copy(ov, 0, &v, 0, have * n)?;
+            }
+            layer.arenas[a] = (k, v);
+        }
+        let ar = &mut self.arenas[kind][a];
+        ar.refs.resize(pages, 0);
+        // Lower pages first.
+        ar.free.extend((have as u32..pages as u32).rev());
+        Ok(())
+    }
+
+    /// Moves sequence `s`'s pages of `kind` to an arena with room for them and one more; returns it.
+    fn migrate(&mut self, backend: &B, kind: usize, s: usize) -> Result<usize> {
+        let old = self.seqs[s].tables[kind].arena.ok_or_else(|| HerdError::internal("migrating a sequence without pages"))?;
+        let held: Vec<(usize, u32)> =
+            self.seqs[s].tables[kind].pages.iter().enumerate().filter_map(|(i, p)| p.map(|p| (i, p))).collect();
+        let a = (0..self.arenas[kind].len())
+            .find(|&a| a != old && self.has_room(kind, a, held.len() + 1))
+            .map_or_else(|| self.new_arena(backend, kind), Ok)?;
+        let n = self.page * self.kv_dim;
+        self.seqs[s].tables[kind].arena = Some(a);
+        for (i, from) in held {
+            let page = self.take_page(backend, kind, a)?;
+            for layer in self.layers.iter().filter(|l| kind_index(l.kind) == kind) {
+                let ((sk, sv), (dk, dv)) = (&layer.arenas[old], &layer.arenas[a]);
+                backend.copy(sk, from as usize * n, dk, page as usize * n, n)?;
+                backend.copy(sv, from as usize * n, dv, page as usize * n, n)?;
+            }
+            self.release(kind, old, from);
+            self.seqs[s].tables[kind].pages[i] = Some(page);
+        }
+        Ok(a)
+    }
+
+    /// Attention calls for one layer in a step: per arena that holds sequences of `batch`, its buffers, page
+    /// table and metadata. `batch` lists (sequence, first row, new tokens) in row order.
     pub fn groups(&self, layer: usize, batch: &[(SeqId, usize, usize)]) -> Result<Vec<KvGroup<'_, B>>> {
         let l = &self.layers[layer];
         let kind = kind_index(l.kind);
@@ -289,22 +510,28 @@ impl<B: Backend> KvCache<B> {
         let mut which: Vec<usize> = Vec::new();
         for &(id, row, n) in batch {
             let s = self.seq(id)?;
-            let r = s.regions[kind];
+            let t = &s.tables[kind];
+            let a = t.arena.ok_or_else(|| HerdError::internal("a sequence in a step has no cache pages"))?;
+            let g = match which.iter().position(|&w| w == a) {
+                Some(g) => g,
+                None => {
+                    let (k, v) = l.arenas.get(a).ok_or_else(|| HerdError::internal("cache arena lost"))?;
+                    which.push(a);
+                    groups.push(KvGroup { k, v, table: Vec::new(), page: self.page, seqs: Vec::new() });
+                    groups.len() - 1
+                }
+            };
+            let group = &mut groups[g];
             let meta = AttnSeq {
                 q_start: row as u32,
                 q_len: n as u32,
                 pos0: s.len as u32,
-                slot_base: r.base as u32,
-                slot_cap: r.cap.max(1) as u32,
+                page_base: group.table.len() as u32,
+                slot_cap: (t.pages.len() * self.page) as u32,
             };
-            let (k, v) = l.arenas.get(r.arena).ok_or_else(|| HerdError::internal("cache region lost"))?;
-            match which.iter().position(|&a| a == r.arena) {
-                Some(g) => groups[g].seqs.push(meta),
-                None => {
-                    which.push(r.arena);
-                    groups.push(KvGroup { k, v, seqs: vec![meta] });
-                }
-            }
+            // A page not yet taken is never read (no position maps to it): any page number will do.
+            group.table.extend(t.pages.iter().map(|p| p.unwrap_or(0)));
+            group.seqs.push(meta);
         }
         Ok(groups)
     }
@@ -312,18 +539,14 @@ impl<B: Backend> KvCache<B> {
     /// Records that the step's new tokens are now cached.
     pub fn advance(&mut self, batch: &[(SeqId, usize)]) -> Result<()> {
         for &(id, n) in batch {
-            let s = self
-                .seqs
-                .iter_mut()
-                .find(|s| s.id == id)
-                .ok_or_else(|| HerdError::Input(format!("unknown sequence {}", id.0)))?;
-            s.len += n;
+            let i = self.index(id)?;
+            self.seqs[i].len += n;
         }
         Ok(())
     }
 
     /// How many buffers each layer of a kind spreads over (full-attention layers, chunked layers).
     pub fn arenas(&self) -> (usize, usize) {
-        (self.slots[0].len(), self.slots[1].len())
+        (self.arenas[FULL].len(), self.arenas[CHUNKED].len())
     }
 }

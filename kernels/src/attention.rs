@@ -13,7 +13,7 @@ params! {
     pub struct AttnDecodeParams {
         pub q: DevPtr, pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub rows: DevPtr,
         pub part: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32, pub scale: f32, pub chunk: u32,
-        pub temp_on: u32, pub floor_scale: f32, pub attn_scale: f32, pub nsplit: u32, pub pad: u32,
+        pub temp_on: u32, pub floor_scale: f32, pub attn_scale: f32, pub nsplit: u32, pub page_size: u32,
     }
     pub struct AttnCombineParams {
         pub part: DevPtr, pub rows: DevPtr, pub out: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32,
@@ -22,7 +22,7 @@ params! {
     pub struct AttnPrefillParams {
         pub q: DevPtr, pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub tiles: DevPtr,
         pub out: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32, pub scale: f32, pub chunk: u32,
-        pub temp_on: u32, pub floor_scale: f32, pub attn_scale: f32,
+        pub temp_on: u32, pub floor_scale: f32, pub attn_scale: f32, pub page_size: u32, pub pad: u32,
     }
     pub struct KvStoreParams {
         pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub pairs: DevPtr, pub npairs: u32,
@@ -41,7 +41,7 @@ kernel!(KvStore: "attention", KvStoreParams => "kv_store");
 
 impl CudaBackend {
     pub(crate) fn attention_impl(&self, call: &ops::Attention<'_, CudaBackend>) -> Result<()> {
-        let &ops::Attention { q, k_new, v_new, k_cache, v_cache, seqs, p, out } = call;
+        let &ops::Attention { q, k_new, v_new, k_cache, v_cache, pages, seqs, p, out } = call;
         let _op = self.dev.op();
         let (h, kvh, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
         if kvh == 0 || h % kvh != 0 || hd == 0 || hd > MAX_HEAD_DIM {
@@ -56,7 +56,8 @@ impl CudaBackend {
             if ql == 0 {
                 continue;
             }
-            let fields = [s.pos0, s.q_start, s.slot_base, s.slot_cap.max(1)];
+            // page_base counts from the start of the metadata here (the page table follows the entries).
+            let fields = [s.pos0, s.q_start, s.page_base, s.slot_cap.max(1)];
             if ql <= DECODE_MAX_Q && g <= MAX_GROUP && !p.bidirectional {
                 for t in 0..ql as u32 {
                     rows_meta.extend_from_slice(&[s.q_start + t, s.pos0 + t]);
@@ -80,8 +81,18 @@ impl CudaBackend {
             None => (0, 1.0, 0.0),
         };
         let chunk = if p.bidirectional { 0 } else { p.chunk.unwrap_or(0) };
+        // The page table after the entries; each entry's page_base (word 4 of a row, 5 of a tile) made absolute.
+        let with_table = |mut meta: Vec<u32>, word: usize| -> Result<Vec<u32>> {
+            let at = u32::try_from(meta.len()).map_err(|_| err("attention: metadata too large"))?;
+            for e in meta.chunks_exact_mut(8) {
+                e[word] += at;
+            }
+            meta.extend_from_slice(pages.table);
+            Ok(meta)
+        };
         if !rows_meta.is_empty() {
             let nrows = rows_meta.len() / 8;
+            let rows_meta = with_table(rows_meta, 4)?;
             // Splits of at least 64 keys, up to about two blocks per SM. The bound comes from the region
             // sizes, not the current length, so the grid stays the same from token to token.
             let target = (2 * self.dev.sms as usize).div_ceil(kvh * nrows).max(1);
@@ -105,7 +116,7 @@ impl CudaBackend {
                 floor_scale: fs,
                 attn_scale: asc,
                 nsplit: nsplit as u32,
-                pad: 0,
+                page_size: pages.size as u32,
             };
             let smem = (5 * g * hd + 8 * g) * 4;
             self.launch(AttnDecode, (kvh as u32, nrows as u32, nsplit as u32), 128, smem, &dp)?;
@@ -122,6 +133,7 @@ impl CudaBackend {
         }
         if !tiles.is_empty() {
             let ntiles = tiles.len() / 8;
+            let tiles = with_table(tiles, 5)?;
             let dpt = PREFILL_DPT.into_iter().find(|&d| 4 * d as usize >= hd).unwrap_or(64);
             let bk = if dpt == 64 { 16 } else { 32 };
             let pp = AttnPrefillParams {
@@ -140,6 +152,8 @@ impl CudaBackend {
                 temp_on,
                 floor_scale: fs,
                 attn_scale: asc,
+                page_size: pages.size as u32,
+                pad: 0,
             };
             let smem = 2 * bk * hd * 4;
             self.launch(AttnPrefill { dpt }, (h as u32, ntiles as u32, 1), 128, smem, &pp)?;
@@ -148,14 +162,14 @@ impl CudaBackend {
     }
 
     pub(crate) fn kv_store_impl(&self, call: &ops::KvStore<'_, CudaBackend>) -> Result<()> {
-        let &ops::KvStore { k_new, v_new, k_cache, v_cache, seqs, kv_dim } = call;
+        let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_dim } = call;
         let _op = self.dev.op();
         let mut pairs = Vec::new();
         for s in seqs {
             let (ql, cap) = (s.q_len as usize, s.slot_cap.max(1) as usize);
             // A step longer than the ring keeps its last `cap` tokens.
             for t in ql.saturating_sub(cap)..ql {
-                let slot = s.slot_base as usize + (s.pos0 as usize + t) % cap;
+                let slot = pages.slot(s, s.pos0 as usize + t);
                 pairs.extend_from_slice(&[s.q_start + t as u32, slot as u32]);
             }
         }

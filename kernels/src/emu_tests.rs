@@ -2,7 +2,7 @@
 //! backend once made (or could make) that a GPU would punish, run on the emulator. Each fails when its fix
 //! is taken out.
 
-use herd_core::backend::{AttnParams, AttnSeq, Backend};
+use herd_core::backend::{AttnParams, AttnSeq, Backend, KvPages};
 use herd_core::cpu::CpuBackend;
 
 use crate::device::{Cmd, Dev};
@@ -63,7 +63,8 @@ fn a_smaller_launch_does_not_lower_the_shared_memory_limit_of_a_pending_one() {
     let cpu = CpuBackend::new();
     let hd = 256;
     let (slots, pos0) = (8usize, 5u32);
-    let seq = [AttnSeq { q_start: 0, q_len: 1, pos0, slot_base: 0, slot_cap: slots as u32 }];
+    let seq = [AttnSeq { q_start: 0, q_len: 1, pos0, page_base: 0, slot_cap: slots as u32 }];
+    let pages = KvPages { table: &[0], size: slots };
     // 16 query heads per kv head: 82,432 bytes of shared memory; then 12: 61,824.
     let cases = [16usize, 12];
     let mut outs = Vec::new();
@@ -82,11 +83,11 @@ fn a_smaller_launch_does_not_lower_the_shared_memory_limit_of_a_pending_one() {
         let (kc, vc) = (values(slots * hd, 40 + i as u32), values(slots * hd, 50 + i as u32));
         let g = [&q, &k, &v, &kc, &vc].map(|d| be.upload(d).unwrap());
         let out = be.alloc(h * hd).unwrap();
-        be.attention(&g[0], &g[1], &g[2], &g[3], &g[4], &seq, &p, &out).unwrap();
+        be.attention(&g[0], &g[1], &g[2], &g[3], &g[4], pages, &seq, &p, &out).unwrap();
         outs.push((out, g));
         let c = [&q, &k, &v, &kc, &vc].map(|d| cpu.upload(d).unwrap());
         let co = cpu.alloc(h * hd).unwrap();
-        cpu.attention(&c[0], &c[1], &c[2], &c[3], &c[4], &seq, &p, &co).unwrap();
+        cpu.attention(&c[0], &c[1], &c[2], &c[3], &c[4], pages, &seq, &p, &co).unwrap();
         want.push(cpu.read(&co).unwrap());
     }
     // Both launches are submitted together here.

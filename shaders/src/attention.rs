@@ -1,6 +1,6 @@
 //! Attention over the KV cache, and the cache store (attention.wgsl).
 
-use herd_core::backend::{ops, AttnSeq};
+use herd_core::backend::{ops, AttnSeq, KvPages};
 use herd_core::error::Result;
 
 use crate::gpu::{err, Gpu};
@@ -23,9 +23,10 @@ params! {
         pub splits: u32,
         pub group: u32,
         pub bidirectional: u32,
+        pub page_size: u32,
     }
-    /// `kv_dim`: kv heads · head_dim.
-    pub struct KvStoreParams { pub rows: u32, pub kv_dim: u32 }
+    /// `kv_dim`: kv heads · head_dim; `page_size`: slots per cache page.
+    pub struct KvStoreParams { pub rows: u32, pub kv_dim: u32, pub page_size: u32 }
 }
 
 kernels! {
@@ -49,34 +50,31 @@ const ATTN_SPLIT: usize = 256;
 /// Sequences with at most this many new tokens take the decode kernel; longer ones the tiled prefill kernel.
 const ATTN_DECODE_MAX_Q: usize = 8;
 
-/// The sequences' metadata (5 words each) and the row → sequence table, and the rows they cover.
-fn seq_buffers(gpu: &Gpu, seqs: &[AttnSeq]) -> Result<(wgpu::Buffer, wgpu::Buffer, usize)> {
+/// The sequences' metadata (5 words each, then the page table) and the row → sequence table, and the rows
+/// they cover.
+fn seq_buffers(gpu: &Gpu, pages: &KvPages<'_>, seqs: &[AttnSeq]) -> Result<(wgpu::Buffer, wgpu::Buffer, usize)> {
     let rows = seqs.iter().map(|s| (s.q_start + s.q_len) as usize).max().unwrap_or(0);
     let mut row_seq = vec![u32::MAX; rows.max(1)];
-    let mut words = Vec::with_capacity(seqs.len() * 5);
+    let mut words = Vec::with_capacity(seqs.len() * 5 + pages.table.len());
+    let table_at = (seqs.len() * 5) as u32;
     for (i, s) in seqs.iter().enumerate() {
         for r in s.q_start..s.q_start + s.q_len {
             row_seq[r as usize] = i as u32;
         }
-        words.extend([s.q_start, s.q_len, s.pos0, s.slot_base, s.slot_cap.max(1)]);
+        words.extend([s.q_start, s.q_len, s.pos0, table_at + s.page_base, s.slot_cap.max(1)]);
     }
+    words.extend_from_slice(pages.table);
     Ok((gpu.meta(&words)?, gpu.meta(&row_seq)?, rows))
 }
 
 pub(crate) fn attention(gpu: &Gpu, call: &ops::Attention<'_, WgpuBackend>) -> Result<()> {
-    let &ops::Attention { q, k_new, v_new, k_cache, v_cache, seqs, p, out } = call;
+    let &ops::Attention { q, k_new, v_new, k_cache, v_cache, pages, seqs, p, out } = call;
     let _op = gpu.op();
     let (h, kvh, d) = (p.n_heads, p.n_kv_heads, p.head_dim);
     if d > 256 || h % kvh != 0 {
         return Err(err(format!("attention: head_dim {d} (at most 256) / heads {h} over {kvh} kv heads")));
     }
-    let (seq_buf, row_seq, rows) = seq_buffers(gpu, seqs)?;
-    let slots = k_cache.len.min(v_cache.len) / (kvh * d);
-    for s in seqs {
-        if (s.slot_base + s.slot_cap) as usize > slots {
-            return Err(err(format!("attention: cache region {}+{} exceeds {slots} slots", s.slot_base, s.slot_cap)));
-        }
-    }
+    let (seq_buf, row_seq, rows) = seq_buffers(gpu, &pages, seqs)?;
     let t = p.temperature;
     let group = h / kvh;
     // Keys the busiest query sees: how many splits the decode kernel needs.
@@ -109,6 +107,7 @@ pub(crate) fn attention(gpu: &Gpu, call: &ops::Attention<'_, WgpuBackend>) -> Re
         splits: splits as u32,
         group: group as u32,
         bidirectional: u32::from(p.bidirectional),
+        page_size: pages.size as u32,
     };
     let b = [
         (1, &q.buf),
@@ -152,10 +151,10 @@ pub(crate) fn attention(gpu: &Gpu, call: &ops::Attention<'_, WgpuBackend>) -> Re
 }
 
 pub(crate) fn kv_store(gpu: &Gpu, call: &ops::KvStore<'_, WgpuBackend>) -> Result<()> {
-    let &ops::KvStore { k_new, v_new, k_cache, v_cache, seqs, kv_dim } = call;
+    let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_dim } = call;
     let _op = gpu.op();
-    let (seq_buf, row_seq, rows) = seq_buffers(gpu, seqs)?;
-    let p = KvStoreParams { rows: rows as u32, kv_dim: kv_dim as u32 };
+    let (seq_buf, row_seq, rows) = seq_buffers(gpu, &pages, seqs)?;
+    let p = KvStoreParams { rows: rows as u32, kv_dim: kv_dim as u32, page_size: pages.size as u32 };
     let b = [(2, &k_new.buf), (3, &v_new.buf), (4, &k_cache.buf), (5, &v_cache.buf), (6, &seq_buf), (7, &row_seq)];
     gpu.dispatch(KvStore::Rows, 0, &b, &p, groups(rows * kv_dim, 256))
 }

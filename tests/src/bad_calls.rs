@@ -2,7 +2,7 @@
 //! op's check in `herd_core::backend::check` (the backends run those checks, so the messages are the same
 //! everywhere). A backend that runs such a call, or refuses it for another reason, fails the row.
 
-use herd_core::backend::{AttnParams, AttnSeq, Backend};
+use herd_core::backend::{AttnParams, AttnSeq, Backend, KvPages};
 use herd_core::checkpoint::TensorRef;
 use herd_core::quant::{DType, GroupAxis, Grouping, ScaleType};
 use herd_core::sampling::SamplingParams;
@@ -22,9 +22,9 @@ fn weight_bf16<B: Backend>(be: &B, shape: &[usize]) -> Result<B::Weight> {
     be.load_weight(&TensorRef::owned("w", DType::BF16, shape.to_vec(), bytes))
 }
 
-/// Attention of 2 new rows of one sequence with 2 cached positions in slots 0..4.
+/// Attention of 2 new rows of one sequence with 2 cached positions in 4 slots: pages 1 and 0 of 2 slots.
 fn attn(n_heads: usize, n_kv_heads: usize) -> (Vec<AttnSeq>, AttnParams) {
-    let seqs = vec![AttnSeq { q_start: 0, q_len: 2, pos0: 2, slot_base: 0, slot_cap: 4 }];
+    let seqs = vec![AttnSeq { q_start: 0, q_len: 2, pos0: 2, page_base: 0, slot_cap: 4 }];
     let p = AttnParams {
         n_heads,
         n_kv_heads,
@@ -36,6 +36,9 @@ fn attn(n_heads: usize, n_kv_heads: usize) -> (Vec<AttnSeq>, AttnParams) {
     };
     (seqs, p)
 }
+
+/// The pages of [`attn`]'s sequence: 1, then 0.
+const PAGES: KvPages<'static> = KvPages { table: &[1, 0], size: 2 };
 
 /// One bad call: what it is, the message the refusal must contain, and the call.
 type Case<B> = (&'static str, &'static str, Box<dyn Fn(&B) -> Result<()>>);
@@ -260,7 +263,7 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             "attention: 3 heads over 2 kv heads of dim 4",
             Box::new(move |be: &B| {
                 let (seqs, p) = attn(3, 2);
-                be.attention(&f(be, 24)?, &f(be, 16)?, &f(be, 16)?, &f(be, 32)?, &f(be, 32)?, &seqs, &p, &f(be, 24)?)
+                be.attention(&f(be, 24)?, &f(be, 16)?, &f(be, 16)?, &f(be, 32)?, &f(be, 32)?, PAGES, &seqs, &p, &f(be, 24)?)
             }),
         ),
         (
@@ -269,23 +272,50 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             Box::new(move |be: &B| {
                 let (seqs, p) = attn(2, 1);
                 let q = f(be, 16)?;
-                be.attention(&q, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &f(be, 16)?, &seqs, &p, &q)
+                be.attention(&q, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &f(be, 16)?, PAGES, &seqs, &p, &q)
             }),
         ),
         (
             "attention over a short cache",
-            "attention: k_cache has 8 elements, the op needs 16",
+            "attention: page 1 lies outside the cache of 1 pages of 2 slots",
             Box::new(move |be: &B| {
                 let (seqs, p) = attn(2, 1);
-                be.attention(&f(be, 16)?, &f(be, 8)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &seqs, &p, &f(be, 16)?)
+                be.attention(&f(be, 16)?, &f(be, 8)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, PAGES, &seqs, &p, &f(be, 16)?)
+            }),
+        ),
+        (
+            "attention past the page table",
+            "attention: page table entries 0..2 lie outside the table of 1",
+            Box::new(move |be: &B| {
+                let (seqs, p) = attn(2, 1);
+                let pages = KvPages { table: &[0], size: 2 };
+                be.attention(&f(be, 16)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &f(be, 16)?, pages, &seqs, &p, &f(be, 16)?)
+            }),
+        ),
+        (
+            "attention over part of a page",
+            "attention: a sequence's 3 cache slots are not a whole number of 2-slot pages",
+            Box::new(move |be: &B| {
+                let (mut seqs, p) = attn(2, 1);
+                seqs[0].slot_cap = 3;
+                be.attention(&f(be, 16)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &f(be, 16)?, PAGES, &seqs, &p, &f(be, 16)?)
             }),
         ),
         (
             "kv_store into a short cache",
-            "kv_store: k_cache has 8 elements, the op needs 16",
+            "kv_store: page 1 lies outside the cache of 1 pages of 2 slots",
             Box::new(move |be: &B| {
                 let (seqs, _) = attn(2, 1);
-                be.kv_store(&f(be, 8)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &seqs, 4)
+                be.kv_store(&f(be, 8)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, PAGES, &seqs, 4)
+            }),
+        ),
+        (
+            "kv_store with pages of no slots",
+            "kv_store: pages of 0 slots of 4 elements",
+            Box::new(move |be: &B| {
+                let (seqs, _) = attn(2, 1);
+                let pages = KvPages { table: &[1, 0], size: 0 };
+                be.kv_store(&f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &f(be, 16)?, pages, &seqs, 4)
             }),
         ),
         (
@@ -294,7 +324,7 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             Box::new(move |be: &B| {
                 let (seqs, _) = attn(2, 1);
                 let c = f(be, 16)?;
-                be.kv_store(&f(be, 8)?, &f(be, 8)?, &c, &c, &seqs, 4)
+                be.kv_store(&f(be, 8)?, &f(be, 8)?, &c, &c, PAGES, &seqs, 4)
             }),
         ),
         (

@@ -135,24 +135,41 @@ pub mod golden {
 
     /// Logits of every reference row, prefill or token-by-token decode, within `tol`.
     pub fn check_logits<B: Backend>(be: &Arc<B>, name: &str, tol: f64, decode: bool) {
+        check_logits_paged(be, name, tol, decode, None)
+    }
+
+    /// [`check_logits`] through KV caches with pages of `page` slots (None: the backend's size).
+    pub fn check_logits_paged<B: Backend>(be: &Arc<B>, name: &str, tol: f64, decode: bool, page: Option<usize>) {
         let r = Reference::load(name);
-        let m = load(be, &model_dir(name));
+        let mut m = load(be, &model_dir(name));
+        if let Some(p) = page {
+            m.set_kv_page_size(p).unwrap();
+        }
         let got =
             pollster::block_on(score_rows(&m, &r.input_ids, &[], decode)).unwrap_or_else(|e| panic!("{name}: {e}"));
         for (b, (g, want)) in got.iter().zip(&r.logits).enumerate() {
             let e = rel_err(g, want);
-            eprintln!("{name} row {b} decode={decode}: rel err {e:.2e}");
-            assert!(e <= tol, "{name} row {b} (decode={decode}): relative error {e:.3e} > {tol:.0e}");
+            eprintln!("{name} row {b} decode={decode} page={page:?}: rel err {e:.2e}");
+            assert!(e <= tol, "{name} row {b} (decode={decode}, page={page:?}): relative error {e:.3e} > {tol:.0e}");
         }
     }
 
     /// The batched greedy continuation (every row a request of one scheduler, picked on the device) equals
     /// transformers'.
     pub fn check_greedy<B: Backend>(be: &Arc<B>, name: &str) {
+        check_greedy_paged(be, name, None)
+    }
+
+    /// [`check_greedy`] through KV caches with pages of `page` slots (None: the backend's size).
+    pub fn check_greedy_paged<B: Backend>(be: &Arc<B>, name: &str, page: Option<usize>) {
         let r = Reference::load(name);
-        let m = Arc::new(load(be, &model_dir(name)));
+        let mut m = load(be, &model_dir(name));
+        if let Some(p) = page {
+            m.set_kv_page_size(p).unwrap();
+        }
+        let m = Arc::new(m);
         let n = r.greedy_ids[0].len();
         let got = pollster::block_on(greedy_rows(&m, &r.input_ids, n)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(got, r.greedy_ids, "{name}: greedy continuation differs from transformers");
+        assert_eq!(got, r.greedy_ids, "{name} (page {page:?}): greedy continuation differs from transformers");
     }
 }

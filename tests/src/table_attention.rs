@@ -1,15 +1,17 @@
 //! The op table's attention and kv_store cases: batches of sequences, each with a cached prefix in its ring of
-//! KV slots and new rows, causal (with and without chunks) or bidirectional (the vision encoder).
+//! KV slots and new rows, causal (with and without chunks) or bidirectional (the vision encoder). The slots are
+//! paged: each sequence's pages are drawn in a shuffled order from one pool, pages of 1 to 16 slots, rings whose
+//! page size does not divide the chunk among them.
 
-use herd_core::backend::{AttnParams, AttnSeq, Backend, Temperature};
+use herd_core::backend::{AttnParams, AttnSeq, Backend, KvPages, Temperature};
 use herd_core::Result;
 
 use crate::reference as r;
 use crate::table::{timed, Out, Rng};
 use crate::table_ops::out;
 
-/// One attention batch: heads, kv heads, head dim, chunk, attention temperature, and per sequence (cached
-/// positions, new rows, its region's capacity in slots).
+/// One attention batch: heads, kv heads, head dim, chunk, attention temperature, per sequence (cached
+/// positions, new rows, its capacity in slots, rounded up to whole pages), and the slots per page.
 #[derive(Clone, Debug)]
 pub struct AttnCase {
     pub heads: usize,
@@ -19,13 +21,14 @@ pub struct AttnCase {
     pub temp: bool,
     pub seqs: Vec<(usize, usize, usize)>,
     pub bidirectional: bool,
+    pub page: usize,
 }
 
 impl AttnCase {
     pub fn describe(&self) -> String {
         let (h, kvh, d, temp) = (self.heads, self.kv_heads, self.d, self.temp);
         let mask = if self.bidirectional { "bidirectional".to_string() } else { format!("chunk={:?}", self.chunk) };
-        format!("h={h} kvh={kvh} d={d} {mask} temp={temp} seqs={:?}", self.seqs)
+        format!("h={h} kvh={kvh} d={d} {mask} temp={temp} seqs={:?} page={}", self.seqs, self.page)
     }
 
     /// New rows in the batch.
@@ -68,7 +71,7 @@ impl AttnCase {
 
 /// The attention batches (each also a kv_store case).
 pub(crate) fn attention_cases() -> Vec<AttnCase> {
-    let c = |heads, kv_heads, d, chunk, temp, seqs: &[(usize, usize, usize)]| AttnCase {
+    let c = |heads, kv_heads, d, chunk, temp, seqs: &[(usize, usize, usize)], page| AttnCase {
         heads,
         kv_heads,
         d,
@@ -76,23 +79,26 @@ pub(crate) fn attention_cases() -> Vec<AttnCase> {
         temp,
         seqs: seqs.to_vec(),
         bidirectional: false,
+        page,
     };
     let mut v = vec![
-        c(4, 2, 8, None, false, &[(0, 13, 13)]),
-        c(4, 2, 8, Some(4), false, &[(5, 3, 8), (11, 1, 12)]),
-        c(6, 2, 16, None, true, &[(20, 2, 24), (0, 5, 5), (7, 1, 8)]),
-        c(4, 1, 8, Some(8), false, &[(23, 4, 8), (40, 1, 8)]),
-        c(4, 4, 8, Some(5), true, &[(3, 12, 5)]),
-        c(40, 8, 128, Some(8192), false, &[(511, 1, 512)]),
-        c(40, 8, 128, None, true, &[(0, 64, 64)]),
+        c(4, 2, 8, None, false, &[(0, 13, 13)], 1),
+        c(4, 2, 8, Some(4), false, &[(5, 3, 8), (11, 1, 12)], 4),
+        c(6, 2, 16, None, true, &[(20, 2, 24), (0, 5, 5), (7, 1, 8)], 2),
+        // Rings of 3 pages of 3 slots for a chunk of 8.
+        c(4, 1, 8, Some(8), false, &[(23, 4, 8), (40, 1, 8)], 3),
+        c(4, 4, 8, Some(5), true, &[(3, 12, 5)], 1),
+        c(40, 8, 128, Some(8192), false, &[(511, 1, 512)], 16),
+        c(40, 8, 128, None, true, &[(0, 64, 64)], 16),
         // More query heads per kv head than the grouped decode kernel takes.
-        c(18, 1, 8, None, false, &[(30, 2, 32)]),
+        c(18, 1, 8, None, false, &[(30, 2, 32)], 1),
         // head_dim above the tiled kernel's 128, many new rows.
-        c(4, 2, 160, Some(16), true, &[(10, 20, 32)]),
+        c(4, 2, 160, Some(16), true, &[(10, 20, 32)], 8),
         // Long decode: several splits, and a shorter sequence whose later splits are empty.
-        c(8, 2, 64, None, true, &[(1500, 1, 1501), (300, 3, 303)]),
-        // Prefill tiles that cross a chunk boundary after a cached prefix, beside a decode row.
-        c(4, 2, 32, Some(16), false, &[(10, 40, 16), (5, 1, 16)]),
+        c(8, 2, 64, None, true, &[(1500, 1, 1501), (300, 3, 303)], 16),
+        // Prefill tiles that cross a chunk boundary after a cached prefix, beside a decode row; rings of 4 pages
+        // of 5 slots for a chunk of 16.
+        c(4, 2, 32, Some(16), false, &[(10, 40, 16), (5, 1, 16)], 5),
     ];
     // Bidirectional (the vision encoder: tiles of patches, no cache): a batch of tiles, a short one
     // (decode-sized, which must not take the causal decode kernels), one over a cached prefix, and one tile of
@@ -103,15 +109,17 @@ pub(crate) fn attention_cases() -> Vec<AttnCase> {
         (4, 2, 16, &[(5, 20, 8)]),
         (4, 4, 88, &[(0, 577, 1)]),
     ] {
-        v.push(AttnCase { bidirectional: true, ..c(heads, kv_heads, d, None, false, seqs) });
+        let page = if seqs[0].0 > 0 { 4 } else { 1 };
+        v.push(AttnCase { bidirectional: true, ..c(heads, kv_heads, d, None, false, seqs, page) });
     }
     v
 }
 
-/// A batch's inputs: the sequences, queries, the new keys and values, the caches (stale slots hold noise),
-/// and each sequence's whole history of keys and values.
+/// A batch's inputs: the sequences and their page table, queries, the new keys and values, the caches (stale
+/// slots hold noise), and each sequence's whole history of keys and values.
 struct Inputs {
     seqs: Vec<AttnSeq>,
+    table: Vec<u32>,
     q: Vec<f32>,
     k_new: Vec<f32>,
     v_new: Vec<f32>,
@@ -121,30 +129,46 @@ struct Inputs {
     hist_v: Vec<Vec<f32>>,
 }
 
+/// The cache slot of position `p` of `s`: its page from the table, the offset in the page.
+fn slot(table: &[u32], page: usize, s: &AttnSeq, p: usize) -> usize {
+    let r = p % s.slot_cap as usize;
+    table[s.page_base as usize + r / page] as usize * page + r % page
+}
+
 fn inputs(a: &AttnCase, rng: &mut Rng) -> Inputs {
     let kvrow = a.kv_heads * a.d;
+    let page = a.page;
     let (mut seqs, mut hist_k, mut hist_v) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut row, mut base) = (0usize, 0usize);
+    let mut row = 0usize;
+    let mut table = Vec::new();
     for &(cached, new, cap) in &a.seqs {
+        let pages = cap.div_ceil(page);
         seqs.push(AttnSeq {
             q_start: row as u32,
             q_len: new as u32,
             pos0: cached as u32,
-            slot_base: base as u32,
-            slot_cap: cap as u32,
+            page_base: table.len() as u32,
+            slot_cap: (pages * page) as u32,
         });
+        table.extend((0..pages).map(|_| 0u32));
         hist_k.push(rng.vec((cached + new) * kvrow));
         hist_v.push(rng.vec((cached + new) * kvrow));
         row += new;
-        base += cap;
     }
+    // The pool's pages (one spare, never listed) in a shuffled order.
+    let pool = table.len() + 1;
+    let mut order: Vec<u32> = (0..pool as u32).collect();
+    for i in (1..pool).rev() {
+        order.swap(i, rng.below(i as u32 + 1) as usize);
+    }
+    table.iter_mut().zip(&order).for_each(|(t, &o)| *t = o);
     let q = rng.vec(row * a.heads * a.d);
     let (mut k_new, mut v_new) = (vec![0f32; row * kvrow], vec![0f32; row * kvrow]);
-    let (mut k_cache, mut v_cache) = (rng.vec(base * kvrow), rng.vec(base * kvrow));
+    let (mut k_cache, mut v_cache) = (rng.vec(pool * page * kvrow), rng.vec(pool * page * kvrow));
     for (s, (hk, hv)) in seqs.iter().zip(hist_k.iter().zip(&hist_v)) {
-        let (p0, n, b, cap) = (s.pos0 as usize, s.q_len as usize, s.slot_base as usize, s.slot_cap as usize);
+        let (p0, n, cap) = (s.pos0 as usize, s.q_len as usize, s.slot_cap as usize);
         for p in p0.saturating_sub(cap)..p0 {
-            let sl = b + p % cap;
+            let sl = slot(&table, page, s, p);
             k_cache[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&hk[p * kvrow..(p + 1) * kvrow]);
             v_cache[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&hv[p * kvrow..(p + 1) * kvrow]);
         }
@@ -152,7 +176,7 @@ fn inputs(a: &AttnCase, rng: &mut Rng) -> Inputs {
         k_new[q0 * kvrow..(q0 + n) * kvrow].copy_from_slice(&hk[p0 * kvrow..(p0 + n) * kvrow]);
         v_new[q0 * kvrow..(q0 + n) * kvrow].copy_from_slice(&hv[p0 * kvrow..(p0 + n) * kvrow]);
     }
-    Inputs { seqs, q, k_new, v_new, k_cache, v_cache, hist_k, hist_v }
+    Inputs { seqs, table, q, k_new, v_new, k_cache, v_cache, hist_k, hist_v }
 }
 
 pub(crate) fn attention<B: Backend>(be: &B, a: &AttnCase, rng: &mut Rng, perf: bool) -> Result<Out> {
@@ -161,19 +185,20 @@ pub(crate) fn attention<B: Backend>(be: &B, a: &AttnCase, rng: &mut Rng, perf: b
     let (q, k, v) = (be.upload(&i.q)?, be.upload(&i.k_new)?, be.upload(&i.v_new)?);
     let (kc, vc) = (be.upload(&i.k_cache)?, be.upload(&i.v_cache)?);
     let o = be.alloc(a.rows() * a.heads * a.d)?;
-    let secs = timed(be, perf, &o, || be.attention(&q, &k, &v, &kc, &vc, &i.seqs, &p, &o))?;
+    let pages = KvPages { table: &i.table, size: a.page };
+    let secs = timed(be, perf, &o, || be.attention(&q, &k, &v, &kc, &vc, pages, &i.seqs, &p, &o))?;
     Ok(out(be.read(&o)?, r::attention(&i.q, &i.hist_k, &i.hist_v, &i.seqs, &p), secs))
 }
 
-/// The new rows land in their ring slots, the rest of the cache is untouched; keys and values both (compared
-/// as one vector, keys first).
+/// The new rows land in their slots (a step longer than a ring leaves its last ring's worth), the rest of the
+/// cache is untouched; keys and values both (compared as one vector, keys first).
 pub(crate) fn kv_store<B: Backend>(be: &B, a: &AttnCase, rng: &mut Rng, perf: bool) -> Result<Out> {
     let i = inputs(a, rng);
     let kvrow = a.kv_heads * a.d;
     let (mut want, mut want_v) = (i.k_cache.clone(), i.v_cache.clone());
     for s in &i.seqs {
         for t in 0..s.q_len as usize {
-            let sl = s.slot_base as usize + (s.pos0 as usize + t) % s.slot_cap as usize;
+            let sl = slot(&i.table, a.page, s, s.pos0 as usize + t);
             let rr = s.q_start as usize + t;
             want[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&i.k_new[rr * kvrow..(rr + 1) * kvrow]);
             want_v[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&i.v_new[rr * kvrow..(rr + 1) * kvrow]);
@@ -182,7 +207,8 @@ pub(crate) fn kv_store<B: Backend>(be: &B, a: &AttnCase, rng: &mut Rng, perf: bo
     want.extend(want_v);
     let (k, v) = (be.upload(&i.k_new)?, be.upload(&i.v_new)?);
     let (kc, vc) = (be.upload(&i.k_cache)?, be.upload(&i.v_cache)?);
-    let secs = timed(be, perf, &kc, || be.kv_store(&k, &v, &kc, &vc, &i.seqs, kvrow))?;
+    let pages = KvPages { table: &i.table, size: a.page };
+    let secs = timed(be, perf, &kc, || be.kv_store(&k, &v, &kc, &vc, pages, &i.seqs, kvrow))?;
     let mut got = be.read(&kc)?;
     got.extend(be.read(&vc)?);
     Ok(out(got, want, secs))

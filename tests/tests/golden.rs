@@ -55,6 +55,17 @@ fn guard_prefill_and_decode_logits() {
 fn guard_greedy() {
     check_greedy("guard");
 }
+/// Decode logits and greedy ids through KV caches of other page sizes than the CPU's 16: one slot, 3 and 5
+/// (which do not divide the fixtures' chunk of 8: rings of 9 and 10 slots), and exactly one chunk.
+#[test]
+fn fixtures_through_pages_of_several_sizes() {
+    for name in ["scout", "maverick", "guard"] {
+        for page in [1, 3, 5, 8] {
+            golden::check_logits_paged(&cpu(), name, F32_TOL, true, Some(page));
+            golden::check_greedy_paged(&cpu(), name, Some(page));
+        }
+    }
+}
 /// The built-in demo model (trained, bf16 weights; the reference computes in f32 from those weights).
 #[test]
 fn demo_model_logits_and_greedy() {

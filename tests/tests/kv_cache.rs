@@ -4,7 +4,7 @@
 //! Each check compares against an independent computation: transformers' logits (reference.safetensors)
 //! where they cover the tokens, else herd's one-shot prefill of the same tokens into a fresh cache, where
 //! attention reads only the step's new keys and never the cache, a different code path from cached
-//! decoding (which reads ring buffers and relocated regions).
+//! decoding (which reads pages through page tables, rings of pages, and pages shared between sequences).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -79,8 +79,15 @@ fn check_positions(label: &str, got: &[f32], want: &[f32], v: usize) -> f64 {
 // ---------------------------------------------------------------------------------------------------
 
 fn uneven_pieces(name: &str) {
+    // Pages of 3 slots (rings of 9 for a chunk of 8) and the CPU's own 16.
+    for page in [3, 16] {
+        uneven_pieces_paged(name, page);
+    }
+}
+
+fn uneven_pieces_paged(name: &str, page: usize) {
     let r = Reference::load(name);
-    let m = load(name);
+    let m = paged(name, page);
     let v = m.cfg.vocab_size;
     assert_eq!(r.vocab, v);
     let patterns: [&[usize]; 6] = [&[3, 1, 7, 9], &[1], &[8], &[7, 2, 9, 2], &[1, 1, 1, 17], &[5, 11, 1, 3]];
@@ -99,7 +106,7 @@ fn uneven_pieces(name: &str) {
                 at += n;
                 assert_eq!(cache.seq_len(s).unwrap(), at);
             }
-            let worst = check_positions(&format!("{name} row {b} pieces {pieces:?}"), &got, want, v);
+            let worst = check_positions(&format!("{name} row {b} pages of {page} pieces {pieces:?}"), &got, want, v);
             eprintln!("{name} row {b} pieces {pieces:?}: worst rel err {worst:.2e}");
 
             // Rows::Last: the last position of each piece.
@@ -147,8 +154,14 @@ struct Plan {
 }
 
 fn join_and_leave(name: &str) {
+    for page in [1, 3, 16] {
+        join_and_leave_paged(name, page);
+    }
+}
+
+fn join_and_leave_paged(name: &str, page: usize) {
     let r = Reference::load(name);
-    let m = load(name);
+    let m = paged(name, page);
     let v = m.cfg.vocab_size;
     let ref_row = |i: usize| (r.input_ids[i].clone(), Some(r.logits[i].clone()));
     let rand_row = |seed: u64, n: usize| (random_ids(seed, n, v), None);
@@ -268,7 +281,13 @@ fn join_and_leave_guard() {
 /// Sequences of the given lengths, each starting at the given step with a prefill of the given size and
 /// then decoding one token per step, all in one cache; each compared with its one-shot prefill.
 fn long_decode(name: &str, seqs: &[(usize, usize, usize)]) {
-    let m = load(name);
+    for page in [3, 16] {
+        long_decode_paged(name, seqs, page);
+    }
+}
+
+fn long_decode_paged(name: &str, seqs: &[(usize, usize, usize)], page: usize) {
+    let m = paged(name, page);
     let v = m.cfg.vocab_size;
     let chunk = m.cfg.attention_chunk_size;
     let rows: Vec<Vec<u32>> =
@@ -305,7 +324,7 @@ fn long_decode(name: &str, seqs: &[(usize, usize, usize)]) {
     for (i, row) in rows.iter().enumerate() {
         let alone = prefill_alone(&m, row);
         let label = format!(
-            "{name} (chunk {chunk:?}) sequence {i} of {} tokens, decoded after a prefill of {}",
+            "{name} (chunk {chunk:?}, pages of {page}) sequence {i} of {} tokens, decoded after a prefill of {}",
             row.len(),
             seqs[i].2.max(1)
         );
@@ -316,7 +335,7 @@ fn long_decode(name: &str, seqs: &[(usize, usize, usize)]) {
 
 #[test]
 fn long_decode_scout() {
-    // 70 tokens through a ring of 8: wraps 8 times; full layers relocate 16 → 32 → 64 → 128 slots.
+    // 70 tokens through a ring of one chunk (8) in pages of 3 or 16: wraps many times.
     long_decode("scout", &[(0, 70, 1)]);
 }
 #[test]
@@ -336,7 +355,8 @@ fn long_decode_guard() {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// (d) Memory: chunked layers stop growing at the chunk size, full layers keep growing.
+// (d) Memory: pages are taken as positions are written; chunked layers stop at their ring of pages, full
+// layers keep growing a page at a time.
 // ---------------------------------------------------------------------------------------------------
 
 /// (full layers, chunked layers, bytes per slot per layer: K and V, f32).
@@ -346,94 +366,188 @@ fn layout(m: &Llama4<CpuBackend>) -> (usize, usize, usize) {
     (full, chunked, 2 * m.cfg.num_key_value_heads * m.cfg.head_dim * 4)
 }
 
+/// The bytes of one sequence of `n` tokens: ⌈n / page⌉ pages in every full layer, and in every chunked layer
+/// as many of its ring's ⌈C / page⌉ pages as the tokens have reached.
+fn expected_bytes(m: &Llama4<CpuBackend>, page: usize, n: usize) -> usize {
+    let (full, chunked, slot) = layout(m);
+    let ring = m.cfg.attention_chunk_size.map_or(usize::MAX, |c| c.div_ceil(page));
+    (full * n.div_ceil(page) + chunked * n.div_ceil(page).min(ring)) * page * slot
+}
+
+fn paged(name: &str, page: usize) -> Llama4<CpuBackend> {
+    let mut m = load(name);
+    m.set_kv_page_size(page).unwrap();
+    m
+}
+
 /// Bytes of a cache holding one sequence of `n` tokens fed as one prefill.
 fn bytes_after_prefill(m: &Llama4<CpuBackend>, n: usize, seed: u64) -> usize {
     let mut cache = m.new_cache().unwrap();
     let s = cache.add_sequence();
     pollster::block_on(m.forward(&mut cache, &[(s, &random_ids(seed, n, m.cfg.vocab_size))], &[], Rows::Last)).unwrap();
+    assert!(cache.reserved_bytes() >= cache.bytes());
     cache.bytes()
 }
 
 #[test]
 fn chunked_layers_stop_growing() {
-    for name in ["scout", "maverick"] {
-        let m = load(name);
-        let c = m.cfg.attention_chunk_size.unwrap();
-        let (full, chunked, slot) = layout(&m);
-        assert!(full > 0 && chunked > 0, "{name}: needs both layer kinds");
-        let (b40, b80) = (bytes_after_prefill(&m, 40, 1), bytes_after_prefill(&m, 80, 2));
-        eprintln!(
-            "{name}: {full} full + {chunked} chunked layers, {slot} B/slot: 40 tokens {b40} B, 80 tokens {b80} B"
-        );
-        // The difference is exactly the full layers' share of 40 more tokens.
-        assert_eq!(b80 - b40, full * 40 * slot, "{name}: 80-token cache minus 40-token cache");
-        // And the totals: full layers hold every token, chunked layers one chunk.
-        assert_eq!(b40, (full * 40 + chunked * c) * slot, "{name}: 40-token cache");
-        assert_eq!(b80, (full * 80 + chunked * c) * slot, "{name}: 80-token cache");
+    for name in ["scout", "maverick", "guard"] {
+        for page in [1, 3, 16] {
+            let m = paged(name, page);
+            let (b40, b80) = (bytes_after_prefill(&m, 40, 1), bytes_after_prefill(&m, 80, 2));
+            eprintln!("{name}, pages of {page}: 40 tokens {b40} B, 80 tokens {b80} B");
+            assert_eq!(b40, expected_bytes(&m, page, 40), "{name}, pages of {page}: 40-token cache");
+            assert_eq!(b80, expected_bytes(&m, page, 80), "{name}, pages of {page}: 80-token cache");
+        }
+    }
+    // The chunked layers' share is the same at 40 and 80 tokens: the difference is the full layers' alone.
+    let m = paged("scout", 3);
+    let (full, _, slot) = layout(&m);
+    assert_eq!(bytes_after_prefill(&m, 80, 3) - bytes_after_prefill(&m, 40, 4), full * (27 - 14) * 3 * slot);
+}
+
+#[test]
+fn pages_are_taken_one_at_a_time_while_decoding() {
+    for page in [3, 16] {
+        let m = paged("scout", page);
+        let ids = random_ids(9, 80, m.cfg.vocab_size);
+        let mut cache = m.new_cache().unwrap();
+        let s = cache.add_sequence();
+        for (t, id) in ids.iter().enumerate() {
+            pollster::block_on(m.forward(&mut cache, &[(s, &[*id])], &[], Rows::Last)).unwrap();
+            assert_eq!(cache.bytes(), expected_bytes(&m, page, t + 1), "pages of {page}, {} tokens", t + 1);
+            // The buffers grow by doubling: never more than twice what is held, plus the first few pages.
+            let (full, chunked, slot) = layout(&m);
+            assert!(cache.reserved_bytes() <= 2 * cache.bytes() + (full + chunked) * 4 * page * slot);
+        }
     }
 }
 
 #[test]
-fn chunked_layers_stop_growing_while_decoding() {
-    let m = load("scout");
-    let c = m.cfg.attention_chunk_size.unwrap();
-    let (full, chunked, slot) = layout(&m);
-    let ids = random_ids(9, 80, m.cfg.vocab_size);
-    let mut cache = m.new_cache().unwrap();
-    let s = cache.add_sequence();
-    let mut last_full_slots = 0;
-    let mut at = [0usize; 2];
-    for (t, id) in ids.iter().enumerate() {
-        pollster::block_on(m.forward(&mut cache, &[(s, &[*id])], &[], Rows::Last)).unwrap();
-        let n = t + 1;
-        let b = cache.bytes();
-        if n >= c {
-            // Whatever the full layers hold, the chunked layers hold exactly one chunk.
-            let rest = b
-                .checked_sub(chunked * c * slot)
-                .unwrap_or_else(|| panic!("{n} tokens: {b} B is less than the chunked share"));
-            assert_eq!(rest % (full * slot), 0, "{n} tokens: {b} B is not chunked share + whole full-layer slots");
-            let full_slots = rest / (full * slot);
-            assert!(full_slots >= n, "{n} tokens: full layers hold {full_slots} slots, fewer than the history");
-            assert!(
-                full_slots < 2 * n + 16,
-                "{n} tokens: full layers hold {full_slots} slots, more than doubling needs"
-            );
-            assert!(full_slots >= last_full_slots, "{n} tokens: full layers shrank");
-            last_full_slots = full_slots;
-        }
-        if n == 40 {
-            at[0] = b;
-        }
-        if n == 80 {
-            at[1] = b;
-        }
-    }
-    // Growth between 40 and 80 tokens is entirely the full layers'.
-    assert_eq!((at[1] - at[0]) % (full * slot), 0);
-    assert!(at[1] > at[0], "full layers must grow between 40 and 80 tokens");
-}
-
-#[test]
-fn unchunked_layers_all_grow() {
-    let m = load("guard");
-    let (full, chunked, slot) = layout(&m);
-    assert_eq!(chunked, 0);
-    let (b40, b80) = (bytes_after_prefill(&m, 40, 3), bytes_after_prefill(&m, 80, 4));
-    assert_eq!(b40, full * 40 * slot);
-    assert_eq!(b80 - b40, full * 40 * slot);
-}
-
-#[test]
-fn two_sequences_each_hold_one_chunk() {
-    let m = load("scout");
-    let c = m.cfg.attention_chunk_size.unwrap();
-    let (full, chunked, slot) = layout(&m);
+fn two_sequences_each_hold_their_own_pages() {
+    let m = paged("scout", 3);
     let mut cache = m.new_cache().unwrap();
     let (a, b) = (cache.add_sequence(), cache.add_sequence());
     let (ta, tb) = (random_ids(5, 50, m.cfg.vocab_size), random_ids(6, 30, m.cfg.vocab_size));
     pollster::block_on(m.forward(&mut cache, &[(a, &ta), (b, &tb)], &[], Rows::Last)).unwrap();
-    assert_eq!(cache.bytes(), (full * (50 + 30) + chunked * 2 * c) * slot);
+    assert_eq!(cache.bytes(), expected_bytes(&m, 3, 50) + expected_bytes(&m, 3, 30));
+    // A removed sequence's pages go back to the pool and serve the next one without the buffers growing.
+    let reserved = cache.reserved_bytes();
+    cache.remove_sequence(a);
+    assert_eq!(cache.bytes(), expected_bytes(&m, 3, 30));
+    let c = cache.add_sequence();
+    pollster::block_on(m.forward(&mut cache, &[(c, &ta[..45])], &[], Rows::Last)).unwrap();
+    assert_eq!(cache.bytes(), expected_bytes(&m, 3, 30) + expected_bytes(&m, 3, 45));
+    assert_eq!(cache.reserved_bytes(), reserved, "the freed pages were reused");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// (e) Shared prefixes: a fork shares its source's pages (nothing copied), and both go on writing their own
+// tokens (copy-on-write of the page they share part of) without disturbing each other.
+// ---------------------------------------------------------------------------------------------------
+
+fn shared_prefix_then_diverge(name: &str, page: usize) {
+    let r = Reference::load(name);
+    let m = paged(name, page);
+    let v = m.cfg.vocab_size;
+    let row = &r.input_ids[0];
+    let mut cache = m.new_cache().unwrap();
+    let a = cache.add_sequence();
+    let k = 11; // not a multiple of any page size here but 1: the last shared page is partly written
+    let mut got_a = pollster::block_on(m.forward(&mut cache, &[(a, &row[..k])], &[], Rows::All)).unwrap();
+    let held = cache.bytes();
+    let (b, n) = cache.fork(m.backend(), a, k).unwrap();
+    assert_eq!(n, k, "{name}: the whole prefix is reusable right after it was written");
+    assert_eq!(cache.bytes(), held, "{name}, pages of {page}: forking copied pages");
+    // A second fork, of part of the prefix (in the chunk the source is in: its ring holds all of it).
+    let (c, n_c) = cache.fork(m.backend(), a, 9).unwrap();
+    assert_eq!(n_c, 9);
+    assert_eq!(cache.bytes(), held, "{name}, pages of {page}: forking copied pages");
+    // The source goes on with its own row (checked against transformers), the forks with other tokens, in
+    // one batch: prefill pieces, then decode steps.
+    let tail_b = random_ids(40, 14, v);
+    let tail_c = random_ids(41, 9, v);
+    let (mut got_b, mut got_c) = (Vec::new(), Vec::new());
+    let (mut fa, mut fb, mut fc) = (k, 0, 0);
+    for step in 0.. {
+        let na = if step == 0 { 3 } else { 1 }.min(row.len() - fa);
+        let nb = if step == 0 { 5 } else { 1 }.min(tail_b.len() - fb);
+        let nc = 1.min(tail_c.len() - fc);
+        let mut batch: Vec<(herd_core::kv::SeqId, &[u32])> = Vec::new();
+        if nb > 0 {
+            batch.push((b, &tail_b[fb..fb + nb]));
+        }
+        if na > 0 {
+            batch.push((a, &row[fa..fa + na]));
+        }
+        if nc > 0 {
+            batch.push((c, &tail_c[fc..fc + nc]));
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let out = pollster::block_on(m.forward(&mut cache, &batch, &[], Rows::All)).unwrap();
+        let mut off = 0;
+        for (n, got) in [(nb, &mut got_b), (na, &mut got_a), (nc, &mut got_c)] {
+            got.extend_from_slice(&out[off..off + n * v]);
+            off += n * v;
+        }
+        fa += na;
+        fb += nb;
+        fc += nc;
+    }
+    let label = format!("{name}, pages of {page}");
+    check_positions(&format!("{label}: the source vs transformers"), &got_a, &r.logits[0], v);
+    let whole_b: Vec<u32> = row[..k].iter().chain(&tail_b).copied().collect();
+    let alone_b = prefill_alone(&m, &whole_b);
+    check_positions(&format!("{label}: the fork at {k} vs alone"), &got_b, &alone_b[k * v..], v);
+    let whole_c: Vec<u32> = row[..9].iter().chain(&tail_c).copied().collect();
+    let alone_c = prefill_alone(&m, &whole_c);
+    check_positions(&format!("{label}: the fork at 9 vs alone"), &got_c, &alone_c[9 * v..], v);
+    // The pages wholly inside a shared prefix are held once: less than three separate sequences would take
+    // (with pages larger than the prefix, every fork copied the one page it shared).
+    let separate = expected_bytes(&m, page, row.len())
+        + expected_bytes(&m, page, whole_b.len())
+        + expected_bytes(&m, page, whole_c.len());
+    let held = cache.bytes();
+    assert!(held < separate || (page > 9 && held == separate), "{label}: {held} B held, {separate} B separately");
+    // Removing the source leaves the forks intact.
+    cache.remove_sequence(a);
+    let next = random_ids(42, 1, v);
+    let out = pollster::block_on(m.forward(&mut cache, &[(b, &next)], &[], Rows::Last)).unwrap();
+    let mut all_b = whole_b.clone();
+    all_b.extend(&next);
+    let want = prefill_alone(&m, &all_b);
+    check_positions(&format!("{label}: the fork after its source left"), &out, &want[(all_b.len() - 1) * v..], v);
+}
+
+#[test]
+fn shared_prefixes_diverge_by_copy_on_write() {
+    for page in [1, 3, 16] {
+        shared_prefix_then_diverge("scout", page);
+        shared_prefix_then_diverge("guard", page);
+    }
+    shared_prefix_then_diverge("maverick", 5);
+}
+
+/// A fork of a prefix whose chunk the source has overwritten in its ring stops at that chunk's start.
+#[test]
+fn a_fork_stops_where_the_ring_was_overwritten() {
+    let m = paged("scout", 3); // rings of 3 pages of 3: 9 slots for a chunk of 8
+    let v = m.cfg.vocab_size;
+    let ids = random_ids(50, 30, v);
+    let mut cache = m.new_cache().unwrap();
+    let a = cache.add_sequence();
+    pollster::block_on(m.forward(&mut cache, &[(a, &ids)], &[], Rows::Last)).unwrap();
+    // Position 20 is in the chunk 16..24, whose positions 16..20 the ring no longer holds (30 − 9 = 21).
+    assert_eq!(cache.reusable(a, 20).unwrap(), 16);
+    // Positions 24..28: the ring still holds 21..29.
+    assert_eq!(cache.reusable(a, 28).unwrap(), 28);
+    let (b, n) = cache.fork(m.backend(), a, 20).unwrap();
+    assert_eq!(n, 16);
+    let out = pollster::block_on(m.forward(&mut cache, &[(b, &ids[16..20])], &[], Rows::All)).unwrap();
+    let want = prefill_alone(&m, &ids[..20]);
+    check_positions("the fork fed from the chunk start", &out, &want[16 * v..], v);
 }
 
 #[test]

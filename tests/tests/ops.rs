@@ -34,6 +34,7 @@ fn every_backend_op_has_rows_in_the_table() {
         "weight_desc",
         "stats",
         "max_buffer_len",
+        "kv_page_size",
         "alloc",
         "upload",
         "upload_u32",

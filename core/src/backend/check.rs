@@ -305,16 +305,28 @@ fn seq_rows(op: &str, seqs: &[super::AttnSeq]) -> std::result::Result<usize, Str
     })
 }
 
-/// One past a sequence's last cache slot.
-fn region_end(op: &str, s: &super::AttnSeq) -> std::result::Result<usize, String> {
-    (s.slot_base as usize)
-        .checked_add(s.slot_cap.max(1) as usize)
-        .ok_or_else(|| format!("{op}: cache region {}+{} overflows", s.slot_base, s.slot_cap))
+/// A sequence's pages: its slots are a whole number of pages, its table lies inside the table, and every page
+/// it lists lies inside the cache buffers of `slots` slots. Returns nothing; the message names the problem.
+fn seq_pages(op: &str, pages: &super::KvPages<'_>, s: &super::AttnSeq, slots: usize) -> Verdict {
+    let size = pages.size;
+    let cap = s.slot_cap as usize;
+    if cap == 0 || cap % size != 0 {
+        return Err(format!("{op}: a sequence's {cap} cache slots are not a whole number of {size}-slot pages"));
+    }
+    let (base, n) = (s.page_base as usize, cap / size);
+    let entries = pages.table.get(base..base + n).ok_or_else(|| {
+        format!("{op}: page table entries {base}..{} lie outside the table of {}", base + n, pages.table.len())
+    })?;
+    let have = slots / size;
+    match entries.iter().find(|&&e| e as usize >= have) {
+        Some(e) => Err(format!("{op}: page {e} lies outside the cache of {have} pages of {size} slots")),
+        None => Ok(()),
+    }
 }
 
 /// [`Backend::attention`].
 pub fn attention<B: Backend + ?Sized>(be: &B, call: &ops::Attention<'_, B>) -> Verdict {
-    let &ops::Attention { q, k_new, v_new, k_cache, v_cache, seqs, p, out } = call;
+    let &ops::Attention { q, k_new, v_new, k_cache, v_cache, pages, seqs, p, out } = call;
     let (h, kvh, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     if kvh == 0 || hd == 0 || h % kvh != 0 {
         return Err(format!("attention: {h} heads over {kvh} kv heads of dim {hd}"));
@@ -329,10 +341,15 @@ pub fn attention<B: Backend + ?Sized>(be: &B, call: &ops::Attention<'_, B>) -> V
     let kvn = product("attention", "k_new", &[rows, kvh, hd])?;
     f32s("attention", &kn, kvn)?;
     f32s("attention", &vn, kvn)?;
+    if pages.size == 0 {
+        return Err("attention: pages of 0 slots".into());
+    }
+    let kv_row = product("attention", "k_cache", &[kvh, hd])?;
+    f32s("attention", &kc, 0)?;
+    f32s("attention", &vc, 0)?;
+    let slots = kc.desc.len.min(vc.desc.len) / kv_row;
     for s in seqs.iter().filter(|s| s.pos0 > 0) {
-        let need = product("attention", "k_cache", &[region_end("attention", s)?, kvh, hd])?;
-        f32s("attention", &kc, need)?;
-        f32s("attention", &vc, need)?;
+        seq_pages("attention", &pages, s, slots)?;
     }
     distinct("attention", &[&oa, &qa, &kn, &vn, &kc])?;
     distinct("attention", &[&oa, &vc])
@@ -340,17 +357,21 @@ pub fn attention<B: Backend + ?Sized>(be: &B, call: &ops::Attention<'_, B>) -> V
 
 /// [`Backend::kv_store`].
 pub fn kv_store<B: Backend + ?Sized>(be: &B, call: &ops::KvStore<'_, B>) -> Verdict {
-    let &ops::KvStore { k_new, v_new, k_cache, v_cache, seqs, kv_dim } = call;
+    let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_dim } = call;
     let rows = seq_rows("kv_store", seqs)?;
     let (kn, vn) = (arg(be, "k_new", k_new), arg(be, "v_new", v_new));
     let (kc, vc) = (arg(be, "k_cache", k_cache), arg(be, "v_cache", v_cache));
     let n = product("kv_store", "k_new", &[rows, kv_dim])?;
     f32s("kv_store", &kn, n)?;
     f32s("kv_store", &vn, n)?;
+    if pages.size == 0 || kv_dim == 0 {
+        return Err(format!("kv_store: pages of {} slots of {kv_dim} elements", pages.size));
+    }
+    f32s("kv_store", &kc, 0)?;
+    f32s("kv_store", &vc, 0)?;
+    let slots = kc.desc.len.min(vc.desc.len) / kv_dim;
     for s in seqs {
-        let need = product("kv_store", "k_cache", &[region_end("kv_store", s)?, kv_dim])?;
-        f32s("kv_store", &kc, need)?;
-        f32s("kv_store", &vc, need)?;
+        seq_pages("kv_store", &pages, s, slots)?;
     }
     distinct("kv_store", &[&kc, &vc, &kn])?;
     distinct("kv_store", &[&kc, &vc, &vn])

@@ -31,11 +31,30 @@ pub struct AttnSeq {
     pub q_len: u32,
     /// Absolute position of the first new token (= tokens already in the cache).
     pub pos0: u32,
-    /// First slot of this sequence's region in the layer's cache buffers.
-    pub slot_base: u32,
-    /// Region size in slots: position `p` lives in slot `slot_base + p % slot_cap`. For a chunked layer
-    /// the region must hold at least min(chunk, history) slots; for a full layer the whole history.
+    /// Where this sequence's page table starts in [`KvPages::table`].
+    pub page_base: u32,
+    /// The sequence's slots, a whole number of pages: position `p` lives in its slot `p % slot_cap`, that is
+    /// in page `table[page_base + (p % slot_cap) / size]` at offset `(p % slot_cap) % size` (see
+    /// [`KvPages::slot`]). For a chunked layer the slots must hold at least min(chunk, history) positions
+    /// (a ring); for a full layer the whole history.
     pub slot_cap: u32,
+}
+
+/// How a layer's cache buffers are paged: they hold pages of `size` slots (a slot is one position's
+/// [n_kv_heads, head_dim] keys or values), and `table` lists, per sequence from its
+/// [`AttnSeq::page_base`], the pages of its slots in order. Sequences may share pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvPages<'a> {
+    pub table: &'a [u32],
+    pub size: usize,
+}
+
+impl KvPages<'_> {
+    /// The cache slot that holds position `p` of sequence `s` (the table is checked by the op checks).
+    pub fn slot(&self, s: &AttnSeq, p: usize) -> usize {
+        let r = p % (s.slot_cap as usize).max(1);
+        self.table[s.page_base as usize + r / self.size] as usize * self.size + r % self.size
+    }
 }
 
 /// Shape and masking of one attention call.
@@ -107,6 +126,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Counters worth showing in a benchmark (e.g. how many steps ran as CUDA graphs), if the backend keeps any.
     fn stats(&self) -> Option<String> {
         None
+    }
+    /// Slots per page of the KV cache here (see [`KvPages`]): small enough that a short sequence wastes
+    /// little, large enough that attention reads whole runs of keys.
+    fn kv_page_size(&self) -> usize {
+        16
     }
     /// The most elements one buffer may hold here (the model cuts larger steps into pieces).
     fn max_buffer_len(&self) -> usize {
@@ -276,7 +300,7 @@ pub trait Backend: Send + Sync + 'static {
     fn run_rope(&self, call: &ops::Rope<'_, Self>) -> Result<()>;
 
     /// Attention of the new tokens of every sequence in `seqs` over that sequence's cached keys/values
-    /// (positions < pos0, read from `k_cache`/`v_cache` [slots, n_kv_heads, head_dim]) and its new ones
+    /// (positions < pos0, read from `k_cache`/`v_cache` [slots, n_kv_heads, head_dim] through `pages`) and its new ones
     /// (`k_new`/`v_new` [rows, n_kv_heads, head_dim]). `q` and `out` are [rows, n_heads, head_dim]. Query
     /// head h reads kv head h / (n_heads / n_kv_heads). Softmax in f32. The cache is not modified, and rows of
     /// `out` outside the given sequences are left as they are (the model calls this once per cache arena).
@@ -288,30 +312,33 @@ pub trait Backend: Send + Sync + 'static {
         v_new: &Self::Buffer,
         k_cache: &Self::Buffer,
         v_cache: &Self::Buffer,
+        pages: KvPages<'_>,
         seqs: &[AttnSeq],
         p: &AttnParams,
         out: &Self::Buffer,
     ) -> Result<()> {
-        let call = ops::Attention { q, k_new, v_new, k_cache, v_cache, seqs, p, out };
+        let call = ops::Attention { q, k_new, v_new, k_cache, v_cache, pages, seqs, p, out };
         check::attention(self, &call).map_err(|msg| refused::<Self>(msg))?;
         self.run_attention(&call)
     }
     /// [`Backend::attention`] once its arguments are checked ([`check::attention`]).
     fn run_attention(&self, call: &ops::Attention<'_, Self>) -> Result<()>;
 
-    /// Writes the new keys/values of every sequence into its cache region: row `q_start + t` goes to slot
-    /// `slot_base + (pos0 + t) % slot_cap` (a step longer than its ring region leaves that region holding its
-    /// last `slot_cap` tokens). `kv_dim` = n_kv_heads · head_dim.
+    /// Writes the new keys/values of every sequence into its cache slots: row `q_start + t` goes to the
+    /// slot of position `pos0 + t` ([`KvPages::slot`]; a step longer than a ring of `slot_cap` slots leaves
+    /// it holding its last `slot_cap` tokens). `kv_dim` = n_kv_heads · head_dim.
+    #[allow(clippy::too_many_arguments)]
     fn kv_store(
         &self,
         k_new: &Self::Buffer,
         v_new: &Self::Buffer,
         k_cache: &Self::Buffer,
         v_cache: &Self::Buffer,
+        pages: KvPages<'_>,
         seqs: &[AttnSeq],
         kv_dim: usize,
     ) -> Result<()> {
-        let call = ops::KvStore { k_new, v_new, k_cache, v_cache, seqs, kv_dim };
+        let call = ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_dim };
         check::kv_store(self, &call).map_err(|msg| refused::<Self>(msg))?;
         self.run_kv_store(&call)
     }

@@ -2,7 +2,7 @@
 //! hand to the backend (`Backend::run_<op>`), so a backend receives a call whose shapes, kinds and aliasing
 //! are already checked, and its kernels take the arguments by name.
 
-use super::{Act, AttnParams, AttnSeq, Backend};
+use super::{Act, AttnParams, AttnSeq, Backend, KvPages};
 use crate::sampling::SamplingParams;
 
 /// The arguments of [`Backend::embed`] (see there).
@@ -81,6 +81,7 @@ pub struct Attention<'a, B: Backend + ?Sized> {
     pub v_new: &'a B::Buffer,
     pub k_cache: &'a B::Buffer,
     pub v_cache: &'a B::Buffer,
+    pub pages: KvPages<'a>,
     pub seqs: &'a [AttnSeq],
     pub p: &'a AttnParams,
     pub out: &'a B::Buffer,
@@ -92,6 +93,7 @@ pub struct KvStore<'a, B: Backend + ?Sized> {
     pub v_new: &'a B::Buffer,
     pub k_cache: &'a B::Buffer,
     pub v_cache: &'a B::Buffer,
+    pub pages: KvPages<'a>,
     pub seqs: &'a [AttnSeq],
     pub kv_dim: usize,
 }

@@ -4,18 +4,12 @@
 use rayon::prelude::*;
 
 use super::need;
-use crate::backend::{AttnParams, AttnSeq};
+use crate::backend::{AttnParams, AttnSeq, KvPages};
 use crate::error::{HerdError, Result};
 
-/// Checks one sequence's metadata against the buffer sizes.
-fn check_seq(s: &AttnSeq, rows: usize, slots: usize, chunk: Option<usize>) -> Result<()> {
+/// Checks what the op checks cannot know: that a sequence's slots hold every cached key a query sees.
+fn check_seq(s: &AttnSeq, chunk: Option<usize>) -> Result<()> {
     let bad = |m: String| Err(HerdError::Backend { backend: "cpu".into(), msg: format!("attention: {m}") });
-    if (s.q_start + s.q_len) as usize > rows {
-        return bad(format!("sequence rows {}..{} exceed {rows}", s.q_start, s.q_start + s.q_len));
-    }
-    if (s.slot_base + s.slot_cap) as usize > slots || s.slot_cap == 0 {
-        return bad(format!("cache region {}+{} exceeds {slots} slots", s.slot_base, s.slot_cap));
-    }
     // Every cached key a query can see must still be in the region.
     let oldest_needed = match chunk {
         Some(c) => (s.pos0 as usize / c) * c,
@@ -38,6 +32,7 @@ pub fn attention(
     v_new: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
+    pages: KvPages<'_>,
     seqs: &[AttnSeq],
     p: &AttnParams,
     out: &mut [f32],
@@ -50,9 +45,8 @@ pub fn attention(
     need("attention k_new", k_new.len(), rows * kvrow)?;
     need("attention v_new", v_new.len(), rows * kvrow)?;
     need("attention out", out.len(), rows * qrow)?;
-    let slots = k_cache.len().min(v_cache.len()) / kvrow;
     for s in seqs {
-        check_seq(s, rows, slots, if p.bidirectional { None } else { p.chunk })?;
+        check_seq(s, if p.bidirectional { None } else { p.chunk })?;
     }
     let group = h / kvh;
     // One task per (row, head): the row's sequence is found by a scan (batches are small).
@@ -81,8 +75,7 @@ pub fn attention(
         }
         let key = |j: usize| -> (&[f32], &[f32]) {
             if j < s.pos0 as usize {
-                let slot = s.slot_base as usize + j % s.slot_cap as usize;
-                let off = slot * kvrow + kvh_i * d;
+                let off = pages.slot(s, j) * kvrow + kvh_i * d;
                 (&k_cache[off..off + d], &v_cache[off..off + d])
             } else {
                 let row = s.q_start as usize + (j - s.pos0 as usize);
@@ -114,12 +107,12 @@ pub fn attention(
     Ok(())
 }
 
-pub fn kv_store(new: &[f32], cache: &mut [f32], seqs: &[AttnSeq], kv_dim: usize) -> Result<()> {
+pub fn kv_store(new: &[f32], cache: &mut [f32], pages: KvPages<'_>, seqs: &[AttnSeq], kv_dim: usize) -> Result<()> {
     for s in seqs {
         need("kv_store new", new.len(), (s.q_start + s.q_len) as usize * kv_dim)?;
-        need("kv_store cache", cache.len(), (s.slot_base + s.slot_cap) as usize * kv_dim)?;
         for t in 0..s.q_len {
-            let slot = (s.slot_base + (s.pos0 + t) % s.slot_cap) as usize;
+            let slot = pages.slot(s, (s.pos0 + t) as usize);
+            need("kv_store cache", cache.len(), (slot + 1) * kv_dim)?;
             let row = (s.q_start + t) as usize;
             cache[slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&new[row * kv_dim..(row + 1) * kv_dim]);
         }

@@ -318,13 +318,14 @@ impl Backend for CpuBackend {
     }
 
     fn run_attention(&self, call: &ops::Attention<'_, Self>) -> Result<()> {
-        let &ops::Attention { q, k_new, v_new, k_cache, v_cache, seqs, p, out } = call;
+        let &ops::Attention { q, k_new, v_new, k_cache, v_cache, pages, seqs, p, out } = call;
         attention::attention(
             &q.f32()?,
             &k_new.f32()?,
             &v_new.f32()?,
             &k_cache.f32()?,
             &v_cache.f32()?,
+            pages,
             seqs,
             p,
             &mut out.f32_mut()?,
@@ -332,9 +333,9 @@ impl Backend for CpuBackend {
     }
 
     fn run_kv_store(&self, call: &ops::KvStore<'_, Self>) -> Result<()> {
-        let &ops::KvStore { k_new, v_new, k_cache, v_cache, seqs, kv_dim } = call;
-        attention::kv_store(&k_new.f32()?, &mut k_cache.f32_mut()?, seqs, kv_dim)?;
-        attention::kv_store(&v_new.f32()?, &mut v_cache.f32_mut()?, seqs, kv_dim)
+        let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_dim } = call;
+        attention::kv_store(&k_new.f32()?, &mut k_cache.f32_mut()?, pages, seqs, kv_dim)?;
+        attention::kv_store(&v_new.f32()?, &mut v_cache.f32_mut()?, pages, seqs, kv_dim)
     }
 
     fn run_add(&self, call: &ops::Add<'_, Self>) -> Result<()> {

@@ -56,6 +56,8 @@ pub struct Llama4<B: Backend> {
     step: Mutex<Option<Scratch<B>>>,
     /// With `--expert-cache`: the routed experts, streamed.
     experts: Option<ExpertCache<B>>,
+    /// Slots per KV-cache page of the caches this model makes (the backend's own unless set).
+    kv_page: usize,
 }
 
 /// The buffers of one forward pass, for up to `rows` new tokens in up to `seqs` sequences. The model keeps
@@ -195,6 +197,7 @@ impl<B: Backend> Llama4<B> {
             progress(i + 1, total);
         }
         let inv_freq = backend.upload(&cfg.rope_inv_freq())?;
+        let kv_page = backend.kv_page_size();
         Ok(Llama4 {
             cfg: cfg.clone(),
             backend,
@@ -205,6 +208,7 @@ impl<B: Backend> Llama4<B> {
             inv_freq,
             step: Mutex::new(None),
             experts: cache,
+            kv_page,
         })
     }
 
@@ -259,7 +263,17 @@ impl<B: Backend> Llama4<B> {
 
     /// A fresh KV cache for this model.
     pub fn new_cache(&self) -> Result<KvCache<B>> {
-        KvCache::new(&*self.backend, &self.cfg)
+        KvCache::with_page_size(&*self.backend, &self.cfg, self.kv_page)
+    }
+
+    /// Makes the caches of [`Llama4::new_cache`] use pages of `slots` slots (the backend's page size is the
+    /// default; results do not depend on it).
+    pub fn set_kv_page_size(&mut self, slots: usize) -> Result<()> {
+        if slots == 0 {
+            return Err(HerdError::Input("a KV-cache page must hold at least one slot".into()));
+        }
+        self.kv_page = slots;
+        Ok(())
     }
 
     /// Runs the new tokens of each sequence through the model, appending them to the cache, and returns

@@ -12,7 +12,7 @@
 //! (the patch's column, then its row, each 1-based; the class token is not rotated), so the q and k buffers
 //! are rotated as rows of `hd/2` with one position per half-head.
 
-use crate::backend::{Act, AttnParams, AttnSeq, Backend};
+use crate::backend::{Act, AttnParams, AttnSeq, Backend, KvPages};
 use crate::error::{HerdError, Result};
 use crate::source::WeightSource;
 
@@ -216,7 +216,7 @@ impl<B: Backend> VisionTower<B> {
             .collect();
         let pos = be.upload_u32(&pos)?;
         let seqs: Vec<AttnSeq> = (0..tiles)
-            .map(|t| AttnSeq { q_start: (t * len) as u32, q_len: len as u32, pos0: 0, slot_base: 0, slot_cap: 1 })
+            .map(|t| AttnSeq { q_start: (t * len) as u32, q_len: len as u32, pos0: 0, page_base: 0, slot_cap: 1 })
             .collect();
         let params = AttnParams {
             n_heads: heads,
@@ -237,7 +237,9 @@ impl<B: Backend> VisionTower<B> {
             linear(be, &a, rows, &layer.v, &v, Act::Identity)?;
             be.rope(&q, rows * heads * 2, 1, hd / 2, &pos, &self.inv_freq, None)?;
             be.rope(&kb, rows * heads * 2, 1, hd / 2, &pos, &self.inv_freq, None)?;
-            be.attention(&q, &kb, &v, &self.no_cache, &self.no_cache, &seqs, &params, &a)?;
+            // Nothing is cached: the one-slot page is never read.
+            let pages = KvPages { table: &[0], size: 1 };
+            be.attention(&q, &kb, &v, &self.no_cache, &self.no_cache, pages, &seqs, &params, &a)?;
             linear(be, &a, rows, &layer.o, &o, Act::Identity)?;
             be.add(&h, &o, rows * d)?;
             be.layer_norm(&h, &layer.ln2.w, &layer.ln2.b, rows, d, c.norm_eps, &a)?;
