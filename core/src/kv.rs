@@ -302,8 +302,8 @@ impl<B: Backend> KvCache<B> {
         Ok(())
     }
 
-    /// Grows the pools so that `pages` more pages of each layer kind can be taken without growing again (the
-    /// server sizes its cache up front with this).
+    /// Grows the pools so that `pages` more pages of each layer kind can be taken without growing again (a
+    /// cache sized up front never copies an arena).
     pub fn reserve_pages(&mut self, backend: &B, pages: usize) -> Result<()> {
         let has = self.has_kind;
         for kind in (0..2).filter(|&k| has[k]) {
@@ -534,6 +534,15 @@ impl<B: Backend> KvCache<B> {
             group.seqs.push(meta);
         }
         Ok(groups)
+    }
+
+    /// Takes pages for `n` more positions of sequence `id` and counts them as cached without writing them:
+    /// their keys and values are whatever the pages hold (zeros, when new). For benchmarks of decoding at a
+    /// depth that a prefill would take long to reach; what attention costs does not depend on the values.
+    pub fn assume_filled(&mut self, backend: &B, id: SeqId, n: usize) -> Result<()> {
+        self.check_fits(id, n)?;
+        self.reserve(backend, &[(id, n)])?;
+        self.advance(&[(id, n)])
     }
 
     /// Records that the step's new tokens are now cached.

@@ -49,6 +49,19 @@ pub fn bench<B: Backend>(
         Some((.., cfg, _)) => cfg.text.max_position_embeddings,
         None => files.config()?.text.max_position_embeddings,
     };
+    if let Some(&deepest) = a.context.iter().max() {
+        if deepest.checked_add(a.gen_tokens).is_none_or(|n| n > ctx) {
+            anyhow::bail!(
+                "--context {deepest} plus --gen-tokens {} is more than the model's context of {ctx} positions",
+                a.gen_tokens
+            );
+        }
+        let (runs, one) = (caches.len().max(1), caches.first().cloned().flatten());
+        if runs > 1 {
+            anyhow::bail!("--context takes one expert cache (or none), not {runs}");
+        }
+        return crate::bench_context::bench_context(backend, files, a, synth.as_ref(), one.as_ref());
+    }
     let need = a.prompt_tokens.max(1).checked_add(a.gen_tokens);
     if need.is_none_or(|n| n > ctx) {
         anyhow::bail!(
@@ -70,7 +83,43 @@ pub fn bench<B: Backend>(
 }
 
 /// A synthetic model: its name, layers, format, config and weights.
-type Synth<'a> = (&'a str, usize, String, ModelConfig, SyntheticWeights);
+pub(crate) type Synth<'a> = (&'a str, usize, String, ModelConfig, SyntheticWeights);
+
+/// A model loaded for a benchmark.
+pub(crate) struct Loaded<B: Backend> {
+    pub cfg: ModelConfig,
+    pub model: Llama4<B>,
+    pub describe: String,
+    /// Synthetic: (name, layers, parameter bytes made).
+    pub synth: Option<(String, usize, usize)>,
+    /// Seconds to load (for synthetic weights: to make them).
+    pub load_s: f64,
+}
+
+/// Loads `--model` or builds the synthetic model.
+pub(crate) fn load<B: Backend>(
+    backend: Arc<B>,
+    files: &ModelFiles,
+    synthetic: Option<&Synth<'_>>,
+    experts: Option<&ExpertCacheOptions>,
+) -> Result<Loaded<B>> {
+    let t_load = Instant::now();
+    let (cfg, model, describe, synth) = match synthetic {
+        Some((sname, layers, fmt, cfg, weights)) => {
+            let (sname, layers) = (sname.to_string(), *layers);
+            let made = weights.bytes_made();
+            let model = Llama4::load_with(backend, weights, &cfg.text, experts, &mut |_, _| {})?;
+            let synth = Some((sname.clone(), layers, weights.bytes_made() - made));
+            let of = if sname == "tiny" { String::new() } else { format!(" of {}", synthetic::FULL_LAYERS) };
+            (cfg.clone(), model, format!("synthetic {sname} ({layers}{of} layers, random {fmt} weights)"), synth)
+        }
+        None => {
+            let (cfg, model) = files.load(backend, experts)?;
+            (cfg, model, files.describe(), None)
+        }
+    };
+    Ok(Loaded { cfg, model, describe, synth, load_s: t_load.elapsed().as_secs_f64() })
+}
 
 fn bench_one<B: Backend>(
     backend: Arc<B>,
@@ -81,27 +130,7 @@ fn bench_one<B: Backend>(
     peak_h2d: Option<f64>,
 ) -> Result<()> {
     let name = backend.name();
-    // Synthetic: (name, layers, parameter bytes made). Load time includes making the weights.
-    let mut synth: Option<(String, usize, usize)> = None;
-    let t_load;
-    let (cfg, model, describe) = match synthetic {
-        Some((sname, layers, fmt, cfg, weights)) => {
-            let (sname, layers) = (sname.to_string(), *layers);
-            let made = weights.bytes_made();
-            t_load = Instant::now();
-            let model = Llama4::load_with(backend, weights, &cfg.text, experts, &mut |_, _| {})?;
-            let cfg = cfg.clone();
-            synth = Some((sname.clone(), layers, weights.bytes_made() - made));
-            let of = if sname == "tiny" { String::new() } else { format!(" of {}", synthetic::FULL_LAYERS) };
-            (cfg, model, format!("synthetic {sname} ({layers}{of} layers, random {fmt} weights)"))
-        }
-        None => {
-            t_load = Instant::now();
-            let (cfg, model) = files.load(backend, experts)?;
-            (cfg, model, files.describe())
-        }
-    };
-    let load_s = t_load.elapsed().as_secs_f64();
+    let Loaded { cfg, model, describe, synth, load_s } = load(backend, files, synthetic, experts)?;
     let layers = cfg.text.num_hidden_layers;
     let v = cfg.text.vocab_size;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
@@ -150,21 +179,7 @@ fn bench_one<B: Backend>(
     let prefill_tps = prompt.len() as f64 / best_prefill;
     let decode_tps = a.gen_tokens as f64 / best_decode.max(1e-12);
     let peak = peak_rss().unwrap_or(0);
-    // The decode roofline: weight bytes each token reads, at the model's average bytes per parameter (the
-    // formats made, or the checkpoint's tensors).
-    let bytes = match &synth {
-        // Streamed experts are not among the bytes loaded: add them back.
-        Some((_, _, bytes)) => *bytes + model.expert_stats().map_or(0, |s| s.experts * s.expert_bytes as usize),
-        // The text model's tensors (a multimodal checkpoint also holds the vision tower's).
-        None => files
-            .checkpoint()?
-            .tensors()
-            .filter(|(name, _)| name.starts_with("model.") || *name == "lm_head.weight")
-            .map(|(_, t)| t.bytes().len())
-            .sum(),
-    };
-    let per_param = bytes as f64 / cfg.text.total_params().max(1) as f64;
-    let decode_bytes = (cfg.text.decode_params() as f64 * per_param) as usize;
+    let (decode_bytes, per_param) = decode_weight_bytes(files, &synth, &model, &cfg)?;
     let decode_gbs = decode_bytes as f64 * decode_tps / 1e9;
     // What scales with depth: decode time per token per layer. It also carries the embedding and lm_head,
     // spread over the layers, so ×48 overestimates a full model (by a lot at 1 layer; less with more layers).
@@ -252,6 +267,29 @@ fn bench_one<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// The decode roofline: the weight bytes each token reads, at the model's average bytes per parameter (the
+/// formats made, or the checkpoint's tensors), and that average.
+pub(crate) fn decode_weight_bytes<B: Backend>(
+    files: &ModelFiles,
+    synth: &Option<(String, usize, usize)>,
+    model: &Llama4<B>,
+    cfg: &ModelConfig,
+) -> Result<(usize, f64)> {
+    let bytes = match synth {
+        // Streamed experts are not among the bytes loaded: add them back.
+        Some((_, _, bytes)) => *bytes + model.expert_stats().map_or(0, |s| s.experts * s.expert_bytes as usize),
+        // The text model's tensors (a multimodal checkpoint also holds the vision tower's).
+        None => files
+            .checkpoint()?
+            .tensors()
+            .filter(|(name, _)| name.starts_with("model.") || *name == "lm_head.weight")
+            .map(|(_, t)| t.bytes().len())
+            .sum(),
+    };
+    let per_param = bytes as f64 / cfg.text.total_params().max(1) as f64;
+    Ok(((cfg.text.decode_params() as f64 * per_param) as usize, per_param))
 }
 
 /// The expert cache over one decode run: the difference of two snapshots.

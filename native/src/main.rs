@@ -3,6 +3,7 @@
 
 mod backend_arg;
 mod bench;
+mod bench_context;
 mod bench_serve;
 mod bench_vision;
 mod files;
@@ -311,6 +312,11 @@ pub struct BenchArgs {
     /// With --synthetic: the weight format: bf16 (default), f16, f32, or quantized q4, q8, q4g32, q8g128...
     #[arg(long, requires = "synthetic", value_name = "FORMAT")]
     quant: Option<String>,
+    /// Measure decode at these depths instead (comma-separated, e.g. 1024,65536): the KV cache is filled with
+    /// that many positions of zeros rather than computed by a prefill (what attention costs does not depend
+    /// on the values), then --gen-tokens are decoded one at a time.
+    #[arg(long, value_delimiter = ',', value_name = "TOKENS", conflicts_with = "images")]
+    context: Vec<usize>,
     /// Measure the vision tower instead of the text model: the time to encode an image of each of these
     /// tile counts (comma-separated, e.g. 1,16), random pixels.
     #[arg(long, value_delimiter = ',', value_name = "TILES")]

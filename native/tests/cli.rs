@@ -453,6 +453,35 @@ fn bench_synthetic_tiny_json() {
     );
 }
 
+/// `herd bench --context`: decode after a KV cache filled to each depth. The tiny synthetic model has two
+/// chunked layers (chunk 8192) of 2 kv heads of 16: 256 bytes of f32 keys and values per position and layer,
+/// in pages of 16 positions.
+#[test]
+fn bench_at_depth() {
+    let (stdout, _) = ok(
+        "bench --context",
+        herd(["bench", "--synthetic", "tiny", "--json", "--context", "1024,64", "--gen-tokens", "2", "--repeat", "1"]),
+    );
+    let j: Value = serde_json::from_str(stdout.trim()).expect("bench --json prints one JSON object");
+    assert_eq!(j["kv_filled"], "zeros", "{j}");
+    let rows = j["depths"].as_array().unwrap_or_else(|| panic!("no depths in {j}"));
+    let depths: Vec<u64> = rows.iter().map(|r| r["context"].as_u64().unwrap()).collect();
+    assert_eq!(depths, [64, 1024], "{j}");
+    for r in rows {
+        let d = r["context"].as_u64().unwrap();
+        // The pages held after d + 2 positions, and the positions each token's attention reads (p + 1 in
+        // each layer, p = d and d + 1).
+        assert_eq!(r["kv_bytes_held"].as_u64(), Some(2 * (d + 2).div_ceil(16) * 16 * 256), "{r}");
+        assert_eq!(r["kv_bytes_read_per_token"].as_u64(), Some(2 * (2 * d + 3) * 256 / 2), "{r}");
+        assert!(r["decode_tok_s"].as_f64().is_some_and(|t| t > 0.0), "{r}");
+    }
+    fails(
+        "bench --context past the context",
+        herd(["bench", "--synthetic", "tiny", "--context", "10485760"]),
+        &["--context 10485760 plus --gen-tokens 32", "context of 10485760"],
+    );
+}
+
 /// `herd logits --backend cuda-emu`: the CUDA backend's host code and kernels (on its CPU emulator) through
 /// the CLI, against the transformers references. With no C++ compiler the test says so; with
 /// HERD_REQUIRE_CUDA_EMU=1 (set by scripts/test.sh) that is a failure.

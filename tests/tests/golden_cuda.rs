@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use herd_conformance::golden::{check_greedy, check_logits, BF16_TOL, F32_TOL};
+use herd_conformance::golden::{check_greedy, check_greedy_paged, check_logits, check_logits_paged, BF16_TOL, F32_TOL};
 use herd_conformance::{backend_or_not_run, cuda_options_from_env};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
@@ -49,6 +49,13 @@ fn golden(be: &Arc<CudaBackend>) {
     }
     check_logits(be, "scout_bf16", BF16_TOL, false);
     check_logits(be, "scout_bf16", BF16_TOL, true);
+    // Other page sizes than the backend's 16: 3 does not divide the chunk of 8 (rings of 9 slots), 1 is a
+    // page per slot.
+    for page in [1, 3] {
+        check_logits_paged(be, "scout", F32_TOL, true, Some(page));
+        check_greedy_paged(be, "scout", Some(page));
+    }
+    check_logits_paged(be, "guard", F32_TOL, true, Some(5));
     let g = be.graph_stats();
     eprintln!("cuda graphs: {g:?}");
     assert!(g.captured > 0 && g.replayed > 0, "decode steps were not replayed as CUDA graphs: {g:?}");

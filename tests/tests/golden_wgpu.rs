@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use herd_conformance::golden::{check_greedy, check_logits, load, BF16_TOL, F32_TOL};
+use herd_conformance::golden::{check_greedy, check_greedy_paged, check_logits, check_logits_paged, load, BF16_TOL, F32_TOL};
 use herd_conformance::{fixture_dir, Reference};
 use herd_core::model::Rows;
 use herd_wgpu::{WgpuBackend, WgpuOptions};
@@ -31,6 +31,13 @@ fn golden_fixtures_on_wgpu() {
     }
     check_logits(&be, "scout_bf16", BF16_TOL, false);
     check_logits(&be, "scout_bf16", BF16_TOL, true);
+    // Other page sizes than the backend's 16: 3 does not divide the chunk of 8 (rings of 9 slots), 1 is a
+    // page per slot.
+    for page in [1, 3] {
+        check_logits_paged(&be, "scout", F32_TOL, true, Some(page));
+        check_greedy_paged(&be, "scout", Some(page));
+    }
+    check_logits_paged(&be, "guard", F32_TOL, true, Some(5));
 }
 
 /// Under 8 KiB storage bindings (one sequence's logits fill one) every weight above that is split across
@@ -45,17 +52,33 @@ fn golden_fixtures_on_wgpu_with_tiny_bindings() {
         check_logits(&be, name, F32_TOL, true);
         check_greedy(&be, name);
     }
-    // The fixture's two sequences (20 prompt tokens each) do need two cache buffers here.
+    // Here a cache buffer holds 4 pages of 16 slots. Three sequences of 20 prompt tokens (two pages each)
+    // need two buffers; then the first grows to a third page while its buffer is full and moves to another.
+    // Every logit row is checked against the CPU reference backend fed the same tokens.
     let r = Reference::load("scout");
     let m = load(&be, &fixture_dir("scout"));
+    let cpu = load(&Arc::new(herd_core::cpu::CpuBackend::new()), &fixture_dir("scout"));
+    let rows: Vec<Vec<u32>> = (0..3).map(|i| r.input_ids[i % r.input_ids.len()].iter().map(|&t| (t + i as u32) % 2048).collect()).collect();
     let mut cache = m.new_cache().unwrap();
-    let ids: Vec<_> = r.input_ids.iter().map(|_| cache.add_sequence()).collect();
-    let batch: Vec<_> = ids.iter().copied().zip(r.input_ids.iter().map(|x| x.as_slice())).collect();
-    pollster::block_on(m.forward(&mut cache, &batch, &[], Rows::Last)).unwrap();
-    let last: Vec<[u32; 1]> = r.greedy_ids.iter().map(|g| [g[0]]).collect();
-    let batch: Vec<_> = ids.iter().copied().zip(last.iter().map(|x| x.as_slice())).collect();
-    pollster::block_on(m.forward(&mut cache, &batch, &[], Rows::Last)).unwrap();
-    assert!(cache.arenas().0 > 1, "the full-attention cache stayed in {} buffer(s)", cache.arenas().0);
+    let mut cpu_cache = cpu.new_cache().unwrap();
+    let ids: Vec<_> = rows.iter().map(|_| cache.add_sequence()).collect();
+    let cpu_ids: Vec<_> = rows.iter().map(|_| cpu_cache.add_sequence()).collect();
+    let mut step = |feed: &[(usize, &[u32])]| {
+        let batch: Vec<_> = feed.iter().map(|&(i, t)| (ids[i], t)).collect();
+        let got = pollster::block_on(m.forward(&mut cache, &batch, &[], Rows::Last)).unwrap();
+        let batch: Vec<_> = feed.iter().map(|&(i, t)| (cpu_ids[i], t)).collect();
+        let want = pollster::block_on(cpu.forward(&mut cpu_cache, &batch, &[], Rows::Last)).unwrap();
+        let e = herd_conformance::rel_err(&got, &want);
+        assert!(e <= F32_TOL, "tiny bindings vs the CPU: relative error {e:.3e}");
+    };
+    step(&[(0, &rows[0]), (1, &rows[1]), (2, &rows[2])]);
+    let more: Vec<u32> = (0..13).map(|i| (i * 91 % 2048) as u32).collect();
+    step(&[(0, &more[..4]), (1, &more[4..5])]);
+    step(&[(0, &more[4..12]), (2, &more[12..])]);
+    for t in &more[..3] {
+        step(&[(0, std::slice::from_ref(t)), (1, std::slice::from_ref(t)), (2, std::slice::from_ref(t))]);
+    }
+    assert!(cache.arenas().0 > 2, "the full-attention cache stayed in {} buffer(s)", cache.arenas().0);
     // One sequence whose keys cannot fit one buffer is refused with a clear error, not a device error.
     let mut cache = m.new_cache().unwrap();
     let seq = cache.add_sequence();

@@ -624,3 +624,18 @@ fn a_chat_reuses_the_cached_prefix_across_turns() {
     assert!(st3.cached_tokens <= shared, "{} reused of {shared} shared", st3.cached_tokens);
     assert_eq!(out3, turn(&mut chat(), &other).0);
 }
+
+/// Pools sized up front hold a sequence of that many pages without growing (no arena is copied).
+#[test]
+fn pools_reserved_up_front_do_not_grow() {
+    let m = paged("scout", 3);
+    let mut cache = m.new_cache().unwrap();
+    cache.reserve_pages(m.backend(), 20).unwrap();
+    let reserved = cache.reserved_bytes();
+    let (full, chunked, slot) = layout(&m);
+    assert_eq!(reserved, (full + chunked) * 20 * 3 * slot);
+    let s = cache.add_sequence();
+    pollster::block_on(m.forward(&mut cache, &[(s, &random_ids(7, 60, m.cfg.vocab_size))], &[], Rows::Last)).unwrap();
+    assert_eq!(cache.bytes(), expected_bytes(&m, 3, 60));
+    assert_eq!(cache.reserved_bytes(), reserved, "60 tokens (20 pages) grew the reserved pools");
+}

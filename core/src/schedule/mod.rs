@@ -265,7 +265,7 @@ impl<B: Backend> Scheduler<B> {
         self.stats
     }
 
-    /// Bytes the KV cache holds (it grows with the longest sequences and stays allocated).
+    /// Bytes of the KV-cache pages the running and kept sequences hold (shared pages count once).
     pub fn cache_bytes(&self) -> usize {
         self.cache.bytes()
     }

@@ -63,7 +63,7 @@ impl Metrics {
             add(&mut r, "prefix_cache_tokens", "Tokens of ended requests kept in the KV cache for reuse", g());
         let generated_tokens = add(&mut r, "generation_tokens", "Tokens generated", c());
         let kv_tokens = add(&mut r, "kv_cache_tokens", "Tokens held in the KV cache by running requests", g());
-        let kv_bytes = add(&mut r, "kv_cache_bytes", "Bytes the KV cache buffers take", g());
+        let kv_bytes = add(&mut r, "kv_cache_bytes", "Bytes of the KV-cache pages in use (a page shared by several sequences counts once)", g());
         let expert_hits = add(&mut r, "expert_cache_hits", "Routed experts found in the expert cache", g());
         let expert_misses = add(&mut r, "expert_cache_misses", "Routed expert lookups the expert cache missed", g());
         let ttft = add(
