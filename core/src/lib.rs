@@ -28,6 +28,7 @@ pub mod model;
 mod not_run;
 pub mod openai;
 pub mod oplock;
+pub mod plan;
 pub mod quant;
 pub mod sampling;
 pub mod schedule;

@@ -10,6 +10,7 @@ mod files;
 mod ids_io;
 mod images;
 mod inspect;
+mod plan;
 mod quantize;
 mod serve;
 mod serve_web;
@@ -57,6 +58,9 @@ enum Cmd {
     Greedy(GreedyArgs),
     /// Measure prefill and decode speed and peak memory.
     Bench(BenchArgs),
+    /// Plan a model's memory on a device: weights, expert cache, activations, the KV cache of chunked and
+    /// global layers, and the longest context that fits (or what --context needs). Loads nothing.
+    Plan(PlanArgs),
     /// Write a quantized copy of a model directory (int4 or int8, group-wise), loadable like any other.
     Quantize(QuantizeArgs),
     /// Serve a model over HTTP with the OpenAI API (chat and text completions, streaming), many requests at
@@ -325,6 +329,36 @@ pub struct BenchArgs {
     backend: BackendArg,
 }
 
+#[derive(Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Plan the published shapes of scout, maverick or guard (or tiny) instead of --model.
+    #[arg(long, value_name = "NAME", conflicts_with = "model")]
+    synthetic: Option<String>,
+    /// With --synthetic: layers (default: the published 48; tiny: 2).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// With --synthetic: the weight format: bf16 (default), f16, f32, or quantized q4, q8, q4g32...
+    #[arg(long, value_name = "FORMAT")]
+    quant: Option<String>,
+    /// The device's memory, e.g. 80GB, 24GiB.
+    #[arg(long, value_name = "SIZE")]
+    device_memory: String,
+    /// Check this context (tokens per sequence) instead of only finding the longest that fits.
+    #[arg(long, value_name = "TOKENS")]
+    context: Option<usize>,
+    /// Sequences held at once.
+    #[arg(long, default_value_t = 1)]
+    seqs: usize,
+    /// Stream the routed experts through a cache of this size instead of holding them.
+    #[arg(long, value_name = "SIZE")]
+    expert_cache: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Runs `f` with the backend named by `--backend`. Every subcommand is generic over the backend, so a new
 /// backend is one more arm here.
 macro_rules! with_backend {
@@ -417,6 +451,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             ))
         }
         Cmd::Inspect(a) => inspect::inspect(&ModelFiles::new(a.model)),
+        Cmd::Plan(a) => plan::run(&ModelFiles::new(a.model.model.clone()), &a),
         Cmd::Logits(a) => {
             let ex = a.backend.expert_cache()?;
             with_backend!(a.backend, |b| ids_io::logits(b, &a.model, &a.input, &a.output, a.decode, ex.as_ref()))

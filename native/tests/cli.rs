@@ -475,10 +475,58 @@ fn bench_at_depth() {
         assert_eq!(r["kv_bytes_read_per_token"].as_u64(), Some(2 * (2 * d + 3) * 256 / 2), "{r}");
         assert!(r["decode_tok_s"].as_f64().is_some_and(|t| t > 0.0), "{r}");
     }
+    // The plan's figure for the same tokens (depth + the 2 decoded) is what the cache held.
+    for r in rows {
+        let n = r["context"].as_u64().unwrap() + 2;
+        let (plan, _) = ok(
+            "plan --context",
+            herd(["plan", "--synthetic", "tiny", "--device-memory", "1GiB", "--json", "--context", &n.to_string()]),
+        );
+        let p: Value = serde_json::from_str(plan.trim()).expect("plan --json prints one JSON object");
+        assert_eq!(p["kv_bytes_at_context"], r["kv_bytes_held"], "plan {p} vs bench {r}");
+        assert_eq!(p["fits"], true, "{p}");
+    }
     fails(
         "bench --context past the context",
         herd(["bench", "--synthetic", "tiny", "--context", "10485760"]),
         &["--context 10485760 plus --gen-tokens 32", "context of 10485760"],
+    );
+}
+
+/// `herd plan`: Scout's published shapes with int4 weights on an 80 GB device. Each figure is recomputed here
+/// from the published config: 12 global layers of 8 kv heads × 128 (96 KiB of f32 keys and values per
+/// token), 36 chunked layers holding one chunk of 8192 each.
+#[test]
+fn plan_for_scout() {
+    let (out, _) = ok("plan", herd(["plan", "--synthetic", "scout", "--quant", "q4", "--device-memory", "80GB", "--json"]));
+    let p: Value = serde_json::from_str(out.trim()).expect("plan --json prints one JSON object");
+    assert_eq!(p["kv"]["global_bytes_per_token"], 12 * 2 * 8 * 128 * 4, "{p}");
+    assert_eq!(p["kv"]["chunked_bytes_per_seq"], 36u64 * 8192 * 2 * 8 * 128 * 4, "{p}");
+    let fixed = ["weights", "activations", "expert_cache"].iter().map(|k| p[k].as_u64().unwrap()).sum::<u64>();
+    let longest = p["longest_context"].as_u64().unwrap();
+    let kv = |n: u64| 36 * 8192 * 8192 + 12 * n.div_ceil(16) * 16 * 8192;
+    assert!(fixed + kv(longest) <= 80_000_000_000 && fixed + kv(longest + 1) > 80_000_000_000, "{p}");
+    assert_eq!(p["kv_bytes_at_longest"], kv(longest), "{p}");
+    // int4 weights: about half a byte per parameter of Scout's 109B.
+    let w = p["weights"].as_u64().unwrap() as f64;
+    assert!(w > 0.5 * 107e9 && w < 0.6 * 110e9, "{p}");
+    // A context that does not fit is said so, with what it needs and the longest that does.
+    let (out, _) = ok(
+        "plan --context too long",
+        herd(["plan", "--synthetic", "scout", "--quant", "q4", "--device-memory", "80GB", "--context", "1000000"]),
+    );
+    let need = fixed + kv(1_000_000);
+    for want in [
+        format!("does not fit: 1000000 tokens of context need {need} bytes"),
+        format!("the longest that fits is {longest} tokens"),
+    ] {
+        assert!(out.contains(&want), "{want:?} not in\n{out}");
+    }
+    fails("plan --device-memory junk", herd(["plan", "--synthetic", "tiny", "--device-memory", "lots"]), &["--device-memory"]);
+    fails(
+        "plan --quant with a model directory",
+        herd(["plan", "--device-memory", "8GB", "--quant", "q4"]),
+        &["--quant and --layers go with --synthetic"],
     );
 }
 

@@ -639,3 +639,58 @@ fn pools_reserved_up_front_do_not_grow() {
     assert_eq!(cache.bytes(), expected_bytes(&m, 3, 60));
     assert_eq!(cache.reserved_bytes(), reserved, "60 tokens (20 pages) grew the reserved pools");
 }
+
+// ---------------------------------------------------------------------------------------------------
+// (f) The memory plan (`herd plan`) states what the cache and the model take.
+// ---------------------------------------------------------------------------------------------------
+
+/// What the plan says one sequence of n tokens holds is what the cache reports, for every fixture, page size
+/// and length (the chunked rings filling up and the global layers growing).
+#[test]
+fn the_plans_kv_bytes_are_what_the_cache_holds() {
+    use herd_core::plan::KvLayout;
+    for name in F32_FIXTURES {
+        for page in [1, 3, 16] {
+            let m = paged(name, page);
+            let layout = KvLayout::new(&m.cfg, page);
+            let mut cache = m.new_cache().unwrap();
+            let s = cache.add_sequence();
+            let ids = random_ids(11, 60, m.cfg.vocab_size);
+            for (n, piece) in [(0, 1), (1, 7), (8, 9), (17, 30), (47, 13)] {
+                pollster::block_on(m.forward(&mut cache, &[(s, &ids[n..n + piece])], &[], Rows::Last)).unwrap();
+                let len = n + piece;
+                assert_eq!(cache.bytes(), layout.bytes(len), "{name}, pages of {page}, {len} tokens");
+            }
+        }
+    }
+}
+
+/// The plan's list of tensors is what the model loads: names and shapes, for every fixture (dense and MoE
+/// layers, tied and untied embeddings).
+#[test]
+fn the_plans_tensors_are_what_the_model_loads() {
+    use std::cell::RefCell;
+    use herd_core::checkpoint::Checkpoint;
+    use herd_core::source::WeightSource;
+    struct Recording(Checkpoint, RefCell<Vec<(String, Vec<usize>)>>);
+    impl WeightSource<CpuBackend> for Recording {
+        fn contains(&self, name: &str) -> bool {
+            self.0.contains(name)
+        }
+        fn weight(&self, be: &CpuBackend, name: &str, shape: &[usize]) -> herd_core::Result<<CpuBackend as herd_core::backend::Backend>::Weight> {
+            self.1.borrow_mut().push((name.to_owned(), shape.to_vec()));
+            WeightSource::<CpuBackend>::weight(&self.0, be, name, shape)
+        }
+    }
+    for name in ["scout", "maverick", "guard", "demo"] {
+        let dir = herd_conformance::model_dir(name);
+        let cfg = herd_core::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let rec = Recording(Checkpoint::open_dir(&dir).unwrap(), RefCell::new(Vec::new()));
+        Llama4::load_with(Arc::new(CpuBackend::new()), &rec, &cfg.text, None, &mut |_, _| {}).unwrap();
+        let mut loaded = rec.1.into_inner();
+        let mut planned = herd_core::plan::text_tensors(&cfg.text);
+        loaded.sort();
+        planned.sort();
+        assert_eq!(planned, loaded, "{name}");
+    }
+}

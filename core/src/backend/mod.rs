@@ -40,6 +40,9 @@ pub struct AttnSeq {
     pub slot_cap: u32,
 }
 
+/// Slots per KV-cache page unless a backend says otherwise ([`Backend::kv_page_size`]).
+pub const DEFAULT_KV_PAGE: usize = 16;
+
 /// How a layer's cache buffers are paged: they hold pages of `size` slots (a slot is one position's
 /// [n_kv_heads, head_dim] keys or values), and `table` lists, per sequence from its
 /// [`AttnSeq::page_base`], the pages of its slots in order. Sequences may share pages.
@@ -130,7 +133,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Slots per page of the KV cache here (see [`KvPages`]): small enough that a short sequence wastes
     /// little, large enough that attention reads whole runs of keys.
     fn kv_page_size(&self) -> usize {
-        16
+        DEFAULT_KV_PAGE
     }
     /// The most elements one buffer may hold here (the model cuts larger steps into pieces).
     fn max_buffer_len(&self) -> usize {

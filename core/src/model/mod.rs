@@ -11,6 +11,7 @@ mod steps;
 use images::{check_images, fuse_images, step_images, StepImages};
 pub use images::{ImagePart, ImageRows};
 pub use pick::{Pick, Picked};
+pub use steps::MAX_STEP_ROWS;
 
 use std::sync::{Arc, Mutex};
 

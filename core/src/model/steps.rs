@@ -10,10 +10,16 @@ use crate::kv::{KvCache, SeqId};
 /// Batch entries (index into the batch, tokens) of one step.
 pub(super) type Piece<'a> = Vec<(usize, &'a [u32])>;
 
+/// The most new tokens one step runs: a longer prompt is read in pieces of this many (the same result; a
+/// Scout step of 4096 tokens keeps a quarter GiB of f32 activations in a buffer of the widest row, 16,384).
+pub const MAX_STEP_ROWS: usize = 4096;
+
 impl<B: Backend> Llama4<B> {
     /// The most new tokens and the most sequences one step may hold on this backend: the widest per-token
     /// buffer of a step (activations, the MoE's per-choice partial sums, logits when every row comes back)
-    /// and the per-sequence ones (logits, the last hidden rows) must fit its largest buffer.
+    /// and the per-sequence ones (logits, the last hidden rows) must fit its largest buffer, and a step
+    /// holds at most [`MAX_STEP_ROWS`] tokens, so that a long prompt's activations stay bounded (its KV cache
+    /// is what grows with it).
     pub(crate) fn step_limits(&self, rows: Rows) -> (usize, usize) {
         let c = &self.cfg;
         let ffn = c.intermediate_size.max(if c.moe_layers.iter().any(|&m| !m) { c.intermediate_size_mlp } else { 0 });
@@ -26,7 +32,7 @@ impl<B: Backend> Llama4<B> {
             .max(1);
         let per_seq = c.vocab_size.max(c.hidden_size).max(1);
         let max = self.backend.max_buffer_len();
-        ((max / per_row).max(1), (max / per_seq).max(1))
+        ((max / per_row).clamp(1, MAX_STEP_ROWS), (max / per_seq).max(1))
     }
 
     /// Checks the whole batch (so that no step runs for a batch that is refused), then cuts it into steps.
