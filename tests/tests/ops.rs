@@ -21,7 +21,7 @@ fn every_backend_op_has_rows_in_the_table() {
     let methods: Vec<&str> = body
         .lines()
         .filter_map(|l| l.trim_start().strip_prefix("fn "))
-        .map(|l| l.split(|c: char| c == '(' || c == '<').next().unwrap_or(""))
+        .map(|l| l.split(['(', '<']).next().unwrap_or(""))
         // An op's checked arguments go to its run_ method: the op itself is what the table calls.
         .filter(|m| !m.starts_with("run_"))
         .collect();

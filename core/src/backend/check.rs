@@ -310,7 +310,7 @@ fn seq_rows(op: &str, seqs: &[super::AttnSeq]) -> std::result::Result<usize, Str
 fn seq_pages(op: &str, pages: &super::KvPages<'_>, s: &super::AttnSeq, slots: usize) -> Verdict {
     let size = pages.size;
     let cap = s.slot_cap as usize;
-    if cap == 0 || cap % size != 0 {
+    if cap == 0 || !cap.is_multiple_of(size) {
         return Err(format!("{op}: a sequence's {cap} cache slots are not a whole number of {size}-slot pages"));
     }
     let (base, n) = (s.page_base as usize, cap / size);
