@@ -138,6 +138,16 @@ time_left "cuda bench, int4 Scout (48 layers)" && {
     row "cuda int4 Scout 48 layers, weight GB/s" "$(grep -oE '= [0-9.]+ GB/s' "$OUT/bench_cuda_q4.txt")"
 }
 
+time_left "cuda decode at depth, int4 Scout (8 layers)" && {
+    # The paged KV cache (f32) filled to each depth, then decode: 2 of the 8 layers are global.
+    timeout 150 $B/herd bench --backend cuda --synthetic scout --layers 8 --quant q4 --context 1024,65536,262144 \
+        --gen-tokens 16 --repeat 2 > "$OUT/bench_cuda_depth.txt" 2>&1; echo "exit $?"
+    grep -E "^context|error" "$OUT/bench_cuda_depth.txt"
+    for d in 1024 65536 262144; do
+        row "cuda int4 Scout 8 layers, decode at $d" "$(grep -E "^context $d:" "$OUT/bench_cuda_depth.txt" | cut -d';' -f1)"
+    done
+}
+
 time_left "expert streaming, cuda" && {
 echo "== expert streaming on cuda: identical logits on the fixtures, then int4 Scout (12 layers) at several budgets"
 HERD_FIXTURES="$PWD/tests/fixtures" timeout 120 $B/expert_cache --exact streaming_is_exact_on_cuda --nocapture \
