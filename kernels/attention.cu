@@ -25,23 +25,59 @@ __device__ __forceinline__ float query_scale(float scale, u32 temp_on, float flo
     return scale * (log1pf(f) * attn_scale + 1.0f);
 }
 
-__device__ __forceinline__ const float* kv_at(const float* cache, const float* fresh, u32 j, u32 pos0, u32 q_start,
-                                              const u32* pages, u32 page_size, u32 page_base, u32 slot_cap, u32 n_kv,
-                                              u32 kvh, u32 hd) {
+// KV-cache formats (herd_core::kv_format; KvDtype): 0 f32 (a word a value), 1 bf16 and 2 f16 (two values a
+// word, the even one low), 3 q8 and 4 fp8 E4M3 (a byte a value, then an f32 scale per kv head).
+__device__ __forceinline__ float e4m3_value(u32 b) {
+    const u32 e = (b >> 3) & 15u;
+    const float m = (float)(b & 7u);
+    const float v = e == 0 ? ldexpf(m, -9) : ldexpf(8.0f + m, (int)e - 10);
+    return (b & 0x80u) ? -v : v;
+}
+// Round to nearest even, saturating at +-448 (as herd_core::kv_format::e4m3_from_f32).
+__device__ __forceinline__ u32 e4m3_byte(float x) {
+    const u32 sign = x < 0.0f ? 0x80u : 0u;
+    const float a = fabsf(x);
+    if (a >= 448.0f) return sign | 0x7eu;
+    int e = (int)((__float_as_uint(a) >> 23) & 0xffu) - 127;
+    if (e < -6) return sign | (u32)rintf(ldexpf(a, 9));
+    u32 m = (u32)rintf(ldexpf(a, 3 - e));
+    if (m == 16u) {
+        e += 1;
+        m = 8u;
+    }
+    return sign | ((u32)(e + 7) << 3) | (m - 8u);
+}
+
+// Element e (of kv heads * head_dim) of a cache slot `w` of format `dt`.
+__device__ __forceinline__ float kv_decode(const u32* w, u32 e, u32 dt, u32 kv_row, u32 hd) {
+    switch (dt) {
+    case 0: return __uint_as_float(w[e]);
+    case 1: return bf2f((w[e >> 1] >> (16 * (e & 1))) & 0xffffu);
+    case 2: return h2f((u16)((w[e >> 1] >> (16 * (e & 1))) & 0xffffu));
+    case 3: return (float)(int)(signed char)((w[e >> 2] >> (8 * (e & 3))) & 0xffu) * __uint_as_float(w[kv_row / 4 + e / hd]);
+    default: return e4m3_value((w[e >> 2] >> (8 * (e & 3))) & 0xffu) * __uint_as_float(w[kv_row / 4 + e / hd]);
+    }
+}
+
+// Dimension d of kv head kvh at key position j: from the cache (through the page table, in its format) or the
+// step's new rows.
+__device__ __forceinline__ float kv_val(const u32* cache, const float* fresh, u32 j, u32 pos0, u32 q_start,
+                                        const u32* pages, u32 page_size, u32 page_base, u32 slot_cap, u32 n_kv,
+                                        u32 kvh, u32 hd, u32 d, u32 dt, u32 slot_words) {
     if (j < pos0) {
         const u32 r = j % slot_cap;
         const u32 slot = pages[page_base + r / page_size] * page_size + r % page_size;
-        return cache + ((u64)slot * n_kv + kvh) * hd;
+        return kv_decode(cache + (u64)slot * slot_words, kvh * hd + d, dt, n_kv * hd, hd);
     }
-    return fresh + ((u64)(q_start + (j - pos0)) * n_kv + kvh) * hd;
+    return fresh[((u64)(q_start + (j - pos0)) * n_kv + kvh) * hd + d];
 }
 
 struct AttnDecodeParams {
     const float* q;
     const float* kn;
     const float* vn;
-    const float* kc;
-    const float* vc;
+    const u32* kc;
+    const u32* vc;
     const u32* rows;
     float* part;
     u32 n_heads;
@@ -54,6 +90,8 @@ struct AttnDecodeParams {
     float attn_scale;
     u32 nsplit;
     u32 page_size;
+    u32 kv_dtype;
+    u32 slot_words;
 };
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -86,14 +124,16 @@ extern "C" __global__ void __launch_bounds__(128)
     }
     float* acc = acc_s + warp * G * prm.hd;
     for (u32 j = j0 + warp; j < j1; j += 4) {
-        const float* kp = kv_at(prm.kc, prm.kn, j, pos0, qs, prm.rows, prm.page_size, sb, sc, prm.n_kv, kvh, prm.hd);
-        const float* vp = kv_at(prm.vc, prm.vn, j, pos0, qs, prm.rows, prm.page_size, sb, sc, prm.n_kv, kvh, prm.hd);
         float kr[8], vr[8];
 #pragma unroll
         for (u32 t = 0; t < 8; t++) {
             u32 d = lane + 32 * t;
-            kr[t] = d < prm.hd ? kp[d] : 0.0f;
-            vr[t] = d < prm.hd ? vp[d] : 0.0f;
+            kr[t] = d < prm.hd ? kv_val(prm.kc, prm.kn, j, pos0, qs, prm.rows, prm.page_size, sb, sc, prm.n_kv, kvh,
+                                        prm.hd, d, prm.kv_dtype, prm.slot_words)
+                               : 0.0f;
+            vr[t] = d < prm.hd ? kv_val(prm.vc, prm.vn, j, pos0, qs, prm.rows, prm.page_size, sb, sc, prm.n_kv, kvh,
+                                        prm.hd, d, prm.kv_dtype, prm.slot_words)
+                               : 0.0f;
         }
 #pragma unroll
         for (u32 g = 0; g < MAXG; g++) {
@@ -186,9 +226,10 @@ extern "C" __global__ void __launch_bounds__(128)
 }
 
 template <int DPT, int BK>
-__device__ void attn_prefill_impl(const float* q, const float* kn, const float* vn, const float* kc, const float* vc,
+__device__ void attn_prefill_impl(const float* q, const float* kn, const float* vn, const u32* kc, const u32* vc,
                                   const u32* tiles, u32 n_heads, u32 n_kv, u32 hd, float scale, u32 chunk,
-                                  u32 temp_on, float floor_scale, float attn_scale, float* out, u32 page_size) {
+                                  u32 temp_on, float floor_scale, float attn_scale, float* out, u32 page_size,
+                                  u32 kv_dtype, u32 slot_words) {
     DYN_SHARED(float, smp);
     float* ks = smp;           // [BK][hd]
     float* vs = smp + BK * hd; // [BK][hd]
@@ -218,8 +259,8 @@ __device__ void attn_prefill_impl(const float* q, const float* kn, const float* 
             u32 jj = idx / hd, d = idx % hd, j = jt + jj;
             float a = 0.0f, b = 0.0f;
             if (j <= p_last) {
-                a = kv_at(kc, kn, j, pos0, qs, tiles, page_size, sb, sc, n_kv, kvh, hd)[d];
-                b = kv_at(vc, vn, j, pos0, qs, tiles, page_size, sb, sc, n_kv, kvh, hd)[d];
+                a = kv_val(kc, kn, j, pos0, qs, tiles, page_size, sb, sc, n_kv, kvh, hd, d, kv_dtype, slot_words);
+                b = kv_val(vc, vn, j, pos0, qs, tiles, page_size, sb, sc, n_kv, kvh, hd, d, kv_dtype, slot_words);
             }
             ks[idx] = a;
             vs[idx] = b;
@@ -261,8 +302,8 @@ struct AttnPrefillParams {
     const float* q;
     const float* kn;
     const float* vn;
-    const float* kc;
-    const float* vc;
+    const u32* kc;
+    const u32* vc;
     const u32* tiles;
     float* out;
     u32 n_heads;
@@ -274,13 +315,15 @@ struct AttnPrefillParams {
     float floor_scale;
     float attn_scale;
     u32 page_size;
+    u32 kv_dtype;
+    u32 slot_words;
     u32 pad;
 };
 
 #define PREFILL(DPT, BK)                                                                                            \
     extern "C" __global__ void __launch_bounds__(128) attn_prefill_##DPT(const AttnPrefillParams prm) {             \
         attn_prefill_impl<DPT, BK>(prm.q, prm.kn, prm.vn, prm.kc, prm.vc, prm.tiles, prm.n_heads, prm.n_kv, prm.hd, prm.scale, prm.chunk, prm.temp_on, prm.floor_scale, \
-                                   prm.attn_scale, prm.out, prm.page_size);                                                    \
+                                   prm.attn_scale, prm.out, prm.page_size, prm.kv_dtype, prm.slot_words);                                                    \
     }
 PREFILL(4, 32)
 PREFILL(8, 32)
@@ -291,19 +334,52 @@ PREFILL(64, 16)
 struct KvStoreParams {
     const float* kn;
     const float* vn;
-    float* kc;
-    float* vc;
+    u32* kc;
+    u32* vc;
     const u32* pairs;
     u32 npairs;
     u32 kv_dim;
+    u32 kv_dtype;
+    u32 slot_words;
+    u32 head_dim;
+    u32 units;
 };
+
+__device__ __forceinline__ u32 quant_byte(float x, float s, u32 dt) {
+    const float q = s > 0.0f ? x / s : 0.0f;
+    if (dt == 3) return (u32)(int)fminf(fmaxf(rintf(q), -127.0f), 127.0f) & 0xffu;
+    return e4m3_byte(q);
+}
+
+// One unit of a row into its slot in the cache's format: a value (f32), a word of two values (16-bit), or a kv
+// head (byte formats: scale = the head's max |x| / 127 or 448).
+__device__ __forceinline__ void store_unit(const float* x, u32* c, u32 u, const KvStoreParams& prm) {
+    switch (prm.kv_dtype) {
+    case 0: c[u] = __float_as_uint(x[u]); break;
+    case 1: c[u] = (u32)f2bf(x[2 * u]) | ((u32)f2bf(x[2 * u + 1]) << 16); break;
+    case 2: c[u] = (u32)f2h(x[2 * u]) | ((u32)f2h(x[2 * u + 1]) << 16); break;
+    default: {
+        const u32 hd = prm.head_dim;
+        const float* h = x + u * hd;
+        float amax = 0.0f;
+        for (u32 i = 0; i < hd; i++) amax = fmaxf(amax, fabsf(h[i]));
+        const float s = amax / (prm.kv_dtype == 3 ? 127.0f : 448.0f);
+        c[prm.kv_dim / 4 + u] = __float_as_uint(s);
+        for (u32 w = 0; w < hd / 4; w++) {
+            u32 word = 0;
+            for (u32 t = 0; t < 4; t++) word |= quant_byte(h[4 * w + t], s, prm.kv_dtype) << (8 * t);
+            c[(u * hd) / 4 + w] = word;
+        }
+    }
+    }
+}
 
 // pairs: (source row, destination slot) per stored token.
 extern "C" __global__ void kv_store(const KvStoreParams prm) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (u64)prm.npairs * prm.kv_dim) return;
-    u32 pr = (u32)(i / prm.kv_dim), c = (u32)(i % prm.kv_dim);
-    u64 src = (u64)prm.pairs[2 * pr] * prm.kv_dim + c, dst = (u64)prm.pairs[2 * pr + 1] * prm.kv_dim + c;
-    prm.kc[dst] = prm.kn[src];
-    prm.vc[dst] = prm.vn[src];
+    if (i >= (u64)prm.npairs * prm.units) return;
+    u32 pr = (u32)(i / prm.units), u = (u32)(i % prm.units);
+    const u64 src = (u64)prm.pairs[2 * pr] * prm.kv_dim, dst = (u64)prm.pairs[2 * pr + 1] * prm.slot_words;
+    store_unit(prm.kn + src, prm.kc + dst, u, prm);
+    store_unit(prm.vn + src, prm.vc + dst, u, prm);
 }

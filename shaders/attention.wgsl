@@ -14,16 +14,21 @@
 // (attention and attention_tiled only).
 struct AttentionParams {
     heads: u32, kv_heads: u32, head_dim: u32, scale: f32, chunk: u32, temperature: u32, floor_scale: f32,
-    attn_scale: f32, rows: u32, splits: u32, group: u32, bidirectional: u32, page_size: u32,
+    attn_scale: f32, rows: u32, splits: u32, group: u32, bidirectional: u32, page_size: u32, kv_dtype: u32,
+    slot_words: u32,
 }
-// kv_dim: kv heads · head_dim; page_size: slots per cache page.
-struct KvStoreParams { rows: u32, kv_dim: u32, page_size: u32 }
+// kv_dim: kv heads · head_dim; page_size: slots per cache page; kv_dtype, slot_words: the cache's format (below);
+// units: what one invocation writes per row (values for f32, words for the 16-bit formats, kv heads for the
+// byte formats).
+struct KvStoreParams { rows: u32, kv_dim: u32, page_size: u32, kv_dtype: u32, slot_words: u32, head_dim: u32, units: u32 }
 
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k_new: array<f32>;
 @group(0) @binding(3) var<storage, read> v_new: array<f32>;
-@group(0) @binding(4) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(5) var<storage, read_write> v_cache: array<f32>;
+// The caches as words in their format (herd_core::kv_format): 0 f32 (the value's bits), 1 bf16 and 2 f16 (two
+// values a word, the even one low), 3 q8 and 4 fp8 (a byte a value, then an f32 scale per kv head).
+@group(0) @binding(4) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(5) var<storage, read_write> v_cache: array<u32>;
 @group(0) @binding(6) var<storage, read> seqs: array<u32>;
 @group(0) @binding(7) var<storage, read> row_seq: array<u32>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
@@ -40,6 +45,47 @@ var<private> slot_cap: u32;
 var<private> page_size: u32;
 var<private> kv_off: u32; // kv head · head_dim
 var<private> kv_row: u32; // kv heads · head_dim
+var<private> kv_dtype: u32;
+var<private> slot_words: u32;
+var<private> kv_hd: u32; // head_dim
+
+// The value of an OCP FP8 E4M3 byte.
+fn e4m3_value(b: u32) -> f32 {
+    let e = (b >> 3u) & 15u;
+    let m = f32(b & 7u);
+    var v = 0.0;
+    if (e == 0u) { v = ldexp(m, -9); } else { v = ldexp(8.0 + m, i32(e) - 10); }
+    if ((b & 0x80u) != 0u) { v = -v; }
+    return v;
+}
+// The E4M3 byte of x, rounded to nearest even, saturating at ±448 (as herd_core::kv_format::e4m3_from_f32).
+fn e4m3_byte(x: f32) -> u32 {
+    var sign = 0u;
+    if (x < 0.0) { sign = 0x80u; }
+    let a = abs(x);
+    if (a >= 448.0) { return sign | 0x7eu; }
+    var e = i32((bitcast<u32>(a) >> 23u) & 0xffu) - 127;
+    if (e < -6) { return sign | u32(round(ldexp(a, 9))); }
+    var m = u32(round(ldexp(a, 3 - e)));
+    if (m == 16u) { e = e + 1; m = 8u; }
+    return sign | (u32(e + 7) << 3u) | (m - 8u);
+}
+// Element e of a slot, from the word holding it and (byte formats) its head's scale word.
+fn kv_decode(w: u32, scale: u32, e: u32) -> f32 {
+    switch kv_dtype {
+        case 0u: { return bitcast<f32>(w); }
+        case 1u: { return bitcast<f32>(((w >> (16u * (e & 1u))) & 0xffffu) << 16u); }
+        case 2u: { return unpack2x16float(w)[e & 1u]; }
+        case 3u: { return f32(bitcast<i32>(((w >> (8u * (e & 3u))) & 0xffu) << 24u) >> 24u) * bitcast<f32>(scale); }
+        default: { return e4m3_value((w >> (8u * (e & 3u))) & 0xffu) * bitcast<f32>(scale); }
+    }
+}
+// The word of a slot that holds element e.
+fn kv_word(e: u32) -> u32 {
+    if (kv_dtype == 0u) { return e; }
+    if (kv_dtype <= 2u) { return e / 2u; }
+    return e / 4u;
+}
 
 // The cache slot of cached position j.
 fn slot_of(j: u32) -> u32 {
@@ -47,12 +93,31 @@ fn slot_of(j: u32) -> u32 {
     return seqs[page_base + r / page_size] * page_size + r % page_size;
 }
 fn kval(j: u32, c: u32) -> f32 {
-    if (j < pos0) { return k_cache[slot_of(j) * kv_row + kv_off + c]; }
+    if (j < pos0) {
+        let e = kv_off + c;
+        let b = slot_of(j) * slot_words;
+        var s = 0u;
+        if (kv_dtype >= 3u) { s = k_cache[b + kv_row / 4u + e / kv_hd]; }
+        return kv_decode(k_cache[b + kv_word(e)], s, e);
+    }
     return k_new[(q_start + j - pos0) * kv_row + kv_off + c];
 }
 fn vval(j: u32, c: u32) -> f32 {
-    if (j < pos0) { return v_cache[slot_of(j) * kv_row + kv_off + c]; }
+    if (j < pos0) {
+        let e = kv_off + c;
+        let b = slot_of(j) * slot_words;
+        var s = 0u;
+        if (kv_dtype >= 3u) { s = v_cache[b + kv_row / 4u + e / kv_hd]; }
+        return kv_decode(v_cache[b + kv_word(e)], s, e);
+    }
     return v_new[(q_start + j - pos0) * kv_row + kv_off + c];
+}
+// Sets the cache format's private values from the attention parameters.
+fn attention_format() {
+    let ap = load_AttentionParams();
+    kv_dtype = ap.kv_dtype;
+    slot_words = ap.slot_words;
+    kv_hd = ap.head_dim;
 }
 
 // A query row's sequence, read by one invocation and shared with the workgroup: (valid, q_start, pos0,
@@ -82,6 +147,7 @@ fn row_meta(li: u32, row: u32) -> array<u32, 8> {
     page_base = mt[3];
     slot_cap = mt[4];
     page_size = load_AttentionParams().page_size;
+    attention_format();
     return mt;
 }
 
@@ -167,16 +233,18 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-// Writes new keys and values into their cache slots: row q_start + t → the slot of position pos0 + t; when a
-// step has more tokens than a ring of slot_cap slots holds, only the last slot_cap of them are written.
+// Writes new keys and values into their cache slots in the cache's format: row q_start + t → the slot of
+// position pos0 + t; when a step has more tokens than a ring of slot_cap slots holds, only the last slot_cap of
+// them are written. One invocation per (row, unit): a value (f32), a word of two values (16-bit), or a kv head
+// (byte formats: its scale is the head's max |x| over 127 or 448).
 @compute @workgroup_size(256)
 fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let kp = load_KvStoreParams();
     let x = group_index(wid, nwg) * 256u + li;
     let kvd = kp.kv_dim;
-    if (x >= kp.rows * kvd) { return; }
-    let row = x / kvd;
-    let e = x % kvd;
+    if (x >= kp.rows * kp.units) { return; }
+    let row = x / kp.units;
+    let u = x % kp.units;
     let si = row_seq[row];
     if (si == 0xffffffffu) { return; }
     let qs0 = seqs[si * 5u];
@@ -188,9 +256,62 @@ fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     page_base = seqs[si * 5u + 3u];
     slot_cap = cap;
     page_size = kp.page_size;
-    let slot = slot_of(p0 + row - qs0);
-    k_cache[slot * kvd + e] = k_new[row * kvd + e];
-    v_cache[slot * kvd + e] = v_new[row * kvd + e];
+    let b = slot_of(p0 + row - qs0) * kp.slot_words;
+    let src = row * kvd;
+    switch kp.kv_dtype {
+        case 0u: {
+            k_cache[b + u] = bitcast<u32>(k_new[src + u]);
+            v_cache[b + u] = bitcast<u32>(v_new[src + u]);
+        }
+        case 1u: {
+            k_cache[b + u] = bf16_pair(k_new[src + 2u * u], k_new[src + 2u * u + 1u]);
+            v_cache[b + u] = bf16_pair(v_new[src + 2u * u], v_new[src + 2u * u + 1u]);
+        }
+        case 2u: {
+            k_cache[b + u] = pack2x16float(vec2<f32>(k_new[src + 2u * u], k_new[src + 2u * u + 1u]));
+            v_cache[b + u] = pack2x16float(vec2<f32>(v_new[src + 2u * u], v_new[src + 2u * u + 1u]));
+        }
+        default: {
+            let hd = kp.head_dim;
+            let h0 = src + u * hd;
+            var top = 127.0;
+            if (kp.kv_dtype == 4u) { top = 448.0; }
+            var ka = 0.0;
+            var va = 0.0;
+            for (var i = 0u; i < hd; i++) { ka = max(ka, abs(k_new[h0 + i])); va = max(va, abs(v_new[h0 + i])); }
+            let ks = ka / top;
+            let vs = va / top;
+            k_cache[b + kvd / 4u + u] = bitcast<u32>(ks);
+            v_cache[b + kvd / 4u + u] = bitcast<u32>(vs);
+            for (var w = 0u; w < hd / 4u; w++) {
+                var kw = 0u;
+                var vw = 0u;
+                for (var t = 0u; t < 4u; t++) {
+                    let i = h0 + 4u * w + t;
+                    kw = kw | (quant_byte(k_new[i], ks, kp.kv_dtype) << (8u * t));
+                    vw = vw | (quant_byte(v_new[i], vs, kp.kv_dtype) << (8u * t));
+                }
+                k_cache[b + (u * hd) / 4u + w] = kw;
+                v_cache[b + (u * hd) / 4u + w] = vw;
+            }
+        }
+    }
+}
+
+// Two values as bf16 (round to nearest even) in one word, the first low.
+fn bf16_bits(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
+}
+fn bf16_pair(a: f32, b: f32) -> u32 {
+    return bf16_bits(a) | (bf16_bits(b) << 16u);
+}
+// The byte of x at scale s: q8 (round(x / s) within ±127) or fp8.
+fn quant_byte(x: f32, s: f32, dtype: u32) -> u32 {
+    var q = 0.0;
+    if (s > 0.0) { q = x / s; }
+    if (dtype == 3u) { return u32(bitcast<u32>(i32(clamp(round(q), -127.0, 127.0)))) & 0xffu; }
+    return e4m3_byte(q);
 }
 
 // ---- decode: split-KV, query heads of one kv head together ---------------------------------------------
@@ -380,6 +501,7 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     page_base = seqs[si * 5u + 3u];
     slot_cap = seqs[si * 5u + 4u];
     page_size = ap.page_size;
+    attention_format();
     kv_row = kvh * d;
     kv_off = (head / (heads / kvh)) * d;
     let nr = min(BR, qs0 + qn - r0);

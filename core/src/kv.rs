@@ -19,6 +19,7 @@
 //! (one copy of the arena, amortised); [`KvCache::reserve_pages`] sizes them up front.
 
 use crate::backend::{AttnSeq, Backend, KvPages};
+use crate::kv_format::KvDtype;
 use crate::config::{AttnKind, TextConfig};
 use crate::error::{HerdError, Result};
 
@@ -74,13 +75,22 @@ pub struct KvGroup<'a, B: Backend> {
     pub v: &'a B::Buffer,
     pub table: Vec<u32>,
     pub page: usize,
+    pub dtype: KvDtype,
     pub seqs: Vec<AttnSeq>,
 }
 
 impl<B: Backend> KvGroup<'_, B> {
     /// The group's pages, as the attention ops take them.
     pub fn pages(&self) -> KvPages<'_> {
-        KvPages { table: &self.table, size: self.page }
+        KvPages { table: &self.table, size: self.page, dtype: self.dtype }
+    }
+}
+
+/// A zeroed cache buffer of `n` elements in `dtype`'s element type (f32, or u32 words).
+fn cache_buffer<B: Backend>(backend: &B, dtype: KvDtype, n: usize) -> Result<B::Buffer> {
+    match dtype {
+        KvDtype::F32 => backend.alloc(n),
+        _ => backend.upload_u32(&vec![0u32; n]),
     }
 }
 
@@ -94,9 +104,11 @@ pub struct KvCache<B: Backend> {
     has_kind: [bool; 2],
     /// Slots per page.
     page: usize,
-    /// The most pages one arena may hold (the backend's largest buffer).
-    max_pages: usize,
-    kv_dim: usize,
+    /// The most pages one arena of each kind may hold (the backend's largest buffer).
+    max_pages: [usize; 2],
+    /// The format of each kind's keys and values, and the u32 words (f32 elements for f32) of one slot.
+    dtypes: [KvDtype; 2],
+    words: [usize; 2],
     chunk: Option<usize>,
     next_id: u32,
 }
@@ -107,21 +119,34 @@ impl<B: Backend> KvCache<B> {
         Self::with_page_size(backend, cfg, backend.kv_page_size())
     }
 
-    /// An empty cache shaped for `cfg`, with pages of `page` slots.
+    /// An empty f32 cache shaped for `cfg`, with pages of `page` slots.
     pub fn with_page_size(backend: &B, cfg: &TextConfig, page: usize) -> Result<Self> {
-        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+        Self::with_options(backend, cfg, page, [KvDtype::F32; 2])
+    }
+
+    /// An empty cache shaped for `cfg`, with pages of `page` slots, keys and values of full-attention layers
+    /// in `dtypes[0]` and of chunked layers in `dtypes[1]`.
+    pub fn with_options(backend: &B, cfg: &TextConfig, page: usize, dtypes: [KvDtype; 2]) -> Result<Self> {
         if page == 0 {
             return Err(HerdError::Input("a KV-cache page must hold at least one slot".into()));
         }
-        let page_elems = page
-            .checked_mul(kv_dim.max(1))
-            .ok_or_else(|| HerdError::Input(format!("KV-cache pages of {page} slots overflow")))?;
-        let max_pages = backend.max_buffer_len() / page_elems;
-        if max_pages == 0 {
-            return Err(HerdError::Input(format!(
-                "a KV-cache page of {page} slots ({} bytes) is larger than this device's largest buffer",
-                page_elems * 4
-            )));
+        let mut words = [0usize; 2];
+        let mut max_pages = [0usize; 2];
+        for k in 0..2 {
+            words[k] = dtypes[k]
+                .slot_words(cfg.num_key_value_heads, cfg.head_dim)
+                .map_err(HerdError::Input)?
+                .max(1);
+            let page_elems = page
+                .checked_mul(words[k])
+                .ok_or_else(|| HerdError::Input(format!("KV-cache pages of {page} slots overflow")))?;
+            max_pages[k] = backend.max_buffer_len() / page_elems;
+            if max_pages[k] == 0 {
+                return Err(HerdError::Input(format!(
+                    "a KV-cache page of {page} slots ({} bytes) is larger than this device's largest buffer",
+                    page_elems * 4
+                )));
+            }
         }
         let layers = cfg.layer_types.iter().map(|&kind| Layer { kind, arenas: Vec::new() }).collect();
         let has_kind = [FULL, CHUNKED].map(|k| cfg.layer_types.iter().any(|&l| kind_index(l) == k));
@@ -132,7 +157,8 @@ impl<B: Backend> KvCache<B> {
             has_kind,
             page,
             max_pages,
-            kv_dim,
+            dtypes,
+            words,
             chunk: cfg.attention_chunk_size,
             next_id: 0,
         })
@@ -262,7 +288,7 @@ impl<B: Backend> KvCache<B> {
             .map(|l| {
                 let k = kind_index(l.kind);
                 let pages: usize = self.arenas[k].iter().map(|a| a.refs.iter().filter(|&&r| r > 0).count()).sum();
-                2 * pages * self.page * self.kv_dim * 4
+                2 * pages * self.page * self.words[k] * 4
             })
             .sum()
     }
@@ -272,8 +298,9 @@ impl<B: Backend> KvCache<B> {
         self.layers
             .iter()
             .map(|l| {
-                let pages: usize = self.arenas[kind_index(l.kind)].iter().map(|a| a.refs.len()).sum();
-                2 * pages * self.page * self.kv_dim * 4
+                let k = kind_index(l.kind);
+                let pages: usize = self.arenas[k].iter().map(|a| a.refs.len()).sum();
+                2 * pages * self.page * self.words[k] * 4
             })
             .sum()
     }
@@ -290,12 +317,12 @@ impl<B: Backend> KvCache<B> {
         let len = self.seq(id)?.len + new;
         for kind in (0..2).filter(|&k| self.has_kind[k]) {
             let n = self.pages_for(kind, len);
-            if n > self.max_pages {
+            if n > self.max_pages[kind] {
                 return Err(HerdError::Input(format!(
                     "{len} tokens need {} cache slots ({} bytes per layer), more than this device's largest buffer holds ({} slots)",
                     n * self.page,
-                    n * self.page * self.kv_dim * 4,
-                    self.max_pages * self.page
+                    n * self.page * self.words[kind] * 4,
+                    self.max_pages[kind] * self.page
                 )));
             }
         }
@@ -314,7 +341,7 @@ impl<B: Backend> KvCache<B> {
                     self.new_arena(backend, kind)?;
                 }
                 let ar = &self.arenas[kind][a];
-                let room = ar.free.len() + (self.max_pages - ar.refs.len());
+                let room = ar.free.len() + (self.max_pages[kind] - ar.refs.len());
                 let take = left.min(room);
                 let want = ar.refs.len() + take.saturating_sub(ar.free.len());
                 if want > ar.refs.len() {
@@ -390,13 +417,13 @@ impl<B: Backend> KvCache<B> {
         let page = self.take_page(backend, kind, a)?;
         if let Some(from) = self.seqs[s].tables[kind].pages[i] {
             // Copy-on-write: the page's keys and values in every layer of this kind.
-            let n = self.page * self.kv_dim;
+            let n = self.page * self.words[kind];
             let (src, dst) = (from as usize * n, page as usize * n);
             for layer in self.layers.iter().filter(|l| kind_index(l.kind) == kind) {
                 let (k, v) = &layer.arenas[a];
                 for x in [k, v] {
                     // Within one buffer: through a scratch buffer (a backend copy takes two).
-                    let tmp = backend.alloc(n)?;
+                    let tmp = cache_buffer(backend, self.dtypes[kind], n)?;
                     backend.copy(x, src, &tmp, 0, n)?;
                     backend.copy(&tmp, 0, x, dst, n)?;
                 }
@@ -411,7 +438,7 @@ impl<B: Backend> KvCache<B> {
     fn take_page(&mut self, backend: &B, kind: usize, a: usize) -> Result<u32> {
         if self.arenas[kind][a].free.is_empty() {
             let have = self.arenas[kind][a].refs.len();
-            self.grow(backend, kind, a, (2 * have).max(have + 1).max(4).min(self.max_pages))?;
+            self.grow(backend, kind, a, (2 * have).max(have + 1).max(4).min(self.max_pages[kind]))?;
         }
         let ar = &mut self.arenas[kind][a];
         let page = ar.free.pop().ok_or_else(|| HerdError::internal("no free KV-cache page after growing"))?;
@@ -422,16 +449,16 @@ impl<B: Backend> KvCache<B> {
     /// Whether arena `a` of `kind` can give `n` more pages (free, or by growing).
     fn has_room(&self, kind: usize, a: usize, n: usize) -> bool {
         let ar = &self.arenas[kind][a];
-        ar.free.len() + (self.max_pages - ar.refs.len()) >= n
+        ar.free.len() + (self.max_pages[kind] - ar.refs.len()) >= n
     }
 
     /// An arena of `kind` that can give `n` more pages: the first with room, else a new one.
     fn arena_with_room(&mut self, backend: &B, kind: usize, n: usize) -> Result<usize> {
-        if n > self.max_pages {
+        if n > self.max_pages[kind] {
             return Err(HerdError::Input(format!(
                 "a sequence needs {} cache slots per layer, more than this device's largest buffer holds ({} slots)",
                 n * self.page,
-                self.max_pages * self.page
+                self.max_pages[kind] * self.page
             )));
         }
         match (0..self.arenas[kind].len()).find(|&a| self.has_room(kind, a, n)) {
@@ -442,9 +469,10 @@ impl<B: Backend> KvCache<B> {
 
     /// Adds an empty arena of `kind` (small buffers, grown on use).
     fn new_arena(&mut self, backend: &B, kind: usize) -> Result<usize> {
-        let n = self.page * self.kv_dim;
+        let n = self.page * self.words[kind];
+        let dtype = self.dtypes[kind];
         for layer in self.layers.iter_mut().filter(|l| kind_index(l.kind) == kind) {
-            layer.arenas.push((backend.alloc(n)?, backend.alloc(n)?));
+            layer.arenas.push((cache_buffer(backend, dtype, n)?, cache_buffer(backend, dtype, n)?));
         }
         // The buffers hold one page's room but no page yet: `grow` sizes them.
         self.arenas[kind].push(Arena::default());
@@ -453,17 +481,18 @@ impl<B: Backend> KvCache<B> {
 
     /// Grows arena `a` of `kind` to `pages` pages (new buffers, the old contents copied).
     fn grow(&mut self, backend: &B, kind: usize, a: usize, pages: usize) -> Result<()> {
-        let pages = pages.min(self.max_pages);
+        let pages = pages.min(self.max_pages[kind]);
         let have = self.arenas[kind][a].refs.len();
         if pages <= have {
             return Ok(());
         }
-        let n = self.page * self.kv_dim;
+        let n = self.page * self.words[kind];
         let len = pages
             .checked_mul(n)
             .ok_or_else(|| HerdError::Input(format!("a KV cache of {pages} pages overflows")))?;
+        let dtype = self.dtypes[kind];
         for layer in self.layers.iter_mut().filter(|l| kind_index(l.kind) == kind) {
-            let (k, v) = (backend.alloc(len)?, backend.alloc(len)?);
+            let (k, v) = (cache_buffer(backend, dtype, len)?, cache_buffer(backend, dtype, len)?);
             if have > 0 {
                 let (ok, ov) = &layer.arenas[a];
                 backend.copy(ok, 0, &k, 0, have * n)?;
@@ -486,7 +515,7 @@ impl<B: Backend> KvCache<B> {
         let a = (0..self.arenas[kind].len())
             .find(|&a| a != old && self.has_room(kind, a, held.len() + 1))
             .map_or_else(|| self.new_arena(backend, kind), Ok)?;
-        let n = self.page * self.kv_dim;
+        let n = self.page * self.words[kind];
         self.seqs[s].tables[kind].arena = Some(a);
         for (i, from) in held {
             let page = self.take_page(backend, kind, a)?;
@@ -517,7 +546,7 @@ impl<B: Backend> KvCache<B> {
                 None => {
                     let (k, v) = l.arenas.get(a).ok_or_else(|| HerdError::internal("cache arena lost"))?;
                     which.push(a);
-                    groups.push(KvGroup { k, v, table: Vec::new(), page: self.page, seqs: Vec::new() });
+                    groups.push(KvGroup { k, v, table: Vec::new(), page: self.page, dtype: self.dtypes[kind], seqs: Vec::new() });
                     groups.len() - 1
                 }
             };

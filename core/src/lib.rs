@@ -23,6 +23,7 @@ pub mod experts;
 pub mod generate;
 pub mod ids;
 pub mod kv;
+pub mod kv_format;
 pub mod limits;
 pub mod model;
 mod not_run;

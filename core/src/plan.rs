@@ -4,6 +4,7 @@
 //! reports; the activations are the step buffers the model allocates for its largest step.
 
 use crate::config::{AttnKind, TextConfig};
+use crate::kv_format::KvDtype;
 use crate::model::MAX_STEP_ROWS;
 
 /// The tensors of the text model, as herd names them and in the shapes it loads (the order of loading).
@@ -46,8 +47,8 @@ pub fn is_routed_expert(name: &str) -> bool {
     name.contains(".feed_forward.experts.")
 }
 
-/// How the KV cache of a model takes memory: per layer kind, pages of `page` slots of `slot_bytes` (keys and
-/// values of one position, f32).
+/// How the KV cache of a model takes memory: per layer kind, pages of `page` slots, a slot being one
+/// position's keys and values in that kind's format (`slot_bytes`: global layers, chunked layers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayout {
     pub full_layers: usize,
@@ -55,23 +56,30 @@ pub struct KvLayout {
     /// Pages in a chunked layer's ring (None: no chunking, every layer keeps the whole history).
     pub ring_pages: Option<usize>,
     pub page: usize,
-    pub slot_bytes: usize,
+    pub slot_bytes: [usize; 2],
 }
 
 impl KvLayout {
+    /// The layout of f32 keys and values.
     pub fn new(cfg: &TextConfig, page: usize) -> Self {
+        Self::with_dtypes(cfg, page, [KvDtype::F32; 2]).expect("f32 holds every head_dim")
+    }
+
+    /// The layout with global layers in `dtypes[0]` and chunked layers in `dtypes[1]`.
+    pub fn with_dtypes(cfg: &TextConfig, page: usize, dtypes: [KvDtype; 2]) -> Result<Self, String> {
         let page = page.max(1);
         let chunked = match cfg.attention_chunk_size {
             Some(_) => cfg.layer_types.iter().filter(|&&k| k == AttnKind::Chunked).count(),
             None => 0,
         };
-        KvLayout {
+        let slot = |d: KvDtype| d.slot_bytes(cfg.num_key_value_heads, cfg.head_dim).map(|b| 2 * b);
+        Ok(KvLayout {
             full_layers: cfg.layer_types.len() - chunked,
             chunked_layers: chunked,
             ring_pages: cfg.attention_chunk_size.map(|c| c.div_ceil(page).max(1)),
             page,
-            slot_bytes: 2 * cfg.num_key_value_heads * cfg.head_dim * 4,
-        }
+            slot_bytes: [slot(dtypes[0])?, slot(dtypes[1])?],
+        })
     }
 
     /// Bytes one sequence of `n` tokens holds: ⌈n / page⌉ pages in every full-attention layer, and in every
@@ -79,19 +87,18 @@ impl KvLayout {
     pub fn bytes(&self, n: usize) -> usize {
         let pages = n.div_ceil(self.page);
         let ring = self.ring_pages.map_or(pages, |r| pages.min(r));
-        (self.full_layers.saturating_mul(pages) + self.chunked_layers * ring)
-            .saturating_mul(self.page)
-            .saturating_mul(self.slot_bytes)
+        let full = self.full_layers.saturating_mul(pages).saturating_mul(self.page).saturating_mul(self.slot_bytes[0]);
+        full.saturating_add(self.chunked_layers * ring * self.page * self.slot_bytes[1])
     }
 
     /// Bytes of the chunked layers once a sequence fills their rings (fixed, whatever the context).
     pub fn chunked_bytes(&self) -> usize {
-        self.chunked_layers * self.ring_pages.unwrap_or(0) * self.page * self.slot_bytes
+        self.chunked_layers * self.ring_pages.unwrap_or(0) * self.page * self.slot_bytes[1]
     }
 
     /// Bytes each further token of context adds, in the full-attention layers (a page at a time).
     pub fn bytes_per_token(&self) -> usize {
-        self.full_layers * self.slot_bytes
+        self.full_layers * self.slot_bytes[0]
     }
 }
 
@@ -159,15 +166,16 @@ impl Plan {
     }
 }
 
-/// The plan for a model of `cfg` whose KV cache has pages of `page` slots.
-pub fn plan(cfg: &TextConfig, page: usize, req: &PlanRequest) -> Plan {
+/// The plan for a model of `cfg` whose KV cache has pages of `page` slots in the formats `dtypes` (global,
+/// chunked).
+pub fn plan(cfg: &TextConfig, page: usize, dtypes: [KvDtype; 2], req: &PlanRequest) -> Result<Plan, String> {
     let seqs = req.seqs.max(1);
     let mut p = Plan {
         device_memory: req.device_memory,
         weights: req.weights,
         expert_cache: req.expert_cache,
         activations: step_bytes(cfg, MAX_STEP_ROWS, seqs),
-        kv: KvLayout::new(cfg, page),
+        kv: KvLayout::with_dtypes(cfg, page, dtypes)?,
         seqs,
         max_context: cfg.max_position_embeddings,
         longest: 0,
@@ -185,5 +193,5 @@ pub fn plan(cfg: &TextConfig, page: usize, req: &PlanRequest) -> Plan {
     }
     p.longest = lo;
     p.asked = req.context.map(|n| (n, p.total(n)));
-    p
+    Ok(p)
 }

@@ -3,6 +3,7 @@
 //! The tables of rows, tiles and slots go into the step's metadata (see attention.cu for their layout).
 
 use herd_core::backend::ops;
+use herd_core::kv_format::KvDtype;
 use herd_core::error::Result;
 
 use crate::device::err;
@@ -14,6 +15,7 @@ params! {
         pub q: DevPtr, pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub rows: DevPtr,
         pub part: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32, pub scale: f32, pub chunk: u32,
         pub temp_on: u32, pub floor_scale: f32, pub attn_scale: f32, pub nsplit: u32, pub page_size: u32,
+        pub kv_dtype: u32, pub slot_words: u32,
     }
     pub struct AttnCombineParams {
         pub part: DevPtr, pub rows: DevPtr, pub out: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32,
@@ -22,11 +24,12 @@ params! {
     pub struct AttnPrefillParams {
         pub q: DevPtr, pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub tiles: DevPtr,
         pub out: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32, pub scale: f32, pub chunk: u32,
-        pub temp_on: u32, pub floor_scale: f32, pub attn_scale: f32, pub page_size: u32, pub pad: u32,
+        pub temp_on: u32, pub floor_scale: f32, pub attn_scale: f32, pub page_size: u32, pub kv_dtype: u32,
+        pub slot_words: u32, pub pad: u32,
     }
     pub struct KvStoreParams {
         pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub pairs: DevPtr, pub npairs: u32,
-        pub kv_dim: u32,
+        pub kv_dim: u32, pub kv_dtype: u32, pub slot_words: u32, pub head_dim: u32, pub units: u32,
     }
 }
 
@@ -39,15 +42,30 @@ kernel!(AttnPrefill { dpt: u32 }: "attention", AttnPrefillParams => |k| format!(
     all PREFILL_DPT.map(|dpt| AttnPrefill { dpt }).to_vec());
 kernel!(KvStore: "attention", KvStoreParams => "kv_store");
 
+/// The format's number in attention.cu, and its words per slot.
+fn format(dtype: KvDtype, kv_heads: usize, head_dim: usize, op: &str) -> Result<(u32, u32)> {
+    let n = match dtype {
+        KvDtype::F32 => 0,
+        KvDtype::Bf16 => 1,
+        KvDtype::F16 => 2,
+        KvDtype::Q8 => 3,
+        KvDtype::Fp8 => 4,
+    };
+    let words = dtype.slot_words(kv_heads, head_dim).map_err(|m| err(format!("{op}: {m}")))?;
+    Ok((n, words as u32))
+}
+
 impl CudaBackend {
     pub(crate) fn attention_impl(&self, call: &ops::Attention<'_, CudaBackend>) -> Result<()> {
         let &ops::Attention { q, k_new, v_new, k_cache, v_cache, pages, seqs, p, out } = call;
         let _op = self.dev.op();
+
         let (h, kvh, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
         if kvh == 0 || h % kvh != 0 || hd == 0 || hd > MAX_HEAD_DIM {
             return Err(err(format!("attention: {h} heads over {kvh} kv heads of dim {hd} (at most {MAX_HEAD_DIM})")));
         }
         let g = h / kvh;
+        let (kv_dtype, slot_words) = format(pages.dtype, kvh, hd, "attention")?;
         let mut rows_meta = Vec::new();
         let mut tiles = Vec::new();
         let mut bound = 1usize;
@@ -117,6 +135,8 @@ impl CudaBackend {
                 attn_scale: asc,
                 nsplit: nsplit as u32,
                 page_size: pages.size as u32,
+                kv_dtype,
+                slot_words,
             };
             let smem = (5 * g * hd + 8 * g) * 4;
             self.launch(AttnDecode, (kvh as u32, nrows as u32, nsplit as u32), 128, smem, &dp)?;
@@ -153,6 +173,8 @@ impl CudaBackend {
                 floor_scale: fs,
                 attn_scale: asc,
                 page_size: pages.size as u32,
+                kv_dtype,
+                slot_words,
                 pad: 0,
             };
             let smem = 2 * bk * hd * 4;
@@ -162,8 +184,15 @@ impl CudaBackend {
     }
 
     pub(crate) fn kv_store_impl(&self, call: &ops::KvStore<'_, CudaBackend>) -> Result<()> {
-        let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_dim } = call;
+        let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_heads, head_dim } = call;
         let _op = self.dev.op();
+        let kv_dim = kv_heads * head_dim;
+        let (kv_dtype, slot_words) = format(pages.dtype, kv_heads, head_dim, "kv_store")?;
+        let units = match pages.dtype {
+            KvDtype::F32 => kv_dim,
+            KvDtype::Bf16 | KvDtype::F16 => kv_dim / 2,
+            KvDtype::Q8 | KvDtype::Fp8 => kv_heads,
+        };
         let mut pairs = Vec::new();
         for s in seqs {
             let (ql, cap) = (s.q_len as usize, s.slot_cap.max(1) as usize);
@@ -185,7 +214,11 @@ impl CudaBackend {
             pairs: self.dev.meta(&pairs)?,
             npairs: np as u32,
             kv_dim: kv_dim as u32,
+            kv_dtype,
+            slot_words,
+            head_dim: head_dim as u32,
+            units: units as u32,
         };
-        self.launch(KvStore, (blocks(np * kv_dim, 256), 1, 1), 256, 0, &p)
+        self.launch(KvStore, (blocks(np * units, 256), 1, 1), 256, 0, &p)
     }
 }

@@ -64,7 +64,7 @@ fn a_smaller_launch_does_not_lower_the_shared_memory_limit_of_a_pending_one() {
     let hd = 256;
     let (slots, pos0) = (8usize, 5u32);
     let seq = [AttnSeq { q_start: 0, q_len: 1, pos0, page_base: 0, slot_cap: slots as u32 }];
-    let pages = KvPages { table: &[0], size: slots };
+    let pages = KvPages { table: &[0], size: slots, dtype: Default::default() };
     // 16 query heads per kv head: 82,432 bytes of shared memory; then 12: 61,824.
     let cases = [16usize, 12];
     let mut outs = Vec::new();

@@ -351,6 +351,9 @@ pub struct PlanArgs {
     /// Sequences held at once.
     #[arg(long, default_value_t = 1)]
     seqs: usize,
+    /// The KV cache's format: f32, bf16, f16, q8 or fp8, or global=FORMAT,chunked=FORMAT.
+    #[arg(long, default_value = "f32", value_name = "FORMAT")]
+    kv_dtype: String,
     /// Stream the routed experts through a cache of this size instead of holding them.
     #[arg(long, value_name = "SIZE")]
     expert_cache: Option<String>,

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use herd_core::backend::DEFAULT_KV_PAGE;
 use herd_core::config::TextConfig;
 use herd_core::experts::parse_size;
+use herd_core::kv_format::{parse_kv_dtypes, KvDtype};
 use herd_core::plan::{is_routed_expert, plan, text_tensors, Plan, PlanRequest};
 
 use crate::files::ModelFiles;
@@ -73,11 +74,12 @@ pub fn run(files: &ModelFiles, a: &PlanArgs) -> Result<()> {
         bail!("--context {n} is more than the model's context of {} positions", cfg.max_position_embeddings);
     }
     let req = PlanRequest { device_memory: device, weights: resident, expert_cache, seqs: a.seqs, context: a.context };
-    let p = plan(&cfg, DEFAULT_KV_PAGE, &req);
+    let dtypes = parse_kv_dtypes(&a.kv_dtype).map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))?;
+    let p = plan(&cfg, DEFAULT_KV_PAGE, dtypes, &req).map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))?;
     if a.json {
-        println!("{}", to_json(&p, &describe));
+        println!("{}", to_json(&p, &describe, dtypes));
     } else {
-        print(&p, &describe, expert_cache > 0);
+        print(&p, &describe, expert_cache > 0, dtypes);
     }
     Ok(())
 }
@@ -101,12 +103,13 @@ fn refusal(p: &Plan) -> String {
     }
 }
 
-fn to_json(p: &Plan, describe: &str) -> serde_json::Value {
+fn to_json(p: &Plan, describe: &str, dtypes: [KvDtype; 2]) -> serde_json::Value {
     serde_json::json!({
         "model": describe, "device_memory": p.device_memory, "weights": p.weights,
         "expert_cache": p.expert_cache, "activations": p.activations, "seqs": p.seqs,
         "kv": {
-            "dtype": "f32", "page_slots": p.kv.page, "bytes_per_slot": p.kv.slot_bytes,
+            "dtype_global": dtypes[0].name(), "dtype_chunked": dtypes[1].name(), "page_slots": p.kv.page,
+            "bytes_per_slot_global": p.kv.slot_bytes[0], "bytes_per_slot_chunked": p.kv.slot_bytes[1],
             "full_layers": p.kv.full_layers, "chunked_layers": p.kv.chunked_layers,
             "chunked_bytes_per_seq": p.kv.chunked_bytes(), "global_bytes_per_token": p.kv.bytes_per_token(),
         },
@@ -117,7 +120,7 @@ fn to_json(p: &Plan, describe: &str) -> serde_json::Value {
     })
 }
 
-fn print(p: &Plan, describe: &str, streamed: bool) {
+fn print(p: &Plan, describe: &str, streamed: bool, dtypes: [KvDtype; 2]) {
     println!("model: {describe}");
     println!("device memory: {} ({} bytes)", gib(p.device_memory), p.device_memory);
     let what = if streamed { "resident weights (the routed experts streamed)" } else { "weights" };
@@ -127,7 +130,9 @@ fn print(p: &Plan, describe: &str, streamed: bool) {
     }
     println!("activations (a step of up to {} tokens): {}", herd_core::model::MAX_STEP_ROWS, gib(p.activations));
     println!(
-        "KV cache (f32, pages of {} positions): {} chunked layer(s) hold at most {} per sequence; {} global layer(s) add {} KiB per token",
+        "KV cache (global {}, chunked {}, pages of {} positions): {} chunked layer(s) hold at most {} per sequence; {} global layer(s) add {} KiB per token",
+        dtypes[0].name(),
+        dtypes[1].name(),
         p.kv.page,
         p.kv.chunked_layers,
         gib(p.kv.chunked_bytes()),

@@ -1,6 +1,7 @@
 //! Attention over the KV cache, and the cache store (attention.wgsl).
 
 use herd_core::backend::{ops, AttnSeq, KvPages};
+use herd_core::kv_format::KvDtype;
 use herd_core::error::Result;
 
 use crate::gpu::{err, Gpu};
@@ -24,9 +25,15 @@ params! {
         pub group: u32,
         pub bidirectional: u32,
         pub page_size: u32,
+        pub kv_dtype: u32,
+        pub slot_words: u32,
     }
-    /// `kv_dim`: kv heads · head_dim; `page_size`: slots per cache page.
-    pub struct KvStoreParams { pub rows: u32, pub kv_dim: u32, pub page_size: u32 }
+    /// `kv_dim`: kv heads · head_dim; `page_size`: slots per cache page; the cache's format; `units`: what one
+    /// invocation writes of a row.
+    pub struct KvStoreParams {
+        pub rows: u32, pub kv_dim: u32, pub page_size: u32, pub kv_dtype: u32, pub slot_words: u32,
+        pub head_dim: u32, pub units: u32,
+    }
 }
 
 kernels! {
@@ -67,13 +74,28 @@ fn seq_buffers(gpu: &Gpu, pages: &KvPages<'_>, seqs: &[AttnSeq]) -> Result<(wgpu
     Ok((gpu.meta(&words)?, gpu.meta(&row_seq)?, rows))
 }
 
+/// The format's number in attention.wgsl, and its words per slot.
+fn format(dtype: KvDtype, kv_heads: usize, head_dim: usize, op: &str) -> Result<(u32, u32)> {
+    let n = match dtype {
+        KvDtype::F32 => 0,
+        KvDtype::Bf16 => 1,
+        KvDtype::F16 => 2,
+        KvDtype::Q8 => 3,
+        KvDtype::Fp8 => 4,
+    };
+    let words = dtype.slot_words(kv_heads, head_dim).map_err(|m| err(format!("{op}: {m}")))?;
+    Ok((n, words as u32))
+}
+
 pub(crate) fn attention(gpu: &Gpu, call: &ops::Attention<'_, WgpuBackend>) -> Result<()> {
     let &ops::Attention { q, k_new, v_new, k_cache, v_cache, pages, seqs, p, out } = call;
     let _op = gpu.op();
+
     let (h, kvh, d) = (p.n_heads, p.n_kv_heads, p.head_dim);
     if d > 256 || h % kvh != 0 {
         return Err(err(format!("attention: head_dim {d} (at most 256) / heads {h} over {kvh} kv heads")));
     }
+    let (kv_dtype, slot_words) = format(pages.dtype, kvh, d, "attention")?;
     let (seq_buf, row_seq, rows) = seq_buffers(gpu, &pages, seqs)?;
     let t = p.temperature;
     let group = h / kvh;
@@ -108,6 +130,8 @@ pub(crate) fn attention(gpu: &Gpu, call: &ops::Attention<'_, WgpuBackend>) -> Re
         group: group as u32,
         bidirectional: u32::from(p.bidirectional),
         page_size: pages.size as u32,
+        kv_dtype,
+        slot_words,
     };
     let b = [
         (1, &q.buf),
@@ -151,10 +175,25 @@ pub(crate) fn attention(gpu: &Gpu, call: &ops::Attention<'_, WgpuBackend>) -> Re
 }
 
 pub(crate) fn kv_store(gpu: &Gpu, call: &ops::KvStore<'_, WgpuBackend>) -> Result<()> {
-    let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_dim } = call;
+    let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_heads, head_dim } = call;
     let _op = gpu.op();
+    let kv_dim = kv_heads * head_dim;
+    let (kv_dtype, slot_words) = format(pages.dtype, kv_heads, head_dim, "kv_store")?;
+    let units = match pages.dtype {
+        KvDtype::F32 => kv_dim,
+        KvDtype::Bf16 | KvDtype::F16 => kv_dim / 2,
+        KvDtype::Q8 | KvDtype::Fp8 => kv_heads,
+    };
     let (seq_buf, row_seq, rows) = seq_buffers(gpu, &pages, seqs)?;
-    let p = KvStoreParams { rows: rows as u32, kv_dim: kv_dim as u32, page_size: pages.size as u32 };
+    let p = KvStoreParams {
+        rows: rows as u32,
+        kv_dim: kv_dim as u32,
+        page_size: pages.size as u32,
+        kv_dtype,
+        slot_words,
+        head_dim: head_dim as u32,
+        units: units as u32,
+    };
     let b = [(2, &k_new.buf), (3, &v_new.buf), (4, &k_cache.buf), (5, &v_cache.buf), (6, &seq_buf), (7, &row_seq)];
-    gpu.dispatch(KvStore::Rows, 0, &b, &p, groups(rows * kv_dim, 256))
+    gpu.dispatch(KvStore::Rows, 0, &b, &p, groups(rows * units, 256))
 }

@@ -3,6 +3,7 @@
 //! everywhere). A backend that runs such a call, or refuses it for another reason, fails the row.
 
 use herd_core::backend::{AttnParams, AttnSeq, Backend, KvPages};
+use herd_core::kv_format::KvDtype;
 use herd_core::checkpoint::TensorRef;
 use herd_core::quant::{DType, GroupAxis, Grouping, ScaleType};
 use herd_core::sampling::SamplingParams;
@@ -38,7 +39,7 @@ fn attn(n_heads: usize, n_kv_heads: usize) -> (Vec<AttnSeq>, AttnParams) {
 }
 
 /// The pages of [`attn`]'s sequence: 1, then 0.
-const PAGES: KvPages<'static> = KvPages { table: &[1, 0], size: 2 };
+const PAGES: KvPages<'static> = KvPages { table: &[1, 0], size: 2, dtype: KvDtype::F32 };
 
 /// One bad call: what it is, the message the refusal must contain, and the call.
 type Case<B> = (&'static str, &'static str, Box<dyn Fn(&B) -> Result<()>>);
@@ -288,7 +289,7 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             "attention: page table entries 0..2 lie outside the table of 1",
             Box::new(move |be: &B| {
                 let (seqs, p) = attn(2, 1);
-                let pages = KvPages { table: &[0], size: 2 };
+                let pages = KvPages { table: &[0], size: 2, dtype: KvDtype::F32 };
                 be.attention(&f(be, 16)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &f(be, 16)?, pages, &seqs, &p, &f(be, 16)?)
             }),
         ),
@@ -306,7 +307,7 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             "kv_store: page 1 lies outside the cache of 1 pages of 2 slots",
             Box::new(move |be: &B| {
                 let (seqs, _) = attn(2, 1);
-                be.kv_store(&f(be, 8)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, PAGES, &seqs, 4)
+                be.kv_store(&f(be, 8)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, PAGES, &seqs, 1, 4)
             }),
         ),
         (
@@ -314,8 +315,8 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             "kv_store: pages of 0 slots of 4 elements",
             Box::new(move |be: &B| {
                 let (seqs, _) = attn(2, 1);
-                let pages = KvPages { table: &[1, 0], size: 0 };
-                be.kv_store(&f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &f(be, 16)?, pages, &seqs, 4)
+                let pages = KvPages { table: &[1, 0], size: 0, dtype: KvDtype::F32 };
+                be.kv_store(&f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &f(be, 16)?, pages, &seqs, 1, 4)
             }),
         ),
         (
@@ -324,7 +325,7 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             Box::new(move |be: &B| {
                 let (seqs, _) = attn(2, 1);
                 let c = f(be, 16)?;
-                be.kv_store(&f(be, 8)?, &f(be, 8)?, &c, &c, PAGES, &seqs, 4)
+                be.kv_store(&f(be, 8)?, &f(be, 8)?, &c, &c, PAGES, &seqs, 1, 4)
             }),
         ),
         (

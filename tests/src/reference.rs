@@ -240,3 +240,76 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], rows: usize, dim: usize, eps:
 pub fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
 }
+
+/// The KV formats of `herd_core::kv_format`, written again from their documented layouts: one slot of
+/// `[kv_heads, head_dim]` values to its words, and back. The E4M3 rounding is an exhaustive nearest search
+/// here (ties to the even code), not the bit arithmetic of the code under test.
+pub mod kv {
+    use half::{bf16, f16};
+    use herd_core::kv_format::KvDtype;
+
+    fn e4m3(b: u8) -> f64 {
+        let s = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+        let (e, m) = (((b >> 3) & 0xf) as i32, (b & 7) as f64);
+        s * if e == 0 { m / 8.0 / 64.0 } else { (1.0 + m / 8.0) * 2f64.powi(e - 7) }
+    }
+
+    fn to_e4m3(x: f64) -> u8 {
+        let sign = if x < 0.0 { 0x80 } else { 0 };
+        let mut best = (0u8, f64::INFINITY);
+        for code in 0u8..=0x7e {
+            let err = (e4m3(code) - x.abs()).abs();
+            if err < best.1 || (err == best.1 && code % 2 == 0) {
+                best = (code, err);
+            }
+        }
+        sign | best.0
+    }
+
+    pub fn encode(dtype: KvDtype, x: &[f32], kvh: usize, hd: usize) -> Vec<u32> {
+        let n = kvh * hd;
+        match dtype {
+            KvDtype::F32 => x.iter().map(|v| v.to_bits()).collect(),
+            KvDtype::Bf16 => (0..n / 2)
+                .map(|i| bf16::from_f32(x[2 * i]).to_bits() as u32 | (bf16::from_f32(x[2 * i + 1]).to_bits() as u32) << 16)
+                .collect(),
+            KvDtype::F16 => (0..n / 2)
+                .map(|i| f16::from_f32(x[2 * i]).to_bits() as u32 | (f16::from_f32(x[2 * i + 1]).to_bits() as u32) << 16)
+                .collect(),
+            KvDtype::Q8 | KvDtype::Fp8 => {
+                let top = if dtype == KvDtype::Q8 { 127.0 } else { 448.0 };
+                let mut bytes = vec![0u8; n];
+                let mut scales = Vec::with_capacity(kvh);
+                for h in 0..kvh {
+                    let xs = &x[h * hd..(h + 1) * hd];
+                    let s = xs.iter().fold(0f32, |m, v| m.max(v.abs())) / top as f32;
+                    scales.push(s.to_bits());
+                    for (i, &v) in xs.iter().enumerate() {
+                        let q = if s > 0.0 { v / s } else { 0.0 } as f64;
+                        bytes[h * hd + i] = match dtype {
+                            KvDtype::Q8 => (q.round_ties_even().clamp(-127.0, 127.0) as i8) as u8,
+                            _ => to_e4m3(q.clamp(-448.0, 448.0)),
+                        };
+                    }
+                }
+                bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).chain(scales).collect()
+            }
+        }
+    }
+
+    pub fn decode(dtype: KvDtype, w: &[u32], kvh: usize, hd: usize) -> Vec<f32> {
+        let n = kvh * hd;
+        (0..n)
+            .map(|e| match dtype {
+                KvDtype::F32 => f32::from_bits(w[e]),
+                KvDtype::Bf16 => bf16::from_bits((w[e / 2] >> (16 * (e % 2))) as u16).to_f32(),
+                KvDtype::F16 => f16::from_bits((w[e / 2] >> (16 * (e % 2))) as u16).to_f32(),
+                KvDtype::Q8 | KvDtype::Fp8 => {
+                    let b = (w[e / 4] >> (8 * (e % 4))) as u8;
+                    let s = f32::from_bits(w[n / 4 + e / hd]) as f64;
+                    (if dtype == KvDtype::Q8 { b as i8 as f64 } else { e4m3(b) } * s) as f32
+                }
+            })
+            .collect()
+    }
+}

@@ -4,6 +4,7 @@
 //! page size does not divide the chunk among them.
 
 use herd_core::backend::{AttnParams, AttnSeq, Backend, KvPages, Temperature};
+use herd_core::kv_format::KvDtype;
 use herd_core::Result;
 
 use crate::reference as r;
@@ -22,13 +23,16 @@ pub struct AttnCase {
     pub seqs: Vec<(usize, usize, usize)>,
     pub bidirectional: bool,
     pub page: usize,
+    /// The cache's format.
+    pub dtype: KvDtype,
 }
 
 impl AttnCase {
     pub fn describe(&self) -> String {
         let (h, kvh, d, temp) = (self.heads, self.kv_heads, self.d, self.temp);
         let mask = if self.bidirectional { "bidirectional".to_string() } else { format!("chunk={:?}", self.chunk) };
-        format!("h={h} kvh={kvh} d={d} {mask} temp={temp} seqs={:?} page={}", self.seqs, self.page)
+        let kv = if self.dtype == KvDtype::F32 { String::new() } else { format!(" kv={}", self.dtype.name()) };
+        format!("h={h} kvh={kvh} d={d} {mask} temp={temp} seqs={:?} page={}{kv}", self.seqs, self.page)
     }
 
     /// New rows in the batch.
@@ -80,6 +84,7 @@ pub(crate) fn attention_cases() -> Vec<AttnCase> {
         seqs: seqs.to_vec(),
         bidirectional: false,
         page,
+        dtype: KvDtype::F32,
     };
     let mut v = vec![
         c(4, 2, 8, None, false, &[(0, 13, 13)], 1),
@@ -100,6 +105,12 @@ pub(crate) fn attention_cases() -> Vec<AttnCase> {
         // of 5 slots for a chunk of 16.
         c(4, 2, 32, Some(16), false, &[(10, 40, 16), (5, 1, 16)], 5),
     ];
+    // The other KV formats: a prefill over a cached prefix beside a decode row (rings of 5-slot pages, chunk
+    // 16), and decode rows over a longer history with several query heads per kv head.
+    for dtype in [KvDtype::Bf16, KvDtype::F16, KvDtype::Q8, KvDtype::Fp8] {
+        v.push(AttnCase { dtype, ..c(4, 2, 32, Some(16), false, &[(10, 40, 16), (5, 1, 16)], 5) });
+        v.push(AttnCase { dtype, ..c(8, 2, 64, None, true, &[(300, 1, 303), (40, 3, 48)], 16) });
+    }
     // Bidirectional (the vision encoder: tiles of patches, no cache): a batch of tiles, a short one
     // (decode-sized, which must not take the causal decode kernels), one over a cached prefix, and one tile of
     // the real tower (577 tokens, 88-dim heads, 4 of its 16 heads).
@@ -123,8 +134,10 @@ struct Inputs {
     q: Vec<f32>,
     k_new: Vec<f32>,
     v_new: Vec<f32>,
-    k_cache: Vec<f32>,
-    v_cache: Vec<f32>,
+    /// The caches' words, slot after slot, in the case's format (f32: the values' bits).
+    k_cache: Vec<u32>,
+    v_cache: Vec<u32>,
+    /// Each sequence's keys and values: cached positions as the format stores them, new ones exact.
     hist_k: Vec<Vec<f32>>,
     hist_v: Vec<Vec<f32>>,
 }
@@ -136,7 +149,9 @@ fn slot(table: &[u32], page: usize, s: &AttnSeq, p: usize) -> usize {
 }
 
 fn inputs(a: &AttnCase, rng: &mut Rng) -> Inputs {
-    let kvrow = a.kv_heads * a.d;
+    let (kvh, d) = (a.kv_heads, a.d);
+    let kvrow = kvh * d;
+    let sw = a.dtype.slot_words(kvh, d).expect("the case's head_dim suits its format");
     let page = a.page;
     let (mut seqs, mut hist_k, mut hist_v) = (Vec::new(), Vec::new(), Vec::new());
     let mut row = 0usize;
@@ -164,13 +179,20 @@ fn inputs(a: &AttnCase, rng: &mut Rng) -> Inputs {
     table.iter_mut().zip(&order).for_each(|(t, &o)| *t = o);
     let q = rng.vec(row * a.heads * a.d);
     let (mut k_new, mut v_new) = (vec![0f32; row * kvrow], vec![0f32; row * kvrow]);
-    let (mut k_cache, mut v_cache) = (rng.vec(pool * page * kvrow), rng.vec(pool * page * kvrow));
-    for (s, (hk, hv)) in seqs.iter().zip(hist_k.iter().zip(&hist_v)) {
+    // Stale slots hold noise, stored in the format like any slot.
+    let noise = |rng: &mut Rng| -> Vec<u32> {
+        rng.vec(pool * page * kvrow).chunks_exact(kvrow).flat_map(|x| r::kv::encode(a.dtype, x, kvh, d)).collect()
+    };
+    let (mut k_cache, mut v_cache) = (noise(rng), noise(rng));
+    for (s, (hk, hv)) in seqs.iter().zip(hist_k.iter_mut().zip(hist_v.iter_mut())) {
         let (p0, n, cap) = (s.pos0 as usize, s.q_len as usize, s.slot_cap as usize);
         for p in p0.saturating_sub(cap)..p0 {
             let sl = slot(&table, page, s, p);
-            k_cache[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&hk[p * kvrow..(p + 1) * kvrow]);
-            v_cache[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&hv[p * kvrow..(p + 1) * kvrow]);
+            for (h, c) in [(&mut *hk, &mut k_cache), (&mut *hv, &mut v_cache)] {
+                let words = r::kv::encode(a.dtype, &h[p * kvrow..(p + 1) * kvrow], kvh, d);
+                h[p * kvrow..(p + 1) * kvrow].copy_from_slice(&r::kv::decode(a.dtype, &words, kvh, d));
+                c[sl * sw..(sl + 1) * sw].copy_from_slice(&words);
+            }
         }
         let q0 = s.q_start as usize;
         k_new[q0 * kvrow..(q0 + n) * kvrow].copy_from_slice(&hk[p0 * kvrow..(p0 + n) * kvrow]);
@@ -179,37 +201,61 @@ fn inputs(a: &AttnCase, rng: &mut Rng) -> Inputs {
     Inputs { seqs, table, q, k_new, v_new, k_cache, v_cache, hist_k, hist_v }
 }
 
+/// A cache buffer holding `words` in the case's format: f32 values for f32, else the words.
+fn upload_cache<B: Backend>(be: &B, dtype: KvDtype, words: &[u32]) -> Result<B::Buffer> {
+    match dtype {
+        KvDtype::F32 => be.upload(&words.iter().map(|&w| f32::from_bits(w)).collect::<Vec<_>>()),
+        _ => be.upload_u32(words),
+    }
+}
+
+/// A cache buffer's values, slot after slot, decoded by the reference.
+fn read_cache<B: Backend>(be: &B, a: &AttnCase, buf: &B::Buffer) -> Result<Vec<f32>> {
+    let words = match a.dtype {
+        KvDtype::F32 => be.read(buf)?.iter().map(|v| v.to_bits()).collect(),
+        _ => be.read_u32(buf)?,
+    };
+    let sw = a.dtype.slot_words(a.kv_heads, a.d).expect("checked by inputs");
+    Ok(words.chunks_exact(sw).flat_map(|w| r::kv::decode(a.dtype, w, a.kv_heads, a.d)).collect())
+}
+
 pub(crate) fn attention<B: Backend>(be: &B, a: &AttnCase, rng: &mut Rng, perf: bool) -> Result<Out> {
     let i = inputs(a, rng);
     let p = a.params();
     let (q, k, v) = (be.upload(&i.q)?, be.upload(&i.k_new)?, be.upload(&i.v_new)?);
-    let (kc, vc) = (be.upload(&i.k_cache)?, be.upload(&i.v_cache)?);
+    let (kc, vc) = (upload_cache(be, a.dtype, &i.k_cache)?, upload_cache(be, a.dtype, &i.v_cache)?);
     let o = be.alloc(a.rows() * a.heads * a.d)?;
-    let pages = KvPages { table: &i.table, size: a.page };
+    let pages = KvPages { table: &i.table, size: a.page, dtype: a.dtype };
     let secs = timed(be, perf, &o, || be.attention(&q, &k, &v, &kc, &vc, pages, &i.seqs, &p, &o))?;
     Ok(out(be.read(&o)?, r::attention(&i.q, &i.hist_k, &i.hist_v, &i.seqs, &p), secs))
 }
 
-/// The new rows land in their slots (a step longer than a ring leaves its last ring's worth), the rest of the
-/// cache is untouched; keys and values both (compared as one vector, keys first).
+/// The new rows land in their slots in the case's format (a step longer than a ring leaves its last ring's
+/// worth), the rest of the cache is untouched; keys and values both, decoded by the reference (compared as one
+/// vector, keys first).
 pub(crate) fn kv_store<B: Backend>(be: &B, a: &AttnCase, rng: &mut Rng, perf: bool) -> Result<Out> {
     let i = inputs(a, rng);
-    let kvrow = a.kv_heads * a.d;
+    let (kvh, d) = (a.kv_heads, a.d);
+    let kvrow = kvh * d;
+    let sw = a.dtype.slot_words(kvh, d).expect("checked by inputs");
     let (mut want, mut want_v) = (i.k_cache.clone(), i.v_cache.clone());
     for s in &i.seqs {
         for t in 0..s.q_len as usize {
             let sl = slot(&i.table, a.page, s, s.pos0 as usize + t);
             let rr = s.q_start as usize + t;
-            want[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&i.k_new[rr * kvrow..(rr + 1) * kvrow]);
-            want_v[sl * kvrow..(sl + 1) * kvrow].copy_from_slice(&i.v_new[rr * kvrow..(rr + 1) * kvrow]);
+            for (w, new) in [(&mut want, &i.k_new), (&mut want_v, &i.v_new)] {
+                w[sl * sw..(sl + 1) * sw].copy_from_slice(&r::kv::encode(a.dtype, &new[rr * kvrow..(rr + 1) * kvrow], kvh, d));
+            }
         }
     }
-    want.extend(want_v);
+    let decode = |w: &[u32]| -> Vec<f32> { w.chunks_exact(sw).flat_map(|w| r::kv::decode(a.dtype, w, kvh, d)).collect() };
+    let mut want = decode(&want);
+    want.extend(decode(&want_v));
     let (k, v) = (be.upload(&i.k_new)?, be.upload(&i.v_new)?);
-    let (kc, vc) = (be.upload(&i.k_cache)?, be.upload(&i.v_cache)?);
-    let pages = KvPages { table: &i.table, size: a.page };
-    let secs = timed(be, perf, &kc, || be.kv_store(&k, &v, &kc, &vc, pages, &i.seqs, kvrow))?;
-    let mut got = be.read(&kc)?;
-    got.extend(be.read(&vc)?);
+    let (kc, vc) = (upload_cache(be, a.dtype, &i.k_cache)?, upload_cache(be, a.dtype, &i.v_cache)?);
+    let pages = KvPages { table: &i.table, size: a.page, dtype: a.dtype };
+    let secs = timed(be, perf, &kc, || be.kv_store(&k, &v, &kc, &vc, pages, &i.seqs, kvh, d))?;
+    let mut got = read_cache(be, a, &kc)?;
+    got.extend(read_cache(be, a, &vc)?);
     Ok(out(got, want, secs))
 }

@@ -43,20 +43,28 @@ pub(crate) fn timed<B: Backend>(
     sync: &B::Buffer,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<Option<f64>> {
+    // Reading the buffer the op wrote waits for it (a u32 buffer is read as one).
+    let wait = || -> Result<()> {
+        if be.buffer_desc(sync).is_u32 {
+            be.read_u32(sync).map(drop)
+        } else {
+            be.read(sync).map(drop)
+        }
+    };
     f()?;
-    be.read(sync)?;
+    wait()?;
     if !perf {
         return Ok(None);
     }
     f()?; // warm
-    be.read(sync)?;
+    wait()?;
     let t = Instant::now();
     let (mut n, mut batch) = (0, 1);
     while n < 3 || t.elapsed().as_secs_f64() < 0.2 {
         for _ in 0..batch {
             f()?;
         }
-        be.read(sync)?;
+        wait()?;
         n += batch;
         batch = (batch * 2).min(64);
     }

@@ -648,11 +648,13 @@ fn pools_reserved_up_front_do_not_grow() {
 /// and length (the chunked rings filling up and the global layers growing).
 #[test]
 fn the_plans_kv_bytes_are_what_the_cache_holds() {
+    use herd_core::kv_format::KvDtype;
     use herd_core::plan::KvLayout;
     for name in F32_FIXTURES {
-        for page in [1, 3, 16] {
-            let m = paged(name, page);
-            let layout = KvLayout::new(&m.cfg, page);
+        for (page, dtypes) in [(1, [KvDtype::F32; 2]), (3, [KvDtype::Q8, KvDtype::Bf16]), (16, [KvDtype::F16, KvDtype::Fp8])] {
+            let mut m = paged(name, page);
+            m.set_kv_dtypes(dtypes[0], dtypes[1]).unwrap();
+            let layout = KvLayout::with_dtypes(&m.cfg, page, dtypes).unwrap();
             let mut cache = m.new_cache().unwrap();
             let s = cache.add_sequence();
             let ids = random_ids(11, 60, m.cfg.vocab_size);
@@ -692,5 +694,28 @@ fn the_plans_tensors_are_what_the_model_loads() {
         loaded.sort();
         planned.sort();
         assert_eq!(planned, loaded, "{name}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// (g) KV formats: decode logits through caches in each format, against transformers' f32 logits.
+// ---------------------------------------------------------------------------------------------------
+
+/// Relative error of the decode logits (token by token through the cache) in each KV format, on every f32
+/// fixture; the bounds are about twice what was measured.
+#[test]
+fn kv_formats_hold_the_decode_logits() {
+    use herd_core::generate::score_rows;
+    use herd_core::kv_format::KvDtype;
+    for name in F32_FIXTURES {
+        let r = Reference::load(name);
+        for (dtype, bound) in [(KvDtype::F32, 1e-4), (KvDtype::Bf16, 3e-3), (KvDtype::F16, 4e-4), (KvDtype::Q8, 7e-2), (KvDtype::Fp8, 5e-2)] {
+            let mut m = paged(name, 16);
+            m.set_kv_dtypes(dtype, dtype).unwrap();
+            let got = pollster::block_on(score_rows(&m, &r.input_ids, &[], true)).unwrap();
+            let worst = got.iter().zip(&r.logits).map(|(g, w)| rel_err(g, w)).fold(0f64, f64::max);
+            eprintln!("{name} kv={}: decode logits rel err {worst:.3e}", dtype.name());
+            assert!(worst <= bound, "{name} kv={}: {worst:.3e} > {bound:.0e}", dtype.name());
+        }
     }
 }

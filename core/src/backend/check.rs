@@ -107,8 +107,14 @@ pub fn copy<B: Backend + ?Sized>(
 ) -> Verdict {
     let (s, d) = (arg(be, "src", src), arg(be, "dst", dst));
     let end = |off: usize| off.checked_add(len).ok_or_else(|| format!("copy: offset {off} + {len} overflows"));
-    f32s("copy", &s, end(src_off)?)?;
-    f32s("copy", &d, end(dst_off)?)?;
+    // f32 to f32, or u32 to u32 (a KV cache in another format than f32).
+    if s.desc.is_u32 {
+        u32s("copy", &s, end(src_off)?)?;
+        u32s("copy", &d, end(dst_off)?)?;
+    } else {
+        f32s("copy", &s, end(src_off)?)?;
+        f32s("copy", &d, end(dst_off)?)?;
+    }
     distinct("copy", &[&s, &d])
 }
 
@@ -324,6 +330,27 @@ fn seq_pages(op: &str, pages: &super::KvPages<'_>, s: &super::AttnSeq, slots: us
     }
 }
 
+/// The slots the cache buffers hold in the pages' format: f32 buffers of `kv_heads · head_dim` per slot for
+/// f32, else u32 buffers of the format's words per slot.
+fn cache_slots<B: Backend + ?Sized>(
+    op: &str,
+    pages: &super::KvPages<'_>,
+    kc: &Arg<B>,
+    vc: &Arg<B>,
+    kv_heads: usize,
+    head_dim: usize,
+) -> std::result::Result<usize, String> {
+    let words = pages.dtype.slot_words(kv_heads, head_dim).map_err(|m| format!("{op}: {m}"))?;
+    for c in [kc, vc] {
+        if pages.dtype == crate::kv_format::KvDtype::F32 {
+            f32s(op, c, 0)?;
+        } else {
+            u32s(op, c, 0)?;
+        }
+    }
+    Ok(kc.desc.len.min(vc.desc.len) / words.max(1))
+}
+
 /// [`Backend::attention`].
 pub fn attention<B: Backend + ?Sized>(be: &B, call: &ops::Attention<'_, B>) -> Verdict {
     let &ops::Attention { q, k_new, v_new, k_cache, v_cache, pages, seqs, p, out } = call;
@@ -344,10 +371,7 @@ pub fn attention<B: Backend + ?Sized>(be: &B, call: &ops::Attention<'_, B>) -> V
     if pages.size == 0 {
         return Err("attention: pages of 0 slots".into());
     }
-    let kv_row = product("attention", "k_cache", &[kvh, hd])?;
-    f32s("attention", &kc, 0)?;
-    f32s("attention", &vc, 0)?;
-    let slots = kc.desc.len.min(vc.desc.len) / kv_row;
+    let slots = cache_slots("attention", &pages, &kc, &vc, kvh, hd)?;
     for s in seqs.iter().filter(|s| s.pos0 > 0) {
         seq_pages("attention", &pages, s, slots)?;
     }
@@ -357,7 +381,8 @@ pub fn attention<B: Backend + ?Sized>(be: &B, call: &ops::Attention<'_, B>) -> V
 
 /// [`Backend::kv_store`].
 pub fn kv_store<B: Backend + ?Sized>(be: &B, call: &ops::KvStore<'_, B>) -> Verdict {
-    let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_dim } = call;
+    let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_heads, head_dim } = call;
+    let kv_dim = product("kv_store", "k_new", &[kv_heads, head_dim])?;
     let rows = seq_rows("kv_store", seqs)?;
     let (kn, vn) = (arg(be, "k_new", k_new), arg(be, "v_new", v_new));
     let (kc, vc) = (arg(be, "k_cache", k_cache), arg(be, "v_cache", v_cache));
@@ -367,9 +392,7 @@ pub fn kv_store<B: Backend + ?Sized>(be: &B, call: &ops::KvStore<'_, B>) -> Verd
     if pages.size == 0 || kv_dim == 0 {
         return Err(format!("kv_store: pages of {} slots of {kv_dim} elements", pages.size));
     }
-    f32s("kv_store", &kc, 0)?;
-    f32s("kv_store", &vc, 0)?;
-    let slots = kc.desc.len.min(vc.desc.len) / kv_dim;
+    let slots = cache_slots("kv_store", &pages, &kc, &vc, kv_heads, head_dim)?;
     for s in seqs {
         seq_pages("kv_store", &pages, s, slots)?;
     }

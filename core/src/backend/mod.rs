@@ -19,6 +19,7 @@ use crate::checkpoint::TensorRef;
 use crate::error::{HerdError, Result};
 use crate::quant::DType;
 use crate::quant::Fill;
+use crate::kv_format::KvDtype;
 use crate::sampling::SamplingParams;
 
 /// Per-sequence metadata for [`Backend::attention`] and [`Backend::kv_store`].
@@ -50,6 +51,9 @@ pub const DEFAULT_KV_PAGE: usize = 16;
 pub struct KvPages<'a> {
     pub table: &'a [u32],
     pub size: usize,
+    /// The format of the cache buffers: f32 buffers for [`KvDtype::F32`], else u32 buffers of
+    /// [`KvDtype::slot_words`] words per slot ([`crate::kv_format`]).
+    pub dtype: KvDtype,
 }
 
 impl KvPages<'_> {
@@ -327,9 +331,10 @@ pub trait Backend: Send + Sync + 'static {
     /// [`Backend::attention`] once its arguments are checked ([`check::attention`]).
     fn run_attention(&self, call: &ops::Attention<'_, Self>) -> Result<()>;
 
-    /// Writes the new keys/values of every sequence into its cache slots: row `q_start + t` goes to the
-    /// slot of position `pos0 + t` ([`KvPages::slot`]; a step longer than a ring of `slot_cap` slots leaves
-    /// it holding its last `slot_cap` tokens). `kv_dim` = n_kv_heads · head_dim.
+    /// Writes the new keys/values of every sequence into its cache slots, in the cache's format
+    /// (`pages.dtype`, quantized per kv head where it is a byte format): row `q_start + t` goes to the slot
+    /// of position `pos0 + t` ([`KvPages::slot`]; a step longer than a ring of `slot_cap` slots leaves it
+    /// holding its last `slot_cap` tokens). Rows are `[kv_heads, head_dim]`.
     #[allow(clippy::too_many_arguments)]
     fn kv_store(
         &self,
@@ -339,9 +344,10 @@ pub trait Backend: Send + Sync + 'static {
         v_cache: &Self::Buffer,
         pages: KvPages<'_>,
         seqs: &[AttnSeq],
-        kv_dim: usize,
+        kv_heads: usize,
+        head_dim: usize,
     ) -> Result<()> {
-        let call = ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_dim };
+        let call = ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_heads, head_dim };
         check::kv_store(self, &call).map_err(|msg| refused::<Self>(msg))?;
         self.run_kv_store(&call)
     }

@@ -95,7 +95,8 @@ pub struct KvStore<'a, B: Backend + ?Sized> {
     pub v_cache: &'a B::Buffer,
     pub pages: KvPages<'a>,
     pub seqs: &'a [AttnSeq],
-    pub kv_dim: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
 }
 
 /// The arguments of [`Backend::add`] (see there).

@@ -4,7 +4,10 @@
 use rayon::prelude::*;
 
 use super::need;
+use std::borrow::Cow;
+
 use crate::backend::{AttnParams, AttnSeq, KvPages};
+use crate::kv_format::{decode, encode, KvDtype};
 use crate::error::{HerdError, Result};
 
 /// Checks what the op checks cannot know: that a sequence's slots hold every cached key a query sees.
@@ -25,13 +28,31 @@ fn check_seq(s: &AttnSeq, chunk: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// A layer's cache buffer as the CPU reads it: f32 values, or the words of another KV format.
+pub enum CacheView<'a> {
+    F32(&'a [f32]),
+    Words(&'a [u32]),
+}
+
+/// One head's `d` keys or values of a cache slot (`off` = the head's first element), decoded from the cache's
+/// format.
+fn cached<'a>(c: &'a CacheView<'a>, dtype: KvDtype, sw: usize, slot: usize, kvh: usize, d: usize, off: usize) -> Cow<'a, [f32]> {
+    match c {
+        CacheView::F32(c) => Cow::Borrowed(&c[slot * kvh * d + off..][..d]),
+        CacheView::Words(w) => {
+            let words = &w[slot * sw..(slot + 1) * sw];
+            Cow::Owned((0..d).map(|e| decode(dtype, words, kvh, d, off + e)).collect())
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-pub fn attention(
+pub fn attention<'a>(
     q: &[f32],
-    k_new: &[f32],
-    v_new: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_new: &'a [f32],
+    v_new: &'a [f32],
+    k_cache: CacheView<'a>,
+    v_cache: CacheView<'a>,
     pages: KvPages<'_>,
     seqs: &[AttnSeq],
     p: &AttnParams,
@@ -49,6 +70,8 @@ pub fn attention(
         check_seq(s, if p.bidirectional { None } else { p.chunk })?;
     }
     let group = h / kvh;
+    let dtype = pages.dtype;
+    let sw = dtype.slot_words(kvh, d).map_err(|m| HerdError::Backend { backend: "cpu".into(), msg: format!("attention: {m}") })?;
     // One task per (row, head): the row's sequence is found by a scan (batches are small).
     let mut row_seq = vec![usize::MAX; rows];
     for (si, s) in seqs.iter().enumerate() {
@@ -73,21 +96,27 @@ pub fn attention(
             let sc = temp.scale_at(i as u32);
             qv.iter_mut().for_each(|x| *x *= sc);
         }
-        let key = |j: usize| -> (&[f32], &[f32]) {
+        let off = kvh_i * d;
+        let fresh = |x: &'a [f32], j: usize| -> Cow<'a, [f32]> {
+            let row = s.q_start as usize + (j - s.pos0 as usize);
+            Cow::Borrowed(&x[row * kvrow + off..][..d])
+        };
+        let key = |j: usize| {
             if j < s.pos0 as usize {
-                let off = pages.slot(s, j) * kvrow + kvh_i * d;
-                (&k_cache[off..off + d], &v_cache[off..off + d])
+                cached(&k_cache, dtype, sw, pages.slot(s, j), kvh, d, off)
             } else {
-                let row = s.q_start as usize + (j - s.pos0 as usize);
-                let off = row * kvrow + kvh_i * d;
-                (&k_new[off..off + d], &v_new[off..off + d])
+                fresh(k_new, j)
+            }
+        };
+        let value = |j: usize| {
+            if j < s.pos0 as usize {
+                cached(&v_cache, dtype, sw, pages.slot(s, j), kvh, d, off)
+            } else {
+                fresh(v_new, j)
             }
         };
         let mut scores: Vec<f32> = (lo..=last)
-            .map(|j| {
-                let (k, _) = key(j);
-                qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * p.scale
-            })
+            .map(|j| qv.iter().zip(key(j).iter()).map(|(a, b)| a * b).sum::<f32>() * p.scale)
             .collect();
         let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
@@ -97,9 +126,9 @@ pub fn attention(
         }
         o.iter_mut().for_each(|x| *x = 0.0);
         for (j, &w) in (lo..=last).zip(&scores) {
-            let (_, v) = key(j);
+            let v = value(j);
             let w = w / sum;
-            for (a, b) in o.iter_mut().zip(v) {
+            for (a, b) in o.iter_mut().zip(v.iter()) {
                 *a += w * b;
             }
         }
@@ -107,6 +136,7 @@ pub fn attention(
     Ok(())
 }
 
+/// Writes new rows into the f32 cache.
 pub fn kv_store(new: &[f32], cache: &mut [f32], pages: KvPages<'_>, seqs: &[AttnSeq], kv_dim: usize) -> Result<()> {
     for s in seqs {
         need("kv_store new", new.len(), (s.q_start + s.q_len) as usize * kv_dim)?;
@@ -115,6 +145,30 @@ pub fn kv_store(new: &[f32], cache: &mut [f32], pages: KvPages<'_>, seqs: &[Attn
             need("kv_store cache", cache.len(), (slot + 1) * kv_dim)?;
             let row = (s.q_start + t) as usize;
             cache[slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&new[row * kv_dim..(row + 1) * kv_dim]);
+        }
+    }
+    Ok(())
+}
+
+/// Writes new rows into a cache of another format ([`crate::kv_format`]), a slot at a time.
+pub fn kv_store_words(
+    new: &[f32],
+    cache: &mut [u32],
+    pages: KvPages<'_>,
+    seqs: &[AttnSeq],
+    kv_heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    let dtype: KvDtype = pages.dtype;
+    let kv_dim = kv_heads * head_dim;
+    let sw = dtype.slot_words(kv_heads, head_dim).map_err(|m| HerdError::Backend { backend: "cpu".into(), msg: format!("kv_store: {m}") })?;
+    for s in seqs {
+        need("kv_store new", new.len(), (s.q_start + s.q_len) as usize * kv_dim)?;
+        for t in 0..s.q_len {
+            let slot = pages.slot(s, (s.pos0 + t) as usize);
+            need("kv_store cache", cache.len(), (slot + 1) * sw)?;
+            let row = (s.q_start + t) as usize;
+            encode(dtype, &new[row * kv_dim..(row + 1) * kv_dim], kv_heads, head_dim, &mut cache[slot * sw..(slot + 1) * sw]);
         }
     }
     Ok(())

@@ -196,12 +196,17 @@ impl Backend for CpuBackend {
     }
     fn copy(&self, src: &CpuBuffer, src_off: usize, dst: &CpuBuffer, dst_off: usize, len: usize) -> Result<()> {
         check::copy(self, src, src_off, dst, dst_off, len).map_err(err)?;
-        let s = src.f32()?;
-        let mut d = dst.f32_mut()?;
-        need("copy src", s.len(), src_off + len)?;
-        need("copy dst", d.len(), dst_off + len)?;
-        d[dst_off..dst_off + len].copy_from_slice(&s[src_off..src_off + len]);
-        Ok(())
+        fn run<T: Copy>(s: &[T], d: &mut [T], src_off: usize, dst_off: usize, len: usize) -> Result<()> {
+            need("copy src", s.len(), src_off + len)?;
+            need("copy dst", d.len(), dst_off + len)?;
+            d[dst_off..dst_off + len].copy_from_slice(&s[src_off..src_off + len]);
+            Ok(())
+        }
+        if self.buffer_desc(src).is_u32 {
+            run(&src.u32()?, &mut dst.u32_mut()?, src_off, dst_off, len)
+        } else {
+            run(&src.f32()?, &mut dst.f32_mut()?, src_off, dst_off, len)
+        }
     }
 
     fn load_weight(&self, t: &TensorRef) -> Result<CpuWeight> {
@@ -319,12 +324,21 @@ impl Backend for CpuBackend {
 
     fn run_attention(&self, call: &ops::Attention<'_, Self>) -> Result<()> {
         let &ops::Attention { q, k_new, v_new, k_cache, v_cache, pages, seqs, p, out } = call;
+        use attention::CacheView;
+        let (kf, vf, kw, vw);
+        let (kc, vc) = if pages.dtype == crate::kv_format::KvDtype::F32 {
+            (kf, vf) = (k_cache.f32()?, v_cache.f32()?);
+            (CacheView::F32(&kf), CacheView::F32(&vf))
+        } else {
+            (kw, vw) = (k_cache.u32()?, v_cache.u32()?);
+            (CacheView::Words(&kw), CacheView::Words(&vw))
+        };
         attention::attention(
             &q.f32()?,
             &k_new.f32()?,
             &v_new.f32()?,
-            &k_cache.f32()?,
-            &v_cache.f32()?,
+            kc,
+            vc,
             pages,
             seqs,
             p,
@@ -333,9 +347,14 @@ impl Backend for CpuBackend {
     }
 
     fn run_kv_store(&self, call: &ops::KvStore<'_, Self>) -> Result<()> {
-        let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_dim } = call;
-        attention::kv_store(&k_new.f32()?, &mut k_cache.f32_mut()?, pages, seqs, kv_dim)?;
-        attention::kv_store(&v_new.f32()?, &mut v_cache.f32_mut()?, pages, seqs, kv_dim)
+        let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_heads, head_dim } = call;
+        if pages.dtype == crate::kv_format::KvDtype::F32 {
+            let kv_dim = kv_heads * head_dim;
+            attention::kv_store(&k_new.f32()?, &mut k_cache.f32_mut()?, pages, seqs, kv_dim)?;
+            return attention::kv_store(&v_new.f32()?, &mut v_cache.f32_mut()?, pages, seqs, kv_dim);
+        }
+        attention::kv_store_words(&k_new.f32()?, &mut k_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)?;
+        attention::kv_store_words(&v_new.f32()?, &mut v_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)
     }
 
     fn run_add(&self, call: &ops::Add<'_, Self>) -> Result<()> {

@@ -72,7 +72,7 @@ impl<B: Backend> Attention<B> {
         // One call per cache arena, each for the sequences whose keys live there.
         for g in cache {
             be.attention(&s.q, &s.k, &s.v, g.k, g.v, g.pages(), &g.seqs, p, &s.attn)?;
-            be.kv_store(&s.k, &s.v, g.k, g.v, g.pages(), &g.seqs, p.n_kv_heads * p.head_dim)?;
+            be.kv_store(&s.k, &s.v, g.k, g.v, g.pages(), &g.seqs, p.n_kv_heads, p.head_dim)?;
         }
         be.matmul(&s.attn, t, &self.o, &s.o)
     }

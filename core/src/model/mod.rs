@@ -20,6 +20,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::TextConfig;
 use crate::error::{HerdError, Result};
 use crate::kv::{KvCache, SeqId};
+use crate::kv_format::KvDtype;
 use crate::sampling::check_sample_args;
 
 use crate::experts::{ExpertCache, ExpertCacheOptions, ExpertStats};
@@ -59,6 +60,8 @@ pub struct Llama4<B: Backend> {
     experts: Option<ExpertCache<B>>,
     /// Slots per KV-cache page of the caches this model makes (the backend's own unless set).
     kv_page: usize,
+    /// The KV formats of those caches: full-attention layers, chunked layers.
+    kv_dtypes: [KvDtype; 2],
 }
 
 /// The buffers of one forward pass, for up to `rows` new tokens in up to `seqs` sequences. The model keeps
@@ -210,6 +213,7 @@ impl<B: Backend> Llama4<B> {
             step: Mutex::new(None),
             experts: cache,
             kv_page,
+            kv_dtypes: [KvDtype::F32; 2],
         })
     }
 
@@ -264,7 +268,17 @@ impl<B: Backend> Llama4<B> {
 
     /// A fresh KV cache for this model.
     pub fn new_cache(&self) -> Result<KvCache<B>> {
-        KvCache::with_page_size(&*self.backend, &self.cfg, self.kv_page)
+        KvCache::with_options(&*self.backend, &self.cfg, self.kv_page, self.kv_dtypes)
+    }
+
+    /// Makes the caches of [`Llama4::new_cache`] keep keys and values of full-attention layers in `global`
+    /// and of chunked layers in `chunked` (f32 by default).
+    pub fn set_kv_dtypes(&mut self, global: KvDtype, chunked: KvDtype) -> Result<()> {
+        for d in [global, chunked] {
+            d.slot_words(self.cfg.num_key_value_heads, self.cfg.head_dim).map_err(HerdError::Input)?;
+        }
+        self.kv_dtypes = [global, chunked];
+        Ok(())
     }
 
     /// Makes the caches of [`Llama4::new_cache`] use pages of `slots` slots (the backend's page size is the

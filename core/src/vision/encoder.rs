@@ -238,7 +238,7 @@ impl<B: Backend> VisionTower<B> {
             be.rope(&q, rows * heads * 2, 1, hd / 2, &pos, &self.inv_freq, None)?;
             be.rope(&kb, rows * heads * 2, 1, hd / 2, &pos, &self.inv_freq, None)?;
             // Nothing is cached: the one-slot page is never read.
-            let pages = KvPages { table: &[0], size: 1 };
+            let pages = KvPages { table: &[0], size: 1, dtype: Default::default() };
             be.attention(&q, &kb, &v, &self.no_cache, &self.no_cache, pages, &seqs, &params, &a)?;
             linear(be, &a, rows, &layer.o, &o, Act::Identity)?;
             be.add(&h, &o, rows * d)?;

@@ -1,0 +1,239 @@
+//! The formats the KV cache stores keys and values in (`--kv-dtype`), and their exact bit layouts. Every
+//! backend writes and reads them the same way: the CPU with the functions here, WGSL and CUDA with their own
+//! copies of these rules (the op table checks all three against a reference that quantizes independently).
+//!
+//! A slot (one position's `[kv_heads, head_dim]` keys, or values) is a run of u32 words:
+//! - `F32`: one word per value, its bits.
+//! - `Bf16`, `F16`: two values per word, value `i` in the low half of word `i / 2` when `i` is even, the high
+//!   half when odd; rounded to nearest, ties to even.
+//! - `Q8`: a byte per value (value `i` in byte `i % 4` of word `i / 4`), the signed integer `round(x / s)`
+//!   clamped to ±127, then one word per kv head holding `s` as f32 bits: `s = max |x| / 127` over the head's
+//!   values in that slot (0 for a head of zeros).
+//! - `Fp8`: as `Q8`, but each byte is `x / s` in OCP FP8 E4M3 (round to nearest even, saturating at ±448) and
+//!   `s = max |x| / 448`.
+//!
+//! Head dims must be a multiple of 4 for the byte formats and of 2 for the 16-bit ones (Llama 4's is 128).
+
+use half::{bf16, f16};
+
+/// How the KV cache stores a layer's keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KvDtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+    Q8,
+    Fp8,
+}
+
+impl KvDtype {
+    pub const ALL: [KvDtype; 5] = [KvDtype::F32, KvDtype::Bf16, KvDtype::F16, KvDtype::Q8, KvDtype::Fp8];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::Bf16 => "bf16",
+            KvDtype::F16 => "f16",
+            KvDtype::Q8 => "q8",
+            KvDtype::Fp8 => "fp8",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KvDtype> {
+        KvDtype::ALL.into_iter().find(|d| d.name() == s)
+    }
+
+    /// Whether values are one byte, with a scale per kv head.
+    pub fn is_byte(self) -> bool {
+        matches!(self, KvDtype::Q8 | KvDtype::Fp8)
+    }
+
+    /// Words one slot of `kv_heads` heads of `head_dim` takes, or why this format cannot hold that shape.
+    pub fn slot_words(self, kv_heads: usize, head_dim: usize) -> Result<usize, String> {
+        let n = kv_heads * head_dim;
+        match self {
+            KvDtype::F32 => Ok(n),
+            KvDtype::Bf16 | KvDtype::F16 if head_dim % 2 == 0 => Ok(n / 2),
+            KvDtype::Q8 | KvDtype::Fp8 if head_dim % 4 == 0 => Ok(n / 4 + kv_heads),
+            d => Err(format!("a {} KV cache needs a head_dim that is a multiple of {}, not {head_dim}", d.name(), if d.is_byte() { 4 } else { 2 })),
+        }
+    }
+
+    /// Bytes one slot takes.
+    pub fn slot_bytes(self, kv_heads: usize, head_dim: usize) -> Result<usize, String> {
+        Ok(4 * self.slot_words(kv_heads, head_dim)?)
+    }
+}
+
+/// The KV formats of full-attention (global) and chunked layers from `--kv-dtype`: one name for both
+/// (`q8`), or `global=NAME,chunked=NAME` (either part may be left out; it is then f32).
+pub fn parse_kv_dtypes(s: &str) -> Result<[KvDtype; 2], String> {
+    let names = || KvDtype::ALL.map(|d| d.name()).join(", ");
+    let one = |n: &str| KvDtype::parse(n.trim()).ok_or_else(|| format!("unknown KV format {n:?} (known: {})", names()));
+    if !s.contains('=') {
+        let d = one(s)?;
+        return Ok([d, d]);
+    }
+    let mut out = [KvDtype::F32; 2];
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?}: write global=FORMAT or chunked=FORMAT"))?;
+        match k.trim() {
+            "global" => out[0] = one(v)?,
+            "chunked" => out[1] = one(v)?,
+            other => return Err(format!("{other:?}: the layer kinds are global and chunked")),
+        }
+    }
+    Ok(out)
+}
+
+/// Writes one slot: `x` is `[kv_heads, head_dim]`, `out` the slot's words.
+pub fn encode(dtype: KvDtype, x: &[f32], kv_heads: usize, head_dim: usize, out: &mut [u32]) {
+    match dtype {
+        KvDtype::F32 => out.iter_mut().zip(x).for_each(|(o, v)| *o = v.to_bits()),
+        KvDtype::Bf16 | KvDtype::F16 => {
+            let half = |v: f32| -> u32 {
+                match dtype {
+                    KvDtype::Bf16 => bf16::from_f32(v).to_bits() as u32,
+                    _ => f16::from_f32(v).to_bits() as u32,
+                }
+            };
+            for (o, p) in out.iter_mut().zip(x.chunks_exact(2)) {
+                *o = half(p[0]) | (half(p[1]) << 16);
+            }
+        }
+        KvDtype::Q8 | KvDtype::Fp8 => {
+            let n = kv_heads * head_dim;
+            let (vals, scales) = out.split_at_mut(n / 4);
+            vals.iter_mut().for_each(|w| *w = 0);
+            for h in 0..kv_heads {
+                let xs = &x[h * head_dim..(h + 1) * head_dim];
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let s = amax / if dtype == KvDtype::Q8 { 127.0 } else { 448.0 };
+                scales[h] = s.to_bits();
+                for (i, &v) in xs.iter().enumerate() {
+                    let q = if s > 0.0 { v / s } else { 0.0 };
+                    let byte = match dtype {
+                        KvDtype::Q8 => (q.round_ties_even().clamp(-127.0, 127.0) as i32 as u32) & 0xff,
+                        _ => e4m3_from_f32(q) as u32,
+                    };
+                    let e = h * head_dim + i;
+                    vals[e / 4] |= byte << (8 * (e % 4));
+                }
+            }
+        }
+    }
+}
+
+/// Value `e` (of `kv_heads · head_dim`) of a slot.
+pub fn decode(dtype: KvDtype, slot: &[u32], kv_heads: usize, head_dim: usize, e: usize) -> f32 {
+    match dtype {
+        KvDtype::F32 => f32::from_bits(slot[e]),
+        KvDtype::Bf16 => bf16::from_bits((slot[e / 2] >> (16 * (e % 2))) as u16).to_f32(),
+        KvDtype::F16 => f16::from_bits((slot[e / 2] >> (16 * (e % 2))) as u16).to_f32(),
+        KvDtype::Q8 | KvDtype::Fp8 => {
+            let byte = (slot[e / 4] >> (8 * (e % 4))) & 0xff;
+            let s = f32::from_bits(slot[kv_heads * head_dim / 4 + e / head_dim]);
+            let q = match dtype {
+                KvDtype::Q8 => byte as u8 as i8 as f32,
+                _ => e4m3_to_f32(byte as u8),
+            };
+            q * s
+        }
+    }
+}
+
+/// OCP FP8 E4M3 (bias 7, no infinities, 0x7f/0xff NaN, largest finite 448) of `x`, rounded to nearest even,
+/// saturating to ±448.
+pub fn e4m3_from_f32(x: f32) -> u8 {
+    let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
+    let a = x.abs();
+    if a.is_nan() {
+        return 0x7f;
+    }
+    if a >= 448.0 {
+        return sign | 0x7e;
+    }
+    // The binade of `a` (as f32 knows it), then the mantissa rounded to 3 bits; below 2^-6 the subnormal
+    // step 2^-9. Dividing by a power of two is exact, so only the one rounding happens.
+    let e = ((a.to_bits() >> 23) & 0xff) as i32 - 127;
+    if e < -6 {
+        return sign | (a * 512.0).round_ties_even() as u8; // 8 rounds up into the smallest normal, 0x08
+    }
+    let m = (a * 2f32.powi(3 - e)).round_ties_even() as i32; // 8..=16
+    let (e, m) = if m == 16 { (e + 1, 8) } else { (e, m) };
+    sign | (((e + 7) as u8) << 3) | (m - 8) as u8
+}
+
+/// The value of an E4M3 byte.
+pub fn e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = ((b >> 3) & 0xf) as i32;
+    let man = (b & 7) as f32;
+    if exp == 0xf && b & 7 == 7 {
+        return f32::NAN;
+    }
+    let v = if exp == 0 { man / 8.0 * 2f32.powi(-6) } else { (1.0 + man / 8.0) * 2f32.powi(exp - 7) };
+    sign * v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every E4M3 code round-trips, and every f32 between two codes goes to the nearer (ties to the even
+    /// code), checked against an exhaustive search.
+    #[test]
+    fn e4m3_rounds_to_nearest_even() {
+        for b in 0u8..=0xfe {
+            if b & 0x7f == 0x7f {
+                continue;
+            }
+            let v = e4m3_to_f32(b);
+            let back = e4m3_from_f32(v);
+            assert!(back == b || (v == 0.0 && back & 0x7f == 0), "{b:#x} -> {v} -> {back:#x}");
+        }
+        let nearest = |a: f32| -> u8 {
+            let mut best = (0u8, f32::INFINITY);
+            for code in 0u8..=0x7e {
+                let err = (e4m3_to_f32(code) - a).abs();
+                if err < best.1 || (err == best.1 && code % 2 == 0) {
+                    best = (code, err);
+                }
+            }
+            best.0
+        };
+        let mut x = 1e-4f32;
+        while x < 448.0 {
+            assert_eq!(e4m3_from_f32(x), nearest(x), "{x}");
+            assert_eq!(e4m3_from_f32(-x), 0x80 | nearest(x), "-{x}");
+            x *= 1.0137;
+        }
+        assert_eq!(e4m3_from_f32(1e9), 0x7e);
+    }
+
+    /// Each format holds its values to its precision: exact for f32, one rounding for the 16-bit ones, and
+    /// half a step of the head's scale for the byte formats.
+    #[test]
+    fn formats_round_trip() {
+        let (kvh, hd) = (3, 8);
+        let x: Vec<f32> = (0..kvh * hd).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.173).collect();
+        for d in KvDtype::ALL {
+            let mut w = vec![0u32; d.slot_words(kvh, hd).unwrap()];
+            encode(d, &x, kvh, hd, &mut w);
+            for (e, &v) in x.iter().enumerate() {
+                let got = decode(d, &w, kvh, hd, e);
+                let amax = x[e / hd * hd..(e / hd + 1) * hd].iter().fold(0f32, |m, v| m.max(v.abs()));
+                let tol = match d {
+                    KvDtype::F32 => 0.0,
+                    KvDtype::Bf16 => v.abs() / 256.0,
+                    KvDtype::F16 => v.abs() / 2048.0,
+                    KvDtype::Q8 => amax / 127.0 / 2.0 * 1.0001,
+                    KvDtype::Fp8 => v.abs() / 16.0 + amax / 448.0 * 2f32.powi(-9),
+                };
+                assert!((got - v).abs() <= tol, "{}: value {e}: {v} -> {got}", d.name());
+            }
+        }
+        assert!(KvDtype::Q8.slot_words(8, 6).is_err());
+    }
+}
