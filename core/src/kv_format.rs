@@ -54,9 +54,30 @@ impl KvDtype {
         let n = kv_heads * head_dim;
         match self {
             KvDtype::F32 => Ok(n),
-            KvDtype::Bf16 | KvDtype::F16 if head_dim % 2 == 0 => Ok(n / 2),
-            KvDtype::Q8 | KvDtype::Fp8 if head_dim % 4 == 0 => Ok(n / 4 + kv_heads),
+            KvDtype::Bf16 | KvDtype::F16 if head_dim.is_multiple_of(2) => Ok(n / 2),
+            KvDtype::Q8 | KvDtype::Fp8 if head_dim.is_multiple_of(4) => Ok(n / 4 + kv_heads),
             d => Err(format!("a {} KV cache needs a head_dim that is a multiple of {}, not {head_dim}", d.name(), if d.is_byte() { 4 } else { 2 })),
+        }
+    }
+
+    /// The format's number in the device kernels (attention.wgsl, attention.cu).
+    pub fn code(self) -> u32 {
+        match self {
+            KvDtype::F32 => 0,
+            KvDtype::Bf16 => 1,
+            KvDtype::F16 => 2,
+            KvDtype::Q8 => 3,
+            KvDtype::Fp8 => 4,
+        }
+    }
+
+    /// What one invocation of a device kv_store writes of a slot: a value (f32), a word of two values (the
+    /// 16-bit formats) or a kv head (the byte formats, whose scale covers the head); how many there are.
+    pub fn store_units(self, kv_heads: usize, head_dim: usize) -> usize {
+        match self {
+            KvDtype::F32 => kv_heads * head_dim,
+            KvDtype::Bf16 | KvDtype::F16 => kv_heads * head_dim / 2,
+            KvDtype::Q8 | KvDtype::Fp8 => kv_heads,
         }
     }
 

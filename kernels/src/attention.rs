@@ -42,17 +42,10 @@ kernel!(AttnPrefill { dpt: u32 }: "attention", AttnPrefillParams => |k| format!(
     all PREFILL_DPT.map(|dpt| AttnPrefill { dpt }).to_vec());
 kernel!(KvStore: "attention", KvStoreParams => "kv_store");
 
-/// The format's number in attention.cu, and its words per slot.
+/// The format's number in the kernels, and its words per slot.
 fn format(dtype: KvDtype, kv_heads: usize, head_dim: usize, op: &str) -> Result<(u32, u32)> {
-    let n = match dtype {
-        KvDtype::F32 => 0,
-        KvDtype::Bf16 => 1,
-        KvDtype::F16 => 2,
-        KvDtype::Q8 => 3,
-        KvDtype::Fp8 => 4,
-    };
     let words = dtype.slot_words(kv_heads, head_dim).map_err(|m| err(format!("{op}: {m}")))?;
-    Ok((n, words as u32))
+    Ok((dtype.code(), words as u32))
 }
 
 impl CudaBackend {
@@ -188,11 +181,7 @@ impl CudaBackend {
         let _op = self.dev.op();
         let kv_dim = kv_heads * head_dim;
         let (kv_dtype, slot_words) = format(pages.dtype, kv_heads, head_dim, "kv_store")?;
-        let units = match pages.dtype {
-            KvDtype::F32 => kv_dim,
-            KvDtype::Bf16 | KvDtype::F16 => kv_dim / 2,
-            KvDtype::Q8 | KvDtype::Fp8 => kv_heads,
-        };
+        let units = pages.dtype.store_units(kv_heads, head_dim);
         let mut pairs = Vec::new();
         for s in seqs {
             let (ql, cap) = (s.q_len as usize, s.slot_cap.max(1) as usize);

@@ -74,17 +74,10 @@ fn seq_buffers(gpu: &Gpu, pages: &KvPages<'_>, seqs: &[AttnSeq]) -> Result<(wgpu
     Ok((gpu.meta(&words)?, gpu.meta(&row_seq)?, rows))
 }
 
-/// The format's number in attention.wgsl, and its words per slot.
+/// The format's number in the kernels, and its words per slot.
 fn format(dtype: KvDtype, kv_heads: usize, head_dim: usize, op: &str) -> Result<(u32, u32)> {
-    let n = match dtype {
-        KvDtype::F32 => 0,
-        KvDtype::Bf16 => 1,
-        KvDtype::F16 => 2,
-        KvDtype::Q8 => 3,
-        KvDtype::Fp8 => 4,
-    };
     let words = dtype.slot_words(kv_heads, head_dim).map_err(|m| err(format!("{op}: {m}")))?;
-    Ok((n, words as u32))
+    Ok((dtype.code(), words as u32))
 }
 
 pub(crate) fn attention(gpu: &Gpu, call: &ops::Attention<'_, WgpuBackend>) -> Result<()> {
@@ -179,11 +172,7 @@ pub(crate) fn kv_store(gpu: &Gpu, call: &ops::KvStore<'_, WgpuBackend>) -> Resul
     let _op = gpu.op();
     let kv_dim = kv_heads * head_dim;
     let (kv_dtype, slot_words) = format(pages.dtype, kv_heads, head_dim, "kv_store")?;
-    let units = match pages.dtype {
-        KvDtype::F32 => kv_dim,
-        KvDtype::Bf16 | KvDtype::F16 => kv_dim / 2,
-        KvDtype::Q8 | KvDtype::Fp8 => kv_heads,
-    };
+    let units = pages.dtype.store_units(kv_heads, head_dim);
     let (seq_buf, row_seq, rows) = seq_buffers(gpu, &pages, seqs)?;
     let p = KvStoreParams {
         rows: rows as u32,

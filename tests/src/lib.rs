@@ -116,6 +116,26 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 /// Golden checks of one backend against the transformers references: f32 fixtures to [`F32_TOL`] with
 /// identical greedy ids, the bf16 fixture to [`BF16_TOL`] (transformers rounds every activation to bf16,
 /// herd keeps f32 activations).
+/// Deterministic token ids in 0..vocab (an LCG; no external randomness, so failures reproduce).
+pub fn random_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// A fixture model on the CPU backend whose KV caches have pages of `page` slots.
+pub fn cpu_fixture(name: &str, page: usize) -> herd_core::model::Llama4<herd_core::cpu::CpuBackend> {
+    let dir = fixture_dir(name);
+    let mut m = herd_core::model::Llama4::from_dir(std::sync::Arc::new(herd_core::cpu::CpuBackend::new()), &dir, &mut |_, _| {})
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    m.set_kv_page_size(page).unwrap();
+    m
+}
+
 pub mod golden {
     use std::sync::Arc;
 

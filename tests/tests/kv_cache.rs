@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use herd_conformance::{fixture_dir, rel_err, Reference};
+use herd_conformance::{fixture_dir, random_ids, rel_err, Reference};
 use herd_core::config::AttnKind;
 use herd_core::cpu::CpuBackend;
 use herd_core::kv::SeqId;
@@ -26,17 +26,6 @@ fn load(name: &str) -> Llama4<CpuBackend> {
 fn load_dir(dir: &Path) -> Llama4<CpuBackend> {
     Llama4::from_dir(Arc::new(CpuBackend::new()), dir, &mut |_, _| {})
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-}
-
-/// Deterministic token ids in 0..vocab (an LCG; no external randomness, so failures reproduce).
-fn random_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 33) % vocab as u64) as u32
-        })
-        .collect()
 }
 
 /// Splits `len` tokens into pieces following `pattern` cyclically (the last piece cut to fit).
@@ -375,9 +364,7 @@ fn expected_bytes(m: &Llama4<CpuBackend>, page: usize, n: usize) -> usize {
 }
 
 fn paged(name: &str, page: usize) -> Llama4<CpuBackend> {
-    let mut m = load(name);
-    m.set_kv_page_size(page).unwrap();
-    m
+    herd_conformance::cpu_fixture(name, page)
 }
 
 /// Bytes of a cache holding one sequence of `n` tokens fed as one prefill.
@@ -564,67 +551,6 @@ fn fixtures_are_what_these_tests_assume() {
     }
 }
 
-/// A chat through the scheduler feeds only what a new turn adds: its next turn takes over the sequence the
-/// last one left (no copy), generates the same ids as a fresh scheduler fed the whole conversation, and a
-/// conversation that does not extend the cached one reuses only what it shares.
-#[test]
-fn a_chat_reuses_the_cached_prefix_across_turns() {
-    use herd_core::sampling::SamplingParams;
-    use herd_core::schedule::GenerateParams;
-    use herd_core::schedule::{queue, Event, Finish, Request, Scheduler, SchedulerConfig};
-    let r = herd_conformance::Reference::load("scout");
-    let m = std::sync::Arc::new(
-        herd_core::model::Llama4::from_dir(
-            std::sync::Arc::new(herd_core::cpu::CpuBackend::new()),
-            &herd_conformance::fixture_dir("scout"),
-            &mut |_, _| {},
-        )
-        .unwrap(),
-    );
-    let ctx = m.cfg.max_position_embeddings;
-    let chat = || {
-        let cfg = SchedulerConfig { max_seqs: 1, max_batch_tokens: ctx, max_queue: 1, prefix_cache_tokens: ctx };
-        Scheduler::new(m.clone(), cfg).unwrap()
-    };
-    let turn = |s: &mut Scheduler<_>, ids: &[u32]| -> (Vec<u32>, Finish) {
-        let params = GenerateParams { max_tokens: 6, sampling: SamplingParams::default(), stop_ids: vec![] };
-        let (sink, events) = queue();
-        s.submit(Request::new(ids.to_vec(), params), sink).unwrap();
-        pollster::block_on(s.run_to_idle()).unwrap();
-        let mut out = Vec::new();
-        loop {
-            match events.pop().expect("a Done event") {
-                Event::Token(t) => out.push(t.id),
-                Event::Done(f) => return (out, f),
-            }
-        }
-    };
-    let mut s = chat();
-    let turn1: Vec<u32> = r.input_ids[0].clone();
-    let (out1, st1) = turn(&mut s, &turn1);
-    assert_eq!((st1.prompt_tokens, st1.cached_tokens), (turn1.len(), 0));
-    // transformers' greedy continuation of the same prompt.
-    assert_eq!(out1, r.greedy_ids[0][..6].to_vec());
-    assert_eq!(s.kept_tokens(), turn1.len() + 5, "the conversation (all but the last id, never fed) is kept");
-    // Turn 2: the conversation so far, plus new user tokens.
-    let mut turn2 = turn1.clone();
-    turn2.extend(&out1);
-    turn2.extend(&r.input_ids[1][..5]);
-    let (out2, st2) = turn(&mut s, &turn2);
-    // Only the last generated id (never fed) and the new tokens were fed.
-    assert_eq!(st2.prompt_tokens - st2.cached_tokens, 1 + 5);
-    assert_eq!(s.kept_tokens(), turn2.len() + 5, "the turn continued the kept sequence in place");
-    let (want2, st_fresh) = turn(&mut chat(), &turn2);
-    assert_eq!(st_fresh.cached_tokens, 0);
-    assert_eq!(out2, want2);
-    // A conversation that does not extend the cached one reuses what it shares, and nothing else changes.
-    let other: Vec<u32> = r.input_ids[1].clone();
-    let shared = other.iter().zip(&turn2).take_while(|(a, b)| a == b).count();
-    let (out3, st3) = turn(&mut s, &other);
-    assert!(st3.cached_tokens <= shared, "{} reused of {shared} shared", st3.cached_tokens);
-    assert_eq!(out3, turn(&mut chat(), &other).0);
-}
-
 /// Pools sized up front hold a sequence of that many pages without growing (no arena is copied).
 #[test]
 fn pools_reserved_up_front_do_not_grow() {
@@ -638,84 +564,4 @@ fn pools_reserved_up_front_do_not_grow() {
     pollster::block_on(m.forward(&mut cache, &[(s, &random_ids(7, 60, m.cfg.vocab_size))], &[], Rows::Last)).unwrap();
     assert_eq!(cache.bytes(), expected_bytes(&m, 3, 60));
     assert_eq!(cache.reserved_bytes(), reserved, "60 tokens (20 pages) grew the reserved pools");
-}
-
-// ---------------------------------------------------------------------------------------------------
-// (f) The memory plan (`herd plan`) states what the cache and the model take.
-// ---------------------------------------------------------------------------------------------------
-
-/// What the plan says one sequence of n tokens holds is what the cache reports, for every fixture, page size
-/// and length (the chunked rings filling up and the global layers growing).
-#[test]
-fn the_plans_kv_bytes_are_what_the_cache_holds() {
-    use herd_core::kv_format::KvDtype;
-    use herd_core::plan::KvLayout;
-    for name in F32_FIXTURES {
-        for (page, dtypes) in [(1, [KvDtype::F32; 2]), (3, [KvDtype::Q8, KvDtype::Bf16]), (16, [KvDtype::F16, KvDtype::Fp8])] {
-            let mut m = paged(name, page);
-            m.set_kv_dtypes(dtypes[0], dtypes[1]).unwrap();
-            let layout = KvLayout::with_dtypes(&m.cfg, page, dtypes).unwrap();
-            let mut cache = m.new_cache().unwrap();
-            let s = cache.add_sequence();
-            let ids = random_ids(11, 60, m.cfg.vocab_size);
-            for (n, piece) in [(0, 1), (1, 7), (8, 9), (17, 30), (47, 13)] {
-                pollster::block_on(m.forward(&mut cache, &[(s, &ids[n..n + piece])], &[], Rows::Last)).unwrap();
-                let len = n + piece;
-                assert_eq!(cache.bytes(), layout.bytes(len), "{name}, pages of {page}, {len} tokens");
-            }
-        }
-    }
-}
-
-/// The plan's list of tensors is what the model loads: names and shapes, for every fixture (dense and MoE
-/// layers, tied and untied embeddings).
-#[test]
-fn the_plans_tensors_are_what_the_model_loads() {
-    use std::cell::RefCell;
-    use herd_core::checkpoint::Checkpoint;
-    use herd_core::source::WeightSource;
-    struct Recording(Checkpoint, RefCell<Vec<(String, Vec<usize>)>>);
-    impl WeightSource<CpuBackend> for Recording {
-        fn contains(&self, name: &str) -> bool {
-            self.0.contains(name)
-        }
-        fn weight(&self, be: &CpuBackend, name: &str, shape: &[usize]) -> herd_core::Result<<CpuBackend as herd_core::backend::Backend>::Weight> {
-            self.1.borrow_mut().push((name.to_owned(), shape.to_vec()));
-            WeightSource::<CpuBackend>::weight(&self.0, be, name, shape)
-        }
-    }
-    for name in ["scout", "maverick", "guard", "demo"] {
-        let dir = herd_conformance::model_dir(name);
-        let cfg = herd_core::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
-        let rec = Recording(Checkpoint::open_dir(&dir).unwrap(), RefCell::new(Vec::new()));
-        Llama4::load_with(Arc::new(CpuBackend::new()), &rec, &cfg.text, None, &mut |_, _| {}).unwrap();
-        let mut loaded = rec.1.into_inner();
-        let mut planned = herd_core::plan::text_tensors(&cfg.text);
-        loaded.sort();
-        planned.sort();
-        assert_eq!(planned, loaded, "{name}");
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// (g) KV formats: decode logits through caches in each format, against transformers' f32 logits.
-// ---------------------------------------------------------------------------------------------------
-
-/// Relative error of the decode logits (token by token through the cache) in each KV format, on every f32
-/// fixture; the bounds are about twice what was measured.
-#[test]
-fn kv_formats_hold_the_decode_logits() {
-    use herd_core::generate::score_rows;
-    use herd_core::kv_format::KvDtype;
-    for name in F32_FIXTURES {
-        let r = Reference::load(name);
-        for (dtype, bound) in [(KvDtype::F32, 1e-4), (KvDtype::Bf16, 3e-3), (KvDtype::F16, 4e-4), (KvDtype::Q8, 7e-2), (KvDtype::Fp8, 5e-2)] {
-            let mut m = paged(name, 16);
-            m.set_kv_dtypes(dtype, dtype).unwrap();
-            let got = pollster::block_on(score_rows(&m, &r.input_ids, &[], true)).unwrap();
-            let worst = got.iter().zip(&r.logits).map(|(g, w)| rel_err(g, w)).fold(0f64, f64::max);
-            eprintln!("{name} kv={}: decode logits rel err {worst:.3e}", dtype.name());
-            assert!(worst <= bound, "{name} kv={}: {worst:.3e} > {bound:.0e}", dtype.name());
-        }
-    }
 }

@@ -322,3 +322,64 @@ fn check_prefix_reuse<B: Backend>(be: &Arc<B>, names: &[&str]) {
         assert_eq!(got.into_iter().map(|g| g.0).collect::<Vec<_>>(), solo[..4]);
     }
 }
+
+/// A chat through the scheduler feeds only what a new turn adds: its next turn takes over the sequence the
+/// last one left (no copy), generates the same ids as a fresh scheduler fed the whole conversation, and a
+/// conversation that does not extend the cached one reuses only what it shares.
+#[test]
+fn a_chat_reuses_the_cached_prefix_across_turns() {
+    use herd_core::sampling::SamplingParams;
+    use herd_core::schedule::GenerateParams;
+    use herd_core::schedule::{queue, Event, Finish, Request, Scheduler, SchedulerConfig};
+    let r = herd_conformance::Reference::load("scout");
+    let m = std::sync::Arc::new(
+        herd_core::model::Llama4::from_dir(
+            std::sync::Arc::new(herd_core::cpu::CpuBackend::new()),
+            &herd_conformance::fixture_dir("scout"),
+            &mut |_, _| {},
+        )
+        .unwrap(),
+    );
+    let ctx = m.cfg.max_position_embeddings;
+    let chat = || {
+        let cfg = SchedulerConfig { max_seqs: 1, max_batch_tokens: ctx, max_queue: 1, prefix_cache_tokens: ctx };
+        Scheduler::new(m.clone(), cfg).unwrap()
+    };
+    let turn = |s: &mut Scheduler<_>, ids: &[u32]| -> (Vec<u32>, Finish) {
+        let params = GenerateParams { max_tokens: 6, sampling: SamplingParams::default(), stop_ids: vec![] };
+        let (sink, events) = queue();
+        s.submit(Request::new(ids.to_vec(), params), sink).unwrap();
+        pollster::block_on(s.run_to_idle()).unwrap();
+        let mut out = Vec::new();
+        loop {
+            match events.pop().expect("a Done event") {
+                Event::Token(t) => out.push(t.id),
+                Event::Done(f) => return (out, f),
+            }
+        }
+    };
+    let mut s = chat();
+    let turn1: Vec<u32> = r.input_ids[0].clone();
+    let (out1, st1) = turn(&mut s, &turn1);
+    assert_eq!((st1.prompt_tokens, st1.cached_tokens), (turn1.len(), 0));
+    // transformers' greedy continuation of the same prompt.
+    assert_eq!(out1, r.greedy_ids[0][..6].to_vec());
+    assert_eq!(s.kept_tokens(), turn1.len() + 5, "the conversation (all but the last id, never fed) is kept");
+    // Turn 2: the conversation so far, plus new user tokens.
+    let mut turn2 = turn1.clone();
+    turn2.extend(&out1);
+    turn2.extend(&r.input_ids[1][..5]);
+    let (out2, st2) = turn(&mut s, &turn2);
+    // Only the last generated id (never fed) and the new tokens were fed.
+    assert_eq!(st2.prompt_tokens - st2.cached_tokens, 1 + 5);
+    assert_eq!(s.kept_tokens(), turn2.len() + 5, "the turn continued the kept sequence in place");
+    let (want2, st_fresh) = turn(&mut chat(), &turn2);
+    assert_eq!(st_fresh.cached_tokens, 0);
+    assert_eq!(out2, want2);
+    // A conversation that does not extend the cached one reuses what it shares, and nothing else changes.
+    let other: Vec<u32> = r.input_ids[1].clone();
+    let shared = other.iter().zip(&turn2).take_while(|(a, b)| a == b).count();
+    let (out3, st3) = turn(&mut s, &other);
+    assert!(st3.cached_tokens <= shared, "{} reused of {shared} shared", st3.cached_tokens);
+    assert_eq!(out3, turn(&mut chat(), &other).0);
+}
