@@ -138,13 +138,15 @@ time_left "cuda bench, int4 Scout (48 layers)" && {
     row "cuda int4 Scout 48 layers, weight GB/s" "$(grep -oE '= [0-9.]+ GB/s' "$OUT/bench_cuda_q4.txt")"
 }
 
-time_left "cuda decode at depth, int4 Scout (8 layers)" && {
-    # The paged KV cache (f32) filled to each depth, then decode: 2 of the 8 layers are global.
-    timeout 150 $B/herd bench --backend cuda --synthetic scout --layers 8 --quant q4 --context 1024,65536,262144 \
-        --gen-tokens 16 --repeat 2 > "$OUT/bench_cuda_depth.txt" 2>&1; echo "exit $?"
-    grep -E "^context|error" "$OUT/bench_cuda_depth.txt"
-    for d in 1024 65536 262144; do
-        row "cuda int4 Scout 8 layers, decode at $d" "$(grep -E "^context $d:" "$OUT/bench_cuda_depth.txt" | cut -d';' -f1)"
+time_left "cuda decode at depth, int4 Scout (48 layers), q8 KV to 1M tokens" && {
+    # Issue 21's goal: all 48 layers in int4 and the KV in q8, filled to each depth (12 global layers grow with
+    # it, 36 chunked ones hold 8192), then decode. The bytes per token over the time per token is the GB/s;
+    # set it against the device's bandwidth (>= 70% is the goal).
+    timeout 240 $B/herd bench --backend cuda --synthetic scout --layers 48 --quant q4 --kv-dtype q8 \
+        --context 1024,262144,1048576 --gen-tokens 16 --repeat 2 > "$OUT/bench_cuda_depth.txt" 2>&1; echo "exit $?"
+    grep -E "^context|KV in|error" "$OUT/bench_cuda_depth.txt"
+    for d in 1024 262144 1048576; do
+        row "cuda int4 Scout 48 layers, q8 KV, decode at $d" "$(grep -E "^context $d:" "$OUT/bench_cuda_depth.txt")"
     done
 }
 

@@ -100,6 +100,7 @@ pub async fn greedy_rows<B: Backend>(model: &Arc<Llama4<B>>, rows: &[Vec<u32>], 
         max_batch_tokens: total.max(rows.len()),
         max_queue: rows.len(),
         prefix_cache_tokens: 0,
+        max_context: None,
     };
     let mut s = Scheduler::new(model.clone(), cfg)?;
     let mut events = Vec::with_capacity(rows.len());

@@ -56,7 +56,11 @@ impl KvDtype {
             KvDtype::F32 => Ok(n),
             KvDtype::Bf16 | KvDtype::F16 if head_dim.is_multiple_of(2) => Ok(n / 2),
             KvDtype::Q8 | KvDtype::Fp8 if head_dim.is_multiple_of(4) => Ok(n / 4 + kv_heads),
-            d => Err(format!("a {} KV cache needs a head_dim that is a multiple of {}, not {head_dim}", d.name(), if d.is_byte() { 4 } else { 2 })),
+            d => Err(format!(
+                "a {} KV cache needs a head_dim that is a multiple of {}, not {head_dim}",
+                d.name(),
+                if d.is_byte() { 4 } else { 2 }
+            )),
         }
     }
 
@@ -88,15 +92,15 @@ impl KvDtype {
 }
 
 /// The KV formats of full-attention (global) and chunked layers from `--kv-dtype`: one name for both
-/// (`q8`), or `global=NAME,chunked=NAME` (either part may be left out; it is then f32).
-pub fn parse_kv_dtypes(s: &str) -> Result<[KvDtype; 2], String> {
+/// (`q8`), or `global=NAME,chunked=NAME` (either part may be left out; it is then `default`).
+pub fn parse_kv_dtypes(s: &str, default: KvDtype) -> Result<[KvDtype; 2], String> {
     let names = || KvDtype::ALL.map(|d| d.name()).join(", ");
     let one = |n: &str| KvDtype::parse(n.trim()).ok_or_else(|| format!("unknown KV format {n:?} (known: {})", names()));
     if !s.contains('=') {
         let d = one(s)?;
         return Ok([d, d]);
     }
-    let mut out = [KvDtype::F32; 2];
+    let mut out = [default; 2];
     for part in s.split(',') {
         let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?}: write global=FORMAT or chunked=FORMAT"))?;
         match k.trim() {

@@ -164,15 +164,27 @@ pub fn physical_memory() -> Option<u64> {
 }
 
 fn read_physical_memory() -> Option<u64> {
+    meminfo("MemTotal:")
+}
+
+/// The memory the machine can give a process now without swapping (Linux's MemAvailable: free memory and
+/// the caches the system can drop), where the platform says.
+pub fn available_memory() -> Option<u64> {
+    meminfo("MemAvailable:")
+}
+
+/// A field of /proc/meminfo, in bytes.
+fn meminfo(field: &str) -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
         let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let line = s.lines().find(|l| l.starts_with(field))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         kib.checked_mul(1024)
     }
     #[cfg(not(target_os = "linux"))]
     {
+        let _ = field;
         None
     }
 }

@@ -112,7 +112,8 @@ fn boolean(m: &Map<String, Value>, key: &'static str) -> Result<bool, ApiError> 
 pub struct Served {
     /// The id `/v1/models` lists; a request naming another model is refused.
     pub model_id: String,
-    /// The context in tokens (prompt and generation together).
+    /// The context in tokens (prompt and generation together): the model's, or less where the server's
+    /// memory plan allows less.
     pub context: usize,
     pub vocab_size: usize,
     /// Sampling when the request says nothing (the model's generation_config.json).
@@ -226,7 +227,11 @@ pub fn generation(s: &Served, m: &Map<String, Value>, prompt: Vec<u32>, chat: bo
     }
     if prompt.len() > s.context {
         return Err(ApiError::bad(
-            format!("the prompt is {} tokens, more than the model's context of {} tokens", prompt.len(), s.context),
+            format!(
+                "the prompt is {} tokens, more than the {} tokens of context this server takes",
+                prompt.len(),
+                s.context
+            ),
             Some(field),
         ));
     }

@@ -96,6 +96,13 @@ impl KvLayout {
         self.chunked_layers * self.ring_pages.unwrap_or(0) * self.page * self.slot_bytes[1]
     }
 
+    /// Bytes at most that sequences holding `slots` slots in all take (the prefix cache's ended sequences,
+    /// each counted in whole pages: a slot in every layer, global and chunked).
+    pub fn kept_bytes(&self, slots: usize) -> usize {
+        let per_slot = self.full_layers * self.slot_bytes[0] + self.chunked_layers * self.slot_bytes[1];
+        slots.div_ceil(self.page).saturating_mul(self.page).saturating_mul(per_slot)
+    }
+
     /// Bytes each further token of context adds, in the full-attention layers (a page at a time).
     pub fn bytes_per_token(&self) -> usize {
         self.full_layers * self.slot_bytes[0]
@@ -128,6 +135,10 @@ pub struct PlanRequest {
     pub seqs: usize,
     /// A context to check (None: find the longest that fits).
     pub context: Option<usize>,
+    /// Slots the prefix cache keeps of ended requests besides the sequences (`herd serve`; 0 elsewhere).
+    pub kept_slots: usize,
+    /// Tokens the largest step feeds the model (0: [`MAX_STEP_ROWS`], the most a prompt piece has).
+    pub step_rows: usize,
 }
 
 /// What goes where.
@@ -139,6 +150,8 @@ pub struct Plan {
     /// The largest step's buffers.
     pub activations: usize,
     pub kv: KvLayout,
+    /// The prefix cache's KV bytes at most.
+    pub kept: usize,
     pub seqs: usize,
     /// The model's own limit (max_position_embeddings).
     pub max_context: usize,
@@ -149,9 +162,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Bytes everything but the KV cache takes.
+    /// Bytes everything but the sequences' KV takes.
     pub fn fixed(&self) -> usize {
-        self.weights.saturating_add(self.expert_cache).saturating_add(self.activations)
+        self.weights.saturating_add(self.expert_cache).saturating_add(self.activations).saturating_add(self.kept)
     }
     /// Bytes in all with every sequence at `n` tokens.
     pub fn total(&self, n: usize) -> usize {
@@ -174,13 +187,19 @@ pub fn plan(cfg: &TextConfig, page: usize, dtypes: [KvDtype; 2], req: &PlanReque
         device_memory: req.device_memory,
         weights: req.weights,
         expert_cache: req.expert_cache,
-        activations: step_bytes(cfg, MAX_STEP_ROWS, seqs),
+        activations: step_bytes(
+            cfg,
+            if req.step_rows == 0 { MAX_STEP_ROWS } else { req.step_rows.min(MAX_STEP_ROWS) },
+            seqs,
+        ),
         kv: KvLayout::with_dtypes(cfg, page, dtypes)?,
+        kept: 0,
         seqs,
         max_context: cfg.max_position_embeddings,
         longest: 0,
         asked: None,
     };
+    p.kept = p.kv.kept_bytes(req.kept_slots);
     // The KV bytes grow with the context: the longest that fits, by bisection.
     let (mut lo, mut hi) = (0usize, p.max_context);
     while lo < hi {

@@ -266,6 +266,14 @@ impl Dev {
         }
     }
 
+    /// Device memory free now (the driver's figure); None on the emulator, which has no device memory.
+    pub fn free_memory(&self) -> Option<usize> {
+        match &self.engine {
+            Engine::Cuda(c) => c.ctx.mem_get_info().ok().map(|(free, _)| free),
+            Engine::Emu(_) => None,
+        }
+    }
+
     fn bind(&self) -> Result<()> {
         match &self.engine {
             Engine::Cuda(c) => c.ctx.bind_to_thread().map_err(|e| err(format!("bind context: {e:?}"))),

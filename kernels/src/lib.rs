@@ -247,6 +247,11 @@ impl Backend for CudaBackend {
         format!("cuda ({}, sm_{}{}{act})", self.dev.name, self.dev.arch.0, self.dev.arch.1)
     }
 
+    fn free_memory(&self) -> Option<herd_core::backend::FreeMemory> {
+        let bytes = self.dev.free_memory()?;
+        Some(herd_core::backend::FreeMemory { bytes, holds_weights: true })
+    }
+
     fn buffer_desc(&self, b: &CudaBuffer) -> BufDesc {
         BufDesc { len: b.len, is_u32: b.is_u32 }
     }

@@ -45,6 +45,11 @@ pub(crate) struct BackendArg {
     /// With --expert-cache: fetch each expert only when a layer needs it (no prefetch of the next layer's).
     #[arg(long, requires = "expert_cache")]
     no_prefetch: bool,
+    /// The KV cache's format: f32, bf16, f16, q8 (int8, a scale per token and head) or fp8 (e4m3, likewise);
+    /// or global=FORMAT,chunked=FORMAT for full-attention and chunked layers apart (a part left out takes the
+    /// default). Default: bf16 on a GPU (wgpu, cuda), f32 on the CPU.
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) kv_dtype: Option<String>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -104,6 +109,15 @@ impl BackendArg {
                 Ok(Some(ExpertCacheOptions { budget, policy, prefetch: !self.no_prefetch, trace_picks: false }))
             })
             .collect()
+    }
+
+    /// How a command that loads one model sets it up: its expert cache and KV formats.
+    pub(crate) fn load_options(&self) -> Result<crate::files::LoadOptions> {
+        Ok(crate::files::LoadOptions {
+            experts: self.expert_cache()?,
+            kv_dtype: self.kv_dtype.clone(),
+            device_memory: None,
+        })
     }
 
     /// The one expert cache of a command that loads one model.

@@ -14,7 +14,7 @@ use herd_core::schedule::{queue, Event, Request};
 use herd_core::synthetic::SyntheticWeights;
 use rand::{Rng, SeedableRng};
 
-use crate::files::ModelFiles;
+use crate::files::{kv_dtypes_name, LoadOptions, ModelFiles};
 use crate::synthetic;
 use crate::BenchArgs;
 
@@ -60,7 +60,8 @@ pub fn bench<B: Backend>(
         if runs > 1 {
             anyhow::bail!("--context takes one expert cache (or none), not {runs}");
         }
-        return crate::bench_context::bench_context(backend, files, a, synth.as_ref(), one.as_ref());
+        let opts = LoadOptions { experts: one, kv_dtype: a.backend.kv_dtype.clone(), device_memory: None };
+        return crate::bench_context::bench_context(backend, files, a, synth.as_ref(), &opts);
     }
     let need = a.prompt_tokens.max(1).checked_add(a.gen_tokens);
     if need.is_none_or(|n| n > ctx) {
@@ -77,7 +78,8 @@ pub fn bench<B: Backend>(
         if i > 0 && !a.json {
             println!();
         }
-        bench_one(backend.clone(), files, a, synth.as_ref(), c.as_ref(), peak_h2d)?;
+        let opts = LoadOptions { experts: c.clone(), kv_dtype: a.backend.kv_dtype.clone(), device_memory: None };
+        bench_one(backend.clone(), files, a, synth.as_ref(), &opts, peak_h2d)?;
     }
     Ok(())
 }
@@ -101,20 +103,22 @@ pub(crate) fn load<B: Backend>(
     backend: Arc<B>,
     files: &ModelFiles,
     synthetic: Option<&Synth<'_>>,
-    experts: Option<&ExpertCacheOptions>,
+    opts: &LoadOptions,
 ) -> Result<Loaded<B>> {
     let t_load = Instant::now();
+    let experts = opts.experts.as_ref();
     let (cfg, model, describe, synth) = match synthetic {
         Some((sname, layers, fmt, cfg, weights)) => {
             let (sname, layers) = (sname.to_string(), *layers);
             let made = weights.bytes_made();
-            let model = Llama4::load_with(backend, weights, &cfg.text, experts, &mut |_, _| {})?;
+            let mut model = Llama4::load_with(backend, weights, &cfg.text, experts, &mut |_, _| {})?;
+            opts.apply(&mut model)?;
             let synth = Some((sname.clone(), layers, weights.bytes_made() - made));
             let of = if sname == "tiny" { String::new() } else { format!(" of {}", synthetic::FULL_LAYERS) };
             (cfg.clone(), model, format!("synthetic {sname} ({layers}{of} layers, random {fmt} weights)"), synth)
         }
         None => {
-            let (cfg, model) = files.load(backend, experts)?;
+            let (cfg, model) = files.load(backend, opts)?;
             (cfg, model, files.describe(), None)
         }
     };
@@ -126,11 +130,12 @@ fn bench_one<B: Backend>(
     files: &ModelFiles,
     a: &BenchArgs,
     synthetic: Option<&Synth<'_>>,
-    experts: Option<&ExpertCacheOptions>,
+    opts: &LoadOptions,
     peak_h2d: Option<f64>,
 ) -> Result<()> {
     let name = backend.name();
-    let Loaded { cfg, model, describe, synth, load_s } = load(backend, files, synthetic, experts)?;
+    let Loaded { cfg, model, describe, synth, load_s } = load(backend, files, synthetic, opts)?;
+    let kv = kv_dtypes_name(model.kv_dtypes());
     let layers = cfg.text.num_hidden_layers;
     let v = cfg.text.vocab_size;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
@@ -191,6 +196,7 @@ fn bench_one<B: Backend>(
             "layers": layers, "ms_per_layer_token": ms_per_layer_token,
             "decode_weight_bytes_per_token": decode_bytes, "decode_weight_gb_s": decode_gbs,
             "synthetic": synth.as_ref().map(|s| s.0.clone()), "backend_stats": model.backend().stats(),
+            "kv_dtype": kv,
         });
         if let Some(st) = model.expert_stats() {
             j["expert_cache"] = serde_json::json!({
@@ -215,6 +221,7 @@ fn bench_one<B: Backend>(
     } else {
         println!("model: {describe}");
         println!("backend: {name}");
+        println!("KV cache: {kv}");
         if let Some((_, _, bytes)) = &synth {
             println!("parameters loaded: {:.2} GB = {bytes} bytes ({layers} layer(s))", *bytes as f64 / 1e9);
         }
@@ -245,7 +252,7 @@ fn bench_one<B: Backend>(
         if let Some(st) = model.expert_stats() {
             println!("{st}");
         }
-        if let Some(p) = peak_h2d.filter(|_| experts.is_some()) {
+        if let Some(p) = peak_h2d.filter(|_| opts.experts.is_some()) {
             println!("host to device peak: {p:.2} GB/s (one 256 MiB copy from pinned memory, best of 3)");
         }
         match &decode_stats {

@@ -9,25 +9,29 @@ use std::time::Instant;
 use anyhow::Result;
 use herd_core::backend::Backend;
 use herd_core::config::{AttnKind, TextConfig};
-use herd_core::experts::ExpertCacheOptions;
+use herd_core::kv_format::KvDtype;
 use herd_core::model::{Pick, Picked};
 use herd_core::sampling::SamplingParams;
 
 use crate::bench::{decode_weight_bytes, load, Loaded, Synth};
-use crate::files::ModelFiles;
+use crate::files::{kv_dtypes_name, LoadOptions, ModelFiles};
 use crate::BenchArgs;
 
-/// Bytes of keys and values the attention of the token at position `p` reads, over every layer (f32).
-pub(crate) fn kv_bytes_read(cfg: &TextConfig, p: usize) -> usize {
-    let per_position = 2 * cfg.num_key_value_heads * cfg.head_dim * 4;
-    cfg.layer_types
+/// Bytes of keys and values the attention of the token at position `p` reads, over every layer, with keys
+/// and values of global and chunked layers in `dtypes`.
+pub(crate) fn kv_bytes_read(cfg: &TextConfig, dtypes: [KvDtype; 2], p: usize) -> Result<usize> {
+    let per_position = |d: KvDtype| {
+        d.slot_bytes(cfg.num_key_value_heads, cfg.head_dim).map(|b| 2 * b).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let (global, chunked) = (per_position(dtypes[0])?, per_position(dtypes[1])?);
+    Ok(cfg
+        .layer_types
         .iter()
         .map(|k| match (k, cfg.attention_chunk_size) {
-            (AttnKind::Chunked, Some(c)) => p % c + 1,
-            _ => p + 1,
+            (AttnKind::Chunked, Some(c)) => (p % c + 1) * chunked,
+            _ => (p + 1) * global,
         })
-        .sum::<usize>()
-        * per_position
+        .sum::<usize>())
 }
 
 pub fn bench_context<B: Backend>(
@@ -35,10 +39,11 @@ pub fn bench_context<B: Backend>(
     files: &ModelFiles,
     a: &BenchArgs,
     synthetic: Option<&Synth<'_>>,
-    experts: Option<&ExpertCacheOptions>,
+    opts: &LoadOptions,
 ) -> Result<()> {
     let name = backend.name();
-    let Loaded { cfg, model, describe, synth, load_s } = load(backend, files, synthetic, experts)?;
+    let Loaded { cfg, model, describe, synth, load_s } = load(backend, files, synthetic, opts)?;
+    let kv = kv_dtypes_name(model.kv_dtypes());
     let (weight_bytes, _) = decode_weight_bytes(files, &synth, &model, &cfg)?;
     let gen = a.gen_tokens.max(1);
     let greedy = SamplingParams::default();
@@ -51,7 +56,7 @@ pub fn bench_context<B: Backend>(
         println!("load: {load_s:.2} s");
         println!(
             "decode at depth: the KV cache filled with zeros to the depth (not computed by a prefill), then {gen} \
-             token(s) decoded one at a time, best of {} after a warm-up; KV in f32, pages of {} slots",
+             token(s) decoded one at a time, best of {} after a warm-up; KV in {kv}, pages of {} slots",
             a.repeat.max(1),
             model.new_cache()?.page_size()
         );
@@ -80,7 +85,11 @@ pub fn bench_context<B: Backend>(
             }
             held = cache.bytes();
         }
-        let kv_read = (depth..depth + gen).map(|p| kv_bytes_read(&cfg.text, p)).sum::<usize>() / gen;
+        let mut kv_read = 0;
+        for p in depth..depth + gen {
+            kv_read += kv_bytes_read(&cfg.text, model.kv_dtypes(), p)?;
+        }
+        kv_read /= gen;
         let tps = gen as f64 / best;
         let per_token = weight_bytes + kv_read;
         let gbs = per_token as f64 * tps / 1e9;
@@ -102,7 +111,7 @@ pub fn bench_context<B: Backend>(
     }
     if a.json {
         let j = serde_json::json!({
-            "model": describe, "backend": name, "load_s": load_s, "kv_filled": "zeros", "depths": rows,
+            "model": describe, "backend": name, "load_s": load_s, "kv_filled": "zeros", "kv_dtype": kv, "depths": rows,
             "synthetic": synth.as_ref().map(|s| s.0.clone()),
         });
         println!("{j}");

@@ -10,6 +10,7 @@ use herd_core::chat::ChatTemplate;
 use herd_core::checkpoint::{Checkpoint, FileBytes};
 use herd_core::config::ModelConfig;
 use herd_core::experts::ExpertCacheOptions;
+use herd_core::kv_format::{parse_kv_dtypes, KvDtype};
 use herd_core::model::Llama4;
 use herd_core::tokenizer::{GenerationConfig, Tokenizer};
 
@@ -20,6 +21,53 @@ mod demo {
     pub const TOKENIZER: &[u8] = include_bytes!("../demo/tokenizer.json");
     pub const TOKENIZER_CONFIG: &str = include_str!("../demo/tokenizer_config.json");
     pub const GENERATION_CONFIG: &str = include_str!("../demo/generation_config.json");
+}
+
+/// How a command sets up its model beyond the weights: the expert cache and the KV cache's formats.
+#[derive(Clone, Default)]
+pub struct LoadOptions {
+    /// Stream the routed experts through a cache of this size (None: every expert resident).
+    pub experts: Option<ExpertCacheOptions>,
+    /// `--kv-dtype` as given (None: the backend's default, see [`LoadOptions::kv_dtypes`]).
+    pub kv_dtype: Option<String>,
+    /// `--device-memory`: the bytes to plan against instead of what the device has free.
+    pub device_memory: Option<usize>,
+}
+
+impl LoadOptions {
+    /// The KV formats of global and chunked layers on backend `B`: what `--kv-dtype` says, and where it says
+    /// nothing, bf16 on a GPU (half the memory and bandwidth of f32, within a few thousandths of its logits)
+    /// and f32 on the CPU (the reference).
+    pub fn kv_dtypes<B: Backend>(&self) -> Result<[KvDtype; 2]> {
+        let default = if B::KIND == "cpu" { KvDtype::F32 } else { KvDtype::Bf16 };
+        match &self.kv_dtype {
+            None => Ok([default; 2]),
+            Some(s) => parse_kv_dtypes(s, default).map_err(|e| anyhow::anyhow!("--kv-dtype: {e}")),
+        }
+    }
+
+    /// Refuses a `--kv-dtype` that does not parse or that cannot hold this model's heads, before anything loads.
+    pub fn check<B: Backend>(&self, cfg: &herd_core::config::TextConfig) -> Result<()> {
+        for d in self.kv_dtypes::<B>()? {
+            d.slot_words(cfg.num_key_value_heads, cfg.head_dim).map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the model's KV formats (checked against its head size).
+    pub fn apply<B: Backend>(&self, model: &mut Llama4<B>) -> Result<()> {
+        let [global, chunked] = self.kv_dtypes::<B>()?;
+        model.set_kv_dtypes(global, chunked).map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))
+    }
+}
+
+/// "bf16", or "global=q8,chunked=bf16" where they differ: the KV formats in a benchmark's or server's output.
+pub fn kv_dtypes_name([global, chunked]: [KvDtype; 2]) -> String {
+    if global == chunked {
+        global.name().to_string()
+    } else {
+        format!("global={},chunked={}", global.name(), chunked.name())
+    }
 }
 
 #[derive(Clone)]
@@ -140,13 +188,9 @@ impl ModelFiles {
         })
     }
 
-    /// Loads the text model onto `backend`, with a progress bar on a terminal.
-    /// With `experts`, the routed experts stream through an expert cache.
-    pub fn load<B: Backend>(
-        &self,
-        backend: Arc<B>,
-        experts: Option<&ExpertCacheOptions>,
-    ) -> Result<(ModelConfig, Llama4<B>)> {
+    /// Loads the text model onto `backend`, with a progress bar on a terminal, set up as `opts` says.
+    pub fn load<B: Backend>(&self, backend: Arc<B>, opts: &LoadOptions) -> Result<(ModelConfig, Llama4<B>)> {
+        let experts = opts.experts.as_ref();
         let cfg = self.config()?;
         let ck = self.checkpoint()?;
         let bar = indicatif::ProgressBar::new(cfg.text.num_hidden_layers as u64);
@@ -170,7 +214,7 @@ impl ModelFiles {
             }
             ModelFiles::Demo => false,
         };
-        let model = if ct {
+        let mut model = if ct {
             let src = herd_core::compressed::CompressedTensors { ck: &ck };
             Llama4::load_with(backend, &src, &cfg.text, experts, &mut progress)?
         } else {
@@ -178,6 +222,7 @@ impl ModelFiles {
         };
         bar.finish_and_clear();
         note_unused_cache(&model, experts, &self.describe());
+        opts.apply(&mut model)?;
         Ok((cfg, model))
     }
 }

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use herd_core::backend::Backend;
 use herd_core::config::ModelConfig;
-use herd_core::experts::ExpertCacheOptions;
 use herd_core::generate::{greedy_rows, score_rows};
 use herd_core::limits::{self, read_input, InputKind};
 use herd_core::model::{ImagePart, ImageRows, Llama4};
 use herd_core::vision::encoder::VisionTower;
+
+use crate::files::LoadOptions;
 use safetensors::{Dtype, SafeTensors};
 
 /// Reads `input_ids` (int64 or int32, [B, T]) as rows of ids.
@@ -56,9 +57,10 @@ fn check_vocab(path: &Path, rows: &[Vec<u32>], vocab: usize) -> Result<()> {
     Ok(())
 }
 
-fn load<B: Backend>(backend: Arc<B>, model: &Path, experts: Option<&ExpertCacheOptions>) -> Result<Llama4<B>> {
-    let m = Llama4::from_dir_with(backend, model, experts, &mut |_, _| {})?;
-    crate::files::note_unused_cache(&m, experts, &model.display().to_string());
+fn load<B: Backend>(backend: Arc<B>, model: &Path, opts: &LoadOptions) -> Result<Llama4<B>> {
+    let mut m = Llama4::from_dir_with(backend, model, opts.experts.as_ref(), &mut |_, _| {})?;
+    crate::files::note_unused_cache(&m, opts.experts.as_ref(), &model.display().to_string());
+    opts.apply(&mut m)?;
     Ok(m)
 }
 
@@ -108,13 +110,13 @@ pub fn logits<B: Backend>(
     input: &Path,
     output: &Path,
     decode: bool,
-    experts: Option<&ExpertCacheOptions>,
+    opts: &LoadOptions,
 ) -> Result<()> {
     crate::files::check_output(output)?;
     let rows = read_ids(input)?;
     check_sizes(input, model, &rows, 0, true)?;
     let pixels = read_pixels(input, model, &rows)?;
-    let m = load(backend.clone(), model, experts)?;
+    let m = load(backend.clone(), model, opts)?;
     check_vocab(input, &rows, m.cfg.vocab_size)?;
     let t = rows[0].len();
     let logits = match pixels {
@@ -145,7 +147,7 @@ pub fn greedy<B: Backend>(
     input: &Path,
     n: usize,
     output: &Path,
-    experts: Option<&ExpertCacheOptions>,
+    opts: &LoadOptions,
 ) -> Result<()> {
     if n == 0 {
         bail!("--max-tokens must be at least 1");
@@ -153,7 +155,7 @@ pub fn greedy<B: Backend>(
     crate::files::check_output(output)?;
     let rows = read_ids(input)?;
     check_sizes(input, model, &rows, n, false)?;
-    let m = load(backend, model, experts)?;
+    let m = load(backend, model, opts)?;
     check_vocab(input, &rows, m.cfg.vocab_size)?;
     let out = pollster::block_on(greedy_rows(&Arc::new(m), &rows, n))?;
     let data: Vec<u8> = out.iter().flatten().flat_map(|&x| (x as i64).to_le_bytes()).collect();

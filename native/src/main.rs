@@ -7,6 +7,7 @@ mod bench_context;
 mod bench_serve;
 mod bench_vision;
 mod files;
+mod fit;
 mod ids_io;
 mod images;
 mod inspect;
@@ -107,6 +108,13 @@ struct ServeArgs {
     /// The largest request body, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     body_limit: usize,
+    /// The most tokens one request may hold, prompt and generated. Default: the longest context with which
+    /// --max-seqs requests and the prefix cache fit the device's memory (see `herd plan`), at most the model's.
+    #[arg(long, value_name = "TOKENS")]
+    max_context: Option<usize>,
+    /// The memory to plan against (e.g. 80GB) instead of what the device has free.
+    #[arg(long, value_name = "SIZE")]
+    device_memory: Option<String>,
 }
 
 #[derive(Args)]
@@ -230,6 +238,10 @@ struct TextArgs {
     max_frames: usize,
     #[command(flatten)]
     backend: BackendArg,
+    /// The memory to plan against (e.g. 20GiB) instead of what the device has free: the model, its KV cache
+    /// and activations must fit or nothing loads (see `herd plan`).
+    #[arg(long, value_name = "SIZE")]
+    device_memory: Option<String>,
 }
 
 #[derive(Args)]
@@ -351,8 +363,9 @@ pub struct PlanArgs {
     /// Sequences held at once.
     #[arg(long, default_value_t = 1)]
     seqs: usize,
-    /// The KV cache's format: f32, bf16, f16, q8 or fp8, or global=FORMAT,chunked=FORMAT.
-    #[arg(long, default_value = "f32", value_name = "FORMAT")]
+    /// The KV cache's format: f32, bf16, f16, q8 or fp8, or global=FORMAT,chunked=FORMAT (a part left out is
+    /// bf16). The default, bf16, is what `run` and `serve` use on a GPU.
+    #[arg(long, default_value = "bf16", value_name = "FORMAT")]
     kv_dtype: String,
     /// Stream the routed experts through a cache of this size instead of holding them.
     #[arg(long, value_name = "SIZE")]
@@ -429,43 +442,53 @@ fn one_line(e: &anyhow::Error) -> String {
     msg.replace('\n', " ")
 }
 
+/// The load options of a command that plans its memory before loading (`--device-memory`).
+fn load_options(backend: &BackendArg, device_memory: &Option<String>) -> Result<files::LoadOptions> {
+    let mut opts = backend.load_options()?;
+    if let Some(s) = device_memory {
+        let bytes = herd_core::experts::parse_size(s).map_err(|e| anyhow::anyhow!("--device-memory: {e}"))?;
+        opts.device_memory = Some(bytes as usize);
+    }
+    Ok(opts)
+}
+
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Run(a) => {
             let t = a.text;
-            let experts = t.backend.expert_cache()?;
+            let opts = load_options(&t.backend, &t.device_memory)?;
             let files = ModelFiles::new(t.model.model);
             let mut images = Vec::new();
             for p in &a.image {
                 images.extend(images::read_images(p, t.max_frames)?);
             }
             let prompt = text::Prompt { text: &a.prompt, chat: a.chat, system: t.system.as_deref(), images };
-            with_backend!(t.backend, |b| text::run(b, &files, prompt, &t.sampling, experts.as_ref(), a.stats))
+            with_backend!(t.backend, |b| text::run(b, &files, prompt, &t.sampling, &opts, a.stats))
         }
         Cmd::Chat(t) => {
-            let experts = t.backend.expert_cache()?;
+            let opts = load_options(&t.backend, &t.device_memory)?;
             with_backend!(t.backend, |b| text::chat(
                 b,
                 &ModelFiles::new(t.model.model),
                 t.system.as_deref(),
                 &t.sampling,
                 t.max_frames,
-                experts.as_ref()
+                &opts
             ))
         }
         Cmd::Inspect(a) => inspect::inspect(&ModelFiles::new(a.model)),
         Cmd::Plan(a) => plan::run(&ModelFiles::new(a.model.model.clone()), &a),
         Cmd::Logits(a) => {
-            let ex = a.backend.expert_cache()?;
-            with_backend!(a.backend, |b| ids_io::logits(b, &a.model, &a.input, &a.output, a.decode, ex.as_ref()))
+            let opts = a.backend.load_options()?;
+            with_backend!(a.backend, |b| ids_io::logits(b, &a.model, &a.input, &a.output, a.decode, &opts))
         }
         Cmd::Greedy(a) => {
-            let ex = a.backend.expert_cache()?;
-            with_backend!(a.backend, |b| ids_io::greedy(b, &a.model, &a.input, a.max_tokens, &a.output, ex.as_ref()))
+            let opts = a.backend.load_options()?;
+            with_backend!(a.backend, |b| ids_io::greedy(b, &a.model, &a.input, a.max_tokens, &a.output, &opts))
         }
         Cmd::Quantize(a) => quantize::quantize_dir(&a.model, &a.out, &a.format, a.group, &a.keep_bf16),
         Cmd::Serve(a) => {
-            let experts = a.backend.expert_cache()?;
+            let load_opts = load_options(&a.backend, &a.device_memory)?;
             let api_key = a.api_key.or_else(|| std::env::var("HERD_API_KEY").ok()).filter(|k| !k.is_empty());
             let opts = serve::Options {
                 host: a.host,
@@ -475,12 +498,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     max_batch_tokens: a.max_batch_tokens,
                     max_queue: a.max_queue,
                     prefix_cache_tokens: a.prefix_cache_tokens,
+                    max_context: a.max_context,
                 },
                 api_key,
                 body_limit: a.body_limit,
             };
             let files = ModelFiles::new(a.model.model);
-            with_backend!(a.backend, |b| serve::serve(b, &files, opts, experts.as_ref()))
+            with_backend!(a.backend, |b| serve::serve(b, &files, opts, &load_opts))
         }
         Cmd::BenchServe(a) => bench_serve::bench_serve(&bench_serve::Options {
             url: a.url,

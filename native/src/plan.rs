@@ -42,20 +42,31 @@ fn weight_bytes(files: &ModelFiles, a: &PlanArgs) -> Result<(TextConfig, usize, 
             if a.quant.is_some() || a.layers.is_some() {
                 bail!("--quant and --layers go with --synthetic (a model directory's formats are its own)");
             }
-            let cfg = files.config()?;
-            let ck = files.checkpoint()?;
-            let names: std::collections::BTreeSet<String> = text_tensors(&cfg.text).into_iter().map(|t| t.0).collect();
-            for (name, t) in ck.tensors() {
-                if names.contains(name) {
-                    add(name, t.bytes().len());
-                }
-            }
-            Ok((cfg.text, all, experts, files.describe()))
+            let (cfg, all, experts) = checkpoint_weight_bytes(files)?;
+            Ok((cfg, all, experts, files.describe()))
         }
     }
 }
 
-fn gib(b: usize) -> String {
+/// Bytes of a model directory's text-model tensors, and of those that are routed experts (from the
+/// checkpoint's headers: nothing is read).
+pub(crate) fn checkpoint_weight_bytes(files: &ModelFiles) -> Result<(TextConfig, usize, usize)> {
+    let cfg = files.config()?;
+    let ck = files.checkpoint()?;
+    let names: std::collections::BTreeSet<String> = text_tensors(&cfg.text).into_iter().map(|t| t.0).collect();
+    let (mut all, mut experts) = (0usize, 0usize);
+    for (name, t) in ck.tensors() {
+        if names.contains(name) {
+            all = all.saturating_add(t.bytes().len());
+            if is_routed_expert(name) {
+                experts = experts.saturating_add(t.bytes().len());
+            }
+        }
+    }
+    Ok((cfg.text, all, experts))
+}
+
+pub(crate) fn gib(b: usize) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
@@ -73,8 +84,16 @@ pub fn run(files: &ModelFiles, a: &PlanArgs) -> Result<()> {
     if let Some(n) = a.context.filter(|&n| n > cfg.max_position_embeddings) {
         bail!("--context {n} is more than the model's context of {} positions", cfg.max_position_embeddings);
     }
-    let req = PlanRequest { device_memory: device, weights: resident, expert_cache, seqs: a.seqs, context: a.context };
-    let dtypes = parse_kv_dtypes(&a.kv_dtype).map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))?;
+    let req = PlanRequest {
+        device_memory: device,
+        weights: resident,
+        expert_cache,
+        seqs: a.seqs,
+        context: a.context,
+        kept_slots: 0,
+        step_rows: 0,
+    };
+    let dtypes = parse_kv_dtypes(&a.kv_dtype, KvDtype::Bf16).map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))?;
     let p = plan(&cfg, DEFAULT_KV_PAGE, dtypes, &req).map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))?;
     if a.json {
         println!("{}", to_json(&p, &describe, dtypes));
@@ -85,19 +104,19 @@ pub fn run(files: &ModelFiles, a: &PlanArgs) -> Result<()> {
 }
 
 /// The one-line reason a plan does not fit.
-fn refusal(p: &Plan) -> String {
+pub(crate) fn refusal(p: &Plan) -> String {
     match p.asked {
-        Some((n, need)) => format!(
+        Some((n, need)) if p.longest > 0 => format!(
             "{n} tokens of context need {need} bytes ({}), more than the {} bytes ({}) given; the longest that fits is {} tokens",
-            gib(need),
+            crate::fit::human(need),
             p.device_memory,
-            gib(p.device_memory),
+            crate::fit::human(p.device_memory),
             p.longest
         ),
-        None => format!(
+        _ => format!(
             "the model needs {} bytes ({}) before any context, more than the {} bytes given",
             p.total(1),
-            gib(p.total(1)),
+            crate::fit::human(p.total(1)),
             p.device_memory
         ),
     }

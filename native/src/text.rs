@@ -1,6 +1,5 @@
 //! `herd run` and `herd chat`: text in, streamed text out.
 
-use herd_core::experts::ExpertCacheOptions;
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
@@ -13,7 +12,8 @@ use herd_core::schedule::GenerateParams;
 use herd_core::schedule::{queue, Event, Finish, Images, Request, Scheduler, SchedulerConfig};
 use herd_core::tokenizer::Tokenizer;
 
-use crate::files::ModelFiles;
+use crate::files::{LoadOptions, ModelFiles};
+use crate::fit::Need;
 use crate::images::{Encoded, Planner, Vision};
 use crate::SamplingArgs;
 use herd_core::vision::input::PlannedImage;
@@ -71,6 +71,7 @@ pub fn one_at_a_time<B: Backend>(model: Arc<Llama4<B>>, keep: bool) -> Result<Sc
         max_batch_tokens: ctx,
         max_queue: 1,
         prefix_cache_tokens: if keep { ctx } else { 0 },
+        max_context: None,
     };
     Ok(Scheduler::new(model, cfg)?)
 }
@@ -167,7 +168,7 @@ pub fn run<B: Backend>(
     files: &ModelFiles,
     prompt: Prompt,
     a: &SamplingArgs,
-    experts: Option<&ExpertCacheOptions>,
+    opts: &LoadOptions,
     show_stats: bool,
 ) -> Result<()> {
     let tok = files.tokenizer()?;
@@ -182,7 +183,11 @@ pub fn run<B: Backend>(
             Some((planner, ids, planned))
         }
     };
-    let (cfg, model) = files.load(backend.clone(), experts)?;
+    // The prompt and the tokens asked for must fit the device's memory, checked before anything loads.
+    let prompt_len = planned.as_ref().map_or(ids.len(), |p| p.1.len());
+    let need = Need { seqs: 1, context: Some(prompt_len + params.max_tokens), kept_slots: 0, step_rows: prompt_len };
+    crate::fit::check(&*backend, files, opts, &need)?;
+    let (cfg, model) = files.load(backend.clone(), opts)?;
     let params = GenerateParams { stop_ids: stop_ids(files, &cfg.text.eos_token_ids)?, ..params };
     let mut sched = one_at_a_time(Arc::new(model), false)?;
     let mut text = String::new();
@@ -239,12 +244,14 @@ pub fn chat<B: Backend>(
     system: Option<&str>,
     a: &SamplingArgs,
     max_frames: usize,
-    experts: Option<&ExpertCacheOptions>,
+    opts: &LoadOptions,
 ) -> Result<()> {
     let tok = files.tokenizer()?;
     let tmpl = files.chat_template()?;
     let sampling = sampling(files, a)?;
-    let (cfg, model) = files.load(backend.clone(), experts)?;
+    // The model and one token of conversation must fit; the conversation's length is checked as it grows.
+    crate::fit::check(&*backend, files, opts, &Need { seqs: 1, context: None, kept_slots: 0, step_rows: 0 })?;
+    let (cfg, model) = files.load(backend.clone(), opts)?;
     let params =
         GenerateParams { max_tokens: a.max_tokens, sampling, stop_ids: stop_ids(files, &cfg.text.eos_token_ids)? };
     let mut sched = one_at_a_time(Arc::new(model), true)?;

@@ -26,7 +26,7 @@ fn check_run(backend: &str) {
     let n = r.greedy_ids.len().to_string();
     let text = prompt_text();
     let mut args = vec!["run", "--model", s(&model), "--prompt", &text, "--temperature", "0", "--max-tokens", &n];
-    args.extend(["--backend", backend]);
+    args.extend(["--backend", backend, "--kv-dtype", "f32"]);
     for i in &imgs {
         args.extend(["--image", i.as_str()]);
     }

@@ -295,6 +295,18 @@ fn answers_equal_herd_run_alone_and_together() {
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
 }
 
+/// With --device-memory the server plans: each request may hold the longest context that --max-seqs of them
+/// fit (about a thousand tokens of the demo model's f32 KV in 8 MiB, beside a step's activations), and a longer
+/// prompt gets a 400 that says so, though the model's own context (4096) would take it.
+#[test]
+fn the_memory_plan_limits_requests() {
+    let srv = Server::start(&["--device-memory", "8MiB", "--max-seqs", "2", "--prefix-cache-tokens", "0"]);
+    let (st, v) = srv.post("/v1/chat/completions", &chat(&"word ".repeat(3000), 2));
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("tokens of context this server takes"), "{v}");
+    assert_eq!(srv.post("/v1/chat/completions", &chat("hi", 2)).0, 200);
+}
+
 #[test]
 fn bad_requests_get_openai_errors() {
     let srv = Server::start(&["--body-limit", "100000"]);

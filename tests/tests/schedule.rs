@@ -137,8 +137,20 @@ fn check_batching<B: Backend>(model: &Arc<Llama4<B>>, what: &str, counts: &[usiz
             let join: Vec<u64> =
                 (0..n).map(|i| if i < n.div_ceil(2) { 0 } else { 2 * (i - n.div_ceil(2)) as u64 + 1 }).collect();
             for cfg in [
-                SchedulerConfig { max_seqs: 16, max_batch_tokens: 512, max_queue: 64, prefix_cache_tokens: 0 },
-                SchedulerConfig { max_seqs: 4, max_batch_tokens: 7, max_queue: 64, prefix_cache_tokens: 0 },
+                SchedulerConfig {
+                    max_seqs: 16,
+                    max_batch_tokens: 512,
+                    max_queue: 64,
+                    prefix_cache_tokens: 0,
+                    max_context: None,
+                },
+                SchedulerConfig {
+                    max_seqs: 4,
+                    max_batch_tokens: 7,
+                    max_queue: 64,
+                    prefix_cache_tokens: 0,
+                    max_context: None,
+                },
             ] {
                 let together = run(model, reqs, &join, cfg);
                 for (i, (t, s)) in together.iter().zip(&solo).enumerate() {
@@ -179,7 +191,7 @@ fn cancellation_and_refusals() {
     let solo = alone(&model, &reqs);
     let mut s = Scheduler::new(
         model.clone(),
-        SchedulerConfig { max_seqs: 2, max_batch_tokens: 64, max_queue: 2, prefix_cache_tokens: 0 },
+        SchedulerConfig { max_seqs: 2, max_batch_tokens: 64, max_queue: 2, prefix_cache_tokens: 0, max_context: None },
     )
     .unwrap();
     let got: Vec<Got> = (0..3).map(|_| Got::default()).collect();
@@ -285,8 +297,13 @@ fn check_prefix_reuse<B: Backend>(be: &Arc<B>, names: &[&str]) {
             Request::new(prompt(9, 77, vocab), params(4)),
         ];
         let solo = alone(&model, &reqs);
-        let cfg =
-            |budget| SchedulerConfig { max_seqs: 6, max_batch_tokens: 7, max_queue: 64, prefix_cache_tokens: budget };
+        let cfg = |budget| SchedulerConfig {
+            max_seqs: 6,
+            max_batch_tokens: 7,
+            max_queue: 64,
+            prefix_cache_tokens: budget,
+            max_context: None,
+        };
         let mut s = Scheduler::new(model.clone(), cfg(10_000)).unwrap();
         let got = one_by_one(&mut s, &reqs);
         for (i, ((t, _), want)) in got.iter().zip(&solo).enumerate() {
@@ -342,7 +359,13 @@ fn a_chat_reuses_the_cached_prefix_across_turns() {
     );
     let ctx = m.cfg.max_position_embeddings;
     let chat = || {
-        let cfg = SchedulerConfig { max_seqs: 1, max_batch_tokens: ctx, max_queue: 1, prefix_cache_tokens: ctx };
+        let cfg = SchedulerConfig {
+            max_seqs: 1,
+            max_batch_tokens: ctx,
+            max_queue: 1,
+            prefix_cache_tokens: ctx,
+            max_context: None,
+        };
         Scheduler::new(m.clone(), cfg).unwrap()
     };
     let turn = |s: &mut Scheduler<_>, ids: &[u32]| -> (Vec<u32>, Finish) {

@@ -127,7 +127,13 @@ pub async fn load_model(url: String, options: JsValue) -> Result<Herd, JsError> 
     let ctx = cfg.text.max_position_embeddings;
     let sched = Scheduler::new(
         model.clone(),
-        SchedulerConfig { max_seqs: 1, max_batch_tokens: ctx, max_queue: 1, prefix_cache_tokens: ctx },
+        SchedulerConfig {
+            max_seqs: 1,
+            max_batch_tokens: ctx,
+            max_queue: 1,
+            prefix_cache_tokens: ctx,
+            max_context: None,
+        },
     )
     .map_err(e)?;
     progress("ready", 1.0, 1.0);

@@ -17,9 +17,9 @@ pub mod ops;
 
 use crate::checkpoint::TensorRef;
 use crate::error::{HerdError, Result};
+use crate::kv_format::KvDtype;
 use crate::quant::DType;
 use crate::quant::Fill;
-use crate::kv_format::KvDtype;
 use crate::sampling::SamplingParams;
 
 /// Per-sequence metadata for [`Backend::attention`] and [`Backend::kv_store`].
@@ -39,6 +39,16 @@ pub struct AttnSeq {
     /// [`KvPages::slot`]). For a chunked layer the slots must hold at least min(chunk, history) positions
     /// (a ring); for a full layer the whole history.
     pub slot_cap: u32,
+}
+
+/// The memory a device has for a model now ([`Backend::free_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeMemory {
+    /// Bytes free.
+    pub bytes: usize,
+    /// Whether the weights take from it. On the CPU they are mapped from their files: pages the system can
+    /// drop and read again, so only the KV cache, activations and expert cache need to fit.
+    pub holds_weights: bool,
 }
 
 /// Slots per KV-cache page unless a backend says otherwise ([`Backend::kv_page_size`]).
@@ -138,6 +148,11 @@ pub trait Backend: Send + Sync + 'static {
     /// little, large enough that attention reads whole runs of keys.
     fn kv_page_size(&self) -> usize {
         DEFAULT_KV_PAGE
+    }
+    /// The memory free for a model on this device now, for planning before a load; None where the backend
+    /// cannot tell (wgpu: neither WebGPU nor the native APIs it wraps report free memory).
+    fn free_memory(&self) -> Option<FreeMemory> {
+        None
     }
     /// The most elements one buffer may hold here (the model cuts larger steps into pieces).
     fn max_buffer_len(&self) -> usize {

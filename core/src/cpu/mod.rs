@@ -160,6 +160,11 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
+    fn free_memory(&self) -> Option<crate::backend::FreeMemory> {
+        let bytes = crate::limits::available_memory()? as usize;
+        Some(crate::backend::FreeMemory { bytes, holds_weights: false })
+    }
+
     fn buffer_desc(&self, b: &CpuBuffer) -> BufDesc {
         match b {
             CpuBuffer::F32(v) => BufDesc { len: v.read().map_or(0, |v| v.len()), is_u32: false },
@@ -333,17 +338,7 @@ impl Backend for CpuBackend {
             (kw, vw) = (k_cache.u32()?, v_cache.u32()?);
             (CacheView::Words(&kw), CacheView::Words(&vw))
         };
-        attention::attention(
-            &q.f32()?,
-            &k_new.f32()?,
-            &v_new.f32()?,
-            kc,
-            vc,
-            pages,
-            seqs,
-            p,
-            &mut out.f32_mut()?,
-        )
+        attention::attention(&q.f32()?, &k_new.f32()?, &v_new.f32()?, kc, vc, pages, seqs, p, &mut out.f32_mut()?)
     }
 
     fn run_kv_store(&self, call: &ops::KvStore<'_, Self>) -> Result<()> {

@@ -281,6 +281,11 @@ impl<B: Backend> Llama4<B> {
         Ok(())
     }
 
+    /// The KV formats of global and chunked layers ([`Llama4::set_kv_dtypes`]).
+    pub fn kv_dtypes(&self) -> [KvDtype; 2] {
+        self.kv_dtypes
+    }
+
     /// Makes the caches of [`Llama4::new_cache`] use pages of `slots` slots (the backend's page size is the
     /// default; results do not depend on it).
     pub fn set_kv_page_size(&mut self, slots: usize) -> Result<()> {

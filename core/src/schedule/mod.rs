@@ -49,14 +49,24 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Requests waiting for a place in the batch; a submission past it is refused ([`HerdError::Busy`]).
     pub max_queue: usize,
-    /// Tokens of ended requests kept in the KV cache for prefix reuse (least recently used first out);
+    /// Tokens of ended requests kept in the KV cache for prefix reuse (least recently used first out), each
+    /// sequence counted in whole pages (so the memory they take is bounded: [`crate::plan::KvLayout::kept_bytes`]);
     /// prompts also reuse what running requests hold. 0 turns prefix reuse off.
     pub prefix_cache_tokens: usize,
+    /// The most tokens (prompt and generated) one request may hold; None: the model's context. `herd serve`
+    /// sets it to what its memory plan fits.
+    pub max_context: Option<usize>,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { max_seqs: 16, max_batch_tokens: 512, max_queue: 256, prefix_cache_tokens: 8192 }
+        SchedulerConfig {
+            max_seqs: 16,
+            max_batch_tokens: 512,
+            max_queue: 256,
+            prefix_cache_tokens: 8192,
+            max_context: None,
+        }
     }
 }
 
@@ -177,13 +187,15 @@ impl<B: Backend> Scheduler<B> {
             }
         }
         let keys = content_keys(&req.prompt, images.as_ref());
-        let ctx = self.model.cfg.max_position_embeddings;
+        let model_ctx = self.model.cfg.max_position_embeddings;
+        let ctx = self.cfg.max_context.map_or(model_ctx, |c| c.min(model_ctx));
         if req.prompt.is_empty() {
             return Err(HerdError::Input("empty prompt".into()));
         }
         if req.prompt.len() > ctx {
+            let whose = if ctx < model_ctx { "this server's limit" } else { "the model's context" };
             return Err(HerdError::Input(format!(
-                "prompt of {} tokens is longer than the model's context of {ctx} tokens",
+                "prompt of {} tokens is longer than {whose} of {ctx} tokens",
                 req.prompt.len()
             )));
         }
@@ -278,6 +290,13 @@ impl<B: Backend> Scheduler<B> {
     /// Tokens of ended requests kept in the KV cache for prefix reuse.
     pub fn kept_tokens(&self) -> usize {
         self.kept.iter().map(|k| k.1.len()).sum()
+    }
+
+    /// [`Scheduler::kept_tokens`] with each sequence rounded up to whole pages: what `prefix_cache_tokens`
+    /// bounds.
+    pub fn kept_slots(&self) -> usize {
+        let page = self.cache.page_size();
+        self.kept.iter().map(|k| k.1.len().div_ceil(page) * page).sum()
     }
 
     fn finish(&mut self, mut s: Seq<B>, reason: std::result::Result<StopReason, String>) {

@@ -62,7 +62,7 @@ impl<B: Backend> Scheduler<B> {
         let mut held = held;
         held.truncate(len);
         self.kept.push_back((c, held));
-        while self.kept_tokens() > self.cfg.prefix_cache_tokens {
+        while self.kept_slots() > self.cfg.prefix_cache_tokens {
             let Some((old, _)) = self.kept.pop_front() else { break };
             self.cache.remove_sequence(old);
         }

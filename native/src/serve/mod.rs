@@ -30,7 +30,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use herd_core::backend::Backend;
 use herd_core::chat::ChatTemplate;
-use herd_core::experts::ExpertCacheOptions;
 use herd_core::openai::{self, ApiError, Served};
 use herd_core::schedule::{Scheduler, SchedulerConfig};
 use herd_core::tokenizer::Tokenizer;
@@ -39,7 +38,8 @@ use herd_core::vision::preprocess::decode;
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
-use crate::files::ModelFiles;
+use crate::files::{LoadOptions, ModelFiles};
+use crate::fit::Need;
 use crate::images::{Planner, Vision};
 use engine::{engine, Eyes, Job, Metrics};
 use respond::{generate, Kind};
@@ -264,12 +264,39 @@ pub fn serve<B: Backend + 'static>(
     backend: Arc<B>,
     files: &ModelFiles,
     opts: Options,
-    experts: Option<&ExpertCacheOptions>,
+    load_opts: &LoadOptions,
 ) -> Result<()> {
     let tok = files.tokenizer()?;
     let tmpl = files.chat_template().ok();
     let gen = files.generation_config()?;
     let cfg = files.config()?;
+    // A bad --kv-dtype, or a model and KV cache that do not fit the device's memory, is refused before the
+    // server listens; the memory plan sets how long a request may be.
+    load_opts.check::<B>(&cfg.text)?;
+    let mut opts = opts;
+    let model_ctx = cfg.text.max_position_embeddings;
+    let need = Need {
+        seqs: opts.sched.max_seqs,
+        context: opts.sched.max_context,
+        kept_slots: opts.sched.prefix_cache_tokens,
+        step_rows: opts.sched.max_batch_tokens,
+    };
+    let planned = crate::fit::check(&*backend, files, load_opts, &need)?;
+    let context = match (opts.sched.max_context, &planned) {
+        (Some(n), _) => n.min(model_ctx),
+        (None, Some(p)) => p.longest.min(model_ctx),
+        (None, None) => model_ctx,
+    };
+    opts.sched.max_context = Some(context);
+    if let Some(p) = &planned {
+        eprintln!(
+            "herd serve: requests hold up to {context} tokens each ({} at once, KV cache in {}; {} of {} planned)",
+            opts.sched.max_seqs,
+            crate::files::kv_dtypes_name(load_opts.kv_dtypes::<B>()?),
+            crate::fit::human(p.total(context)),
+            crate::fit::human(p.device_memory),
+        );
+    }
     let addr: SocketAddr = format!("{}:{}", opts.host, opts.port)
         .parse()
         .with_context(|| format!("--host {} --port {}", opts.host, opts.port))?;
@@ -300,7 +327,7 @@ pub fn serve<B: Backend + 'static>(
         tmpl,
         served: Served {
             model_id: files.model_id(),
-            context: cfg.text.max_position_embeddings,
+            context,
             vocab_size: cfg.text.vocab_size,
             defaults: gen.sampling_params(),
             stop_ids,
@@ -318,7 +345,7 @@ pub fn serve<B: Backend + 'static>(
     // The model loads on the engine thread while the server answers: /health is 503 and requests are
     // refused with 503 until it is ready. A failed load ends the server with its error.
     let (failed_tx, failed_rx) = oneshot::channel::<String>();
-    let (engine_stop, files, experts) = (stop.clone(), files.clone(), experts.cloned());
+    let (engine_stop, files, load_opts) = (stop.clone(), files.clone(), load_opts.clone());
     let sched = opts.sched;
     let engine_thread = std::thread::Builder::new()
         .name("herd-engine".into())
@@ -332,7 +359,7 @@ pub fn serve<B: Backend + 'static>(
                     }
                     None => None,
                 };
-                let (_, model) = files.load(backend, experts.as_ref())?;
+                let (_, model) = files.load(backend, &load_opts)?;
                 Ok((Scheduler::new(Arc::new(model), sched)?, eyes))
             };
             match load() {

@@ -188,7 +188,21 @@ pub fn check_logits(fixture: &str, model: &Path, dtype: Dtype, decode: bool, tol
     check_logits_on("cpu", fixture, model, dtype, decode, tol)
 }
 
+/// [`check_logits`] on `backend`, with the KV cache in f32 (exact to the reference on every backend).
 pub fn check_logits_on(backend: &str, fixture: &str, model: &Path, dtype: Dtype, decode: bool, tol: f64) {
+    check_logits_kv(backend, fixture, model, dtype, decode, tol, Some("f32"))
+}
+
+/// [`check_logits_on`] with the KV cache in `kv` (`--kv-dtype`; None: the backend's default).
+pub fn check_logits_kv(
+    backend: &str,
+    fixture: &str,
+    model: &Path,
+    dtype: Dtype,
+    decode: bool,
+    tol: f64,
+    kv: Option<&str>,
+) {
     let r = Reference::load(fixture);
     let sc = Scratch::new(&format!("logits-{fixture}"));
     let (input, output) = (sc.path("ids.safetensors"), sc.path("out.safetensors"));
@@ -198,7 +212,10 @@ pub fn check_logits_on(backend: &str, fixture: &str, model: &Path, dtype: Dtype,
     if decode {
         args.push("--decode");
     }
-    let case = format!("{fixture} logits on {backend} ({dtype:?} ids, decode={decode})");
+    if let Some(kv) = kv {
+        args.extend(["--kv-dtype", kv]);
+    }
+    let case = format!("{fixture} logits on {backend} ({dtype:?} ids, decode={decode}, KV {kv:?})");
     ok(&case, herd(&args));
     let (dt, shape, data) = read_tensor(&output, "logits");
     let (b, t) = (r.input_ids.len(), r.input_ids[0].len());
