@@ -113,8 +113,10 @@ fn a_thousand_faults_leave_the_server_idle() {
     }
 }
 
-/// A model whose weights do not load: the server has already printed its URL (it answers while the model
-/// loads, /health 503), then exits with the loading error.
+/// A model whose weights do not load: a checkpoint cut short is refused before the server listens (the
+/// memory plan reads its header), in one line; one whose tensors do not match its config (the plan counts
+/// bytes, the load checks shapes) fails on the engine thread after the server has printed its URL (it answers
+/// while the model loads, /health 503), and the server exits with the loading error.
 #[test]
 fn a_model_that_fails_to_load_ends_the_server_with_its_error() {
     let dir = std::env::temp_dir().join(format!("herd-serve-badmodel-{}", std::process::id()));
@@ -124,12 +126,24 @@ fn a_model_that_fails_to_load_ends_the_server_with_its_error() {
     }
     let weights = std::fs::read(fixture("scout/model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
-    let out =
-        Command::new(BIN).args(["serve", "--port", "0", "--model"]).arg(&dir).stdin(Stdio::null()).output().unwrap();
+    let serve = || Command::new(BIN).args(["serve", "--port", "0", "--model"]).arg(&dir).stdin(Stdio::null()).output().unwrap();
+    let out = serve();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("model.safetensors"), "{stderr}");
+    // Whole weights, a config whose experts are wider than the checkpoint's.
+    std::fs::write(dir.join("model.safetensors"), &weights).unwrap();
+    let cfg = std::fs::read_to_string(fixture("scout/config.json")).unwrap();
+    let cfg = cfg.replacen("\"intermediate_size\": 16,", "\"intermediate_size\": 24,", 1);
+    assert!(cfg.contains("\"intermediate_size\": 24,"), "the fixture's config changed shape");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let out = serve();
     let _ = std::fs::remove_dir_all(&dir);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stdout.contains("http://"), "{stdout}");
     let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("error: loading the model: ") && last.contains("model.safetensors"), "{stderr}");
+    assert!(last.starts_with("error: loading the model: ") && last.contains("expected [4, 32, 48]"), "{stderr}");
 }
