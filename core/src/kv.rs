@@ -16,12 +16,13 @@
 //! A pool is one pair of buffers per layer when it fits the backend's largest buffer, else several
 //! ("arenas", as a browser's 128 MiB bindings require); a sequence's pages of one kind all live in one arena,
 //! and the model runs attention once per arena, for the sequences in it. An arena's buffers grow by doubling
-//! (one copy of the arena, amortised); [`KvCache::reserve_pages`] sizes them up front.
+//! (one copy of the arena, amortised); [`KvCache::reserve_for`] sizes them up front for what a memory plan
+//! counts.
 
 use crate::backend::{AttnSeq, Backend, KvPages};
-use crate::kv_format::KvDtype;
 use crate::config::{AttnKind, TextConfig};
 use crate::error::{HerdError, Result};
+use crate::kv_format::KvDtype;
 
 /// A sequence's handle in a [`KvCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,7 +91,7 @@ impl<B: Backend> KvGroup<'_, B> {
 fn cache_buffer<B: Backend>(backend: &B, dtype: KvDtype, n: usize) -> Result<B::Buffer> {
     match dtype {
         KvDtype::F32 => backend.alloc(n),
-        _ => backend.upload_u32(&vec![0u32; n]),
+        _ => backend.alloc_u32(n),
     }
 }
 
@@ -110,6 +111,9 @@ pub struct KvCache<B: Backend> {
     dtypes: [KvDtype; 2],
     words: [usize; 2],
     chunk: Option<usize>,
+    /// A slot's shape: kv heads × head dim.
+    kv_heads: usize,
+    head_dim: usize,
     next_id: u32,
 }
 
@@ -133,10 +137,7 @@ impl<B: Backend> KvCache<B> {
         let mut words = [0usize; 2];
         let mut max_pages = [0usize; 2];
         for k in 0..2 {
-            words[k] = dtypes[k]
-                .slot_words(cfg.num_key_value_heads, cfg.head_dim)
-                .map_err(HerdError::Input)?
-                .max(1);
+            words[k] = dtypes[k].slot_words(cfg.num_key_value_heads, cfg.head_dim).map_err(HerdError::Input)?.max(1);
             let page_elems = page
                 .checked_mul(words[k])
                 .ok_or_else(|| HerdError::Input(format!("KV-cache pages of {page} slots overflow")))?;
@@ -160,6 +161,8 @@ impl<B: Backend> KvCache<B> {
             dtypes,
             words,
             chunk: cfg.attention_chunk_size,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
             next_id: 0,
         })
     }
@@ -332,9 +335,25 @@ impl<B: Backend> KvCache<B> {
     /// Grows the pools so that `pages` more pages of each layer kind can be taken without growing again (a
     /// cache sized up front never copies an arena).
     pub fn reserve_pages(&mut self, backend: &B, pages: usize) -> Result<()> {
+        self.reserve_kind_pages(backend, [pages; 2])
+    }
+
+    /// Grows the pools so that `seqs` more sequences of `tokens` tokens each fit without growing again: a page
+    /// per `page` tokens in full-attention layers, and up to a ring's worth in chunked ones. A cache sized so,
+    /// up front, holds what a memory plan counts ([`crate::plan::KvLayout::bytes`] per sequence) and never
+    /// copies an arena; an arena's doubling would otherwise leave up to twice that reserved.
+    /// `kept_slots` adds room for that many more slots in every layer (ended sequences kept for prefix reuse,
+    /// counted in whole pages).
+    pub fn reserve_for(&mut self, backend: &B, seqs: usize, tokens: usize, kept_slots: usize) -> Result<()> {
+        let kept = kept_slots.div_ceil(self.page);
+        let need = [FULL, CHUNKED].map(|k| self.pages_for(k, tokens).saturating_mul(seqs).saturating_add(kept));
+        self.reserve_kind_pages(backend, need)
+    }
+
+    fn reserve_kind_pages(&mut self, backend: &B, pages: [usize; 2]) -> Result<()> {
         let has = self.has_kind;
         for kind in (0..2).filter(|&k| has[k]) {
-            let mut left = pages;
+            let mut left = pages[kind];
             let mut a = 0;
             while left > 0 {
                 if a == self.arenas[kind].len() {
@@ -487,9 +506,8 @@ impl<B: Backend> KvCache<B> {
             return Ok(());
         }
         let n = self.page * self.words[kind];
-        let len = pages
-            .checked_mul(n)
-            .ok_or_else(|| HerdError::Input(format!("a KV cache of {pages} pages overflows")))?;
+        let len =
+            pages.checked_mul(n).ok_or_else(|| HerdError::Input(format!("a KV cache of {pages} pages overflows")))?;
         let dtype = self.dtypes[kind];
         for layer in self.layers.iter_mut().filter(|l| kind_index(l.kind) == kind) {
             let (k, v) = (cache_buffer(backend, dtype, len)?, cache_buffer(backend, dtype, len)?);
@@ -509,7 +527,8 @@ impl<B: Backend> KvCache<B> {
 
     /// Moves sequence `s`'s pages of `kind` to an arena with room for them and one more; returns it.
     fn migrate(&mut self, backend: &B, kind: usize, s: usize) -> Result<usize> {
-        let old = self.seqs[s].tables[kind].arena.ok_or_else(|| HerdError::internal("migrating a sequence without pages"))?;
+        let old =
+            self.seqs[s].tables[kind].arena.ok_or_else(|| HerdError::internal("migrating a sequence without pages"))?;
         let held: Vec<(usize, u32)> =
             self.seqs[s].tables[kind].pages.iter().enumerate().filter_map(|(i, p)| p.map(|p| (i, p))).collect();
         let a = (0..self.arenas[kind].len())
@@ -546,7 +565,14 @@ impl<B: Backend> KvCache<B> {
                 None => {
                     let (k, v) = l.arenas.get(a).ok_or_else(|| HerdError::internal("cache arena lost"))?;
                     which.push(a);
-                    groups.push(KvGroup { k, v, table: Vec::new(), page: self.page, dtype: self.dtypes[kind], seqs: Vec::new() });
+                    groups.push(KvGroup {
+                        k,
+                        v,
+                        table: Vec::new(),
+                        page: self.page,
+                        dtype: self.dtypes[kind],
+                        seqs: Vec::new(),
+                    });
                     groups.len() - 1
                 }
             };
@@ -565,13 +591,40 @@ impl<B: Backend> KvCache<B> {
         Ok(groups)
     }
 
-    /// Takes pages for `n` more positions of sequence `id` and counts them as cached without writing them:
-    /// their keys and values are whatever the pages hold (zeros, when new). For benchmarks of decoding at a
-    /// depth that a prefill would take long to reach; what attention costs does not depend on the values.
-    pub fn assume_filled(&mut self, backend: &B, id: SeqId, n: usize) -> Result<()> {
+    /// Appends `n` positions to sequence `id` in every layer, written by the backend's `kv_store` as a prefill
+    /// writes them (so in the cache's formats, and resident): keys and values drawn uniformly from [-1, 1) by a
+    /// generator seeded with `seed`, one block of rows reused along the positions. For decoding, and the memory
+    /// a context takes, at depths a prefill would take long to reach; what attention costs does not depend on
+    /// the values.
+    pub fn fill_random(&mut self, backend: &B, id: SeqId, n: usize, seed: u64) -> Result<()> {
         self.check_fits(id, n)?;
-        self.reserve(backend, &[(id, n)])?;
-        self.advance(&[(id, n)])
+        let width = self.kv_heads * self.head_dim;
+        // A block never longer than a chunked layer's ring, so no step writes a ring slot twice.
+        let rows = self.ring(CHUNKED).map_or(1024, |r| (r * self.page).min(1024)).min(n.max(1));
+        let mut x = seed | 1;
+        let data: Vec<f32> = (0..2 * rows * width)
+            .map(|_| {
+                // xorshift64*: 24 random bits to [-1, 1).
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u32 << 23) as f32) - 1.0
+            })
+            .collect();
+        let (k, v) = (backend.upload(&data[..rows * width])?, backend.upload(&data[rows * width..])?);
+        let mut done = 0;
+        while done < n {
+            let m = (n - done).min(rows);
+            self.reserve(backend, &[(id, m)])?;
+            for layer in 0..self.layers.len() {
+                for g in self.groups(layer, &[(id, 0, m)])? {
+                    backend.kv_store(&k, &v, g.k, g.v, g.pages(), &g.seqs, self.kv_heads, self.head_dim)?;
+                }
+            }
+            self.advance(&[(id, m)])?;
+            done += m;
+        }
+        Ok(())
     }
 
     /// Records that the step's new tokens are now cached.

@@ -271,6 +271,10 @@ impl Backend for CudaBackend {
         self.buffer(len, false)
     }
 
+    fn alloc_u32(&self, len: usize) -> Result<CudaBuffer> {
+        self.buffer(len, true)
+    }
+
     fn upload(&self, data: &[f32]) -> Result<CudaBuffer> {
         self.filled(bytemuck::cast_slice(data), false)
     }

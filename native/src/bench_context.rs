@@ -1,6 +1,6 @@
-//! `herd bench --context N,...`: decode speed at depth. The KV cache is filled with N positions of zeros
-//! (what attention costs does not depend on the values) instead of running an N-token prefill, then tokens
-//! are decoded one at a time; the report gives the bytes each token reads: weights, and the keys and values
+//! `herd bench --context N,...`: decode speed at depth. The KV cache, sized for the depth up front, is filled
+//! with N positions of random keys and values written by the backend's kv_store (what attention costs does
+//! not depend on the values) instead of running an N-token prefill, then tokens are decoded one at a time; the report gives the bytes each token reads: weights, and the keys and values
 //! its attention reads (every position in full-attention layers, the current chunk in chunked ones).
 
 use std::sync::Arc;
@@ -55,7 +55,8 @@ pub fn bench_context<B: Backend>(
         println!("backend: {name}");
         println!("load: {load_s:.2} s");
         println!(
-            "decode at depth: the KV cache filled with zeros to the depth (not computed by a prefill), then {gen} \
+            "decode at depth: the KV cache filled to the depth with random keys and values by kv_store (not computed \
+             by a prefill), then {gen} \
              token(s) decoded one at a time, best of {} after a warm-up; KV in {kv}, pages of {} slots",
             a.repeat.max(1),
             model.new_cache()?.page_size()
@@ -68,7 +69,8 @@ pub fn bench_context<B: Backend>(
         for rep in 0..=a.repeat.max(1) {
             let mut cache = model.new_cache()?;
             let seq = cache.add_sequence();
-            cache.assume_filled(model.backend(), seq, depth)?;
+            cache.reserve_for(model.backend(), 1, depth + gen, 0)?;
+            cache.fill_random(model.backend(), seq, depth, depth as u64)?;
             let mut tok = (depth % cfg.text.vocab_size) as u32;
             let t0 = Instant::now();
             for _ in 0..gen {
@@ -111,7 +113,7 @@ pub fn bench_context<B: Backend>(
     }
     if a.json {
         let j = serde_json::json!({
-            "model": describe, "backend": name, "load_s": load_s, "kv_filled": "zeros", "kv_dtype": kv, "depths": rows,
+            "model": describe, "backend": name, "load_s": load_s, "kv_filled": "random", "kv_dtype": kv, "depths": rows,
             "synthetic": synth.as_ref().map(|s| s.0.clone()),
         });
         println!("{j}");

@@ -28,7 +28,12 @@ pub struct Need {
 pub fn check<B: Backend>(backend: &B, files: &ModelFiles, opts: &LoadOptions, need: &Need) -> Result<Option<Plan>> {
     let (memory, holds_weights, whose) = match (opts.device_memory, backend.free_memory()) {
         (Some(m), free) => (m, free.is_none_or(|f| f.holds_weights), "--device-memory".to_string()),
-        (None, Some(f)) => (f.bytes, f.holds_weights, format!("free on {} now", B::KIND)),
+        // What the device has free, less headroom for what the plan does not itemise: a GPU's driver, library
+        // workspaces and pooled buffers (5%, at least 512 MiB); the rest of the process on the CPU (10%).
+        (None, Some(f)) => {
+            let headroom = if f.holds_weights { (f.bytes / 20).max(512 << 20) } else { f.bytes / 10 };
+            (f.bytes.saturating_sub(headroom), f.holds_weights, format!("free on {} now, less headroom", B::KIND))
+        }
         (None, None) => return Ok(None),
     };
     let (cfg, all, experts) = checkpoint_weight_bytes(files)?;

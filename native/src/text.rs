@@ -186,10 +186,14 @@ pub fn run<B: Backend>(
     // The prompt and the tokens asked for must fit the device's memory, checked before anything loads.
     let prompt_len = planned.as_ref().map_or(ids.len(), |p| p.1.len());
     let need = Need { seqs: 1, context: Some(prompt_len + params.max_tokens), kept_slots: 0, step_rows: prompt_len };
-    crate::fit::check(&*backend, files, opts, &need)?;
+    let fits = crate::fit::check(&*backend, files, opts, &need)?;
     let (cfg, model) = files.load(backend.clone(), opts)?;
     let params = GenerateParams { stop_ids: stop_ids(files, &cfg.text.eos_token_ids)?, ..params };
     let mut sched = one_at_a_time(Arc::new(model), false)?;
+    if fits.is_some() {
+        // The cache sized once for what was planned: it never grows past it.
+        sched.reserve(1, prompt_len + params.max_tokens.min(cfg.text.max_position_embeddings))?;
+    }
     let mut text = String::new();
     let mut on_token = streamer(&tok, &mut text);
     let stats = match planned {

@@ -16,7 +16,7 @@ fn bench_at_depth() {
         herd(["bench", "--synthetic", "tiny", "--json", "--context", "1024,64", "--gen-tokens", "2", "--repeat", "1"]),
     );
     let j: Value = serde_json::from_str(stdout.trim()).expect("bench --json prints one JSON object");
-    assert_eq!(j["kv_filled"], "zeros", "{j}");
+    assert_eq!(j["kv_filled"], "random", "{j}");
     let rows = j["depths"].as_array().unwrap_or_else(|| panic!("no depths in {j}"));
     let depths: Vec<u64> = rows.iter().map(|r| r["context"].as_u64().unwrap()).collect();
     assert_eq!(depths, [64, 1024], "{j}");

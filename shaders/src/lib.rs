@@ -114,6 +114,10 @@ impl Backend for WgpuBackend {
         let _op = self.gpu.op();
         self.gpu.alloc(len, false)
     }
+    fn alloc_u32(&self, len: usize) -> Result<GpuBuffer> {
+        let _op = self.gpu.op();
+        self.gpu.alloc(len, true)
+    }
     fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
         let _op = self.gpu.op();
         self.gpu.upload_bytes(bytemuck::cast_slice(data), data.len(), false)

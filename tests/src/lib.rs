@@ -130,8 +130,12 @@ pub fn random_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
 /// A fixture model on the CPU backend whose KV caches have pages of `page` slots.
 pub fn cpu_fixture(name: &str, page: usize) -> herd_core::model::Llama4<herd_core::cpu::CpuBackend> {
     let dir = model_dir(name);
-    let mut m = herd_core::model::Llama4::from_dir(std::sync::Arc::new(herd_core::cpu::CpuBackend::new()), &dir, &mut |_, _| {})
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut m = herd_core::model::Llama4::from_dir(
+        std::sync::Arc::new(herd_core::cpu::CpuBackend::new()),
+        &dir,
+        &mut |_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     m.set_kv_page_size(page).unwrap();
     m
 }

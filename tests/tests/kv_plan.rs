@@ -17,7 +17,9 @@ fn the_plans_kv_bytes_are_what_the_cache_holds() {
     use herd_core::kv_format::KvDtype;
     use herd_core::plan::KvLayout;
     for name in F32_FIXTURES {
-        for (page, dtypes) in [(1, [KvDtype::F32; 2]), (3, [KvDtype::Q8, KvDtype::Bf16]), (16, [KvDtype::F16, KvDtype::Fp8])] {
+        for (page, dtypes) in
+            [(1, [KvDtype::F32; 2]), (3, [KvDtype::Q8, KvDtype::Bf16]), (16, [KvDtype::F16, KvDtype::Fp8])]
+        {
             let mut m = paged(name, page);
             m.set_kv_dtypes(dtypes[0], dtypes[1]).unwrap();
             let layout = KvLayout::with_dtypes(&m.cfg, page, dtypes).unwrap();
@@ -37,15 +39,20 @@ fn the_plans_kv_bytes_are_what_the_cache_holds() {
 /// layers, tied and untied embeddings).
 #[test]
 fn the_plans_tensors_are_what_the_model_loads() {
-    use std::cell::RefCell;
     use herd_core::checkpoint::Checkpoint;
     use herd_core::source::WeightSource;
+    use std::cell::RefCell;
     struct Recording(Checkpoint, RefCell<Vec<(String, Vec<usize>)>>);
     impl WeightSource<CpuBackend> for Recording {
         fn contains(&self, name: &str) -> bool {
             self.0.contains(name)
         }
-        fn weight(&self, be: &CpuBackend, name: &str, shape: &[usize]) -> herd_core::Result<<CpuBackend as herd_core::backend::Backend>::Weight> {
+        fn weight(
+            &self,
+            be: &CpuBackend,
+            name: &str,
+            shape: &[usize],
+        ) -> herd_core::Result<<CpuBackend as herd_core::backend::Backend>::Weight> {
             self.1.borrow_mut().push((name.to_owned(), shape.to_vec()));
             WeightSource::<CpuBackend>::weight(&self.0, be, name, shape)
         }
@@ -107,7 +114,10 @@ fn kv_formats_hold_the_decode_logits() {
                 got.iter().zip(&r.logits).map(|(g, w)| kl_and_top1(g, w, r.vocab)).unzip();
             let kl = kl.iter().sum::<f64>() / kl.len() as f64;
             let top1 = top1.iter().sum::<f64>() / top1.len() as f64;
-            eprintln!("{name} kv={}: decode logits rel err {worst:.3e}, mean KL {kl:.3e}, top-1 {top1:.4}", dtype.name());
+            eprintln!(
+                "{name} kv={}: decode logits rel err {worst:.3e}, mean KL {kl:.3e}, top-1 {top1:.4}",
+                dtype.name()
+            );
             assert!(worst <= bound, "{name} kv={}: {worst:.3e} > {bound:.0e}", dtype.name());
             assert!(kl <= kl_bound, "{name} kv={}: mean KL {kl:.3e} > {kl_bound:.0e}", dtype.name());
             assert!(top1 >= top1_bound, "{name} kv={}: top-1 agreement {top1:.4} < {top1_bound}", dtype.name());

@@ -160,6 +160,11 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// A zeroed f32 buffer of `len` elements.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
+    /// A zeroed u32 buffer of `len` elements. The default uploads zeros from the host; a backend with its own
+    /// zeroed allocation overrides it (a KV cache of gigabytes then never exists on the host).
+    fn alloc_u32(&self, len: usize) -> Result<Self::Buffer> {
+        self.upload_u32(&vec![0; len])
+    }
     /// An f32 buffer holding `data`.
     fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
     /// A u32 buffer holding `data`.

@@ -180,6 +180,11 @@ impl Backend for CpuBackend {
         crate::limits::check_host_alloc("a CPU buffer", len as u128 * 4)?;
         Ok(CpuBuffer::F32(RwLock::new(vec![0.0; len])))
     }
+    fn alloc_u32(&self, len: usize) -> Result<CpuBuffer> {
+        crate::limits::check_host_alloc("a CPU buffer", len as u128 * 4)?;
+        // Zeroed by the allocator: pages become resident when first written, not now.
+        Ok(CpuBuffer::U32(RwLock::new(vec![0; len])))
+    }
     fn upload(&self, data: &[f32]) -> Result<CpuBuffer> {
         Ok(CpuBuffer::F32(RwLock::new(data.to_vec())))
     }

@@ -158,6 +158,13 @@ impl<B: Backend> Scheduler<B> {
         })
     }
 
+    /// Sizes the KV cache up front for `seqs` sequences of `tokens` tokens each and the prefix cache's
+    /// `prefix_cache_tokens` (what a memory plan counted): it then never grows, and never copies an arena.
+    pub fn reserve(&mut self, seqs: usize, tokens: usize) -> Result<()> {
+        let be = self.model.backend().clone();
+        self.cache.reserve_for(&be, seqs, tokens, self.cfg.prefix_cache_tokens)
+    }
+
     pub fn model(&self) -> &Arc<Llama4<B>> {
         &self.model
     }

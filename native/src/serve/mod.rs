@@ -288,6 +288,8 @@ pub fn serve<B: Backend + 'static>(
         (None, None) => model_ctx,
     };
     opts.sched.max_context = Some(context);
+    // With a plan, the cache is sized for it before the first request: it never grows past it.
+    let reserve = planned.as_ref().map(|_| (opts.sched.max_seqs, context));
     if let Some(p) = &planned {
         eprintln!(
             "herd serve: requests hold up to {context} tokens each ({} at once, KV cache in {}; {} of {} planned)",
@@ -360,7 +362,11 @@ pub fn serve<B: Backend + 'static>(
                     None => None,
                 };
                 let (_, model) = files.load(backend, &load_opts)?;
-                Ok((Scheduler::new(Arc::new(model), sched)?, eyes))
+                let mut s = Scheduler::new(Arc::new(model), sched)?;
+                if let Some((seqs, tokens)) = reserve {
+                    s.reserve(seqs, tokens)?;
+                }
+                Ok((s, eyes))
             };
             match load() {
                 Ok((s, eyes)) => {

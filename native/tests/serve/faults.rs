@@ -126,7 +126,8 @@ fn a_model_that_fails_to_load_ends_the_server_with_its_error() {
     }
     let weights = std::fs::read(fixture("scout/model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
-    let serve = || Command::new(BIN).args(["serve", "--port", "0", "--model"]).arg(&dir).stdin(Stdio::null()).output().unwrap();
+    let serve =
+        || Command::new(BIN).args(["serve", "--port", "0", "--model"]).arg(&dir).stdin(Stdio::null()).output().unwrap();
     let out = serve();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
