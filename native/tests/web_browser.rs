@@ -140,12 +140,13 @@ fn model(sc: &Scratch) -> PathBuf {
     )
 }
 
-/// The query of the automation hook for the fixture's first prompt row.
+/// The query of the automation hook for the fixture's first prompt row, with the KV cache in f32 (the
+/// page's default is bf16, as on every GPU; f32 is what `herd greedy` on the CPU and transformers compute).
 fn query(r: &Reference, extra: &str) -> (Vec<u32>, usize, String) {
     let ids = r.input_ids[0].clone();
     let n = r.greedy_ids[0].len();
     let list: Vec<String> = ids.iter().map(u32::to_string).collect();
-    (ids, n, format!("?model=model/&prompt_ids={}&max_tokens={n}&greedy=1{extra}", list.join(",")))
+    (ids, n, format!("?model=model/&prompt_ids={}&max_tokens={n}&greedy=1&kv=f32{extra}", list.join(",")))
 }
 
 /// What a browser test starts from: the browser to itself, a scratch directory with the fixture model, and
@@ -225,6 +226,7 @@ fn the_page_runs_the_built_in_model_as_transformers_does() {
     assert_eq!(ids_of(&v), r.greedy_ids[0], "the page's greedy ids on the built-in model differ from transformers'");
     let stats: Value = serde_json::from_str(v["stats"].as_str().unwrap()).unwrap();
     assert_eq!(stats["verified"], true, "every range should be checked against the manifest: {stats}");
+    assert_eq!(stats["kv_dtype"], serde_json::json!(["f32", "f32"]), "the page's KV format (kv=f32): {stats}");
 }
 
 #[test]

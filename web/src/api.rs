@@ -10,6 +10,7 @@ use herd_core::chat::{ChatTemplate, Message};
 use herd_core::config::ModelConfig;
 use herd_core::experts::{ExpertCacheOptions, Policy};
 use herd_core::generate::greedy_rows;
+use herd_core::kv_format::{parse_kv_dtypes, KvDtype};
 use herd_core::model::Llama4;
 use herd_core::schedule::{queue, Event, Request, Scheduler, SchedulerConfig};
 use herd_core::schedule::{GenerateParams, StopReason};
@@ -79,9 +80,11 @@ pub struct Herd {
 
 /// Loads the model directory at `url` (config.json, tokenizer files, safetensors and their index, and the
 /// checksum manifest herd-manifest.json). `options`: `{expertCache: bytes | "64MiB", routing: bool,
-/// onProgress: (phase, done, total) => void}`. Routed experts are fetched only when a router picks them,
-/// into an expert cache of `expertCache` bytes (default: room for all of them). `routing: false` skips
-/// reading every layer's picks once all its experts are on the GPU (faster; no routing picture).
+/// kvDtype: "bf16", onProgress: (phase, done, total) => void}`. Routed experts are fetched only when a router
+/// picks them, into an expert cache of `expertCache` bytes (default: room for all of them). `routing: false`
+/// skips reading every layer's picks once all its experts are on the GPU (faster; no routing picture).
+/// `kvDtype` is the KV cache's format as `herd --kv-dtype` takes it (f32, bf16, f16, q8, fp8, or
+/// `global=...,chunked=...`); bf16 by default, as on every GPU.
 #[wasm_bindgen(js_name = loadModel)]
 pub async fn load_model(url: String, options: JsValue) -> Result<Herd, JsError> {
     let on_progress = get(&options, "onProgress").and_then(|f| f.dyn_into::<Function>().ok());
@@ -118,9 +121,14 @@ pub async fn load_model(url: String, options: JsValue) -> Result<Herd, JsError> 
         trace_picks: get(&options, "routing").is_none_or(|v| v.as_bool() != Some(false)),
     };
     let weights = WebWeights::new(&remote, streamed, &mut progress);
-    let model = Llama4::load_with_async(backend, &weights, &cfg.text, streamed.then_some(&opts), &mut |_, _| {})
+    let kv = match get(&options, "kvDtype").and_then(|v| v.as_string()) {
+        Some(s) => parse_kv_dtypes(&s, KvDtype::Bf16).map_err(|m| JsError::new(&format!("kvDtype: {m}")))?,
+        None => [KvDtype::Bf16; 2],
+    };
+    let mut model = Llama4::load_with_async(backend, &weights, &cfg.text, streamed.then_some(&opts), &mut |_, _| {})
         .await
         .map_err(e)?;
+    model.set_kv_dtypes(kv[0], kv[1]).map_err(e)?;
     let load = serde_json::json!({ "resident_bytes": weights.total, "peak_held_bytes": *weights.peak.borrow() });
     drop(weights);
     let model = Arc::new(model);
@@ -332,6 +340,7 @@ impl Herd {
         let f = fetch::stats();
         let mut j = serde_json::json!({
             "last": *i.last.borrow(), "adapter": i.adapter, "limits": i.limits, "verified": i.verified, "load": i.load,
+            "kv_dtype": i.model.kv_dtypes().map(|d| d.name()),
             "fetch": {"requests": f.requests, "bytes": f.bytes, "cache_hits": f.cache_hits,
                       "cache_bytes": f.cache_bytes, "retries": f.retries},
         });

@@ -75,12 +75,12 @@ function drawLegend() {
     Array.from({ length: n }, (_, e) => `<span style="background:${colour(e, n)}"></span>${e}`).join("");
 }
 
-async function load(url, expertCache, routing = true) {
+async function load(url, expertCache, routing = true, kvDtype = undefined) {
   $("load").disabled = true;
   herd = null;
   columns.length = 0;
   try {
-    herd = await loadModel(url, { expertCache, routing, onProgress: progress });
+    herd = await loadModel(url, { expertCache, routing, kvDtype, onProgress: progress });
   } finally {
     $("load").disabled = false;
   }
@@ -133,7 +133,7 @@ async function automation() {
   const n = Number(params.get("max_tokens") || "16");
   if (params.get("greedy") !== null && params.get("greedy") !== "1") throw new Error("only greedy=1 is supported");
   const model = params.get("model") || "model/";
-  const h = await load(model, params.get("expert_cache") || undefined, params.get("routing") !== "0");
+  const h = await load(model, params.get("expert_cache") || undefined, params.get("routing") !== "0", params.get("kv") || undefined);
   const out = await h.greedyIds(Uint32Array.from(ids), n);
   $("ids").textContent = Array.from(out).join(",");
   $("ids").hidden = false;
