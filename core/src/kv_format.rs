@@ -168,6 +168,47 @@ pub fn decode(dtype: KvDtype, slot: &[u32], kv_heads: usize, head_dim: usize, e:
     }
 }
 
+/// Kv head `head`'s `head_dim` values of a slot into `out`: [`decode`] for a whole head at once, with the
+/// head's scale read once and FP8 bytes looked up in a table (the CPU's attention reads every cached key and
+/// value through this).
+pub fn decode_head(dtype: KvDtype, slot: &[u32], kv_heads: usize, head_dim: usize, head: usize, out: &mut [f32]) {
+    let off = head * head_dim;
+    let out = &mut out[..head_dim];
+    match dtype {
+        KvDtype::F32 => out.iter_mut().zip(&slot[off..]).for_each(|(o, w)| *o = f32::from_bits(*w)),
+        KvDtype::Bf16 | KvDtype::F16 => {
+            let words = &slot[off / 2..(off + head_dim) / 2];
+            for (pair, &w) in out.chunks_exact_mut(2).zip(words) {
+                let (lo, hi) = ((w & 0xffff) as u16, (w >> 16) as u16);
+                if dtype == KvDtype::Bf16 {
+                    pair[0] = f32::from_bits((lo as u32) << 16);
+                    pair[1] = f32::from_bits((hi as u32) << 16);
+                } else {
+                    pair[0] = f16::from_bits(lo).to_f32();
+                    pair[1] = f16::from_bits(hi).to_f32();
+                }
+            }
+        }
+        KvDtype::Q8 | KvDtype::Fp8 => {
+            let s = f32::from_bits(slot[kv_heads * head_dim / 4 + head]);
+            let words = &slot[off / 4..(off + head_dim) / 4];
+            let table = e4m3_table();
+            for (four, &w) in out.chunks_exact_mut(4).zip(words) {
+                for (i, o) in four.iter_mut().enumerate() {
+                    let b = (w >> (8 * i)) as u8;
+                    *o = s * if dtype == KvDtype::Q8 { b as i8 as f32 } else { table[b as usize] };
+                }
+            }
+        }
+    }
+}
+
+/// The value of every E4M3 byte.
+fn e4m3_table() -> &'static [f32; 256] {
+    static TABLE: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| std::array::from_fn(|b| e4m3_to_f32(b as u8)))
+}
+
 /// OCP FP8 E4M3 (bias 7, no infinities, 0x7f/0xff NaN, largest finite 448) of `x`, rounded to nearest even,
 /// saturating to ±448.
 pub fn e4m3_from_f32(x: f32) -> u8 {
@@ -235,6 +276,23 @@ mod tests {
             x *= 1.0137;
         }
         assert_eq!(e4m3_from_f32(1e9), 0x7e);
+    }
+
+    /// A head decoded at once is the head decoded value by value, in every format.
+    #[test]
+    fn decode_head_is_decode() {
+        let (kvh, hd) = (3, 8);
+        let x: Vec<f32> = (0..kvh * hd).map(|i| ((i * 53 % 29) as f32 - 14.0) * 0.37).collect();
+        for d in KvDtype::ALL {
+            let mut w = vec![0u32; d.slot_words(kvh, hd).unwrap()];
+            encode(d, &x, kvh, hd, &mut w);
+            for h in 0..kvh {
+                let mut out = vec![0f32; hd];
+                decode_head(d, &w, kvh, hd, h, &mut out);
+                let want: Vec<f32> = (0..hd).map(|e| decode(d, &w, kvh, hd, h * hd + e)).collect();
+                assert_eq!(out, want, "{}: head {h}", d.name());
+            }
+        }
     }
 
     /// Each format holds its values to its precision: exact for f32, one rounding for the 16-bit ones, and

@@ -36,6 +36,8 @@ fn every_backend_op_has_rows_in_the_table() {
         "max_buffer_len",
         "kv_page_size",
         "alloc",
+        "alloc_u32",
+        "free_memory",
         "upload",
         "upload_u32",
         "read",

@@ -4,11 +4,10 @@
 use rayon::prelude::*;
 
 use super::need;
-use std::borrow::Cow;
 
 use crate::backend::{AttnParams, AttnSeq, KvPages};
-use crate::kv_format::{decode, encode, KvDtype};
 use crate::error::{HerdError, Result};
+use crate::kv_format::{decode_head, encode, KvDtype};
 
 /// Checks what the op checks cannot know: that a sequence's slots hold every cached key a query sees.
 fn check_seq(s: &AttnSeq, chunk: Option<usize>) -> Result<()> {
@@ -34,14 +33,49 @@ pub enum CacheView<'a> {
     Words(&'a [u32]),
 }
 
-/// One head's `d` keys or values of a cache slot (`off` = the head's first element), decoded from the cache's
-/// format.
-fn cached<'a>(c: &'a CacheView<'a>, dtype: KvDtype, sw: usize, slot: usize, kvh: usize, d: usize, off: usize) -> Cow<'a, [f32]> {
+/// One head's `d` keys or values of a cache slot (`off` = the head's first element): the f32 cache's own
+/// values, or those of another format decoded into `buf`.
+#[allow(clippy::too_many_arguments)]
+fn cached<'b>(
+    c: &'b CacheView<'_>,
+    buf: &'b mut [f32],
+    dtype: KvDtype,
+    sw: usize,
+    slot: usize,
+    kvh: usize,
+    d: usize,
+    off: usize,
+) -> &'b [f32] {
     match c {
-        CacheView::F32(c) => Cow::Borrowed(&c[slot * kvh * d + off..][..d]),
+        CacheView::F32(c) => &c[slot * kvh * d + off..][..d],
         CacheView::Words(w) => {
-            let words = &w[slot * sw..(slot + 1) * sw];
-            Cow::Owned((0..d).map(|e| decode(dtype, words, kvh, d, off + e)).collect())
+            decode_head(dtype, &w[slot * sw..(slot + 1) * sw], kvh, d, off / d, buf);
+            &buf[..d]
+        }
+    }
+}
+
+/// Where one (sequence, kv head) of an attention call reads its keys and values.
+struct Head<'p> {
+    s: &'p AttnSeq,
+    pages: KvPages<'p>,
+    dtype: KvDtype,
+    sw: usize,
+    kvh: usize,
+    d: usize,
+    off: usize,
+    kvrow: usize,
+}
+
+impl Head<'_> {
+    /// Position j's keys or values of this head: from the cache `c`, or (new this step) from the step's rows `x`.
+    fn at<'b>(&self, c: &'b CacheView<'_>, x: &'b [f32], buf: &'b mut [f32], j: usize) -> &'b [f32] {
+        let s = self.s;
+        if j < s.pos0 as usize {
+            cached(c, buf, self.dtype, self.sw, self.pages.slot(s, j), self.kvh, self.d, self.off)
+        } else {
+            let row = s.q_start as usize + (j - s.pos0 as usize);
+            &x[row * self.kvrow + self.off..][..self.d]
         }
     }
 }
@@ -71,7 +105,9 @@ pub fn attention<'a>(
     }
     let group = h / kvh;
     let dtype = pages.dtype;
-    let sw = dtype.slot_words(kvh, d).map_err(|m| HerdError::Backend { backend: "cpu".into(), msg: format!("attention: {m}") })?;
+    let sw = dtype
+        .slot_words(kvh, d)
+        .map_err(|m| HerdError::Backend { backend: "cpu".into(), msg: format!("attention: {m}") })?;
     // One task per (row, head): the row's sequence is found by a scan (batches are small).
     let mut row_seq = vec![usize::MAX; rows];
     for (si, s) in seqs.iter().enumerate() {
@@ -97,26 +133,10 @@ pub fn attention<'a>(
             qv.iter_mut().for_each(|x| *x *= sc);
         }
         let off = kvh_i * d;
-        let fresh = |x: &'a [f32], j: usize| -> Cow<'a, [f32]> {
-            let row = s.q_start as usize + (j - s.pos0 as usize);
-            Cow::Borrowed(&x[row * kvrow + off..][..d])
-        };
-        let key = |j: usize| {
-            if j < s.pos0 as usize {
-                cached(&k_cache, dtype, sw, pages.slot(s, j), kvh, d, off)
-            } else {
-                fresh(k_new, j)
-            }
-        };
-        let value = |j: usize| {
-            if j < s.pos0 as usize {
-                cached(&v_cache, dtype, sw, pages.slot(s, j), kvh, d, off)
-            } else {
-                fresh(v_new, j)
-            }
-        };
+        let mut buf = vec![0f32; d];
+        let head_of = Head { s, pages, dtype, sw, kvh, d, off, kvrow };
         let mut scores: Vec<f32> = (lo..=last)
-            .map(|j| qv.iter().zip(key(j).iter()).map(|(a, b)| a * b).sum::<f32>() * p.scale)
+            .map(|j| qv.iter().zip(head_of.at(&k_cache, k_new, &mut buf, j)).map(|(a, b)| a * b).sum::<f32>() * p.scale)
             .collect();
         let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
@@ -126,7 +146,7 @@ pub fn attention<'a>(
         }
         o.iter_mut().for_each(|x| *x = 0.0);
         for (j, &w) in (lo..=last).zip(&scores) {
-            let v = value(j);
+            let v = head_of.at(&v_cache, v_new, &mut buf, j);
             let w = w / sum;
             for (a, b) in o.iter_mut().zip(v.iter()) {
                 *a += w * b;
@@ -161,14 +181,22 @@ pub fn kv_store_words(
 ) -> Result<()> {
     let dtype: KvDtype = pages.dtype;
     let kv_dim = kv_heads * head_dim;
-    let sw = dtype.slot_words(kv_heads, head_dim).map_err(|m| HerdError::Backend { backend: "cpu".into(), msg: format!("kv_store: {m}") })?;
+    let sw = dtype
+        .slot_words(kv_heads, head_dim)
+        .map_err(|m| HerdError::Backend { backend: "cpu".into(), msg: format!("kv_store: {m}") })?;
     for s in seqs {
         need("kv_store new", new.len(), (s.q_start + s.q_len) as usize * kv_dim)?;
         for t in 0..s.q_len {
             let slot = pages.slot(s, (s.pos0 + t) as usize);
             need("kv_store cache", cache.len(), (slot + 1) * sw)?;
             let row = (s.q_start + t) as usize;
-            encode(dtype, &new[row * kv_dim..(row + 1) * kv_dim], kv_heads, head_dim, &mut cache[slot * sw..(slot + 1) * sw]);
+            encode(
+                dtype,
+                &new[row * kv_dim..(row + 1) * kv_dim],
+                kv_heads,
+                head_dim,
+                &mut cache[slot * sw..(slot + 1) * sw],
+            );
         }
     }
     Ok(())
