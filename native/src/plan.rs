@@ -49,14 +49,15 @@ fn weight_bytes(files: &ModelFiles, a: &PlanArgs) -> Result<(TextConfig, usize, 
 }
 
 /// Bytes of a model directory's text-model tensors, and of those that are routed experts (from the
-/// checkpoint's headers: nothing is read).
+/// checkpoint's headers: nothing is read). Every tensor of the text model counts, whatever its layout (a
+/// compressed-tensors checkpoint stores each expert's packed weights and scales apart); the vision tower's do
+/// not.
 pub(crate) fn checkpoint_weight_bytes(files: &ModelFiles) -> Result<(TextConfig, usize, usize)> {
     let cfg = files.config()?;
     let ck = files.checkpoint()?;
-    let names: std::collections::BTreeSet<String> = text_tensors(&cfg.text).into_iter().map(|t| t.0).collect();
     let (mut all, mut experts) = (0usize, 0usize);
     for (name, t) in ck.tensors() {
-        if names.contains(name) {
+        if name.starts_with("model.") || name.starts_with("lm_head.") {
             all = all.saturating_add(t.bytes().len());
             if is_routed_expert(name) {
                 experts = experts.saturating_add(t.bytes().len());
