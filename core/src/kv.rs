@@ -24,6 +24,9 @@ use crate::backend::{AttnSeq, Backend, KvPages};
 // Sizing the pools up front (`reserve_for`) and writing a sequence without a prefill (`fill_random`).
 #[path = "kv_fill.rs"]
 mod fill;
+// The q4 keys' stages: an arena's key buffers' layout, and taking, moving and freeing a sequence's stage.
+#[path = "kv_stage.rs"]
+mod stage;
 use crate::config::{AttnKind, TextConfig};
 use crate::error::{HerdError, Result};
 use crate::kv_format::KvDtype;
@@ -50,6 +53,8 @@ struct Arena {
     refs: Vec<u32>,
     /// Free pages, taken from the end.
     free: Vec<u32>,
+    /// Whether each stage the key buffers hold is taken (q4 keys only).
+    stages: Vec<bool>,
 }
 
 /// A sequence's pages in the layers of one kind.
@@ -59,6 +64,8 @@ struct Table {
     arena: Option<usize>,
     /// Page of each page-sized run of its slots; `None` until written (ring pages are taken on first use).
     pages: Vec<Option<u32>>,
+    /// Its stage in the arena (q4 keys: the page being filled, in f32).
+    stage: Option<u32>,
 }
 
 struct SeqState {
@@ -111,9 +118,12 @@ pub struct KvCache<B: Backend> {
     page: usize,
     /// The most pages one arena of each kind may hold (the backend's largest buffer).
     max_pages: [usize; 2],
-    /// The format of each kind's keys and values, and the u32 words (f32 elements for f32) of one slot.
+    /// The format of each kind's keys and values, and the u32 words (f32 elements for f32) of a page of keys,
+    /// of a page of values and of a stage (q4 keys; else 0).
     dtypes: [KvDtype; 2],
-    words: [usize; 2],
+    kpw: [usize; 2],
+    vpw: [usize; 2],
+    stage_w: [usize; 2],
     chunk: Option<usize>,
     /// A slot's shape: kv heads × head dim.
     kv_heads: usize,
@@ -138,14 +148,21 @@ impl<B: Backend> KvCache<B> {
         if page == 0 {
             return Err(HerdError::Input("a KV-cache page must hold at least one slot".into()));
         }
-        let mut words = [0usize; 2];
-        let mut max_pages = [0usize; 2];
+        let (mut kpw, mut vpw, mut stage_w, mut max_pages) = ([0usize; 2], [0usize; 2], [0usize; 2], [0usize; 2]);
+        let (kvh, hd) = (cfg.num_key_value_heads, cfg.head_dim);
         for k in 0..2 {
-            words[k] = dtypes[k].slot_words(cfg.num_key_value_heads, cfg.head_dim).map_err(HerdError::Input)?.max(1);
-            let page_elems = page
-                .checked_mul(words[k])
-                .ok_or_else(|| HerdError::Input(format!("KV-cache pages of {page} slots overflow")))?;
-            max_pages[k] = backend.max_buffer_len() / page_elems;
+            // Every format's page is below two f32 pages, and a q4 stage is one.
+            if kvh.checked_mul(hd).and_then(|n| n.checked_mul(3)).and_then(|w| w.checked_mul(page)).is_none() {
+                return Err(HerdError::Input(format!("KV-cache pages of {page} slots overflow")));
+            }
+            let d = dtypes[k];
+            kpw[k] = d.key_page_words(kvh, hd, page).map_err(HerdError::Input)?.max(1);
+            vpw[k] = d.value_page_words(kvh, hd, page).map_err(HerdError::Input)?.max(1);
+            stage_w[k] = d.stage_words(kvh, hd, page);
+            let page_elems = kpw[k].max(vpw[k]);
+            // Key buffers keep room for their arena's stages.
+            let room = backend.max_buffer_len().saturating_sub(stage::MAX_STAGES * stage_w[k] + kvh * hd);
+            max_pages[k] = room / page_elems;
             if max_pages[k] == 0 {
                 return Err(HerdError::Input(format!(
                     "a KV-cache page of {page} slots ({} bytes) is larger than this device's largest buffer",
@@ -163,7 +180,9 @@ impl<B: Backend> KvCache<B> {
             page,
             max_pages,
             dtypes,
-            words,
+            kpw,
+            vpw,
+            stage_w,
             chunk: cfg.attention_chunk_size,
             kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
@@ -207,15 +226,27 @@ impl<B: Backend> KvCache<B> {
     /// How many of the first `len` tokens of `src` [`KvCache::fork`] can share (see there).
     pub fn reusable(&self, src: SeqId, len: usize) -> Result<usize> {
         let from = self.seq(src)?;
-        let len = len.min(from.len);
-        if let (Some(c), Some(r), true) = (self.chunk, self.ring(CHUNKED), self.has_kind[CHUNKED]) {
-            // Position p of `src` is still in its ring iff no later position took its slot: p + cap >= len(src).
-            let start = len / c * c;
-            if len > start && start + r * self.page < from.len {
-                return Ok(start);
+        let mut len = len.min(from.len);
+        loop {
+            let mut l = len;
+            if let (Some(c), Some(r), true) = (self.chunk, self.ring(CHUNKED), self.has_kind[CHUNKED]) {
+                // Position p of `src` is still in its ring iff no later position took its slot: p + cap >= len(src).
+                let start = l / c * c;
+                if l > start && start + r * self.page < from.len {
+                    l = start;
+                }
             }
+            // q4 keys: a page `src` has completed is quantized, its f32 keys gone from the stage; a new sequence
+            // ending inside it would need them, so it ends at the page's start.
+            let staged = (0..2).any(|k| self.has_kind[k] && self.stage_w[k] > 0);
+            if staged && l / self.page < from.len / self.page {
+                l = l / self.page * self.page;
+            }
+            if l == len {
+                return Ok(len);
+            }
+            len = l;
         }
-        Ok(len)
     }
 
     /// A new sequence holding the first `len` tokens of `src` (prefix reuse), or fewer: chunked layers keep
@@ -223,13 +254,17 @@ impl<B: Backend> KvCache<B> {
     /// that position `len` falls in, the new sequence stops at that chunk's start. Nothing is copied: the
     /// new sequence shares `src`'s pages, and whichever of the two first writes into a shared page copies it.
     /// Returns the new sequence and how many tokens it holds. What `src` holds is not changed.
-    pub fn fork(&mut self, _backend: &B, src: SeqId, len: usize) -> Result<(SeqId, usize)> {
-        let len = self.reusable(src, len)?;
+    pub fn fork(&mut self, backend: &B, src: SeqId, len: usize) -> Result<(SeqId, usize)> {
+        let mut len = self.reusable(src, len)?;
+        let from = self.index(src)?;
+        // A new sequence keeps its q4 stage in the arena of the pages it shares: none there, nothing shared.
+        if (0..2).any(|k| self.seqs[from].tables[k].arena.is_some_and(|a| !self.stage_room(k, a))) {
+            len = 0;
+        }
         let id = self.add_sequence();
         if len == 0 {
             return Ok((id, 0));
         }
-        let from = self.index(src)?;
         let mut tables: [Table; 2] = Default::default();
         for (kind, t) in tables.iter_mut().enumerate() {
             let have = &self.seqs[from].tables[kind];
@@ -256,6 +291,7 @@ impl<B: Backend> KvCache<B> {
         let new = self.index(id)?;
         self.seqs[new].tables = tables;
         self.seqs[new].len = len;
+        self.fork_stages(backend, from, new)?;
         Ok((id, len))
     }
 
@@ -267,6 +303,9 @@ impl<B: Backend> KvCache<B> {
             if let Some(a) = t.arena {
                 for &p in t.pages.iter().flatten() {
                     self.release(kind, a, p);
+                }
+                if let Some(st) = t.stage {
+                    self.arenas[kind][a].stages[st as usize] = false;
                 }
             }
         }
@@ -287,15 +326,16 @@ impl<B: Backend> KvCache<B> {
         Ok(self.seq(id)?.len)
     }
 
-    /// Bytes of the pages the live sequences hold (a page shared by several sequences counts once): keys
-    /// and values, f32, over every layer.
+    /// Bytes of the pages the live sequences hold (a page shared by several sequences counts once), keys and
+    /// values over every layer, and of their q4 stages.
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
             .map(|l| {
                 let k = kind_index(l.kind);
                 let pages: usize = self.arenas[k].iter().map(|a| a.refs.iter().filter(|&&r| r > 0).count()).sum();
-                2 * pages * self.page * self.words[k] * 4
+                let stages: usize = self.arenas[k].iter().map(|a| a.stages.iter().filter(|&&t| t).count()).sum();
+                4 * (pages * (self.kpw[k] + self.vpw[k]) + stages * self.stage_w[k])
             })
             .sum()
     }
@@ -306,8 +346,8 @@ impl<B: Backend> KvCache<B> {
             .iter()
             .map(|l| {
                 let k = kind_index(l.kind);
-                let pages: usize = self.arenas[k].iter().map(|a| a.refs.len()).sum();
-                2 * pages * self.page * self.words[k] * 4
+                let sized = |a: &Arena| self.key_len(k, a.refs.len(), a.stages.len()) + a.refs.len() * self.vpw[k];
+                4 * self.arenas[k].iter().map(sized).sum::<usize>()
             })
             .sum()
     }
@@ -328,7 +368,7 @@ impl<B: Backend> KvCache<B> {
                 return Err(HerdError::Input(format!(
                     "{len} tokens need {} cache slots ({} bytes per layer), more than this device's largest buffer holds ({} slots)",
                     n * self.page,
-                    n * self.page * self.words[kind] * 4,
+                    n * (self.kpw[kind] + self.vpw[kind]) * 4,
                     self.max_pages[kind] * self.page
                 )));
             }
@@ -393,23 +433,24 @@ impl<B: Backend> KvCache<B> {
             None => {
                 let a = self.arena_with_room(backend, kind, 1)?;
                 self.seqs[s].tables[kind].arena = Some(a);
+                self.seqs[s].tables[kind].stage = self.take_stage(backend, kind, a)?;
             }
         }
         let a = self.seqs[s].tables[kind].arena.ok_or_else(|| HerdError::internal("a sequence without an arena"))?;
         let page = self.take_page(backend, kind, a)?;
         if let Some(from) = self.seqs[s].tables[kind].pages[i] {
             // Copy-on-write: the page's keys and values in every layer of this kind.
-            let n = self.page * self.words[kind];
-            let (src, dst) = (from as usize * n, page as usize * n);
+            let (from, to) = (from as usize, page as usize);
             for layer in self.layers.iter().filter(|l| kind_index(l.kind) == kind) {
                 let (k, v) = &layer.arenas[a];
-                for x in [k, v] {
+                for (x, n) in [(k, self.kpw[kind]), (v, self.vpw[kind])] {
                     // Within one buffer: through a scratch buffer (a backend copy takes two).
                     let tmp = cache_buffer(backend, self.dtypes[kind], n)?;
-                    backend.copy(x, src, &tmp, 0, n)?;
-                    backend.copy(&tmp, 0, x, dst, n)?;
+                    backend.copy(x, from * n, &tmp, 0, n)?;
+                    backend.copy(&tmp, 0, x, to * n, n)?;
                 }
             }
+            let from = from as u32;
             self.release(kind, a, from);
         }
         self.seqs[s].tables[kind].pages[i] = Some(page);
@@ -443,7 +484,7 @@ impl<B: Backend> KvCache<B> {
                 self.max_pages[kind] * self.page
             )));
         }
-        match (0..self.arenas[kind].len()).find(|&a| self.has_room(kind, a, n)) {
+        match (0..self.arenas[kind].len()).find(|&a| self.has_room(kind, a, n) && self.stage_room(kind, a)) {
             Some(a) => Ok(a),
             None => self.new_arena(backend, kind),
         }
@@ -451,10 +492,10 @@ impl<B: Backend> KvCache<B> {
 
     /// Adds an empty arena of `kind` (small buffers, grown on use).
     fn new_arena(&mut self, backend: &B, kind: usize) -> Result<usize> {
-        let n = self.page * self.words[kind];
+        let (kn, vn) = (self.kpw[kind], self.vpw[kind]);
         let dtype = self.dtypes[kind];
         for layer in self.layers.iter_mut().filter(|l| kind_index(l.kind) == kind) {
-            layer.arenas.push((cache_buffer(backend, dtype, n)?, cache_buffer(backend, dtype, n)?));
+            layer.arenas.push((cache_buffer(backend, dtype, kn)?, cache_buffer(backend, dtype, vn)?));
         }
         // The buffers hold one page's room but no page yet: `grow` sizes them.
         self.arenas[kind].push(Arena::default());
@@ -463,29 +504,8 @@ impl<B: Backend> KvCache<B> {
 
     /// Grows arena `a` of `kind` to `pages` pages (new buffers, the old contents copied).
     fn grow(&mut self, backend: &B, kind: usize, a: usize, pages: usize) -> Result<()> {
-        let pages = pages.min(self.max_pages[kind]);
-        let have = self.arenas[kind][a].refs.len();
-        if pages <= have {
-            return Ok(());
-        }
-        let n = self.page * self.words[kind];
-        let len =
-            pages.checked_mul(n).ok_or_else(|| HerdError::Input(format!("a KV cache of {pages} pages overflows")))?;
-        let dtype = self.dtypes[kind];
-        for layer in self.layers.iter_mut().filter(|l| kind_index(l.kind) == kind) {
-            let (k, v) = (cache_buffer(backend, dtype, len)?, cache_buffer(backend, dtype, len)?);
-            if have > 0 {
-                let (ok, ov) = &layer.arenas[a];
-                backend.copy(ok, 0, &k, 0, have * n)?;
-                backend.copy(ov, 0, &v, 0, have * n)?;
-            }
-            layer.arenas[a] = (k, v);
-        }
-        let ar = &mut self.arenas[kind][a];
-        ar.refs.resize(pages, 0);
-        // Lower pages first.
-        ar.free.extend((have as u32..pages as u32).rev());
-        Ok(())
+        let stages = self.arenas[kind][a].stages.len();
+        self.resize(backend, kind, a, pages, stages)
     }
 
     /// Moves sequence `s`'s pages of `kind` to an arena with room for them and one more; returns it.
@@ -495,16 +515,17 @@ impl<B: Backend> KvCache<B> {
         let held: Vec<(usize, u32)> =
             self.seqs[s].tables[kind].pages.iter().enumerate().filter_map(|(i, p)| p.map(|p| (i, p))).collect();
         let a = (0..self.arenas[kind].len())
-            .find(|&a| a != old && self.has_room(kind, a, held.len() + 1))
+            .find(|&a| a != old && self.has_room(kind, a, held.len() + 1) && self.stage_room(kind, a))
             .map_or_else(|| self.new_arena(backend, kind), Ok)?;
-        let n = self.page * self.words[kind];
+        let (kn, vn) = (self.kpw[kind], self.vpw[kind]);
         self.seqs[s].tables[kind].arena = Some(a);
+        self.move_stage(backend, kind, s, old, a)?;
         for (i, from) in held {
             let page = self.take_page(backend, kind, a)?;
             for layer in self.layers.iter().filter(|l| kind_index(l.kind) == kind) {
                 let ((sk, sv), (dk, dv)) = (&layer.arenas[old], &layer.arenas[a]);
-                backend.copy(sk, from as usize * n, dk, page as usize * n, n)?;
-                backend.copy(sv, from as usize * n, dv, page as usize * n, n)?;
+                backend.copy(sk, from as usize * kn, dk, page as usize * kn, kn)?;
+                backend.copy(sv, from as usize * vn, dv, page as usize * vn, vn)?;
             }
             self.release(kind, old, from);
             self.seqs[s].tables[kind].pages[i] = Some(page);
@@ -549,6 +570,9 @@ impl<B: Backend> KvCache<B> {
             };
             // A page not yet taken is never read (no position maps to it): any page number will do.
             group.table.extend(t.pages.iter().map(|p| p.unwrap_or(0)));
+            if self.stage_w[kind] > 0 {
+                group.table.push(self.stage_entry(kind, a, t)?);
+            }
             group.seqs.push(meta);
         }
         Ok(groups)

@@ -10,7 +10,7 @@ impl<B: Backend> KvCache<B> {
     /// Grows the pools so that `pages` more pages of each layer kind can be taken without growing again (a
     /// cache sized up front never copies an arena).
     pub fn reserve_pages(&mut self, backend: &B, pages: usize) -> Result<()> {
-        self.reserve_kind_pages(backend, [pages; 2])
+        self.reserve_kind_pages(backend, [pages; 2], 0)
     }
 
     /// Grows the pools so that `seqs` more sequences of `tokens` tokens each fit without growing again: a page
@@ -18,14 +18,14 @@ impl<B: Backend> KvCache<B> {
     /// up front, holds what a memory plan counts ([`crate::plan::KvLayout::bytes`] per sequence) and never
     /// copies an arena; an arena's doubling would otherwise leave up to twice that reserved.
     /// `kept_slots` adds room for that many more slots in every layer (ended sequences kept for prefix reuse,
-    /// counted in whole pages).
+    /// counted in whole pages). With q4 keys, each arena it sizes also gets a stage for each of the `seqs`.
     pub fn reserve_for(&mut self, backend: &B, seqs: usize, tokens: usize, kept_slots: usize) -> Result<()> {
         let kept = kept_slots.div_ceil(self.page);
         let need = [FULL, CHUNKED].map(|k| self.pages_for(k, tokens).saturating_mul(seqs).saturating_add(kept));
-        self.reserve_kind_pages(backend, need)
+        self.reserve_kind_pages(backend, need, seqs)
     }
 
-    fn reserve_kind_pages(&mut self, backend: &B, pages: [usize; 2]) -> Result<()> {
+    fn reserve_kind_pages(&mut self, backend: &B, pages: [usize; 2], stages: usize) -> Result<()> {
         let has = self.has_kind;
         for kind in (0..2).filter(|&k| has[k]) {
             let mut left = pages[kind];
@@ -38,9 +38,7 @@ impl<B: Backend> KvCache<B> {
                 let room = ar.free.len() + (self.max_pages[kind] - ar.refs.len());
                 let take = left.min(room);
                 let want = ar.refs.len() + take.saturating_sub(ar.free.len());
-                if want > ar.refs.len() {
-                    self.grow(backend, kind, a, want)?;
-                }
+                self.resize(backend, kind, a, want, stages)?;
                 left -= take;
                 a += 1;
             }

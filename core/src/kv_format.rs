@@ -12,7 +12,13 @@
 //! - `Fp8`: as `Q8`, but each byte is `x / s` in OCP FP8 E4M3 (round to nearest even, saturating at ±448) and
 //!   `s = max |x| / 448`.
 //!
-//! Head dims must be a multiple of 4 for the byte formats and of 2 for the 16-bit ones (Llama 4's is 128).
+//! - `Q4`: KIVI's 4-bit scheme ([`crate::kv_q4`]): values a slot at a time as above (codes, then a minimum and
+//!   step per group of channels); keys a page at a time, each channel over the page's slots, with the page
+//!   still being filled kept in f32 in a stage after the pages (see [`crate::backend::KvPages`]). [`encode`],
+//!   [`decode`] and [`decode_head`] are the value slot's; keys have their own functions in `kv_q4`.
+//!
+//! Head dims must be a multiple of 4 for the byte formats, of 2 for the 16-bit ones and of 8 for q4 (Llama 4's
+//! is 128).
 
 use half::{bf16, f16};
 
@@ -25,10 +31,12 @@ pub enum KvDtype {
     F16,
     Q8,
     Fp8,
+    Q4,
 }
 
 impl KvDtype {
-    pub const ALL: [KvDtype; 5] = [KvDtype::F32, KvDtype::Bf16, KvDtype::F16, KvDtype::Q8, KvDtype::Fp8];
+    pub const ALL: [KvDtype; 6] =
+        [KvDtype::F32, KvDtype::Bf16, KvDtype::F16, KvDtype::Q8, KvDtype::Fp8, KvDtype::Q4];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -37,6 +45,7 @@ impl KvDtype {
             KvDtype::F16 => "f16",
             KvDtype::Q8 => "q8",
             KvDtype::Fp8 => "fp8",
+            KvDtype::Q4 => "q4",
         }
     }
 
@@ -49,18 +58,42 @@ impl KvDtype {
         matches!(self, KvDtype::Q8 | KvDtype::Fp8)
     }
 
-    /// Words one slot of `kv_heads` heads of `head_dim` takes, or why this format cannot hold that shape.
+    /// Words one slot of `kv_heads` heads of `head_dim` takes (for q4: a slot of values), or why this format
+    /// cannot hold that shape.
     pub fn slot_words(self, kv_heads: usize, head_dim: usize) -> Result<usize, String> {
         let n = kv_heads * head_dim;
         match self {
             KvDtype::F32 => Ok(n),
             KvDtype::Bf16 | KvDtype::F16 if head_dim.is_multiple_of(2) => Ok(n / 2),
             KvDtype::Q8 | KvDtype::Fp8 if head_dim.is_multiple_of(4) => Ok(n / 4 + kv_heads),
+            KvDtype::Q4 => crate::kv_q4::supports(head_dim).map(|_| crate::kv_q4::value_slot_words(kv_heads, head_dim)),
             d => Err(format!(
                 "a {} KV cache needs a head_dim that is a multiple of {}, not {head_dim}",
                 d.name(),
                 if d.is_byte() { 4 } else { 2 }
             )),
+        }
+    }
+
+    /// Words one page of `page` slots of keys takes in a layer's key buffer.
+    pub fn key_page_words(self, kv_heads: usize, head_dim: usize, page: usize) -> Result<usize, String> {
+        let w = self.slot_words(kv_heads, head_dim)?;
+        Ok(match self {
+            KvDtype::Q4 => crate::kv_q4::key_page_words(kv_heads, head_dim, page),
+            _ => page * w,
+        })
+    }
+
+    /// Words one page of `page` slots of values takes in a layer's value buffer.
+    pub fn value_page_words(self, kv_heads: usize, head_dim: usize, page: usize) -> Result<usize, String> {
+        Ok(page * self.slot_words(kv_heads, head_dim)?)
+    }
+
+    /// Words of a sequence's stage (its keys' partial page in f32) in a layer's key buffer: q4 only.
+    pub fn stage_words(self, kv_heads: usize, head_dim: usize, page: usize) -> usize {
+        match self {
+            KvDtype::Q4 => page * kv_heads * head_dim,
+            _ => 0,
         }
     }
 
@@ -72,22 +105,25 @@ impl KvDtype {
             KvDtype::F16 => 2,
             KvDtype::Q8 => 3,
             KvDtype::Fp8 => 4,
+            KvDtype::Q4 => 5,
         }
     }
 
     /// What one invocation of a device kv_store writes of a slot: a value (f32), a word of two values (the
-    /// 16-bit formats) or a kv head (the byte formats, whose scale covers the head); how many there are.
+    /// 16-bit formats), a kv head (the byte formats, whose scale covers the head) or a group of values (q4);
+    /// how many there are.
     pub fn store_units(self, kv_heads: usize, head_dim: usize) -> usize {
         match self {
             KvDtype::F32 => kv_heads * head_dim,
             KvDtype::Bf16 | KvDtype::F16 => kv_heads * head_dim / 2,
             KvDtype::Q8 | KvDtype::Fp8 => kv_heads,
+            KvDtype::Q4 => kv_heads * head_dim / crate::kv_q4::value_group(head_dim),
         }
     }
 
-    /// Bytes one slot takes.
-    pub fn slot_bytes(self, kv_heads: usize, head_dim: usize) -> Result<usize, String> {
-        Ok(4 * self.slot_words(kv_heads, head_dim)?)
+    /// Bytes one page of `page` slots takes in a layer, keys and values.
+    pub fn page_bytes(self, kv_heads: usize, head_dim: usize, page: usize) -> Result<usize, String> {
+        Ok(4 * (self.key_page_words(kv_heads, head_dim, page)? + self.value_page_words(kv_heads, head_dim, page)?))
     }
 }
 
@@ -127,6 +163,7 @@ pub fn encode(dtype: KvDtype, x: &[f32], kv_heads: usize, head_dim: usize, out: 
                 *o = half(p[0]) | (half(p[1]) << 16);
             }
         }
+        KvDtype::Q4 => crate::kv_q4::encode_values(x, kv_heads, head_dim, out),
         KvDtype::Q8 | KvDtype::Fp8 => {
             let n = kv_heads * head_dim;
             let (vals, scales) = out.split_at_mut(n / 4);
@@ -156,6 +193,7 @@ pub fn decode(dtype: KvDtype, slot: &[u32], kv_heads: usize, head_dim: usize, e:
         KvDtype::F32 => f32::from_bits(slot[e]),
         KvDtype::Bf16 => bf16::from_bits((slot[e / 2] >> (16 * (e % 2))) as u16).to_f32(),
         KvDtype::F16 => f16::from_bits((slot[e / 2] >> (16 * (e % 2))) as u16).to_f32(),
+        KvDtype::Q4 => crate::kv_q4::decode_value(slot, kv_heads, head_dim, e),
         KvDtype::Q8 | KvDtype::Fp8 => {
             let byte = (slot[e / 4] >> (8 * (e % 4))) & 0xff;
             let s = f32::from_bits(slot[kv_heads * head_dim / 4 + e / head_dim]);
@@ -176,6 +214,7 @@ pub fn decode_head(dtype: KvDtype, slot: &[u32], kv_heads: usize, head_dim: usiz
     let out = &mut out[..head_dim];
     match dtype {
         KvDtype::F32 => out.iter_mut().zip(&slot[off..]).for_each(|(o, w)| *o = f32::from_bits(*w)),
+        KvDtype::Q4 => crate::kv_q4::decode_value_head(slot, kv_heads, head_dim, head, out),
         KvDtype::Bf16 | KvDtype::F16 => {
             let words = &slot[off / 2..(off + head_dim) / 2];
             for (pair, &w) in out.chunks_exact_mut(2).zip(words) {
@@ -313,6 +352,8 @@ mod tests {
                     KvDtype::F16 => v.abs() / 2048.0,
                     KvDtype::Q8 => amax / 127.0 / 2.0 * 1.0001,
                     KvDtype::Fp8 => v.abs() / 16.0 + amax / 448.0 * 2f32.powi(-9),
+                    // Half a step of the value's group (here the head): its range over 15, and the f16 rounding.
+                    KvDtype::Q4 => 2.0 * amax / 15.0 / 2.0 * 1.01 + 1e-3,
                 };
                 assert!((got - v).abs() <= tol, "{}: value {e}: {v} -> {got}", d.name());
             }

@@ -24,6 +24,7 @@ pub mod generate;
 pub mod ids;
 pub mod kv;
 pub mod kv_format;
+pub mod kv_q4;
 pub mod limits;
 pub mod model;
 mod not_run;

@@ -48,7 +48,9 @@ pub fn is_routed_expert(name: &str) -> bool {
 }
 
 /// How the KV cache of a model takes memory: per layer kind, pages of `page` slots, a slot being one
-/// position's keys and values in that kind's format (`slot_bytes`: global layers, chunked layers).
+/// position's keys and values in that kind's format (`page_bytes`: a page of keys and values in one layer,
+/// global layers and chunked layers), and for q4 a stage per sequence and layer (`stage_bytes`: the keys of the
+/// page being filled, in f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayout {
     pub full_layers: usize,
@@ -56,7 +58,8 @@ pub struct KvLayout {
     /// Pages in a chunked layer's ring (None: no chunking, every layer keeps the whole history).
     pub ring_pages: Option<usize>,
     pub page: usize,
-    pub slot_bytes: [usize; 2],
+    pub page_bytes: [usize; 2],
+    pub stage_bytes: [usize; 2],
 }
 
 impl KvLayout {
@@ -72,40 +75,59 @@ impl KvLayout {
             Some(_) => cfg.layer_types.iter().filter(|&&k| k == AttnKind::Chunked).count(),
             None => 0,
         };
-        let slot = |d: KvDtype| d.slot_bytes(cfg.num_key_value_heads, cfg.head_dim).map(|b| 2 * b);
+        let (kvh, hd) = (cfg.num_key_value_heads, cfg.head_dim);
+        let pb = |d: KvDtype| d.page_bytes(kvh, hd, page);
+        let sb = |d: KvDtype| 4 * d.stage_words(kvh, hd, page);
         Ok(KvLayout {
             full_layers: cfg.layer_types.len() - chunked,
             chunked_layers: chunked,
             ring_pages: cfg.attention_chunk_size.map(|c| c.div_ceil(page).max(1)),
             page,
-            slot_bytes: [slot(dtypes[0])?, slot(dtypes[1])?],
+            page_bytes: [pb(dtypes[0])?, pb(dtypes[1])?],
+            stage_bytes: [sb(dtypes[0]), sb(dtypes[1])],
         })
     }
 
-    /// Bytes one sequence of `n` tokens holds: ⌈n / page⌉ pages in every full-attention layer, and in every
-    /// chunked layer as many pages of its ring as the tokens reach.
+    /// Bytes one sequence of `n` tokens holds: ⌈n / page⌉ pages in every full-attention layer, in every
+    /// chunked layer as many pages of its ring as the tokens reach, and (q4) its stage in every layer.
     pub fn bytes(&self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
         let pages = n.div_ceil(self.page);
         let ring = self.ring_pages.map_or(pages, |r| pages.min(r));
-        let full = self.full_layers.saturating_mul(pages).saturating_mul(self.page).saturating_mul(self.slot_bytes[0]);
-        full.saturating_add(self.chunked_layers * ring * self.page * self.slot_bytes[1])
+        let full = self.full_layers.saturating_mul(pages).saturating_mul(self.page_bytes[0]);
+        full.saturating_add(self.chunked_layers * ring * self.page_bytes[1]).saturating_add(self.stages())
+    }
+
+    /// Bytes of one sequence's stages (q4 keys), over every layer.
+    pub fn stages(&self) -> usize {
+        self.full_layers * self.stage_bytes[0] + self.chunked_layers * self.stage_bytes[1]
     }
 
     /// Bytes of the chunked layers once a sequence fills their rings (fixed, whatever the context).
     pub fn chunked_bytes(&self) -> usize {
-        self.chunked_layers * self.ring_pages.unwrap_or(0) * self.page * self.slot_bytes[1]
+        self.chunked_layers * (self.ring_pages.unwrap_or(0) * self.page_bytes[1] + self.stage_bytes[1])
     }
 
     /// Bytes at most that sequences holding `slots` slots in all take (the prefix cache's ended sequences,
-    /// each counted in whole pages: a slot in every layer, global and chunked).
+    /// each counted in whole pages: a slot in every layer, global and chunked; their q4 stages are not
+    /// counted, a page's keys in f32 per sequence and layer).
     pub fn kept_bytes(&self, slots: usize) -> usize {
-        let per_slot = self.full_layers * self.slot_bytes[0] + self.chunked_layers * self.slot_bytes[1];
-        slots.div_ceil(self.page).saturating_mul(self.page).saturating_mul(per_slot)
+        let per_page = self.full_layers * self.page_bytes[0] + self.chunked_layers * self.page_bytes[1];
+        slots.div_ceil(self.page).saturating_mul(per_page)
     }
 
-    /// Bytes each further token of context adds, in the full-attention layers (a page at a time).
+    /// Bytes each further token of context adds, in the full-attention layers (a page at a time; this is a
+    /// page's bytes over its slots).
     pub fn bytes_per_token(&self) -> usize {
-        self.full_layers * self.slot_bytes[0]
+        self.full_layers * self.page_bytes[0] / self.page
+    }
+
+    /// Bytes one slot (a position's keys and values in one layer) takes in the layers of each kind, a page's
+    /// bytes over its slots.
+    pub fn slot_bytes(&self) -> [usize; 2] {
+        self.page_bytes.map(|b| b / self.page)
     }
 }
 

@@ -21,7 +21,9 @@ use crate::BenchArgs;
 /// and values of global and chunked layers in `dtypes`.
 pub(crate) fn kv_bytes_read(cfg: &TextConfig, dtypes: [KvDtype; 2], p: usize) -> Result<usize> {
     let per_position = |d: KvDtype| {
-        d.slot_bytes(cfg.num_key_value_heads, cfg.head_dim).map(|b| 2 * b).map_err(|e| anyhow::anyhow!("{e}"))
+        // A page's keys and values over its slots (q4 keys' parameters are per page).
+        let page = herd_core::backend::DEFAULT_KV_PAGE;
+        Ok::<_, anyhow::Error>(d.page_bytes(cfg.num_key_value_heads, cfg.head_dim, page).map_err(|e| anyhow::anyhow!("{e}"))? / page)
     };
     let (global, chunked) = (per_position(dtypes[0])?, per_position(dtypes[1])?);
     Ok(cfg

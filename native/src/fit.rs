@@ -60,7 +60,7 @@ pub fn check<B: Backend>(backend: &B, files: &ModelFiles, opts: &LoadOptions, ne
                 (false, false) => "; a quantized copy (herd quantize) takes less".to_string(),
                 (false, true) => String::new(),
             }
-        } else if global.is_byte() {
+        } else if global.is_byte() || global == herd_core::kv_format::KvDtype::Q4 {
             format!(" (KV cache in {kv})")
         } else {
             format!(" (KV cache in {kv}; --kv-dtype q8 holds about twice as many tokens as bf16, 4 times f32)")

@@ -129,7 +129,7 @@ fn to_json(p: &Plan, describe: &str, dtypes: [KvDtype; 2]) -> serde_json::Value 
         "expert_cache": p.expert_cache, "activations": p.activations, "seqs": p.seqs,
         "kv": {
             "dtype_global": dtypes[0].name(), "dtype_chunked": dtypes[1].name(), "page_slots": p.kv.page,
-            "bytes_per_slot_global": p.kv.slot_bytes[0], "bytes_per_slot_chunked": p.kv.slot_bytes[1],
+            "bytes_per_slot_global": p.kv.slot_bytes()[0], "bytes_per_slot_chunked": p.kv.slot_bytes()[1],
             "full_layers": p.kv.full_layers, "chunked_layers": p.kv.chunked_layers,
             "chunked_bytes_per_seq": p.kv.chunked_bytes(), "global_bytes_per_token": p.kv.bytes_per_token(),
         },

@@ -8,6 +8,7 @@ pub mod streaming;
 pub mod table;
 mod table_attention;
 mod table_ops;
+mod table_q4;
 mod table_report;
 mod table_sample;
 mod table_vision;

@@ -294,7 +294,70 @@ pub mod kv {
                 }
                 bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).chain(scales).collect()
             }
+            KvDtype::Q4 => {
+                // Values: groups of min(32, hd) channels of the slot.
+                let g = 32.min(hd);
+                let groups: Vec<Vec<f32>> = x[..n].chunks(g).map(|c| c.to_vec()).collect();
+                let (codes, params) = q4_groups(&groups);
+                pack_nibbles(&codes).into_iter().chain(params).collect()
+            }
         }
+    }
+
+    /// Every finite f16 value, ascending.
+    fn f16_values() -> &'static [f32] {
+        static V: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+        V.get_or_init(|| {
+            let mut v: Vec<f32> =
+                (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32()).filter(|x| x.is_finite()).collect();
+            v.sort_by(f32::total_cmp);
+            v.dedup();
+            v
+        })
+    }
+
+    /// q4's parameters and codes of groups of values: minimum the largest f16 at or below the least value, step
+    /// the smallest f16 at or above the range over 15 (both found in the sorted table of f16s); codes
+    /// round((x - min) / step) to even, in f32. Codes group after group; one (step | min << 16) word per group.
+    fn q4_groups(groups: &[Vec<f32>]) -> (Vec<u8>, Vec<u32>) {
+        let t = f16_values();
+        let (mut codes, mut params) = (Vec::new(), Vec::new());
+        for xs in groups {
+            let lo = xs.iter().cloned().fold(f32::INFINITY, f32::min);
+            let hi = xs.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let m = t[t.partition_point(|&v| v <= lo) - 1];
+            let s = t[t.partition_point(|&v| v < (hi - m) / 15.0)];
+            params.push(f16::from_f32(s).to_bits() as u32 | (f16::from_f32(m).to_bits() as u32) << 16);
+            codes.extend(xs.iter().map(|&x| if s > 0.0 { ((x - m) / s).round_ties_even().clamp(0.0, 15.0) as u8 } else { 0 }));
+        }
+        (codes, params)
+    }
+
+    /// 4-bit codes, element e in bits 4·(e % 8) of word e / 8.
+    fn pack_nibbles(codes: &[u8]) -> Vec<u32> {
+        codes.chunks(8).map(|c| c.iter().enumerate().fold(0u32, |w, (i, &b)| w | (b as u32) << (4 * i))).collect()
+    }
+
+    fn q4_value(codes: &[u32], param: u32, e: usize) -> f32 {
+        let (s, m) = (f16::from_bits(param as u16).to_f32(), f16::from_bits((param >> 16) as u16).to_f32());
+        m + ((codes[e / 8] >> (4 * (e % 8))) & 15) as f32 * s
+    }
+
+    /// A q4 key page from its `page` slots of keys (`rows`, slot after slot): each channel quantized over the
+    /// page's slots; the codes slot after slot, then one parameter word per channel.
+    pub fn encode_q4_keys(rows: &[f32], kvh: usize, hd: usize, page: usize) -> Vec<u32> {
+        let n = kvh * hd;
+        let cols: Vec<Vec<f32>> = (0..n).map(|c| (0..page).map(|i| rows[i * n + c]).collect()).collect();
+        let (codes, params) = q4_groups(&cols);
+        // codes are channel after channel: transpose to slot after slot.
+        let by_slot: Vec<u8> = (0..page * n).map(|e| codes[(e % n) * page + e / n]).collect();
+        pack_nibbles(&by_slot).into_iter().chain(params).collect()
+    }
+
+    /// The `page` slots of keys of a q4 key page, slot after slot.
+    pub fn decode_q4_keys(w: &[u32], kvh: usize, hd: usize, page: usize) -> Vec<f32> {
+        let n = kvh * hd;
+        (0..page * n).map(|e| q4_value(w, w[page * n / 8 + e % n], e)).collect()
     }
 
     pub fn decode(dtype: KvDtype, w: &[u32], kvh: usize, hd: usize) -> Vec<f32> {
@@ -309,6 +372,7 @@ pub mod kv {
                     let s = f32::from_bits(w[n / 4 + e / hd]) as f64;
                     (if dtype == KvDtype::Q8 { b as i8 as f64 } else { e4m3(b) } * s) as f32
                 }
+                KvDtype::Q4 => q4_value(w, w[n / 8 + e / 32.min(hd)], e),
             })
             .collect()
     }

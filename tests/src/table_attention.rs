@@ -10,6 +10,7 @@ use herd_core::Result;
 use crate::reference as r;
 use crate::table::{timed, Out, Rng};
 use crate::table_ops::out;
+use crate::table_q4::Q4Keys;
 
 /// One attention batch: heads, kv heads, head dim, chunk, attention temperature, per sequence (cached
 /// positions, new rows, its capacity in slots, rounded up to whole pages), and the slots per page.
@@ -107,10 +108,13 @@ pub(crate) fn attention_cases() -> Vec<AttnCase> {
     ];
     // The other KV formats: a prefill over a cached prefix beside a decode row (rings of 5-slot pages, chunk
     // 16), and decode rows over a longer history with several query heads per kv head.
-    for dtype in [KvDtype::Bf16, KvDtype::F16, KvDtype::Q8, KvDtype::Fp8] {
+    for dtype in [KvDtype::Bf16, KvDtype::F16, KvDtype::Q8, KvDtype::Fp8, KvDtype::Q4] {
         v.push(AttnCase { dtype, ..c(4, 2, 32, Some(16), false, &[(10, 40, 16), (5, 1, 16)], 5) });
         v.push(AttnCase { dtype, ..c(8, 2, 64, None, true, &[(300, 1, 303), (40, 3, 48)], 16) });
     }
+    // q4 keys wait in a stage until their page completes: decode rows that complete a page and that start
+    // one, and a prefill that completes two pages, the first begun in the stage.
+    v.push(AttnCase { dtype: KvDtype::Q4, ..c(4, 2, 16, None, false, &[(15, 1, 16), (30, 3, 40), (7, 9, 16)], 8) });
     // Bidirectional (the vision encoder: tiles of patches, no cache): a batch of tiles, a short one
     // (decode-sized, which must not take the causal decode kernels), one over a cached prefix, and one tile of
     // the real tower (577 tokens, 88-dim heads, 4 of its 16 heads).
@@ -140,6 +144,8 @@ struct Inputs {
     /// Each sequence's keys and values: cached positions as the format stores them, new ones exact.
     hist_k: Vec<Vec<f32>>,
     hist_v: Vec<Vec<f32>>,
+    /// q4: the key buffer's layout.
+    q4: Option<Q4Keys>,
 }
 
 /// The cache slot of position `p` of `s`: its page from the table, the offset in the page.
@@ -156,6 +162,8 @@ fn inputs(a: &AttnCase, rng: &mut Rng) -> Inputs {
     let (mut seqs, mut hist_k, mut hist_v) = (Vec::new(), Vec::new(), Vec::new());
     let mut row = 0usize;
     let mut table = Vec::new();
+    // Where the table holds q4 stages (not pages).
+    let mut stage_at = Vec::new();
     for &(cached, new, cap) in &a.seqs {
         let pages = cap.div_ceil(page);
         seqs.push(AttnSeq {
@@ -166,17 +174,28 @@ fn inputs(a: &AttnCase, rng: &mut Rng) -> Inputs {
             slot_cap: (pages * page) as u32,
         });
         table.extend((0..pages).map(|_| 0u32));
+        if a.dtype == KvDtype::Q4 {
+            stage_at.push(table.len());
+            table.push(0);
+        }
         hist_k.push(rng.vec((cached + new) * kvrow));
         hist_v.push(rng.vec((cached + new) * kvrow));
         row += new;
     }
     // The pool's pages (one spare, never listed) in a shuffled order.
-    let pool = table.len() + 1;
+    let pool = table.len() - stage_at.len() + 1;
     let mut order: Vec<u32> = (0..pool as u32).collect();
     for i in (1..pool).rev() {
         order.swap(i, rng.below(i as u32 + 1) as usize);
     }
-    table.iter_mut().zip(&order).for_each(|(t, &o)| *t = o);
+    let q4 = (a.dtype == KvDtype::Q4).then(|| Q4Keys::new(kvh, d, page, pool));
+    let mut next = order.into_iter();
+    for (i, t) in table.iter_mut().enumerate() {
+        *t = match stage_at.iter().position(|&e| e == i) {
+            Some(si) => q4.as_ref().map_or(0, |q| q.stage_entry(si)),
+            None => next.next().unwrap_or(0),
+        };
+    }
     let q = rng.vec(row * a.heads * a.d);
     let (mut k_new, mut v_new) = (vec![0f32; row * kvrow], vec![0f32; row * kvrow]);
     // Stale slots hold noise, stored in the format like any slot.
@@ -184,11 +203,18 @@ fn inputs(a: &AttnCase, rng: &mut Rng) -> Inputs {
         rng.vec(pool * page * kvrow).chunks_exact(kvrow).flat_map(|x| r::kv::encode(a.dtype, x, kvh, d)).collect()
     };
     let (mut k_cache, mut v_cache) = (noise(rng), noise(rng));
-    for (s, (hk, hv)) in seqs.iter().zip(hist_k.iter_mut().zip(hist_v.iter_mut())) {
+    if let Some(q) = &q4 {
+        k_cache = q.noise(rng, seqs.len());
+    }
+    for (si, (s, (hk, hv))) in seqs.iter().zip(hist_k.iter_mut().zip(hist_v.iter_mut())).enumerate() {
         let (p0, n, cap) = (s.pos0 as usize, s.q_len as usize, s.slot_cap as usize);
+        if let Some(q) = &q4 {
+            q.fill(&mut k_cache, &table, s, si, hk);
+        }
         for p in p0.saturating_sub(cap)..p0 {
             let sl = slot(&table, page, s, p);
-            for (h, c) in [(&mut *hk, &mut k_cache), (&mut *hv, &mut v_cache)] {
+            let caches = [(&mut *hk, &mut k_cache), (&mut *hv, &mut v_cache)];
+            for (h, c) in caches.into_iter().skip(usize::from(q4.is_some())) {
                 let words = r::kv::encode(a.dtype, &h[p * kvrow..(p + 1) * kvrow], kvh, d);
                 h[p * kvrow..(p + 1) * kvrow].copy_from_slice(&r::kv::decode(a.dtype, &words, kvh, d));
                 c[sl * sw..(sl + 1) * sw].copy_from_slice(&words);
@@ -198,7 +224,7 @@ fn inputs(a: &AttnCase, rng: &mut Rng) -> Inputs {
         k_new[q0 * kvrow..(q0 + n) * kvrow].copy_from_slice(&hk[p0 * kvrow..(p0 + n) * kvrow]);
         v_new[q0 * kvrow..(q0 + n) * kvrow].copy_from_slice(&hv[p0 * kvrow..(p0 + n) * kvrow]);
     }
-    Inputs { seqs, table, q, k_new, v_new, k_cache, v_cache, hist_k, hist_v }
+    Inputs { seqs, table, q, k_new, v_new, k_cache, v_cache, hist_k, hist_v, q4 }
 }
 
 /// A cache buffer holding `words` in the case's format: f32 values for f32, else the words.
@@ -209,12 +235,16 @@ fn upload_cache<B: Backend>(be: &B, dtype: KvDtype, words: &[u32]) -> Result<B::
     }
 }
 
-/// A cache buffer's values, slot after slot, decoded by the reference.
-fn read_cache<B: Backend>(be: &B, a: &AttnCase, buf: &B::Buffer) -> Result<Vec<f32>> {
+/// A cache buffer's values, slot after slot (q4 keys: page after page, then the stages), decoded by the
+/// reference.
+fn read_cache<B: Backend>(be: &B, a: &AttnCase, buf: &B::Buffer, q4: Option<&Q4Keys>) -> Result<Vec<f32>> {
     let words = match a.dtype {
         KvDtype::F32 => be.read(buf)?.iter().map(|v| v.to_bits()).collect(),
         _ => be.read_u32(buf)?,
     };
+    if let Some(q) = q4 {
+        return Ok(q.decode(&words));
+    }
     let sw = a.dtype.slot_words(a.kv_heads, a.d).expect("checked by inputs");
     Ok(words.chunks_exact(sw).flat_map(|w| r::kv::decode(a.dtype, w, a.kv_heads, a.d)).collect())
 }
@@ -239,23 +269,30 @@ pub(crate) fn kv_store<B: Backend>(be: &B, a: &AttnCase, rng: &mut Rng, perf: bo
     let kvrow = kvh * d;
     let sw = a.dtype.slot_words(kvh, d).expect("checked by inputs");
     let (mut want, mut want_v) = (i.k_cache.clone(), i.v_cache.clone());
-    for s in &i.seqs {
+    for (si, s) in i.seqs.iter().enumerate() {
+        if let Some(q) = &i.q4 {
+            q.store(&mut want, &i.table, s, si, &i.hist_k[si]);
+        }
         for t in 0..s.q_len as usize {
             let sl = slot(&i.table, a.page, s, s.pos0 as usize + t);
             let rr = s.q_start as usize + t;
-            for (w, new) in [(&mut want, &i.k_new), (&mut want_v, &i.v_new)] {
+            let caches = [(&mut want, &i.k_new), (&mut want_v, &i.v_new)];
+            for (w, new) in caches.into_iter().skip(usize::from(i.q4.is_some())) {
                 w[sl * sw..(sl + 1) * sw].copy_from_slice(&r::kv::encode(a.dtype, &new[rr * kvrow..(rr + 1) * kvrow], kvh, d));
             }
         }
     }
     let decode = |w: &[u32]| -> Vec<f32> { w.chunks_exact(sw).flat_map(|w| r::kv::decode(a.dtype, w, kvh, d)).collect() };
-    let mut want = decode(&want);
+    let mut want = match &i.q4 {
+        Some(q) => q.decode(&want),
+        None => decode(&want),
+    };
     want.extend(decode(&want_v));
     let (k, v) = (be.upload(&i.k_new)?, be.upload(&i.v_new)?);
     let (kc, vc) = (upload_cache(be, a.dtype, &i.k_cache)?, upload_cache(be, a.dtype, &i.v_cache)?);
     let pages = KvPages { table: &i.table, size: a.page, dtype: a.dtype };
     let secs = timed(be, perf, &kc, || be.kv_store(&k, &v, &kc, &vc, pages, &i.seqs, kvh, d))?;
-    let mut got = read_cache(be, a, &kc)?;
-    got.extend(read_cache(be, a, &vc)?);
+    let mut got = read_cache(be, a, &kc, i.q4.as_ref())?;
+    got.extend(read_cache(be, a, &vc, None)?);
     Ok(out(got, want, secs))
 }

@@ -17,9 +17,13 @@ fn the_plans_kv_bytes_are_what_the_cache_holds() {
     use herd_core::kv_format::KvDtype;
     use herd_core::plan::KvLayout;
     for name in F32_FIXTURES {
-        for (page, dtypes) in
-            [(1, [KvDtype::F32; 2]), (3, [KvDtype::Q8, KvDtype::Bf16]), (16, [KvDtype::F16, KvDtype::Fp8])]
-        {
+        for (page, dtypes) in [
+            (1, [KvDtype::F32; 2]),
+            (3, [KvDtype::Q8, KvDtype::Bf16]),
+            (16, [KvDtype::F16, KvDtype::Fp8]),
+            (5, [KvDtype::Q4, KvDtype::Bf16]),
+            (8, [KvDtype::F32, KvDtype::Q4]),
+        ] {
             let mut m = paged(name, page);
             m.set_kv_dtypes(dtypes[0], dtypes[1]).unwrap();
             let layout = KvLayout::with_dtypes(&m.cfg, page, dtypes).unwrap();
@@ -105,6 +109,7 @@ fn kv_formats_hold_the_decode_logits() {
             (KvDtype::F16, 4e-4, 1e-7, 1.0),
             (KvDtype::Q8, 7e-2, 2e-4, 0.95),
             (KvDtype::Fp8, 7e-2, 1e-3, 0.875),
+            (KvDtype::Q4, 1.2e-1, 6e-3, 0.85),
         ] {
             let mut m = paged(name, 16);
             m.set_kv_dtypes(dtype, dtype).unwrap();
@@ -122,5 +127,61 @@ fn kv_formats_hold_the_decode_logits() {
             assert!(kl <= kl_bound, "{name} kv={}: mean KL {kl:.3e} > {kl_bound:.0e}", dtype.name());
             assert!(top1 >= top1_bound, "{name} kv={}: top-1 agreement {top1:.4} < {top1_bound}", dtype.name());
         }
+    }
+}
+
+/// q4 keys wait in a per-sequence stage until their page completes: a fork inside a page copies its source's
+/// stage, and a fork inside a page the source has since completed (its f32 keys gone) stops at the page's
+/// start. Either way the fork then computes what a sequence fed the same steps alone computes, and the source
+/// goes on undisturbed.
+#[test]
+fn q4_forks_copy_the_stage_or_stop_at_the_page() {
+    use herd_core::kv::{KvCache, SeqId};
+    use herd_core::kv_format::KvDtype;
+    for name in ["scout", "guard"] {
+        let mut m = paged(name, 4);
+        m.set_kv_dtypes(KvDtype::Q4, KvDtype::Q4).unwrap();
+        let v = m.cfg.vocab_size;
+        let ids = random_ids(60, 40, v);
+        let tail = random_ids(61, 9, v);
+        // Feeds `pieces` one step each; the logits of every row.
+        let feed = |cache: &mut KvCache<CpuBackend>, s: SeqId, pieces: &[&[u32]]| -> Vec<f32> {
+            let mut out = Vec::new();
+            for p in pieces {
+                out.extend(pollster::block_on(m.forward(cache, &[(s, p)], &[], Rows::All)).unwrap());
+            }
+            out
+        };
+        let alone = |pieces: &[&[u32]]| -> Vec<f32> {
+            let mut cache = m.new_cache().unwrap();
+            let s = cache.add_sequence();
+            feed(&mut cache, s, pieces)
+        };
+        let close = |label: &str, got: &[f32], want: &[f32]| {
+            assert_eq!(got.len(), want.len());
+            let worst = got.chunks(v).zip(want.chunks(v)).map(|(g, w)| rel_err(g, w)).fold(0f64, f64::max);
+            assert!(worst <= 1e-4, "{name}: {label}: relative error {worst:.3e}");
+        };
+        let mut cache = m.new_cache().unwrap();
+        let a = cache.add_sequence();
+        let mut got_a = feed(&mut cache, a, &[&ids[..10]]);
+        // Inside the page the source is filling: the whole prefix, its last two keys from the copied stage.
+        let (b, n) = cache.fork(m.backend(), a, 10).unwrap();
+        assert_eq!(n, 10, "{name}: a fork inside the source's own stage");
+        let steps: [&[u32]; 4] = [&tail[..5], &tail[5..6], &tail[6..7], &tail[7..]];
+        let got = feed(&mut cache, b, &steps);
+        close("the fork at 10 vs alone", &got, &alone(&[&ids[..10], steps[0], steps[1], steps[2], steps[3]])[10 * v..]);
+        // The source completes that page: a fork at 10 now holds 8 and is fed 8..10 again.
+        got_a.extend(feed(&mut cache, a, &[&ids[10..14], &ids[14..15]]));
+        let (c, n) = cache.fork(m.backend(), a, 10).unwrap();
+        assert_eq!(n, 8, "{name}: a fork inside a page the source completed stops at the page");
+        let first: Vec<u32> = ids[8..10].iter().chain(&tail[..5]).copied().collect();
+        let got = feed(&mut cache, c, &[&first, steps[1], steps[2], steps[3]]);
+        let want = alone(&[&ids[..8], &first, steps[1], steps[2], steps[3]]);
+        close("the fork at 8 vs alone", &got, &want[8 * v..]);
+        // The source, undisturbed by both forks, against the same steps alone.
+        got_a.extend(feed(&mut cache, a, &[&ids[15..17]]));
+        let want_a = alone(&[&ids[..10], &ids[10..14], &ids[14..15], &ids[15..17]]);
+        close("the source beside its forks", &got_a[9 * v..], &want_a[9 * v..]);
     }
 }

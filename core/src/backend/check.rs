@@ -311,27 +311,43 @@ fn seq_rows(op: &str, seqs: &[super::AttnSeq]) -> std::result::Result<usize, Str
     })
 }
 
-/// A sequence's pages: its slots are a whole number of pages, its table lies inside the table, and every page
-/// it lists lies inside the cache buffers of `slots` slots. Returns nothing; the message names the problem.
-fn seq_pages(op: &str, pages: &super::KvPages<'_>, s: &super::AttnSeq, slots: usize) -> Verdict {
+/// A sequence's pages: its slots are a whole number of pages, its table lies inside the table, every page it
+/// lists lies inside the cache, and (q4) its stage inside the key buffer. Returns nothing; the message names the
+/// problem.
+fn seq_pages(op: &str, pages: &super::KvPages<'_>, s: &super::AttnSeq, cache: &CacheSize) -> Verdict {
     let size = pages.size;
     let cap = s.slot_cap as usize;
     if cap == 0 || !cap.is_multiple_of(size) {
         return Err(format!("{op}: a sequence's {cap} cache slots are not a whole number of {size}-slot pages"));
     }
-    let (base, n) = (s.page_base as usize, cap / size);
+    let (base, n) = (s.page_base as usize, pages.entries(s));
     let entries = pages.table.get(base..base + n).ok_or_else(|| {
         format!("{op}: page table entries {base}..{} lie outside the table of {}", base + n, pages.table.len())
     })?;
-    let have = slots / size;
-    match entries.iter().find(|&&e| e as usize >= have) {
-        Some(e) => Err(format!("{op}: page {e} lies outside the cache of {have} pages of {size} slots")),
-        None => Ok(()),
+    let have = cache.pages;
+    if let Some(e) = entries[..cap / size].iter().find(|&&e| e as usize >= have) {
+        return Err(format!("{op}: page {e} lies outside the cache of {have} pages of {size} slots"));
     }
+    if pages.dtype == crate::kv_format::KvDtype::Q4 {
+        let stage = pages.stage(s);
+        let fits = stage.checked_add(size).and_then(|e| e.checked_mul(cache.kv_dim)).is_some_and(|e| e <= cache.key_words);
+        if !fits || stage * cache.kv_dim < have * cache.key_page_words {
+            return Err(format!("{op}: a stage at slot {stage} lies outside the key buffer's stages"));
+        }
+    }
+    Ok(())
 }
 
-/// The slots the cache buffers hold in the pages' format: f32 buffers of `kv_heads · head_dim` per slot for
-/// f32, else u32 buffers of the format's words per slot.
+/// What the cache buffers of a call hold: whole pages (of keys and of values), and the key buffer's words.
+struct CacheSize {
+    pages: usize,
+    key_words: usize,
+    key_page_words: usize,
+    kv_dim: usize,
+}
+
+/// The cache buffers' size in the pages' format: f32 buffers for f32, else u32 buffers of the format's words
+/// per page (q4 keys: the pages, then the stages).
 fn cache_slots<B: Backend + ?Sized>(
     op: &str,
     pages: &super::KvPages<'_>,
@@ -339,16 +355,23 @@ fn cache_slots<B: Backend + ?Sized>(
     vc: &Arg<B>,
     kv_heads: usize,
     head_dim: usize,
-) -> std::result::Result<usize, String> {
-    let words = pages.dtype.slot_words(kv_heads, head_dim).map_err(|m| format!("{op}: {m}"))?;
+) -> std::result::Result<CacheSize, String> {
+    let d = pages.dtype;
+    let kpw = d.key_page_words(kv_heads, head_dim, pages.size).map_err(|m| format!("{op}: {m}"))?.max(1);
+    let vpw = d.value_page_words(kv_heads, head_dim, pages.size).map_err(|m| format!("{op}: {m}"))?.max(1);
     for c in [kc, vc] {
-        if pages.dtype == crate::kv_format::KvDtype::F32 {
+        if d == crate::kv_format::KvDtype::F32 {
             f32s(op, c, 0)?;
         } else {
             u32s(op, c, 0)?;
         }
     }
-    Ok(kc.desc.len.min(vc.desc.len) / words.max(1))
+    Ok(CacheSize {
+        pages: (kc.desc.len / kpw).min(vc.desc.len / vpw),
+        key_words: kc.desc.len,
+        key_page_words: kpw,
+        kv_dim: kv_heads * head_dim,
+    })
 }
 
 /// [`Backend::attention`].
@@ -371,9 +394,9 @@ pub fn attention<B: Backend + ?Sized>(be: &B, call: &ops::Attention<'_, B>) -> V
     if pages.size == 0 {
         return Err("attention: pages of 0 slots".into());
     }
-    let slots = cache_slots("attention", &pages, &kc, &vc, kvh, hd)?;
+    let cache = cache_slots("attention", &pages, &kc, &vc, kvh, hd)?;
     for s in seqs.iter().filter(|s| s.pos0 > 0) {
-        seq_pages("attention", &pages, s, slots)?;
+        seq_pages("attention", &pages, s, &cache)?;
     }
     distinct("attention", &[&oa, &qa, &kn, &vn, &kc])?;
     distinct("attention", &[&oa, &vc])
@@ -392,9 +415,9 @@ pub fn kv_store<B: Backend + ?Sized>(be: &B, call: &ops::KvStore<'_, B>) -> Verd
     if pages.size == 0 || kv_dim == 0 {
         return Err(format!("kv_store: pages of {} slots of {kv_dim} elements", pages.size));
     }
-    let slots = cache_slots("kv_store", &pages, &kc, &vc, kv_heads, head_dim)?;
+    let cache = cache_slots("kv_store", &pages, &kc, &vc, kv_heads, head_dim)?;
     for s in seqs {
-        seq_pages("kv_store", &pages, s, slots)?;
+        seq_pages("kv_store", &pages, s, &cache)?;
     }
     distinct("kv_store", &[&kc, &vc, &kn])?;
     distinct("kv_store", &[&kc, &vc, &vn])

@@ -57,6 +57,12 @@ pub const DEFAULT_KV_PAGE: usize = 16;
 /// How a layer's cache buffers are paged: they hold pages of `size` slots (a slot is one position's
 /// [n_kv_heads, head_dim] keys or values), and `table` lists, per sequence from its
 /// [`AttnSeq::page_base`], the pages of its slots in order. Sequences may share pages.
+///
+/// [`KvDtype::Q4`] keys are quantized a page at a time ([`crate::kv_q4`]): the key buffer holds pages of
+/// [`KvDtype::key_page_words`] words, and after them each sequence's stage, the f32 keys of the page it is
+/// filling. A sequence's table then has one entry more, after its pages, `table[page_base + slot_cap / size]`
+/// ([`KvPages::stage`]): where its stage starts, counted in slots of `n_kv_heads · head_dim` words (its stage
+/// slot `i` is the words `(entry + i) · kv_dim ..`, the keys of the position at offset `i` of its page).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvPages<'a> {
     pub table: &'a [u32],
@@ -71,6 +77,29 @@ impl KvPages<'_> {
     pub fn slot(&self, s: &AttnSeq, p: usize) -> usize {
         let r = p % (s.slot_cap as usize).max(1);
         self.table[s.page_base as usize + r / self.size] as usize * self.size + r % self.size
+    }
+
+    /// The page holding position `p` of sequence `s`.
+    pub fn page(&self, s: &AttnSeq, p: usize) -> usize {
+        let r = p % (s.slot_cap as usize).max(1);
+        self.table[s.page_base as usize + r / self.size] as usize
+    }
+
+    /// Table entries a sequence takes: its pages, and (q4 keys) its stage.
+    pub fn entries(&self, s: &AttnSeq) -> usize {
+        s.slot_cap as usize / self.size.max(1) + usize::from(self.dtype == KvDtype::Q4)
+    }
+
+    /// Q4: the first slot (in `kv_dim` words) of sequence `s`'s stage in the key buffer.
+    pub fn stage(&self, s: &AttnSeq) -> usize {
+        self.table[s.page_base as usize + s.slot_cap as usize / self.size] as usize
+    }
+
+    /// Q4: whether cached position `j` of `s` is read from the stage (it lies in the page the step started in,
+    /// not yet complete), not its page.
+    pub fn staged(&self, s: &AttnSeq, j: usize) -> bool {
+        let p0 = s.pos0 as usize;
+        j < p0 && j >= p0 / self.size * self.size
     }
 }
 

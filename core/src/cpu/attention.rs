@@ -8,6 +8,7 @@ use super::need;
 use crate::backend::{AttnParams, AttnSeq, KvPages};
 use crate::error::{HerdError, Result};
 use crate::kv_format::{decode_head, encode, KvDtype};
+use crate::kv_q4;
 
 /// Checks what the op checks cannot know: that a sequence's slots hold every cached key a query sees.
 fn check_seq(s: &AttnSeq, chunk: Option<usize>) -> Result<()> {
@@ -68,15 +69,35 @@ struct Head<'p> {
 }
 
 impl Head<'_> {
-    /// Position j's keys or values of this head: from the cache `c`, or (new this step) from the step's rows `x`.
-    fn at<'b>(&self, c: &'b CacheView<'_>, x: &'b [f32], buf: &'b mut [f32], j: usize) -> &'b [f32] {
+    /// Position j's keys (`key`) or values of this head: from the cache `c`, or (new this step) from the step's
+    /// rows `x`.
+    fn at<'b>(&self, c: &'b CacheView<'_>, x: &'b [f32], buf: &'b mut [f32], j: usize, key: bool) -> &'b [f32] {
         let s = self.s;
         if j < s.pos0 as usize {
+            if key && self.dtype == KvDtype::Q4 {
+                return self.q4_key(c, buf, j);
+            }
             cached(c, buf, self.dtype, self.sw, self.pages.slot(s, j), self.kvh, self.d, self.off)
         } else {
             let row = s.q_start as usize + (j - s.pos0 as usize);
             &x[row * self.kvrow + self.off..][..self.d]
         }
+    }
+
+    /// Cached position j's q4 keys of this head: from the sequence's stage while its page is incomplete, else
+    /// from the page.
+    fn q4_key<'b>(&self, c: &'b CacheView<'_>, buf: &'b mut [f32], j: usize) -> &'b [f32] {
+        let (pages, size, n) = (self.pages, self.pages.size, self.kvrow);
+        let CacheView::Words(w) = c else { return &buf[..self.d] };
+        if pages.staged(self.s, j) {
+            let at = (pages.stage(self.s) + j % size) * n + self.off;
+            buf[..self.d].iter_mut().zip(&w[at..at + self.d]).for_each(|(o, &b)| *o = f32::from_bits(b));
+        } else {
+            let kpw = kv_q4::key_page_words(self.kvh, self.d, size);
+            let page = &w[pages.page(self.s, j) * kpw..][..kpw];
+            kv_q4::decode_key_head(page, self.kvh, self.d, size, j % size, self.off / self.d, buf);
+        }
+        &buf[..self.d]
     }
 }
 
@@ -136,7 +157,7 @@ pub fn attention<'a>(
         let mut buf = vec![0f32; d];
         let head_of = Head { s, pages, dtype, sw, kvh, d, off, kvrow };
         let mut scores: Vec<f32> = (lo..=last)
-            .map(|j| qv.iter().zip(head_of.at(&k_cache, k_new, &mut buf, j)).map(|(a, b)| a * b).sum::<f32>() * p.scale)
+            .map(|j| qv.iter().zip(head_of.at(&k_cache, k_new, &mut buf, j, true)).map(|(a, b)| a * b).sum::<f32>() * p.scale)
             .collect();
         let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
@@ -146,7 +167,7 @@ pub fn attention<'a>(
         }
         o.iter_mut().for_each(|x| *x = 0.0);
         for (j, &w) in (lo..=last).zip(&scores) {
-            let v = head_of.at(&v_cache, v_new, &mut buf, j);
+            let v = head_of.at(&v_cache, v_new, &mut buf, j, false);
             let w = w / sum;
             for (a, b) in o.iter_mut().zip(v.iter()) {
                 *a += w * b;
@@ -197,6 +218,50 @@ pub fn kv_store_words(
                 head_dim,
                 &mut cache[slot * sw..(slot + 1) * sw],
             );
+        }
+    }
+    Ok(())
+}
+
+/// Writes new keys into a q4 key cache ([`crate::kv_q4`]'s rules): first every page the step completes,
+/// quantized per channel from the stage and the new rows, then the new keys of a page it leaves incomplete
+/// into the stage.
+pub fn kv_store_q4_keys(
+    new: &[f32],
+    cache: &mut [u32],
+    pages: KvPages<'_>,
+    seqs: &[AttnSeq],
+    kv_heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    let (n, size) = (kv_heads * head_dim, pages.size);
+    let kpw = kv_q4::key_page_words(kv_heads, head_dim, size);
+    let mut rows = vec![0f32; size * n];
+    for s in seqs {
+        let (p0, q, cap, q0) = (s.pos0 as usize, s.q_len as usize, s.slot_cap as usize, s.q_start as usize);
+        need("kv_store new", new.len(), (q0 + q) * n)?;
+        let stage = pages.stage(s) * n;
+        need("kv_store stage", cache.len(), stage + size * n)?;
+        let new_row = |x: usize| &new[(q0 + x - p0) * n..][..n];
+        for t in (0..q).filter(|&t| (p0 + t) % size == size - 1 && t + cap >= q) {
+            let b = p0 + t + 1 - size;
+            for (i, r) in rows.chunks_exact_mut(n).enumerate() {
+                let x = b + i;
+                if x < p0 {
+                    let st = &cache[stage + i * n..][..n];
+                    r.iter_mut().zip(st).for_each(|(o, &w)| *o = f32::from_bits(w));
+                } else {
+                    r.copy_from_slice(new_row(x));
+                }
+            }
+            let page = pages.page(s, p0 + t);
+            need("kv_store cache", cache.len(), (page + 1) * kpw)?;
+            kv_q4::encode_key_page(&rows, kv_heads, head_dim, size, &mut cache[page * kpw..(page + 1) * kpw]);
+        }
+        let end = p0 + q;
+        for x in (end / size * size).max(p0)..end {
+            let st = &mut cache[stage + x % size * n..][..n];
+            st.iter_mut().zip(new_row(x)).for_each(|(o, v)| *o = v.to_bits());
         }
     }
     Ok(())

@@ -353,7 +353,11 @@ impl Backend for CpuBackend {
             attention::kv_store(&k_new.f32()?, &mut k_cache.f32_mut()?, pages, seqs, kv_dim)?;
             return attention::kv_store(&v_new.f32()?, &mut v_cache.f32_mut()?, pages, seqs, kv_dim);
         }
-        attention::kv_store_words(&k_new.f32()?, &mut k_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)?;
+        if pages.dtype == crate::kv_format::KvDtype::Q4 {
+            attention::kv_store_q4_keys(&k_new.f32()?, &mut k_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)?;
+        } else {
+            attention::kv_store_words(&k_new.f32()?, &mut k_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)?;
+        }
         attention::kv_store_words(&v_new.f32()?, &mut v_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)
     }
 
