@@ -7,7 +7,9 @@
 // tuning scales the query by 1 + attn_scale · ln(1 + ⌊(i+1)/floor_scale⌋).
 // seqs: 5 words per sequence (q_start, q_len, pos0, page_base, slot_cap), then the page tables: position j of a
 // sequence lives in cache slot seqs[page_base + r / page_size] · page_size + r % page_size, r = j % slot_cap
-// (page_base counts from the start of seqs); row_seq: row → sequence.
+// (page_base counts from the start of seqs); row_seq: row → sequence. q4 keys (herd_core::kv_q4): pages of
+// key_words words, and each sequence's stage (f32 keys of the page it is filling) at slot
+// seqs[page_base + slot_cap / page_size] (in kv_dim words) of k_cache.
 
 // head_dim ≤ 256; temperature: whether NoPE temperature tuning is on; splits and group (query heads per kv
 // head): attention_split's; bidirectional: every query sees its sequence's keys up to its last new row
@@ -15,18 +17,23 @@
 struct AttentionParams {
     heads: u32, kv_heads: u32, head_dim: u32, scale: f32, chunk: u32, temperature: u32, floor_scale: f32,
     attn_scale: f32, rows: u32, splits: u32, group: u32, bidirectional: u32, page_size: u32, kv_dtype: u32,
-    slot_words: u32,
+    slot_words: u32, key_words: u32,
 }
 // kv_dim: kv heads · head_dim; page_size: slots per cache page; kv_dtype, slot_words: the cache's format (below);
 // units: what one invocation writes per row (values for f32, words for the 16-bit formats, kv heads for the
 // byte formats).
-struct KvStoreParams { rows: u32, kv_dim: u32, page_size: u32, kv_dtype: u32, slot_words: u32, head_dim: u32, units: u32 }
+// key_words: q4's words per key page.
+struct KvStoreParams {
+    rows: u32, kv_dim: u32, page_size: u32, kv_dtype: u32, slot_words: u32, head_dim: u32, units: u32, key_words: u32,
+}
 
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k_new: array<f32>;
 @group(0) @binding(3) var<storage, read> v_new: array<f32>;
 // The caches as words in their format (herd_core::kv_format): 0 f32 (the value's bits), 1 bf16 and 2 f16 (two
-// values a word, the even one low), 3 q8 and 4 fp8 (a byte a value, then an f32 scale per kv head).
+// values a word, the even one low), 3 q8 and 4 fp8 (a byte a value, then an f32 scale per kv head), 5 q4 (4-bit
+// codes, 8 a word, the first lowest; a value slot's codes, then a word (f16 step | f16 minimum << 16) per group of
+// min(32, head_dim) channels; a key page's codes slot after slot, then such a word per channel).
 @group(0) @binding(4) var<storage, read_write> k_cache: array<u32>;
 @group(0) @binding(5) var<storage, read_write> v_cache: array<u32>;
 @group(0) @binding(6) var<storage, read> seqs: array<u32>;
@@ -48,6 +55,7 @@ var<private> kv_row: u32; // kv heads · head_dim
 var<private> kv_dtype: u32;
 var<private> slot_words: u32;
 var<private> kv_hd: u32; // head_dim
+var<private> key_words: u32; // q4: words of a key page
 
 // The value of an OCP FP8 E4M3 byte.
 fn e4m3_value(b: u32) -> f32 {
@@ -93,6 +101,17 @@ fn slot_of(j: u32) -> u32 {
     return seqs[page_base + r / page_size] * page_size + r % page_size;
 }
 fn kval(j: u32, c: u32) -> f32 {
+    if (j < pos0 && kv_dtype == 5u) {
+        let e = kv_off + c;
+        if (j >= (pos0 / page_size) * page_size) {
+            let st = seqs[page_base + slot_cap / page_size];
+            return bitcast<f32>(k_cache[(st + j % page_size) * kv_row + e]);
+        }
+        let b = seqs[page_base + (j % slot_cap) / page_size] * key_words;
+        let sm = unpack2x16float(k_cache[b + page_size * kv_row / 8u + e]);
+        let x = (j % page_size) * kv_row + e;
+        return sm.y + f32((k_cache[b + x / 8u] >> (4u * (x & 7u))) & 15u) * sm.x;
+    }
     if (j < pos0) {
         let e = kv_off + c;
         let b = slot_of(j) * slot_words;
@@ -103,6 +122,12 @@ fn kval(j: u32, c: u32) -> f32 {
     return k_new[(q_start + j - pos0) * kv_row + kv_off + c];
 }
 fn vval(j: u32, c: u32) -> f32 {
+    if (j < pos0 && kv_dtype == 5u) {
+        let e = kv_off + c;
+        let b = slot_of(j) * slot_words;
+        let sm = unpack2x16float(v_cache[b + kv_row / 8u + e / min(32u, kv_hd)]);
+        return sm.y + f32((v_cache[b + e / 8u] >> (4u * (e & 7u))) & 15u) * sm.x;
+    }
     if (j < pos0) {
         let e = kv_off + c;
         let b = slot_of(j) * slot_words;
@@ -118,6 +143,7 @@ fn attention_format() {
     kv_dtype = ap.kv_dtype;
     slot_words = ap.slot_words;
     kv_hd = ap.head_dim;
+    key_words = ap.key_words;
 }
 
 // A query row's sequence, read by one invocation and shared with the workgroup: (valid, q_start, pos0,
@@ -258,6 +284,30 @@ fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     page_size = kp.page_size;
     let b = slot_of(p0 + row - qs0) * kp.slot_words;
     let src = row * kvd;
+    if (kp.kv_dtype == 5u) {
+        // q4: a group of values; the row's keys of that group go to the stage when the step leaves their page
+        // incomplete (kv_store_q4_keys has read the stage already).
+        let g = min(32u, kp.head_dim);
+        let c0 = u * g;
+        var lo = v_new[src + c0];
+        var hi = lo;
+        for (var i = 1u; i < g; i++) { lo = min(lo, v_new[src + c0 + i]); hi = max(hi, v_new[src + c0 + i]); }
+        let sm = q4_params(lo, hi);
+        v_cache[b + kvd / 8u + u] = q4_param_word(sm);
+        for (var w = 0u; w < g / 8u; w++) {
+            var cw = 0u;
+            for (var t = 0u; t < 8u; t++) { cw = cw | (q4_code(v_new[src + c0 + 8u * w + t], sm) << (4u * t)); }
+            v_cache[b + c0 / 8u + w] = cw;
+        }
+        let pos = p0 + row - qs0;
+        let end = p0 + seqs[si * 5u + 1u];
+        let ps = kp.page_size;
+        if (pos >= (end / ps) * ps) {
+            let st = seqs[page_base + cap / ps];
+            for (var i = 0u; i < g; i++) { k_cache[(st + pos % ps) * kvd + c0 + i] = bitcast<u32>(k_new[src + c0 + i]); }
+        }
+        return;
+    }
     switch kp.kv_dtype {
         case 0u: {
             k_cache[b + u] = bitcast<u32>(k_new[src + u]);
@@ -296,6 +346,84 @@ fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             }
         }
     }
+}
+
+// q4 (herd_core::kv_q4): a group's (step, minimum) for values in [lo, hi]: the minimum the largest f16 at or
+// below lo, the step the smallest f16 at or above (hi - min) / 15 (whatever way the conversion rounds).
+fn f16_bits_down(x: f32) -> u32 {
+    let b = pack2x16float(vec2<f32>(x, 0.0)) & 0xffffu;
+    if (unpack2x16float(b).x <= x) { return b; }
+    if ((b & 0x8000u) == 0u) {
+        if (b == 0u) { return 0x8001u; }
+        return b - 1u;
+    }
+    return b + 1u;
+}
+fn f16_bits_up(x: f32) -> u32 {
+    let b = pack2x16float(vec2<f32>(x, 0.0)) & 0xffffu;
+    if (unpack2x16float(b).x >= x) { return b; }
+    return b + 1u;
+}
+fn q4_params(lo: f32, hi: f32) -> vec2<f32> {
+    let m = unpack2x16float(f16_bits_down(lo)).x;
+    let s = unpack2x16float(f16_bits_up((hi - m) / 15.0)).x;
+    return vec2<f32>(s, m);
+}
+fn q4_param_word(sm: vec2<f32>) -> u32 {
+    return pack2x16float(sm);
+}
+fn q4_code(x: f32, sm: vec2<f32>) -> u32 {
+    if (sm.x > 0.0) { return u32(clamp(round((x - sm.y) / sm.x), 0.0, 15.0)); }
+    return 0u;
+}
+
+// q4 keys, before kv_store: one invocation per (row, 8 channels). A row whose position is the last slot of a page
+// (and whose ring slot no later row of the step takes) quantizes that page's 8 channels: its keys before pos0
+// from the sequence's stage, the rest from k_new.
+@compute @workgroup_size(256)
+fn kv_store_q4_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let kp = load_KvStoreParams();
+    let x = group_index(wid, nwg) * 256u + li;
+    let kvd = kp.kv_dim;
+    let units = kvd / 8u;
+    if (x >= kp.rows * units) { return; }
+    let row = x / units;
+    let w = x % units;
+    let si = row_seq[row];
+    if (si == 0xffffffffu) { return; }
+    let qs0 = seqs[si * 5u];
+    let p0 = seqs[si * 5u + 2u];
+    let cap = seqs[si * 5u + 4u];
+    let ps = kp.page_size;
+    let pos = p0 + row - qs0;
+    if (pos % ps != ps - 1u || row - qs0 + cap < seqs[si * 5u + 1u]) { return; }
+    let pb = seqs[si * 5u + 3u];
+    let st = seqs[pb + cap / ps];
+    let base = seqs[pb + (pos % cap) / ps] * kp.key_words;
+    let b0 = pos + 1u - ps;
+    var lo = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    var hi = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (var i = 0u; i < ps; i++) {
+        for (var t = 0u; t < 8u; t++) {
+            let v = q4_key_in(b0 + i, p0, qs0, st, ps, kvd, 8u * w + t);
+            if (i == 0u) { lo[t] = v; hi[t] = v; } else { lo[t] = min(lo[t], v); hi[t] = max(hi[t], v); }
+        }
+    }
+    var sm: array<vec2<f32>, 8>;
+    for (var t = 0u; t < 8u; t++) {
+        sm[t] = q4_params(lo[t], hi[t]);
+        k_cache[base + ps * kvd / 8u + 8u * w + t] = q4_param_word(sm[t]);
+    }
+    for (var i = 0u; i < ps; i++) {
+        var cw = 0u;
+        for (var t = 0u; t < 8u; t++) { cw = cw | (q4_code(q4_key_in(b0 + i, p0, qs0, st, ps, kvd, 8u * w + t), sm[t]) << (4u * t)); }
+        k_cache[base + i * kvd / 8u + w] = cw;
+    }
+}
+// Key channel c of position x of a page being completed: from the stage before pos0, else from k_new.
+fn q4_key_in(x: u32, p0: u32, qs0: u32, st: u32, ps: u32, kvd: u32, c: u32) -> f32 {
+    if (x < p0) { return bitcast<f32>(k_cache[(st + x % ps) * kvd + c]); }
+    return k_new[(qs0 + x - p0) * kvd + c];
 }
 
 // Two values as bf16 (round to nearest even) in one word, the first low.

@@ -27,12 +27,13 @@ params! {
         pub page_size: u32,
         pub kv_dtype: u32,
         pub slot_words: u32,
+        pub key_words: u32,
     }
     /// `kv_dim`: kv heads · head_dim; `page_size`: slots per cache page; the cache's format; `units`: what one
-    /// invocation writes of a row.
+    /// invocation writes of a row; `key_words`: q4's words per key page.
     pub struct KvStoreParams {
         pub rows: u32, pub kv_dim: u32, pub page_size: u32, pub kv_dtype: u32, pub slot_words: u32,
-        pub head_dim: u32, pub units: u32,
+        pub head_dim: u32, pub units: u32, pub key_words: u32,
     }
 }
 
@@ -49,7 +50,11 @@ kernels! {
     }
 }
 kernels! {
-    pub enum KvStore: Attention, KvStoreParams { Rows => "kv_store" }
+    pub enum KvStore: Attention, KvStoreParams {
+        Rows => "kv_store",
+        /// q4: the key pages a step completes (before kv_store writes the stages they read).
+        Q4Keys => "kv_store_q4_keys",
+    }
 }
 
 /// Keys per workgroup of the split decode attention kernel (SPLIT in attention.wgsl).
@@ -74,10 +79,12 @@ fn seq_buffers(gpu: &Gpu, pages: &KvPages<'_>, seqs: &[AttnSeq]) -> Result<(wgpu
     Ok((gpu.meta(&words)?, gpu.meta(&row_seq)?, rows))
 }
 
-/// The format's number in the kernels, and its words per slot.
-fn format(dtype: KvDtype, kv_heads: usize, head_dim: usize, op: &str) -> Result<(u32, u32)> {
-    let words = dtype.slot_words(kv_heads, head_dim).map_err(|m| err(format!("{op}: {m}")))?;
-    Ok((dtype.code(), words as u32))
+/// The format's number in the kernels, its words per slot (q4: per value slot) and per key page.
+fn format(pages: &KvPages<'_>, kv_heads: usize, head_dim: usize, op: &str) -> Result<(u32, u32, u32)> {
+    let d = pages.dtype;
+    let words = d.slot_words(kv_heads, head_dim).map_err(|m| err(format!("{op}: {m}")))?;
+    let key = d.key_page_words(kv_heads, head_dim, pages.size).map_err(|m| err(format!("{op}: {m}")))?;
+    Ok((d.code(), words as u32, key as u32))
 }
 
 pub(crate) fn attention(gpu: &Gpu, call: &ops::Attention<'_, WgpuBackend>) -> Result<()> {
@@ -88,7 +95,7 @@ pub(crate) fn attention(gpu: &Gpu, call: &ops::Attention<'_, WgpuBackend>) -> Re
     if d > 256 || h % kvh != 0 {
         return Err(err(format!("attention: head_dim {d} (at most 256) / heads {h} over {kvh} kv heads")));
     }
-    let (kv_dtype, slot_words) = format(pages.dtype, kvh, d, "attention")?;
+    let (kv_dtype, slot_words, key_words) = format(&pages, kvh, d, "attention")?;
     let (seq_buf, row_seq, rows) = seq_buffers(gpu, &pages, seqs)?;
     let t = p.temperature;
     let group = h / kvh;
@@ -125,6 +132,7 @@ pub(crate) fn attention(gpu: &Gpu, call: &ops::Attention<'_, WgpuBackend>) -> Re
         page_size: pages.size as u32,
         kv_dtype,
         slot_words,
+        key_words,
     };
     let b = [
         (1, &q.buf),
@@ -171,7 +179,7 @@ pub(crate) fn kv_store(gpu: &Gpu, call: &ops::KvStore<'_, WgpuBackend>) -> Resul
     let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_heads, head_dim } = call;
     let _op = gpu.op();
     let kv_dim = kv_heads * head_dim;
-    let (kv_dtype, slot_words) = format(pages.dtype, kv_heads, head_dim, "kv_store")?;
+    let (kv_dtype, slot_words, key_words) = format(&pages, kv_heads, head_dim, "kv_store")?;
     let units = pages.dtype.store_units(kv_heads, head_dim);
     let (seq_buf, row_seq, rows) = seq_buffers(gpu, &pages, seqs)?;
     let p = KvStoreParams {
@@ -182,7 +190,13 @@ pub(crate) fn kv_store(gpu: &Gpu, call: &ops::KvStore<'_, WgpuBackend>) -> Resul
         slot_words,
         head_dim: head_dim as u32,
         units: units as u32,
+        key_words,
     };
     let b = [(2, &k_new.buf), (3, &v_new.buf), (4, &k_cache.buf), (5, &v_cache.buf), (6, &seq_buf), (7, &row_seq)];
+    if pages.dtype == KvDtype::Q4 {
+        // The pages first: they read the stages that kv_store then overwrites.
+        let kb = [(2, &k_new.buf), (4, &k_cache.buf), (6, &seq_buf), (7, &row_seq)];
+        gpu.dispatch(KvStore::Q4Keys, 0, &kb, &p, groups(rows * kv_dim / 8, 256))?;
+    }
     gpu.dispatch(KvStore::Rows, 0, &b, &p, groups(rows * units, 256))
 }
