@@ -26,7 +26,11 @@ __device__ __forceinline__ float query_scale(float scale, u32 temp_on, float flo
 }
 
 // KV-cache formats (herd_core::kv_format; KvDtype): 0 f32 (a word a value), 1 bf16 and 2 f16 (two values a
-// word, the even one low), 3 q8 and 4 fp8 E4M3 (a byte a value, then an f32 scale per kv head).
+// word, the even one low), 3 q8 and 4 fp8 E4M3 (a byte a value, then an f32 scale per kv head), 5 q4
+// (herd_core::kv_q4: 4-bit codes, 8 a word, the first lowest; a value slot's codes, then a word (f16 step | f16
+// minimum << 16) per group of min(32, head_dim) channels; a key page of key_words words holds its codes slot after
+// slot, then such a word per channel, and each sequence's stage, the f32 keys of the page it is filling, is at
+// slot pages[page_base + slot_cap / page_size] (in kv_dim words) of the key cache).
 __device__ __forceinline__ float e4m3_value(u32 b) {
     const u32 e = (b >> 3) & 15u;
     const float m = (float)(b & 7u);
@@ -55,15 +59,31 @@ __device__ __forceinline__ float kv_decode(const u32* w, u32 e, u32 dt, u32 kv_r
     case 1: return bf2f((w[e >> 1] >> (16 * (e & 1))) & 0xffffu);
     case 2: return h2f((u16)((w[e >> 1] >> (16 * (e & 1))) & 0xffffu));
     case 3: return (float)(int)(signed char)((w[e >> 2] >> (8 * (e & 3))) & 0xffu) * __uint_as_float(w[kv_row / 4 + e / hd]);
+    case 5: {
+        const u32 prm = w[kv_row / 8 + e / (hd < 32 ? hd : 32)];
+        return h2f((u16)(prm >> 16)) + (float)((w[e >> 3] >> (4 * (e & 7))) & 15u) * h2f((u16)(prm & 0xffffu));
+    }
     default: return e4m3_value((w[e >> 2] >> (8 * (e & 3))) & 0xffu) * __uint_as_float(w[kv_row / 4 + e / hd]);
     }
 }
 
 // Dimension d of kv head kvh at key position j: from the cache (through the page table, in its format) or the
-// step's new rows.
+// step's new rows. key_words: nonzero for q4 keys (the words of a key page), which a cached position reads from
+// its sequence's stage while its page is incomplete (j >= floor(pos0 / page_size) * page_size), else its page.
 __device__ __forceinline__ float kv_val(const u32* cache, const float* fresh, u32 j, u32 pos0, u32 q_start,
                                         const u32* pages, u32 page_size, u32 page_base, u32 slot_cap, u32 n_kv,
-                                        u32 kvh, u32 hd, u32 d, u32 dt, u32 slot_words) {
+                                        u32 kvh, u32 hd, u32 d, u32 dt, u32 slot_words, u32 key_words) {
+    if (j < pos0 && key_words) {
+        const u32 kv_row = n_kv * hd, e = kvh * hd + d;
+        if (j >= (pos0 / page_size) * page_size) {
+            const u32 st = pages[page_base + slot_cap / page_size];
+            return __uint_as_float(cache[((u64)st + j % page_size) * kv_row + e]);
+        }
+        const u64 base = (u64)pages[page_base + (j % slot_cap) / page_size] * key_words;
+        const u32 prm = cache[base + page_size * kv_row / 8 + e];
+        const u32 x = (j % page_size) * kv_row + e;
+        return h2f((u16)(prm >> 16)) + (float)((cache[base + x / 8] >> (4 * (x & 7))) & 15u) * h2f((u16)(prm & 0xffffu));
+    }
     if (j < pos0) {
         const u32 r = j % slot_cap;
         const u32 slot = pages[page_base + r / page_size] * page_size + r % page_size;
@@ -92,6 +112,8 @@ struct AttnDecodeParams {
     u32 page_size;
     u32 kv_dtype;
     u32 slot_words;
+    u32 key_words;
+    u32 pad;
 };
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -129,10 +151,10 @@ extern "C" __global__ void __launch_bounds__(128)
         for (u32 t = 0; t < 8; t++) {
             u32 d = lane + 32 * t;
             kr[t] = d < prm.hd ? kv_val(prm.kc, prm.kn, j, pos0, qs, prm.rows, prm.page_size, sb, sc, prm.n_kv, kvh,
-                                        prm.hd, d, prm.kv_dtype, prm.slot_words)
+                                        prm.hd, d, prm.kv_dtype, prm.slot_words, prm.key_words)
                                : 0.0f;
             vr[t] = d < prm.hd ? kv_val(prm.vc, prm.vn, j, pos0, qs, prm.rows, prm.page_size, sb, sc, prm.n_kv, kvh,
-                                        prm.hd, d, prm.kv_dtype, prm.slot_words)
+                                        prm.hd, d, prm.kv_dtype, prm.slot_words, 0)
                                : 0.0f;
         }
 #pragma unroll
@@ -229,7 +251,7 @@ template <int DPT, int BK>
 __device__ void attn_prefill_impl(const float* q, const float* kn, const float* vn, const u32* kc, const u32* vc,
                                   const u32* tiles, u32 n_heads, u32 n_kv, u32 hd, float scale, u32 chunk,
                                   u32 temp_on, float floor_scale, float attn_scale, float* out, u32 page_size,
-                                  u32 kv_dtype, u32 slot_words) {
+                                  u32 kv_dtype, u32 slot_words, u32 key_words) {
     DYN_SHARED(float, smp);
     float* ks = smp;           // [BK][hd]
     float* vs = smp + BK * hd; // [BK][hd]
@@ -259,8 +281,9 @@ __device__ void attn_prefill_impl(const float* q, const float* kn, const float* 
             u32 jj = idx / hd, d = idx % hd, j = jt + jj;
             float a = 0.0f, b = 0.0f;
             if (j <= p_last) {
-                a = kv_val(kc, kn, j, pos0, qs, tiles, page_size, sb, sc, n_kv, kvh, hd, d, kv_dtype, slot_words);
-                b = kv_val(vc, vn, j, pos0, qs, tiles, page_size, sb, sc, n_kv, kvh, hd, d, kv_dtype, slot_words);
+                a = kv_val(kc, kn, j, pos0, qs, tiles, page_size, sb, sc, n_kv, kvh, hd, d, kv_dtype, slot_words,
+                           key_words);
+                b = kv_val(vc, vn, j, pos0, qs, tiles, page_size, sb, sc, n_kv, kvh, hd, d, kv_dtype, slot_words, 0);
             }
             ks[idx] = a;
             vs[idx] = b;
@@ -317,13 +340,13 @@ struct AttnPrefillParams {
     u32 page_size;
     u32 kv_dtype;
     u32 slot_words;
-    u32 pad;
+    u32 key_words;
 };
 
 #define PREFILL(DPT, BK)                                                                                            \
     extern "C" __global__ void __launch_bounds__(128) attn_prefill_##DPT(const AttnPrefillParams prm) {             \
         attn_prefill_impl<DPT, BK>(prm.q, prm.kn, prm.vn, prm.kc, prm.vc, prm.tiles, prm.n_heads, prm.n_kv, prm.hd, prm.scale, prm.chunk, prm.temp_on, prm.floor_scale, \
-                                   prm.attn_scale, prm.out, prm.page_size, prm.kv_dtype, prm.slot_words);                                                    \
+                                   prm.attn_scale, prm.out, prm.page_size, prm.kv_dtype, prm.slot_words, prm.key_words);                                                    \
     }
 PREFILL(4, 32)
 PREFILL(8, 32)
@@ -343,7 +366,32 @@ struct KvStoreParams {
     u32 slot_words;
     u32 head_dim;
     u32 units;
+    u32 keys; // whether to store the keys (q4 keys have kernels of their own)
+    u32 pad;
 };
+
+// q4 (herd_core::kv_q4): a group's minimum, the largest f16 at or below lo, and step, the smallest f16 at or
+// above (hi - min) / 15, whatever way the conversion rounds; its parameter word; a value's code.
+__device__ __forceinline__ u32 f16_down(float x) {
+    u32 b = f2h(x);
+    if (h2f((u16)b) <= x) return b;
+    if (!(b & 0x8000u)) return b == 0 ? 0x8001u : b - 1;
+    return b + 1;
+}
+__device__ __forceinline__ u32 f16_up(float x) {
+    u32 b = f2h(x);
+    return h2f((u16)b) >= x ? b : b + 1;
+}
+__device__ __forceinline__ u32 q4_param(float lo, float hi, float* step, float* mn) {
+    const u32 m = f16_down(lo);
+    *mn = h2f((u16)m);
+    const u32 s = f16_up((hi - *mn) / 15.0f);
+    *step = h2f((u16)s);
+    return s | (m << 16);
+}
+__device__ __forceinline__ u32 q4_code(float x, float step, float mn) {
+    return step > 0.0f ? (u32)fminf(fmaxf(rintf((x - mn) / step), 0.0f), 15.0f) : 0u;
+}
 
 __device__ __forceinline__ u32 quant_byte(float x, float s, u32 dt) {
     const float q = s > 0.0f ? x / s : 0.0f;
@@ -358,6 +406,23 @@ __device__ __forceinline__ void store_unit(const float* x, u32* c, u32 u, const 
     case 0: c[u] = __float_as_uint(x[u]); break;
     case 1: c[u] = (u32)f2bf(x[2 * u]) | ((u32)f2bf(x[2 * u + 1]) << 16); break;
     case 2: c[u] = (u32)f2h(x[2 * u]) | ((u32)f2h(x[2 * u + 1]) << 16); break;
+    case 5: {
+        const u32 g = prm.head_dim < 32 ? prm.head_dim : 32;
+        const float* h = x + u * g;
+        float lo = h[0], hi = h[0];
+        for (u32 i = 1; i < g; i++) {
+            lo = fminf(lo, h[i]);
+            hi = fmaxf(hi, h[i]);
+        }
+        float step, mn;
+        c[prm.kv_dim / 8 + u] = q4_param(lo, hi, &step, &mn);
+        for (u32 w = 0; w < g / 8; w++) {
+            u32 word = 0;
+            for (u32 t = 0; t < 8; t++) word |= q4_code(h[8 * w + t], step, mn) << (4 * t);
+            c[(u * g) / 8 + w] = word;
+        }
+        break;
+    }
     default: {
         const u32 hd = prm.head_dim;
         const float* h = x + u * hd;
@@ -380,6 +445,61 @@ extern "C" __global__ void kv_store(const KvStoreParams prm) {
     if (i >= (u64)prm.npairs * prm.units) return;
     u32 pr = (u32)(i / prm.units), u = (u32)(i % prm.units);
     const u64 src = (u64)prm.pairs[2 * pr] * prm.kv_dim, dst = (u64)prm.pairs[2 * pr + 1] * prm.slot_words;
-    store_unit(prm.kn + src, prm.kc + dst, u, prm);
+    if (prm.keys) store_unit(prm.kn + src, prm.kc + dst, u, prm);
     store_unit(prm.vn + src, prm.vc + dst, u, prm);
+}
+
+struct KvQ4Params {
+    const float* kn;
+    u32* kc;
+    const u32* jobs;
+    u32 njobs;
+    u32 kv_dim;
+    u32 page_size;
+    u32 key_words;
+};
+
+// q4 keys a step completes, before kv_q4_stage overwrites the stages they read. jobs: 5 u32 per page (page, its
+// first position b, pos0, q_start, stage slot; page u32::MAX: unused); a thread per (page, 8 channels): position x of the page comes from
+// the stage when x < pos0, else from row q_start + x - pos0 of the new keys.
+extern "C" __global__ void kv_q4_pages(const KvQ4Params prm) {
+    const u32 units = prm.kv_dim / 8;
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)prm.njobs * units) return;
+    const u32* jb = prm.jobs + 5 * (i / units);
+    if (jb[0] == 0xffffffffu) return; // an unused entry
+    const u32 w = (u32)(i % units), page = jb[0], b = jb[1], pos0 = jb[2], qs = jb[3], st = jb[4];
+    const u32 ps = prm.page_size, n = prm.kv_dim;
+    u32* out = prm.kc + (u64)page * prm.key_words;
+    float lo[8], hi[8], step[8], mn[8];
+    for (u32 x = 0; x < ps; x++) {
+        for (u32 t = 0; t < 8; t++) {
+            const u32 c = 8 * w + t, p = b + x;
+            const float v = p < pos0 ? __uint_as_float(prm.kc[((u64)st + p % ps) * n + c]) : prm.kn[((u64)qs + p - pos0) * n + c];
+            lo[t] = x ? fminf(lo[t], v) : v;
+            hi[t] = x ? fmaxf(hi[t], v) : v;
+        }
+    }
+    for (u32 t = 0; t < 8; t++) out[ps * n / 8 + 8 * w + t] = q4_param(lo[t], hi[t], &step[t], &mn[t]);
+    for (u32 x = 0; x < ps; x++) {
+        u32 word = 0;
+        for (u32 t = 0; t < 8; t++) {
+            const u32 c = 8 * w + t, p = b + x;
+            const float v = p < pos0 ? __uint_as_float(prm.kc[((u64)st + p % ps) * n + c]) : prm.kn[((u64)qs + p - pos0) * n + c];
+            word |= q4_code(v, step[t], mn[t]) << (4 * t);
+        }
+        out[x * n / 8 + w] = word;
+    }
+}
+
+// q4 keys of the pages a step leaves incomplete into their stages. jobs: 2 u32 per key (its row, its stage slot;
+// row u32::MAX: unused);
+// a thread per value.
+extern "C" __global__ void kv_q4_stage(const KvQ4Params prm) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)prm.njobs * prm.kv_dim) return;
+    const u32* jb = prm.jobs + 2 * (i / prm.kv_dim);
+    const u32 c = (u32)(i % prm.kv_dim);
+    if (jb[0] == 0xffffffffu) return; // an unused entry
+    prm.kc[(u64)jb[1] * prm.kv_dim + c] = __float_as_uint(prm.kn[(u64)jb[0] * prm.kv_dim + c]);
 }

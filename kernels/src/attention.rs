@@ -2,7 +2,7 @@
 //! sizes, so decode steps repeat and replay as graphs), the tiled prefill kernel, and the KV-cache write.
 //! The tables of rows, tiles and slots go into the step's metadata (see attention.cu for their layout).
 
-use herd_core::backend::ops;
+use herd_core::backend::{ops, KvPages};
 use herd_core::kv_format::KvDtype;
 use herd_core::error::Result;
 
@@ -15,7 +15,7 @@ params! {
         pub q: DevPtr, pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub rows: DevPtr,
         pub part: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32, pub scale: f32, pub chunk: u32,
         pub temp_on: u32, pub floor_scale: f32, pub attn_scale: f32, pub nsplit: u32, pub page_size: u32,
-        pub kv_dtype: u32, pub slot_words: u32,
+        pub kv_dtype: u32, pub slot_words: u32, pub key_words: u32, pub pad: u32,
     }
     pub struct AttnCombineParams {
         pub part: DevPtr, pub rows: DevPtr, pub out: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32,
@@ -25,11 +25,16 @@ params! {
         pub q: DevPtr, pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub tiles: DevPtr,
         pub out: DevPtr, pub n_heads: u32, pub n_kv: u32, pub hd: u32, pub scale: f32, pub chunk: u32,
         pub temp_on: u32, pub floor_scale: f32, pub attn_scale: f32, pub page_size: u32, pub kv_dtype: u32,
-        pub slot_words: u32, pub pad: u32,
+        pub slot_words: u32, pub key_words: u32,
     }
     pub struct KvStoreParams {
         pub kn: DevPtr, pub vn: DevPtr, pub kc: DevPtr, pub vc: DevPtr, pub pairs: DevPtr, pub npairs: u32,
-        pub kv_dim: u32, pub kv_dtype: u32, pub slot_words: u32, pub head_dim: u32, pub units: u32,
+        pub kv_dim: u32, pub kv_dtype: u32, pub slot_words: u32, pub head_dim: u32, pub units: u32, pub keys: u32,
+        pub pad: u32,
+    }
+    pub struct KvQ4Params {
+        pub kn: DevPtr, pub kc: DevPtr, pub jobs: DevPtr, pub njobs: u32, pub kv_dim: u32, pub page_size: u32,
+        pub key_words: u32,
     }
 }
 
@@ -41,11 +46,19 @@ kernel!(AttnCombine: "attention", AttnCombineParams => "attn_combine");
 kernel!(AttnPrefill { dpt: u32 }: "attention", AttnPrefillParams => |k| format!("attn_prefill_{}", k.dpt),
     all PREFILL_DPT.map(|dpt| AttnPrefill { dpt }).to_vec());
 kernel!(KvStore: "attention", KvStoreParams => "kv_store");
+kernel!(KvQ4Pages: "attention", KvQ4Params => "kv_q4_pages");
+kernel!(KvQ4Stage: "attention", KvQ4Params => "kv_q4_stage");
 
-/// The format's number in the kernels, and its words per slot.
-fn format(dtype: KvDtype, kv_heads: usize, head_dim: usize, op: &str) -> Result<(u32, u32)> {
-    let words = dtype.slot_words(kv_heads, head_dim).map_err(|m| err(format!("{op}: {m}")))?;
-    Ok((dtype.code(), words as u32))
+/// The format's number in the kernels, its words per slot (q4: per value slot), and the words of a q4 key page
+/// (0 for the other formats: the kernels read keys as values).
+fn format(pages: &KvPages<'_>, kv_heads: usize, head_dim: usize, op: &str) -> Result<(u32, u32, u32)> {
+    let d = pages.dtype;
+    let words = d.slot_words(kv_heads, head_dim).map_err(|m| err(format!("{op}: {m}")))?;
+    let key = match d {
+        KvDtype::Q4 => d.key_page_words(kv_heads, head_dim, pages.size).map_err(|m| err(format!("{op}: {m}")))?,
+        _ => 0,
+    };
+    Ok((d.code(), words as u32, key as u32))
 }
 
 impl CudaBackend {
@@ -58,7 +71,7 @@ impl CudaBackend {
             return Err(err(format!("attention: {h} heads over {kvh} kv heads of dim {hd} (at most {MAX_HEAD_DIM})")));
         }
         let g = h / kvh;
-        let (kv_dtype, slot_words) = format(pages.dtype, kvh, hd, "attention")?;
+        let (kv_dtype, slot_words, key_words) = format(&pages, kvh, hd, "attention")?;
         let mut rows_meta = Vec::new();
         let mut tiles = Vec::new();
         let mut bound = 1usize;
@@ -130,6 +143,8 @@ impl CudaBackend {
                 page_size: pages.size as u32,
                 kv_dtype,
                 slot_words,
+                key_words,
+                pad: 0,
             };
             let smem = (5 * g * hd + 8 * g) * 4;
             self.launch(AttnDecode, (kvh as u32, nrows as u32, nsplit as u32), 128, smem, &dp)?;
@@ -168,7 +183,7 @@ impl CudaBackend {
                 page_size: pages.size as u32,
                 kv_dtype,
                 slot_words,
-                pad: 0,
+                key_words,
             };
             let smem = 2 * bk * hd * 4;
             self.launch(AttnPrefill { dpt }, (h as u32, ntiles as u32, 1), 128, smem, &pp)?;
@@ -180,7 +195,11 @@ impl CudaBackend {
         let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_heads, head_dim } = call;
         let _op = self.dev.op();
         let kv_dim = kv_heads * head_dim;
-        let (kv_dtype, slot_words) = format(pages.dtype, kv_heads, head_dim, "kv_store")?;
+        let (kv_dtype, slot_words, key_words) = format(&pages, kv_heads, head_dim, "kv_store")?;
+        let q4 = pages.dtype == KvDtype::Q4;
+        if q4 && kv_dim > 0 {
+            self.kv_store_q4_keys(k_new, k_cache, &pages, seqs, kv_dim, key_words)?;
+        }
         let units = pages.dtype.store_units(kv_heads, head_dim);
         let mut pairs = Vec::new();
         for s in seqs {
@@ -207,7 +226,61 @@ impl CudaBackend {
             slot_words,
             head_dim: head_dim as u32,
             units: units as u32,
+            keys: u32::from(!q4),
+            pad: 0,
         };
         self.launch(KvStore, (blocks(np * units, 256), 1, 1), 256, 0, &p)
+    }
+
+    /// q4 keys (herd_core::kv_q4's rules): the pages the step completes, quantized from the stages and the new
+    /// rows, then the new keys of pages it leaves incomplete into the stages.
+    fn kv_store_q4_keys(
+        &self,
+        k_new: &crate::CudaBuffer,
+        k_cache: &crate::CudaBuffer,
+        pages: &KvPages<'_>,
+        seqs: &[herd_core::backend::AttnSeq],
+        kv_dim: usize,
+        key_words: u32,
+    ) -> Result<()> {
+        let size = pages.size;
+        // Job lists whose lengths depend only on the rows (unused entries u32::MAX), so a decode step's commands
+        // are the same whether or not it completes a page, and replay as one graph.
+        let (mut jobs, mut stage) = (Vec::new(), Vec::new());
+        for s in seqs {
+            let (p0, q, cap) = (s.pos0 as usize, s.q_len as usize, s.slot_cap.max(1) as usize);
+            let st = pages.stage(s) as u32;
+            let at = jobs.len();
+            for t in (0..q).filter(|&t| (p0 + t) % size == size - 1 && t + cap >= q) {
+                let page = pages.page(s, p0 + t) as u32;
+                jobs.extend_from_slice(&[page, (p0 + t + 1 - size) as u32, s.pos0, s.q_start, st]);
+            }
+            jobs.resize(at + 5 * (q / size + 1), u32::MAX);
+            let (at, end) = (stage.len(), p0 + q);
+            for x in (end / size * size).max(p0)..end {
+                stage.extend_from_slice(&[s.q_start + (x - p0) as u32, st + (x % size) as u32]);
+            }
+            stage.resize(at + 2 * q, u32::MAX);
+        }
+        let prm = |jobs: &[u32], n: usize| -> Result<KvQ4Params> {
+            Ok(KvQ4Params {
+                kn: k_new.at(),
+                kc: k_cache.at(),
+                jobs: self.dev.meta(jobs)?,
+                njobs: n as u32,
+                kv_dim: kv_dim as u32,
+                page_size: size as u32,
+                key_words,
+            })
+        };
+        if !jobs.is_empty() {
+            let n = jobs.len() / 5;
+            self.launch(KvQ4Pages, (blocks(n * kv_dim / 8, 256), 1, 1), 256, 0, &prm(&jobs, n)?)?;
+        }
+        if !stage.is_empty() {
+            let n = stage.len() / 2;
+            self.launch(KvQ4Stage, (blocks(n * kv_dim, 256), 1, 1), 256, 0, &prm(&stage, n)?)?;
+        }
+        Ok(())
     }
 }
