@@ -416,6 +416,10 @@ fn logits_on_wgpu() {
     check_logits_on("wgpu", "demo", &herd_conformance::demo_dir(), Dtype::I64, true, F32_TOL);
     // With no --kv-dtype a GPU keeps its KV in bf16: within the bound tests/tests/kv_plan.rs holds bf16 to.
     check_logits_kv("wgpu", "demo", &herd_conformance::demo_dir(), Dtype::I64, true, 3e-3, None);
+    // q4 keys and values (pages quantized as they complete, a stage before that): the bound kv_plan.rs holds
+    // the CPU's q4 to.
+    check_logits_kv("wgpu", "demo", &herd_conformance::demo_dir(), Dtype::I64, true, 1.2e-1, Some("q4"));
+    check_logits_kv("wgpu", "scout", &fixture_dir("scout"), Dtype::I64, true, 1.2e-1, Some("global=q4,chunked=bf16"));
     let bench = |extra: &[&str]| {
         let mut args = vec!["bench", "--synthetic", "tiny", "--json", "--gen-tokens", "1", "--repeat", "1"];
         args.extend(extra);
@@ -490,4 +494,5 @@ fn logits_on_the_cuda_emulator() {
     check_logits_on("cuda-emu", "scout", &fixture_dir("scout"), Dtype::I64, true, F32_TOL);
     check_logits_on("cuda-emu", "scout_bf16", &fixture_dir("scout_bf16"), Dtype::I64, false, BF16_TOL);
     check_logits_on("cuda-emu", "demo", &herd_conformance::demo_dir(), Dtype::I64, false, F32_TOL);
+    check_logits_kv("cuda-emu", "scout", &fixture_dir("scout"), Dtype::I64, true, 1.2e-1, Some("q4"));
 }

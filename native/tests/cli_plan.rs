@@ -103,6 +103,23 @@ fn plan_for_scout() {
     ] {
         assert!(out.contains(&want), "{want:?} not in\n{out}");
     }
+    // q4 KV (KIVI): a key page is 16 × 1024 codes of 4 bits and a parameter word per channel, a value slot 1024
+    // codes and a word per 32 channels; and a stage of 16 f32 key slots per sequence and layer. A million
+    // tokens fit.
+    let (out, _) = ok(
+        "plan --kv-dtype q4",
+        herd(["plan", "--synthetic", "scout", "--quant", "q4", "--device-memory", "80GB", "--json", "--kv-dtype", "q4"]),
+    );
+    let q: Value = serde_json::from_str(out.trim()).expect("plan --json prints one JSON object");
+    let page = 4 * (16 * 1024 / 8 + 1024) + 4 * 16 * (1024 / 8 + 1024 / 32);
+    assert_eq!(q["kv"]["global_bytes_per_token"], 12 * page / 16, "{q}");
+    let stages = 48 * 16 * 1024 * 4;
+    assert_eq!(q["kv"]["chunked_bytes_per_seq"], 36 * (512 * page + 16 * 1024 * 4), "{q}");
+    let kv4 = |n: u64| 36 * 512 * page + 12 * n.div_ceil(16) * page + stages;
+    let longest = q["longest_context"].as_u64().unwrap();
+    assert!(longest > 1_000_000 && fixed + kv4(longest) <= 80_000_000_000, "{q}");
+    assert!(fixed + kv4(longest + 16) > 80_000_000_000, "{q}");
+    assert_eq!(q["kv_bytes_at_longest"], kv4(longest), "{q}");
     fails(
         "plan --device-memory junk",
         herd(["plan", "--synthetic", "tiny", "--device-memory", "lots"]),
