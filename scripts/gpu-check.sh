@@ -150,6 +150,15 @@ time_left "cuda decode at depth, int4 Scout (48 layers), q8 KV to 1M tokens" && 
     done
 }
 
+time_left "cuda decode at 1M tokens, int4 Scout (48 layers), q4 KV" && {
+    # The same at 1M tokens with q4 keys and values (KIVI: keys per channel over each page, a stage for the page
+    # being filled), whose attention decodes 4-bit codes inside the kernel.
+    timeout 180 $B/herd bench --backend cuda --synthetic scout --layers 48 --quant q4 --kv-dtype q4 \
+        --context 1048576 --gen-tokens 16 --repeat 2 > "$OUT/bench_cuda_depth_q4.txt" 2>&1; echo "exit $?"
+    grep -E "^context|KV in|error" "$OUT/bench_cuda_depth_q4.txt"
+    row "cuda int4 Scout 48 layers, q4 KV, decode at 1048576" "$(grep -E "^context 1048576:" "$OUT/bench_cuda_depth_q4.txt")"
+}
+
 time_left "expert streaming, cuda" && {
 echo "== expert streaming on cuda: identical logits on the fixtures, then int4 Scout (12 layers) at several budgets"
 HERD_FIXTURES="$PWD/tests/fixtures" timeout 120 $B/expert_cache --exact streaming_is_exact_on_cuda --nocapture \

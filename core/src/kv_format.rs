@@ -35,8 +35,7 @@ pub enum KvDtype {
 }
 
 impl KvDtype {
-    pub const ALL: [KvDtype; 6] =
-        [KvDtype::F32, KvDtype::Bf16, KvDtype::F16, KvDtype::Q8, KvDtype::Fp8, KvDtype::Q4];
+    pub const ALL: [KvDtype; 6] = [KvDtype::F32, KvDtype::Bf16, KvDtype::F16, KvDtype::Q8, KvDtype::Fp8, KvDtype::Q4];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -60,7 +60,15 @@ fn f16_down(x: f32) -> f16 {
     }
     // One step toward -∞ in f16's ordering (x is finite and not the smallest f16 here).
     let b = h.to_bits();
-    f16::from_bits(if b & 0x8000 == 0 { if b == 0 { 0x8001 } else { b - 1 } } else { b + 1 })
+    f16::from_bits(if b & 0x8000 == 0 {
+        if b == 0 {
+            0x8001
+        } else {
+            b - 1
+        }
+    } else {
+        b + 1
+    })
 }
 
 /// The smallest f16 at or above `x` (x ≥ 0).
@@ -204,7 +212,10 @@ mod tests {
                     - grp.iter().cloned().fold(f32::INFINITY, f32::min);
                 let step = range / 15.0;
                 let got = decode_value(&w, kvh, hd, e);
-                assert!((got - v).abs() <= step * 0.5 * 1.01 + 1e-3 * v.abs().max(1.0), "({kvh}, {hd}) {e}: {v} -> {got}");
+                assert!(
+                    (got - v).abs() <= step * 0.5 * 1.01 + 1e-3 * v.abs().max(1.0),
+                    "({kvh}, {hd}) {e}: {v} -> {got}"
+                );
             }
         }
     }

@@ -3,8 +3,8 @@
 //! The tables of rows, tiles and slots go into the step's metadata (see attention.cu for their layout).
 
 use herd_core::backend::{ops, KvPages};
-use herd_core::kv_format::KvDtype;
 use herd_core::error::Result;
+use herd_core::kv_format::KvDtype;
 
 use crate::device::err;
 use crate::kernel::{kernel, params, DevPtr};

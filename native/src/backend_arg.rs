@@ -45,7 +45,8 @@ pub(crate) struct BackendArg {
     /// With --expert-cache: fetch each expert only when a layer needs it (no prefetch of the next layer's).
     #[arg(long, requires = "expert_cache")]
     no_prefetch: bool,
-    /// The KV cache's format: f32, bf16, f16, q8 (int8, a scale per token and head) or fp8 (e4m3, likewise);
+    /// The KV cache's format: f32, bf16, f16, q8 (int8, a scale per token and head), fp8 (e4m3, likewise) or
+    /// q4 (KIVI: 4-bit keys per channel over each page of 16 tokens, values per token in groups of 32 channels);
     /// or global=FORMAT,chunked=FORMAT for full-attention and chunked layers apart (a part left out takes the
     /// default). Default: bf16 on a GPU (wgpu, cuda), f32 on the CPU.
     #[arg(long, value_name = "FORMAT")]

@@ -23,7 +23,9 @@ pub(crate) fn kv_bytes_read(cfg: &TextConfig, dtypes: [KvDtype; 2], p: usize) ->
     let per_position = |d: KvDtype| {
         // A page's keys and values over its slots (q4 keys' parameters are per page).
         let page = herd_core::backend::DEFAULT_KV_PAGE;
-        Ok::<_, anyhow::Error>(d.page_bytes(cfg.num_key_value_heads, cfg.head_dim, page).map_err(|e| anyhow::anyhow!("{e}"))? / page)
+        Ok::<_, anyhow::Error>(
+            d.page_bytes(cfg.num_key_value_heads, cfg.head_dim, page).map_err(|e| anyhow::anyhow!("{e}"))? / page,
+        )
     };
     let (global, chunked) = (per_position(dtypes[0])?, per_position(dtypes[1])?);
     Ok(cfg

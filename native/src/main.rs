@@ -363,7 +363,7 @@ pub struct PlanArgs {
     /// Sequences held at once.
     #[arg(long, default_value_t = 1)]
     seqs: usize,
-    /// The KV cache's format: f32, bf16, f16, q8 or fp8, or global=FORMAT,chunked=FORMAT (a part left out is
+    /// The KV cache's format: f32, bf16, f16, q8, fp8 or q4, or global=FORMAT,chunked=FORMAT (a part left out is
     /// bf16). The default, bf16, is what `run` and `serve` use on a GPU.
     #[arg(long, default_value = "bf16", value_name = "FORMAT")]
     kv_dtype: String,

@@ -108,7 +108,18 @@ fn plan_for_scout() {
     // tokens fit.
     let (out, _) = ok(
         "plan --kv-dtype q4",
-        herd(["plan", "--synthetic", "scout", "--quant", "q4", "--device-memory", "80GB", "--json", "--kv-dtype", "q4"]),
+        herd([
+            "plan",
+            "--synthetic",
+            "scout",
+            "--quant",
+            "q4",
+            "--device-memory",
+            "80GB",
+            "--json",
+            "--kv-dtype",
+            "q4",
+        ]),
     );
     let q: Value = serde_json::from_str(out.trim()).expect("plan --json prints one JSON object");
     let page = 4 * (16 * 1024 / 8 + 1024) + 4 * 16 * (1024 / 8 + 1024 / 32);

@@ -1,8 +1,8 @@
 //! Attention over the KV cache, and the cache store (attention.wgsl).
 
 use herd_core::backend::{ops, AttnSeq, KvPages};
-use herd_core::kv_format::KvDtype;
 use herd_core::error::Result;
+use herd_core::kv_format::KvDtype;
 
 use crate::gpu::{err, Gpu};
 use crate::kernel::{groups, kernels, params};

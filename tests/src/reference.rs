@@ -271,10 +271,14 @@ pub mod kv {
         match dtype {
             KvDtype::F32 => x.iter().map(|v| v.to_bits()).collect(),
             KvDtype::Bf16 => (0..n / 2)
-                .map(|i| bf16::from_f32(x[2 * i]).to_bits() as u32 | (bf16::from_f32(x[2 * i + 1]).to_bits() as u32) << 16)
+                .map(|i| {
+                    bf16::from_f32(x[2 * i]).to_bits() as u32 | (bf16::from_f32(x[2 * i + 1]).to_bits() as u32) << 16
+                })
                 .collect(),
             KvDtype::F16 => (0..n / 2)
-                .map(|i| f16::from_f32(x[2 * i]).to_bits() as u32 | (f16::from_f32(x[2 * i + 1]).to_bits() as u32) << 16)
+                .map(|i| {
+                    f16::from_f32(x[2 * i]).to_bits() as u32 | (f16::from_f32(x[2 * i + 1]).to_bits() as u32) << 16
+                })
                 .collect(),
             KvDtype::Q8 | KvDtype::Fp8 => {
                 let top = if dtype == KvDtype::Q8 { 127.0 } else { 448.0 };
@@ -328,7 +332,13 @@ pub mod kv {
             let m = t[t.partition_point(|&v| v <= lo) - 1];
             let s = t[t.partition_point(|&v| v < (hi - m) / 15.0)];
             params.push(f16::from_f32(s).to_bits() as u32 | (f16::from_f32(m).to_bits() as u32) << 16);
-            codes.extend(xs.iter().map(|&x| if s > 0.0 { ((x - m) / s).round_ties_even().clamp(0.0, 15.0) as u8 } else { 0 }));
+            codes.extend(xs.iter().map(|&x| {
+                if s > 0.0 {
+                    ((x - m) / s).round_ties_even().clamp(0.0, 15.0) as u8
+                } else {
+                    0
+                }
+            }));
         }
         (codes, params)
     }

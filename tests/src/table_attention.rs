@@ -278,11 +278,17 @@ pub(crate) fn kv_store<B: Backend>(be: &B, a: &AttnCase, rng: &mut Rng, perf: bo
             let rr = s.q_start as usize + t;
             let caches = [(&mut want, &i.k_new), (&mut want_v, &i.v_new)];
             for (w, new) in caches.into_iter().skip(usize::from(i.q4.is_some())) {
-                w[sl * sw..(sl + 1) * sw].copy_from_slice(&r::kv::encode(a.dtype, &new[rr * kvrow..(rr + 1) * kvrow], kvh, d));
+                w[sl * sw..(sl + 1) * sw].copy_from_slice(&r::kv::encode(
+                    a.dtype,
+                    &new[rr * kvrow..(rr + 1) * kvrow],
+                    kvh,
+                    d,
+                ));
             }
         }
     }
-    let decode = |w: &[u32]| -> Vec<f32> { w.chunks_exact(sw).flat_map(|w| r::kv::decode(a.dtype, w, kvh, d)).collect() };
+    let decode =
+        |w: &[u32]| -> Vec<f32> { w.chunks_exact(sw).flat_map(|w| r::kv::decode(a.dtype, w, kvh, d)).collect() };
     let mut want = match &i.q4 {
         Some(q) => q.decode(&want),
         None => decode(&want),

@@ -83,7 +83,7 @@ pub struct Herd {
 /// kvDtype: "bf16", onProgress: (phase, done, total) => void}`. Routed experts are fetched only when a router
 /// picks them, into an expert cache of `expertCache` bytes (default: room for all of them). `routing: false`
 /// skips reading every layer's picks once all its experts are on the GPU (faster; no routing picture).
-/// `kvDtype` is the KV cache's format as `herd --kv-dtype` takes it (f32, bf16, f16, q8, fp8, or
+/// `kvDtype` is the KV cache's format as `herd --kv-dtype` takes it (f32, bf16, f16, q8, fp8, q4, or
 /// `global=...,chunked=...`); bf16 by default, as on every GPU.
 #[wasm_bindgen(js_name = loadModel)]
 pub async fn load_model(url: String, options: JsValue) -> Result<Herd, JsError> {

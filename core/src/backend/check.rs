@@ -330,7 +330,8 @@ fn seq_pages(op: &str, pages: &super::KvPages<'_>, s: &super::AttnSeq, cache: &C
     }
     if pages.dtype == crate::kv_format::KvDtype::Q4 {
         let stage = pages.stage(s);
-        let fits = stage.checked_add(size).and_then(|e| e.checked_mul(cache.kv_dim)).is_some_and(|e| e <= cache.key_words);
+        let fits =
+            stage.checked_add(size).and_then(|e| e.checked_mul(cache.kv_dim)).is_some_and(|e| e <= cache.key_words);
         if !fits || stage * cache.kv_dim < have * cache.key_page_words {
             return Err(format!("{op}: a stage at slot {stage} lies outside the key buffer's stages"));
         }

@@ -157,7 +157,9 @@ pub fn attention<'a>(
         let mut buf = vec![0f32; d];
         let head_of = Head { s, pages, dtype, sw, kvh, d, off, kvrow };
         let mut scores: Vec<f32> = (lo..=last)
-            .map(|j| qv.iter().zip(head_of.at(&k_cache, k_new, &mut buf, j, true)).map(|(a, b)| a * b).sum::<f32>() * p.scale)
+            .map(|j| {
+                qv.iter().zip(head_of.at(&k_cache, k_new, &mut buf, j, true)).map(|(a, b)| a * b).sum::<f32>() * p.scale
+            })
             .collect();
         let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
