@@ -40,6 +40,8 @@ fn all_entries() -> Vec<Entry> {
         entries::<attention::AttnCombine>(),
         entries::<attention::AttnPrefill>(),
         entries::<attention::KvStore>(),
+        entries::<attention::KvQ4Pages>(),
+        entries::<attention::KvQ4Stage>(),
         entries::<elementwise::Embed>(),
         entries::<elementwise::EmbedQ>(),
         entries::<elementwise::Add>(),
