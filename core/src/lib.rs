@@ -17,6 +17,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod compressed;
 pub mod config;
+pub mod constrain;
 pub mod cpu;
 pub mod error;
 pub mod experts;

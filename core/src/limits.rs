@@ -47,6 +47,8 @@ pub enum InputKind {
     Index,
     /// An image or a video frame (PNG, JPEG, WebP, GIF).
     Image,
+    /// A JSON schema or a Lark grammar for constrained decoding (`herd run --json-schema`, `--grammar`).
+    Grammar,
     /// A safetensors file of `input_ids` (and `pixel_values`) for `herd logits` / `herd greedy`.
     Ids,
 }
@@ -56,7 +58,7 @@ impl InputKind {
     pub fn max_bytes(self) -> u64 {
         const MIB: u64 = 1 << 20;
         match self {
-            InputKind::Config | InputKind::SmallJson => 16 * MIB,
+            InputKind::Config | InputKind::SmallJson | InputKind::Grammar => 16 * MIB,
             InputKind::TokenizerConfig => 64 * MIB,
             InputKind::Tokenizer | InputKind::Index => 256 * MIB,
             InputKind::Image => 256 * MIB,
@@ -73,6 +75,7 @@ impl InputKind {
             InputKind::Index => "a checkpoint index",
             InputKind::Image => "an image",
             InputKind::Ids => "an ids file",
+            InputKind::Grammar => "a schema or grammar file",
         }
     }
 }

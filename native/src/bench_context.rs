@@ -78,7 +78,7 @@ pub fn bench_context<B: Backend>(
             let mut tok = (depth % cfg.text.vocab_size) as u32;
             let t0 = Instant::now();
             for _ in 0..gen {
-                let pick = [Pick::Sample { params: &greedy, draw: 0.0, history: &[] }];
+                let pick = [Pick::Sample { params: &greedy, draw: 0.0, history: &[], mask: None }];
                 let got = pollster::block_on(model.forward_pick(&mut cache, &[(seq, &[tok])], &[], &pick))?;
                 match got.first() {
                     Some(Picked::Id(id)) => tok = *id,

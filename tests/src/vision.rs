@@ -137,7 +137,7 @@ pub fn check_all<B: Backend>(be: &Arc<B>) {
     let mut out = Vec::new();
     for step in 0..r.greedy_ids.len() {
         let imgs = if step == 0 { vec![Some(&all)] } else { vec![] };
-        let pick = [Pick::Sample { params: &greedy, draw: 0.0, history: &[] }];
+        let pick = [Pick::Sample { params: &greedy, draw: 0.0, history: &[], mask: None }];
         let next = pollster::block_on(m.forward_pick(&mut cache, &[(seq, &fed)], &imgs, &pick)).unwrap();
         let Picked::Id(id) = next[0] else { panic!("{NAME}: no id picked: {:?}", next[0]) };
         out.push(id);

@@ -348,7 +348,7 @@ impl<B: Backend> Llama4<B> {
             return Err(HerdError::internal(format!("{} picks for a batch of {}", picks.len(), batch.len())));
         }
         for p in picks {
-            if let Pick::Sample { params, draw, history } = p {
+            if let Pick::Sample { params, draw, history, .. } = p {
                 check_sample_args(1, &[*draw], &[history])?;
                 params.validate()?;
             }

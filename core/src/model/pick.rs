@@ -2,6 +2,7 @@
 //! the device, so that generation reads back one id per sequence rather than a row of logits.
 
 use crate::backend::Backend;
+use crate::constrain::MaskRef;
 use crate::error::Result;
 use crate::sampling::SamplingParams;
 
@@ -17,8 +18,10 @@ pub enum Pick<'a> {
     Logits,
     /// Its next token, picked on the device exactly as [`crate::sampling::pick`] defines it with `params`,
     /// the uniform draw `draw` ∈ [0, 1) and the ids already in the sequence (`history`, read only when the
-    /// repetition penalty is on).
-    Sample { params: &'a SamplingParams, draw: f32, history: &'a [u32] },
+    /// repetition penalty is on), among the tokens `mask` allows when it is given (constrained decoding:
+    /// [`Backend::mask_logits`] on the device first; a mask that failed to compute allows every token, and
+    /// the caller ends that sequence).
+    Sample { params: &'a SamplingParams, draw: f32, history: &'a [u32], mask: Option<MaskRef<'a>> },
 }
 
 /// One sequence's answer from [`Llama4::forward_pick`].
@@ -71,7 +74,22 @@ impl<B: Backend> Llama4<B> {
                     _ => (0.0, &[][..]),
                 })
                 .unzip();
+            // The group's masks, a row of ones for a member without one.
+            let mut masks: Option<Vec<u32>> = None;
+            let words = v.div_ceil(32);
+            for (k, &r) in members.iter().enumerate() {
+                if let Pick::Sample { mask: Some(m), .. } = picks[r] {
+                    let all = masks.get_or_insert_with(|| vec![u32::MAX; n * words]);
+                    if let Some(w) = m.words()? {
+                        all[k * words..(k + 1) * words].copy_from_slice(&w);
+                    }
+                }
+            }
+            let masks = masks.map(|m| be.upload_u32(&m)).transpose()?;
             let got = if n == rows {
+                if let Some(m) = &masks {
+                    be.mask_logits(logits, rows, v, m)?;
+                }
                 be.sample(logits, rows, v, params, &draws, &history, ids)?;
                 be.read_u32_async(ids).await?
             } else {
@@ -79,6 +97,9 @@ impl<B: Backend> Llama4<B> {
                 let sel = be.alloc(n * v)?;
                 let picked = be.upload_u32(&vec![0; n])?;
                 be.gather_rows(logits, &which, n, v, &sel)?;
+                if let Some(m) = &masks {
+                    be.mask_logits(&sel, n, v, m)?;
+                }
                 be.sample(&sel, n, v, params, &draws, &history, &picked)?;
                 be.read_u32_async(&picked).await?
             };

@@ -23,6 +23,7 @@ use std::time::Duration;
 use web_time::Instant;
 
 use crate::backend::Backend;
+use crate::constrain::{apply_mask, Constraint, MaskRef, Masks};
 use crate::error::{HerdError, Result};
 use crate::kv::{KvCache, SeqId};
 use crate::model::{ImagePart, ImageRows, Llama4, Pick, Picked};
@@ -102,6 +103,8 @@ struct Seq<B: Backend> {
     /// How often each generated id came (with the penalties only).
     counts: std::collections::HashMap<u32, u32>,
     logprobs: Option<usize>,
+    /// The output's grammar state (taken out while a step computes its mask).
+    constraint: Option<Constraint>,
     sink: Sink,
     submitted: Instant,
     first_token: Option<Duration>,
@@ -243,6 +246,7 @@ impl<B: Backend> Scheduler<B> {
             frequency: req.frequency_penalty,
             counts: std::collections::HashMap::new(),
             logprobs: req.logprobs,
+            constraint: req.constraint,
             sink,
             submitted: Instant::now(),
             first_token: None,
@@ -396,6 +400,17 @@ impl<B: Backend> Scheduler<B> {
                 *d = self.running[i].sampler.draw();
             }
         }
+        // The constrained sequences' masks are computed while the forward runs (see `constrain::Masks`).
+        let mut jobs = Vec::new();
+        let mut job_of: Vec<Option<usize>> = vec![None; order.len()];
+        for (k, (&i, &p)) in order.iter().zip(&producing).enumerate() {
+            let s = &mut self.running[i];
+            if let (true, Some(c)) = (p, s.constraint.take()) {
+                job_of[k] = Some(jobs.len());
+                jobs.push((c, s.params.stop_ids.clone()));
+            }
+        }
+        let masks = (!jobs.is_empty()).then(|| Masks::start(jobs));
         let feeds: Vec<Vec<u32>> = order
             .iter()
             .map(|&i| {
@@ -439,19 +454,44 @@ impl<B: Backend> Scheduler<B> {
         let picks: Vec<Pick<'_>> = order
             .iter()
             .zip(producing.iter().zip(&draws))
-            .map(|(&i, (&producing, &draw))| {
+            .zip(&job_of)
+            .map(|((&i, (&producing, &draw)), job)| {
                 let s = &self.running[i];
                 if !producing {
                     Pick::Nothing
                 } else if s.host_logits() {
                     Pick::Logits
                 } else {
-                    Pick::Sample { params: s.sampler.params(), draw, history: &s.history }
+                    let mask = masks.as_ref().zip(*job).map(|(masks, row)| MaskRef { masks, row });
+                    Pick::Sample { params: s.sampler.params(), draw, history: &s.history, mask }
                 }
             })
             .collect();
         let result = self.model.forward_pick(&mut self.cache, &batch, &image_refs, &picks).await;
         drop(picks);
+        // The constraints go back to their sequences; each row's mask (or why it failed) is kept for the
+        // rows picked on the host and to end the sequences whose grammar failed.
+        let mut grammar: Vec<Option<std::result::Result<Vec<u32>, String>>> = vec![None; order.len()];
+        if let Some(m) = masks {
+            match m.finish() {
+                Ok(done) => {
+                    let mut done = done.into_iter();
+                    for (k, job) in job_of.iter().enumerate() {
+                        if let (Some(_), Some((c, mask))) = (job, job.and_then(|_| done.next())) {
+                            self.running[order[k]].constraint = Some(c);
+                            grammar[k] = Some(mask.map_err(|e| e.to_string()));
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (k, job) in job_of.iter().enumerate() {
+                        if job.is_some() {
+                            grammar[k] = Some(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
         let picked = match result {
             Ok(p) => p,
             Err(e) => {
@@ -466,7 +506,7 @@ impl<B: Backend> Scheduler<B> {
                 return Err(e);
             }
         };
-        for ((&i, got), &u) in order.iter().zip(picked).zip(&draws) {
+        for (((&i, got), &u), grammar) in order.iter().zip(picked).zip(&draws).zip(grammar) {
             let s = &mut self.running[i];
             if let Some(&(_, _, n)) = pieces.iter().find(|p| p.0 == i) {
                 s.fed += n;
@@ -475,10 +515,21 @@ impl<B: Backend> Scheduler<B> {
                     continue; // more of the prompt to read: no token yet
                 }
             }
+            let mask = match grammar {
+                Some(Err(e)) => {
+                    s.stop = Some(Err(e));
+                    continue;
+                }
+                Some(Ok(m)) => Some(m),
+                None => None,
+            };
             let (id, lp) = match got {
                 Picked::Id(id) => (id, None),
                 Picked::Logits(mut row) => {
                     let lp = s.logprobs.map(|_| log_softmax(&row));
+                    if let Some(m) = &mask {
+                        apply_mask(&mut row, m);
+                    }
                     if s.presence != 0.0 || s.frequency != 0.0 {
                         for (&t, &c) in &s.counts {
                             if let Some(l) = row.get_mut(t as usize) {
@@ -494,6 +545,12 @@ impl<B: Backend> Scheduler<B> {
                     continue;
                 }
             };
+            if let (Some(c), false) = (&mut s.constraint, s.params.stop_ids.contains(&id)) {
+                if let Err(e) = c.commit(id) {
+                    s.stop = Some(Err(e.to_string()));
+                    continue;
+                }
+            }
             s.out.push(id);
             if s.presence != 0.0 || s.frequency != 0.0 {
                 *s.counts.entry(id).or_insert(0) += 1;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
+use crate::constrain::Constraint;
 use crate::sampling::SamplingParams;
 
 /// One generation to run: the prompt's ids and what to do after them.
@@ -20,12 +21,15 @@ pub struct Request {
     /// Report each generated id's log-probability and this many of the most likely alternatives (under the
     /// model's distribution, before any sampling transform). None: no log-probabilities.
     pub logprobs: Option<usize>,
+    /// The grammar the output must follow (a JSON schema, a Lark grammar), in its start state: each token is
+    /// sampled among those it allows ([`crate::constrain`]). None: unconstrained.
+    pub constraint: Option<Constraint>,
 }
 
 impl Request {
-    /// A request with no penalties and no log-probabilities.
+    /// A request with no penalties, no log-probabilities and no constraint.
     pub fn new(prompt: Vec<u32>, params: GenerateParams) -> Self {
-        Request { prompt, params, presence_penalty: 0.0, frequency_penalty: 0.0, logprobs: None }
+        Request { prompt, params, presence_penalty: 0.0, frequency_penalty: 0.0, logprobs: None, constraint: None }
     }
 }
 
