@@ -3,6 +3,7 @@
 
 mod backend_arg;
 mod bench;
+mod bench_constrain;
 mod bench_context;
 mod bench_serve;
 mod bench_vision;
@@ -260,6 +261,13 @@ struct RunArgs {
     /// Print the expert cache's statistics (hits, misses, bytes moved, time waited) after generating.
     #[arg(long)]
     stats: bool,
+    /// Constrain the output to JSON valid under this JSON schema (a file; compiled by llguidance: a keyword it
+    /// does not support is an error before anything loads).
+    #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
+    json_schema: Option<PathBuf>,
+    /// Constrain the output to this grammar (a file in llguidance's Lark syntax).
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
     #[command(flatten)]
     text: TextArgs,
 }
@@ -337,6 +345,13 @@ pub struct BenchArgs {
     /// tile counts (comma-separated, e.g. 1,16), random pixels.
     #[arg(long, value_delimiter = ',', value_name = "TILES")]
     images: Vec<usize>,
+    /// Measure what constrained decoding costs instead: decode with and without this JSON schema, alternately,
+    /// and time the grammar's masks alone.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["grammar", "context", "images", "synthetic"])]
+    json_schema: Option<PathBuf>,
+    /// As --json-schema, with a grammar in llguidance's Lark syntax.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["context", "images", "synthetic"])]
+    grammar: Option<PathBuf>,
     #[command(flatten)]
     backend: BackendArg,
 }
@@ -462,8 +477,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             for p in &a.image {
                 images.extend(images::read_images(p, t.max_frames)?);
             }
+            let grammar = text::grammar_arg(a.json_schema.as_deref(), a.grammar.as_deref())?;
             let prompt = text::Prompt { text: &a.prompt, chat: a.chat, system: t.system.as_deref(), images };
-            with_backend!(t.backend, |b| text::run(b, &files, prompt, &t.sampling, &opts, a.stats))
+            with_backend!(t.backend, |b| text::run(b, &files, prompt, &t.sampling, &opts, a.stats, grammar.as_ref()))
         }
         Cmd::Chat(t) => {
             let opts = load_options(&t.backend, &t.device_memory)?;
@@ -529,6 +545,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     &ModelFiles::new(a.model.model.clone()),
                     &a
                 ));
+            }
+            if let Some(g) = text::grammar_arg(a.json_schema.as_deref(), a.grammar.as_deref())? {
+                let files = ModelFiles::new(a.model.model.clone());
+                return with_backend!(a.backend, |b| bench_constrain::bench_constrain(b, &files, &a, &g));
             }
             let caches = a.backend.expert_caches()?;
             with_backend!(a.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a, &caches))

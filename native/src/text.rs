@@ -1,11 +1,15 @@
 //! `herd run` and `herd chat`: text in, streamed text out.
 
 use std::io::{BufRead, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use herd_core::backend::Backend;
 use herd_core::chat::Message;
+use herd_core::constrain::{Constrainer, Constraint, Grammar};
+use herd_core::error::HerdError;
+use herd_core::limits::{read_input, read_input_string, InputKind};
 use herd_core::model::Llama4;
 use herd_core::sampling::SamplingParams;
 use herd_core::schedule::GenerateParams;
@@ -163,6 +167,40 @@ fn prompt_ids(files: &ModelFiles, tok: &Tokenizer, p: &Prompt) -> Result<Vec<u32
     Ok(ids)
 }
 
+/// `--json-schema FILE` / `--grammar FILE` read and parsed (compiled later, against the model's tokenizer).
+pub fn grammar_arg(schema: Option<&Path>, lark: Option<&Path>) -> Result<Option<Grammar>> {
+    if let Some(p) = schema {
+        let bytes = read_input(p, InputKind::Grammar)?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| HerdError::bad_file(p, format!("is not a JSON schema: {e}")))?;
+        if !v.is_object() && v != serde_json::Value::Bool(true) {
+            return Err(HerdError::bad_file(p, "is not a JSON schema: not an object").into());
+        }
+        return Ok(Some(Grammar::JsonSchema(v)));
+    }
+    match lark {
+        Some(p) => Ok(Some(Grammar::Lark(read_input_string(p, InputKind::Grammar)?))),
+        None => Ok(None),
+    }
+}
+
+/// The grammar engine over the model's vocabulary, and the model's stop ids (the first ends a grammar).
+pub(crate) fn constrainer(files: &ModelFiles, tok: &Tokenizer) -> Result<(Constrainer, Vec<u32>)> {
+    let cfg = files.config()?;
+    let stops = stop_ids(files, &cfg.text.eos_token_ids)?;
+    let Some(&eos) = stops.first() else {
+        return Err(HerdError::Input("constrained decoding needs a stop id (the model names none)".into()).into());
+    };
+    Ok((Constrainer::new(tok, cfg.text.vocab_size, eos)?, stops))
+}
+
+/// The constraint for `grammar` over the model's vocabulary, compiled before anything loads.
+fn constraint(files: &ModelFiles, tok: &Tokenizer, grammar: Option<&Grammar>) -> Result<Option<Constraint>> {
+    let Some(g) = grammar else { return Ok(None) };
+    Ok(Some(constrainer(files, tok)?.0.start(g)?))
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn run<B: Backend>(
     backend: Arc<B>,
     files: &ModelFiles,
@@ -170,10 +208,12 @@ pub fn run<B: Backend>(
     a: &SamplingArgs,
     opts: &LoadOptions,
     show_stats: bool,
+    grammar: Option<&Grammar>,
 ) -> Result<()> {
     let tok = files.tokenizer()?;
     let params = GenerateParams { max_tokens: a.max_tokens, sampling: sampling(files, a)?, stop_ids: vec![] };
     let ids = prompt_ids(files, &tok, &prompt)?;
+    let constraint = constraint(files, &tok, grammar)?;
     // Images are planned, and the prompt's length checked, before anything loads.
     let planned = match prompt.images.is_empty() {
         true => None,
@@ -197,7 +237,7 @@ pub fn run<B: Backend>(
     let mut text = String::new();
     let mut on_token = streamer(&tok, &mut text);
     let stats = match planned {
-        None => generate(&mut sched, Request::new(ids, params), None, &mut on_token)?,
+        None => generate(&mut sched, Request { constraint, ..Request::new(ids, params) }, None, &mut on_token)?,
         Some((planner, ids, planned)) => {
             let vision = Vision::load(files, &backend, &planner)?;
             let t0 = Instant::now();
@@ -209,7 +249,7 @@ pub fn run<B: Backend>(
                 t0.elapsed().as_secs_f64()
             );
             let images = images_of(planner.tokens.patch, &encoded);
-            generate(&mut sched, Request::new(ids, params), Some(images), &mut on_token)?
+            generate(&mut sched, Request { constraint, ..Request::new(ids, params) }, Some(images), &mut on_token)?
         }
     };
     println!();
