@@ -63,9 +63,12 @@ fi
 
 # `herd serve` is driven by the official openai Python client (native/tests/serve.rs), pinned, installed by
 # pip from the package index it is set up with into a virtual environment under target/.
+# The jsonschema package checks the structured output it gets back.
 OPENAI_VERSION=3.57.0
+JSONSCHEMA_VERSION=4.23.0
 OPENAI_VENV="$PWD/target/openai-venv"
-if ! "$OPENAI_VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+if ! "$OPENAI_VENV/bin/python" -c "import openai, jsonschema, sys; from importlib.metadata import version
+sys.exit(openai.__version__ != '$OPENAI_VERSION' or version('jsonschema') != '$JSONSCHEMA_VERSION')" 2>/dev/null; then
     echo "installing the openai client $OPENAI_VERSION for the server tests"
     if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c "import ensurepip" 2>/dev/null; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -73,9 +76,9 @@ if ! "$OPENAI_VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version
         fi
     fi
     rm -rf "$OPENAI_VENV"
-    (python3 -m venv "$OPENAI_VENV" && "$OPENAI_VENV/bin/pip" install --quiet "openai==$OPENAI_VERSION") || true
+    (python3 -m venv "$OPENAI_VENV" && "$OPENAI_VENV/bin/pip" install --quiet "openai==$OPENAI_VERSION" "jsonschema==$JSONSCHEMA_VERSION") || true
 fi
-if "$OPENAI_VENV/bin/python" -c "import openai" 2>/dev/null; then
+if "$OPENAI_VENV/bin/python" -c "import openai, jsonschema" 2>/dev/null; then
     export HERD_OPENAI_PYTHON="$OPENAI_VENV/bin/python" HERD_REQUIRE_OPENAI=1
 else
     echo "warning: the openai client could not be installed: its server test will report NOT RUN" >&2

@@ -11,6 +11,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use crate::chat::{ChatTemplate, Content, Message, Part};
+use crate::constrain::{Constrainer, Constraint, Grammar};
 use crate::error::HerdError;
 use crate::sampling::SamplingParams;
 use crate::schedule::GenerateParams;
@@ -119,6 +120,9 @@ pub struct Served {
     /// Sampling when the request says nothing (the model's generation_config.json).
     pub defaults: SamplingParams,
     pub stop_ids: Vec<u32>,
+    /// The grammar engine for `response_format` (None: the tokenizer is one llguidance cannot read, and
+    /// such requests are refused).
+    pub constrainer: Option<Constrainer>,
 }
 
 /// A checked request: what to run and how to answer.
@@ -241,14 +245,64 @@ pub fn generation(s: &Served, m: &Map<String, Value>, prompt: Vec<u32>, chat: bo
             Some(field),
         ));
     }
+    let constraint = if chat { response_format(s, m)? } else { None };
     let req = Request {
         prompt,
         params: GenerateParams { max_tokens: max, sampling: p, stop_ids: s.stop_ids.clone() },
         presence_penalty,
         frequency_penalty,
         logprobs: logprobs.then_some(top as usize),
+        constraint,
     };
     Ok(Gen { req, stop, stream: boolean(m, "stream")?, include_usage, logprobs })
+}
+
+/// `response_format`: `{"type": "text"}` (or none), `{"type": "json_object"}`, or `{"type": "json_schema",
+/// "json_schema": {"name", "schema", "strict"}}` compiled by llguidance; what it cannot compile (a schema
+/// keyword it does not support) is refused here, before any work.
+fn response_format(s: &Served, m: &Map<String, Value>) -> Result<Option<Constraint>, ApiError> {
+    const P: Option<&str> = Some("response_format");
+    let grammar = match m.get("response_format") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(f)) => match f.get("type").and_then(Value::as_str) {
+            Some("text") => return Ok(None),
+            Some("json_object") => Grammar::JsonObject,
+            Some("json_schema") => {
+                let Some(Value::Object(js)) = f.get("json_schema") else {
+                    return Err(ApiError::bad("response_format.json_schema must be an object", P));
+                };
+                match js.get("name") {
+                    Some(Value::String(n))
+                        if !n.is_empty()
+                            && n.len() <= 64
+                            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {}
+                    _ => {
+                        return Err(ApiError::bad(
+                            "response_format.json_schema.name must be 1-64 letters, digits, '_' or '-'",
+                            P,
+                        ))
+                    }
+                }
+                boolean(js, "strict")?;
+                match js.get("schema") {
+                    None | Some(Value::Null) => Grammar::JsonSchema(json!({})),
+                    Some(v @ (Value::Object(_) | Value::Bool(true))) => Grammar::JsonSchema(v.clone()),
+                    Some(_) => return Err(ApiError::bad("response_format.json_schema.schema must be an object", P)),
+                }
+            }
+            _ => {
+                return Err(ApiError::bad(
+                    "response_format.type must be \"text\", \"json_object\" or \"json_schema\"",
+                    P,
+                ))
+            }
+        },
+        Some(_) => return Err(ApiError::bad("response_format must be an object", P)),
+    };
+    let Some(c) = &s.constrainer else {
+        return Err(ApiError::bad("this model's tokenizer does not support response_format", P));
+    };
+    c.start(&grammar).map(Some).map_err(|e| ApiError::bad(one_line(&e.to_string()), P))
 }
 
 /// A chat request's conversation: its messages as the chat template takes them, and the bytes of its images
@@ -477,6 +531,7 @@ mod tests {
             model_id: "m".into(),
             context: 64,
             vocab_size: 100,
+            constrainer: None,
             defaults: SamplingParams::default(),
             stop_ids: vec![7],
         };

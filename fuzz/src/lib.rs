@@ -362,6 +362,7 @@ fn fixture() -> &'static Fixture {
             context: 96,
             vocab_size: tok.vocab_size(),
             defaults: Default::default(),
+            constrainer: None,
             stop_ids: vec![1],
         };
         Fixture { tok, tmpl, served }

@@ -390,6 +390,7 @@ fn seeds_are_accepted() {
         context: 96,
         vocab_size: tok.vocab_size(),
         defaults: Default::default(),
+        constrainer: None,
         stop_ids: vec![1],
     };
     let mut chats = 0;

@@ -508,6 +508,7 @@ fn the_official_openai_client_works() {
             format!("http://{}/v1", vision.addr),
             image.clone(),
             seen.strip_suffix('\n').unwrap_or(&seen).to_owned(),
+            fixture("schemas"),
         ])
         .output()
         .unwrap();

@@ -1,17 +1,23 @@
 """Drives `herd serve` with the official openai client (native/tests/serve.rs runs this).
 
-Usage: openai_client.py BASE_URL API_KEY EXPECTED_GREEDY_TEXT VISION_URL IMAGE EXPECTED_IMAGE_TEXT
+Usage: openai_client.py BASE_URL API_KEY EXPECTED_GREEDY_TEXT VISION_URL IMAGE EXPECTED_IMAGE_TEXT SCHEMA_DIR
 EXPECTED_GREEDY_TEXT is `herd run --chat --temperature 0 --max-tokens 20` on the same prompt; VISION_URL is a
 server of a model with a vision tower (no key), and EXPECTED_IMAGE_TEXT `herd run --chat --temperature 0
---max-tokens 8 --image IMAGE --prompt "What is in the picture?"` on that model.
+--max-tokens 8 --image IMAGE --prompt "What is in the picture?"` on that model. SCHEMA_DIR holds the JSON
+schemas that `response_format` is tried with: 50 seeded, sampled answers each, checked by the `jsonschema`
+package.
 """
 
 import base64
+import concurrent.futures
+import json
+import os
 import sys
 
+import jsonschema
 import openai
 
-base, key, expected, vision_url, image, expected_image = sys.argv[1:7]
+base, key, expected, vision_url, image, expected_image, schema_dir = sys.argv[1:8]
 client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
 prompt = [{"role": "user", "content": "Hello! Tell me a story."}]
 
@@ -97,4 +103,48 @@ r = vision.chat.completions.create(
 )
 assert r.choices[0].message.content == expected_image, (r.choices[0].message.content, expected_image)
 print("image part:", repr(r.choices[0].message.content))
+# Structured output: every answer under response_format parses and validates, and ends because the JSON is
+# complete (finish_reason "stop"), for 50 seeds of each schema, sent together so that the server batches them.
+def structured(schema_name, schema, seed, stream=False):
+    fmt = {"type": "json_schema", "json_schema": {"name": schema_name, "schema": schema, "strict": True}}
+    args = dict(model=model, messages=[{"role": "user", "content": "Describe the king of Israel"}],
+                max_tokens=120, temperature=1.0, top_p=0.95, seed=seed, response_format=fmt)
+    if not stream:
+        r = client.chat.completions.create(**args)
+        return r.choices[0].message.content, r.choices[0].finish_reason
+    text, finish = "", None
+    for chunk in client.chat.completions.create(**args, stream=True):
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    return text, finish
+
+
+with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    for f in sorted(os.listdir(schema_dir)):
+        with open(os.path.join(schema_dir, f)) as fh:
+            schema = json.load(fh)
+        name = f.removesuffix(".json")
+        answers = list(pool.map(lambda s: structured(name, schema, s), range(50)))
+        for seed, (text, finish) in enumerate(answers):
+            assert finish == "stop", (name, seed, finish, text)
+            jsonschema.validate(json.loads(text), schema)
+        distinct = len({t for t, _ in answers})
+        assert distinct >= 5, (name, distinct)
+        streamed = structured(name, schema, 3, stream=True)
+        assert streamed == answers[3], (name, streamed, answers[3])
+        print(f"response_format {name}: 50 valid, {distinct} distinct, streamed the same")
+
+r = client.chat.completions.create(model=model, messages=prompt, max_tokens=60, temperature=0.7, seed=1,
+                                   response_format={"type": "json_object"})
+assert r.choices[0].finish_reason == "stop" and isinstance(json.loads(r.choices[0].message.content), dict), r
+print("json_object:", r.choices[0].message.content)
+
+try:
+    client.chat.completions.create(model=model, messages=prompt, max_tokens=4, response_format={
+        "type": "json_schema", "json_schema": {"name": "uniq", "schema": {"type": "array", "uniqueItems": True}}})
+    raise SystemExit("an unsupported schema was accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400 and "uniqueItems" in str(e), e
+print("unsupported schema: 400")
 print("ok")

@@ -30,6 +30,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use herd_core::backend::Backend;
 use herd_core::chat::ChatTemplate;
+use herd_core::constrain::Constrainer;
 use herd_core::openai::{self, ApiError, Served};
 use herd_core::schedule::{Scheduler, SchedulerConfig};
 use herd_core::tokenizer::Tokenizer;
@@ -320,6 +321,15 @@ pub fn serve<B: Backend + 'static>(
     let patch = planner.as_ref().map(|p| p.tokens.patch);
     let stop_ids =
         if gen.eos_token_ids.is_empty() { cfg.text.eos_token_ids.clone() } else { gen.eos_token_ids.clone() };
+    // The grammar engine for `response_format`: a tokenizer llguidance cannot read serves without it.
+    let constrainer = match stop_ids.first().map(|&eos| Constrainer::new(&tok, cfg.text.vocab_size, eos)) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            eprintln!("herd serve: response_format is off: {e}");
+            None
+        }
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
@@ -332,6 +342,7 @@ pub fn serve<B: Backend + 'static>(
             context,
             vocab_size: cfg.text.vocab_size,
             defaults: gen.sampling_params(),
+            constrainer,
             stop_ids,
         },
         planner,
