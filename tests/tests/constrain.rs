@@ -57,7 +57,16 @@ type Got = Arc<Mutex<(Vec<u32>, Option<Finish>)>>;
 
 /// Runs `reqs` together, all in one batch and returns each one's tokens and how it ended.
 fn run_all<B: Backend>(model: &Arc<Llama4<B>>, reqs: Vec<Request>) -> Vec<(Vec<u32>, Finish)> {
-    let cfg = SchedulerConfig { max_seqs: reqs.len(), max_queue: reqs.len(), ..Default::default() };
+    run_with(model, reqs, SchedulerConfig::default().max_batch_tokens)
+}
+
+/// [`run_all`] with a batch budget of `max_batch_tokens` tokens a step.
+fn run_with<B: Backend>(
+    model: &Arc<Llama4<B>>,
+    reqs: Vec<Request>,
+    max_batch_tokens: usize,
+) -> Vec<(Vec<u32>, Finish)> {
+    let cfg = SchedulerConfig { max_seqs: reqs.len(), max_queue: reqs.len(), max_batch_tokens, ..Default::default() };
     let mut s = Scheduler::new(model.clone(), cfg).unwrap();
     let got: Vec<Got> = reqs.iter().map(|_| Got::default()).collect();
     for (r, g) in reqs.into_iter().zip(&got) {
@@ -168,5 +177,24 @@ fn unsupported_schemas_are_refused_in_one_line() {
             Err(e) => e.to_string(),
         };
         assert!(e.contains(needle) && !e.contains('\n'), "{g:?}: {e}");
+    }
+}
+
+/// A prompt read over several steps (a 7-token batch budget: chunked prefill) keeps its grammar until the
+/// step that gives its first token, beside requests that decode meanwhile.
+#[test]
+fn prompts_read_over_several_steps_keep_their_grammar() {
+    let be = Arc::new(CpuBackend::new());
+    let (model, mut d) = demo(&be);
+    d.prompt = d.tok.encode(&"and the king said ".repeat(12), true).unwrap();
+    let (name, schema) = schemas().into_iter().find(|s| s.0 == "enums").unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let grammar = Grammar::JsonSchema(schema);
+    let reqs = (0..4).map(|s| request(&d, &grammar, s, s % 2 == 1)).collect();
+    for (seed, (ids, fin)) in run_with(&model, reqs, 7).iter().enumerate() {
+        let text = d.tok.decode(ids, true).unwrap();
+        assert!(matches!(fin.reason, Ok(StopReason::Stop(_))), "{name}, seed {seed}: {:?} {text:?}", fin.reason);
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}, seed {seed}: {text:?}: {e}"));
+        assert!(validator.is_valid(&v), "{name}, seed {seed}: {text}");
     }
 }

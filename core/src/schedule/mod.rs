@@ -405,7 +405,8 @@ impl<B: Backend> Scheduler<B> {
         let mut job_of: Vec<Option<usize>> = vec![None; order.len()];
         for (k, (&i, &p)) in order.iter().zip(&producing).enumerate() {
             let s = &mut self.running[i];
-            if let (true, Some(c)) = (p, s.constraint.take()) {
+            // Only a row that gives a token takes its constraint (a row still reading its prompt keeps it).
+            if let Some(c) = s.constraint.take_if(|_| p) {
                 job_of[k] = Some(jobs.len());
                 jobs.push((c, s.params.stop_ids.clone()));
             }
