@@ -38,6 +38,7 @@ pub mod schedule;
 pub mod source;
 pub mod synthetic;
 pub mod tokenizer;
+pub mod tools;
 pub mod vision;
 
 pub use error::{HerdError, Result};

@@ -17,6 +17,7 @@ use crate::sampling::SamplingParams;
 use crate::schedule::GenerateParams;
 use crate::schedule::{Request, MAX_TOP_LOGPROBS};
 use crate::tokenizer::Tokenizer;
+use crate::tools::Tools;
 
 /// Images one chat request may hold.
 pub const MAX_IMAGES: usize = 16;
@@ -133,6 +134,8 @@ pub struct Gen {
     pub stream: bool,
     pub include_usage: bool,
     pub logprobs: bool,
+    /// The request's tools (chat only): how the answer is read back ([`crate::tools`]).
+    pub tools: Option<Tools>,
 }
 
 /// The generation fields of a request (sampling, budget, stop strings, log-probabilities, streaming) with
@@ -245,7 +248,18 @@ pub fn generation(s: &Served, m: &Map<String, Value>, prompt: Vec<u32>, chat: bo
             Some(field),
         ));
     }
-    let constraint = if chat { response_format(s, m)? } else { None };
+    let tools = if chat { crate::tools::parse(m)? } else { None };
+    let mut constraint = if chat { response_format(s, m)? } else { None };
+    if let Some(g) = tools.as_ref().and_then(Tools::grammar) {
+        const P: Option<&str> = Some("tool_choice");
+        if constraint.is_some() {
+            return Err(ApiError::bad("response_format cannot be used with a required or named tool_choice", P));
+        }
+        let Some(c) = &s.constrainer else {
+            return Err(ApiError::bad("this model's tokenizer does not support a required or named tool_choice", P));
+        };
+        constraint = Some(c.start(&g).map_err(|e| ApiError::bad(one_line(&e.to_string()), Some("tools")))?);
+    }
     let req = Request {
         prompt,
         params: GenerateParams { max_tokens: max, sampling: p, stop_ids: s.stop_ids.clone() },
@@ -254,7 +268,7 @@ pub fn generation(s: &Served, m: &Map<String, Value>, prompt: Vec<u32>, chat: bo
         logprobs: logprobs.then_some(top as usize),
         constraint,
     };
-    Ok(Gen { req, stop, stream: boolean(m, "stream")?, include_usage, logprobs })
+    Ok(Gen { req, stop, stream: boolean(m, "stream")?, include_usage, logprobs, tools })
 }
 
 /// `response_format`: `{"type": "text"}` (or none), `{"type": "json_object"}`, or `{"type": "json_schema",
@@ -359,8 +373,8 @@ pub fn data_url(url: &str) -> Result<Vec<u8>, ApiError> {
 }
 
 /// A chat request's `messages`: each `{role, content}` with content a string or a list of parts (`text`, and
-/// `image_url` with a `data:` URL); `developer` is taken as `system`; `tool_calls` pass through to the
-/// template.
+/// `image_url` with a `data:` URL); `developer` is taken as `system`; an assistant's `tool_calls` go to the
+/// template with their arguments as JSON objects.
 pub fn conversation(m: &Map<String, Value>) -> Result<Conversation, ApiError> {
     let param = Some("messages");
     let Some(Value::Array(list)) = m.get("messages") else {
@@ -421,7 +435,7 @@ pub fn conversation(m: &Map<String, Value>) -> Result<Conversation, ApiError> {
             Some(_) => return Err(ApiError::bad("content must be a string or a list of parts", param)),
         };
         let tool_calls = match o.get("tool_calls") {
-            Some(Value::Array(a)) => a.clone(),
+            Some(Value::Array(a)) => crate::tools::calls_for_template(a),
             _ => Vec::new(),
         };
         out.messages.push(Message { role: role.to_owned(), content, tool_calls });
@@ -431,9 +445,15 @@ pub fn conversation(m: &Map<String, Value>) -> Result<Conversation, ApiError> {
 
 /// The conversation rendered by the model's chat template (with the generation prompt) and tokenized: one
 /// `<|image|>` placeholder per image, still to be expanded by the image planner.
-pub fn chat_ids(messages: &[Message], tmpl: Option<&ChatTemplate>, tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
+/// `tools` (from [`Tools::for_template`]) are shown to the model as its template does.
+pub fn chat_ids(
+    messages: &[Message],
+    tools: Option<&[Value]>,
+    tmpl: Option<&ChatTemplate>,
+    tok: &Tokenizer,
+) -> Result<Vec<u32>, ApiError> {
     let tmpl = tmpl.ok_or_else(|| ApiError::bad("this model has no chat template: use /v1/completions", None))?;
-    let rendered = tmpl.render(messages, None, true).map_err(|e| ApiError::bad(e.to_string(), Some("messages")))?;
+    let rendered = tmpl.render(messages, tools, true).map_err(|e| ApiError::bad(e.to_string(), Some("messages")))?;
     tok.encode_rendered(&rendered).map_err(|e| ApiError::bad(e.to_string(), Some("messages")))
 }
 

@@ -413,7 +413,9 @@ pub fn request(data: &[u8]) {
                 .sum::<usize>();
             assert_eq!(parts, c.images.len());
             assert!(c.images.len() <= MAX_IMAGES && c.images.iter().all(|b| !b.is_empty()));
-            match openai::chat_ids(&c.messages, Some(&f.tmpl), &f.tok) {
+            // Tools the request lists go to the template; a bad list is refused by `generation` too.
+            let tools = herd_core::tools::parse(&m).ok().flatten();
+            match openai::chat_ids(&c.messages, tools.as_ref().and_then(|t| t.for_template()), Some(&f.tmpl), &f.tok) {
                 Ok(ids) => match openai::generation(&f.served, &m, ids, true) {
                     Ok(g) => check(&g),
                     Err(e) => refused("generation (chat)", e),

@@ -405,7 +405,7 @@ fn seeds_are_accepted() {
                     "../../tests/fixtures/tokenizer/tokenizer_config.json"
                 ))
                 .unwrap();
-                openai::chat_ids(&c.messages, Some(&t), &tok)
+                openai::chat_ids(&c.messages, None, Some(&t), &tok)
             }
             Err(_) => openai::completion_ids(&m, &tok),
         };

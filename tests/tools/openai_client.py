@@ -147,4 +147,72 @@ try:
 except openai.BadRequestError as e:
     assert e.status_code == 400 and "uniqueItems" in str(e), e
 print("unsupported schema: 400")
+
+# Tools: a named or required tool_choice is enforced by the grammar, so the call always parses; it comes back
+# in tool_calls (arguments valid under the tool's parameters), streamed as delta.tool_calls pieces.
+weather = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["c", "f"]}},
+    "required": ["city", "unit"], "additionalProperties": False}}}
+clock = {"type": "function", "function": {"name": "now", "parameters": {
+    "type": "object", "properties": {"zone": {"type": "integer", "minimum": -12, "maximum": 14}},
+    "required": ["zone"], "additionalProperties": False}}}
+params = {t["function"]["name"]: t["function"]["parameters"] for t in (weather, clock)}
+ask = [{"role": "user", "content": "What is the weather in Oslo?"}]
+
+
+def called(choice, seed, stream=False):
+    args = dict(model=model, messages=ask, tools=[weather, clock], tool_choice=choice, max_tokens=80,
+                temperature=1.0, seed=seed)
+    if not stream:
+        r = client.chat.completions.create(**args)
+        c = r.choices[0]
+        assert c.finish_reason == "tool_calls" and c.message.content is None, c
+        return [(t.id, t.function.name, t.function.arguments) for t in c.message.tool_calls]
+    calls, finish = {}, None
+    for chunk in client.chat.completions.create(**args, stream=True):
+        for c in chunk.choices:
+            assert not c.delta.content, c.delta
+            for t in c.delta.tool_calls or []:
+                got = calls.setdefault(t.index, [None, None, ""])
+                got[0] = t.id or got[0]
+                got[1] = (t.function.name if t.function else None) or got[1]
+                got[2] += (t.function.arguments if t.function else None) or ""
+            finish = c.finish_reason or finish
+    assert finish == "tool_calls", finish
+    return [tuple(calls[i]) for i in sorted(calls)]
+
+
+named = {"type": "function", "function": {"name": "get_weather"}}
+for choice in (named, "required"):
+    names = set()
+    for seed in range(8):
+        got, streamed = called(choice, seed), called(choice, seed, stream=True)
+        assert [g[1:] for g in got] == [g[1:] for g in streamed], (choice, seed, got, streamed)
+        assert all(g[0] for g in got + streamed) and len({g[0] for g in got}) == len(got), (got, streamed)
+        for _, name, arguments in got:
+            jsonschema.validate(json.loads(arguments), params[name])
+            names.add(name)
+    assert choice == "required" or names == {"get_weather"}, names
+    print("tool_choice", choice if isinstance(choice, str) else "named", "calls:", sorted(names), "valid, streamed the same")
+
+# The call and its result go back through the template: an assistant message with tool_calls (arguments as
+# a JSON string), then a tool message with its tool_call_id.
+call_id, name, arguments = called(named, 1)[0]
+history = ask + [
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]},
+    {"role": "tool", "tool_call_id": call_id, "content": '{"temperature": -3}'},
+]
+r = client.chat.completions.create(model=model, messages=history, tools=[weather], tool_choice="none", max_tokens=8,
+                                   temperature=0)
+assert r.choices[0].message.content and not r.choices[0].message.tool_calls, r
+print("tool result turn:", repr(r.choices[0].message.content))
+
+try:
+    client.chat.completions.create(model=model, messages=ask, tools=[weather], max_tokens=4,
+                                   tool_choice={"type": "function", "function": {"name": "nope"}})
+    raise SystemExit("a tool_choice naming no tool was accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400 and "nope" in str(e), e
+print("unknown tool: 400")
 print("ok")

@@ -145,7 +145,9 @@ async fn chat_completions(
         authorize(&sh, &headers)?;
         let m = json_body(body)?;
         let conv = openai::conversation(&m)?;
-        let ids = openai::chat_ids(&conv.messages, sh.tmpl.as_ref(), &sh.tok)?;
+        let tools = herd_core::tools::parse(&m)?;
+        let ids =
+            openai::chat_ids(&conv.messages, tools.as_ref().and_then(|t| t.for_template()), sh.tmpl.as_ref(), &sh.tok)?;
         let (ids, images) =
             if conv.images.is_empty() { (ids, Vec::new()) } else { images(&sh, ids, conv.images).await? };
         Ok::<_, ApiError>((openai::generation(&sh.served, &m, ids, true)?, images))

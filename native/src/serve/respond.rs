@@ -11,6 +11,7 @@ use herd_core::openai::{ApiError, Gen};
 use herd_core::schedule::StopReason;
 use herd_core::schedule::{Event, Finish, Request, Token};
 use herd_core::tokenizer::Tokenizer;
+use herd_core::tools::{Call, Tools};
 use herd_core::vision::input::PlannedImage;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc as tmpsc, oneshot};
@@ -100,6 +101,58 @@ impl Detok {
     }
 }
 
+/// The answer's text held back while it may still be a tool call (it starts with `{` or `[`, or, with a
+/// required or named `tool_choice`, always), so that a call is sent as `tool_calls` and never as content.
+struct Held {
+    tools: Option<Tools>,
+    on: bool,
+    text: String,
+}
+
+impl Held {
+    fn new(tools: Option<Tools>) -> Held {
+        let on = tools.as_ref().is_some_and(Tools::reads_calls);
+        Held { tools, on, text: String::new() }
+    }
+
+    /// What of `piece` may be sent as content now.
+    fn take(&mut self, piece: String) -> String {
+        if !self.on {
+            return piece;
+        }
+        self.text.push_str(&piece);
+        let t = self.text.trim_start();
+        let forced = self.tools.as_ref().is_some_and(Tools::forced);
+        if forced || t.is_empty() || t.starts_with('{') || t.starts_with('[') {
+            return String::new();
+        }
+        self.on = false;
+        std::mem::take(&mut self.text)
+    }
+
+    /// At the end: the calls, if what was held is wholly calls to the request's tools; else the held text.
+    fn finish(&mut self) -> Result<Vec<Call>, String> {
+        let text = std::mem::take(&mut self.text);
+        match self.tools.as_ref().and_then(|t| t.calls(&text)) {
+            Some(calls) if self.on => Ok(calls),
+            _ => Err(text),
+        }
+    }
+}
+
+/// Calls in OpenAI's `tool_calls` shape, their ids unique to the request `n`.
+fn tool_calls(calls: &[Call], n: u64) -> Value {
+    let list: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({"id": format!("call_{n}_{i}"), "type": "function",
+                   "function": {"name": c.name, "arguments": c.arguments}})
+        })
+        .collect();
+    Value::Array(list)
+}
+
 fn finish_reason(f: &Finish, stopped_by_string: bool) -> &'static str {
     match f.reason {
         Ok(StopReason::Length) if !stopped_by_string => "length",
@@ -156,7 +209,8 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
         Kind::Completion => format!("cmpl-{n}"),
     };
     let created = now_secs();
-    let Gen { req, stop, stream, include_usage, logprobs } = g;
+    let Gen { req, stop, stream, include_usage, logprobs, tools } = g;
+    let mut held = Held::new(tools);
     // A stop string ends the request through `halt`; its events then run on to `Done` (with the counts).
     let (mut rx, halt) = match submit(&sh, req, images).await {
         Ok(r) => r,
@@ -200,10 +254,17 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
             }
         };
         let lp = if logprobs { Some(entries) } else { None };
+        held.text = text.clone();
+        let (message, reason) = match held.finish() {
+            Ok(calls) => {
+                (json!({"role": "assistant", "content": null, "tool_calls": tool_calls(&calls, n)}), "tool_calls")
+            }
+            Err(_) => (json!({"role": "assistant", "content": text}), reason),
+        };
         let body = match kind {
             Kind::Chat => json!({
                 "id": id, "object": "chat.completion", "created": created, "model": sh.served.model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                "choices": [{"index": 0, "message": message,
                     "logprobs": lp.map(|c| json!({"content": c})), "finish_reason": reason}],
                 "usage": usage,
             }),
@@ -245,7 +306,7 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
                 Event::Token(_) if detok.stopped => {}
                 Event::Token(t) => {
                     generated += 1;
-                    let text = detok.push(t.id);
+                    let text = held.take(detok.push(t.id));
                     let lp = logprobs.then(|| json!([logprob_entry(&sh3.tok, &t)]));
                     if (!text.is_empty() || lp.is_some())
                         && out_tx.send(Ok(send(&chunk(json!({"content": text}), lp, None)))).await.is_err()
@@ -263,9 +324,28 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
             }
         }
         drop(rx);
-        let tail = detok.finish();
+        let tail = held.take(detok.finish());
         if !tail.is_empty() {
             let _ = out_tx.send(Ok(send(&chunk(json!({"content": tail}), None, None)))).await;
+        }
+        // What was held back: calls (their name, then their arguments), or content after all.
+        let calls = match held.finish() {
+            Ok(calls) => Some(calls),
+            Err(text) if !text.is_empty() => {
+                let _ = out_tx.send(Ok(send(&chunk(json!({"content": text}), None, None)))).await;
+                None
+            }
+            Err(_) => None,
+        };
+        if let Some(calls) = &calls {
+            for (i, c) in tool_calls(calls, n).as_array().into_iter().flatten().enumerate() {
+                let head = json!({"index": i, "id": c["id"], "type": "function",
+                                  "function": {"name": c["function"]["name"], "arguments": ""}});
+                let args = json!({"index": i, "function": {"arguments": c["function"]["arguments"]}});
+                for piece in [head, args] {
+                    let _ = out_tx.send(Ok(send(&chunk(json!({"tool_calls": [piece]}), None, None)))).await;
+                }
+            }
         }
         match &done {
             None => {
@@ -288,7 +368,7 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
                     .await;
             }
             Some(f) => {
-                let reason = finish_reason(f, detok.stopped);
+                let reason = if calls.is_some() { "tool_calls" } else { finish_reason(f, detok.stopped) };
                 let delta = if kind == Kind::Chat { json!({}) } else { json!({"content": ""}) };
                 let _ = out_tx.send(Ok(send(&chunk(delta, None, Some(reason))))).await;
                 if include_usage {
