@@ -121,8 +121,8 @@ pub struct Served {
     /// Sampling when the request says nothing (the model's generation_config.json).
     pub defaults: SamplingParams,
     pub stop_ids: Vec<u32>,
-    /// The grammar engine for `response_format` (None: the tokenizer is one llguidance cannot read, and
-    /// such requests are refused).
+    /// The grammar engine for `response_format` and forced tool calls (None: the tokenizer is one llguidance
+    /// cannot read, and such requests are refused).
     pub constrainer: Option<Constrainer>,
 }
 
@@ -286,10 +286,7 @@ fn response_format(s: &Served, m: &Map<String, Value>) -> Result<Option<Constrai
                     return Err(ApiError::bad("response_format.json_schema must be an object", P));
                 };
                 match js.get("name") {
-                    Some(Value::String(n))
-                        if !n.is_empty()
-                            && n.len() <= 64
-                            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {}
+                    Some(Value::String(n)) if crate::tools::valid_name(n) => {}
                     _ => {
                         return Err(ApiError::bad(
                             "response_format.json_schema.name must be 1-64 letters, digits, '_' or '-'",

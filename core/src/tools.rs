@@ -44,7 +44,8 @@ pub struct Call {
     pub arguments: String,
 }
 
-fn valid_name(n: &str) -> bool {
+/// A function or schema name as OpenAI allows it: 1-64 letters, digits, '_' or '-'.
+pub(crate) fn valid_name(n: &str) -> bool {
     (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
