@@ -8,16 +8,23 @@
 # command that caused it. Then, once and within SANITIZER_BUDGET seconds, the op table and the golden
 # fixtures run under compute-sanitizer's memcheck, synccheck and racecheck. Then it measures the op table's
 # --perf mode and `herd bench` at full scale (synthetic weights of Scout's real shapes, made on the device),
-# and prints a short table last, with a verdict per sanitizer tool. Output goes to stdout and, when $OUT is
-# set, to files there (the sanitizers' full logs as sanitizer_<tool>_<target>.txt).
+# and prints a short table last, with a verdict per sanitizer tool. Output goes to stdout and to logs packed
+# into $OUT/gpu-check-logs.tar.gz with summary.txt beside it (the sanitizers' full logs as sanitizer_<tool>_<target>.txt).
 set -u
 OUT="${OUT:-/tmp/herd-gpu}"
-mkdir -p "$OUT"
+# The logs go to $L and, at the end, into one archive in $OUT (a device call brings back at most 8 files).
+L=/tmp/herd-gpu-logs
+mkdir -p "$OUT" "$L"
 for f in .gpu/debs/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export XDG_RUNTIME_DIR=/tmp
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 B=.gpu/bin
+# gpu-prepare.sh packs the binaries (they are over the carry limit unpacked).
+if [ -f .gpu/bin.tar.xz ] && [ ! -d "$B" ]; then
+    tar -C .gpu -xJf .gpu/bin.tar.xz 2>/dev/null ||
+        python3 -c 'import tarfile; tarfile.open(".gpu/bin.tar.xz").extractall(".gpu")' || { echo "cannot unpack .gpu/bin.tar.xz"; exit 1; }
+fi
 chmod +x $B/* 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
 
@@ -30,37 +37,37 @@ BUDGET="${BUDGET:-480}"
 time_left() { if [ "$SECONDS" -ge "$BUDGET" ]; then echo "== skipped ($1): ${SECONDS}s used"; row "$1" "SKIPPED (time)"; return 1; fi; }
 
 echo "== op table on cuda (correctness)"
-timeout 120 $B/conformance --backend cuda > "$OUT/ops_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
-head -1 "$OUT/ops_cuda.txt"; grep -E "FAIL|ERROR|NOT RUN" "$OUT/ops_cuda.txt" | head -20; tail -3 "$OUT/ops_cuda.txt"
-row "op table, cuda" "$(tail -1 "$OUT/ops_cuda.txt") (exit $rc)"
-row "cuda libraries" "$(grep -m1 '^cuda libraries:' "$OUT/ops_cuda.txt" | cut -d' ' -f3-)"
+timeout 120 $B/conformance --backend cuda > "$L/ops_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
+head -1 "$L/ops_cuda.txt"; grep -E "FAIL|ERROR|NOT RUN" "$L/ops_cuda.txt" | head -20; tail -3 "$L/ops_cuda.txt"
+row "op table, cuda" "$(tail -1 "$L/ops_cuda.txt") (exit $rc)"
+row "cuda libraries" "$(grep -m1 '^cuda libraries:' "$L/ops_cuda.txt" | cut -d' ' -f3-)"
 # A failure on the device (a fault, a wrong result) is hard to place when a step runs as one graph and
 # errors surface at the next wait: the table again with HERD_CUDA_SYNC=1 (graphs off, a wait after every
 # command), whose errors name the command (kernel, grid, block) that faulted.
-if [ "$rc" -ne 0 ] || grep -qE "FAIL|ERROR" "$OUT/ops_cuda.txt"; then
+if [ "$rc" -ne 0 ] || grep -qE "FAIL|ERROR" "$L/ops_cuda.txt"; then
     echo "== op table on cuda again with HERD_CUDA_SYNC=1, to name the command that fails"
-    HERD_CUDA_SYNC=1 timeout 180 $B/conformance --backend cuda > "$OUT/ops_cuda_sync.txt" 2>&1; rc=$?; echo "exit $rc"
-    grep -E "FAIL|ERROR|command [0-9]+ of|panicked" "$OUT/ops_cuda_sync.txt" | head -20
-    row "op table, cuda, HERD_CUDA_SYNC=1" "$(tail -1 "$OUT/ops_cuda_sync.txt") (exit $rc)"
+    HERD_CUDA_SYNC=1 timeout 180 $B/conformance --backend cuda > "$L/ops_cuda_sync.txt" 2>&1; rc=$?; echo "exit $rc"
+    grep -E "FAIL|ERROR|command [0-9]+ of|panicked" "$L/ops_cuda_sync.txt" | head -20
+    row "op table, cuda, HERD_CUDA_SYNC=1" "$(tail -1 "$L/ops_cuda_sync.txt") (exit $rc)"
 fi
 
 time_left "golden fixtures, cuda" && {
 echo "== golden fixtures on cuda"
-HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" timeout 120 $B/golden_cuda --exact golden_fixtures_on_cuda synthetic_weights_match_the_host_generator --nocapture > "$OUT/golden_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
-grep -E "test result|panicked|cuda graphs|rel err" "$OUT/golden_cuda.txt" | head -12
-row "golden fixtures, cuda" "$(grep -E 'test result' "$OUT/golden_cuda.txt" | head -1) (exit $rc)"
+HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" timeout 120 $B/golden_cuda --exact golden_fixtures_on_cuda synthetic_weights_match_the_host_generator --nocapture > "$L/golden_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
+grep -E "test result|panicked|cuda graphs|rel err" "$L/golden_cuda.txt" | head -12
+row "golden fixtures, cuda" "$(grep -E 'test result' "$L/golden_cuda.txt" | head -1) (exit $rc)"
 }
 
 time_left "images in prompts, cuda" && {
 echo "== images in prompts on cuda (tests/fixtures/scout_vision), then the vision tower's encode time at Scout's shape"
 HERD_FIXTURES="$PWD/tests/fixtures" timeout 90 $B/golden_cuda --exact images_in_prompts_match_transformers_on_cuda \
-    --nocapture > "$OUT/vision_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
-grep -E "test result|panicked|rel err" "$OUT/vision_cuda.txt" | head -8
-row "images in prompts, cuda" "$(grep -E 'test result' "$OUT/vision_cuda.txt" | head -1) (exit $rc)"
-timeout 90 $B/herd bench --backend cuda --synthetic scout --images 1,16 --repeat 3 > "$OUT/bench_cuda_vision.txt" 2>&1
-echo "exit $?"; cat "$OUT/bench_cuda_vision.txt" | head -6
-row "cuda vision tower, 1 tile" "$(grep -E '^encode  1 tiles' "$OUT/bench_cuda_vision.txt")"
-row "cuda vision tower, 16 tiles" "$(grep -E '^encode 16 tiles' "$OUT/bench_cuda_vision.txt")"
+    --nocapture > "$L/vision_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
+grep -E "test result|panicked|rel err" "$L/vision_cuda.txt" | head -8
+row "images in prompts, cuda" "$(grep -E 'test result' "$L/vision_cuda.txt" | head -1) (exit $rc)"
+timeout 90 $B/herd bench --backend cuda --synthetic scout --images 1,16 --repeat 3 > "$L/bench_cuda_vision.txt" 2>&1
+echo "exit $?"; cat "$L/bench_cuda_vision.txt" | head -6
+row "cuda vision tower, 1 tile" "$(grep -E '^encode  1 tiles' "$L/bench_cuda_vision.txt")"
+row "cuda vision tower, 16 tiles" "$(grep -E '^encode 16 tiles' "$L/bench_cuda_vision.txt")"
 }
 
 # compute-sanitizer, once: the op table and the golden fixtures under memcheck (out-of-bounds and misaligned
@@ -87,7 +94,7 @@ elif time_left "compute-sanitizer"; then
     san_end=$((SECONDS + cap)); weight_left=9
     for tool in memcheck synccheck racecheck; do
         for target in ops golden; do
-            log="$OUT/sanitizer_${tool}_$target.txt"
+            log="$L/sanitizer_${tool}_$target.txt"
             w=1; [ "$target" = ops ] && w=2
             left=$((san_end - SECONDS)); t=$((left * w / weight_left)); weight_left=$((weight_left - w))
             if [ "$left" -lt 15 ]; then
@@ -123,19 +130,19 @@ echo "== herd bench, synthetic Scout shapes (12 of 48 layers, bf16), cuda"
 for pt in 2048 128; do
     time_left "cuda bench $pt" || continue
     timeout 120 $B/herd bench --backend cuda --synthetic scout --layers 12 --prompt-tokens $pt --gen-tokens 64 --repeat 2 \
-        > "$OUT/bench_cuda_$pt.txt" 2>&1; echo "prompt $pt exit $?"
-    grep -E "prefill|decode|backend|parameters|error" "$OUT/bench_cuda_$pt.txt"
-    row "cuda prefill, $pt-token prompt" "$(grep -E '^prefill' "$OUT/bench_cuda_$pt.txt")"
-    row "cuda decode after $pt tokens" "$(grep -E '^decode:' "$OUT/bench_cuda_$pt.txt")"
-    row "cuda decode, 48-layer estimate" "$(grep -oE '[0-9.]+ tok/s decode at 48 layers' "$OUT/bench_cuda_$pt.txt")"
+        > "$L/bench_cuda_$pt.txt" 2>&1; echo "prompt $pt exit $?"
+    grep -E "prefill|decode|backend|parameters|error" "$L/bench_cuda_$pt.txt"
+    row "cuda prefill, $pt-token prompt" "$(grep -E '^prefill' "$L/bench_cuda_$pt.txt")"
+    row "cuda decode after $pt tokens" "$(grep -E '^decode:' "$L/bench_cuda_$pt.txt")"
+    row "cuda decode, 48-layer estimate" "$(grep -oE '[0-9.]+ tok/s decode at 48 layers' "$L/bench_cuda_$pt.txt")"
 done
 
 time_left "cuda bench, int4 Scout (48 layers)" && {
     timeout 150 $B/herd bench --backend cuda --synthetic scout --layers 48 --quant q4 --prompt-tokens 128 --gen-tokens 64 \
-        --repeat 2 > "$OUT/bench_cuda_q4.txt" 2>&1; echo "exit $?"
-    grep -E "prefill|decode|backend|parameters|error" "$OUT/bench_cuda_q4.txt"
-    row "cuda int4 Scout 48 layers, decode" "$(grep -E '^decode:' "$OUT/bench_cuda_q4.txt")"
-    row "cuda int4 Scout 48 layers, weight GB/s" "$(grep -oE '= [0-9.]+ GB/s' "$OUT/bench_cuda_q4.txt")"
+        --repeat 2 > "$L/bench_cuda_q4.txt" 2>&1; echo "exit $?"
+    grep -E "prefill|decode|backend|parameters|error" "$L/bench_cuda_q4.txt"
+    row "cuda int4 Scout 48 layers, decode" "$(grep -E '^decode:' "$L/bench_cuda_q4.txt")"
+    row "cuda int4 Scout 48 layers, weight GB/s" "$(grep -oE '= [0-9.]+ GB/s' "$L/bench_cuda_q4.txt")"
 }
 
 time_left "cuda decode at depth, int4 Scout (48 layers), q8 KV to 1M tokens" && {
@@ -143,10 +150,10 @@ time_left "cuda decode at depth, int4 Scout (48 layers), q8 KV to 1M tokens" && 
     # it, 36 chunked ones hold 8192), then decode. The bytes per token over the time per token is the GB/s;
     # set it against the device's bandwidth (>= 70% is the goal).
     timeout 240 $B/herd bench --backend cuda --synthetic scout --layers 48 --quant q4 --kv-dtype q8 \
-        --context 1024,262144,1048576 --gen-tokens 16 --repeat 2 > "$OUT/bench_cuda_depth.txt" 2>&1; echo "exit $?"
-    grep -E "^context|KV in|error" "$OUT/bench_cuda_depth.txt"
+        --context 1024,262144,1048576 --gen-tokens 16 --repeat 2 > "$L/bench_cuda_depth.txt" 2>&1; echo "exit $?"
+    grep -E "^context|KV in|error" "$L/bench_cuda_depth.txt"
     for d in 1024 262144 1048576; do
-        row "cuda int4 Scout 48 layers, q8 KV, decode at $d" "$(grep -E "^context $d:" "$OUT/bench_cuda_depth.txt")"
+        row "cuda int4 Scout 48 layers, q8 KV, decode at $d" "$(grep -E "^context $d:" "$L/bench_cuda_depth.txt")"
     done
 }
 
@@ -154,78 +161,80 @@ time_left "cuda decode at 1M tokens, int4 Scout (48 layers), q4 KV" && {
     # The same at 1M tokens with q4 keys and values (KIVI: keys per channel over each page, a stage for the page
     # being filled), whose attention decodes 4-bit codes inside the kernel.
     timeout 180 $B/herd bench --backend cuda --synthetic scout --layers 48 --quant q4 --kv-dtype q4 \
-        --context 1048576 --gen-tokens 16 --repeat 2 > "$OUT/bench_cuda_depth_q4.txt" 2>&1; echo "exit $?"
-    grep -E "^context|KV in|error" "$OUT/bench_cuda_depth_q4.txt"
-    row "cuda int4 Scout 48 layers, q4 KV, decode at 1048576" "$(grep -E "^context 1048576:" "$OUT/bench_cuda_depth_q4.txt")"
+        --context 1048576 --gen-tokens 16 --repeat 2 > "$L/bench_cuda_depth_q4.txt" 2>&1; echo "exit $?"
+    grep -E "^context|KV in|error" "$L/bench_cuda_depth_q4.txt"
+    row "cuda int4 Scout 48 layers, q4 KV, decode at 1048576" "$(grep -E "^context 1048576:" "$L/bench_cuda_depth_q4.txt")"
 }
 
 time_left "expert streaming, cuda" && {
 echo "== expert streaming on cuda: identical logits on the fixtures, then int4 Scout (12 layers) at several budgets"
 HERD_FIXTURES="$PWD/tests/fixtures" timeout 120 $B/expert_cache --exact streaming_is_exact_on_cuda --nocapture \
-    > "$OUT/expert_cache_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
-grep -E "test result|panicked|differ" "$OUT/expert_cache_cuda.txt" | head -5
-row "expert streaming exact, cuda" "$(grep -E 'test result' "$OUT/expert_cache_cuda.txt" | head -1) (exit $rc)"
+    > "$L/expert_cache_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
+grep -E "test result|panicked|differ" "$L/expert_cache_cuda.txt" | head -5
+row "expert streaming exact, cuda" "$(grep -E 'test result' "$L/expert_cache_cuda.txt" | head -1) (exit $rc)"
 # 16 experts x 12 layers of ~65 MB: 13GiB holds them all, 1GiB one per layer; off = resident (the 5% check).
 timeout 240 $B/herd bench --backend cuda --synthetic scout --layers 12 --quant q4 --prompt-tokens 128 --gen-tokens 64 \
-    --repeat 2 --expert-cache off,13GiB,4GiB,1GiB > "$OUT/bench_cuda_stream.txt" 2>&1; echo "exit $?"
-grep -E "^decode:|^prefill|expert cache:|lookups|fetched|last repetition|peak:|error" "$OUT/bench_cuda_stream.txt"
+    --repeat 2 --expert-cache off,13GiB,4GiB,1GiB > "$L/bench_cuda_stream.txt" 2>&1; echo "exit $?"
+grep -E "^decode:|^prefill|expert cache:|lookups|fetched|last repetition|peak:|error" "$L/bench_cuda_stream.txt"
 i=0; for b in off 13GiB 4GiB 1GiB; do
     i=$((i + 1))
-    row "cuda int4 Scout 12 layers, cache $b" "$(grep -E '^decode:' "$OUT/bench_cuda_stream.txt" | sed -n ${i}p)"
+    row "cuda int4 Scout 12 layers, cache $b" "$(grep -E '^decode:' "$L/bench_cuda_stream.txt" | sed -n ${i}p)"
 done
-row "cuda streaming, decode H2D" "$(grep -E 'last repetition' "$OUT/bench_cuda_stream.txt" | tail -1)"
-row "cuda host-to-device peak" "$(grep -E "^host to device peak" "$OUT/bench_cuda_stream.txt" | head -1)"
+row "cuda streaming, decode H2D" "$(grep -E 'last repetition' "$L/bench_cuda_stream.txt" | tail -1)"
+row "cuda host-to-device peak" "$(grep -E "^host to device peak" "$L/bench_cuda_stream.txt" | head -1)"
 # The staging fill on one thread against the default (several): what the parallel fill buys.
 HERD_COPY_THREADS=1 timeout 120 $B/herd bench --backend cuda --synthetic scout --layers 12 --quant q4 --prompt-tokens 16 \
-    --gen-tokens 32 --repeat 1 --expert-cache 1GiB > "$OUT/bench_cuda_stream_1thread.txt" 2>&1; echo "exit $?"
-row "cuda streaming 1GiB, one copy thread" "$(grep -E 'last repetition' "$OUT/bench_cuda_stream_1thread.txt" | tail -1)"
+    --gen-tokens 32 --repeat 1 --expert-cache 1GiB > "$L/bench_cuda_stream_1thread.txt" 2>&1; echo "exit $?"
+row "cuda streaming 1GiB, one copy thread" "$(grep -E 'last repetition' "$L/bench_cuda_stream_1thread.txt" | tail -1)"
 }
 
 time_left "cuda bench, bf16 activations" && {
     HERD_CUDA_BF16_ACTIVATIONS=1 timeout 120 $B/herd bench --backend cuda --synthetic scout --layers 12 --prompt-tokens 2048 \
-        --gen-tokens 16 --repeat 2 > "$OUT/bench_cuda_bf16act.txt" 2>&1; echo "exit $?"
-    grep -E "prefill|backend" "$OUT/bench_cuda_bf16act.txt"
-    row "cuda prefill 2048, bf16 activations" "$(grep -E '^prefill' "$OUT/bench_cuda_bf16act.txt")"
+        --gen-tokens 16 --repeat 2 > "$L/bench_cuda_bf16act.txt" 2>&1; echo "exit $?"
+    grep -E "prefill|backend" "$L/bench_cuda_bf16act.txt"
+    row "cuda prefill 2048, bf16 activations" "$(grep -E '^prefill' "$L/bench_cuda_bf16act.txt")"
 }
 
 time_left "cuda perf table" && {
 echo "== op table --perf on cuda"
-timeout 120 $B/conformance --backend cuda --perf > "$OUT/perf_cuda.txt" 2>&1; echo "exit $?"
-grep -E "k=5120 n=8192|k=1024 n=1024|d=128 chunk|1500, 1|d=1024 f=|d=512 f=512|dim=5120|n=1048576|vocab=202048|fixed cost|graphs" "$OUT/perf_cuda.txt"
+timeout 120 $B/conformance --backend cuda --perf > "$L/perf_cuda.txt" 2>&1; echo "exit $?"
+grep -E "k=5120 n=8192|k=1024 n=1024|d=128 chunk|1500, 1|d=1024 f=|d=512 f=512|dim=5120|n=1048576|vocab=202048|fixed cost|graphs" "$L/perf_cuda.txt"
 }
 
 echo "== op table on wgpu (correctness), with and without subgroup reductions"
 for mode in --subgroups --no-subgroups; do
     time_left "wgpu table $mode" || continue
-    timeout 120 $B/conformance --backend wgpu $mode > "$OUT/ops_wgpu$mode.txt" 2>&1; echo "$mode exit $?"
-    head -1 "$OUT/ops_wgpu$mode.txt"; grep -E "FAIL|ERROR" "$OUT/ops_wgpu$mode.txt" | head -5; tail -1 "$OUT/ops_wgpu$mode.txt"
-    row "op table, wgpu $mode" "$(tail -1 "$OUT/ops_wgpu$mode.txt")"
+    timeout 120 $B/conformance --backend wgpu $mode > "$L/ops_wgpu$mode.txt" 2>&1; echo "$mode exit $?"
+    head -1 "$L/ops_wgpu$mode.txt"; grep -E "FAIL|ERROR" "$L/ops_wgpu$mode.txt" | head -5; tail -1 "$L/ops_wgpu$mode.txt"
+    row "op table, wgpu $mode" "$(tail -1 "$L/ops_wgpu$mode.txt")"
 done
 
 time_left "golden fixtures, wgpu" && {
 echo "== golden fixtures on wgpu"
-HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" HERD_REQUIRE_WGPU=1 timeout 120 $B/golden_wgpu > "$OUT/golden_wgpu.txt" 2>&1; rc=$?; echo "exit $rc"
-grep -E "test result|panicked" "$OUT/golden_wgpu.txt" | head -3
-row "golden fixtures, wgpu" "$(grep -E 'test result' "$OUT/golden_wgpu.txt" | head -1) (exit $rc)"
+HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" HERD_REQUIRE_WGPU=1 timeout 120 $B/golden_wgpu > "$L/golden_wgpu.txt" 2>&1; rc=$?; echo "exit $rc"
+grep -E "test result|panicked" "$L/golden_wgpu.txt" | head -3
+row "golden fixtures, wgpu" "$(grep -E 'test result' "$L/golden_wgpu.txt" | head -1) (exit $rc)"
 }
 
 time_left "wgpu perf table" && {
 echo "== op table --perf on wgpu"
-timeout 150 $B/conformance --backend wgpu --perf > "$OUT/perf_wgpu.txt" 2>&1; echo "exit $?"
-grep -E "k=5120 n=8192|k=1024 n=1024|d=128 chunk|1500, 1|d=1024 f=|d=512 f=512|dim=5120|n=1048576|vocab=202048|fixed cost" "$OUT/perf_wgpu.txt"
+timeout 150 $B/conformance --backend wgpu --perf > "$L/perf_wgpu.txt" 2>&1; echo "exit $?"
+grep -E "k=5120 n=8192|k=1024 n=1024|d=128 chunk|1500, 1|d=1024 f=|d=512 f=512|dim=5120|n=1048576|vocab=202048|fixed cost" "$L/perf_wgpu.txt"
 echo "== reductions without subgroups (compare with the rows above)"
-timeout 60 $B/conformance --backend wgpu --perf --no-subgroups --op rms_norm > "$OUT/perf_wgpu_nosg.txt" 2>&1
-timeout 60 $B/conformance --backend wgpu --perf --no-subgroups --op sample >> "$OUT/perf_wgpu_nosg.txt" 2>&1
-grep -E "dim=5120|vocab=202048" "$OUT/perf_wgpu_nosg.txt"
+timeout 60 $B/conformance --backend wgpu --perf --no-subgroups --op rms_norm > "$L/perf_wgpu_nosg.txt" 2>&1
+timeout 60 $B/conformance --backend wgpu --perf --no-subgroups --op sample >> "$L/perf_wgpu_nosg.txt" 2>&1
+grep -E "dim=5120|vocab=202048" "$L/perf_wgpu_nosg.txt"
 }
 
 time_left "wgpu bench" && {
 echo "== herd bench, synthetic Scout shapes, wgpu"
-timeout 120 $B/herd bench --backend wgpu --synthetic scout --layers 4 --prompt-tokens 128 --gen-tokens 16 --repeat 2 > "$OUT/bench_wgpu.txt" 2>&1; echo "exit $?"
-tail -12 "$OUT/bench_wgpu.txt"
-row "wgpu decode (4 layers)" "$(grep -E '^decode:' "$OUT/bench_wgpu.txt")"
+timeout 120 $B/herd bench --backend wgpu --synthetic scout --layers 4 --prompt-tokens 128 --gen-tokens 16 --repeat 2 > "$L/bench_wgpu.txt" 2>&1; echo "exit $?"
+tail -12 "$L/bench_wgpu.txt"
+row "wgpu decode (4 layers)" "$(grep -E '^decode:' "$L/bench_wgpu.txt")"
 }
 
 echo
 echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(date -u +%F))"
 printf '%s\n' "${summary[@]}"
+printf '%s\n' "${summary[@]}" > "$L/summary.txt"
+tar -czf "$OUT/gpu-check-logs.tar.gz" -C "$L" . && cp "$L/summary.txt" "$OUT/summary.txt"

@@ -23,5 +23,9 @@ if ! ls .gpu/debs/libvulkan1_*.deb >/dev/null 2>&1; then
     apt-get $o update -qq && (cd .gpu/debs && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
 fi
 strip .gpu/bin/* 2>/dev/null || true
+# The binaries are ~65 MB stripped, more than the 64 MiB a device call may carry with the working tree: they
+# travel as one xz archive (~20 MB), which gpu-check.sh unpacks.
+tar -C .gpu -cf - bin | xz -9 -T0 > .gpu/bin.tar.xz
+rm -rf .gpu/bin
 du -sh .gpu
 echo "ready: carry .gpu and run scripts/gpu-check.sh on the GPU machine"
