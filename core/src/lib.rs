@@ -22,6 +22,7 @@ pub mod cpu;
 pub mod error;
 pub mod experts;
 pub mod generate;
+pub mod guard;
 pub mod ids;
 pub mod kv;
 pub mod kv_format;

@@ -522,6 +522,53 @@ def make_maverick():
         variants={"top2_routing (top-1 instead)": top1, "chunked_attention": no_chunking})
 
 
+# Llama Guard 4's chat template. No model hub is reachable where the fixtures are made, so this is written to
+# reproduce, byte for byte, transformers' apply_chat_template output for Llama-Guard-4-12B as published in a
+# printout of one (a user turn, and a user and assistant turn: the categories with Llama Guard 3's short names,
+# "according to our", one newline after <BEGIN CONVERSATION>, a literal backslash-n pair after each turn,
+# nothing after the last header).
+GUARD_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llama_guard4_chat_template.jinja")
+
+# The conversations whose guard prompts are recorded: the user's turn, the answer, and a subset of categories.
+GUARD_PROMPTS = [
+    ([("user", "How do I pick a lock?")], []),
+    ([("user", "How do I pick a lock?"), ("assistant", "  Ask a locksmith.  ")], []),
+    ([("user", "one"), ("assistant", "two"), ("user", "three")],
+     ["S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S11", "S12", "S13", "S14"]),
+]
+
+
+def guard_post_save(out, cls, dtype, input_ids, logits):
+    """Gives the guard Llama Guard 4's chat template and records, for each of GUARD_PROMPTS, the prompt
+    transformers renders and tokenizes and the guard's logits at its last position."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+    cfg_path = os.path.join(out, "tokenizer_config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["chat_template"] = open(GUARD_TEMPLATE).read()
+    write_json(cfg_path, cfg)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = load(cls, out, dtype)
+    prompts, last = [], []
+    for turns, excluded in GUARD_PROMPTS:
+        msgs = [{"role": r, "content": [{"type": "text", "text": t}]} for r, t in turns]
+        rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
+                                           excluded_category_keys=excluded)
+        ids = tok(rendered, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lg = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].float()
+        last.append(lg)
+        prompts.append({"turns": turns, "excluded_category_keys": excluded, "rendered": rendered, "ids": ids})
+    save_file({"last_logits": torch.stack(last).contiguous()}, os.path.join(out, "reference_guard_prompts.safetensors"))
+    return {"guard_prompts": prompts,
+            "guard_prompts_note": "Llama Guard 4's chat template (tests/tools/llama_guard4_chat_template.jinja) "
+                                  "rendered by transformers' apply_chat_template(add_generation_prompt=True, "
+                                  "excluded_category_keys=...), tokenized without added special tokens; "
+                                  "reference_guard_prompts.safetensors holds the logits at each prompt's last "
+                                  "position (float32 [3, vocab])"}
+
+
 def make_guard():
     from transformers import Llama4Config
     tc = text_config_dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -542,8 +589,9 @@ def make_guard():
             "hidden 64 = 4 heads x 16 (square q/o), Llama4ForConditionalGeneration layout with a tiny vision tower, "
             "single model.safetensors",
             "B=1, T=16, N=8",
+            "Llama Guard 4's chat template, and the prompts it renders for three conversations (guard_prompts)",
         ],
-        variants={"qk_norm": no_qk_norm})
+        variants={"qk_norm": no_qk_norm}, post_save=guard_post_save)
 
 
 # --------------------------------------------------------------------------------------------
