@@ -9,6 +9,7 @@ mod bench_serve;
 mod bench_vision;
 mod files;
 mod fit;
+mod guard;
 mod ids_io;
 mod images;
 mod inspect;
@@ -75,6 +76,9 @@ enum Cmd {
     ServeWeb(ServeWebArgs),
     /// Write herd-manifest.json into a model directory: the checksums the browser demo verifies ranges by.
     WebManifest(WebManifestArgs),
+    /// Ask Llama Guard 4 whether a prompt (or an answer to it) is safe: prints `safe`, or `unsafe` and the
+    /// violated categories one per line. Exit status 0 when safe, 3 when unsafe, 1 on an error.
+    Guard(GuardArgs),
 }
 
 #[derive(Args)]
@@ -116,6 +120,8 @@ struct ServeArgs {
     /// The memory to plan against (e.g. 80GB) instead of what the device has free.
     #[arg(long, value_name = "SIZE")]
     device_memory: Option<String>,
+    #[command(flatten)]
+    guard: guard::GuardArg,
 }
 
 #[derive(Args)]
@@ -269,7 +275,27 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     grammar: Option<PathBuf>,
     #[command(flatten)]
+    guard: guard::GuardArg,
+    #[command(flatten)]
     text: TextArgs,
+}
+
+#[derive(Args)]
+struct GuardArgs {
+    /// The Llama Guard 4 model directory.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    backend: BackendArg,
+    /// The user's message.
+    #[arg(long)]
+    prompt: String,
+    /// A model's answer to it: the answer is then what is checked, with the prompt as its context.
+    #[arg(long)]
+    response: Option<String>,
+    /// Check only these categories (comma-separated keys, e.g. S1,S9,S10; default all of S1..S14).
+    #[arg(long, value_name = "LIST")]
+    guard_categories: Option<String>,
 }
 
 #[derive(Args)]
@@ -479,7 +505,27 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             let grammar = text::grammar_arg(a.json_schema.as_deref(), a.grammar.as_deref())?;
             let prompt = text::Prompt { text: &a.prompt, chat: a.chat, system: t.system.as_deref(), images };
-            with_backend!(t.backend, |b| text::run(b, &files, prompt, &t.sampling, &opts, a.stats, grammar.as_ref()))
+            let guard = a.guard.open()?;
+            let guard = guard.as_ref().map(|g| (g, a.guard.guard_every));
+            with_backend!(t.backend, |b| text::run(
+                b,
+                &files,
+                prompt,
+                &t.sampling,
+                &opts,
+                a.stats,
+                grammar.as_ref(),
+                guard
+            ))
+        }
+        Cmd::Guard(a) => {
+            let opts = a.backend.load_options()?;
+            let g = guard::GuardFiles::open(a.model, a.guard_categories.as_deref())?;
+            let v = with_backend!(a.backend, |b| guard::run(b, &g, &a.prompt, a.response.as_deref(), &opts))?;
+            if v.refuses(&g.policy) {
+                std::process::exit(3);
+            }
+            Ok(())
         }
         Cmd::Chat(t) => {
             let opts = load_options(&t.backend, &t.device_memory)?;
@@ -518,6 +564,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 },
                 api_key,
                 body_limit: a.body_limit,
+                guard: a.guard.open()?.map(|g| (g, a.guard.guard_every)),
             };
             let files = ModelFiles::new(a.model.model);
             with_backend!(a.backend, |b| serve::serve(b, &files, opts, &load_opts))

@@ -18,6 +18,7 @@ use herd_core::tokenizer::Tokenizer;
 
 use crate::files::{LoadOptions, ModelFiles};
 use crate::fit::Need;
+use crate::guard::GuardFiles;
 use crate::images::{Encoded, Planner, Vision};
 use crate::SamplingArgs;
 use herd_core::vision::input::PlannedImage;
@@ -209,8 +210,25 @@ pub fn run<B: Backend>(
     opts: &LoadOptions,
     show_stats: bool,
     grammar: Option<&Grammar>,
+    guard: Option<(&GuardFiles, usize)>,
 ) -> Result<()> {
     let tok = files.tokenizer()?;
+    // The guard checks the prompt before the model loads (the prompt's length for it before anything does).
+    let conv = herd_core::guard::conversation(&[Message::user(prompt.text)], None);
+    if let Some((g, _)) = guard {
+        g.request(&conv)?;
+    }
+    let mut guard = match guard {
+        Some((g, every)) => {
+            let mut s = g.load(backend.clone(), opts, 1)?;
+            let v = crate::guard::check(&mut s, g, &conv)?;
+            if v.refuses(&g.policy) {
+                anyhow::bail!("the guard found the prompt unsafe: {}", v.describe());
+            }
+            Some(Guarded { g, s, conv, every, text: String::new(), shown: 0, since: 0, unsafe_: None })
+        }
+        None => None,
+    };
     let params = GenerateParams { max_tokens: a.max_tokens, sampling: sampling(files, a)?, stop_ids: vec![] };
     let ids = prompt_ids(files, &tok, &prompt)?;
     let constraint = constraint(files, &tok, grammar)?;
@@ -235,9 +253,20 @@ pub fn run<B: Backend>(
         sched.reserve(1, prompt_len + params.max_tokens.min(cfg.text.max_position_embeddings))?;
     }
     let mut text = String::new();
-    let mut on_token = streamer(&tok, &mut text);
+    let mut plain = streamer(&tok, &mut text);
+    let has_guard = guard.is_some();
+    let mut dec = tok.stream_decoder(true);
+    let mut guarded = |id: u32| -> bool {
+        let gd = guard.as_mut().expect("only with a guard");
+        if let Ok(Some(piece)) = dec.push(id) {
+            gd.text.push_str(&piece);
+        }
+        gd.since += 1;
+        gd.since < gd.every || gd.check()
+    };
+    let on_token: &mut dyn FnMut(u32) -> bool = if has_guard { &mut guarded } else { &mut plain };
     let stats = match planned {
-        None => generate(&mut sched, Request { constraint, ..Request::new(ids, params) }, None, &mut on_token)?,
+        None => generate(&mut sched, Request { constraint, ..Request::new(ids, params) }, None, on_token)?,
         Some((planner, ids, planned)) => {
             let vision = Vision::load(files, &backend, &planner)?;
             let t0 = Instant::now();
@@ -249,9 +278,20 @@ pub fn run<B: Backend>(
                 t0.elapsed().as_secs_f64()
             );
             let images = images_of(planner.tokens.patch, &encoded);
-            generate(&mut sched, Request { constraint, ..Request::new(ids, params) }, Some(images), &mut on_token)?
+            generate(&mut sched, Request { constraint, ..Request::new(ids, params) }, Some(images), on_token)?
         }
     };
+    if let Some(gd) = guard.as_mut() {
+        // The end of the answer: checked once more (unless the last check saw all of it).
+        if gd.unsafe_.is_none() && (gd.since > 0 || gd.shown < gd.text.len()) {
+            gd.check();
+        }
+        if let Some(v) = &gd.unsafe_ {
+            println!();
+            report(&stats);
+            anyhow::bail!("the guard found the answer unsafe and stopped it there: {}", v.describe());
+        }
+    }
     println!();
     report(&stats);
     if show_stats {
@@ -261,6 +301,41 @@ pub fn run<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// `herd run`'s answer under a guard: text is printed once a check has passed it.
+struct Guarded<'a, B: Backend> {
+    g: &'a GuardFiles,
+    s: Scheduler<B>,
+    conv: Vec<Message>,
+    every: usize,
+    /// The answer so far, and how much of it is printed.
+    text: String,
+    shown: usize,
+    /// Tokens since the last check.
+    since: usize,
+    /// The verdict that stopped the answer.
+    unsafe_: Option<herd_core::guard::Verdict>,
+}
+
+impl<B: Backend> Guarded<'_, B> {
+    /// Checks the answer so far: prints what it passes and returns true, or keeps the verdict and returns
+    /// false (a check that fails to run stops the answer too: it has not been found safe).
+    fn check(&mut self) -> bool {
+        self.since = 0;
+        let conv = herd_core::guard::conversation(&self.conv, Some(&self.text));
+        let v = crate::guard::check(&mut self.s, self.g, &conv).unwrap_or_else(|e| herd_core::guard::Verdict {
+            safe: false,
+            categories: vec![format!("the check failed: {}", e.to_string().replace('\n', " "))],
+        });
+        if v.refuses(&self.g.policy) {
+            self.unsafe_ = Some(v);
+            return false;
+        }
+        print!("{}", &self.text[self.shown..]);
+        self.shown = self.text.len();
+        std::io::stdout().flush().is_ok()
+    }
 }
 
 /// A request's images from their encodings.

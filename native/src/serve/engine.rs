@@ -13,6 +13,7 @@ use herd_core::schedule::{Event, Images, Request, RequestId, Scheduler};
 use herd_core::vision::input::PlannedImage;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -39,6 +40,12 @@ pub struct Metrics {
     expert_misses: Gauge,
     ttft: Histogram,
     itl: Histogram,
+    /// The guard's verdicts by stage (input, output) and verdict (safe, unsafe).
+    pub guard_verdicts: Family<Vec<(String, String)>, Counter>,
+    /// Categories of the guard's unsafe verdicts, by stage and category (S1..S14).
+    pub guard_categories: Family<Vec<(String, String)>, Counter>,
+    /// How long a check took, from asking to the verdict.
+    pub guard_seconds: Histogram,
 }
 
 impl Metrics {
@@ -63,7 +70,12 @@ impl Metrics {
             add(&mut r, "prefix_cache_tokens", "Tokens of ended requests kept in the KV cache for reuse", g());
         let generated_tokens = add(&mut r, "generation_tokens", "Tokens generated", c());
         let kv_tokens = add(&mut r, "kv_cache_tokens", "Tokens held in the KV cache by running requests", g());
-        let kv_bytes = add(&mut r, "kv_cache_bytes", "Bytes of the KV-cache pages in use (a page shared by several sequences counts once)", g());
+        let kv_bytes = add(
+            &mut r,
+            "kv_cache_bytes",
+            "Bytes of the KV-cache pages in use (a page shared by several sequences counts once)",
+            g(),
+        );
         let expert_hits = add(&mut r, "expert_cache_hits", "Routed experts found in the expert cache", g());
         let expert_misses = add(&mut r, "expert_cache_misses", "Routed expert lookups the expert cache missed", g());
         let ttft = add(
@@ -78,8 +90,29 @@ impl Metrics {
             "Between two tokens of one request",
             Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         );
+        let guard_verdicts = add(
+            &mut r,
+            "guard_verdicts",
+            "Llama Guard verdicts, by stage (input: the user's turn; output: the answer) and verdict",
+            Family::default(),
+        );
+        let guard_categories = add(
+            &mut r,
+            "guard_unsafe_categories",
+            "Categories (S1..S14) named by unsafe Llama Guard verdicts, by stage",
+            Family::default(),
+        );
+        let guard_seconds = add(
+            &mut r,
+            "guard_check_seconds",
+            "Time of one Llama Guard check, from asking to the verdict",
+            Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        );
         Metrics {
             registry: r,
+            guard_verdicts,
+            guard_categories,
+            guard_seconds,
             running,
             waiting,
             requests,

@@ -13,6 +13,7 @@
 //! a file on the server.
 
 mod engine;
+mod guarded;
 mod respond;
 
 use std::net::SocketAddr;
@@ -52,6 +53,8 @@ pub struct Options {
     pub sched: SchedulerConfig,
     pub api_key: Option<String>,
     pub body_limit: usize,
+    /// Llama Guard 4 and how many tokens of a streamed answer go between its checks.
+    pub guard: Option<(crate::guard::GuardFiles, usize)>,
 }
 
 /// What the handlers share.
@@ -71,6 +74,8 @@ struct Shared {
     ready: Arc<AtomicBool>,
     shutting_down: Arc<AtomicBool>,
     next_id: AtomicU64,
+    /// Llama Guard 4, when the server has one (`--guard`).
+    guard: Option<guarded::GuardClient>,
 }
 
 fn now_secs() -> u64 {
@@ -146,14 +151,15 @@ async fn chat_completions(
         let m = json_body(body)?;
         let conv = openai::conversation(&m)?;
         let tools = herd_core::tools::parse(&m)?;
+        guarded::check_input(&sh, &conv.messages).await?;
         let ids =
             openai::chat_ids(&conv.messages, tools.as_ref().and_then(|t| t.for_template()), sh.tmpl.as_ref(), &sh.tok)?;
         let (ids, images) =
             if conv.images.is_empty() { (ids, Vec::new()) } else { images(&sh, ids, conv.images).await? };
-        Ok::<_, ApiError>((openai::generation(&sh.served, &m, ids, true)?, images))
+        Ok::<_, ApiError>((openai::generation(&sh.served, &m, ids, true)?, images, conv.messages))
     };
     match run.await {
-        Ok((g, images)) => generate(sh, Kind::Chat, g, images).await,
+        Ok((g, images, messages)) => generate(sh, Kind::Chat, g, images, Some(messages)).await,
         Err(e) => e.reply(),
     }
 }
@@ -201,10 +207,16 @@ async fn completions(
         authorize(&sh, &headers)?;
         let m = json_body(body)?;
         let ids = openai::completion_ids(&m, &sh.tok)?;
-        openai::generation(&sh.served, &m, ids, false)
+        // The guard reads a raw prompt as the user's turn.
+        let messages = match &sh.guard {
+            Some(_) => vec![herd_core::chat::Message::user(sh.tok.decode(&ids, true).unwrap_or_default())],
+            None => Vec::new(),
+        };
+        guarded::check_input(&sh, &messages).await?;
+        Ok::<_, ApiError>((openai::generation(&sh.served, &m, ids, false)?, messages))
     };
     match run.await {
-        Ok(g) => generate(sh, Kind::Completion, g, Vec::new()).await,
+        Ok((g, messages)) => generate(sh, Kind::Completion, g, Vec::new(), Some(messages)).await,
         Err(e) => e.reply(),
     }
 }
@@ -336,6 +348,15 @@ pub fn serve<B: Backend + 'static>(
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+    let (guard_tx, guard_rx) = mpsc::channel::<Job>();
+    let (guard_files, guard) = match opts.guard.take() {
+        Some((files, every)) => {
+            eprintln!("herd serve: Llama Guard from {} checks requests and answers", files.files.describe());
+            let model_files = files.files.clone();
+            (Some(model_files), Some(guarded::GuardClient { files, every, jobs: Mutex::new(guard_tx) }))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
         tok,
         tmpl,
@@ -356,6 +377,7 @@ pub fn serve<B: Backend + 'static>(
         ready: ready.clone(),
         shutting_down: stop.clone(),
         next_id: AtomicU64::new(0),
+        guard,
     });
     // The model loads on the engine thread while the server answers: /health is 503 and requests are
     // refused with 503 until it is ready. A failed load ends the server with its error.
@@ -374,10 +396,29 @@ pub fn serve<B: Backend + 'static>(
                     }
                     None => None,
                 };
-                let (_, model) = files.load(backend, &load_opts)?;
+                let (_, model) = files.load(backend.clone(), &load_opts)?;
                 let mut s = Scheduler::new(Arc::new(model), sched)?;
                 if let Some((seqs, tokens)) = reserve {
                     s.reserve(seqs, tokens)?;
+                }
+                // The guard on its own engine thread, loaded before the server says it is ready.
+                if let Some(g) = guard_files {
+                    let (m, stop, opts) = (Arc::new(Metrics::new()), engine_stop.clone(), load_opts.clone());
+                    let (loaded_tx, loaded_rx) = mpsc::channel::<Result<()>>();
+                    let seqs = sched.max_seqs.clamp(1, 8);
+                    std::thread::Builder::new()
+                        .name("herd-guard".into())
+                        .spawn(move || match crate::guard::load(&g, backend, &opts, seqs) {
+                            Ok(gs) => {
+                                let _ = loaded_tx.send(Ok(()));
+                                engine(gs, None, guard_rx, m, stop)
+                            }
+                            Err(e) => {
+                                let _ = loaded_tx.send(Err(e));
+                            }
+                        })
+                        .context("starting the guard's engine thread")?;
+                    loaded_rx.recv().context("the guard's engine thread ended")??;
                 }
                 Ok((s, eyes))
             };

@@ -17,11 +17,22 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use super::engine::Job;
+use super::guarded::Gate;
 use super::{json_response, now_secs, Reply, Shared};
 
-/// Submits a request to the engine; its events, or the refusal.
+/// Submits a request to the model's engine; its events, or the refusal.
 async fn submit(
     sh: &Shared,
+    req: Request,
+    images: Vec<PlannedImage>,
+) -> std::result::Result<(tmpsc::UnboundedReceiver<Event>, Arc<AtomicBool>), ApiError> {
+    submit_to(sh, &sh.jobs, req, images).await
+}
+
+/// Submits a request to an engine (the model's or the guard's).
+pub(super) async fn submit_to(
+    sh: &Shared,
+    jobs: &std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
     req: Request,
     images: Vec<PlannedImage>,
 ) -> std::result::Result<(tmpsc::UnboundedReceiver<Event>, Arc<AtomicBool>), ApiError> {
@@ -34,8 +45,7 @@ async fn submit(
     let (tx, rx) = tmpsc::unbounded_channel();
     let (atx, arx) = oneshot::channel();
     let stop = Arc::new(AtomicBool::new(false));
-    let sent = sh
-        .jobs
+    let sent = jobs
         .lock()
         .map_err(|_| ApiError::new(500, "server_error", "internal_error", "engine poisoned"))?
         .send(Job { req, images, events: tx, accepted: atx, stop: stop.clone() });
@@ -202,7 +212,16 @@ pub enum Kind {
     Completion,
 }
 
-pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedImage>) -> Response {
+/// Runs a request and answers it; `guarded` is the conversation the guard checks the answer in (None: the
+/// request has none, as a raw completion; with no guard loaded it is not used).
+pub async fn generate(
+    sh: Arc<Shared>,
+    kind: Kind,
+    g: Gen,
+    images: Vec<PlannedImage>,
+    guarded: Option<Vec<herd_core::chat::Message>>,
+) -> Response {
+    let mut gate = Gate::new(&sh, guarded);
     let n = sh.next_id.fetch_add(1, Ordering::Relaxed);
     let id = match kind {
         Kind::Chat => format!("chatcmpl-{n}"),
@@ -253,9 +272,18 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
                 return ApiError::new(503, "server_error", "engine_stopped", "the model's engine has stopped").reply()
             }
         };
-        let lp = if logprobs { Some(entries) } else { None };
+        // The guard reads the whole answer first; an unsafe one is withheld.
+        let filtered = match gate.as_mut() {
+            Some(g) => !g.pass(&sh, &text).await,
+            None => false,
+        };
+        let lp = if logprobs && !filtered { Some(entries) } else { None };
         held.text = text.clone();
         let (message, reason) = match held.finish() {
+            _ if filtered => {
+                text.clear();
+                (json!({"role": "assistant", "content": null}), "content_filter")
+            }
             Ok(calls) => {
                 (json!({"role": "assistant", "content": null, "tool_calls": tool_calls(&calls, n)}), "tool_calls")
             }
@@ -301,20 +329,36 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
         }
         let mut generated = 0;
         let mut done = None;
+        // Text (and its logprobs) not sent yet: under a guard, what no check has passed.
+        let (mut full, mut pending, mut pending_lp) = (String::new(), String::new(), Vec::new());
+        let mut filtered = false;
         while let Some(e) = rx.recv().await {
             match e {
-                Event::Token(_) if detok.stopped => {}
+                Event::Token(_) if detok.stopped || filtered => {}
                 Event::Token(t) => {
                     generated += 1;
-                    let text = held.take(detok.push(t.id));
-                    let lp = logprobs.then(|| json!([logprob_entry(&sh3.tok, &t)]));
-                    if (!text.is_empty() || lp.is_some())
-                        && out_tx.send(Ok(send(&chunk(json!({"content": text}), lp, None)))).await.is_err()
-                    {
-                        return; // the client is gone: dropping `rx` cancels the request
+                    let piece = detok.push(t.id);
+                    full.push_str(&piece);
+                    pending.push_str(&held.take(piece));
+                    if logprobs {
+                        pending_lp.push(logprob_entry(&sh3.tok, &t));
                     }
                     if detok.stopped {
                         halt.store(true, Ordering::Relaxed);
+                    }
+                    let release = match gate.as_mut() {
+                        None => true,
+                        Some(g) => g.due() && g.pass(&sh3, &full).await,
+                    };
+                    if !release && gate.as_ref().is_some_and(|g| g.stopped.is_some()) {
+                        filtered = true;
+                        halt.store(true, Ordering::Relaxed);
+                    } else if release && (!pending.is_empty() || !pending_lp.is_empty()) {
+                        let lp = logprobs.then(|| Value::Array(std::mem::take(&mut pending_lp)));
+                        let delta = json!({"content": std::mem::take(&mut pending)});
+                        if out_tx.send(Ok(send(&chunk(delta, lp, None)))).await.is_err() {
+                            return; // the client is gone: dropping `rx` cancels the request
+                        }
                     }
                 }
                 Event::Done(f) => {
@@ -324,12 +368,20 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
             }
         }
         drop(rx);
-        let tail = held.take(detok.finish());
-        if !tail.is_empty() {
-            let _ = out_tx.send(Ok(send(&chunk(json!({"content": tail}), None, None)))).await;
+        let tail = detok.finish();
+        full.push_str(&tail);
+        pending.push_str(&held.take(tail));
+        // The end of the answer: what no check has seen yet is checked before it goes out.
+        if let (Some(g), false, Some(Ok(_))) = (gate.as_mut(), filtered, done.as_ref().map(|f| &f.reason)) {
+            filtered = !g.pass(&sh3, &full).await;
+        }
+        if !filtered && (!pending.is_empty() || !pending_lp.is_empty()) {
+            let lp = logprobs.then(|| Value::Array(std::mem::take(&mut pending_lp)));
+            let _ = out_tx.send(Ok(send(&chunk(json!({"content": pending}), lp, None)))).await;
         }
         // What was held back: calls (their name, then their arguments), or content after all.
         let calls = match held.finish() {
+            _ if filtered => None,
             Ok(calls) => Some(calls),
             Err(text) if !text.is_empty() => {
                 let _ = out_tx.send(Ok(send(&chunk(json!({"content": text}), None, None)))).await;
@@ -368,7 +420,11 @@ pub async fn generate(sh: Arc<Shared>, kind: Kind, g: Gen, images: Vec<PlannedIm
                     .await;
             }
             Some(f) => {
-                let reason = if calls.is_some() { "tool_calls" } else { finish_reason(f, detok.stopped) };
+                let reason = match () {
+                    _ if filtered => "content_filter",
+                    _ if calls.is_some() => "tool_calls",
+                    _ => finish_reason(f, detok.stopped),
+                };
                 let delta = if kind == Kind::Chat { json!({}) } else { json!({"content": ""}) };
                 let _ = out_tx.send(Ok(send(&chunk(delta, None, Some(reason))))).await;
                 if include_usage {

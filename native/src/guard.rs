@@ -1,0 +1,164 @@
+//! Llama Guard 4 next to a model (`herd run --guard`, `herd serve --guard`) and on its own (`herd guard`):
+//! its files, its greedy request for a conversation, and the reading of its answer
+//! ([`herd_core::guard`] has the conversation, the prompt and the verdict).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use herd_core::backend::Backend;
+use herd_core::chat::{ChatTemplate, Message};
+use herd_core::guard::{self, Policy, Verdict, MAX_ANSWER_TOKENS};
+use herd_core::sampling::SamplingParams;
+use herd_core::schedule::{GenerateParams, Request, Scheduler, SchedulerConfig};
+use herd_core::tokenizer::Tokenizer;
+
+use crate::files::{LoadOptions, ModelFiles};
+
+/// Tokens of answer between two checks of a streamed answer, unless `--guard-every` says otherwise.
+pub const DEFAULT_EVERY: usize = 32;
+
+/// A guard model's files and settings: what is needed to turn a conversation into its request and its
+/// answer into a verdict.
+pub struct GuardFiles {
+    pub files: ModelFiles,
+    pub tok: Tokenizer,
+    tmpl: ChatTemplate,
+    pub policy: Policy,
+    stop_ids: Vec<u32>,
+    /// The longest prompt the guard takes (its context less the answer's tokens).
+    pub max_prompt: usize,
+}
+
+impl GuardFiles {
+    /// Opens a guard's directory; `categories` is `--guard-categories` (None: all).
+    pub fn open(dir: PathBuf, categories: Option<&str>) -> Result<GuardFiles> {
+        let policy = match categories {
+            Some(list) => Policy::only(list)?,
+            None => Policy::all(),
+        };
+        let files = ModelFiles::new(Some(dir));
+        let what = || format!("the guard model {}", files.describe());
+        let cfg = files.config().with_context(what)?;
+        let tok = files.tokenizer().with_context(what)?;
+        let tmpl = files.chat_template().with_context(|| format!("{}: its chat template", what()))?;
+        let gen = files.generation_config().with_context(what)?;
+        let stop_ids =
+            if gen.eos_token_ids.is_empty() { cfg.text.eos_token_ids.clone() } else { gen.eos_token_ids.clone() };
+        let max_prompt = cfg.text.max_position_embeddings.saturating_sub(MAX_ANSWER_TOKENS);
+        Ok(GuardFiles { files, tok, tmpl, policy, stop_ids, max_prompt })
+    }
+
+    /// The greedy request that asks the guard about the last turn of `conv` (from
+    /// [`herd_core::guard::conversation`]); a prompt longer than the guard's context is an error.
+    pub fn request(&self, conv: &[Message]) -> Result<Request> {
+        let ids = guard::prompt(&self.tmpl, &self.tok, &self.policy, conv)?;
+        if ids.len() > self.max_prompt {
+            anyhow::bail!(
+                "the conversation is too long for the guard: its prompt is {} tokens, the guard takes {}",
+                ids.len(),
+                self.max_prompt
+            );
+        }
+        let params = GenerateParams {
+            max_tokens: MAX_ANSWER_TOKENS,
+            sampling: SamplingParams::default(),
+            stop_ids: self.stop_ids.clone(),
+        };
+        Ok(Request::new(ids, params))
+    }
+
+    /// The verdict in the guard's answer (its ids, stop id excluded).
+    pub fn verdict(&self, ids: &[u32]) -> Result<Verdict> {
+        let text = self.tok.decode(ids, true)?;
+        guard::parse(&text).map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Loads the guard's weights onto `backend` (see [`load`]).
+    pub fn load<B: Backend>(&self, backend: Arc<B>, opts: &LoadOptions, seqs: usize) -> Result<Scheduler<B>> {
+        load(&self.files, backend, opts, seqs)
+    }
+}
+
+/// Loads a guard's weights onto `backend` with the main model's load options (the guard is dense: an expert
+/// cache does not apply) and a scheduler for `seqs` checks at once.
+pub fn load<B: Backend>(files: &ModelFiles, backend: Arc<B>, opts: &LoadOptions, seqs: usize) -> Result<Scheduler<B>> {
+    let (cfg, model) = files.load(backend, opts).with_context(|| "loading the guard model")?;
+    let ctx = cfg.text.max_position_embeddings;
+    let sc = SchedulerConfig {
+        max_seqs: seqs,
+        max_batch_tokens: ctx.min(8192),
+        max_queue: 1024,
+        // What a stream's checks share (the conversation so far) is read once.
+        prefix_cache_tokens: ctx.min(1 << 16),
+        max_context: None,
+    };
+    Ok(Scheduler::new(Arc::new(model), sc)?)
+}
+
+/// One check on a scheduler of the guard, to its end (the CLI's way; the server queues checks on an engine).
+pub fn check<B: Backend>(s: &mut Scheduler<B>, g: &GuardFiles, conv: &[Message]) -> Result<Verdict> {
+    let mut ids = Vec::new();
+    crate::text::generate(s, g.request(conv)?, None, &mut |id| {
+        ids.push(id);
+        true
+    })?;
+    g.verdict(&ids)
+}
+
+/// `herd guard`: the verdict on a prompt (and an answer to it), printed as the guard's own two lines:
+/// `safe`, or `unsafe` and the categories, one per line with their names.
+pub fn run<B: Backend>(
+    backend: Arc<B>,
+    g: &GuardFiles,
+    prompt: &str,
+    response: Option<&str>,
+    opts: &LoadOptions,
+) -> Result<Verdict> {
+    let conv = guard::conversation(&[Message::user(prompt)], response);
+    g.request(&conv)?; // the prompt's length, checked before anything loads
+    let mut s = g.load(backend, opts, 1)?;
+    let t0 = std::time::Instant::now();
+    let v = check(&mut s, g, &conv)?;
+    let refused = v.refuses(&g.policy);
+    println!("{}", if refused { "unsafe" } else { "safe" });
+    for c in v.categories.iter().filter(|_| refused) {
+        println!("{c}: {}", guard::category_name(c).unwrap_or("(not one of Llama Guard 4's categories)"));
+    }
+    eprintln!(
+        "[{} checked in {:.0} ms{}]",
+        if response.is_some() { "the response" } else { "the prompt" },
+        t0.elapsed().as_secs_f64() * 1e3,
+        if !v.safe && !refused { "; unsafe only for categories --guard-categories leaves out" } else { "" }
+    );
+    Ok(v)
+}
+
+/// The guard flags of `herd run` and `herd serve`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GuardArg {
+    /// A Llama Guard 4 model directory, loaded next to the model on the same backend: the user's turn is
+    /// checked before generation (an unsafe one is refused) and the answer as it is written (every
+    /// --guard-every tokens and at its end; an unsafe answer is cut off where it was found).
+    #[arg(long, value_name = "DIR")]
+    pub guard: Option<PathBuf>,
+    /// Check only these of the guard's categories (comma-separated keys, e.g. S1,S9,S10; default all of
+    /// S1..S14). The others are left out of the guard's prompt, as its chat template's
+    /// `excluded_category_keys`.
+    #[arg(long, value_name = "LIST", requires = "guard")]
+    pub guard_categories: Option<String>,
+    /// Tokens of answer between two checks while it is written: text is shown only once a check has passed
+    /// it, so a smaller N shows text sooner and costs more checks.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_EVERY)]
+    pub guard_every: usize,
+}
+
+impl GuardArg {
+    /// The guard's files, when one was asked for.
+    pub fn open(&self) -> Result<Option<GuardFiles>> {
+        if !(1..=1 << 20).contains(&self.guard_every) {
+            anyhow::bail!("--guard-every {}: give a number of tokens from 1 to {}", self.guard_every, 1 << 20);
+        }
+        self.guard.clone().map(|d| GuardFiles::open(d, self.guard_categories.as_deref())).transpose()
+    }
+}

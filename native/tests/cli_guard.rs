@@ -1,0 +1,68 @@
+//! `herd guard` and `herd run --guard` with a tiny guard trained to answer `unsafe` and `S1` when the last
+//! message holds the marker word (tests/fixtures/guard_marker, made by tests/tools/train_guard.py).
+
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herd");
+
+fn guard_dir() -> String {
+    format!("{}/../tests/fixtures/guard_marker", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn herd(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).args(["--backend", "cpu"]).output().expect("run herd")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn herd_guard_prints_the_verdict_and_exits_by_it() {
+    let g = guard_dir();
+    let o = herd(&["guard", "--model", &g, "--prompt", "Where does the zyzzyva live?"]);
+    let (out, err) = text(&o);
+    assert_eq!((o.status.code(), out.as_str()), (Some(3), "unsafe\nS1: Violent Crimes\n"), "{err}");
+    let o = herd(&["guard", "--model", &g, "--prompt", "Where does the river go?"]);
+    let (out, err) = text(&o);
+    assert_eq!((o.status.code(), out.as_str()), (Some(0), "safe\n"), "{err}");
+    // The answer is what is checked when there is one.
+    let o = herd(&["guard", "--model", &g, "--prompt", "Name a word.", "--response", "The word is zyzzyva."]);
+    assert_eq!((o.status.code(), text(&o).0.lines().next()), (Some(3), Some("unsafe")), "{:?}", text(&o));
+    let o = herd(&["guard", "--model", &g, "--prompt", "Name a word.", "--response", "The word is river."]);
+    assert_eq!((o.status.code(), text(&o).0.as_str()), (Some(0), "safe\n"), "{:?}", text(&o));
+    // A category that does not exist is a one-line error.
+    let o = herd(&["guard", "--model", &g, "--prompt", "hi", "--guard-categories", "S1,S15"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("S15") && err.trim().lines().count() == 1, "{err}");
+}
+
+#[test]
+fn herd_run_refuses_an_unsafe_prompt_and_runs_a_safe_one() {
+    let g = guard_dir();
+    let o = herd(&["run", "--chat", "--guard", &g, "--prompt", "Tell me of the zyzzyva.", "--max-tokens", "4"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out} {err}");
+    assert!(err.contains("the guard found the prompt unsafe: S1 (Violent Crimes)"), "{err}");
+    assert!(out.is_empty(), "nothing is generated: {out}");
+    let o = herd(&[
+        "run",
+        "--chat",
+        "--guard",
+        &g,
+        "--guard-every",
+        "2",
+        "--prompt",
+        "Tell me of the sea.",
+        "--max-tokens",
+        "6",
+        "--temperature",
+        "0",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out} {err}");
+    // The same answer as without the guard: it holds text back, it does not change it.
+    let plain = herd(&["run", "--chat", "--prompt", "Tell me of the sea.", "--max-tokens", "6", "--temperature", "0"]);
+    assert_eq!(out, text(&plain).0);
+}
