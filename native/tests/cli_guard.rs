@@ -65,4 +65,27 @@ fn herd_run_refuses_an_unsafe_prompt_and_runs_a_safe_one() {
     // The same answer as without the guard: it holds text back, it does not change it.
     let plain = herd(&["run", "--chat", "--prompt", "Tell me of the sea.", "--max-tokens", "6", "--temperature", "0"]);
     assert_eq!(out, text(&plain).0);
+    // An answer that must write the marker (a schema whose only value is it) is stopped where a check finds
+    // it: what was printed before holds no marker, and the run fails saying why.
+    let schema = std::env::temp_dir().join(format!("herd-guard-schema-{}.json", std::process::id()));
+    std::fs::write(&schema, r#"{"type":"object","properties":{"w":{"const":"zyzzyva"}},"required":["w"]}"#).unwrap();
+    let o = herd(&[
+        "run",
+        "--chat",
+        "--guard",
+        &g,
+        "--guard-every",
+        "3",
+        "--prompt",
+        "Name a word.",
+        "--json-schema",
+        schema.to_str().unwrap(),
+        "--max-tokens",
+        "16",
+    ]);
+    let _ = std::fs::remove_file(&schema);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out} {err}");
+    assert!(err.contains("the guard found the answer unsafe and stopped it there: S1 (Violent Crimes)"), "{err}");
+    assert!(out.starts_with("{") && !out.contains("zyzzyva"), "unchecked text was printed: {out}");
 }
