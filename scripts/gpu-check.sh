@@ -137,6 +137,16 @@ for pt in 2048 128; do
     row "cuda decode, 48-layer estimate" "$(grep -oE '[0-9.]+ tok/s decode at 48 layers' "$L/bench_cuda_$pt.txt")"
 done
 
+time_left "cuda guard check (Llama Guard 4 shapes)" && {
+    # What one `--guard` check costs: Llama Guard 4's shapes (48 dense layers, bf16, 24 GB), a 512-token prompt
+    # (its template and a short conversation) read and a few answer tokens written.
+    timeout 120 $B/herd bench --backend cuda --synthetic guard --layers 48 --prompt-tokens 512 --gen-tokens 8 \
+        --repeat 2 > "$L/bench_cuda_guard.txt" 2>&1; echo "exit $?"
+    grep -E "prefill|decode|error" "$L/bench_cuda_guard.txt"
+    row "cuda guard check: 512-token prompt" "$(grep -E '^prefill' "$L/bench_cuda_guard.txt")"
+    row "cuda guard check: answer tokens" "$(grep -E '^decode:' "$L/bench_cuda_guard.txt")"
+}
+
 time_left "cuda bench, int4 Scout (48 layers)" && {
     timeout 150 $B/herd bench --backend cuda --synthetic scout --layers 48 --quant q4 --prompt-tokens 128 --gen-tokens 64 \
         --repeat 2 > "$L/bench_cuda_q4.txt" 2>&1; echo "exit $?"
