@@ -281,7 +281,7 @@ fn the_chat_streams_an_answer_and_stop_cancels_it() {
     };
     let server = Server::start(&dir);
     let url = format!("{}?model=model/", server.url);
-    let v = browser(&["--chat", "Tell me about the sea.", &url, "300"]);
+    let v = browser(&["--chat", "Tell me about the sea.", &url, "400"]);
     assert_eq!(v["error"], "", "{v}");
     assert!(!v["answer"].as_str().unwrap().is_empty(), "no answer streamed in: {v}");
     let stats: Value = serde_json::from_str(v["stats"].as_str().unwrap()).unwrap();
