@@ -20,6 +20,8 @@ pub struct Need {
     pub kept_slots: usize,
     /// Tokens the largest step feeds the model (0: the most a prompt piece has).
     pub step_rows: usize,
+    /// Bytes the device holds for something else at the same time: the guard model beside this one.
+    pub reserved: usize,
 }
 
 /// The plan of `files` on `backend` for `need`, against `--device-memory` or else what the device has free
@@ -35,6 +37,10 @@ pub fn check<B: Backend>(backend: &B, files: &ModelFiles, opts: &LoadOptions, ne
             (f.bytes.saturating_sub(headroom), f.holds_weights, format!("free on {} now, less headroom", B::KIND))
         }
         (None, None) => return Ok(None),
+    };
+    let (memory, whose) = match need.reserved {
+        0 => (memory, whose),
+        r => (memory.saturating_sub(r), format!("{whose}, less {} for the guard", human(r))),
     };
     let (cfg, all, experts) = checkpoint_weight_bytes(files)?;
     let cache = opts.experts.as_ref().map_or(0, |c| c.budget as usize);

@@ -14,9 +14,19 @@ use herd_core::schedule::{GenerateParams, Request, Scheduler, SchedulerConfig};
 use herd_core::tokenizer::Tokenizer;
 
 use crate::files::{LoadOptions, ModelFiles};
+use crate::fit::Need;
 
 /// Tokens of answer between two checks of a streamed answer, unless `--guard-every` says otherwise.
 pub const DEFAULT_EVERY: usize = 32;
+
+/// The longest guard prompt (its template and the conversation), unless the guard's own context is shorter:
+/// what its scheduler takes and the memory plan reserves. A longer conversation is refused, not let through.
+pub const GUARD_CONTEXT: usize = 16384;
+
+/// Checks the server's guard runs at once (its scheduler's sequences, reserved in the memory plan).
+pub fn server_seqs(max_seqs: usize) -> usize {
+    max_seqs.clamp(1, 4)
+}
 
 /// A guard model's files and settings: what is needed to turn a conversation into its request and its
 /// answer into a verdict.
@@ -26,7 +36,8 @@ pub struct GuardFiles {
     tmpl: ChatTemplate,
     pub policy: Policy,
     stop_ids: Vec<u32>,
-    /// The longest prompt the guard takes (its context less the answer's tokens).
+    /// The tokens one check holds (its prompt and answer), and the longest prompt within it.
+    pub context: usize,
     pub max_prompt: usize,
 }
 
@@ -45,8 +56,9 @@ impl GuardFiles {
         let gen = files.generation_config().with_context(what)?;
         let stop_ids =
             if gen.eos_token_ids.is_empty() { cfg.text.eos_token_ids.clone() } else { gen.eos_token_ids.clone() };
-        let max_prompt = cfg.text.max_position_embeddings.saturating_sub(MAX_ANSWER_TOKENS);
-        Ok(GuardFiles { files, tok, tmpl, policy, stop_ids, max_prompt })
+        let context = cfg.text.max_position_embeddings.min(GUARD_CONTEXT);
+        let max_prompt = context.saturating_sub(MAX_ANSWER_TOKENS);
+        Ok(GuardFiles { files, tok, tmpl, policy, stop_ids, context, max_prompt })
     }
 
     /// The greedy request that asks the guard about the last turn of `conv` (from
@@ -76,22 +88,38 @@ impl GuardFiles {
 
     /// Loads the guard's weights onto `backend` (see [`load`]).
     pub fn load<B: Backend>(&self, backend: Arc<B>, opts: &LoadOptions, seqs: usize) -> Result<Scheduler<B>> {
-        load(&self.files, backend, opts, seqs)
+        load(&self.files, self.context, backend, opts, seqs)
+    }
+
+    /// The bytes the guard will hold on `backend` with `seqs` checks at once (its weights where the device
+    /// holds them, its KV cache, a step's activations): what the main model's memory plan leaves it. 0 where
+    /// the memory is unknown; an error when the guard alone does not fit.
+    pub fn reserve<B: Backend>(&self, backend: &B, opts: &LoadOptions, seqs: usize) -> Result<usize> {
+        let opts = LoadOptions { experts: None, ..opts.clone() };
+        let need = Need { seqs, context: Some(self.context), kept_slots: self.context, step_rows: 0, reserved: 0 };
+        let plan = crate::fit::check(backend, &self.files, &opts, &need).context("the guard model")?;
+        Ok(plan.map_or(0, |p| p.total(self.context)))
     }
 }
 
 /// Loads a guard's weights onto `backend` with the main model's load options (the guard is dense: an expert
 /// cache does not apply) and a scheduler for `seqs` checks at once.
-pub fn load<B: Backend>(files: &ModelFiles, backend: Arc<B>, opts: &LoadOptions, seqs: usize) -> Result<Scheduler<B>> {
-    let (cfg, model) = files.load(backend, opts).with_context(|| "loading the guard model")?;
-    let ctx = cfg.text.max_position_embeddings;
+pub fn load<B: Backend>(
+    files: &ModelFiles,
+    context: usize,
+    backend: Arc<B>,
+    opts: &LoadOptions,
+    seqs: usize,
+) -> Result<Scheduler<B>> {
+    let opts = LoadOptions { experts: None, ..opts.clone() };
+    let (_, model) = files.load(backend, &opts).with_context(|| "loading the guard model")?;
     let sc = SchedulerConfig {
         max_seqs: seqs,
-        max_batch_tokens: ctx.min(8192),
+        max_batch_tokens: context.min(8192),
         max_queue: 1024,
         // What a stream's checks share (the conversation so far) is read once.
-        prefix_cache_tokens: ctx.min(1 << 16),
-        max_context: None,
+        prefix_cache_tokens: context,
+        max_context: Some(context),
     };
     Ok(Scheduler::new(Arc::new(model), sc)?)
 }

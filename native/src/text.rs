@@ -218,6 +218,11 @@ pub fn run<B: Backend>(
     if let Some((g, _)) = guard {
         g.request(&conv)?;
     }
+    // The guard's memory is planned before it loads: the model's plan below gets what it leaves.
+    let reserved = match guard {
+        Some((g, _)) => g.reserve(&*backend, opts, 1)?,
+        None => 0,
+    };
     let mut guard = match guard {
         Some((g, every)) => {
             let mut s = g.load(backend.clone(), opts, 1)?;
@@ -243,7 +248,8 @@ pub fn run<B: Backend>(
     };
     // The prompt and the tokens asked for must fit the device's memory, checked before anything loads.
     let prompt_len = planned.as_ref().map_or(ids.len(), |p| p.1.len());
-    let need = Need { seqs: 1, context: Some(prompt_len + params.max_tokens), kept_slots: 0, step_rows: prompt_len };
+    let need =
+        Need { seqs: 1, context: Some(prompt_len + params.max_tokens), kept_slots: 0, step_rows: prompt_len, reserved };
     let fits = crate::fit::check(&*backend, files, opts, &need)?;
     let (cfg, model) = files.load(backend.clone(), opts)?;
     let params = GenerateParams { stop_ids: stop_ids(files, &cfg.text.eos_token_ids)?, ..params };
@@ -369,7 +375,12 @@ pub fn chat<B: Backend>(
     let tmpl = files.chat_template()?;
     let sampling = sampling(files, a)?;
     // The model and one token of conversation must fit; the conversation's length is checked as it grows.
-    crate::fit::check(&*backend, files, opts, &Need { seqs: 1, context: None, kept_slots: 0, step_rows: 0 })?;
+    crate::fit::check(
+        &*backend,
+        files,
+        opts,
+        &Need { seqs: 1, context: None, kept_slots: 0, step_rows: 0, reserved: 0 },
+    )?;
     let (cfg, model) = files.load(backend.clone(), opts)?;
     let params =
         GenerateParams { max_tokens: a.max_tokens, sampling, stop_ids: stop_ids(files, &cfg.text.eos_token_ids)? };

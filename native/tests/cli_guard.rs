@@ -89,3 +89,30 @@ fn herd_run_refuses_an_unsafe_prompt_and_runs_a_safe_one() {
     assert!(err.contains("the guard found the answer unsafe and stopped it there: S1 (Violent Crimes)"), "{err}");
     assert!(out.starts_with("{") && !out.contains("zyzzyva"), "unchecked text was printed: {out}");
 }
+
+/// The guard's memory is planned before the model's: with --device-memory that holds the model alone but not
+/// both, `run` and `serve` refuse in one line naming what the guard takes, before loading anything.
+#[test]
+fn the_memory_plan_leaves_room_for_the_guard() {
+    let g = guard_dir();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--chat", "--prompt", "Tell me of the sea.", "--max-tokens", "8"];
+        args.extend(extra);
+        herd(&args)
+    };
+    let o = run(&["--device-memory", "15MB"]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let o = run(&["--device-memory", "15MB", "--guard", &g]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out} {err}");
+    assert!(err.contains("not enough memory (--device-memory, less") && err.contains("for the guard"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let o = herd(&["serve", "--port", "0", "--max-seqs", "1", "--device-memory", "15MB", "--guard", &g]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("for the guard"), "{err}");
+    // The guard alone too large: said so.
+    let o = run(&["--device-memory", "2MB", "--guard", &g]);
+    let (_, err) = text(&o);
+    assert!(o.status.code() == Some(1) && err.contains("the guard model: not enough memory"), "{err}");
+}

@@ -290,11 +290,18 @@ pub fn serve<B: Backend + 'static>(
     load_opts.check::<B>(&cfg.text)?;
     let mut opts = opts;
     let model_ctx = cfg.text.max_position_embeddings;
+    // The guard's memory first: the model's plan gets what it leaves.
+    let guard_seqs = crate::guard::server_seqs(opts.sched.max_seqs);
+    let reserved = match &opts.guard {
+        Some((g, _)) => g.reserve(&*backend, load_opts, guard_seqs)?,
+        None => 0,
+    };
     let need = Need {
         seqs: opts.sched.max_seqs,
         context: opts.sched.max_context,
         kept_slots: opts.sched.prefix_cache_tokens,
         step_rows: opts.sched.max_batch_tokens,
+        reserved,
     };
     let planned = crate::fit::check(&*backend, files, load_opts, &need)?;
     let context = match (opts.sched.max_context, &planned) {
@@ -352,7 +359,7 @@ pub fn serve<B: Backend + 'static>(
     let (guard_files, guard) = match opts.guard.take() {
         Some((files, every)) => {
             eprintln!("herd serve: Llama Guard from {} checks requests and answers", files.files.describe());
-            let model_files = files.files.clone();
+            let model_files = (files.files.clone(), files.context);
             (Some(model_files), Some(guarded::GuardClient { files, every, jobs: Mutex::new(guard_tx) }))
         }
         None => (None, None),
@@ -402,13 +409,13 @@ pub fn serve<B: Backend + 'static>(
                     s.reserve(seqs, tokens)?;
                 }
                 // The guard on its own engine thread, loaded before the server says it is ready.
-                if let Some(g) = guard_files {
+                if let Some((g, context)) = guard_files {
                     let (m, stop, opts) = (Arc::new(Metrics::new()), engine_stop.clone(), load_opts.clone());
                     let (loaded_tx, loaded_rx) = mpsc::channel::<Result<()>>();
-                    let seqs = sched.max_seqs.clamp(1, 8);
+                    let seqs = guard_seqs;
                     std::thread::Builder::new()
                         .name("herd-guard".into())
-                        .spawn(move || match crate::guard::load(&g, backend, &opts, seqs) {
+                        .spawn(move || match crate::guard::load(&g, context, backend, &opts, seqs) {
                             Ok(gs) => {
                                 let _ = loaded_tx.send(Ok(()));
                                 engine(gs, None, guard_rx, m, stop)
