@@ -2,6 +2,7 @@
 //! its files, its greedy request for a conversation, and the reading of its answer
 //! ([`herd_core::guard`] has the conversation, the prompt and the verdict).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -134,6 +135,41 @@ pub fn check<B: Backend>(s: &mut Scheduler<B>, g: &GuardFiles, conv: &[Message])
     g.verdict(&ids)
 }
 
+/// `herd run`'s answer under a guard: text is printed once a check has passed it.
+pub struct Guarded<'a, B: Backend> {
+    pub g: &'a GuardFiles,
+    pub s: Scheduler<B>,
+    pub conv: Vec<Message>,
+    pub every: usize,
+    /// The answer so far, and how much of it is printed.
+    pub text: String,
+    pub shown: usize,
+    /// Tokens since the last check.
+    pub since: usize,
+    /// The verdict that stopped the answer.
+    pub unsafe_: Option<Verdict>,
+}
+
+impl<B: Backend> Guarded<'_, B> {
+    /// Checks the answer so far: prints what it passes and returns true, or keeps the verdict and returns
+    /// false (a check that fails to run stops the answer too: it has not been found safe).
+    pub fn check(&mut self) -> bool {
+        self.since = 0;
+        let conv = herd_core::guard::conversation(&self.conv, Some(&self.text));
+        let v = check(&mut self.s, self.g, &conv).unwrap_or_else(|e| Verdict {
+            safe: false,
+            categories: vec![format!("the check failed: {}", e.to_string().replace('\n', " "))],
+        });
+        if v.refuses(&self.g.policy) {
+            self.unsafe_ = Some(v);
+            return false;
+        }
+        print!("{}", &self.text[self.shown..]);
+        self.shown = self.text.len();
+        std::io::stdout().flush().is_ok()
+    }
+}
+
 /// `herd guard`: the verdict on a prompt (and an answer to it), printed as the guard's own two lines:
 /// `safe`, or `unsafe` and the categories, one per line with their names.
 pub fn run<B: Backend>(
@@ -160,6 +196,25 @@ pub fn run<B: Backend>(
         if !v.safe && !refused { "; unsafe only for categories --guard-categories leaves out" } else { "" }
     );
     Ok(v)
+}
+
+/// `herd guard`'s arguments.
+#[derive(clap::Args)]
+pub struct GuardCmd {
+    /// The Llama Guard 4 model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub backend: crate::backend_arg::BackendArg,
+    /// The user's message.
+    #[arg(long)]
+    pub prompt: String,
+    /// A model's answer to it: the answer is then what is checked, with the prompt as its context.
+    #[arg(long)]
+    pub response: Option<String>,
+    /// Check only these categories (comma-separated keys, e.g. S1,S9,S10; default all of S1..S14).
+    #[arg(long, value_name = "LIST")]
+    pub guard_categories: Option<String>,
 }
 
 /// The guard flags of `herd run` and `herd serve`.

@@ -78,7 +78,7 @@ enum Cmd {
     WebManifest(WebManifestArgs),
     /// Ask Llama Guard 4 whether a prompt (or an answer to it) is safe: prints `safe`, or `unsafe` and the
     /// violated categories one per line. Exit status 0 when safe, 3 when unsafe, 1 on an error.
-    Guard(GuardArgs),
+    Guard(guard::GuardCmd),
 }
 
 #[derive(Args)]
@@ -280,23 +280,6 @@ struct RunArgs {
     text: TextArgs,
 }
 
-#[derive(Args)]
-struct GuardArgs {
-    /// The Llama Guard 4 model directory.
-    #[arg(long)]
-    model: PathBuf,
-    #[command(flatten)]
-    backend: BackendArg,
-    /// The user's message.
-    #[arg(long)]
-    prompt: String,
-    /// A model's answer to it: the answer is then what is checked, with the prompt as its context.
-    #[arg(long)]
-    response: Option<String>,
-    /// Check only these categories (comma-separated keys, e.g. S1,S9,S10; default all of S1..S14).
-    #[arg(long, value_name = "LIST")]
-    guard_categories: Option<String>,
-}
 
 #[derive(Args)]
 struct LogitsArgs {

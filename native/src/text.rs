@@ -230,7 +230,7 @@ pub fn run<B: Backend>(
             if v.refuses(&g.policy) {
                 anyhow::bail!("the guard found the prompt unsafe: {}", v.describe());
             }
-            Some(Guarded { g, s, conv, every, text: String::new(), shown: 0, since: 0, unsafe_: None })
+            Some(crate::guard::Guarded { g, s, conv, every, text: String::new(), shown: 0, since: 0, unsafe_: None })
         }
         None => None,
     };
@@ -307,41 +307,6 @@ pub fn run<B: Backend>(
         }
     }
     Ok(())
-}
-
-/// `herd run`'s answer under a guard: text is printed once a check has passed it.
-struct Guarded<'a, B: Backend> {
-    g: &'a GuardFiles,
-    s: Scheduler<B>,
-    conv: Vec<Message>,
-    every: usize,
-    /// The answer so far, and how much of it is printed.
-    text: String,
-    shown: usize,
-    /// Tokens since the last check.
-    since: usize,
-    /// The verdict that stopped the answer.
-    unsafe_: Option<herd_core::guard::Verdict>,
-}
-
-impl<B: Backend> Guarded<'_, B> {
-    /// Checks the answer so far: prints what it passes and returns true, or keeps the verdict and returns
-    /// false (a check that fails to run stops the answer too: it has not been found safe).
-    fn check(&mut self) -> bool {
-        self.since = 0;
-        let conv = herd_core::guard::conversation(&self.conv, Some(&self.text));
-        let v = crate::guard::check(&mut self.s, self.g, &conv).unwrap_or_else(|e| herd_core::guard::Verdict {
-            safe: false,
-            categories: vec![format!("the check failed: {}", e.to_string().replace('\n', " "))],
-        });
-        if v.refuses(&self.g.policy) {
-            self.unsafe_ = Some(v);
-            return false;
-        }
-        print!("{}", &self.text[self.shown..]);
-        self.shown = self.text.len();
-        std::io::stdout().flush().is_ok()
-    }
 }
 
 /// A request's images from their encodings.
