@@ -195,6 +195,52 @@ for choice in (named, "required"):
     assert choice == "required" or names == {"get_weather"}, names
     print("tool_choice", choice if isinstance(choice, str) else "named", "calls:", sorted(names), "valid, streamed the same")
 
+# tool_choice "auto" (the default with tools): the answer is read as calls only when it is wholly calls to the
+# request's tools. The demo model knows no tools, so a response_format steers it: an answer shaped as a call to
+# get_weather comes back in tool_calls, an answer shaped as some other object, or plain prose, stays content
+# (streamed: held back while it could still be a call, then sent as content).
+call_shape = {"type": "json_schema", "json_schema": {"name": "call", "schema": {
+    "type": "object", "properties": {"name": {"const": "get_weather"}, "parameters": params["get_weather"]},
+    "required": ["name", "parameters"], "additionalProperties": False}}}
+other_shape = {"type": "json_schema", "json_schema": {"name": "other", "schema": {
+    "type": "object", "properties": {"name": {"const": "get_time"}, "parameters": {
+        "type": "object", "properties": {"zone": {"enum": ["utc", "cet"]}}, "required": ["zone"],
+        "additionalProperties": False}},
+    "required": ["name", "parameters"], "additionalProperties": False}}}
+
+
+def auto(seed, fmt, stream):
+    args = dict(model=model, messages=ask, tools=[weather, clock], max_tokens=80, temperature=1.0, seed=seed)
+    if fmt:
+        args["response_format"] = fmt
+    if not stream:
+        c = client.chat.completions.create(**args).choices[0]
+        calls = [(t.function.name, t.function.arguments) for t in c.message.tool_calls or []]
+        return c.message.content, calls, c.finish_reason
+    content, calls, finish = "", {}, None
+    for chunk in client.chat.completions.create(**args, stream=True):
+        for c in chunk.choices:
+            content += c.delta.content or ""
+            for t in c.delta.tool_calls or []:
+                got = calls.setdefault(t.index, ["", ""])
+                got[0] += (t.function.name if t.function else None) or ""
+                got[1] += (t.function.arguments if t.function else None) or ""
+            finish = c.finish_reason or finish
+    return content or None, [tuple(calls[i]) for i in sorted(calls)], finish
+
+
+for seed in range(4):
+    for stream in (False, True):
+        content, calls, finish = auto(seed, call_shape, stream)
+        assert content is None and finish == "tool_calls" and len(calls) == 1, (seed, stream, content, calls)
+        assert calls[0][0] == "get_weather", calls
+        jsonschema.validate(json.loads(calls[0][1]), params["get_weather"])
+        content, calls, finish = auto(seed, other_shape, stream)
+        assert not calls and finish == "stop" and json.loads(content)["name"] == "get_time", (content, calls)
+        content, calls, finish = auto(seed, None, stream)
+        assert not calls and content and finish in ("stop", "length"), (content, calls, finish)
+print("tool_choice auto: a call to a listed tool lands in tool_calls, other objects and prose stay content")
+
 # The call and its result go back through the template: an assistant message with tool_calls (arguments as
 # a JSON string), then a tool message with its tool_call_id.
 call_id, name, arguments = called(named, 1)[0]
