@@ -51,6 +51,9 @@ pub(crate) struct BackendArg {
     /// default). Default: bf16 on a GPU (wgpu, cuda), f32 on the CPU.
     #[arg(long, value_name = "FORMAT")]
     pub(crate) kv_dtype: Option<String>,
+    /// CPU: worker threads for the CPU backend's kernels (default: the physical cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -141,6 +144,9 @@ pub(crate) enum Chosen {
 /// The backend `--backend` names; `auto`: an NVIDIA GPU through CUDA when there is one, else a hardware GPU
 /// through wgpu, else the CPU (said on stderr).
 pub(crate) fn choose_backend(a: &BackendArg) -> Result<Chosen> {
+    let threads = a.threads.map_or_else(physical_cores, usize::from);
+    // The pool is global and made once: a second command in one process (the tests) keeps the first's.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     let (cuda, wgpu) = (a.device.cuda(), a.device.wgpu());
     Ok(match a.backend {
         BackendKind::Cpu => Chosen::Cpu,
@@ -156,6 +162,29 @@ pub(crate) fn choose_backend(a: &BackendArg) -> Result<Chosen> {
             Err(_) => auto_wgpu_or_cpu(&wgpu),
         },
     })
+}
+
+/// The processor's physical cores (hyper-threads share a core's vector units, so the kernels gain nothing
+/// from them): distinct thread-sibling sets on Linux, else the logical CPUs this process may use.
+fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, usize::from);
+    let Ok(dir) = std::fs::read_dir("/sys/devices/system/cpu") else { return logical };
+    let mut cores = std::collections::BTreeSet::new();
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.strip_prefix("cpu").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            if let Ok(s) = std::fs::read_to_string(e.path().join("topology/thread_siblings_list")) {
+                cores.insert(s.trim().to_owned());
+            }
+        }
+    }
+    // Cores this process may not use (a container's CPU limit) are not counted.
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
 }
 
 fn auto_wgpu_or_cpu(opts: &WgpuOptions) -> Chosen {

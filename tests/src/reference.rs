@@ -13,6 +13,19 @@ pub fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
     o
 }
 
+/// `x` (rows of k) as a backend that rounds a matmul's activations to 8-bit integers per `block` sees it:
+/// per block, d = max|x| / 127 and x → round(x · (1/d)) · d (ties to even, computed in f32; 0 for a block of
+/// zeros).
+pub fn round_activations(x: &[f32], block: usize) -> Vec<f32> {
+    let mut o = Vec::with_capacity(x.len());
+    for b in x.chunks(block) {
+        let d = b.iter().map(|v| v.abs()).fold(0f32, f32::max) / 127.0;
+        let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+        o.extend(b.iter().map(|&v| (v * inv).round_ties_even().clamp(-127.0, 127.0) * d));
+    }
+    o
+}
+
 pub fn rms_norm(x: &[f32], w: Option<&[f32]>, rows: usize, dim: usize, eps: f32) -> Vec<f32> {
     let mut o = vec![0f32; rows * dim];
     for r in 0..rows {

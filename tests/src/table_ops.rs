@@ -12,6 +12,14 @@ pub(crate) fn out(got: Vec<f32>, want: Vec<f32>, secs: Option<f64>) -> Out {
     Out { got, want, secs, bytes: 0.0, flops: 0.0 }
 }
 
+/// A matmul's activations as `be` multiplies them: rounded to 8-bit integers per block where it does so.
+fn rounded<B: Backend>(be: &B, dt: herd_core::quant::DType, x: &[f32], k: usize, m: usize) -> Vec<f32> {
+    match be.matmul_activation_block(dt, k, m) {
+        Some(block) => r::round_activations(x, block),
+        None => x.to_vec(),
+    }
+}
+
 /// Runs `spec` on `be` with inputs from `rng`.
 pub(crate) fn run<B: Backend>(be: &B, spec: &Spec, rng: &mut Rng, perf: bool) -> Result<Out> {
     match *spec {
@@ -21,7 +29,8 @@ pub(crate) fn run<B: Backend>(be: &B, spec: &Spec, rng: &mut Rng, perf: bool) ->
             let x = be.upload(&xv)?;
             let o = be.alloc(m * n)?;
             let secs = timed(be, perf, &o, || be.matmul(&x, m, &w, &o))?;
-            Ok(out(be.read(&o)?, r::matmul(&xv, m, k, &seen, n), secs))
+            let xr = rounded(be, dt, &xv, k, m);
+            Ok(out(be.read(&o)?, r::matmul(&xr, m, k, &seen, n), secs))
         }
         Spec::Swiglu { m, k, f, dt } => {
             let xv = rng.vec(m * k);
@@ -31,7 +40,8 @@ pub(crate) fn run<B: Backend>(be: &B, spec: &Spec, rng: &mut Rng, perf: bool) ->
             let x = be.upload(&xv)?;
             let (o, sc) = (be.alloc(m * f)?, be.alloc(m * f)?);
             let secs = timed(be, perf, &o, || be.swiglu(&x, m, &g, &u, f, &o, &sc))?;
-            let want = r::silu_mul(&r::matmul(&xv, m, k, &gs, f), &r::matmul(&xv, m, k, &us, f));
+            let xr = rounded(be, dt, &xv, k, m);
+            let want = r::silu_mul(&r::matmul(&xr, m, k, &gs, f), &r::matmul(&xr, m, k, &us, f));
             Ok(out(be.read(&o)?, want, secs))
         }
         Spec::RmsNorm { rows, dim, weight: wdt, in_place } => {

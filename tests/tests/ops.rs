@@ -1,13 +1,25 @@
 //! The op table on the CPU reference backend, against the plain f64 reference implementations.
 
-use herd_conformance::table::assert_backend_passes;
-use herd_core::cpu::CpuBackend;
+use herd_conformance::table::{assert_backend_passes, assert_rows_pass};
+use herd_core::cpu::{CpuBackend, Simd};
 
 /// Every row, and the bad calls every backend refuses with its op's check message (ops_wgpu.rs and ops_cuda.rs
 /// run the same).
 #[test]
 fn cpu_backend_passes_the_op_table() {
     assert_backend_passes(&CpuBackend::new());
+}
+
+/// The ops with vector kernels, at every other level of them this processor runs (the scalar fallback
+/// included): each level is checked against the reference, not only the best one.
+#[test]
+fn every_cpu_kernel_level_passes_the_op_table() {
+    let best = Simd::detect();
+    for simd in Simd::available().into_iter().filter(|&s| s != best) {
+        for op in ["matmul", "swiglu"] {
+            assert_rows_pass(&CpuBackend::with_simd(simd), Some(op));
+        }
+    }
 }
 
 /// Every op of the Backend trait has rows in the table: the trait's methods are read from its source, so a
@@ -49,6 +61,8 @@ fn every_backend_op_has_rows_in_the_table() {
         "alloc_weight",
         "write_weight_row",
         "host_to_device_peak_gbps",
+        // How the op table's reference rounds a matmul's activations (the matmul and swiglu rows).
+        "matmul_activation_block",
     ];
     let ops: std::collections::BTreeSet<&str> = herd_conformance::table::cases().iter().map(|c| c.op()).collect();
     let missing: Vec<_> = methods.iter().filter(|m| !not_ops.contains(m) && !ops.contains(*m)).collect();

@@ -236,6 +236,15 @@ pub trait Backend: Send + Sync + 'static {
     /// with the enqueued work: ops enqueued before read the old row, ops enqueued after the new one.
     fn write_weight_row(&self, w: &Self::Weight, row: usize, t: &TensorRef) -> Result<()>;
 
+    /// The block in which a matmul of `m` rows by a weight of `dtype` and shape `[n, k]` rounds its
+    /// activations to 8-bit integers before multiplying (each block scaled by its largest magnitude / 127,
+    /// as [`crate::cpu::gemv::quantize_rows`] documents), or None when it multiplies them as f32. The op
+    /// table's reference rounds them the same way.
+    fn matmul_activation_block(&self, dtype: DType, k: usize, m: usize) -> Option<usize> {
+        let _ = (dtype, k, m);
+        None
+    }
+
     /// The link's best host-to-device rate in GB/s (pinned memory, one large copy), which
     /// [`Backend::write_weight_row`]'s rate is judged against; None where there is no separate device memory
     /// or no way to measure it. Measures when called (about a second on a GPU).

@@ -7,6 +7,8 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use super::simd::Simd;
+
 /// A weight's elements as stored.
 #[derive(Clone, Copy)]
 pub enum WView<'a> {
@@ -56,55 +58,6 @@ impl WView<'_> {
 /// (measured on the expert and dense matmuls of a hidden-1024 model, 2-core EPYC).
 pub(crate) const SMALL_M: usize = 4;
 
-#[inline]
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, ar) = a.split_at(a.len() / 8 * 8);
-    let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in ar.iter().zip(br) {
-        s += x * y;
-    }
-    s
-}
-
-#[inline]
-fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, ar) = a.split_at(a.len() / 8 * 8);
-    let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * bf16_to_f32(y[i]);
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, &y) in ar.iter().zip(br) {
-        s += x * bf16_to_f32(y);
-    }
-    s
-}
-
-/// Dot product of `x` with `w[off..off + x.len()]`.
-#[inline]
-fn dot(x: &[f32], w: &WView, off: usize, scratch: &mut Vec<f32>) -> f32 {
-    let k = x.len();
-    match w {
-        WView::F32(s) => dot_f32(x, &s[off..off + k]),
-        WView::BF16(s) => dot_bf16(x, &s[off..off + k]),
-        WView::F16(_) | WView::Quant(..) => {
-            scratch.resize(k, 0.0);
-            w.to_f32(off, scratch);
-            dot_f32(x, scratch)
-        }
-    }
-}
-
 /// A raw pointer that rayon tasks may share because each writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -112,28 +65,12 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// `out[m, n] = x[m, k] · w[n, k]ᵀ` (w row-major, an nn.Linear weight).
-pub fn linear(x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) {
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ` (w row-major, an nn.Linear weight). A few rows take the GEMV kernels
+/// ([`super::gemv`]), more the packed sgemm on blocks of the weight converted to f32.
+pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) {
     debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= n * k);
     if m <= SMALL_M {
-        // Stream each weight row once, dotting it with every input row.
-        const NB: usize = 32;
-        let mut tmp = vec![0f32; n * m]; // [n, m]
-        tmp.par_chunks_mut(NB * m).enumerate().for_each(|(b, chunk)| {
-            let mut scratch = Vec::new();
-            for (jj, o) in chunk.chunks_mut(m).enumerate() {
-                let j = b * NB + jj;
-                for (r, ov) in o.iter_mut().enumerate() {
-                    *ov = dot(&x[r * k..(r + 1) * k], w, j * k, &mut scratch);
-                }
-            }
-        });
-        for j in 0..n {
-            for r in 0..m {
-                out[r * n + j] = tmp[j * m + r];
-            }
-        }
-        return;
+        return super::gemv::linear_small(simd, x, m, k, n, w, out);
     }
     const NB: usize = 64;
     let ptr = SendPtr(out.as_mut_ptr());
@@ -181,6 +118,7 @@ pub fn linear(x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32
 /// share its expert (the expert cache may run an expert's rows in several rounds of the same op).
 #[allow(clippy::too_many_arguments)]
 pub fn xw_acc(
+    simd: Simd,
     x: &[f32],
     m: usize,
     k: usize,
@@ -200,26 +138,7 @@ pub fn xw_acc(
         let p = ptr;
         if small {
             let mut acc = vec![0f32; m * nb];
-            let mut conv = vec![0f32; nb];
-            for kk in 0..k {
-                let start = w_off + kk * ld + n0;
-                // f32 rows are read in place; other formats are converted one row at a time.
-                let row: &[f32] = match w {
-                    WView::F32(s) => &s[start..start + nb],
-                    _ => {
-                        w.to_f32(start, &mut conv);
-                        &conv
-                    }
-                };
-                for r in 0..m {
-                    let xv = x[r * k + kk];
-                    if xv != 0.0 {
-                        for (a, &wv) in acc[r * nb..(r + 1) * nb].iter_mut().zip(row) {
-                            *a += xv * wv;
-                        }
-                    }
-                }
-            }
+            super::xw::block(simd, x, m, k, w, w_off, ld, n0, &mut acc);
             for r in 0..m {
                 // SAFETY: row r, columns n0..n0+nb of `out` belong to this task alone.
                 let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * n + n0), nb) };
@@ -305,10 +224,12 @@ mod tests {
             let whf: Vec<f32> = hf.iter().map(|&b| f16::from_bits(b).to_f32()).collect();
             let want_hf = naive(&x, m, k, n, &whf);
             for (view, want) in [(WView::F32(&w), &want), (WView::BF16(&bf), &want_bf), (WView::F16(&hf), &want_hf)] {
-                let mut out = vec![0f32; m * n];
-                linear(&x, m, k, n, &view, &mut out);
-                for (a, b) in out.iter().zip(want.iter()) {
-                    assert!((a - b).abs() < 1e-4, "{m}x{k}x{n}: {a} vs {b}");
+                for simd in Simd::available() {
+                    let mut out = vec![0f32; m * n];
+                    linear(simd, &x, m, k, n, &view, &mut out);
+                    for (a, b) in out.iter().zip(want.iter()) {
+                        assert!((a - b).abs() < 1e-4, "{m}x{k}x{n} {simd:?}: {a} vs {b}");
+                    }
                 }
             }
         }
@@ -334,7 +255,7 @@ mod tests {
             }
             for small in [false, true] {
                 let mut out = vec![0.5f32; m * n];
-                xw_acc(&x, m, k, n, &WView::F32(&w), off, ld, &mut out, small);
+                xw_acc(Simd::detect(), &x, m, k, n, &WView::F32(&w), off, ld, &mut out, small);
                 for (a, b) in out.iter().zip(want.iter()) {
                     assert!((a - b).abs() < 1e-4, "{m}x{k}x{n} small={small}: {a} vs {b}");
                 }

@@ -7,12 +7,15 @@
 
 mod attention;
 mod elementwise;
+pub mod gemv;
 mod layer_norm;
 mod matmul;
 mod moe;
 mod rms_norm;
 mod rope;
 mod sample;
+pub mod simd;
+mod xw;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -23,6 +26,7 @@ use crate::error::{HerdError, Result};
 use crate::quant::{DType, QuantLayout};
 
 pub use matmul::WView;
+pub use simd::Simd;
 
 /// A CPU buffer: f32 activations or u32 indices.
 pub enum CpuBuffer {
@@ -141,12 +145,27 @@ impl CpuWeight {
 }
 
 /// The CPU backend. Uses rayon's global pool.
-#[derive(Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    simd: Simd,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend::new()
+    }
+}
 
 impl CpuBackend {
+    /// The backend with the best kernels this processor runs.
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend { simd: Simd::detect() }
+    }
+    /// The backend with the kernels of `simd` (which the processor must run: see [`Simd::available`]).
+    pub fn with_simd(simd: Simd) -> Self {
+        CpuBackend { simd: simd.min(Simd::detect()) }
+    }
+    pub fn simd(&self) -> Simd {
+        self.simd
     }
 }
 
@@ -157,12 +176,19 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!("cpu ({} threads, {})", rayon::current_num_threads(), self.simd.name())
     }
 
     fn free_memory(&self) -> Option<crate::backend::FreeMemory> {
         let bytes = crate::limits::available_memory()? as usize;
         Some(crate::backend::FreeMemory { bytes, holds_weights: false })
+    }
+
+    fn matmul_activation_block(&self, dtype: DType, k: usize, m: usize) -> Option<usize> {
+        if m > matmul::SMALL_M {
+            return None;
+        }
+        gemv::activation_block(dtype, k)
     }
 
     fn buffer_desc(&self, b: &CpuBuffer) -> BufDesc {
@@ -317,7 +343,7 @@ impl Backend for CpuBackend {
         let mut o = out.f32_mut()?;
         need("matmul x", x.len(), m * k)?;
         need("matmul out", o.len(), m * n)?;
-        matmul::linear(&x[..m * k], m, k, n, &w.read()?.view(), &mut o[..m * n]);
+        matmul::linear(self.simd, &x[..m * k], m, k, n, &w.read()?.view(), &mut o[..m * n]);
         Ok(())
     }
 
@@ -378,7 +404,7 @@ impl Backend for CpuBackend {
 
     fn run_moe(&self, call: &ops::Moe<'_, Self>) -> Result<()> {
         let &ops::Moe { x, rows, idx, score, k, gate_up, down, out } = call;
-        moe::moe(&x.f32()?, rows, &idx.u32()?, &score.f32()?, k, gate_up, down, &mut out.f32_mut()?)
+        moe::moe(self.simd, &x.f32()?, rows, &idx.u32()?, &score.f32()?, k, gate_up, down, &mut out.f32_mut()?)
     }
 
     fn run_gather_rows(&self, call: &ops::GatherRows<'_, Self>) -> Result<()> {

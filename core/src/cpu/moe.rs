@@ -28,6 +28,7 @@ pub fn router_topk(logits: &[f32], rows: usize, e: usize, k: usize, idx: &mut [u
 
 #[allow(clippy::too_many_arguments)]
 pub fn moe(
+    simd: super::Simd,
     x: &[f32],
     rows: usize,
     idx: &[u32],
@@ -77,13 +78,13 @@ pub fn moe(
         let base = ex * d * f2;
         let mut gate = vec![0f32; n * f];
         let mut up = vec![0f32; n * f];
-        xw_acc(&u, n, d, f, &gu, base, f2, &mut gate, small);
-        xw_acc(&u, n, d, f, &gu, base + f, f2, &mut up, small);
+        xw_acc(simd, &u, n, d, f, &gu, base, f2, &mut gate, small);
+        xw_acc(simd, &u, n, d, f, &gu, base + f, f2, &mut up, small);
         for (g, &uv) in gate.iter_mut().zip(&up) {
             *g = super::elementwise::silu(*g) * uv;
         }
         let mut y = vec![0f32; n * d];
-        xw_acc(&gate, n, f, d, &dn, ex * f * d, d, &mut y, small);
+        xw_acc(simd, &gate, n, f, d, &dn, ex * f * d, d, &mut y, small);
         for (i, &ent) in sel.iter().enumerate() {
             ys[ent * d..(ent + 1) * d].copy_from_slice(&y[i * d..(i + 1) * d]);
         }

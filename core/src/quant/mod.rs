@@ -278,6 +278,16 @@ impl QuantLayout {
         })
     }
 
+    /// The format this layout is of.
+    pub fn dtype(&self) -> DType {
+        let g = Grouping { group: self.group as u32, scale: self.scale, axis: self.axis };
+        if self.bits == 8 {
+            DType::Q8(g)
+        } else {
+            DType::Q4(g)
+        }
+    }
+
     /// The scale index of flat element `i`.
     #[inline]
     pub fn scale_index(&self, i: usize) -> usize {

@@ -1,0 +1,451 @@
+//! Decode GEMVs on the CPU: a few activation rows (`m` ≤ [`super::matmul::SMALL_M`]) against an nn.Linear
+//! weight `[n, k]`, every weight byte read once and used for all the rows.
+//!
+//! - f32, bf16, f16: the weight's elements converted in registers and multiplied in f32.
+//! - q8 and q4 (groups along k of 16 or a multiple of 32): the activations are first rounded to 8-bit
+//!   integers per block of the weight's group ([`quantize_rows`], as llama.cpp's q8_0 activations), and each
+//!   group's dot product is an exact integer sum, scaled by the activation's and the weight's scales:
+//!   `Σ_groups (dx · dw) · Σ xq · wq`, accumulated in f32. Other groupings take the f32 path.
+//!
+//! Each has a scalar version and an AVX2 one ([`Simd`]), which compute the same integer sums and differ only
+//! in the order of their f32 additions.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::matmul::WView;
+use super::simd::Simd;
+use crate::quant::{DType, GroupAxis, QuantLayout, ScaleType};
+
+/// The block an `[n, k]` weight's matmul rounds its activations in, when it does: the group, for a
+/// quantized weight grouped along k in groups of 16 or a multiple of 32, with k a multiple of 32.
+pub fn activation_block(dtype: DType, k: usize) -> Option<usize> {
+    let g = match dtype {
+        DType::Q8(g) | DType::Q4(g) if g.axis == GroupAxis::Last && k.is_multiple_of(32) => g.group as usize,
+        _ => return None,
+    };
+    (g == 16 || g.is_multiple_of(32)).then_some(g)
+}
+
+/// Rounds `x` (m rows of k) to 8-bit integers, per block of `block` elements of a row: the block's scale is
+/// `d = max|x| / 127` and each element becomes `round(x · (1 / d))` (ties to even; 0 for an all-zero block),
+/// computed in f32. With `q4_order`, each run of 32 integers is stored with its even elements first, then
+/// its odd ones (how a q4 weight's 16 bytes hold them: low nibbles, then high ones); the scales stay in
+/// block order. Returns the integers (m·k) and the scales (m·k / block).
+pub fn quantize_rows(x: &[f32], m: usize, k: usize, block: usize, q4_order: bool) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; m * k];
+    let mut d = vec![0f32; m * k / block];
+    for (b, (xs, ds)) in x[..m * k].chunks_exact(block).zip(d.iter_mut()).enumerate() {
+        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        *ds = scale;
+        let qs = &mut q[b * block..(b + 1) * block];
+        for (o, &v) in qs.iter_mut().zip(xs) {
+            *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    if q4_order {
+        for run in q.chunks_exact_mut(32) {
+            let mut t = [0i8; 32];
+            for i in 0..16 {
+                t[i] = run[2 * i];
+                t[16 + i] = run[2 * i + 1];
+            }
+            run.copy_from_slice(&t);
+        }
+    }
+    (q, d)
+}
+
+#[inline]
+fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+#[inline]
+fn scale_f32(scale: ScaleType, lo: u8, hi: u8) -> f32 {
+    let b = u16::from_le_bytes([lo, hi]);
+    match scale {
+        ScaleType::F16 => f16::from_bits(b).to_f32(),
+        ScaleType::BF16 => bf16_to_f32(b),
+    }
+}
+
+/// A raw pointer that rayon tasks may share because each writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to let parallel tasks write disjoint elements of one output matrix.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Weight rows per task.
+const ROWS_PER_TASK: usize = 16;
+
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ` for a few rows `m` (1..=4).
+pub fn linear_small(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) {
+    debug_assert!((1..=4).contains(&m) && x.len() >= m * k && out.len() >= m * n && w.len() >= n * k);
+    let ptr = SendPtr(out.as_mut_ptr());
+    // SAFETY (for every write below): task b writes out[r * n + j] for its own rows j and r < m only.
+    let put = move |r: usize, j: usize, v: f32| unsafe { *{ ptr }.0.add(r * n + j) = v };
+    let tasks = n.div_ceil(ROWS_PER_TASK);
+    match w {
+        WView::Quant(bytes, l) if l.last == k && activation_block(l.dtype(), k).is_some() => {
+            let (xq, xd) = quantize_rows(x, m, k, l.group, l.bits == 4);
+            let row_bytes = k * l.bits as usize / 8;
+            let groups = k / l.group;
+            (0..tasks).into_par_iter().for_each(|t| {
+                let mut scales = vec![0f32; groups];
+                let mut acc = [0f32; 4];
+                for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
+                    let s0 = l.scale_offset + 2 * j * groups;
+                    for (g, s) in scales.iter_mut().enumerate() {
+                        *s = scale_f32(l.scale, bytes[s0 + 2 * g], bytes[s0 + 2 * g + 1]);
+                    }
+                    let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
+                    quant_row(simd, l, row, &scales, &xq, &xd, m, k, &mut acc);
+                    for (r, &v) in acc[..m].iter().enumerate() {
+                        put(r, j, v);
+                    }
+                }
+            });
+        }
+        _ => (0..tasks).into_par_iter().for_each(|t| {
+            let mut acc = [0f32; 4];
+            let mut conv = Vec::new();
+            for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
+                float_row(simd, w, j * k, x, m, k, &mut acc, &mut conv);
+                for (r, &v) in acc[..m].iter().enumerate() {
+                    put(r, j, v);
+                }
+            }
+        }),
+    }
+}
+
+/// `acc[r] = x[r] · w[off..off + k]` for r < m, for the float formats (and quantized ones whose grouping
+/// the integer path does not take, converted to f32 first).
+#[allow(clippy::too_many_arguments)]
+fn float_row(
+    simd: Simd,
+    w: &WView,
+    off: usize,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    acc: &mut [f32; 4],
+    conv: &mut Vec<f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx2 {
+        // SAFETY: Avx2 is only chosen when the processor has AVX2, FMA and F16C (Simd::detect/parse); the
+        // slices are in bounds (the caller's shape checks: w holds n·k elements, x holds m·k).
+        unsafe {
+            match w {
+                WView::F32(s) => return avx2::rows_f32(&s[off..off + k], x, m, k, acc),
+                WView::BF16(s) => return avx2::rows_bf16(&s[off..off + k], x, m, k, acc),
+                WView::F16(s) => return avx2::rows_f16(&s[off..off + k], x, m, k, acc),
+                WView::Quant(..) => {
+                    conv.resize(k, 0.0);
+                    w.to_f32(off, conv);
+                    return avx2::rows_f32(conv, x, m, k, acc);
+                }
+            }
+        }
+    }
+    let _ = simd;
+    let dot = |r: usize, get: &dyn Fn(usize) -> f32| -> f32 {
+        let xr = &x[r * k..(r + 1) * k];
+        let mut a = [0f32; 8];
+        for (i, &xv) in xr.iter().enumerate() {
+            a[i % 8] += xv * get(i);
+        }
+        a.iter().sum()
+    };
+    match w {
+        WView::F32(s) => {
+            let s = &s[off..off + k];
+            for r in 0..m {
+                acc[r] = dot(r, &|i| s[i]);
+            }
+        }
+        WView::BF16(s) => {
+            let s = &s[off..off + k];
+            for r in 0..m {
+                acc[r] = dot(r, &|i| bf16_to_f32(s[i]));
+            }
+        }
+        WView::F16(_) | WView::Quant(..) => {
+            conv.resize(k, 0.0);
+            w.to_f32(off, conv);
+            for r in 0..m {
+                acc[r] = dot(r, &|i| conv[i]);
+            }
+        }
+    }
+}
+
+/// `acc[r] = Σ_groups xd[r, g] · scales[g] · Σ_{i in g} xq[r, i] · wq[i]` for one quantized weight row.
+#[allow(clippy::too_many_arguments)]
+fn quant_row(
+    simd: Simd,
+    l: &QuantLayout,
+    row: &[u8],
+    scales: &[f32],
+    xq: &[i8],
+    xd: &[f32],
+    m: usize,
+    k: usize,
+    acc: &mut [f32; 4],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx2 {
+        // SAFETY: see float_row; `row` holds k elements' bytes, `scales` k / group, xq m·k, xd m·k / group.
+        unsafe { return avx2::rows_quant(l.bits, l.group, row, scales, xq, xd, m, k, acc) }
+    }
+    let _ = simd;
+    let g = l.group;
+    let groups = k / g;
+    for r in 0..m {
+        let (xr, dr) = (&xq[r * k..(r + 1) * k], &xd[r * groups..(r + 1) * groups]);
+        let mut total = 0f32;
+        for gi in 0..groups {
+            let mut sum = 0i32;
+            for i in gi * g..(gi + 1) * g {
+                let (wq, xi) = if l.bits == 8 {
+                    (row[i] as i8 as i32, xr[i] as i32)
+                } else {
+                    // Element i of the row: nibble (i % 2) of byte i / 2; its activation sits at its place in
+                    // the q4 order of its run of 32.
+                    let b = row[i / 2];
+                    let nib = if i % 2 == 0 { b & 15 } else { b >> 4 };
+                    let (run, p) = (i / 32 * 32, i % 32);
+                    (nib as i32 - 8, xr[run + p / 2 + 16 * (p % 2)] as i32)
+                };
+                sum += wq * xi;
+            }
+            total += sum as f32 * (dr[gi] * scales[gi]);
+        }
+        acc[r] = total;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// The shared loop of the float formats: `load(i)` gives 8 weight elements from element i as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_with(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        acc: &mut [f32; 4],
+        load: impl Fn(usize) -> __m256,
+        tail: impl Fn(usize) -> f32,
+    ) {
+        let mut a = [[_mm256_setzero_ps(); 2]; 4];
+        let k16 = k / 16 * 16;
+        let xp = x.as_ptr();
+        let mut i = 0;
+        while i < k16 {
+            let (w0, w1) = (load(i), load(i + 8));
+            for r in 0..m {
+                // SAFETY: i + 16 ≤ k, and row r of x holds k elements.
+                let p = unsafe { xp.add(r * k + i) };
+                a[r][0] = _mm256_fmadd_ps(w0, unsafe { _mm256_loadu_ps(p) }, a[r][0]);
+                a[r][1] = _mm256_fmadd_ps(w1, unsafe { _mm256_loadu_ps(p.add(8)) }, a[r][1]);
+            }
+            i += 16;
+        }
+        for r in 0..m {
+            let mut s = hsum(_mm256_add_ps(a[r][0], a[r][1]));
+            for t in k16..k {
+                s += x[r * k + t] * tail(t);
+            }
+            acc[r] = s;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows_f32(w: &[f32], x: &[f32], m: usize, k: usize, acc: &mut [f32; 4]) {
+        let p = w.as_ptr();
+        // SAFETY: rows_with asks for 8 elements from i only while i + 8 ≤ k = w.len().
+        unsafe { rows_with(x, m, k, acc, |i| _mm256_loadu_ps(p.add(i)), |t| w[t]) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows_bf16(w: &[u16], x: &[f32], m: usize, k: usize, acc: &mut [f32; 4]) {
+        let p = w.as_ptr();
+        let load = |i: usize| {
+            // SAFETY: 8 u16 from i, i + 8 ≤ k = w.len().
+            let h = unsafe { _mm_loadu_si128(p.add(i) as *const __m128i) };
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        };
+        unsafe { rows_with(x, m, k, acc, load, |t| f32::from_bits((w[t] as u32) << 16)) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows_f16(w: &[u16], x: &[f32], m: usize, k: usize, acc: &mut [f32; 4]) {
+        let p = w.as_ptr();
+        let load = |i: usize| {
+            // SAFETY: 8 u16 from i, i + 8 ≤ k = w.len().
+            _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.add(i) as *const __m128i) })
+        };
+        unsafe { rows_with(x, m, k, acc, load, |t| half::f16::from_bits(w[t]).to_f32()) }
+    }
+
+    /// 32 weights from `row` at run `c` as signed bytes, in the order their activations are stored.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weights(bits: u32, row: *const u8, c: usize) -> __m256i {
+        if bits == 8 {
+            // SAFETY: run c's 32 bytes are in the row (the caller's bound: 32 · runs ≤ k).
+            unsafe { _mm256_loadu_si256(row.add(32 * c) as *const __m256i) }
+        } else {
+            // SAFETY: run c's 16 bytes are in the row.
+            let b = unsafe { _mm_loadu_si128(row.add(16 * c) as *const __m128i) };
+            let mask = _mm_set1_epi8(15);
+            let lo = _mm_and_si128(b, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+            _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+        }
+    }
+
+    /// The 8 i32 partial sums of 32 products of signed bytes (each lane: 4 neighbouring bytes).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn dot32(w: __m256i, w_abs: __m256i, x: __m256i) -> __m256i {
+        // |w| · (x with w's sign) = w · x; pairs of u8 · i8 products fit i16 (2 · 128 · 127 < 32768).
+        let p16 = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, w));
+        _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows_quant(
+        bits: u32,
+        g: usize,
+        row: &[u8],
+        scales: &[f32],
+        xq: &[i8],
+        xd: &[f32],
+        m: usize,
+        k: usize,
+        acc: &mut [f32; 4],
+    ) {
+        let groups = k / g;
+        let (rp, xp) = (row.as_ptr(), xq.as_ptr());
+        let mut a = [_mm256_setzero_ps(); 4];
+        if g == 16 {
+            // Each run of 32 holds two groups. q8: lanes 0-3 are the first, 4-7 the second. q4 (evens, then
+            // odds): lanes 0-1 and 4-5 are the first group, 2-3 and 6-7 the second.
+            for c in 0..k / 32 {
+                // SAFETY: run c is within the row and within each activation row (k is a multiple of 32).
+                let w = unsafe { weights(bits, rp, c) };
+                let wa = _mm256_abs_epi8(w);
+                let s0 = scales[2 * c];
+                let s1 = scales[2 * c + 1];
+                for r in 0..m {
+                    let xv = unsafe { _mm256_loadu_si256(xp.add(r * k + 32 * c) as *const __m256i) };
+                    let p = _mm256_cvtepi32_ps(dot32(w, wa, xv));
+                    let (d0, d1) = (xd[r * groups + 2 * c] * s0, xd[r * groups + 2 * c + 1] * s1);
+                    let sv = if bits == 8 {
+                        _mm256_setr_ps(d0, d0, d0, d0, d1, d1, d1, d1)
+                    } else {
+                        _mm256_setr_ps(d0, d0, d1, d1, d0, d0, d1, d1)
+                    };
+                    a[r] = _mm256_fmadd_ps(p, sv, a[r]);
+                }
+            }
+        } else {
+            let runs = g / 32;
+            for gi in 0..groups {
+                let mut isum = [_mm256_setzero_si256(); 4];
+                for c in gi * runs..(gi + 1) * runs {
+                    // SAFETY: as above.
+                    let w = unsafe { weights(bits, rp, c) };
+                    let wa = _mm256_abs_epi8(w);
+                    for r in 0..m {
+                        let xv = unsafe { _mm256_loadu_si256(xp.add(r * k + 32 * c) as *const __m256i) };
+                        isum[r] = _mm256_add_epi32(isum[r], dot32(w, wa, xv));
+                    }
+                }
+                for r in 0..m {
+                    let d = _mm256_set1_ps(xd[r * groups + gi] * scales[gi]);
+                    a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), d, a[r]);
+                }
+            }
+        }
+        for r in 0..m {
+            acc[r] = hsum(a[r]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{quantize, Grouping};
+
+    fn rnd(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 20001) as f32 / 10000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Each level against the f64 sum of the rounded activations times the stored weights.
+    #[test]
+    fn quantized_rows_match_the_rounded_activations_in_f64() {
+        for (bits, group, scale) in [
+            (8u32, 32u32, ScaleType::F16),
+            (4, 32, ScaleType::BF16),
+            (8, 16, ScaleType::BF16),
+            (4, 16, ScaleType::F16),
+            (4, 64, ScaleType::F16),
+            (8, 128, ScaleType::BF16),
+        ] {
+            let (m, k, n) = (3, 256, 37);
+            let g = Grouping { group, scale, axis: GroupAxis::Last };
+            let dt = if bits == 8 { DType::Q8(g) } else { DType::Q4(g) };
+            let x = rnd(m * k, 1);
+            let wf = rnd(n * k, 2);
+            let bytes = quantize(&wf, &[n, k], dt).unwrap();
+            let l = QuantLayout::new(dt, &[n, k]).unwrap();
+            let mut w = vec![0f32; n * k];
+            l.to_f32(&bytes, 0, &mut w);
+            // The activations rounded as the rule says, in natural order.
+            let group = group as usize;
+            let (q, d) = quantize_rows(&x, m, k, group, false);
+            let want: Vec<f64> = (0..m * n)
+                .map(|o| {
+                    let (r, j) = (o / n, o % n);
+                    (0..k).map(|i| q[r * k + i] as f64 * d[(r * k + i) / group] as f64 * w[j * k + i] as f64).sum()
+                })
+                .collect();
+            for simd in Simd::available() {
+                let mut out = vec![0f32; m * n];
+                linear_small(simd, &x, m, k, n, &WView::Quant(&bytes, l), &mut out);
+                let err: f64 = out.iter().zip(&want).map(|(&a, b)| (a as f64 - b).powi(2)).sum::<f64>()
+                    / want.iter().map(|b| b * b).sum::<f64>();
+                assert!(err < 1e-12, "q{bits}g{group} {simd:?}: nmse {err:.3e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Which vector instructions the CPU kernels use, chosen once per backend from what the processor has.
+//! Every kernel has a scalar version that computes the same thing (the same integer sums, the same scales),
+//! so forcing [`Simd::Scalar`] checks the vector code against it in the op table.
+
+/// A level of vector instructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// Plain Rust (whatever the compiler makes of it for the build target).
+    Scalar,
+    /// x86-64 AVX2 with FMA and F16C.
+    Avx2,
+}
+
+impl Simd {
+    /// The best level this processor runs.
+    pub fn detect() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Scalar
+    }
+
+    /// Every level this processor runs, the scalar one first.
+    pub fn available() -> Vec<Simd> {
+        [Simd::Scalar, Simd::Avx2].into_iter().filter(|&s| s <= Simd::detect()).collect()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Scalar => "scalar",
+            Simd::Avx2 => "avx2",
+        }
+    }
+
+    /// The level named `s` (as [`Simd::name`] gives it), if this processor runs it.
+    pub fn parse(s: &str) -> Result<Simd, String> {
+        let want = match s {
+            "scalar" => Simd::Scalar,
+            "avx2" => Simd::Avx2,
+            _ => return Err(format!("unknown CPU kernel level {s:?} (scalar or avx2)")),
+        };
+        if want > Simd::detect() {
+            return Err(format!("this processor does not run the {s} kernels"));
+        }
+        Ok(want)
+    }
+}
