@@ -16,7 +16,7 @@ fn cpu_backend_passes_the_op_table() {
 fn every_cpu_kernel_level_passes_the_op_table() {
     let best = Simd::detect();
     for simd in Simd::available().into_iter().filter(|&s| s != best) {
-        for op in ["matmul", "swiglu"] {
+        for op in ["matmul", "swiglu", "moe", "attention"] {
             assert_rows_pass(&CpuBackend::with_simd(simd), Some(op));
         }
     }

@@ -112,6 +112,7 @@ pub fn attention<'a>(
     seqs: &[AttnSeq],
     p: &AttnParams,
     out: &mut [f32],
+    simd: super::Simd,
 ) -> Result<()> {
     let (h, kvh, d) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let qrow = h * d;
@@ -124,7 +125,6 @@ pub fn attention<'a>(
     for s in seqs {
         check_seq(s, if p.bidirectional { None } else { p.chunk })?;
     }
-    let group = h / kvh;
     let dtype = pages.dtype;
     let sw = dtype
         .slot_words(kvh, d)
@@ -136,47 +136,97 @@ pub fn attention<'a>(
             row_seq[r as usize] = si;
         }
     }
+    let ctx =
+        Ctx { q, k_new, v_new, k_cache: &k_cache, v_cache: &v_cache, pages, seqs, p, row_seq: &row_seq, dtype, sw };
     out[..rows * qrow].par_chunks_mut(d).enumerate().for_each(|(task, o)| {
-        let (r, head) = (task / h, task % h);
-        let Some(s) = seqs.get(row_seq[r]) else { return };
-        let t = r as u32 - s.q_start;
-        let i = (s.pos0 + t) as usize; // absolute position of this query
-                                       // The last key it sees, and the first.
-        let last = if p.bidirectional { (s.pos0 + s.q_len - 1) as usize } else { i };
-        let lo = match p.chunk {
-            Some(c) if !p.bidirectional => (i / c) * c,
-            _ => 0,
-        };
-        let kvh_i = head / group;
-        let mut qv: Vec<f32> = q[r * qrow + head * d..r * qrow + (head + 1) * d].to_vec();
-        if let Some(temp) = p.temperature {
-            let sc = temp.scale_at(i as u32);
-            qv.iter_mut().for_each(|x| *x *= sc);
-        }
-        let off = kvh_i * d;
-        let mut buf = vec![0f32; d];
-        let head_of = Head { s, pages, dtype, sw, kvh, d, off, kvrow };
-        let mut scores: Vec<f32> = (lo..=last)
-            .map(|j| {
-                qv.iter().zip(head_of.at(&k_cache, k_new, &mut buf, j, true)).map(|(a, b)| a * b).sum::<f32>() * p.scale
-            })
-            .collect();
-        let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for sc in scores.iter_mut() {
-            *sc = (*sc - m).exp();
-            sum += *sc;
-        }
-        o.iter_mut().for_each(|x| *x = 0.0);
-        for (j, &w) in (lo..=last).zip(&scores) {
-            let v = head_of.at(&v_cache, v_new, &mut buf, j, false);
-            let w = w / sum;
-            for (a, b) in o.iter_mut().zip(v.iter()) {
-                *a += w * b;
+        #[cfg(target_arch = "x86_64")]
+        if simd == super::Simd::Avx2 {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(c: &Ctx<'_, '_>, task: usize, o: &mut [f32]) {
+                one_query_head(c, task, o)
             }
+            // SAFETY: Avx2 is only chosen where the processor has AVX2 and FMA (Simd::detect).
+            return unsafe { avx2(&ctx, task, o) };
         }
+        one_query_head(&ctx, task, o)
     });
     Ok(())
+}
+
+/// What every (row, head) task of one attention call reads.
+struct Ctx<'a, 'c> {
+    q: &'a [f32],
+    k_new: &'a [f32],
+    v_new: &'a [f32],
+    k_cache: &'c CacheView<'a>,
+    v_cache: &'c CacheView<'a>,
+    pages: KvPages<'c>,
+    seqs: &'c [AttnSeq],
+    p: &'c AttnParams,
+    row_seq: &'c [usize],
+    dtype: KvDtype,
+    sw: usize,
+}
+
+/// `Σ a·b` in 8 interleaved partial sums (which the compiler keeps in one vector register).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n8 = a.len().min(b.len()) / 8 * 8;
+    for (x, y) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in a[n8..].iter().zip(&b[n8..]) {
+        s += x * y;
+    }
+    s
+}
+
+/// One query row's head `task % heads` (row `task / heads`), into `o` (its d outputs).
+#[inline(always)]
+fn one_query_head(c: &Ctx<'_, '_>, task: usize, o: &mut [f32]) {
+    let p = c.p;
+    let (h, kvh, d) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    let (qrow, kvrow, group) = (h * d, kvh * d, h / kvh);
+    let (pages, dtype, sw) = (c.pages, c.dtype, c.sw);
+    let (r, head) = (task / h, task % h);
+    let Some(s) = c.seqs.get(c.row_seq[r]) else { return };
+    let t = r as u32 - s.q_start;
+    let i = (s.pos0 + t) as usize; // absolute position of this query
+                                   // The last key it sees, and the first.
+    let last = if p.bidirectional { (s.pos0 + s.q_len - 1) as usize } else { i };
+    let lo = match p.chunk {
+        Some(ch) if !p.bidirectional => (i / ch) * ch,
+        _ => 0,
+    };
+    let kvh_i = head / group;
+    let mut qv: Vec<f32> = c.q[r * qrow + head * d..r * qrow + (head + 1) * d].to_vec();
+    if let Some(temp) = p.temperature {
+        let sc = temp.scale_at(i as u32);
+        qv.iter_mut().for_each(|x| *x *= sc);
+    }
+    let off = kvh_i * d;
+    let mut buf = vec![0f32; d];
+    let head_of = Head { s, pages, dtype, sw, kvh, d, off, kvrow };
+    let mut scores: Vec<f32> =
+        (lo..=last).map(|j| dot(&qv, head_of.at(c.k_cache, c.k_new, &mut buf, j, true)) * p.scale).collect();
+    let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for sc in scores.iter_mut() {
+        *sc = (*sc - m).exp();
+        sum += *sc;
+    }
+    o.iter_mut().for_each(|x| *x = 0.0);
+    for (j, &w) in (lo..=last).zip(&scores) {
+        let v = head_of.at(c.v_cache, c.v_new, &mut buf, j, false);
+        let w = w / sum;
+        for (a, b) in o.iter_mut().zip(v.iter()) {
+            *a += w * b;
+        }
+    }
 }
 
 /// Writes new rows into the f32 cache.

@@ -35,6 +35,23 @@ impl WView<'_> {
             WView::Quant(_, l) => l.numel,
         }
     }
+    /// Converts `out.len()` contiguous elements starting at `start` to f32, compiled for `simd`.
+    pub fn to_f32_simd(&self, simd: Simd, start: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd == Simd::Avx2 {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn quant(l: &crate::quant::QuantLayout, b: &[u8], start: usize, out: &mut [f32]) {
+                l.to_f32_inline(b, start, out)
+            }
+            if let WView::Quant(b, l) = self {
+                // SAFETY: Avx2 is only chosen where the processor has AVX2, FMA and F16C (Simd::detect).
+                return unsafe { quant(l, b, start, out) };
+            }
+        }
+        let _ = simd;
+        self.to_f32(start, out)
+    }
+
     /// Converts `out.len()` contiguous elements starting at `start` to f32.
     pub fn to_f32(&self, start: usize, out: &mut [f32]) {
         let n = out.len();
@@ -82,7 +99,7 @@ pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, ou
             WView::F32(s) => &s[n0 * k..(n0 + nb) * k],
             _ => {
                 let mut v = vec![0f32; nb * k];
-                w.to_f32(n0 * k, &mut v);
+                w.to_f32_simd(simd, n0 * k, &mut v);
                 conv = v;
                 &conv
             }
@@ -154,7 +171,7 @@ pub fn xw_acc(
                 _ => {
                     let mut wb = vec![0f32; k * nb];
                     for kk in 0..k {
-                        w.to_f32(w_off + kk * ld + n0, &mut wb[kk * nb..(kk + 1) * nb]);
+                        w.to_f32_simd(simd, w_off + kk * ld + n0, &mut wb[kk * nb..(kk + 1) * nb]);
                     }
                     conv = wb;
                     (conv.as_ptr(), nb)

@@ -369,7 +369,18 @@ impl Backend for CpuBackend {
             (kw, vw) = (k_cache.u32()?, v_cache.u32()?);
             (CacheView::Words(&kw), CacheView::Words(&vw))
         };
-        attention::attention(&q.f32()?, &k_new.f32()?, &v_new.f32()?, kc, vc, pages, seqs, p, &mut out.f32_mut()?)
+        attention::attention(
+            &q.f32()?,
+            &k_new.f32()?,
+            &v_new.f32()?,
+            kc,
+            vc,
+            pages,
+            seqs,
+            p,
+            &mut out.f32_mut()?,
+            self.simd,
+        )
     }
 
     fn run_kv_store(&self, call: &ops::KvStore<'_, Self>) -> Result<()> {

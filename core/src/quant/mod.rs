@@ -324,30 +324,75 @@ impl QuantLayout {
 
     /// Converts `out.len()` consecutive elements from flat index `start` to f32 (q · scale, in f32).
     pub fn to_f32(&self, bytes: &[u8], start: usize, out: &mut [f32]) {
-        // In runs that share a scale (Last: a group; SecondLast: one element, its column's scale), with the
-        // scale index computed once per run of the last axis.
+        self.to_f32_inline(bytes, start, out)
+    }
+
+    /// [`QuantLayout::to_f32`] for callers that compile it into a function with more vector instructions
+    /// enabled (the CPU backend's AVX2 kernels): the loops are written for the compiler to vectorize.
+    #[inline(always)]
+    pub fn to_f32_inline(&self, bytes: &[u8], start: usize, out: &mut [f32]) {
+        // In runs that share a scale (Last: a group) or take consecutive scales (SecondLast: a run of the
+        // last axis): the integers first, then the scales.
         let mut j = 0;
         while j < out.len() {
             let i = start + j;
+            let run = match self.axis {
+                GroupAxis::Last => (self.group - i % self.group).min(out.len() - j),
+                GroupAxis::SecondLast => (self.last - i % self.last).min(out.len() - j),
+            };
+            let o = &mut out[j..j + run];
+            self.ints(bytes, i, o);
             match self.axis {
                 GroupAxis::Last => {
-                    let run = (self.group - i % self.group).min(out.len() - j);
                     let sc = self.scale_at(bytes, i / self.group);
-                    for t in 0..run {
-                        out[j + t] = self.q_at(bytes, i + t) as f32 * sc;
+                    for v in o.iter_mut() {
+                        *v *= sc;
                     }
-                    j += run;
                 }
                 GroupAxis::SecondLast => {
-                    // Along the last axis, consecutive elements take consecutive scales.
-                    let run = (self.last - i % self.last).min(out.len() - j);
-                    let s0 = self.scale_index(i);
-                    for t in 0..run {
-                        out[j + t] = self.q_at(bytes, i + t) as f32 * self.scale_at(bytes, s0 + t);
+                    let s0 = self.scale_offset + 2 * self.scale_index(i);
+                    let sb = &bytes[s0..s0 + 2 * run];
+                    match self.scale {
+                        ScaleType::BF16 => {
+                            for (v, b) in o.iter_mut().zip(sb.chunks_exact(2)) {
+                                *v *= f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+                            }
+                        }
+                        ScaleType::F16 => {
+                            for (v, b) in o.iter_mut().zip(sb.chunks_exact(2)) {
+                                *v *= f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                            }
+                        }
                     }
-                    j += run;
                 }
             }
+            j += run;
+        }
+    }
+
+    /// The integers of `out.len()` consecutive elements from flat index `i`, as f32.
+    #[inline(always)]
+    fn ints(&self, bytes: &[u8], i: usize, out: &mut [f32]) {
+        if self.bits == 8 {
+            let n = out.len();
+            for (o, &b) in out.iter_mut().zip(&bytes[i..i + n]) {
+                *o = b as i8 as f32;
+            }
+            return;
+        }
+        let (mut i, mut o) = (i, &mut out[..]);
+        if i % 2 == 1 && !o.is_empty() {
+            o[0] = self.q_at(bytes, i) as f32;
+            (i, o) = (i + 1, &mut o[1..]);
+        }
+        let pairs = o.len() / 2;
+        for (p, &b) in o.chunks_exact_mut(2).zip(&bytes[i / 2..i / 2 + pairs]) {
+            p[0] = ((b & 15) as i32 - 8) as f32;
+            p[1] = ((b >> 4) as i32 - 8) as f32;
+        }
+        if o.len() % 2 == 1 {
+            let last = o.len() - 1;
+            o[last] = self.q_at(bytes, i + last) as f32;
         }
     }
 }
