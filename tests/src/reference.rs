@@ -141,8 +141,20 @@ pub fn moe(
     gate_up: &[f32],
     down: &[f32],
     out: &mut [f32],
+    round: Option<usize>,
 ) {
     let experts = gate_up.len() / (d * 2 * f).max(1);
+    // A backend that rounds the experts' activations to 8 bits per block (`round`) rounds the expert input
+    // score · x (computed in f32) and the gate·up product (rounded to f32 first).
+    let rounded = |v: Vec<f64>| -> Vec<f64> {
+        match round {
+            Some(b) => round_activations(&v.iter().map(|&x| x as f32).collect::<Vec<_>>(), b)
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            None => v,
+        }
+    };
     for r in 0..rows {
         for c in 0..k {
             let e = idx[r * k + c] as usize;
@@ -150,7 +162,10 @@ pub fn moe(
                 continue; // a skipped pick
             }
             let s = score[r * k + c] as f64;
-            let u: Vec<f64> = x[r * d..(r + 1) * d].iter().map(|&v| v as f64 * s).collect();
+            let u: Vec<f64> = match round {
+                Some(_) => rounded(x[r * d..(r + 1) * d].iter().map(|&v| (v * score[r * k + c]) as f64).collect()),
+                None => x[r * d..(r + 1) * d].iter().map(|&v| v as f64 * s).collect(),
+            };
             let gu = &gate_up[e * d * 2 * f..(e + 1) * d * 2 * f];
             let hmid: Vec<f64> = (0..f)
                 .map(|j| {
@@ -159,6 +174,7 @@ pub fn moe(
                     silu(g) * up
                 })
                 .collect();
+            let hmid = rounded(hmid);
             let dn = &down[e * f * d..(e + 1) * f * d];
             for o in 0..d {
                 let y: f64 = (0..f).map(|j| hmid[j] * dn[j * d + o] as f64).sum();

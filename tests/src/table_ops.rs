@@ -130,7 +130,8 @@ pub(crate) fn run<B: Backend>(be: &B, spec: &Spec, rng: &mut Rng, perf: bool) ->
             let got = be.read(&o)?;
             let secs = perf_only(be, perf, &o, || be.moe(&x, rows, &idx, &sc, k, &guw, &dnw, &o))?;
             let mut want = base;
-            r::moe(&xv, rows, d, f, &idxv, &scv, k, &gus, &dns, &mut want);
+            let round = be.matmul_activation_block(dt, d, rows * k);
+            r::moe(&xv, rows, d, f, &idxv, &scv, k, &gus, &dns, &mut want, round);
             Ok(out(got, want, secs))
         }
         Spec::Sample(ref s) => crate::table_sample::run(be, s, rng, perf),

@@ -238,8 +238,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The block in which a matmul of `m` rows by a weight of `dtype` and shape `[n, k]` rounds its
     /// activations to 8-bit integers before multiplying (each block scaled by its largest magnitude / 127,
-    /// as [`crate::cpu::gemv::quantize_rows`] documents), or None when it multiplies them as f32. The op
-    /// table's reference rounds them the same way.
+    /// as [`crate::cpu::gemv::quantize_rows`] documents), or None when it multiplies them as f32. For the
+    /// MoE op, `dtype` is the expert tensors' and `m` the op's rows × picks. The op table's reference rounds
+    /// them the same way.
     fn matmul_activation_block(&self, dtype: DType, k: usize, m: usize) -> Option<usize> {
         let _ = (dtype, k, m);
         None

@@ -18,13 +18,25 @@ use super::simd::Simd;
 use crate::quant::{DType, GroupAxis, QuantLayout, ScaleType};
 
 /// The block an `[n, k]` weight's matmul rounds its activations in, when it does: the group, for a
-/// quantized weight grouped along k in groups of 16 or a multiple of 32, with k a multiple of 32.
+/// quantized weight grouped along k in groups of 16 or a multiple of 32, with k a multiple of 32. (The
+/// expert tensors' decode path, [`super::xw`], has its own rule: [`expert_activation_block`].)
 pub fn activation_block(dtype: DType, k: usize) -> Option<usize> {
     let g = match dtype {
         DType::Q8(g) | DType::Q4(g) if g.axis == GroupAxis::Last && k.is_multiple_of(32) => g.group as usize,
         _ => return None,
     };
     (g == 16 || g.is_multiple_of(32)).then_some(g)
+}
+
+/// The block the MoE op's few-rows path rounds its activations in (each expert's input and its gate·up
+/// product, along k): the group of a quantized expert tensor grouped along k in groups of an even size.
+pub fn expert_activation_block(dtype: DType) -> Option<usize> {
+    match dtype {
+        DType::Q8(g) | DType::Q4(g) if g.axis == GroupAxis::SecondLast && g.group.is_multiple_of(2) => {
+            Some(g.group as usize)
+        }
+        _ => None,
+    }
 }
 
 /// Rounds `x` (m rows of k) to 8-bit integers, per block of `block` elements of a row: the block's scale is

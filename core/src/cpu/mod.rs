@@ -188,7 +188,7 @@ impl Backend for CpuBackend {
         if m > matmul::SMALL_M {
             return None;
         }
-        gemv::activation_block(dtype, k)
+        gemv::activation_block(dtype, k).or_else(|| gemv::expert_activation_block(dtype))
     }
 
     fn buffer_desc(&self, b: &CpuBuffer) -> BufDesc {

@@ -42,68 +42,123 @@ unsafe fn block_avx2(x: &[f32], m: usize, k: usize, w: &WView, w_off: usize, ld:
     block_body::<true>(x, m, k, w, w_off, ld, n0, acc)
 }
 
-/// Signed integers of a quantized row as f32: q8 bytes, or q4 bytes (two elements each, low nibble first,
-/// stored + 8) into twice as many values.
-#[inline(always)]
-fn decode<const AVX: bool>(bits: u32, bytes: &[u8], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if AVX {
-        // SAFETY: AVX is only true inside block_avx2, which runs where AVX2 is present.
-        return unsafe { avx2::decode(bits, bytes, out) };
-    }
-    if bits == 8 {
-        for (c, &b) in out.iter_mut().zip(bytes) {
-            *c = b as i8 as f32;
-        }
-    } else {
-        for (c, &b) in out.chunks_exact_mut(2).zip(bytes) {
-            c[0] = ((b & 15) as i32 - 8) as f32;
-            c[1] = ((b >> 4) as i32 - 8) as f32;
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
+    /// 16 consecutive elements from element e of a q8 or q4 tensor, as i16.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn decode(bits: u32, bytes: &[u8], out: &mut [f32]) {
-        let n = out.len();
-        let (bp, op) = (bytes.as_ptr(), out.as_mut_ptr());
-        let mut i = 0;
+    unsafe fn sixteen(bits: u32, bytes: *const u8, e: usize) -> __m256i {
         if bits == 8 {
-            while i + 16 <= n {
-                // SAFETY: 16 bytes from i (bytes holds n), 16 floats to i.
-                unsafe {
-                    let b = _mm_loadu_si128(bp.add(i) as *const __m128i);
-                    _mm256_storeu_ps(op.add(i), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
-                    _mm256_storeu_ps(op.add(i + 8), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))));
-                }
-                i += 16;
-            }
-            for t in i..n {
-                out[t] = bytes[t] as i8 as f32;
-            }
+            // SAFETY: the caller's bound: 16 elements from e are in the tensor.
+            _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(bytes.add(e) as *const __m128i) })
         } else {
-            let (mask, eight) = (_mm_set1_epi8(15), _mm_set1_epi8(8));
-            while i + 16 <= n {
-                // SAFETY: 8 bytes from i / 2 (bytes holds n / 2), 16 floats to i.
-                unsafe {
-                    let b = _mm_loadl_epi64(bp.add(i / 2) as *const __m128i);
-                    let lo = _mm_and_si128(b, mask);
-                    let hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
-                    let v = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), eight);
-                    _mm256_storeu_ps(op.add(i), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)));
-                    _mm256_storeu_ps(op.add(i + 8), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))));
+            // SAFETY: as above; e is even, so the 16 elements are 8 whole bytes.
+            let b = unsafe { _mm_loadl_epi64(bytes.add(e / 2) as *const __m128i) };
+            let mask = _mm_set1_epi8(15);
+            let lo = _mm_and_si128(b, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+            _mm256_cvtepi8_epi16(_mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8)))
+        }
+    }
+
+    /// The integer sums of [`super::group_ints`] for the first multiple of 16 columns; returns how many.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn group_ints(
+        bits: u32,
+        bytes: &[u8],
+        start: usize,
+        ld: usize,
+        g: usize,
+        xq: &[i8],
+        k: usize,
+        m: usize,
+        nb: usize,
+        isum: &mut [i32],
+    ) -> usize {
+        let nb16 = nb / 16 * 16;
+        let bp = bytes.as_ptr();
+        for cb in (0..nb16).step_by(16) {
+            let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+            for p in (0..g).step_by(2) {
+                let e0 = start + p * ld + cb;
+                // SAFETY: rows p and p + 1 of the group, columns cb..cb + 16, are in the tensor.
+                let (a0, a1) = unsafe { (sixteen(bits, bp, e0), sixteen(bits, bp, e0 + ld)) };
+                // Rows p and p + 1 interleaved per column: lanes of `lo` are columns 0-3 and 8-11, of `hi` 4-7
+                // and 12-15; madd multiplies each column's pair by the pair of activations and adds them.
+                let (lo, hi) = (_mm256_unpacklo_epi16(a0, a1), _mm256_unpackhi_epi16(a0, a1));
+                for r in 0..m {
+                    let x0 = xq[r * k + p] as i16 as u16 as i32;
+                    let x1 = xq[r * k + p + 1] as i16 as u16 as i32;
+                    let xp = _mm256_set1_epi32(x0 | (x1 << 16));
+                    acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(lo, xp));
+                    acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(hi, xp));
                 }
-                i += 16;
             }
-            for t in (i..n).step_by(2) {
-                let b = bytes[t / 2];
-                out[t] = ((b & 15) as i32 - 8) as f32;
-                out[t + 1] = ((b >> 4) as i32 - 8) as f32;
+            for r in 0..m {
+                let first = _mm256_permute2x128_si256(acc[r][0], acc[r][1], 0x20);
+                let second = _mm256_permute2x128_si256(acc[r][0], acc[r][1], 0x31);
+                // SAFETY: row r's columns cb..cb + 16 of isum (m · nb values).
+                unsafe {
+                    let o = isum.as_mut_ptr().add(r * nb + cb);
+                    _mm256_storeu_si256(o as *mut __m256i, first);
+                    _mm256_storeu_si256(o.add(8) as *mut __m256i, second);
+                }
+            }
+        }
+        nb16
+    }
+}
+
+/// Whether a quantized block takes the integer path: grouped along k in groups of an even size that start at
+/// the block's row 0, and (q4) whole bytes.
+fn integer_path(l: &crate::quant::QuantLayout, k: usize, ld: usize, w_off: usize, n0: usize, nb: usize) -> bool {
+    l.axis == GroupAxis::SecondLast
+        && l.group.is_multiple_of(2)
+        && ld == l.last
+        && k == l.second
+        && w_off % (l.last * l.second) + n0 + nb <= l.last
+        && (l.bits == 8 || (w_off + n0).is_multiple_of(2) && nb.is_multiple_of(2))
+}
+
+/// `isum[r, j] = Σ_{p < g} xq[r · k + p] · q(start + p · ld + j)` for j < nb: one group's integer sums.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn group_ints<const AVX: bool>(
+    bits: u32,
+    bytes: &[u8],
+    start: usize,
+    ld: usize,
+    g: usize,
+    xq: &[i8],
+    k: usize,
+    m: usize,
+    nb: usize,
+    isum: &mut [i32],
+) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: AVX is only true inside block_avx2, which runs where AVX2 is present; the bounds are those
+        // of the scalar loop below (the caller's integer_path guard).
+        done = unsafe { avx2::group_ints(bits, bytes, start, ld, g, xq, k, m, nb, isum) };
+    }
+    for r in 0..m {
+        isum[r * nb + done..(r + 1) * nb].fill(0);
+    }
+    for p in 0..g {
+        for j in done..nb {
+            let e = start + p * ld + j;
+            let q = if bits == 8 {
+                bytes[e] as i8 as i32
+            } else {
+                let b = bytes[e / 2];
+                (if e % 2 == 0 { b & 15 } else { b >> 4 }) as i32 - 8
+            };
+            for r in 0..m {
+                isum[r * nb + j] += xq[r * k + p] as i32 * q;
             }
         }
     }
@@ -162,25 +217,16 @@ fn block_body<const AVX: bool>(
             }
         }
         // Grouped along k, with groups that start at row 0 of this block (the expert tensors' blocks start at
-        // an expert's first row): the integers of a group's rows are summed, then scaled once.
-        WView::Quant(bytes, l)
-            if l.axis == GroupAxis::SecondLast
-                && ld == l.last
-                && k == l.second
-                && w_off % (l.last * l.second) + n0 + nb <= l.last
-                && (l.bits == 8 || (w_off + n0).is_multiple_of(2) && nb.is_multiple_of(2)) =>
-        {
-            let mut sum = vec![0f32; m * nb];
+        // an expert's first row): the activations are rounded to int8 per group (as the nn.Linear GEMVs do,
+        // [`super::gemv::quantize_rows`]), each group's products are summed as integers, then scaled once.
+        WView::Quant(bytes, l) if integer_path(l, k, ld, w_off, n0, nb) => {
+            let g = l.group;
+            let (xq, xd) = super::gemv::quantize_rows(x, m, k, g, false);
+            let mut isum = vec![0i32; m * nb];
             let mut scales = vec![0f32; nb];
             let mut raw = vec![f16::ZERO; nb];
-            for g0 in (0..k).step_by(l.group) {
-                sum.fill(0.0);
-                for kk in g0..g0 + l.group {
-                    let start = w_off + kk * ld + n0;
-                    let b0 = start * l.bits as usize / 8;
-                    decode::<AVX>(l.bits, &bytes[b0..b0 + nb * l.bits as usize / 8], &mut conv);
-                    axpy_rows(x, m, k, kk, &conv, &mut sum);
-                }
+            for (gi, g0) in (0..k).step_by(g).enumerate() {
+                group_ints::<AVX>(l.bits, bytes, w_off + g0 * ld + n0, ld, g, &xq[g0..], k, m, nb, &mut isum);
                 // The group's scales: nb consecutive ones (the file's bytes need not be 2-aligned).
                 let s0 = l.scale_offset + 2 * l.scale_index(w_off + g0 * ld + n0);
                 for (r, b) in raw.iter_mut().zip(bytes[s0..s0 + 2 * nb].chunks_exact(2)) {
@@ -195,8 +241,9 @@ fn block_body<const AVX: bool>(
                     }
                 }
                 for r in 0..m {
-                    for ((a, &s), &sc) in acc[r * nb..(r + 1) * nb].iter_mut().zip(&sum[r * nb..]).zip(&scales) {
-                        *a += s * sc;
+                    let dx = xd[r * (k / g) + gi];
+                    for ((a, &s), &sc) in acc[r * nb..(r + 1) * nb].iter_mut().zip(&isum[r * nb..]).zip(&scales) {
+                        *a += s as f32 * (dx * sc);
                     }
                 }
             }
