@@ -203,3 +203,14 @@ fn auto_wgpu_or_cpu(opts: &WgpuOptions) -> Chosen {
         }
     }
 }
+
+/// Runs one scheduler step. On the CPU backend the step runs on a worker of the kernels' thread pool, so
+/// that each parallel loop of the step starts and ends without parking and waking the calling thread (it is
+/// one of the workers); the other backends step on the calling thread (a CUDA context belongs to it).
+pub(crate) fn step<B: herd_core::backend::Backend>(s: &mut herd_core::schedule::Scheduler<B>) -> herd_core::Result<()> {
+    if B::KIND == "cpu" {
+        rayon::scope(|_| pollster::block_on(s.step()))
+    } else {
+        pollster::block_on(s.step())
+    }
+}

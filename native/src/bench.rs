@@ -153,12 +153,12 @@ fn bench_one<B: Backend>(
         let (sink, events) = queue();
         s.submit(Request::new(prompt.clone(), params), sink)?;
         let t0 = Instant::now();
-        pollster::block_on(s.step())?;
+        crate::backend_arg::step(&mut s)?;
         let prefill = t0.elapsed().as_secs_f64();
         let before = model.expert_stats();
         let t1 = Instant::now();
         while !s.is_idle() {
-            pollster::block_on(s.step())?;
+            crate::backend_arg::step(&mut s)?;
         }
         let decode = t1.elapsed().as_secs_f64();
         let mut made = 0;

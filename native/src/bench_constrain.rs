@@ -32,10 +32,10 @@ fn decode_once<B: Backend>(
     let (sink, events) = queue();
     s.submit(Request { constraint, ..Request::new(prompt.to_vec(), params) }, sink)?;
     // The prompt and the first token, then the timed decode steps.
-    pollster::block_on(s.step())?;
+    crate::backend_arg::step(&mut s)?;
     let t = Instant::now();
     while !s.is_idle() {
-        pollster::block_on(s.step())?;
+        crate::backend_arg::step(&mut s)?;
     }
     let secs = t.elapsed().as_secs_f64();
     let mut ids = vec![];

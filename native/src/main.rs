@@ -280,7 +280,6 @@ struct RunArgs {
     text: TextArgs,
 }
 
-
 #[derive(Args)]
 struct LogitsArgs {
     /// Model directory (config.json and safetensors; no tokenizer needed).

@@ -92,7 +92,7 @@ pub fn generate<B: Backend>(
     let (sink, events) = queue();
     let id = s.submit_with_images(req, images, sink)?;
     loop {
-        let stepped = pollster::block_on(s.step());
+        let stepped = crate::backend_arg::step(s);
         while let Some(e) = events.pop() {
             match e {
                 Event::Token(t) => {

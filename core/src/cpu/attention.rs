@@ -148,6 +148,7 @@ pub fn attention<'a>(
             // SAFETY: Avx2 is only chosen where the processor has AVX2 and FMA (Simd::detect).
             return unsafe { avx2(&ctx, task, o) };
         }
+        let _ = simd;
         one_query_head(&ctx, task, o)
     });
     Ok(())

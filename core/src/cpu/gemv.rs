@@ -45,6 +45,33 @@ pub fn expert_activation_block(dtype: DType) -> Option<usize> {
 /// its odd ones (how a q4 weight's 16 bytes hold them: low nibbles, then high ones); the scales stay in
 /// block order. Returns the integers (m·k) and the scales (m·k / block).
 pub fn quantize_rows(x: &[f32], m: usize, k: usize, block: usize, q4_order: bool) -> (Vec<i8>, Vec<f32>) {
+    quantize_rows_inline(x, m, k, block, q4_order)
+}
+
+/// [`quantize_rows`] compiled for `simd` (with AVX2 the rounding is one instruction, not a libm call).
+pub(crate) fn quantize_rows_for(
+    simd: Simd,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    block: usize,
+    q4: bool,
+) -> (Vec<i8>, Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx2 {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(x: &[f32], m: usize, k: usize, block: usize, q4: bool) -> (Vec<i8>, Vec<f32>) {
+            quantize_rows_inline(x, m, k, block, q4)
+        }
+        // SAFETY: Avx2 is only chosen where the processor has AVX2 and FMA (Simd::detect).
+        return unsafe { avx2(x, m, k, block, q4) };
+    }
+    let _ = simd;
+    quantize_rows_inline(x, m, k, block, q4)
+}
+
+#[inline(always)]
+fn quantize_rows_inline(x: &[f32], m: usize, k: usize, block: usize, q4_order: bool) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; m * k];
     let mut d = vec![0f32; m * k / block];
     for (b, (xs, ds)) in x[..m * k].chunks_exact(block).zip(d.iter_mut()).enumerate() {
@@ -75,12 +102,20 @@ fn bf16_to_f32(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
+/// A run of scales (little-endian f16 or bf16 bytes, not necessarily 2-aligned) as f32, through `raw`.
 #[inline]
-fn scale_f32(scale: ScaleType, lo: u8, hi: u8) -> f32 {
-    let b = u16::from_le_bytes([lo, hi]);
+pub(crate) fn scales_f32(scale: ScaleType, bytes: &[u8], raw: &mut [f16], out: &mut [f32]) {
+    for (r, b) in raw.iter_mut().zip(bytes.chunks_exact(2)) {
+        *r = f16::from_bits(u16::from_le_bytes([b[0], b[1]]));
+    }
     match scale {
-        ScaleType::F16 => f16::from_bits(b).to_f32(),
-        ScaleType::BF16 => bf16_to_f32(b),
+        // One conversion of the whole run (F16C where the processor has it).
+        ScaleType::F16 => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&raw[..out.len()], out),
+        ScaleType::BF16 => {
+            for (o, r) in out.iter_mut().zip(raw.iter()) {
+                *o = bf16_to_f32(r.to_bits());
+            }
+        }
     }
 }
 
@@ -103,17 +138,16 @@ pub fn linear_small(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WVi
     let tasks = n.div_ceil(ROWS_PER_TASK);
     match w {
         WView::Quant(bytes, l) if l.last == k && activation_block(l.dtype(), k).is_some() => {
-            let (xq, xd) = quantize_rows(x, m, k, l.group, l.bits == 4);
+            let (xq, xd) = quantize_rows_for(simd, x, m, k, l.group, l.bits == 4);
             let row_bytes = k * l.bits as usize / 8;
             let groups = k / l.group;
             (0..tasks).into_par_iter().for_each(|t| {
                 let mut scales = vec![0f32; groups];
+                let mut raw = vec![f16::ZERO; groups];
                 let mut acc = [0f32; 4];
                 for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
                     let s0 = l.scale_offset + 2 * j * groups;
-                    for (g, s) in scales.iter_mut().enumerate() {
-                        *s = scale_f32(l.scale, bytes[s0 + 2 * g], bytes[s0 + 2 * g + 1]);
-                    }
+                    scales_f32(l.scale, &bytes[s0..s0 + 2 * groups], &mut raw, &mut scales);
                     let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
                     quant_row(simd, l, row, &scales, &xq, &xd, m, k, &mut acc);
                     for (r, &v) in acc[..m].iter().enumerate() {

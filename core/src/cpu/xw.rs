@@ -5,12 +5,12 @@
 //! (converted once) multiplies into the result. The same code is compiled twice, plainly and with AVX2 + FMA
 //! enabled ([`Simd`]), so the compiler vectorizes it for the level the backend runs.
 
+use half::f16;
 use half::slice::HalfFloatSliceExt;
-use half::{bf16, f16};
 
 use super::matmul::WView;
 use super::simd::Simd;
-use crate::quant::{GroupAxis, ScaleType};
+use crate::quant::GroupAxis;
 
 /// One task's columns `n0..n0 + nb` of `x · W` (W's element (kk, j) at `w_off + kk · ld + j`), added to
 /// `acc` (m rows of nb).
@@ -138,13 +138,16 @@ fn group_ints<const AVX: bool>(
     nb: usize,
     isum: &mut [i32],
 ) {
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if AVX {
+    let done = if AVX {
         // SAFETY: AVX is only true inside block_avx2, which runs where AVX2 is present; the bounds are those
         // of the scalar loop below (the caller's integer_path guard).
-        done = unsafe { avx2::group_ints(bits, bytes, start, ld, g, xq, k, m, nb, isum) };
-    }
+        unsafe { avx2::group_ints(bits, bytes, start, ld, g, xq, k, m, nb, isum) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     for r in 0..m {
         isum[r * nb + done..(r + 1) * nb].fill(0);
     }
@@ -221,7 +224,8 @@ fn block_body<const AVX: bool>(
         // [`super::gemv::quantize_rows`]), each group's products are summed as integers, then scaled once.
         WView::Quant(bytes, l) if integer_path(l, k, ld, w_off, n0, nb) => {
             let g = l.group;
-            let (xq, xd) = super::gemv::quantize_rows(x, m, k, g, false);
+            let (xq, xd) =
+                super::gemv::quantize_rows_for(if AVX { Simd::Avx2 } else { Simd::Scalar }, x, m, k, g, false);
             let mut isum = vec![0i32; m * nb];
             let mut scales = vec![0f32; nb];
             let mut raw = vec![f16::ZERO; nb];
@@ -229,17 +233,7 @@ fn block_body<const AVX: bool>(
                 group_ints::<AVX>(l.bits, bytes, w_off + g0 * ld + n0, ld, g, &xq[g0..], k, m, nb, &mut isum);
                 // The group's scales: nb consecutive ones (the file's bytes need not be 2-aligned).
                 let s0 = l.scale_offset + 2 * l.scale_index(w_off + g0 * ld + n0);
-                for (r, b) in raw.iter_mut().zip(bytes[s0..s0 + 2 * nb].chunks_exact(2)) {
-                    *r = f16::from_bits(u16::from_le_bytes([b[0], b[1]]));
-                }
-                match l.scale {
-                    ScaleType::F16 => raw.convert_to_f32_slice(&mut scales),
-                    ScaleType::BF16 => {
-                        for (s, r) in scales.iter_mut().zip(&raw) {
-                            *s = bf16::from_bits(r.to_bits()).to_f32();
-                        }
-                    }
-                }
+                super::gemv::scales_f32(l.scale, &bytes[s0..s0 + 2 * nb], &mut raw, &mut scales);
                 for r in 0..m {
                     let dx = xd[r * (k / g) + gi];
                     for ((a, &s), &sc) in acc[r * nb..(r + 1) * nb].iter_mut().zip(&isum[r * nb..]).zip(&scales) {

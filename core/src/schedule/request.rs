@@ -104,17 +104,17 @@ impl<B: Backend> Images<B> {
 
 /// Receives a request's events, from inside [`Scheduler::step`](super::Scheduler::step). Returning false after a `Token` cancels
 /// the request (it ends with [`StopReason::Cancelled`](StopReason::Cancelled) before the next step).
-pub type Sink = Box<dyn FnMut(Event) -> bool>;
+pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
 
 /// A sink that queues its request's events for the caller to take after each step ([`Queue::pop`]), for
 /// callers that step the scheduler themselves and act on tokens between steps (the CLI prints them, the
 /// browser hands them to JavaScript); they cancel with [`Scheduler::cancel`](super::Scheduler::cancel).
 pub fn queue() -> (Sink, Queue) {
-    let q = Queue(std::rc::Rc::new(std::cell::RefCell::new(VecDeque::new())));
+    let q = Queue(std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new())));
     let inner = q.0.clone();
     (
         Box::new(move |e| {
-            inner.borrow_mut().push_back(e);
+            inner.lock().unwrap_or_else(|p| p.into_inner()).push_back(e);
             true
         }),
         q,
@@ -122,12 +122,12 @@ pub fn queue() -> (Sink, Queue) {
 }
 
 /// The events a [`queue`] sink has received and not yet been taken.
-pub struct Queue(std::rc::Rc<std::cell::RefCell<VecDeque<Event>>>);
+pub struct Queue(std::sync::Arc<std::sync::Mutex<VecDeque<Event>>>);
 
 impl Queue {
     /// The oldest event not yet taken.
     pub fn pop(&self) -> Option<Event> {
-        self.0.borrow_mut().pop_front()
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
     }
 }
 

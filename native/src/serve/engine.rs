@@ -246,7 +246,7 @@ pub fn engine<B: Backend>(
                 true
             }
         });
-        if let Err(e) = pollster::block_on(s.step()) {
+        if let Err(e) = crate::backend_arg::step(&mut s) {
             eprintln!("herd serve: a step failed: {}", e.to_string().replace('\n', " "));
         }
         // Also counts what ended outside the step (cancelled before it).
