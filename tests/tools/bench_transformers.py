@@ -93,6 +93,8 @@ BOS, EOS, PAD = 1, 2, 0
 SIZES = {
     "mid": dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=8, num_attention_heads=8,
                 num_key_value_heads=2, head_dim=128, intermediate_size=1024, intermediate_size_mlp=2048),
+    "cpu": dict(vocab_size=32000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                num_key_value_heads=2, head_dim=64, intermediate_size=1024, intermediate_size_mlp=2048),
     "small": dict(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=64, intermediate_size=256, intermediate_size_mlp=512),
 }

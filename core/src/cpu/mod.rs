@@ -1,9 +1,12 @@
-//! The CPU reference backend: plain, obviously right, multi-threaded with rayon, f32 accumulation.
-//! One file per op family (named as the WGSL and CUDA files are); this file owns buffers and weights.
+//! The CPU backend: the reference the others are checked against, and a backend people run. Multi-threaded
+//! with rayon, f32 accumulation; the hot ops have vector kernels per [`Simd`] level, each with a scalar twin
+//! (docs/backends.md, "The CPU backend's kernels"). One file per op family (named as the WGSL and CUDA files
+//! are); this file owns buffers and weights.
 //!
 //! Ops run when they are called, so "enqueue" and "execute" coincide and [`Backend::read`] has nothing to
 //! wait for. Weights stay in their checkpoint format, borrowed from the memory-mapped file when its
-//! alignment allows (no copy), and are converted to f32 a block at a time inside the matmuls.
+//! alignment allows (no copy): decode multiplies quantized weights as integers (activations rounded to int8
+//! per group, [`gemv`]), prefill converts them to f32 a block at a time.
 
 mod attention;
 mod elementwise;
