@@ -127,18 +127,19 @@ fn synthetic_matches(be: &CudaBackend) {
     let (e, dm, f) = (4usize, 64usize, 32usize);
     let q = DType::Q4(g(16, GroupAxis::SecondLast));
     let fill = |seed| Fill::Uniform { seed, scale: 0.2 };
-    let x: Vec<f32> = (0..3 * dm).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
-    // Three rows through experts made on `be` from the generator (expert 3 of row 2 too).
+    // Five rows, so that the CPU takes its f32 path (its few-rows path rounds activations to int8, which the
+    // device does not): each through experts made on `be` from the generator.
+    let x: Vec<f32> = (0..5 * dm).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
     fn run<B: Backend>(be: &B, q: DType, fill: impl Fn(u64) -> Fill, x: &[f32], [e, dm, f]: [usize; 3]) -> Vec<f32> {
         let gu = be.synthetic_weight("gu", &[e, dm, 2 * f], q, fill(1)).unwrap();
         let dn = be.synthetic_weight("dn", &[e, f, dm], q, fill(2)).unwrap();
         let (xb, ib, sb, o) = (
             be.upload(x).unwrap(),
-            be.upload_u32(&[0, 3, 1]).unwrap(),
-            be.upload(&[1.0, 0.5, 0.8]).unwrap(),
-            be.alloc(3 * dm).unwrap(),
+            be.upload_u32(&[0, 3, 1, 2, 3]).unwrap(),
+            be.upload(&[1.0, 0.5, 0.8, 0.7, 0.9]).unwrap(),
+            be.alloc(5 * dm).unwrap(),
         );
-        be.moe(&xb, 3, &ib, &sb, 1, &gu, &dn, &o).unwrap();
+        be.moe(&xb, 5, &ib, &sb, 1, &gu, &dn, &o).unwrap();
         be.read(&o).unwrap()
     }
     let want = run(&cpu, q, fill, &x, [e, dm, f]);
