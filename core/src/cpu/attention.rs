@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::gemv::dot;
 use super::need;
 
 use crate::backend::{AttnParams, AttnSeq, KvPages};
@@ -167,23 +168,6 @@ struct Ctx<'a, 'c> {
     row_seq: &'c [usize],
     dtype: KvDtype,
     sw: usize,
-}
-
-/// `Σ a·b` in 8 interleaved partial sums (which the compiler keeps in one vector register).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let n8 = a.len().min(b.len()) / 8 * 8;
-    for (x, y) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in a[n8..].iter().zip(&b[n8..]) {
-        s += x * y;
-    }
-    s
 }
 
 /// One query row's head `task % heads` (row `task / heads`), into `o` (its d outputs).

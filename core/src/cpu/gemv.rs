@@ -200,35 +200,39 @@ fn float_row(
         }
     }
     let _ = simd;
-    let dot = |r: usize, get: &dyn Fn(usize) -> f32| -> f32 {
-        let xr = &x[r * k..(r + 1) * k];
-        let mut a = [0f32; 8];
-        for (i, &xv) in xr.iter().enumerate() {
-            a[i % 8] += xv * get(i);
-        }
-        a.iter().sum()
-    };
-    match w {
-        WView::F32(s) => {
-            let s = &s[off..off + k];
-            for r in 0..m {
-                acc[r] = dot(r, &|i| s[i]);
-            }
-        }
+    let row: &[f32] = match w {
+        WView::F32(s) => &s[off..off + k],
         WView::BF16(s) => {
-            let s = &s[off..off + k];
-            for r in 0..m {
-                acc[r] = dot(r, &|i| bf16_to_f32(s[i]));
-            }
+            conv.clear();
+            conv.extend(s[off..off + k].iter().map(|&b| bf16_to_f32(b)));
+            conv
         }
         WView::F16(_) | WView::Quant(..) => {
             conv.resize(k, 0.0);
             w.to_f32(off, conv);
-            for r in 0..m {
-                acc[r] = dot(r, &|i| conv[i]);
-            }
+            conv
+        }
+    };
+    for r in 0..m {
+        acc[r] = dot(&x[r * k..(r + 1) * k], row);
+    }
+}
+
+/// `Σ a·b` in 8 interleaved partial sums (which the compiler keeps in one vector register).
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n8 = a.len().min(b.len()) / 8 * 8;
+    for (x, y) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
         }
     }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in a[n8..].iter().zip(&b[n8..]) {
+        s += x * y;
+    }
+    s
 }
 
 /// `acc[r] = Σ_groups xd[r, g] · scales[g] · Σ_{i in g} xq[r, i] · wq[i]` for one quantized weight row.
