@@ -4,7 +4,7 @@
 //! that is not present is reported as not run; `--subgroups` / `--no-subgroups` force wgpu's reductions onto
 //! subgroup operations or off them (by default: on for hardware GPUs that have them). With
 //! HERD_REQUIRE_CUDA=1 a missing CUDA device counts as a failure (a GPU run cannot pass by skipping).
-//! `--cpu-simd scalar|avx2` runs the CPU backend's kernels of that level (default: the best it has).
+//! `--cpu-simd scalar|avx2|avx512` runs the CPU backend's kernels of that level (default: the best it has).
 //! Exits non-zero if any row fails.
 
 use herd_conformance::table::{dispatch_cost, format_table, run_table, RowResult};
@@ -26,7 +26,7 @@ fn main() {
         all.extend(rows);
     };
     if want("cpu") {
-        // --cpu-simd LEVEL: the CPU kernels of that level (scalar, avx2) instead of the best this processor runs.
+        // --cpu-simd LEVEL: the CPU kernels of that level (scalar, avx2, avx512) instead of the best this processor runs.
         let be = match arg("--cpu-simd").map(herd_core::cpu::Simd::parse) {
             None => CpuBackend::new(),
             Some(Ok(simd)) => CpuBackend::with_simd(simd),

@@ -141,7 +141,7 @@ pub fn attention<'a>(
         Ctx { q, k_new, v_new, k_cache: &k_cache, v_cache: &v_cache, pages, seqs, p, row_seq: &row_seq, dtype, sw };
     out[..rows * qrow].par_chunks_mut(d).enumerate().for_each(|(task, o)| {
         #[cfg(target_arch = "x86_64")]
-        if simd == super::Simd::Avx2 {
+        if simd >= super::Simd::Avx2 {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2(c: &Ctx<'_, '_>, task: usize, o: &mut [f32]) {
                 one_query_head(c, task, o)

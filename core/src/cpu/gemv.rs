@@ -58,7 +58,7 @@ pub(crate) fn quantize_rows_for(
     q4: bool,
 ) -> (Vec<i8>, Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx2 {
+    if simd >= Simd::Avx2 {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(x: &[f32], m: usize, k: usize, block: usize, q4: bool) -> (Vec<i8>, Vec<f32>) {
             quantize_rows_inline(x, m, k, block, q4)
@@ -137,6 +137,27 @@ pub fn linear_small(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WVi
     let put = move |r: usize, j: usize, v: f32| unsafe { *{ ptr }.0.add(r * n + j) = v };
     let tasks = n.div_ceil(ROWS_PER_TASK);
     match w {
+        #[cfg(target_arch = "x86_64")]
+        WView::Quant(bytes, l) if simd >= Simd::Avx512 && l.last == k && super::vnni::takes(l.dtype(), k) => {
+            let mut acts = super::vnni::Acts::default();
+            acts.fill(x, m, k, l.group, l.bits);
+            let row_bytes = k * l.bits as usize / 8;
+            let groups = k / l.group;
+            (0..tasks).into_par_iter().for_each(|t| {
+                let mut acc = [0f32; 4];
+                for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
+                    let s0 = l.scale_offset + 2 * j * groups;
+                    let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
+                    let scales = &bytes[s0..s0 + 2 * groups];
+                    // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect); acts was filled
+                    // for this layout, m and k; the row holds k elements' bytes, `scales` the row's k / g.
+                    unsafe { super::vnni::row(l.bits, l.group, l.scale, row, scales, &acts, m, k, &mut acc) };
+                    for (r, &v) in acc[..m].iter().enumerate() {
+                        put(r, j, v);
+                    }
+                }
+            });
+        }
         WView::Quant(bytes, l) if l.last == k && activation_block(l.dtype(), k).is_some() => {
             let (xq, xd) = quantize_rows_for(simd, x, m, k, l.group, l.bits == 4);
             let row_bytes = k * l.bits as usize / 8;
@@ -183,7 +204,7 @@ fn float_row(
     conv: &mut Vec<f32>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx2 {
+    if simd >= Simd::Avx2 {
         // SAFETY: Avx2 is only chosen when the processor has AVX2, FMA and F16C (Simd::detect/parse); the
         // slices are in bounds (the caller's shape checks: w holds n·k elements, x holds m·k).
         unsafe {
@@ -249,7 +270,7 @@ fn quant_row(
     acc: &mut [f32; 4],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx2 {
+    if simd >= Simd::Avx2 {
         // SAFETY: see float_row; `row` holds k elements' bytes, `scales` k / group, xq m·k, xd m·k / group.
         unsafe { return avx2::rows_quant(l.bits, l.group, row, scales, xq, xd, m, k, acc) }
     }

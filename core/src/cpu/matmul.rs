@@ -38,7 +38,7 @@ impl WView<'_> {
     /// Converts `out.len()` contiguous elements starting at `start` to f32, compiled for `simd`.
     pub fn to_f32_simd(&self, simd: Simd, start: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if simd == Simd::Avx2 {
+        if simd >= Simd::Avx2 {
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn quant(l: &crate::quant::QuantLayout, b: &[u8], start: usize, out: &mut [f32]) {
                 l.to_f32_inline(b, start, out)
@@ -149,6 +149,38 @@ pub fn xw_acc(
     debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= w_off + (k - 1) * ld + n);
     const NB: usize = 128;
     let ptr = SendPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if let WView::Quant(bytes, l) = w {
+        if small && simd >= Simd::Avx512 && super::vnni::takes_xw(l) && super::xw::integer_path(l, k, ld, w_off, 0, n) {
+            // The activations are rounded once for every task; 64-column tiles take the VNNI kernel, the rest
+            // of a block (n not a multiple of 64) the AVX2 one.
+            let (xq, xd) = super::gemv::quantize_rows_for(simd, x, m, k, l.group, false);
+            let bias = super::vnni::xw_bias(&xq, l.group, l.bits);
+            (0..n.div_ceil(NB)).into_par_iter().for_each(|b| {
+                let (n0, p) = (b * NB, ptr);
+                let nb = NB.min(n - n0);
+                let tiles = nb / 64;
+                // SAFETY: Avx512 runs here (Simd::detect); integer_path and takes_xw hold for the whole op, so
+                // for every tile; columns n0..n0 + nb of `out` (m rows, stride n) belong to this task alone.
+                unsafe {
+                    super::vnni::xw_tiles(l, bytes, w_off + n0, ld, k, tiles, (&xq, &xd, &bias), m, p.0.add(n0), n)
+                };
+                let (c0, rest) = (n0 + 64 * tiles, nb - 64 * tiles);
+                if rest > 0 {
+                    let mut acc = vec![0f32; m * rest];
+                    super::xw::block(Simd::Avx2, x, m, k, w, w_off, ld, c0, &mut acc);
+                    for r in 0..m {
+                        // SAFETY: row r, columns c0..c0 + rest of `out`: this task's.
+                        let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * n + c0), rest) };
+                        for (ov, a) in o.iter_mut().zip(&acc[r * rest..(r + 1) * rest]) {
+                            *ov += a;
+                        }
+                    }
+                }
+            });
+            return;
+        }
+    }
     (0..n.div_ceil(NB)).into_par_iter().for_each(|b| {
         let n0 = b * NB;
         let nb = NB.min(n - n0);
@@ -248,6 +280,45 @@ mod tests {
                         assert!((a - b).abs() < 1e-4, "{m}x{k}x{n} {simd:?}: {a} vs {b}");
                     }
                 }
+            }
+        }
+    }
+
+    /// The few-rows path of quantized expert tensors (grouped along k) at every level, against the f64 sum of
+    /// the activations rounded per group times the stored weights: 64-column tiles and a remainder, the
+    /// second expert of two, q8 and q4, f16 and bf16 scales.
+    #[test]
+    fn xw_acc_quantized_matches_the_rounded_activations_in_f64() {
+        use crate::quant::{quantize, DType, GroupAxis, Grouping, QuantLayout, ScaleType};
+        let (e, k, n2) = (2, 64, 400);
+        let n = n2 / 2;
+        for (bits, scale, m) in
+            [(8, ScaleType::F16, 1), (4, ScaleType::BF16, 3), (4, ScaleType::F16, 2), (8, ScaleType::BF16, 4)]
+        {
+            let g = Grouping { group: 32, scale, axis: GroupAxis::SecondLast };
+            let dt = if bits == 8 { DType::Q8(g) } else { DType::Q4(g) };
+            let wf = rnd(e * k * n2, 5);
+            let bytes = quantize(&wf, &[e, k, n2], dt).unwrap();
+            let l = QuantLayout::new(dt, &[e, k, n2]).unwrap();
+            let mut w = vec![0f32; e * k * n2];
+            l.to_f32(&bytes, 0, &mut w);
+            let x = rnd(m * k, 6);
+            let (q, d) = crate::cpu::gemv::quantize_rows(&x, m, k, 32, false);
+            // Columns n..2n of expert 1 (the "up" half of a fused gate_up tensor).
+            let base = k * n2 + n;
+            let want: Vec<f64> = (0..m * n)
+                .map(|o| {
+                    let (r, j) = (o / n, o % n);
+                    let t = |kk: usize| q[r * k + kk] as f64 * d[(r * k + kk) / 32] as f64;
+                    (0..k).map(|kk| t(kk) * w[base + kk * n2 + j] as f64).sum::<f64>() + 0.25
+                })
+                .collect();
+            for simd in Simd::available() {
+                let mut out = vec![0.25f32; m * n];
+                xw_acc(simd, &x, m, k, n, &WView::Quant(&bytes, l), base, n2, &mut out, true);
+                let err: f64 = out.iter().zip(&want).map(|(&a, b)| (a as f64 - b).powi(2)).sum::<f64>()
+                    / want.iter().map(|b| b * b).sum::<f64>();
+                assert!(err < 1e-12, "q{bits} {scale:?} m={m} {simd:?}: nmse {err:.3e}");
             }
         }
     }

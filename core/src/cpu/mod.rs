@@ -18,6 +18,8 @@ mod rms_norm;
 mod rope;
 mod sample;
 pub mod simd;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 mod xw;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -9,6 +9,10 @@ pub enum Simd {
     Scalar,
     /// x86-64 AVX2 with FMA and F16C.
     Avx2,
+    /// x86-64 AVX-512 (F, BW, VL) with VNNI's 8-bit dot products, and everything of [`Simd::Avx2`]: the
+    /// quantized decode GEMVs take 64 weights an instruction ([`super::vnni`]); other kernels run their AVX2
+    /// versions.
+    Avx512,
 }
 
 impl Simd {
@@ -16,10 +20,11 @@ impl Simd {
     pub fn detect() -> Simd {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+                    return Simd::Avx512;
+                }
                 return Simd::Avx2;
             }
         }
@@ -28,13 +33,14 @@ impl Simd {
 
     /// Every level this processor runs, the scalar one first.
     pub fn available() -> Vec<Simd> {
-        [Simd::Scalar, Simd::Avx2].into_iter().filter(|&s| s <= Simd::detect()).collect()
+        [Simd::Scalar, Simd::Avx2, Simd::Avx512].into_iter().filter(|&s| s <= Simd::detect()).collect()
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Simd::Scalar => "scalar",
             Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
         }
     }
 
@@ -43,7 +49,8 @@ impl Simd {
         let want = match s {
             "scalar" => Simd::Scalar,
             "avx2" => Simd::Avx2,
-            _ => return Err(format!("unknown CPU kernel level {s:?} (scalar or avx2)")),
+            "avx512" => Simd::Avx512,
+            _ => return Err(format!("unknown CPU kernel level {s:?} (scalar, avx2 or avx512)")),
         };
         if want > Simd::detect() {
             return Err(format!("this processor does not run the {s} kernels"));

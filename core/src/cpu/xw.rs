@@ -27,7 +27,7 @@ pub(crate) fn block(
     acc: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx2 {
+    if simd >= Simd::Avx2 {
         // SAFETY: Avx2 is only chosen when the processor has AVX2, FMA and F16C (Simd::detect).
         return unsafe { block_avx2(x, m, k, w, w_off, ld, n0, acc) };
     }
@@ -114,7 +114,7 @@ mod avx2 {
 
 /// Whether a quantized block takes the integer path: grouped along k in groups of an even size that start at
 /// the block's row 0, and (q4) whole bytes.
-fn integer_path(l: &crate::quant::QuantLayout, k: usize, ld: usize, w_off: usize, n0: usize, nb: usize) -> bool {
+pub(crate) fn integer_path(l: &crate::quant::QuantLayout, k: usize, ld: usize, w_off: usize, n0: usize, nb: usize) -> bool {
     l.axis == GroupAxis::SecondLast
         && l.group.is_multiple_of(2)
         && ld == l.last

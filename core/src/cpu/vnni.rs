@@ -1,0 +1,425 @@
+//! The AVX-512 VNNI decode GEMV for q8 and q4 nn.Linear weights ([`Simd::Avx512`]): 64 weights an
+//! instruction (`vpdpbusd`: 16 lanes, each the sum of 4 products of an unsigned byte and a signed one).
+//!
+//! The activations are rounded exactly as on the other levels ([`super::gemv::quantize_rows`], int8 per
+//! group), then stored in the order the weight bytes unpack to, so the integer sums are the same ones the
+//! scalar and AVX2 kernels compute; only the order of the f32 additions differs.
+//!
+//! `vpdpbusd` multiplies unsigned bytes by signed ones, so the weights are made unsigned: q4's nibbles as
+//! stored (the value + 8), q8's bytes with their top bit flipped (the value + 128). Each lane's sum then holds
+//! `off · Σ x` too (off = 8 or 128), which the lane's accumulator starts without: a per-lane bias
+//! `-off · Σ x` computed once per activation row. Taken for groups of 32 or a multiple of 64 along k, with
+//! k a multiple of 64; other layouts stay on the AVX2 kernels.
+
+use crate::quant::{DType, GroupAxis, ScaleType};
+
+/// The activations of a few rows in the kernel's order, with their scales and lane biases.
+#[derive(Default)]
+pub(crate) struct Acts {
+    /// m·k int8, per chunk of 64 in the order the chunk's weights unpack to (q8: natural; q4: the even
+    /// elements of the first 32, of the second 32, then the odd ones of each).
+    q: Vec<i8>,
+    /// m·k/g scales, in group order.
+    d: Vec<f32>,
+    /// -off · Σ of each lane's 4 integers, summed over the lanes' chunks of a block (a block: 64 elements, or
+    /// the group when it is larger): m · (k / block) · 16 i32.
+    bias: Vec<i32>,
+}
+
+/// Whether the VNNI kernel takes an `[n, k]` weight of `dtype`.
+pub(crate) fn takes(dtype: DType, k: usize) -> bool {
+    match dtype {
+        DType::Q8(g) | DType::Q4(g) if g.axis == GroupAxis::Last => {
+            let g = g.group as usize;
+            k.is_multiple_of(64) && (g == 32 || g.is_multiple_of(64))
+        }
+        _ => false,
+    }
+}
+
+impl Acts {
+    /// Rounds `x` (m rows of k) for a weight of `bits` in groups of `g` (a layout [`takes`] accepts).
+    pub(crate) fn fill(&mut self, x: &[f32], m: usize, k: usize, g: usize, bits: u32) {
+        let (q, d) = super::gemv::quantize_rows_for(super::Simd::Avx2, x, m, k, g, false);
+        self.d = d;
+        let off: i32 = if bits == 4 { 8 } else { 128 };
+        let block = g.max(64);
+        self.q.resize(m * k, 0);
+        self.bias.clear();
+        self.bias.resize(m * (k / block) * 16, 0);
+        for (c, (src, dst)) in q.chunks_exact(64).zip(self.q.chunks_exact_mut(64)).enumerate() {
+            if bits == 4 {
+                for i in 0..16 {
+                    dst[i] = src[2 * i];
+                    dst[16 + i] = src[32 + 2 * i];
+                    dst[32 + i] = src[2 * i + 1];
+                    dst[48 + i] = src[33 + 2 * i];
+                }
+            } else {
+                dst.copy_from_slice(src);
+            }
+            // Chunk c is chunk c % (k / 64) of its row; its block is that times 64 / block.
+            let (r, cr) = (c / (k / 64), c % (k / 64));
+            let b = r * (k / block) + cr * 64 / block;
+            for (lane, four) in dst.chunks_exact(4).enumerate() {
+                self.bias[b * 16 + lane] -= off * four.iter().map(|&v| v as i32).sum::<i32>();
+            }
+        }
+    }
+}
+
+/// `acc[r] = x[r] · w_row` for r < m (1..=4): one quantized weight row (`row`: k elements' bytes) with its
+/// k / g scales as stored (`scales`: 2 bytes each, little-endian, of type `st`). Safety: the processor runs
+/// [`super::Simd::Avx512`]; `acts` was filled for this layout, m and k.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn row(
+    bits: u32,
+    g: usize,
+    st: ScaleType,
+    row: &[u8],
+    scales: &[u8],
+    acts: &Acts,
+    m: usize,
+    k: usize,
+    acc: &mut [f32; 4],
+) {
+    debug_assert!(row.len() * 8 >= k * bits as usize && scales.len() >= 2 * (k / g) && acts.q.len() >= m * k);
+    let bf16 = st == ScaleType::BF16;
+    // SAFETY: the caller's.
+    unsafe {
+        match m {
+            1 => x86::row::<1>(bits, g, bf16, row, scales, acts, k, acc),
+            2 => x86::row::<2>(bits, g, bf16, row, scales, acts, k, acc),
+            3 => x86::row::<3>(bits, g, bf16, row, scales, acts, k, acc),
+            _ => x86::row::<4>(bits, g, bf16, row, scales, acts, k, acc),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // rows r < M index several arrays in step
+mod x86 {
+    use super::Acts;
+    use std::arch::x86_64::*;
+
+    /// Chunk c (64 weights) of a row as unsigned bytes, in the order [`Acts`] stores the activations.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn weights(bits: u32, row: *const u8, c: usize) -> __m512i {
+        if bits == 4 {
+            // SAFETY: chunk c's 32 bytes are in the row (64 · chunks ≤ k).
+            let v = unsafe { _mm256_loadu_si256(row.add(32 * c) as *const __m256i) };
+            let both = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
+            _mm512_and_si512(both, _mm512_set1_epi8(15))
+        } else {
+            // SAFETY: chunk c's 64 bytes are in the row.
+            let v = unsafe { _mm512_loadu_si512(row.add(64 * c) as *const __m512i) };
+            _mm512_xor_si512(v, _mm512_set1_epi8(-128))
+        }
+    }
+
+    /// Four scales from scale `i` (f16 or bf16 bytes) as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn four_scales(bf16: bool, sp: *const u8, i: usize) -> __m128 {
+        // SAFETY: scales i..i + 4 are in the caller's slice.
+        let h = unsafe { _mm_loadl_epi64(sp.add(2 * i) as *const __m128i) };
+        if bf16 {
+            _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16))
+        } else {
+            _mm_cvtph_ps(h)
+        }
+    }
+
+    /// Scale `i` (f16 or bf16 bytes) as f32.
+    #[inline]
+    fn one_scale(bf16: bool, scales: &[u8], i: usize) -> f32 {
+        let b = u16::from_le_bytes([scales[2 * i], scales[2 * i + 1]]);
+        if bf16 {
+            f32::from_bits((b as u32) << 16)
+        } else {
+            half::f16::from_bits(b).to_f32()
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn row<const M: usize>(
+        bits: u32,
+        g: usize,
+        bf16: bool,
+        row: &[u8],
+        scales: &[u8],
+        acts: &Acts,
+        k: usize,
+        acc: &mut [f32; 4],
+    ) {
+        let groups = k / g;
+        let chunks = k / 64;
+        let (rp, sp, xp, bp, dp) =
+            (row.as_ptr(), scales.as_ptr(), acts.q.as_ptr(), acts.bias.as_ptr(), acts.d.as_ptr());
+        let mut a = [[_mm512_setzero_ps(); 2]; M];
+        // Chunk c's products for row r (biased), as f32.
+        let prod = |w: __m512i, r: usize, c: usize, blk: usize| {
+            // SAFETY: chunk c < k / 64 of row r < M of the activations and block blk's 16 biases.
+            let x = unsafe { _mm512_loadu_si512(xp.add(r * k + 64 * c) as *const __m512i) };
+            let b = unsafe { _mm512_loadu_si512(bp.add(blk * 16) as *const __m512i) };
+            _mm512_dpbusd_epi32(b, w, x)
+        };
+        if g == 32 {
+            // Each chunk holds two groups; the lanes of the first: q8 0-7, q4 0-3 and 8-11. A pair of chunks
+            // takes four scales: the first chunk's lanes pick among elements 0-1, the second's among 2-3.
+            let (p0, p1) = if bits == 4 {
+                (
+                    _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1),
+                    _mm512_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3, 2, 2, 2, 2, 3, 3, 3, 3),
+                )
+            } else {
+                (
+                    _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                    _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+                )
+            };
+            let mut c = 0;
+            while c + 2 <= chunks {
+                // SAFETY: chunks c, c + 1 are in the row, groups 2c..2c + 4 have scales.
+                let (w0, w1) = unsafe { (weights(bits, rp, c), weights(bits, rp, c + 1)) };
+                let dw = unsafe { four_scales(bf16, sp, 2 * c) };
+                for r in 0..M {
+                    // SAFETY: groups 2c..2c + 4 of row r's activation scales.
+                    let s = _mm_mul_ps(dw, unsafe { _mm_loadu_ps(dp.add(r * groups + 2 * c)) });
+                    let s = _mm512_castps128_ps512(s);
+                    let t0 = _mm512_cvtepi32_ps(prod(w0, r, c, r * chunks + c));
+                    let t1 = _mm512_cvtepi32_ps(prod(w1, r, c + 1, r * chunks + c + 1));
+                    a[r][0] = _mm512_fmadd_ps(t0, _mm512_permutexvar_ps(p0, s), a[r][0]);
+                    a[r][1] = _mm512_fmadd_ps(t1, _mm512_permutexvar_ps(p1, s), a[r][1]);
+                }
+                c += 2;
+            }
+            if c < chunks {
+                // SAFETY: chunk c is in the row.
+                let w0 = unsafe { weights(bits, rp, c) };
+                let (s0, s1) = (one_scale(bf16, scales, 2 * c), one_scale(bf16, scales, 2 * c + 1));
+                for r in 0..M {
+                    let d = &acts.d[r * groups + 2 * c..];
+                    let s = _mm512_castps128_ps512(_mm_setr_ps(s0 * d[0], s1 * d[1], 0.0, 0.0));
+                    let t0 = _mm512_cvtepi32_ps(prod(w0, r, c, r * chunks + c));
+                    a[r][0] = _mm512_fmadd_ps(t0, _mm512_permutexvar_ps(p0, s), a[r][0]);
+                }
+            }
+        } else {
+            let per = g / 64;
+            for gi in 0..groups {
+                let mut t = [_mm512_setzero_si512(); M];
+                for (c, first) in (gi * per..(gi + 1) * per).zip([true].into_iter().chain(std::iter::repeat(false))) {
+                    // SAFETY: chunk c is in the row.
+                    let w = unsafe { weights(bits, rp, c) };
+                    for (r, t) in t.iter_mut().enumerate() {
+                        // The group's biases go in with its first chunk.
+                        let x = unsafe { _mm512_loadu_si512(xp.add(r * k + 64 * c) as *const __m512i) };
+                        if first {
+                            *t = prod(w, r, c, r * groups + gi);
+                        } else {
+                            *t = _mm512_dpbusd_epi32(*t, w, x);
+                        }
+                    }
+                }
+                let dw = one_scale(bf16, scales, gi);
+                for r in 0..M {
+                    let s = _mm512_set1_ps(dw * acts.d[r * groups + gi]);
+                    a[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t[r]), s, a[r][0]);
+                }
+            }
+        }
+        for r in 0..M {
+            acc[r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
+        }
+    }
+
+    /// 64 scales from byte offset `at` (f16 or bf16) as four f32 vectors, columns in order.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn scales64(bf16: bool, sp: *const u8) -> [__m512; 4] {
+        let mut s = [_mm512_setzero_ps(); 4];
+        for (i, s) in s.iter_mut().enumerate() {
+            // SAFETY: 64 scales from sp are in the tensor (the caller's).
+            let h = unsafe { _mm256_loadu_si256(sp.add(32 * i) as *const __m256i) };
+            *s = if bf16 {
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            } else {
+                _mm512_cvtph_ps(h)
+            };
+        }
+        s
+    }
+
+    /// One 64-column tile of [`super::xw_tiles`]. Positions: q8's 64 bytes are the columns in order; q4's
+    /// 32 bytes unpack to the even columns (low nibbles), then the odd ones. After the in-register transpose,
+    /// vector q's lane d holds position 16 · (d / 4) + 4q + d % 4; a group's sums are put back in position
+    /// order (a 4 × 4 transpose of 128-bit blocks) before they are scaled.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn xw64<const M: usize>(
+        l: &crate::quant::QuantLayout,
+        bytes: &[u8],
+        e0: usize,
+        ld: usize,
+        k: usize,
+        xq: &[i8],
+        xd: &[f32],
+        bias: &[i32],
+        out: *mut f32,
+        ld_out: usize,
+    ) {
+        let (g, q4, bf16) = (l.group, l.bits == 4, l.scale == crate::quant::ScaleType::BF16);
+        let groups = k / g;
+        let (bp, xp) = (bytes.as_ptr(), xq.as_ptr());
+        let nib = _mm512_set1_epi8(15);
+        let flip = _mm512_set1_epi8(-128);
+        let mut acc = [[_mm512_setzero_ps(); 4]; M];
+        for gi in 0..groups {
+            let mut t = [[_mm512_setzero_si512(); 4]; M];
+            for (r, t) in t.iter_mut().enumerate() {
+                *t = [_mm512_set1_epi32(bias[r * groups + gi]); 4];
+            }
+            for kk in (gi * g..(gi + 1) * g).step_by(4) {
+                let mut w = [_mm512_setzero_si512(); 4];
+                for (i, w) in w.iter_mut().enumerate() {
+                    let e = e0 + (kk + i) * ld;
+                    // The rows stream from memory at a stride the hardware prefetcher follows late: ask for
+                    // the row 16 ahead (a hint; past the tensor's end it is dropped, never faulted).
+                    let ahead = bp.wrapping_add((e + 16 * ld) * l.bits as usize / 8);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    // SAFETY: row kk + i's 64 columns from e are in the tensor (q4: 32 bytes from e / 2).
+                    *w = unsafe {
+                        if q4 {
+                            let v = _mm256_loadu_si256(bp.add(e / 2) as *const __m256i);
+                            let both = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
+                            _mm512_and_si512(both, nib)
+                        } else {
+                            _mm512_xor_si512(_mm512_loadu_si512(bp.add(e) as *const __m512i), flip)
+                        }
+                    };
+                }
+                let (t0, t1) = (_mm512_unpacklo_epi8(w[0], w[1]), _mm512_unpackhi_epi8(w[0], w[1]));
+                let (t2, t3) = (_mm512_unpacklo_epi8(w[2], w[3]), _mm512_unpackhi_epi8(w[2], w[3]));
+                let u = [
+                    _mm512_unpacklo_epi16(t0, t2),
+                    _mm512_unpackhi_epi16(t0, t2),
+                    _mm512_unpacklo_epi16(t1, t3),
+                    _mm512_unpackhi_epi16(t1, t3),
+                ];
+                for (r, t) in t.iter_mut().enumerate() {
+                    // SAFETY: activations kk..kk + 4 of row r.
+                    let x4 = unsafe { std::ptr::read_unaligned(xp.add(r * k + kk) as *const i32) };
+                    let xb = _mm512_set1_epi32(x4);
+                    for q in 0..4 {
+                        t[q] = _mm512_dpbusd_epi32(t[q], u[q], xb);
+                    }
+                }
+            }
+            // The group's 64 scales in position order.
+            // SAFETY: the scales of group gi, columns e0.. e0 + 64, are 64 consecutive ones in the tensor.
+            let s = unsafe { scales64(bf16, bp.add(l.scale_offset + 2 * l.scale_index(e0 + gi * g * ld))) };
+            let s = if q4 {
+                let ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+                [
+                    _mm512_permutex2var_ps(s[0], ev, s[1]),
+                    _mm512_permutex2var_ps(s[2], ev, s[3]),
+                    _mm512_permutex2var_ps(s[0], od, s[1]),
+                    _mm512_permutex2var_ps(s[2], od, s[3]),
+                ]
+            } else {
+                s
+            };
+            for r in 0..M {
+                let [u0, u1, u2, u3] = t[r];
+                let (a, b) = (_mm512_shuffle_i32x4(u0, u1, 0x44), _mm512_shuffle_i32x4(u2, u3, 0x44));
+                let (c, d) = (_mm512_shuffle_i32x4(u0, u1, 0xEE), _mm512_shuffle_i32x4(u2, u3, 0xEE));
+                let p = [
+                    _mm512_shuffle_i32x4(a, b, 0x88),
+                    _mm512_shuffle_i32x4(a, b, 0xDD),
+                    _mm512_shuffle_i32x4(c, d, 0x88),
+                    _mm512_shuffle_i32x4(c, d, 0xDD),
+                ];
+                let dx = _mm512_set1_ps(xd[r * groups + gi]);
+                for j in 0..4 {
+                    acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[j]), _mm512_mul_ps(s[j], dx), acc[r][j]);
+                }
+            }
+        }
+        // Back to column order (q4: the even and odd columns interleaved), added to the output.
+        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        for (r, a) in acc.iter().enumerate() {
+            let cols = if q4 {
+                [
+                    _mm512_permutex2var_ps(a[0], lo, a[2]),
+                    _mm512_permutex2var_ps(a[0], hi, a[2]),
+                    _mm512_permutex2var_ps(a[1], lo, a[3]),
+                    _mm512_permutex2var_ps(a[1], hi, a[3]),
+                ]
+            } else {
+                *a
+            };
+            for (j, v) in cols.into_iter().enumerate() {
+                // SAFETY: 16 floats of row r of the caller's output tile.
+                unsafe {
+                    let o = out.add(r * ld_out + 16 * j);
+                    _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), v));
+                }
+            }
+        }
+    }
+}
+
+/// Whether the expert kernel ([`xw_tiles`]) takes a q8/q4 tensor grouped along k (the fused expert tensors'
+/// natural grouping) in groups of `g`: groups of a multiple of 4 rows.
+pub(crate) fn takes_xw(l: &crate::quant::QuantLayout) -> bool {
+    (l.bits == 4 || l.bits == 8) && l.axis == GroupAxis::SecondLast && l.group.is_multiple_of(4)
+}
+
+/// The per-group biases [`xw_tiles`] takes: `-off · Σ` of each group of g of `xq`'s integers, off = 8 for q4
+/// and 128 for q8 (each lane's sums hold off · Σ x too, since the weights are made unsigned).
+pub(crate) fn xw_bias(xq: &[i8], g: usize, bits: u32) -> Vec<i32> {
+    let off: i32 = if bits == 4 { 8 } else { 128 };
+    xq.chunks_exact(g).map(|c| -off * c.iter().map(|&v| v as i32).sum::<i32>()).collect()
+}
+
+/// The expert decode kernel: `out[r · ld_out + j] += Σ_kk x[r, kk] · W[kk, j]` for j < 64 · tiles, W's element
+/// (kk, j) at `e0 + kk · ld` of a tensor [`takes_xw`] accepts, whose groups start at kk = 0 (`e0` even for
+/// q4). `xq`, `xd`: the activations rounded per group (m rows of k, natural order), `bias` their
+/// [`xw_bias`]. Four rows of W are transposed in registers so each lane holds a column's four bytes, and one
+/// `vpdpbusd` multiplies them by four broadcast activations; a group's sums are scaled once. Safety: the
+/// processor runs [`super::Simd::Avx512`]; the slices hold what the shapes say, and `out` m rows of
+/// 64 · tiles floats at stride `ld_out` that no one else touches meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn xw_tiles(
+    l: &crate::quant::QuantLayout,
+    bytes: &[u8],
+    e0: usize,
+    ld: usize,
+    k: usize,
+    tiles: usize,
+    (xq, xd, bias): (&[i8], &[f32], &[i32]),
+    m: usize,
+    out: *mut f32,
+    ld_out: usize,
+) {
+    debug_assert!(xq.len() >= m * k && xd.len() >= m * (k / l.group) && bias.len() >= m * (k / l.group));
+    for t in 0..tiles {
+        let (e, o) = (e0 + 64 * t, out.wrapping_add(64 * t));
+        // SAFETY: the caller's.
+        unsafe {
+            match m {
+                1 => x86::xw64::<1>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
+                2 => x86::xw64::<2>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
+                3 => x86::xw64::<3>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
+                _ => x86::xw64::<4>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
+            }
+        }
+    }
+}
