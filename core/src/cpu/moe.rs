@@ -75,13 +75,14 @@ pub fn moe(
                 *a = s * b;
             }
         }
-        let base = ex * d * f2;
+        // gate and up in one product (the fused tensor's 2f columns), then silu(gate) · up.
+        let mut both = vec![0f32; n * f2];
+        xw_acc(simd, &u, n, d, f2, &gu, ex * d * f2, f2, &mut both, small);
         let mut gate = vec![0f32; n * f];
-        let mut up = vec![0f32; n * f];
-        xw_acc(simd, &u, n, d, f, &gu, base, f2, &mut gate, small);
-        xw_acc(simd, &u, n, d, f, &gu, base + f, f2, &mut up, small);
-        for (g, &uv) in gate.iter_mut().zip(&up) {
-            *g = super::elementwise::silu(*g) * uv;
+        for (g, gu_row) in gate.chunks_exact_mut(f).zip(both.chunks_exact(f2)) {
+            for ((o, &gv), &uv) in g.iter_mut().zip(&gu_row[..f]).zip(&gu_row[f..]) {
+                *o = super::elementwise::silu(gv) * uv;
+            }
         }
         let mut y = vec![0f32; n * d];
         xw_acc(simd, &gate, n, f, d, &dn, ex * f * d, d, &mut y, small);
