@@ -71,6 +71,13 @@ impl WView<'_> {
     }
 }
 
+/// The columns of one prefill GEMM task: each task packs the whole activation matrix again, so blocks are as
+/// wide as keeps a few tasks per thread (a quarter of the columns, 64 to 256; it depends on n alone, so a
+/// result does not depend on the thread count).
+fn gemm_block(n: usize) -> usize {
+    (n / 4).next_multiple_of(64).clamp(64, 256)
+}
+
 /// Rows at or below this count take the streaming (GEMV-like) path; above it the packed sgemm kernel wins
 /// (measured on the expert and dense matmuls of a hidden-1024 model, 2-core EPYC).
 pub(crate) const SMALL_M: usize = 4;
@@ -89,11 +96,11 @@ pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, ou
     if m <= SMALL_M {
         return super::gemv::linear_small(simd, x, m, k, n, w, out);
     }
-    const NB: usize = 64;
+    let wide = gemm_block(n);
     let ptr = SendPtr(out.as_mut_ptr());
-    (0..n.div_ceil(NB)).into_par_iter().for_each(|b| {
-        let n0 = b * NB;
-        let nb = NB.min(n - n0);
+    (0..n.div_ceil(wide)).into_par_iter().for_each(|b| {
+        let n0 = b * wide;
+        let nb = wide.min(n - n0);
         let conv;
         let wb: &[f32] = match w {
             WView::F32(s) => &s[n0 * k..(n0 + nb) * k],
@@ -181,9 +188,11 @@ pub fn xw_acc(
             return;
         }
     }
-    (0..n.div_ceil(NB)).into_par_iter().for_each(|b| {
-        let n0 = b * NB;
-        let nb = NB.min(n - n0);
+    // The few-rows path's blocks are NB wide; the GEMM's as gemm_block says.
+    let wide = if small { NB } else { gemm_block(n) };
+    (0..n.div_ceil(wide)).into_par_iter().for_each(|b| {
+        let n0 = b * wide;
+        let nb = wide.min(n - n0);
         let p = ptr;
         if small {
             let mut acc = vec![0f32; m * nb];
