@@ -145,9 +145,10 @@ fn unsupported_compressed_tensors_variants_are_refused() {
 /// A checkpoint made by the compressed-tensors library itself (tests/tools/make_ct_fixture.py: int8
 /// attention and shared expert, int4 per-expert Linears, groups of 16, bf16 scales): herd's logits on it equal
 /// its logits on the library's integers times scales in f32 (`scout_ct_dequant`), prefill and decode, and
-/// streaming its experts one at a time changes nothing. Decode steps round the activations of the int8/int4
-/// nn.Linear matmuls to 8 bits per group on the CPU (its integer kernels, as llama.cpp does), which the f32
-/// copy does not: 9.6e-3 on 2026-12-04, where a misread packing is off by order 1.
+/// streaming its experts one at a time changes nothing. The CPU rounds the activations of the int8/int4
+/// nn.Linear matmuls to 8 bits per group, prefill and decode alike (its integer kernels, as llama.cpp does),
+/// which the f32 copy does not: 9.6e-3 (decode) and 1.2e-2 (prefill) on 2026-12-04, where a misread packing
+/// is off by order 1.
 #[test]
 fn checkpoints_made_by_compressed_tensors_compute_their_dequantized_weights() {
     use herd_conformance::rel_err;
@@ -169,8 +170,7 @@ fn checkpoints_made_by_compressed_tensors_compute_their_dequantized_weights() {
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             let e = rel_err(x, y);
             eprintln!("scout_ct row {i} decode={decode}: rel err {e:.2e} against the dequantized weights");
-            let tol = if decode { 3e-2 } else { 1e-5 };
-            assert!(e <= tol, "row {i} (decode={decode}): relative error {e:.3e}");
+            assert!(e <= 3e-2, "row {i} (decode={decode}): relative error {e:.3e}");
         }
     }
     let want = pollster::block_on(score_rows(&ct, &rows, &[], false)).unwrap();

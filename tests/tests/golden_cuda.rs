@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use herd_conformance::golden::{check_greedy, check_greedy_paged, check_logits, check_logits_paged, BF16_TOL, F32_TOL};
 use herd_conformance::{backend_or_not_run, cuda_options_from_env};
 use herd_core::backend::Backend;
+use herd_core::checkpoint::TensorRef;
 use herd_core::cpu::CpuBackend;
 use herd_core::quant::Fill;
 use herd_core::quant::{DType, GroupAxis, Grouping, ScaleType};
@@ -127,23 +128,31 @@ fn synthetic_matches(be: &CudaBackend) {
     let (e, dm, f) = (4usize, 64usize, 32usize);
     let q = DType::Q4(g(16, GroupAxis::SecondLast));
     let fill = |seed| Fill::Uniform { seed, scale: 0.2 };
-    // Five rows, so that the CPU takes its f32 path (its few-rows path rounds activations to int8, which the
-    // device does not): each through experts made on `be` from the generator.
+    // The same experts made on the device by its generator and made on the host and uploaded, each through
+    // the device's MoE op (the CPU would round the activations to int8, which the device does not).
     let x: Vec<f32> = (0..5 * dm).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
-    fn run<B: Backend>(be: &B, q: DType, fill: impl Fn(u64) -> Fill, x: &[f32], [e, dm, f]: [usize; 3]) -> Vec<f32> {
-        let gu = be.synthetic_weight("gu", &[e, dm, 2 * f], q, fill(1)).unwrap();
-        let dn = be.synthetic_weight("dn", &[e, f, dm], q, fill(2)).unwrap();
+    let run = |on_device: bool| -> Vec<f32> {
+        let make = |name: &str, shape: &[usize], fill| {
+            if on_device {
+                be.synthetic_weight(name, shape, q, fill).unwrap()
+            } else {
+                let bytes = herd_core::quant::fill::tensor_bytes(0, shape, q, fill).unwrap();
+                be.load_weight(&TensorRef::owned(name, q, shape.to_vec(), bytes)).unwrap()
+            }
+        };
+        let gu = make("gu", &[e, dm, 2 * f], fill(1));
+        let dn = make("dn", &[e, f, dm], fill(2));
         let (xb, ib, sb, o) = (
-            be.upload(x).unwrap(),
+            be.upload(&x).unwrap(),
             be.upload_u32(&[0, 3, 1, 2, 3]).unwrap(),
             be.upload(&[1.0, 0.5, 0.8, 0.7, 0.9]).unwrap(),
             be.alloc(5 * dm).unwrap(),
         );
         be.moe(&xb, 5, &ib, &sb, 1, &gu, &dn, &o).unwrap();
         be.read(&o).unwrap()
-    }
-    let want = run(&cpu, q, fill, &x, [e, dm, f]);
-    let got = run(be, q, fill, &x, [e, dm, f]);
+    };
+    let want = run(false);
+    let got = run(true);
     let err = herd_conformance::table::nmse(&got, &want);
     assert!(err < 1e-10, "quantized experts made on the device differ: nmse {err:.2e}");
 }

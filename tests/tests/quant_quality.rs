@@ -53,10 +53,16 @@ fn measure(name: &str, plan: &QuantPlan) -> (f64, f64, f64) {
 fn quantized_fixtures_stay_close_to_transformers() {
     // (format, max relative error, max mean KL, min top-1 agreement): about twice the worst value measured
     // over the three fixtures (2026-12-01: q8 rel ≤ 3.5e-2, KL ≤ 3.1e-4, top-1 ≥ 0.95; q4 rel ≤ 0.25,
-    // KL ≤ 0.11, top-1 ≥ 0.625). The fixtures are tiny random models, harsher on 4 bits than trained ones.
+    // KL ≤ 0.11, top-1 ≥ 0.625; 2026-12-04, since the CPU's prefill rounds the activations of quantized
+    // matmuls to int8 per group as its decode does: q8 rel ≤ 3.6e-2, KL ≤ 5.6e-4, top-1 ≥ 0.925, q4 as
+    // before). The fixtures are tiny random models, harsher on 4 bits than trained ones.
     // With groups of 32 the fixtures' 16-wide expert down projections stay in f32 (32 does not divide 16).
-    let bounds =
-        [("q8g16", 0.07, 6e-4, 0.9), ("q4g16", 0.45, 0.16, 0.5), ("q8g32", 0.07, 6e-4, 0.9), ("q4g32", 0.5, 0.22, 0.5)];
+    let bounds = [
+        ("q8g16", 0.07, 1.2e-3, 0.85),
+        ("q4g16", 0.45, 0.16, 0.5),
+        ("q8g32", 0.07, 1.2e-3, 0.85),
+        ("q4g32", 0.5, 0.22, 0.5),
+    ];
     for name in ["scout", "maverick", "guard"] {
         for (fmt, max_rel, max_kl, min_top1) in bounds {
             let plan = QuantPlan::parse(fmt).unwrap();
@@ -72,10 +78,11 @@ fn quantized_fixtures_stay_close_to_transformers() {
 /// The trained demo model (native/demo), whose weights are not random: the formats' quality where it is
 /// meant to be judged. Bounds about twice the values measured on 2026-12-01 (BENCHMARKS.md: q8g32 rel 8.2e-3,
 /// KL 2.8e-5, top-1 1.0; q4g32 rel 0.135, KL 1.2e-2, top-1 0.925; q4g128 rel 0.141, KL 1.5e-2, top-1 0.925,
-/// over the reference's 80 positions).
+/// over the reference's 80 positions) and on 2026-12-04, with the activations rounded to int8 in prefill too
+/// (q8g32 rel 1.05e-2, KL 7.9e-5; q4 within 3% of the earlier values).
 #[test]
 fn quantized_demo_model_stays_close_to_transformers() {
-    let bounds = [("q8g32", 0.02, 6e-5, 0.97), ("q4g32", 0.3, 0.025, 0.85), ("q4g128", 0.3, 0.03, 0.85)];
+    let bounds = [("q8g32", 0.025, 1.6e-4, 0.97), ("q4g32", 0.3, 0.025, 0.85), ("q4g128", 0.3, 0.03, 0.85)];
     for (fmt, max_rel, max_kl, min_top1) in bounds {
         let plan = QuantPlan::parse(fmt).unwrap();
         let (rel, kl, top1) = measure("demo", &plan);

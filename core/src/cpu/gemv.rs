@@ -129,65 +129,86 @@ unsafe impl Sync for SendPtr {}
 /// Weight rows per task.
 const ROWS_PER_TASK: usize = 16;
 
-/// `out[m, n] = x[m, k] · w[n, k]ᵀ` for a few rows `m` (1..=4).
-pub fn linear_small(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) {
-    debug_assert!((1..=4).contains(&m) && x.len() >= m * k && out.len() >= m * n && w.len() >= n * k);
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ` for a quantized weight whose layout takes the integer kernels
+/// ([`activation_block`]), for any number of rows: the activations are rounded once, then each weight row is
+/// read once per task and multiplied into the rows four at a time. Returns false (and does nothing) for
+/// other weights.
+pub fn linear_quant(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) -> bool {
+    let WView::Quant(bytes, l) = w else { return false };
+    if l.last != k || activation_block(l.dtype(), k).is_none() {
+        return false;
+    }
+    debug_assert!(m > 0 && x.len() >= m * k && out.len() >= m * n && l.numel >= n * k);
     let ptr = SendPtr(out.as_mut_ptr());
     // SAFETY (for every write below): task b writes out[r * n + j] for its own rows j and r < m only.
     let put = move |r: usize, j: usize, v: f32| unsafe { *{ ptr }.0.add(r * n + j) = v };
     let tasks = n.div_ceil(ROWS_PER_TASK);
-    match w {
-        #[cfg(target_arch = "x86_64")]
-        WView::Quant(bytes, l) if simd >= Simd::Avx512 && l.last == k && super::vnni::takes(l.dtype(), k) => {
-            let mut acts = super::vnni::Acts::default();
-            acts.fill(x, m, k, l.group, l.bits);
-            let row_bytes = k * l.bits as usize / 8;
-            let groups = k / l.group;
-            (0..tasks).into_par_iter().for_each(|t| {
-                let mut acc = [0f32; 4];
-                for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-                    let s0 = l.scale_offset + 2 * j * groups;
-                    let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
-                    let scales = &bytes[s0..s0 + 2 * groups];
-                    // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect); acts was filled
-                    // for this layout, m and k; the row holds k elements' bytes, `scales` the row's k / g.
-                    unsafe { super::vnni::row(l.bits, l.group, l.scale, row, scales, &acts, m, k, &mut acc) };
-                    for (r, &v) in acc[..m].iter().enumerate() {
-                        put(r, j, v);
-                    }
-                }
-            });
-        }
-        WView::Quant(bytes, l) if l.last == k && activation_block(l.dtype(), k).is_some() => {
-            let (xq, xd) = quantize_rows_for(simd, x, m, k, l.group, l.bits == 4);
-            let row_bytes = k * l.bits as usize / 8;
-            let groups = k / l.group;
-            (0..tasks).into_par_iter().for_each(|t| {
-                let mut scales = vec![0f32; groups];
-                let mut raw = vec![f16::ZERO; groups];
-                let mut acc = [0f32; 4];
-                for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-                    let s0 = l.scale_offset + 2 * j * groups;
-                    scales_f32(l.scale, &bytes[s0..s0 + 2 * groups], &mut raw, &mut scales);
-                    let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
-                    quant_row(simd, l, row, &scales, &xq, &xd, m, k, &mut acc);
-                    for (r, &v) in acc[..m].iter().enumerate() {
-                        put(r, j, v);
-                    }
-                }
-            });
-        }
-        _ => (0..tasks).into_par_iter().for_each(|t| {
+    let row_bytes = k * l.bits as usize / 8;
+    let groups = k / l.group;
+    #[cfg(target_arch = "x86_64")]
+    if simd >= Simd::Avx512 && super::vnni::takes(l.dtype(), k) {
+        let mut acts = super::vnni::Acts::default();
+        acts.fill(x, m, k, l.group, l.bits);
+        (0..tasks).into_par_iter().for_each(|t| {
             let mut acc = [0f32; 4];
-            let mut conv = Vec::new();
             for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-                float_row(simd, w, j * k, x, m, k, &mut acc, &mut conv);
-                for (r, &v) in acc[..m].iter().enumerate() {
-                    put(r, j, v);
+                let s0 = l.scale_offset + 2 * j * groups;
+                let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
+                let scales = &bytes[s0..s0 + 2 * groups];
+                for r0 in (0..m).step_by(4) {
+                    let mm = 4.min(m - r0);
+                    // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect); acts was
+                    // filled for this layout, m rows and k; the row holds k elements' bytes, `scales` its k / g.
+                    unsafe { super::vnni::row(l.bits, l.group, l.scale, row, scales, &acts, r0, mm, k, &mut acc) };
+                    for (r, &v) in acc[..mm].iter().enumerate() {
+                        put(r0 + r, j, v);
+                    }
                 }
             }
-        }),
+        });
+        return true;
     }
+    let (xq, xd) = quantize_rows_for(simd, x, m, k, l.group, l.bits == 4);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let mut scales = vec![0f32; groups];
+        let mut raw = vec![f16::ZERO; groups];
+        let mut acc = [0f32; 4];
+        for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
+            let s0 = l.scale_offset + 2 * j * groups;
+            scales_f32(l.scale, &bytes[s0..s0 + 2 * groups], &mut raw, &mut scales);
+            let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
+            for r0 in (0..m).step_by(4) {
+                let mm = 4.min(m - r0);
+                quant_row(simd, l, row, &scales, &xq[r0 * k..], &xd[r0 * groups..], mm, k, &mut acc);
+                for (r, &v) in acc[..mm].iter().enumerate() {
+                    put(r0 + r, j, v);
+                }
+            }
+        }
+    });
+    true
+}
+
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ` for a few rows `m` (1..=4).
+pub fn linear_small(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) {
+    debug_assert!((1..=4).contains(&m) && x.len() >= m * k && out.len() >= m * n && w.len() >= n * k);
+    if linear_quant(simd, x, m, k, n, w, out) {
+        return;
+    }
+    let ptr = SendPtr(out.as_mut_ptr());
+    // SAFETY (for every write below): task b writes out[r * n + j] for its own rows j and r < m only.
+    let put = move |r: usize, j: usize, v: f32| unsafe { *{ ptr }.0.add(r * n + j) = v };
+    let tasks = n.div_ceil(ROWS_PER_TASK);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let mut acc = [0f32; 4];
+        let mut conv = Vec::new();
+        for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
+            float_row(simd, w, j * k, x, m, k, &mut acc, &mut conv);
+            for (r, &v) in acc[..m].iter().enumerate() {
+                put(r, j, v);
+            }
+        }
+    })
 }
 
 /// `acc[r] = x[r] · w[off..off + k]` for r < m, for the float formats (and quantized ones whose grouping
@@ -280,22 +301,37 @@ fn quant_row(
     for r in 0..m {
         let (xr, dr) = (&xq[r * k..(r + 1) * k], &xd[r * groups..(r + 1) * groups]);
         let mut total = 0f32;
-        for gi in 0..groups {
-            let mut sum = 0i32;
-            for i in gi * g..(gi + 1) * g {
-                let (wq, xi) = if l.bits == 8 {
-                    (row[i] as i8 as i32, xr[i] as i32)
-                } else {
-                    // Element i of the row: nibble (i % 2) of byte i / 2; its activation sits at its place in
-                    // the q4 order of its run of 32.
-                    let b = row[i / 2];
-                    let nib = if i % 2 == 0 { b & 15 } else { b >> 4 };
-                    let (run, p) = (i / 32 * 32, i % 32);
-                    (nib as i32 - 8, xr[run + p / 2 + 16 * (p % 2)] as i32)
-                };
-                sum += wq * xi;
+        if l.bits == 8 {
+            for gi in 0..groups {
+                let (w, x) = (&row[gi * g..(gi + 1) * g], &xr[gi * g..(gi + 1) * g]);
+                let sum: i32 = w.iter().zip(x).map(|(&w, &x)| w as i8 as i32 * x as i32).sum();
+                total += sum as f32 * (dr[gi] * scales[gi]);
             }
-            total += sum as f32 * (dr[gi] * scales[gi]);
+        } else {
+            // A run of 32 elements is 16 bytes: its even elements in the low nibbles, its odd ones in the high
+            // ones, and its activations stored evens first (the q4 order). Bytes 0-7 hold elements 0-15 (the
+            // first group of 16), bytes 8-15 elements 16-31. Fixed-length loops, which the compiler vectorizes.
+            let mut g_sum = 0i32;
+            for (c, (b, x)) in row[..k / 2].chunks_exact(16).zip(xr.chunks_exact(32)).enumerate() {
+                let half = |h: usize| -> i32 {
+                    let mut s = 0i32;
+                    for i in 8 * h..8 * h + 8 {
+                        s += ((b[i] & 15) as i32 - 8) * x[i] as i32 + ((b[i] >> 4) as i32 - 8) * x[16 + i] as i32;
+                    }
+                    s
+                };
+                let (sa, sb) = (half(0), half(1));
+                if g == 16 {
+                    total += sa as f32 * (dr[2 * c] * scales[2 * c]) + sb as f32 * (dr[2 * c + 1] * scales[2 * c + 1]);
+                } else {
+                    g_sum += sa + sb;
+                    if (32 * (c + 1)).is_multiple_of(g) {
+                        let gi = 32 * c / g;
+                        total += g_sum as f32 * (dr[gi] * scales[gi]);
+                        g_sum = 0;
+                    }
+                }
+            }
         }
         acc[r] = total;
     }
@@ -481,7 +517,8 @@ mod tests {
             .collect()
     }
 
-    /// Each level against the f64 sum of the rounded activations times the stored weights.
+    /// Each level against the f64 sum of the rounded activations times the stored weights, for a few rows
+    /// (decode) and more (prefill, four at a time from AVX2 up; the scalar level converts to f32 there).
     #[test]
     fn quantized_rows_match_the_rounded_activations_in_f64() {
         for (bits, group, scale) in [
@@ -492,30 +529,34 @@ mod tests {
             (4, 64, ScaleType::F16),
             (8, 128, ScaleType::BF16),
         ] {
-            let (m, k, n) = (3, 256, 37);
-            let g = Grouping { group, scale, axis: GroupAxis::Last };
-            let dt = if bits == 8 { DType::Q8(g) } else { DType::Q4(g) };
-            let x = rnd(m * k, 1);
-            let wf = rnd(n * k, 2);
-            let bytes = quantize(&wf, &[n, k], dt).unwrap();
-            let l = QuantLayout::new(dt, &[n, k]).unwrap();
-            let mut w = vec![0f32; n * k];
-            l.to_f32(&bytes, 0, &mut w);
-            // The activations rounded as the rule says, in natural order.
-            let group = group as usize;
-            let (q, d) = quantize_rows(&x, m, k, group, false);
-            let want: Vec<f64> = (0..m * n)
-                .map(|o| {
-                    let (r, j) = (o / n, o % n);
-                    (0..k).map(|i| q[r * k + i] as f64 * d[(r * k + i) / group] as f64 * w[j * k + i] as f64).sum()
-                })
-                .collect();
-            for simd in Simd::available() {
-                let mut out = vec![0f32; m * n];
-                linear_small(simd, &x, m, k, n, &WView::Quant(&bytes, l), &mut out);
-                let err: f64 = out.iter().zip(&want).map(|(&a, b)| (a as f64 - b).powi(2)).sum::<f64>()
-                    / want.iter().map(|b| b * b).sum::<f64>();
-                assert!(err < 1e-12, "q{bits}g{group} {simd:?}: nmse {err:.3e}");
+            for m in [3, 9] {
+                let (k, n) = (256, 37);
+                let g = Grouping { group, scale, axis: GroupAxis::Last };
+                let dt = if bits == 8 { DType::Q8(g) } else { DType::Q4(g) };
+                let x = rnd(m * k, 1);
+                let wf = rnd(n * k, 2);
+                let bytes = quantize(&wf, &[n, k], dt).unwrap();
+                let l = QuantLayout::new(dt, &[n, k]).unwrap();
+                let mut w = vec![0f32; n * k];
+                l.to_f32(&bytes, 0, &mut w);
+                // The activations rounded as the rule says, in natural order.
+                let group = group as usize;
+                let (q, d) = quantize_rows(&x, m, k, group, false);
+                let rounded: Vec<f64> = (0..m * k).map(|i| q[i] as f64 * d[i / group] as f64).collect();
+                let dot = |xs: &dyn Fn(usize) -> f64| -> Vec<f64> {
+                    let row = |r: usize, j: usize| (0..k).map(|i| xs(r * k + i) * w[j * k + i] as f64).sum();
+                    (0..m * n).map(|o| row(o / n, o % n)).collect()
+                };
+                let (want_rounded, want_f32) = (dot(&|i| rounded[i]), dot(&|i| x[i] as f64));
+                for simd in Simd::available() {
+                    // Rounded where the kernels round: a few rows at every level, more from AVX2 up.
+                    let want = if m <= 4 || simd >= Simd::Avx2 { &want_rounded } else { &want_f32 };
+                    let mut out = vec![0f32; m * n];
+                    super::super::matmul::linear(simd, &x, m, k, n, &WView::Quant(&bytes, l), &mut out);
+                    let err: f64 = out.iter().zip(want).map(|(&a, b)| (a as f64 - b).powi(2)).sum::<f64>()
+                        / want.iter().map(|b| b * b).sum::<f64>();
+                    assert!(err < 1e-12, "q{bits}g{group} m={m} {simd:?}: nmse {err:.3e}");
+                }
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Matrix products on the CPU for every weight format: `linear` (x·Wᵀ, nn.Linear weights [n, k]) and
 //! `xw` (x·W, the fused expert tensors' input-major orientation). Few rows (decode) stream the weight once
-//! with dot products / row updates; many rows (prefill) convert a block of the weight to f32 once and hand
-//! it to `matrixmultiply`'s sgemm. Work is split over output columns with rayon; accumulation is f32.
+//! with dot products / row updates; so do quantized weights in the integer kernels' layouts at any row count
+//! (four rows at a time); other weights with many rows (prefill) have a block converted to f32 once and
+//! handed to `matrixmultiply`'s sgemm. Work is split over output columns with rayon; accumulation is f32.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -96,6 +97,13 @@ pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, ou
     if m <= SMALL_M {
         return super::gemv::linear_small(simd, x, m, k, n, w, out);
     }
+    // From AVX2 up, quantized weights in the integer kernels' layouts take them at every row count (the
+    // activations rounded to int8 per group, as llama.cpp's prefill does), so a row's result does not depend
+    // on its batch. The scalar kernels (no vector instructions to multiply bytes with) would be slower than
+    // converting to f32 for the sgemm, which keeps those rows.
+    if simd >= Simd::Avx2 && super::gemv::linear_quant(simd, x, m, k, n, w, out) {
+        return;
+    }
     let wide = gemm_block(n);
     let ptr = SendPtr(out.as_mut_ptr());
     (0..n.div_ceil(wide)).into_par_iter().for_each(|b| {
@@ -156,9 +164,15 @@ pub fn xw_acc(
     debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= w_off + (k - 1) * ld + n);
     const NB: usize = 128;
     let ptr = SendPtr(out.as_mut_ptr());
+    // From AVX2 up, quantized expert tensors in the integer kernels' layout take them at every row count (the
+    // activations rounded to int8 per group, as llama.cpp's prefill does): the row-by-row path, whatever
+    // `small` says (see `linear` for the scalar level).
+    let integer =
+        simd >= Simd::Avx2 && matches!(w, WView::Quant(_, l) if super::xw::integer_path(l, k, ld, w_off, 0, n));
+    let small = small || integer;
     #[cfg(target_arch = "x86_64")]
     if let WView::Quant(bytes, l) = w {
-        if small && simd >= Simd::Avx512 && super::vnni::takes_xw(l) && super::xw::integer_path(l, k, ld, w_off, 0, n) {
+        if integer && simd >= Simd::Avx512 && super::vnni::takes_xw(l) {
             // The activations are rounded once for every task; 64-column tiles take the VNNI kernel, the rest
             // of a block (n not a multiple of 64) the AVX2 one.
             let (xq, xd) = super::gemv::quantize_rows_for(simd, x, m, k, l.group, false);
@@ -293,16 +307,16 @@ mod tests {
         }
     }
 
-    /// The few-rows path of quantized expert tensors (grouped along k) at every level, against the f64 sum of
+    /// The row-by-row path of quantized expert tensors (grouped along k) at every level, against the f64 sum of
     /// the activations rounded per group times the stored weights: 64-column tiles and a remainder, the
-    /// second expert of two, q8 and q4, f16 and bf16 scales.
+    /// second expert of two, q8 and q4, f16 and bf16 scales, a few rows and more (prefill takes them too).
     #[test]
     fn xw_acc_quantized_matches_the_rounded_activations_in_f64() {
         use crate::quant::{quantize, DType, GroupAxis, Grouping, QuantLayout, ScaleType};
         let (e, k, n2) = (2, 64, 400);
         let n = n2 / 2;
         for (bits, scale, m) in
-            [(8, ScaleType::F16, 1), (4, ScaleType::BF16, 3), (4, ScaleType::F16, 2), (8, ScaleType::BF16, 4)]
+            [(8, ScaleType::F16, 1), (4, ScaleType::BF16, 3), (4, ScaleType::F16, 9), (8, ScaleType::BF16, 6)]
         {
             let g = Grouping { group: 32, scale, axis: GroupAxis::SecondLast };
             let dt = if bits == 8 { DType::Q8(g) } else { DType::Q4(g) };
@@ -315,17 +329,19 @@ mod tests {
             let (q, d) = crate::cpu::gemv::quantize_rows(&x, m, k, 32, false);
             // Columns n..2n of expert 1 (the "up" half of a fused gate_up tensor).
             let base = k * n2 + n;
-            let want: Vec<f64> = (0..m * n)
-                .map(|o| {
-                    let (r, j) = (o / n, o % n);
-                    let t = |kk: usize| q[r * k + kk] as f64 * d[(r * k + kk) / 32] as f64;
-                    (0..k).map(|kk| t(kk) * w[base + kk * n2 + j] as f64).sum::<f64>() + 0.25
-                })
-                .collect();
+            let expect = |xs: &dyn Fn(usize) -> f64| -> Vec<f64> {
+                let one =
+                    |r: usize, j: usize| (0..k).map(|kk| xs(r * k + kk) * w[base + kk * n2 + j] as f64).sum::<f64>();
+                (0..m * n).map(|o| one(o / n, o % n) + 0.25).collect()
+            };
+            let rounded = expect(&|i| q[i] as f64 * d[i / 32] as f64);
+            let plain = expect(&|i| x[i] as f64);
             for simd in Simd::available() {
+                // Rounded where the kernels round: a few rows at every level, more from AVX2 up.
+                let want = if m <= SMALL_M || simd >= Simd::Avx2 { &rounded } else { &plain };
                 let mut out = vec![0.25f32; m * n];
-                xw_acc(simd, &x, m, k, n, &WView::Quant(&bytes, l), base, n2, &mut out, true);
-                let err: f64 = out.iter().zip(&want).map(|(&a, b)| (a as f64 - b).powi(2)).sum::<f64>()
+                xw_acc(simd, &x, m, k, n, &WView::Quant(&bytes, l), base, n2, &mut out, m <= SMALL_M);
+                let err: f64 = out.iter().zip(want).map(|(&a, b)| (a as f64 - b).powi(2)).sum::<f64>()
                     / want.iter().map(|b| b * b).sum::<f64>();
                 assert!(err < 1e-12, "q{bits} {scale:?} m={m} {simd:?}: nmse {err:.3e}");
             }

@@ -5,8 +5,9 @@
 //!
 //! Ops run when they are called, so "enqueue" and "execute" coincide and [`Backend::read`] has nothing to
 //! wait for. Weights stay in their checkpoint format, borrowed from the memory-mapped file when its
-//! alignment allows (no copy): decode multiplies quantized weights as integers (activations rounded to int8
-//! per group, [`gemv`]), prefill converts them to f32 a block at a time.
+//! alignment allows (no copy): quantized weights in the integer kernels' layouts are multiplied as integers
+//! (activations rounded to int8 per group, [`gemv`]), in decode and, from AVX2 up, in prefill; other
+//! quantized layouts, and prefill on the scalar level, convert to f32 a block at a time.
 
 mod attention;
 mod elementwise;
@@ -190,7 +191,8 @@ impl Backend for CpuBackend {
     }
 
     fn matmul_activation_block(&self, dtype: DType, k: usize, m: usize) -> Option<usize> {
-        if m > matmul::SMALL_M {
+        // At every row count from AVX2 up (prefill takes the integer kernels too); a few rows on the scalar level.
+        if m > matmul::SMALL_M && self.simd == Simd::Scalar {
             return None;
         }
         gemv::activation_block(dtype, k).or_else(|| gemv::expert_activation_block(dtype))

@@ -68,9 +68,9 @@ impl Acts {
     }
 }
 
-/// `acc[r] = x[r] · w_row` for r < m (1..=4): one quantized weight row (`row`: k elements' bytes) with its
+/// `acc[r] = x[r0 + r] · w_row` for r < m (1..=4): one quantized weight row (`row`: k elements' bytes) with its
 /// k / g scales as stored (`scales`: 2 bytes each, little-endian, of type `st`). Safety: the processor runs
-/// [`super::Simd::Avx512`]; `acts` was filled for this layout, m and k.
+/// [`super::Simd::Avx512`]; `acts` was filled for this layout, k and at least r0 + m rows.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn row(
@@ -80,19 +80,20 @@ pub(crate) unsafe fn row(
     row: &[u8],
     scales: &[u8],
     acts: &Acts,
+    r0: usize,
     m: usize,
     k: usize,
     acc: &mut [f32; 4],
 ) {
-    debug_assert!(row.len() * 8 >= k * bits as usize && scales.len() >= 2 * (k / g) && acts.q.len() >= m * k);
+    debug_assert!(row.len() * 8 >= k * bits as usize && scales.len() >= 2 * (k / g) && acts.q.len() >= (r0 + m) * k);
     let bf16 = st == ScaleType::BF16;
     // SAFETY: the caller's.
     unsafe {
         match m {
-            1 => x86::row::<1>(bits, g, bf16, row, scales, acts, k, acc),
-            2 => x86::row::<2>(bits, g, bf16, row, scales, acts, k, acc),
-            3 => x86::row::<3>(bits, g, bf16, row, scales, acts, k, acc),
-            _ => x86::row::<4>(bits, g, bf16, row, scales, acts, k, acc),
+            1 => x86::row::<1>(bits, g, bf16, row, scales, acts, r0, k, acc),
+            2 => x86::row::<2>(bits, g, bf16, row, scales, acts, r0, k, acc),
+            3 => x86::row::<3>(bits, g, bf16, row, scales, acts, r0, k, acc),
+            _ => x86::row::<4>(bits, g, bf16, row, scales, acts, r0, k, acc),
         }
     }
 }
@@ -152,13 +153,17 @@ mod x86 {
         row: &[u8],
         scales: &[u8],
         acts: &Acts,
+        r0: usize,
         k: usize,
         acc: &mut [f32; 4],
     ) {
         let groups = k / g;
         let chunks = k / 64;
-        let (rp, sp, xp, bp, dp) =
-            (row.as_ptr(), scales.as_ptr(), acts.q.as_ptr(), acts.bias.as_ptr(), acts.d.as_ptr());
+        // Rows r0.. of the activations: integers, biases (k / max(g, 64) blocks of 16 a row) and scales.
+        let blocks = k / g.max(64);
+        let d = &acts.d[r0 * groups..];
+        let (rp, sp, dp) = (row.as_ptr(), scales.as_ptr(), d.as_ptr());
+        let (xp, bp) = (acts.q[r0 * k..].as_ptr(), acts.bias[r0 * blocks * 16..].as_ptr());
         let mut a = [[_mm512_setzero_ps(); 2]; M];
         // Chunk c's products for row r (biased), as f32.
         let prod = |w: __m512i, r: usize, c: usize, blk: usize| {
@@ -202,7 +207,7 @@ mod x86 {
                 let w0 = unsafe { weights(bits, rp, c) };
                 let (s0, s1) = (one_scale(bf16, scales, 2 * c), one_scale(bf16, scales, 2 * c + 1));
                 for r in 0..M {
-                    let d = &acts.d[r * groups + 2 * c..];
+                    let d = &d[r * groups + 2 * c..];
                     let s = _mm512_castps128_ps512(_mm_setr_ps(s0 * d[0], s1 * d[1], 0.0, 0.0));
                     let t0 = _mm512_cvtepi32_ps(prod(w0, r, c, r * chunks + c));
                     a[r][0] = _mm512_fmadd_ps(t0, _mm512_permutexvar_ps(p0, s), a[r][0]);
@@ -227,7 +232,7 @@ mod x86 {
                 }
                 let dw = one_scale(bf16, scales, gi);
                 for r in 0..M {
-                    let s = _mm512_set1_ps(dw * acts.d[r * groups + gi]);
+                    let s = _mm512_set1_ps(dw * d[r * groups + gi]);
                     a[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t[r]), s, a[r][0]);
                 }
             }
@@ -410,15 +415,20 @@ pub(crate) unsafe fn xw_tiles(
     ld_out: usize,
 ) {
     debug_assert!(xq.len() >= m * k && xd.len() >= m * (k / l.group) && bias.len() >= m * (k / l.group));
+    let groups = k / l.group;
     for t in 0..tiles {
-        let (e, o) = (e0 + 64 * t, out.wrapping_add(64 * t));
-        // SAFETY: the caller's.
-        unsafe {
-            match m {
-                1 => x86::xw64::<1>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
-                2 => x86::xw64::<2>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
-                3 => x86::xw64::<3>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
-                _ => x86::xw64::<4>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
+        // Rows four at a time; the tile's weights (64 columns of k rows) stay in cache between them.
+        for r0 in (0..m).step_by(4) {
+            let (e, o) = (e0 + 64 * t, out.wrapping_add(r0 * ld_out + 64 * t));
+            let (xq, xd, bias) = (&xq[r0 * k..], &xd[r0 * groups..], &bias[r0 * groups..]);
+            // SAFETY: the caller's.
+            unsafe {
+                match 4.min(m - r0) {
+                    1 => x86::xw64::<1>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
+                    2 => x86::xw64::<2>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
+                    3 => x86::xw64::<3>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
+                    _ => x86::xw64::<4>(l, bytes, e, ld, k, xq, xd, bias, o, ld_out),
+                }
             }
         }
     }

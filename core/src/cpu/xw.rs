@@ -26,6 +26,15 @@ pub(crate) fn block(
     n0: usize,
     acc: &mut [f32],
 ) {
+    if m > 4 {
+        // Four rows at a time (the kernels hold four rows' sums); acc is m rows of nb.
+        let nb = acc.len() / m;
+        for r0 in (0..m).step_by(4) {
+            let mm = 4.min(m - r0);
+            block(simd, &x[r0 * k..], mm, k, w, w_off, ld, n0, &mut acc[r0 * nb..(r0 + mm) * nb]);
+        }
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if simd >= Simd::Avx2 {
         // SAFETY: Avx2 is only chosen when the processor has AVX2, FMA and F16C (Simd::detect).
@@ -114,7 +123,14 @@ mod avx2 {
 
 /// Whether a quantized block takes the integer path: grouped along k in groups of an even size that start at
 /// the block's row 0, and (q4) whole bytes.
-pub(crate) fn integer_path(l: &crate::quant::QuantLayout, k: usize, ld: usize, w_off: usize, n0: usize, nb: usize) -> bool {
+pub(crate) fn integer_path(
+    l: &crate::quant::QuantLayout,
+    k: usize,
+    ld: usize,
+    w_off: usize,
+    n0: usize,
+    nb: usize,
+) -> bool {
     l.axis == GroupAxis::SecondLast
         && l.group.is_multiple_of(2)
         && ld == l.last
