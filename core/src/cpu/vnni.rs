@@ -1,5 +1,7 @@
-//! The AVX-512 VNNI decode GEMV for q8 and q4 nn.Linear weights ([`Simd::Avx512`]): 64 weights an
-//! instruction (`vpdpbusd`: 16 lanes, each the sum of 4 products of an unsigned byte and a signed one).
+//! The AVX-512 VNNI kernels for q8 and q4 weights ([`super::Simd::Avx512`]; x86-64 only, as the module is):
+//! nn.Linear rows ([`row`]) and the fused expert tensors ([`xw_tiles`]), a few activation rows a call, used
+//! by decode and, four rows at a time, by prefill. 64 weights an instruction (`vpdpbusd`: 16 lanes, each the
+//! sum of 4 products of an unsigned byte and a signed one).
 //!
 //! The activations are rounded exactly as on the other levels ([`super::gemv::quantize_rows`], int8 per
 //! group), then stored in the order the weight bytes unpack to, so the integer sums are the same ones the
@@ -71,7 +73,6 @@ impl Acts {
 /// `acc[r] = x[r0 + r] · w_row` for r < m (1..=4): one quantized weight row (`row`: k elements' bytes) with its
 /// k / g scales as stored (`scales`: 2 bytes each, little-endian, of type `st`). Safety: the processor runs
 /// [`super::Simd::Avx512`]; `acts` was filled for this layout, k and at least r0 + m rows.
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn row(
     bits: u32,
@@ -98,7 +99,6 @@ pub(crate) unsafe fn row(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // rows r < M index several arrays in step
 mod x86 {
     use super::Acts;
@@ -400,7 +400,6 @@ pub(crate) fn xw_bias(xq: &[i8], g: usize, bits: u32) -> Vec<i32> {
 /// `vpdpbusd` multiplies them by four broadcast activations; a group's sums are scaled once. Safety: the
 /// processor runs [`super::Simd::Avx512`]; the slices hold what the shapes say, and `out` m rows of
 /// 64 · tiles floats at stride `ld_out` that no one else touches meanwhile.
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn xw_tiles(
     l: &crate::quant::QuantLayout,
