@@ -62,9 +62,14 @@ def build_llamacpp():
         run([sys.executable, "-m", "pip", "download", "--no-binary", "llama-cpp-python", "--no-deps",
              f"llama-cpp-python=={VERSION}", "-d", WORK])
         run(["tar", "xzf", os.path.join(WORK, f"llama_cpp_python-{VERSION}.tar.gz"), "-C", WORK])
+    # Without AMX, on x86-64: herd has no AMX kernels, so both runtimes use the vector units; and virtual
+    # machines that list AMX among the processor's flags without enabling it kill llama.cpp's AMX kernels
+    # (-march=native compiles them in) with SIGILL, as on the dev machine of 2026-12-05.
+    no_amx = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" if platform.machine() in ("x86_64", "AMD64") else ""
     run(["cmake", "-S", SRC, "-B", BUILD, "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF",
          "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_OPENSSL=OFF",
-         "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF"], stdout=subprocess.DEVNULL)
+         "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", f"-DCMAKE_C_FLAGS={no_amx}",
+         f"-DCMAKE_CXX_FLAGS={no_amx}"], stdout=subprocess.DEVNULL)
     run(["cmake", "--build", BUILD, "--target", "llama-bench", "llama-quantize", f"-j{os.cpu_count()}"])
     return bins
 
