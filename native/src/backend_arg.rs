@@ -145,7 +145,9 @@ pub(crate) enum Chosen {
 /// through wgpu, else the CPU (said on stderr).
 pub(crate) fn choose_backend(a: &BackendArg) -> Result<Chosen> {
     let threads = a.threads.map_or_else(physical_cores, usize::from);
-    // The pool is global and made once: a second command in one process (the tests) keeps the first's.
+    // The pools are global and made once: a second command in one process (the tests) keeps the first's.
+    // The CPU backend's kernels run on herd_core's pool; rayon's runs the quantizer and weight fills.
+    herd_core::cpu::pool::set_threads(threads);
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     let (cuda, wgpu) = (a.device.cuda(), a.device.wgpu());
     Ok(match a.backend {
@@ -204,13 +206,7 @@ fn auto_wgpu_or_cpu(opts: &WgpuOptions) -> Chosen {
     }
 }
 
-/// Runs one scheduler step. On the CPU backend the step runs on a worker of the kernels' thread pool, so
-/// that each parallel loop of the step starts and ends without parking and waking the calling thread (it is
-/// one of the workers); the other backends step on the calling thread (a CUDA context belongs to it).
+/// Runs one scheduler step (on the calling thread, which the CPU backend's pool works beside).
 pub(crate) fn step<B: herd_core::backend::Backend>(s: &mut herd_core::schedule::Scheduler<B>) -> herd_core::Result<()> {
-    if B::KIND == "cpu" {
-        rayon::scope(|_| pollster::block_on(s.step()))
-    } else {
-        pollster::block_on(s.step())
-    }
+    pollster::block_on(s.step())
 }

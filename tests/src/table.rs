@@ -374,12 +374,14 @@ pub fn cases() -> Vec<Spec> {
         c.push(Spec::RouterTopk { rows, experts, k });
     }
 
-    // moe, float formats: decode, the per-entry path, several tiles of 8 per expert, batches whose dimensions
+    // moe, float formats: decode (the CPU's split-k decode in each format, rows a multiple of 4 or not), the
+    // per-entry path, several tiles of 8 per expert, batches whose dimensions
     // are not multiples of the tile sizes (CUDA's tensor-core and CUDA-core expert tiles: partial column tiles,
     // partial K steps, many tiles per expert), an expert tensor over 128 MiB (split across bindings by whole
     // experts); then the expert cache's case.
     for (rows, d, f, experts, k, dt, written) in [
         (1, 24, 10, 4, 1, f32_, false),
+        (2, 130, 67, 4, 2, f16, false),
         (6, 24, 10, 4, 2, bf16, false),
         (9, 33, 17, 5, 1, f32_, false),
         (9, 32, 16, 4, 2, f16, false),

@@ -1,7 +1,7 @@
 //! Attention on the CPU for a batch of sequences: causal, chunked (fixed blocks from token 0) or no masks,
 //! GQA, NoPE temperature tuning on the query, f32 softmax; and the KV-cache store.
 
-use rayon::prelude::*;
+use super::pool;
 
 use super::gemv::dot;
 use super::need;
@@ -139,7 +139,7 @@ pub fn attention<'a>(
     }
     let ctx =
         Ctx { q, k_new, v_new, k_cache: &k_cache, v_cache: &v_cache, pages, seqs, p, row_seq: &row_seq, dtype, sw };
-    out[..rows * qrow].par_chunks_mut(d).enumerate().for_each(|(task, o)| {
+    pool::chunks_mut(&mut out[..rows * qrow], d, |task, o| {
         #[cfg(target_arch = "x86_64")]
         if simd >= super::Simd::Avx2 {
             #[target_feature(enable = "avx2,fma")]

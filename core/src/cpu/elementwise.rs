@@ -1,6 +1,6 @@
 //! Element-wise and row ops on the CPU: embedding lookup, residual add, SwiGLU's silu·up, row gather.
 
-use rayon::prelude::*;
+use super::pool;
 
 use super::{need, CpuWeight};
 use crate::error::{HerdError, Result};
@@ -23,8 +23,8 @@ pub fn embed(table: &CpuWeight, ids: &[u32], n: usize, dim: usize, out: &mut [f3
 pub fn add(acc: &mut [f32], x: &[f32], n: usize) -> Result<()> {
     need("add acc", acc.len(), n)?;
     need("add x", x.len(), n)?;
-    acc[..n].par_chunks_mut(4096).zip(x[..n].par_chunks(4096)).for_each(|(a, b)| {
-        for (a, b) in a.iter_mut().zip(b) {
+    pool::chunks_mut(&mut acc[..n], 4096, |i, a| {
+        for (a, b) in a.iter_mut().zip(&x[i * 4096..]) {
             *a += b;
         }
     });
@@ -39,8 +39,8 @@ pub fn silu(x: f32) -> f32 {
 pub fn silu_mul(gate: &mut [f32], up: &[f32], n: usize) -> Result<()> {
     need("silu_mul gate", gate.len(), n)?;
     need("silu_mul up", up.len(), n)?;
-    gate[..n].par_chunks_mut(4096).zip(up[..n].par_chunks(4096)).for_each(|(g, u)| {
-        for (g, &u) in g.iter_mut().zip(u) {
+    pool::chunks_mut(&mut gate[..n], 4096, |i, g| {
+        for (g, &u) in g.iter_mut().zip(&up[i * 4096..]) {
             *g = silu(*g) * u;
         }
     });

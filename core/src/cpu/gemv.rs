@@ -10,8 +10,8 @@
 //! Each has a scalar version and an AVX2 one ([`Simd`]), which compute the same integer sums and differ only
 //! in the order of their f32 additions.
 
+use super::pool;
 use half::f16;
-use rayon::prelude::*;
 
 use super::matmul::WView;
 use super::simd::Simd;
@@ -119,7 +119,7 @@ pub(crate) fn scales_f32(scale: ScaleType, bytes: &[u8], raw: &mut [f16], out: &
     }
 }
 
-/// A raw pointer that rayon tasks may share because each writes a disjoint set of elements.
+/// A raw pointer that parallel tasks may share because each writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: used only to let parallel tasks write disjoint elements of one output matrix.
@@ -149,7 +149,7 @@ pub fn linear_quant(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WVi
     if simd >= Simd::Avx512 && super::vnni::takes(l.dtype(), k) {
         let mut acts = super::vnni::Acts::default();
         acts.fill(x, m, k, l.group, l.bits);
-        (0..tasks).into_par_iter().for_each(|t| {
+        pool::for_each(tasks, |t| {
             let mut acc = [0f32; 4];
             for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
                 let s0 = l.scale_offset + 2 * j * groups;
@@ -169,7 +169,7 @@ pub fn linear_quant(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WVi
         return true;
     }
     let (xq, xd) = quantize_rows_for(simd, x, m, k, l.group, l.bits == 4);
-    (0..tasks).into_par_iter().for_each(|t| {
+    pool::for_each(tasks, |t| {
         let mut scales = vec![0f32; groups];
         let mut raw = vec![f16::ZERO; groups];
         let mut acc = [0f32; 4];
@@ -199,7 +199,7 @@ pub fn linear_small(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WVi
     // SAFETY (for every write below): task b writes out[r * n + j] for its own rows j and r < m only.
     let put = move |r: usize, j: usize, v: f32| unsafe { *{ ptr }.0.add(r * n + j) = v };
     let tasks = n.div_ceil(ROWS_PER_TASK);
-    (0..tasks).into_par_iter().for_each(|t| {
+    pool::for_each(tasks, |t| {
         let mut acc = [0f32; 4];
         let mut conv = Vec::new();
         for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
@@ -224,6 +224,11 @@ fn float_row(
     acc: &mut [f32; 4],
     conv: &mut Vec<f32>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Simd::Avx512, WView::F32(s)) = (simd, w) {
+        // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect/parse).
+        return unsafe { super::vnni::row_f32(&s[off..off + k], x, m, k, acc) };
+    }
     #[cfg(target_arch = "x86_64")]
     if simd >= Simd::Avx2 {
         // SAFETY: Avx2 is only chosen when the processor has AVX2, FMA and F16C (Simd::detect/parse); the

@@ -1,7 +1,7 @@
 //! The vision tower's row ops on the CPU: nn.LayerNorm (two passes, accumulated in f64, so the
 //! reference is as exact as f32 output allows) and the bias add fused with an activation.
 
-use rayon::prelude::*;
+use super::pool;
 
 use super::{need, WView};
 use crate::backend::{gelu, Act};
@@ -29,17 +29,15 @@ pub fn layer_norm(x: &[f32], out: &mut [f32], w: WView, b: WView, rows: usize, d
     need("layer_norm x", x.len(), rows * dim)?;
     need("layer_norm out", out.len(), rows * dim)?;
     let (w, b) = (to_f32(w, "layer_norm weight", dim)?, to_f32(b, "layer_norm bias", dim)?);
-    out[..rows * dim]
-        .par_chunks_mut(dim.max(1))
-        .zip(x[..rows * dim].par_chunks(dim.max(1)))
-        .for_each(|(y, x)| norm_row(x, &w, &b, eps, y));
+    let dm = dim.max(1);
+    pool::chunks_mut(&mut out[..rows * dim], dm, |r, y| norm_row(&x[r * dm..(r + 1) * dm], &w, &b, eps, y));
     Ok(())
 }
 
 pub fn layer_norm_inplace(x: &mut [f32], w: WView, b: WView, rows: usize, dim: usize, eps: f32) -> Result<()> {
     need("layer_norm x", x.len(), rows * dim)?;
     let (w, b) = (to_f32(w, "layer_norm weight", dim)?, to_f32(b, "layer_norm bias", dim)?);
-    x[..rows * dim].par_chunks_mut(dim.max(1)).for_each(|row| {
+    pool::chunks_mut(&mut x[..rows * dim], dim, |_, row| {
         let src = row.to_vec();
         norm_row(&src, &w, &b, eps, row)
     });
@@ -49,7 +47,7 @@ pub fn layer_norm_inplace(x: &mut [f32], w: WView, b: WView, rows: usize, dim: u
 pub fn bias_act(x: &mut [f32], bias: Option<WView>, rows: usize, dim: usize, act: Act) -> Result<()> {
     need("bias_act x", x.len(), rows * dim)?;
     let b = bias.map(|b| to_f32(b, "bias_act bias", dim)).transpose()?;
-    x[..rows * dim].par_chunks_mut(dim.max(1)).for_each(|row| {
+    pool::chunks_mut(&mut x[..rows * dim], dim, |_, row| {
         if let Some(b) = &b {
             row.iter_mut().zip(b).for_each(|(v, &c)| *v += c);
         }

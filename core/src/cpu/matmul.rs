@@ -2,11 +2,11 @@
 //! `xw` (x·W, the fused expert tensors' input-major orientation). Few rows (decode) stream the weight once
 //! with dot products / row updates; so do quantized weights in the integer kernels' layouts at any row count
 //! (four rows at a time); other weights with many rows (prefill) have a block converted to f32 once and
-//! handed to `matrixmultiply`'s sgemm. Work is split over output columns with rayon; accumulation is f32.
+//! handed to `matrixmultiply`'s sgemm. Work is split over output columns on the pool ([`super::pool`]); accumulation is f32.
 
+use super::pool;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 
 use super::simd::Simd;
 
@@ -83,7 +83,7 @@ fn gemm_block(n: usize) -> usize {
 /// (measured on the expert and dense matmuls of a hidden-1024 model, 2-core EPYC).
 pub(crate) const SMALL_M: usize = 4;
 
-/// A raw pointer that rayon tasks may share because each writes a disjoint set of elements.
+/// A raw pointer that parallel tasks may share because each writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: used only to let parallel tasks write disjoint column blocks of one output matrix.
@@ -106,7 +106,7 @@ pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, ou
     }
     let wide = gemm_block(n);
     let ptr = SendPtr(out.as_mut_ptr());
-    (0..n.div_ceil(wide)).into_par_iter().for_each(|b| {
+    pool::for_each(n.div_ceil(wide), |b| {
         let n0 = b * wide;
         let nb = wide.min(n - n0);
         let conv;
@@ -177,7 +177,7 @@ pub fn xw_acc(
             // of a block (n not a multiple of 64) the AVX2 one.
             let (xq, xd) = super::gemv::quantize_rows_for(simd, x, m, k, l.group, false);
             let bias = super::vnni::xw_bias(&xq, l.group, l.bits);
-            (0..n.div_ceil(NB)).into_par_iter().for_each(|b| {
+            pool::for_each(n.div_ceil(NB), |b| {
                 let (n0, p) = (b * NB, ptr);
                 let nb = NB.min(n - n0);
                 let tiles = nb / 64;
@@ -202,9 +202,13 @@ pub fn xw_acc(
             return;
         }
     }
+    // Float weights, a few rows: whole rows of W streamed, k split over the tasks.
+    if small && !integer && super::xw::float_split_k(simd, x, m, k, n, w, w_off, ld, out) {
+        return;
+    }
     // The few-rows path's blocks are NB wide; the GEMM's as gemm_block says.
     let wide = if small { NB } else { gemm_block(n) };
-    (0..n.div_ceil(wide)).into_par_iter().for_each(|b| {
+    pool::for_each(n.div_ceil(wide), |b| {
         let n0 = b * wide;
         let nb = wide.min(n - n0);
         let p = ptr;

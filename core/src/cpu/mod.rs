@@ -1,5 +1,5 @@
 //! The CPU backend: the reference the others are checked against, and a backend people run. Multi-threaded
-//! with rayon, f32 accumulation; the hot ops have vector kernels per [`Simd`] level, each with a scalar twin
+//! on one pool of spinning threads ([`pool`]), f32 accumulation; the hot ops have vector kernels per [`Simd`] level, each with a scalar twin
 //! (docs/backends.md, "The CPU backend's kernels"). One file per op family (named as the WGSL and CUDA files
 //! are); this file owns buffers and weights.
 //!
@@ -15,6 +15,7 @@ pub mod gemv;
 mod layer_norm;
 mod matmul;
 mod moe;
+pub mod pool;
 mod rms_norm;
 mod rope;
 mod sample;
@@ -150,7 +151,7 @@ impl CpuWeight {
     }
 }
 
-/// The CPU backend. Uses rayon's global pool.
+/// The CPU backend. Runs its ops on the process's one CPU pool ([`pool`]; `pool::set_threads` sizes it).
 pub struct CpuBackend {
     simd: Simd,
 }
@@ -182,7 +183,7 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads, {})", rayon::current_num_threads(), self.simd.name())
+        format!("cpu ({} threads, {})", pool::threads(), self.simd.name())
     }
 
     fn free_memory(&self) -> Option<crate::backend::FreeMemory> {

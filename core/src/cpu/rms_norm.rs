@@ -1,7 +1,7 @@
 //! RMS norm on the CPU: `y = x · rsqrt(mean(x²) + eps) · w` per row, f32 throughout; no weight gives
 //! Llama 4's weightless QK norm; and the residual add fused with the norm that follows it.
 
-use rayon::prelude::*;
+use super::pool;
 
 use super::{need, WView};
 use crate::error::Result;
@@ -40,17 +40,14 @@ pub fn rms_norm(x: &[f32], w: Option<WView>, rows: usize, dim: usize, eps: f32, 
     need("rms_norm x", x.len(), rows * dim)?;
     need("rms_norm out", out.len(), rows * dim)?;
     let w = weight_f32(w, dim)?;
-    out[..rows * dim]
-        .par_chunks_mut(dim)
-        .zip(x[..rows * dim].par_chunks(dim))
-        .for_each(|(y, x)| norm_row(x, w.as_deref(), eps, y));
+    pool::chunks_mut(&mut out[..rows * dim], dim, |r, y| norm_row(&x[r * dim..(r + 1) * dim], w.as_deref(), eps, y));
     Ok(())
 }
 
 pub fn rms_norm_inplace(x: &mut [f32], w: Option<WView>, rows: usize, dim: usize, eps: f32) -> Result<()> {
     need("rms_norm x", x.len(), rows * dim)?;
     let w = weight_f32(w, dim)?;
-    x[..rows * dim].par_chunks_mut(dim).for_each(|row| {
+    pool::chunks_mut(&mut x[..rows * dim], dim, |_, row| {
         let src = row.to_vec();
         norm_row(&src, w.as_deref(), eps, row)
     });
@@ -71,15 +68,13 @@ pub fn add_rms_norm(
     need("add_rms_norm x", x.len(), rows * dim)?;
     need("add_rms_norm out", out.len(), rows * dim)?;
     let w = weight_f32(Some(w), dim)?;
-    acc[..rows * dim]
-        .par_chunks_mut(dim)
-        .zip(x[..rows * dim].par_chunks(dim))
-        .zip(out[..rows * dim].par_chunks_mut(dim))
-        .for_each(|((a, x), y)| {
-            for (a, &x) in a.iter_mut().zip(x) {
-                *a += x;
-            }
-            norm_row(a, w.as_deref(), eps, y)
-        });
+    let y = pool::Shared::new(&mut out[..rows * dim]);
+    pool::chunks_mut(&mut acc[..rows * dim], dim, |r, a| {
+        for (a, &x) in a.iter_mut().zip(&x[r * dim..(r + 1) * dim]) {
+            *a += x;
+        }
+        // SAFETY: row r of `out` is this task's alone.
+        norm_row(a, w.as_deref(), eps, unsafe { y.slice(r * dim, dim) })
+    });
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Interleaved-pair ("complex") RoPE on the CPU, in place: pair (2j, 2j+1) of each head of row r turns by
 //! `positions[r] · inv_freq[j]`, the angle formed in f32 as transformers does.
 
-use rayon::prelude::*;
+use super::pool;
 
 use super::need;
 use crate::error::Result;
@@ -18,8 +18,8 @@ pub fn rope(
     need("rope x", x.len(), rows * row)?;
     need("rope positions", positions.len(), rows)?;
     need("rope inv_freq", inv_freq.len(), head_dim / 2)?;
-    x[..rows * row].par_chunks_mut(row).zip(&positions[..rows]).for_each(|(xr, &p)| {
-        let p = p as f32;
+    pool::chunks_mut(&mut x[..rows * row], row, |r, xr| {
+        let p = positions[r] as f32;
         let cs: Vec<(f32, f32)> = inv_freq[..head_dim / 2]
             .iter()
             .map(|&f| {

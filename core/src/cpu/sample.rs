@@ -1,7 +1,7 @@
 //! Token sampling on the CPU: each row through [`crate::sampling::pick`], the definition the device kernels
 //! follow.
 
-use rayon::prelude::*;
+use super::pool;
 
 use super::{err, need};
 use crate::error::Result;
@@ -21,11 +21,11 @@ pub fn sample(
     if vocab == 0 {
         return Err(err("sample: empty vocabulary"));
     }
-    logits[..rows * vocab]
-        .par_chunks_mut(vocab)
-        .zip(out[..rows].par_iter_mut())
-        .enumerate()
-        .for_each(|(r, (row, o))| *o = pick(row, history[r], params, draws[r]));
+    let o = pool::Shared::new(&mut out[..rows]);
+    // SAFETY: out[r] is row r's task's alone.
+    pool::chunks_mut(&mut logits[..rows * vocab], vocab, |r, row| unsafe {
+        o.slice(r, 1)[0] = pick(row, history[r], params, draws[r])
+    });
     Ok(())
 }
 

@@ -99,10 +99,51 @@ pub(crate) unsafe fn row(
     }
 }
 
+/// `acc[r] = x[r] · w` for r < m (1..=4): an f32 weight row (k elements), 16 lanes an instruction. Safety: the
+/// processor runs [`super::Simd::Avx512`]; `w` holds k elements and `x` m rows of k.
+pub(crate) unsafe fn row_f32(w: &[f32], x: &[f32], m: usize, k: usize, acc: &mut [f32; 4]) {
+    assert!(w.len() >= k && x.len() >= m * k);
+    // SAFETY: the caller's, and the bounds just checked.
+    unsafe {
+        match m {
+            1 => x86::row_f32::<1>(w, x, k, acc),
+            2 => x86::row_f32::<2>(w, x, k, acc),
+            3 => x86::row_f32::<3>(w, x, k, acc),
+            _ => x86::row_f32::<4>(w, x, k, acc),
+        }
+    }
+}
+
 #[allow(clippy::needless_range_loop)] // rows r < M index several arrays in step
 mod x86 {
     use super::Acts;
     use std::arch::x86_64::*;
+
+    /// See [`super::row_f32`]: two accumulators of 16 lanes per activation row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn row_f32<const M: usize>(w: &[f32], x: &[f32], k: usize, acc: &mut [f32; 4]) {
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let k32 = k / 32 * 32;
+        let mut a = [[_mm512_setzero_ps(); 2]; M];
+        let mut i = 0;
+        while i < k32 {
+            // SAFETY: i + 32 ≤ k ≤ w.len(), and row r of x holds k elements (the caller's bounds).
+            let (w0, w1) = unsafe { (_mm512_loadu_ps(wp.add(i)), _mm512_loadu_ps(wp.add(i + 16))) };
+            for r in 0..M {
+                let p = unsafe { xp.add(r * k + i) };
+                a[r][0] = _mm512_fmadd_ps(w0, unsafe { _mm512_loadu_ps(p) }, a[r][0]);
+                a[r][1] = _mm512_fmadd_ps(w1, unsafe { _mm512_loadu_ps(p.add(16)) }, a[r][1]);
+            }
+            i += 32;
+        }
+        for r in 0..M {
+            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
+            for t in k32..k {
+                s += x[r * k + t] * w[t];
+            }
+            acc[r] = s;
+        }
+    }
 
     /// Chunk c (64 weights) of a row as unsigned bytes, in the order [`Acts`] stores the activations.
     #[inline]

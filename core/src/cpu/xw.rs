@@ -266,3 +266,186 @@ fn block_body<const AVX: bool>(
         }
     }
 }
+
+/// Rows of W per task of [`float_split_k`].
+const SPLIT_K: usize = 64;
+
+/// `out[m, n] += x[m, k] · W` (W's element (kk, j) at `w_off + kk · ld + j`) for float W (f32, bf16, f16)
+/// and a few rows: decode through the fused expert tensors. W's rows are split into tasks of [`SPLIT_K`],
+/// each streaming its rows whole (n contiguous elements each: one contiguous block of an expert, where
+/// column blocks would read short runs a row apart) into its own partial sums, which are then added to `out`
+/// in task order: a fixed order, so the result does not depend on the thread count. Returns false (and does
+/// nothing) for quantized W.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn float_split_k(
+    simd: Simd,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    w: &WView,
+    w_off: usize,
+    ld: usize,
+    out: &mut [f32],
+) -> bool {
+    if matches!(w, WView::Quant(..)) {
+        return false;
+    }
+    if m == 0 || n == 0 {
+        return true;
+    }
+    let tasks = k.div_ceil(SPLIT_K);
+    let mut part = vec![0f32; tasks * m * n];
+    super::pool::chunks_mut(&mut part, m * n, |t, p| {
+        let rows = t * SPLIT_K..((t + 1) * SPLIT_K).min(k);
+        #[cfg(target_arch = "x86_64")]
+        if simd >= Simd::Avx512 {
+            // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect).
+            return unsafe { split_k_avx512(x, m, k, n, w, w_off, ld, rows, p) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if simd >= Simd::Avx2 {
+            // SAFETY: Avx2 (and Avx512, which includes it) is only chosen where the processor has AVX2, FMA
+            // and F16C (Simd::detect).
+            return unsafe { split_k_avx2(x, m, k, n, w, w_off, ld, rows, p) };
+        }
+        let _ = simd;
+        split_k_task::<false>(x, m, k, n, w, w_off, ld, rows, p)
+    });
+    for p in part.chunks_exact(m * n) {
+        for (o, &v) in out[..m * n].iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    true
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn split_k_avx2(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    w: &WView,
+    w_off: usize,
+    ld: usize,
+    rows: std::ops::Range<usize>,
+    p: &mut [f32],
+) {
+    split_k_task::<true>(x, m, k, n, w, w_off, ld, rows, p)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn split_k_avx512(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    w: &WView,
+    w_off: usize,
+    ld: usize,
+    rows: std::ops::Range<usize>,
+    p: &mut [f32],
+) {
+    split_k_task::<true>(x, m, k, n, w, w_off, ld, rows, p)
+}
+
+/// A weight element as f32: f32 itself, or a bf16's bits.
+trait Elem: Copy {
+    fn f(self) -> f32;
+}
+impl Elem for f32 {
+    #[inline(always)]
+    fn f(self) -> f32 {
+        self
+    }
+}
+impl Elem for u16 {
+    #[inline(always)]
+    fn f(self) -> f32 {
+        f32::from_bits((self as u32) << 16)
+    }
+}
+
+/// `acc[j] += Σ_i xs[i] · w[i][j]` over four rows (FMA: fused, in order i = 0..4; vectorized by the compiler).
+#[inline(always)]
+fn axpy4<const FMA: bool, E: Elem>(acc: &mut [f32], w: [&[E]; 4], xs: [f32; 4]) {
+    let n = acc.len();
+    let (w0, w1, w2, w3) = (&w[0][..n], &w[1][..n], &w[2][..n], &w[3][..n]);
+    for j in 0..n {
+        let a = acc[j];
+        acc[j] = if FMA {
+            xs[3].mul_add(w3[j].f(), xs[2].mul_add(w2[j].f(), xs[1].mul_add(w1[j].f(), xs[0].mul_add(w0[j].f(), a))))
+        } else {
+            a + xs[0] * w0[j].f() + xs[1] * w1[j].f() + xs[2] * w2[j].f() + xs[3] * w3[j].f()
+        };
+    }
+}
+
+/// One task of [`float_split_k`]: rows `rows` of W into `p` (m rows of n partial sums), four rows at a time.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn split_k_task<const FMA: bool>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    w: &WView,
+    w_off: usize,
+    ld: usize,
+    rows: std::ops::Range<usize>,
+    p: &mut [f32],
+) {
+    /// Rows `rows` of W, `row(kk)` giving rows kk.. (the ones past the end repeat the last).
+    #[inline(always)]
+    fn run<'w, const FMA: bool, E: Elem + 'w>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        row: impl Fn(usize) -> [&'w [E]; 4],
+        rows: std::ops::Range<usize>,
+        p: &mut [f32],
+    ) {
+        let mut kk = rows.start;
+        while kk < rows.end {
+            let four = rows.end - kk >= 4;
+            let w = row(kk);
+            for r in 0..m {
+                let xr = &x[r * k + kk..];
+                let acc = &mut p[r * n..(r + 1) * n];
+                if four {
+                    axpy4::<FMA, E>(acc, w, [xr[0], xr[1], xr[2], xr[3]]);
+                } else {
+                    axpy4::<FMA, E>(acc, [w[0]; 4], [xr[0], 0.0, 0.0, 0.0]);
+                }
+            }
+            kk += if four { 4 } else { 1 };
+        }
+    }
+    let last = rows.end - 1;
+    let at = |kk: usize| w_off + kk.min(last) * ld;
+    match w {
+        WView::F32(s) => run::<FMA, f32>(x, m, k, n, |kk| std::array::from_fn(|i| &s[at(kk + i)..][..n]), rows, p),
+        WView::BF16(s) => run::<FMA, u16>(x, m, k, n, |kk| std::array::from_fn(|i| &s[at(kk + i)..][..n]), rows, p),
+        WView::F16(s) => {
+            // Converted four rows at a time (the conversion runs the processor's F16C where it has it).
+            let mut conv = vec![0f32; 4 * n];
+            for k0 in rows.step_by(4) {
+                let kn = 4.min(last + 1 - k0);
+                for i in 0..kn {
+                    let h: &[f16] = bytemuck::cast_slice(&s[at(k0 + i)..][..n]);
+                    h.convert_to_f32_slice(&mut conv[i * n..(i + 1) * n]);
+                }
+                let c = &conv;
+                let row = |kk: usize| std::array::from_fn(|i| &c[(kk - k0 + i).min(kn - 1) * n..][..n]);
+                run::<FMA, f32>(x, m, k, n, row, k0..k0 + kn, p);
+            }
+        }
+        WView::Quant(..) => unreachable!("float_split_k takes float weights"),
+    }
+}
