@@ -130,7 +130,8 @@ pub fn attention<'a>(
     let sw = dtype
         .slot_words(kvh, d)
         .map_err(|m| HerdError::Backend { backend: "cpu".into(), msg: format!("attention: {m}") })?;
-    // One task per (row, head): the row's sequence is found by a scan (batches are small).
+    // One task per (row, kv head), for all the query heads that share it (GQA): each key and value it reads
+    // serves them all. The row's sequence is found by a scan (batches are small).
     let mut row_seq = vec![usize::MAX; rows];
     for (si, s) in seqs.iter().enumerate() {
         for r in s.q_start..s.q_start + s.q_len {
@@ -139,23 +140,23 @@ pub fn attention<'a>(
     }
     let ctx =
         Ctx { q, k_new, v_new, k_cache: &k_cache, v_cache: &v_cache, pages, seqs, p, row_seq: &row_seq, dtype, sw };
-    pool::chunks_mut(&mut out[..rows * qrow], d, |task, o| {
+    pool::chunks_mut(&mut out[..rows * qrow], (h / kvh.max(1)).max(1) * d, |task, o| {
         #[cfg(target_arch = "x86_64")]
         if simd >= super::Simd::Avx2 {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2(c: &Ctx<'_, '_>, task: usize, o: &mut [f32]) {
-                one_query_head(c, task, o)
+                one_query_group(c, task, o)
             }
             // SAFETY: Avx2 is only chosen where the processor has AVX2 and FMA (Simd::detect).
             return unsafe { avx2(&ctx, task, o) };
         }
         let _ = simd;
-        one_query_head(&ctx, task, o)
+        one_query_group(&ctx, task, o)
     });
     Ok(())
 }
 
-/// What every (row, head) task of one attention call reads.
+/// What every (row, kv head) task of one attention call reads.
 struct Ctx<'a, 'c> {
     q: &'a [f32],
     k_new: &'a [f32],
@@ -170,14 +171,16 @@ struct Ctx<'a, 'c> {
     sw: usize,
 }
 
-/// One query row's head `task % heads` (row `task / heads`), into `o` (its d outputs).
+/// One query row's heads that share kv head `task % kv_heads` (row `task / kv_heads`), into `o` (their
+/// `group · d` outputs, in head order). Each head's arithmetic is that of a task of its own: its scores in
+/// key order, their maximum, exponentials and sum, then the weighted values in key order.
 #[inline(always)]
-fn one_query_head(c: &Ctx<'_, '_>, task: usize, o: &mut [f32]) {
+fn one_query_group(c: &Ctx<'_, '_>, task: usize, o: &mut [f32]) {
     let p = c.p;
     let (h, kvh, d) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let (qrow, kvrow, group) = (h * d, kvh * d, h / kvh);
     let (pages, dtype, sw) = (c.pages, c.dtype, c.sw);
-    let (r, head) = (task / h, task % h);
+    let (r, kvh_i) = (task / kvh, task % kvh);
     let Some(s) = c.seqs.get(c.row_seq[r]) else { return };
     let t = r as u32 - s.q_start;
     let i = (s.pos0 + t) as usize; // absolute position of this query
@@ -187,8 +190,8 @@ fn one_query_head(c: &Ctx<'_, '_>, task: usize, o: &mut [f32]) {
         Some(ch) if !p.bidirectional => (i / ch) * ch,
         _ => 0,
     };
-    let kvh_i = head / group;
-    let mut qv: Vec<f32> = c.q[r * qrow + head * d..r * qrow + (head + 1) * d].to_vec();
+    let n = last + 1 - lo;
+    let mut qv: Vec<f32> = c.q[r * qrow + kvh_i * group * d..][..group * d].to_vec();
     if let Some(temp) = p.temperature {
         let sc = temp.scale_at(i as u32);
         qv.iter_mut().for_each(|x| *x *= sc);
@@ -196,20 +199,31 @@ fn one_query_head(c: &Ctx<'_, '_>, task: usize, o: &mut [f32]) {
     let off = kvh_i * d;
     let mut buf = vec![0f32; d];
     let head_of = Head { s, pages, dtype, sw, kvh, d, off, kvrow };
-    let mut scores: Vec<f32> =
-        (lo..=last).map(|j| dot(&qv, head_of.at(c.k_cache, c.k_new, &mut buf, j, true)) * p.scale).collect();
-    let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for sc in scores.iter_mut() {
-        *sc = (*sc - m).exp();
-        sum += *sc;
+    // scores[g · n + jj]: query head g's score of key lo + jj.
+    let mut scores = vec![0f32; group * n];
+    for (jj, j) in (lo..=last).enumerate() {
+        let key = head_of.at(c.k_cache, c.k_new, &mut buf, j, true);
+        for g in 0..group {
+            scores[g * n + jj] = dot(&qv[g * d..(g + 1) * d], key) * p.scale;
+        }
+    }
+    let mut sums = vec![0f32; group];
+    for (g, sum) in sums.iter_mut().enumerate() {
+        let sc = &mut scores[g * n..(g + 1) * n];
+        let m = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        for v in sc.iter_mut() {
+            *v = (*v - m).exp();
+            *sum += *v;
+        }
     }
     o.iter_mut().for_each(|x| *x = 0.0);
-    for (j, &w) in (lo..=last).zip(&scores) {
+    for (jj, j) in (lo..=last).enumerate() {
         let v = head_of.at(c.v_cache, c.v_new, &mut buf, j, false);
-        let w = w / sum;
-        for (a, b) in o.iter_mut().zip(v.iter()) {
-            *a += w * b;
+        for (g, og) in o.chunks_exact_mut(d).enumerate() {
+            let w = scores[g * n + jj] / sums[g];
+            for (a, b) in og.iter_mut().zip(v.iter()) {
+                *a += w * b;
+            }
         }
     }
 }
