@@ -206,6 +206,12 @@ pub fn xw_acc(
     if small && !integer && super::xw::float_split_k(simd, x, m, k, n, w, w_off, ld, out) {
         return;
     }
+    // Float weights, more rows, AVX-512: register tiles over the weights as stored (xw512.rs).
+    #[cfg(target_arch = "x86_64")]
+    if !small && simd >= Simd::Avx512 && !matches!(w, WView::Quant(..)) {
+        // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect).
+        return unsafe { super::xw512::xw(x, m, k, n, w, w_off, ld, out) };
+    }
     // The few-rows path's blocks are NB wide; the GEMM's as gemm_block says.
     let wide = if small { NB } else { gemm_block(n) };
     pool::for_each(n.div_ceil(wide), |b| {

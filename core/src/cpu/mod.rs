@@ -23,6 +23,8 @@ pub mod simd;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 mod xw;
+#[cfg(target_arch = "x86_64")]
+mod xw512;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
