@@ -299,11 +299,6 @@ pub(crate) fn float_split_k(
     super::pool::chunks_mut(&mut part, m * n, |t, p| {
         let rows = t * SPLIT_K..((t + 1) * SPLIT_K).min(k);
         #[cfg(target_arch = "x86_64")]
-        if simd >= Simd::Avx512 {
-            // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect).
-            return unsafe { split_k_avx512(x, m, k, n, w, w_off, ld, rows, p) };
-        }
-        #[cfg(target_arch = "x86_64")]
         if simd >= Simd::Avx2 {
             // SAFETY: Avx2 (and Avx512, which includes it) is only chosen where the processor has AVX2, FMA
             // and F16C (Simd::detect).
@@ -324,23 +319,6 @@ pub(crate) fn float_split_k(
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn split_k_avx2(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    w: &WView,
-    w_off: usize,
-    ld: usize,
-    rows: std::ops::Range<usize>,
-    p: &mut [f32],
-) {
-    split_k_task::<true>(x, m, k, n, w, w_off, ld, rows, p)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn split_k_avx512(
     x: &[f32],
     m: usize,
     k: usize,
