@@ -246,27 +246,33 @@ pub fn engine<B: Backend>(
                 true
             }
         });
+        // What was accepted and cancelled shows before the step, which may be long.
+        publish(&s, &metrics, &mut seen);
         if let Err(e) = crate::backend_arg::step(&mut s) {
             eprintln!("herd serve: a step failed: {}", e.to_string().replace('\n', " "));
         }
-        // Also counts what ended outside the step (cancelled before it).
-        let now = s.stats();
-        metrics.prompt_tokens.inc_by(now.prompt_tokens - seen.prompt_tokens);
-        metrics.cached_prompt_tokens.inc_by(now.cached_prompt_tokens - seen.cached_prompt_tokens);
-        metrics.generated_tokens.inc_by(now.generated_tokens - seen.generated_tokens);
-        metrics.finished.inc_by(now.finished - seen.finished);
-        metrics.cancelled.inc_by(now.cancelled - seen.cancelled);
-        metrics.failed.inc_by(now.failed - seen.failed);
-        seen = now;
-        let (running, waiting) = s.load();
-        metrics.running.set(running as i64);
-        metrics.waiting.set(waiting as i64);
-        metrics.kv_tokens.set(s.cached_tokens() as i64);
-        metrics.prefix_cache_tokens.set(s.kept_tokens() as i64);
-        metrics.kv_bytes.set(s.cache_bytes() as i64);
-        if let Some(x) = s.model().expert_stats() {
-            metrics.expert_hits.set(x.hits as i64);
-            metrics.expert_misses.set(x.lookups.saturating_sub(x.hits) as i64);
-        }
+        publish(&s, &metrics, &mut seen);
+    }
+}
+
+/// Brings the metrics up to date with the scheduler (`seen`: its counters when last published).
+fn publish<B: Backend>(s: &Scheduler<B>, metrics: &Metrics, seen: &mut herd_core::schedule::SchedulerStats) {
+    let now = s.stats();
+    metrics.prompt_tokens.inc_by(now.prompt_tokens - seen.prompt_tokens);
+    metrics.cached_prompt_tokens.inc_by(now.cached_prompt_tokens - seen.cached_prompt_tokens);
+    metrics.generated_tokens.inc_by(now.generated_tokens - seen.generated_tokens);
+    metrics.finished.inc_by(now.finished - seen.finished);
+    metrics.cancelled.inc_by(now.cancelled - seen.cancelled);
+    metrics.failed.inc_by(now.failed - seen.failed);
+    *seen = now;
+    let (running, waiting) = s.load();
+    metrics.running.set(running as i64);
+    metrics.waiting.set(waiting as i64);
+    metrics.kv_tokens.set(s.cached_tokens() as i64);
+    metrics.prefix_cache_tokens.set(s.kept_tokens() as i64);
+    metrics.kv_bytes.set(s.cache_bytes() as i64);
+    if let Some(x) = s.model().expert_stats() {
+        metrics.expert_hits.set(x.hits as i64);
+        metrics.expert_misses.set(x.lookups.saturating_sub(x.hits) as i64);
     }
 }

@@ -88,19 +88,24 @@ fn a_thousand_faults_leave_the_server_idle() {
     let deep = vec![b'['; 10 << 20];
     let (st, _, _) = srv.raw("POST", "/v1/chat/completions", &[], &deep);
     assert_eq!(st, 400, "10 MB of [");
+    // Clients that left right after asking may still be reaching the engine: wait for the counts to settle.
     let t0 = Instant::now();
     loop {
         let idle = ["herd_requests_running", "herd_requests_waiting", "herd_kv_cache_tokens"]
             .iter()
             .all(|m| srv.metric(m) == 0.0);
-        if idle {
+        let ended = srv.metric("herd_requests_finished_total") + srv.metric("herd_requests_cancelled_total");
+        let (total, failed) = (srv.metric("herd_requests_total"), srv.metric("herd_requests_failed_total"));
+        if idle && ended == total {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "the server did not go back to idle");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the server did not go back to idle, or accepted requests never ended: {total} accepted, {ended} \
+             finished or cancelled, {failed} failed"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let ended = srv.metric("herd_requests_finished_total") + srv.metric("herd_requests_cancelled_total");
-    assert_eq!(ended, srv.metric("herd_requests_total"), "accepted requests that never ended");
     assert!(
         srv.metric("herd_requests_cancelled_total") >= 500.0,
         "{} cancelled",
