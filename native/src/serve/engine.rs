@@ -196,6 +196,8 @@ pub fn engine<B: Backend>(
         } else {
             None
         };
+        // Answered once the metrics count them: a client told its request is accepted finds it there.
+        let mut replies = Vec::new();
         for job in first.into_iter().chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
             let events = job.events.clone();
             let halt = job.stop.clone();
@@ -224,11 +226,15 @@ pub fn engine<B: Backend>(
                 Ok(id) => {
                     metrics.requests.inc();
                     live.insert(id, (job.events, job.stop));
-                    let _ = job.accepted.send(Ok(()));
+                    replies.push((job.accepted, Ok(())));
                 }
-                Err(e) => {
-                    let _ = job.accepted.send(Err(e));
-                }
+                Err(e) => replies.push((job.accepted, Err(e))),
+            }
+        }
+        if !replies.is_empty() {
+            publish(&s, &metrics, &mut seen);
+            for (to, r) in replies {
+                let _ = to.send(r);
             }
         }
         if stop.load(Ordering::Relaxed) {
