@@ -329,9 +329,9 @@ pub fn cases() -> Vec<Spec> {
             }
         }
     }
-    // Groups of 16 (two to a run of 32 in the CPU's integer kernels), and a k that is no multiple of 32
-    // (which those kernels leave to the f32 path).
-    for (m, k, n) in [(2, 96, 33), (4, 48, 19)] {
+    // Groups of 16 (two to a run of 32 in the CPU's integer kernels; a prefill's rows in its panel kernel),
+    // and a k that is no multiple of 32 (which those kernels leave to the f32 path).
+    for (m, k, n) in [(2, 96, 33), (4, 48, 19), (20, 96, 33)] {
         for dt in [q(4, 16, f16s, GroupAxis::Last), q(8, 16, bf16s, GroupAxis::Last)] {
             c.push(Spec::Matmul { m, k, n, dt });
         }
@@ -408,6 +408,9 @@ pub fn cases() -> Vec<Spec> {
         (2, 96, 64, 4, 2, 8, 32, false),
         (9, 64, 32, 4, 2, 4, 32, true),
         (20, 128, 64, 4, 1, 8, 64, true),
+        // Experts of a dozen rows and more (the CPU's packed-panel prefill, from 8 rows at q8, 16 at q4).
+        (48, 128, 64, 2, 1, 4, 32, false),
+        (40, 128, 96, 4, 2, 8, 32, false),
     ] {
         let dt = q(bits, group, f16s, GroupAxis::SecondLast);
         c.push(Spec::Moe { rows, d, f, experts, k, dt, written });

@@ -39,75 +39,8 @@ pub fn expert_activation_block(dtype: DType) -> Option<usize> {
     }
 }
 
-/// Rounds `x` (m rows of k) to 8-bit integers, per block of `block` elements of a row: the block's scale is
-/// `d = max|x| / 127` and each element becomes `round(x · (1 / d))` (ties to even; 0 for an all-zero block),
-/// computed in f32. With `q4_order`, each run of 32 integers is stored with its even elements first, then
-/// its odd ones (how a q4 weight's 16 bytes hold them: low nibbles, then high ones); the scales stay in
-/// block order. Returns the integers (m·k) and the scales (m·k / block).
-pub fn quantize_rows(x: &[f32], m: usize, k: usize, block: usize, q4_order: bool) -> (Vec<i8>, Vec<f32>) {
-    let (mut q, mut d) = (vec![0i8; m * k], vec![0f32; m * k / block]);
-    quantize_rows_inline(&x[..m * k], block, q4_order, &mut q, &mut d);
-    (q, d)
-}
-
-/// [`quantize_rows`] compiled for `simd` (with AVX2 the rounding is one instruction, not a libm call).
-pub(crate) fn quantize_rows_for(
-    simd: Simd,
-    x: &[f32],
-    m: usize,
-    k: usize,
-    block: usize,
-    q4: bool,
-) -> (Vec<i8>, Vec<f32>) {
-    let mut q = vec![0i8; m * k];
-    let mut d = vec![0f32; m * k / block];
-    // Rows in parallel for a prefill's many rows (the kernels wait for them), four to a task.
-    const ROWS: usize = 4;
-    let (qs, ds) = (pool::Shared::new(&mut q), pool::Shared::new(&mut d));
-    pool::for_each(if m >= 2 * ROWS { m.div_ceil(ROWS) } else { 1 }, |t| {
-        let rows = if m >= 2 * ROWS { t * ROWS..((t + 1) * ROWS).min(m) } else { 0..m };
-        let (xr, n) = (&x[rows.start * k..rows.end * k], rows.len() * k);
-        // SAFETY: task t alone writes its rows' elements of q and d.
-        let (q, d) = unsafe { (qs.slice(rows.start * k, n), ds.slice(rows.start * k / block, n / block)) };
-        #[cfg(target_arch = "x86_64")]
-        if simd >= Simd::Avx2 {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2(x: &[f32], block: usize, q4: bool, q: &mut [i8], d: &mut [f32]) {
-                quantize_rows_inline(x, block, q4, q, d)
-            }
-            // SAFETY: Avx2 is only chosen where the processor has AVX2 and FMA (Simd::detect).
-            return unsafe { avx2(xr, block, q4, q, d) };
-        }
-        let _ = simd;
-        quantize_rows_inline(xr, block, q4, q, d)
-    });
-    (q, d)
-}
-
-/// `x`'s rows rounded to int8 per group of `block` into `q`, with the groups' scales in `d`.
-#[inline(always)]
-fn quantize_rows_inline(x: &[f32], block: usize, q4_order: bool, q: &mut [i8], d: &mut [f32]) {
-    for (b, (xs, ds)) in x.chunks_exact(block).zip(d.iter_mut()).enumerate() {
-        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let scale = amax / 127.0;
-        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-        *ds = scale;
-        let qs = &mut q[b * block..(b + 1) * block];
-        for (o, &v) in qs.iter_mut().zip(xs) {
-            *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-        }
-    }
-    if q4_order {
-        for run in q.chunks_exact_mut(32) {
-            let mut t = [0i8; 32];
-            for i in 0..16 {
-                t[i] = run[2 * i];
-                t[16 + i] = run[2 * i + 1];
-            }
-            run.copy_from_slice(&t);
-        }
-    }
-}
+pub use super::quantize::quantize_rows;
+pub(crate) use super::quantize::quantize_rows_for;
 
 #[inline]
 fn bf16_to_f32(b: u16) -> f32 {
@@ -159,6 +92,12 @@ pub fn linear_quant(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WVi
     let tasks = n.div_ceil(ROWS_PER_TASK);
     let row_bytes = k * l.bits as usize / 8;
     let groups = k / l.group;
+    #[cfg(target_arch = "x86_64")]
+    if simd >= Simd::Avx512 && m >= super::qpanel::MIN_ROWS && super::qpanel::takes(l, k) {
+        // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect); the sizes were checked.
+        unsafe { super::qpanel::linear(x, m, k, n, bytes, l, out) };
+        return true;
+    }
     #[cfg(target_arch = "x86_64")]
     if simd >= Simd::Avx512 && super::vnni::takes(l.dtype(), k) {
         let mut acts = super::vnni::Acts::default();

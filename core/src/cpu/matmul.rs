@@ -1,8 +1,9 @@
 //! Matrix products on the CPU for every weight format: `linear` (x·Wᵀ, nn.Linear weights [n, k]) and
 //! `xw` (x·W, the fused expert tensors' input-major orientation). Few rows (decode) stream the weight once
 //! with dot products / row updates; so do quantized weights in the integer kernels' layouts at any row count
-//! (four rows at a time); other weights with many rows (prefill) have a block converted to f32 once and
-//! handed to `matrixmultiply`'s sgemm. Work is split over output columns on the pool ([`super::pool`]); accumulation is f32.
+//! (four rows at a time; with AVX-512, a prefill's rows take packed panels, qpanel.rs); other weights
+//! with many rows (prefill) have a block converted to f32 once and handed to `matrixmultiply`'s sgemm. Work is
+//! split over output columns on the pool ([`super::pool`]); accumulation is f32.
 
 use super::pool;
 use half::f16;
@@ -98,9 +99,10 @@ pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, ou
         return super::gemv::linear_small(simd, x, m, k, n, w, out);
     }
     // From AVX2 up, quantized weights in the integer kernels' layouts take them at every row count (the
-    // activations rounded to int8 per group, as llama.cpp's prefill does), so a row's result does not depend
-    // on its batch. The scalar kernels (no vector instructions to multiply bytes with) would be slower than
-    // converting to f32 for the sgemm, which keeps those rows.
+    // activations rounded to int8 per group, as llama.cpp's prefill does); with AVX-512, a prefill's many
+    // rows take the packed-panel kernel, whose f32 additions come in another order than the streaming one's
+    // (as the float formats' sgemm and GEMV do). The scalar kernels (no vector instructions to multiply
+    // bytes with) would be slower than converting to f32 for the sgemm, which keeps those rows.
     if simd >= Simd::Avx2 && super::gemv::linear_quant(simd, x, m, k, n, w, out) {
         return;
     }
@@ -184,7 +186,13 @@ pub fn xw_acc(
                 // SAFETY: Avx512 runs here (Simd::detect); integer_path and takes_xw hold for the whole op, so
                 // for every tile; columns n0..n0 + nb of `out` (m rows, stride n) belong to this task alone.
                 unsafe {
-                    super::vnni::xw_tiles(l, bytes, w_off + n0, ld, k, tiles, (&xq, &xd, &bias), m, p.0.add(n0), n)
+                    let a = (&xq[..], &xd[..], &bias[..]);
+                    if super::qpanel::xw_takes(l.bits, m) {
+                        // The same sums in the same order, the weights unpacked once for all the rows.
+                        super::qpanel::xw(l, bytes, w_off + n0, ld, k, 2 * tiles, a, m, p.0.add(n0), n)
+                    } else {
+                        super::vnni::xw_tiles(l, bytes, w_off + n0, ld, k, tiles, a, m, p.0.add(n0), n)
+                    }
                 };
                 let (c0, rest) = (n0 + 64 * tiles, nb - 64 * tiles);
                 if rest > 0 {
@@ -325,9 +333,13 @@ mod tests {
         use crate::quant::{quantize, DType, GroupAxis, Grouping, QuantLayout, ScaleType};
         let (e, k, n2) = (2, 64, 400);
         let n = n2 / 2;
-        for (bits, scale, m) in
-            [(8, ScaleType::F16, 1), (4, ScaleType::BF16, 3), (4, ScaleType::F16, 9), (8, ScaleType::BF16, 6)]
-        {
+        for (bits, scale, m) in [
+            (8, ScaleType::F16, 1),
+            (4, ScaleType::BF16, 3),
+            (4, ScaleType::F16, 9),
+            (8, ScaleType::BF16, 13),
+            (4, ScaleType::BF16, 17),
+        ] {
             let g = Grouping { group: 32, scale, axis: GroupAxis::SecondLast };
             let dt = if bits == 8 { DType::Q8(g) } else { DType::Q4(g) };
             let wf = rnd(e * k * n2, 5);
@@ -354,6 +366,17 @@ mod tests {
                 let err: f64 = out.iter().zip(want).map(|(&a, b)| (a as f64 - b).powi(2)).sum::<f64>()
                     / want.iter().map(|b| b * b).sum::<f64>();
                 assert!(err < 1e-12, "q{bits} {scale:?} m={m} {simd:?}: nmse {err:.3e}");
+                // Each row alone (the few-rows kernels) gives the same bits as in the batch (the panel kernel
+                // from 8 rows on AVX-512).
+                for r in 0..m {
+                    let mut one = vec![0.25f32; n];
+                    let w = WView::Quant(&bytes, l);
+                    xw_acc(simd, &x[r * k..(r + 1) * k], 1, k, n, &w, base, n2, &mut one, m <= SMALL_M);
+                    if simd >= Simd::Avx2 {
+                        let raw = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(raw(&one), raw(&out[r * n..(r + 1) * n]), "q{bits} m={m} {simd:?} row {r}");
+                    }
+                }
             }
         }
     }

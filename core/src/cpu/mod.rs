@@ -16,6 +16,9 @@ mod layer_norm;
 mod matmul;
 mod moe;
 pub mod pool;
+#[cfg(target_arch = "x86_64")]
+mod qpanel;
+mod quantize;
 mod rms_norm;
 mod rope;
 mod sample;

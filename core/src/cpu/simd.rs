@@ -10,8 +10,8 @@ pub enum Simd {
     /// x86-64 AVX2 with FMA and F16C.
     Avx2,
     /// x86-64 AVX-512 (F, BW, VL) with VNNI's 8-bit dot products, and everything of [`Simd::Avx2`]: the q8/q4
-    /// matmuls (decode and prefill) take 64 weights an instruction (core/src/cpu/vnni.rs); other kernels run
-    /// their AVX2 versions.
+    /// matmuls (decode and prefill) take 64 weights an instruction (core/src/cpu/vnni.rs, qpanel.rs), the f32
+    /// expert GEMM and f32 GEMV rows 16 lanes (xw512.rs, vnni.rs); other kernels run their AVX2 versions.
     Avx512,
 }
 

@@ -42,7 +42,7 @@ pub(crate) fn takes(dtype: DType, k: usize) -> bool {
 impl Acts {
     /// Rounds `x` (m rows of k) for a weight of `bits` in groups of `g` (a layout [`takes`] accepts).
     pub(crate) fn fill(&mut self, x: &[f32], m: usize, k: usize, g: usize, bits: u32) {
-        let (q, d) = super::gemv::quantize_rows_for(super::Simd::Avx2, x, m, k, g, false);
+        let (q, d) = super::gemv::quantize_rows_for(super::Simd::Avx512, x, m, k, g, false);
         self.d = d;
         let off: i32 = if bits == 4 { 8 } else { 128 };
         let block = g.max(64);
