@@ -225,6 +225,22 @@ thread_local! {
     static BUDGET: std::cell::Cell<Option<Budget>> = const { std::cell::Cell::new(None) };
 }
 
+/// Allocations made through [`BudgetedAlloc`] (new blocks and reallocations), every thread together.
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many allocations [`BudgetedAlloc`] has made so far (None where it is not the global allocator, so
+/// none are counted): `herd bench` reports them per decode step.
+pub fn allocations() -> Option<u64> {
+    match ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
+fn count_allocation() {
+    ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Runs `f` with at most `limit` bytes of new memory on this thread (allocations net of frees). Going
 /// past it ends the process with a one-line error naming `what`, exit code 1: an allocator cannot return
 /// an error, and the alternative is the machine's memory running out.
@@ -289,10 +305,12 @@ impl std::fmt::Display for Mib {
 // SAFETY: every call goes to the system allocator unchanged; the budget only decides whether to make it.
 unsafe impl std::alloc::GlobalAlloc for BudgetedAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_allocation();
         charge(layout.size(), 0);
         unsafe { std::alloc::System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_allocation();
         charge(layout.size(), 0);
         unsafe { std::alloc::System.alloc_zeroed(layout) }
     }
@@ -301,6 +319,7 @@ unsafe impl std::alloc::GlobalAlloc for BudgetedAlloc {
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        count_allocation();
         charge(new_size.saturating_sub(layout.size()), layout.size().saturating_sub(new_size));
         unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
     }

@@ -143,6 +143,8 @@ fn bench_one<B: Backend>(
     let (mut best_prefill, mut best_decode) = (f64::INFINITY, f64::INFINITY);
     // The expert cache during the last repetition's decode.
     let mut decode_stats = None;
+    // Allocations per decode step (everything the process allocates meanwhile), in the last repetition.
+    let mut decode_allocs = None;
     let model = Arc::new(model);
     for rep in 0..=a.repeat.max(1) {
         // Through the scheduler, as every generation runs: greedy, picked on the device (one id comes back
@@ -156,11 +158,15 @@ fn bench_one<B: Backend>(
         crate::backend_arg::step(&mut s)?;
         let prefill = t0.elapsed().as_secs_f64();
         let before = model.expert_stats();
+        let allocs = herd_core::limits::allocations();
         let t1 = Instant::now();
         while !s.is_idle() {
             crate::backend_arg::step(&mut s)?;
         }
         let decode = t1.elapsed().as_secs_f64();
+        if let (Some(a0), Some(a1)) = (allocs, herd_core::limits::allocations()) {
+            decode_allocs = Some((a1 - a0) as f64 / a.gen_tokens.max(1) as f64);
+        }
         let mut made = 0;
         while let Some(e) = events.pop() {
             match e {
@@ -196,7 +202,7 @@ fn bench_one<B: Backend>(
             "layers": layers, "ms_per_layer_token": ms_per_layer_token,
             "decode_weight_bytes_per_token": decode_bytes, "decode_weight_gb_s": decode_gbs,
             "synthetic": synth.as_ref().map(|s| s.0.clone()), "backend_stats": model.backend().stats(),
-            "kv_dtype": kv,
+            "kv_dtype": kv, "decode_allocations_per_token": decode_allocs,
         });
         if let Some(st) = model.expert_stats() {
             j["expert_cache"] = serde_json::json!({
@@ -228,6 +234,9 @@ fn bench_one<B: Backend>(
         println!("load: {load_s:.2} s");
         println!("prefill: {} tokens in {:.1} ms = {prefill_tps:.1} tok/s", prompt.len(), best_prefill * 1e3);
         println!("decode: {} tokens in {:.1} ms = {decode_tps:.1} tok/s", a.gen_tokens, best_decode * 1e3);
+        if let Some(n) = decode_allocs {
+            println!("decode allocations: {n:.1} per token (the whole process, while decoding)");
+        }
         println!(
             "decode weight traffic: {:.2} GB per token (active parameters x {per_param:.3} bytes) = {decode_gbs:.1} GB/s at that speed",
             decode_bytes as f64 / 1e9
