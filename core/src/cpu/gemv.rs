@@ -100,46 +100,60 @@ pub fn linear_quant(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WVi
     }
     #[cfg(target_arch = "x86_64")]
     if simd >= Simd::Avx512 && super::vnni::takes(l.dtype(), k) {
-        let mut acts = super::vnni::Acts::default();
-        acts.fill(x, m, k, l.group, l.bits);
-        pool::for_each(tasks, |t| {
-            let mut acc = [0f32; 4];
-            for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-                let s0 = l.scale_offset + 2 * j * groups;
-                let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
-                let scales = &bytes[s0..s0 + 2 * groups];
-                for r0 in (0..m).step_by(4) {
-                    let mm = 4.min(m - r0);
-                    // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect); acts was
-                    // filled for this layout, m rows and k; the row holds k elements' bytes, `scales` its k / g.
-                    unsafe { super::vnni::row(l.bits, l.group, l.scale, row, scales, &acts, r0, mm, k, &mut acc) };
-                    for (r, &v) in acc[..mm].iter().enumerate() {
-                        put(r0 + r, j, v);
+        return pool::with_scratch(&super::vnni::ACTS, |acts| {
+            acts.fill(x, m, k, l.group, l.bits);
+            let acts: &super::vnni::Acts = acts;
+            pool::for_each(tasks, |t| {
+                let mut acc = [0f32; 4];
+                for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
+                    let s0 = l.scale_offset + 2 * j * groups;
+                    let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
+                    let scales = &bytes[s0..s0 + 2 * groups];
+                    for r0 in (0..m).step_by(4) {
+                        let mm = 4.min(m - r0);
+                        // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect); acts was
+                        // filled for this layout, m rows and k; the row holds k elements' bytes, `scales` its k / g.
+                        unsafe { super::vnni::row(l.bits, l.group, l.scale, row, scales, acts, r0, mm, k, &mut acc) };
+                        for (r, &v) in acc[..mm].iter().enumerate() {
+                            put(r0 + r, j, v);
+                        }
                     }
                 }
-            }
+            });
+            true
         });
-        return true;
     }
-    let (xq, xd) = quantize_rows_for(simd, x, m, k, l.group, l.bits == 4);
-    pool::for_each(tasks, |t| {
-        let mut scales = vec![0f32; groups];
-        let mut raw = vec![f16::ZERO; groups];
-        let mut acc = [0f32; 4];
-        for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-            let s0 = l.scale_offset + 2 * j * groups;
-            scales_f32(l.scale, &bytes[s0..s0 + 2 * groups], &mut raw, &mut scales);
-            let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
-            for r0 in (0..m).step_by(4) {
-                let mm = 4.min(m - r0);
-                quant_row(simd, l, row, &scales, &xq[r0 * k..], &xd[r0 * groups..], mm, k, &mut acc);
-                for (r, &v) in acc[..mm].iter().enumerate() {
-                    put(r0 + r, j, v);
+    pool::with_scratch(&ROUNDED, |(xq, xd)| {
+        super::quantize::quantize_rows_into(simd, x, m, k, l.group, l.bits == 4, xq, xd);
+        let (xq, xd) = (&xq[..], &xd[..]);
+        pool::for_each(tasks, |t| {
+            pool::with_scratch(&ROW_SCALES, |(scales, raw)| {
+                scales.resize(groups, 0.0);
+                raw.resize(groups, f16::ZERO);
+                let mut acc = [0f32; 4];
+                for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
+                    let s0 = l.scale_offset + 2 * j * groups;
+                    scales_f32(l.scale, &bytes[s0..s0 + 2 * groups], raw, scales);
+                    let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
+                    for r0 in (0..m).step_by(4) {
+                        let mm = 4.min(m - r0);
+                        quant_row(simd, l, row, scales, &xq[r0 * k..], &xd[r0 * groups..], mm, k, &mut acc);
+                        for (r, &v) in acc[..mm].iter().enumerate() {
+                            put(r0 + r, j, v);
+                        }
+                    }
                 }
-            }
-        }
+            })
+        });
     });
     true
+}
+
+thread_local! {
+    /// The rounded activations of a call ([`linear_quant`]'s AVX2 and scalar path), and a task's weight scales
+    /// as f32: kept per thread so a decode step allocates nothing.
+    static ROUNDED: std::cell::RefCell<(Vec<i8>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static ROW_SCALES: std::cell::RefCell<(Vec<f32>, Vec<f16>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` for a few rows `m` (1..=4).

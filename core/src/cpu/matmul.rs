@@ -84,6 +84,13 @@ fn gemm_block(n: usize) -> usize {
 /// (measured on the expert and dense matmuls of a hidden-1024 model, 2-core EPYC).
 pub(crate) const SMALL_M: usize = 4;
 
+thread_local! {
+    /// The rounded activations of an expert product (integers, scales, group biases), kept per thread so a
+    /// decode step allocates nothing once warm.
+    static ROUNDED: std::cell::RefCell<(Vec<i8>, Vec<f32>, Vec<i32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
 /// A raw pointer that parallel tasks may share because each writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -177,37 +184,39 @@ pub fn xw_acc(
         if integer && simd >= Simd::Avx512 && super::vnni::takes_xw(l) {
             // The activations are rounded once for every task; 64-column tiles take the VNNI kernel, the rest
             // of a block (n not a multiple of 64) the AVX2 one.
-            let (xq, xd) = super::gemv::quantize_rows_for(simd, x, m, k, l.group, false);
-            let bias = super::vnni::xw_bias(&xq, l.group, l.bits);
-            pool::for_each(n.div_ceil(NB), |b| {
-                let (n0, p) = (b * NB, ptr);
-                let nb = NB.min(n - n0);
-                let tiles = nb / 64;
-                // SAFETY: Avx512 runs here (Simd::detect); integer_path and takes_xw hold for the whole op, so
-                // for every tile; columns n0..n0 + nb of `out` (m rows, stride n) belong to this task alone.
-                unsafe {
-                    let a = (&xq[..], &xd[..], &bias[..]);
-                    if super::qpanel::xw_takes(l.bits, m) {
-                        // The same sums in the same order, the weights unpacked once for all the rows.
-                        super::qpanel::xw(l, bytes, w_off + n0, ld, k, 2 * tiles, a, m, p.0.add(n0), n)
-                    } else {
-                        super::vnni::xw_tiles(l, bytes, w_off + n0, ld, k, tiles, a, m, p.0.add(n0), n)
-                    }
-                };
-                let (c0, rest) = (n0 + 64 * tiles, nb - 64 * tiles);
-                if rest > 0 {
-                    let mut acc = vec![0f32; m * rest];
-                    super::xw::block(Simd::Avx2, x, m, k, w, w_off, ld, c0, &mut acc);
-                    for r in 0..m {
-                        // SAFETY: row r, columns c0..c0 + rest of `out`: this task's.
-                        let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * n + c0), rest) };
-                        for (ov, a) in o.iter_mut().zip(&acc[r * rest..(r + 1) * rest]) {
-                            *ov += a;
+            return pool::with_scratch(&ROUNDED, |(xq, xd, bias)| {
+                super::quantize::quantize_rows_into(simd, x, m, k, l.group, false, xq, xd);
+                super::vnni::xw_bias_into(xq, l.group, l.bits, bias);
+                let (xq, xd, bias) = (&xq[..], &xd[..], &bias[..]);
+                pool::for_each(n.div_ceil(NB), |b| {
+                    let (n0, p) = (b * NB, ptr);
+                    let nb = NB.min(n - n0);
+                    let tiles = nb / 64;
+                    // SAFETY: Avx512 runs here (Simd::detect); integer_path and takes_xw hold for the whole op, so
+                    // for every tile; columns n0..n0 + nb of `out` (m rows, stride n) belong to this task alone.
+                    unsafe {
+                        let a = (xq, xd, bias);
+                        if super::qpanel::xw_takes(l.bits, m) {
+                            // The same sums in the same order, the weights unpacked once for all the rows.
+                            super::qpanel::xw(l, bytes, w_off + n0, ld, k, 2 * tiles, a, m, p.0.add(n0), n)
+                        } else {
+                            super::vnni::xw_tiles(l, bytes, w_off + n0, ld, k, tiles, a, m, p.0.add(n0), n)
+                        }
+                    };
+                    let (c0, rest) = (n0 + 64 * tiles, nb - 64 * tiles);
+                    if rest > 0 {
+                        let mut acc = vec![0f32; m * rest];
+                        super::xw::block(Simd::Avx2, x, m, k, w, w_off, ld, c0, &mut acc);
+                        for r in 0..m {
+                            // SAFETY: row r, columns c0..c0 + rest of `out`: this task's.
+                            let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * n + c0), rest) };
+                            for (ov, a) in o.iter_mut().zip(&acc[r * rest..(r + 1) * rest]) {
+                                *ov += a;
+                            }
                         }
                     }
-                }
+                });
             });
-            return;
         }
     }
     // Float weights, a few rows: whole rows of W streamed, k split over the tasks.

@@ -65,7 +65,7 @@ pub(crate) unsafe fn linear(x: &[f32], m: usize, k: usize, n: usize, bytes: &[u8
     pool::for_each(n.div_ceil(PANEL), |t| {
         let j0 = t * PANEL;
         let rows = PANEL.min(n - j0);
-        SCRATCH.with_borrow_mut(|(w, s)| {
+        pool::with_scratch(&SCRATCH, |(w, s)| {
             w.resize(k * PANEL, 0);
             s.resize(groups * PANEL, 0.0);
             // SAFETY: the caller's; rows j0..j0 + rows are in the weight.
@@ -258,7 +258,7 @@ pub(crate) unsafe fn xw(
 ) {
     let (g, groups) = (l.group, k / l.group);
     debug_assert!(xq.len() >= m * k && xd.len() >= m * groups && bias.len() >= m * groups && g.is_multiple_of(4));
-    SCRATCH.with_borrow_mut(|(w, s)| {
+    pool::with_scratch(&SCRATCH, |(w, s)| {
         // q4: two panels at a time (64 columns, 32 bytes a row), each with its even and odd columns apart.
         let step = if l.bits == 4 { 2 } else { 1 };
         w.resize(step * k * PANEL, 0);

@@ -26,11 +26,30 @@ pub(crate) fn quantize_rows_for(
     block: usize,
     q4: bool,
 ) -> (Vec<i8>, Vec<f32>) {
-    let mut q = vec![0i8; m * k];
-    let mut d = vec![0f32; m * k / block];
+    let (mut q, mut d) = (Vec::new(), Vec::new());
+    quantize_rows_into(simd, x, m, k, block, q4, &mut q, &mut d);
+    (q, d)
+}
+
+/// [`quantize_rows_for`] into the caller's buffers (resized to m·k and m·k / block), which a decode step
+/// keeps from one call to the next instead of allocating.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quantize_rows_into(
+    simd: Simd,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    block: usize,
+    q4: bool,
+    q: &mut Vec<i8>,
+    d: &mut Vec<f32>,
+) {
+    q.resize(m * k, 0);
+    d.resize(m * k / block, 0.0);
+    let (q, d) = (&mut q[..m * k], &mut d[..m * k / block]);
     // Rows in parallel for a prefill's many rows (the kernels wait for them), four to a task.
     const ROWS: usize = 4;
-    let (qs, ds) = (pool::Shared::new(&mut q), pool::Shared::new(&mut d));
+    let (qs, ds) = (pool::Shared::new(q), pool::Shared::new(d));
     pool::for_each(if m >= 2 * ROWS { m.div_ceil(ROWS) } else { 1 }, |t| {
         let rows = if m >= 2 * ROWS { t * ROWS..((t + 1) * ROWS).min(m) } else { 0..m };
         let (xr, n) = (&x[rows.start * k..rows.end * k], rows.len() * k);
@@ -56,7 +75,6 @@ pub(crate) fn quantize_rows_for(
         let _ = simd;
         quantize_rows_inline(xr, block, q4, q, d)
     });
-    (q, d)
 }
 
 /// `x`'s rows rounded to int8 per group of `block` into `q`, with the groups' scales in `d`.

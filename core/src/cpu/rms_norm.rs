@@ -6,22 +6,39 @@ use super::pool;
 use super::{need, WView};
 use crate::error::Result;
 
-fn weight_f32(w: Option<WView>, dim: usize) -> Result<Option<Vec<f32>>> {
+thread_local! {
+    /// A weight converted to f32 (f32 weights are read in place), kept per thread so a step allocates nothing.
+    static WEIGHT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the weight as f32 (None: no weight).
+fn with_weight<R>(w: Option<WView>, dim: usize, f: impl FnOnce(Option<&[f32]>) -> R) -> Result<R> {
     match w {
-        None => Ok(None),
+        None => Ok(f(None)),
         Some(w) => {
             need("rms_norm weight", w.len(), dim)?;
-            let mut v = vec![0f32; dim];
-            w.to_f32(0, &mut v);
-            Ok(Some(v))
+            if let WView::F32(v) = w {
+                return Ok(f(Some(&v[..dim])));
+            }
+            pool::with_scratch(&WEIGHT, |v| {
+                v.resize(dim, 0.0);
+                w.to_f32(0, v);
+                Ok(f(Some(&v[..])))
+            })
         }
     }
 }
 
+/// `1 / sqrt(mean(x²) + eps)`.
+#[inline]
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ss + eps).sqrt()
+}
+
 #[inline]
 fn norm_row(x: &[f32], w: Option<&[f32]>, eps: f32, y: &mut [f32]) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let r = 1.0 / (ss + eps).sqrt();
+    let r = inv_rms(x, eps);
     match w {
         Some(w) => {
             for ((o, &v), &g) in y.iter_mut().zip(x).zip(w) {
@@ -39,19 +56,22 @@ fn norm_row(x: &[f32], w: Option<&[f32]>, eps: f32, y: &mut [f32]) {
 pub fn rms_norm(x: &[f32], w: Option<WView>, rows: usize, dim: usize, eps: f32, out: &mut [f32]) -> Result<()> {
     need("rms_norm x", x.len(), rows * dim)?;
     need("rms_norm out", out.len(), rows * dim)?;
-    let w = weight_f32(w, dim)?;
-    pool::chunks_mut(&mut out[..rows * dim], dim, |r, y| norm_row(&x[r * dim..(r + 1) * dim], w.as_deref(), eps, y));
-    Ok(())
+    with_weight(w, dim, |w| {
+        pool::chunks_mut(&mut out[..rows * dim], dim, |r, y| norm_row(&x[r * dim..(r + 1) * dim], w, eps, y))
+    })
 }
 
 pub fn rms_norm_inplace(x: &mut [f32], w: Option<WView>, rows: usize, dim: usize, eps: f32) -> Result<()> {
     need("rms_norm x", x.len(), rows * dim)?;
-    let w = weight_f32(w, dim)?;
-    pool::chunks_mut(&mut x[..rows * dim], dim, |_, row| {
-        let src = row.to_vec();
-        norm_row(&src, w.as_deref(), eps, row)
-    });
-    Ok(())
+    with_weight(w, dim, |w| {
+        pool::chunks_mut(&mut x[..rows * dim], dim, |_, row| {
+            let r = inv_rms(row, eps);
+            match w {
+                Some(w) => row.iter_mut().zip(w).for_each(|(v, &g)| *v = *v * r * g),
+                None => row.iter_mut().for_each(|v| *v *= r),
+            }
+        })
+    })
 }
 
 /// `acc[r] += x[r]`, then `out[r] = rms_norm(acc[r]) · w`, one pass over each row.
@@ -67,14 +87,14 @@ pub fn add_rms_norm(
     need("add_rms_norm acc", acc.len(), rows * dim)?;
     need("add_rms_norm x", x.len(), rows * dim)?;
     need("add_rms_norm out", out.len(), rows * dim)?;
-    let w = weight_f32(Some(w), dim)?;
     let y = pool::Shared::new(&mut out[..rows * dim]);
-    pool::chunks_mut(&mut acc[..rows * dim], dim, |r, a| {
-        for (a, &x) in a.iter_mut().zip(&x[r * dim..(r + 1) * dim]) {
-            *a += x;
-        }
-        // SAFETY: row r of `out` is this task's alone.
-        norm_row(a, w.as_deref(), eps, unsafe { y.slice(r * dim, dim) })
-    });
-    Ok(())
+    with_weight(Some(w), dim, |w| {
+        pool::chunks_mut(&mut acc[..rows * dim], dim, |r, a| {
+            for (a, &x) in a.iter_mut().zip(&x[r * dim..(r + 1) * dim]) {
+                *a += x;
+            }
+            // SAFETY: row r of `out` is this task's alone.
+            norm_row(a, w, eps, unsafe { y.slice(r * dim, dim) })
+        })
+    })
 }

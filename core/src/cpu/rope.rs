@@ -20,15 +20,20 @@ pub fn rope(
     need("rope inv_freq", inv_freq.len(), head_dim / 2)?;
     pool::chunks_mut(&mut x[..rows * row], row, |r, xr| {
         let p = positions[r] as f32;
-        let cs: Vec<(f32, f32)> = inv_freq[..head_dim / 2]
-            .iter()
-            .map(|&f| {
-                let a = p * f;
-                (a.cos(), a.sin())
-            })
-            .collect();
+        // The row's angles, on the stack for heads up to 512 wide (else on the heap).
+        let (mut stack, mut heap) = ([(0f32, 0f32); 256], Vec::new());
+        let cs = if head_dim / 2 <= stack.len() {
+            &mut stack[..head_dim / 2]
+        } else {
+            heap.resize(head_dim / 2, (0f32, 0f32));
+            &mut heap[..]
+        };
+        for (c, &f) in cs.iter_mut().zip(&inv_freq[..head_dim / 2]) {
+            let a = p * f;
+            *c = (a.cos(), a.sin());
+        }
         for h in xr.chunks_mut(head_dim) {
-            for (pair, &(c, s)) in h.chunks_exact_mut(2).zip(&cs) {
+            for (pair, &(c, s)) in h.chunks_exact_mut(2).zip(cs.iter()) {
                 let (a, b) = (pair[0], pair[1]);
                 pair[0] = a * c - b * s;
                 pair[1] = a * s + b * c;

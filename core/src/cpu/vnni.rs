@@ -26,6 +26,13 @@ pub(crate) struct Acts {
     /// -off · Σ of each lane's 4 integers, summed over the lanes' chunks of a block (a block: 64 elements, or
     /// the group when it is larger): m · (k / block) · 16 i32.
     bias: Vec<i32>,
+    /// The rounded integers in natural order, before they are reordered into `q`.
+    natural: Vec<i8>,
+}
+
+thread_local! {
+    /// The activations of the calls on this thread, kept so a decode step allocates nothing.
+    pub(crate) static ACTS: std::cell::RefCell<Acts> = std::cell::RefCell::new(Acts::default());
 }
 
 /// Whether the VNNI kernel takes an `[n, k]` weight of `dtype`.
@@ -42,8 +49,8 @@ pub(crate) fn takes(dtype: DType, k: usize) -> bool {
 impl Acts {
     /// Rounds `x` (m rows of k) for a weight of `bits` in groups of `g` (a layout [`takes`] accepts).
     pub(crate) fn fill(&mut self, x: &[f32], m: usize, k: usize, g: usize, bits: u32) {
-        let (q, d) = super::gemv::quantize_rows_for(super::Simd::Avx512, x, m, k, g, false);
-        self.d = d;
+        let mut q = std::mem::take(&mut self.natural);
+        super::quantize::quantize_rows_into(super::Simd::Avx512, x, m, k, g, false, &mut q, &mut self.d);
         let off: i32 = if bits == 4 { 8 } else { 128 };
         let block = g.max(64);
         self.q.resize(m * k, 0);
@@ -67,6 +74,7 @@ impl Acts {
                 self.bias[b * 16 + lane] -= off * four.iter().map(|&v| v as i32).sum::<i32>();
             }
         }
+        self.natural = q;
     }
 }
 
@@ -430,8 +438,16 @@ pub(crate) fn takes_xw(l: &crate::quant::QuantLayout) -> bool {
 /// The per-group biases [`xw_tiles`] takes: `-off · Σ` of each group of g of `xq`'s integers, off = 8 for q4
 /// and 128 for q8 (each lane's sums hold off · Σ x too, since the weights are made unsigned).
 pub(crate) fn xw_bias(xq: &[i8], g: usize, bits: u32) -> Vec<i32> {
+    let mut b = Vec::new();
+    xw_bias_into(xq, g, bits, &mut b);
+    b
+}
+
+/// [`xw_bias`] into the caller's buffer.
+pub(crate) fn xw_bias_into(xq: &[i8], g: usize, bits: u32, out: &mut Vec<i32>) {
     let off: i32 = if bits == 4 { 8 } else { 128 };
-    xq.chunks_exact(g).map(|c| -off * c.iter().map(|&v| v as i32).sum::<i32>()).collect()
+    out.clear();
+    out.extend(xq.chunks_exact(g).map(|c| -off * c.iter().map(|&v| v as i32).sum::<i32>()));
 }
 
 /// The expert decode kernel: `out[r · ld_out + j] += Σ_kk x[r, kk] · W[kk, j]` for j < 64 · tiles, W's element
