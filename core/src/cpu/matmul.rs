@@ -91,13 +91,6 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// A raw pointer that parallel tasks may share because each writes a disjoint set of elements.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to let parallel tasks write disjoint column blocks of one output matrix.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` (w row-major, an nn.Linear weight). A few rows take the GEMV kernels
 /// ([`super::gemv`]), more the packed sgemm on blocks of the weight converted to f32.
 pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) {
@@ -114,7 +107,7 @@ pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, ou
         return;
     }
     let wide = gemm_block(n);
-    let ptr = SendPtr(out.as_mut_ptr());
+    let ptr = pool::Shared::new(&mut out[..m * n]);
     pool::for_each(n.div_ceil(wide), |b| {
         let n0 = b * wide;
         let nb = wide.min(n - n0);
@@ -128,7 +121,7 @@ pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, ou
                 &conv
             }
         };
-        let p = ptr;
+        let p = &ptr;
         // SAFETY: x is m×k (row stride k), wb is nb×k read as its transpose (k×nb: row stride 1, column
         // stride k), and the output block is columns n0..n0+nb of the m×n matrix `out` (row stride n), which
         // no other task writes. All extents are within the slices checked above.
@@ -145,7 +138,7 @@ pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, ou
                 1,
                 k as isize,
                 0.0,
-                p.0.add(n0),
+                p.ptr().add(n0),
                 n as isize,
                 1,
             );
@@ -172,7 +165,6 @@ pub fn xw_acc(
 ) {
     debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= w_off + (k - 1) * ld + n);
     const NB: usize = 128;
-    let ptr = SendPtr(out.as_mut_ptr());
     // From AVX2 up, quantized expert tensors in the integer kernels' layout take them at every row count (the
     // activations rounded to int8 per group, as llama.cpp's prefill does): the row-by-row path, whatever
     // `small` says (see `linear` for the scalar level).
@@ -184,12 +176,13 @@ pub fn xw_acc(
         if integer && simd >= Simd::Avx512 && super::vnni::takes_xw(l) {
             // The activations are rounded once for every task; 64-column tiles take the VNNI kernel, the rest
             // of a block (n not a multiple of 64) the AVX2 one.
+            let ptr = pool::Shared::new(&mut out[..m * n]);
             return pool::with_scratch(&ROUNDED, |(xq, xd, bias)| {
                 super::quantize::quantize_rows_into(simd, x, m, k, l.group, false, xq, xd);
                 super::vnni::xw_bias_into(xq, l.group, l.bits, bias);
                 let (xq, xd, bias) = (&xq[..], &xd[..], &bias[..]);
                 pool::for_each(n.div_ceil(NB), |b| {
-                    let (n0, p) = (b * NB, ptr);
+                    let (n0, p) = (b * NB, &ptr);
                     let nb = NB.min(n - n0);
                     let tiles = nb / 64;
                     // SAFETY: Avx512 runs here (Simd::detect); integer_path and takes_xw hold for the whole op, so
@@ -198,9 +191,9 @@ pub fn xw_acc(
                         let a = (xq, xd, bias);
                         if super::qpanel::xw_takes(l.bits, m) {
                             // The same sums in the same order, the weights unpacked once for all the rows.
-                            super::qpanel::xw(l, bytes, w_off + n0, ld, k, 2 * tiles, a, m, p.0.add(n0), n)
+                            super::qpanel::xw(l, bytes, w_off + n0, ld, k, 2 * tiles, a, m, p.ptr().add(n0), n)
                         } else {
-                            super::vnni::xw_tiles(l, bytes, w_off + n0, ld, k, tiles, a, m, p.0.add(n0), n)
+                            super::vnni::xw_tiles(l, bytes, w_off + n0, ld, k, tiles, a, m, p.ptr().add(n0), n)
                         }
                     };
                     let (c0, rest) = (n0 + 64 * tiles, nb - 64 * tiles);
@@ -209,7 +202,7 @@ pub fn xw_acc(
                         super::xw::block(Simd::Avx2, x, m, k, w, w_off, ld, c0, &mut acc);
                         for r in 0..m {
                             // SAFETY: row r, columns c0..c0 + rest of `out`: this task's.
-                            let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * n + c0), rest) };
+                            let o = unsafe { std::slice::from_raw_parts_mut(p.ptr().add(r * n + c0), rest) };
                             for (ov, a) in o.iter_mut().zip(&acc[r * rest..(r + 1) * rest]) {
                                 *ov += a;
                             }
@@ -231,16 +224,17 @@ pub fn xw_acc(
     }
     // The few-rows path's blocks are NB wide; the GEMM's as gemm_block says.
     let wide = if small { NB } else { gemm_block(n) };
+    let ptr = pool::Shared::new(&mut out[..m * n]);
     pool::for_each(n.div_ceil(wide), |b| {
         let n0 = b * wide;
         let nb = wide.min(n - n0);
-        let p = ptr;
+        let p = &ptr;
         if small {
             let mut acc = vec![0f32; m * nb];
             super::xw::block(simd, x, m, k, w, w_off, ld, n0, &mut acc);
             for r in 0..m {
                 // SAFETY: row r, columns n0..n0+nb of `out` belong to this task alone.
-                let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * n + n0), nb) };
+                let o = unsafe { std::slice::from_raw_parts_mut(p.ptr().add(r * n + n0), nb) };
                 for (ov, a) in o.iter_mut().zip(&acc[r * nb..(r + 1) * nb]) {
                     *ov += a;
                 }
@@ -275,7 +269,7 @@ pub fn xw_acc(
                     rs as isize,
                     1,
                     1.0,
-                    p.0.add(n0),
+                    p.ptr().add(n0),
                     n as isize,
                     1,
                 );
