@@ -12,6 +12,7 @@
 mod attention;
 mod elementwise;
 pub mod gemv;
+mod kv_store;
 mod layer_norm;
 mod matmul;
 mod moe;
@@ -400,15 +401,15 @@ impl Backend for CpuBackend {
         let &ops::KvStore { k_new, v_new, k_cache, v_cache, pages, seqs, kv_heads, head_dim } = call;
         if pages.dtype == crate::kv_format::KvDtype::F32 {
             let kv_dim = kv_heads * head_dim;
-            attention::kv_store(&k_new.f32()?, &mut k_cache.f32_mut()?, pages, seqs, kv_dim)?;
-            return attention::kv_store(&v_new.f32()?, &mut v_cache.f32_mut()?, pages, seqs, kv_dim);
+            kv_store::kv_store(&k_new.f32()?, &mut k_cache.f32_mut()?, pages, seqs, kv_dim)?;
+            return kv_store::kv_store(&v_new.f32()?, &mut v_cache.f32_mut()?, pages, seqs, kv_dim);
         }
         if pages.dtype == crate::kv_format::KvDtype::Q4 {
-            attention::kv_store_q4_keys(&k_new.f32()?, &mut k_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)?;
+            kv_store::kv_store_q4_keys(&k_new.f32()?, &mut k_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)?;
         } else {
-            attention::kv_store_words(&k_new.f32()?, &mut k_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)?;
+            kv_store::kv_store_words(&k_new.f32()?, &mut k_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)?;
         }
-        attention::kv_store_words(&v_new.f32()?, &mut v_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)
+        kv_store::kv_store_words(&v_new.f32()?, &mut v_cache.u32_mut()?, pages, seqs, kv_heads, head_dim)
     }
 
     fn run_add(&self, call: &ops::Add<'_, Self>) -> Result<()> {

@@ -148,16 +148,7 @@ unsafe fn pack(bytes: &[u8], l: &QuantLayout, k: usize, j0: usize, rows: usize, 
         }
         for gi in 0..groups {
             for i in 0..16 {
-                s[32 * gi + 16 * b + i] = if i < live {
-                    let o = l.scale_offset + 2 * ((first + i) * groups + gi);
-                    let h = u16::from_le_bytes([bytes[o], bytes[o + 1]]);
-                    match l.scale {
-                        ScaleType::F16 => half::f16::from_bits(h).to_f32(),
-                        ScaleType::BF16 => f32::from_bits((h as u32) << 16),
-                    }
-                } else {
-                    0.0
-                };
+                s[32 * gi + 16 * b + i] = if i < live { scale_f32(l, bytes, (first + i) * groups + gi) } else { 0.0 };
             }
         }
     }
@@ -333,19 +324,7 @@ unsafe fn pack_xw(bytes: &[u8], l: &QuantLayout, e0: usize, ld: usize, k: usize,
             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
         }
         let r: [__m256i; 4] = std::array::from_fn(|i| row(4 * q + i));
-        // Per 128-bit half (columns 0-15, then 16-31): bytes of rows 0, 1 (a: columns 0-7, b: 8-15) and 2, 3,
-        // then each column's four bytes: v0 columns 0-3 | 16-19, v1 4-7 | 20-23, v2 8-11 | 24-27, v3 12-15 | 28-31.
-        let (a, b) = (_mm256_unpacklo_epi8(r[0], r[1]), _mm256_unpackhi_epi8(r[0], r[1]));
-        let (c, d) = (_mm256_unpacklo_epi8(r[2], r[3]), _mm256_unpackhi_epi8(r[2], r[3]));
-        let v = [
-            _mm256_unpacklo_epi16(a, c),
-            _mm256_unpackhi_epi16(a, c),
-            _mm256_unpacklo_epi16(b, d),
-            _mm256_unpackhi_epi16(b, d),
-        ];
-        let join = |x: __m256i, y: __m256i| _mm512_inserti64x4(_mm512_castsi256_si512(x), y, 1);
-        let lo = join(_mm256_permute2x128_si256::<0x20>(v[0], v[1]), _mm256_permute2x128_si256::<0x20>(v[2], v[3]));
-        let hi = join(_mm256_permute2x128_si256::<0x31>(v[0], v[1]), _mm256_permute2x128_si256::<0x31>(v[2], v[3]));
+        let (lo, hi) = transpose4(r);
         // SAFETY: w holds k / 4 quads of 128 bytes.
         unsafe {
             _mm512_storeu_si512(wp.add(128 * q) as *mut __m512i, lo);
@@ -354,13 +333,9 @@ unsafe fn pack_xw(bytes: &[u8], l: &QuantLayout, e0: usize, ld: usize, k: usize,
     }
     for gi in 0..k / g {
         // The group's 32 scales are consecutive in the tensor.
-        let at = l.scale_offset + 2 * l.scale_index(e0 + gi * g * ld);
+        let at = l.scale_index(e0 + gi * g * ld);
         for (i, o) in s[32 * gi..32 * gi + 32].iter_mut().enumerate() {
-            let h = u16::from_le_bytes([bytes[at + 2 * i], bytes[at + 2 * i + 1]]);
-            *o = match l.scale {
-                ScaleType::F16 => half::f16::from_bits(h).to_f32(),
-                ScaleType::BF16 => f32::from_bits((h as u32) << 16),
-            };
+            *o = scale_f32(l, bytes, at + i);
         }
     }
 }
@@ -379,20 +354,8 @@ unsafe fn pack_xw4(bytes: &[u8], l: &QuantLayout, e0: usize, ld: usize, k: usize
         let r: [__m256i; 4] = std::array::from_fn(|i| unsafe {
             _mm256_loadu_si256(bp.add((e0 + (4 * q + i) * ld) / 2) as *const __m256i)
         });
-        // Each byte's four rows in a lane, byte order as in pack_xw's columns.
-        let (a, b) = (_mm256_unpacklo_epi8(r[0], r[1]), _mm256_unpackhi_epi8(r[0], r[1]));
-        let (c, d) = (_mm256_unpacklo_epi8(r[2], r[3]), _mm256_unpackhi_epi8(r[2], r[3]));
-        let v = [
-            _mm256_unpacklo_epi16(a, c),
-            _mm256_unpackhi_epi16(a, c),
-            _mm256_unpacklo_epi16(b, d),
-            _mm256_unpackhi_epi16(b, d),
-        ];
-        let join = |x: __m256i, y: __m256i| _mm512_inserti64x4(_mm512_castsi256_si512(x), y, 1);
-        let bytes_lo =
-            join(_mm256_permute2x128_si256::<0x20>(v[0], v[1]), _mm256_permute2x128_si256::<0x20>(v[2], v[3]));
-        let bytes_hi =
-            join(_mm256_permute2x128_si256::<0x31>(v[0], v[1]), _mm256_permute2x128_si256::<0x31>(v[2], v[3]));
+        // Each byte's four rows in a lane.
+        let (bytes_lo, bytes_hi) = transpose4(r);
         for (h, x) in [bytes_lo, bytes_hi].into_iter().enumerate() {
             let (even, odd) = (_mm512_and_si512(x, nib), _mm512_and_si512(_mm512_srli_epi16(x, 4), nib));
             // SAFETY: panel h's quad q: 128 bytes at 32 · k · h + 128 · q, inside w.
@@ -404,14 +367,41 @@ unsafe fn pack_xw4(bytes: &[u8], l: &QuantLayout, e0: usize, ld: usize, k: usize
     }
     for gi in 0..groups {
         // The group's 64 scales are consecutive in the tensor.
-        let at = l.scale_offset + 2 * l.scale_index(e0 + gi * g * ld);
+        let at = l.scale_index(e0 + gi * g * ld);
         for c in 0..64 {
-            let h = u16::from_le_bytes([bytes[at + 2 * c], bytes[at + 2 * c + 1]]);
             let (panel, within) = (c / 32, c % 32);
-            s[32 * groups * panel + 32 * gi + 16 * (within % 2) + within / 2] = match l.scale {
-                ScaleType::F16 => half::f16::from_bits(h).to_f32(),
-                ScaleType::BF16 => f32::from_bits((h as u32) << 16),
-            };
+            s[32 * groups * panel + 32 * gi + 16 * (within % 2) + within / 2] = scale_f32(l, bytes, at + c);
         }
+    }
+}
+
+/// Four rows of 32 bytes transposed: lane c of the first vector holds byte c of each of the rows (in row
+/// order), bytes 0-15; of the second, bytes 16-31.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn transpose4(r: [__m256i; 4]) -> (__m512i, __m512i) {
+    // Per 128-bit half (bytes 0-15, then 16-31): bytes of rows 0, 1 (a: bytes 0-7, b: 8-15) and 2, 3, then
+    // each byte's four rows: v0 bytes 0-3 | 16-19, v1 4-7 | 20-23, v2 8-11 | 24-27, v3 12-15 | 28-31.
+    let (a, b) = (_mm256_unpacklo_epi8(r[0], r[1]), _mm256_unpackhi_epi8(r[0], r[1]));
+    let (c, d) = (_mm256_unpacklo_epi8(r[2], r[3]), _mm256_unpackhi_epi8(r[2], r[3]));
+    let v = [
+        _mm256_unpacklo_epi16(a, c),
+        _mm256_unpackhi_epi16(a, c),
+        _mm256_unpacklo_epi16(b, d),
+        _mm256_unpackhi_epi16(b, d),
+    ];
+    let join = |x: __m256i, y: __m256i| _mm512_inserti64x4(_mm512_castsi256_si512(x), y, 1);
+    let lo = join(_mm256_permute2x128_si256::<0x20>(v[0], v[1]), _mm256_permute2x128_si256::<0x20>(v[2], v[3]));
+    let hi = join(_mm256_permute2x128_si256::<0x31>(v[0], v[1]), _mm256_permute2x128_si256::<0x31>(v[2], v[3]));
+    (lo, hi)
+}
+
+/// Scale `i` of a quantized tensor (f16 or bf16 bytes after `l.scale_offset`) as f32.
+fn scale_f32(l: &QuantLayout, bytes: &[u8], i: usize) -> f32 {
+    let o = l.scale_offset + 2 * i;
+    let h = u16::from_le_bytes([bytes[o], bytes[o + 1]]);
+    match l.scale {
+        ScaleType::F16 => half::f16::from_bits(h).to_f32(),
+        ScaleType::BF16 => f32::from_bits((h as u32) << 16),
     }
 }
