@@ -3,8 +3,8 @@
 //! everywhere). A backend that runs such a call, or refuses it for another reason, fails the row.
 
 use herd_core::backend::{AttnParams, AttnSeq, Backend, KvPages};
-use herd_core::kv_format::KvDtype;
 use herd_core::checkpoint::TensorRef;
+use herd_core::kv_format::KvDtype;
 use herd_core::quant::{DType, GroupAxis, Grouping, ScaleType};
 use herd_core::sampling::SamplingParams;
 use herd_core::Result;
@@ -40,6 +40,16 @@ fn attn(n_heads: usize, n_kv_heads: usize) -> (Vec<AttnSeq>, AttnParams) {
 
 /// The pages of [`attn`]'s sequence: 1, then 0.
 const PAGES: KvPages<'static> = KvPages { table: &[1, 0], size: 2, dtype: KvDtype::F32 };
+
+/// The messages that name `usize::MAX` (wasm32's is 32 bits: the op table runs there too).
+#[cfg(target_pointer_width = "64")]
+const COPY_WRAPS: &str = "copy: offset 18446744073709551615 + 2 overflows";
+#[cfg(target_pointer_width = "64")]
+const MATMUL_WRAPS: &str = "matmul: the size of x ([18446744073709551615, 4]) overflows";
+#[cfg(target_pointer_width = "32")]
+const COPY_WRAPS: &str = "copy: offset 4294967295 + 2 overflows";
+#[cfg(target_pointer_width = "32")]
+const MATMUL_WRAPS: &str = "matmul: the size of x ([4294967295, 4]) overflows";
 
 /// One bad call: what it is, the message the refusal must contain, and the call.
 type Case<B> = (&'static str, &'static str, Box<dyn Fn(&B) -> Result<()>>);
@@ -89,7 +99,7 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
         ),
         (
             "copy at an offset that wraps",
-            "copy: offset 18446744073709551615 + 2 overflows",
+            COPY_WRAPS,
             Box::new(move |be: &B| be.copy(&f(be, 8)?, usize::MAX, &f(be, 4)?, 0, 2)),
         ),
         (
@@ -148,7 +158,7 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
         ),
         (
             "matmul of rows that wrap",
-            "matmul: the size of x ([18446744073709551615, 4]) overflows",
+            MATMUL_WRAPS,
             Box::new(move |be: &B| be.matmul(&f(be, 8)?, usize::MAX, &weight(be, &[4, 4])?, &f(be, 8)?)),
         ),
         (
@@ -264,7 +274,17 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             "attention: 3 heads over 2 kv heads of dim 4",
             Box::new(move |be: &B| {
                 let (seqs, p) = attn(3, 2);
-                be.attention(&f(be, 24)?, &f(be, 16)?, &f(be, 16)?, &f(be, 32)?, &f(be, 32)?, PAGES, &seqs, &p, &f(be, 24)?)
+                be.attention(
+                    &f(be, 24)?,
+                    &f(be, 16)?,
+                    &f(be, 16)?,
+                    &f(be, 32)?,
+                    &f(be, 32)?,
+                    PAGES,
+                    &seqs,
+                    &p,
+                    &f(be, 24)?,
+                )
             }),
         ),
         (
@@ -281,7 +301,17 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             "attention: page 1 lies outside the cache of 1 pages of 2 slots",
             Box::new(move |be: &B| {
                 let (seqs, p) = attn(2, 1);
-                be.attention(&f(be, 16)?, &f(be, 8)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, PAGES, &seqs, &p, &f(be, 16)?)
+                be.attention(
+                    &f(be, 16)?,
+                    &f(be, 8)?,
+                    &f(be, 8)?,
+                    &f(be, 8)?,
+                    &f(be, 16)?,
+                    PAGES,
+                    &seqs,
+                    &p,
+                    &f(be, 16)?,
+                )
             }),
         ),
         (
@@ -290,7 +320,17 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             Box::new(move |be: &B| {
                 let (seqs, p) = attn(2, 1);
                 let pages = KvPages { table: &[0], size: 2, dtype: KvDtype::F32 };
-                be.attention(&f(be, 16)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &f(be, 16)?, pages, &seqs, &p, &f(be, 16)?)
+                be.attention(
+                    &f(be, 16)?,
+                    &f(be, 8)?,
+                    &f(be, 8)?,
+                    &f(be, 16)?,
+                    &f(be, 16)?,
+                    pages,
+                    &seqs,
+                    &p,
+                    &f(be, 16)?,
+                )
             }),
         ),
         (
@@ -299,7 +339,17 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             Box::new(move |be: &B| {
                 let (mut seqs, p) = attn(2, 1);
                 seqs[0].slot_cap = 3;
-                be.attention(&f(be, 16)?, &f(be, 8)?, &f(be, 8)?, &f(be, 16)?, &f(be, 16)?, PAGES, &seqs, &p, &f(be, 16)?)
+                be.attention(
+                    &f(be, 16)?,
+                    &f(be, 8)?,
+                    &f(be, 8)?,
+                    &f(be, 16)?,
+                    &f(be, 16)?,
+                    PAGES,
+                    &seqs,
+                    &p,
+                    &f(be, 16)?,
+                )
             }),
         ),
         (

@@ -22,6 +22,7 @@ use safetensors::{Dtype, SafeTensors};
 /// The CUDA backend's options for the test binaries and the `conformance` tool, from the environment variables
 /// `herd` also takes (its --help lists them): HERD_CUDA_GRAPHS=0, HERD_CUDA_SYNC=1, HERD_CUDA_BF16_ACTIVATIONS=1,
 /// HERD_COPY_THREADS=N, HERD_CUDA_EMU_RACECHECK=1. The GPU check runs the same binaries in these modes.
+#[cfg(feature = "cuda")]
 pub fn cuda_options_from_env() -> herd_cuda::CudaOptions {
     let on = |k: &str| std::env::var(k).is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false" | "off" | "no"));
     herd_cuda::CudaOptions {

@@ -7,8 +7,9 @@
 //!   group's dot product is an exact integer sum, scaled by the activation's and the weight's scales:
 //!   `Σ_groups (dx · dw) · Σ xq · wq`, accumulated in f32. Other groupings take the f32 path.
 //!
-//! Each has a scalar version and an AVX2 one ([`Simd`]), which compute the same integer sums and differ only
-//! in the order of their f32 additions.
+//! Each has a scalar version and vector ones ([`Simd`]: AVX2 here, AVX-512 in vnni.rs and qpanel.rs, NEON in
+//! neon.rs, SIMD128 in wasm.rs), which compute the same integer sums and differ only in the order of their f32
+//! additions.
 
 use super::pool;
 use half::f16;
@@ -206,6 +207,34 @@ fn float_row(
             }
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if simd == Simd::Neon {
+        // SAFETY: Neon is only chosen where the processor runs it (Simd::detect/parse); the slices are in
+        // bounds as above.
+        unsafe {
+            return match w {
+                WView::F32(s) => super::neon::rows_f32(&s[off..off + k], x, m, k, acc),
+                WView::BF16(s) => super::neon::rows_bf16(&s[off..off + k], x, m, k, acc),
+                WView::F16(_) | WView::Quant(..) => {
+                    conv.resize(k, 0.0);
+                    w.to_f32(off, conv);
+                    super::neon::rows_f32(conv, x, m, k, acc)
+                }
+            };
+        }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if simd == Simd::Simd128 {
+        return match w {
+            WView::F32(s) => super::wasm::rows_f32(&s[off..off + k], x, m, k, acc),
+            WView::BF16(s) => super::wasm::rows_bf16(&s[off..off + k], x, m, k, acc),
+            WView::F16(_) | WView::Quant(..) => {
+                conv.resize(k, 0.0);
+                w.to_f32(off, conv);
+                super::wasm::rows_f32(conv, x, m, k, acc)
+            }
+        };
+    }
     let _ = simd;
     let row: &[f32] = match w {
         WView::F32(s) => &s[off..off + k],
@@ -259,6 +288,15 @@ fn quant_row(
     if simd >= Simd::Avx2 {
         // SAFETY: see float_row; `row` holds k elements' bytes, `scales` k / group, xq m·k, xd m·k / group.
         unsafe { return avx2::rows_quant(l.bits, l.group, row, scales, xq, xd, m, k, acc) }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if simd == Simd::Neon {
+        // SAFETY: as above.
+        unsafe { return super::neon::rows_quant(l.bits, l.group, row, scales, xq, xd, m, k, acc) }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if simd == Simd::Simd128 {
+        return super::wasm::rows_quant(l.bits, l.group, row, scales, xq, xd, m, k, acc);
     }
     let _ = simd;
     let g = l.group;
@@ -515,7 +553,7 @@ mod tests {
                 let (want_rounded, want_f32) = (dot(&|i| rounded[i]), dot(&|i| x[i] as f64));
                 for simd in Simd::available() {
                     // Rounded where the kernels round: a few rows at every level, more from AVX2 up.
-                    let want = if m <= 4 || simd >= Simd::Avx2 { &want_rounded } else { &want_f32 };
+                    let want = if m <= 4 || simd.vector() { &want_rounded } else { &want_f32 };
                     let mut out = vec![0f32; m * n];
                     super::super::matmul::linear(simd, &x, m, k, n, &WView::Quant(&bytes, l), &mut out);
                     let err: f64 = out.iter().zip(want).map(|(&a, b)| (a as f64 - b).powi(2)).sum::<f64>()

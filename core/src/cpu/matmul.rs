@@ -98,12 +98,12 @@ pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, ou
     if m <= SMALL_M {
         return super::gemv::linear_small(simd, x, m, k, n, w, out);
     }
-    // From AVX2 up, quantized weights in the integer kernels' layouts take them at every row count (the
+    // At every vector level (AVX2 up, NEON, SIMD128), quantized weights in the integer kernels' layouts take them at every row count (the
     // activations rounded to int8 per group, as llama.cpp's prefill does); with AVX-512, a prefill's many
     // rows take the packed-panel kernel, whose f32 additions come in another order than the streaming one's
     // (as the float formats' sgemm and GEMV do). The scalar kernels (no vector instructions to multiply
     // bytes with) would be slower than converting to f32 for the sgemm, which keeps those rows.
-    if simd >= Simd::Avx2 && super::gemv::linear_quant(simd, x, m, k, n, w, out) {
+    if simd.vector() && super::gemv::linear_quant(simd, x, m, k, n, w, out) {
         return;
     }
     let wide = gemm_block(n);
@@ -165,11 +165,10 @@ pub fn xw_acc(
 ) {
     debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= w_off + (k - 1) * ld + n);
     const NB: usize = 128;
-    // From AVX2 up, quantized expert tensors in the integer kernels' layout take them at every row count (the
+    // At every vector level, quantized expert tensors in the integer kernels' layout take them at every row count (the
     // activations rounded to int8 per group, as llama.cpp's prefill does): the row-by-row path, whatever
     // `small` says (see `linear` for the scalar level).
-    let integer =
-        simd >= Simd::Avx2 && matches!(w, WView::Quant(_, l) if super::xw::integer_path(l, k, ld, w_off, 0, n));
+    let integer = simd.vector() && matches!(w, WView::Quant(_, l) if super::xw::integer_path(l, k, ld, w_off, 0, n));
     let small = small || integer;
     #[cfg(target_arch = "x86_64")]
     if let WView::Quant(bytes, l) = w {
@@ -363,7 +362,7 @@ mod tests {
             let plain = expect(&|i| x[i] as f64);
             for simd in Simd::available() {
                 // Rounded where the kernels round: a few rows at every level, more from AVX2 up.
-                let want = if m <= SMALL_M || simd >= Simd::Avx2 { &rounded } else { &plain };
+                let want = if m <= SMALL_M || simd.vector() { &rounded } else { &plain };
                 let mut out = vec![0.25f32; m * n];
                 xw_acc(simd, &x, m, k, n, &WView::Quant(&bytes, l), base, n2, &mut out, m <= SMALL_M);
                 let err: f64 = out.iter().zip(want).map(|(&a, b)| (a as f64 - b).powi(2)).sum::<f64>()
@@ -375,7 +374,7 @@ mod tests {
                     let mut one = vec![0.25f32; n];
                     let w = WView::Quant(&bytes, l);
                     xw_acc(simd, &x[r * k..(r + 1) * k], 1, k, n, &w, base, n2, &mut one, m <= SMALL_M);
-                    if simd >= Simd::Avx2 {
+                    if simd.vector() {
                         let raw = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                         assert_eq!(raw(&one), raw(&out[r * n..(r + 1) * n]), "q{bits} m={m} {simd:?} row {r}");
                     }

@@ -16,6 +16,8 @@ mod kv_store;
 mod layer_norm;
 mod matmul;
 mod moe;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod pool;
 #[cfg(target_arch = "x86_64")]
 mod qpanel;
@@ -26,6 +28,8 @@ mod sample;
 pub mod simd;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm;
 mod xw;
 #[cfg(target_arch = "x86_64")]
 mod xw512;

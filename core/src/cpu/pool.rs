@@ -207,7 +207,7 @@ impl Pool {
         let mut spins = 0u32;
         while self.pending.load(Ordering::Acquire) != 0 {
             spins = spins.wrapping_add(1);
-            if spins % 4096 == 0 {
+            if spins.is_multiple_of(4096) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -229,7 +229,7 @@ impl Pool {
                     break;
                 }
                 spins = spins.wrapping_add(1);
-                if spins % 256 != 0 {
+                if !spins.is_multiple_of(256) {
                     std::hint::spin_loop();
                     continue;
                 }

@@ -1,7 +1,7 @@
 //! Activations rounded to 8-bit integers per block, for the integer kernels of quantized weights (as
 //! llama.cpp's q8_0 activations): the scalar rule ([`quantize_rows`]) and, for blocks of a multiple of 16, the
-//! same rule in AVX2 and AVX-512 registers, which give the same integers and scales (the maximum ignores NaN
-//! as `f32::max` does, and a NaN rounds to 0 as the scalar cast does).
+//! same rule in AVX2, AVX-512, NEON (neon.rs) and SIMD128 (wasm.rs) registers, which give the same integers and
+//! scales (the maximum ignores NaN as `f32::max` does, and a NaN rounds to 0 as the scalar cast does).
 
 use super::pool;
 use super::simd::Simd;
@@ -55,26 +55,39 @@ pub(crate) fn quantize_rows_into(
         let (xr, n) = (&x[rows.start * k..rows.end * k], rows.len() * k);
         // SAFETY: task t alone writes its rows' elements of q and d.
         let (q, d) = unsafe { (qs.slice(rows.start * k, n), ds.slice(rows.start * k / block, n / block)) };
-        #[cfg(target_arch = "x86_64")]
-        if simd >= Simd::Avx2 && block.is_multiple_of(16) {
+        if simd.vector() && block.is_multiple_of(16) {
             for (xs, (qs, ds)) in xr.chunks_exact(block).zip(q.chunks_exact_mut(block).zip(d.iter_mut())) {
-                // SAFETY: the level is only chosen where the processor runs it (Simd::detect).
-                *ds = unsafe {
-                    if simd >= Simd::Avx512 {
-                        x86::block512(xs, qs)
-                    } else {
-                        x86::block256(xs, qs)
-                    }
-                };
+                *ds = round_block(simd, xs, qs);
             }
             if q4 {
                 to_q4_order(q);
             }
             return;
         }
-        let _ = simd;
         quantize_rows_inline(xr, block, q4, q, d)
     });
+}
+
+/// One block (a multiple of 16 elements) rounded into `q` by a vector level's kernel; returns its scale.
+#[inline]
+fn round_block(simd: Simd, x: &[f32], q: &mut [i8]) -> f32 {
+    // SAFETY (each arm): the level is only chosen where the processor runs it (Simd::detect).
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { x86::block512(x, q) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { x86::block256(x, q) },
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => unsafe { super::neon::round_block(x, q) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Simd::Simd128 => super::wasm::round_block(x, q),
+        // A level of another processor (never chosen here): the scalar rule.
+        _ => {
+            let mut d = 0f32;
+            quantize_rows_inline(x, x.len(), false, q, std::slice::from_mut(&mut d));
+            d
+        }
+    }
 }
 
 /// `x`'s rows rounded to int8 per group of `block` into `q`, with the groups' scales in `d`.
@@ -194,10 +207,8 @@ mod tests {
         for (i, v) in x[512..640].iter_mut().enumerate() {
             *v = if i == 0 { 127.0 } else { (i as f32) - 63.5 };
         }
-        if Simd::detect() < Simd::Avx512 {
-            eprintln!("this processor lacks AVX-512 (or AVX2): those levels' rounding is not checked here");
-        }
-        let levels = [Simd::Avx2, Simd::Avx512].into_iter().filter(|&l| l <= Simd::detect());
+        let levels: Vec<Simd> = Simd::available().into_iter().filter(|&l| l.vector()).collect();
+        eprintln!("rounding checked at {levels:?} (the levels this processor runs)");
         for level in levels {
             for block in [16, 32, 64, 128] {
                 for q4 in [false, true] {

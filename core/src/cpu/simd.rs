@@ -2,7 +2,8 @@
 //! Every kernel has a scalar version that computes the same thing (the same integer sums, the same scales),
 //! so forcing [`Simd::Scalar`] checks the vector code against it in the op table.
 
-/// A level of vector instructions.
+/// A level of vector instructions. The x86 levels are ordered (each includes the one before); the others
+/// stand alone beside [`Simd::Scalar`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Simd {
     /// Plain Rust (whatever the compiler makes of it for the build target).
@@ -13,6 +14,11 @@ pub enum Simd {
     /// matmuls (decode and prefill) take 64 weights an instruction (core/src/cpu/vnni.rs, qpanel.rs), the f32
     /// expert GEMM and f32 GEMV rows 16 lanes (xw512.rs, vnni.rs); other kernels run their AVX2 versions.
     Avx512,
+    /// aarch64 NEON with the dot-product extension (Armv8.2 and later): neon.rs.
+    Neon,
+    /// WebAssembly's 128-bit SIMD, when the build enables it (`-C target-feature=+simd128`, as the browser
+    /// build does): wasm.rs.
+    Simd128,
 }
 
 impl Simd {
@@ -28,12 +34,33 @@ impl Simd {
                 return Simd::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            use std::arch::is_aarch64_feature_detected as has;
+            if has!("neon") && has!("dotprod") {
+                return Simd::Neon;
+            }
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return Simd::Simd128;
+        #[allow(unreachable_code)]
         Simd::Scalar
     }
 
     /// Every level this processor runs, the scalar one first.
     pub fn available() -> Vec<Simd> {
-        [Simd::Scalar, Simd::Avx2, Simd::Avx512].into_iter().filter(|&s| s <= Simd::detect()).collect()
+        let best = Simd::detect();
+        let x86 = |s: Simd| matches!(best, Simd::Avx2 | Simd::Avx512) && s <= best;
+        [Simd::Scalar, Simd::Avx2, Simd::Avx512, Simd::Neon, Simd::Simd128]
+            .into_iter()
+            .filter(|&s| s == Simd::Scalar || s == best || x86(s))
+            .collect()
+    }
+
+    /// Whether the level has vector kernels for the integer formats (all but [`Simd::Scalar`]): quantized
+    /// weights in their layouts take the integer kernels at every row count.
+    pub fn vector(self) -> bool {
+        self != Simd::Scalar
     }
 
     pub fn name(self) -> &'static str {
@@ -41,6 +68,8 @@ impl Simd {
             Simd::Scalar => "scalar",
             Simd::Avx2 => "avx2",
             Simd::Avx512 => "avx512",
+            Simd::Neon => "neon",
+            Simd::Simd128 => "simd128",
         }
     }
 
@@ -50,9 +79,11 @@ impl Simd {
             "scalar" => Simd::Scalar,
             "avx2" => Simd::Avx2,
             "avx512" => Simd::Avx512,
-            _ => return Err(format!("unknown CPU kernel level {s:?} (scalar, avx2 or avx512)")),
+            "neon" => Simd::Neon,
+            "simd128" => Simd::Simd128,
+            _ => return Err(format!("unknown CPU kernel level {s:?} (scalar, avx2, avx512, neon or simd128)")),
         };
-        if want > Simd::detect() {
+        if !Simd::available().contains(&want) {
             return Err(format!("this processor does not run the {s} kernels"));
         }
         Ok(want)

@@ -1,9 +1,10 @@
 //! The few-rows path of `xw_acc` (decode through the fused expert tensors, input-major `[K, N]` blocks):
 //! `out[m, cols] += x[m, k] · W[k, cols]`, streaming W's rows once. A quantized tensor grouped along k
-//! (its natural grouping, [`GroupAxis::SecondLast`]) is read a group of k rows at a time: each row's
-//! integers are converted to f32 and multiplied into a per-group sum, which the group's row of scales
-//! (converted once) multiplies into the result. The same code is compiled twice, plainly and with AVX2 + FMA
-//! enabled ([`Simd`]), so the compiler vectorizes it for the level the backend runs.
+//! (its natural grouping, [`GroupAxis::SecondLast`]) is read a group of k rows at a time: the activations
+//! rounded to int8 per group, each group's products summed as integers (by the level's vector kernel: AVX2
+//! here, neon.rs, wasm.rs), then scaled by the group's row of scales (converted once). The float loops are
+//! plain Rust, compiled twice on x86-64, plainly and with AVX2 + FMA enabled ([`Simd`]), so the compiler
+//! vectorizes them for the level the backend runs (NEON and SIMD128 builds vectorize them at every level).
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -38,17 +39,26 @@ pub(crate) fn block(
     #[cfg(target_arch = "x86_64")]
     if simd >= Simd::Avx2 {
         // SAFETY: Avx2 is only chosen when the processor has AVX2, FMA and F16C (Simd::detect).
-        return unsafe { block_avx2(x, m, k, w, w_off, ld, n0, acc) };
+        return unsafe { block_avx2(simd, x, m, k, w, w_off, ld, n0, acc) };
     }
-    let _ = simd;
-    block_body::<false>(x, m, k, w, w_off, ld, n0, acc)
+    block_body(simd, x, m, k, w, w_off, ld, n0, acc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_avx2(x: &[f32], m: usize, k: usize, w: &WView, w_off: usize, ld: usize, n0: usize, acc: &mut [f32]) {
-    block_body::<true>(x, m, k, w, w_off, ld, n0, acc)
+unsafe fn block_avx2(
+    simd: Simd,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &WView,
+    w_off: usize,
+    ld: usize,
+    n0: usize,
+    acc: &mut [f32],
+) {
+    block_body(simd, x, m, k, w, w_off, ld, n0, acc)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -142,7 +152,8 @@ pub(crate) fn integer_path(
 /// `isum[r, j] = Σ_{p < g} xq[r · k + p] · q(start + p · ld + j)` for j < nb: one group's integer sums.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn group_ints<const AVX: bool>(
+fn group_ints(
+    simd: Simd,
     bits: u32,
     bytes: &[u8],
     start: usize,
@@ -154,16 +165,18 @@ fn group_ints<const AVX: bool>(
     nb: usize,
     isum: &mut [i32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    let done = if AVX {
-        // SAFETY: AVX is only true inside block_avx2, which runs where AVX2 is present; the bounds are those
-        // of the scalar loop below (the caller's integer_path guard).
-        unsafe { avx2::group_ints(bits, bytes, start, ld, g, xq, k, m, nb, isum) }
-    } else {
-        0
+    // SAFETY (each arm): the level is only chosen where the processor runs it (Simd::detect), and an x86
+    // level's call is compiled with its features (block_avx2); the bounds are those of the scalar loop below
+    // (the caller's integer_path guard).
+    let done = match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 | Simd::Avx512 => unsafe { avx2::group_ints(bits, bytes, start, ld, g, xq, k, m, nb, isum) },
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => unsafe { super::neon::group_ints(bits, bytes, start, ld, g, xq, k, m, nb, isum) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Simd::Simd128 => super::wasm::group_ints(bits, bytes, start, ld, g, xq, k, m, nb, isum),
+        _ => 0,
     };
-    #[cfg(not(target_arch = "x86_64"))]
-    let done = 0;
     for r in 0..m {
         isum[r * nb + done..(r + 1) * nb].fill(0);
     }
@@ -174,7 +187,7 @@ fn group_ints<const AVX: bool>(
                 bytes[e] as i8 as i32
             } else {
                 let b = bytes[e / 2];
-                (if e % 2 == 0 { b & 15 } else { b >> 4 }) as i32 - 8
+                (if e.is_multiple_of(2) { b & 15 } else { b >> 4 }) as i32 - 8
             };
             for r in 0..m {
                 isum[r * nb + j] += xq[r * k + p] as i32 * q;
@@ -199,7 +212,8 @@ fn axpy_rows(x: &[f32], m: usize, k: usize, kk: usize, row: &[f32], acc: &mut [f
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block_body<const AVX: bool>(
+fn block_body(
+    simd: Simd,
     x: &[f32],
     m: usize,
     k: usize,
@@ -240,13 +254,12 @@ fn block_body<const AVX: bool>(
         // [`super::gemv::quantize_rows`]), each group's products are summed as integers, then scaled once.
         WView::Quant(bytes, l) if integer_path(l, k, ld, w_off, n0, nb) => {
             let g = l.group;
-            let (xq, xd) =
-                super::gemv::quantize_rows_for(if AVX { Simd::Avx2 } else { Simd::Scalar }, x, m, k, g, false);
+            let (xq, xd) = super::gemv::quantize_rows_for(simd, x, m, k, g, false);
             let mut isum = vec![0i32; m * nb];
             let mut scales = vec![0f32; nb];
             let mut raw = vec![f16::ZERO; nb];
             for (gi, g0) in (0..k).step_by(g).enumerate() {
-                group_ints::<AVX>(l.bits, bytes, w_off + g0 * ld + n0, ld, g, &xq[g0..], k, m, nb, &mut isum);
+                group_ints(simd, l.bits, bytes, w_off + g0 * ld + n0, ld, g, &xq[g0..], k, m, nb, &mut isum);
                 // The group's scales: nb consecutive ones (the file's bytes need not be 2-aligned).
                 let s0 = l.scale_offset + 2 * l.scale_index(w_off + g0 * ld + n0);
                 super::gemv::scales_f32(l.scale, &bytes[s0..s0 + 2 * nb], &mut raw, &mut scales);
