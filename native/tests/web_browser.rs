@@ -293,17 +293,30 @@ fn the_chat_streams_an_answer_and_stop_cancels_it() {
     assert!(v["speed"].as_str().unwrap().contains("tok/s"), "{v}");
 }
 
-/// A browser without WebGPU gets a notice on the page saying so, and the automation hook an error.
+/// A browser without WebGPU runs the model on the CPU backend in WebAssembly (its SIMD128 kernels), with a
+/// notice saying so: the automation hook's greedy ids equal `herd greedy`'s, and in the chat the answer
+/// streams in and Stop cancels it (the page is handed back to the browser between steps).
 #[test]
-fn without_webgpu_the_page_says_so() {
-    let Some(Setup { _one, sc: _sc, dir, r }) = setup("without_webgpu_the_page_says_so", "web-nogpu") else {
+fn without_webgpu_the_page_runs_on_the_cpu() {
+    let Some(Setup { _one, sc: _sc, dir, r }) = setup("without_webgpu_the_page_runs_on_the_cpu", "web-nogpu") else {
         return;
     };
-    let (_, _, q) = query(&r, "");
+    let (ids, n, q) = query(&r, "");
+    let native = run_greedy(&dir, &[ids], n).remove(0);
     let server = Server::start(&dir);
-    let v = browser(&["--no-webgpu", &format!("{}{q}", server.url), "120"]);
-    assert_eq!(v["title"], "error: WebGPU is not available in this browser", "{v}");
-    assert!(v["notice"].as_str().unwrap().contains("WebGPU is not available"), "no notice on the page: {v}");
+    let v = browser(&["--no-webgpu", &format!("{}{q}", server.url), "400"]);
+    expect_done("without WebGPU", &v);
+    assert!(v["notice"].as_str().unwrap().contains("runs the model on the CPU"), "no notice on the page: {v}");
+    assert_eq!(ids_of(&v), native, "the page's greedy ids on the CPU differ from `herd greedy`'s");
+    let stats: Value = serde_json::from_str(v["stats"].as_str().unwrap()).unwrap();
+    let adapter = stats["adapter"].as_str().unwrap();
+    assert!(adapter.starts_with("cpu (1 thread, simd128)"), "the page should run the SIMD128 kernels: {adapter}");
+    let url = format!("{}?model=model/", server.url);
+    let v = browser(&["--chat", "Tell me about the sea.", "--no-webgpu", &url, "400"]);
+    assert_eq!(v["error"], "", "{v}");
+    assert!(!v["answer"].as_str().unwrap().is_empty(), "no answer streamed in: {v}");
+    let stats: Value = serde_json::from_str(v["stats"].as_str().unwrap()).unwrap();
+    assert_eq!(stats["last"]["stop"], "cancelled", "Stop did not cancel the generation on the CPU: {stats}");
 }
 
 #[test]

@@ -4,6 +4,8 @@
 // continues the ids greedily without the chat template, writes the new ids comma-separated into
 // <pre id="ids"> (and the statistics into <pre id="stats">), then sets document.title to "done", or to
 // "error: <message>" when anything fails. &routing=0 skips reading each layer's picks every step.
+// &backend=cpu runs the model on the CPU (WebAssembly) even where WebGPU is there; a browser without WebGPU
+// runs it there anyway, with a notice.
 import init, { loadModel } from "./pkg/herd_web.js";
 
 const $ = (id) => document.getElementById(id);
@@ -75,12 +77,14 @@ function drawLegend() {
     Array.from({ length: n }, (_, e) => `<span style="background:${colour(e, n)}"></span>${e}`).join("");
 }
 
+const backend = params.get("backend") || "auto";
+
 async function load(url, expertCache, routing = true, kvDtype = undefined) {
   $("load").disabled = true;
   herd = null;
   columns.length = 0;
   try {
-    herd = await loadModel(url, { expertCache, routing, kvDtype, onProgress: progress });
+    herd = await loadModel(url, { expertCache, routing, kvDtype, backend, onProgress: progress });
   } finally {
     $("load").disabled = false;
   }
@@ -144,14 +148,11 @@ async function automation() {
 async function main() {
   // navigator.gpu can be there with no adapter behind it (WebGPU switched off, or blocklisted).
   const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
-  if (!adapter) {
-    const msg = "WebGPU is not available in this browser, and herd needs it. Use a browser with WebGPU " +
-      "(Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows), and make sure hardware acceleration is on.";
-    $("nogpu").textContent = msg;
+  if (!adapter && backend !== "cpu") {
+    $("nogpu").textContent = "WebGPU is not available in this browser: herd runs the model on the CPU " +
+      "(WebAssembly SIMD, one thread), many times slower than a GPU. For the GPU, use a browser with WebGPU " +
+      "(Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows) with hardware acceleration on.";
     $("nogpu").hidden = false;
-    $("load").disabled = true;
-    fail("WebGPU is not available in this browser");
-    return;
   }
   await init();
   if (params.get("model")) $("url").value = params.get("model");

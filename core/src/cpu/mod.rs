@@ -193,7 +193,8 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads, {})", pool::threads(), self.simd.name())
+        let n = pool::threads();
+        format!("cpu ({n} thread{}, {})", if n == 1 { "" } else { "s" }, self.simd.name())
     }
 
     fn free_memory(&self) -> Option<crate::backend::FreeMemory> {
