@@ -85,10 +85,20 @@ struct Layer<B: Backend> {
 pub struct KvGroup<'a, B: Backend> {
     pub k: &'a B::Buffer,
     pub v: &'a B::Buffer,
-    pub table: Vec<u32>,
+    pub table: &'a [u32],
     pub page: usize,
     pub dtype: KvDtype,
-    pub seqs: Vec<AttnSeq>,
+    pub seqs: &'a [AttnSeq],
+}
+
+/// One arena's share of a step, the same for every layer of a kind: the arena, the page table of the step's
+/// sequences that live there, and their metadata. The cache keeps them and refills them each step
+/// ([`KvCache::plan`]), so a step allocates nothing once the cache has seen a batch of its size.
+#[derive(Default)]
+struct GroupPlan {
+    arena: usize,
+    table: Vec<u32>,
+    seqs: Vec<AttnSeq>,
 }
 
 impl<B: Backend> KvGroup<'_, B> {
@@ -129,6 +139,9 @@ pub struct KvCache<B: Backend> {
     kv_heads: usize,
     head_dim: usize,
     next_id: u32,
+    /// The step's attention calls per kind ([`KvCache::plan`]), and how many of each are in use.
+    plans: [Vec<GroupPlan>; 2],
+    planned: [usize; 2],
 }
 
 impl<B: Backend> KvCache<B> {
@@ -187,6 +200,8 @@ impl<B: Backend> KvCache<B> {
             kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
             next_id: 0,
+            plans: Default::default(),
+            planned: [0; 2],
         })
     }
 
@@ -533,34 +548,46 @@ impl<B: Backend> KvCache<B> {
         Ok(a)
     }
 
-    /// Attention calls for one layer in a step: per arena that holds sequences of `batch`, its buffers, page
-    /// table and metadata. `batch` lists (sequence, first row, new tokens) in row order.
-    pub fn groups(&self, layer: usize, batch: &[(SeqId, usize, usize)]) -> Result<Vec<KvGroup<'_, B>>> {
-        let l = &self.layers[layer];
-        let kind = kind_index(l.kind);
-        let mut groups: Vec<KvGroup<'_, B>> = Vec::new();
-        let mut which: Vec<usize> = Vec::new();
+    /// Plans a step's attention calls: per layer kind and per arena that holds sequences of `batch`, its page
+    /// table and metadata ([`KvCache::groups`] gives them for each layer). `batch` lists (sequence, first row,
+    /// new tokens) in row order; call after [`KvCache::reserve`], before the step's layers.
+    pub fn plan(&mut self, batch: &[(SeqId, usize, usize)]) -> Result<()> {
+        for kind in 0..2 {
+            let mut plans = std::mem::take(&mut self.plans[kind]);
+            let planned = if self.has_kind[kind] { self.plan_kind(kind, batch, &mut plans) } else { Ok(0) };
+            self.plans[kind] = plans;
+            // Nothing planned if planning failed.
+            self.planned[kind] = *planned.as_ref().unwrap_or(&0);
+            planned?;
+        }
+        Ok(())
+    }
+
+    /// [`KvCache::plan`] for one kind, into `plans` (reused); returns how many are in use.
+    fn plan_kind(&self, kind: usize, batch: &[(SeqId, usize, usize)], plans: &mut Vec<GroupPlan>) -> Result<usize> {
+        let mut used = 0;
         for &(id, row, n) in batch {
             let s = self.seq(id)?;
             let t = &s.tables[kind];
             let a = t.arena.ok_or_else(|| HerdError::internal("a sequence in a step has no cache pages"))?;
-            let g = match which.iter().position(|&w| w == a) {
+            if a >= self.arenas[kind].len() {
+                return Err(HerdError::internal("cache arena lost"));
+            }
+            let g = match plans[..used].iter().position(|p| p.arena == a) {
                 Some(g) => g,
                 None => {
-                    let (k, v) = l.arenas.get(a).ok_or_else(|| HerdError::internal("cache arena lost"))?;
-                    which.push(a);
-                    groups.push(KvGroup {
-                        k,
-                        v,
-                        table: Vec::new(),
-                        page: self.page,
-                        dtype: self.dtypes[kind],
-                        seqs: Vec::new(),
-                    });
-                    groups.len() - 1
+                    if used == plans.len() {
+                        plans.push(GroupPlan::default());
+                    }
+                    let p = &mut plans[used];
+                    p.arena = a;
+                    p.table.clear();
+                    p.seqs.clear();
+                    used += 1;
+                    used - 1
                 }
             };
-            let group = &mut groups[g];
+            let group = &mut plans[g];
             let meta = AttnSeq {
                 q_start: row as u32,
                 q_len: n as u32,
@@ -575,7 +602,18 @@ impl<B: Backend> KvCache<B> {
             }
             group.seqs.push(meta);
         }
-        Ok(groups)
+        Ok(used)
+    }
+
+    /// The attention calls of `layer` in the step [`KvCache::plan`] planned: one per arena, with its buffers.
+    pub fn groups(&self, layer: usize) -> impl Iterator<Item = KvGroup<'_, B>> {
+        let l = &self.layers[layer];
+        let kind = kind_index(l.kind);
+        // Every layer of a kind has each of the kind's arenas (`new_arena`), which `plan` checked.
+        self.plans[kind][..self.planned[kind]].iter().map(move |p| {
+            let (k, v) = &l.arenas[p.arena];
+            KvGroup { k, v, table: &p.table, page: self.page, dtype: self.dtypes[kind], seqs: &p.seqs }
+        })
     }
 
     /// Records that the step's new tokens are now cached.

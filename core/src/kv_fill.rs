@@ -71,9 +71,10 @@ impl<B: Backend> KvCache<B> {
         while done < n {
             let m = (n - done).min(rows);
             self.reserve(backend, &[(id, m)])?;
+            self.plan(&[(id, 0, m)])?;
             for layer in 0..self.layers.len() {
-                for g in self.groups(layer, &[(id, 0, m)])? {
-                    backend.kv_store(&k, &v, g.k, g.v, g.pages(), &g.seqs, self.kv_heads, self.head_dim)?;
+                for g in self.groups(layer) {
+                    backend.kv_store(&k, &v, g.k, g.v, g.pages(), g.seqs, self.kv_heads, self.head_dim)?;
                 }
             }
             self.advance(&[(id, m)])?;

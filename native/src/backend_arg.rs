@@ -208,5 +208,13 @@ fn auto_wgpu_or_cpu(opts: &WgpuOptions) -> Chosen {
 
 /// Runs one scheduler step (on the calling thread, which the CPU backend's pool works beside).
 pub(crate) fn step<B: herd_core::backend::Backend>(s: &mut herd_core::schedule::Scheduler<B>) -> herd_core::Result<()> {
-    pollster::block_on(s.step())
+    use std::future::Future;
+    let mut step = std::pin::pin!(s.step());
+    // On the CPU every await of a step is ready at once: one poll with a waker that does nothing runs it
+    // whole, without the allocation pollster makes per call. A step that does wait (a GPU readback) is then
+    // blocked on; the future registers pollster's waker when polled again.
+    match step.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => pollster::block_on(step),
+    }
 }

@@ -308,24 +308,33 @@ pub(crate) fn float_split_k(
         return true;
     }
     let tasks = k.div_ceil(SPLIT_K);
-    let mut part = vec![0f32; tasks * m * n];
-    super::pool::chunks_mut(&mut part, m * n, |t, p| {
-        let rows = t * SPLIT_K..((t + 1) * SPLIT_K).min(k);
-        #[cfg(target_arch = "x86_64")]
-        if simd >= Simd::Avx2 {
-            // SAFETY: Avx2 (and Avx512, which includes it) is only chosen where the processor has AVX2, FMA
-            // and F16C (Simd::detect).
-            return unsafe { split_k_avx2(x, m, k, n, w, w_off, ld, rows, p) };
+    super::pool::with_scratch(&PARTS, |part| {
+        // Zeroed partial sums, in a buffer kept per thread (a decode step allocates nothing).
+        part.clear();
+        part.resize(tasks * m * n, 0.0);
+        super::pool::chunks_mut(part, m * n, |t, p| {
+            let rows = t * SPLIT_K..((t + 1) * SPLIT_K).min(k);
+            #[cfg(target_arch = "x86_64")]
+            if simd >= Simd::Avx2 {
+                // SAFETY: Avx2 (and Avx512, which includes it) is only chosen where the processor has AVX2,
+                // FMA and F16C (Simd::detect).
+                return unsafe { split_k_avx2(x, m, k, n, w, w_off, ld, rows, p) };
+            }
+            let _ = simd;
+            split_k_task::<false>(x, m, k, n, w, w_off, ld, rows, p)
+        });
+        for p in part.chunks_exact(m * n) {
+            for (o, &v) in out[..m * n].iter_mut().zip(p) {
+                *o += v;
+            }
         }
-        let _ = simd;
-        split_k_task::<false>(x, m, k, n, w, w_off, ld, rows, p)
     });
-    for p in part.chunks_exact(m * n) {
-        for (o, &v) in out[..m * n].iter_mut().zip(p) {
-            *o += v;
-        }
-    }
     true
+}
+
+thread_local! {
+    /// [`float_split_k`]'s per-task partial sums.
+    static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(target_arch = "x86_64")]

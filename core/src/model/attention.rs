@@ -49,7 +49,7 @@ impl<B: Backend> Attention<B> {
 
     /// Reads `s.a` (normed hidden [t, D]), writes the attention output projected to [t, D] into `s.o`.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(
+    pub fn forward<'a>(
         &self,
         be: &B,
         cfg: &TextConfig,
@@ -57,7 +57,7 @@ impl<B: Backend> Attention<B> {
         t: usize,
         positions: &B::Buffer,
         inv_freq: &B::Buffer,
-        cache: &[KvGroup<'_, B>],
+        cache: impl Iterator<Item = KvGroup<'a, B>>,
     ) -> Result<()> {
         let p = &self.params;
         be.matmul(&s.a, t, &self.q, &s.q)?;
@@ -71,8 +71,8 @@ impl<B: Backend> Attention<B> {
         }
         // One call per cache arena, each for the sequences whose keys live there.
         for g in cache {
-            be.attention(&s.q, &s.k, &s.v, g.k, g.v, g.pages(), &g.seqs, p, &s.attn)?;
-            be.kv_store(&s.k, &s.v, g.k, g.v, g.pages(), &g.seqs, p.n_kv_heads, p.head_dim)?;
+            be.attention(&s.q, &s.k, &s.v, g.k, g.v, g.pages(), g.seqs, p, &s.attn)?;
+            be.kv_store(&s.k, &s.v, g.k, g.v, g.pages(), g.seqs, p.n_kv_heads, p.head_dim)?;
         }
         be.matmul(&s.attn, t, &self.o, &s.o)
     }

@@ -451,9 +451,9 @@ impl<B: Backend> Llama4<B> {
         if let Some(first) = self.layers.first() {
             be.rms_norm(hidden, Some(&first.input_norm), t, d, eps, &s.a)?;
         }
+        cache.plan(&plan)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let groups = cache.groups(i, &plan)?;
-            layer.attn.forward(be, cfg, s, t, pos_buf, &self.inv_freq, &groups)?;
+            layer.attn.forward(be, cfg, s, t, pos_buf, &self.inv_freq, cache.groups(i))?;
             be.add_rms_norm(hidden, &s.o, &layer.post_norm, t, d, eps, &s.a)?;
             let next = (i + 1..self.layers.len()).find_map(|j| self.layers[j].ffn.router().map(|r| (j, r)));
             layer.ffn.forward(be, cfg, s, t, self.experts.as_ref(), i, next).await?;
