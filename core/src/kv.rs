@@ -104,7 +104,7 @@ struct GroupPlan {
 impl<B: Backend> KvGroup<'_, B> {
     /// The group's pages, as the attention ops take them.
     pub fn pages(&self) -> KvPages<'_> {
-        KvPages { table: &self.table, size: self.page, dtype: self.dtype }
+        KvPages { table: self.table, size: self.page, dtype: self.dtype }
     }
 }
 

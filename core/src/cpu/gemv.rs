@@ -207,33 +207,22 @@ fn float_row(
             }
         }
     }
-    #[cfg(target_arch = "aarch64")]
-    if simd == Simd::Neon {
-        // SAFETY: Neon is only chosen where the processor runs it (Simd::detect/parse); the slices are in
+    #[cfg(any(target_arch = "aarch64", all(target_arch = "wasm32", target_feature = "simd128")))]
+    if matches!(simd, Simd::Neon | Simd::Simd128) {
+        use super::lanes128 as v;
+        // SAFETY: the level is only chosen where the processor runs it (Simd::detect/parse); the slices are in
         // bounds as above.
         unsafe {
             return match w {
-                WView::F32(s) => super::neon::rows_f32(&s[off..off + k], x, m, k, acc),
-                WView::BF16(s) => super::neon::rows_bf16(&s[off..off + k], x, m, k, acc),
+                WView::F32(s) => v::rows_f32(&s[off..off + k], x, m, k, acc),
+                WView::BF16(s) => v::rows_bf16(&s[off..off + k], x, m, k, acc),
                 WView::F16(_) | WView::Quant(..) => {
                     conv.resize(k, 0.0);
                     w.to_f32(off, conv);
-                    super::neon::rows_f32(conv, x, m, k, acc)
+                    v::rows_f32(conv, x, m, k, acc)
                 }
             };
         }
-    }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    if simd == Simd::Simd128 {
-        return match w {
-            WView::F32(s) => super::wasm::rows_f32(&s[off..off + k], x, m, k, acc),
-            WView::BF16(s) => super::wasm::rows_bf16(&s[off..off + k], x, m, k, acc),
-            WView::F16(_) | WView::Quant(..) => {
-                conv.resize(k, 0.0);
-                w.to_f32(off, conv);
-                super::wasm::rows_f32(conv, x, m, k, acc)
-            }
-        };
     }
     let _ = simd;
     let row: &[f32] = match w {
@@ -289,14 +278,10 @@ fn quant_row(
         // SAFETY: see float_row; `row` holds k elements' bytes, `scales` k / group, xq m·k, xd m·k / group.
         unsafe { return avx2::rows_quant(l.bits, l.group, row, scales, xq, xd, m, k, acc) }
     }
-    #[cfg(target_arch = "aarch64")]
-    if simd == Simd::Neon {
+    #[cfg(any(target_arch = "aarch64", all(target_arch = "wasm32", target_feature = "simd128")))]
+    if matches!(simd, Simd::Neon | Simd::Simd128) {
         // SAFETY: as above.
-        unsafe { return super::neon::rows_quant(l.bits, l.group, row, scales, xq, xd, m, k, acc) }
-    }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    if simd == Simd::Simd128 {
-        return super::wasm::rows_quant(l.bits, l.group, row, scales, xq, xd, m, k, acc);
+        unsafe { return super::lanes128::rows_quant(l.bits, l.group, row, scales, xq, xd, m, k, acc) }
     }
     let _ = simd;
     let g = l.group;

@@ -30,6 +30,12 @@ pub mod simd;
 mod vnni;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
+// The 128-bit kernels of this build (NEON on aarch64, SIMD128 on wasm32), which have the same functions with
+// the same contract: one dispatch in each kernel serves both levels.
+#[cfg(target_arch = "aarch64")]
+use neon as lanes128;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use wasm as lanes128;
 mod xw;
 #[cfg(target_arch = "x86_64")]
 mod xw512;

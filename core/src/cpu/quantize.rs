@@ -77,10 +77,8 @@ fn round_block(simd: Simd, x: &[f32], q: &mut [i8]) -> f32 {
         Simd::Avx512 => unsafe { x86::block512(x, q) },
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { x86::block256(x, q) },
-        #[cfg(target_arch = "aarch64")]
-        Simd::Neon => unsafe { super::neon::round_block(x, q) },
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        Simd::Simd128 => super::wasm::round_block(x, q),
+        #[cfg(any(target_arch = "aarch64", all(target_arch = "wasm32", target_feature = "simd128")))]
+        Simd::Neon | Simd::Simd128 => unsafe { super::lanes128::round_block(x, q) },
         // A level of another processor (never chosen here): the scalar rule.
         _ => {
             let mut d = 0f32;

@@ -6,7 +6,9 @@
 //! the build enables it.
 //!
 //! Each computes what the scalar kernel does: the same integer sums and scales, the same rounding of the
-//! activations bit for bit; only the order of the f32 additions differs.
+//! activations bit for bit; only the order of the f32 additions differs. The functions are those of neon.rs,
+//! with its contract (`unsafe`: the caller's bounds, as the scalar loops check them; the build runs SIMD128),
+//! so that one dispatch serves both (`cpu::lanes128`).
 
 use core::arch::wasm32::*;
 
@@ -47,14 +49,14 @@ fn rows_with(
 }
 
 /// `acc[r] = x[r] · w` for r < m (x: m rows of k = w.len()).
-pub fn rows_f32(w: &[f32], x: &[f32], m: usize, k: usize, acc: &mut [f32; 4]) {
+pub unsafe fn rows_f32(w: &[f32], x: &[f32], m: usize, k: usize, acc: &mut [f32; 4]) {
     let w = &w[..k];
     // SAFETY: rows_with asks for 4 elements from i only while i + 4 ≤ k = w.len().
     rows_with(x, m, k, acc, |i| unsafe { v128_load(w.as_ptr().add(i) as *const v128) }, |t| w[t])
 }
 
 /// [`rows_f32`] for a bf16 row (each element's bits are the top half of its f32's).
-pub fn rows_bf16(w: &[u16], x: &[f32], m: usize, k: usize, acc: &mut [f32; 4]) {
+pub unsafe fn rows_bf16(w: &[u16], x: &[f32], m: usize, k: usize, acc: &mut [f32; 4]) {
     let w = &w[..k];
     let load = |i: usize| {
         // SAFETY: 4 u16 from i, i + 4 ≤ k = w.len().
@@ -92,7 +94,7 @@ fn weights(bits: u32, row: &[u8], c: usize) -> (v128, v128) {
 /// `acc[r] = Σ_groups xd[r, g] · scales[g] · Σ_{i in g} xq[r, i] · wq[i]` for one q8 or q4 row (groups of 16 or
 /// a multiple of 32; k a multiple of 32), as `gemv::quant_row` computes it.
 #[allow(clippy::too_many_arguments)]
-pub fn rows_quant(
+pub unsafe fn rows_quant(
     bits: u32,
     g: usize,
     row: &[u8],
@@ -158,7 +160,7 @@ pub fn rows_quant(
 /// scale. The maximum ignores NaN as `f32::max` does (`pmax` keeps the running maximum when the new value is
 /// NaN), and a NaN rounds to 0 as the scalar cast does (`min`/`max` carry it, the saturating conversion
 /// makes it 0).
-pub fn round_block(x: &[f32], q: &mut [i8]) -> f32 {
+pub unsafe fn round_block(x: &[f32], q: &mut [i8]) -> f32 {
     debug_assert!(x.len().is_multiple_of(16) && q.len() >= x.len());
     let load = |c: &[f32]| unsafe { v128_load(c.as_ptr() as *const v128) };
     let mut mx = f32x4_splat(0.0);
@@ -190,7 +192,7 @@ pub fn round_block(x: &[f32], q: &mut [i8]) -> f32 {
 /// the first multiple of 16 columns; returns how many. q4 elements start on whole bytes (the caller's
 /// `integer_path` guard).
 #[allow(clippy::too_many_arguments)]
-pub fn group_ints(
+pub unsafe fn group_ints(
     bits: u32,
     bytes: &[u8],
     start: usize,

@@ -171,10 +171,10 @@ fn group_ints(
     let done = match simd {
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 | Simd::Avx512 => unsafe { avx2::group_ints(bits, bytes, start, ld, g, xq, k, m, nb, isum) },
-        #[cfg(target_arch = "aarch64")]
-        Simd::Neon => unsafe { super::neon::group_ints(bits, bytes, start, ld, g, xq, k, m, nb, isum) },
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        Simd::Simd128 => super::wasm::group_ints(bits, bytes, start, ld, g, xq, k, m, nb, isum),
+        #[cfg(any(target_arch = "aarch64", all(target_arch = "wasm32", target_feature = "simd128")))]
+        Simd::Neon | Simd::Simd128 => unsafe {
+            super::lanes128::group_ints(bits, bytes, start, ld, g, xq, k, m, nb, isum)
+        },
         _ => 0,
     };
     for r in 0..m {
