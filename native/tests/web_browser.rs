@@ -1,5 +1,6 @@
 //! The browser demo in a real browser: headless Chromium (WebGPU on its SwiftShader adapter, without
-//! shader-f16) loads the page from `herd serve-web`, which serves a fixture model with range requests. The
+//! shader-f16, which the page takes when told to: by default it passes a software adapter over for the CPU
+//! backend) loads the page from `herd serve-web`, which serves a fixture model with range requests. The
 //! page's automation hook continues the fixture's prompt greedily; its ids must equal `herd greedy`'s (and
 //! transformers' greedy ids), with the experts streamed at a budget that holds them all and at the
 //! smallest budget (experts fetched again and again); a model whose expert bytes no longer match its
@@ -92,9 +93,10 @@ impl Drop for Server {
     }
 }
 
-/// The page at `url` in headless Chromium, until its title is `done` or `error: ...`.
+/// The page at `url` (a query) in headless Chromium on WebGPU, until its title is `done` or `error: ...`. The
+/// browser's adapter is a software one, which the page would pass over for the CPU unless told otherwise.
 fn page(url: &str) -> Value {
-    browser(&[url, "400"])
+    browser(&[&format!("{url}&backend=webgpu"), "400"])
 }
 
 /// browser.mjs with `args`: its JSON line.
@@ -280,7 +282,7 @@ fn the_chat_streams_an_answer_and_stop_cancels_it() {
         return;
     };
     let server = Server::start(&dir);
-    let url = format!("{}?model=model/", server.url);
+    let url = format!("{}?model=model/&backend=webgpu", server.url);
     let v = browser(&["--chat", "Tell me about the sea.", &url, "400"]);
     assert_eq!(v["error"], "", "{v}");
     assert!(!v["answer"].as_str().unwrap().is_empty(), "no answer streamed in: {v}");
@@ -293,12 +295,14 @@ fn the_chat_streams_an_answer_and_stop_cancels_it() {
     assert!(v["speed"].as_str().unwrap().contains("tok/s"), "{v}");
 }
 
-/// A browser without WebGPU runs the model on the CPU backend in WebAssembly (its SIMD128 kernels), with a
-/// notice saying so: the automation hook's greedy ids equal `herd greedy`'s, and in the chat the answer
-/// streams in and Stop cancels it (the page is handed back to the browser between steps).
+/// A browser without WebGPU, or whose WebGPU adapter is a software one (this browser's SwiftShader), runs the
+/// model on the CPU backend in WebAssembly (its SIMD128 kernels), with a notice saying so: without WebGPU the
+/// automation hook's greedy ids equal `herd greedy`'s; with the software adapter the chat streams an answer
+/// on the CPU and Stop cancels it (the page is handed back to the browser between steps).
 #[test]
-fn without_webgpu_the_page_runs_on_the_cpu() {
-    let Some(Setup { _one, sc: _sc, dir, r }) = setup("without_webgpu_the_page_runs_on_the_cpu", "web-nogpu") else {
+fn without_a_hardware_gpu_the_page_runs_on_the_cpu() {
+    let Some(Setup { _one, sc: _sc, dir, r }) = setup("without_a_hardware_gpu_the_page_runs_on_the_cpu", "web-nogpu")
+    else {
         return;
     };
     let (ids, n, q) = query(&r, "");
@@ -312,10 +316,12 @@ fn without_webgpu_the_page_runs_on_the_cpu() {
     let adapter = stats["adapter"].as_str().unwrap();
     assert!(adapter.starts_with("cpu (1 thread, simd128)"), "the page should run the SIMD128 kernels: {adapter}");
     let url = format!("{}?model=model/", server.url);
-    let v = browser(&["--chat", "Tell me about the sea.", "--no-webgpu", &url, "400"]);
+    let v = browser(&["--chat", "Tell me about the sea.", &url, "400"]);
     assert_eq!(v["error"], "", "{v}");
     assert!(!v["answer"].as_str().unwrap().is_empty(), "no answer streamed in: {v}");
     let stats: Value = serde_json::from_str(v["stats"].as_str().unwrap()).unwrap();
+    let adapter = stats["adapter"].as_str().unwrap();
+    assert!(adapter.contains("CPU emulation"), "the software adapter should be passed over for the CPU: {adapter}");
     assert_eq!(stats["last"]["stop"], "cancelled", "Stop did not cancel the generation on the CPU: {stats}");
 }
 

@@ -83,6 +83,12 @@ impl WgpuBackend {
         )
     }
 
+    /// True for an adapter that says it is a CPU implementation (lavapipe, SwiftShader: a browser's fallback
+    /// adapter).
+    pub fn is_software(&self) -> bool {
+        self.gpu.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// True for a discrete or integrated GPU (not a CPU emulation such as lavapipe).
     pub fn is_hardware(&self) -> bool {
         matches!(self.gpu.info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu)

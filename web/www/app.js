@@ -4,8 +4,9 @@
 // continues the ids greedily without the chat template, writes the new ids comma-separated into
 // <pre id="ids"> (and the statistics into <pre id="stats">), then sets document.title to "done", or to
 // "error: <message>" when anything fails. &routing=0 skips reading each layer's picks every step.
-// &backend=cpu runs the model on the CPU (WebAssembly) even where WebGPU is there; a browser without WebGPU
-// runs it there anyway, with a notice.
+// &backend=cpu runs the model on the CPU (WebAssembly) even where WebGPU is there, &backend=webgpu on WebGPU even
+// where its adapter is a software fallback; by default a browser without WebGPU, or whose adapter is a software
+// fallback, runs it on the CPU, with a notice.
 import init, { loadModel } from "./pkg/herd_web.js";
 
 const $ = (id) => document.getElementById(id);
@@ -89,6 +90,11 @@ async function load(url, expertCache, routing = true, kvDtype = undefined) {
     $("load").disabled = false;
   }
   $("adapter").textContent = herd.adapter;
+  if (herd.adapter.startsWith("cpu (") && $("nogpu").hidden && backend === "auto") {
+    $("nogpu").textContent = "This browser's WebGPU is a software fallback (no GPU behind it): herd runs the model " +
+      "on the CPU instead (WebAssembly SIMD, one thread), which is faster here.";
+    $("nogpu").hidden = false;
+  }
   $("limits").textContent = herd.limits;
   for (const id of ["prompt", "send", "reset"]) $(id).disabled = false;
   drawLegend();
