@@ -101,12 +101,13 @@ macro_rules! on_engine {
 }
 
 /// Loads the model directory at `url` (config.json, tokenizer files, safetensors and their index, and the
-/// checksum manifest herd-manifest.json). `options`: `{expertCache: bytes | "64MiB", routing: bool,
-/// kvDtype: "bf16", onProgress: (phase, done, total) => void}`. Routed experts are fetched only when a router
-/// picks them, into an expert cache of `expertCache` bytes (default: room for all of them). `routing: false`
-/// skips reading every layer's picks once all its experts are on the GPU (faster; no routing picture).
-/// `kvDtype` is the KV cache's format as `herd --kv-dtype` takes it (f32, bf16, f16, q8, fp8, q4, or
-/// `global=...,chunked=...`); bf16 by default, as on every GPU.
+/// checksum manifest herd-manifest.json). `options`: `{backend: "auto" | "webgpu" | "cpu", expertCache: bytes |
+/// "64MiB", routing: bool, kvDtype: "bf16", onProgress: (phase, done, total) => void}`. `backend` "auto" (the
+/// default) runs on WebGPU where the browser has a hardware adapter, else on the CPU backend. Routed experts are
+/// fetched only when a router picks them, into an expert cache of `expertCache` bytes (default: room for all of
+/// them). `routing: false` skips reading every layer's picks once all its experts are on the GPU (faster; no
+/// routing picture). `kvDtype` is the KV cache's format as `herd --kv-dtype` takes it (f32, bf16, f16, q8, fp8,
+/// q4, or `global=...,chunked=...`); bf16 by default on WebGPU, as on every GPU, f32 on the CPU.
 #[wasm_bindgen(js_name = loadModel)]
 pub async fn load_model(url: String, options: JsValue) -> Result<Herd, JsError> {
     let on_progress = get(&options, "onProgress").and_then(|f| f.dyn_into::<Function>().ok());
