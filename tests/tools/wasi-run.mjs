@@ -1,7 +1,9 @@
 // Runs a WebAssembly program built for wasm32-wasip1 under Node's WASI, with the given arguments and the
 // current directory readable: how the CPU backend's SIMD128 kernels are tested off the browser
 // (scripts/cross-test.sh). Exits with the program's exit code.
-// Usage: node tests/tools/wasi-run.mjs PROGRAM.wasm [ARGS...]
+// Usage: node --single-threaded tests/tools/wasi-run.mjs PROGRAM.wasm [ARGS...]
+// (--single-threaded: Node 20 with its background threads crashed about every other run after the program had
+// returned; see scripts/cross-test.sh.)
 import { readFile } from "node:fs/promises";
 import { WASI } from "node:wasi";
 import { argv, env, exit } from "node:process";
