@@ -215,7 +215,8 @@ pub fn xw_acc(
     if small && !integer && super::xw::float_split_k(simd, x, m, k, n, w, w_off, ld, out) {
         return;
     }
-    // Float weights, more rows, AVX-512: register tiles over the weights as stored (xw512.rs).
+    // Float weights, more rows, AVX-512: register tiles over blocks of W's rows as stored (xw512.rs; the same
+    // sums in the same order as the few-rows path).
     #[cfg(target_arch = "x86_64")]
     if !small && simd >= Simd::Avx512 && !matches!(w, WView::Quant(..)) {
         // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect).
@@ -383,9 +384,12 @@ mod tests {
         }
     }
 
+    /// Float expert tensors at every level, a few rows and many (more than one task of 64 weight rows, a last
+    /// short one, more rows than one AVX-512 op takes); at AVX-512 each row alone (the few-rows path) gives the
+    /// same bits as in the batch (the register tiles).
     #[test]
     fn xw_acc_matches_naive_with_stride_and_offset() {
-        for &(m, k, n) in &[(1, 9, 5), (2, 16, 130), (9, 31, 200), (20, 31, 200)] {
+        for &(m, k, n) in &[(1, 9, 5), (2, 16, 130), (9, 31, 200), (20, 31, 200), (3, 150, 70), (50, 150, 70)] {
             let ld = n + 7;
             let off = 3;
             let x = rnd(m * k, 3);
@@ -401,11 +405,20 @@ mod tests {
             for v in want.iter_mut() {
                 *v += 0.5;
             }
-            for small in [false, true] {
+            for (simd, small) in Simd::available().into_iter().flat_map(|s| [(s, false), (s, true)]) {
                 let mut out = vec![0.5f32; m * n];
-                xw_acc(Simd::detect(), &x, m, k, n, &WView::F32(&w), off, ld, &mut out, small);
+                xw_acc(simd, &x, m, k, n, &WView::F32(&w), off, ld, &mut out, small);
                 for (a, b) in out.iter().zip(want.iter()) {
-                    assert!((a - b).abs() < 1e-4, "{m}x{k}x{n} small={small}: {a} vs {b}");
+                    assert!((a - b).abs() < 1e-4, "{m}x{k}x{n} {simd:?} small={small}: {a} vs {b}");
+                }
+                #[cfg(target_arch = "x86_64")]
+                if simd == Simd::Avx512 {
+                    for r in [0, m / 2, m - 1] {
+                        let mut one = vec![0.5f32; n];
+                        xw_acc(simd, &x[r * k..(r + 1) * k], 1, k, n, &WView::F32(&w), off, ld, &mut one, true);
+                        let raw = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(raw(&one), raw(&out[r * n..(r + 1) * n]), "{m}x{k}x{n} row {r}");
+                    }
                 }
             }
         }

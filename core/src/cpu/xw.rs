@@ -281,7 +281,7 @@ fn block_body(
 }
 
 /// Rows of W per task of [`float_split_k`].
-const SPLIT_K: usize = 64;
+pub(crate) const SPLIT_K: usize = 64;
 
 /// `out[m, n] += x[m, k] · W` (W's element (kk, j) at `w_off + kk · ld + j`) for float W (f32, bf16, f16)
 /// and a few rows: decode through the fused expert tensors. W's rows are split into tasks of [`SPLIT_K`],
@@ -334,7 +334,7 @@ pub(crate) fn float_split_k(
 
 thread_local! {
     /// [`float_split_k`]'s per-task partial sums.
-    static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    pub(crate) static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -1,18 +1,31 @@
 //! The float expert GEMM at the AVX-512 level ([`super::Simd::Avx512`]; x86-64 only, as the module is): the
 //! prefill product `out[m, n] += x[m, k] · W` through a fused expert tensor's float weights (f32, bf16, f16;
 //! input-major, W's element (kk, j) at `w_off + kk · ld + j`), for the few to few dozen rows a prefill gives
-//! each expert. A register tile of up to 6 rows × 64 columns (24 accumulators) streams the tile's 64 weights of
-//! each of the k rows straight from the tensor (converted in registers, no packed copy), so each weight is read
-//! once per 6 rows; `matrixmultiply`'s sgemm, which packs the weight block first, reached a quarter of the
-//! speed at 8 rows. Every output element is one FMA chain over k in order, so a row's result does not depend
+//! each expert.
+//!
+//! The weights are split along k into the blocks of the decode path ([`super::xw::float_split_k`], 64 rows a
+//! task), each task streaming its block whole: [`KC`] rows at a time, all of their columns, so that the
+//! processor's prefetchers see a few ascending runs. Tasks that owned column strips instead read 256 bytes of
+//! every row, a row (2-8 KB) apart: each weight once from memory but a new page at every step, at less than
+//! half the bandwidth. Within a pass, a register tile of up to 6 rows × 64 columns (24 accumulators) takes the
+//! weights as stored (converted in registers, no packed copy), and a task's partial sums stay in its own
+//! buffer; they are added to `out` in task order at the end. Every partial sum is one FMA chain over its
+//! block's rows in order and the blocks are fixed, so a row's result depends neither on the thread count nor
 //! on how many rows share its expert.
 
 use std::arch::x86_64::*;
 
 use super::matmul::WView;
+use super::xw::{PARTS, SPLIT_K};
 
 /// Rows of a register tile.
 const TR: usize = 6;
+/// Weight rows of one pass over a task's columns.
+const KC: usize = 8;
+/// Rows of x per op, which bounds the partial sums (k / 64 tasks × 48 rows × n).
+const MAX_ROWS: usize = 48;
+/// Output elements per task when the partial sums are added up.
+const SUM_CHUNK: usize = 4096;
 
 /// See the module doc. Safety: the processor runs [`super::Simd::Avx512`].
 #[allow(clippy::too_many_arguments)]
@@ -21,41 +34,110 @@ pub(crate) unsafe fn xw(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_of
         return;
     }
     assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= w_off + (k - 1) * ld + n);
-    let o = super::pool::Shared::new(&mut out[..m * n]);
-    super::pool::for_each(n.div_ceil(64), |t| {
-        let (c0, op) = (t * 64, o.ptr());
-        let cols = 64.min(n - c0);
-        for r0 in (0..m).step_by(TR) {
-            let rows = TR.min(m - r0);
-            // SAFETY: the bounds asserted above; this task alone writes columns c0..c0 + cols of `out`.
-            unsafe {
-                let (xp, dst) = (x.as_ptr().add(r0 * k), op.add(r0 * n + c0));
-                macro_rules! go {
-                    ($r:literal) => {
-                        match w {
-                            WView::F32(s) => {
-                                tile::<$r, 0>(xp, k, s.as_ptr() as *const u8, w_off + c0, ld, cols, dst, n)
+    assert!(!matches!(w, WView::Quant(..)), "xw512 takes float weights");
+    for r0 in (0..m).step_by(MAX_ROWS) {
+        let mm = MAX_ROWS.min(m - r0);
+        // SAFETY: the caller's (Avx512); rows r0.. of x and out, in bounds by the assertion above.
+        unsafe { rows(&x[r0 * k..], mm, k, n, w, w_off, ld, &mut out[r0 * n..(r0 + mm) * n]) }
+    }
+}
+
+/// [`xw`] for at most [`MAX_ROWS`] rows.
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize, ld: usize, out: &mut [f32]) {
+    let tasks = k.div_ceil(SPLIT_K);
+    super::pool::with_scratch(&PARTS, |part| {
+        // Every element is written by its task's first pass before it is read (not zeroed first).
+        if part.len() < tasks * m * n {
+            part.resize(tasks * m * n, 0.0);
+        }
+        super::pool::chunks_mut(&mut part[..tasks * m * n], m * n, |t, p| {
+            let end = ((t + 1) * SPLIT_K).min(k);
+            let pp = p.as_mut_ptr();
+            for kc in (t * SPLIT_K..end).step_by(KC) {
+                let kn = KC.min(end - kc);
+                for c0 in (0..n).step_by(64) {
+                    let cols = 64.min(n - c0);
+                    let e = w_off + kc * ld + c0;
+                    // Prefetch this pass's columns of the task's next pass (or nothing past the block).
+                    let ahead = if kc + KC < end { KC.min(end - kc - KC) } else { 0 };
+                    for r0 in (0..m).step_by(TR) {
+                        // SAFETY: x holds m rows of k; W's rows kc..kc + kn, columns c0..c0 + cols are in the
+                        // tensor (asserted in xw); p is this task's m × n partial sums.
+                        unsafe {
+                            let (xp, dst) = (x.as_ptr().add(r0 * k + kc), pp.add(r0 * n + c0));
+                            let pf = if r0 == 0 { ahead } else { 0 };
+                            let first = kc == t * SPLIT_K;
+                            macro_rules! go {
+                                ($r:literal) => {
+                                    match w {
+                                        WView::F32(s) => tile::<$r, 0>(
+                                            xp,
+                                            k,
+                                            kn,
+                                            first,
+                                            s.as_ptr() as *const u8,
+                                            e,
+                                            ld,
+                                            cols,
+                                            pf,
+                                            dst,
+                                            n,
+                                        ),
+                                        WView::BF16(s) => tile::<$r, 1>(
+                                            xp,
+                                            k,
+                                            kn,
+                                            first,
+                                            s.as_ptr() as *const u8,
+                                            e,
+                                            ld,
+                                            cols,
+                                            pf,
+                                            dst,
+                                            n,
+                                        ),
+                                        WView::F16(s) => tile::<$r, 2>(
+                                            xp,
+                                            k,
+                                            kn,
+                                            first,
+                                            s.as_ptr() as *const u8,
+                                            e,
+                                            ld,
+                                            cols,
+                                            pf,
+                                            dst,
+                                            n,
+                                        ),
+                                        WView::Quant(..) => unreachable!(),
+                                    }
+                                };
                             }
-                            WView::BF16(s) => {
-                                tile::<$r, 1>(xp, k, s.as_ptr() as *const u8, w_off + c0, ld, cols, dst, n)
+                            match TR.min(m - r0) {
+                                1 => go!(1),
+                                2 => go!(2),
+                                3 => go!(3),
+                                4 => go!(4),
+                                5 => go!(5),
+                                _ => go!(6),
                             }
-                            WView::F16(s) => {
-                                tile::<$r, 2>(xp, k, s.as_ptr() as *const u8, w_off + c0, ld, cols, dst, n)
-                            }
-                            WView::Quant(..) => unreachable!("xw512 takes float weights"),
                         }
-                    };
-                }
-                match rows {
-                    1 => go!(1),
-                    2 => go!(2),
-                    3 => go!(3),
-                    4 => go!(4),
-                    5 => go!(5),
-                    _ => go!(6),
+                    }
                 }
             }
-        }
+        });
+        // out += the tasks' partial sums, in task order (each output element on one thread).
+        let part = &part[..];
+        super::pool::chunks_mut(&mut out[..m * n], SUM_CHUNK, |i, o| {
+            let at = i * SUM_CHUNK;
+            for t in 0..tasks {
+                let p = &part[t * m * n + at..t * m * n + at + o.len()];
+                for (ov, &pv) in o.iter_mut().zip(p) {
+                    *ov += pv;
+                }
+            }
+        });
     });
 }
 
@@ -77,16 +159,21 @@ unsafe fn load<const KIND: u8>(w: *const u8, e: usize, mask: __mmask16) -> __m51
     }
 }
 
-/// `dst[r, c] += Σ_kk x[r, kk] · W[kk, col0 + c]` for r < R, c < cols (≤ 64); `dst` has row stride n.
+/// `dst[r, c] = fma chain of dst[r, c] (0 if `first`) with x[r, kk] · W[e + kk · ld + c] over kk < kn in
+/// order`, for r < R, c < cols (≤ 64); x has row stride `xs`, `dst` row stride n. Prefetches the tile's columns of the `pf` weight
+/// rows after these.
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
 unsafe fn tile<const R: usize, const KIND: u8>(
     x: *const f32,
-    k: usize,
+    xs: usize,
+    kn: usize,
+    first: bool,
     w: *const u8,
-    col0: usize,
+    e: usize,
     ld: usize,
     cols: usize,
+    pf: usize,
     dst: *mut f32,
     n: usize,
 ) {
@@ -95,20 +182,24 @@ unsafe fn tile<const R: usize, const KIND: u8>(
         ((1u32 << c) - 1) as __mmask16
     });
     let esize = if KIND == 0 { 4 } else { 2 };
-    let mut acc = [[_mm512_setzero_ps(); 4]; R];
-    for kk in 0..k {
-        let e = col0 + kk * ld;
-        // The tile's weights 8 rows ahead (64 columns: 4 cache lines of f32, 2 of 16-bit).
-        if kk + 8 < k {
-            let ahead = unsafe { w.add((e + 8 * ld) * esize) } as *const i8;
-            for l in 0..esize {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l));
-            }
+    // SAFETY (every access below): the caller's bounds: R rows of x (stride xs) with kn elements from x, W's
+    // kn rows from element e (cols of each), R rows of dst (stride n) with cols elements.
+    let mut acc: [[__m512; 4]; R] = std::array::from_fn(|r| {
+        std::array::from_fn(|v| match first {
+            true => _mm512_setzero_ps(),
+            false => unsafe { _mm512_maskz_loadu_ps(masks[v], dst.add(r * n + 16 * v)) },
+        })
+    });
+    for kk in 0..pf {
+        let ahead = unsafe { w.add((e + (kn + kk) * ld) * esize) } as *const i8;
+        for l in 0..esize {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l));
         }
-        // SAFETY: the caller's bounds (row kk, columns col0..col0 + cols; x holds R rows of k).
-        let wv: [__m512; 4] = std::array::from_fn(|v| unsafe { load::<KIND>(w, e + 16 * v, masks[v]) });
+    }
+    for kk in 0..kn {
+        let wv: [__m512; 4] = std::array::from_fn(|v| unsafe { load::<KIND>(w, e + kk * ld + 16 * v, masks[v]) });
         for r in 0..R {
-            let xb = _mm512_set1_ps(unsafe { *x.add(r * k + kk) });
+            let xb = _mm512_set1_ps(unsafe { *x.add(r * xs + kk) });
             for v in 0..4 {
                 acc[r][v] = _mm512_fmadd_ps(wv[v], xb, acc[r][v]);
             }
@@ -117,12 +208,7 @@ unsafe fn tile<const R: usize, const KIND: u8>(
     for r in 0..R {
         for v in 0..4 {
             if masks[v] != 0 {
-                // SAFETY: row r, the mask's columns: in `dst`'s m × n matrix (the caller's bounds).
-                unsafe {
-                    let p = dst.add(r * n + 16 * v);
-                    let cur = _mm512_maskz_loadu_ps(masks[v], p);
-                    _mm512_mask_storeu_ps(p, masks[v], _mm512_add_ps(cur, acc[r][v]));
-                }
+                unsafe { _mm512_mask_storeu_ps(dst.add(r * n + 16 * v), masks[v], acc[r][v]) };
             }
         }
     }
