@@ -385,11 +385,11 @@ mod tests {
     }
 
     /// Float expert tensors at every level, a few rows and many (more than one task of 64 weight rows, a last
-    /// short one, more rows than one AVX-512 op takes); at AVX-512 each row alone (the few-rows path) gives the
+    /// short one, more rows than one AVX-512 op takes, k past 32 tasks of 64); at AVX-512 each row alone (the few-rows path) gives the
     /// same bits as in the batch (the register tiles).
     #[test]
     fn xw_acc_matches_naive_with_stride_and_offset() {
-        for &(m, k, n) in &[(1, 9, 5), (2, 16, 130), (9, 31, 200), (20, 31, 200), (3, 150, 70), (50, 150, 70)] {
+        for &(m, k, n) in &[(1, 9, 5), (2, 16, 130), (9, 31, 200), (20, 31, 200), (3, 150, 70), (50, 150, 70), (5, 2100, 70)] {
             let ld = n + 7;
             let off = 3;
             let x = rnd(m * k, 3);

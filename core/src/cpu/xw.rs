@@ -280,11 +280,18 @@ fn block_body(
     }
 }
 
-/// Rows of W per task of [`float_split_k`].
-pub(crate) const SPLIT_K: usize = 64;
+/// Tasks of [`float_split_k`] (and of the AVX-512 expert GEMM) at most: each keeps m × n partial sums.
+const MAX_SPLITS: usize = 32;
+
+/// Rows of W per task of [`float_split_k`] and of the AVX-512 expert GEMM: 64, or for k over 2,048 enough whole
+/// 8s for [`MAX_SPLITS`] tasks (Scout's 5,120: 160), which bounds their partial sums. It depends on k alone,
+/// so the two agree and neither depends on the thread count.
+pub(crate) fn split_rows(k: usize) -> usize {
+    k.div_ceil(MAX_SPLITS).next_multiple_of(8).max(64)
+}
 
 /// `out[m, n] += x[m, k] · W` (W's element (kk, j) at `w_off + kk · ld + j`) for float W (f32, bf16, f16)
-/// and a few rows: decode through the fused expert tensors. W's rows are split into tasks of [`SPLIT_K`],
+/// and a few rows: decode through the fused expert tensors. W's rows are split into tasks of [`split_rows`],
 /// each streaming its rows whole (n contiguous elements each: one contiguous block of an expert, where
 /// column blocks would read short runs a row apart) into its own partial sums, which are then added to `out`
 /// in task order: a fixed order, so the result does not depend on the thread count. Returns false (and does
@@ -307,13 +314,14 @@ pub(crate) fn float_split_k(
     if m == 0 || n == 0 {
         return true;
     }
-    let tasks = k.div_ceil(SPLIT_K);
+    let block = split_rows(k);
+    let tasks = k.div_ceil(block);
     super::pool::with_scratch(&PARTS, |part| {
         // Zeroed partial sums, in a buffer kept per thread (a decode step allocates nothing).
         part.clear();
         part.resize(tasks * m * n, 0.0);
         super::pool::chunks_mut(part, m * n, |t, p| {
-            let rows = t * SPLIT_K..((t + 1) * SPLIT_K).min(k);
+            let rows = t * block..((t + 1) * block).min(k);
             #[cfg(target_arch = "x86_64")]
             if simd >= Simd::Avx2 {
                 // SAFETY: Avx2 (and Avx512, which includes it) is only chosen where the processor has AVX2,

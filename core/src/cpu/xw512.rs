@@ -3,27 +3,31 @@
 //! input-major, W's element (kk, j) at `w_off + kk · ld + j`), for the few to few dozen rows a prefill gives
 //! each expert.
 //!
-//! The weights are split along k into the blocks of the decode path ([`super::xw::float_split_k`], 64 rows a
-//! task), each task streaming its block whole: [`KC`] rows at a time, all of their columns, so that the
-//! processor's prefetchers see a few ascending runs. Tasks that owned column strips instead read 256 bytes of
-//! every row, a row (2-8 KB) apart: each weight once from memory but a new page at every step, at less than
-//! half the bandwidth. Within a pass, a register tile of up to 6 rows × 64 columns (24 accumulators) takes the
-//! weights as stored (converted in registers, no packed copy), and a task's partial sums stay in its own
-//! buffer; they are added to `out` in task order at the end. Every partial sum is one FMA chain over its
-//! block's rows in order and the blocks are fixed, so a row's result depends neither on the thread count nor
-//! on how many rows share its expert.
+//! The weights are split along k into the blocks of the decode path ([`super::xw::float_split_k`],
+//! [`super::xw::split_rows`] rows a task), each task streaming its block whole: [`KC`] rows at a time, all of
+//! their columns, so that the processor's prefetchers see a few ascending runs. Tasks that owned column strips
+//! instead read 256 bytes of every row, a row (2-8 KB) apart, a new page at every step: the 252M test model's
+//! f32 prefill was 20% slower that way. Within a pass, a register tile of up to 6 rows × 64 columns (24
+//! accumulators) takes the weights as stored (converted in registers, no packed copy), and a task's partial
+//! sums stay in its own buffer; they are added to `out` in task order at the end. Every partial sum is one FMA
+//! chain over its block's rows in order and the blocks depend on k alone, so a row's result depends neither on
+//! the thread count nor on how many rows share its expert, and equals the decode path's bit for bit (tested for
+//! f32).
 
 use std::arch::x86_64::*;
 
 use super::matmul::WView;
-use super::xw::{PARTS, SPLIT_K};
+use super::xw::{split_rows, PARTS};
 
 /// Rows of a register tile.
 const TR: usize = 6;
 /// Weight rows of one pass over a task's columns.
 const KC: usize = 8;
-/// Rows of x per op, which bounds the partial sums (k / 64 tasks × 48 rows × n).
+/// Rows of x per op at most.
 const MAX_ROWS: usize = 48;
+/// The partial sums' bytes per op at most (they take tasks × rows × n floats): fewer rows an op where n and k
+/// are large (Scout's fused gate_up, 5,120 × 16,384: 16 rows).
+const MAX_PART_BYTES: usize = 32 << 20;
 /// Output elements per task when the partial sums are added up.
 const SUM_CHUNK: usize = 4096;
 
@@ -35,8 +39,10 @@ pub(crate) unsafe fn xw(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_of
     }
     assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= w_off + (k - 1) * ld + n);
     assert!(!matches!(w, WView::Quant(..)), "xw512 takes float weights");
-    for r0 in (0..m).step_by(MAX_ROWS) {
-        let mm = MAX_ROWS.min(m - r0);
+    let per_row = k.div_ceil(split_rows(k)) * n * std::mem::size_of::<f32>();
+    let max_rows = (MAX_PART_BYTES / per_row).clamp(1, MAX_ROWS);
+    for r0 in (0..m).step_by(max_rows) {
+        let mm = max_rows.min(m - r0);
         // SAFETY: the caller's (Avx512); rows r0.. of x and out, in bounds by the assertion above.
         unsafe { rows(&x[r0 * k..], mm, k, n, w, w_off, ld, &mut out[r0 * n..(r0 + mm) * n]) }
     }
@@ -45,16 +51,17 @@ pub(crate) unsafe fn xw(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_of
 /// [`xw`] for at most [`MAX_ROWS`] rows.
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize, ld: usize, out: &mut [f32]) {
-    let tasks = k.div_ceil(SPLIT_K);
+    let block = split_rows(k);
+    let tasks = k.div_ceil(block);
     super::pool::with_scratch(&PARTS, |part| {
         // Every element is written by its task's first pass before it is read (not zeroed first).
         if part.len() < tasks * m * n {
             part.resize(tasks * m * n, 0.0);
         }
         super::pool::chunks_mut(&mut part[..tasks * m * n], m * n, |t, p| {
-            let end = ((t + 1) * SPLIT_K).min(k);
+            let end = ((t + 1) * block).min(k);
             let pp = p.as_mut_ptr();
-            for kc in (t * SPLIT_K..end).step_by(KC) {
+            for kc in (t * block..end).step_by(KC) {
                 let kn = KC.min(end - kc);
                 for c0 in (0..n).step_by(64) {
                     let cols = 64.min(n - c0);
@@ -67,7 +74,7 @@ unsafe fn rows(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize,
                         unsafe {
                             let (xp, dst) = (x.as_ptr().add(r0 * k + kc), pp.add(r0 * n + c0));
                             let pf = if r0 == 0 { ahead } else { 0 };
-                            let first = kc == t * SPLIT_K;
+                            let first = kc == t * block;
                             macro_rules! go {
                                 ($r:literal) => {
                                     match w {
