@@ -96,6 +96,9 @@ pub(super) fn step_images<'a, 'b, B: Backend>(
     images: &[Option<&'a ImageRows<'b, B>>],
     used: &mut [usize],
 ) -> Vec<StepImages<'a, 'b, B>> {
+    if images.is_empty() {
+        return Vec::new(); // a step without images (the step takes an empty list)
+    }
     piece
         .iter()
         .map(|&(bi, toks)| {

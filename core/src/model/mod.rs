@@ -56,6 +56,8 @@ pub struct Llama4<B: Backend> {
     inv_freq: B::Buffer,
     /// The buffers kept between steps (see [`Scratch`]); a step that finds them busy makes its own.
     step: Mutex<Option<Scratch<B>>>,
+    /// The host vectors kept between steps, likewise.
+    host: Mutex<HostRows>,
     /// With `--expert-cache`: the routed experts, streamed.
     experts: Option<ExpertCache<B>>,
     /// Slots per KV-cache page of the caches this model makes (the backend's own unless set).
@@ -211,6 +213,7 @@ impl<B: Backend> Llama4<B> {
             layers,
             inv_freq,
             step: Mutex::new(None),
+            host: Mutex::new(HostRows::default()),
             experts: cache,
             kv_page,
             kv_dtypes: [KvDtype::F32; 2],
@@ -355,7 +358,12 @@ impl<B: Backend> Llama4<B> {
         }
         check_images(batch, images)?;
         let pieces = self.steps(cache, batch, Rows::Last)?;
-        let mut used = vec![0usize; batch.len()];
+        let mut used = if images.is_empty() { Vec::new() } else { vec![0usize; batch.len()] };
+        if let [piece] = &pieces[..] {
+            // One step (every decode step): it is the whole batch, in order.
+            let imgs = step_images(piece, images, &mut used);
+            return self.run(cache, batch, &imgs, Rows::Last, Finish::Pick(picks)).await?.picked();
+        }
         let mut out: Vec<Picked> = vec![Picked::Nothing; batch.len()];
         // The piece holding each sequence's last token (the last piece it is in): only that one picks for it.
         let mut last = vec![0usize; batch.len()];
@@ -396,9 +404,12 @@ impl<B: Backend> Llama4<B> {
         let d = cfg.hidden_size;
         // The batch was checked whole by `steps` (every error a user can cause is reported before any work
         // is enqueued); this is one of its pieces.
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut plan = Vec::with_capacity(batch.len());
+        // The step's host rows, in vectors kept between steps (fresh ones if another step holds them).
+        let mut kept_host = self.host.try_lock().ok();
+        let mut own_host = HostRows::default();
+        let h = kept_host.as_deref_mut().unwrap_or(&mut own_host);
+        h.clear();
+        let HostRows { ids, positions, plan, grow, last } = h;
         for &(id, toks) in batch {
             let pos0 = cache.seq_len(id)?;
             plan.push((id, ids.len(), toks.len()));
@@ -406,8 +417,8 @@ impl<B: Backend> Llama4<B> {
             ids.extend_from_slice(toks);
         }
         let t = ids.len();
-        let grow: Vec<(SeqId, usize)> = plan.iter().map(|&(id, _, n)| (id, n)).collect();
-        cache.reserve(be, &grow)?;
+        grow.extend(plan.iter().map(|&(id, _, n)| (id, n)));
+        cache.reserve(be, grow)?;
 
         let nseq = plan.len();
         let mut kept = self.step.try_lock().ok();
@@ -434,10 +445,10 @@ impl<B: Backend> Llama4<B> {
                 &one_off
             }
         };
-        let last: Vec<u32> = plan.iter().map(|&(_, r, n)| (r + n - 1) as u32).collect();
-        be.write_u32(&s.ids, &ids)?;
-        be.write_u32(&s.positions, &positions)?;
-        be.write_u32(&s.last, &last)?;
+        last.extend(plan.iter().map(|&(_, r, n)| (r + n - 1) as u32));
+        be.write_u32(&s.ids, ids)?;
+        be.write_u32(&s.positions, positions)?;
+        be.write_u32(&s.last, last)?;
         let (hidden, ids_buf, pos_buf) = (&s.hidden, &s.ids, &s.positions);
         be.embed(&self.embed, ids_buf, t, d, hidden)?;
         for (&(_, r0, _), (&(_, toks), img)) in plan.iter().zip(batch.iter().zip(images)) {
@@ -451,7 +462,7 @@ impl<B: Backend> Llama4<B> {
         if let Some(first) = self.layers.first() {
             be.rms_norm(hidden, Some(&first.input_norm), t, d, eps, &s.a)?;
         }
-        cache.plan(&plan)?;
+        cache.plan(plan)?;
         for (i, layer) in self.layers.iter().enumerate() {
             layer.attn.forward(be, cfg, s, t, pos_buf, &self.inv_freq, cache.groups(i))?;
             be.add_rms_norm(hidden, &s.o, &layer.post_norm, t, d, eps, &s.a)?;
@@ -462,7 +473,7 @@ impl<B: Backend> Llama4<B> {
                 None => be.add(hidden, &s.o, t * d)?,
             }
         }
-        cache.advance(&grow)?;
+        cache.advance(grow)?;
 
         let all_logits;
         let (out_rows, src, logits) = match rows {
@@ -485,6 +496,27 @@ impl<B: Backend> Llama4<B> {
             }
             Finish::Pick(picks) => Ok(StepOut::Picked(self.pick(logits, out_rows, picks, &s.picked).await?)),
         }
+    }
+}
+
+/// A step's host rows: its token ids and positions, each sequence's (id, first row, rows), its cache growth,
+/// and each sequence's last row.
+#[derive(Default)]
+struct HostRows {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    plan: Vec<(SeqId, usize, usize)>,
+    grow: Vec<(SeqId, usize)>,
+    last: Vec<u32>,
+}
+
+impl HostRows {
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.positions.clear();
+        self.plan.clear();
+        self.grow.clear();
+        self.last.clear();
     }
 }
 

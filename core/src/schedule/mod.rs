@@ -33,6 +33,8 @@ mod logprobs;
 mod prefix;
 use prefix::{cache_content, content_keys};
 mod request;
+mod scratch;
+use scratch::{recycle, StepScratch};
 
 use logprobs::{log_softmax, top_n};
 
@@ -138,6 +140,7 @@ pub struct Scheduler<B: Backend> {
     kept: VecDeque<(SeqId, Vec<u64>)>,
     next_id: u64,
     stats: SchedulerStats,
+    scratch: StepScratch,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -158,6 +161,7 @@ impl<B: Backend> Scheduler<B> {
             kept: VecDeque::new(),
             next_id: 0,
             stats: SchedulerStats::default(),
+            scratch: StepScratch::default(),
         })
     }
 
@@ -367,13 +371,17 @@ impl<B: Backend> Scheduler<B> {
             return Ok(());
         }
         self.stats.steps += 1;
+        // The step's working vectors come from the last step's (a warm decode step allocates none here).
+        let mut sc = std::mem::take(&mut self.scratch);
         // Decoding sequences first: one token each; then prompt pieces in joining order.
         let mut budget = self.cfg.max_batch_tokens;
-        let mut pieces: Vec<(usize, usize, usize)> = Vec::new(); // (running index, start, len) of prompt feeds
-        let mut decoding = Vec::new();
+        let pieces = &mut sc.pieces; // (running index, start, len) of prompt feeds
+        let order = &mut sc.order;
+        pieces.clear();
+        order.clear();
         for (i, s) in self.running.iter().enumerate() {
             if s.fed == s.prompt.len() {
-                decoding.push(i);
+                order.push(i);
                 budget -= 1;
             }
         }
@@ -384,26 +392,30 @@ impl<B: Backend> Scheduler<B> {
                 budget -= n;
             }
         }
-        let mut order: Vec<usize> = decoding.clone();
         order.extend(pieces.iter().map(|p| p.0));
+        let (pieces, order) = (&*pieces, &*order);
         // What each sequence of the step gives back: nothing while its prompt is still being read, else its
         // next token (one draw of its own random stream).
-        let producing: Vec<bool> = order
-            .iter()
-            .map(|&i| {
-                pieces.iter().find(|p| p.0 == i).is_none_or(|&(_, start, n)| start + n == self.running[i].prompt.len())
-            })
-            .collect();
-        let mut draws = vec![0f32; order.len()];
-        for ((&i, &p), d) in order.iter().zip(&producing).zip(&mut draws) {
+        let producing = &mut sc.producing;
+        producing.clear();
+        producing.extend(order.iter().map(|&i| {
+            pieces.iter().find(|p| p.0 == i).is_none_or(|&(_, start, n)| start + n == self.running[i].prompt.len())
+        }));
+        let draws = &mut sc.draws;
+        draws.clear();
+        draws.resize(order.len(), 0.0);
+        for ((&i, &p), d) in order.iter().zip(producing.iter()).zip(draws.iter_mut()) {
             if p {
                 *d = self.running[i].sampler.draw();
             }
         }
+        let (producing, draws) = (&*producing, &*draws);
         // The constrained sequences' masks are computed while the forward runs (see `constrain::Masks`).
         let mut jobs = Vec::new();
-        let mut job_of: Vec<Option<usize>> = vec![None; order.len()];
-        for (k, (&i, &p)) in order.iter().zip(&producing).enumerate() {
+        let job_of = &mut sc.job_of;
+        job_of.clear();
+        job_of.resize(order.len(), None);
+        for (k, (&i, &p)) in order.iter().zip(producing).enumerate() {
             let s = &mut self.running[i];
             // Only a row that gives a token takes its constraint (a row still reading its prompt keeps it).
             if let Some(c) = s.constraint.take_if(|_| p) {
@@ -411,52 +423,62 @@ impl<B: Backend> Scheduler<B> {
                 jobs.push((c, s.params.stop_ids.clone()));
             }
         }
+        let job_of = &*job_of;
         let masks = (!jobs.is_empty()).then(|| Masks::start(jobs));
-        let feeds: Vec<Vec<u32>> = order
-            .iter()
-            .map(|&i| {
-                let s = &self.running[i];
-                match pieces.iter().find(|p| p.0 == i) {
-                    Some(&(_, start, n)) => s.prompt[start..start + n].to_vec(),
-                    None => vec![*s.out.last().expect("a decoding sequence has generated a token")],
-                }
-            })
-            .collect();
-        let batch: Vec<(SeqId, &[u32])> = order
-            .iter()
-            .zip(&feeds)
-            .map(|(&i, f)| (self.running[i].cache.expect("a running sequence has a cache sequence"), f.as_slice()))
-            .collect();
+        // Each sequence's tokens of the step, one after another in `feeds`.
+        let (feeds, spans) = (&mut sc.feeds, &mut sc.spans);
+        feeds.clear();
+        spans.clear();
+        for &i in order {
+            let s = &self.running[i];
+            let at = feeds.len();
+            match pieces.iter().find(|p| p.0 == i) {
+                Some(&(_, start, n)) => feeds.extend_from_slice(&s.prompt[start..start + n]),
+                None => feeds.push(*s.out.last().expect("a decoding sequence has generated a token")),
+            }
+            spans.push((at, feeds.len() - at));
+        }
+        let (feeds, spans) = (&*feeds, &*spans);
+        let feed = |k: usize| &feeds[spans[k].0..spans[k].0 + spans[k].1];
+        let mut batch: Vec<(SeqId, &[u32])> = recycle(std::mem::take(&mut sc.batch));
+        batch.extend(
+            order
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (self.running[i].cache.expect("a running sequence has a cache sequence"), feed(k))),
+        );
         // Image rows for the prompt pieces that hold `patch` tokens: those after the ones earlier pieces took.
         let mut any_images = false;
-        let image_rows: Vec<Option<ImageRows<'_, B>>> = order
-            .iter()
-            .zip(&feeds)
-            .map(|(&i, f)| {
-                let s = &self.running[i];
-                let im = s.images.as_ref()?;
-                let &(_, start, _) = pieces.iter().find(|p| p.0 == i)?;
-                let here = f.iter().filter(|&&t| t == im.patch).count();
-                if here == 0 {
-                    return None;
-                }
-                any_images = true;
-                let used = s.prompt[..start].iter().filter(|&&t| t == im.patch).count();
-                let all = ImageRows {
-                    token: im.patch,
-                    parts: im.rows.iter().map(|(b, n)| ImagePart { buf: &**b, first: 0, len: *n }).collect(),
-                };
-                Some(all.skip(used).take(here))
-            })
-            .collect();
+        let image_rows: Vec<Option<ImageRows<'_, B>>> = if pieces.iter().any(|p| self.running[p.0].images.is_some()) {
+            order
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let s = &self.running[i];
+                    let im = s.images.as_ref()?;
+                    let &(_, start, _) = pieces.iter().find(|p| p.0 == i)?;
+                    let here = feed(k).iter().filter(|&&t| t == im.patch).count();
+                    if here == 0 {
+                        return None;
+                    }
+                    any_images = true;
+                    let used = s.prompt[..start].iter().filter(|&&t| t == im.patch).count();
+                    let all = ImageRows {
+                        token: im.patch,
+                        parts: im.rows.iter().map(|(b, n)| ImagePart { buf: &**b, first: 0, len: *n }).collect(),
+                    };
+                    Some(all.skip(used).take(here))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let image_refs: Vec<Option<&ImageRows<'_, B>>> =
             if any_images { image_rows.iter().map(Option::as_ref).collect() } else { Vec::new() };
         // Its next token is sampled on the device unless the request needs its logits on the host.
-        let picks: Vec<Pick<'_>> = order
-            .iter()
-            .zip(producing.iter().zip(&draws))
-            .zip(&job_of)
-            .map(|((&i, (&producing, &draw)), job)| {
+        let mut picks: Vec<Pick<'_>> = recycle(std::mem::take(&mut sc.picks));
+        picks.extend(order.iter().zip(producing.iter().zip(draws)).zip(job_of).map(
+            |((&i, (&producing, &draw)), job)| {
                 let s = &self.running[i];
                 if !producing {
                     Pick::Nothing
@@ -466,13 +488,16 @@ impl<B: Backend> Scheduler<B> {
                     let mask = masks.as_ref().zip(*job).map(|(masks, row)| MaskRef { masks, row });
                     Pick::Sample { params: s.sampler.params(), draw, history: &s.history, mask }
                 }
-            })
-            .collect();
+            },
+        ));
         let result = self.model.forward_pick(&mut self.cache, &batch, &image_refs, &picks).await;
-        drop(picks);
+        sc.picks = recycle(picks);
+        sc.batch = recycle(batch);
         // The constraints go back to their sequences; each row's mask (or why it failed) is kept for the
         // rows picked on the host and to end the sequences whose grammar failed.
-        let mut grammar: Vec<Option<std::result::Result<Vec<u32>, String>>> = vec![None; order.len()];
+        let grammar = &mut sc.grammar;
+        grammar.clear();
+        grammar.resize(order.len(), None);
         if let Some(m) = masks {
             match m.finish() {
                 Ok(done) => {
@@ -507,7 +532,7 @@ impl<B: Backend> Scheduler<B> {
                 return Err(e);
             }
         };
-        for (((&i, got), &u), grammar) in order.iter().zip(picked).zip(&draws).zip(grammar) {
+        for (((&i, got), &u), grammar) in order.iter().zip(picked).zip(draws).zip(grammar.drain(..)) {
             let s = &mut self.running[i];
             if let Some(&(_, _, n)) = pieces.iter().find(|p| p.0 == i) {
                 s.fed += n;
@@ -575,6 +600,7 @@ impl<B: Backend> Scheduler<B> {
                 s.stop = Some(Ok(StopReason::Length));
             }
         }
+        self.scratch = sc;
         let mut i = 0;
         while i < self.running.len() {
             if let Some(reason) = self.running[i].stop.take() {
