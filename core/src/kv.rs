@@ -395,8 +395,19 @@ impl<B: Backend> KvCache<B> {
             for kind in (0..2).filter(|&k| has[k]) {
                 let s = self.index(id)?;
                 let len = self.seqs[s].len;
+                // The pages the new tokens land in, in order (no list for the common cases: a decode step
+                // allocates nothing here).
                 let touched: Vec<usize> = match self.ring(kind) {
-                    None => (len / self.page..(len + new).div_ceil(self.page)).collect(),
+                    None => {
+                        for i in len / self.page..(len + new).div_ceil(self.page) {
+                            self.writable(backend, kind, s, i)?;
+                        }
+                        continue;
+                    }
+                    Some(r) if new == 1 => {
+                        self.writable(backend, kind, s, len % (r * self.page) / self.page)?;
+                        continue;
+                    }
                     Some(r) => {
                         // A step longer than the ring writes only its last ring's worth.
                         let slots = r * self.page;

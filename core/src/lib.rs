@@ -34,6 +34,7 @@ pub mod openai;
 pub mod oplock;
 pub mod plan;
 pub mod quant;
+mod recycle;
 pub mod sampling;
 pub mod schedule;
 pub mod source;
@@ -44,3 +45,4 @@ pub mod vision;
 
 pub use error::{HerdError, Result};
 pub use not_run::not_run;
+pub(crate) use recycle::recycle;

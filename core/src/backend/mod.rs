@@ -214,6 +214,14 @@ pub trait Backend: Send + Sync + 'static {
     fn read_u32_async(&self, buf: &Self::Buffer) -> impl std::future::Future<Output = Result<Vec<u32>>> {
         std::future::ready(self.read_u32(buf))
     }
+    /// [`Backend::read_u32_async`] into `out`, replacing its contents. The default reads into a new vector;
+    /// the CPU backend copies into `out`'s allocation (a decode step's ids, read back without allocating).
+    fn read_u32_into(&self, buf: &Self::Buffer, out: &mut Vec<u32>) -> impl std::future::Future<Output = Result<()>> {
+        async move {
+            *out = self.read_u32_async(buf).await?;
+            Ok(())
+        }
+    }
     /// Copies `len` f32 elements from `src[src_off..]` to `dst[dst_off..]` (distinct buffers).
     fn copy(&self, src: &Self::Buffer, src_off: usize, dst: &Self::Buffer, dst_off: usize, len: usize) -> Result<()>;
     /// Uploads a checkpoint tensor, keeping its format.

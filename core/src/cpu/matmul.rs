@@ -389,7 +389,9 @@ mod tests {
     /// same bits as in the batch (the register tiles).
     #[test]
     fn xw_acc_matches_naive_with_stride_and_offset() {
-        for &(m, k, n) in &[(1, 9, 5), (2, 16, 130), (9, 31, 200), (20, 31, 200), (3, 150, 70), (50, 150, 70), (5, 2100, 70)] {
+        for &(m, k, n) in
+            &[(1, 9, 5), (2, 16, 130), (9, 31, 200), (20, 31, 200), (3, 150, 70), (50, 150, 70), (5, 2100, 70)]
+        {
             let ld = n + 7;
             let off = 3;
             let x = rnd(m * k, 3);

@@ -255,6 +255,13 @@ impl Backend for CpuBackend {
     fn read_u32(&self, buf: &CpuBuffer) -> Result<Vec<u32>> {
         Ok(buf.u32()?.clone())
     }
+    fn read_u32_into(&self, buf: &CpuBuffer, out: &mut Vec<u32>) -> impl std::future::Future<Output = Result<()>> {
+        let got = buf.u32().map(|v| {
+            out.clear();
+            out.extend_from_slice(&v);
+        });
+        std::future::ready(got)
+    }
     fn copy(&self, src: &CpuBuffer, src_off: usize, dst: &CpuBuffer, dst_off: usize, len: usize) -> Result<()> {
         check::copy(self, src, src_off, dst, dst_off, len).map_err(err)?;
         fn run<T: Copy>(s: &[T], d: &mut [T], src_off: usize, dst_off: usize, len: usize) -> Result<()> {

@@ -347,6 +347,19 @@ impl<B: Backend> Llama4<B> {
         images: &[Option<&ImageRows<'_, B>>],
         picks: &[Pick<'_>],
     ) -> Result<Vec<Picked>> {
+        self.forward_pick_into(cache, batch, images, picks, Vec::new()).await
+    }
+
+    /// [`Llama4::forward_pick`] into `out` (its contents replaced, its allocation kept: a caller that hands
+    /// back the last step's vector makes a decode step allocate nothing for it).
+    pub async fn forward_pick_into(
+        &self,
+        cache: &mut KvCache<B>,
+        batch: &[(SeqId, &[u32])],
+        images: &[Option<&ImageRows<'_, B>>],
+        picks: &[Pick<'_>],
+        out: Vec<Picked>,
+    ) -> Result<Vec<Picked>> {
         if picks.len() != batch.len() {
             return Err(HerdError::internal(format!("{} picks for a batch of {}", picks.len(), batch.len())));
         }
@@ -357,14 +370,19 @@ impl<B: Backend> Llama4<B> {
             }
         }
         check_images(batch, images)?;
-        let pieces = self.steps(cache, batch, Rows::Last)?;
+        self.check_batch(cache, batch)?;
         let mut used = if images.is_empty() { Vec::new() } else { vec![0usize; batch.len()] };
-        if let [piece] = &pieces[..] {
-            // One step (every decode step): it is the whole batch, in order.
-            let imgs = step_images(piece, images, &mut used);
-            return self.run(cache, batch, &imgs, Rows::Last, Finish::Pick(picks)).await?.picked();
+        if self.one_step(batch, Rows::Last) {
+            // One step (every decode step): the whole batch, in order.
+            let piece: steps::Piece<'_> =
+                if images.is_empty() { Vec::new() } else { batch.iter().map(|b| b.1).enumerate().collect() };
+            let imgs = step_images(&piece, images, &mut used);
+            return self.run(cache, batch, &imgs, Rows::Last, Finish::Pick(picks, out)).await?.picked();
         }
-        let mut out: Vec<Picked> = vec![Picked::Nothing; batch.len()];
+        let pieces = self.steps(cache, batch, Rows::Last)?;
+        let mut out = out;
+        out.clear();
+        out.resize(batch.len(), Picked::Nothing);
         // The piece holding each sequence's last token (the last piece it is in): only that one picks for it.
         let mut last = vec![0usize; batch.len()];
         for (pi, piece) in pieces.iter().enumerate() {
@@ -377,7 +395,7 @@ impl<B: Backend> Llama4<B> {
             let here: Vec<Pick<'_>> =
                 piece.iter().map(|&(bi, _)| if last[bi] == pi { picks[bi] } else { Pick::Nothing }).collect();
             let imgs = step_images(piece, images, &mut used);
-            let got = self.run(cache, &step, &imgs, Rows::Last, Finish::Pick(&here)).await?.picked()?;
+            let got = self.run(cache, &step, &imgs, Rows::Last, Finish::Pick(&here, Vec::new())).await?.picked()?;
             for (&(bi, _), g) in piece.iter().zip(got) {
                 if !matches!(g, Picked::Nothing) {
                     out[bi] = g;
@@ -409,7 +427,7 @@ impl<B: Backend> Llama4<B> {
         let mut own_host = HostRows::default();
         let h = kept_host.as_deref_mut().unwrap_or(&mut own_host);
         h.clear();
-        let HostRows { ids, positions, plan, grow, last } = h;
+        let HostRows { ids, positions, plan, grow, last, pick: pick_rows } = h;
         for &(id, toks) in batch {
             let pos0 = cache.seq_len(id)?;
             plan.push((id, ids.len(), toks.len()));
@@ -494,7 +512,9 @@ impl<B: Backend> Llama4<B> {
                 out.truncate(out_rows * cfg.vocab_size);
                 Ok(StepOut::Logits(out))
             }
-            Finish::Pick(picks) => Ok(StepOut::Picked(self.pick(logits, out_rows, picks, &s.picked).await?)),
+            Finish::Pick(picks, out) => {
+                Ok(StepOut::Picked(self.pick(logits, out_rows, picks, &s.picked, pick_rows, out).await?))
+            }
         }
     }
 }
@@ -508,6 +528,7 @@ struct HostRows {
     plan: Vec<(SeqId, usize, usize)>,
     grow: Vec<(SeqId, usize)>,
     last: Vec<u32>,
+    pick: pick::PickRows,
 }
 
 impl HostRows {
@@ -523,7 +544,8 @@ impl HostRows {
 /// What a step ends with: its logits read back, or for each sequence what its [`Pick`] asks.
 enum Finish<'a> {
     Logits,
-    Pick(&'a [Pick<'a>]),
+    /// What to pick, and the vector to pick into.
+    Pick(&'a [Pick<'a>], Vec<Picked>),
 }
 
 enum StepOut {

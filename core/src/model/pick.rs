@@ -32,20 +32,32 @@ pub enum Picked {
     Id(u32),
 }
 
+/// The host vectors of [`Llama4::pick`], kept between steps (those of borrowed items kept empty).
+#[derive(Default)]
+pub(super) struct PickRows {
+    draws: Vec<f32>,
+    history: Vec<&'static [u32]>,
+    ids: Vec<u32>,
+}
+
 impl<B: Backend> Llama4<B> {
-    /// What `picks` asks of each of `rows` rows of `logits`: the rows wanted as logits are read back first,
-    /// then each group of rows to sample with the same parameters is sampled on the device (in place when
-    /// the group is every row, else gathered into a buffer of its own) and its ids read back.
+    /// What `picks` asks of each of `rows` rows of `logits`, into `out`: the rows wanted as logits are read
+    /// back first, then each group of rows to sample with the same parameters is sampled on the device (in
+    /// place when the group is every row, else gathered into a buffer of its own) and its ids read back. A
+    /// step whose rows all sample with the same parameters (every plain decode step) allocates nothing here.
     pub(super) async fn pick(
         &self,
         logits: &B::Buffer,
         rows: usize,
         picks: &[Pick<'_>],
         ids: &B::Buffer,
+        kept: &mut PickRows,
+        mut out: Vec<Picked>,
     ) -> Result<Vec<Picked>> {
         let be = &*self.backend;
         let v = self.cfg.vocab_size;
-        let mut out = vec![Picked::Nothing; rows];
+        out.clear();
+        out.resize(rows, Picked::Nothing);
         if picks.iter().any(|p| matches!(p, Pick::Logits)) {
             let host = be.read_async(logits).await?;
             for (r, p) in picks.iter().enumerate() {
@@ -54,31 +66,46 @@ impl<B: Backend> Llama4<B> {
                 }
             }
         }
-        // Rows to sample, grouped by their parameters (the seed only shapes the draws, made on the host).
+        // Rows to sample, grouped by their parameters (the seed only shapes the draws, made on the host): one
+        // group of every row (None) when they all share them.
+        let key = |p: &Pick<'_>| match p {
+            Pick::Sample { params, .. } => Some(SamplingParams { seed: None, ..**params }),
+            _ => None,
+        };
+        let every = match picks.first().and_then(key) {
+            Some(k) if picks.len() == rows && picks.iter().all(|p| key(p) == Some(k)) => Some(k),
+            _ => None,
+        };
         let mut groups: Vec<(SamplingParams, Vec<usize>)> = Vec::new();
-        for (r, p) in picks.iter().enumerate() {
-            if let Pick::Sample { params, .. } = p {
-                let key = SamplingParams { seed: None, ..**params };
-                match groups.iter_mut().find(|g| g.0 == key) {
-                    Some(g) => g.1.push(r),
-                    None => groups.push((key, vec![r])),
+        if every.is_none() {
+            for (r, p) in picks.iter().enumerate() {
+                if let Some(k) = key(p) {
+                    match groups.iter_mut().find(|g| g.0 == k) {
+                        Some(g) => g.1.push(r),
+                        None => groups.push((k, vec![r])),
+                    }
                 }
             }
         }
-        for (params, members) in &groups {
-            let n = members.len();
-            let (draws, history): (Vec<f32>, Vec<&[u32]>) = members
-                .iter()
-                .map(|&r| match picks[r] {
+        let all = every.map(|k| (k, None));
+        for (params, members) in all.into_iter().chain(groups.iter().map(|(k, m)| (*k, Some(m.as_slice())))) {
+            let n = members.map_or(rows, <[usize]>::len);
+            let member = |k: usize| members.map_or(k, |m| m[k]);
+            let mut history: Vec<&[u32]> = crate::recycle(std::mem::take(&mut kept.history));
+            kept.draws.clear();
+            for k in 0..n {
+                let (d, h) = match picks[member(k)] {
                     Pick::Sample { draw, history, .. } => (draw, history),
                     _ => (0.0, &[][..]),
-                })
-                .unzip();
+                };
+                kept.draws.push(d);
+                history.push(h);
+            }
             // The group's masks, a row of ones for a member without one.
             let mut masks: Option<Vec<u32>> = None;
             let words = v.div_ceil(32);
-            for (k, &r) in members.iter().enumerate() {
-                if let Pick::Sample { mask: Some(m), .. } = picks[r] {
+            for k in 0..n {
+                if let Pick::Sample { mask: Some(m), .. } = picks[member(k)] {
                     let all = masks.get_or_insert_with(|| vec![u32::MAX; n * words]);
                     if let Some(w) = m.words()? {
                         all[k * words..(k + 1) * words].copy_from_slice(&w);
@@ -86,25 +113,26 @@ impl<B: Backend> Llama4<B> {
                 }
             }
             let masks = masks.map(|m| be.upload_u32(&m)).transpose()?;
-            let got = if n == rows {
+            if n == rows {
                 if let Some(m) = &masks {
                     be.mask_logits(logits, rows, v, m)?;
                 }
-                be.sample(logits, rows, v, params, &draws, &history, ids)?;
-                be.read_u32_async(ids).await?
+                be.sample(logits, rows, v, &params, &kept.draws, &history, ids)?;
+                be.read_u32_into(ids, &mut kept.ids).await?;
             } else {
-                let which = be.upload_u32(&members.iter().map(|&r| r as u32).collect::<Vec<_>>())?;
+                let which = be.upload_u32(&(0..n).map(|k| member(k) as u32).collect::<Vec<_>>())?;
                 let sel = be.alloc(n * v)?;
                 let picked = be.upload_u32(&vec![0; n])?;
                 be.gather_rows(logits, &which, n, v, &sel)?;
                 if let Some(m) = &masks {
                     be.mask_logits(&sel, n, v, m)?;
                 }
-                be.sample(&sel, n, v, params, &draws, &history, &picked)?;
-                be.read_u32_async(&picked).await?
-            };
-            for (&r, &id) in members.iter().zip(&got) {
-                out[r] = Picked::Id(id);
+                be.sample(&sel, n, v, &params, &kept.draws, &history, &picked)?;
+                be.read_u32_into(&picked, &mut kept.ids).await?;
+            }
+            kept.history = crate::recycle(history);
+            for (k, &id) in kept.ids.iter().enumerate().take(n) {
+                out[member(k)] = Picked::Id(id);
             }
         }
         Ok(out)

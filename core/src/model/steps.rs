@@ -42,6 +42,18 @@ impl<B: Backend> Llama4<B> {
         batch: &[(SeqId, &'a [u32])],
         rows: Rows,
     ) -> Result<Vec<Piece<'a>>> {
+        self.check_batch(cache, batch)?;
+        Ok(self.cut(batch, rows))
+    }
+
+    /// Whether [`Llama4::steps`] would give one step: the whole batch, as given.
+    pub(super) fn one_step(&self, batch: &[(SeqId, &[u32])], rows: Rows) -> bool {
+        let (max_rows, max_seqs) = self.step_limits(rows);
+        batch.len() <= max_seqs && batch.iter().map(|b| b.1.len()).sum::<usize>() <= max_rows
+    }
+
+    /// Refuses a batch that no step may run (before any work is enqueued).
+    pub(super) fn check_batch(&self, cache: &KvCache<B>, batch: &[(SeqId, &[u32])]) -> Result<()> {
         let cfg = &self.cfg;
         if batch.is_empty() {
             return Err(HerdError::Input("empty batch".into()));
@@ -65,6 +77,11 @@ impl<B: Backend> Llama4<B> {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Cuts a checked batch into steps.
+    fn cut<'a>(&self, batch: &[(SeqId, &'a [u32])], rows: Rows) -> Vec<Piece<'a>> {
         let (max_rows, max_seqs) = self.step_limits(rows);
         let mut pieces: Vec<Piece<'a>> = vec![Vec::new()];
         let mut rows_in = 0;
@@ -83,6 +100,6 @@ impl<B: Backend> Llama4<B> {
                 rest = &rest[n..];
             }
         }
-        Ok(pieces)
+        pieces
     }
 }

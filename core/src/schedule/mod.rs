@@ -34,7 +34,8 @@ mod prefix;
 use prefix::{cache_content, content_keys};
 mod request;
 mod scratch;
-use scratch::{recycle, StepScratch};
+use crate::recycle;
+use scratch::StepScratch;
 
 use logprobs::{log_softmax, top_n};
 
@@ -490,7 +491,8 @@ impl<B: Backend> Scheduler<B> {
                 }
             },
         ));
-        let result = self.model.forward_pick(&mut self.cache, &batch, &image_refs, &picks).await;
+        let into = std::mem::take(&mut sc.picked);
+        let result = self.model.forward_pick_into(&mut self.cache, &batch, &image_refs, &picks, into).await;
         sc.picks = recycle(picks);
         sc.batch = recycle(batch);
         // The constraints go back to their sequences; each row's mask (or why it failed) is kept for the
@@ -518,7 +520,7 @@ impl<B: Backend> Scheduler<B> {
                 }
             }
         }
-        let picked = match result {
+        let mut picked = match result {
             Ok(p) => p,
             Err(e) => {
                 // What the step left in the cache is unknown: every sequence of it ends.
@@ -532,7 +534,7 @@ impl<B: Backend> Scheduler<B> {
                 return Err(e);
             }
         };
-        for (((&i, got), &u), grammar) in order.iter().zip(picked).zip(draws).zip(grammar.drain(..)) {
+        for (((&i, got), &u), grammar) in order.iter().zip(picked.drain(..)).zip(draws).zip(grammar.drain(..)) {
             let s = &mut self.running[i];
             if let Some(&(_, _, n)) = pieces.iter().find(|p| p.0 == i) {
                 s.fed += n;
@@ -600,6 +602,7 @@ impl<B: Backend> Scheduler<B> {
                 s.stop = Some(Ok(StopReason::Length));
             }
         }
+        sc.picked = picked;
         self.scratch = sc;
         let mut i = 0;
         while i < self.running.len() {
