@@ -58,6 +58,13 @@ unsafe fn rows(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize,
         if part.len() < tasks * m * n {
             part.resize(tasks * m * n, 0.0);
         }
+        // The weights' first byte's address (a pointer is not Sync) and kind (0: f32, 1: bf16, 2: f16).
+        let (wp, kind) = match w {
+            WView::F32(s) => (s.as_ptr() as usize, 0),
+            WView::BF16(s) => (s.as_ptr() as usize, 1),
+            WView::F16(s) => (s.as_ptr() as usize, 2),
+            WView::Quant(..) => unreachable!("xw512 takes float weights"),
+        };
         super::pool::chunks_mut(&mut part[..tasks * m * n], m * n, |t, p| {
             let end = ((t + 1) * block).min(k);
             let pp = p.as_mut_ptr();
@@ -74,50 +81,25 @@ unsafe fn rows(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize,
                         unsafe {
                             let (xp, dst) = (x.as_ptr().add(r0 * k + kc), pp.add(r0 * n + c0));
                             let pf = if r0 == 0 { ahead } else { 0 };
-                            let first = kc == t * block;
+                            let a = Tile {
+                                x: xp,
+                                xs: k,
+                                kn,
+                                first: kc == t * block,
+                                w: wp as *const u8,
+                                e,
+                                ld,
+                                cols,
+                                pf,
+                                dst,
+                                n,
+                            };
                             macro_rules! go {
                                 ($r:literal) => {
-                                    match w {
-                                        WView::F32(s) => tile::<$r, 0>(
-                                            xp,
-                                            k,
-                                            kn,
-                                            first,
-                                            s.as_ptr() as *const u8,
-                                            e,
-                                            ld,
-                                            cols,
-                                            pf,
-                                            dst,
-                                            n,
-                                        ),
-                                        WView::BF16(s) => tile::<$r, 1>(
-                                            xp,
-                                            k,
-                                            kn,
-                                            first,
-                                            s.as_ptr() as *const u8,
-                                            e,
-                                            ld,
-                                            cols,
-                                            pf,
-                                            dst,
-                                            n,
-                                        ),
-                                        WView::F16(s) => tile::<$r, 2>(
-                                            xp,
-                                            k,
-                                            kn,
-                                            first,
-                                            s.as_ptr() as *const u8,
-                                            e,
-                                            ld,
-                                            cols,
-                                            pf,
-                                            dst,
-                                            n,
-                                        ),
-                                        WView::Quant(..) => unreachable!(),
+                                    match kind {
+                                        0 => tile::<$r, 0>(a),
+                                        1 => tile::<$r, 1>(a),
+                                        _ => tile::<$r, 2>(a),
                                     }
                                 };
                             }
@@ -166,12 +148,11 @@ unsafe fn load<const KIND: u8>(w: *const u8, e: usize, mask: __mmask16) -> __m51
     }
 }
 
-/// `dst[r, c] = fma chain of dst[r, c] (0 if `first`) with x[r, kk] · W[e + kk · ld + c] over kk < kn in
-/// order`, for r < R, c < cols (≤ 64); x has row stride `xs`, `dst` row stride n. Prefetches the tile's columns of the `pf` weight
-/// rows after these.
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-unsafe fn tile<const R: usize, const KIND: u8>(
+/// One register tile's pass: its rows of x (row stride `xs`, `kn` elements from `x`), `kn` rows of W from
+/// element `e` (row stride `ld`, `cols` ≤ 64 columns), how many weight rows after these to prefetch (`pf`),
+/// and its partial sums (`dst`, row stride n), which it starts from 0 when `first`.
+#[derive(Clone, Copy)]
+struct Tile {
     x: *const f32,
     xs: usize,
     kn: usize,
@@ -183,7 +164,15 @@ unsafe fn tile<const R: usize, const KIND: u8>(
     pf: usize,
     dst: *mut f32,
     n: usize,
-) {
+}
+
+/// `dst[r, c] = fma chain of dst[r, c] (0 if `first`) with x[r, kk] · W[e + kk · ld + c] over kk < kn in
+/// order`, for r < R, c < cols, the weights of kind KIND (0: f32, 1: bf16, 2: f16). Safety: the pointers
+/// hold what [`Tile`] says.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+unsafe fn tile<const R: usize, const KIND: u8>(a: Tile) {
+    let Tile { x, xs, kn, first, w, e, ld, cols, pf, dst, n } = a;
     let masks: [__mmask16; 4] = std::array::from_fn(|v| {
         let c = cols.saturating_sub(16 * v).min(16);
         ((1u32 << c) - 1) as __mmask16

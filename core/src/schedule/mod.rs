@@ -374,72 +374,10 @@ impl<B: Backend> Scheduler<B> {
         self.stats.steps += 1;
         // The step's working vectors come from the last step's (a warm decode step allocates none here).
         let mut sc = std::mem::take(&mut self.scratch);
-        // Decoding sequences first: one token each; then prompt pieces in joining order.
-        let mut budget = self.cfg.max_batch_tokens;
-        let pieces = &mut sc.pieces; // (running index, start, len) of prompt feeds
-        let order = &mut sc.order;
-        pieces.clear();
-        order.clear();
-        for (i, s) in self.running.iter().enumerate() {
-            if s.fed == s.prompt.len() {
-                order.push(i);
-                budget -= 1;
-            }
-        }
-        for (i, s) in self.running.iter().enumerate() {
-            if s.fed < s.prompt.len() && budget > 0 {
-                let n = (s.prompt.len() - s.fed).min(budget);
-                pieces.push((i, s.fed, n));
-                budget -= n;
-            }
-        }
-        order.extend(pieces.iter().map(|p| p.0));
-        let (pieces, order) = (&*pieces, &*order);
-        // What each sequence of the step gives back: nothing while its prompt is still being read, else its
-        // next token (one draw of its own random stream).
-        let producing = &mut sc.producing;
-        producing.clear();
-        producing.extend(order.iter().map(|&i| {
-            pieces.iter().find(|p| p.0 == i).is_none_or(|&(_, start, n)| start + n == self.running[i].prompt.len())
-        }));
-        let draws = &mut sc.draws;
-        draws.clear();
-        draws.resize(order.len(), 0.0);
-        for ((&i, &p), d) in order.iter().zip(producing.iter()).zip(draws.iter_mut()) {
-            if p {
-                *d = self.running[i].sampler.draw();
-            }
-        }
-        let (producing, draws) = (&*producing, &*draws);
-        // The constrained sequences' masks are computed while the forward runs (see `constrain::Masks`).
-        let mut jobs = Vec::new();
-        let job_of = &mut sc.job_of;
-        job_of.clear();
-        job_of.resize(order.len(), None);
-        for (k, (&i, &p)) in order.iter().zip(producing).enumerate() {
-            let s = &mut self.running[i];
-            // Only a row that gives a token takes its constraint (a row still reading its prompt keeps it).
-            if let Some(c) = s.constraint.take_if(|_| p) {
-                job_of[k] = Some(jobs.len());
-                jobs.push((c, s.params.stop_ids.clone()));
-            }
-        }
-        let job_of = &*job_of;
+        let jobs = sc.plan(&mut self.running, self.cfg.max_batch_tokens);
         let masks = (!jobs.is_empty()).then(|| Masks::start(jobs));
-        // Each sequence's tokens of the step, one after another in `feeds`.
-        let (feeds, spans) = (&mut sc.feeds, &mut sc.spans);
-        feeds.clear();
-        spans.clear();
-        for &i in order {
-            let s = &self.running[i];
-            let at = feeds.len();
-            match pieces.iter().find(|p| p.0 == i) {
-                Some(&(_, start, n)) => feeds.extend_from_slice(&s.prompt[start..start + n]),
-                None => feeds.push(*s.out.last().expect("a decoding sequence has generated a token")),
-            }
-            spans.push((at, feeds.len() - at));
-        }
-        let (feeds, spans) = (&*feeds, &*spans);
+        let (pieces, order, producing, draws, job_of) = (&sc.pieces, &sc.order, &sc.producing, &sc.draws, &sc.job_of);
+        let (feeds, spans) = (&sc.feeds, &sc.spans);
         let feed = |k: usize| &feeds[spans[k].0..spans[k].0 + spans[k].1];
         let mut batch: Vec<(SeqId, &[u32])> = recycle(std::mem::take(&mut sc.batch));
         batch.extend(
