@@ -113,12 +113,9 @@ pub fn pick(logits: &mut [f32], history: &[u32], p: &SamplingParams, u: f32) -> 
     if logits.is_empty() {
         return 0;
     }
+    // Branch-free, so the compiler vectorizes it (a decode step runs it over the whole vocabulary).
     for x in logits.iter_mut() {
-        if x.is_nan() {
-            *x = f32::NEG_INFINITY;
-        } else if *x == f32::INFINITY {
-            *x = f32::MAX;
-        }
+        *x = if x.is_nan() { f32::NEG_INFINITY } else { x.min(f32::MAX) };
     }
     apply_repetition_penalty(logits, history, p.repetition_penalty);
     let best = argmax(logits);
@@ -267,16 +264,34 @@ fn desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 }
 
 /// Index of the largest logit, lowest index on ties; NaN never wins; 0 when nothing is > -inf.
+///
+/// Lane `j` of [`LANES`] keeps the first maximum among the elements `j`, `j + LANES`, …, with no branch, so
+/// the compiler vectorizes the scan; the lanes' results then give the lowest index among the equal
+/// maxima, as one scan in order would.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > best_v {
-            best = i;
-            best_v = v;
+    const LANES: usize = 16;
+    let mut bv = [f32::NEG_INFINITY; LANES];
+    let mut bi = [0u32; LANES];
+    let body = logits.len() / LANES * LANES;
+    for (c, chunk) in logits[..body].chunks_exact(LANES).enumerate() {
+        for j in 0..LANES {
+            let gt = chunk[j] > bv[j];
+            bv[j] = if gt { chunk[j] } else { bv[j] };
+            bi[j] = if gt { (c * LANES + j) as u32 } else { bi[j] };
         }
     }
-    best as u32
+    let (mut best, mut best_v) = (0u32, f32::NEG_INFINITY);
+    for j in 0..LANES {
+        if bv[j] > best_v || (bv[j] == best_v && bv[j] > f32::NEG_INFINITY && bi[j] < best) {
+            (best, best_v) = (bi[j], bv[j]);
+        }
+    }
+    for (i, &v) in logits.iter().enumerate().skip(body) {
+        if v > best_v {
+            (best, best_v) = (i as u32, v);
+        }
+    }
+    best
 }
 
 /// HF/CTRL repetition penalty over the set of ids in `history`: positive logits are divided by
@@ -314,6 +329,40 @@ mod tests {
 
     fn logits() -> Vec<f32> {
         vec![0.5, 2.0, -1.0, 1.5, 3.0, 0.0, 2.9, -3.0]
+    }
+
+    #[test]
+    fn argmax_matches_a_scan_in_order() {
+        let naive = |l: &[f32]| {
+            let (mut b, mut bv) = (0u32, f32::NEG_INFINITY);
+            for (i, &v) in l.iter().enumerate() {
+                if v > bv {
+                    (b, bv) = (i as u32, v);
+                }
+            }
+            b
+        };
+        let mut rng = 12345u64;
+        let mut next = move || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (rng >> 33) as u32
+        };
+        let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, f32::MAX, 0.0, -0.0, 1.0];
+        for len in [0, 1, 5, 15, 16, 17, 33, 100, 1000, 32000] {
+            for trial in 0..20 {
+                // Few distinct values, so ties (across lanes and within one) are common.
+                let l: Vec<f32> = (0..len)
+                    .map(|_| match next() % 10 {
+                        0 if trial % 2 == 0 => specials[next() as usize % specials.len()],
+                        _ => (next() % 7) as f32 - 3.0,
+                    })
+                    .collect();
+                assert_eq!(argmax(&l), naive(&l), "len {len} trial {trial}: {l:?}");
+                let all_low: Vec<f32> =
+                    (0..len).map(|i| if i % 3 == 0 { f32::NAN } else { f32::NEG_INFINITY }).collect();
+                assert_eq!(argmax(&all_low), 0);
+            }
+        }
     }
 
     #[test]

@@ -342,6 +342,18 @@ pub fn cases() -> Vec<Spec> {
             c.push(Spec::Swiglu { m, k, f, dt });
         }
     }
+    // swiglu, quantized: decode rows (the CPU runs gate, up and silu·up as one op), each integer path (k a
+    // multiple of 64 or not, groups of 16) and a k the integer kernels leave to the f32 path.
+    for (m, k, f, dt) in [
+        (1, 128, 70, linear[0]),
+        (2, 256, 40, linear[1]),
+        (3, 256, 33, linear[2]),
+        (4, 96, 19, q(4, 16, f16s, GroupAxis::Last)),
+        (1, 48, 17, q(8, 16, bf16s, GroupAxis::Last)),
+        (9, 128, 40, linear[1]),
+    ] {
+        c.push(Spec::Swiglu { m, k, f, dt });
+    }
 
     for (rows, dim, weight, in_place) in [
         (1, 64, Some(f32_), false),

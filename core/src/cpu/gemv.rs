@@ -68,7 +68,7 @@ pub(crate) fn scales_f32(scale: ScaleType, bytes: &[u8], raw: &mut [f16], out: &
 /// Weight rows per task. Each task writes its rows' outputs, a run of this many f32 per activation row: at 8
 /// or 16 rows, neighbouring tasks (running on different threads at once) wrote the same cache lines, and 8 rows
 /// cost 15-20% of a q8/q4 decode step against 16; 32 gained 4-9% in prefill and up to 10% in decode over 16.
-const ROWS_PER_TASK: usize = 32;
+pub(crate) const ROWS_PER_TASK: usize = 32;
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` for a quantized weight whose layout takes the integer kernels
 /// ([`activation_block`]), for any number of rows: the activations are rounded once, then each weight row is
@@ -76,13 +76,10 @@ const ROWS_PER_TASK: usize = 32;
 /// other weights.
 pub fn linear_quant(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) -> bool {
     let WView::Quant(bytes, l) = w else { return false };
-    if l.last != k || activation_block(l.dtype(), k).is_none() {
+    if !quant_takes(l, k) {
         return false;
     }
     debug_assert!(m > 0 && x.len() >= m * k && out.len() >= m * n && l.numel >= n * k);
-    let tasks = n.div_ceil(ROWS_PER_TASK);
-    let row_bytes = k * l.bits as usize / 8;
-    let groups = k / l.group;
     #[cfg(target_arch = "x86_64")]
     if simd >= Simd::Avx512 && m >= super::qpanel::MIN_ROWS && super::qpanel::takes(l, k) {
         // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect); the sizes were checked.
@@ -90,57 +87,110 @@ pub fn linear_quant(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WVi
         return true;
     }
     let shared = pool::Shared::new(&mut out[..m * n]);
-    // SAFETY (for every write below): task b writes out[r * n + j] for its own rows j and r < m only.
-    let put = |r: usize, j: usize, v: f32| unsafe { *shared.ptr().add(r * n + j) = v };
+    with_rounded(simd, x, m, k, l, |acts| {
+        pool::for_each(n.div_ceil(ROWS_PER_TASK), |t| {
+            let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
+            // SAFETY: task t writes its own rows' outputs only.
+            unsafe { quant_rows(simd, acts, w, m, k, rows.clone(), shared.ptr().add(rows.start), n) }
+        })
+    });
+    true
+}
+
+/// Whether [`linear_quant`] takes a weight of layout `l` for inputs of `k`.
+pub(crate) fn quant_takes(l: &QuantLayout, k: usize) -> bool {
+    l.last == k && activation_block(l.dtype(), k).is_some()
+}
+
+/// A call's activations rounded for the integer kernels: in the AVX-512 kernel's layout, or plain (int8
+/// per group and each group's scale).
+pub(crate) enum Rounded<'a> {
+    #[cfg(target_arch = "x86_64")]
+    Vnni(&'a super::vnni::Acts),
+    Plain(&'a [i8], &'a [f32]),
+}
+
+/// Runs `f` on `x`'s m rows of k rounded for weights of layout `l` (one that [`quant_takes`]), in this
+/// thread's kept buffers.
+pub(crate) fn with_rounded<R>(
+    simd: Simd,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    l: &QuantLayout,
+    f: impl FnOnce(&Rounded) -> R,
+) -> R {
     #[cfg(target_arch = "x86_64")]
     if simd >= Simd::Avx512 && super::vnni::takes(l.dtype(), k) {
         return pool::with_scratch(&super::vnni::ACTS, |acts| {
             acts.fill(x, m, k, l.group, l.bits);
-            let acts: &super::vnni::Acts = acts;
-            pool::for_each(tasks, |t| {
-                let mut acc = [0f32; 4];
-                for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-                    let s0 = l.scale_offset + 2 * j * groups;
-                    let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
-                    let scales = &bytes[s0..s0 + 2 * groups];
-                    for r0 in (0..m).step_by(4) {
-                        let mm = 4.min(m - r0);
-                        // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect); acts was
-                        // filled for this layout, m rows and k; the row holds k elements' bytes, `scales` its k / g.
-                        unsafe { super::vnni::row(l.bits, l.group, l.scale, row, scales, acts, r0, mm, k, &mut acc) };
-                        for (r, &v) in acc[..mm].iter().enumerate() {
-                            put(r0 + r, j, v);
-                        }
-                    }
-                }
-            });
-            true
+            f(&Rounded::Vnni(acts))
         });
     }
     pool::with_scratch(&ROUNDED, |(xq, xd)| {
         super::quantize::quantize_rows_into(simd, x, m, k, l.group, l.bits == 4, xq, xd);
-        let (xq, xd) = (&xq[..], &xd[..]);
-        pool::for_each(tasks, |t| {
-            pool::with_scratch(&ROW_SCALES, |(scales, raw)| {
-                scales.resize(groups, 0.0);
-                raw.resize(groups, f16::ZERO);
-                let mut acc = [0f32; 4];
-                for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-                    let s0 = l.scale_offset + 2 * j * groups;
-                    scales_f32(l.scale, &bytes[s0..s0 + 2 * groups], raw, scales);
-                    let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
-                    for r0 in (0..m).step_by(4) {
-                        let mm = 4.min(m - r0);
-                        quant_row(simd, l, row, scales, &xq[r0 * k..], &xd[r0 * groups..], mm, k, &mut acc);
-                        for (r, &v) in acc[..mm].iter().enumerate() {
-                            put(r0 + r, j, v);
-                        }
+        f(&Rounded::Plain(xq, xd))
+    })
+}
+
+/// `out[r · stride + j − rows.start] = x[r] · w[j]` for the weight rows `j` in `rows` and every activation row
+/// r < m, from activations rounded for `w`'s layout ([`with_rounded`]).
+///
+/// # Safety
+/// Those elements of `out` are valid for writes, and no other task writes them meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn quant_rows(
+    simd: Simd,
+    acts: &Rounded,
+    w: &WView,
+    m: usize,
+    k: usize,
+    rows: std::ops::Range<usize>,
+    out: *mut f32,
+    stride: usize,
+) {
+    let WView::Quant(bytes, l) = w else { unreachable!("quant_rows of a float weight") };
+    let row_bytes = k * l.bits as usize / 8;
+    let groups = k / l.group;
+    let j0 = rows.start;
+    // SAFETY: the caller's promise.
+    let put = |r: usize, j: usize, v: f32| unsafe { *out.add(r * stride + j - j0) = v };
+    let mut acc = [0f32; 4];
+    match acts {
+        #[cfg(target_arch = "x86_64")]
+        Rounded::Vnni(acts) => {
+            for j in rows {
+                let s0 = l.scale_offset + 2 * j * groups;
+                let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
+                let scales = &bytes[s0..s0 + 2 * groups];
+                for r0 in (0..m).step_by(4) {
+                    let mm = 4.min(m - r0);
+                    // SAFETY: Vnni is only made at Avx512 (which the processor runs) for a layout vnni::takes;
+                    // acts holds m rows of k; the row holds k elements' bytes, `scales` its k / g.
+                    unsafe { super::vnni::row(l.bits, l.group, l.scale, row, scales, acts, r0, mm, k, &mut acc) };
+                    for (r, &v) in acc[..mm].iter().enumerate() {
+                        put(r0 + r, j, v);
                     }
                 }
-            })
-        });
-    });
-    true
+            }
+        }
+        Rounded::Plain(xq, xd) => pool::with_scratch(&ROW_SCALES, |(scales, raw)| {
+            scales.resize(groups, 0.0);
+            raw.resize(groups, f16::ZERO);
+            for j in rows {
+                let s0 = l.scale_offset + 2 * j * groups;
+                scales_f32(l.scale, &bytes[s0..s0 + 2 * groups], raw, scales);
+                let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
+                for r0 in (0..m).step_by(4) {
+                    let mm = 4.min(m - r0);
+                    quant_row(simd, l, row, scales, &xq[r0 * k..], &xd[r0 * groups..], mm, k, &mut acc);
+                    for (r, &v) in acc[..mm].iter().enumerate() {
+                        put(r0 + r, j, v);
+                    }
+                }
+            }
+        }),
+    }
 }
 
 thread_local! {
@@ -157,19 +207,38 @@ pub fn linear_small(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WVi
         return;
     }
     let shared = pool::Shared::new(&mut out[..m * n]);
-    // SAFETY (for every write below): task b writes out[r * n + j] for its own rows j and r < m only.
-    let put = |r: usize, j: usize, v: f32| unsafe { *shared.ptr().add(r * n + j) = v };
-    let tasks = n.div_ceil(ROWS_PER_TASK);
-    pool::for_each(tasks, |t| {
-        let mut acc = [0f32; 4];
-        let mut conv = Vec::new();
-        for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-            float_row(simd, w, j * k, x, m, k, &mut acc, &mut conv);
-            for (r, &v) in acc[..m].iter().enumerate() {
-                put(r, j, v);
-            }
-        }
+    pool::for_each(n.div_ceil(ROWS_PER_TASK), |t| {
+        let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
+        // SAFETY: task t writes its own rows' outputs only.
+        unsafe { float_rows(simd, w, x, m, k, rows.clone(), shared.ptr().add(rows.start), n) }
     })
+}
+
+/// [`quant_rows`] for the weights the integer kernels do not take, through [`float_row`].
+///
+/// # Safety
+/// As [`quant_rows`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn float_rows(
+    simd: Simd,
+    w: &WView,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    rows: std::ops::Range<usize>,
+    out: *mut f32,
+    stride: usize,
+) {
+    let mut acc = [0f32; 4];
+    let mut conv = Vec::new();
+    let j0 = rows.start;
+    for j in rows {
+        float_row(simd, w, j * k, x, m, k, &mut acc, &mut conv);
+        for (r, &v) in acc[..m].iter().enumerate() {
+            // SAFETY: the caller's promise.
+            unsafe { *out.add(r * stride + j - j0) = v };
+        }
+    }
 }
 
 /// `acc[r] = x[r] · w[off..off + k]` for r < m, for the float formats (and quantized ones whose grouping

@@ -11,6 +11,7 @@
 
 mod attention;
 mod elementwise;
+mod fused;
 pub mod gemv;
 mod kv_store;
 mod layer_norm;
@@ -433,6 +434,24 @@ impl Backend for CpuBackend {
     fn run_add(&self, call: &ops::Add<'_, Self>) -> Result<()> {
         let &ops::Add { acc, x, n } = call;
         elementwise::add(&mut acc.f32_mut()?, &x.f32()?, n)
+    }
+
+    fn run_swiglu(&self, call: &ops::Swiglu<'_, Self>) -> Result<()> {
+        let &ops::Swiglu { x, m, gate_w, up_w, width, out, scratch } = call;
+        let k = gate_w.shape[1];
+        let done = {
+            let (x, mut o) = (x.f32()?, out.f32_mut()?);
+            need("swiglu x", x.len(), m * k)?;
+            need("swiglu out", o.len(), m * width)?;
+            let (g, u) = (gate_w.read()?, up_w.read()?);
+            fused::swiglu_small(self.simd, &x[..m * k], m, k, width, &g.view(), &u.view(), &mut o[..m * width])
+        };
+        if done {
+            return Ok(());
+        }
+        self.matmul(x, m, gate_w, out)?;
+        self.matmul(x, m, up_w, scratch)?;
+        self.silu_mul(out, scratch, m * width)
     }
 
     fn run_silu_mul(&self, call: &ops::SiluMul<'_, Self>) -> Result<()> {

@@ -1,0 +1,69 @@
+//! Ops the CPU backend runs as one parallel op where the trait's default makes several. A decode step is a
+//! hundred or so ops of a few microseconds each, and every op ends with the threads waiting for each other
+//! ([`super::pool`]); an op that is folded into its neighbour saves that wait, and the serial work between.
+//!
+//! - SwiGLU for a few rows (decode): each task takes a block of the gate's rows and the same rows of up, and
+//!   writes silu(gate) · up for them; the activations are rounded once for both weights.
+
+use super::gemv::{float_rows, quant_rows, quant_takes, with_rounded, ROWS_PER_TASK};
+use super::matmul::{WView, SMALL_M};
+use super::pool;
+use super::simd::Simd;
+
+/// Writes a weight's rows (a range) into memory at a pointer with a row stride: [`quant_rows`] or [`float_rows`].
+type RowsOf<'a> = dyn Fn(&WView, std::ops::Range<usize>, *mut f32, usize) + 'a;
+
+/// `out[m, f] = silu(x · gateᵀ) ⊙ (x · upᵀ)` for 1..=[`SMALL_M`] rows, both weights [f, k], in one parallel op
+/// with the same per-row kernels (and so the same results) as two matmuls and `silu_mul`. Returns false (and
+/// does nothing) for other row counts, or weights the row kernels would take on different paths.
+#[allow(clippy::too_many_arguments)]
+pub fn swiglu_small(
+    simd: Simd,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    f: usize,
+    gate: &WView,
+    up: &WView,
+    out: &mut [f32],
+) -> bool {
+    if !(1..=SMALL_M).contains(&m) {
+        return false;
+    }
+    debug_assert!(x.len() >= m * k && out.len() >= m * f && gate.len() >= f * k && up.len() >= f * k);
+    let out = pool::Shared::new(&mut out[..m * f]);
+    // One task's rows: the gate's go straight to `out`, up's to the task's own buffer, then the product.
+    let block = |t: usize, rows_of: &RowsOf| {
+        let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(f);
+        let mut u = [0f32; SMALL_M * ROWS_PER_TASK];
+        // SAFETY: task t alone writes columns `rows` of out's m rows (stride f).
+        let o = unsafe { out.ptr().add(rows.start) };
+        rows_of(gate, rows.clone(), o, f);
+        rows_of(up, rows.clone(), u.as_mut_ptr(), ROWS_PER_TASK);
+        for r in 0..m {
+            // SAFETY: as above; the slice is row r's columns `rows`.
+            let g = unsafe { std::slice::from_raw_parts_mut(o.add(r * f), rows.len()) };
+            super::elementwise::silu_mul_slice(g, &u[r * ROWS_PER_TASK..]);
+        }
+    };
+    let tasks = f.div_ceil(ROWS_PER_TASK);
+    match (gate, up) {
+        (WView::Quant(_, gl), WView::Quant(_, ul)) if quant_takes(gl, k) && quant_takes(ul, k) => {
+            if (gl.bits, gl.group) != (ul.bits, ul.group) {
+                return false;
+            }
+            with_rounded(simd, x, m, k, gl, |acts| {
+                pool::for_each(tasks, |t| {
+                    // SAFETY: each call writes the rows it is given, into memory its caller holds for them.
+                    block(t, &|w, rows, o, stride| unsafe { quant_rows(simd, acts, w, m, k, rows, o, stride) })
+                })
+            });
+        }
+        (WView::Quant(_, l), _) | (_, WView::Quant(_, l)) if quant_takes(l, k) => return false,
+        _ => pool::for_each(tasks, |t| {
+            // SAFETY: as above.
+            block(t, &|w, rows, o, stride| unsafe { float_rows(simd, w, x, m, k, rows, o, stride) })
+        }),
+    }
+    true
+}
