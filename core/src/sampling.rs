@@ -113,9 +113,12 @@ pub fn pick(logits: &mut [f32], history: &[u32], p: &SamplingParams, u: f32) -> 
     if logits.is_empty() {
         return 0;
     }
-    // Branch-free, so the compiler vectorizes it (a decode step runs it over the whole vocabulary).
-    for x in logits.iter_mut() {
-        *x = if x.is_nan() { f32::NEG_INFINITY } else { x.min(f32::MAX) };
+    // Branch-free passes, which the compiler vectorizes (a decode step runs this over the whole vocabulary);
+    // the logits are written only when some need it.
+    if logits.iter().fold(false, |bad, &x| bad | x.is_nan() | (x == f32::INFINITY)) {
+        for x in logits.iter_mut() {
+            *x = if x.is_nan() { f32::NEG_INFINITY } else { x.min(f32::MAX) };
+        }
     }
     apply_repetition_penalty(logits, history, p.repetition_penalty);
     let best = argmax(logits);
@@ -265,33 +268,30 @@ fn desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 
 /// Index of the largest logit, lowest index on ties; NaN never wins; 0 when nothing is > -inf.
 ///
-/// Lane `j` of [`LANES`] keeps the first maximum among the elements `j`, `j + LANES`, …, with no branch, so
-/// the compiler vectorizes the scan; the lanes' results then give the lowest index among the equal
-/// maxima, as one scan in order would.
+/// Two branch-free passes that the compiler vectorizes (a decode step runs this over the whole vocabulary):
+/// the largest value, in [`LANES`] running maxima; then the first block of `LANES` that holds it, searched
+/// in order.
 pub fn argmax(logits: &[f32]) -> u32 {
     const LANES: usize = 16;
-    let mut bv = [f32::NEG_INFINITY; LANES];
-    let mut bi = [0u32; LANES];
-    let body = logits.len() / LANES * LANES;
-    for (c, chunk) in logits[..body].chunks_exact(LANES).enumerate() {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let blocks = logits.chunks_exact(LANES);
+    let tail = blocks.remainder();
+    for block in blocks.clone() {
         for j in 0..LANES {
-            let gt = chunk[j] > bv[j];
-            bv[j] = if gt { chunk[j] } else { bv[j] };
-            bi[j] = if gt { (c * LANES + j) as u32 } else { bi[j] };
+            lanes[j] = if block[j] > lanes[j] { block[j] } else { lanes[j] };
         }
     }
-    let (mut best, mut best_v) = (0u32, f32::NEG_INFINITY);
-    for j in 0..LANES {
-        if bv[j] > best_v || (bv[j] == best_v && bv[j] > f32::NEG_INFINITY && bi[j] < best) {
-            (best, best_v) = (bi[j], bv[j]);
+    let max = lanes.iter().chain(tail).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    if max == f32::NEG_INFINITY {
+        return 0;
+    }
+    let first = |s: &[f32]| s.iter().position(|&v| v == max);
+    for (b, block) in blocks.enumerate() {
+        if block.iter().fold(false, |hit, &v| hit | (v == max)) {
+            return (b * LANES + first(block).unwrap_or(0)) as u32;
         }
     }
-    for (i, &v) in logits.iter().enumerate().skip(body) {
-        if v > best_v {
-            (best, best_v) = (i as u32, v);
-        }
-    }
-    best
+    (logits.len() - tail.len() + first(tail).unwrap_or(0)) as u32
 }
 
 /// HF/CTRL repetition penalty over the set of ids in `history`: positive logits are divided by
