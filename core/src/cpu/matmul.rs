@@ -172,14 +172,30 @@ pub fn xw_acc(
     let small = small || integer;
     #[cfg(target_arch = "x86_64")]
     if let WView::Quant(bytes, l) = w {
-        if integer && simd >= Simd::Avx512 && super::vnni::takes_xw(l) {
-            // The activations are rounded once for every task; 64-column tiles take the VNNI kernel, the rest
-            // of a block (n not a multiple of 64) the AVX2 one.
-            let ptr = pool::Shared::new(&mut out[..m * n]);
+        if integer && simd >= Simd::Avx512 && super::vnni_xw::takes_xw(l) {
+            // The activations are rounded once for every task. A few rows take blocks of W's rows, more take
+            // column blocks (the same sums in the same order, super::vnni_xw); 64-column tiles take the VNNI
+            // kernels, the other columns (n not a multiple of 64) the AVX2 one.
             return pool::with_scratch(&ROUNDED, |(xq, xd, bias)| {
                 super::quantize::quantize_rows_into(simd, x, m, k, l.group, false, xq, xd);
-                super::vnni::xw_bias_into(xq, l.group, l.bits, bias);
-                let (xq, xd, bias) = (&xq[..], &xd[..], &bias[..]);
+                super::vnni_xw::xw_bias_into(xq, l.group, l.bits, bias);
+                let a = (&xq[..], &xd[..], &bias[..]);
+                if m <= SMALL_M && n >= 64 {
+                    // SAFETY: Avx512 runs here (Simd::detect); integer_path and takes_xw hold for the op.
+                    unsafe { super::vnni_xw::xw_split(l, bytes, w_off, ld, k, n, a, m, out) };
+                    let (c0, rest) = (n / 64 * 64, n % 64);
+                    if rest > 0 {
+                        let mut acc = vec![0f32; m * rest];
+                        super::xw::block(Simd::Avx2, x, m, k, w, w_off, ld, c0, &mut acc);
+                        for r in 0..m {
+                            for (o, a) in out[r * n + c0..(r + 1) * n].iter_mut().zip(&acc[r * rest..(r + 1) * rest]) {
+                                *o += a;
+                            }
+                        }
+                    }
+                    return;
+                }
+                let ptr = pool::Shared::new(&mut out[..m * n]);
                 pool::for_each(n.div_ceil(NB), |b| {
                     let (n0, p) = (b * NB, &ptr);
                     let nb = NB.min(n - n0);
@@ -187,12 +203,11 @@ pub fn xw_acc(
                     // SAFETY: Avx512 runs here (Simd::detect); integer_path and takes_xw hold for the whole op, so
                     // for every tile; columns n0..n0 + nb of `out` (m rows, stride n) belong to this task alone.
                     unsafe {
-                        let a = (xq, xd, bias);
                         if super::qpanel::xw_takes(l.bits, m) {
                             // The same sums in the same order, the weights unpacked once for all the rows.
                             super::qpanel::xw(l, bytes, w_off + n0, ld, k, 2 * tiles, a, m, p.ptr().add(n0), n)
                         } else {
-                            super::vnni::xw_tiles(l, bytes, w_off + n0, ld, k, tiles, a, m, p.ptr().add(n0), n)
+                            super::vnni_xw::xw_tiles(l, bytes, w_off + n0, ld, k, tiles, a, m, p.ptr().add(n0), n)
                         }
                     };
                     let (c0, rest) = (n0 + 64 * tiles, nb - 64 * tiles);
@@ -330,18 +345,24 @@ mod tests {
 
     /// The row-by-row path of quantized expert tensors (grouped along k) at every level, against the f64 sum of
     /// the activations rounded per group times the stored weights: 64-column tiles and a remainder, the
-    /// second expert of two, q8 and q4, f16 and bf16 scales, a few rows and more (prefill takes them too).
+    /// second expert of two, q8 and q4, f16 and bf16 scales, a few rows and more (prefill takes them too), k of
+    /// one block of rows, of several, and of blocks with a short last one (AVX-512's decode splits k).
     #[test]
     fn xw_acc_quantized_matches_the_rounded_activations_in_f64() {
         use crate::quant::{quantize, DType, GroupAxis, Grouping, QuantLayout, ScaleType};
-        let (e, k, n2) = (2, 64, 400);
+        let (e, n2) = (2, 400);
         let n = n2 / 2;
-        for (bits, scale, m) in [
-            (8, ScaleType::F16, 1),
-            (4, ScaleType::BF16, 3),
-            (4, ScaleType::F16, 9),
-            (8, ScaleType::BF16, 13),
-            (4, ScaleType::BF16, 17),
+        for (bits, scale, m, k) in [
+            (8, ScaleType::F16, 1, 64),
+            (4, ScaleType::BF16, 3, 64),
+            (4, ScaleType::F16, 9, 64),
+            (8, ScaleType::BF16, 13, 64),
+            (4, ScaleType::BF16, 17, 64),
+            (4, ScaleType::F16, 4, 256),
+            (4, ScaleType::F16, 12, 256),
+            (8, ScaleType::F16, 6, 256),
+            (4, ScaleType::BF16, 18, 2176),
+            (8, ScaleType::BF16, 9, 2176),
         ] {
             let g = Grouping { group: 32, scale, axis: GroupAxis::SecondLast };
             let dt = if bits == 8 { DType::Q8(g) } else { DType::Q4(g) };
@@ -368,7 +389,7 @@ mod tests {
                 xw_acc(simd, &x, m, k, n, &WView::Quant(&bytes, l), base, n2, &mut out, m <= SMALL_M);
                 let err: f64 = out.iter().zip(want).map(|(&a, b)| (a as f64 - b).powi(2)).sum::<f64>()
                     / want.iter().map(|b| b * b).sum::<f64>();
-                assert!(err < 1e-12, "q{bits} {scale:?} m={m} {simd:?}: nmse {err:.3e}");
+                assert!(err < 1e-12, "q{bits} {scale:?} m={m} k={k} {simd:?}: nmse {err:.3e}");
                 // Each row alone (the few-rows kernels) gives the same bits as in the batch (the panel kernel
                 // from 8 rows on AVX-512).
                 for r in 0..m {
@@ -377,7 +398,7 @@ mod tests {
                     xw_acc(simd, &x[r * k..(r + 1) * k], 1, k, n, &w, base, n2, &mut one, m <= SMALL_M);
                     if simd.vector() {
                         let raw = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(raw(&one), raw(&out[r * n..(r + 1) * n]), "q{bits} m={m} {simd:?} row {r}");
+                        assert_eq!(raw(&one), raw(&out[r * n..(r + 1) * n]), "q{bits} m={m} k={k} {simd:?} row {r}");
                     }
                 }
             }

@@ -29,6 +29,8 @@ mod sample;
 pub mod simd;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
+#[cfg(target_arch = "x86_64")]
+mod vnni_xw;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
 // The 128-bit kernels of this build (NEON on aarch64, SIMD128 on wasm32), which have the same functions with

@@ -11,7 +11,7 @@
 //! The activations are rounded as on every level ([`super::gemv::quantize_rows`], natural order); each
 //! output is `Σ_groups (dw · dx) · Σ xq · wq` with the groups added in order, in f32. The weights are made
 //! unsigned for `vpdpbusd` (q4: the nibble as stored, the value + 8; q8: the top bit flipped, the value
-//! + 128); a group's sums start at `-off · Σ xq` ([`super::vnni::xw_bias`]) so they end exact.
+//! + 128); a group's sums start at `-off · Σ xq` ([`super::vnni_xw::xw_bias`]) so they end exact.
 //!
 //! Used for prefills ([`MIN_ROWS`] rows or more); decode keeps the streaming kernels, which read each
 //! weight byte once for a few rows. The two differ in the order of their f32 additions only.
@@ -26,7 +26,7 @@ use std::cell::RefCell;
 pub(crate) const MIN_ROWS: usize = 8;
 
 /// Rows of one expert from which its q8 (q4) expert tensors take the panel kernel ([`xw`]) over
-/// [`super::vnni::xw_tiles`], which unpacks the weights again for every 4 rows but has no packing to pay for:
+/// [`super::vnni_xw::xw_tiles`], which unpacks the weights again for every 4 rows but has no packing to pay for:
 /// on the bench model's experts (k 512-1024), q8 gained 2-6% at 8 rows, q4 lost 3% at 8 rows and gained 4% at
 /// 32 (2026-12-05, 2-core Xeon).
 pub(crate) fn xw_takes(bits: u32, m: usize) -> bool {
@@ -60,7 +60,7 @@ pub(crate) unsafe fn linear(x: &[f32], m: usize, k: usize, n: usize, bytes: &[u8
     let g = l.group;
     let groups = k / g;
     let (xq, xd) = super::gemv::quantize_rows_for(super::Simd::Avx512, x, m, k, g, false);
-    let bias = super::vnni::xw_bias(&xq, g, l.bits);
+    let bias = super::vnni_xw::xw_bias(&xq, g, l.bits);
     let outs = pool::Shared::new(out);
     pool::for_each(n.div_ceil(PANEL), |t| {
         let j0 = t * PANEL;
@@ -173,6 +173,10 @@ unsafe fn tile<const M: usize, const ACC: bool, const PAIRS: bool>(
     debug_assert!(w.len() >= 32 * k && s.len() >= 32 * groups && xq.len() >= M * k && xd.len() >= M * groups);
     debug_assert!(bias.len() >= M * groups && (1..=PANEL).contains(&rows));
     let (wp, xp) = (w.as_ptr(), xq.as_ptr());
+    // The expert product adds each block of rows' sums to the output as the block ends, as the decode
+    // kernels do (super::vnni_xw); nn.Linear's sums go out once.
+    let flush = if ACC { super::vnni_xw::split_rows(k, g) / g } else { groups };
+    let (m0, m1) = (((1u32 << rows.min(16)) - 1) as __mmask16, ((1u32 << rows.saturating_sub(16)) - 1) as __mmask16);
     let mut acc = [[_mm512_setzero_ps(); 2]; M];
     for gi in 0..groups {
         let mut t = [[_mm512_setzero_si512(); 2]; M];
@@ -202,34 +206,37 @@ unsafe fn tile<const M: usize, const ACC: bool, const PAIRS: bool>(
             acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t[r][0]), _mm512_mul_ps(s0, dx), acc[r][0]);
             acc[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t[r][1]), _mm512_mul_ps(s1, dx), acc[r][1]);
         }
-    }
-    let (m0, m1) = (((1u32 << rows.min(16)) - 1) as __mmask16, ((1u32 << rows.saturating_sub(16)) - 1) as __mmask16);
-    if PAIRS {
-        // Vector 0 holds the even columns, vector 1 the odd ones: interleaved back into column order.
-        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-        for a in acc.iter_mut() {
-            *a = [_mm512_permutex2var_ps(a[0], lo, a[1]), _mm512_permutex2var_ps(a[0], hi, a[1])];
+        if (gi + 1) % flush != 0 && gi + 1 != groups {
+            continue;
         }
-    }
-    for r in 0..M {
-        for (v, mask) in [m0, m1].into_iter().enumerate() {
-            let p = o.wrapping_add(r * ld + 16 * v);
-            // SAFETY: row r's outputs j < rows (the caller's); masked lanes are not touched.
-            unsafe {
-                let sum = if ACC { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), acc[r][v]) } else { acc[r][v] };
-                _mm512_mask_storeu_ps(p, mask, sum);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let v = if PAIRS {
+                // Vector 0 holds the even columns, vector 1 the odd ones: interleaved back into column order.
+                let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+                let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+                [_mm512_permutex2var_ps(a[0], lo, a[1]), _mm512_permutex2var_ps(a[0], hi, a[1])]
+            } else {
+                *a
+            };
+            for (h, mask) in [m0, m1].into_iter().enumerate() {
+                let p = o.wrapping_add(r * ld + 16 * h);
+                // SAFETY: row r's outputs j < rows (the caller's); masked lanes are not touched.
+                unsafe {
+                    let sum = if ACC { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), v[h]) } else { v[h] };
+                    _mm512_mask_storeu_ps(p, mask, sum);
+                }
             }
+            *a = [_mm512_setzero_ps(); 2];
         }
     }
 }
 
 /// The fused expert tensors' prefill product: `out[r · ld_out + j] += Σ_kk x[r, kk] · W[kk, j]` for r < m and
-/// j < 32 · panels, W's element (kk, j) at `e0 + kk · ld` of a tensor [`super::vnni::takes_xw`] accepts (groups
+/// j < 32 · panels, W's element (kk, j) at `e0 + kk · ld` of a tensor [`super::vnni_xw::takes_xw`] accepts (groups
 /// along k of a multiple of 4, starting at kk = 0; `e0` even for q4). `xq`, `xd`, `bias`: as
-/// [`super::vnni::xw_tiles`] takes them. Each panel of 32 columns is packed once (four rows of k transposed in
+/// [`super::vnni_xw::xw_tiles`] takes them. Each panel of 32 columns is packed once (four rows of k transposed in
 /// registers), then multiplied by the rows six at a time. Each output is the same sum of the same terms in
-/// the same order as [`super::vnni::xw_tiles`] computes (a group's exact integer sum, converted, times
+/// the same order as [`super::vnni_xw::xw_tiles`] computes (a group's exact integer sum, converted, times
 /// `dw · dx`, added over the groups in order, then to `out`), so the two agree bit for bit and a row's result
 /// does not depend on how many rows its expert has. Safety: the processor runs [`super::Simd::Avx512`]; the
 /// slices hold what the shapes say, and `out` m rows of 32 · panels floats at stride `ld_out` that no one else
