@@ -57,22 +57,12 @@ impl Acts {
         self.bias.clear();
         self.bias.resize(m * (k / block) * 16, 0);
         for (c, (src, dst)) in q.chunks_exact(64).zip(self.q.chunks_exact_mut(64)).enumerate() {
-            if bits == 4 {
-                for i in 0..16 {
-                    dst[i] = src[2 * i];
-                    dst[16 + i] = src[32 + 2 * i];
-                    dst[32 + i] = src[2 * i + 1];
-                    dst[48 + i] = src[33 + 2 * i];
-                }
-            } else {
-                dst.copy_from_slice(src);
-            }
             // Chunk c is chunk c % (k / 64) of its row; its block is that times 64 / block.
             let (r, cr) = (c / (k / 64), c % (k / 64));
             let b = r * (k / block) + cr * 64 / block;
-            for (lane, four) in dst.chunks_exact(4).enumerate() {
-                self.bias[b * 16 + lane] -= off * four.iter().map(|&v| v as i32).sum::<i32>();
-            }
+            // SAFETY: Acts are only filled where the processor runs Avx512 (the callers' level); the chunks
+            // are 64 bytes and the block's 16 biases are in `bias`.
+            unsafe { x86::chunk(src, dst, bits == 4, off, &mut self.bias[b * 16..b * 16 + 16]) };
         }
         self.natural = q;
     }
@@ -126,6 +116,31 @@ pub(crate) unsafe fn row_f32(w: &[f32], x: &[f32], m: usize, k: usize, acc: &mut
 mod x86 {
     use super::Acts;
     use std::arch::x86_64::*;
+
+    /// One chunk of 64 rounded activations into the kernel's order (q8: as they are; q4: the even elements of
+    /// the first 32, of the second 32, then the odd ones of each), its lanes' sums of four times -off added
+    /// to `bias`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn chunk(src: &[i8], dst: &mut [i8], q4: bool, off: i32, bias: &mut [i32]) {
+        assert!(src.len() == 64 && dst.len() == 64 && bias.len() == 16);
+        // SAFETY: 64 bytes each (just checked).
+        let v = unsafe { _mm512_loadu_si512(src.as_ptr() as *const __m512i) };
+        let v = if q4 {
+            // Per 128-bit lane its even bytes, then its odd ones; then the lanes' evens first, odds last.
+            let evens_odds = _mm512_set4_epi32(0x0F0D_0B09, 0x0705_0301, 0x0E0C_0A08, 0x0604_0200);
+            let lanes = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+            _mm512_permutexvar_epi64(lanes, _mm512_shuffle_epi8(v, evens_odds))
+        } else {
+            v
+        };
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr() as *mut __m512i, v) };
+        // Each lane's four integers summed (times one, as unsigned bytes).
+        let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), v);
+        let bp = bias.as_mut_ptr() as *mut __m512i;
+        // SAFETY: 16 i32 (checked).
+        unsafe { _mm512_storeu_si512(bp, _mm512_sub_epi32(_mm512_loadu_si512(bp), _mm512_mullo_epi32(sums, _mm512_set1_epi32(off)))) };
+    }
 
     /// See [`super::row_f32`]: two accumulators of 16 lanes per activation row.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]

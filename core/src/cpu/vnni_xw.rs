@@ -113,8 +113,12 @@ pub(crate) unsafe fn xw_split(
     let tasks = k.div_ceil(block);
     let cols = 64 * tiles;
     pool::with_scratch(&PARTS, |part| {
-        // Every partial sum is written (not added to), so the buffer needs no clearing.
-        part.resize(tasks * m * cols, 0.0);
+        // Every partial sum is written (not added to), so the buffer is only ever grown, never cleared.
+        let need = tasks * m * cols;
+        if part.len() < need {
+            part.resize(need, 0.0);
+        }
+        let part = &mut part[..need];
         pool::chunks_mut(part, m * cols, |t, p| {
             let groups = t * block / g..((t + 1) * block).min(k) / g;
             pool::with_scratch(&RUNNING, |run| {
