@@ -210,6 +210,23 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             }),
         ),
         (
+            "matmuls of unlike inputs",
+            "matmuls: the weights take inputs of 8 and 6: they must share x",
+            Box::new(move |be: &B| {
+                let (a, b) = (weight(be, &[4, 8])?, weight(be, &[4, 6])?);
+                be.matmuls(&f(be, 16)?, 2, &[&a, &b], &[&f(be, 8)?, &f(be, 8)?])
+            }),
+        ),
+        (
+            "matmuls into one output twice",
+            "matmuls: outputs 0 and 1 must be distinct buffers",
+            Box::new(move |be: &B| {
+                let (a, b) = (weight(be, &[4, 8])?, weight(be, &[4, 8])?);
+                let o = f(be, 8)?;
+                be.matmuls(&f(be, 16)?, 2, &[&a, &b], &[&o, &o])
+            }),
+        ),
+        (
             "swiglu of unlike weights",
             "swiglu: gate_w [4, 8] and up_w [4, 6] must both be [width = 4, k]",
             Box::new(move |be: &B| {

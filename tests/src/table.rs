@@ -28,6 +28,13 @@ pub enum Spec {
         n: usize,
         dt: DType,
     },
+    /// x [m, k] · wᵢ [nᵢ, k]ᵀ for three weights of one format (attention's q, k and v).
+    Matmuls {
+        m: usize,
+        k: usize,
+        ns: [usize; 3],
+        dt: DType,
+    },
     /// silu(x · gateᵀ) ⊙ (x · upᵀ), x [m, k], gate and up [f, k].
     Swiglu {
         m: usize,
@@ -140,6 +147,7 @@ impl Spec {
     pub fn op(&self) -> &'static str {
         match self {
             Spec::Matmul { .. } => "matmul",
+            Spec::Matmuls { .. } => "matmuls",
             Spec::Swiglu { .. } => "swiglu",
             Spec::RmsNorm { .. } => "rms_norm",
             Spec::AddRmsNorm { .. } => "add_rms_norm",
@@ -165,6 +173,7 @@ impl Spec {
     pub fn describe(&self) -> String {
         match self {
             Spec::Matmul { m, k, n, dt } => format!("m={m} k={k} n={n} {}", format_name(*dt)),
+            Spec::Matmuls { m, k, ns, dt } => format!("m={m} k={k} n={ns:?} {}", format_name(*dt)),
             Spec::Swiglu { m, k, f, dt } => format!("m={m} k={k} f={f} {}", format_name(*dt)),
             Spec::RmsNorm { rows, dim, weight, in_place } => format!(
                 "rows={rows} dim={dim} weight={} {}",
@@ -208,7 +217,9 @@ impl Spec {
     /// The largest normalised mean squared error the row accepts.
     pub fn tol(&self) -> f64 {
         match self {
-            Spec::Matmul { .. } | Spec::Swiglu { .. } | Spec::Rope { .. } | Spec::Moe { .. } => 1e-9,
+            Spec::Matmul { .. } | Spec::Matmuls { .. } | Spec::Swiglu { .. } | Spec::Rope { .. } | Spec::Moe { .. } => {
+                1e-9
+            }
             Spec::RmsNorm { .. }
             | Spec::AddRmsNorm { .. }
             | Spec::Attention(_)
@@ -230,6 +241,9 @@ impl Spec {
         let quant = |dt: DType, shape: &[usize]| dt.bytes(shape).unwrap_or(0);
         (match self {
             Spec::Matmul { m, k, n, dt } => quant(*dt, &[*n, *k]) + 4 * (m * k + m * n),
+            Spec::Matmuls { m, k, ns, dt } => {
+                ns.iter().map(|n| quant(*dt, &[*n, *k]) + 4 * m * n).sum::<usize>() + 4 * m * k
+            }
             Spec::Swiglu { m, k, f, dt } => 2 * quant(*dt, &[*f, *k]) + 4 * (m * k + m * f),
             Spec::RmsNorm { rows, dim, .. } => 8 * rows * dim,
             Spec::AddRmsNorm { rows, dim, .. } => 16 * rows * dim,
@@ -256,6 +270,7 @@ impl Spec {
     pub fn flops(&self) -> f64 {
         (match self {
             Spec::Matmul { m, k, n, .. } => 2 * m * k * n,
+            Spec::Matmuls { m, k, ns, .. } => 2 * m * k * ns.iter().sum::<usize>(),
             Spec::Swiglu { m, k, f, .. } => 4 * m * k * f,
             Spec::RmsNorm { rows, dim, .. } => 4 * rows * dim,
             Spec::AddRmsNorm { rows, dim, .. } => 5 * rows * dim,
@@ -335,6 +350,18 @@ pub fn cases() -> Vec<Spec> {
         for dt in [q(4, 16, f16s, GroupAxis::Last), q(8, 16, bf16s, GroupAxis::Last)] {
             c.push(Spec::Matmul { m, k, n, dt });
         }
+    }
+
+    // matmuls: decode's q, k and v of one input (the CPU runs them as one op), each path, and more rows.
+    for (m, k, ns, dt) in [
+        (1, 128, [64, 32, 32], f32_),
+        (2, 96, [40, 17, 17], bf16),
+        (1, 128, [64, 32, 33], linear[1]),
+        (4, 256, [70, 40, 40], linear[0]),
+        (3, 96, [33, 16, 16], q(4, 16, f16s, GroupAxis::Last)),
+        (9, 64, [24, 8, 8], linear[1]),
+    ] {
+        c.push(Spec::Matmuls { m, k, ns, dt });
     }
 
     for (m, k, f) in [(1, 64, 48), (3, 130, 40), (8, 256, 96), (5, 40, 17), (12, 128, 64), (1, 5120, 8192)] {

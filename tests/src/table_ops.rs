@@ -32,6 +32,24 @@ pub(crate) fn run<B: Backend>(be: &B, spec: &Spec, rng: &mut Rng, perf: bool) ->
             let xr = rounded(be, dt, &xv, k, m);
             Ok(out(be.read(&o)?, r::matmul(&xr, m, k, &seen, n), secs))
         }
+        Spec::Matmuls { m, k, ns, dt } => {
+            let xv = rng.vec(m * k);
+            let mut ws = Vec::new();
+            for n in ns {
+                ws.push(weight(be, dt, &[n, k], &rng.vec(n * k))?);
+            }
+            let x = be.upload(&xv)?;
+            let outs = ns.iter().map(|&n| be.alloc(m * n)).collect::<Result<Vec<_>>>()?;
+            let (wr, or): (Vec<_>, Vec<_>) = (ws.iter().map(|w| &w.0).collect(), outs.iter().collect());
+            let secs = timed(be, perf, &outs[2], || be.matmuls(&x, m, &wr, &or))?;
+            let xr = rounded(be, dt, &xv, k, m);
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            for ((o, w), n) in outs.iter().zip(&ws).zip(ns) {
+                got.extend(be.read(o)?);
+                want.extend(r::matmul(&xr, m, k, &w.1, n));
+            }
+            Ok(out(got, want, secs))
+        }
         Spec::Swiglu { m, k, f, dt } => {
             let xv = rng.vec(m * k);
             let (gv, uv) = (rng.vec(f * k), rng.vec(f * k));

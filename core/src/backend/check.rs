@@ -193,6 +193,27 @@ pub fn matmul<B: Backend + ?Sized>(be: &B, call: &ops::Matmul<'_, B>) -> std::re
     Ok((n, k))
 }
 
+/// [`Backend::matmuls`]: returns the common k.
+pub fn matmuls<B: Backend + ?Sized>(be: &B, call: &ops::Matmuls<'_, B>) -> std::result::Result<usize, String> {
+    let &ops::Matmuls { x, m, ws, outs } = call;
+    if ws.is_empty() || ws.len() != outs.len() {
+        return Err(format!("matmuls: {} weights for {} outputs (one each, at least one)", ws.len(), outs.len()));
+    }
+    let mut k = None;
+    for (w, out) in ws.iter().zip(outs) {
+        let (_, kw) = matmul(be, &ops::Matmul { x, m, w, out }).map_err(|e| format!("matmuls: {e}"))?;
+        if *k.get_or_insert(kw) != kw {
+            return Err(format!("matmuls: the weights take inputs of {} and {kw}: they must share x", k.unwrap_or(0)));
+        }
+    }
+    for (i, a) in outs.iter().enumerate() {
+        if let Some(j) = outs[i + 1..].iter().position(|b| std::ptr::eq(*a, *b)) {
+            return Err(format!("matmuls: outputs {i} and {} must be distinct buffers", i + 1 + j));
+        }
+    }
+    Ok(k.unwrap_or(0))
+}
+
 /// [`Backend::rope`].
 pub fn rope<B: Backend + ?Sized>(be: &B, call: &ops::Rope<'_, B>) -> Verdict {
     let &ops::Rope { x, rows, heads, head_dim, positions, inv_freq, .. } = call;
@@ -422,4 +443,34 @@ pub fn kv_store<B: Backend + ?Sized>(be: &B, call: &ops::KvStore<'_, B>) -> Verd
     }
     distinct("kv_store", &[&kc, &vc, &kn])?;
     distinct("kv_store", &[&kc, &vc, &vn])
+}
+
+/// The byte ranges [`Backend::write_weight_row`] copies: (ranges in `w`, ranges in `t`), values then
+/// scales, after checking that `t` is one row of a weight of `dtype` and `shape`.
+#[allow(clippy::type_complexity)]
+pub fn row_copy(
+    dtype: crate::quant::DType,
+    shape: &[usize],
+    row: usize,
+    t: &crate::checkpoint::TensorRef,
+) -> crate::error::Result<(Vec<std::ops::Range<usize>>, Vec<std::ops::Range<usize>>)> {
+    let mut one = shape.to_vec();
+    if let Some(first) = one.first_mut() {
+        *first = 1;
+    }
+    if t.dtype != dtype || t.shape != one {
+        return Err(crate::error::HerdError::tensor(
+            &t.name,
+            format!("{} {:?} cannot fill a row of a {} weight {shape:?}", t.dtype.name(), t.shape, dtype.name()),
+        ));
+    }
+    let dst = crate::quant::row_ranges(dtype, shape, row).map_err(|e| crate::error::HerdError::tensor(&t.name, e))?;
+    let src = crate::quant::row_ranges(dtype, &one, 0).map_err(|e| crate::error::HerdError::tensor(&t.name, e))?;
+    if t.bytes().len() < src.values.end.max(src.scales.end) {
+        return Err(crate::error::HerdError::tensor(
+            &t.name,
+            format!("{} bytes, too few for its shape", t.bytes().len()),
+        ));
+    }
+    Ok((vec![dst.values, dst.scales], vec![src.values, src.scales]))
 }

@@ -15,6 +15,8 @@
 pub mod check;
 pub mod ops;
 
+pub use check::row_copy;
+
 use crate::checkpoint::TensorRef;
 use crate::error::{HerdError, Result};
 use crate::kv_format::KvDtype;
@@ -351,6 +353,18 @@ pub trait Backend: Send + Sync + 'static {
     /// [`Backend::matmul`] once its arguments are checked ([`check::matmul`]).
     fn run_matmul(&self, call: &ops::Matmul<'_, Self>) -> Result<()>;
 
+    /// [`Backend::matmul`] of one input by several weights (attention's q, k and v): `outs[i] = x · ws[i]ᵀ`. The
+    /// default is one matmul each; a backend may run them as one op.
+    fn matmuls(&self, x: &Self::Buffer, m: usize, ws: &[&Self::Weight], outs: &[&Self::Buffer]) -> Result<()> {
+        let call = ops::Matmuls { x, m, ws, outs };
+        check::matmuls(self, &call).map_err(|msg| refused::<Self>(msg))?;
+        self.run_matmuls(&call)
+    }
+    /// [`Backend::matmuls`] once its arguments are checked.
+    fn run_matmuls(&self, call: &ops::Matmuls<'_, Self>) -> Result<()> {
+        call.ws.iter().zip(call.outs).try_for_each(|(w, out)| self.matmul(call.x, call.m, w, out))
+    }
+
     /// Interleaved-pair RoPE, in place: x is [rows, heads, head_dim]; row r is rotated by angle
     /// `positions[r] · inv_freq[j]` (f32) on the pair (2j, 2j+1). `positions` u32 [rows], `inv_freq` f32
     /// [head_dim/2]. With `norm_eps`, each rotated head vector is then RMS-normalised without a weight
@@ -564,31 +578,4 @@ pub trait Backend: Send + Sync + 'static {
 /// A call an op's check refused, as the backend's error.
 fn refused<B: Backend + ?Sized>(msg: String) -> HerdError {
     HerdError::Backend { backend: B::KIND.into(), msg }
-}
-
-/// The byte ranges [`Backend::write_weight_row`] copies: (ranges in `w`, ranges in `t`), values then
-/// scales, after checking that `t` is one row of a weight of `dtype` and `shape`.
-#[allow(clippy::type_complexity)]
-pub fn row_copy(
-    dtype: DType,
-    shape: &[usize],
-    row: usize,
-    t: &TensorRef,
-) -> Result<(Vec<std::ops::Range<usize>>, Vec<std::ops::Range<usize>>)> {
-    let mut one = shape.to_vec();
-    if let Some(first) = one.first_mut() {
-        *first = 1;
-    }
-    if t.dtype != dtype || t.shape != one {
-        return Err(HerdError::tensor(
-            &t.name,
-            format!("{} {:?} cannot fill a row of a {} weight {shape:?}", t.dtype.name(), t.shape, dtype.name()),
-        ));
-    }
-    let dst = crate::quant::row_ranges(dtype, shape, row).map_err(|e| HerdError::tensor(&t.name, e))?;
-    let src = crate::quant::row_ranges(dtype, &one, 0).map_err(|e| HerdError::tensor(&t.name, e))?;
-    if t.bytes().len() < src.values.end.max(src.scales.end) {
-        return Err(HerdError::tensor(&t.name, format!("{} bytes, too few for its shape", t.bytes().len())));
-    }
-    Ok((vec![dst.values, dst.scales], vec![src.values, src.scales]))
 }

@@ -63,6 +63,14 @@ pub struct Matmul<'a, B: Backend + ?Sized> {
     pub out: &'a B::Buffer,
 }
 
+/// The arguments of [`Backend::matmuls`] (see there).
+pub struct Matmuls<'a, B: Backend + ?Sized> {
+    pub x: &'a B::Buffer,
+    pub m: usize,
+    pub ws: &'a [&'a B::Weight],
+    pub outs: &'a [&'a B::Buffer],
+}
+
 /// The arguments of [`Backend::rope`] (see there).
 pub struct Rope<'a, B: Backend + ?Sized> {
     pub x: &'a B::Buffer,

@@ -4,6 +4,8 @@
 //!
 //! - SwiGLU for a few rows (decode): each task takes a block of the gate's rows and the same rows of up, and
 //!   writes silu(gate) · up for them; the activations are rounded once for both weights.
+//! - Several matmuls of one input for a few rows (attention's q, k and v in decode): the tasks take blocks of
+//!   rows of all the weights, the activations rounded once.
 
 use super::gemv::{float_rows, quant_rows, quant_takes, with_rounded, ROWS_PER_TASK};
 use super::matmul::{WView, SMALL_M};
@@ -63,6 +65,66 @@ pub fn swiglu_small(
         _ => pool::for_each(tasks, |t| {
             // SAFETY: as above.
             block(t, &|w, rows, o, stride| unsafe { float_rows(simd, w, x, m, k, rows, o, stride) })
+        }),
+    }
+    true
+}
+
+/// `outs[i] = x · wᵢᵀ` for 1..=[`SMALL_M`] rows and N nn.Linear weights `(wᵢ, nᵢ, outᵢ)` [nᵢ, k], in one
+/// parallel op with the per-row kernels of `linear` (the same results). Returns false (and does nothing) for
+/// other row counts, or weights the row kernels would take on different paths.
+pub fn linears_small<const N: usize>(
+    simd: Simd,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    jobs: [(WView, usize, &mut [f32]); N],
+) -> bool {
+    if !(1..=SMALL_M).contains(&m) || N == 0 {
+        return false;
+    }
+    let quant = |w: &WView| matches!(w, WView::Quant(_, l) if quant_takes(l, k)).then_some(());
+    let first = match &jobs[0].0 {
+        WView::Quant(_, l) if quant_takes(l, k) => Some(*l),
+        _ => None,
+    };
+    for (w, n, out) in &jobs {
+        debug_assert!(w.len() >= n * k && out.len() >= m * n);
+        let same = match (first, w) {
+            (Some(f), WView::Quant(_, l)) => quant(w).is_some() && (l.bits, l.group) == (f.bits, f.group),
+            (None, _) => quant(w).is_none(),
+            _ => false,
+        };
+        if !same {
+            return false;
+        }
+    }
+    // Task t: weight i's block of rows, the blocks of all the weights in order.
+    let blocks: [usize; N] = std::array::from_fn(|i| jobs[i].1.div_ceil(ROWS_PER_TASK));
+    let jobs: [(WView, usize, pool::Shared<f32>); N] =
+        jobs.map(|(w, n, out)| (w, n, pool::Shared::new(&mut out[..m * n])));
+    let task = |t: usize, rows_of: &RowsOf| {
+        let (mut i, mut b) = (0, t);
+        while b >= blocks[i] {
+            b -= blocks[i];
+            i += 1;
+        }
+        let (w, n, out) = &jobs[i];
+        let rows = b * ROWS_PER_TASK..((b + 1) * ROWS_PER_TASK).min(*n);
+        // SAFETY: the task alone writes columns `rows` of output i's m rows (stride n).
+        rows_of(w, rows.clone(), unsafe { out.ptr().add(rows.start) }, *n);
+    };
+    let tasks = blocks.iter().sum();
+    match first {
+        Some(l) => with_rounded(simd, x, m, k, &l, |acts| {
+            pool::for_each(tasks, |t| {
+                // SAFETY: each call writes the rows it is given, into memory its caller holds for them.
+                task(t, &|w, rows, o, stride| unsafe { quant_rows(simd, acts, w, m, k, rows, o, stride) })
+            })
+        }),
+        None => pool::for_each(tasks, |t| {
+            // SAFETY: as above.
+            task(t, &|w, rows, o, stride| unsafe { float_rows(simd, w, x, m, k, rows, o, stride) })
         }),
     }
     true

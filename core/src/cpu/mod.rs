@@ -382,6 +382,27 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn run_matmuls(&self, call: &ops::Matmuls<'_, Self>) -> Result<()> {
+        let &ops::Matmuls { x, m, ws, outs } = call;
+        // Attention's q, k and v: one op for a few rows (fused.rs).
+        if let ([a, b, c], [oa, ob, oc]) = (ws, outs) {
+            let k = a.shape[1];
+            let xs = x.f32()?;
+            need("matmuls x", xs.len(), m * k)?;
+            let (mut oa, mut ob, mut oc) = (oa.f32_mut()?, ob.f32_mut()?, oc.f32_mut()?);
+            let (ra, rb, rc) = (a.read()?, b.read()?, c.read()?);
+            let (na, nb, nc) = (a.shape[0], b.shape[0], c.shape[0]);
+            need("matmuls out", oa.len(), m * na)?;
+            need("matmuls out", ob.len(), m * nb)?;
+            need("matmuls out", oc.len(), m * nc)?;
+            let jobs = [(ra.view(), na, &mut oa[..]), (rb.view(), nb, &mut ob[..]), (rc.view(), nc, &mut oc[..])];
+            if fused::linears_small(self.simd, &xs[..m * k], m, k, jobs) {
+                return Ok(());
+            }
+        }
+        ws.iter().zip(outs).try_for_each(|(w, out)| self.run_matmul(&ops::Matmul { x, m, w, out }))
+    }
+
     fn run_rope(&self, call: &ops::Rope<'_, Self>) -> Result<()> {
         let &ops::Rope { x, rows, heads, head_dim, positions, inv_freq, norm_eps } = call;
         let mut x = x.f32_mut()?;

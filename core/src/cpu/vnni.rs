@@ -139,7 +139,12 @@ mod x86 {
         let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), v);
         let bp = bias.as_mut_ptr() as *mut __m512i;
         // SAFETY: 16 i32 (checked).
-        unsafe { _mm512_storeu_si512(bp, _mm512_sub_epi32(_mm512_loadu_si512(bp), _mm512_mullo_epi32(sums, _mm512_set1_epi32(off)))) };
+        unsafe {
+            _mm512_storeu_si512(
+                bp,
+                _mm512_sub_epi32(_mm512_loadu_si512(bp), _mm512_mullo_epi32(sums, _mm512_set1_epi32(off))),
+            )
+        };
     }
 
     /// See [`super::row_f32`]: two accumulators of 16 lanes per activation row.

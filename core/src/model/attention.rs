@@ -60,9 +60,7 @@ impl<B: Backend> Attention<B> {
         cache: impl Iterator<Item = KvGroup<'a, B>>,
     ) -> Result<()> {
         let p = &self.params;
-        be.matmul(&s.a, t, &self.q, &s.q)?;
-        be.matmul(&s.a, t, &self.k, &s.k)?;
-        be.matmul(&s.a, t, &self.v, &s.v)?;
+        be.matmuls(&s.a, t, &[&self.q, &self.k, &self.v], &[&s.q, &s.k, &s.v])?;
         if self.use_rope {
             // RoPE, then (on the layers that have it) the weightless QK norm, in one op.
             let norm = self.qk_norm.then_some(cfg.rms_norm_eps);
