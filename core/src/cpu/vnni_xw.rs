@@ -17,8 +17,6 @@
 //! which is what makes their order the same: per column, per block, the groups in order from zero, then
 //! the blocks in order into the output.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use super::pool;
 use crate::quant::{GroupAxis, QuantLayout};
 
@@ -89,15 +87,14 @@ pub(crate) unsafe fn xw_tiles(
 }
 
 thread_local! {
-    /// A task of [`xw_split`]: its running sums (integer and f32) and its partial sums, kept per thread so a
-    /// decode step allocates nothing.
-    static TASK: std::cell::RefCell<(x86::Running, Vec<f32>)> = std::cell::RefCell::new(Default::default());
+    /// A task's running sums in [`xw_split`] (integer and f32), kept per thread so a decode step allocates
+    /// nothing.
+    static RUNNING: std::cell::RefCell<x86::Running> = std::cell::RefCell::new(x86::Running::default());
 }
 
 /// The row-block path (see the module doc): `out[r · n + j] += Σ_kk x[r, kk] · W[kk, j]` for r < m and
 /// j < 64 · (n / 64) (the caller takes the other columns), with the activations already rounded (`a`: as
-/// [`xw_tiles`] takes them). Each task adds its partial sums to `out` when the task before it has: in task
-/// order, from the thread that made them (where they are in cache), with no pass over them afterwards.
+/// [`xw_tiles`] takes them); the tasks' partial sums added in task order ([`super::xw::sum_in_order`]).
 /// Safety: as [`xw_tiles`], with `out` m rows of n floats.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn xw_split(
@@ -113,21 +110,13 @@ pub(crate) unsafe fn xw_split(
 ) {
     let (g, tiles) = (l.group, n / 64);
     let block = split_rows(k, g);
-    let cols = 64 * tiles;
-    let out = pool::Shared::new(&mut out[..m * n]);
-    // The tasks that have added their sums; usize::MAX once one has panicked (the others then stop).
-    let added = AtomicUsize::new(0);
-    pool::for_each(k.div_ceil(block), |t| {
+    // Every partial sum is written (not added to), so they need no zeroing.
+    super::xw::sum_in_order(k.div_ceil(block), m, 64 * tiles, false, out, n, |t, p| {
         let groups = t * block / g..((t + 1) * block).min(k) / g;
-        pool::with_scratch(&TASK, |(run, p)| {
-            // Every partial sum is written (not added to), so the buffer is only ever grown, never cleared.
-            if p.len() < m * cols {
-                p.resize(m * cols, 0.0);
-            }
-            let stop = Stop(&added);
+        pool::with_scratch(&RUNNING, |run| {
             for r0 in (0..m).step_by(4) {
                 let a = (&a.0[r0 * k..], &a.1[r0 * (k / g)..], &a.2[r0 * (k / g)..]);
-                let o = p[r0 * cols..].as_mut_ptr();
+                let o = p[r0 * 64 * tiles..].as_mut_ptr();
                 // SAFETY: the caller's bounds; `o` is this task's own rows r0.. of its partial sums.
                 unsafe {
                     match 4.min(m - r0) {
@@ -138,34 +127,8 @@ pub(crate) unsafe fn xw_split(
                     }
                 }
             }
-            // Task t - 1 was taken before this one, so it is running or done: wait for its sums.
-            loop {
-                match added.load(Ordering::Acquire) {
-                    done if done == t => break,
-                    usize::MAX => return,
-                    _ => std::hint::spin_loop(),
-                }
-            }
-            for r in 0..m {
-                // SAFETY: no other task touches `out` until this one bumps `added`.
-                let o = unsafe { out.slice(r * n, cols) };
-                for (o, &v) in o.iter_mut().zip(&p[r * cols..(r + 1) * cols]) {
-                    *o += v;
-                }
-            }
-            std::mem::forget(stop);
-            added.store(t + 1, Ordering::Release);
         })
     });
-}
-
-/// Marks [`xw_split`]'s tasks stopped if the task holding it unwinds, so none waits for it forever.
-struct Stop<'a>(&'a AtomicUsize);
-
-impl Drop for Stop<'_> {
-    fn drop(&mut self) {
-        self.0.store(usize::MAX, Ordering::Release);
-    }
 }
 
 #[allow(clippy::needless_range_loop)] // rows r < M index several arrays in step

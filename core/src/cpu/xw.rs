@@ -315,33 +315,82 @@ pub(crate) fn float_split_k(
         return true;
     }
     let block = split_rows(k);
-    let tasks = k.div_ceil(block);
-    super::pool::with_scratch(&PARTS, |part| {
-        // Zeroed partial sums, in a buffer kept per thread (a decode step allocates nothing).
-        part.clear();
-        part.resize(tasks * m * n, 0.0);
-        super::pool::chunks_mut(part, m * n, |t, p| {
-            let rows = t * block..((t + 1) * block).min(k);
-            #[cfg(target_arch = "x86_64")]
-            if simd >= Simd::Avx2 {
-                // SAFETY: Avx2 (and Avx512, which includes it) is only chosen where the processor has AVX2,
-                // FMA and F16C (Simd::detect).
-                return unsafe { split_k_avx2(x, m, k, n, w, w_off, ld, rows, p) };
-            }
-            let _ = simd;
-            split_k_task::<false>(x, m, k, n, w, w_off, ld, rows, p)
-        });
-        for p in part.chunks_exact(m * n) {
-            for (o, &v) in out[..m * n].iter_mut().zip(p) {
-                *o += v;
-            }
+    sum_in_order(k.div_ceil(block), m, n, true, out, n, |t, p| {
+        let rows = t * block..((t + 1) * block).min(k);
+        #[cfg(target_arch = "x86_64")]
+        if simd >= Simd::Avx2 {
+            // SAFETY: Avx2 (and Avx512, which includes it) is only chosen where the processor has AVX2,
+            // FMA and F16C (Simd::detect).
+            return unsafe { split_k_avx2(x, m, k, n, w, w_off, ld, rows, p) };
         }
+        let _ = simd;
+        split_k_task::<false>(x, m, k, n, w, w_off, ld, rows, p)
     });
     true
 }
 
+/// Runs `tasks` tasks on the pool, task t making partial sums for m rows of `cols` columns (`make(t, p)`; `p`
+/// zeroed first when `zero`), and adds each task's to `out` (m rows a stride `ld_out` apart, their first `cols`
+/// columns) in task order: a task adds its own once the task before it has, on the thread that made them
+/// (where they are in cache), so there is no pass over them all afterwards. A fixed order, so the result does
+/// not depend on the thread count. Task t - 1 is always taken before task t, so a task waits only for one
+/// that is running; if a task panics, the others stop waiting and the pool raises the panic.
+pub(crate) fn sum_in_order(
+    tasks: usize,
+    m: usize,
+    cols: usize,
+    zero: bool,
+    out: &mut [f32],
+    ld_out: usize,
+    make: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    /// Marks the tasks stopped if the task holding it unwinds.
+    struct Stop<'a>(&'a AtomicUsize);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(usize::MAX, Ordering::Release);
+        }
+    }
+    assert!(m == 0 || out.len() >= (m - 1) * ld_out + cols, "sum_in_order: out is too short");
+    let out = super::pool::Shared::new(out);
+    // The tasks that have added their sums; usize::MAX once one has panicked.
+    let added = AtomicUsize::new(0);
+    super::pool::for_each(tasks, |t| {
+        super::pool::with_scratch(&OWN, |p| {
+            if p.len() < m * cols {
+                p.resize(m * cols, 0.0);
+            }
+            let p = &mut p[..m * cols];
+            if zero {
+                p.fill(0.0);
+            }
+            let stop = Stop(&added);
+            make(t, p);
+            loop {
+                match added.load(Ordering::Acquire) {
+                    done if done == t => break,
+                    usize::MAX => return,
+                    _ => std::hint::spin_loop(),
+                }
+            }
+            for r in 0..m {
+                // SAFETY: no other task touches `out` until this one bumps `added`.
+                let o = unsafe { out.slice(r * ld_out, cols) };
+                for (o, &v) in o.iter_mut().zip(&p[r * cols..(r + 1) * cols]) {
+                    *o += v;
+                }
+            }
+            std::mem::forget(stop);
+            added.store(t + 1, Ordering::Release);
+        })
+    });
+}
+
 thread_local! {
-    /// [`float_split_k`]'s per-task partial sums.
+    /// A task's partial sums in [`sum_in_order`].
+    static OWN: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The AVX-512 expert GEMM's per-task partial sums.
     pub(crate) static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
