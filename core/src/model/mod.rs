@@ -379,7 +379,8 @@ impl<B: Backend> Llama4<B> {
             let imgs = step_images(&piece, images, &mut used);
             return self.run(cache, batch, &imgs, Rows::Last, Finish::Pick(picks, out)).await?.picked();
         }
-        let pieces = self.steps(cache, batch, Rows::Last)?;
+        // Checked above: cut it into steps.
+        let pieces = self.cut(batch, Rows::Last);
         let mut out = out;
         out.clear();
         out.resize(batch.len(), Picked::Nothing);

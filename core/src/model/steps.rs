@@ -81,7 +81,7 @@ impl<B: Backend> Llama4<B> {
     }
 
     /// Cuts a checked batch into steps.
-    fn cut<'a>(&self, batch: &[(SeqId, &'a [u32])], rows: Rows) -> Vec<Piece<'a>> {
+    pub(super) fn cut<'a>(&self, batch: &[(SeqId, &'a [u32])], rows: Rows) -> Vec<Piece<'a>> {
         let (max_rows, max_seqs) = self.step_limits(rows);
         let mut pieces: Vec<Piece<'a>> = vec![Vec::new()];
         let mut rows_in = 0;
