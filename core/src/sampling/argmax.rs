@@ -3,7 +3,7 @@
 /// Index of the largest logit, lowest index on ties; NaN never wins; 0 when nothing is > -inf.
 ///
 /// Two branch-free passes that the compiler vectorizes (a decode step runs this over the whole vocabulary):
-/// the largest value, in [`LANES`] running maxima; then the first block of `LANES` that holds it, searched
+/// the largest value, in `LANES` running maxima; then the first block of `LANES` that holds it, searched
 /// in order.
 pub fn argmax(logits: &[f32]) -> u32 {
     const LANES: usize = 16;
