@@ -362,7 +362,7 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// [`Backend::matmuls`] once its arguments are checked.
     fn run_matmuls(&self, call: &ops::Matmuls<'_, Self>) -> Result<()> {
-        call.ws.iter().zip(call.outs).try_for_each(|(w, out)| self.matmul(call.x, call.m, w, out))
+        matmuls_each(self, call)
     }
 
     /// Interleaved-pair RoPE, in place: x is [rows, heads, head_dim]; row r is rotated by angle
@@ -474,10 +474,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// [`Backend::swiglu`] once its arguments are checked.
     fn run_swiglu(&self, call: &ops::Swiglu<'_, Self>) -> Result<()> {
-        let &ops::Swiglu { x, m, gate_w, up_w, width, out, scratch } = call;
-        self.matmul(x, m, gate_w, out)?;
-        self.matmul(x, m, up_w, scratch)?;
-        self.silu_mul(out, scratch, m * width)
+        swiglu_unfused(self, call)
     }
 
     /// The Llama 4 router on logits [rows, n_experts]: per row, the top `k` experts by raw logit
@@ -573,6 +570,20 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// [`Backend::mask_logits`] once its arguments are checked ([`check::mask_logits`]).
     fn run_mask_logits(&self, call: &ops::MaskLogits<'_, Self>) -> Result<()>;
+}
+
+/// [`Backend::matmuls`] as one matmul per weight: the default, and a backend's way when it does not fuse a call.
+pub fn matmuls_each<B: Backend + ?Sized>(be: &B, call: &ops::Matmuls<'_, B>) -> Result<()> {
+    call.ws.iter().zip(call.outs).try_for_each(|(w, out)| be.matmul(call.x, call.m, w, out))
+}
+
+/// [`Backend::swiglu`] as two matmuls and `silu_mul`: the default, and a backend's way when it does not fuse a
+/// call.
+pub fn swiglu_unfused<B: Backend + ?Sized>(be: &B, call: &ops::Swiglu<'_, B>) -> Result<()> {
+    let &ops::Swiglu { x, m, gate_w, up_w, width, out, scratch } = call;
+    be.matmul(x, m, gate_w, out)?;
+    be.matmul(x, m, up_w, scratch)?;
+    be.silu_mul(out, scratch, m * width)
 }
 
 /// A call an op's check refused, as the backend's error.

@@ -15,6 +15,46 @@ use super::simd::Simd;
 /// Writes a weight's rows (a range) into memory at a pointer with a row stride: [`quant_rows`] or [`float_rows`].
 type RowsOf<'a> = dyn Fn(&WView, std::ops::Range<usize>, *mut f32, usize) + 'a;
 
+/// The integer layout a weight's rows take in the row kernels (`linear`'s few-rows path), or None for f32.
+fn integer(w: &WView, k: usize) -> Option<(u32, usize)> {
+    match w {
+        WView::Quant(_, l) if quant_takes(l, k) => Some((l.bits, l.group)),
+        _ => None,
+    }
+}
+
+/// Runs `tasks` tasks on the pool, each given the row kernel of the weights `ws` (the activations rounded once
+/// for all of them where they take the integer kernels). Returns false (and runs nothing) if the weights take
+/// different paths, whose activations would be rounded differently.
+#[allow(clippy::too_many_arguments)]
+fn on_rows(
+    simd: Simd,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    ws: &[&WView],
+    tasks: usize,
+    task: impl Fn(usize, &RowsOf) + Sync,
+) -> bool {
+    let path = integer(ws[0], k);
+    if ws.iter().any(|w| integer(w, k) != path) {
+        return false;
+    }
+    match ws[0] {
+        WView::Quant(_, l) if path.is_some() => with_rounded(simd, x, m, k, l, |acts| {
+            pool::for_each(tasks, |t| {
+                // SAFETY: each call writes the rows it is given, into memory its caller holds for them.
+                task(t, &|w, rows, o, stride| unsafe { quant_rows(simd, acts, w, m, k, rows, o, stride) })
+            })
+        }),
+        _ => pool::for_each(tasks, |t| {
+            // SAFETY: as above.
+            task(t, &|w, rows, o, stride| unsafe { float_rows(simd, w, x, m, k, rows, o, stride) })
+        }),
+    }
+    true
+}
+
 /// `out[m, f] = silu(x · gateᵀ) ⊙ (x · upᵀ)` for 1..=[`SMALL_M`] rows, both weights [f, k], in one parallel op
 /// with the same per-row kernels (and so the same results) as two matmuls and `silu_mul`. Returns false (and
 /// does nothing) for other row counts, or weights the row kernels would take on different paths.
@@ -48,26 +88,7 @@ pub fn swiglu_small(
             super::elementwise::silu_mul_slice(g, &u[r * ROWS_PER_TASK..]);
         }
     };
-    let tasks = f.div_ceil(ROWS_PER_TASK);
-    match (gate, up) {
-        (WView::Quant(_, gl), WView::Quant(_, ul)) if quant_takes(gl, k) && quant_takes(ul, k) => {
-            if (gl.bits, gl.group) != (ul.bits, ul.group) {
-                return false;
-            }
-            with_rounded(simd, x, m, k, gl, |acts| {
-                pool::for_each(tasks, |t| {
-                    // SAFETY: each call writes the rows it is given, into memory its caller holds for them.
-                    block(t, &|w, rows, o, stride| unsafe { quant_rows(simd, acts, w, m, k, rows, o, stride) })
-                })
-            });
-        }
-        (WView::Quant(_, l), _) | (_, WView::Quant(_, l)) if quant_takes(l, k) => return false,
-        _ => pool::for_each(tasks, |t| {
-            // SAFETY: as above.
-            block(t, &|w, rows, o, stride| unsafe { float_rows(simd, w, x, m, k, rows, o, stride) })
-        }),
-    }
-    true
+    on_rows(simd, x, m, k, &[gate, up], f.div_ceil(ROWS_PER_TASK), block)
 }
 
 /// `outs[i] = x · wᵢᵀ` for 1..=[`SMALL_M`] rows and N nn.Linear weights `(wᵢ, nᵢ, outᵢ)` [nᵢ, k], in one
@@ -83,26 +104,12 @@ pub fn linears_small<const N: usize>(
     if !(1..=SMALL_M).contains(&m) || N == 0 {
         return false;
     }
-    let quant = |w: &WView| matches!(w, WView::Quant(_, l) if quant_takes(l, k)).then_some(());
-    let first = match &jobs[0].0 {
-        WView::Quant(_, l) if quant_takes(l, k) => Some(*l),
-        _ => None,
-    };
-    for (w, n, out) in &jobs {
-        debug_assert!(w.len() >= n * k && out.len() >= m * n);
-        let same = match (first, w) {
-            (Some(f), WView::Quant(_, l)) => quant(w).is_some() && (l.bits, l.group) == (f.bits, f.group),
-            (None, _) => quant(w).is_none(),
-            _ => false,
-        };
-        if !same {
-            return false;
-        }
-    }
     // Task t: weight i's block of rows, the blocks of all the weights in order.
     let blocks: [usize; N] = std::array::from_fn(|i| jobs[i].1.div_ceil(ROWS_PER_TASK));
-    let jobs: [(WView, usize, pool::Shared<f32>); N] =
-        jobs.map(|(w, n, out)| (w, n, pool::Shared::new(&mut out[..m * n])));
+    let jobs: [(WView, usize, pool::Shared<f32>); N] = jobs.map(|(w, n, out)| {
+        debug_assert!(w.len() >= n * k && out.len() >= m * n);
+        (w, n, pool::Shared::new(&mut out[..m * n]))
+    });
     let task = |t: usize, rows_of: &RowsOf| {
         let (mut i, mut b) = (0, t);
         while b >= blocks[i] {
@@ -114,18 +121,6 @@ pub fn linears_small<const N: usize>(
         // SAFETY: the task alone writes columns `rows` of output i's m rows (stride n).
         rows_of(w, rows.clone(), unsafe { out.ptr().add(rows.start) }, *n);
     };
-    let tasks = blocks.iter().sum();
-    match first {
-        Some(l) => with_rounded(simd, x, m, k, &l, |acts| {
-            pool::for_each(tasks, |t| {
-                // SAFETY: each call writes the rows it is given, into memory its caller holds for them.
-                task(t, &|w, rows, o, stride| unsafe { quant_rows(simd, acts, w, m, k, rows, o, stride) })
-            })
-        }),
-        None => pool::for_each(tasks, |t| {
-            // SAFETY: as above.
-            task(t, &|w, rows, o, stride| unsafe { float_rows(simd, w, x, m, k, rows, o, stride) })
-        }),
-    }
-    true
+    let ws: [&WView; N] = std::array::from_fn(|i| &jobs[i].0);
+    on_rows(simd, x, m, k, &ws, blocks.iter().sum(), task)
 }

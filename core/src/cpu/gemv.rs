@@ -86,6 +86,8 @@ pub fn linear_quant(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WVi
         unsafe { super::qpanel::linear(x, m, k, n, bytes, l, out) };
         return true;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes; // the packed panels are x86-64's alone
     let shared = pool::Shared::new(&mut out[..m * n]);
     with_rounded(simd, x, m, k, l, |acts| {
         pool::for_each(n.div_ceil(ROWS_PER_TASK), |t| {

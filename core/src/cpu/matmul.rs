@@ -146,6 +146,37 @@ pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, ou
     });
 }
 
+/// The AVX-512 integer expert paths' columns past the last whole 64-column tile (`rest` of them from `c0`),
+/// through the AVX2 kernel, added to `out` (m rows at stride `ld_out`). Safety: those elements of `out` are
+/// valid and the caller's alone meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn add_rest(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &WView,
+    w_off: usize,
+    ld: usize,
+    c0: usize,
+    rest: usize,
+    out: *mut f32,
+    ld_out: usize,
+) {
+    if rest == 0 {
+        return;
+    }
+    let mut acc = vec![0f32; m * rest];
+    super::xw::block(Simd::Avx2, x, m, k, w, w_off, ld, c0, &mut acc);
+    for r in 0..m {
+        // SAFETY: the caller's.
+        let o = unsafe { std::slice::from_raw_parts_mut(out.add(r * ld_out + c0), rest) };
+        for (o, a) in o.iter_mut().zip(&acc[r * rest..(r + 1) * rest]) {
+            *o += a;
+        }
+    }
+}
+
 /// `out[m, n] += x[m, k] · W` where `W[kk, j] = w[w_off + kk · ld + j]` (input-major; the fused expert
 /// tensors). `out` is m×n with row stride n. `small` picks the row-by-row path (for a few rows) over the
 /// GEMM: the caller decides it for a whole op, so a row's result does not depend on how many other rows
@@ -183,16 +214,8 @@ pub fn xw_acc(
                 if m <= SMALL_M && n >= 64 {
                     // SAFETY: Avx512 runs here (Simd::detect); integer_path and takes_xw hold for the op.
                     unsafe { super::vnni_xw::xw_split(l, bytes, w_off, ld, k, n, a, m, out) };
-                    let (c0, rest) = (n / 64 * 64, n % 64);
-                    if rest > 0 {
-                        let mut acc = vec![0f32; m * rest];
-                        super::xw::block(Simd::Avx2, x, m, k, w, w_off, ld, c0, &mut acc);
-                        for r in 0..m {
-                            for (o, a) in out[r * n + c0..(r + 1) * n].iter_mut().zip(&acc[r * rest..(r + 1) * rest]) {
-                                *o += a;
-                            }
-                        }
-                    }
+                    // SAFETY: the whole of `out` is this thread's.
+                    unsafe { add_rest(x, m, k, w, w_off, ld, n / 64 * 64, n % 64, out.as_mut_ptr(), n) };
                     return;
                 }
                 let ptr = pool::Shared::new(&mut out[..m * n]);
@@ -210,18 +233,8 @@ pub fn xw_acc(
                             super::vnni_xw::xw_tiles(l, bytes, w_off + n0, ld, k, tiles, a, m, p.ptr().add(n0), n)
                         }
                     };
-                    let (c0, rest) = (n0 + 64 * tiles, nb - 64 * tiles);
-                    if rest > 0 {
-                        let mut acc = vec![0f32; m * rest];
-                        super::xw::block(Simd::Avx2, x, m, k, w, w_off, ld, c0, &mut acc);
-                        for r in 0..m {
-                            // SAFETY: row r, columns c0..c0 + rest of `out`: this task's.
-                            let o = unsafe { std::slice::from_raw_parts_mut(p.ptr().add(r * n + c0), rest) };
-                            for (ov, a) in o.iter_mut().zip(&acc[r * rest..(r + 1) * rest]) {
-                                *ov += a;
-                            }
-                        }
-                    }
+                    // SAFETY: columns c0..c0 + rest of `out` are this task's.
+                    unsafe { add_rest(x, m, k, w, w_off, ld, n0 + 64 * tiles, nb - 64 * tiles, p.ptr(), n) };
                 });
             });
         }

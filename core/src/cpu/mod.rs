@@ -400,7 +400,7 @@ impl Backend for CpuBackend {
                 return Ok(());
             }
         }
-        ws.iter().zip(outs).try_for_each(|(w, out)| self.run_matmul(&ops::Matmul { x, m, w, out }))
+        crate::backend::matmuls_each(self, call)
     }
 
     fn run_rope(&self, call: &ops::Rope<'_, Self>) -> Result<()> {
@@ -460,7 +460,7 @@ impl Backend for CpuBackend {
     }
 
     fn run_swiglu(&self, call: &ops::Swiglu<'_, Self>) -> Result<()> {
-        let &ops::Swiglu { x, m, gate_w, up_w, width, out, scratch } = call;
+        let &ops::Swiglu { x, m, gate_w, up_w, width, out, .. } = call;
         let k = gate_w.shape[1];
         let done = {
             let (x, mut o) = (x.f32()?, out.f32_mut()?);
@@ -472,9 +472,7 @@ impl Backend for CpuBackend {
         if done {
             return Ok(());
         }
-        self.matmul(x, m, gate_w, out)?;
-        self.matmul(x, m, up_w, scratch)?;
-        self.silu_mul(out, scratch, m * width)
+        crate::backend::swiglu_unfused(self, call)
     }
 
     fn run_silu_mul(&self, call: &ops::SiluMul<'_, Self>) -> Result<()> {
