@@ -37,10 +37,27 @@ impl FileBytes {
     /// mapping, so a file that was truncated or replaced after it was opened (a download cut short, a
     /// rewrite) is an error here instead of a fault: what streamed experts are read with.
     pub fn read_range(&self, start: usize, end: usize) -> std::result::Result<Vec<u8>, String> {
+        let mut out = vec![0u8; end.saturating_sub(start)];
+        self.read_into(start, &mut out)?;
+        Ok(out)
+    }
+
+    /// Bytes `start..start + out.len()` into `out`, as [`FileBytes::read_range`] reads them: a mapped file
+    /// with positioned reads, which neither fault on a file cut short nor leave the mapping's pages resident.
+    pub fn read_into(&self, start: usize, out: &mut [u8]) -> std::result::Result<(), String> {
+        let end = start + out.len();
         match self {
             #[cfg(not(target_arch = "wasm32"))]
+            FileBytes::Mapped { .. } if out.len() >= 2 * READ_PART => {
+                // Large reads in parts on rayon's threads: into fresh memory most of the time goes to the
+                // kernel zeroing the pages it faults in, which runs on the thread that touches them.
+                use rayon::prelude::*;
+                out.par_chunks_mut(READ_PART)
+                    .enumerate()
+                    .try_for_each(|(i, part)| self.read_into(start + i * READ_PART, part))
+            }
+            #[cfg(not(target_arch = "wasm32"))]
             FileBytes::Mapped { file, path, .. } => {
-                let mut out = vec![0u8; end - start];
                 let mut done = 0;
                 while done < out.len() {
                     match read_at(file, &mut out[done..], (start + done) as u64) {
@@ -57,17 +74,23 @@ impl FileBytes {
                         Err(e) => return Err(format!("{}: {e}", path.display())),
                     }
                 }
-                Ok(out)
+                Ok(())
             }
             _ => {
                 let s = self.as_slice();
-                s.get(start..end)
-                    .map(<[u8]>::to_vec)
-                    .ok_or_else(|| format!("bytes {start}..{end} are past the end of the data ({} bytes)", s.len()))
+                let src = s
+                    .get(start..end)
+                    .ok_or_else(|| format!("bytes {start}..{end} are past the end of the data ({} bytes)", s.len()))?;
+                out.copy_from_slice(src);
+                Ok(())
             }
         }
     }
 }
+
+/// The parts [`FileBytes::read_into`] splits a large read into.
+#[cfg(not(target_arch = "wasm32"))]
+const READ_PART: usize = 4 << 20;
 
 #[cfg(unix)]
 fn read_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {

@@ -19,6 +19,11 @@ pub trait WeightSource<B: Backend> {
     fn contains(&self, name: &str) -> bool;
     /// Tensor `name` on `be`, checked to have `shape`.
     fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight>;
+    /// Tensor `name` as a table read a row at a time ([`Backend::load_table`]); the default is
+    /// [`WeightSource::weight`].
+    fn table(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight> {
+        self.weight(be, name, shape)
+    }
     /// Where the routed experts can be fetched from one at a time while the model runs (for
     /// `--expert-cache`), if this source can do that.
     fn experts(&self) -> Option<Arc<dyn ExpertSource>> {
@@ -42,6 +47,9 @@ impl<B: Backend> WeightSource<B> for Checkpoint {
     }
     fn weight(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight> {
         be.load_weight(self.get_shaped(name, shape)?)
+    }
+    fn table(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight> {
+        be.load_table(self.get_shaped(name, shape)?)
     }
     fn experts(&self) -> Option<Arc<dyn ExpertSource>> {
         Some(Arc::new(self.clone()))
@@ -68,6 +76,13 @@ impl<B: Backend> WeightSource<B> for QuantizeOnLoad<'_> {
                 be.load_weight(&TensorRef::owned(&t.name, dt, shape.to_vec(), bytes))
             }
             _ => be.load_weight(t),
+        }
+    }
+    fn table(&self, be: &B, name: &str, shape: &[usize]) -> Result<B::Weight> {
+        let t = self.ck.get_shaped(name, shape)?;
+        match self.plan.format_of(name, shape) {
+            Some(_) if !t.dtype.is_quantized() => self.weight(be, name, shape),
+            _ => be.load_table(t),
         }
     }
     fn experts(&self) -> Option<Arc<dyn ExpertSource>> {

@@ -4,6 +4,7 @@
 use anyhow::{bail, Result};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
+use herd_core::cpu::WeightMemory;
 use herd_core::experts::{parse_size, ExpertCacheOptions, Policy};
 use herd_cuda::{CudaBackend, CudaOptions};
 use herd_wgpu::{WgpuBackend, WgpuOptions};
@@ -54,6 +55,11 @@ pub(crate) struct BackendArg {
     /// CPU: worker threads for the CPU backend's kernels (default: the physical cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
+    /// CPU: keep the weights in the checkpoint file's mapping instead of reading them into memory in huge
+    /// pages: nothing copied at load, and the OS may evict pages of a model larger than memory, but decode
+    /// reads the weights through 4 KiB pages (slower). Huge pages are the default where Linux has them.
+    #[arg(long)]
+    mmap: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -134,9 +140,9 @@ impl BackendArg {
     }
 }
 
-/// The backend a run uses.
+/// The backend a run uses (the CPU's with where it keeps weights).
 pub(crate) enum Chosen {
-    Cpu,
+    Cpu(WeightMemory),
     Wgpu(Box<WgpuBackend>),
     Cuda(Box<CudaBackend>),
 }
@@ -150,8 +156,9 @@ pub(crate) fn choose_backend(a: &BackendArg) -> Result<Chosen> {
     herd_core::cpu::pool::set_threads(threads);
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     let (cuda, wgpu) = (a.device.cuda(), a.device.wgpu());
+    let cpu = if a.mmap { WeightMemory::Mapped } else { WeightMemory::detect() };
     Ok(match a.backend {
-        BackendKind::Cpu => Chosen::Cpu,
+        BackendKind::Cpu => Chosen::Cpu(cpu),
         BackendKind::Wgpu => Chosen::Wgpu(Box::new(WgpuBackend::with_options(&wgpu)?)),
         BackendKind::Cuda => Chosen::Cuda(Box::new(CudaBackend::with_options(0, &cuda)?)),
         // The CUDA backend with its kernels run by its CPU emulator: slow, for checking kernels without a GPU.
@@ -161,7 +168,7 @@ pub(crate) fn choose_backend(a: &BackendArg) -> Result<Chosen> {
                 eprintln!("backend: cuda on {} ({})", c.device_name(), herd_cuda::cuda_libraries());
                 Chosen::Cuda(Box::new(c))
             }
-            Err(_) => auto_wgpu_or_cpu(&wgpu),
+            Err(_) => auto_wgpu_or_cpu(&wgpu, cpu),
         },
     })
 }
@@ -189,7 +196,7 @@ fn physical_cores() -> usize {
     }
 }
 
-fn auto_wgpu_or_cpu(opts: &WgpuOptions) -> Chosen {
+fn auto_wgpu_or_cpu(opts: &WgpuOptions, cpu: WeightMemory) -> Chosen {
     match WgpuBackend::with_options(opts) {
         Ok(w) if w.is_hardware() => {
             eprintln!("backend: wgpu on {}", w.adapter());
@@ -197,11 +204,11 @@ fn auto_wgpu_or_cpu(opts: &WgpuOptions) -> Chosen {
         }
         Ok(w) => {
             eprintln!("backend: cpu (the only wgpu adapter, {}, is not a hardware GPU)", w.adapter());
-            Chosen::Cpu
+            Chosen::Cpu(cpu)
         }
         Err(e) => {
             eprintln!("backend: cpu ({e})");
-            Chosen::Cpu
+            Chosen::Cpu(cpu)
         }
     }
 }

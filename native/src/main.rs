@@ -403,8 +403,8 @@ pub struct PlanArgs {
 macro_rules! with_backend {
     ($name:expr, |$b:ident| $body:expr) => {{
         match choose_backend(&$name)? {
-            Chosen::Cpu => {
-                let $b = Arc::new(CpuBackend::new());
+            Chosen::Cpu(weights) => {
+                let $b = Arc::new(CpuBackend::new().with_weight_memory(weights));
                 $body
             }
             Chosen::Wgpu(w) => {

@@ -444,6 +444,25 @@ fn bench_synthetic_tiny_json() {
     let j: Value = serde_json::from_str(stdout.trim()).expect("bench --json prints one JSON object");
     assert_eq!(j["synthetic"], "tiny", "{j}");
     assert_eq!(j["layers"], 2, "{j}");
+    // `--mmap`: the CPU backend says it keeps the weights where they are loaded from.
+    let (m, _) = ok(
+        "bench --synthetic tiny --mmap",
+        herd([
+            "bench",
+            "--synthetic",
+            "tiny",
+            "--json",
+            "--mmap",
+            "--prompt-tokens",
+            "4",
+            "--gen-tokens",
+            "1",
+            "--repeat",
+            "1",
+        ]),
+    );
+    let m: Value = serde_json::from_str(m.trim()).expect("one JSON object");
+    assert!(m["backend"].as_str().is_some_and(|b| b.contains("mapped weights")), "{m}");
     for key in ["ms_per_layer_token", "param_bytes", "prefill_tok_s", "decode_tok_s", "gen_tokens"] {
         let v = j[key].as_f64().unwrap_or_else(|| panic!("{key} missing or not a number in {j}"));
         assert!(v > 0.0, "{key} = {v} in {j}");

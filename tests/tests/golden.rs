@@ -22,6 +22,21 @@ fn check_greedy(name: &str) {
     golden::check_greedy(&cpu(), name)
 }
 
+/// Both places the CPU backend keeps weights (huge pages are the default where Linux has them, so the other
+/// tests cover that one there): the same references either way.
+#[test]
+fn weights_mapped_or_in_huge_pages() {
+    use herd_core::cpu::WeightMemory;
+    for want in [WeightMemory::Mapped, WeightMemory::HugePages] {
+        let be = Arc::new(CpuBackend::new().with_weight_memory(want));
+        if be.weight_memory() != want {
+            // Not silent: where the kernel has no transparent huge pages the backend keeps the mapping.
+            eprintln!("weights in huge pages: NOT RUN (no transparent huge pages here); the mapping checked instead");
+        }
+        golden::check_logits(&be, "maverick", F32_TOL, false);
+    }
+}
+
 #[test]
 fn scout_prefill_logits() {
     check_logits("scout", F32_TOL, false);

@@ -228,6 +228,12 @@ pub trait Backend: Send + Sync + 'static {
     fn copy(&self, src: &Self::Buffer, src_off: usize, dst: &Self::Buffer, dst_off: usize, len: usize) -> Result<()>;
     /// Uploads a checkpoint tensor, keeping its format.
     fn load_weight(&self, t: &TensorRef) -> Result<Self::Weight>;
+    /// Uploads a tensor that only [`Backend::embed`] reads, a row per token (an embedding table that is not
+    /// also the output head). The default is [`Backend::load_weight`]; the CPU backend leaves it in the
+    /// checkpoint's mapping even when it copies weights into huge pages, so only the rows used are resident.
+    fn load_table(&self, t: &TensorRef) -> Result<Self::Weight> {
+        self.load_weight(t)
+    }
     /// A synthetic weight ([`crate::quant::fill`]): the same values on every backend. The default makes the
     /// bytes on the host and uploads them; a device backend may make them in place (no host copy).
     fn synthetic_weight(&self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> Result<Self::Weight> {

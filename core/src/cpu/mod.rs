@@ -4,11 +4,13 @@
 //! are); this file owns buffers and weights.
 //!
 //! Ops run when they are called, so "enqueue" and "execute" coincide and [`Backend::read`] has nothing to
-//! wait for. Weights stay in their checkpoint format, borrowed from the memory-mapped file when its
-//! alignment allows (no copy): quantized weights in the integer kernels' layouts are multiplied as integers
+//! wait for. Weights stay in their checkpoint format, read into huge pages ([`arena`]) or borrowed from the
+//! memory-mapped file when its alignment allows ([`WeightMemory`]): quantized weights in the integer kernels' layouts are multiplied as integers
 //! (activations rounded to int8 per group, [`gemv`]), in decode and, from AVX2 up, in prefill; other
 //! quantized layouts, and prefill on the scalar level, convert to f32 a block at a time.
 
+#[cfg(not(target_arch = "wasm32"))]
+mod arena;
 mod attention;
 mod elementwise;
 mod fused;
@@ -51,6 +53,8 @@ use crate::checkpoint::{FileBytes, TensorRef};
 use crate::error::{HerdError, Result};
 use crate::quant::{DType, QuantLayout};
 
+#[cfg(not(target_arch = "wasm32"))]
+pub use arena::WeightMemory;
 pub use matmul::WView;
 pub use simd::Simd;
 
@@ -111,12 +115,18 @@ pub(crate) fn need(what: &str, have: usize, need: usize) -> Result<()> {
     Ok(())
 }
 
-/// Weight bytes: borrowed from the checkpoint mapping, an aligned private copy, or (the expert cache's
-/// slots) a private copy that is written row by row while the model runs.
+/// Weight bytes: borrowed from the checkpoint mapping, an aligned private copy, a copy in huge pages, or (the
+/// expert cache's slots) a private copy that is written row by row while the model runs.
 enum WeightBytes {
-    Mapped { file: Arc<FileBytes>, start: usize, end: usize },
+    Mapped {
+        file: Arc<FileBytes>,
+        start: usize,
+        end: usize,
+    },
     Owned(Vec<u32>, usize),
     Writable(RwLock<Vec<u32>>, usize),
+    #[cfg(not(target_arch = "wasm32"))]
+    Huge(arena::Slice),
 }
 
 /// A weight on the CPU, in its checkpoint format.
@@ -139,6 +149,8 @@ impl WeightRead<'_> {
             (WeightBytes::Owned(v, len), _) => &bytemuck::cast_slice(v)[..*len],
             (WeightBytes::Writable(_, len), Some(g)) => &bytemuck::cast_slice(g)[..*len],
             (WeightBytes::Writable(..), None) => &[],
+            #[cfg(not(target_arch = "wasm32"))]
+            (WeightBytes::Huge(s), _) => s.bytes(),
         }
     }
     /// The elements as stored: f32 values, or bf16/f16 bit patterns.
@@ -173,6 +185,9 @@ impl CpuWeight {
 /// The CPU backend. Runs its ops on the process's one CPU pool ([`pool`]; `pool::set_threads` sizes it).
 pub struct CpuBackend {
     simd: Simd,
+    /// Where loaded weights live: huge pages (from `arena`) or the checkpoint's mapping.
+    #[cfg(not(target_arch = "wasm32"))]
+    huge: Option<arena::Arena>,
 }
 
 impl Default for CpuBackend {
@@ -184,14 +199,72 @@ impl Default for CpuBackend {
 impl CpuBackend {
     /// The backend with the best kernels this processor runs.
     pub fn new() -> Self {
-        CpuBackend { simd: Simd::detect() }
+        CpuBackend::with_simd(Simd::detect())
     }
     /// The backend with the kernels of `simd` (which the processor must run: see [`Simd::available`]).
     pub fn with_simd(simd: Simd) -> Self {
-        CpuBackend { simd: simd.min(Simd::detect()) }
+        let b = CpuBackend {
+            simd: simd.min(Simd::detect()),
+            #[cfg(not(target_arch = "wasm32"))]
+            huge: None,
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        let b = b.with_weight_memory(WeightMemory::detect());
+        b
+    }
+    /// The backend keeping the weights it loads in `m` ([`WeightMemory::HugePages`] only where the kernel
+    /// has transparent huge pages: elsewhere the mapping).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_weight_memory(mut self, m: WeightMemory) -> Self {
+        let huge = m == WeightMemory::HugePages && WeightMemory::detect() == WeightMemory::HugePages;
+        self.huge = huge.then(arena::Arena::default);
+        self
+    }
+    /// Where this backend keeps the weights it loads.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn weight_memory(&self) -> WeightMemory {
+        if self.huge.is_some() {
+            WeightMemory::HugePages
+        } else {
+            WeightMemory::Mapped
+        }
     }
     pub fn simd(&self) -> Simd {
         self.simd
+    }
+
+    /// A checkpoint tensor as a weight: into huge pages when this backend keeps weights there and `huge`,
+    /// else borrowed from the mapping (copied where the mapping is not aligned for the format).
+    fn load(&self, t: &TensorRef, huge: bool) -> Result<CpuWeight> {
+        let (start, end) = t.range();
+        let want = t.dtype.bytes(&t.shape).map_err(|e| HerdError::tensor(&t.name, e))?;
+        if end - start != want {
+            return Err(HerdError::tensor(
+                &t.name,
+                format!("{} bytes for shape {:?} in {}, expected {want}", end - start, t.shape, t.dtype.name()),
+            ));
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = huge;
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(arena) = self.huge.as_ref().filter(|_| huge) {
+            crate::limits::check_host_alloc(&format!("tensor `{}`", t.name), want as u128)?;
+            let s = arena
+                .alloc(want, |dst| t.file().read_into(start, dst))
+                .map_err(|e| HerdError::tensor(&t.name, e.to_string()))?;
+            return Ok(CpuWeight { dtype: t.dtype, shape: t.shape.clone(), bytes: WeightBytes::Huge(s) });
+        }
+        let align = t.dtype.size().max(1);
+        let ptr = t.bytes().as_ptr() as usize;
+        let bytes = if ptr.is_multiple_of(align) {
+            WeightBytes::Mapped { file: t.file().clone(), start, end }
+        } else {
+            let b = t.bytes();
+            let mut v = vec![0u32; b.len().div_ceil(4)];
+            bytemuck::cast_slice_mut::<u32, u8>(&mut v)[..b.len()].copy_from_slice(b);
+            WeightBytes::Owned(v, b.len())
+        };
+        Ok(CpuWeight { dtype: t.dtype, shape: t.shape.clone(), bytes })
     }
 }
 
@@ -203,7 +276,11 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> String {
         let n = pool::threads();
-        format!("cpu ({n} thread{}, {})", if n == 1 { "" } else { "s" }, self.simd.name())
+        #[cfg(not(target_arch = "wasm32"))]
+        let weights = if self.huge.is_some() { ", weights in huge pages" } else { ", mapped weights" };
+        #[cfg(target_arch = "wasm32")]
+        let weights = "";
+        format!("cpu ({n} thread{}, {}{weights})", if n == 1 { "" } else { "s" }, self.simd.name())
     }
 
     fn free_memory(&self) -> Option<crate::backend::FreeMemory> {
@@ -281,25 +358,11 @@ impl Backend for CpuBackend {
     }
 
     fn load_weight(&self, t: &TensorRef) -> Result<CpuWeight> {
-        let (start, end) = t.range();
-        let want = t.dtype.bytes(&t.shape).map_err(|e| HerdError::tensor(&t.name, e))?;
-        if end - start != want {
-            return Err(HerdError::tensor(
-                &t.name,
-                format!("{} bytes for shape {:?} in {}, expected {want}", end - start, t.shape, t.dtype.name()),
-            ));
-        }
-        let align = t.dtype.size().max(1);
-        let ptr = t.bytes().as_ptr() as usize;
-        let bytes = if ptr.is_multiple_of(align) {
-            WeightBytes::Mapped { file: t.file().clone(), start, end }
-        } else {
-            let b = t.bytes();
-            let mut v = vec![0u32; b.len().div_ceil(4)];
-            bytemuck::cast_slice_mut::<u32, u8>(&mut v)[..b.len()].copy_from_slice(b);
-            WeightBytes::Owned(v, b.len())
-        };
-        Ok(CpuWeight { dtype: t.dtype, shape: t.shape.clone(), bytes })
+        self.load(t, true)
+    }
+
+    fn load_table(&self, t: &TensorRef) -> Result<CpuWeight> {
+        self.load(t, false)
     }
 
     fn alloc_weight(&self, name: &str, shape: &[usize], dtype: DType) -> Result<CpuWeight> {

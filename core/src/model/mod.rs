@@ -182,13 +182,14 @@ impl<B: Backend> Llama4<B> {
         let (d, v) = (cfg.hidden_size, cfg.vocab_size);
         let w = |name: &str, shape: &[usize]| ck.weight(&*backend, name, shape);
         ck.stage(None).await?;
-        let embed = w("model.embed_tokens.weight", &[v, d])?;
-        let norm = w("model.norm.weight", &[d])?;
-        let lm_head = if ck.contains("lm_head.weight") || !cfg.tie_word_embeddings {
-            Some(w("lm_head.weight", &[v, d])?)
+        let own_head = ck.contains("lm_head.weight") || !cfg.tie_word_embeddings;
+        let embed = if own_head {
+            ck.table(&*backend, "model.embed_tokens.weight", &[v, d])?
         } else {
-            None
+            w("model.embed_tokens.weight", &[v, d])?
         };
+        let norm = w("model.norm.weight", &[d])?;
+        let lm_head = if own_head { Some(w("lm_head.weight", &[v, d])?) } else { None };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let total = cfg.num_hidden_layers;
         for i in 0..total {
