@@ -315,6 +315,7 @@ pub fn cases() -> Vec<Spec> {
     // is split across bindings) runs in f32 only.
     for (m, k, n) in [
         (1, 64, 33),
+        (1, 99, 37),
         (3, 129, 67),
         (5, 128, 256),
         (8, 40, 72),

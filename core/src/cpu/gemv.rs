@@ -231,6 +231,15 @@ pub(crate) unsafe fn float_rows(
     out: *mut f32,
     stride: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Simd::Avx512, WView::F32(s), 1) = (simd, w, m) {
+        // Decode's one row: the weight rows four at a time.
+        // SAFETY: Avx512 is only chosen where the processor runs it; the caller's promise for out.
+        unsafe {
+            let out = std::slice::from_raw_parts_mut(out, rows.len());
+            return super::vnni::rows_f32_one(&s[rows.start * k..rows.end * k], x, k, out);
+        }
+    }
     let mut acc = [0f32; 4];
     let mut conv = Vec::new();
     let j0 = rows.start;

@@ -112,6 +112,16 @@ pub(crate) unsafe fn row_f32(w: &[f32], x: &[f32], m: usize, k: usize, acc: &mut
     }
 }
 
+/// `out[j] = x · w[j·k..(j + 1)·k]` for j < n: one activation row against n f32 weight rows, four rows read
+/// at a time (four streams in flight, one call and one load of x per four rows). Each row's sum is
+/// [`row_f32`]'s with m = 1, bit for bit. Safety: the processor runs [`super::Simd::Avx512`]; `w` holds n rows
+/// of k, `x` k elements, `out` n.
+pub(crate) unsafe fn rows_f32_one(w: &[f32], x: &[f32], k: usize, out: &mut [f32]) {
+    assert!(w.len() >= out.len() * k && x.len() >= k);
+    // SAFETY: the caller's, and the bounds just checked.
+    unsafe { x86::rows_f32_one(w, x, k, out) }
+}
+
 #[allow(clippy::needless_range_loop)] // rows r < M index several arrays in step
 mod x86 {
     use super::Acts;
@@ -170,6 +180,46 @@ mod x86 {
                 s += x[r * k + t] * w[t];
             }
             acc[r] = s;
+        }
+    }
+
+    /// See [`super::rows_f32_one`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn rows_f32_one(w: &[f32], x: &[f32], k: usize, out: &mut [f32]) {
+        let n = out.len();
+        let n4 = n / 4 * 4;
+        let k32 = k / 32 * 32;
+        let xp = x.as_ptr();
+        let mut j = 0;
+        while j < n4 {
+            // SAFETY: rows j..j + 4 are in w (n·k ≤ w.len(), checked by the caller).
+            let wp = unsafe { w.as_ptr().add(j * k) };
+            let mut a = [[_mm512_setzero_ps(); 2]; 4];
+            let mut i = 0;
+            while i < k32 {
+                // SAFETY: i + 32 ≤ k: in x and in each of the four rows.
+                let (x0, x1) = unsafe { (_mm512_loadu_ps(xp.add(i)), _mm512_loadu_ps(xp.add(i + 16))) };
+                for r in 0..4 {
+                    let p = unsafe { wp.add(r * k + i) };
+                    a[r][0] = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(p) }, x0, a[r][0]);
+                    a[r][1] = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(p.add(16)) }, x1, a[r][1]);
+                }
+                i += 32;
+            }
+            for r in 0..4 {
+                let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
+                for t in k32..k {
+                    s += x[t] * w[(j + r) * k + t];
+                }
+                out[j + r] = s;
+            }
+            j += 4;
+        }
+        for j in n4..n {
+            let mut acc = [0f32; 4];
+            // SAFETY: row j is in w.
+            unsafe { row_f32::<1>(&w[j * k..(j + 1) * k], x, k, &mut acc) };
+            out[j] = acc[0];
         }
     }
 
