@@ -390,8 +390,6 @@ pub(crate) fn sum_in_order(
 thread_local! {
     /// A task's partial sums in [`sum_in_order`].
     static OWN: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// The AVX-512 expert GEMM's per-task partial sums.
-    pub(crate) static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(target_arch = "x86_64")]

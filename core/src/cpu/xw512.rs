@@ -9,15 +9,16 @@
 //! instead read 256 bytes of every row, a row (2-8 KB) apart, a new page at every step: the 252M test model's
 //! f32 prefill was 20% slower that way. Within a pass, a register tile of up to 6 rows × 64 columns (24
 //! accumulators) takes the weights as stored (converted in registers, no packed copy), and a task's partial
-//! sums stay in its own buffer; they are added to `out` in task order at the end. Every partial sum is one FMA
-//! chain over its block's rows in order and the blocks depend on k alone, so a row's result depends neither on
-//! the thread count nor on how many rows share its expert, and equals the decode path's bit for bit (tested for
-//! f32).
+//! sums stay in its own buffer, which the task adds to `out` in task order itself ([`super::xw::sum_in_order`]:
+//! a pass over all of them afterwards, as before, was one more op per product, and prefill on the bench model
+//! was 5-8% slower). Every partial sum is one FMA chain over its block's rows in order and the blocks depend on
+//! k alone, so a row's result depends neither on the thread count nor on how many rows share its expert, and
+//! equals the decode path's bit for bit (tested for f32).
 
 use std::arch::x86_64::*;
 
 use super::matmul::WView;
-use super::xw::{split_rows, PARTS};
+use super::xw::{split_rows, sum_in_order};
 
 /// Rows of a register tile.
 const TR: usize = 6;
@@ -28,8 +29,6 @@ const MAX_ROWS: usize = 48;
 /// The partial sums' bytes per op at most (they take tasks × rows × n floats): fewer rows an op where n and k
 /// are large (Scout's fused gate_up, 5,120 × 16,384: 16 rows).
 const MAX_PART_BYTES: usize = 32 << 20;
-/// Output elements per task when the partial sums are added up.
-const SUM_CHUNK: usize = 4096;
 
 /// See the module doc. Safety: the processor runs [`super::Simd::Avx512`].
 #[allow(clippy::too_many_arguments)]
@@ -53,80 +52,65 @@ pub(crate) unsafe fn xw(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_of
 unsafe fn rows(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize, ld: usize, out: &mut [f32]) {
     let block = split_rows(k);
     let tasks = k.div_ceil(block);
-    super::pool::with_scratch(&PARTS, |part| {
-        // Every element is written by its task's first pass before it is read (not zeroed first).
-        if part.len() < tasks * m * n {
-            part.resize(tasks * m * n, 0.0);
-        }
-        // The weights' first byte's address (a pointer is not Sync) and kind (0: f32, 1: bf16, 2: f16).
-        let (wp, kind) = match w {
-            WView::F32(s) => (s.as_ptr() as usize, 0),
-            WView::BF16(s) => (s.as_ptr() as usize, 1),
-            WView::F16(s) => (s.as_ptr() as usize, 2),
-            WView::Quant(..) => unreachable!("xw512 takes float weights"),
-        };
-        super::pool::chunks_mut(&mut part[..tasks * m * n], m * n, |t, p| {
-            let end = ((t + 1) * block).min(k);
-            let pp = p.as_mut_ptr();
-            for kc in (t * block..end).step_by(KC) {
-                let kn = KC.min(end - kc);
-                for c0 in (0..n).step_by(64) {
-                    let cols = 64.min(n - c0);
-                    let e = w_off + kc * ld + c0;
-                    // Prefetch this pass's columns of the task's next pass (or nothing past the block).
-                    let ahead = if kc + KC < end { KC.min(end - kc - KC) } else { 0 };
-                    for r0 in (0..m).step_by(TR) {
-                        // SAFETY: x holds m rows of k; W's rows kc..kc + kn, columns c0..c0 + cols are in the
-                        // tensor (asserted in xw); p is this task's m × n partial sums.
-                        unsafe {
-                            let (xp, dst) = (x.as_ptr().add(r0 * k + kc), pp.add(r0 * n + c0));
-                            let pf = if r0 == 0 { ahead } else { 0 };
-                            let a = Tile {
-                                x: xp,
-                                xs: k,
-                                kn,
-                                first: kc == t * block,
-                                w: wp as *const u8,
-                                e,
-                                ld,
-                                cols,
-                                pf,
-                                dst,
-                                n,
+    // The weights' first byte's address (a pointer is not Sync) and kind (0: f32, 1: bf16, 2: f16).
+    let (wp, kind) = match w {
+        WView::F32(s) => (s.as_ptr() as usize, 0),
+        WView::BF16(s) => (s.as_ptr() as usize, 1),
+        WView::F16(s) => (s.as_ptr() as usize, 2),
+        WView::Quant(..) => unreachable!("xw512 takes float weights"),
+    };
+    // Each task's partial sums are added to out in task order by the task itself; every element of them is
+    // written by the task's first pass before it is read (not zeroed first).
+    sum_in_order(tasks, m, n, false, out, n, |t, p| {
+        let end = ((t + 1) * block).min(k);
+        let pp = p.as_mut_ptr();
+        for kc in (t * block..end).step_by(KC) {
+            let kn = KC.min(end - kc);
+            for c0 in (0..n).step_by(64) {
+                let cols = 64.min(n - c0);
+                let e = w_off + kc * ld + c0;
+                // Prefetch this pass's columns of the task's next pass (or nothing past the block).
+                let ahead = if kc + KC < end { KC.min(end - kc - KC) } else { 0 };
+                for r0 in (0..m).step_by(TR) {
+                    // SAFETY: x holds m rows of k; W's rows kc..kc + kn, columns c0..c0 + cols are in the
+                    // tensor (asserted in xw); p is this task's m × n partial sums.
+                    unsafe {
+                        let (xp, dst) = (x.as_ptr().add(r0 * k + kc), pp.add(r0 * n + c0));
+                        let pf = if r0 == 0 { ahead } else { 0 };
+                        let a = Tile {
+                            x: xp,
+                            xs: k,
+                            kn,
+                            first: kc == t * block,
+                            w: wp as *const u8,
+                            e,
+                            ld,
+                            cols,
+                            pf,
+                            dst,
+                            n,
+                        };
+                        macro_rules! go {
+                            ($r:literal) => {
+                                match kind {
+                                    0 => tile::<$r, 0>(a),
+                                    1 => tile::<$r, 1>(a),
+                                    _ => tile::<$r, 2>(a),
+                                }
                             };
-                            macro_rules! go {
-                                ($r:literal) => {
-                                    match kind {
-                                        0 => tile::<$r, 0>(a),
-                                        1 => tile::<$r, 1>(a),
-                                        _ => tile::<$r, 2>(a),
-                                    }
-                                };
-                            }
-                            match TR.min(m - r0) {
-                                1 => go!(1),
-                                2 => go!(2),
-                                3 => go!(3),
-                                4 => go!(4),
-                                5 => go!(5),
-                                _ => go!(6),
-                            }
+                        }
+                        match TR.min(m - r0) {
+                            1 => go!(1),
+                            2 => go!(2),
+                            3 => go!(3),
+                            4 => go!(4),
+                            5 => go!(5),
+                            _ => go!(6),
                         }
                     }
                 }
             }
-        });
-        // out += the tasks' partial sums, in task order (each output element on one thread).
-        let part = &part[..];
-        super::pool::chunks_mut(&mut out[..m * n], SUM_CHUNK, |i, o| {
-            let at = i * SUM_CHUNK;
-            for t in 0..tasks {
-                let p = &part[t * m * n + at..t * m * n + at + o.len()];
-                for (ov, &pv) in o.iter_mut().zip(p) {
-                    *ov += pv;
-                }
-            }
-        });
+        }
     });
 }
 
