@@ -1,5 +1,6 @@
 //! Decode GEMVs on the CPU: a few activation rows (`m` ≤ [`super::matmul::SMALL_M`]) against an nn.Linear
-//! weight `[n, k]`, every weight byte read once and used for all the rows.
+//! weight `[n, k]`, every weight byte read once and used for all the rows (float weights take up to
+//! [`super::matmul::FEW_M`] rows, four at a time against a task's weight rows held in cache).
 //!
 //! - f32, bf16, f16: the weight's elements converted in registers and multiplied in f32.
 //! - q8 and q4 (groups along k of 16 or a multiple of 32): the activations are first rounded to 8-bit
@@ -202,17 +203,25 @@ thread_local! {
     static ROW_SCALES: std::cell::RefCell<(Vec<f32>, Vec<f16>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// `out[m, n] = x[m, k] · w[n, k]ᵀ` for a few rows `m` (1..=4).
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ` for a few rows `m` (decode's 1..=4; float weights up to
+/// [`super::matmul::FEW_M`]), each task's weight rows against four activation rows at a time.
 pub fn linear_small(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) {
-    debug_assert!((1..=4).contains(&m) && x.len() >= m * k && out.len() >= m * n && w.len() >= n * k);
+    debug_assert!(m >= 1 && x.len() >= m * k && out.len() >= m * n && w.len() >= n * k);
     if linear_quant(simd, x, m, k, n, w, out) {
         return;
     }
     let shared = pool::Shared::new(&mut out[..m * n]);
     pool::for_each(n.div_ceil(ROWS_PER_TASK), |t| {
         let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
-        // SAFETY: task t writes its own rows' outputs only.
-        unsafe { float_rows(simd, w, x, m, k, rows.clone(), shared.ptr().add(rows.start), n) }
+        // The task's weight rows against four activation rows at a time (the weight rows stay in cache
+        // between the passes).
+        for r0 in (0..m).step_by(4) {
+            // SAFETY: task t writes its own rows' outputs only (columns `rows` of every row).
+            unsafe {
+                let o = shared.ptr().add(r0 * n + rows.start);
+                float_rows(simd, w, &x[r0 * k..], 4.min(m - r0), k, rows.clone(), o, n)
+            }
+        }
     })
 }
 
