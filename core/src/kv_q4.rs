@@ -248,7 +248,7 @@ mod tests {
         let mut w = vec![0u32; value_slot_words(2, 8)];
         encode_values(&x, 2, 8, &mut w);
         assert!((0..16).all(|e| decode_value(&w, 2, 8, e) == 1.5));
-        for v in [0.1f32, -0.1, 3.14159, -2.71828, 1e-3, 65000.0] {
+        for v in [0.1f32, -0.1, 3.3, -2.6, 1e-3, 65000.0] {
             assert!(f16_down(v).to_f32() <= v && f16_up(v.abs()).to_f32() >= v.abs(), "{v}");
         }
         assert!(supports(128).is_ok() && supports(12).is_err());

@@ -257,6 +257,19 @@ impl Pool {
     }
 }
 
+/// Runs `f` on this thread's scratch buffers in `key`, kept from call to call so a decode step allocates
+/// nothing once warm; a call that finds them in use (a kernel reached again from within itself) gets fresh
+/// ones instead of a panic.
+pub(crate) fn with_scratch<T: Default + 'static, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    key.with(|c| match c.try_borrow_mut() {
+        Ok(mut t) => f(&mut t),
+        Err(_) => f(&mut T::default()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,17 +318,4 @@ mod tests {
         });
         assert_eq!(sum.load(Ordering::Relaxed), 64 * 63 / 2);
     }
-}
-
-/// Runs `f` on this thread's scratch buffers in `key`, kept from call to call so a decode step allocates
-/// nothing once warm; a call that finds them in use (a kernel reached again from within itself) gets fresh
-/// ones instead of a panic.
-pub(crate) fn with_scratch<T: Default + 'static, R>(
-    key: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
-    f: impl FnOnce(&mut T) -> R,
-) -> R {
-    key.with(|c| match c.try_borrow_mut() {
-        Ok(mut t) => f(&mut t),
-        Err(_) => f(&mut T::default()),
-    })
 }
