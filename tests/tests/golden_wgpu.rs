@@ -4,7 +4,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use herd_conformance::golden::{check_greedy, check_greedy_paged, check_logits, check_logits_paged, load, BF16_TOL, F32_TOL};
+use herd_conformance::golden::{
+    check_greedy, check_greedy_paged, check_logits, check_logits_paged, load, BF16_TOL, F32_TOL,
+};
 use herd_conformance::{fixture_dir, Reference};
 use herd_core::model::Rows;
 use herd_wgpu::{WgpuBackend, WgpuOptions};
@@ -58,7 +60,8 @@ fn golden_fixtures_on_wgpu_with_tiny_bindings() {
     let r = Reference::load("scout");
     let m = load(&be, &fixture_dir("scout"));
     let cpu = load(&Arc::new(herd_core::cpu::CpuBackend::new()), &fixture_dir("scout"));
-    let rows: Vec<Vec<u32>> = (0..3).map(|i| r.input_ids[i % r.input_ids.len()].iter().map(|&t| (t + i as u32) % 2048).collect()).collect();
+    let rows: Vec<Vec<u32>> =
+        (0..3).map(|i| r.input_ids[i % r.input_ids.len()].iter().map(|&t| (t + i as u32) % 2048).collect()).collect();
     let mut cache = m.new_cache().unwrap();
     let mut cpu_cache = cpu.new_cache().unwrap();
     let ids: Vec<_> = rows.iter().map(|_| cache.add_sequence()).collect();

@@ -52,7 +52,9 @@ fn guard_prompts_match_transformers_rendering_and_logits() {
         let ids = guard::prompt(&tmpl, &tok, &policy, &conv).unwrap();
         let want: Vec<u32> = p["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         assert_eq!(ids, want, "prompt {i}: token ids differ from transformers'");
-        let logits = pollster::block_on(herd_core::generate::score_rows(&model, std::slice::from_ref(&ids), &[], false)).unwrap();
+        let logits =
+            pollster::block_on(herd_core::generate::score_rows(&model, std::slice::from_ref(&ids), &[], false))
+                .unwrap();
         let got = &logits[0][(ids.len() - 1) * v..];
         let err = rel_err(got, &last[i * v..(i + 1) * v]);
         eprintln!("guard prompt {i}: {} tokens, last-position logits rel err {err:.2e}", ids.len());
