@@ -275,9 +275,14 @@ fn float_row(
     conv: &mut Vec<f32>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if let (Simd::Avx512, WView::F32(s)) = (simd, w) {
+    if simd == Simd::Avx512 {
         // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect/parse).
-        return unsafe { super::vnni::row_f32(&s[off..off + k], x, m, k, acc) };
+        match w {
+            WView::F32(s) => return unsafe { super::vnni::row_f32(&s[off..off + k], x, m, k, acc) },
+            WView::BF16(s) => return unsafe { super::vnni::row_half(true, &s[off..off + k], x, m, k, acc) },
+            WView::F16(s) => return unsafe { super::vnni::row_half(false, &s[off..off + k], x, m, k, acc) },
+            WView::Quant(..) => {}
+        }
     }
     #[cfg(target_arch = "x86_64")]
     if simd >= Simd::Avx2 {

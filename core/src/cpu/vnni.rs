@@ -112,6 +112,24 @@ pub(crate) unsafe fn row_f32(w: &[f32], x: &[f32], m: usize, k: usize, acc: &mut
     }
 }
 
+/// [`row_f32`] for a bf16 (`bf16`) or f16 weight row, its elements widened to f32 in registers.
+pub(crate) unsafe fn row_half(bf16: bool, w: &[u16], x: &[f32], m: usize, k: usize, acc: &mut [f32; 4]) {
+    assert!(w.len() >= k && x.len() >= m * k);
+    // SAFETY: the caller's, and the bounds just checked.
+    unsafe {
+        match (m, bf16) {
+            (1, true) => x86::row_half::<1, true>(w, x, k, acc),
+            (2, true) => x86::row_half::<2, true>(w, x, k, acc),
+            (3, true) => x86::row_half::<3, true>(w, x, k, acc),
+            (_, true) => x86::row_half::<4, true>(w, x, k, acc),
+            (1, false) => x86::row_half::<1, false>(w, x, k, acc),
+            (2, false) => x86::row_half::<2, false>(w, x, k, acc),
+            (3, false) => x86::row_half::<3, false>(w, x, k, acc),
+            (_, false) => x86::row_half::<4, false>(w, x, k, acc),
+        }
+    }
+}
+
 /// `out[j] = x · w[j·k..(j + 1)·k]` for j < n: one activation row against n f32 weight rows, four rows read
 /// at a time (four streams in flight, one call and one load of x per four rows). Each row's sum is
 /// [`row_f32`]'s with m = 1, bit for bit. Safety: the processor runs [`super::Simd::Avx512`]; `w` holds n rows
@@ -178,6 +196,46 @@ mod x86 {
             let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
             for t in k32..k {
                 s += x[r * k + t] * w[t];
+            }
+            acc[r] = s;
+        }
+    }
+
+    /// 16 bf16 or f16 values from `p` as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn widen<const BF16: bool>(p: *const u16) -> __m512 {
+        // SAFETY: the caller's (16 values at p).
+        let h = unsafe { _mm256_loadu_si256(p as *const __m256i) };
+        if BF16 {
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+        } else {
+            _mm512_cvtph_ps(h)
+        }
+    }
+
+    /// See [`super::row_half`]: [`row_f32`] with the weights widened in registers.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn row_half<const M: usize, const BF16: bool>(w: &[u16], x: &[f32], k: usize, acc: &mut [f32; 4]) {
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let k32 = k / 32 * 32;
+        let mut a = [[_mm512_setzero_ps(); 2]; M];
+        let mut i = 0;
+        while i < k32 {
+            // SAFETY: i + 32 ≤ k ≤ w.len(), and row r of x holds k elements (the caller's bounds).
+            let (w0, w1) = unsafe { (widen::<BF16>(wp.add(i)), widen::<BF16>(wp.add(i + 16))) };
+            for r in 0..M {
+                let p = unsafe { xp.add(r * k + i) };
+                a[r][0] = _mm512_fmadd_ps(w0, unsafe { _mm512_loadu_ps(p) }, a[r][0]);
+                a[r][1] = _mm512_fmadd_ps(w1, unsafe { _mm512_loadu_ps(p.add(16)) }, a[r][1]);
+            }
+            i += 32;
+        }
+        for r in 0..M {
+            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
+            for t in k32..k {
+                let v = if BF16 { f32::from_bits((w[t] as u32) << 16) } else { half::f16::from_bits(w[t]).to_f32() };
+                s += x[r * k + t] * v;
             }
             acc[r] = s;
         }
