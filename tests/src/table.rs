@@ -320,6 +320,9 @@ pub fn cases() -> Vec<Spec> {
         (5, 128, 256),
         (8, 40, 72),
         (9, 17, 65),
+        // A few rows' tiles at AVX-512 (dot512) with 3 and 2 weight rows left over, k not a multiple of 16.
+        (6, 50, 71),
+        (7, 33, 34),
         (37, 96, 130),
         (1, 5120, 8192),
         (128, 1024, 1024),

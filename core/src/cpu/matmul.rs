@@ -84,7 +84,7 @@ fn gemm_block(n: usize) -> usize {
 /// (measured on the expert and dense matmuls of a hidden-1024 model, 2-core EPYC).
 pub(crate) const SMALL_M: usize = 4;
 /// Float weights (f32, bf16, f16) take the GEMV kernels, four rows at a time, up to this many rows at the
-/// vector levels: below it the sgemm's per-call conversion and packing of the weights cost more than reading
+/// vector levels below AVX-512 (which has its own kernel for a few rows, [`super::dot512`]): below it the sgemm's per-call conversion and packing of the weights cost more than reading
 /// them from cache again. Prefill on the demo model (bf16, k 256), 2 threads: 8 rows 4,100-4,300 → 6,100-6,300
 /// tok/s, 12 rows 5,350 → 6,300-7,000, 16 rows even; the bench model (f32, k 512): +11% at 8 rows, +4% at 12.
 pub(crate) const FEW_M: usize = 12;
@@ -97,11 +97,19 @@ thread_local! {
 }
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` (w row-major, an nn.Linear weight). A few rows take the GEMV kernels
-/// ([`super::gemv`]; float weights up to [`FEW_M`] rows), more the packed sgemm on blocks of the weight
-/// converted to f32.
+/// ([`super::gemv`]; float weights up to [`FEW_M`] rows, at AVX-512 up to 32 through [`super::dot512`]), more
+/// the packed sgemm on blocks of the weight converted to f32.
 pub fn linear(simd: Simd, x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) {
     debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= n * k);
     let float = !matches!(w, WView::Quant(..));
+    // SAFETY: Avx512 is only chosen where the processor runs it (Simd::detect/parse).
+    #[cfg(target_arch = "x86_64")]
+    if (SMALL_M + 1..=super::dot512::MAX_ROWS).contains(&m)
+        && simd == Simd::Avx512
+        && unsafe { super::dot512::linear(x, m, k, n, w, out) }
+    {
+        return;
+    }
     if m <= SMALL_M || (float && simd.vector() && m <= FEW_M) {
         return super::gemv::linear_small(simd, x, m, k, n, w, out);
     }

@@ -12,6 +12,8 @@
 #[cfg(not(target_arch = "wasm32"))]
 mod arena;
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod dot512;
 mod elementwise;
 mod fused;
 pub mod gemv;

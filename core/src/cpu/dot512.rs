@@ -1,0 +1,149 @@
+//! nn.Linear products of a batch of a few rows (5 to [`MAX_ROWS`]: several sequences' decode tokens in one
+//! step, a short prompt) with float weights (f32, bf16, f16) at the AVX-512 level.
+//!
+//! A register tile of up to 4 activation rows × 4 weight rows (16 accumulators of 16 lanes) walks k: each step
+//! loads four weight vectors (bf16/f16 widened in registers) and up to four activation vectors and does 16
+//! FMAs, so every weight element loaded serves four rows and every activation element four weight rows. A task
+//! owns a block of weight rows; its four rows at a time stay in L1 while every group of activation rows passes
+//! over them. Nothing is converted or packed ahead (the sgemm path converts and packs the weights on every
+//! call, which for a few rows costs more than the arithmetic), and the GEMV kernels, four rows at a time, load
+//! each activation vector once per weight row.
+
+use std::arch::x86_64::*;
+
+use super::matmul::WView;
+use super::pool;
+
+/// Weight rows of a task.
+const TASK_ROWS: usize = 32;
+/// The most rows this kernel takes; more take the packed sgemm, faster there (at 128 × 1024 × 1024 f32: 220
+/// GFLOP/s against this kernel's 184). Prefill on the demo model (bf16, k 256), 2 threads, against the
+/// GEMV kernels (8 rows) or the sgemm (16, 32, 64): 8 rows +17-33%, 16 rows +35-40%, 32 rows +12-17%, 64 rows
+/// +1%; on the bench model (f32, k 512) +2%, +7%, +2%, -1%; the op table's 12 × 2048 × 16400 f32 11.9 → 9.0 ms.
+pub(crate) const MAX_ROWS: usize = 32;
+
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ` for float `w`. Returns false (doing nothing) for quantized weights. Safety:
+/// the processor runs [`super::Simd::Avx512`].
+pub(crate) unsafe fn linear(x: &[f32], m: usize, k: usize, n: usize, w: &WView, out: &mut [f32]) -> bool {
+    let (wp, kind) = match w {
+        WView::F32(s) => (s.as_ptr() as usize, 0u8),
+        WView::BF16(s) => (s.as_ptr() as usize, 1),
+        WView::F16(s) => (s.as_ptr() as usize, 2),
+        WView::Quant(..) => return false,
+    };
+    assert!(x.len() >= m * k && out.len() >= m * n && w.len() >= n * k);
+    if m == 0 || n == 0 {
+        return true;
+    }
+    let shared = pool::Shared::new(&mut out[..m * n]);
+    let xp = x.as_ptr() as usize;
+    pool::for_each(n.div_ceil(TASK_ROWS), |t| {
+        let j1 = ((t + 1) * TASK_ROWS).min(n);
+        let mut j = t * TASK_ROWS;
+        while j < j1 {
+            let jn = 4.min(j1 - j);
+            for r0 in (0..m).step_by(4) {
+                let rn = 4.min(m - r0);
+                // SAFETY: rows r0..r0 + rn of x, weight rows j..j + jn (in bounds by the assertion); the outputs
+                // (rows r0.., columns j..j + jn) are this task's alone.
+                unsafe {
+                    let a = Tile {
+                        x: (xp as *const f32).add(r0 * k),
+                        w: wp as *const u8,
+                        j,
+                        k,
+                        out: shared.ptr().add(r0 * n + j),
+                        n,
+                    };
+                    macro_rules! go {
+                        ($r:literal, $j:literal) => {
+                            match kind {
+                                0 => tile::<$r, $j, 0>(a),
+                                1 => tile::<$r, $j, 1>(a),
+                                _ => tile::<$r, $j, 2>(a),
+                            }
+                        };
+                    }
+                    match (rn, jn) {
+                        (4, 4) => go!(4, 4),
+                        (3, 4) => go!(3, 4),
+                        (2, 4) => go!(2, 4),
+                        (1, 4) => go!(1, 4),
+                        (4, 3) => go!(4, 3),
+                        (3, 3) => go!(3, 3),
+                        (2, 3) => go!(2, 3),
+                        (1, 3) => go!(1, 3),
+                        (4, 2) => go!(4, 2),
+                        (3, 2) => go!(3, 2),
+                        (2, 2) => go!(2, 2),
+                        (1, 2) => go!(1, 2),
+                        (4, _) => go!(4, 1),
+                        (3, _) => go!(3, 1),
+                        (2, _) => go!(2, 1),
+                        _ => go!(1, 1),
+                    }
+                }
+            }
+            j += jn;
+        }
+    });
+    true
+}
+
+/// One tile's operands: activation rows from `x` (a row stride of k), weight rows from row `j` of the tensor
+/// at `w` (its element type by the kernel's KIND), the outputs from `out` (a row stride of n).
+#[derive(Clone, Copy)]
+struct Tile {
+    x: *const f32,
+    w: *const u8,
+    j: usize,
+    k: usize,
+    out: *mut f32,
+    n: usize,
+}
+
+/// 16 weights from element `e` (KIND 0: f32, 1: bf16, 2: f16) as f32, the lanes outside `mask` zero (not read).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+unsafe fn load<const KIND: u8>(w: *const u8, e: usize, mask: __mmask16) -> __m512 {
+    // SAFETY: the caller's (the lanes of mask are in the tensor).
+    unsafe {
+        match KIND {
+            0 => _mm512_maskz_loadu_ps(mask, (w as *const f32).add(e)),
+            1 => {
+                let h = _mm256_maskz_loadu_epi16(mask, (w as *const u16).add(e) as *const i16);
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            }
+            _ => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (w as *const u16).add(e) as *const i16)),
+        }
+    }
+}
+
+/// `out[r, jj] = x[r] · w[j + jj]` for r < R, jj < J.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+unsafe fn tile<const R: usize, const J: usize, const KIND: u8>(a: Tile) {
+    let mut acc = [[_mm512_setzero_ps(); J]; R];
+    let mut i = 0;
+    while i < a.k {
+        let mask: __mmask16 = if a.k - i >= 16 { 0xFFFF } else { (1u16 << (a.k - i)) - 1 };
+        let mut wv = [_mm512_setzero_ps(); J];
+        for (jj, v) in wv.iter_mut().enumerate() {
+            // SAFETY: the lanes of mask are columns i.. < k of weight row j + jj (the caller's bounds).
+            *v = unsafe { load::<KIND>(a.w, (a.j + jj) * a.k + i, mask) };
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            // SAFETY: row r of x holds k elements; the lanes of mask are in it.
+            let xv = unsafe { _mm512_maskz_loadu_ps(mask, a.x.add(r * a.k + i)) };
+            for (c, v) in row.iter_mut().zip(&wv) {
+                *c = _mm512_fmadd_ps(*v, xv, *c);
+            }
+        }
+        i += 16;
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (jj, c) in row.iter().enumerate() {
+            // SAFETY: output (r, j + jj) is the caller's.
+            unsafe { *a.out.add(r * a.n + jj) = _mm512_reduce_add_ps(*c) };
+        }
+    }
+}
