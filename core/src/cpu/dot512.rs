@@ -13,6 +13,7 @@ use std::arch::x86_64::*;
 
 use super::matmul::WView;
 use super::pool;
+use super::xw512::load;
 
 /// Weight rows of a task.
 const TASK_ROWS: usize = 32;
@@ -100,23 +101,6 @@ struct Tile {
     k: usize,
     out: *mut f32,
     n: usize,
-}
-
-/// 16 weights from element `e` (KIND 0: f32, 1: bf16, 2: f16) as f32, the lanes outside `mask` zero (not read).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-unsafe fn load<const KIND: u8>(w: *const u8, e: usize, mask: __mmask16) -> __m512 {
-    // SAFETY: the caller's (the lanes of mask are in the tensor).
-    unsafe {
-        match KIND {
-            0 => _mm512_maskz_loadu_ps(mask, (w as *const f32).add(e)),
-            1 => {
-                let h = _mm256_maskz_loadu_epi16(mask, (w as *const u16).add(e) as *const i16);
-                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-            }
-            _ => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (w as *const u16).add(e) as *const i16)),
-        }
-    }
 }
 
 /// `out[r, jj] = x[r] · w[j + jj]` for r < R, jj < J.

@@ -178,52 +178,37 @@ mod x86 {
     /// See [`super::row_f32`]: two accumulators of 16 lanes per activation row.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn row_f32<const M: usize>(w: &[f32], x: &[f32], k: usize, acc: &mut [f32; 4]) {
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let k32 = k / 32 * 32;
-        let mut a = [[_mm512_setzero_ps(); 2]; M];
-        let mut i = 0;
-        while i < k32 {
-            // SAFETY: i + 32 ≤ k ≤ w.len(), and row r of x holds k elements (the caller's bounds).
-            let (w0, w1) = unsafe { (_mm512_loadu_ps(wp.add(i)), _mm512_loadu_ps(wp.add(i + 16))) };
-            for r in 0..M {
-                let p = unsafe { xp.add(r * k + i) };
-                a[r][0] = _mm512_fmadd_ps(w0, unsafe { _mm512_loadu_ps(p) }, a[r][0]);
-                a[r][1] = _mm512_fmadd_ps(w1, unsafe { _mm512_loadu_ps(p.add(16)) }, a[r][1]);
-            }
-            i += 32;
-        }
-        for r in 0..M {
-            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
-            for t in k32..k {
-                s += x[r * k + t] * w[t];
-            }
-            acc[r] = s;
-        }
-    }
-
-    /// 16 bf16 or f16 values from `p` as f32.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn widen<const BF16: bool>(p: *const u16) -> __m512 {
-        // SAFETY: the caller's (16 values at p).
-        let h = unsafe { _mm256_loadu_si256(p as *const __m256i) };
-        if BF16 {
-            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-        } else {
-            _mm512_cvtph_ps(h)
-        }
+        // SAFETY: the caller's.
+        unsafe { row_float::<M, 0>(w.as_ptr() as *const u8, x, k, acc) }
     }
 
     /// See [`super::row_half`]: [`row_f32`] with the weights widened in registers.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn row_half<const M: usize, const BF16: bool>(w: &[u16], x: &[f32], k: usize, acc: &mut [f32; 4]) {
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let wp = w.as_ptr() as *const u8;
+        // SAFETY: the caller's.
+        unsafe {
+            if BF16 {
+                row_float::<M, 1>(wp, x, k, acc)
+            } else {
+                row_float::<M, 2>(wp, x, k, acc)
+            }
+        }
+    }
+
+    /// `acc[r] = x[r] · w` for r < M: k weights at `w` (KIND as [`super::super::xw512::load`]'s), 32 at a
+    /// time into two accumulators per row, the rest in order after their sum.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn row_float<const M: usize, const KIND: u8>(w: *const u8, x: &[f32], k: usize, acc: &mut [f32; 4]) {
+        use super::super::xw512::load;
+        let xp = x.as_ptr();
         let k32 = k / 32 * 32;
         let mut a = [[_mm512_setzero_ps(); 2]; M];
         let mut i = 0;
         while i < k32 {
-            // SAFETY: i + 32 ≤ k ≤ w.len(), and row r of x holds k elements (the caller's bounds).
-            let (w0, w1) = unsafe { (widen::<BF16>(wp.add(i)), widen::<BF16>(wp.add(i + 16))) };
+            // SAFETY: i + 32 ≤ k, the weights' length, and row r of x holds k elements (the caller's bounds).
+            let (w0, w1) = unsafe { (load::<KIND>(w, i, 0xFFFF), load::<KIND>(w, i + 16, 0xFFFF)) };
             for r in 0..M {
                 let p = unsafe { xp.add(r * k + i) };
                 a[r][0] = _mm512_fmadd_ps(w0, unsafe { _mm512_loadu_ps(p) }, a[r][0]);
@@ -234,7 +219,14 @@ mod x86 {
         for r in 0..M {
             let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
             for t in k32..k {
-                let v = if BF16 { f32::from_bits((w[t] as u32) << 16) } else { half::f16::from_bits(w[t]).to_f32() };
+                // SAFETY: t < k.
+                let v = unsafe {
+                    match KIND {
+                        0 => *(w as *const f32).add(t),
+                        1 => f32::from_bits((*(w as *const u16).add(t) as u32) << 16),
+                        _ => half::f16::from_bits(*(w as *const u16).add(t)).to_f32(),
+                    }
+                };
                 s += x[r * k + t] * v;
             }
             acc[r] = s;

@@ -118,7 +118,7 @@ unsafe fn rows(x: &[f32], m: usize, k: usize, n: usize, w: &WView, w_off: usize,
 /// read).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-unsafe fn load<const KIND: u8>(w: *const u8, e: usize, mask: __mmask16) -> __m512 {
+pub(crate) unsafe fn load<const KIND: u8>(w: *const u8, e: usize, mask: __mmask16) -> __m512 {
     // SAFETY: the caller's: the lanes in `mask` are elements of the tensor (masked-off lanes do not fault).
     unsafe {
         match KIND {
