@@ -120,7 +120,6 @@ impl Arena {
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> std::result::Result<(), String>,
     ) -> Result<Slice> {
-        let len = len.max(1);
         let (region, start) = if len >= OWN {
             (Arc::new(Region::new(len, len)?), 0)
         } else {
@@ -149,7 +148,7 @@ mod tests {
     #[test]
     fn slices_are_disjoint_aligned_and_keep_their_bytes() {
         let arena = Arena::default();
-        let sizes = [3usize, 4096, 1 << 20, OWN, 5, CHUNK - 100, 17];
+        let sizes = [3usize, 4096, 1 << 20, OWN, 0, 5, CHUNK - 100, 17];
         let slices: Vec<Slice> = sizes
             .iter()
             .enumerate()
@@ -169,6 +168,7 @@ mod tests {
         }
         // A large one starts on a huge page.
         assert_eq!(slices[3].bytes().as_ptr() as usize % HUGE, 0);
+        assert!(slices[4].bytes().is_empty(), "an empty weight stays empty");
         // A fill's error is the alloc's.
         assert!(arena.alloc(10, |_| Err("short read".into())).is_err());
     }
