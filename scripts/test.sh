@@ -89,7 +89,7 @@ fi
 # missing). Each is installed when missing; with all of them present a failing page fails the tests.
 apt_install() {
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing $* for the browser tests"
+        echo "installing $* for the tests"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
     fi
 }
@@ -109,6 +109,15 @@ if [ "$browser" = yes ]; then
     export HERD_REQUIRE_BROWSER=1
 else
     echo "warning: no Chromium, npm or playwright-core could be had: the browser tests will report NOT RUN" >&2
+fi
+
+# `herd app` is tested in a real window: an X server with no screen (Xvfb), drawn on lavapipe. Installed when
+# missing; with it present a window that fails fails the tests.
+command -v Xvfb >/dev/null 2>&1 || apt_install xvfb || true
+if command -v Xvfb >/dev/null 2>&1 && [ -n "${HERD_REQUIRE_WGPU:-}" ]; then
+    export HERD_REQUIRE_WINDOW=1
+else
+    echo "warning: no Xvfb or no Vulkan driver: the desktop window's test will report NOT RUN" >&2
 fi
 
 # The build below needs several GiB under target/; say up front how much the disk has, so that a run that

@@ -190,16 +190,27 @@ impl ModelFiles {
 
     /// Loads the text model onto `backend`, with a progress bar on a terminal, set up as `opts` says.
     pub fn load<B: Backend>(&self, backend: Arc<B>, opts: &LoadOptions) -> Result<(ModelConfig, Llama4<B>)> {
-        let experts = opts.experts.as_ref();
-        let cfg = self.config()?;
-        let ck = self.checkpoint()?;
-        let bar = indicatif::ProgressBar::new(cfg.text.num_hidden_layers as u64);
+        let bar = indicatif::ProgressBar::new(self.config()?.text.num_hidden_layers as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers {elapsed}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_message(self.describe());
-        let mut progress = |done: usize, _: usize| bar.set_position(done as u64);
+        let loaded = self.load_with_progress(backend, opts, &mut |done, _| bar.set_position(done as u64));
+        bar.finish_and_clear();
+        loaded
+    }
+
+    /// [`ModelFiles::load`] telling `progress` each layer loaded (layers done, layers in all).
+    pub fn load_with_progress<B: Backend>(
+        &self,
+        backend: Arc<B>,
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(ModelConfig, Llama4<B>)> {
+        let experts = opts.experts.as_ref();
+        let cfg = self.config()?;
+        let ck = self.checkpoint()?;
         // compressed-tensors' pack-quantized checkpoints are read into herd's int4/int8 formats.
         let ct = match self {
             ModelFiles::Dir(d) => {
@@ -216,11 +227,10 @@ impl ModelFiles {
         };
         let mut model = if ct {
             let src = herd_core::compressed::CompressedTensors { ck: &ck };
-            Llama4::load_with(backend, &src, &cfg.text, experts, &mut progress)?
+            Llama4::load_with(backend, &src, &cfg.text, experts, progress)?
         } else {
-            Llama4::load_with(backend, &ck, &cfg.text, experts, &mut progress)?
+            Llama4::load_with(backend, &ck, &cfg.text, experts, progress)?
         };
-        bar.finish_and_clear();
         note_unused_cache(&model, experts, &self.describe());
         opts.apply(&mut model)?;
         Ok((cfg, model))

@@ -1,12 +1,14 @@
-//! `herd`: run Meta's Llama 4 models. Subcommands: run, chat, serve, inspect, logits, greedy, bench,
+//! `herd`: run Meta's Llama 4 models. Subcommands: run, chat, app, serve, inspect, logits, greedy, bench,
 //! bench-serve, quantize, serve-web, web-manifest.
 
+mod app;
 mod backend_arg;
 mod bench;
 mod bench_constrain;
 mod bench_context;
 mod bench_serve;
 mod bench_vision;
+mod conversation;
 mod files;
 mod fit;
 mod guard;
@@ -53,6 +55,9 @@ enum Cmd {
     Run(RunArgs),
     /// Interactive multi-turn chat in the terminal.
     Chat(TextArgs),
+    /// A desktop chat window: the answer streaming in, images by drag and drop, sampling settings, and live
+    /// views of the experts each layer picks, speed, the expert cache and memory.
+    App(app::AppArgs),
     /// Describe a model: layers, heads, experts, parameters, bytes, KV cache per token.
     Inspect(ModelArg),
     /// Logits for each row of `input_ids` in a safetensors file.
@@ -520,6 +525,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 &opts
             ))
         }
+        Cmd::App(a) => app::run(a),
         Cmd::Inspect(a) => inspect::inspect(&ModelFiles::new(a.model)),
         Cmd::Plan(a) => plan::run(&ModelFiles::new(a.model.model.clone()), &a),
         Cmd::Logits(a) => {

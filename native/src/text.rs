@@ -16,17 +16,17 @@ use herd_core::schedule::GenerateParams;
 use herd_core::schedule::{queue, Event, Finish, Images, Request, Scheduler, SchedulerConfig};
 use herd_core::tokenizer::Tokenizer;
 
+use crate::conversation::Conversation;
 use crate::files::{LoadOptions, ModelFiles};
 use crate::fit::Need;
 use crate::guard::GuardFiles;
 use crate::images::{Encoded, Planner, Vision};
 use crate::SamplingArgs;
-use herd_core::vision::input::PlannedImage;
 use herd_core::vision::preprocess::RgbImage;
 use std::time::Instant;
 
 /// Sampling settings: the model's generation_config.json, overridden by flags.
-fn sampling(files: &ModelFiles, a: &SamplingArgs) -> Result<SamplingParams> {
+pub(crate) fn sampling(files: &ModelFiles, a: &SamplingArgs) -> Result<SamplingParams> {
     let mut p = files.generation_config()?.sampling_params();
     if let Some(t) = a.temperature {
         p.temperature = t;
@@ -49,7 +49,7 @@ fn sampling(files: &ModelFiles, a: &SamplingArgs) -> Result<SamplingParams> {
 }
 
 /// Stop ids: generation_config.json's eos list, else config.json's.
-fn stop_ids(files: &ModelFiles, cfg_eos: &[u32]) -> Result<Vec<u32>> {
+pub(crate) fn stop_ids(files: &ModelFiles, cfg_eos: &[u32]) -> Result<Vec<u32>> {
     let g = files.generation_config()?;
     Ok(if g.eos_token_ids.is_empty() { cfg_eos.to_vec() } else { g.eos_token_ids })
 }
@@ -310,22 +310,12 @@ pub fn run<B: Backend>(
 }
 
 /// A request's images from their encodings.
-fn images_of<B: Backend>(patch: u32, encoded: &[Encoded<B>]) -> Images<B> {
+pub(crate) fn images_of<B: Backend>(patch: u32, encoded: &[Encoded<B>]) -> Images<B> {
     Images {
         patch,
         rows: encoded.iter().map(|e| (e.rows.clone(), e.n)).collect(),
         keys: encoded.iter().map(|e| e.key).collect(),
     }
-}
-
-/// The images of a chat: those already in the conversation (planned and encoded), and those attached to
-/// the next message.
-struct ChatImages<B: Backend> {
-    planner: Option<Planner>,
-    vision: Option<Vision<B>>,
-    planned: Vec<PlannedImage>,
-    encoded: Vec<Encoded<B>>,
-    pending: Vec<RgbImage>,
 }
 
 pub fn chat<B: Backend>(
@@ -337,7 +327,6 @@ pub fn chat<B: Backend>(
     opts: &LoadOptions,
 ) -> Result<()> {
     let tok = files.tokenizer()?;
-    let tmpl = files.chat_template()?;
     let sampling = sampling(files, a)?;
     // The model and one token of conversation must fit; the conversation's length is checked as it grows.
     crate::fit::check(
@@ -349,21 +338,15 @@ pub fn chat<B: Backend>(
     let (cfg, model) = files.load(backend.clone(), opts)?;
     let params =
         GenerateParams { max_tokens: a.max_tokens, sampling, stop_ids: stop_ids(files, &cfg.text.eos_token_ids)? };
-    let mut sched = one_at_a_time(Arc::new(model), true)?;
-    // Each turn draws from its own stream: with --seed, the seed plus the turn's number.
-    let mut turn = 0u64;
-    let mut msgs: Vec<Message> = system.map(|s| vec![Message::system(s)]).unwrap_or_default();
-    let mut im: ChatImages<B> =
-        ChatImages { planner: None, vision: None, planned: Vec::new(), encoded: Vec::new(), pending: Vec::new() };
+    let mut conv = Conversation::new(backend, files, model, system)?;
     eprintln!(
         "herd chat with {} — /image PATH attaches an image to your next message, /reset starts over, /exit (or end \
          of input) quits.",
         files.describe()
     );
-    let ctx = cfg.text.max_position_embeddings;
+    let ctx = conv.context();
     // No message longer than the context could hold even at the longest token is read into memory.
     let max_line = ctx.saturating_mul(longest_token(&tok)).saturating_add(2);
-    let keep = usize::from(system.is_some());
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
@@ -383,69 +366,44 @@ pub fn chat<B: Backend>(
             "" => continue,
             "/exit" | "/quit" => break,
             "/reset" => {
-                msgs.truncate(usize::from(system.is_some()));
-                sched.clear_prefix_cache();
-                (im.planned, im.encoded, im.pending) = (Vec::new(), Vec::new(), Vec::new());
+                conv.reset();
                 eprintln!("(conversation cleared)");
                 continue;
             }
             l if l.starts_with("/image") => {
                 let path = l["/image".len()..].trim();
-                let got = match (path.is_empty(), im.planner.is_none()) {
-                    (true, _) => Err(anyhow::anyhow!("/image needs a path: /image PATH")),
-                    (false, true) => Planner::new(files, &tok).map(|p| im.planner = Some(p)),
-                    (false, false) => Ok(()),
+                let got = match path.is_empty() {
+                    true => Err(anyhow::anyhow!("/image needs a path: /image PATH")),
+                    false => crate::images::read_images(std::path::Path::new(path), max_frames),
                 }
-                .and_then(|_| crate::images::read_images(std::path::Path::new(path), max_frames));
+                .and_then(|frames| conv.attach(frames));
                 match got {
-                    Ok(frames) => {
-                        im.pending.extend(frames);
-                        eprintln!("({} images attached to your next message)", im.pending.len());
-                    }
+                    Ok(n) => eprintln!("({n} images attached to your next message)"),
                     Err(e) => eprintln!("error: {}", crate::one_line(&e)),
                 }
                 continue;
             }
             _ => {}
         }
-        let new_images = std::mem::take(&mut im.pending);
-        let n_new = new_images.len();
-        msgs.push(if n_new > 0 { Message::user_with_images(n_new, line) } else { Message::user(line) });
-        match drop_oldest_turns(&tok, &tmpl, &mut msgs, keep, ctx, &new_images, &mut im) {
-            Ok(0) => {}
-            Ok(n) => eprintln!(
-                "(the conversation no longer fit the model's context of {ctx} tokens: the oldest {n} messages were \
-                 dropped)"
-            ),
-            Err(e) => {
-                msgs.pop();
-                eprintln!("error: {}", crate::one_line(&e));
-                continue;
-            }
-        }
-        let before = im.planned.len();
-        let mut reply = String::new();
-        let result = chat_turn(&backend, files, &tok, &tmpl, &msgs, new_images, &mut im).and_then(|(ids, patch)| {
-            let images = (!im.encoded.is_empty()).then(|| images_of(patch, &im.encoded));
-            let mut on_token = streamer(&tok, &mut reply);
-            let mut params = params.clone();
-            params.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(turn));
-            turn += 1;
-            generate(&mut sched, Request::new(ids, params), images, &mut on_token)
-        });
-        match result {
-            Ok(stats) => {
+        let mut on_text = |s: &str| {
+            print!("{s}");
+            // A closed stdout (e.g. piped into `head`) ends the answer quietly.
+            std::io::stdout().flush().is_ok()
+        };
+        match conv.say(line, &params, &mut on_text) {
+            Ok(turn) => {
                 println!();
-                report(&stats);
-                msgs.push(Message::assistant(reply));
+                if turn.dropped > 0 {
+                    eprintln!(
+                        "(the conversation no longer fit the model's context of {ctx} tokens: the oldest {} \
+                         messages were dropped)",
+                        turn.dropped
+                    );
+                }
+                report(&turn.finish);
             }
-            Err(e) => {
-                // A turn that cannot run (e.g. the conversation outgrew the context) is reported, not fatal.
-                msgs.pop();
-                im.planned.truncate(before);
-                im.encoded.truncate(before);
-                eprintln!("error: {}", crate::one_line(&e));
-            }
+            // A turn that cannot run (e.g. the conversation outgrew the context) is reported, not fatal.
+            Err(e) => eprintln!("error: {}", crate::one_line(&e)),
         }
     }
     Ok(())
@@ -496,71 +454,4 @@ fn read_line_bounded(r: &mut impl BufRead, max: usize) -> std::io::Result<Option
 /// The most bytes one token of `tok`'s vocabulary stands for (byte-level tokens: one character a byte).
 fn longest_token(tok: &Tokenizer) -> usize {
     tok.inner().get_vocab(true).keys().map(|k| k.chars().count()).max().unwrap_or(1).max(1)
-}
-
-/// Drops the oldest messages after the first `keep` (the system message) until the conversation, with its
-/// images, leaves the model room for at least one token of answer; returns how many went. The newest
-/// message is never dropped: if it alone does not fit, that is the error.
-fn drop_oldest_turns<B: Backend>(
-    tok: &Tokenizer,
-    tmpl: &herd_core::chat::ChatTemplate,
-    msgs: &mut Vec<Message>,
-    keep: usize,
-    ctx: usize,
-    new_images: &[RgbImage],
-    im: &mut ChatImages<B>,
-) -> Result<usize> {
-    let mut dropped = 0;
-    loop {
-        let ids = tok.encode_rendered(&tmpl.render(msgs, None, true)?)?;
-        let len = match &im.planner {
-            Some(p) => p.expanded_len(&ids, &im.planned, new_images)?,
-            None => ids.len(),
-        };
-        if len < ctx {
-            return Ok(dropped);
-        }
-        if msgs.len() <= keep + 1 {
-            anyhow::bail!(
-                "the message is {len} tokens{}, more than the model's context of {ctx} tokens leaves room for",
-                if dropped > 0 { " on its own" } else { "" }
-            );
-        }
-        let gone = msgs.remove(keep);
-        let images = match &gone.content {
-            herd_core::chat::Content::Parts(parts) => {
-                parts.iter().filter(|p| matches!(p, herd_core::chat::Part::Image)).count()
-            }
-            herd_core::chat::Content::Text(_) => 0,
-        };
-        let images = images.min(im.planned.len());
-        im.planned.drain(..images);
-        im.encoded.drain(..images.min(im.encoded.len()));
-        dropped += 1;
-    }
-}
-
-/// One chat turn's ids (the conversation rendered, its images expanded, its length checked) and its new
-/// images planned and encoded; the `<|patch|>` id (0 when the conversation has no images).
-fn chat_turn<B: Backend>(
-    backend: &Arc<B>,
-    files: &ModelFiles,
-    tok: &Tokenizer,
-    tmpl: &herd_core::chat::ChatTemplate,
-    msgs: &[Message],
-    new_images: Vec<RgbImage>,
-    im: &mut ChatImages<B>,
-) -> Result<(Vec<u32>, u32)> {
-    let ids = tok.encode_rendered(&tmpl.render(msgs, None, true)?)?;
-    let Some(planner) = &im.planner else { return Ok((ids, 0)) };
-    let (ids, planned) = planner.plan(&ids, new_images, &im.planned)?;
-    im.planned.extend(planned);
-    if im.vision.is_none() {
-        im.vision = Some(Vision::load(files, backend, planner)?);
-    }
-    let Some(vision) = &im.vision else { return Ok((ids, 0)) };
-    let start = im.encoded.len();
-    let encoded = vision.encode(backend, &im.planned[start..])?;
-    im.encoded.extend(encoded);
-    Ok((ids, planner.tokens.patch))
 }

@@ -79,6 +79,9 @@ type PipelineKey = (Shader, &'static str, u32);
 const MAX_GROUPS: u32 = 65535;
 
 pub struct Gpu {
+    /// The instance and adapter the device came from: a window drawn on the same device needs them.
+    pub(crate) instance: wgpu::Instance,
+    pub(crate) adapter: wgpu::Adapter,
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
@@ -157,6 +160,8 @@ impl Gpu {
             mapped_at_creation: false,
         });
         Ok(Gpu {
+            instance,
+            adapter,
             device,
             queue,
             info,

@@ -54,6 +54,13 @@ impl WgpuBackend {
         Ok(WgpuBackend { gpu: Gpu::open(opts).await? })
     }
 
+    /// The instance, adapter, device and queue the backend computes on, for drawing on the same device (e.g.
+    /// `herd app`'s window): wgpu's handles are shared references, so these are the backend's own.
+    pub fn handles(&self) -> (wgpu::Instance, wgpu::Adapter, wgpu::Device, wgpu::Queue) {
+        let g = &self.gpu;
+        (g.instance.clone(), g.adapter.clone(), g.device.clone(), g.queue.clone())
+    }
+
     /// Whether reductions run on subgroup operations on this device.
     pub fn uses_subgroups(&self) -> bool {
         self.gpu.subgroups

@@ -1,0 +1,152 @@
+//! `herd app`, the desktop window, in a real X server without a screen (Xvfb) drawn on lavapipe: a message
+//! sent through the test hook (`--prompt`), the answer read from the window's report and compared with
+//! `herd run --chat --temperature 0` on the same backend, and the screenshot checked where the routing
+//! heatmap is drawn.
+//!
+//! Needs Xvfb and a Vulkan driver: scripts/test.sh installs them and sets HERD_REQUIRE_WINDOW=1, which makes
+//! a missing one a failure. Without it a missing one prints NOT RUN.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const PROMPT: &str = "Once upon a time";
+const TOKENS: &str = "16";
+
+/// An X server on a free display number, stopped on drop.
+struct Xvfb {
+    child: std::process::Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start() -> Result<Xvfb, String> {
+        for n in 90..120 {
+            let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
+            if socket.exists() || Path::new(&format!("/tmp/.X{n}-lock")).exists() {
+                continue;
+            }
+            let child = Command::new("Xvfb")
+                .args([format!(":{n}").as_str(), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("no Xvfb ({e})"))?;
+            let mut x = Xvfb { child, display: format!(":{n}") };
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if socket.exists() {
+                    return Ok(x);
+                }
+                if let Ok(Some(_)) = x.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Err("Xvfb did not start on any display from :90 to :119".into())
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `herd ARGS` in the X server's display, killed after two minutes.
+fn herd_on(x: &Xvfb, args: &[&str]) -> Output {
+    let runtime = std::env::temp_dir();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("DISPLAY", &x.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("XDG_RUNTIME_DIR", runtime)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herd");
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().expect("wait for herd").is_some() {
+            return child.wait_with_output().expect("herd's output");
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("herd's output");
+            panic!("herd {args:?} hung: killed after 120 s\n{}", describe(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_window_answers_as_herd_run_does_and_draws_the_routing() {
+    let x = match Xvfb::start() {
+        Ok(x) => x,
+        Err(why) => return herd_core::not_run("herd app under Xvfb", Some("HERD_REQUIRE_WINDOW"), &why),
+    };
+    let sc = Scratch::new("app");
+    let vision = fixture_dir(herd_conformance::vision::NAME);
+    let photo = fixture_dir("vision").join("photo_200x300.png");
+    // The wgpu backend draws the window on the device it computes on; the CPU backend on a device of its
+    // own; the last case attaches an image (the vision path, on the vision fixture) as a drop would.
+    let cases = [("wgpu", None), ("cpu", None), ("cpu", Some((s(&vision), s(&photo))))];
+    for (case, (backend, image)) in cases.into_iter().enumerate() {
+        let shot = sc.path(&format!("{case}.png"));
+        let mut common = vec!["--backend", backend, "--max-tokens", TOKENS, "--temperature", "0"];
+        if let Some((model, photo)) = image {
+            common.extend(["--model", model, "--image", photo, "--kv-dtype", "f32"]);
+        }
+        let (want, _) = ok("herd run", herd([&["run", "--chat", "--prompt", PROMPT][..], &common].concat()));
+        let want = want.trim_end_matches('\n');
+        let out = herd_on(&x, &[&["app", "--prompt", PROMPT, "--screenshot", s(&shot)][..], &common].concat());
+        let (stdout, _) = ok(&format!("herd app on {backend}"), out);
+        let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("report: {e}: {stdout}"));
+        assert!(!want.is_empty(), "herd run answered nothing");
+        if image.is_some() {
+            assert_eq!(report["answer"].as_str(), Some(want), "the window's answer about the image differs");
+            continue;
+        }
+        assert_eq!(report["answer"].as_str(), Some(want), "{backend}: the window's answer differs from herd run's");
+
+        // The screenshot is the window, and the heatmap is painted: each MoE layer's most picked expert is
+        // drawn at full heat (yellow), so every row of the heatmap holds some.
+        let img = image::open(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display())).to_rgba8();
+        assert_eq!([img.width() as u64, img.height() as u64], [1280, 800], "{backend}: the screenshot's size");
+        let r: Vec<f64> =
+            report["heatmap"].as_array().expect("heatmap rect").iter().map(|v| v.as_f64().unwrap()).collect();
+        let (x0, y0, x1, y1) =
+            (r[0] as u32, r[1] as u32, (r[2] as u32).min(img.width()), (r[3] as u32).min(img.height()));
+        assert!(x1 > x0 + 20 && y1 > y0 + 8, "{backend}: heatmap rect {r:?}");
+        let rows = 4; // the demo model's MoE layers
+        for row in 0..rows {
+            let (ya, yb) = (y0 + (y1 - y0) * row / rows, y0 + (y1 - y0) * (row + 1) / rows);
+            let hot = (ya..yb)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .filter(|&(x, y)| {
+                    let p = img.get_pixel(x, y).0;
+                    p[0] > 200 && p[1] > 170 && p[2] < 110
+                })
+                .count();
+            assert!(hot >= 16, "{backend}: heatmap row {row} has no expert drawn at full heat ({hot} pixels)");
+        }
+    }
+}
+
+#[test]
+fn a_window_that_cannot_open_is_one_line() {
+    let out = Command::new(BIN)
+        .args(["app", "--backend", "cpu", "--prompt", "hi", "--screenshot", "/tmp/herd-app-no-display.png"])
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .expect("spawn herd");
+    fails("herd app without a display", out, &["the window could not open"]);
+    let out = herd(["app", "--screenshot", "/tmp/x.png"]);
+    assert!(!out.status.success(), "--screenshot without --prompt is refused\n{}", describe(&out));
+}
