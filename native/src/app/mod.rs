@@ -37,6 +37,10 @@ pub struct AppArgs {
     /// (the answer, where the routing heatmap is, frame times) and exit.
     #[arg(long, value_name = "PATH", requires = "prompt")]
     screenshot: Option<PathBuf>,
+    /// With --screenshot: while the answer is generated, ask for a frame every 16 ms (as a user moving the
+    /// mouse would) so that the report's frame times say how responsive the window stays.
+    #[arg(long, requires = "screenshot")]
+    measure_frames: bool,
     /// The window's size in points, WIDTHxHEIGHT.
     #[arg(long, default_value = "1280x800", value_parser = parse_size)]
     size: (f32, f32),
@@ -70,6 +74,7 @@ pub struct Hook {
     error: Arc<Mutex<Option<String>>>,
     /// Close the window after this frame.
     close: bool,
+    measure: bool,
 }
 
 impl Hook {
@@ -82,12 +87,12 @@ impl Hook {
         }
     }
 
-    /// A hooked run to capture: it also times the frames.
+    /// Frames are asked for at 60 a second while the model generates (--measure-frames).
     fn measuring(&self) -> bool {
-        self.screenshot.is_some()
+        self.measure && self.screenshot.is_some()
     }
 
-    fn after_frame(&mut self, ctx: &egui::Context, answer: &str, frames: &FrameTimes) {
+    fn after_frame(&mut self, ctx: &egui::Context, answer: &str, frames: &FrameTimes, live: &worker::Live) {
         if std::mem::take(&mut self.close) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
             return;
@@ -114,6 +119,8 @@ impl Hook {
                 "heatmap": self.heatmap.map(|r| [r.min.x, r.min.y, r.max.x, r.max.y]),
                 "frame_ms": FrameTimes::summary(&frames.gaps_ms),
                 "frame_cpu_ms": FrameTimes::summary(&frames.cpu_ms),
+                "prefill_tok_s": live.prefill_tps,
+                "decode_tok_s": live.decode_tps,
             }),
             Err(e) => {
                 *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::one_line(&e));
@@ -196,6 +203,7 @@ impl Setup {
             shot: Arc::new(Mutex::new(None)),
             error: error.clone(),
             close: false,
+            measure: a.measure_frames,
         };
         let t = a.text;
         let (files, opts, sampling) = (self.files, self.opts, self.sampling);
@@ -203,10 +211,14 @@ impl Setup {
             "herd",
             native,
             Box::new(move |cc| {
-                let drawn_on = cc.wgpu_render_state.as_ref().map_or("?".to_string(), |r| {
-                    let i = r.adapter.get_info();
-                    format!("{} ({:?}, {:?})", i.name, i.device_type, i.backend)
-                });
+                let info = cc.wgpu_render_state.as_ref().map(|r| r.adapter.get_info());
+                let drawn_on = info
+                    .as_ref()
+                    .map_or("?".to_string(), |i| format!("{} ({:?}, {:?})", i.name, i.device_type, i.backend));
+                // A frame drawn by a CPU adapter (lavapipe, SwiftShader) costs tens of milliseconds of the
+                // cores the model computes on: an answer is redrawn 10 times a second there, 60 elsewhere.
+                let cpu_drawn = info.is_some_and(|i| i.device_type == eframe::wgpu::DeviceType::Cpu);
+                let repaint = std::time::Duration::from_millis(if cpu_drawn { 100 } else { 15 });
                 let (ask_tx, ask_rx) = mpsc::channel();
                 let (told_tx, told_rx) = mpsc::channel();
                 let stop = Arc::new(AtomicBool::new(false));
@@ -221,6 +233,7 @@ impl Setup {
                     limits,
                     stop: stop.clone(),
                     ctx: cc.egui_ctx.clone(),
+                    repaint,
                 };
                 let handle =
                     std::thread::Builder::new().name("herd-model".into()).spawn(move || w.run(ask_rx, told_tx))?;

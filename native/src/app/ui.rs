@@ -367,7 +367,7 @@ impl eframe::App for App {
             ctx.request_repaint_after(std::time::Duration::from_millis(16));
         }
         let answer = self.answer();
-        self.hook.after_frame(&ctx, &answer, &self.frames);
+        self.hook.after_frame(&ctx, &answer, &self.frames, &self.live);
     }
 
     fn on_exit(&mut self) {

@@ -107,18 +107,20 @@ pub struct Worker<B: Backend> {
     pub limits: Option<String>,
     pub stop: Arc<AtomicBool>,
     pub ctx: egui::Context,
+    /// The least time between two frames that show new pieces of an answer.
+    pub repaint: std::time::Duration,
 }
 
 impl<B: Backend + 'static> Worker<B> {
     /// Loads the model and answers `asks` until the window hangs up.
     pub fn run(self, asks: Receiver<Ask>, told: Sender<Told>) {
         let say = |t: Told| {
-            // Pieces of an answer are shown at most about 60 times a second: a fast model does not keep
-            // the window drawing (on a CPU adapter, drawing takes the cores the model computes on).
+            // Pieces of an answer are shown at most every `self.repaint`: a fast model does not keep the
+            // window drawing (on a CPU adapter, drawing takes the cores the model computes on).
             let piece = matches!(t, Told::Piece { .. });
             let _ = told.send(t);
             match piece {
-                true => self.ctx.request_repaint_after(std::time::Duration::from_millis(15)),
+                true => self.ctx.request_repaint_after(self.repaint),
                 false => self.ctx.request_repaint(),
             }
         };
