@@ -150,3 +150,44 @@ fn a_window_that_cannot_open_is_one_line() {
     let out = herd(["app", "--screenshot", "/tmp/x.png"]);
     assert!(!out.status.success(), "--screenshot without --prompt is refused\n{}", describe(&out));
 }
+
+#[test]
+fn a_model_that_cannot_load_says_why_in_the_window() {
+    let x = match Xvfb::start() {
+        Ok(x) => x,
+        Err(why) => return herd_core::not_run("herd app under Xvfb", Some("HERD_REQUIRE_WINDOW"), &why),
+    };
+    let sc = Scratch::new("app-bad");
+    let model = sc.path("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("config.json"), "{").unwrap();
+    let shot = sc.path("bad.png");
+    let out = herd_on(&x, &["app", "--model", s(&model), "--prompt", PROMPT, "--screenshot", s(&shot)]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(!stderr.contains("panicked"), "{}", describe(&out));
+    let line = stderr.lines().filter(|l| l.starts_with("error:")).collect::<Vec<_>>();
+    assert_eq!(line.len(), 1, "one error line\n{}", describe(&out));
+    assert!(line[0].contains("config.json"), "{}", describe(&out));
+    // The window showed it: the report of the window it captured carries the same error.
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("report: {e}: {stdout}"));
+    let shown = report["error"].as_str().unwrap_or_default();
+    assert!(!shown.is_empty() && line[0].contains(shown), "{report}\n{}", describe(&out));
+    assert!(shot.exists(), "no screenshot of the window with the error");
+}
+
+#[test]
+fn closing_the_window_during_an_answer_stops_it() {
+    let x = match Xvfb::start() {
+        Ok(x) => x,
+        Err(why) => return herd_core::not_run("herd app under Xvfb", Some("HERD_REQUIRE_WINDOW"), &why),
+    };
+    // On lavapipe the demo model writes about 15 tokens a second: 3,000 would take minutes, so an exit
+    // within the hang timeout means the close stopped the answer.
+    let args = ["app", "--backend", "wgpu", "--prompt", PROMPT, "--temperature", "0", "--max-tokens", "3000"];
+    let t0 = Instant::now();
+    let out = herd_on(&x, &[&args[..], &["--close-after", "3"]].concat());
+    let (_, stderr) = ok("herd app closed mid-answer", out);
+    assert!(stderr.contains("it stopped after"), "the window did not close during the answer:\n{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(90), "closing took {:?}", t0.elapsed());
+}

@@ -41,6 +41,9 @@ pub struct AppArgs {
     /// mouse would) so that the report's frame times say how responsive the window stays.
     #[arg(long, requires = "screenshot")]
     measure_frames: bool,
+    /// Test hook: close the window (as its close button does) after this many pieces of the answer.
+    #[arg(long, hide = true, requires = "prompt", value_name = "N")]
+    close_after: Option<usize>,
     /// The window's size in points, WIDTHxHEIGHT.
     #[arg(long, default_value = "1280x800", value_parser = parse_size)]
     size: (f32, f32),
@@ -72,18 +75,19 @@ pub struct Hook {
     shot: Shot,
     /// Why the hooked run failed (the exit status says so).
     error: Arc<Mutex<Option<String>>>,
-    /// Close the window after this frame.
-    close: bool,
+    /// Close the window after this many pieces of the answer (--close-after).
+    pub close_after: Option<usize>,
     measure: bool,
 }
 
 impl Hook {
     /// A failure ends a hooked run (there is nobody to read the window).
+    /// The window shows the error; a hooked run then captures it, reports it and ends with it.
     fn fail(&mut self, e: &str) {
         if self.screenshot.is_some() {
             *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-            (self.screenshot, self.prompt) = (None, None);
-            self.close = true;
+            self.prompt = None;
+            self.answered = true;
         }
     }
 
@@ -93,10 +97,6 @@ impl Hook {
     }
 
     fn after_frame(&mut self, ctx: &egui::Context, answer: &str, frames: &FrameTimes, live: &worker::Live) {
-        if std::mem::take(&mut self.close) {
-            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
-            return;
-        }
         let Some(path) = &self.screenshot else { return };
         if !self.answered {
             return;
@@ -121,6 +121,8 @@ impl Hook {
                 "frame_cpu_ms": FrameTimes::summary(&frames.cpu_ms),
                 "prefill_tok_s": live.prefill_tps,
                 "decode_tok_s": live.decode_tps,
+                "generated": live.generated,
+                "error": *self.error.lock().unwrap_or_else(|p| p.into_inner()),
             }),
             Err(e) => {
                 *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::one_line(&e));
@@ -149,8 +151,7 @@ pub fn run(a: AppArgs) -> Result<()> {
     let t = &a.text;
     let opts = crate::load_options(&t.backend, &t.device_memory)?;
     let files = ModelFiles::new(t.model.model.clone());
-    let sampling = crate::text::sampling(&files, &t.sampling)?;
-    let setup = Setup { files, opts, sampling, args: a };
+    let setup = Setup { files, opts, args: a };
     match choose_backend(&setup.args.text.backend)? {
         Chosen::Cpu(weights) => setup.launch(Arc::new(CpuBackend::new().with_weight_memory(weights)), None, None),
         Chosen::Wgpu(w) => {
@@ -164,7 +165,6 @@ pub fn run(a: AppArgs) -> Result<()> {
 struct Setup {
     files: ModelFiles,
     opts: crate::files::LoadOptions,
-    sampling: herd_core::sampling::SamplingParams,
     args: AppArgs,
 }
 
@@ -202,11 +202,11 @@ impl Setup {
             requested: false,
             shot: Arc::new(Mutex::new(None)),
             error: error.clone(),
-            close: false,
             measure: a.measure_frames,
+            close_after: a.close_after,
         };
         let t = a.text;
-        let (files, opts, sampling) = (self.files, self.opts, self.sampling);
+        let (files, opts) = (self.files, self.opts);
         let opened = eframe::run_native(
             "herd",
             native,
@@ -227,8 +227,7 @@ impl Setup {
                     files,
                     opts,
                     system: t.system,
-                    sampling,
-                    max_tokens: t.sampling.max_tokens,
+                    flags: t.sampling,
                     max_frames: t.max_frames,
                     limits,
                     stop: stop.clone(),

@@ -47,6 +47,10 @@ pub struct App {
     frames: FrameTimes,
     drawn_on: String,
     hook: Hook,
+    /// Pieces of the current answer.
+    pieces: usize,
+    /// Close the window at the end of this frame (the hook's --close-after).
+    ctx_close: bool,
 }
 
 impl App {
@@ -83,6 +87,8 @@ impl App {
             frames: FrameTimes::default(),
             drawn_on,
             hook,
+            pieces: 0,
+            ctx_close: false,
         }
     }
 
@@ -107,6 +113,7 @@ impl App {
         self.attached = 0;
         (self.error, self.note) = (None, None);
         self.generating = true;
+        self.pieces = 0;
         if let Some(r) = &mut self.routing {
             r.clear();
         }
@@ -133,6 +140,11 @@ impl App {
                     self.state = State::Failed(e);
                 }
                 Told::Piece { text, picks, live } => {
+                    self.pieces += 1;
+                    if self.hook.close_after.is_some_and(|n| self.pieces >= n) {
+                        self.hook.close_after = None;
+                        self.ctx_close = true;
+                    }
                     if let Some((Who::Model, s)) = self.chat.last_mut() {
                         s.push_str(&text);
                     }
@@ -368,10 +380,16 @@ impl eframe::App for App {
         }
         let answer = self.answer();
         self.hook.after_frame(&ctx, &answer, &self.frames, &self.live);
+        if std::mem::take(&mut self.ctx_close) {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        }
     }
 
     fn on_exit(&mut self) {
         // A generation in progress stops within a step; the worker then sees the window gone and ends.
+        if self.generating {
+            eprintln!("herd app: the window closed during an answer: it stopped after {} pieces", self.pieces);
+        }
         self.stop.store(true, Ordering::SeqCst);
         self.asks = None;
         if matches!(self.state, State::Ready) {

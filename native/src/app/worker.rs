@@ -13,6 +13,7 @@ use anyhow::Result;
 use eframe::egui;
 use herd_core::backend::Backend;
 use herd_core::experts::ExpertCacheOptions;
+use herd_core::sampling::SamplingParams;
 use herd_core::schedule::GenerateParams;
 
 use crate::conversation::Conversation;
@@ -101,8 +102,8 @@ pub struct Worker<B: Backend> {
     pub files: ModelFiles,
     pub opts: LoadOptions,
     pub system: Option<String>,
-    pub sampling: herd_core::sampling::SamplingParams,
-    pub max_tokens: usize,
+    /// The sampling flags: what they leave unset comes from the model's generation_config.json.
+    pub flags: crate::SamplingArgs,
     pub max_frames: usize,
     pub limits: Option<String>,
     pub stop: Arc<AtomicBool>,
@@ -124,7 +125,7 @@ impl<B: Backend + 'static> Worker<B> {
                 false => self.ctx.request_repaint(),
             }
         };
-        let (mut conv, stop_ids) = match self.load(&say) {
+        let (mut conv, stop_ids, sampling) = match self.load(&say) {
             Ok(c) => c,
             Err(e) => return say(Told::LoadFailed(crate::one_line(&e))),
         };
@@ -135,12 +136,13 @@ impl<B: Backend + 'static> Worker<B> {
                     let got = crate::images::read_images(&path, self.max_frames).and_then(|f| conv.attach(f));
                     say(Told::Attached(got.map_err(|e| crate::one_line(&e))));
                 }
-                Ask::Send { text, params } => self.turn(&mut conv, &text, &params, &stop_ids, &say),
+                Ask::Send { text, params } => self.turn(&mut conv, &text, &params, sampling, &stop_ids, &say),
             }
         }
     }
 
-    fn load(&self, say: &dyn Fn(Told)) -> Result<(Conversation<B>, Vec<u32>)> {
+    fn load(&self, say: &dyn Fn(Told)) -> Result<(Conversation<B>, Vec<u32>, SamplingParams)> {
+        let sampling = crate::text::sampling(&self.files, &self.flags)?;
         crate::fit::check(
             &*self.backend,
             &self.files,
@@ -171,21 +173,28 @@ impl<B: Backend + 'static> Worker<B> {
             top_k: t.num_experts_per_tok.max(1),
             weight_bytes: if self.opts.experts.is_some() { all - experts } else { all },
             settings: Settings {
-                temperature: self.sampling.temperature,
-                top_p: self.sampling.top_p,
-                top_k: self.sampling.top_k,
-                seed: self.sampling.seed,
-                max_tokens: self.max_tokens,
+                temperature: sampling.temperature,
+                top_p: sampling.top_p,
+                top_k: sampling.top_k,
+                seed: sampling.seed,
+                max_tokens: self.flags.max_tokens,
             },
         };
         let conv = Conversation::new(self.backend.clone(), &self.files, model, self.system.as_deref())?;
         say(Told::Loaded(Box::new(loaded)));
-        Ok((conv, stop_ids))
+        Ok((conv, stop_ids, sampling))
     }
 
-    fn turn(&self, conv: &mut Conversation<B>, text: &str, s: &Settings, stop_ids: &[u32], say: &dyn Fn(Told)) {
+    fn turn(
+        &self,
+        conv: &mut Conversation<B>,
+        text: &str,
+        s: &Settings,
+        mut sampling: SamplingParams,
+        stop_ids: &[u32],
+        say: &dyn Fn(Told),
+    ) {
         self.stop.store(false, Ordering::SeqCst);
-        let mut sampling = self.sampling;
         (sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed) =
             (s.temperature, s.top_p, s.top_k, s.seed);
         if let Err(e) = sampling.validate() {
