@@ -78,7 +78,12 @@ pub struct Hook {
     /// Close the window after this many pieces of the answer (--close-after).
     pub close_after: Option<usize>,
     measure: bool,
+    /// When the idle frames began to be timed.
+    idle_since: Option<std::time::Instant>,
 }
+
+/// How long --measure-frames times frames with the model idle.
+const IDLE_MEASURE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Hook {
     /// A failure ends a hooked run (there is nobody to read the window).
@@ -96,10 +101,22 @@ impl Hook {
         self.measure && self.screenshot.is_some()
     }
 
+    /// After the answer, --measure-frames times a second of frames with the model idle.
+    fn idle_measuring(&self) -> bool {
+        self.idle_since.is_some_and(|t| t.elapsed() < IDLE_MEASURE)
+    }
+
     fn after_frame(&mut self, ctx: &egui::Context, answer: &str, frames: &FrameTimes, live: &worker::Live) {
         let Some(path) = &self.screenshot else { return };
         if !self.answered {
             return;
+        }
+        if self.measuring() && self.error.lock().map_or(true, |e| e.is_none()) {
+            let since = *self.idle_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < IDLE_MEASURE {
+                ctx.request_repaint_after(std::time::Duration::from_millis(16));
+                return;
+            }
         }
         if !self.requested {
             self.requested = true;
@@ -119,6 +136,7 @@ impl Hook {
                 "heatmap": self.heatmap.map(|r| [r.min.x, r.min.y, r.max.x, r.max.y]),
                 "frame_ms": FrameTimes::summary(&frames.gaps_ms),
                 "frame_cpu_ms": FrameTimes::summary(&frames.cpu_ms),
+                "idle_frame_ms": FrameTimes::summary(&frames.idle_gaps_ms),
                 "prefill_tok_s": live.prefill_tps,
                 "decode_tok_s": live.decode_tps,
                 "generated": live.generated,
@@ -203,6 +221,7 @@ impl Setup {
             shot: Arc::new(Mutex::new(None)),
             error: error.clone(),
             measure: a.measure_frames,
+            idle_since: None,
             close_after: a.close_after,
         };
         let t = a.text;

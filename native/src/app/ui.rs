@@ -345,7 +345,7 @@ impl App {
 
 impl eframe::App for App {
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
-        self.frames.frame(self.generating, frame.info().cpu_usage);
+        self.frames.frame(self.generating, self.hook.idle_measuring(), frame.info().cpu_usage);
         self.take_news();
         let ctx = ui.ctx().clone();
         let dropped: Vec<_> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());

@@ -131,17 +131,21 @@ pub struct FrameTimes {
     pub gaps_ms: Vec<f32>,
     /// The UI's own time per frame (building it and rendering, without waiting for the display).
     pub cpu_ms: Vec<f32>,
+    /// Frame-to-frame times with the model idle.
+    pub idle_gaps_ms: Vec<f32>,
 }
 
 impl FrameTimes {
-    /// Called at the start of each frame: `busy` says whether the model is generating now.
-    pub fn frame(&mut self, busy: bool, cpu_s: Option<f32>) {
+    /// Called at the start of each frame: `busy` says whether the model is generating now, `idle` whether
+    /// frames are being timed while it is not (the benchmark's comparison).
+    pub fn frame(&mut self, busy: bool, idle: bool, cpu_s: Option<f32>) {
         let now = std::time::Instant::now();
-        if busy {
+        if busy || idle {
             if let Some(l) = self.last {
-                self.gaps_ms.push(now.duration_since(l).as_secs_f32() * 1000.0);
+                let gap = now.duration_since(l).as_secs_f32() * 1000.0;
+                if busy { &mut self.gaps_ms } else { &mut self.idle_gaps_ms }.push(gap);
             }
-            if let Some(c) = cpu_s {
+            if let (true, Some(c)) = (busy, cpu_s) {
                 self.cpu_ms.push(c * 1000.0);
             }
             self.last = Some(now);

@@ -181,6 +181,7 @@ impl<B: Backend + 'static> Worker<B> {
             },
         };
         let conv = Conversation::new(self.backend.clone(), &self.files, model, self.system.as_deref())?;
+        yield_to_the_window();
         say(Told::Loaded(Box::new(loaded)));
         Ok((conv, stop_ids, sampling))
     }
@@ -195,6 +196,7 @@ impl<B: Backend + 'static> Worker<B> {
         say: &dyn Fn(Told),
     ) {
         self.stop.store(false, Ordering::SeqCst);
+        yield_to_the_window();
         (sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed) =
             (s.temperature, s.top_p, s.top_k, s.seed);
         if let Err(e) = sampling.validate() {
@@ -254,5 +256,28 @@ fn fill_experts<B: Backend>(live: &mut Live, model: &herd_core::model::Llama4<B>
     if let Some(s) = model.expert_stats() {
         (live.expert_cache_bytes, live.expert_lookups, live.expert_hits, live.expert_bytes_moved) =
             (s.capacity, s.lookups, s.hits, s.bytes_moved);
+    }
+}
+
+/// Lowers the priority of the threads that compute for the model (this worker, the CPU backend's pool, the
+/// expert prefetcher) below the window's, so that where they share the cores (the CPU backend; a window drawn by
+/// a CPU adapter, whose threads are not ours) the window is drawn first and the model takes what is left. Run
+/// after the model loads and before each answer, so threads started since are caught too. Linux only: other
+/// systems keep every thread at one priority.
+fn yield_to_the_window() {
+    #[cfg(target_os = "linux")]
+    {
+        const NICE: libc::c_int = 10;
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
+        for t in tasks.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let ours = ["herd-model", "herd-cpu-", "herd-expert"].iter().any(|p| comm.starts_with(p));
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<libc::id_t>().ok()) else { continue };
+            if ours {
+                // SAFETY: setpriority takes plain integers; on Linux `who` under PRIO_PROCESS is a thread id.
+                // A refusal (e.g. a sandbox) only leaves the thread where it was.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, NICE) };
+            }
+        }
     }
 }
