@@ -50,6 +50,19 @@ impl Xvfb {
     }
 }
 
+impl Xvfb {
+    /// The server, or None (with NOT RUN printed) where there is none and none is required.
+    fn start_or_not_run() -> Option<Xvfb> {
+        match Xvfb::start() {
+            Ok(x) => Some(x),
+            Err(why) => {
+                herd_core::not_run("herd app under Xvfb", Some("HERD_REQUIRE_WINDOW"), &why);
+                None
+            }
+        }
+    }
+}
+
 impl Drop for Xvfb {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -86,10 +99,7 @@ fn herd_on(x: &Xvfb, args: &[&str]) -> Output {
 
 #[test]
 fn the_window_answers_as_herd_run_does_and_draws_the_routing() {
-    let x = match Xvfb::start() {
-        Ok(x) => x,
-        Err(why) => return herd_core::not_run("herd app under Xvfb", Some("HERD_REQUIRE_WINDOW"), &why),
-    };
+    let Some(x) = Xvfb::start_or_not_run() else { return };
     let sc = Scratch::new("app");
     let vision = fixture_dir(herd_conformance::vision::NAME);
     let photo = fixture_dir("vision").join("photo_200x300.png");
@@ -153,10 +163,7 @@ fn a_window_that_cannot_open_is_one_line() {
 
 #[test]
 fn a_model_that_cannot_load_says_why_in_the_window() {
-    let x = match Xvfb::start() {
-        Ok(x) => x,
-        Err(why) => return herd_core::not_run("herd app under Xvfb", Some("HERD_REQUIRE_WINDOW"), &why),
-    };
+    let Some(x) = Xvfb::start_or_not_run() else { return };
     let sc = Scratch::new("app-bad");
     let model = sc.path("model");
     std::fs::create_dir_all(&model).unwrap();
@@ -178,10 +185,7 @@ fn a_model_that_cannot_load_says_why_in_the_window() {
 
 #[test]
 fn closing_the_window_during_an_answer_stops_it() {
-    let x = match Xvfb::start() {
-        Ok(x) => x,
-        Err(why) => return herd_core::not_run("herd app under Xvfb", Some("HERD_REQUIRE_WINDOW"), &why),
-    };
+    let Some(x) = Xvfb::start_or_not_run() else { return };
     // On lavapipe the demo model writes about 15 tokens a second: 3,000 would take minutes, so an exit
     // within the hang timeout means the close stopped the answer.
     let args = ["app", "--backend", "wgpu", "--prompt", PROMPT, "--temperature", "0", "--max-tokens", "3000"];
