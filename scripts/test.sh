@@ -114,7 +114,7 @@ fi
 # `herd app` is tested in a real window: an X server with no screen (Xvfb), drawn on lavapipe. Installed when
 # missing; with it present a window that fails fails the tests.
 # winit opens these X11 libraries at run time (they come with Chromium's, but not on every machine).
-if ! command -v Xvfb >/dev/null 2>&1 || ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libxkbcommon-x11\.so\.0'; then
+if ! command -v Xvfb >/dev/null 2>&1 || ! /sbin/ldconfig -p 2>/dev/null | grep 'libxkbcommon-x11\.so\.0' >/dev/null; then
     apt_install xvfb libxkbcommon-x11-0 libx11-xcb1 libxcursor1 libxi6 libxrandr2 || true
 fi
 if command -v Xvfb >/dev/null 2>&1 && [ -n "${HERD_REQUIRE_WGPU:-}" ]; then
