@@ -22,31 +22,26 @@ struct Xvfb {
 }
 
 impl Xvfb {
+    /// Starts Xvfb on a display it picks itself (`-displayfd`: no race with another test or run picking the
+    /// same number) and returns once it is ready.
     fn start() -> Result<Xvfb, String> {
-        for n in 90..120 {
-            let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
-            if socket.exists() || Path::new(&format!("/tmp/.X{n}-lock")).exists() {
-                continue;
-            }
-            let child = Command::new("Xvfb")
-                .args([format!(":{n}").as_str(), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("no Xvfb ({e})"))?;
-            let mut x = Xvfb { child, display: format!(":{n}") };
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if socket.exists() {
-                    return Ok(x);
-                }
-                if let Ok(Some(_)) = x.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        use std::io::BufRead;
+        let mut child = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("no Xvfb ({e})"))?;
+        let mut line = String::new();
+        let read = std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line);
+        match (read, line.trim().parse::<u32>()) {
+            (Ok(_), Ok(n)) => Ok(Xvfb { child, display: format!(":{n}") }),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("Xvfb did not start (it said {line:?})"))
             }
         }
-        Err("Xvfb did not start on any display from :90 to :119".into())
     }
 }
 

@@ -66,47 +66,52 @@ impl Routing {
         let (n, e) = (self.layers.len().max(1), self.experts.max(1));
         let label_w = 34.0;
         let w = ui.available_width().max(label_w + 40.0);
-        let cell = ((w - label_w) / e as f32).clamp(4.0, 28.0);
-        let (rect, _) = ui.allocate_exact_size(Vec2::new(label_w + cell * e as f32, cell * n as f32), Sense::hover());
+        // Cells fit the panel's width and at most HEIGHT points in all (Scout has 48 MoE layers, Maverick 128
+        // experts); a row is labelled where there is room for its label.
+        let cw = ((w - label_w) / e as f32).min(28.0);
+        let ch = cw.min(HEIGHT / n as f32).max(1.0);
+        let every = (11.0 / ch).ceil().max(1.0) as usize;
+        let (rect, _) = ui.allocate_exact_size(Vec2::new(label_w + cw * e as f32, ch * n as f32), Sense::hover());
         let p = ui.painter_at(rect);
         let font = egui::FontId::monospace(10.0);
         let text = ui.visuals().text_color();
         p.rect_filled(rect, 0.0, Color32::from_gray(18));
+        let gap = if cw >= 4.0 && ch >= 4.0 { 0.5 } else { 0.0 };
         for (i, layer) in self.layers.iter().enumerate() {
-            let y = rect.top() + cell * i as f32;
-            p.text(
-                egui::pos2(rect.left() + 2.0, y + cell / 2.0),
-                egui::Align2::LEFT_CENTER,
-                format!("L{layer}"),
-                font.clone(),
-                text,
-            );
+            let y = rect.top() + ch * i as f32;
+            if i % every == 0 {
+                let at = egui::pos2(rect.left() + 2.0, y + ch / 2.0);
+                p.text(at, egui::Align2::LEFT_CENTER, format!("L{layer}"), font.clone(), text);
+            }
             let row = &self.counts[i * e..(i + 1) * e];
             let max = row.iter().copied().max().unwrap_or(0).max(1) as f32;
             for (j, &c) in row.iter().enumerate() {
-                let r = Rect::from_min_size(egui::pos2(rect.left() + label_w + cell * j as f32, y), Vec2::splat(cell));
-                p.rect_filled(r.shrink(0.5), 1.0, heat(c as f32 / max));
+                let at = egui::pos2(rect.left() + label_w + cw * j as f32, y);
+                p.rect_filled(Rect::from_min_size(at, Vec2::new(cw, ch)).shrink(gap), 0.0, heat(c as f32 / max));
             }
         }
-        // The strip: the latest tokens left to right, one cell per MoE layer.
+        // The strip: the latest tokens left to right, one row per MoE layer.
         ui.add_space(4.0);
-        let sc = (ui.available_width() / STRIP as f32).clamp(3.0, 10.0);
-        let (srect, _) = ui.allocate_exact_size(Vec2::new(sc * STRIP as f32, sc * n as f32), Sense::hover());
+        let sw = (ui.available_width() / STRIP as f32).min(10.0);
+        let sh = sw.min(HEIGHT / 2.0 / n as f32).max(1.0);
+        let (srect, _) = ui.allocate_exact_size(Vec2::new(sw * STRIP as f32, sh * n as f32), Sense::hover());
         let sp = ui.painter_at(srect);
         sp.rect_filled(srect, 0.0, Color32::from_gray(18));
-        let x0 = srect.right() - sc * self.strip.len() as f32;
+        let x0 = srect.right() - sw * self.strip.len() as f32;
         for (t, col) in self.strip.iter().enumerate() {
             for (i, pick) in col.iter().enumerate() {
                 let Some(e) = pick else { continue };
-                let r =
-                    Rect::from_min_size(egui::pos2(x0 + sc * t as f32, srect.top() + sc * i as f32), Vec2::splat(sc));
-                sp.rect_filled(r, 0.0, expert_color(*e, self.experts));
+                let at = egui::pos2(x0 + sw * t as f32, srect.top() + sh * i as f32);
+                sp.rect_filled(Rect::from_min_size(at, Vec2::new(sw, sh)), 0.0, expert_color(*e, self.experts));
             }
         }
         sp.rect_stroke(srect, 0.0, Stroke::new(1.0, Color32::from_gray(60)), egui::StrokeKind::Outside);
         rect
     }
 }
+
+/// The heatmap's greatest height in points (the strip's is half).
+const HEIGHT: f32 = 240.0;
 
 /// Dark blue (never) to yellow (the layer's most picked expert).
 fn heat(x: f32) -> Color32 {
