@@ -117,10 +117,12 @@ fi
 if ! command -v Xvfb >/dev/null 2>&1 || ! /sbin/ldconfig -p 2>/dev/null | grep 'libxkbcommon-x11\.so\.0' >/dev/null; then
     apt_install xvfb libxkbcommon-x11-0 libx11-xcb1 libxcursor1 libxi6 libxrandr2 || true
 fi
-if command -v Xvfb >/dev/null 2>&1 && [ -n "${HERD_REQUIRE_WGPU:-}" ]; then
+# xdotool types into the window as a user would.
+command -v xdotool >/dev/null 2>&1 || apt_install xdotool || true
+if command -v Xvfb >/dev/null 2>&1 && command -v xdotool >/dev/null 2>&1 && [ -n "${HERD_REQUIRE_WGPU:-}" ]; then
     export HERD_REQUIRE_WINDOW=1
 else
-    echo "warning: no Xvfb or no Vulkan driver: the desktop window's test will report NOT RUN" >&2
+    echo "warning: no Xvfb, xdotool or Vulkan driver: the desktop window's tests will report NOT RUN" >&2
 fi
 
 # The build below needs several GiB under target/; say up front how much the disk has, so that a run that

@@ -67,8 +67,13 @@ impl Drop for Xvfb {
 
 /// `herd ARGS` in the X server's display, killed after two minutes.
 fn herd_on(x: &Xvfb, args: &[&str]) -> Output {
+    finish(spawn_on(x, BIN, args), args)
+}
+
+/// `program ARGS` started in the X server's display.
+fn spawn_on(x: &Xvfb, program: &str, args: &[&str]) -> std::process::Child {
     let runtime = std::env::temp_dir();
-    let mut child = Command::new(BIN)
+    Command::new(program)
         .args(args)
         .env("DISPLAY", &x.display)
         .env_remove("WAYLAND_DISPLAY")
@@ -77,16 +82,20 @@ fn herd_on(x: &Xvfb, args: &[&str]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn herd");
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"))
+}
+
+/// The child's output, once it ends; killed (and the test failed) after two minutes.
+fn finish(mut child: std::process::Child, args: &[&str]) -> Output {
     let t0 = Instant::now();
     loop {
-        if child.try_wait().expect("wait for herd").is_some() {
-            return child.wait_with_output().expect("herd's output");
+        if child.try_wait().expect("wait for the child").is_some() {
+            return child.wait_with_output().expect("the child's output");
         }
         if t0.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("herd's output");
-            panic!("herd {args:?} hung: killed after 120 s\n{}", describe(&out));
+            let out = child.wait_with_output().expect("the child's output");
+            panic!("{args:?} hung: killed after 120 s\n{}", describe(&out));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -189,4 +198,37 @@ fn closing_the_window_during_an_answer_stops_it() {
     let (_, stderr) = ok("herd app closed mid-answer", out);
     assert!(stderr.contains("it stopped after"), "the window did not close during the answer:\n{stderr}");
     assert!(t0.elapsed() < Duration::from_secs(90), "closing took {:?}", t0.elapsed());
+}
+
+#[test]
+fn a_message_typed_into_the_window_goes_with_enter() {
+    let Some(x) = Xvfb::start_or_not_run() else { return };
+    if Command::new("xdotool").arg("version").output().is_err() {
+        return herd_core::not_run("typing into herd app", Some("HERD_REQUIRE_WINDOW"), &"no xdotool");
+    }
+    let sc = Scratch::new("app-typed");
+    let shot = sc.path("typed.png");
+    let common = ["--backend", "cpu", "--max-tokens", TOKENS, "--temperature", "0"];
+    let app = spawn_on(&x, BIN, &[&["app", "--screenshot", s(&shot)][..], &common].concat());
+    // The title names the model once it has loaded; then the message box has the keyboard. Shift+Enter is a
+    // new line in the message, Enter sends it.
+    let found = finish(spawn_on(&x, "xdotool", &["search", "--sync", "--name", "^herd .* on "]), &["xdotool search"]);
+    let window = String::from_utf8_lossy(&found.stdout).lines().next().unwrap_or_default().to_string();
+    assert!(!window.is_empty(), "the window never said its model loaded\n{}", describe(&found));
+    for keys in [
+        &["windowfocus", "--sync", window.as_str()][..],
+        &["type", "--delay", "15", "And God said"],
+        &["key", "shift+Return"],
+        &["type", "--delay", "15", "Amen."],
+        &["key", "Return"],
+    ] {
+        let out = finish(spawn_on(&x, "xdotool", keys), keys);
+        assert!(out.status.success(), "xdotool {keys:?}\n{}", describe(&out));
+    }
+    let (stdout, _) = ok("herd app, typed into", finish(app, &["herd app"]));
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("report: {e}: {stdout}"));
+    let message = "And God said\nAmen.";
+    assert_eq!(report["message"].as_str(), Some(message), "what was typed is not what was sent");
+    let (want, _) = ok("herd run", herd([&["run", "--chat", "--prompt", message][..], &common].concat()));
+    assert_eq!(report["answer"].as_str(), Some(want.trim_end_matches('\n')), "the typed message's answer");
 }

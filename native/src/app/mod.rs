@@ -33,9 +33,10 @@ pub struct AppArgs {
     /// first message, as if dropped on the window. Repeat for several.
     #[arg(long, value_name = "PATH")]
     image: Vec<PathBuf>,
-    /// With --prompt: once the answer is complete, save the window as a PNG here, print a JSON report
-    /// (the answer, where the routing heatmap is, frame times) and exit.
-    #[arg(long, value_name = "PATH", requires = "prompt")]
+    /// Once the first answer is complete (to --prompt, or to a message typed into the window), save the
+    /// window as a PNG here, print a JSON report (the message, the answer, where the routing heatmap is,
+    /// frame times, speeds) and exit.
+    #[arg(long, value_name = "PATH")]
     screenshot: Option<PathBuf>,
     /// With --screenshot: while the answer is generated, ask for a frame every 16 ms (as a user moving the
     /// mouse would) so that the report's frame times say how responsive the window stays.
@@ -106,7 +107,7 @@ impl Hook {
         self.idle_since.is_some_and(|t| t.elapsed() < IDLE_MEASURE)
     }
 
-    fn after_frame(&mut self, ctx: &egui::Context, answer: &str, frames: &FrameTimes, live: &worker::Live) {
+    fn after_frame(&mut self, ctx: &egui::Context, said: [&str; 2], frames: &FrameTimes, live: &worker::Live) {
         let Some(path) = &self.screenshot else { return };
         if !self.answered {
             return;
@@ -130,7 +131,8 @@ impl Hook {
         let Some(img) = self.shot.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         let report = match save_png(path, &img) {
             Ok(()) => serde_json::json!({
-                "answer": answer,
+                "message": said[0],
+                "answer": said[1],
                 "screenshot": path,
                 "size": img.size,
                 "heatmap": self.heatmap.map(|r| [r.min.x, r.min.y, r.max.x, r.max.y]),

@@ -51,6 +51,8 @@ pub struct App {
     pieces: usize,
     /// Close the window at the end of this frame (the hook's --close-after).
     ctx_close: bool,
+    /// Put the keyboard in the message box (once the model is ready, and after each answer).
+    focus_box: bool,
 }
 
 impl App {
@@ -89,6 +91,7 @@ impl App {
             hook,
             pieces: 0,
             ctx_close: false,
+            focus_box: false,
         }
     }
 
@@ -122,7 +125,7 @@ impl App {
     }
 
     /// Takes what the worker said since the last frame.
-    fn take_news(&mut self) {
+    fn take_news(&mut self, ctx: &egui::Context) {
         while let Ok(t) = self.told.try_recv() {
             match t {
                 Told::Loading(d, n) => self.state = State::Loading(d, n),
@@ -132,8 +135,12 @@ impl App {
                     self.seed = info.settings.seed.unwrap_or(0);
                     self.routing = (!info.moe_layers.is_empty())
                         .then(|| Routing::new(info.moe_layers.clone(), info.experts, info.top_k));
+                    // The window's title says what it runs once it can (tests wait for it to type).
+                    let title = format!("herd — {} on {}", info.model, info.backend);
+                    ctx.send_viewport_cmd(egui::ViewportCommand::Title(title));
                     self.info = Some(info);
                     self.state = State::Ready;
+                    self.focus_box = true;
                 }
                 Told::LoadFailed(e) => {
                     self.hook.fail(&e);
@@ -155,6 +162,7 @@ impl App {
                 }
                 Told::Done { live, note } => {
                     self.generating = false;
+                    self.focus_box = true;
                     self.live = live;
                     self.note = note;
                     self.hook.answered = true;
@@ -187,13 +195,6 @@ impl App {
                 self.input = p;
                 self.send();
             }
-        }
-    }
-
-    fn answer(&self) -> String {
-        match self.chat.last() {
-            Some((Who::Model, s)) => s.clone(),
-            _ => String::new(),
         }
     }
 
@@ -308,8 +309,19 @@ impl App {
                 .desired_rows(3)
                 .desired_width(f32::INFINITY)
                 .return_key(KeyboardShortcut::new(Modifiers::SHIFT, Key::Enter));
+            // Enter sends (Shift+Enter is the new line). The modifiers are the key event's own: Shift may be
+            // up again by the time a slow frame reads the input.
+            let enter = ui.input(|i| {
+                i.events.iter().any(|e| {
+                    matches!(e, egui::Event::Key { key: Key::Enter, pressed: true, modifiers, .. } if !modifiers.shift)
+                })
+            });
             let r = ui.add_enabled(ready, edit);
-            let enter = r.has_focus() && ui.input(|i| i.key_pressed(Key::Enter) && !i.modifiers.shift);
+            // The box may give up its focus on the Enter itself.
+            let enter = enter && (r.has_focus() || r.lost_focus());
+            if ready && std::mem::take(&mut self.focus_box) {
+                r.request_focus();
+            }
             ui.horizontal(|ui| {
                 if ui.add_enabled(ready && !self.generating, egui::Button::new("Send")).clicked() || enter {
                     self.send();
@@ -346,7 +358,7 @@ impl App {
 impl eframe::App for App {
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         self.frames.frame(self.generating, self.hook.idle_measuring(), frame.info().cpu_usage);
-        self.take_news();
+        self.take_news(ui.ctx());
         let ctx = ui.ctx().clone();
         let dropped: Vec<_> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
         for p in dropped {
@@ -378,8 +390,7 @@ impl eframe::App for App {
             // or typing would, and time how far apart they come.
             ctx.request_repaint_after(std::time::Duration::from_millis(16));
         }
-        let answer = self.answer();
-        self.hook.after_frame(&ctx, &answer, &self.frames, &self.live);
+        self.hook.after_frame(&ctx, last_exchange(&self.chat), &self.frames, &self.live);
         if std::mem::take(&mut self.ctx_close) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         }
@@ -397,6 +408,14 @@ impl eframe::App for App {
                 let _ = w.join();
             }
         }
+    }
+}
+
+/// The last message and its answer, as the chat shows them.
+fn last_exchange(chat: &[(Who, String)]) -> [&str; 2] {
+    match chat {
+        [.., (Who::User, m), (Who::Model, a)] => [m, a],
+        _ => ["", ""],
     }
 }
 
