@@ -231,4 +231,22 @@ fn a_message_typed_into_the_window_goes_with_enter() {
     assert_eq!(report["message"].as_str(), Some(message), "what was typed is not what was sent");
     let (want, _) = ok("herd run", herd([&["run", "--chat", "--prompt", message][..], &common].concat()));
     assert_eq!(report["answer"].as_str(), Some(want.trim_end_matches('\n')), "the typed message's answer");
+
+    // Escape stops an answer: on lavapipe 3,000 tokens would take minutes.
+    let shot = sc.path("stopped.png");
+    let args = ["app", "--backend", "wgpu", "--temperature", "0", "--max-tokens", "3000", "--screenshot", s(&shot)];
+    let app = spawn_on(&x, BIN, &args);
+    let found = finish(spawn_on(&x, "xdotool", &["search", "--sync", "--name", "^herd .* on "]), &["xdotool search"]);
+    let window = String::from_utf8_lossy(&found.stdout).lines().next().unwrap_or_default().to_string();
+    let t0 = Instant::now();
+    for keys in [&["windowfocus", "--sync", window.as_str()][..], &["type", "And God said"], &["key", "Return"]] {
+        assert!(finish(spawn_on(&x, "xdotool", keys), keys).status.success(), "xdotool {keys:?}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(finish(spawn_on(&x, "xdotool", &["key", "Escape"]), &["Escape"]).status.success());
+    let (stdout, _) = ok("herd app, stopped", finish(app, &["herd app"]));
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("report: {e}: {stdout}"));
+    let n = report["generated"].as_u64().unwrap_or(0);
+    assert!(n > 0 && n < 3000, "Escape did not stop the answer: {n} tokens\n{report}");
+    assert!(t0.elapsed() < Duration::from_secs(90), "stopping took {:?}", t0.elapsed());
 }

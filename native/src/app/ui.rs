@@ -121,6 +121,7 @@ impl App {
             r.clear();
         }
         self.settings.seed = self.seeded.then_some(self.seed);
+        self.stop.store(false, Ordering::SeqCst);
         self.ask(Ask::Send { text, params: self.settings.clone() });
     }
 
@@ -305,7 +306,7 @@ impl App {
             ui.add_space(4.0);
             let edit = egui::TextEdit::multiline(&mut self.input)
                 .id_salt("message")
-                .hint_text("Message (Enter sends, Shift+Enter starts a new line)")
+                .hint_text("Message (Enter sends, Shift+Enter starts a new line, Escape stops the answer)")
                 .desired_rows(3)
                 .desired_width(f32::INFINITY)
                 .return_key(KeyboardShortcut::new(Modifiers::SHIFT, Key::Enter));
@@ -326,10 +327,15 @@ impl App {
                 if ui.add_enabled(ready && !self.generating, egui::Button::new("Send")).clicked() || enter {
                     self.send();
                 }
-                if ui.add_enabled(self.generating, egui::Button::new("Stop")).clicked() {
+                // Escape stops the answer, Ctrl+N starts a new chat, as the buttons do.
+                let esc = ui.input_mut(|i| i.consume_key(Modifiers::NONE, Key::Escape));
+                let new = ui.input_mut(|i| i.consume_key(Modifiers::COMMAND, Key::N));
+                let stop = ui.add_enabled(self.generating, egui::Button::new("Stop")).on_hover_text("Escape");
+                if self.generating && (stop.clicked() || esc) {
                     self.stop.store(true, Ordering::SeqCst);
                 }
-                if ui.add_enabled(ready && !self.generating, egui::Button::new("New chat")).clicked() {
+                let fresh = ui.add_enabled(ready && !self.generating, egui::Button::new("New chat"));
+                if ready && !self.generating && (fresh.on_hover_text("Ctrl+N").clicked() || new) {
                     self.chat.clear();
                     self.attached = 0;
                     (self.error, self.note) = (None, None);

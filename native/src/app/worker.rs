@@ -195,7 +195,7 @@ impl<B: Backend + 'static> Worker<B> {
         stop_ids: &[u32],
         say: &dyn Fn(Told),
     ) {
-        self.stop.store(false, Ordering::SeqCst);
+        // The window clears `stop` when it sends: a Stop pressed right after Send is not lost here.
         yield_to_the_window();
         (sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed) =
             (s.temperature, s.top_p, s.top_k, s.seed);
