@@ -86,6 +86,17 @@ pub async fn score_rows<B: Backend>(
 /// Greedy continuation of each row by `n` tokens (no stop tokens): every row a request of one
 /// [`Scheduler`], all decoded as one batch.
 pub async fn greedy_rows<B: Backend>(model: &Arc<Llama4<B>>, rows: &[Vec<u32>], n: usize) -> Result<Vec<Vec<u32>>> {
+    greedy_rows_drafted(model, rows, n, None).await
+}
+
+/// [`greedy_rows`] with speculative decoding: `drafter` and the most tokens it drafts per step (the tokens
+/// are the same; only the forwards it takes change).
+pub async fn greedy_rows_drafted<B: Backend>(
+    model: &Arc<Llama4<B>>,
+    rows: &[Vec<u32>],
+    n: usize,
+    drafter: Option<(Box<dyn crate::speculate::Drafter>, usize)>,
+) -> Result<Vec<Vec<u32>>> {
     check_rows(model, rows, n)?;
     if let Some(i) = rows.iter().position(|r| r.is_empty()) {
         return Err(HerdError::Input(format!("row {i} is empty")));
@@ -103,6 +114,9 @@ pub async fn greedy_rows<B: Backend>(model: &Arc<Llama4<B>>, rows: &[Vec<u32>], 
         max_context: None,
     };
     let mut s = Scheduler::new(model.clone(), cfg)?;
+    if let Some((d, k)) = drafter {
+        s.set_drafter(d, k, false)?;
+    }
     let mut events = Vec::with_capacity(rows.len());
     for r in rows {
         let params = GenerateParams { max_tokens: n, sampling: SamplingParams::default(), stop_ids: Vec::new() };

@@ -38,6 +38,7 @@ mod recycle;
 pub mod sampling;
 pub mod schedule;
 pub mod source;
+pub mod speculate;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod tools;

@@ -113,8 +113,49 @@ impl Sampler {
 /// 5. The draw: the first survivor in id order whose cumulative weight exp(l') exceeds `u` × the total.
 ///    If rounding leaves none, the argmax.
 pub fn pick(logits: &mut [f32], history: &[u32], p: &SamplingParams, u: f32) -> u32 {
+    match distribution(logits, history, p) {
+        Distribution::Point(id) => id,
+        Distribution::Weights { cand, total, best } => {
+            // Draw from the softmax of the survivors, in id order.
+            let mut rest = f64::from(u) * total;
+            for c in &cand {
+                rest -= f64::from(c.1.exp());
+                if rest < 0.0 {
+                    return c.0;
+                }
+            }
+            // Rounding left a sliver of mass: take the most likely survivor.
+            best
+        }
+    }
+}
+
+/// The distribution [`pick`] draws from, for one row of `logits` (modified in place): all the mass on one
+/// token (greedy parameters, or no logit above -inf), or the survivors of steps 1-4 of [`pick`] in id order
+/// with their shifted logits `l'` (each weighs `exp(l')`), the weights' sum, and the most likely one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Distribution {
+    Point(u32),
+    Weights { cand: Vec<(u32, f32)>, total: f64, best: u32 },
+}
+
+impl Distribution {
+    /// The probability of `id`.
+    pub fn prob(&self, id: u32) -> f64 {
+        match self {
+            Distribution::Point(p) => f64::from(u8::from(*p == id)),
+            Distribution::Weights { cand, total, .. } => match cand.binary_search_by_key(&id, |c| c.0) {
+                Ok(i) => f64::from(cand[i].1.exp()) / total,
+                Err(_) => 0.0,
+            },
+        }
+    }
+}
+
+/// Steps 1-4 of [`pick`] (see there): what the draw of step 5 chooses from.
+pub fn distribution(logits: &mut [f32], history: &[u32], p: &SamplingParams) -> Distribution {
     if logits.is_empty() {
-        return 0;
+        return Distribution::Point(0);
     }
     // Branch-free passes, which the compiler vectorizes (a decode step runs this over the whole vocabulary);
     // the logits are written only when some need it.
@@ -126,13 +167,13 @@ pub fn pick(logits: &mut [f32], history: &[u32], p: &SamplingParams, u: f32) -> 
     apply_repetition_penalty(logits, history, p.repetition_penalty);
     let best = argmax(logits);
     if p.is_greedy() {
-        return best;
+        return Distribution::Point(best);
     }
     // Temperature, on logits shifted so the max is 0: a tiny temperature can then only push
     // the others to -inf, never produce +inf or NaN.
     let max = logits[best as usize];
     if max == f32::NEG_INFINITY {
-        return best;
+        return Distribution::Point(best);
     }
     let t = p.temperature;
     for x in logits.iter_mut() {
@@ -160,18 +201,9 @@ pub fn pick(logits: &mut [f32], history: &[u32], p: &SamplingParams, u: f32) -> 
         cand.retain(|c| c.1 >= threshold);
     }
 
-    // Draw from the softmax of the survivors, in id order.
     cand.sort_unstable_by_key(|c| c.0);
     let total: f64 = cand.iter().map(|c| f64::from(c.1.exp())).sum();
-    let mut rest = f64::from(u) * total;
-    for c in &cand {
-        rest -= f64::from(c.1.exp());
-        if rest < 0.0 {
-            return c.0;
-        }
-    }
-    // Rounding left a sliver of mass: take the most likely survivor.
-    best
+    Distribution::Weights { cand, total, best }
 }
 
 /// Checks the host-side arguments of a backend's `sample` op: one draw in [0, 1) and one history per row.

@@ -372,13 +372,23 @@ impl<B: Backend> Llama4<B> {
         }
         check_images(batch, images)?;
         self.check_batch(cache, batch)?;
+        if let Some((p, _)) = picks.iter().zip(batch).find(|(p, b)| p.rows() == 0 || p.rows() > b.1.len()) {
+            return Err(HerdError::Input(format!("a pick of {} rows for a sequence of fewer new tokens", p.rows())));
+        }
+        let outs: usize = picks.iter().map(Pick::rows).sum();
         let mut used = if images.is_empty() { Vec::new() } else { vec![0usize; batch.len()] };
-        if self.one_step(batch, Rows::Last) {
+        if self.one_step(batch, outs) {
             // One step (every decode step): the whole batch, in order.
             let piece: steps::Piece<'_> =
                 if images.is_empty() { Vec::new() } else { batch.iter().map(|b| b.1).enumerate().collect() };
             let imgs = step_images(&piece, images, &mut used);
             return self.run(cache, batch, &imgs, Rows::Last, Finish::Pick(picks, out)).await?.picked();
+        }
+        if outs > batch.len() {
+            return Err(HerdError::Input(format!(
+                "a batch of {} tokens asking for {outs} rows of logits does not fit one step",
+                batch.iter().map(|b| b.1.len()).sum::<usize>()
+            )));
         }
         // Checked above: cut it into steps.
         let pieces = self.cut(batch, Rows::Last);
@@ -440,7 +450,13 @@ impl<B: Backend> Llama4<B> {
         grow.extend(plan.iter().map(|&(id, _, n)| (id, n)));
         cache.reserve(be, grow)?;
 
-        let nseq = plan.len();
+        // Each sequence's rows of logits: its last token's, or its last few for a pick of several.
+        let tail = |i: usize| match &finish {
+            Finish::Pick(p, _) => p.get(i).map_or(1, Pick::rows),
+            Finish::Logits => 1,
+        };
+        last.extend(plan.iter().enumerate().flat_map(|(i, &(_, r, n))| (r + n - tail(i)..r + n).map(|x| x as u32)));
+        let nseq = last.len();
         let mut kept = self.step.try_lock().ok();
         let one_off;
         let s: &Scratch<B> = match kept.as_deref_mut() {
@@ -465,7 +481,6 @@ impl<B: Backend> Llama4<B> {
                 &one_off
             }
         };
-        last.extend(plan.iter().map(|&(_, r, n)| (r + n - 1) as u32));
         be.write_u32(&s.ids, ids)?;
         be.write_u32(&s.positions, positions)?;
         be.write_u32(&s.last, last)?;
@@ -515,7 +530,7 @@ impl<B: Backend> Llama4<B> {
                 Ok(StepOut::Logits(out))
             }
             Finish::Pick(picks, out) => {
-                Ok(StepOut::Picked(self.pick(logits, out_rows, picks, &s.picked, pick_rows, out).await?))
+                Ok(StepOut::Picked(self.pick_rows(logits, out_rows, picks, &s.picked, pick_rows, out).await?))
             }
         }
     }

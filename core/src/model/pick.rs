@@ -3,7 +3,7 @@
 
 use crate::backend::Backend;
 use crate::constrain::MaskRef;
-use crate::error::Result;
+use crate::error::{HerdError, Result};
 use crate::sampling::SamplingParams;
 
 use super::Llama4;
@@ -22,6 +22,26 @@ pub enum Pick<'a> {
     /// [`Backend::mask_logits`] on the device first; a mask that failed to compute allows every token, and
     /// the caller ends that sequence).
     Sample { params: &'a SamplingParams, draw: f32, history: &'a [u32], mask: Option<MaskRef<'a>> },
+    /// The argmax of each of its last `n` tokens' logits (lowest id on ties, as greedy [`Pick::Sample`]
+    /// picks), as [`Picked::Ids`]: what greedy verification of drafted tokens needs. `n` is at most the
+    /// sequence's new tokens.
+    Argmax(usize),
+    /// The logits of its last `n` tokens, read back as one [`Picked::Logits`] of `n` rows.
+    LogitRows(usize),
+}
+
+/// Greedy parameters, for [`Pick::Argmax`]'s rows.
+static GREEDY: SamplingParams =
+    SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: None };
+
+impl Pick<'_> {
+    /// The rows of logits it needs: those of the sequence's last `rows()` tokens.
+    pub fn rows(&self) -> usize {
+        match *self {
+            Pick::Argmax(n) | Pick::LogitRows(n) => n,
+            _ => 1,
+        }
+    }
 }
 
 /// One sequence's answer from [`Llama4::forward_pick`].
@@ -30,6 +50,7 @@ pub enum Picked {
     Nothing,
     Logits(Vec<f32>),
     Id(u32),
+    Ids(Vec<u32>),
 }
 
 /// The host vectors of [`Llama4::pick`], kept between steps (those of borrowed items kept empty).
@@ -41,6 +62,59 @@ pub(super) struct PickRows {
 }
 
 impl<B: Backend> Llama4<B> {
+    /// [`Llama4::pick`] for picks that may each need several rows ([`Pick::rows`], in order: `rows` in all):
+    /// each is asked of its rows one by one, and the answers gathered back per pick.
+    pub(super) async fn pick_rows(
+        &self,
+        logits: &B::Buffer,
+        rows: usize,
+        picks: &[Pick<'_>],
+        ids: &B::Buffer,
+        kept: &mut PickRows,
+        out: Vec<Picked>,
+    ) -> Result<Vec<Picked>> {
+        if picks.iter().all(|p| p.rows() == 1) {
+            return self.pick(logits, rows, picks, ids, kept, out).await;
+        }
+        let mut each: Vec<Pick<'_>> = Vec::with_capacity(rows);
+        for p in picks {
+            match *p {
+                Pick::Argmax(n) => each.extend(std::iter::repeat_n(
+                    Pick::Sample { params: &GREEDY, draw: 0.0, history: &[], mask: None },
+                    n,
+                )),
+                Pick::LogitRows(n) => each.extend(std::iter::repeat_n(Pick::Logits, n)),
+                other => each.push(other),
+            }
+        }
+        let mut got = self.pick(logits, rows, &each, ids, kept, Vec::new()).await?.into_iter();
+        let mut out = out;
+        out.clear();
+        for p in picks {
+            let mine: Vec<Picked> = got.by_ref().take(p.rows()).collect();
+            out.push(match p {
+                Pick::Argmax(_) => Picked::Ids(
+                    mine.into_iter()
+                        .map(|g| match g {
+                            Picked::Id(id) => Ok(id),
+                            _ => Err(HerdError::internal("an argmax row gave no id")),
+                        })
+                        .collect::<Result<_>>()?,
+                ),
+                Pick::LogitRows(_) => Picked::Logits(
+                    mine.into_iter()
+                        .flat_map(|g| match g {
+                            Picked::Logits(l) => l,
+                            _ => Vec::new(),
+                        })
+                        .collect(),
+                ),
+                _ => mine.into_iter().next().unwrap_or(Picked::Nothing),
+            });
+        }
+        Ok(out)
+    }
+
     /// What `picks` asks of each of `rows` rows of `logits`, into `out`: the rows wanted as logits are read
     /// back first, then each group of rows to sample with the same parameters is sampled on the device (in
     /// place when the group is every row, else gathered into a buffer of its own) and its ids read back. A

@@ -46,10 +46,16 @@ impl<B: Backend> Llama4<B> {
         Ok(self.cut(batch, rows))
     }
 
-    /// Whether [`Llama4::steps`] would give one step: the whole batch, as given.
-    pub(super) fn one_step(&self, batch: &[(SeqId, &[u32])], rows: Rows) -> bool {
-        let (max_rows, max_seqs) = self.step_limits(rows);
-        batch.len() <= max_seqs && batch.iter().map(|b| b.1.len()).sum::<usize>() <= max_rows
+    /// Whether [`Llama4::forward_pick`] runs the batch as one step, asking for `outs` rows of logits in all.
+    pub(super) fn one_step(&self, batch: &[(SeqId, &[u32])], outs: usize) -> bool {
+        self.fits_one_step(batch.iter().map(|b| b.1.len()).sum(), batch.len().max(outs))
+    }
+
+    /// Whether a batch of `tokens` new tokens with `outs` rows of logits to give back (one per sequence, or
+    /// more for picks of several rows) runs as one step; a batch with a pick of several rows must.
+    pub fn fits_one_step(&self, tokens: usize, outs: usize) -> bool {
+        let (max_rows, max_seqs) = self.step_limits(Rows::Last);
+        outs <= max_seqs && tokens <= max_rows
     }
 
     /// Refuses a batch that no step may run (before any work is enqueued).

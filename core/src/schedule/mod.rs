@@ -34,6 +34,7 @@ mod prefix;
 use prefix::{cache_content, content_keys};
 mod request;
 mod scratch;
+mod spec;
 use crate::recycle;
 use scratch::StepScratch;
 
@@ -82,6 +83,36 @@ impl<B: Backend> Seq<B> {
     }
 }
 
+impl<B: Backend> Seq<B> {
+    /// Adds a generated id to the output and hands it to the sink; sets `stop` when it ends the request (a
+    /// stop id, the sink saying stop, the budget reached).
+    fn emit(&mut self, id: u32, lp: Option<Vec<f32>>, stats: &mut SchedulerStats) {
+        let s = self;
+        s.out.push(id);
+        if s.presence != 0.0 || s.frequency != 0.0 {
+            *s.counts.entry(id).or_insert(0) += 1;
+        }
+        let token = match (&lp, s.logprobs) {
+            (Some(lp), Some(n)) => Token { id, logprob: lp.get(id as usize).copied(), top: top_n(lp, n) },
+            _ => Token { id, logprob: None, top: Vec::new() },
+        };
+        stats.generated_tokens += 1;
+        if s.first_token.is_none() {
+            s.first_token = Some(s.submitted.elapsed());
+        }
+        if !s.history.is_empty() {
+            s.history.push(id);
+        }
+        if s.params.stop_ids.contains(&id) {
+            s.stop = Some(Ok(StopReason::Stop(id)));
+        } else if !(s.sink)(Event::Token(token)) {
+            s.stop = Some(Ok(StopReason::Cancelled));
+        } else if s.out.len() >= s.max_tokens {
+            s.stop = Some(Ok(StopReason::Length));
+        }
+    }
+}
+
 struct Seq<B: Backend> {
     id: RequestId,
     images: Option<Images<B>>,
@@ -114,6 +145,10 @@ struct Seq<B: Backend> {
     submitted_step: u64,
     joined_step: u64,
     stop: Option<std::result::Result<StopReason, String>>,
+    /// Tokens drafted for this step (speculative decoding; empty: it decodes one token).
+    draft: Vec<u32>,
+    /// How many to draft next, from how its drafts have fared.
+    adapt: crate::speculate::Adapt,
 }
 
 /// Counters of a scheduler's work so far.
@@ -128,6 +163,12 @@ pub struct SchedulerStats {
     pub finished: u64,
     pub cancelled: u64,
     pub failed: u64,
+    /// Speculative decoding: drafts verified, tokens drafted, drafted tokens the target kept, and steps whose
+    /// drafter failed (they decoded without drafts).
+    pub verifications: u64,
+    pub drafted_tokens: u64,
+    pub accepted_tokens: u64,
+    pub draft_failures: u64,
 }
 
 /// The continuous-batching scheduler of one model (see the module docs).
@@ -142,6 +183,8 @@ pub struct Scheduler<B: Backend> {
     next_id: u64,
     stats: SchedulerStats,
     scratch: StepScratch,
+    /// The drafter, when the scheduler speculates ([`Scheduler::set_drafter`]).
+    spec: Option<spec::Speculation>,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -163,6 +206,7 @@ impl<B: Backend> Scheduler<B> {
             next_id: 0,
             stats: SchedulerStats::default(),
             scratch: StepScratch::default(),
+            spec: None,
         })
     }
 
@@ -258,6 +302,8 @@ impl<B: Backend> Scheduler<B> {
             submitted_step: self.stats.steps,
             joined_step: 0,
             stop: None,
+            draft: Vec::new(),
+            adapt: spec::adapt_start(self.spec.as_ref().map(|s| s.max_draft)),
         });
         Ok(id)
     }
@@ -316,6 +362,9 @@ impl<B: Backend> Scheduler<B> {
     }
 
     fn finish(&mut self, mut s: Seq<B>, reason: std::result::Result<StopReason, String>) {
+        if let Some(sp) = self.spec.as_mut() {
+            sp.drafter.forget(s.id);
+        }
         if let Some(c) = s.cache.take() {
             if reason.is_ok() {
                 let held: Vec<u64> = cache_content(&s).collect();
@@ -372,6 +421,7 @@ impl<B: Backend> Scheduler<B> {
             return Ok(());
         }
         self.stats.steps += 1;
+        self.draft().await;
         // The step's working vectors come from the last step's (a warm decode step allocates none here).
         let mut sc = std::mem::take(&mut self.scratch);
         let jobs = sc.plan(&mut self.running, self.cfg.max_batch_tokens);
@@ -421,6 +471,8 @@ impl<B: Backend> Scheduler<B> {
                 let s = &self.running[i];
                 if !producing {
                     Pick::Nothing
+                } else if !s.draft.is_empty() {
+                    s.verify_pick()
                 } else if s.host_logits() {
                     Pick::Logits
                 } else {
@@ -474,6 +526,11 @@ impl<B: Backend> Scheduler<B> {
         };
         for (((&i, got), &u), grammar) in order.iter().zip(picked.drain(..)).zip(draws).zip(grammar.drain(..)) {
             let s = &mut self.running[i];
+            if !s.draft.is_empty() {
+                let max_draft = self.spec.as_ref().map_or(1, |sp| sp.max_draft);
+                spec::verify(s, got, self.model.cfg.vocab_size, max_draft, &mut self.cache, &mut self.stats);
+                continue;
+            }
             if let Some(&(_, _, n)) = pieces.iter().find(|p| p.0 == i) {
                 s.fed += n;
                 self.stats.prompt_tokens += n as u64;
@@ -505,7 +562,7 @@ impl<B: Backend> Scheduler<B> {
                     }
                     (pick(&mut row, &s.history, s.sampler.params(), u), lp)
                 }
-                Picked::Nothing => {
+                Picked::Nothing | Picked::Ids(_) => {
                     let e = HerdError::internal("the model gave no token for a sequence that asked for one");
                     s.stop = Some(Err(e.to_string()));
                     continue;
@@ -517,28 +574,7 @@ impl<B: Backend> Scheduler<B> {
                     continue;
                 }
             }
-            s.out.push(id);
-            if s.presence != 0.0 || s.frequency != 0.0 {
-                *s.counts.entry(id).or_insert(0) += 1;
-            }
-            let token = match (&lp, s.logprobs) {
-                (Some(lp), Some(n)) => Token { id, logprob: lp.get(id as usize).copied(), top: top_n(lp, n) },
-                _ => Token { id, logprob: None, top: Vec::new() },
-            };
-            self.stats.generated_tokens += 1;
-            if s.first_token.is_none() {
-                s.first_token = Some(s.submitted.elapsed());
-            }
-            if !s.history.is_empty() {
-                s.history.push(id);
-            }
-            if s.params.stop_ids.contains(&id) {
-                s.stop = Some(Ok(StopReason::Stop(id)));
-            } else if !(s.sink)(Event::Token(token)) {
-                s.stop = Some(Ok(StopReason::Cancelled));
-            } else if s.out.len() >= s.max_tokens {
-                s.stop = Some(Ok(StopReason::Length));
-            }
+            s.emit(id, lp, &mut self.stats);
         }
         sc.picked = picked;
         self.scratch = sc;

@@ -40,7 +40,7 @@ impl StepScratch {
         for (i, s) in running.iter().enumerate() {
             if s.fed == s.prompt.len() {
                 order.push(i);
-                budget -= 1;
+                budget = budget.saturating_sub(1 + s.draft.len());
             }
         }
         for (i, s) in running.iter().enumerate() {
@@ -80,7 +80,10 @@ impl StepScratch {
             let at = feeds.len();
             match piece(i) {
                 Some((_, start, n)) => feeds.extend_from_slice(&s.prompt[start..start + n]),
-                None => feeds.push(*s.out.last().expect("a decoding sequence has generated a token")),
+                None => {
+                    feeds.push(*s.out.last().expect("a decoding sequence has generated a token"));
+                    feeds.extend_from_slice(&s.draft);
+                }
             }
             spans.push((at, feeds.len() - at));
         }
