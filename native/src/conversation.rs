@@ -53,7 +53,10 @@ impl<B: Backend> Conversation<B> {
     /// A conversation with `model` (loaded from `files`), opened by `system` when given.
     pub fn new(backend: Arc<B>, files: &ModelFiles, model: Llama4<B>, system: Option<&str>) -> Result<Self> {
         let ctx = model.cfg.max_position_embeddings;
-        let sched = crate::text::one_at_a_time(Arc::new(model), true)?;
+        let mut sched = crate::text::one_at_a_time(Arc::new(model), true)?;
+        // Prompt lookup for greedy turns, as `herd run` does by default.
+        let auto = crate::speculate::SpecArgs { speculate: None, draft_tokens: 8 };
+        auto.attach(&mut sched, files, &crate::files::LoadOptions::default(), true)?;
         Ok(Conversation {
             backend,
             files: files.clone(),

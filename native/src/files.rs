@@ -15,7 +15,7 @@ use herd_core::model::Llama4;
 use herd_core::tokenizer::{GenerationConfig, Tokenizer};
 
 /// The built-in demo model: a tiny Llama 4 in the published layout, with a Llama 4-format tokenizer.
-mod demo {
+pub(crate) mod demo {
     pub const CONFIG: &[u8] = include_bytes!("../demo/config.json");
     pub const WEIGHTS: &[u8] = include_bytes!("../demo/model.safetensors");
     pub const TOKENIZER: &[u8] = include_bytes!("../demo/tokenizer.json");

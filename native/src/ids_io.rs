@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use herd_core::backend::Backend;
 use herd_core::config::ModelConfig;
-use herd_core::generate::{greedy_rows, score_rows};
+use herd_core::generate::score_rows;
 use herd_core::limits::{self, read_input, InputKind};
 use herd_core::model::{ImagePart, ImageRows, Llama4};
 use herd_core::vision::encoder::VisionTower;
@@ -148,6 +148,7 @@ pub fn greedy<B: Backend>(
     n: usize,
     output: &Path,
     opts: &LoadOptions,
+    spec: &crate::speculate::SpecArgs,
 ) -> Result<()> {
     if n == 0 {
         bail!("--max-tokens must be at least 1");
@@ -157,7 +158,10 @@ pub fn greedy<B: Backend>(
     check_sizes(input, model, &rows, n, false)?;
     let m = load(backend, model, opts)?;
     check_vocab(input, &rows, m.cfg.vocab_size)?;
-    let out = pollster::block_on(greedy_rows(&Arc::new(m), &rows, n))?;
+    let m = Arc::new(m);
+    let target = crate::files::ModelFiles::new(Some(model.to_path_buf()));
+    let drafter = spec.drafter(m.backend(), &target, m.cfg.vocab_size, opts)?.map(|d| (d, spec.draft_tokens));
+    let out = pollster::block_on(herd_core::generate::greedy_rows_drafted(&m, &rows, n, drafter))?;
     let data: Vec<u8> = out.iter().flatten().flat_map(|&x| (x as i64).to_le_bytes()).collect();
     write(output, "greedy_ids", Dtype::I64, vec![rows.len(), n], data)
 }

@@ -7,6 +7,7 @@ mod bench;
 mod bench_constrain;
 mod bench_context;
 mod bench_serve;
+mod bench_spec;
 mod bench_vision;
 mod conversation;
 mod files;
@@ -19,6 +20,7 @@ mod plan;
 mod quantize;
 mod serve;
 mod serve_web;
+mod speculate;
 mod synthetic;
 mod text;
 
@@ -127,6 +129,8 @@ struct ServeArgs {
     device_memory: Option<String>,
     #[command(flatten)]
     guard: guard::GuardArg,
+    #[command(flatten)]
+    speculate: speculate::SpecArgs,
 }
 
 #[derive(Args)]
@@ -282,6 +286,8 @@ struct RunArgs {
     #[command(flatten)]
     guard: guard::GuardArg,
     #[command(flatten)]
+    speculate: speculate::SpecArgs,
+    #[command(flatten)]
     text: TextArgs,
 }
 
@@ -319,6 +325,8 @@ struct GreedyArgs {
     /// Output safetensors file; gets `greedy_ids` (int64 [B, N]).
     #[arg(long)]
     output: PathBuf,
+    #[command(flatten)]
+    speculate: speculate::SpecArgs,
     #[command(flatten)]
     backend: BackendArg,
 }
@@ -365,6 +373,15 @@ pub struct BenchArgs {
     /// As --json-schema, with a grammar in llguidance's Lark syntax.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["context", "images", "synthetic"])]
     grammar: Option<PathBuf>,
+    /// --speculate: measure decoding with and without the drafter instead, alternately, on --prompt.
+    #[command(flatten)]
+    speculate: speculate::SpecArgs,
+    /// With --speculate: the prompt (plain text, no chat template).
+    #[arg(long, requires = "speculate")]
+    prompt: Option<String>,
+    /// With --speculate: sample at this temperature (seeded) instead of greedily.
+    #[arg(long, requires = "speculate")]
+    temperature: Option<f32>,
     #[command(flatten)]
     backend: BackendArg,
 }
@@ -494,6 +511,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let prompt = text::Prompt { text: &a.prompt, chat: a.chat, system: t.system.as_deref(), images };
             let guard = a.guard.open()?;
             let guard = guard.as_ref().map(|g| (g, a.guard.guard_every));
+            a.speculate.check()?;
             with_backend!(t.backend, |b| text::run(
                 b,
                 &files,
@@ -502,7 +520,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 &opts,
                 a.stats,
                 grammar.as_ref(),
-                guard
+                guard,
+                &a.speculate
             ))
         }
         Cmd::Guard(a) => {
@@ -534,7 +553,16 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Greedy(a) => {
             let opts = a.backend.load_options()?;
-            with_backend!(a.backend, |b| ids_io::greedy(b, &a.model, &a.input, a.max_tokens, &a.output, &opts))
+            a.speculate.check()?;
+            with_backend!(a.backend, |b| ids_io::greedy(
+                b,
+                &a.model,
+                &a.input,
+                a.max_tokens,
+                &a.output,
+                &opts,
+                &a.speculate
+            ))
         }
         Cmd::Quantize(a) => quantize::quantize_dir(&a.model, &a.out, &a.format, a.group, &a.keep_bf16),
         Cmd::Serve(a) => {
@@ -553,7 +581,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 api_key,
                 body_limit: a.body_limit,
                 guard: a.guard.open()?.map(|g| (g, a.guard.guard_every)),
+                speculate: a.speculate.clone(),
             };
+            a.speculate.check()?;
             let files = ModelFiles::new(a.model.model);
             with_backend!(a.backend, |b| serve::serve(b, &files, opts, &load_opts))
         }
@@ -584,6 +614,15 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             if let Some(g) = text::grammar_arg(a.json_schema.as_deref(), a.grammar.as_deref())? {
                 let files = ModelFiles::new(a.model.model.clone());
                 return with_backend!(a.backend, |b| bench_constrain::bench_constrain(b, &files, &a, &g));
+            }
+            a.speculate.check()?;
+            if a.speculate.spec()? != speculate::Spec::Off {
+                if a.synthetic.is_some() || !a.context.is_empty() {
+                    bail!("--speculate measures a model's text: it takes neither --synthetic nor --context");
+                }
+                let opts = a.backend.load_options()?;
+                let files = ModelFiles::new(a.model.model.clone());
+                return with_backend!(a.backend, |b| bench_spec::bench_spec(b, &files, &a, &opts));
             }
             let caches = a.backend.expert_caches()?;
             with_backend!(a.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a, &caches))

@@ -211,6 +211,7 @@ pub fn run<B: Backend>(
     show_stats: bool,
     grammar: Option<&Grammar>,
     guard: Option<(&GuardFiles, usize)>,
+    spec: &crate::speculate::SpecArgs,
 ) -> Result<()> {
     let tok = files.tokenizer()?;
     // The guard checks the prompt before the model loads (the prompt's length for it before anything does).
@@ -254,6 +255,7 @@ pub fn run<B: Backend>(
     let (cfg, model) = files.load(backend.clone(), opts)?;
     let params = GenerateParams { stop_ids: stop_ids(files, &cfg.text.eos_token_ids)?, ..params };
     let mut sched = one_at_a_time(Arc::new(model), false)?;
+    spec.attach(&mut sched, files, opts, true)?;
     if fits.is_some() {
         // The cache sized once for what was planned: it never grows past it.
         sched.reserve(1, prompt_len + params.max_tokens.min(cfg.text.max_position_embeddings))?;

@@ -38,6 +38,8 @@ pub struct Metrics {
     kv_bytes: Gauge,
     expert_hits: Gauge,
     expert_misses: Gauge,
+    drafted_tokens: Counter,
+    accepted_tokens: Counter,
     ttft: Histogram,
     itl: Histogram,
     /// The guard's verdicts by stage (input, output) and verdict (safe, unsafe).
@@ -78,6 +80,10 @@ impl Metrics {
         );
         let expert_hits = add(&mut r, "expert_cache_hits", "Routed experts found in the expert cache", g());
         let expert_misses = add(&mut r, "expert_cache_misses", "Routed expert lookups the expert cache missed", g());
+        let drafted_tokens =
+            add(&mut r, "spec_drafted_tokens", "Tokens drafted for speculative decoding and verified", c());
+        let accepted_tokens =
+            add(&mut r, "spec_accepted_tokens", "Drafted tokens the model kept (speculative decoding)", c());
         let ttft = add(
             &mut r,
             "time_to_first_token_seconds",
@@ -127,6 +133,8 @@ impl Metrics {
             kv_bytes,
             expert_hits,
             expert_misses,
+            drafted_tokens,
+            accepted_tokens,
             ttft,
             itl,
         }
@@ -270,6 +278,8 @@ fn publish<B: Backend>(s: &Scheduler<B>, metrics: &Metrics, seen: &mut herd_core
     metrics.finished.inc_by(now.finished - seen.finished);
     metrics.cancelled.inc_by(now.cancelled - seen.cancelled);
     metrics.failed.inc_by(now.failed - seen.failed);
+    metrics.drafted_tokens.inc_by(now.drafted_tokens - seen.drafted_tokens);
+    metrics.accepted_tokens.inc_by(now.accepted_tokens - seen.accepted_tokens);
     *seen = now;
     let (running, waiting) = s.load();
     metrics.running.set(running as i64);

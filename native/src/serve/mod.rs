@@ -55,6 +55,8 @@ pub struct Options {
     pub body_limit: usize,
     /// Llama Guard 4 and how many tokens of a streamed answer go between its checks.
     pub guard: Option<(crate::guard::GuardFiles, usize)>,
+    /// `--speculate`: the drafter each request's decoding is verified against (off unless asked).
+    pub speculate: crate::speculate::SpecArgs,
 }
 
 /// What the handlers share.
@@ -391,6 +393,7 @@ pub fn serve<B: Backend + 'static>(
     let (failed_tx, failed_rx) = oneshot::channel::<String>();
     let (engine_stop, files, load_opts) = (stop.clone(), files.clone(), load_opts.clone());
     let sched = opts.sched;
+    let speculate = opts.speculate.clone();
     let engine_thread = std::thread::Builder::new()
         .name("herd-engine".into())
         .spawn(move || {
@@ -405,6 +408,7 @@ pub fn serve<B: Backend + 'static>(
                 };
                 let (_, model) = files.load(backend.clone(), &load_opts)?;
                 let mut s = Scheduler::new(Arc::new(model), sched)?;
+                speculate.attach(&mut s, &files, &load_opts, false)?;
                 if let Some((seqs, tokens)) = reserve {
                     s.reserve(seqs, tokens)?;
                 }
