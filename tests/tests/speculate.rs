@@ -4,7 +4,8 @@
 //!   good guesser; another model of the same vocabulary, a bad guesser) give the tokens of a plain loop over
 //!   the target (the prompt in one forward pass, then the argmax of each step's logits on the host), alone and
 //!   four at once under a batch budget that cuts the drafts; on the CPU (the demo model and two transformers
-//!   fixtures whose 8-token chunks make verifications meet chunk boundaries) and on wgpu.
+//!   fixtures whose 8-token chunks make verifications meet chunk boundaries), on wgpu, on the CUDA backend's
+//!   emulator and (NOT RUN without a GPU; scripts/gpu-check.sh) on CUDA.
 //! - Sampling: the joint law of the first three tokens of many seeded requests, decoded with a draft model,
 //!   matches the target's probabilities (from plain forward passes) by a chi-squared test; the same test on
 //!   tokens made by a wrong rule (a rejected draft redrawn from p itself instead of the residual) fails.
@@ -283,4 +284,19 @@ impl Xorshift {
         self.0 ^= self.0 << 17;
         (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+#[test]
+fn greedy_tokens_unchanged_on_cuda() {
+    let made = herd_cuda::CudaBackend::with_options(0, &herd_conformance::cuda_options_from_env());
+    let Some(be) = backend_or_not_run("cuda", "HERD_REQUIRE_CUDA", made) else { return };
+    check_greedy(&be, "demo", &["guard_marker"], 3, 24);
+    check_greedy(&be, "scout", &["maverick"], 3, 24);
+}
+
+#[test]
+fn greedy_tokens_unchanged_on_the_cuda_emulator() {
+    let made = herd_cuda::CudaBackend::emulated_with(&herd_conformance::cuda_options_from_env());
+    let Some(be) = backend_or_not_run("cuda emulator", "HERD_REQUIRE_CUDA_EMU", made) else { return };
+    check_greedy(&be, "demo", &["guard_marker"], 2, 16);
 }
