@@ -58,6 +58,14 @@ grep -E "test result|panicked|cuda graphs|rel err" "$L/golden_cuda.txt" | head -
 row "golden fixtures, cuda" "$(grep -E 'test result' "$L/golden_cuda.txt" | head -1) (exit $rc)"
 }
 
+time_left "speculative decoding, cuda" && {
+echo "== speculative decoding on cuda: greedy tokens unchanged with prompt lookup and a draft model"
+HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" timeout 60 $B/speculate --exact greedy_tokens_unchanged_on_cuda \
+    --nocapture > "$L/speculate_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
+grep -E "test result|panicked|kept" "$L/speculate_cuda.txt" | head -8
+row "speculative decoding, cuda" "$(grep -E 'test result' "$L/speculate_cuda.txt" | head -1) (exit $rc)"
+}
+
 time_left "images in prompts, cuda" && {
 echo "== images in prompts on cuda (tests/fixtures/scout_vision), then the vision tower's encode time at Scout's shape"
 HERD_FIXTURES="$PWD/tests/fixtures" timeout 90 $B/golden_cuda --exact images_in_prompts_match_transformers_on_cuda \
