@@ -7,8 +7,9 @@
 // lo(p) = floor(p / chunk) * chunk on chunked layers and 0 otherwise.
 //
 // * attn_decode + attn_combine (flash-decoding): a block per (kv head, query row, split) serves every
-//   query head of that kv head over one slice of the keys, four warps taking keys in turn (lanes across the
-//   head dimension) with an online softmax; the combine pass merges the splits. The grid is fixed by the
+//   query head of that kv head over one slice of the keys, four warps taking tiles of 32 keys in turn (a lane
+//   per key for the scores, lanes across the head dimension for the values) with an online softmax; the
+//   combine pass merges the splits. The grid is fixed by the
 //   host from the region sizes, so decode steps replay as the same CUDA graph as the context grows.
 // * attn_prefill: a block per (query head, tile of 32 query rows of one sequence); four threads per query
 //   split the head dimension, keys and values are staged through shared memory BK at a time.
@@ -116,81 +117,180 @@ struct AttnDecodeParams {
     u32 pad;
 };
 
-extern "C" __global__ void __launch_bounds__(128)
-    attn_decode(const AttnDecodeParams prm) {
+// One key of a decode tile, read by one lane across the head dimension: its score against each of the G
+// query heads (q_s, scaled, in shared memory), summed over the head dimension in the format's units (8 q4
+// codes, 4 bytes, 2 halves or 1 word at a time) with the key's address worked out once. Returns through s[].
+template <int GM>
+__device__ __forceinline__ void key_scores(const AttnDecodeParams& prm, const float* q_s, u32 G, u32 j, u32 pos0,
+                                           u32 qs, u32 sb, u32 sc, u32 kvh, float* s) {
+    const u32 hd = prm.hd, kv_row = prm.n_kv * hd, e0 = kvh * hd, ps = prm.page_size;
+#pragma unroll
+    for (u32 g = 0; g < GM; g++) s[g] = 0.0f;
+#define HERD_DOT(N, DECODE)                                                                                       \
+    for (u32 d = 0; d < hd; d += N) {                                                                             \
+        float kv[N];                                                                                              \
+        DECODE;                                                                                                   \
+        _Pragma("unroll") for (u32 g = 0; g < GM; g++) {                                                          \
+            if (g < G) {                                                                                          \
+                float t = 0.0f;                                                                                   \
+                _Pragma("unroll") for (u32 i = 0; i < N; i++) t += q_s[g * hd + d + i] * kv[i];                   \
+                s[g] += t;                                                                                        \
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+    if (j >= pos0) {
+        const float* f = prm.kn + ((u64)(qs + (j - pos0)) * prm.n_kv + kvh) * hd;
+        HERD_DOT(1, kv[0] = f[d])
+        return;
+    }
+    if (prm.key_words) {
+        if (j >= (pos0 / ps) * ps) {
+            // The stage: the f32 keys of the page being filled.
+            const u32* w = prm.kc + ((u64)prm.rows[sb + sc / ps] + j % ps) * kv_row + e0;
+            HERD_DOT(1, kv[0] = __uint_as_float(w[d]))
+            return;
+        }
+        const u64 base = (u64)prm.rows[sb + (j % sc) / ps] * prm.key_words;
+        const u32* codes = prm.kc + base + ((j % ps) * kv_row + e0) / 8;
+        const u32* chan = prm.kc + base + ps * kv_row / 8 + e0;
+        HERD_DOT(8, {
+            const u32 c = codes[d / 8];
+            _Pragma("unroll") for (u32 i = 0; i < 8; i++) {
+                const u32 m = chan[d + i];
+                kv[i] = h2f((u16)(m >> 16)) + (float)((c >> (4 * i)) & 15u) * h2f((u16)(m & 0xffffu));
+            }
+        })
+        return;
+    }
+    const u32 r = j % sc;
+    const u32* w = prm.kc + (u64)(prm.rows[sb + r / ps] * ps + r % ps) * prm.slot_words;
+    switch (prm.kv_dtype) {
+    case 0: HERD_DOT(1, kv[0] = __uint_as_float(w[e0 + d])) break;
+    case 1: HERD_DOT(2, { const u32 c = w[(e0 + d) >> 1]; kv[0] = bf2f(c & 0xffffu); kv[1] = bf2f(c >> 16); }) break;
+    case 2: HERD_DOT(2, { const u32 c = w[(e0 + d) >> 1]; kv[0] = h2f((u16)(c & 0xffffu)); kv[1] = h2f((u16)(c >> 16)); }) break;
+    case 3: {
+        const float k = __uint_as_float(w[kv_row / 4 + kvh]);
+        HERD_DOT(4, {
+            const u32 c = w[(e0 + d) >> 2];
+            _Pragma("unroll") for (u32 i = 0; i < 4; i++) kv[i] = (float)(int)(signed char)((c >> (8 * i)) & 0xffu) * k;
+        })
+        break;
+    }
+    default: {
+        const float k = __uint_as_float(w[kv_row / 4 + kvh]);
+        HERD_DOT(4, {
+            const u32 c = w[(e0 + d) >> 2];
+            _Pragma("unroll") for (u32 i = 0; i < 4; i++) kv[i] = e4m3_value((c >> (8 * i)) & 0xffu) * k;
+        })
+        break;
+    }
+    }
+#undef HERD_DOT
+}
+
+// Flash-decoding over tiles of 32 keys per warp: each lane scores one key (key_scores), the tile's maximum
+// and sum take one warp reduction per query head (not one per key), and the values are summed with the lanes
+// across the head dimension into registers (GM query heads × TM dimensions per lane), the probabilities and
+// value slots passed through shared memory. At the end each warp's sums go to shared memory and merge.
+template <int GM, int TM>
+__device__ void attn_decode_impl(const AttnDecodeParams& prm) {
     DYN_SHARED(float, sm);
     const u32 kvh = blockIdx.x, ri = blockIdx.y, sp = blockIdx.z;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const u32* e = prm.rows + ri * 8;
     const u32 row = e[0], p = e[1], pos0 = e[2], qs = e[3], sb = e[4], sc = e[5];
-    const u32 G = prm.n_heads / prm.n_kv;
-    float* q_s = sm;                 // [G][prm.hd]
-    float* acc_s = sm + G * prm.hd;      // [4][G][prm.hd]
-    float* m_s = acc_s + 4 * G * prm.hd; // [4][G]
-    float* l_s = m_s + 4 * G;        // [4][G]
+    const u32 G = prm.n_heads / prm.n_kv, hd = prm.hd;
+    float* q_s = sm;                                            // [G][hd]
+    float* acc_s = sm + G * hd;                                 // [4][G][hd]
+    float* m_s = acc_s + 4 * G * hd;                            // [4][G]
+    float* l_s = m_s + 4 * G;                                   // [4][G]
+    float* p_s = l_s + 4 * G + warp * (G * 32);                 // this warp's [G][32] probabilities
+    u32* slot_s = (u32*)(l_s + 4 * G + 4 * G * 32) + warp * 32; // this warp's value slots (~0: a new row)
     const float qsc = query_scale(prm.scale, prm.temp_on, prm.floor_scale, prm.attn_scale, p);
-    for (u32 i = threadIdx.x; i < G * prm.hd; i += blockDim.x)
-        q_s[i] = prm.q[((u64)row * prm.n_heads + kvh * G + i / prm.hd) * prm.hd + i % prm.hd] * qsc;
-    for (u32 i = threadIdx.x; i < 4 * G * prm.hd; i += blockDim.x) acc_s[i] = 0.0f;
+    for (u32 i = threadIdx.x; i < G * hd; i += blockDim.x)
+        q_s[i] = prm.q[((u64)row * prm.n_heads + kvh * G + i / hd) * hd + i % hd] * qsc;
     const u32 lo = prm.chunk ? (p / prm.chunk) * prm.chunk : 0;
     const u32 nkeys = p - lo + 1;
     const u32 per = (nkeys + prm.nsplit - 1) / prm.nsplit;
     const u32 j0 = lo + min(nkeys, sp * per), j1 = lo + min(nkeys, (sp + 1) * per);
     __syncthreads();
 
-    float mr[MAXG], lr[MAXG];
+    float mr[GM], lr[GM], acc[GM][TM];
 #pragma unroll
-    for (u32 g = 0; g < MAXG; g++) {
+    for (u32 g = 0; g < GM; g++) {
         mr[g] = NEG_BIG;
         lr[g] = 0.0f;
+#pragma unroll
+        for (u32 t = 0; t < TM; t++) acc[g][t] = 0.0f;
     }
-    float* acc = acc_s + warp * G * prm.hd;
-    for (u32 j = j0 + warp; j < j1; j += 4) {
-        float kr[8], vr[8];
-#pragma unroll
-        for (u32 t = 0; t < 8; t++) {
-            u32 d = lane + 32 * t;
-            kr[t] = d < prm.hd ? kv_val(prm.kc, prm.kn, j, pos0, qs, prm.rows, prm.page_size, sb, sc, prm.n_kv, kvh,
-                                        prm.hd, d, prm.kv_dtype, prm.slot_words, prm.key_words)
-                               : 0.0f;
-            vr[t] = d < prm.hd ? kv_val(prm.vc, prm.vn, j, pos0, qs, prm.rows, prm.page_size, sb, sc, prm.n_kv, kvh,
-                                        prm.hd, d, prm.kv_dtype, prm.slot_words, 0)
-                               : 0.0f;
+    for (u32 tb = j0 + warp * 32; tb < j1; tb += 128) {
+        const u32 j = tb + lane, n = min(32u, j1 - tb);
+        float s[GM];
+        if (j < j1) {
+            key_scores<GM>(prm, q_s, G, j, pos0, qs, sb, sc, kvh, s);
+            const u32 r = j % sc;
+            slot_s[lane] = j < pos0 ? prm.rows[sb + r / prm.page_size] * prm.page_size + r % prm.page_size : ~0u;
         }
+        float corr[GM];
 #pragma unroll
-        for (u32 g = 0; g < MAXG; g++) {
+        for (u32 g = 0; g < GM; g++) {
+            corr[g] = 1.0f;
             if (g < G) {
-                float s = 0.0f;
-#pragma unroll
-                for (u32 t = 0; t < 8; t++) {
-                    u32 d = lane + 32 * t;
-                    if (d < prm.hd) s += q_s[g * prm.hd + d] * kr[t];
-                }
-                s = warp_sum(s);
-                float mn = fmaxf(mr[g], s);
-                float corr = expf(mr[g] - mn), pe = expf(s - mn);
-                lr[g] = lr[g] * corr + pe;
+                const float sg = j < j1 ? s[g] : NEG_BIG;
+                const float mn = fmaxf(mr[g], warp_max(sg));
+                const float pe = j < j1 ? expf(sg - mn) : 0.0f;
+                corr[g] = expf(mr[g] - mn);
+                lr[g] = lr[g] * corr[g] + warp_sum(pe);
                 mr[g] = mn;
+                p_s[g * 32 + lane] = pe;
+            }
+        }
+        __syncwarp();
 #pragma unroll
-                for (u32 t = 0; t < 8; t++) {
-                    u32 d = lane + 32 * t;
-                    if (d < prm.hd) acc[g * prm.hd + d] = acc[g * prm.hd + d] * corr + pe * vr[t];
+        for (u32 g = 0; g < GM; g++)
+#pragma unroll
+            for (u32 t = 0; t < TM; t++) acc[g][t] *= corr[g];
+        for (u32 jj = 0; jj < n; jj++) {
+            const u32 slot = slot_s[jj];
+            float v[TM];
+            if (slot == ~0u) {
+                const float* f = prm.vn + ((u64)(qs + (tb + jj - pos0)) * prm.n_kv + kvh) * hd;
+#pragma unroll
+                for (u32 t = 0; t < TM; t++) v[t] = lane + 32 * t < hd ? f[lane + 32 * t] : 0.0f;
+            } else {
+                const u32* w = prm.vc + (u64)slot * prm.slot_words;
+#pragma unroll
+                for (u32 t = 0; t < TM; t++) {
+                    const u32 d = lane + 32 * t;
+                    v[t] = d < hd ? kv_decode(w, kvh * hd + d, prm.kv_dtype, prm.n_kv * hd, hd) : 0.0f;
+                }
+            }
+#pragma unroll
+            for (u32 g = 0; g < GM; g++) {
+                if (g < G) {
+                    const float pe = p_s[g * 32 + jj];
+#pragma unroll
+                    for (u32 t = 0; t < TM; t++) acc[g][t] += pe * v[t];
                 }
             }
         }
+        __syncwarp();
     }
-    if (lane == 0) {
 #pragma unroll
-        for (u32 g = 0; g < MAXG; g++) {
-            if (g < G) {
+    for (u32 g = 0; g < GM; g++) {
+        if (g < G) {
+#pragma unroll
+            for (u32 t = 0; t < TM; t++)
+                if (lane + 32 * t < hd) acc_s[(warp * G + g) * hd + lane + 32 * t] = acc[g][t];
+            if (lane == 0) {
                 m_s[warp * G + g] = mr[g];
                 l_s[warp * G + g] = lr[g];
             }
         }
     }
     __syncthreads();
-    for (u32 i = threadIdx.x; i < G * prm.hd; i += blockDim.x) {
-        const u32 g = i / prm.hd, d = i % prm.hd;
+    for (u32 i = threadIdx.x; i < G * hd; i += blockDim.x) {
+        const u32 g = i / hd, d = i % hd;
         float M = NEG_BIG;
         for (u32 w = 0; w < 4; w++)
             if (l_s[w * G + g] > 0.0f) M = fmaxf(M, m_s[w * G + g]);
@@ -199,17 +299,23 @@ extern "C" __global__ void __launch_bounds__(128)
             float lw = l_s[w * G + g];
             if (lw > 0.0f) {
                 float f = expf(m_s[w * G + g] - M);
-                A += acc_s[(w * G + g) * prm.hd + d] * f;
+                A += acc_s[(w * G + g) * hd + d] * f;
                 L += lw * f;
             }
         }
-        float* o = prm.part + ((((u64)ri * prm.n_kv + kvh) * prm.nsplit + sp) * G + g) * (prm.hd + 2);
+        float* o = prm.part + ((((u64)ri * prm.n_kv + kvh) * prm.nsplit + sp) * G + g) * (hd + 2);
         o[d] = A;
         if (d == 0) {
-            o[prm.hd] = M;
-            o[prm.hd + 1] = L;
+            o[hd] = M;
+            o[hd + 1] = L;
         }
     }
+}
+
+// Llama 4's shapes (5 query heads per kv head, head_dim 128) take the small register tile; others the large.
+extern "C" __global__ void __launch_bounds__(128) attn_decode(const AttnDecodeParams prm) {
+    if (prm.n_heads / prm.n_kv <= 8 && prm.hd <= 128) attn_decode_impl<8, 4>(prm);
+    else attn_decode_impl<MAXG, 8>(prm);
 }
 
 struct AttnCombineParams {

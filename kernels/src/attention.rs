@@ -117,9 +117,9 @@ impl CudaBackend {
         if !rows_meta.is_empty() {
             let nrows = rows_meta.len() / 8;
             let rows_meta = with_table(rows_meta, 4)?;
-            // Splits of at least 64 keys, up to about two blocks per SM. The bound comes from the region
+            // Splits of at least 64 keys, up to about four blocks per SM. The bound comes from the region
             // sizes, not the current length, so the grid stays the same from token to token.
-            let target = (2 * self.dev.sms as usize).div_ceil(kvh * nrows).max(1);
+            let target = (4 * self.dev.sms as usize).div_ceil(kvh * nrows).max(1);
             let nsplit = bound.div_ceil(64).min(target).clamp(1, 64);
             let part = self.dev.scratch("attention splits", nrows * kvh * nsplit * g * (hd + 2) * 4)?;
             let rows = self.dev.meta(&rows_meta)?;
@@ -146,7 +146,8 @@ impl CudaBackend {
                 key_words,
                 pad: 0,
             };
-            let smem = (5 * g * hd + 8 * g) * 4;
+            // q, four warps' sums, maxima and totals, then each warp's tile of probabilities and value slots.
+            let smem = (5 * g * hd + 8 * g + 4 * 32 * g + 4 * 32) * 4;
             self.launch(AttnDecode, (kvh as u32, nrows as u32, nsplit as u32), 128, smem, &dp)?;
             let cp = AttnCombineParams {
                 part: DevPtr::new(part),

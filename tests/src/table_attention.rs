@@ -105,12 +105,21 @@ pub(crate) fn attention_cases() -> Vec<AttnCase> {
         // Prefill tiles that cross a chunk boundary after a cached prefix, beside a decode row; rings of 4 pages
         // of 5 slots for a chunk of 16.
         c(4, 2, 32, Some(16), false, &[(10, 40, 16), (5, 1, 16)], 5),
+        // Decode splits of hundreds of keys (CUDA: several 32-key tiles per warp, whose running maxima and
+        // sums are rescaled from tile to tile), 8 query rows at once.
+        c(16, 8, 32, None, true, &[(3000, 8, 3008)], 16),
+        // More query heads per kv head (12) and wider heads (160) than Llama 4's in decode rows (CUDA: the
+        // decode kernel's larger register tile), over a chunk boundary.
+        c(12, 1, 160, Some(64), false, &[(200, 2, 202), (40, 1, 41)], 16),
     ];
     // The other KV formats: a prefill over a cached prefix beside a decode row (rings of 5-slot pages, chunk
     // 16), and decode rows over a longer history with several query heads per kv head.
     for dtype in [KvDtype::Bf16, KvDtype::F16, KvDtype::Q8, KvDtype::Fp8, KvDtype::Q4] {
         v.push(AttnCase { dtype, ..c(4, 2, 32, Some(16), false, &[(10, 40, 16), (5, 1, 16)], 5) });
         v.push(AttnCase { dtype, ..c(8, 2, 64, None, true, &[(300, 1, 303), (40, 3, 48)], 16) });
+    }
+    for dtype in [KvDtype::Q8, KvDtype::Q4] {
+        v.push(AttnCase { dtype, ..c(16, 8, 32, None, true, &[(3000, 8, 3008)], 16) });
     }
     // q4 keys wait in a stage until their page completes: decode rows that complete a page and that start
     // one, and a prefill that completes two pages, the first begun in the stage.
