@@ -403,6 +403,9 @@ HERD_EMU_OWN inline void __syncwarp(unsigned = 0xffffffffu) {
     emu::threads[emu::cur].warp_bars++;
 }
 
+// Leading zero bits of a 32-bit integer (32 for zero), as the CUDA intrinsic.
+HERD_EMU_OWN inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
+
 template <class T> HERD_EMU_OWN inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
     static_assert(sizeof(T) == 4, "32-bit shuffles only");
     const unsigned w = emu::cur >> 5, l = emu::cur & 31;

@@ -183,8 +183,34 @@ SWIGLU_ALL(f32, 0)
 SWIGLU_ALL(bf16, 1)
 SWIGLU_ALL(f16, 2)
 
-// The GEMV on quantized weights (groups along K): a lane reads 16 bytes (32 q4 or 16 q8 values) at a time,
-// one scale per 8 values (group sizes are multiples of 8). Σ x·q per 8 values, times the scale.
+// The GEMV on quantized weights (groups along K, which they divide): a lane reads 16 bytes (32 q4 or 16 q8
+// values) at a time, four such loads in flight, one scale per 8 values (group sizes are multiples of 8; the
+// scale's index by a shift when the group is a power of two). Σ x·q per 8 values, times the scale.
+template <int BITS, int M>
+__device__ __forceinline__ void gemv_q_chunk(const float* __restrict__ x, uint4 v, const unsigned short* sc, u32 st,
+                                             u64 srow, u32 kk, u32 group, int gsh, u32 r0, u32 m, u32 k, float* acc) {
+    const u32 per = BITS == 4 ? 32 : 16;
+    const u32 wd[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (u32 c = 0; c < per / 8; c++) {
+        float q[8];
+        if (BITS == 4) unpack_q4(wd[c], q);
+        else unpack_q8(wd[2 * c], wd[2 * c + 1], q);
+        const u32 gi = gsh >= 0 ? (kk + 8 * c) >> gsh : (kk + 8 * c) / group;
+        const float s = ld_scale(sc, srow + gi, st);
+#pragma unroll
+        for (int r = 0; r < M; r++) {
+            if (r0 + r < m) {
+                const float* xr = x + (u64)(r0 + r) * k + kk + 8 * c;
+                float4 a = *(const float4*)xr, b = *(const float4*)(xr + 4);
+                float d = a.x * q[0] + a.y * q[1] + a.z * q[2] + a.w * q[3] + b.x * q[4] + b.y * q[5] + b.z * q[6] +
+                          b.w * q[7];
+                acc[r] += d * s;
+            }
+        }
+    }
+}
+
 template <int BITS, int M, bool VEC>
 __device__ void gemv_q(const float* __restrict__ x, const unsigned char* __restrict__ w, const unsigned short* sc,
                        u32 st, u32 group, float* __restrict__ out, u32 m, u32 n, u32 k) {
@@ -197,27 +223,21 @@ __device__ void gemv_q(const float* __restrict__ x, const unsigned char* __restr
     for (int r = 0; r < M; r++) acc[r] = 0.0f;
     const u64 base = (u64)col * k;
     if (VEC) {
-        const u32 per = BITS == 4 ? 32 : 16;
-        for (u32 kk = lane * per; kk < k; kk += 32 * per) {
-            uint4 v = __ldg((const uint4*)(w + (base + kk) * BITS / 8));
-            const u32 wd[4] = {v.x, v.y, v.z, v.w};
+        const u32 per = BITS == 4 ? 32 : 16, step = 32 * per;
+        const int gsh = (group & (group - 1)) == 0 ? 31 - __clz(group) : -1;
+        const u64 srow = (u64)col * (k / group);
+        const unsigned char* wr = w + base * BITS / 8;
+        u32 kk = lane * per;
+        for (; kk + 3 * step < k; kk += 4 * step) {
+            uint4 v[4];
 #pragma unroll
-            for (u32 c = 0; c < per / 8; c++) {
-                float q[8];
-                if (BITS == 4) unpack_q4(wd[c], q);
-                else unpack_q8(wd[2 * c], wd[2 * c + 1], q);
-                const float s = ld_scale(sc, (base + kk + 8 * c) / group, st);
+            for (u32 u = 0; u < 4; u++) v[u] = __ldg((const uint4*)(wr + (u64)(kk + u * step) * BITS / 8));
 #pragma unroll
-                for (int r = 0; r < M; r++) {
-                    if (r0 + r < m) {
-                        const float* xr = x + (u64)(r0 + r) * k + kk + 8 * c;
-                        float4 a = *(const float4*)xr, b = *(const float4*)(xr + 4);
-                        float d = a.x * q[0] + a.y * q[1] + a.z * q[2] + a.w * q[3] + b.x * q[4] + b.y * q[5] +
-                                  b.z * q[6] + b.w * q[7];
-                        acc[r] += d * s;
-                    }
-                }
-            }
+            for (u32 u = 0; u < 4; u++) gemv_q_chunk<BITS, M>(x, v[u], sc, st, srow, kk + u * step, group, gsh, r0, m, k, acc);
+        }
+        for (; kk < k; kk += step) {
+            const uint4 v = __ldg((const uint4*)(wr + (u64)kk * BITS / 8));
+            gemv_q_chunk<BITS, M>(x, v, sc, st, srow, kk, group, gsh, r0, m, k, acc);
         }
     } else {
         for (u32 kk = lane; kk < k; kk += 32) {

@@ -355,6 +355,10 @@ pub fn cases() -> Vec<Spec> {
             c.push(Spec::Matmul { m, k, n, dt });
         }
     }
+    // Groups of 24, no power of two (CUDA's decode GEMV divides for the scale's index instead of shifting).
+    for dt in [q(4, 24, f16s, GroupAxis::Last), q(8, 24, bf16s, GroupAxis::Last)] {
+        c.push(Spec::Matmul { m: 2, k: 96, n: 33, dt });
+    }
 
     // matmuls: decode's q, k and v of one input (the CPU runs them as one op), each path, and more rows.
     for (m, k, ns, dt) in [
