@@ -66,6 +66,32 @@ grep -E "test result|panicked|kept" "$L/speculate_cuda.txt" | head -8
 row "speculative decoding, cuda" "$(grep -E 'test result' "$L/speculate_cuda.txt" | head -1) (exit $rc)"
 }
 
+time_left "batching, cuda" && {
+echo "== continuous batching on cuda: requests run together give what each gets alone (demo, scout; 1, 4, 16)"
+HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" timeout 90 $B/schedule --exact batching_changes_nothing_on_cuda \
+    --nocapture > "$L/schedule_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
+grep -E "test result|panicked|differ" "$L/schedule_cuda.txt" | head -8
+row "batching changes nothing, cuda" "$(grep -E 'test result' "$L/schedule_cuda.txt" | head -1) (exit $rc)"
+}
+
+time_left "herd serve on cuda" && {
+# `herd serve --backend cuda` with the demo model, loaded by `herd bench-serve` (streamed completions of random
+# 128-token prompts, 64 tokens each) at 1, 16 and 64 at a time: issue 19's C=16 against C=1 on a GPU.
+echo "== herd serve on cuda (demo model): bench-serve at concurrency 1, 16, 64"
+$B/herd serve --backend cuda --port 18080 --max-seqs 64 > "$L/serve_cuda.txt" 2>&1 &
+spid=$!
+up='import urllib.request; urllib.request.urlopen("http://127.0.0.1:18080/health", timeout=1)'
+for _ in $(seq 60); do python3 -c "$up" 2>/dev/null && break; sleep 0.5; done
+for c in 1 16 64; do
+    timeout 60 $B/herd bench-serve --url http://127.0.0.1:18080/v1 --concurrency $c --requests $((c < 16 ? 16 : 4 * c)) \
+        --prompt-tokens 128 --gen-tokens 64 > "$L/bench_serve_cuda_$c.txt" 2>&1; echo "C=$c exit $?"
+    cat "$L/bench_serve_cuda_$c.txt"
+    row "cuda serve C=$c" "$(grep -oE '[0-9.]+ generated tokens/s' "$L/bench_serve_cuda_$c.txt"), itl $(grep -oE 'p50 [0-9.]+ ms, p99 [0-9.]+ ms' "$L/bench_serve_cuda_$c.txt" | tail -1), $(grep -E '^errors' "$L/bench_serve_cuda_$c.txt")"
+done
+kill -INT $spid 2>/dev/null; wait $spid; echo "serve exit $?"
+tail -3 "$L/serve_cuda.txt"
+}
+
 time_left "images in prompts, cuda" && {
 echo "== images in prompts on cuda (tests/fixtures/scout_vision), then the vision tower's encode time at Scout's shape"
 HERD_FIXTURES="$PWD/tests/fixtures" timeout 90 $B/golden_cuda --exact images_in_prompts_match_transformers_on_cuda \

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 mkdir -p .gpu/bin .gpu/debs
 cargo build --release --locked -p herd -p herd-conformance
 cp target/release/herd target/release/conformance .gpu/bin/
-for t in golden_wgpu golden_cuda expert_cache speculate; do
+for t in golden_wgpu golden_cuda expert_cache speculate schedule; do
     exe=$(cargo test --release --locked -p herd-conformance --test "$t" --no-run --message-format=json 2>/dev/null |
         python3 -c 'import sys, json
 for l in sys.stdin:

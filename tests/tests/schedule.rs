@@ -4,7 +4,7 @@
 //! the argmax of its logits on the host, then one token at a time); a seeded request picks the same tokens
 //! on the device as on the host (where log-probabilities send it). On the CPU and on wgpu, with the built-in
 //! demo model (trained, so its greedy continuations are not degenerate) and a transformers fixture (chunked
-//! attention across piece boundaries, MoE).
+//! attention across piece boundaries, MoE), and on CUDA (a GPU, or its emulator).
 
 use std::sync::{Arc, Mutex};
 
@@ -178,6 +178,28 @@ fn batching_changes_nothing_on_wgpu() {
     let Some(be) = backend_or_not_run("wgpu", "HERD_REQUIRE_WGPU", herd_wgpu::WgpuBackend::new()) else { return };
     let model = Arc::new(golden::load(&be, &model_dir("demo")));
     check_batching(&model, "wgpu, demo", &[1, 4]);
+}
+
+/// The scheduler on the CUDA backend (what `herd serve --backend cuda` runs): batched decode steps of several
+/// sequences (the GEMVs' several-row kernels, attention over several page tables) give each request what it
+/// gets alone. On a GPU (scripts/gpu-check.sh; NOT RUN without one) with the demo model and a transformers
+/// fixture, and on the CUDA backend's CPU emulator with the demo model.
+#[test]
+fn batching_changes_nothing_on_cuda() {
+    let made = herd_cuda::CudaBackend::with_options(0, &herd_conformance::cuda_options_from_env());
+    let Some(be) = backend_or_not_run("cuda", "HERD_REQUIRE_CUDA", made) else { return };
+    for name in ["demo", "scout"] {
+        let model = Arc::new(golden::load(&be, &model_dir(name)));
+        check_batching(&model, &format!("cuda, {name}"), &[1, 4, 16]);
+    }
+}
+
+#[test]
+fn batching_changes_nothing_on_the_cuda_emulator() {
+    let made = herd_cuda::CudaBackend::emulated_with(&herd_conformance::cuda_options_from_env());
+    let Some(be) = backend_or_not_run("cuda emulator", "HERD_REQUIRE_CUDA_EMU", made) else { return };
+    let model = Arc::new(golden::load(&be, &model_dir("demo")));
+    check_batching(&model, "cuda emulator, demo", &[1, 4]);
 }
 
 /// A sink that says stop ends its request within the step, frees its cache, and leaves the others as they
