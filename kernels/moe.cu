@@ -123,7 +123,17 @@ MOE_GEMV(bf16, 1)
 MOE_GEMV(f16, 2)
 
 // moe_gemv on quantized weights (groups along the input axis, scales [E, K/G, N]): 8 columns per thread
-// as one u32 of q4 or two of q8; the 8 scales are reloaded when the input row enters a new group.
+// as one u32 of q4 or two of q8, four input rows' loads in flight; the 8 scales are reloaded when the input
+// row enters a new group (found by comparison, no division per row).
+template <int BITS>
+__device__ __forceinline__ void moe_q_row(u32 a, u32 b, float xv, const float* s, float* acc) {
+    float q[8];
+    if (BITS == 4) unpack_q4(a, q);
+    else unpack_q8(a, b, q);
+#pragma unroll
+    for (int j = 0; j < 8; j++) acc[j] += xv * (q[j] * s[j]);
+}
+
 template <int BITS, bool VEC>
 __device__ void moe_gemv_q_impl(const float* __restrict__ in, u32 in_div, const u32* __restrict__ idx,
                                 const unsigned char* __restrict__ w, const unsigned short* __restrict__ sc, u32 st,
@@ -141,29 +151,55 @@ __device__ void moe_gemv_q_impl(const float* __restrict__ in, u32 in_div, const 
     const u64 sb = (u64)e * (kin / group) * n + col;
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    u32 gcur = 0xffffffffu;
-    for (u32 i = i0; i < i1; i++) {
-        const u32 g = i / group;
-        if (g != gcur) {
-            gcur = g;
-            for (u32 j = 0; j < per; j++) s[j] = ld_scale(sc, sb + (u64)g * n + j, st);
-        }
-        const float xv = x[i];
-        if (VEC) {
-            float q[8];
-            const u64 e0 = wb + (u64)i * n;
-            if (BITS == 4) {
-                unpack_q4(__ldg((const u32*)(w + e0 / 2)), q);
-            } else {
-                uint2 v = __ldg((const uint2*)(w + e0));
-                unpack_q8(v.x, v.y, q);
+    u32 gnext = i0; // the first row past the current group's scales (i0: none loaded yet)
+#define HERD_MOE_SCALES(ROW)                                                                                        \
+    if ((ROW) >= gnext) {                                                                                           \
+        const u32 g = (ROW) / group;                                                                                \
+        gnext = (g + 1) * group;                                                                                    \
+        for (u32 j = 0; j < per; j++) s[j] = ld_scale(sc, sb + (u64)g * n + j, st);                                 \
+    }
+    if (VEC) {
+        u32 i = i0;
+        for (; i + 3 < i1; i += 4) {
+            u32 a[4], b[4];
+#pragma unroll
+            for (u32 u = 0; u < 4; u++) {
+                const u64 e0 = wb + (u64)(i + u) * n;
+                if (BITS == 4) {
+                    a[u] = __ldg((const u32*)(w + e0 / 2));
+                    b[u] = 0;
+                } else {
+                    const uint2 v = __ldg((const uint2*)(w + e0));
+                    a[u] = v.x;
+                    b[u] = v.y;
+                }
             }
 #pragma unroll
-            for (int j = 0; j < 8; j++) acc[j] += xv * (q[j] * s[j]);
-        } else {
-            acc[0] += xv * ((float)ld_q<BITS>(w, wb + (u64)i * n) * s[0]);
+            for (u32 u = 0; u < 4; u++) {
+                HERD_MOE_SCALES(i + u)
+                moe_q_row<BITS>(a[u], b[u], x[i + u], s, acc);
+            }
+        }
+        for (; i < i1; i++) {
+            const u64 e0 = wb + (u64)i * n;
+            u32 a, b = 0;
+            if (BITS == 4) {
+                a = __ldg((const u32*)(w + e0 / 2));
+            } else {
+                const uint2 v = __ldg((const uint2*)(w + e0));
+                a = v.x;
+                b = v.y;
+            }
+            HERD_MOE_SCALES(i)
+            moe_q_row<BITS>(a, b, x[i], s, acc);
+        }
+    } else {
+        for (u32 i = i0; i < i1; i++) {
+            HERD_MOE_SCALES(i)
+            acc[0] += x[i] * ((float)ld_q<BITS>(w, wb + (u64)i * n) * s[0]);
         }
     }
+#undef HERD_MOE_SCALES
     float* o = part + ((u64)ent * splits + sp) * n + col;
     for (u32 j = 0; j < per; j++) o[j] = acc[j];
 }
