@@ -58,21 +58,20 @@ grep -E "test result|panicked|cuda graphs|rel err" "$L/golden_cuda.txt" | head -
 row "golden fixtures, cuda" "$(grep -E 'test result' "$L/golden_cuda.txt" | head -1) (exit $rc)"
 }
 
-time_left "speculative decoding, cuda" && {
-echo "== speculative decoding on cuda: greedy tokens unchanged with prompt lookup and a draft model"
-HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" timeout 60 $B/speculate --exact greedy_tokens_unchanged_on_cuda \
-    --nocapture > "$L/speculate_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
-grep -E "test result|panicked|kept" "$L/speculate_cuda.txt" | head -8
-row "speculative decoding, cuda" "$(grep -E 'test result' "$L/speculate_cuda.txt" | head -1) (exit $rc)"
+# A test binary's named tests on the GPU: gpu_test ROW LOG SECONDS 'GREP' BINARY TEST...; the log goes to $L/LOG.
+gpu_test() {
+    local name=$1 log=$L/$2 secs=$3 pat=$4 bin=$5; shift 5
+    time_left "$name" || return 0
+    echo "== $name ($bin: $*)"
+    HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" timeout "$secs" "$B/$bin" --exact "$@" \
+        --nocapture > "$log" 2>&1; local rc=$?; echo "exit $rc"
+    grep -E "test result|panicked|$pat" "$log" | head -8
+    row "$name" "$(grep -E 'test result' "$log" | head -1) (exit $rc)"
 }
-
-time_left "batching, cuda" && {
-echo "== continuous batching on cuda: requests run together give what each gets alone (demo, scout; 1, 4, 16)"
-HERD_FIXTURES="$PWD/tests/fixtures" HERD_DEMO_DIR="$PWD/native/demo" timeout 90 $B/schedule --exact batching_changes_nothing_on_cuda \
-    --nocapture > "$L/schedule_cuda.txt" 2>&1; rc=$?; echo "exit $rc"
-grep -E "test result|panicked|differ" "$L/schedule_cuda.txt" | head -8
-row "batching changes nothing, cuda" "$(grep -E 'test result' "$L/schedule_cuda.txt" | head -1) (exit $rc)"
-}
+# Speculative decoding: greedy tokens unchanged with prompt lookup and a draft model.
+gpu_test "speculative decoding, cuda" speculate_cuda.txt 60 kept speculate greedy_tokens_unchanged_on_cuda
+# Continuous batching: requests run together give what each gets alone (demo, scout; 1, 4, 16 at a time).
+gpu_test "batching changes nothing, cuda" schedule_cuda.txt 90 differ schedule batching_changes_nothing_on_cuda
 
 time_left "herd serve on cuda" && {
 # `herd serve --backend cuda` with the demo model, loaded by `herd bench-serve` (streamed completions of random
