@@ -34,11 +34,15 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: None }
+        Self::GREEDY
     }
 }
 
 impl SamplingParams {
+    /// Greedy decoding (the default): the argmax, no penalty.
+    pub const GREEDY: SamplingParams =
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: None };
+
     /// Check that every field is in range; the error names the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, v: f32, range: &str| {

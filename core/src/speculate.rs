@@ -143,9 +143,6 @@ pub struct DraftModel<B: Backend> {
     seqs: HashMap<RequestId, (SeqId, Vec<u32>)>,
 }
 
-static GREEDY: SamplingParams =
-    SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: None };
-
 impl<B: Backend> DraftModel<B> {
     /// A drafter for a target of `target_vocab` ids; refused if the draft model's vocabulary differs.
     pub fn new(model: Arc<Llama4<B>>, target_vocab: usize, label: String) -> Result<Self> {
@@ -221,8 +218,10 @@ impl<B: Backend> DraftModel<B> {
                 })
                 .collect();
             let batch: Vec<(SeqId, &[u32])> = live.iter().zip(&toks).map(|(&f, t)| (feeds[f].1, &t[..])).collect();
-            let picks: Vec<Pick<'_>> =
-                live.iter().map(|_| Pick::Sample { params: &GREEDY, draw: 0.0, history: &[], mask: None }).collect();
+            let picks: Vec<Pick<'_>> = live
+                .iter()
+                .map(|_| Pick::Sample { params: &SamplingParams::GREEDY, draw: 0.0, history: &[], mask: None })
+                .collect();
             let got = self.model.forward_pick(&mut self.cache, &batch, &[], &picks).await?;
             last.resize(feeds.len(), 0);
             for (&f, g) in live.iter().zip(got) {

@@ -147,7 +147,7 @@ pub mod golden {
 
     use herd_core::backend::Backend;
     use herd_core::generate::{greedy_rows, score_rows};
-    use herd_core::model::Llama4;
+    use herd_core::model::{Llama4, Rows};
 
     use super::{model_dir, rel_err, Reference};
 
@@ -157,6 +157,23 @@ pub mod golden {
 
     pub fn load<B: Backend>(be: &Arc<B>, dir: &std::path::Path) -> Llama4<B> {
         Llama4::from_dir(be.clone(), dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    }
+
+    /// Greedy tokens by a plain loop over the model, independent of the scheduler and of the device's
+    /// sampler: the prompt in one forward pass, then one token at a time, each the argmax of its logits on
+    /// the host.
+    pub fn reference_greedy<B: Backend>(model: &Llama4<B>, prompt: &[u32], n: usize) -> Vec<u32> {
+        let mut cache = model.new_cache().unwrap();
+        let seq = cache.add_sequence();
+        let mut out = Vec::new();
+        let mut feed = prompt.to_vec();
+        while out.len() < n {
+            let logits = pollster::block_on(model.forward(&mut cache, &[(seq, &feed)], &[], Rows::Last)).unwrap();
+            let id = herd_core::sampling::argmax(&logits);
+            out.push(id);
+            feed = vec![id];
+        }
+        out
     }
 
     /// Logits of every reference row, prefill or token-by-token decode, within `tol`.

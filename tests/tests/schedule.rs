@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use herd_conformance::{backend_or_not_run, golden, model_dir};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
-use herd_core::model::{Llama4, Rows};
-use herd_core::sampling::{argmax, SamplingParams};
+use herd_core::model::Llama4;
+use herd_core::sampling::SamplingParams;
 use herd_core::schedule::{Event, Finish, Request, Scheduler, SchedulerConfig};
 use herd_core::schedule::{GenerateParams, StopReason};
 use herd_core::HerdError;
@@ -93,22 +93,6 @@ fn run<B: Backend>(model: &Arc<Llama4<B>>, reqs: &[Request], join: &[u64], cfg: 
         .collect()
 }
 
-/// Greedy tokens by a plain loop over the model, independent of the scheduler and of the device's sampler:
-/// the prompt in one forward pass, then one token at a time, each the argmax of its logits on the host.
-fn reference_greedy<B: Backend>(model: &Llama4<B>, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut cache = model.new_cache().unwrap();
-    let seq = cache.add_sequence();
-    let mut out = Vec::new();
-    let mut feed = prompt.to_vec();
-    while out.len() < n {
-        let logits = pollster::block_on(model.forward(&mut cache, &[(seq, &feed)], &[], Rows::Last)).unwrap();
-        let id = argmax(&logits);
-        out.push(id);
-        feed = vec![id];
-    }
-    out
-}
-
 fn alone<B: Backend>(model: &Arc<Llama4<B>>, reqs: &[Request]) -> Vec<Vec<u32>> {
     reqs.iter().map(|r| run(model, std::slice::from_ref(r), &[0], SchedulerConfig::default()).remove(0)).collect()
 }
@@ -120,7 +104,7 @@ fn check_batching<B: Backend>(model: &Arc<Llama4<B>>, what: &str, counts: &[usiz
         let solo = alone(model, &all);
         if !seeded {
             for (r, got) in all.iter().zip(&solo) {
-                let want = reference_greedy(model, &r.prompt, r.params.max_tokens);
+                let want = golden::reference_greedy(model, &r.prompt, r.params.max_tokens);
                 assert_eq!(got, &want, "{what}: the scheduler's greedy tokens differ from a plain loop's");
             }
         } else {

@@ -16,7 +16,7 @@ use herd_conformance::{backend_or_not_run, golden, model_dir};
 use herd_core::backend::Backend;
 use herd_core::cpu::CpuBackend;
 use herd_core::model::{Llama4, Rows};
-use herd_core::sampling::{argmax, distribution, Distribution, SamplingParams};
+use herd_core::sampling::{distribution, Distribution, SamplingParams};
 use herd_core::schedule::{Event, GenerateParams, Request, Scheduler, SchedulerConfig};
 use herd_core::speculate::{DraftModel, Drafter, PromptLookup};
 
@@ -46,20 +46,6 @@ fn prompts(vocab: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn reference_greedy<B: Backend>(model: &Llama4<B>, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut cache = model.new_cache().unwrap();
-    let seq = cache.add_sequence();
-    let mut out = Vec::new();
-    let mut feed = prompt.to_vec();
-    while out.len() < n {
-        let logits = pollster::block_on(model.forward(&mut cache, &[(seq, &feed)], &[], Rows::Last)).unwrap();
-        let id = argmax(&logits);
-        out.push(id);
-        feed = vec![id];
-    }
-    out
-}
-
 /// Runs `prompts` greedily, `n` tokens each, all at once through one scheduler with `drafter`.
 fn speculated<B: Backend>(
     model: &Arc<Llama4<B>>,
@@ -84,7 +70,7 @@ fn speculated<B: Backend>(
 fn check_greedy<B: Backend>(be: &Arc<B>, target: &str, drafts: &[&str], prompts_n: usize, n: usize) {
     let model = Arc::new(golden::load(be, &model_dir(target)));
     let ps: Vec<Vec<u32>> = prompts(model.cfg.vocab_size).into_iter().take(prompts_n).collect();
-    let want: Vec<Vec<u32>> = ps.iter().map(|p| reference_greedy(&model, p, n)).collect();
+    let want: Vec<Vec<u32>> = ps.iter().map(|p| golden::reference_greedy(&model, p, n)).collect();
     let mut drafters: Vec<(String, MakeDrafter)> =
         vec![("ngram".into(), Box::new(|| Box::new(PromptLookup::default())))];
     for &d in drafts {

@@ -30,10 +30,6 @@ pub enum Pick<'a> {
     LogitRows(usize),
 }
 
-/// Greedy parameters, for [`Pick::Argmax`]'s rows.
-static GREEDY: SamplingParams =
-    SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: None };
-
 impl Pick<'_> {
     /// The rows of logits it needs: those of the sequence's last `rows()` tokens.
     pub fn rows(&self) -> usize {
@@ -80,7 +76,7 @@ impl<B: Backend> Llama4<B> {
         for p in picks {
             match *p {
                 Pick::Argmax(n) => each.extend(std::iter::repeat_n(
-                    Pick::Sample { params: &GREEDY, draw: 0.0, history: &[], mask: None },
+                    Pick::Sample { params: &SamplingParams::GREEDY, draw: 0.0, history: &[], mask: None },
                     n,
                 )),
                 Pick::LogitRows(n) => each.extend(std::iter::repeat_n(Pick::Logits, n)),
