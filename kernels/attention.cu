@@ -126,10 +126,10 @@ __device__ __forceinline__ void key_scores(const AttnDecodeParams& prm, const fl
     const u32 hd = prm.hd, kv_row = prm.n_kv * hd, e0 = kvh * hd, ps = prm.page_size;
 #pragma unroll
     for (u32 g = 0; g < GM; g++) s[g] = 0.0f;
-#define HERD_DOT(N, DECODE)                                                                                       \
+#define HERD_DOT(N, ...)                                                                                          \
     for (u32 d = 0; d < hd; d += N) {                                                                             \
         float kv[N];                                                                                              \
-        DECODE;                                                                                                   \
+        __VA_ARGS__;                                                                                              \
         _Pragma("unroll") for (u32 g = 0; g < GM; g++) {                                                          \
             if (g < G) {                                                                                          \
                 float t = 0.0f;                                                                                   \
@@ -140,7 +140,17 @@ __device__ __forceinline__ void key_scores(const AttnDecodeParams& prm, const fl
     }
     if (j >= pos0) {
         const float* f = prm.kn + ((u64)(qs + (j - pos0)) * prm.n_kv + kvh) * hd;
-        HERD_DOT(1, kv[0] = f[d])
+        if ((hd & 3) == 0) {
+            HERD_DOT(4, {
+                const float4 c = *(const float4*)(f + d);
+                kv[0] = c.x;
+                kv[1] = c.y;
+                kv[2] = c.z;
+                kv[3] = c.w;
+            })
+        } else {
+            HERD_DOT(1, kv[0] = f[d])
+        }
         return;
     }
     if (prm.key_words) {
@@ -164,6 +174,56 @@ __device__ __forceinline__ void key_scores(const AttnDecodeParams& prm, const fl
     }
     const u32 r = j % sc;
     const u32* w = prm.kc + (u64)(prm.rows[sb + r / ps] * ps + r % ps) * prm.slot_words;
+    // 16 bytes at a time where slots and heads are whole multiples of 16 bytes (Llama 4's shapes in every
+    // format): a lane's loads walk its own key, one cache line apart from its neighbours', so each load
+    // instruction should bring as many of the key's bytes as it can.
+    const u32 vpw = prm.kv_dtype == 0 ? 1 : prm.kv_dtype <= 2 ? 2 : 4; // values per word
+    if ((prm.slot_words & 3) == 0 && ((hd / vpw) & 3) == 0) {
+        const u32* wk = w + e0 / vpw;
+        switch (prm.kv_dtype) {
+        case 0:
+            HERD_DOT(4, {
+                const uint4 c = *(const uint4*)(wk + d);
+                kv[0] = __uint_as_float(c.x);
+                kv[1] = __uint_as_float(c.y);
+                kv[2] = __uint_as_float(c.z);
+                kv[3] = __uint_as_float(c.w);
+            })
+            break;
+        case 1:
+        case 2:
+            HERD_DOT(8, {
+                const uint4 c = *(const uint4*)(wk + d / 2);
+                const u32 cw[4] = {c.x, c.y, c.z, c.w};
+                _Pragma("unroll") for (u32 t = 0; t < 4; t++) {
+                    if (prm.kv_dtype == 1) {
+                        kv[2 * t] = bf2f(cw[t] & 0xffffu);
+                        kv[2 * t + 1] = bf2f(cw[t] >> 16);
+                    } else {
+                        kv[2 * t] = h2f((u16)(cw[t] & 0xffffu));
+                        kv[2 * t + 1] = h2f((u16)(cw[t] >> 16));
+                    }
+                }
+            })
+            break;
+        default: {
+            const float k = __uint_as_float(w[kv_row / 4 + kvh]);
+            const bool fp8 = prm.kv_dtype == 4;
+            HERD_DOT(16, {
+                const uint4 c = *(const uint4*)(wk + d / 4);
+                const u32 cw[4] = {c.x, c.y, c.z, c.w};
+                _Pragma("unroll") for (u32 t = 0; t < 4; t++) {
+                    _Pragma("unroll") for (u32 i = 0; i < 4; i++) {
+                        const u32 b = (cw[t] >> (8 * i)) & 0xffu;
+                        kv[4 * t + i] = (fp8 ? e4m3_value(b) : (float)(int)(signed char)b) * k;
+                    }
+                }
+            })
+            break;
+        }
+        }
+        return;
+    }
     switch (prm.kv_dtype) {
     case 0: HERD_DOT(1, kv[0] = __uint_as_float(w[e0 + d])) break;
     case 1: HERD_DOT(2, { const u32 c = w[(e0 + d) >> 1]; kv[0] = bf2f(c & 0xffffu); kv[1] = bf2f(c >> 16); }) break;

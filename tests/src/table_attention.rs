@@ -118,7 +118,7 @@ pub(crate) fn attention_cases() -> Vec<AttnCase> {
         v.push(AttnCase { dtype, ..c(4, 2, 32, Some(16), false, &[(10, 40, 16), (5, 1, 16)], 5) });
         v.push(AttnCase { dtype, ..c(8, 2, 64, None, true, &[(300, 1, 303), (40, 3, 48)], 16) });
     }
-    for dtype in [KvDtype::Q8, KvDtype::Q4] {
+    for dtype in [KvDtype::Q8, KvDtype::Fp8, KvDtype::Q4] {
         v.push(AttnCase { dtype, ..c(16, 8, 32, None, true, &[(3000, 8, 3008)], 16) });
     }
     // q4 keys wait in a stage until their page completes: decode rows that complete a page and that start
