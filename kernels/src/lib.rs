@@ -156,7 +156,7 @@ fn blocks(n: usize, per: usize) -> u32 {
 
 /// Sequences with at most this many new tokens take the flash-decoding kernel; longer ones the tiled one.
 const DECODE_MAX_Q: usize = 8;
-/// Query heads per kv head the decode kernel serves (MAXG in attention.cu).
+/// Query heads per kv head the decode kernel serves (MAXG in attention_decode.cu).
 const MAX_GROUP: usize = 16;
 /// The largest head dimension the attention kernels take.
 const MAX_HEAD_DIM: usize = 256;

@@ -17,7 +17,8 @@ pub const FAMILIES: [(&str, &str); 8] = [
     ("layer_norm", include_str!("../layer_norm.cu")),
     ("rope", include_str!("../rope.cu")),
     ("matmul", include_str!("../matmul.cu")),
-    ("attention", include_str!("../attention.cu")),
+    // One family in two files: the KV formats, prefill and store, then decode.
+    ("attention", concat!(include_str!("../attention.cu"), include_str!("../attention_decode.cu"))),
     ("moe", include_str!("../moe.cu")),
     ("sample", include_str!("../sample.cu")),
 ];
