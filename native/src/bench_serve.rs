@@ -12,16 +12,35 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+/// `herd bench-serve`'s flags.
+#[derive(clap::Args)]
 pub struct Options {
+    /// The server's base URL, e.g. http://127.0.0.1:8080/v1.
+    #[arg(long)]
     pub url: String,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 16)]
     pub requests: usize,
+    /// Prompt length (random token ids, different for each request).
+    #[arg(long, default_value_t = 128)]
     pub prompt_tokens: usize,
+    /// Tokens to generate per request.
+    #[arg(long, default_value_t = 64)]
     pub gen_tokens: usize,
-    /// The first this many prompt tokens are the same in every request (a shared system prompt).
+    /// The first N prompt tokens are the same in every request (a shared system prompt; prefix reuse).
+    #[arg(long, default_value_t = 0, value_name = "N")]
     pub shared_prefix: usize,
+    /// The model name to send (default: the first the server lists).
+    #[arg(long)]
     pub model: Option<String>,
+    /// Sent as `Authorization: Bearer KEY` (also from $HERD_API_KEY).
+    #[arg(long, value_name = "KEY")]
     pub api_key: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
     pub json: bool,
 }
 

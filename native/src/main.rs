@@ -78,7 +78,7 @@ enum Cmd {
     Serve(ServeArgs),
     /// Load-test an OpenAI-compatible server: request and token throughput, time to first token and
     /// inter-token latency (p50, p99), errors.
-    BenchServe(BenchServeArgs),
+    BenchServe(bench_serve::Options),
     /// Serve the browser demo (web/www, built by scripts/build-web.sh) and a model, with range requests.
     ServeWeb(ServeWebArgs),
     /// Write herd-manifest.json into a model directory: the checksums the browser demo verifies ranges by.
@@ -131,37 +131,6 @@ struct ServeArgs {
     guard: guard::GuardArg,
     #[command(flatten)]
     speculate: speculate::SpecArgs,
-}
-
-#[derive(Args)]
-struct BenchServeArgs {
-    /// The server's base URL, e.g. http://127.0.0.1:8080/v1.
-    #[arg(long)]
-    url: String,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 1)]
-    concurrency: usize,
-    /// Requests in all.
-    #[arg(long, default_value_t = 16)]
-    requests: usize,
-    /// Prompt length (random token ids, different for each request).
-    #[arg(long, default_value_t = 128)]
-    prompt_tokens: usize,
-    /// Tokens to generate per request.
-    #[arg(long, default_value_t = 64)]
-    gen_tokens: usize,
-    /// The first N prompt tokens are the same in every request (a shared system prompt; prefix reuse).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    shared_prefix: usize,
-    /// The model name to send (default: the first the server lists).
-    #[arg(long)]
-    model: Option<String>,
-    /// Sent as `Authorization: Bearer KEY` (also from $HERD_API_KEY).
-    #[arg(long, value_name = "KEY")]
-    api_key: Option<String>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]
@@ -587,17 +556,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let files = ModelFiles::new(a.model.model);
             with_backend!(a.backend, |b| serve::serve(b, &files, opts, &load_opts))
         }
-        Cmd::BenchServe(a) => bench_serve::bench_serve(&bench_serve::Options {
-            url: a.url,
-            concurrency: a.concurrency,
-            requests: a.requests,
-            prompt_tokens: a.prompt_tokens,
-            gen_tokens: a.gen_tokens,
-            shared_prefix: a.shared_prefix,
-            model: a.model,
-            api_key: a.api_key.or_else(|| std::env::var("HERD_API_KEY").ok()).filter(|k| !k.is_empty()),
-            json: a.json,
-        }),
+        Cmd::BenchServe(mut a) => {
+            a.api_key = a.api_key.or_else(|| std::env::var("HERD_API_KEY").ok()).filter(|k| !k.is_empty());
+            bench_serve::bench_serve(&a)
+        }
         Cmd::ServeWeb(a) => serve_web::serve(&ModelFiles::new(a.model.model), a.www, &a.host, a.port),
         Cmd::WebManifest(a) => serve_web::write_manifest(&a.model),
         Cmd::Bench(a) => {
