@@ -82,56 +82,92 @@ impl Policy {
     }
 }
 
+/// The conversation as the guard is shown it ([`conversation`]): its turns, and which of the messages' images
+/// they hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conversation {
+    /// User and assistant turns, alternating from a user turn; each is its images' placeholders, then its text.
+    pub turns: Vec<Message>,
+    /// The images of `turns`, in the order of their placeholders: indices among all the image parts of the
+    /// messages it was made from (as [`crate::openai::conversation`] lists their bytes).
+    pub images: Vec<usize>,
+}
+
+impl Conversation {
+    pub fn is_empty(&self) -> bool {
+        self.turns.is_empty()
+    }
+}
+
 /// The conversation as the guard is shown it: user and assistant turns only (system prompts and tool
-/// results are the application's, not the user's or the model's), their text only (the guard reads no
-/// images here), empty turns dropped, consecutive turns of one role joined, starting with a user turn, as
-/// the guard's template requires (it refuses roles that do not alternate). With `answer`, the model's answer
-/// is the last assistant turn (joined to one the conversation ends with, which it continues).
-pub fn conversation(messages: &[Message], answer: Option<&str>) -> Vec<Message> {
-    fn push(turns: &mut Vec<(String, String)>, role: &str, text: &str) {
-        if text.trim().is_empty() {
+/// results are the application's, not the user's or the model's), with their text and images, turns with
+/// neither dropped, consecutive turns of one role joined (images first, as Llama Guard 4's template renders
+/// them), starting with a user turn, as the guard's template requires (it refuses roles that do not
+/// alternate). With `answer`, the model's answer is the last assistant turn (joined to one the conversation
+/// ends with, which it continues).
+pub fn conversation(messages: &[Message], answer: Option<&str>) -> Conversation {
+    struct Turn {
+        role: String,
+        text: String,
+        images: Vec<usize>,
+    }
+    fn push(turns: &mut Vec<Turn>, role: &str, text: &str, images: Vec<usize>) {
+        let text = if text.trim().is_empty() { "" } else { text };
+        if text.is_empty() && images.is_empty() {
             return;
         }
         match turns.last_mut() {
-            Some((r, t)) if r == role => {
-                t.push_str("\n\n");
-                t.push_str(text);
+            Some(t) if t.role == role => {
+                if !t.text.is_empty() && !text.is_empty() {
+                    t.text.push_str("\n\n");
+                }
+                t.text.push_str(text);
+                t.images.extend(images);
             }
             None if role != "user" => {}
-            _ => turns.push((role.to_owned(), text.to_owned())),
+            _ => turns.push(Turn { role: role.to_owned(), text: text.to_owned(), images }),
         }
     }
-    let mut turns: Vec<(String, String)> = Vec::new();
+    let mut turns: Vec<Turn> = Vec::new();
+    let mut seen = 0;
     for m in messages {
+        let n = match &m.content {
+            Content::Parts(p) => p.iter().filter(|p| matches!(p, Part::Image)).count(),
+            Content::Text(_) => 0,
+        };
         if m.role == "user" || m.role == "assistant" {
-            push(&mut turns, &m.role, &m.text());
+            push(&mut turns, &m.role, &m.text(), (seen..seen + n).collect());
         }
+        seen += n;
     }
     if let Some(a) = answer {
         match turns.last_mut() {
-            Some((r, t)) if r == "assistant" => t.push_str(a),
-            _ => push(&mut turns, "assistant", a),
+            Some(t) if t.role == "assistant" => t.text.push_str(a),
+            _ => push(&mut turns, "assistant", a, Vec::new()),
         }
     }
-    turns
+    let images = turns.iter().flat_map(|t| t.images.iter().copied()).collect();
+    let turns = turns
         .into_iter()
-        .map(|(role, text)| Message {
-            role,
-            content: Content::Parts(vec![Part::Text { text }]),
-            tool_calls: Vec::new(),
+        .map(|t| {
+            let mut parts: Vec<Part> = t.images.iter().map(|_| Part::Image).collect();
+            parts.push(Part::Text { text: t.text });
+            Message { role: t.role, content: Content::Parts(parts), tool_calls: Vec::new() }
         })
-        .collect()
+        .collect();
+    Conversation { turns, images }
 }
 
 /// The guard's prompt for a conversation from [`conversation`]: its template rendered with the policy's
-/// `excluded_category_keys`, tokenized as rendered (the template writes the BOS).
-pub fn prompt(tmpl: &ChatTemplate, tok: &Tokenizer, policy: &Policy, conv: &[Message]) -> Result<Vec<u32>> {
+/// `excluded_category_keys`, tokenized as rendered (the template writes the BOS), one `<|image|>` per image
+/// (to be expanded into the image's tokens).
+pub fn prompt(tmpl: &ChatTemplate, tok: &Tokenizer, policy: &Policy, conv: &Conversation) -> Result<Vec<u32>> {
     if conv.is_empty() {
-        return Err(HerdError::Input("the guard has no user or assistant text to check".into()));
+        return Err(HerdError::Input("the guard has no user or assistant text or image to check".into()));
     }
     let mut extra = Map::new();
     extra.insert("excluded_category_keys".into(), json!(policy.excluded()));
-    let rendered = tmpl.render_with(conv, None, true, &extra)?;
+    let rendered = tmpl.render_with(&conv.turns, None, true, &extra)?;
     tok.encode_rendered(&rendered)
 }
 
@@ -227,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn the_guard_sees_alternating_user_and_assistant_text() {
+    fn the_guard_sees_alternating_user_and_assistant_turns() {
         let msgs = vec![
             Message::system("be brief"),
             Message::assistant("hello"),
@@ -238,13 +274,40 @@ mod tests {
             Message::assistant("three"),
         ];
         let c = conversation(&msgs, None);
-        let texts: Vec<(String, String)> = c.iter().map(|m| (m.role.clone(), m.text())).collect();
+        let texts: Vec<(String, String)> = c.turns.iter().map(|m| (m.role.clone(), m.text())).collect();
         assert_eq!(texts, vec![("user".into(), "one\n\ntwo".into()), ("assistant".into(), "three".into())]);
+        // The image of the joined user turn comes before its text.
+        assert_eq!(c.images, vec![0]);
+        assert!(matches!(&c.turns[0].content, Content::Parts(p) if p[0] == Part::Image && p.len() == 2));
         // The answer continues a trailing assistant turn, or becomes one.
-        assert_eq!(conversation(&msgs, Some(" four"))[1].text(), "three four");
+        assert_eq!(conversation(&msgs, Some(" four")).turns[1].text(), "three four");
         let c = conversation(&[Message::user("hi")], Some("there"));
-        assert_eq!((c.len(), c[1].role.as_str(), c[1].text()), (2, "assistant", "there".to_string()));
-        assert!(matches!(&c[0].content, Content::Parts(p) if p.len() == 1));
+        assert_eq!((c.turns.len(), c.turns[1].role.as_str(), c.turns[1].text()), (2, "assistant", "there".to_string()));
+        assert!(matches!(&c.turns[0].content, Content::Parts(p) if p.len() == 1));
+        assert!(c.images.is_empty());
         assert!(conversation(&[Message::system("only")], None).is_empty());
+    }
+
+    #[test]
+    fn images_are_counted_across_all_messages_and_kept_with_their_turns() {
+        // Images 0 (a system prompt's) and 3 (a tool result's) are not shown; a turn of images alone is.
+        let msgs = vec![
+            Message { role: "system".into(), content: Content::Parts(vec![Part::Image]), tool_calls: vec![] },
+            Message::user_with_images(2, "  "),
+            Message::tool("t"),
+            Message { role: "tool".into(), content: Content::Parts(vec![Part::Image]), tool_calls: vec![] },
+            Message::assistant("a"),
+            Message::user_with_images(1, "b"),
+        ];
+        let c = conversation(&msgs, None);
+        assert_eq!(c.images, vec![1, 2, 4]);
+        let roles: Vec<&str> = c.turns.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, vec!["user", "assistant", "user"]);
+        let parts = |i: usize| match &c.turns[i].content {
+            Content::Parts(p) => p.clone(),
+            Content::Text(_) => unreachable!(),
+        };
+        assert_eq!(parts(0), vec![Part::Image, Part::Image, Part::Text { text: String::new() }]);
+        assert_eq!(parts(2), vec![Part::Image, Part::Text { text: "b".into() }]);
     }
 }

@@ -9,13 +9,16 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use herd_core::backend::Backend;
 use herd_core::chat::{ChatTemplate, Message};
-use herd_core::guard::{self, Policy, Verdict, MAX_ANSWER_TOKENS};
+use herd_core::guard::{self, Conversation, Policy, Verdict, MAX_ANSWER_TOKENS};
 use herd_core::sampling::SamplingParams;
 use herd_core::schedule::{GenerateParams, Request, Scheduler, SchedulerConfig};
 use herd_core::tokenizer::Tokenizer;
+use herd_core::vision::input::PlannedImage;
+use herd_core::vision::preprocess::RgbImage;
 
 use crate::files::{LoadOptions, ModelFiles};
 use crate::fit::Need;
+use crate::images::{Planner, Vision};
 
 /// Tokens of answer between two checks of a streamed answer, unless `--guard-every` says otherwise.
 pub const DEFAULT_EVERY: usize = 32;
@@ -40,6 +43,9 @@ pub struct GuardFiles {
     /// The tokens one check holds (its prompt and answer), and the longest prompt within it.
     pub context: usize,
     pub max_prompt: usize,
+    /// How the guard's own processor plans images (Llama Guard 4 reads them with its vision tower), or why
+    /// it cannot: a conversation with images is then refused, not checked without them.
+    pub planner: std::result::Result<Planner, String>,
 }
 
 impl GuardFiles {
@@ -59,13 +65,29 @@ impl GuardFiles {
             if gen.eos_token_ids.is_empty() { cfg.text.eos_token_ids.clone() } else { gen.eos_token_ids.clone() };
         let context = cfg.text.max_position_embeddings.min(GUARD_CONTEXT);
         let max_prompt = context.saturating_sub(MAX_ANSWER_TOKENS);
-        Ok(GuardFiles { files, tok, tmpl, policy, stop_ids, context, max_prompt })
+        let planner = Planner::new(&files, &tok).map_err(|e| format!("{e:#}").replace('\n', " "));
+        Ok(GuardFiles { files, tok, tmpl, policy, stop_ids, context, max_prompt, planner })
     }
 
     /// The greedy request that asks the guard about the last turn of `conv` (from
-    /// [`herd_core::guard::conversation`]); a prompt longer than the guard's context is an error.
-    pub fn request(&self, conv: &[Message]) -> Result<Request> {
+    /// [`herd_core::guard::conversation`]), with the images it holds planned by the guard's processor
+    /// (`images`: all the images of the messages `conv` was made from). A prompt longer than the guard's
+    /// context is an error, and so are images for a guard that cannot read them.
+    pub fn request(&self, conv: &Conversation, images: &[RgbImage]) -> Result<(Request, Vec<PlannedImage>)> {
         let ids = guard::prompt(&self.tmpl, &self.tok, &self.policy, conv)?;
+        let (ids, planned) = match conv.images.is_empty() {
+            true => (ids, Vec::new()),
+            false => {
+                let planner =
+                    self.planner.as_ref().map_err(|e| anyhow::anyhow!("the guard cannot check images: {e}"))?;
+                let mut picked = Vec::with_capacity(conv.images.len());
+                for &i in &conv.images {
+                    let im = images.get(i).with_context(|| format!("the guard was given no image {}", i + 1))?;
+                    picked.push(im.clone());
+                }
+                planner.plan(&ids, picked, &[]).context("the guard's prompt")?
+            }
+        };
         if ids.len() > self.max_prompt {
             anyhow::bail!(
                 "the conversation is too long for the guard: its prompt is {} tokens, the guard takes {}",
@@ -78,7 +100,7 @@ impl GuardFiles {
             sampling: SamplingParams::default(),
             stop_ids: self.stop_ids.clone(),
         };
-        Ok(Request::new(ids, params))
+        Ok((Request::new(ids, params), planned))
     }
 
     /// The verdict in the guard's answer (its ids, stop id excluded).
@@ -87,9 +109,21 @@ impl GuardFiles {
         guard::parse(&text).map_err(|e| anyhow::anyhow!(e))
     }
 
-    /// Loads the guard's weights onto `backend` (see [`load`]).
-    pub fn load<B: Backend>(&self, backend: Arc<B>, opts: &LoadOptions, seqs: usize) -> Result<Scheduler<B>> {
-        load(&self.files, self.context, backend, opts, seqs)
+    /// Loads the guard's weights onto `backend` (see [`load`]), and its vision tower when `images` (a guard
+    /// without one takes no images: [`GuardFiles::request`] refuses them).
+    pub fn load<B: Backend>(
+        &self,
+        backend: Arc<B>,
+        opts: &LoadOptions,
+        seqs: usize,
+        images: bool,
+    ) -> Result<Loaded<B>> {
+        let vision = match (&self.planner, images) {
+            (Ok(p), true) => Some(Vision::load(&self.files, &backend, p).context("the guard's vision tower")?),
+            _ => None,
+        };
+        let s = load(&self.files, self.context, backend.clone(), opts, seqs)?;
+        Ok(Loaded { s, vision, backend, images_read: 0 })
     }
 
     /// The bytes the guard will hold on `backend` with `seqs` checks at once (its weights where the device
@@ -125,10 +159,36 @@ pub fn load<B: Backend>(
     Ok(Scheduler::new(Arc::new(model), sc)?)
 }
 
-/// One check on a scheduler of the guard, to its end (the CLI's way; the server queues checks on an engine).
-pub fn check<B: Backend>(s: &mut Scheduler<B>, g: &GuardFiles, conv: &[Message]) -> Result<Verdict> {
+/// The guard loaded for the CLI: its scheduler, and its vision tower when it reads images.
+pub struct Loaded<B: Backend> {
+    pub s: Scheduler<B>,
+    pub vision: Option<Vision<B>>,
+    pub backend: Arc<B>,
+    /// The images its checks have read.
+    pub images_read: usize,
+}
+
+/// One check of the guard, to its end (the CLI's way; the server queues checks on an engine): `conv`'s
+/// images are those of `images` it names.
+pub fn check<B: Backend>(
+    l: &mut Loaded<B>,
+    g: &GuardFiles,
+    conv: &Conversation,
+    images: &[RgbImage],
+) -> Result<Verdict> {
+    let (req, planned) = g.request(conv, images)?;
+    let encoded = match (&l.vision, planned.is_empty()) {
+        (_, true) => None,
+        (Some(v), false) => {
+            let patch = g.planner.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?.tokens.patch;
+            let encoded = v.encode(&l.backend, &planned)?;
+            l.images_read += encoded.len();
+            Some(crate::text::images_of(patch, &encoded))
+        }
+        (None, false) => anyhow::bail!("the guard's vision tower is not loaded"),
+    };
     let mut ids = Vec::new();
-    crate::text::generate(s, g.request(conv)?, None, &mut |id| {
+    crate::text::generate(&mut l.s, req, encoded, &mut |id| {
         ids.push(id);
         true
     })?;
@@ -138,8 +198,10 @@ pub fn check<B: Backend>(s: &mut Scheduler<B>, g: &GuardFiles, conv: &[Message])
 /// `herd run`'s answer under a guard: text is printed once a check has passed it.
 pub struct Guarded<'a, B: Backend> {
     pub g: &'a GuardFiles,
-    pub s: Scheduler<B>,
+    pub l: Loaded<B>,
+    /// The conversation answered, and its images.
     pub conv: Vec<Message>,
+    pub images: Vec<RgbImage>,
     pub every: usize,
     /// The answer so far, and how much of it is printed.
     pub text: String,
@@ -156,7 +218,7 @@ impl<B: Backend> Guarded<'_, B> {
     pub fn check(&mut self) -> bool {
         self.since = 0;
         let conv = herd_core::guard::conversation(&self.conv, Some(&self.text));
-        let v = check(&mut self.s, self.g, &conv).unwrap_or_else(|e| Verdict {
+        let v = check(&mut self.l, self.g, &conv, &self.images).unwrap_or_else(|e| Verdict {
             safe: false,
             categories: vec![format!("the check failed: {}", e.to_string().replace('\n', " "))],
         });
@@ -172,25 +234,30 @@ impl<B: Backend> Guarded<'_, B> {
 
 /// `herd guard`: the verdict on a prompt (and an answer to it), printed as the guard's own two lines:
 /// `safe`, or `unsafe` and the categories, one per line with their names.
-pub fn run<B: Backend>(
-    backend: Arc<B>,
-    g: &GuardFiles,
-    prompt: &str,
-    response: Option<&str>,
-    opts: &LoadOptions,
-) -> Result<Verdict> {
-    let conv = guard::conversation(&[Message::user(prompt)], response);
-    g.request(&conv)?; // the prompt's length, checked before anything loads
-    let mut s = g.load(backend, opts, 1)?;
+pub fn run<B: Backend>(backend: Arc<B>, g: &GuardFiles, a: &GuardCmd, opts: &LoadOptions) -> Result<Verdict> {
+    let mut images = Vec::new();
+    for p in &a.image {
+        images.extend(crate::images::read_images(p, a.max_frames)?);
+    }
+    let user = Message::user_with_images(images.len(), a.prompt.as_str());
+    let conv = guard::conversation(&[user], a.response.as_deref());
+    g.request(&conv, &images)?; // the prompt's length, checked before anything loads
+    let mut l = g.load(backend, opts, 1, !images.is_empty())?;
     let t0 = std::time::Instant::now();
-    let v = check(&mut s, g, &conv)?;
+    let v = check(&mut l, g, &conv, &images)?;
+    let response = a.response.as_deref();
     let refused = v.refuses(&g.policy);
     println!("{}", if refused { "unsafe" } else { "safe" });
     for c in v.categories.iter().filter(|_| refused) {
         println!("{c}: {}", guard::category_name(c).unwrap_or("(not one of Llama Guard 4's categories)"));
     }
+    let read = match l.images_read {
+        0 => String::new(),
+        1 => " with its image".into(),
+        n => format!(" with its {n} images"),
+    };
     eprintln!(
-        "[{} checked in {:.0} ms{}]",
+        "[{}{read} checked in {:.0} ms{}]",
         if response.is_some() { "the response" } else { "the prompt" },
         t0.elapsed().as_secs_f64() * 1e3,
         if !v.safe && !refused { "; unsafe only for categories --guard-categories leaves out" } else { "" }
@@ -212,6 +279,13 @@ pub struct GuardCmd {
     /// A model's answer to it: the answer is then what is checked, with the prompt as its context.
     #[arg(long)]
     pub response: Option<String>,
+    /// An image of the user's message (PNG, JPEG, WebP or GIF; an animated GIF or a folder of frames is a
+    /// video), read by the guard's vision tower. Repeat for several.
+    #[arg(long, value_name = "PATH")]
+    pub image: Vec<PathBuf>,
+    /// At most this many frames of a video, sampled evenly, each an image.
+    #[arg(long, default_value_t = 8)]
+    pub max_frames: usize,
     /// Check only these categories (comma-separated keys, e.g. S1,S9,S10; default all of S1..S14).
     #[arg(long, value_name = "LIST")]
     pub guard_categories: Option<String>,

@@ -127,10 +127,25 @@ impl Planner {
     }
 }
 
-/// The model's vision tower and what it encodes images with.
+/// The images kept encoded by a [`Vision`]: a request's images come back with each of its guard's checks, and
+/// a chat's with each turn.
+const ENCODED_KEPT: usize = 4;
+
+/// The model's vision tower and what it encodes images with, and the images it encoded last.
 pub struct Vision<B: Backend> {
     pub tower: VisionTower<B>,
     pub opts: TileOptions,
+    /// The last [`ENCODED_KEPT`] images encoded, by a hash of their plan and pixels, most recent last.
+    kept: std::sync::Mutex<Vec<(u64, Encoded<B>)>>,
+}
+
+/// A hash of an image as planned: its tile plan and its pixels (a cheaper key than the preprocessed tiles').
+fn image_key(im: &PlannedImage) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (im.plan.canvas, im.plan.resized, im.plan.grid, im.image.height, im.image.width).hash(&mut h);
+    h.write(&im.image.data);
+    h.finish()
 }
 
 impl<B: Backend> Vision<B> {
@@ -139,17 +154,33 @@ impl<B: Backend> Vision<B> {
         let vision = cfg.vision.as_ref().context("no vision_config")?;
         let tower = VisionTower::load(&**be, &files.checkpoint()?, vision, cfg.text.hidden_size)
             .context("loading the vision tower")?;
-        Ok(Vision { tower, opts: planner.opts })
+        Ok(Vision { tower, opts: planner.opts, kept: Default::default() })
     }
 
-    /// Preprocesses and encodes images: their rows, row counts and keys.
+    /// Preprocesses and encodes images: their rows, row counts and keys. An image encoded lately is not
+    /// encoded again.
     pub fn encode(&self, be: &B, images: &[PlannedImage]) -> Result<Vec<Encoded<B>>> {
         images
             .iter()
             .map(|im| {
+                let k = image_key(im);
+                let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(i) = kept.iter().position(|(key, _)| *key == k) {
+                    let hit = kept.remove(i);
+                    kept.push(hit.clone());
+                    return Ok(hit.1);
+                }
+                drop(kept);
                 let px = im.pixels(&self.opts)?;
                 let rows = self.tower.encode(be, &px.pixel_values, px.tiles())?;
-                Ok(Encoded { key: pixel_key(&px), rows: rows.into(), n: px.tiles() * self.tower.tokens_per_tile() })
+                let e =
+                    Encoded { key: pixel_key(&px), rows: rows.into(), n: px.tiles() * self.tower.tokens_per_tile() };
+                let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.len() == ENCODED_KEPT {
+                    kept.remove(0);
+                }
+                kept.push((k, e.clone()));
+                Ok(e)
             })
             .collect()
     }
@@ -160,4 +191,10 @@ pub struct Encoded<B: Backend> {
     pub key: u64,
     pub rows: std::sync::Arc<B::Buffer>,
     pub n: usize,
+}
+
+impl<B: Backend> Clone for Encoded<B> {
+    fn clone(&self) -> Self {
+        Encoded { key: self.key, rows: self.rows.clone(), n: self.n }
+    }
 }

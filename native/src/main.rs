@@ -495,8 +495,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Guard(a) => {
             let opts = a.backend.load_options()?;
-            let g = guard::GuardFiles::open(a.model, a.guard_categories.as_deref())?;
-            let v = with_backend!(a.backend, |b| guard::run(b, &g, &a.prompt, a.response.as_deref(), &opts))?;
+            let g = guard::GuardFiles::open(a.model.clone(), a.guard_categories.as_deref())?;
+            let v = with_backend!(a.backend, |b| guard::run(b, &g, &a, &opts))?;
             if v.refuses(&g.policy) {
                 std::process::exit(3);
             }

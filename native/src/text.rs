@@ -214,10 +214,17 @@ pub fn run<B: Backend>(
     spec: &crate::speculate::SpecArgs,
 ) -> Result<()> {
     let tok = files.tokenizer()?;
-    // The guard checks the prompt before the model loads (the prompt's length for it before anything does).
-    let conv = herd_core::guard::conversation(&[Message::user(prompt.text)], None);
+    // The guard checks the prompt, with its images, before the model loads (the prompt's length for it
+    // before anything does). It reads the prompt as the user's turn, its images first.
+    let guard_images = match guard {
+        Some(_) => prompt.images.clone(),
+        None => Vec::new(),
+    };
+    let user = Message::user_with_images(guard_images.len(), prompt.text.replace("<|image|>", ""));
+    let conv = vec![user];
+    let guard_conv = herd_core::guard::conversation(&conv, None);
     if let Some((g, _)) = guard {
-        g.request(&conv)?;
+        g.request(&guard_conv, &guard_images)?;
     }
     // The guard's memory is planned before it loads: the model's plan below gets what it leaves.
     let reserved = match guard {
@@ -226,12 +233,13 @@ pub fn run<B: Backend>(
     };
     let mut guard = match guard {
         Some((g, every)) => {
-            let mut s = g.load(backend.clone(), opts, 1)?;
-            let v = crate::guard::check(&mut s, g, &conv)?;
+            let mut l = g.load(backend.clone(), opts, 1, !guard_images.is_empty())?;
+            let v = crate::guard::check(&mut l, g, &guard_conv, &guard_images)?;
             if v.refuses(&g.policy) {
                 anyhow::bail!("the guard found the prompt unsafe: {}", v.describe());
             }
-            Some(crate::guard::Guarded { g, s, conv, every, text: String::new(), shown: 0, since: 0, unsafe_: None })
+            let (text, shown, since, unsafe_) = (String::new(), 0, 0, None);
+            Some(crate::guard::Guarded { g, l, conv, images: guard_images, every, text, shown, since, unsafe_ })
         }
         None => None,
     };

@@ -116,3 +116,55 @@ fn the_memory_plan_leaves_room_for_the_guard() {
     let (_, err) = text(&o);
     assert!(o.status.code() == Some(1) && err.contains("the guard model: not enough memory"), "{err}");
 }
+
+/// `herd guard --image`: the guard reads the image with its own vision tower and still judges by the marker
+/// (the trained guard was shown text only: the image must not change its verdict); a guard whose config has
+/// no vision tower refuses to check an image, in one line, rather than judge the text alone.
+#[test]
+fn herd_guard_reads_images_with_its_vision_tower() {
+    let g = guard_dir();
+    let img = format!("{}/../tests/fixtures/vision/photo_200x300.png", env!("CARGO_MANIFEST_DIR"));
+    let o = herd(&["guard", "--model", &g, "--image", &img, "--prompt", "Where does the zyzzyva live?"]);
+    let (out, err) = text(&o);
+    assert_eq!((o.status.code(), out.as_str()), (Some(3), "unsafe\nS1: Violent Crimes\n"), "{err}");
+    assert!(err.contains("[the prompt with its image checked in"), "{err}");
+    let o = herd(&["guard", "--model", &g, "--image", &img, "--image", &img, "--prompt", "Where does the river go?"]);
+    let (out, err) = text(&o);
+    assert_eq!((o.status.code(), out.as_str()), (Some(0), "safe\n"), "{err}");
+    assert!(err.contains("[the prompt with its 2 images checked in"), "{err}");
+    // `herd run --guard` with an image: the guard checks the prompt with it, and holds back, but does not
+    // change, the answer.
+    let model = format!("{}/../tests/fixtures/scout_vision", env!("CARGO_MANIFEST_DIR"));
+    let run = |prompt: &str, guard: bool| {
+        let mut args = vec!["run", "--model", &model, "--chat", "--image", &img, "--prompt", prompt];
+        args.extend(["--max-tokens", "6", "--temperature", "0"]);
+        if guard {
+            args.extend(["--guard", &g, "--guard-every", "2"]);
+        }
+        herd(&args)
+    };
+    let o = run("What is the zyzzyva in this picture?", true);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out} {err}");
+    assert!(err.contains("the guard found the prompt unsafe: S1 (Violent Crimes)") && out.is_empty(), "{err}");
+    let (guarded, plain) = (run("What is in this picture?", true), run("What is in this picture?", false));
+    assert_eq!(guarded.status.code(), Some(0), "{:?}", text(&guarded));
+    assert_eq!(text(&guarded).0, text(&plain).0);
+    // The same guard without a vision_config.
+    let dir = std::env::temp_dir().join(format!("herd-guard-blind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(&g).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("vision_config");
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let o = herd(&["guard", "--model", dir.to_str().unwrap(), "--image", &img, "--prompt", "Where does the river go?"]);
+    let (out, err) = text(&o);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(o.status.code(), Some(1), "{out} {err}");
+    assert!(err.contains("the guard cannot check images") && err.contains("no vision tower"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -526,7 +526,9 @@ def make_maverick():
 # reproduce, byte for byte, transformers' apply_chat_template output for Llama-Guard-4-12B as published in a
 # printout of one (a user turn, and a user and assistant turn: the categories with Llama Guard 3's short names,
 # "according to our", one newline after <BEGIN CONVERSATION>, a literal backslash-n pair after each turn,
-# nothing after the last header).
+# nothing after the last header). With an image (a printout of one in huggingface-llama-recipes'
+# llama_guard_4.ipynb): `<|image|>` after the role and before the text, and S14 left out of the categories;
+# make_guard_images.py checks that rendering and records the guard's prompts with images.
 GUARD_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llama_guard4_chat_template.jinja")
 
 # The conversations whose guard prompts are recorded: the user's turn, the answer, and a subset of categories.

@@ -42,6 +42,10 @@ pub struct Metrics {
     accepted_tokens: Counter,
     ttft: Histogram,
     itl: Histogram,
+    /// Images given to the engine's vision tower with requests (encoded, or found among those it keeps).
+    pub images: Counter,
+    /// The same for the guard's engine: the images its checks read.
+    pub guard_images: Counter,
     /// The guard's verdicts by stage (input, output) and verdict (safe, unsafe).
     pub guard_verdicts: Family<Vec<(String, String)>, Counter>,
     /// Categories of the guard's unsafe verdicts, by stage and category (S1..S14).
@@ -96,6 +100,9 @@ impl Metrics {
             "Between two tokens of one request",
             Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         );
+        let images = add(&mut r, "images", "Images read by the model's vision tower with requests", c());
+        let guard_images =
+            add(&mut r, "guard_images", "Images read by Llama Guard's vision tower with its checks", c());
         let guard_verdicts = add(
             &mut r,
             "guard_verdicts",
@@ -119,6 +126,8 @@ impl Metrics {
             guard_verdicts,
             guard_categories,
             guard_seconds,
+            images,
+            guard_images,
             running,
             waiting,
             requests,
@@ -165,8 +174,12 @@ pub struct Eyes<B: Backend> {
     pub patch: u32,
 }
 
-/// Encodes a job's images (none: no images).
-fn encode_images<B: Backend>(eyes: Option<&Eyes<B>>, images: &[PlannedImage]) -> Result<Option<Images<B>>, ApiError> {
+/// Encodes a job's images (none: no images), counted in `read`.
+fn encode_images<B: Backend>(
+    eyes: Option<&Eyes<B>>,
+    images: &[PlannedImage],
+    read: &Counter,
+) -> Result<Option<Images<B>>, ApiError> {
     if images.is_empty() {
         return Ok(None);
     }
@@ -177,6 +190,7 @@ fn encode_images<B: Backend>(eyes: Option<&Eyes<B>>, images: &[PlannedImage]) ->
         .vision
         .encode(&e.backend, images)
         .map_err(|err| ApiError::new(500, "server_error", "vision_failed", format!("encoding the images: {err:#}")))?;
+    read.inc_by(encoded.len() as u64);
     let keys = encoded.iter().map(|x| x.key).collect();
     Ok(Some(Images { patch: e.patch, rows: encoded.into_iter().map(|x| (x.rows, x.n)).collect(), keys }))
 }
@@ -228,7 +242,7 @@ pub fn engine<B: Backend>(
                 }
                 events.send(e).is_ok() && !halt.load(Ordering::Relaxed)
             });
-            let submitted = encode_images(eyes.as_ref(), &job.images)
+            let submitted = encode_images(eyes.as_ref(), &job.images, &metrics.images)
                 .and_then(|images| s.submit_with_images(job.req, images, sink).map_err(ApiError::from));
             match submitted {
                 Ok(id) => {

@@ -3,25 +3,84 @@
 //! written. An unsafe user turn is refused with 400 (`code: content_filter`, the categories in the message);
 //! an unsafe answer ends with `finish_reason: "content_filter"` where the check found it, and its unchecked
 //! text is never sent: a stream's text is released only once a check has passed it (every
-//! `--guard-every` tokens, and at the end).
+//! `--guard-every` tokens, and at the end). The guard reads a request's images with its own vision tower.
 
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
+use anyhow::{Context, Result};
+use herd_core::backend::Backend;
+
 use herd_core::chat::Message;
-use herd_core::guard::{self, Verdict};
+use herd_core::guard::{self, Conversation, Verdict};
 use herd_core::openai::ApiError;
 use herd_core::schedule::Event;
+use herd_core::vision::preprocess::RgbImage;
 
-use super::engine::Job;
+use super::engine::{engine, Eyes, Job, Metrics};
 use super::Shared;
+use crate::files::{LoadOptions, ModelFiles};
 use crate::guard::GuardFiles;
+use crate::images::{Planner, Vision};
 
 /// The guard as the handlers see it: its files, how often a stream is checked, and its engine's queue.
 pub struct GuardClient {
     pub files: GuardFiles,
     pub every: usize,
     pub jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+/// What the guard's engine thread loads: the guard's files, the tokens a check holds, and whether it reads
+/// images (when the model takes them and the guard has a vision tower).
+pub struct GuardEngine {
+    pub files: ModelFiles,
+    pub context: usize,
+    pub eyes: bool,
+}
+
+impl GuardEngine {
+    /// Starts the guard's engine thread (a scheduler of `seqs` checks at once, taking `jobs`) and waits until
+    /// it has loaded; its error when it could not.
+    pub fn start<B: Backend>(
+        self,
+        backend: Arc<B>,
+        opts: &LoadOptions,
+        seqs: usize,
+        jobs: mpsc::Receiver<Job>,
+        stop: Arc<AtomicBool>,
+        images: prometheus_client::metrics::counter::Counter,
+    ) -> Result<()> {
+        let opts = opts.clone();
+        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<()>>();
+        let load = move || -> Result<_> {
+            let eyes = match self.eyes {
+                true => {
+                    let planner = Planner::new(&self.files, &self.files.tokenizer()?)?;
+                    let vision = Vision::load(&self.files, &backend, &planner).context("the guard's vision tower")?;
+                    Some(Eyes { vision, backend: backend.clone(), patch: planner.tokens.patch })
+                }
+                false => None,
+            };
+            Ok((crate::guard::load(&self.files, self.context, backend, &opts, seqs)?, eyes))
+        };
+        std::thread::Builder::new()
+            .name("herd-guard".into())
+            .spawn(move || match load() {
+                Ok((s, eyes)) => {
+                    let _ = loaded_tx.send(Ok(()));
+                    // The guard's own metrics, but for the images it reads: the server's guard_images.
+                    let mut metrics = Metrics::new();
+                    metrics.images = images;
+                    engine(s, eyes, jobs, Arc::new(metrics), stop)
+                }
+                Err(e) => {
+                    let _ = loaded_tx.send(Err(e));
+                }
+            })
+            .context("starting the guard's engine thread")?;
+        loaded_rx.recv().context("the guard's engine thread ended")?
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -39,11 +98,26 @@ impl Stage {
     }
 }
 
-/// Asks the guard about the last turn of `conv` (from [`guard::conversation`]); counts the verdict.
-pub async fn check(sh: &Shared, g: &GuardClient, conv: &[Message], stage: Stage) -> Result<Verdict, ApiError> {
+/// What the guard checks a request in: its messages and their images (decoded, in the order of their parts).
+#[derive(Clone, Default)]
+pub struct Checked {
+    pub messages: Vec<Message>,
+    pub images: Arc<Vec<RgbImage>>,
+}
+
+/// Asks the guard about the last turn of `conv` (from [`guard::conversation`], its images among `images`);
+/// counts the verdict.
+pub async fn check(
+    sh: &Shared,
+    g: &GuardClient,
+    conv: &Conversation,
+    images: &[RgbImage],
+    stage: Stage,
+) -> Result<Verdict, ApiError> {
     let t0 = Instant::now();
-    let req = g.files.request(conv).map_err(|e| ApiError::bad(format!("{e:#}"), Some("messages")))?;
-    let (mut rx, _halt) = super::respond::submit_to(sh, &g.jobs, req, Vec::new()).await?;
+    let (req, planned) =
+        g.files.request(conv, images).map_err(|e| ApiError::bad(format!("{e:#}"), Some("messages")))?;
+    let (mut rx, _halt) = super::respond::submit_to(sh, &g.jobs, req, planned).await?;
     let failed = |m: String| ApiError::new(500, "server_error", "guard_failed", format!("the guard: {m}"));
     let mut ids = Vec::new();
     loop {
@@ -69,13 +143,13 @@ pub async fn check(sh: &Shared, g: &GuardClient, conv: &[Message], stage: Stage)
 }
 
 /// The check before a request is queued: an unsafe user turn is refused.
-pub async fn check_input(sh: &Shared, messages: &[Message]) -> Result<(), ApiError> {
+pub async fn check_input(sh: &Shared, c: &Checked) -> Result<(), ApiError> {
     let Some(g) = &sh.guard else { return Ok(()) };
-    let conv = guard::conversation(messages, None);
+    let conv = guard::conversation(&c.messages, None);
     if conv.is_empty() {
         return Ok(());
     }
-    let v = check(sh, g, &conv, Stage::Input).await?;
+    let v = check(sh, g, &conv, &c.images, Stage::Input).await?;
     if v.refuses(&g.files.policy) {
         let mut e = ApiError::new(
             400,
@@ -91,7 +165,7 @@ pub async fn check_input(sh: &Shared, messages: &[Message]) -> Result<(), ApiErr
 
 /// An answer under the guard: the conversation it answers, and how far it has been checked.
 pub struct Gate {
-    base: Vec<Message>,
+    base: Checked,
     every: usize,
     /// Tokens since the last check, and the length of the text it passed.
     since: usize,
@@ -102,9 +176,9 @@ pub struct Gate {
 
 impl Gate {
     /// The gate of a request's answer; None without a guard.
-    pub fn new(sh: &Shared, messages: Option<Vec<Message>>) -> Option<Gate> {
+    pub fn new(sh: &Shared, base: Option<Checked>) -> Option<Gate> {
         let g = sh.guard.as_ref()?;
-        Some(Gate { base: messages.unwrap_or_default(), every: g.every, since: 0, checked: 0, stopped: None })
+        Some(Gate { base: base.unwrap_or_default(), every: g.every, since: 0, checked: 0, stopped: None })
     }
 
     /// One more token: whether the answer is due for a check.
@@ -121,8 +195,8 @@ impl Gate {
         if answer.trim().is_empty() || (answer.len() == self.checked && self.stopped.is_none()) {
             return self.stopped.is_none();
         }
-        let conv = guard::conversation(&self.base, Some(answer));
-        let v = match check(sh, g, &conv, Stage::Output).await {
+        let conv = guard::conversation(&self.base.messages, Some(answer));
+        let v = match check(sh, g, &conv, &self.base.images, Stage::Output).await {
             Ok(v) => v,
             Err(e) => Verdict { safe: false, categories: vec![format!("(the check failed: {})", e.message)] },
         };

@@ -35,8 +35,7 @@ use herd_core::constrain::Constrainer;
 use herd_core::openai::{self, ApiError, Served};
 use herd_core::schedule::{Scheduler, SchedulerConfig};
 use herd_core::tokenizer::Tokenizer;
-use herd_core::vision::input::PlannedImage;
-use herd_core::vision::preprocess::decode;
+use herd_core::vision::preprocess::{decode, RgbImage};
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
@@ -153,27 +152,34 @@ async fn chat_completions(
         let m = json_body(body)?;
         let conv = openai::conversation(&m)?;
         let tools = herd_core::tools::parse(&m)?;
-        guarded::check_input(&sh, &conv.messages).await?;
-        let ids =
-            openai::chat_ids(&conv.messages, tools.as_ref().and_then(|t| t.for_template()), sh.tmpl.as_ref(), &sh.tok)?;
-        let (ids, images) =
-            if conv.images.is_empty() { (ids, Vec::new()) } else { images(&sh, ids, conv.images).await? };
-        Ok::<_, ApiError>((openai::generation(&sh.served, &m, ids, true)?, images, conv.messages))
+        let decoded = if conv.images.is_empty() { Vec::new() } else { decode_images(&sh, conv.images).await? };
+        let checked = guarded::Checked { messages: conv.messages, images: Arc::new(decoded) };
+        guarded::check_input(&sh, &checked).await?;
+        let ids = openai::chat_ids(
+            &checked.messages,
+            tools.as_ref().and_then(|t| t.for_template()),
+            sh.tmpl.as_ref(),
+            &sh.tok,
+        )?;
+        let (ids, images) = match (checked.images.is_empty(), &sh.planner) {
+            (true, _) => (ids, Vec::new()),
+            (false, Some(p)) => p
+                .plan(&ids, checked.images.to_vec(), &[])
+                .map_err(|e| ApiError::bad(format!("{e:#}"), Some("messages")))?,
+            (false, None) => unreachable!("decode_images refuses images for a model without a vision tower"),
+        };
+        Ok::<_, ApiError>((openai::generation(&sh.served, &m, ids, true)?, images, checked))
     };
     match run.await {
-        Ok((g, images, messages)) => generate(sh, Kind::Chat, g, images, Some(messages)).await,
+        Ok((g, images, checked)) => generate(sh, Kind::Chat, g, images, Some(checked)).await,
         Err(e) => e.reply(),
     }
 }
 
 /// Decodes a request's images (one at a time across the server: a decode may take a second and up to
-/// [`herd_core::vision::preprocess::MAX_DECODE_BYTES`]), plans them and expands the prompt's `<|image|>`
-/// placeholders into their tokens. The first frame of an animated image is the image.
-async fn images(
-    sh: &Arc<Shared>,
-    ids: Vec<u32>,
-    bytes: Vec<Vec<u8>>,
-) -> Result<(Vec<u32>, Vec<PlannedImage>), ApiError> {
+/// [`herd_core::vision::preprocess::MAX_DECODE_BYTES`]), for the model's processor and the guard's to plan.
+/// The first frame of an animated image is the image. A model without a vision tower refuses images.
+async fn decode_images(sh: &Arc<Shared>, bytes: Vec<Vec<u8>>) -> Result<Vec<RgbImage>, ApiError> {
     let bad = |m: String| ApiError::bad(m, Some("messages"));
     if sh.planner.is_none() {
         return Err(bad(format!(
@@ -186,15 +192,13 @@ async fn images(
         .acquire()
         .await
         .map_err(|_| ApiError::new(503, "server_error", "shutting_down", "the server is shutting down"))?;
-    let sh2 = sh.clone();
     tokio::task::spawn_blocking(move || {
-        let planner = sh2.planner.as_ref().expect("checked above");
         let mut decoded = Vec::with_capacity(bytes.len());
         for (i, b) in bytes.iter().enumerate() {
             let mut frames = decode(b).map_err(|e| bad(format!("image {}: {e}", i + 1)))?;
             decoded.push(frames.swap_remove(0));
         }
-        planner.plan(&ids, decoded, &[]).map_err(|e| bad(format!("{e:#}")))
+        Ok(decoded)
     })
     .await
     .map_err(|e| ApiError::new(500, "server_error", "internal_error", format!("decoding the images: {e}")))?
@@ -214,11 +218,12 @@ async fn completions(
             Some(_) => vec![herd_core::chat::Message::user(sh.tok.decode(&ids, true).unwrap_or_default())],
             None => Vec::new(),
         };
-        guarded::check_input(&sh, &messages).await?;
-        Ok::<_, ApiError>((openai::generation(&sh.served, &m, ids, false)?, messages))
+        let checked = guarded::Checked { messages, images: Arc::default() };
+        guarded::check_input(&sh, &checked).await?;
+        Ok::<_, ApiError>((openai::generation(&sh.served, &m, ids, false)?, checked))
     };
     match run.await {
-        Ok((g, messages)) => generate(sh, Kind::Completion, g, Vec::new(), Some(messages)).await,
+        Ok((g, checked)) => generate(sh, Kind::Completion, g, Vec::new(), Some(checked)).await,
         Err(e) => e.reply(),
     }
 }
@@ -354,6 +359,7 @@ pub fn serve<B: Backend + 'static>(
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
+    let guard_images = metrics.guard_images.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
@@ -361,7 +367,9 @@ pub fn serve<B: Backend + 'static>(
     let (guard_files, guard) = match opts.guard.take() {
         Some((files, every)) => {
             eprintln!("herd serve: Llama Guard from {} checks requests and answers", files.files.describe());
-            let model_files = (files.files.clone(), files.context);
+            // The guard reads images when the model takes them and the guard has a vision tower.
+            let eyes = patch.is_some() && files.planner.is_ok();
+            let model_files = guarded::GuardEngine { files: files.files.clone(), context: files.context, eyes };
             (Some(model_files), Some(guarded::GuardClient { files, every, jobs: Mutex::new(guard_tx) }))
         }
         None => (None, None),
@@ -413,23 +421,8 @@ pub fn serve<B: Backend + 'static>(
                     s.reserve(seqs, tokens)?;
                 }
                 // The guard on its own engine thread, loaded before the server says it is ready.
-                if let Some((g, context)) = guard_files {
-                    let (m, stop, opts) = (Arc::new(Metrics::new()), engine_stop.clone(), load_opts.clone());
-                    let (loaded_tx, loaded_rx) = mpsc::channel::<Result<()>>();
-                    let seqs = guard_seqs;
-                    std::thread::Builder::new()
-                        .name("herd-guard".into())
-                        .spawn(move || match crate::guard::load(&g, context, backend, &opts, seqs) {
-                            Ok(gs) => {
-                                let _ = loaded_tx.send(Ok(()));
-                                engine(gs, None, guard_rx, m, stop)
-                            }
-                            Err(e) => {
-                                let _ = loaded_tx.send(Err(e));
-                            }
-                        })
-                        .context("starting the guard's engine thread")?;
-                    loaded_rx.recv().context("the guard's engine thread ended")??;
+                if let Some(g) = guard_files {
+                    g.start(backend, &load_opts, guard_seqs, guard_rx, engine_stop.clone(), guard_images)?;
                 }
                 Ok((s, eyes))
             };

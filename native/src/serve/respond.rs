@@ -219,7 +219,7 @@ pub async fn generate(
     kind: Kind,
     g: Gen,
     images: Vec<PlannedImage>,
-    guarded: Option<Vec<herd_core::chat::Message>>,
+    guarded: Option<super::guarded::Checked>,
 ) -> Response {
     let mut gate = Gate::new(&sh, guarded);
     let n = sh.next_id.fetch_add(1, Ordering::Relaxed);
