@@ -145,6 +145,19 @@ fn image_chat(images: &[&[u8]], text: &str, max_tokens: usize) -> Value {
     json!({"messages": [{"role": "user", "content": parts}], "max_tokens": max_tokens, "temperature": 0})
 }
 
+/// `herd run --chat`'s greedy answer of 8 tokens to `text` with `images` (paths), its final newline taken off.
+fn run_with_images(model: &str, images: &[&str], text: &str) -> String {
+    let mut args = vec!["run", "--model", model, "--chat", "--temperature", "0", "--max-tokens", "8"];
+    for i in images {
+        args.extend(["--image", i]);
+    }
+    args.extend(["--prompt", text]);
+    let out = Command::new(BIN).args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.strip_suffix('\n').unwrap_or(&text).to_owned()
+}
+
 /// Images in chat requests go through the vision tower: the answer equals `herd run --chat --image`'s
 /// (itself checked against transformers in cli_vision.rs), alone and batched with other requests while
 /// the prompts are read in small pieces (so an image's patch tokens are split across steps); a corrupt
@@ -155,17 +168,7 @@ fn images_in_chat_requests_equal_herd_run() {
     let srv = Server::start(&["--model", &model, "--max-batch-tokens", "48"]);
     let (a, b) = (fixture("vision/photo_200x300.png"), fixture("vision/alpha_480x640.png"));
     let (pa, pb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-    let run = |imgs: &[&str], text: &str| {
-        let mut args = vec!["run", "--model", &model, "--chat", "--temperature", "0", "--max-tokens", "8"];
-        for i in imgs {
-            args.extend(["--image", i]);
-        }
-        args.extend(["--prompt", text]);
-        let out = Command::new(BIN).args(&args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.strip_suffix('\n').unwrap_or(&text).to_owned()
-    };
+    let run = |imgs: &[&str], text: &str| run_with_images(&model, imgs, text);
     let want_one = run(&[&a], "What is in the picture?");
     let want_two = run(&[&b, &a], "Compare them.");
     let want_text = run(&[], "Tell me about pictures.");
@@ -491,13 +494,7 @@ fn the_official_openai_client_works() {
     let model = fixture("scout_vision");
     let image = fixture("vision/photo_200x300.png");
     let vision = Server::start(&["--model", &model]);
-    let seen = Command::new(BIN)
-        .args(["run", "--model", &model, "--chat", "--temperature", "0", "--max-tokens", "8", "--image", &image])
-        .args(["--prompt", "What is in the picture?"])
-        .output()
-        .unwrap();
-    assert!(seen.status.success(), "{}", String::from_utf8_lossy(&seen.stderr));
-    let seen = String::from_utf8_lossy(&seen.stdout);
+    let seen = run_with_images(&model, &[&image], "What is in the picture?");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tools/openai_client.py");
     let out = Command::new(py)
         .arg(script)
@@ -507,7 +504,7 @@ fn the_official_openai_client_works() {
             String::from_utf8_lossy(&run.stdout).trim_end().to_owned(),
             format!("http://{}/v1", vision.addr),
             image.clone(),
-            seen.strip_suffix('\n').unwrap_or(&seen).to_owned(),
+            seen,
             fixture("schemas"),
         ])
         .output()

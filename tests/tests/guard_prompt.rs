@@ -12,6 +12,22 @@ use herd_core::model::Llama4;
 use herd_core::tokenizer::Tokenizer;
 use serde_json::Value;
 
+/// The reference's logits at each prompt's last position, one row of the vocabulary each.
+fn last_logits(path: &std::path::Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("last_logits").unwrap();
+    t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// The policy that leaves out exactly the categories `excluded`.
+fn policy_without(excluded: &[&str]) -> Policy {
+    let keep: Vec<&str> = guard::CATEGORIES.iter().map(|(k, _)| *k).filter(|k| !excluded.contains(k)).collect();
+    let policy = if excluded.is_empty() { Policy::all() } else { Policy::only(&keep.join(",")).unwrap() };
+    assert_eq!(policy.excluded(), excluded.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    policy
+}
+
 #[test]
 fn guard_prompts_match_transformers_rendering_and_logits() {
     let dir = fixture_dir("guard");
@@ -19,15 +35,7 @@ fn guard_prompts_match_transformers_rendering_and_logits() {
     let tmpl = ChatTemplate::from_dir(&dir).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let model = Llama4::from_dir(Arc::new(CpuBackend::new()), &dir, &mut |_, _| {}).unwrap();
-    let bytes = std::fs::read(dir.join("reference_guard_prompts.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let last: Vec<f32> = st
-        .tensor("last_logits")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let last = last_logits(&dir.join("reference_guard_prompts.safetensors"));
     let v = model.cfg.vocab_size;
     let prompts = reference["guard_prompts"].as_array().expect("guard_prompts in reference.json");
     assert_eq!(prompts.len(), 3);
@@ -40,10 +48,7 @@ fn guard_prompts_match_transformers_rendering_and_logits() {
             .collect();
         let excluded: Vec<&str> =
             p["excluded_category_keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
-        // The policy that leaves out exactly those categories.
-        let keep: Vec<&str> = guard::CATEGORIES.iter().map(|(k, _)| *k).filter(|k| !excluded.contains(k)).collect();
-        let policy = if excluded.is_empty() { Policy::all() } else { Policy::only(&keep.join(",")).unwrap() };
-        assert_eq!(policy.excluded(), excluded.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let policy = policy_without(&excluded);
         let conv = guard::conversation(&msgs, None);
         let mut extra = serde_json::Map::new();
         extra.insert("excluded_category_keys".into(), serde_json::json!(policy.excluded()));
@@ -85,15 +90,7 @@ fn guard_prompts_with_images_match_transformers() {
     let opts = tile_options(&tower.cfg, Some(&std::fs::read_to_string(dir.join("preprocessor_config.json")).unwrap()))
         .unwrap();
     let tokens = image_tokens(&tok).unwrap();
-    let bytes = std::fs::read(dir.join("reference_guard_images.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let last: Vec<f32> = st
-        .tensor("last_logits")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let last = last_logits(&dir.join("reference_guard_images.safetensors"));
     let v = model.cfg.vocab_size;
     let convs = reference["conversations"].as_array().expect("conversations");
     assert_eq!(convs.len(), 2);
@@ -115,8 +112,7 @@ fn guard_prompts_with_images_match_transformers() {
         }
         let excluded: Vec<&str> =
             c["excluded_category_keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
-        let keep: Vec<&str> = guard::CATEGORIES.iter().map(|(k, _)| *k).filter(|k| !excluded.contains(k)).collect();
-        let policy = if excluded.is_empty() { Policy::all() } else { Policy::only(&keep.join(",")).unwrap() };
+        let policy = policy_without(&excluded);
         let conv = guard::conversation(&msgs, c["answer"].as_str());
         assert_eq!(conv.images, (0..files.len()).collect::<Vec<_>>());
         let mut extra = serde_json::Map::new();

@@ -35,11 +35,7 @@ fn the_guard_refuses_marked_requests_and_filters_marked_answers() {
     let (st, _, body) = s.raw("POST", "/v1/chat/completions", &[], req.to_string().as_bytes());
     assert_eq!(st, 200);
     let ev = events(&body);
-    let text: String = ev
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
-        .collect();
+    let text = streamed_text(&ev);
     assert!(!text.contains(marker), "unchecked text was sent: {text:?}");
     let last: Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
     assert_eq!(last["choices"][0]["finish_reason"], "content_filter", "{ev:?}");
@@ -61,13 +57,7 @@ fn the_guard_checks_requests_with_their_images() {
     let (model, guard) = (fixture("scout_vision"), fixture("guard_marker"));
     let a = fixture("vision/photo_200x300.png");
     let pa = std::fs::read(&a).unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--model", &model, "--chat", "--temperature", "0", "--max-tokens", "8", "--image", &a])
-        .args(["--prompt", "What is in the picture?"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let want = String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_owned();
+    let want = run_with_images(&model, &[&a], "What is in the picture?");
     let s = Server::start(&["--model", &model, "--guard", &guard, "--guard-every", "3"]);
     let (st, v) = s.post("/v1/chat/completions", &image_chat(&[&pa], "What is the zyzzyva in the picture?", 8));
     assert_eq!((st, v["error"]["code"].as_str()), (400, Some("content_filter")), "{v}");
@@ -78,12 +68,7 @@ fn the_guard_checks_requests_with_their_images() {
     req["stream"] = json!(true);
     let (st, _, body) = s.raw("POST", "/v1/chat/completions", &[], req.to_string().as_bytes());
     assert_eq!(st, 200);
-    let text: String = events(&body)
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
-        .collect();
-    assert_eq!(text, want);
+    assert_eq!(streamed_text(&events(&body)), want);
     let m = |labels: &str| s.metric(&format!("herd_guard_verdicts_total{{{labels}}}"));
     assert_eq!((m("stage=\"input\",verdict=\"unsafe\""), m("stage=\"input\",verdict=\"safe\"")), (1.0, 2.0));
     let outputs = m("stage=\"output\",verdict=\"safe\"");
@@ -91,4 +76,13 @@ fn the_guard_checks_requests_with_their_images() {
     // The model read the image of each served request, the guard that of every check.
     assert_eq!(s.metric("herd_images_total"), 2.0);
     assert_eq!(s.metric("herd_guard_images_total"), 3.0 + outputs);
+}
+
+/// The text of a stream's chunks.
+fn streamed_text(events: &[String]) -> String {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect()
 }
