@@ -8,7 +8,7 @@ use herd_core::backend::Backend;
 use herd_core::plan::{plan, Plan, PlanRequest};
 
 use crate::files::{LoadOptions, ModelFiles};
-use crate::plan::{checkpoint_weight_bytes, refusal};
+use crate::plan::{checkpoint_weight_bytes, refusal, vision_weight_bytes};
 
 /// What a command will hold at once.
 pub struct Need {
@@ -22,6 +22,8 @@ pub struct Need {
     pub step_rows: usize,
     /// Bytes the device holds for something else at the same time: the guard model beside this one.
     pub reserved: usize,
+    /// Whether the vision tower loads too (its weights are then planned with the text model's).
+    pub vision: bool,
 }
 
 /// The plan of `files` on `backend` for `need`, against `--device-memory` or else what the device has free
@@ -44,7 +46,8 @@ pub fn check<B: Backend>(backend: &B, files: &ModelFiles, opts: &LoadOptions, ne
     };
     let (cfg, all, experts) = checkpoint_weight_bytes(files)?;
     let cache = opts.experts.as_ref().map_or(0, |c| c.budget as usize);
-    let resident = if cache > 0 { all - experts } else { all };
+    let vision = if need.vision { vision_weight_bytes(files)? } else { 0 };
+    let resident = if cache > 0 { all - experts } else { all } + vision;
     let [global, chunked] = opts.kv_dtypes::<B>()?;
     let req = PlanRequest {
         device_memory: memory,
@@ -71,7 +74,11 @@ pub fn check<B: Backend>(backend: &B, files: &ModelFiles, opts: &LoadOptions, ne
         } else {
             format!(" (KV cache in {kv}; --kv-dtype q8 holds about twice as many tokens as bf16, 4 times f32)")
         };
-        bail!("not enough memory ({whose}: {}): {}{hint}", human(memory), refusal(&p));
+        let tower = match vision {
+            v if v > 0 && holds_weights => format!(" (its weights include the vision tower's {})", human(v)),
+            _ => String::new(),
+        };
+        bail!("not enough memory ({whose}: {}): {}{tower}{hint}", human(memory), refusal(&p));
     }
     Ok(Some(p))
 }

@@ -127,11 +127,13 @@ impl GuardFiles {
     }
 
     /// The bytes the guard will hold on `backend` with `seqs` checks at once (its weights where the device
-    /// holds them, its KV cache, a step's activations): what the main model's memory plan leaves it. 0 where
+    /// holds them, its vision tower's too when it will read `images`, its KV cache, a step's activations): what the main model's memory plan leaves it. 0 where
     /// the memory is unknown; an error when the guard alone does not fit.
-    pub fn reserve<B: Backend>(&self, backend: &B, opts: &LoadOptions, seqs: usize) -> Result<usize> {
+    pub fn reserve<B: Backend>(&self, backend: &B, opts: &LoadOptions, seqs: usize, images: bool) -> Result<usize> {
         let opts = LoadOptions { experts: None, ..opts.clone() };
-        let need = Need { seqs, context: Some(self.context), kept_slots: self.context, step_rows: 0, reserved: 0 };
+        let vision = images && self.planner.is_ok();
+        let context = Some(self.context);
+        let need = Need { seqs, context, kept_slots: self.context, step_rows: 0, reserved: 0, vision };
         let plan = crate::fit::check(backend, &self.files, &opts, &need).context("the guard model")?;
         Ok(plan.map_or(0, |p| p.total(self.context)))
     }

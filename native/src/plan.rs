@@ -48,10 +48,18 @@ fn weight_bytes(files: &ModelFiles, a: &PlanArgs) -> Result<(TextConfig, usize, 
     }
 }
 
+/// Bytes of a model directory's vision tower (`vision_model.*` and `multi_modal_projector.*`, from the
+/// checkpoint's headers): what images load beside the text model.
+pub(crate) fn vision_weight_bytes(files: &ModelFiles) -> Result<usize> {
+    let ck = files.checkpoint()?;
+    let tower = |n: &str| n.starts_with("vision_model.") || n.starts_with("multi_modal_projector.");
+    Ok(ck.tensors().filter(|(n, _)| tower(n)).map(|(_, t)| t.bytes().len()).sum())
+}
+
 /// Bytes of a model directory's text-model tensors, and of those that are routed experts (from the
 /// checkpoint's headers: nothing is read). Every tensor of the text model counts, whatever its layout (a
 /// compressed-tensors checkpoint stores each expert's packed weights and scales apart); the vision tower's do
-/// not.
+/// not ([`vision_weight_bytes`]).
 pub(crate) fn checkpoint_weight_bytes(files: &ModelFiles) -> Result<(TextConfig, usize, usize)> {
     let cfg = files.config()?;
     let ck = files.checkpoint()?;

@@ -228,7 +228,7 @@ pub fn run<B: Backend>(
     }
     // The guard's memory is planned before it loads: the model's plan below gets what it leaves.
     let reserved = match guard {
-        Some((g, _)) => g.reserve(&*backend, opts, 1)?,
+        Some((g, _)) => g.reserve(&*backend, opts, 1, !guard_images.is_empty())?,
         None => 0,
     };
     let mut guard = match guard {
@@ -257,8 +257,8 @@ pub fn run<B: Backend>(
     };
     // The prompt and the tokens asked for must fit the device's memory, checked before anything loads.
     let prompt_len = planned.as_ref().map_or(ids.len(), |p| p.1.len());
-    let need =
-        Need { seqs: 1, context: Some(prompt_len + params.max_tokens), kept_slots: 0, step_rows: prompt_len, reserved };
+    let context = Some(prompt_len + params.max_tokens);
+    let need = Need { seqs: 1, context, kept_slots: 0, step_rows: prompt_len, reserved, vision: planned.is_some() };
     let fits = crate::fit::check(&*backend, files, opts, &need)?;
     let (cfg, model) = files.load(backend.clone(), opts)?;
     let params = GenerateParams { stop_ids: stop_ids(files, &cfg.text.eos_token_ids)?, ..params };
@@ -343,7 +343,7 @@ pub fn chat<B: Backend>(
         &*backend,
         files,
         opts,
-        &Need { seqs: 1, context: None, kept_slots: 0, step_rows: 0, reserved: 0 },
+        &Need { seqs: 1, context: None, kept_slots: 0, step_rows: 0, reserved: 0, vision: false },
     )?;
     let (cfg, model) = files.load(backend.clone(), opts)?;
     let params =

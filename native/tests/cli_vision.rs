@@ -55,6 +55,30 @@ fn run_with_images_on_wgpu_prints_the_transformers_greedy_text() {
     }
 }
 
+/// The memory plan counts the vision tower's weights when images load it (on wgpu, where the device holds
+/// the weights): --device-memory 1500KiB holds the text model and a short chat (1.0 MB before any context),
+/// not with an image (1.9 MB: the tower's 771 KiB and the longer prompt's step); one line says so.
+#[test]
+fn the_memory_plan_counts_the_vision_tower() {
+    if let Err(e) = herd_wgpu::WgpuBackend::new() {
+        herd_core::not_run("wgpu", Some("HERD_REQUIRE_WGPU"), &e);
+        return;
+    }
+    let model = fixture_dir(NAME);
+    let img = images().remove(1);
+    let run = |image: bool| {
+        let mut args = vec!["run", "--model", s(&model), "--backend", "wgpu", "--chat", "--prompt", "What is this?"];
+        args.extend(["--max-tokens", "2", "--device-memory", "1500KiB"]);
+        if image {
+            args.extend(["--image", img.as_str()]);
+        }
+        herd(args)
+    };
+    ok("a chat that fits", run(false));
+    let line = fails("a chat with an image", run(true), &["not enough memory (--device-memory: 1.5 MiB)"]);
+    assert!(line.contains("its weights include the vision tower's 771.0 KiB"), "{line}");
+}
+
 /// The fixture's pixel values as the processor made them (tests/fixtures/vision/pixels.safetensors).
 fn reference_pixels() -> (Vec<f32>, usize) {
     let bytes = std::fs::read(fixture_dir("vision").join("pixels.safetensors")).unwrap();

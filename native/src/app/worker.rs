@@ -147,7 +147,7 @@ impl<B: Backend + 'static> Worker<B> {
             &*self.backend,
             &self.files,
             &self.opts,
-            &Need { seqs: 1, context: None, kept_slots: 0, step_rows: 0, reserved: 0 },
+            &Need { seqs: 1, context: None, kept_slots: 0, step_rows: 0, reserved: 0, vision: false },
         )?;
         // The routing view needs each step's picks: the experts go through an expert cache that reads them
         // (holding every expert unless --expert-cache says less; then it streams as it would anyway).

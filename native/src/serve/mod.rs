@@ -297,10 +297,16 @@ pub fn serve<B: Backend + 'static>(
     load_opts.check::<B>(&cfg.text)?;
     let mut opts = opts;
     let model_ctx = cfg.text.max_position_embeddings;
+    // Images, when the model has a vision tower (why not is said once the plan has passed).
+    let (planner, blind) = match cfg.vision.as_ref().map(|_| Planner::new(files, &tok)) {
+        Some(Ok(p)) => (Some(p), None),
+        Some(Err(e)) => (None, Some(format!("{e:#}").replace('\n', " "))),
+        None => (None, None),
+    };
     // The guard's memory first: the model's plan gets what it leaves.
     let guard_seqs = crate::guard::server_seqs(opts.sched.max_seqs);
     let reserved = match &opts.guard {
-        Some((g, _)) => g.reserve(&*backend, load_opts, guard_seqs)?,
+        Some((g, _)) => g.reserve(&*backend, load_opts, guard_seqs, planner.is_some())?,
         None => 0,
     };
     let need = Need {
@@ -309,6 +315,7 @@ pub fn serve<B: Backend + 'static>(
         kept_slots: opts.sched.prefix_cache_tokens,
         step_rows: opts.sched.max_batch_tokens,
         reserved,
+        vision: planner.is_some(),
     };
     let planned = crate::fit::check(&*backend, files, load_opts, &need)?;
     let context = match (opts.sched.max_context, &planned) {
@@ -331,21 +338,12 @@ pub fn serve<B: Backend + 'static>(
     let addr: SocketAddr = format!("{}:{}", opts.host, opts.port)
         .parse()
         .with_context(|| format!("--host {} --port {}", opts.host, opts.port))?;
+    if let Some(why) = blind {
+        eprintln!("herd serve: requests with images will be refused: {why}");
+    }
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    // Images, when the model has a vision tower.
-    let planner = if cfg.vision.is_some() {
-        match Planner::new(files, &tok) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!("herd serve: requests with images will be refused: {}", format!("{e:#}").replace('\n', " "));
-                None
-            }
-        }
-    } else {
-        None
-    };
     let patch = planner.as_ref().map(|p| p.tokens.patch);
     let stop_ids =
         if gen.eos_token_ids.is_empty() { cfg.text.eos_token_ids.clone() } else { gen.eos_token_ids.clone() };
