@@ -27,15 +27,17 @@ have_target() {
     rustup target list --installed 2>/dev/null | grep -qx "$1" || rustup target add "$1" >/dev/null 2>&1
 }
 
-# Release builds (the op table's larger rows are slow under an emulator), without debug info.
-export CARGO_PROFILE_RELEASE_DEBUG=false
+# One optimized build per target (the profile `cross` in Cargo.toml: the workspace's crates as in a release,
+# the dependencies, which are not what runs here, at a lower level so that they build faster), of both test
+# binaries in one cargo run so that their dependencies' features unify and build once. The filters pick the
+# op table's tests (herd-conformance's ops test, `_table`) and the CPU kernels' unit tests (`cpu::`).
 run_target() {
     local triple=$1
 
     echo "== $triple: the op table and the CPU kernels' unit tests"
     # The ops test only: the other test files need the GPU backends.
-    cargo test --release --locked --target "$triple" -p herd-conformance --no-default-features --test ops &&
-        cargo test --release --locked --target "$triple" -p herd-core --lib -- cpu:: --skip cpu::pool::
+    cargo test --profile cross --locked --target "$triple" --no-default-features \
+        -p herd-conformance --test ops -p herd-core --lib -- _table cpu:: --skip cpu::pool::
 }
 
 for t in "${targets[@]}"; do

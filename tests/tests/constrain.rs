@@ -17,8 +17,11 @@ use herd_core::schedule::{Event, Finish, GenerateParams, Request, Scheduler, Sch
 use herd_core::tokenizer::{GenerationConfig, Tokenizer};
 use serde_json::{json, Value};
 
-/// Generations per schema.
+/// Generations per schema on the CPU. Lavapipe runs the demo model's wide steps about 30 times slower than
+/// the CPU backend, so wgpu checks fewer: the grammars and masks are the same code; what wgpu adds is its own
+/// mask and sampling kernels.
 const SEEDS: u64 = 50;
+const WGPU_SEEDS: u64 = 16;
 
 /// The schemas of tests/fixtures/schemas (shared with the CLI's and the openai client's tests): nested
 /// objects, bounded arrays, enums and consts, numbers with ranges, strings with patterns, required and
@@ -99,12 +102,22 @@ fn request(d: &Demo, grammar: &Grammar, seed: u64, logprobs: bool) -> Request {
     }
 }
 
-fn check_schemas<B: Backend>(be: &Arc<B>, what: &str) {
+/// `seeds` generations under each schema, all six schemas' requests in one batch (rows under different
+/// grammars side by side in every step); each schema's outputs must include `min_distinct` different texts.
+fn check_schemas<B: Backend>(be: &Arc<B>, what: &str, seeds: u64, min_distinct: usize) {
     let (model, d) = demo(be);
-    for (name, schema) in schemas() {
-        let validator = jsonschema::validator_for(&schema).unwrap();
-        let grammar = Grammar::JsonSchema(schema.clone());
-        let got = run_all(&model, (0..SEEDS).map(|seed| request(&d, &grammar, seed, false)).collect());
+    let schemas = schemas();
+    let reqs = schemas
+        .iter()
+        .flat_map(|(_, schema)| {
+            let grammar = Grammar::JsonSchema(schema.clone());
+            (0..seeds).map(move |seed| (grammar.clone(), seed))
+        })
+        .map(|(grammar, seed)| request(&d, &grammar, seed, false))
+        .collect();
+    let got = run_all(&model, reqs);
+    for ((name, schema), got) in schemas.iter().zip(got.chunks(seeds as usize)) {
+        let validator = jsonschema::validator_for(schema).unwrap();
         let mut distinct = std::collections::HashSet::new();
         for (seed, (ids, fin)) in got.iter().enumerate() {
             let text = d.tok.decode(ids, true).unwrap();
@@ -120,21 +133,21 @@ fn check_schemas<B: Backend>(be: &Arc<B>, what: &str) {
             }
             distinct.insert(text);
         }
-        // Sampled, not one answer forced 50 times (the enums schema has only 12 answers).
-        assert!(distinct.len() >= 5, "{what}, {name}: only {} distinct outputs", distinct.len());
-        eprintln!("{what}, {name}: {SEEDS} valid, {} distinct", distinct.len());
+        // Sampled, not one answer forced on every seed (the enums schema has only 12 answers).
+        assert!(distinct.len() >= min_distinct, "{what}, {name}: only {} distinct outputs", distinct.len());
+        eprintln!("{what}, {name}: {seeds} valid, {} distinct", distinct.len());
     }
 }
 
 #[test]
 fn sampled_outputs_follow_their_schemas_on_the_cpu() {
-    check_schemas(&Arc::new(CpuBackend::new()), "cpu");
+    check_schemas(&Arc::new(CpuBackend::new()), "cpu", SEEDS, 5);
 }
 
 #[test]
 fn sampled_outputs_follow_their_schemas_on_wgpu() {
     let Some(be) = backend_or_not_run("wgpu", "HERD_REQUIRE_WGPU", herd_wgpu::WgpuBackend::new()) else { return };
-    check_schemas(&be, "wgpu");
+    check_schemas(&be, "wgpu", WGPU_SEEDS, 2);
 }
 
 /// The host's mask (a request with log-probabilities is sampled on the host) and the device's (`mask_logits`

@@ -98,8 +98,15 @@ fn alone<B: Backend>(model: &Arc<Llama4<B>>, reqs: &[Request]) -> Vec<Vec<u32>> 
 }
 
 fn check_batching<B: Backend>(model: &Arc<Llama4<B>>, what: &str, counts: &[usize]) {
-    let vocab = model.cfg.vocab_size;
     for seeded in [false, true] {
+        check_batching_of(model, what, counts, seeded);
+    }
+}
+
+/// [`check_batching`] for greedy requests or for seeded sampled ones.
+fn check_batching_of<B: Backend>(model: &Arc<Llama4<B>>, what: &str, counts: &[usize], seeded: bool) {
+    let vocab = model.cfg.vocab_size;
+    {
         let all = requests(vocab, *counts.iter().max().unwrap(), seeded);
         let solo = alone(model, &all);
         if !seeded {
@@ -178,12 +185,22 @@ fn batching_changes_nothing_on_cuda() {
     }
 }
 
-#[test]
-fn batching_changes_nothing_on_the_cuda_emulator() {
+/// Greedy and seeded requests are two tests on the emulator, so that the test threads run them side by side.
+fn check_batching_on_the_cuda_emulator(seeded: bool) {
     let made = herd_cuda::CudaBackend::emulated_with(&herd_conformance::cuda_options_from_env());
     let Some(be) = backend_or_not_run("cuda emulator", "HERD_REQUIRE_CUDA_EMU", made) else { return };
     let model = Arc::new(golden::load(&be, &model_dir("demo")));
-    check_batching(&model, "cuda emulator, demo", &[1, 4]);
+    check_batching_of(&model, "cuda emulator, demo", &[1, 4], seeded);
+}
+
+#[test]
+fn greedy_batching_changes_nothing_on_the_cuda_emulator() {
+    check_batching_on_the_cuda_emulator(false);
+}
+
+#[test]
+fn seeded_batching_changes_nothing_on_the_cuda_emulator() {
+    check_batching_on_the_cuda_emulator(true);
 }
 
 /// A sink that says stop ends its request within the step, frees its cache, and leaves the others as they

@@ -1,5 +1,6 @@
 //! Running what the stream queued: copies and memsets checked against the live allocations, cuBLAS's GEMM
-//! in f32 on the host, and kernels through their family's library, one launch at a time.
+//! in f32 on the host, and kernels through their family's library (the device's own copy of it), one launch at a
+//! time.
 
 use std::ffi::{c_void, CStr};
 
@@ -60,7 +61,6 @@ impl Emu {
         let k = self.funcs.lock().map_err(|_| poisoned())?.get(f.0).cloned().ok_or_else(|| err("unknown kernel"))?;
         let mut vals = args.to_vec();
         let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
-        let _one = RUN.lock().map_err(|_| poisoned())?;
         // SAFETY: the symbols have the signatures written by `build`; the argument slots outlive the call.
         let (rc, msg) = unsafe {
             let launch: libloading::Symbol<LaunchFn> =

@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::{c_char, c_void, CString};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
@@ -52,8 +53,8 @@ pub(crate) const SMEM_DEFAULT: u32 = 48 << 10;
 /// The most shared memory one block may have on Hopper (sm_90): 227 KiB.
 pub(crate) const SMEM_MAX: u32 = 227 << 10;
 
-/// One launch at a time in the process: the scheduler's state is global in each library.
-static RUN: Mutex<()> = Mutex::new(());
+/// Numbers the private copies of the families' libraries that emulated devices load.
+static COPIES: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// Whether the emulated context is current on this thread.
@@ -190,11 +191,17 @@ impl Emu {
             None => {
                 let src = FAMILIES.iter().find(|f| f.0 == family).ok_or_else(|| err(format!("no family {family}")))?.1;
                 let (path, decls) = build(&self.dir, family, src, self.race)?;
+                // The scheduler's state is global in a library, and every load of one file shares it: each
+                // emulated device loads a copy of its own (removed once loaded), so that devices on different
+                // threads run kernels at the same time. One device runs one launch at a time (its stream).
+                let n = COPIES.fetch_add(1, Ordering::Relaxed);
+                let copy = self.dir.join(format!("{family}.{}.{n}.so", std::process::id()));
+                std::fs::copy(&path, &copy)
+                    .map_err(|e| err(format!("emulator: copying {} to {}: {e}", path.display(), copy.display())))?;
                 // SAFETY: a library built above from our own sources; its initialisers do nothing.
-                let l = Arc::new(
-                    unsafe { libloading::Library::new(&path) }
-                        .map_err(|e| err(format!("emulator: loading {}: {e}", path.display())))?,
-                );
+                let l = unsafe { libloading::Library::new(&copy) };
+                let _ = std::fs::remove_file(&copy);
+                let l = Arc::new(l.map_err(|e| err(format!("emulator: loading {}: {e}", copy.display())))?);
                 let v = (l, Arc::new(decls));
                 libs.insert(family, v.clone());
                 v
