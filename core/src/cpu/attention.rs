@@ -85,6 +85,29 @@ impl Head<'_> {
         }
     }
 
+    /// Positions `j..j + count` of this head's keys or values (`c` and `x` as in [`Head::at`]) where they lie at one stride, with
+    /// `count` at most `max`: `(data, stride, count)`, position j + t's `d` values at `data[t · stride..]`.
+    /// The cached positions of an f32 cache lie so within a page (up to the page's end or the ring's wrap),
+    /// the step's own rows all together. None where the values are decoded one position at a time ([`Head::at`]).
+    #[inline(always)]
+    fn run<'b>(&self, c: &'b CacheView<'_>, x: &'b [f32], j: usize, max: usize) -> Option<(&'b [f32], usize, usize)> {
+        let s = self.s;
+        let pos0 = s.pos0 as usize;
+        if j >= pos0 {
+            let row = s.q_start as usize + (j - pos0);
+            return Some((&x[row * self.kvrow + self.off..], self.kvrow, max));
+        }
+        let CacheView::F32(c) = c else { return None };
+        let cap = (s.slot_cap as usize).max(1);
+        let r = j % cap;
+        let size = self.pages.size;
+        let within = r % size;
+        let slot = self.pages.table[s.page_base as usize + r / size] as usize * size + within;
+        let count = max.min(size - within).min(pos0 - j);
+        let stride = self.kvh * self.d;
+        Some((&c[slot * stride + self.off..], stride, count))
+    }
+
     /// Cached position j's q4 keys of this head: from the sequence's stage while its page is incomplete, else
     /// from the page.
     fn q4_key<'b>(&self, c: &'b CacheView<'_>, buf: &'b mut [f32], j: usize) -> &'b [f32] {
@@ -187,15 +210,19 @@ fn run(
     let wide = tests::FORCE_WIDE.get().unwrap_or(wide);
     if !wide {
         pool::chunks_mut(out, group * d, |task, o| {
-            with_level(simd, |sc: &mut Scratch| {
-                let (r, kvh_i) = (task / kvh, task % kvh);
-                sc.start(group, d);
-                for s in 0..splits[r] {
-                    ctx.split(r, kvh_i, s, sc);
-                    sc.merge(group, d);
-                }
-                sc.finish(o, group, d);
-            })
+            with_level(
+                simd,
+                #[inline(always)]
+                |sc: &mut Scratch| {
+                    let (r, kvh_i) = (task / kvh, task % kvh);
+                    sc.start(group, d);
+                    for s in 0..splits[r] {
+                        ctx.split(r, kvh_i, s, sc);
+                        sc.merge(group, d);
+                    }
+                    sc.finish(o, group, d);
+                },
+            )
         });
         return;
     }
@@ -214,24 +241,33 @@ fn run(
         let (r, kvh_i, s) = (t / kvh, t % kvh, i - first[t]);
         // SAFETY: partial i alone is written by this task.
         let dst = unsafe { shared.slice(i * part, part) };
-        with_level(simd, |sc: &mut Scratch| {
-            ctx.split(r, kvh_i, s, sc);
-            sc.save(dst, group, d);
-        })
+        with_level(
+            simd,
+            #[inline(always)]
+            |sc: &mut Scratch| {
+                ctx.split(r, kvh_i, s, sc);
+                sc.save(dst, group, d);
+            },
+        )
     });
     pool::chunks_mut(out, group * d, |t, o| {
-        with_level(simd, |sc: &mut Scratch| {
-            sc.start(group, d);
-            for i in first[t]..first[t + 1] {
-                sc.load(&parts[i * part..(i + 1) * part], group, d);
-                sc.merge(group, d);
-            }
-            sc.finish(o, group, d);
-        })
+        with_level(
+            simd,
+            #[inline(always)]
+            |sc: &mut Scratch| {
+                sc.start(group, d);
+                for i in first[t]..first[t + 1] {
+                    sc.load(&parts[i * part..(i + 1) * part], group, d);
+                    sc.merge(group, d);
+                }
+                sc.finish(o, group, d);
+            },
+        )
     });
 }
 
-/// Runs `f` on this thread's scratch, compiled for the level (`f`, called once, is inlined into it).
+/// Runs `f` on this thread's scratch, compiled for the level: `f` must be `#[inline(always)]`, or the compiler
+/// may keep it a function of its own, compiled for the baseline (as it did with the tasks' closures here).
 #[inline(always)]
 fn with_level<F: FnMut(&mut Scratch)>(simd: super::Simd, mut f: F) {
     pool::with_scratch(&SCRATCH, |sc| {
@@ -394,11 +430,25 @@ impl Ctx<'_, '_> {
         sc.l.resize(group, 0.0);
         sc.a.resize(group * d, 0.0);
         let head_of = Head { s, pages: self.pages, dtype: self.dtype, sw: self.sw, kvh, d, off: kvh_i * d, kvrow };
-        for (jj, j) in (from..=to).enumerate() {
+        // Keys and values are read in runs (a page's slots, the step's rows) at one stride; a format decoded
+        // per position goes one at a time. The arithmetic is the same either way.
+        let (mut j, mut jj) = (from, 0);
+        while j <= to {
+            if let Some((data, stride, count)) = head_of.run(self.k_cache, self.k_new, j, to + 1 - j) {
+                for t in 0..count {
+                    let key = &data[t * stride..][..d];
+                    for g in 0..group {
+                        sc.scores[g * SPLIT + jj + t] = dot(&sc.q[g * d..(g + 1) * d], key) * p.scale;
+                    }
+                }
+                (j, jj) = (j + count, jj + count);
+                continue;
+            }
             let key = head_of.at(self.k_cache, self.k_new, &mut sc.buf, j, true);
             for g in 0..group {
                 sc.scores[g * SPLIT + jj] = dot(&sc.q[g * d..(g + 1) * d], key) * p.scale;
             }
+            (j, jj) = (j + 1, jj + 1);
         }
         for g in 0..group {
             let scores = &mut sc.scores[g * SPLIT..g * SPLIT + n];
@@ -411,14 +461,29 @@ impl Ctx<'_, '_> {
             (sc.m[g], sc.l[g]) = (m, sum);
         }
         sc.a.iter_mut().for_each(|x| *x = 0.0);
-        for (jj, j) in (from..=to).enumerate() {
-            let v = head_of.at(self.v_cache, self.v_new, &mut sc.buf, j, false);
-            for (g, ag) in sc.a.chunks_exact_mut(d).enumerate() {
-                let w = sc.scores[g * SPLIT + jj];
-                for (x, y) in ag.iter_mut().zip(v.iter()) {
-                    *x += w * y;
+        let (mut j, mut jj) = (from, 0);
+        while j <= to {
+            if let Some((data, stride, count)) = head_of.run(self.v_cache, self.v_new, j, to + 1 - j) {
+                for t in 0..count {
+                    add_weighted(&mut sc.a, &sc.scores[jj + t..], &data[t * stride..][..d], d);
                 }
+                (j, jj) = (j + count, jj + count);
+                continue;
             }
+            let v = head_of.at(self.v_cache, self.v_new, &mut sc.buf, j, false);
+            add_weighted(&mut sc.a, &sc.scores[jj..], v, d);
+            (j, jj) = (j + 1, jj + 1);
+        }
+    }
+}
+
+/// `a[g] += scores[g · SPLIT] · v` for each head g of the group (`a`: group · d).
+#[inline(always)]
+fn add_weighted(a: &mut [f32], scores: &[f32], v: &[f32], d: usize) {
+    for (g, ag) in a.chunks_exact_mut(d).enumerate() {
+        let w = scores[g * SPLIT];
+        for (x, y) in ag.iter_mut().zip(v) {
+            *x += w * y;
         }
     }
 }
