@@ -189,8 +189,7 @@ pub fn distribution(logits: &mut [f32], history: &[u32], p: &SamplingParams) -> 
 
     // top-k: keep every logit >= the k-th largest (HF keeps ties at the threshold).
     if p.top_k > 0 && p.top_k < cand.len() {
-        let (_, kth, _) = cand.select_nth_unstable_by(p.top_k - 1, desc);
-        let threshold = kth.1;
+        let threshold = kth_largest(&cand, p.top_k);
         cand.retain(|c| c.1 >= threshold);
     }
 
@@ -301,6 +300,35 @@ fn max_logit(cand: &[(u32, f32)]) -> f32 {
 }
 
 /// Descending by logit, then ascending by id (a total order, so selection is deterministic).
+/// The k-th largest logit of `cand` (0 < k < its length) in f32's total order, as `select_nth_unstable_by(k -
+/// 1, desc)` finds it. For a small k, one pass keeps the k largest so far in a min-heap: most logits fall below
+/// its least and cost one comparison (a vocabulary of 202,048 and HF's default top-k of 50), where the
+/// selection moves every candidate several times.
+fn kth_largest(cand: &[(u32, f32)], k: usize) -> f32 {
+    if k > 1024 {
+        let mut all = cand.to_vec();
+        return all.select_nth_unstable_by(k - 1, desc).1 .1;
+    }
+    // f32's total order as i32's: negative values get their magnitude bits flipped (an involution).
+    let key = |x: f32| {
+        let b = x.to_bits() as i32;
+        b ^ (((b >> 31) as u32) >> 1) as i32
+    };
+    let mut heap = std::collections::BinaryHeap::with_capacity(k);
+    for &(_, l) in cand {
+        let v = std::cmp::Reverse(key(l));
+        if heap.len() < k {
+            heap.push(v);
+        } else if let Some(mut least) = heap.peek_mut() {
+            if v < *least {
+                *least = v;
+            }
+        }
+    }
+    let kth = heap.peek().map_or(i32::MIN, |r| r.0);
+    f32::from_bits(key(f32::from_bits(kth as u32)) as u32)
+}
+
 fn desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
@@ -478,6 +506,38 @@ mod tests {
         }
         assert!(seen.len() > 450 && seen.len() <= 500, "{}", seen.len());
         assert!(*seen.iter().last().unwrap() < 500, "ties must keep the lowest ids");
+    }
+
+    /// The heap's k-th largest logit is the selection's, on logits with ties, both zeros, and spreads from
+    /// tiny to wide, for k from 1 to past the heap's limit.
+    #[test]
+    fn kth_largest_matches_the_selection() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for n in [2usize, 3, 50, 4096, 5000] {
+            for spread in [0.0f32, 1e-3, 1.0, 30.0] {
+                let cand: Vec<(u32, f32)> = (0..n as u32)
+                    .map(|i| {
+                        let r = next();
+                        let l = match r % 7 {
+                            0 => 0.0,
+                            1 => -0.0,
+                            _ => -(((r >> 3) % 64) as f32) * spread,
+                        };
+                        (i, l)
+                    })
+                    .collect();
+                for k in [1, 2, 7, 50, 1024, 1025, 3000].into_iter().filter(|&k| k < n) {
+                    let mut all = cand.clone();
+                    let want = all.select_nth_unstable_by(k - 1, desc).1 .1;
+                    let got = kth_largest(&cand, k);
+                    assert_eq!(got.to_bits(), want.to_bits(), "n={n} spread={spread} k={k}: {got} vs {want}");
+                }
+            }
+        }
     }
 
     #[test]
