@@ -106,50 +106,45 @@ fn check_batching<B: Backend>(model: &Arc<Llama4<B>>, what: &str, counts: &[usiz
 /// [`check_batching`] for greedy requests or for seeded sampled ones.
 fn check_batching_of<B: Backend>(model: &Arc<Llama4<B>>, what: &str, counts: &[usize], seeded: bool) {
     let vocab = model.cfg.vocab_size;
-    {
-        let all = requests(vocab, *counts.iter().max().unwrap(), seeded);
-        let solo = alone(model, &all);
-        if !seeded {
-            for (r, got) in all.iter().zip(&solo) {
-                let want = golden::reference_greedy(model, &r.prompt, r.params.max_tokens);
-                assert_eq!(got, &want, "{what}: the scheduler's greedy tokens differ from a plain loop's");
-            }
-        } else {
-            // Log-probabilities send a request's sampling to the host (`pick` on its logits); without them it
-            // is sampled on the device. The same seed picks the same tokens either way.
-            let host: Vec<Request> = all.iter().map(|r| Request { logprobs: Some(0), ..r.clone() }).collect();
-            for (i, (h, d)) in alone(model, &host).iter().zip(&solo).enumerate() {
-                assert_eq!(h, d, "{what}: seeded request {i}: host sampling differs from the device's");
-            }
+    let all = requests(vocab, *counts.iter().max().unwrap(), seeded);
+    let solo = alone(model, &all);
+    if !seeded {
+        for (r, got) in all.iter().zip(&solo) {
+            let want = golden::reference_greedy(model, &r.prompt, r.params.max_tokens);
+            assert_eq!(got, &want, "{what}: the scheduler's greedy tokens differ from a plain loop's");
         }
-        for &n in counts {
-            let reqs = &all[..n];
-            // Half join at once, the rest one every other step; a batch budget small enough to cut prompts.
-            let join: Vec<u64> =
-                (0..n).map(|i| if i < n.div_ceil(2) { 0 } else { 2 * (i - n.div_ceil(2)) as u64 + 1 }).collect();
-            for cfg in [
-                SchedulerConfig {
-                    max_seqs: 16,
-                    max_batch_tokens: 512,
-                    max_queue: 64,
-                    prefix_cache_tokens: 0,
-                    max_context: None,
-                },
-                SchedulerConfig {
-                    max_seqs: 4,
-                    max_batch_tokens: 7,
-                    max_queue: 64,
-                    prefix_cache_tokens: 0,
-                    max_context: None,
-                },
-            ] {
-                let together = run(model, reqs, &join, cfg);
-                for (i, (t, s)) in together.iter().zip(&solo).enumerate() {
-                    assert_eq!(
-                        t, s,
-                        "{what}: request {i} of {n} (seeded={seeded}, {cfg:?}) differs from its run alone"
-                    );
-                }
+    } else {
+        // Log-probabilities send a request's sampling to the host (`pick` on its logits); without them it
+        // is sampled on the device. The same seed picks the same tokens either way.
+        let host: Vec<Request> = all.iter().map(|r| Request { logprobs: Some(0), ..r.clone() }).collect();
+        for (i, (h, d)) in alone(model, &host).iter().zip(&solo).enumerate() {
+            assert_eq!(h, d, "{what}: seeded request {i}: host sampling differs from the device's");
+        }
+    }
+    for &n in counts {
+        let reqs = &all[..n];
+        // Half join at once, the rest one every other step; a batch budget small enough to cut prompts.
+        let join: Vec<u64> =
+            (0..n).map(|i| if i < n.div_ceil(2) { 0 } else { 2 * (i - n.div_ceil(2)) as u64 + 1 }).collect();
+        for cfg in [
+            SchedulerConfig {
+                max_seqs: 16,
+                max_batch_tokens: 512,
+                max_queue: 64,
+                prefix_cache_tokens: 0,
+                max_context: None,
+            },
+            SchedulerConfig {
+                max_seqs: 4,
+                max_batch_tokens: 7,
+                max_queue: 64,
+                prefix_cache_tokens: 0,
+                max_context: None,
+            },
+        ] {
+            let together = run(model, reqs, &join, cfg);
+            for (i, (t, s)) in together.iter().zip(&solo).enumerate() {
+                assert_eq!(t, s, "{what}: request {i} of {n} (seeded={seeded}, {cfg:?}) differs from its run alone");
             }
         }
     }
