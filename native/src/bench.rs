@@ -34,16 +34,7 @@ pub fn bench<B: Backend>(
     caches: &[Option<ExpertCacheOptions>],
 ) -> Result<()> {
     // Synthetic weights are described once, so the experts an expert cache makes are made once.
-    let synth = match &a.synthetic {
-        Some(sname) => {
-            let layers = a.layers.unwrap_or(synthetic::DEFAULT_LAYERS);
-            let (dtype, plan) = synthetic::quant_format(a.quant.as_deref())?;
-            let fmt = plan.as_ref().map_or(dtype.name().to_owned(), |p| p.name());
-            let (cfg, weights) = synthetic::synthetic(sname, layers, dtype, plan)?;
-            Some((sname.as_str(), layers, fmt, cfg, weights))
-        }
-        None => None,
-    };
+    let synth = synth(a)?;
     // The prompt and the tokens decoded after it must fit the context: checked before anything loads.
     let ctx = match &synth {
         Some((.., cfg, _)) => cfg.text.max_position_embeddings,
@@ -82,6 +73,16 @@ pub fn bench<B: Backend>(
         bench_one(backend.clone(), files, a, synth.as_ref(), &opts, peak_h2d)?;
     }
     Ok(())
+}
+
+/// `--synthetic`'s model, described (its weights are made on the device when it loads); None without it.
+pub(crate) fn synth(a: &BenchArgs) -> Result<Option<Synth<'_>>> {
+    let Some(sname) = &a.synthetic else { return Ok(None) };
+    let layers = a.layers.unwrap_or(synthetic::DEFAULT_LAYERS);
+    let (dtype, plan) = synthetic::quant_format(a.quant.as_deref())?;
+    let fmt = plan.as_ref().map_or(dtype.name().to_owned(), |p| p.name());
+    let (cfg, weights) = synthetic::synthetic(sname, layers, dtype, plan)?;
+    Ok(Some((sname.as_str(), layers, fmt, cfg, weights)))
 }
 
 /// A synthetic model: its name, layers, format, config and weights.

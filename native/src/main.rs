@@ -4,6 +4,7 @@
 mod app;
 mod backend_arg;
 mod bench;
+mod bench_batch;
 mod bench_constrain;
 mod bench_context;
 mod bench_serve;
@@ -348,9 +349,14 @@ pub struct BenchArgs {
     /// With --speculate: the prompt (plain text, no chat template).
     #[arg(long, requires = "speculate")]
     prompt: Option<String>,
-    /// With --speculate: sample at this temperature (seeded) instead of greedily.
-    #[arg(long, requires = "speculate")]
+    /// With --speculate or --batch: sample at this temperature (seeded) instead of greedily.
+    #[arg(long)]
     temperature: Option<f32>,
+    /// Measure batched decode instead (comma-separated batch sizes, e.g. 1,4,16): that many requests of
+    /// --prompt-tokens random ids run together through one scheduler, each step decoding a token of every one;
+    /// reports generated tokens/s over the batch and the ratio to a batch of 1.
+    #[arg(long, value_delimiter = ',', value_name = "N", conflicts_with_all = ["context", "images", "json_schema", "grammar"])]
+    batch: Vec<usize>,
     #[command(flatten)]
     backend: BackendArg,
 }
@@ -585,6 +591,15 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 let opts = a.backend.load_options()?;
                 let files = ModelFiles::new(a.model.model.clone());
                 return with_backend!(a.backend, |b| bench_spec::bench_spec(b, &files, &a, &opts));
+            }
+            if a.temperature.is_some() && a.batch.is_empty() {
+                bail!("--temperature applies to --speculate or --batch");
+            }
+            if !a.batch.is_empty() {
+                let opts = a.backend.load_options()?;
+                let files = ModelFiles::new(a.model.model.clone());
+                let synth = bench::synth(&a)?;
+                return with_backend!(a.backend, |b| bench_batch::bench_batch(b, &files, &a, synth.as_ref(), &opts));
             }
             let caches = a.backend.expert_caches()?;
             with_backend!(a.backend, |b| bench::bench(b, &ModelFiles::new(a.model.model.clone()), &a, &caches))

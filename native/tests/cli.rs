@@ -501,6 +501,52 @@ fn bench_synthetic_tiny_json() {
     );
 }
 
+/// `herd bench --batch`: requests decoded together through one scheduler. The bench itself fails unless each
+/// request makes its tokens and the batch runs in `--gen-tokens` steps (every request in every step), so a
+/// scheduler that ran them one after another fails here.
+#[test]
+fn bench_batch_json() {
+    let (out, _) = ok(
+        "bench --batch",
+        herd([
+            "bench",
+            "--synthetic",
+            "tiny",
+            "--json",
+            "--batch",
+            "3,1",
+            "--prompt-tokens",
+            "5",
+            "--gen-tokens",
+            "4",
+            "--repeat",
+            "1",
+            "--temperature",
+            "0.8",
+        ]),
+    );
+    let j: Value = serde_json::from_str(out.trim()).expect("bench --batch --json prints one JSON object");
+    let rows = j["batches"].as_array().unwrap_or_else(|| panic!("no batches in {j}"));
+    assert_eq!(rows.iter().map(|r| r["batch"].as_u64()).collect::<Vec<_>>(), [Some(1), Some(3)], "{j}");
+    assert_eq!(rows[0]["vs_batch_1"].as_f64(), Some(1.0), "{j}");
+    for r in rows {
+        for key in ["decode_tok_s", "ms_per_step", "gflop_s", "vs_batch_1"] {
+            assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
+        }
+    }
+    fails("bench --batch 0", herd(["bench", "--synthetic", "tiny", "--batch", "2,0"]), &["--batch", "at least 1"]);
+    fails(
+        "bench --temperature alone",
+        herd(["bench", "--synthetic", "tiny", "--temperature", "0.5"]),
+        &["--temperature", "--batch"],
+    );
+    fails(
+        "bench --batch --context",
+        herd(["bench", "--synthetic", "tiny", "--batch", "2", "--context", "64"]),
+        &["--batch", "--context"],
+    );
+}
+
 /// `herd logits --backend cuda-emu`: the CUDA backend's host code and kernels (on its CPU emulator) through
 /// the CLI, against the transformers references. With no C++ compiler the test says so; with
 /// HERD_REQUIRE_CUDA_EMU=1 (set by scripts/test.sh) that is a failure.
