@@ -1,4 +1,4 @@
-//! Attention over the KV cache, and the cache store (attention.wgsl).
+//! Attention over the KV cache, and the cache store (attention.wgsl, kv_store.wgsl, attention_blocks.wgsl).
 
 use herd_core::backend::{ops, AttnSeq, KvPages};
 use herd_core::error::Result;
@@ -57,7 +57,7 @@ kernels! {
     }
 }
 
-/// Keys per workgroup of the split decode attention kernel (SPLIT in attention.wgsl).
+/// Keys per workgroup of the split decode attention kernel (SPLIT in attention_blocks.wgsl).
 const ATTN_SPLIT: usize = 256;
 /// Sequences with at most this many new tokens take the decode kernel; longer ones the tiled prefill kernel.
 const ATTN_DECODE_MAX_Q: usize = 8;

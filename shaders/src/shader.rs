@@ -33,7 +33,14 @@ impl Shader {
             Shader::LayerNorm => include_str!("../layer_norm.wgsl"),
             Shader::Rope => include_str!("../rope.wgsl"),
             Shader::Matmul => include_str!("../matmul.wgsl"),
-            Shader::Attention => include_str!("../attention.wgsl"),
+            // One module in three files (each under 300 lines), joined in this order.
+            Shader::Attention => {
+                concat!(
+                    include_str!("../attention.wgsl"),
+                    include_str!("../kv_store.wgsl"),
+                    include_str!("../attention_blocks.wgsl")
+                )
+            }
             Shader::Moe => include_str!("../moe.wgsl"),
             Shader::Sample => include_str!("../sample.wgsl"),
         }
