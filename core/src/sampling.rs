@@ -186,13 +186,18 @@ pub fn distribution(logits: &mut [f32], history: &[u32], p: &SamplingParams) -> 
         *x = (*x - max) / t;
     }
 
-    let mut cand: Vec<(u32, f32)> =
-        logits.iter().enumerate().filter(|(_, l)| **l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)).collect();
-
-    // top-k: keep every logit >= the k-th largest (HF keeps ties at the threshold).
-    if p.top_k > 0 && p.top_k < cand.len() {
-        let threshold = kth_largest(&cand, p.top_k);
-        cand.retain(|c| c.1 >= threshold);
+    // top-k: keep every logit >= the k-th largest (HF keeps ties at the threshold). The threshold comes from
+    // the logits, so only the candidates that pass it are collected (not the whole vocabulary).
+    let finite = logits.iter().filter(|l| **l > f32::NEG_INFINITY).count();
+    let threshold = if p.top_k > 0 && p.top_k < finite { kth_largest(logits, p.top_k) } else { f32::NEG_INFINITY };
+    let keep = |l: f32| l > f32::NEG_INFINITY && l >= threshold;
+    let mut cand: Vec<(u32, f32)> = Vec::new();
+    // Blocks of 16, each tested in one vectorized pass first: under a top-k most hold no candidate.
+    for (b, block) in logits.chunks(16).enumerate() {
+        if block.iter().fold(false, |any, &l| any | keep(l)) {
+            let ids = (b * 16) as u32..;
+            cand.extend(ids.zip(block).filter(|(_, &l)| keep(l)).map(|(i, &l)| (i, l)));
+        }
     }
 
     // top-p: smallest set of most likely tokens whose renormalised mass reaches top_p.

@@ -38,8 +38,22 @@ pub fn bench_batch<B: Backend>(
     let Loaded { cfg, model, describe, load_s, .. } = load(backend, files, synthetic, opts)?;
     let model = Arc::new(model);
     let (v, prompt_len, gen) = (cfg.text.vocab_size, a.prompt_tokens.max(1), a.gen_tokens.max(1));
+    // Sampled as a request that sets only a temperature is (`herd serve`): the model's top-k, top-p and min-p
+    // from generation_config.json, with transformers' defaults (top-k 50) where it is silent.
     let sampling = match a.temperature {
-        Some(t) => SamplingParams { temperature: t, ..SamplingParams::default() },
+        Some(t) => {
+            let g = match synthetic {
+                Some(_) => herd_core::tokenizer::GenerationConfig::default(),
+                None => files.generation_config()?,
+            };
+            SamplingParams {
+                temperature: t,
+                top_k: g.top_k.unwrap_or(50),
+                top_p: g.top_p.unwrap_or(1.0),
+                min_p: g.min_p.unwrap_or(0.0),
+                ..SamplingParams::default()
+            }
+        }
         None => SamplingParams::default(),
     };
     sampling.validate()?;
@@ -59,7 +73,8 @@ pub fn bench_batch<B: Backend>(
              each decode one token of every request ({}), best of {} after a warm-up; GFLOP/s counts 2 per active \
              parameter per row ({:.1} MFLOP)",
             match a.temperature {
-                Some(t) => format!("sampled at temperature {t}, seeded"),
+                Some(t) =>
+                    format!("sampled at temperature {t}, top-k {}, top-p {}, seeded", sampling.top_k, sampling.top_p),
                 None => "greedy".to_owned(),
             },
             a.repeat.max(1),

@@ -349,7 +349,8 @@ pub struct BenchArgs {
     /// With --speculate: the prompt (plain text, no chat template).
     #[arg(long, requires = "speculate")]
     prompt: Option<String>,
-    /// With --speculate or --batch: sample at this temperature (seeded) instead of greedily.
+    /// With --speculate or --batch: sample at this temperature (seeded) instead of greedily; with --batch the
+    /// model's top-k, top-p and min-p apply too, as `herd serve` applies them to a request that sets only a temperature.
     #[arg(long)]
     temperature: Option<f32>,
     /// Measure batched decode instead (comma-separated batch sizes, e.g. 1,4,16): that many requests of

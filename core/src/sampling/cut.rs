@@ -49,14 +49,15 @@ fn max_logit(cand: &[(u32, f32)]) -> f32 {
     cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1))
 }
 
-/// The k-th largest logit of `cand` (0 < k < its length) in f32's total order, as `select_nth_unstable_by(k -
-/// 1, desc)` finds it. For a small k, one pass keeps the k largest so far in a min-heap: most logits fall below
-/// its least and cost one comparison (a vocabulary of 202,048 and HF's default top-k of 50), where the
-/// selection moves every candidate several times.
-pub(super) fn kth_largest(cand: &[(u32, f32)], k: usize) -> f32 {
+/// The k-th largest of `logits` (0 < k < its length; no NaN) in f32's total order, as
+/// `select_nth_unstable_by(k - 1, desc)` finds it among the candidates. It is read from the logits
+/// themselves, so top-k collects only the candidates that pass it. For a small k, one pass keeps the k largest
+/// so far in a min-heap: most logits fall below its least and cost one comparison (a vocabulary of 202,048
+/// and HF's default top-k of 50), where the selection moves every candidate several times.
+pub(super) fn kth_largest(logits: &[f32], k: usize) -> f32 {
     if k > 1024 {
-        let mut all = cand.to_vec();
-        return all.select_nth_unstable_by(k - 1, desc).1 .1;
+        let mut all = logits.to_vec();
+        return *all.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a)).1;
     }
     // f32's total order as i32's: negative values get their magnitude bits flipped (an involution).
     let key = |x: f32| {
@@ -64,13 +65,23 @@ pub(super) fn kth_largest(cand: &[(u32, f32)], k: usize) -> f32 {
         b ^ (((b >> 31) as u32) >> 1) as i32
     };
     let mut heap = std::collections::BinaryHeap::with_capacity(k);
-    for &(_, l) in cand {
-        let v = std::cmp::Reverse(key(l));
-        if heap.len() < k {
-            heap.push(v);
-        } else if let Some(mut least) = heap.peek_mut() {
-            if v < *least {
-                *least = v;
+    // Blocks of 16: once the heap is full, a block whose largest key is not above the heap's least is skipped
+    // after one vectorized pass (most of a vocabulary is).
+    for block in logits.chunks(16) {
+        if heap.len() == k {
+            let least = heap.peek().map_or(i32::MIN, |r: &std::cmp::Reverse<i32>| r.0);
+            if block.iter().fold(i32::MIN, |m, &l| m.max(key(l))) <= least {
+                continue;
+            }
+        }
+        for &l in block {
+            let v = std::cmp::Reverse(key(l));
+            if heap.len() < k {
+                heap.push(v);
+            } else if let Some(mut least) = heap.peek_mut() {
+                if v < *least {
+                    *least = v;
+                }
             }
         }
     }
@@ -90,8 +101,9 @@ mod tests {
 
     use super::*;
 
-    /// The heap's k-th largest logit is the selection's, on logits with ties, both zeros, and spreads from
-    /// tiny to wide, for k from 1 to past the heap's limit.
+    /// The heap's k-th largest logit is the selection's over the candidates (the finite logits), on logits with
+    /// ties, both zeros, masked ids (-inf, not candidates) and spreads from tiny to wide, for k from 1 to past
+    /// the heap's limit.
     #[test]
     fn kth_largest_matches_the_selection() {
         let mut seed = 7u64;
@@ -104,18 +116,21 @@ mod tests {
                 let cand: Vec<(u32, f32)> = (0..n as u32)
                     .map(|i| {
                         let r = next();
-                        let l = match r % 7 {
+                        let l = match r % 11 {
                             0 => 0.0,
                             1 => -0.0,
+                            2 => f32::NEG_INFINITY,
                             _ => -(((r >> 3) % 64) as f32) * spread,
                         };
                         (i, l)
                     })
                     .collect();
-                for k in [1, 2, 7, 50, 1024, 1025, 3000].into_iter().filter(|&k| k < n) {
-                    let mut all = cand.clone();
+                let logits: Vec<f32> = cand.iter().map(|c| c.1).collect();
+                let finite: Vec<(u32, f32)> = cand.into_iter().filter(|c| c.1 > f32::NEG_INFINITY).collect();
+                for k in [1, 2, 7, 50, 1024, 1025, 3000].into_iter().filter(|&k| k < finite.len()) {
+                    let mut all = finite.clone();
                     let want = all.select_nth_unstable_by(k - 1, desc).1 .1;
-                    let got = kth_largest(&cand, k);
+                    let got = kth_largest(&logits, k);
                     assert_eq!(got.to_bits(), want.to_bits(), "n={n} spread={spread} k={k}: {got} vs {want}");
                 }
             }
