@@ -10,7 +10,7 @@ use herd_core::experts::{ExpertCacheOptions, ExpertStats};
 use herd_core::model::Llama4;
 use herd_core::sampling::SamplingParams;
 use herd_core::schedule::GenerateParams;
-use herd_core::schedule::{queue, Event, Request};
+use herd_core::schedule::{queue, Event, Queue, Request};
 use herd_core::synthetic::SyntheticWeights;
 use rand::{Rng, SeedableRng};
 
@@ -168,15 +168,7 @@ fn bench_one<B: Backend>(
         if let (Some(a0), Some(a1)) = (allocs, herd_core::limits::allocations()) {
             decode_allocs = Some((a1 - a0) as f64 / a.gen_tokens.max(1) as f64);
         }
-        let mut made = 0;
-        while let Some(e) = events.pop() {
-            match e {
-                Event::Token(_) => made += 1,
-                Event::Done(f) => {
-                    f.reason.map_err(|m| anyhow::anyhow!("{m}"))?;
-                }
-            }
-        }
+        let made = tokens_made(&events)?;
         if made != a.gen_tokens + 1 {
             anyhow::bail!("the benchmark's generation made {made} tokens, not {}", a.gen_tokens + 1);
         }
@@ -284,6 +276,20 @@ fn bench_one<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// The tokens a request's queue received; an error if the request failed.
+pub(crate) fn tokens_made(events: &Queue) -> Result<usize> {
+    let mut made = 0;
+    while let Some(e) = events.pop() {
+        match e {
+            Event::Token(_) => made += 1,
+            Event::Done(f) => {
+                f.reason.map_err(|m| anyhow::anyhow!("{m}"))?;
+            }
+        }
+    }
+    Ok(made)
 }
 
 /// The decode roofline: the weight bytes each token reads, at the model's average bytes per parameter (the

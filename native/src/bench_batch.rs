@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Result;
 use herd_core::backend::Backend;
 use herd_core::sampling::SamplingParams;
-use herd_core::schedule::{queue, Event, GenerateParams, Request, Scheduler, SchedulerConfig};
+use herd_core::schedule::{queue, GenerateParams, Request, Scheduler, SchedulerConfig};
 use rand::{Rng, SeedableRng};
 
 use crate::bench::{load, Loaded, Synth};
@@ -115,15 +115,7 @@ pub fn bench_batch<B: Backend>(
             }
             let decode_s = t1.elapsed().as_secs_f64();
             for events in &streams {
-                let mut made = 0;
-                while let Some(e) = events.pop() {
-                    match e {
-                        Event::Token(_) => made += 1,
-                        Event::Done(f) => {
-                            f.reason.map_err(|m| anyhow::anyhow!("{m}"))?;
-                        }
-                    }
-                }
+                let made = crate::bench::tokens_made(events)?;
                 if made != gen + 1 {
                     anyhow::bail!("a request of the batch of {n} made {made} tokens, not {}", gen + 1);
                 }
