@@ -1,9 +1,11 @@
 //! `herd bench`: prefill and decode speed and peak memory on a random prompt.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
+use clap::Args;
 use herd_core::backend::Backend;
 use herd_core::config::ModelConfig;
 use herd_core::experts::{ExpertCacheOptions, ExpertStats};
@@ -14,9 +16,10 @@ use herd_core::schedule::{queue, Event, Queue, Request};
 use herd_core::synthetic::SyntheticWeights;
 use rand::{Rng, SeedableRng};
 
+use crate::backend_arg::BackendArg;
 use crate::files::{kv_dtypes_name, LoadOptions, ModelFiles};
 use crate::synthetic;
-use crate::BenchArgs;
+use crate::{speculate, ModelArg};
 
 /// Peak resident memory of this process (Linux), in bytes.
 fn peak_rss() -> Option<u64> {
@@ -337,4 +340,67 @@ impl DecodeCache {
             wait_s: e.wait_secs - b.wait_secs,
         }
     }
+}
+
+#[derive(Args)]
+/// `herd bench`'s flags: one run of prefill and decode, or one of its modes (--context, --batch, --images,
+/// --json-schema/--grammar, --speculate).
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub(crate) model: ModelArg,
+    /// Prompt length (random token ids).
+    #[arg(long, default_value_t = 128)]
+    pub(crate) prompt_tokens: usize,
+    /// Tokens to decode after the prompt.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) gen_tokens: usize,
+    /// Timed repetitions (the best is reported), after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) repeat: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Benchmark a model built in memory with the real shapes of scout, maverick or guard (or tiny, for
+    /// tests) and random weights, made on the device that runs them, instead of --model. No download, no file written.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) synthetic: Option<String>,
+    /// With --synthetic: how many layers to build (the published models have 48).
+    #[arg(long, requires = "synthetic")]
+    pub(crate) layers: Option<usize>,
+    /// With --synthetic: the weight format: bf16 (default), f16, f32, or quantized q4, q8, q4g32, q8g128...
+    #[arg(long, requires = "synthetic", value_name = "FORMAT")]
+    pub(crate) quant: Option<String>,
+    /// Measure decode at these depths instead (comma-separated, e.g. 1024,65536): the KV cache is filled with
+    /// that many positions of zeros rather than computed by a prefill (what attention costs does not depend
+    /// on the values), then --gen-tokens are decoded one at a time.
+    #[arg(long, value_delimiter = ',', value_name = "TOKENS", conflicts_with = "images")]
+    pub(crate) context: Vec<usize>,
+    /// Measure the vision tower instead of the text model: the time to encode an image of each of these
+    /// tile counts (comma-separated, e.g. 1,16), random pixels.
+    #[arg(long, value_delimiter = ',', value_name = "TILES")]
+    pub(crate) images: Vec<usize>,
+    /// Measure what constrained decoding costs instead: decode with and without this JSON schema, alternately,
+    /// and time the grammar's masks alone.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["grammar", "context", "images", "synthetic"])]
+    pub(crate) json_schema: Option<PathBuf>,
+    /// As --json-schema, with a grammar in llguidance's Lark syntax.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["context", "images", "synthetic"])]
+    pub(crate) grammar: Option<PathBuf>,
+    /// --speculate: measure decoding with and without the drafter instead, alternately, on --prompt.
+    #[command(flatten)]
+    pub(crate) speculate: speculate::SpecArgs,
+    /// With --speculate: the prompt (plain text, no chat template).
+    #[arg(long, requires = "speculate")]
+    pub(crate) prompt: Option<String>,
+    /// With --speculate or --batch: sample at this temperature (seeded) instead of greedily; with --batch the
+    /// model's top-k, top-p and min-p apply too, as `herd serve` applies them to a request that sets only a temperature.
+    #[arg(long)]
+    pub(crate) temperature: Option<f32>,
+    /// Measure batched decode instead (comma-separated batch sizes, e.g. 1,4,16): that many requests of
+    /// --prompt-tokens random ids run together through one scheduler, each step decoding a token of every one;
+    /// reports generated tokens/s over the batch and the ratio to a batch of 1.
+    #[arg(long, value_delimiter = ',', value_name = "N", conflicts_with_all = ["context", "images", "json_schema", "grammar"])]
+    pub(crate) batch: Vec<usize>,
+    #[command(flatten)]
+    pub(crate) backend: BackendArg,
 }

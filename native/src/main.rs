@@ -34,6 +34,7 @@ use herd_core::cpu::CpuBackend;
 
 use backend_arg::{choose_backend, BackendArg, Chosen};
 
+use bench::BenchArgs;
 use files::ModelFiles;
 
 /// The system allocator, with the memory budget that a chat template's render runs under
@@ -302,67 +303,6 @@ struct GreedyArgs {
 }
 
 #[derive(Args)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    model: ModelArg,
-    /// Prompt length (random token ids).
-    #[arg(long, default_value_t = 128)]
-    prompt_tokens: usize,
-    /// Tokens to decode after the prompt.
-    #[arg(long, default_value_t = 32)]
-    gen_tokens: usize,
-    /// Timed repetitions (the best is reported), after one warm-up.
-    #[arg(long, default_value_t = 3)]
-    repeat: usize,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-    /// Benchmark a model built in memory with the real shapes of scout, maverick or guard (or tiny, for
-    /// tests) and random weights, made on the device that runs them, instead of --model. No download, no file written.
-    #[arg(long, value_name = "NAME")]
-    synthetic: Option<String>,
-    /// With --synthetic: how many layers to build (the published models have 48).
-    #[arg(long, requires = "synthetic")]
-    layers: Option<usize>,
-    /// With --synthetic: the weight format: bf16 (default), f16, f32, or quantized q4, q8, q4g32, q8g128...
-    #[arg(long, requires = "synthetic", value_name = "FORMAT")]
-    quant: Option<String>,
-    /// Measure decode at these depths instead (comma-separated, e.g. 1024,65536): the KV cache is filled with
-    /// that many positions of zeros rather than computed by a prefill (what attention costs does not depend
-    /// on the values), then --gen-tokens are decoded one at a time.
-    #[arg(long, value_delimiter = ',', value_name = "TOKENS", conflicts_with = "images")]
-    context: Vec<usize>,
-    /// Measure the vision tower instead of the text model: the time to encode an image of each of these
-    /// tile counts (comma-separated, e.g. 1,16), random pixels.
-    #[arg(long, value_delimiter = ',', value_name = "TILES")]
-    images: Vec<usize>,
-    /// Measure what constrained decoding costs instead: decode with and without this JSON schema, alternately,
-    /// and time the grammar's masks alone.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["grammar", "context", "images", "synthetic"])]
-    json_schema: Option<PathBuf>,
-    /// As --json-schema, with a grammar in llguidance's Lark syntax.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["context", "images", "synthetic"])]
-    grammar: Option<PathBuf>,
-    /// --speculate: measure decoding with and without the drafter instead, alternately, on --prompt.
-    #[command(flatten)]
-    speculate: speculate::SpecArgs,
-    /// With --speculate: the prompt (plain text, no chat template).
-    #[arg(long, requires = "speculate")]
-    prompt: Option<String>,
-    /// With --speculate or --batch: sample at this temperature (seeded) instead of greedily; with --batch the
-    /// model's top-k, top-p and min-p apply too, as `herd serve` applies them to a request that sets only a temperature.
-    #[arg(long)]
-    temperature: Option<f32>,
-    /// Measure batched decode instead (comma-separated batch sizes, e.g. 1,4,16): that many requests of
-    /// --prompt-tokens random ids run together through one scheduler, each step decoding a token of every one;
-    /// reports generated tokens/s over the batch and the ratio to a batch of 1.
-    #[arg(long, value_delimiter = ',', value_name = "N", conflicts_with_all = ["context", "images", "json_schema", "grammar"])]
-    batch: Vec<usize>,
-    #[command(flatten)]
-    backend: BackendArg,
-}
-
-#[derive(Args)]
 pub struct PlanArgs {
     #[command(flatten)]
     model: ModelArg,
@@ -597,6 +537,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 bail!("--temperature applies to --speculate or --batch");
             }
             if !a.batch.is_empty() {
+                if a.batch.contains(&0) {
+                    bail!("--batch takes sizes of at least 1");
+                }
                 let opts = a.backend.load_options()?;
                 let files = ModelFiles::new(a.model.model.clone());
                 let synth = bench::synth(&a)?;
